@@ -1,0 +1,50 @@
+//! Errors shared by every ISA's fixup math.
+
+/// Why a fixup could not be applied. The linker wraps it with the object,
+/// section, offset and relocation type it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FixupError {
+    /// The computed value does not fit the field (user error: the code model's reach was exceeded).
+    #[error("{reloc}: value {value:#x} is out of range [{min:#x}, {max:#x}]")]
+    OutOfRange {
+        /// Relocation or edge kind name.
+        reloc: &'static str,
+        /// The value that did not fit.
+        value: i128,
+        /// Smallest representable value.
+        min: i128,
+        /// Largest representable value.
+        max: i128,
+    },
+    /// The value must be a multiple of `align` and is not.
+    #[error("{reloc}: value {value:#x} is not a multiple of {align}")]
+    Misaligned {
+        /// Relocation or edge kind name.
+        reloc: &'static str,
+        /// The misaligned value.
+        value: i128,
+        /// Required alignment in bytes.
+        align: u32,
+    },
+    /// The place does not lie inside its block.
+    #[error("{reloc}: a {width}-byte place at offset {offset:#x} runs past the end of its {len}-byte block")]
+    OutOfBounds {
+        /// Relocation or edge kind name.
+        reloc: &'static str,
+        /// Offset of the place in its block.
+        offset: u64,
+        /// Width of the place in bytes.
+        width: u32,
+        /// Length of the block.
+        len: u64,
+    },
+    /// The instruction at the place is not the one the relocation expects.
+    #[error("{reloc}: unexpected instruction at the place ({detail})")]
+    BadInstruction {
+        /// Relocation or edge kind name.
+        reloc: &'static str,
+        /// What was expected.
+        detail: &'static str,
+    },
+}

@@ -1,0 +1,3 @@
+//! x86-64 (System V): relocations and code templates.
+
+pub mod reloc;

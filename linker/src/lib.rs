@@ -1,0 +1,1 @@
+//! kiln-linker: links relocatable ELF objects into this process.
