@@ -1,0 +1,399 @@
+//! The state actor: the one owner of all mutable session state.
+//!
+//! Every mutation is a [`Msg`] pushed into the session's mailbox. The mailbox
+//! is *combining*: whichever thread finds it idle becomes the driver, drains
+//! it, and applies each message to the [`State`](state::State) in order. The
+//! driver never blocks and never runs user code: what a message causes —
+//! materializers, generators, completion callbacks, dropping user objects,
+//! resource managers — is collected as [`Effect`]s and executed after the
+//! driver has given the mailbox up. So there is exactly one owner of the
+//! state at a time, no thread hand-off on an uncontended operation, and user
+//! code may re-enter the engine freely.
+
+mod state;
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use crate::dispatch::{Dispatcher, Task};
+use crate::error::{Error, Result};
+use crate::generator::Generator;
+use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, SymbolLookup, SymbolMap};
+use crate::name::{Interner, SymbolName};
+use crate::responsibility::DependenceGroup;
+use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, ConcurrentMap, Condvar, Mutex, Ordering};
+use crate::tracker::{ResourceKey, ResourceManager, TrackerShared};
+use crate::unit::MaterializationUnit;
+
+pub(crate) use state::State;
+
+/// Dense index of a dylib.
+pub(crate) type DylibId = u32;
+/// Dense index of a symbol (also its node in the dependency graph).
+pub(crate) type SymId = u32;
+/// Slab index of a resource tracker.
+pub(crate) type TrackerId = usize;
+/// Slab index of a responsibility.
+pub(crate) type RespId = usize;
+
+/// A unit waiting to be materialized. Behind a mutex so that `discard` (a
+/// task) and `materialize` (a task) never touch it at once, while the actor
+/// only moves the handle around.
+#[derive(Clone)]
+pub(crate) struct UnitCell(Arc<Mutex<Option<Box<dyn MaterializationUnit>>>>);
+
+impl UnitCell {
+    pub(crate) fn new(unit: Box<dyn MaterializationUnit>) -> Self {
+        UnitCell(Arc::new(Mutex::new(Some(unit))))
+    }
+
+    pub(crate) fn lock(&self) -> crate::sync::MutexGuard<'_, Option<Box<dyn MaterializationUnit>>> {
+        self.0.lock()
+    }
+}
+
+/// A published symbol, readable without the actor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IndexEntry {
+    pub(crate) def: SymbolDef,
+    pub(crate) ready: bool,
+}
+
+/// The part of a dylib that handles share with the actor.
+pub(crate) struct DylibShared {
+    pub(crate) id: DylibId,
+    pub(crate) name: Arc<str>,
+    /// Every defined name, with its definition once Ready. Written only by
+    /// the actor; read by lookups' fast path.
+    pub(crate) index: ConcurrentMap<SymbolName, IndexEntry>,
+    pub(crate) default_tracker: Arc<TrackerShared>,
+}
+
+impl fmt::Debug for DylibShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DylibShared").field("name", &self.name).finish()
+    }
+}
+
+/// A one-shot reply channel for synchronous requests.
+pub(crate) struct Reply<T>(Arc<ReplySlot<T>>);
+/// The receiving end of a [`Reply`].
+pub(crate) struct ReplyWait<T>(Arc<ReplySlot<T>>);
+
+struct ReplySlot<T> {
+    value: Mutex<Option<T>>,
+    ready: Condvar,
+}
+
+impl<T> Reply<T> {
+    pub(crate) fn new() -> (Reply<T>, ReplyWait<T>) {
+        let slot = Arc::new(ReplySlot {
+            value: Mutex::new(None),
+            ready: Condvar::new(),
+        });
+        (Reply(slot.clone()), ReplyWait(slot))
+    }
+
+    pub(crate) fn send(self, value: T) {
+        *self.0.value.lock() = Some(value);
+        self.0.ready.notify_all();
+    }
+}
+
+impl<T> ReplyWait<T> {
+    /// Blocks until the reply arrives. The actor answers every request it
+    /// receives (dropped replies answer nothing, so every handler sends).
+    pub(crate) fn wait(self) -> T {
+        let mut value = self.0.value.lock();
+        loop {
+            if let Some(v) = value.take() {
+                return v;
+            }
+            value = self.0.ready.wait(value);
+        }
+    }
+}
+
+/// What a lookup message asks for.
+pub(crate) struct LookupMsg {
+    pub(crate) order: Vec<(DylibId, DylibLookup)>,
+    pub(crate) names: Vec<(SymbolName, SymbolLookup)>,
+    pub(crate) state: RequiredState,
+    pub(crate) kind: LookupKind,
+    pub(crate) await_definitions: bool,
+    pub(crate) shared: Arc<LookupShared>,
+    /// Set for `lookup_flags`: answer flags, never materialize.
+    pub(crate) flags_reply: Option<Reply<Result<FlagsMap>>>,
+    /// The responsibility that cannot progress until this lookup completes
+    /// (a reexport's own lookup); used to detect cycles.
+    pub(crate) blocking_for: Option<RespId>,
+}
+
+/// How a definition arrives.
+pub(crate) enum DefineKind {
+    /// A unit, materialized on first lookup.
+    Unit(UnitCell),
+    /// Fixed addresses, Ready at once.
+    Absolute(Vec<u64>),
+}
+
+/// Every mutation of session state.
+pub(crate) enum Msg {
+    CreateDylib {
+        name: Arc<str>,
+        reply: Reply<Result<Arc<DylibShared>>>,
+    },
+    FindDylib {
+        name: String,
+        reply: Reply<Option<Arc<DylibShared>>>,
+    },
+    Define {
+        dylib: DylibId,
+        tracker: TrackerId,
+        unit_name: Arc<str>,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+        kind: DefineKind,
+        reply: Reply<Result<()>>,
+    },
+    Lookup(Box<LookupMsg>),
+    GeneratorDone {
+        lookup: u64,
+        dylib: DylibId,
+        generator: usize,
+        asked: Vec<SymbolName>,
+        result: Result<()>,
+    },
+    Resolve {
+        resp: RespId,
+        defs: Vec<(SymbolName, SymbolDef)>,
+        reply: Reply<Result<()>>,
+    },
+    Emit {
+        resp: RespId,
+        groups: Vec<DependenceGroup>,
+        reply: Reply<Result<()>>,
+    },
+    Fail {
+        resp: RespId,
+        cause: Error,
+    },
+    Replace {
+        resp: RespId,
+        unit: UnitCell,
+        unit_name: Arc<str>,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+        reply: Reply<Result<()>>,
+    },
+    Delegate {
+        resp: RespId,
+        names: Vec<SymbolName>,
+        reply: Reply<Result<RespId>>,
+    },
+    DefineMaterializing {
+        resp: RespId,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+        reply: Reply<Result<Vec<SymbolName>>>,
+    },
+    Owed {
+        resp: RespId,
+        requested_only: bool,
+        reply: Reply<Result<Vec<(SymbolName, SymbolFlags)>>>,
+    },
+    SetLinkOrder {
+        dylib: DylibId,
+        order: Vec<(DylibId, DylibLookup)>,
+        reply: Reply<Result<()>>,
+    },
+    GetLinkOrder {
+        dylib: DylibId,
+        reply: Reply<Vec<(Arc<DylibShared>, DylibLookup)>>,
+    },
+    AddGenerator {
+        dylib: DylibId,
+        generator: Arc<dyn Generator>,
+        reply: Reply<Result<()>>,
+    },
+    CreateTracker {
+        dylib: DylibId,
+        reply: Reply<Result<Arc<TrackerShared>>>,
+    },
+    RemoveTracker {
+        tracker: TrackerId,
+        reply: Option<Reply<Result<()>>>,
+    },
+    TransferTracker {
+        src: TrackerId,
+        dst: TrackerId,
+        reply: Reply<Result<()>>,
+    },
+    RemoveDylib {
+        dylib: DylibId,
+        reply: Reply<Result<()>>,
+    },
+    RegisterManager {
+        manager: Arc<dyn ResourceManager>,
+    },
+    BlockedWait {
+        lookup: u64,
+        resp: RespId,
+    },
+    Cancel {
+        lookup: u64,
+        timeout_millis: Option<u128>,
+    },
+    QueryState {
+        dylib: DylibId,
+        name: SymbolName,
+        reply: Reply<Option<SymbolState>>,
+    },
+    End {
+        reply: Reply<()>,
+    },
+}
+
+/// What a message causes outside the actor, in order.
+pub(crate) enum Effect {
+    /// Hand a task to the dispatcher.
+    Dispatch(Task),
+    /// Deliver a lookup's result.
+    Complete(Arc<LookupShared>, Result<SymbolMap>),
+    /// Drop user objects (units, generators) off the actor.
+    Drop(Box<dyn Send>),
+    /// Run resource managers' removal for these keys, then reply.
+    RemoveResources {
+        keys: Vec<ResourceKey>,
+        managers: Vec<Arc<dyn ResourceManager>>,
+        reply: Option<Reply<Result<()>>>,
+    },
+    /// Answer a request once the effects before this one have run.
+    Signal(Reply<()>),
+    /// Run resource managers' transfer, then reply.
+    TransferResources {
+        dst: ResourceKey,
+        src: ResourceKey,
+        managers: Vec<Arc<dyn ResourceManager>>,
+        reply: Reply<Result<()>>,
+    },
+}
+
+struct Inbox {
+    queue: VecDeque<Msg>,
+    driving: bool,
+}
+
+/// The session's shared core: interner, dispatcher, mailbox and state.
+pub(crate) struct SessionCore {
+    pub(crate) interner: Interner,
+    pub(crate) dispatcher: Arc<dyn Dispatcher>,
+    inbox: Mutex<Inbox>,
+    /// Locked only by the current driver: never contended.
+    state: Mutex<State>,
+    next_lookup: AtomicUsize,
+    pub(crate) ended: AtomicBool,
+}
+
+impl fmt::Debug for SessionCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCore").finish_non_exhaustive()
+    }
+}
+
+impl SessionCore {
+    pub(crate) fn new(dispatcher: Arc<dyn Dispatcher>) -> Arc<Self> {
+        Arc::new(SessionCore {
+            interner: Interner::default(),
+            dispatcher,
+            inbox: Mutex::new(Inbox {
+                queue: VecDeque::new(),
+                driving: false,
+            }),
+            state: Mutex::new(State::new()),
+            next_lookup: AtomicUsize::new(1),
+            ended: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn next_lookup_id(&self) -> u64 {
+        self.next_lookup.fetch_add(1, Ordering::Relaxed) as u64
+    }
+
+    pub(crate) fn dispatch(&self, task: Task) {
+        self.dispatcher.dispatch(task);
+    }
+
+    /// Delivers `msg` to the actor; drives it if nobody else is.
+    pub(crate) fn send(self: &Arc<Self>, msg: Msg) {
+        {
+            let mut inbox = self.inbox.lock();
+            inbox.queue.push_back(msg);
+            if inbox.driving {
+                // The driver re-checks the queue before it gives up.
+                return;
+            }
+            inbox.driving = true;
+        }
+        self.drive();
+    }
+
+    /// Drains the mailbox, then — no longer the driver — runs the effects.
+    fn drive(self: &Arc<Self>) {
+        let mut effects = Vec::new();
+        let mut batch = VecDeque::new();
+        loop {
+            {
+                let mut inbox = self.inbox.lock();
+                if inbox.queue.is_empty() {
+                    inbox.driving = false;
+                    break;
+                }
+                std::mem::swap(&mut inbox.queue, &mut batch);
+            }
+            let mut state = self.state.lock();
+            for msg in batch.drain(..) {
+                state.handle(self, msg, &mut effects);
+            }
+        }
+        for effect in effects {
+            self.run_effect(effect);
+        }
+    }
+
+    fn run_effect(&self, effect: Effect) {
+        match effect {
+            Effect::Dispatch(task) => self.dispatcher.dispatch(task),
+            Effect::Complete(shared, result) => shared.complete(self, result),
+            Effect::Drop(object) => drop(object),
+            Effect::RemoveResources {
+                keys,
+                managers,
+                reply,
+            } => {
+                let mut first_error = None;
+                for key in keys {
+                    // Reverse registration order, like ORC.
+                    for manager in managers.iter().rev() {
+                        if let Err(e) = manager.remove_resources(key) {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                if let Some(reply) = reply {
+                    reply.send(first_error.map_or(Ok(()), Err));
+                }
+            }
+            Effect::Signal(reply) => reply.send(()),
+            Effect::TransferResources {
+                dst,
+                src,
+                managers,
+                reply,
+            } => {
+                for manager in &managers {
+                    manager.transfer_resources(dst, src);
+                }
+                reply.send(Ok(()));
+            }
+        }
+    }
+}

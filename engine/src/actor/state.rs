@@ -1,0 +1,1651 @@
+//! The session state and what each message does to it. Only the current
+//! driver of the mailbox touches this; nothing here blocks or runs user code
+//! (that is pushed out as [`Effect`]s).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use slab::Slab;
+
+use super::{
+    DefineKind, DylibId, DylibShared, Effect, IndexEntry, LookupMsg, Msg, Reply, RespId,
+    SessionCore, SymId, TrackerId, UnitCell,
+};
+use crate::dispatch::Task;
+use crate::error::{Error, QualifiedName, Result};
+use crate::generator::{GenerateRequest, Generator};
+use crate::graph::{DepGraph, EmitGroup};
+use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, SymbolLookup, SymbolMap};
+use crate::name::SymbolName;
+use crate::responsibility::{DependenceGroup, Responsibility, run_materialization};
+use crate::session::Dylib;
+use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
+use crate::sync::{Arc, FixedMap, FixedState, Mutex};
+use crate::tracker::{ResourceKey, ResourceManager, ResourceTracker, TrackerShared};
+
+type FixedSet<T> = std::collections::HashSet<T, FixedState>;
+
+/// All mutable session state.
+pub(crate) struct State {
+    dylibs: Vec<DylibState>,
+    syms: Vec<Sym>,
+    units: Slab<UnitEntry>,
+    resps: Slab<RespEntry>,
+    trackers: Slab<TrackerEntry>,
+    lookups: FixedMap<u64, PendingLookup>,
+    graph: DepGraph,
+    /// Materializers blocked on a lookup: responsibility → lookup.
+    blocked: FixedMap<RespId, u64>,
+    managers: Vec<Arc<dyn ResourceManager>>,
+    next_key: u64,
+    ended: bool,
+}
+
+struct DylibState {
+    shared: Arc<DylibShared>,
+    table: FixedMap<SymbolName, SymId>,
+    link_order: Vec<(DylibId, DylibLookup)>,
+    generators: Vec<GenEntry>,
+    trackers: Vec<TrackerId>,
+    /// Lookups waiting for names this dylib may yet define.
+    awaiting: FixedSet<u64>,
+    removed: bool,
+}
+
+struct GenEntry {
+    generator: Arc<dyn Generator>,
+    concurrent: bool,
+    in_flight: usize,
+    queue: VecDeque<u64>,
+    /// Names asked and not defined since the dylib last gained a definition.
+    misses: FixedSet<SymbolName>,
+}
+
+struct Sym {
+    dylib: DylibId,
+    name: SymbolName,
+    flags: SymbolFlags,
+    state: SymbolState,
+    address: u64,
+    unit: Option<usize>,
+    resp: Option<RespId>,
+    tracker: TrackerId,
+    waiters: Vec<(u64, u32)>,
+    failure: Option<Arc<Error>>,
+}
+
+struct UnitEntry {
+    cell: UnitCell,
+    name: Arc<str>,
+    dylib: DylibId,
+    tracker: TrackerId,
+    syms: Vec<SymId>,
+}
+
+struct RespEntry {
+    dylib: DylibId,
+    tracker: TrackerId,
+    unit_name: Arc<str>,
+    owed: FixedSet<SymId>,
+    defunct: bool,
+}
+
+struct TrackerEntry {
+    shared: Arc<TrackerShared>,
+    dylib: DylibId,
+    syms: FixedSet<SymId>,
+    units: FixedSet<usize>,
+    resps: FixedSet<RespId>,
+    removed: bool,
+}
+
+struct PendingLookup {
+    shared: Arc<LookupShared>,
+    order: Vec<(DylibId, DylibLookup)>,
+    names: Vec<(SymbolName, SymbolLookup)>,
+    state: RequiredState,
+    kind: LookupKind,
+    await_definitions: bool,
+    flags_reply: Option<Reply<Result<FlagsMap>>>,
+    /// The materializer that cannot progress until this completes.
+    blocked_resp: Option<RespId>,
+    pos: usize,
+    next_gen: usize,
+    parked: bool,
+    matched: Vec<Option<SymId>>,
+    bound: bool,
+    results: Vec<Option<SymbolDef>>,
+    remaining: usize,
+    pending: Vec<SymId>,
+}
+
+impl State {
+    pub(crate) fn new() -> Self {
+        State {
+            dylibs: Vec::new(),
+            syms: Vec::new(),
+            units: Slab::new(),
+            resps: Slab::new(),
+            trackers: Slab::new(),
+            lookups: FixedMap::default(),
+            graph: DepGraph::new(),
+            blocked: FixedMap::default(),
+            managers: Vec::new(),
+            next_key: 1,
+            ended: false,
+        }
+    }
+
+    /// Applies one message.
+    pub(crate) fn handle(&mut self, core: &Arc<SessionCore>, msg: Msg, fx: &mut Vec<Effect>) {
+        if self.ended {
+            return self.refuse(msg, fx);
+        }
+        match msg {
+            Msg::CreateDylib { name, reply } => reply.send(self.create_dylib(name)),
+            Msg::FindDylib { name, reply } => reply.send(
+                self.dylibs
+                    .iter()
+                    .find(|d| !d.removed && &*d.shared.name == name.as_str())
+                    .map(|d| d.shared.clone()),
+            ),
+            Msg::Define {
+                dylib,
+                tracker,
+                unit_name,
+                symbols,
+                kind,
+                reply,
+            } => {
+                let result = self.define(core, dylib, tracker, &unit_name, symbols, kind, fx);
+                reply.send(result);
+            }
+            Msg::Lookup(msg) => self.start_lookup(core, *msg, fx),
+            Msg::GeneratorDone {
+                lookup,
+                dylib,
+                generator,
+                asked,
+                result,
+            } => self.generator_done(core, lookup, dylib, generator, asked, result, fx),
+            Msg::Resolve { resp, defs, reply } => reply.send(self.resolve(resp, &defs, fx)),
+            Msg::Emit {
+                resp,
+                groups,
+                reply,
+            } => reply.send(self.emit(core, resp, groups, fx)),
+            Msg::Fail { resp, cause } => self.fail_resp(resp, cause, fx),
+            Msg::Replace {
+                resp,
+                unit,
+                unit_name,
+                symbols,
+                reply,
+            } => reply.send(self.replace(core, resp, unit, unit_name, symbols, fx)),
+            Msg::Delegate { resp, names, reply } => reply.send(self.delegate(resp, &names)),
+            Msg::DefineMaterializing {
+                resp,
+                symbols,
+                reply,
+            } => reply.send(self.define_materializing(core, resp, symbols, fx)),
+            Msg::Owed {
+                resp,
+                requested_only,
+                reply,
+            } => reply.send(self.owed(resp, requested_only)),
+            Msg::SetLinkOrder {
+                dylib,
+                order,
+                reply,
+            } => reply.send(match self.live_dylib(dylib) {
+                Ok(d) => {
+                    d.link_order = order;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }),
+            Msg::GetLinkOrder { dylib, reply } => {
+                let order = self.dylibs[dylib as usize]
+                    .link_order
+                    .iter()
+                    .map(|&(d, v)| (self.dylibs[d as usize].shared.clone(), v))
+                    .collect();
+                reply.send(order)
+            }
+            Msg::AddGenerator {
+                dylib,
+                generator,
+                reply,
+            } => reply.send(match self.live_dylib(dylib) {
+                Ok(d) => {
+                    d.generators.push(GenEntry {
+                        concurrent: generator.is_concurrent(),
+                        generator,
+                        in_flight: 0,
+                        queue: VecDeque::new(),
+                        misses: FixedSet::default(),
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }),
+            Msg::CreateTracker { dylib, reply } => reply.send(match self.live_dylib(dylib) {
+                Ok(_) => Ok(self.new_tracker(dylib)),
+                Err(e) => Err(e),
+            }),
+            Msg::RemoveTracker { tracker, reply } => {
+                let key = self.remove_tracker(core, tracker, fx);
+                fx.push(Effect::RemoveResources {
+                    keys: key.into_iter().collect(),
+                    managers: self.managers.clone(),
+                    reply,
+                });
+            }
+            Msg::TransferTracker { src, dst, reply } => self.transfer(src, dst, reply, fx),
+            Msg::RemoveDylib { dylib, reply } => {
+                let keys = self.remove_dylib(core, dylib, fx);
+                fx.push(Effect::RemoveResources {
+                    keys,
+                    managers: self.managers.clone(),
+                    reply: Some(reply),
+                });
+            }
+            Msg::RegisterManager { manager } => self.managers.push(manager),
+            Msg::BlockedWait { lookup, resp } => {
+                if let Some(lk) = self.lookups.get_mut(&lookup) {
+                    lk.blocked_resp = Some(resp);
+                    self.blocked.insert(resp, lookup);
+                    if lk.bound {
+                        self.check_blocking_cycle(core, resp, lookup, fx);
+                    }
+                }
+            }
+            Msg::Cancel {
+                lookup,
+                timeout_millis,
+            } => {
+                if let Some(lk) = self.lookups.get(&lookup) {
+                    let err = match timeout_millis {
+                        Some(millis) => Error::Timeout {
+                            millis,
+                            waiting_for: self.unsatisfied(lk),
+                        },
+                        None => Error::Cancelled,
+                    };
+                    self.fail_lookup(lookup, err, fx);
+                }
+            }
+            Msg::QueryState { dylib, name, reply } => reply.send(
+                self.dylibs
+                    .get(dylib as usize)
+                    .and_then(|d| d.table.get(&name))
+                    .map(|&s| self.syms[s as usize].state),
+            ),
+            Msg::End { reply } => {
+                let mut keys = Vec::new();
+                for id in 0..self.dylibs.len() as DylibId {
+                    if !self.dylibs[id as usize].removed {
+                        keys.extend(self.remove_dylib(core, id, fx));
+                    }
+                }
+                let ids: Vec<u64> = self.lookups.keys().copied().collect();
+                for id in ids {
+                    self.fail_lookup(id, Error::SessionEnded, fx);
+                }
+                self.ended = true;
+                fx.push(Effect::RemoveResources {
+                    keys,
+                    managers: std::mem::take(&mut self.managers),
+                    reply: None,
+                });
+                // Replies are sent after the removal effect above has run.
+                fx.push(Effect::Signal(reply));
+            }
+        }
+    }
+
+    /// After `end`, every request is answered with [`Error::SessionEnded`].
+    fn refuse(&mut self, msg: Msg, fx: &mut Vec<Effect>) {
+        match msg {
+            Msg::CreateDylib { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::FindDylib { reply, .. } => reply.send(None),
+            Msg::Define { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Lookup(msg) => match msg.flags_reply {
+                Some(reply) => reply.send(Err(Error::SessionEnded)),
+                None => fx.push(Effect::Complete(msg.shared, Err(Error::SessionEnded))),
+            },
+            Msg::Resolve { reply, .. } | Msg::Emit { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Replace { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Delegate { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::DefineMaterializing { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Owed { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::SetLinkOrder { reply, .. } | Msg::AddGenerator { reply, .. } => {
+                reply.send(Err(Error::SessionEnded))
+            }
+            Msg::GetLinkOrder { reply, .. } => reply.send(Vec::new()),
+            Msg::CreateTracker { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::RemoveTracker { reply, .. } => {
+                if let Some(reply) = reply {
+                    reply.send(Ok(()))
+                }
+            }
+            Msg::TransferTracker { reply, .. } | Msg::RemoveDylib { reply, .. } => {
+                reply.send(Err(Error::SessionEnded))
+            }
+            Msg::QueryState { reply, .. } => reply.send(None),
+            Msg::End { reply } => reply.send(()),
+            Msg::GeneratorDone { .. }
+            | Msg::Fail { .. }
+            | Msg::RegisterManager { .. }
+            | Msg::BlockedWait { .. }
+            | Msg::Cancel { .. } => {}
+        }
+    }
+
+    // ----- dylibs and trackers -------------------------------------------
+
+    fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
+        if self.dylibs.iter().any(|d| !d.removed && d.shared.name == name) {
+            return Err(Error::DylibExists(name));
+        }
+        let id = self.dylibs.len() as DylibId;
+        let tracker = self.tracker_entry(id, name.clone());
+        let shared = Arc::new(DylibShared {
+            id,
+            name,
+            index: Default::default(),
+            default_tracker: self.trackers[tracker].shared.clone(),
+        });
+        self.dylibs.push(DylibState {
+            shared: shared.clone(),
+            table: FixedMap::default(),
+            link_order: vec![(id, DylibLookup::All)],
+            generators: Vec::new(),
+            trackers: vec![tracker],
+            awaiting: FixedSet::default(),
+            removed: false,
+        });
+        Ok(shared)
+    }
+
+    fn tracker_entry(&mut self, dylib: DylibId, dylib_name: Arc<str>) -> TrackerId {
+        let key = ResourceKey(self.next_key);
+        self.next_key += 1;
+        let entry = self.trackers.vacant_entry();
+        let id = entry.key();
+        entry.insert(TrackerEntry {
+            shared: Arc::new(TrackerShared {
+                id,
+                dylib,
+                dylib_name,
+                key,
+                defunct: Mutex::new(false),
+            }),
+            dylib,
+            syms: FixedSet::default(),
+            units: FixedSet::default(),
+            resps: FixedSet::default(),
+            removed: false,
+        });
+        id
+    }
+
+    fn new_tracker(&mut self, dylib: DylibId) -> Arc<TrackerShared> {
+        let name = self.dylibs[dylib as usize].shared.name.clone();
+        let id = self.tracker_entry(dylib, name);
+        self.dylibs[dylib as usize].trackers.push(id);
+        self.trackers[id].shared.clone()
+    }
+
+    fn live_dylib(&mut self, dylib: DylibId) -> Result<&mut DylibState> {
+        let d = &mut self.dylibs[dylib as usize];
+        if d.removed {
+            Err(Error::DylibRemoved(d.shared.name.clone()))
+        } else {
+            Ok(d)
+        }
+    }
+
+    fn qname(&self, sid: SymId) -> QualifiedName {
+        let s = &self.syms[sid as usize];
+        QualifiedName {
+            dylib: self.dylibs[s.dylib as usize].shared.name.clone(),
+            name: s.name.clone(),
+        }
+    }
+
+    fn dylib_handle(&self, core: &Arc<SessionCore>, dylib: DylibId) -> Dylib {
+        Dylib::from_shared(core.clone(), self.dylibs[dylib as usize].shared.clone())
+    }
+
+    /// Removes a tracker's symbols, units and in-flight work; returns its
+    /// key for the resource managers (None if it was already removed).
+    fn remove_tracker(
+        &mut self,
+        core: &Arc<SessionCore>,
+        tracker: TrackerId,
+        fx: &mut Vec<Effect>,
+    ) -> Option<ResourceKey> {
+        let t = self.trackers.get_mut(tracker)?;
+        if t.removed {
+            return None;
+        }
+        t.removed = true;
+        *t.shared.defunct.lock() = true;
+        let key = t.shared.key;
+        let dylib = t.dylib;
+        let syms: Vec<SymId> = t.syms.drain().collect();
+        let units: Vec<usize> = t.units.drain().collect();
+        let resps: Vec<RespId> = t.resps.drain().collect();
+        for rid in resps {
+            if let Some(r) = self.resps.get_mut(rid) {
+                r.defunct = true;
+            }
+            self.blocked.remove(&rid);
+        }
+        for uid in units {
+            if self.units.contains(uid) {
+                let unit = self.units.remove(uid);
+                fx.push(Effect::Drop(Box::new(unit.cell)));
+            }
+        }
+        let cause = Arc::new(Error::TrackerRemoved {
+            dylib: self.dylibs[dylib as usize].shared.name.clone(),
+        });
+        let in_flight: Vec<(SymId, Arc<Error>)> = syms
+            .iter()
+            .filter(|&&s| {
+                !matches!(
+                    self.syms[s as usize].state,
+                    SymbolState::Ready | SymbolState::Failed
+                )
+            })
+            .map(|&s| (s, cause.clone()))
+            .collect();
+        self.fail_syms(in_flight, fx);
+        // Unpublish: the index entry goes before any memory is released.
+        for sid in syms {
+            let s = &mut self.syms[sid as usize];
+            s.unit = None;
+            s.resp = None;
+            let d = &mut self.dylibs[s.dylib as usize];
+            if d.table.get(&s.name) == Some(&sid) {
+                d.table.remove(&s.name);
+                d.shared.index.remove(&s.name);
+            }
+        }
+        let _ = core;
+        Some(key)
+    }
+
+    fn transfer(
+        &mut self,
+        src: TrackerId,
+        dst: TrackerId,
+        reply: Reply<Result<()>>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let (Some(s), Some(d)) = (self.trackers.get(src), self.trackers.get(dst)) else {
+            return reply.send(Err(Error::Usage("transfer_to: unknown tracker".into())));
+        };
+        if s.removed || d.removed {
+            return reply.send(Err(Error::TrackerRemoved {
+                dylib: s.shared.dylib_name.clone(),
+            }));
+        }
+        let (src_key, dst_key) = (s.shared.key, d.shared.key);
+        let s = &mut self.trackers[src];
+        s.removed = true;
+        let syms: Vec<SymId> = s.syms.drain().collect();
+        let units: Vec<usize> = s.units.drain().collect();
+        let resps: Vec<RespId> = s.resps.drain().collect();
+        for &sid in &syms {
+            self.syms[sid as usize].tracker = dst;
+        }
+        for &uid in &units {
+            if let Some(u) = self.units.get_mut(uid) {
+                u.tracker = dst;
+            }
+        }
+        for &rid in &resps {
+            if let Some(r) = self.resps.get_mut(rid) {
+                r.tracker = dst;
+            }
+        }
+        let d = &mut self.trackers[dst];
+        d.syms.extend(syms);
+        d.units.extend(units);
+        d.resps.extend(resps);
+        fx.push(Effect::TransferResources {
+            dst: dst_key,
+            src: src_key,
+            managers: self.managers.clone(),
+            reply,
+        });
+    }
+
+    fn remove_dylib(
+        &mut self,
+        core: &Arc<SessionCore>,
+        dylib: DylibId,
+        fx: &mut Vec<Effect>,
+    ) -> Vec<ResourceKey> {
+        let d = &mut self.dylibs[dylib as usize];
+        if d.removed {
+            return Vec::new();
+        }
+        d.removed = true;
+        let trackers = std::mem::take(&mut d.trackers);
+        let generators = std::mem::take(&mut d.generators);
+        let awaiting: Vec<u64> = d.awaiting.drain().collect();
+        let name = d.shared.name.clone();
+        let mut keys = Vec::new();
+        for t in trackers {
+            keys.extend(self.remove_tracker(core, t, fx));
+        }
+        for gen_entry in generators {
+            fx.push(Effect::Drop(Box::new(gen_entry.generator)));
+        }
+        let d = &mut self.dylibs[dylib as usize];
+        d.table.clear();
+        d.shared.index.clear();
+        for id in awaiting {
+            self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
+        }
+        // Lookups suspended in this dylib's generators or searching it fail.
+        let searching: Vec<u64> = self
+            .lookups
+            .iter()
+            .filter(|(_, lk)| !lk.bound && lk.order.iter().any(|&(d, _)| d == dylib))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in searching {
+            self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
+        }
+        keys
+    }
+
+    // ----- definitions ----------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)] // one message's fields, unpacked
+    fn define(
+        &mut self,
+        core: &Arc<SessionCore>,
+        dylib: DylibId,
+        tracker: TrackerId,
+        unit_name: &Arc<str>,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+        kind: DefineKind,
+        fx: &mut Vec<Effect>,
+    ) -> Result<()> {
+        let refuse = |fx: &mut Vec<Effect>, kind: DefineKind| {
+            if let DefineKind::Unit(cell) = kind {
+                fx.push(Effect::Drop(Box::new(cell)));
+            }
+        };
+        if let Err(e) = self.live_dylib(dylib) {
+            refuse(fx, kind);
+            return Err(e);
+        }
+        match self.trackers.get(tracker) {
+            Some(t) if !t.removed && t.dylib == dylib => {}
+            _ => {
+                refuse(fx, kind);
+                return Err(Error::TrackerRemoved {
+                    dylib: self.dylibs[dylib as usize].shared.name.clone(),
+                });
+            }
+        }
+        // Decide everything before changing anything: a failed define leaves
+        // the dylib as it was.
+        let d = &self.dylibs[dylib as usize];
+        let mut duplicates = Vec::new();
+        let mut overridden = Vec::new();
+        let mut new_discarded = Vec::new();
+        let mut seen = FixedSet::default();
+        for (i, (name, flags)) in symbols.iter().enumerate() {
+            if !seen.insert(name.clone()) {
+                duplicates.push(name.clone());
+                continue;
+            }
+            if let Some(&sid) = d.table.get(name) {
+                let existing = &self.syms[sid as usize];
+                if !flags.is_weak()
+                    && existing.flags.is_weak()
+                    && existing.state == SymbolState::Lazy
+                {
+                    overridden.push(sid);
+                } else if flags.is_weak() {
+                    new_discarded.push(i);
+                } else {
+                    duplicates.push(name.clone());
+                }
+            }
+        }
+        if !duplicates.is_empty() {
+            refuse(fx, kind);
+            return Err(Error::DuplicateDefinitions {
+                dylib: d.shared.name.clone(),
+                names: duplicates,
+            });
+        }
+        let dylib_handle = self.dylib_handle(core, dylib);
+        for sid in overridden {
+            let s = &self.syms[sid as usize];
+            let (uid, name, old_tracker) = (s.unit, s.name.clone(), s.tracker);
+            if let Some(uid) = uid {
+                let unit = &mut self.units[uid];
+                unit.syms.retain(|&x| x != sid);
+                let cell = unit.cell.clone();
+                let empty = unit.syms.is_empty();
+                let handle = dylib_handle.clone();
+                fx.push(Effect::Dispatch(Task::new("discard overridden weak definition", move || {
+                    if let Some(unit) = cell.lock().as_mut() {
+                        unit.discard(&handle, &name);
+                    }
+                })));
+                if empty {
+                    let unit = self.units.remove(uid);
+                    self.trackers[unit.tracker].units.remove(&uid);
+                    fx.push(Effect::Drop(Box::new(unit.cell)));
+                }
+            }
+            self.trackers[old_tracker].syms.remove(&sid);
+            let s = &mut self.syms[sid as usize];
+            s.unit = None;
+            s.state = SymbolState::Failed;
+            s.failure = Some(Arc::new(Error::Usage("overridden definition".into())));
+            self.dylibs[dylib as usize].table.remove(&self.syms[sid as usize].name);
+        }
+        let unit_id = match &kind {
+            DefineKind::Unit(cell) => {
+                for &i in &new_discarded {
+                    let cell = cell.clone();
+                    let name = symbols[i].0.clone();
+                    let handle = dylib_handle.clone();
+                    fx.push(Effect::Dispatch(Task::new("discard weak definition", move || {
+                        if let Some(unit) = cell.lock().as_mut() {
+                            unit.discard(&handle, &name);
+                        }
+                    })));
+                }
+                if new_discarded.len() == symbols.len() {
+                    refuse(fx, kind);
+                    return Ok(());
+                }
+                let uid = self.units.insert(UnitEntry {
+                    cell: cell.clone(),
+                    name: unit_name.clone(),
+                    dylib,
+                    tracker,
+                    syms: Vec::with_capacity(symbols.len()),
+                });
+                self.trackers[tracker].units.insert(uid);
+                Some(uid)
+            }
+            DefineKind::Absolute(_) => None,
+        };
+        let addresses = match &kind {
+            DefineKind::Absolute(addrs) => Some(addrs),
+            DefineKind::Unit(_) => None,
+        };
+        let mut skip = new_discarded.into_iter().peekable();
+        for (i, (name, flags)) in symbols.into_iter().enumerate() {
+            if skip.peek() == Some(&i) {
+                skip.next();
+                continue;
+            }
+            let sid = self.syms.len() as SymId;
+            let (state, address) = match addresses {
+                Some(addrs) => (SymbolState::Ready, addrs[i]),
+                None => (SymbolState::Lazy, 0),
+            };
+            self.dylibs[dylib as usize].shared.index.insert(
+                name.clone(),
+                IndexEntry {
+                    def: SymbolDef::new(address, flags),
+                    ready: state == SymbolState::Ready,
+                },
+            );
+            self.dylibs[dylib as usize].table.insert(name.clone(), sid);
+            self.syms.push(Sym {
+                dylib,
+                name,
+                flags,
+                state,
+                address,
+                unit: unit_id,
+                resp: None,
+                tracker,
+                waiters: Vec::new(),
+                failure: None,
+            });
+            self.trackers[tracker].syms.insert(sid);
+            if let Some(uid) = unit_id {
+                self.units[uid].syms.push(sid);
+            }
+        }
+        self.gained_definitions(core, dylib, fx);
+        Ok(())
+    }
+
+    /// A dylib gained definitions: forget generator misses and retry lookups
+    /// that wait for definitions.
+    fn gained_definitions(&mut self, core: &Arc<SessionCore>, dylib: DylibId, fx: &mut Vec<Effect>) {
+        let d = &mut self.dylibs[dylib as usize];
+        for g in &mut d.generators {
+            g.misses.clear();
+        }
+        if d.awaiting.is_empty() {
+            return;
+        }
+        let waiting: Vec<u64> = d.awaiting.drain().collect();
+        for id in waiting {
+            if let Some(lk) = self.lookups.get_mut(&id) {
+                if lk.parked {
+                    lk.parked = false;
+                    lk.pos = 0;
+                    lk.next_gen = 0;
+                    lk.matched.iter_mut().for_each(|m| *m = None);
+                    self.advance(core, id, fx);
+                }
+            }
+        }
+    }
+
+    // ----- lookups --------------------------------------------------------
+
+    fn start_lookup(&mut self, core: &Arc<SessionCore>, msg: LookupMsg, fx: &mut Vec<Effect>) {
+        let id = msg.shared.id;
+        let n = msg.names.len();
+        if let Some(resp) = msg.blocking_for {
+            self.blocked.insert(resp, id);
+        }
+        self.lookups.insert(
+            id,
+            PendingLookup {
+                shared: msg.shared,
+                order: msg.order,
+                names: msg.names,
+                state: msg.state,
+                kind: msg.kind,
+                await_definitions: msg.await_definitions,
+                flags_reply: msg.flags_reply,
+                blocked_resp: msg.blocking_for,
+                pos: 0,
+                next_gen: 0,
+                parked: false,
+                matched: vec![None; n],
+                bound: false,
+                results: vec![None; n],
+                remaining: 0,
+                pending: Vec::new(),
+            },
+        );
+        self.advance(core, id, fx);
+    }
+
+    /// Walks the search order from where the lookup stopped: matches names
+    /// dylib by dylib, asks generators for what is missing (suspending the
+    /// lookup while one runs), and finishes when the order is exhausted.
+    fn advance(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Vec<Effect>) {
+        loop {
+            let Some(lk) = self.lookups.get_mut(&id) else {
+                return;
+            };
+            if lk.pos >= lk.order.len() {
+                return self.finish_search(core, id, fx);
+            }
+            let (did, visibility) = lk.order[lk.pos];
+            let d = &mut self.dylibs[did as usize];
+            if d.removed {
+                let name = d.shared.name.clone();
+                return self.fail_lookup(id, Error::DylibRemoved(name), fx);
+            }
+            let mut missing = Vec::new();
+            for (i, (name, _)) in lk.names.iter().enumerate() {
+                if lk.matched[i].is_some() {
+                    continue;
+                }
+                match d.table.get(name) {
+                    Some(&sid) => {
+                        let visible = visibility == DylibLookup::All
+                            || self.syms[sid as usize].flags.is_exported();
+                        if visible {
+                            lk.matched[i] = Some(sid);
+                        }
+                    }
+                    None => missing.push(i),
+                }
+            }
+            while !missing.is_empty() && lk.next_gen < d.generators.len() {
+                let g = lk.next_gen;
+                let entry = &mut d.generators[g];
+                let ask: Vec<SymbolName> = missing
+                    .iter()
+                    .map(|&i| &lk.names[i].0)
+                    .filter(|n| !entry.misses.contains(*n))
+                    .cloned()
+                    .collect();
+                if ask.is_empty() {
+                    lk.next_gen += 1;
+                    continue;
+                }
+                if entry.in_flight > 0 && !entry.concurrent {
+                    // Serialized: wait our turn, then retry this generator.
+                    entry.queue.push_back(id);
+                    return;
+                }
+                entry.in_flight += 1;
+                lk.next_gen += 1;
+                let request = GenerateRequest {
+                    core: core.clone(),
+                    dylib: Dylib::from_shared(core.clone(), d.shared.clone()),
+                    names: ask,
+                    kind: lk.kind,
+                    visibility,
+                    lookup: id,
+                    generator: g,
+                    completed: false,
+                };
+                let generator = entry.generator.clone();
+                fx.push(Effect::Dispatch(Task::new("definition generator", move || {
+                    generator.generate(request)
+                })));
+                return;
+            }
+            lk.pos += 1;
+            lk.next_gen = 0;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one message's fields, unpacked
+    fn generator_done(
+        &mut self,
+        core: &Arc<SessionCore>,
+        lookup: u64,
+        dylib: DylibId,
+        generator: usize,
+        asked: Vec<SymbolName>,
+        result: Result<()>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let d = &mut self.dylibs[dylib as usize];
+        let mut next = None;
+        if let Some(entry) = d.generators.get_mut(generator) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            if result.is_ok() {
+                for name in asked {
+                    if !d.table.contains_key(&name) {
+                        entry.misses.insert(name);
+                    }
+                }
+            }
+            next = entry.queue.pop_front();
+        }
+        let name = d.shared.name.clone();
+        if self.lookups.contains_key(&lookup) {
+            match result {
+                Ok(()) => self.advance(core, lookup, fx),
+                Err(cause) => self.fail_lookup(
+                    lookup,
+                    Error::Generator {
+                        dylib: name,
+                        cause: Arc::new(cause),
+                    },
+                    fx,
+                ),
+            }
+        }
+        if let Some(next) = next {
+            self.advance(core, next, fx);
+        }
+    }
+
+    fn finish_search(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Vec<Effect>) {
+        let lk = &mut self.lookups.get_mut(&id).expect("lookup exists");
+        let missing: Vec<SymbolName> = lk
+            .names
+            .iter()
+            .zip(&lk.matched)
+            .filter(|((_, how), m)| m.is_none() && *how == SymbolLookup::Required)
+            .map(|((n, _), _)| n.clone())
+            .collect();
+        if !missing.is_empty() {
+            if lk.await_definitions {
+                lk.parked = true;
+                for &(did, _) in &lk.order {
+                    self.dylibs[did as usize].awaiting.insert(id);
+                }
+                return;
+            }
+            return self.fail_lookup(id, Error::SymbolsNotFound { names: missing }, fx);
+        }
+        if lk.flags_reply.is_some() {
+            let lk = self.lookups.remove(&id).expect("lookup exists");
+            let flags = lk
+                .names
+                .iter()
+                .zip(&lk.matched)
+                .filter_map(|((n, _), m)| m.map(|sid| (n.clone(), self.syms[sid as usize].flags)))
+                .collect();
+            if let Some(reply) = lk.flags_reply {
+                reply.send(Ok(flags));
+            }
+            return;
+        }
+        self.bind(core, id, fx);
+    }
+
+    /// Attaches the lookup to the symbols it found: records those already
+    /// in the required state, waits on the others, and starts the units of
+    /// lazy ones.
+    fn bind(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Vec<Effect>) {
+        let lk = self.lookups.get(&id).expect("lookup exists");
+        for (i, m) in lk.matched.iter().enumerate() {
+            let Some(sid) = *m else { continue };
+            let s = &self.syms[sid as usize];
+            if s.state == SymbolState::Failed {
+                let err = s.failure.as_deref().cloned().unwrap_or(Error::Cancelled);
+                return self.fail_lookup(id, err, fx);
+            }
+            if s.flags.is_side_effects_only() && lk.names[i].1 == SymbolLookup::Required {
+                let name = s.name.clone();
+                return self.fail_lookup(id, Error::SideEffectsOnlyRequired(name), fx);
+            }
+        }
+        let lk = self.lookups.get_mut(&id).expect("lookup exists");
+        lk.bound = true;
+        let mut to_start = Vec::new();
+        for i in 0..lk.matched.len() {
+            let Some(sid) = lk.matched[i] else { continue };
+            let s = &mut self.syms[sid as usize];
+            if lk.state.is_met_by(s.state) {
+                if !s.flags.is_side_effects_only() {
+                    lk.results[i] = Some(SymbolDef::new(s.address, s.flags));
+                }
+            } else {
+                s.waiters.push((id, i as u32));
+                lk.remaining += 1;
+                lk.pending.push(sid);
+                if s.state == SymbolState::Lazy {
+                    to_start.extend(s.unit);
+                }
+            }
+        }
+        let done = lk.remaining == 0;
+        let blocked = lk.blocked_resp;
+        for uid in to_start {
+            self.start_unit(core, uid, fx);
+        }
+        if done {
+            self.complete(id, fx);
+        } else if let Some(resp) = blocked {
+            self.check_blocking_cycle(core, resp, id, fx);
+        }
+    }
+
+    fn complete(&mut self, id: u64, fx: &mut Vec<Effect>) {
+        let Some(lk) = self.lookups.remove(&id) else {
+            return;
+        };
+        if let Some(resp) = lk.blocked_resp {
+            if self.blocked.get(&resp) == Some(&id) {
+                self.blocked.remove(&resp);
+            }
+        }
+        let entries = lk
+            .names
+            .into_iter()
+            .zip(lk.results)
+            .filter_map(|((n, _), r)| r.map(|def| (n, def)))
+            .collect();
+        fx.push(Effect::Complete(lk.shared, Ok(SymbolMap::from_vec(entries))));
+    }
+
+    fn fail_lookup(&mut self, id: u64, err: Error, fx: &mut Vec<Effect>) {
+        let Some(lk) = self.lookups.remove(&id) else {
+            return;
+        };
+        if let Some(resp) = lk.blocked_resp {
+            if self.blocked.get(&resp) == Some(&id) {
+                self.blocked.remove(&resp);
+            }
+        }
+        match lk.flags_reply {
+            Some(reply) => reply.send(Err(err)),
+            None => fx.push(Effect::Complete(lk.shared, Err(err))),
+        }
+    }
+
+    fn unsatisfied(&self, lk: &PendingLookup) -> Vec<SymbolName> {
+        if !lk.bound {
+            return lk
+                .names
+                .iter()
+                .zip(&lk.matched)
+                .filter(|(_, m)| m.is_none())
+                .map(|((n, _), _)| n.clone())
+                .collect();
+        }
+        lk.pending
+            .iter()
+            .filter(|&&s| !lk.state.is_met_by(self.syms[s as usize].state))
+            .map(|&s| self.syms[s as usize].name.clone())
+            .collect()
+    }
+
+    /// Symbols reached `Resolved` or `Ready`: complete what waited for that.
+    fn notify_waiters(&mut self, sid: SymId, fx: &mut Vec<Effect>) {
+        let s = &mut self.syms[sid as usize];
+        if s.waiters.is_empty() {
+            return;
+        }
+        let state = s.state;
+        let def = (!s.flags.is_side_effects_only()).then(|| SymbolDef::new(s.address, s.flags));
+        let waiters = std::mem::take(&mut s.waiters);
+        let mut keep = Vec::new();
+        let mut done = Vec::new();
+        for (id, slot) in waiters {
+            let Some(lk) = self.lookups.get_mut(&id) else {
+                continue;
+            };
+            if lk.state.is_met_by(state) {
+                lk.results[slot as usize] = def;
+                lk.remaining -= 1;
+                if lk.remaining == 0 {
+                    done.push(id);
+                }
+            } else {
+                keep.push((id, slot));
+            }
+        }
+        self.syms[sid as usize].waiters = keep;
+        for id in done {
+            self.complete(id, fx);
+        }
+    }
+
+    // ----- materialization ------------------------------------------------
+
+    fn start_unit(&mut self, core: &Arc<SessionCore>, uid: usize, fx: &mut Vec<Effect>) {
+        if !self.units.contains(uid) {
+            return;
+        }
+        let unit = self.units.remove(uid);
+        self.trackers[unit.tracker].units.remove(&uid);
+        let rid = self.resps.insert(RespEntry {
+            dylib: unit.dylib,
+            tracker: unit.tracker,
+            unit_name: unit.name.clone(),
+            owed: unit.syms.iter().copied().collect(),
+            defunct: false,
+        });
+        self.trackers[unit.tracker].resps.insert(rid);
+        for &sid in &unit.syms {
+            let s = &mut self.syms[sid as usize];
+            s.state = SymbolState::Materializing;
+            s.unit = None;
+            s.resp = Some(rid);
+        }
+        let responsibility = Responsibility {
+            core: core.clone(),
+            id: rid,
+            dylib: self.dylib_handle(core, unit.dylib),
+            tracker: ResourceTracker {
+                core: core.clone(),
+                shared: self.trackers[unit.tracker].shared.clone(),
+            },
+            unit_name: unit.name,
+            finished: false,
+        };
+        let cell = unit.cell;
+        fx.push(Effect::Dispatch(Task::new("materialize", move || {
+            run_materialization(cell, responsibility)
+        })));
+    }
+
+    fn owned_resp(&self, resp: RespId) -> Result<&RespEntry> {
+        match self.resps.get(resp) {
+            None => Err(Error::Usage(
+                "this responsibility has already emitted or failed".into(),
+            )),
+            Some(r) if r.defunct => Err(Error::TrackerRemoved {
+                dylib: self.dylibs[r.dylib as usize].shared.name.clone(),
+            }),
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// The symbol `name` in the responsibility's dylib, if this
+    /// responsibility owes it.
+    fn owned_sym(&self, resp: RespId, name: &SymbolName) -> Result<SymId> {
+        let r = self.owned_resp(resp)?;
+        let d = &self.dylibs[r.dylib as usize];
+        match d.table.get(name) {
+            Some(&sid) if self.syms[sid as usize].resp == Some(resp) => Ok(sid),
+            _ => Err(Error::Usage(format!(
+                "unit '{}' does not own {} in dylib '{}' (or it was already failed or handed back)",
+                r.unit_name, name, d.shared.name
+            ))),
+        }
+    }
+
+    fn resolve(&mut self, resp: RespId, defs: &[(SymbolName, SymbolDef)], fx: &mut Vec<Effect>) -> Result<()> {
+        let mut sids = Vec::with_capacity(defs.len());
+        for (name, _) in defs {
+            sids.push(self.owned_sym(resp, name)?);
+        }
+        for (&sid, (_, def)) in sids.iter().zip(defs) {
+            let s = &mut self.syms[sid as usize];
+            s.address = def.address;
+            if s.state == SymbolState::Materializing {
+                s.state = SymbolState::Resolved;
+            }
+            let d = &self.dylibs[s.dylib as usize];
+            d.shared.index.insert(
+                s.name.clone(),
+                IndexEntry {
+                    def: SymbolDef::new(def.address, s.flags),
+                    ready: false,
+                },
+            );
+            self.notify_waiters(sid, fx);
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        core: &Arc<SessionCore>,
+        resp: RespId,
+        groups: Vec<DependenceGroup>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<()> {
+        if let Err(e) = self.owned_resp(resp) {
+            if self.resps.contains(resp) {
+                let r = self.resps.remove(resp);
+                self.trackers[r.tracker].resps.remove(&resp);
+            }
+            return Err(e);
+        }
+        // Map names to symbols; any misuse fails the whole unit.
+        let mut mapped: Vec<(Vec<SymId>, Vec<SymId>)> = Vec::with_capacity(groups.len() + 1);
+        let mut grouped = FixedSet::default();
+        let mut missing_deps = Vec::new();
+        let mut lazy_deps = Vec::new();
+        let mut misuse = None;
+        for g in &groups {
+            let mut defs = Vec::with_capacity(g.symbols.len());
+            for name in &g.symbols {
+                match self.owned_sym(resp, name) {
+                    Ok(sid) if grouped.insert(sid) => defs.push(sid),
+                    Ok(_) => {}
+                    Err(e) => {
+                        misuse.get_or_insert(e);
+                    }
+                }
+            }
+            let mut deps = Vec::new();
+            for (dylib, names) in &g.dependencies {
+                let d = &self.dylibs[dylib.id() as usize];
+                for name in names {
+                    match d.table.get(name) {
+                        Some(&dep) => {
+                            if self.syms[dep as usize].state != SymbolState::Ready {
+                                deps.push(dep);
+                            }
+                        }
+                        None => missing_deps.push(name.clone()),
+                    }
+                }
+            }
+            mapped.push((defs, deps));
+        }
+        let residual: Vec<SymId> = self.resps[resp]
+            .owed
+            .iter()
+            .copied()
+            .filter(|s| !grouped.contains(s))
+            .collect();
+        if !residual.is_empty() {
+            mapped.push((residual, Vec::new()));
+        }
+        for (defs, _) in &mapped {
+            for &sid in defs {
+                let s = &self.syms[sid as usize];
+                if s.state == SymbolState::Materializing && !s.flags.is_side_effects_only() {
+                    misuse.get_or_insert(Error::Usage(format!(
+                        "unit '{}' emitted {} before resolving it",
+                        self.resps[resp].unit_name,
+                        self.qname(sid)
+                    )));
+                }
+            }
+        }
+        if let Some(e) = misuse {
+            self.fail_resp(resp, e.clone(), fx);
+            return Err(e);
+        }
+        let r = self.resps.remove(resp);
+        self.trackers[r.tracker].resps.remove(&resp);
+        if self.blocked.contains_key(&resp) {
+            self.blocked.remove(&resp);
+        }
+        if !missing_deps.is_empty() {
+            let cause = Arc::new(Error::SymbolsNotFound {
+                names: missing_deps,
+            });
+            let all: Vec<(SymId, Arc<Error>)> = r.owed.iter().map(|&s| (s, cause.clone())).collect();
+            let first = all.first().map(|&(s, _)| s);
+            self.fail_syms(all, fx);
+            return Err(first
+                .and_then(|s| self.syms[s as usize].failure.as_deref().cloned())
+                .unwrap_or_else(|| (*cause).clone()));
+        }
+        for (defs, _) in &mapped {
+            for &sid in defs {
+                let s = &mut self.syms[sid as usize];
+                s.resp = None;
+                s.state = SymbolState::Emitted;
+            }
+        }
+        // Groups depending on an already-failed symbol fail, to a fixpoint
+        // (a group may depend on another group of this same emit).
+        let mut failed_groups = Vec::new();
+        loop {
+            let mut changed = false;
+            for (gi, (defs, deps)) in mapped.iter().enumerate() {
+                if failed_groups.iter().any(|&(g, _)| g == gi) {
+                    continue;
+                }
+                if let Some(&bad) = deps
+                    .iter()
+                    .find(|&&d| self.syms[d as usize].state == SymbolState::Failed)
+                {
+                    for &sid in defs {
+                        self.syms[sid as usize].state = SymbolState::Failed;
+                    }
+                    failed_groups.push((gi, bad));
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut first_error = None;
+        for &(gi, bad) in &failed_groups {
+            let via = self.qname(bad);
+            let root = self.root_cause_of(bad);
+            for &sid in &mapped[gi].0 {
+                self.syms[sid as usize].state = SymbolState::Emitted;
+                let err = self.fail_one(sid, Some(via.clone()), root.clone(), fx);
+                first_error.get_or_insert(err);
+            }
+            let ids = mapped[gi].0.clone();
+            let mut dependants = Vec::new();
+            self.graph.fail(&ids, &mut dependants);
+            self.fail_dependants(&ids, dependants, fx);
+        }
+        // Dependencies declared on lazy symbols are materialized: the
+        // emitter was linked against them, so they will be needed.
+        for (gi, (_, deps)) in mapped.iter().enumerate() {
+            if failed_groups.iter().any(|&(g, _)| g == gi) {
+                continue;
+            }
+            for &dep in deps {
+                if self.syms[dep as usize].state == SymbolState::Lazy {
+                    lazy_deps.extend(self.syms[dep as usize].unit);
+                }
+            }
+        }
+        let emit_groups: Vec<EmitGroup<'_>> = mapped
+            .iter()
+            .enumerate()
+            .filter(|(gi, _)| !failed_groups.iter().any(|&(g, _)| g == *gi))
+            .map(|(_, (defs, deps))| EmitGroup { defs, deps })
+            .collect();
+        let mut ready = Vec::new();
+        self.graph.emit(&emit_groups, &mut ready);
+        drop(emit_groups);
+        for sid in ready {
+            self.mark_ready(sid, fx);
+        }
+        for uid in lazy_deps {
+            self.start_unit(core, uid, fx);
+        }
+        first_error.map_or(Ok(()), |e: Arc<Error>| Err((*e).clone()))
+    }
+
+    fn mark_ready(&mut self, sid: SymId, fx: &mut Vec<Effect>) {
+        let s = &mut self.syms[sid as usize];
+        s.state = SymbolState::Ready;
+        self.dylibs[s.dylib as usize].shared.index.insert(
+            s.name.clone(),
+            IndexEntry {
+                def: SymbolDef::new(s.address, s.flags),
+                ready: true,
+            },
+        );
+        self.notify_waiters(sid, fx);
+    }
+
+    fn root_cause_of(&self, sid: SymId) -> Arc<Error> {
+        match self.syms[sid as usize].failure.as_deref() {
+            Some(Error::Failed { cause, .. }) => cause.clone(),
+            Some(other) => Arc::new(other.clone()),
+            None => Arc::new(Error::msg("unknown failure")),
+        }
+    }
+
+    /// Fails one symbol with `cause` (arriving through `via`, if any):
+    /// sticky state, unpublished from the ready index, its lookups failed.
+    fn fail_one(
+        &mut self,
+        sid: SymId,
+        via: Option<QualifiedName>,
+        cause: Arc<Error>,
+        fx: &mut Vec<Effect>,
+    ) -> Arc<Error> {
+        if self.syms[sid as usize].state == SymbolState::Failed {
+            if let Some(existing) = &self.syms[sid as usize].failure {
+                return existing.clone();
+            }
+        }
+        let err = Arc::new(Error::Failed {
+            symbols: vec![self.qname(sid)],
+            via,
+            cause,
+        });
+        let s = &mut self.syms[sid as usize];
+        s.state = SymbolState::Failed;
+        s.failure = Some(err.clone());
+        if let Some(rid) = s.resp.take() {
+            if let Some(r) = self.resps.get_mut(rid) {
+                r.owed.remove(&sid);
+            }
+        }
+        let s = &self.syms[sid as usize];
+        let d = &self.dylibs[s.dylib as usize];
+        if d.table.get(&s.name) == Some(&sid) {
+            d.shared.index.insert(
+                s.name.clone(),
+                IndexEntry {
+                    def: SymbolDef::new(s.address, s.flags),
+                    ready: false,
+                },
+            );
+        }
+        let waiters = std::mem::take(&mut self.syms[sid as usize].waiters);
+        for (id, _) in waiters {
+            self.fail_lookup(id, (*err).clone(), fx);
+        }
+        err
+    }
+
+    /// Fails `roots` with their causes, then everything that transitively
+    /// waits on them, with the root's cause and the root as `via`.
+    fn fail_syms(&mut self, roots: Vec<(SymId, Arc<Error>)>, fx: &mut Vec<Effect>) {
+        if roots.is_empty() {
+            return;
+        }
+        let ids: Vec<SymId> = roots.iter().map(|&(s, _)| s).collect();
+        for (sid, cause) in roots {
+            let cause = match &*cause {
+                Error::Failed { cause, .. } => cause.clone(),
+                _ => cause,
+            };
+            self.fail_one(sid, None, cause, fx);
+        }
+        let mut dependants = Vec::new();
+        self.graph.fail(&ids, &mut dependants);
+        self.fail_dependants(&ids, dependants, fx);
+    }
+
+    fn fail_dependants(&mut self, roots: &[SymId], dependants: Vec<(SymId, SymId)>, fx: &mut Vec<Effect>) {
+        for (sid, root) in dependants {
+            if roots.contains(&sid) && sid == root {
+                continue;
+            }
+            let via = self.qname(root);
+            let cause = self.root_cause_of(root);
+            self.fail_one(sid, Some(via), cause, fx);
+        }
+    }
+
+    fn fail_resp(&mut self, resp: RespId, cause: Error, fx: &mut Vec<Effect>) {
+        if !self.resps.contains(resp) {
+            return;
+        }
+        let r = self.resps.remove(resp);
+        self.trackers[r.tracker].resps.remove(&resp);
+        self.blocked.remove(&resp);
+        if r.defunct {
+            // Removal already failed everything it owed.
+            return;
+        }
+        let mut owed: Vec<SymId> = r.owed.into_iter().collect();
+        owed.sort_unstable();
+        let cause = match cause {
+            Error::Abandoned { unit, symbols } if symbols.is_empty() => Error::Abandoned {
+                unit,
+                symbols: owed.iter().map(|&s| self.syms[s as usize].name.clone()).collect(),
+            },
+            other => other,
+        };
+        let cause = Arc::new(cause);
+        self.fail_syms(owed.into_iter().map(|s| (s, cause.clone())).collect(), fx);
+    }
+
+    fn replace(
+        &mut self,
+        core: &Arc<SessionCore>,
+        resp: RespId,
+        cell: UnitCell,
+        unit_name: Arc<str>,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<()> {
+        let mut sids = Vec::with_capacity(symbols.len());
+        for (name, _) in &symbols {
+            match self.owned_sym(resp, name) {
+                Ok(sid) => sids.push(sid),
+                Err(e) => {
+                    fx.push(Effect::Drop(Box::new(cell)));
+                    return Err(e);
+                }
+            }
+        }
+        let (dylib, tracker) = {
+            let r = &self.resps[resp];
+            (r.dylib, r.tracker)
+        };
+        let uid = self.units.insert(UnitEntry {
+            cell,
+            name: unit_name,
+            dylib,
+            tracker,
+            syms: sids.clone(),
+        });
+        self.trackers[tracker].units.insert(uid);
+        let mut wanted = false;
+        for (&sid, (_, flags)) in sids.iter().zip(&symbols) {
+            self.resps[resp].owed.remove(&sid);
+            let s = &mut self.syms[sid as usize];
+            s.state = SymbolState::Lazy;
+            s.flags = *flags;
+            s.resp = None;
+            s.unit = Some(uid);
+            wanted |= !s.waiters.is_empty();
+        }
+        if wanted {
+            self.start_unit(core, uid, fx);
+        }
+        Ok(())
+    }
+
+    fn delegate(&mut self, resp: RespId, names: &[SymbolName]) -> Result<RespId> {
+        let mut sids = Vec::with_capacity(names.len());
+        for name in names {
+            sids.push(self.owned_sym(resp, name)?);
+        }
+        let r = &mut self.resps[resp];
+        for sid in &sids {
+            r.owed.remove(sid);
+        }
+        let (dylib, tracker, unit_name) = (r.dylib, r.tracker, r.unit_name.clone());
+        let rid = self.resps.insert(RespEntry {
+            dylib,
+            tracker,
+            unit_name,
+            owed: sids.iter().copied().collect(),
+            defunct: false,
+        });
+        self.trackers[tracker].resps.insert(rid);
+        for sid in sids {
+            self.syms[sid as usize].resp = Some(rid);
+        }
+        Ok(rid)
+    }
+
+    fn define_materializing(
+        &mut self,
+        core: &Arc<SessionCore>,
+        resp: RespId,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<Vec<SymbolName>> {
+        let r = self.owned_resp(resp)?;
+        let (dylib, tracker) = (r.dylib, r.tracker);
+        let d = &self.dylibs[dylib as usize];
+        let mut duplicates = Vec::new();
+        let mut add = Vec::new();
+        for (name, flags) in symbols {
+            if d.table.contains_key(&name) || add.iter().any(|(n, _)| n == &name) {
+                if !flags.is_weak() {
+                    duplicates.push(name);
+                }
+            } else {
+                add.push((name, flags));
+            }
+        }
+        if !duplicates.is_empty() {
+            return Err(Error::DuplicateDefinitions {
+                dylib: d.shared.name.clone(),
+                names: duplicates,
+            });
+        }
+        let mut added = Vec::with_capacity(add.len());
+        for (name, flags) in add {
+            let sid = self.syms.len() as SymId;
+            let d = &mut self.dylibs[dylib as usize];
+            d.table.insert(name.clone(), sid);
+            d.shared.index.insert(
+                name.clone(),
+                IndexEntry {
+                    def: SymbolDef::new(0, flags),
+                    ready: false,
+                },
+            );
+            self.syms.push(Sym {
+                dylib,
+                name: name.clone(),
+                flags,
+                state: SymbolState::Materializing,
+                address: 0,
+                unit: None,
+                resp: Some(resp),
+                tracker,
+                waiters: Vec::new(),
+                failure: None,
+            });
+            self.resps[resp].owed.insert(sid);
+            self.trackers[tracker].syms.insert(sid);
+            added.push(name);
+        }
+        self.gained_definitions(core, dylib, fx);
+        Ok(added)
+    }
+
+    fn owed(&self, resp: RespId, requested_only: bool) -> Result<Vec<(SymbolName, SymbolFlags)>> {
+        let r = self.owned_resp(resp)?;
+        let mut out: Vec<(SymbolName, SymbolFlags)> = r
+            .owed
+            .iter()
+            .map(|&s| &self.syms[s as usize])
+            .filter(|s| !requested_only || !s.waiters.is_empty())
+            .map(|s| (s.name.clone(), s.flags))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    // ----- blocking-cycle detection ---------------------------------------
+
+    /// Who must act for `sid` to progress: its materializer, or — when it is
+    /// emitted and waiting — the materializers of what it waits on.
+    fn owners(&self, sid: SymId, out: &mut Vec<(RespId, SymId)>) {
+        let s = &self.syms[sid as usize];
+        match s.state {
+            SymbolState::Materializing | SymbolState::Resolved => out.extend(s.resp.map(|r| (r, sid))),
+            SymbolState::Emitted => {
+                for b in self.graph.blockers(sid, 64) {
+                    let bs = &self.syms[b as usize];
+                    if matches!(bs.state, SymbolState::Materializing | SymbolState::Resolved) {
+                        out.extend(bs.resp.map(|r| (r, b)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// If the materializer `start`, blocked on lookup `id`, transitively
+    /// waits on itself, fails that lookup with the cycle spelled out.
+    fn check_blocking_cycle(&mut self, core: &Arc<SessionCore>, start: RespId, id: u64, fx: &mut Vec<Effect>) {
+        let _ = core;
+        let mut visited = FixedSet::default();
+        visited.insert(start);
+        let mut stack = vec![(id, start, Vec::<String>::new())];
+        let mut owners = Vec::new();
+        while let Some((lookup, waiter, path)) = stack.pop() {
+            let Some(lk) = self.lookups.get(&lookup) else {
+                continue;
+            };
+            for &sid in &lk.pending {
+                if lk.state.is_met_by(self.syms[sid as usize].state) {
+                    continue;
+                }
+                owners.clear();
+                self.owners(sid, &mut owners);
+                for &(owner, via) in &owners {
+                    let mut step = String::new();
+                    let _ = write!(
+                        step,
+                        "unit '{}' waits for {}",
+                        self.resp_name(waiter),
+                        self.qname(via)
+                    );
+                    let mut next_path = path.clone();
+                    next_path.push(step);
+                    if owner == start {
+                        next_path.push(format!("unit '{}'", self.resp_name(start)));
+                        return self.fail_lookup(id, Error::BlockingCycle { cycle: next_path }, fx);
+                    }
+                    if visited.insert(owner) {
+                        if let Some(&next) = self.blocked.get(&owner) {
+                            stack.push((next, owner, next_path));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn resp_name(&self, resp: RespId) -> Arc<str> {
+        self.resps
+            .get(resp)
+            .map_or_else(|| "?".into(), |r| r.unit_name.clone())
+    }
+}

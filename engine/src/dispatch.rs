@@ -1,0 +1,270 @@
+//! Where user code runs: materializers, generators and completion callbacks
+//! are [`Task`]s handed to a [`Dispatcher`], never run by the state actor.
+//!
+//! A blocking wait on a [`WorkerPool`] thread helps: it runs other queued
+//! tasks while it waits, so a bounded pool cannot deadlock on lookups whose
+//! materializers are queued behind it.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use crate::sync::{Arc, Condvar, Mutex, thread, thread_local};
+
+/// A unit of work for a dispatcher.
+pub struct Task {
+    description: &'static str,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl Task {
+    /// A task that runs `f`; `description` says what it is (for debugging).
+    pub fn new(description: &'static str, f: impl FnOnce() + Send + 'static) -> Self {
+        Task {
+            description,
+            run: Box::new(f),
+        }
+    }
+
+    /// What this task does.
+    pub fn description(&self) -> &'static str {
+        self.description
+    }
+
+    /// Runs the task. Panics inside engine-made tasks are caught and turned
+    /// into failures before they get here; a panicking user callback is
+    /// caught by the worker pool.
+    pub fn run(self) {
+        (self.run)()
+    }
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+/// Runs tasks. Implement it to put kiln's work on your own executor.
+pub trait Dispatcher: Send + Sync + 'static {
+    /// Runs `task` now or later, on any thread.
+    fn dispatch(&self, task: Task);
+    /// Stops accepting work and waits for running work to finish. Called by
+    /// `Session::end`.
+    fn shutdown(&self) {}
+}
+
+/// Runs every task immediately on the dispatching thread: deterministic, for
+/// tests and single-threaded hosts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InPlaceDispatcher;
+
+impl InPlaceDispatcher {
+    /// The in-place dispatcher.
+    pub fn new() -> Self {
+        InPlaceDispatcher
+    }
+}
+
+impl Dispatcher for InPlaceDispatcher {
+    fn dispatch(&self, task: Task) {
+        task.run();
+    }
+}
+
+/// Starts a new thread per task (like ORC's unbounded dynamic pool). Under
+/// `kiln_loom` the threads are loom's, which is how the models run the engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ThreadPerTask;
+
+impl Dispatcher for ThreadPerTask {
+    fn dispatch(&self, task: Task) {
+        // Detached: the task owns everything it needs.
+        let _detached = thread::spawn(move || task.run());
+    }
+}
+
+/// A fixed pool of worker threads with a shared queue.
+pub struct WorkerPool {
+    shared: Arc<PoolShared>,
+    workers: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+pub(crate) struct PoolShared {
+    queue: Mutex<PoolQueue>,
+    /// Signalled when a task arrives, at shutdown, and when a lookup that a
+    /// helping worker waits on completes.
+    wakeup: Condvar,
+}
+
+struct PoolQueue {
+    tasks: VecDeque<Task>,
+    shutdown: bool,
+}
+
+thread_local! {
+    static CURRENT_POOL: std::cell::RefCell<Option<Arc<PoolShared>>> = const { std::cell::RefCell::new(None) };
+}
+
+impl WorkerPool {
+    /// A pool of `threads` workers (at least one).
+    pub fn new(threads: usize) -> Self {
+        let shared = Arc::new(PoolShared {
+            queue: Mutex::new(PoolQueue {
+                tasks: VecDeque::new(),
+                shutdown: false,
+            }),
+            wakeup: Condvar::new(),
+        });
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let shared = shared.clone();
+            let handle = thread::spawn_named(format!("kiln-worker-{i}"), move || {
+                worker_loop(shared)
+            });
+            match handle {
+                Ok(h) => workers.push(h),
+                // Could not start more threads: the pool runs with fewer.
+                Err(_) if !workers.is_empty() => break,
+                Err(e) => panic!("kiln: cannot start a worker thread: {e}"),
+            }
+        }
+        WorkerPool {
+            shared,
+            workers: Mutex::new(workers),
+        }
+    }
+
+    /// A pool with one worker per available core.
+    pub fn with_available_parallelism() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+}
+
+impl fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("workers", &self.workers.lock().len())
+            .finish()
+    }
+}
+
+fn worker_loop(shared: Arc<PoolShared>) {
+    CURRENT_POOL.with(|p| *p.borrow_mut() = Some(shared.clone()));
+    loop {
+        let task = {
+            let mut q = shared.queue.lock();
+            loop {
+                if let Some(t) = q.tasks.pop_front() {
+                    break Some(t);
+                }
+                if q.shutdown {
+                    break None;
+                }
+                q = shared.wakeup.wait(q);
+            }
+        };
+        match task {
+            Some(task) => run_guarded(task),
+            None => break,
+        }
+    }
+    CURRENT_POOL.with(|p| *p.borrow_mut() = None);
+}
+
+/// Runs a task so that a panicking user callback cannot kill a worker.
+fn run_guarded(task: Task) {
+    let description = task.description();
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
+        eprintln!("kiln: a task ({description}) panicked; the worker continues");
+    }
+}
+
+impl Dispatcher for WorkerPool {
+    fn dispatch(&self, task: Task) {
+        let mut q = self.shared.queue.lock();
+        if q.shutdown {
+            drop(q);
+            // After shutdown, run here rather than lose the work (its
+            // responsibility would otherwise fail as abandoned anyway).
+            run_guarded(task);
+            return;
+        }
+        q.tasks.push_back(task);
+        drop(q);
+        self.shared.wakeup.notify_one();
+    }
+
+    fn shutdown(&self) {
+        self.shared.queue.lock().shutdown = true;
+        self.shared.wakeup.notify_all();
+        let on_worker = CURRENT_POOL.with(|p| {
+            p.borrow()
+                .as_ref()
+                .is_some_and(|cur| Arc::ptr_eq(cur, &self.shared))
+        });
+        if on_worker {
+            // A worker cannot join itself; the others finish on their own.
+            return;
+        }
+        let workers = std::mem::take(&mut *self.workers.lock());
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The pool the current thread works for, if any.
+pub(crate) fn current_pool() -> Option<Arc<PoolShared>> {
+    CURRENT_POOL.with(|p| p.borrow().clone())
+}
+
+impl PoolShared {
+    /// Runs queued tasks on this worker until `done()` holds (returns true)
+    /// or `deadline` passes (returns false); sleeps when there is nothing to
+    /// run. Whoever makes `done()` true must call [`PoolShared::wake`].
+    pub(crate) fn help_until(
+        &self,
+        done: &dyn Fn() -> bool,
+        deadline: Option<std::time::Instant>,
+    ) -> bool {
+        loop {
+            let task = {
+                let mut q = self.queue.lock();
+                loop {
+                    if done() {
+                        return true;
+                    }
+                    if let Some(t) = q.tasks.pop_front() {
+                        break t;
+                    }
+                    match deadline {
+                        None => q = self.wakeup.wait(q),
+                        Some(at) => {
+                            let now = std::time::Instant::now();
+                            if now >= at {
+                                return false;
+                            }
+                            q = self.wakeup.wait_timeout(q, at - now);
+                        }
+                    }
+                }
+            };
+            run_guarded(task);
+        }
+    }
+
+    /// Wakes helping workers so they re-check their condition. Taking the
+    /// queue lock orders this after any check made under it: no lost wakeup.
+    pub(crate) fn wake(&self) {
+        drop(self.queue.lock());
+        self.wakeup.notify_all();
+    }
+}

@@ -1,0 +1,107 @@
+//! Definition generators: asked for names a dylib lacks, they may define
+//! them (a host's own symbols, archive members, code compiled on demand).
+
+use std::fmt;
+
+use crate::actor::{Msg, SessionCore};
+use crate::error::Error;
+use crate::lookup::{DylibLookup, LookupKind};
+use crate::name::SymbolName;
+use crate::session::Dylib;
+use crate::sync::Arc;
+
+/// Defines symbols on demand.
+///
+/// `generate` runs as a task on the dispatcher, never on the state actor.
+/// It may define into the request's dylib, may look other symbols up, and may
+/// finish later: keep the [`GenerateRequest`] and call
+/// [`GenerateRequest::complete`] when done (dropping it completes it with
+/// success). Calls are serialized per generator unless
+/// [`Generator::is_concurrent`] says otherwise. Names a generator did not
+/// define are remembered and not asked again until the dylib gains a new
+/// definition.
+pub trait Generator: Send + Sync + 'static {
+    /// Try to define `request.names()` in `request.dylib()`.
+    fn generate(&self, request: GenerateRequest);
+
+    /// Whether several lookups may be inside `generate` at once.
+    fn is_concurrent(&self) -> bool {
+        false
+    }
+}
+
+/// One call of a generator: which names a lookup is missing, and the means
+/// to say it is done.
+pub struct GenerateRequest {
+    pub(crate) core: Arc<SessionCore>,
+    pub(crate) dylib: Dylib,
+    pub(crate) names: Vec<SymbolName>,
+    pub(crate) kind: LookupKind,
+    pub(crate) visibility: DylibLookup,
+    pub(crate) lookup: u64,
+    pub(crate) generator: usize,
+    pub(crate) completed: bool,
+}
+
+impl fmt::Debug for GenerateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenerateRequest")
+            .field("dylib", &self.dylib.name())
+            .field("names", &self.names)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl GenerateRequest {
+    /// The dylib to define into.
+    pub fn dylib(&self) -> &Dylib {
+        &self.dylib
+    }
+
+    /// The names the lookup is missing in this dylib.
+    pub fn names(&self) -> &[SymbolName] {
+        &self.names
+    }
+
+    /// Why the lookup is made.
+    pub fn kind(&self) -> LookupKind {
+        self.kind
+    }
+
+    /// Whether the lookup sees only exported symbols of this dylib.
+    pub fn visibility(&self) -> DylibLookup {
+        self.visibility
+    }
+
+    /// Finishes the call. An error fails the lookup that asked, with this
+    /// error as its cause.
+    pub fn complete(mut self, result: Result<(), Error>) {
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: Result<(), Error>) {
+        if self.completed {
+            return;
+        }
+        self.completed = true;
+        self.core.send(Msg::GeneratorDone {
+            lookup: self.lookup,
+            dylib: self.dylib.id(),
+            generator: self.generator,
+            asked: std::mem::take(&mut self.names),
+            result,
+        });
+    }
+}
+
+impl Drop for GenerateRequest {
+    fn drop(&mut self) {
+        let result = if std::thread::panicking() {
+            Err(Error::msg("the generator panicked"))
+        } else {
+            Ok(())
+        };
+        self.finish(result);
+    }
+}

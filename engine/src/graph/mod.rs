@@ -1,0 +1,1071 @@
+//! The dependency graph: decides when emitted symbols become Ready.
+//!
+//! This is a pure data structure. It knows nothing of names, dylibs or
+//! threads; the engine's state actor maps symbols to dense [`NodeId`]s and
+//! calls it.
+//!
+//! # Semantics
+//!
+//! A node starts *unemitted*. It is emitted exactly once, with its
+//! dependencies (edges dependant → dependency), as part of an
+//! [`EmitGroup`] in a call to [`DepGraph::emit`]. A node is **Ready** exactly
+//! when it and every node it transitively reaches are emitted and none has
+//! failed. Nodes of one cycle (strongly connected component) therefore become
+//! Ready together, in the same call. [`DepGraph::fail`] fails every waiting
+//! node that transitively depends on a failed node. Ready and failed nodes
+//! leave the graph; only *waiting* nodes (emitted, not yet Ready) and the
+//! unemitted nodes they wait on are stored.
+//!
+//! # Algorithm
+//!
+//! The graph is kept *condensed*: every waiting strongly connected component
+//! (SCC) is one component with a representative slot, a member list and two
+//! intrusive, circular, doubly linked edge lists (its out-edges and its
+//! in-edges). Edges inside a component are deleted when the component forms,
+//! so the component's out-edge count is exactly its number of edges to nodes
+//! that are not Ready yet. That count is the readiness counter:
+//!
+//! * **Ready cascade.** A waiting component whose out-edge count is zero is
+//!   Ready. Its in-edges are walked once; each one decrements its source
+//!   component's counter, and components that reach zero follow.
+//! * **Cycles.** Out-edges are only ever added when their source is emitted,
+//!   so a cycle can only close through a node being emitted. Waiting
+//!   components carry labels forming a topological order (dependants before
+//!   dependencies) maintained incrementally in the style of Pearce and Kelly
+//!   (*A dynamic topological sort algorithm for directed acyclic graphs*,
+//!   JEA 2006). A node being emitted is placed so that no search is needed
+//!   whenever possible: in front of everything when nothing waits on it yet,
+//!   behind everything when it waits on nothing that is waiting, otherwise
+//!   between its last dependant and its first dependency when they are in
+//!   that order (labels are sparse `u64`s kept in an ordered map). Only an
+//!   edge that still points backwards triggers a search, bounded by the two
+//!   labels (the *affected region*): forward from the dependency, backward
+//!   from the dependant. If the searches meet, the nodes on the paths form a
+//!   new SCC and are contracted into one component; otherwise the region is
+//!   reordered with the labels it already had.
+//! * **Contraction** merges the smaller components into the one with the most
+//!   members and edges: only the smaller ones' members are relabelled and only
+//!   their edge lists are scanned for edges that became internal (every
+//!   internal edge has an endpoint in a smaller component); the lists are
+//!   spliced in O(1).
+//! * **Groups.** A group with several defs and several deps gets one hidden
+//!   node (defs → hidden → deps), so it costs `defs + deps` edges instead of
+//!   `defs × deps`. The hidden node is always emitted, so reachability between
+//!   real nodes, and with it readiness and failure, is unchanged.
+//! * **Failure** walks in-edges backwards from the failed nodes, so it costs
+//!   the size of the failed region.
+//!
+//! # Complexity
+//!
+//! With `n` nodes and `m` edges over the graph's lifetime:
+//!
+//! * emission, placement, the Ready cascade and failure cost `O((n + m) log n)`
+//!   in total (the `log n` is the ordered label map);
+//! * contraction costs `O((n + m) log n)` in total by the small-to-large
+//!   argument (a member is relabelled only when its component at least
+//!   doubles; an edge is scanned while on the smaller side or deleted once);
+//! * a backward edge costs a search of its affected region. Placement avoids
+//!   every search for chains emitted in either direction, for one cycle
+//!   emitted in order (one search, when it closes), for groups, and for all
+//!   emissions where a node's dependants already precede its dependencies.
+//!   **Worst case:** incremental topological ordering has no known
+//!   near-linear bound; an adversarial emission order can make the searches
+//!   cost `O(n)` each, `O(n · (n + m))` in total. The benchmark
+//!   `benches/benches/dep_graph.rs` measures the emission orders the engine
+//!   sees (chains both ways, one big cycle, random DAGs in random order).
+//!
+//! Memory is `O(waiting + unemitted-but-depended-on + edges among them)`,
+//! plus one `u32` per [`NodeId`] up to the largest id seen (the id → slot
+//! index). Slots and edges of Ready and failed nodes are reused.
+//!
+//! # Caller contract
+//!
+//! Emitting a node twice, emitting a failed node, and depending on a Ready or
+//! failed node are caller bugs. They cause no undefined behaviour and no
+//! panic: a second emission of a waiting node is ignored; a failed or Ready
+//! node is forgotten, so emitting it again or depending on it treats it as a
+//! new node.
+
+use std::collections::BTreeMap;
+
+#[cfg(test)]
+mod tests;
+
+/// A node: a dense id chosen by the caller (the engine uses symbol ids).
+pub type NodeId = u32;
+
+/// One dependence group of an emission: every node in `defs` depends on every
+/// node in `deps`.
+#[derive(Debug, Clone, Copy)]
+pub struct EmitGroup<'a> {
+    /// The nodes this group emits.
+    pub defs: &'a [NodeId],
+    /// The nodes every def depends on. A def listed here is ignored for
+    /// itself (no self-edges) but still a dependency of the group's other
+    /// defs.
+    pub deps: &'a [NodeId],
+}
+
+/// "No slot / no edge".
+const NIL: u32 = u32::MAX;
+/// Index of the out-edge list (keyed by the edge's source).
+const OUT: usize = 0;
+/// Index of the in-edge list (keyed by the edge's target).
+const IN: usize = 1;
+/// Distance between consecutive labels after a relabelling and between
+/// labels placed at the front or back; leaves room for 24 nested placements
+/// between two neighbours.
+const STRIDE: u64 = 1 << 24;
+/// The label of the first node placed.
+const MID: u64 = 1 << 63;
+
+/// What a slot currently holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// On the free list.
+    Free,
+    /// A node some waiting node depends on, not yet emitted (no label, no
+    /// out-edges).
+    Unemitted,
+    /// Emitted, not yet Ready (has a label while it is a representative).
+    Waiting,
+}
+
+/// One node (real or hidden). The fields after `next_member` are meaningful
+/// only while the slot is its component's representative.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// The caller's id (meaningless for hidden nodes).
+    node: NodeId,
+    kind: Kind,
+    /// A group's hidden node: never reported, never looked up.
+    hidden: bool,
+    /// Representative of this slot's component.
+    comp: u32,
+    /// Next member of the same component (`NIL` ends the list).
+    next_member: u32,
+    /// Epoch marks: forward search, backward search, merge set, misc (queue,
+    /// failure visit, input stamp).
+    mark: [u32; 4],
+    /// Epoch of the emission that emitted this node.
+    emitted_in: u32,
+    /// Topological label (dependants have smaller labels than dependencies).
+    label: u64,
+    /// Number of member slots.
+    size: u32,
+    /// First and last member slot.
+    members: [u32; 2],
+    /// Heads of the out-edge and in-edge lists.
+    head: [u32; 2],
+    /// Lengths of the out-edge and in-edge lists.
+    len: [u32; 2],
+    /// A failed input this component reaches (during [`DepGraph::fail`]).
+    root: NodeId,
+}
+
+/// Mark indices into [`Slot::mark`].
+const MARK_F: usize = 0;
+const MARK_B: usize = 1;
+const MARK_M: usize = 2;
+const MARK_X: usize = 3;
+
+/// An edge `ends[OUT]` → `ends[IN]`, linked into its source component's
+/// out-list and its target component's in-list.
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    /// Source and target slot.
+    ends: [u32; 2],
+    /// `link[dir] = [next, prev]` in the list `dir`.
+    link: [[u32; 2]; 2],
+}
+
+/// The dependency graph of waiting nodes. See the [module docs](self).
+#[derive(Debug)]
+pub struct DepGraph {
+    /// `NodeId` → slot, `NIL` if the node is not stored.
+    index: Vec<u32>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    edges: Vec<Edge>,
+    /// Free edges, chained through `link[OUT][0]`.
+    free_edges: u32,
+    /// Label → component, for every waiting component.
+    order: BTreeMap<u64, u32>,
+    /// Lower and upper bounds of the labels handed out since the last
+    /// relabelling.
+    lo: u64,
+    hi: u64,
+    /// Placements since the last full relabelling (amortizes it).
+    placed_since_relabel: usize,
+    /// Number of waiting real nodes.
+    waiting: usize,
+    /// Epoch counter for marks; 0 is never a live epoch.
+    epoch: u32,
+    /// Scratch buffers, kept to avoid reallocating.
+    stack: Vec<u32>,
+    fwd: Vec<u32>,
+    bwd: Vec<u32>,
+    targets: Vec<u32>,
+    touched: Vec<u32>,
+    pool: Vec<u64>,
+}
+
+impl Default for DepGraph {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DepGraph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        DepGraph {
+            index: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            edges: Vec::new(),
+            free_edges: NIL,
+            order: BTreeMap::new(),
+            lo: MID,
+            hi: MID,
+            placed_since_relabel: 0,
+            waiting: 0,
+            epoch: 0,
+            stack: Vec::new(),
+            fwd: Vec::new(),
+            bwd: Vec::new(),
+            targets: Vec::new(),
+            touched: Vec::new(),
+            pool: Vec::new(),
+        }
+    }
+
+    /// Emits one batch (one unit's emission).
+    ///
+    /// Precondition (the caller filters): no dep is Ready or failed. Deps may
+    /// be nodes emitted in this same batch (intra-unit cycles), waiting nodes
+    /// emitted earlier, or nodes never emitted. Self-deps are ignored. Pushes
+    /// onto `ready` every node that became Ready because of this call (the
+    /// batch's own defs and earlier waiting nodes), each once.
+    ///
+    /// A def that is already waiting from an earlier call is ignored (caller
+    /// bug). A def listed in several groups of this batch gets the
+    /// dependencies of all of them.
+    pub fn emit(&mut self, groups: &[EmitGroup<'_>], ready: &mut Vec<NodeId>) {
+        let batch = self.next_epoch();
+        let mut touched = std::mem::take(&mut self.touched);
+        let mut targets = std::mem::take(&mut self.targets);
+        touched.clear();
+        for group in groups {
+            // Which defs does this call emit? Skip (caller bug) defs that an
+            // earlier call already emitted.
+            let first_touched = touched.len();
+            for &d in group.defs {
+                let s = self.ensure_slot(d);
+                match self.slots[s as usize].kind {
+                    Kind::Waiting if self.slots[s as usize].emitted_in != batch => continue,
+                    _ => touched.push(s),
+                }
+            }
+            let defs = first_touched..touched.len();
+            if defs.is_empty() {
+                continue;
+            }
+            targets.clear();
+            for &t in group.deps {
+                let s = self.ensure_slot(t);
+                targets.push(s);
+            }
+            if defs.len() > 1 && targets.len() > 1 {
+                // defs → hidden → deps: defs + deps edges, not defs × deps.
+                let h = self.alloc_slot(0, true);
+                for i in defs {
+                    let d = touched[i];
+                    self.emit_node(d, &[h], batch);
+                }
+                self.emit_node(h, &targets, batch);
+                touched.push(h);
+            } else {
+                for i in defs {
+                    let d = touched[i];
+                    self.emit_node(d, &targets, batch);
+                }
+            }
+        }
+        // Readiness is decided once the whole batch is in.
+        let queued = self.next_epoch();
+        let mut queue = std::mem::take(&mut self.stack);
+        queue.clear();
+        for &s in &touched {
+            let c = self.slots[s as usize].comp;
+            let cs = &mut self.slots[c as usize];
+            if cs.kind == Kind::Waiting && cs.len[OUT] == 0 && cs.mark[MARK_X] != queued {
+                cs.mark[MARK_X] = queued;
+                queue.push(c);
+            }
+        }
+        self.cascade(&mut queue, ready);
+        self.stack = queue;
+        self.touched = touched;
+        self.targets = targets;
+    }
+
+    /// Fails `nodes` (waiting or never emitted).
+    ///
+    /// Pushes `(dependant, root)` for every waiting node that transitively
+    /// depends on one of them — `root` is one failed input it reaches — and
+    /// removes them. Waiting nodes among `nodes` themselves are removed too and
+    /// reported as `(n, n)`.
+    pub fn fail(&mut self, nodes: &[NodeId], failed: &mut Vec<(NodeId, NodeId)>) {
+        let ep = self.next_epoch();
+        let mut visit = std::mem::take(&mut self.fwd);
+        visit.clear();
+        // Stamp the inputs (MARK_M) and seed the visit (MARK_X).
+        for &n in nodes {
+            let Some(s) = self.slot_of(n) else { continue };
+            self.slots[s as usize].mark[MARK_M] = ep;
+            let c = self.slots[s as usize].comp;
+            let cs = &mut self.slots[c as usize];
+            if cs.mark[MARK_X] != ep {
+                cs.mark[MARK_X] = ep;
+                cs.root = n;
+                visit.push(c);
+            }
+        }
+        // Everything that depends on them, backwards over in-edges.
+        let mut i = 0;
+        while i < visit.len() {
+            let c = visit[i];
+            i += 1;
+            let root = self.slots[c as usize].root;
+            let mut e = self.slots[c as usize].head[IN];
+            for _ in 0..self.slots[c as usize].len[IN] {
+                let edge = self.edges[e as usize];
+                let s = self.slots[edge.ends[OUT] as usize].comp;
+                let ss = &mut self.slots[s as usize];
+                if ss.mark[MARK_X] != ep {
+                    ss.mark[MARK_X] = ep;
+                    ss.root = root;
+                    visit.push(s);
+                }
+                e = edge.link[IN][0];
+            }
+        }
+        // Report.
+        for &c in &visit {
+            let root = self.slots[c as usize].root;
+            let mut m = self.slots[c as usize].members[0];
+            while m != NIL {
+                let ms = &self.slots[m as usize];
+                if !ms.hidden && ms.kind == Kind::Waiting {
+                    let r = if ms.mark[MARK_M] == ep { ms.node } else { root };
+                    failed.push((ms.node, r));
+                    self.waiting -= 1;
+                }
+                m = ms.next_member;
+            }
+        }
+        // Remove: first every out-edge of a failed component (this also
+        // covers every in-edge of one, since all dependants failed too), then
+        // the slots.
+        for &c in &visit {
+            let mut e = self.slots[c as usize].head[OUT];
+            for _ in 0..self.slots[c as usize].len[OUT] {
+                let edge = self.edges[e as usize];
+                let next = edge.link[OUT][0];
+                let t = self.slots[edge.ends[IN] as usize].comp;
+                self.unlink(e, IN);
+                self.free_edge(e);
+                let ts = &self.slots[t as usize];
+                if ts.mark[MARK_X] != ep && ts.kind == Kind::Unemitted && ts.len[IN] == 0 {
+                    // Nothing waits on this unemitted node any more.
+                    self.free_slot(t);
+                }
+                e = next;
+            }
+            self.slots[c as usize].head[OUT] = NIL;
+            self.slots[c as usize].len[OUT] = 0;
+        }
+        for &c in &visit {
+            if self.slots[c as usize].kind == Kind::Waiting {
+                let label = self.slots[c as usize].label;
+                self.order.remove(&label);
+            }
+            self.free_component(c);
+        }
+        self.fwd = visit;
+    }
+
+    /// Whether `n` is emitted and not yet Ready (and not failed).
+    pub fn is_waiting(&self, n: NodeId) -> bool {
+        self.slot_of(n)
+            .is_some_and(|s| self.slots[s as usize].kind == Kind::Waiting)
+    }
+
+    /// Number of waiting nodes.
+    pub fn waiting_len(&self) -> usize {
+        self.waiting
+    }
+
+    /// Up to `limit` never-emitted nodes that waiting node `n` transitively
+    /// waits on (diagnostics and the engine's blocking-cycle detector use
+    /// this). Empty if `n` is not waiting.
+    pub fn blockers(&self, n: NodeId, limit: usize) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let Some(s) = self.slot_of(n) else { return out };
+        if self.slots[s as usize].kind != Kind::Waiting || limit == 0 {
+            return out;
+        }
+        let start = self.slots[s as usize].comp;
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(start);
+        let mut stack = vec![start];
+        while let Some(c) = stack.pop() {
+            let mut e = self.slots[c as usize].head[OUT];
+            for _ in 0..self.slots[c as usize].len[OUT] {
+                let edge = &self.edges[e as usize];
+                let t = self.slots[edge.ends[IN] as usize].comp;
+                if seen.insert(t) {
+                    let ts = &self.slots[t as usize];
+                    if ts.kind == Kind::Unemitted {
+                        if !ts.hidden {
+                            out.push(ts.node);
+                            if out.len() >= limit {
+                                return out;
+                            }
+                        }
+                    } else {
+                        stack.push(t);
+                    }
+                }
+                e = edge.link[OUT][0];
+            }
+        }
+        out
+    }
+
+    /// Checks the internal invariants and describes the first one broken.
+    ///
+    /// For tests (including the property tests of this crate); it walks the
+    /// whole graph. The invariants: every component's member and edge lists are
+    /// consistent with its counts, no edge is internal to a component, every
+    /// edge between waiting components goes from a smaller label to a larger
+    /// one, the label map holds exactly the waiting components, and every
+    /// stored unemitted node has a waiting dependant.
+    #[doc(hidden)]
+    pub fn validate(&self) -> Result<(), String> {
+        let mut waiting = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            let i = i as u32;
+            if s.kind == Kind::Free {
+                continue;
+            }
+            if !s.hidden && self.slot_of(s.node) != Some(i) {
+                return Err(format!("slot {i} (node {}) not indexed", s.node));
+            }
+            if s.kind == Kind::Waiting && !s.hidden {
+                waiting += 1;
+            }
+            let rep = &self.slots[s.comp as usize];
+            if rep.comp != s.comp || rep.kind != s.kind {
+                return Err(format!("slot {i}: bad representative {}", s.comp));
+            }
+            if s.comp != i {
+                continue;
+            }
+            let mut n = 0;
+            let mut m = s.members[0];
+            while m != NIL {
+                if self.slots[m as usize].comp != i {
+                    return Err(format!("member {m} of {i} points to another component"));
+                }
+                n += 1;
+                if m == s.members[1] && self.slots[m as usize].next_member != NIL {
+                    return Err(format!("component {i}: tail {m} has a successor"));
+                }
+                m = self.slots[m as usize].next_member;
+            }
+            if n != s.size {
+                return Err(format!("component {i}: {n} members, size {}", s.size));
+            }
+            match s.kind {
+                Kind::Waiting => {
+                    if self.order.get(&s.label) != Some(&i) {
+                        return Err(format!("component {i}: label {} not in the map", s.label));
+                    }
+                }
+                Kind::Unemitted => {
+                    if s.len[OUT] != 0 || s.len[IN] == 0 {
+                        return Err(format!("unemitted {i}: {:?} edges", s.len));
+                    }
+                }
+                Kind::Free => {}
+            }
+            for dir in [OUT, IN] {
+                let mut e = s.head[dir];
+                for _ in 0..s.len[dir] {
+                    let edge = &self.edges[e as usize];
+                    let next = edge.link[dir][0];
+                    if self.edges[next as usize].link[dir][1] != e {
+                        return Err(format!("edge {e}: broken list {dir}"));
+                    }
+                    let here = self.slots[edge.ends[dir] as usize].comp;
+                    let there = self.slots[edge.ends[1 - dir] as usize].comp;
+                    if here != i || there == i {
+                        return Err(format!("edge {e} in list {dir} of {i}: {here}, {there}"));
+                    }
+                    let (a, b) = if dir == OUT { (here, there) } else { (there, here) };
+                    let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
+                    if sa.kind != Kind::Waiting {
+                        return Err(format!("edge {e} from a non-waiting component"));
+                    }
+                    if sb.kind == Kind::Waiting && sa.label >= sb.label {
+                        return Err(format!("edge {e}: label {} -> {}", sa.label, sb.label));
+                    }
+                    e = next;
+                }
+                if s.len[dir] > 0 && e != s.head[dir] {
+                    return Err(format!("component {i}: list {dir} longer than its count"));
+                }
+            }
+        }
+        let waiting_reps = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| s.kind == Kind::Waiting && s.comp as usize == i)
+            .count();
+        if waiting_reps != self.order.len() {
+            return Err(format!("{waiting_reps} components, {} labels", self.order.len()));
+        }
+        if waiting != self.waiting {
+            return Err(format!("{waiting} waiting nodes, counter says {}", self.waiting));
+        }
+        Ok(())
+    }
+
+    /// Number of live edges (tests check that groups do not cost defs × deps).
+    #[cfg(test)]
+    fn edge_count(&self) -> usize {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| s.kind == Kind::Waiting && s.comp as usize == i)
+            .map(|(_, s)| s.len[OUT] as usize)
+            .sum()
+    }
+
+    // ----- slots -------------------------------------------------------------
+
+    fn slot_of(&self, n: NodeId) -> Option<u32> {
+        let s = *self.index.get(n as usize)?;
+        (s != NIL).then_some(s)
+    }
+
+    /// The slot of `n`, created as an unemitted node if absent.
+    fn ensure_slot(&mut self, n: NodeId) -> u32 {
+        if let Some(s) = self.slot_of(n) {
+            return s;
+        }
+        let s = self.alloc_slot(n, false);
+        let i = n as usize;
+        if self.index.len() <= i {
+            self.index.resize(i + 1, NIL);
+        }
+        self.index[i] = s;
+        s
+    }
+
+    /// A fresh unemitted slot forming its own component.
+    fn alloc_slot(&mut self, node: NodeId, hidden: bool) -> u32 {
+        let s = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                let s = u32::try_from(self.slots.len())
+                    .ok()
+                    .filter(|&s| s != NIL)
+                    .unwrap_or_else(|| panic!("kiln dependency graph: more than 2^32-1 slots"));
+                self.slots.push(Slot {
+                    node,
+                    kind: Kind::Free,
+                    hidden,
+                    comp: s,
+                    next_member: NIL,
+                    mark: [0; 4],
+                    emitted_in: 0,
+                    label: 0,
+                    size: 1,
+                    members: [s, s],
+                    head: [NIL; 2],
+                    len: [0; 2],
+                    root: 0,
+                });
+                s
+            }
+        };
+        let slot = &mut self.slots[s as usize];
+        slot.node = node;
+        slot.kind = Kind::Unemitted;
+        slot.hidden = hidden;
+        slot.comp = s;
+        slot.next_member = NIL;
+        slot.emitted_in = 0;
+        slot.label = 0;
+        slot.size = 1;
+        slot.members = [s, s];
+        slot.head = [NIL; 2];
+        slot.len = [0; 2];
+        s
+    }
+
+    fn free_slot(&mut self, s: u32) {
+        let slot = &mut self.slots[s as usize];
+        if !slot.hidden {
+            if let Some(i) = self.index.get_mut(slot.node as usize) {
+                *i = NIL;
+            }
+        }
+        slot.kind = Kind::Free;
+        self.free_slots.push(s);
+    }
+
+    /// Frees every member of component `c` (its edges must be gone).
+    fn free_component(&mut self, c: u32) {
+        let mut m = self.slots[c as usize].members[0];
+        while m != NIL {
+            let next = self.slots[m as usize].next_member;
+            self.free_slot(m);
+            m = next;
+        }
+    }
+
+    /// A fresh epoch for marks; on wrap-around every mark is cleared.
+    fn next_epoch(&mut self) -> u32 {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // `emitted_in` is left alone: a stale match only hides a caller
+            // bug (a second emission), and a batch must keep its own stamp.
+            for s in &mut self.slots {
+                s.mark = [0; 4];
+            }
+            self.epoch = 1;
+        }
+        self.epoch
+    }
+
+    // ----- edges -------------------------------------------------------------
+
+    /// Adds edge `src → dst` to both components' lists.
+    fn add_edge(&mut self, src: u32, dst: u32) -> u32 {
+        let edge = Edge { ends: [src, dst], link: [[NIL; 2]; 2] };
+        let e = if self.free_edges != NIL {
+            let e = self.free_edges;
+            self.free_edges = self.edges[e as usize].link[OUT][0];
+            self.edges[e as usize] = edge;
+            e
+        } else {
+            let e = u32::try_from(self.edges.len())
+                .ok()
+                .filter(|&e| e != NIL)
+                .unwrap_or_else(|| panic!("kiln dependency graph: more than 2^32-1 edges"));
+            self.edges.push(edge);
+            e
+        };
+        self.link(e, OUT);
+        self.link(e, IN);
+        e
+    }
+
+    /// Appends `e` to the `dir` list of its `dir` end's component.
+    fn link(&mut self, e: u32, dir: usize) {
+        let c = self.slots[self.edges[e as usize].ends[dir] as usize].comp as usize;
+        let head = self.slots[c].head[dir];
+        if head == NIL {
+            self.edges[e as usize].link[dir] = [e, e];
+            self.slots[c].head[dir] = e;
+        } else {
+            let tail = self.edges[head as usize].link[dir][1];
+            self.edges[e as usize].link[dir] = [head, tail];
+            self.edges[tail as usize].link[dir][0] = e;
+            self.edges[head as usize].link[dir][1] = e;
+        }
+        self.slots[c].len[dir] += 1;
+    }
+
+    /// Removes `e` from the `dir` list of its `dir` end's component.
+    fn unlink(&mut self, e: u32, dir: usize) {
+        let c = self.slots[self.edges[e as usize].ends[dir] as usize].comp as usize;
+        let [next, prev] = self.edges[e as usize].link[dir];
+        if next == e {
+            self.slots[c].head[dir] = NIL;
+        } else {
+            self.edges[prev as usize].link[dir][0] = next;
+            self.edges[next as usize].link[dir][1] = prev;
+            if self.slots[c].head[dir] == e {
+                self.slots[c].head[dir] = next;
+            }
+        }
+        self.slots[c].len[dir] -= 1;
+    }
+
+    fn free_edge(&mut self, e: u32) {
+        self.edges[e as usize].link[OUT][0] = self.free_edges;
+        self.free_edges = e;
+    }
+
+    /// Appends list `b` (head) to list `a` (head) in direction `dir`.
+    fn splice(&mut self, a: u32, b: u32, dir: usize) -> u32 {
+        if a == NIL {
+            return b;
+        }
+        if b == NIL {
+            return a;
+        }
+        let a_tail = self.edges[a as usize].link[dir][1];
+        let b_tail = self.edges[b as usize].link[dir][1];
+        self.edges[a_tail as usize].link[dir][0] = b;
+        self.edges[b as usize].link[dir][1] = a_tail;
+        self.edges[b_tail as usize].link[dir][0] = a;
+        self.edges[a as usize].link[dir][1] = b_tail;
+        a
+    }
+
+    // ----- emission ----------------------------------------------------------
+
+    /// Emits slot `v` (or, if this batch already emitted it through another
+    /// group, adds edges) with edges to `targets`.
+    fn emit_node(&mut self, v: u32, targets: &[u32], batch: u32) {
+        if self.slots[v as usize].kind == Kind::Unemitted {
+            let slot = &mut self.slots[v as usize];
+            slot.kind = Kind::Waiting;
+            slot.emitted_in = batch;
+            if !slot.hidden {
+                self.waiting += 1;
+            }
+            self.place(v, targets);
+        }
+        for &t in targets {
+            if t == v {
+                continue;
+            }
+            let cv = self.slots[v as usize].comp;
+            let ct = self.slots[t as usize].comp;
+            if cv == ct {
+                continue;
+            }
+            self.add_edge(v, t);
+            let ts = &self.slots[ct as usize];
+            if ts.kind == Kind::Waiting && self.slots[cv as usize].label > ts.label {
+                self.reorder(cv, ct);
+            }
+        }
+    }
+
+    /// Gives freshly emitted `v` (its own component, in-edges from waiting
+    /// dependants, about to get edges to `targets`) a label that needs no
+    /// search when possible.
+    fn place(&mut self, v: u32, targets: &[u32]) {
+        // Highest label among dependants, lowest among waiting dependencies.
+        let mut after: Option<(u64, u32)> = None;
+        let mut e = self.slots[v as usize].head[IN];
+        for _ in 0..self.slots[v as usize].len[IN] {
+            let edge = self.edges[e as usize];
+            let c = self.slots[edge.ends[OUT] as usize].comp;
+            let l = self.slots[c as usize].label;
+            if after.is_none_or(|(a, _)| l > a) {
+                after = Some((l, c));
+            }
+            e = edge.link[IN][0];
+        }
+        let mut before: Option<u64> = None;
+        for &t in targets {
+            let c = self.slots[t as usize].comp;
+            let cs = &self.slots[c as usize];
+            if cs.kind == Kind::Waiting && c != v && before.is_none_or(|b| cs.label < b) {
+                before = Some(cs.label);
+            }
+        }
+        self.placed_since_relabel += 1;
+        let label = match (after, before) {
+            _ if self.order.is_empty() => {
+                self.lo = MID;
+                self.hi = MID;
+                MID
+            }
+            (None, _) => {
+                if self.lo < 2 * STRIDE {
+                    self.relabel_all();
+                }
+                self.lo -= STRIDE;
+                self.lo
+            }
+            // Right behind the last dependant: if a dependency comes earlier,
+            // the search window is as small as it can be.
+            (Some((a, ac)), Some(_)) => match self.gap_after(a) {
+                Some(l) => l,
+                None if self.placed_since_relabel >= self.order.len() => {
+                    self.relabel_all();
+                    let a = self.slots[ac as usize].label;
+                    self.gap_after(a).unwrap_or_else(|| self.back())
+                }
+                None => self.back(),
+            },
+            (Some(_), None) => self.back(),
+        };
+        self.slots[v as usize].label = label;
+        self.order.insert(label, v);
+    }
+
+    /// A free label between `a` and the next used label, if there is room.
+    fn gap_after(&self, a: u64) -> Option<u64> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let next = self
+            .order
+            .range((Excluded(a), Unbounded))
+            .next()
+            .map_or(u64::MAX, |(&l, _)| l);
+        (next - a >= 2).then(|| a + (next - a) / 2)
+    }
+
+    /// A label behind every other.
+    fn back(&mut self) -> u64 {
+        if self.hi > u64::MAX - 2 * STRIDE {
+            self.relabel_all();
+        }
+        self.hi += STRIDE;
+        self.hi
+    }
+
+    /// Spreads all labels `STRIDE` apart around `MID`, keeping their order.
+    fn relabel_all(&mut self) {
+        let comps: Vec<u32> = self.order.values().copied().collect();
+        let n = comps.len() as u64;
+        let base = MID - (n / 2) * STRIDE;
+        self.order.clear();
+        for (i, &c) in comps.iter().enumerate() {
+            let l = base + i as u64 * STRIDE;
+            self.slots[c as usize].label = l;
+            self.order.insert(l, c);
+        }
+        self.lo = base;
+        self.hi = base + n.saturating_sub(1) * STRIDE;
+        self.placed_since_relabel = 0;
+    }
+
+    /// Restores the topological order after edge `x → y` with
+    /// `label(x) > label(y)` (both waiting components), contracting the cycle
+    /// if the edge closed one.
+    fn reorder(&mut self, x: u32, y: u32) {
+        let lb = self.slots[y as usize].label;
+        let ub = self.slots[x as usize].label;
+        let ep = self.next_epoch();
+        let mut stack = std::mem::take(&mut self.stack);
+        let mut fwd = std::mem::take(&mut self.fwd);
+        let mut bwd = std::mem::take(&mut self.bwd);
+        fwd.clear();
+        bwd.clear();
+        stack.clear();
+
+        // Forward from y: what y reaches below ub.
+        let mut cycle = false;
+        self.slots[y as usize].mark[MARK_F] = ep;
+        fwd.push(y);
+        stack.push(y);
+        while let Some(c) = stack.pop() {
+            let mut e = self.slots[c as usize].head[OUT];
+            for _ in 0..self.slots[c as usize].len[OUT] {
+                let edge = self.edges[e as usize];
+                e = edge.link[OUT][0];
+                let d = self.slots[edge.ends[IN] as usize].comp;
+                if d == x {
+                    cycle = true;
+                    continue;
+                }
+                let ds = &mut self.slots[d as usize];
+                if ds.kind == Kind::Waiting && ds.label < ub && ds.mark[MARK_F] != ep {
+                    ds.mark[MARK_F] = ep;
+                    fwd.push(d);
+                    stack.push(d);
+                }
+            }
+        }
+        // Backward from x: what reaches x above lb.
+        self.slots[x as usize].mark[MARK_B] = ep;
+        bwd.push(x);
+        stack.push(x);
+        while let Some(c) = stack.pop() {
+            let mut e = self.slots[c as usize].head[IN];
+            for _ in 0..self.slots[c as usize].len[IN] {
+                let edge = self.edges[e as usize];
+                e = edge.link[IN][0];
+                let s = self.slots[edge.ends[OUT] as usize].comp;
+                let ss = &mut self.slots[s as usize];
+                if ss.label > lb && ss.mark[MARK_B] != ep {
+                    ss.mark[MARK_B] = ep;
+                    bwd.push(s);
+                    stack.push(s);
+                }
+            }
+        }
+
+        // The labels of the region, reused in the new order.
+        let mut pool = std::mem::take(&mut self.pool);
+        pool.clear();
+        pool.extend(bwd.iter().map(|&c| self.slots[c as usize].label));
+        pool.extend(
+            fwd.iter()
+                .filter(|&&c| self.slots[c as usize].mark[MARK_B] != ep)
+                .map(|&c| self.slots[c as usize].label),
+        );
+        pool.sort_unstable();
+        for l in &pool {
+            self.order.remove(l);
+        }
+        let by_label = |slots: &[Slot], v: &mut Vec<u32>| {
+            v.sort_unstable_by_key(|&c| slots[c as usize].label);
+        };
+        by_label(&self.slots, &mut bwd);
+        by_label(&self.slots, &mut fwd);
+
+        // The new order: what reaches x, [the new SCC], what y reaches. The
+        // SCC keeps as many pool positions as it has components and takes the
+        // first: every label then stays above the labels of its outside
+        // dependants and below those of its outside dependencies (Pearce and
+        // Kelly's argument, with the contracted SCC padded to its size).
+        stack.clear();
+        if cycle {
+            // SCC = nodes on a path y ⇝ x = fwd ∩ bwd, plus x and y (y is
+            // only in fwd, x only in bwd).
+            let in_scc = |slots: &[Slot], c: u32| {
+                c == x
+                    || c == y
+                    || slots[c as usize].mark[MARK_F] == ep && slots[c as usize].mark[MARK_B] == ep
+            };
+            let mut scc: Vec<u32> = fwd.iter().copied().filter(|&c| in_scc(&self.slots, c)).collect();
+            scc.push(x);
+            stack.extend(bwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)));
+            let before = stack.len();
+            let rest: Vec<u32> =
+                fwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)).collect();
+            let span = scc.len();
+            let rep = self.merge(&scc);
+            for (&c, &l) in stack.iter().zip(pool.iter()) {
+                self.slots[c as usize].label = l;
+                self.order.insert(l, c);
+            }
+            let l = pool[before];
+            self.slots[rep as usize].label = l;
+            self.order.insert(l, rep);
+            for (&c, &l) in rest.iter().zip(pool[before + span..].iter()) {
+                self.slots[c as usize].label = l;
+                self.order.insert(l, c);
+            }
+        } else {
+            stack.extend(bwd.iter().copied());
+            stack.extend(fwd.iter().copied());
+            for (&c, &l) in stack.iter().zip(pool.iter()) {
+                self.slots[c as usize].label = l;
+                self.order.insert(l, c);
+            }
+        }
+        stack.clear();
+        self.pool = pool;
+        self.stack = stack;
+        self.fwd = fwd;
+        self.bwd = bwd;
+    }
+
+    /// Contracts the components `comps` (waiting, mutually reachable) into
+    /// one; returns its representative. Edges between them are deleted.
+    fn merge(&mut self, comps: &[u32]) -> u32 {
+        let weight = |s: &Slot| s.size as u64 + s.len[OUT] as u64 + s.len[IN] as u64;
+        let mut rep = comps[0];
+        for &c in comps {
+            if weight(&self.slots[c as usize]) > weight(&self.slots[rep as usize]) {
+                rep = c;
+            }
+        }
+        let ep = self.next_epoch();
+        for &c in comps {
+            self.slots[c as usize].mark[MARK_M] = ep;
+        }
+        // Delete internal edges: each has an endpoint in a smaller component.
+        for &c in comps {
+            if c == rep {
+                continue;
+            }
+            for dir in [OUT, IN] {
+                let other = 1 - dir;
+                let mut e = self.slots[c as usize].head[dir];
+                for _ in 0..self.slots[c as usize].len[dir] {
+                    let edge = self.edges[e as usize];
+                    let next = edge.link[dir][0];
+                    let o = self.slots[edge.ends[other] as usize].comp;
+                    if self.slots[o as usize].mark[MARK_M] == ep {
+                        self.unlink(e, dir);
+                        self.unlink(e, other);
+                        self.free_edge(e);
+                    }
+                    e = next;
+                }
+            }
+        }
+        // Move members and splice the remaining lists into rep.
+        for &c in comps {
+            if c == rep {
+                continue;
+            }
+            let mut m = self.slots[c as usize].members[0];
+            while m != NIL {
+                self.slots[m as usize].comp = rep;
+                m = self.slots[m as usize].next_member;
+            }
+            let cs = self.slots[c as usize].clone();
+            let tail = self.slots[rep as usize].members[1];
+            self.slots[tail as usize].next_member = cs.members[0];
+            for dir in [OUT, IN] {
+                let h = self.splice(self.slots[rep as usize].head[dir], cs.head[dir], dir);
+                self.slots[rep as usize].head[dir] = h;
+            }
+            let r = &mut self.slots[rep as usize];
+            r.members[1] = cs.members[1];
+            r.size += cs.size;
+            r.len[OUT] += cs.len[OUT];
+            r.len[IN] += cs.len[IN];
+        }
+        rep
+    }
+
+    /// Makes every component in `queue` Ready (their out-lists are empty),
+    /// and every component that becomes Ready as a consequence.
+    fn cascade(&mut self, queue: &mut Vec<u32>, ready: &mut Vec<NodeId>) {
+        while let Some(c) = queue.pop() {
+            // Its dependants lose one pending edge each.
+            let mut e = self.slots[c as usize].head[IN];
+            for _ in 0..self.slots[c as usize].len[IN] {
+                let edge = self.edges[e as usize];
+                let next = edge.link[IN][0];
+                let s = self.slots[edge.ends[OUT] as usize].comp;
+                self.unlink(e, OUT);
+                self.free_edge(e);
+                if self.slots[s as usize].len[OUT] == 0 {
+                    queue.push(s);
+                }
+                e = next;
+            }
+            let label = self.slots[c as usize].label;
+            self.order.remove(&label);
+            let mut m = self.slots[c as usize].members[0];
+            while m != NIL {
+                let ms = &self.slots[m as usize];
+                let next = ms.next_member;
+                if !ms.hidden {
+                    ready.push(ms.node);
+                    self.waiting -= 1;
+                }
+                self.free_slot(m);
+                m = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! Lookups: what to search ([`SearchOrder`]), what to find ([`LookupSet`]),
+//! what comes back ([`SymbolMap`]) and the handle to wait on ([`Lookup`]).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::actor::{Msg, SessionCore};
+use crate::dispatch::{PoolShared, Task, current_pool};
+use crate::error::{Error, Result};
+use crate::name::SymbolName;
+use crate::session::Dylib;
+use crate::symbol::{RequiredState, SymbolDef, SymbolFlags};
+use crate::sync::{Arc, Condvar, Mutex};
+
+/// Which symbols of a dylib a search may see.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum DylibLookup {
+    /// Only symbols with [`SymbolFlags::EXPORTED`].
+    ExportedOnly,
+    /// Every symbol, hidden ones too.
+    All,
+}
+
+/// How much a name is needed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum SymbolLookup {
+    /// Missing is an error.
+    Required,
+    /// Missing is fine: the name is simply absent from the result.
+    Weak,
+}
+
+/// Why a lookup is made; passed on to generators (archive generators, for
+/// example, only pull members for static links).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum LookupKind {
+    /// A linker resolving references.
+    #[default]
+    Static,
+    /// A host asking by name at run time, like `dlsym`.
+    DlSym,
+}
+
+/// The dylibs a lookup searches, in order. Exactly these: a dylib's own link
+/// order is not followed (it is used only to link code defined in it).
+#[derive(Clone, Default, Debug)]
+pub struct SearchOrder {
+    pub(crate) entries: Vec<(Dylib, DylibLookup)>,
+}
+
+impl SearchOrder {
+    /// An empty order.
+    pub fn new() -> Self {
+        SearchOrder::default()
+    }
+
+    /// This order with `dylib` appended.
+    pub fn with(mut self, dylib: &Dylib, flags: DylibLookup) -> Self {
+        self.entries.push((dylib.clone(), flags));
+        self
+    }
+
+    /// Appends `dylib`.
+    pub fn push(&mut self, dylib: &Dylib, flags: DylibLookup) {
+        self.entries.push((dylib.clone(), flags));
+    }
+
+    /// The entries in search order.
+    pub fn entries(&self) -> &[(Dylib, DylibLookup)] {
+        &self.entries
+    }
+}
+
+impl FromIterator<(Dylib, DylibLookup)> for SearchOrder {
+    fn from_iter<I: IntoIterator<Item = (Dylib, DylibLookup)>>(iter: I) -> Self {
+        SearchOrder {
+            entries: iter.into_iter().collect(),
+        }
+    }
+}
+
+/// The names a lookup wants, each required or weak.
+#[derive(Clone, Default, Debug)]
+pub struct LookupSet {
+    pub(crate) names: Vec<(SymbolName, SymbolLookup)>,
+}
+
+impl LookupSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        LookupSet::default()
+    }
+
+    /// Every name required.
+    pub fn required(names: impl IntoIterator<Item = SymbolName>) -> Self {
+        LookupSet {
+            names: names
+                .into_iter()
+                .map(|n| (n, SymbolLookup::Required))
+                .collect(),
+        }
+    }
+
+    /// Adds a name.
+    pub fn add(&mut self, name: SymbolName, how: SymbolLookup) -> &mut Self {
+        self.names.push((name, how));
+        self
+    }
+
+    /// This set with a name added.
+    pub fn with(mut self, name: SymbolName, how: SymbolLookup) -> Self {
+        self.names.push((name, how));
+        self
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// No names?
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The names and how much each is needed.
+    pub fn iter(&self) -> impl Iterator<Item = &(SymbolName, SymbolLookup)> {
+        self.names.iter()
+    }
+}
+
+impl FromIterator<(SymbolName, SymbolLookup)> for LookupSet {
+    fn from_iter<I: IntoIterator<Item = (SymbolName, SymbolLookup)>>(iter: I) -> Self {
+        LookupSet {
+            names: iter.into_iter().collect(),
+        }
+    }
+}
+
+/// How long a lookup waits for names that no dylib defines yet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum AwaitDefinitions {
+    /// Missing required names fail the lookup at once.
+    #[default]
+    No,
+    /// Wait until a later `define` supplies them, for at most this long.
+    For(Duration),
+    /// Wait until they are defined or the lookup is cancelled.
+    UntilCancelled,
+}
+
+/// A complete lookup description: search order, names, required state and
+/// options. `Session::lookup` is shorthand for the common case.
+#[derive(Clone, Debug)]
+pub struct LookupRequest {
+    pub(crate) order: SearchOrder,
+    pub(crate) names: LookupSet,
+    pub(crate) state: RequiredState,
+    pub(crate) kind: LookupKind,
+    pub(crate) await_definitions: AwaitDefinitions,
+}
+
+impl LookupRequest {
+    /// Look `names` up in `order`, completing when each is in `state`.
+    pub fn new(order: SearchOrder, names: LookupSet, state: RequiredState) -> Self {
+        LookupRequest {
+            order,
+            names,
+            state,
+            kind: LookupKind::Static,
+            await_definitions: AwaitDefinitions::No,
+        }
+    }
+
+    /// Sets the lookup kind passed to generators.
+    pub fn kind(mut self, kind: LookupKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Waits for names not defined yet instead of failing at once.
+    pub fn await_definitions(mut self, how: AwaitDefinitions) -> Self {
+        self.await_definitions = how;
+        self
+    }
+}
+
+/// The result of a lookup: each found name with its definition, in request
+/// order. Weak names that were not found are absent; side-effects-only
+/// symbols have no entry.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SymbolMap {
+    entries: Vec<(SymbolName, SymbolDef)>,
+}
+
+impl SymbolMap {
+    pub(crate) fn from_vec(entries: Vec<(SymbolName, SymbolDef)>) -> Self {
+        SymbolMap { entries }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No entries?
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The definition of `name` (a linear scan: results are usually small;
+    /// use [`SymbolMap::to_hash_map`] for many random accesses).
+    pub fn get(&self, name: &SymbolName) -> Option<SymbolDef> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, def)| *def)
+    }
+
+    /// The definition of the name spelled `name`.
+    pub fn get_str(&self, name: &str) -> Option<SymbolDef> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, def)| *def)
+    }
+
+    /// The entries, in request order.
+    pub fn iter(&self) -> impl Iterator<Item = (&SymbolName, &SymbolDef)> {
+        self.entries.iter().map(|(n, d)| (n, d))
+    }
+
+    /// The entries as a vector.
+    pub fn into_vec(self) -> Vec<(SymbolName, SymbolDef)> {
+        self.entries
+    }
+
+    /// The entries as a hash map.
+    pub fn to_hash_map(&self) -> std::collections::HashMap<SymbolName, SymbolDef> {
+        self.entries.iter().cloned().collect()
+    }
+}
+
+impl fmt::Debug for SymbolMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(n, d)| (n, d)))
+            .finish()
+    }
+}
+
+impl IntoIterator for SymbolMap {
+    type Item = (SymbolName, SymbolDef);
+    type IntoIter = std::vec::IntoIter<(SymbolName, SymbolDef)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// The flags of the names a `lookup_flags` call found.
+pub type FlagsMap = Vec<(SymbolName, SymbolFlags)>;
+
+type Callback = Box<dyn FnOnce(Result<SymbolMap>) + Send>;
+
+/// Completion state shared between a pending lookup and its handle.
+pub(crate) struct LookupShared {
+    pub(crate) id: u64,
+    slot: Mutex<Slot>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Slot {
+    result: Option<Result<SymbolMap>>,
+    completed: bool,
+    waker: Option<Waker>,
+    callback: Option<Callback>,
+    helper: Option<Arc<PoolShared>>,
+}
+
+impl fmt::Debug for LookupShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LookupShared")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl LookupShared {
+    pub(crate) fn new(id: u64) -> Arc<Self> {
+        Arc::new(LookupShared {
+            id,
+            slot: Mutex::new(Slot::default()),
+            done: Condvar::new(),
+        })
+    }
+
+    /// Delivers the result: to the callback (as a task on `core`'s
+    /// dispatcher), or to whoever waits or polls. Runs outside the actor.
+    pub(crate) fn complete(&self, core: &SessionCore, result: Result<SymbolMap>) {
+        let mut slot = self.slot.lock();
+        if slot.completed {
+            return;
+        }
+        slot.completed = true;
+        if let Some(callback) = slot.callback.take() {
+            drop(slot);
+            core.dispatch(Task::new("lookup completion callback", move || {
+                callback(result)
+            }));
+            return;
+        }
+        slot.result = Some(result);
+        let waker = slot.waker.take();
+        let helper = slot.helper.take();
+        drop(slot);
+        self.done.notify_all();
+        if let Some(helper) = helper {
+            helper.wake();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn is_completed(&self) -> bool {
+        self.slot.lock().completed
+    }
+
+    fn take(&self) -> Option<Result<SymbolMap>> {
+        self.slot.lock().result.take()
+    }
+
+    fn set_callback(&self, core: &SessionCore, callback: Callback) {
+        let mut slot = self.slot.lock();
+        if slot.completed {
+            let result = slot
+                .result
+                .take()
+                .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())));
+            drop(slot);
+            core.dispatch(Task::new("lookup completion callback", move || {
+                callback(result)
+            }));
+        } else {
+            slot.callback = Some(callback);
+        }
+    }
+}
+
+/// A lookup in flight. Wait for it ([`Lookup::wait`],
+/// [`Lookup::wait_timeout`]), `.await` it, or hand it a callback
+/// ([`Lookup::on_complete`]). Dropping the handle does not cancel the work:
+/// materializations it started still finish.
+pub struct Lookup {
+    core: Arc<SessionCore>,
+    state: LookupHandleState,
+}
+
+enum LookupHandleState {
+    Done(Option<Result<SymbolMap>>),
+    Pending(Arc<LookupShared>),
+}
+
+impl fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pending = matches!(self.state, LookupHandleState::Pending(_));
+        f.debug_struct("Lookup")
+            .field("pending", &pending)
+            .finish()
+    }
+}
+
+impl Lookup {
+    pub(crate) fn done(core: Arc<SessionCore>, result: Result<SymbolMap>) -> Self {
+        Lookup {
+            core,
+            state: LookupHandleState::Done(Some(result)),
+        }
+    }
+
+    pub(crate) fn pending(core: Arc<SessionCore>, shared: Arc<LookupShared>) -> Self {
+        Lookup {
+            core,
+            state: LookupHandleState::Pending(shared),
+        }
+    }
+
+    /// Whether the result is available without waiting.
+    pub fn is_complete(&self) -> bool {
+        match &self.state {
+            LookupHandleState::Done(_) => true,
+            LookupHandleState::Pending(shared) => shared.is_completed(),
+        }
+    }
+
+    /// Blocks until the lookup completes. On a worker-pool thread it runs
+    /// other queued tasks meanwhile; inside a materializer, a wait that would
+    /// close a cycle of blocking lookups fails with [`Error::BlockingCycle`].
+    pub fn wait(self) -> Result<SymbolMap> {
+        self.wait_until(None)
+    }
+
+    /// Like [`Lookup::wait`], but gives up after `timeout`: the lookup is
+    /// cancelled and [`Error::Timeout`] names what had not arrived.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<SymbolMap> {
+        self.wait_until(Some((Instant::now() + timeout, timeout)))
+    }
+
+    fn wait_until(mut self, deadline: Option<(Instant, Duration)>) -> Result<SymbolMap> {
+        let shared = match &mut self.state {
+            LookupHandleState::Done(result) => {
+                return result
+                    .take()
+                    .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())));
+            }
+            LookupHandleState::Pending(shared) => shared.clone(),
+        };
+        if !shared.is_completed() {
+            if let Some(resp) = crate::responsibility::current_materialization() {
+                self.core.send(Msg::BlockedWait {
+                    lookup: shared.id,
+                    resp,
+                });
+            }
+        }
+        if let Some(pool) = current_pool() {
+            shared.slot.lock().helper = Some(pool.clone());
+            let done = || shared.is_completed();
+            if !pool.help_until(&done, deadline.map(|d| d.0)) {
+                self.cancel_with_timeout(deadline);
+            }
+        } else {
+            let mut slot = shared.slot.lock();
+            while !slot.completed {
+                match deadline {
+                    None => slot = shared.done.wait(slot),
+                    Some((at, _)) => {
+                        let now = Instant::now();
+                        if now >= at {
+                            drop(slot);
+                            self.cancel_with_timeout(deadline);
+                            slot = shared.slot.lock();
+                            continue;
+                        }
+                        slot = shared.done.wait_timeout(slot, at - now);
+                    }
+                }
+            }
+        }
+        // The result is there unless a callback took it (it cannot: the
+        // handle was consumed by `on_complete`).
+        loop {
+            if let Some(result) = shared.take() {
+                return result;
+            }
+            let mut slot = shared.slot.lock();
+            while !slot.completed {
+                slot = shared.done.wait(slot);
+            }
+        }
+    }
+
+    fn cancel_with_timeout(&self, deadline: Option<(Instant, Duration)>) {
+        if let LookupHandleState::Pending(shared) = &self.state {
+            let millis = deadline.map_or(0, |d| d.1.as_millis());
+            self.core.send(Msg::Cancel {
+                lookup: shared.id,
+                timeout_millis: Some(millis),
+            });
+        }
+    }
+
+    /// Cancels the lookup: it fails with [`Error::Cancelled`] unless it has
+    /// completed already. Materializations it started still finish.
+    pub fn cancel(&self) {
+        if let LookupHandleState::Pending(shared) = &self.state {
+            self.core.send(Msg::Cancel {
+                lookup: shared.id,
+                timeout_millis: None,
+            });
+        }
+    }
+
+    /// Calls `f` with the result when the lookup completes, as a task on the
+    /// session's dispatcher (never on the state actor).
+    pub fn on_complete(self, f: impl FnOnce(Result<SymbolMap>) + Send + 'static) {
+        match self.state {
+            LookupHandleState::Done(mut result) => {
+                let result = result
+                    .take()
+                    .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())));
+                self.core
+                    .dispatch(Task::new("lookup completion callback", move || f(result)));
+            }
+            LookupHandleState::Pending(shared) => shared.set_callback(&self.core, Box::new(f)),
+        }
+    }
+}
+
+impl Future for Lookup {
+    type Output = Result<SymbolMap>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            LookupHandleState::Done(result) => Poll::Ready(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(Error::Usage("lookup polled after completion".into()))),
+            ),
+            LookupHandleState::Pending(shared) => {
+                let mut slot = shared.slot.lock();
+                if slot.completed {
+                    Poll::Ready(slot.result.take().unwrap_or_else(|| {
+                        Err(Error::Usage("lookup polled after completion".into()))
+                    }))
+                } else {
+                    slot.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Interned symbol names: equality and hashing cost one pointer compare and
+//! one pre-computed word.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use crate::sync::{Arc, ConcurrentMap};
+
+/// An interned symbol name. Two names from the same session are equal exactly
+/// when they point at the same interned string, so comparing and hashing
+/// never touch the characters.
+#[derive(Clone)]
+pub struct SymbolName(Arc<NameInner>);
+
+struct NameInner {
+    hash: u64,
+    text: Box<str>,
+}
+
+impl SymbolName {
+    /// The name's text.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+
+    fn new(text: &str) -> Self {
+        SymbolName(Arc::new(NameInner {
+            hash: hash_str(text),
+            text: text.into(),
+        }))
+    }
+}
+
+/// FNV-1a then a final mix: stable across runs, so loom models and the
+/// graph see the same order every time.
+fn hash_str(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ (h >> 29)
+}
+
+impl PartialEq for SymbolName {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for SymbolName {}
+
+impl Hash for SymbolName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialOrd for SymbolName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Orders by text, so error messages list names deterministically.
+impl Ord for SymbolName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for SymbolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for SymbolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<str> for SymbolName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// The session's string pool. Names live as long as the session.
+#[derive(Default)]
+pub(crate) struct Interner {
+    names: ConcurrentMap<Box<str>, SymbolName>,
+}
+
+impl fmt::Debug for Interner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Interner")
+    }
+}
+
+impl Interner {
+    pub(crate) fn intern(&self, text: &str) -> SymbolName {
+        self.names
+            .get_or_insert_with(text, || (text.into(), SymbolName::new(text)))
+    }
+}
+
+#[cfg(all(test, not(kiln_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_gives_pointer_equality() {
+        let pool = Interner::default();
+        let a = pool.intern("main");
+        let b = pool.intern("main");
+        let c = pool.intern("mai");
+        assert_eq!(a, b);
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_ne!(a, c);
+        assert_eq!(a.as_str(), "main");
+    }
+}

@@ -1,0 +1,265 @@
+//! What a running materialization unit owes, and the calls that pay it off.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use crate::actor::{Msg, Reply, RespId, SessionCore, UnitCell};
+use crate::error::{Error, Result};
+use crate::name::SymbolName;
+use crate::session::Dylib;
+use crate::symbol::{SymbolDef, SymbolFlags};
+use crate::sync::{Arc, thread_local};
+use crate::tracker::ResourceTracker;
+use crate::unit::MaterializationUnit;
+
+/// Symbols emitted together and the symbols they depend on. A symbol becomes
+/// Ready only when it and everything it transitively depends on are emitted.
+#[derive(Clone, Debug, Default)]
+pub struct DependenceGroup {
+    /// Symbols of the emitting unit (in its dylib).
+    pub symbols: Vec<SymbolName>,
+    /// What they depend on, per dylib.
+    pub dependencies: Vec<(Dylib, Vec<SymbolName>)>,
+}
+
+impl DependenceGroup {
+    /// A group of `symbols` depending on `dependencies`.
+    pub fn new(
+        symbols: impl IntoIterator<Item = SymbolName>,
+        dependencies: impl IntoIterator<Item = (Dylib, Vec<SymbolName>)>,
+    ) -> Self {
+        DependenceGroup {
+            symbols: symbols.into_iter().collect(),
+            dependencies: dependencies.into_iter().collect(),
+        }
+    }
+}
+
+/// The obligation of a running unit: resolve, then emit, every symbol it
+/// owns — or fail them. Dropping it with symbols still owed fails them with
+/// [`Error::Abandoned`] (or [`Error::Panicked`] when a panic unwound through
+/// it), so nothing ever waits on a unit that is gone.
+pub struct Responsibility {
+    pub(crate) core: Arc<SessionCore>,
+    pub(crate) id: RespId,
+    pub(crate) dylib: Dylib,
+    pub(crate) tracker: ResourceTracker,
+    pub(crate) unit_name: Arc<str>,
+    pub(crate) finished: bool,
+}
+
+impl fmt::Debug for Responsibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responsibility")
+            .field("unit", &self.unit_name)
+            .field("dylib", &self.dylib.name())
+            .finish()
+    }
+}
+
+thread_local! {
+    /// Responsibilities being materialized on this thread, innermost last.
+    static MATERIALIZING: RefCell<Vec<RespId>> = const { RefCell::new(Vec::new()) };
+    /// Responsibilities dropped while this thread was unwinding: the task
+    /// wrapper that catches the panic fails them with its message.
+    static DROPPED_IN_PANIC: RefCell<Vec<RespId>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The responsibility whose `materialize` is running on this thread.
+pub(crate) fn current_materialization() -> Option<RespId> {
+    MATERIALIZING.with(|m| m.borrow().last().copied())
+}
+
+/// Runs a unit's `materialize` as the body of a task: records the
+/// materialization context (for blocking-cycle detection) and turns a panic
+/// into a failure that carries the panic message.
+pub(crate) fn run_materialization(cell: UnitCell, responsibility: Responsibility) {
+    let core = responsibility.core.clone();
+    let id = responsibility.id;
+    let unit_name = responsibility.unit_name.clone();
+    let unit = cell.lock().take();
+    let Some(unit) = unit else {
+        responsibility.fail(Error::Usage(format!(
+            "materialization unit '{unit_name}' was already consumed"
+        )));
+        return;
+    };
+    MATERIALIZING.with(|m| m.borrow_mut().push(id));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        unit.materialize(responsibility)
+    }));
+    MATERIALIZING.with(|m| m.borrow_mut().pop());
+    if let Err(payload) = outcome {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic payload".to_string());
+        let dropped = DROPPED_IN_PANIC.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        for resp in dropped {
+            core.send(Msg::Fail {
+                resp,
+                cause: Error::Panicked {
+                    unit: unit_name.clone(),
+                    message: message.clone(),
+                },
+            });
+        }
+    }
+}
+
+impl Responsibility {
+    /// The dylib the unit defines into.
+    pub fn dylib(&self) -> &Dylib {
+        &self.dylib
+    }
+
+    /// The tracker that owns what this unit produces. Register resources
+    /// with [`ResourceTracker::with_resource_key`].
+    pub fn tracker(&self) -> &ResourceTracker {
+        &self.tracker
+    }
+
+    /// The unit's name.
+    pub fn unit_name(&self) -> &str {
+        &self.unit_name
+    }
+
+    /// The symbols still owed, with their flags.
+    pub fn symbols(&self) -> Result<Vec<(SymbolName, SymbolFlags)>> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Owed {
+            resp: self.id,
+            requested_only: false,
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// The owed symbols that some lookup is waiting for (materialize only
+    /// those and hand the rest back with [`Responsibility::replace`]).
+    pub fn requested(&self) -> Result<Vec<SymbolName>> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Owed {
+            resp: self.id,
+            requested_only: true,
+            reply,
+        });
+        Ok(wait.wait()?.into_iter().map(|(n, _)| n).collect())
+    }
+
+    /// Gives owed symbols their addresses (may be called several times, on
+    /// subsets). Lookups that need only `Resolved` complete now.
+    pub fn resolve(&self, defs: &[(SymbolName, SymbolDef)]) -> Result<()> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Resolve {
+            resp: self.id,
+            defs: defs.to_vec(),
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Declares every owed symbol emitted (memory final), with what each
+    /// group depends on; owed symbols in no group depend on nothing. Every
+    /// owed symbol with an address must have been resolved. A dependency
+    /// that already failed fails the emitter with that cause.
+    pub fn emit(mut self, groups: Vec<DependenceGroup>) -> Result<()> {
+        self.finished = true;
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Emit {
+            resp: self.id,
+            groups,
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Fails every symbol still owed, and everything waiting on them, with
+    /// `cause` as the root cause.
+    pub fn fail(mut self, cause: Error) {
+        self.finished = true;
+        self.core.send(Msg::Fail {
+            resp: self.id,
+            cause,
+        });
+    }
+
+    /// Hands the symbols of `unit` (a subset of those owed) back to the dylib,
+    /// lazy again; if a lookup already waits for one, `unit` starts at once.
+    pub fn replace(&mut self, unit: impl MaterializationUnit) -> Result<()> {
+        let symbols = unit.symbols();
+        let unit_name: Arc<str> = unit.name().into();
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Replace {
+            resp: self.id,
+            unit: UnitCell::new(Box::new(unit)),
+            unit_name,
+            symbols,
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Splits off the responsibility for `names` (owed by this one), to be
+    /// materialized separately.
+    pub fn delegate(&mut self, names: &[SymbolName]) -> Result<Responsibility> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Delegate {
+            resp: self.id,
+            names: names.to_vec(),
+            reply,
+        });
+        let id = wait.wait()?;
+        Ok(Responsibility {
+            core: self.core.clone(),
+            id,
+            dylib: self.dylib.clone(),
+            tracker: self.tracker.clone(),
+            unit_name: self.unit_name.clone(),
+            finished: false,
+        })
+    }
+
+    /// Adds symbols that this unit discovered it defines (e.g. weak
+    /// definitions in an object); they start out Materializing and owed by
+    /// this responsibility. A clash with a strong definition is an error
+    /// listing every clash; a clashing weak one is dropped silently.
+    pub fn define_materializing(&mut self, symbols: Vec<(SymbolName, SymbolFlags)>) -> Result<Vec<SymbolName>> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::DefineMaterializing {
+            resp: self.id,
+            symbols,
+            reply,
+        });
+        wait.wait()
+    }
+}
+
+impl Drop for Responsibility {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if std::thread::panicking() && current_materialization().is_some() {
+            // The enclosing task wrapper knows the panic message.
+            DROPPED_IN_PANIC.with(|d| d.borrow_mut().push(self.id));
+            return;
+        }
+        let cause = if std::thread::panicking() {
+            Error::Panicked {
+                unit: self.unit_name.clone(),
+                message: "panicked on a thread outside kiln's tasks".into(),
+            }
+        } else {
+            Error::Abandoned {
+                unit: self.unit_name.clone(),
+                symbols: Vec::new(),
+            }
+        };
+        self.core.send(Msg::Fail {
+            resp: self.id,
+            cause,
+        });
+    }
+}

@@ -1,0 +1,487 @@
+//! The handles a JIT host holds: [`Session`] and [`Dylib`].
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::actor::{DefineKind, DylibId, DylibShared, LookupMsg, Msg, Reply, SessionCore, UnitCell};
+use crate::dispatch::{Dispatcher, WorkerPool};
+use crate::error::{Error, Result};
+use crate::generator::Generator;
+use crate::lookup::{
+    AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,
+    LookupShared, SearchOrder, SymbolLookup, SymbolMap,
+};
+use crate::name::SymbolName;
+use crate::responsibility::Responsibility;
+use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
+use crate::sync::{Arc, Ordering};
+use crate::tracker::{ResourceManager, ResourceTracker};
+use crate::unit::MaterializationUnit;
+
+/// A JIT session: the name pool, the dylibs, the state actor and the
+/// dispatcher. Cheap to clone; every clone is the same session.
+///
+/// Call [`Session::end`] when done: it removes every dylib (running resource
+/// managers) and fails lookups still in flight. Units and generators may hold
+/// session handles, so dropping the handles alone does not free the session.
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) core: Arc<SessionCore>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Session`].
+#[derive(Default)]
+pub struct SessionBuilder {
+    dispatcher: Option<Arc<dyn Dispatcher>>,
+}
+
+impl fmt::Debug for SessionBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBuilder")
+            .field("custom_dispatcher", &self.dispatcher.is_some())
+            .finish()
+    }
+}
+
+impl SessionBuilder {
+    /// Runs tasks on `dispatcher` (default: a [`WorkerPool`] with a worker per core).
+    pub fn dispatcher(mut self, dispatcher: impl Dispatcher) -> Self {
+        self.dispatcher = Some(Arc::new(dispatcher));
+        self
+    }
+
+    /// Runs tasks on a shared dispatcher.
+    pub fn shared_dispatcher(mut self, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        self.dispatcher = Some(dispatcher);
+        self
+    }
+
+    /// The session.
+    pub fn build(self) -> Session {
+        let dispatcher = self
+            .dispatcher
+            .unwrap_or_else(|| Arc::new(WorkerPool::with_available_parallelism()));
+        Session {
+            core: SessionCore::new(dispatcher),
+        }
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}
+
+impl Session {
+    /// A session with a worker pool of one thread per core.
+    pub fn new() -> Session {
+        Session::builder().build()
+    }
+
+    /// Configure a session.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// The interned name for `text`.
+    pub fn intern(&self, text: &str) -> SymbolName {
+        self.core.interner.intern(text)
+    }
+
+    /// Creates a dylib. Its link order starts as `[(itself, All)]`.
+    pub fn create_dylib(&self, name: &str) -> Result<Dylib> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::CreateDylib {
+            name: name.into(),
+            reply,
+        });
+        let shared = wait.wait()?;
+        Ok(Dylib::from_shared(self.core.clone(), shared))
+    }
+
+    /// The live dylib called `name`.
+    pub fn dylib(&self, name: &str) -> Option<Dylib> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::FindDylib {
+            name: name.to_string(),
+            reply,
+        });
+        wait.wait().map(|s| Dylib::from_shared(self.core.clone(), s))
+    }
+
+    /// Looks `names` up in `order`, completing when each is in `state`.
+    /// Names already Ready complete on this thread with no message to the
+    /// state actor; others may start materialization.
+    pub fn lookup(&self, order: &SearchOrder, names: &LookupSet, state: RequiredState) -> Lookup {
+        if let Some(found) = self.fast_lookup(order, names) {
+            return Lookup::done(self.core.clone(), Ok(found));
+        }
+        self.slow_lookup(order, names, state, LookupKind::Static, AwaitDefinitions::No, None)
+    }
+
+    /// A lookup with every option.
+    pub fn lookup_with(&self, request: &LookupRequest) -> Lookup {
+        if let Some(found) = self.fast_lookup(&request.order, &request.names) {
+            return Lookup::done(self.core.clone(), Ok(found));
+        }
+        self.slow_lookup(
+            &request.order,
+            &request.names,
+            request.state,
+            request.kind,
+            request.await_definitions,
+            None,
+        )
+    }
+
+    /// A lookup made by a running unit that cannot finish until it completes
+    /// (e.g. a reexport's own lookup): the engine reports a cycle of such
+    /// waits as [`Error::BlockingCycle`] instead of hanging.
+    pub fn lookup_for_unit(
+        &self,
+        order: &SearchOrder,
+        names: LookupSet,
+        state: RequiredState,
+        waiting_unit: &Responsibility,
+    ) -> Lookup {
+        if let Some(found) = self.fast_lookup(order, &names) {
+            return Lookup::done(self.core.clone(), Ok(found));
+        }
+        self.slow_lookup(
+            order,
+            &names,
+            state,
+            LookupKind::Static,
+            AwaitDefinitions::No,
+            Some(waiting_unit.id),
+        )
+    }
+
+    /// Finds the flags of `names` in `order` without materializing anything
+    /// (generators may still define). Missing required names are an error.
+    pub fn lookup_flags(&self, order: &SearchOrder, names: &LookupSet) -> Result<FlagsMap> {
+        let (reply, wait) = Reply::new();
+        let shared = LookupShared::new(self.core.next_lookup_id());
+        self.core.send(Msg::Lookup(Box::new(LookupMsg {
+            order: order.entries.iter().map(|(d, v)| (d.id(), *v)).collect(),
+            names: names.names.clone(),
+            state: RequiredState::Resolved,
+            kind: LookupKind::Static,
+            await_definitions: false,
+            shared,
+            flags_reply: Some(reply),
+            blocking_for: None,
+        })));
+        wait.wait()
+    }
+
+    /// Reads the ready index: all names Ready in the first dylib of `order`
+    /// that defines them (and may see them)? Then the result, without the actor.
+    fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
+        let mut found = Vec::with_capacity(names.names.len());
+        for (name, _) in &names.names {
+            let mut hit = None;
+            for (dylib, visibility) in &order.entries {
+                let entry = dylib.shared.index.read(name, |e| *e);
+                let Some(entry) = entry else { continue };
+                if *visibility == DylibLookup::ExportedOnly && !entry.def.flags.is_exported() {
+                    continue;
+                }
+                if !entry.ready || entry.def.flags.is_side_effects_only() {
+                    return None;
+                }
+                hit = Some(entry.def);
+                break;
+            }
+            found.push((name.clone(), hit?));
+        }
+        Some(SymbolMap::from_vec(found))
+    }
+
+    fn slow_lookup(
+        &self,
+        order: &SearchOrder,
+        names: &LookupSet,
+        state: RequiredState,
+        kind: LookupKind,
+        await_definitions: AwaitDefinitions,
+        blocking_for: Option<usize>,
+    ) -> Lookup {
+        let shared = LookupShared::new(self.core.next_lookup_id());
+        let id = shared.id;
+        self.core.send(Msg::Lookup(Box::new(LookupMsg {
+            order: order.entries.iter().map(|(d, v)| (d.id(), *v)).collect(),
+            names: names.names.clone(),
+            state,
+            kind,
+            await_definitions: await_definitions != AwaitDefinitions::No,
+            shared: shared.clone(),
+            flags_reply: None,
+            blocking_for,
+        })));
+        if let AwaitDefinitions::For(timeout) = await_definitions {
+            self.cancel_after(id, timeout);
+        }
+        Lookup::pending(self.core.clone(), shared)
+    }
+
+    #[cfg(not(kiln_loom))]
+    fn cancel_after(&self, lookup: u64, timeout: Duration) {
+        let core = Arc::downgrade(&self.core);
+        let _timer = std::thread::Builder::new()
+            .name("kiln-lookup-timer".into())
+            .spawn(move || {
+                std::thread::sleep(timeout);
+                if let Some(core) = core.upgrade() {
+                    core.send(Msg::Cancel {
+                        lookup,
+                        timeout_millis: Some(timeout.as_millis()),
+                    });
+                }
+            });
+    }
+
+    #[cfg(kiln_loom)]
+    fn cancel_after(&self, _lookup: u64, _timeout: Duration) {}
+
+    /// Registers a resource manager; it hears about every tracker removal and
+    /// transfer from now on.
+    pub fn register_resource_manager(&self, manager: Arc<dyn ResourceManager>) {
+        self.core.send(Msg::RegisterManager { manager });
+    }
+
+    /// Removes `dylib`: all its trackers (failing in-flight work), its
+    /// generators and its symbols; lookups naming it fail afterwards.
+    pub fn remove_dylib(&self, dylib: &Dylib) -> Result<()> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::RemoveDylib {
+            dylib: dylib.id(),
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Ends the session: removes every dylib (resource managers free their
+    /// resources), fails lookups in flight, and shuts the dispatcher down.
+    /// Later calls fail with [`Error::SessionEnded`].
+    pub fn end(&self) {
+        if self.core.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::End { reply });
+        wait.wait();
+        self.core.dispatcher.shutdown();
+    }
+}
+
+/// A named symbol table with a link order, generators and resource trackers.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Dylib {
+    pub(crate) core: Arc<SessionCore>,
+    pub(crate) shared: Arc<DylibShared>,
+}
+
+impl fmt::Debug for Dylib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dylib").field("name", &self.shared.name).finish()
+    }
+}
+
+impl PartialEq for Dylib {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+impl Eq for Dylib {}
+
+impl Dylib {
+    pub(crate) fn from_shared(core: Arc<SessionCore>, shared: Arc<DylibShared>) -> Self {
+        Dylib { core, shared }
+    }
+
+    pub(crate) fn id(&self) -> DylibId {
+        self.shared.id
+    }
+
+    /// The dylib's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The session it belongs to.
+    pub fn session(&self) -> Session {
+        Session {
+            core: self.core.clone(),
+        }
+    }
+
+    /// Defines `unit`'s symbols, owned by the default tracker. A strong
+    /// definition overrides a weak one that was never requested (its unit's
+    /// `discard` runs); clashes fail with every duplicate listed, and leave
+    /// the dylib unchanged.
+    pub fn define(&self, unit: impl MaterializationUnit) -> Result<()> {
+        self.define_boxed(Box::new(unit), None)
+    }
+
+    /// Defines `unit` through `tracker` (or the default tracker).
+    pub fn define_boxed(&self, unit: Box<dyn MaterializationUnit>, tracker: Option<&ResourceTracker>) -> Result<()> {
+        let symbols = unit.symbols();
+        let unit_name: Arc<str> = unit.name().into();
+        if symbols.is_empty() {
+            return Ok(());
+        }
+        self.send_define(symbols, unit_name, DefineKind::Unit(UnitCell::new(unit)), tracker)
+    }
+
+    /// Defines `unit` through `tracker`.
+    pub fn define_with(&self, unit: impl MaterializationUnit, tracker: &ResourceTracker) -> Result<()> {
+        self.define_boxed(Box::new(unit), Some(tracker))
+    }
+
+    /// Defines symbols at fixed addresses, Ready at once (no materialization).
+    pub fn define_absolute(&self, symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>) -> Result<()> {
+        self.define_absolute_with(symbols, None)
+    }
+
+    /// [`Dylib::define_absolute`] through `tracker` (or the default tracker).
+    pub fn define_absolute_with(
+        &self,
+        symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>,
+        tracker: Option<&ResourceTracker>,
+    ) -> Result<()> {
+        let (flags, addrs): (Vec<_>, Vec<_>) = symbols
+            .into_iter()
+            .map(|(n, d)| ((n, d.flags), d.address))
+            .unzip();
+        if flags.is_empty() {
+            return Ok(());
+        }
+        self.send_define(flags, "<absolute symbols>".into(), DefineKind::Absolute(addrs), tracker)
+    }
+
+    fn send_define(
+        &self,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+        unit_name: Arc<str>,
+        kind: DefineKind,
+        tracker: Option<&ResourceTracker>,
+    ) -> Result<()> {
+        let tracker = match tracker {
+            Some(t) if t.shared.dylib != self.id() => {
+                return Err(Error::Usage(format!(
+                    "tracker of dylib '{}' used to define into dylib '{}'",
+                    t.shared.dylib_name,
+                    self.name()
+                )));
+            }
+            Some(t) => t.shared.id,
+            None => self.shared.default_tracker.id,
+        };
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Define {
+            dylib: self.id(),
+            tracker,
+            unit_name,
+            symbols,
+            kind,
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Sets the link order: the search order used to link code defined in
+    /// this dylib. `(self, All)` is put first unless the list starts with
+    /// this dylib already.
+    pub fn set_link_order(&self, order: &[(Dylib, DylibLookup)]) -> Result<()> {
+        let mut ids: Vec<(DylibId, DylibLookup)> = Vec::with_capacity(order.len() + 1);
+        if order.first().is_none_or(|(d, _)| d != self) {
+            ids.push((self.id(), DylibLookup::All));
+        }
+        ids.extend(order.iter().map(|(d, v)| (d.id(), *v)));
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::SetLinkOrder {
+            dylib: self.id(),
+            order: ids,
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// The link order, as a search order.
+    pub fn link_order(&self) -> SearchOrder {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::GetLinkOrder {
+            dylib: self.id(),
+            reply,
+        });
+        wait.wait()
+            .into_iter()
+            .map(|(s, v)| (Dylib::from_shared(self.core.clone(), s), v))
+            .collect()
+    }
+
+    /// Adds a definition generator, asked after those added before it.
+    pub fn add_generator(&self, generator: impl Generator) -> Result<()> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::AddGenerator {
+            dylib: self.id(),
+            generator: Arc::new(generator),
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// A new resource tracker for definitions in this dylib.
+    pub fn create_tracker(&self) -> Result<ResourceTracker> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::CreateTracker {
+            dylib: self.id(),
+            reply,
+        });
+        Ok(ResourceTracker {
+            core: self.core.clone(),
+            shared: wait.wait()?,
+        })
+    }
+
+    /// The tracker that owns definitions made without one.
+    pub fn default_tracker(&self) -> ResourceTracker {
+        ResourceTracker {
+            core: self.core.clone(),
+            shared: self.shared.default_tracker.clone(),
+        }
+    }
+
+    /// The state of `name` in this dylib, if defined (for diagnostics and
+    /// tests; it may change the moment it is read).
+    pub fn symbol_state(&self, name: &SymbolName) -> Option<SymbolState> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::QueryState {
+            dylib: self.id(),
+            name: name.clone(),
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Convenience: looks `names` up in this dylib alone (all symbols) and
+    /// waits for Ready.
+    pub fn lookup_ready(&self, names: &[&str]) -> Result<SymbolMap> {
+        let session = self.session();
+        let set: LookupSet = names
+            .iter()
+            .map(|n| (session.intern(n), SymbolLookup::Required))
+            .collect();
+        let order = SearchOrder::new().with(self, DylibLookup::All);
+        session.lookup(&order, &set, RequiredState::Ready).wait()
+    }
+}

@@ -1,0 +1,258 @@
+//! The only module that names synchronization primitives.
+//!
+//! Everything in the engine that synchronizes goes through here, so that the
+//! real protocol — not a copy of it — runs under loom when the crate is built
+//! with `RUSTFLAGS="--cfg kiln_loom"` (a namespaced cfg: a user's own
+//! `--cfg loom` never changes kiln's internals). Under that cfg mutexes,
+//! condition variables, atomics and threads come from loom, and the
+//! concurrent map becomes a mutex-protected map with a deterministic hasher,
+//! because dashmap cannot run inside a loom model.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+pub(crate) use std::sync::Arc;
+
+#[cfg(not(kiln_loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(not(kiln_loom))]
+use std::sync::{Condvar as StdCondvar, Mutex as StdMutex};
+
+#[cfg(kiln_loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(kiln_loom)]
+use loom::sync::{Condvar as StdCondvar, Mutex as StdMutex};
+
+/// Guard returned by [`Mutex::lock`].
+#[cfg(not(kiln_loom))]
+pub(crate) type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
+/// Guard returned by [`Mutex::lock`].
+#[cfg(kiln_loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+/// A mutex that ignores poisoning: engine invariants never depend on a
+/// panicking user callback having finished, because user code never runs
+/// while an engine lock is held.
+#[derive(Debug, Default)]
+pub(crate) struct Mutex<T>(StdMutex<T>);
+
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Mutex(StdMutex::new(value))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A condition variable paired with [`Mutex`].
+#[derive(Debug, Default)]
+pub(crate) struct Condvar(StdCondvar);
+
+impl Condvar {
+    pub(crate) fn new() -> Self {
+        Condvar(StdCondvar::new())
+    }
+
+    pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        self.0
+            .wait(guard)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits at most `timeout`; may wake early (callers re-check their condition).
+    pub(crate) fn wait_timeout<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: std::time::Duration,
+    ) -> MutexGuard<'a, T> {
+        match self.0.wait_timeout(guard, timeout) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    pub(crate) fn notify_all(&self) {
+        self.0.notify_all();
+    }
+
+    pub(crate) fn notify_one(&self) {
+        self.0.notify_one();
+    }
+}
+
+#[cfg(kiln_loom)]
+pub(crate) use loom::thread_local;
+#[cfg(not(kiln_loom))]
+pub(crate) use std::thread_local;
+
+/// Thread spawning: real threads, or loom's modelled ones.
+pub(crate) mod thread {
+    #[cfg(kiln_loom)]
+    pub(crate) use loom::thread::{JoinHandle, spawn};
+    #[cfg(not(kiln_loom))]
+    pub(crate) use std::thread::{JoinHandle, spawn};
+
+    /// Spawns a named thread where the platform allows names.
+    #[cfg(not(kiln_loom))]
+    pub(crate) fn spawn_named<F>(name: String, f: F) -> std::io::Result<JoinHandle<()>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        std::thread::Builder::new().name(name).spawn(f)
+    }
+
+    /// Spawns a modelled thread (names are not supported by loom).
+    #[cfg(kiln_loom)]
+    pub(crate) fn spawn_named<F>(_name: String, f: F) -> std::io::Result<JoinHandle<()>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        Ok(spawn(f))
+    }
+}
+
+/// Deterministic hasher for internal maps: loom models must not depend on
+/// random iteration order, and symbol names already carry a good hash.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FixedState;
+
+impl BuildHasher for FixedState {
+    type Hasher = FixedHasher;
+    fn build_hasher(&self) -> FixedHasher {
+        FixedHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+/// FNV-1a over the bytes written, with a fast path for single `u64`/`u32`
+/// writes (pre-hashed symbol names, dense ids).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FixedHasher(u64);
+
+impl Hasher for FixedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // A multiplicative mix keeps pre-hashed keys well spread.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A `HashMap` with the deterministic hasher.
+pub(crate) type FixedMap<K, V> = HashMap<K, V, FixedState>;
+
+/// A concurrent map for read-mostly data read without the state actor
+/// (the Ready index, the name interner). dashmap in production; a mutex
+/// around a deterministic map under loom.
+#[derive(Debug)]
+pub(crate) struct ConcurrentMap<K: Eq + Hash, V> {
+    #[cfg(not(kiln_loom))]
+    inner: dashmap::DashMap<K, V, FixedState>,
+    #[cfg(kiln_loom)]
+    inner: Mutex<FixedMap<K, V>>,
+}
+
+impl<K: Eq + Hash, V> Default for ConcurrentMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
+    pub(crate) fn new() -> Self {
+        ConcurrentMap {
+            #[cfg(not(kiln_loom))]
+            inner: dashmap::DashMap::with_hasher(FixedState),
+            #[cfg(kiln_loom)]
+            inner: Mutex::new(FixedMap::default()),
+        }
+    }
+
+    /// Reads the value for `key` through `f` without cloning it.
+    pub(crate) fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        #[cfg(not(kiln_loom))]
+        {
+            self.inner.get(key).map(|entry| f(entry.value()))
+        }
+        #[cfg(kiln_loom)]
+        {
+            self.inner.lock().get(key).map(f)
+        }
+    }
+
+    pub(crate) fn insert(&self, key: K, value: V) {
+        #[cfg(not(kiln_loom))]
+        {
+            self.inner.insert(key, value);
+        }
+        #[cfg(kiln_loom)]
+        {
+            self.inner.lock().insert(key, value);
+        }
+    }
+
+    pub(crate) fn remove<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        #[cfg(not(kiln_loom))]
+        {
+            self.inner.remove(key);
+        }
+        #[cfg(kiln_loom)]
+        {
+            self.inner.lock().remove(key);
+        }
+    }
+
+    /// Returns the value for `key`, inserting `make()` first if absent.
+    pub(crate) fn get_or_insert_with<Q>(&self, key: &Q, make: impl FnOnce() -> (K, V)) -> V
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        if let Some(v) = self.read(key, V::clone) {
+            return v;
+        }
+        let (k, v) = make();
+        #[cfg(not(kiln_loom))]
+        {
+            self.inner.entry(k).or_insert(v).value().clone()
+        }
+        #[cfg(kiln_loom)]
+        {
+            self.inner.lock().entry(k).or_insert(v).clone()
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        #[cfg(not(kiln_loom))]
+        {
+            self.inner.clear();
+        }
+        #[cfg(kiln_loom)]
+        {
+            self.inner.lock().clear();
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Materialization units: the things that define symbols lazily, and the two
+//! units every host needs (absolute symbols and reexports).
+
+use std::fmt;
+
+use crate::error::Error;
+use crate::lookup::{DylibLookup, LookupSet, SearchOrder, SymbolLookup};
+use crate::name::SymbolName;
+use crate::responsibility::{DependenceGroup, Responsibility};
+use crate::session::Dylib;
+use crate::symbol::{RequiredState, SymbolDef, SymbolFlags};
+
+/// Something that can produce definitions for a set of symbols when one of
+/// them is first needed (compiled code, a linked object, stubs, …).
+///
+/// `materialize` runs as a task on the session's dispatcher, never on the
+/// state actor. It must eventually resolve and emit every symbol it owes, or
+/// fail them; dropping the [`Responsibility`] (or panicking) fails what is
+/// still owed, with the reason, so no lookup ever hangs on a unit that is gone.
+pub trait MaterializationUnit: Send + 'static {
+    /// A name for diagnostics (an object path, a module name).
+    fn name(&self) -> &str;
+
+    /// The symbols this unit defines, with their flags. Called once, by
+    /// `Dylib::define`.
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)>;
+
+    /// Produces the definitions. Runs on a worker, at most once.
+    fn materialize(self: Box<Self>, responsibility: Responsibility);
+
+    /// A strong definition elsewhere replaced this unit's weak `name`: the
+    /// unit will never be asked for it. Runs as a task, never on the actor.
+    fn discard(&mut self, dylib: &Dylib, name: &SymbolName) {
+        let _ = (dylib, name);
+    }
+}
+
+/// A unit of symbols with fixed addresses (host functions, data).
+///
+/// Materializing it just resolves and emits them. For symbols that should be
+/// Ready at once, without a materialization step, use
+/// `Dylib::define_absolute`.
+pub struct AbsoluteSymbols {
+    symbols: Vec<(SymbolName, SymbolDef)>,
+}
+
+/// A unit defining `symbols` at fixed addresses.
+pub fn absolute_symbols(symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>) -> AbsoluteSymbols {
+    AbsoluteSymbols {
+        symbols: symbols.into_iter().collect(),
+    }
+}
+
+impl fmt::Debug for AbsoluteSymbols {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbsoluteSymbols")
+            .field("symbols", &self.symbols.len())
+            .finish()
+    }
+}
+
+impl MaterializationUnit for AbsoluteSymbols {
+    fn name(&self) -> &str {
+        "<absolute symbols>"
+    }
+
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.symbols.iter().map(|(n, d)| (n.clone(), d.flags)).collect()
+    }
+
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        if let Err(e) = r.resolve(&self.symbols) {
+            r.fail(e);
+            return;
+        }
+        // Errors were delivered to the symbols' lookups already.
+        let _ = r.emit(Vec::new());
+    }
+
+    fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
+        self.symbols.retain(|(n, _)| n != name);
+    }
+}
+
+/// One alias of a [`Reexports`] unit.
+#[derive(Clone, Debug)]
+pub struct Alias {
+    /// The name the alias defines.
+    pub name: SymbolName,
+    /// The symbol it stands for, in the source dylib.
+    pub target: SymbolName,
+    /// The alias's own flags.
+    pub flags: SymbolFlags,
+}
+
+/// A unit defining aliases of symbols in another dylib (or the same one).
+/// An alias resolves to its target's address and becomes Ready when the
+/// target does.
+pub struct Reexports {
+    source: Dylib,
+    source_lookup: DylibLookup,
+    aliases: Vec<Alias>,
+}
+
+/// A unit re-exporting `aliases` from `source`.
+pub fn reexports(source: &Dylib, source_lookup: DylibLookup, aliases: impl IntoIterator<Item = Alias>) -> Reexports {
+    Reexports {
+        source: source.clone(),
+        source_lookup,
+        aliases: aliases.into_iter().collect(),
+    }
+}
+
+impl fmt::Debug for Reexports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reexports")
+            .field("source", &self.source.name())
+            .field("aliases", &self.aliases)
+            .finish()
+    }
+}
+
+impl MaterializationUnit for Reexports {
+    fn name(&self) -> &str {
+        "<reexports>"
+    }
+
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.aliases.iter().map(|a| (a.name.clone(), a.flags)).collect()
+    }
+
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        let order = SearchOrder::new().with(&self.source, self.source_lookup);
+        let mut targets = LookupSet::new();
+        for alias in &self.aliases {
+            targets.add(alias.target.clone(), SymbolLookup::Required);
+        }
+        let session = self.source.session();
+        // The addresses are needed at Resolved; readiness then follows the
+        // targets through the dependency graph.
+        let lookup = session.lookup_for_unit(&order, targets, RequiredState::Resolved, &r);
+        let source = self.source.clone();
+        lookup.on_complete(move |result| {
+            let found = match result {
+                Ok(found) => found,
+                Err(e) => return r.fail(e),
+            };
+            let mut defs = Vec::with_capacity(self.aliases.len());
+            for alias in &self.aliases {
+                match found.get(&alias.target) {
+                    Some(def) => defs.push((alias.name.clone(), SymbolDef::new(def.address, alias.flags))),
+                    None => {
+                        return r.fail(Error::SymbolsNotFound {
+                            names: vec![alias.target.clone()],
+                        });
+                    }
+                }
+            }
+            if let Err(e) = r.resolve(&defs) {
+                return r.fail(e);
+            }
+            let groups = self
+                .aliases
+                .iter()
+                .map(|a| DependenceGroup::new([a.name.clone()], [(source.clone(), vec![a.target.clone()])]))
+                .collect();
+            let _ = r.emit(groups);
+        });
+    }
+
+    fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
+        self.aliases.retain(|a| &a.name != name);
+    }
+}

@@ -1,0 +1,343 @@
+//! Property tests of `kiln_engine::graph::DepGraph` against a brute-force
+//! oracle that recomputes reachability from scratch after every operation.
+//!
+//! Operations are drawn as raw numbers and interpreted against the oracle's
+//! current state, so every generated sequence respects the caller contract
+//! (deps are never Ready or failed, defs are emitted once) and shrinking keeps
+//! working.
+
+use std::collections::BTreeSet;
+
+use kiln_engine::graph::{DepGraph, EmitGroup, NodeId};
+use proptest::prelude::*;
+
+/// The oracle's view of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Never emitted (and not failed).
+    Unseen,
+    /// Emitted with these dependencies, not Ready.
+    Waiting(Vec<NodeId>),
+    Ready,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Oracle {
+    st: Vec<State>,
+}
+
+impl Oracle {
+    fn new(n: usize) -> Self {
+        Oracle { st: vec![State::Unseen; n] }
+    }
+
+    fn deps(&self, n: NodeId) -> &[NodeId] {
+        match &self.st[n as usize] {
+            State::Waiting(d) => d,
+            _ => &[],
+        }
+    }
+
+    /// Waiting nodes that reach one of `targets` (reverse reachability;
+    /// the targets themselves are included when waiting).
+    fn waiting_reaching(&self, targets: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+        // Reverse adjacency over waiting nodes.
+        let mut rev: Vec<Vec<NodeId>> = vec![Vec::new(); self.st.len()];
+        for (i, s) in self.st.iter().enumerate() {
+            if let State::Waiting(d) = s {
+                for &t in d {
+                    rev[t as usize].push(i as NodeId);
+                }
+            }
+        }
+        let mut seen: BTreeSet<NodeId> = targets.clone();
+        let mut stack: Vec<NodeId> = targets.iter().copied().collect();
+        while let Some(n) = stack.pop() {
+            for &s in &rev[n as usize] {
+                if seen.insert(s) {
+                    stack.push(s);
+                }
+            }
+        }
+        seen.into_iter()
+            .filter(|&n| matches!(self.st[n as usize], State::Waiting(_)))
+            .collect()
+    }
+
+    /// Unseen nodes `n` transitively waits on.
+    fn blockers(&self, n: NodeId) -> BTreeSet<NodeId> {
+        let mut seen = BTreeSet::from([n]);
+        let mut stack = vec![n];
+        let mut out = BTreeSet::new();
+        while let Some(c) = stack.pop() {
+            for &t in self.deps(c) {
+                if seen.insert(t) {
+                    match self.st[t as usize] {
+                        State::Unseen => {
+                            out.insert(t);
+                        }
+                        State::Waiting(_) => stack.push(t),
+                        State::Ready => {}
+                        State::Failed => panic!("oracle: {c} depends on failed {t}"),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `a` reaches `b` through waiting nodes (or is `b`).
+    fn reaches(&self, a: NodeId, b: NodeId) -> bool {
+        let mut seen = BTreeSet::from([a]);
+        let mut stack = vec![a];
+        while let Some(c) = stack.pop() {
+            if c == b {
+                return true;
+            }
+            for &t in self.deps(c) {
+                if seen.insert(t) {
+                    stack.push(t);
+                }
+            }
+        }
+        false
+    }
+
+    /// Applies an emission; returns the nodes that became Ready.
+    fn emit(&mut self, groups: &[(Vec<NodeId>, Vec<NodeId>)]) -> BTreeSet<NodeId> {
+        for (defs, deps) in groups {
+            for &d in defs {
+                let mut list = match std::mem::replace(&mut self.st[d as usize], State::Ready) {
+                    State::Waiting(l) => l,
+                    _ => Vec::new(),
+                };
+                list.extend(deps.iter().copied().filter(|&t| t != d));
+                self.st[d as usize] = State::Waiting(list);
+            }
+        }
+        let unseen: BTreeSet<NodeId> = (0..self.st.len() as NodeId)
+            .filter(|&n| self.st[n as usize] == State::Unseen)
+            .collect();
+        let blocked = self.waiting_reaching(&unseen);
+        let ready: BTreeSet<NodeId> = (0..self.st.len() as NodeId)
+            .filter(|&n| matches!(self.st[n as usize], State::Waiting(_)) && !blocked.contains(&n))
+            .collect();
+        for &n in &ready {
+            self.st[n as usize] = State::Ready;
+        }
+        ready
+    }
+
+    /// The nodes that may be emitted or depended on.
+    fn live(&self) -> Vec<NodeId> {
+        (0..self.st.len() as NodeId)
+            .filter(|&n| matches!(self.st[n as usize], State::Unseen | State::Waiting(_)))
+            .collect()
+    }
+
+    fn unseen(&self) -> Vec<NodeId> {
+        (0..self.st.len() as NodeId).filter(|&n| self.st[n as usize] == State::Unseen).collect()
+    }
+}
+
+/// Reads raw numbers cyclically; past the end it counts on, deterministically.
+struct Raw<'a> {
+    raw: &'a [u16],
+    i: usize,
+}
+
+impl Raw<'_> {
+    fn next(&mut self, modulo: usize) -> usize {
+        let v = self.raw.get(self.i).map_or(self.i, |&v| v as usize);
+        self.i += 1;
+        if modulo == 0 { 0 } else { v % modulo }
+    }
+}
+
+/// Checks everything observable about `g` against the oracle.
+fn check_state(g: &DepGraph, o: &Oracle) -> Result<(), TestCaseError> {
+    g.validate().map_err(TestCaseError::fail)?;
+    let waiting: Vec<NodeId> = (0..o.st.len() as NodeId)
+        .filter(|&n| matches!(o.st[n as usize], State::Waiting(_)))
+        .collect();
+    prop_assert_eq!(g.waiting_len(), waiting.len());
+    for n in 0..o.st.len() as NodeId {
+        prop_assert_eq!(g.is_waiting(n), waiting.contains(&n), "is_waiting({})", n);
+    }
+    // Blockers of a few waiting nodes (the oracle's walk is the slow part).
+    for &n in waiting.iter().take(4) {
+        let expected = o.blockers(n);
+        let all: BTreeSet<NodeId> = g.blockers(n, usize::MAX).into_iter().collect();
+        prop_assert_eq!(&all, &expected, "blockers({})", n);
+        let one = g.blockers(n, 1);
+        prop_assert_eq!(one.len(), expected.len().min(1));
+        prop_assert!(one.iter().all(|b| expected.contains(b)));
+    }
+    Ok(())
+}
+
+/// Runs one emission through the graph and the oracle and compares them.
+fn run_emit(
+    g: &mut DepGraph,
+    o: &mut Oracle,
+    groups: &[(Vec<NodeId>, Vec<NodeId>)],
+) -> Result<(), TestCaseError> {
+    let eg: Vec<EmitGroup<'_>> =
+        groups.iter().map(|(d, p)| EmitGroup { defs: d, deps: p }).collect();
+    let mut ready = Vec::new();
+    g.emit(&eg, &mut ready);
+    let got: BTreeSet<NodeId> = ready.iter().copied().collect();
+    prop_assert_eq!(got.len(), ready.len(), "a node reported Ready twice: {:?}", ready);
+    let expected = o.emit(groups);
+    prop_assert_eq!(got, expected, "emit {:?}", groups);
+    check_state(g, o)
+}
+
+/// Runs one failure through the graph and the oracle and compares them.
+fn run_fail(g: &mut DepGraph, o: &mut Oracle, nodes: &[NodeId]) -> Result<(), TestCaseError> {
+    let mut failed = Vec::new();
+    g.fail(nodes, &mut failed);
+    let inputs: BTreeSet<NodeId> = nodes.iter().copied().collect();
+    let expected = o.waiting_reaching(&inputs);
+    let got: BTreeSet<NodeId> = failed.iter().map(|&(d, _)| d).collect();
+    prop_assert_eq!(got.len(), failed.len(), "a node failed twice: {:?}", failed);
+    prop_assert_eq!(&got, &expected, "fail {:?}", nodes);
+    for &(d, root) in &failed {
+        prop_assert!(inputs.contains(&root), "root {} of {} is not an input", root, d);
+        if inputs.contains(&d) {
+            prop_assert_eq!(root, d, "failed input {} must be its own root", d);
+        } else {
+            prop_assert!(o.reaches(d, root), "{} does not reach its root {}", d, root);
+        }
+    }
+    for n in expected.iter().chain(inputs.iter()) {
+        o.st[*n as usize] = State::Failed;
+    }
+    check_state(g, o)
+}
+
+/// One operation: `(selector, raw numbers)`.
+fn ops() -> impl Strategy<Value = Vec<(u8, Vec<u16>)>> {
+    prop::collection::vec((any::<u8>(), prop::collection::vec(any::<u16>(), 0..24)), 1..40)
+}
+
+/// Interprets `raw` as an emission against the oracle's state.
+fn draw_emission(o: &Oracle, raw: &mut Raw<'_>) -> Vec<(Vec<NodeId>, Vec<NodeId>)> {
+    let mut cand = o.unseen();
+    if cand.is_empty() {
+        return Vec::new();
+    }
+    let ndefs = 1 + raw.next(cand.len().min(6));
+    let mut defs = Vec::new();
+    for _ in 0..ndefs {
+        defs.push(cand.swap_remove(raw.next(cand.len())));
+    }
+    let ngroups = 1 + raw.next(ndefs);
+    let mut groups: Vec<(Vec<NodeId>, Vec<NodeId>)> = vec![(Vec::new(), Vec::new()); ngroups];
+    for &d in &defs {
+        groups[raw.next(ngroups)].0.push(d);
+        // Sometimes a def is in two groups.
+        if raw.next(8) == 0 {
+            let other = raw.next(ngroups);
+            if !groups[other].0.contains(&d) {
+                groups[other].0.push(d);
+            }
+        }
+    }
+    let live = o.live();
+    for g in &mut groups {
+        for _ in 0..raw.next(5) {
+            g.1.push(live[raw.next(live.len())]);
+        }
+    }
+    groups
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Random emissions (cycles, groups, intra-batch deps) and failures.
+    #[test]
+    fn emit_and_fail_match_the_oracle(n in 2usize..24, ops in ops()) {
+        let mut g = DepGraph::new();
+        let mut o = Oracle::new(n);
+        for (sel, raw) in &ops {
+            let mut raw = Raw { raw, i: 0 };
+            if sel % 5 == 4 {
+                let live = o.live();
+                if live.is_empty() {
+                    continue;
+                }
+                let k = 1 + raw.next(2);
+                let nodes: Vec<NodeId> = (0..k).map(|_| live[raw.next(live.len())]).collect();
+                run_fail(&mut g, &mut o, &nodes)?;
+            } else {
+                let groups = draw_emission(&o, &mut raw);
+                if !groups.is_empty() {
+                    run_emit(&mut g, &mut o, &groups)?;
+                }
+            }
+        }
+    }
+
+    /// A fixed random graph (with cycles) emitted completely, in a random
+    /// order split into random batches: every emit must match the oracle and,
+    /// without failures, every node must end Ready.
+    #[test]
+    fn whole_graph_in_random_order(
+        n in 2usize..60,
+        edges in prop::collection::vec((any::<u16>(), any::<u16>()), 0..150),
+        order_keys in prop::collection::vec(any::<u32>(), 60),
+        cuts in prop::collection::vec(any::<u8>(), 60),
+        fail_at in prop::option::weighted(0.2, any::<(u16, u16)>()),
+    ) {
+        let mut deps: Vec<Vec<NodeId>> = vec![Vec::new(); n];
+        for &(a, b) in &edges {
+            deps[a as usize % n].push((b as usize % n) as NodeId);
+        }
+        let mut order: Vec<NodeId> = (0..n as NodeId).collect();
+        order.sort_by_key(|&i| order_keys[i as usize]);
+        let mut g = DepGraph::new();
+        let mut o = Oracle::new(n);
+        let mut i = 0;
+        let mut failures = false;
+        while i < n {
+            let len = 1 + cuts[i] as usize % 4;
+            let batch: Vec<NodeId> = order[i..(i + len).min(n)]
+                .iter()
+                .copied()
+                .filter(|&d| o.st[d as usize] == State::Unseen)
+                .collect();
+            i += len;
+            // The caller drops deps that are Ready (or failed).
+            let groups: Vec<(Vec<NodeId>, Vec<NodeId>)> = batch
+                .iter()
+                .map(|&d| {
+                    let live: Vec<NodeId> = deps[d as usize]
+                        .iter()
+                        .copied()
+                        .filter(|&t| matches!(o.st[t as usize], State::Unseen | State::Waiting(_)))
+                        .collect();
+                    (vec![d], live)
+                })
+                .collect();
+            if !groups.is_empty() {
+                run_emit(&mut g, &mut o, &groups)?;
+            }
+            if let Some((at, which)) = fail_at {
+                if at as usize % n == i.min(n - 1) {
+                    let live = o.live();
+                    if !live.is_empty() {
+                        run_fail(&mut g, &mut o, &[live[which as usize % live.len()]])?;
+                        failures = true;
+                    }
+                }
+            }
+        }
+        if !failures {
+            prop_assert_eq!(g.waiting_len(), 0);
+            prop_assert!(o.st.iter().all(|s| *s == State::Ready));
+        }
+    }
+}
