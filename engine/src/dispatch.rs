@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use crate::sync::{Arc, Condvar, Mutex, thread, thread_local};
+use crate::sync::{Arc, Condvar, Mutex, thread, thread_local_const};
 
 /// A unit of work for a dispatcher.
 pub struct Task {
@@ -103,8 +103,8 @@ struct PoolQueue {
     shutdown: bool,
 }
 
-thread_local! {
-    static CURRENT_POOL: std::cell::RefCell<Option<Arc<PoolShared>>> = const { std::cell::RefCell::new(None) };
+thread_local_const! {
+    static CURRENT_POOL: std::cell::RefCell<Option<Arc<PoolShared>>> = std::cell::RefCell::new(None);
 }
 
 impl WorkerPool {

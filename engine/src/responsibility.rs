@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::symbol::{SymbolDef, SymbolFlags};
-use crate::sync::{Arc, thread_local};
+use crate::sync::{Arc, thread_local_const};
 use crate::tracker::ResourceTracker;
 use crate::unit::MaterializationUnit;
 
@@ -57,12 +57,14 @@ impl fmt::Debug for Responsibility {
     }
 }
 
-thread_local! {
+thread_local_const! {
     /// Responsibilities being materialized on this thread, innermost last.
-    static MATERIALIZING: RefCell<Vec<RespId>> = const { RefCell::new(Vec::new()) };
+    static MATERIALIZING: RefCell<Vec<RespId>> = RefCell::new(Vec::new());
+}
+thread_local_const! {
     /// Responsibilities dropped while this thread was unwinding: the task
     /// wrapper that catches the panic fails them with its message.
-    static DROPPED_IN_PANIC: RefCell<Vec<RespId>> = const { RefCell::new(Vec::new()) };
+    static DROPPED_IN_PANIC: RefCell<Vec<RespId>> = RefCell::new(Vec::new());
 }
 
 /// The responsibility whose `materialize` is running on this thread.

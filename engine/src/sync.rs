@@ -82,10 +82,17 @@ impl Condvar {
     }
 }
 
-#[cfg(kiln_loom)]
-pub(crate) use loom::thread_local;
-#[cfg(not(kiln_loom))]
-pub(crate) use std::thread_local;
+/// A thread-local with a const initializer: std's const form normally, loom's
+/// modelled thread-locals under `kiln_loom` (each loom thread gets its own).
+macro_rules! thread_local_const {
+    ($(#[$attr:meta])* static $name:ident: $t:ty = $init:expr;) => {
+        #[cfg(not(kiln_loom))]
+        std::thread_local! { $(#[$attr])* static $name: $t = const { $init }; }
+        #[cfg(kiln_loom)]
+        loom::thread_local! { $(#[$attr])* static $name: $t = $init; }
+    };
+}
+pub(crate) use thread_local_const;
 
 /// Thread spawning: real threads, or loom's modelled ones.
 pub(crate) mod thread {

@@ -208,6 +208,8 @@ pub struct DepGraph {
     targets: Vec<u32>,
     touched: Vec<u32>,
     pool: Vec<u64>,
+    /// stats
+    pub st: [u64; 6],
 }
 
 impl Default for DepGraph {
@@ -237,6 +239,7 @@ impl DepGraph {
             targets: Vec::new(),
             touched: Vec::new(),
             pool: Vec::new(),
+            st: [0; 6],
         }
     }
 
@@ -777,12 +780,12 @@ impl DepGraph {
             }
             e = edge.link[IN][0];
         }
-        let mut before: Option<u64> = None;
+        let mut before: Option<(u64, u32)> = None;
         for &t in targets {
             let c = self.slots[t as usize].comp;
             let cs = &self.slots[c as usize];
-            if cs.kind == Kind::Waiting && c != v && before.is_none_or(|b| cs.label < b) {
-                before = Some(cs.label);
+            if cs.kind == Kind::Waiting && c != v && before.is_none_or(|(b, _)| cs.label < b) {
+                before = Some((cs.label, c));
             }
         }
         self.placed_since_relabel += 1;
@@ -792,16 +795,9 @@ impl DepGraph {
                 self.hi = MID;
                 MID
             }
-            (None, _) => {
-                if self.lo < 2 * STRIDE {
-                    self.relabel_all();
-                }
-                self.lo -= STRIDE;
-                self.lo
-            }
             // Right behind the last dependant: if a dependency comes earlier,
             // the search window is as small as it can be.
-            (Some((a, ac)), Some(_)) => match self.gap_after(a) {
+            (Some((a, ac)), _) => match self.gap_after(a) {
                 Some(l) => l,
                 None if self.placed_since_relabel >= self.order.len() => {
                     self.relabel_all();
@@ -810,21 +806,48 @@ impl DepGraph {
                 }
                 None => self.back(),
             },
-            (Some(_), None) => self.back(),
+            // Right before the first dependency.
+            (None, Some((b, bc))) => match self.gap_before(b) {
+                Some(l) => l,
+                None if self.placed_since_relabel >= self.order.len() => {
+                    self.relabel_all();
+                    let b = self.slots[bc as usize].label;
+                    self.gap_before(b).unwrap_or_else(|| self.front())
+                }
+                None => self.front(),
+            },
+            (None, None) => self.front(),
         };
         self.slots[v as usize].label = label;
         self.order.insert(label, v);
     }
 
-    /// A free label between `a` and the next used label, if there is room.
-    fn gap_after(&self, a: u64) -> Option<u64> {
+    /// A free label between `a` and the next used label (behind every label
+    /// if `a` is the last), if there is room.
+    fn gap_after(&mut self, a: u64) -> Option<u64> {
         use std::ops::Bound::{Excluded, Unbounded};
-        let next = self
-            .order
-            .range((Excluded(a), Unbounded))
-            .next()
-            .map_or(u64::MAX, |(&l, _)| l);
-        (next - a >= 2).then(|| a + (next - a) / 2)
+        match self.order.range((Excluded(a), Unbounded)).next() {
+            Some((&next, _)) => (next - a >= 2).then(|| a + (next - a) / 2),
+            None => Some(self.back()),
+        }
+    }
+
+    /// A free label between the used label before `b` and `b` (in front of
+    /// every label if `b` is the first), if there is room.
+    fn gap_before(&mut self, b: u64) -> Option<u64> {
+        match self.order.range(..b).next_back() {
+            Some((&prev, _)) => (b - prev >= 2).then(|| prev + (b - prev) / 2),
+            None => Some(self.front()),
+        }
+    }
+
+    /// A label in front of every other.
+    fn front(&mut self) -> u64 {
+        if self.lo < 2 * STRIDE {
+            self.relabel_all();
+        }
+        self.lo -= STRIDE;
+        self.lo
     }
 
     /// A label behind every other.
@@ -838,6 +861,7 @@ impl DepGraph {
 
     /// Spreads all labels `STRIDE` apart around `MID`, keeping their order.
     fn relabel_all(&mut self) {
+        self.st[4] += 1; self.st[5] += self.order.len() as u64;
         let comps: Vec<u32> = self.order.values().copied().collect();
         let n = comps.len() as u64;
         let base = MID - (n / 2) * STRIDE;
@@ -858,6 +882,7 @@ impl DepGraph {
     fn reorder(&mut self, x: u32, y: u32) {
         let lb = self.slots[y as usize].label;
         let ub = self.slots[x as usize].label;
+        self.st[0] += 1;
         let ep = self.next_epoch();
         let mut stack = std::mem::take(&mut self.stack);
         let mut fwd = std::mem::take(&mut self.fwd);
@@ -908,6 +933,7 @@ impl DepGraph {
             }
         }
 
+        self.st[1] += fwd.len() as u64; self.st[2] += bwd.len() as u64; if cycle { self.st[3] += 1; }
         // The labels of the region, reused in the new order.
         let mut pool = std::mem::take(&mut self.pool);
         pool.clear();
