@@ -28,7 +28,9 @@ pub enum FixupError {
         align: u32,
     },
     /// The place does not lie inside its block.
-    #[error("{reloc}: a {width}-byte place at offset {offset:#x} runs past the end of its {len}-byte block")]
+    #[error(
+        "{reloc}: a {width}-byte place at offset {offset:#x} runs past the end of its {len}-byte block"
+    )]
     OutOfBounds {
         /// Relocation or edge kind name.
         reloc: &'static str,
@@ -47,4 +49,30 @@ pub enum FixupError {
         /// What was expected.
         detail: &'static str,
     },
+    /// The relocation type is not in this ISA's table (user error: an object kiln cannot link yet).
+    #[error("{isa}: unsupported relocation type {r_type}")]
+    Unsupported {
+        /// ISA name (`"x86-64"`, `"aarch64"`).
+        isa: &'static str,
+        /// Raw ELF `r_type`.
+        r_type: u32,
+    },
+    /// The host cannot run this code (implementation limit: e.g. no XSAVE on an x86-64 host).
+    #[error("{what}: not supported on this host ({detail})")]
+    HostUnsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// Why the host cannot provide it.
+        detail: &'static str,
+    },
+}
+
+/// Why the reentry machinery could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReentryError {
+    /// [`set_reentry_handler`](crate::set_reentry_handler) was already called
+    /// in this process (usage error: the handler is process-wide and installed once).
+    #[error("the reentry handler is already installed in this process")]
+    HandlerAlreadySet,
 }

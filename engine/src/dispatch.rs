@@ -120,9 +120,8 @@ impl WorkerPool {
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
             let shared = shared.clone();
-            let handle = thread::spawn_named(format!("kiln-worker-{i}"), move || {
-                worker_loop(shared)
-            });
+            let handle =
+                thread::spawn_named(format!("kiln-worker-{i}"), move || worker_loop(shared));
             match handle {
                 Ok(h) => workers.push(h),
                 // Could not start more threads: the pool runs with fewer.

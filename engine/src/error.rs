@@ -64,7 +64,10 @@ pub enum Error {
         message: String,
     },
     /// Bug in a unit: its responsibility was dropped while it still owed symbols.
-    #[error("materialization unit '{unit}' dropped its responsibility without emitting or failing {}", join(symbols))]
+    #[error(
+        "materialization unit '{unit}' dropped its responsibility without emitting or failing {}",
+        join(symbols)
+    )]
     Abandoned {
         /// The unit's name.
         unit: Arc<str>,
@@ -99,7 +102,10 @@ pub enum Error {
         cycle: Vec<String>,
     },
     /// A lookup's deadline passed.
-    #[error("lookup timed out after {millis} ms; still waiting for {}", join(waiting_for))]
+    #[error(
+        "lookup timed out after {millis} ms; still waiting for {}",
+        join(waiting_for)
+    )]
     Timeout {
         /// The wait that elapsed.
         millis: u128,

@@ -368,9 +368,7 @@ enum LookupHandleState {
 impl fmt::Debug for Lookup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pending = matches!(self.state, LookupHandleState::Pending(_));
-        f.debug_struct("Lookup")
-            .field("pending", &pending)
-            .finish()
+        f.debug_struct("Lookup").field("pending", &pending).finish()
     }
 }
 
@@ -419,13 +417,13 @@ impl Lookup {
             }
             LookupHandleState::Pending(shared) => shared.clone(),
         };
-        if !shared.is_completed() {
-            if let Some(resp) = crate::responsibility::current_materialization() {
-                self.core.send(Msg::BlockedWait {
-                    lookup: shared.id,
-                    resp,
-                });
-            }
+        if !shared.is_completed()
+            && let Some(resp) = crate::responsibility::current_materialization()
+        {
+            self.core.send(Msg::BlockedWait {
+                lookup: shared.id,
+                resp,
+            });
         }
         if let Some(pool) = current_pool() {
             shared.slot.lock().helper = Some(pool.clone());

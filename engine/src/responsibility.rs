@@ -227,7 +227,10 @@ impl Responsibility {
     /// definitions in an object); they start out Materializing and owed by
     /// this responsibility. A clash with a strong definition is an error
     /// listing every clash; a clashing weak one is dropped silently.
-    pub fn define_materializing(&mut self, symbols: Vec<(SymbolName, SymbolFlags)>) -> Result<Vec<SymbolName>> {
+    pub fn define_materializing(
+        &mut self,
+        symbols: Vec<(SymbolName, SymbolFlags)>,
+    ) -> Result<Vec<SymbolName>> {
         let (reply, wait) = Reply::new();
         self.core.send(Msg::DefineMaterializing {
             resp: self.id,

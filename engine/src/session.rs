@@ -3,7 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::actor::{DefineKind, DylibId, DylibShared, LookupMsg, Msg, Reply, SessionCore, UnitCell};
+use crate::actor::{
+    DefineKind, DylibId, DylibShared, LookupMsg, Msg, Reply, SessionCore, UnitCell,
+};
 use crate::dispatch::{Dispatcher, WorkerPool};
 use crate::error::{Error, Result};
 use crate::generator::Generator;
@@ -113,7 +115,8 @@ impl Session {
             name: name.to_string(),
             reply,
         });
-        wait.wait().map(|s| Dylib::from_shared(self.core.clone(), s))
+        wait.wait()
+            .map(|s| Dylib::from_shared(self.core.clone(), s))
     }
 
     /// Looks `names` up in `order`, completing when each is in `state`.
@@ -123,7 +126,14 @@ impl Session {
         if let Some(found) = self.fast_lookup(order, names) {
             return Lookup::done(self.core.clone(), Ok(found));
         }
-        self.slow_lookup(order, names, state, LookupKind::Static, AwaitDefinitions::No, None)
+        self.slow_lookup(
+            order,
+            names,
+            state,
+            LookupKind::Static,
+            AwaitDefinitions::No,
+            None,
+        )
     }
 
     /// A lookup with every option.
@@ -292,7 +302,9 @@ pub struct Dylib {
 
 impl fmt::Debug for Dylib {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Dylib").field("name", &self.shared.name).finish()
+        f.debug_struct("Dylib")
+            .field("name", &self.shared.name)
+            .finish()
     }
 }
 
@@ -333,22 +345,38 @@ impl Dylib {
     }
 
     /// Defines `unit` through `tracker` (or the default tracker).
-    pub fn define_boxed(&self, unit: Box<dyn MaterializationUnit>, tracker: Option<&ResourceTracker>) -> Result<()> {
+    pub fn define_boxed(
+        &self,
+        unit: Box<dyn MaterializationUnit>,
+        tracker: Option<&ResourceTracker>,
+    ) -> Result<()> {
         let symbols = unit.symbols();
         let unit_name: Arc<str> = unit.name().into();
         if symbols.is_empty() {
             return Ok(());
         }
-        self.send_define(symbols, unit_name, DefineKind::Unit(UnitCell::new(unit)), tracker)
+        self.send_define(
+            symbols,
+            unit_name,
+            DefineKind::Unit(UnitCell::new(unit)),
+            tracker,
+        )
     }
 
     /// Defines `unit` through `tracker`.
-    pub fn define_with(&self, unit: impl MaterializationUnit, tracker: &ResourceTracker) -> Result<()> {
+    pub fn define_with(
+        &self,
+        unit: impl MaterializationUnit,
+        tracker: &ResourceTracker,
+    ) -> Result<()> {
         self.define_boxed(Box::new(unit), Some(tracker))
     }
 
     /// Defines symbols at fixed addresses, Ready at once (no materialization).
-    pub fn define_absolute(&self, symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>) -> Result<()> {
+    pub fn define_absolute(
+        &self,
+        symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>,
+    ) -> Result<()> {
         self.define_absolute_with(symbols, None)
     }
 
@@ -365,7 +393,12 @@ impl Dylib {
         if flags.is_empty() {
             return Ok(());
         }
-        self.send_define(flags, "<absolute symbols>".into(), DefineKind::Absolute(addrs), tracker)
+        self.send_define(
+            flags,
+            "<absolute symbols>".into(),
+            DefineKind::Absolute(addrs),
+            tracker,
+        )
     }
 
     fn send_define(

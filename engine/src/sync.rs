@@ -42,7 +42,9 @@ impl<T> Mutex<T> {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -149,7 +151,9 @@ impl Hasher for FixedHasher {
     }
     fn write_u64(&mut self, n: u64) {
         // A multiplicative mix keeps pre-hashed keys well spread.
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
     }
     fn write_u32(&mut self, n: u32) {
         self.write_u64(u64::from(n));

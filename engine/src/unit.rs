@@ -45,7 +45,9 @@ pub struct AbsoluteSymbols {
 }
 
 /// A unit defining `symbols` at fixed addresses.
-pub fn absolute_symbols(symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>) -> AbsoluteSymbols {
+pub fn absolute_symbols(
+    symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>,
+) -> AbsoluteSymbols {
     AbsoluteSymbols {
         symbols: symbols.into_iter().collect(),
     }
@@ -65,7 +67,10 @@ impl MaterializationUnit for AbsoluteSymbols {
     }
 
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        self.symbols.iter().map(|(n, d)| (n.clone(), d.flags)).collect()
+        self.symbols
+            .iter()
+            .map(|(n, d)| (n.clone(), d.flags))
+            .collect()
     }
 
     fn materialize(self: Box<Self>, r: Responsibility) {
@@ -103,7 +108,11 @@ pub struct Reexports {
 }
 
 /// A unit re-exporting `aliases` from `source`.
-pub fn reexports(source: &Dylib, source_lookup: DylibLookup, aliases: impl IntoIterator<Item = Alias>) -> Reexports {
+pub fn reexports(
+    source: &Dylib,
+    source_lookup: DylibLookup,
+    aliases: impl IntoIterator<Item = Alias>,
+) -> Reexports {
     Reexports {
         source: source.clone(),
         source_lookup,
@@ -126,7 +135,10 @@ impl MaterializationUnit for Reexports {
     }
 
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        self.aliases.iter().map(|a| (a.name.clone(), a.flags)).collect()
+        self.aliases
+            .iter()
+            .map(|a| (a.name.clone(), a.flags))
+            .collect()
     }
 
     fn materialize(self: Box<Self>, r: Responsibility) {
@@ -148,7 +160,9 @@ impl MaterializationUnit for Reexports {
             let mut defs = Vec::with_capacity(self.aliases.len());
             for alias in &self.aliases {
                 match found.get(&alias.target) {
-                    Some(def) => defs.push((alias.name.clone(), SymbolDef::new(def.address, alias.flags))),
+                    Some(def) => {
+                        defs.push((alias.name.clone(), SymbolDef::new(def.address, alias.flags)))
+                    }
                     None => {
                         return r.fail(Error::SymbolsNotFound {
                             names: vec![alias.target.clone()],
@@ -162,7 +176,12 @@ impl MaterializationUnit for Reexports {
             let groups = self
                 .aliases
                 .iter()
-                .map(|a| DependenceGroup::new([a.name.clone()], [(source.clone(), vec![a.target.clone()])]))
+                .map(|a| {
+                    DependenceGroup::new(
+                        [a.name.clone()],
+                        [(source.clone(), vec![a.target.clone()])],
+                    )
+                })
                 .collect();
             let _ = r.emit(groups);
         });

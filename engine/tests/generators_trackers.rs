@@ -59,19 +59,35 @@ fn generator_defines_on_demand_and_remembers_misses_until_a_new_definition() {
     let calls = g.calls.clone();
     d.add_generator(g).unwrap();
     let (g7, nope, other) = (s.intern("gen7"), s.intern("nope"), s.intern("other"));
-    let found = lookup(&s, &[&d], &[&g7], RequiredState::Ready).wait().unwrap();
+    let found = lookup(&s, &[&d], &[&g7], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(found.get(&g7).unwrap().address, 0x4000_0000 + 16 * 7);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // Now Ready: the generator is not asked again.
-    lookup(&s, &[&d], &[&g7], RequiredState::Ready).wait().unwrap();
+    lookup(&s, &[&d], &[&g7], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // A miss is asked once, then remembered...
-    assert!(lookup(&s, &[&d], &[&nope], RequiredState::Ready).wait().is_err());
-    assert!(lookup(&s, &[&d], &[&nope], RequiredState::Ready).wait().is_err());
+    assert!(
+        lookup(&s, &[&d], &[&nope], RequiredState::Ready)
+            .wait()
+            .is_err()
+    );
+    assert!(
+        lookup(&s, &[&d], &[&nope], RequiredState::Ready)
+            .wait()
+            .is_err()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // ...until the dylib gains a definition.
     d.define_absolute([(other, def(1))]).unwrap();
-    assert!(lookup(&s, &[&d], &[&nope], RequiredState::Ready).wait().is_err());
+    assert!(
+        lookup(&s, &[&d], &[&nope], RequiredState::Ready)
+            .wait()
+            .is_err()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
@@ -165,7 +181,9 @@ fn a_generator_error_fails_its_lookup_with_that_error() {
     let d = s.create_dylib("d").unwrap();
     d.add_generator(FailingGen).unwrap();
     let x = s.intern("x");
-    let err = lookup(&s, &[&d], &[&x], RequiredState::Ready).wait().unwrap_err();
+    let err = lookup(&s, &[&d], &[&x], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
     assert!(matches!(err, Error::Generator { .. }));
     assert_eq!(err.root_cause().to_string(), "archive libfoo.a is corrupt");
 }
@@ -177,7 +195,11 @@ impl Generator for LookingGen {
         let s = req.dylib().session();
         let base = s.intern("base");
         let found = s
-            .lookup(&order(&[&self.0]), &LookupSet::required([base.clone()]), RequiredState::Ready)
+            .lookup(
+                &order(&[&self.0]),
+                &LookupSet::required([base.clone()]),
+                RequiredState::Ready,
+            )
             .wait()
             .unwrap();
         let derived = s.intern("derived");
@@ -189,8 +211,14 @@ impl Generator for LookingGen {
 
 #[test]
 fn a_generator_may_itself_look_symbols_up() {
-    for s in [inplace(), Session::builder().dispatcher(WorkerPool::new(1)).build()] {
-        let (d, other) = (s.create_dylib("d").unwrap(), s.create_dylib("other").unwrap());
+    for s in [
+        inplace(),
+        Session::builder().dispatcher(WorkerPool::new(1)).build(),
+    ] {
+        let (d, other) = (
+            s.create_dylib("d").unwrap(),
+            s.create_dylib("other").unwrap(),
+        );
         let base = s.intern("base");
         other.define(emitting(&base, 0x100, vec![])).unwrap();
         d.add_generator(LookingGen(other.clone())).unwrap();
@@ -233,25 +261,47 @@ fn removing_a_tracker_before_materialization() {
     rt.remove().unwrap();
     assert!(rt.is_removed());
     assert_eq!(*m.removed.lock().unwrap(), vec![rt.key()]);
-    let err = lookup(&s, &[&d], &[&f], RequiredState::Ready).wait().unwrap_err();
+    let err = lookup(&s, &[&d], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
     assert!(matches!(err, Error::SymbolsNotFound { .. }), "{err}");
     // A removed tracker cannot define.
-    assert!(matches!(d.define_with(emitting(&f, 1, vec![]), &rt), Err(Error::TrackerRemoved { .. })));
+    assert!(matches!(
+        d.define_with(emitting(&f, 1, vec![]), &rt),
+        Err(Error::TrackerRemoved { .. })
+    ));
     // The name is free again.
     d.define(emitting(&f, 2, vec![])).unwrap();
-    assert_eq!(lookup(&s, &[&d], &[&f], RequiredState::Ready).wait().unwrap().get(&f).unwrap().address, 2);
+    assert_eq!(
+        lookup(&s, &[&d], &[&f], RequiredState::Ready)
+            .wait()
+            .unwrap()
+            .get(&f)
+            .unwrap()
+            .address,
+        2
+    );
 }
 
 #[test]
 fn removing_a_tracker_during_materialization_fails_waiters_and_the_unit() {
     let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
-    let (d, other) = (s.create_dylib("d").unwrap(), s.create_dylib("other").unwrap());
+    let (d, other) = (
+        s.create_dylib("d").unwrap(),
+        s.create_dylib("other").unwrap(),
+    );
     let rt = d.create_tracker().unwrap();
     let (f, g) = (s.intern("f"), s.intern("g"));
     let (park, parked) = slot::<Responsibility>();
-    d.define_with(unit("f", &[(&f, X)], move |r| *park.lock().unwrap() = Some(r)), &rt).unwrap();
+    d.define_with(
+        unit("f", &[(&f, X)], move |r| *park.lock().unwrap() = Some(r)),
+        &rt,
+    )
+    .unwrap();
     // g, in another dylib and tracker, is emitted waiting on f.
-    other.define(emitting(&g, 2, vec![(d.clone(), vec![f.clone()])])).unwrap();
+    other
+        .define(emitting(&g, 2, vec![(d.clone(), vec![f.clone()])]))
+        .unwrap();
     let wait_f = lookup(&s, &[&d], &[&f], RequiredState::Ready);
     let wait_g = lookup(&s, &[&other], &[&g], RequiredState::Ready);
     let r = loop {
@@ -284,10 +334,16 @@ fn removing_a_tracker_after_materialization_unpublishes_and_frees() {
     let rt = d.create_tracker().unwrap();
     let f = s.intern("f");
     d.define_with(emitting(&f, 1, vec![]), &rt).unwrap();
-    lookup(&s, &[&d], &[&f], RequiredState::Ready).wait().unwrap();
+    lookup(&s, &[&d], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap();
     rt.remove().unwrap();
     assert_eq!(d.symbol_state(&f), None);
-    assert!(lookup(&s, &[&d], &[&f], RequiredState::Ready).wait().is_err());
+    assert!(
+        lookup(&s, &[&d], &[&f], RequiredState::Ready)
+            .wait()
+            .is_err()
+    );
     assert_eq!(m.removed.lock().unwrap().len(), 1);
 }
 
@@ -313,11 +369,16 @@ fn transfer_moves_symbols_and_resources() {
     src.transfer_to(&dst).unwrap();
     assert!(src.is_removed());
     assert_eq!(*m.transferred.lock().unwrap(), vec![(dst.key(), src.key())]);
-    lookup(&s, &[&d], &[&f], RequiredState::Ready).wait().unwrap();
+    lookup(&s, &[&d], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap();
     dst.remove().unwrap();
     assert_eq!(d.symbol_state(&f), None);
     let other = s.create_dylib("other").unwrap();
-    assert!(matches!(dst.transfer_to(&other.default_tracker()), Err(Error::Usage(_))));
+    assert!(matches!(
+        dst.transfer_to(&other.default_tracker()),
+        Err(Error::Usage(_))
+    ));
 }
 
 #[test]
@@ -328,13 +389,20 @@ fn removing_a_dylib_fails_its_work_and_later_lookups() {
     let m = Arc::new(Manager::default());
     s.register_resource_manager(m.clone());
     d.define(emitting(&f, 1, vec![])).unwrap();
-    lookup(&s, &[&d], &[&f], RequiredState::Ready).wait().unwrap();
+    lookup(&s, &[&d], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap();
     s.remove_dylib(&d).unwrap();
     assert!(!m.removed.lock().unwrap().is_empty());
-    let err = lookup(&s, &[&d], &[&f], RequiredState::Ready).wait().unwrap_err();
+    let err = lookup(&s, &[&d], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
     assert!(matches!(err, Error::DylibRemoved(_)), "{err}");
     assert!(s.dylib("d").is_none());
-    assert!(matches!(d.define(emitting(&f, 1, vec![])), Err(Error::DylibRemoved(_))));
+    assert!(matches!(
+        d.define(emitting(&f, 1, vec![])),
+        Err(Error::DylibRemoved(_))
+    ));
 }
 
 // ----- dispatcher and blocking waits ---------------------------------------
@@ -353,9 +421,13 @@ fn a_chain_of_blocking_lookups_completes_on_a_one_thread_pool() {
             // Inside the materializer: wait for the next link of the chain.
             if let Some(next) = next {
                 let sess = dd.session();
-                sess.lookup(&order(&[&dd]), &LookupSet::required([next]), RequiredState::Ready)
-                    .wait()
-                    .unwrap();
+                sess.lookup(
+                    &order(&[&dd]),
+                    &LookupSet::required([next]),
+                    RequiredState::Ready,
+                )
+                .wait()
+                .unwrap();
             }
             r.resolve(&[(me, def(i as u64))]).unwrap();
             r.emit(vec![]).unwrap();
@@ -372,16 +444,23 @@ fn a_chain_of_blocking_lookups_completes_on_a_one_thread_pool() {
 #[test]
 fn a_cycle_of_blocking_lookups_fails_with_the_cycle_named() {
     for threads in [1, 2] {
-        let s = Session::builder().dispatcher(WorkerPool::new(threads)).build();
+        let s = Session::builder()
+            .dispatcher(WorkerPool::new(threads))
+            .build();
         let (d1, d2) = (s.create_dylib("d1").unwrap(), s.create_dylib("d2").unwrap());
         let (a, b) = (s.intern("a"), s.intern("b"));
         let errors = Arc::new(Mutex::new(Vec::new()));
         for (me, other, mine, theirs) in [(&a, &b, &d1, &d2), (&b, &a, &d2, &d1)] {
-            let (me2, other2, theirs2, errs) = (me.clone(), other.clone(), theirs.clone(), errors.clone());
+            let (me2, other2, theirs2, errs) =
+                (me.clone(), other.clone(), theirs.clone(), errors.clone());
             mine.define(unit(&format!("unit-{me}"), &[(me, X)], move |r| {
                 let sess = theirs2.session();
                 let res = sess
-                    .lookup(&order(&[&theirs2]), &LookupSet::required([other2]), RequiredState::Ready)
+                    .lookup(
+                        &order(&[&theirs2]),
+                        &LookupSet::required([other2]),
+                        RequiredState::Ready,
+                    )
                     .wait();
                 match res {
                     Ok(_) => {
@@ -396,11 +475,13 @@ fn a_cycle_of_blocking_lookups_fails_with_the_cycle_named() {
             }))
             .unwrap();
         }
-        let res = lookup(&s, &[&d1, &d2], &[&a, &b], RequiredState::Ready).wait_timeout(Duration::from_secs(20));
+        let res = lookup(&s, &[&d1, &d2], &[&a, &b], RequiredState::Ready)
+            .wait_timeout(Duration::from_secs(20));
         let err = res.unwrap_err();
         let msgs = errors.lock().unwrap().clone();
         assert!(
-            msgs.iter().any(|m| m.contains("cycle") && m.contains("unit-a") && m.contains("unit-b")),
+            msgs.iter()
+                .any(|m| m.contains("cycle") && m.contains("unit-a") && m.contains("unit-b")),
             "threads={threads}: {msgs:?} / {err}"
         );
         s.end();
@@ -413,7 +494,10 @@ fn end_fails_lookups_in_flight_and_refuses_later_work() {
     let d = s.create_dylib("d").unwrap();
     let f = s.intern("f");
     let (park, _parked) = slot::<Responsibility>();
-    d.define(unit("f", &[(&f, X)], move |r| *park.lock().unwrap() = Some(r))).unwrap();
+    d.define(unit("f", &[(&f, X)], move |r| {
+        *park.lock().unwrap() = Some(r)
+    }))
+    .unwrap();
     let pending = lookup(&s, &[&d], &[&f], RequiredState::Ready);
     std::thread::sleep(Duration::from_millis(20));
     s.end();

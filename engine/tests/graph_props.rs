@@ -29,7 +29,9 @@ struct Oracle {
 
 impl Oracle {
     fn new(n: usize) -> Self {
-        Oracle { st: vec![State::Unseen; n] }
+        Oracle {
+            st: vec![State::Unseen; n],
+        }
     }
 
     fn deps(&self, n: NodeId) -> &[NodeId] {
@@ -137,7 +139,9 @@ impl Oracle {
     }
 
     fn unseen(&self) -> Vec<NodeId> {
-        (0..self.st.len() as NodeId).filter(|&n| self.st[n as usize] == State::Unseen).collect()
+        (0..self.st.len() as NodeId)
+            .filter(|&n| self.st[n as usize] == State::Unseen)
+            .collect()
     }
 }
 
@@ -183,12 +187,19 @@ fn run_emit(
     o: &mut Oracle,
     groups: &[(Vec<NodeId>, Vec<NodeId>)],
 ) -> Result<(), TestCaseError> {
-    let eg: Vec<EmitGroup<'_>> =
-        groups.iter().map(|(d, p)| EmitGroup { defs: d, deps: p }).collect();
+    let eg: Vec<EmitGroup<'_>> = groups
+        .iter()
+        .map(|(d, p)| EmitGroup { defs: d, deps: p })
+        .collect();
     let mut ready = Vec::new();
     g.emit(&eg, &mut ready);
     let got: BTreeSet<NodeId> = ready.iter().copied().collect();
-    prop_assert_eq!(got.len(), ready.len(), "a node reported Ready twice: {:?}", ready);
+    prop_assert_eq!(
+        got.len(),
+        ready.len(),
+        "a node reported Ready twice: {:?}",
+        ready
+    );
     let expected = o.emit(groups);
     prop_assert_eq!(got, expected, "emit {:?}", groups);
     check_state(g, o)
@@ -204,7 +215,12 @@ fn run_fail(g: &mut DepGraph, o: &mut Oracle, nodes: &[NodeId]) -> Result<(), Te
     prop_assert_eq!(got.len(), failed.len(), "a node failed twice: {:?}", failed);
     prop_assert_eq!(&got, &expected, "fail {:?}", nodes);
     for &(d, root) in &failed {
-        prop_assert!(inputs.contains(&root), "root {} of {} is not an input", root, d);
+        prop_assert!(
+            inputs.contains(&root),
+            "root {} of {} is not an input",
+            root,
+            d
+        );
         if inputs.contains(&d) {
             prop_assert_eq!(root, d, "failed input {} must be its own root", d);
         } else {
@@ -219,7 +235,10 @@ fn run_fail(g: &mut DepGraph, o: &mut Oracle, nodes: &[NodeId]) -> Result<(), Te
 
 /// One operation: `(selector, raw numbers)`.
 fn ops() -> impl Strategy<Value = Vec<(u8, Vec<u16>)>> {
-    prop::collection::vec((any::<u8>(), prop::collection::vec(any::<u16>(), 0..24)), 1..40)
+    prop::collection::vec(
+        (any::<u8>(), prop::collection::vec(any::<u16>(), 0..24)),
+        1..40,
+    )
 }
 
 /// Interprets `raw` as an emission against the oracle's state.

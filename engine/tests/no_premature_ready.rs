@@ -57,7 +57,8 @@ fn ready_never_precedes_transitive_emission() {
             .map(|i| s.create_dylib(&format!("d{i}")).unwrap())
             .collect();
         let names: Vec<SymbolName> = (0..n).map(|i| s.intern(&format!("s{i}"))).collect();
-        let emitted: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+        let emitted: Arc<Vec<AtomicBool>> =
+            Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
         for i in 0..n {
             let me = names[i].clone();
             let groups_deps: Vec<(Dylib, Vec<SymbolName>)> = deps[i]
@@ -83,14 +84,24 @@ fn ready_never_precedes_transitive_emission() {
         let barrier = Arc::new(Barrier::new(threads));
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (s, order, names, emitted, deps, barrier) =
-                    (s.clone(), order.clone(), names.clone(), emitted.clone(), deps.clone(), barrier.clone());
+                let (s, order, names, emitted, deps, barrier) = (
+                    s.clone(),
+                    order.clone(),
+                    names.clone(),
+                    emitted.clone(),
+                    deps.clone(),
+                    barrier.clone(),
+                );
                 std::thread::spawn(move || {
                     barrier.wait();
                     for k in 0..n {
                         let i = (k * 7 + t * 13) % n;
                         let found = s
-                            .lookup(&order, &LookupSet::required([names[i].clone()]), RequiredState::Ready)
+                            .lookup(
+                                &order,
+                                &LookupSet::required([names[i].clone()]),
+                                RequiredState::Ready,
+                            )
                             .wait_timeout(Duration::from_secs(30))
                             .unwrap_or_else(|e| panic!("seed {seed}: s{i}: {e}"));
                         assert_eq!(found.get(&names[i]).unwrap().address, i as u64 * 16);

@@ -21,16 +21,26 @@ fn search_order_is_exactly_what_the_lookup_gives() {
     );
     let in_c = s.intern("in_c");
     c.define_absolute([(in_c.clone(), def(0xc))]).unwrap();
-    a.set_link_order(&[(b.clone(), DylibLookup::ExportedOnly)]).unwrap();
-    b.set_link_order(&[(c.clone(), DylibLookup::ExportedOnly)]).unwrap();
+    a.set_link_order(&[(b.clone(), DylibLookup::ExportedOnly)])
+        .unwrap();
+    b.set_link_order(&[(c.clone(), DylibLookup::ExportedOnly)])
+        .unwrap();
     // a's link order is [a, b]; it does not reach c through b.
     let err = s
-        .lookup(&a.link_order(), &LookupSet::required([in_c.clone()]), RequiredState::Ready)
+        .lookup(
+            &a.link_order(),
+            &LookupSet::required([in_c.clone()]),
+            RequiredState::Ready,
+        )
         .wait()
         .unwrap_err();
-    assert!(matches!(err, Error::SymbolsNotFound { ref names } if names == &[in_c.clone()]));
+    assert!(
+        matches!(err, Error::SymbolsNotFound { ref names } if names == std::slice::from_ref(&in_c))
+    );
     assert_eq!(b.link_order().entries().len(), 2);
-    let found = lookup(&s, &[&a, &c], &[&in_c], RequiredState::Ready).wait().unwrap();
+    let found = lookup(&s, &[&a, &c], &[&in_c], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(found.get(&in_c).unwrap().address, 0xc);
 }
 
@@ -39,15 +49,29 @@ fn first_dylib_in_order_wins_and_exported_only_skips_hidden() {
     let s = inplace();
     let (d1, d2) = (s.create_dylib("d1").unwrap(), s.create_dylib("d2").unwrap());
     let f = s.intern("f");
-    d1.define_absolute([(f.clone(), SymbolDef::new(1, SymbolFlags::NONE))]).unwrap();
+    d1.define_absolute([(f.clone(), SymbolDef::new(1, SymbolFlags::NONE))])
+        .unwrap();
     d2.define_absolute([(f.clone(), def(2))]).unwrap();
-    let exported = lookup(&s, &[&d1, &d2], &[&f], RequiredState::Ready).wait().unwrap();
-    assert_eq!(exported.get(&f).unwrap().address, 2, "hidden f in d1 is skipped");
-    let all: SearchOrder = [(d1.clone(), DylibLookup::All), (d2.clone(), DylibLookup::All)]
-        .into_iter()
-        .collect();
+    let exported = lookup(&s, &[&d1, &d2], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(
+        exported.get(&f).unwrap().address,
+        2,
+        "hidden f in d1 is skipped"
+    );
+    let all: SearchOrder = [
+        (d1.clone(), DylibLookup::All),
+        (d2.clone(), DylibLookup::All),
+    ]
+    .into_iter()
+    .collect();
     let found = s
-        .lookup(&all, &LookupSet::required([f.clone()]), RequiredState::Ready)
+        .lookup(
+            &all,
+            &LookupSet::required([f.clone()]),
+            RequiredState::Ready,
+        )
         .wait()
         .unwrap();
     assert_eq!(found.get(&f).unwrap().address, 1);
@@ -57,16 +81,26 @@ fn first_dylib_in_order_wins_and_exported_only_skips_hidden() {
 fn missing_weak_names_are_absent_and_missing_required_are_listed_together() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();
-    let (here, gone1, gone2, maybe) = (s.intern("here"), s.intern("gone1"), s.intern("gone2"), s.intern("maybe"));
+    let (here, gone1, gone2, maybe) = (
+        s.intern("here"),
+        s.intern("gone1"),
+        s.intern("gone2"),
+        s.intern("maybe"),
+    );
     d.define_absolute([(here.clone(), def(7))]).unwrap();
     let set = LookupSet::new()
         .with(here.clone(), SymbolLookup::Required)
         .with(maybe.clone(), SymbolLookup::Weak);
-    let found = s.lookup(&order(&[&d]), &set, RequiredState::Ready).wait().unwrap();
+    let found = s
+        .lookup(&order(&[&d]), &set, RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(found.len(), 1);
     assert!(found.get(&maybe).is_none());
 
-    let err = lookup(&s, &[&d], &[&gone1, &here, &gone2], RequiredState::Ready).wait().unwrap_err();
+    let err = lookup(&s, &[&d], &[&gone1, &here, &gone2], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
     match &err {
         Error::SymbolsNotFound { names } => assert_eq!(names, &[gone1.clone(), gone2.clone()]),
         other => panic!("unexpected {other}"),
@@ -88,7 +122,9 @@ fn strong_definition_overrides_unrequested_weak_one_and_discard_runs() {
     d.define(weak).unwrap();
     d.define(emitting(&w, 0x50, vec![])).unwrap();
     assert_eq!(*discarded.lock().unwrap(), vec!["w".to_string()]);
-    let found = lookup(&s, &[&d], &[&w], RequiredState::Ready).wait().unwrap();
+    let found = lookup(&s, &[&d], &[&w], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(found.get(&w).unwrap().address, 0x50);
 }
 
@@ -97,8 +133,14 @@ fn requested_weak_definition_is_a_duplicate() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();
     let w = s.intern("w");
-    d.define(absolute_symbols([(w.clone(), SymbolDef::new(1, X | SymbolFlags::WEAK))])).unwrap();
-    lookup(&s, &[&d], &[&w], RequiredState::Ready).wait().unwrap();
+    d.define(absolute_symbols([(
+        w.clone(),
+        SymbolDef::new(1, X | SymbolFlags::WEAK),
+    )]))
+    .unwrap();
+    lookup(&s, &[&d], &[&w], RequiredState::Ready)
+        .wait()
+        .unwrap();
     let err = d.define(emitting(&w, 2, vec![])).unwrap_err();
     assert!(matches!(err, Error::DuplicateDefinitions { .. }), "{err}");
 }
@@ -108,9 +150,14 @@ fn duplicates_are_all_listed_and_leave_the_dylib_unchanged() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();
     let (a, b, c) = (s.intern("a"), s.intern("b"), s.intern("c"));
-    d.define_absolute([(a.clone(), def(1)), (b.clone(), def(2))]).unwrap();
+    d.define_absolute([(a.clone(), def(1)), (b.clone(), def(2))])
+        .unwrap();
     let err = d
-        .define(absolute_symbols([(a.clone(), def(10)), (c.clone(), def(30)), (b.clone(), def(20))]))
+        .define(absolute_symbols([
+            (a.clone(), def(10)),
+            (c.clone(), def(30)),
+            (b.clone(), def(20)),
+        ]))
         .unwrap_err();
     match &err {
         Error::DuplicateDefinitions { dylib, names } => {
@@ -120,7 +167,15 @@ fn duplicates_are_all_listed_and_leave_the_dylib_unchanged() {
         other => panic!("unexpected {other}"),
     }
     assert_eq!(d.symbol_state(&c), None, "c was not added");
-    assert_eq!(lookup(&s, &[&d], &[&a], RequiredState::Ready).wait().unwrap().get(&a).unwrap().address, 1);
+    assert_eq!(
+        lookup(&s, &[&d], &[&a], RequiredState::Ready)
+            .wait()
+            .unwrap()
+            .get(&a)
+            .unwrap()
+            .address,
+        1
+    );
 }
 
 // ----- readiness ---------------------------------------------------------
@@ -138,9 +193,12 @@ fn ready_waits_for_transitive_dependencies_but_resolved_completes_early() {
         *park.lock().unwrap() = Some(r);
     }))
     .unwrap();
-    d.define(emitting(&a, 0xa, vec![(d.clone(), vec![b.clone()])])).unwrap();
+    d.define(emitting(&a, 0xa, vec![(d.clone(), vec![b.clone()])]))
+        .unwrap();
     let ready = lookup(&s, &[&d], &[&a], RequiredState::Ready);
-    let resolved = lookup(&s, &[&d], &[&a], RequiredState::Resolved).wait().unwrap();
+    let resolved = lookup(&s, &[&d], &[&a], RequiredState::Resolved)
+        .wait()
+        .unwrap();
     assert_eq!(resolved.get(&a).unwrap().address, 0xa);
     let r = loop {
         if let Some(r) = parked.lock().unwrap().take() {
@@ -168,17 +226,28 @@ fn cycle_across_dylibs_becomes_ready_together() {
         *park_a.lock().unwrap() = Some(r);
     }))
     .unwrap();
-    d2.define(emitting(&b, 0xb, vec![(d1.clone(), vec![a.clone()])])).unwrap();
+    d2.define(emitting(&b, 0xb, vec![(d1.clone(), vec![a.clone()])]))
+        .unwrap();
     // Materialize both (Resolved), then emit a depending on b: the cycle closes.
     let both = lookup(&s, &[&d1, &d2], &[&a, &b], RequiredState::Ready);
     assert!(!both.is_complete());
     assert_eq!(d2.symbol_state(&b), Some(SymbolState::Emitted));
     let r = parked_a.lock().unwrap().take().unwrap();
-    r.emit(vec![DependenceGroup::new([a.clone()], [(d2.clone(), vec![b.clone()])])]).unwrap();
+    r.emit(vec![DependenceGroup::new(
+        [a.clone()],
+        [(d2.clone(), vec![b.clone()])],
+    )])
+    .unwrap();
     assert_eq!(d1.symbol_state(&a), Some(SymbolState::Ready));
     assert_eq!(d2.symbol_state(&b), Some(SymbolState::Ready));
     let found = both.wait().unwrap();
-    assert_eq!((found.get(&a).unwrap().address, found.get(&b).unwrap().address), (0xa, 0xb));
+    assert_eq!(
+        (
+            found.get(&a).unwrap().address,
+            found.get(&b).unwrap().address
+        ),
+        (0xa, 0xb)
+    );
 }
 
 #[test]
@@ -187,8 +256,11 @@ fn dependencies_already_ready_are_dropped() {
     let d = s.create_dylib("d").unwrap();
     let (a, b) = (s.intern("a"), s.intern("b"));
     d.define_absolute([(b.clone(), def(2))]).unwrap();
-    d.define(emitting(&a, 1, vec![(d.clone(), vec![b.clone()])])).unwrap();
-    lookup(&s, &[&d], &[&a], RequiredState::Ready).wait().unwrap();
+    d.define(emitting(&a, 1, vec![(d.clone(), vec![b.clone()])]))
+        .unwrap();
+    lookup(&s, &[&d], &[&a], RequiredState::Ready)
+        .wait()
+        .unwrap();
 }
 
 #[test]
@@ -197,8 +269,11 @@ fn declared_dependency_on_a_lazy_symbol_is_materialized() {
     let d = s.create_dylib("d").unwrap();
     let (a, b) = (s.intern("a"), s.intern("b"));
     d.define(emitting(&b, 2, vec![])).unwrap();
-    d.define(emitting(&a, 1, vec![(d.clone(), vec![b.clone()])])).unwrap();
-    lookup(&s, &[&d], &[&a], RequiredState::Ready).wait().unwrap();
+    d.define(emitting(&a, 1, vec![(d.clone(), vec![b.clone()])]))
+        .unwrap();
+    lookup(&s, &[&d], &[&a], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(d.symbol_state(&b), Some(SymbolState::Ready));
 }
 
@@ -216,7 +291,8 @@ fn failure_carries_its_root_cause_to_dependants_and_is_sticky() {
         *park.lock().unwrap() = Some(r);
     }))
     .unwrap();
-    d1.define(emitting(&a, 0xa, vec![(d2.clone(), vec![b.clone()])])).unwrap();
+    d1.define(emitting(&a, 0xa, vec![(d2.clone(), vec![b.clone()])]))
+        .unwrap();
     let waiting = lookup(&s, &[&d1], &[&a], RequiredState::Ready);
     parked
         .lock()
@@ -232,7 +308,9 @@ fn failure_carries_its_root_cause_to_dependants_and_is_sticky() {
     assert_eq!(err.root_cause().to_string(), "symbols not found: [ lstat ]");
     // Sticky.
     assert_eq!(d1.symbol_state(&a), Some(SymbolState::Failed));
-    let again = lookup(&s, &[&d2], &[&b], RequiredState::Ready).wait().unwrap_err();
+    let again = lookup(&s, &[&d2], &[&b], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
     assert!(again.to_string().contains("lstat"));
 }
 
@@ -241,10 +319,16 @@ fn dropping_a_responsibility_fails_what_it_owed() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();
     let (a, b) = (s.intern("a"), s.intern("b"));
-    d.define(unit("lazy-dropper", &[(&a, X), (&b, X)], |r| drop(r))).unwrap();
-    let err = lookup(&s, &[&d], &[&a], RequiredState::Ready).wait().unwrap_err();
+    d.define(unit("lazy-dropper", &[(&a, X), (&b, X)], drop))
+        .unwrap();
+    let err = lookup(&s, &[&d], &[&a], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("lazy-dropper") && text.contains("without emitting"), "{text}");
+    assert!(
+        text.contains("lazy-dropper") && text.contains("without emitting"),
+        "{text}"
+    );
     assert!(matches!(err.root_cause(), Error::Abandoned { symbols, .. } if symbols.len() == 2));
 }
 
@@ -253,11 +337,17 @@ fn a_panicking_materializer_fails_its_symbols_with_the_panic_message() {
     let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
     let d = s.create_dylib("d").unwrap();
     let a = s.intern("a");
-    d.define(unit("boom", &[(&a, X)], |_r| panic!("codegen exploded at line 3"))).unwrap();
+    d.define(unit("boom", &[(&a, X)], |_r| {
+        panic!("codegen exploded at line 3")
+    }))
+    .unwrap();
     let err = lookup(&s, &[&d], &[&a], RequiredState::Ready)
         .wait_timeout(Duration::from_secs(10))
         .unwrap_err();
-    assert!(err.to_string().contains("codegen exploded at line 3"), "{err}");
+    assert!(
+        err.to_string().contains("codegen exploded at line 3"),
+        "{err}"
+    );
     assert!(matches!(err.root_cause(), Error::Panicked { .. }));
     s.end();
 }
@@ -267,8 +357,15 @@ fn emitting_with_a_failed_dependency_fails_the_emitter() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();
     let (bad, a) = (s.intern("bad"), s.intern("a"));
-    d.define(unit("bad", &[(&bad, X)], |r| r.fail(Error::msg("bad codegen")))).unwrap();
-    assert!(lookup(&s, &[&d], &[&bad], RequiredState::Ready).wait().is_err());
+    d.define(unit("bad", &[(&bad, X)], |r| {
+        r.fail(Error::msg("bad codegen"))
+    }))
+    .unwrap();
+    assert!(
+        lookup(&s, &[&d], &[&bad], RequiredState::Ready)
+            .wait()
+            .is_err()
+    );
     let (got, seen) = slot::<Result<()>>();
     let an = a.clone();
     let dd = d.clone();
@@ -278,7 +375,9 @@ fn emitting_with_a_failed_dependency_fails_the_emitter() {
         *got.lock().unwrap() = Some(r.emit(vec![DependenceGroup::new([an], [(dd, vec![badn])])]));
     }))
     .unwrap();
-    let err = lookup(&s, &[&d], &[&a], RequiredState::Ready).wait().unwrap_err();
+    let err = lookup(&s, &[&d], &[&a], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
     assert!(err.to_string().contains("bad codegen"), "{err}");
     let emit_result = seen.lock().unwrap().take().unwrap();
     assert!(emit_result.unwrap_err().to_string().contains("bad codegen"));
@@ -296,11 +395,28 @@ fn failure_propagates_through_a_cycle() {
         *park.lock().unwrap() = Some(r);
     }))
     .unwrap();
-    d.define(emitting(&a, 1, vec![(d.clone(), vec![b.clone(), c.clone()])])).unwrap();
-    d.define(emitting(&b, 2, vec![(d.clone(), vec![a.clone()])])).unwrap();
+    d.define(emitting(
+        &a,
+        1,
+        vec![(d.clone(), vec![b.clone(), c.clone()])],
+    ))
+    .unwrap();
+    d.define(emitting(&b, 2, vec![(d.clone(), vec![a.clone()])]))
+        .unwrap();
     let pending = lookup(&s, &[&d], &[&a, &b], RequiredState::Ready);
-    parked.lock().unwrap().take().unwrap().fail(Error::msg("c is broken"));
-    assert!(pending.wait().unwrap_err().to_string().contains("c is broken"));
+    parked
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap()
+        .fail(Error::msg("c is broken"));
+    assert!(
+        pending
+            .wait()
+            .unwrap_err()
+            .to_string()
+            .contains("c is broken")
+    );
     assert_eq!(d.symbol_state(&b), Some(SymbolState::Failed));
 }
 
@@ -320,7 +436,9 @@ fn lookup_flags_never_materializes() {
         r.emit(vec![]).unwrap();
     }))
     .unwrap();
-    let flags = s.lookup_flags(&order(&[&d]), &LookupSet::required([f.clone()])).unwrap();
+    let flags = s
+        .lookup_flags(&order(&[&d]), &LookupSet::required([f.clone()]))
+        .unwrap();
     assert_eq!(flags, vec![(f.clone(), X | SymbolFlags::CALLABLE)]);
     assert_eq!(ran.load(Ordering::SeqCst), 0);
     assert_eq!(d.symbol_state(&f), Some(SymbolState::Lazy));
@@ -340,7 +458,10 @@ fn lookups_can_be_awaited_as_futures_and_completed_through_callbacks() {
     lookup(&s, &[&d], &[&f], RequiredState::Ready).on_complete(move |r| {
         tx.send(r.map(|m| m.get_str("f").unwrap().address)).unwrap();
     });
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(), 0xf);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(),
+        0xf
+    );
     s.end();
 }
 
@@ -368,18 +489,29 @@ fn awaiting_definitions_completes_when_a_later_define_supplies_them() {
     let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
     let d = s.create_dylib("d").unwrap();
     let (late, never) = (s.intern("late"), s.intern("never"));
-    let request = LookupRequest::new(order(&[&d]), LookupSet::required([late.clone()]), RequiredState::Ready)
-        .await_definitions(AwaitDefinitions::UntilCancelled);
+    let request = LookupRequest::new(
+        order(&[&d]),
+        LookupSet::required([late.clone()]),
+        RequiredState::Ready,
+    )
+    .await_definitions(AwaitDefinitions::UntilCancelled);
     let pending = s.lookup_with(&request);
     std::thread::sleep(Duration::from_millis(20));
     assert!(!pending.is_complete());
     d.define(emitting(&late, 0x1a7e, vec![])).unwrap();
     assert_eq!(pending.wait().unwrap().get(&late).unwrap().address, 0x1a7e);
 
-    let request = LookupRequest::new(order(&[&d]), LookupSet::required([never.clone()]), RequiredState::Ready)
-        .await_definitions(AwaitDefinitions::For(Duration::from_millis(50)));
+    let request = LookupRequest::new(
+        order(&[&d]),
+        LookupSet::required([never.clone()]),
+        RequiredState::Ready,
+    )
+    .await_definitions(AwaitDefinitions::For(Duration::from_millis(50)));
     let err = s.lookup_with(&request).wait().unwrap_err();
-    assert!(matches!(&err, Error::Timeout { waiting_for, .. } if waiting_for == &[never.clone()]), "{err}");
+    assert!(
+        matches!(&err, Error::Timeout { waiting_for, .. } if waiting_for == std::slice::from_ref(&never)),
+        "{err}"
+    );
     s.end();
 }
 
@@ -413,10 +545,14 @@ fn requested_replace_and_delegate() {
         log.lock().unwrap().push("abc");
     }))
     .unwrap();
-    lookup(&s, &[&d], &[&a], RequiredState::Ready).wait().unwrap();
+    lookup(&s, &[&d], &[&a], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(d.symbol_state(&b), Some(SymbolState::Lazy));
     assert_eq!(d.symbol_state(&c), Some(SymbolState::Ready));
-    lookup(&s, &[&d], &[&b], RequiredState::Ready).wait().unwrap();
+    lookup(&s, &[&d], &[&b], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(*runs.lock().unwrap(), vec!["abc", "b"]);
 }
 
@@ -424,11 +560,30 @@ fn requested_replace_and_delegate() {
 fn define_materializing_adds_owned_symbols_and_reports_all_clashes() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();
-    let (a, extra, taken1, taken2, weak) = (s.intern("a"), s.intern("extra"), s.intern("t1"), s.intern("t2"), s.intern("wk"));
-    d.define_absolute([(taken1.clone(), def(1)), (taken2.clone(), def(2)), (weak.clone(), def(3))]).unwrap();
-    let (an, en, t1, t2, wk) = (a.clone(), extra.clone(), taken1.clone(), taken2.clone(), weak.clone());
+    let (a, extra, taken1, taken2, weak) = (
+        s.intern("a"),
+        s.intern("extra"),
+        s.intern("t1"),
+        s.intern("t2"),
+        s.intern("wk"),
+    );
+    d.define_absolute([
+        (taken1.clone(), def(1)),
+        (taken2.clone(), def(2)),
+        (weak.clone(), def(3)),
+    ])
+    .unwrap();
+    let (an, en, t1, t2, wk) = (
+        a.clone(),
+        extra.clone(),
+        taken1.clone(),
+        taken2.clone(),
+        weak.clone(),
+    );
     d.define(unit("grows", &[(&a, X)], move |mut r| {
-        let err = r.define_materializing(vec![(t1.clone(), X), (t2.clone(), X)]).unwrap_err();
+        let err = r
+            .define_materializing(vec![(t1.clone(), X), (t2.clone(), X)])
+            .unwrap_err();
         assert!(matches!(&err, Error::DuplicateDefinitions { names, .. } if names == &[t1, t2]));
         let added = r
             .define_materializing(vec![(en.clone(), X), (wk, X | SymbolFlags::WEAK)])
@@ -438,24 +593,37 @@ fn define_materializing_adds_owned_symbols_and_reports_all_clashes() {
         r.emit(vec![]).unwrap();
     }))
     .unwrap();
-    lookup(&s, &[&d], &[&a], RequiredState::Ready).wait().unwrap();
-    let found = lookup(&s, &[&d], &[&extra], RequiredState::Ready).wait().unwrap();
+    lookup(&s, &[&d], &[&a], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    let found = lookup(&s, &[&d], &[&extra], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(found.get(&extra).unwrap().address, 0xe);
 }
 
 #[test]
 fn reexports_follow_their_target() {
     let s = inplace();
-    let (lib, main) = (s.create_dylib("lib").unwrap(), s.create_dylib("main").unwrap());
+    let (lib, main) = (
+        s.create_dylib("lib").unwrap(),
+        s.create_dylib("main").unwrap(),
+    );
     let (target, alias) = (s.intern("impl"), s.intern("api"));
     lib.define(emitting(&target, 0x77, vec![])).unwrap();
     main.define(reexports(
         &lib,
         DylibLookup::ExportedOnly,
-        [Alias { name: alias.clone(), target: target.clone(), flags: X | SymbolFlags::CALLABLE }],
+        [Alias {
+            name: alias.clone(),
+            target: target.clone(),
+            flags: X | SymbolFlags::CALLABLE,
+        }],
     ))
     .unwrap();
-    let found = lookup(&s, &[&main], &[&alias], RequiredState::Ready).wait().unwrap();
+    let found = lookup(&s, &[&main], &[&alias], RequiredState::Ready)
+        .wait()
+        .unwrap();
     assert_eq!(found.get(&alias).unwrap().address, 0x77);
 }
 
@@ -464,8 +632,26 @@ fn reexport_cycle_is_an_error_not_a_hang() {
     let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
     let d = s.create_dylib("d").unwrap();
     let (a, b) = (s.intern("a"), s.intern("b"));
-    d.define(reexports(&d, DylibLookup::All, [Alias { name: a.clone(), target: b.clone(), flags: X }])).unwrap();
-    d.define(reexports(&d, DylibLookup::All, [Alias { name: b.clone(), target: a.clone(), flags: X }])).unwrap();
+    d.define(reexports(
+        &d,
+        DylibLookup::All,
+        [Alias {
+            name: a.clone(),
+            target: b.clone(),
+            flags: X,
+        }],
+    ))
+    .unwrap();
+    d.define(reexports(
+        &d,
+        DylibLookup::All,
+        [Alias {
+            name: b.clone(),
+            target: a.clone(),
+            flags: X,
+        }],
+    ))
+    .unwrap();
     let err = lookup(&s, &[&d], &[&a], RequiredState::Ready)
         .wait_timeout(Duration::from_secs(10))
         .unwrap_err();

@@ -8,11 +8,13 @@
 #![cfg(kiln_loom)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool as StdAtomicBool, AtomicUsize as StdAtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool as StdAtomicBool, AtomicUsize as StdAtomicUsize, Ordering::SeqCst,
+};
 
 use kiln_engine::*;
-use loom::sync::atomic::{AtomicBool, AtomicUsize};
 use loom::sync::Mutex;
+use loom::sync::atomic::{AtomicBool, AtomicUsize};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -69,16 +71,32 @@ fn parked_cycle() -> (
     Arc<Mutex<Option<Responsibility>>>,
     Arc<Mutex<Option<Responsibility>>>,
 ) {
-    let s = Session::builder().dispatcher(InPlaceDispatcher::new()).build();
+    let s = Session::builder()
+        .dispatcher(InPlaceDispatcher::new())
+        .build();
     let d1 = s.create_dylib("d1").unwrap();
     let d2 = s.create_dylib("d2").unwrap();
     let (a, b) = (s.intern("a"), s.intern("b"));
     let (slot_a, slot_b) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
-    d1.define(Parked { name: a.clone(), address: 0xa, slot: slot_a.clone() }).unwrap();
-    d2.define(Parked { name: b.clone(), address: 0xb, slot: slot_b.clone() }).unwrap();
+    d1.define(Parked {
+        name: a.clone(),
+        address: 0xa,
+        slot: slot_a.clone(),
+    })
+    .unwrap();
+    d2.define(Parked {
+        name: b.clone(),
+        address: 0xb,
+        slot: slot_b.clone(),
+    })
+    .unwrap();
     // Materialize both (in place): they resolve and park.
-    lookup(&s, &[&d1], &a, RequiredState::Resolved).wait().unwrap();
-    lookup(&s, &[&d2], &b, RequiredState::Resolved).wait().unwrap();
+    lookup(&s, &[&d1], &a, RequiredState::Resolved)
+        .wait()
+        .unwrap();
+    lookup(&s, &[&d2], &b, RequiredState::Resolved)
+        .wait()
+        .unwrap();
     (s, d1, d2, a, b, slot_a, slot_b)
 }
 
@@ -92,23 +110,38 @@ fn cycle_across_dylibs_is_never_ready_early() {
         let emitted_a = Arc::new(AtomicBool::new(false));
         let emitted_b = Arc::new(AtomicBool::new(false));
         let ta = {
-            let (r, flag, d2, b) = (slot_a.lock().unwrap().take().unwrap(), emitted_a.clone(), d2.clone(), b.clone());
+            let (r, flag, d2, b) = (
+                slot_a.lock().unwrap().take().unwrap(),
+                emitted_a.clone(),
+                d2.clone(),
+                b.clone(),
+            );
             loom::thread::spawn(move || {
                 flag.store(true, SeqCst);
                 let a = r_name(&r, "a");
-                r.emit(vec![DependenceGroup::new([a], [(d2, vec![b])])]).unwrap();
+                r.emit(vec![DependenceGroup::new([a], [(d2, vec![b])])])
+                    .unwrap();
             })
         };
         let tb = {
-            let (r, flag, d1, a) = (slot_b.lock().unwrap().take().unwrap(), emitted_b.clone(), d1.clone(), a.clone());
+            let (r, flag, d1, a) = (
+                slot_b.lock().unwrap().take().unwrap(),
+                emitted_b.clone(),
+                d1.clone(),
+                a.clone(),
+            );
             loom::thread::spawn(move || {
                 flag.store(true, SeqCst);
                 let b = r_name(&r, "b");
-                r.emit(vec![DependenceGroup::new([b], [(d1, vec![a])])]).unwrap();
+                r.emit(vec![DependenceGroup::new([b], [(d1, vec![a])])])
+                    .unwrap();
             })
         };
         let found = lookup(&s, &[&d1], &a, RequiredState::Ready).wait().unwrap();
-        assert!(emitted_a.load(SeqCst) && emitted_b.load(SeqCst), "A Ready before the cycle was emitted");
+        assert!(
+            emitted_a.load(SeqCst) && emitted_b.load(SeqCst),
+            "A Ready before the cycle was emitted"
+        );
         assert_eq!(found.get(&a).unwrap().address, 0xa);
         ta.join().unwrap();
         tb.join().unwrap();
@@ -126,7 +159,11 @@ fn failing_half_of_a_cycle_fails_every_lookup() {
     model(|| {
         let (s, d1, d2, a, b, slot_a, slot_b) = parked_cycle();
         let ta = {
-            let (r, d2, b) = (slot_a.lock().unwrap().take().unwrap(), d2.clone(), b.clone());
+            let (r, d2, b) = (
+                slot_a.lock().unwrap().take().unwrap(),
+                d2.clone(),
+                b.clone(),
+            );
             loom::thread::spawn(move || {
                 let a = r_name(&r, "a");
                 // Emitting may itself fail if B failed first: both are fine.
@@ -137,7 +174,9 @@ fn failing_half_of_a_cycle_fails_every_lookup() {
             let r = slot_b.lock().unwrap().take().unwrap();
             loom::thread::spawn(move || r.fail(Error::msg("B's codegen failed")))
         };
-        let err = lookup(&s, &[&d1], &a, RequiredState::Ready).wait().unwrap_err();
+        let err = lookup(&s, &[&d1], &a, RequiredState::Ready)
+            .wait()
+            .unwrap_err();
         assert!(err.to_string().contains("B's codegen failed"), "{err}");
         ta.join().unwrap();
         tb.join().unwrap();
@@ -161,7 +200,8 @@ impl MaterializationUnit for Counted {
     }
     fn materialize(self: Box<Self>, r: Responsibility) {
         self.runs.fetch_add(1, SeqCst);
-        r.resolve(&[(self.name.clone(), SymbolDef::new(0x42, X))]).unwrap();
+        r.resolve(&[(self.name.clone(), SymbolDef::new(0x42, X))])
+            .unwrap();
         r.emit(vec![]).unwrap();
     }
 }
@@ -171,11 +211,17 @@ impl MaterializationUnit for Counted {
 #[test]
 fn one_materialization_for_concurrent_first_lookups() {
     model(|| {
-        let s = Session::builder().dispatcher(InPlaceDispatcher::new()).build();
+        let s = Session::builder()
+            .dispatcher(InPlaceDispatcher::new())
+            .build();
         let d = s.create_dylib("d").unwrap();
         let f = s.intern("f");
         let runs = Arc::new(StdAtomicUsize::new(0));
-        d.define(Counted { name: f.clone(), runs: runs.clone() }).unwrap();
+        d.define(Counted {
+            name: f.clone(),
+            runs: runs.clone(),
+        })
+        .unwrap();
         let t = {
             let (s, d, f) = (s.clone(), d.clone(), f.clone());
             loom::thread::spawn(move || lookup(&s, &[&d], &f, RequiredState::Ready).wait().unwrap())
@@ -218,12 +264,19 @@ impl Generator for Exclusive {
 #[test]
 fn serialized_generator_admits_one_lookup_at_a_time() {
     model(|| {
-        let s = Session::builder().dispatcher(InPlaceDispatcher::new()).build();
+        let s = Session::builder()
+            .dispatcher(InPlaceDispatcher::new())
+            .build();
         let d = s.create_dylib("gen").unwrap();
         let inside = Arc::new(AtomicUsize::new(0));
         let calls = Arc::new(StdAtomicUsize::new(0));
         let violated = Arc::new(StdAtomicBool::new(false));
-        d.add_generator(Exclusive { inside, calls: calls.clone(), violated: violated.clone() }).unwrap();
+        d.add_generator(Exclusive {
+            inside,
+            calls: calls.clone(),
+            violated: violated.clone(),
+        })
+        .unwrap();
         let (x, y) = (s.intern("x"), s.intern("y"));
         let t = {
             let (s, d, y) = (s.clone(), d.clone(), y.clone());
@@ -231,7 +284,10 @@ fn serialized_generator_admits_one_lookup_at_a_time() {
         };
         lookup(&s, &[&d], &x, RequiredState::Ready).wait().unwrap();
         t.join().unwrap();
-        assert!(!violated.load(SeqCst), "two lookups inside one serialized generator");
+        assert!(
+            !violated.load(SeqCst),
+            "two lookups inside one serialized generator"
+        );
         assert_eq!(calls.load(SeqCst), 2);
         s.end();
     });
@@ -242,13 +298,25 @@ fn serialized_generator_admits_one_lookup_at_a_time() {
 #[test]
 fn tracker_removal_racing_with_emit_never_hangs() {
     model(|| {
-        let s = Session::builder().dispatcher(InPlaceDispatcher::new()).build();
+        let s = Session::builder()
+            .dispatcher(InPlaceDispatcher::new())
+            .build();
         let d = s.create_dylib("d").unwrap();
         let f = s.intern("f");
         let rt = d.create_tracker().unwrap();
         let slot = Arc::new(Mutex::new(None));
-        d.define_with(Parked { name: f.clone(), address: 0xf, slot: slot.clone() }, &rt).unwrap();
-        lookup(&s, &[&d], &f, RequiredState::Resolved).wait().unwrap();
+        d.define_with(
+            Parked {
+                name: f.clone(),
+                address: 0xf,
+                slot: slot.clone(),
+            },
+            &rt,
+        )
+        .unwrap();
+        lookup(&s, &[&d], &f, RequiredState::Resolved)
+            .wait()
+            .unwrap();
         let r = slot.lock().unwrap().take().unwrap();
         let emitter = loom::thread::spawn(move || {
             let _ = r.emit(vec![]);

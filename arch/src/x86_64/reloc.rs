@@ -1,1 +1,634 @@
 //! x86-64 ELF relocations: the table keyed by raw `r_type`, and fixup math.
+//!
+//! Names and formulas follow the System V x86-64 psABI (§4.4.1, "Relocation
+//! Types", and the TLS supplement "ELF Handling For Thread-Local Storage" §4.3
+//! plus the TLSDESC proposal). The psABI's letters are used throughout:
+//!
+//! | letter | meaning |
+//! | --- | --- |
+//! | `S` | value of the symbol (its address, or its TLS offset for TLS kinds) |
+//! | `A` | addend |
+//! | `P` | address of the place being relocated |
+//! | `G` | address of the symbol's GOT entry (the linker passes it as the target) |
+//! | `GOT` | address of the global offset table |
+//! | `Z` | size of the symbol |
+//!
+//! The linker reads a relocation's raw `r_type`, looks up its [`RelocInfo`]
+//! with [`reloc_info`], may rewrite the [`EdgeKind`] (GOT/PLT building,
+//! relaxation with [`relax_got_load`]), and finally calls [`apply`].
+
+use crate::FixupError;
+
+/// What a relocation (an edge of the link graph) computes. Several ELF
+/// relocation types share a kind; the linker may rewrite kinds while building
+/// the GOT and PLT (for example a relaxable GOT load whose target is in reach
+/// becomes a [`EdgeKind::Delta32`] to the symbol itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EdgeKind {
+    /// No fixup (`R_X86_64_NONE`, `R_X86_64_TLSDESC_CALL`): the place is left alone.
+    None,
+    /// `S + A`, 64 bits.
+    Pointer64,
+    /// `S + A`, 32 bits, zero-extended by the instruction (`R_X86_64_32`).
+    Pointer32,
+    /// `S + A`, 32 bits, sign-extended by the instruction (`R_X86_64_32S`).
+    Pointer32Signed,
+    /// `S + A`, 16 bits.
+    Pointer16,
+    /// `S + A`, 8 bits.
+    Pointer8,
+    /// `S + A - P`, 64 bits.
+    Delta64,
+    /// `S + A - P`, signed 32 bits.
+    Delta32,
+    /// `S + A - P`, signed 16 bits.
+    Delta16,
+    /// `S + A - P`, signed 8 bits.
+    Delta8,
+    /// `L + A - P`, signed 32 bits: a call or jump that may go through a PLT
+    /// stub `L` when the symbol `S` is out of reach.
+    Branch32,
+    /// `G + A - P`, signed 32 bits: the linker must create a GOT entry and
+    /// pass its address as the target (`R_X86_64_GOTPCREL`).
+    GotDelta32,
+    /// Like [`EdgeKind::GotDelta32`], but the instruction may be relaxed to a
+    /// direct form when the symbol is in reach (`R_X86_64_GOTPCRELX` and,
+    /// with `rex: true`, `R_X86_64_REX_GOTPCRELX`).
+    GotLoadRelaxable {
+        /// The instruction has a REX prefix.
+        rex: bool,
+    },
+    /// `G + A - P`, 64 bits (`R_X86_64_GOTPCREL64`).
+    GotDelta64,
+    /// `G + A - GOT`, 64 bits (`R_X86_64_GOT64`): the entry's offset in the GOT.
+    GotOffsetOfEntry64,
+    /// `S + A - GOT`, 64 bits (`R_X86_64_GOTOFF64`).
+    GotOff64,
+    /// `GOT + A - P`, signed 32 bits (`R_X86_64_GOTPC32`).
+    GotPc32,
+    /// `GOT + A - P`, 64 bits (`R_X86_64_GOTPC64`).
+    GotPc64,
+    /// `Z + A`, 32 bits (`R_X86_64_SIZE32`).
+    Size32,
+    /// `Z + A`, 64 bits (`R_X86_64_SIZE64`).
+    Size64,
+    /// General dynamic TLS: `G + A - P` where `G` is a GOT pair
+    /// `{module, offset}` for `__tls_get_addr` (`R_X86_64_TLSGD`).
+    TlsGd,
+    /// Local dynamic TLS: `G + A - P` where `G` is the module's GOT pair
+    /// `{module, 0}` (`R_X86_64_TLSLD`).
+    TlsLd,
+    /// The symbol's offset in its module's TLS block plus `A`, signed 32 bits.
+    DtpOff32,
+    /// The symbol's offset in its module's TLS block plus `A`, 64 bits.
+    DtpOff64,
+    /// Initial exec: `G + A - P` where `G` holds the symbol's thread-pointer
+    /// offset (`R_X86_64_GOTTPOFF`).
+    GotTpOff,
+    /// Local exec: the symbol's thread-pointer offset plus `A`, signed 32 bits.
+    TpOff32,
+    /// Local exec: the symbol's thread-pointer offset plus `A`, 64 bits.
+    TpOff64,
+    /// TLS descriptors: `G + A - P` where `G` is a descriptor pair
+    /// `{resolver, argument}` (`R_X86_64_GOTPC32_TLSDESC`).
+    TlsDescGot,
+}
+
+impl EdgeKind {
+    /// Whether the linker must provide a GOT entry (or TLS GOT pair) for the
+    /// target before [`apply`].
+    pub fn needs_got_entry(self) -> bool {
+        matches!(
+            self,
+            Self::GotDelta32
+                | Self::GotLoadRelaxable { .. }
+                | Self::GotDelta64
+                | Self::GotOffsetOfEntry64
+                | Self::TlsGd
+                | Self::TlsLd
+                | Self::GotTpOff
+                | Self::TlsDescGot
+        )
+    }
+
+    /// Whether the kind refers to thread-local storage.
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            Self::TlsGd
+                | Self::TlsLd
+                | Self::DtpOff32
+                | Self::DtpOff64
+                | Self::GotTpOff
+                | Self::TpOff32
+                | Self::TpOff64
+                | Self::TlsDescGot
+        )
+    }
+}
+
+/// One row of the relocation table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelocInfo {
+    /// Raw ELF `r_type`.
+    pub r_type: u32,
+    /// psABI name, for example `"R_X86_64_PC32"`.
+    pub name: &'static str,
+    /// Edge kind the relocation maps to.
+    pub kind: EdgeKind,
+    /// Width of the field in bytes (0 for marker relocations).
+    pub width: u8,
+    /// The field holds a signed value.
+    pub signed: bool,
+    /// The computed value is relative to the place (`P` appears in it).
+    pub pc_relative: bool,
+}
+
+macro_rules! table {
+    ($($konst:ident = $num:expr => $kind:expr, $width:expr, $signed:expr, $pc:expr;)*) => {
+        /// Every supported x86-64 relocation.
+        pub static RELOCATIONS: &[RelocInfo] = &[
+            $(RelocInfo {
+                r_type: $num,
+                name: stringify!($konst),
+                kind: $kind,
+                width: $width,
+                signed: $signed,
+                pc_relative: $pc,
+            },)*
+        ];
+    };
+}
+
+// Raw r_type values from the psABI (Table 4.9 and the TLS supplement); the
+// linker's tests cross-check them against `object`'s named constants.
+table! {
+    R_X86_64_NONE = 0 => EdgeKind::None, 0, false, false;
+    R_X86_64_64 = 1 => EdgeKind::Pointer64, 8, false, false;
+    R_X86_64_PC32 = 2 => EdgeKind::Delta32, 4, true, true;
+    R_X86_64_PLT32 = 4 => EdgeKind::Branch32, 4, true, true;
+    R_X86_64_GOTPCREL = 9 => EdgeKind::GotDelta32, 4, true, true;
+    R_X86_64_32 = 10 => EdgeKind::Pointer32, 4, false, false;
+    R_X86_64_32S = 11 => EdgeKind::Pointer32Signed, 4, true, false;
+    R_X86_64_16 = 12 => EdgeKind::Pointer16, 2, false, false;
+    R_X86_64_PC16 = 13 => EdgeKind::Delta16, 2, true, true;
+    R_X86_64_8 = 14 => EdgeKind::Pointer8, 1, false, false;
+    R_X86_64_PC8 = 15 => EdgeKind::Delta8, 1, true, true;
+    R_X86_64_TLSGD = 19 => EdgeKind::TlsGd, 4, true, true;
+    R_X86_64_TLSLD = 20 => EdgeKind::TlsLd, 4, true, true;
+    R_X86_64_DTPOFF32 = 21 => EdgeKind::DtpOff32, 4, true, false;
+    R_X86_64_GOTTPOFF = 22 => EdgeKind::GotTpOff, 4, true, true;
+    R_X86_64_TPOFF32 = 23 => EdgeKind::TpOff32, 4, true, false;
+    R_X86_64_PC64 = 24 => EdgeKind::Delta64, 8, true, true;
+    R_X86_64_GOTOFF64 = 25 => EdgeKind::GotOff64, 8, true, false;
+    R_X86_64_GOTPC32 = 26 => EdgeKind::GotPc32, 4, true, true;
+    R_X86_64_GOT64 = 27 => EdgeKind::GotOffsetOfEntry64, 8, true, false;
+    R_X86_64_GOTPCREL64 = 28 => EdgeKind::GotDelta64, 8, true, true;
+    R_X86_64_GOTPC64 = 29 => EdgeKind::GotPc64, 8, true, true;
+    R_X86_64_SIZE32 = 32 => EdgeKind::Size32, 4, false, false;
+    R_X86_64_SIZE64 = 33 => EdgeKind::Size64, 8, false, false;
+    R_X86_64_GOTPC32_TLSDESC = 34 => EdgeKind::TlsDescGot, 4, true, true;
+    R_X86_64_TLSDESC_CALL = 35 => EdgeKind::None, 0, false, false;
+    R_X86_64_DTPOFF64 = 17 => EdgeKind::DtpOff64, 8, true, false;
+    R_X86_64_TPOFF64 = 18 => EdgeKind::TpOff64, 8, true, false;
+    R_X86_64_GOTPCRELX = 41 => EdgeKind::GotLoadRelaxable { rex: false }, 4, true, true;
+    R_X86_64_REX_GOTPCRELX = 42 => EdgeKind::GotLoadRelaxable { rex: true }, 4, true, true;
+}
+
+/// Look up a raw `r_type`. `None` means the relocation is not supported; the
+/// linker reports it with the object, section and offset it came from.
+pub fn reloc_info(r_type: u32) -> Option<&'static RelocInfo> {
+    RELOCATIONS.iter().find(|info| info.r_type == r_type)
+}
+
+/// The psABI name of a raw `r_type`, or `None` if it is unknown to kiln.
+pub fn reloc_name(r_type: u32) -> Option<&'static str> {
+    reloc_info(r_type).map(|info| info.name)
+}
+
+/// The values a fixup is computed from, in psABI terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixupValues {
+    /// `P`: the address of the place.
+    pub place: u64,
+    /// `S`, or `G` for kinds that go through a GOT entry, or `L` (the PLT
+    /// stub) for a [`EdgeKind::Branch32`] whose symbol is out of reach, or the
+    /// TLS offset (a signed value stored as `u64`) for the DTPOFF/TPOFF kinds.
+    pub target: u64,
+    /// `A`.
+    pub addend: i64,
+    /// `GOT`: the address of the global offset table (0 if the graph has none).
+    pub got: u64,
+    /// `Z`: the symbol's size.
+    pub size: u64,
+}
+
+/// Name used in errors for an edge kind (after any rewriting).
+pub fn kind_name(kind: EdgeKind) -> &'static str {
+    match kind {
+        EdgeKind::None => "None",
+        EdgeKind::Pointer64 => "Pointer64",
+        EdgeKind::Pointer32 => "Pointer32",
+        EdgeKind::Pointer32Signed => "Pointer32Signed",
+        EdgeKind::Pointer16 => "Pointer16",
+        EdgeKind::Pointer8 => "Pointer8",
+        EdgeKind::Delta64 => "Delta64",
+        EdgeKind::Delta32 => "Delta32",
+        EdgeKind::Delta16 => "Delta16",
+        EdgeKind::Delta8 => "Delta8",
+        EdgeKind::Branch32 => "Branch32",
+        EdgeKind::GotDelta32 => "GotDelta32",
+        EdgeKind::GotLoadRelaxable { rex: false } => "GotLoadRelaxable",
+        EdgeKind::GotLoadRelaxable { rex: true } => "GotLoadRelaxableRex",
+        EdgeKind::GotDelta64 => "GotDelta64",
+        EdgeKind::GotOffsetOfEntry64 => "GotOffsetOfEntry64",
+        EdgeKind::GotOff64 => "GotOff64",
+        EdgeKind::GotPc32 => "GotPc32",
+        EdgeKind::GotPc64 => "GotPc64",
+        EdgeKind::Size32 => "Size32",
+        EdgeKind::Size64 => "Size64",
+        EdgeKind::TlsGd => "TlsGd",
+        EdgeKind::TlsLd => "TlsLd",
+        EdgeKind::DtpOff32 => "DtpOff32",
+        EdgeKind::DtpOff64 => "DtpOff64",
+        EdgeKind::GotTpOff => "GotTpOff",
+        EdgeKind::TpOff32 => "TpOff32",
+        EdgeKind::TpOff64 => "TpOff64",
+        EdgeKind::TlsDescGot => "TlsDescGot",
+    }
+}
+
+/// Field layout of a kind: `(width in bytes, signed)`.
+fn field(kind: EdgeKind) -> (u32, bool) {
+    match kind {
+        EdgeKind::None => (0, false),
+        EdgeKind::Pointer64
+        | EdgeKind::Delta64
+        | EdgeKind::GotDelta64
+        | EdgeKind::GotOffsetOfEntry64
+        | EdgeKind::GotOff64
+        | EdgeKind::GotPc64
+        | EdgeKind::Size64
+        | EdgeKind::DtpOff64
+        | EdgeKind::TpOff64 => (8, true),
+        EdgeKind::Pointer32 | EdgeKind::Size32 => (4, false),
+        EdgeKind::Pointer16 => (2, false),
+        EdgeKind::Pointer8 => (1, false),
+        EdgeKind::Delta16 => (2, true),
+        EdgeKind::Delta8 => (1, true),
+        EdgeKind::Pointer32Signed
+        | EdgeKind::Delta32
+        | EdgeKind::Branch32
+        | EdgeKind::GotDelta32
+        | EdgeKind::GotLoadRelaxable { .. }
+        | EdgeKind::GotPc32
+        | EdgeKind::TlsGd
+        | EdgeKind::TlsLd
+        | EdgeKind::DtpOff32
+        | EdgeKind::GotTpOff
+        | EdgeKind::TpOff32
+        | EdgeKind::TlsDescGot => (4, true),
+    }
+}
+
+/// Compute the value a kind writes, before range checking.
+pub fn compute(kind: EdgeKind, v: &FixupValues) -> i128 {
+    let s = i128::from(v.target);
+    let a = i128::from(v.addend);
+    let p = i128::from(v.place);
+    let got = i128::from(v.got);
+    match kind {
+        EdgeKind::None => 0,
+        EdgeKind::Pointer64
+        | EdgeKind::Pointer32
+        | EdgeKind::Pointer32Signed
+        | EdgeKind::Pointer16
+        | EdgeKind::Pointer8 => s + a,
+        // TLS offsets are signed (thread-pointer offsets are negative on x86-64).
+        EdgeKind::DtpOff32 | EdgeKind::DtpOff64 | EdgeKind::TpOff32 | EdgeKind::TpOff64 => {
+            i128::from(v.target as i64) + a
+        }
+        EdgeKind::Delta64
+        | EdgeKind::Delta32
+        | EdgeKind::Delta16
+        | EdgeKind::Delta8
+        | EdgeKind::Branch32
+        | EdgeKind::GotDelta32
+        | EdgeKind::GotLoadRelaxable { .. }
+        | EdgeKind::GotDelta64
+        | EdgeKind::TlsGd
+        | EdgeKind::TlsLd
+        | EdgeKind::GotTpOff
+        | EdgeKind::TlsDescGot => s + a - p,
+        EdgeKind::GotOffsetOfEntry64 | EdgeKind::GotOff64 => s + a - got,
+        EdgeKind::GotPc32 | EdgeKind::GotPc64 => got + a - p,
+        EdgeKind::Size32 | EdgeKind::Size64 => i128::from(v.size) + a,
+    }
+}
+
+/// Apply a fixup of `kind` at `offset` in `content` (the block's bytes).
+///
+/// 64-bit fields wrap modulo 2^64 like a static linker's; narrower fields are
+/// range-checked against their signedness.
+pub fn apply(
+    kind: EdgeKind,
+    content: &mut [u8],
+    offset: u64,
+    values: &FixupValues,
+) -> Result<(), FixupError> {
+    let (width, signed) = field(kind);
+    if width == 0 {
+        return Ok(());
+    }
+    let name = kind_name(kind);
+    let value = compute(kind, values);
+    write_field(name, content, offset, width, signed, value)
+}
+
+/// Write `value` into a `width`-byte little-endian field at `offset`,
+/// checking that it fits (`signed` selects the range; 8-byte fields wrap).
+pub fn write_field(
+    reloc: &'static str,
+    content: &mut [u8],
+    offset: u64,
+    width: u32,
+    signed: bool,
+    value: i128,
+) -> Result<(), FixupError> {
+    let len = content.len() as u64;
+    let start = usize::try_from(offset).ok();
+    let place = start
+        .and_then(|s| s.checked_add(width as usize).map(|e| (s, e)))
+        .and_then(|(s, e)| content.get_mut(s..e))
+        .ok_or(FixupError::OutOfBounds {
+            reloc,
+            offset,
+            width,
+            len,
+        })?;
+    let bits = width * 8;
+    let (min, max) = if bits == 64 {
+        (i128::from(i64::MIN), i128::from(u64::MAX))
+    } else if signed {
+        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+    } else {
+        (0, (1i128 << bits) - 1)
+    };
+    if value < min || value > max {
+        return Err(FixupError::OutOfRange {
+            reloc,
+            value,
+            min,
+            max,
+        });
+    }
+    let bytes = (value as u128 as u64).to_le_bytes();
+    place.copy_from_slice(&bytes[..width as usize]);
+    Ok(())
+}
+
+/// How a relaxable GOT load was rewritten by [`relax_got_load`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relaxed {
+    /// `mov foo@GOTPCREL(%rip), %reg` became `lea foo(%rip), %reg`; apply a
+    /// [`EdgeKind::Delta32`] to the symbol at the same place.
+    MovToLea,
+    /// `call *foo@GOTPCREL(%rip)` became `addr32 call foo`; apply a
+    /// [`EdgeKind::Delta32`] to the symbol at the same place.
+    CallToDirect,
+    /// `jmp *foo@GOTPCREL(%rip)` became `jmp foo; nop`. The displacement moved
+    /// one byte back: apply a [`EdgeKind::Delta32`] at `offset - 1` with the
+    /// addend increased by one.
+    JmpToDirect,
+}
+
+/// Try to relax the instruction owning a `R_X86_64_(REX_)GOTPCRELX` place at
+/// `offset` (psABI appendix B.2, "Optimize GOTPCRELX Relocations"). Returns
+/// `Ok(None)` when the instruction is not one kiln relaxes (the GOT is then
+/// used). Only call this when the symbol is within ±2 GiB of the place.
+pub fn relax_got_load(
+    content: &mut [u8],
+    offset: u64,
+    rex: bool,
+) -> Result<Option<Relaxed>, FixupError> {
+    let reloc = if rex {
+        "R_X86_64_REX_GOTPCRELX"
+    } else {
+        "R_X86_64_GOTPCRELX"
+    };
+    let len = content.len() as u64;
+    let bounds = FixupError::OutOfBounds {
+        reloc,
+        offset,
+        width: 4,
+        len,
+    };
+    let off = usize::try_from(offset).map_err(|_| bounds.clone())?;
+    if off < 2 || off.checked_add(4).is_none_or(|end| end > content.len()) {
+        return Err(bounds);
+    }
+    let (op, modrm) = (content[off - 2], content[off - 1]);
+    // ModRM must be RIP-relative: mod = 00, rm = 101.
+    if modrm & 0xc7 != 0x05 {
+        return Ok(None);
+    }
+    match op {
+        0x8b => {
+            content[off - 2] = 0x8d;
+            Ok(Some(Relaxed::MovToLea))
+        }
+        0xff if !rex && modrm == 0x15 => {
+            // addr32 prefix keeps the instruction length.
+            content[off - 2] = 0x67;
+            content[off - 1] = 0xe8;
+            Ok(Some(Relaxed::CallToDirect))
+        }
+        0xff if !rex && modrm == 0x25 => {
+            content[off - 2] = 0xe9;
+            content[off + 3] = 0x90;
+            Ok(Some(Relaxed::JmpToDirect))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Size of one PLT stub made by [`write_plt_stub`].
+pub const PLT_STUB_SIZE: usize = 8;
+
+/// Write a PLT stub `jmpq *GOT(%rip)` (6 bytes) followed by two `int3` pads at
+/// `stub_addr`, jumping through the GOT entry at `got_entry`.
+pub fn write_plt_stub(
+    out: &mut [u8; PLT_STUB_SIZE],
+    stub_addr: u64,
+    got_entry: u64,
+) -> Result<(), FixupError> {
+    out[0] = 0xff;
+    out[1] = 0x25;
+    out[6] = 0xcc;
+    out[7] = 0xcc;
+    let value = i128::from(got_entry) - (i128::from(stub_addr) + 6);
+    write_field("PltStub", out, 2, 4, true, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(place: u64, target: u64, addend: i64) -> FixupValues {
+        FixupValues {
+            place,
+            target,
+            addend,
+            got: 0x5000,
+            size: 24,
+        }
+    }
+
+    #[test]
+    fn table_is_keyed_by_raw_type() {
+        assert_eq!(reloc_info(2).map(|i| i.name), Some("R_X86_64_PC32"));
+        assert_eq!(reloc_info(4).map(|i| i.kind), Some(EdgeKind::Branch32));
+        assert_eq!(
+            reloc_info(42).map(|i| i.name),
+            Some("R_X86_64_REX_GOTPCRELX")
+        );
+        assert_eq!(
+            reloc_info(11).map(|i| i.kind),
+            Some(EdgeKind::Pointer32Signed)
+        );
+        assert!(
+            reloc_info(37).is_none(),
+            "R_X86_64_IRELATIVE is not for objects"
+        );
+        assert!(reloc_info(200).is_none());
+        for (i, a) in RELOCATIONS.iter().enumerate() {
+            for b in &RELOCATIONS[i + 1..] {
+                assert_ne!(a.r_type, b.r_type, "{} and {}", a.name, b.name);
+            }
+        }
+    }
+
+    #[test]
+    fn pc32_math_and_range() {
+        let mut buf = [0u8; 8];
+        apply(EdgeKind::Delta32, &mut buf, 2, &vals(0x1000, 0x2000, -4)).unwrap();
+        assert_eq!(
+            i32::from_le_bytes(buf[2..6].try_into().unwrap()),
+            0x1000 - 4
+        );
+        let far = vals(0x1000, 0x1_0000_1000, 0);
+        let err = apply(EdgeKind::Delta32, &mut buf, 0, &far).unwrap_err();
+        assert!(matches!(
+            err,
+            FixupError::OutOfRange {
+                reloc: "Delta32",
+                ..
+            }
+        ));
+        let back = vals(0x8000_1000, 0x1000, 0);
+        assert!(apply(EdgeKind::Delta32, &mut buf, 0, &back).is_ok());
+        let too_far_back = vals(0x8000_1001, 0x1000, 0);
+        assert!(apply(EdgeKind::Delta32, &mut buf, 0, &too_far_back).is_err());
+    }
+
+    #[test]
+    fn abs32_signed_and_unsigned() {
+        let mut buf = [0u8; 4];
+        assert!(apply(EdgeKind::Pointer32, &mut buf, 0, &vals(0, 0xffff_fff0, 0)).is_ok());
+        assert_eq!(buf, [0xf0, 0xff, 0xff, 0xff]);
+        assert!(
+            apply(
+                EdgeKind::Pointer32Signed,
+                &mut buf,
+                0,
+                &vals(0, 0xffff_fff0, 0)
+            )
+            .is_err()
+        );
+        assert!(
+            apply(
+                EdgeKind::Pointer32Signed,
+                &mut buf,
+                0,
+                &vals(0, 0x7fff_fff0, 0)
+            )
+            .is_ok()
+        );
+        assert!(apply(EdgeKind::Pointer32, &mut buf, 0, &vals(0, 0x1_0000_0000, 0)).is_err());
+        assert!(apply(EdgeKind::Pointer32, &mut buf, 0, &vals(0, 0x10, -0x11)).is_err());
+    }
+
+    #[test]
+    fn got_and_size_kinds() {
+        let mut buf = [0u8; 8];
+        apply(EdgeKind::GotOff64, &mut buf, 0, &vals(0, 0x5100, 8)).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 0x108);
+        apply(EdgeKind::GotPc64, &mut buf, 0, &vals(0x4000, 0, 0)).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 0x1000);
+        apply(EdgeKind::Size64, &mut buf, 0, &vals(0, 0, 1)).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 25);
+        apply(
+            EdgeKind::Pointer64,
+            &mut buf,
+            0,
+            &vals(0, 0xffff_ffff_ffff_fff0, 0x20),
+        )
+        .unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 0x10, "64-bit fields wrap");
+    }
+
+    #[test]
+    fn out_of_bounds_place() {
+        let mut buf = [0u8; 5];
+        let err = apply(EdgeKind::Delta32, &mut buf, 2, &vals(0, 0, 0)).unwrap_err();
+        assert!(matches!(
+            err,
+            FixupError::OutOfBounds {
+                offset: 2,
+                width: 4,
+                len: 5,
+                ..
+            }
+        ));
+        assert!(apply(EdgeKind::Pointer64, &mut buf, u64::MAX, &vals(0, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn relaxations() {
+        // mov 0x0(%rip),%rax  = 48 8b 05 <disp32>
+        let mut mov = [0x48, 0x8b, 0x05, 0, 0, 0, 0];
+        assert_eq!(
+            relax_got_load(&mut mov, 3, true),
+            Ok(Some(Relaxed::MovToLea))
+        );
+        assert_eq!(mov[1], 0x8d);
+        // call *0x0(%rip) = ff 15 <disp32>
+        let mut call = [0xff, 0x15, 0, 0, 0, 0];
+        assert_eq!(
+            relax_got_load(&mut call, 2, false),
+            Ok(Some(Relaxed::CallToDirect))
+        );
+        assert_eq!(&call[..2], &[0x67, 0xe8]);
+        // jmp *0x0(%rip) = ff 25 <disp32>
+        let mut jmp = [0xff, 0x25, 0, 0, 0, 0];
+        assert_eq!(
+            relax_got_load(&mut jmp, 2, false),
+            Ok(Some(Relaxed::JmpToDirect))
+        );
+        assert_eq!(jmp, [0xe9, 0x25, 0, 0, 0, 0x90]);
+        // add 0x0(%rip),%rax = 48 03 05: not relaxed
+        let mut add = [0x48, 0x03, 0x05, 0, 0, 0, 0];
+        assert_eq!(relax_got_load(&mut add, 3, true), Ok(None));
+        assert!(relax_got_load(&mut add, 1, true).is_err());
+        assert!(relax_got_load(&mut add, 5, true).is_err());
+    }
+
+    #[test]
+    fn plt_stub_bytes() {
+        let mut stub = [0u8; PLT_STUB_SIZE];
+        write_plt_stub(&mut stub, 0x1000, 0x2000).unwrap();
+        assert_eq!(stub, [0xff, 0x25, 0xfa, 0x0f, 0, 0, 0xcc, 0xcc]);
+        assert!(write_plt_stub(&mut stub, 0x1000, 0x2_0000_0000).is_err());
+    }
+}

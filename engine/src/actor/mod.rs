@@ -72,7 +72,9 @@ pub(crate) struct DylibShared {
 
 impl fmt::Debug for DylibShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DylibShared").field("name", &self.name).finish()
+        f.debug_struct("DylibShared")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

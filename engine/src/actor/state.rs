@@ -314,7 +314,9 @@ impl State {
                 Some(reply) => reply.send(Err(Error::SessionEnded)),
                 None => fx.push(Effect::Complete(msg.shared, Err(Error::SessionEnded))),
             },
-            Msg::Resolve { reply, .. } | Msg::Emit { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Resolve { reply, .. } | Msg::Emit { reply, .. } => {
+                reply.send(Err(Error::SessionEnded))
+            }
             Msg::Replace { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::Delegate { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::DefineMaterializing { reply, .. } => reply.send(Err(Error::SessionEnded)),
@@ -345,7 +347,11 @@ impl State {
     // ----- dylibs and trackers -------------------------------------------
 
     fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
-        if self.dylibs.iter().any(|d| !d.removed && d.shared.name == name) {
+        if self
+            .dylibs
+            .iter()
+            .any(|d| !d.removed && d.shared.name == name)
+        {
             return Err(Error::DylibExists(name));
         }
         let id = self.dylibs.len() as DylibId;
@@ -639,11 +645,14 @@ impl State {
                 let cell = unit.cell.clone();
                 let empty = unit.syms.is_empty();
                 let handle = dylib_handle.clone();
-                fx.push(Effect::Dispatch(Task::new("discard overridden weak definition", move || {
-                    if let Some(unit) = cell.lock().as_mut() {
-                        unit.discard(&handle, &name);
-                    }
-                })));
+                fx.push(Effect::Dispatch(Task::new(
+                    "discard overridden weak definition",
+                    move || {
+                        if let Some(unit) = cell.lock().as_mut() {
+                            unit.discard(&handle, &name);
+                        }
+                    },
+                )));
                 if empty {
                     let unit = self.units.remove(uid);
                     self.trackers[unit.tracker].units.remove(&uid);
@@ -655,7 +664,9 @@ impl State {
             s.unit = None;
             s.state = SymbolState::Failed;
             s.failure = Some(Arc::new(Error::Usage("overridden definition".into())));
-            self.dylibs[dylib as usize].table.remove(&self.syms[sid as usize].name);
+            self.dylibs[dylib as usize]
+                .table
+                .remove(&self.syms[sid as usize].name);
         }
         let unit_id = match &kind {
             DefineKind::Unit(cell) => {
@@ -663,11 +674,14 @@ impl State {
                     let cell = cell.clone();
                     let name = symbols[i].0.clone();
                     let handle = dylib_handle.clone();
-                    fx.push(Effect::Dispatch(Task::new("discard weak definition", move || {
-                        if let Some(unit) = cell.lock().as_mut() {
-                            unit.discard(&handle, &name);
-                        }
-                    })));
+                    fx.push(Effect::Dispatch(Task::new(
+                        "discard weak definition",
+                        move || {
+                            if let Some(unit) = cell.lock().as_mut() {
+                                unit.discard(&handle, &name);
+                            }
+                        },
+                    )));
                 }
                 if new_discarded.len() == symbols.len() {
                     refuse(fx, kind);
@@ -731,7 +745,12 @@ impl State {
 
     /// A dylib gained definitions: forget generator misses and retry lookups
     /// that wait for definitions.
-    fn gained_definitions(&mut self, core: &Arc<SessionCore>, dylib: DylibId, fx: &mut Vec<Effect>) {
+    fn gained_definitions(
+        &mut self,
+        core: &Arc<SessionCore>,
+        dylib: DylibId,
+        fx: &mut Vec<Effect>,
+    ) {
         let d = &mut self.dylibs[dylib as usize];
         for g in &mut d.generators {
             g.misses.clear();
@@ -741,14 +760,14 @@ impl State {
         }
         let waiting: Vec<u64> = d.awaiting.drain().collect();
         for id in waiting {
-            if let Some(lk) = self.lookups.get_mut(&id) {
-                if lk.parked {
-                    lk.parked = false;
-                    lk.pos = 0;
-                    lk.next_gen = 0;
-                    lk.matched.iter_mut().for_each(|m| *m = None);
-                    self.advance(core, id, fx);
-                }
+            if let Some(lk) = self.lookups.get_mut(&id)
+                && lk.parked
+            {
+                lk.parked = false;
+                lk.pos = 0;
+                lk.next_gen = 0;
+                lk.matched.iter_mut().for_each(|m| *m = None);
+                self.advance(core, id, fx);
             }
         }
     }
@@ -849,9 +868,10 @@ impl State {
                     completed: false,
                 };
                 let generator = entry.generator.clone();
-                fx.push(Effect::Dispatch(Task::new("definition generator", move || {
-                    generator.generate(request)
-                })));
+                fx.push(Effect::Dispatch(Task::new(
+                    "definition generator",
+                    move || generator.generate(request),
+                )));
                 return;
             }
             lk.pos += 1;
@@ -989,10 +1009,10 @@ impl State {
         let Some(lk) = self.lookups.remove(&id) else {
             return;
         };
-        if let Some(resp) = lk.blocked_resp {
-            if self.blocked.get(&resp) == Some(&id) {
-                self.blocked.remove(&resp);
-            }
+        if let Some(resp) = lk.blocked_resp
+            && self.blocked.get(&resp) == Some(&id)
+        {
+            self.blocked.remove(&resp);
         }
         let entries = lk
             .names
@@ -1000,17 +1020,20 @@ impl State {
             .zip(lk.results)
             .filter_map(|((n, _), r)| r.map(|def| (n, def)))
             .collect();
-        fx.push(Effect::Complete(lk.shared, Ok(SymbolMap::from_vec(entries))));
+        fx.push(Effect::Complete(
+            lk.shared,
+            Ok(SymbolMap::from_vec(entries)),
+        ));
     }
 
     fn fail_lookup(&mut self, id: u64, err: Error, fx: &mut Vec<Effect>) {
         let Some(lk) = self.lookups.remove(&id) else {
             return;
         };
-        if let Some(resp) = lk.blocked_resp {
-            if self.blocked.get(&resp) == Some(&id) {
-                self.blocked.remove(&resp);
-            }
+        if let Some(resp) = lk.blocked_resp
+            && self.blocked.get(&resp) == Some(&id)
+        {
+            self.blocked.remove(&resp);
         }
         match lk.flags_reply {
             Some(reply) => reply.send(Err(err)),
@@ -1131,7 +1154,12 @@ impl State {
         }
     }
 
-    fn resolve(&mut self, resp: RespId, defs: &[(SymbolName, SymbolDef)], fx: &mut Vec<Effect>) -> Result<()> {
+    fn resolve(
+        &mut self,
+        resp: RespId,
+        defs: &[(SymbolName, SymbolDef)],
+        fx: &mut Vec<Effect>,
+    ) -> Result<()> {
         let mut sids = Vec::with_capacity(defs.len());
         for (name, _) in defs {
             sids.push(self.owned_sym(resp, name)?);
@@ -1236,7 +1264,8 @@ impl State {
             let cause = Arc::new(Error::SymbolsNotFound {
                 names: missing_deps,
             });
-            let all: Vec<(SymId, Arc<Error>)> = r.owed.iter().map(|&s| (s, cause.clone())).collect();
+            let all: Vec<(SymId, Arc<Error>)> =
+                r.owed.iter().map(|&s| (s, cause.clone())).collect();
             let first = all.first().map(|&(s, _)| s);
             self.fail_syms(all, fx);
             return Err(first
@@ -1348,10 +1377,10 @@ impl State {
         cause: Arc<Error>,
         fx: &mut Vec<Effect>,
     ) -> Arc<Error> {
-        if self.syms[sid as usize].state == SymbolState::Failed {
-            if let Some(existing) = &self.syms[sid as usize].failure {
-                return existing.clone();
-            }
+        if self.syms[sid as usize].state == SymbolState::Failed
+            && let Some(existing) = &self.syms[sid as usize].failure
+        {
+            return existing.clone();
         }
         let err = Arc::new(Error::Failed {
             symbols: vec![self.qname(sid)],
@@ -1361,10 +1390,10 @@ impl State {
         let s = &mut self.syms[sid as usize];
         s.state = SymbolState::Failed;
         s.failure = Some(err.clone());
-        if let Some(rid) = s.resp.take() {
-            if let Some(r) = self.resps.get_mut(rid) {
-                r.owed.remove(&sid);
-            }
+        if let Some(rid) = s.resp.take()
+            && let Some(r) = self.resps.get_mut(rid)
+        {
+            r.owed.remove(&sid);
         }
         let s = &self.syms[sid as usize];
         let d = &self.dylibs[s.dylib as usize];
@@ -1403,7 +1432,12 @@ impl State {
         self.fail_dependants(&ids, dependants, fx);
     }
 
-    fn fail_dependants(&mut self, roots: &[SymId], dependants: Vec<(SymId, SymId)>, fx: &mut Vec<Effect>) {
+    fn fail_dependants(
+        &mut self,
+        roots: &[SymId],
+        dependants: Vec<(SymId, SymId)>,
+        fx: &mut Vec<Effect>,
+    ) {
         for (sid, root) in dependants {
             if roots.contains(&sid) && sid == root {
                 continue;
@@ -1430,7 +1464,10 @@ impl State {
         let cause = match cause {
             Error::Abandoned { unit, symbols } if symbols.is_empty() => Error::Abandoned {
                 unit,
-                symbols: owed.iter().map(|&s| self.syms[s as usize].name.clone()).collect(),
+                symbols: owed
+                    .iter()
+                    .map(|&s| self.syms[s as usize].name.clone())
+                    .collect(),
             },
             other => other,
         };
@@ -1588,7 +1625,9 @@ impl State {
     fn owners(&self, sid: SymId, out: &mut Vec<(RespId, SymId)>) {
         let s = &self.syms[sid as usize];
         match s.state {
-            SymbolState::Materializing | SymbolState::Resolved => out.extend(s.resp.map(|r| (r, sid))),
+            SymbolState::Materializing | SymbolState::Resolved => {
+                out.extend(s.resp.map(|r| (r, sid)))
+            }
             SymbolState::Emitted => {
                 for b in self.graph.blockers(sid, 64) {
                     let bs = &self.syms[b as usize];
@@ -1603,7 +1642,13 @@ impl State {
 
     /// If the materializer `start`, blocked on lookup `id`, transitively
     /// waits on itself, fails that lookup with the cycle spelled out.
-    fn check_blocking_cycle(&mut self, core: &Arc<SessionCore>, start: RespId, id: u64, fx: &mut Vec<Effect>) {
+    fn check_blocking_cycle(
+        &mut self,
+        core: &Arc<SessionCore>,
+        start: RespId,
+        id: u64,
+        fx: &mut Vec<Effect>,
+    ) {
         let _ = core;
         let mut visited = FixedSet::default();
         visited.insert(start);
@@ -1633,10 +1678,10 @@ impl State {
                         next_path.push(format!("unit '{}'", self.resp_name(start)));
                         return self.fail_lookup(id, Error::BlockingCycle { cycle: next_path }, fx);
                     }
-                    if visited.insert(owner) {
-                        if let Some(&next) = self.blocked.get(&owner) {
-                            stack.push((next, owner, next_path));
-                        }
+                    if visited.insert(owner)
+                        && let Some(&next) = self.blocked.get(&owner)
+                    {
+                        stack.push((next, owner, next_path));
                     }
                 }
             }

@@ -517,7 +517,11 @@ impl DepGraph {
                     if here != i || there == i {
                         return Err(format!("edge {e} in list {dir} of {i}: {here}, {there}"));
                     }
-                    let (a, b) = if dir == OUT { (here, there) } else { (there, here) };
+                    let (a, b) = if dir == OUT {
+                        (here, there)
+                    } else {
+                        (there, here)
+                    };
                     let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
                     if sa.kind != Kind::Waiting {
                         return Err(format!("edge {e} from a non-waiting component"));
@@ -539,10 +543,16 @@ impl DepGraph {
             .filter(|&(i, s)| s.kind == Kind::Waiting && s.comp as usize == i)
             .count();
         if waiting_reps != self.order.len() {
-            return Err(format!("{waiting_reps} components, {} labels", self.order.len()));
+            return Err(format!(
+                "{waiting_reps} components, {} labels",
+                self.order.len()
+            ));
         }
         if waiting != self.waiting {
-            return Err(format!("{waiting} waiting nodes, counter says {}", self.waiting));
+            return Err(format!(
+                "{waiting} waiting nodes, counter says {}",
+                self.waiting
+            ));
         }
         Ok(())
     }
@@ -660,7 +670,10 @@ impl DepGraph {
 
     /// Adds edge `src → dst` to both components' lists.
     fn add_edge(&mut self, src: u32, dst: u32) -> u32 {
-        let edge = Edge { ends: [src, dst], link: [[NIL; 2]; 2] };
+        let edge = Edge {
+            ends: [src, dst],
+            link: [[NIL; 2]; 2],
+        };
         let e = if self.free_edges != NIL {
             let e = self.free_edges;
             self.free_edges = self.edges[e as usize].link[OUT][0];
@@ -861,7 +874,6 @@ impl DepGraph {
 
     /// Spreads all labels `STRIDE` apart around `MID`, keeping their order.
     fn relabel_all(&mut self) {
-        self.st[4] += 1; self.st[5] += self.order.len() as u64;
         let comps: Vec<u32> = self.order.values().copied().collect();
         let n = comps.len() as u64;
         let base = MID - (n / 2) * STRIDE;
@@ -933,7 +945,11 @@ impl DepGraph {
             }
         }
 
-        self.st[1] += fwd.len() as u64; self.st[2] += bwd.len() as u64; if cycle { self.st[3] += 1; }
+        self.st[1] += fwd.len() as u64;
+        self.st[2] += bwd.len() as u64;
+        if cycle {
+            self.st[3] += 1; self.st[4] += (fwd.len() + bwd.len()) as u64;
+        }
         // The labels of the region, reused in the new order.
         let mut pool = std::mem::take(&mut self.pool);
         pool.clear();
@@ -967,12 +983,19 @@ impl DepGraph {
                     || c == y
                     || slots[c as usize].mark[MARK_F] == ep && slots[c as usize].mark[MARK_B] == ep
             };
-            let mut scc: Vec<u32> = fwd.iter().copied().filter(|&c| in_scc(&self.slots, c)).collect();
+            let mut scc: Vec<u32> = fwd
+                .iter()
+                .copied()
+                .filter(|&c| in_scc(&self.slots, c))
+                .collect();
             scc.push(x);
             stack.extend(bwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)));
             let before = stack.len();
-            let rest: Vec<u32> =
-                fwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)).collect();
+            let rest: Vec<u32> = fwd
+                .iter()
+                .copied()
+                .filter(|&c| !in_scc(&self.slots, c))
+                .collect();
             let span = scc.len();
             let rep = self.merge(&scc);
             for (&c, &l) in stack.iter().zip(pool.iter()) {

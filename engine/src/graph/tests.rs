@@ -5,8 +5,10 @@ use super::{DepGraph, EmitGroup, NodeId};
 /// Emits one single-def group per `(def, deps)` pair, all in one batch, and
 /// returns the nodes that became Ready, sorted.
 fn emit(g: &mut DepGraph, groups: &[(&[NodeId], &[NodeId])]) -> Vec<NodeId> {
-    let groups: Vec<EmitGroup<'_>> =
-        groups.iter().map(|&(defs, deps)| EmitGroup { defs, deps }).collect();
+    let groups: Vec<EmitGroup<'_>> = groups
+        .iter()
+        .map(|&(defs, deps)| EmitGroup { defs, deps })
+        .collect();
     let mut ready = Vec::new();
     g.emit(&groups, &mut ready);
     g.validate().unwrap();
@@ -102,7 +104,10 @@ fn n_cycle_emitted_backwards_and_interleaved() {
     assert_eq!(emit1(&mut g, 0, &[1]), (0..n).collect::<Vec<_>>());
     // Evens, then odds: segments join as the odds arrive.
     let mut g = DepGraph::new();
-    for i in (0..n).filter(|i| i % 2 == 0).chain((0..n).filter(|i| i % 2 == 1)) {
+    for i in (0..n)
+        .filter(|i| i % 2 == 0)
+        .chain((0..n).filter(|i| i % 2 == 1))
+    {
         let ready = emit1(&mut g, i, &[(i + 1) % n]);
         if i == n - 1 {
             assert_eq!(ready, (0..n).collect::<Vec<_>>());

@@ -51,11 +51,7 @@ pub fn def(addr: u64) -> SymbolDef {
 }
 
 /// A unit that resolves `sym` at `addr` and emits it depending on `deps`.
-pub fn emitting(
-    sym: &SymbolName,
-    addr: u64,
-    deps: Vec<(Dylib, Vec<SymbolName>)>,
-) -> FnUnit {
+pub fn emitting(sym: &SymbolName, addr: u64, deps: Vec<(Dylib, Vec<SymbolName>)>) -> FnUnit {
     let s = sym.clone();
     unit(&format!("unit-{sym}"), &[(sym, X)], move |r| {
         r.resolve(&[(s.clone(), def(addr))]).unwrap();
@@ -64,7 +60,9 @@ pub fn emitting(
 }
 
 pub fn inplace() -> Session {
-    Session::builder().dispatcher(InPlaceDispatcher::new()).build()
+    Session::builder()
+        .dispatcher(InPlaceDispatcher::new())
+        .build()
 }
 
 pub fn order(dylibs: &[&Dylib]) -> SearchOrder {
@@ -74,7 +72,12 @@ pub fn order(dylibs: &[&Dylib]) -> SearchOrder {
         .collect()
 }
 
-pub fn lookup(s: &Session, dylibs: &[&Dylib], names: &[&SymbolName], state: RequiredState) -> Lookup {
+pub fn lookup(
+    s: &Session,
+    dylibs: &[&Dylib],
+    names: &[&SymbolName],
+    state: RequiredState,
+) -> Lookup {
     s.lookup(
         &order(dylibs),
         &LookupSet::required(names.iter().map(|n| (*n).clone())),
@@ -83,7 +86,10 @@ pub fn lookup(s: &Session, dylibs: &[&Dylib], names: &[&SymbolName], state: Requ
 }
 
 /// Hands a `Responsibility` (or anything) from a materializer to the test.
-pub fn slot<T>() -> (Arc<Mutex<Option<T>>>, Arc<Mutex<Option<T>>>) {
+/// A place to hand a value from one thread to another.
+pub type Slot<T> = Arc<Mutex<Option<T>>>;
+
+pub fn slot<T>() -> (Slot<T>, Slot<T>) {
     let s = Arc::new(Mutex::new(None));
     (s.clone(), s)
 }
