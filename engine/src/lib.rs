@@ -15,6 +15,7 @@
 //!   unit owes.
 //! - [`generator`]: definition generators.
 //! - [`tracker`]: resource trackers and resource managers.
+//! - [`lazy`]: lazy reexports — entries linked on their first call.
 //! - [`dispatch`]: where user code runs.
 //! - [`graph`]: the pure dependency graph deciding readiness.
 //! - `actor` (private): the state actor, the one owner of mutable state.
@@ -44,6 +45,7 @@ pub mod dispatch;
 mod error;
 pub mod generator;
 pub mod graph;
+pub mod lazy;
 pub mod lookup;
 mod name;
 pub mod responsibility;
@@ -56,6 +58,7 @@ pub mod unit;
 pub use dispatch::{Dispatcher, InPlaceDispatcher, Task, ThreadPerTask, WorkerPool};
 pub use error::{Error, QualifiedName, Result};
 pub use generator::{GenerateRequest, Generator};
+pub use lazy::{LazyReexports, Redirector, TrampolineEmitter};
 pub use lookup::{
     AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,
     SearchOrder, SymbolLookup, SymbolMap,

@@ -194,11 +194,32 @@ impl LookupRequest {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SymbolMap {
     entries: Vec<(SymbolName, SymbolDef)>,
+    /// For each entry, the index in the search order of the dylib that
+    /// defined it.
+    sources: Vec<u32>,
 }
 
 impl SymbolMap {
-    pub(crate) fn from_vec(entries: Vec<(SymbolName, SymbolDef)>) -> Self {
-        SymbolMap { entries }
+    pub(crate) fn new(entries: Vec<(SymbolName, SymbolDef)>, sources: Vec<u32>) -> Self {
+        debug_assert_eq!(entries.len(), sources.len());
+        SymbolMap { entries, sources }
+    }
+
+    /// The index, in the lookup's search order, of the dylib that defined
+    /// `name` (a linker uses it to declare where its dependencies live).
+    pub fn found_in(&self, name: &SymbolName) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| self.sources[i] as usize)
+    }
+
+    /// The entries with the search-order index of the dylib defining each.
+    pub fn iter_with_source(&self) -> impl Iterator<Item = (&SymbolName, &SymbolDef, usize)> {
+        self.entries
+            .iter()
+            .zip(&self.sources)
+            .map(|((n, d), &s)| (n, d, s as usize))
     }
 
     /// Number of entries.
@@ -233,7 +254,7 @@ impl SymbolMap {
         self.entries.iter().map(|(n, d)| (n, d))
     }
 
-    /// The entries as a vector.
+    /// The entries as a vector (sources dropped).
     pub fn into_vec(self) -> Vec<(SymbolName, SymbolDef)> {
         self.entries
     }

@@ -196,9 +196,10 @@ impl Session {
     /// that defines them (and may see them)? Then the result, without the actor.
     fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
         let mut found = Vec::with_capacity(names.names.len());
+        let mut sources = Vec::with_capacity(names.names.len());
         for (name, _) in &names.names {
             let mut hit = None;
-            for (dylib, visibility) in &order.entries {
+            for (index, (dylib, visibility)) in order.entries.iter().enumerate() {
                 let entry = dylib.shared.index.read(name, |e| *e);
                 let Some(entry) = entry else { continue };
                 if *visibility == DylibLookup::ExportedOnly && !entry.def.flags.is_exported() {
@@ -207,12 +208,14 @@ impl Session {
                 if !entry.ready || entry.def.flags.is_side_effects_only() {
                     return None;
                 }
-                hit = Some(entry.def);
+                hit = Some((entry.def, index as u32));
                 break;
             }
-            found.push((name.clone(), hit?));
+            let (def, source) = hit?;
+            found.push((name.clone(), def));
+            sources.push(source);
         }
-        Some(SymbolMap::from_vec(found))
+        Some(SymbolMap::new(found, sources))
     }
 
     fn slow_lookup(

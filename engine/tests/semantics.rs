@@ -75,6 +75,7 @@ fn first_dylib_in_order_wins_and_exported_only_skips_hidden() {
         .wait()
         .unwrap();
     assert_eq!(found.get(&f).unwrap().address, 1);
+    assert_eq!(found.found_in(&f), Some(0));
 }
 
 #[test]

@@ -113,6 +113,8 @@ struct PendingLookup {
     next_gen: usize,
     parked: bool,
     matched: Vec<Option<SymId>>,
+    /// Search-order index where each name was matched.
+    matched_at: Vec<u32>,
     bound: bool,
     results: Vec<Option<SymbolDef>>,
     remaining: usize,
@@ -795,6 +797,7 @@ impl State {
                 next_gen: 0,
                 parked: false,
                 matched: vec![None; n],
+                matched_at: vec![0; n],
                 bound: false,
                 results: vec![None; n],
                 remaining: 0,
@@ -832,6 +835,7 @@ impl State {
                             || self.syms[sid as usize].flags.is_exported();
                         if visible {
                             lk.matched[i] = Some(sid);
+                            lk.matched_at[i] = lk.pos as u32;
                         }
                     }
                     None => missing.push(i),
@@ -1014,15 +1018,17 @@ impl State {
         {
             self.blocked.remove(&resp);
         }
-        let entries = lk
-            .names
-            .into_iter()
-            .zip(lk.results)
-            .filter_map(|((n, _), r)| r.map(|def| (n, def)))
-            .collect();
+        let mut entries = Vec::with_capacity(lk.names.len());
+        let mut sources = Vec::with_capacity(lk.names.len());
+        for (((n, _), r), at) in lk.names.into_iter().zip(lk.results).zip(lk.matched_at) {
+            if let Some(def) = r {
+                entries.push((n, def));
+                sources.push(at);
+            }
+        }
         fx.push(Effect::Complete(
             lk.shared,
-            Ok(SymbolMap::from_vec(entries)),
+            Ok(SymbolMap::new(entries, sources)),
         ));
     }
 

@@ -86,10 +86,11 @@
 //! node is forgotten, so emitting it again or depending on it treats it as a
 //! new node.
 
-use std::collections::BTreeMap;
-
+mod order;
 #[cfg(test)]
 mod tests;
+
+use order::Order;
 
 /// A node: a dense id chosen by the caller (the engine uses symbol ids).
 pub type NodeId = u32;
@@ -112,12 +113,6 @@ const NIL: u32 = u32::MAX;
 const OUT: usize = 0;
 /// Index of the in-edge list (keyed by the edge's target).
 const IN: usize = 1;
-/// Distance between consecutive labels after a relabelling and between
-/// labels placed at the front or back; leaves room for 24 nested placements
-/// between two neighbours.
-const STRIDE: u64 = 1 << 24;
-/// The label of the first node placed.
-const MID: u64 = 1 << 63;
 
 /// What a slot currently holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +144,11 @@ struct Slot {
     mark: [u32; 4],
     /// Epoch of the emission that emitted this node.
     emitted_in: u32,
-    /// Topological label (dependants have smaller labels than dependencies).
+    /// Topological label (dependants have smaller labels than dependencies),
+    /// a copy of the label of position `pos` in the order.
     label: u64,
+    /// Position in the order.
+    pos: u32,
     /// Number of member slots.
     size: u32,
     /// First and last member slot.
@@ -179,6 +177,22 @@ struct Edge {
     link: [[u32; 2]; 2],
 }
 
+/// Counters of the work a [`DepGraph`] has done, for benchmarks and for tests
+/// that check an emission order needs no search.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GraphStats {
+    /// Edges that pointed backwards in the topological order and needed a
+    /// search of their affected region.
+    pub searches: u64,
+    /// Components visited by those searches (forward plus backward).
+    pub visited: u64,
+    /// Searches that closed a cycle (each contracts one new SCC).
+    pub cycles: u64,
+    /// Full relabellings of the order.
+    pub relabels: u64,
+}
+
 /// The dependency graph of waiting nodes. See the [module docs](self).
 #[derive(Debug)]
 pub struct DepGraph {
@@ -189,14 +203,8 @@ pub struct DepGraph {
     edges: Vec<Edge>,
     /// Free edges, chained through `link[OUT][0]`.
     free_edges: u32,
-    /// Label → component, for every waiting component.
-    order: BTreeMap<u64, u32>,
-    /// Lower and upper bounds of the labels handed out since the last
-    /// relabelling.
-    lo: u64,
-    hi: u64,
-    /// Placements since the last full relabelling (amortizes it).
-    placed_since_relabel: usize,
+    /// The topological order of the waiting components.
+    order: Order,
     /// Number of waiting real nodes.
     waiting: usize,
     /// Epoch counter for marks; 0 is never a live epoch.
@@ -207,9 +215,9 @@ pub struct DepGraph {
     bwd: Vec<u32>,
     targets: Vec<u32>,
     touched: Vec<u32>,
-    pool: Vec<u64>,
-    /// stats
-    pub st: [u64; 6],
+    pool: Vec<u32>,
+    /// Work counters.
+    stats: GraphStats,
 }
 
 impl Default for DepGraph {
@@ -227,10 +235,7 @@ impl DepGraph {
             free_slots: Vec::new(),
             edges: Vec::new(),
             free_edges: NIL,
-            order: BTreeMap::new(),
-            lo: MID,
-            hi: MID,
-            placed_since_relabel: 0,
+            order: Order::new(),
             waiting: 0,
             epoch: 0,
             stack: Vec::new(),
@@ -239,7 +244,7 @@ impl DepGraph {
             targets: Vec::new(),
             touched: Vec::new(),
             pool: Vec::new(),
-            st: [0; 6],
+            stats: GraphStats::default(),
         }
     }
 
@@ -391,12 +396,16 @@ impl DepGraph {
         }
         for &c in &visit {
             if self.slots[c as usize].kind == Kind::Waiting {
-                let label = self.slots[c as usize].label;
-                self.order.remove(&label);
+                self.order.remove(self.slots[c as usize].pos);
             }
             self.free_component(c);
         }
         self.fwd = visit;
+    }
+
+    /// The work done so far (searches, visits, cycles, relabellings).
+    pub fn stats(&self) -> GraphStats {
+        GraphStats { relabels: self.order.relabels(), ..self.stats }
     }
 
     /// Whether `n` is emitted and not yet Ready (and not failed).
@@ -493,8 +502,11 @@ impl DepGraph {
             }
             match s.kind {
                 Kind::Waiting => {
-                    if self.order.get(&s.label) != Some(&i) {
-                        return Err(format!("component {i}: label {} not in the map", s.label));
+                    if s.pos == NIL
+                        || self.order.comp(s.pos) != i
+                        || self.order.label(s.pos) != s.label
+                    {
+                        return Err(format!("component {i}: not at its position {}", s.pos));
                     }
                 }
                 Kind::Unemitted => {
@@ -542,7 +554,19 @@ impl DepGraph {
             .enumerate()
             .filter(|&(i, s)| s.kind == Kind::Waiting && s.comp as usize == i)
             .count();
-        if waiting_reps != self.order.len() {
+        let mut prev = None;
+        let mut positions = 0;
+        for (p, label, c) in self.order.iter() {
+            if prev.is_some_and(|l| l >= label) {
+                return Err(format!("position {p}: label {label} not increasing"));
+            }
+            if self.slots[c as usize].pos != p {
+                return Err(format!("position {p}: component {c} is elsewhere"));
+            }
+            prev = Some(label);
+            positions += 1;
+        }
+        if positions != self.order.len() || waiting_reps != self.order.len() {
             return Err(format!(
                 "{waiting_reps} components, {} labels",
                 self.order.len()
@@ -607,6 +631,7 @@ impl DepGraph {
                     mark: [0; 4],
                     emitted_in: 0,
                     label: 0,
+                    pos: NIL,
                     size: 1,
                     members: [s, s],
                     head: [NIL; 2],
@@ -801,91 +826,48 @@ impl DepGraph {
                 before = Some((cs.label, c));
             }
         }
-        self.placed_since_relabel += 1;
-        let label = match (after, before) {
-            _ if self.order.is_empty() => {
-                self.lo = MID;
-                self.hi = MID;
-                MID
-            }
+        self.order.count_placement();
+        let pos = match (after, before) {
             // Right behind the last dependant: if a dependency comes earlier,
             // the search window is as small as it can be.
-            (Some((a, ac)), _) => match self.gap_after(a) {
-                Some(l) => l,
-                None if self.placed_since_relabel >= self.order.len() => {
-                    self.relabel_all();
-                    let a = self.slots[ac as usize].label;
-                    self.gap_after(a).unwrap_or_else(|| self.back())
+            (Some((_, a)), _) => {
+                let at = self.slots[a as usize].pos;
+                match self.order.insert_after(at, v) {
+                    Some(p) => p,
+                    None if self.order.relabel_is_due() => {
+                        self.order.relabel();
+                        self.order.insert_after(at, v).unwrap_or_else(|| self.order.push_back(v))
+                    }
+                    None => self.order.push_back(v),
                 }
-                None => self.back(),
-            },
+            }
             // Right before the first dependency.
-            (None, Some((b, bc))) => match self.gap_before(b) {
-                Some(l) => l,
-                None if self.placed_since_relabel >= self.order.len() => {
-                    self.relabel_all();
-                    let b = self.slots[bc as usize].label;
-                    self.gap_before(b).unwrap_or_else(|| self.front())
+            (None, Some((_, b))) => {
+                let at = self.slots[b as usize].pos;
+                match self.order.insert_before(at, v) {
+                    Some(p) => p,
+                    None if self.order.relabel_is_due() => {
+                        self.order.relabel();
+                        self.order.insert_before(at, v).unwrap_or_else(|| self.order.push_front(v))
+                    }
+                    None => self.order.push_front(v),
                 }
-                None => self.front(),
-            },
-            (None, None) => self.front(),
+            }
+            (None, None) => self.order.push_front(v),
         };
-        self.slots[v as usize].label = label;
-        self.order.insert(label, v);
+        self.slots[v as usize].pos = pos;
+        self.slots[v as usize].label = self.order.label(pos);
+        self.refresh_labels();
     }
 
-    /// A free label between `a` and the next used label (behind every label
-    /// if `a` is the last), if there is room.
-    fn gap_after(&mut self, a: u64) -> Option<u64> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        match self.order.range((Excluded(a), Unbounded)).next() {
-            Some((&next, _)) => (next - a >= 2).then(|| a + (next - a) / 2),
-            None => Some(self.back()),
+    /// After the order relabelled itself, copies the new labels into the
+    /// components.
+    fn refresh_labels(&mut self) {
+        if self.order.take_relabelled() {
+            for (_, label, c) in self.order.iter() {
+                self.slots[c as usize].label = label;
+            }
         }
-    }
-
-    /// A free label between the used label before `b` and `b` (in front of
-    /// every label if `b` is the first), if there is room.
-    fn gap_before(&mut self, b: u64) -> Option<u64> {
-        match self.order.range(..b).next_back() {
-            Some((&prev, _)) => (b - prev >= 2).then(|| prev + (b - prev) / 2),
-            None => Some(self.front()),
-        }
-    }
-
-    /// A label in front of every other.
-    fn front(&mut self) -> u64 {
-        if self.lo < 2 * STRIDE {
-            self.relabel_all();
-        }
-        self.lo -= STRIDE;
-        self.lo
-    }
-
-    /// A label behind every other.
-    fn back(&mut self) -> u64 {
-        if self.hi > u64::MAX - 2 * STRIDE {
-            self.relabel_all();
-        }
-        self.hi += STRIDE;
-        self.hi
-    }
-
-    /// Spreads all labels `STRIDE` apart around `MID`, keeping their order.
-    fn relabel_all(&mut self) {
-        let comps: Vec<u32> = self.order.values().copied().collect();
-        let n = comps.len() as u64;
-        let base = MID - (n / 2) * STRIDE;
-        self.order.clear();
-        for (i, &c) in comps.iter().enumerate() {
-            let l = base + i as u64 * STRIDE;
-            self.slots[c as usize].label = l;
-            self.order.insert(l, c);
-        }
-        self.lo = base;
-        self.hi = base + n.saturating_sub(1) * STRIDE;
-        self.placed_since_relabel = 0;
     }
 
     /// Restores the topological order after edge `x → y` with
@@ -894,7 +876,7 @@ impl DepGraph {
     fn reorder(&mut self, x: u32, y: u32) {
         let lb = self.slots[y as usize].label;
         let ub = self.slots[x as usize].label;
-        self.st[0] += 1;
+        self.stats.searches += 1;
         let ep = self.next_epoch();
         let mut stack = std::mem::take(&mut self.stack);
         let mut fwd = std::mem::take(&mut self.fwd);
@@ -945,24 +927,20 @@ impl DepGraph {
             }
         }
 
-        self.st[1] += fwd.len() as u64;
-        self.st[2] += bwd.len() as u64;
+        self.stats.visited += (fwd.len() + bwd.len()) as u64;
         if cycle {
-            self.st[3] += 1; self.st[4] += (fwd.len() + bwd.len()) as u64;
+            self.stats.cycles += 1;
         }
-        // The labels of the region, reused in the new order.
+        // The positions of the region, reused in the new order.
         let mut pool = std::mem::take(&mut self.pool);
         pool.clear();
-        pool.extend(bwd.iter().map(|&c| self.slots[c as usize].label));
+        pool.extend(bwd.iter().map(|&c| self.slots[c as usize].pos));
         pool.extend(
             fwd.iter()
                 .filter(|&&c| self.slots[c as usize].mark[MARK_B] != ep)
-                .map(|&c| self.slots[c as usize].label),
+                .map(|&c| self.slots[c as usize].pos),
         );
-        pool.sort_unstable();
-        for l in &pool {
-            self.order.remove(l);
-        }
+        pool.sort_unstable_by_key(|&p| self.order.label(p));
         let by_label = |slots: &[Slot], v: &mut Vec<u32>| {
             v.sort_unstable_by_key(|&c| slots[c as usize].label);
         };
@@ -971,9 +949,10 @@ impl DepGraph {
 
         // The new order: what reaches x, [the new SCC], what y reaches. The
         // SCC keeps as many pool positions as it has components and takes the
-        // first: every label then stays above the labels of its outside
-        // dependants and below those of its outside dependencies (Pearce and
-        // Kelly's argument, with the contracted SCC padded to its size).
+        // first (the others are dropped): every label then stays above the
+        // labels of its outside dependants and below those of its outside
+        // dependencies (Pearce and Kelly's argument, with the contracted SCC
+        // padded to its size).
         stack.clear();
         if cycle {
             // SCC = nodes on a path y ⇝ x = fwd ∩ bwd, plus x and y (y is
@@ -983,39 +962,32 @@ impl DepGraph {
                     || c == y
                     || slots[c as usize].mark[MARK_F] == ep && slots[c as usize].mark[MARK_B] == ep
             };
-            let mut scc: Vec<u32> = fwd
-                .iter()
-                .copied()
-                .filter(|&c| in_scc(&self.slots, c))
-                .collect();
+            let mut scc: Vec<u32> =
+                fwd.iter().copied().filter(|&c| in_scc(&self.slots, c)).collect();
             scc.push(x);
             stack.extend(bwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)));
             let before = stack.len();
-            let rest: Vec<u32> = fwd
-                .iter()
-                .copied()
-                .filter(|&c| !in_scc(&self.slots, c))
-                .collect();
             let span = scc.len();
+            // (Collected first: merging takes a new epoch, which may reset marks.)
+            let rest: Vec<u32> =
+                fwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)).collect();
             let rep = self.merge(&scc);
-            for (&c, &l) in stack.iter().zip(pool.iter()) {
-                self.slots[c as usize].label = l;
-                self.order.insert(l, c);
+            stack.push(rep);
+            for &p in &pool[before + 1..before + span] {
+                self.order.remove(p);
             }
-            let l = pool[before];
-            self.slots[rep as usize].label = l;
-            self.order.insert(l, rep);
-            for (&c, &l) in rest.iter().zip(pool[before + span..].iter()) {
-                self.slots[c as usize].label = l;
-                self.order.insert(l, c);
-            }
+            pool.drain(before + 1..before + span);
+            stack.extend(rest);
         } else {
             stack.extend(bwd.iter().copied());
             stack.extend(fwd.iter().copied());
-            for (&c, &l) in stack.iter().zip(pool.iter()) {
-                self.slots[c as usize].label = l;
-                self.order.insert(l, c);
-            }
+        }
+        debug_assert_eq!(stack.len(), pool.len());
+        for (&c, &p) in stack.iter().zip(pool.iter()) {
+            self.order.set_comp(p, c);
+            let cs = &mut self.slots[c as usize];
+            cs.pos = p;
+            cs.label = self.order.label(p);
         }
         stack.clear();
         self.pool = pool;
@@ -1102,8 +1074,7 @@ impl DepGraph {
                 }
                 e = next;
             }
-            let label = self.slots[c as usize].label;
-            self.order.remove(&label);
+            self.order.remove(self.slots[c as usize].pos);
             let mut m = self.slots[c as usize].members[0];
             while m != NIL {
                 let ms = &self.slots[m as usize];

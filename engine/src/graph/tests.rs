@@ -337,7 +337,7 @@ fn memory_is_reused_after_ready() {
     // Ready nodes gave their slots and edges back.
     assert!(g.slots.len() <= 101, "{} slots", g.slots.len());
     assert!(g.edges.len() <= 100, "{} edges", g.edges.len());
-    assert!(g.order.is_empty());
+    assert_eq!(g.order.len(), 0);
 }
 
 #[test]

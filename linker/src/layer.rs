@@ -1,0 +1,458 @@
+//! The object layer: relocatable objects as the engine's materialization
+//! units.
+//!
+//! Adding an object to a dylib defines one unit with the object's global
+//! symbols. Materializing it runs the link pipeline on that object: the graph
+//! is allocated and its own symbols are *resolved* (so objects that call each
+//! other — in one dylib or across dylibs — can close their cycles), its
+//! external names are looked up at `Resolved` through the dylib's link order,
+//! fixups and finalization follow, and the unit *emits* each symbol with the
+//! dependencies its relocations imply. The engine then makes a symbol Ready
+//! only when everything it reaches is emitted.
+//!
+//! Linked images belong to the responsibility's resource tracker: removing
+//! the tracker runs the images' finalizers (and the `atexit` handlers their
+//! code registered), deregisters their unwind info and releases their memory.
+//! Initializers run when the host asks ([`ObjectLayer::run_initializers`]),
+//! after the code it is about to call is Ready.
+//!
+//! Host symbols come from a [`HostGenerator`] (the process, `-l` libraries,
+//! and kiln's runtime overrides); static archives from an
+//! [`ArchiveGenerator`], which adds a member when a lookup needs one of its
+//! symbols.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use kiln_engine::{
+    DependenceGroup, Dylib, Error, GenerateRequest, Generator, LookupKind, LookupSet,
+    MaterializationUnit, RequiredState, ResourceKey, ResourceManager, ResourceTracker,
+    Responsibility, Session, SymbolDef, SymbolFlags, SymbolLookup, SymbolName,
+};
+
+use crate::archive::Archive;
+use crate::error::LinkError;
+use crate::graph::{LinkGraph, Linkage, Scope, SymbolDef as GraphDef};
+use crate::host::HostSymbols;
+use crate::image::LinkedImage;
+use crate::passes::{self, ImageEnv, LinkOptions, LinkStats, Prepared, Roots};
+use crate::runtime;
+
+type ImageCell = Arc<Mutex<LinkedImage>>;
+
+/// Images by resource key, and those whose initializers have not run.
+#[derive(Default)]
+struct Images {
+    by_key: HashMap<ResourceKey, Vec<ImageCell>>,
+    pending_init: Vec<ImageCell>,
+    stats: LinkStats,
+    linked: usize,
+}
+
+struct Shared {
+    images: Mutex<Images>,
+    options: LinkOptions,
+}
+
+impl ResourceManager for Shared {
+    fn remove_resources(&self, key: ResourceKey) -> kiln_engine::Result<()> {
+        let images = self
+            .images
+            .lock()
+            .map_err(|_| Error::msg("object layer lock poisoned"))?
+            .by_key
+            .remove(&key);
+        // Last linked, first finalized: like a static program's teardown.
+        for image in images.unwrap_or_default().into_iter().rev() {
+            drop(image);
+        }
+        Ok(())
+    }
+
+    fn transfer_resources(&self, dst: ResourceKey, src: ResourceKey) {
+        if let Ok(mut images) = self.images.lock() {
+            let moved = images.by_key.remove(&src).unwrap_or_default();
+            images.by_key.entry(dst).or_default().extend(moved);
+        }
+    }
+}
+
+/// Adds objects and archives to dylibs as materialization units.
+#[derive(Clone)]
+pub struct ObjectLayer {
+    session: Session,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ObjectLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectLayer").finish_non_exhaustive()
+    }
+}
+
+impl ObjectLayer {
+    /// A layer for `session`; registers itself as a resource manager.
+    pub fn new(session: &Session) -> Self {
+        Self::with_options(session, LinkOptions::default())
+    }
+
+    /// A layer linking with `options`.
+    pub fn with_options(session: &Session, options: LinkOptions) -> Self {
+        let shared = Arc::new(Shared {
+            images: Mutex::new(Images::default()),
+            options,
+        });
+        session.register_resource_manager(shared.clone());
+        ObjectLayer {
+            session: session.clone(),
+            shared,
+        }
+    }
+
+    /// Adds the object `bytes` (called `name` in errors) to `dylib`, owned by
+    /// `tracker` (default: the dylib's default tracker).
+    pub fn add_object(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), LinkError> {
+        let mut graph = LinkGraph::new();
+        crate::elf::read_object(&mut graph, name, bytes)?;
+        self.add_graph(dylib, tracker, name, graph)
+    }
+
+    /// Adds an already-built graph (for example every input of a
+    /// [`crate::Linker`], linked as one image) as one unit.
+    pub fn add_graph(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        graph: LinkGraph,
+    ) -> Result<(), LinkError> {
+        let symbols: Vec<(SymbolName, SymbolFlags)> = graph
+            .globals
+            .iter()
+            .filter_map(|(n, &id)| {
+                let s = &graph.symbols[id.index()];
+                if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
+                    return None;
+                }
+                Some((
+                    self.session.intern(n),
+                    flags_of(s.scope, s.linkage, s.callable),
+                ))
+            })
+            .collect();
+        let unit = ObjectUnit {
+            layer: self.clone(),
+            name: name.to_string(),
+            graph: Some(graph),
+            symbols,
+        };
+        dylib
+            .define_boxed(Box::new(unit), tracker)
+            .map_err(|e| LinkError::Engine {
+                detail: e.to_string(),
+            })
+    }
+
+    /// Runs the initializers of every image linked so far that has not run
+    /// them yet, in link order. Call it after looking up the entry point at
+    /// Ready and before calling it.
+    pub fn run_initializers(&self) {
+        let pending = match self.shared.images.lock() {
+            Ok(mut images) => std::mem::take(&mut images.pending_init),
+            Err(_) => return,
+        };
+        for image in pending {
+            if let Ok(mut image) = image.lock() {
+                image.run_initializers();
+            }
+        }
+    }
+
+    /// Statistics summed over every image linked by this layer, and how many
+    /// images that was.
+    pub fn stats(&self) -> (LinkStats, usize) {
+        match self.shared.images.lock() {
+            Ok(images) => (images.stats, images.linked),
+            Err(_) => (LinkStats::default(), 0),
+        }
+    }
+}
+
+fn flags_of(scope: Scope, linkage: Linkage, callable: bool) -> SymbolFlags {
+    let mut flags = SymbolFlags::NONE;
+    if scope == Scope::Default {
+        flags |= SymbolFlags::EXPORTED;
+    }
+    if linkage == Linkage::Weak {
+        flags |= SymbolFlags::WEAK;
+    }
+    if callable {
+        flags |= SymbolFlags::CALLABLE;
+    }
+    flags
+}
+
+/// One object (or graph) waiting to be linked.
+struct ObjectUnit {
+    layer: ObjectLayer,
+    name: String,
+    graph: Option<LinkGraph>,
+    symbols: Vec<(SymbolName, SymbolFlags)>,
+}
+
+impl MaterializationUnit for ObjectUnit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.symbols.clone()
+    }
+
+    fn materialize(mut self: Box<Self>, r: Responsibility) {
+        let Some(graph) = self.graph.take() else {
+            return r.fail(Error::msg(format!("{}: object already linked", self.name)));
+        };
+        match link(&self.layer, &self.name, graph, &r) {
+            Ok(groups) => {
+                let _ = r.emit(groups);
+            }
+            Err(e) => r.fail(e),
+        }
+    }
+
+    fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
+        // Another object's definition won; this one's becomes a reference.
+        self.symbols.retain(|(n, _)| n != name);
+    }
+}
+
+fn link_error(e: LinkError) -> Error {
+    Error::msg(e)
+}
+
+/// The pipeline for one unit, with the engine in the middle of it.
+fn link(
+    layer: &ObjectLayer,
+    name: &str,
+    mut graph: LinkGraph,
+    r: &Responsibility,
+) -> Result<Vec<DependenceGroup>, Error> {
+    let session = &layer.session;
+    // Weak definitions another unit won become references to the winner.
+    let owned: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
+    let ids: Vec<_> = graph
+        .globals
+        .iter()
+        .map(|(n, &id)| (n.clone(), id))
+        .collect();
+    for (n, id) in ids {
+        let s = &mut graph.symbols[id.index()];
+        if !matches!(s.def, GraphDef::External)
+            && s.scope != Scope::Local
+            && !owned.contains_key(&session.intern(&n))
+        {
+            s.def = GraphDef::External;
+        }
+    }
+    passes::check_duplicates(&mut graph).map_err(link_error)?;
+    passes::allocate_commons(&mut graph);
+    passes::prune(&mut graph, &Roots::All).map_err(link_error)?;
+    let mut prepared = Prepared::new(graph).map_err(link_error)?;
+
+    // (a) Our own addresses: other units waiting on them at Resolved go on.
+    let mut defs = Vec::new();
+    for d in prepared.defined_symbols() {
+        let sym = session.intern(&d.name);
+        if let Some(&flags) = owned.get(&sym) {
+            defs.push((sym, SymbolDef::new(d.address, flags)));
+        }
+    }
+    r.resolve(&defs)?;
+
+    // (b) Externals, at Resolved, through the dylib's link order. All are
+    // asked weakly so the linker can name every missing one with the objects
+    // that reference it.
+    let order = r.dylib().link_order();
+    let names = prepared.external_names();
+    let mut set = LookupSet::new();
+    for n in &names {
+        set.add(session.intern(n), SymbolLookup::Weak);
+    }
+    let found = session
+        .lookup_with(
+            &kiln_engine::LookupRequest::new(order.clone(), set, RequiredState::Resolved)
+                .kind(LookupKind::Static),
+        )
+        .wait()?;
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let answers: Vec<Option<u64>> = names
+        .iter()
+        .map(|n| found.get(&session.intern(n)).map(|d| d.address))
+        .collect();
+    prepared
+        .resolve_externals(&refs, &answers)
+        .map_err(link_error)?;
+
+    // (d) What each symbol depends on, before the graph is consumed.
+    let deps = prepared.dependencies();
+
+    // (c) Fixup and finalize; the image belongs to the tracker.
+    let dso = runtime::DsoHandle::new(name.to_string());
+    let env = ImageEnv {
+        dso_handle: Some(dso.addr() as u64),
+        name: name.to_string(),
+        tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
+    };
+    let finalized = prepared
+        .finalize(&env, &layer.shared.options)
+        .map_err(link_error)?;
+    let stats = finalized.stats;
+    let image = Arc::new(Mutex::new(
+        LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?,
+    ));
+    r.tracker().with_resource_key(|key| {
+        if let Ok(mut images) = layer.shared.images.lock() {
+            images.by_key.entry(key).or_default().push(image.clone());
+            images.pending_init.push(image.clone());
+            images.linked += 1;
+            let total = &mut images.stats;
+            total.objects += stats.objects;
+            total.blocks += stats.blocks;
+            total.symbols += stats.symbols;
+            total.relocations += stats.relocations;
+            total.got_entries += stats.got_entries;
+            total.plt_stubs += stats.plt_stubs;
+            total.bytes += stats.bytes;
+        }
+    })?;
+
+    let entries = order.entries();
+    let mut groups = Vec::with_capacity(deps.len());
+    for d in deps {
+        let sym = session.intern(&d.name);
+        if !owned.contains_key(&sym) {
+            continue;
+        }
+        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
+        let mut add = |dylib: &Dylib, name: SymbolName| match per_dylib
+            .iter_mut()
+            .find(|(d, _)| d == dylib)
+        {
+            Some((_, v)) => v.push(name),
+            None => per_dylib.push((dylib.clone(), vec![name])),
+        };
+        for ext in &d.externals {
+            let ext = session.intern(ext);
+            if let Some(i) = found.found_in(&ext) {
+                add(&entries[i].0, ext);
+            }
+        }
+        for internal in &d.internals {
+            let internal = session.intern(internal);
+            if owned.contains_key(&internal) {
+                add(r.dylib(), internal);
+            }
+        }
+        groups.push(DependenceGroup::new([sym], per_dylib));
+    }
+    Ok(groups)
+}
+
+/// Defines host symbols on demand: kiln's runtime overrides first, then the
+/// process and the libraries loaded with [`HostSymbols::load_library`].
+pub struct HostGenerator {
+    host: HostSymbols,
+}
+
+impl fmt::Debug for HostGenerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostGenerator").finish_non_exhaustive()
+    }
+}
+
+impl HostGenerator {
+    /// A generator over `host`.
+    pub fn new(host: HostSymbols) -> Self {
+        HostGenerator { host }
+    }
+}
+
+impl Generator for HostGenerator {
+    fn generate(&self, req: GenerateRequest) {
+        let defs: Vec<(SymbolName, SymbolDef)> = req
+            .names()
+            .iter()
+            .filter_map(|n| {
+                let address = runtime::host_overrides()
+                    .iter()
+                    .find(|(o, _)| *o == n.as_str())
+                    .map(|&(_, a)| a as u64)
+                    .or_else(|| self.host.lookup(n.as_str()))?;
+                Some((n.clone(), SymbolDef::new(address, SymbolFlags::EXPORTED)))
+            })
+            .collect();
+        let result = req.dylib().define_absolute(defs);
+        req.complete(result);
+    }
+
+    fn is_concurrent(&self) -> bool {
+        true
+    }
+}
+
+/// Adds archive members to a dylib when a lookup needs one of their symbols.
+pub struct ArchiveGenerator {
+    layer: ObjectLayer,
+    archive: Mutex<Archive>,
+}
+
+impl fmt::Debug for ArchiveGenerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArchiveGenerator").finish_non_exhaustive()
+    }
+}
+
+impl ArchiveGenerator {
+    /// A generator serving members of `archive` through `layer`.
+    pub fn new(layer: &ObjectLayer, archive: Archive) -> Self {
+        ArchiveGenerator {
+            layer: layer.clone(),
+            archive: Mutex::new(archive),
+        }
+    }
+}
+
+impl Generator for ArchiveGenerator {
+    fn generate(&self, req: GenerateRequest) {
+        if req.kind() != LookupKind::Static {
+            return;
+        }
+        let mut members = Vec::new();
+        {
+            let Ok(mut archive) = self.archive.lock() else {
+                return req.complete(Err(Error::msg("archive lock poisoned")));
+            };
+            for n in req.names() {
+                match archive.take_member_for(n.as_str()) {
+                    Ok(Some((member, bytes))) => members.push((member, bytes.to_vec())),
+                    Ok(None) => {}
+                    Err(e) => return req.complete(Err(Error::msg(e))),
+                }
+            }
+        }
+        for (member, bytes) in members {
+            if let Err(e) = self.layer.add_object(req.dylib(), None, &member, &bytes) {
+                return req.complete(Err(Error::msg(e)));
+            }
+        }
+        req.complete(Ok(()));
+    }
+}

@@ -1,0 +1,162 @@
+//! The object layer: objects as materialization units of the engine (kiln
+//! issue 3 §3). Mutually recursive functions in two objects — in one dylib
+//! and across two dylibs — link and run; missing symbols are listed with the
+//! objects that reference them; failures carry their root cause; removing a
+//! tracker runs finalizers and releases memory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_engine::*;
+use kiln_linker::HostSymbols;
+use kiln_linker::layer::{HostGenerator, ObjectLayer};
+
+fn compile(dir: &Path, name: &str, src: &str) -> Vec<u8> {
+    let c = dir.join(format!("{name}.c"));
+    let o = dir.join(format!("{name}.o"));
+    std::fs::write(&c, src).unwrap();
+    let status = Command::new("gcc")
+        .args(["-c", "-O1", "-fPIC", "-o"])
+        .arg(&o)
+        .arg(&c)
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "gcc failed on {name}.c");
+    std::fs::read(&o).unwrap()
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-layer-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const EVEN: &str = "int is_odd(int);\nint is_even(int n) { return n == 0 ? 1 : is_odd(n - 1); }\n";
+const ODD: &str = "int is_even(int);\nint is_odd(int n) { return n == 0 ? 0 : is_even(n - 1); }\n";
+
+struct Jit {
+    session: Session,
+    layer: ObjectLayer,
+    host: Dylib,
+}
+
+fn jit() -> Jit {
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let host = session.create_dylib("<host>").unwrap();
+    host.add_generator(HostGenerator::new(HostSymbols::new())).unwrap();
+    Jit {
+        session,
+        layer,
+        host,
+    }
+}
+
+impl Jit {
+    fn dylib(&self, name: &str, links: &[&Dylib]) -> Dylib {
+        let d = self.session.create_dylib(name).unwrap();
+        let mut order: Vec<(Dylib, DylibLookup)> = links
+            .iter()
+            .map(|l| ((*l).clone(), DylibLookup::ExportedOnly))
+            .collect();
+        order.push((self.host.clone(), DylibLookup::ExportedOnly));
+        d.set_link_order(&order).unwrap();
+        d
+    }
+
+    fn function(&self, dylib: &Dylib, name: &str) -> Result<extern "C" fn(i32) -> i32> {
+        let found = dylib.lookup_ready(&[name])?;
+        let address = found.get_str(name).unwrap().address;
+        self.layer.run_initializers();
+        // SAFETY: `name` is a C function `int f(int)` compiled by the test,
+        // Ready: it and everything it reaches are linked and finalized.
+        Ok(unsafe { std::mem::transmute::<usize, extern "C" fn(i32) -> i32>(address as usize) })
+    }
+}
+
+#[test]
+fn mutually_recursive_objects_in_one_dylib() {
+    let dir = scratch("one");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    j.layer.add_object(&app, None, "even.o", &compile(&dir, "even", EVEN)).unwrap();
+    j.layer.add_object(&app, None, "odd.o", &compile(&dir, "odd", ODD)).unwrap();
+    let is_even = j.function(&app, "is_even").unwrap();
+    assert_eq!(is_even(10), 1);
+    assert_eq!(is_even(7), 0);
+    assert_eq!(j.layer.stats().1, 2, "each object linked once");
+    j.session.end();
+}
+
+#[test]
+fn mutually_recursive_objects_across_two_dylibs() {
+    let dir = scratch("two");
+    let j = jit();
+    let a = j.session.create_dylib("a").unwrap();
+    let b = j.dylib("b", &[&a]);
+    a.set_link_order(&[(b.clone(), DylibLookup::ExportedOnly), (j.host.clone(), DylibLookup::ExportedOnly)])
+        .unwrap();
+    j.layer.add_object(&a, None, "even.o", &compile(&dir, "even", EVEN)).unwrap();
+    j.layer.add_object(&b, None, "odd.o", &compile(&dir, "odd", ODD)).unwrap();
+    let is_odd = j.function(&b, "is_odd").unwrap();
+    assert_eq!(is_odd(9), 1);
+    assert_eq!(a.symbol_state(&j.session.intern("is_even")), Some(SymbolState::Ready));
+    j.session.end();
+}
+
+#[test]
+fn missing_symbols_are_listed_with_the_objects_that_use_them() {
+    let dir = scratch("missing");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let src = "int nowhere_a(int); int nowhere_b(int);\nint f(int x) { return nowhere_a(x) + nowhere_b(x); }\n";
+    j.layer.add_object(&app, None, "uses_missing.o", &compile(&dir, "uses_missing", src)).unwrap();
+    let err = j.function(&app, "f").err().expect("f cannot link");
+    let text = err.to_string();
+    assert!(text.contains("nowhere_a") && text.contains("nowhere_b"), "{text}");
+    assert!(text.contains("uses_missing.o"), "{text}");
+    j.session.end();
+}
+
+#[test]
+fn a_failing_object_fails_its_callers_with_the_root_cause() {
+    let dir = scratch("fail");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let caller = "int broken(int);\nint caller(int x) { return broken(x) * 2; }\n";
+    let broken = "int gone(int);\nint broken(int x) { return gone(x); }\n";
+    j.layer.add_object(&app, None, "caller.o", &compile(&dir, "caller", caller)).unwrap();
+    j.layer.add_object(&app, None, "broken.o", &compile(&dir, "broken", broken)).unwrap();
+    let err = j.function(&app, "caller").err().expect("caller cannot become Ready");
+    let text = err.to_string();
+    assert!(text.contains("gone"), "root cause missing: {text}");
+    j.session.end();
+}
+
+#[test]
+fn removing_the_tracker_releases_the_image() {
+    let dir = scratch("remove");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let rt = app.create_tracker().unwrap();
+    j.layer
+        .add_object(&app, Some(&rt), "even.o", &compile(&dir, "even", EVEN))
+        .unwrap();
+    j.layer.add_object(&app, Some(&rt), "odd.o", &compile(&dir, "odd", ODD)).unwrap();
+    let is_even = j.function(&app, "is_even").unwrap();
+    assert_eq!(is_even(4), 1);
+    let address = is_even as usize;
+    let mapped = |addr: usize| {
+        std::fs::read_to_string("/proc/self/maps").unwrap().lines().any(|l| {
+            let range = l.split_whitespace().next().unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+            lo <= addr && addr < hi && l.split_whitespace().nth(1).unwrap().contains('x')
+        })
+    };
+    assert!(mapped(address));
+    rt.remove().unwrap();
+    assert!(!mapped(address), "code still mapped executable after removal");
+    assert!(app.lookup_ready(&["is_even"]).is_err());
+    j.session.end();
+}
