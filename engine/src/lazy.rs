@@ -76,6 +76,7 @@ struct Inner {
     redirector: Box<dyn Redirector>,
     tables: Mutex<Tables>,
     failure: Mutex<Option<Arc<FailureHandler>>>,
+    after_link: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     reentries: AtomicUsize,
     linked: AtomicUsize,
 }
@@ -134,6 +135,7 @@ impl LazyReexports {
             redirector: Box::new(redirector),
             tables: Mutex::new(Tables::default()),
             failure: Mutex::new(None),
+            after_link: Mutex::new(None),
             reentries: AtomicUsize::new(0),
             linked: AtomicUsize::new(0),
         });
@@ -211,6 +213,10 @@ impl LazyReexports {
             }
         }
         self.inner.linked.fetch_add(1, Ordering::Relaxed);
+        let hook = self.inner.after_link.lock().clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         Ok(address)
     }
 
@@ -249,6 +255,13 @@ impl LazyReexports {
                 }
             }
         }
+    }
+
+    /// Installs a hook run after a first call linked its implementation and
+    /// before the call continues into it (a host runs newly linked code's
+    /// initializers here).
+    pub fn set_after_link_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.inner.after_link.lock() = Some(Arc::new(hook));
     }
 
     /// Installs the handler for failed lazy links.

@@ -452,6 +452,20 @@ impl Dylib {
         wait.wait()
     }
 
+    /// Sets the link order exactly as given — without putting this dylib
+    /// first (e.g. for a dylib of lazily linked bodies whose calls must go
+    /// through another dylib's lazy entries).
+    pub fn set_link_order_exact(&self, order: &[(Dylib, DylibLookup)]) -> Result<()> {
+        let ids = order.iter().map(|(d, v)| (d.id(), *v)).collect();
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::SetLinkOrder {
+            dylib: self.id(),
+            order: ids,
+            reply,
+        });
+        wait.wait()
+    }
+
     /// The link order, as a search order.
     pub fn link_order(&self) -> SearchOrder {
         let (reply, wait) = Reply::new();

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kiln_engine::{
     DependenceGroup, Dylib, Error, GenerateRequest, Generator, LookupKind, LookupSet,
@@ -41,12 +42,27 @@ use crate::runtime;
 
 type ImageCell = Arc<Mutex<LinkedImage>>;
 
+/// Time spent in each phase of the links a layer made, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// Reading objects into link graphs.
+    pub read: Duration,
+    /// Prune, GOT/PLT, allocation, resolving own symbols.
+    pub prepare: Duration,
+    /// Looking externals up through the engine (includes waiting for other
+    /// units to resolve).
+    pub externals: Duration,
+    /// Fixups and finalization (permissions, unwind info, TLS).
+    pub fixup_finalize: Duration,
+}
+
 /// Images by resource key, and those whose initializers have not run.
 #[derive(Default)]
 struct Images {
     by_key: HashMap<ResourceKey, Vec<ImageCell>>,
     pending_init: Vec<ImageCell>,
     stats: LinkStats,
+    times: PhaseTimes,
     linked: usize,
 }
 
@@ -119,8 +135,12 @@ impl ObjectLayer {
         name: &str,
         bytes: &[u8],
     ) -> Result<(), LinkError> {
+        let start = Instant::now();
         let mut graph = LinkGraph::new();
         crate::elf::read_object(&mut graph, name, bytes)?;
+        if let Ok(mut images) = self.shared.images.lock() {
+            images.times.read += start.elapsed();
+        }
         self.add_graph(dylib, tracker, name, graph)
     }
 
@@ -160,6 +180,65 @@ impl ObjectLayer {
             })
     }
 
+    /// Adds an object so that it is linked only when one of its functions is
+    /// first called: the object goes into `bodies`, and `entries` gets a lazy
+    /// reexport (from `manager`) for each of its functions and a plain alias
+    /// for each data symbol (looking data up links the object at once).
+    /// `bodies` should link against `entries` first, so calls between
+    /// objects go through the lazy entries.
+    pub fn add_object_lazily(
+        &self,
+        entries: &Dylib,
+        bodies: &Dylib,
+        manager: &kiln_engine::LazyReexports,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), LinkError> {
+        let start = Instant::now();
+        let mut graph = LinkGraph::new();
+        crate::elf::read_object(&mut graph, name, bytes)?;
+        self.add_read_time(start.elapsed());
+        let mut functions = Vec::new();
+        let mut data = Vec::new();
+        for (n, &id) in &graph.globals {
+            let s = &graph.symbols[id.index()];
+            if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
+                continue;
+            }
+            let sym = self.session.intern(n);
+            let alias = kiln_engine::Alias {
+                name: sym.clone(),
+                target: sym,
+                flags: flags_of(s.scope, s.linkage, s.callable),
+            };
+            // Thread-local symbols have no address to call through.
+            if s.callable && !s.tls {
+                functions.push(alias);
+            } else {
+                data.push(alias);
+            }
+        }
+        self.add_graph(bodies, None, name, graph)?;
+        let engine = |e: Error| LinkError::Engine {
+            detail: e.to_string(),
+        };
+        if !functions.is_empty() {
+            entries
+                .define(manager.reexports(bodies, functions).map_err(engine)?)
+                .map_err(engine)?;
+        }
+        if !data.is_empty() {
+            entries
+                .define(kiln_engine::reexports(
+                    bodies,
+                    kiln_engine::DylibLookup::All,
+                    data,
+                ))
+                .map_err(engine)?;
+        }
+        Ok(())
+    }
+
     /// Runs the initializers of every image linked so far that has not run
     /// them yet, in link order. Call it after looking up the entry point at
     /// Ready and before calling it.
@@ -181,6 +260,22 @@ impl ObjectLayer {
         match self.shared.images.lock() {
             Ok(images) => (images.stats, images.linked),
             Err(_) => (LinkStats::default(), 0),
+        }
+    }
+
+    /// Time spent per phase, summed over every link (and every object read).
+    pub fn phase_times(&self) -> PhaseTimes {
+        self.shared
+            .images
+            .lock()
+            .map(|i| i.times)
+            .unwrap_or_default()
+    }
+
+    /// Records time spent reading inputs outside [`ObjectLayer::add_object`].
+    pub fn add_read_time(&self, spent: Duration) {
+        if let Ok(mut images) = self.shared.images.lock() {
+            images.times.read += spent;
         }
     }
 }
@@ -246,6 +341,7 @@ fn link(
     r: &Responsibility,
 ) -> Result<Vec<DependenceGroup>, Error> {
     let session = &layer.session;
+    let started = Instant::now();
     // Weak definitions another unit won become references to the winner.
     let owned: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
     let ids: Vec<_> = graph
@@ -276,6 +372,7 @@ fn link(
         }
     }
     r.resolve(&defs)?;
+    let prepared_at = Instant::now();
 
     // (b) Externals, at Resolved, through the dylib's link order. All are
     // asked weakly so the linker can name every missing one with the objects
@@ -300,6 +397,7 @@ fn link(
     prepared
         .resolve_externals(&refs, &answers)
         .map_err(link_error)?;
+    let resolved_at = Instant::now();
 
     // (d) What each symbol depends on, before the graph is consumed.
     let deps = prepared.dependencies();
@@ -315,6 +413,7 @@ fn link(
         .finalize(&env, &layer.shared.options)
         .map_err(link_error)?;
     let stats = finalized.stats;
+    let finalized_at = Instant::now();
     let image = Arc::new(Mutex::new(
         LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?,
     ));
@@ -323,6 +422,9 @@ fn link(
             images.by_key.entry(key).or_default().push(image.clone());
             images.pending_init.push(image.clone());
             images.linked += 1;
+            images.times.prepare += prepared_at - started;
+            images.times.externals += resolved_at - prepared_at;
+            images.times.fixup_finalize += finalized_at - resolved_at;
             let total = &mut images.stats;
             total.objects += stats.objects;
             total.blocks += stats.blocks;

@@ -1,2 +1,408 @@
-//! The `kiln` command line.
-fn main() {}
+//! `kiln`: link relocatable objects and archives into this process, through
+//! kiln's engine, and run them.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, Session, WorkerPool};
+use kiln_linker::layer::{HostGenerator, ObjectLayer};
+use kiln_linker::{HostSymbols, LinkOptions, Linker};
+
+include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+
+/// Link relocatable ELF x86-64 objects and static archives into this process
+/// and run them.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Link ELF x86-64 objects and archives into this process and run them",
+    long_about = "kiln links relocatable ELF x86-64 objects (.o) and static archives (.a) \
+into its own process — no executable is written — and runs their entry point.\n\n\
+Undefined symbols resolve against the inputs, then kiln's runtime (atexit, \
+__cxa_atexit, TLS), then the kiln process itself and the shared libraries \
+named with -l (libc, libm, libstdc++ and libgcc_s are always there). \
+Archive members are linked only when one of their symbols is needed. \
+Code is placed within ±2 GiB of itself (below 2 GiB for -fno-pie objects) \
+and no page is ever writable and executable at once.\n\n\
+With no arguments, kiln links and runs a small bundled example program and \
+says what it did.",
+    after_help = "EXIT STATUS\n  The entry point's return value; 128+N if it dies with signal N; \
+1 if linking fails (the message names the object, section, offset and relocation, \
+or every missing symbol with the objects that use it); 2 for usage errors.\n\n\
+EXAMPLES\n  kiln run hello.o\n  kiln run main.o liblua.a -lm -- script.lua\n  \
+kiln run --noexec --stats big/*.o\n  kiln run --lazy main.o util.o"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Link INPUTs into this process and run the entry point.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Relocatable objects (.o) and static archives (.a). argv[0] is the
+    /// first input's path.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Also resolve symbols from the shared library libNAME.so (repeatable).
+    #[arg(short = 'l', value_name = "NAME")]
+    libs: Vec<String>,
+    /// Search DIR for -l libraries before the system directories (repeatable).
+    #[arg(short = 'L', value_name = "DIR")]
+    lib_dirs: Vec<PathBuf>,
+    /// The function to run, called as `int SYM(int argc, char **argv, char **envp)`.
+    #[arg(long, value_name = "SYM", default_value = "main")]
+    entry: String,
+    /// Link everything the entry point reaches, then stop without running
+    /// anything (no initializers either).
+    #[arg(long)]
+    noexec: bool,
+    /// Print phase timings and counts (objects, symbols, relocations) to stderr.
+    #[arg(long)]
+    stats: bool,
+    /// Worker threads that link (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Link each object only when one of its functions is first called
+    /// (data references link it at once).
+    #[arg(long)]
+    lazy: bool,
+    /// Arguments for the program, after `--`.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+/// An input in memory.
+struct Input {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Run(args)) => run_files(args),
+        None => run_bundled(),
+    };
+    match result {
+        Ok(code) => exit_now(code),
+        Err(message) => {
+            eprintln!("kiln: error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Exits with the program's status without returning through Rust's
+/// runtime twice; C stdio buffers are flushed by `exit`.
+fn exit_now(code: i32) -> ExitCode {
+    std::process::exit(code)
+}
+
+fn run_bundled() -> Result<i32, String> {
+    let names: Vec<&str> = BUNDLED.iter().map(|(n, _)| *n).collect();
+    eprintln!(
+        "kiln: no inputs given; linking the bundled example ({}) into this process and running main",
+        names.join(", ")
+    );
+    eprintln!("kiln: (run `kiln run --help` to link your own objects)");
+    let inputs = BUNDLED
+        .iter()
+        .map(|(n, b)| Input {
+            name: (*n).to_string(),
+            bytes: b.to_vec(),
+        })
+        .collect();
+    let args = RunArgs {
+        inputs: vec![PathBuf::from("kiln-bundled-example")],
+        libs: Vec::new(),
+        lib_dirs: Vec::new(),
+        entry: "main".into(),
+        noexec: false,
+        stats: false,
+        threads: None,
+        lazy: false,
+        args: Vec::new(),
+    };
+    let outcome = link_and_run(&args, inputs, true)?;
+    Ok(outcome)
+}
+
+fn run_files(args: RunArgs) -> Result<i32, String> {
+    let mut inputs = Vec::with_capacity(args.inputs.len());
+    for path in &args.inputs {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        inputs.push(Input {
+            name: path.display().to_string(),
+            bytes,
+        });
+    }
+    link_and_run(&args, inputs, false)
+}
+
+fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32, String> {
+    let started = Instant::now();
+    let pool = match args.threads {
+        Some(n) => WorkerPool::new(n),
+        None => WorkerPool::with_available_parallelism(),
+    };
+    let session = Session::builder().dispatcher(pool).build();
+    let layer = ObjectLayer::with_options(&session, LinkOptions::default());
+
+    let mut host = HostSymbols::new();
+    for lib in &args.libs {
+        host.load_library(lib, &args.lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    let err = |e: kiln_engine::Error| e.to_string();
+    let host_dylib = session.create_dylib("<host>").map_err(err)?;
+    host_dylib
+        .add_generator(HostGenerator::new(host))
+        .map_err(err)?;
+    let main = session.create_dylib("main").map_err(err)?;
+    main.set_link_order(&[(host_dylib.clone(), DylibLookup::ExportedOnly)])
+        .map_err(err)?;
+
+    let read_start = Instant::now();
+    let input_count = inputs.len();
+    let mut lazy = None;
+    if args.lazy {
+        let bodies = session.create_dylib("<bodies>").map_err(err)?;
+        let manager =
+            kiln_linker::lazy::lazy_reexports_manager(&session).map_err(|e| e.to_string())?;
+        // Newly linked objects run their initializers before their first call proceeds.
+        let init_layer = layer.clone();
+        manager.set_after_link_hook(move || init_layer.run_initializers());
+        for input in &inputs {
+            if input.name.ends_with(".a") {
+                return Err(format!(
+                    "{}: archives are not supported with --lazy yet",
+                    input.name
+                ));
+            }
+            layer
+                .add_object_lazily(&main, &bodies, &manager, &input.name, &input.bytes)
+                .map_err(|e| e.to_string())?;
+        }
+        bodies
+            .set_link_order_exact(&[
+                (main.clone(), DylibLookup::All),
+                (host_dylib.clone(), DylibLookup::ExportedOnly),
+            ])
+            .map_err(err)?;
+        lazy = Some(manager);
+    } else {
+        // One image for all inputs: static-link semantics across objects
+        // (COMDAT, init priorities, TLS), archive members pulled on demand.
+        let mut linker = Linker::new(LinkOptions::default());
+        for input in inputs {
+            if input.name.ends_with(".a") {
+                linker
+                    .add_archive_bytes(input.name, input.bytes)
+                    .map_err(|e| e.to_string())?;
+            } else {
+                linker.add_object_bytes(input.name, input.bytes);
+            }
+        }
+        let graph = linker.build_graph().map_err(|e| e.to_string())?;
+        layer.add_read_time(read_start.elapsed());
+        let name = args
+            .inputs
+            .first()
+            .map_or("<input>".into(), |p| p.display().to_string());
+        layer
+            .add_graph(&main, None, &name, graph)
+            .map_err(|e| e.to_string())?;
+    }
+
+    // Link everything the entry point reaches: it is Ready only when all of
+    // it is emitted.
+    let link_start = Instant::now();
+    let entry = session.intern(&args.entry);
+    let order = SearchOrder::new().with(&main, DylibLookup::All);
+    let found = session
+        .lookup(
+            &order,
+            &LookupSet::required([entry.clone()]),
+            RequiredState::Ready,
+        )
+        .wait()
+        .map_err(|e| e.to_string())?;
+    let link_time = link_start.elapsed();
+    let address = found
+        .get(&entry)
+        .map(|d| d.address)
+        .ok_or("entry point has no address")?;
+
+    let report = |ran: Option<Duration>| {
+        if args.stats {
+            print_stats(
+                &layer,
+                lazy.as_ref(),
+                input_count,
+                started.elapsed(),
+                link_time,
+                ran,
+            );
+        }
+    };
+    if args.noexec {
+        report(None);
+        session.end();
+        return Ok(0);
+    }
+
+    let argv0 = args
+        .inputs
+        .first()
+        .map_or_else(|| "kiln".to_string(), |p| p.display().to_string());
+    let mut argv: Vec<CString> = Vec::with_capacity(args.args.len() + 1);
+    for a in std::iter::once(&argv0).chain(&args.args) {
+        argv.push(
+            CString::new(a.as_bytes())
+                .map_err(|_| format!("argument {a:?} contains a NUL byte"))?,
+        );
+    }
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    env_ptrs.push(std::ptr::null_mut());
+
+    install_fatal_signal_handlers();
+    layer.run_initializers();
+    let run_start = Instant::now();
+    // SAFETY: `address` is the entry point of code kiln just linked, Ready
+    // (it and everything it reaches are emitted and finalized), and the
+    // user asserts its signature is `int (int, char **, char **)`. argv and
+    // envp are NUL-terminated arrays of C strings that outlive the call.
+    let status = unsafe {
+        let entry_fn: extern "C" fn(
+            libc::c_int,
+            *mut *mut libc::c_char,
+            *mut *mut libc::c_char,
+        ) -> libc::c_int = std::mem::transmute(address as usize);
+        entry_fn(
+            argv.len() as libc::c_int,
+            argv_ptrs.as_mut_ptr(),
+            env_ptrs.as_mut_ptr(),
+        )
+    };
+    let ran = run_start.elapsed();
+    // Finalizers and atexit handlers of the JIT'd code run before its memory goes.
+    session.end();
+    report(Some(ran));
+    if narrate {
+        let (stats, images) = layer.stats();
+        eprintln!(
+            "kiln: main returned {status}; linked {input_count} objects as {images} image(s): {} symbols, {} relocations, {} bytes, in {:.2} ms",
+            stats.symbols,
+            stats.relocations,
+            stats.bytes,
+            link_time.as_secs_f64() * 1e3
+        );
+    }
+    Ok(status)
+}
+
+fn print_stats(
+    layer: &ObjectLayer,
+    lazy: Option<&kiln_engine::LazyReexports>,
+    inputs: usize,
+    total: Duration,
+    link: Duration,
+    ran: Option<Duration>,
+) {
+    let (stats, images) = layer.stats();
+    let t = layer.phase_times();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    eprintln!("kiln: stats");
+    eprintln!("  inputs                 {inputs}");
+    eprintln!("  images linked          {images}");
+    eprintln!("  objects linked         {}", stats.objects);
+    eprintln!("  symbols                {}", stats.symbols);
+    eprintln!("  relocations            {}", stats.relocations);
+    eprintln!(
+        "  GOT entries / PLT      {} / {}",
+        stats.got_entries, stats.plt_stubs
+    );
+    eprintln!("  bytes mapped           {}", stats.bytes);
+    if let Some(m) = lazy {
+        eprintln!("  lazy reentries         {}", m.reentries());
+        eprintln!("  lazy functions linked  {}", m.linked());
+    }
+    eprintln!("  read inputs            {:10.3} ms", ms(t.read));
+    eprintln!(
+        "  prepare (prune, GOT, allocate, resolve) {:10.3} ms",
+        ms(t.prepare)
+    );
+    eprintln!("  look up externals      {:10.3} ms", ms(t.externals));
+    eprintln!("  fixup + finalize       {:10.3} ms", ms(t.fixup_finalize));
+    eprintln!("  link (entry Ready)     {:10.3} ms", ms(link));
+    if let Some(r) = ran {
+        eprintln!("  run                    {:10.3} ms", ms(r));
+    }
+    if stats.relocations > 0 {
+        let link_phase = t.prepare + t.fixup_finalize;
+        eprintln!(
+            "  relocations / s        {:.1} M (prepare + fixup phases)",
+            stats.relocations as f64 / link_phase.as_secs_f64().max(1e-9) / 1e6
+        );
+    }
+    eprintln!("  total                  {:10.3} ms", ms(total));
+}
+
+/// If the JIT'd program dies of a fatal signal, say so and exit with
+/// 128 + the signal number, as a shell would report it.
+fn install_fatal_signal_handlers() {
+    extern "C" fn on_fatal(sig: libc::c_int) {
+        let msg: &[u8] = match sig {
+            libc::SIGSEGV => b"kiln: the program died with SIGSEGV (segmentation fault)\n",
+            libc::SIGBUS => b"kiln: the program died with SIGBUS (bus error)\n",
+            libc::SIGILL => b"kiln: the program died with SIGILL (illegal instruction)\n",
+            libc::SIGFPE => b"kiln: the program died with SIGFPE (arithmetic exception)\n",
+            _ => b"kiln: the program died with SIGABRT (aborted)\n",
+        };
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is a
+        // static byte string.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(128 + sig);
+        }
+    }
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGABRT,
+    ] {
+        // SAFETY: installs a handler that only calls async-signal-safe
+        // functions; the sigaction struct is zero-initialized then filled.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fatal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}

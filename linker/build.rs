@@ -1,0 +1,25 @@
+//! Compiles the bundled example program (`bundled/*.c`) into objects that
+//! the `kiln` binary embeds and runs when given no inputs.
+
+use std::path::PathBuf;
+
+fn main() {
+    let sources = ["bundled/main.c", "bundled/math.c", "bundled/words.c"];
+    for s in &sources {
+        println!("cargo:rerun-if-changed={s}");
+    }
+    let objects = cc::Build::new()
+        .files(sources)
+        .opt_level(2)
+        .warnings(true)
+        .compile_intermediates();
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let mut list = String::from("/// The bundled example's objects: (name, bytes).\npub(crate) const BUNDLED: &[(&str, &[u8])] = &[\n");
+    for (src, obj) in sources.iter().zip(&objects) {
+        let name = PathBuf::from(src).with_extension("o");
+        let name = name.file_name().and_then(|n| n.to_str()).unwrap_or("bundled.o");
+        list.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", obj.display().to_string()));
+    }
+    list.push_str("];\n");
+    std::fs::write(out.join("bundled.rs"), list).expect("OUT_DIR is writable");
+}
