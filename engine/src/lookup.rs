@@ -193,16 +193,14 @@ impl LookupRequest {
 /// symbols have no entry.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SymbolMap {
-    entries: Vec<(SymbolName, SymbolDef)>,
-    /// For each entry, the index in the search order of the dylib that
-    /// defined it.
-    sources: Vec<u32>,
+    /// Name, definition, and the index in the search order of the dylib
+    /// that defined it.
+    entries: Vec<(SymbolName, SymbolDef, u32)>,
 }
 
 impl SymbolMap {
-    pub(crate) fn new(entries: Vec<(SymbolName, SymbolDef)>, sources: Vec<u32>) -> Self {
-        debug_assert_eq!(entries.len(), sources.len());
-        SymbolMap { entries, sources }
+    pub(crate) fn new(entries: Vec<(SymbolName, SymbolDef, u32)>) -> Self {
+        SymbolMap { entries }
     }
 
     /// The index, in the lookup's search order, of the dylib that defined
@@ -210,16 +208,13 @@ impl SymbolMap {
     pub fn found_in(&self, name: &SymbolName) -> Option<usize> {
         self.entries
             .iter()
-            .position(|(n, _)| n == name)
-            .map(|i| self.sources[i] as usize)
+            .find(|(n, _, _)| n == name)
+            .map(|e| e.2 as usize)
     }
 
     /// The entries with the search-order index of the dylib defining each.
     pub fn iter_with_source(&self) -> impl Iterator<Item = (&SymbolName, &SymbolDef, usize)> {
-        self.entries
-            .iter()
-            .zip(&self.sources)
-            .map(|((n, d), &s)| (n, d, s as usize))
+        self.entries.iter().map(|(n, d, s)| (n, d, *s as usize))
     }
 
     /// Number of entries.
@@ -235,41 +230,36 @@ impl SymbolMap {
     /// The definition of `name` (a linear scan: results are usually small;
     /// use [`SymbolMap::to_hash_map`] for many random accesses).
     pub fn get(&self, name: &SymbolName) -> Option<SymbolDef> {
-        self.entries
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, def)| *def)
+        self.entries.iter().find(|(n, _, _)| n == name).map(|e| e.1)
     }
 
     /// The definition of the name spelled `name`.
     pub fn get_str(&self, name: &str) -> Option<SymbolDef> {
         self.entries
             .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, def)| *def)
+            .find(|(n, _, _)| n.as_str() == name)
+            .map(|e| e.1)
     }
 
     /// The entries, in request order.
     pub fn iter(&self) -> impl Iterator<Item = (&SymbolName, &SymbolDef)> {
-        self.entries.iter().map(|(n, d)| (n, d))
+        self.entries.iter().map(|(n, d, _)| (n, d))
     }
 
     /// The entries as a vector (sources dropped).
     pub fn into_vec(self) -> Vec<(SymbolName, SymbolDef)> {
-        self.entries
+        self.entries.into_iter().map(|(n, d, _)| (n, d)).collect()
     }
 
     /// The entries as a hash map.
     pub fn to_hash_map(&self) -> std::collections::HashMap<SymbolName, SymbolDef> {
-        self.entries.iter().cloned().collect()
+        self.iter().map(|(n, d)| (n.clone(), *d)).collect()
     }
 }
 
 impl fmt::Debug for SymbolMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.entries.iter().map(|(n, d)| (n, d)))
-            .finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -277,7 +267,7 @@ impl IntoIterator for SymbolMap {
     type Item = (SymbolName, SymbolDef);
     type IntoIter = std::vec::IntoIter<(SymbolName, SymbolDef)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
+        self.into_vec().into_iter()
     }
 }
 
@@ -377,34 +367,32 @@ impl LookupShared {
 /// ([`Lookup::on_complete`]). Dropping the handle does not cancel the work:
 /// materializations it started still finish.
 pub struct Lookup {
-    core: Arc<SessionCore>,
     state: LookupHandleState,
 }
 
 enum LookupHandleState {
+    /// Completed on the caller's thread (the fast path), or taken.
     Done(Option<Result<SymbolMap>>),
-    Pending(Arc<LookupShared>),
+    Pending(Arc<LookupShared>, Arc<SessionCore>),
 }
 
 impl fmt::Debug for Lookup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pending = matches!(self.state, LookupHandleState::Pending(_));
+        let pending = matches!(self.state, LookupHandleState::Pending(..));
         f.debug_struct("Lookup").field("pending", &pending).finish()
     }
 }
 
 impl Lookup {
-    pub(crate) fn done(core: Arc<SessionCore>, result: Result<SymbolMap>) -> Self {
+    pub(crate) fn done(result: Result<SymbolMap>) -> Self {
         Lookup {
-            core,
             state: LookupHandleState::Done(Some(result)),
         }
     }
 
     pub(crate) fn pending(core: Arc<SessionCore>, shared: Arc<LookupShared>) -> Self {
         Lookup {
-            core,
-            state: LookupHandleState::Pending(shared),
+            state: LookupHandleState::Pending(shared, core),
         }
     }
 
@@ -412,7 +400,7 @@ impl Lookup {
     pub fn is_complete(&self) -> bool {
         match &self.state {
             LookupHandleState::Done(_) => true,
-            LookupHandleState::Pending(shared) => shared.is_completed(),
+            LookupHandleState::Pending(shared, _) => shared.is_completed(),
         }
     }
 
@@ -430,18 +418,18 @@ impl Lookup {
     }
 
     fn wait_until(mut self, deadline: Option<(Instant, Duration)>) -> Result<SymbolMap> {
-        let shared = match &mut self.state {
+        let (shared, core) = match &mut self.state {
             LookupHandleState::Done(result) => {
                 return result
                     .take()
                     .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())));
             }
-            LookupHandleState::Pending(shared) => shared.clone(),
+            LookupHandleState::Pending(shared, core) => (shared.clone(), core.clone()),
         };
         if !shared.is_completed()
             && let Some(resp) = crate::responsibility::current_materialization()
         {
-            self.core.send(Msg::BlockedWait {
+            core.send(Msg::BlockedWait {
                 lookup: shared.id,
                 resp,
             });
@@ -484,9 +472,9 @@ impl Lookup {
     }
 
     fn cancel_with_timeout(&self, deadline: Option<(Instant, Duration)>) {
-        if let LookupHandleState::Pending(shared) = &self.state {
+        if let LookupHandleState::Pending(shared, core) = &self.state {
             let millis = deadline.map_or(0, |d| d.1.as_millis());
-            self.core.send(Msg::Cancel {
+            core.send(Msg::Cancel {
                 lookup: shared.id,
                 timeout_millis: Some(millis),
             });
@@ -496,26 +484,23 @@ impl Lookup {
     /// Cancels the lookup: it fails with [`Error::Cancelled`] unless it has
     /// completed already. Materializations it started still finish.
     pub fn cancel(&self) {
-        if let LookupHandleState::Pending(shared) = &self.state {
-            self.core.send(Msg::Cancel {
+        if let LookupHandleState::Pending(shared, core) = &self.state {
+            core.send(Msg::Cancel {
                 lookup: shared.id,
                 timeout_millis: None,
             });
         }
     }
 
-    /// Calls `f` with the result when the lookup completes, as a task on the
-    /// session's dispatcher (never on the state actor).
+    /// Calls `f` with the result when the lookup completes: as a task on the
+    /// session's dispatcher, or — when the result is already here — right
+    /// away on this thread. Never on the state actor.
     pub fn on_complete(self, f: impl FnOnce(Result<SymbolMap>) + Send + 'static) {
         match self.state {
-            LookupHandleState::Done(mut result) => {
-                let result = result
-                    .take()
-                    .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())));
-                self.core
-                    .dispatch(Task::new("lookup completion callback", move || f(result)));
-            }
-            LookupHandleState::Pending(shared) => shared.set_callback(&self.core, Box::new(f)),
+            LookupHandleState::Done(mut result) => f(result
+                .take()
+                .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())))),
+            LookupHandleState::Pending(shared, core) => shared.set_callback(&core, Box::new(f)),
         }
     }
 }
@@ -530,7 +515,7 @@ impl Future for Lookup {
                     .take()
                     .unwrap_or_else(|| Err(Error::Usage("lookup polled after completion".into()))),
             ),
-            LookupHandleState::Pending(shared) => {
+            LookupHandleState::Pending(shared, _) => {
                 let mut slot = shared.slot.lock();
                 if slot.completed {
                     Poll::Ready(slot.result.take().unwrap_or_else(|| {

@@ -124,7 +124,7 @@ impl Session {
     /// state actor; others may start materialization.
     pub fn lookup(&self, order: &SearchOrder, names: &LookupSet, state: RequiredState) -> Lookup {
         if let Some(found) = self.fast_lookup(order, names) {
-            return Lookup::done(self.core.clone(), Ok(found));
+            return Lookup::done(Ok(found));
         }
         self.slow_lookup(
             order,
@@ -139,7 +139,7 @@ impl Session {
     /// A lookup with every option.
     pub fn lookup_with(&self, request: &LookupRequest) -> Lookup {
         if let Some(found) = self.fast_lookup(&request.order, &request.names) {
-            return Lookup::done(self.core.clone(), Ok(found));
+            return Lookup::done(Ok(found));
         }
         self.slow_lookup(
             &request.order,
@@ -162,7 +162,7 @@ impl Session {
         waiting_unit: &Responsibility,
     ) -> Lookup {
         if let Some(found) = self.fast_lookup(order, &names) {
-            return Lookup::done(self.core.clone(), Ok(found));
+            return Lookup::done(Ok(found));
         }
         self.slow_lookup(
             order,
@@ -196,7 +196,6 @@ impl Session {
     /// that defines them (and may see them)? Then the result, without the actor.
     fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
         let mut found = Vec::with_capacity(names.names.len());
-        let mut sources = Vec::with_capacity(names.names.len());
         for (name, _) in &names.names {
             let mut hit = None;
             for (index, (dylib, visibility)) in order.entries.iter().enumerate() {
@@ -212,10 +211,9 @@ impl Session {
                 break;
             }
             let (def, source) = hit?;
-            found.push((name.clone(), def));
-            sources.push(source);
+            found.push((name.clone(), def, source));
         }
-        Some(SymbolMap::new(found, sources))
+        Some(SymbolMap::new(found))
     }
 
     fn slow_lookup(

@@ -1019,17 +1019,12 @@ impl State {
             self.blocked.remove(&resp);
         }
         let mut entries = Vec::with_capacity(lk.names.len());
-        let mut sources = Vec::with_capacity(lk.names.len());
         for (((n, _), r), at) in lk.names.into_iter().zip(lk.results).zip(lk.matched_at) {
             if let Some(def) = r {
-                entries.push((n, def));
-                sources.push(at);
+                entries.push((n, def, at));
             }
         }
-        fx.push(Effect::Complete(
-            lk.shared,
-            Ok(SymbolMap::new(entries, sources)),
-        ));
+        fx.push(Effect::Complete(lk.shared, Ok(SymbolMap::new(entries))));
     }
 
     fn fail_lookup(&mut self, id: u64, err: Error, fx: &mut Vec<Effect>) {

@@ -167,6 +167,17 @@ const MARK_B: usize = 1;
 const MARK_M: usize = 2;
 const MARK_X: usize = 3;
 
+/// Outcome of [`DepGraph::two_way`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TwoWay {
+    /// The order is repaired.
+    Done,
+    /// The edge closes a cycle; nothing changed.
+    Cycle,
+    /// The labels left no room for the moved run; nothing changed.
+    NoRoom,
+}
+
 /// An edge `ends[OUT]` → `ends[IN]`, linked into its source component's
 /// out-list and its target component's in-list.
 #[derive(Debug, Clone, Copy)]
@@ -216,6 +227,8 @@ pub struct DepGraph {
     targets: Vec<u32>,
     touched: Vec<u32>,
     pool: Vec<u32>,
+    fheap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
+    bheap: std::collections::BinaryHeap<(u64, u32)>,
     /// Work counters.
     stats: GraphStats,
 }
@@ -244,6 +257,8 @@ impl DepGraph {
             targets: Vec::new(),
             touched: Vec::new(),
             pool: Vec::new(),
+            fheap: std::collections::BinaryHeap::new(),
+            bheap: std::collections::BinaryHeap::new(),
             stats: GraphStats::default(),
         }
     }
@@ -405,7 +420,7 @@ impl DepGraph {
 
     /// The work done so far (searches, visits, cycles, relabellings).
     pub fn stats(&self) -> GraphStats {
-        GraphStats { relabels: self.order.relabels(), ..self.stats }
+        self.stats
     }
 
     /// Whether `n` is emitted and not yet Ready (and not failed).
@@ -874,9 +889,324 @@ impl DepGraph {
     /// `label(x) > label(y)` (both waiting components), contracting the cycle
     /// if the edge closed one.
     fn reorder(&mut self, x: u32, y: u32) {
+        self.stats.searches += 1;
+        match self.two_way(x, y) {
+            TwoWay::Done => {}
+            TwoWay::Cycle => {
+                self.stats.cycles += 1;
+                let scc = self.find_scc(x, y);
+                self.contract(&scc);
+            }
+            TwoWay::NoRoom => self.pearce_kelly(x, y),
+        }
+    }
+
+    /// The components on paths `y ⇝ x` (the new SCC once `x → y` is in):
+    /// a forward search from y below label(x) and a backward search from x
+    /// above label(y) run in lockstep; the first to finish bounds the other,
+    /// which then only walks the finished side's set. Cost: about twice the
+    /// smaller search.
+    fn find_scc(&mut self, x: u32, y: u32) -> Vec<u32> {
         let lb = self.slots[y as usize].label;
         let ub = self.slots[x as usize].label;
-        self.stats.searches += 1;
+        let ep = self.next_epoch();
+        self.slots[y as usize].mark[MARK_F] = ep;
+        self.slots[x as usize].mark[MARK_B] = ep;
+        let mut fstack = vec![y];
+        let mut bstack = vec![x];
+        // Which side finished: forward (true) or backward (false).
+        let forward_done = loop {
+            let Some(c) = fstack.pop() else { break true };
+            self.expand(c, OUT, |s| s.label < ub, MARK_F, ep, &mut fstack);
+            let Some(c) = bstack.pop() else { break false };
+            self.expand(c, IN, |s| s.label > lb, MARK_B, ep, &mut bstack);
+        };
+        // Walk the other direction inside the finished side's marks.
+        let (start, dir, inside) = if forward_done { (x, IN, MARK_F) } else { (y, OUT, MARK_B) };
+        let seen = self.next_epoch();
+        self.slots[start as usize].mark[MARK_X] = seen;
+        let mut scc = vec![start];
+        let mut stack = vec![start];
+        while let Some(c) = stack.pop() {
+            let mut e = self.slots[c as usize].head[dir];
+            for _ in 0..self.slots[c as usize].len[dir] {
+                let edge = self.edges[e as usize];
+                e = edge.link[dir][0];
+                let d = self.slots[edge.ends[1 - dir] as usize].comp;
+                let ds = &mut self.slots[d as usize];
+                if ds.kind == Kind::Waiting && ds.mark[inside] == ep && ds.mark[MARK_X] != seen {
+                    ds.mark[MARK_X] = seen;
+                    scc.push(d);
+                    stack.push(d);
+                }
+            }
+        }
+        self.stats.visited += scc.len() as u64;
+        scc
+    }
+
+    /// One step of a search: pushes the unmarked waiting neighbours of `c`
+    /// in direction `dir` that pass `keep`, marking them with `ep` in `mark`.
+    fn expand(
+        &mut self,
+        c: u32,
+        dir: usize,
+        keep: impl Fn(&Slot) -> bool,
+        mark: usize,
+        ep: u32,
+        stack: &mut Vec<u32>,
+    ) {
+        self.stats.visited += 1;
+        let mut e = self.slots[c as usize].head[dir];
+        for _ in 0..self.slots[c as usize].len[dir] {
+            let edge = self.edges[e as usize];
+            e = edge.link[dir][0];
+            let d = self.slots[edge.ends[1 - dir] as usize].comp;
+            let ds = &mut self.slots[d as usize];
+            if ds.kind == Kind::Waiting && ds.mark[mark] != ep && keep(ds) {
+                ds.mark[mark] = ep;
+                stack.push(d);
+            }
+        }
+    }
+
+    /// Contracts the components `scc` (waiting, strongly connected once the
+    /// edge being inserted is counted) into the one with the most members and
+    /// edges, which keeps its place in the order. The others' edges are taken
+    /// out: internal ones are deleted, the rest are put back one at a time
+    /// from the merged component, each repairing the order if it points
+    /// backwards (no new cycle can appear). Only the smaller components'
+    /// members and edges are touched.
+    fn contract(&mut self, scc: &[u32]) {
+        let weight = |s: &Slot| s.size as u64 + s.len[OUT] as u64 + s.len[IN] as u64;
+        let Some(&rep) = scc.iter().max_by_key(|&&c| weight(&self.slots[c as usize])) else {
+            return;
+        };
+        let ep = self.next_epoch();
+        for &c in scc {
+            self.slots[c as usize].mark[MARK_M] = ep;
+        }
+        let mut relink = Vec::new();
+        for &c in scc {
+            if c == rep {
+                continue;
+            }
+            for dir in [OUT, IN] {
+                while self.slots[c as usize].head[dir] != NIL {
+                    let e = self.slots[c as usize].head[dir];
+                    let o = self.slots[self.edges[e as usize].ends[1 - dir] as usize].comp;
+                    self.unlink(e, dir);
+                    self.unlink(e, 1 - dir);
+                    if self.slots[o as usize].mark[MARK_M] == ep {
+                        self.free_edge(e);
+                    } else {
+                        relink.push(e);
+                    }
+                }
+            }
+            self.order.remove(self.slots[c as usize].pos);
+            let mut m = self.slots[c as usize].members[0];
+            while m != NIL {
+                self.slots[m as usize].comp = rep;
+                m = self.slots[m as usize].next_member;
+            }
+            let (first, last, size) = {
+                let cs = &self.slots[c as usize];
+                (cs.members[0], cs.members[1], cs.size)
+            };
+            let tail = self.slots[rep as usize].members[1];
+            self.slots[tail as usize].next_member = first;
+            let r = &mut self.slots[rep as usize];
+            r.members[1] = last;
+            r.size += size;
+        }
+        for e in relink {
+            self.link(e, OUT);
+            self.link(e, IN);
+            let [a, b] = self.edges[e as usize].ends.map(|s| self.slots[s as usize].comp);
+            let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
+            if sb.kind == Kind::Waiting && sa.label > sb.label {
+                self.reorder(a, b);
+            }
+        }
+    }
+
+    /// Tries to restore the order after edge `x → y` (`label(x) > label(y)`)
+    /// with a two-way search that visits the region in label order and stops
+    /// as soon as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen and
+    /// Tarjan, *Incremental cycle detection, topological ordering, and strong
+    /// component maintenance*, TALG 2012, §3). Its cost follows the smaller
+    /// side of the region rather than the whole region.
+    ///
+    /// Changes nothing if the edge closes a cycle or the labels leave no room
+    /// for the moved run.
+    fn two_way(&mut self, x: u32, y: u32) -> TwoWay {
+        use std::cmp::Reverse;
+        let lb = self.slots[y as usize].label;
+        let ub = self.slots[x as usize].label;
+        let ep = self.next_epoch();
+        let mut fheap = std::mem::take(&mut self.fheap);
+        let mut bheap = std::mem::take(&mut self.bheap);
+        let mut fwd = std::mem::take(&mut self.fwd);
+        let mut bwd = std::mem::take(&mut self.bwd);
+        fheap.clear();
+        bheap.clear();
+        fwd.clear();
+        bwd.clear();
+        self.slots[y as usize].mark[MARK_F] = ep;
+        self.slots[x as usize].mark[MARK_B] = ep;
+        fheap.push(Reverse((lb, y)));
+        bheap.push((ub, x));
+        let mut forward = true;
+        let mut cycle = false;
+        // Invariant: every descendant of y labelled below the forward
+        // frontier is expanded (fwd), every ancestor of x labelled above the
+        // backward frontier too (bwd).
+        'search: loop {
+            let f = fheap.peek().map(|r| r.0.0);
+            let Some(&(b, _)) = bheap.peek() else { break };
+            let Some(f) = f else { break };
+            if f > b {
+                break;
+            }
+            if forward {
+                let Some(Reverse((_, c))) = fheap.pop() else { break };
+                fwd.push(c);
+                let mut e = self.slots[c as usize].head[OUT];
+                for _ in 0..self.slots[c as usize].len[OUT] {
+                    let edge = self.edges[e as usize];
+                    e = edge.link[OUT][0];
+                    let d = self.slots[edge.ends[IN] as usize].comp;
+                    let ds = &mut self.slots[d as usize];
+                    if ds.kind != Kind::Waiting {
+                        continue;
+                    }
+                    if ds.mark[MARK_B] == ep {
+                        cycle = true;
+                        break 'search;
+                    }
+                    if ds.label < ub && ds.mark[MARK_F] != ep {
+                        ds.mark[MARK_F] = ep;
+                        fheap.push(Reverse((ds.label, d)));
+                    }
+                }
+            } else {
+                let Some((_, c)) = bheap.pop() else { break };
+                bwd.push(c);
+                let mut e = self.slots[c as usize].head[IN];
+                for _ in 0..self.slots[c as usize].len[IN] {
+                    let edge = self.edges[e as usize];
+                    e = edge.link[IN][0];
+                    let s = self.slots[edge.ends[OUT] as usize].comp;
+                    let ss = &mut self.slots[s as usize];
+                    if ss.mark[MARK_F] == ep {
+                        cycle = true;
+                        break 'search;
+                    }
+                    if ss.label > lb && ss.mark[MARK_B] != ep {
+                        ss.mark[MARK_B] = ep;
+                        bheap.push((ss.label, s));
+                    }
+                }
+            }
+            forward = !forward;
+        }
+        self.stats.visited += (fwd.len() + bwd.len()) as u64;
+        if cycle { self.stats.relabels += (fwd.len() + bwd.len()) as u64; }
+        let outcome = if cycle {
+            TwoWay::Cycle
+        } else if self.move_run(&fheap, &bheap, &mut fwd, &mut bwd) {
+            TwoWay::Done
+        } else {
+            TwoWay::NoRoom
+        };
+        self.fheap = fheap;
+        self.bheap = bheap;
+        self.fwd = fwd;
+        self.bwd = bwd;
+        outcome
+    }
+
+    /// Second half of [`Self::two_way`]: with the frontiers crossed at
+    /// `b* < f*`, moves the expanded ancestors of x above the pivot and the
+    /// expanded descendants of y below it into one run at the pivot: first
+    /// the ancestors, then the descendants, each in their old order. Nothing
+    /// else needs to move: an unexpanded ancestor of x is labelled at most
+    /// b*, an unexpanded descendant of y at least f*.
+    fn move_run(
+        &mut self,
+        fheap: &std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
+        bheap: &std::collections::BinaryHeap<(u64, u32)>,
+        fwd: &mut Vec<u32>,
+        bwd: &mut Vec<u32>,
+    ) -> bool {
+        let label = |slots: &[Slot], c: u32| slots[c as usize].label;
+        // The pivot: right after label `after` (b*, or just before f*).
+        let (after, start) = match (bheap.peek(), fheap.peek()) {
+            (Some(&(b, c)), _) => (b, self.slots[c as usize].pos),
+            (None, Some(r)) => {
+                let f = r.0;
+                (f.0 - 1, self.order.prev(self.slots[f.1 as usize].pos))
+            }
+            // Unreachable: the search stops as soon as one heap is empty, and
+            // both start non-empty. Let the full search handle it.
+            (None, None) => return false,
+        };
+        fwd.retain(|&c| label(&self.slots, c) <= after);
+        bwd.retain(|&c| label(&self.slots, c) > after);
+        fwd.sort_unstable_by_key(|&c| label(&self.slots, c));
+        bwd.sort_unstable_by_key(|&c| label(&self.slots, c));
+        // Anchor: the last position at or before `start` that stays.
+        let moving = self.next_epoch();
+        for &c in fwd.iter().chain(bwd.iter()) {
+            self.slots[c as usize].mark[MARK_X] = moving;
+        }
+        let stays = |g: &Self, p: u32| g.slots[g.order.comp(p) as usize].mark[MARK_X] != moving;
+        let mut anchor = start;
+        while anchor != order::NIL && !stays(self, anchor) {
+            anchor = self.order.prev(anchor);
+        }
+        let mut next = self.order.next_of(anchor);
+        while next != order::NIL && !stays(self, next) {
+            next = self.order.next(next);
+        }
+        let k = fwd.len() + bwd.len();
+        if !self.order.run_fits(anchor, next, k) {
+            if !self.order.relabel_is_due() {
+                return false;
+            }
+            self.order.relabel();
+            self.refresh_labels();
+            if !self.order.run_fits(anchor, next, k) {
+                return false;
+            }
+        }
+        let mut run = std::mem::take(&mut self.stack);
+        run.clear();
+        run.extend(bwd.iter().copied());
+        run.extend(fwd.iter().copied());
+        for &c in &run {
+            self.order.remove(self.slots[c as usize].pos);
+        }
+        let mut positions = std::mem::take(&mut self.pool);
+        positions.clear();
+        self.order.insert_run(anchor, next, &run, &mut positions);
+        for (&c, &p) in run.iter().zip(positions.iter()) {
+            let cs = &mut self.slots[c as usize];
+            cs.pos = p;
+            cs.label = self.order.label(p);
+        }
+        self.stack = run;
+        self.pool = positions;
+        true
+    }
+
+    /// Restores the topological order after edge `x → y` with
+    /// `label(x) > label(y)` (both waiting components), contracting the cycle
+    /// if the edge closed one: Pearce and Kelly's search of the whole region.
+    fn pearce_kelly(&mut self, x: u32, y: u32) {
+        let lb = self.slots[y as usize].label;
+        let ub = self.slots[x as usize].label;
         let ep = self.next_epoch();
         let mut stack = std::mem::take(&mut self.stack);
         let mut fwd = std::mem::take(&mut self.fwd);

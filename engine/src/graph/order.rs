@@ -185,6 +185,67 @@ impl Order {
         (b - a >= 2).then(|| self.link(prev, p, a + (b - a) / 2, c))
     }
 
+    /// The position before `p` (`NIL` at the front).
+    pub(super) fn prev(&self, p: u32) -> u32 {
+        self.pos[p as usize].prev
+    }
+
+    /// The position after `p`; `next_of(NIL)` is the first position.
+    pub(super) fn next_of(&self, p: u32) -> u32 {
+        match p {
+            NIL => self.first,
+            _ => self.pos[p as usize].next,
+        }
+    }
+
+    /// The position after `p` (`NIL` at the back).
+    pub(super) fn next(&self, p: u32) -> u32 {
+        self.pos[p as usize].next
+    }
+
+    /// The labels of a run of `k` positions between `anchor` and `next`
+    /// (either may be `NIL` for an end): the first label and the step, if
+    /// there is room.
+    fn run_labels(&self, anchor: u32, next: u32, k: usize) -> Option<(u64, u64)> {
+        let k = k as u64;
+        let span = (k + 1).checked_mul(STRIDE)?;
+        let (lo, hi) = match (anchor, next) {
+            (NIL, NIL) => (MID - STRIDE, MID.checked_add(k.checked_mul(STRIDE)?)?),
+            (NIL, n) => {
+                let h = self.label(n);
+                (h.saturating_sub(span), h)
+            }
+            (a, NIL) => {
+                let l = self.label(a);
+                (l, l.saturating_add(span))
+            }
+            (a, n) => (self.label(a), self.label(n)),
+        };
+        let step = (hi - lo) / (k + 1);
+        (step > 0).then_some((lo, step))
+    }
+
+    /// Whether a run of `k` positions fits between `anchor` and `next`.
+    pub(super) fn run_fits(&self, anchor: u32, next: u32, k: usize) -> bool {
+        self.run_labels(anchor, next, k).is_some()
+    }
+
+    /// Inserts a run of positions for `comps`, in that order, between
+    /// `anchor` and `next` (neighbours; `NIL` for an end), appending them to
+    /// `out`. The caller checked [`Self::run_fits`].
+    pub(super) fn insert_run(&mut self, anchor: u32, next: u32, comps: &[u32], out: &mut Vec<u32>) {
+        let Some((lo, step)) = self.run_labels(anchor, next, comps.len()) else {
+            debug_assert!(false, "insert_run without room");
+            return;
+        };
+        let mut prev = anchor;
+        for (i, &c) in comps.iter().enumerate() {
+            let p = self.link(prev, next, lo + step * (i as u64 + 1), c);
+            out.push(p);
+            prev = p;
+        }
+    }
+
     /// Spreads all labels `STRIDE` apart around `MID`, keeping the order.
     /// The caller must refresh the labels it caches (see
     /// [`Self::take_relabelled`]).
