@@ -129,13 +129,15 @@ impl Responsibility {
 
     /// The symbols still owed, with their flags.
     pub fn symbols(&self) -> Result<Vec<(SymbolName, SymbolFlags)>> {
-        let (reply, wait) = Reply::new();
-        self.core.send(Msg::Owed {
-            resp: self.id,
-            requested_only: false,
-            reply,
-        });
-        wait.wait()
+        self.core.request(
+            self.id,
+            |st, _, resp, _| st.owed(resp, false),
+            |resp, reply| Msg::Owed {
+                resp,
+                requested_only: false,
+                reply,
+            },
+        )
     }
 
     /// The owed symbols that some lookup is waiting for (materialize only
@@ -153,13 +155,15 @@ impl Responsibility {
     /// Gives owed symbols their addresses (may be called several times, on
     /// subsets). Lookups that need only `Resolved` complete now.
     pub fn resolve(&self, defs: &[(SymbolName, SymbolDef)]) -> Result<()> {
-        let (reply, wait) = Reply::new();
-        self.core.send(Msg::Resolve {
-            resp: self.id,
-            defs: defs.to_vec(),
-            reply,
-        });
-        wait.wait()
+        self.core.request(
+            self.id,
+            |st, _, resp, fx| st.resolve(resp, defs, fx),
+            |resp, reply| Msg::Resolve {
+                resp,
+                defs: defs.to_vec(),
+                reply,
+            },
+        )
     }
 
     /// Declares every owed symbol emitted (memory final), with what each
@@ -168,13 +172,15 @@ impl Responsibility {
     /// that already failed fails the emitter with that cause.
     pub fn emit(mut self, groups: Vec<DependenceGroup>) -> Result<()> {
         self.finished = true;
-        let (reply, wait) = Reply::new();
-        self.core.send(Msg::Emit {
-            resp: self.id,
-            groups,
-            reply,
-        });
-        wait.wait()
+        self.core.request(
+            (self.id, groups),
+            |st, core, (resp, groups), fx| st.emit(core, resp, groups, fx),
+            |(resp, groups), reply| Msg::Emit {
+                resp,
+                groups,
+                reply,
+            },
+        )
     }
 
     /// Fails every symbol still owed, and everything waiting on them, with

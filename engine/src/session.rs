@@ -420,16 +420,20 @@ impl Dylib {
             Some(t) => t.shared.id,
             None => self.shared.default_tracker.id,
         };
-        let (reply, wait) = Reply::new();
-        self.core.send(Msg::Define {
-            dylib: self.id(),
-            tracker,
-            unit_name,
-            symbols,
-            kind,
-            reply,
-        });
-        wait.wait()
+        self.core.request(
+            (self.id(), tracker, unit_name, symbols, kind),
+            |st, core, (dylib, tracker, unit_name, symbols, kind), fx| {
+                st.define(core, dylib, tracker, &unit_name, symbols, kind, fx)
+            },
+            |(dylib, tracker, unit_name, symbols, kind), reply| Msg::Define {
+                dylib,
+                tracker,
+                unit_name,
+                symbols,
+                kind,
+                reply,
+            },
+        )
     }
 
     /// Sets the link order: the search order used to link code defined in

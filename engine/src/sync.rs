@@ -220,6 +220,34 @@ impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
         }
     }
 
+    /// Changes the value for `key` in place; false if there is none.
+    pub(crate) fn update<Q>(&self, key: &Q, f: impl FnOnce(&mut V)) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        #[cfg(not(kiln_loom))]
+        {
+            match self.inner.get_mut(key) {
+                Some(mut entry) => {
+                    f(entry.value_mut());
+                    true
+                }
+                None => false,
+            }
+        }
+        #[cfg(kiln_loom)]
+        {
+            match self.inner.lock().get_mut(key) {
+                Some(value) => {
+                    f(value);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
     pub(crate) fn remove<Q>(&self, key: &Q)
     where
         K: std::borrow::Borrow<Q>,

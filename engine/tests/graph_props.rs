@@ -274,7 +274,12 @@ fn draw_emission(o: &Oracle, raw: &mut Raw<'_>) -> Vec<(Vec<NodeId>, Vec<NodeId>
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    // About 1 s each in debug on this machine.
+    #![proptest_config(ProptestConfig {
+        cases: 1000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Random emissions (cycles, groups, intra-batch deps) and failures.
     #[test]
@@ -344,13 +349,13 @@ proptest! {
             if !groups.is_empty() {
                 run_emit(&mut g, &mut o, &groups)?;
             }
-            if let Some((at, which)) = fail_at {
-                if at as usize % n == i.min(n - 1) {
-                    let live = o.live();
-                    if !live.is_empty() {
-                        run_fail(&mut g, &mut o, &[live[which as usize % live.len()]])?;
-                        failures = true;
-                    }
+            if let Some((at, which)) = fail_at
+                && at as usize % n == i.min(n - 1)
+            {
+                let live = o.live();
+                if !live.is_empty() {
+                    run_fail(&mut g, &mut o, &[live[which as usize % live.len()]])?;
+                    failures = true;
                 }
             }
         }

@@ -281,6 +281,9 @@ pub(crate) enum Effect {
 
 struct Inbox {
     queue: VecDeque<Msg>,
+    /// An empty buffer kept for the next drain, so steady traffic allocates
+    /// nothing.
+    spare: VecDeque<Msg>,
     driving: bool,
 }
 
@@ -308,6 +311,7 @@ impl SessionCore {
             dispatcher,
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
+                spare: VecDeque::new(),
                 driving: false,
             }),
             state: Mutex::new(State::new()),
@@ -335,19 +339,61 @@ impl SessionCore {
             }
             inbox.driving = true;
         }
-        self.drive();
+        self.drive(Vec::new());
+    }
+
+    /// A synchronous request. When nobody drives the mailbox, this thread
+    /// becomes the driver and applies `direct` to the state itself — the same
+    /// single owner, minus a message and a reply. Otherwise the request goes
+    /// to the driver as `message` and this thread waits for the reply. The
+    /// inbox is empty whenever nobody drives, so this thread's earlier
+    /// messages are always applied first.
+    pub(crate) fn request<P, T>(
+        self: &Arc<Self>,
+        payload: P,
+        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Vec<Effect>) -> T,
+        message: impl FnOnce(P, Reply<T>) -> Msg,
+    ) -> T {
+        let mut inbox = self.inbox.lock();
+        if inbox.driving {
+            let (reply, wait) = Reply::new();
+            inbox.queue.push_back(message(payload, reply));
+            drop(inbox);
+            return wait.wait();
+        }
+        inbox.driving = true;
+        drop(inbox);
+        let mut effects = Vec::new();
+        let mut state = self.state.lock();
+        if state.has_ended() {
+            // Let the handler refuse it the one way it refuses everything.
+            let (reply, wait) = Reply::new();
+            state.handle(self, message(payload, reply), &mut effects);
+            drop(state);
+            self.drive(effects);
+            return wait.wait();
+        }
+        let result = direct(&mut state, self, payload, &mut effects);
+        drop(state);
+        self.drive(effects);
+        result
     }
 
     /// Drains the mailbox, then — no longer the driver — runs the effects.
-    fn drive(self: &Arc<Self>) {
-        let mut effects = Vec::new();
+    fn drive(self: &Arc<Self>, mut effects: Vec<Effect>) {
         let mut batch = VecDeque::new();
         loop {
             {
                 let mut inbox = self.inbox.lock();
                 if inbox.queue.is_empty() {
                     inbox.driving = false;
+                    if batch.capacity() > inbox.spare.capacity() {
+                        inbox.spare = batch;
+                    }
                     break;
+                }
+                if batch.capacity() == 0 {
+                    batch = std::mem::take(&mut inbox.spare);
                 }
                 std::mem::swap(&mut inbox.queue, &mut batch);
             }

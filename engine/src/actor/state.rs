@@ -86,7 +86,10 @@ struct RespEntry {
     dylib: DylibId,
     tracker: TrackerId,
     unit_name: Arc<str>,
-    owed: FixedSet<SymId>,
+    /// Symbols handed to this responsibility. A symbol is still owed only
+    /// while its `resp` points here: entries go stale (and are skipped)
+    /// when a symbol fails, is handed back or is delegated.
+    owed: Vec<SymId>,
     defunct: bool,
 }
 
@@ -136,6 +139,11 @@ impl State {
             next_key: 1,
             ended: false,
         }
+    }
+
+    /// Whether `Session::end` has run.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended
     }
 
     /// Applies one message.
@@ -348,7 +356,7 @@ impl State {
 
     // ----- dylibs and trackers -------------------------------------------
 
-    fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
+    pub(crate) fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
         if self
             .dylibs
             .iter()
@@ -398,7 +406,7 @@ impl State {
         id
     }
 
-    fn new_tracker(&mut self, dylib: DylibId) -> Arc<TrackerShared> {
+    pub(crate) fn new_tracker(&mut self, dylib: DylibId) -> Arc<TrackerShared> {
         let name = self.dylibs[dylib as usize].shared.name.clone();
         let id = self.tracker_entry(dylib, name);
         self.dylibs[dylib as usize].trackers.push(id);
@@ -576,7 +584,7 @@ impl State {
     // ----- definitions ----------------------------------------------------
 
     #[allow(clippy::too_many_arguments)] // one message's fields, unpacked
-    fn define(
+    pub(crate) fn define(
         &mut self,
         core: &Arc<SessionCore>,
         dylib: DylibId,
@@ -1067,24 +1075,26 @@ impl State {
         }
         let state = s.state;
         let def = (!s.flags.is_side_effects_only()).then(|| SymbolDef::new(s.address, s.flags));
-        let waiters = std::mem::take(&mut s.waiters);
-        let mut keep = Vec::new();
+        // Filter in place: most symbols have one waiter, and a waiter that
+        // needs a later state stays without any new allocation.
+        let mut waiters = std::mem::take(&mut s.waiters);
         let mut done = Vec::new();
-        for (id, slot) in waiters {
-            let Some(lk) = self.lookups.get_mut(&id) else {
-                continue;
+        let lookups = &mut self.lookups;
+        waiters.retain(|&(id, slot)| {
+            let Some(lk) = lookups.get_mut(&id) else {
+                return false;
             };
-            if lk.state.is_met_by(state) {
-                lk.results[slot as usize] = def;
-                lk.remaining -= 1;
-                if lk.remaining == 0 {
-                    done.push(id);
-                }
-            } else {
-                keep.push((id, slot));
+            if !lk.state.is_met_by(state) {
+                return true;
             }
-        }
-        self.syms[sid as usize].waiters = keep;
+            lk.results[slot as usize] = def;
+            lk.remaining -= 1;
+            if lk.remaining == 0 {
+                done.push(id);
+            }
+            false
+        });
+        self.syms[sid as usize].waiters = waiters;
         for id in done {
             self.complete(id, fx);
         }
@@ -1102,7 +1112,7 @@ impl State {
             dylib: unit.dylib,
             tracker: unit.tracker,
             unit_name: unit.name.clone(),
-            owed: unit.syms.iter().copied().collect(),
+            owed: unit.syms.clone(),
             defunct: false,
         });
         self.trackers[unit.tracker].resps.insert(rid);
@@ -1155,7 +1165,7 @@ impl State {
         }
     }
 
-    fn resolve(
+    pub(crate) fn resolve(
         &mut self,
         resp: RespId,
         defs: &[(SymbolName, SymbolDef)],
@@ -1171,20 +1181,12 @@ impl State {
             if s.state == SymbolState::Materializing {
                 s.state = SymbolState::Resolved;
             }
-            let d = &self.dylibs[s.dylib as usize];
-            d.shared.index.insert(
-                s.name.clone(),
-                IndexEntry {
-                    def: SymbolDef::new(def.address, s.flags),
-                    ready: false,
-                },
-            );
             self.notify_waiters(sid, fx);
         }
         Ok(())
     }
 
-    fn emit(
+    pub(crate) fn emit(
         &mut self,
         core: &Arc<SessionCore>,
         resp: RespId,
@@ -1200,7 +1202,7 @@ impl State {
         }
         // Map names to symbols; any misuse fails the whole unit.
         let mut mapped: Vec<(Vec<SymId>, Vec<SymId>)> = Vec::with_capacity(groups.len() + 1);
-        let mut grouped = FixedSet::default();
+        let mut grouped: Vec<SymId> = Vec::new();
         let mut missing_deps = Vec::new();
         let mut lazy_deps = Vec::new();
         let mut misuse = None;
@@ -1208,8 +1210,10 @@ impl State {
             let mut defs = Vec::with_capacity(g.symbols.len());
             for name in &g.symbols {
                 match self.owned_sym(resp, name) {
-                    Ok(sid) if grouped.insert(sid) => defs.push(sid),
-                    Ok(_) => {}
+                    Ok(sid) => {
+                        grouped.push(sid);
+                        defs.push(sid);
+                    }
                     Err(e) => {
                         misuse.get_or_insert(e);
                     }
@@ -1231,11 +1235,21 @@ impl State {
             }
             mapped.push((defs, deps));
         }
+        grouped.sort_unstable();
+        if let Some(w) = grouped.windows(2).find(|w| w[0] == w[1]) {
+            misuse.get_or_insert(Error::Usage(format!(
+                "unit '{}' emitted {} in two dependence groups",
+                self.resps[resp].unit_name,
+                self.qname(w[0])
+            )));
+        }
         let residual: Vec<SymId> = self.resps[resp]
             .owed
             .iter()
             .copied()
-            .filter(|s| !grouped.contains(s))
+            .filter(|&s| {
+                self.syms[s as usize].resp == Some(resp) && grouped.binary_search(&s).is_err()
+            })
             .collect();
         if !residual.is_empty() {
             mapped.push((residual, Vec::new()));
@@ -1265,8 +1279,12 @@ impl State {
             let cause = Arc::new(Error::SymbolsNotFound {
                 names: missing_deps,
             });
-            let all: Vec<(SymId, Arc<Error>)> =
-                r.owed.iter().map(|&s| (s, cause.clone())).collect();
+            let all: Vec<(SymId, Arc<Error>)> = r
+                .owed
+                .iter()
+                .filter(|&&s| self.syms[s as usize].resp == Some(resp))
+                .map(|&s| (s, cause.clone()))
+                .collect();
             let first = all.first().map(|&(s, _)| s);
             self.fail_syms(all, fx);
             return Err(first
@@ -1351,13 +1369,11 @@ impl State {
     fn mark_ready(&mut self, sid: SymId, fx: &mut Vec<Effect>) {
         let s = &mut self.syms[sid as usize];
         s.state = SymbolState::Ready;
-        self.dylibs[s.dylib as usize].shared.index.insert(
-            s.name.clone(),
-            IndexEntry {
-                def: SymbolDef::new(s.address, s.flags),
-                ready: true,
-            },
-        );
+        let def = SymbolDef::new(s.address, s.flags);
+        let index = &self.dylibs[s.dylib as usize].shared.index;
+        if !index.update(&s.name, |e| *e = IndexEntry { def, ready: true }) {
+            index.insert(s.name.clone(), IndexEntry { def, ready: true });
+        }
         self.notify_waiters(sid, fx);
     }
 
@@ -1391,21 +1407,11 @@ impl State {
         let s = &mut self.syms[sid as usize];
         s.state = SymbolState::Failed;
         s.failure = Some(err.clone());
-        if let Some(rid) = s.resp.take()
-            && let Some(r) = self.resps.get_mut(rid)
-        {
-            r.owed.remove(&sid);
-        }
+        s.resp = None;
         let s = &self.syms[sid as usize];
         let d = &self.dylibs[s.dylib as usize];
         if d.table.get(&s.name) == Some(&sid) {
-            d.shared.index.insert(
-                s.name.clone(),
-                IndexEntry {
-                    def: SymbolDef::new(s.address, s.flags),
-                    ready: false,
-                },
-            );
+            d.shared.index.update(&s.name, |e| e.ready = false);
         }
         let waiters = std::mem::take(&mut self.syms[sid as usize].waiters);
         for (id, _) in waiters {
@@ -1460,8 +1466,13 @@ impl State {
             // Removal already failed everything it owed.
             return;
         }
-        let mut owed: Vec<SymId> = r.owed.into_iter().collect();
+        let mut owed: Vec<SymId> = r
+            .owed
+            .into_iter()
+            .filter(|&s| self.syms[s as usize].resp == Some(resp))
+            .collect();
         owed.sort_unstable();
+        owed.dedup();
         let cause = match cause {
             Error::Abandoned { unit, symbols } if symbols.is_empty() => Error::Abandoned {
                 unit,
@@ -1509,7 +1520,6 @@ impl State {
         self.trackers[tracker].units.insert(uid);
         let mut wanted = false;
         for (&sid, (_, flags)) in sids.iter().zip(&symbols) {
-            self.resps[resp].owed.remove(&sid);
             let s = &mut self.syms[sid as usize];
             s.state = SymbolState::Lazy;
             s.flags = *flags;
@@ -1528,16 +1538,13 @@ impl State {
         for name in names {
             sids.push(self.owned_sym(resp, name)?);
         }
-        let r = &mut self.resps[resp];
-        for sid in &sids {
-            r.owed.remove(sid);
-        }
+        let r = &self.resps[resp];
         let (dylib, tracker, unit_name) = (r.dylib, r.tracker, r.unit_name.clone());
         let rid = self.resps.insert(RespEntry {
             dylib,
             tracker,
             unit_name,
-            owed: sids.iter().copied().collect(),
+            owed: sids.clone(),
             defunct: false,
         });
         self.trackers[tracker].resps.insert(rid);
@@ -1598,7 +1605,7 @@ impl State {
                 waiters: Vec::new(),
                 failure: None,
             });
-            self.resps[resp].owed.insert(sid);
+            self.resps[resp].owed.push(sid);
             self.trackers[tracker].syms.insert(sid);
             added.push(name);
         }
@@ -1606,12 +1613,17 @@ impl State {
         Ok(added)
     }
 
-    fn owed(&self, resp: RespId, requested_only: bool) -> Result<Vec<(SymbolName, SymbolFlags)>> {
+    pub(crate) fn owed(
+        &self,
+        resp: RespId,
+        requested_only: bool,
+    ) -> Result<Vec<(SymbolName, SymbolFlags)>> {
         let r = self.owned_resp(resp)?;
         let mut out: Vec<(SymbolName, SymbolFlags)> = r
             .owed
             .iter()
             .map(|&s| &self.syms[s as usize])
+            .filter(|s| s.resp == Some(resp))
             .filter(|s| !requested_only || !s.waiters.is_empty())
             .map(|s| (s.name.clone(), s.flags))
             .collect();

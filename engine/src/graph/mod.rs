@@ -167,17 +167,6 @@ const MARK_B: usize = 1;
 const MARK_M: usize = 2;
 const MARK_X: usize = 3;
 
-/// Outcome of [`DepGraph::two_way`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TwoWay {
-    /// The order is repaired.
-    Done,
-    /// The edge closes a cycle; nothing changed.
-    Cycle,
-    /// The labels left no room for the moved run; nothing changed.
-    NoRoom,
-}
-
 /// An edge `ends[OUT]` → `ends[IN]`, linked into its source component's
 /// out-list and its target component's in-list.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +216,7 @@ pub struct DepGraph {
     targets: Vec<u32>,
     touched: Vec<u32>,
     pool: Vec<u32>,
+    relabelled: Vec<u32>,
     fheap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
     bheap: std::collections::BinaryHeap<(u64, u32)>,
     /// Work counters.
@@ -257,6 +247,7 @@ impl DepGraph {
             targets: Vec::new(),
             touched: Vec::new(),
             pool: Vec::new(),
+            relabelled: Vec::new(),
             fheap: std::collections::BinaryHeap::new(),
             bheap: std::collections::BinaryHeap::new(),
             stats: GraphStats::default(),
@@ -420,7 +411,7 @@ impl DepGraph {
 
     /// The work done so far (searches, visits, cycles, relabellings).
     pub fn stats(&self) -> GraphStats {
-        self.stats
+        GraphStats { relabels: self.order.relabels(), ..self.stats }
     }
 
     /// Whether `n` is emitted and not yet Ready (and not failed).
@@ -673,10 +664,10 @@ impl DepGraph {
 
     fn free_slot(&mut self, s: u32) {
         let slot = &mut self.slots[s as usize];
-        if !slot.hidden {
-            if let Some(i) = self.index.get_mut(slot.node as usize) {
-                *i = NIL;
-            }
+        if !slot.hidden
+            && let Some(i) = self.index.get_mut(slot.node as usize)
+        {
+            *i = NIL;
         }
         slot.kind = Kind::Free;
         self.free_slots.push(s);
@@ -769,23 +760,6 @@ impl DepGraph {
         self.free_edges = e;
     }
 
-    /// Appends list `b` (head) to list `a` (head) in direction `dir`.
-    fn splice(&mut self, a: u32, b: u32, dir: usize) -> u32 {
-        if a == NIL {
-            return b;
-        }
-        if b == NIL {
-            return a;
-        }
-        let a_tail = self.edges[a as usize].link[dir][1];
-        let b_tail = self.edges[b as usize].link[dir][1];
-        self.edges[a_tail as usize].link[dir][0] = b;
-        self.edges[b as usize].link[dir][1] = a_tail;
-        self.edges[b_tail as usize].link[dir][0] = a;
-        self.edges[a as usize].link[dir][1] = b_tail;
-        a
-    }
-
     // ----- emission ----------------------------------------------------------
 
     /// Emits slot `v` (or, if this batch already emitted it through another
@@ -841,33 +815,12 @@ impl DepGraph {
                 before = Some((cs.label, c));
             }
         }
-        self.order.count_placement();
         let pos = match (after, before) {
             // Right behind the last dependant: if a dependency comes earlier,
             // the search window is as small as it can be.
-            (Some((_, a)), _) => {
-                let at = self.slots[a as usize].pos;
-                match self.order.insert_after(at, v) {
-                    Some(p) => p,
-                    None if self.order.relabel_is_due() => {
-                        self.order.relabel();
-                        self.order.insert_after(at, v).unwrap_or_else(|| self.order.push_back(v))
-                    }
-                    None => self.order.push_back(v),
-                }
-            }
+            (Some((_, a)), _) => self.order.insert_after(self.slots[a as usize].pos, v),
             // Right before the first dependency.
-            (None, Some((_, b))) => {
-                let at = self.slots[b as usize].pos;
-                match self.order.insert_before(at, v) {
-                    Some(p) => p,
-                    None if self.order.relabel_is_due() => {
-                        self.order.relabel();
-                        self.order.insert_before(at, v).unwrap_or_else(|| self.order.push_front(v))
-                    }
-                    None => self.order.push_front(v),
-                }
-            }
+            (None, Some((_, b))) => self.order.insert_before(self.slots[b as usize].pos, v),
             (None, None) => self.order.push_front(v),
         };
         self.slots[v as usize].pos = pos;
@@ -875,14 +828,17 @@ impl DepGraph {
         self.refresh_labels();
     }
 
-    /// After the order relabelled itself, copies the new labels into the
-    /// components.
+    /// After the order relabelled some positions, copies their new labels
+    /// into the components.
     fn refresh_labels(&mut self) {
-        if self.order.take_relabelled() {
-            for (_, label, c) in self.order.iter() {
-                self.slots[c as usize].label = label;
-            }
+        let mut relabelled = std::mem::take(&mut self.relabelled);
+        relabelled.extend(self.order.take_relabelled());
+        for &p in &relabelled {
+            let c = self.order.comp(p);
+            self.slots[c as usize].label = self.order.label(p);
         }
+        relabelled.clear();
+        self.relabelled = relabelled;
     }
 
     /// Restores the topological order after edge `x → y` with
@@ -890,58 +846,35 @@ impl DepGraph {
     /// if the edge closed one.
     fn reorder(&mut self, x: u32, y: u32) {
         self.stats.searches += 1;
-        match self.two_way(x, y) {
-            TwoWay::Done => {}
-            TwoWay::Cycle => {
-                self.stats.cycles += 1;
-                let scc = self.find_scc(x, y);
-                self.contract(&scc);
-            }
-            TwoWay::NoRoom => self.pearce_kelly(x, y),
+        if let Some(scc) = self.two_way(x, y) {
+            self.stats.cycles += 1;
+            self.contract(&scc);
         }
     }
 
-    /// The components on paths `y ⇝ x` (the new SCC once `x → y` is in):
-    /// a forward search from y below label(x) and a backward search from x
-    /// above label(y) run in lockstep; the first to finish bounds the other,
-    /// which then only walks the finished side's set. Cost: about twice the
-    /// smaller search.
-    fn find_scc(&mut self, x: u32, y: u32) -> Vec<u32> {
-        let lb = self.slots[y as usize].label;
-        let ub = self.slots[x as usize].label;
-        let ep = self.next_epoch();
-        self.slots[y as usize].mark[MARK_F] = ep;
-        self.slots[x as usize].mark[MARK_B] = ep;
-        let mut fstack = vec![y];
-        let mut bstack = vec![x];
-        // Which side finished: forward (true) or backward (false).
-        let forward_done = loop {
-            let Some(c) = fstack.pop() else { break true };
-            self.expand(c, OUT, |s| s.label < ub, MARK_F, ep, &mut fstack);
-            let Some(c) = bstack.pop() else { break false };
-            self.expand(c, IN, |s| s.label > lb, MARK_B, ep, &mut bstack);
-        };
-        // Walk the other direction inside the finished side's marks.
-        let (start, dir, inside) = if forward_done { (x, IN, MARK_F) } else { (y, OUT, MARK_B) };
-        let seen = self.next_epoch();
-        self.slots[start as usize].mark[MARK_X] = seen;
-        let mut scc = vec![start];
-        let mut stack = vec![start];
+    /// The components on paths `y ⇝ x` (the new SCC once `x → y` is in),
+    /// after a [`Self::two_way`] search with epoch `ep` found one and ran to
+    /// its crossing point: every such component is labelled below f* (so the
+    /// forward search expanded it) or above b* (so the backward one did),
+    /// hence lies in the searched set U. The SCC is what y reaches and what
+    /// reaches x, both within U; the cost is that of U.
+    fn scc_within(&mut self, x: u32, y: u32, ep: u32) -> Vec<u32> {
+        let in_u = |s: &Slot| s.kind == Kind::Waiting && (s.mark[MARK_F] == ep || s.mark[MARK_B] == ep);
+        // Forward from y inside U, marked in MARK_M.
+        let mut stack = vec![y];
+        self.slots[y as usize].mark[MARK_M] = ep;
         while let Some(c) = stack.pop() {
-            let mut e = self.slots[c as usize].head[dir];
-            for _ in 0..self.slots[c as usize].len[dir] {
-                let edge = self.edges[e as usize];
-                e = edge.link[dir][0];
-                let d = self.slots[edge.ends[1 - dir] as usize].comp;
-                let ds = &mut self.slots[d as usize];
-                if ds.kind == Kind::Waiting && ds.mark[inside] == ep && ds.mark[MARK_X] != seen {
-                    ds.mark[MARK_X] = seen;
-                    scc.push(d);
-                    stack.push(d);
-                }
-            }
+            self.expand(c, OUT, in_u, MARK_M, ep, &mut stack);
         }
-        self.stats.visited += scc.len() as u64;
+        // Backward from x inside what y reaches, marked in MARK_X.
+        let mut scc = vec![x];
+        stack.push(x);
+        self.slots[x as usize].mark[MARK_X] = ep;
+        while let Some(c) = stack.pop() {
+            let before = stack.len();
+            self.expand(c, IN, |s| in_u(s) && s.mark[MARK_M] == ep, MARK_X, ep, &mut stack);
+            scc.extend_from_slice(&stack[before..]);
+        }
         scc
     }
 
@@ -1040,7 +973,7 @@ impl DepGraph {
     ///
     /// Changes nothing if the edge closes a cycle or the labels leave no room
     /// for the moved run.
-    fn two_way(&mut self, x: u32, y: u32) -> TwoWay {
+    fn two_way(&mut self, x: u32, y: u32) -> Option<Vec<u32>> {
         use std::cmp::Reverse;
         let lb = self.slots[y as usize].label;
         let ub = self.slots[x as usize].label;
@@ -1062,7 +995,7 @@ impl DepGraph {
         // Invariant: every descendant of y labelled below the forward
         // frontier is expanded (fwd), every ancestor of x labelled above the
         // backward frontier too (bwd).
-        'search: loop {
+        loop {
             let f = fheap.peek().map(|r| r.0.0);
             let Some(&(b, _)) = bheap.peek() else { break };
             let Some(f) = f else { break };
@@ -1082,8 +1015,9 @@ impl DepGraph {
                         continue;
                     }
                     if ds.mark[MARK_B] == ep {
+                        // A descendant of y that reaches x: a cycle. Keep
+                        // searching to bound the region the SCC lies in.
                         cycle = true;
-                        break 'search;
                     }
                     if ds.label < ub && ds.mark[MARK_F] != ep {
                         ds.mark[MARK_F] = ep;
@@ -1101,7 +1035,6 @@ impl DepGraph {
                     let ss = &mut self.slots[s as usize];
                     if ss.mark[MARK_F] == ep {
                         cycle = true;
-                        break 'search;
                     }
                     if ss.label > lb && ss.mark[MARK_B] != ep {
                         ss.mark[MARK_B] = ep;
@@ -1112,19 +1045,17 @@ impl DepGraph {
             forward = !forward;
         }
         self.stats.visited += (fwd.len() + bwd.len()) as u64;
-        if cycle { self.stats.relabels += (fwd.len() + bwd.len()) as u64; }
-        let outcome = if cycle {
-            TwoWay::Cycle
-        } else if self.move_run(&fheap, &bheap, &mut fwd, &mut bwd) {
-            TwoWay::Done
+        let scc = if cycle {
+            Some(self.scc_within(x, y, ep))
         } else {
-            TwoWay::NoRoom
+            self.move_run(&fheap, &bheap, &mut fwd, &mut bwd);
+            None
         };
         self.fheap = fheap;
         self.bheap = bheap;
         self.fwd = fwd;
         self.bwd = bwd;
-        outcome
+        scc
     }
 
     /// Second half of [`Self::two_way`]: with the frontiers crossed at
@@ -1139,7 +1070,7 @@ impl DepGraph {
         bheap: &std::collections::BinaryHeap<(u64, u32)>,
         fwd: &mut Vec<u32>,
         bwd: &mut Vec<u32>,
-    ) -> bool {
+    ) {
         let label = |slots: &[Slot], c: u32| slots[c as usize].label;
         // The pivot: right after label `after` (b*, or just before f*).
         let (after, start) = match (bheap.peek(), fheap.peek()) {
@@ -1148,9 +1079,14 @@ impl DepGraph {
                 let f = r.0;
                 (f.0 - 1, self.order.prev(self.slots[f.1 as usize].pos))
             }
-            // Unreachable: the search stops as soon as one heap is empty, and
-            // both start non-empty. Let the full search handle it.
-            (None, None) => return false,
+            // (Not reached: the search stops when one heap is empty.) Pivot
+            // after the last expanded descendant.
+            (None, None) => {
+                let Some(&m) = fwd.iter().max_by_key(|&&c| label(&self.slots, c)) else {
+                    return;
+                };
+                (label(&self.slots, m), self.slots[m as usize].pos)
+            }
         };
         fwd.retain(|&c| label(&self.slots, c) <= after);
         bwd.retain(|&c| label(&self.slots, c) > after);
@@ -1170,17 +1106,6 @@ impl DepGraph {
         while next != order::NIL && !stays(self, next) {
             next = self.order.next(next);
         }
-        let k = fwd.len() + bwd.len();
-        if !self.order.run_fits(anchor, next, k) {
-            if !self.order.relabel_is_due() {
-                return false;
-            }
-            self.order.relabel();
-            self.refresh_labels();
-            if !self.order.run_fits(anchor, next, k) {
-                return false;
-            }
-        }
         let mut run = std::mem::take(&mut self.stack);
         run.clear();
         run.extend(bwd.iter().copied());
@@ -1190,201 +1115,17 @@ impl DepGraph {
         }
         let mut positions = std::mem::take(&mut self.pool);
         positions.clear();
-        self.order.insert_run(anchor, next, &run, &mut positions);
+        self.order.insert_run(anchor, next, &run, |_, p| positions.push(p));
         for (&c, &p) in run.iter().zip(positions.iter()) {
-            let cs = &mut self.slots[c as usize];
-            cs.pos = p;
-            cs.label = self.order.label(p);
+            self.slots[c as usize].pos = p;
         }
+        for &p in &positions {
+            let c = self.order.comp(p);
+            self.slots[c as usize].label = self.order.label(p);
+        }
+        self.refresh_labels();
         self.stack = run;
         self.pool = positions;
-        true
-    }
-
-    /// Restores the topological order after edge `x → y` with
-    /// `label(x) > label(y)` (both waiting components), contracting the cycle
-    /// if the edge closed one: Pearce and Kelly's search of the whole region.
-    fn pearce_kelly(&mut self, x: u32, y: u32) {
-        let lb = self.slots[y as usize].label;
-        let ub = self.slots[x as usize].label;
-        let ep = self.next_epoch();
-        let mut stack = std::mem::take(&mut self.stack);
-        let mut fwd = std::mem::take(&mut self.fwd);
-        let mut bwd = std::mem::take(&mut self.bwd);
-        fwd.clear();
-        bwd.clear();
-        stack.clear();
-
-        // Forward from y: what y reaches below ub.
-        let mut cycle = false;
-        self.slots[y as usize].mark[MARK_F] = ep;
-        fwd.push(y);
-        stack.push(y);
-        while let Some(c) = stack.pop() {
-            let mut e = self.slots[c as usize].head[OUT];
-            for _ in 0..self.slots[c as usize].len[OUT] {
-                let edge = self.edges[e as usize];
-                e = edge.link[OUT][0];
-                let d = self.slots[edge.ends[IN] as usize].comp;
-                if d == x {
-                    cycle = true;
-                    continue;
-                }
-                let ds = &mut self.slots[d as usize];
-                if ds.kind == Kind::Waiting && ds.label < ub && ds.mark[MARK_F] != ep {
-                    ds.mark[MARK_F] = ep;
-                    fwd.push(d);
-                    stack.push(d);
-                }
-            }
-        }
-        // Backward from x: what reaches x above lb.
-        self.slots[x as usize].mark[MARK_B] = ep;
-        bwd.push(x);
-        stack.push(x);
-        while let Some(c) = stack.pop() {
-            let mut e = self.slots[c as usize].head[IN];
-            for _ in 0..self.slots[c as usize].len[IN] {
-                let edge = self.edges[e as usize];
-                e = edge.link[IN][0];
-                let s = self.slots[edge.ends[OUT] as usize].comp;
-                let ss = &mut self.slots[s as usize];
-                if ss.label > lb && ss.mark[MARK_B] != ep {
-                    ss.mark[MARK_B] = ep;
-                    bwd.push(s);
-                    stack.push(s);
-                }
-            }
-        }
-
-        self.stats.visited += (fwd.len() + bwd.len()) as u64;
-        if cycle {
-            self.stats.cycles += 1;
-        }
-        // The positions of the region, reused in the new order.
-        let mut pool = std::mem::take(&mut self.pool);
-        pool.clear();
-        pool.extend(bwd.iter().map(|&c| self.slots[c as usize].pos));
-        pool.extend(
-            fwd.iter()
-                .filter(|&&c| self.slots[c as usize].mark[MARK_B] != ep)
-                .map(|&c| self.slots[c as usize].pos),
-        );
-        pool.sort_unstable_by_key(|&p| self.order.label(p));
-        let by_label = |slots: &[Slot], v: &mut Vec<u32>| {
-            v.sort_unstable_by_key(|&c| slots[c as usize].label);
-        };
-        by_label(&self.slots, &mut bwd);
-        by_label(&self.slots, &mut fwd);
-
-        // The new order: what reaches x, [the new SCC], what y reaches. The
-        // SCC keeps as many pool positions as it has components and takes the
-        // first (the others are dropped): every label then stays above the
-        // labels of its outside dependants and below those of its outside
-        // dependencies (Pearce and Kelly's argument, with the contracted SCC
-        // padded to its size).
-        stack.clear();
-        if cycle {
-            // SCC = nodes on a path y ⇝ x = fwd ∩ bwd, plus x and y (y is
-            // only in fwd, x only in bwd).
-            let in_scc = |slots: &[Slot], c: u32| {
-                c == x
-                    || c == y
-                    || slots[c as usize].mark[MARK_F] == ep && slots[c as usize].mark[MARK_B] == ep
-            };
-            let mut scc: Vec<u32> =
-                fwd.iter().copied().filter(|&c| in_scc(&self.slots, c)).collect();
-            scc.push(x);
-            stack.extend(bwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)));
-            let before = stack.len();
-            let span = scc.len();
-            // (Collected first: merging takes a new epoch, which may reset marks.)
-            let rest: Vec<u32> =
-                fwd.iter().copied().filter(|&c| !in_scc(&self.slots, c)).collect();
-            let rep = self.merge(&scc);
-            stack.push(rep);
-            for &p in &pool[before + 1..before + span] {
-                self.order.remove(p);
-            }
-            pool.drain(before + 1..before + span);
-            stack.extend(rest);
-        } else {
-            stack.extend(bwd.iter().copied());
-            stack.extend(fwd.iter().copied());
-        }
-        debug_assert_eq!(stack.len(), pool.len());
-        for (&c, &p) in stack.iter().zip(pool.iter()) {
-            self.order.set_comp(p, c);
-            let cs = &mut self.slots[c as usize];
-            cs.pos = p;
-            cs.label = self.order.label(p);
-        }
-        stack.clear();
-        self.pool = pool;
-        self.stack = stack;
-        self.fwd = fwd;
-        self.bwd = bwd;
-    }
-
-    /// Contracts the components `comps` (waiting, mutually reachable) into
-    /// one; returns its representative. Edges between them are deleted.
-    fn merge(&mut self, comps: &[u32]) -> u32 {
-        let weight = |s: &Slot| s.size as u64 + s.len[OUT] as u64 + s.len[IN] as u64;
-        let mut rep = comps[0];
-        for &c in comps {
-            if weight(&self.slots[c as usize]) > weight(&self.slots[rep as usize]) {
-                rep = c;
-            }
-        }
-        let ep = self.next_epoch();
-        for &c in comps {
-            self.slots[c as usize].mark[MARK_M] = ep;
-        }
-        // Delete internal edges: each has an endpoint in a smaller component.
-        for &c in comps {
-            if c == rep {
-                continue;
-            }
-            for dir in [OUT, IN] {
-                let other = 1 - dir;
-                let mut e = self.slots[c as usize].head[dir];
-                for _ in 0..self.slots[c as usize].len[dir] {
-                    let edge = self.edges[e as usize];
-                    let next = edge.link[dir][0];
-                    let o = self.slots[edge.ends[other] as usize].comp;
-                    if self.slots[o as usize].mark[MARK_M] == ep {
-                        self.unlink(e, dir);
-                        self.unlink(e, other);
-                        self.free_edge(e);
-                    }
-                    e = next;
-                }
-            }
-        }
-        // Move members and splice the remaining lists into rep.
-        for &c in comps {
-            if c == rep {
-                continue;
-            }
-            let mut m = self.slots[c as usize].members[0];
-            while m != NIL {
-                self.slots[m as usize].comp = rep;
-                m = self.slots[m as usize].next_member;
-            }
-            let cs = self.slots[c as usize].clone();
-            let tail = self.slots[rep as usize].members[1];
-            self.slots[tail as usize].next_member = cs.members[0];
-            for dir in [OUT, IN] {
-                let h = self.splice(self.slots[rep as usize].head[dir], cs.head[dir], dir);
-                self.slots[rep as usize].head[dir] = h;
-            }
-            let r = &mut self.slots[rep as usize];
-            r.members[1] = cs.members[1];
-            r.size += cs.size;
-            r.len[OUT] += cs.len[OUT];
-            r.len[IN] += cs.len[IN];
-        }
-        rep
     }
 
     /// Makes every component in `queue` Ready (their out-lists are empty),

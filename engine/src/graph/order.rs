@@ -1,11 +1,11 @@
 //! The topological order of waiting components: a doubly linked list of
-//! positions carrying sparse `u64` labels (a simple order-maintenance list).
+//! positions carrying sparse `u64` labels (an order-maintenance list).
 //!
-//! A position belongs to one component at a time; reordering moves components
-//! between existing positions, so labels never need to be searched for.
-//! New positions go to either end or halfway between two neighbours; when a
-//! gap is used up the caller relabels the whole list (amortized against the
-//! placements since the last relabelling).
+//! Comparing two components is comparing their labels. New positions (one,
+//! or a run) go between two neighbours, spread over the gap between their
+//! labels; when a gap is used up, [`Order::make_room`] spreads a neighbourhood
+//! that doubles until it has room (Dietz and Sleator's relabelling idea,
+//! without their worst-case density thresholds).
 
 /// "No position".
 pub(super) const NIL: u32 = u32::MAX;
@@ -15,6 +15,9 @@ pub(super) const NIL: u32 = u32::MAX;
 const STRIDE: u64 = 1 << 24;
 /// The label of the first position.
 const MID: u64 = 1 << 63;
+/// The smallest spacing [`Order::make_room`] settles for (unless it spreads
+/// the whole list).
+const MIN_STEP: u64 = 1 << 16;
 
 /// One position of the list.
 #[derive(Debug, Clone, Copy)]
@@ -34,10 +37,8 @@ pub(super) struct Order {
     first: u32,
     last: u32,
     len: usize,
-    /// Placements since the last relabelling.
-    placed: usize,
-    /// Set by [`Self::relabel`], cleared by [`Self::take_relabelled`].
-    relabelled: bool,
+    /// Positions whose label changed since [`Self::take_relabelled`].
+    relabelled: Vec<u32>,
     /// Number of relabellings.
     relabels: u64,
 }
@@ -50,8 +51,7 @@ impl Order {
             first: NIL,
             last: NIL,
             len: 0,
-            placed: 0,
-            relabelled: false,
+            relabelled: Vec::new(),
             relabels: 0,
         }
     }
@@ -67,22 +67,6 @@ impl Order {
 
     pub(super) fn comp(&self, p: u32) -> u32 {
         self.pos[p as usize].comp
-    }
-
-    /// Moves component `c` to position `p`.
-    pub(super) fn set_comp(&mut self, p: u32, c: u32) {
-        self.pos[p as usize].comp = c;
-    }
-
-    /// Whether a relabelling now would be paid for by the placements since the
-    /// last one.
-    pub(super) fn relabel_is_due(&self) -> bool {
-        self.placed >= self.len
-    }
-
-    /// Counts a placement (for [`Self::relabel_is_due`]).
-    pub(super) fn count_placement(&mut self) {
-        self.placed += 1;
     }
 
     /// A new position for `c` between `prev` and `next` (neighbours, either
@@ -135,54 +119,31 @@ impl Order {
         self.relabels
     }
 
-    /// Whether labels changed since the last call (the caller refreshes the
-    /// labels it caches).
-    pub(super) fn take_relabelled(&mut self) -> bool {
-        std::mem::take(&mut self.relabelled)
+    /// The positions whose labels changed since the last call (the caller
+    /// refreshes the labels it caches).
+    pub(super) fn take_relabelled(&mut self) -> std::vec::Drain<'_, u32> {
+        self.relabelled.drain(..)
     }
 
-    /// A position for `c` in front of every other (may relabel).
+    /// A position for `c` in front of every other.
     pub(super) fn push_front(&mut self, c: u32) -> u32 {
-        if self.first == NIL {
-            return self.link(NIL, NIL, MID, c);
-        }
-        if self.label(self.first) < 2 * STRIDE {
-            self.relabel();
-        }
-        let l = self.label(self.first) - STRIDE;
-        self.link(NIL, self.first, l, c)
+        self.insert_one(NIL, self.first, c)
     }
 
-    /// A position for `c` behind every other (may relabel).
-    pub(super) fn push_back(&mut self, c: u32) -> u32 {
-        if self.last == NIL {
-            return self.link(NIL, NIL, MID, c);
-        }
-        if self.label(self.last) > u64::MAX - 2 * STRIDE {
-            self.relabel();
-        }
-        let l = self.label(self.last) + STRIDE;
-        self.link(self.last, NIL, l, c)
+    /// A position for `c` right after `p`.
+    pub(super) fn insert_after(&mut self, p: u32, c: u32) -> u32 {
+        self.insert_one(p, self.pos[p as usize].next, c)
     }
 
-    /// A position for `c` right after `p`, if the labels leave room.
-    pub(super) fn insert_after(&mut self, p: u32, c: u32) -> Option<u32> {
-        let next = self.pos[p as usize].next;
-        if next == NIL {
-            return Some(self.push_back(c));
-        }
-        let (a, b) = (self.label(p), self.label(next));
-        (b - a >= 2).then(|| self.link(p, next, a + (b - a) / 2, c))
+    /// A position for `c` right before `p`.
+    pub(super) fn insert_before(&mut self, p: u32, c: u32) -> u32 {
+        self.insert_one(self.pos[p as usize].prev, p, c)
     }
 
-    /// A position for `c` right before `p`, if the labels leave room.
-    pub(super) fn insert_before(&mut self, p: u32, c: u32) -> Option<u32> {
-        let prev = self.pos[p as usize].prev;
-        if prev == NIL {
-            return Some(self.push_front(c));
-        }
-        let (a, b) = (self.label(prev), self.label(p));
-        (b - a >= 2).then(|| self.link(prev, p, a + (b - a) / 2, c))
+    fn insert_one(&mut self, anchor: u32, next: u32, c: u32) -> u32 {
+        let mut out = [NIL];
+        self.insert_run(anchor, next, &[c], |i, p| out[i] = p);
+        out[0]
     }
 
     /// The position before `p` (`NIL` at the front).
@@ -225,42 +186,87 @@ impl Order {
         (step > 0).then_some((lo, step))
     }
 
-    /// Whether a run of `k` positions fits between `anchor` and `next`.
-    pub(super) fn run_fits(&self, anchor: u32, next: u32, k: usize) -> bool {
-        self.run_labels(anchor, next, k).is_some()
-    }
-
     /// Inserts a run of positions for `comps`, in that order, between
-    /// `anchor` and `next` (neighbours; `NIL` for an end), appending them to
-    /// `out`. The caller checked [`Self::run_fits`].
-    pub(super) fn insert_run(&mut self, anchor: u32, next: u32, comps: &[u32], out: &mut Vec<u32>) {
-        let Some((lo, step)) = self.run_labels(anchor, next, comps.len()) else {
-            debug_assert!(false, "insert_run without room");
-            return;
+    /// `anchor` and `next` (neighbours; `NIL` for an end), relabelling a
+    /// neighbourhood first if the labels leave no room. `placed(i, p)` is told
+    /// the position of `comps[i]`.
+    pub(super) fn insert_run(
+        &mut self,
+        anchor: u32,
+        next: u32,
+        comps: &[u32],
+        mut placed: impl FnMut(usize, u32),
+    ) {
+        let (lo, step) = match self.run_labels(anchor, next, comps.len()) {
+            Some(r) => r,
+            None => {
+                self.make_room(anchor, next, comps.len());
+                // make_room leaves at least one step per new position.
+                self.run_labels(anchor, next, comps.len()).unwrap_or((0, 0))
+            }
         };
+        debug_assert!(step > 0, "no room after make_room");
         let mut prev = anchor;
         for (i, &c) in comps.iter().enumerate() {
             let p = self.link(prev, next, lo + step * (i as u64 + 1), c);
-            out.push(p);
+            placed(i, p);
             prev = p;
         }
     }
 
-    /// Spreads all labels `STRIDE` apart around `MID`, keeping the order.
-    /// The caller must refresh the labels it caches (see
-    /// [`Self::take_relabelled`]).
-    pub(super) fn relabel(&mut self) {
-        self.relabelled = true;
-        self.relabels += 1;
-        let base = MID - (self.len as u64 / 2) * STRIDE;
-        let mut p = self.first;
-        let mut l = base;
-        while p != NIL {
-            self.pos[p as usize].label = l;
-            l += STRIDE;
-            p = self.pos[p as usize].next;
+    /// Relabels a window of positions around the gap between `anchor` and
+    /// `next` (neighbours; `NIL` for an end) so that a run of `k` positions
+    /// fits there. The window doubles until its labels can be spread at least
+    /// `MIN_STEP` apart (or it is the whole list), so its cost is about the
+    /// size of the crowded neighbourhood.
+    pub(super) fn make_room(&mut self, anchor: u32, next: u32, k: usize) {
+        let (mut first, mut last, mut count) = match (anchor, next) {
+            (NIL, NIL) => return,
+            (NIL, n) => (n, n, 1u64),
+            (a, NIL) => (a, a, 1),
+            (a, n) => (a, n, 2),
+        };
+        let k = k as u64;
+        loop {
+            let before = self.pos[first as usize].prev;
+            let after = self.pos[last as usize].next;
+            let lo = if before == NIL { 0 } else { self.label(before) };
+            let hi = if after == NIL { u64::MAX } else { self.label(after) };
+            let step = (hi - lo) / (count + k + 1);
+            if step >= MIN_STEP || (before == NIL && after == NIL) {
+                // Spread the window, leaving k steps free right after the
+                // anchor (at the start if the run goes to the front).
+                let mut i = if anchor == NIL { k } else { 0 };
+                let mut p = first;
+                loop {
+                    i += 1;
+                    self.pos[p as usize].label = lo + step * i;
+                    self.relabelled.push(p);
+                    if p == anchor {
+                        i += k;
+                    }
+                    if p == last {
+                        break;
+                    }
+                    p = self.pos[p as usize].next;
+                }
+                self.relabels += 1;
+                return;
+            }
+            let grow = count;
+            for _ in 0..grow {
+                let b = self.pos[first as usize].prev;
+                if b != NIL {
+                    first = b;
+                    count += 1;
+                }
+                let a = self.pos[last as usize].next;
+                if a != NIL {
+                    last = a;
+                    count += 1;
+                }
+            }
         }
-        self.placed = 0;
     }
 
     /// The positions in order, as `(position, label, component)`.
@@ -275,5 +281,68 @@ impl Order {
             p = here.next;
             Some(item)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NIL, Order};
+
+    /// Labels strictly increase along the list and the count matches.
+    fn check(o: &Order) -> Vec<u32> {
+        let items: Vec<(u32, u64, u32)> = o.iter().collect();
+        assert_eq!(items.len(), o.len());
+        for w in items.windows(2) {
+            assert!(w[0].1 < w[1].1, "labels {} !< {}", w[0].1, w[1].1);
+        }
+        items.iter().map(|&(_, _, c)| c).collect()
+    }
+
+    #[test]
+    fn nested_insertions_make_room() {
+        let mut o = Order::new();
+        let a = o.push_front(0);
+        let b = o.insert_after(a, 1);
+        // Always between `a` and the last inserted: halves the gap each time.
+        let mut prev = b;
+        for c in 2..2000 {
+            prev = o.insert_before(prev, c);
+        }
+        assert!(o.relabels() > 0);
+        let order = check(&o);
+        let mut expected = vec![0];
+        expected.extend((2..2000).rev());
+        expected.push(1);
+        assert_eq!(order, expected);
+        let _ = o.take_relabelled().count();
+    }
+
+    #[test]
+    fn runs_and_both_ends() {
+        let mut o = Order::new();
+        let mut first = o.push_front(0);
+        for c in 1..300 {
+            first = o.push_front(c);
+        }
+        let mut placed = Vec::new();
+        // Large runs into the same gap, many times.
+        for round in 0..50u32 {
+            let comps: Vec<u32> = (0..64).map(|i| 1000 + round * 64 + i).collect();
+            o.insert_run(first, o.next_of(first), &comps, |_, p| placed.push(p));
+        }
+        let mut last = NIL;
+        for (p, _, _) in o.iter() {
+            last = p;
+        }
+        o.insert_run(last, NIL, &[7777], |_, _| {});
+        o.insert_run(NIL, o.next_of(NIL), &[8888], |_, _| {});
+        let order = check(&o);
+        assert_eq!(order.len(), 300 + 50 * 64 + 2);
+        assert_eq!(order[0], 8888);
+        assert_eq!(*order.last().unwrap_or(&0), 7777);
+        for p in placed {
+            o.remove(p);
+        }
+        assert_eq!(check(&o).len(), 302);
     }
 }
