@@ -290,6 +290,9 @@ struct Slot {
     waker: Option<Waker>,
     callback: Option<Callback>,
     helper: Option<Arc<PoolShared>>,
+    /// Threads blocked on `done`: completing notifies only when there are
+    /// some (a notify is a system call).
+    sleepers: u32,
 }
 
 impl fmt::Debug for LookupShared {
@@ -327,8 +330,11 @@ impl LookupShared {
         slot.result = Some(result);
         let waker = slot.waker.take();
         let helper = slot.helper.take();
+        let sleepers = slot.sleepers > 0;
         drop(slot);
-        self.done.notify_all();
+        if sleepers {
+            self.done.notify_all();
+        }
         if let Some(helper) = helper {
             helper.wake();
         }
@@ -444,7 +450,11 @@ impl Lookup {
             let mut slot = shared.slot.lock();
             while !slot.completed {
                 match deadline {
-                    None => slot = shared.done.wait(slot),
+                    None => {
+                        slot.sleepers += 1;
+                        slot = shared.done.wait(slot);
+                        slot.sleepers -= 1;
+                    }
                     Some((at, _)) => {
                         let now = Instant::now();
                         if now >= at {
@@ -453,7 +463,9 @@ impl Lookup {
                             slot = shared.slot.lock();
                             continue;
                         }
+                        slot.sleepers += 1;
                         slot = shared.done.wait_timeout(slot, at - now);
+                        slot.sleepers -= 1;
                     }
                 }
             }
@@ -466,7 +478,9 @@ impl Lookup {
             }
             let mut slot = shared.slot.lock();
             while !slot.completed {
+                slot.sleepers += 1;
                 slot = shared.done.wait(slot);
+                slot.sleepers -= 1;
             }
         }
     }

@@ -84,22 +84,28 @@ pub(crate) struct Reply<T>(Arc<ReplySlot<T>>);
 pub(crate) struct ReplyWait<T>(Arc<ReplySlot<T>>);
 
 struct ReplySlot<T> {
-    value: Mutex<Option<T>>,
+    /// The value, and whether the receiver sleeps (then sending notifies).
+    value: Mutex<(Option<T>, bool)>,
     ready: Condvar,
 }
 
 impl<T> Reply<T> {
     pub(crate) fn new() -> (Reply<T>, ReplyWait<T>) {
         let slot = Arc::new(ReplySlot {
-            value: Mutex::new(None),
+            value: Mutex::new((None, false)),
             ready: Condvar::new(),
         });
         (Reply(slot.clone()), ReplyWait(slot))
     }
 
     pub(crate) fn send(self, value: T) {
-        *self.0.value.lock() = Some(value);
-        self.0.ready.notify_all();
+        let mut slot = self.0.value.lock();
+        slot.0 = Some(value);
+        let sleeping = slot.1;
+        drop(slot);
+        if sleeping {
+            self.0.ready.notify_all();
+        }
     }
 }
 
@@ -107,12 +113,13 @@ impl<T> ReplyWait<T> {
     /// Blocks until the reply arrives. The actor answers every request it
     /// receives (dropped replies answer nothing, so every handler sends).
     pub(crate) fn wait(self) -> T {
-        let mut value = self.0.value.lock();
+        let mut slot = self.0.value.lock();
         loop {
-            if let Some(v) = value.take() {
+            if let Some(v) = slot.0.take() {
                 return v;
             }
-            value = self.0.ready.wait(value);
+            slot.1 = true;
+            slot = self.0.ready.wait(slot);
         }
     }
 }

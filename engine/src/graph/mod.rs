@@ -411,7 +411,10 @@ impl DepGraph {
 
     /// The work done so far (searches, visits, cycles, relabellings).
     pub fn stats(&self) -> GraphStats {
-        GraphStats { relabels: self.order.relabels(), ..self.stats }
+        GraphStats {
+            relabels: self.order.relabels(),
+            ..self.stats
+        }
     }
 
     /// Whether `n` is emitted and not yet Ready (and not failed).
@@ -859,7 +862,8 @@ impl DepGraph {
     /// hence lies in the searched set U. The SCC is what y reaches and what
     /// reaches x, both within U; the cost is that of U.
     fn scc_within(&mut self, x: u32, y: u32, ep: u32) -> Vec<u32> {
-        let in_u = |s: &Slot| s.kind == Kind::Waiting && (s.mark[MARK_F] == ep || s.mark[MARK_B] == ep);
+        let in_u =
+            |s: &Slot| s.kind == Kind::Waiting && (s.mark[MARK_F] == ep || s.mark[MARK_B] == ep);
         // Forward from y inside U, marked in MARK_M.
         let mut stack = vec![y];
         self.slots[y as usize].mark[MARK_M] = ep;
@@ -872,7 +876,14 @@ impl DepGraph {
         self.slots[x as usize].mark[MARK_X] = ep;
         while let Some(c) = stack.pop() {
             let before = stack.len();
-            self.expand(c, IN, |s| in_u(s) && s.mark[MARK_M] == ep, MARK_X, ep, &mut stack);
+            self.expand(
+                c,
+                IN,
+                |s| in_u(s) && s.mark[MARK_M] == ep,
+                MARK_X,
+                ep,
+                &mut stack,
+            );
             scc.extend_from_slice(&stack[before..]);
         }
         scc
@@ -956,7 +967,9 @@ impl DepGraph {
         for e in relink {
             self.link(e, OUT);
             self.link(e, IN);
-            let [a, b] = self.edges[e as usize].ends.map(|s| self.slots[s as usize].comp);
+            let [a, b] = self.edges[e as usize]
+                .ends
+                .map(|s| self.slots[s as usize].comp);
             let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
             if sb.kind == Kind::Waiting && sa.label > sb.label {
                 self.reorder(a, b);
@@ -1003,7 +1016,9 @@ impl DepGraph {
                 break;
             }
             if forward {
-                let Some(Reverse((_, c))) = fheap.pop() else { break };
+                let Some(Reverse((_, c))) = fheap.pop() else {
+                    break;
+                };
                 fwd.push(c);
                 let mut e = self.slots[c as usize].head[OUT];
                 for _ in 0..self.slots[c as usize].len[OUT] {
@@ -1115,7 +1130,8 @@ impl DepGraph {
         }
         let mut positions = std::mem::take(&mut self.pool);
         positions.clear();
-        self.order.insert_run(anchor, next, &run, |_, p| positions.push(p));
+        self.order
+            .insert_run(anchor, next, &run, |_, p| positions.push(p));
         for (&c, &p) in run.iter().zip(positions.iter()) {
             self.slots[c as usize].pos = p;
         }

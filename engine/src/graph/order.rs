@@ -72,7 +72,12 @@ impl Order {
     /// A new position for `c` between `prev` and `next` (neighbours, either
     /// may be `NIL` for an end) with `label`.
     fn link(&mut self, prev: u32, next: u32, label: u64, c: u32) -> u32 {
-        let p = Pos { label, prev, next, comp: c };
+        let p = Pos {
+            label,
+            prev,
+            next,
+            comp: c,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 self.pos[i as usize] = p;
@@ -231,7 +236,11 @@ impl Order {
             let before = self.pos[first as usize].prev;
             let after = self.pos[last as usize].next;
             let lo = if before == NIL { 0 } else { self.label(before) };
-            let hi = if after == NIL { u64::MAX } else { self.label(after) };
+            let hi = if after == NIL {
+                u64::MAX
+            } else {
+                self.label(after)
+            };
             let step = (hi - lo) / (count + k + 1);
             if step >= MIN_STEP || (before == NIL && after == NIL) {
                 // Spread the window, leaving k steps free right after the
