@@ -291,6 +291,8 @@ struct Inbox {
     /// An empty buffer kept for the next drain, so steady traffic allocates
     /// nothing.
     spare: VecDeque<Msg>,
+    /// Likewise for effects.
+    spare_effects: Vec<Effect>,
     driving: bool,
 }
 
@@ -319,6 +321,7 @@ impl SessionCore {
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
                 spare: VecDeque::new(),
+                spare_effects: Vec::new(),
                 driving: false,
             }),
             state: Mutex::new(State::new()),
@@ -346,7 +349,7 @@ impl SessionCore {
             }
             inbox.driving = true;
         }
-        self.drive(Vec::new());
+        self.drive(None);
     }
 
     /// A synchronous request. When nobody drives the mailbox, this thread
@@ -369,26 +372,31 @@ impl SessionCore {
             return wait.wait();
         }
         inbox.driving = true;
+        let mut effects = std::mem::take(&mut inbox.spare_effects);
         drop(inbox);
-        let mut effects = Vec::new();
         let mut state = self.state.lock();
         if state.has_ended() {
             // Let the handler refuse it the one way it refuses everything.
             let (reply, wait) = Reply::new();
             state.handle(self, message(payload, reply), &mut effects);
             drop(state);
-            self.drive(effects);
+            self.drive(Some(effects));
             return wait.wait();
         }
         let result = direct(&mut state, self, payload, &mut effects);
         drop(state);
-        self.drive(effects);
+        self.drive(Some(effects));
         result
     }
 
-    /// Drains the mailbox, then — no longer the driver — runs the effects.
-    fn drive(self: &Arc<Self>, mut effects: Vec<Effect>) {
+    /// Drains the mailbox, then — no longer the driver — runs the effects
+    /// (those of a direct request first, when given).
+    fn drive(self: &Arc<Self>, effects: Option<Vec<Effect>>) {
         let mut batch = VecDeque::new();
+        let mut effects = match effects {
+            Some(effects) => effects,
+            None => std::mem::take(&mut self.inbox.lock().spare_effects),
+        };
         loop {
             {
                 let mut inbox = self.inbox.lock();
@@ -409,8 +417,16 @@ impl SessionCore {
                 state.handle(self, msg, &mut effects);
             }
         }
-        for effect in effects {
+        for effect in effects.drain(..) {
             self.run_effect(effect);
+        }
+        // Keep the (empty) buffer for the next driver; nested drives while
+        // effects ran may have left one already.
+        if effects.capacity() > 0 {
+            let mut inbox = self.inbox.lock();
+            if inbox.spare_effects.capacity() < effects.capacity() {
+                inbox.spare_effects = effects;
+            }
         }
     }
 

@@ -618,9 +618,10 @@ impl State {
         let mut duplicates = Vec::new();
         let mut overridden = Vec::new();
         let mut new_discarded = Vec::new();
+        // Names repeated within this definition are duplicates too.
         let mut seen = FixedSet::default();
         for (i, (name, flags)) in symbols.iter().enumerate() {
-            if !seen.insert(name.clone()) {
+            if symbols.len() > 1 && !seen.insert(name.clone()) {
                 duplicates.push(name.clone());
                 continue;
             }
@@ -645,7 +646,8 @@ impl State {
                 names: duplicates,
             });
         }
-        let dylib_handle = self.dylib_handle(core, dylib);
+        let dylib_handle = (!overridden.is_empty() || !new_discarded.is_empty())
+            .then(|| self.dylib_handle(core, dylib));
         for sid in overridden {
             let s = &self.syms[sid as usize];
             let (uid, name, old_tracker) = (s.unit, s.name.clone(), s.tracker);
@@ -654,7 +656,7 @@ impl State {
                 unit.syms.retain(|&x| x != sid);
                 let cell = unit.cell.clone();
                 let empty = unit.syms.is_empty();
-                let handle = dylib_handle.clone();
+                let handle = dylib_handle.clone().expect("made when overriding");
                 fx.push(Effect::Dispatch(Task::new(
                     "discard overridden weak definition",
                     move || {
@@ -683,7 +685,7 @@ impl State {
                 for &i in &new_discarded {
                     let cell = cell.clone();
                     let name = symbols[i].0.clone();
-                    let handle = dylib_handle.clone();
+                    let handle = dylib_handle.clone().expect("made when discarding");
                     fx.push(Effect::Dispatch(Task::new(
                         "discard weak definition",
                         move || {

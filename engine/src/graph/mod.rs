@@ -28,26 +28,36 @@
 //! * **Ready cascade.** A waiting component whose out-edge count is zero is
 //!   Ready. Its in-edges are walked once; each one decrements its source
 //!   component's counter, and components that reach zero follow.
-//! * **Cycles.** Out-edges are only ever added when their source is emitted,
+//! * **Order.** Out-edges are only ever added when their source is emitted,
 //!   so a cycle can only close through a node being emitted. Waiting
-//!   components carry labels forming a topological order (dependants before
-//!   dependencies) maintained incrementally in the style of Pearce and Kelly
-//!   (*A dynamic topological sort algorithm for directed acyclic graphs*,
-//!   JEA 2006). A node being emitted is placed so that no search is needed
-//!   whenever possible: in front of everything when nothing waits on it yet,
-//!   behind everything when it waits on nothing that is waiting, otherwise
-//!   between its last dependant and its first dependency when they are in
-//!   that order (labels are sparse `u64`s kept in an ordered map). Only an
-//!   edge that still points backwards triggers a search, bounded by the two
-//!   labels (the *affected region*): forward from the dependency, backward
-//!   from the dependant. If the searches meet, the nodes on the paths form a
-//!   new SCC and are contracted into one component; otherwise the region is
-//!   reordered with the labels it already had.
-//! * **Contraction** merges the smaller components into the one with the most
-//!   members and edges: only the smaller ones' members are relabelled and only
-//!   their edge lists are scanned for edges that became internal (every
-//!   internal edge has an endpoint in a smaller component); the lists are
-//!   spliced in O(1).
+//!   components sit in a topological order (dependants before dependencies):
+//!   an order-maintenance list of positions with sparse `u64` labels
+//!   (`order.rs`), so comparing two components is comparing two integers.
+//! * **Placement.** A node being emitted goes right behind its last waiting
+//!   dependant, or, if nothing waits on it yet, right before its first
+//!   waiting dependency (in front of everything if neither). Then none of its
+//!   edges point backwards unless a dependant already comes after a
+//!   dependency — no search at all for chains emitted in either direction,
+//!   for groups, or for a cycle until the edge that closes it.
+//! * **Backward edges.** An edge `x → y` with `y` before `x` starts a
+//!   two-way search (Haeupler, Kavitha, Mathew, Sen and Tarjan, *Incremental
+//!   cycle detection, topological ordering, and strong component
+//!   maintenance*, TALG 2012): forward from `y` in increasing label order and
+//!   backward from `x` in decreasing label order, alternating, until the two
+//!   frontiers cross. Its cost follows the smaller side, not the whole region
+//!   between the two labels that Pearce and Kelly's algorithm searches. The
+//!   expanded ancestors of `x` and descendants of `y` on the wrong side of
+//!   the crossing point move there as one run (ancestors first), keeping
+//!   their relative order.
+//! * **Cycles.** If the two searches meet, the edge closed a cycle. Every node
+//!   of the new SCC lies in the searched set, so the SCC is found inside it
+//!   (what `y` reaches there that reaches `x`). The SCC is contracted into its
+//!   component with the most members and edges, which keeps its position;
+//!   the smaller components' members are relabelled, their internal edges
+//!   deleted and their other edges put back one at a time from the merged
+//!   component, each repairing the order like a new edge if it points
+//!   backwards (no new cycle can appear). Only the smaller side is touched,
+//!   so a big SCC that keeps growing is not rescanned.
 //! * **Groups.** A group with several defs and several deps gets one hidden
 //!   node (defs → hidden → deps), so it costs `defs + deps` edges instead of
 //!   `defs × deps`. The hidden node is always emitted, so reachability between
@@ -59,20 +69,28 @@
 //!
 //! With `n` nodes and `m` edges over the graph's lifetime:
 //!
-//! * emission, placement, the Ready cascade and failure cost `O((n + m) log n)`
-//!   in total (the `log n` is the ordered label map);
-//! * contraction costs `O((n + m) log n)` in total by the small-to-large
-//!   argument (a member is relabelled only when its component at least
-//!   doubles; an edge is scanned while on the smaller side or deleted once);
-//! * a backward edge costs a search of its affected region. Placement avoids
-//!   every search for chains emitted in either direction, for one cycle
-//!   emitted in order (one search, when it closes), for groups, and for all
-//!   emissions where a node's dependants already precede its dependencies.
-//!   **Worst case:** incremental topological ordering has no known
-//!   near-linear bound; an adversarial emission order can make the searches
-//!   cost `O(n)` each, `O(n · (n + m))` in total. The benchmark
-//!   `benches/benches/dep_graph.rs` measures the emission orders the engine
-//!   sees (chains both ways, one big cycle, random DAGs in random order).
+//! * emission, placement, the Ready cascade and failure are `O(n + m)` in
+//!   total, plus label maintenance: a new position takes half of a gap, and a
+//!   used-up gap relabels a doubling neighbourhood until it has room
+//!   (Dietz–Sleator style, without their worst-case density bounds);
+//! * contraction relabels a member only when its component at least doubles
+//!   (`O(n log n)` in total) and moves each edge only while it is on the
+//!   smaller side;
+//! * a backward edge costs its two-way search, `O(k log k)` for `k`
+//!   components visited (two binary heaps), plus the SCC extraction inside
+//!   the same `k` when it closes a cycle.
+//!
+//! **Worst case:** incremental topological ordering and SCC maintenance have
+//! no known near-linear algorithm. Haeupler et al. prove `O(m^{3/2})` in
+//! total for a two-way search that balances edges; this one alternates
+//! nodes and claims no bound beyond the trivial `O(n · (n + m) log n)`, which
+//! an adversarial emission order could approach. What it does on the orders
+//! the engine sees is measured, deterministically, by [`GraphStats`] in
+//! `benches/benches/dep_graph.rs`: at N = 2.5k / 10k / 40k, components
+//! visited by searches stay proportional to N (random DAG in random order:
+//! 2.6k / 9.6k / 41k; one cycle emitted in random order: 16k / 76k / 331k;
+//! chains of 5-cycles in random order: 13k / 55k / 243k), and chains in
+//! either direction and the W5 DAG emitted dependants first need no search.
 //!
 //! Memory is `O(waiting + unemitted-but-depended-on + edges among them)`,
 //! plus one `u32` per [`NodeId`] up to the largest id seen (the id → slot
@@ -977,15 +995,15 @@ impl DepGraph {
         }
     }
 
-    /// Tries to restore the order after edge `x → y` (`label(x) > label(y)`)
-    /// with a two-way search that visits the region in label order and stops
-    /// as soon as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen and
-    /// Tarjan, *Incremental cycle detection, topological ordering, and strong
+    /// Restores the order after edge `x → y` (`label(x) > label(y)`) with a
+    /// two-way search that visits the region in label order and stops as soon
+    /// as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen and Tarjan,
+    /// *Incremental cycle detection, topological ordering, and strong
     /// component maintenance*, TALG 2012, §3). Its cost follows the smaller
     /// side of the region rather than the whole region.
     ///
-    /// Changes nothing if the edge closes a cycle or the labels leave no room
-    /// for the moved run.
+    /// If the edge closes a cycle, changes no order and returns the new SCC's
+    /// components instead.
     fn two_way(&mut self, x: u32, y: u32) -> Option<Vec<u32>> {
         use std::cmp::Reverse;
         let lb = self.slots[y as usize].label;

@@ -367,3 +367,49 @@ fn many_placements_between_neighbours_force_relabelling() {
     assert_eq!(ready.len(), 202);
     assert_eq!(g.waiting_len(), 0);
 }
+
+#[test]
+fn placement_needs_no_search_for_chains_and_one_for_a_cycle() {
+    let n = 1000;
+    // Dependants first.
+    let mut g = DepGraph::new();
+    for i in (1..n).rev() {
+        emit1(&mut g, i, &[i - 1]);
+    }
+    assert_eq!(emit1(&mut g, 0, &[]).len(), n as usize);
+    assert_eq!(g.stats().searches, 0);
+    // ORC's W3 order: dependencies first, each waiting on the first.
+    let mut g = DepGraph::new();
+    for i in 1..n {
+        emit1(&mut g, i, &[i - 1]);
+    }
+    assert_eq!(emit1(&mut g, 0, &[]).len(), n as usize);
+    assert_eq!(g.stats().searches, 0);
+    // One cycle emitted in order: one search, when it closes, visiting each
+    // component a bounded number of times.
+    let mut g = DepGraph::new();
+    for i in 0..n - 1 {
+        emit1(&mut g, i, &[i + 1]);
+    }
+    assert_eq!(emit1(&mut g, n - 1, &[0]).len(), n as usize);
+    let stats = g.stats();
+    assert_eq!((stats.searches, stats.cycles), (1, 1));
+    assert!(stats.visited <= 3 * u64::from(n), "{stats:?}");
+}
+
+#[test]
+fn growing_scc_absorbs_small_cycles() {
+    // A big SCC {0, 1} that keeps absorbing new 2-cycles hanging off it.
+    let mut g = DepGraph::new();
+    emit1(&mut g, 0, &[1]);
+    emit1(&mut g, 1, &[0, 2]);
+    for i in 1..200u32 {
+        let (a, b) = (2 * i, 2 * i + 1);
+        // a -> b -> (back into the big SCC) and a is what the SCC waits on.
+        assert!(emit1(&mut g, a, &[b]).is_empty());
+        assert!(emit1(&mut g, b, &[0, a + 2]).is_empty());
+    }
+    assert_eq!(g.waiting_len(), 400);
+    assert_eq!(g.blockers(0, 10), [400]);
+    assert_eq!(emit1(&mut g, 400, &[]).len(), 401);
+}
