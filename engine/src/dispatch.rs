@@ -150,7 +150,7 @@ impl fmt::Debug for WorkerPool {
 }
 
 fn worker_loop(shared: Arc<PoolShared>) {
-    CURRENT_POOL.with(|p| *p.borrow_mut() = Some(shared.clone()));
+    let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = Some(shared.clone()));
     loop {
         let task = {
             let mut q = shared.queue.lock();
@@ -169,7 +169,7 @@ fn worker_loop(shared: Arc<PoolShared>) {
             None => break,
         }
     }
-    CURRENT_POOL.with(|p| *p.borrow_mut() = None);
+    let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = None);
 }
 
 /// Runs a task so that a panicking user callback cannot kill a worker.
@@ -198,11 +198,13 @@ impl Dispatcher for WorkerPool {
     fn shutdown(&self) {
         self.shared.queue.lock().shutdown = true;
         self.shared.wakeup.notify_all();
-        let on_worker = CURRENT_POOL.with(|p| {
-            p.borrow()
-                .as_ref()
-                .is_some_and(|cur| Arc::ptr_eq(cur, &self.shared))
-        });
+        let on_worker = CURRENT_POOL
+            .try_with(|p| {
+                p.borrow()
+                    .as_ref()
+                    .is_some_and(|cur| Arc::ptr_eq(cur, &self.shared))
+            })
+            .unwrap_or(false);
         if on_worker {
             // A worker cannot join itself; the others finish on their own.
             return;
@@ -222,7 +224,9 @@ impl Drop for WorkerPool {
 
 /// The pool the current thread works for, if any.
 pub(crate) fn current_pool() -> Option<Arc<PoolShared>> {
-    CURRENT_POOL.with(|p| p.borrow().clone())
+    // During thread teardown (e.g. from an `atexit` hook) the slot may be
+    // gone: then this thread works for no pool.
+    CURRENT_POOL.try_with(|p| p.borrow().clone()).ok().flatten()
 }
 
 impl PoolShared {

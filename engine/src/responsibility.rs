@@ -69,7 +69,11 @@ thread_local_const! {
 
 /// The responsibility whose `materialize` is running on this thread.
 pub(crate) fn current_materialization() -> Option<RespId> {
-    MATERIALIZING.with(|m| m.borrow().last().copied())
+    // Thread-locals may already be destroyed (e.g. in an `atexit` hook).
+    MATERIALIZING
+        .try_with(|m| m.borrow().last().copied())
+        .ok()
+        .flatten()
 }
 
 /// Runs a unit's `materialize` as the body of a task: records the
@@ -86,18 +90,20 @@ pub(crate) fn run_materialization(cell: UnitCell, responsibility: Responsibility
         )));
         return;
     };
-    MATERIALIZING.with(|m| m.borrow_mut().push(id));
+    let _ = MATERIALIZING.try_with(|m| m.borrow_mut().push(id));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         unit.materialize(responsibility)
     }));
-    MATERIALIZING.with(|m| m.borrow_mut().pop());
+    let _ = MATERIALIZING.try_with(|m| m.borrow_mut().pop());
     if let Err(payload) = outcome {
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a non-string panic payload".to_string());
-        let dropped = DROPPED_IN_PANIC.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        let dropped = DROPPED_IN_PANIC
+            .try_with(|d| std::mem::take(&mut *d.borrow_mut()))
+            .unwrap_or_default();
         for resp in dropped {
             core.send(Msg::Fail {
                 resp,
@@ -254,8 +260,12 @@ impl Drop for Responsibility {
         }
         if std::thread::panicking() && current_materialization().is_some() {
             // The enclosing task wrapper knows the panic message.
-            DROPPED_IN_PANIC.with(|d| d.borrow_mut().push(self.id));
-            return;
+            if DROPPED_IN_PANIC
+                .try_with(|d| d.borrow_mut().push(self.id))
+                .is_ok()
+            {
+                return;
+            }
         }
         let cause = if std::thread::panicking() {
             Error::Panicked {

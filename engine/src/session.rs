@@ -516,13 +516,11 @@ impl Dylib {
     /// The state of `name` in this dylib, if defined (for diagnostics and
     /// tests; it may change the moment it is read).
     pub fn symbol_state(&self, name: &SymbolName) -> Option<SymbolState> {
-        let (reply, wait) = Reply::new();
-        self.core.send(Msg::QueryState {
-            dylib: self.id(),
-            name: name.clone(),
-            reply,
-        });
-        wait.wait()
+        self.core.request(
+            (self.id(), name.clone()),
+            |st, _, (dylib, name), _| st.symbol_state(dylib, &name),
+            |(dylib, name), reply| Msg::QueryState { dylib, name, reply },
+        )
     }
 
     /// Convenience: looks `names` up in this dylib alone (all symbols) and

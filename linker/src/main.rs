@@ -288,6 +288,7 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
     env_ptrs.push(std::ptr::null_mut());
 
     install_fatal_signal_handlers();
+    end_session_at_exit(&session);
     layer.run_initializers();
     let run_start = Instant::now();
     // SAFETY: `address` is the entry point of code kiln just linked, Ready
@@ -368,6 +369,27 @@ fn print_stats(
         );
     }
     eprintln!("  total                  {:10.3} ms", ms(total));
+}
+
+/// The session to end if the program calls `exit` itself.
+static SESSION_AT_EXIT: std::sync::OnceLock<Session> = std::sync::OnceLock::new();
+
+/// If the JIT'd program calls `exit()` instead of returning, its images'
+/// finalizers and `atexit` handlers must still run before the process goes
+/// (and before libc flushes stdio): end the session from libc's exit list.
+fn end_session_at_exit(session: &Session) {
+    extern "C" fn at_exit() {
+        if let Some(session) = SESSION_AT_EXIT.get() {
+            session.end();
+        }
+    }
+    if SESSION_AT_EXIT.set(session.clone()).is_ok() {
+        // SAFETY: `at_exit` is a plain `extern "C" fn()` that only ends the
+        // session (idempotent); registering it has no other precondition.
+        unsafe {
+            libc::atexit(at_exit);
+        }
+    }
 }
 
 /// If the JIT'd program dies of a fatal signal, say so and exit with

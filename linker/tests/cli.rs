@@ -47,12 +47,24 @@ fn no_arguments_runs_the_bundled_example_and_says_so() {
     let out = kiln().output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("linked in-process by kiln (constructor ran: yes)"), "{}", show(&out));
+    assert!(
+        stdout.contains("linked in-process by kiln (constructor ran: yes)"),
+        "{}",
+        show(&out)
+    );
     assert!(stdout.contains("fib(30) = 832040"), "{}", show(&out));
-    assert!(stdout.contains("sorted: emit link materialize ready relocate resolve"), "{}", show(&out));
+    assert!(
+        stdout.contains("sorted: emit link materialize ready relocate resolve"),
+        "{}",
+        show(&out)
+    );
     assert!(stdout.contains("atexit handler ran"), "{}", show(&out));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("bundled example") && stderr.contains("main returned 0"), "{}", show(&out));
+    assert!(
+        stderr.contains("bundled example") && stderr.contains("main returned 0"),
+        "{}",
+        show(&out)
+    );
 }
 
 const ARGS_MAIN: &str = r#"
@@ -69,7 +81,12 @@ const HELPER: &str = "int helper(int x) { return 30 + x; }\n";
 #[test]
 fn argv_and_the_exit_status_follow_main() {
     let dir = scratch("args");
-    for flags in [&["-O0"][..], &["-O2"], &["-O2", "-fPIC"], &["-O2", "-fno-pie"]] {
+    for flags in [
+        &["-O0"][..],
+        &["-O2"],
+        &["-O2", "-fPIC"],
+        &["-O2", "-fno-pie"],
+    ] {
         let main = compile(&dir, "main", ARGS_MAIN, flags);
         let helper = compile(&dir, "helper", HELPER, flags);
         let out = kiln()
@@ -79,17 +96,54 @@ fn argv_and_the_exit_status_follow_main() {
             .args(["--", "seven", "x y"])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(30 + 3 + 7), "{flags:?}: {}", show(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(30 + 3 + 7),
+            "{flags:?}: {}",
+            show(&out)
+        );
         let stdout = text(&out.stdout);
-        assert!(stdout.contains(&format!("argv[0]={}", main.display())), "{}", show(&out));
-        assert!(stdout.contains("argv[1]=seven") && stdout.contains("argv[2]=x y"), "{}", show(&out));
+        assert!(
+            stdout.contains(&format!("argv[0]={}", main.display())),
+            "{}",
+            show(&out)
+        );
+        assert!(
+            stdout.contains("argv[1]=seven") && stdout.contains("argv[2]=x y"),
+            "{}",
+            show(&out)
+        );
     }
+}
+
+#[test]
+fn exit_called_by_the_program_still_runs_its_atexit_handlers() {
+    let dir = scratch("exit");
+    let o = compile(
+        &dir,
+        "exits",
+        "#include <stdio.h>\n#include <stdlib.h>\nstatic void bye(void) { puts(\"handler ran\"); }\nint main(void) { atexit(bye); puts(\"exiting\"); exit(9); }\n",
+        &["-O2"],
+    );
+    let out = kiln().arg("run").arg(&o).output().unwrap();
+    assert_eq!(out.status.code(), Some(9), "{}", show(&out));
+    assert_eq!(
+        text(&out.stdout),
+        "exiting\nhandler ran\n",
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
 fn a_crash_exits_with_128_plus_the_signal() {
     let dir = scratch("crash");
-    let o = compile(&dir, "crash", "int main(void) { volatile int *p = 0; return *p; }\n", &["-O0"]);
+    let o = compile(
+        &dir,
+        "crash",
+        "int main(void) { volatile int *p = 0; return *p; }\n",
+        &["-O0"],
+    );
     let out = kiln().arg("run").arg(&o).output().unwrap();
     assert_eq!(out.status.code(), Some(128 + 11), "{}", show(&out));
     assert!(text(&out.stderr).contains("SIGSEGV"), "{}", show(&out));
@@ -107,7 +161,11 @@ fn missing_symbols_are_all_named_with_their_objects() {
     let out = kiln().arg("run").arg(&o).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("alpha_missing") && stderr.contains("beta_missing"), "{}", show(&out));
+    assert!(
+        stderr.contains("alpha_missing") && stderr.contains("beta_missing"),
+        "{}",
+        show(&out)
+    );
     assert!(stderr.contains("needy.o"), "{}", show(&out));
 }
 
@@ -130,11 +188,25 @@ fn noexec_links_without_running_and_stats_reports_the_work() {
         "#include <stdio.h>\nint main(void) { puts(\"must not print\"); return 3; }\n",
         &["-O2"],
     );
-    let out = kiln().args(["run", "--noexec", "--stats"]).arg(&o).output().unwrap();
+    let out = kiln()
+        .args(["run", "--noexec", "--stats"])
+        .arg(&o)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    assert!(!text(&out.stdout).contains("must not print"), "{}", show(&out));
+    assert!(
+        !text(&out.stdout).contains("must not print"),
+        "{}",
+        show(&out)
+    );
     let stderr = text(&out.stderr);
-    for key in ["relocations", "symbols", "objects linked", "fixup + finalize", "look up externals"] {
+    for key in [
+        "relocations",
+        "symbols",
+        "objects linked",
+        "fixup + finalize",
+        "look up externals",
+    ] {
         assert!(stderr.contains(key), "missing {key}: {}", show(&out));
     }
 }
@@ -148,12 +220,34 @@ fn archives_supply_members_on_demand_and_l_loads_libraries() {
         "#include <math.h>\nint from_archive(int);\nint main(void) { return from_archive(2) + (int)floor(cbrt(27.0)); }\n",
         &["-O2"],
     );
-    let used = compile(&dir, "used", "int from_archive(int x) { return x * 10; }\n", &["-O2"]);
-    let unused = compile(&dir, "unused", "int never(void); int unused_fn(void) { return never(); }\n", &["-O2"]);
+    let used = compile(
+        &dir,
+        "used",
+        "int from_archive(int x) { return x * 10; }\n",
+        &["-O2"],
+    );
+    let unused = compile(
+        &dir,
+        "unused",
+        "int never(void); int unused_fn(void) { return never(); }\n",
+        &["-O2"],
+    );
     let ar = dir.join("libparts.a");
-    let status = Command::new("ar").arg("rcs").arg(&ar).arg(&used).arg(&unused).status().unwrap();
+    let status = Command::new("ar")
+        .arg("rcs")
+        .arg(&ar)
+        .arg(&used)
+        .arg(&unused)
+        .status()
+        .unwrap();
     assert!(status.success());
-    let out = kiln().arg("run").arg(&main).arg(&ar).args(["-l", "m"]).output().unwrap();
+    let out = kiln()
+        .arg("run")
+        .arg(&main)
+        .arg(&ar)
+        .args(["-l", "m"])
+        .output()
+        .unwrap();
     // `unused.o` references a missing symbol: pulling it would fail the link.
     assert_eq!(out.status.code(), Some(23), "{}", show(&out));
 }
@@ -167,8 +261,18 @@ fn lazy_mode_links_objects_on_first_call() {
         "#include <stdio.h>\nint used(int); int unused(int);\nint main(int argc, char **argv) { printf(\"lazy %d\\n\", used(4)); return argc > 5 ? unused(1) : 0; }\n",
         &["-O2"],
     );
-    let used = compile(&dir, "used", "int used(int x) { return x * x; }\n", &["-O2"]);
-    let unused = compile(&dir, "unused", "int unused(int x) { return x + 1; }\n", &["-O2"]);
+    let used = compile(
+        &dir,
+        "used",
+        "int used(int x) { return x * x; }\n",
+        &["-O2"],
+    );
+    let unused = compile(
+        &dir,
+        "unused",
+        "int unused(int x) { return x + 1; }\n",
+        &["-O2"],
+    );
     let out = kiln()
         .args(["run", "--lazy", "--stats"])
         .arg(&main)
@@ -180,8 +284,16 @@ fn lazy_mode_links_objects_on_first_call() {
     assert!(text(&out.stdout).contains("lazy 16"), "{}", show(&out));
     let stderr = text(&out.stderr);
     // main and used were linked; unused never was.
-    assert!(stderr.contains("images linked          2"), "{}", show(&out));
-    assert!(stderr.contains("lazy reentries         2"), "{}", show(&out));
+    assert!(
+        stderr.contains("images linked          2"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr.contains("lazy reentries         2"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
@@ -189,9 +301,20 @@ fn help_reads_like_a_man_page() {
     let out = kiln().args(["run", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for key in ["--noexec", "--stats", "--entry", "--threads", "--lazy", "-l <NAME>", "-L <DIR>"] {
+    for key in [
+        "--noexec",
+        "--stats",
+        "--entry",
+        "--threads",
+        "--lazy",
+        "-l <NAME>",
+        "-L <DIR>",
+    ] {
         assert!(help.contains(key), "missing {key} in:\n{help}");
     }
     let top = text(&kiln().arg("--help").output().unwrap().stdout);
-    assert!(top.contains("EXIT STATUS") && top.contains("EXAMPLES"), "{top}");
+    assert!(
+        top.contains("EXIT STATUS") && top.contains("EXAMPLES"),
+        "{top}"
+    );
 }

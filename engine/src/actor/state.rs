@@ -141,6 +141,14 @@ impl State {
         }
     }
 
+    /// The state of `name` in `dylib`, if defined.
+    pub(crate) fn symbol_state(&self, dylib: DylibId, name: &SymbolName) -> Option<SymbolState> {
+        self.dylibs
+            .get(dylib as usize)
+            .and_then(|d| d.table.get(name))
+            .map(|&s| self.syms[s as usize].state)
+    }
+
     /// Whether `Session::end` has run.
     pub(crate) fn has_ended(&self) -> bool {
         self.ended
@@ -285,12 +293,7 @@ impl State {
                     self.fail_lookup(lookup, err, fx);
                 }
             }
-            Msg::QueryState { dylib, name, reply } => reply.send(
-                self.dylibs
-                    .get(dylib as usize)
-                    .and_then(|d| d.table.get(&name))
-                    .map(|&s| self.syms[s as usize].state),
-            ),
+            Msg::QueryState { dylib, name, reply } => reply.send(self.symbol_state(dylib, &name)),
             Msg::End { reply } => {
                 let mut keys = Vec::new();
                 for id in 0..self.dylibs.len() as DylibId {

@@ -144,8 +144,8 @@ enum Kind {
     Waiting,
 }
 
-/// One node (real or hidden). The fields after `next_member` are meaningful
-/// only while the slot is its component's representative.
+/// One node (real or hidden). The fields from `label` on are meaningful only
+/// while the slot is its component's representative.
 #[derive(Debug, Clone)]
 struct Slot {
     /// The caller's id (meaningless for hidden nodes).
@@ -157,8 +157,8 @@ struct Slot {
     comp: u32,
     /// Next member of the same component (`NIL` ends the list).
     next_member: u32,
-    /// Epoch marks: forward search, backward search, merge set, misc (queue,
-    /// failure visit, input stamp).
+    /// Epoch marks (`MARK_*`): forward search, backward search, SCC and
+    /// contraction sets and failed inputs, misc (queue, failure visit, SCC).
     mark: [u32; 4],
     /// Epoch of the emission that emitted this node.
     emitted_in: u32,
@@ -207,7 +207,8 @@ pub struct GraphStats {
     pub visited: u64,
     /// Searches that closed a cycle (each contracts one new SCC).
     pub cycles: u64,
-    /// Full relabellings of the order.
+    /// Neighbourhoods of the order relabelled because a label gap was used
+    /// up.
     pub relabels: u64,
 }
 
