@@ -14,11 +14,19 @@ fn main() {
         .warnings(true)
         .compile_intermediates();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let mut list = String::from("/// The bundled example's objects: (name, bytes).\npub(crate) const BUNDLED: &[(&str, &[u8])] = &[\n");
+    let mut list = String::from(
+        "/// The bundled example's objects: (name, bytes).\npub(crate) const BUNDLED: &[(&str, &[u8])] = &[\n",
+    );
     for (src, obj) in sources.iter().zip(&objects) {
         let name = PathBuf::from(src).with_extension("o");
-        let name = name.file_name().and_then(|n| n.to_str()).unwrap_or("bundled.o");
-        list.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", obj.display().to_string()));
+        let name = name
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("bundled.o");
+        list.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            obj.display().to_string()
+        ));
     }
     list.push_str("];\n");
     std::fs::write(out.join("bundled.rs"), list).expect("OUT_DIR is writable");
