@@ -252,7 +252,7 @@ impl State {
                 Err(e) => Err(e),
             }),
             Msg::RemoveTracker { tracker, reply } => {
-                let key = self.remove_tracker(core, tracker, fx);
+                let key = self.remove_tracker(tracker, fx);
                 fx.push(Effect::RemoveResources {
                     keys: key.into_iter().collect(),
                     managers: self.managers.clone(),
@@ -261,7 +261,7 @@ impl State {
             }
             Msg::TransferTracker { src, dst, reply } => self.transfer(src, dst, reply, fx),
             Msg::RemoveDylib { dylib, reply } => {
-                let keys = self.remove_dylib(core, dylib, fx);
+                let keys = self.remove_dylib(dylib, fx);
                 fx.push(Effect::RemoveResources {
                     keys,
                     managers: self.managers.clone(),
@@ -274,7 +274,7 @@ impl State {
                     lk.blocked_resp = Some(resp);
                     self.blocked.insert(resp, lookup);
                     if lk.bound {
-                        self.check_blocking_cycle(core, resp, lookup, fx);
+                        self.check_blocking_cycle(resp, lookup, fx);
                     }
                 }
             }
@@ -298,7 +298,7 @@ impl State {
                 let mut keys = Vec::new();
                 for id in 0..self.dylibs.len() as DylibId {
                     if !self.dylibs[id as usize].removed {
-                        keys.extend(self.remove_dylib(core, id, fx));
+                        keys.extend(self.remove_dylib(id, fx));
                     }
                 }
                 let ids: Vec<u64> = self.lookups.keys().copied().collect();
@@ -439,12 +439,7 @@ impl State {
 
     /// Removes a tracker's symbols, units and in-flight work; returns its
     /// key for the resource managers (None if it was already removed).
-    fn remove_tracker(
-        &mut self,
-        core: &Arc<SessionCore>,
-        tracker: TrackerId,
-        fx: &mut Vec<Effect>,
-    ) -> Option<ResourceKey> {
+    fn remove_tracker(&mut self, tracker: TrackerId, fx: &mut Vec<Effect>) -> Option<ResourceKey> {
         let t = self.trackers.get_mut(tracker)?;
         if t.removed {
             return None;
@@ -493,7 +488,6 @@ impl State {
                 d.shared.index.remove(&s.name);
             }
         }
-        let _ = core;
         Some(key)
     }
 
@@ -543,12 +537,7 @@ impl State {
         });
     }
 
-    fn remove_dylib(
-        &mut self,
-        core: &Arc<SessionCore>,
-        dylib: DylibId,
-        fx: &mut Vec<Effect>,
-    ) -> Vec<ResourceKey> {
+    fn remove_dylib(&mut self, dylib: DylibId, fx: &mut Vec<Effect>) -> Vec<ResourceKey> {
         let d = &mut self.dylibs[dylib as usize];
         if d.removed {
             return Vec::new();
@@ -560,7 +549,7 @@ impl State {
         let name = d.shared.name.clone();
         let mut keys = Vec::new();
         for t in trackers {
-            keys.extend(self.remove_tracker(core, t, fx));
+            keys.extend(self.remove_tracker(t, fx));
         }
         for gen_entry in generators {
             fx.push(Effect::Drop(Box::new(gen_entry.generator)));
@@ -1018,7 +1007,7 @@ impl State {
         if done {
             self.complete(id, fx);
         } else if let Some(resp) = blocked {
-            self.check_blocking_cycle(core, resp, id, fx);
+            self.check_blocking_cycle(resp, id, fx);
         }
     }
 
@@ -1660,14 +1649,7 @@ impl State {
 
     /// If the materializer `start`, blocked on lookup `id`, transitively
     /// waits on itself, fails that lookup with the cycle spelled out.
-    fn check_blocking_cycle(
-        &mut self,
-        core: &Arc<SessionCore>,
-        start: RespId,
-        id: u64,
-        fx: &mut Vec<Effect>,
-    ) {
-        let _ = core;
+    fn check_blocking_cycle(&mut self, start: RespId, id: u64, fx: &mut Vec<Effect>) {
         let mut visited = FixedSet::default();
         visited.insert(start);
         let mut stack = vec![(id, start, Vec::<String>::new())];
