@@ -34,13 +34,23 @@ use kiln_engine::{
 
 use crate::archive::Archive;
 use crate::error::LinkError;
-use crate::graph::{LinkGraph, Linkage, Scope, SymbolDef as GraphDef};
+use crate::graph::{LinkGraph, Linkage, Prot, Scope, SectionRole, SymbolDef as GraphDef};
 use crate::host::HostSymbols;
 use crate::image::LinkedImage;
+use crate::memory::{Allocation, Placement};
 use crate::passes::{self, ImageEnv, LinkOptions, LinkStats, Prepared, Roots};
 use crate::runtime;
 
-type ImageCell = Arc<Mutex<LinkedImage>>;
+/// A linked image and the slot its `__dso_handle` names. Fields drop in
+/// order: the image (finalizers, memory) before the slot.
+struct LayerImage {
+    image: LinkedImage,
+    _dso_slot: Allocation,
+    /// Position of its unit in the order units were added (link order).
+    order: usize,
+}
+
+type ImageCell = Arc<Mutex<LayerImage>>;
 
 /// Time spent in each phase of the links a layer made, summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,11 +74,15 @@ struct Images {
     stats: LinkStats,
     times: PhaseTimes,
     linked: usize,
+    /// Symbols of lazily added objects that are linked at startup.
+    startup: Vec<SymbolName>,
 }
 
 struct Shared {
     images: Mutex<Images>,
     options: LinkOptions,
+    /// Counts units as they are added, for link order.
+    added: std::sync::atomic::AtomicUsize,
 }
 
 impl ResourceManager for Shared {
@@ -78,11 +92,18 @@ impl ResourceManager for Shared {
             .lock()
             .map_err(|_| Error::msg("object layer lock poisoned"))?
             .by_key
-            .remove(&key);
-        // Last linked, first finalized: like a static program's teardown.
-        for image in images.unwrap_or_default().into_iter().rev() {
-            drop(image);
+            .remove(&key)
+            .unwrap_or_default();
+        // Like one program's teardown: every image's finalizers run, last
+        // linked first, before any image's memory is released (a destructor
+        // in one object may still call into another).
+        let mut guards: Vec<_> = images.iter().filter_map(|i| i.lock().ok()).collect();
+        guards.sort_by_key(|g| std::cmp::Reverse(g.order));
+        for g in &mut guards {
+            g.image.run_finalizers();
         }
+        drop(guards);
+        drop(images);
         Ok(())
     }
 
@@ -118,6 +139,7 @@ impl ObjectLayer {
         let shared = Arc::new(Shared {
             images: Mutex::new(Images::default()),
             options,
+            added: std::sync::atomic::AtomicUsize::new(0),
         });
         session.register_resource_manager(shared.clone());
         ObjectLayer {
@@ -172,6 +194,10 @@ impl ObjectLayer {
             name: name.to_string(),
             graph: Some(graph),
             symbols,
+            order: self
+                .shared
+                .added
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         dylib
             .define_boxed(Box::new(unit), tracker)
@@ -180,24 +206,109 @@ impl ObjectLayer {
             })
     }
 
-    /// Adds an object so that it is linked only when one of its functions is
+    /// Adds objects so that each is linked only when one of its functions is
     /// first called: the object goes into `bodies`, and `entries` gets a lazy
     /// reexport (from `manager`) for each of its functions and a plain alias
     /// for each data symbol (looking data up links the object at once).
     /// `bodies` should link against `entries` first, so calls between
     /// objects go through the lazy entries.
-    pub fn add_object_lazily(
+    ///
+    /// Objects that refer to each other's thread-local variables are linked
+    /// together, as one image (a thread-local needs its module, not just an
+    /// address). Objects with static constructors are linked at startup
+    /// instead ([`ObjectLayer::startup_symbols`]): their constructors must
+    /// run before `main`, as in the eager mode.
+    pub fn add_objects_lazily(
+        &self,
+        entries: &Dylib,
+        bodies: &Dylib,
+        manager: &kiln_engine::LazyReexports,
+        objects: &[(String, Vec<u8>)],
+    ) -> Result<(), LinkError> {
+        let start = Instant::now();
+        let mut graphs = Vec::with_capacity(objects.len());
+        for (name, bytes) in objects {
+            let mut graph = LinkGraph::new();
+            crate::elf::read_object(&mut graph, name, bytes)?;
+            graphs.push(graph);
+        }
+        // Group objects connected by thread-local references (union-find).
+        let mut parent: Vec<usize> = (0..graphs.len()).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        let mut tls_definer: HashMap<Box<str>, usize> = HashMap::new();
+        for (i, g) in graphs.iter().enumerate() {
+            for (n, &id) in &g.globals {
+                let s = &g.symbols[id.index()];
+                if s.tls && !matches!(s.def, GraphDef::External) {
+                    tls_definer.insert(n.clone(), i);
+                }
+            }
+        }
+        for (i, g) in graphs.iter().enumerate() {
+            for (n, &id) in &g.globals {
+                let s = &g.symbols[id.index()];
+                if s.tls && matches!(s.def, GraphDef::External) {
+                    if let Some(&j) = tls_definer.get(n) {
+                        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                        parent[a] = b;
+                    }
+                }
+            }
+        }
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for i in 0..graphs.len() {
+            let r = root(&mut parent, i);
+            match groups.iter_mut().find(|(g, _)| *g == r) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((r, vec![i])),
+            }
+        }
+        let mut singles: Vec<Option<LinkGraph>> = graphs.into_iter().map(Some).collect();
+        let mut images = Vec::with_capacity(groups.len());
+        for (_, members) in groups {
+            if let [only] = members[..] {
+                let graph = singles[only].take().expect("each object is in one group");
+                images.push((objects[only].0.clone(), graph));
+                continue;
+            }
+            let mut graph = LinkGraph::new();
+            for &m in &members {
+                crate::elf::read_object(&mut graph, &objects[m].0, &objects[m].1)?;
+            }
+            let name = members
+                .iter()
+                .map(|&m| objects[m].0.as_str())
+                .collect::<Vec<_>>()
+                .join("+");
+            images.push((name, graph));
+        }
+        self.add_read_time(start.elapsed());
+        for (name, graph) in images {
+            self.add_graph_lazily(entries, bodies, manager, &name, graph)?;
+        }
+        Ok(())
+    }
+
+    fn add_graph_lazily(
         &self,
         entries: &Dylib,
         bodies: &Dylib,
         manager: &kiln_engine::LazyReexports,
         name: &str,
-        bytes: &[u8],
+        graph: LinkGraph,
     ) -> Result<(), LinkError> {
-        let start = Instant::now();
-        let mut graph = LinkGraph::new();
-        crate::elf::read_object(&mut graph, name, bytes)?;
-        self.add_read_time(start.elapsed());
+        let has_constructors = graph.sections.iter().any(|s| {
+            matches!(
+                s.role,
+                SectionRole::PreinitArray | SectionRole::InitArray(_) | SectionRole::Ctors(_)
+            ) && !s.blocks.is_empty()
+        });
         let mut functions = Vec::new();
         let mut data = Vec::new();
         for (n, &id) in &graph.globals {
@@ -217,6 +328,16 @@ impl ObjectLayer {
             } else {
                 data.push(alias);
             }
+        }
+        if has_constructors {
+            if let Ok(mut images) = self.shared.images.lock() {
+                images
+                    .startup
+                    .extend(functions.iter().chain(&data).map(|a| a.name.clone()));
+            }
+            // Linked at startup: calls reach it directly, with no stubs.
+            functions.clear();
+            data.extend(graph_functions_as_data(&graph, &self.session));
         }
         self.add_graph(bodies, None, name, graph)?;
         let engine = |e: Error| LinkError::Engine {
@@ -239,6 +360,17 @@ impl ObjectLayer {
         Ok(())
     }
 
+    /// Symbols of lazily added objects that must be linked before the entry
+    /// point runs (objects with static constructors). Look them up at Ready,
+    /// then call [`ObjectLayer::run_initializers`].
+    pub fn startup_symbols(&self) -> Vec<SymbolName> {
+        self.shared
+            .images
+            .lock()
+            .map(|i| i.startup.clone())
+            .unwrap_or_default()
+    }
+
     /// Runs the initializers of every image linked so far that has not run
     /// them yet, in link order. Call it after looking up the entry point at
     /// Ready and before calling it.
@@ -247,11 +379,11 @@ impl ObjectLayer {
             Ok(mut images) => std::mem::take(&mut images.pending_init),
             Err(_) => return,
         };
-        for image in pending {
-            if let Ok(mut image) = image.lock() {
-                image.run_initializers();
-            }
-        }
+        // As one program: all pending images together, in link order.
+        let mut guards: Vec<_> = pending.iter().filter_map(|i| i.lock().ok()).collect();
+        guards.sort_by_key(|g| g.order);
+        let mut images: Vec<&mut LinkedImage> = guards.iter_mut().map(|g| &mut g.image).collect();
+        LinkedImage::run_initializers_together(&mut images);
     }
 
     /// Statistics summed over every image linked by this layer, and how many
@@ -300,6 +432,7 @@ struct ObjectUnit {
     name: String,
     graph: Option<LinkGraph>,
     symbols: Vec<(SymbolName, SymbolFlags)>,
+    order: usize,
 }
 
 impl MaterializationUnit for ObjectUnit {
@@ -315,7 +448,7 @@ impl MaterializationUnit for ObjectUnit {
         let Some(graph) = self.graph.take() else {
             return r.fail(Error::msg(format!("{}: object already linked", self.name)));
         };
-        match link(&self.layer, &self.name, graph, &r) {
+        match link(&self.layer, &self.name, self.order, graph, &r) {
             Ok(groups) => {
                 let _ = r.emit(groups);
             }
@@ -329,6 +462,24 @@ impl MaterializationUnit for ObjectUnit {
     }
 }
 
+/// An 8-byte read-only slot in `placement`'s slab, registered as an image
+/// identity for `__cxa_atexit` and friends.
+fn dso_slot(
+    name: &str,
+    placement: Placement,
+) -> Result<(Allocation, runtime::DsoHandle), LinkError> {
+    let mut slot = Allocation::new(8, placement)?.ok_or_else(|| LinkError::Engine {
+        detail: format!("{name}: no JIT memory is available for the image's __dso_handle"),
+    })?;
+    slot.finalize(&[(0, slot.len(), Prot::Read)])?;
+    let dso = runtime::DsoHandle::new_at(name.to_string(), slot.base() as usize).map_err(|e| {
+        LinkError::Engine {
+            detail: format!("{name}: {e}"),
+        }
+    })?;
+    Ok((slot, dso))
+}
+
 fn link_error(e: LinkError) -> Error {
     Error::msg(e)
 }
@@ -337,6 +488,7 @@ fn link_error(e: LinkError) -> Error {
 fn link(
     layer: &ObjectLayer,
     name: &str,
+    position: usize,
     mut graph: LinkGraph,
     r: &Responsibility,
 ) -> Result<Vec<DependenceGroup>, Error> {
@@ -402,8 +554,15 @@ fn link(
     // (d) What each symbol depends on, before the graph is consumed.
     let deps = prepared.dependencies();
 
-    // (c) Fixup and finalize; the image belongs to the tracker.
-    let dso = runtime::DsoHandle::new(name.to_string());
+    // (c) Fixup and finalize; the image belongs to the tracker. Code refers
+    // to `__dso_handle` PC-relatively, so the handle is a slot in the same
+    // slab as the image (within ±2 GiB of it), like crtbegin's.
+    let placement = if prepared.memory_range().0 < (1 << 31) {
+        Placement::Low
+    } else {
+        Placement::Near
+    };
+    let (dso_slot, dso) = dso_slot(name, placement).map_err(link_error)?;
     let env = ImageEnv {
         dso_handle: Some(dso.addr() as u64),
         name: name.to_string(),
@@ -414,9 +573,11 @@ fn link(
         .map_err(link_error)?;
     let stats = finalized.stats;
     let finalized_at = Instant::now();
-    let image = Arc::new(Mutex::new(
-        LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?,
-    ));
+    let image = Arc::new(Mutex::new(LayerImage {
+        image: LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?,
+        _dso_slot: dso_slot,
+        order: position,
+    }));
     r.tracker().with_resource_key(|key| {
         if let Ok(mut images) = layer.shared.images.lock() {
             images.by_key.entry(key).or_default().push(image.clone());
@@ -557,4 +718,28 @@ impl Generator for ArchiveGenerator {
         }
         req.complete(Ok(()));
     }
+}
+
+/// The function symbols of `graph`, as plain aliases (for objects linked at
+/// startup, whose functions need no lazy entry).
+fn graph_functions_as_data(graph: &LinkGraph, session: &Session) -> Vec<kiln_engine::Alias> {
+    graph
+        .globals
+        .iter()
+        .filter_map(|(n, &id)| {
+            let s = &graph.symbols[id.index()];
+            (s.callable
+                && !s.tls
+                && !matches!(s.def, GraphDef::External)
+                && s.scope != Scope::Local)
+                .then(|| {
+                    let sym = session.intern(n);
+                    kiln_engine::Alias {
+                        name: sym.clone(),
+                        target: sym,
+                        flags: flags_of(s.scope, s.linkage, s.callable),
+                    }
+                })
+        })
+        .collect()
 }

@@ -1,1 +1,46 @@
 //! kiln-linker: links relocatable ELF objects into this process.
+//!
+//! # Map of the crate
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`graph`] | [`LinkGraph`]: sections → blocks → symbols, edges with arch edge kinds (typed indices) |
+//! | [`elf`] | the ELF x86-64 relocatable reader (COMDAT, `.eh_frame` splitting, raw `r_type` table) |
+//! | [`archive`] | static archives: symbol index, members pulled on demand |
+//! | [`passes`] | the pipeline ([`passes::link_graph`]) and its phases ([`passes::Prepared`]) |
+//! | [`memory`] | the reserved slab(s) and allocations: writing → finalized → released |
+//! | [`host`] | host symbols: runtime overrides, `-l` libraries, the process |
+//! | [`image`] | [`Linker`] (the convenient API) and [`LinkedImage`] |
+//! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
+//!
+//! # Example
+//!
+//! ```no_run
+//! use kiln_linker::{HostSymbols, Linker};
+//! let mut linker = Linker::new(Default::default());
+//! linker.add_object_file("hello.o")?;
+//! let image = linker.link(&HostSymbols::new())?;
+//! let main = image.symbol("main").expect("main is defined");
+//! // SAFETY (of the example): `main` is a C function `int main(void)`.
+//! let main: extern "C" fn() -> i32 = unsafe { std::mem::transmute(main as usize) };
+//! println!("main returned {}", main());
+//! # Ok::<(), kiln_linker::LinkError>(())
+//! ```
+
+pub mod archive;
+pub mod elf;
+mod error;
+pub mod graph;
+pub mod host;
+pub mod image;
+pub mod layer;
+pub mod lazy;
+pub mod memory;
+pub mod passes;
+pub mod runtime;
+
+pub use error::LinkError;
+pub use graph::LinkGraph;
+pub use host::{HostSymbols, SymbolResolver};
+pub use image::{LinkedImage, Linker};
+pub use passes::{LinkOptions, LinkStats, PhaseTimings, Roots};

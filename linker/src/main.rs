@@ -183,17 +183,17 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         // Newly linked objects run their initializers before their first call proceeds.
         let init_layer = layer.clone();
         manager.set_after_link_hook(move || init_layer.run_initializers());
-        for input in &inputs {
-            if input.name.ends_with(".a") {
-                return Err(format!(
-                    "{}: archives are not supported with --lazy yet",
-                    input.name
-                ));
-            }
-            layer
-                .add_object_lazily(&main, &bodies, &manager, &input.name, &input.bytes)
-                .map_err(|e| e.to_string())?;
+        if let Some(ar) = inputs.iter().find(|i| i.name.ends_with(".a")) {
+            return Err(format!(
+                "{}: archives are not supported with --lazy yet",
+                ar.name
+            ));
         }
+        let objects: Vec<(String, Vec<u8>)> =
+            inputs.into_iter().map(|i| (i.name, i.bytes)).collect();
+        layer
+            .add_objects_lazily(&main, &bodies, &manager, &objects)
+            .map_err(|e| e.to_string())?;
         bodies
             .set_link_order_exact(&[
                 (main.clone(), DylibLookup::All),
@@ -287,6 +287,14 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
     let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
     env_ptrs.push(std::ptr::null_mut());
 
+    // Objects with static constructors are linked before the entry point runs.
+    let startup = layer.startup_symbols();
+    if !startup.is_empty() {
+        session
+            .lookup(&order, &LookupSet::required(startup), RequiredState::Ready)
+            .wait()
+            .map_err(|e| e.to_string())?;
+    }
     install_fatal_signal_handlers();
     end_session_at_exit(&session);
     layer.run_initializers();

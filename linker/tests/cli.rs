@@ -318,3 +318,56 @@ fn help_reads_like_a_man_page() {
         "{top}"
     );
 }
+
+fn compile_cxx(dir: &Path, src: &Path, include: &Path) -> PathBuf {
+    let o = dir.join(src.file_name().unwrap()).with_extension("o");
+    let status = Command::new("g++")
+        .args(["-c", "-O2", "-I"])
+        .arg(include)
+        .arg("-o")
+        .arg(&o)
+        .arg(src)
+        .status()
+        .expect("g++ runs");
+    assert!(status.success(), "g++ failed on {}", src.display());
+    o
+}
+
+#[test]
+fn lazy_mode_runs_the_cxx_programs_like_eager_mode() {
+    let dir = scratch("lazy-cxx");
+    let cxx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cxx");
+    for program in [
+        &["shapes_impl.cpp", "shapes_main.cpp"][..],
+        &["tls_defs.cpp", "tls_main.cpp"],
+        &["statics_a.cpp", "statics_b.cpp", "statics_main.cpp"],
+    ] {
+        let objs: Vec<PathBuf> = program
+            .iter()
+            .map(|s| compile_cxx(&dir, &cxx.join(s), &cxx))
+            .collect();
+        let eager = kiln().arg("run").args(&objs).output().unwrap();
+        let lazy = kiln().args(["run", "--lazy"]).args(&objs).output().unwrap();
+        assert_eq!(
+            eager.status.code(),
+            lazy.status.code(),
+            "{program:?}\neager: {}\nlazy: {}",
+            show(&eager),
+            show(&lazy)
+        );
+        let (e, l) = (text(&eager.stdout), text(&lazy.stdout));
+        if program[0].starts_with("statics") {
+            // Per-object images finalize image by image: construction and the
+            // program's own output match; destructor interleaving may differ.
+            let upto = |t: &str| t.split("main returns").next().unwrap_or("").to_string();
+            assert_eq!(upto(&e), upto(&l), "{program:?}");
+            assert_eq!(
+                e.lines().count(),
+                l.lines().count(),
+                "{program:?}: every destructor ran"
+            );
+        } else {
+            assert_eq!(e, l, "{program:?}");
+        }
+    }
+}

@@ -44,7 +44,8 @@ fn jit() -> Jit {
     let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
     let layer = ObjectLayer::new(&session);
     let host = session.create_dylib("<host>").unwrap();
-    host.add_generator(HostGenerator::new(HostSymbols::new())).unwrap();
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .unwrap();
     Jit {
         session,
         layer,
@@ -79,8 +80,12 @@ fn mutually_recursive_objects_in_one_dylib() {
     let dir = scratch("one");
     let j = jit();
     let app = j.dylib("app", &[]);
-    j.layer.add_object(&app, None, "even.o", &compile(&dir, "even", EVEN)).unwrap();
-    j.layer.add_object(&app, None, "odd.o", &compile(&dir, "odd", ODD)).unwrap();
+    j.layer
+        .add_object(&app, None, "even.o", &compile(&dir, "even", EVEN))
+        .unwrap();
+    j.layer
+        .add_object(&app, None, "odd.o", &compile(&dir, "odd", ODD))
+        .unwrap();
     let is_even = j.function(&app, "is_even").unwrap();
     assert_eq!(is_even(10), 1);
     assert_eq!(is_even(7), 0);
@@ -94,13 +99,23 @@ fn mutually_recursive_objects_across_two_dylibs() {
     let j = jit();
     let a = j.session.create_dylib("a").unwrap();
     let b = j.dylib("b", &[&a]);
-    a.set_link_order(&[(b.clone(), DylibLookup::ExportedOnly), (j.host.clone(), DylibLookup::ExportedOnly)])
+    a.set_link_order(&[
+        (b.clone(), DylibLookup::ExportedOnly),
+        (j.host.clone(), DylibLookup::ExportedOnly),
+    ])
+    .unwrap();
+    j.layer
+        .add_object(&a, None, "even.o", &compile(&dir, "even", EVEN))
         .unwrap();
-    j.layer.add_object(&a, None, "even.o", &compile(&dir, "even", EVEN)).unwrap();
-    j.layer.add_object(&b, None, "odd.o", &compile(&dir, "odd", ODD)).unwrap();
+    j.layer
+        .add_object(&b, None, "odd.o", &compile(&dir, "odd", ODD))
+        .unwrap();
     let is_odd = j.function(&b, "is_odd").unwrap();
     assert_eq!(is_odd(9), 1);
-    assert_eq!(a.symbol_state(&j.session.intern("is_even")), Some(SymbolState::Ready));
+    assert_eq!(
+        a.symbol_state(&j.session.intern("is_even")),
+        Some(SymbolState::Ready)
+    );
     j.session.end();
 }
 
@@ -110,10 +125,20 @@ fn missing_symbols_are_listed_with_the_objects_that_use_them() {
     let j = jit();
     let app = j.dylib("app", &[]);
     let src = "int nowhere_a(int); int nowhere_b(int);\nint f(int x) { return nowhere_a(x) + nowhere_b(x); }\n";
-    j.layer.add_object(&app, None, "uses_missing.o", &compile(&dir, "uses_missing", src)).unwrap();
-    let err = j.function(&app, "f").err().expect("f cannot link");
+    j.layer
+        .add_object(
+            &app,
+            None,
+            "uses_missing.o",
+            &compile(&dir, "uses_missing", src),
+        )
+        .unwrap();
+    let err = j.function(&app, "f").expect_err("f cannot link");
     let text = err.to_string();
-    assert!(text.contains("nowhere_a") && text.contains("nowhere_b"), "{text}");
+    assert!(
+        text.contains("nowhere_a") && text.contains("nowhere_b"),
+        "{text}"
+    );
     assert!(text.contains("uses_missing.o"), "{text}");
     j.session.end();
 }
@@ -125,9 +150,16 @@ fn a_failing_object_fails_its_callers_with_the_root_cause() {
     let app = j.dylib("app", &[]);
     let caller = "int broken(int);\nint caller(int x) { return broken(x) * 2; }\n";
     let broken = "int gone(int);\nint broken(int x) { return gone(x); }\n";
-    j.layer.add_object(&app, None, "caller.o", &compile(&dir, "caller", caller)).unwrap();
-    j.layer.add_object(&app, None, "broken.o", &compile(&dir, "broken", broken)).unwrap();
-    let err = j.function(&app, "caller").err().expect("caller cannot become Ready");
+    j.layer
+        .add_object(&app, None, "caller.o", &compile(&dir, "caller", caller))
+        .unwrap();
+    j.layer
+        .add_object(&app, None, "broken.o", &compile(&dir, "broken", broken))
+        .unwrap();
+    let err = j
+        .function(&app, "caller")
+        .err()
+        .expect("caller cannot become Ready");
     let text = err.to_string();
     assert!(text.contains("gone"), "root cause missing: {text}");
     j.session.end();
@@ -142,21 +174,32 @@ fn removing_the_tracker_releases_the_image() {
     j.layer
         .add_object(&app, Some(&rt), "even.o", &compile(&dir, "even", EVEN))
         .unwrap();
-    j.layer.add_object(&app, Some(&rt), "odd.o", &compile(&dir, "odd", ODD)).unwrap();
+    j.layer
+        .add_object(&app, Some(&rt), "odd.o", &compile(&dir, "odd", ODD))
+        .unwrap();
     let is_even = j.function(&app, "is_even").unwrap();
     assert_eq!(is_even(4), 1);
     let address = is_even as usize;
     let mapped = |addr: usize| {
-        std::fs::read_to_string("/proc/self/maps").unwrap().lines().any(|l| {
-            let range = l.split_whitespace().next().unwrap();
-            let (lo, hi) = range.split_once('-').unwrap();
-            let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
-            lo <= addr && addr < hi && l.split_whitespace().nth(1).unwrap().contains('x')
-        })
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                let range = l.split_whitespace().next().unwrap();
+                let (lo, hi) = range.split_once('-').unwrap();
+                let (lo, hi) = (
+                    usize::from_str_radix(lo, 16).unwrap(),
+                    usize::from_str_radix(hi, 16).unwrap(),
+                );
+                lo <= addr && addr < hi && l.split_whitespace().nth(1).unwrap().contains('x')
+            })
     };
     assert!(mapped(address));
     rt.remove().unwrap();
-    assert!(!mapped(address), "code still mapped executable after removal");
+    assert!(
+        !mapped(address),
+        "code still mapped executable after removal"
+    );
     assert!(app.lookup_ready(&["is_even"]).is_err());
     j.session.end();
 }

@@ -147,7 +147,7 @@ pub struct RelocInfo {
 
 macro_rules! table {
     ($($konst:ident = $num:expr => $kind:expr, $width:expr, $signed:expr, $pc:expr;)*) => {
-        /// Every supported x86-64 relocation.
+        /// Every supported x86-64 relocation, sorted by `r_type`.
         pub static RELOCATIONS: &[RelocInfo] = &[
             $(RelocInfo {
                 r_type: $num,
@@ -175,6 +175,8 @@ table! {
     R_X86_64_PC16 = 13 => EdgeKind::Delta16, 2, true, true;
     R_X86_64_8 = 14 => EdgeKind::Pointer8, 1, false, false;
     R_X86_64_PC8 = 15 => EdgeKind::Delta8, 1, true, true;
+    R_X86_64_DTPOFF64 = 17 => EdgeKind::DtpOff64, 8, true, false;
+    R_X86_64_TPOFF64 = 18 => EdgeKind::TpOff64, 8, true, false;
     R_X86_64_TLSGD = 19 => EdgeKind::TlsGd, 4, true, true;
     R_X86_64_TLSLD = 20 => EdgeKind::TlsLd, 4, true, true;
     R_X86_64_DTPOFF32 = 21 => EdgeKind::DtpOff32, 4, true, false;
@@ -186,12 +188,14 @@ table! {
     R_X86_64_GOT64 = 27 => EdgeKind::GotOffsetOfEntry64, 8, true, false;
     R_X86_64_GOTPCREL64 = 28 => EdgeKind::GotDelta64, 8, true, true;
     R_X86_64_GOTPC64 = 29 => EdgeKind::GotPc64, 8, true, true;
+    // Large code model: `L + A - GOT`; kiln's GOT-relative 64-bit reach
+    // covers every address, so the symbol itself serves as `L`.
+    R_X86_64_GOTPLT64 = 30 => EdgeKind::GotOffsetOfEntry64, 8, true, false;
+    R_X86_64_PLTOFF64 = 31 => EdgeKind::GotOff64, 8, true, false;
     R_X86_64_SIZE32 = 32 => EdgeKind::Size32, 4, false, false;
     R_X86_64_SIZE64 = 33 => EdgeKind::Size64, 8, false, false;
     R_X86_64_GOTPC32_TLSDESC = 34 => EdgeKind::TlsDescGot, 4, true, true;
     R_X86_64_TLSDESC_CALL = 35 => EdgeKind::None, 0, false, false;
-    R_X86_64_DTPOFF64 = 17 => EdgeKind::DtpOff64, 8, true, false;
-    R_X86_64_TPOFF64 = 18 => EdgeKind::TpOff64, 8, true, false;
     R_X86_64_GOTPCRELX = 41 => EdgeKind::GotLoadRelaxable { rex: false }, 4, true, true;
     R_X86_64_REX_GOTPCRELX = 42 => EdgeKind::GotLoadRelaxable { rex: true }, 4, true, true;
 }
@@ -199,7 +203,10 @@ table! {
 /// Look up a raw `r_type`. `None` means the relocation is not supported; the
 /// linker reports it with the object, section and offset it came from.
 pub fn reloc_info(r_type: u32) -> Option<&'static RelocInfo> {
-    RELOCATIONS.iter().find(|info| info.r_type == r_type)
+    RELOCATIONS
+        .binary_search_by_key(&r_type, |info| info.r_type)
+        .ok()
+        .map(|i| &RELOCATIONS[i])
 }
 
 /// The psABI name of a raw `r_type`, or `None` if it is unknown to kiln.
@@ -368,14 +375,13 @@ pub fn write_field(
             len,
         })?;
     let bits = width * 8;
-    let (min, max) = if bits == 64 {
-        (i128::from(i64::MIN), i128::from(u64::MAX))
-    } else if signed {
+    let (min, max) = if signed {
         (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
     } else {
         (0, (1i128 << bits) - 1)
     };
-    if value < min || value > max {
+    // 64-bit fields wrap modulo 2^64, as in a static link.
+    if bits < 64 && (value < min || value > max) {
         return Err(FixupError::OutOfRange {
             reloc,
             value,
@@ -398,8 +404,8 @@ pub enum Relaxed {
     /// [`EdgeKind::Delta32`] to the symbol at the same place.
     CallToDirect,
     /// `jmp *foo@GOTPCREL(%rip)` became `jmp foo; nop`. The displacement moved
-    /// one byte back: apply a [`EdgeKind::Delta32`] at `offset - 1` with the
-    /// addend increased by one.
+    /// one byte back and the instruction now ends right after it: apply a
+    /// [`EdgeKind::Delta32`] at `offset - 1` (place `P - 1`) with the same addend.
     JmpToDirect,
 }
 
@@ -502,10 +508,16 @@ mod tests {
             "R_X86_64_IRELATIVE is not for objects"
         );
         assert!(reloc_info(200).is_none());
-        for (i, a) in RELOCATIONS.iter().enumerate() {
-            for b in &RELOCATIONS[i + 1..] {
-                assert_ne!(a.r_type, b.r_type, "{} and {}", a.name, b.name);
-            }
+        for w in RELOCATIONS.windows(2) {
+            assert!(
+                w[0].r_type < w[1].r_type,
+                "{} and {}: sorted, unique",
+                w[0].name,
+                w[1].name
+            );
+        }
+        for info in RELOCATIONS {
+            assert_eq!(reloc_info(info.r_type), Some(info));
         }
     }
 
@@ -617,6 +629,11 @@ mod tests {
             Ok(Some(Relaxed::JmpToDirect))
         );
         assert_eq!(jmp, [0xe9, 0x25, 0, 0, 0, 0x90]);
+        // The relaxed jmp lands on S: field at P-1, instruction ends at P+3.
+        let (p, target) = (0x1000_0002u64, 0x1234_5678u64);
+        apply(EdgeKind::Delta32, &mut jmp, 1, &vals(p - 1, target, -4)).unwrap();
+        let rel = i32::from_le_bytes(jmp[1..5].try_into().unwrap());
+        assert_eq!((p + 3).wrapping_add_signed(i64::from(rel)), target);
         // add 0x0(%rip),%rax = 48 03 05: not relaxed
         let mut add = [0x48, 0x03, 0x05, 0, 0, 0, 0];
         assert_eq!(relax_got_load(&mut add, 3, true), Ok(None));

@@ -1,0 +1,800 @@
+//! ELF x86-64 relocatable objects → [`LinkGraph`].
+//!
+//! One block per allocated input section (like JITLink), except `.eh_frame`,
+//! which is split into one block per CIE and FDE so that FDEs of dropped code
+//! disappear without leaving holes. COMDAT groups whose signature was already
+//! seen are skipped whole, their FDEs included. Relocations are mapped by raw
+//! `r_type` through [`kiln_arch::x86_64::reloc`]. Every failure is an error
+//! naming the object, section, offset and relocation; nothing here panics on
+//! bad input.
+
+use object::elf::{self, FileHeader64, Rela64, SectionHeader64, Sym64};
+use object::read::elf::{FileHeader, Rela, SectionHeader, SectionTable, Sym};
+use object::{LittleEndian as LE, SectionIndex, SymbolIndex};
+
+use kiln_arch::x86_64::reloc::{EdgeKind, reloc_info};
+
+use crate::error::LinkError;
+use crate::graph::{
+    Block, BlockId, Content, Edge, FdeLinks, LinkGraph, Linkage, ObjectId, Prot, Scope,
+    SectionRole, Symbol, SymbolDef, SymbolId,
+};
+
+/// `SHT_X86_64_UNWIND`: the type gcc gives `.eh_frame` on x86-64.
+const SHT_X86_64_UNWIND: u32 = 0x7000_0001;
+
+/// Largest alignment kiln accepts (1 GiB).
+const MAX_ALIGN: u64 = 1 << 30;
+/// Largest zero-fill section or COMMON symbol kiln accepts (1 TiB; memory
+/// allocation fails long before).
+const MAX_SIZE: u64 = 1 << 40;
+
+/// What an input section became.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Not loaded (non-allocated, note, group…).
+    Skipped,
+    /// Dropped as a COMDAT duplicate.
+    Discarded,
+    /// One block.
+    Block(BlockId),
+    /// `.eh_frame`: its records, found through the record table.
+    EhFrame,
+}
+
+/// One `.eh_frame` record while reading.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    offset: u64,
+    len: u64,
+    block: BlockId,
+    is_cie: bool,
+}
+
+/// Add the ELF x86-64 relocatable object `data`, called `name`, to `graph`.
+pub fn read_object(graph: &mut LinkGraph, name: &str, data: &[u8]) -> Result<ObjectId, LinkError> {
+    let parsed = parse_object(name, data)?;
+    Ok(graph.merge(parsed))
+}
+
+/// Parse one object into a graph of its own (objects parse in parallel;
+/// [`LinkGraph::merge`] then joins them in order, deciding COMDAT groups
+/// and symbol resolution).
+pub fn parse_object(name: &str, data: &[u8]) -> Result<LinkGraph, LinkError> {
+    let mut graph = LinkGraph::new();
+    let obj = graph.add_object(name);
+    let mut reader = Reader {
+        graph: &mut graph,
+        name,
+        data,
+        obj,
+    };
+    reader.read()?;
+    Ok(graph)
+}
+
+struct Reader<'g, 'd> {
+    graph: &'g mut LinkGraph,
+    name: &'d str,
+    data: &'d [u8],
+    obj: ObjectId,
+}
+
+fn section_name_of<'d>(
+    sections: &SectionTable<'d, FileHeader64<LE>>,
+    sh: &SectionHeader64<LE>,
+) -> &'d str {
+    sections
+        .section_name(LE, sh)
+        .ok()
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .unwrap_or("<bad name>")
+}
+
+/// Classify an allocated section by name and flags.
+fn classify(name: &str, sh_type: u32, flags: u64) -> (Prot, SectionRole) {
+    let prio = |prefix: &str| -> Option<u32> {
+        let rest = name.strip_prefix(prefix)?;
+        if rest.is_empty() {
+            return Some(65536);
+        }
+        rest.strip_prefix('.')?
+            .parse::<u32>()
+            .ok()
+            .map(|p| p.min(65535))
+    };
+    let role = if sh_type == elf::SHT_PREINIT_ARRAY.0 || name == ".preinit_array" {
+        SectionRole::PreinitArray
+    } else if let Some(p) = prio(".init_array") {
+        SectionRole::InitArray(p)
+    } else if sh_type == elf::SHT_INIT_ARRAY.0 {
+        SectionRole::InitArray(65536)
+    } else if let Some(p) = prio(".fini_array") {
+        SectionRole::FiniArray(p)
+    } else if sh_type == elf::SHT_FINI_ARRAY.0 {
+        SectionRole::FiniArray(65536)
+    } else if let Some(p) = prio(".ctors") {
+        SectionRole::Ctors(p)
+    } else if let Some(p) = prio(".dtors") {
+        SectionRole::Dtors(p)
+    } else if name == ".eh_frame" {
+        SectionRole::EhFrame
+    } else if flags & elf::SHF_TLS.0 != 0 {
+        if sh_type == elf::SHT_NOBITS.0 {
+            SectionRole::TlsBss
+        } else {
+            SectionRole::TlsData
+        }
+    } else {
+        SectionRole::Ordinary
+    };
+    // Relocated-then-read-only data (RELRO): kiln applies every relocation
+    // before finalizing, so these never need to stay writable.
+    let relro = name.starts_with(".data.rel.ro")
+        || matches!(
+            role,
+            SectionRole::PreinitArray
+                | SectionRole::InitArray(_)
+                | SectionRole::FiniArray(_)
+                | SectionRole::Ctors(_)
+                | SectionRole::Dtors(_)
+        );
+    let prot = if flags & elf::SHF_EXECINSTR.0 != 0 {
+        Prot::ReadExec
+    } else if flags & elf::SHF_WRITE.0 != 0 && !relro {
+        Prot::ReadWrite
+    } else {
+        Prot::Read
+    };
+    (prot, role)
+}
+
+impl Reader<'_, '_> {
+    fn err(&self, detail: impl Into<String>) -> LinkError {
+        LinkError::malformed(self.name, detail)
+    }
+
+    fn read(&mut self) -> Result<(), LinkError> {
+        let data = self.data;
+        let header = FileHeader64::<LE>::parse(data)
+            .map_err(|e| self.err(format!("not an ELF64 little-endian file: {e}")))?;
+        if header.e_machine(LE) != elf::EM_X86_64 {
+            return Err(self.err(format!(
+                "not an x86-64 object (e_machine {})",
+                header.e_machine(LE).0
+            )));
+        }
+        if header.e_type(LE) != elf::ET_REL {
+            return Err(self.err(format!(
+                "not a relocatable object (e_type {}); kiln links .o files and .a archives",
+                header.e_type(LE).0
+            )));
+        }
+        let sections = header
+            .sections(LE, data)
+            .map_err(|e| self.err(format!("bad section table: {e}")))?;
+        let symtab = sections
+            .symbols(LE, data, elf::SHT_SYMTAB)
+            .map_err(|e| self.err(format!("bad symbol table: {e}")))?;
+        let nsec = sections.len();
+        let mut slots = vec![Slot::Skipped; nsec];
+
+        // COMDAT groups: the first object to bring a signature keeps it.
+        // (Parsed alone, an object keeps all of its groups; [`LinkGraph::merge`]
+        // drops the ones an earlier object brought.)
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (index, sh) in sections.enumerate() {
+            let Some((flags, members)) = sh
+                .group(LE, data)
+                .map_err(|e| self.err(format!("section {}: {e}", index.0)))?
+            else {
+                continue;
+            };
+            if !flags.contains(elf::GRP_COMDAT) {
+                continue;
+            }
+            let sig = symtab
+                .symbol(SymbolIndex(sh.sh_info(LE) as usize))
+                .and_then(|s| symtab.symbol_name(LE, s))
+                .map_err(|e| {
+                    self.err(format!(
+                        "group section {}: bad signature symbol: {e}",
+                        section_name_of(&sections, sh)
+                    ))
+                })?;
+            let sig = String::from_utf8_lossy(sig).into_owned();
+            groups.push((
+                sig.clone(),
+                members
+                    .iter()
+                    .map(|m| m.get(LE) as usize)
+                    .collect::<Vec<_>>(),
+            ));
+            if self.graph.comdats.contains_key(sig.as_str()) {
+                for m in members {
+                    let m = m.get(LE) as usize;
+                    if let Some(slot) = slots.get_mut(m) {
+                        *slot = Slot::Discarded;
+                    }
+                }
+            } else {
+                self.graph.comdats.insert(sig.into(), self.obj);
+            }
+        }
+
+        // Sections → blocks.
+        let mut eh_frame: Option<(usize, Vec<Record>)> = None;
+        for (index, sh) in sections.enumerate() {
+            let i = index.0;
+            if matches!(slots[i], Slot::Discarded) {
+                continue;
+            }
+            let flags = sh.sh_flags(LE).0;
+            let sh_type = sh.sh_type(LE).0;
+            if flags & elf::SHF_ALLOC.0 == 0 {
+                continue;
+            }
+            let name = section_name_of(&sections, sh);
+            let loadable = matches!(
+                sh.sh_type(LE),
+                elf::SHT_PROGBITS
+                    | elf::SHT_NOBITS
+                    | elf::SHT_INIT_ARRAY
+                    | elf::SHT_FINI_ARRAY
+                    | elf::SHT_PREINIT_ARRAY
+            ) || sh_type == SHT_X86_64_UNWIND;
+            if !loadable {
+                continue;
+            }
+            let align = sh.sh_addralign(LE).max(1);
+            if !align.is_power_of_two() || align > MAX_ALIGN {
+                return Err(self.err(format!(
+                    "section {name}: alignment {align} is not a power of two up to {MAX_ALIGN}"
+                )));
+            }
+            let size = sh.sh_size(LE);
+            let content = if sh.sh_type(LE) == elf::SHT_NOBITS {
+                if size > MAX_SIZE {
+                    return Err(self.err(format!("section {name}: size {size:#x} is too large")));
+                }
+                Content::Zero(size)
+            } else {
+                let bytes = sh
+                    .data(LE, data)
+                    .map_err(|e| self.err(format!("section {name}: {e}")))?;
+                Content::Bytes(bytes.to_vec())
+            };
+            let (prot, role) = classify(name, sh_type, flags);
+            if role == SectionRole::EhFrame {
+                let Content::Bytes(bytes) = &content else {
+                    return Err(self.err("section .eh_frame has no contents"));
+                };
+                let records = self.split_eh_frame(name, bytes, align)?;
+                eh_frame = Some((i, records));
+                slots[i] = Slot::EhFrame;
+                continue;
+            }
+            let section = self.graph.section(name, prot, role);
+            let block = self.graph.add_block(Block {
+                section,
+                object: Some(self.obj),
+                input_section: name.into(),
+                input_offset: 0,
+                content,
+                align,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: 0,
+            });
+            slots[i] = Slot::Block(block);
+        }
+
+        for (sig, members) in groups {
+            let blocks = members
+                .iter()
+                .filter_map(|&m| match slots.get(m) {
+                    Some(Slot::Block(b)) => Some(*b),
+                    _ => None,
+                })
+                .collect();
+            self.graph.groups.push((sig.into(), blocks));
+        }
+
+        // Symbols.
+        let syms = symtab.symbols();
+        let mut symbol_map: Vec<Option<SymbolId>> = vec![None; syms.len()];
+        for (index, sym) in symtab.enumerate().skip(1) {
+            symbol_map[index.0] =
+                self.read_symbol(&sections, &symtab, &slots, eh_frame.as_ref(), index, sym)?;
+        }
+
+        // Relocations.
+        for sh in sections.iter() {
+            if sh.sh_type(LE) == elf::SHT_REL {
+                return Err(self.err(format!(
+                    "section {}: SHT_REL relocations are not used on x86-64; expected SHT_RELA",
+                    section_name_of(&sections, sh)
+                )));
+            }
+            let Some((relas, _)) = sh.rela(LE, data).map_err(|e| {
+                self.err(format!("section {}: {e}", section_name_of(&sections, sh)))
+            })?
+            else {
+                continue;
+            };
+            if sh.sh_link(LE) as usize != symtab.section().0 {
+                return Err(self.err(format!(
+                    "relocation section {} does not use the symbol table",
+                    section_name_of(&sections, sh)
+                )));
+            }
+            let target = sh.sh_info(LE) as usize;
+            let Some(slot) = slots.get(target).copied() else {
+                return Err(self.err(format!(
+                    "relocation section {} applies to section {target}, which does not exist",
+                    section_name_of(&sections, sh)
+                )));
+            };
+            let tsh = sections
+                .section(SectionIndex(target))
+                .map_err(|e| self.err(e.to_string()))?;
+            let tname = section_name_of(&sections, tsh);
+            match slot {
+                Slot::Skipped | Slot::Discarded => continue,
+                Slot::Block(block) => {
+                    self.read_relocs(tname, relas, &symbol_map, &[(0, u64::MAX, block)])?;
+                }
+                Slot::EhFrame => {
+                    let records = eh_frame.as_ref().map(|(_, r)| r.as_slice()).unwrap_or(&[]);
+                    let ranges: Vec<_> = records
+                        .iter()
+                        .map(|r| (r.offset, r.offset + r.len, r.block))
+                        .collect();
+                    self.read_relocs(tname, relas, &symbol_map, &ranges)?;
+                }
+            }
+        }
+
+        if let Some((_, records)) = eh_frame {
+            self.link_fdes(&records)?;
+        }
+        Ok(())
+    }
+
+    /// Split `.eh_frame` into CIE and FDE blocks (zero terminators dropped).
+    fn split_eh_frame(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        align: u64,
+    ) -> Result<Vec<Record>, LinkError> {
+        let section = self
+            .graph
+            .section(".eh_frame", Prot::Read, SectionRole::EhFrame);
+        let mut records = Vec::new();
+        let mut off = 0usize;
+        while off < bytes.len() {
+            let word = |at: usize| -> Option<u32> {
+                bytes
+                    .get(at..at.checked_add(4)?)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            let Some(len) = word(off) else {
+                return Err(self.err(format!(
+                    "section {name} offset {off:#x}: truncated record length"
+                )));
+            };
+            if len == 0 {
+                // A terminator (or padding): skip it.
+                off += 4;
+                continue;
+            }
+            if len == u32::MAX {
+                return Err(self.err(format!(
+                    "section {name} offset {off:#x}: 64-bit DWARF .eh_frame records are not supported"
+                )));
+            }
+            let total = 4 + len as usize;
+            let end = off.checked_add(total).filter(|&e| e <= bytes.len());
+            let (Some(end), Some(id)) = (end, word(off + 4)) else {
+                return Err(self.err(format!(
+                    "section {name} offset {off:#x}: record of {len} bytes runs past the end"
+                )));
+            };
+            let is_cie = id == 0;
+            let block = self.graph.add_block(Block {
+                section,
+                object: Some(self.obj),
+                input_section: name.into(),
+                input_offset: off as u64,
+                content: Content::Bytes(bytes[off..end].to_vec()),
+                align: if records.is_empty() { align.max(4) } else { 4 },
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: 0,
+            });
+            records.push(Record {
+                offset: off as u64,
+                len: total as u64,
+                block,
+                is_cie,
+            });
+            off = end;
+        }
+        Ok(records)
+    }
+
+    /// Attach each FDE to its CIE and to the block it describes.
+    fn link_fdes(&mut self, records: &[Record]) -> Result<(), LinkError> {
+        for r in records.iter().filter(|r| !r.is_cie) {
+            let block = &self.graph.blocks[r.block.index()];
+            let Content::Bytes(bytes) = &block.content else {
+                continue;
+            };
+            let ptr = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64;
+            let cie_off = (r.offset + 4).checked_sub(ptr);
+            let cie = records
+                .iter()
+                .find(|c| c.is_cie && Some(c.offset) == cie_off)
+                .map(|c| c.block);
+            let Some(cie) = cie else {
+                return Err(self.err(format!(
+                    "section .eh_frame offset {:#x}: FDE's CIE pointer {ptr:#x} does not point at a CIE",
+                    r.offset
+                )));
+            };
+            // The PC-begin field is at offset 8 of the FDE.
+            let function = block
+                .edges
+                .iter()
+                .find(|e| e.offset == 8)
+                .map(|e| e.target)
+                .and_then(|t| match self.graph.symbols[t.index()].def {
+                    SymbolDef::Defined { block, .. } => Some(Some(block)),
+                    SymbolDef::Discarded => Some(None),
+                    _ => None,
+                });
+            let block = &mut self.graph.blocks[r.block.index()];
+            match function {
+                // Describes code that was dropped (COMDAT): drop it now.
+                Some(None) => {
+                    block.live = false;
+                    block.edges.clear();
+                    block.fde = Some(FdeLinks {
+                        cie,
+                        function: None,
+                    });
+                }
+                Some(Some(f)) => {
+                    block.fde = Some(FdeLinks {
+                        cie,
+                        function: Some(f),
+                    })
+                }
+                None => {
+                    block.fde = Some(FdeLinks {
+                        cie,
+                        function: None,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_symbol(
+        &mut self,
+        sections: &SectionTable<'_, FileHeader64<LE>>,
+        symtab: &object::read::elf::SymbolTable<'_, FileHeader64<LE>>,
+        slots: &[Slot],
+        eh_frame: Option<&(usize, Vec<Record>)>,
+        index: SymbolIndex,
+        sym: &Sym64<LE>,
+    ) -> Result<Option<SymbolId>, LinkError> {
+        let st_type = sym.st_type();
+        if st_type == elf::STT_FILE {
+            return Ok(None);
+        }
+        let name = symtab
+            .symbol_name(LE, sym)
+            .map_err(|e| self.err(format!("symbol {}: {e}", index.0)))?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| self.err(format!("symbol {}: name is not UTF-8", index.0)))?;
+        let bind = sym.st_bind();
+        let local = bind == elf::STB_LOCAL;
+        let linkage = if bind == elf::STB_WEAK {
+            Linkage::Weak
+        } else {
+            Linkage::Strong
+        };
+        let scope = if local {
+            Scope::Local
+        } else if matches!(sym.st_visibility(), elf::STV_HIDDEN | elf::STV_INTERNAL) {
+            Scope::Hidden
+        } else {
+            Scope::Default
+        };
+        let shndx = sym.st_shndx(LE);
+        if shndx == elf::SHN_UNDEF {
+            if local || name.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(self.global_ref(
+                name,
+                bind == elf::STB_WEAK,
+                st_type == elf::STT_TLS,
+            )));
+        }
+        let value = sym.st_value(LE);
+        let size = sym.st_size(LE);
+        let mut symbol = Symbol {
+            name: (!name.is_empty() && st_type != elf::STT_SECTION).then(|| name.into()),
+            def: SymbolDef::External,
+            object: Some(self.obj),
+            size,
+            scope,
+            linkage,
+            callable: st_type == elf::STT_FUNC || st_type == elf::STT_GNU_IFUNC,
+            tls: st_type == elf::STT_TLS,
+            weak_ref: true,
+        };
+        if st_type == elf::STT_GNU_IFUNC {
+            return Err(self.err(format!(
+                "symbol `{name}`: STT_GNU_IFUNC symbols are not supported"
+            )));
+        }
+        if shndx == elf::SHN_ABS {
+            symbol.def = SymbolDef::Absolute(value);
+        } else if shndx == elf::SHN_COMMON {
+            let align = value.max(1);
+            if !align.is_power_of_two() || align > MAX_ALIGN || size > MAX_SIZE {
+                return Err(self.err(format!(
+                    "COMMON symbol `{name}`: alignment {align} or size {size:#x} out of range"
+                )));
+            }
+            symbol.def = SymbolDef::Common { size, align };
+            symbol.linkage = Linkage::Weak;
+        } else {
+            let sec = symtab
+                .symbol_section(LE, sym, index)
+                .map_err(|e| self.err(format!("symbol `{name}`: {e}")))?;
+            let Some(sec) = sec else {
+                return Err(self.err(format!(
+                    "symbol `{name}`: unsupported special section index {:#x}",
+                    shndx.0
+                )));
+            };
+            let Some(slot) = slots.get(sec.0).copied() else {
+                return Err(self.err(format!(
+                    "symbol `{name}`: section index {} is out of range",
+                    sec.0
+                )));
+            };
+            symbol.def = match slot {
+                Slot::Discarded if !local && !name.is_empty() => {
+                    // The kept copy (from the first object with this group)
+                    // defines it; refer to that.
+                    return Ok(Some(self.global_ref(name, false, symbol.tls)));
+                }
+                Slot::Skipped | Slot::Discarded => SymbolDef::Discarded,
+                Slot::Block(block) => {
+                    let len = self.graph.blocks[block.index()].content.len();
+                    if value > len {
+                        let sh = sections.section(sec).map_err(|e| self.err(e.to_string()))?;
+                        return Err(self.err(format!(
+                            "symbol `{name}`: value {value:#x} lies past the end of section {} ({len:#x} bytes)",
+                            section_name_of(sections, sh)
+                        )));
+                    }
+                    SymbolDef::Defined {
+                        block,
+                        offset: value,
+                    }
+                }
+                Slot::EhFrame => {
+                    let records = eh_frame.map(|(_, r)| r.as_slice()).unwrap_or(&[]);
+                    match records
+                        .iter()
+                        .find(|r| value >= r.offset && value < r.offset + r.len)
+                    {
+                        Some(r) => SymbolDef::Defined {
+                            block: r.block,
+                            offset: value - r.offset,
+                        },
+                        None => SymbolDef::Discarded,
+                    }
+                }
+            };
+        }
+        if local || name.is_empty() {
+            return Ok(Some(self.graph.add_symbol(symbol)));
+        }
+        // Named at merge time, from the object's name arena.
+        symbol.name = None;
+        let id = self.graph.add_symbol(symbol);
+        self.graph.push_unmerged_global(id, name);
+        Ok(Some(id))
+    }
+
+    /// A reference to global `name`, resolved by name when the object's
+    /// graph is merged ([`LinkGraph::merge`]).
+    fn global_ref(&mut self, name: &str, weak: bool, tls: bool) -> SymbolId {
+        let id = self.graph.add_symbol(Symbol {
+            name: None,
+            def: SymbolDef::External,
+            object: Some(self.obj),
+            size: 0,
+            scope: Scope::Default,
+            linkage: Linkage::Strong,
+            callable: false,
+            tls,
+            weak_ref: weak,
+        });
+        self.graph.push_unmerged_global(id, name);
+        id
+    }
+
+    /// Read the relocations of one section. `ranges` maps section offsets to
+    /// blocks: `(start, end, block)`, sorted.
+    fn read_relocs(
+        &mut self,
+        section: &str,
+        relas: &[Rela64<LE>],
+        symbol_map: &[Option<SymbolId>],
+        ranges: &[(u64, u64, BlockId)],
+    ) -> Result<(), LinkError> {
+        let mut pending: Vec<(BlockId, Edge)> = Vec::with_capacity(relas.len());
+        for rela in relas {
+            let offset = rela.r_offset(LE);
+            let r_type = rela.r_type(LE, false).0;
+            let sym = rela.r_sym(LE, false) as usize;
+            let addend = rela.r_addend(LE);
+            let unsupported = || LinkError::UnsupportedRelocation {
+                object: self.name.to_string(),
+                section: section.to_string(),
+                offset,
+                r_type,
+                name: kiln_arch::x86_64::reloc::reloc_name(r_type),
+            };
+            let Some(info) = reloc_info(r_type) else {
+                return Err(unsupported());
+            };
+            if info.kind == EdgeKind::None {
+                continue;
+            }
+            let target = match symbol_map.get(sym) {
+                Some(Some(t)) => *t,
+                Some(None) if sym == 0 => {
+                    return Err(self.err(format!(
+                        "section {section} offset {offset:#x}: {} has no symbol",
+                        info.name
+                    )));
+                }
+                _ => {
+                    return Err(self.err(format!(
+                        "section {section} offset {offset:#x}: {} refers to symbol index {sym}, which is invalid",
+                        info.name
+                    )));
+                }
+            };
+            let Some(&(start, _, block)) =
+                ranges.iter().find(|(s, e, _)| offset >= *s && offset < *e)
+            else {
+                return Err(self.err(format!(
+                    "section {section} offset {offset:#x}: {} lies outside every .eh_frame record",
+                    info.name
+                )));
+            };
+            let rel_off = offset - start;
+            let len = self.graph.blocks[block.index()].content.len();
+            if rel_off
+                .checked_add(u64::from(info.width))
+                .is_none_or(|end| end > len)
+                || matches!(self.graph.blocks[block.index()].content, Content::Zero(_))
+            {
+                return Err(self.err(format!(
+                    "section {section} offset {offset:#x}: {} place of {} bytes lies outside the section ({len:#x} bytes)",
+                    info.name, info.width
+                )));
+            }
+            pending.push((
+                block,
+                Edge {
+                    offset: rel_off,
+                    kind: info.kind,
+                    r_type,
+                    target,
+                    addend,
+                },
+            ));
+        }
+        for (block, edge) in pending {
+            self.graph.blocks[block.index()].edges.push(edge);
+        }
+        for &(_, _, block) in ranges {
+            let edges = &mut self.graph.blocks[block.index()].edges;
+            if !edges.is_sorted_by_key(|e| e.offset) {
+                edges.sort_by_key(|e| e.offset);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_init_sections() {
+        let w = elf::SHF_WRITE.0 | elf::SHF_ALLOC.0;
+        assert_eq!(
+            classify(".init_array.00101", elf::SHT_INIT_ARRAY.0, w).1,
+            SectionRole::InitArray(101)
+        );
+        assert_eq!(
+            classify(".init_array.101", elf::SHT_INIT_ARRAY.0, w).1,
+            SectionRole::InitArray(101)
+        );
+        assert_eq!(
+            classify(".init_array", elf::SHT_INIT_ARRAY.0, w).1,
+            SectionRole::InitArray(65536)
+        );
+        assert_eq!(
+            classify(".ctors.65434", elf::SHT_PROGBITS.0, w).1,
+            SectionRole::Ctors(65434)
+        );
+        assert_eq!(
+            classify(".text", elf::SHT_PROGBITS.0, elf::SHF_EXECINSTR.0).0,
+            Prot::ReadExec
+        );
+        assert_eq!(
+            classify(".tbss", elf::SHT_NOBITS.0, elf::SHF_TLS.0 | w).1,
+            SectionRole::TlsBss
+        );
+    }
+
+    #[test]
+    fn arch_table_matches_object_constants() {
+        use kiln_arch::x86_64::reloc::reloc_info as info;
+        let named = [
+            (elf::R_X86_64_64, "R_X86_64_64"),
+            (elf::R_X86_64_PC32, "R_X86_64_PC32"),
+            (elf::R_X86_64_PLT32, "R_X86_64_PLT32"),
+            (elf::R_X86_64_GOTPCREL, "R_X86_64_GOTPCREL"),
+            (elf::R_X86_64_32, "R_X86_64_32"),
+            (elf::R_X86_64_32S, "R_X86_64_32S"),
+            (elf::R_X86_64_TLSGD, "R_X86_64_TLSGD"),
+            (elf::R_X86_64_TLSLD, "R_X86_64_TLSLD"),
+            (elf::R_X86_64_DTPOFF32, "R_X86_64_DTPOFF32"),
+            (elf::R_X86_64_DTPOFF64, "R_X86_64_DTPOFF64"),
+            (elf::R_X86_64_GOTTPOFF, "R_X86_64_GOTTPOFF"),
+            (elf::R_X86_64_TPOFF32, "R_X86_64_TPOFF32"),
+            (elf::R_X86_64_TPOFF64, "R_X86_64_TPOFF64"),
+            (elf::R_X86_64_PC64, "R_X86_64_PC64"),
+            (elf::R_X86_64_GOTOFF64, "R_X86_64_GOTOFF64"),
+            (elf::R_X86_64_GOTPC32, "R_X86_64_GOTPC32"),
+            (elf::R_X86_64_GOTPC64, "R_X86_64_GOTPC64"),
+            (elf::R_X86_64_SIZE32, "R_X86_64_SIZE32"),
+            (elf::R_X86_64_SIZE64, "R_X86_64_SIZE64"),
+            (elf::R_X86_64_GOTPC32_TLSDESC, "R_X86_64_GOTPC32_TLSDESC"),
+            (elf::R_X86_64_TLSDESC_CALL, "R_X86_64_TLSDESC_CALL"),
+            (elf::R_X86_64_GOTPCRELX, "R_X86_64_GOTPCRELX"),
+            (elf::R_X86_64_REX_GOTPCRELX, "R_X86_64_REX_GOTPCRELX"),
+        ];
+        for (r, name) in named {
+            assert_eq!(info(r.0).map(|i| i.name), Some(name));
+        }
+        assert!(info(elf::R_X86_64_COPY.0).is_none());
+        assert!(info(elf::R_X86_64_IRELATIVE.0).is_none());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        let mut g = LinkGraph::new();
+        assert!(read_object(&mut g, "x.o", b"not an elf").is_err());
+        assert!(read_object(&mut g, "x.o", &[]).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Errors of the linker. Every variant names what went wrong and where.
+
+use std::fmt::Write as _;
+
+use kiln_arch::FixupError;
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The engine refused a definition or lookup (the message says why).
+    #[error("{detail}")]
+    Engine {
+        /// The engine's error.
+        detail: String,
+    },
+    /// Reading a file failed (user error).
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input is not a well-formed ELF x86-64 relocatable object or archive
+    /// (user error).
+    #[error("{object}: {detail}")]
+    Malformed {
+        /// Object (path or `archive(member)`).
+        object: String,
+        /// What is wrong, and where.
+        detail: String,
+    },
+    /// A relocation kiln does not handle (user error or implementation limit).
+    #[error("{object}: section {section} offset {offset:#x}: unsupported relocation type {r_type}{}", name.map(|n| format!(" ({n})")).unwrap_or_default())]
+    UnsupportedRelocation {
+        /// Object.
+        object: String,
+        /// Section holding the place.
+        section: String,
+        /// Offset of the place in the section.
+        offset: u64,
+        /// Raw `r_type`.
+        r_type: u32,
+        /// psABI name, if known.
+        name: Option<&'static str>,
+    },
+    /// A fixup could not be applied (value out of range, place out of bounds…).
+    #[error("{object}: section {section} offset {offset:#x}: {reloc} against `{symbol}`: {source}{}", hint.map(|h| format!(" ({h})")).unwrap_or_default())]
+    Fixup {
+        /// Object.
+        object: String,
+        /// Section holding the place.
+        section: String,
+        /// Offset of the place in the section.
+        offset: u64,
+        /// psABI name of the relocation.
+        reloc: &'static str,
+        /// Target symbol.
+        symbol: String,
+        /// The arch error.
+        #[source]
+        source: Box<FixupError>,
+        /// How to avoid it, when known.
+        hint: Option<&'static str>,
+    },
+    /// Symbols nobody defines (user error). Lists every missing name with
+    /// the objects referencing it.
+    #[error("{}", missing_message(missing))]
+    MissingSymbols {
+        /// `(name, objects referencing it)`, sorted by name.
+        missing: Vec<(String, Vec<String>)>,
+    },
+    /// Strong symbols defined more than once (user error). Lists all of them.
+    #[error("{}", duplicate_message(duplicates))]
+    DuplicateSymbols {
+        /// `(name, objects defining it)`.
+        duplicates: Vec<(String, Vec<String>)>,
+    },
+    /// Live code refers to a section that was dropped (a COMDAT duplicate's
+    /// local symbol, or a non-allocated section).
+    #[error(
+        "{object}: section {section} offset {offset:#x}: relocation refers to `{symbol}` in a discarded section"
+    )]
+    DiscardedReference {
+        /// Object.
+        object: String,
+        /// Section holding the place.
+        section: String,
+        /// Offset of the place.
+        offset: u64,
+        /// The symbol.
+        symbol: String,
+    },
+    /// Address space or page protection could not be obtained (environment).
+    #[error("memory: {detail}: {source}")]
+    Memory {
+        /// What was attempted.
+        detail: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Non-PIE code needs memory below 2 GiB and none could be reserved.
+    #[error(
+        "{object}: section {section} offset {offset:#x}: {reloc} needs the image below 2 GiB (non-PIE code), but no address space there could be reserved; recompile with -fPIE or -fPIC"
+    )]
+    LowMemoryUnavailable {
+        /// Object.
+        object: String,
+        /// Section.
+        section: String,
+        /// Offset.
+        offset: u64,
+        /// Relocation name.
+        reloc: &'static str,
+    },
+    /// A shared library could not be loaded (user error).
+    #[error("cannot load library {name}: {detail}")]
+    Library {
+        /// The `-l` name or path.
+        name: String,
+        /// The loader's message.
+        detail: String,
+    },
+    /// Thread-local storage could not be set up.
+    #[error("thread-local storage: {detail}")]
+    Tls {
+        /// What failed, naming variable and object.
+        detail: String,
+    },
+    /// Registering the image with the runtime failed (eh_frame, TLS, initializers).
+    #[error("runtime: {detail}")]
+    Runtime {
+        /// What failed.
+        detail: String,
+    },
+}
+
+fn missing_message(missing: &[(String, Vec<String>)]) -> String {
+    let mut s = format!("{} undefined symbol(s):", missing.len());
+    for (name, objs) in missing {
+        let _ = write!(s, "\n  {name} (referenced by {})", objs.join(", "));
+    }
+    s
+}
+
+fn duplicate_message(dups: &[(String, Vec<String>)]) -> String {
+    let mut s = format!("{} duplicate symbol(s):", dups.len());
+    for (name, objs) in dups {
+        let _ = write!(s, "\n  {name} (defined in {})", objs.join(", "));
+    }
+    s
+}
+
+impl LinkError {
+    pub(crate) fn malformed(object: &str, detail: impl Into<String>) -> Self {
+        LinkError::Malformed {
+            object: object.to_string(),
+            detail: detail.into(),
+        }
+    }
+}

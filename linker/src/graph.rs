@@ -1,0 +1,759 @@
+//! The link graph: sections → blocks → symbols, and edges between them.
+//!
+//! Everything lives in arenas (`Vec`s) addressed by typed indices; nothing is
+//! reference counted. One graph may hold several objects: global symbols with
+//! the same name share one [`SymbolId`], so a reference in one object and the
+//! definition in another are the same node and no edge is ever rewritten when
+//! a definition arrives.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use kiln_arch::x86_64::reloc::EdgeKind;
+
+macro_rules! index {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            /// The index as a `usize`.
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+
+index!(
+    /// Index of an input object in [`LinkGraph::objects`].
+    ObjectId
+);
+index!(
+    /// Index of a section in [`LinkGraph::sections`].
+    SectionId
+);
+index!(
+    /// Index of a block in [`LinkGraph::blocks`].
+    BlockId
+);
+index!(
+    /// Index of a symbol in [`LinkGraph::symbols`].
+    SymbolId
+);
+
+/// A fast non-cryptographic hasher (the Fx hash of rustc and Firefox) for
+/// symbol names: the linker hashes every global reference, and its inputs
+/// are not adversarial hash-flooding material in a way that matters here.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(tail) ^ (rest.len() as u64) << 56);
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // Fx's product leaves the low bits (hashbrown's bucket index)
+        // depending only on the low input bytes; mix the high bits down
+        // (splitmix64's finalizer) so names differing at the end spread out.
+        let mut x = self.0;
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+}
+
+/// A `HashMap` keyed with [`FxHasher`].
+pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Memory protection a section ends up with once finalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Prot {
+    /// Read and execute.
+    ReadExec,
+    /// Read only.
+    Read,
+    /// Read and write.
+    ReadWrite,
+}
+
+/// What a section is for, beyond holding bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SectionRole {
+    /// Code or data.
+    Ordinary,
+    /// Thread-local initialized data (`.tdata`): addresses are TLS offsets.
+    TlsData,
+    /// Thread-local zero-initialized data (`.tbss`).
+    TlsBss,
+    /// `.eh_frame`, split into one block per CIE or FDE.
+    EhFrame,
+    /// `.preinit_array`.
+    PreinitArray,
+    /// `.init_array` or `.init_array.N` (priority `N`; 65536 when absent).
+    InitArray(u32),
+    /// `.fini_array` or `.fini_array.N`.
+    FiniArray(u32),
+    /// `.ctors` or `.ctors.N` (run in reverse; `N` is 65535 − priority).
+    Ctors(u32),
+    /// `.dtors` or `.dtors.N`.
+    Dtors(u32),
+    /// The linker's global offset table.
+    Got,
+    /// The linker's PLT stubs.
+    Plt,
+}
+
+/// A section of the graph. Input sections with the same name share one.
+#[derive(Debug, Clone)]
+pub struct Section {
+    /// Section name, for example `.text.main`.
+    pub name: Box<str>,
+    /// Protection once finalized.
+    pub prot: Prot,
+    /// Role of the section.
+    pub role: SectionRole,
+    /// Blocks in input order.
+    pub blocks: Vec<BlockId>,
+}
+
+/// A block's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Initialized bytes (relocated in place during fixup).
+    Bytes(Vec<u8>),
+    /// `len` zero bytes that take no space in the input.
+    Zero(u64),
+}
+
+impl Content {
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Zero(n) => *n,
+        }
+    }
+
+    /// Whether the block is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A relocation of a block: "at `offset`, write `kind` of `target` + `addend`".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Offset of the place in the block.
+    pub offset: u64,
+    /// Arch edge kind (rewritten by the GOT/PLT pass and relaxation).
+    pub kind: EdgeKind,
+    /// Raw ELF `r_type` it came from (for error messages).
+    pub r_type: u32,
+    /// Target symbol.
+    pub target: SymbolId,
+    /// Addend.
+    pub addend: i64,
+}
+
+/// A contiguous piece of content that moves as a unit: an input section, a
+/// CIE or FDE of `.eh_frame`, a COMMON symbol, the GOT.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Section the block belongs to.
+    pub section: SectionId,
+    /// Object it came from (`None` for linker-made blocks).
+    pub object: Option<ObjectId>,
+    /// Name of the input section (for errors).
+    pub input_section: Box<str>,
+    /// Offset of the block in its input section (non-zero for `.eh_frame` records).
+    pub input_offset: u64,
+    /// Bytes.
+    pub content: Content,
+    /// Alignment (a power of two).
+    pub align: u64,
+    /// Relocations, sorted by offset.
+    pub edges: Vec<Edge>,
+    /// For an FDE: the CIE block it points to (its CIE pointer is rewritten
+    /// at layout), and the block whose code it describes.
+    pub fde: Option<FdeLinks>,
+    /// Survived pruning.
+    pub live: bool,
+    /// Final address (or TLS offset for TLS blocks); set by allocation.
+    pub addr: u64,
+}
+
+/// What an FDE block is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdeLinks {
+    /// The CIE this FDE uses.
+    pub cie: BlockId,
+    /// The block whose code the FDE describes (`None` if it could not be found).
+    pub function: Option<BlockId>,
+}
+
+/// Where a symbol's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymbolDef {
+    /// Defined at an offset in a block.
+    Defined {
+        /// The block.
+        block: BlockId,
+        /// Offset in the block.
+        offset: u64,
+    },
+    /// Not defined in the graph: looked up among the externals.
+    External,
+    /// An absolute value.
+    Absolute(u64),
+    /// A COMMON symbol not yet given a block.
+    Common {
+        /// Size in bytes.
+        size: u64,
+        /// Alignment.
+        align: u64,
+    },
+    /// Defined in a section that was dropped (COMDAT duplicate or a
+    /// non-allocated section); referencing it from live code is an error.
+    Discarded,
+}
+
+/// Visibility of a symbol outside the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Visible only inside its object (`STB_LOCAL`).
+    Local,
+    /// Global but not exported from the linked image (`STV_HIDDEN`, `STV_INTERNAL`).
+    Hidden,
+    /// Exported (`STV_DEFAULT`, `STV_PROTECTED`).
+    Default,
+}
+
+/// Strength of a definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Linkage {
+    /// A strong definition: two of them are a duplicate.
+    Strong,
+    /// A weak definition (`STB_WEAK`, `STB_GNU_UNIQUE`, COMMON).
+    Weak,
+}
+
+/// A symbol.
+#[derive(Debug, Clone)]
+pub struct Symbol {
+    /// Name (`None` for section symbols and anonymous ones).
+    pub name: Option<Box<str>>,
+    /// Where its value comes from.
+    pub def: SymbolDef,
+    /// Object that defined it (or first referenced it, for externals).
+    pub object: Option<ObjectId>,
+    /// Size (`st_size`).
+    pub size: u64,
+    /// Scope.
+    pub scope: Scope,
+    /// Linkage.
+    pub linkage: Linkage,
+    /// It names code (`STT_FUNC`).
+    pub callable: bool,
+    /// It is thread-local (`STT_TLS`).
+    pub tls: bool,
+    /// Every reference to this external is weak: unresolved means 0.
+    pub weak_ref: bool,
+}
+
+/// One input object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Display name: a path, or `archive.a(member.o)`.
+    pub name: Box<str>,
+}
+
+/// The link graph.
+#[derive(Debug, Default)]
+pub struct LinkGraph {
+    /// Input objects.
+    pub objects: Vec<ObjectInfo>,
+    /// Sections.
+    pub sections: Vec<Section>,
+    /// Blocks.
+    pub blocks: Vec<Block>,
+    /// Symbols.
+    pub symbols: Vec<Symbol>,
+    /// Global names → their (shared) symbol.
+    pub globals: FxHashMap<Box<str>, SymbolId>,
+    /// Sections by name.
+    pub(crate) section_index: FxHashMap<Box<str>, SectionId>,
+    /// COMDAT group signatures already taken, with the object that won.
+    pub(crate) comdats: FxHashMap<Box<str>, ObjectId>,
+    /// COMDAT groups of a graph parsed from one object, with their blocks,
+    /// decided when it is merged into the link's graph.
+    pub(crate) groups: Vec<(Box<str>, Vec<BlockId>)>,
+    /// Global symbols of a graph parsed from one object, not yet resolved
+    /// by name (each reference and definition is its own symbol until
+    /// [`LinkGraph::merge`]).
+    pub(crate) unmerged_globals: Vec<(SymbolId, u32, u32)>,
+    /// Names of `unmerged_globals` (`start, len` into this string): one
+    /// allocation per object instead of one per symbol.
+    pub(crate) name_arena: String,
+    /// Strong definitions that collided: name → every defining object.
+    pub(crate) duplicates: Vec<(Box<str>, Vec<ObjectId>)>,
+}
+
+impl LinkGraph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add an object record.
+    pub fn add_object(&mut self, name: &str) -> ObjectId {
+        self.objects.push(ObjectInfo { name: name.into() });
+        ObjectId(self.objects.len() as u32 - 1)
+    }
+
+    /// The section called `name`, created with `prot` and `role` if new.
+    pub fn section(&mut self, name: &str, prot: Prot, role: SectionRole) -> SectionId {
+        if let Some(&id) = self.section_index.get(name) {
+            return id;
+        }
+        let id = SectionId(self.sections.len() as u32);
+        self.sections.push(Section {
+            name: name.into(),
+            prot,
+            role,
+            blocks: Vec::new(),
+        });
+        self.section_index.insert(name.into(), id);
+        id
+    }
+
+    /// Add a block to `section`.
+    pub fn add_block(&mut self, mut block: Block) -> BlockId {
+        let id = BlockId(self.blocks.len() as u32);
+        block.edges.sort_by_key(|e| e.offset);
+        self.sections[block.section.index()].blocks.push(id);
+        self.blocks.push(block);
+        id
+    }
+
+    /// Add a symbol that is not in the global table.
+    pub fn add_symbol(&mut self, symbol: Symbol) -> SymbolId {
+        self.symbols.push(symbol);
+        SymbolId(self.symbols.len() as u32 - 1)
+    }
+
+    /// The shared symbol for global `name`, created as an external if new.
+    pub fn global(&mut self, name: &str, object: ObjectId) -> SymbolId {
+        if let Some(&id) = self.globals.get(name) {
+            return id;
+        }
+        let id = self.add_symbol(Symbol {
+            name: Some(name.into()),
+            def: SymbolDef::External,
+            object: Some(object),
+            size: 0,
+            scope: Scope::Default,
+            linkage: Linkage::Strong,
+            callable: false,
+            tls: false,
+            weak_ref: true,
+        });
+        self.globals.insert(name.into(), id);
+        id
+    }
+
+    /// Apply a global definition from `object` to the shared symbol `id`,
+    /// following ELF's rules: strong beats COMMON beats weak, the largest
+    /// COMMON wins, two strong definitions are a duplicate (recorded, and
+    /// reported all together by [`LinkGraph::take_duplicates`]).
+    pub fn define_global(&mut self, id: SymbolId, new: Symbol) {
+        let old = &mut self.symbols[id.index()];
+        let replace = match (old.def, new.def) {
+            (SymbolDef::External | SymbolDef::Discarded, _) => true,
+            (_, SymbolDef::External | SymbolDef::Discarded) => false,
+            (
+                SymbolDef::Common { size, align },
+                SymbolDef::Common {
+                    size: s2,
+                    align: a2,
+                },
+            ) => {
+                old.def = SymbolDef::Common {
+                    size: size.max(s2),
+                    align: align.max(a2),
+                };
+                old.size = old.size.max(new.size);
+                false
+            }
+            // As in lld: a strong definition beats COMMON, COMMON beats a
+            // weak definition.
+            (SymbolDef::Common { .. }, _) => new.linkage == Linkage::Strong,
+            (_, SymbolDef::Common { .. }) => old.linkage == Linkage::Weak,
+            _ => match (old.linkage, new.linkage) {
+                (Linkage::Weak, Linkage::Strong) => true,
+                (Linkage::Strong, Linkage::Strong) => {
+                    let name = old.name.clone().unwrap_or_default();
+                    let first = old.object;
+                    let second = new.object;
+                    match self.duplicates.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, objs)) => objs.extend(second),
+                        None => self
+                            .duplicates
+                            .push((name, first.into_iter().chain(second).collect())),
+                    }
+                    false
+                }
+                _ => false,
+            },
+        };
+        let old = &mut self.symbols[id.index()];
+        let weak_ref = old.weak_ref && new.weak_ref;
+        if replace {
+            let name = old.name.take();
+            *old = new;
+            old.name = name;
+        }
+        old.weak_ref = weak_ref;
+    }
+
+    /// Append `other` (a graph parsed from one object, see
+    /// [`crate::elf::parse_object`]): its sections join same-named ones, its
+    /// COMDAT groups already present here are dropped with their FDEs, its
+    /// global symbols resolve against this graph's. Returns the id of the
+    /// first object appended.
+    pub fn merge(&mut self, other: LinkGraph) -> ObjectId {
+        let obj_base = self.objects.len() as u32;
+        let remap_obj = |o: ObjectId| ObjectId(o.0 + obj_base);
+        self.objects.extend(other.objects);
+        let sec_map: Vec<SectionId> = other
+            .sections
+            .iter()
+            .map(|s| self.section(&s.name, s.prot, s.role))
+            .collect();
+        let mut dropped = vec![false; other.blocks.len()];
+        for (sig, blocks) in other.groups {
+            match self.comdats.entry(sig) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    for b in blocks {
+                        dropped[b.index()] = true;
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let owner = blocks
+                        .first()
+                        .and_then(|b| other.blocks[b.index()].object)
+                        .map_or(ObjectId(obj_base), remap_obj);
+                    v.insert(owner);
+                }
+            }
+        }
+        for (i, b) in other.blocks.iter().enumerate() {
+            if let Some(f) = b.fde
+                && let Some(func) = f.function
+                && dropped[func.index()]
+            {
+                dropped[i] = true;
+            }
+        }
+        let mut block_map: Vec<Option<BlockId>> = Vec::with_capacity(other.blocks.len());
+        let mut next = self.blocks.len() as u32;
+        for &d in &dropped {
+            block_map.push((!d).then(|| {
+                next += 1;
+                BlockId(next - 1)
+            }));
+        }
+        // Per symbol: its global name, if it is a global.
+        let mut global_name: Vec<Option<(u32, u32)>> = vec![None; other.symbols.len()];
+        for &(id, start, len) in &other.unmerged_globals {
+            global_name[id.index()] = Some((start, len));
+        }
+        let mut is_global = vec![false; other.symbols.len()];
+        for id in other.globals.values() {
+            is_global[id.index()] = true;
+        }
+        let arena = other.name_arena;
+        let mut sym_map: Vec<SymbolId> = Vec::with_capacity(other.symbols.len());
+        for (i, mut s) in other.symbols.into_iter().enumerate() {
+            s.object = s.object.map(remap_obj);
+            if let SymbolDef::Defined { block, offset } = s.def {
+                s.def = match block_map[block.index()] {
+                    Some(block) => SymbolDef::Defined { block, offset },
+                    None => SymbolDef::Discarded,
+                };
+            }
+            let name = match global_name[i] {
+                Some((start, len)) => arena.get(start as usize..start as usize + len as usize),
+                None if is_global[i] => s.name.as_deref(),
+                None => None,
+            };
+            let id = match name {
+                Some(name) => self.global(name, s.object.unwrap_or(ObjectId(obj_base))),
+                None => {
+                    sym_map.push(self.add_symbol(s));
+                    continue;
+                }
+            };
+            match s.def {
+                SymbolDef::External => {
+                    let g = &mut self.symbols[id.index()];
+                    g.weak_ref &= s.weak_ref;
+                    g.tls |= s.tls;
+                }
+                // Defined in a dropped COMDAT copy: the kept copy defines it.
+                SymbolDef::Discarded => self.symbols[id.index()].weak_ref = false,
+                _ => self.define_global(id, s),
+            }
+            sym_map.push(id);
+        }
+        for (name, objs) in other.duplicates {
+            self.duplicates
+                .push((name, objs.into_iter().map(remap_obj).collect()));
+        }
+        for (i, mut b) in other.blocks.into_iter().enumerate() {
+            if dropped[i] {
+                continue;
+            }
+            b.section = sec_map[b.section.index()];
+            b.object = b.object.map(remap_obj);
+            for e in &mut b.edges {
+                e.target = sym_map[e.target.index()];
+            }
+            if let Some(f) = b.fde {
+                match block_map[f.cie.index()] {
+                    Some(cie) => {
+                        b.fde = Some(FdeLinks {
+                            cie,
+                            function: f.function.and_then(|x| block_map[x.index()]),
+                        })
+                    }
+                    None => {
+                        b.fde = None;
+                        b.live = false;
+                    }
+                }
+            }
+            self.add_block(b);
+        }
+        ObjectId(obj_base)
+    }
+
+    /// Record `id` as a global named `name`, resolved by [`LinkGraph::merge`].
+    pub(crate) fn push_unmerged_global(&mut self, id: SymbolId, name: &str) {
+        let start = self.name_arena.len() as u32;
+        self.name_arena.push_str(name);
+        self.unmerged_globals.push((id, start, name.len() as u32));
+    }
+
+    /// Duplicate strong definitions seen so far, emptied.
+    pub fn take_duplicates(&mut self) -> Vec<(Box<str>, Vec<ObjectId>)> {
+        std::mem::take(&mut self.duplicates)
+    }
+
+    /// Display name of an object.
+    pub fn object_name(&self, id: Option<ObjectId>) -> &str {
+        id.and_then(|o| self.objects.get(o.index()))
+            .map_or("<linker>", |o| &o.name)
+    }
+
+    /// Display name of a symbol.
+    pub fn symbol_name(&self, id: SymbolId) -> String {
+        let sym = &self.symbols[id.index()];
+        match (&sym.name, sym.def) {
+            (Some(n), _) => n.to_string(),
+            (None, SymbolDef::Defined { block, offset }) => {
+                let b = &self.blocks[block.index()];
+                format!("{}+{offset:#x}", b.input_section)
+            }
+            (None, _) => "<anonymous>".to_string(),
+        }
+    }
+
+    /// Names of global symbols that are still undefined and referenced by a
+    /// live block, each with the objects that reference it.
+    pub fn undefined_names(&self) -> Vec<(Box<str>, Vec<ObjectId>)> {
+        let mut refs: HashMap<SymbolId, Vec<ObjectId>> = HashMap::new();
+        for block in self.blocks.iter().filter(|b| b.live) {
+            for e in &block.edges {
+                let sym = &self.symbols[e.target.index()];
+                if sym.def == SymbolDef::External && sym.name.is_some() {
+                    let objs = refs.entry(e.target).or_default();
+                    if let Some(o) = block.object
+                        && !objs.contains(&o)
+                    {
+                        objs.push(o);
+                    }
+                }
+            }
+        }
+        let mut out: Vec<_> = refs
+            .into_iter()
+            .filter_map(|(id, objs)| Some((self.symbols[id.index()].name.clone()?, objs)))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(g: &mut LinkGraph, obj: ObjectId, linkage: Linkage, d: SymbolDef) -> Symbol {
+        let _ = g;
+        Symbol {
+            name: Some("x".into()),
+            def: d,
+            object: Some(obj),
+            size: 4,
+            scope: Scope::Default,
+            linkage,
+            callable: false,
+            tls: false,
+            weak_ref: true,
+        }
+    }
+
+    fn block(g: &mut LinkGraph, obj: ObjectId) -> BlockId {
+        let s = g.section(".data", Prot::ReadWrite, SectionRole::Ordinary);
+        g.add_block(Block {
+            section: s,
+            object: Some(obj),
+            input_section: ".data".into(),
+            input_offset: 0,
+            content: Content::Zero(16),
+            align: 8,
+            edges: Vec::new(),
+            fde: None,
+            live: true,
+            addr: 0,
+        })
+    }
+
+    #[test]
+    fn strong_beats_weak_and_common_and_duplicates_are_all_kept() {
+        let mut g = LinkGraph::new();
+        let (a, b, c) = (
+            g.add_object("a.o"),
+            g.add_object("b.o"),
+            g.add_object("c.o"),
+        );
+        let id = g.global("x", a);
+        assert_eq!(g.symbols[id.index()].def, SymbolDef::External);
+        let common = def(
+            &mut g,
+            a,
+            Linkage::Weak,
+            SymbolDef::Common { size: 4, align: 4 },
+        );
+        g.define_global(id, common);
+        let bigger = def(
+            &mut g,
+            b,
+            Linkage::Weak,
+            SymbolDef::Common { size: 16, align: 8 },
+        );
+        g.define_global(id, bigger);
+        assert_eq!(
+            g.symbols[id.index()].def,
+            SymbolDef::Common { size: 16, align: 8 }
+        );
+        let bb = block(&mut g, b);
+        let weak = def(
+            &mut g,
+            b,
+            Linkage::Weak,
+            SymbolDef::Defined {
+                block: bb,
+                offset: 0,
+            },
+        );
+        g.define_global(id, weak);
+        assert!(
+            matches!(g.symbols[id.index()].def, SymbolDef::Common { .. }),
+            "common beats a weak definition"
+        );
+        let cb = block(&mut g, c);
+        let strong = def(
+            &mut g,
+            c,
+            Linkage::Strong,
+            SymbolDef::Defined {
+                block: cb,
+                offset: 8,
+            },
+        );
+        g.define_global(id, strong.clone());
+        assert_eq!(
+            g.symbols[id.index()].def,
+            SymbolDef::Defined {
+                block: cb,
+                offset: 8
+            }
+        );
+        assert_eq!(g.symbols[id.index()].name.as_deref(), Some("x"));
+        assert!(g.take_duplicates().is_empty());
+        // Two more strong definitions: one entry listing all three objects.
+        let mut again = strong.clone();
+        again.object = Some(a);
+        g.define_global(id, again);
+        let mut third = strong;
+        third.object = Some(b);
+        g.define_global(id, third);
+        let dups = g.take_duplicates();
+        assert_eq!(dups.len(), 1);
+        assert_eq!(dups[0].1, vec![c, a, b]);
+    }
+
+    #[test]
+    fn weak_references_stay_weak_only_if_all_are() {
+        let mut g = LinkGraph::new();
+        let a = g.add_object("a.o");
+        let id = g.global("w", a);
+        assert!(g.symbols[id.index()].weak_ref);
+        g.symbols[id.index()].weak_ref = false;
+        let again = g.global("w", a);
+        assert_eq!(id, again);
+        assert!(!g.symbols[id.index()].weak_ref);
+    }
+
+    #[test]
+    fn fx_hasher_distinguishes_lengths() {
+        let h = |s: &str| {
+            let mut x = FxHasher::default();
+            x.write(s.as_bytes());
+            x.finish()
+        };
+        assert_ne!(h("a"), h("a\0"));
+        assert_ne!(h("printf"), h("fprintf"));
+    }
+}

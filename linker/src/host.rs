@@ -1,0 +1,201 @@
+//! Host symbols: kiln's runtime overrides, then `-l` libraries, then the
+//! process itself (dlsym through libloading).
+
+use std::path::{Path, PathBuf};
+
+use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+
+use crate::error::LinkError;
+
+/// Answers a link's question "where are these external symbols?" in one call.
+///
+/// The answer has one entry per name, in order; `None` means not found.
+pub trait SymbolResolver: Send + Sync {
+    /// Look up every name at once.
+    fn resolve(&self, names: &[&str]) -> Vec<Option<u64>>;
+}
+
+impl<F> SymbolResolver for F
+where
+    F: Fn(&[&str]) -> Vec<Option<u64>> + Send + Sync,
+{
+    fn resolve(&self, names: &[&str]) -> Vec<Option<u64>> {
+        self(names)
+    }
+}
+
+/// Sonames of the libraries kiln knows by `-l` name (on Debian `libm.so` and
+/// `libc.so` are linker scripts that `dlopen` cannot read).
+const KNOWN_SONAMES: &[(&str, &str)] = &[
+    ("c", "libc.so.6"),
+    ("m", "libm.so.6"),
+    ("pthread", "libc.so.6"),
+    ("dl", "libc.so.6"),
+    ("rt", "libc.so.6"),
+    ("stdc++", "libstdc++.so.6"),
+    ("gcc_s", "libgcc_s.so.1"),
+];
+
+/// The host's symbols: runtime overrides, loaded libraries, the process.
+#[derive(Debug)]
+pub struct HostSymbols {
+    overrides: &'static [(&'static str, usize)],
+    libraries: Vec<(String, Library)>,
+    this: Library,
+}
+
+impl HostSymbols {
+    /// The process's own symbols, plus libm, libgcc_s and libstdc++ when they
+    /// exist, with kiln's runtime overrides consulted first.
+    pub fn new() -> Self {
+        let mut host = HostSymbols {
+            overrides: crate::runtime::host_overrides(),
+            libraries: Vec::new(),
+            this: Library::this(),
+        };
+        for soname in ["libm.so.6", "libgcc_s.so.1", "libstdc++.so.6"] {
+            // Optional: a host without libstdc++ still links C programs.
+            let _ = host.load_path(Path::new(soname));
+        }
+        host
+    }
+
+    /// Load `-l name`, searching `dirs` (like `-L`) for `libNAME.so`, then
+    /// the known sonames, then the loader's search path.
+    pub fn load_library(&mut self, name: &str, dirs: &[PathBuf]) -> Result<(), LinkError> {
+        for dir in dirs {
+            let p = dir.join(format!("lib{name}.so"));
+            if p.exists() && self.load_path(&p).is_ok() {
+                return Ok(());
+            }
+        }
+        if let Some((_, soname)) = KNOWN_SONAMES.iter().find(|(n, _)| *n == name) {
+            return self.load_path(Path::new(soname));
+        }
+        self.load_path(Path::new(&format!("lib{name}.so")))
+    }
+
+    /// Load a shared library by path or soname.
+    pub fn load_path(&mut self, path: &Path) -> Result<(), LinkError> {
+        // SAFETY: loading a library runs its initializers; the caller asked
+        // for this library to provide symbols to JIT'd code, which is the
+        // contract of `-l`.
+        let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| {
+            LinkError::Library {
+                name: path.display().to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+        self.libraries.push((path.display().to_string(), lib));
+        Ok(())
+    }
+
+    /// Address of `name`, or `None`.
+    pub fn lookup(&self, name: &str) -> Option<u64> {
+        if let Some(&(_, addr)) = self.overrides.iter().find(|(n, _)| *n == name) {
+            return Some(addr as u64);
+        }
+        for (_, lib) in &self.libraries {
+            if let Some(a) = Self::sym(lib, name) {
+                return Some(a);
+            }
+        }
+        Self::sym(&self.this, name)
+    }
+
+    fn sym(lib: &Library, cname: &str) -> Option<u64> {
+        // SAFETY: the symbol is only read as an address, never called or
+        // dereferenced here; `*const u8` matches any symbol's address.
+        let s = unsafe { lib.get::<*const u8>(cname) }.ok()?;
+        let addr = *s as u64;
+        (addr != 0).then_some(addr)
+    }
+}
+
+impl Default for HostSymbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SymbolResolver for HostSymbols {
+    fn resolve(&self, names: &[&str]) -> Vec<Option<u64>> {
+        names.iter().map(|n| self.lookup(n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_libc_and_libm() {
+        let mut h = HostSymbols::new();
+        h.load_library("m", &[]).unwrap();
+        let r = h.resolve(&["printf", "cos", "kiln_surely_not_a_symbol"]);
+        assert!(r[0].is_some() && r[1].is_some());
+        assert!(r[2].is_none());
+        assert!(h.load_library("kiln_no_such_lib", &[]).is_err());
+    }
+}
+
+/// What the host's dynamic symbol table says about a symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostSymbolKind {
+    /// Code (`STT_FUNC`, `STT_GNU_IFUNC`).
+    Function,
+    /// Data (`STT_OBJECT`) of this many bytes.
+    Data(u64),
+}
+
+#[repr(C)]
+struct DlInfo {
+    fname: *const u8,
+    fbase: *mut c_void,
+    sname: *const u8,
+    saddr: *mut c_void,
+}
+
+#[repr(C)]
+struct Elf64Sym {
+    st_name: u32,
+    st_info: u8,
+    st_other: u8,
+    st_shndx: u16,
+    st_value: u64,
+    st_size: u64,
+}
+
+unsafe extern "C" {
+    fn dladdr1(addr: *const c_void, info: *mut DlInfo, extra: *mut *mut c_void, flags: i32) -> i32;
+}
+
+use std::ffi::c_void;
+
+/// Kind and size of the host symbol at `addr`, from the dynamic symbol
+/// table of the object that defines it (`dladdr1(RTLD_DL_SYMENT)`).
+pub fn host_symbol_kind(addr: u64) -> Option<HostSymbolKind> {
+    const RTLD_DL_SYMENT: i32 = 1;
+    let mut info = DlInfo {
+        fname: std::ptr::null(),
+        fbase: std::ptr::null_mut(),
+        sname: std::ptr::null(),
+        saddr: std::ptr::null_mut(),
+    };
+    let mut sym: *mut c_void = std::ptr::null_mut();
+    // SAFETY: dladdr1 only inspects the loader's tables; `info` and `sym`
+    // are valid out-pointers of the types glibc documents for RTLD_DL_SYMENT.
+    let ok = unsafe { dladdr1(addr as *const c_void, &mut info, &mut sym, RTLD_DL_SYMENT) };
+    if ok == 0 || sym.is_null() || info.saddr as u64 != addr {
+        return None;
+    }
+    // SAFETY: on success with RTLD_DL_SYMENT, `sym` points at the symbol's
+    // ElfW(Sym) inside the loaded object's dynamic symbol table, which stays
+    // mapped while the object is loaded.
+    let sym = unsafe { &*(sym as *const Elf64Sym) };
+    match sym.st_info & 0xf {
+        2 | 10 => Some(HostSymbolKind::Function),
+        1 => Some(HostSymbolKind::Data(sym.st_size)),
+        _ => None,
+    }
+}

@@ -1,0 +1,321 @@
+//! The convenient API: [`Linker`] collects objects and archives, links them
+//! into one [`LinkedImage`], and the image runs its initializers and, when
+//! dropped, its finalizers before releasing its memory.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use std::path::Path;
+
+use crate::archive::Archive;
+use crate::error::LinkError;
+use crate::graph::{LinkGraph, SymbolDef};
+use crate::host::SymbolResolver;
+use crate::memory::MemState;
+use crate::passes::{self, Finalized, ImageEnv, LinkOptions, LinkStats};
+use crate::runtime;
+
+/// Collects inputs and links them.
+#[derive(Debug, Default)]
+pub struct Linker {
+    options: LinkOptions,
+    objects: Vec<(String, Vec<u8>)>,
+    archives: Vec<Archive>,
+    run_initializers: bool,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
+    std::fs::read(path).map_err(|source| LinkError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl Linker {
+    /// A linker with `options`; initializers run at the end of [`Linker::link`].
+    pub fn new(options: LinkOptions) -> Self {
+        Linker {
+            options,
+            objects: Vec::new(),
+            archives: Vec::new(),
+            run_initializers: true,
+        }
+    }
+
+    /// Whether [`Linker::link`] runs the image's initializers (default yes).
+    /// With `false`, nothing of the image runs unless the caller calls it
+    /// (`--noexec`); finalizers then do not run either.
+    pub fn run_initializers(&mut self, yes: bool) -> &mut Self {
+        self.run_initializers = yes;
+        self
+    }
+
+    /// Add an object (`.o`) from a file.
+    pub fn add_object_file(&mut self, path: impl AsRef<Path>) -> Result<&mut Self, LinkError> {
+        let path = path.as_ref();
+        let data = read(path)?;
+        Ok(self.add_object_bytes(path.display().to_string(), data))
+    }
+
+    /// Add an object from memory, called `name` in errors.
+    pub fn add_object_bytes(&mut self, name: impl Into<String>, data: Vec<u8>) -> &mut Self {
+        self.objects.push((name.into(), data));
+        self
+    }
+
+    /// Add a static archive (`.a`) from a file; its members are linked when
+    /// one of their symbols is needed.
+    pub fn add_archive_file(&mut self, path: impl AsRef<Path>) -> Result<&mut Self, LinkError> {
+        let path = path.as_ref();
+        let data = read(path)?;
+        self.add_archive_bytes(path.display().to_string(), data)
+    }
+
+    /// Add a static archive from memory.
+    pub fn add_archive_bytes(
+        &mut self,
+        name: impl Into<String>,
+        data: Vec<u8>,
+    ) -> Result<&mut Self, LinkError> {
+        self.archives.push(Archive::parse(&name.into(), data)?);
+        Ok(self)
+    }
+
+    /// Add an input by file name: `.a` files are archives, anything else an object.
+    pub fn add_file(&mut self, path: impl AsRef<Path>) -> Result<&mut Self, LinkError> {
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "a") {
+            self.add_archive_file(path)
+        } else {
+            self.add_object_file(path)
+        }
+    }
+
+    /// Read every object into one graph and pull archive members until no
+    /// undefined symbol can be satisfied by an archive.
+    pub fn build_graph(&mut self) -> Result<LinkGraph, LinkError> {
+        let mut graph = LinkGraph::new();
+        // Objects parse in parallel and merge in order (COMDAT groups and
+        // duplicate checks depend on the order).
+        let parsed: Vec<Result<LinkGraph, LinkError>> = self
+            .objects
+            .par_iter()
+            .map(|(name, data)| crate::elf::parse_object(name, data))
+            .collect();
+        for p in parsed {
+            graph.merge(p?);
+        }
+        loop {
+            let wanted: Vec<Box<str>> = graph
+                .globals
+                .iter()
+                .filter(|(_, id)| {
+                    let s = &graph.symbols[id.index()];
+                    s.def == SymbolDef::External && !s.weak_ref
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            let mut pulled = false;
+            for name in wanted {
+                for ar in &mut self.archives {
+                    if let Some((member, bytes)) = ar.take_member_for(&name)? {
+                        crate::elf::read_object(&mut graph, &member, bytes)?;
+                        pulled = true;
+                        break;
+                    }
+                }
+            }
+            if !pulled {
+                break;
+            }
+        }
+        Ok(graph)
+    }
+
+    /// Link everything into memory, resolving externals through `resolver`
+    /// (usually [`crate::HostSymbols`]).
+    pub fn link(&mut self, resolver: &dyn SymbolResolver) -> Result<LinkedImage, LinkError> {
+        let name = self
+            .objects
+            .first()
+            .map(|(n, _)| n.clone())
+            .or_else(|| self.archives.first().map(|a| a.name().to_string()))
+            .unwrap_or_else(|| "<empty>".into());
+        let parse_start = std::time::Instant::now();
+        let graph = self.build_graph()?;
+        let parse = parse_start.elapsed();
+        let dso = runtime::DsoHandle::new(name.clone());
+        let env = ImageEnv {
+            dso_handle: Some(dso.addr() as u64),
+            name: name.clone(),
+            tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
+        };
+        let mut finalized = passes::link_graph(graph, resolver, &env, &self.options)?;
+        finalized.stats.timings.parse = parse;
+        LinkedImage::start(name, finalized, dso, self.run_initializers)
+    }
+}
+
+/// A linked image in memory. Dropping it runs its finalizers (and the
+/// `atexit` handlers its code registered), deregisters its unwind info and
+/// releases its memory.
+#[derive(Debug)]
+pub struct LinkedImage {
+    name: String,
+    symbols: HashMap<Box<str>, u64>,
+    stats: LinkStats,
+    memory: (u64, u64),
+    platform: Option<Platform>,
+    alloc: Option<crate::memory::Allocation>,
+}
+
+/// The image's registrations with the runtime, torn down in order: the
+/// finalizers run, then unwind info, TLS and the DSO handle go.
+#[derive(Debug)]
+struct Platform {
+    init_fini: runtime::InitFini,
+    initialized: bool,
+    eh_frame: Option<runtime::eh_frame::EhFrameRegistration>,
+    tls: Option<runtime::tls::TlsModule>,
+}
+
+impl LinkedImage {
+    pub(crate) fn start(
+        name: String,
+        f: Finalized,
+        dso: runtime::DsoHandle,
+        run_init: bool,
+    ) -> Result<LinkedImage, LinkError> {
+        let memory = (f.alloc.base(), f.alloc.len());
+        dso.add_range(memory.0 as usize, memory.1 as usize);
+        let eh_frame = match f.eh_frame {
+            // The recorded length includes the zero terminator.
+            Some((start, len)) => {
+                // SAFETY: [start, start+len) is the image's finalized,
+                // relocated `.eh_frame` followed by its 4-byte terminator; it
+                // stays mapped and unchanged until the registration is
+                // dropped, which `Drop for LinkedImage` does before releasing.
+                let r = unsafe {
+                    runtime::eh_frame::register(start as *const u8, len.saturating_sub(4) as usize)
+                };
+                Some(r.map_err(|e| LinkError::Runtime {
+                    detail: format!("{name}: {e}"),
+                })?)
+            }
+            None => None,
+        };
+        let mut init_fini = runtime::InitFini::new(dso);
+        for (section, entries) in &f.init_fini {
+            init_fini.add_section(section, entries);
+        }
+        let mut image = LinkedImage {
+            name,
+            symbols: f.symbols,
+            stats: f.stats,
+            memory,
+            platform: Some(Platform {
+                init_fini,
+                initialized: false,
+                eh_frame,
+                tls: f.tls_module,
+            }),
+            alloc: Some(f.alloc),
+        };
+        if run_init {
+            image.run_initializers();
+        }
+        Ok(image)
+    }
+
+    /// Run the image's initializers now (once).
+    pub fn run_initializers(&mut self) {
+        if let Some(p) = &mut self.platform
+            && !p.initialized
+        {
+            p.initialized = true;
+            // SAFETY: the image is finalized and its externals resolved; the
+            // initializers are the image's own functions.
+            unsafe { p.init_fini.run_init() };
+        }
+    }
+
+    /// Runs the initializers of several images (once each) as one program
+    /// would: interleaved by priority, ties in the order given.
+    pub fn run_initializers_together(images: &mut [&mut LinkedImage]) {
+        let mut sets = Vec::with_capacity(images.len());
+        for image in images.iter_mut() {
+            if let Some(p) = &mut image.platform
+                && !p.initialized
+            {
+                p.initialized = true;
+                sets.push(&mut p.init_fini);
+            }
+        }
+        // SAFETY: every image is finalized and its externals resolved; the
+        // initializers are the images' own functions.
+        unsafe { runtime::InitFini::run_init_together(&mut sets) };
+    }
+
+    /// Runs the finalizers (and the `atexit` handlers the image's code
+    /// registered) now, once, keeping the memory until the image is dropped —
+    /// for teardowns where other images' finalizers may still call into it.
+    pub fn run_finalizers(&mut self) {
+        if let Some(p) = &mut self.platform
+            && p.initialized
+        {
+            p.initialized = false;
+            // SAFETY: the image's code is still mapped; its finalizers and
+            // atexit handlers run before anything is released.
+            unsafe { p.init_fini.run_fini() };
+        }
+    }
+
+    /// Address of a global symbol (exported or hidden) of the image.
+    pub fn symbol(&self, name: &str) -> Option<u64> {
+        self.symbols.get(name).copied()
+    }
+
+    /// Every global symbol with its address.
+    pub fn symbols(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.symbols.iter().map(|(n, a)| (&**n, *a))
+    }
+
+    /// Display name (the first input).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Link statistics.
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// `(start, length)` of the image's memory.
+    pub fn memory_range(&self) -> (u64, u64) {
+        self.memory
+    }
+
+    /// Whether the memory is finalized (not yet released).
+    pub fn is_finalized(&self) -> bool {
+        self.alloc
+            .as_ref()
+            .is_some_and(|a| a.state() == MemState::Finalized)
+    }
+}
+
+impl Drop for LinkedImage {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.platform.take() {
+            // Always: code may have run (and registered atexit handlers)
+            // without the initializers; the runtime skips the finalizer
+            // arrays of an image whose initializers never ran.
+            // SAFETY: the image's code is still mapped; its finalizers and
+            // atexit handlers run before anything is released.
+            unsafe { p.init_fini.run_fini() };
+            drop(p.eh_frame.take());
+            drop(p.tls.take());
+            drop(p);
+        }
+        drop(self.alloc.take());
+    }
+}

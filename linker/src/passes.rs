@@ -1,0 +1,1404 @@
+//! The pass pipeline: prune → GOT/PLT → allocate → resolve own symbols →
+//! look up externals → fixup → finalize.
+//!
+//! [`link_graph`] runs them in order and is the one place that shows the
+//! order. The same passes are reachable as phases on [`Prepared`] for the
+//! engine's object layer, which must report the graph's own addresses
+//! ([`Prepared::defined_symbols`]), look externals up through its dylibs
+//! ([`Prepared::external_names`] + [`Prepared::resolve_externals`]), then fix
+//! up and finalize ([`Prepared::finalize`]), and emit with the dependencies of
+//! [`Prepared::dependencies`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use kiln_arch::FixupError;
+use kiln_arch::x86_64::reloc::{
+    self, EdgeKind, FixupValues, PLT_STUB_SIZE, Relaxed, kind_name, reloc_name,
+};
+
+use crate::error::LinkError;
+use crate::graph::{
+    Block, BlockId, Content, Edge, LinkGraph, Linkage, Prot, Scope, SectionId, SectionRole, Symbol,
+    SymbolDef, SymbolId,
+};
+use crate::host::SymbolResolver;
+use crate::memory::{Allocation, PAGE, Placement};
+use crate::runtime;
+
+/// Which blocks start out live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Roots {
+    /// Every block (like JITLink without a dead-strip pass).
+    #[default]
+    All,
+    /// Only the blocks defining these symbols, plus initializers and
+    /// finalizers; everything else is kept only if reachable from them.
+    Symbols(Vec<String>),
+}
+
+/// Options of one link.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LinkOptions {
+    /// Which blocks are roots for pruning.
+    pub roots: Roots,
+    /// Fix up in parallel when the graph has at least this many edges.
+    pub parallel_threshold: usize,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            roots: Roots::All,
+            parallel_threshold: 20_000,
+        }
+    }
+}
+
+/// Flags of a defined symbol reported to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DefinedFlags {
+    /// Code.
+    pub callable: bool,
+    /// A weak definition.
+    pub weak: bool,
+    /// Visible outside the image (`false` for hidden globals).
+    pub exported: bool,
+}
+
+/// A global symbol of the graph with its final address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedSymbol {
+    /// Name.
+    pub name: String,
+    /// Final address (for TLS symbols: offset in the image's TLS block).
+    pub address: u64,
+    /// Flags.
+    pub flags: DefinedFlags,
+}
+
+/// What one defined global symbol depends on (phase (d)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SymbolDependencies {
+    /// The symbol.
+    pub name: String,
+    /// External symbols its code or data transitively references.
+    pub externals: Vec<String>,
+    /// Other globals of this graph it transitively references.
+    pub internals: Vec<String>,
+}
+
+/// One GOT slot request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum GotKey {
+    /// The symbol's address.
+    Addr(SymbolId),
+    /// `{module, dtpoff}` for `__tls_get_addr` (16 bytes).
+    TlsGd(SymbolId),
+    /// `{module, 0}` (16 bytes).
+    TlsLd,
+    /// The symbol's thread-pointer offset.
+    TpOff(SymbolId),
+    /// A TLS descriptor `{resolver, argument}` (16 bytes).
+    TlsDesc(SymbolId),
+}
+
+impl GotKey {
+    fn size(self) -> u64 {
+        match self {
+            GotKey::Addr(_) | GotKey::TpOff(_) => 8,
+            _ => 16,
+        }
+    }
+}
+
+/// Thread-local storage of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsLayout {
+    /// Address of the initialization image (`.tdata` contents) in the image.
+    pub image_addr: u64,
+    /// Bytes of initialized data.
+    pub filesz: u64,
+    /// Total size, including `.tbss`.
+    pub memsz: u64,
+    /// Alignment.
+    pub align: u64,
+}
+
+/// Per-image values the linker provides itself.
+#[derive(Debug, Clone, Default)]
+pub struct ImageEnv {
+    /// Address for `__dso_handle`.
+    pub dso_handle: Option<u64>,
+    /// Name of the image (for the TLS module and errors).
+    pub name: String,
+    /// Where the image's TLS block goes, if it has one.
+    pub tls_placement: Option<runtime::tls::TlsPlacement>,
+}
+
+/// The result of finalization: what [`crate::LinkedImage`] owns.
+#[derive(Debug)]
+pub struct Finalized {
+    /// The memory.
+    pub alloc: Allocation,
+    /// Global symbols (exported and hidden) with addresses.
+    pub symbols: HashMap<Box<str>, u64>,
+    /// `.eh_frame` range (start, length including the zero terminator), if any.
+    pub eh_frame: Option<(u64, u64)>,
+    /// Initializer and finalizer sections in link order: `(section name,
+    /// function addresses after fixup)`, for [`runtime::InitFini::add_section`].
+    pub init_fini: Vec<(Box<str>, Vec<usize>)>,
+    /// Thread-local storage layout (memsz 0 when none).
+    pub tls: TlsLayout,
+    /// The image's TLS module, initialized with its `.tdata`.
+    pub tls_module: Option<runtime::tls::TlsModule>,
+    /// Statistics.
+    pub stats: LinkStats,
+}
+
+/// Counts of one link, for `--stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Objects in the graph.
+    pub objects: usize,
+    /// Live blocks.
+    pub blocks: usize,
+    /// Symbols.
+    pub symbols: usize,
+    /// Relocations applied.
+    pub relocations: usize,
+    /// GOT entries.
+    pub got_entries: usize,
+    /// PLT stubs.
+    pub plt_stubs: usize,
+    /// Bytes of memory.
+    pub bytes: u64,
+    /// Time per phase.
+    pub timings: PhaseTimings,
+}
+
+/// Wall-clock time of each phase of one link (zero when not measured).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimings {
+    /// Reading objects and archive members into the graph.
+    pub parse: Duration,
+    /// Duplicate check, COMMON allocation and pruning.
+    pub prune: Duration,
+    /// GOT/PLT building, layout and memory allocation.
+    pub allocate: Duration,
+    /// Looking up external symbols.
+    pub lookup: Duration,
+    /// Fixups (GOT/PLT contents, relocations, copy into memory).
+    pub fixup: Duration,
+    /// Final protections (and, in [`crate::LinkedImage`], runtime registration).
+    pub finalize: Duration,
+}
+
+/// A graph after prune, GOT/PLT and allocation: addresses are final.
+#[derive(Debug)]
+pub struct Prepared {
+    graph: LinkGraph,
+    alloc: Allocation,
+    segments: Vec<(u64, u64, Prot)>,
+    got: HashMap<GotKey, u64>,
+    got_block: Option<BlockId>,
+    plt: HashMap<SymbolId, u64>,
+    plt_block: Option<BlockId>,
+    tls: TlsLayout,
+    eh_frame: Option<(u64, u64)>,
+    /// Resolved external addresses, by symbol.
+    externals: HashMap<SymbolId, u64>,
+    specials: HashMap<SymbolId, Special>,
+    /// Copies of host data for non-PIE code, by symbol.
+    copy_blocks: HashMap<SymbolId, BlockId>,
+    /// Placed below 2 GiB.
+    low: bool,
+    /// Host symbols may be out of ±2 GiB reach (copies and stubs were made).
+    far_host: bool,
+}
+
+/// Symbols the linker defines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Special {
+    DsoHandle,
+    /// `_TLS_MODULE_BASE_`: offset 0 of the image's TLS block (TLSDESC
+    /// local-dynamic code adds DTPOFF offsets to it).
+    TlsModuleBase,
+    GlobalOffsetTable,
+    Start(SectionId),
+    Stop(SectionId),
+}
+
+/// Link `graph` all the way: the pipeline, in order.
+pub fn link_graph(
+    graph: LinkGraph,
+    resolver: &dyn SymbolResolver,
+    env: &ImageEnv,
+    options: &LinkOptions,
+) -> Result<Finalized, LinkError> {
+    let mut graph = graph;
+    let t0 = Instant::now();
+    // Report every duplicate strong definition at once.
+    check_duplicates(&mut graph)?;
+    // COMMON symbols become zero-fill blocks.
+    allocate_commons(&mut graph);
+    // Drop what nothing live reaches, and the FDEs of dropped code.
+    prune(&mut graph, &options.roots)?;
+    let t1 = Instant::now();
+    // GOT entries and PLT stubs, then addresses for every block.
+    let mut prepared = Prepared::new(graph)?;
+    // (a) the graph's own symbols are now final: the engine's "resolve"
+    // reports `prepared.defined_symbols()` here; a standalone link needs
+    // nothing more.
+    let t2 = Instant::now();
+    // (b) one question for every external name; all missing ones in one error.
+    let names = prepared.external_names();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let answers = resolver.resolve(&refs);
+    prepared.resolve_externals(&refs, &answers)?;
+    let t3 = Instant::now();
+    // (c) fixup (parallel for large graphs) and finalize memory.
+    let mut done = prepared.finalize(env, options)?;
+    let t = &mut done.stats.timings;
+    t.prune = t1 - t0;
+    t.allocate = t2 - t1;
+    t.lookup = t3 - t2;
+    Ok(done)
+}
+
+/// Fail with every duplicate strong definition.
+pub fn check_duplicates(graph: &mut LinkGraph) -> Result<(), LinkError> {
+    let dups = graph.take_duplicates();
+    if dups.is_empty() {
+        return Ok(());
+    }
+    Err(LinkError::DuplicateSymbols {
+        duplicates: dups
+            .into_iter()
+            .map(|(n, objs)| {
+                (
+                    n.to_string(),
+                    objs.iter()
+                        .map(|o| graph.object_name(Some(*o)).to_string())
+                        .collect(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// Give every COMMON symbol a zero-filled block in `.bss.common`.
+pub fn allocate_commons(graph: &mut LinkGraph) {
+    let commons: Vec<(SymbolId, u64, u64)> = graph
+        .symbols
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s.def {
+            SymbolDef::Common { size, align } => Some((SymbolId(i as u32), size, align)),
+            _ => None,
+        })
+        .collect();
+    if commons.is_empty() {
+        return;
+    }
+    let section = graph.section(".bss.common", Prot::ReadWrite, SectionRole::Ordinary);
+    for (id, size, align) in commons {
+        let object = graph.symbols[id.index()].object;
+        let block = graph.add_block(Block {
+            section,
+            object,
+            input_section: "COMMON".into(),
+            input_offset: 0,
+            content: Content::Zero(size),
+            align,
+            edges: Vec::new(),
+            fde: None,
+            live: true,
+            addr: 0,
+        });
+        graph.symbols[id.index()].def = SymbolDef::Defined { block, offset: 0 };
+    }
+}
+
+fn is_init_fini(role: SectionRole) -> bool {
+    matches!(
+        role,
+        SectionRole::PreinitArray
+            | SectionRole::InitArray(_)
+            | SectionRole::FiniArray(_)
+            | SectionRole::Ctors(_)
+            | SectionRole::Dtors(_)
+    )
+}
+
+/// Mark live everything reachable from the roots; FDEs live with their code.
+/// Dead blocks keep their place in the arena but get no memory, and their
+/// edges ask for no symbol.
+pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
+    let n = graph.blocks.len();
+    let mut fdes_of: HashMap<BlockId, Vec<BlockId>> = HashMap::new();
+    for (i, b) in graph.blocks.iter().enumerate() {
+        if let Some(f) = b.fde
+            && let Some(func) = f.function
+            && b.live
+        {
+            fdes_of.entry(func).or_default().push(BlockId(i as u32));
+        }
+    }
+    let mut live = vec![false; n];
+    let mut work: Vec<BlockId> = Vec::new();
+    let eh = |g: &LinkGraph, b: &Block| g.sections[b.section.index()].role == SectionRole::EhFrame;
+    match roots {
+        Roots::All => {
+            for (i, b) in graph.blocks.iter().enumerate() {
+                if b.live && !eh(graph, b) {
+                    work.push(BlockId(i as u32));
+                }
+            }
+        }
+        Roots::Symbols(names) => {
+            for (i, b) in graph.blocks.iter().enumerate() {
+                if b.live && is_init_fini(graph.sections[b.section.index()].role) {
+                    work.push(BlockId(i as u32));
+                }
+            }
+            for name in names {
+                if let Some(&id) = graph.globals.get(name.as_str())
+                    && let SymbolDef::Defined { block, .. } = graph.symbols[id.index()].def
+                {
+                    work.push(block);
+                }
+            }
+        }
+    }
+    while let Some(b) = work.pop() {
+        if live[b.index()] {
+            continue;
+        }
+        live[b.index()] = true;
+        let block = &graph.blocks[b.index()];
+        for e in &block.edges {
+            if let SymbolDef::Defined { block: t, .. } = graph.symbols[e.target.index()].def
+                && !live[t.index()]
+            {
+                work.push(t);
+            }
+        }
+        if let Some(f) = block.fde
+            && !live[f.cie.index()]
+        {
+            work.push(f.cie);
+        }
+        if let Some(fdes) = fdes_of.get(&b) {
+            work.extend(fdes.iter().copied());
+        }
+    }
+    for (b, l) in graph.blocks.iter_mut().zip(live) {
+        b.live = b.live && l;
+    }
+    // Live code must not refer to dropped sections.
+    for b in graph.blocks.iter().filter(|b| b.live) {
+        for e in &b.edges {
+            if graph.symbols[e.target.index()].def == SymbolDef::Discarded {
+                return Err(LinkError::DiscardedReference {
+                    object: graph.object_name(b.object).to_string(),
+                    section: b.input_section.to_string(),
+                    offset: b.input_offset + e.offset,
+                    symbol: graph.symbol_name(e.target),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Round `x` up to a multiple of `a` (saturating: an absurd layout then
+/// fails to allocate instead of overflowing).
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a.max(1)).saturating_mul(a.max(1))
+}
+
+/// Whether `target + addend - place` fits a signed 32-bit field.
+fn in_reach(place: u64, target: u64, addend: i64) -> bool {
+    let v = i128::from(target) + i128::from(addend) - i128::from(place);
+    (i128::from(i32::MIN)..=i128::from(i32::MAX)).contains(&v)
+}
+
+impl Prepared {
+    /// Build GOT and PLT, lay out and allocate memory: every block and
+    /// linker-made symbol gets its final address.
+    pub fn new(mut graph: LinkGraph) -> Result<Prepared, LinkError> {
+        // --- GOT / PLT requests.
+        let mut got_keys: Vec<GotKey> = Vec::new();
+        let mut got_seen: HashSet<GotKey> = HashSet::new();
+        let mut plt_syms: Vec<SymbolId> = Vec::new();
+        let mut plt_seen: HashSet<SymbolId> = HashSet::new();
+        let mut needs_got = false;
+        let mut needs_low: Option<(BlockId, Edge)> = None;
+        let mut specials: HashMap<SymbolId, Special> = HashMap::new();
+        for (bi, b) in graph.blocks.iter().enumerate() {
+            if !b.live {
+                continue;
+            }
+            for e in &b.edges {
+                let sym = &graph.symbols[e.target.index()];
+                let external = sym.def == SymbolDef::External;
+                let key = match e.kind {
+                    EdgeKind::GotDelta32
+                    | EdgeKind::GotLoadRelaxable { .. }
+                    | EdgeKind::GotDelta64
+                    | EdgeKind::GotOffsetOfEntry64 => Some(GotKey::Addr(e.target)),
+                    EdgeKind::TlsGd => Some(GotKey::TlsGd(e.target)),
+                    EdgeKind::TlsLd => Some(GotKey::TlsLd),
+                    EdgeKind::GotTpOff => Some(GotKey::TpOff(e.target)),
+                    EdgeKind::TlsDescGot => Some(GotKey::TlsDesc(e.target)),
+                    EdgeKind::Branch32 if external => {
+                        if plt_seen.insert(e.target) {
+                            plt_syms.push(e.target);
+                        }
+                        Some(GotKey::Addr(e.target))
+                    }
+                    EdgeKind::GotOff64 | EdgeKind::GotPc32 | EdgeKind::GotPc64 => {
+                        needs_got = true;
+                        None
+                    }
+                    EdgeKind::Pointer32 | EdgeKind::Pointer32Signed if needs_low.is_none() => {
+                        needs_low = Some((BlockId(bi as u32), *e));
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(k) = key
+                    && got_seen.insert(k)
+                {
+                    got_keys.push(k);
+                }
+                if external && let Some(name) = &sym.name {
+                    let special = match &**name {
+                        "__dso_handle" => Some(Special::DsoHandle),
+                        "_TLS_MODULE_BASE_" => Some(Special::TlsModuleBase),
+                        "_GLOBAL_OFFSET_TABLE_" => {
+                            needs_got = true;
+                            Some(Special::GlobalOffsetTable)
+                        }
+                        n => n
+                            .strip_prefix("__start_")
+                            .and_then(|s| graph.section_index.get(s))
+                            .map(|&s| Special::Start(s))
+                            .or_else(|| {
+                                n.strip_prefix("__stop_")
+                                    .and_then(|s| graph.section_index.get(s))
+                                    .map(|&s| Special::Stop(s))
+                            }),
+                    };
+                    if let Some(s) = special {
+                        specials.insert(e.target, s);
+                    }
+                }
+            }
+        }
+        // Non-PIE code lives below 2 GiB, out of reach of the host's
+        // libraries: host functions it names get a PLT stub (their address
+        // then is the stub's), host data it names a copy taken at link time
+        // (like a copy relocation whose library side is not redirected).
+        let mut copies: Vec<(SymbolId, u64)> = Vec::new();
+        // The same holds for PIE code when the kernel did not let the slab
+        // sit near the host's libraries.
+        let far_host = needs_low.is_some()
+            || !crate::memory::Slab::get(Placement::Near)?.is_some_and(|s| s.near_host());
+        if far_host {
+            let this = libloading::os::unix::Library::this();
+            let mut seen = HashSet::new();
+            for b in graph.blocks.iter().filter(|b| b.live) {
+                for e in &b.edges {
+                    let sym = &graph.symbols[e.target.index()];
+                    if sym.def != SymbolDef::External
+                        || specials.contains_key(&e.target)
+                        || !matches!(
+                            e.kind,
+                            EdgeKind::Delta32 | EdgeKind::Pointer32 | EdgeKind::Pointer32Signed
+                        )
+                        || !seen.insert(e.target)
+                    {
+                        continue;
+                    }
+                    let Some(name) = &sym.name else { continue };
+                    // SAFETY: the symbol is only read as an address.
+                    let addr = unsafe { this.get::<*const u8>(&**name) }
+                        .ok()
+                        .map(|s| *s as u64);
+                    match addr.and_then(crate::host::host_symbol_kind) {
+                        Some(crate::host::HostSymbolKind::Data(size)) if size > 0 => {
+                            copies.push((e.target, size));
+                        }
+                        _ => {
+                            if plt_seen.insert(e.target) {
+                                plt_syms.push(e.target);
+                            }
+                            if got_seen.insert(GotKey::Addr(e.target)) {
+                                got_keys.push(GotKey::Addr(e.target));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut copy_blocks = HashMap::new();
+        if !copies.is_empty() {
+            let section = graph.section("$__COPIES", Prot::ReadWrite, SectionRole::Ordinary);
+            for (sym, size) in copies {
+                let block = graph.add_block(Block {
+                    section,
+                    object: None,
+                    input_section: "$__COPIES".into(),
+                    input_offset: 0,
+                    content: Content::Bytes(vec![0; size as usize]),
+                    align: 16,
+                    edges: Vec::new(),
+                    fde: None,
+                    live: true,
+                    addr: 0,
+                });
+                copy_blocks.insert(sym, block);
+            }
+        }
+        let mut got = HashMap::new();
+        let mut got_size = 0u64;
+        for k in &got_keys {
+            got.insert(*k, got_size);
+            got_size += k.size();
+        }
+        if needs_got && got_size == 0 {
+            got_size = 8;
+        }
+        let got_block = (got_size > 0).then(|| {
+            let section = graph.section("$__GOT", Prot::Read, SectionRole::Got);
+            graph.add_block(Block {
+                section,
+                object: None,
+                input_section: "$__GOT".into(),
+                input_offset: 0,
+                content: Content::Bytes(vec![0; got_size as usize]),
+                align: 16,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: 0,
+            })
+        });
+        let mut plt = HashMap::new();
+        let plt_block = (!plt_syms.is_empty()).then(|| {
+            for (i, s) in plt_syms.iter().enumerate() {
+                plt.insert(*s, (i * PLT_STUB_SIZE) as u64);
+            }
+            let section = graph.section("$__STUBS", Prot::ReadExec, SectionRole::Plt);
+            graph.add_block(Block {
+                section,
+                object: None,
+                input_section: "$__STUBS".into(),
+                input_offset: 0,
+                content: Content::Bytes(vec![0xcc; plt_syms.len() * PLT_STUB_SIZE]),
+                align: 16,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: 0,
+            })
+        });
+
+        // --- Layout: RX, then R, then RW, each page-aligned; TLS apart.
+        let mut tls = TlsLayout {
+            align: 1,
+            ..TlsLayout::default()
+        };
+        let mut tls_off = 0u64;
+        for role in [SectionRole::TlsData, SectionRole::TlsBss] {
+            for s in graph.sections.iter().filter(|s| s.role == role) {
+                for &b in &s.blocks {
+                    let block = &mut graph.blocks[b.index()];
+                    if !block.live {
+                        continue;
+                    }
+                    tls_off = align_up(tls_off, block.align);
+                    tls.align = tls.align.max(block.align);
+                    block.addr = tls_off;
+                    tls_off = tls_off.saturating_add(block.content.len());
+                }
+            }
+            if role == SectionRole::TlsData {
+                tls.filesz = tls_off;
+            }
+        }
+        tls.memsz = align_up(tls_off, tls.align);
+
+        let mut offset = 0u64;
+        let mut segments = Vec::new();
+        let mut eh_frame = None;
+        let mut tls_image_off = None;
+        let mut placed: Vec<(BlockId, u64)> = Vec::new();
+        for prot in [Prot::ReadExec, Prot::Read, Prot::ReadWrite] {
+            offset = align_up(offset, PAGE);
+            let start = offset;
+            for s in graph.sections.iter().filter(|s| s.prot == prot) {
+                if matches!(s.role, SectionRole::TlsData | SectionRole::TlsBss) {
+                    continue;
+                }
+                let eh = s.role == SectionRole::EhFrame;
+                let mut first = None;
+                for &b in &s.blocks {
+                    let block = &graph.blocks[b.index()];
+                    if !block.live {
+                        continue;
+                    }
+                    offset = align_up(offset, block.align);
+                    first.get_or_insert(offset);
+                    placed.push((b, offset));
+                    offset = offset.saturating_add(block.content.len());
+                }
+                if eh && let Some(f) = first {
+                    // Zero terminator after the last live record.
+                    offset = offset.saturating_add(4);
+                    eh_frame = Some((f, offset - f));
+                }
+            }
+            if prot == Prot::Read && tls.filesz > 0 {
+                offset = align_up(offset, tls.align);
+                tls_image_off = Some(offset);
+                offset = offset.saturating_add(tls.filesz);
+            }
+            if offset > start {
+                segments.push((start, offset - start, prot));
+            }
+        }
+        let total = align_up(offset.max(1), PAGE);
+
+        let placement = if needs_low.is_some() {
+            Placement::Low
+        } else {
+            Placement::Near
+        };
+        let alloc = match Allocation::new(total, placement)? {
+            Some(a) => a,
+            None => {
+                let (b, e) = needs_low.unwrap_or((BlockId(0), Edge::dummy()));
+                let block = &graph.blocks[b.index()];
+                return Err(LinkError::LowMemoryUnavailable {
+                    object: graph.object_name(block.object).to_string(),
+                    section: block.input_section.to_string(),
+                    offset: block.input_offset + e.offset,
+                    reloc: reloc_name(e.r_type).unwrap_or("R_X86_64_32"),
+                });
+            }
+        };
+        let base = alloc.base();
+        for (b, off) in placed {
+            graph.blocks[b.index()].addr = base + off;
+        }
+        tls.image_addr = tls_image_off.map_or(0, |o| base + o);
+        let eh_frame = eh_frame.map(|(o, l)| (base + o, l));
+        Ok(Prepared {
+            graph,
+            alloc,
+            segments,
+            got,
+            got_block,
+            plt,
+            plt_block,
+            tls,
+            eh_frame,
+            externals: HashMap::new(),
+            specials,
+            copy_blocks,
+            low: placement == Placement::Low,
+            far_host,
+        })
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &LinkGraph {
+        &self.graph
+    }
+
+    /// TLS layout of the image.
+    pub fn tls_layout(&self) -> TlsLayout {
+        self.tls
+    }
+
+    /// Address range of the allocation.
+    pub fn memory_range(&self) -> (u64, u64) {
+        (self.alloc.base(), self.alloc.len())
+    }
+
+    /// Phase (a): the graph's own global symbols with final addresses.
+    pub fn defined_symbols(&self) -> Vec<DefinedSymbol> {
+        let g = &self.graph;
+        g.globals
+            .iter()
+            .filter_map(|(name, &id)| {
+                let s = &g.symbols[id.index()];
+                let address = match s.def {
+                    SymbolDef::Defined { block, offset } => {
+                        let b = &g.blocks[block.index()];
+                        if !b.live {
+                            return None;
+                        }
+                        b.addr.wrapping_add(offset)
+                    }
+                    SymbolDef::Absolute(v) => v,
+                    _ => return None,
+                };
+                Some(DefinedSymbol {
+                    name: name.to_string(),
+                    address,
+                    flags: DefinedFlags {
+                        callable: s.callable,
+                        weak: s.linkage == Linkage::Weak,
+                        exported: s.scope == Scope::Default,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Phase (b), part 1: every external name live code references (names
+    /// the linker provides itself excluded), sorted.
+    pub fn external_names(&self) -> Vec<String> {
+        self.graph
+            .undefined_names()
+            .into_iter()
+            .filter(|(n, _)| {
+                self.graph
+                    .globals
+                    .get(n)
+                    .is_none_or(|id| !self.specials.contains_key(id))
+            })
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    /// Phase (b), part 2: record the answers for `names` (same order).
+    /// Every missing non-weak name is reported in one error with the objects
+    /// referencing it.
+    pub fn resolve_externals(
+        &mut self,
+        names: &[&str],
+        answers: &[Option<u64>],
+    ) -> Result<(), LinkError> {
+        let mut missing = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let Some(&id) = self.graph.globals.get(*name) else {
+                continue;
+            };
+            match answers.get(i).copied().flatten() {
+                Some(addr) => {
+                    self.externals.insert(id, addr);
+                }
+                None if self.graph.symbols[id.index()].weak_ref => {
+                    self.externals.insert(id, 0);
+                }
+                None => missing.push(name.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            // Only now find who references them (a second walk over the edges).
+            let refs: HashMap<Box<str>, Vec<crate::graph::ObjectId>> =
+                self.graph.undefined_names().into_iter().collect();
+            let mut missing: Vec<(String, Vec<String>)> = missing
+                .into_iter()
+                .map(|name| {
+                    let objs = refs
+                        .get(name.as_str())
+                        .map(|objs| {
+                            objs.iter()
+                                .map(|o| self.graph.object_name(Some(*o)).to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (name, objs)
+                })
+                .collect();
+            missing.sort();
+            return Err(LinkError::MissingSymbols { missing });
+        }
+        Ok(())
+    }
+
+    /// Phase (d): for each defined global, the externals and other globals
+    /// its block transitively references (through blocks that define no
+    /// global of their own).
+    pub fn dependencies(&self) -> Vec<SymbolDependencies> {
+        let g = &self.graph;
+        // Blocks that define at least one global: they are dependency nodes.
+        let mut named: HashMap<BlockId, Vec<SymbolId>> = HashMap::new();
+        for &id in g.globals.values() {
+            if let SymbolDef::Defined { block, .. } = g.symbols[id.index()].def
+                && g.blocks[block.index()].live
+            {
+                named.entry(block).or_default().push(id);
+            }
+        }
+        let mut out = Vec::new();
+        for (&root, syms) in &named {
+            let mut ext: HashSet<SymbolId> = HashSet::new();
+            let mut int: HashSet<SymbolId> = HashSet::new();
+            let mut seen: HashSet<BlockId> = HashSet::from([root]);
+            let mut work = vec![root];
+            while let Some(b) = work.pop() {
+                for e in &g.blocks[b.index()].edges {
+                    let t = &g.symbols[e.target.index()];
+                    match t.def {
+                        SymbolDef::External if !self.specials.contains_key(&e.target) => {
+                            ext.insert(e.target);
+                        }
+                        SymbolDef::Defined { block, .. } => {
+                            if block == root {
+                                continue;
+                            }
+                            if let Some(defs) = named.get(&block) {
+                                int.insert(if t.name.is_some() && t.scope != Scope::Local {
+                                    e.target
+                                } else {
+                                    defs[0]
+                                });
+                            } else if seen.insert(block) {
+                                work.push(block);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let names = |set: HashSet<SymbolId>| {
+                let mut v: Vec<String> = set.into_iter().map(|s| g.symbol_name(s)).collect();
+                v.sort();
+                v
+            };
+            let externals = names(ext);
+            let internals = names(int);
+            for &s in syms {
+                out.push(SymbolDependencies {
+                    name: g.symbol_name(s),
+                    externals: externals.clone(),
+                    internals: internals.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn symbol_address(&self, id: SymbolId, env: &ImageEnv) -> u64 {
+        let g = &self.graph;
+        let s = &g.symbols[id.index()];
+        match s.def {
+            SymbolDef::Defined { block, offset } => {
+                g.blocks[block.index()].addr.wrapping_add(offset)
+            }
+            SymbolDef::Absolute(v) => v,
+            SymbolDef::External => {
+                if let Some(sp) = self.specials.get(&id) {
+                    return match *sp {
+                        Special::DsoHandle => env.dso_handle.unwrap_or(self.alloc.base()),
+                        Special::TlsModuleBase => 0,
+                        Special::GlobalOffsetTable => self.got_base(),
+                        Special::Start(sec) | Special::Stop(sec) => {
+                            let live: Vec<&Block> = g.sections[sec.index()]
+                                .blocks
+                                .iter()
+                                .map(|b| &g.blocks[b.index()])
+                                .filter(|b| b.live)
+                                .collect();
+                            let start = live.first().map_or(0, |b| b.addr);
+                            let end = live.last().map_or(0, |b| b.addr + b.content.len());
+                            if matches!(sp, Special::Start(_)) {
+                                start
+                            } else {
+                                end
+                            }
+                        }
+                    };
+                }
+                self.externals.get(&id).copied().unwrap_or(0)
+            }
+            SymbolDef::Common { .. } | SymbolDef::Discarded => 0,
+        }
+    }
+
+    fn got_base(&self) -> u64 {
+        self.got_block
+            .map_or(0, |b| self.graph.blocks[b.index()].addr)
+    }
+
+    /// Phase (c): write GOT and PLT, fix up every live block (in parallel
+    /// for large graphs), copy into memory, set final protections.
+    pub fn finalize(
+        mut self,
+        env: &ImageEnv,
+        options: &LinkOptions,
+    ) -> Result<Finalized, LinkError> {
+        let fixup_start = Instant::now();
+        // The TLS module fixes module id and thread-pointer offset before fixup.
+        let tls_module = match (self.tls.memsz > 0, env.tls_placement) {
+            (true, Some(placement)) => Some(
+                runtime::tls::TlsModule::new(
+                    &env.name,
+                    self.tls.memsz as usize,
+                    self.tls.align as usize,
+                    placement,
+                )
+                .map_err(|e| LinkError::Tls {
+                    detail: e.to_string(),
+                })?,
+            ),
+            _ => None,
+        };
+        let tls = tls_module.as_ref();
+        let g = &self.graph;
+        // Final value of every symbol, computed once.
+        let addrs: Vec<u64> = (0..g.symbols.len())
+            .map(|i| self.symbol_address(SymbolId(i as u32), env))
+            .collect();
+        let mut addrs = addrs;
+        // Redirect host symbols that non-PIE code cannot reach: data to its
+        // copy (snapshotted now), functions to their PLT stub.
+        let plt_base = self.plt_block.map_or(0, |b| g.blocks[b.index()].addr);
+        let (base, len, low) = (self.alloc.base(), self.alloc.len(), self.low);
+        // Out of reach of some place of this image for a 32-bit field.
+        let far = |host: u64| {
+            (low && host >= 1 << 31) || host.abs_diff(base).saturating_add(len) >= 1 << 31
+        };
+        let mut snapshots = Vec::new();
+        for (&sym, &block) in &self.copy_blocks {
+            let host = addrs[sym.index()];
+            if host != 0 && far(host) {
+                snapshots.push((block, host));
+                addrs[sym.index()] = g.blocks[block.index()].addr;
+            }
+        }
+        // GOT entries hold the real addresses; only edges see the stubs.
+        let got_addrs = addrs.clone();
+        if self.far_host {
+            for (&sym, &off) in &self.plt {
+                let host = addrs[sym.index()];
+                if g.symbols[sym.index()].def == SymbolDef::External
+                    && far(host)
+                    && !self.copy_blocks.contains_key(&sym)
+                {
+                    addrs[sym.index()] = plt_base + off;
+                }
+            }
+        }
+        for (block, host) in snapshots {
+            if let Content::Bytes(v) = &mut self.graph.blocks[block.index()].content {
+                // SAFETY: `host` is the address the resolver gave for a host
+                // data symbol whose dynamic symbol table entry says it has
+                // `v.len()` bytes; it is mapped readable while its library is loaded.
+                let src = unsafe { std::slice::from_raw_parts(host as *const u8, v.len()) };
+                v.copy_from_slice(src);
+            }
+        }
+        let g = &self.graph;
+        let got_base = self.got_base();
+        let tp_offset = |sym: SymbolId, g: &LinkGraph, reloc: &str| -> Result<i64, LinkError> {
+            let module = tls.ok_or_else(|| no_tls(g, sym))?;
+            module
+                .static_tp_offset(
+                    addrs[sym.index()],
+                    &g.symbol_name(sym),
+                    g.object_name(g.symbols[sym.index()].object),
+                    reloc,
+                )
+                .map_err(|e| LinkError::Tls {
+                    detail: e.to_string(),
+                })
+        };
+        // GOT contents.
+        if let Some(gb) = self.got_block {
+            let mut got_bytes = vec![0u8; g.blocks[gb.index()].content.len() as usize];
+            for (&key, &off) in &self.got {
+                let off = off as usize;
+                let mut put = |at: usize, v: u64| {
+                    got_bytes[off + at..off + at + 8].copy_from_slice(&v.to_le_bytes());
+                };
+                match key {
+                    GotKey::Addr(s) => put(0, got_addrs[s.index()]),
+                    GotKey::TlsGd(s) | GotKey::TlsDesc(s) | GotKey::TpOff(s)
+                        if g.symbols[s.index()].def == SymbolDef::External
+                            && !self.specials.contains_key(&s) =>
+                    {
+                        return Err(LinkError::Tls {
+                            detail: format!(
+                                "thread-local `{}` is not defined in this link; kiln resolves TLS variables only within one image",
+                                g.symbol_name(s)
+                            ),
+                        });
+                    }
+                    GotKey::TpOff(s) => put(0, tp_offset(s, g, "R_X86_64_GOTTPOFF")? as u64),
+                    GotKey::TlsGd(s) => {
+                        let p = tls.ok_or_else(|| no_tls(g, s))?;
+                        put(0, p.module_id());
+                        put(8, addrs[s.index()]);
+                    }
+                    GotKey::TlsLd => {
+                        let p = tls.ok_or_else(|| LinkError::Tls {
+                            detail: "local-dynamic TLS used but no TLS support was provided".into(),
+                        })?;
+                        put(0, p.module_id());
+                        put(8, 0);
+                    }
+                    GotKey::TlsDesc(s) => {
+                        let p = tls.ok_or_else(|| no_tls(g, s))?;
+                        let d = p.tlsdesc(addrs[s.index()]).map_err(|e| LinkError::Tls {
+                            detail: e.to_string(),
+                        })?;
+                        put(0, d.resolver as u64);
+                        put(8, d.argument as u64);
+                    }
+                }
+            }
+            self.graph.blocks[gb.index()].content = Content::Bytes(got_bytes);
+        }
+        // PLT stubs.
+        if let Some(pb) = self.plt_block {
+            let stub_base = self.graph.blocks[pb.index()].addr;
+            let mut bytes = vec![0xccu8; self.plt.len() * PLT_STUB_SIZE];
+            for (&sym, &off) in &self.plt {
+                let entry = got_base + self.got[&GotKey::Addr(sym)];
+                let mut stub = [0u8; PLT_STUB_SIZE];
+                reloc::write_plt_stub(&mut stub, stub_base + off, entry).map_err(|source| {
+                    LinkError::Fixup {
+                        object: "<linker>".into(),
+                        section: "$__STUBS".into(),
+                        offset: off,
+                        reloc: "PltStub",
+                        symbol: self.graph.symbol_name(sym),
+                        source: Box::new(source),
+                        hint: None,
+                    }
+                })?;
+                bytes[off as usize..off as usize + PLT_STUB_SIZE].copy_from_slice(&stub);
+            }
+            self.graph.blocks[pb.index()].content = Content::Bytes(bytes);
+        }
+
+        // TP offsets needed by TPOFF edges, computed before the parallel part.
+        let mut tpoffs: HashMap<SymbolId, i64> = HashMap::new();
+        for b in self.graph.blocks.iter().filter(|b| b.live) {
+            for e in &b.edges {
+                if matches!(e.kind, EdgeKind::TpOff32 | EdgeKind::TpOff64)
+                    && !tpoffs.contains_key(&e.target)
+                {
+                    let v = tp_offset(
+                        e.target,
+                        &self.graph,
+                        reloc_name(e.r_type).unwrap_or("TPOFF"),
+                    )?;
+                    tpoffs.insert(e.target, v);
+                }
+            }
+        }
+
+        let edge_count: usize = self.graph.blocks.iter().map(|b| b.edges.len()).sum();
+        let mut contents: Vec<(usize, Vec<u8>)> = self
+            .graph
+            .blocks
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, b)| b.live && !b.edges.is_empty())
+            .filter_map(|(i, b)| match &mut b.content {
+                Content::Bytes(v) => Some((i, std::mem::take(v))),
+                Content::Zero(_) => None,
+            })
+            .collect();
+        // Fixups.
+        let ctx = FixupCtx {
+            graph: &self.graph,
+            addrs: &addrs,
+            got: &self.got,
+            got_base,
+            plt: &self.plt,
+            plt_base: self
+                .plt_block
+                .map_or(0, |b| self.graph.blocks[b.index()].addr),
+            tpoffs: &tpoffs,
+        };
+        let ctx_ref = &ctx;
+        let run = |(i, bytes): &mut (usize, Vec<u8>)| ctx_ref.fix_block(*i, bytes);
+        let results: Vec<Result<(), LinkError>> = if edge_count >= options.parallel_threshold {
+            contents.par_iter_mut().map(run).collect()
+        } else {
+            contents.iter_mut().map(run).collect()
+        };
+        results.into_iter().collect::<Result<(), LinkError>>()?;
+        for (i, bytes) in contents {
+            self.graph.blocks[i].content = Content::Bytes(bytes);
+        }
+
+        // FDE CIE pointers follow the new layout.
+        for i in 0..self.graph.blocks.len() {
+            let b = &self.graph.blocks[i];
+            if !b.live {
+                continue;
+            }
+            if let Some(f) = b.fde {
+                let cie_addr = self.graph.blocks[f.cie.index()].addr;
+                let field = b.addr + 4;
+                let ptr = field
+                    .checked_sub(cie_addr)
+                    .and_then(|d| u32::try_from(d).ok());
+                let Some(ptr) = ptr else {
+                    return Err(LinkError::malformed(
+                        self.graph.object_name(b.object),
+                        format!(
+                            ".eh_frame offset {:#x}: FDE placed before its CIE",
+                            b.input_offset
+                        ),
+                    ));
+                };
+                if let Content::Bytes(v) = &mut self.graph.blocks[i].content {
+                    v[4..8].copy_from_slice(&ptr.to_le_bytes());
+                }
+            }
+        }
+
+        // Copy into memory.
+        let base = self.alloc.base();
+        let mem = self.alloc.bytes_mut().ok_or_else(|| LinkError::Memory {
+            detail: "allocation is not writable".into(),
+            source: std::io::Error::other("bad memory state"),
+        })?;
+        for b in self.graph.blocks.iter().filter(|b| b.live) {
+            if let Content::Bytes(v) = &b.content
+                && !v.is_empty()
+            {
+                if self.graph.sections[b.section.index()].role == SectionRole::TlsData {
+                    let off = (self.tls.image_addr - base + b.addr) as usize;
+                    mem[off..off + v.len()].copy_from_slice(v);
+                } else if !matches!(
+                    self.graph.sections[b.section.index()].role,
+                    SectionRole::TlsBss
+                ) {
+                    let off = (b.addr - base) as usize;
+                    mem[off..off + v.len()].copy_from_slice(v);
+                }
+            }
+        }
+        if let Some((start, len)) = self.eh_frame {
+            let off = (start + len - 4 - base) as usize;
+            mem[off..off + 4].fill(0);
+        }
+
+        let init_fini = collect_init_fini(&self.graph);
+        if let Some(module) = &tls_module {
+            let start = (self.tls.image_addr.saturating_sub(base)) as usize;
+            let tdata = &mem[start..start + self.tls.filesz as usize];
+            module.initialize(tdata).map_err(|e| LinkError::Tls {
+                detail: e.to_string(),
+            })?;
+        }
+        let symbols: HashMap<Box<str>, u64> = self
+            .graph
+            .globals
+            .iter()
+            .filter_map(|(n, &id)| {
+                let s = &self.graph.symbols[id.index()];
+                match s.def {
+                    SymbolDef::Defined { block, .. } if self.graph.blocks[block.index()].live => {
+                        Some((n.clone(), addrs[id.index()]))
+                    }
+                    SymbolDef::Absolute(v) => Some((n.clone(), v)),
+                    _ => None,
+                }
+            })
+            .collect();
+        let fixed = Instant::now();
+        self.alloc.finalize(&self.segments)?;
+        let stats = LinkStats {
+            objects: self.graph.objects.len(),
+            blocks: self.graph.blocks.iter().filter(|b| b.live).count(),
+            symbols: self.graph.symbols.len(),
+            relocations: edge_count,
+            got_entries: self.got.len(),
+            plt_stubs: self.plt.len(),
+            bytes: self.alloc.len(),
+            timings: PhaseTimings {
+                fixup: fixed - fixup_start,
+                finalize: fixed.elapsed(),
+                ..PhaseTimings::default()
+            },
+        };
+        Ok(Finalized {
+            alloc: self.alloc,
+            symbols,
+            eh_frame: self.eh_frame,
+            init_fini,
+            tls: self.tls,
+            tls_module,
+            stats,
+        })
+    }
+}
+
+fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
+    LinkError::Tls {
+        detail: format!(
+            "`{}` ({}): no TLS support was provided to this link",
+            g.symbol_name(s),
+            g.object_name(g.symbols[s.index()].object)
+        ),
+    }
+}
+
+impl Edge {
+    fn dummy() -> Edge {
+        Edge {
+            offset: 0,
+            kind: EdgeKind::None,
+            r_type: 0,
+            target: SymbolId(0),
+            addend: 0,
+        }
+    }
+}
+
+struct FixupCtx<'a> {
+    graph: &'a LinkGraph,
+    addrs: &'a [u64],
+    got: &'a HashMap<GotKey, u64>,
+    got_base: u64,
+    plt: &'a HashMap<SymbolId, u64>,
+    plt_base: u64,
+    tpoffs: &'a HashMap<SymbolId, i64>,
+}
+
+impl FixupCtx<'_> {
+    fn fix_block(&self, index: usize, bytes: &mut [u8]) -> Result<(), LinkError> {
+        let block = &self.graph.blocks[index];
+        for e in &block.edges {
+            self.fix_edge(block, e, bytes).map_err(|(source, hint)| {
+                let (reloc, symbol) = (
+                    reloc_name(e.r_type).unwrap_or(kind_name(e.kind)),
+                    self.graph.symbol_name(e.target),
+                );
+                LinkError::Fixup {
+                    object: self.graph.object_name(block.object).to_string(),
+                    section: block.input_section.to_string(),
+                    offset: block.input_offset + e.offset,
+                    reloc,
+                    symbol,
+                    source: Box::new(source),
+                    hint,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn got_entry(&self, key: GotKey) -> Result<u64, (FixupError, Option<&'static str>)> {
+        self.got.get(&key).map(|o| self.got_base + o).ok_or((
+            FixupError::BadInstruction {
+                reloc: "GOT",
+                detail: "no GOT entry was created for this edge (linker bug)",
+            },
+            None,
+        ))
+    }
+
+    fn fix_edge(
+        &self,
+        block: &Block,
+        e: &Edge,
+        bytes: &mut [u8],
+    ) -> Result<(), (FixupError, Option<&'static str>)> {
+        let sym: &Symbol = &self.graph.symbols[e.target.index()];
+        let s = self.addrs[e.target.index()];
+        let place = block.addr.wrapping_add(e.offset);
+        let mut v = FixupValues {
+            place,
+            target: s,
+            addend: e.addend,
+            got: self.got_base,
+            size: sym.size,
+        };
+        let mut kind = e.kind;
+        let mut offset = e.offset;
+        match e.kind {
+            EdgeKind::Branch32 => {
+                if !in_reach(place, s, e.addend)
+                    && let Some(off) = self.plt.get(&e.target)
+                {
+                    v.target = self.plt_base + off;
+                }
+            }
+            EdgeKind::GotLoadRelaxable { rex } => {
+                let direct = !sym.tls && s != 0 && in_reach(place, s, e.addend);
+                let relaxed = if direct {
+                    reloc::relax_got_load(bytes, e.offset, rex).map_err(|err| (err, None))?
+                } else {
+                    None
+                };
+                match relaxed {
+                    Some(Relaxed::MovToLea | Relaxed::CallToDirect) => kind = EdgeKind::Delta32,
+                    Some(Relaxed::JmpToDirect) => {
+                        kind = EdgeKind::Delta32;
+                        offset -= 1;
+                        v.place -= 1;
+                    }
+                    None => {
+                        kind = EdgeKind::GotDelta32;
+                        v.target = self.got_entry(GotKey::Addr(e.target))?;
+                    }
+                }
+            }
+            EdgeKind::GotDelta32 | EdgeKind::GotDelta64 | EdgeKind::GotOffsetOfEntry64 => {
+                v.target = self.got_entry(GotKey::Addr(e.target))?;
+            }
+            EdgeKind::TlsGd => v.target = self.got_entry(GotKey::TlsGd(e.target))?,
+            EdgeKind::TlsLd => v.target = self.got_entry(GotKey::TlsLd)?,
+            EdgeKind::GotTpOff => v.target = self.got_entry(GotKey::TpOff(e.target))?,
+            EdgeKind::TlsDescGot => v.target = self.got_entry(GotKey::TlsDesc(e.target))?,
+            EdgeKind::TpOff32 | EdgeKind::TpOff64 => {
+                v.target = self.tpoffs.get(&e.target).copied().unwrap_or(0) as u64;
+            }
+            _ => {}
+        }
+        reloc::apply(kind, bytes, offset, &v).map_err(|err| {
+            let hint = match (e.kind, sym.def) {
+                (EdgeKind::Pointer32 | EdgeKind::Pointer32Signed, _) => {
+                    Some("non-PIE code must be placed below 2 GiB; compile with -fPIE or -fPIC")
+                }
+                (EdgeKind::Delta32, SymbolDef::External) => Some(
+                    "a host data symbol is out of ±2 GiB reach of PC-relative code; compile with -fPIC so it goes through the GOT",
+                ),
+                _ => None,
+            };
+            (err, hint)
+        })
+    }
+}
+
+/// Initializer and finalizer sections, in link order (objects in the order
+/// added, sections in file order), with their fixed-up entries.
+fn collect_init_fini(g: &LinkGraph) -> Vec<(Box<str>, Vec<usize>)> {
+    g.blocks
+        .iter()
+        .filter(|b| b.live && is_init_fini(g.sections[b.section.index()].role))
+        .map(|b| {
+            let entries = match &b.content {
+                Content::Bytes(v) => v
+                    .chunks_exact(8)
+                    .map(|c| {
+                        u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                            as usize
+                    })
+                    .collect(),
+                Content::Zero(_) => Vec::new(),
+            };
+            (b.input_section.clone(), entries)
+        })
+        .collect()
+}

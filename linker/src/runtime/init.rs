@@ -1,0 +1,519 @@
+//! Initializer and finalizer arrays of an image, ordered as GNU ld lays them
+//! out and run as glibc runs them for a `dlopen`ed / `dlclose`d object.
+
+use std::ffi::{CString, c_char, c_int};
+use std::sync::OnceLock;
+
+use super::DsoHandle;
+
+/// Kind of an initializer/finalizer section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InitKind {
+    /// `.preinit_array`: run before everything else, in order.
+    PreinitArray,
+    /// `.init_array` / `.init_array.N`: run in order.
+    InitArray,
+    /// `.ctors` / `.ctors.N`: legacy, each section's entries run last-first.
+    Ctors,
+    /// `.fini_array` / `.fini_array.N`: the whole array runs last-first.
+    FiniArray,
+    /// `.dtors` / `.dtors.N`: legacy, each section's entries run first-first.
+    Dtors,
+}
+
+impl InitKind {
+    /// `true` for the kinds that run at teardown.
+    pub fn is_fini(self) -> bool {
+        matches!(self, InitKind::FiniArray | InitKind::Dtors)
+    }
+}
+
+/// The sort key of sections without a priority suffix: after every
+/// prioritized section (priorities are 0..=65535).
+pub const DEFAULT_PRIORITY: u32 = 65536;
+
+/// Classifies an initializer/finalizer section and gives its sort key.
+///
+/// Returns `None` for any other section. The key sorts sections the way GNU
+/// ld's `SORT_BY_INIT_PRIORITY` does: lower runs earlier for initializers
+/// (and, because finalizer arrays run backwards, later for finalizers).
+/// - `.init_array.N` / `.fini_array.N` (gcc pads N to five digits,
+///   `.init_array.00101`; clang does not, `.init_array.101`): key N.
+/// - `.ctors.N` / `.dtors.N` (gcc writes `65535 - priority`, e.g.
+///   `.ctors.65434` for priority 101): key `65535 - N`.
+/// - No suffix, or a suffix that is not a number up to 65535 (ld gives such
+///   sections no priority): [`DEFAULT_PRIORITY`]. `.preinit_array` always
+///   has [`DEFAULT_PRIORITY`].
+pub fn init_priority(section_name: &str) -> Option<(InitKind, u32)> {
+    if section_name == ".preinit_array" {
+        return Some((InitKind::PreinitArray, DEFAULT_PRIORITY));
+    }
+    let (kind, rest) = [
+        (".init_array", InitKind::InitArray),
+        (".fini_array", InitKind::FiniArray),
+        (".ctors", InitKind::Ctors),
+        (".dtors", InitKind::Dtors),
+    ]
+    .into_iter()
+    .find_map(|(prefix, kind)| section_name.strip_prefix(prefix).map(|rest| (kind, rest)))?;
+    if rest.is_empty() {
+        return Some((kind, DEFAULT_PRIORITY));
+    }
+    let suffix = rest.strip_prefix('.')?;
+    let number = (!suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| suffix.parse::<u32>().ok())
+        .flatten()
+        .filter(|&n| n <= 65535);
+    let key = match (number, kind) {
+        (None, _) => DEFAULT_PRIORITY,
+        (Some(n), InitKind::Ctors | InitKind::Dtors) => 65535 - n,
+        (Some(n), _) => n,
+    };
+    Some((kind, key))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: u32,
+    addr: usize,
+}
+
+type InitFn = unsafe extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char);
+type FiniFn = unsafe extern "C" fn();
+
+/// Lifecycle of an image's initializers and finalizers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Collecting,
+    Initialized,
+    Finalized,
+}
+
+/// Ordered initializers and finalizers of one image, and its teardown.
+///
+/// Feed every initializer/finalizer section of the image **in link order**
+/// (objects in the order they were added, sections in file order) with
+/// [`InitFini::add_section`], passing the section's pointer-sized entries
+/// after fixup (the final function addresses). Then:
+/// - [`InitFini::run_init`]: `.preinit_array` entries in order, then all
+///   `.init_array*`/`.ctors*` entries by ascending priority key (see
+///   [`init_priority`]), sections of equal key in the order added, `.ctors`
+///   sections' entries last-first. Each is called as glibc does, with
+///   `(argc, argv, envp)` of this process.
+/// - [`InitFini::run_fini`] — before the image's memory is released:
+///   1. the calling thread's pending `thread_local` destructors of the image
+///      (other threads' are skipped from then on);
+///   2. the unprioritized `.fini_array`/`.dtors` entries, last-first;
+///   3. the image's `atexit`/`__cxa_atexit` handlers, last-registered first;
+///   4. the prioritized `.fini_array.N`/`.dtors.N` entries, last-first (so
+///      higher priorities first, priority 101 last);
+///   5. handlers registered during 2–4.
+///
+///   This is exactly glibc's `dlclose` order: ld places `crtbeginS.o`'s
+///   `__do_global_dtors_aux` (which calls `__cxa_finalize(__dso_handle)`)
+///   after the prioritized and before the unprioritized entries of
+///   `.fini_array`, which runs backwards.
+///
+/// Entries equal to 0 or -1 (legacy `.ctors` sentinels) are skipped.
+#[derive(Debug)]
+pub struct InitFini {
+    dso: DsoHandle,
+    preinit: Vec<usize>,
+    init: Vec<Entry>,
+    fini: Vec<Entry>,
+    phase: Phase,
+}
+
+impl InitFini {
+    /// An empty set for the image identified by `dso`.
+    pub fn new(dso: DsoHandle) -> Self {
+        InitFini {
+            dso,
+            preinit: Vec::new(),
+            init: Vec::new(),
+            fini: Vec::new(),
+            phase: Phase::Collecting,
+        }
+    }
+
+    /// The image's handle.
+    pub fn dso(&self) -> &DsoHandle {
+        &self.dso
+    }
+
+    /// Adds the entries of section `section_name` if it is an
+    /// initializer/finalizer section (then returns `true`); otherwise
+    /// ignores them and returns `false`.
+    pub fn add_section(&mut self, section_name: &str, entries: &[usize]) -> bool {
+        match init_priority(section_name) {
+            Some((kind, key)) => {
+                self.add(kind, key, entries);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds entries of a section of `kind` with sort key `key` (as
+    /// returned by [`init_priority`]), in section order.
+    pub fn add(&mut self, kind: InitKind, key: u32, entries: &[usize]) {
+        let valid = entries
+            .iter()
+            .copied()
+            .filter(|&a| a != 0 && a != usize::MAX);
+        match kind {
+            InitKind::PreinitArray => self.preinit.extend(valid),
+            InitKind::InitArray => self.init.extend(valid.map(|addr| Entry { key, addr })),
+            InitKind::Ctors => {
+                let mut v: Vec<_> = valid.map(|addr| Entry { key, addr }).collect();
+                v.reverse();
+                self.init.extend(v);
+            }
+            InitKind::FiniArray => self.fini.extend(valid.map(|addr| Entry { key, addr })),
+            // ld reverses .dtors contents when it moves them into .fini_array.
+            InitKind::Dtors => {
+                let mut v: Vec<_> = valid.map(|addr| Entry { key, addr }).collect();
+                v.reverse();
+                self.fini.extend(v);
+            }
+        }
+    }
+
+    /// The initializer addresses in the order [`InitFini::run_init`] calls them.
+    pub fn init_order(&self) -> Vec<usize> {
+        let mut init = self.init.clone();
+        init.sort_by_key(|e| e.key);
+        self.preinit
+            .iter()
+            .copied()
+            .chain(init.into_iter().map(|e| e.addr))
+            .collect()
+    }
+
+    /// The finalizer addresses in the order [`InitFini::run_fini`] calls
+    /// them, with `None` marking where the image's `atexit` handlers run.
+    pub fn fini_order(&self) -> Vec<Option<usize>> {
+        let mut fini = self.fini.clone();
+        fini.sort_by_key(|e| e.key);
+        let split = fini.partition_point(|e| e.key < DEFAULT_PRIORITY);
+        let (prioritized, default) = fini.split_at(split);
+        default
+            .iter()
+            .rev()
+            .map(|e| Some(e.addr))
+            .chain(std::iter::once(None))
+            .chain(prioritized.iter().rev().map(|e| Some(e.addr)))
+            .collect()
+    }
+
+    /// Runs the initializers of several images as one statically linked
+    /// program would: every image's `.preinit_array` first, then all
+    /// initializers interleaved by priority — ties in the order the images
+    /// are given (link order), then in each image's own order. Images whose
+    /// initializers already ran are skipped; each is marked initialized, so
+    /// its finalizers run at teardown.
+    ///
+    /// # Safety
+    /// As for [`InitFini::run_init`], for every image.
+    pub unsafe fn run_init_together(images: &mut [&mut InitFini]) {
+        let mut order: Vec<(u8, u32, usize, usize, usize)> = Vec::new();
+        for (image, set) in images.iter_mut().enumerate() {
+            if set.phase != Phase::Collecting {
+                continue;
+            }
+            set.phase = Phase::Initialized;
+            for (seq, &addr) in set.preinit.iter().enumerate() {
+                order.push((0, 0, image, seq, addr));
+            }
+            for (seq, e) in set.init.iter().enumerate() {
+                order.push((1, e.key, image, seq, e.addr));
+            }
+        }
+        order.sort_unstable();
+        let (argc, argv, envp) = process_args();
+        for (_, _, _, _, addr) in order {
+            // SAFETY: the caller guarantees `addr` is an initializer function.
+            let f = unsafe { std::mem::transmute::<usize, InitFn>(addr) };
+            // SAFETY: called with the process's own arguments, as glibc does.
+            unsafe { f(argc, argv, envp) };
+        }
+    }
+
+    /// Runs the initializers (once; later calls do nothing).
+    ///
+    /// # Safety
+    /// Every added address must be the entry of a function of the C
+    /// initializer type in an image that is fully linked, finalized and
+    /// whose dependencies are ready.
+    pub unsafe fn run_init(&mut self) {
+        if self.phase != Phase::Collecting {
+            return;
+        }
+        self.phase = Phase::Initialized;
+        let (argc, argv, envp) = process_args();
+        for addr in self.init_order() {
+            // SAFETY: the caller guarantees `addr` is an initializer function.
+            let f = unsafe { std::mem::transmute::<usize, InitFn>(addr) };
+            // SAFETY: called with the process's own arguments, as glibc does.
+            unsafe { f(argc, argv, envp) };
+        }
+    }
+
+    /// Runs the teardown described on [`InitFini`] (once; later calls do
+    /// nothing). Call it even if [`InitFini::run_init`] was never called:
+    /// handlers may have been registered by code that ran anyway.
+    ///
+    /// # Safety
+    /// The image's memory must still be mapped and linked, and no other
+    /// thread may be running its code.
+    pub unsafe fn run_fini(&mut self) {
+        if self.phase == Phase::Finalized {
+            return;
+        }
+        let ran_init = self.phase == Phase::Initialized;
+        self.phase = Phase::Finalized;
+        // SAFETY: forwarded contract.
+        unsafe { self.dso.finish_thread_dtors() };
+        for step in self.fini_order() {
+            match step {
+                // SAFETY: forwarded contract.
+                None => unsafe { self.dso.run_atexit_handlers() },
+                // Finalizers of an image that never initialized do not run
+                // (glibc skips `l_init_called == 0` objects).
+                Some(_) if !ran_init => {}
+                Some(addr) => {
+                    // SAFETY: the caller guarantees `addr` is a finalizer.
+                    let f = unsafe { std::mem::transmute::<usize, FiniFn>(addr) };
+                    // SAFETY: as above.
+                    unsafe { f() };
+                }
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.dso.run_atexit_handlers() };
+    }
+}
+
+/// `(argc, argv, envp)` of this process, as C initializers receive them.
+fn process_args() -> (c_int, *mut *mut c_char, *mut *mut c_char) {
+    struct Argv(Vec<*mut c_char>);
+    // SAFETY: the pointers refer to leaked, immutable C strings.
+    unsafe impl Send for Argv {}
+    // SAFETY: as above.
+    unsafe impl Sync for Argv {}
+    static ARGV: OnceLock<Argv> = OnceLock::new();
+    let argv = ARGV.get_or_init(|| {
+        let mut v: Vec<*mut c_char> = std::env::args_os()
+            .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())
+            .map(CString::into_raw)
+            .collect();
+        v.push(std::ptr::null_mut());
+        Argv(v)
+    });
+    unsafe extern "C" {
+        static mut environ: *mut *mut c_char;
+    }
+    // SAFETY: reading glibc's `environ` pointer value (not through a reference).
+    let envp = unsafe { environ };
+    let argc = c_int::try_from(argv.0.len() - 1).unwrap_or(c_int::MAX);
+    (argc, argv.0.as_ptr().cast_mut(), envp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn priorities_of_gcc_and_clang_names() {
+        assert_eq!(
+            init_priority(".init_array"),
+            Some((InitKind::InitArray, DEFAULT_PRIORITY))
+        );
+        assert_eq!(
+            init_priority(".init_array.00101"),
+            Some((InitKind::InitArray, 101))
+        );
+        assert_eq!(
+            init_priority(".init_array.101"),
+            Some((InitKind::InitArray, 101))
+        );
+        assert_eq!(
+            init_priority(".fini_array.00200"),
+            Some((InitKind::FiniArray, 200))
+        );
+        assert_eq!(
+            init_priority(".fini_array.200"),
+            Some((InitKind::FiniArray, 200))
+        );
+        assert_eq!(init_priority(".ctors.65434"), Some((InitKind::Ctors, 101)));
+        assert_eq!(init_priority(".dtors.65335"), Some((InitKind::Dtors, 200)));
+        assert_eq!(
+            init_priority(".ctors"),
+            Some((InitKind::Ctors, DEFAULT_PRIORITY))
+        );
+        assert_eq!(
+            init_priority(".preinit_array"),
+            Some((InitKind::PreinitArray, DEFAULT_PRIORITY))
+        );
+        assert_eq!(
+            init_priority(".init_array.x"),
+            Some((InitKind::InitArray, DEFAULT_PRIORITY))
+        );
+        assert_eq!(
+            init_priority(".init_array.99999"),
+            Some((InitKind::InitArray, DEFAULT_PRIORITY))
+        );
+        assert_eq!(init_priority(".init_arrayx"), None);
+        assert_eq!(init_priority(".text"), None);
+        assert_eq!(init_priority(".ctorsx"), None);
+        assert_eq!(init_priority(".data.rel.ro"), None);
+    }
+
+    static LOG: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    fn log(s: &'static str) {
+        LOG.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(s);
+    }
+    macro_rules! init_fn {
+        ($name:ident) => {
+            unsafe extern "C" fn $name(_: c_int, _: *mut *mut c_char, _: *mut *mut c_char) {
+                log(stringify!($name));
+            }
+        };
+    }
+    macro_rules! fini_fn {
+        ($name:ident) => {
+            unsafe extern "C" fn $name() {
+                log(stringify!($name));
+            }
+        };
+    }
+    init_fn!(pre);
+    init_fn!(i_default);
+    init_fn!(i_101);
+    init_fn!(i_200_gcc);
+    init_fn!(i_200_clang);
+    init_fn!(ctor_a);
+    init_fn!(ctor_b);
+    init_fn!(ctor_150);
+    fini_fn!(f_default);
+    fini_fn!(f_default2);
+    fini_fn!(f_101);
+    fini_fn!(f_200);
+    fini_fn!(dtor_a);
+    fini_fn!(dtor_b);
+    fini_fn!(handler_1);
+    fini_fn!(handler_2);
+
+    unsafe extern "C" fn register_handler(_: c_int, _: *mut *mut c_char, _: *mut *mut c_char) {
+        log("register");
+    }
+
+    #[test]
+    fn runs_in_ld_and_glibc_order() {
+        let dso = DsoHandle::new("order");
+        let mut set = InitFini::new(dso.clone());
+        let a = |f: usize| f;
+        // Added in "link order" across two objects.
+        assert!(set.add_section(".init_array", &[a(i_default as *const () as usize)]));
+        assert!(set.add_section(".init_array.00200", &[a(i_200_gcc as *const () as usize)]));
+        assert!(set.add_section(
+            ".ctors",
+            &[
+                a(ctor_a as *const () as usize),
+                a(ctor_b as *const () as usize)
+            ]
+        ));
+        assert!(set.add_section(".preinit_array", &[a(pre as *const () as usize)]));
+        assert!(set.add_section(
+            ".init_array.101",
+            &[a(i_101 as *const () as usize), 0, usize::MAX]
+        ));
+        assert!(set.add_section(".init_array.200", &[a(i_200_clang as *const () as usize)]));
+        assert!(set.add_section(".ctors.65385", &[a(ctor_150 as *const () as usize)]));
+        assert!(set.add_section(
+            ".init_array.00300",
+            &[a(register_handler as *const () as usize)]
+        ));
+        assert!(set.add_section(".fini_array", &[a(f_default as *const () as usize)]));
+        assert!(set.add_section(".fini_array.00101", &[a(f_101 as *const () as usize)]));
+        assert!(set.add_section(
+            ".dtors",
+            &[
+                a(dtor_a as *const () as usize),
+                a(dtor_b as *const () as usize)
+            ]
+        ));
+        assert!(set.add_section(".fini_array.200", &[a(f_200 as *const () as usize)]));
+        assert!(set.add_section(".fini_array", &[a(f_default2 as *const () as usize)]));
+        assert!(!set.add_section(".text", &[1]));
+        // SAFETY: every entry is a function of the right type that only logs.
+        unsafe { set.run_init() };
+        // Two handlers "registered by the image", as a static constructor would.
+        unsafe extern "C" fn h1(_: *mut std::ffi::c_void) {
+            handler_1_c();
+        }
+        unsafe extern "C" fn h2(_: *mut std::ffi::c_void) {
+            handler_2_c();
+        }
+        fn handler_1_c() {
+            // SAFETY: logs only.
+            unsafe { handler_1() }
+        }
+        fn handler_2_c() {
+            // SAFETY: logs only.
+            unsafe { handler_2() }
+        }
+        let cxa = super::super::dso::overrides()
+            .into_iter()
+            .find(|(n, _)| *n == "__cxa_atexit")
+            .map(|(_, a)| a)
+            .unwrap_or(0);
+        type CxaAtexit = unsafe extern "C" fn(
+            Option<unsafe extern "C" fn(*mut std::ffi::c_void)>,
+            *mut std::ffi::c_void,
+            *mut std::ffi::c_void,
+        ) -> c_int;
+        // SAFETY: the table entry is `__cxa_atexit`'s replacement.
+        let cxa: CxaAtexit = unsafe { std::mem::transmute(cxa) };
+        // SAFETY: valid handlers, live handle.
+        unsafe {
+            cxa(Some(h1), std::ptr::null_mut(), dso.addr() as *mut _);
+            cxa(Some(h2), std::ptr::null_mut(), dso.addr() as *mut _);
+        }
+        // SAFETY: as above.
+        unsafe { set.run_fini() };
+        // SAFETY: idempotent.
+        unsafe { set.run_fini() };
+        let log = LOG
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            log,
+            vec![
+                "pre",
+                "i_101",
+                "ctor_150",
+                "i_200_gcc",
+                "i_200_clang",
+                "register",
+                "i_default",
+                "ctor_b",
+                "ctor_a",
+                // teardown
+                "f_default2",
+                "dtor_a",
+                "dtor_b",
+                "f_default",
+                "handler_2",
+                "handler_1",
+                "f_200",
+                "f_101",
+            ]
+        );
+    }
+}

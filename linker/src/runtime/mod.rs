@@ -1,0 +1,139 @@
+//! Run-time support for JIT-linked code: what linked programs call, and the
+//! registration of their metadata with the host's C/C++ runtime.
+//!
+//! A relocatable object compiled by gcc or clang for a normal program expects
+//! the static linker, `ld.so`, `crtbegin`/`crtend` and `libc_nonshared.a` to
+//! have done some work for it. kiln links such objects into this process
+//! itself, so this module provides that work. Each piece is independent; the
+//! linker uses them like this, per linked image (one link of one or more
+//! objects into memory):
+//!
+//! | Piece | What the linker does with it |
+//! |---|---|
+//! | [`host_overrides`] | Consult it **before** `dlsym` when resolving an external symbol: `atexit`, `__cxa_atexit`, `__cxa_finalize`, `__cxa_thread_atexit`, `__cxa_thread_atexit_impl`, `__tls_get_addr` bind to kiln's versions. |
+//! | [`DsoHandle`] | Create one per image, preferably with [`DsoHandle::new_at`] at an 8-byte slot the linker allocates inside the image (compilers reach `__dso_handle` PC-relatively); bind the image's `__dso_handle` to [`DsoHandle::addr`]; report the image's memory ranges with [`DsoHandle::add_range`] so `atexit` calls can be attributed to it. |
+//! | [`InitFini`] | Feed it the image's `.preinit_array`/`.init_array*`/`.ctors*`/`.fini_array*`/`.dtors*` contents (after fixup) with [`InitFini::add_section`]; call [`InitFini::run_init`] once the image is ready, and [`InitFini::run_fini`] **before** releasing the image's memory. Sort or classify sections with [`init_priority`]. |
+//! | [`eh_frame::register`] | After fixup and finalization, register the image's `.eh_frame` (followed by a 4-byte zero terminator) with libgcc's unwinder; keep the [`eh_frame::EhFrameRegistration`] until the memory is released (drop deregisters). |
+//! | [`tls`] | For an image with `.tdata`/`.tbss`: create a [`tls::TlsModule`] before fixup (it fixes the module id, and for static placement the thread-pointer offset), write GOT entries from it, and call [`tls::TlsModule::initialize`] with the fixed-up `.tdata` bytes before any code of the image runs. Drop it after [`InitFini::run_fini`]. |
+//!
+//! Teardown order for an image: [`InitFini::run_fini`] (runs this thread's
+//! `thread_local` destructors of the image, `.fini_array`/`.dtors`, and the
+//! image's `atexit`/`__cxa_atexit` handlers, interleaved as glibc's `dlclose`
+//! does), then drop the [`eh_frame::EhFrameRegistration`], the
+//! [`tls::TlsModule`] and the [`DsoHandle`], then release the memory.
+//!
+//! At session end, tear every live image down the same way: kiln does not
+//! hook `exit()`, so an image still alive when the process exits never runs
+//! its finalizers or `atexit` handlers.
+//!
+//! Threads: `thread_local` destructors registered by an image run at each
+//! thread's exit while the image is alive; [`InitFini::run_fini`] runs the
+//! tearing-down thread's own, and from then on other threads skip theirs
+//! (their memory is about to go). Static TLS for initial-exec/local-exec
+//! code has precise per-thread guarantees, documented in [`tls`]; hosts
+//! whose pre-existing threads run such code call
+//! [`tls::attach_current_thread`] on them.
+//!
+//! Everything here is x86-64 Linux (glibc) specific; on other targets the
+//! module is not compiled.
+
+#![cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+
+mod dso;
+pub mod eh_frame;
+mod init;
+mod thread;
+pub mod tls;
+
+pub use dso::DsoHandle;
+pub use init::{DEFAULT_PRIORITY, InitFini, InitKind, init_priority};
+
+// The handles cross threads (a link on one thread, teardown on another).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<DsoHandle>();
+    send_sync::<InitFini>();
+    send_sync::<eh_frame::EhFrameRegistration>();
+    send_sync::<tls::TlsModule>();
+    send_sync::<RuntimeError>();
+};
+
+/// An error from kiln's run-time support.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The `.eh_frame` section handed to [`eh_frame::register`] is malformed
+    /// (user error: a corrupt object, or a linker bug that left a hole in it).
+    #[error("malformed .eh_frame at offset {offset:#x} of {len:#x} bytes: {reason}")]
+    BadEhFrame {
+        /// Offset of the offending record from the start of the section.
+        offset: usize,
+        /// Length of the section handed in.
+        len: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// [`DsoHandle::new_at`] was given an unusable address (linker bug).
+    #[error("cannot use {addr:#x} as the __dso_handle of `{name}`: {reason}")]
+    DsoAddress {
+        /// The image's name.
+        name: String,
+        /// The address.
+        addr: usize,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// A TLS request that kiln cannot satisfy; the message names the image,
+    /// the variables concerned and a compiler flag that avoids the problem.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Symbol names bound to kiln's replacements, and their addresses.
+///
+/// The linker must consult this table before looking a name up in the host
+/// process (`dlsym`). Every JIT'd image shares these functions; they find
+/// the image a call belongs to from the `__dso_handle` argument
+/// (`__cxa_atexit`, `__cxa_thread_atexit`) or, for `atexit`, from the
+/// return address and the handler address (ranges given to
+/// [`DsoHandle::add_range`]). Calls that do not belong to a live kiln image
+/// are forwarded to the real glibc/ld.so function, so binding host code to
+/// them is harmless.
+///
+/// | Name | Replacement |
+/// |---|---|
+/// | `atexit` | handler runs at the image's teardown ([`InitFini::run_fini`]); glibc exports no `atexit` (it lives in `libc_nonshared.a`), so this entry is also what makes `atexit` resolvable at all |
+/// | `__cxa_atexit` | per-image handler list, run at teardown in reverse registration order |
+/// | `__cxa_finalize` | runs a kiln image's handlers now, or forwards |
+/// | `__cxa_thread_atexit`, `__cxa_thread_atexit_impl` | `thread_local` destructors: run at thread exit while the image is alive; the tearing-down thread runs its own at teardown; other threads skip them once the image is gone (glibc's version would call into freed memory at exit) |
+/// | `__tls_get_addr` | serves kiln TLS module ids ([`tls::TlsModule::module_id`]); forwards others to ld.so |
+pub fn host_overrides() -> &'static [(&'static str, usize)] {
+    static TABLE: std::sync::OnceLock<Vec<(&'static str, usize)>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = dso::overrides();
+        table.extend_from_slice(&tls::overrides());
+        table
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_cover_the_required_names_once() {
+        let table = host_overrides();
+        for name in [
+            "atexit",
+            "__cxa_atexit",
+            "__cxa_finalize",
+            "__cxa_thread_atexit",
+            "__cxa_thread_atexit_impl",
+            "__tls_get_addr",
+        ] {
+            let hits: Vec<_> = table.iter().filter(|(n, _)| *n == name).collect();
+            assert_eq!(hits.len(), 1, "{name} must appear exactly once");
+            assert_ne!(hits[0].1, 0, "{name} has a null address");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! C programs compiled with the system compiler at several flag sets, linked
+//! by kiln and run in-process; output and exit status must match the native
+//! build.
+
+mod common;
+
+use common::*;
+
+fn check_two_objects(cc: &str, flags: &[&str], tag: &str) {
+    if !have(cc) {
+        eprintln!("{cc} not installed: skipped");
+        return;
+    }
+    let dir = scratch(&format!("c-{tag}"));
+    let mut objs = Vec::new();
+    for src in ["prog_a.c", "prog_b.c"] {
+        let mut f = flags.to_vec();
+        f.push("-fcommon");
+        objs.push(compile(
+            cc,
+            &c_dir().join(src),
+            &f,
+            &[],
+            &dir.join(src.replace(".c", ".o")),
+        ));
+    }
+    let (native_out, native_ret) = run_native(cc, &objs, flags, &[], &dir.join("prog"));
+    let (jit_out, jit_ret) = run_jit(&objs, &[], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    assert_eq!(jit_out, native_out, "{tag}: output differs");
+    assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
+    assert!(
+        native_out.contains("counter="),
+        "{tag}: program did not run"
+    );
+}
+
+#[test]
+fn gcc_o0() {
+    check_two_objects("gcc", &["-O0"], "gcc-O0");
+}
+
+#[test]
+fn gcc_o2() {
+    check_two_objects("gcc", &["-O2"], "gcc-O2");
+}
+
+#[test]
+fn gcc_o2_pic() {
+    check_two_objects("gcc", &["-O2", "-fPIC"], "gcc-O2-fPIC");
+}
+
+#[test]
+fn gcc_o2_no_pie() {
+    check_two_objects("gcc", &["-O2", "-fno-pie"], "gcc-O2-fno-pie");
+}
+
+#[test]
+fn clang_o2() {
+    check_two_objects("clang", &["-O2"], "clang-O2");
+}
+
+#[test]
+fn gcc_o2_large_model_pic() {
+    // GOT64, GOTOFF64, GOTPC64, PLTOFF64, PC64.
+    check_two_objects(
+        "gcc",
+        &["-O2", "-mcmodel=large", "-fPIC"],
+        "gcc-O2-large-fPIC",
+    );
+}
+
+#[test]
+fn clang_o2_large_model_pic() {
+    check_two_objects(
+        "clang",
+        &["-O2", "-mcmodel=large", "-fPIC"],
+        "clang-O2-large-fPIC",
+    );
+}
+
+#[test]
+fn gcc_o2_medium_model_pic() {
+    check_two_objects(
+        "gcc",
+        &["-O2", "-mcmodel=medium", "-fPIC"],
+        "gcc-O2-medium-fPIC",
+    );
+}
+
+#[test]
+fn size_relocations() {
+    let dir = scratch("sizes");
+    for flags in [&["-O2"][..], &["-O2", "-fPIC"], &["-O2", "-fno-pie"]] {
+        let tag = flags.join("");
+        let obj = compile(
+            "gcc",
+            &c_dir().join("sizes.c"),
+            flags,
+            &[],
+            &dir.join(format!("sizes{tag}.o")),
+        );
+        let objs = vec![obj];
+        let (native_out, native_ret) =
+            run_native("gcc", &objs, flags, &[], &dir.join(format!("sizes{tag}")));
+        assert_eq!(native_out, "size32=1234 size64=88\n");
+        let (jit_out, jit_ret) = run_jit(&objs, &[], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!((jit_out, jit_ret), (native_out, native_ret), "{tag}");
+    }
+}
+
+#[test]
+fn gcc_o2_pic_no_plt() {
+    // `call/jmp *foo@GOTPCREL(%rip)` (GOTPCRELX): relaxed to direct calls
+    // and jumps when in reach, through the GOT otherwise.
+    check_two_objects("gcc", &["-O2", "-fPIC", "-fno-plt"], "gcc-O2-fPIC-fno-plt");
+}
+
+#[test]
+fn clang_o2_no_plt() {
+    check_two_objects("clang", &["-O2", "-fno-plt"], "clang-O2-fno-plt");
+}
+
+#[test]
+fn parallel_fixup_path() {
+    // Force the rayon path of the fixup pass on a small graph.
+    let dir = scratch("c-parallel");
+    let objs: Vec<_> = ["prog_a.c", "prog_b.c"]
+        .iter()
+        .map(|s| {
+            compile(
+                "gcc",
+                &c_dir().join(s),
+                &["-O2", "-fcommon"],
+                &[],
+                &dir.join(s.replace(".c", ".o")),
+            )
+        })
+        .collect();
+    let (native_out, native_ret) = run_native("gcc", &objs, &["-O2"], &[], &dir.join("prog"));
+    let mut options = kiln_linker::LinkOptions::default();
+    options.parallel_threshold = 0;
+    let (out, ret) = run_jit_with(&objs, &[], &[], options).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((out, ret), (native_out, native_ret));
+}

@@ -1,0 +1,181 @@
+//! Helpers shared by the integration tests: compile C with the system
+//! compiler, run the native build, link with kiln and run in-process with
+//! stdout captured.
+#![allow(dead_code)]
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use kiln_linker::{HostSymbols, LinkError, Linker};
+
+/// Serializes tests that redirect file descriptor 1.
+pub(crate) static STDOUT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Scratch directory for objects and executables.
+pub(crate) fn scratch(sub: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("kiln-linker")
+        .join(sub);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
+
+/// The C sources of the tests.
+pub(crate) fn c_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c")
+}
+
+/// Whether a compiler is on PATH.
+pub(crate) fn have(cc: &str) -> bool {
+    Command::new(cc)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Compile `src` to an object with `cc flags -c`.
+pub(crate) fn compile(
+    cc: &str,
+    src: &Path,
+    flags: &[&str],
+    include: &[&Path],
+    out: &Path,
+) -> PathBuf {
+    let mut cmd = Command::new(cc);
+    cmd.args(flags)
+        .arg("-c")
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .arg("-w");
+    for i in include {
+        cmd.arg("-I").arg(i);
+    }
+    let o = cmd.output().expect("run compiler");
+    assert!(
+        o.status.success(),
+        "{cc} {flags:?} {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.to_path_buf()
+}
+
+/// Link `objs` natively into an executable and run it: (stdout, exit code).
+pub(crate) fn run_native(
+    cc: &str,
+    objs: &[PathBuf],
+    flags: &[&str],
+    libs: &[&str],
+    exe: &Path,
+) -> (String, i32) {
+    let mut cmd = Command::new(cc);
+    cmd.args(flags).args(objs).arg("-o").arg(exe);
+    for l in libs {
+        cmd.arg(format!("-l{l}"));
+    }
+    if flags.contains(&"-fno-pie") {
+        cmd.arg("-no-pie");
+    }
+    let o = cmd.output().expect("run linker");
+    assert!(
+        o.status.success(),
+        "native link: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(exe).output().expect("run native program");
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+unsafe extern "C" {
+    /// The C library's `stdout` stream pointer.
+    static mut stdout: *mut c_void;
+    fn fopen(path: *const std::ffi::c_char, mode: *const std::ffi::c_char) -> *mut c_void;
+    fn fclose(f: *mut c_void) -> i32;
+    fn fflush(f: *mut c_void) -> i32;
+}
+
+/// Run `f` with the C library's `stdout` stream pointed at a file; return
+/// what was written. (The test harness keeps writing its own progress to fd
+/// 1, so the stream is swapped rather than the descriptor.)
+pub(crate) fn capture_stdout<R>(f: impl FnOnce() -> R) -> (String, R) {
+    let _guard = STDOUT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let path = scratch("capture").join(format!("out-{:?}.txt", std::thread::current().id()));
+    let cpath = std::ffi::CString::new(path.display().to_string()).expect("path");
+    // SAFETY: stdio calls on a stream this function owns; `stdout` is only
+    // swapped while STDOUT_LOCK is held, and restored before it is released.
+    let saved = unsafe {
+        let file = fopen(cpath.as_ptr(), c"w".as_ptr());
+        assert!(!file.is_null(), "open capture file");
+        fflush(std::ptr::null_mut());
+        let saved = stdout;
+        stdout = file;
+        saved
+    };
+    let r = f();
+    // SAFETY: as above; the capture stream is flushed, closed and replaced
+    // by the original.
+    unsafe {
+        let file = stdout;
+        fflush(file);
+        stdout = saved;
+        fclose(file);
+    }
+    (std::fs::read_to_string(&path).unwrap_or_default(), r)
+}
+
+/// Link `objs` (objects and archives) with kiln and run `main(argc, argv)`
+/// in-process with stdout captured: (stdout, return value).
+pub(crate) fn run_jit(
+    objs: &[PathBuf],
+    libs: &[&str],
+    args: &[&str],
+) -> Result<(String, i32), LinkError> {
+    run_jit_with(objs, libs, args, kiln_linker::LinkOptions::default())
+}
+
+/// [`run_jit`] with explicit link options.
+pub(crate) fn run_jit_with(
+    objs: &[PathBuf],
+    libs: &[&str],
+    args: &[&str],
+    options: kiln_linker::LinkOptions,
+) -> Result<(String, i32), LinkError> {
+    let mut linker = Linker::new(options);
+    for o in objs {
+        linker.add_file(o)?;
+    }
+    let mut host = HostSymbols::new();
+    for l in libs {
+        host.load_library(l, &[])?;
+    }
+    // Link, run and drop (finalizers print too) inside one capture: the
+    // image may hold a copy of `stdout` (non-PIE code) taken at link time.
+    let (out, ret) = capture_stdout(|| -> Result<i32, LinkError> {
+        let img = linker.link(&host)?;
+        let main = img.symbol("main").expect("main defined");
+        let argv0 = objs
+            .first()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut cargs: Vec<std::ffi::CString> = std::iter::once(argv0.as_str())
+            .chain(args.iter().copied())
+            .map(|a| std::ffi::CString::new(a).expect("no NUL"))
+            .collect();
+        let mut argv: Vec<*mut i8> = cargs.iter_mut().map(|c| c.as_ptr() as *mut i8).collect();
+        argv.push(std::ptr::null_mut());
+        // SAFETY: `main` is the linked program's `int main(int, char **)`;
+        // argv is NUL-terminated and outlives the call.
+        let main: extern "C" fn(i32, *mut *mut i8) -> i32 =
+            unsafe { std::mem::transmute(main as usize) };
+        let r = main(cargs.len() as i32, argv.as_mut_ptr());
+        drop(img);
+        Ok(r)
+    });
+    Ok((out, ret?))
+}

@@ -1,0 +1,126 @@
+//! Bad input never panics or crashes the linker: real objects with random
+//! byte flips and truncations (fixed-seed PRNG) are linked without running
+//! any of their code; each mutant links or fails with an error.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use kiln_linker::{HostSymbols, LinkError, Linker};
+
+/// xorshift64*: small, deterministic, good enough to pick bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn mutate(rng: &mut Rng, data: &[u8]) -> Vec<u8> {
+    let mut m = data.to_vec();
+    match rng.below(10) {
+        // Truncation.
+        0 | 1 => m.truncate(rng.below(data.len())),
+        // A few random bytes anywhere.
+        2..=5 => {
+            for _ in 0..1 + rng.below(4) {
+                let i = rng.below(m.len());
+                m[i] = rng.next() as u8;
+            }
+        }
+        // Single bit flips, biased to the end of the file where the section
+        // headers, symbol table and relocations live.
+        6..=8 => {
+            for _ in 0..1 + rng.below(3) {
+                let start = m.len() / 2;
+                let i = start + rng.below(m.len() - start);
+                m[i] ^= 1 << rng.below(8);
+            }
+        }
+        // The ELF header.
+        _ => {
+            let i = rng.below(64.min(m.len()));
+            m[i] = rng.next() as u8;
+        }
+    }
+    m
+}
+
+fn objects() -> Vec<(String, Vec<u8>)> {
+    let dir = scratch("mutation");
+    let mut out = Vec::new();
+    let srcs: [(&str, &str, &[&str]); 3] = [
+        ("gcc", "prog_a.c", &["-O2", "-fcommon"]),
+        ("gcc", "prog_b.c", &["-O2"]),
+        ("g++", "cpp_b.cpp", &["-O2"]),
+    ];
+    for (cc, src, flags) in srcs {
+        let o: PathBuf = compile(
+            cc,
+            &c_dir().join(src),
+            flags,
+            &[],
+            &dir.join(format!("{src}.o")),
+        );
+        out.push((src.to_string(), std::fs::read(o).expect("read object")));
+    }
+    out
+}
+
+#[test]
+fn ten_thousand_mutants_link_or_fail_cleanly() {
+    let objs = objects();
+    let host = HostSymbols::new();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut linked, mut failed) = (0usize, 0usize);
+    let start = std::time::Instant::now();
+    const MUTANTS: usize = 20_000;
+    for n in 0..MUTANTS {
+        let which = n % 3;
+        let mut linker = Linker::new(Default::default());
+        linker.run_initializers(false);
+        let mutant = mutate(&mut rng, &objs[which].1);
+        let name = format!("mutant-{n}-{}", objs[which].0);
+        linker.add_object_bytes(name.clone(), mutant);
+        // prog_a and prog_b need each other.
+        if which < 2 {
+            let other = &objs[1 - which];
+            linker.add_object_bytes(other.0.clone(), other.1.clone());
+        }
+        match linker.link(&host) {
+            Ok(image) => {
+                assert!(image.is_finalized());
+                linked += 1;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.is_empty());
+                if matches!(
+                    e,
+                    LinkError::Malformed { .. } | LinkError::UnsupportedRelocation { .. }
+                ) {
+                    assert!(
+                        msg.contains(&name) || msg.contains(&objs[1 - which.min(1)].0),
+                        "{msg}"
+                    );
+                }
+                failed += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{MUTANTS} mutants: {linked} linked, {failed} failed cleanly, in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(linked + failed, MUTANTS);
+    assert!(linked > MUTANTS / 20, "too few mutants linked: {linked}");
+    assert!(failed > MUTANTS / 20, "too few mutants rejected: {failed}");
+}

@@ -1,0 +1,68 @@
+//! thread_local variables defined in one object and used in another, from
+//! several threads, in every TLS model the compilers pick: local-exec and
+//! initial-exec (PIE, non-PIE), general- and local-dynamic (-fPIC) and
+//! TLS descriptors (-mtls-dialect=gnu2). Output must match the native build.
+
+mod common;
+
+use common::*;
+
+fn check_tls(cc: &str, flags: &[&str], tag: &str) {
+    if !have(cc) {
+        eprintln!("{cc} not installed: skipped");
+        return;
+    }
+    let dir = scratch(&format!("tls-{tag}"));
+    let mut f = flags.to_vec();
+    f.push("-pthread");
+    let objs: Vec<_> = ["tls_a.c", "tls_b.c"]
+        .iter()
+        .map(|s| {
+            compile(
+                cc,
+                &c_dir().join(s),
+                &f,
+                &[],
+                &dir.join(s.replace(".c", ".o")),
+            )
+        })
+        .collect();
+    let (native_out, native_ret) = run_native(cc, &objs, &f, &[], &dir.join("tls"));
+    let (jit_out, jit_ret) = run_jit(&objs, &[], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    assert_eq!(jit_out, native_out, "{tag}: output differs");
+    assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
+}
+
+#[test]
+fn tls_pie_initial_and_local_exec() {
+    check_tls("gcc", &["-O2"], "gcc-O2");
+}
+
+#[test]
+fn tls_no_pie() {
+    check_tls("gcc", &["-O2", "-fno-pie"], "gcc-O2-fno-pie");
+}
+
+#[test]
+fn tls_pic_general_and_local_dynamic() {
+    check_tls("gcc", &["-O2", "-fPIC"], "gcc-O2-fPIC");
+}
+
+#[test]
+fn tls_descriptors() {
+    check_tls(
+        "gcc",
+        &["-O2", "-fPIC", "-mtls-dialect=gnu2"],
+        "gcc-O2-fPIC-gnu2",
+    );
+}
+
+#[test]
+fn tls_o0_pic() {
+    check_tls("gcc", &["-O0", "-fPIC"], "gcc-O0-fPIC");
+}
+
+#[test]
+fn tls_clang_pic() {
+    check_tls("clang", &["-O2", "-fPIC"], "clang-O2-fPIC");
+}
