@@ -53,14 +53,25 @@ pub trait Redirector: Send + Sync + 'static {
 /// function with the entry's signature — or does not return.
 pub type FailureHandler = Box<dyn Fn(&QualifiedName, &Error) -> u64 + Send + Sync>;
 
+/// Where an entry's stub points.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LinkState {
+    /// At the trampoline.
+    Unlinked,
+    /// At the implementation, put there by a first call.
+    Linked,
+    /// Where the host redirected it; first calls leave it alone.
+    Pinned,
+}
+
 struct CallThrough {
     entry: QualifiedName,
     body_dylib: Dylib,
     body: SymbolName,
     stub: u64,
-    /// Set by an explicit redirect; held while redirecting, so a racing first
-    /// call never overwrites a host's hot swap.
-    pinned: Mutex<bool>,
+    /// Held while redirecting, so a racing first call never overwrites a
+    /// host's hot swap, and only the first resolution counts as a link.
+    link: Mutex<LinkState>,
 }
 
 #[derive(Default)]
@@ -207,12 +218,13 @@ impl LazyReexports {
                     names: vec![ct.body.clone()],
                 })?;
         {
-            let pinned = ct.pinned.lock();
-            if !*pinned {
+            let mut link = ct.link.lock();
+            if *link == LinkState::Unlinked {
                 self.inner.redirector.redirect(ct.stub, address)?;
+                *link = LinkState::Linked;
+                self.inner.linked.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.inner.linked.fetch_add(1, Ordering::Relaxed);
         let hook = self.inner.after_link.lock().clone();
         if let Some(hook) = hook {
             hook();
@@ -286,8 +298,8 @@ impl LazyReexports {
             .ok_or_else(|| Error::SymbolsNotFound {
                 names: vec![entry.clone()],
             })?;
-        let mut pinned = ct.pinned.lock();
-        *pinned = true;
+        let mut link = ct.link.lock();
+        *link = LinkState::Pinned;
         self.inner.redirector.redirect(ct.stub, target)
     }
 
@@ -296,7 +308,8 @@ impl LazyReexports {
         self.inner.reentries.load(Ordering::Relaxed)
     }
 
-    /// How many first calls linked (and redirected) their implementation.
+    /// How many entries were linked (their stub redirected to the
+    /// implementation) by a first call.
     pub fn linked(&self) -> usize {
         self.inner.linked.load(Ordering::Relaxed)
     }
@@ -322,7 +335,7 @@ impl LazyReexports {
                     body_dylib: body_dylib.clone(),
                     body: alias.target.clone(),
                     stub,
-                    pinned: Mutex::new(false),
+                    link: Mutex::new(LinkState::Unlinked),
                 });
                 t.by_trampoline.insert(tramp, ct.clone());
                 t.by_entry

@@ -274,9 +274,9 @@ fn draw_emission(o: &Oracle, raw: &mut Raw<'_>) -> Vec<(Vec<NodeId>, Vec<NodeId>
 }
 
 proptest! {
-    // About 1 s each in debug on this machine.
+    // About 1 s each in debug on this machine; PROPTEST_CASES overrides.
     #![proptest_config(ProptestConfig {
-        cases: 1000,
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1000),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -316,52 +316,90 @@ proptest! {
         cuts in prop::collection::vec(any::<u8>(), 60),
         fail_at in prop::option::weighted(0.2, any::<(u16, u16)>()),
     ) {
-        let mut deps: Vec<Vec<NodeId>> = vec![Vec::new(); n];
-        for &(a, b) in &edges {
-            deps[a as usize % n].push((b as usize % n) as NodeId);
+        whole_graph(n, &edges, &order_keys, &cuts, fail_at)?;
+    }
+}
+
+proptest! {
+    // A few seconds in debug; PROPTEST_CASES (divided by 40) overrides.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .map_or(25, |c| c.div_ceil(40)),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The same on larger graphs (deeper searches, label gaps used up).
+    #[test]
+    fn larger_graphs_in_random_order(
+        n in 100usize..400,
+        edges in prop::collection::vec((any::<u16>(), any::<u16>()), 0..900),
+        order_keys in prop::collection::vec(any::<u32>(), 400),
+        cuts in prop::collection::vec(any::<u8>(), 400),
+        fail_at in prop::option::weighted(0.2, any::<(u16, u16)>()),
+    ) {
+        whole_graph(n, &edges, &order_keys, &cuts, fail_at)?;
+    }
+}
+
+/// Body of the whole-graph properties: `n` nodes, `edges` taken modulo `n`,
+/// emitted in the order of `order_keys`, in batches of `1 + cuts[i] % 4`,
+/// with one failure injected if `fail_at` says so.
+fn whole_graph(
+    n: usize,
+    edges: &[(u16, u16)],
+    order_keys: &[u32],
+    cuts: &[u8],
+    fail_at: Option<(u16, u16)>,
+) -> Result<(), TestCaseError> {
+    let mut deps: Vec<Vec<NodeId>> = vec![Vec::new(); n];
+    for &(a, b) in edges {
+        deps[a as usize % n].push((b as usize % n) as NodeId);
+    }
+    let mut order: Vec<NodeId> = (0..n as NodeId).collect();
+    order.sort_by_key(|&i| order_keys[i as usize]);
+    let mut g = DepGraph::new();
+    let mut o = Oracle::new(n);
+    let mut i = 0;
+    let mut failures = false;
+    while i < n {
+        let len = 1 + cuts[i] as usize % 4;
+        let batch: Vec<NodeId> = order[i..(i + len).min(n)]
+            .iter()
+            .copied()
+            .filter(|&d| o.st[d as usize] == State::Unseen)
+            .collect();
+        i += len;
+        // The caller drops deps that are Ready (or failed).
+        let groups: Vec<(Vec<NodeId>, Vec<NodeId>)> = batch
+            .iter()
+            .map(|&d| {
+                let live: Vec<NodeId> = deps[d as usize]
+                    .iter()
+                    .copied()
+                    .filter(|&t| matches!(o.st[t as usize], State::Unseen | State::Waiting(_)))
+                    .collect();
+                (vec![d], live)
+            })
+            .collect();
+        if !groups.is_empty() {
+            run_emit(&mut g, &mut o, &groups)?;
         }
-        let mut order: Vec<NodeId> = (0..n as NodeId).collect();
-        order.sort_by_key(|&i| order_keys[i as usize]);
-        let mut g = DepGraph::new();
-        let mut o = Oracle::new(n);
-        let mut i = 0;
-        let mut failures = false;
-        while i < n {
-            let len = 1 + cuts[i] as usize % 4;
-            let batch: Vec<NodeId> = order[i..(i + len).min(n)]
-                .iter()
-                .copied()
-                .filter(|&d| o.st[d as usize] == State::Unseen)
-                .collect();
-            i += len;
-            // The caller drops deps that are Ready (or failed).
-            let groups: Vec<(Vec<NodeId>, Vec<NodeId>)> = batch
-                .iter()
-                .map(|&d| {
-                    let live: Vec<NodeId> = deps[d as usize]
-                        .iter()
-                        .copied()
-                        .filter(|&t| matches!(o.st[t as usize], State::Unseen | State::Waiting(_)))
-                        .collect();
-                    (vec![d], live)
-                })
-                .collect();
-            if !groups.is_empty() {
-                run_emit(&mut g, &mut o, &groups)?;
+        if let Some((at, which)) = fail_at
+            && at as usize % n == i.min(n - 1)
+        {
+            let live = o.live();
+            if !live.is_empty() {
+                run_fail(&mut g, &mut o, &[live[which as usize % live.len()]])?;
+                failures = true;
             }
-            if let Some((at, which)) = fail_at
-                && at as usize % n == i.min(n - 1)
-            {
-                let live = o.live();
-                if !live.is_empty() {
-                    run_fail(&mut g, &mut o, &[live[which as usize % live.len()]])?;
-                    failures = true;
-                }
-            }
-        }
-        if !failures {
-            prop_assert_eq!(g.waiting_len(), 0);
-            prop_assert!(o.st.iter().all(|s| *s == State::Ready));
         }
     }
+    if !failures {
+        prop_assert_eq!(g.waiting_len(), 0);
+        prop_assert!(o.st.iter().all(|s| *s == State::Ready));
+    }
+    Ok(())
 }

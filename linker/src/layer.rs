@@ -253,11 +253,12 @@ impl ObjectLayer {
         for (i, g) in graphs.iter().enumerate() {
             for (n, &id) in &g.globals {
                 let s = &g.symbols[id.index()];
-                if s.tls && matches!(s.def, GraphDef::External) {
-                    if let Some(&j) = tls_definer.get(n) {
-                        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
-                        parent[a] = b;
-                    }
+                if s.tls
+                    && matches!(s.def, GraphDef::External)
+                    && let Some(&j) = tls_definer.get(n)
+                {
+                    let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                    parent[a] = b;
                 }
             }
         }

@@ -158,8 +158,7 @@ fn a_failing_object_fails_its_callers_with_the_root_cause() {
         .unwrap();
     let err = j
         .function(&app, "caller")
-        .err()
-        .expect("caller cannot become Ready");
+        .expect_err("caller cannot become Ready");
     let text = err.to_string();
     assert!(text.contains("gone"), "root cause missing: {text}");
     j.session.end();

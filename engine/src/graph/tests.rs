@@ -362,6 +362,7 @@ fn many_placements_between_neighbours_force_relabelling() {
         g.validate().unwrap();
     }
     assert!(emit1(&mut g, 200, &[1]).is_empty());
+    assert!(g.stats().relabels > 0, "{:?}", g.stats());
     let ready = emit1(&mut g, far, &[]);
     // 0, 1, 2..=200 and far.
     assert_eq!(ready.len(), 202);
