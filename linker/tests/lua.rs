@@ -90,6 +90,12 @@ fn build_lua(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
 }
 
 fn check_lua(cc: &str, flags: &[&str], tag: &str) {
+    check_lua_with(cc, flags, tag, false);
+}
+
+/// Also runs the objects through the `kiln` command, eagerly and with
+/// `--lazy` (each object linked on its first call).
+fn check_lua_with(cc: &str, flags: &[&str], tag: &str, via_cli: bool) {
     if !have(cc) {
         eprintln!("{cc} not installed: skipped");
         return;
@@ -104,6 +110,30 @@ fn check_lua(cc: &str, flags: &[&str], tag: &str) {
     let (jit_out, jit_ret) = run_jit(&objs, &["m"], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
     assert_eq!(jit_out, native_out, "{tag}: output differs");
     assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
+    if via_cli {
+        for mode in [&["run"][..], &["run", "--lazy", "--stats"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(mode)
+                .args(&objs)
+                .args(["-l", "m"])
+                .output()
+                .expect("kiln runs");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                stdout, native_out,
+                "{tag} {mode:?}: output differs\n{stderr}"
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(native_ret),
+                "{tag} {mode:?}: status differs\n{stderr}"
+            );
+            if mode.contains(&"--lazy") {
+                assert!(stderr.contains("lazy reentries"), "{tag}: {stderr}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -113,7 +143,7 @@ fn lua_gcc_o0() {
 
 #[test]
 fn lua_gcc_o2() {
-    check_lua("gcc", &["-O2"], "gcc-O2");
+    check_lua_with("gcc", &["-O2"], "gcc-O2", true);
 }
 
 #[test]

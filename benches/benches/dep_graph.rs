@@ -1,0 +1,275 @@
+//! Cost of the dependency graph (`kiln_engine::graph::DepGraph`) for the
+//! emission orders the engine sees, at N = 2.5k, 10k and 40k nodes.
+//!
+//! Every workload emits each node as its own unit (one group, one def) and
+//! checks that all N nodes end Ready. As the engine's state actor does, deps
+//! that are already Ready are dropped before `emit`. A near-linear graph keeps
+//! the time per node flat as N grows; compare `time(40k) / time(10k)` with 4
+//! (the scaling exponent is `log4` of that ratio).
+//!
+//! Wall time at 40k is dominated by cache misses (the working set outgrows
+//! L2) and by whatever else runs on the machine, so also count work that
+//! does not depend on either: set `KILN_GRAPH_STATS=1` to print each
+//! workload's search counters ([`GraphStats`]), and set
+//! `KILN_GRAPH_ONCE=<workload>/<n>` (optionally `KILN_GRAPH_REPS=<r>`) to
+//! run one workload outside criterion, e.g. under
+//! `valgrind --tool=cachegrind` for instruction counts; the difference
+//! between two repetition counts removes the setup. Measured that way
+//! (2026-11-22), instructions per node stayed within 1100–3900 for every
+//! workload and N, with local exponents 0.98–1.09.
+//!
+//! Workloads:
+//! - `chain_orc_order`: i depends on i-1, emitted 1, 2, …, N-1, then 0 (the
+//!   order ORC ran W3 in: everything waits until the last emit).
+//! - `chain_dependants_first`: i depends on i-1, emitted N-1 down to 0.
+//! - `cycle_in_order`: i depends on (i+1) mod N (W4's single cycle), emitted
+//!   0..N-1; the last emit closes the cycle.
+//! - `cycle_random`: the same cycle emitted in a random order.
+//! - `dag_dependants_first`: W5's random DAG (4 draws per node, SplitMix64
+//!   seed 42), emitted N-1 down to 0.
+//! - `dag_random`: W5's DAG emitted in a random order.
+//! - `big_group`: one unit emits N/2 defs depending on the other N/2 nodes,
+//!   which are then emitted one by one.
+//! - `small_cycles_random`: N/5 cycles of 5 nodes, each also depending on a
+//!   node of the previous cycle, emitted in a random order.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use kiln_benches::deps::{Dependencies, GraphShape, SplitMix64};
+use kiln_engine::graph::{DepGraph, EmitGroup, GraphStats, NodeId};
+
+/// Node counts measured (multiples of 10, for `small_cycles_random` and
+/// `big_group`).
+const SIZES: [usize; 3] = [2_500, 10_000, 40_000];
+
+/// One workload: each node's dependencies and the emission order.
+struct Workload {
+    deps: Vec<Vec<NodeId>>,
+    order: Vec<NodeId>,
+}
+
+fn ids(v: &[usize]) -> Vec<NodeId> {
+    v.iter()
+        .map(|&i| NodeId::try_from(i).expect("bench sizes fit in u32"))
+        .collect()
+}
+
+fn from_shape(shape: GraphShape, n: usize) -> Vec<Vec<NodeId>> {
+    let d = Dependencies::generate(shape, n);
+    (0..n).map(|i| ids(d.of(i))).collect()
+}
+
+/// A Fisher–Yates shuffle of 0..n driven by SplitMix64 (seed 7).
+fn shuffled(n: usize) -> Vec<NodeId> {
+    let mut v = ids(&(0..n).collect::<Vec<_>>());
+    let mut rng = SplitMix64::new(7);
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+fn workloads(n: usize) -> Vec<(&'static str, Workload)> {
+    let up = ids(&(0..n).collect::<Vec<_>>());
+    let down: Vec<NodeId> = up.iter().rev().copied().collect();
+    let chain = from_shape(GraphShape::Chain, n);
+    let cycle = from_shape(GraphShape::Cycle, n);
+    let dag = from_shape(GraphShape::FaninDag { draws: 4, seed: 42 }, n);
+    let mut orc_order: Vec<NodeId> = up[1..].to_vec();
+    orc_order.push(0);
+    let small_cycles: Vec<Vec<NodeId>> = (0..n)
+        .map(|i| {
+            let base = i - i % 5;
+            let mut d = ids(&[base + (i + 1) % 5]);
+            if base >= 5 {
+                d.extend(ids(&[base - 5 + i % 5]));
+            }
+            d
+        })
+        .collect();
+    vec![
+        (
+            "chain_orc_order",
+            Workload {
+                deps: chain.clone(),
+                order: orc_order,
+            },
+        ),
+        (
+            "chain_dependants_first",
+            Workload {
+                deps: chain,
+                order: down.clone(),
+            },
+        ),
+        (
+            "cycle_in_order",
+            Workload {
+                deps: cycle.clone(),
+                order: up,
+            },
+        ),
+        (
+            "cycle_random",
+            Workload {
+                deps: cycle,
+                order: shuffled(n),
+            },
+        ),
+        (
+            "dag_dependants_first",
+            Workload {
+                deps: dag.clone(),
+                order: down,
+            },
+        ),
+        (
+            "dag_random",
+            Workload {
+                deps: dag,
+                order: shuffled(n),
+            },
+        ),
+        (
+            "small_cycles_random",
+            Workload {
+                deps: small_cycles,
+                order: shuffled(n),
+            },
+        ),
+    ]
+}
+
+/// Emits every node as its own unit, dropping Ready deps first; returns the
+/// number of nodes that became Ready and the graph's work counters.
+fn run(w: &Workload) -> (usize, GraphStats) {
+    let n = w.deps.len();
+    let mut g = DepGraph::new();
+    let mut is_ready = vec![false; n];
+    let mut ready = Vec::new();
+    let mut deps = Vec::new();
+    let mut count = 0;
+    for &d in &w.order {
+        deps.clear();
+        deps.extend(
+            w.deps[d as usize]
+                .iter()
+                .copied()
+                .filter(|&t| !is_ready[t as usize]),
+        );
+        ready.clear();
+        g.emit(
+            &[EmitGroup {
+                defs: &[d],
+                deps: &deps,
+            }],
+            &mut ready,
+        );
+        for &r in &ready {
+            is_ready[r as usize] = true;
+        }
+        count += ready.len();
+    }
+    (count, g.stats())
+}
+
+/// One unit emitting N/2 defs that all depend on the other N/2 nodes, which
+/// are then emitted one by one: with a hidden group node this is N edges,
+/// not N²/4.
+fn run_big_group(n: usize) -> (usize, GraphStats) {
+    let half = NodeId::try_from(n / 2).expect("bench sizes fit in u32");
+    let defs: Vec<NodeId> = (0..half).collect();
+    let deps: Vec<NodeId> = (half..2 * half).collect();
+    let mut g = DepGraph::new();
+    let mut ready = Vec::new();
+    g.emit(
+        &[EmitGroup {
+            defs: &defs,
+            deps: &deps,
+        }],
+        &mut ready,
+    );
+    for &d in &deps {
+        g.emit(
+            &[EmitGroup {
+                defs: &[d],
+                deps: &[],
+            }],
+            &mut ready,
+        );
+    }
+    (ready.len(), g.stats())
+}
+
+fn dep_graph(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dep_graph");
+    group.sample_size(10);
+    for n in SIZES {
+        for (name, w) in workloads(n) {
+            let (count, stats) = run(&w);
+            assert_eq!(count, n, "{name}: not every node became Ready");
+            if std::env::var_os("KILN_GRAPH_STATS").is_some() {
+                eprintln!("{name}/{n}: {stats:?}");
+            }
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new(name, n), &w, |b, w| {
+                b.iter(|| black_box(run(w)))
+            });
+        }
+    }
+    for n in SIZES {
+        let (count, stats) = run_big_group(n);
+        assert_eq!(count, n, "big_group: not every node became Ready");
+        if std::env::var_os("KILN_GRAPH_STATS").is_some() {
+            eprintln!("big_group/{n}: {stats:?}");
+        }
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("big_group", n), &n, |b, &n| {
+            b.iter(|| black_box(run_big_group(n)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dep_graph);
+
+/// `KILN_GRAPH_ONCE=<workload>/<n>` runs that one workload once (or
+/// `KILN_GRAPH_REPS` times), without criterion, for instruction and cache
+/// miss counts that do not depend on machine load (`valgrind
+/// --tool=cachegrind`; the difference between two repetition counts removes
+/// the setup); otherwise the criterion benches run.
+fn main() {
+    if let Some(which) = std::env::var_os("KILN_GRAPH_ONCE") {
+        let which = which.to_string_lossy().into_owned();
+        let reps: usize = std::env::var("KILN_GRAPH_REPS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        let Some((name, n)) = which
+            .rsplit_once('/')
+            .and_then(|(name, n)| Some((name, n.parse::<usize>().ok()?)))
+        else {
+            eprintln!("KILN_GRAPH_ONCE wants <workload>/<n>, not {which}");
+            std::process::exit(2);
+        };
+        let mut once: Box<dyn FnMut() -> (usize, GraphStats)> = if name == "big_group" {
+            Box::new(move || run_big_group(n))
+        } else {
+            let Some((_, w)) = workloads(n).into_iter().find(|(w, _)| *w == name) else {
+                eprintln!("no workload {name}");
+                std::process::exit(2);
+            };
+            Box::new(move || run(&w))
+        };
+        let (mut count, mut stats) = once();
+        for _ in 1..reps {
+            (count, stats) = black_box(once());
+        }
+        println!("{which}: {count} Ready, {stats:?}");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
