@@ -1,1 +1,28 @@
 //! Shared workload definitions for kiln's benchmarks.
+//!
+//! The peer comparison (`../shared/peer/orc-bench/README.md`) defines eight
+//! workloads, W1–W8, run identically on LLVM 22's ORC (`orc_bench`) and on
+//! kiln (`peer-workloads`, this crate's binary). The criterion benches in
+//! `benches/workloads.rs` call the same per-rep functions at smaller sizes.
+//!
+//! Map of the crate:
+//! - [`workloads`]: W1–W7, one config struct per workload with a per-rep
+//!   function, and [`workloads::run`], the command-line driver.
+//! - [`adapter`]: the only module that names `kiln_engine` items (sessions,
+//!   lookups, the W3–W5 unit and the W6 generator).
+//! - [`options`]: the command line shared with `orc_bench`.
+//! - [`deps`]: SplitMix64, `edge_hash` and the W3–W5 dependency graphs.
+//! - [`measure`]: `getrusage` CPU time and peak RSS, load average, medians.
+//! - [`report`]: per-rep measurements and the peer's JSON line.
+//! - [`lazy_calls`]: W8's call targets and steady-state loops (the
+//!   lazy-reexport side of W8 waits for the engine).
+//! - [`error`]: usage and run errors.
+
+pub mod adapter;
+pub mod deps;
+pub mod error;
+pub mod lazy_calls;
+pub mod measure;
+pub mod options;
+pub mod report;
+pub mod workloads;
