@@ -303,6 +303,9 @@ impl Reader<'_, '_> {
 
         // Symbols.
         let syms = symtab.symbols();
+        self.graph.symbols.reserve(syms.len());
+        self.graph.unmerged_globals.reserve(syms.len());
+        self.graph.name_arena.reserve(syms.len() * 16);
         let mut symbol_map: Vec<Option<SymbolId>> = vec![None; syms.len()];
         for (index, sym) in symtab.enumerate().skip(1) {
             symbol_map[index.0] =
@@ -504,7 +507,9 @@ impl Reader<'_, '_> {
             .map_err(|_| self.err(format!("symbol {}: name is not UTF-8", index.0)))?;
         let bind = sym.st_bind();
         let local = bind == elf::STB_LOCAL;
-        let linkage = if bind == elf::STB_WEAK {
+        // STB_GNU_UNIQUE (inline variables, template statics) may be defined
+        // by every object that uses it, like a weak symbol.
+        let linkage = if bind == elf::STB_WEAK || bind == elf::STB_GNU_UNIQUE {
             Linkage::Weak
         } else {
             Linkage::Strong
@@ -709,6 +714,9 @@ impl Reader<'_, '_> {
                     addend,
                 },
             ));
+        }
+        if let [(_, _, block)] = ranges {
+            self.graph.blocks[block.index()].edges.reserve(pending.len());
         }
         for (block, edge) in pending {
             self.graph.blocks[block.index()].edges.push(edge);

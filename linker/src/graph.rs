@@ -503,6 +503,8 @@ impl LinkGraph {
         }
         let arena = other.name_arena;
         let mut sym_map: Vec<SymbolId> = Vec::with_capacity(other.symbols.len());
+        self.symbols.reserve(other.symbols.len() - other.unmerged_globals.len());
+        self.blocks.reserve(other.blocks.len());
         for (i, mut s) in other.symbols.into_iter().enumerate() {
             s.object = s.object.map(remap_obj);
             if let SymbolDef::Defined { block, offset } = s.def {

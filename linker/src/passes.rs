@@ -48,6 +48,10 @@ pub struct LinkOptions {
     pub roots: Roots,
     /// Fix up in parallel when the graph has at least this many edges.
     pub parallel_threshold: usize,
+    /// Keep the graph after fixup in [`Finalized::graph`]: final addresses,
+    /// relocated contents and every relocation record, for a later pass
+    /// (saving an image that can be rebased, DESIGN §5).
+    pub keep_graph: bool,
 }
 
 impl Default for LinkOptions {
@@ -55,6 +59,7 @@ impl Default for LinkOptions {
         LinkOptions {
             roots: Roots::All,
             parallel_threshold: 20_000,
+            keep_graph: false,
         }
     }
 }
@@ -158,6 +163,8 @@ pub struct Finalized {
     pub tls_module: Option<runtime::tls::TlsModule>,
     /// Statistics.
     pub stats: LinkStats,
+    /// The graph after fixup, if [`LinkOptions::keep_graph`] asked for it.
+    pub graph: Option<LinkGraph>,
 }
 
 /// Counts of one link, for `--stats`.
@@ -1239,6 +1246,7 @@ impl Prepared {
             tls: self.tls,
             tls_module,
             stats,
+            graph: options.keep_graph.then_some(self.graph),
         })
     }
 }

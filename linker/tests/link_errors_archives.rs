@@ -147,9 +147,26 @@ fn archive_members_are_pulled_on_demand() {
         .status()
         .expect("ar");
     assert!(st.success());
-    let (out, ret) = run_jit(&[main, lib], &[], &[]).unwrap_or_else(|e| panic!("{e}"));
+    let (out, ret) = run_jit(&[main.clone(), lib], &[], &[]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out, "sum 42\n");
     assert_eq!(ret, 3);
+    // Without an archive symbol table (`ar S`), kiln indexes the members itself.
+    let bare = dir.join("libbare.a");
+    let _ = std::fs::remove_file(&bare);
+    let st = Command::new("ar")
+        .arg("rcS")
+        .arg(&bare)
+        .args([&add, &helper, &unused])
+        .status()
+        .expect("ar");
+    assert!(st.success());
+    let bytes = std::fs::read(&bare).unwrap();
+    let parsed = object::read::archive::ArchiveFile::parse(&*bytes).unwrap();
+    assert!(parsed.symbols().unwrap().is_none(), "ar S writes no index");
+    let indexed = kiln_linker::archive::Archive::parse("libbare.a", bytes.clone()).unwrap();
+    assert!(indexed.symbol_count() >= 3);
+    let (out, ret) = run_jit(&[main, bare], &[], &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((out.as_str(), ret), ("sum 42\n", 3));
 }
 
 #[test]
@@ -325,4 +342,49 @@ fn comdat_groups_keep_one_copy_and_drop_the_others_fdes() {
         let f: extern "C" fn(i32) -> i32 = unsafe { std::mem::transmute(f as usize) };
         assert_eq!(f(5), want);
     }
+}
+
+#[test]
+fn kept_graph_has_final_addresses_and_relocation_records() {
+    let dir = scratch("keep");
+    let a = compile(
+        "gcc",
+        &c_dir().join("prog_a.c"),
+        &["-O2", "-fcommon"],
+        &[],
+        &dir.join("a.o"),
+    );
+    let b = compile(
+        "gcc",
+        &c_dir().join("prog_b.c"),
+        &["-O2"],
+        &[],
+        &dir.join("b.o"),
+    );
+    let mut l = Linker::new(Default::default());
+    l.add_object_file(&a).unwrap().add_object_file(&b).unwrap();
+    let graph = l.build_graph().unwrap();
+    let mut options = kiln_linker::LinkOptions::default();
+    options.keep_graph = true;
+    let env = passes::ImageEnv::default();
+    let f = passes::link_graph(graph, &HostSymbols::new(), &env, &options).unwrap();
+    let g = f.graph.as_ref().expect("kept");
+    let id = g.globals["is_odd"];
+    let kiln_linker::graph::SymbolDef::Defined { block, offset } = g.symbols[id.index()].def else {
+        panic!("is_odd is defined")
+    };
+    let blk = &g.blocks[block.index()];
+    assert_eq!(blk.addr + offset, f.symbols["is_odd"]);
+    assert!(
+        blk.edges
+            .iter()
+            .any(|e| g.symbol_name(e.target) == "is_even")
+    );
+    // The relocated bytes in the graph are the bytes in memory.
+    let kiln_linker::graph::Content::Bytes(bytes) = &blk.content else {
+        panic!("code has bytes")
+    };
+    // SAFETY: the block lies in the finalized image, readable until `f` drops.
+    let mem = unsafe { std::slice::from_raw_parts(blk.addr as *const u8, bytes.len()) };
+    assert_eq!(mem, &bytes[..]);
 }
