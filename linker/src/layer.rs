@@ -202,7 +202,7 @@ impl ObjectLayer {
         dylib
             .define_boxed(Box::new(unit), tracker)
             .map_err(|e| LinkError::Engine {
-                detail: e.to_string(),
+                detail: format!("{name}: {e}"),
             })
     }
 

@@ -202,3 +202,29 @@ fn removing_the_tracker_releases_the_image() {
     assert!(app.lookup_ready(&["is_even"]).is_err());
     j.session.end();
 }
+
+#[test]
+fn duplicate_definitions_across_objects_are_all_listed() {
+    let dir = scratch("dups");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let first = "int one(void) { return 1; }\nint two(void) { return 2; }\n";
+    let second = "int two(void) { return 22; }\nint one(void) { return 11; }\nint three(void) { return 3; }\n";
+    j.layer
+        .add_object(&app, None, "first.o", &compile(&dir, "first", first))
+        .unwrap();
+    let err = j
+        .layer
+        .add_object(&app, None, "second.o", &compile(&dir, "second", second))
+        .expect_err("second.o clashes");
+    let text = err.to_string();
+    assert!(
+        text.contains("second.o") && text.contains("one") && text.contains("two"),
+        "{text}"
+    );
+    // The dylib is unchanged: `three` was not added, `one` is still first.o's.
+    assert!(app.lookup_ready(&["three"]).is_err());
+    let one = j.function(&app, "one").unwrap();
+    assert_eq!(one(0), 1);
+    j.session.end();
+}
