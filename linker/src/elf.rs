@@ -716,7 +716,9 @@ impl Reader<'_, '_> {
             ));
         }
         if let [(_, _, block)] = ranges {
-            self.graph.blocks[block.index()].edges.reserve(pending.len());
+            self.graph.blocks[block.index()]
+                .edges
+                .reserve(pending.len());
         }
         for (block, edge) in pending {
             self.graph.blocks[block.index()].edges.push(edge);

@@ -503,7 +503,12 @@ impl LinkGraph {
         }
         let arena = other.name_arena;
         let mut sym_map: Vec<SymbolId> = Vec::with_capacity(other.symbols.len());
-        self.symbols.reserve(other.symbols.len() - other.unmerged_globals.len());
+        self.symbols.reserve(
+            other
+                .symbols
+                .len()
+                .saturating_sub(other.unmerged_globals.len()),
+        );
         self.blocks.reserve(other.blocks.len());
         for (i, mut s) in other.symbols.into_iter().enumerate() {
             s.object = s.object.map(remap_obj);

@@ -227,7 +227,11 @@ fn sixty_four_first_calls(in_place: bool) {
         lazy.reentries()
     );
     assert_eq!(lazy.reentries(), THREADS);
-    assert_eq!(lazy.linked(), 1, "one entry, linked once however many threads resolved it");
+    assert_eq!(
+        lazy.linked(),
+        1,
+        "one entry, linked once however many threads resolved it"
+    );
     // Redirected: later calls skip the trampoline.
     // SAFETY: as above.
     let f = unsafe { as_fn(stub) };
