@@ -371,10 +371,7 @@ impl MaterializationUnit for LazyReexportsUnit {
     }
 
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        self.aliases
-            .iter()
-            .map(|a| (a.name.clone(), a.flags))
-            .collect()
+        crate::unit::alias_symbols(&self.aliases)
     }
 
     fn materialize(self: Box<Self>, r: Responsibility) {

@@ -445,24 +445,21 @@ impl Dylib {
             ids.push((self.id(), DylibLookup::All));
         }
         ids.extend(order.iter().map(|(d, v)| (d.id(), *v)));
-        let (reply, wait) = Reply::new();
-        self.core.send(Msg::SetLinkOrder {
-            dylib: self.id(),
-            order: ids,
-            reply,
-        });
-        wait.wait()
+        self.send_link_order(ids)
     }
 
     /// Sets the link order exactly as given — without putting this dylib
     /// first (e.g. for a dylib of lazily linked bodies whose calls must go
     /// through another dylib's lazy entries).
     pub fn set_link_order_exact(&self, order: &[(Dylib, DylibLookup)]) -> Result<()> {
-        let ids = order.iter().map(|(d, v)| (d.id(), *v)).collect();
+        self.send_link_order(order.iter().map(|(d, v)| (d.id(), *v)).collect())
+    }
+
+    fn send_link_order(&self, order: Vec<(DylibId, DylibLookup)>) -> Result<()> {
         let (reply, wait) = Reply::new();
         self.core.send(Msg::SetLinkOrder {
             dylib: self.id(),
-            order: ids,
+            order,
             reply,
         });
         wait.wait()

@@ -98,6 +98,11 @@ pub struct Alias {
     pub flags: SymbolFlags,
 }
 
+/// The names and flags aliases define (a unit's interface).
+pub(crate) fn alias_symbols(aliases: &[Alias]) -> Vec<(SymbolName, SymbolFlags)> {
+    aliases.iter().map(|a| (a.name.clone(), a.flags)).collect()
+}
+
 /// A unit defining aliases of symbols in another dylib (or the same one).
 /// An alias resolves to its target's address and becomes Ready when the
 /// target does.
@@ -135,10 +140,7 @@ impl MaterializationUnit for Reexports {
     }
 
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        self.aliases
-            .iter()
-            .map(|a| (a.name.clone(), a.flags))
-            .collect()
+        alias_symbols(&self.aliases)
     }
 
     fn materialize(self: Box<Self>, r: Responsibility) {
