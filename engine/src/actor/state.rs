@@ -39,6 +39,27 @@ pub(crate) struct State {
     managers: Vec<Arc<dyn ResourceManager>>,
     next_key: u64,
     ended: bool,
+    scratch: EmitScratch,
+}
+
+/// Buffers `emit` reuses from call to call.
+#[derive(Default)]
+struct EmitScratch {
+    defs: Vec<SymId>,
+    deps: Vec<SymId>,
+    spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    sorted: Vec<SymId>,
+    ready: Vec<SymId>,
+}
+
+impl EmitScratch {
+    fn clear(&mut self) {
+        self.defs.clear();
+        self.deps.clear();
+        self.spans.clear();
+        self.sorted.clear();
+        self.ready.clear();
+    }
 }
 
 struct DylibState {
@@ -138,6 +159,7 @@ impl State {
             managers: Vec::new(),
             next_key: 1,
             ended: false,
+            scratch: EmitScratch::default(),
         }
     }
 
@@ -1187,6 +1209,22 @@ impl State {
         groups: Vec<DependenceGroup>,
         fx: &mut Vec<Effect>,
     ) -> Result<()> {
+        // Reused buffers: an emit allocates nothing of its own in steady state.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.emit_with(core, resp, &groups, &mut scratch, fx);
+        scratch.clear();
+        self.scratch = scratch;
+        result
+    }
+
+    fn emit_with(
+        &mut self,
+        core: &Arc<SessionCore>,
+        resp: RespId,
+        groups: &[DependenceGroup],
+        sc: &mut EmitScratch,
+        fx: &mut Vec<Effect>,
+    ) -> Result<()> {
         if let Err(e) = self.owned_resp(resp) {
             if self.resps.contains(resp) {
                 let r = self.resps.remove(resp);
@@ -1194,70 +1232,63 @@ impl State {
             }
             return Err(e);
         }
-        // Map names to symbols; any misuse fails the whole unit.
-        let mut mapped: Vec<(Vec<SymId>, Vec<SymId>)> = Vec::with_capacity(groups.len() + 1);
-        let mut grouped: Vec<SymId> = Vec::new();
+        // Map names to symbols (group i owns defs[spans[i].0] and
+        // deps[spans[i].1]); any misuse fails the whole unit.
         let mut missing_deps = Vec::new();
-        let mut lazy_deps = Vec::new();
         let mut misuse = None;
-        for g in &groups {
-            let mut defs = Vec::with_capacity(g.symbols.len());
+        for g in groups {
+            let (d0, p0) = (sc.defs.len(), sc.deps.len());
             for name in &g.symbols {
                 match self.owned_sym(resp, name) {
-                    Ok(sid) => {
-                        grouped.push(sid);
-                        defs.push(sid);
-                    }
+                    Ok(sid) => sc.defs.push(sid),
                     Err(e) => {
                         misuse.get_or_insert(e);
                     }
                 }
             }
-            let mut deps = Vec::new();
             for (dylib, names) in &g.dependencies {
                 let d = &self.dylibs[dylib.id() as usize];
                 for name in names {
                     match d.table.get(name) {
                         Some(&dep) => {
                             if self.syms[dep as usize].state != SymbolState::Ready {
-                                deps.push(dep);
+                                sc.deps.push(dep);
                             }
                         }
                         None => missing_deps.push(name.clone()),
                     }
                 }
             }
-            mapped.push((defs, deps));
+            sc.spans.push((d0..sc.defs.len(), p0..sc.deps.len()));
         }
-        grouped.sort_unstable();
-        if let Some(w) = grouped.windows(2).find(|w| w[0] == w[1]) {
+        sc.sorted.extend_from_slice(&sc.defs);
+        sc.sorted.sort_unstable();
+        if let Some(w) = sc.sorted.windows(2).find(|w| w[0] == w[1]) {
             misuse.get_or_insert(Error::Usage(format!(
                 "unit '{}' emitted {} in two dependence groups",
                 self.resps[resp].unit_name,
                 self.qname(w[0])
             )));
         }
-        let residual: Vec<SymId> = self.resps[resp]
-            .owed
-            .iter()
-            .copied()
-            .filter(|&s| {
-                self.syms[s as usize].resp == Some(resp) && grouped.binary_search(&s).is_err()
-            })
-            .collect();
-        if !residual.is_empty() {
-            mapped.push((residual, Vec::new()));
+        // Owed symbols in no group form one more group with no dependencies.
+        let d0 = sc.defs.len();
+        for &s in &self.resps[resp].owed {
+            if self.syms[s as usize].resp == Some(resp) && sc.sorted.binary_search(&s).is_err() {
+                sc.defs.push(s);
+            }
         }
-        for (defs, _) in &mapped {
-            for &sid in defs {
-                let s = &self.syms[sid as usize];
-                if s.state == SymbolState::Materializing && !s.flags.is_side_effects_only() {
-                    misuse.get_or_insert(Error::Usage(format!(
-                        "unit '{}' emitted {} before resolving it",
-                        self.resps[resp].unit_name,
-                        self.qname(sid)
-                    )));
-                }
+        if sc.defs.len() > d0 {
+            let p = sc.deps.len();
+            sc.spans.push((d0..sc.defs.len(), p..p));
+        }
+        for &sid in &sc.defs {
+            let s = &self.syms[sid as usize];
+            if s.state == SymbolState::Materializing && !s.flags.is_side_effects_only() {
+                misuse.get_or_insert(Error::Usage(format!(
+                    "unit '{}' emitted {} before resolving it",
+                    self.resps[resp].unit_name,
+                    self.qname(sid)
+                )));
             }
         }
         if let Some(e) = misuse {
@@ -1285,27 +1316,25 @@ impl State {
                 .and_then(|s| self.syms[s as usize].failure.as_deref().cloned())
                 .unwrap_or_else(|| (*cause).clone()));
         }
-        for (defs, _) in &mapped {
-            for &sid in defs {
-                let s = &mut self.syms[sid as usize];
-                s.resp = None;
-                s.state = SymbolState::Emitted;
-            }
+        for &sid in &sc.defs {
+            let s = &mut self.syms[sid as usize];
+            s.resp = None;
+            s.state = SymbolState::Emitted;
         }
         // Groups depending on an already-failed symbol fail, to a fixpoint
         // (a group may depend on another group of this same emit).
-        let mut failed_groups = Vec::new();
+        let mut failed_groups: Vec<(usize, SymId)> = Vec::new();
         loop {
             let mut changed = false;
-            for (gi, (defs, deps)) in mapped.iter().enumerate() {
+            for (gi, (defs, deps)) in sc.spans.iter().enumerate() {
                 if failed_groups.iter().any(|&(g, _)| g == gi) {
                     continue;
                 }
-                if let Some(&bad) = deps
+                if let Some(&bad) = sc.deps[deps.clone()]
                     .iter()
                     .find(|&&d| self.syms[d as usize].state == SymbolState::Failed)
                 {
-                    for &sid in defs {
+                    for &sid in &sc.defs[defs.clone()] {
                         self.syms[sid as usize].state = SymbolState::Failed;
                     }
                     failed_groups.push((gi, bad));
@@ -1320,39 +1349,43 @@ impl State {
         for &(gi, bad) in &failed_groups {
             let via = self.qname(bad);
             let root = self.root_cause_of(bad);
-            for &sid in &mapped[gi].0 {
+            let ids = sc.defs[sc.spans[gi].0.clone()].to_vec();
+            for &sid in &ids {
                 self.syms[sid as usize].state = SymbolState::Emitted;
                 let err = self.fail_one(sid, Some(via.clone()), root.clone(), fx);
                 first_error.get_or_insert(err);
             }
-            let ids = mapped[gi].0.clone();
             let mut dependants = Vec::new();
             self.graph.fail(&ids, &mut dependants);
             self.fail_dependants(&ids, dependants, fx);
         }
         // Dependencies declared on lazy symbols are materialized: the
         // emitter was linked against them, so they will be needed.
-        for (gi, (_, deps)) in mapped.iter().enumerate() {
+        let mut lazy_deps = Vec::new();
+        for (gi, (_, deps)) in sc.spans.iter().enumerate() {
             if failed_groups.iter().any(|&(g, _)| g == gi) {
                 continue;
             }
-            for &dep in deps {
+            for &dep in &sc.deps[deps.clone()] {
                 if self.syms[dep as usize].state == SymbolState::Lazy {
                     lazy_deps.extend(self.syms[dep as usize].unit);
                 }
             }
         }
-        let emit_groups: Vec<EmitGroup<'_>> = mapped
+        let emit_groups: Vec<EmitGroup<'_>> = sc
+            .spans
             .iter()
             .enumerate()
             .filter(|(gi, _)| !failed_groups.iter().any(|&(g, _)| g == *gi))
-            .map(|(_, (defs, deps))| EmitGroup { defs, deps })
+            .map(|(_, (defs, deps))| EmitGroup {
+                defs: &sc.defs[defs.clone()],
+                deps: &sc.deps[deps.clone()],
+            })
             .collect();
-        let mut ready = Vec::new();
-        self.graph.emit(&emit_groups, &mut ready);
+        self.graph.emit(&emit_groups, &mut sc.ready);
         drop(emit_groups);
-        for sid in ready {
-            self.mark_ready(sid, fx);
+        for i in 0..sc.ready.len() {
+            self.mark_ready(sc.ready[i], fx);
         }
         for uid in lazy_deps {
             self.start_unit(core, uid, fx);
