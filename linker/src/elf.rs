@@ -650,7 +650,11 @@ impl Reader<'_, '_> {
         symbol_map: &[Option<SymbolId>],
         ranges: &[(u64, u64, BlockId)],
     ) -> Result<(), LinkError> {
-        let mut pending: Vec<(BlockId, Edge)> = Vec::with_capacity(relas.len());
+        // Edges go straight into their blocks: on an error the whole
+        // object's graph is dropped (see `parse_object`).
+        if let [(_, _, block)] = ranges {
+            self.graph.blocks[block.index()].edges.reserve(relas.len());
+        }
         for rela in relas {
             let offset = rela.r_offset(LE);
             let r_type = rela.r_type(LE, false).0;
@@ -704,24 +708,13 @@ impl Reader<'_, '_> {
                     info.name, info.width
                 )));
             }
-            pending.push((
-                block,
-                Edge {
-                    offset: rel_off,
-                    kind: info.kind,
-                    r_type,
-                    target,
-                    addend,
-                },
-            ));
-        }
-        if let [(_, _, block)] = ranges {
-            self.graph.blocks[block.index()]
-                .edges
-                .reserve(pending.len());
-        }
-        for (block, edge) in pending {
-            self.graph.blocks[block.index()].edges.push(edge);
+            self.graph.blocks[block.index()].edges.push(Edge {
+                offset: rel_off,
+                kind: info.kind,
+                r_type,
+                target,
+                addend,
+            });
         }
         for &(_, _, block) in ranges {
             let edges = &mut self.graph.blocks[block.index()].edges;

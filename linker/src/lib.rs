@@ -12,6 +12,14 @@
 //! | [`host`] | host symbols: runtime overrides, `-l` libraries, the process |
 //! | [`image`] | [`Linker`] (the convenient API) and [`LinkedImage`] |
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
+//! | [`layer`] | the engine's object layer: objects as materialization units |
+//! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
+//!
+//! The pass order is visible in one function, [`passes::link_graph`]:
+//! prune → GOT/PLT → allocate → (a) own symbols final → (b) look up every
+//! external at once → (c) fixup (rayon for large graphs) and finalize; the
+//! engine layer drives the same phases through [`passes::Prepared`] and adds
+//! (d) [`passes::Prepared::dependencies`].
 //!
 //! # Example
 //!

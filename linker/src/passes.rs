@@ -389,10 +389,18 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
         live[b.index()] = true;
         let block = &graph.blocks[b.index()];
         for e in &block.edges {
-            if let SymbolDef::Defined { block: t, .. } = graph.symbols[e.target.index()].def
-                && !live[t.index()]
-            {
-                work.push(t);
+            match graph.symbols[e.target.index()].def {
+                SymbolDef::Defined { block: t, .. } if !live[t.index()] => work.push(t),
+                // Live code must not refer to dropped sections.
+                SymbolDef::Discarded if block.live => {
+                    return Err(LinkError::DiscardedReference {
+                        object: graph.object_name(block.object).to_string(),
+                        section: block.input_section.to_string(),
+                        offset: block.input_offset + e.offset,
+                        symbol: graph.symbol_name(e.target),
+                    });
+                }
+                _ => {}
             }
         }
         if let Some(f) = block.fde
@@ -406,19 +414,6 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     }
     for (b, l) in graph.blocks.iter_mut().zip(live) {
         b.live = b.live && l;
-    }
-    // Live code must not refer to dropped sections.
-    for b in graph.blocks.iter().filter(|b| b.live) {
-        for e in &b.edges {
-            if graph.symbols[e.target.index()].def == SymbolDef::Discarded {
-                return Err(LinkError::DiscardedReference {
-                    object: graph.object_name(b.object).to_string(),
-                    section: b.input_section.to_string(),
-                    offset: b.input_offset + e.offset,
-                    symbol: graph.symbol_name(e.target),
-                });
-            }
-        }
     }
     Ok(())
 }
@@ -1094,7 +1089,8 @@ impl Prepared {
 
         // TP offsets needed by TPOFF edges, computed before the parallel part.
         let mut tpoffs: HashMap<SymbolId, i64> = HashMap::new();
-        for b in self.graph.blocks.iter().filter(|b| b.live) {
+        let has_tls = self.graph.symbols.iter().any(|s| s.tls);
+        for b in self.graph.blocks.iter().filter(|b| b.live && has_tls) {
             for e in &b.edges {
                 if matches!(e.kind, EdgeKind::TpOff32 | EdgeKind::TpOff64)
                     && !tpoffs.contains_key(&e.target)
@@ -1370,7 +1366,16 @@ impl FixupCtx<'_> {
             EdgeKind::GotTpOff => v.target = self.got_entry(GotKey::TpOff(e.target))?,
             EdgeKind::TlsDescGot => v.target = self.got_entry(GotKey::TlsDesc(e.target))?,
             EdgeKind::TpOff32 | EdgeKind::TpOff64 => {
-                v.target = self.tpoffs.get(&e.target).copied().unwrap_or(0) as u64;
+                let Some(&off) = self.tpoffs.get(&e.target) else {
+                    return Err((
+                        FixupError::BadInstruction {
+                            reloc: kind_name(e.kind),
+                            detail: "the target is not a thread-local variable of this image",
+                        },
+                        None,
+                    ));
+                };
+                v.target = off as u64;
             }
             _ => {}
         }

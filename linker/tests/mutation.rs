@@ -76,7 +76,7 @@ fn objects() -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn ten_thousand_mutants_link_or_fail_cleanly() {
+fn twenty_thousand_object_mutants_link_or_fail_cleanly() {
     let objs = objects();
     let host = HostSymbols::new();
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -123,4 +123,55 @@ fn ten_thousand_mutants_link_or_fail_cleanly() {
     assert_eq!(linked + failed, MUTANTS);
     assert!(linked > MUTANTS / 20, "too few mutants linked: {linked}");
     assert!(failed > MUTANTS / 20, "too few mutants rejected: {failed}");
+}
+
+#[test]
+fn mutated_archives_link_or_fail_cleanly() {
+    let dir = scratch("mutation-ar");
+    let main = compile(
+        "gcc",
+        &c_dir().join("prog_a.c"),
+        &["-O2", "-fcommon"],
+        &[],
+        &dir.join("a.o"),
+    );
+    let b = compile(
+        "gcc",
+        &c_dir().join("prog_b.c"),
+        &["-O2"],
+        &[],
+        &dir.join("b.o"),
+    );
+    let lib = dir.join("libb.a");
+    let _ = std::fs::remove_file(&lib);
+    let st = std::process::Command::new("ar")
+        .arg("rcs")
+        .arg(&lib)
+        .arg(&b)
+        .status()
+        .expect("ar");
+    assert!(st.success());
+    let main_bytes = std::fs::read(main).unwrap();
+    let ar_bytes = std::fs::read(lib).unwrap();
+    let host = HostSymbols::new();
+    let mut rng = Rng(0xa5c1_1e55_0000_0002);
+    let (mut linked, mut failed) = (0usize, 0usize);
+    for n in 0..3_000 {
+        let mutant = mutate(&mut rng, &ar_bytes);
+        let mut linker = Linker::new(Default::default());
+        linker.run_initializers(false);
+        linker.add_object_bytes("prog_a.o", main_bytes.clone());
+        let result = linker
+            .add_archive_bytes(format!("mutant-{n}.a"), mutant)
+            .and_then(|l| l.link(&host));
+        match result {
+            Ok(_) => linked += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                failed += 1;
+            }
+        }
+    }
+    eprintln!("3000 archive mutants: {linked} linked, {failed} failed cleanly");
+    assert!(linked > 0 && failed > 0);
 }

@@ -232,6 +232,7 @@ pub struct FixupValues {
 }
 
 /// Name used in errors for an edge kind (after any rewriting).
+#[inline]
 pub fn kind_name(kind: EdgeKind) -> &'static str {
     match kind {
         EdgeKind::None => "None",
@@ -267,6 +268,7 @@ pub fn kind_name(kind: EdgeKind) -> &'static str {
 }
 
 /// Field layout of a kind: `(width in bytes, signed)`.
+#[inline]
 fn field(kind: EdgeKind) -> (u32, bool) {
     match kind {
         EdgeKind::None => (0, false),
@@ -300,6 +302,7 @@ fn field(kind: EdgeKind) -> (u32, bool) {
 }
 
 /// Compute the value a kind writes, before range checking.
+#[inline]
 pub fn compute(kind: EdgeKind, v: &FixupValues) -> i128 {
     let s = i128::from(v.target);
     let a = i128::from(v.addend);
@@ -338,6 +341,7 @@ pub fn compute(kind: EdgeKind, v: &FixupValues) -> i128 {
 ///
 /// 64-bit fields wrap modulo 2^64 like a static linker's; narrower fields are
 /// range-checked against their signedness.
+#[inline]
 pub fn apply(
     kind: EdgeKind,
     content: &mut [u8],
@@ -355,6 +359,7 @@ pub fn apply(
 
 /// Write `value` into a `width`-byte little-endian field at `offset`,
 /// checking that it fits (`signed` selects the range; 8-byte fields wrap).
+#[inline]
 pub fn write_field(
     reloc: &'static str,
     content: &mut [u8],
@@ -364,6 +369,14 @@ pub fn write_field(
     value: i128,
 ) -> Result<(), FixupError> {
     let len = content.len() as u64;
+    if width == 0 || width > 8 {
+        return Err(FixupError::OutOfBounds {
+            reloc,
+            offset,
+            width,
+            len,
+        });
+    }
     let start = usize::try_from(offset).ok();
     let place = start
         .and_then(|s| s.checked_add(width as usize).map(|e| (s, e)))
@@ -374,23 +387,61 @@ pub fn write_field(
             width,
             len,
         })?;
-    let bits = width * 8;
-    let (min, max) = if signed {
-        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
-    } else {
-        (0, (1i128 << bits) - 1)
+    // 64-bit fields wrap modulo 2^64, as in a static link; narrower ones
+    // must fit. (Fixed-size writes: this is the linker's hottest loop.)
+    let fits = |min: i128, max: i128| {
+        if value < min || value > max {
+            Err(FixupError::OutOfRange {
+                reloc,
+                value,
+                min,
+                max,
+            })
+        } else {
+            Ok(())
+        }
     };
-    // 64-bit fields wrap modulo 2^64, as in a static link.
-    if bits < 64 && (value < min || value > max) {
-        return Err(FixupError::OutOfRange {
-            reloc,
-            value,
-            min,
-            max,
-        });
+    match (place, signed) {
+        (p, _) if p.len() == 8 => {
+            p.copy_from_slice(&(value as u64).to_le_bytes());
+        }
+        (p, true) if p.len() == 4 => {
+            fits(i128::from(i32::MIN), i128::from(i32::MAX))?;
+            p.copy_from_slice(&(value as i32).to_le_bytes());
+        }
+        (p, false) if p.len() == 4 => {
+            fits(0, i128::from(u32::MAX))?;
+            p.copy_from_slice(&(value as u32).to_le_bytes());
+        }
+        (p, true) if p.len() == 2 => {
+            fits(i128::from(i16::MIN), i128::from(i16::MAX))?;
+            p.copy_from_slice(&(value as i16).to_le_bytes());
+        }
+        (p, false) if p.len() == 2 => {
+            fits(0, i128::from(u16::MAX))?;
+            p.copy_from_slice(&(value as u16).to_le_bytes());
+        }
+        (p, true) if p.len() == 1 => {
+            fits(i128::from(i8::MIN), i128::from(i8::MAX))?;
+            p[0] = value as i8 as u8;
+        }
+        (p, false) if p.len() == 1 => {
+            fits(0, i128::from(u8::MAX))?;
+            p[0] = value as u8;
+        }
+        (p, _) => {
+            // Other widths: generic (no relocation of kiln's table uses them).
+            let bits = width * 8;
+            let (min, max) = if signed {
+                (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+            } else {
+                (0, (1i128 << bits) - 1)
+            };
+            fits(min, max)?;
+            let bytes = (value as u64).to_le_bytes();
+            p.copy_from_slice(&bytes[..p.len()]);
+        }
     }
-    let bytes = (value as u128 as u64).to_le_bytes();
-    place.copy_from_slice(&bytes[..width as usize]);
     Ok(())
 }
 
@@ -588,6 +639,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(u64::from_le_bytes(buf), 0x10, "64-bit fields wrap");
+    }
+
+    #[test]
+    fn odd_widths() {
+        let mut buf = [0u8; 16];
+        assert!(write_field("t", &mut buf, 0, 0, false, 0).is_err());
+        assert!(write_field("t", &mut buf, 0, 16, false, 0).is_err());
+        write_field("t", &mut buf, 0, 3, false, 0x123456).unwrap();
+        assert_eq!(&buf[..4], &[0x56, 0x34, 0x12, 0]);
+        assert!(write_field("t", &mut buf, 0, 3, true, 0x800000).is_err());
+        write_field("t", &mut buf, 0, 1, true, -1).unwrap();
+        assert_eq!(buf[0], 0xff);
+        assert!(write_field("t", &mut buf, 0, 2, false, 0x10000).is_err());
     }
 
     #[test]
