@@ -6,7 +6,7 @@
 #[non_exhaustive]
 pub enum FixupError {
     /// The computed value does not fit the field (user error: the code model's reach was exceeded).
-    #[error("{reloc}: value {value:#x} is out of range [{min:#x}, {max:#x}]")]
+    #[error("{reloc}: value {} is out of range [{}, {}]", signed_hex(*value), signed_hex(*min), signed_hex(*max))]
     OutOfRange {
         /// Relocation or edge kind name.
         reloc: &'static str,
@@ -18,7 +18,7 @@ pub enum FixupError {
         max: i128,
     },
     /// The value must be a multiple of `align` and is not.
-    #[error("{reloc}: value {value:#x} is not a multiple of {align}")]
+    #[error("{reloc}: value {} is not a multiple of {align}", signed_hex(*value))]
     Misaligned {
         /// Relocation or edge kind name.
         reloc: &'static str,
@@ -75,4 +75,32 @@ pub enum ReentryError {
     /// in this process (usage error: the handler is process-wide and installed once).
     #[error("the reentry handler is already installed in this process")]
     HandlerAlreadySet,
+}
+
+/// `-0x80000000` rather than 128-bit two's complement.
+fn signed_hex(v: i128) -> String {
+    if v < 0 {
+        format!("-{:#x}", v.unsigned_abs())
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_bounds_read_as_signed_hex() {
+        let e = FixupError::OutOfRange {
+            reloc: "R_X86_64_PC32",
+            value: 0x1_0000_0000,
+            min: -0x8000_0000,
+            max: 0x7fff_ffff,
+        };
+        assert_eq!(
+            e.to_string(),
+            "R_X86_64_PC32: value 0x100000000 is out of range [-0x80000000, 0x7fffffff]"
+        );
+    }
 }
