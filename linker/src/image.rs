@@ -256,6 +256,14 @@ impl LinkedImage {
         unsafe { runtime::InitFini::run_init_together(&mut sets) };
     }
 
+    /// Tear down like a program's `exit()` (all `atexit` handlers, then the
+    /// finalizers) instead of like `dlclose`.
+    pub fn set_executable_teardown(&mut self, yes: bool) {
+        if let Some(p) = &mut self.platform {
+            p.init_fini.set_executable_teardown(yes);
+        }
+    }
+
     /// Runs the finalizers (and the `atexit` handlers the image's code
     /// registered) now, once, keeping the memory until the image is dropped —
     /// for teardowns where other images' finalizers may still call into it.

@@ -81,6 +81,8 @@ struct Images {
 struct Shared {
     images: Mutex<Images>,
     options: LinkOptions,
+    /// Images are a program: tear down like `exit()`, not `dlclose`.
+    executable: std::sync::atomic::AtomicBool,
     /// Counts units as they are added, for link order.
     added: std::sync::atomic::AtomicUsize,
 }
@@ -139,6 +141,7 @@ impl ObjectLayer {
         let shared = Arc::new(Shared {
             images: Mutex::new(Images::default()),
             options,
+            executable: std::sync::atomic::AtomicBool::new(false),
             added: std::sync::atomic::AtomicUsize::new(0),
         });
         session.register_resource_manager(shared.clone());
@@ -372,6 +375,15 @@ impl ObjectLayer {
             .unwrap_or_default()
     }
 
+    /// Treats the images as one program run by the host (like `kiln run`):
+    /// at removal they tear down like `exit()` — every `atexit` handler, then
+    /// the finalizers — instead of like `dlclose`.
+    pub fn set_executable_teardown(&self, yes: bool) {
+        self.shared
+            .executable
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Runs the initializers of every image linked so far that has not run
     /// them yet, in link order. Call it after looking up the entry point at
     /// Ready and before calling it.
@@ -574,8 +586,16 @@ fn link(
         .map_err(link_error)?;
     let stats = finalized.stats;
     let finalized_at = Instant::now();
+    let mut linked =
+        LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?;
+    linked.set_executable_teardown(
+        layer
+            .shared
+            .executable
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     let image = Arc::new(Mutex::new(LayerImage {
-        image: LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?,
+        image: linked,
         _dso_slot: dso_slot,
         order: position,
     }));

@@ -158,6 +158,8 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
     };
     let session = Session::builder().dispatcher(pool).build();
     let layer = ObjectLayer::with_options(&session, LinkOptions::default());
+    // The inputs are a program: tear down like exit(), not dlclose.
+    layer.set_executable_teardown(true);
 
     let mut host = HostSymbols::new();
     for lib in &args.libs {

@@ -371,3 +371,32 @@ fn lazy_mode_runs_the_cxx_programs_like_eager_mode() {
         }
     }
 }
+
+#[test]
+fn teardown_order_matches_a_native_executable() {
+    let dir = scratch("teardown");
+    let src = r#"
+#include <stdio.h>
+#include <stdlib.h>
+static void handler1(void) { puts("atexit 1"); }
+static void handler2(void) { puts("atexit 2"); }
+__attribute__((constructor)) static void ctor(void) { puts("constructor"); atexit(handler1); }
+__attribute__((destructor)) static void dtor(void) { puts("destructor (default priority)"); }
+__attribute__((destructor(200))) static void dtor200(void) { puts("destructor 200"); }
+__attribute__((destructor(150))) static void dtor150(void) { puts("destructor 150"); }
+int main(void) { atexit(handler2); puts("main"); return 5; }
+"#;
+    let o = compile(&dir, "teardown", src, &["-O2"]);
+    let exe = dir.join("teardown-native");
+    let status = Command::new("gcc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&o)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let native = Command::new(&exe).output().unwrap();
+    let jit = kiln().arg("run").arg(&o).output().unwrap();
+    assert_eq!(jit.status.code(), native.status.code(), "{}", show(&jit));
+    assert_eq!(text(&jit.stdout), text(&native.stdout), "{}", show(&jit));
+}

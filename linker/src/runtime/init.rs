@@ -123,6 +123,9 @@ pub struct InitFini {
     init: Vec<Entry>,
     fini: Vec<Entry>,
     phase: Phase,
+    /// Tear down like a program's `exit` (all `atexit` handlers, then the
+    /// finalizers) instead of like `dlclose` of a shared object.
+    executable: bool,
 }
 
 impl InitFini {
@@ -134,6 +137,7 @@ impl InitFini {
             init: Vec::new(),
             fini: Vec::new(),
             phase: Phase::Collecting,
+            executable: false,
         }
     }
 
@@ -196,6 +200,14 @@ impl InitFini {
     pub fn fini_order(&self) -> Vec<Option<usize>> {
         let mut fini = self.fini.clone();
         fini.sort_by_key(|e| e.key);
+        if self.executable {
+            // exit(): atexit handlers first (ld.so's finalizer hook was
+            // registered before any of them), then `.fini_array` from the
+            // end: default priority first, then descending priorities.
+            return std::iter::once(None)
+                .chain(fini.iter().rev().map(|e| Some(e.addr)))
+                .collect();
+        }
         let split = fini.partition_point(|e| e.key < DEFAULT_PRIORITY);
         let (prioritized, default) = fini.split_at(split);
         default
@@ -258,6 +270,12 @@ impl InitFini {
             // SAFETY: called with the process's own arguments, as glibc does.
             unsafe { f(argc, argv, envp) };
         }
+    }
+
+    /// Tear down like a program's `exit()` rather than like `dlclose`: for an
+    /// image that is run as a program (what `kiln run` does).
+    pub fn set_executable_teardown(&mut self, yes: bool) {
+        self.executable = yes;
     }
 
     /// Runs the teardown described on [`InitFini`] (once; later calls do
