@@ -11,7 +11,7 @@
 //! - [`session`]: the handles a host holds — [`Session`], [`Dylib`].
 //! - [`lookup`]: search orders, lookup sets, the [`Lookup`] handle (a
 //!   `Future`, with blocking waits and a callback form).
-//! - [`unit`] and [`responsibility`]: materialization units and what a running
+//! - [`unit`](mod@unit) and [`responsibility`]: materialization units and what a running
 //!   unit owes.
 //! - [`generator`]: definition generators.
 //! - [`tracker`]: resource trackers and resource managers.

@@ -49,8 +49,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Relocatable objects (.o) and static archives (.a). argv[0] is the
-    /// first input's path.
+    /// Relocatable objects (.o) and static archives (.a). The first input's
+    /// path is the program's name (argument zero).
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
     /// Also resolve symbols from the shared library libNAME.so (repeatable).
