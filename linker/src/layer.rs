@@ -564,9 +564,6 @@ fn link(
         .map_err(link_error)?;
     let resolved_at = Instant::now();
 
-    // (d) What each symbol depends on, before the graph is consumed.
-    let deps = prepared.dependencies();
-
     // (c) Fixup and finalize; the image belongs to the tracker. Code refers
     // to `__dso_handle` PC-relatively, so the handle is a slot in the same
     // slab as the image (within ±2 GiB of it), like crtbegin's.
@@ -618,36 +615,26 @@ fn link(
         }
     })?;
 
+    // (d) Emit: the image's symbols as one group, depending on the external
+    // symbols it references, each in the dylib it was found in. References
+    // inside the image need no edges — it is emitted in one call, so its
+    // symbols (cycles included) become Ready together — which keeps the
+    // graph to `symbols + externals` edges however the code is sectioned.
+    // (Coarser than per block: a symbol may wait for an external that only
+    // another part of its image uses. It is never Ready early.)
     let entries = order.entries();
-    let mut groups = Vec::with_capacity(deps.len());
-    for d in deps {
-        let sym = session.intern(&d.name);
-        if !owned.contains_key(&sym) {
-            continue;
+    let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
+    for (name, _, source) in found.iter_with_source() {
+        let dylib = &entries[source].0;
+        match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
+            Some((_, names)) => names.push(name.clone()),
+            None => per_dylib.push((dylib.clone(), vec![name.clone()])),
         }
-        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
-        let mut add = |dylib: &Dylib, name: SymbolName| match per_dylib
-            .iter_mut()
-            .find(|(d, _)| d == dylib)
-        {
-            Some((_, v)) => v.push(name),
-            None => per_dylib.push((dylib.clone(), vec![name])),
-        };
-        for ext in &d.externals {
-            let ext = session.intern(ext);
-            if let Some(i) = found.found_in(&ext) {
-                add(&entries[i].0, ext);
-            }
-        }
-        for internal in &d.internals {
-            let internal = session.intern(internal);
-            if owned.contains_key(&internal) {
-                add(r.dylib(), internal);
-            }
-        }
-        groups.push(DependenceGroup::new([sym], per_dylib));
     }
-    Ok(groups)
+    Ok(vec![DependenceGroup::new(
+        defs.into_iter().map(|(name, _)| name),
+        per_dylib,
+    )])
 }
 
 /// Defines host symbols on demand: kiln's runtime overrides first, then the
