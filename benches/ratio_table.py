@@ -10,7 +10,10 @@ the plan (a tab-separated file: label, note); a line may be an error
 placeholder {"workload":..., "args":..., "error":...}. Without --plan, rows
 are paired by (workload, params), ignoring kiln-only params.
 
-Ratio = kiln ops/s / ORC ops/s (= ORC median wall / kiln median wall).
+Ratio = kiln ops/s / ORC ops/s (= ORC median wall / kiln median wall); the
+targets are checked on it. "CPU ratio" = ORC / kiln median process CPU time
+of the timed phase: on a busy machine it is the steadier of the two for
+single-threaded (in-place) rows.
 """
 import argparse
 import json
@@ -143,6 +146,36 @@ def graph_notes(d):
     return s
 
 
+def w8_notes(o, k):
+    """First-call and steady-state costs of a W8 row, ORC / kiln."""
+    def side(d):
+        if not ok(d) or d.get("workload") != "w8":
+            return None
+        return d
+    o, k = side(o), side(k)
+    if not (o or k):
+        return ""
+    def val(d, key, fmt):
+        return fmt.format(d[key]) if d and key in d else "n/a"
+    return ("first call " + val(o, "first_call_us", "{:.2f}") + " / " + val(k, "first_call_us", "{:.2f}") + " us; "
+            "steady rr " + val(o, "steady_rr_call_ns", "{:.1f}") + " / " + val(k, "steady_rr_call_ns", "{:.1f}")
+            + " ns (direct " + val(o, "direct_rr_call_ns", "{:.1f}") + " / " + val(k, "direct_rr_call_ns", "{:.1f}") + "); "
+            "steady hot " + val(o, "steady_hot_call_ns", "{:.2f}") + " / " + val(k, "steady_hot_call_ns", "{:.2f}")
+            + " ns (direct " + val(o, "direct_hot_call_ns", "{:.2f}") + " / " + val(k, "direct_hot_call_ns", "{:.2f}") + ")")
+
+
+def w8_targets(o, k):
+    """Issue 4's W8 targets: first call <= 2 us; steady state within 10% of ORC's stub."""
+    parts = []
+    fc = k.get("first_call_us")
+    if fc is not None:
+        parts.append(f"first call <= 2 us: {'met' if fc <= 2.0 else '**missed**'}")
+    if ok(o):
+        worst = max(k["steady_rr_call_ns"] / o["steady_rr_call_ns"], k["steady_hot_call_ns"] / o["steady_hot_call_ns"])
+        parts.append(f"steady <= 1.1x ORC: {'met' if worst <= 1.1 else '**missed**'} ({worst:.2f}x)")
+    return "; ".join(parts)
+
+
 def row_label(o, k):
     d = o if ok(o) else k if ok(k) else (o or k or {})
     name = d.get("name", d.get("workload", "?")).split(" (")[0]
@@ -197,14 +230,17 @@ def main():
             print()
 
     print("| # | Workload | Config | ORC median wall | kiln median wall | ORC ops/s | kiln ops/s "
-          "| kiln/ORC | target | peak RSS MiB ORC / kiln | load 1m ORC / kiln | notes |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| kiln/ORC | target | CPU ratio | peak RSS MiB ORC / kiln | load 1m ORC / kiln | notes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     missed = []
     for idx, (o, k, note) in enumerate(pairs, 1):
         name, cfg, d = row_label(o, k)
         ratio = None
         if ok(o) and ok(k) and o["ops_per_sec"] > 0:
             ratio = k["ops_per_sec"] / o["ops_per_sec"]
+        cpu_ratio = None
+        if ok(o) and ok(k) and (k.get("cpu_s") or 0) > 0 and (o.get("cpu_s") or 0) > 0:
+            cpu_ratio = o["cpu_s"] / k["cpu_s"]
         tgt = target_for(d) if "params" in d else None
         tgt_txt = ""
         if tgt:
@@ -220,6 +256,14 @@ def main():
                              describe(k, "kiln") if not ok(k) else "") if x]
         if ok(o) and ok(k) and o.get("reps") != k.get("reps"):
             notes.append(f"reps ORC {o.get('reps')} / kiln {k.get('reps')}")
+        w8 = w8_notes(o, k)
+        if w8:
+            notes.append(w8)
+            if ok(k) and d.get("params", {}).get("dispatcher") == "inplace":
+                verdict = w8_targets(o, k)
+                tgt_txt = verdict
+                if "missed" in verdict:
+                    missed.append(f"row {idx} ({name}, {cfg}): {verdict}")
         gn = graph_notes(k)
         if gn:
             notes.append("kiln " + gn)
@@ -228,7 +272,7 @@ def main():
             notes.append("ORC " + gn)
         print(f"| {idx} | {name} | {cfg} | {fmt_s(o['wall_s']) if ok(o) else 'n/a'} | "
               f"{fmt_s(k['wall_s']) if ok(k) else 'n/a'} | {fmt_rate(o['ops_per_sec']) if ok(o) else 'n/a'} | "
-              f"{fmt_rate(k['ops_per_sec']) if ok(k) else 'n/a'} | {fmt_ratio(ratio)} | {tgt_txt} | "
+              f"{fmt_rate(k['ops_per_sec']) if ok(k) else 'n/a'} | {fmt_ratio(ratio)} | {tgt_txt} | {fmt_ratio(cpu_ratio)} | "
               f"{rss(o)} / {rss(k)} | {load(o)} / {load(k)} | {'; '.join(notes)} |")
 
     # Secondary phases (untimed in the main table): define, warm-up,
@@ -252,29 +296,33 @@ def main():
         print("\n".join(sec))
 
     # Scaling of the dependency-graph workloads: local exponents between
-    # consecutive sizes (1.0 = linear), per side.
+    # consecutive sizes (1.0 = linear), per side, from the median wall time
+    # and from the timed phase's process CPU time (less sensitive to other
+    # load on the machine; in-place runs are single-threaded).
+    def exponents(pts):
+        ns = sorted(pts)
+        return "; ".join(f"{a}->{b}: {math.log(pts[b] / pts[a]) / math.log(b / a):.2f}"
+                         for a, b in zip(ns, ns[1:]) if pts[a] > 0 and pts[b] > 0)
+
     scaling = []
     for w in ("w3", "w4", "w5"):
         for side, rows in (("ORC", [o for o, _, _ in pairs]), ("kiln", [k for _, k, _ in pairs])):
-            pts = {}
+            wall, cpu = {}, {}
             for d in rows:
                 if ok(d) and d["workload"] == w and d["params"].get("dispatcher") == "inplace":
-                    pts[d["params"]["n"]] = d["wall_s"]
-            if len(pts) < 2:
+                    wall[d["params"]["n"]] = d["wall_s"]
+                    cpu[d["params"]["n"]] = d["cpu_s"]
+            if len(wall) < 2:
                 continue
-            ns = sorted(pts)
-            exps = []
-            for a, b in zip(ns, ns[1:]):
-                if pts[a] > 0 and pts[b] > 0:
-                    exps.append(f"{a}->{b}: {math.log(pts[b] / pts[a]) / math.log(b / a):.2f}")
-            scaling.append(f"| {w.upper()} | {side} | {', '.join(f'{n}: {fmt_s(pts[n])}' for n in ns)} "
-                           f"| {'; '.join(exps)} |")
+            ns = sorted(wall)
+            scaling.append(f"| {w.upper()} | {side} | {', '.join(f'{n}: {fmt_s(wall[n])}' for n in ns)} "
+                           f"| {exponents(wall)} | {exponents(cpu)} |")
     if scaling:
         print()
         print("Scaling (in-place; exponent e between consecutive N: time ~ N^e, 1.0 = linear):")
         print()
-        print("| Workload | side | N: median wall | exponents |")
-        print("|---|---|---|---|")
+        print("| Workload | side | N: median wall | exponents (wall) | exponents (CPU) |")
+        print("|---|---|---|---|---|")
         print("\n".join(scaling))
 
     # W7: aggregate throughput by thread count.

@@ -71,6 +71,11 @@ def ms(v):
     return f"{v:.1f} ms" if v >= 10 else f"{v:.2f} ms"
 
 
+def mrate(m):
+    """Millions per second, with enough digits to tell small rates apart."""
+    return f"{m:.1f} M" if m >= 1 else f"{m:.3f} M"
+
+
 def spread(vals):
     m = statistics.median(vals)
     digits = 1 if m >= 10 else 2
@@ -135,7 +140,7 @@ def main():
         relocs = int(med(name, "kiln", "relocs"))
         kw, jw = med(name, "kiln", "wall"), med(name, "jitlink", "wall")
         print(f"| {name} | {int(med(name, 'kiln', 'objects'))} | {relocs:,} | {ms(kl)} | {ms(jl)} "
-              f"| {jl / kl:.2f}× | {relocs / kl / 1e3:.1f} M | {med(name, 'kiln', 'mrps'):.1f} M "
+              f"| {jl / kl:.2f}× | {mrate(relocs / kl / 1e3)} | {mrate(med(name, 'kiln', 'mrps'))} "
               f"| {ms(kw)} | {ms(jw)} | {jw / kw:.2f}× |")
     print()
     print("Phases, median (min–max) ms:")

@@ -73,14 +73,6 @@ pub enum BenchError {
         /// What is wrong.
         what: String,
     },
-    /// The workload needs engine features that do not exist yet.
-    #[error("{workload} not implemented yet: {why}")]
-    NotImplemented {
-        /// The workload (`w1`..`w8`).
-        workload: &'static str,
-        /// What is missing.
-        why: &'static str,
-    },
     /// A benchmark thread panicked.
     #[error("{workload}: benchmark thread {thread} panicked: {message}")]
     ThreadPanicked {

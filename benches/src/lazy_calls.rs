@@ -7,8 +7,8 @@
 //! instruction but keeps LLVM's function merging from folding the bodies
 //! together. [`targets`] checks at first use that all addresses differ.
 //!
-//! The lazy-reexport side of W8 (entries, stubs, first calls) waits for the
-//! engine's lazy reexports; `peer-workloads w8` reports that until then.
+//! The lazy-reexport side of W8 (entries, stubs, first calls) is in
+//! [`crate::w8`].
 
 use std::collections::HashSet;
 use std::sync::OnceLock;

@@ -14,8 +14,9 @@
 //! - [`deps`]: SplitMix64, `edge_hash` and the W3–W5 dependency graphs.
 //! - [`measure`]: `getrusage` CPU time and peak RSS, load average, medians.
 //! - [`report`]: per-rep measurements and the peer's JSON line.
-//! - [`lazy_calls`]: W8's call targets and steady-state loops (the
-//!   lazy-reexport side of W8 waits for the engine).
+//! - [`w8`]: W8 lazy-call against kiln's lazy reexports (engine manager,
+//!   linker stubs and trampolines); [`workloads::run`] reports it.
+//! - [`lazy_calls`]: W8's call targets and steady-state loops.
 //! - [`error`]: usage and run errors.
 
 pub mod adapter;
@@ -25,4 +26,5 @@ pub mod lazy_calls;
 pub mod measure;
 pub mod options;
 pub mod report;
+pub mod w8;
 pub mod workloads;

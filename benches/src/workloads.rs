@@ -22,6 +22,7 @@ use crate::error::BenchError;
 use crate::measure::cpu_seconds;
 use crate::options::{DispatcherKind, Options, Workload};
 use crate::report::{Json, Rep, Report};
+use crate::w8::{W8, W8Dispatcher};
 
 /// W1/W7 address base: `sym{i}` is at `W1_BASE + 16*i`.
 pub const W1_BASE: u64 = 0x1000_0000;
@@ -769,9 +770,73 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
                 extra: Vec::new(),
             })
         }
-        Workload::W8 => Err(BenchError::NotImplemented {
-            workload: "w8",
-            why: "the engine has no lazy reexports yet",
-        }),
+        Workload::W8 => run_w8(o),
     }
+}
+
+/// W8 through [`crate::w8`]: kiln has one lazy-reexport implementation, so
+/// `--lazy` only labels the row (to pair it with the peer's row).
+fn run_w8(o: &Options) -> Result<Report, BenchError> {
+    const W: &str = "w8";
+    let n = o.n.unwrap_or(1_000);
+    if n == 0 {
+        return Err(BenchError::Params {
+            workload: W,
+            what: "n must be at least 1".into(),
+        });
+    }
+    let config = W8 {
+        n,
+        rounds: o.rounds,
+        dispatcher: match o.dispatcher.pool_threads() {
+            None => W8Dispatcher::InPlace,
+            Some(t) => W8Dispatcher::Pool(t),
+        },
+    };
+    let calls = n.saturating_mul(o.rounds).max(1) as f64;
+    let per_call_ns = |d: Duration| d.as_secs_f64() * 1e9 / calls;
+    let reps = repeat(o, || {
+        let r = config.rep().map_err(|e| BenchError::Engine {
+            workload: W,
+            during: "a W8 rep".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Rep {
+            main: r.first_calls,
+            // The timed phase's CPU time is not recorded by `w8`.
+            main_cpu_s: f64::NAN,
+            phases: vec![
+                ("jit_setup", r.jit_setup),
+                ("define_and_stub_lookup", r.define_and_stub_lookup),
+                ("steady_rr", r.steady_rr),
+                ("direct_rr", r.direct_rr),
+                ("steady_hot", r.steady_hot),
+                ("direct_hot", r.direct_hot),
+                ("teardown", r.teardown),
+            ],
+            info: vec![
+                ("first_call_us", r.first_call_us(n)),
+                ("steady_rr_call_ns", per_call_ns(r.steady_rr)),
+                ("direct_rr_call_ns", per_call_ns(r.direct_rr)),
+                ("steady_hot_call_ns", per_call_ns(r.steady_hot)),
+                ("direct_hot_call_ns", per_call_ns(r.direct_hot)),
+                ("reentries_per_entry", r.reentries as f64 / n as f64),
+            ],
+        })
+    })?;
+    let mut params = vec![
+        ("n", n.into()),
+        ("rounds", o.rounds.into()),
+        ("lazy", o.lazy.key().into()),
+    ];
+    params.extend(dispatcher_params(o));
+    Ok(Report {
+        name: "W8 lazy-call (kiln LazyReexports+JIT stubs and trampolines)",
+        workload: W,
+        params,
+        ops: n as f64,
+        ops_unit: "first calls (reentry+materialize+redirect)",
+        reps,
+        extra: Vec::new(),
+    })
 }

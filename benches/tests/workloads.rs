@@ -147,9 +147,26 @@ fn run_reports_the_peer_schema() {
 }
 
 #[test]
-fn w8_says_it_is_not_implemented() {
-    let err = workloads::run(&Options::parse(["w8"]).expect("options")).expect_err("no w8 yet");
-    assert!(err.to_string().contains("w8 not implemented yet"), "{err}");
+fn w8_reports_first_calls_and_steady_state() {
+    let o = Options::parse(["w8", "--n=1100", "--rounds=3", "--reps=2", "--lazy=old"])
+        .expect("options");
+    let report = workloads::run(&o).expect("w8");
+    assert_eq!(report.reps.len(), 2);
+    let line = report.to_json(ProcessContext::capture());
+    for key in [
+        "\"workload\":\"w8\"",
+        "\"params\":{\"n\":1100,\"rounds\":3,\"lazy\":\"old\",\"dispatcher\":\"inplace\"}",
+        "\"ops_unit\":\"first calls (reentry+materialize+redirect)\"",
+        "\"jit_setup_s\":",
+        "\"define_and_stub_lookup_s\":",
+        "\"steady_rr_s\":",
+        "\"direct_hot_s\":",
+        "\"first_call_us\":",
+        "\"steady_hot_call_ns\":",
+        "\"reentries_per_entry\":1,",
+    ] {
+        assert!(line.contains(key), "missing {key} in {line}");
+    }
 }
 
 #[test]
@@ -175,8 +192,11 @@ fn binary_exit_codes_and_output() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option"));
 
-    let out = Command::new(bin).arg("w8").output().expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(bin)
+        .args(["w2", "--lookups=1000", "--per-lib=10"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "a failed workload exits with 1");
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("w8 not implemented yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lookups/libs must be <= per-lib"));
 }
