@@ -227,7 +227,7 @@ impl Session {
     ) -> Lookup {
         let shared = LookupShared::new(self.core.next_lookup_id());
         let id = shared.id;
-        self.core.send(Msg::Lookup(Box::new(LookupMsg {
+        let msg = LookupMsg {
             order: order.entries.iter().map(|(d, v)| (d.id(), *v)).collect(),
             names: names.names.clone(),
             state,
@@ -236,7 +236,12 @@ impl Session {
             shared: shared.clone(),
             flags_reply: None,
             blocking_for,
-        })));
+        };
+        self.core.apply(
+            msg,
+            |st, core, msg, fx| st.start_lookup(core, msg, fx),
+            |msg| Msg::Lookup(Box::new(msg)),
+        );
         if let AwaitDefinitions::For(timeout) = await_definitions {
             self.cancel_after(id, timeout);
         }

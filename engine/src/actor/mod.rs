@@ -352,41 +352,60 @@ impl SessionCore {
         self.drive(None);
     }
 
-    /// A synchronous request. When nobody drives the mailbox, this thread
+    /// Applies an operation: when nobody drives the mailbox, this thread
     /// becomes the driver and applies `direct` to the state itself — the same
-    /// single owner, minus a message and a reply. Otherwise the request goes
-    /// to the driver as `message` and this thread waits for the reply. The
-    /// inbox is empty whenever nobody drives, so this thread's earlier
-    /// messages are always applied first.
-    pub(crate) fn request<P, T>(
+    /// single owner, minus a message. Otherwise it goes to the driver as
+    /// `message`. The inbox is empty whenever nobody drives, so this thread's
+    /// earlier messages are always applied first.
+    pub(crate) fn apply<P>(
         self: &Arc<Self>,
         payload: P,
-        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Vec<Effect>) -> T,
-        message: impl FnOnce(P, Reply<T>) -> Msg,
-    ) -> T {
+        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Vec<Effect>),
+        message: impl FnOnce(P) -> Msg,
+    ) {
         let mut inbox = self.inbox.lock();
         if inbox.driving {
-            let (reply, wait) = Reply::new();
-            inbox.queue.push_back(message(payload, reply));
-            drop(inbox);
-            return wait.wait();
+            inbox.queue.push_back(message(payload));
+            return;
         }
         inbox.driving = true;
         let mut effects = std::mem::take(&mut inbox.spare_effects);
         drop(inbox);
         let mut state = self.state.lock();
         if state.has_ended() {
-            // Let the handler refuse it the one way it refuses everything.
-            let (reply, wait) = Reply::new();
-            state.handle(self, message(payload, reply), &mut effects);
-            drop(state);
-            self.drive(Some(effects));
-            return wait.wait();
+            // Refused the one way the handler refuses everything.
+            state.handle(self, message(payload), &mut effects);
+        } else {
+            direct(&mut state, self, payload, &mut effects);
         }
-        let result = direct(&mut state, self, payload, &mut effects);
         drop(state);
         self.drive(Some(effects));
-        result
+    }
+
+    /// A synchronous [`SessionCore::apply`]: the result of `direct`, or the
+    /// reply to `message` once the driver has applied it.
+    pub(crate) fn request<P, T>(
+        self: &Arc<Self>,
+        payload: P,
+        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Vec<Effect>) -> T,
+        message: impl FnOnce(P, Reply<T>) -> Msg,
+    ) -> T {
+        let mut result = None;
+        let mut waiting = None;
+        self.apply(
+            payload,
+            |state, core, payload, fx| result = Some(direct(state, core, payload, fx)),
+            |payload| {
+                let (reply, wait) = Reply::new();
+                waiting = Some(wait);
+                message(payload, reply)
+            },
+        );
+        match (result, waiting) {
+            (Some(value), _) => value,
+            (None, Some(wait)) => wait.wait(),
+            (None, None) => unreachable!("apply runs exactly one of its two paths"),
+        }
     }
 
     /// Drains the mailbox, then — no longer the driver — runs the effects

@@ -123,6 +123,17 @@ struct TrackerEntry {
     removed: bool,
 }
 
+/// One name of a pending lookup.
+#[derive(Clone, Copy, Default)]
+struct Found {
+    /// The symbol it matched.
+    sym: Option<SymId>,
+    /// Index in the search order of the dylib it matched in.
+    at: u32,
+    /// Its definition, once in the required state.
+    def: Option<SymbolDef>,
+}
+
 struct PendingLookup {
     shared: Arc<LookupShared>,
     order: Vec<(DylibId, DylibLookup)>,
@@ -136,11 +147,11 @@ struct PendingLookup {
     pos: usize,
     next_gen: usize,
     parked: bool,
-    matched: Vec<Option<SymId>>,
-    /// Search-order index where each name was matched.
-    matched_at: Vec<u32>,
+    /// Per name: where the search found it, and its definition once the
+    /// symbol reached the required state.
+    found: Vec<Found>,
     bound: bool,
-    results: Vec<Option<SymbolDef>>,
+
     remaining: usize,
     pending: Vec<SymId>,
 }
@@ -792,7 +803,7 @@ impl State {
                 lk.parked = false;
                 lk.pos = 0;
                 lk.next_gen = 0;
-                lk.matched.iter_mut().for_each(|m| *m = None);
+                lk.found.iter_mut().for_each(|f| *f = Found::default());
                 self.advance(core, id, fx);
             }
         }
@@ -800,7 +811,12 @@ impl State {
 
     // ----- lookups --------------------------------------------------------
 
-    fn start_lookup(&mut self, core: &Arc<SessionCore>, msg: LookupMsg, fx: &mut Vec<Effect>) {
+    pub(crate) fn start_lookup(
+        &mut self,
+        core: &Arc<SessionCore>,
+        msg: LookupMsg,
+        fx: &mut Vec<Effect>,
+    ) {
         let id = msg.shared.id;
         let n = msg.names.len();
         if let Some(resp) = msg.blocking_for {
@@ -820,10 +836,8 @@ impl State {
                 pos: 0,
                 next_gen: 0,
                 parked: false,
-                matched: vec![None; n],
-                matched_at: vec![0; n],
+                found: vec![Found::default(); n],
                 bound: false,
-                results: vec![None; n],
                 remaining: 0,
                 pending: Vec::new(),
             },
@@ -850,7 +864,7 @@ impl State {
             }
             let mut missing = Vec::new();
             for (i, (name, _)) in lk.names.iter().enumerate() {
-                if lk.matched[i].is_some() {
+                if lk.found[i].sym.is_some() {
                     continue;
                 }
                 match d.table.get(name) {
@@ -858,8 +872,8 @@ impl State {
                         let visible = visibility == DylibLookup::All
                             || self.syms[sid as usize].flags.is_exported();
                         if visible {
-                            lk.matched[i] = Some(sid);
-                            lk.matched_at[i] = lk.pos as u32;
+                            lk.found[i].sym = Some(sid);
+                            lk.found[i].at = lk.pos as u32;
                         }
                     }
                     None => missing.push(i),
@@ -955,7 +969,7 @@ impl State {
         let missing: Vec<SymbolName> = lk
             .names
             .iter()
-            .zip(&lk.matched)
+            .zip(lk.found.iter().map(|f| f.sym))
             .filter(|((_, how), m)| m.is_none() && *how == SymbolLookup::Required)
             .map(|((n, _), _)| n.clone())
             .collect();
@@ -974,7 +988,7 @@ impl State {
             let flags = lk
                 .names
                 .iter()
-                .zip(&lk.matched)
+                .zip(lk.found.iter().map(|f| f.sym))
                 .filter_map(|((n, _), m)| m.map(|sid| (n.clone(), self.syms[sid as usize].flags)))
                 .collect();
             if let Some(reply) = lk.flags_reply {
@@ -990,8 +1004,8 @@ impl State {
     /// lazy ones.
     fn bind(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Vec<Effect>) {
         let lk = self.lookups.get(&id).expect("lookup exists");
-        for (i, m) in lk.matched.iter().enumerate() {
-            let Some(sid) = *m else { continue };
+        for (i, f) in lk.found.iter().enumerate() {
+            let Some(sid) = f.sym else { continue };
             let s = &self.syms[sid as usize];
             if s.state == SymbolState::Failed {
                 let err = s.failure.as_deref().cloned().unwrap_or(Error::Cancelled);
@@ -1005,12 +1019,12 @@ impl State {
         let lk = self.lookups.get_mut(&id).expect("lookup exists");
         lk.bound = true;
         let mut to_start = Vec::new();
-        for i in 0..lk.matched.len() {
-            let Some(sid) = lk.matched[i] else { continue };
+        for i in 0..lk.found.len() {
+            let Some(sid) = lk.found[i].sym else { continue };
             let s = &mut self.syms[sid as usize];
             if lk.state.is_met_by(s.state) {
                 if !s.flags.is_side_effects_only() {
-                    lk.results[i] = Some(SymbolDef::new(s.address, s.flags));
+                    lk.found[i].def = Some(SymbolDef::new(s.address, s.flags));
                 }
             } else {
                 s.waiters.push((id, i as u32));
@@ -1043,9 +1057,9 @@ impl State {
             self.blocked.remove(&resp);
         }
         let mut entries = Vec::with_capacity(lk.names.len());
-        for (((n, _), r), at) in lk.names.into_iter().zip(lk.results).zip(lk.matched_at) {
-            if let Some(def) = r {
-                entries.push((n, def, at));
+        for ((n, _), f) in lk.names.into_iter().zip(lk.found) {
+            if let Some(def) = f.def {
+                entries.push((n, def, f.at));
             }
         }
         fx.push(Effect::Complete(lk.shared, Ok(SymbolMap::new(entries))));
@@ -1071,7 +1085,7 @@ impl State {
             return lk
                 .names
                 .iter()
-                .zip(&lk.matched)
+                .zip(lk.found.iter().map(|f| f.sym))
                 .filter(|(_, m)| m.is_none())
                 .map(|((n, _), _)| n.clone())
                 .collect();
@@ -1103,7 +1117,7 @@ impl State {
             if !lk.state.is_met_by(state) {
                 return true;
             }
-            lk.results[slot as usize] = def;
+            lk.found[slot as usize].def = def;
             lk.remaining -= 1;
             if lk.remaining == 0 {
                 done.push(id);
