@@ -133,7 +133,9 @@ unsafe extern "C" {
     fn fflush(f: *mut c_void) -> c_int;
 }
 
-/// Runs `f` with fd 1 redirected to a file; returns what was written.
+/// Runs `f` with fd 1 redirected to a file; returns what was written. (fd
+/// rather than the C `stdout` stream: `std::cout` writes through
+/// libstdc++'s own handle on the original stream.)
 fn capture_stdout<R>(tag: &str, f: impl FnOnce() -> R) -> (String, R) {
     let path = scratch("capture").join(format!("{tag}.out"));
     let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("capture file: {e}"));
@@ -153,7 +155,22 @@ fn capture_stdout<R>(tag: &str, f: impl FnOnce() -> R) -> (String, R) {
         libc::close(saved);
     }
     drop(file);
-    (std::fs::read_to_string(&path).unwrap_or_default(), r)
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    (without_harness_lines(&text), r)
+}
+
+/// fd 1 is shared with the test harness, which reports other tests (run in
+/// parallel) there as whole lines: drop those from a capture.
+fn without_harness_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|line| {
+            let l = line.trim_end();
+            !(l.starts_with("test ")
+                && (l.ends_with(" ... ok")
+                    || l.ends_with(" ... FAILED")
+                    || l.ends_with(" ... ignored")))
+        })
+        .collect()
 }
 
 /// The host function the exception program calls back through: a Rust
