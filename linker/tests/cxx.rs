@@ -248,7 +248,6 @@ fn check(program: &str, sources: &[&str], cxx: &str, flags: &[&str], must_contai
 /// `main` (an `.init_array` entry of the linker crate), also when the crate
 /// is linked as a library like here, so initial-exec TLS values are right
 /// when a host calls JIT'd code from its main thread.
-#[test]
 fn main_thread_is_attached_before_main() {
     let main_thread = std::process::id() as i32;
     let unattached = kiln_linker::runtime::tls::unattached_threads();
@@ -264,13 +263,57 @@ const SHAPES: &[&str] = &["shapes_impl.cpp", "shapes_main.cpp"];
 const TLS: &[&str] = &["tls_defs.cpp", "tls_main.cpp"];
 const TLS_BIG: &[&str] = &["tls_big_defs.cpp", "tls_big_main.cpp"];
 
+/// One configuration: name, sources, compiler, flags, a line the output must contain.
+type Config = (
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+);
+
 macro_rules! acceptance {
-    ($($name:ident: $sources:expr, $cxx:expr, [$($flag:expr),*], $expect:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            check(stringify!($name), $sources, $cxx, &[$($flag),*], $expect);
+    ($($name:ident: $sources:expr, $cxx:expr, [$($flag:expr),*], $expect:expr;)*) => {
+        /// Every acceptance configuration, in order.
+        const CONFIGS: &[Config] = &[$((stringify!($name), $sources, $cxx, &[$($flag),*], $expect)),*];
+    };
+}
+
+/// The whole suite is one test, run sequentially: programs' output is
+/// captured from fd 1 (`std::cout` writes through libstdc++'s own handle on
+/// the original stream), and the test harness reports other tests on fd 1 —
+/// with a single test, nothing else reports while a program runs. Every
+/// configuration runs; the failures are listed together.
+#[test]
+fn cxx_acceptance_programs() {
+    let mut failures = Vec::new();
+    let mut run = |name: &str, f: &dyn Fn()| {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("{name}: {msg}"));
         }
-    )*};
+    };
+    run(
+        "main_thread_is_attached_before_main",
+        &main_thread_is_attached_before_main,
+    );
+    run(
+        "tls_too_large_for_static_tls_is_a_named_error",
+        &tls_too_large_for_static_tls_is_a_named_error,
+    );
+    for &(name, sources, cxx, flags, expect) in CONFIGS {
+        run(name, &|| check(name, sources, cxx, flags, expect));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 acceptance! {
@@ -298,7 +341,6 @@ acceptance! {
 /// A TLS template too large for kiln's static area, accessed with the
 /// initial-exec/local-exec models (`-fPIE`): the link must fail with an
 /// error naming a variable, its object and the flag that avoids it.
-#[test]
 fn tls_too_large_for_static_tls_is_a_named_error() {
     let dir = scratch("tls-big-pie");
     let objs: Vec<PathBuf> = TLS_BIG
