@@ -69,6 +69,46 @@ fn batched_lookups(
     Ok(sum)
 }
 
+/// W1's and W2's timed phase and report: batched lookups of `names` through
+/// `order`, checked against `expected`, then the session's teardown. `t0`
+/// and `t1` mark the starts of the define and warm-up phases before it.
+#[allow(clippy::too_many_arguments)] // one workload's state, handed over whole
+fn timed_lookups(
+    w: &'static str,
+    session: adapter::Session,
+    order: &adapter::SearchOrder,
+    names: &[SymbolName],
+    b: usize,
+    expected: u64,
+    t0: Instant,
+    t1: Instant,
+) -> Result<Rep, BenchError> {
+    let t2 = Instant::now();
+    let c0 = cpu_seconds();
+    let sum = batched_lookups(w, &session, order, names, b)?;
+    let t3 = Instant::now();
+    let cpu = cpu_seconds() - c0;
+    if sum != expected {
+        return Err(mismatch(w, "timed lookups", sum, expected));
+    }
+    adapter::end_session(session);
+    let t4 = Instant::now();
+    let main = secs_between(t2, t3);
+    Ok(Rep {
+        main,
+        main_cpu_s: cpu,
+        phases: vec![
+            ("define", secs_between(t0, t1)),
+            ("warmup_lookup_all", secs_between(t1, t2)),
+            ("teardown", secs_between(t3, t4)),
+        ],
+        info: vec![(
+            "lookup_calls_per_sec",
+            names.len().div_ceil(b) as f64 / main.as_secs_f64(),
+        )],
+    })
+}
+
 // ---------------------------------------------------------------------------
 // W1 lookup-ready
 // ---------------------------------------------------------------------------
@@ -107,30 +147,7 @@ impl W1 {
         if warm != expected {
             return Err(mismatch(W, "warm-up lookup", warm, expected));
         }
-        let t2 = Instant::now();
-        let c0 = cpu_seconds();
-        let sum = batched_lookups(W, &session, &order, &names, b)?;
-        let t3 = Instant::now();
-        let cpu = cpu_seconds() - c0;
-        if sum != expected {
-            return Err(mismatch(W, "timed lookups", sum, expected));
-        }
-        adapter::end_session(session);
-        let t4 = Instant::now();
-        let main = secs_between(t2, t3);
-        Ok(Rep {
-            main,
-            main_cpu_s: cpu,
-            phases: vec![
-                ("define", secs_between(t0, t1)),
-                ("warmup_lookup_all", secs_between(t1, t2)),
-                ("teardown", secs_between(t3, t4)),
-            ],
-            info: vec![(
-                "lookup_calls_per_sec",
-                n.div_ceil(b) as f64 / main.as_secs_f64(),
-            )],
-        })
+        timed_lookups(W, session, &order, &names, b, expected, t0, t1)
     }
 }
 
@@ -217,30 +234,7 @@ impl W2 {
         for (lib, names) in libs.iter().zip(&lib_names) {
             adapter::lookup_sum(W, &session, &adapter::exported_order(&[lib]), names)?;
         }
-        let t2 = Instant::now();
-        let c0 = cpu_seconds();
-        let sum = batched_lookups(W, &session, &order, &query, b)?;
-        let t3 = Instant::now();
-        let cpu = cpu_seconds() - c0;
-        if sum != expected {
-            return Err(mismatch(W, "timed lookups", sum, expected));
-        }
-        adapter::end_session(session);
-        let t4 = Instant::now();
-        let main = secs_between(t2, t3);
-        Ok(Rep {
-            main,
-            main_cpu_s: cpu,
-            phases: vec![
-                ("define", secs_between(t0, t1)),
-                ("warmup_lookup_all", secs_between(t1, t2)),
-                ("teardown", secs_between(t3, t4)),
-            ],
-            info: vec![(
-                "lookup_calls_per_sec",
-                q.div_ceil(b) as f64 / main.as_secs_f64(),
-            )],
-        })
+        timed_lookups(W, session, &order, &query, b, expected, t0, t1)
     }
 }
 
