@@ -281,6 +281,8 @@ impl ObjectLayer {
                 images.push((objects[only].0.clone(), graph));
                 continue;
             }
+            // A group is read again into one graph (`merge` wants graphs
+            // fresh from the parser; grouping needed the merged view).
             let mut graph = LinkGraph::new();
             for &m in &members {
                 crate::elf::read_object(&mut graph, &objects[m].0, &objects[m].1)?;
@@ -340,8 +342,7 @@ impl ObjectLayer {
                     .extend(functions.iter().chain(&data).map(|a| a.name.clone()));
             }
             // Linked at startup: calls reach it directly, with no stubs.
-            functions.clear();
-            data.extend(graph_functions_as_data(&graph, &self.session));
+            data.append(&mut functions);
         }
         self.add_graph(bodies, None, name, graph)?;
         let engine = |e: Error| LinkError::Engine {
@@ -726,28 +727,4 @@ impl Generator for ArchiveGenerator {
         }
         req.complete(Ok(()));
     }
-}
-
-/// The function symbols of `graph`, as plain aliases (for objects linked at
-/// startup, whose functions need no lazy entry).
-fn graph_functions_as_data(graph: &LinkGraph, session: &Session) -> Vec<kiln_engine::Alias> {
-    graph
-        .globals
-        .iter()
-        .filter_map(|(n, &id)| {
-            let s = &graph.symbols[id.index()];
-            (s.callable
-                && !s.tls
-                && !matches!(s.def, GraphDef::External)
-                && s.scope != Scope::Local)
-                .then(|| {
-                    let sym = session.intern(n);
-                    kiln_engine::Alias {
-                        name: sym.clone(),
-                        target: sym,
-                        flags: flags_of(s.scope, s.linkage, s.callable),
-                    }
-                })
-        })
-        .collect()
 }

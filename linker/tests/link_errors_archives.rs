@@ -172,20 +172,7 @@ fn archive_members_are_pulled_on_demand() {
 #[test]
 fn phases_report_symbols_externals_and_dependencies() {
     let dir = scratch("phases");
-    let a = compile(
-        "gcc",
-        &c_dir().join("prog_a.c"),
-        &["-O2", "-fcommon"],
-        &[],
-        &dir.join("a.o"),
-    );
-    let b = compile(
-        "gcc",
-        &c_dir().join("prog_b.c"),
-        &["-O2"],
-        &[],
-        &dir.join("b.o"),
-    );
+    let (a, b) = compile_prog_ab(&dir);
     let mut l = Linker::new(Default::default());
     l.add_object_file(&a).unwrap().add_object_file(&b).unwrap();
     let mut graph = l.build_graph().unwrap();
@@ -347,20 +334,7 @@ fn comdat_groups_keep_one_copy_and_drop_the_others_fdes() {
 #[test]
 fn kept_graph_has_final_addresses_and_relocation_records() {
     let dir = scratch("keep");
-    let a = compile(
-        "gcc",
-        &c_dir().join("prog_a.c"),
-        &["-O2", "-fcommon"],
-        &[],
-        &dir.join("a.o"),
-    );
-    let b = compile(
-        "gcc",
-        &c_dir().join("prog_b.c"),
-        &["-O2"],
-        &[],
-        &dir.join("b.o"),
-    );
+    let (a, b) = compile_prog_ab(&dir);
     let mut l = Linker::new(Default::default());
     l.add_object_file(&a).unwrap().add_object_file(&b).unwrap();
     let graph = l.build_graph().unwrap();

@@ -128,20 +128,7 @@ fn twenty_thousand_object_mutants_link_or_fail_cleanly() {
 #[test]
 fn mutated_archives_link_or_fail_cleanly() {
     let dir = scratch("mutation-ar");
-    let main = compile(
-        "gcc",
-        &c_dir().join("prog_a.c"),
-        &["-O2", "-fcommon"],
-        &[],
-        &dir.join("a.o"),
-    );
-    let b = compile(
-        "gcc",
-        &c_dir().join("prog_b.c"),
-        &["-O2"],
-        &[],
-        &dir.join("b.o"),
-    );
+    let (main, b) = compile_prog_ab(&dir);
     let lib = dir.join("libb.a");
     let _ = std::fs::remove_file(&lib);
     let st = std::process::Command::new("ar")

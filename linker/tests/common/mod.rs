@@ -63,6 +63,26 @@ pub(crate) fn compile(
     out.to_path_buf()
 }
 
+/// `prog_a.c` (with `-fcommon`) and `prog_b.c`, compiled by gcc at `-O2`
+/// into `dir`: the two-object C program several tests link.
+pub(crate) fn compile_prog_ab(dir: &Path) -> (PathBuf, PathBuf) {
+    let a = compile(
+        "gcc",
+        &c_dir().join("prog_a.c"),
+        &["-O2", "-fcommon"],
+        &[],
+        &dir.join("a.o"),
+    );
+    let b = compile(
+        "gcc",
+        &c_dir().join("prog_b.c"),
+        &["-O2"],
+        &[],
+        &dir.join("b.o"),
+    );
+    (a, b)
+}
+
 /// Link `objs` natively into an executable and run it: (stdout, exit code).
 pub(crate) fn run_native(
     cc: &str,
