@@ -19,6 +19,8 @@
 //! - [`dispatch`]: where user code runs.
 //! - [`graph`]: the pure dependency graph deciding readiness.
 //! - `actor` (private): the state actor, the one owner of mutable state.
+//! - `index` (private): each dylib's Ready index, read by lookups without
+//!   locks.
 //! - `sync` (private): the only module naming synchronization primitives
 //!   (std/dashmap, or loom under `--cfg kiln_loom`).
 //!
@@ -45,6 +47,7 @@ pub mod dispatch;
 mod error;
 pub mod generator;
 pub mod graph;
+mod index;
 pub mod lazy;
 pub mod lookup;
 mod name;

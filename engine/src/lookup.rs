@@ -15,6 +15,8 @@ use crate::session::Dylib;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags};
 use crate::sync::{Arc, Condvar, Mutex};
 
+use smallvec::SmallVec;
+
 /// Which symbols of a dylib a search may see.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum DylibLookup {
@@ -82,10 +84,37 @@ impl FromIterator<(Dylib, DylibLookup)> for SearchOrder {
     }
 }
 
-/// The names a lookup wants, each required or weak.
+/// The names a lookup wants, each required or weak. Built in one go (from
+/// an iterator) and immutable after: the lookup's result shares the names
+/// instead of copying them.
 #[derive(Clone, Default, Debug)]
 pub struct LookupSet {
-    pub(crate) names: Vec<(SymbolName, SymbolLookup)>,
+    pub(crate) names: NameList,
+}
+
+/// A lookup's names: one inline (the common case costs no allocation), or
+/// many behind one reference count shared by the set, the actor's pending
+/// lookup and the result.
+#[derive(Clone, Debug)]
+pub(crate) enum NameList {
+    One([(SymbolName, SymbolLookup); 1]),
+    Many(Arc<[(SymbolName, SymbolLookup)]>),
+}
+
+impl Default for NameList {
+    fn default() -> Self {
+        NameList::Many(Arc::from([]))
+    }
+}
+
+impl std::ops::Deref for NameList {
+    type Target = [(SymbolName, SymbolLookup)];
+    fn deref(&self) -> &Self::Target {
+        match self {
+            NameList::One(one) => one,
+            NameList::Many(many) => many,
+        }
+    }
 }
 
 impl LookupSet {
@@ -96,24 +125,15 @@ impl LookupSet {
 
     /// Every name required.
     pub fn required(names: impl IntoIterator<Item = SymbolName>) -> Self {
-        LookupSet {
-            names: names
-                .into_iter()
-                .map(|n| (n, SymbolLookup::Required))
-                .collect(),
-        }
+        names
+            .into_iter()
+            .map(|n| (n, SymbolLookup::Required))
+            .collect()
     }
 
-    /// Adds a name.
-    pub fn add(&mut self, name: SymbolName, how: SymbolLookup) -> &mut Self {
-        self.names.push((name, how));
-        self
-    }
-
-    /// This set with a name added.
-    pub fn with(mut self, name: SymbolName, how: SymbolLookup) -> Self {
-        self.names.push((name, how));
-        self
+    /// Every name weak: missing ones are simply absent from the result.
+    pub fn weak(names: impl IntoIterator<Item = SymbolName>) -> Self {
+        names.into_iter().map(|n| (n, SymbolLookup::Weak)).collect()
     }
 
     /// Number of names.
@@ -134,9 +154,21 @@ impl LookupSet {
 
 impl FromIterator<(SymbolName, SymbolLookup)> for LookupSet {
     fn from_iter<I: IntoIterator<Item = (SymbolName, SymbolLookup)>>(iter: I) -> Self {
-        LookupSet {
-            names: iter.into_iter().collect(),
-        }
+        let mut iter = iter.into_iter();
+        let names = if iter.size_hint() == (1, Some(1)) {
+            match (iter.next(), iter.next()) {
+                (Some(one), None) => NameList::One([one]),
+                // A size hint that lied: keep everything.
+                (first, second) => {
+                    NameList::Many(first.into_iter().chain(second).chain(iter).collect())
+                }
+            }
+        } else {
+            // Exact-size iterators are collected straight into the shared
+            // allocation.
+            NameList::Many(iter.collect())
+        };
+        LookupSet { names }
     }
 }
 
@@ -191,64 +223,94 @@ impl LookupRequest {
 /// The result of a lookup: each found name with its definition, in request
 /// order. Weak names that were not found are absent; side-effects-only
 /// symbols have no entry.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct SymbolMap {
-    /// Name, definition, and the index in the search order of the dylib
-    /// that defined it.
-    entries: Vec<(SymbolName, SymbolDef, u32)>,
+    /// The lookup's names, shared with its [`LookupSet`].
+    names: NameList,
+    /// What was found, in request order (one inline: most lookups are one name).
+    found: SmallVec<[Found; 1]>,
+}
+
+/// One found name of a [`SymbolMap`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// The name's position in the lookup set.
+    pub(crate) at: u32,
+    /// The position in the search order of the dylib that defined it.
+    pub(crate) source: u32,
+    pub(crate) def: SymbolDef,
 }
 
 impl SymbolMap {
-    pub(crate) fn new(entries: Vec<(SymbolName, SymbolDef, u32)>) -> Self {
-        SymbolMap { entries }
+    pub(crate) fn new(names: NameList, found: SmallVec<[Found; 1]>) -> Self {
+        debug_assert!(found.iter().all(|f| (f.at as usize) < names.len()));
+        SymbolMap { names, found }
+    }
+
+    fn name(&self, f: &Found) -> &SymbolName {
+        &self.names[f.at as usize].0
+    }
+
+    fn find(&self, name: &SymbolName) -> Option<&Found> {
+        self.found.iter().find(|f| self.name(f) == name)
     }
 
     /// The index, in the lookup's search order, of the dylib that defined
     /// `name` (a linker uses it to declare where its dependencies live).
     pub fn found_in(&self, name: &SymbolName) -> Option<usize> {
-        self.entries
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|e| e.2 as usize)
+        self.find(name).map(|f| f.source as usize)
     }
 
     /// The entries with the search-order index of the dylib defining each.
     pub fn iter_with_source(&self) -> impl Iterator<Item = (&SymbolName, &SymbolDef, usize)> {
-        self.entries.iter().map(|(n, d, s)| (n, d, *s as usize))
+        self.found
+            .iter()
+            .map(|f| (self.name(f), &f.def, f.source as usize))
+    }
+
+    /// Every name of the lookup set, in its order, with its definition if
+    /// found: answers a whole set without searching by name.
+    pub fn by_request(&self) -> impl Iterator<Item = (&SymbolName, Option<&SymbolDef>)> {
+        let mut found = self.found.iter().peekable();
+        self.names.iter().enumerate().map(move |(i, (name, _))| {
+            let def = found.next_if(|f| f.at as usize == i).map(|f| &f.def);
+            (name, def)
+        })
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.found.len()
     }
 
     /// No entries?
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.found.is_empty()
     }
 
     /// The definition of `name` (a linear scan: results are usually small;
-    /// use [`SymbolMap::to_hash_map`] for many random accesses).
+    /// use [`SymbolMap::by_request`] or [`SymbolMap::to_hash_map`] to answer
+    /// many names).
     pub fn get(&self, name: &SymbolName) -> Option<SymbolDef> {
-        self.entries.iter().find(|(n, _, _)| n == name).map(|e| e.1)
+        self.find(name).map(|f| f.def)
     }
 
     /// The definition of the name spelled `name`.
     pub fn get_str(&self, name: &str) -> Option<SymbolDef> {
-        self.entries
+        self.found
             .iter()
-            .find(|(n, _, _)| n.as_str() == name)
-            .map(|e| e.1)
+            .find(|f| self.name(f).as_str() == name)
+            .map(|f| f.def)
     }
 
     /// The entries, in request order.
     pub fn iter(&self) -> impl Iterator<Item = (&SymbolName, &SymbolDef)> {
-        self.entries.iter().map(|(n, d, _)| (n, d))
+        self.found.iter().map(|f| (self.name(f), &f.def))
     }
 
-    /// The entries as a vector (sources dropped).
+    /// The entries as a vector.
     pub fn into_vec(self) -> Vec<(SymbolName, SymbolDef)> {
-        self.entries.into_iter().map(|(n, d, _)| (n, d)).collect()
+        self.iter().map(|(n, d)| (n.clone(), *d)).collect()
     }
 
     /// The entries as a hash map.
@@ -256,6 +318,13 @@ impl SymbolMap {
         self.iter().map(|(n, d)| (n.clone(), *d)).collect()
     }
 }
+
+impl PartialEq for SymbolMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter_with_source().eq(other.iter_with_source())
+    }
+}
+impl Eq for SymbolMap {}
 
 impl fmt::Debug for SymbolMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -23,6 +23,13 @@ impl SymbolName {
         &self.0.text
     }
 
+    /// The interned string's address: equal exactly when the names are
+    /// (while either is alive), so the Ready index keys on it.
+    #[cfg(not(kiln_loom))]
+    pub(crate) fn key(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     fn new(text: &str) -> Self {
         SymbolName(Arc::new(NameInner {
             hash: hash_str(text),

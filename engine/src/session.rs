@@ -1,5 +1,6 @@
 //! The handles a JIT host holds: [`Session`] and [`Dylib`].
 
+use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use crate::actor::{
 use crate::dispatch::{Dispatcher, WorkerPool};
 use crate::error::{Error, Result};
 use crate::generator::Generator;
+use crate::index::Probe;
 use crate::lookup::{
-    AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,
+    self, AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,
     LookupShared, SearchOrder, SymbolLookup, SymbolMap,
 };
 use crate::name::SymbolName;
@@ -18,7 +20,9 @@ use crate::responsibility::Responsibility;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
 use crate::sync::{Arc, Ordering};
 use crate::tracker::{ResourceManager, ResourceTracker};
-use crate::unit::MaterializationUnit;
+use crate::unit::{AbsoluteSymbols, MaterializationUnit};
+
+use smallvec::SmallVec;
 
 /// A JIT session: the name pool, the dylibs, the state actor and the
 /// dispatcher. Cheap to clone; every clone is the same session.
@@ -195,25 +199,36 @@ impl Session {
     /// Reads the ready index: all names Ready in the first dylib of `order`
     /// that defines them (and may see them)? Then the result, without the actor.
     fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
-        let mut found = Vec::with_capacity(names.names.len());
-        for (name, _) in &names.names {
+        let mut found = SmallVec::with_capacity(names.names.len());
+        if names.names.len() > 1
+            && let Some((first, _)) = order.entries.first()
+        {
+            first.shared.index.warm(names.names.iter().map(|(n, _)| n));
+        }
+        for (at, (name, _)) in names.names.iter().enumerate() {
             let mut hit = None;
-            for (index, (dylib, visibility)) in order.entries.iter().enumerate() {
-                let entry = dylib.shared.index.read(name, |e| *e);
-                let Some(entry) = entry else { continue };
+            for (source, (dylib, visibility)) in order.entries.iter().enumerate() {
+                let entry = match dylib.shared.index.get(name) {
+                    Probe::Found(entry) => entry,
+                    Probe::Absent => continue,
+                    Probe::Busy => return None,
+                };
                 if *visibility == DylibLookup::ExportedOnly && !entry.def.flags.is_exported() {
                     continue;
                 }
                 if !entry.ready || entry.def.flags.is_side_effects_only() {
                     return None;
                 }
-                hit = Some((entry.def, index as u32));
+                hit = Some(lookup::Found {
+                    at: at as u32,
+                    source: source as u32,
+                    def: entry.def,
+                });
                 break;
             }
-            let (def, source) = hit?;
-            found.push((name.clone(), def, source));
+            found.push(hit?);
         }
-        Some(SymbolMap::new(found))
+        Some(SymbolMap::new(names.names.clone(), found))
     }
 
     fn slow_lookup(
@@ -347,11 +362,40 @@ impl Dylib {
     /// `discard` runs); clashes fail with every duplicate listed, and leave
     /// the dylib unchanged.
     pub fn define(&self, unit: impl MaterializationUnit) -> Result<()> {
-        self.define_boxed(Box::new(unit), None)
+        self.define_typed(unit, None)
     }
 
     /// Defines `unit` through `tracker` (or the default tracker).
     pub fn define_boxed(
+        &self,
+        unit: Box<dyn MaterializationUnit>,
+        tracker: Option<&ResourceTracker>,
+    ) -> Result<()> {
+        self.define_unit(unit, tracker)
+    }
+
+    /// The engine materializes its own [`AbsoluteSymbols`] units itself when
+    /// they are first requested — the same states, without a task or the
+    /// resolve/emit messages — so a unit whose type is known here says so.
+    fn define_typed<U: MaterializationUnit>(
+        &self,
+        mut unit: U,
+        tracker: Option<&ResourceTracker>,
+    ) -> Result<()> {
+        match (&mut unit as &mut dyn Any).downcast_mut::<AbsoluteSymbols>() {
+            Some(absolute) => {
+                let (symbols, addresses) = absolute.take_split();
+                if symbols.is_empty() {
+                    return Ok(());
+                }
+                let name = absolute.name().into();
+                self.send_define(symbols, name, DefineKind::Fixed(addresses), tracker)
+            }
+            None => self.define_unit(Box::new(unit), tracker),
+        }
+    }
+
+    fn define_unit(
         &self,
         unit: Box<dyn MaterializationUnit>,
         tracker: Option<&ResourceTracker>,
@@ -375,7 +419,7 @@ impl Dylib {
         unit: impl MaterializationUnit,
         tracker: &ResourceTracker,
     ) -> Result<()> {
-        self.define_boxed(Box::new(unit), Some(tracker))
+        self.define_typed(unit, Some(tracker))
     }
 
     /// Defines symbols at fixed addresses, Ready at once (no materialization).

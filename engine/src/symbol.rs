@@ -40,6 +40,16 @@ impl SymbolFlags {
     pub const fn is_side_effects_only(self) -> bool {
         self.contains(Self::SIDE_EFFECTS_ONLY)
     }
+    /// The raw bits (for packing into the Ready index).
+    #[cfg(not(kiln_loom))]
+    pub(crate) const fn bits(self) -> u8 {
+        self.0
+    }
+    /// Flags from [`SymbolFlags::bits`].
+    #[cfg(not(kiln_loom))]
+    pub(crate) const fn from_bits(bits: u8) -> SymbolFlags {
+        SymbolFlags(bits)
+    }
     /// These flags without `other`.
     pub const fn without(self, other: SymbolFlags) -> SymbolFlags {
         SymbolFlags(self.0 & !other.0)

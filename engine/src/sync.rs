@@ -12,9 +12,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 pub(crate) use std::sync::Arc;
+/// Set-once cells (the Ready index's tables; not modelled: the index is a
+/// locked map under loom).
+#[cfg(not(kiln_loom))]
+pub(crate) use std::sync::OnceLock;
 
 #[cfg(not(kiln_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(kiln_loom))]
 use std::sync::{Condvar as StdCondvar, Mutex as StdMutex};
 
@@ -167,7 +171,7 @@ impl Hasher for FixedHasher {
 pub(crate) type FixedMap<K, V> = HashMap<K, V, FixedState>;
 
 /// A concurrent map for read-mostly data read without the state actor
-/// (the Ready index, the name interner). dashmap in production; a mutex
+/// (the name interner). dashmap in production; a mutex
 /// around a deterministic map under loom.
 #[derive(Debug)]
 pub(crate) struct ConcurrentMap<K: Eq + Hash, V> {
@@ -209,60 +213,6 @@ impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
         }
     }
 
-    pub(crate) fn insert(&self, key: K, value: V) {
-        #[cfg(not(kiln_loom))]
-        {
-            self.inner.insert(key, value);
-        }
-        #[cfg(kiln_loom)]
-        {
-            self.inner.lock().insert(key, value);
-        }
-    }
-
-    /// Changes the value for `key` in place; false if there is none.
-    pub(crate) fn update<Q>(&self, key: &Q, f: impl FnOnce(&mut V)) -> bool
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        #[cfg(not(kiln_loom))]
-        {
-            match self.inner.get_mut(key) {
-                Some(mut entry) => {
-                    f(entry.value_mut());
-                    true
-                }
-                None => false,
-            }
-        }
-        #[cfg(kiln_loom)]
-        {
-            match self.inner.lock().get_mut(key) {
-                Some(value) => {
-                    f(value);
-                    true
-                }
-                None => false,
-            }
-        }
-    }
-
-    pub(crate) fn remove<Q>(&self, key: &Q)
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        #[cfg(not(kiln_loom))]
-        {
-            self.inner.remove(key);
-        }
-        #[cfg(kiln_loom)]
-        {
-            self.inner.lock().remove(key);
-        }
-    }
-
     /// Returns the value for `key`, inserting `make()` first if absent.
     pub(crate) fn get_or_insert_with<Q>(&self, key: &Q, make: impl FnOnce() -> (K, V)) -> V
     where
@@ -281,17 +231,6 @@ impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
         #[cfg(kiln_loom)]
         {
             self.inner.lock().entry(k).or_insert(v).clone()
-        }
-    }
-
-    pub(crate) fn clear(&self) {
-        #[cfg(not(kiln_loom))]
-        {
-            self.inner.clear();
-        }
-        #[cfg(kiln_loom)]
-        {
-            self.inner.lock().clear();
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::error::Error;
-use crate::lookup::{DylibLookup, LookupSet, SearchOrder, SymbolLookup};
+use crate::lookup::{DylibLookup, LookupSet, SearchOrder};
 use crate::name::SymbolName;
 use crate::responsibility::{DependenceGroup, Responsibility};
 use crate::session::Dylib;
@@ -37,9 +37,10 @@ pub trait MaterializationUnit: Send + 'static {
 
 /// A unit of symbols with fixed addresses (host functions, data).
 ///
-/// Materializing it just resolves and emits them. For symbols that should be
-/// Ready at once, without a materialization step, use
-/// `Dylib::define_absolute`.
+/// Like any unit, its symbols are Lazy until first requested (so a weak one
+/// can still be overridden); `Dylib::define` recognizes it, and the engine
+/// then resolves and emits it itself, without a task. For symbols that should
+/// be Ready at once, use `Dylib::define_absolute`.
 pub struct AbsoluteSymbols {
     symbols: Vec<(SymbolName, SymbolDef)>,
 }
@@ -50,6 +51,16 @@ pub fn absolute_symbols(
 ) -> AbsoluteSymbols {
     AbsoluteSymbols {
         symbols: symbols.into_iter().collect(),
+    }
+}
+
+impl AbsoluteSymbols {
+    /// Takes the symbols out as (names and flags, addresses).
+    pub(crate) fn take_split(&mut self) -> (Vec<(SymbolName, SymbolFlags)>, Vec<u64>) {
+        std::mem::take(&mut self.symbols)
+            .into_iter()
+            .map(|(n, d)| ((n, d.flags), d.address))
+            .unzip()
     }
 }
 
@@ -145,10 +156,7 @@ impl MaterializationUnit for Reexports {
 
     fn materialize(self: Box<Self>, r: Responsibility) {
         let order = SearchOrder::new().with(&self.source, self.source_lookup);
-        let mut targets = LookupSet::new();
-        for alias in &self.aliases {
-            targets.add(alias.target.clone(), SymbolLookup::Required);
-        }
+        let targets = LookupSet::required(self.aliases.iter().map(|a| a.target.clone()));
         let session = self.source.session();
         // The addresses are needed at Resolved; readiness then follows the
         // targets through the dependency graph.

@@ -89,15 +89,26 @@ fn missing_weak_names_are_absent_and_missing_required_are_listed_together() {
         s.intern("maybe"),
     );
     d.define_absolute([(here.clone(), def(7))]).unwrap();
-    let set = LookupSet::new()
-        .with(here.clone(), SymbolLookup::Required)
-        .with(maybe.clone(), SymbolLookup::Weak);
+    let set: LookupSet = [
+        (here.clone(), SymbolLookup::Required),
+        (maybe.clone(), SymbolLookup::Weak),
+    ]
+    .into_iter()
+    .collect();
     let found = s
         .lookup(&order(&[&d]), &set, RequiredState::Ready)
         .wait()
         .unwrap();
     assert_eq!(found.len(), 1);
     assert!(found.get(&maybe).is_none());
+    let answers: Vec<_> = found
+        .by_request()
+        .map(|(n, d)| (n.clone(), d.map(|d| d.address)))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![(here.clone(), Some(7)), (maybe.clone(), None)]
+    );
 
     let err = lookup(&s, &[&d], &[&gone1, &here, &gone2], RequiredState::Ready)
         .wait()
@@ -127,6 +138,49 @@ fn strong_definition_overrides_unrequested_weak_one_and_discard_runs() {
         .wait()
         .unwrap();
     assert_eq!(found.get(&w).unwrap().address, 0x50);
+}
+
+/// Counts the tasks it runs (in place).
+#[derive(Default)]
+struct CountingDispatcher(AtomicUsize);
+
+impl Dispatcher for CountingDispatcher {
+    fn dispatch(&self, task: Task) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        task.run();
+    }
+}
+
+#[test]
+fn absolute_symbols_units_stay_lazy_and_are_materialized_without_a_task() {
+    let tasks = Arc::new(CountingDispatcher::default());
+    let s = Session::builder().shared_dispatcher(tasks.clone()).build();
+    let d = s.create_dylib("d").unwrap();
+    let (a, b, w) = (s.intern("a"), s.intern("b"), s.intern("w"));
+    d.define(absolute_symbols([
+        (a.clone(), def(0x10)),
+        (b.clone(), def(0x20)),
+        (w.clone(), SymbolDef::new(0x30, X | SymbolFlags::WEAK)),
+    ]))
+    .unwrap();
+    // Still lazy: a strong definition overrides the unrequested weak one.
+    d.define_absolute([(w.clone(), def(0x31))]).unwrap();
+    let found = lookup(&s, &[&d], &[&a, &w], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&a).unwrap().address, 0x10);
+    assert_eq!(found.get(&w).unwrap().address, 0x31);
+    // The whole unit materialized at once: b is Ready without a lookup of it.
+    let flags_only = s.lookup(
+        &order(&[&d]),
+        &LookupSet::required([b.clone()]),
+        RequiredState::Ready,
+    );
+    assert!(flags_only.is_complete(), "b was emitted with a");
+    assert_eq!(flags_only.wait().unwrap().get(&b).unwrap().address, 0x20);
+    // No task ran: the engine resolved and emitted the unit itself (and an
+    // absolute unit has nothing to discard).
+    assert_eq!(tasks.0.load(Ordering::SeqCst), 0);
 }
 
 #[test]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use kiln_engine::{
     DependenceGroup, Dylib, Error, GenerateRequest, Generator, LookupKind, LookupSet,
     MaterializationUnit, RequiredState, ResourceKey, ResourceManager, ResourceTracker,
-    Responsibility, Session, SymbolDef, SymbolFlags, SymbolLookup, SymbolName,
+    Responsibility, Session, SymbolDef, SymbolFlags, SymbolName,
 };
 
 use crate::archive::Archive;
@@ -545,10 +545,7 @@ fn link(
     // that reference it.
     let order = r.dylib().link_order();
     let names = prepared.external_names();
-    let mut set = LookupSet::new();
-    for n in &names {
-        set.add(session.intern(n), SymbolLookup::Weak);
-    }
+    let set = LookupSet::weak(names.iter().map(|n| session.intern(n)));
     let found = session
         .lookup_with(
             &kiln_engine::LookupRequest::new(order.clone(), set, RequiredState::Resolved)
@@ -556,9 +553,9 @@ fn link(
         )
         .wait()?;
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let answers: Vec<Option<u64>> = names
-        .iter()
-        .map(|n| found.get(&session.intern(n)).map(|d| d.address))
+    let answers: Vec<Option<u64>> = found
+        .by_request()
+        .map(|(_, def)| def.map(|d| d.address))
         .collect();
     prepared
         .resolve_externals(&refs, &answers)

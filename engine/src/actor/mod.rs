@@ -18,11 +18,12 @@ use std::fmt;
 use crate::dispatch::{Dispatcher, Task};
 use crate::error::{Error, Result};
 use crate::generator::Generator;
-use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, SymbolLookup, SymbolMap};
+use crate::index::ReadIndex;
+use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList, SymbolMap};
 use crate::name::{Interner, SymbolName};
 use crate::responsibility::DependenceGroup;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
-use crate::sync::{Arc, AtomicBool, AtomicUsize, ConcurrentMap, Condvar, Mutex, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::tracker::{ResourceKey, ResourceManager, TrackerShared};
 use crate::unit::MaterializationUnit;
 
@@ -53,20 +54,13 @@ impl UnitCell {
     }
 }
 
-/// A published symbol, readable without the actor.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct IndexEntry {
-    pub(crate) def: SymbolDef,
-    pub(crate) ready: bool,
-}
-
 /// The part of a dylib that handles share with the actor.
 pub(crate) struct DylibShared {
     pub(crate) id: DylibId,
     pub(crate) name: Arc<str>,
     /// Every defined name, with its definition once Ready. Written only by
     /// the actor; read by lookups' fast path.
-    pub(crate) index: ConcurrentMap<SymbolName, IndexEntry>,
+    pub(crate) index: ReadIndex,
     pub(crate) default_tracker: Arc<TrackerShared>,
 }
 
@@ -124,10 +118,13 @@ impl<T> ReplyWait<T> {
     }
 }
 
+/// A search order by dylib id (most are short: kept inline).
+pub(crate) type SearchIds = smallvec::SmallVec<[(DylibId, DylibLookup); 4]>;
+
 /// What a lookup message asks for.
 pub(crate) struct LookupMsg {
-    pub(crate) order: Vec<(DylibId, DylibLookup)>,
-    pub(crate) names: Vec<(SymbolName, SymbolLookup)>,
+    pub(crate) order: SearchIds,
+    pub(crate) names: NameList,
     pub(crate) state: RequiredState,
     pub(crate) kind: LookupKind,
     pub(crate) await_definitions: bool,
@@ -143,6 +140,9 @@ pub(crate) struct LookupMsg {
 pub(crate) enum DefineKind {
     /// A unit, materialized on first lookup.
     Unit(UnitCell),
+    /// Fixed addresses, Lazy until first looked up, then resolved and
+    /// emitted by the actor itself (an absolute-symbols unit).
+    Fixed(Vec<u64>),
     /// Fixed addresses, Ready at once.
     Absolute(Vec<u64>),
 }
@@ -286,13 +286,19 @@ pub(crate) enum Effect {
     },
 }
 
+/// Effect buffers kept for reuse: one per level of nested driving that
+/// steady traffic reaches (lookup → generator → define → materialize).
+const SPARE_EFFECT_BUFFERS: usize = 4;
+
 struct Inbox {
     queue: VecDeque<Msg>,
     /// An empty buffer kept for the next drain, so steady traffic allocates
     /// nothing.
     spare: VecDeque<Msg>,
-    /// Likewise for effects.
-    spare_effects: Vec<Effect>,
+    /// Likewise for effects: a few, because an effect (a task on the
+    /// in-place dispatcher) may drive again while its driver's buffer is
+    /// still draining.
+    spare_effects: Vec<Vec<Effect>>,
     driving: bool,
 }
 
@@ -369,7 +375,7 @@ impl SessionCore {
             return;
         }
         inbox.driving = true;
-        let mut effects = std::mem::take(&mut inbox.spare_effects);
+        let mut effects = inbox.spare_effects.pop().unwrap_or_default();
         drop(inbox);
         let mut state = self.state.lock();
         if state.has_ended() {
@@ -414,7 +420,7 @@ impl SessionCore {
         let mut batch = VecDeque::new();
         let mut effects = match effects {
             Some(effects) => effects,
-            None => std::mem::take(&mut self.inbox.lock().spare_effects),
+            None => self.inbox.lock().spare_effects.pop().unwrap_or_default(),
         };
         loop {
             {
@@ -443,8 +449,8 @@ impl SessionCore {
         // effects ran may have left one already.
         if effects.capacity() > 0 {
             let mut inbox = self.inbox.lock();
-            if inbox.spare_effects.capacity() < effects.capacity() {
-                inbox.spare_effects = effects;
+            if inbox.spare_effects.len() < SPARE_EFFECT_BUFFERS {
+                inbox.spare_effects.push(effects);
             }
         }
     }

@@ -6,16 +6,20 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use slab::Slab;
+use smallvec::SmallVec;
 
 use super::{
-    DefineKind, DylibId, DylibShared, Effect, IndexEntry, LookupMsg, Msg, Reply, RespId,
+    DefineKind, DylibId, DylibShared, Effect, LookupMsg, Msg, Reply, RespId, SearchIds,
     SessionCore, SymId, TrackerId, UnitCell,
 };
 use crate::dispatch::Task;
 use crate::error::{Error, QualifiedName, Result};
 use crate::generator::{GenerateRequest, Generator};
 use crate::graph::{DepGraph, EmitGroup};
-use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, SymbolLookup, SymbolMap};
+use crate::index::IndexEntry;
+use crate::lookup::{
+    self, DylibLookup, FlagsMap, LookupKind, LookupShared, NameList, SymbolLookup, SymbolMap,
+};
 use crate::name::SymbolName;
 use crate::responsibility::{DependenceGroup, Responsibility, run_materialization};
 use crate::session::Dylib;
@@ -91,16 +95,18 @@ struct Sym {
     unit: Option<usize>,
     resp: Option<RespId>,
     tracker: TrackerId,
-    waiters: Vec<(u64, u32)>,
+    waiters: SmallVec<[(u64, u32); 1]>,
     failure: Option<Arc<Error>>,
 }
 
 struct UnitEntry {
-    cell: UnitCell,
+    /// The unit; none for fixed addresses, which are in the symbols already:
+    /// the actor resolves and emits those itself instead of running a unit.
+    cell: Option<UnitCell>,
     name: Arc<str>,
     dylib: DylibId,
     tracker: TrackerId,
-    syms: Vec<SymId>,
+    syms: SmallVec<[SymId; 4]>,
 }
 
 struct RespEntry {
@@ -110,7 +116,7 @@ struct RespEntry {
     /// Symbols handed to this responsibility. A symbol is still owed only
     /// while its `resp` points here: entries go stale (and are skipped)
     /// when a symbol fails, is handed back or is delegated.
-    owed: Vec<SymId>,
+    owed: SmallVec<[SymId; 4]>,
     defunct: bool,
 }
 
@@ -136,8 +142,8 @@ struct Found {
 
 struct PendingLookup {
     shared: Arc<LookupShared>,
-    order: Vec<(DylibId, DylibLookup)>,
-    names: Vec<(SymbolName, SymbolLookup)>,
+    order: SearchIds,
+    names: NameList,
     state: RequiredState,
     kind: LookupKind,
     await_definitions: bool,
@@ -149,11 +155,11 @@ struct PendingLookup {
     parked: bool,
     /// Per name: where the search found it, and its definition once the
     /// symbol reached the required state.
-    found: Vec<Found>,
+    found: SmallVec<[Found; 1]>,
     bound: bool,
 
     remaining: usize,
-    pending: Vec<SymId>,
+    pending: SmallVec<[SymId; 2]>,
 }
 
 impl State {
@@ -481,7 +487,9 @@ impl State {
         *t.shared.defunct.lock() = true;
         let key = t.shared.key;
         let dylib = t.dylib;
-        let syms: Vec<SymId> = t.syms.drain().collect();
+        let mut syms: Vec<SymId> = t.syms.drain().collect();
+        // In id order, the symbol records are visited front to back.
+        syms.sort_unstable();
         let units: Vec<usize> = t.units.drain().collect();
         let resps: Vec<RespId> = t.resps.drain().collect();
         for rid in resps {
@@ -493,7 +501,7 @@ impl State {
         for uid in units {
             if self.units.contains(uid) {
                 let unit = self.units.remove(uid);
-                fx.push(Effect::Drop(Box::new(unit.cell)));
+                fx.extend(unit.cell.map(|cell| Effect::Drop(Box::new(cell))));
             }
         }
         let cause = Arc::new(Error::TrackerRemoved {
@@ -580,6 +588,10 @@ impl State {
         let generators = std::mem::take(&mut d.generators);
         let awaiting: Vec<u64> = d.awaiting.drain().collect();
         let name = d.shared.name.clone();
+        // Unpublish everything at once, before any tracker's memory goes;
+        // the trackers then find nothing left to unpublish one by one.
+        d.shared.index.clear();
+        d.table.clear();
         let mut keys = Vec::new();
         for t in trackers {
             keys.extend(self.remove_tracker(t, fx));
@@ -587,9 +599,6 @@ impl State {
         for gen_entry in generators {
             fx.push(Effect::Drop(Box::new(gen_entry.generator)));
         }
-        let d = &mut self.dylibs[dylib as usize];
-        d.table.clear();
-        d.shared.index.clear();
         for id in awaiting {
             self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
         }
@@ -678,22 +687,24 @@ impl State {
             let (uid, name, old_tracker) = (s.unit, s.name.clone(), s.tracker);
             if let Some(uid) = uid {
                 let unit = &mut self.units[uid];
-                unit.syms.retain(|&x| x != sid);
+                unit.syms.retain(|x| *x != sid);
                 let cell = unit.cell.clone();
                 let empty = unit.syms.is_empty();
-                let handle = dylib_handle.clone().expect("made when overriding");
-                fx.push(Effect::Dispatch(Task::new(
-                    "discard overridden weak definition",
-                    move || {
-                        if let Some(unit) = cell.lock().as_mut() {
-                            unit.discard(&handle, &name);
-                        }
-                    },
-                )));
+                if let Some(cell) = cell {
+                    let handle = dylib_handle.clone().expect("made when overriding");
+                    fx.push(Effect::Dispatch(Task::new(
+                        "discard overridden weak definition",
+                        move || {
+                            if let Some(unit) = cell.lock().as_mut() {
+                                unit.discard(&handle, &name);
+                            }
+                        },
+                    )));
+                }
                 if empty {
                     let unit = self.units.remove(uid);
                     self.trackers[unit.tracker].units.remove(&uid);
-                    fx.push(Effect::Drop(Box::new(unit.cell)));
+                    fx.extend(unit.cell.map(|cell| Effect::Drop(Box::new(cell))));
                 }
             }
             self.trackers[old_tracker].syms.remove(&sid);
@@ -706,9 +717,13 @@ impl State {
                 .remove(&self.syms[sid as usize].name);
         }
         let unit_id = match &kind {
-            DefineKind::Unit(cell) => {
-                for &i in &new_discarded {
-                    let cell = cell.clone();
+            DefineKind::Unit(_) | DefineKind::Fixed(_) => {
+                let cell = match &kind {
+                    DefineKind::Unit(cell) => Some(cell.clone()),
+                    _ => None,
+                };
+                for &i in new_discarded.iter().filter(|_| cell.is_some()) {
+                    let cell = cell.clone().expect("filtered");
                     let name = symbols[i].0.clone();
                     let handle = dylib_handle.clone().expect("made when discarding");
                     fx.push(Effect::Dispatch(Task::new(
@@ -725,20 +740,21 @@ impl State {
                     return Ok(());
                 }
                 let uid = self.units.insert(UnitEntry {
-                    cell: cell.clone(),
+                    cell,
                     name: unit_name.clone(),
                     dylib,
                     tracker,
-                    syms: Vec::with_capacity(symbols.len()),
+                    syms: SmallVec::with_capacity(symbols.len()),
                 });
                 self.trackers[tracker].units.insert(uid);
                 Some(uid)
             }
             DefineKind::Absolute(_) => None,
         };
-        let addresses = match &kind {
-            DefineKind::Absolute(addrs) => Some(addrs),
-            DefineKind::Unit(_) => None,
+        let (addresses, ready) = match &kind {
+            DefineKind::Absolute(addrs) => (Some(addrs), true),
+            DefineKind::Fixed(addrs) => (Some(addrs), false),
+            DefineKind::Unit(_) => (None, false),
         };
         let mut skip = new_discarded.into_iter().peekable();
         for (i, (name, flags)) in symbols.into_iter().enumerate() {
@@ -747,12 +763,14 @@ impl State {
                 continue;
             }
             let sid = self.syms.len() as SymId;
-            let (state, address) = match addresses {
-                Some(addrs) => (SymbolState::Ready, addrs[i]),
-                None => (SymbolState::Lazy, 0),
+            let state = if ready {
+                SymbolState::Ready
+            } else {
+                SymbolState::Lazy
             };
-            self.dylibs[dylib as usize].shared.index.insert(
-                name.clone(),
+            let address = addresses.map_or(0, |addrs| addrs[i]);
+            self.dylibs[dylib as usize].shared.index.set(
+                &name,
                 IndexEntry {
                     def: SymbolDef::new(address, flags),
                     ready: state == SymbolState::Ready,
@@ -768,7 +786,7 @@ impl State {
                 unit: unit_id,
                 resp: None,
                 tracker,
-                waiters: Vec::new(),
+                waiters: SmallVec::new(),
                 failure: None,
             });
             self.trackers[tracker].syms.insert(sid);
@@ -836,10 +854,10 @@ impl State {
                 pos: 0,
                 next_gen: 0,
                 parked: false,
-                found: vec![Found::default(); n],
+                found: smallvec::smallvec![Found::default(); n],
                 bound: false,
                 remaining: 0,
-                pending: Vec::new(),
+                pending: SmallVec::new(),
             },
         );
         self.advance(core, id, fx);
@@ -862,7 +880,7 @@ impl State {
                 let name = d.shared.name.clone();
                 return self.fail_lookup(id, Error::DylibRemoved(name), fx);
             }
-            let mut missing = Vec::new();
+            let mut missing: SmallVec<[usize; 4]> = SmallVec::new();
             for (i, (name, _)) in lk.names.iter().enumerate() {
                 if lk.found[i].sym.is_some() {
                     continue;
@@ -1018,7 +1036,7 @@ impl State {
         }
         let lk = self.lookups.get_mut(&id).expect("lookup exists");
         lk.bound = true;
-        let mut to_start = Vec::new();
+        let mut to_start: SmallVec<[usize; 2]> = SmallVec::new();
         for i in 0..lk.found.len() {
             let Some(sid) = lk.found[i].sym else { continue };
             let s = &mut self.syms[sid as usize];
@@ -1056,13 +1074,22 @@ impl State {
         {
             self.blocked.remove(&resp);
         }
-        let mut entries = Vec::with_capacity(lk.names.len());
-        for ((n, _), f) in lk.names.into_iter().zip(lk.found) {
-            if let Some(def) = f.def {
-                entries.push((n, def, f.at));
-            }
-        }
-        fx.push(Effect::Complete(lk.shared, Ok(SymbolMap::new(entries))));
+        let found = lk
+            .found
+            .iter()
+            .enumerate()
+            .filter_map(|(at, f)| {
+                Some(lookup::Found {
+                    at: at as u32,
+                    source: f.at,
+                    def: f.def?,
+                })
+            })
+            .collect();
+        fx.push(Effect::Complete(
+            lk.shared,
+            Ok(SymbolMap::new(lk.names, found)),
+        ));
     }
 
     fn fail_lookup(&mut self, id: u64, err: Error, fx: &mut Vec<Effect>) {
@@ -1108,9 +1135,9 @@ impl State {
         // Filter in place: most symbols have one waiter, and a waiter that
         // needs a later state stays without any new allocation.
         let mut waiters = std::mem::take(&mut s.waiters);
-        let mut done = Vec::new();
+        let mut done: SmallVec<[u64; 2]> = SmallVec::new();
         let lookups = &mut self.lookups;
-        waiters.retain(|&(id, slot)| {
+        waiters.retain(|&mut (id, slot)| {
             let Some(lk) = lookups.get_mut(&id) else {
                 return false;
             };
@@ -1138,20 +1165,26 @@ impl State {
         }
         let unit = self.units.remove(uid);
         self.trackers[unit.tracker].units.remove(&uid);
-        let rid = self.resps.insert(RespEntry {
-            dylib: unit.dylib,
-            tracker: unit.tracker,
-            unit_name: unit.name.clone(),
-            owed: unit.syms.clone(),
-            defunct: false,
-        });
-        self.trackers[unit.tracker].resps.insert(rid);
         for &sid in &unit.syms {
             let s = &mut self.syms[sid as usize];
             s.state = SymbolState::Materializing;
             s.unit = None;
-            s.resp = Some(rid);
         }
+        let fixed = unit.cell.is_none().then(|| unit.syms.clone());
+        let rid = self.resps.insert(RespEntry {
+            dylib: unit.dylib,
+            tracker: unit.tracker,
+            unit_name: unit.name.clone(),
+            owed: unit.syms,
+            defunct: false,
+        });
+        self.trackers[unit.tracker].resps.insert(rid);
+        for &sid in &self.resps[rid].owed {
+            self.syms[sid as usize].resp = Some(rid);
+        }
+        let Some(cell) = unit.cell else {
+            return self.materialize_fixed(core, rid, &fixed.unwrap_or_default(), fx);
+        };
         let responsibility = Responsibility {
             core: core.clone(),
             id: rid,
@@ -1163,10 +1196,28 @@ impl State {
             unit_name: unit.name,
             finished: false,
         };
-        let cell = unit.cell;
         fx.push(Effect::Dispatch(Task::new("materialize", move || {
             run_materialization(cell, responsibility)
         })));
+    }
+
+    /// Does what an absolute-symbols unit's `materialize` would: resolve
+    /// its symbols at the addresses given at definition, emit them with no
+    /// dependencies.
+    fn materialize_fixed(
+        &mut self,
+        core: &Arc<SessionCore>,
+        rid: RespId,
+        syms: &[SymId],
+        fx: &mut Vec<Effect>,
+    ) {
+        for &sid in syms {
+            self.syms[sid as usize].state = SymbolState::Resolved;
+            self.notify_waiters(sid, fx);
+        }
+        if let Err(e) = self.emit(core, rid, Vec::new(), fx) {
+            self.fail_resp(rid, e, fx);
+        }
     }
 
     fn owned_resp(&self, resp: RespId) -> Result<&RespEntry> {
@@ -1412,9 +1463,7 @@ impl State {
         s.state = SymbolState::Ready;
         let def = SymbolDef::new(s.address, s.flags);
         let index = &self.dylibs[s.dylib as usize].shared.index;
-        if !index.update(&s.name, |e| *e = IndexEntry { def, ready: true }) {
-            index.insert(s.name.clone(), IndexEntry { def, ready: true });
-        }
+        index.set(&s.name, IndexEntry { def, ready: true });
         self.notify_waiters(sid, fx);
     }
 
@@ -1552,11 +1601,11 @@ impl State {
             (r.dylib, r.tracker)
         };
         let uid = self.units.insert(UnitEntry {
-            cell,
+            cell: Some(cell),
             name: unit_name,
             dylib,
             tracker,
-            syms: sids.clone(),
+            syms: SmallVec::from_slice(&sids),
         });
         self.trackers[tracker].units.insert(uid);
         let mut wanted = false;
@@ -1585,7 +1634,7 @@ impl State {
             dylib,
             tracker,
             unit_name,
-            owed: sids.clone(),
+            owed: SmallVec::from_slice(&sids),
             defunct: false,
         });
         self.trackers[tracker].resps.insert(rid);
@@ -1627,8 +1676,8 @@ impl State {
             let sid = self.syms.len() as SymId;
             let d = &mut self.dylibs[dylib as usize];
             d.table.insert(name.clone(), sid);
-            d.shared.index.insert(
-                name.clone(),
+            d.shared.index.set(
+                &name,
                 IndexEntry {
                     def: SymbolDef::new(0, flags),
                     ready: false,
@@ -1643,7 +1692,7 @@ impl State {
                 unit: None,
                 resp: Some(resp),
                 tracker,
-                waiters: Vec::new(),
+                waiters: SmallVec::new(),
                 failure: None,
             });
             self.resps[resp].owed.push(sid);

@@ -1,0 +1,52 @@
+//! The Ready index: one per dylib, written only by the state actor, read by
+//! any thread's lookup fast path without a lock or a read-modify-write.
+//!
+//! An open-addressing table keyed by the interned name's pointer (pointer
+//! equality is name equality). Each slot's definition is guarded by a
+//! sequence word, so a reader sees a consistent (address, flags, ready)
+//! triple or learns that the writer was mid-update and takes the slow path.
+//! Keys are never removed from a table, so linear probing stays valid; a full
+//! table is copied into one twice the size and the old one is kept — not
+//! freed — until the index drops, because a reader may still be probing it.
+//! Old tables add up to less than the live one (each is half the next).
+//!
+//! Under loom ([`modelled`]) it is a locked map instead: the engine's models
+//! explore the actor protocol, and loom's bounded store history cannot model
+//! the sequence words; the table's own tests stress those.
+//!
+//! Why not a concurrent map crate: dashmap takes a shard lock (two atomic
+//! read-modify-writes) per read, which serializes the cache misses of a
+//! batch; the lock-free maps use thread-locals for reclamation, which are
+//! gone when a JIT'd program's `exit()` ends the session from an atexit
+//! handler. A single writer makes a table without either simple.
+
+use crate::symbol::SymbolDef;
+
+#[cfg(kiln_loom)]
+mod modelled;
+#[cfg(not(kiln_loom))]
+mod table;
+
+#[cfg(kiln_loom)]
+pub(crate) use modelled::ReadIndex;
+#[cfg(not(kiln_loom))]
+pub(crate) use table::ReadIndex;
+
+/// A published symbol: its definition, and whether it is Ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub(crate) def: SymbolDef,
+    pub(crate) ready: bool,
+}
+
+/// What a reader found for a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// Defined here, with this entry.
+    Found(IndexEntry),
+    /// Not defined in this dylib.
+    Absent,
+    /// The writer was changing this entry; ask the actor instead.
+    #[cfg_attr(kiln_loom, allow(dead_code))] // the locked map never is
+    Busy,
+}

@@ -1,0 +1,37 @@
+//! The Ready index under loom: a locked map with the table's interface.
+
+use super::{IndexEntry, Probe};
+use crate::name::SymbolName;
+use crate::sync::{FixedMap, Mutex};
+
+#[derive(Debug, Default)]
+pub(crate) struct ReadIndex {
+    map: Mutex<FixedMap<SymbolName, IndexEntry>>,
+}
+
+impl ReadIndex {
+    pub(crate) fn get(&self, name: &SymbolName) -> Probe {
+        match self.map.lock().get(name) {
+            Some(entry) => Probe::Found(*entry),
+            None => Probe::Absent,
+        }
+    }
+
+    pub(crate) fn warm<'a>(&self, _names: impl Iterator<Item = &'a SymbolName>) {}
+
+    pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry) {
+        self.map.lock().insert(name.clone(), entry);
+    }
+
+    pub(crate) fn update(&self, name: &SymbolName, f: impl FnOnce(&mut IndexEntry)) -> bool {
+        self.map.lock().get_mut(name).map(f).is_some()
+    }
+
+    pub(crate) fn remove(&self, name: &SymbolName) {
+        self.map.lock().remove(name);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.map.lock().clear();
+    }
+}

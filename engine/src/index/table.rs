@@ -1,0 +1,384 @@
+//! The lock-free table behind [`ReadIndex`]: see the module above.
+
+use super::{IndexEntry, Probe};
+use crate::name::SymbolName;
+use crate::symbol::{SymbolDef, SymbolFlags};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering};
+
+/// Low 32 bits of a slot's word: the entry's flags and state bits.
+const FLAGS_MASK: u64 = 0xff;
+const READY: u64 = 1 << 8;
+const PRESENT: u64 = 1 << 9;
+/// High 32 bits: the sequence number, odd while the writer changes the slot.
+const SEQ_ONE: u64 = 1 << 32;
+
+/// Largest load factor, as numerator over 8: misses probe until an empty
+/// slot, and lookups through a link order miss in most dylibs.
+const MAX_LOAD_EIGHTHS: usize = 5;
+
+/// Tables a dylib's index can grow through: the first holds 16 slots, each
+/// next one twice as many.
+const GENERATIONS: usize = 48;
+
+/// The index of one dylib.
+pub(crate) struct ReadIndex {
+    /// Which of `tables` is live. Only the writer advances it.
+    live: AtomicUsize,
+    /// Every table this index has had. Earlier ones stay allocated until the
+    /// index drops, because a reader may still be probing them.
+    tables: [OnceLock<Table>; GENERATIONS],
+    writer: Mutex<Writer>,
+}
+
+/// State only the writer touches.
+#[derive(Default)]
+struct Writer {
+    /// Keys in the live table (present or not).
+    used: usize,
+    /// Every name ever used as a key: slots hold bare pointers, so the names
+    /// stay alive (and their addresses unique) as long as any table does.
+    names: Vec<SymbolName>,
+}
+
+struct Table {
+    mask: usize,
+    slots: Box<[Slot]>,
+}
+
+struct Slot {
+    /// The name's pointer, 0 while empty. Written once.
+    key: AtomicUsize,
+    /// Sequence number and flags, see the constants above.
+    word: AtomicU64,
+    address: AtomicU64,
+}
+
+impl Table {
+    fn with_capacity(slots: usize) -> Table {
+        debug_assert!(slots.is_power_of_two());
+        Table {
+            mask: slots - 1,
+            slots: (0..slots)
+                .map(|_| Slot {
+                    key: AtomicUsize::new(0),
+                    word: AtomicU64::new(0),
+                    address: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// Fibonacci hashing of the pointer: allocations are aligned, so the low
+    /// bits alone would cluster.
+    fn home(&self, key: usize) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        if bits == 0 {
+            return 0;
+        }
+        ((key as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+    }
+
+    /// The slot holding `key`, or the empty slot where it would go.
+    fn find(&self, key: usize) -> (&Slot, bool) {
+        let mut i = self.home(key);
+        loop {
+            let slot = &self.slots[i];
+            match slot.key.load(Ordering::Acquire) {
+                k if k == key => return (slot, true),
+                0 => return (slot, false),
+                _ => i = (i + 1) & self.mask,
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Reads a consistent entry (or reports the writer's interference).
+    fn read(&self) -> Probe {
+        let before = self.word.load(Ordering::Acquire);
+        let address = self.address.load(Ordering::Acquire);
+        // If `address` came from a write in progress, the writer's odd
+        // sequence store happened before it and this load sees it.
+        let after = self.word.load(Ordering::Relaxed);
+        if before != after || before & SEQ_ONE != 0 {
+            return Probe::Busy;
+        }
+        if before & PRESENT == 0 {
+            return Probe::Absent;
+        }
+        Probe::Found(IndexEntry {
+            def: SymbolDef::new(address, SymbolFlags::from_bits((before & FLAGS_MASK) as u8)),
+            ready: before & READY != 0,
+        })
+    }
+
+    /// Writer only: replaces the entry under the sequence protocol.
+    fn write(&self, entry: Option<IndexEntry>) {
+        let word = self.word.load(Ordering::Relaxed);
+        let seq = word & !(SEQ_ONE - 1);
+        self.word.store(
+            seq.wrapping_add(SEQ_ONE) | (word & (SEQ_ONE - 1)),
+            Ordering::Relaxed,
+        );
+        let bits = match entry {
+            Some(e) => {
+                self.address.store(e.def.address, Ordering::Release);
+                PRESENT | u64::from(e.def.flags.bits()) | if e.ready { READY } else { 0 }
+            }
+            None => 0,
+        };
+        self.word
+            .store(seq.wrapping_add(2 * SEQ_ONE) | bits, Ordering::Release);
+    }
+
+    fn entry(&self) -> Option<IndexEntry> {
+        match self.read() {
+            Probe::Found(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl ReadIndex {
+    pub(crate) fn new() -> Self {
+        let index = ReadIndex {
+            live: AtomicUsize::new(0),
+            tables: std::array::from_fn(|_| OnceLock::new()),
+            writer: Mutex::new(Writer::default()),
+        };
+        let _ = index.tables[0].set(Table::with_capacity(16));
+        index
+    }
+
+    /// The live table; `None` only if a generation were published before
+    /// its table, which the writer never does.
+    fn live(&self) -> Option<&Table> {
+        self.tables[self.live.load(Ordering::Acquire)].get()
+    }
+
+    /// The entry for `name`, read without blocking.
+    pub(crate) fn get(&self, name: &SymbolName) -> Probe {
+        let Some(table) = self.live() else {
+            return Probe::Busy;
+        };
+        match table.find(name.key()) {
+            (slot, true) => slot.read(),
+            (_, false) => Probe::Absent,
+        }
+    }
+
+    /// Loads the home slot of each name so the misses of a batch overlap
+    /// instead of each waiting for the one before.
+    pub(crate) fn warm<'a>(&self, names: impl Iterator<Item = &'a SymbolName>) {
+        let Some(table) = self.live() else { return };
+        let mut sink = 0usize;
+        for name in names {
+            sink ^= table.slots[table.home(name.key())]
+                .key
+                .load(Ordering::Relaxed);
+        }
+        std::hint::black_box(sink);
+    }
+
+    /// Writer only: defines or replaces `name`'s entry.
+    pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry) {
+        let mut writer = self.writer.lock();
+        let key = name.key();
+        let mut table = self.table(&writer);
+        if let (slot, true) = table.find(key) {
+            slot.write(Some(entry));
+            return;
+        }
+        if (writer.used + 1) * 8 > table.slots.len() * MAX_LOAD_EIGHTHS {
+            table = self.grow(&mut writer);
+        }
+        let (slot, _) = table.find(key);
+        slot.write(Some(entry));
+        slot.key.store(key, Ordering::Release);
+        writer.used += 1;
+        writer.names.push(name.clone());
+    }
+
+    /// Writer only: changes `name`'s entry in place; false if there is none.
+    pub(crate) fn update(&self, name: &SymbolName, f: impl FnOnce(&mut IndexEntry)) -> bool {
+        let writer = self.writer.lock();
+        let (slot, true) = self.table(&writer).find(name.key()) else {
+            return false;
+        };
+        let Some(mut entry) = slot.entry() else {
+            return false;
+        };
+        f(&mut entry);
+        slot.write(Some(entry));
+        true
+    }
+
+    /// Writer only: `name` is no longer defined here.
+    pub(crate) fn remove(&self, name: &SymbolName) {
+        let writer = self.writer.lock();
+        if let (slot, true) = self.table(&writer).find(name.key()) {
+            slot.write(None);
+        }
+    }
+
+    /// Writer only: nothing is defined here any more.
+    pub(crate) fn clear(&self) {
+        let writer = self.writer.lock();
+        for slot in self.table(&writer).slots.iter() {
+            if slot.key.load(Ordering::Relaxed) != 0 {
+                slot.write(None);
+            }
+        }
+    }
+
+    /// The live table, for the writer (holding `_writer` proves it).
+    fn table(&self, _writer: &Writer) -> &Table {
+        let generation = self.live.load(Ordering::Relaxed);
+        self.tables[generation]
+            .get()
+            .unwrap_or_else(|| unreachable!("generation {generation} published without a table"))
+    }
+
+    /// Copies the present entries into the next generation, twice the size,
+    /// and publishes it.
+    fn grow(&self, writer: &mut Writer) -> &Table {
+        let generation = self.live.load(Ordering::Relaxed);
+        let old = self.table(writer);
+        let new = Table::with_capacity(old.slots.len() * 2);
+        let mut present = 0;
+        for slot in old.slots.iter() {
+            let key = slot.key.load(Ordering::Relaxed);
+            if key == 0 {
+                continue;
+            }
+            if let Some(entry) = slot.entry() {
+                let (to, _) = new.find(key);
+                to.write(Some(entry));
+                to.key.store(key, Ordering::Relaxed);
+                present += 1;
+            }
+        }
+        let next = generation + 1;
+        assert!(
+            next < GENERATIONS,
+            "a dylib's index outgrew 2^{} slots",
+            GENERATIONS + 3
+        );
+        let _ = self.tables[next].set(new);
+        // Release: a reader that sees the new generation sees its contents.
+        self.live.store(next, Ordering::Release);
+        writer.used = present;
+        self.table(writer)
+    }
+}
+
+impl Default for ReadIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ReadIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadIndex")
+            .field("slots", &self.live().map_or(0, |t| t.slots.len()))
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(kiln_loom)))]
+mod tests {
+    use super::*;
+    use crate::name::Interner;
+
+    fn entry(address: u64, ready: bool) -> IndexEntry {
+        IndexEntry {
+            def: SymbolDef::new(address, SymbolFlags::EXPORTED | SymbolFlags::CALLABLE),
+            ready,
+        }
+    }
+
+    #[test]
+    fn set_get_update_remove() {
+        let pool = Interner::default();
+        let index = ReadIndex::new();
+        let (a, b) = (pool.intern("a"), pool.intern("b"));
+        assert_eq!(index.get(&a), Probe::Absent);
+        index.set(&a, entry(0, false));
+        assert_eq!(index.get(&a), Probe::Found(entry(0, false)));
+        index.set(&a, entry(0x1000, true));
+        assert_eq!(index.get(&a), Probe::Found(entry(0x1000, true)));
+        assert!(index.update(&a, |e| e.ready = false));
+        assert_eq!(index.get(&a), Probe::Found(entry(0x1000, false)));
+        assert!(!index.update(&b, |e| e.ready = true));
+        index.remove(&a);
+        assert_eq!(index.get(&a), Probe::Absent);
+        assert!(!index.update(&a, |e| e.ready = true));
+        index.set(&a, entry(0x2000, true));
+        assert_eq!(index.get(&a), Probe::Found(entry(0x2000, true)));
+        index.clear();
+        assert_eq!(index.get(&a), Probe::Absent);
+    }
+
+    #[test]
+    fn growing_keeps_every_present_entry_and_drops_removed_ones() {
+        let pool = Interner::default();
+        let index = ReadIndex::new();
+        let names: Vec<_> = (0..10_000).map(|i| pool.intern(&format!("s{i}"))).collect();
+        for (i, n) in names.iter().enumerate() {
+            index.set(n, entry(16 * i as u64, i % 2 == 0));
+            if i % 3 == 0 {
+                index.remove(n);
+            }
+        }
+        for (i, n) in names.iter().enumerate() {
+            let want = if i % 3 == 0 {
+                Probe::Absent
+            } else {
+                Probe::Found(entry(16 * i as u64, i % 2 == 0))
+            };
+            assert_eq!(index.get(n), want, "name {n}");
+        }
+        assert!(
+            index.writer.lock().used < 10_000,
+            "removed entries are not copied"
+        );
+        assert!(index.live.load(Ordering::Relaxed) > 0, "the index grew");
+    }
+
+    #[test]
+    fn readers_on_other_threads_never_see_a_torn_entry() {
+        let pool = Interner::default();
+        let index = std::sync::Arc::new(ReadIndex::new());
+        let names: Vec<_> = (0..2_000).map(|i| pool.intern(&format!("t{i}"))).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (index, names, stop) = (index.clone(), names.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut seen = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for n in &names {
+                            // The writer keeps address == 16 * round and
+                            // ready == (round is odd): a torn read breaks it.
+                            if let Probe::Found(e) = index.get(n) {
+                                assert_eq!(e.ready, (e.def.address / 16) % 2 == 1, "{n}: {e:?}");
+                                seen += 1;
+                            }
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for round in 0..200u64 {
+            for n in &names {
+                index.set(n, entry(16 * round, round % 2 == 1));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().expect("reader panicked") > 0);
+        }
+    }
+}
