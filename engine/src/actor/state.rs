@@ -692,14 +692,12 @@ impl State {
                 let empty = unit.syms.is_empty();
                 if let Some(cell) = cell {
                     let handle = dylib_handle.clone().expect("made when overriding");
-                    fx.push(Effect::Dispatch(Task::new(
+                    fx.push(discard_task(
                         "discard overridden weak definition",
-                        move || {
-                            if let Some(unit) = cell.lock().as_mut() {
-                                unit.discard(&handle, &name);
-                            }
-                        },
-                    )));
+                        cell,
+                        handle,
+                        name,
+                    ));
                 }
                 if empty {
                     let unit = self.units.remove(uid);
@@ -722,18 +720,17 @@ impl State {
                     DefineKind::Unit(cell) => Some(cell.clone()),
                     _ => None,
                 };
-                for &i in new_discarded.iter().filter(|_| cell.is_some()) {
-                    let cell = cell.clone().expect("filtered");
-                    let name = symbols[i].0.clone();
-                    let handle = dylib_handle.clone().expect("made when discarding");
-                    fx.push(Effect::Dispatch(Task::new(
-                        "discard weak definition",
-                        move || {
-                            if let Some(unit) = cell.lock().as_mut() {
-                                unit.discard(&handle, &name);
-                            }
-                        },
-                    )));
+                if let Some(cell) = &cell {
+                    for &i in &new_discarded {
+                        let handle = dylib_handle.clone().expect("made when discarding");
+                        let name = symbols[i].0.clone();
+                        fx.push(discard_task(
+                            "discard weak definition",
+                            cell.clone(),
+                            handle,
+                            name,
+                        ));
+                    }
                 }
                 if new_discarded.len() == symbols.len() {
                     refuse(fx, kind);
@@ -1789,4 +1786,13 @@ impl State {
             .get(resp)
             .map_or_else(|| "?".into(), |r| r.unit_name.clone())
     }
+}
+
+/// A task telling `cell`'s unit that it will never be asked for `name`.
+fn discard_task(what: &'static str, cell: UnitCell, dylib: Dylib, name: SymbolName) -> Effect {
+    Effect::Dispatch(Task::new(what, move || {
+        if let Some(unit) = cell.lock().as_mut() {
+            unit.discard(&dylib, &name);
+        }
+    }))
 }
