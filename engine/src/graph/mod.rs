@@ -289,11 +289,19 @@ impl DepGraph {
         let mut touched = std::mem::take(&mut self.touched);
         let mut targets = std::mem::take(&mut self.targets);
         touched.clear();
+        // One group without dependencies: no def can wait on another.
+        let alone = groups.len() == 1 && groups[0].deps.is_empty();
         for group in groups {
             // Which defs does this call emit? Skip (caller bug) defs that an
             // earlier call already emitted.
             let first_touched = touched.len();
             for &d in group.defs {
+                if alone && self.slot_of(d).is_none() {
+                    // Nothing to wait for and nobody waiting on it: Ready
+                    // without ever taking a slot.
+                    ready.push(d);
+                    continue;
+                }
                 let s = self.ensure_slot(d);
                 match self.slots[s as usize].kind {
                     Kind::Waiting if self.slots[s as usize].emitted_in != batch => continue,
