@@ -45,6 +45,10 @@ struct Table {
     slots: Box<[Slot]>,
 }
 
+/// 32 bytes, aligned: a slot never straddles two cache lines, so a probe
+/// costs at most one miss per slot (24 unaligned bytes cost a second miss
+/// for a third of the slots, measured on W1 with batches of 100).
+#[repr(C, align(32))]
 struct Slot {
     /// The name's pointer, 0 while empty. Written once.
     key: AtomicUsize,
