@@ -8,9 +8,11 @@
 //! Keys are never removed from a table, so linear probing stays valid; a full
 //! table is copied into one twice the size and the old one is kept — not
 //! freed — until the index drops, because a reader may still be probing it.
-//! Old tables add up to less than the live one (each is half the next).
+//! Old tables add up to less than the live one (each is half the next), and
+//! a table grows only when the distinct names defined in the dylib outgrow
+//! it: a name defined again (after a removal, say) finds its old slot.
 //!
-//! Under loom ([`modelled`]) it is a locked map instead: the engine's models
+//! Under loom (`modelled`) it is a locked map instead: the engine's models
 //! explore the actor protocol, and loom's bounded store history cannot model
 //! the sequence words; the table's own tests stress those.
 //!

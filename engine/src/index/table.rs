@@ -351,6 +351,27 @@ mod tests {
     }
 
     #[test]
+    fn defining_the_same_names_again_never_grows_the_table() {
+        let pool = Interner::default();
+        let index = ReadIndex::new();
+        let names: Vec<_> = (0..8).map(|i| pool.intern(&format!("r{i}"))).collect();
+        for round in 0..1_000u64 {
+            for n in &names {
+                index.set(n, entry(round, true));
+            }
+            for n in &names {
+                index.remove(n);
+            }
+        }
+        assert_eq!(
+            index.live.load(Ordering::Relaxed),
+            0,
+            "still the first table"
+        );
+        assert_eq!(index.writer.lock().names.len(), names.len());
+    }
+
+    #[test]
     fn readers_on_other_threads_never_see_a_torn_entry() {
         let pool = Interner::default();
         let index = std::sync::Arc::new(ReadIndex::new());
