@@ -275,19 +275,14 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
                 .map_err(|_| format!("argument {a:?} contains a NUL byte"))?,
         );
     }
-    let mut argv_ptrs: Vec<*mut libc::c_char> =
-        argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
-    argv_ptrs.push(std::ptr::null_mut());
-    let env: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.into_encoded_bytes();
-            kv.push(b'=');
-            kv.extend(v.into_encoded_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
-    let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
-    env_ptrs.push(std::ptr::null_mut());
+    let env = std::env::vars_os().filter_map(|(k, v)| {
+        let mut kv = k.into_encoded_bytes();
+        kv.push(b'=');
+        kv.extend(v.into_encoded_bytes());
+        CString::new(kv).ok()
+    });
+    // Initializers get the same arrays as `main`, as under glibc.
+    let (argc, argv_ptr, envp) = kiln_linker::runtime::set_program_arguments(argv, env);
 
     // Objects with static constructors are linked before the entry point runs.
     let startup = layer.startup_symbols();
@@ -304,18 +299,14 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
     // SAFETY: `address` is the entry point of code kiln just linked, Ready
     // (it and everything it reaches are emitted and finalized), and the
     // user asserts its signature is `int (int, char **, char **)`. argv and
-    // envp are NUL-terminated arrays of C strings that outlive the call.
+    // envp are NUL-terminated arrays of leaked C strings.
     let status = unsafe {
         let entry_fn: extern "C" fn(
             libc::c_int,
             *mut *mut libc::c_char,
             *mut *mut libc::c_char,
         ) -> libc::c_int = std::mem::transmute(address as usize);
-        entry_fn(
-            argv.len() as libc::c_int,
-            argv_ptrs.as_mut_ptr(),
-            env_ptrs.as_mut_ptr(),
-        )
+        entry_fn(argc, argv_ptr, envp)
     };
     let ran = run_start.elapsed();
     // Finalizers and atexit handlers of the JIT'd code run before its memory goes.

@@ -400,3 +400,42 @@ int main(void) { atexit(handler2); puts("main"); return 5; }
     assert_eq!(jit.status.code(), native.status.code(), "{}", show(&jit));
     assert_eq!(text(&jit.stdout), text(&native.stdout), "{}", show(&jit));
 }
+
+#[test]
+fn constructors_receive_the_programs_arguments_like_main() {
+    let dir = scratch("ctor-args");
+    let src = r#"#include <stdio.h>
+static int seen_argc;
+static char **seen_argv;
+__attribute__((constructor)) static void init(int argc, char **argv, char **envp) {
+    (void)envp;
+    seen_argc = argc;
+    seen_argv = argv;
+    printf("ctor argc=%d argv[1]=%s\n", argc, argc > 1 ? argv[1] : "(none)");
+}
+int main(int argc, char **argv) {
+    printf("main argc=%d argv[1]=%s same=%d\n", argc, argv[1], argv == seen_argv && argc == seen_argc);
+    return 0;
+}
+"#;
+    for lazy in [false, true] {
+        let o = compile(&dir, "ctor", src, &["-O2"]);
+        let mut cmd = kiln();
+        cmd.arg("run");
+        if lazy {
+            cmd.arg("--lazy");
+        }
+        let out = cmd
+            .arg(&o)
+            .args(["--", "first", "second"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lazy {lazy}: {}", show(&out));
+        assert_eq!(
+            text(&out.stdout),
+            "ctor argc=3 argv[1]=first\nmain argc=3 argv[1]=first same=1\n",
+            "lazy {lazy}: {}",
+            show(&out)
+        );
+    }
+}

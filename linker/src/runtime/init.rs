@@ -313,29 +313,71 @@ impl InitFini {
     }
 }
 
-/// `(argc, argv, envp)` of this process, as C initializers receive them.
-fn process_args() -> (c_int, *mut *mut c_char, *mut *mut c_char) {
-    struct Argv(Vec<*mut c_char>);
-    // SAFETY: the pointers refer to leaked, immutable C strings.
-    unsafe impl Send for Argv {}
-    // SAFETY: as above.
-    unsafe impl Sync for Argv {}
-    static ARGV: OnceLock<Argv> = OnceLock::new();
-    let argv = ARGV.get_or_init(|| {
-        let mut v: Vec<*mut c_char> = std::env::args_os()
-            .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())
-            .map(CString::into_raw)
-            .collect();
-        v.push(std::ptr::null_mut());
-        Argv(v)
+/// The arguments JIT'd initializers (and a JIT'd `main`) receive, as C
+/// arrays. Fixed once for the process, like a program's own.
+struct ProgramArgs {
+    argv: Vec<*mut c_char>,
+    /// `None`: glibc's live `environ`, as a process's own initializers get.
+    envp: Option<Vec<*mut c_char>>,
+}
+
+// SAFETY: the pointers refer to leaked C strings that are never written or
+// freed, so sharing them between threads is sharing immutable data.
+unsafe impl Send for ProgramArgs {}
+// SAFETY: as above.
+unsafe impl Sync for ProgramArgs {}
+
+static PROGRAM_ARGS: OnceLock<ProgramArgs> = OnceLock::new();
+
+fn leak_c_array(strings: impl IntoIterator<Item = CString>) -> Vec<*mut c_char> {
+    let mut v: Vec<*mut c_char> = strings.into_iter().map(CString::into_raw).collect();
+    v.push(std::ptr::null_mut());
+    v
+}
+
+/// Sets the `(argc, argv, envp)` that JIT'd initializers receive — a host
+/// that runs a JIT'd program (like `kiln run`) passes the program's own
+/// arguments, so constructors see what its `main` sees. Returns the arrays
+/// to pass to `main` (the same pointers, as glibc does). Only the first call
+/// sets them; later calls (and initializers that ran before any call, which
+/// get the host process's arguments) keep what was set first, since C code
+/// may hold on to the pointers.
+pub fn set_program_arguments(
+    args: impl IntoIterator<Item = CString>,
+    env: impl IntoIterator<Item = CString>,
+) -> (c_int, *mut *mut c_char, *mut *mut c_char) {
+    let set = PROGRAM_ARGS.get_or_init(|| ProgramArgs {
+        argv: leak_c_array(args),
+        envp: Some(leak_c_array(env)),
     });
+    arrays(set)
+}
+
+fn arrays(set: &ProgramArgs) -> (c_int, *mut *mut c_char, *mut *mut c_char) {
     unsafe extern "C" {
         static mut environ: *mut *mut c_char;
     }
-    // SAFETY: reading glibc's `environ` pointer value (not through a reference).
-    let envp = unsafe { environ };
-    let argc = c_int::try_from(argv.0.len() - 1).unwrap_or(c_int::MAX);
-    (argc, argv.0.as_ptr().cast_mut(), envp)
+    let envp = match &set.envp {
+        Some(envp) => envp.as_ptr().cast_mut(),
+        // SAFETY: reading glibc's `environ` pointer value (not through a
+        // reference).
+        None => unsafe { environ },
+    };
+    let argc = c_int::try_from(set.argv.len() - 1).unwrap_or(c_int::MAX);
+    (argc, set.argv.as_ptr().cast_mut(), envp)
+}
+
+/// `(argc, argv, envp)` for C initializers: the program's, if the host set
+/// them, else this process's own.
+fn process_args() -> (c_int, *mut *mut c_char, *mut *mut c_char) {
+    let set = PROGRAM_ARGS.get_or_init(|| {
+        let own = std::env::args_os().filter_map(|a| CString::new(a.into_encoded_bytes()).ok());
+        ProgramArgs {
+            argv: leak_c_array(own),
+            envp: None,
+        }
+    });
+    arrays(set)
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ mod thread;
 pub mod tls;
 
 pub use dso::DsoHandle;
-pub use init::{DEFAULT_PRIORITY, InitFini, InitKind, init_priority};
+pub use init::{DEFAULT_PRIORITY, InitFini, InitKind, init_priority, set_program_arguments};
 
 // The handles cross threads (a link on one thread, teardown on another).
 const _: () = {
