@@ -10,7 +10,8 @@ table). Prints two tables of medians:
 
 1. The comparison. "link phase" is, for both tools, the time from object
    bytes in memory to every object linked and finalized (entry point Ready):
-     kiln:         `read inputs` (ELF parse + graph build) + `link (entry Ready)`
+     kiln:         `read inputs` (ELF parse + graph build + defining the unit in
+                   its dylib, since 2026-11-22 13:00) + `link (entry Ready)`
      llvm-jitlink: `time to load/add object files` + `time to link object files`
    Both rows are summed for llvm-jitlink because JITLink only scans symbol
    tables when objects are added and parses them into LinkGraphs during the
@@ -147,7 +148,7 @@ def main():
     print()
     print("| input | tool | phase | time (ms) |")
     print("|---|---|---|---:|")
-    kiln_rows = [("read", "read inputs (parse + graph)"), ("prepare", "prepare (prune, GOT, allocate, resolve)"),
+    kiln_rows = [("read", "read inputs (parse + graph + define)"), ("prepare", "prepare (prune, GOT, allocate, resolve)"),
                  ("externals", "look up externals"), ("fixup", "fixup + finalize"),
                  ("link", "link (entry Ready)"), ("total", "total (in-process)"), ("wall", "whole process wall"),
                  ("rss", "peak RSS (MB, one extra run)")]

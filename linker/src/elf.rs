@@ -12,11 +12,11 @@ use object::elf::{self, FileHeader64, Rela64, SectionHeader64, Sym64};
 use object::read::elf::{FileHeader, Rela, SectionHeader, SectionTable, Sym};
 use object::{LittleEndian as LE, SectionIndex, SymbolIndex};
 
-use kiln_arch::x86_64::reloc::{EdgeKind, reloc_info};
+use kiln_arch::x86_64::reloc::{EdgeKind, RelocInfo, reloc_info};
 
 use crate::error::LinkError;
 use crate::graph::{
-    Block, BlockId, Content, Edge, FdeLinks, LinkGraph, Linkage, ObjectId, Prot, Scope,
+    Block, BlockId, Content, Edge, FdeLinks, InputBytes, LinkGraph, Linkage, ObjectId, Prot, Scope,
     SectionRole, Symbol, SymbolDef, SymbolId,
 };
 
@@ -28,6 +28,71 @@ const MAX_ALIGN: u64 = 1 << 30;
 /// Largest zero-fill section or COMMON symbol kiln accepts (1 TiB; memory
 /// allocation fails long before).
 const MAX_SIZE: u64 = 1 << 40;
+
+/// [`reloc_info`] by direct index for the `r_type`s x86-64 defines (all
+/// below 64): the reader looks up every relocation, and the arch table is
+/// searched by bisection.
+fn reloc_info_fast(r_type: u32) -> Option<&'static RelocInfo> {
+    static TABLE: std::sync::OnceLock<[Option<&'static RelocInfo>; 64]> =
+        std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| std::array::from_fn(|i| reloc_info(i as u32)));
+    match table.get(r_type as usize) {
+        Some(info) => *info,
+        None => reloc_info(r_type),
+    }
+}
+
+/// Why a relocation cannot be read.
+#[derive(Debug, Clone, Copy)]
+enum BadReloc {
+    /// An `r_type` kiln does not know.
+    Unsupported(u32),
+    /// Symbol index 0.
+    NoSymbol(&'static RelocInfo),
+    /// A symbol index past the table (or of a symbol that is not kept).
+    BadSymbol(&'static RelocInfo, usize),
+    /// In `.eh_frame`, between records.
+    OutsideRecords(&'static RelocInfo),
+    /// More than 4 GiB into its section.
+    Past4GiB(&'static RelocInfo),
+    /// The place does not fit the section (of this many bytes).
+    OutsideSection(&'static RelocInfo, u64),
+}
+
+/// The error for a bad relocation at `offset` of `section` in `object`
+/// (built out of line: the reading loop runs for every relocation).
+#[cold]
+#[inline(never)]
+fn bad_reloc(object: &str, section: &str, offset: u64, why: BadReloc) -> LinkError {
+    let at = format!("section {section} offset {offset:#x}");
+    let detail = match why {
+        BadReloc::Unsupported(r_type) => {
+            return LinkError::UnsupportedRelocation {
+                object: object.to_string(),
+                section: section.to_string(),
+                offset,
+                r_type,
+                name: kiln_arch::x86_64::reloc::reloc_name(r_type),
+            };
+        }
+        BadReloc::NoSymbol(info) => format!("{at}: {} has no symbol", info.name),
+        BadReloc::BadSymbol(info, sym) => format!(
+            "{at}: {} refers to symbol index {sym}, which is invalid",
+            info.name
+        ),
+        BadReloc::OutsideRecords(info) => {
+            format!("{at}: {} lies outside every .eh_frame record", info.name)
+        }
+        BadReloc::Past4GiB(info) => {
+            format!("{at}: {} lies past 4 GiB into the section", info.name)
+        }
+        BadReloc::OutsideSection(info, len) => format!(
+            "{at}: {} place of {} bytes lies outside the section ({len:#x} bytes)",
+            info.name, info.width
+        ),
+    };
+    LinkError::malformed(object, detail)
+}
 
 /// What an input section became.
 #[derive(Debug, Clone, Copy)]
@@ -51,22 +116,94 @@ struct Record {
     is_cie: bool,
 }
 
+/// Upper bounds of what an object adds to a graph, from its headers alone
+/// (a quick pass before parsing, so that the merged graph's arrays are
+/// allocated once instead of grown object by object).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeHint {
+    /// Symbol table entries.
+    pub symbols: usize,
+    /// Global symbol table entries.
+    pub globals: usize,
+    /// Allocated sections, `.eh_frame` records counted one by one.
+    pub blocks: usize,
+}
+
+impl std::ops::AddAssign for SizeHint {
+    fn add_assign(&mut self, o: SizeHint) {
+        self.symbols += o.symbols;
+        self.globals += o.globals;
+        self.blocks += o.blocks;
+    }
+}
+
+/// [`SizeHint`] of the object `data` (all zero if it does not parse: the
+/// parser then reports why).
+pub fn size_hint(data: &[u8]) -> SizeHint {
+    let mut hint = SizeHint::default();
+    let Ok(header) = FileHeader64::<LE>::parse(data) else {
+        return hint;
+    };
+    let Ok(sections) = header.sections(LE, data) else {
+        return hint;
+    };
+    // Bounded by the file's size (a corrupt header must not make the
+    // caller reserve gigabytes): sizes come from the bytes actually there.
+    for sh in sections.iter() {
+        match sh.sh_type(LE) {
+            elf::SHT_SYMTAB => {
+                let size = sh.data(LE, data).map_or(0, <[u8]>::len);
+                let n = size / std::mem::size_of::<Sym64<LE>>();
+                hint.symbols += n;
+                hint.globals += n.saturating_sub(sh.sh_info(LE) as usize);
+            }
+            _ if sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 != 0 => {
+                hint.blocks += 1;
+                if section_name_of(&sections, sh) == ".eh_frame"
+                    && let Ok(bytes) = sh.data(LE, data)
+                {
+                    // Walk the record lengths.
+                    let mut off = 0usize;
+                    while let Some(b) = bytes.get(off..off + 4) {
+                        hint.blocks += 1;
+                        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                        off = off.saturating_add(4).saturating_add(len);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    hint
+}
+
 /// Add the ELF x86-64 relocatable object `data`, called `name`, to `graph`.
 pub fn read_object(graph: &mut LinkGraph, name: &str, data: &[u8]) -> Result<ObjectId, LinkError> {
     let parsed = parse_object(name, data)?;
     Ok(graph.merge(parsed))
 }
 
+/// [`parse_object`] for an object whose bytes the graph may keep: section
+/// contents are not copied but refer to `file` ([`Content::Input`]).
+pub fn parse_object_shared(name: &str, file: &InputBytes) -> Result<LinkGraph, LinkError> {
+    parse(name, file, Some(file))
+}
+
 /// Parse one object into a graph of its own (objects parse in parallel;
 /// [`LinkGraph::merge`] then joins them in order, deciding COMDAT groups
 /// and symbol resolution).
 pub fn parse_object(name: &str, data: &[u8]) -> Result<LinkGraph, LinkError> {
+    parse(name, data, None)
+}
+
+fn parse(name: &str, data: &[u8], file: Option<&InputBytes>) -> Result<LinkGraph, LinkError> {
     let mut graph = LinkGraph::new();
     let obj = graph.add_object(name);
     let mut reader = Reader {
         graph: &mut graph,
         name,
         data,
+        file,
         obj,
     };
     reader.read()?;
@@ -77,6 +214,8 @@ struct Reader<'g, 'd> {
     graph: &'g mut LinkGraph,
     name: &'d str,
     data: &'d [u8],
+    /// `data` as a shared file, when contents may refer to it.
+    file: Option<&'d InputBytes>,
     obj: ObjectId,
 }
 
@@ -152,6 +291,16 @@ fn classify(name: &str, sh_type: u32, flags: u64) -> (Prot, SectionRole) {
 impl Reader<'_, '_> {
     fn err(&self, detail: impl Into<String>) -> LinkError {
         LinkError::malformed(self.name, detail)
+    }
+
+    /// A block's contents: `bytes` (a part of the object) as a range of the
+    /// shared file if there is one, else copied.
+    fn content(&self, bytes: &[u8]) -> Content {
+        let start = (bytes.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
+        self.file
+            .and_then(|file| Content::input(file, start, bytes.len()))
+            .filter(|c| c.bytes().map(<[u8]>::as_ptr) == Some(bytes.as_ptr()))
+            .unwrap_or_else(|| Content::Bytes(bytes.to_vec()))
     }
 
     fn read(&mut self) -> Result<(), LinkError> {
@@ -253,20 +402,21 @@ impl Reader<'_, '_> {
                 )));
             }
             let size = sh.sh_size(LE);
-            let content = if sh.sh_type(LE) == elf::SHT_NOBITS {
+            let (prot, role) = classify(name, sh_type, flags);
+            let bytes = if sh.sh_type(LE) == elf::SHT_NOBITS {
                 if size > MAX_SIZE {
                     return Err(self.err(format!("section {name}: size {size:#x} is too large")));
                 }
-                Content::Zero(size)
+                None
             } else {
                 let bytes = sh
                     .data(LE, data)
                     .map_err(|e| self.err(format!("section {name}: {e}")))?;
-                Content::Bytes(bytes.to_vec())
+                Some(bytes)
             };
-            let (prot, role) = classify(name, sh_type, flags);
             if role == SectionRole::EhFrame {
-                let Content::Bytes(bytes) = &content else {
+                // Split straight from the input: each record is copied once.
+                let Some(bytes) = bytes else {
                     return Err(self.err("section .eh_frame has no contents"));
                 };
                 let records = self.split_eh_frame(name, bytes, align)?;
@@ -274,6 +424,10 @@ impl Reader<'_, '_> {
                 slots[i] = Slot::EhFrame;
                 continue;
             }
+            let content = match bytes {
+                Some(bytes) => self.content(bytes),
+                None => Content::Zero(size),
+            };
             let section = self.graph.section(name, prot, role);
             let block = self.graph.add_block(Block {
                 section,
@@ -375,6 +529,7 @@ impl Reader<'_, '_> {
         let section = self
             .graph
             .section(".eh_frame", Prot::Read, SectionRole::EhFrame);
+        let input_section: std::sync::Arc<str> = name.into();
         let mut records = Vec::new();
         let mut off = 0usize;
         while off < bytes.len() {
@@ -409,9 +564,9 @@ impl Reader<'_, '_> {
             let block = self.graph.add_block(Block {
                 section,
                 object: Some(self.obj),
-                input_section: name.into(),
+                input_section: input_section.clone(),
                 input_offset: off as u64,
-                content: Content::Bytes(bytes[off..end].to_vec()),
+                content: self.content(&bytes[off..end]),
                 align: if records.is_empty() { align.max(4) } else { 4 },
                 edges: Vec::new(),
                 fde: None,
@@ -433,7 +588,7 @@ impl Reader<'_, '_> {
     fn link_fdes(&mut self, records: &[Record]) -> Result<(), LinkError> {
         for r in records.iter().filter(|r| !r.is_cie) {
             let block = &self.graph.blocks[r.block.index()];
-            let Content::Bytes(bytes) = &block.content else {
+            let Some(bytes) = block.content.bytes() else {
                 continue;
             };
             let ptr = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64;
@@ -652,72 +807,80 @@ impl Reader<'_, '_> {
     ) -> Result<(), LinkError> {
         // Edges go straight into their blocks: on an error the whole
         // object's graph is dropped (see `parse_object`).
+        let object = self.name;
+        // Per range: start, end, block, size, zero-fill (looked up once, not
+        // per relocation: this loop runs for every relocation of the link).
+        let blocks = &mut self.graph.blocks;
+        let targets: Vec<(u64, u64, BlockId, u64, bool)> = ranges
+            .iter()
+            .map(|&(start, end, block)| {
+                let content = &blocks[block.index()].content;
+                let zero = matches!(content, Content::Zero(_));
+                (start, end, block, content.len(), zero)
+            })
+            .collect();
+        // The range holding `offset` (ranges are sorted and disjoint).
+        let range_of = |offset: u64| targets.partition_point(|t| t.1 <= offset);
+        // Exact capacities: `.eh_frame` has one small block per record.
         if let [(_, _, block)] = ranges {
-            self.graph.blocks[block.index()].edges.reserve(relas.len());
+            blocks[block.index()].edges.reserve_exact(relas.len());
+        } else {
+            let mut counts = vec![0u32; ranges.len()];
+            for rela in relas {
+                if let Some(c) = counts.get_mut(range_of(rela.r_offset(LE))) {
+                    *c += 1;
+                }
+            }
+            for (&(_, _, block), &n) in ranges.iter().zip(&counts) {
+                blocks[block.index()].edges.reserve_exact(n as usize);
+            }
         }
+        // Relocations usually come sorted by offset: try the range of the
+        // previous one first.
+        let mut cursor = 0usize;
         for rela in relas {
             let offset = rela.r_offset(LE);
             let r_type = rela.r_type(LE, false).0;
-            let sym = rela.r_sym(LE, false) as usize;
-            let addend = rela.r_addend(LE);
-            let unsupported = || LinkError::UnsupportedRelocation {
-                object: self.name.to_string(),
-                section: section.to_string(),
-                offset,
-                r_type,
-                name: kiln_arch::x86_64::reloc::reloc_name(r_type),
-            };
-            let Some(info) = reloc_info(r_type) else {
-                return Err(unsupported());
+            let fail = |why: BadReloc| bad_reloc(object, section, offset, why);
+            let Some(info) = reloc_info_fast(r_type) else {
+                return Err(fail(BadReloc::Unsupported(r_type)));
             };
             if info.kind == EdgeKind::None {
                 continue;
             }
+            let sym = rela.r_sym(LE, false) as usize;
             let target = match symbol_map.get(sym) {
                 Some(Some(t)) => *t,
-                Some(None) if sym == 0 => {
-                    return Err(self.err(format!(
-                        "section {section} offset {offset:#x}: {} has no symbol",
-                        info.name
-                    )));
-                }
-                _ => {
-                    return Err(self.err(format!(
-                        "section {section} offset {offset:#x}: {} refers to symbol index {sym}, which is invalid",
-                        info.name
-                    )));
+                Some(None) if sym == 0 => return Err(fail(BadReloc::NoSymbol(info))),
+                _ => return Err(fail(BadReloc::BadSymbol(info, sym))),
+            };
+            let hit = |i: usize| targets.get(i).filter(|t| offset >= t.0 && offset < t.1);
+            let found = match hit(cursor) {
+                Some(t) => Some(t),
+                None => {
+                    cursor = range_of(offset);
+                    hit(cursor)
                 }
             };
-            let Some(&(start, _, block)) =
-                ranges.iter().find(|(s, e, _)| offset >= *s && offset < *e)
-            else {
-                return Err(self.err(format!(
-                    "section {section} offset {offset:#x}: {} lies outside every .eh_frame record",
-                    info.name
-                )));
+            let Some(&(start, _, block, len, zero)) = found else {
+                return Err(fail(BadReloc::OutsideRecords(info)));
             };
-            let rel_off = offset - start;
-            let len = self.graph.blocks[block.index()].content.len();
-            if rel_off
-                .checked_add(u64::from(info.width))
-                .is_none_or(|end| end > len)
-                || matches!(self.graph.blocks[block.index()].content, Content::Zero(_))
-            {
-                return Err(self.err(format!(
-                    "section {section} offset {offset:#x}: {} place of {} bytes lies outside the section ({len:#x} bytes)",
-                    info.name, info.width
-                )));
+            let Ok(rel_off) = u32::try_from(offset - start) else {
+                return Err(fail(BadReloc::Past4GiB(info)));
+            };
+            if zero || u64::from(rel_off) + u64::from(info.width) > len {
+                return Err(fail(BadReloc::OutsideSection(info, len)));
             }
-            self.graph.blocks[block.index()].edges.push(Edge {
+            blocks[block.index()].edges.push(Edge {
                 offset: rel_off,
                 kind: info.kind,
                 r_type,
                 target,
-                addend,
+                addend: rela.r_addend(LE),
             });
         }
         for &(_, _, block) in ranges {
-            let edges = &mut self.graph.blocks[block.index()].edges;
+            let edges = &mut blocks[block.index()].edges;
             if !edges.is_sorted_by_key(|e| e.offset) {
                 edges.sort_by_key(|e| e.offset);
             }
@@ -789,6 +952,10 @@ mod tests {
         ];
         for (r, name) in named {
             assert_eq!(info(r.0).map(|i| i.name), Some(name));
+            assert_eq!(reloc_info_fast(r.0), info(r.0), "{name}");
+        }
+        for r in 0..200 {
+            assert_eq!(reloc_info_fast(r), info(r), "r_type {r}");
         }
         assert!(info(elf::R_X86_64_COPY.0).is_none());
         assert!(info(elf::R_X86_64_IRELATIVE.0).is_none());
@@ -799,5 +966,8 @@ mod tests {
         let mut g = LinkGraph::new();
         assert!(read_object(&mut g, "x.o", b"not an elf").is_err());
         assert!(read_object(&mut g, "x.o", &[]).is_err());
+        let file: InputBytes = std::sync::Arc::new(b"not an elf".to_vec());
+        assert!(parse_object_shared("x.o", &file).is_err());
+        assert_eq!(size_hint(b"not an elf"), SizeHint::default());
     }
 }

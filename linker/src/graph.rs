@@ -7,7 +7,7 @@
 //! a definition arrives.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use kiln_arch::x86_64::reloc::EdgeKind;
 
@@ -94,6 +94,19 @@ impl Hasher for FxHasher {
 /// A `HashMap` keyed with [`FxHasher`].
 pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
+/// A `HashSet` keyed with [`FxHasher`].
+pub type FxHashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
+
+/// Global names → their symbol: a hashbrown map, so that a name hashed
+/// while its object was parsed (in parallel, [`name_hash`]) is looked up
+/// and inserted with that hash in one probe when objects are merged.
+pub type GlobalMap = hashbrown::HashMap<Box<str>, SymbolId, BuildHasherDefault<FxHasher>>;
+
+/// The hash [`GlobalMap`] uses for `name`.
+pub fn name_hash(name: &str) -> u64 {
+    BuildHasherDefault::<FxHasher>::default().hash_one(name)
+}
+
 /// Memory protection a section ends up with once finalized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Prot {
@@ -146,21 +159,54 @@ pub struct Section {
     pub blocks: Vec<BlockId>,
 }
 
+/// An input file's bytes, shared by the blocks read from it.
+pub type InputBytes = std::sync::Arc<Vec<u8>>;
+
 /// A block's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Content {
-    /// Initialized bytes (relocated in place during fixup).
+    /// Initialized bytes owned by the block.
     Bytes(Vec<u8>),
+    /// Initialized bytes still in the input file, not copied: finalization
+    /// copies them straight into the image and relocates them there.
+    Input {
+        /// The file.
+        file: InputBytes,
+        /// Offset of the bytes in it.
+        start: usize,
+        /// Their length (`start + len` lies within the file).
+        len: usize,
+    },
     /// `len` zero bytes that take no space in the input.
     Zero(u64),
 }
 
 impl Content {
+    /// `len` bytes at `start` of `file`, if they are there.
+    pub fn input(file: &InputBytes, start: usize, len: usize) -> Option<Content> {
+        file.get(start..start.checked_add(len)?)?;
+        Some(Content::Input {
+            file: file.clone(),
+            start,
+            len,
+        })
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> u64 {
         match self {
             Content::Bytes(b) => b.len() as u64,
+            Content::Input { len, .. } => *len as u64,
             Content::Zero(n) => *n,
+        }
+    }
+
+    /// The initialized bytes (`None` for zero-fill).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Content::Bytes(b) => Some(b),
+            Content::Input { file, start, len } => file.get(*start..start + len),
+            Content::Zero(_) => None,
         }
     }
 
@@ -170,11 +216,42 @@ impl Content {
     }
 }
 
+/// Shows where input bytes are, not the whole input file.
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Bytes(b) => f.debug_tuple("Bytes").field(b).finish(),
+            Content::Input { start, len, .. } => f
+                .debug_struct("Input")
+                .field("start", start)
+                .field("len", len)
+                .finish_non_exhaustive(),
+            Content::Zero(n) => f.debug_tuple("Zero").field(n).finish(),
+        }
+    }
+}
+
+/// Equal contents: the same bytes (wherever they are kept), or zero-fill of
+/// the same length.
+impl PartialEq for Content {
+    fn eq(&self, other: &Content) -> bool {
+        match (self.bytes(), other.bytes()) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.len() == other.len(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Content {}
+
 /// A relocation of a block: "at `offset`, write `kind` of `target` + `addend`".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edge {
-    /// Offset of the place in the block.
-    pub offset: u64,
+    /// Offset of the place in the block (32 bits keep an edge at 24 bytes:
+    /// synth's 400k edges are 9.6 MB instead of 12.8; the reader rejects
+    /// relocations past 4 GiB into a section).
+    pub offset: u32,
     /// Arch edge kind (rewritten by the GOT/PLT pass and relaxation).
     pub kind: EdgeKind,
     /// Raw ELF `r_type` it came from (for error messages).
@@ -193,8 +270,9 @@ pub struct Block {
     pub section: SectionId,
     /// Object it came from (`None` for linker-made blocks).
     pub object: Option<ObjectId>,
-    /// Name of the input section (for errors).
-    pub input_section: Box<str>,
+    /// Name of the input section (for errors; shared by the blocks of one
+    /// section, such as the records of an `.eh_frame`).
+    pub input_section: std::sync::Arc<str>,
     /// Offset of the block in its input section (non-zero for `.eh_frame` records).
     pub input_offset: u64,
     /// Bytes.
@@ -309,7 +387,7 @@ pub struct LinkGraph {
     /// Symbols.
     pub symbols: Vec<Symbol>,
     /// Global names → their (shared) symbol.
-    pub globals: FxHashMap<Box<str>, SymbolId>,
+    pub globals: GlobalMap,
     /// Sections by name.
     pub(crate) section_index: FxHashMap<Box<str>, SectionId>,
     /// COMDAT group signatures already taken, with the object that won.
@@ -320,7 +398,9 @@ pub struct LinkGraph {
     /// Global symbols of a graph parsed from one object, not yet resolved
     /// by name (each reference and definition is its own symbol until
     /// [`LinkGraph::merge`]).
-    pub(crate) unmerged_globals: Vec<(SymbolId, u32, u32)>,
+    /// Each with `start, len` of its name in `name_arena` and the name's
+    /// [`name_hash`].
+    pub(crate) unmerged_globals: Vec<(SymbolId, u32, u32, u64)>,
     /// Names of `unmerged_globals` (`start, len` into this string): one
     /// allocation per object instead of one per symbol.
     pub(crate) name_arena: String,
@@ -332,6 +412,14 @@ impl LinkGraph {
     /// An empty graph.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make room for `symbols` more symbols, `blocks` more blocks and
+    /// `globals` more global names.
+    pub fn reserve(&mut self, symbols: usize, blocks: usize, globals: usize) {
+        self.symbols.reserve(symbols);
+        self.blocks.reserve(blocks);
+        self.globals.reserve(globals);
     }
 
     /// Add an object record.
@@ -373,10 +461,23 @@ impl LinkGraph {
 
     /// The shared symbol for global `name`, created as an external if new.
     pub fn global(&mut self, name: &str, object: ObjectId) -> SymbolId {
-        if let Some(&id) = self.globals.get(name) {
-            return id;
-        }
-        let id = self.add_symbol(Symbol {
+        self.global_hashed(name, name_hash(name), object)
+    }
+
+    /// [`LinkGraph::global`] with `hash` = [`name_hash`]`(name)`.
+    fn global_hashed(&mut self, name: &str, hash: u64, object: ObjectId) -> SymbolId {
+        use hashbrown::hash_map::RawEntryMut;
+        let entry = self
+            .globals
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, name);
+        let slot = match entry {
+            RawEntryMut::Occupied(o) => return *o.get(),
+            RawEntryMut::Vacant(v) => v,
+        };
+        let id = SymbolId(self.symbols.len() as u32);
+        slot.insert_hashed_nocheck(hash, name.into(), id);
+        self.symbols.push(Symbol {
             name: Some(name.into()),
             def: SymbolDef::External,
             object: Some(object),
@@ -387,7 +488,6 @@ impl LinkGraph {
             tls: false,
             weak_ref: true,
         });
-        self.globals.insert(name.into(), id);
         id
     }
 
@@ -451,6 +551,12 @@ impl LinkGraph {
     /// global symbols resolve against this graph's. Returns the id of the
     /// first object appended.
     pub fn merge(&mut self, other: LinkGraph) -> ObjectId {
+        self.merge_mapped(other).0
+    }
+
+    /// [`LinkGraph::merge`], also returning where each of `other`'s symbols
+    /// went: its id in this graph, by its id in `other`.
+    pub fn merge_mapped(&mut self, other: LinkGraph) -> (ObjectId, Vec<SymbolId>) {
         let obj_base = self.objects.len() as u32;
         let remap_obj = |o: ObjectId| ObjectId(o.0 + obj_base);
         self.objects.extend(other.objects);
@@ -493,9 +599,9 @@ impl LinkGraph {
             }));
         }
         // Per symbol: its global name, if it is a global.
-        let mut global_name: Vec<Option<(u32, u32)>> = vec![None; other.symbols.len()];
-        for &(id, start, len) in &other.unmerged_globals {
-            global_name[id.index()] = Some((start, len));
+        let mut global_name: Vec<Option<(u32, u32, u64)>> = vec![None; other.symbols.len()];
+        for &(id, start, len, hash) in &other.unmerged_globals {
+            global_name[id.index()] = Some((start, len, hash));
         }
         let mut is_global = vec![false; other.symbols.len()];
         for id in other.globals.values() {
@@ -518,13 +624,16 @@ impl LinkGraph {
                     None => SymbolDef::Discarded,
                 };
             }
-            let name = match global_name[i] {
-                Some((start, len)) => arena.get(start as usize..start as usize + len as usize),
-                None if is_global[i] => s.name.as_deref(),
+            let object = s.object.unwrap_or(ObjectId(obj_base));
+            let global = match global_name[i] {
+                Some((start, len, hash)) => arena
+                    .get(start as usize..start as usize + len as usize)
+                    .map(|name| self.global_hashed(name, hash, object)),
+                None if is_global[i] => s.name.as_deref().map(|name| self.global(name, object)),
                 None => None,
             };
-            let id = match name {
-                Some(name) => self.global(name, s.object.unwrap_or(ObjectId(obj_base))),
+            let id = match global {
+                Some(id) => id,
                 None => {
                     sym_map.push(self.add_symbol(s));
                     continue;
@@ -571,14 +680,34 @@ impl LinkGraph {
             }
             self.add_block(b);
         }
-        ObjectId(obj_base)
+        (ObjectId(obj_base), sym_map)
     }
 
     /// Record `id` as a global named `name`, resolved by [`LinkGraph::merge`].
     pub(crate) fn push_unmerged_global(&mut self, id: SymbolId, name: &str) {
         let start = self.name_arena.len() as u32;
         self.name_arena.push_str(name);
-        self.unmerged_globals.push((id, start, name.len() as u32));
+        self.unmerged_globals
+            .push((id, start, name.len() as u32, name_hash(name)));
+    }
+
+    /// Of a graph parsed from one object: the globals it defines (not the
+    /// ones it only references), with their names.
+    pub(crate) fn unmerged_definitions(&self) -> impl Iterator<Item = (SymbolId, &str)> {
+        self.unmerged_globals
+            .iter()
+            .filter(|(id, _, _, _)| {
+                !matches!(
+                    self.symbols[id.index()].def,
+                    SymbolDef::External | SymbolDef::Discarded
+                )
+            })
+            .filter_map(|&(id, start, len, _)| {
+                let name = self
+                    .name_arena
+                    .get(start as usize..(start + len) as usize)?;
+                Some((id, name))
+            })
     }
 
     /// Duplicate strong definitions seen so far, emptied.
@@ -751,6 +880,33 @@ mod tests {
         let again = g.global("w", a);
         assert_eq!(id, again);
         assert!(!g.symbols[id.index()].weak_ref);
+    }
+
+    #[test]
+    fn input_contents_are_checked_ranges_and_compare_by_bytes() {
+        let file: InputBytes = std::sync::Arc::new(b"abcdef".to_vec());
+        assert!(Content::input(&file, 4, 3).is_none(), "past the end");
+        assert!(Content::input(&file, usize::MAX, 2).is_none(), "overflow");
+        let c = Content::input(&file, 1, 3).unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.bytes(), Some(&b"bcd"[..]));
+        assert_eq!(c, Content::Bytes(b"bcd".to_vec()));
+        assert_ne!(c, Content::Bytes(b"bce".to_vec()));
+        assert_ne!(Content::Zero(3), Content::Bytes(vec![0; 3]));
+        assert_eq!(Content::Zero(3), Content::Zero(3));
+    }
+
+    #[test]
+    fn globals_found_by_precomputed_hash_and_by_name_agree() {
+        let mut g = LinkGraph::new();
+        let a = g.add_object("a.o");
+        let x = g.global("x", a);
+        let y = g.global_hashed("y", name_hash("y"), a);
+        assert_eq!(g.global_hashed("x", name_hash("x"), a), x);
+        assert_eq!(g.global("y", a), y);
+        assert_eq!(g.globals.get("y"), Some(&y));
+        assert_eq!(g.symbols[y.index()].name.as_deref(), Some("y"));
+        assert_eq!(g.globals.len(), 2);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kiln_engine::{
@@ -34,7 +34,9 @@ use kiln_engine::{
 
 use crate::archive::Archive;
 use crate::error::LinkError;
-use crate::graph::{LinkGraph, Linkage, Prot, Scope, SectionRole, SymbolDef as GraphDef};
+use crate::graph::{
+    FxHashMap, LinkGraph, Linkage, Prot, Scope, SectionRole, SymbolDef as GraphDef, SymbolId,
+};
 use crate::host::HostSymbols;
 use crate::image::LinkedImage;
 use crate::memory::{Allocation, Placement};
@@ -178,25 +180,56 @@ impl ObjectLayer {
         name: &str,
         graph: LinkGraph,
     ) -> Result<(), LinkError> {
-        let symbols: Vec<(SymbolName, SymbolFlags)> = graph
-            .globals
-            .iter()
-            .filter_map(|(n, &id)| {
-                let s = &graph.symbols[id.index()];
-                if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
-                    return None;
-                }
-                Some((
-                    self.session.intern(n),
-                    flags_of(s.scope, s.linkage, s.callable),
-                ))
-            })
-            .collect();
+        self.add_graph_named(dylib, tracker, name, graph, Vec::new())
+    }
+
+    /// [`ObjectLayer::add_graph`] with names already interned in this
+    /// layer's session, by symbol id (from
+    /// [`crate::Linker::build_graph_naming`]); globals without one are
+    /// interned here.
+    pub fn add_graph_named(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        graph: LinkGraph,
+        mut names: Vec<Option<SymbolName>>,
+    ) -> Result<(), LinkError> {
+        // Each defined global's name is interned once, here; the link
+        // reuses these names (and their ids) instead of hashing the text again.
+        let mut symbols = Vec::with_capacity(graph.globals.len());
+        let mut globals = Vec::with_capacity(graph.globals.len());
+        for (n, &id) in &graph.globals {
+            let s = &graph.symbols[id.index()];
+            if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
+                continue;
+            }
+            let name = match names.get_mut(id.index()).and_then(Option::take) {
+                Some(name) => name,
+                None => self.session.intern(n),
+            };
+            symbols.push((name.clone(), flags_of(s.scope, s.linkage, s.callable)));
+            globals.push((name, id));
+        }
+        // An image that will be linked anyway is prepared while the engine
+        // records its symbols — unless it has weak definitions (another
+        // unit may win them: known only when it is materialized).
+        let options = &self.shared.options;
+        let early = options.prepare_early
+            && !symbols.iter().any(|(_, f)| f.is_weak())
+            && graph.blocks.iter().map(|b| b.edges.len()).sum::<usize>()
+                >= options.parallel_threshold;
+        let input = if early {
+            UnitInput::Early(EarlyPrepare::start(graph))
+        } else {
+            UnitInput::Graph(Box::new(graph))
+        };
         let unit = ObjectUnit {
             layer: self.clone(),
             name: name.to_string(),
-            graph: Some(graph),
+            input: Some(input),
             symbols,
+            globals,
             order: self
                 .shared
                 .added
@@ -294,10 +327,10 @@ impl ObjectLayer {
                 .join("+");
             images.push((name, graph));
         }
-        self.add_read_time(start.elapsed());
         for (name, graph) in images {
             self.add_graph_lazily(entries, bodies, manager, &name, graph)?;
         }
+        self.add_read_time(start.elapsed());
         Ok(())
     }
 
@@ -440,12 +473,118 @@ fn flags_of(scope: Scope, linkage: Linkage, callable: bool) -> SymbolFlags {
     flags
 }
 
+/// What a unit links: its graph, or the image already being prepared from
+/// it ([`LinkOptions::prepare_early`]).
+enum UnitInput {
+    Graph(Box<LinkGraph>),
+    Early(Arc<EarlyPrepare>),
+}
+
+/// A unit's image prepared (prune, GOT/PLT, layout, allocation) on a rayon
+/// thread while the engine records the unit's symbols.
+struct EarlyPrepare {
+    state: Mutex<EarlyState>,
+    done: std::sync::Condvar,
+}
+
+enum EarlyState {
+    /// Queued on rayon, not started: whoever comes first takes the graph.
+    Pending(Box<LinkGraph>),
+    /// A rayon thread is preparing it.
+    Running,
+    /// Prepared (or failed), not yet taken.
+    Done(Box<Result<Prepared, LinkError>>),
+    /// Taken by the materializer.
+    Taken,
+}
+
+/// The graph passes that need nothing from the engine (for a unit without
+/// weak definitions: every definition is its own).
+fn prepare(mut graph: LinkGraph) -> Result<Prepared, LinkError> {
+    passes::check_duplicates(&mut graph)?;
+    passes::allocate_commons(&mut graph);
+    passes::prune(&mut graph, &Roots::All)?;
+    Prepared::new(graph)
+}
+
+impl EarlyPrepare {
+    /// Starts preparing `graph` on rayon.
+    fn start(graph: LinkGraph) -> Arc<EarlyPrepare> {
+        let early = Arc::new(EarlyPrepare {
+            state: Mutex::new(EarlyState::Pending(Box::new(graph))),
+            done: std::sync::Condvar::new(),
+        });
+        let job = early.clone();
+        rayon::spawn(move || {
+            let graph = {
+                let mut state = job.state.lock().unwrap_or_else(PoisonError::into_inner);
+                match std::mem::replace(&mut *state, EarlyState::Running) {
+                    EarlyState::Pending(graph) => *graph,
+                    other => {
+                        *state = other;
+                        return;
+                    }
+                }
+            };
+            // A panic (a bug) fails this image's link, as it would on the
+            // engine's worker, instead of aborting the process from rayon.
+            let prepared =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(graph)))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(LinkError::Engine {
+                            detail: format!("panicked while preparing the image: {what}"),
+                        })
+                    });
+            *job.state.lock().unwrap_or_else(PoisonError::into_inner) =
+                EarlyState::Done(Box::new(prepared));
+            job.done.notify_all();
+        });
+        early
+    }
+
+    /// The prepared image: waits for the rayon thread if it is at work, or
+    /// prepares here if it has not started (a busy pool never delays the
+    /// link more than doing it here would).
+    fn take(&self) -> Result<Prepared, LinkError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match std::mem::replace(&mut *state, EarlyState::Taken) {
+                EarlyState::Pending(graph) => {
+                    drop(state);
+                    return prepare(*graph);
+                }
+                EarlyState::Running => {
+                    *state = EarlyState::Running;
+                    state = self
+                        .done
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                EarlyState::Done(prepared) => return *prepared,
+                EarlyState::Taken => {
+                    return Err(LinkError::Engine {
+                        detail: "the image was already taken for linking".into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// One object (or graph) waiting to be linked.
 struct ObjectUnit {
     layer: ObjectLayer,
     name: String,
-    graph: Option<LinkGraph>,
+    input: Option<UnitInput>,
+    /// What the unit offers (a definition another unit won is discarded).
     symbols: Vec<(SymbolName, SymbolFlags)>,
+    /// Every global the graph defines, interned once, with its id.
+    globals: Vec<(SymbolName, SymbolId)>,
     order: usize,
 }
 
@@ -459,12 +598,23 @@ impl MaterializationUnit for ObjectUnit {
     }
 
     fn materialize(mut self: Box<Self>, r: Responsibility) {
-        let Some(graph) = self.graph.take() else {
+        let Some(input) = self.input.take() else {
             return r.fail(Error::msg(format!("{}: object already linked", self.name)));
         };
-        match link(&self.layer, &self.name, self.order, graph, &r) {
-            Ok(groups) => {
+        match link(
+            &self.layer,
+            &self.name,
+            self.order,
+            input,
+            &self.symbols,
+            &self.globals,
+            &r,
+        ) {
+            Ok((groups, graph)) => {
                 let _ = r.emit(groups);
+                // Freeing the graph's arenas takes a while for big images:
+                // only after the emit, which lets waiting lookups go on.
+                drop(graph);
             }
             Err(e) => r.fail(e),
         }
@@ -503,38 +653,58 @@ fn link(
     layer: &ObjectLayer,
     name: &str,
     position: usize,
-    mut graph: LinkGraph,
+    input: UnitInput,
+    symbols: &[(SymbolName, SymbolFlags)],
+    globals: &[(SymbolName, SymbolId)],
     r: &Responsibility,
-) -> Result<Vec<DependenceGroup>, Error> {
+) -> Result<(Vec<DependenceGroup>, Option<LinkGraph>), Error> {
     let session = &layer.session;
     let started = Instant::now();
-    // Weak definitions another unit won become references to the winner.
-    let owned: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
-    let ids: Vec<_> = graph
-        .globals
-        .iter()
-        .map(|(n, &id)| (n.clone(), id))
-        .collect();
-    for (n, id) in ids {
-        let s = &mut graph.symbols[id.index()];
-        if !matches!(s.def, GraphDef::External)
-            && s.scope != Scope::Local
-            && !owned.contains_key(&session.intern(&n))
-        {
-            s.def = GraphDef::External;
+    // What this unit owes, with flags, by position in `globals` (the graph's
+    // defined non-local globals, named once in `add_graph`; the graph has
+    // not changed since). The engine discards only weak definitions, so a
+    // unit that offers none owes exactly what it offered, without asking
+    // (`Responsibility::symbols()` sorts every name: 3 ms for synth's
+    // 20,000). Weak definitions another unit won become references to the
+    // winner. (A discarded definition is gone from `symbols`, which then no
+    // longer lines up with `globals`.)
+    let aligned =
+        symbols.len() == globals.len() && symbols.iter().zip(globals).all(|(s, g)| s.0 == g.0);
+    let weak = !aligned || symbols.iter().any(|(_, f)| f.is_weak());
+    let owed: Vec<Option<SymbolFlags>> = if weak {
+        let owned: FxHashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
+        globals.iter().map(|(n, _)| owned.get(n).copied()).collect()
+    } else {
+        symbols.iter().map(|&(_, f)| Some(f)).collect()
+    };
+    let mut prepared = match input {
+        UnitInput::Graph(graph) => {
+            let mut graph = *graph;
+            for ((_, id), flags) in globals.iter().zip(&owed) {
+                if flags.is_none() {
+                    graph.symbols[id.index()].def = GraphDef::External;
+                }
+            }
+            prepare(graph).map_err(link_error)?
         }
-    }
-    passes::check_duplicates(&mut graph).map_err(link_error)?;
-    passes::allocate_commons(&mut graph);
-    passes::prune(&mut graph, &Roots::All).map_err(link_error)?;
-    let mut prepared = Prepared::new(graph).map_err(link_error)?;
+        // Only units without weak definitions start early: they owe all.
+        UnitInput::Early(early) => {
+            if owed.iter().any(Option::is_none) {
+                return Err(Error::msg(format!(
+                    "{name}: an image prepared early lost a definition it was prepared with (linker bug)"
+                )));
+            }
+            early.take().map_err(link_error)?
+        }
+    };
 
     // (a) Our own addresses: other units waiting on them at Resolved go on.
-    let mut defs = Vec::new();
-    for d in prepared.defined_symbols() {
-        let sym = session.intern(&d.name);
-        if let Some(&flags) = owned.get(&sym) {
-            defs.push((sym, SymbolDef::new(d.address, flags)));
+    let mut defs = Vec::with_capacity(globals.len());
+    for ((n, id), flags) in globals.iter().zip(&owed) {
+        if let Some(flags) = *flags
+            && let Some(address) = prepared.defined_address(*id)
+        {
+            defs.push((n.clone(), SymbolDef::new(address, flags)));
         }
     }
     r.resolve(&defs)?;
@@ -544,21 +714,25 @@ fn link(
     // asked weakly so the linker can name every missing one with the objects
     // that reference it.
     let order = r.dylib().link_order();
-    let names = prepared.external_names();
-    let set = LookupSet::weak(names.iter().map(|n| session.intern(n)));
+    let externals: Vec<(SymbolId, SymbolName)> = prepared
+        .external_symbols()
+        .into_iter()
+        .map(|(id, n)| (id, session.intern(n)))
+        .collect();
+    let set = LookupSet::weak(externals.iter().map(|(_, n)| n.clone()));
     let found = session
         .lookup_with(
             &kiln_engine::LookupRequest::new(order.clone(), set, RequiredState::Resolved)
                 .kind(LookupKind::Static),
         )
         .wait()?;
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let answers: Vec<Option<u64>> = found
-        .by_request()
-        .map(|(_, def)| def.map(|d| d.address))
+    let answers: Vec<(SymbolId, Option<u64>)> = externals
+        .iter()
+        .zip(found.by_request())
+        .map(|((id, _), (_, def))| (*id, def.map(|d| d.address)))
         .collect();
     prepared
-        .resolve_externals(&refs, &answers)
+        .resolve_external_ids(&answers)
         .map_err(link_error)?;
     let resolved_at = Instant::now();
 
@@ -576,8 +750,12 @@ fn link(
         name: name.to_string(),
         tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
     };
-    let finalized = prepared
-        .finalize(&env, &layer.shared.options)
+    // The engine holds the addresses: no name → address table for the
+    // image. The graph comes back to be freed after the emit.
+    let mut options = layer.shared.options.clone();
+    options.symbol_table = false;
+    let (finalized, graph) = prepared
+        .finalize_returning_graph(&env, &options)
         .map_err(link_error)?;
     let stats = finalized.stats;
     let finalized_at = Instant::now();
@@ -629,10 +807,13 @@ fn link(
             None => per_dylib.push((dylib.clone(), vec![name.clone()])),
         }
     }
-    Ok(vec![DependenceGroup::new(
-        defs.into_iter().map(|(name, _)| name),
-        per_dylib,
-    )])
+    Ok((
+        vec![DependenceGroup::new(
+            defs.into_iter().map(|(name, _)| name),
+            per_dylib,
+        )],
+        graph,
+    ))
 }
 
 /// Defines host symbols on demand: kiln's runtime overrides first, then the

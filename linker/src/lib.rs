@@ -4,22 +4,25 @@
 //!
 //! | module | what it holds |
 //! | --- | --- |
-//! | [`graph`] | [`LinkGraph`]: sections → blocks → symbols, edges with arch edge kinds (typed indices) |
+//! | [`graph`] | [`LinkGraph`]: sections → blocks → symbols, edges with arch edge kinds (typed indices); block bytes stay in the shared input file until finalization |
 //! | [`elf`] | the ELF x86-64 relocatable reader (COMDAT, `.eh_frame` splitting, raw `r_type` table) |
 //! | [`archive`] | static archives: symbol index, members pulled on demand |
 //! | [`passes`] | the pipeline ([`passes::link_graph`]) and its phases ([`passes::Prepared`]) |
 //! | [`memory`] | the reserved slab(s) and allocations: writing → finalized → released |
 //! | [`host`] | host symbols: runtime overrides, `-l` libraries, the process |
-//! | [`image`] | [`Linker`] (the convenient API) and [`LinkedImage`] |
+//! | [`image`] | [`Linker`] (the convenient API: objects parsed in parallel, merged in order as they arrive) and [`LinkedImage`] |
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
 //! | [`layer`] | the engine's object layer: objects as materialization units |
 //! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
 //!
 //! The pass order is visible in one function, [`passes::link_graph`]:
 //! prune → GOT/PLT → allocate → (a) own symbols final → (b) look up every
-//! external at once → (c) fixup (rayon for large graphs) and finalize; the
-//! engine layer drives the same phases through [`passes::Prepared`] and adds
-//! (d) [`passes::Prepared::dependencies`].
+//! external at once → (c) copy each block into the image and fix it up
+//! there (rayon for large graphs), then finalize; the engine layer drives
+//! the same phases through [`passes::Prepared`] and emits the image's
+//! symbols as one group (see [`layer`]).
+//!
+//! Where the time goes, and how it is measured: `docs/performance-link.md`.
 //!
 //! # Example
 //!

@@ -13,6 +13,17 @@ use kiln_linker::{HostSymbols, LinkOptions, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
+/// kiln's own allocations (link graphs, names) come from mimalloc: reading
+/// and merging the objects allocates on several threads, where glibc's
+/// per-thread arenas grow a few pages at a time (`mprotect` calls). On the
+/// 200-object synth input, `read inputs` 37.7 → 32.8 ms (min of 15, see
+/// docs/performance-link.md). Built with `no_thp`: with transparent huge
+/// pages some runs stalled 0.15-0.2 s in the kernel. The linked program's own
+/// `malloc` stays glibc's: only Rust allocations of the `kiln` process go
+/// here, and none is ever freed by C.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Link relocatable ELF x86-64 objects and static archives into this process
 /// and run them.
 #[derive(Parser, Debug)]
@@ -157,7 +168,11 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         None => WorkerPool::with_available_parallelism(),
     };
     let session = Session::builder().dispatcher(pool).build();
-    let layer = ObjectLayer::with_options(&session, LinkOptions::default());
+    // Without --lazy every input is linked (as one image) once the entry
+    // point is looked up: prepare it while the engine records its symbols.
+    let mut options = LinkOptions::default();
+    options.prepare_early = !args.lazy;
+    let layer = ObjectLayer::with_options(&session, options);
     // The inputs are a program: tear down like exit(), not dlclose.
     layer.set_executable_teardown(true);
 
@@ -216,15 +231,20 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
                 linker.add_object_bytes(input.name, input.bytes);
             }
         }
-        let graph = linker.build_graph().map_err(|e| e.to_string())?;
-        layer.add_read_time(read_start.elapsed());
+        // Global names are interned while the objects are read in parallel.
+        let (graph, names) = linker
+            .build_graph_naming(&|n| session.intern(n))
+            .map_err(|e| e.to_string())?;
         let name = args
             .inputs
             .first()
             .map_or("<input>".into(), |p| p.display().to_string());
         layer
-            .add_graph(&main, None, &name, graph)
+            .add_graph_named(&main, None, &name, graph, names)
             .map_err(|e| e.to_string())?;
+        // Reading counts until the unit is defined in its dylib (as
+        // llvm-jitlink's "load/add object files" does).
+        layer.add_read_time(read_start.elapsed());
     }
 
     // Link everything the entry point reaches: it is Ready only when all of

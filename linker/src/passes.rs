@@ -21,11 +21,11 @@ use kiln_arch::x86_64::reloc::{
 
 use crate::error::LinkError;
 use crate::graph::{
-    Block, BlockId, Content, Edge, LinkGraph, Linkage, Prot, Scope, SectionId, SectionRole, Symbol,
-    SymbolDef, SymbolId,
+    Block, BlockId, Content, Edge, FxHashMap, FxHashSet, LinkGraph, Linkage, Prot, Scope,
+    SectionId, SectionRole, Symbol, SymbolDef, SymbolId,
 };
 use crate::host::SymbolResolver;
-use crate::memory::{Allocation, PAGE, Placement};
+use crate::memory::{Allocation, PAGE, Placement, Prefault};
 use crate::runtime;
 
 /// Which blocks start out live.
@@ -52,6 +52,17 @@ pub struct LinkOptions {
     /// relocated contents and every relocation record, for a later pass
     /// (saving an image that can be rebased, DESIGN §5).
     pub keep_graph: bool,
+    /// Build [`Finalized::symbols`] (name → address of every global). The
+    /// engine's object layer turns it off: the engine keeps the addresses.
+    pub symbol_table: bool,
+    /// The engine's object layer prepares an image (prune, GOT/PLT,
+    /// layout, allocation) on a rayon thread as soon as its unit is added,
+    /// while the engine records its symbols, instead of when it is first
+    /// looked up — for units without weak definitions and with at least
+    /// [`LinkOptions::parallel_threshold`] relocations. For hosts that link
+    /// what they add (`kiln run`): an image never looked up keeps its memory
+    /// until its unit goes.
+    pub prepare_early: bool,
 }
 
 impl Default for LinkOptions {
@@ -60,6 +71,8 @@ impl Default for LinkOptions {
             roots: Roots::All,
             parallel_threshold: 20_000,
             keep_graph: false,
+            symbol_table: true,
+            prepare_early: false,
         }
     }
 }
@@ -150,7 +163,8 @@ pub struct ImageEnv {
 pub struct Finalized {
     /// The memory.
     pub alloc: Allocation,
-    /// Global symbols (exported and hidden) with addresses.
+    /// Global symbols (exported and hidden) with addresses (empty unless
+    /// [`LinkOptions::symbol_table`]).
     pub symbols: HashMap<Box<str>, u64>,
     /// `.eh_frame` range (start, length including the zero terminator), if any.
     pub eh_frame: Option<(u64, u64)>,
@@ -208,20 +222,28 @@ pub struct PhaseTimings {
 /// A graph after prune, GOT/PLT and allocation: addresses are final.
 #[derive(Debug)]
 pub struct Prepared {
+    /// Mapping the allocation's pages (declared before `alloc`, so that it
+    /// is waited for before the allocation is dropped).
+    prefault: Prefault,
     graph: LinkGraph,
     alloc: Allocation,
     segments: Vec<(u64, u64, Prot)>,
-    got: HashMap<GotKey, u64>,
+    got: FxHashMap<GotKey, u64>,
     got_block: Option<BlockId>,
-    plt: HashMap<SymbolId, u64>,
+    plt: FxHashMap<SymbolId, u64>,
     plt_block: Option<BlockId>,
     tls: TlsLayout,
     eh_frame: Option<(u64, u64)>,
     /// Resolved external addresses, by symbol.
-    externals: HashMap<SymbolId, u64>,
-    specials: HashMap<SymbolId, Special>,
+    externals: FxHashMap<SymbolId, u64>,
+    /// Named externals that live code references (the linker's own
+    /// symbols excluded), in order of first reference.
+    external_refs: Vec<SymbolId>,
+    specials: FxHashMap<SymbolId, Special>,
     /// Copies of host data for non-PIE code, by symbol.
-    copy_blocks: HashMap<SymbolId, BlockId>,
+    copy_blocks: FxHashMap<SymbolId, BlockId>,
+    /// Live blocks outside TLS, in address order.
+    placed: Vec<BlockId>,
     /// Placed below 2 GiB.
     low: bool,
     /// Host symbols may be out of ±2 GiB reach (copies and stubs were made).
@@ -347,13 +369,17 @@ fn is_init_fini(role: SectionRole) -> bool {
 /// edges ask for no symbol.
 pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     let n = graph.blocks.len();
-    let mut fdes_of: HashMap<BlockId, Vec<BlockId>> = HashMap::new();
+    // The FDEs of each block, as linked lists through two arrays (one
+    // allocation each, however many FDEs): `first_fde[block]`, `next_fde[fde]`.
+    const NONE: u32 = u32::MAX;
+    let mut first_fde = vec![NONE; n];
+    let mut next_fde = vec![NONE; n];
     for (i, b) in graph.blocks.iter().enumerate() {
         if let Some(f) = b.fde
             && let Some(func) = f.function
             && b.live
         {
-            fdes_of.entry(func).or_default().push(BlockId(i as u32));
+            next_fde[i] = std::mem::replace(&mut first_fde[func.index()], i as u32);
         }
     }
     let mut live = vec![false; n];
@@ -382,34 +408,53 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
             }
         }
     }
-    while let Some(b) = work.pop() {
-        if live[b.index()] {
-            continue;
+    // Each symbol's block (or what it is instead), 4 bytes a symbol: the
+    // walk below reads it for every edge, and `Symbol` is 64 bytes.
+    const DISCARDED: u32 = u32::MAX - 1;
+    let target_block: Vec<u32> = graph
+        .symbols
+        .iter()
+        .map(|s| match s.def {
+            // (Block ids stay far below `DISCARDED`: that many blocks
+            // would take hundreds of gigabytes.)
+            SymbolDef::Defined { block, .. } => block.0,
+            SymbolDef::Discarded => DISCARDED,
+            _ => NONE,
+        })
+        .collect();
+    // Marked when queued, so each block is queued once (not once per
+    // edge into it).
+    work.retain(|b| !std::mem::replace(&mut live[b.index()], true));
+    let queue = |work: &mut Vec<BlockId>, live: &mut [bool], b: BlockId| {
+        if !std::mem::replace(&mut live[b.index()], true) {
+            work.push(b);
         }
-        live[b.index()] = true;
+    };
+    while let Some(b) = work.pop() {
         let block = &graph.blocks[b.index()];
         for e in &block.edges {
-            match graph.symbols[e.target.index()].def {
-                SymbolDef::Defined { block: t, .. } if !live[t.index()] => work.push(t),
+            match target_block[e.target.index()] {
+                NONE => {}
                 // Live code must not refer to dropped sections.
-                SymbolDef::Discarded if block.live => {
+                DISCARDED if block.live => {
                     return Err(LinkError::DiscardedReference {
                         object: graph.object_name(block.object).to_string(),
                         section: block.input_section.to_string(),
-                        offset: block.input_offset + e.offset,
+                        offset: block.input_offset + u64::from(e.offset),
                         symbol: graph.symbol_name(e.target),
                     });
                 }
-                _ => {}
+                DISCARDED => {}
+                t => queue(&mut work, &mut live, BlockId(t)),
             }
         }
-        if let Some(f) = block.fde
-            && !live[f.cie.index()]
-        {
-            work.push(f.cie);
+        if let Some(f) = block.fde {
+            queue(&mut work, &mut live, f.cie);
         }
-        if let Some(fdes) = fdes_of.get(&b) {
-            work.extend(fdes.iter().copied());
+        let mut fde = first_fde[b.index()];
+        while fde != NONE {
+            queue(&mut work, &mut live, BlockId(fde));
+            fde = next_fde[fde as usize];
         }
     }
     for (b, l) in graph.blocks.iter_mut().zip(live) {
@@ -417,6 +462,10 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     }
     Ok(())
 }
+
+/// Copy and fix up blocks in parallel from this many bytes on, even with
+/// few relocations (copying ~1 MB takes about as long as starting a task).
+const PARALLEL_COPY_BYTES: usize = 1 << 20;
 
 /// Round `x` up to a multiple of `a` (saturating: an absurd layout then
 /// fails to allocate instead of overflowing).
@@ -436,19 +485,28 @@ impl Prepared {
     pub fn new(mut graph: LinkGraph) -> Result<Prepared, LinkError> {
         // --- GOT / PLT requests.
         let mut got_keys: Vec<GotKey> = Vec::new();
-        let mut got_seen: HashSet<GotKey> = HashSet::new();
+        let mut got_seen: FxHashSet<GotKey> = FxHashSet::default();
         let mut plt_syms: Vec<SymbolId> = Vec::new();
-        let mut plt_seen: HashSet<SymbolId> = HashSet::new();
+        let mut plt_seen: FxHashSet<SymbolId> = FxHashSet::default();
         let mut needs_got = false;
         let mut needs_low: Option<(BlockId, Edge)> = None;
-        let mut specials: HashMap<SymbolId, Special> = HashMap::new();
+        let mut specials: FxHashMap<SymbolId, Special> = FxHashMap::default();
+        let mut external_refs: Vec<SymbolId> = Vec::new();
+        // Per symbol: external, then referenced by live code (one byte
+        // each, read for every edge instead of the 64-byte `Symbol`).
+        const EXTERNAL: u8 = 1;
+        const REFERENCED: u8 = 2;
+        let mut marks: Vec<u8> = graph
+            .symbols
+            .iter()
+            .map(|s| u8::from(s.def == SymbolDef::External) * EXTERNAL)
+            .collect();
         for (bi, b) in graph.blocks.iter().enumerate() {
             if !b.live {
                 continue;
             }
             for e in &b.edges {
-                let sym = &graph.symbols[e.target.index()];
-                let external = sym.def == SymbolDef::External;
+                let external = marks[e.target.index()] & EXTERNAL != 0;
                 let key = match e.kind {
                     EdgeKind::GotDelta32
                     | EdgeKind::GotLoadRelaxable { .. }
@@ -479,7 +537,12 @@ impl Prepared {
                 {
                     got_keys.push(k);
                 }
-                if external && let Some(name) = &sym.name {
+                if external
+                    && marks[e.target.index()] & REFERENCED == 0
+                    && let Some(name) = &graph.symbols[e.target.index()].name
+                {
+                    marks[e.target.index()] |= REFERENCED;
+                    external_refs.push(e.target);
                     let special = match &**name {
                         "__dso_handle" => Some(Special::DsoHandle),
                         "_TLS_MODULE_BASE_" => Some(Special::TlsModuleBase),
@@ -503,6 +566,7 @@ impl Prepared {
                 }
             }
         }
+        external_refs.retain(|id| !specials.contains_key(id));
         // Non-PIE code lives below 2 GiB, out of reach of the host's
         // libraries: host functions it names get a PLT stub (their address
         // then is the stub's), host data it names a copy taken at link time
@@ -549,7 +613,7 @@ impl Prepared {
                 }
             }
         }
-        let mut copy_blocks = HashMap::new();
+        let mut copy_blocks = FxHashMap::default();
         if !copies.is_empty() {
             let section = graph.section("$__COPIES", Prot::ReadWrite, SectionRole::Ordinary);
             for (sym, size) in copies {
@@ -568,7 +632,7 @@ impl Prepared {
                 copy_blocks.insert(sym, block);
             }
         }
-        let mut got = HashMap::new();
+        let mut got = FxHashMap::default();
         let mut got_size = 0u64;
         for k in &got_keys {
             got.insert(*k, got_size);
@@ -592,7 +656,7 @@ impl Prepared {
                 addr: 0,
             })
         });
-        let mut plt = HashMap::new();
+        let mut plt = FxHashMap::default();
         let plt_block = (!plt_syms.is_empty()).then(|| {
             for (i, s) in plt_syms.iter().enumerate() {
                 plt.insert(*s, (i * PLT_STUB_SIZE) as u64);
@@ -691,18 +755,22 @@ impl Prepared {
                 return Err(LinkError::LowMemoryUnavailable {
                     object: graph.object_name(block.object).to_string(),
                     section: block.input_section.to_string(),
-                    offset: block.input_offset + e.offset,
+                    offset: block.input_offset + u64::from(e.offset),
                     reloc: reloc_name(e.r_type).unwrap_or("R_X86_64_32"),
                 });
             }
         };
         let base = alloc.base();
-        for (b, off) in placed {
+        for &(b, off) in &placed {
             graph.blocks[b.index()].addr = base + off;
         }
+        let placed = placed.into_iter().map(|(b, _)| b).collect();
         tls.image_addr = tls_image_off.map_or(0, |o| base + o);
         let eh_frame = eh_frame.map(|(o, l)| (base + o, l));
+        // Fixup writes every page: map them meanwhile.
+        let prefault = alloc.prefault();
         Ok(Prepared {
+            prefault,
             graph,
             alloc,
             segments,
@@ -712,9 +780,11 @@ impl Prepared {
             plt_block,
             tls,
             eh_frame,
-            externals: HashMap::new(),
+            externals: FxHashMap::default(),
+            external_refs,
             specials,
             copy_blocks,
+            placed,
             low: placement == Placement::Low,
             far_host,
         })
@@ -766,6 +836,33 @@ impl Prepared {
             .collect()
     }
 
+    /// Phase (a), one symbol: the final address of global `id` if this graph
+    /// defines it (in a live block, or as an absolute value).
+    pub fn defined_address(&self, id: SymbolId) -> Option<u64> {
+        let g = &self.graph;
+        match g.symbols.get(id.index())?.def {
+            SymbolDef::Defined { block, offset } => {
+                let b = &g.blocks[block.index()];
+                b.live.then(|| b.addr.wrapping_add(offset))
+            }
+            SymbolDef::Absolute(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Phase (b), part 1, by id: every named external live code references
+    /// (the linker's own symbols excluded), sorted by name. Answer with
+    /// [`Prepared::resolve_external_ids`].
+    pub fn external_symbols(&self) -> Vec<(SymbolId, &str)> {
+        let mut out: Vec<(SymbolId, &str)> = self
+            .external_refs
+            .iter()
+            .filter_map(|&id| Some((id, self.graph.symbols[id.index()].name.as_deref()?)))
+            .collect();
+        out.sort_unstable_by(|a, b| a.1.cmp(b.1));
+        out
+    }
+
     /// Phase (b), part 1: every external name live code references (names
     /// the linker provides itself excluded), sorted.
     pub fn external_names(&self) -> Vec<String> {
@@ -790,19 +887,37 @@ impl Prepared {
         names: &[&str],
         answers: &[Option<u64>],
     ) -> Result<(), LinkError> {
+        let answers: Vec<(SymbolId, Option<u64>)> = names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let &id = self.graph.globals.get(*name)?;
+                Some((id, answers.get(i).copied().flatten()))
+            })
+            .collect();
+        self.resolve_external_ids(&answers)
+    }
+
+    /// Phase (b), part 2, by id: record the address of each external
+    /// (`None`: not found). Every missing non-weak one is reported in one
+    /// error with the objects referencing it.
+    pub fn resolve_external_ids(
+        &mut self,
+        answers: &[(SymbolId, Option<u64>)],
+    ) -> Result<(), LinkError> {
         let mut missing = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let Some(&id) = self.graph.globals.get(*name) else {
+        for &(id, answer) in answers {
+            let Some(sym) = self.graph.symbols.get(id.index()) else {
                 continue;
             };
-            match answers.get(i).copied().flatten() {
+            match answer {
                 Some(addr) => {
                     self.externals.insert(id, addr);
                 }
-                None if self.graph.symbols[id.index()].weak_ref => {
+                None if sym.weak_ref => {
                     self.externals.insert(id, 0);
                 }
-                None => missing.push(name.to_string()),
+                None => missing.push(self.graph.symbol_name(id)),
             }
         }
         if !missing.is_empty() {
@@ -937,11 +1052,19 @@ impl Prepared {
 
     /// Phase (c): write GOT and PLT, fix up every live block (in parallel
     /// for large graphs), copy into memory, set final protections.
-    pub fn finalize(
+    pub fn finalize(self, env: &ImageEnv, options: &LinkOptions) -> Result<Finalized, LinkError> {
+        Ok(self.finalize_returning_graph(env, options)?.0)
+    }
+
+    /// [`Prepared::finalize`], handing the graph back (unless
+    /// [`LinkOptions::keep_graph`] put it in [`Finalized::graph`]) instead of
+    /// freeing it: freeing a big graph takes milliseconds, which the engine
+    /// layer spends after the image is emitted.
+    pub fn finalize_returning_graph(
         mut self,
         env: &ImageEnv,
         options: &LinkOptions,
-    ) -> Result<Finalized, LinkError> {
+    ) -> Result<(Finalized, Option<LinkGraph>), LinkError> {
         let fixup_start = Instant::now();
         // The TLS module fixes module id and thread-pointer offset before fixup.
         let tls_module = match (self.tls.memsz > 0, env.tls_placement) {
@@ -1088,7 +1211,7 @@ impl Prepared {
         }
 
         // TP offsets needed by TPOFF edges, computed before the parallel part.
-        let mut tpoffs: HashMap<SymbolId, i64> = HashMap::new();
+        let mut tpoffs: FxHashMap<SymbolId, i64> = FxHashMap::default();
         let has_tls = self.graph.symbols.iter().any(|s| s.tls);
         for b in self.graph.blocks.iter().filter(|b| b.live && has_tls) {
             for e in &b.edges {
@@ -1106,96 +1229,133 @@ impl Prepared {
         }
 
         let edge_count: usize = self.graph.blocks.iter().map(|b| b.edges.len()).sum();
-        let mut contents: Vec<(usize, Vec<u8>)> = self
-            .graph
-            .blocks
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, b)| b.live && !b.edges.is_empty())
-            .filter_map(|(i, b)| match &mut b.content {
-                Content::Bytes(v) => Some((i, std::mem::take(v))),
-                Content::Zero(_) => None,
-            })
-            .collect();
-        // Fixups.
-        let ctx = FixupCtx {
-            graph: &self.graph,
-            addrs: &addrs,
-            got: &self.got,
-            got_base,
-            plt: &self.plt,
-            plt_base: self
-                .plt_block
-                .map_or(0, |b| self.graph.blocks[b.index()].addr),
-            tpoffs: &tpoffs,
-        };
-        let ctx_ref = &ctx;
-        let run = |(i, bytes): &mut (usize, Vec<u8>)| ctx_ref.fix_block(*i, bytes);
-        let results: Vec<Result<(), LinkError>> = if edge_count >= options.parallel_threshold {
-            contents.par_iter_mut().map(run).collect()
-        } else {
-            contents.iter_mut().map(run).collect()
-        };
-        results.into_iter().collect::<Result<(), LinkError>>()?;
-        for (i, bytes) in contents {
-            self.graph.blocks[i].content = Content::Bytes(bytes);
-        }
-
-        // FDE CIE pointers follow the new layout.
-        for i in 0..self.graph.blocks.len() {
-            let b = &self.graph.blocks[i];
-            if !b.live {
+        // Each live block's bytes are copied into the image and fixed up
+        // there, block by block (in parallel for large graphs): one copy,
+        // no intermediate buffers.
+        let base = self.alloc.base();
+        let g = &self.graph;
+        // In address order: the layout's order, with the TLS image's blocks
+        // put in their place.
+        let tls_data = g
+            .sections
+            .iter()
+            .filter(|s| s.role == SectionRole::TlsData)
+            .flat_map(|s| s.blocks.iter().copied());
+        let mut places: Vec<(usize, usize)> = Vec::with_capacity(self.placed.len());
+        let mut total_bytes = 0usize;
+        for b in self.placed.iter().copied().chain(tls_data) {
+            let block = &g.blocks[b.index()];
+            let Some(v) = block.content.bytes() else {
+                continue;
+            };
+            if !block.live || v.is_empty() {
                 continue;
             }
-            if let Some(f) = b.fde {
-                let cie_addr = self.graph.blocks[f.cie.index()].addr;
-                let field = b.addr + 4;
-                let ptr = field
-                    .checked_sub(cie_addr)
-                    .and_then(|d| u32::try_from(d).ok());
-                let Some(ptr) = ptr else {
-                    return Err(LinkError::malformed(
-                        self.graph.object_name(b.object),
-                        format!(
-                            ".eh_frame offset {:#x}: FDE placed before its CIE",
-                            b.input_offset
-                        ),
-                    ));
-                };
-                if let Content::Bytes(v) = &mut self.graph.blocks[i].content {
-                    v[4..8].copy_from_slice(&ptr.to_le_bytes());
-                }
-            }
+            let at = match g.sections[block.section.index()].role {
+                SectionRole::TlsData => self.tls.image_addr - base + block.addr,
+                _ => block.addr - base,
+            };
+            total_bytes += v.len();
+            places.push((at as usize, b.index()));
         }
-
-        // Copy into memory.
-        let base = self.alloc.base();
+        if !places.is_sorted() {
+            places.sort_unstable();
+        }
         let mem = self.alloc.bytes_mut().ok_or_else(|| LinkError::Memory {
             detail: "allocation is not writable".into(),
             source: std::io::Error::other("bad memory state"),
         })?;
-        for b in self.graph.blocks.iter().filter(|b| b.live) {
-            if let Content::Bytes(v) = &b.content
-                && !v.is_empty()
-            {
-                if self.graph.sections[b.section.index()].role == SectionRole::TlsData {
-                    let off = (self.tls.image_addr - base + b.addr) as usize;
-                    mem[off..off + v.len()].copy_from_slice(v);
-                } else if !matches!(
-                    self.graph.sections[b.section.index()].role,
-                    SectionRole::TlsBss
-                ) {
-                    let off = (b.addr - base) as usize;
-                    mem[off..off + v.len()].copy_from_slice(v);
-                }
+        // Disjoint slices of the image, one per block, in address order.
+        let layout_bug = |i: usize| LinkError::Memory {
+            detail: format!(
+                "block {i} of {} does not fit the image's layout (linker bug)",
+                g.object_name(g.blocks[i].object)
+            ),
+            source: std::io::Error::other("overlapping or out-of-range block"),
+        };
+        let mut slots: Vec<(usize, &mut [u8])> = Vec::with_capacity(places.len());
+        let mut rest: &mut [u8] = mem;
+        let mut next = 0usize;
+        for &(at, i) in &places {
+            let len = g.blocks[i].content.len() as usize;
+            let skip = at.checked_sub(next).ok_or_else(|| layout_bug(i))?;
+            if skip.saturating_add(len) > rest.len() {
+                return Err(layout_bug(i));
             }
+            let (slot, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(len);
+            rest = tail;
+            next = at + len;
+            slots.push((i, slot));
         }
+        // Fixups.
+        let ctx = FixupCtx {
+            graph: g,
+            addrs: &addrs,
+            got: &self.got,
+            got_base,
+            plt: &self.plt,
+            plt_base: self.plt_block.map_or(0, |b| g.blocks[b.index()].addr),
+            tpoffs: &tpoffs,
+        };
+        let ctx_ref = &ctx;
+        let run = |(i, slot): &mut (usize, &mut [u8])| {
+            let block = &g.blocks[*i];
+            match block.content.bytes() {
+                Some(v) if v.len() == slot.len() => slot.copy_from_slice(v),
+                _ => return Err(layout_bug(*i)),
+            }
+            // An FDE's CIE pointer follows the new layout.
+            if let Some(f) = block.fde {
+                let cie_addr = g.blocks[f.cie.index()].addr;
+                let ptr = (block.addr + 4)
+                    .checked_sub(cie_addr)
+                    .and_then(|d| u32::try_from(d).ok());
+                let (Some(ptr), Some(field)) = (ptr, slot.get_mut(4..8)) else {
+                    return Err(LinkError::malformed(
+                        g.object_name(block.object),
+                        format!(
+                            ".eh_frame offset {:#x}: FDE placed before its CIE",
+                            block.input_offset
+                        ),
+                    ));
+                };
+                field.copy_from_slice(&ptr.to_le_bytes());
+            }
+            if block.edges.is_empty() {
+                Ok(())
+            } else {
+                ctx_ref.fix_block(*i, slot)
+            }
+        };
+        let parallel =
+            edge_count >= options.parallel_threshold || total_bytes >= PARALLEL_COPY_BYTES;
+        let results: Vec<Result<(), LinkError>> = if parallel {
+            slots.par_iter_mut().map(run).collect()
+        } else {
+            slots.iter_mut().map(run).collect()
+        };
+        results.into_iter().collect::<Result<(), LinkError>>()?;
+
+        // A kept graph holds the relocated bytes.
+        let relocated: Vec<(usize, Vec<u8>)> = if options.keep_graph {
+            slots.iter().map(|(i, slot)| (*i, slot.to_vec())).collect()
+        } else {
+            Vec::new()
+        };
+        drop(slots);
+        for (i, bytes) in relocated {
+            self.graph.blocks[i].content = Content::Bytes(bytes);
+        }
+        let mem = self.alloc.bytes_mut().ok_or_else(|| LinkError::Memory {
+            detail: "allocation is not writable".into(),
+            source: std::io::Error::other("bad memory state"),
+        })?;
         if let Some((start, len)) = self.eh_frame {
             let off = (start + len - 4 - base) as usize;
             mem[off..off + 4].fill(0);
         }
 
-        let init_fini = collect_init_fini(&self.graph);
+        let init_fini = collect_init_fini(&self.graph, mem, base);
         if let Some(module) = &tls_module {
             let start = (self.tls.image_addr.saturating_sub(base)) as usize;
             let tdata = &mem[start..start + self.tls.filesz as usize];
@@ -1203,22 +1363,28 @@ impl Prepared {
                 detail: e.to_string(),
             })?;
         }
-        let symbols: HashMap<Box<str>, u64> = self
-            .graph
-            .globals
-            .iter()
-            .filter_map(|(n, &id)| {
-                let s = &self.graph.symbols[id.index()];
-                match s.def {
-                    SymbolDef::Defined { block, .. } if self.graph.blocks[block.index()].live => {
-                        Some((n.clone(), addrs[id.index()]))
+        let symbols: HashMap<Box<str>, u64> = if !options.symbol_table {
+            HashMap::new()
+        } else {
+            self.graph
+                .globals
+                .iter()
+                .filter_map(|(n, &id)| {
+                    let s = &self.graph.symbols[id.index()];
+                    match s.def {
+                        SymbolDef::Defined { block, .. }
+                            if self.graph.blocks[block.index()].live =>
+                        {
+                            Some((n.clone(), addrs[id.index()]))
+                        }
+                        SymbolDef::Absolute(v) => Some((n.clone(), v)),
+                        _ => None,
                     }
-                    SymbolDef::Absolute(v) => Some((n.clone(), v)),
-                    _ => None,
-                }
-            })
-            .collect();
+                })
+                .collect()
+        };
         let fixed = Instant::now();
+        self.prefault.wait();
         self.alloc.finalize(&self.segments)?;
         let stats = LinkStats {
             objects: self.graph.objects.len(),
@@ -1234,16 +1400,24 @@ impl Prepared {
                 ..PhaseTimings::default()
             },
         };
-        Ok(Finalized {
-            alloc: self.alloc,
-            symbols,
-            eh_frame: self.eh_frame,
-            init_fini,
-            tls: self.tls,
-            tls_module,
-            stats,
-            graph: options.keep_graph.then_some(self.graph),
-        })
+        let (kept, graph) = if options.keep_graph {
+            (Some(self.graph), None)
+        } else {
+            (None, Some(self.graph))
+        };
+        Ok((
+            Finalized {
+                alloc: self.alloc,
+                symbols,
+                eh_frame: self.eh_frame,
+                init_fini,
+                tls: self.tls,
+                tls_module,
+                stats,
+                graph: kept,
+            },
+            graph,
+        ))
     }
 }
 
@@ -1272,11 +1446,11 @@ impl Edge {
 struct FixupCtx<'a> {
     graph: &'a LinkGraph,
     addrs: &'a [u64],
-    got: &'a HashMap<GotKey, u64>,
+    got: &'a FxHashMap<GotKey, u64>,
     got_base: u64,
-    plt: &'a HashMap<SymbolId, u64>,
+    plt: &'a FxHashMap<SymbolId, u64>,
     plt_base: u64,
-    tpoffs: &'a HashMap<SymbolId, i64>,
+    tpoffs: &'a FxHashMap<SymbolId, i64>,
 }
 
 impl FixupCtx<'_> {
@@ -1291,7 +1465,7 @@ impl FixupCtx<'_> {
                 LinkError::Fixup {
                     object: self.graph.object_name(block.object).to_string(),
                     section: block.input_section.to_string(),
-                    offset: block.input_offset + e.offset,
+                    offset: block.input_offset + u64::from(e.offset),
                     reloc,
                     symbol,
                     source: Box::new(source),
@@ -1318,18 +1492,23 @@ impl FixupCtx<'_> {
         e: &Edge,
         bytes: &mut [u8],
     ) -> Result<(), (FixupError, Option<&'static str>)> {
-        let sym: &Symbol = &self.graph.symbols[e.target.index()];
+        // The symbol itself (64 bytes, a cache miss for most edges) is read
+        // only by the kinds that need more than its address.
+        let sym = || -> &Symbol { &self.graph.symbols[e.target.index()] };
         let s = self.addrs[e.target.index()];
-        let place = block.addr.wrapping_add(e.offset);
+        let place = block.addr.wrapping_add(u64::from(e.offset));
         let mut v = FixupValues {
             place,
             target: s,
             addend: e.addend,
             got: self.got_base,
-            size: sym.size,
+            size: match e.kind {
+                EdgeKind::Size32 | EdgeKind::Size64 => sym().size,
+                _ => 0,
+            },
         };
         let mut kind = e.kind;
-        let mut offset = e.offset;
+        let mut offset = u64::from(e.offset);
         match e.kind {
             EdgeKind::Branch32 => {
                 if !in_reach(place, s, e.addend)
@@ -1339,9 +1518,10 @@ impl FixupCtx<'_> {
                 }
             }
             EdgeKind::GotLoadRelaxable { rex } => {
-                let direct = !sym.tls && s != 0 && in_reach(place, s, e.addend);
+                let direct = !sym().tls && s != 0 && in_reach(place, s, e.addend);
                 let relaxed = if direct {
-                    reloc::relax_got_load(bytes, e.offset, rex).map_err(|err| (err, None))?
+                    reloc::relax_got_load(bytes, u64::from(e.offset), rex)
+                        .map_err(|err| (err, None))?
                 } else {
                     None
                 };
@@ -1380,7 +1560,7 @@ impl FixupCtx<'_> {
             _ => {}
         }
         reloc::apply(kind, bytes, offset, &v).map_err(|err| {
-            let hint = match (e.kind, sym.def) {
+            let hint = match (e.kind, sym().def) {
                 (EdgeKind::Pointer32 | EdgeKind::Pointer32Signed, _) => {
                     Some("non-PIE code must be placed below 2 GiB; compile with -fPIE or -fPIC")
                 }
@@ -1396,22 +1576,26 @@ impl FixupCtx<'_> {
 
 /// Initializer and finalizer sections, in link order (objects in the order
 /// added, sections in file order), with their fixed-up entries.
-fn collect_init_fini(g: &LinkGraph) -> Vec<(Box<str>, Vec<usize>)> {
+fn collect_init_fini(g: &LinkGraph, image: &[u8], base: u64) -> Vec<(Box<str>, Vec<usize>)> {
     g.blocks
         .iter()
         .filter(|b| b.live && is_init_fini(g.sections[b.section.index()].role))
         .map(|b| {
-            let entries = match &b.content {
-                Content::Bytes(v) => v
+            let start = (b.addr - base) as usize;
+            // Relocated: read back from the image.
+            let entries = match b.content.bytes() {
+                Some(v) => image
+                    .get(start..start + v.len())
+                    .unwrap_or_default()
                     .chunks_exact(8)
                     .map(|c| {
                         u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
                             as usize
                     })
                     .collect(),
-                Content::Zero(_) => Vec::new(),
+                None => Vec::new(),
             };
-            (b.input_section.clone(), entries)
+            (Box::from(&*b.input_section), entries)
         })
         .collect()
 }

@@ -228,3 +228,84 @@ fn duplicate_definitions_across_objects_are_all_listed() {
     assert_eq!(one(0), 1);
     j.session.end();
 }
+
+/// A layer that prepares images as soon as units are added
+/// (`LinkOptions::prepare_early`), for every unit whatever its size.
+fn early_jit() -> Jit {
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let mut options = kiln_linker::LinkOptions::default();
+    options.prepare_early = true;
+    options.parallel_threshold = 0;
+    let layer = ObjectLayer::with_options(&session, options);
+    let host = session.create_dylib("<host>").unwrap();
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .unwrap();
+    Jit {
+        session,
+        layer,
+        host,
+    }
+}
+
+#[test]
+fn images_prepared_early_link_like_the_others() {
+    let dir = scratch("early");
+    let j = early_jit();
+    let app = j.dylib("app", &[]);
+    j.layer
+        .add_object(&app, None, "even.o", &compile(&dir, "even", EVEN))
+        .unwrap();
+    j.layer
+        .add_object(&app, None, "odd.o", &compile(&dir, "odd", ODD))
+        .unwrap();
+    // A weak definition is not prepared early (another unit may win it);
+    // here the strong one added later does.
+    let weak = "__attribute__((weak)) int pick(int x) { return x + 100; }\nint via_weak(int x) { return pick(x); }\n";
+    let strong = "int pick(int x) { return x + 1; }\n";
+    j.layer
+        .add_object(&app, None, "weak.o", &compile(&dir, "weak", weak))
+        .unwrap();
+    j.layer
+        .add_object(&app, None, "strong.o", &compile(&dir, "strong", strong))
+        .unwrap();
+    let is_even = j.function(&app, "is_even").unwrap();
+    assert_eq!(is_even(10), 1);
+    assert_eq!(is_even(7), 0);
+    let via_weak = j.function(&app, "via_weak").unwrap();
+    assert_eq!(via_weak(1), 2, "the strong definition wins");
+    j.session.end();
+}
+
+#[test]
+fn an_image_prepared_early_reports_its_errors_when_linked() {
+    let dir = scratch("early-dup");
+    let j = early_jit();
+    let app = j.dylib("app", &[]);
+    let a = dir.join("dup_a.o");
+    let b = dir.join("dup_b.o");
+    std::fs::write(&a, compile(&dir, "dup_a", "int dup(int x) { return x; }\n")).unwrap();
+    std::fs::write(
+        &b,
+        compile(
+            &dir,
+            "dup_b",
+            "int dup(int x) { return -x; }\nint user(int x) { return x; }\n",
+        ),
+    )
+    .unwrap();
+    let mut linker = kiln_linker::Linker::new(Default::default());
+    linker.add_object_file(&a).unwrap();
+    linker.add_object_file(&b).unwrap();
+    let graph = linker.build_graph().unwrap();
+    // Adding succeeds: the duplicate is found while preparing, and reported
+    // to whoever looks the image up.
+    j.layer.add_graph(&app, None, "dups", graph).unwrap();
+    let err = j.function(&app, "user").expect_err("duplicate definitions");
+    let text = err.to_string();
+    assert!(text.contains("dup"), "{text}");
+    assert!(
+        text.contains("dup_a.o") && text.contains("dup_b.o"),
+        "{text}"
+    );
+    j.session.end();
+}

@@ -362,3 +362,35 @@ fn kept_graph_has_final_addresses_and_relocation_records() {
     let mem = unsafe { std::slice::from_raw_parts(blk.addr as *const u8, bytes.len()) };
     assert_eq!(mem, &bytes[..]);
 }
+
+#[test]
+fn shared_and_copied_reads_give_the_same_graph() {
+    use kiln_linker::graph::Content;
+    // Code, data, COMMON, `.eh_frame` records and thread-locals.
+    let obj = c_object(
+        "shared_read",
+        "int common_x; static int counter; __thread int tls_v = 3;
+         const char *name(void) { return \"shared\"; }
+         int bump(int d) { counter += d; tls_v += d; return counter + common_x; }",
+        &["-O2", "-fcommon", "-fPIC"],
+    );
+    let bytes = std::fs::read(&obj).unwrap();
+    let copied = kiln_linker::elf::parse_object("shared_read.o", &bytes).unwrap();
+    let file = std::sync::Arc::new(bytes.clone());
+    let shared = kiln_linker::elf::parse_object_shared("shared_read.o", &file).unwrap();
+    assert_eq!(copied.blocks.len(), shared.blocks.len());
+    let mut from_file = 0;
+    for (c, s) in copied.blocks.iter().zip(&shared.blocks) {
+        assert_eq!(c.content, s.content, "{}", c.input_section);
+        assert_eq!(c.edges, s.edges, "{}", c.input_section);
+        assert_eq!(c.input_offset, s.input_offset);
+        assert!(!matches!(c.content, Content::Input { .. }), "copied");
+        if let Content::Input { start, len, .. } = s.content {
+            assert_eq!(&bytes[start..start + len], c.content.bytes().unwrap());
+            from_file += 1;
+        }
+    }
+    // .text, .rodata, .tdata and every .eh_frame record at least.
+    assert!(from_file >= 4, "{from_file} blocks refer to the file");
+    assert_eq!(copied.symbols.len(), shared.symbols.len());
+}
