@@ -8,12 +8,21 @@
 use std::collections::VecDeque;
 use std::fmt;
 
+use crate::generator::{GenerateRequest, Generator};
 use crate::sync::{Arc, Condvar, Mutex, thread, thread_local_const};
 
 /// A unit of work for a dispatcher.
 pub struct Task {
     description: &'static str,
-    run: Box<dyn FnOnce() + Send>,
+    body: Body,
+}
+
+/// What a task runs.
+enum Body {
+    Closure(Box<dyn FnOnce() + Send>),
+    /// A generator's call: the most frequent task the engine makes, kept
+    /// without an allocation of its own.
+    Generate(Arc<dyn Generator>, GenerateRequest),
 }
 
 impl Task {
@@ -21,7 +30,15 @@ impl Task {
     pub fn new(description: &'static str, f: impl FnOnce() + Send + 'static) -> Self {
         Task {
             description,
-            run: Box::new(f),
+            body: Body::Closure(Box::new(f)),
+        }
+    }
+
+    /// A task that calls `generator` with `request`.
+    pub(crate) fn generate(generator: Arc<dyn Generator>, request: GenerateRequest) -> Self {
+        Task {
+            description: "definition generator",
+            body: Body::Generate(generator, request),
         }
     }
 
@@ -34,7 +51,10 @@ impl Task {
     /// into failures before they get here; a panicking user callback is
     /// caught by the worker pool.
     pub fn run(self) {
-        (self.run)()
+        match self.body {
+            Body::Closure(f) => f(),
+            Body::Generate(generator, request) => generator.generate(request),
+        }
     }
 }
 

@@ -3,12 +3,11 @@
 
 use std::fmt;
 
-use crate::actor::{Msg, SessionCore};
+use crate::actor::{AskedNames, Msg};
 use crate::error::Error;
 use crate::lookup::{DylibLookup, LookupKind};
 use crate::name::SymbolName;
 use crate::session::Dylib;
-use crate::sync::Arc;
 
 /// Defines symbols on demand.
 ///
@@ -33,9 +32,8 @@ pub trait Generator: Send + Sync + 'static {
 /// One call of a generator: which names a lookup is missing, and the means
 /// to say it is done.
 pub struct GenerateRequest {
-    pub(crate) core: Arc<SessionCore>,
     pub(crate) dylib: Dylib,
-    pub(crate) names: Vec<SymbolName>,
+    pub(crate) names: AskedNames,
     pub(crate) kind: LookupKind,
     pub(crate) visibility: DylibLookup,
     pub(crate) lookup: u64,
@@ -85,13 +83,28 @@ impl GenerateRequest {
             return;
         }
         self.completed = true;
-        self.core.send(Msg::GeneratorDone {
-            lookup: self.lookup,
-            dylib: self.dylib.id(),
-            generator: self.generator,
-            asked: std::mem::take(&mut self.names),
+        let done = (
+            self.lookup,
+            self.dylib.id(),
+            self.generator,
+            std::mem::take(&mut self.names),
             result,
-        });
+        );
+        // Applied on this thread when nobody drives the mailbox (a generator
+        // that completes synchronously, the common case), else queued.
+        self.dylib.core.apply(
+            done,
+            |state, core, (lookup, dylib, generator, asked, result), fx| {
+                state.generator_done(core, lookup, dylib, generator, asked, result, fx)
+            },
+            |(lookup, dylib, generator, asked, result)| Msg::GeneratorDone {
+                lookup,
+                dylib,
+                generator,
+                asked,
+                result,
+            },
+        );
     }
 }
 

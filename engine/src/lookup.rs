@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags};
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, Condvar, Mutex, thread_local_const};
 
 use smallvec::SmallVec;
 
@@ -73,6 +73,15 @@ impl SearchOrder {
     /// The entries in search order.
     pub fn entries(&self) -> &[(Dylib, DylibLookup)] {
         &self.entries
+    }
+
+    /// The order by dylib id, as the actor keeps it.
+    pub(crate) fn ids(&self) -> crate::actor::SearchIds {
+        let mut ids = crate::actor::SearchIds::new();
+        for (dylib, visibility) in &self.entries {
+            ids.push((dylib.id(), *visibility));
+        }
+        ids
     }
 }
 
@@ -345,11 +354,18 @@ pub type FlagsMap = Vec<(SymbolName, SymbolFlags)>;
 
 type Callback = Box<dyn FnOnce(Result<SymbolMap>) + Send>;
 
-/// Completion state shared between a pending lookup and its handle.
+/// Completion state shared between a pending lookup and its handle. The
+/// lookup's id travels beside it (in the message and the handle), so that a
+/// slot nobody shares any more can serve this thread's next lookup.
 pub(crate) struct LookupShared {
-    pub(crate) id: u64,
     slot: Mutex<Slot>,
     done: Condvar,
+}
+
+thread_local_const! {
+    /// A delivered slot no one else holds, kept for this thread's next
+    /// lookup (most complete on the caller's thread: then none allocates).
+    static SPARE_SLOT: std::cell::RefCell<Option<Arc<LookupShared>>> = std::cell::RefCell::new(None);
 }
 
 #[derive(Default)]
@@ -366,19 +382,46 @@ struct Slot {
 
 impl fmt::Debug for LookupShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LookupShared")
-            .field("id", &self.id)
-            .finish()
+        f.debug_struct("LookupShared").finish_non_exhaustive()
     }
 }
 
 impl LookupShared {
-    pub(crate) fn new(id: u64) -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(LookupShared {
-            id,
             slot: Mutex::new(Slot::default()),
             done: Condvar::new(),
         })
+    }
+
+    /// An empty slot: this thread's spare one, or a new one.
+    pub(crate) fn obtain() -> Arc<Self> {
+        SPARE_SLOT
+            .try_with(|spare| spare.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_else(Self::new)
+    }
+
+    /// Keeps `this` as this thread's spare slot if nobody else can reach it
+    /// (the actor and the effects have dropped their references: it was
+    /// delivered and its result taken).
+    pub(crate) fn recycle(mut this: Arc<Self>) {
+        let Some(unique) = Arc::get_mut(&mut this) else {
+            return;
+        };
+        // Delivered and taken: everything but the flag is empty already.
+        let slot = unique.slot.get_mut();
+        if slot.result.is_some()
+            || slot.waker.is_some()
+            || slot.callback.is_some()
+            || slot.helper.is_some()
+        {
+            return;
+        }
+        slot.completed = false;
+        slot.sleepers = 0;
+        let _ = SPARE_SLOT.try_with(|spare| *spare.borrow_mut() = Some(this));
     }
 
     /// Delivers the result: to the callback (as a task on `core`'s
@@ -416,6 +459,16 @@ impl LookupShared {
         self.slot.lock().completed
     }
 
+    /// The result, if the lookup has completed (and it was not taken).
+    pub(crate) fn take_if_completed(&self) -> Option<Result<SymbolMap>> {
+        let mut slot = self.slot.lock();
+        if slot.completed {
+            slot.result.take()
+        } else {
+            None
+        }
+    }
+
     fn take(&self) -> Option<Result<SymbolMap>> {
         self.slot.lock().result.take()
     }
@@ -448,7 +501,8 @@ pub struct Lookup {
 enum LookupHandleState {
     /// Completed on the caller's thread (the fast path), or taken.
     Done(Option<Result<SymbolMap>>),
-    Pending(Arc<LookupShared>, Arc<SessionCore>),
+    /// The slot, the session and the lookup's id.
+    Pending(Arc<LookupShared>, Arc<SessionCore>, u64),
 }
 
 impl fmt::Debug for Lookup {
@@ -465,9 +519,9 @@ impl Lookup {
         }
     }
 
-    pub(crate) fn pending(core: Arc<SessionCore>, shared: Arc<LookupShared>) -> Self {
+    pub(crate) fn pending(core: Arc<SessionCore>, shared: Arc<LookupShared>, id: u64) -> Self {
         Lookup {
-            state: LookupHandleState::Pending(shared, core),
+            state: LookupHandleState::Pending(shared, core, id),
         }
     }
 
@@ -475,7 +529,7 @@ impl Lookup {
     pub fn is_complete(&self) -> bool {
         match &self.state {
             LookupHandleState::Done(_) => true,
-            LookupHandleState::Pending(shared, _) => shared.is_completed(),
+            LookupHandleState::Pending(shared, ..) => shared.is_completed(),
         }
     }
 
@@ -493,21 +547,18 @@ impl Lookup {
     }
 
     fn wait_until(mut self, deadline: Option<(Instant, Duration)>) -> Result<SymbolMap> {
-        let (shared, core) = match &mut self.state {
+        let (shared, core, id) = match &mut self.state {
             LookupHandleState::Done(result) => {
                 return result
                     .take()
                     .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())));
             }
-            LookupHandleState::Pending(shared, core) => (shared.clone(), core.clone()),
+            LookupHandleState::Pending(shared, core, id) => (shared.clone(), core.clone(), *id),
         };
         if !shared.is_completed()
             && let Some(resp) = crate::responsibility::current_materialization()
         {
-            core.send(Msg::BlockedWait {
-                lookup: shared.id,
-                resp,
-            });
+            core.send(Msg::BlockedWait { lookup: id, resp });
         }
         if let Some(pool) = current_pool() {
             shared.slot.lock().helper = Some(pool.clone());
@@ -555,10 +606,10 @@ impl Lookup {
     }
 
     fn cancel_with_timeout(&self, deadline: Option<(Instant, Duration)>) {
-        if let LookupHandleState::Pending(shared, core) = &self.state {
+        if let LookupHandleState::Pending(_, core, id) = &self.state {
             let millis = deadline.map_or(0, |d| d.1.as_millis());
             core.send(Msg::Cancel {
-                lookup: shared.id,
+                lookup: *id,
                 timeout_millis: Some(millis),
             });
         }
@@ -567,9 +618,9 @@ impl Lookup {
     /// Cancels the lookup: it fails with [`Error::Cancelled`] unless it has
     /// completed already. Materializations it started still finish.
     pub fn cancel(&self) {
-        if let LookupHandleState::Pending(shared, core) = &self.state {
+        if let LookupHandleState::Pending(_, core, id) = &self.state {
             core.send(Msg::Cancel {
-                lookup: shared.id,
+                lookup: *id,
                 timeout_millis: None,
             });
         }
@@ -583,7 +634,7 @@ impl Lookup {
             LookupHandleState::Done(mut result) => f(result
                 .take()
                 .unwrap_or_else(|| Err(Error::Usage("lookup result already taken".into())))),
-            LookupHandleState::Pending(shared, core) => shared.set_callback(&core, Box::new(f)),
+            LookupHandleState::Pending(shared, core, _) => shared.set_callback(&core, Box::new(f)),
         }
     }
 }
@@ -598,7 +649,7 @@ impl Future for Lookup {
                     .take()
                     .unwrap_or_else(|| Err(Error::Usage("lookup polled after completion".into()))),
             ),
-            LookupHandleState::Pending(shared, _) => {
+            LookupHandleState::Pending(shared, ..) => {
                 let mut slot = shared.slot.lock();
                 if slot.completed {
                     Poll::Ready(slot.result.take().unwrap_or_else(|| {

@@ -17,7 +17,7 @@ use crate::lookup::{
 };
 use crate::name::SymbolName;
 use crate::responsibility::Responsibility;
-use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
+use crate::symbol::{RequiredState, SymbolDef, SymbolState};
 use crate::sync::{Arc, Ordering};
 use crate::tracker::{ResourceManager, ResourceTracker};
 use crate::unit::{AbsoluteSymbols, MaterializationUnit};
@@ -182,9 +182,10 @@ impl Session {
     /// (generators may still define). Missing required names are an error.
     pub fn lookup_flags(&self, order: &SearchOrder, names: &LookupSet) -> Result<FlagsMap> {
         let (reply, wait) = Reply::new();
-        let shared = LookupShared::new(self.core.next_lookup_id());
+        let shared = LookupShared::new();
         self.core.send(Msg::Lookup(Box::new(LookupMsg {
-            order: order.entries.iter().map(|(d, v)| (d.id(), *v)).collect(),
+            id: self.core.next_lookup_id(),
+            order: order.ids(),
             names: names.names.clone(),
             state: RequiredState::Resolved,
             kind: LookupKind::Static,
@@ -240,10 +241,11 @@ impl Session {
         await_definitions: AwaitDefinitions,
         blocking_for: Option<usize>,
     ) -> Lookup {
-        let shared = LookupShared::new(self.core.next_lookup_id());
-        let id = shared.id;
+        let shared = LookupShared::obtain();
+        let id = self.core.next_lookup_id();
         let msg = LookupMsg {
-            order: order.entries.iter().map(|(d, v)| (d.id(), *v)).collect(),
+            id,
+            order: order.ids(),
             names: names.names.clone(),
             state,
             kind,
@@ -257,10 +259,16 @@ impl Session {
             |st, core, msg, fx| st.start_lookup(core, msg, fx),
             |msg| Msg::Lookup(Box::new(msg)),
         );
+        // Completed while this thread drove (generators and units that
+        // finish in place): hand the result over without the waiting path.
+        if let Some(result) = shared.take_if_completed() {
+            LookupShared::recycle(shared);
+            return Lookup::done(result);
+        }
         if let AwaitDefinitions::For(timeout) = await_definitions {
             self.cancel_after(id, timeout);
         }
-        Lookup::pending(self.core.clone(), shared)
+        Lookup::pending(self.core.clone(), shared, id)
     }
 
     #[cfg(not(kiln_loom))]
@@ -384,12 +392,11 @@ impl Dylib {
     ) -> Result<()> {
         match (&mut unit as &mut dyn Any).downcast_mut::<AbsoluteSymbols>() {
             Some(absolute) => {
-                let (symbols, addresses) = absolute.take_split();
+                let symbols = absolute.take_symbols();
                 if symbols.is_empty() {
                     return Ok(());
                 }
-                let name = absolute.name().into();
-                self.send_define(symbols, name, DefineKind::Fixed(addresses), tracker)
+                self.send_define(DefineKind::Fixed(symbols), tracker)
             }
             None => self.define_unit(Box::new(unit), tracker),
         }
@@ -406,9 +413,7 @@ impl Dylib {
             return Ok(());
         }
         self.send_define(
-            symbols,
-            unit_name,
-            DefineKind::Unit(UnitCell::new(unit)),
+            DefineKind::Unit(UnitCell::new(unit), unit_name, symbols),
             tracker,
         )
     }
@@ -436,28 +441,14 @@ impl Dylib {
         symbols: impl IntoIterator<Item = (SymbolName, SymbolDef)>,
         tracker: Option<&ResourceTracker>,
     ) -> Result<()> {
-        let (flags, addrs): (Vec<_>, Vec<_>) = symbols
-            .into_iter()
-            .map(|(n, d)| ((n, d.flags), d.address))
-            .unzip();
-        if flags.is_empty() {
+        let defs: Vec<(SymbolName, SymbolDef)> = symbols.into_iter().collect();
+        if defs.is_empty() {
             return Ok(());
         }
-        self.send_define(
-            flags,
-            "<absolute symbols>".into(),
-            DefineKind::Absolute(addrs),
-            tracker,
-        )
+        self.send_define(DefineKind::Absolute(defs), tracker)
     }
 
-    fn send_define(
-        &self,
-        symbols: Vec<(SymbolName, SymbolFlags)>,
-        unit_name: Arc<str>,
-        kind: DefineKind,
-        tracker: Option<&ResourceTracker>,
-    ) -> Result<()> {
+    fn send_define(&self, kind: DefineKind, tracker: Option<&ResourceTracker>) -> Result<()> {
         let tracker = match tracker {
             Some(t) if t.shared.dylib != self.id() => {
                 return Err(Error::Usage(format!(
@@ -470,15 +461,11 @@ impl Dylib {
             None => self.shared.default_tracker.id,
         };
         self.core.request(
-            (self.id(), tracker, unit_name, symbols, kind),
-            |st, core, (dylib, tracker, unit_name, symbols, kind), fx| {
-                st.define(core, dylib, tracker, &unit_name, symbols, kind, fx)
-            },
-            |(dylib, tracker, unit_name, symbols, kind), reply| Msg::Define {
+            (self.id(), tracker, kind),
+            |st, core, (dylib, tracker, kind), fx| st.define(core, dylib, tracker, kind, fx),
+            |(dylib, tracker, kind), reply| Msg::Define {
                 dylib,
                 tracker,
-                unit_name,
-                symbols,
                 kind,
                 reply,
             },

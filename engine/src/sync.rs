@@ -18,7 +18,7 @@ pub(crate) use std::sync::Arc;
 pub(crate) use std::sync::OnceLock;
 
 #[cfg(not(kiln_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(kiln_loom))]
 use std::sync::{Condvar as StdCondvar, Mutex as StdMutex};
 
@@ -48,6 +48,13 @@ impl<T> Mutex<T> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
         self.0
             .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The value, through exclusive access: no locking needed.
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.0
+            .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -55,12 +55,9 @@ pub fn absolute_symbols(
 }
 
 impl AbsoluteSymbols {
-    /// Takes the symbols out as (names and flags, addresses).
-    pub(crate) fn take_split(&mut self) -> (Vec<(SymbolName, SymbolFlags)>, Vec<u64>) {
+    /// Takes the symbols out.
+    pub(crate) fn take_symbols(&mut self) -> Vec<(SymbolName, SymbolDef)> {
         std::mem::take(&mut self.symbols)
-            .into_iter()
-            .map(|(n, d)| ((n, d.flags), d.address))
-            .unzip()
     }
 }
 
@@ -72,9 +69,12 @@ impl fmt::Debug for AbsoluteSymbols {
     }
 }
 
+/// The name of every [`AbsoluteSymbols`] unit.
+pub(crate) const ABSOLUTE_UNIT_NAME: &str = "<absolute symbols>";
+
 impl MaterializationUnit for AbsoluteSymbols {
     fn name(&self) -> &str {
-        "<absolute symbols>"
+        ABSOLUTE_UNIT_NAME
     }
 
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {

@@ -184,6 +184,70 @@ fn absolute_symbols_units_stay_lazy_and_are_materialized_without_a_task() {
 }
 
 #[test]
+fn an_absolute_unit_that_emitted_code_waits_on_becomes_ready_with_it() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (a, b, c) = (s.intern("a"), s.intern("b"), s.intern("c"));
+    // a is emitted waiting on b, which is still Lazy: the emit starts b's
+    // (absolute) unit, and b must become Ready through the dependency
+    // graph, taking a with it.
+    d.define(emitting(&a, 1, vec![(d.clone(), vec![b.clone()])]))
+        .unwrap();
+    d.define(absolute_symbols([(b.clone(), def(0x20))]))
+        .unwrap();
+    let found = lookup(&s, &[&d], &[&a], RequiredState::Ready)
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(found.get(&a).unwrap().address, 1);
+    assert_eq!(d.symbol_state(&b), Some(SymbolState::Ready));
+    // A lookup that needs only Resolved completes from an absolute unit too.
+    d.define(absolute_symbols([(c.clone(), def(0x30))]))
+        .unwrap();
+    let found = lookup(&s, &[&d], &[&c], RequiredState::Resolved)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&c).unwrap().address, 0x30);
+    assert_eq!(d.symbol_state(&c), Some(SymbolState::Ready));
+}
+
+#[test]
+fn a_tracker_keeps_track_of_units_left_after_others_materialized() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (src, dst) = (d.create_tracker().unwrap(), d.create_tracker().unwrap());
+    let names: Vec<SymbolName> = (0..4).map(|i| s.intern(&format!("f{i}"))).collect();
+    for (i, n) in names.iter().enumerate() {
+        d.define_with(emitting(n, 0x10 * (i as u64 + 1), vec![]), &src)
+            .unwrap();
+    }
+    // Materializing units out of definition order reshuffles the tracker's
+    // list of live units.
+    for n in [&names[1], &names[0]] {
+        lookup(&s, &[&d], &[n], RequiredState::Ready)
+            .wait()
+            .unwrap();
+    }
+    src.transfer_to(&dst).unwrap();
+    lookup(&s, &[&d], &[&names[3]], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    dst.remove().unwrap();
+    for n in &names {
+        assert_eq!(d.symbol_state(n), None, "{n} went with its tracker");
+    }
+    assert!(matches!(
+        lookup(&s, &[&d], &[&names[2]], RequiredState::Ready).wait(),
+        Err(Error::SymbolsNotFound { .. })
+    ));
+    // The names are free to be defined again.
+    d.define(emitting(&names[2], 0x99, vec![])).unwrap();
+    let found = lookup(&s, &[&d], &[&names[2]], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&names[2]).unwrap().address, 0x99);
+}
+
+#[test]
 fn requested_weak_definition_is_a_duplicate() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();

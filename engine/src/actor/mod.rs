@@ -59,7 +59,8 @@ pub(crate) struct DylibShared {
     pub(crate) id: DylibId,
     pub(crate) name: Arc<str>,
     /// Every defined name, with its definition once Ready. Written only by
-    /// the actor; read by lookups' fast path.
+    /// the actor; read by lookups' fast path. Also the actor's own name
+    /// table: each entry carries the name's symbol id.
     pub(crate) index: ReadIndex,
     pub(crate) default_tracker: Arc<TrackerShared>,
 }
@@ -118,11 +119,16 @@ impl<T> ReplyWait<T> {
     }
 }
 
+/// The names one generator call is asked for (most lookups miss one name:
+/// kept inline).
+pub(crate) type AskedNames = smallvec::SmallVec<[SymbolName; 2]>;
+
 /// A search order by dylib id (most are short: kept inline).
 pub(crate) type SearchIds = smallvec::SmallVec<[(DylibId, DylibLookup); 4]>;
 
 /// What a lookup message asks for.
 pub(crate) struct LookupMsg {
+    pub(crate) id: u64,
     pub(crate) order: SearchIds,
     pub(crate) names: NameList,
     pub(crate) state: RequiredState,
@@ -136,15 +142,16 @@ pub(crate) struct LookupMsg {
     pub(crate) blocking_for: Option<RespId>,
 }
 
-/// How a definition arrives.
+/// How a definition arrives, with its symbols.
 pub(crate) enum DefineKind {
-    /// A unit, materialized on first lookup.
-    Unit(UnitCell),
+    /// A unit, materialized on first lookup: the unit, its name, and the
+    /// names and flags it defines.
+    Unit(UnitCell, Arc<str>, Vec<(SymbolName, SymbolFlags)>),
     /// Fixed addresses, Lazy until first looked up, then resolved and
     /// emitted by the actor itself (an absolute-symbols unit).
-    Fixed(Vec<u64>),
+    Fixed(Vec<(SymbolName, SymbolDef)>),
     /// Fixed addresses, Ready at once.
-    Absolute(Vec<u64>),
+    Absolute(Vec<(SymbolName, SymbolDef)>),
 }
 
 /// Every mutation of session state.
@@ -160,8 +167,6 @@ pub(crate) enum Msg {
     Define {
         dylib: DylibId,
         tracker: TrackerId,
-        unit_name: Arc<str>,
-        symbols: Vec<(SymbolName, SymbolFlags)>,
         kind: DefineKind,
         reply: Reply<Result<()>>,
     },
@@ -170,7 +175,7 @@ pub(crate) enum Msg {
         lookup: u64,
         dylib: DylibId,
         generator: usize,
-        asked: Vec<SymbolName>,
+        asked: AskedNames,
         result: Result<()>,
     },
     Resolve {
@@ -286,20 +291,20 @@ pub(crate) enum Effect {
     },
 }
 
-/// Effect buffers kept for reuse: one per level of nested driving that
-/// steady traffic reaches (lookup → generator → define → materialize).
-const SPARE_EFFECT_BUFFERS: usize = 4;
+/// The effects of one drive. A drive rarely causes more than a few (a task
+/// to dispatch, a lookup to complete), so they stay on the driver's stack:
+/// no buffer to borrow from the inbox and give back under its lock.
+pub(crate) type Effects = smallvec::SmallVec<[Effect; 4]>;
 
 struct Inbox {
     queue: VecDeque<Msg>,
     /// An empty buffer kept for the next drain, so steady traffic allocates
     /// nothing.
     spare: VecDeque<Msg>,
-    /// Likewise for effects: a few, because an effect (a task on the
-    /// in-place dispatcher) may drive again while its driver's buffer is
-    /// still draining.
-    spare_effects: Vec<Vec<Effect>>,
-    driving: bool,
+    /// The state, while nobody drives. The driver takes it out together
+    /// with the right to drive and puts it back when it gives that up, so
+    /// the state needs no lock of its own.
+    state: Option<Box<State>>,
 }
 
 /// The session's shared core: interner, dispatcher, mailbox and state.
@@ -307,8 +312,6 @@ pub(crate) struct SessionCore {
     pub(crate) interner: Interner,
     pub(crate) dispatcher: Arc<dyn Dispatcher>,
     inbox: Mutex<Inbox>,
-    /// Locked only by the current driver: never contended.
-    state: Mutex<State>,
     next_lookup: AtomicUsize,
     pub(crate) ended: AtomicBool,
 }
@@ -327,10 +330,8 @@ impl SessionCore {
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
                 spare: VecDeque::new(),
-                spare_effects: Vec::new(),
-                driving: false,
+                state: Some(Box::new(State::new())),
             }),
-            state: Mutex::new(State::new()),
             next_lookup: AtomicUsize::new(1),
             ended: AtomicBool::new(false),
         })
@@ -346,16 +347,16 @@ impl SessionCore {
 
     /// Delivers `msg` to the actor; drives it if nobody else is.
     pub(crate) fn send(self: &Arc<Self>, msg: Msg) {
-        {
+        let state = {
             let mut inbox = self.inbox.lock();
             inbox.queue.push_back(msg);
-            if inbox.driving {
-                // The driver re-checks the queue before it gives up.
-                return;
+            match inbox.state.take() {
+                Some(state) => state,
+                // Somebody drives; it re-checks the queue before it gives up.
+                None => return,
             }
-            inbox.driving = true;
-        }
-        self.drive(None);
+        };
+        self.drive(state, &mut Effects::new());
     }
 
     /// Applies an operation: when nobody drives the mailbox, this thread
@@ -366,26 +367,23 @@ impl SessionCore {
     pub(crate) fn apply<P>(
         self: &Arc<Self>,
         payload: P,
-        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Vec<Effect>),
+        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Effects),
         message: impl FnOnce(P) -> Msg,
     ) {
         let mut inbox = self.inbox.lock();
-        if inbox.driving {
+        let Some(mut state) = inbox.state.take() else {
             inbox.queue.push_back(message(payload));
             return;
-        }
-        inbox.driving = true;
-        let mut effects = inbox.spare_effects.pop().unwrap_or_default();
+        };
         drop(inbox);
-        let mut state = self.state.lock();
+        let mut effects = Effects::new();
         if state.has_ended() {
             // Refused the one way the handler refuses everything.
             state.handle(self, message(payload), &mut effects);
         } else {
             direct(&mut state, self, payload, &mut effects);
         }
-        drop(state);
-        self.drive(Some(effects));
+        self.drive(state, &mut effects);
     }
 
     /// A synchronous [`SessionCore::apply`]: the result of `direct`, or the
@@ -393,7 +391,7 @@ impl SessionCore {
     pub(crate) fn request<P, T>(
         self: &Arc<Self>,
         payload: P,
-        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Vec<Effect>) -> T,
+        direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Effects) -> T,
         message: impl FnOnce(P, Reply<T>) -> Msg,
     ) -> T {
         let mut result = None;
@@ -415,42 +413,43 @@ impl SessionCore {
     }
 
     /// Drains the mailbox, then — no longer the driver — runs the effects
-    /// (those of a direct request first, when given).
-    fn drive(self: &Arc<Self>, effects: Option<Vec<Effect>>) {
+    /// (those of a direct request first, if any).
+    fn drive(self: &Arc<Self>, state: Box<State>, effects: &mut Effects) {
+        {
+            let mut inbox = self.inbox.lock();
+            if inbox.queue.is_empty() {
+                inbox.state = Some(state);
+            } else {
+                drop(inbox);
+                self.drain(state, effects);
+            }
+        }
+        for effect in effects.drain(..) {
+            self.run_effect(effect);
+        }
+    }
+
+    /// Applies queued messages until the inbox is empty, then gives the
+    /// mailbox up.
+    fn drain(self: &Arc<Self>, mut state: Box<State>, effects: &mut Effects) {
         let mut batch = VecDeque::new();
-        let mut effects = match effects {
-            Some(effects) => effects,
-            None => self.inbox.lock().spare_effects.pop().unwrap_or_default(),
-        };
         loop {
             {
                 let mut inbox = self.inbox.lock();
                 if inbox.queue.is_empty() {
-                    inbox.driving = false;
+                    inbox.state = Some(state);
                     if batch.capacity() > inbox.spare.capacity() {
                         inbox.spare = batch;
                     }
-                    break;
+                    return;
                 }
                 if batch.capacity() == 0 {
                     batch = std::mem::take(&mut inbox.spare);
                 }
                 std::mem::swap(&mut inbox.queue, &mut batch);
             }
-            let mut state = self.state.lock();
             for msg in batch.drain(..) {
-                state.handle(self, msg, &mut effects);
-            }
-        }
-        for effect in effects.drain(..) {
-            self.run_effect(effect);
-        }
-        // Keep the (empty) buffer for the next driver; nested drives while
-        // effects ran may have left one already.
-        if effects.capacity() > 0 {
-            let mut inbox = self.inbox.lock();
-            if inbox.spare_effects.len() < SPARE_EFFECT_BUFFERS {
-                inbox.spare_effects.push(effects);
+                state.handle(self, msg, effects);
             }
         }
     }

@@ -9,8 +9,8 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use super::{
-    DefineKind, DylibId, DylibShared, Effect, LookupMsg, Msg, Reply, RespId, SearchIds,
-    SessionCore, SymId, TrackerId, UnitCell,
+    AskedNames, DefineKind, DylibId, DylibShared, Effect, Effects, LookupMsg, Msg, Reply, RespId,
+    SearchIds, SessionCore, SymId, TrackerId, UnitCell,
 };
 use crate::dispatch::Task;
 use crate::error::{Error, QualifiedName, Result};
@@ -68,7 +68,6 @@ impl EmitScratch {
 
 struct DylibState {
     shared: Arc<DylibShared>,
-    table: FixedMap<SymbolName, SymId>,
     link_order: Vec<(DylibId, DylibLookup)>,
     generators: Vec<GenEntry>,
     trackers: Vec<TrackerId>,
@@ -103,10 +102,13 @@ struct UnitEntry {
     /// The unit; none for fixed addresses, which are in the symbols already:
     /// the actor resolves and emits those itself instead of running a unit.
     cell: Option<UnitCell>,
-    name: Arc<str>,
+    /// The unit's name (for a unit that runs).
+    name: Option<Arc<str>>,
     dylib: DylibId,
     tracker: TrackerId,
     syms: SmallVec<[SymId; 4]>,
+    /// Position in its tracker's `units`.
+    at: usize,
 }
 
 struct RespEntry {
@@ -118,16 +120,27 @@ struct RespEntry {
     /// when a symbol fails, is handed back or is delegated.
     owed: SmallVec<[SymId; 4]>,
     defunct: bool,
+    /// Position in its tracker's `resps` ([`UNLISTED`] once the tracker
+    /// was removed).
+    at: usize,
 }
 
 struct TrackerEntry {
     shared: Arc<TrackerShared>,
     dylib: DylibId,
-    syms: FixedSet<SymId>,
-    units: FixedSet<usize>,
-    resps: FixedSet<RespId>,
+    /// Every symbol defined through it (also those overridden since:
+    /// failed and unpublished, removal passes over them).
+    syms: Vec<SymId>,
+    /// Its live units and responsibilities, unordered; each entry knows
+    /// its position here (`at`), so removing one is a `swap_remove`.
+    units: Vec<usize>,
+    resps: Vec<RespId>,
     removed: bool,
 }
+
+/// An entry's position in a [`TrackerEntry`] list after its tracker was
+/// removed: listed nowhere.
+const UNLISTED: usize = usize::MAX;
 
 /// One name of a pending lookup.
 #[derive(Clone, Copy, Default)]
@@ -184,8 +197,8 @@ impl State {
     pub(crate) fn symbol_state(&self, dylib: DylibId, name: &SymbolName) -> Option<SymbolState> {
         self.dylibs
             .get(dylib as usize)
-            .and_then(|d| d.table.get(name))
-            .map(|&s| self.syms[s as usize].state)
+            .and_then(|d| d.shared.index.sym(name))
+            .map(|s| self.syms[s as usize].state)
     }
 
     /// Whether `Session::end` has run.
@@ -194,7 +207,7 @@ impl State {
     }
 
     /// Applies one message.
-    pub(crate) fn handle(&mut self, core: &Arc<SessionCore>, msg: Msg, fx: &mut Vec<Effect>) {
+    pub(crate) fn handle(&mut self, core: &Arc<SessionCore>, msg: Msg, fx: &mut Effects) {
         if self.ended {
             return self.refuse(msg, fx);
         }
@@ -209,12 +222,10 @@ impl State {
             Msg::Define {
                 dylib,
                 tracker,
-                unit_name,
-                symbols,
                 kind,
                 reply,
             } => {
-                let result = self.define(core, dylib, tracker, &unit_name, symbols, kind, fx);
+                let result = self.define(core, dylib, tracker, kind, fx);
                 reply.send(result);
             }
             Msg::Lookup(msg) => self.start_lookup(core, *msg, fx),
@@ -357,7 +368,7 @@ impl State {
     }
 
     /// After `end`, every request is answered with [`Error::SessionEnded`].
-    fn refuse(&mut self, msg: Msg, fx: &mut Vec<Effect>) {
+    fn refuse(&mut self, msg: Msg, fx: &mut Effects) {
         match msg {
             Msg::CreateDylib { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::FindDylib { reply, .. } => reply.send(None),
@@ -416,7 +427,6 @@ impl State {
         });
         self.dylibs.push(DylibState {
             shared: shared.clone(),
-            table: FixedMap::default(),
             link_order: vec![(id, DylibLookup::All)],
             generators: Vec::new(),
             trackers: vec![tracker],
@@ -440,9 +450,9 @@ impl State {
                 defunct: Mutex::new(false),
             }),
             dylib,
-            syms: FixedSet::default(),
-            units: FixedSet::default(),
-            resps: FixedSet::default(),
+            syms: Vec::new(),
+            units: Vec::new(),
+            resps: Vec::new(),
             removed: false,
         });
         id
@@ -453,6 +463,51 @@ impl State {
         let id = self.tracker_entry(dylib, name);
         self.dylibs[dylib as usize].trackers.push(id);
         self.trackers[id].shared.clone()
+    }
+
+    /// Stores a unit, listed under its tracker.
+    fn add_unit(&mut self, mut unit: UnitEntry) -> usize {
+        let list = &mut self.trackers[unit.tracker].units;
+        unit.at = list.len();
+        let uid = self.units.insert(unit);
+        list.push(uid);
+        uid
+    }
+
+    /// Removes a unit, and from its tracker's list.
+    fn take_unit(&mut self, uid: usize) -> UnitEntry {
+        let unit = self.units.remove(uid);
+        let list = &mut self.trackers[unit.tracker].units;
+        debug_assert_eq!(list.get(unit.at), Some(&uid));
+        list.swap_remove(unit.at);
+        if let Some(&moved) = list.get(unit.at) {
+            self.units[moved].at = unit.at;
+        }
+        unit
+    }
+
+    /// Stores a responsibility, listed under its tracker.
+    fn add_resp(&mut self, mut resp: RespEntry) -> RespId {
+        let list = &mut self.trackers[resp.tracker].resps;
+        resp.at = list.len();
+        let rid = self.resps.insert(resp);
+        list.push(rid);
+        rid
+    }
+
+    /// Removes a responsibility, and from its tracker's list unless the
+    /// tracker was removed.
+    fn take_resp(&mut self, rid: RespId) -> RespEntry {
+        let resp = self.resps.remove(rid);
+        if resp.at != UNLISTED {
+            let list = &mut self.trackers[resp.tracker].resps;
+            debug_assert_eq!(list.get(resp.at), Some(&rid));
+            list.swap_remove(resp.at);
+            if let Some(&moved) = list.get(resp.at) {
+                self.resps[moved].at = resp.at;
+            }
+        }
+        resp
     }
 
     fn live_dylib(&mut self, dylib: DylibId) -> Result<&mut DylibState> {
@@ -478,7 +533,7 @@ impl State {
 
     /// Removes a tracker's symbols, units and in-flight work; returns its
     /// key for the resource managers (None if it was already removed).
-    fn remove_tracker(&mut self, tracker: TrackerId, fx: &mut Vec<Effect>) -> Option<ResourceKey> {
+    fn remove_tracker(&mut self, tracker: TrackerId, fx: &mut Effects) -> Option<ResourceKey> {
         let t = self.trackers.get_mut(tracker)?;
         if t.removed {
             return None;
@@ -487,22 +542,20 @@ impl State {
         *t.shared.defunct.lock() = true;
         let key = t.shared.key;
         let dylib = t.dylib;
-        let mut syms: Vec<SymId> = t.syms.drain().collect();
+        let mut syms = std::mem::take(&mut t.syms);
         // In id order, the symbol records are visited front to back.
         syms.sort_unstable();
-        let units: Vec<usize> = t.units.drain().collect();
-        let resps: Vec<RespId> = t.resps.drain().collect();
+        let units = std::mem::take(&mut t.units);
+        let resps = std::mem::take(&mut t.resps);
         for rid in resps {
-            if let Some(r) = self.resps.get_mut(rid) {
-                r.defunct = true;
-            }
+            let r = &mut self.resps[rid];
+            r.defunct = true;
+            r.at = UNLISTED;
             self.blocked.remove(&rid);
         }
         for uid in units {
-            if self.units.contains(uid) {
-                let unit = self.units.remove(uid);
-                fx.extend(unit.cell.map(|cell| Effect::Drop(Box::new(cell))));
-            }
+            let unit = self.units.remove(uid);
+            fx.extend(unit.cell.map(|cell| Effect::Drop(Box::new(cell))));
         }
         let cause = Arc::new(Error::TrackerRemoved {
             dylib: self.dylibs[dylib as usize].shared.name.clone(),
@@ -523,10 +576,9 @@ impl State {
             let s = &mut self.syms[sid as usize];
             s.unit = None;
             s.resp = None;
-            let d = &mut self.dylibs[s.dylib as usize];
-            if d.table.get(&s.name) == Some(&sid) {
-                d.table.remove(&s.name);
-                d.shared.index.remove(&s.name);
+            let index = &self.dylibs[s.dylib as usize].shared.index;
+            if index.sym(&s.name) == Some(sid) {
+                index.remove(&s.name);
             }
         }
         Some(key)
@@ -537,7 +589,7 @@ impl State {
         src: TrackerId,
         dst: TrackerId,
         reply: Reply<Result<()>>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) {
         let (Some(s), Some(d)) = (self.trackers.get(src), self.trackers.get(dst)) else {
             return reply.send(Err(Error::Usage("transfer_to: unknown tracker".into())));
@@ -550,21 +602,23 @@ impl State {
         let (src_key, dst_key) = (s.shared.key, d.shared.key);
         let s = &mut self.trackers[src];
         s.removed = true;
-        let syms: Vec<SymId> = s.syms.drain().collect();
-        let units: Vec<usize> = s.units.drain().collect();
-        let resps: Vec<RespId> = s.resps.drain().collect();
+        let syms = std::mem::take(&mut s.syms);
+        let units = std::mem::take(&mut s.units);
+        let resps = std::mem::take(&mut s.resps);
+        let d = &self.trackers[dst];
+        let (units_at, resps_at) = (d.units.len(), d.resps.len());
         for &sid in &syms {
             self.syms[sid as usize].tracker = dst;
         }
-        for &uid in &units {
-            if let Some(u) = self.units.get_mut(uid) {
-                u.tracker = dst;
-            }
+        for (i, &uid) in units.iter().enumerate() {
+            let u = &mut self.units[uid];
+            u.tracker = dst;
+            u.at = units_at + i;
         }
-        for &rid in &resps {
-            if let Some(r) = self.resps.get_mut(rid) {
-                r.tracker = dst;
-            }
+        for (i, &rid) in resps.iter().enumerate() {
+            let r = &mut self.resps[rid];
+            r.tracker = dst;
+            r.at = resps_at + i;
         }
         let d = &mut self.trackers[dst];
         d.syms.extend(syms);
@@ -578,7 +632,7 @@ impl State {
         });
     }
 
-    fn remove_dylib(&mut self, dylib: DylibId, fx: &mut Vec<Effect>) -> Vec<ResourceKey> {
+    fn remove_dylib(&mut self, dylib: DylibId, fx: &mut Effects) -> Vec<ResourceKey> {
         let d = &mut self.dylibs[dylib as usize];
         if d.removed {
             return Vec::new();
@@ -591,7 +645,6 @@ impl State {
         // Unpublish everything at once, before any tracker's memory goes;
         // the trackers then find nothing left to unpublish one by one.
         d.shared.index.clear();
-        d.table.clear();
         let mut keys = Vec::new();
         for t in trackers {
             keys.extend(self.remove_tracker(t, fx));
@@ -617,30 +670,29 @@ impl State {
 
     // ----- definitions ----------------------------------------------------
 
-    #[allow(clippy::too_many_arguments)] // one message's fields, unpacked
     pub(crate) fn define(
         &mut self,
         core: &Arc<SessionCore>,
         dylib: DylibId,
         tracker: TrackerId,
-        unit_name: &Arc<str>,
-        symbols: Vec<(SymbolName, SymbolFlags)>,
         kind: DefineKind,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) -> Result<()> {
-        let refuse = |fx: &mut Vec<Effect>, kind: DefineKind| {
-            if let DefineKind::Unit(cell) = kind {
+        let (unit, symbols) = kind.into_parts();
+        let (cell, unit_name) = unit.unzip();
+        let refuse = |fx: &mut Effects, cell: Option<UnitCell>| {
+            if let Some(cell) = cell {
                 fx.push(Effect::Drop(Box::new(cell)));
             }
         };
         if let Err(e) = self.live_dylib(dylib) {
-            refuse(fx, kind);
+            refuse(fx, cell);
             return Err(e);
         }
         match self.trackers.get(tracker) {
             Some(t) if !t.removed && t.dylib == dylib => {}
             _ => {
-                refuse(fx, kind);
+                refuse(fx, cell);
                 return Err(Error::TrackerRemoved {
                     dylib: self.dylibs[dylib as usize].shared.name.clone(),
                 });
@@ -654,12 +706,13 @@ impl State {
         let mut new_discarded = Vec::new();
         // Names repeated within this definition are duplicates too.
         let mut seen = FixedSet::default();
-        for (i, (name, flags)) in symbols.iter().enumerate() {
+        for i in 0..symbols.len() {
+            let (name, flags) = (symbols.name(i), symbols.flags(i));
             if symbols.len() > 1 && !seen.insert(name.clone()) {
                 duplicates.push(name.clone());
                 continue;
             }
-            if let Some(&sid) = d.table.get(name) {
+            if let Some(sid) = d.shared.index.sym(name) {
                 let existing = &self.syms[sid as usize];
                 if !flags.is_weak()
                     && existing.flags.is_weak()
@@ -674,7 +727,7 @@ impl State {
             }
         }
         if !duplicates.is_empty() {
-            refuse(fx, kind);
+            refuse(fx, cell);
             return Err(Error::DuplicateDefinitions {
                 dylib: d.shared.name.clone(),
                 names: duplicates,
@@ -682,48 +735,17 @@ impl State {
         }
         let dylib_handle = (!overridden.is_empty() || !new_discarded.is_empty())
             .then(|| self.dylib_handle(core, dylib));
-        for sid in overridden {
-            let s = &self.syms[sid as usize];
-            let (uid, name, old_tracker) = (s.unit, s.name.clone(), s.tracker);
-            if let Some(uid) = uid {
-                let unit = &mut self.units[uid];
-                unit.syms.retain(|x| *x != sid);
-                let cell = unit.cell.clone();
-                let empty = unit.syms.is_empty();
-                if let Some(cell) = cell {
-                    let handle = dylib_handle.clone().expect("made when overriding");
-                    fx.push(discard_task(
-                        "discard overridden weak definition",
-                        cell,
-                        handle,
-                        name,
-                    ));
-                }
-                if empty {
-                    let unit = self.units.remove(uid);
-                    self.trackers[unit.tracker].units.remove(&uid);
-                    fx.extend(unit.cell.map(|cell| Effect::Drop(Box::new(cell))));
-                }
-            }
-            self.trackers[old_tracker].syms.remove(&sid);
-            let s = &mut self.syms[sid as usize];
-            s.unit = None;
-            s.state = SymbolState::Failed;
-            s.failure = Some(Arc::new(Error::Usage("overridden definition".into())));
-            self.dylibs[dylib as usize]
-                .table
-                .remove(&self.syms[sid as usize].name);
+        if let Some(handle) = &dylib_handle
+            && !overridden.is_empty()
+        {
+            self.override_weak(overridden, handle, fx);
         }
-        let unit_id = match &kind {
-            DefineKind::Unit(_) | DefineKind::Fixed(_) => {
-                let cell = match &kind {
-                    DefineKind::Unit(cell) => Some(cell.clone()),
-                    _ => None,
-                };
+        let unit_id = match &symbols {
+            DefinedSymbols::Unit(_) | DefinedSymbols::Fixed(_) => {
                 if let Some(cell) = &cell {
                     for &i in &new_discarded {
                         let handle = dylib_handle.clone().expect("made when discarding");
-                        let name = symbols[i].0.clone();
+                        let name = symbols.name(i).clone();
                         fx.push(discard_task(
                             "discard weak definition",
                             cell.clone(),
@@ -733,28 +755,23 @@ impl State {
                     }
                 }
                 if new_discarded.len() == symbols.len() {
-                    refuse(fx, kind);
+                    refuse(fx, cell);
                     return Ok(());
                 }
-                let uid = self.units.insert(UnitEntry {
+                Some(self.add_unit(UnitEntry {
                     cell,
-                    name: unit_name.clone(),
+                    name: unit_name,
                     dylib,
                     tracker,
                     syms: SmallVec::with_capacity(symbols.len()),
-                });
-                self.trackers[tracker].units.insert(uid);
-                Some(uid)
+                    at: 0,
+                }))
             }
-            DefineKind::Absolute(_) => None,
+            DefinedSymbols::Absolute(_) => None,
         };
-        let (addresses, ready) = match &kind {
-            DefineKind::Absolute(addrs) => (Some(addrs), true),
-            DefineKind::Fixed(addrs) => (Some(addrs), false),
-            DefineKind::Unit(_) => (None, false),
-        };
+        let ready = matches!(symbols, DefinedSymbols::Absolute(_));
         let mut skip = new_discarded.into_iter().peekable();
-        for (i, (name, flags)) in symbols.into_iter().enumerate() {
+        for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
             if skip.peek() == Some(&i) {
                 skip.next();
                 continue;
@@ -765,15 +782,14 @@ impl State {
             } else {
                 SymbolState::Lazy
             };
-            let address = addresses.map_or(0, |addrs| addrs[i]);
             self.dylibs[dylib as usize].shared.index.set(
                 &name,
                 IndexEntry {
                     def: SymbolDef::new(address, flags),
                     ready: state == SymbolState::Ready,
                 },
+                sid,
             );
-            self.dylibs[dylib as usize].table.insert(name.clone(), sid);
             self.syms.push(Sym {
                 dylib,
                 name,
@@ -786,7 +802,7 @@ impl State {
                 waiters: SmallVec::new(),
                 failure: None,
             });
-            self.trackers[tracker].syms.insert(sid);
+            self.trackers[tracker].syms.push(sid);
             if let Some(uid) = unit_id {
                 self.units[uid].syms.push(sid);
             }
@@ -795,17 +811,49 @@ impl State {
         Ok(())
     }
 
+    /// Retires weak Lazy symbols a strong definition overrides: their units
+    /// hear `discard` (a task), and units left empty are dropped. (Kept out
+    /// of `define`, whose common path never needs it.)
+    #[cold]
+    fn override_weak(&mut self, overridden: Vec<SymId>, dylib: &Dylib, fx: &mut Effects) {
+        for sid in overridden {
+            let s = &self.syms[sid as usize];
+            let (uid, name) = (s.unit, s.name.clone());
+            if let Some(uid) = uid {
+                let unit = &mut self.units[uid];
+                unit.syms.retain(|x| *x != sid);
+                let cell = unit.cell.clone();
+                let empty = unit.syms.is_empty();
+                if let Some(cell) = cell {
+                    fx.push(discard_task(
+                        "discard overridden weak definition",
+                        cell,
+                        dylib.clone(),
+                        name,
+                    ));
+                }
+                if empty {
+                    let unit = self.take_unit(uid);
+                    fx.extend(unit.cell.map(|cell| Effect::Drop(Box::new(cell))));
+                }
+            }
+            let s = &mut self.syms[sid as usize];
+            s.unit = None;
+            s.state = SymbolState::Failed;
+            s.failure = Some(Arc::new(Error::Usage("overridden definition".into())));
+            // Its name stays published (not Ready) until the new definition
+            // replaces the entry: a reader never sees it undefined.
+        }
+    }
+
     /// A dylib gained definitions: forget generator misses and retry lookups
     /// that wait for definitions.
-    fn gained_definitions(
-        &mut self,
-        core: &Arc<SessionCore>,
-        dylib: DylibId,
-        fx: &mut Vec<Effect>,
-    ) {
+    fn gained_definitions(&mut self, core: &Arc<SessionCore>, dylib: DylibId, fx: &mut Effects) {
         let d = &mut self.dylibs[dylib as usize];
         for g in &mut d.generators {
-            g.misses.clear();
+            if !g.misses.is_empty() {
+                g.misses.clear();
+            }
         }
         if d.awaiting.is_empty() {
             return;
@@ -830,9 +878,9 @@ impl State {
         &mut self,
         core: &Arc<SessionCore>,
         msg: LookupMsg,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) {
-        let id = msg.shared.id;
+        let id = msg.id;
         let n = msg.names.len();
         if let Some(resp) = msg.blocking_for {
             self.blocked.insert(resp, id);
@@ -863,11 +911,11 @@ impl State {
     /// Walks the search order from where the lookup stopped: matches names
     /// dylib by dylib, asks generators for what is missing (suspending the
     /// lookup while one runs), and finishes when the order is exhausted.
-    fn advance(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Vec<Effect>) {
+    fn advance(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Effects) {
+        let Some(lk) = self.lookups.get_mut(&id) else {
+            return;
+        };
         loop {
-            let Some(lk) = self.lookups.get_mut(&id) else {
-                return;
-            };
             if lk.pos >= lk.order.len() {
                 return self.finish_search(core, id, fx);
             }
@@ -882,8 +930,8 @@ impl State {
                 if lk.found[i].sym.is_some() {
                     continue;
                 }
-                match d.table.get(name) {
-                    Some(&sid) => {
+                match d.shared.index.sym(name) {
+                    Some(sid) => {
                         let visible = visibility == DylibLookup::All
                             || self.syms[sid as usize].flags.is_exported();
                         if visible {
@@ -897,12 +945,15 @@ impl State {
             while !missing.is_empty() && lk.next_gen < d.generators.len() {
                 let g = lk.next_gen;
                 let entry = &mut d.generators[g];
-                let ask: Vec<SymbolName> = missing
-                    .iter()
-                    .map(|&i| &lk.names[i].0)
-                    .filter(|n| !entry.misses.contains(*n))
-                    .cloned()
-                    .collect();
+                // Pushed one by one: collecting a filtered iterator into a
+                // small vector costs more than the usual single name.
+                let mut ask = AskedNames::new();
+                for &i in &missing {
+                    let name = &lk.names[i].0;
+                    if !entry.misses.contains(name) {
+                        ask.push(name.clone());
+                    }
+                }
                 if ask.is_empty() {
                     lk.next_gen += 1;
                     continue;
@@ -915,7 +966,6 @@ impl State {
                 entry.in_flight += 1;
                 lk.next_gen += 1;
                 let request = GenerateRequest {
-                    core: core.clone(),
                     dylib: Dylib::from_shared(core.clone(), d.shared.clone()),
                     names: ask,
                     kind: lk.kind,
@@ -924,10 +974,9 @@ impl State {
                     generator: g,
                     completed: false,
                 };
-                let generator = entry.generator.clone();
-                fx.push(Effect::Dispatch(Task::new(
-                    "definition generator",
-                    move || generator.generate(request),
+                fx.push(Effect::Dispatch(Task::generate(
+                    entry.generator.clone(),
+                    request,
                 )));
                 return;
             }
@@ -937,15 +986,15 @@ impl State {
     }
 
     #[allow(clippy::too_many_arguments)] // one message's fields, unpacked
-    fn generator_done(
+    pub(crate) fn generator_done(
         &mut self,
         core: &Arc<SessionCore>,
         lookup: u64,
         dylib: DylibId,
         generator: usize,
-        asked: Vec<SymbolName>,
+        asked: AskedNames,
         result: Result<()>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) {
         let d = &mut self.dylibs[dylib as usize];
         let mut next = None;
@@ -953,33 +1002,29 @@ impl State {
             entry.in_flight = entry.in_flight.saturating_sub(1);
             if result.is_ok() {
                 for name in asked {
-                    if !d.table.contains_key(&name) {
+                    if d.shared.index.sym(&name).is_none() {
                         entry.misses.insert(name);
                     }
                 }
             }
             next = entry.queue.pop_front();
         }
-        let name = d.shared.name.clone();
-        if self.lookups.contains_key(&lookup) {
-            match result {
-                Ok(()) => self.advance(core, lookup, fx),
-                Err(cause) => self.fail_lookup(
-                    lookup,
-                    Error::Generator {
-                        dylib: name,
-                        cause: Arc::new(cause),
-                    },
-                    fx,
-                ),
+        // Either does nothing if the lookup is gone (cancelled, failed).
+        match result {
+            Ok(()) => self.advance(core, lookup, fx),
+            Err(cause) if self.lookups.contains_key(&lookup) => {
+                let dylib = d.shared.name.clone();
+                let cause = Arc::new(cause);
+                self.fail_lookup(lookup, Error::Generator { dylib, cause }, fx)
             }
+            Err(_) => {}
         }
         if let Some(next) = next {
             self.advance(core, next, fx);
         }
     }
 
-    fn finish_search(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Vec<Effect>) {
+    fn finish_search(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Effects) {
         let lk = &mut self.lookups.get_mut(&id).expect("lookup exists");
         let missing: Vec<SymbolName> = lk
             .names
@@ -1017,8 +1062,8 @@ impl State {
     /// Attaches the lookup to the symbols it found: records those already
     /// in the required state, waits on the others, and starts the units of
     /// lazy ones.
-    fn bind(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Vec<Effect>) {
-        let lk = self.lookups.get(&id).expect("lookup exists");
+    fn bind(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Effects) {
+        let lk = self.lookups.get_mut(&id).expect("lookup exists");
         for (i, f) in lk.found.iter().enumerate() {
             let Some(sid) = f.sym else { continue };
             let s = &self.syms[sid as usize];
@@ -1031,7 +1076,6 @@ impl State {
                 return self.fail_lookup(id, Error::SideEffectsOnlyRequired(name), fx);
             }
         }
-        let lk = self.lookups.get_mut(&id).expect("lookup exists");
         lk.bound = true;
         let mut to_start: SmallVec<[usize; 2]> = SmallVec::new();
         for i in 0..lk.found.len() {
@@ -1045,8 +1089,10 @@ impl State {
                 s.waiters.push((id, i as u32));
                 lk.remaining += 1;
                 lk.pending.push(sid);
-                if s.state == SymbolState::Lazy {
-                    to_start.extend(s.unit);
+                if s.state == SymbolState::Lazy
+                    && let Some(uid) = s.unit
+                {
+                    to_start.push(uid);
                 }
             }
         }
@@ -1062,7 +1108,7 @@ impl State {
         }
     }
 
-    fn complete(&mut self, id: u64, fx: &mut Vec<Effect>) {
+    fn complete(&mut self, id: u64, fx: &mut Effects) {
         let Some(lk) = self.lookups.remove(&id) else {
             return;
         };
@@ -1071,25 +1117,23 @@ impl State {
         {
             self.blocked.remove(&resp);
         }
-        let found = lk
-            .found
-            .iter()
-            .enumerate()
-            .filter_map(|(at, f)| {
-                Some(lookup::Found {
+        let mut found = SmallVec::new();
+        for (at, f) in lk.found.iter().enumerate() {
+            if let Some(def) = f.def {
+                found.push(lookup::Found {
                     at: at as u32,
                     source: f.at,
-                    def: f.def?,
-                })
-            })
-            .collect();
+                    def,
+                });
+            }
+        }
         fx.push(Effect::Complete(
             lk.shared,
             Ok(SymbolMap::new(lk.names, found)),
         ));
     }
 
-    fn fail_lookup(&mut self, id: u64, err: Error, fx: &mut Vec<Effect>) {
+    fn fail_lookup(&mut self, id: u64, err: Error, fx: &mut Effects) {
         let Some(lk) = self.lookups.remove(&id) else {
             return;
         };
@@ -1122,7 +1166,7 @@ impl State {
     }
 
     /// Symbols reached `Resolved` or `Ready`: complete what waited for that.
-    fn notify_waiters(&mut self, sid: SymId, fx: &mut Vec<Effect>) {
+    fn notify_waiters(&mut self, sid: SymId, fx: &mut Effects) {
         let s = &mut self.syms[sid as usize];
         if s.waiters.is_empty() {
             return;
@@ -1133,21 +1177,24 @@ impl State {
         // needs a later state stays without any new allocation.
         let mut waiters = std::mem::take(&mut s.waiters);
         let mut done: SmallVec<[u64; 2]> = SmallVec::new();
-        let lookups = &mut self.lookups;
-        waiters.retain(|&mut (id, slot)| {
-            let Some(lk) = lookups.get_mut(&id) else {
-                return false;
+        let mut kept = 0;
+        for i in 0..waiters.len() {
+            let (id, slot) = waiters[i];
+            let Some(lk) = self.lookups.get_mut(&id) else {
+                continue;
             };
             if !lk.state.is_met_by(state) {
-                return true;
+                waiters[kept] = (id, slot);
+                kept += 1;
+                continue;
             }
             lk.found[slot as usize].def = def;
             lk.remaining -= 1;
             if lk.remaining == 0 {
                 done.push(id);
             }
-            false
-        });
+        }
+        waiters.truncate(kept);
         self.syms[sid as usize].waiters = waiters;
         for id in done {
             self.complete(id, fx);
@@ -1156,32 +1203,33 @@ impl State {
 
     // ----- materialization ------------------------------------------------
 
-    fn start_unit(&mut self, core: &Arc<SessionCore>, uid: usize, fx: &mut Vec<Effect>) {
+    fn start_unit(&mut self, core: &Arc<SessionCore>, uid: usize, fx: &mut Effects) {
         if !self.units.contains(uid) {
             return;
         }
-        let unit = self.units.remove(uid);
-        self.trackers[unit.tracker].units.remove(&uid);
+        let unit = self.take_unit(uid);
+        let Some(cell) = unit.cell else {
+            return self.materialize_fixed(&unit.syms, fx);
+        };
+        let unit_name = unit
+            .name
+            .unwrap_or_else(|| crate::unit::ABSOLUTE_UNIT_NAME.into());
         for &sid in &unit.syms {
             let s = &mut self.syms[sid as usize];
             s.state = SymbolState::Materializing;
             s.unit = None;
         }
-        let fixed = unit.cell.is_none().then(|| unit.syms.clone());
-        let rid = self.resps.insert(RespEntry {
+        let rid = self.add_resp(RespEntry {
             dylib: unit.dylib,
             tracker: unit.tracker,
-            unit_name: unit.name.clone(),
+            unit_name: unit_name.clone(),
             owed: unit.syms,
             defunct: false,
+            at: 0,
         });
-        self.trackers[unit.tracker].resps.insert(rid);
         for &sid in &self.resps[rid].owed {
             self.syms[sid as usize].resp = Some(rid);
         }
-        let Some(cell) = unit.cell else {
-            return self.materialize_fixed(core, rid, &fixed.unwrap_or_default(), fx);
-        };
         let responsibility = Responsibility {
             core: core.clone(),
             id: rid,
@@ -1190,7 +1238,7 @@ impl State {
                 core: core.clone(),
                 shared: self.trackers[unit.tracker].shared.clone(),
             },
-            unit_name: unit.name,
+            unit_name,
             finished: false,
         };
         fx.push(Effect::Dispatch(Task::new("materialize", move || {
@@ -1198,23 +1246,45 @@ impl State {
         })));
     }
 
-    /// Does what an absolute-symbols unit's `materialize` would: resolve
-    /// its symbols at the addresses given at definition, emit them with no
-    /// dependencies.
-    fn materialize_fixed(
-        &mut self,
-        core: &Arc<SessionCore>,
-        rid: RespId,
-        syms: &[SymId],
-        fx: &mut Vec<Effect>,
-    ) {
+    /// Does what an absolute-symbols unit's `materialize` would — resolve
+    /// its symbols at the addresses given at definition, then emit them with
+    /// no dependencies — in this one step. Nothing can observe the symbols
+    /// in between (no user code runs, no other message is applied), so no
+    /// responsibility is created, and since they depend on nothing they are
+    /// Ready at once: waiters for `Resolved` are notified together with
+    /// those for `Ready`. The graph still hears of the emission, for emitted
+    /// symbols that already wait on these.
+    fn materialize_fixed(&mut self, syms: &[SymId], fx: &mut Effects) {
         for &sid in syms {
-            self.syms[sid as usize].state = SymbolState::Resolved;
-            self.notify_waiters(sid, fx);
+            let s = &mut self.syms[sid as usize];
+            s.unit = None;
+            s.state = SymbolState::Emitted;
         }
-        if let Err(e) = self.emit(core, rid, Vec::new(), fx) {
-            self.fail_resp(rid, e, fx);
+        if !syms.iter().any(|&sid| self.graph.stores(sid)) {
+            // Nothing waits on them in the graph: Ready without it.
+            for &sid in syms {
+                self.mark_ready(sid, fx);
+            }
+            return;
         }
+        let mut ready = std::mem::take(&mut self.scratch.ready);
+        self.graph.emit(
+            &[EmitGroup {
+                defs: syms,
+                deps: &[],
+            }],
+            &mut ready,
+        );
+        for &sid in &ready {
+            self.mark_ready(sid, fx);
+        }
+        debug_assert!(
+            syms.iter()
+                .all(|&sid| self.syms[sid as usize].state == SymbolState::Ready),
+            "a group without dependencies is Ready when emitted"
+        );
+        ready.clear();
+        self.scratch.ready = ready;
     }
 
     fn owned_resp(&self, resp: RespId) -> Result<&RespEntry> {
@@ -1234,8 +1304,8 @@ impl State {
     fn owned_sym(&self, resp: RespId, name: &SymbolName) -> Result<SymId> {
         let r = self.owned_resp(resp)?;
         let d = &self.dylibs[r.dylib as usize];
-        match d.table.get(name) {
-            Some(&sid) if self.syms[sid as usize].resp == Some(resp) => Ok(sid),
+        match d.shared.index.sym(name) {
+            Some(sid) if self.syms[sid as usize].resp == Some(resp) => Ok(sid),
             _ => Err(Error::Usage(format!(
                 "unit '{}' does not own {} in dylib '{}' (or it was already failed or handed back)",
                 r.unit_name, name, d.shared.name
@@ -1247,7 +1317,7 @@ impl State {
         &mut self,
         resp: RespId,
         defs: &[(SymbolName, SymbolDef)],
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) -> Result<()> {
         let mut sids = Vec::with_capacity(defs.len());
         for (name, _) in defs {
@@ -1269,7 +1339,7 @@ impl State {
         core: &Arc<SessionCore>,
         resp: RespId,
         groups: Vec<DependenceGroup>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) -> Result<()> {
         // Reused buffers: an emit allocates nothing of its own in steady state.
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -1285,12 +1355,11 @@ impl State {
         resp: RespId,
         groups: &[DependenceGroup],
         sc: &mut EmitScratch,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) -> Result<()> {
         if let Err(e) = self.owned_resp(resp) {
             if self.resps.contains(resp) {
-                let r = self.resps.remove(resp);
-                self.trackers[r.tracker].resps.remove(&resp);
+                self.take_resp(resp);
             }
             return Err(e);
         }
@@ -1311,8 +1380,8 @@ impl State {
             for (dylib, names) in &g.dependencies {
                 let d = &self.dylibs[dylib.id() as usize];
                 for name in names {
-                    match d.table.get(name) {
-                        Some(&dep) => {
+                    match d.shared.index.sym(name) {
+                        Some(dep) => {
                             if self.syms[dep as usize].state != SymbolState::Ready {
                                 sc.deps.push(dep);
                             }
@@ -1357,8 +1426,7 @@ impl State {
             self.fail_resp(resp, e.clone(), fx);
             return Err(e);
         }
-        let r = self.resps.remove(resp);
-        self.trackers[r.tracker].resps.remove(&resp);
+        let r = self.take_resp(resp);
         if self.blocked.contains_key(&resp) {
             self.blocked.remove(&resp);
         }
@@ -1455,12 +1523,12 @@ impl State {
         first_error.map_or(Ok(()), |e: Arc<Error>| Err((*e).clone()))
     }
 
-    fn mark_ready(&mut self, sid: SymId, fx: &mut Vec<Effect>) {
+    fn mark_ready(&mut self, sid: SymId, fx: &mut Effects) {
         let s = &mut self.syms[sid as usize];
         s.state = SymbolState::Ready;
         let def = SymbolDef::new(s.address, s.flags);
         let index = &self.dylibs[s.dylib as usize].shared.index;
-        index.set(&s.name, IndexEntry { def, ready: true });
+        index.set(&s.name, IndexEntry { def, ready: true }, sid);
         self.notify_waiters(sid, fx);
     }
 
@@ -1479,7 +1547,7 @@ impl State {
         sid: SymId,
         via: Option<QualifiedName>,
         cause: Arc<Error>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) -> Arc<Error> {
         if self.syms[sid as usize].state == SymbolState::Failed
             && let Some(existing) = &self.syms[sid as usize].failure
@@ -1497,7 +1565,7 @@ impl State {
         s.resp = None;
         let s = &self.syms[sid as usize];
         let d = &self.dylibs[s.dylib as usize];
-        if d.table.get(&s.name) == Some(&sid) {
+        if d.shared.index.sym(&s.name) == Some(sid) {
             d.shared.index.update(&s.name, |e| e.ready = false);
         }
         let waiters = std::mem::take(&mut self.syms[sid as usize].waiters);
@@ -1509,7 +1577,7 @@ impl State {
 
     /// Fails `roots` with their causes, then everything that transitively
     /// waits on them, with the root's cause and the root as `via`.
-    fn fail_syms(&mut self, roots: Vec<(SymId, Arc<Error>)>, fx: &mut Vec<Effect>) {
+    fn fail_syms(&mut self, roots: Vec<(SymId, Arc<Error>)>, fx: &mut Effects) {
         if roots.is_empty() {
             return;
         }
@@ -1530,7 +1598,7 @@ impl State {
         &mut self,
         roots: &[SymId],
         dependants: Vec<(SymId, SymId)>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) {
         for (sid, root) in dependants {
             if roots.contains(&sid) && sid == root {
@@ -1542,12 +1610,11 @@ impl State {
         }
     }
 
-    fn fail_resp(&mut self, resp: RespId, cause: Error, fx: &mut Vec<Effect>) {
+    fn fail_resp(&mut self, resp: RespId, cause: Error, fx: &mut Effects) {
         if !self.resps.contains(resp) {
             return;
         }
-        let r = self.resps.remove(resp);
-        self.trackers[r.tracker].resps.remove(&resp);
+        let r = self.take_resp(resp);
         self.blocked.remove(&resp);
         if r.defunct {
             // Removal already failed everything it owed.
@@ -1581,7 +1648,7 @@ impl State {
         cell: UnitCell,
         unit_name: Arc<str>,
         symbols: Vec<(SymbolName, SymbolFlags)>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) -> Result<()> {
         let mut sids = Vec::with_capacity(symbols.len());
         for (name, _) in &symbols {
@@ -1597,14 +1664,14 @@ impl State {
             let r = &self.resps[resp];
             (r.dylib, r.tracker)
         };
-        let uid = self.units.insert(UnitEntry {
+        let uid = self.add_unit(UnitEntry {
             cell: Some(cell),
-            name: unit_name,
+            name: Some(unit_name),
             dylib,
             tracker,
             syms: SmallVec::from_slice(&sids),
+            at: 0,
         });
-        self.trackers[tracker].units.insert(uid);
         let mut wanted = false;
         for (&sid, (_, flags)) in sids.iter().zip(&symbols) {
             let s = &mut self.syms[sid as usize];
@@ -1627,14 +1694,14 @@ impl State {
         }
         let r = &self.resps[resp];
         let (dylib, tracker, unit_name) = (r.dylib, r.tracker, r.unit_name.clone());
-        let rid = self.resps.insert(RespEntry {
+        let rid = self.add_resp(RespEntry {
             dylib,
             tracker,
             unit_name,
             owed: SmallVec::from_slice(&sids),
             defunct: false,
+            at: 0,
         });
-        self.trackers[tracker].resps.insert(rid);
         for sid in sids {
             self.syms[sid as usize].resp = Some(rid);
         }
@@ -1646,7 +1713,7 @@ impl State {
         core: &Arc<SessionCore>,
         resp: RespId,
         symbols: Vec<(SymbolName, SymbolFlags)>,
-        fx: &mut Vec<Effect>,
+        fx: &mut Effects,
     ) -> Result<Vec<SymbolName>> {
         let r = self.owned_resp(resp)?;
         let (dylib, tracker) = (r.dylib, r.tracker);
@@ -1654,7 +1721,7 @@ impl State {
         let mut duplicates = Vec::new();
         let mut add = Vec::new();
         for (name, flags) in symbols {
-            if d.table.contains_key(&name) || add.iter().any(|(n, _)| n == &name) {
+            if d.shared.index.sym(&name).is_some() || add.iter().any(|(n, _)| n == &name) {
                 if !flags.is_weak() {
                     duplicates.push(name);
                 }
@@ -1672,13 +1739,13 @@ impl State {
         for (name, flags) in add {
             let sid = self.syms.len() as SymId;
             let d = &mut self.dylibs[dylib as usize];
-            d.table.insert(name.clone(), sid);
             d.shared.index.set(
                 &name,
                 IndexEntry {
                     def: SymbolDef::new(0, flags),
                     ready: false,
                 },
+                sid,
             );
             self.syms.push(Sym {
                 dylib,
@@ -1693,7 +1760,7 @@ impl State {
                 failure: None,
             });
             self.resps[resp].owed.push(sid);
-            self.trackers[tracker].syms.insert(sid);
+            self.trackers[tracker].syms.push(sid);
             added.push(name);
         }
         self.gained_definitions(core, dylib, fx);
@@ -1742,7 +1809,7 @@ impl State {
 
     /// If the materializer `start`, blocked on lookup `id`, transitively
     /// waits on itself, fails that lookup with the cycle spelled out.
-    fn check_blocking_cycle(&mut self, start: RespId, id: u64, fx: &mut Vec<Effect>) {
+    fn check_blocking_cycle(&mut self, start: RespId, id: u64, fx: &mut Effects) {
         let mut visited = FixedSet::default();
         visited.insert(start);
         let mut stack = vec![(id, start, Vec::<String>::new())];
@@ -1785,6 +1852,64 @@ impl State {
         self.resps
             .get(resp)
             .map_or_else(|| "?".into(), |r| r.unit_name.clone())
+    }
+}
+
+/// A definition's symbols, as [`DefineKind`] brings them.
+enum DefinedSymbols {
+    /// A unit's: names and flags.
+    Unit(Vec<(SymbolName, SymbolFlags)>),
+    /// An absolute-symbols unit's, Lazy until looked up.
+    Fixed(Vec<(SymbolName, SymbolDef)>),
+    /// Fixed addresses, Ready at once.
+    Absolute(Vec<(SymbolName, SymbolDef)>),
+}
+
+impl DefineKind {
+    /// The unit to run and its name (if any), and the symbols.
+    fn into_parts(self) -> (Option<(UnitCell, Arc<str>)>, DefinedSymbols) {
+        match self {
+            DefineKind::Unit(cell, name, symbols) => {
+                (Some((cell, name)), DefinedSymbols::Unit(symbols))
+            }
+            DefineKind::Fixed(defs) => (None, DefinedSymbols::Fixed(defs)),
+            DefineKind::Absolute(defs) => (None, DefinedSymbols::Absolute(defs)),
+        }
+    }
+}
+
+impl DefinedSymbols {
+    fn len(&self) -> usize {
+        match self {
+            DefinedSymbols::Unit(s) => s.len(),
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => d.len(),
+        }
+    }
+
+    fn name(&self, i: usize) -> &SymbolName {
+        match self {
+            DefinedSymbols::Unit(s) => &s[i].0,
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => &d[i].0,
+        }
+    }
+
+    fn flags(&self, i: usize) -> SymbolFlags {
+        match self {
+            DefinedSymbols::Unit(s) => s[i].1,
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => d[i].1.flags,
+        }
+    }
+
+    /// Name, flags and address (0 for a unit's symbols) of each, in order.
+    fn into_entries(self) -> impl Iterator<Item = (SymbolName, SymbolFlags, u64)> {
+        let (units, defs) = match self {
+            DefinedSymbols::Unit(s) => (s, Vec::new()),
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => (Vec::new(), d),
+        };
+        units
+            .into_iter()
+            .map(|(n, f)| (n, f, 0))
+            .chain(defs.into_iter().map(|(n, d)| (n, d.flags, d.address)))
     }
 }
 

@@ -450,6 +450,13 @@ impl DepGraph {
             .is_some_and(|s| self.slots[s as usize].kind == Kind::Waiting)
     }
 
+    /// Whether the graph stores `n`: waiting, or never emitted but waited
+    /// on. A node it does not store that is emitted without dependencies
+    /// is Ready at once, so the caller may skip [`DepGraph::emit`] for it.
+    pub fn stores(&self, n: NodeId) -> bool {
+        self.slot_of(n).is_some()
+    }
+
     /// Number of waiting nodes.
     pub fn waiting_len(&self) -> usize {
         self.waiting

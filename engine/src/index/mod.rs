@@ -12,6 +12,18 @@
 //! a table grows only when the distinct names defined in the dylib outgrow
 //! it: a name defined again (after a removal, say) finds its old slot.
 //!
+//! Keys are the names' addresses, and the index does not own the names: its
+//! writer must keep every name it ever used as a key alive as long as the
+//! index (the engine does — each symbol record owns its name, records are
+//! never dropped before the session, and every holder of an index holds
+//! the session). A freed and reused address could only make a lookup
+//! wrong, never unsafe: slots compare pointers as integers.
+//!
+//! The writer keeps its own value with each entry (the engine's symbol id,
+//! in the slot's spare word), so the index is also the actor's name table:
+//! one probe of one table finds a name for both, and the fast path has
+//! already brought that slot into the cache.
+//!
 //! Under loom (`modelled`) it is a locked map instead: the engine's models
 //! explore the actor protocol, and loom's bounded store history cannot model
 //! the sequence words; the table's own tests stress those.

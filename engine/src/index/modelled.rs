@@ -6,25 +6,34 @@ use crate::sync::{FixedMap, Mutex};
 
 #[derive(Debug, Default)]
 pub(crate) struct ReadIndex {
-    map: Mutex<FixedMap<SymbolName, IndexEntry>>,
+    /// Each name's entry and the writer's own value for it.
+    map: Mutex<FixedMap<SymbolName, (IndexEntry, u32)>>,
 }
 
 impl ReadIndex {
     pub(crate) fn get(&self, name: &SymbolName) -> Probe {
         match self.map.lock().get(name) {
-            Some(entry) => Probe::Found(*entry),
+            Some((entry, _)) => Probe::Found(*entry),
             None => Probe::Absent,
         }
     }
 
+    pub(crate) fn sym(&self, name: &SymbolName) -> Option<u32> {
+        self.map.lock().get(name).map(|&(_, sym)| sym)
+    }
+
     pub(crate) fn warm<'a>(&self, _names: impl Iterator<Item = &'a SymbolName>) {}
 
-    pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry) {
-        self.map.lock().insert(name.clone(), entry);
+    pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry, sym: u32) {
+        self.map.lock().insert(name.clone(), (entry, sym));
     }
 
     pub(crate) fn update(&self, name: &SymbolName, f: impl FnOnce(&mut IndexEntry)) -> bool {
-        self.map.lock().get_mut(name).map(f).is_some()
+        self.map
+            .lock()
+            .get_mut(name)
+            .map(|(entry, _)| f(entry))
+            .is_some()
     }
 
     pub(crate) fn remove(&self, name: &SymbolName) {

@@ -3,7 +3,7 @@
 use super::{IndexEntry, Probe};
 use crate::name::SymbolName;
 use crate::symbol::{SymbolDef, SymbolFlags};
-use crate::sync::{AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, OnceLock, Ordering};
 
 /// Low 32 bits of a slot's word: the entry's flags and state bits.
 const FLAGS_MASK: u64 = 0xff;
@@ -27,17 +27,17 @@ pub(crate) struct ReadIndex {
     /// Every table this index has had. Earlier ones stay allocated until the
     /// index drops, because a reader may still be probing them.
     tables: [OnceLock<Table>; GENERATIONS],
-    writer: Mutex<Writer>,
-}
-
-/// State only the writer touches.
-#[derive(Default)]
-struct Writer {
-    /// Keys in the live table (present or not).
-    used: usize,
-    /// Every name ever used as a key: slots hold bare pointers, so the names
-    /// stay alive (and their addresses unique) as long as any table does.
-    names: Vec<SymbolName>,
+    /// Keys in the live table (present or not). Only the writer touches it.
+    used: AtomicUsize,
+    /// The writer's last search — it looks one name up several times in a
+    /// row (a lookup's search, the definition a generator makes, Ready) —
+    /// as the key, the table's generation, and the slot the search ended
+    /// at: the key's, or the empty one where it would go. Keys never leave
+    /// a table, so that empty slot stays the first one on the key's probe
+    /// path until something fills it. Only the writer touches these.
+    memo_key: AtomicUsize,
+    memo_generation: AtomicUsize,
+    memo_index: AtomicUsize,
 }
 
 struct Table {
@@ -55,6 +55,9 @@ struct Slot {
     /// Sequence number and flags, see the constants above.
     word: AtomicU64,
     address: AtomicU64,
+    /// The writer's own value for the name (the engine's symbol id), read
+    /// only by the writer: the index doubles as the actor's name table.
+    sym: AtomicU32,
 }
 
 impl Table {
@@ -67,13 +70,16 @@ impl Table {
                     key: AtomicUsize::new(0),
                     word: AtomicU64::new(0),
                     address: AtomicU64::new(0),
+                    sym: AtomicU32::new(0),
                 })
                 .collect(),
         }
     }
 
     /// Fibonacci hashing of the pointer: allocations are aligned, so the low
-    /// bits alone would cluster.
+    /// bits alone would cluster. (Mixing the pointer better shortens probes
+    /// — 6 to 1.9 on W6's names — but scatters names interned together,
+    /// which a plain multiply keeps near each other: W1 lost a quarter.)
     fn home(&self, key: usize) -> usize {
         let bits = self.slots.len().trailing_zeros();
         if bits == 0 {
@@ -84,12 +90,17 @@ impl Table {
 
     /// The slot holding `key`, or the empty slot where it would go.
     fn find(&self, key: usize) -> (&Slot, bool) {
+        let (i, found) = self.find_index(key);
+        (&self.slots[i], found)
+    }
+
+    /// [`Table::find`], by index.
+    fn find_index(&self, key: usize) -> (usize, bool) {
         let mut i = self.home(key);
         loop {
-            let slot = &self.slots[i];
-            match slot.key.load(Ordering::Acquire) {
-                k if k == key => return (slot, true),
-                0 => return (slot, false),
+            match self.slots[i].key.load(Ordering::Acquire) {
+                k if k == key => return (i, true),
+                0 => return (i, false),
                 _ => i = (i + 1) & self.mask,
             }
         }
@@ -148,7 +159,10 @@ impl ReadIndex {
         let index = ReadIndex {
             live: AtomicUsize::new(0),
             tables: std::array::from_fn(|_| OnceLock::new()),
-            writer: Mutex::new(Writer::default()),
+            used: AtomicUsize::new(0),
+            memo_key: AtomicUsize::new(0),
+            memo_generation: AtomicUsize::new(0),
+            memo_index: AtomicUsize::new(0),
         };
         let _ = index.tables[0].set(Table::with_capacity(16));
         index
@@ -184,29 +198,66 @@ impl ReadIndex {
         std::hint::black_box(sink);
     }
 
-    /// Writer only: defines or replaces `name`'s entry.
-    pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry) {
-        let mut writer = self.writer.lock();
+    /// Writer only: defines or replaces `name`'s entry, and the writer's
+    /// own value `sym` for it.
+    pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry, sym: u32) {
         let key = name.key();
-        let mut table = self.table(&writer);
-        if let (slot, true) = table.find(key) {
+        // Everything here is the single writer's: a name the table has
+        // changes in place, under the sequence word alone; a new one takes
+        // the empty slot the search found, unless the table must grow first.
+        let (table, mut slot, found) = self.writer_find(key);
+        if found {
+            slot.sym.store(sym, Ordering::Relaxed);
             slot.write(Some(entry));
             return;
         }
-        if (writer.used + 1) * 8 > table.slots.len() * MAX_LOAD_EIGHTHS {
-            table = self.grow(&mut writer);
+        if (self.used.load(Ordering::Relaxed) + 1) * 8 > table.slots.len() * MAX_LOAD_EIGHTHS {
+            slot = self.grow().find(key).0;
         }
-        let (slot, _) = table.find(key);
+        slot.sym.store(sym, Ordering::Relaxed);
         slot.write(Some(entry));
         slot.key.store(key, Ordering::Release);
-        writer.used += 1;
-        writer.names.push(name.clone());
+        self.used
+            .store(self.used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Writer only: the value given with `name`'s entry, if it has one.
+    /// Lock-free like a reader (the writer is the only one changing it).
+    pub(crate) fn sym(&self, name: &SymbolName) -> Option<u32> {
+        match self.writer_find(name.key()) {
+            (_, slot, true) if slot.word.load(Ordering::Relaxed) & PRESENT != 0 => {
+                Some(slot.sym.load(Ordering::Relaxed))
+            }
+            _ => None,
+        }
+    }
+
+    /// Writer only: the live table and the slot holding `key` (or the empty
+    /// slot where it would go), from the memo of the last search if it
+    /// still holds.
+    fn writer_find(&self, key: usize) -> (&Table, &Slot, bool) {
+        let generation = self.live.load(Ordering::Relaxed);
+        let table = self.table_at(generation);
+        if self.memo_key.load(Ordering::Relaxed) == key
+            && self.memo_generation.load(Ordering::Relaxed) == generation
+        {
+            let slot = &table.slots[self.memo_index.load(Ordering::Relaxed) & table.mask];
+            match slot.key.load(Ordering::Relaxed) {
+                k if k == key => return (table, slot, true),
+                0 => return (table, slot, false),
+                _ => {}
+            }
+        }
+        let (index, found) = table.find_index(key);
+        self.memo_key.store(key, Ordering::Relaxed);
+        self.memo_generation.store(generation, Ordering::Relaxed);
+        self.memo_index.store(index, Ordering::Relaxed);
+        (table, &table.slots[index], found)
     }
 
     /// Writer only: changes `name`'s entry in place; false if there is none.
     pub(crate) fn update(&self, name: &SymbolName, f: impl FnOnce(&mut IndexEntry)) -> bool {
-        let writer = self.writer.lock();
-        let (slot, true) = self.table(&writer).find(name.key()) else {
+        let (_, slot, true) = self.writer_find(name.key()) else {
             return false;
         };
         let Some(mut entry) = slot.entry() else {
@@ -219,25 +270,27 @@ impl ReadIndex {
 
     /// Writer only: `name` is no longer defined here.
     pub(crate) fn remove(&self, name: &SymbolName) {
-        let writer = self.writer.lock();
-        if let (slot, true) = self.table(&writer).find(name.key()) {
+        if let (_, slot, true) = self.writer_find(name.key()) {
             slot.write(None);
         }
     }
 
     /// Writer only: nothing is defined here any more.
     pub(crate) fn clear(&self) {
-        let writer = self.writer.lock();
-        for slot in self.table(&writer).slots.iter() {
+        for slot in self.live_table().slots.iter() {
             if slot.key.load(Ordering::Relaxed) != 0 {
                 slot.write(None);
             }
         }
     }
 
-    /// The live table, for the writer (holding `_writer` proves it).
-    fn table(&self, _writer: &Writer) -> &Table {
-        let generation = self.live.load(Ordering::Relaxed);
+    /// The live table, for the (single) writer.
+    fn live_table(&self) -> &Table {
+        self.table_at(self.live.load(Ordering::Relaxed))
+    }
+
+    /// The table of `generation`, published already.
+    fn table_at(&self, generation: usize) -> &Table {
         self.tables[generation]
             .get()
             .unwrap_or_else(|| unreachable!("generation {generation} published without a table"))
@@ -245,9 +298,9 @@ impl ReadIndex {
 
     /// Copies the present entries into the next generation, twice the size,
     /// and publishes it.
-    fn grow(&self, writer: &mut Writer) -> &Table {
+    fn grow(&self) -> &Table {
         let generation = self.live.load(Ordering::Relaxed);
-        let old = self.table(writer);
+        let old = self.live_table();
         let new = Table::with_capacity(old.slots.len() * 2);
         let mut present = 0;
         for slot in old.slots.iter() {
@@ -257,6 +310,8 @@ impl ReadIndex {
             }
             if let Some(entry) = slot.entry() {
                 let (to, _) = new.find(key);
+                to.sym
+                    .store(slot.sym.load(Ordering::Relaxed), Ordering::Relaxed);
                 to.write(Some(entry));
                 to.key.store(key, Ordering::Relaxed);
                 present += 1;
@@ -271,8 +326,8 @@ impl ReadIndex {
         let _ = self.tables[next].set(new);
         // Release: a reader that sees the new generation sees its contents.
         self.live.store(next, Ordering::Release);
-        writer.used = present;
-        self.table(writer)
+        self.used.store(present, Ordering::Relaxed);
+        self.live_table()
     }
 }
 
@@ -308,20 +363,54 @@ mod tests {
         let index = ReadIndex::new();
         let (a, b) = (pool.intern("a"), pool.intern("b"));
         assert_eq!(index.get(&a), Probe::Absent);
-        index.set(&a, entry(0, false));
+        assert_eq!(index.sym(&a), None);
+        index.set(&a, entry(0, false), 7);
         assert_eq!(index.get(&a), Probe::Found(entry(0, false)));
-        index.set(&a, entry(0x1000, true));
+        assert_eq!(index.sym(&a), Some(7));
+        index.set(&a, entry(0x1000, true), 7);
         assert_eq!(index.get(&a), Probe::Found(entry(0x1000, true)));
         assert!(index.update(&a, |e| e.ready = false));
         assert_eq!(index.get(&a), Probe::Found(entry(0x1000, false)));
+        assert_eq!(index.sym(&a), Some(7), "updating keeps the value");
         assert!(!index.update(&b, |e| e.ready = true));
+        assert_eq!(index.sym(&b), None);
         index.remove(&a);
         assert_eq!(index.get(&a), Probe::Absent);
+        assert_eq!(index.sym(&a), None, "a removed name has no value");
         assert!(!index.update(&a, |e| e.ready = true));
-        index.set(&a, entry(0x2000, true));
+        index.set(&a, entry(0x2000, true), 9);
         assert_eq!(index.get(&a), Probe::Found(entry(0x2000, true)));
+        assert_eq!(index.sym(&a), Some(9));
         index.clear();
         assert_eq!(index.get(&a), Probe::Absent);
+        assert_eq!(index.sym(&a), None);
+    }
+
+    #[test]
+    fn the_writers_memo_never_hands_out_a_slot_another_name_took() {
+        // Two names with the same home slot in the first (16-slot) table.
+        let pool = Interner::default();
+        let index = ReadIndex::new();
+        let table = index.live_table();
+        let mut by_home: Vec<Vec<SymbolName>> = vec![Vec::new(); 16];
+        let (a, b) = (0..)
+            .find_map(|i| {
+                let n = pool.intern(&format!("m{i}"));
+                let home = &mut by_home[table.home(n.key())];
+                home.push(n);
+                (home.len() == 2).then(|| (home[0].clone(), home[1].clone()))
+            })
+            .unwrap_or_else(|| unreachable!("16 homes"));
+        // The writer asks for `a` (missing: its memo names the empty home
+        // slot), defines `b` into that very slot, then defines `a`: the memo
+        // must not send `a` to `b`'s slot.
+        assert_eq!(index.sym(&a), None);
+        index.set(&b, entry(0x100, true), 1);
+        index.set(&a, entry(0x200, false), 2);
+        assert_eq!(index.get(&b), Probe::Found(entry(0x100, true)));
+        assert_eq!(index.sym(&b), Some(1));
+        assert_eq!(index.get(&a), Probe::Found(entry(0x200, false)));
+        assert_eq!(index.sym(&a), Some(2));
     }
 
     #[test]
@@ -330,21 +419,29 @@ mod tests {
         let index = ReadIndex::new();
         let names: Vec<_> = (0..10_000).map(|i| pool.intern(&format!("s{i}"))).collect();
         for (i, n) in names.iter().enumerate() {
-            index.set(n, entry(16 * i as u64, i % 2 == 0));
+            index.set(n, entry(16 * i as u64, i % 2 == 0), i as u32);
             if i % 3 == 0 {
                 index.remove(n);
             }
         }
         for (i, n) in names.iter().enumerate() {
-            let want = if i % 3 == 0 {
-                Probe::Absent
+            let (want, sym) = if i % 3 == 0 {
+                (Probe::Absent, None)
             } else {
-                Probe::Found(entry(16 * i as u64, i % 2 == 0))
+                (
+                    Probe::Found(entry(16 * i as u64, i % 2 == 0)),
+                    Some(i as u32),
+                )
             };
             assert_eq!(index.get(n), want, "name {n}");
+            assert_eq!(
+                index.sym(n),
+                sym,
+                "name {n}: the value moves with the entry"
+            );
         }
         assert!(
-            index.writer.lock().used < 10_000,
+            index.used.load(Ordering::Relaxed) < 10_000,
             "removed entries are not copied"
         );
         assert!(index.live.load(Ordering::Relaxed) > 0, "the index grew");
@@ -357,7 +454,7 @@ mod tests {
         let names: Vec<_> = (0..8).map(|i| pool.intern(&format!("r{i}"))).collect();
         for round in 0..1_000u64 {
             for n in &names {
-                index.set(n, entry(round, true));
+                index.set(n, entry(round, true), 0);
             }
             for n in &names {
                 index.remove(n);
@@ -368,7 +465,7 @@ mod tests {
             0,
             "still the first table"
         );
-        assert_eq!(index.writer.lock().names.len(), names.len());
+        assert_eq!(index.used.load(Ordering::Relaxed), names.len());
     }
 
     #[test]
@@ -398,7 +495,7 @@ mod tests {
             .collect();
         for round in 0..200u64 {
             for n in &names {
-                index.set(n, entry(16 * round, round % 2 == 1));
+                index.set(n, entry(16 * round, round % 2 == 1), 0);
             }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
