@@ -103,10 +103,31 @@ pub fn link_order_search(
     Ok((order, len))
 }
 
-/// One blocking lookup of `names` (all required) at Ready; checks that the
-/// result has exactly `names.len()` entries and returns the wrapping sum of
-/// the returned addresses. Building the lookup set is part of the call, as
-/// it is part of the peer's timed region.
+/// How W1, W2 and W7 — lookups of symbols already Ready — call kiln, named
+/// in their JSON lines as `lookup_api` (`--lookup-api`): `positional` (default) is
+/// `Session::lookup_defs`, kiln's batch lookup (names borrowed, answers by
+/// position); `set` (`KILN_BENCH_LOOKUP=set`) builds a `LookupSet` and reads
+/// a `SymbolMap`, the shape of ORC's API. The other workloads always use
+/// the set.
+pub fn lookup_api() -> &'static str {
+    LOOKUP_API.get_or_init(|| match std::env::var("KILN_BENCH_LOOKUP").as_deref() {
+        Ok("set") => "set",
+        _ => "positional",
+    })
+}
+
+static LOOKUP_API: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Chooses [`lookup_api`] for this process (`--lookup-api`); the first
+/// choice — or the first use — stands.
+pub fn set_lookup_api(api: &'static str) {
+    let _ = LOOKUP_API.set(api);
+}
+
+/// One blocking lookup of `names` (all required) at Ready through a
+/// `LookupSet`; checks that the result has exactly `names.len()` entries and
+/// returns the wrapping sum of the returned addresses. Building the lookup
+/// set is part of the call, as it is part of the peer's timed region.
 #[inline]
 pub fn lookup_sum(
     w: &'static str,
@@ -119,19 +140,39 @@ pub fn lookup_sum(
         .lookup(order, &set, RequiredState::Ready)
         .wait()
         .map_err(|e| engine_err(w, "lookup", e))?;
-    if result.len() != names.len() {
+    checked_sum(w, names, result.len(), result.iter().map(|(_, d)| d))
+}
+
+/// [`lookup_sum`] through the API [`lookup_api`] names.
+#[inline]
+pub fn ready_lookup_sum(
+    w: &'static str,
+    session: &Session,
+    order: &SearchOrder,
+    names: &[SymbolName],
+) -> Result<u64, BenchError> {
+    if lookup_api() == "set" {
+        return lookup_sum(w, session, order, names);
+    }
+    let defs = session
+        .lookup_defs(order, names, RequiredState::Ready)
+        .map_err(|e| engine_err(w, "lookup", e))?;
+    checked_sum(w, names, defs.len(), defs.iter())
+}
+
+fn checked_sum<'a>(
+    w: &'static str,
+    names: &[SymbolName],
+    count: usize,
+    defs: impl Iterator<Item = &'a SymbolDef>,
+) -> Result<u64, BenchError> {
+    if count != names.len() {
         return Err(BenchError::check(
             w,
-            format!(
-                "lookup of {} names returned {} entries",
-                names.len(),
-                result.len()
-            ),
+            format!("lookup of {} names returned {count} entries", names.len()),
         ));
     }
-    Ok(result
-        .iter()
-        .fold(0u64, |acc, (_, def)| acc.wrapping_add(def.address)))
+    Ok(defs.fold(0u64, |acc, d| acc.wrapping_add(d.address)))
 }
 
 // ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use crate::error::UsageError;
 pub const USAGE: &str = "usage: peer-workloads <w1|w2|w3|w4|w5|w6|w7|w8> [--n=N] [--b=B] \
 [--threads=T] [--per-thread=K] [--reps=R] [--libs=L] [--per-lib=K] [--lookups=K] \
 [--deps=D] [--seed=S] [--rounds=R] [--dispatcher=inplace|dynamic] \
-[--max-mat-threads=M] [--lazy=new|old]";
+[--max-mat-threads=M] [--lazy=new|old] [--lookup-api=positional|set]";
 
 /// One of the eight peer workloads (see the peer README for the definitions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,6 +161,9 @@ pub struct Options {
     pub max_mat_threads: i64,
     /// `--lazy`: W8 API selector (default `new`).
     pub lazy: LazyApi,
+    /// `--lookup-api` (kiln only): how W1, W2 and W7 call kiln, `positional`
+    /// or `set` (default: `$KILN_BENCH_LOOKUP`, else `positional`).
+    pub lookup_api: Option<&'static str>,
 }
 
 impl Options {
@@ -182,6 +185,7 @@ impl Options {
             dispatcher: DispatcherKind::InPlace,
             max_mat_threads: -1,
             lazy: LazyApi::New,
+            lookup_api: None,
         }
     }
 
@@ -247,6 +251,13 @@ impl Options {
                         "old" => LazyApi::Old,
                         _ => return Err(UsageError::bad(key, value, "new or old")),
                     }
+                }
+                "lookup-api" => {
+                    o.lookup_api = Some(match value {
+                        "positional" => "positional",
+                        "set" => "set",
+                        _ => return Err(UsageError::bad(key, value, "positional or set")),
+                    })
                 }
                 "orc-rt" => return Err(UsageError::NotApplicable(key.to_owned())),
                 _ => return Err(UsageError::UnknownOption(arg.to_owned())),
@@ -341,6 +352,14 @@ mod tests {
         assert_eq!(o.dispatcher.key(), "dynamic");
         assert_eq!(o.max_mat_threads, 3);
         assert_eq!(o.lazy, LazyApi::Old);
+    }
+
+    #[test]
+    fn lookup_api_is_kiln_only_and_checked() {
+        assert_eq!(Options::parse(["w1"]).expect("valid").lookup_api, None);
+        let o = Options::parse(["w1", "--lookup-api=set"]).expect("valid");
+        assert_eq!(o.lookup_api, Some("set"));
+        assert!(Options::parse(["w1", "--lookup-api=fast"]).is_err());
     }
 
     #[test]

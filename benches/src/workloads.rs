@@ -54,20 +54,30 @@ fn mismatch(w: &'static str, what: &str, got: u64, want: u64) -> BenchError {
     )
 }
 
-/// Looks up `names` in batches of `b` and sums the addresses.
+/// Looks up `names` in batches of `b` and sums the addresses, through
+/// `lookup` (one of the adapter's lookup functions).
 fn batched_lookups(
     w: &'static str,
     session: &adapter::Session,
     order: &adapter::SearchOrder,
     names: &[SymbolName],
     b: usize,
+    lookup: LookupFn,
 ) -> Result<u64, BenchError> {
     let mut sum = 0u64;
     for chunk in names.chunks(b) {
-        sum = sum.wrapping_add(adapter::lookup_sum(w, session, order, chunk)?);
+        sum = sum.wrapping_add(lookup(w, session, order, chunk)?);
     }
     Ok(sum)
 }
+
+/// The adapter's `lookup_sum` or `ready_lookup_sum`.
+type LookupFn = fn(
+    &'static str,
+    &adapter::Session,
+    &adapter::SearchOrder,
+    &[SymbolName],
+) -> Result<u64, BenchError>;
 
 /// W1's and W2's timed phase and report: batched lookups of `names` through
 /// `order`, checked against `expected`, then the session's teardown. `t0`
@@ -85,7 +95,7 @@ fn timed_lookups(
 ) -> Result<Rep, BenchError> {
     let t2 = Instant::now();
     let c0 = cpu_seconds();
-    let sum = batched_lookups(w, &session, order, names, b)?;
+    let sum = batched_lookups(w, &session, order, names, b, adapter::ready_lookup_sum)?;
     let t3 = Instant::now();
     let cpu = cpu_seconds() - c0;
     if sum != expected {
@@ -477,7 +487,8 @@ impl W6 {
 
         let t0 = Instant::now();
         let c0 = cpu_seconds();
-        let sum = batched_lookups(W, &session, &order, &names, 1).map_err(with_inner)?;
+        let sum = batched_lookups(W, &session, &order, &names, 1, adapter::lookup_sum)
+            .map_err(with_inner)?;
         let t1 = Instant::now();
         let cpu = cpu_seconds() - c0;
         if sum != expected {
@@ -491,7 +502,7 @@ impl W6 {
             ));
         }
         let t2 = Instant::now();
-        let sum2 = batched_lookups(W, &session, &order, &names, 1)?;
+        let sum2 = batched_lookups(W, &session, &order, &names, 1, adapter::lookup_sum)?;
         let t3 = Instant::now();
         let calls2 = generator.calls.load(Ordering::SeqCst);
         if sum2 != expected || calls2 != n {
@@ -578,7 +589,7 @@ impl W7 {
                         let mut sum = 0u64;
                         for i in 0..k {
                             let idx = index(t, i);
-                            sum = sum.wrapping_add(adapter::lookup_sum(
+                            sum = sum.wrapping_add(adapter::ready_lookup_sum(
                                 W,
                                 session,
                                 order,
@@ -651,6 +662,9 @@ fn repeat(
 /// Runs the workload the options name, `o.reps` times, and builds its report.
 pub fn run(o: &Options) -> Result<Report, BenchError> {
     let d = o.dispatcher;
+    if let Some(api) = o.lookup_api {
+        adapter::set_lookup_api(api);
+    }
     match o.workload {
         Workload::W1 => {
             let w = W1 {
@@ -659,6 +673,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
             };
             let mut params = vec![("n", w.n.into()), ("b", w.b.into())];
             params.extend(dispatcher_params(o));
+            params.push(("lookup_api", adapter::lookup_api().into()));
             Ok(Report {
                 name: "W1 lookup-ready",
                 workload: "w1",
@@ -684,6 +699,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
                 ("b", w.b.into()),
             ];
             params.extend(dispatcher_params(o));
+            params.push(("lookup_api", adapter::lookup_api().into()));
             Ok(Report {
                 name: "W2 lookup-linkorder",
                 workload: "w2",
@@ -754,6 +770,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
                 ("b", 1usize.into()),
             ];
             params.extend(dispatcher_params(o));
+            params.push(("lookup_api", adapter::lookup_api().into()));
             Ok(Report {
                 name: "W7 concurrent-lookups",
                 workload: "w7",

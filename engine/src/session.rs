@@ -201,35 +201,52 @@ impl Session {
     /// that defines them (and may see them)? Then the result, without the actor.
     fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
         let mut found = SmallVec::with_capacity(names.names.len());
-        if names.names.len() > 1
-            && let Some((first, _)) = order.entries.first()
-        {
-            first.shared.index.warm(names.names.iter().map(|(n, _)| n));
-        }
+        warm(order, names.names.iter().map(|(n, _)| n));
         for (at, (name, _)) in names.names.iter().enumerate() {
-            let mut hit = None;
-            for (source, (dylib, visibility)) in order.entries.iter().enumerate() {
-                let entry = match dylib.shared.index.get(name) {
-                    Probe::Found(entry) => entry,
-                    Probe::Absent => continue,
-                    Probe::Busy => return None,
-                };
-                if *visibility == DylibLookup::ExportedOnly && !entry.def.flags.is_exported() {
-                    continue;
-                }
-                if !entry.ready || entry.def.flags.is_side_effects_only() {
-                    return None;
-                }
-                hit = Some(lookup::Found {
-                    at: at as u32,
-                    source: source as u32,
-                    def: entry.def,
-                });
-                break;
-            }
-            found.push(hit?);
+            let (source, def) = ready_in(order, name)?;
+            found.push(lookup::Found {
+                at: at as u32,
+                source,
+                def,
+            });
         }
         Some(SymbolMap::new(names.names.clone(), found))
+    }
+
+    /// Looks every name of `names` up in `order` (all required) and answers
+    /// by position: the `i`-th definition is `names[i]`'s. For hosts that
+    /// resolve many names at once: the names are only borrowed, so when all
+    /// are Ready (the answer comes from this thread, with no message) no name
+    /// is cloned and no set is built; otherwise this is
+    /// [`Session::lookup`] with a [`LookupSet`] of `names`, waited for.
+    pub fn lookup_defs(
+        &self,
+        order: &SearchOrder,
+        names: &[SymbolName],
+        state: RequiredState,
+    ) -> Result<Vec<SymbolDef>> {
+        let mut defs = Vec::with_capacity(names.len());
+        warm(order, names.iter());
+        for name in names {
+            match ready_in(order, name) {
+                Some((_, def)) => defs.push(def),
+                None => break,
+            }
+        }
+        if defs.len() == names.len() {
+            return Ok(defs);
+        }
+        let found = self
+            .lookup(order, &LookupSet::required(names.iter().cloned()), state)
+            .wait()?;
+        defs.clear();
+        for (name, def) in found.by_request() {
+            // Required names are all found once the lookup succeeded, except
+            // side-effects-only ones, which a lookup refuses to require.
+            let def = def.ok_or_else(|| Error::SideEffectsOnlyRequired(name.clone()))?;
+            defs.push(*def);
+        }
+        Ok(defs)
     }
 
     fn slow_lookup(
@@ -567,4 +584,35 @@ impl Dylib {
         let order = SearchOrder::new().with(self, DylibLookup::All);
         session.lookup(&order, &set, RequiredState::Ready).wait()
     }
+}
+
+/// Loads the home slots of a batch's names in the first dylib searched, so
+/// their cache misses overlap instead of each waiting for the one before.
+fn warm<'a>(order: &SearchOrder, names: impl ExactSizeIterator<Item = &'a SymbolName>) {
+    if names.len() > 1
+        && let Some((first, _)) = order.entries.first()
+    {
+        first.shared.index.warm(names);
+    }
+}
+
+/// Where `order` resolves `name` from the Ready index alone: the index of
+/// the dylib in the order and the definition, if the first dylib defining
+/// (and showing) it has it Ready; `None` sends the lookup to the actor.
+fn ready_in(order: &SearchOrder, name: &SymbolName) -> Option<(u32, SymbolDef)> {
+    for (source, (dylib, visibility)) in order.entries.iter().enumerate() {
+        let entry = match dylib.shared.index.get(name) {
+            Probe::Found(entry) => entry,
+            Probe::Absent => continue,
+            Probe::Busy => return None,
+        };
+        if *visibility == DylibLookup::ExportedOnly && !entry.def.flags.is_exported() {
+            continue;
+        }
+        if !entry.ready || entry.def.flags.is_side_effects_only() {
+            return None;
+        }
+        return Some((source as u32, entry.def));
+    }
+    None
 }

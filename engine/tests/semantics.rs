@@ -120,6 +120,48 @@ fn missing_weak_names_are_absent_and_missing_required_are_listed_together() {
     assert_eq!(err.to_string(), "symbols not found: gone1, gone2");
 }
 
+#[test]
+fn lookup_defs_answers_by_position_from_the_index_or_through_the_actor() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (a, b, lazy, gone) = (
+        s.intern("a"),
+        s.intern("b"),
+        s.intern("lazy"),
+        s.intern("gone"),
+    );
+    d.define_absolute([(a.clone(), def(0x10)), (b.clone(), def(0x20))])
+        .unwrap();
+    d.define(emitting(&lazy, 0x30, vec![])).unwrap();
+    let o = order(&[&d]);
+    // All Ready: answered from the index, in the order asked.
+    let defs = s
+        .lookup_defs(&o, &[b.clone(), a.clone(), b.clone()], RequiredState::Ready)
+        .unwrap();
+    assert_eq!(
+        defs.iter().map(|d| d.address).collect::<Vec<_>>(),
+        vec![0x20, 0x10, 0x20]
+    );
+    // One Lazy: materialized through the actor, still by position.
+    let defs = s
+        .lookup_defs(&o, &[a.clone(), lazy.clone()], RequiredState::Ready)
+        .unwrap();
+    assert_eq!(
+        defs.iter().map(|d| d.address).collect::<Vec<_>>(),
+        vec![0x10, 0x30]
+    );
+    // Missing names fail like any required lookup.
+    match s.lookup_defs(&o, &[a.clone(), gone.clone()], RequiredState::Ready) {
+        Err(Error::SymbolsNotFound { names }) => assert_eq!(names, vec![gone.clone()]),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        s.lookup_defs(&o, &[], RequiredState::Ready)
+            .unwrap()
+            .is_empty()
+    );
+}
+
 // ----- define ------------------------------------------------------------
 
 #[test]
