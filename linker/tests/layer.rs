@@ -75,17 +75,22 @@ impl Jit {
     }
 }
 
+/// Adds the mutually recursive `is_even`/`is_odd` objects to `app`.
+fn add_even_and_odd(j: &Jit, app: &Dylib, dir: &Path) {
+    j.layer
+        .add_object(app, None, "even.o", &compile(dir, "even", EVEN))
+        .unwrap();
+    j.layer
+        .add_object(app, None, "odd.o", &compile(dir, "odd", ODD))
+        .unwrap();
+}
+
 #[test]
 fn mutually_recursive_objects_in_one_dylib() {
     let dir = scratch("one");
     let j = jit();
     let app = j.dylib("app", &[]);
-    j.layer
-        .add_object(&app, None, "even.o", &compile(&dir, "even", EVEN))
-        .unwrap();
-    j.layer
-        .add_object(&app, None, "odd.o", &compile(&dir, "odd", ODD))
-        .unwrap();
+    add_even_and_odd(&j, &app, &dir);
     let is_even = j.function(&app, "is_even").unwrap();
     assert_eq!(is_even(10), 1);
     assert_eq!(is_even(7), 0);
@@ -252,12 +257,7 @@ fn images_prepared_early_link_like_the_others() {
     let dir = scratch("early");
     let j = early_jit();
     let app = j.dylib("app", &[]);
-    j.layer
-        .add_object(&app, None, "even.o", &compile(&dir, "even", EVEN))
-        .unwrap();
-    j.layer
-        .add_object(&app, None, "odd.o", &compile(&dir, "odd", ODD))
-        .unwrap();
+    add_even_and_odd(&j, &app, &dir);
     // A weak definition is not prepared early (another unit may win it);
     // here the strong one added later does.
     let weak = "__attribute__((weak)) int pick(int x) { return x + 100; }\nint via_weak(int x) { return pick(x); }\n";
