@@ -4,9 +4,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use std::borrow::Borrow;
-
-use crate::sync::{Arc, ConcurrentMap, mix_bytes};
+use crate::sync::{Arc, ConcurrentMap};
 
 /// An interned symbol name. Two names from the same session are equal exactly
 /// when they point at the same interned string, so comparing and hashing
@@ -40,10 +38,14 @@ impl SymbolName {
     }
 }
 
-/// A word-at-a-time mix, then a final fold: stable across runs, so loom
-/// models and the graph see the same order every time.
+/// FNV-1a then a final mix: stable across runs, so loom models and the
+/// graph see the same order every time.
 fn hash_str(text: &str) -> u64 {
-    let h = mix_bytes(0xcbf2_9ce4_8422_2325, text.as_bytes());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
     h ^ (h >> 29)
 }
 
@@ -94,31 +96,7 @@ impl AsRef<str> for SymbolName {
 /// The session's string pool. Names live as long as the session.
 #[derive(Default)]
 pub(crate) struct Interner {
-    names: ConcurrentMap<NameKey, SymbolName>,
-}
-
-/// A pooled name as a map key found by its text, so the pool stores each
-/// string once (in the name) rather than again as a key.
-struct NameKey(SymbolName);
-
-impl Hash for NameKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // As `str` hashes: `Borrow<str>` lookups must find it.
-        self.0.as_str().hash(state);
-    }
-}
-
-impl PartialEq for NameKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.as_str() == other.0.as_str()
-    }
-}
-impl Eq for NameKey {}
-
-impl Borrow<str> for NameKey {
-    fn borrow(&self) -> &str {
-        self.0.as_str()
-    }
+    names: ConcurrentMap<Box<str>, SymbolName>,
 }
 
 impl fmt::Debug for Interner {
@@ -129,32 +107,14 @@ impl fmt::Debug for Interner {
 
 impl Interner {
     pub(crate) fn intern(&self, text: &str) -> SymbolName {
-        self.names.get_or_insert_with(text, || {
-            let name = SymbolName::new(text);
-            (NameKey(name.clone()), name)
-        })
+        self.names
+            .get_or_insert_with(text, || (text.into(), SymbolName::new(text)))
     }
 }
 
 #[cfg(all(test, not(kiln_loom)))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashes_see_every_byte_and_the_length() {
-        let texts = [
-            "",
-            "a",
-            "a\0",
-            "abcdefgh",
-            "abcdefgh\0",
-            "abcdefghi",
-            "sym10",
-            "sym01",
-        ];
-        let hashes: std::collections::HashSet<u64> = texts.iter().map(|t| hash_str(t)).collect();
-        assert_eq!(hashes.len(), texts.len());
-    }
 
     #[test]
     fn interning_gives_pointer_equality() {

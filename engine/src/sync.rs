@@ -145,8 +145,8 @@ impl BuildHasher for FixedState {
     }
 }
 
-/// A multiplicative mix over the bytes written, eight at a time, with a fast
-/// path for single `u64`/`u32` writes (pre-hashed symbol names, dense ids).
+/// FNV-1a over the bytes written, with a fast path for single `u64`/`u32`
+/// writes (pre-hashed symbol names, dense ids).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FixedHasher(u64);
 
@@ -155,7 +155,10 @@ impl Hasher for FixedHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        self.0 = mix_bytes(self.0, bytes);
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
     fn write_u64(&mut self, n: u64) {
         // A multiplicative mix keeps pre-hashed keys well spread.
@@ -169,27 +172,6 @@ impl Hasher for FixedHasher {
     fn write_usize(&mut self, n: usize) {
         self.write_u64(n as u64);
     }
-}
-
-/// Folds `bytes` into `h` eight bytes at a time (the tail padded with
-/// zeros and tagged with its length): deterministic across runs, and a few
-/// instructions per word where a byte-wise hash spends them per byte.
-pub(crate) fn mix_bytes(mut h: u64, bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
-    }
-    let tail = words.remainder();
-    if !tail.is_empty() {
-        let mut w = [0u8; 8];
-        w[..tail.len()].copy_from_slice(tail);
-        let tagged = u64::from_le_bytes(w) ^ ((tail.len() as u64) << 59);
-        h = (h ^ tagged).wrapping_mul(K).rotate_left(29);
-    }
-    h
 }
 
 /// A `HashMap` with the deterministic hasher.
