@@ -388,14 +388,13 @@ impl Generator for GeneratorHandle {
             req.complete(Ok(()));
             return;
         }
-        let result = req.dylib().define(absolute_symbols(defs));
-        if let Err(e) = &result
+        // One `define(absoluteSymbols(map))`, and the call is done; an error
+        // fails the lookup that asked, with the define error as cause.
+        if let Err(e) = req.complete_with(absolute_symbols(defs))
             && let Ok(mut slot) = g.error.lock()
         {
             slot.get_or_insert(format!("generator define: {e}"));
         }
-        // An error fails the lookup that asked, with the define error as cause.
-        req.complete(result.map(|_| ()));
     }
 }
 

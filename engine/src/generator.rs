@@ -7,7 +7,8 @@ use crate::actor::{AskedNames, Msg};
 use crate::error::Error;
 use crate::lookup::{DylibLookup, LookupKind};
 use crate::name::SymbolName;
-use crate::session::Dylib;
+use crate::session::{Dylib, define_kind};
+use crate::unit::MaterializationUnit;
 
 /// Defines symbols on demand.
 ///
@@ -76,6 +77,50 @@ impl GenerateRequest {
     /// error as its cause.
     pub fn complete(mut self, result: Result<(), Error>) {
         self.finish(result);
+    }
+
+    /// Defines `unit` in the request's dylib and finishes the call — what
+    /// `dylib().define(unit)` then `complete(result)` do, in one step of the
+    /// state actor when it is idle. A definition error is returned and fails
+    /// the lookup that asked.
+    pub fn complete_with(mut self, unit: impl MaterializationUnit) -> Result<(), Error> {
+        let Some(kind) = define_kind(unit) else {
+            self.finish(Ok(()));
+            return Ok(());
+        };
+        let mut finished = false;
+        let done = (
+            self.lookup,
+            self.dylib.id(),
+            self.dylib.shared.default_tracker.id,
+            self.generator,
+            &mut self.names,
+            kind,
+        );
+        let result = self.dylib.core.request(
+            done,
+            |state, core, (lookup, dylib, tracker, generator, names, kind), fx| {
+                let defined = state.define(core, dylib, tracker, kind, fx);
+                let asked = std::mem::take(names);
+                state.generator_done(core, lookup, dylib, generator, asked, defined.clone(), fx);
+                finished = true;
+                defined
+            },
+            // Someone drives: the definition goes as a message, the
+            // completion after it.
+            |(_, dylib, tracker, _, _, kind), reply| Msg::Define {
+                dylib,
+                tracker,
+                kind,
+                reply,
+            },
+        );
+        if finished {
+            self.completed = true;
+        } else {
+            self.finish(result.clone());
+        }
+        result
     }
 
     fn finish(&mut self, result: Result<(), Error>) {

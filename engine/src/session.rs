@@ -404,18 +404,12 @@ impl Dylib {
     /// resolve/emit messages — so a unit whose type is known here says so.
     fn define_typed<U: MaterializationUnit>(
         &self,
-        mut unit: U,
+        unit: U,
         tracker: Option<&ResourceTracker>,
     ) -> Result<()> {
-        match (&mut unit as &mut dyn Any).downcast_mut::<AbsoluteSymbols>() {
-            Some(absolute) => {
-                let symbols = absolute.take_symbols();
-                if symbols.is_empty() {
-                    return Ok(());
-                }
-                self.send_define(DefineKind::Fixed(symbols), tracker)
-            }
-            None => self.define_unit(Box::new(unit), tracker),
+        match define_kind(unit) {
+            Some(kind) => self.send_define(kind, tracker),
+            None => Ok(()),
         }
     }
 
@@ -424,15 +418,10 @@ impl Dylib {
         unit: Box<dyn MaterializationUnit>,
         tracker: Option<&ResourceTracker>,
     ) -> Result<()> {
-        let symbols = unit.symbols();
-        let unit_name: Arc<str> = unit.name().into();
-        if symbols.is_empty() {
-            return Ok(());
+        match unit_kind(unit) {
+            Some(kind) => self.send_define(kind, tracker),
+            None => Ok(()),
         }
-        self.send_define(
-            DefineKind::Unit(UnitCell::new(unit), unit_name, symbols),
-            tracker,
-        )
     }
 
     /// Defines `unit` through `tracker`.
@@ -615,4 +604,24 @@ fn ready_in(order: &SearchOrder, name: &SymbolName) -> Option<(u32, SymbolDef)> 
         return Some((source as u32, entry.def));
     }
     None
+}
+
+/// What defining `unit` sends the actor; `None` if it defines nothing.
+pub(crate) fn define_kind<U: MaterializationUnit>(mut unit: U) -> Option<DefineKind> {
+    match (&mut unit as &mut dyn Any).downcast_mut::<AbsoluteSymbols>() {
+        Some(absolute) => {
+            let symbols = absolute.take_symbols();
+            (!symbols.is_empty()).then_some(DefineKind::Fixed(symbols))
+        }
+        None => unit_kind(Box::new(unit)),
+    }
+}
+
+fn unit_kind(unit: Box<dyn MaterializationUnit>) -> Option<DefineKind> {
+    let symbols = unit.symbols();
+    if symbols.is_empty() {
+        return None;
+    }
+    let unit_name: Arc<str> = unit.name().into();
+    Some(DefineKind::Unit(UnitCell::new(unit), unit_name, symbols))
 }

@@ -188,6 +188,74 @@ fn a_generator_error_fails_its_lookup_with_that_error() {
     assert_eq!(err.root_cause().to_string(), "archive libfoo.a is corrupt");
 }
 
+/// Answers with `complete_with`: a unit of what it found, clashing on
+/// purpose for `taken`.
+struct CompletingGen {
+    taken: SymbolName,
+    results: Arc<Mutex<Vec<bool>>>,
+}
+impl Generator for CompletingGen {
+    fn generate(&self, req: GenerateRequest) {
+        let mut defs: Vec<_> = req.names().iter().map(|n| (n.clone(), def(0x70))).collect();
+        if req.names().contains(&self.taken) {
+            // Defining `taken` twice in one unit is a duplicate.
+            defs.push((self.taken.clone(), def(0x71)));
+        }
+        let result = req.complete_with(absolute_symbols(defs));
+        self.results.lock().unwrap().push(result.is_ok());
+    }
+}
+
+#[test]
+fn complete_with_defines_and_finishes_in_one_call() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (x, taken) = (s.intern("x"), s.intern("taken"));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    d.add_generator(CompletingGen {
+        taken: taken.clone(),
+        results: results.clone(),
+    })
+    .unwrap();
+    let found = lookup(&s, &[&d], &[&x], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&x).unwrap().address, 0x70);
+    let err = lookup(&s, &[&d], &[&taken], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    assert!(matches!(err, Error::Generator { .. }), "{err}");
+    assert!(
+        err.root_cause().to_string().contains("taken"),
+        "the definition error is the cause: {err}"
+    );
+    assert_eq!(*results.lock().unwrap(), vec![true, false]);
+    // Works the same while the mailbox is busy: from a pool thread.
+    let pool = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let d = pool.create_dylib("d").unwrap();
+    d.add_generator(CompletingGen {
+        taken: pool.intern("taken"),
+        results: Arc::default(),
+    })
+    .unwrap();
+    let names: Vec<_> = (0..50).map(|i| pool.intern(&format!("n{i}"))).collect();
+    let handles: Vec<_> = names
+        .iter()
+        .map(|n| {
+            pool.lookup(
+                &order(&[&d]),
+                &LookupSet::required([n.clone()]),
+                RequiredState::Ready,
+            )
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.wait().unwrap().iter().next().unwrap().1.address, 0x70);
+    }
+    pool.end();
+    s.end();
+}
+
 /// Looks a symbol up in another dylib before defining (blocking).
 struct LookingGen(Dylib);
 impl Generator for LookingGen {
