@@ -78,12 +78,17 @@ pub trait Arch: Copy + Default + std::fmt::Debug + Send + Sync + 'static {
     /// Shape of the reentry entry block (one per JIT is enough).
     const REENTRY_ENTRY: Template;
 
-    /// Writes a GOT entry at `entry` holding `target`.
+    /// Writes a GOT entry at `entry` holding `target` (an 8-byte
+    /// little-endian pointer on every supported ISA).
     ///
     /// # Errors
     /// [`FixupError::OutOfBounds`] if `buf` is too short,
     /// [`FixupError::Misaligned`] if `entry` is not 8-byte aligned.
-    fn write_got_entry(buf: &mut [u8], entry: u64, target: u64) -> Result<(), FixupError>;
+    fn write_got_entry(buf: &mut [u8], entry: u64, target: u64) -> Result<(), FixupError> {
+        let out = Self::GOT_ENTRY.check(buf, entry)?;
+        out.copy_from_slice(&target.to_le_bytes());
+        Ok(())
+    }
 
     /// Writes a PLT stub at `stub` that jumps to the address held in the
     /// GOT slot at `got_slot`.

@@ -108,6 +108,28 @@ impl Template {
     }
 }
 
+/// The `width`-byte place at `offset` in `block`, or
+/// [`FixupError::OutOfBounds`] naming `reloc` if it runs past the block.
+#[inline]
+pub(crate) fn place_mut<'b>(
+    reloc: &'static str,
+    block: &'b mut [u8],
+    offset: u64,
+    width: u32,
+) -> Result<&'b mut [u8], FixupError> {
+    let len = block.len() as u64;
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| Some(start..start.checked_add(width as usize)?))
+        .and_then(|range| block.get_mut(range))
+        .ok_or(FixupError::OutOfBounds {
+            reloc,
+            offset,
+            width,
+            len,
+        })
+}
+
 /// Returns [`FixupError::Misaligned`] unless `value` is a multiple of `align`.
 pub(crate) fn check_align(what: &'static str, value: u64, align: u64) -> Result<(), FixupError> {
     if align > 1 && !value.is_multiple_of(align) {

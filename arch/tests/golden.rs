@@ -189,6 +189,14 @@ const A64_GOLDEN: &[Golden] = &[
     },
 ];
 
+/// Asserts that `err` is [`FixupError::OutOfRange`] naming template `reloc`.
+fn assert_out_of_range(err: &FixupError, reloc: &str) {
+    assert!(
+        matches!(err, FixupError::OutOfRange { reloc: r, .. } if *r == reloc),
+        "expected {reloc} out of range, got: {err}"
+    );
+}
+
 fn normalize(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -363,29 +371,11 @@ fn x86_64_reach_limits() {
     );
     // One slot further each way is out of reach.
     let err = X86_64::write_redirectable_stub(&mut buf, at, back - 8).expect_err("beyond -2 GiB");
-    assert!(
-        matches!(
-            err,
-            FixupError::OutOfRange {
-                reloc: "redirectable-stub",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_out_of_range(&err, "redirectable-stub");
     let fwd = at + 0x8000_0000; // disp = 0x7fff_fffa, the largest with an 8-aligned slot
     X86_64::write_reentry_trampoline(&mut buf, at, fwd).expect("in range");
     let err = X86_64::write_reentry_trampoline(&mut buf, at, fwd + 8).expect_err("beyond +2 GiB");
-    assert!(
-        matches!(
-            err,
-            FixupError::OutOfRange {
-                reloc: "reentry-trampoline",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_out_of_range(&err, "reentry-trampoline");
 }
 
 #[test]
@@ -396,28 +386,10 @@ fn aarch64_reach_limits() {
     Aarch64::write_redirectable_stub(&mut buf, at, at - (1 << 32)).expect("-4 GiB page");
     let err = Aarch64::write_redirectable_stub(&mut buf, at, at - (1 << 32) - 8)
         .expect_err("beyond -4 GiB");
-    assert!(
-        matches!(
-            err,
-            FixupError::OutOfRange {
-                reloc: "redirectable-stub",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_out_of_range(&err, "redirectable-stub");
     Aarch64::write_plt_stub(&mut buf, at, at + (1 << 32) - 8).expect("last page below +4 GiB");
     let err = Aarch64::write_reentry_trampoline(&mut buf, at, at + (1 << 32)).expect_err("+4 GiB");
-    assert!(
-        matches!(
-            err,
-            FixupError::OutOfRange {
-                reloc: "reentry-trampoline",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_out_of_range(&err, "reentry-trampoline");
 }
 
 #[test]

@@ -404,6 +404,18 @@ fn call_avx512(addr: u64, who: u64) -> u64 {
     }
 }
 
+/// A finalized one-stub JIT whose stub is lazy: its first call goes
+/// through the trampoline (to the entry block, or straight to `entry`) and a
+/// resolver that clobbers what it may, waits for `wait_for` callers, then
+/// redirects the stub to `target`.
+fn one_lazy(entry: Option<u64>, target: u64, wait_for: usize) -> (Jit, Registered) {
+    let mut jit = Jit::new();
+    jit.layout(1, entry);
+    let lazy = Registered::new(&jit, 0, target, wait_for, true);
+    jit.finalize();
+    (jit, lazy)
+}
+
 // ---------------------------------------------------------------------------
 // Tests.
 
@@ -511,10 +523,7 @@ fn first_call_through_trampoline_keeps_m256_arguments() {
         println!("note: skipped, this CPU has no AVX");
         return;
     }
-    let mut jit = Jit::new();
-    jit.layout(1, None);
-    let lazy = Registered::new(&jit, 0, avx256_impl as *const () as usize as u64, 1, true);
-    jit.finalize();
+    let (jit, lazy) = one_lazy(None, avx256_impl as *const () as usize as u64, 1);
     // SAFETY: AVX is available (checked above).
     let bad = unsafe { call_avx256(jit.stub(0), 7) };
     assert_eq!(bad, 0, "arguments corrupted on the first call");
@@ -540,11 +549,8 @@ fn first_call_through_default_asm_entry() {
         return;
     }
     // Trampolines pointing straight at the in-process entry (no entry block).
-    let mut jit = Jit::new();
     let entry = kiln_arch::x86_64::reentry_asm_entry_default().expect("XSAVE host");
-    jit.layout(1, Some(entry));
-    let lazy = Registered::new(&jit, 0, avx256_impl as *const () as usize as u64, 1, true);
-    jit.finalize();
+    let (jit, lazy) = one_lazy(Some(entry), avx256_impl as *const () as usize as u64, 1);
     // SAFETY: AVX is available (checked above).
     assert_eq!(unsafe { call_avx256(jit.stub(0), 3) }, 0);
     assert_eq!(lazy.entries(), 1);
@@ -556,10 +562,7 @@ fn first_call_through_trampoline_keeps_m512_arguments() {
         println!("note: skipped, this CPU has no AVX-512F");
         return;
     }
-    let mut jit = Jit::new();
-    jit.layout(1, None);
-    let lazy = Registered::new(&jit, 0, avx512_impl as *const () as usize as u64, 1, true);
-    jit.finalize();
+    let (jit, lazy) = one_lazy(None, avx512_impl as *const () as usize as u64, 1);
     // SAFETY: AVX-512F is available (checked above).
     let bad = unsafe { call_avx512(jit.stub(0), 11) };
     assert_eq!(bad, 0, "zmm arguments corrupted on the first call");
@@ -576,18 +579,9 @@ fn sixty_four_threads_make_the_first_call_at_once() {
         return;
     }
     const THREADS: usize = 64;
-    let mut jit = Jit::new();
-    jit.layout(1, None);
     // Resolvers wait until all 64 have entered, so every thread is counted
     // as arriving before the redirect; none returns before that.
-    let lazy = Registered::new(
-        &jit,
-        0,
-        avx256_impl as *const () as usize as u64,
-        THREADS,
-        true,
-    );
-    jit.finalize();
+    let (jit, lazy) = one_lazy(None, avx256_impl as *const () as usize as u64, THREADS);
     let stub = jit.stub(0);
     let barrier = Barrier::new(THREADS);
     let entered: usize = std::thread::scope(|s| {
@@ -729,16 +723,7 @@ fn full_register_state_survives_the_first_call() {
         0xe7,
         "XCR0 {mask:#x} lacks x87/SSE/AVX/AVX-512 state"
     );
-    let mut jit = Jit::new();
-    jit.layout(1, None);
-    let lazy = Registered::new(
-        &jit,
-        0,
-        kiln_arch_test_capture as *const () as usize as u64,
-        1,
-        true,
-    );
-    jit.finalize();
+    let (jit, lazy) = one_lazy(None, kiln_arch_test_capture as *const () as usize as u64, 1);
     let mut pattern = [0u64; STATE_WORDS];
     for (i, w) in pattern.iter_mut().enumerate() {
         *w = 0x0123_4567_89ab_cdefu64.rotate_left(i as u32 * 7)

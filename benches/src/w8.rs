@@ -173,7 +173,8 @@ impl W8Rep {
     }
 }
 
-fn per_call_ns(d: Duration, calls: usize) -> f64 {
+/// Nanoseconds per call of a phase of `calls` calls that took `d`.
+pub(crate) fn per_call_ns(d: Duration, calls: usize) -> f64 {
     d.as_secs_f64() * 1e9 / calls.max(1) as f64
 }
 

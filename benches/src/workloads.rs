@@ -22,7 +22,7 @@ use crate::error::BenchError;
 use crate::measure::cpu_seconds;
 use crate::options::{DispatcherKind, Options, Workload};
 use crate::report::{Json, Rep, Report};
-use crate::w8::{W8, W8Dispatcher};
+use crate::w8::{W8, W8Dispatcher, per_call_ns};
 
 /// W1/W7 address base: `sym{i}` is at `W1_BASE + 16*i`.
 pub const W1_BASE: u64 = 0x1000_0000;
@@ -804,8 +804,7 @@ fn run_w8(o: &Options) -> Result<Report, BenchError> {
             Some(t) => W8Dispatcher::Pool(t),
         },
     };
-    let calls = n.saturating_mul(o.rounds).max(1) as f64;
-    let per_call_ns = |d: Duration| d.as_secs_f64() * 1e9 / calls;
+    let calls = n.saturating_mul(o.rounds);
     let reps = repeat(o, || {
         let r = config.rep().map_err(|e| BenchError::Engine {
             workload: W,
@@ -827,10 +826,10 @@ fn run_w8(o: &Options) -> Result<Report, BenchError> {
             ],
             info: vec![
                 ("first_call_us", r.first_call_us(n)),
-                ("steady_rr_call_ns", per_call_ns(r.steady_rr)),
-                ("direct_rr_call_ns", per_call_ns(r.direct_rr)),
-                ("steady_hot_call_ns", per_call_ns(r.steady_hot)),
-                ("direct_hot_call_ns", per_call_ns(r.direct_hot)),
+                ("steady_rr_call_ns", per_call_ns(r.steady_rr, calls)),
+                ("direct_rr_call_ns", per_call_ns(r.direct_rr, calls)),
+                ("steady_hot_call_ns", per_call_ns(r.steady_hot, calls)),
+                ("direct_hot_call_ns", per_call_ns(r.direct_hot, calls)),
                 ("reentries_per_entry", r.reentries as f64 / n as f64),
             ],
         })

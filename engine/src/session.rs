@@ -127,10 +127,7 @@ impl Session {
     /// Names already Ready complete on this thread with no message to the
     /// state actor; others may start materialization.
     pub fn lookup(&self, order: &SearchOrder, names: &LookupSet, state: RequiredState) -> Lookup {
-        if let Some(found) = self.fast_lookup(order, names) {
-            return Lookup::done(Ok(found));
-        }
-        self.slow_lookup(
+        self.start_lookup(
             order,
             names,
             state,
@@ -142,10 +139,7 @@ impl Session {
 
     /// A lookup with every option.
     pub fn lookup_with(&self, request: &LookupRequest) -> Lookup {
-        if let Some(found) = self.fast_lookup(&request.order, &request.names) {
-            return Lookup::done(Ok(found));
-        }
-        self.slow_lookup(
+        self.start_lookup(
             &request.order,
             &request.names,
             request.state,
@@ -165,10 +159,7 @@ impl Session {
         state: RequiredState,
         waiting_unit: &Responsibility,
     ) -> Lookup {
-        if let Some(found) = self.fast_lookup(order, &names) {
-            return Lookup::done(Ok(found));
-        }
-        self.slow_lookup(
+        self.start_lookup(
             order,
             &names,
             state,
@@ -199,6 +190,23 @@ impl Session {
 
     /// Reads the ready index: all names Ready in the first dylib of `order`
     /// that defines them (and may see them)? Then the result, without the actor.
+    /// The fast path when every name is Ready, else a message to the actor.
+    #[inline]
+    fn start_lookup(
+        &self,
+        order: &SearchOrder,
+        names: &LookupSet,
+        state: RequiredState,
+        kind: LookupKind,
+        await_definitions: AwaitDefinitions,
+        blocking_for: Option<usize>,
+    ) -> Lookup {
+        match self.fast_lookup(order, names) {
+            Some(found) => Lookup::done(Ok(found)),
+            None => self.slow_lookup(order, names, state, kind, await_definitions, blocking_for),
+        }
+    }
+
     fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
         let mut found = SmallVec::with_capacity(names.names.len());
         warm(order, names.names.iter().map(|(n, _)| n));

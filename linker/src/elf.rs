@@ -269,15 +269,7 @@ fn classify(name: &str, sh_type: u32, flags: u64) -> (Prot, SectionRole) {
     };
     // Relocated-then-read-only data (RELRO): kiln applies every relocation
     // before finalizing, so these never need to stay writable.
-    let relro = name.starts_with(".data.rel.ro")
-        || matches!(
-            role,
-            SectionRole::PreinitArray
-                | SectionRole::InitArray(_)
-                | SectionRole::FiniArray(_)
-                | SectionRole::Ctors(_)
-                | SectionRole::Dtors(_)
-        );
+    let relro = name.starts_with(".data.rel.ro") || role.is_init_fini();
     let prot = if flags & elf::SHF_EXECINSTR.0 != 0 {
         Prot::ReadExec
     } else if flags & elf::SHF_WRITE.0 != 0 && !relro {
@@ -604,40 +596,22 @@ impl Reader<'_, '_> {
                 )));
             };
             // The PC-begin field is at offset 8 of the FDE.
-            let function = block
+            let described = block
                 .edges
                 .iter()
                 .find(|e| e.offset == 8)
-                .map(|e| e.target)
-                .and_then(|t| match self.graph.symbols[t.index()].def {
-                    SymbolDef::Defined { block, .. } => Some(Some(block)),
-                    SymbolDef::Discarded => Some(None),
-                    _ => None,
-                });
+                .map(|e| self.graph.symbols[e.target.index()].def);
+            let function = match described {
+                Some(SymbolDef::Defined { block, .. }) => Some(block),
+                _ => None,
+            };
             let block = &mut self.graph.blocks[r.block.index()];
-            match function {
-                // Describes code that was dropped (COMDAT): drop it now.
-                Some(None) => {
-                    block.live = false;
-                    block.edges.clear();
-                    block.fde = Some(FdeLinks {
-                        cie,
-                        function: None,
-                    });
-                }
-                Some(Some(f)) => {
-                    block.fde = Some(FdeLinks {
-                        cie,
-                        function: Some(f),
-                    })
-                }
-                None => {
-                    block.fde = Some(FdeLinks {
-                        cie,
-                        function: None,
-                    })
-                }
+            // Describes code that was dropped (COMDAT): drop it now.
+            if described == Some(SymbolDef::Discarded) {
+                block.live = false;
+                block.edges.clear();
             }
+            block.fde = Some(FdeLinks { cie, function });
         }
         Ok(())
     }
@@ -880,10 +854,7 @@ impl Reader<'_, '_> {
             });
         }
         for &(_, _, block) in ranges {
-            let edges = &mut blocks[block.index()].edges;
-            if !edges.is_sorted_by_key(|e| e.offset) {
-                edges.sort_by_key(|e| e.offset);
-            }
+            crate::graph::sort_edges(&mut blocks[block.index()].edges);
         }
         Ok(())
     }

@@ -146,6 +146,21 @@ pub enum SectionRole {
     Plt,
 }
 
+impl SectionRole {
+    /// An initializer or finalizer array (`.preinit_array`, `.init_array`,
+    /// `.fini_array`, `.ctors`, `.dtors`).
+    pub fn is_init_fini(self) -> bool {
+        matches!(
+            self,
+            SectionRole::PreinitArray
+                | SectionRole::InitArray(_)
+                | SectionRole::FiniArray(_)
+                | SectionRole::Ctors(_)
+                | SectionRole::Dtors(_)
+        )
+    }
+}
+
 /// A section of the graph. Input sections with the same name share one.
 #[derive(Debug, Clone)]
 pub struct Section {
@@ -325,6 +340,14 @@ pub enum SymbolDef {
     Discarded,
 }
 
+/// Sorts `edges` by offset. The reader already leaves them sorted; checking
+/// first saves merging a stable sort (and its scratch buffer) per block.
+pub(crate) fn sort_edges(edges: &mut [Edge]) {
+    if !edges.is_sorted_by_key(|e| e.offset) {
+        edges.sort_by_key(|e| e.offset);
+    }
+}
+
 /// Visibility of a symbol outside the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
@@ -444,10 +467,10 @@ impl LinkGraph {
         id
     }
 
-    /// Add a block to `section`.
+    /// Add a block to `section`, its edges sorted by offset.
     pub fn add_block(&mut self, mut block: Block) -> BlockId {
         let id = BlockId(self.blocks.len() as u32);
-        block.edges.sort_by_key(|e| e.offset);
+        sort_edges(&mut block.edges);
         self.sections[block.section.index()].blocks.push(id);
         self.blocks.push(block);
         id

@@ -1,6 +1,7 @@
 //! Host symbols: kiln's runtime overrides, then `-l` libraries, then the
 //! process itself (dlsym through libloading).
 
+use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
@@ -96,20 +97,21 @@ impl HostSymbols {
             return Some(addr as u64);
         }
         for (_, lib) in &self.libraries {
-            if let Some(a) = Self::sym(lib, name) {
+            if let Some(a) = library_symbol(lib, name) {
                 return Some(a);
             }
         }
-        Self::sym(&self.this, name)
+        library_symbol(&self.this, name)
     }
+}
 
-    fn sym(lib: &Library, cname: &str) -> Option<u64> {
-        // SAFETY: the symbol is only read as an address, never called or
-        // dereferenced here; `*const u8` matches any symbol's address.
-        let s = unsafe { lib.get::<*const u8>(cname) }.ok()?;
-        let addr = *s as u64;
-        (addr != 0).then_some(addr)
-    }
+/// Address of `name` in `lib` (dlsym), or `None` if absent or null.
+pub(crate) fn library_symbol(lib: &Library, name: &str) -> Option<u64> {
+    // SAFETY: the symbol is only read as an address, never called or
+    // dereferenced here; `*const u8` matches any symbol's address.
+    let s = unsafe { lib.get::<*const u8>(name) }.ok()?;
+    let addr = *s as u64;
+    (addr != 0).then_some(addr)
 }
 
 impl Default for HostSymbols {
@@ -169,8 +171,6 @@ struct Elf64Sym {
 unsafe extern "C" {
     fn dladdr1(addr: *const c_void, info: *mut DlInfo, extra: *mut *mut c_void, flags: i32) -> i32;
 }
-
-use std::ffi::c_void;
 
 /// Kind and size of the host symbol at `addr`, from the dynamic symbol
 /// table of the object that defines it (`dladdr1(RTLD_DL_SYMENT)`).

@@ -23,7 +23,7 @@ use crate::runtime;
 const PARALLEL_READ_BYTES: usize = 2 << 20;
 
 /// Collects inputs and links them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Linker {
     options: LinkOptions,
     /// Objects, shared with the graph's blocks (nothing is copied).
@@ -37,6 +37,13 @@ fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// As [`Linker::new`] with default options (initializers run).
+impl Default for Linker {
+    fn default() -> Self {
+        Linker::new(LinkOptions::default())
+    }
 }
 
 impl Linker {

@@ -165,9 +165,7 @@ impl ObjectLayer {
         let start = Instant::now();
         let mut graph = LinkGraph::new();
         crate::elf::read_object(&mut graph, name, bytes)?;
-        if let Ok(mut images) = self.shared.images.lock() {
-            images.times.read += start.elapsed();
-        }
+        self.add_read_time(start.elapsed());
         self.add_graph(dylib, tracker, name, graph)
     }
 
@@ -841,11 +839,8 @@ impl Generator for HostGenerator {
             .names()
             .iter()
             .filter_map(|n| {
-                let address = runtime::host_overrides()
-                    .iter()
-                    .find(|(o, _)| *o == n.as_str())
-                    .map(|&(_, a)| a as u64)
-                    .or_else(|| self.host.lookup(n.as_str()))?;
+                // `lookup` consults kiln's runtime overrides first.
+                let address = self.host.lookup(n.as_str())?;
                 Some((n.clone(), SymbolDef::new(address, SymbolFlags::EXPORTED)))
             })
             .collect();

@@ -144,8 +144,7 @@ fn run_bundled() -> Result<i32, String> {
         lazy: false,
         args: Vec::new(),
     };
-    let outcome = link_and_run(&args, inputs, true)?;
-    Ok(outcome)
+    link_and_run(&args, inputs, true)
 }
 
 fn run_files(args: RunArgs) -> Result<i32, String> {
@@ -163,6 +162,11 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
 
 fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32, String> {
     let started = Instant::now();
+    // The first input's path names the image and is the program's argv[0].
+    let program = args
+        .inputs
+        .first()
+        .map_or_else(|| "kiln".to_string(), |p| p.display().to_string());
     let pool = match args.threads {
         Some(n) => WorkerPool::new(n),
         None => WorkerPool::with_available_parallelism(),
@@ -235,12 +239,8 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         let (graph, names) = linker
             .build_graph_naming(&|n| session.intern(n))
             .map_err(|e| e.to_string())?;
-        let name = args
-            .inputs
-            .first()
-            .map_or("<input>".into(), |p| p.display().to_string());
         layer
-            .add_graph_named(&main, None, &name, graph, names)
+            .add_graph_named(&main, None, &program, graph, names)
             .map_err(|e| e.to_string())?;
         // Reading counts until the unit is defined in its dylib (as
         // llvm-jitlink's "load/add object files" does).
@@ -284,12 +284,8 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         return Ok(0);
     }
 
-    let argv0 = args
-        .inputs
-        .first()
-        .map_or_else(|| "kiln".to_string(), |p| p.display().to_string());
     let mut argv: Vec<CString> = Vec::with_capacity(args.args.len() + 1);
-    for a in std::iter::once(&argv0).chain(&args.args) {
+    for a in std::iter::once(&program).chain(&args.args) {
         argv.push(
             CString::new(a.as_bytes())
                 .map_err(|_| format!("argument {a:?} contains a NUL byte"))?,

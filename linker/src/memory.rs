@@ -480,12 +480,10 @@ mod tests {
             .unwrap();
         assert_eq!(a.state(), MemState::Finalized);
         assert!(a.bytes_mut().is_none());
-        let base = a.base();
         drop(a);
         let b = Allocation::new(PAGE, Placement::Near).unwrap().unwrap();
         let (sb, sl) = b.slab.range();
         assert!(b.base() >= sb && b.base() < sb + sl);
-        let _ = base;
     }
 
     /// Resident pages of `[base, base+len)` (mincore).

@@ -264,12 +264,11 @@ enum Special {
 
 /// Link `graph` all the way: the pipeline, in order.
 pub fn link_graph(
-    graph: LinkGraph,
+    mut graph: LinkGraph,
     resolver: &dyn SymbolResolver,
     env: &ImageEnv,
     options: &LinkOptions,
 ) -> Result<Finalized, LinkError> {
-    let mut graph = graph;
     let t0 = Instant::now();
     // Report every duplicate strong definition at once.
     check_duplicates(&mut graph)?;
@@ -353,17 +352,6 @@ pub fn allocate_commons(graph: &mut LinkGraph) {
     }
 }
 
-fn is_init_fini(role: SectionRole) -> bool {
-    matches!(
-        role,
-        SectionRole::PreinitArray
-            | SectionRole::InitArray(_)
-            | SectionRole::FiniArray(_)
-            | SectionRole::Ctors(_)
-            | SectionRole::Dtors(_)
-    )
-}
-
 /// Mark live everything reachable from the roots; FDEs live with their code.
 /// Dead blocks keep their place in the arena but get no memory, and their
 /// edges ask for no symbol.
@@ -395,7 +383,7 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
         }
         Roots::Symbols(names) => {
             for (i, b) in graph.blocks.iter().enumerate() {
-                if b.live && is_init_fini(graph.sections[b.section.index()].role) {
+                if b.live && graph.sections[b.section.index()].role.is_init_fini() {
                     work.push(BlockId(i as u32));
                 }
             }
@@ -593,10 +581,7 @@ impl Prepared {
                         continue;
                     }
                     let Some(name) = &sym.name else { continue };
-                    // SAFETY: the symbol is only read as an address.
-                    let addr = unsafe { this.get::<*const u8>(&**name) }
-                        .ok()
-                        .map(|s| *s as u64);
+                    let addr = crate::host::library_symbol(&this, name);
                     match addr.and_then(crate::host::host_symbol_kind) {
                         Some(crate::host::HostSymbolKind::Data(size)) if size > 0 => {
                             copies.push((e.target, size));
@@ -811,18 +796,8 @@ impl Prepared {
         g.globals
             .iter()
             .filter_map(|(name, &id)| {
+                let address = self.defined_address(id)?;
                 let s = &g.symbols[id.index()];
-                let address = match s.def {
-                    SymbolDef::Defined { block, offset } => {
-                        let b = &g.blocks[block.index()];
-                        if !b.live {
-                            return None;
-                        }
-                        b.addr.wrapping_add(offset)
-                    }
-                    SymbolDef::Absolute(v) => v,
-                    _ => return None,
-                };
                 Some(DefinedSymbol {
                     name: name.to_string(),
                     address,
@@ -1084,10 +1059,9 @@ impl Prepared {
         let tls = tls_module.as_ref();
         let g = &self.graph;
         // Final value of every symbol, computed once.
-        let addrs: Vec<u64> = (0..g.symbols.len())
+        let mut addrs: Vec<u64> = (0..g.symbols.len())
             .map(|i| self.symbol_address(SymbolId(i as u32), env))
             .collect();
-        let mut addrs = addrs;
         // Redirect host symbols that non-PIE code cannot reach: data to its
         // copy (snapshotted now), functions to their PLT stub.
         let plt_base = self.plt_block.map_or(0, |b| g.blocks[b.index()].addr);
@@ -1261,10 +1235,11 @@ impl Prepared {
         if !places.is_sorted() {
             places.sort_unstable();
         }
-        let mem = self.alloc.bytes_mut().ok_or_else(|| LinkError::Memory {
-            detail: "allocation is not writable".into(),
+        let not_writable = || LinkError::Memory {
+            detail: format!("{}: the image's memory is not writable", env.name),
             source: std::io::Error::other("bad memory state"),
-        })?;
+        };
+        let mem = self.alloc.bytes_mut().ok_or_else(not_writable)?;
         // Disjoint slices of the image, one per block, in address order.
         let layout_bug = |i: usize| LinkError::Memory {
             detail: format!(
@@ -1294,7 +1269,7 @@ impl Prepared {
             got: &self.got,
             got_base,
             plt: &self.plt,
-            plt_base: self.plt_block.map_or(0, |b| g.blocks[b.index()].addr),
+            plt_base,
             tpoffs: &tpoffs,
         };
         let ctx_ref = &ctx;
@@ -1346,10 +1321,7 @@ impl Prepared {
         for (i, bytes) in relocated {
             self.graph.blocks[i].content = Content::Bytes(bytes);
         }
-        let mem = self.alloc.bytes_mut().ok_or_else(|| LinkError::Memory {
-            detail: "allocation is not writable".into(),
-            source: std::io::Error::other("bad memory state"),
-        })?;
+        let mem = self.alloc.bytes_mut().ok_or_else(not_writable)?;
         if let Some((start, len)) = self.eh_frame {
             let off = (start + len - 4 - base) as usize;
             mem[off..off + 4].fill(0);
@@ -1579,7 +1551,7 @@ impl FixupCtx<'_> {
 fn collect_init_fini(g: &LinkGraph, image: &[u8], base: u64) -> Vec<(Box<str>, Vec<usize>)> {
     g.blocks
         .iter()
-        .filter(|b| b.live && is_init_fini(g.sections[b.section.index()].role))
+        .filter(|b| b.live && g.sections[b.section.index()].role.is_init_fini())
         .map(|b| {
             let start = (b.addr - base) as usize;
             // Relocated: read back from the image.

@@ -12,25 +12,16 @@ fn check_two_objects(cc: &str, flags: &[&str], tag: &str) {
         return;
     }
     let dir = scratch(&format!("c-{tag}"));
-    let mut objs = Vec::new();
-    for src in ["prog_a.c", "prog_b.c"] {
-        let mut f = flags.to_vec();
-        f.push("-fcommon");
-        objs.push(compile(
-            cc,
-            &c_dir().join(src),
-            &f,
-            &[],
-            &dir.join(src.replace(".c", ".o")),
-        ));
-    }
-    let (native_out, native_ret) = run_native(cc, &objs, flags, &[], &dir.join("prog"));
-    let (jit_out, jit_ret) = run_jit(&objs, &[], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
-    assert_eq!(jit_out, native_out, "{tag}: output differs");
-    assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
-    assert!(
-        native_out.contains("counter="),
-        "{tag}: program did not run"
+    let compile_flags = [flags, &["-fcommon"]].concat();
+    let objs = compile_sources(cc, &["prog_a.c", "prog_b.c"], &compile_flags, &dir);
+    assert_jit_matches_native(
+        cc,
+        &objs,
+        flags,
+        (&[], &[]),
+        &dir.join("prog"),
+        "counter=",
+        tag,
     );
 }
 

@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
+use common::compile_c_text;
+
 fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
 }
@@ -11,22 +15,6 @@ fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-cli-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn compile(dir: &Path, name: &str, src: &str, flags: &[&str]) -> PathBuf {
-    let c = dir.join(format!("{name}.c"));
-    let o = dir.join(format!("{name}.o"));
-    std::fs::write(&c, src).unwrap();
-    let status = Command::new("gcc")
-        .arg("-c")
-        .args(flags)
-        .arg("-o")
-        .arg(&o)
-        .arg(&c)
-        .status()
-        .expect("gcc runs");
-    assert!(status.success(), "gcc failed on {name}.c");
-    o
 }
 
 fn text(out: &[u8]) -> String {
@@ -87,8 +75,8 @@ fn argv_and_the_exit_status_follow_main() {
         &["-O2", "-fPIC"],
         &["-O2", "-fno-pie"],
     ] {
-        let main = compile(&dir, "main", ARGS_MAIN, flags);
-        let helper = compile(&dir, "helper", HELPER, flags);
+        let main = compile_c_text(&dir, "main", ARGS_MAIN, flags);
+        let helper = compile_c_text(&dir, "helper", HELPER, flags);
         let out = kiln()
             .arg("run")
             .arg(&main)
@@ -119,7 +107,7 @@ fn argv_and_the_exit_status_follow_main() {
 #[test]
 fn exit_called_by_the_program_still_runs_its_atexit_handlers() {
     let dir = scratch("exit");
-    let o = compile(
+    let o = compile_c_text(
         &dir,
         "exits",
         "#include <stdio.h>\n#include <stdlib.h>\nstatic void bye(void) { puts(\"handler ran\"); }\nint main(void) { atexit(bye); puts(\"exiting\"); exit(9); }\n",
@@ -138,7 +126,7 @@ fn exit_called_by_the_program_still_runs_its_atexit_handlers() {
 #[test]
 fn a_crash_exits_with_128_plus_the_signal() {
     let dir = scratch("crash");
-    let o = compile(
+    let o = compile_c_text(
         &dir,
         "crash",
         "int main(void) { volatile int *p = 0; return *p; }\n",
@@ -152,7 +140,7 @@ fn a_crash_exits_with_128_plus_the_signal() {
 #[test]
 fn missing_symbols_are_all_named_with_their_objects() {
     let dir = scratch("missing");
-    let o = compile(
+    let o = compile_c_text(
         &dir,
         "needy",
         "int alpha_missing(void); int beta_missing(void);\nint main(void) { return alpha_missing() + beta_missing(); }\n",
@@ -182,7 +170,7 @@ fn malformed_input_is_an_error_not_a_crash() {
 #[test]
 fn noexec_links_without_running_and_stats_reports_the_work() {
     let dir = scratch("noexec");
-    let o = compile(
+    let o = compile_c_text(
         &dir,
         "loud",
         "#include <stdio.h>\nint main(void) { puts(\"must not print\"); return 3; }\n",
@@ -214,19 +202,19 @@ fn noexec_links_without_running_and_stats_reports_the_work() {
 #[test]
 fn archives_supply_members_on_demand_and_l_loads_libraries() {
     let dir = scratch("archive");
-    let main = compile(
+    let main = compile_c_text(
         &dir,
         "main",
         "#include <math.h>\nint from_archive(int);\nint main(void) { return from_archive(2) + (int)floor(cbrt(27.0)); }\n",
         &["-O2"],
     );
-    let used = compile(
+    let used = compile_c_text(
         &dir,
         "used",
         "int from_archive(int x) { return x * 10; }\n",
         &["-O2"],
     );
-    let unused = compile(
+    let unused = compile_c_text(
         &dir,
         "unused",
         "int never(void); int unused_fn(void) { return never(); }\n",
@@ -255,19 +243,19 @@ fn archives_supply_members_on_demand_and_l_loads_libraries() {
 #[test]
 fn lazy_mode_links_objects_on_first_call() {
     let dir = scratch("lazy");
-    let main = compile(
+    let main = compile_c_text(
         &dir,
         "main",
         "#include <stdio.h>\nint used(int); int unused(int);\nint main(int argc, char **argv) { printf(\"lazy %d\\n\", used(4)); return argc > 5 ? unused(1) : 0; }\n",
         &["-O2"],
     );
-    let used = compile(
+    let used = compile_c_text(
         &dir,
         "used",
         "int used(int x) { return x * x; }\n",
         &["-O2"],
     );
-    let unused = compile(
+    let unused = compile_c_text(
         &dir,
         "unused",
         "int unused(int x) { return x + 1; }\n",
@@ -386,7 +374,7 @@ __attribute__((destructor(200))) static void dtor200(void) { puts("destructor 20
 __attribute__((destructor(150))) static void dtor150(void) { puts("destructor 150"); }
 int main(void) { atexit(handler2); puts("main"); return 5; }
 "#;
-    let o = compile(&dir, "teardown", src, &["-O2"]);
+    let o = compile_c_text(&dir, "teardown", src, &["-O2"]);
     let exe = dir.join("teardown-native");
     let status = Command::new("gcc")
         .arg("-o")
@@ -419,7 +407,7 @@ int main(int argc, char **argv) {
 }
 "#;
     for lazy in [false, true] {
-        let o = compile(&dir, "ctor", src, &["-O2"]);
+        let o = compile_c_text(&dir, "ctor", src, &["-O2"]);
         let mut cmd = kiln();
         cmd.arg("run");
         if lazy {

@@ -14,26 +14,17 @@ fn check_cpp(cxx: &str, flags: &[&str], tag: &str) {
         return;
     }
     let dir = scratch(&format!("cpp-{tag}"));
-    let mut objs = Vec::new();
-    let mut f = flags.to_vec();
-    f.push("-pthread");
-    for src in ["cpp_a.cpp", "cpp_b.cpp"] {
-        objs.push(compile(
-            cxx,
-            &c_dir().join(src),
-            &f,
-            &[],
-            &dir.join(src.replace(".cpp", ".o")),
-        ));
-    }
-    let (native_out, native_ret) = run_native(cxx, &objs, &f, &[], &dir.join("prog"));
-    assert!(
-        native_out.contains("atexit handler"),
-        "{tag}: native run: {native_out}"
+    let f = [flags, &["-pthread"]].concat();
+    let objs = compile_sources(cxx, &["cpp_a.cpp", "cpp_b.cpp"], &f, &dir);
+    assert_jit_matches_native(
+        cxx,
+        &objs,
+        &f,
+        (&[], &[]),
+        &dir.join("prog"),
+        "atexit handler",
+        tag,
     );
-    let (jit_out, jit_ret) = run_jit(&objs, &[], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
-    assert_eq!(jit_out, native_out, "{tag}: output differs");
-    assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
 }
 
 #[test]

@@ -5,24 +5,19 @@
 //! tracker runs finalizers and releases memory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+
+use common::compile_c_text;
 
 use kiln_engine::*;
 use kiln_linker::HostSymbols;
 use kiln_linker::layer::{HostGenerator, ObjectLayer};
 
+/// The bytes of `src` compiled as `<dir>/<name>.o` with `gcc -O1 -fPIC`.
 fn compile(dir: &Path, name: &str, src: &str) -> Vec<u8> {
-    let c = dir.join(format!("{name}.c"));
-    let o = dir.join(format!("{name}.o"));
-    std::fs::write(&c, src).unwrap();
-    let status = Command::new("gcc")
-        .args(["-c", "-O1", "-fPIC", "-o"])
-        .arg(&o)
-        .arg(&c)
-        .status()
-        .expect("gcc runs");
-    assert!(status.success(), "gcc failed on {name}.c");
-    std::fs::read(&o).unwrap()
+    let o = compile_c_text(dir, name, src, &["-O1", "-fPIC"]);
+    std::fs::read(&o).unwrap_or_else(|e| panic!("read {}: {e}", o.display()))
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -65,6 +60,24 @@ impl Jit {
         d
     }
 
+    /// Compiles `src` as `<name>.c` in `dir` and adds it to `dylib` as
+    /// `<name>.o`.
+    fn add_c(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        dir: &Path,
+        name: &str,
+        src: &str,
+    ) -> std::result::Result<(), kiln_linker::LinkError> {
+        self.layer.add_object(
+            dylib,
+            tracker,
+            &format!("{name}.o"),
+            &compile(dir, name, src),
+        )
+    }
+
     fn function(&self, dylib: &Dylib, name: &str) -> Result<extern "C" fn(i32) -> i32> {
         let found = dylib.lookup_ready(&[name])?;
         let address = found.get_str(name).unwrap().address;
@@ -77,12 +90,8 @@ impl Jit {
 
 /// Adds the mutually recursive `is_even`/`is_odd` objects to `app`.
 fn add_even_and_odd(j: &Jit, app: &Dylib, dir: &Path) {
-    j.layer
-        .add_object(app, None, "even.o", &compile(dir, "even", EVEN))
-        .unwrap();
-    j.layer
-        .add_object(app, None, "odd.o", &compile(dir, "odd", ODD))
-        .unwrap();
+    j.add_c(app, None, dir, "even", EVEN).unwrap();
+    j.add_c(app, None, dir, "odd", ODD).unwrap();
 }
 
 #[test]
@@ -109,12 +118,8 @@ fn mutually_recursive_objects_across_two_dylibs() {
         (j.host.clone(), DylibLookup::ExportedOnly),
     ])
     .unwrap();
-    j.layer
-        .add_object(&a, None, "even.o", &compile(&dir, "even", EVEN))
-        .unwrap();
-    j.layer
-        .add_object(&b, None, "odd.o", &compile(&dir, "odd", ODD))
-        .unwrap();
+    j.add_c(&a, None, &dir, "even", EVEN).unwrap();
+    j.add_c(&b, None, &dir, "odd", ODD).unwrap();
     let is_odd = j.function(&b, "is_odd").unwrap();
     assert_eq!(is_odd(9), 1);
     assert_eq!(
@@ -130,14 +135,7 @@ fn missing_symbols_are_listed_with_the_objects_that_use_them() {
     let j = jit();
     let app = j.dylib("app", &[]);
     let src = "int nowhere_a(int); int nowhere_b(int);\nint f(int x) { return nowhere_a(x) + nowhere_b(x); }\n";
-    j.layer
-        .add_object(
-            &app,
-            None,
-            "uses_missing.o",
-            &compile(&dir, "uses_missing", src),
-        )
-        .unwrap();
+    j.add_c(&app, None, &dir, "uses_missing", src).unwrap();
     let err = j.function(&app, "f").expect_err("f cannot link");
     let text = err.to_string();
     assert!(
@@ -155,12 +153,8 @@ fn a_failing_object_fails_its_callers_with_the_root_cause() {
     let app = j.dylib("app", &[]);
     let caller = "int broken(int);\nint caller(int x) { return broken(x) * 2; }\n";
     let broken = "int gone(int);\nint broken(int x) { return gone(x); }\n";
-    j.layer
-        .add_object(&app, None, "caller.o", &compile(&dir, "caller", caller))
-        .unwrap();
-    j.layer
-        .add_object(&app, None, "broken.o", &compile(&dir, "broken", broken))
-        .unwrap();
+    j.add_c(&app, None, &dir, "caller", caller).unwrap();
+    j.add_c(&app, None, &dir, "broken", broken).unwrap();
     let err = j
         .function(&app, "caller")
         .expect_err("caller cannot become Ready");
@@ -175,12 +169,8 @@ fn removing_the_tracker_releases_the_image() {
     let j = jit();
     let app = j.dylib("app", &[]);
     let rt = app.create_tracker().unwrap();
-    j.layer
-        .add_object(&app, Some(&rt), "even.o", &compile(&dir, "even", EVEN))
-        .unwrap();
-    j.layer
-        .add_object(&app, Some(&rt), "odd.o", &compile(&dir, "odd", ODD))
-        .unwrap();
+    j.add_c(&app, Some(&rt), &dir, "even", EVEN).unwrap();
+    j.add_c(&app, Some(&rt), &dir, "odd", ODD).unwrap();
     let is_even = j.function(&app, "is_even").unwrap();
     assert_eq!(is_even(4), 1);
     let address = is_even as usize;
@@ -215,12 +205,9 @@ fn duplicate_definitions_across_objects_are_all_listed() {
     let app = j.dylib("app", &[]);
     let first = "int one(void) { return 1; }\nint two(void) { return 2; }\n";
     let second = "int two(void) { return 22; }\nint one(void) { return 11; }\nint three(void) { return 3; }\n";
-    j.layer
-        .add_object(&app, None, "first.o", &compile(&dir, "first", first))
-        .unwrap();
+    j.add_c(&app, None, &dir, "first", first).unwrap();
     let err = j
-        .layer
-        .add_object(&app, None, "second.o", &compile(&dir, "second", second))
+        .add_c(&app, None, &dir, "second", second)
         .expect_err("second.o clashes");
     let text = err.to_string();
     assert!(
@@ -262,12 +249,8 @@ fn images_prepared_early_link_like_the_others() {
     // here the strong one added later does.
     let weak = "__attribute__((weak)) int pick(int x) { return x + 100; }\nint via_weak(int x) { return pick(x); }\n";
     let strong = "int pick(int x) { return x + 1; }\n";
-    j.layer
-        .add_object(&app, None, "weak.o", &compile(&dir, "weak", weak))
-        .unwrap();
-    j.layer
-        .add_object(&app, None, "strong.o", &compile(&dir, "strong", strong))
-        .unwrap();
+    j.add_c(&app, None, &dir, "weak", weak).unwrap();
+    j.add_c(&app, None, &dir, "strong", strong).unwrap();
     let is_even = j.function(&app, "is_even").unwrap();
     assert_eq!(is_even(10), 1);
     assert_eq!(is_even(7), 0);

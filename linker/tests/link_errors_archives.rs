@@ -12,10 +12,7 @@ use kiln_linker::passes::{self, Prepared};
 use kiln_linker::{HostSymbols, LinkError, Linker};
 
 fn c_object(name: &str, source: &str, flags: &[&str]) -> PathBuf {
-    let dir = scratch("errors");
-    let src = dir.join(format!("{name}.c"));
-    std::fs::write(&src, source).expect("write source");
-    compile("gcc", &src, flags, &[], &dir.join(format!("{name}.o")))
+    compile_c_text(&scratch("errors"), name, source, flags)
 }
 
 #[test]

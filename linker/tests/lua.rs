@@ -102,14 +102,8 @@ fn check_lua_with(cc: &str, flags: &[&str], tag: &str, via_cli: bool) {
     }
     let objs = build_lua(cc, flags, tag);
     let exe = scratch(&format!("lua-{tag}")).join("lua_driver");
-    let (native_out, native_ret) = run_native(cc, &objs, flags, &["m", "dl"], &exe);
-    assert!(
-        native_out.contains("gc ok"),
-        "{tag}: native run failed: {native_out}"
-    );
-    let (jit_out, jit_ret) = run_jit(&objs, &["m"], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
-    assert_eq!(jit_out, native_out, "{tag}: output differs");
-    assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
+    let (native_out, native_ret) =
+        assert_jit_matches_native(cc, &objs, flags, (&["m", "dl"], &["m"]), &exe, "gc ok", tag);
     if via_cli {
         for mode in [&["run"][..], &["run", "--lazy", "--stats"]] {
             let out = Command::new(env!("CARGO_BIN_EXE_kiln"))

@@ -13,24 +13,9 @@ fn check_tls(cc: &str, flags: &[&str], tag: &str) {
         return;
     }
     let dir = scratch(&format!("tls-{tag}"));
-    let mut f = flags.to_vec();
-    f.push("-pthread");
-    let objs: Vec<_> = ["tls_a.c", "tls_b.c"]
-        .iter()
-        .map(|s| {
-            compile(
-                cc,
-                &c_dir().join(s),
-                &f,
-                &[],
-                &dir.join(s.replace(".c", ".o")),
-            )
-        })
-        .collect();
-    let (native_out, native_ret) = run_native(cc, &objs, &f, &[], &dir.join("tls"));
-    let (jit_out, jit_ret) = run_jit(&objs, &[], &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
-    assert_eq!(jit_out, native_out, "{tag}: output differs");
-    assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
+    let f = [flags, &["-pthread"]].concat();
+    let objs = compile_sources(cc, &["tls_a.c", "tls_b.c"], &f, &dir);
+    assert_jit_matches_native(cc, &objs, &f, (&[], &[]), &dir.join("tls"), "main: ", tag);
 }
 
 #[test]

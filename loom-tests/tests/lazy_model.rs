@@ -111,12 +111,16 @@ struct Setup {
     runs: Arc<StdAtomicUsize>,
     emitted: Arc<AtomicBool>,
     redirects: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// The tracker the entry was defined through, if `setup` was asked for
+    /// one (otherwise the dylib's default tracker).
+    tracker: Option<ResourceTracker>,
 }
 
 /// A session with one lazy entry whose trampoline and stub exist (the
 /// reexports unit was materialized by looking the entry up), and whose
-/// body was never requested.
-fn setup(fail: Option<&'static str>) -> Setup {
+/// body was never requested. With `tracked`, the entry is defined through
+/// a tracker of its own.
+fn setup(fail: Option<&'static str>, tracked: bool) -> Setup {
     let session = Session::builder()
         .dispatcher(InPlaceDispatcher::new())
         .build();
@@ -140,19 +144,22 @@ fn setup(fail: Option<&'static str>) -> Setup {
             redirects: redirects.clone(),
         },
     );
-    dylib
-        .define(
-            lazy.reexports(
-                &dylib,
-                [Alias {
-                    name: entry.clone(),
-                    target: body,
-                    flags: FC,
-                }],
-            )
-            .unwrap(),
+    let tracker = tracked.then(|| dylib.create_tracker().unwrap());
+    let unit = lazy
+        .reexports(
+            &dylib,
+            [Alias {
+                name: entry.clone(),
+                target: body,
+                flags: FC,
+            }],
         )
         .unwrap();
+    match &tracker {
+        Some(tracker) => dylib.define_with(unit, tracker),
+        None => dylib.define(unit),
+    }
+    .unwrap();
     let order = SearchOrder::new().with(&dylib, DylibLookup::All);
     let found = session
         .lookup(
@@ -177,6 +184,7 @@ fn setup(fail: Option<&'static str>) -> Setup {
         runs,
         emitted,
         redirects,
+        tracker,
     }
 }
 
@@ -186,7 +194,7 @@ fn setup(fail: Option<&'static str>) -> Setup {
 #[test]
 fn concurrent_first_calls_link_once_and_wait_for_ready() {
     model(|| {
-        let s = setup(None);
+        let s = setup(None, false);
         let check = {
             let (emitted, redirects) = (s.emitted.clone(), s.redirects.clone());
             move |address: u64| {
@@ -227,7 +235,7 @@ fn concurrent_first_calls_link_once_and_wait_for_ready() {
 #[test]
 fn concurrent_first_calls_of_a_failing_body_both_fail() {
     model(|| {
-        let s = setup(Some("undefined symbol `frobnicate`"));
+        let s = setup(Some("undefined symbol `frobnicate`"), false);
         let t = {
             let lazy = s.lazy.clone();
             loom::thread::spawn(move || lazy.resolve(TRAMPOLINE).unwrap_err())
@@ -254,7 +262,7 @@ fn concurrent_first_calls_of_a_failing_body_both_fail() {
 #[test]
 fn hot_swap_racing_a_first_call_is_never_undone() {
     model(|| {
-        let s = setup(None);
+        let s = setup(None, false);
         let t = {
             let lazy = s.lazy.clone();
             loom::thread::spawn(move || lazy.resolve(TRAMPOLINE).unwrap())
@@ -278,46 +286,19 @@ fn hot_swap_racing_a_first_call_is_never_undone() {
 #[test]
 fn first_call_racing_tracker_removal_completes_or_fails() {
     model(|| {
-        let session = Session::builder()
-            .dispatcher(InPlaceDispatcher::new())
-            .build();
-        let dylib = session.create_dylib("d").unwrap();
-        let (body, entry) = (session.intern("body"), session.intern("entry"));
-        let runs = Arc::new(StdAtomicUsize::new(0));
-        dylib
-            .define(Body {
-                name: body.clone(),
-                runs: runs.clone(),
-                emitted: Arc::new(AtomicBool::new(false)),
-                fail: None,
-            })
-            .unwrap();
-        let redirects = Arc::new(Mutex::new(Vec::new()));
-        let lazy = LazyReexports::new(
-            &session,
-            FixedTrampolines,
-            RecordingStubs {
-                redirects: redirects.clone(),
-            },
-        );
-        let tracker = dylib.create_tracker().unwrap();
-        let unit = lazy
-            .reexports(
-                &dylib,
-                [Alias {
-                    name: entry.clone(),
-                    target: body,
-                    flags: FC,
-                }],
-            )
-            .unwrap();
-        dylib.define_with(unit, &tracker).unwrap();
+        let Setup {
+            session,
+            dylib,
+            entry,
+            lazy,
+            runs,
+            redirects,
+            tracker,
+            ..
+        } = setup(None, true);
+        let tracker = tracker.expect("setup was asked for a tracker");
         let order = SearchOrder::new().with(&dylib, DylibLookup::All);
-        let set = LookupSet::required([entry.clone()]);
-        session
-            .lookup(&order, &set, RequiredState::Ready)
-            .wait()
-            .unwrap();
+        let set = LookupSet::required([entry]);
         let remover = loom::thread::spawn(move || tracker.remove().unwrap());
         match lazy.resolve(TRAMPOLINE) {
             Ok(address) => {

@@ -135,6 +135,10 @@ const SLOT_JUMP_PATCHES: &[Patch] = &[
     },
 ];
 
+/// `adrp x16, slot; ldr x16, [x16, :lo12:slot]; br x16`: the PLT stub and
+/// the redirectable stub (patched by [`SLOT_JUMP_PATCHES`]).
+const SLOT_JUMP_CODE: [u32; 3] = [adrp(X16), ldr_x(X16, X16, 0), br(X16)];
+
 fn put(out: &mut [u8], words: &[u32]) {
     for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
         chunk.copy_from_slice(&word.to_le_bytes());
@@ -278,30 +282,12 @@ impl Arch for Aarch64 {
         }],
     };
 
-    fn write_got_entry(buf: &mut [u8], entry: u64, target: u64) -> Result<(), FixupError> {
-        let out = Self::GOT_ENTRY.check(buf, entry)?;
-        out.copy_from_slice(&target.to_le_bytes());
-        Ok(())
-    }
-
     fn write_plt_stub(buf: &mut [u8], stub: u64, got_slot: u64) -> Result<(), FixupError> {
-        write_with_slot(
-            &Self::PLT_STUB,
-            buf,
-            stub,
-            got_slot,
-            &[adrp(X16), ldr_x(X16, X16, 0), br(X16)],
-        )
+        write_with_slot(&Self::PLT_STUB, buf, stub, got_slot, &SLOT_JUMP_CODE)
     }
 
     fn write_redirectable_stub(buf: &mut [u8], stub: u64, slot: u64) -> Result<(), FixupError> {
-        write_with_slot(
-            &Self::REDIRECTABLE_STUB,
-            buf,
-            stub,
-            slot,
-            &[adrp(X16), ldr_x(X16, X16, 0), br(X16)],
-        )
+        write_with_slot(&Self::REDIRECTABLE_STUB, buf, stub, slot, &SLOT_JUMP_CODE)
     }
 
     fn write_reentry_trampoline(

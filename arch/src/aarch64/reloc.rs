@@ -16,6 +16,7 @@
 //! the entry.
 
 use crate::FixupError;
+use crate::template::place_mut;
 
 /// Raw `R_AARCH64_*` relocation type numbers (AAELF64).
 pub mod r_type {
@@ -189,59 +190,66 @@ const fn row(
     }
 }
 
+/// [`row`] with the psABI name spelled once: taken from the constant.
+macro_rules! row {
+    ($r_type:ident, $($rest:expr),+ $(,)?) => {
+        row($r_type, stringify!($r_type), $($rest),+)
+    };
+}
+
 const DATA32: Option<(i128, i128)> = Some((-pow2(31), pow2(32) - 1));
 const PAGE33: Option<(i128, i128)> = Some((-pow2(32), pow2(32) - 1));
 
 /// The table, sorted by `r_type`.
 #[rustfmt::skip]
 pub static RELOCS: &[RelocInfo] = &[
-    row(R_AARCH64_ABS64, "R_AARCH64_ABS64", Formula::Abs, Field::Data64, None, 1, &[], "data"),
-    row(R_AARCH64_ABS32, "R_AARCH64_ABS32", Formula::Abs, Field::Data32, DATA32, 1, &[], "data"),
-    row(R_AARCH64_PREL64, "R_AARCH64_PREL64", Formula::Prel, Field::Data64, None, 1, &[], "data"),
-    row(R_AARCH64_PREL32, "R_AARCH64_PREL32", Formula::Prel, Field::Data32, DATA32, 1, &[], "data"),
-    row(R_AARCH64_MOVW_UABS_G0, "R_AARCH64_MOVW_UABS_G0", Formula::Abs, Field::Movw { shift: 0 },
+    row!(R_AARCH64_ABS64, Formula::Abs, Field::Data64, None, 1, &[], "data"),
+    row!(R_AARCH64_ABS32, Formula::Abs, Field::Data32, DATA32, 1, &[], "data"),
+    row!(R_AARCH64_PREL64, Formula::Prel, Field::Data64, None, 1, &[], "data"),
+    row!(R_AARCH64_PREL32, Formula::Prel, Field::Data32, DATA32, 1, &[], "data"),
+    row!(R_AARCH64_MOVW_UABS_G0, Formula::Abs, Field::Movw { shift: 0 },
         Some((0, pow2(16) - 1)), 1, MOVW, "MOVZ/MOVK"),
-    row(R_AARCH64_MOVW_UABS_G0_NC, "R_AARCH64_MOVW_UABS_G0_NC", Formula::Abs, Field::Movw { shift: 0 },
+    row!(R_AARCH64_MOVW_UABS_G0_NC, Formula::Abs, Field::Movw { shift: 0 },
         None, 1, MOVW, "MOVZ/MOVK"),
-    row(R_AARCH64_MOVW_UABS_G1, "R_AARCH64_MOVW_UABS_G1", Formula::Abs, Field::Movw { shift: 16 },
+    row!(R_AARCH64_MOVW_UABS_G1, Formula::Abs, Field::Movw { shift: 16 },
         Some((0, pow2(32) - 1)), 1, MOVW, "MOVZ/MOVK"),
-    row(R_AARCH64_MOVW_UABS_G1_NC, "R_AARCH64_MOVW_UABS_G1_NC", Formula::Abs, Field::Movw { shift: 16 },
+    row!(R_AARCH64_MOVW_UABS_G1_NC, Formula::Abs, Field::Movw { shift: 16 },
         None, 1, MOVW, "MOVZ/MOVK"),
-    row(R_AARCH64_MOVW_UABS_G2, "R_AARCH64_MOVW_UABS_G2", Formula::Abs, Field::Movw { shift: 32 },
+    row!(R_AARCH64_MOVW_UABS_G2, Formula::Abs, Field::Movw { shift: 32 },
         Some((0, pow2(48) - 1)), 1, MOVW, "MOVZ/MOVK"),
-    row(R_AARCH64_MOVW_UABS_G2_NC, "R_AARCH64_MOVW_UABS_G2_NC", Formula::Abs, Field::Movw { shift: 32 },
+    row!(R_AARCH64_MOVW_UABS_G2_NC, Formula::Abs, Field::Movw { shift: 32 },
         None, 1, MOVW, "MOVZ/MOVK"),
-    row(R_AARCH64_MOVW_UABS_G3, "R_AARCH64_MOVW_UABS_G3", Formula::Abs, Field::Movw { shift: 48 },
+    row!(R_AARCH64_MOVW_UABS_G3, Formula::Abs, Field::Movw { shift: 48 },
         None, 1, MOVW, "MOVZ/MOVK"), // every 64-bit value fits: no check (AAELF64)
-    row(R_AARCH64_ADR_PREL_LO21, "R_AARCH64_ADR_PREL_LO21", Formula::Prel, Field::Adr { shift: 0 },
+    row!(R_AARCH64_ADR_PREL_LO21, Formula::Prel, Field::Adr { shift: 0 },
         Some((-pow2(20), pow2(20) - 1)), 1, ADR, "ADR"),
-    row(R_AARCH64_ADR_PREL_PG_HI21, "R_AARCH64_ADR_PREL_PG_HI21", Formula::Page, Field::Adr { shift: 12 },
+    row!(R_AARCH64_ADR_PREL_PG_HI21, Formula::Page, Field::Adr { shift: 12 },
         PAGE33, 1, ADRP, "ADRP"),
-    row(R_AARCH64_ADR_PREL_PG_HI21_NC, "R_AARCH64_ADR_PREL_PG_HI21_NC", Formula::Page, Field::Adr { shift: 12 },
+    row!(R_AARCH64_ADR_PREL_PG_HI21_NC, Formula::Page, Field::Adr { shift: 12 },
         None, 1, ADRP, "ADRP"),
-    row(R_AARCH64_ADD_ABS_LO12_NC, "R_AARCH64_ADD_ABS_LO12_NC", Formula::Abs, Field::Imm12 { shift: 0 },
+    row!(R_AARCH64_ADD_ABS_LO12_NC, Formula::Abs, Field::Imm12 { shift: 0 },
         None, 1, ADD_IMM, "ADD/SUB (immediate)"),
-    row(R_AARCH64_LDST8_ABS_LO12_NC, "R_AARCH64_LDST8_ABS_LO12_NC", Formula::Abs, Field::Imm12 { shift: 0 },
+    row!(R_AARCH64_LDST8_ABS_LO12_NC, Formula::Abs, Field::Imm12 { shift: 0 },
         None, 1, LDST_UIMM, "LDR/STR (unsigned immediate)"),
-    row(R_AARCH64_TSTBR14, "R_AARCH64_TSTBR14", Formula::Prel, Field::Imm14,
+    row!(R_AARCH64_TSTBR14, Formula::Prel, Field::Imm14,
         Some((-pow2(15), pow2(15) - 1)), 4, TBZ, "TBZ/TBNZ"),
-    row(R_AARCH64_CONDBR19, "R_AARCH64_CONDBR19", Formula::Prel, Field::Imm19,
+    row!(R_AARCH64_CONDBR19, Formula::Prel, Field::Imm19,
         Some((-pow2(20), pow2(20) - 1)), 4, BCOND_CBZ, "B.cond/CBZ/CBNZ"),
-    row(R_AARCH64_JUMP26, "R_AARCH64_JUMP26", Formula::Prel, Field::Imm26,
+    row!(R_AARCH64_JUMP26, Formula::Prel, Field::Imm26,
         Some((-pow2(27), pow2(27) - 1)), 4, B_BL, "B/BL"),
-    row(R_AARCH64_CALL26, "R_AARCH64_CALL26", Formula::Prel, Field::Imm26,
+    row!(R_AARCH64_CALL26, Formula::Prel, Field::Imm26,
         Some((-pow2(27), pow2(27) - 1)), 4, B_BL, "B/BL"),
-    row(R_AARCH64_LDST16_ABS_LO12_NC, "R_AARCH64_LDST16_ABS_LO12_NC", Formula::Abs, Field::Imm12 { shift: 1 },
+    row!(R_AARCH64_LDST16_ABS_LO12_NC, Formula::Abs, Field::Imm12 { shift: 1 },
         None, 2, LDST_UIMM, "LDR/STR (unsigned immediate)"),
-    row(R_AARCH64_LDST32_ABS_LO12_NC, "R_AARCH64_LDST32_ABS_LO12_NC", Formula::Abs, Field::Imm12 { shift: 2 },
+    row!(R_AARCH64_LDST32_ABS_LO12_NC, Formula::Abs, Field::Imm12 { shift: 2 },
         None, 4, LDST_UIMM, "LDR/STR (unsigned immediate)"),
-    row(R_AARCH64_LDST64_ABS_LO12_NC, "R_AARCH64_LDST64_ABS_LO12_NC", Formula::Abs, Field::Imm12 { shift: 3 },
+    row!(R_AARCH64_LDST64_ABS_LO12_NC, Formula::Abs, Field::Imm12 { shift: 3 },
         None, 8, LDST_UIMM, "LDR/STR (unsigned immediate)"),
-    row(R_AARCH64_LDST128_ABS_LO12_NC, "R_AARCH64_LDST128_ABS_LO12_NC", Formula::Abs, Field::Imm12 { shift: 4 },
+    row!(R_AARCH64_LDST128_ABS_LO12_NC, Formula::Abs, Field::Imm12 { shift: 4 },
         None, 16, LDST_UIMM, "LDR/STR (unsigned immediate)"),
-    row(R_AARCH64_ADR_GOT_PAGE, "R_AARCH64_ADR_GOT_PAGE", Formula::Page, Field::Adr { shift: 12 },
+    row!(R_AARCH64_ADR_GOT_PAGE, Formula::Page, Field::Adr { shift: 12 },
         PAGE33, 1, ADRP, "ADRP"),
-    row(R_AARCH64_LD64_GOT_LO12_NC, "R_AARCH64_LD64_GOT_LO12_NC", Formula::Abs, Field::Imm12 { shift: 3 },
+    row!(R_AARCH64_LD64_GOT_LO12_NC, Formula::Abs, Field::Imm12 { shift: 3 },
         None, 8, LDST_UIMM, "LDR/STR (unsigned immediate)"),
 ];
 
@@ -351,18 +359,7 @@ impl RelocInfo {
         s: u64,
         a: i64,
     ) -> Result<(), FixupError> {
-        let len = block.len() as u64;
-        let out_of_bounds = FixupError::OutOfBounds {
-            reloc: self.name,
-            offset,
-            width: self.width,
-            len,
-        };
-        let start = usize::try_from(offset).map_err(|_| out_of_bounds.clone())?;
-        let end = start
-            .checked_add(self.width as usize)
-            .ok_or_else(|| out_of_bounds.clone())?;
-        let place = block.get_mut(start..end).ok_or(out_of_bounds)?;
+        let place = place_mut(self.name, block, offset, self.width)?;
         let p = block_addr.wrapping_add(offset);
         let x = self.value(p, s, a);
         self.check(x)?;

@@ -49,20 +49,17 @@ const SLOT_JUMP_PATCHES: &[Patch] = &[Patch {
     target: PatchTarget::Slot,
 }];
 
-/// Encodes `opcode2` (`ff 25` jmp or `ff 15` call) with a RIP-relative
-/// displacement to `slot`, padded with two `int3`.
+/// Writes `template` (8 bytes): `ff <modrm>` (`modrm` 0x25 for
+/// `jmp *disp32(%rip)`, 0x15 for `call *disp32(%rip)`) with the displacement
+/// to `slot`, padded with two `int3`.
 fn rip_indirect(
-    what: TemplateKind,
+    template: &Template,
     buf: &mut [u8],
     at: u64,
     slot: u64,
     modrm: u8,
 ) -> Result<(), FixupError> {
-    let template = match what {
-        TemplateKind::ReentryTrampoline => X86_64::REENTRY_TRAMPOLINE,
-        TemplateKind::PltStub => X86_64::PLT_STUB,
-        _ => X86_64::REDIRECTABLE_STUB,
-    };
+    let what = template.kind;
     let out = template.check(buf, at)?;
     check_align(what.name(), slot, 8)?;
     let disp = i128::from(slot) - i128::from(at) - 6;
@@ -132,18 +129,12 @@ impl Arch for X86_64 {
         ],
     };
 
-    fn write_got_entry(buf: &mut [u8], entry: u64, target: u64) -> Result<(), FixupError> {
-        let out = Self::GOT_ENTRY.check(buf, entry)?;
-        out.copy_from_slice(&target.to_le_bytes());
-        Ok(())
-    }
-
     fn write_plt_stub(buf: &mut [u8], stub: u64, got_slot: u64) -> Result<(), FixupError> {
-        rip_indirect(TemplateKind::PltStub, buf, stub, got_slot, 0x25)
+        rip_indirect(&Self::PLT_STUB, buf, stub, got_slot, 0x25)
     }
 
     fn write_redirectable_stub(buf: &mut [u8], stub: u64, slot: u64) -> Result<(), FixupError> {
-        rip_indirect(TemplateKind::RedirectableStub, buf, stub, slot, 0x25)
+        rip_indirect(&Self::REDIRECTABLE_STUB, buf, stub, slot, 0x25)
     }
 
     fn write_reentry_trampoline(
@@ -151,13 +142,7 @@ impl Arch for X86_64 {
         trampoline: u64,
         entry_slot: u64,
     ) -> Result<(), FixupError> {
-        rip_indirect(
-            TemplateKind::ReentryTrampoline,
-            buf,
-            trampoline,
-            entry_slot,
-            0x15,
-        )
+        rip_indirect(&Self::REENTRY_TRAMPOLINE, buf, trampoline, entry_slot, 0x15)
     }
 
     fn write_reentry_entry(buf: &mut [u8], entry: u64, resolver: u64) -> Result<(), FixupError> {

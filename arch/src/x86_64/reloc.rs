@@ -18,6 +18,7 @@
 //! relaxation with [`relax_got_load`]), and finally calls [`apply`].
 
 use crate::FixupError;
+use crate::template::place_mut;
 
 /// What a relocation (an edge of the link graph) computes. Several ELF
 /// relocation types share a kind; the linker may rewrite kinds while building
@@ -368,25 +369,15 @@ pub fn write_field(
     signed: bool,
     value: i128,
 ) -> Result<(), FixupError> {
-    let len = content.len() as u64;
     if width == 0 || width > 8 {
         return Err(FixupError::OutOfBounds {
             reloc,
             offset,
             width,
-            len,
+            len: content.len() as u64,
         });
     }
-    let start = usize::try_from(offset).ok();
-    let place = start
-        .and_then(|s| s.checked_add(width as usize).map(|e| (s, e)))
-        .and_then(|(s, e)| content.get_mut(s..e))
-        .ok_or(FixupError::OutOfBounds {
-            reloc,
-            offset,
-            width,
-            len,
-        })?;
+    let place = place_mut(reloc, content, offset, width)?;
     // 64-bit fields wrap modulo 2^64, as in a static link; narrower ones
     // must fit. (Fixed-size writes: this is the linker's hottest loop.)
     let fits = |min: i128, max: i128| {

@@ -142,6 +142,43 @@ struct TrackerEntry {
 /// removed: listed nowhere.
 const UNLISTED: usize = usize::MAX;
 
+/// An entry listed in a [`TrackerEntry`] list (`units` or `resps`) that
+/// knows its position there.
+trait Listed {
+    fn at(&mut self) -> &mut usize;
+}
+
+impl Listed for UnitEntry {
+    fn at(&mut self) -> &mut usize {
+        &mut self.at
+    }
+}
+
+impl Listed for RespEntry {
+    fn at(&mut self) -> &mut usize {
+        &mut self.at
+    }
+}
+
+/// Stores `entry` in `slab` and appends its key to `list`, recording its
+/// position there.
+fn insert_listed<T: Listed>(slab: &mut Slab<T>, list: &mut Vec<usize>, mut entry: T) -> usize {
+    *entry.at() = list.len();
+    let key = slab.insert(entry);
+    list.push(key);
+    key
+}
+
+/// Removes `key`, at position `at`, from `list` (a `swap_remove`); the
+/// entry moved into its place learns its new position.
+fn unlist<T: Listed>(slab: &mut Slab<T>, list: &mut Vec<usize>, key: usize, at: usize) {
+    debug_assert_eq!(list.get(at), Some(&key));
+    list.swap_remove(at);
+    if let Some(&moved) = list.get(at) {
+        *slab[moved].at() = at;
+    }
+}
+
 /// One name of a pending lookup.
 #[derive(Clone, Copy, Default)]
 struct Found {
@@ -466,33 +503,23 @@ impl State {
     }
 
     /// Stores a unit, listed under its tracker.
-    fn add_unit(&mut self, mut unit: UnitEntry) -> usize {
+    fn add_unit(&mut self, unit: UnitEntry) -> usize {
         let list = &mut self.trackers[unit.tracker].units;
-        unit.at = list.len();
-        let uid = self.units.insert(unit);
-        list.push(uid);
-        uid
+        insert_listed(&mut self.units, list, unit)
     }
 
     /// Removes a unit, and from its tracker's list.
     fn take_unit(&mut self, uid: usize) -> UnitEntry {
         let unit = self.units.remove(uid);
         let list = &mut self.trackers[unit.tracker].units;
-        debug_assert_eq!(list.get(unit.at), Some(&uid));
-        list.swap_remove(unit.at);
-        if let Some(&moved) = list.get(unit.at) {
-            self.units[moved].at = unit.at;
-        }
+        unlist(&mut self.units, list, uid, unit.at);
         unit
     }
 
     /// Stores a responsibility, listed under its tracker.
-    fn add_resp(&mut self, mut resp: RespEntry) -> RespId {
+    fn add_resp(&mut self, resp: RespEntry) -> RespId {
         let list = &mut self.trackers[resp.tracker].resps;
-        resp.at = list.len();
-        let rid = self.resps.insert(resp);
-        list.push(rid);
-        rid
+        insert_listed(&mut self.resps, list, resp)
     }
 
     /// Removes a responsibility, and from its tracker's list unless the
@@ -501,11 +528,7 @@ impl State {
         let resp = self.resps.remove(rid);
         if resp.at != UNLISTED {
             let list = &mut self.trackers[resp.tracker].resps;
-            debug_assert_eq!(list.get(resp.at), Some(&rid));
-            list.swap_remove(resp.at);
-            if let Some(&moved) = list.get(resp.at) {
-                self.resps[moved].at = resp.at;
-            }
+            unlist(&mut self.resps, list, rid, resp.at);
         }
         resp
     }

@@ -151,6 +151,18 @@ pub enum LazyStubError {
     SessionEnded,
 }
 
+impl LazyStubError {
+    /// Maps the arch error of writing template `what` at `at` into
+    /// [`LazyStubError::Template`].
+    pub(crate) fn template(what: &'static str, at: u64) -> impl FnOnce(FixupError) -> Self {
+        move |source| Self::Template {
+            what,
+            at,
+            source: Box::new(source),
+        }
+    }
+}
+
 impl From<LazyStubError> for kiln_engine::Error {
     fn from(e: LazyStubError) -> kiln_engine::Error {
         match e {
@@ -221,13 +233,8 @@ impl JitLazyReexports {
         // the entry (this also initializes its XSAVE layout).
         let mut probe = [0u8; Host::REENTRY_ENTRY.size];
         let probe_at = Host::REENTRY_ENTRY.align as u64;
-        Host::write_reentry_entry(&mut probe, probe_at, kiln_arch::resolver_address()).map_err(
-            |source| LazyStubError::Template {
-                what: "reentry entry block",
-                at: probe_at,
-                source: Box::new(source),
-            },
-        )?;
+        Host::write_reentry_entry(&mut probe, probe_at, kiln_arch::resolver_address())
+            .map_err(LazyStubError::template("reentry entry block", probe_at))?;
         reentry::install()?;
         let memory = Arc::new(StubMemory::default());
         // Registered before the manager's own bookkeeping manager, so removal

@@ -205,31 +205,16 @@ impl StubMemory {
             let buf = writable(&mut alloc, "reentry trampolines")?;
             let (code, data) = buf.split_at_mut(layout.slot as usize);
             code.fill(CODE_FILL);
-            Host::write_reentry_entry(code, entry, kiln_arch::resolver_address()).map_err(
-                |source| LazyStubError::Template {
-                    what: "reentry entry block",
-                    at: entry,
-                    source: Box::new(source),
-                },
-            )?;
+            Host::write_reentry_entry(code, entry, kiln_arch::resolver_address())
+                .map_err(LazyStubError::template("reentry entry block", entry))?;
             for i in 0..count as u64 {
                 let off = layout.first + i * TRAMPOLINE_STRIDE;
                 let at = base + off;
-                Host::write_reentry_trampoline(&mut code[off as usize..], at, entry_slot).map_err(
-                    |source| LazyStubError::Template {
-                        what: "reentry trampoline",
-                        at,
-                        source: Box::new(source),
-                    },
-                )?;
+                Host::write_reentry_trampoline(&mut code[off as usize..], at, entry_slot)
+                    .map_err(LazyStubError::template("reentry trampoline", at))?;
             }
-            Host::write_got_entry(data, entry_slot, entry).map_err(|source| {
-                LazyStubError::Template {
-                    what: "reentry entry slot",
-                    at: entry_slot,
-                    source: Box::new(source),
-                }
-            })?;
+            Host::write_got_entry(data, entry_slot, entry)
+                .map_err(LazyStubError::template("reentry entry slot", entry_slot))?;
         }
         finalize(
             &mut alloc,
@@ -277,20 +262,10 @@ impl StubMemory {
                 let i = i as u64;
                 let (stub_off, slot_off) = (i * STUB_STRIDE, i * SLOT);
                 let (stub, slot) = (base + stub_off, base + layout.slots + slot_off);
-                Host::write_got_entry(&mut data[slot_off as usize..], slot, target).map_err(
-                    |source| LazyStubError::Template {
-                        what: "stub pointer slot",
-                        at: slot,
-                        source: Box::new(source),
-                    },
-                )?;
-                Host::write_redirectable_stub(&mut code[stub_off as usize..], stub, slot).map_err(
-                    |source| LazyStubError::Template {
-                        what: "redirectable stub",
-                        at: stub,
-                        source: Box::new(source),
-                    },
-                )?;
+                Host::write_got_entry(&mut data[slot_off as usize..], slot, target)
+                    .map_err(LazyStubError::template("stub pointer slot", slot))?;
+                Host::write_redirectable_stub(&mut code[stub_off as usize..], stub, slot)
+                    .map_err(LazyStubError::template("redirectable stub", stub))?;
             }
         }
         finalize(

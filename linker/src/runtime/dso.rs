@@ -587,9 +587,8 @@ mod tests {
         assert_eq!(a.addr(), addr);
         assert_eq!(lookup_handle(addr).map(|s| s.addr), Some(addr));
         let err = DsoHandle::new_at("dup", addr)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+            .expect_err("a second live handle at one address is refused")
+            .to_string();
         assert!(
             err.contains("dup") && err.contains("another live image"),
             "{err}"

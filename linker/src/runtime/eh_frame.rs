@@ -141,9 +141,8 @@ mod tests {
         assert!(validate(&s).is_ok());
         s.extend_from_slice(&[0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
         let err = validate(&s)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+            .expect_err("a zero-length record before the end is refused")
+            .to_string();
         assert!(
             err.contains("offset 0xc") && err.contains("zero length"),
             "{err}"

@@ -476,39 +476,32 @@ mod tests {
     fn runs_in_ld_and_glibc_order() {
         let dso = DsoHandle::new("order");
         let mut set = InitFini::new(dso.clone());
-        let a = |f: usize| f;
         // Added in "link order" across two objects.
-        assert!(set.add_section(".init_array", &[a(i_default as *const () as usize)]));
-        assert!(set.add_section(".init_array.00200", &[a(i_200_gcc as *const () as usize)]));
+        assert!(set.add_section(".init_array", &[i_default as *const () as usize]));
+        assert!(set.add_section(".init_array.00200", &[i_200_gcc as *const () as usize]));
         assert!(set.add_section(
             ".ctors",
-            &[
-                a(ctor_a as *const () as usize),
-                a(ctor_b as *const () as usize)
-            ]
+            &[ctor_a as *const () as usize, ctor_b as *const () as usize]
         ));
-        assert!(set.add_section(".preinit_array", &[a(pre as *const () as usize)]));
+        assert!(set.add_section(".preinit_array", &[pre as *const () as usize]));
         assert!(set.add_section(
             ".init_array.101",
-            &[a(i_101 as *const () as usize), 0, usize::MAX]
+            &[i_101 as *const () as usize, 0, usize::MAX]
         ));
-        assert!(set.add_section(".init_array.200", &[a(i_200_clang as *const () as usize)]));
-        assert!(set.add_section(".ctors.65385", &[a(ctor_150 as *const () as usize)]));
+        assert!(set.add_section(".init_array.200", &[i_200_clang as *const () as usize]));
+        assert!(set.add_section(".ctors.65385", &[ctor_150 as *const () as usize]));
         assert!(set.add_section(
             ".init_array.00300",
-            &[a(register_handler as *const () as usize)]
+            &[register_handler as *const () as usize]
         ));
-        assert!(set.add_section(".fini_array", &[a(f_default as *const () as usize)]));
-        assert!(set.add_section(".fini_array.00101", &[a(f_101 as *const () as usize)]));
+        assert!(set.add_section(".fini_array", &[f_default as *const () as usize]));
+        assert!(set.add_section(".fini_array.00101", &[f_101 as *const () as usize]));
         assert!(set.add_section(
             ".dtors",
-            &[
-                a(dtor_a as *const () as usize),
-                a(dtor_b as *const () as usize)
-            ]
+            &[dtor_a as *const () as usize, dtor_b as *const () as usize]
         ));
-        assert!(set.add_section(".fini_array.200", &[a(f_200 as *const () as usize)]));
-        assert!(set.add_section(".fini_array", &[a(f_default2 as *const () as usize)]));
+        assert!(set.add_section(".fini_array.200", &[f_200 as *const () as usize]));
+        assert!(set.add_section(".fini_array", &[f_default2 as *const () as usize]));
         assert!(!set.add_section(".text", &[1]));
         // SAFETY: every entry is a function of the right type that only logs.
         unsafe { set.run_init() };

@@ -63,6 +63,51 @@ pub(crate) fn compile(
     out.to_path_buf()
 }
 
+/// Write C source text `src` to `<dir>/<name>.c` and compile it with
+/// `gcc flags -c` into `<dir>/<name>.o`.
+pub(crate) fn compile_c_text(dir: &Path, name: &str, src: &str, flags: &[&str]) -> PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, src).unwrap_or_else(|e| panic!("write {}: {e}", c.display()));
+    compile("gcc", &c, flags, &[], &dir.join(format!("{name}.o")))
+}
+
+/// Compile each of `srcs` (file names in `tests/c`) with `cc flags -c` into
+/// `dir`, as `<stem>.o`.
+pub(crate) fn compile_sources(cc: &str, srcs: &[&str], flags: &[&str], dir: &Path) -> Vec<PathBuf> {
+    srcs.iter()
+        .map(|src| {
+            let stem = Path::new(src).file_stem().expect("source file name");
+            let out = dir.join(stem).with_extension("o");
+            compile(cc, &c_dir().join(src), flags, &[], &out)
+        })
+        .collect()
+}
+
+/// Build `objs` natively with `cc flags` into `exe` (linking `native_libs`)
+/// and run it, checking its stdout contains `native_marker` (the program
+/// really ran); then link them with kiln (loading `jit_libs`) and run `main`
+/// in-process. Asserts both print the same and return the same, naming
+/// `tag` on failure. Returns the native (stdout, exit code).
+pub(crate) fn assert_jit_matches_native(
+    cc: &str,
+    objs: &[PathBuf],
+    flags: &[&str],
+    (native_libs, jit_libs): (&[&str], &[&str]),
+    exe: &Path,
+    native_marker: &str,
+    tag: &str,
+) -> (String, i32) {
+    let (native_out, native_ret) = run_native(cc, objs, flags, native_libs, exe);
+    assert!(
+        native_out.contains(native_marker),
+        "{tag}: native run lacks {native_marker:?}: {native_out}"
+    );
+    let (jit_out, jit_ret) = run_jit(objs, jit_libs, &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    assert_eq!(jit_out, native_out, "{tag}: output differs");
+    assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
+    (native_out, native_ret)
+}
+
 /// `prog_a.c` (with `-fcommon`) and `prog_b.c`, compiled by gcc at `-O2`
 /// into `dir`: the two-object C program several tests link.
 pub(crate) fn compile_prog_ab(dir: &Path) -> (PathBuf, PathBuf) {

@@ -334,9 +334,8 @@ fn static_offsets_of_dynamic_modules_are_named_errors() {
     let m = TlsModule::new("pic.o", 8, 8, TlsPlacement::Dynamic).unwrap_or_else(|e| panic!("{e}"));
     let err = m
         .static_tp_offset(0, "counter", "user.o", "R_X86_64_GOTTPOFF")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        .expect_err("a dynamic module has no static offset")
+        .to_string();
     assert!(
         err.contains("counter")
             && err.contains("user.o")
