@@ -100,9 +100,13 @@ struct GenEntry {
     generator: Arc<dyn Generator>,
     concurrent: bool,
     in_flight: usize,
-    /// Lookups waiting for a serialized generator (see `generators`: never
-    /// non-empty while no call is in flight).
+    /// Lookups waiting for the generator: for a serialized one, its turn;
+    /// for a concurrent one, the end of a call asking one of its names
+    /// (see `generators`: never non-empty while no call is in flight).
     queue: VecDeque<u64>,
+    /// A concurrent generator's names being asked by calls in flight (each
+    /// by one call at most).
+    asking: FixedSet<SymbolName>,
     /// Names asked and not defined since the dylib last gained a definition.
     misses: FixedSet<SymbolName>,
 }
@@ -313,6 +317,7 @@ impl State {
                         generator,
                         in_flight: 0,
                         queue: VecDeque::new(),
+                        asking: FixedSet::default(),
                         misses: FixedSet::default(),
                     });
                     Ok(())
