@@ -58,8 +58,10 @@ pub(crate) struct State {
     trackers: Slab<TrackerEntry>,
     lookups: FixedMap<u64, PendingLookup>,
     graph: DepGraph,
-    /// Materializers blocked on a lookup: responsibility → lookup.
-    blocked: FixedMap<RespId, u64>,
+    /// Materializers blocked on lookups: responsibility → lookups (a
+    /// materializer's own wait, and those of materializations nested above
+    /// it on its thread).
+    blocked: FixedMap<RespId, SmallVec<[u64; 1]>>,
     managers: Vec<Arc<dyn ResourceManager>>,
     next_key: u64,
     ended: bool,
@@ -188,7 +190,9 @@ struct PendingLookup {
     await_definitions: bool,
     flags_reply: Option<Reply<Result<FlagsMap>>>,
     /// The materializer that cannot progress until this completes.
-    blocked_resp: Option<RespId>,
+    /// The materializers that cannot progress until this completes
+    /// (innermost last); each lists this lookup in `State::blocked`.
+    blocked_resps: SmallVec<[RespId; 1]>,
     pos: usize,
     next_gen: usize,
     parked: bool,
@@ -346,15 +350,7 @@ impl State {
                 });
             }
             Msg::RegisterManager { manager } => self.managers.push(manager),
-            Msg::BlockedWait { lookup, resp } => {
-                if let Some(lk) = self.lookups.get_mut(&lookup) {
-                    lk.blocked_resp = Some(resp);
-                    self.blocked.insert(resp, lookup);
-                    if lk.bound {
-                        self.check_blocking_cycle(resp, lookup, fx);
-                    }
-                }
-            }
+            Msg::BlockedWait { lookup, resps } => self.blocked_wait(lookup, &resps, fx),
             Msg::Cancel {
                 lookup,
                 timeout_millis,
