@@ -87,6 +87,10 @@ struct Shared {
     executable: std::sync::atomic::AtomicBool,
     /// Counts units as they are added, for link order.
     added: std::sync::atomic::AtomicUsize,
+    /// Some unit added holds non-PIE code (32-bit absolute addresses):
+    /// every image linked from then on is placed below 2 GiB, where that
+    /// code can reach its symbols (see [`ObjectLayer::add_graph_named`]).
+    non_pie: std::sync::atomic::AtomicBool,
 }
 
 impl ResourceManager for Shared {
@@ -145,6 +149,7 @@ impl ObjectLayer {
             options,
             executable: std::sync::atomic::AtomicBool::new(false),
             added: std::sync::atomic::AtomicUsize::new(0),
+            non_pie: std::sync::atomic::AtomicBool::new(false),
         });
         session.register_resource_manager(shared.clone());
         ObjectLayer {
@@ -185,6 +190,14 @@ impl ObjectLayer {
     /// layer's session, by symbol id (from
     /// [`crate::Linker::build_graph_naming`]); globals without one are
     /// interned here.
+    ///
+    /// Once a graph with non-PIE code (32-bit absolute addresses) is added,
+    /// every image the layer links after is placed below 2 GiB — not only
+    /// that graph's — since that code reaches other images' data only with
+    /// 32-bit addresses, as in a non-PIE executable. An image linked above
+    /// before then stays there; non-PIE code using its data fails to link
+    /// with [`LinkError::DataOutOfReach`] (add objects before looking any
+    /// up, as `kiln run` does).
     pub fn add_graph_named(
         &self,
         dylib: &Dylib,
@@ -193,6 +206,7 @@ impl ObjectLayer {
         graph: LinkGraph,
         mut names: Vec<Option<SymbolName>>,
     ) -> Result<(), LinkError> {
+        self.note_non_pie(&graph);
         // Each defined global's name is interned once, here; the link
         // reuses these names (and their ids) instead of hashing the text again.
         let mut symbols = Vec::with_capacity(graph.globals.len());
@@ -218,7 +232,7 @@ impl ObjectLayer {
             && graph.blocks.iter().map(|b| b.edges.len()).sum::<usize>()
                 >= options.parallel_threshold;
         let input = if early {
-            UnitInput::Early(EarlyPrepare::start(graph))
+            UnitInput::Early(EarlyPrepare::start(graph, self.below_2gib()))
         } else {
             UnitInput::Graph(Box::new(graph))
         };
@@ -265,6 +279,11 @@ impl ObjectLayer {
             let mut graph = LinkGraph::new();
             crate::elf::read_object(&mut graph, name, bytes)?;
             graphs.push(graph);
+        }
+        // All of them first: an object linked on its first call must be
+        // placed where the non-PIE code among the others can reach it.
+        for graph in &graphs {
+            self.note_non_pie(graph);
         }
         // Group objects connected by thread-local references (union-find).
         let mut parent: Vec<usize> = (0..graphs.len()).collect();
@@ -396,6 +415,23 @@ impl ObjectLayer {
         Ok(())
     }
 
+    /// Records that `graph` holds non-PIE code, if it does.
+    fn note_non_pie(&self, graph: &LinkGraph) {
+        let flag = &self.shared.non_pie;
+        if !flag.load(std::sync::atomic::Ordering::Relaxed)
+            && graph.has_absolute_32bit_references()
+        {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether images linked now go below 2 GiB (non-PIE code was added).
+    fn below_2gib(&self) -> bool {
+        self.shared
+            .non_pie
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Symbols of lazily added objects that must be linked before the entry
     /// point runs (objects with static constructors). Look them up at Ready,
     /// then call [`ObjectLayer::run_initializers`].
@@ -482,6 +518,8 @@ enum UnitInput {
 /// thread while the engine records the unit's symbols.
 struct EarlyPrepare {
     state: Mutex<EarlyState>,
+    /// Placement asked for when it was started.
+    below_2gib: bool,
     done: std::sync::Condvar,
 }
 
@@ -498,18 +536,19 @@ enum EarlyState {
 
 /// The graph passes that need nothing from the engine (for a unit without
 /// weak definitions: every definition is its own).
-fn prepare(mut graph: LinkGraph) -> Result<Prepared, LinkError> {
+fn prepare(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, LinkError> {
     passes::check_duplicates(&mut graph)?;
     passes::allocate_commons(&mut graph);
     passes::prune(&mut graph, &Roots::All)?;
-    Prepared::new(graph)
+    Prepared::new_placed(graph, below_2gib)
 }
 
 impl EarlyPrepare {
     /// Starts preparing `graph` on rayon.
-    fn start(graph: LinkGraph) -> Arc<EarlyPrepare> {
+    fn start(graph: LinkGraph, below_2gib: bool) -> Arc<EarlyPrepare> {
         let early = Arc::new(EarlyPrepare {
             state: Mutex::new(EarlyState::Pending(Box::new(graph))),
+            below_2gib,
             done: std::sync::Condvar::new(),
         });
         let job = early.clone();
@@ -527,7 +566,9 @@ impl EarlyPrepare {
             // A panic (a bug) fails this image's link, as it would on the
             // engine's worker, instead of aborting the process from rayon.
             let prepared =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(graph)))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    prepare(graph, job.below_2gib)
+                }))
                     .unwrap_or_else(|panic| {
                         let what = panic
                             .downcast_ref::<&str>()
@@ -554,7 +595,7 @@ impl EarlyPrepare {
             match std::mem::replace(&mut *state, EarlyState::Taken) {
                 EarlyState::Pending(graph) => {
                     drop(state);
-                    return prepare(*graph);
+                    return prepare(*graph, self.below_2gib);
                 }
                 EarlyState::Running => {
                     *state = EarlyState::Running;
@@ -683,7 +724,7 @@ fn link(
                     graph.symbols[id.index()].def = GraphDef::External;
                 }
             }
-            prepare(graph).map_err(link_error)?
+            prepare(graph, layer.below_2gib()).map_err(link_error)?
         }
         // Only units without weak definitions start early: they owe all.
         UnitInput::Early(early) => {
@@ -724,14 +765,21 @@ fn link(
                 .kind(LookupKind::Static),
         )
         .wait()?;
+    let mut data = Vec::new();
     let answers: Vec<(SymbolId, Option<u64>)> = externals
         .iter()
         .zip(found.by_request())
-        .map(|((id, _), (_, def))| (*id, def.map(|d| d.address)))
+        .map(|((id, _), (_, def))| {
+            if def.is_some_and(|d| !d.flags.is_callable()) {
+                data.push(*id);
+            }
+            (*id, def.map(|d| d.address))
+        })
         .collect();
     prepared
         .resolve_external_ids(&answers)
         .map_err(link_error)?;
+    prepared.mark_data_externals(data);
     let resolved_at = Instant::now();
 
     // (c) Fixup and finalize; the image belongs to the tracker. Code refers

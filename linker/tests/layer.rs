@@ -292,3 +292,58 @@ fn an_image_prepared_early_reports_its_errors_when_linked() {
     );
     j.session.end();
 }
+
+const TABLE: &str =
+    "const unsigned char table[8] = {10, 20, 30, 40, 50, 60, 70, 80};\nint counter = 5;\n";
+const BUMP: &str = "extern const unsigned char table[8];\nextern int counter;\n\
+                    int bump(int i) { counter += table[i]; return counter; }\n";
+
+/// Non-PIE code (`R_X86_64_32S` against another object's data) linked as
+/// separate images: the data's image is placed within the code's reach,
+/// below 2 GiB, although its own code would not need it (issue 8 §2.3).
+#[test]
+fn non_pie_code_reaches_data_of_another_image() {
+    let dir = scratch("non-pie");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    for (name, src) in [("table", TABLE), ("bump", BUMP)] {
+        let o = compile_c_text(&dir, name, src, &["-O2", "-fno-pie"]);
+        let bytes = std::fs::read(&o).unwrap();
+        j.layer.add_object(&app, None, name, &bytes).unwrap();
+    }
+    let bump = j.function(&app, "bump").unwrap();
+    assert_eq!(bump(3), 45);
+    assert_eq!(bump(0), 55);
+    assert_eq!(j.layer.stats().1, 2, "two images");
+    j.session.end();
+}
+
+/// When the data's image was linked out of reach before the non-PIE code
+/// came, linking the code fails with an error naming the data symbol — it
+/// never reads or writes something else at the truncated address.
+#[test]
+fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
+    let dir = scratch("non-pie-far");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let table = compile_c_text(&dir, "table", TABLE, &["-O2", "-fPIE"]);
+    j.layer
+        .add_object(&app, None, "table", &std::fs::read(&table).unwrap())
+        .unwrap();
+    // Linked now, before any non-PIE code is in the layer: placed near.
+    app.lookup_ready(&["counter"]).unwrap();
+    let bump = compile_c_text(&dir, "bump", BUMP, &["-O2", "-fno-pie"]);
+    j.layer
+        .add_object(&app, None, "bump", &std::fs::read(&bump).unwrap())
+        .unwrap();
+    let err = match app.lookup_ready(&["bump"]) {
+        Ok(_) => panic!("linked non-PIE code against data out of its reach"),
+        Err(e) => format!("{e}"),
+    };
+    assert!(
+        err.contains("table") || err.contains("counter"),
+        "names the data: {err}"
+    );
+    assert!(err.contains("bump"), "names the object: {err}");
+    j.session.end();
+}
