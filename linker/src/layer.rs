@@ -901,51 +901,93 @@ impl Generator for HostGenerator {
     }
 }
 
-/// Adds archive members to a dylib when a lookup needs one of their symbols.
+/// Adds archive members to a dylib when a lookup needs one of their
+/// symbols: as objects linked when first looked up
+/// ([`ArchiveGenerator::new`]), or each linked on its first call, like
+/// [`ObjectLayer::add_objects_lazily`] ([`ArchiveGenerator::lazy`]).
+///
+/// A member is pulled at most once, by the first static lookup (a link
+/// resolving its externals) that needs one of its symbols, as `ld` does;
+/// other lookups never pull members.
 pub struct ArchiveGenerator {
     layer: ObjectLayer,
     archive: Mutex<Archive>,
+    /// Where members' bodies go, and the manager of their lazy entries.
+    lazy: Option<(Dylib, kiln_engine::LazyReexports)>,
 }
 
 impl fmt::Debug for ArchiveGenerator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ArchiveGenerator").finish_non_exhaustive()
+        f.debug_struct("ArchiveGenerator")
+            .field("lazy", &self.lazy.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl ArchiveGenerator {
-    /// A generator serving members of `archive` through `layer`.
+    /// A generator serving members of `archive` through `layer`: each
+    /// member pulled is added to the generator's dylib as an object.
     pub fn new(layer: &ObjectLayer, archive: Archive) -> Self {
         ArchiveGenerator {
             layer: layer.clone(),
             archive: Mutex::new(archive),
+            lazy: None,
         }
+    }
+
+    /// A generator serving members of `archive` lazily: each member pulled
+    /// goes into `bodies`, and the generator's dylib gets a lazy entry (from
+    /// `manager`) for each of its functions and an alias for each data
+    /// symbol, as [`ObjectLayer::add_objects_lazily`] does for objects.
+    pub fn lazy(
+        layer: &ObjectLayer,
+        archive: Archive,
+        bodies: &Dylib,
+        manager: &kiln_engine::LazyReexports,
+    ) -> Self {
+        ArchiveGenerator {
+            layer: layer.clone(),
+            archive: Mutex::new(archive),
+            lazy: Some((bodies.clone(), manager.clone())),
+        }
+    }
+
+    /// Takes the members that define any of `names` (each at most once).
+    fn take_members(&self, names: &[SymbolName]) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let mut archive = self
+            .archive
+            .lock()
+            .map_err(|_| Error::msg("archive lock poisoned"))?;
+        let mut members = Vec::new();
+        for n in names {
+            if let Some((member, bytes)) = archive.take_member_for(n.as_str()).map_err(Error::msg)?
+            {
+                members.push((member, bytes.to_vec()));
+            }
+        }
+        Ok(members)
     }
 }
 
 impl Generator for ArchiveGenerator {
     fn generate(&self, req: GenerateRequest) {
         if req.kind() != LookupKind::Static {
-            return;
+            return req.complete(Ok(()));
         }
-        let mut members = Vec::new();
-        {
-            let Ok(mut archive) = self.archive.lock() else {
-                return req.complete(Err(Error::msg("archive lock poisoned")));
-            };
-            for n in req.names() {
-                match archive.take_member_for(n.as_str()) {
-                    Ok(Some((member, bytes))) => members.push((member, bytes.to_vec())),
-                    Ok(None) => {}
-                    Err(e) => return req.complete(Err(Error::msg(e))),
-                }
+        let members = match self.take_members(req.names()) {
+            Ok(members) => members,
+            Err(e) => return req.complete(Err(e)),
+        };
+        let added = match &self.lazy {
+            None => members.iter().try_for_each(|(member, bytes)| {
+                self.layer.add_object(req.dylib(), None, member, bytes)
+            }),
+            Some((bodies, manager)) if !members.is_empty() => {
+                self.layer
+                    .add_objects_lazily(req.dylib(), bodies, manager, &members)
             }
-        }
-        for (member, bytes) in members {
-            if let Err(e) = self.layer.add_object(req.dylib(), None, &member, &bytes) {
-                return req.complete(Err(Error::msg(e)));
-            }
-        }
-        req.complete(Ok(()));
+            Some(_) => Ok(()),
+        };
+        req.complete(added.map_err(Error::msg));
     }
 }

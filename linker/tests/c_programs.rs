@@ -7,8 +7,7 @@ mod common;
 use common::*;
 
 fn check_two_objects(cc: &str, flags: &[&str], tag: &str) {
-    if !have(cc) {
-        eprintln!("{cc} not installed: skipped");
+    if !need_tool(cc) {
         return;
     }
     let dir = scratch(&format!("c-{tag}"));

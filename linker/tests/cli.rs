@@ -229,15 +229,18 @@ fn archives_supply_members_on_demand_and_l_loads_libraries() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = kiln()
-        .arg("run")
-        .arg(&main)
-        .arg(&ar)
-        .args(["-l", "m"])
-        .output()
-        .unwrap();
-    // `unused.o` references a missing symbol: pulling it would fail the link.
-    assert_eq!(out.status.code(), Some(23), "{}", show(&out));
+    // Eager and lazy (issue 8 §2.4): `unused.o` references a missing
+    // symbol, so pulling it would fail the link.
+    for mode in [&["run"][..], &["run", "--lazy"]] {
+        let out = kiln()
+            .args(mode)
+            .arg(&main)
+            .arg(&ar)
+            .args(["-l", "m"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(23), "{mode:?}: {}", show(&out));
+    }
 }
 
 #[test]
