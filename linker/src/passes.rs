@@ -1138,6 +1138,11 @@ impl Prepared {
         for (&sym, &block) in &self.copy_blocks {
             let host = addrs[sym.index()];
             if host != 0 && far(host) {
+                if crate::memory::in_jit_memory(host) {
+                    // The name is the host's, the definition another
+                    // image's: a snapshot of JIT data would fork it.
+                    return Err(self.data_out_of_reach(sym));
+                }
                 snapshots.push((block, host));
                 addrs[sym.index()] = g.blocks[block.index()].addr;
             }
