@@ -418,8 +418,7 @@ impl ObjectLayer {
     /// Records that `graph` holds non-PIE code, if it does.
     fn note_non_pie(&self, graph: &LinkGraph) {
         let flag = &self.shared.non_pie;
-        if !flag.load(std::sync::atomic::Ordering::Relaxed)
-            && graph.has_absolute_32bit_references()
+        if !flag.load(std::sync::atomic::Ordering::Relaxed) && graph.has_absolute_32bit_references()
         {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -565,20 +564,19 @@ impl EarlyPrepare {
             };
             // A panic (a bug) fails this image's link, as it would on the
             // engine's worker, instead of aborting the process from rayon.
-            let prepared =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    prepare(graph, job.below_2gib)
-                }))
-                    .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(LinkError::Engine {
-                            detail: format!("panicked while preparing the image: {what}"),
-                        })
-                    });
+            let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                prepare(graph, job.below_2gib)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(LinkError::Engine {
+                    detail: format!("panicked while preparing the image: {what}"),
+                })
+            });
             *job.state.lock().unwrap_or_else(PoisonError::into_inner) =
                 EarlyState::Done(Box::new(prepared));
             job.done.notify_all();
@@ -960,7 +958,8 @@ impl ArchiveGenerator {
             .map_err(|_| Error::msg("archive lock poisoned"))?;
         let mut members = Vec::new();
         for n in names {
-            if let Some((member, bytes)) = archive.take_member_for(n.as_str()).map_err(Error::msg)?
+            if let Some((member, bytes)) =
+                archive.take_member_for(n.as_str()).map_err(Error::msg)?
             {
                 members.push((member, bytes.to_vec()));
             }

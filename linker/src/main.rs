@@ -216,10 +216,8 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
             .map_err(|e| e.to_string())?;
         for ar in archives {
             let archive = Archive::parse(&ar.name, ar.bytes).map_err(|e| e.to_string())?;
-            main.add_generator(ArchiveGenerator::lazy(
-                &layer, archive, &bodies, &manager,
-            ))
-            .map_err(err)?;
+            main.add_generator(ArchiveGenerator::lazy(&layer, archive, &bodies, &manager))
+                .map_err(err)?;
         }
         bodies
             .set_link_order_exact(&[

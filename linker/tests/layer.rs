@@ -347,3 +347,74 @@ fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
     assert!(err.contains("bump"), "names the object: {err}");
     j.session.end();
 }
+
+/// An archive behind an [`ArchiveGenerator`], eager and lazy: a member is
+/// pulled when a link first needs one of its symbols (issue 8 §2.4), never
+/// otherwise — `unused.o` references a symbol nobody defines, so pulling it
+/// would fail the link.
+#[test]
+fn archive_members_are_pulled_when_first_needed_eager_and_lazy() {
+    use kiln_linker::archive::Archive;
+    use kiln_linker::layer::ArchiveGenerator;
+    for lazy in [false, true] {
+        let dir = scratch(if lazy {
+            "archive-lazy"
+        } else {
+            "archive-eager"
+        });
+        let members: Vec<PathBuf> = [
+            (
+                "used",
+                "int helper(int);\nint from_archive(int x) { return helper(x) * 10; }\n",
+            ),
+            ("helper", "int helper(int x) { return x + 1; }\n"),
+            (
+                "unused",
+                "int never(void);\nint unused_fn(void) { return never(); }\n",
+            ),
+        ]
+        .iter()
+        .map(|(name, src)| compile_c_text(&dir, name, src, &["-O2"]))
+        .collect();
+        let ar = dir.join("libparts.a");
+        let _ = std::fs::remove_file(&ar);
+        let st = std::process::Command::new("ar")
+            .arg("rcs")
+            .arg(&ar)
+            .args(&members)
+            .status()
+            .expect("ar runs");
+        assert!(st.success());
+        let archive = Archive::parse("libparts.a", std::fs::read(&ar).unwrap()).unwrap();
+        let main = compile(
+            &dir,
+            "main",
+            "int from_archive(int);\nint entry(int x) { return from_archive(x) + 1; }\n",
+        );
+        let j = jit();
+        let app = j.dylib("app", &[]);
+        if lazy {
+            let bodies = j.session.create_dylib("bodies").unwrap();
+            bodies
+                .set_link_order_exact(&[
+                    (app.clone(), DylibLookup::All),
+                    (j.host.clone(), DylibLookup::ExportedOnly),
+                ])
+                .unwrap();
+            let manager = kiln_linker::lazy::lazy_reexports_manager(&j.session).unwrap();
+            j.layer
+                .add_objects_lazily(&app, &bodies, &manager, &[("main.o".into(), main)])
+                .unwrap();
+            app.add_generator(ArchiveGenerator::lazy(&j.layer, archive, &bodies, &manager))
+                .unwrap();
+        } else {
+            j.layer.add_object(&app, None, "main.o", &main).unwrap();
+            app.add_generator(ArchiveGenerator::new(&j.layer, archive))
+                .unwrap();
+        }
+        let entry = j.function(&app, "entry").unwrap();
+        assert_eq!(entry(4), 51, "lazy {lazy}");
+        assert_eq!(j.layer.stats().1, 3, "lazy {lazy}: main, used and helper");
+        j.session.end();
+    }
+}

@@ -123,13 +123,16 @@ impl Checked {
         let (tag, (native_out, native_ret)) = (&self.tag, &self.native);
         let (out, status, stderr) = run_kiln(false, &self.objs, &["m"], &[]);
         assert_eq!(&out, native_out, "{tag} kiln run: output differs\n{stderr}");
-        assert_eq!(status, *native_ret, "{tag} kiln run: status differs\n{stderr}");
+        assert_eq!(
+            status, *native_ret,
+            "{tag} kiln run: status differs\n{stderr}"
+        );
     }
 
     /// Lua's library objects in an `ar` archive and the driver apart:
     /// `kiln run driver.o liblua.a`, eager and `--lazy`, prints and returns
     /// what the native build does (issue 8 §2.4).
-    fn from_an_archive(&self) {
+    fn runs_from_an_archive(&self) {
         if !need_tool("ar") {
             return;
         }
@@ -143,13 +146,23 @@ impl Checked {
             .args(library)
             .output()
             .unwrap_or_else(|e| panic!("cannot run ar: {e}"));
-        assert!(o.status.success(), "ar: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ar: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let inputs = [driver.clone(), ar];
         for lazy in [false, true] {
             let (out, status, stderr) = run_kiln(lazy, &inputs, &["m"], &[]);
             let mode = if lazy { "--lazy" } else { "eager" };
-            assert_eq!(out, self.native.0, "{tag} archive {mode}: output differs\n{stderr}");
-            assert_eq!(status, self.native.1, "{tag} archive {mode}: status differs\n{stderr}");
+            assert_eq!(
+                out, self.native.0,
+                "{tag} archive {mode}: output differs\n{stderr}"
+            );
+            assert_eq!(
+                status, self.native.1,
+                "{tag} archive {mode}: status differs\n{stderr}"
+            );
         }
     }
 }
@@ -163,7 +176,7 @@ fn lua_gcc_o0() {
 fn lua_gcc_o2() {
     if let Some(lua) = check_lua("gcc", &["-O2"], "gcc-O2") {
         lua.via_cli();
-        lua.from_an_archive();
+        lua.runs_from_an_archive();
     }
 }
 
@@ -175,7 +188,7 @@ fn lua_gcc_o2_pic() {
 #[test]
 fn lua_gcc_o2_no_pie() {
     if let Some(lua) = check_lua("gcc", &["-O2", "-fno-pie"], "gcc-O2-fno-pie") {
-        lua.from_an_archive();
+        lua.runs_from_an_archive();
     }
 }
 
