@@ -334,7 +334,7 @@ fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
     app.lookup_ready(&["counter"]).unwrap();
     let bump = compile_c_text(&dir, "bump", BUMP, &["-O2", "-fno-pie"]);
     j.layer
-        .add_object(&app, None, "bump", &std::fs::read(&bump).unwrap())
+        .add_object(&app, None, "bump.o", &std::fs::read(&bump).unwrap())
         .unwrap();
     let err = match app.lookup_ready(&["bump"]) {
         Ok(_) => panic!("linked non-PIE code against data out of its reach"),
@@ -344,7 +344,8 @@ fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
         err.contains("table") || err.contains("counter"),
         "names the data: {err}"
     );
-    assert!(err.contains("bump"), "names the object: {err}");
+    assert!(err.contains("bump.o: section .text"), "names the place: {err}");
+    assert!(err.contains("non-PIE"), "says why: {err}");
     j.session.end();
 }
 
