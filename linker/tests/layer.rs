@@ -344,7 +344,10 @@ fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
         err.contains("table") || err.contains("counter"),
         "names the data: {err}"
     );
-    assert!(err.contains("bump.o: section .text"), "names the place: {err}");
+    assert!(
+        err.contains("bump.o: section .text"),
+        "names the place: {err}"
+    );
     assert!(err.contains("non-PIE"), "says why: {err}");
     j.session.end();
 }
