@@ -1,15 +1,20 @@
 //! AArch64 code run for real: generates a code page with kiln's aarch64
 //! writers, compiles `tests/aarch64/harness.c` around it with
 //! `aarch64-linux-gnu-gcc -static`, and runs it with `qemu-aarch64-static`
-//! (or natively on an aarch64 host). Skips with a printed note when the
-//! cross compiler or qemu is missing (CI installs `gcc-aarch64-linux-gnu`
-//! and `qemu-user-static`).
+//! (or natively on an aarch64 host). Fails when the cross compiler, qemu or
+//! the cross objdump is missing (`scripts/test` installs
+//! `gcc-aarch64-linux-gnu`, `binutils-aarch64-linux-gnu` and
+//! `qemu-user-static`), unless `KILN_SKIP_MISSING_TOOLS=1`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_arch::{Aarch64, Arch, PatchTarget, TemplateKind};
+
+mod common;
+
+use common::need_tool;
 
 const DATA_OFF: u64 = 0x1000;
 const ENTRY_OFF: u64 = 0x000;
@@ -96,13 +101,6 @@ fn header(code: &[u8]) -> String {
     h
 }
 
-fn tool_works(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// A scratch directory per test and process (tests run in parallel).
 fn scratch_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-arch-{test}-{}", std::process::id()));
@@ -130,14 +128,7 @@ fn generated_aarch64_code_runs_under_qemu() {
     } else {
         "aarch64-linux-gnu-gcc"
     };
-    if !tool_works(cc) {
-        println!("note: skipped, {cc} is not installed (apt-get install gcc-aarch64-linux-gnu)");
-        return;
-    }
-    if !native && !tool_works("qemu-aarch64-static") {
-        println!(
-            "note: skipped, qemu-aarch64-static is not installed (apt-get install qemu-user-static)"
-        );
+    if !need_tool(cc) || (!native && !need_tool("qemu-aarch64-static")) {
         return;
     }
     let dir = scratch_dir("qemu");
@@ -183,10 +174,7 @@ fn generated_aarch64_code_runs_under_qemu() {
 #[test]
 fn generated_aarch64_code_disassembles_with_objdump() {
     let objdump = "aarch64-linux-gnu-objdump";
-    if !tool_works(objdump) {
-        println!(
-            "note: skipped, {objdump} is not installed (apt-get install binutils-aarch64-linux-gnu)"
-        );
+    if !need_tool(objdump) {
         return;
     }
     let dir = scratch_dir("objdump");

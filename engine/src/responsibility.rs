@@ -91,7 +91,14 @@ pub(crate) fn run_materialization(cell: UnitCell, responsibility: Responsibility
     let core = responsibility.core.clone();
     let id = responsibility.id;
     let unit_name = responsibility.unit_name.clone();
-    let unit = cell.lock().take();
+    let unit = {
+        let mut held = cell.lock();
+        // Discards the dispatcher has not delivered yet go first.
+        if let Some(unit) = held.as_mut() {
+            cell.deliver_discards(unit.as_mut());
+        }
+        held.take()
+    };
     let Some(unit) = unit else {
         responsibility.fail(Error::Usage(format!(
             "materialization unit '{unit_name}' was already consumed"

@@ -28,8 +28,9 @@ pub trait MaterializationUnit: Send + 'static {
     /// Produces the definitions. Runs on a worker, at most once.
     fn materialize(self: Box<Self>, responsibility: Responsibility);
 
-    /// A strong definition elsewhere replaced this unit's weak `name`: the
-    /// unit will never be asked for it. Runs as a task, never on the actor.
+    /// Another definition won over this unit's weak `name` (a strong one, or
+    /// a weak one defined first): the unit will never be asked for it. Runs
+    /// as a task, never on the actor, and always before `materialize`.
     fn discard(&mut self, dylib: &Dylib, name: &SymbolName) {
         let _ = (dylib, name);
     }

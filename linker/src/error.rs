@@ -102,6 +102,25 @@ pub enum LinkError {
         #[source]
         source: std::io::Error,
     },
+    /// Non-PIE code refers to data that another image holds out of its
+    /// 32-bit reach (user error: the data's image was linked, above 2 GiB,
+    /// before non-PIE code was added to the layer; or implementation limit:
+    /// no memory below 2 GiB was left for it).
+    #[error(
+        "{object}: section {section} offset {offset:#x}: {reloc} against `{symbol}`: non-PIE code refers to data of another image placed out of its 32-bit reach; add non-PIE objects before the images whose data they use are linked, or compile with -fPIE or -fPIC"
+    )]
+    DataOutOfReach {
+        /// Object holding the place.
+        object: String,
+        /// Section holding the place.
+        section: String,
+        /// Offset of the place in the section.
+        offset: u64,
+        /// psABI name of the relocation.
+        reloc: &'static str,
+        /// The data symbol.
+        symbol: String,
+    },
     /// Non-PIE code needs memory below 2 GiB and none could be reserved.
     #[error(
         "{object}: section {section} offset {offset:#x}: {reloc} needs the image below 2 GiB (non-PIE code), but no address space there could be reserved; recompile with -fPIE or -fPIC"

@@ -437,6 +437,17 @@ impl LinkGraph {
         Self::default()
     }
 
+    /// Whether some block refers to a symbol with a 32-bit absolute
+    /// address (`R_X86_64_32`/`32S`: non-PIE code), so its image must sit
+    /// below 2 GiB — and so must every image whose symbols it uses.
+    pub fn has_absolute_32bit_references(&self) -> bool {
+        self.blocks.iter().any(|b| {
+            b.edges
+                .iter()
+                .any(|e| matches!(e.kind, EdgeKind::Pointer32 | EdgeKind::Pointer32Signed))
+        })
+    }
+
     /// Make room for `symbols` more symbols, `blocks` more blocks and
     /// `globals` more global names.
     pub fn reserve(&mut self, symbols: usize, blocks: usize, globals: usize) {

@@ -87,6 +87,10 @@ struct Shared {
     executable: std::sync::atomic::AtomicBool,
     /// Counts units as they are added, for link order.
     added: std::sync::atomic::AtomicUsize,
+    /// Some unit added holds non-PIE code (32-bit absolute addresses):
+    /// every image linked from then on is placed below 2 GiB, where that
+    /// code can reach its symbols (see [`ObjectLayer::add_graph_named`]).
+    non_pie: std::sync::atomic::AtomicBool,
 }
 
 impl ResourceManager for Shared {
@@ -145,6 +149,7 @@ impl ObjectLayer {
             options,
             executable: std::sync::atomic::AtomicBool::new(false),
             added: std::sync::atomic::AtomicUsize::new(0),
+            non_pie: std::sync::atomic::AtomicBool::new(false),
         });
         session.register_resource_manager(shared.clone());
         ObjectLayer {
@@ -185,6 +190,14 @@ impl ObjectLayer {
     /// layer's session, by symbol id (from
     /// [`crate::Linker::build_graph_naming`]); globals without one are
     /// interned here.
+    ///
+    /// Once a graph with non-PIE code (32-bit absolute addresses) is added,
+    /// every image the layer links after is placed below 2 GiB — not only
+    /// that graph's — since that code reaches other images' data only with
+    /// 32-bit addresses, as in a non-PIE executable. An image linked above
+    /// before then stays there; non-PIE code using its data fails to link
+    /// with [`LinkError::DataOutOfReach`] (add objects before looking any
+    /// up, as `kiln run` does).
     pub fn add_graph_named(
         &self,
         dylib: &Dylib,
@@ -193,6 +206,7 @@ impl ObjectLayer {
         graph: LinkGraph,
         mut names: Vec<Option<SymbolName>>,
     ) -> Result<(), LinkError> {
+        self.note_non_pie(&graph);
         // Each defined global's name is interned once, here; the link
         // reuses these names (and their ids) instead of hashing the text again.
         let mut symbols = Vec::with_capacity(graph.globals.len());
@@ -218,7 +232,7 @@ impl ObjectLayer {
             && graph.blocks.iter().map(|b| b.edges.len()).sum::<usize>()
                 >= options.parallel_threshold;
         let input = if early {
-            UnitInput::Early(EarlyPrepare::start(graph))
+            UnitInput::Early(EarlyPrepare::start(graph, self.below_2gib()))
         } else {
             UnitInput::Graph(Box::new(graph))
         };
@@ -265,6 +279,11 @@ impl ObjectLayer {
             let mut graph = LinkGraph::new();
             crate::elf::read_object(&mut graph, name, bytes)?;
             graphs.push(graph);
+        }
+        // All of them first: an object linked on its first call must be
+        // placed where the non-PIE code among the others can reach it.
+        for graph in &graphs {
+            self.note_non_pie(graph);
         }
         // Group objects connected by thread-local references (union-find).
         let mut parent: Vec<usize> = (0..graphs.len()).collect();
@@ -396,6 +415,22 @@ impl ObjectLayer {
         Ok(())
     }
 
+    /// Records that `graph` holds non-PIE code, if it does.
+    fn note_non_pie(&self, graph: &LinkGraph) {
+        let flag = &self.shared.non_pie;
+        if !flag.load(std::sync::atomic::Ordering::Relaxed) && graph.has_absolute_32bit_references()
+        {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether images linked now go below 2 GiB (non-PIE code was added).
+    fn below_2gib(&self) -> bool {
+        self.shared
+            .non_pie
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Symbols of lazily added objects that must be linked before the entry
     /// point runs (objects with static constructors). Look them up at Ready,
     /// then call [`ObjectLayer::run_initializers`].
@@ -482,6 +517,8 @@ enum UnitInput {
 /// thread while the engine records the unit's symbols.
 struct EarlyPrepare {
     state: Mutex<EarlyState>,
+    /// Placement asked for when it was started.
+    below_2gib: bool,
     done: std::sync::Condvar,
 }
 
@@ -498,18 +535,19 @@ enum EarlyState {
 
 /// The graph passes that need nothing from the engine (for a unit without
 /// weak definitions: every definition is its own).
-fn prepare(mut graph: LinkGraph) -> Result<Prepared, LinkError> {
+fn prepare(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, LinkError> {
     passes::check_duplicates(&mut graph)?;
     passes::allocate_commons(&mut graph);
     passes::prune(&mut graph, &Roots::All)?;
-    Prepared::new(graph)
+    Prepared::new_placed(graph, below_2gib)
 }
 
 impl EarlyPrepare {
     /// Starts preparing `graph` on rayon.
-    fn start(graph: LinkGraph) -> Arc<EarlyPrepare> {
+    fn start(graph: LinkGraph, below_2gib: bool) -> Arc<EarlyPrepare> {
         let early = Arc::new(EarlyPrepare {
             state: Mutex::new(EarlyState::Pending(Box::new(graph))),
+            below_2gib,
             done: std::sync::Condvar::new(),
         });
         let job = early.clone();
@@ -526,18 +564,19 @@ impl EarlyPrepare {
             };
             // A panic (a bug) fails this image's link, as it would on the
             // engine's worker, instead of aborting the process from rayon.
-            let prepared =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(graph)))
-                    .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(LinkError::Engine {
-                            detail: format!("panicked while preparing the image: {what}"),
-                        })
-                    });
+            let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                prepare(graph, job.below_2gib)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(LinkError::Engine {
+                    detail: format!("panicked while preparing the image: {what}"),
+                })
+            });
             *job.state.lock().unwrap_or_else(PoisonError::into_inner) =
                 EarlyState::Done(Box::new(prepared));
             job.done.notify_all();
@@ -554,7 +593,7 @@ impl EarlyPrepare {
             match std::mem::replace(&mut *state, EarlyState::Taken) {
                 EarlyState::Pending(graph) => {
                     drop(state);
-                    return prepare(*graph);
+                    return prepare(*graph, self.below_2gib);
                 }
                 EarlyState::Running => {
                     *state = EarlyState::Running;
@@ -683,7 +722,7 @@ fn link(
                     graph.symbols[id.index()].def = GraphDef::External;
                 }
             }
-            prepare(graph).map_err(link_error)?
+            prepare(graph, layer.below_2gib()).map_err(link_error)?
         }
         // Only units without weak definitions start early: they owe all.
         UnitInput::Early(early) => {
@@ -724,14 +763,21 @@ fn link(
                 .kind(LookupKind::Static),
         )
         .wait()?;
+    let mut data = Vec::new();
     let answers: Vec<(SymbolId, Option<u64>)> = externals
         .iter()
         .zip(found.by_request())
-        .map(|((id, _), (_, def))| (*id, def.map(|d| d.address)))
+        .map(|((id, _), (_, def))| {
+            if def.is_some_and(|d| !d.flags.is_callable()) {
+                data.push(*id);
+            }
+            (*id, def.map(|d| d.address))
+        })
         .collect();
     prepared
         .resolve_external_ids(&answers)
         .map_err(link_error)?;
+    prepared.mark_data_externals(data);
     let resolved_at = Instant::now();
 
     // (c) Fixup and finalize; the image belongs to the tracker. Code refers
@@ -853,51 +899,94 @@ impl Generator for HostGenerator {
     }
 }
 
-/// Adds archive members to a dylib when a lookup needs one of their symbols.
+/// Adds archive members to a dylib when a lookup needs one of their
+/// symbols: as objects linked when first looked up
+/// ([`ArchiveGenerator::new`]), or each linked on its first call, like
+/// [`ObjectLayer::add_objects_lazily`] ([`ArchiveGenerator::lazy`]).
+///
+/// A member is pulled at most once, by the first static lookup (a link
+/// resolving its externals) that needs one of its symbols, as `ld` does;
+/// other lookups never pull members.
 pub struct ArchiveGenerator {
     layer: ObjectLayer,
     archive: Mutex<Archive>,
+    /// Where members' bodies go, and the manager of their lazy entries.
+    lazy: Option<(Dylib, kiln_engine::LazyReexports)>,
 }
 
 impl fmt::Debug for ArchiveGenerator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ArchiveGenerator").finish_non_exhaustive()
+        f.debug_struct("ArchiveGenerator")
+            .field("lazy", &self.lazy.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl ArchiveGenerator {
-    /// A generator serving members of `archive` through `layer`.
+    /// A generator serving members of `archive` through `layer`: each
+    /// member pulled is added to the generator's dylib as an object.
     pub fn new(layer: &ObjectLayer, archive: Archive) -> Self {
         ArchiveGenerator {
             layer: layer.clone(),
             archive: Mutex::new(archive),
+            lazy: None,
         }
+    }
+
+    /// A generator serving members of `archive` lazily: each member pulled
+    /// goes into `bodies`, and the generator's dylib gets a lazy entry (from
+    /// `manager`) for each of its functions and an alias for each data
+    /// symbol, as [`ObjectLayer::add_objects_lazily`] does for objects.
+    pub fn lazy(
+        layer: &ObjectLayer,
+        archive: Archive,
+        bodies: &Dylib,
+        manager: &kiln_engine::LazyReexports,
+    ) -> Self {
+        ArchiveGenerator {
+            layer: layer.clone(),
+            archive: Mutex::new(archive),
+            lazy: Some((bodies.clone(), manager.clone())),
+        }
+    }
+
+    /// Takes the members that define any of `names` (each at most once).
+    fn take_members(&self, names: &[SymbolName]) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let mut archive = self
+            .archive
+            .lock()
+            .map_err(|_| Error::msg("archive lock poisoned"))?;
+        let mut members = Vec::new();
+        for n in names {
+            if let Some((member, bytes)) =
+                archive.take_member_for(n.as_str()).map_err(Error::msg)?
+            {
+                members.push((member, bytes.to_vec()));
+            }
+        }
+        Ok(members)
     }
 }
 
 impl Generator for ArchiveGenerator {
     fn generate(&self, req: GenerateRequest) {
         if req.kind() != LookupKind::Static {
-            return;
+            return req.complete(Ok(()));
         }
-        let mut members = Vec::new();
-        {
-            let Ok(mut archive) = self.archive.lock() else {
-                return req.complete(Err(Error::msg("archive lock poisoned")));
-            };
-            for n in req.names() {
-                match archive.take_member_for(n.as_str()) {
-                    Ok(Some((member, bytes))) => members.push((member, bytes.to_vec())),
-                    Ok(None) => {}
-                    Err(e) => return req.complete(Err(Error::msg(e))),
-                }
+        let members = match self.take_members(req.names()) {
+            Ok(members) => members,
+            Err(e) => return req.complete(Err(e)),
+        };
+        let added = match &self.lazy {
+            None => members.iter().try_for_each(|(member, bytes)| {
+                self.layer.add_object(req.dylib(), None, member, bytes)
+            }),
+            Some((bodies, manager)) if !members.is_empty() => {
+                self.layer
+                    .add_objects_lazily(req.dylib(), bodies, manager, &members)
             }
-        }
-        for (member, bytes) in members {
-            if let Err(e) = self.layer.add_object(req.dylib(), None, &member, &bytes) {
-                return req.complete(Err(Error::msg(e)));
-            }
-        }
-        req.complete(Ok(()));
+            Some(_) => Ok(()),
+        };
+        req.complete(added.map_err(Error::msg));
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, Session, WorkerPool};
-use kiln_linker::layer::{HostGenerator, ObjectLayer};
+use kiln_linker::archive::Archive;
+use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
 use kiln_linker::{HostSymbols, LinkOptions, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
@@ -204,17 +205,20 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         // Newly linked objects run their initializers before their first call proceeds.
         let init_layer = layer.clone();
         manager.set_after_link_hook(move || init_layer.run_initializers());
-        if let Some(ar) = inputs.iter().find(|i| i.name.ends_with(".a")) {
-            return Err(format!(
-                "{}: archives are not supported with --lazy yet",
-                ar.name
-            ));
-        }
+        // Archive members are pulled when a link first needs one of their
+        // symbols, then linked lazily like the objects.
+        let (archives, objects): (Vec<Input>, Vec<Input>) =
+            inputs.into_iter().partition(|i| i.name.ends_with(".a"));
         let objects: Vec<(String, Vec<u8>)> =
-            inputs.into_iter().map(|i| (i.name, i.bytes)).collect();
+            objects.into_iter().map(|i| (i.name, i.bytes)).collect();
         layer
             .add_objects_lazily(&main, &bodies, &manager, &objects)
             .map_err(|e| e.to_string())?;
+        for ar in archives {
+            let archive = Archive::parse(&ar.name, ar.bytes).map_err(|e| e.to_string())?;
+            main.add_generator(ArchiveGenerator::lazy(&layer, archive, &bodies, &manager))
+                .map_err(err)?;
+        }
         bodies
             .set_link_order_exact(&[
                 (main.clone(), DylibLookup::All),

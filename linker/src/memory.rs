@@ -100,6 +100,16 @@ pub enum Placement {
     Low,
 }
 
+/// Whether `addr` lies in one of kiln's JIT memory slabs (reserved so far).
+pub(crate) fn in_jit_memory(addr: u64) -> bool {
+    [Placement::Near, Placement::Low].into_iter().any(|p| {
+        Slab::get(p).ok().flatten().is_some_and(|s| {
+            let (base, size) = s.range();
+            addr >= base && addr - base < size
+        })
+    })
+}
+
 /// A reserved range of address space.
 #[derive(Debug)]
 pub struct Slab {

@@ -248,6 +248,9 @@ pub struct Prepared {
     low: bool,
     /// Host symbols may be out of ±2 GiB reach (copies and stubs were made).
     far_host: bool,
+    /// Externals the resolver said are data defined in JIT memory
+    /// ([`Prepared::mark_jit_data`]): a PLT stub can never stand in for them.
+    jit_data: FxHashSet<SymbolId>,
 }
 
 /// Symbols the linker defines itself.
@@ -469,8 +472,19 @@ fn in_reach(place: u64, target: u64, addend: i64) -> bool {
 
 impl Prepared {
     /// Build GOT and PLT, lay out and allocate memory: every block and
-    /// linker-made symbol gets its final address.
-    pub fn new(mut graph: LinkGraph) -> Result<Prepared, LinkError> {
+    /// linker-made symbol gets its final address. The image is placed below
+    /// 2 GiB when its own code needs it (non-PIE: 32-bit absolute
+    /// addresses), near the host's libraries otherwise.
+    pub fn new(graph: LinkGraph) -> Result<Prepared, LinkError> {
+        Self::new_placed(graph, false)
+    }
+
+    /// [`Prepared::new`], placed below 2 GiB also when `below_2gib` says so
+    /// although its own code would not need it: when non-PIE code of
+    /// another image refers to its symbols with 32-bit absolute or
+    /// PC-relative addresses (an image linked with others, e.g. one object
+    /// of a program linked object by object).
+    pub fn new_placed(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, LinkError> {
         // --- GOT / PLT requests.
         let mut got_keys: Vec<GotKey> = Vec::new();
         let mut got_seen: FxHashSet<GotKey> = FxHashSet::default();
@@ -562,7 +576,8 @@ impl Prepared {
         let mut copies: Vec<(SymbolId, u64)> = Vec::new();
         // The same holds for PIE code when the kernel did not let the slab
         // sit near the host's libraries.
-        let far_host = needs_low.is_some()
+        let far_host = below_2gib
+            || needs_low.is_some()
             || !crate::memory::Slab::get(Placement::Near)?.is_some_and(|s| s.near_host());
         if far_host {
             let this = libloading::os::unix::Library::this();
@@ -727,12 +742,20 @@ impl Prepared {
         }
         let total = align_up(offset.max(1), PAGE);
 
-        let placement = if needs_low.is_some() {
+        let placement = if needs_low.is_some() || below_2gib {
             Placement::Low
         } else {
             Placement::Near
         };
-        let alloc = match Allocation::new(total, placement)? {
+        let mut alloc = Allocation::new(total, placement)?;
+        let mut alloc_low = placement == Placement::Low;
+        if alloc.is_none() && needs_low.is_none() && alloc_low {
+            // Only asked to be low for others' sake: near still links; the
+            // non-PIE code that cannot reach it fails with a named error.
+            alloc = Allocation::new(total, Placement::Near)?;
+            alloc_low = false;
+        }
+        let alloc = match alloc {
             Some(a) => a,
             None => {
                 let (b, e) = needs_low.unwrap_or((BlockId(0), Edge::dummy()));
@@ -770,8 +793,9 @@ impl Prepared {
             specials,
             copy_blocks,
             placed,
-            low: placement == Placement::Low,
+            low: alloc_low,
             far_host,
+            jit_data: FxHashSet::default(),
         })
     }
 
@@ -871,6 +895,46 @@ impl Prepared {
             })
             .collect();
         self.resolve_external_ids(&answers)
+    }
+
+    /// Records that the externals `ids` are data, not code (the resolver
+    /// knows; the relocations do not). Non-PIE code that cannot reach one
+    /// defined in JIT memory then fails to link, naming it, instead of
+    /// being pointed at a PLT stub as a function would be.
+    pub fn mark_data_externals(&mut self, ids: impl IntoIterator<Item = SymbolId>) {
+        self.jit_data.extend(ids);
+    }
+
+    /// The error for non-PIE code of this image referring to data `sym` of
+    /// another image out of its 32-bit reach: names the first such place.
+    fn data_out_of_reach(&self, sym: SymbolId) -> LinkError {
+        let g = &self.graph;
+        let place = g.blocks.iter().filter(|b| b.live).find_map(|b| {
+            let e = b.edges.iter().find(|e| {
+                e.target == sym
+                    && matches!(
+                        e.kind,
+                        EdgeKind::Delta32 | EdgeKind::Pointer32 | EdgeKind::Pointer32Signed
+                    )
+            })?;
+            Some((b, e))
+        });
+        let (object, section, offset, reloc) = match place {
+            Some((b, e)) => (
+                g.object_name(b.object).to_string(),
+                b.input_section.to_string(),
+                b.input_offset + u64::from(e.offset),
+                reloc_name(e.r_type).unwrap_or("R_X86_64_32"),
+            ),
+            None => (String::new(), String::new(), 0, "R_X86_64_32"),
+        };
+        LinkError::DataOutOfReach {
+            object,
+            section,
+            offset,
+            reloc,
+            symbol: g.symbol_name(sym),
+        }
     }
 
     /// Phase (b), part 2, by id: record the address of each external
@@ -1074,6 +1138,11 @@ impl Prepared {
         for (&sym, &block) in &self.copy_blocks {
             let host = addrs[sym.index()];
             if host != 0 && far(host) {
+                if crate::memory::in_jit_memory(host) {
+                    // The name is the host's, the definition another
+                    // image's: a snapshot of JIT data would fork it.
+                    return Err(self.data_out_of_reach(sym));
+                }
                 snapshots.push((block, host));
                 addrs[sym.index()] = g.blocks[block.index()].addr;
             }
@@ -1087,6 +1156,10 @@ impl Prepared {
                     && far(host)
                     && !self.copy_blocks.contains_key(&sym)
                 {
+                    if self.jit_data.contains(&sym) && crate::memory::in_jit_memory(host) {
+                        // Another image's data: a stub's bytes are no stand-in.
+                        return Err(self.data_out_of_reach(sym));
+                    }
                     addrs[sym.index()] = plt_base + off;
                 }
             }

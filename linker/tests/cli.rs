@@ -229,15 +229,18 @@ fn archives_supply_members_on_demand_and_l_loads_libraries() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = kiln()
-        .arg("run")
-        .arg(&main)
-        .arg(&ar)
-        .args(["-l", "m"])
-        .output()
-        .unwrap();
-    // `unused.o` references a missing symbol: pulling it would fail the link.
-    assert_eq!(out.status.code(), Some(23), "{}", show(&out));
+    // Eager and lazy (issue 8 §2.4): `unused.o` references a missing
+    // symbol, so pulling it would fail the link.
+    for mode in [&["run"][..], &["run", "--lazy"]] {
+        let out = kiln()
+            .args(mode)
+            .arg(&main)
+            .arg(&ar)
+            .args(["-l", "m"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(23), "{mode:?}: {}", show(&out));
+    }
 }
 
 #[test]
@@ -423,6 +426,39 @@ int main(int argc, char **argv) {
             text(&out.stdout),
             "ctor argc=3 argv[1]=first\nmain argc=3 argv[1]=first same=1\n",
             "lazy {lazy}: {}",
+            show(&out)
+        );
+    }
+}
+
+/// Non-PIE code (absolute 32-bit addresses, `R_X86_64_32S`) reading and
+/// writing data defined in another object: under `--lazy` each object is
+/// its own image, and the data's image must be within the code's reach
+/// (issue 8 §2.3: Lua's lexer read a PLT stub's bytes as `luai_ctype_`).
+#[test]
+fn non_pie_code_reaches_data_of_another_lazily_linked_object() {
+    let dir = scratch("lazy-non-pie");
+    let table = compile_c_text(
+        &dir,
+        "table",
+        "const unsigned char table[8] = {10, 20, 30, 40, 50, 60, 70, 80};\nint counter = 5;\n",
+        &["-O2", "-fno-pie"],
+    );
+    let main = compile_c_text(
+        &dir,
+        "main",
+        "#include <stdio.h>\nextern const unsigned char table[8];\nextern int counter;\n\
+         int main(int argc, char **argv) { (void)argv; int i = argc + 2; counter += table[i];\n\
+         printf(\"table[%d]=%d counter=%d\\n\", i, table[i], counter); return counter; }\n",
+        &["-O2", "-fno-pie"],
+    );
+    for mode in [&["run"][..], &["run", "--lazy"]] {
+        let out = kiln().args(mode).arg(&main).arg(&table).output().unwrap();
+        assert_eq!(out.status.code(), Some(45), "{mode:?}: {}", show(&out));
+        assert_eq!(
+            text(&out.stdout),
+            "table[3]=40 counter=45\n",
+            "{mode:?}: {}",
             show(&out)
         );
     }

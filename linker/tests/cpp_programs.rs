@@ -9,8 +9,7 @@ mod common;
 use common::*;
 
 fn check_cpp(cxx: &str, flags: &[&str], tag: &str) {
-    if !have(cxx) {
-        eprintln!("{cxx} not installed: skipped");
+    if !need_tool(cxx) {
         return;
     }
     let dir = scratch(&format!("cpp-{tag}"));

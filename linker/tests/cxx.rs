@@ -10,8 +10,11 @@
 //! one documented way: `exit()` runs every `atexit` handler before any
 //! `.fini_array` entry.
 //!
-//! Needs `g++`; the `clang++` variants are skipped (with a message) when
-//! clang is not installed (Debian: `apt-get install -y clang`).
+//! Each program also runs with `kiln run` and `kiln run --lazy` (each
+//! object linked on its first call): both must print and return the same.
+//!
+//! Needs `g++` and `clang++`: a missing compiler fails the suite (set
+//! `KILN_SKIP_MISSING_TOOLS=1` to skip those configurations locally).
 //!
 //! The programs:
 //! - `statics_*`: constructors with `init_priority` and
@@ -40,6 +43,8 @@ use std::sync::{Mutex, OnceLock};
 
 use kiln_linker::{HostSymbols, LinkError, Linker};
 
+mod common;
+
 /// Serializes the runs that redirect file descriptor 1.
 static STDOUT_LOCK: Mutex<()> = Mutex::new(());
 
@@ -53,13 +58,6 @@ fn scratch(sub: &str) -> PathBuf {
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cxx")
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn run_tool(cmd: &mut Command, what: &str) {
@@ -220,8 +218,7 @@ fn run_jit(tag: &str, objs: &[PathBuf]) -> Result<(String, i32), LinkError> {
 }
 
 fn check(program: &str, sources: &[&str], cxx: &str, flags: &[&str], must_contain: &str) {
-    if !have(cxx) {
-        eprintln!("{cxx} not installed: {program} {flags:?} skipped (apt-get install -y clang)");
+    if !common::need_tool(cxx) {
         return;
     }
     let tag = format!("{program}-{cxx}{}", flags.join("").replace(['=', ' '], "_"));
@@ -242,6 +239,109 @@ fn check(program: &str, sources: &[&str], cxx: &str, flags: &[&str], must_contai
         "{tag}: output differs from the native build"
     );
     assert_eq!(jit_ret, native_ret, "{tag}: main's return value differs");
+    if !LAZY_KNOWN_FAILURES.iter().any(|(n, _)| *n == program) {
+        check_lazy(&tag, cxx, &objs, &dir);
+    }
+}
+
+/// Configurations whose `--lazy` run is known to differ, each with its own
+/// ignored test below (run them with `--ignored`); the reason names the
+/// issue item that owns the fix.
+const LAZY_KNOWN_FAILURES: &[(&str, &str)] = &[
+    ("statics_gxx_o0", LAZY_DTORS),
+    ("statics_gxx_o2", LAZY_DTORS),
+    ("statics_gxx_o2_pic", LAZY_DTORS),
+    ("statics_clangxx_o2", LAZY_DTORS),
+];
+const LAZY_DTORS: &str = "static destructors run image by image under --lazy, \
+                          interleaved otherwise than eager (issue 8 §2.2, linker-cxx)";
+
+/// Compiles configuration `name` and runs it with `kiln run --lazy` and
+/// `kiln run` (for the ignored tests of [`LAZY_KNOWN_FAILURES`]).
+fn check_lazy_only(name: &str) {
+    let Some(&(_, sources, cxx, flags, _)) = CONFIGS.iter().find(|c| c.0 == name) else {
+        panic!("no configuration {name}");
+    };
+    if !common::need_tool(cxx) {
+        return;
+    }
+    let tag = format!("lazy-{name}");
+    let dir = scratch(&tag);
+    let objs: Vec<PathBuf> = sources
+        .iter()
+        .map(|s| compile(cxx, s, flags, &dir.join(s.replace(".cpp", ".o"))))
+        .collect();
+    check_lazy(&tag, cxx, &objs, &dir);
+}
+
+#[test]
+#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
+fn lazy_statics_gxx_o0() {
+    check_lazy_only("statics_gxx_o0");
+}
+
+#[test]
+#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
+fn lazy_statics_gxx_o2() {
+    check_lazy_only("statics_gxx_o2");
+}
+
+#[test]
+#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
+fn lazy_statics_gxx_o2_pic() {
+    check_lazy_only("statics_gxx_o2_pic");
+}
+
+#[test]
+#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
+fn lazy_statics_clangxx_o2() {
+    check_lazy_only("statics_clangxx_o2");
+}
+
+/// `kiln run --lazy` prints and returns what the native executable of
+/// `objs` does (both tear down like an executable, where the reference of
+/// [`check`] is a `dlclose`d library). The host function the exception
+/// program calls comes from a C object here.
+fn check_lazy(tag: &str, cxx: &str, objs: &[PathBuf], dir: &Path) {
+    let mut inputs = objs.to_vec();
+    let shim = dir.join("host_invoke.c");
+    std::fs::write(
+        &shim,
+        "void kiln_host_invoke(void (*cb)(void *), void *ctx) { cb(ctx); }\n",
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", shim.display()));
+    let shim_o = dir.join("host_invoke.o");
+    run_tool(
+        Command::new("gcc")
+            .args(["-O2", "-fPIC", "-fexceptions", "-c"])
+            .arg(&shim)
+            .arg("-o")
+            .arg(&shim_o),
+        "compile host_invoke.c",
+    );
+    inputs.push(shim_o);
+    let exe = dir.join("program");
+    run_tool(
+        Command::new(cxx)
+            .args(&inputs)
+            .args(["-pthread", "-o"])
+            .arg(&exe),
+        "native link",
+    );
+    let native = Command::new(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("{tag}: run the native program: {e}"));
+    let native_out = String::from_utf8_lossy(&native.stdout).into_owned();
+    let native_status = native.status.code().unwrap_or(-1);
+    let (lazy_out, lazy_status, lazy_err) = common::run_kiln(true, &inputs, &[], &[]);
+    assert_eq!(
+        lazy_out, native_out,
+        "{tag}: kiln run --lazy prints otherwise than the native executable\n{lazy_err}"
+    );
+    assert_eq!(
+        lazy_status, native_status,
+        "{tag}: kiln run --lazy returns otherwise than the native executable\n{lazy_err}"
+    );
 }
 
 /// kiln attaches the process's main thread to its static TLS area before

@@ -292,3 +292,133 @@ fn an_image_prepared_early_reports_its_errors_when_linked() {
     );
     j.session.end();
 }
+
+const TABLE: &str =
+    "const unsigned char table[8] = {10, 20, 30, 40, 50, 60, 70, 80};\nint counter = 5;\n";
+const BUMP: &str = "extern const unsigned char table[8];\nextern int counter;\n\
+                    int bump(int i) { counter += table[i]; return counter; }\n";
+
+/// Non-PIE code (`R_X86_64_32S` against another object's data) linked as
+/// separate images: the data's image is placed within the code's reach,
+/// below 2 GiB, although its own code would not need it (issue 8 §2.3).
+#[test]
+fn non_pie_code_reaches_data_of_another_image() {
+    let dir = scratch("non-pie");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    for (name, src) in [("table", TABLE), ("bump", BUMP)] {
+        let o = compile_c_text(&dir, name, src, &["-O2", "-fno-pie"]);
+        let bytes = std::fs::read(&o).unwrap();
+        j.layer.add_object(&app, None, name, &bytes).unwrap();
+    }
+    let bump = j.function(&app, "bump").unwrap();
+    assert_eq!(bump(3), 45);
+    assert_eq!(bump(0), 55);
+    assert_eq!(j.layer.stats().1, 2, "two images");
+    j.session.end();
+}
+
+/// When the data's image was linked out of reach before the non-PIE code
+/// came, linking the code fails with an error naming the data symbol — it
+/// never reads or writes something else at the truncated address.
+#[test]
+fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
+    let dir = scratch("non-pie-far");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let table = compile_c_text(&dir, "table", TABLE, &["-O2", "-fPIE"]);
+    j.layer
+        .add_object(&app, None, "table", &std::fs::read(&table).unwrap())
+        .unwrap();
+    // Linked now, before any non-PIE code is in the layer: placed near.
+    app.lookup_ready(&["counter"]).unwrap();
+    let bump = compile_c_text(&dir, "bump", BUMP, &["-O2", "-fno-pie"]);
+    j.layer
+        .add_object(&app, None, "bump.o", &std::fs::read(&bump).unwrap())
+        .unwrap();
+    let err = match app.lookup_ready(&["bump"]) {
+        Ok(_) => panic!("linked non-PIE code against data out of its reach"),
+        Err(e) => format!("{e}"),
+    };
+    assert!(
+        err.contains("table") || err.contains("counter"),
+        "names the data: {err}"
+    );
+    assert!(
+        err.contains("bump.o: section .text"),
+        "names the place: {err}"
+    );
+    assert!(err.contains("non-PIE"), "says why: {err}");
+    j.session.end();
+}
+
+/// An archive behind an [`ArchiveGenerator`], eager and lazy: a member is
+/// pulled when a link first needs one of its symbols (issue 8 §2.4), never
+/// otherwise — `unused.o` references a symbol nobody defines, so pulling it
+/// would fail the link.
+#[test]
+fn archive_members_are_pulled_when_first_needed_eager_and_lazy() {
+    use kiln_linker::archive::Archive;
+    use kiln_linker::layer::ArchiveGenerator;
+    for lazy in [false, true] {
+        let dir = scratch(if lazy {
+            "archive-lazy"
+        } else {
+            "archive-eager"
+        });
+        let members: Vec<PathBuf> = [
+            (
+                "used",
+                "int helper(int);\nint from_archive(int x) { return helper(x) * 10; }\n",
+            ),
+            ("helper", "int helper(int x) { return x + 1; }\n"),
+            (
+                "unused",
+                "int never(void);\nint unused_fn(void) { return never(); }\n",
+            ),
+        ]
+        .iter()
+        .map(|(name, src)| compile_c_text(&dir, name, src, &["-O2"]))
+        .collect();
+        let ar = dir.join("libparts.a");
+        let _ = std::fs::remove_file(&ar);
+        let st = std::process::Command::new("ar")
+            .arg("rcs")
+            .arg(&ar)
+            .args(&members)
+            .status()
+            .expect("ar runs");
+        assert!(st.success());
+        let archive = Archive::parse("libparts.a", std::fs::read(&ar).unwrap()).unwrap();
+        let main = compile(
+            &dir,
+            "main",
+            "int from_archive(int);\nint entry(int x) { return from_archive(x) + 1; }\n",
+        );
+        let j = jit();
+        let app = j.dylib("app", &[]);
+        if lazy {
+            let bodies = j.session.create_dylib("bodies").unwrap();
+            bodies
+                .set_link_order_exact(&[
+                    (app.clone(), DylibLookup::All),
+                    (j.host.clone(), DylibLookup::ExportedOnly),
+                ])
+                .unwrap();
+            let manager = kiln_linker::lazy::lazy_reexports_manager(&j.session).unwrap();
+            j.layer
+                .add_objects_lazily(&app, &bodies, &manager, &[("main.o".into(), main)])
+                .unwrap();
+            app.add_generator(ArchiveGenerator::lazy(&j.layer, archive, &bodies, &manager))
+                .unwrap();
+        } else {
+            j.layer.add_object(&app, None, "main.o", &main).unwrap();
+            app.add_generator(ArchiveGenerator::new(&j.layer, archive))
+                .unwrap();
+        }
+        let entry = j.function(&app, "entry").unwrap();
+        assert_eq!(entry(4), 51, "lazy {lazy}");
+        assert_eq!(j.layer.stats().1, 3, "lazy {lazy}: main, used and helper");
+        j.session.end();
+    }
+}

@@ -8,8 +8,7 @@ mod common;
 use common::*;
 
 fn check_tls(cc: &str, flags: &[&str], tag: &str) {
-    if !have(cc) {
-        eprintln!("{cc} not installed: skipped");
+    if !need_tool(cc) {
         return;
     }
     let dir = scratch(&format!("tls-{tag}"));

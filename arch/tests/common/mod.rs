@@ -1,4 +1,5 @@
-//! Shared by the x86-64 run tests: executable memory that is never W+X.
+//! Shared by the tests: executable memory that is never W+X (the x86-64
+//! run tests), and the rule for tests that need an external tool.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 use std::ffi::c_void;
@@ -6,6 +7,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_arch::{Arch, X86_64};
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap_anonymous, mprotect, munmap};
+
+/// Set to `1` to let tests whose tool is missing skip instead of fail —
+/// for local runs only; CI (`scripts/test`) installs every tool and never
+/// sets it.
+pub(crate) const SKIP_MISSING_TOOLS: &str = "KILN_SKIP_MISSING_TOOLS";
+
+/// The Debian package that provides `tool`.
+fn package_of(tool: &str) -> &str {
+    match tool {
+        "aarch64-linux-gnu-gcc" => "gcc-aarch64-linux-gnu",
+        "aarch64-linux-gnu-objdump" => "binutils-aarch64-linux-gnu",
+        "qemu-aarch64-static" => "qemu-user-static",
+        "cc" => "gcc",
+        other => other,
+    }
+}
+
+/// Checks that `tool` runs (`tool --version`) before a test that needs it.
+/// A missing tool fails the test, naming the package to install; only with
+/// [`SKIP_MISSING_TOOLS`]`=1` does it print a note and return `false`, and
+/// the caller returns (skipped).
+pub(crate) fn need_tool(tool: &str) -> bool {
+    let works = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return true;
+    }
+    let install = format!("apt-get install -y {}", package_of(tool));
+    if std::env::var(SKIP_MISSING_TOOLS).is_ok_and(|v| v == "1") {
+        eprintln!("note: skipped, {tool} is not installed ({install}; {SKIP_MISSING_TOOLS}=1)");
+        return false;
+    }
+    panic!(
+        "{tool} is not installed, and this test needs it ({install}, or set \
+         {SKIP_MISSING_TOOLS}=1 to skip such tests locally)"
+    );
+}
 
 // ---------------------------------------------------------------------------
 // Executable memory: one code page (RW while writing, then RX) and one data

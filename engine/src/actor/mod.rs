@@ -41,16 +41,47 @@ pub(crate) type RespId = usize;
 /// A unit waiting to be materialized. Behind a mutex so that `discard` (a
 /// task) and `materialize` (a task) never touch it at once, while the actor
 /// only moves the handle around.
+///
+/// The actor records each discard it decides in the cell before it
+/// dispatches the task that delivers it; whoever next holds the unit — that
+/// task or the materialization, which the dispatcher may run first —
+/// delivers every recorded discard, each exactly once. So a unit hears of
+/// every definition it lost before it materializes.
 #[derive(Clone)]
-pub(crate) struct UnitCell(Arc<Mutex<Option<Box<dyn MaterializationUnit>>>>);
+pub(crate) struct UnitCell(Arc<CellInner>);
+
+struct CellInner {
+    unit: Mutex<Option<Box<dyn MaterializationUnit>>>,
+    /// Discards decided, not yet delivered. Held only to push or drain,
+    /// never while user code runs.
+    discards: Mutex<Vec<(crate::session::Dylib, SymbolName)>>,
+}
 
 impl UnitCell {
     pub(crate) fn new(unit: Box<dyn MaterializationUnit>) -> Self {
-        UnitCell(Arc::new(Mutex::new(Some(unit))))
+        UnitCell(Arc::new(CellInner {
+            unit: Mutex::new(Some(unit)),
+            discards: Mutex::new(Vec::new()),
+        }))
     }
 
     pub(crate) fn lock(&self) -> crate::sync::MutexGuard<'_, Option<Box<dyn MaterializationUnit>>> {
-        self.0.lock()
+        self.0.unit.lock()
+    }
+
+    /// Records that the unit lost `name` in `dylib` (called by the actor;
+    /// delivered by [`UnitCell::deliver_discards`]).
+    pub(crate) fn push_discard(&self, dylib: crate::session::Dylib, name: SymbolName) {
+        self.0.discards.lock().push((dylib, name));
+    }
+
+    /// Tells `unit` (this cell's, locked by the caller) of every recorded
+    /// discard not delivered yet.
+    pub(crate) fn deliver_discards(&self, unit: &mut dyn MaterializationUnit) {
+        let due = std::mem::take(&mut *self.0.discards.lock());
+        for (dylib, name) in due {
+            unit.discard(&dylib, &name);
+        }
     }
 }
 

@@ -27,12 +27,44 @@ pub(crate) fn c_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c")
 }
 
-/// Whether a compiler is on PATH.
-pub(crate) fn have(cc: &str) -> bool {
-    Command::new(cc)
+/// Set to `1` to let tests whose tool is missing skip instead of fail —
+/// for local runs only; CI (`scripts/test`) installs every tool and never
+/// sets it.
+pub(crate) const SKIP_MISSING_TOOLS: &str = "KILN_SKIP_MISSING_TOOLS";
+
+/// The Debian package that provides `tool`.
+fn package_of(tool: &str) -> &str {
+    match tool {
+        "clang" | "clang++" => "clang",
+        "aarch64-linux-gnu-gcc" => "gcc-aarch64-linux-gnu",
+        "qemu-aarch64-static" => "qemu-user-static",
+        "ar" => "binutils",
+        other => other,
+    }
+}
+
+/// Checks that `tool` runs (`tool --version`) before a test that needs it.
+/// A missing tool fails the test, naming the package to install; only with
+/// [`SKIP_MISSING_TOOLS`]`=1` does it print a note and return `false`, and
+/// the caller returns (skipped). Every test that runs an external tool
+/// calls this first.
+pub(crate) fn need_tool(tool: &str) -> bool {
+    let works = Command::new(tool)
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return true;
+    }
+    let install = format!("apt-get install -y {}", package_of(tool));
+    if std::env::var(SKIP_MISSING_TOOLS).is_ok_and(|v| v == "1") {
+        eprintln!("note: skipped, {tool} is not installed ({install}; {SKIP_MISSING_TOOLS}=1)");
+        return false;
+    }
+    panic!(
+        "{tool} is not installed, and this test needs it ({install}, or set \
+         {SKIP_MISSING_TOOLS}=1 to skip such tests locally)"
+    );
 }
 
 /// Compile `src` to an object with `cc flags -c`.
@@ -53,7 +85,12 @@ pub(crate) fn compile(
     for i in include {
         cmd.arg("-I").arg(i);
     }
-    let o = cmd.output().expect("run compiler");
+    let o = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {cc}: {e} (apt-get install -y {})",
+            package_of(cc)
+        )
+    });
     assert!(
         o.status.success(),
         "{cc} {flags:?} {}: {}",
@@ -105,7 +142,57 @@ pub(crate) fn assert_jit_matches_native(
     let (jit_out, jit_ret) = run_jit(objs, jit_libs, &[]).unwrap_or_else(|e| panic!("{tag}: {e}"));
     assert_eq!(jit_out, native_out, "{tag}: output differs");
     assert_eq!(jit_ret, native_ret, "{tag}: return value differs");
+    assert_lazy_run_matches(objs, jit_libs, (&native_out, native_ret), tag);
     (native_out, native_ret)
+}
+
+/// Runs `kiln run [--lazy] --stats OBJS -l LIBS -- ARGS` (the first
+/// object's path is the program's name): (stdout, exit status, stderr).
+pub(crate) fn run_kiln(
+    lazy: bool,
+    objs: &[PathBuf],
+    libs: &[&str],
+    args: &[&str],
+) -> (String, i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.arg("run").arg("--stats");
+    if lazy {
+        cmd.arg("--lazy");
+    }
+    cmd.args(objs);
+    for l in libs {
+        cmd.args(["-l", l]);
+    }
+    let o = cmd
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kiln: {e}"));
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs `objs` with `kiln run --lazy` (each object linked on its first
+/// call) and asserts it prints and returns `expected`, naming `tag`.
+pub(crate) fn assert_lazy_run_matches(
+    objs: &[PathBuf],
+    libs: &[&str],
+    (expected_out, expected_status): (&str, i32),
+    tag: &str,
+) {
+    let (out, status, stderr) = run_kiln(true, objs, libs, &[]);
+    assert_eq!(out, expected_out, "{tag} --lazy: output differs\n{stderr}");
+    assert_eq!(
+        status, expected_status,
+        "{tag} --lazy: exit status differs\n{stderr}"
+    );
+    assert!(
+        stderr.contains("lazy reentries"),
+        "{tag} --lazy: not run lazily\n{stderr}"
+    );
 }
 
 /// `prog_a.c` (with `-fcommon`) and `prog_b.c`, compiled by gcc at `-O2`
