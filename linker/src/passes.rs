@@ -705,7 +705,14 @@ impl Prepared {
                     if !block.live {
                         continue;
                     }
-                    offset = align_up(offset, block.align);
+                    // `.eh_frame` records go back to back: padding between
+                    // two (after a record whose length is 4 mod 8, say, when
+                    // the next object's first record asks for 8) would read
+                    // as a zero length word, the section's end, and hide
+                    // every later record from the unwinder.
+                    if !(eh && first.is_some()) {
+                        offset = align_up(offset, block.align);
+                    }
                     first.get_or_insert(offset);
                     placed.push((b, offset));
                     offset = offset.saturating_add(block.content.len());

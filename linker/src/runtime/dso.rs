@@ -19,6 +19,39 @@ enum Handler {
     Plain(PlainHandler),
 }
 
+/// Registration order of process-exit handlers across every image, so that
+/// images torn down together run them newest first as `exit()` does.
+static NEXT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A handler with its place in the process-wide registration order.
+struct Registered {
+    seq: u64,
+    handler: Handler,
+}
+
+impl Registered {
+    fn new(handler: Handler) -> Self {
+        Registered {
+            seq: NEXT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            handler,
+        }
+    }
+
+    /// Runs the handler.
+    ///
+    /// # Safety
+    /// The image that registered it must still be mapped and initialized.
+    unsafe fn run(self) {
+        match self.handler {
+            // SAFETY: the program registered this function and argument for
+            // exactly this call; the caller guarantees the image is mapped.
+            Handler::Cxa(f, arg) => unsafe { f(arg) },
+            // SAFETY: as above.
+            Handler::Plain(f) => unsafe { f() },
+        }
+    }
+}
+
 // SAFETY: a handler is a code address plus an opaque argument that the C
 // program registered for whichever thread tears the image down; the C ABI
 // contract of atexit is that it may run on any thread.
@@ -38,7 +71,7 @@ struct DsoShared {
     /// The handle's address (what `__dso_handle` resolves to).
     addr: usize,
     name: String,
-    handlers: Mutex<Vec<Handler>>,
+    handlers: Mutex<Vec<Registered>>,
     life: Arc<Life>,
     ranges: Mutex<Vec<usize>>,
 }
@@ -75,6 +108,15 @@ fn lookup_range(addr: usize) -> Option<Arc<DsoShared>> {
     let guard = REGISTRY.read().unwrap_or_else(PoisonError::into_inner);
     let (_, (end, shared)) = guard.as_ref()?.ranges.range(..=addr).next_back()?;
     if addr < *end { shared.upgrade() } else { None }
+}
+
+/// The live image a `dso` argument of the `__cxa_*atexit` family names:
+/// its `__dso_handle`, or any other address inside the image. (Rust's std
+/// passes `__cxa_thread_atexit_impl` the address of its own data that
+/// holds `&__dso_handle`, not `&__dso_handle` itself; glibc, too, accepts
+/// any address inside a loaded object.)
+fn image_of(dso: usize) -> Option<Arc<DsoShared>> {
+    lookup_handle(dso).or_else(|| lookup_range(dso))
 }
 
 /// The identity of one linked image: the address its `__dso_handle` symbol
@@ -196,21 +238,44 @@ impl DsoHandle {
     /// The image's code and data (and whatever the handlers touch) must
     /// still be mapped and initialized.
     pub unsafe fn run_atexit_handlers(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { Self::run_atexit_handlers_together(std::slice::from_ref(self)) }
+    }
+
+    /// Runs the `atexit`/`__cxa_atexit` handlers of several images as
+    /// `exit()` runs a program's: newest first across all of them (in the
+    /// order the process registered them), including handlers registered
+    /// while this runs.
+    ///
+    /// # Safety
+    /// As for [`DsoHandle::run_atexit_handlers`], for every image.
+    pub unsafe fn run_atexit_handlers_together(handles: &[DsoHandle]) {
         loop {
-            let next = self
+            // The newest handler of any image (no lock is held while it runs:
+            // it may register more).
+            let mut newest: Option<(u64, &DsoHandle)> = None;
+            for h in handles {
+                let handlers = h.shared.handlers.lock();
+                let last = handlers
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .last()
+                    .map(|r| r.seq);
+                if let Some(seq) = last
+                    && newest.is_none_or(|(s, _)| seq > s)
+                {
+                    newest = Some((seq, h));
+                }
+            }
+            let Some((_, owner)) = newest else { break };
+            let next = owner
                 .shared
                 .handlers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
-            let Some(handler) = next else { break };
-            match handler {
-                // SAFETY: the program registered this function and argument
-                // for exactly this call; the caller guarantees the image is
-                // still mapped.
-                Handler::Cxa(f, arg) => unsafe { f(arg) },
-                // SAFETY: as above.
-                Handler::Plain(f) => unsafe { f() },
+            if let Some(registered) = next {
+                // SAFETY: forwarded contract.
+                unsafe { registered.run() };
             }
         }
     }
@@ -316,7 +381,7 @@ unsafe extern "C" fn atexit_impl(f: Option<PlainHandler>, return_address: usize)
                 .handlers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(Handler::Plain(f));
+                .push(Registered::new(Handler::Plain(f)));
             0
         }
         // SAFETY: forwarding the caller's registration to glibc unchanged
@@ -331,13 +396,13 @@ unsafe extern "C" fn cxa_atexit(
     dso: *mut c_void,
 ) -> c_int {
     let Some(f) = f else { return -1 };
-    match lookup_handle(dso as usize) {
+    match image_of(dso as usize) {
         Some(shared) => {
             shared
                 .handlers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(Handler::Cxa(f, arg));
+                .push(Registered::new(Handler::Cxa(f, arg)));
             0
         }
         // SAFETY: not a kiln image: glibc handles it exactly as if called directly.
@@ -346,7 +411,7 @@ unsafe extern "C" fn cxa_atexit(
 }
 
 unsafe extern "C" fn cxa_finalize(dso: *mut c_void) {
-    match lookup_handle(dso as usize) {
+    match image_of(dso as usize) {
         // SAFETY: JIT code asked to finalize its own image now, while it runs.
         Some(shared) => unsafe { DsoHandle { shared }.run_atexit_handlers() },
         // SAFETY: not a kiln image; forwarded unchanged.
@@ -372,7 +437,7 @@ unsafe extern "C" fn cxa_thread_atexit(
     dso_symbol: *mut c_void,
 ) -> c_int {
     let Some(dtor) = dtor else { return -1 };
-    let Some(shared) = lookup_handle(dso_symbol as usize) else {
+    let Some(shared) = image_of(dso_symbol as usize) else {
         // SAFETY: not a kiln image; forwarded unchanged.
         return unsafe { thread::real_cxa_thread_atexit_impl(dtor, obj, dso_symbol) };
     };

@@ -272,6 +272,61 @@ impl InitFini {
         }
     }
 
+    /// Runs the teardown of several images torn down together (given in link
+    /// order; images already finalized are skipped, the others are marked).
+    /// The calling thread's `thread_local` destructors of each image go
+    /// first, last-linked image first. Then, if every image tears down like
+    /// a program ([`InitFini::set_executable_teardown`]), they end as one
+    /// statically linked program's `exit()`: every image's `atexit` handlers
+    /// newest first in the order the process registered them, then all
+    /// finalizers as one `.fini_array` (interleaved by priority — ties in
+    /// link order — and run backwards), then handlers registered meanwhile.
+    /// Otherwise each image runs [`InitFini::run_fini`], last-linked first,
+    /// as `dlclose` of each would.
+    ///
+    /// # Safety
+    /// As for [`InitFini::run_fini`], for every image: all of them stay
+    /// mapped until this returns.
+    pub unsafe fn run_fini_together(images: &mut [&mut InitFini]) {
+        if !images.iter().all(|i| i.executable) {
+            for set in images.iter_mut().rev() {
+                // SAFETY: forwarded contract.
+                unsafe { set.run_fini() };
+            }
+            return;
+        }
+        let mut handles = Vec::with_capacity(images.len());
+        let mut order: Vec<(u32, usize, usize, usize)> = Vec::new();
+        for (image, set) in images.iter_mut().enumerate().rev() {
+            if set.phase == Phase::Finalized {
+                continue;
+            }
+            let ran_init = set.phase == Phase::Initialized;
+            set.phase = Phase::Finalized;
+            // SAFETY: forwarded contract.
+            unsafe { set.dso.finish_thread_dtors() };
+            handles.push(set.dso.clone());
+            // Finalizers of an image that never initialized do not run
+            // (glibc skips `l_init_called == 0` objects).
+            if ran_init {
+                for (seq, e) in set.fini.iter().enumerate() {
+                    order.push((e.key, image, seq, e.addr));
+                }
+            }
+        }
+        order.sort_unstable();
+        // SAFETY: forwarded contract.
+        unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+        for &(_, _, _, addr) in order.iter().rev() {
+            // SAFETY: the caller guarantees `addr` is a finalizer.
+            let f = unsafe { std::mem::transmute::<usize, FiniFn>(addr) };
+            // SAFETY: as above.
+            unsafe { f() };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+    }
+
     /// Tear down like a program's `exit()` rather than like `dlclose`: for an
     /// image that is run as a program (what `kiln run` does).
     pub fn set_executable_teardown(&mut self, yes: bool) {
