@@ -208,7 +208,8 @@ impl Linker {
             for name in wanted {
                 for ar in &mut self.archives {
                     if let Some((member, bytes)) = ar.take_member_for(&name)? {
-                        crate::elf::read_object(&mut graph, &member, bytes)?;
+                        let id = crate::elf::read_object(&mut graph, &member, bytes)?;
+                        graph.objects[id.index()].library = true;
                         pulled = true;
                         break;
                     }

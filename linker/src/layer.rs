@@ -194,16 +194,26 @@ impl ObjectLayer {
         dylib: &Dylib,
         tracker: Option<&ResourceTracker>,
         name: &str,
-        graph: LinkGraph,
+        mut graph: LinkGraph,
         mut names: Vec<Option<SymbolName>>,
     ) -> Result<(), LinkError> {
+        // Archive members keep only what live code reaches (`Roots::All`):
+        // the unit offers only the definitions that stay.
+        if graph.objects.iter().any(|o| o.library) {
+            passes::allocate_commons(&mut graph);
+            passes::prune(&mut graph, &Roots::All)?;
+        }
         // Each defined global's name is interned once, here; the link
         // reuses these names (and their ids) instead of hashing the text again.
         let mut symbols = Vec::with_capacity(graph.globals.len());
         let mut globals = Vec::with_capacity(graph.globals.len());
         for (n, &id) in &graph.globals {
             let s = &graph.symbols[id.index()];
-            if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
+            let dead = match s.def {
+                GraphDef::Defined { block, .. } => !graph.blocks[block.index()].live,
+                _ => false,
+            };
+            if dead || matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
                 continue;
             }
             let name = match names.get_mut(id.index()).and_then(Option::take) {

@@ -32,7 +32,11 @@ use crate::runtime;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Roots {
-    /// Every block (like JITLink without a dead-strip pass).
+    /// Every block of the objects given as inputs (the host may look any of
+    /// their symbols up); of archive members ([`crate::graph::ObjectInfo::library`])
+    /// only initializers, finalizers, sections named like C identifiers
+    /// (reachable through `__start_`/`__stop_` symbols) and what live code
+    /// reaches — as `ld --gc-sections` treats library code.
     #[default]
     All,
     /// Only the blocks defining these symbols, plus initializers and
@@ -352,9 +356,20 @@ pub fn allocate_commons(graph: &mut LinkGraph) {
     }
 }
 
+/// Whether a section name can be spelled in C, so that `__start_NAME` and
+/// `__stop_NAME` reach it (ld keeps such sections).
+fn is_c_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
+        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+}
+
 /// Mark live everything reachable from the roots; FDEs live with their code.
 /// Dead blocks keep their place in the arena but get no memory, and their
-/// edges ask for no symbol.
+/// edges ask for no symbol: an undefined symbol that only dead blocks
+/// reference is not needed, and not an error.
 pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     let n = graph.blocks.len();
     // The FDEs of each block, as linked lists through two arrays (one
@@ -375,8 +390,18 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     let eh = |g: &LinkGraph, b: &Block| g.sections[b.section.index()].role == SectionRole::EhFrame;
     match roots {
         Roots::All => {
+            let library = |b: &Block| {
+                b.object
+                    .and_then(|o| graph.objects.get(o.index()))
+                    .is_some_and(|o| o.library)
+            };
             for (i, b) in graph.blocks.iter().enumerate() {
-                if b.live && !eh(graph, b) {
+                if b.live
+                    && !eh(graph, b)
+                    && (!library(b)
+                        || graph.sections[b.section.index()].role.is_init_fini()
+                        || is_c_identifier(&b.input_section))
+                {
                     work.push(BlockId(i as u32));
                 }
             }

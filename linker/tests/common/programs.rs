@@ -172,14 +172,25 @@ pub(crate) fn kiln_run(lazy: bool, inputs: &[PathBuf]) -> Output {
 /// prints exactly `native`'s stdout and exits with its status.
 pub(crate) fn assert_kiln_matches(native: &(String, i32), inputs: &[PathBuf], tag: &str) {
     for lazy in [false, true] {
-        let mode = if lazy { "--lazy" } else { "eager" };
-        let o = kiln_run(lazy, inputs);
-        let out = String::from_utf8_lossy(&o.stdout);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(
-            (out.as_ref(), o.status.code()),
-            (native.0.as_str(), Some(native.1)),
-            "{tag} ({mode}): kiln's run differs from the native one (left: kiln). stderr:\n{err}"
-        );
+        assert_kiln_mode_matches(lazy, native, inputs, tag);
     }
+}
+
+/// Runs `inputs` with `kiln run` (`--lazy` if `lazy`) and asserts it prints
+/// exactly `native`'s stdout and exits with its status.
+pub(crate) fn assert_kiln_mode_matches(
+    lazy: bool,
+    native: &(String, i32),
+    inputs: &[PathBuf],
+    tag: &str,
+) {
+    let mode = if lazy { "--lazy" } else { "eager" };
+    let o = kiln_run(lazy, inputs);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        (out.as_ref(), o.status.code()),
+        (native.0.as_str(), Some(native.1)),
+        "{tag} ({mode}): kiln's run differs from the native one (left: kiln). stderr:\n{err}"
+    );
 }
