@@ -809,4 +809,46 @@ mod tests {
             .collect();
         assert_eq!(log, vec![7001, 7004, 7003]);
     }
+    static INNER_RAN: AtomicUsize = AtomicUsize::new(0);
+    unsafe extern "C" fn count_inner(_: *mut c_void) {
+        INNER_RAN.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Rust's std passes `__cxa_thread_atexit_impl` the address of its own
+    /// data inside the image rather than `__dso_handle`: any address inside
+    /// an image names it, for `__cxa_atexit` and `__cxa_finalize` too.
+    #[test]
+    fn an_address_inside_an_image_names_the_image() {
+        let (reg, thread_reg, fin): (CxaAtexit, ThreadAtexit, unsafe extern "C" fn(*mut c_void)) =
+            // SAFETY: the table entries have these signatures.
+            unsafe {
+                (
+                    std::mem::transmute::<usize, CxaAtexit>(lookup("__cxa_atexit")),
+                    std::mem::transmute::<usize, ThreadAtexit>(lookup("__cxa_thread_atexit_impl")),
+                    std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void)>(lookup(
+                        "__cxa_finalize",
+                    )),
+                )
+            };
+        let memory = vec![0u64; 8]; // stands in for the image's data
+        let image = DsoHandle::new("inner");
+        image.add_range(memory.as_ptr() as usize, 64);
+        let inner = memory[3..].as_ptr() as *mut c_void;
+        // SAFETY: valid handlers; `inner` lies inside the live image.
+        unsafe {
+            assert_eq!(reg(Some(count_inner), std::ptr::null_mut(), inner), 0);
+            assert_eq!(
+                thread_reg(Some(count_inner), std::ptr::null_mut(), inner),
+                0
+            );
+        }
+        assert_eq!(image.pending_atexit_handlers(), 1, "kept for the image");
+        // SAFETY: the handler only counts.
+        unsafe { fin(inner) };
+        assert_eq!(INNER_RAN.load(Ordering::SeqCst), 1);
+        // SAFETY: as above; the image's thread destructor runs at teardown,
+        // not at this thread's exit after the image is gone.
+        unsafe { image.finish_thread_dtors() };
+        assert_eq!(INNER_RAN.load(Ordering::SeqCst), 2);
+    }
 }

@@ -624,4 +624,77 @@ mod tests {
             ]
         );
     }
+    static TOGETHER: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    macro_rules! together_fn {
+        ($($name:ident),*) => {$(
+            unsafe extern "C" fn $name() {
+                TOGETHER
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(stringify!($name));
+            }
+        )*};
+    }
+    together_fn!(
+        a_fini,
+        a_fini_200,
+        b_fini,
+        b_fini_101,
+        a_handler_1,
+        a_handler_2,
+        b_handler
+    );
+
+    /// Two images of one program torn down together end as one executable
+    /// would: every handler newest first across both (not image by image),
+    /// then both images' finalizers as one `.fini_array`.
+    #[test]
+    fn images_torn_down_together_end_like_one_program() {
+        let (a_dso, b_dso) = (DsoHandle::new("a"), DsoHandle::new("b"));
+        let (mut a, mut b) = (InitFini::new(a_dso.clone()), InitFini::new(b_dso.clone()));
+        a.add_section(".fini_array", &[a_fini as *const () as usize]);
+        a.add_section(".fini_array.00200", &[a_fini_200 as *const () as usize]);
+        b.add_section(".fini_array", &[b_fini as *const () as usize]);
+        b.add_section(".fini_array.00101", &[b_fini_101 as *const () as usize]);
+        for set in [&mut a, &mut b] {
+            set.set_executable_teardown(true);
+        }
+        // SAFETY: no initializers.
+        unsafe { InitFini::run_init_together(&mut [&mut a, &mut b]) };
+        type PlainAtexit = unsafe extern "C" fn(Option<unsafe extern "C" fn()>) -> c_int;
+        // Handlers registered a, b, a; attributed to the image holding them.
+        let register = |dso: &DsoHandle, f: unsafe extern "C" fn()| {
+            dso.add_range(f as *const () as usize, 1);
+            let atexit = super::super::dso::overrides()
+                .into_iter()
+                .find(|(n, _)| *n == "atexit")
+                .map(|(_, a)| a)
+                .unwrap_or(0);
+            // SAFETY: the table entry is `atexit`'s replacement.
+            let atexit: PlainAtexit = unsafe { std::mem::transmute(atexit) };
+            // SAFETY: a valid handler that only logs.
+            assert_eq!(unsafe { atexit(Some(f)) }, 0);
+        };
+        register(&a_dso, a_handler_1);
+        register(&b_dso, b_handler);
+        register(&a_dso, a_handler_2);
+        // SAFETY: every entry only logs.
+        unsafe { InitFini::run_fini_together(&mut [&mut a, &mut b]) };
+        let log = TOGETHER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            log,
+            [
+                "a_handler_2",
+                "b_handler",
+                "a_handler_1",
+                "b_fini",
+                "a_fini",
+                "a_fini_200",
+                "b_fini_101",
+            ]
+        );
+    }
 }
