@@ -129,7 +129,9 @@ fn image_of(dso: usize) -> Option<Arc<DsoShared>> {
 /// range of the image (at least its code) with [`DsoHandle::add_range`]:
 /// `atexit(f)` has no handle argument, so kiln attributes it to the image
 /// containing `f`, or else the one containing the caller's return address;
-/// calls from neither go to libc's `atexit` (process exit). Handlers are run by
+/// calls from neither go to libc's `atexit` (process exit). The
+/// `__cxa_*atexit` family names the image by its `dso` argument: the handle
+/// or any address in a reported range. Handlers are run by
 /// [`InitFini::run_fini`](super::InitFini::run_fini) (or
 /// [`DsoHandle::run_atexit_handlers`]). Clones share the same identity; when
 /// the last clone is dropped the handle leaves the registry, un-run handlers
@@ -830,7 +832,7 @@ mod tests {
                     )),
                 )
             };
-        let memory = vec![0u64; 8]; // stands in for the image's data
+        let memory = [0u64; 8]; // stands in for the image's data
         let image = DsoHandle::new("inner");
         image.add_range(memory.as_ptr() as usize, 64);
         let inner = memory[3..].as_ptr() as *mut c_void;
