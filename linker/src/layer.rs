@@ -456,11 +456,23 @@ impl ObjectLayer {
     /// for example other images through the lazy stubs of another dylib,
     /// whose tracker the session may remove first.
     pub fn run_finalizers(&self) {
-        let images: Vec<ImageCell> = match self.shared.images.lock() {
-            Ok(images) => images.by_key.values().flatten().cloned().collect(),
-            Err(_) => return,
-        };
-        finalize_together(&images);
+        // A finalizer may be the first caller of a lazily linked function:
+        // images linked meanwhile are finalized in another round.
+        let mut finalized_upto = None;
+        loop {
+            let (images, linked): (Vec<ImageCell>, usize) = match self.shared.images.lock() {
+                Ok(images) => (
+                    images.by_key.values().flatten().cloned().collect(),
+                    images.linked,
+                ),
+                Err(_) => return,
+            };
+            if finalized_upto == Some(linked) {
+                return;
+            }
+            finalized_upto = Some(linked);
+            finalize_together(&images);
+        }
     }
 
     /// Statistics summed over every image linked by this layer, and how many
