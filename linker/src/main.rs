@@ -36,7 +36,8 @@ into its own process — no executable is written — and runs their entry point
 Undefined symbols resolve against the inputs, then kiln's runtime (atexit, \
 __cxa_atexit, TLS), then the kiln process itself and the shared libraries \
 named with -l (libc, libm, libstdc++ and libgcc_s are always there). \
-Archive members are linked only when one of their symbols is needed. \
+Archive members are linked only when one of their symbols is needed, and only \
+the parts of them that kept code reaches (as ld --gc-sections treats library code). \
 Code is placed within ±2 GiB of itself (below 2 GiB for -fno-pie objects) \
 and no page is ever writable and executable at once.\n\n\
 With no arguments, kiln links and runs a small bundled example program and \
