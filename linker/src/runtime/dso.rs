@@ -113,8 +113,9 @@ fn lookup_range(addr: usize) -> Option<Arc<DsoShared>> {
 /// The live image a `dso` argument of the `__cxa_*atexit` family names:
 /// its `__dso_handle`, or any other address inside the image. (Rust's std
 /// passes `__cxa_thread_atexit_impl` the address of its own data that
-/// holds `&__dso_handle`, not `&__dso_handle` itself; glibc, too, accepts
-/// any address inside a loaded object.)
+/// holds `&__dso_handle`, not `&__dso_handle` itself; glibc's
+/// `__cxa_thread_atexit_impl`, too, takes any address inside a loaded
+/// object.)
 fn image_of(dso: usize) -> Option<Arc<DsoShared>> {
     lookup_handle(dso).or_else(|| lookup_range(dso))
 }
@@ -811,6 +812,7 @@ mod tests {
             .collect();
         assert_eq!(log, vec![7001, 7004, 7003]);
     }
+
     static INNER_RAN: AtomicUsize = AtomicUsize::new(0);
     unsafe extern "C" fn count_inner(_: *mut c_void) {
         INNER_RAN.fetch_add(1, Ordering::SeqCst);

@@ -624,6 +624,7 @@ mod tests {
             ]
         );
     }
+
     static TOGETHER: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     macro_rules! together_fn {
         ($($name:ident),*) => {$(
