@@ -34,9 +34,8 @@ use crate::runtime;
 pub enum Roots {
     /// Every block of the objects given as inputs (the host may look any of
     /// their symbols up); of archive members ([`crate::graph::ObjectInfo::library`])
-    /// only initializers, finalizers, sections named like C identifiers
-    /// (reachable through `__start_`/`__stop_` symbols) and what live code
-    /// reaches — as `ld --gc-sections` treats library code.
+    /// only initializers, finalizers and what live code reaches — as
+    /// `ld --gc-sections` treats library code.
     #[default]
     All,
     /// Only the blocks defining these symbols, plus initializers and
@@ -356,19 +355,63 @@ pub fn allocate_commons(graph: &mut LinkGraph) {
     }
 }
 
-/// Whether a section name can be spelled in C, so that `__start_NAME` and
-/// `__stop_NAME` reach it (ld keeps such sections).
-fn is_c_identifier(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
-        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+/// The blocks [`prune`] starts from.
+fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
+    let eh = |b: &Block| graph.sections[b.section.index()].role == SectionRole::EhFrame;
+    let init_fini = |b: &Block| graph.sections[b.section.index()].role.is_init_fini();
+    let library = |b: &Block| {
+        b.object
+            .and_then(|o| graph.objects.get(o.index()))
+            .is_some_and(|o| o.library)
+    };
+    let mut work = Vec::new();
+    match roots {
+        Roots::All => {
+            for (i, b) in graph.blocks.iter().enumerate() {
+                if b.live && !eh(b) && (!library(b) || init_fini(b)) {
+                    work.push(BlockId(i as u32));
+                }
+            }
+        }
+        Roots::Symbols(names) => {
+            for (i, b) in graph.blocks.iter().enumerate() {
+                if b.live && init_fini(b) {
+                    work.push(BlockId(i as u32));
+                }
+            }
+            for name in names {
+                if let Some(&id) = graph.globals.get(name.as_str())
+                    && let SymbolDef::Defined { block, .. } = graph.symbols[id.index()].def
+                {
+                    work.push(block);
+                }
+            }
+        }
+    }
+    work
 }
 
-/// Mark live everything reachable from the roots; FDEs live with their code.
-/// Dead blocks keep their place in the arena but get no memory, and their
-/// edges ask for no symbol: an undefined symbol that only dead blocks
+/// Undefined `__start_NAME` / `__stop_NAME` symbols, by symbol index, with
+/// the section NAME they delimit: a live reference to one keeps every block
+/// of that section (as `ld` does).
+fn start_stop_sections(graph: &LinkGraph) -> FxHashMap<u32, SectionId> {
+    graph
+        .globals
+        .iter()
+        .filter(|(_, id)| graph.symbols[id.index()].def == SymbolDef::External)
+        .filter_map(|(name, id)| {
+            let section = name
+                .strip_prefix("__start_")
+                .or_else(|| name.strip_prefix("__stop_"))?;
+            Some((id.0, *graph.section_index.get(section)?))
+        })
+        .collect()
+}
+
+/// Mark live everything reachable from the roots; FDEs live with their code,
+/// and a section delimited by `__start_`/`__stop_` symbols with references
+/// to them. Dead blocks keep their place in the arena but get no memory, and
+/// their edges ask for no symbol: an undefined symbol that only dead blocks
 /// reference is not needed, and not an error.
 pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     let n = graph.blocks.len();
@@ -386,41 +429,8 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
         }
     }
     let mut live = vec![false; n];
-    let mut work: Vec<BlockId> = Vec::new();
-    let eh = |g: &LinkGraph, b: &Block| g.sections[b.section.index()].role == SectionRole::EhFrame;
-    match roots {
-        Roots::All => {
-            let library = |b: &Block| {
-                b.object
-                    .and_then(|o| graph.objects.get(o.index()))
-                    .is_some_and(|o| o.library)
-            };
-            for (i, b) in graph.blocks.iter().enumerate() {
-                if b.live
-                    && !eh(graph, b)
-                    && (!library(b)
-                        || graph.sections[b.section.index()].role.is_init_fini()
-                        || is_c_identifier(&b.input_section))
-                {
-                    work.push(BlockId(i as u32));
-                }
-            }
-        }
-        Roots::Symbols(names) => {
-            for (i, b) in graph.blocks.iter().enumerate() {
-                if b.live && graph.sections[b.section.index()].role.is_init_fini() {
-                    work.push(BlockId(i as u32));
-                }
-            }
-            for name in names {
-                if let Some(&id) = graph.globals.get(name.as_str())
-                    && let SymbolDef::Defined { block, .. } = graph.symbols[id.index()].def
-                {
-                    work.push(block);
-                }
-            }
-        }
-    }
+    let mut work = prune_roots(graph, roots);
+    let mut start_stop = start_stop_sections(graph);
     // Each symbol's block (or what it is instead), 4 bytes a symbol: the
     // walk below reads it for every edge, and `Symbol` is 64 bytes.
     const DISCARDED: u32 = u32::MAX - 1;
@@ -447,7 +457,13 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
         let block = &graph.blocks[b.index()];
         for e in &block.edges {
             match target_block[e.target.index()] {
-                NONE => {}
+                NONE => {
+                    if let Some(section) = start_stop.remove(&e.target.0) {
+                        for &b in &graph.sections[section.index()].blocks {
+                            queue(&mut work, &mut live, b);
+                        }
+                    }
+                }
                 // Live code must not refer to dropped sections.
                 DISCARDED if block.live => {
                     return Err(LinkError::DiscardedReference {

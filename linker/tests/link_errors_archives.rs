@@ -444,3 +444,35 @@ __attribute__((constructor)) static void init(void) { puts("member constructor")
     let err = run_jit(&[main, member], &[], &[]).expect_err("never_defined is missing");
     assert!(err.to_string().contains("never_defined"), "{err}");
 }
+
+/// A section reached only through `__start_`/`__stop_` symbols lives while
+/// code referring to those symbols lives (as `ld` keeps it), whatever the
+/// roots. (Before, with roots, it was dropped and the set read empty.)
+#[test]
+fn start_stop_symbols_keep_their_section() {
+    let a = c_object(
+        "start_stop",
+        r#"#include <stdio.h>
+extern const int __start_kiln_roots[], __stop_kiln_roots[];
+__attribute__((section("kiln_roots"), used)) static const int one = 1;
+__attribute__((section("kiln_roots"), used)) static const int two = 2;
+int main(void) {
+    int n = 0;
+    for (const int *p = __start_kiln_roots; p < __stop_kiln_roots; p++) n += *p;
+    printf("set %d\n", n);
+    return n;
+}"#,
+        &["-O2", "-ffunction-sections", "-fdata-sections"],
+    );
+    let mut opts = kiln_linker::LinkOptions::default();
+    opts.roots = kiln_linker::Roots::Symbols(vec!["main".into()]);
+    let mut l = Linker::new(opts);
+    l.add_object_file(&a).unwrap().run_initializers(false);
+    let image = l
+        .link(&HostSymbols::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let main = image.symbol("main").expect("main");
+    // SAFETY: `main` is the C function above; stdout is the test's.
+    let main: extern "C" fn() -> i32 = unsafe { std::mem::transmute(main as usize) };
+    assert_eq!(main(), 3);
+}
