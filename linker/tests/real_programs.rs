@@ -15,7 +15,8 @@
 //!   a C `main`.
 //! - `nostd_lib.rs` (tests/rust): a `#![no_std]` staticlib whose `core`
 //!   member has unused code that refers to the undefined
-//!   `rust_eh_personality` (`ld` links it only with `--gc-sections`).
+//!   `rust_eh_personality` (`ld` links it only with `--gc-sections`);
+//!   eager only (see its test).
 //!
 //! Each C++ program is built by g++ -O2, g++ -O2 -fPIC and clang++ -O2.
 
@@ -112,6 +113,10 @@ fn rust_std_staticlib_with_a_c_main() {
 /// `rust_eh_personality`: `ld` links it only with `--gc-sections`; kiln
 /// keeps only the archive code that live code reaches, so it links. Before,
 /// kiln failed: "undefined symbol(s): rust_eh_personality".
+///
+/// Eager only: under `--lazy` every object (and, once `--lazy` takes
+/// archives, every member pulled) is a unit of its own that offers all its
+/// symbols, so it is kept whole, and this library does not link lazily yet.
 #[test]
 fn rust_no_std_staticlib_with_unused_code_naming_undefined_symbols() {
     if !(need("rustc") && need("gcc")) {
