@@ -396,6 +396,9 @@ pub struct Symbol {
 pub struct ObjectInfo {
     /// Display name: a path, or `archive.a(member.o)`.
     pub name: Box<str>,
+    /// An archive member, pulled in for the symbols it defines: its blocks
+    /// are kept only if live code reaches them (see [`crate::passes::prune`]).
+    pub library: bool,
 }
 
 /// The link graph.
@@ -458,7 +461,10 @@ impl LinkGraph {
 
     /// Add an object record.
     pub fn add_object(&mut self, name: &str) -> ObjectId {
-        self.objects.push(ObjectInfo { name: name.into() });
+        self.objects.push(ObjectInfo {
+            name: name.into(),
+            library: false,
+        });
         ObjectId(self.objects.len() as u32 - 1)
     }
 

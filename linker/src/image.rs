@@ -208,7 +208,8 @@ impl Linker {
             for name in wanted {
                 for ar in &mut self.archives {
                     if let Some((member, bytes)) = ar.take_member_for(&name)? {
-                        crate::elf::read_object(&mut graph, &member, bytes)?;
+                        let id = crate::elf::read_object(&mut graph, &member, bytes)?;
+                        graph.objects[id.index()].library = true;
                         pulled = true;
                         break;
                     }
@@ -358,14 +359,29 @@ impl LinkedImage {
     /// registered) now, once, keeping the memory until the image is dropped —
     /// for teardowns where other images' finalizers may still call into it.
     pub fn run_finalizers(&mut self) {
-        if let Some(p) = &mut self.platform
-            && p.initialized
-        {
-            p.initialized = false;
-            // SAFETY: the image's code is still mapped; its finalizers and
-            // atexit handlers run before anything is released.
-            unsafe { p.init_fini.run_fini() };
+        LinkedImage::run_finalizers_together(&mut [self]);
+    }
+
+    /// Runs the finalizers of several images (given in link order; once
+    /// each) as one program would, keeping their memory until each is
+    /// dropped: with executable teardown, every image's `atexit` handlers
+    /// newest first across the images, then the finalizers interleaved by
+    /// priority ([`runtime::InitFini::run_fini_together`]); otherwise each
+    /// image's own teardown, last-linked first.
+    pub fn run_finalizers_together(images: &mut [&mut LinkedImage]) {
+        let mut sets = Vec::with_capacity(images.len());
+        for image in images.iter_mut() {
+            if let Some(p) = &mut image.platform
+                && p.initialized
+            {
+                p.initialized = false;
+                sets.push(&mut p.init_fini);
+            }
         }
+        // SAFETY: every image's code is still mapped (the images are alive
+        // and borrowed here); their finalizers and atexit handlers run
+        // before anything of theirs is released.
+        unsafe { runtime::InitFini::run_fini_together(&mut sets) };
     }
 
     /// Address of a global symbol (exported or hidden) of the image.

@@ -102,15 +102,10 @@ impl ResourceManager for Shared {
             .by_key
             .remove(&key)
             .unwrap_or_default();
-        // Like one program's teardown: every image's finalizers run, last
-        // linked first, before any image's memory is released (a destructor
-        // in one object may still call into another).
-        let mut guards: Vec<_> = images.iter().filter_map(|i| i.lock().ok()).collect();
-        guards.sort_by_key(|g| std::cmp::Reverse(g.order));
-        for g in &mut guards {
-            g.image.run_finalizers();
-        }
-        drop(guards);
+        // Like one program's teardown: every image's finalizers run before
+        // any image's memory is released (a destructor in one object may
+        // still call into another).
+        finalize_together(&images);
         drop(images);
         Ok(())
     }
@@ -121,6 +116,15 @@ impl ResourceManager for Shared {
             images.by_key.entry(dst).or_default().extend(moved);
         }
     }
+}
+
+/// Runs the finalizers of `images` together, as one program's teardown
+/// ([`LinkedImage::run_finalizers_together`], in link order).
+fn finalize_together(images: &[ImageCell]) {
+    let mut guards: Vec<_> = images.iter().filter_map(|i| i.lock().ok()).collect();
+    guards.sort_by_key(|g| g.order);
+    let mut linked: Vec<&mut LinkedImage> = guards.iter_mut().map(|g| &mut g.image).collect();
+    LinkedImage::run_finalizers_together(&mut linked);
 }
 
 /// Adds objects and archives to dylibs as materialization units.
@@ -203,17 +207,27 @@ impl ObjectLayer {
         dylib: &Dylib,
         tracker: Option<&ResourceTracker>,
         name: &str,
-        graph: LinkGraph,
+        mut graph: LinkGraph,
         mut names: Vec<Option<SymbolName>>,
     ) -> Result<(), LinkError> {
         self.note_non_pie(&graph);
+        // Archive members keep only what live code reaches (`Roots::All`):
+        // the unit offers only the definitions that stay.
+        if graph.objects.iter().any(|o| o.library) {
+            passes::allocate_commons(&mut graph);
+            passes::prune(&mut graph, &Roots::All)?;
+        }
         // Each defined global's name is interned once, here; the link
         // reuses these names (and their ids) instead of hashing the text again.
         let mut symbols = Vec::with_capacity(graph.globals.len());
         let mut globals = Vec::with_capacity(graph.globals.len());
         for (n, &id) in &graph.globals {
             let s = &graph.symbols[id.index()];
-            if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
+            let dead = match s.def {
+                GraphDef::Defined { block, .. } => !graph.blocks[block.index()].live,
+                _ => false,
+            };
+            if dead || matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
                 continue;
             }
             let name = match names.get_mut(id.index()).and_then(Option::take) {
@@ -464,6 +478,36 @@ impl ObjectLayer {
         guards.sort_by_key(|g| g.order);
         let mut images: Vec<&mut LinkedImage> = guards.iter_mut().map(|g| &mut g.image).collect();
         LinkedImage::run_initializers_together(&mut images);
+    }
+
+    /// Runs the finalizers (and `atexit` handlers) of every image this layer
+    /// has linked and not yet removed, together, as one program's teardown
+    /// — with [`ObjectLayer::set_executable_teardown`], as its `exit()` —
+    /// keeping their memory until their trackers are removed. Each image
+    /// finalizes once: its later removal only releases it.
+    ///
+    /// Call it before ending the session (as an ORC host calls
+    /// `deinitialize`) when images call into code the layer does not own —
+    /// for example other images through the lazy stubs of another dylib,
+    /// whose tracker the session may remove first.
+    pub fn run_finalizers(&self) {
+        // A finalizer may be the first caller of a lazily linked function:
+        // images linked meanwhile are finalized in another round.
+        let mut finalized_upto = None;
+        loop {
+            let (images, linked): (Vec<ImageCell>, usize) = match self.shared.images.lock() {
+                Ok(images) => (
+                    images.by_key.values().flatten().cloned().collect(),
+                    images.linked,
+                ),
+                Err(_) => return,
+            };
+            if finalized_upto == Some(linked) {
+                return;
+            }
+            finalized_upto = Some(linked);
+            finalize_together(&images);
+        }
     }
 
     /// Statistics summed over every image linked by this layer, and how many

@@ -37,7 +37,8 @@ into its own process — no executable is written — and runs their entry point
 Undefined symbols resolve against the inputs, then kiln's runtime (atexit, \
 __cxa_atexit, TLS), then the kiln process itself and the shared libraries \
 named with -l (libc, libm, libstdc++ and libgcc_s are always there). \
-Archive members are linked only when one of their symbols is needed. \
+Archive members are linked only when one of their symbols is needed, and only \
+the parts of them that kept code reaches (as ld --gc-sections treats library code). \
 Code is placed within ±2 GiB of itself (below 2 GiB for -fno-pie objects) \
 and no page is ever writable and executable at once.\n\n\
 With no arguments, kiln links and runs a small bundled example program and \
@@ -313,7 +314,7 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
             .map_err(|e| e.to_string())?;
     }
     install_fatal_signal_handlers();
-    end_session_at_exit(&session);
+    end_session_at_exit(&session, &layer);
     layer.run_initializers();
     let run_start = Instant::now();
     // SAFETY: `address` is the entry point of code kiln just linked, Ready
@@ -329,7 +330,9 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         entry_fn(argc, argv_ptr, envp)
     };
     let ran = run_start.elapsed();
-    // Finalizers and atexit handlers of the JIT'd code run before its memory goes.
+    // Finalizers and atexit handlers of the JIT'd code run before any of its
+    // memory goes — lazy stubs included, which belong to another dylib.
+    layer.run_finalizers();
     session.end();
     report(Some(ran));
     if narrate {
@@ -392,21 +395,28 @@ fn print_stats(
     eprintln!("  total                  {:10.3} ms", ms(total));
 }
 
-/// The session to end if the program calls `exit` itself.
-static SESSION_AT_EXIT: std::sync::OnceLock<Session> = std::sync::OnceLock::new();
+/// The layer to finalize and the session to end if the program calls
+/// `exit` itself.
+static SESSION_AT_EXIT: std::sync::OnceLock<(Session, ObjectLayer)> = std::sync::OnceLock::new();
 
 /// If the JIT'd program calls `exit()` instead of returning, its images'
 /// finalizers and `atexit` handlers must still run before the process goes
-/// (and before libc flushes stdio): end the session from libc's exit list.
-fn end_session_at_exit(session: &Session) {
+/// (and before libc flushes stdio): finalize them and end the session from
+/// libc's exit list.
+fn end_session_at_exit(session: &Session, layer: &ObjectLayer) {
     extern "C" fn at_exit() {
-        if let Some(session) = SESSION_AT_EXIT.get() {
+        if let Some((session, layer)) = SESSION_AT_EXIT.get() {
+            layer.run_finalizers();
             session.end();
         }
     }
-    if SESSION_AT_EXIT.set(session.clone()).is_ok() {
-        // SAFETY: `at_exit` is a plain `extern "C" fn()` that only ends the
-        // session (idempotent); registering it has no other precondition.
+    if SESSION_AT_EXIT
+        .set((session.clone(), layer.clone()))
+        .is_ok()
+    {
+        // SAFETY: `at_exit` is a plain `extern "C" fn()` that only finalizes
+        // the images and ends the session (both idempotent); registering it
+        // has no other precondition.
         unsafe {
             libc::atexit(at_exit);
         }

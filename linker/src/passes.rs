@@ -32,7 +32,10 @@ use crate::runtime;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Roots {
-    /// Every block (like JITLink without a dead-strip pass).
+    /// Every block of the objects given as inputs (the host may look any of
+    /// their symbols up); of archive members ([`crate::graph::ObjectInfo::library`])
+    /// only initializers, finalizers and what live code reaches — as
+    /// `ld --gc-sections` treats library code.
     #[default]
     All,
     /// Only the blocks defining these symbols, plus initializers and
@@ -355,9 +358,64 @@ pub fn allocate_commons(graph: &mut LinkGraph) {
     }
 }
 
-/// Mark live everything reachable from the roots; FDEs live with their code.
-/// Dead blocks keep their place in the arena but get no memory, and their
-/// edges ask for no symbol.
+/// The blocks [`prune`] starts from.
+fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
+    let eh = |b: &Block| graph.sections[b.section.index()].role == SectionRole::EhFrame;
+    let init_fini = |b: &Block| graph.sections[b.section.index()].role.is_init_fini();
+    let library = |b: &Block| {
+        b.object
+            .and_then(|o| graph.objects.get(o.index()))
+            .is_some_and(|o| o.library)
+    };
+    let mut work = Vec::new();
+    match roots {
+        Roots::All => {
+            for (i, b) in graph.blocks.iter().enumerate() {
+                if b.live && !eh(b) && (!library(b) || init_fini(b)) {
+                    work.push(BlockId(i as u32));
+                }
+            }
+        }
+        Roots::Symbols(names) => {
+            for (i, b) in graph.blocks.iter().enumerate() {
+                if b.live && init_fini(b) {
+                    work.push(BlockId(i as u32));
+                }
+            }
+            for name in names {
+                if let Some(&id) = graph.globals.get(name.as_str())
+                    && let SymbolDef::Defined { block, .. } = graph.symbols[id.index()].def
+                {
+                    work.push(block);
+                }
+            }
+        }
+    }
+    work
+}
+
+/// Undefined `__start_NAME` / `__stop_NAME` symbols, by symbol index, with
+/// the section NAME they delimit: a live reference to one keeps every block
+/// of that section (as `ld` does).
+fn start_stop_sections(graph: &LinkGraph) -> FxHashMap<u32, SectionId> {
+    graph
+        .globals
+        .iter()
+        .filter(|(_, id)| graph.symbols[id.index()].def == SymbolDef::External)
+        .filter_map(|(name, id)| {
+            let section = name
+                .strip_prefix("__start_")
+                .or_else(|| name.strip_prefix("__stop_"))?;
+            Some((id.0, *graph.section_index.get(section)?))
+        })
+        .collect()
+}
+
+/// Mark live everything reachable from the roots; FDEs live with their code,
+/// and a section delimited by `__start_`/`__stop_` symbols with references
+/// to them. Dead blocks keep their place in the arena but get no memory, and
+/// their edges ask for no symbol: an undefined symbol that only dead blocks
+/// reference is not needed, and not an error.
 pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     let n = graph.blocks.len();
     // The FDEs of each block, as linked lists through two arrays (one
@@ -374,31 +432,8 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
         }
     }
     let mut live = vec![false; n];
-    let mut work: Vec<BlockId> = Vec::new();
-    let eh = |g: &LinkGraph, b: &Block| g.sections[b.section.index()].role == SectionRole::EhFrame;
-    match roots {
-        Roots::All => {
-            for (i, b) in graph.blocks.iter().enumerate() {
-                if b.live && !eh(graph, b) {
-                    work.push(BlockId(i as u32));
-                }
-            }
-        }
-        Roots::Symbols(names) => {
-            for (i, b) in graph.blocks.iter().enumerate() {
-                if b.live && graph.sections[b.section.index()].role.is_init_fini() {
-                    work.push(BlockId(i as u32));
-                }
-            }
-            for name in names {
-                if let Some(&id) = graph.globals.get(name.as_str())
-                    && let SymbolDef::Defined { block, .. } = graph.symbols[id.index()].def
-                {
-                    work.push(block);
-                }
-            }
-        }
-    }
+    let mut work = prune_roots(graph, roots);
+    let mut start_stop = start_stop_sections(graph);
     // Each symbol's block (or what it is instead), 4 bytes a symbol: the
     // walk below reads it for every edge, and `Symbol` is 64 bytes.
     const DISCARDED: u32 = u32::MAX - 1;
@@ -425,7 +460,13 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
         let block = &graph.blocks[b.index()];
         for e in &block.edges {
             match target_block[e.target.index()] {
-                NONE => {}
+                NONE => {
+                    if let Some(section) = start_stop.remove(&e.target.0) {
+                        for &b in &graph.sections[section.index()].blocks {
+                            queue(&mut work, &mut live, b);
+                        }
+                    }
+                }
                 // Live code must not refer to dropped sections.
                 DISCARDED if block.live => {
                     return Err(LinkError::DiscardedReference {
@@ -720,7 +761,14 @@ impl Prepared {
                     if !block.live {
                         continue;
                     }
-                    offset = align_up(offset, block.align);
+                    // `.eh_frame` records go back to back: padding between
+                    // two (after a record whose length is 4 mod 8, say, when
+                    // the next object's first record asks for 8) would read
+                    // as a zero length word, the section's end, and hide
+                    // every later record from the unwinder.
+                    if !(eh && first.is_some()) {
+                        offset = align_up(offset, block.align);
+                    }
                     first.get_or_insert(offset);
                     placed.push((b, offset));
                     offset = offset.saturating_add(block.content.len());

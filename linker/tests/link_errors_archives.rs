@@ -391,3 +391,88 @@ fn shared_and_copied_reads_give_the_same_graph() {
     assert!(from_file >= 4, "{from_file} blocks refer to the file");
     assert_eq!(copied.symbols.len(), shared.symbols.len());
 }
+
+/// A member pulled for one function keeps only what live code reaches (as
+/// `ld --gc-sections` treats it): its other function, which calls a symbol
+/// nothing defines, is dropped with its undefined reference instead of
+/// failing the link; its initializers and its section reachable through
+/// `__start_`/`__stop_` stay. Objects given directly stay whole.
+#[test]
+fn archive_members_keep_only_what_live_code_reaches() {
+    let dir = scratch("archive-gc");
+    let main = c_object(
+        "gc_main",
+        r#"#include <stdio.h>
+extern const int __start_kiln_set[], __stop_kiln_set[];
+int lib_used(int);
+int main(void) {
+    int n = 0;
+    for (const int *p = __start_kiln_set; p < __stop_kiln_set; p++) n += *p;
+    printf("used %d, set %d\n", lib_used(2), n);
+    return 0;
+}"#,
+        &["-O2"],
+    );
+    let member = c_object(
+        "gc_member",
+        r#"#include <stdio.h>
+int never_defined(void);
+int lib_used(int x) { return x * 21; }
+int lib_unused(void) { return never_defined(); }
+__attribute__((section("kiln_set"), used)) static const int entry = 5;
+__attribute__((constructor)) static void init(void) { puts("member constructor"); }"#,
+        &["-O2", "-ffunction-sections", "-fdata-sections"],
+    );
+    let lib = dir.join("libgc.a");
+    let _ = std::fs::remove_file(&lib);
+    let st = Command::new("ar")
+        .arg("rcs")
+        .arg(&lib)
+        .arg(&member)
+        .status()
+        .expect("ar");
+    assert!(st.success());
+    let inputs = [main.clone(), lib];
+    let native =
+        common::programs::native_run("gcc", &inputs, &["-Wl,--gc-sections"], &dir.join("native"));
+    assert_eq!(native.0, "member constructor\nused 42, set 5\n");
+    let jit = run_jit(&inputs, &[], &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(jit, native, "Linker API");
+    common::programs::assert_kiln_mode_matches(false, &native, &inputs, "kiln run");
+    // The same member given as an object is kept whole: its undefined
+    // reference is an error, as `ld` (without --gc-sections) says.
+    let err = run_jit(&[main, member], &[], &[]).expect_err("never_defined is missing");
+    assert!(err.to_string().contains("never_defined"), "{err}");
+}
+
+/// A section reached only through `__start_`/`__stop_` symbols lives while
+/// code referring to those symbols lives (as `ld` keeps it), whatever the
+/// roots. (Before, with roots, it was dropped and the set read empty.)
+#[test]
+fn start_stop_symbols_keep_their_section() {
+    let a = c_object(
+        "start_stop",
+        r#"#include <stdio.h>
+extern const int __start_kiln_roots[], __stop_kiln_roots[];
+__attribute__((section("kiln_roots"), used)) static const int one = 1;
+__attribute__((section("kiln_roots"), used)) static const int two = 2;
+int main(void) {
+    int n = 0;
+    for (const int *p = __start_kiln_roots; p < __stop_kiln_roots; p++) n += *p;
+    printf("set %d\n", n);
+    return n;
+}"#,
+        &["-O2", "-ffunction-sections", "-fdata-sections"],
+    );
+    let mut opts = kiln_linker::LinkOptions::default();
+    opts.roots = kiln_linker::Roots::Symbols(vec!["main".into()]);
+    let mut l = Linker::new(opts);
+    l.add_object_file(&a).unwrap().run_initializers(false);
+    let image = l
+        .link(&HostSymbols::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let main = image.symbol("main").expect("main");
+    // SAFETY: `main` is the C function above; stdout is the test's.
+    let main: extern "C" fn() -> i32 = unsafe { std::mem::transmute(main as usize) };
+    assert_eq!(main(), 3);
+}

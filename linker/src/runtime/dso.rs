@@ -19,6 +19,39 @@ enum Handler {
     Plain(PlainHandler),
 }
 
+/// Registration order of process-exit handlers across every image, so that
+/// images torn down together run them newest first as `exit()` does.
+static NEXT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A handler with its place in the process-wide registration order.
+struct Registered {
+    seq: u64,
+    handler: Handler,
+}
+
+impl Registered {
+    fn new(handler: Handler) -> Self {
+        Registered {
+            seq: NEXT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            handler,
+        }
+    }
+
+    /// Runs the handler.
+    ///
+    /// # Safety
+    /// The image that registered it must still be mapped and initialized.
+    unsafe fn run(self) {
+        match self.handler {
+            // SAFETY: the program registered this function and argument for
+            // exactly this call; the caller guarantees the image is mapped.
+            Handler::Cxa(f, arg) => unsafe { f(arg) },
+            // SAFETY: as above.
+            Handler::Plain(f) => unsafe { f() },
+        }
+    }
+}
+
 // SAFETY: a handler is a code address plus an opaque argument that the C
 // program registered for whichever thread tears the image down; the C ABI
 // contract of atexit is that it may run on any thread.
@@ -38,7 +71,7 @@ struct DsoShared {
     /// The handle's address (what `__dso_handle` resolves to).
     addr: usize,
     name: String,
-    handlers: Mutex<Vec<Handler>>,
+    handlers: Mutex<Vec<Registered>>,
     life: Arc<Life>,
     ranges: Mutex<Vec<usize>>,
 }
@@ -77,6 +110,16 @@ fn lookup_range(addr: usize) -> Option<Arc<DsoShared>> {
     if addr < *end { shared.upgrade() } else { None }
 }
 
+/// The live image a `dso` argument of the `__cxa_*atexit` family names:
+/// its `__dso_handle`, or any other address inside the image. (Rust's std
+/// passes `__cxa_thread_atexit_impl` the address of its own data that
+/// holds `&__dso_handle`, not `&__dso_handle` itself; glibc's
+/// `__cxa_thread_atexit_impl`, too, takes any address inside a loaded
+/// object.)
+fn image_of(dso: usize) -> Option<Arc<DsoShared>> {
+    lookup_handle(dso).or_else(|| lookup_range(dso))
+}
+
 /// The identity of one linked image: the address its `__dso_handle` symbol
 /// resolves to, and the owner of its `atexit`/`__cxa_atexit` handlers.
 ///
@@ -87,7 +130,9 @@ fn lookup_range(addr: usize) -> Option<Arc<DsoShared>> {
 /// range of the image (at least its code) with [`DsoHandle::add_range`]:
 /// `atexit(f)` has no handle argument, so kiln attributes it to the image
 /// containing `f`, or else the one containing the caller's return address;
-/// calls from neither go to libc's `atexit` (process exit). Handlers are run by
+/// calls from neither go to libc's `atexit` (process exit). The
+/// `__cxa_*atexit` family names the image by its `dso` argument: the handle
+/// or any address in a reported range. Handlers are run by
 /// [`InitFini::run_fini`](super::InitFini::run_fini) (or
 /// [`DsoHandle::run_atexit_handlers`]). Clones share the same identity; when
 /// the last clone is dropped the handle leaves the registry, un-run handlers
@@ -196,21 +241,44 @@ impl DsoHandle {
     /// The image's code and data (and whatever the handlers touch) must
     /// still be mapped and initialized.
     pub unsafe fn run_atexit_handlers(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { Self::run_atexit_handlers_together(std::slice::from_ref(self)) }
+    }
+
+    /// Runs the `atexit`/`__cxa_atexit` handlers of several images as
+    /// `exit()` runs a program's: newest first across all of them (in the
+    /// order the process registered them), including handlers registered
+    /// while this runs.
+    ///
+    /// # Safety
+    /// As for [`DsoHandle::run_atexit_handlers`], for every image.
+    pub unsafe fn run_atexit_handlers_together(handles: &[DsoHandle]) {
         loop {
-            let next = self
+            // The newest handler of any image (no lock is held while it runs:
+            // it may register more).
+            let mut newest: Option<(u64, &DsoHandle)> = None;
+            for h in handles {
+                let handlers = h.shared.handlers.lock();
+                let last = handlers
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .last()
+                    .map(|r| r.seq);
+                if let Some(seq) = last
+                    && newest.is_none_or(|(s, _)| seq > s)
+                {
+                    newest = Some((seq, h));
+                }
+            }
+            let Some((_, owner)) = newest else { break };
+            let next = owner
                 .shared
                 .handlers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
-            let Some(handler) = next else { break };
-            match handler {
-                // SAFETY: the program registered this function and argument
-                // for exactly this call; the caller guarantees the image is
-                // still mapped.
-                Handler::Cxa(f, arg) => unsafe { f(arg) },
-                // SAFETY: as above.
-                Handler::Plain(f) => unsafe { f() },
+            if let Some(registered) = next {
+                // SAFETY: forwarded contract.
+                unsafe { registered.run() };
             }
         }
     }
@@ -316,7 +384,7 @@ unsafe extern "C" fn atexit_impl(f: Option<PlainHandler>, return_address: usize)
                 .handlers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(Handler::Plain(f));
+                .push(Registered::new(Handler::Plain(f)));
             0
         }
         // SAFETY: forwarding the caller's registration to glibc unchanged
@@ -331,13 +399,13 @@ unsafe extern "C" fn cxa_atexit(
     dso: *mut c_void,
 ) -> c_int {
     let Some(f) = f else { return -1 };
-    match lookup_handle(dso as usize) {
+    match image_of(dso as usize) {
         Some(shared) => {
             shared
                 .handlers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(Handler::Cxa(f, arg));
+                .push(Registered::new(Handler::Cxa(f, arg)));
             0
         }
         // SAFETY: not a kiln image: glibc handles it exactly as if called directly.
@@ -346,7 +414,7 @@ unsafe extern "C" fn cxa_atexit(
 }
 
 unsafe extern "C" fn cxa_finalize(dso: *mut c_void) {
-    match lookup_handle(dso as usize) {
+    match image_of(dso as usize) {
         // SAFETY: JIT code asked to finalize its own image now, while it runs.
         Some(shared) => unsafe { DsoHandle { shared }.run_atexit_handlers() },
         // SAFETY: not a kiln image; forwarded unchanged.
@@ -372,7 +440,7 @@ unsafe extern "C" fn cxa_thread_atexit(
     dso_symbol: *mut c_void,
 ) -> c_int {
     let Some(dtor) = dtor else { return -1 };
-    let Some(shared) = lookup_handle(dso_symbol as usize) else {
+    let Some(shared) = image_of(dso_symbol as usize) else {
         // SAFETY: not a kiln image; forwarded unchanged.
         return unsafe { thread::real_cxa_thread_atexit_impl(dtor, obj, dso_symbol) };
     };
@@ -743,5 +811,48 @@ mod tests {
             .map(|e| e.0)
             .collect();
         assert_eq!(log, vec![7001, 7004, 7003]);
+    }
+
+    static INNER_RAN: AtomicUsize = AtomicUsize::new(0);
+    unsafe extern "C" fn count_inner(_: *mut c_void) {
+        INNER_RAN.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Rust's std passes `__cxa_thread_atexit_impl` the address of its own
+    /// data inside the image rather than `__dso_handle`: any address inside
+    /// an image names it, for `__cxa_atexit` and `__cxa_finalize` too.
+    #[test]
+    fn an_address_inside_an_image_names_the_image() {
+        let (reg, thread_reg, fin): (CxaAtexit, ThreadAtexit, unsafe extern "C" fn(*mut c_void)) =
+            // SAFETY: the table entries have these signatures.
+            unsafe {
+                (
+                    std::mem::transmute::<usize, CxaAtexit>(lookup("__cxa_atexit")),
+                    std::mem::transmute::<usize, ThreadAtexit>(lookup("__cxa_thread_atexit_impl")),
+                    std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void)>(lookup(
+                        "__cxa_finalize",
+                    )),
+                )
+            };
+        let memory = [0u64; 8]; // stands in for the image's data
+        let image = DsoHandle::new("inner");
+        image.add_range(memory.as_ptr() as usize, 64);
+        let inner = memory[3..].as_ptr() as *mut c_void;
+        // SAFETY: valid handlers; `inner` lies inside the live image.
+        unsafe {
+            assert_eq!(reg(Some(count_inner), std::ptr::null_mut(), inner), 0);
+            assert_eq!(
+                thread_reg(Some(count_inner), std::ptr::null_mut(), inner),
+                0
+            );
+        }
+        assert_eq!(image.pending_atexit_handlers(), 1, "kept for the image");
+        // SAFETY: the handler only counts.
+        unsafe { fin(inner) };
+        assert_eq!(INNER_RAN.load(Ordering::SeqCst), 1);
+        // SAFETY: as above; the image's thread destructor runs at teardown,
+        // not at this thread's exit after the image is gone.
+        unsafe { image.finish_thread_dtors() };
+        assert_eq!(INNER_RAN.load(Ordering::SeqCst), 2);
     }
 }

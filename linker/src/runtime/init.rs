@@ -272,6 +272,61 @@ impl InitFini {
         }
     }
 
+    /// Runs the teardown of several images torn down together (given in link
+    /// order; images already finalized are skipped, the others are marked).
+    /// The calling thread's `thread_local` destructors of each image go
+    /// first, last-linked image first. Then, if every image tears down like
+    /// a program ([`InitFini::set_executable_teardown`]), they end as one
+    /// statically linked program's `exit()`: every image's `atexit` handlers
+    /// newest first in the order the process registered them, then all
+    /// finalizers as one `.fini_array` (interleaved by priority — ties in
+    /// link order — and run backwards), then handlers registered meanwhile.
+    /// Otherwise each image runs [`InitFini::run_fini`], last-linked first,
+    /// as `dlclose` of each would.
+    ///
+    /// # Safety
+    /// As for [`InitFini::run_fini`], for every image: all of them stay
+    /// mapped until this returns.
+    pub unsafe fn run_fini_together(images: &mut [&mut InitFini]) {
+        if !images.iter().all(|i| i.executable) {
+            for set in images.iter_mut().rev() {
+                // SAFETY: forwarded contract.
+                unsafe { set.run_fini() };
+            }
+            return;
+        }
+        let mut handles = Vec::with_capacity(images.len());
+        let mut order: Vec<(u32, usize, usize, usize)> = Vec::new();
+        for (image, set) in images.iter_mut().enumerate().rev() {
+            if set.phase == Phase::Finalized {
+                continue;
+            }
+            let ran_init = set.phase == Phase::Initialized;
+            set.phase = Phase::Finalized;
+            // SAFETY: forwarded contract.
+            unsafe { set.dso.finish_thread_dtors() };
+            handles.push(set.dso.clone());
+            // Finalizers of an image that never initialized do not run
+            // (glibc skips `l_init_called == 0` objects).
+            if ran_init {
+                for (seq, e) in set.fini.iter().enumerate() {
+                    order.push((e.key, image, seq, e.addr));
+                }
+            }
+        }
+        order.sort_unstable();
+        // SAFETY: forwarded contract.
+        unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+        for &(_, _, _, addr) in order.iter().rev() {
+            // SAFETY: the caller guarantees `addr` is a finalizer.
+            let f = unsafe { std::mem::transmute::<usize, FiniFn>(addr) };
+            // SAFETY: as above.
+            unsafe { f() };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+    }
+
     /// Tear down like a program's `exit()` rather than like `dlclose`: for an
     /// image that is run as a program (what `kiln run` does).
     pub fn set_executable_teardown(&mut self, yes: bool) {
@@ -566,6 +621,80 @@ mod tests {
                 "handler_1",
                 "f_200",
                 "f_101",
+            ]
+        );
+    }
+
+    static TOGETHER: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    macro_rules! together_fn {
+        ($($name:ident),*) => {$(
+            unsafe extern "C" fn $name() {
+                TOGETHER
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(stringify!($name));
+            }
+        )*};
+    }
+    together_fn!(
+        a_fini,
+        a_fini_200,
+        b_fini,
+        b_fini_101,
+        a_handler_1,
+        a_handler_2,
+        b_handler
+    );
+
+    /// Two images of one program torn down together end as one executable
+    /// would: every handler newest first across both (not image by image),
+    /// then both images' finalizers as one `.fini_array`.
+    #[test]
+    fn images_torn_down_together_end_like_one_program() {
+        let (a_dso, b_dso) = (DsoHandle::new("a"), DsoHandle::new("b"));
+        let (mut a, mut b) = (InitFini::new(a_dso.clone()), InitFini::new(b_dso.clone()));
+        a.add_section(".fini_array", &[a_fini as *const () as usize]);
+        a.add_section(".fini_array.00200", &[a_fini_200 as *const () as usize]);
+        b.add_section(".fini_array", &[b_fini as *const () as usize]);
+        b.add_section(".fini_array.00101", &[b_fini_101 as *const () as usize]);
+        for set in [&mut a, &mut b] {
+            set.set_executable_teardown(true);
+        }
+        // SAFETY: no initializers.
+        unsafe { InitFini::run_init_together(&mut [&mut a, &mut b]) };
+        type PlainAtexit = unsafe extern "C" fn(Option<unsafe extern "C" fn()>) -> c_int;
+        // Handlers registered a, b, a; attributed to the image holding them.
+        let register = |dso: &DsoHandle, f: unsafe extern "C" fn()| {
+            dso.add_range(f as *const () as usize, 1);
+            let atexit = super::super::dso::overrides()
+                .into_iter()
+                .find(|(n, _)| *n == "atexit")
+                .map(|(_, a)| a)
+                .unwrap_or(0);
+            // SAFETY: the table entry is `atexit`'s replacement.
+            let atexit: PlainAtexit = unsafe { std::mem::transmute(atexit) };
+            // SAFETY: a valid handler that only logs.
+            assert_eq!(unsafe { atexit(Some(f)) }, 0);
+        };
+        register(&a_dso, a_handler_1);
+        register(&b_dso, b_handler);
+        register(&a_dso, a_handler_2);
+        // SAFETY: every entry only logs.
+        unsafe { InitFini::run_fini_together(&mut [&mut a, &mut b]) };
+        let log = TOGETHER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            log,
+            [
+                "a_handler_2",
+                "b_handler",
+                "a_handler_1",
+                "b_fini",
+                "a_fini",
+                "a_fini_200",
+                "b_fini_101",
             ]
         );
     }

@@ -11,7 +11,7 @@
 //! | Piece | What the linker does with it |
 //! |---|---|
 //! | [`host_overrides`] | Consult it **before** `dlsym` when resolving an external symbol: `atexit`, `__cxa_atexit`, `__cxa_finalize`, `__cxa_thread_atexit`, `__cxa_thread_atexit_impl`, `__tls_get_addr` bind to kiln's versions. |
-//! | [`DsoHandle`] | Create one per image, preferably with [`DsoHandle::new_at`] at an 8-byte slot the linker allocates inside the image (compilers reach `__dso_handle` PC-relatively); bind the image's `__dso_handle` to [`DsoHandle::addr`]; report the image's memory ranges with [`DsoHandle::add_range`] so `atexit` calls can be attributed to it. |
+//! | [`DsoHandle`] | Create one per image, preferably with [`DsoHandle::new_at`] at an 8-byte slot the linker allocates inside the image (compilers reach `__dso_handle` PC-relatively); bind the image's `__dso_handle` to [`DsoHandle::addr`]; report the image's memory ranges with [`DsoHandle::add_range`] so `atexit` calls, and `__cxa_*atexit` calls naming any address inside the image, are attributed to it. |
 //! | [`InitFini`] | Feed it the image's `.preinit_array`/`.init_array*`/`.ctors*`/`.fini_array*`/`.dtors*` contents (after fixup) with [`InitFini::add_section`]; call [`InitFini::run_init`] once the image is ready, and [`InitFini::run_fini`] **before** releasing the image's memory. Sort or classify sections with [`init_priority`]. |
 //! | [`eh_frame::register`] | After fixup and finalization, register the image's `.eh_frame` (followed by a 4-byte zero terminator) with libgcc's unwinder; keep the [`eh_frame::EhFrameRegistration`] until the memory is released (drop deregisters). |
 //! | [`tls`] | For an image with `.tdata`/`.tbss`: create a [`tls::TlsModule`] before fixup (it fixes the module id, and for static placement the thread-pointer offset), write GOT entries from it, and call [`tls::TlsModule::initialize`] with the fixed-up `.tdata` bytes before any code of the image runs. Drop it after [`InitFini::run_fini`]. |
@@ -21,6 +21,10 @@
 //! image's `atexit`/`__cxa_atexit` handlers, interleaved as glibc's `dlclose`
 //! does), then drop the [`eh_frame::EhFrameRegistration`], the
 //! [`tls::TlsModule`] and the [`DsoHandle`], then release the memory.
+//! Images of one program torn down together use
+//! [`InitFini::run_fini_together`] instead (with executable teardown: every
+//! image's handlers newest first, then all finalizers by priority, as one
+//! program's `exit()`), and release nothing until it returns.
 //!
 //! At session end, tear every live image down the same way: kiln does not
 //! hook `exit()`, so an image still alive when the process exits never runs
@@ -93,10 +97,11 @@ pub enum RuntimeError {
 ///
 /// The linker must consult this table before looking a name up in the host
 /// process (`dlsym`). Every JIT'd image shares these functions; they find
-/// the image a call belongs to from the `__dso_handle` argument
-/// (`__cxa_atexit`, `__cxa_thread_atexit`) or, for `atexit`, from the
-/// return address and the handler address (ranges given to
-/// [`DsoHandle::add_range`]). Calls that do not belong to a live kiln image
+/// the image a call belongs to from the `dso` argument (`__cxa_atexit`,
+/// `__cxa_thread_atexit`, `__cxa_finalize`): the image's `__dso_handle`, or
+/// any other address inside the image (ranges given to
+/// [`DsoHandle::add_range`]; Rust's std passes the address of its own data)
+/// — or, for `atexit`, from the handler address and the return address. Calls that do not belong to a live kiln image
 /// are forwarded to the real glibc/ld.so function, so binding host code to
 /// them is harmless.
 ///

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use kiln_linker::{HostSymbols, LinkError, Linker};
 
+pub(crate) mod programs;
+
 /// Serializes tests that redirect file descriptor 1.
 pub(crate) static STDOUT_LOCK: Mutex<()> = Mutex::new(());
 

@@ -286,10 +286,13 @@ impl DefinedSymbols {
 }
 
 /// A task telling `cell`'s unit that it will never be asked for `name`.
+/// The discard is recorded in the cell now: if the unit's materialization
+/// runs before this task, it delivers the discard first.
 fn discard_task(what: &'static str, cell: UnitCell, dylib: Dylib, name: SymbolName) -> Effect {
+    cell.push_discard(dylib, name);
     Effect::Dispatch(Task::new(what, move || {
         if let Some(unit) = cell.lock().as_mut() {
-            unit.discard(&dylib, &name);
+            cell.deliver_discards(unit.as_mut());
         }
     }))
 }

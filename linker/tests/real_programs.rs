@@ -1,0 +1,148 @@
+//! Real programs that are not kiln's own, built by the test, run natively
+//! and by `kiln run`, eager and `--lazy`: stdout and exit status must be the
+//! native program's.
+//!
+//! - `inline_*` (tests/cxx): classes defined in a header (inline and
+//!   virtual member functions, templates, inline function-local statics,
+//!   an exception class) used from three objects, so each object carries
+//!   the same COMDAT groups and the link keeps one copy.
+//! - `lifecycle_*` (tests/cxx): static constructors and destructors that
+//!   call into an object without constructors (under `--lazy` its first
+//!   call comes from a destructor at exit), `atexit`, a function-local
+//!   static, and exceptions thrown two objects away from their handler.
+//! - `std_lib.rs` (tests/rust): a Rust std staticlib (String, HashMap,
+//!   `catch_unwind`, `thread_local!` with a destructor, threads) called by
+//!   a C `main`.
+//! - `nostd_lib.rs` (tests/rust): a `#![no_std]` staticlib whose `core`
+//!   member has unused code that refers to the undefined
+//!   `rust_eh_personality` (`ld` links it only with `--gc-sections`);
+//!   eager only (see its test).
+//!
+//! Each C++ program is built by g++ -O2, g++ -O2 -fPIC and clang++ -O2.
+
+mod common;
+
+use common::programs::*;
+use common::scratch;
+
+fn check_cxx(program: &str, sources: &[&str], cxx: &str, flags: &[&str]) {
+    if !need(cxx) {
+        return;
+    }
+    let tag = format!("{program} {cxx} {}", flags.join(" "));
+    let dir = scratch(&format!("real-{program}-{cxx}{}", flags.join("")));
+    let objs = compile_each(cxx, &cxx_dir(), sources, flags, &dir);
+    let native = native_run(cxx, &objs, &[], &dir.join("native"));
+    assert_kiln_matches(&native, &objs, &tag);
+}
+
+const INLINE: &[&str] = &["inline_main.cpp", "inline_a.cpp", "inline_b.cpp"];
+const LIFECYCLE: &[&str] = &[
+    "lifecycle_main.cpp",
+    "lifecycle_objs.cpp",
+    "lifecycle_util.cpp",
+];
+
+#[test]
+fn header_defined_classes_gxx_o2() {
+    check_cxx("inline", INLINE, "g++", &["-O2"]);
+}
+
+#[test]
+fn header_defined_classes_gxx_o2_pic() {
+    check_cxx("inline", INLINE, "g++", &["-O2", "-fPIC"]);
+}
+
+#[test]
+fn header_defined_classes_clangxx_o2() {
+    check_cxx("inline", INLINE, "clang++", &["-O2"]);
+}
+
+#[test]
+fn static_lifetimes_and_exceptions_across_objects_gxx_o2() {
+    check_cxx("lifecycle", LIFECYCLE, "g++", &["-O2"]);
+}
+
+#[test]
+fn static_lifetimes_and_exceptions_across_objects_gxx_o2_pic() {
+    check_cxx("lifecycle", LIFECYCLE, "g++", &["-O2", "-fPIC"]);
+}
+
+#[test]
+fn static_lifetimes_and_exceptions_across_objects_clangxx_o2() {
+    check_cxx("lifecycle", LIFECYCLE, "clang++", &["-O2"]);
+}
+
+/// Compiles `main_c` (in tests/rust) with gcc -O2 and `lib_rs` as a
+/// staticlib with `rustc -O rust_flags`: (main object, archive).
+fn build_rust_program(
+    dir: &std::path::Path,
+    main_c: &str,
+    lib_rs: &str,
+    name: &str,
+    rust_flags: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let main = compile_each("gcc", &rust_dir(), &[main_c], &["-O2"], dir).remove(0);
+    let flags = [&["-O"], rust_flags].concat();
+    (main, rustc_staticlib(lib_rs, name, &flags, dir))
+}
+
+/// A Rust std staticlib with a C `main`: before, the run printed the right
+/// output and then died in `exit()` (the main thread's `thread_local!`
+/// destructor, registered with an address inside the image instead of
+/// `__dso_handle`, went to glibc, which ran it after the image was gone).
+/// Eager with the archive; `--lazy` with its members as objects (until
+/// `--lazy` takes archives).
+#[test]
+fn rust_std_staticlib_with_a_c_main() {
+    if !(need("rustc") && need("gcc") && need("ar")) {
+        return;
+    }
+    let dir = scratch("real-rust-std");
+    let (main, lib) = build_rust_program(&dir, "std_main.c", "std_lib.rs", "rstd", &[]);
+    let inputs = [main.clone(), lib.clone()];
+    let native = native_run("gcc", &inputs, &[], &dir.join("native"));
+    assert!(native.0.contains("thread-local 7 dropped"), "{}", native.0);
+    assert_kiln_mode_matches(false, &native, &inputs, "rust std staticlib");
+    let members = archive_members(&lib, &dir.join("members"));
+    let lazy_inputs: Vec<_> = std::iter::once(main).chain(members).collect();
+    assert_kiln_mode_matches(true, &native, &lazy_inputs, "rust std staticlib members");
+}
+
+/// A `#![no_std]` staticlib whose unused `core` code names the undefined
+/// `rust_eh_personality`: `ld` links it only with `--gc-sections`; kiln
+/// keeps only the archive code that live code reaches, so it links. Before,
+/// kiln failed: "undefined symbol(s): rust_eh_personality".
+///
+/// Eager only: under `--lazy` every object (and, once `--lazy` takes
+/// archives, every member pulled) is a unit of its own that offers all its
+/// symbols, so it is kept whole, and this library does not link lazily yet.
+#[test]
+fn rust_no_std_staticlib_with_unused_code_naming_undefined_symbols() {
+    if !(need("rustc") && need("gcc")) {
+        return;
+    }
+    let dir = scratch("real-rust-nostd");
+    let (main, lib) = build_rust_program(
+        &dir,
+        "nostd_main.c",
+        "nostd_lib.rs",
+        "rnostd",
+        &["-C", "panic=abort"],
+    );
+    let inputs = [main, lib];
+    let no_gc = std::process::Command::new("gcc")
+        .args(&inputs)
+        .arg("-o")
+        .arg(dir.join("native-no-gc"))
+        .output()
+        .expect("run gcc");
+    assert!(
+        !no_gc.status.success()
+            && String::from_utf8_lossy(&no_gc.stderr).contains("rust_eh_personality"),
+        "the premise: ld without --gc-sections refuses the archive"
+    );
+    let native = native_run("gcc", &inputs, &["-Wl,--gc-sections"], &dir.join("native"));
+    assert!(native.0.starts_with("sum 46"), "{}", native.0);
+    assert_kiln_mode_matches(false, &native, &inputs, "rust no_std staticlib");
+}
