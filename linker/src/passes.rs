@@ -492,6 +492,17 @@ struct OutOfReach {
 /// found through the engine) are assumed in reach of the near slab (both
 /// images are in it) and out of reach of the low one. Finalize checks the
 /// resolved addresses again: a copy or stub is used only if still needed.
+///
+/// A PC-relative reference cannot go through a GOT, so a copy is the only
+/// way to reach far data, and it is a documented approximation: a copy of
+/// read-only data (typeinfo, vtables, constants — the usual case) is exact;
+/// of writable data it is a snapshot, the value at link time, with the
+/// image's writes kept in its copy — a copy relocation whose library side
+/// is not redirected (kiln does not rewrite a loaded library's GOT). It
+/// happens only out of reach: host data named by non-PIE code, or by PIE
+/// code when the library lies beyond the near slab's reach (mapped far from
+/// the others, or loaded after the slab was placed). `-fPIC` code names
+/// external data through the GOT and never needs it.
 fn out_of_reach_host_symbols(
     graph: &LinkGraph,
     specials: &FxHashMap<SymbolId, Special>,
@@ -1137,8 +1148,10 @@ impl Prepared {
         let mut addrs: Vec<u64> = (0..g.symbols.len())
             .map(|i| self.symbol_address(SymbolId(i as u32)))
             .collect();
-        // Redirect host symbols that non-PIE code cannot reach: data to its
-        // copy (snapshotted now), functions to their PLT stub.
+        // Redirect host symbols that 32-bit references cannot reach (chosen
+        // by `out_of_reach_host_symbols`, checked again now that the
+        // addresses are resolved): data to its copy (snapshotted now),
+        // functions to their PLT stub.
         let plt_base = self.plt_block.map_or(0, |b| g.blocks[b.index()].addr);
         let (base, len, low) = (self.alloc.base(), self.alloc.len(), self.low);
         // Out of reach of some place of this image for a 32-bit field.

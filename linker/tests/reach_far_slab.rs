@@ -41,9 +41,10 @@ fn programs_run_when_the_slab_is_far_from_the_host() {
             return;
         }
     }
-    // Load what the programs use (libstdc++, libm, libgcc_s) first: they
-    // are part of the host whose neighbourhood is taken.
-    drop(HostSymbols::new());
+    // Load what the programs use (libstdc++, libm, libgcc_s) first, and
+    // keep them loaded: they are part of the host whose neighbourhood is
+    // taken.
+    let _host = HostSymbols::new();
     let (lo, hi) = library_span();
     let reserved = fill(lo.saturating_sub(FAR), hi.saturating_add(FAR));
     assert!(reserved > 0, "nothing reserved near the libraries");
