@@ -24,10 +24,57 @@
 mod address_space;
 mod common;
 
+use std::path::PathBuf;
+
 use address_space::*;
 use common::*;
-use kiln_linker::HostSymbols;
+use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, Session, WorkerPool};
+use kiln_linker::layer::{HostGenerator, ObjectLayer};
 use kiln_linker::memory::{Placement, Slab};
+use kiln_linker::{HostSymbols, LinkOptions, Linker};
+
+/// Link `objs` through the engine's object layer (the image's
+/// `__dso_handle` made by the layer's path), run `main()` with stdout captured, then end the
+/// session (finalizers): (stdout, return value).
+fn run_in_layer(objs: &[PathBuf]) -> (String, i32) {
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let host = session.create_dylib("<host>").expect("host dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("host generator");
+    let main = session.create_dylib("main").expect("main dylib");
+    main.set_link_order(&[(host, DylibLookup::ExportedOnly)])
+        .expect("link order");
+    // One image for all objects, as `kiln run` links them (cross-object
+    // thread_locals need it).
+    let mut linker = Linker::new(LinkOptions::default());
+    for o in objs {
+        linker.add_file(o).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (graph, names) = linker
+        .build_graph_naming(&|n| session.intern(n))
+        .unwrap_or_else(|e| panic!("{e}"));
+    layer
+        .add_graph_named(&main, None, "program", graph, names)
+        .unwrap_or_else(|e| panic!("{e}"));
+    capture_stdout(|| {
+        let order = SearchOrder::new().with(&main, DylibLookup::All);
+        let mut wanted = layer.startup_symbols();
+        let entry = session.intern("main");
+        wanted.push(entry.clone());
+        let found = session
+            .lookup(&order, &LookupSet::required(wanted), RequiredState::Ready)
+            .wait()
+            .unwrap_or_else(|e| panic!("object layer: {e}"));
+        let address = found.get(&entry).expect("main").address;
+        layer.run_initializers();
+        // SAFETY: `main` is the linked program's `int main(void)`, Ready.
+        let main_fn: extern "C" fn() -> i32 = unsafe { std::mem::transmute(address as usize) };
+        let ret = main_fn();
+        session.end();
+        ret
+    })
+}
 
 #[test]
 fn programs_run_when_the_slab_is_far_from_the_host() {
@@ -65,7 +112,7 @@ fn programs_run_when_the_slab_is_far_from_the_host() {
     let dir = scratch("reach-far-slab");
     let cxx = ["-O2", "-fPIE", "-pthread"];
     let objs = compile_sources("g++", &["cpp_a.cpp", "cpp_b.cpp"], &cxx, &dir);
-    assert_jit_matches_native(
+    let (native, native_ret) = assert_jit_matches_native(
         "g++",
         &objs,
         &cxx,
@@ -73,6 +120,13 @@ fn programs_run_when_the_slab_is_far_from_the_host() {
         &dir.join("cpp"),
         "atexit handler",
         "g++ -O2 -fPIE, slab far",
+    );
+    // The same through the engine's object layer.
+    let (out, ret) = run_in_layer(&objs);
+    assert_eq!(out, native, "object layer, slab far: output differs");
+    assert_eq!(
+        ret, native_ret,
+        "object layer, slab far: return value differs"
     );
 
     // C as PIE: gcc names external data (`stdout`) PC-relatively.
