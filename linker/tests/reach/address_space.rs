@@ -53,8 +53,44 @@ pub(crate) fn library_span() -> (u64, u64) {
 /// Reserve (`PROT_NONE`, never backed) every free page of `[lo, hi)`,
 /// except the 1 GiB under the main thread's stack (its room to grow).
 /// The reservations stay for the life of the process. Returns the bytes
-/// reserved.
+/// reserved. A hole another thread maps into meanwhile is found again on
+/// the next pass.
 pub(crate) fn fill(lo: u64, hi: u64) -> u64 {
+    let mut total = 0;
+    for _pass in 0..8 {
+        let holes = holes(lo, hi);
+        if holes.is_empty() {
+            return total;
+        }
+        for (start, end) in holes {
+            let len = (end - start) as usize;
+            // SAFETY: an anonymous PROT_NONE reservation of a range that
+            // was free a moment ago; MAP_FIXED_NOREPLACE never replaces a
+            // mapping (a range taken meanwhile fails, and is retried).
+            let p = unsafe {
+                libc::mmap(
+                    start as *mut c_void,
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE
+                        | libc::MAP_ANONYMOUS
+                        | libc::MAP_NORESERVE
+                        | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                total += len as u64;
+            }
+        }
+    }
+    panic!("the address space near {lo:#x}..{hi:#x} keeps changing; cannot fill it");
+}
+
+/// The unmapped ranges of `[lo, hi)` (above 4 GiB, and not the 1 GiB under
+/// the main thread's stack).
+fn holes(lo: u64, hi: u64) -> Vec<(u64, u64)> {
     let maps = mappings();
     let stack = maps
         .iter()
@@ -62,7 +98,6 @@ pub(crate) fn fill(lo: u64, hi: u64) -> u64 {
         .map_or(u64::MAX, |m| m.0.saturating_sub(1 << 30));
     let hi = hi.min(stack);
     let mut at = lo.max(1 << 32);
-    let mut total = 0;
     let mut holes = Vec::new();
     for (start, end, _) in &maps {
         if *start > at && at < hi {
@@ -73,32 +108,8 @@ pub(crate) fn fill(lo: u64, hi: u64) -> u64 {
     if at < hi {
         holes.push((at, hi));
     }
-    for (start, end) in holes {
-        if end <= start {
-            continue;
-        }
-        let len = (end - start) as usize;
-        // SAFETY: an anonymous PROT_NONE reservation of a range that was
-        // free a moment ago; MAP_FIXED_NOREPLACE never replaces a mapping
-        // (a range taken meanwhile fails and is skipped).
-        let p = unsafe {
-            libc::mmap(
-                start as *mut c_void,
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE
-                    | libc::MAP_ANONYMOUS
-                    | libc::MAP_NORESERVE
-                    | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED {
-            total += len as u64;
-        }
-    }
-    total
+    holes.retain(|(s, e)| e > s);
+    holes
 }
 
 /// Address of the C library's `stdout` variable.
