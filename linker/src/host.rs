@@ -199,3 +199,94 @@ pub fn host_symbol_kind(addr: u64) -> Option<HostSymbolKind> {
         _ => None,
     }
 }
+
+/// One object the dynamic loader has mapped into the process (the main
+/// program, a shared library), by the address ranges of its `PT_LOAD`
+/// segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoadedObject {
+    /// The loader's name for it (empty for the main program).
+    pub(crate) name: String,
+    /// Whether it is the main program (the first object the loader lists).
+    pub(crate) main: bool,
+    /// `[start, end)` of each `PT_LOAD` segment, page-rounded.
+    pub(crate) segments: Vec<(u64, u64)>,
+}
+
+impl LoadedObject {
+    /// Lowest and highest address of its segments.
+    pub(crate) fn span(&self) -> Option<(u64, u64)> {
+        let lo = self.segments.iter().map(|s| s.0).min()?;
+        let hi = self.segments.iter().map(|s| s.1).max()?;
+        Some((lo, hi))
+    }
+
+    /// Whether `addr` lies in one of its segments.
+    pub(crate) fn contains(&self, addr: u64) -> bool {
+        self.segments.iter().any(|&(s, e)| (s..e).contains(&addr))
+    }
+}
+
+/// Every object mapped by the dynamic loader now (`dl_iterate_phdr`),
+/// except the vDSO (the kernel's, mapped near the stack; no program
+/// addresses its data PC-relatively), in the loader's order.
+pub(crate) fn loaded_objects() -> Vec<LoadedObject> {
+    const PT_LOAD: u32 = 1;
+    const AT_SYSINFO_EHDR: libc::c_ulong = 33;
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `&mut Vec<LoadedObject>` passed to
+        // `dl_iterate_phdr` below, alive and not otherwise borrowed during
+        // the call.
+        let out = unsafe { &mut *data.cast::<Vec<LoadedObject>>() };
+        // SAFETY: the loader passes a valid `dl_phdr_info` for the duration
+        // of the callback.
+        let info = unsafe { &*info };
+        let name = if info.dlpi_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a non-null `dlpi_name` is a NUL-terminated string
+            // owned by the loader, valid during the callback.
+            unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let phdrs = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers of
+            // the object, mapped while it is loaded.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        let page = |x: u64| x & !(crate::memory::PAGE - 1);
+        let segments = phdrs
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD && p.p_memsz > 0)
+            .map(|p| {
+                let start = info.dlpi_addr.wrapping_add(p.p_vaddr);
+                (
+                    page(start),
+                    page(start.wrapping_add(p.p_memsz) + crate::memory::PAGE - 1),
+                )
+            })
+            .collect();
+        let main = out.is_empty();
+        out.push(LoadedObject {
+            name,
+            main,
+            segments,
+        });
+        0
+    }
+    let mut out: Vec<LoadedObject> = Vec::new();
+    // SAFETY: the callback matches the documented signature and only
+    // touches `out` through `data`, which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut out).cast()) };
+    // SAFETY: getauxval only reads the process's auxiliary vector.
+    let vdso = unsafe { libc::getauxval(AT_SYSINFO_EHDR) };
+    out.retain(|o| !o.segments.is_empty() && (vdso == 0 || !o.contains(vdso)));
+    out
+}

@@ -235,14 +235,18 @@ impl Linker {
         let parse_start = std::time::Instant::now();
         let graph = self.build_graph()?;
         let parse = parse_start.elapsed();
-        let dso = runtime::DsoHandle::new(name.clone());
         let env = ImageEnv {
-            dso_handle: Some(dso.addr() as u64),
             name: name.clone(),
             tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
         };
         let mut finalized = passes::link_graph(graph, resolver, &env, &self.options)?;
         finalized.stats.timings.parse = parse;
+        // The image's identity is its own `__dso_handle` slot.
+        let dso = runtime::DsoHandle::new_at(name.clone(), finalized.dso_handle as usize).map_err(
+            |e| LinkError::Runtime {
+                detail: format!("{name}: {e}"),
+            },
+        )?;
         LinkedImage::start(name, finalized, dso, self.run_initializers)
     }
 }

@@ -35,19 +35,16 @@ use kiln_engine::{
 use crate::archive::Archive;
 use crate::error::LinkError;
 use crate::graph::{
-    FxHashMap, LinkGraph, Linkage, Prot, Scope, SectionRole, SymbolDef as GraphDef, SymbolId,
+    FxHashMap, LinkGraph, Linkage, Scope, SectionRole, SymbolDef as GraphDef, SymbolId,
 };
 use crate::host::HostSymbols;
 use crate::image::LinkedImage;
-use crate::memory::{Allocation, Placement};
 use crate::passes::{self, ImageEnv, LinkOptions, LinkStats, Prepared, Roots};
 use crate::runtime;
 
-/// A linked image and the slot its `__dso_handle` names. Fields drop in
-/// order: the image (finalizers, memory) before the slot.
+/// A linked image (its `__dso_handle` is a slot inside it).
 struct LayerImage {
     image: LinkedImage,
-    _dso_slot: Allocation,
     /// Position of its unit in the order units were added (link order).
     order: usize,
 }
@@ -707,24 +704,6 @@ impl MaterializationUnit for ObjectUnit {
     }
 }
 
-/// An 8-byte read-only slot in `placement`'s slab, registered as an image
-/// identity for `__cxa_atexit` and friends.
-fn dso_slot(
-    name: &str,
-    placement: Placement,
-) -> Result<(Allocation, runtime::DsoHandle), LinkError> {
-    let mut slot = Allocation::new(8, placement)?.ok_or_else(|| LinkError::Engine {
-        detail: format!("{name}: no JIT memory is available for the image's __dso_handle"),
-    })?;
-    slot.finalize(&[(0, slot.len(), Prot::Read)])?;
-    let dso = runtime::DsoHandle::new_at(name.to_string(), slot.base() as usize).map_err(|e| {
-        LinkError::Engine {
-            detail: format!("{name}: {e}"),
-        }
-    })?;
-    Ok((slot, dso))
-}
-
 fn link_error(e: LinkError) -> Error {
     Error::msg(e)
 }
@@ -824,17 +803,15 @@ fn link(
     prepared.mark_data_externals(data);
     let resolved_at = Instant::now();
 
-    // (c) Fixup and finalize; the image belongs to the tracker. Code refers
-    // to `__dso_handle` PC-relatively, so the handle is a slot in the same
-    // slab as the image (within ±2 GiB of it), like crtbegin's.
-    let placement = if prepared.memory_range().0 < (1 << 31) {
-        Placement::Low
-    } else {
-        Placement::Near
-    };
-    let (dso_slot, dso) = dso_slot(name, placement).map_err(link_error)?;
+    // (c) Fixup and finalize; the image belongs to the tracker. Its identity
+    // is its own `__dso_handle` slot, which code names PC-relatively.
+    let dso = runtime::DsoHandle::new_at(name.to_string(), prepared.dso_handle() as usize)
+        .map_err(|e| {
+            link_error(LinkError::Runtime {
+                detail: format!("{name}: {e}"),
+            })
+        })?;
     let env = ImageEnv {
-        dso_handle: Some(dso.addr() as u64),
         name: name.to_string(),
         tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
     };
@@ -857,7 +834,6 @@ fn link(
     );
     let image = Arc::new(Mutex::new(LayerImage {
         image: linked,
-        _dso_slot: dso_slot,
         order: position,
     }));
     r.tracker().with_resource_key(|key| {

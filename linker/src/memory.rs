@@ -2,10 +2,17 @@
 //! carved into allocations with explicit states.
 //!
 //! * The **near** slab (1 GiB, reserved `PROT_NONE`) is placed, when the
-//!   kernel allows, within ±2 GiB of the C library, so every JIT'd byte is in
-//!   the small code model's reach of every other one *and* of libc, libm and
-//!   libstdc++ (which the loader maps next to each other). Host symbols out of
-//!   reach still work through the GOT and PLT.
+//!   address space allows, within ±2 GiB of every segment of the objects
+//!   the loader has mapped (`dl_iterate_phdr`): of them all if they lie
+//!   close enough together, else of the shared libraries (the C library,
+//!   libm, libstdc++ …, which the loader maps next to each other), else of
+//!   the object that holds `stdout`. So every JIT'd byte is in the small
+//!   code model's reach of every other one *and* of that host code and data,
+//!   wherever the host (or a sanitizer moving its mappings) put them. The
+//!   free ranges are read from `/proc/self/maps`; without it, hints are
+//!   probed. [`Slab::reaches`] says, address by address, what is in reach:
+//!   the passes send 32-bit references to anything else through a PLT stub
+//!   (code) or a copy (data).
 //! * The **low** slab (256 MiB) lies entirely below 2 GiB, for non-PIE code
 //!   (`R_X86_64_32`/`32S`); it is reserved on first use with
 //!   `MAP_FIXED_NOREPLACE` hints.
@@ -19,6 +26,7 @@
 //! fault per page while the linker copies and relocates.
 
 use std::ffi::c_void;
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 
 use rustix::mm::{Advice, MapFlags, MprotectFlags, ProtFlags};
@@ -88,8 +96,12 @@ pub const PAGE: u64 = 4096;
 const NEAR_SIZE: u64 = 1 << 30;
 const LOW_SIZE: u64 = 256 << 20;
 const LOW_LIMIT: u64 = 1 << 31;
-/// Maximum distance from the anchor (libc) for the near slab's far end.
-const NEAR_REACH: u64 = (2 << 30) - (64 << 20);
+/// How far a 32-bit PC-relative field reaches, less a margin for addends
+/// (a reference to `sym + 4 MiB` still fits): what [`Slab::reaches`] asks
+/// between any byte of the slab and a target.
+pub const REACH: u64 = (2 << 30) - (64 << 20);
+/// Near slab bases are aligned to this (huge-page friendly).
+const NEAR_ALIGN: u64 = 2 << 20;
 
 /// Which slab an allocation comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,19 +127,12 @@ pub(crate) fn in_jit_memory(addr: u64) -> bool {
 pub struct Slab {
     base: u64,
     size: u64,
-    /// Every address of the slab is within ±2 GiB of the C library.
-    near_host: bool,
     /// Free ranges `(start, len)` sorted by start, page-aligned.
     free: Mutex<Vec<(u64, u64)>>,
 }
 
 fn io(e: rustix::io::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.raw_os_error())
-}
-
-unsafe extern "C" {
-    /// Any libc function: its address anchors the near slab.
-    fn free(p: *mut c_void);
 }
 
 impl Slab {
@@ -157,45 +162,73 @@ impl Slab {
     }
 
     fn new(base: u64, size: u64) -> Slab {
-        let anchor = free as *const () as u64;
-        let near_host =
-            base.abs_diff(anchor) <= NEAR_REACH && (base + size).abs_diff(anchor) <= NEAR_REACH;
         Slab {
             base,
             size,
-            near_host,
             free: Mutex::new(vec![(base, size)]),
         }
     }
 
+    /// The near slab: within [`REACH`] of the host's loaded objects if the
+    /// address space allows (see the module doc), else anywhere.
     fn near() -> Result<Slab, LinkError> {
-        let anchor = free as *const () as u64;
-        let in_reach = |b: u64| {
-            b.abs_diff(anchor) <= NEAR_REACH && (b + NEAR_SIZE).abs_diff(anchor) <= NEAR_REACH
-        };
-        let align = |x: u64| x & !((2 << 20) - 1);
-        let mut hints = Vec::new();
-        for step in 0..12u64 {
-            let below = anchor.saturating_sub(NEAR_SIZE + (256 << 20) + step * (128 << 20));
-            hints.push(align(below));
-        }
-        for &hint in &hints {
-            if hint == 0 {
-                continue;
-            }
-            if let Some(b) = Self::reserve_at(hint, NEAR_SIZE, true) {
-                if in_reach(b) {
-                    return Ok(Self::new(b, NEAR_SIZE));
-                }
-                Self::unreserve(b, NEAR_SIZE);
+        let objects = crate::host::loaded_objects();
+        for (lo, hi) in near_targets(&objects) {
+            // Every slab byte within REACH of both ends of the targets.
+            let bases = hi.saturating_sub(REACH).max(NEAR_ALIGN)
+                ..=lo.saturating_add(REACH).saturating_sub(NEAR_SIZE);
+            if let Some(b) = Self::reserve_within(bases, NEAR_SIZE, lo) {
+                return Ok(Self::new(b, NEAR_SIZE));
             }
         }
-        // Anywhere: host symbols then go through the GOT and PLT.
+        // Anywhere: 32-bit references to the host then go through stubs
+        // and copies.
         let b = Self::reserve_at(0, NEAR_SIZE, false).ok_or_else(|| LinkError::Memory {
             detail: format!("cannot reserve {NEAR_SIZE:#x} bytes of address space"),
             source: std::io::Error::last_os_error(),
         })?;
         Ok(Self::new(b, NEAR_SIZE))
+    }
+
+    /// Reserve `size` bytes at a base in `bases`: below `below` if possible
+    /// (under the libraries, where the kernel maps top-down anyway, and
+    /// away from the gap it keeps for the main stack to grow), highest first.
+    fn reserve_within(bases: RangeInclusive<u64>, size: u64, below: u64) -> Option<u64> {
+        let (lo, hi) = (*bases.start(), *bases.end());
+        if lo > hi {
+            return None;
+        }
+        let down = |x: u64| x & !(NEAR_ALIGN - 1);
+        let hints: Vec<u64> = match free_ranges() {
+            // The highest aligned base of each free range that fits.
+            Some(free) => free
+                .iter()
+                .rev()
+                .filter_map(|&(start, end)| {
+                    let b = down(end.checked_sub(size)?.min(hi));
+                    (b >= start.max(lo)).then_some(b)
+                })
+                .collect(),
+            // No /proc: probe every 64 MiB, from the top.
+            None => (0..)
+                .map(|i: u64| down(hi.saturating_sub(i * (64 << 20))))
+                .take_while(|&b| b >= lo && b > 0)
+                .take(64)
+                .collect(),
+        };
+        let mut hints = hints;
+        // Stable: each half keeps its highest-first order.
+        hints.sort_by_key(|&b| b.saturating_add(size) > below);
+        for hint in hints {
+            if let Some(b) = Self::reserve_at(hint, size, true) {
+                if bases.contains(&b) {
+                    return Some(b);
+                }
+                // A kernel without MAP_FIXED_NOREPLACE took it as a hint.
+                Self::unreserve(b, size);
+            }
+        }
+        None
     }
 
     fn low() -> Option<Slab> {
@@ -232,10 +265,10 @@ impl Slab {
         }
     }
 
-    /// Whether every address of the slab is within ±2 GiB of the C library
-    /// (so PC-relative references to libc, libm, libstdc++ data reach).
-    pub fn near_host(&self) -> bool {
-        self.near_host
+    /// Whether `addr` is within [`REACH`] of every byte of the slab, so a
+    /// 32-bit PC-relative reference from any image in it to `addr` fits.
+    pub fn reaches(&self, addr: u64) -> bool {
+        addr.abs_diff(self.base) <= REACH && addr.abs_diff(self.base + self.size) <= REACH
     }
 
     /// Start and length of the slab.
@@ -269,6 +302,68 @@ impl Slab {
             free.remove(i);
         }
     }
+}
+
+/// The address spans the near slab should reach, best first: every loaded
+/// object; the shared libraries; the object holding `stdout` (the data C
+/// code names most). Only spans a slab can reach whole are returned.
+fn near_targets(objects: &[crate::host::LoadedObject]) -> Vec<(u64, u64)> {
+    let span = |objs: &mut dyn Iterator<Item = &crate::host::LoadedObject>| {
+        objs.filter_map(|o| o.span())
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+    };
+    let stdout = stdout_address();
+    let sets = [
+        span(&mut objects.iter()),
+        span(&mut objects.iter().filter(|o| !o.main)),
+        span(
+            &mut objects
+                .iter()
+                .filter(|o| stdout.is_some_and(|a| o.contains(a))),
+        ),
+    ];
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (lo, hi) in sets.into_iter().flatten() {
+        if (hi - lo).saturating_add(NEAR_SIZE) <= 2 * REACH && !out.contains(&(lo, hi)) {
+            out.push((lo, hi));
+        }
+    }
+    out
+}
+
+/// Where `stdout` is, as JIT'd code resolving it would see it.
+fn stdout_address() -> Option<u64> {
+    // SAFETY: dlsym only reads the loader's tables; the name is a valid C string.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"stdout".as_ptr()) };
+    (!p.is_null()).then_some(p as u64)
+}
+
+/// The unmapped ranges `[start, end)` of the address space below the
+/// highest user address, from `/proc/self/maps` (`None` without it).
+fn free_ranges() -> Option<Vec<(u64, u64)>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut used: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|line| {
+            let (range, _) = line.split_once(' ')?;
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect();
+    used.sort_unstable();
+    // Leave the first 4 GiB alone (non-PIE programs, the low slab).
+    let mut free = Vec::new();
+    let mut at = 1u64 << 32;
+    for (start, end) in used {
+        if start > at {
+            free.push((at, start));
+        }
+        at = at.max(end);
+    }
+    Some(free)
 }
 
 /// The state of an [`Allocation`].
@@ -568,6 +663,97 @@ mod tests {
         s.give_back(a, 0x4000);
         s.give_back(c, 0x8000);
         assert_eq!(*s.free.lock().unwrap(), vec![(0x10000, 0x10000)]);
+    }
+
+    fn object(name: &str, main: bool, segments: &[(u64, u64)]) -> crate::host::LoadedObject {
+        crate::host::LoadedObject {
+            name: name.into(),
+            main,
+            segments: segments.to_vec(),
+        }
+    }
+
+    #[test]
+    fn near_targets_drop_what_no_slab_can_reach_with_the_rest() {
+        const G: u64 = 1 << 30;
+        // The main program far below the libraries (a PIE at 0x55…, the
+        // libraries at 0x7f…): the libraries alone are the target.
+        let libs = [
+            object("", true, &[(0x5555_0000_0000, 0x5555_0010_0000)]),
+            object("libc.so.6", false, &[(0x7f00_0000_0000, 0x7f00_0020_0000)]),
+            object("libm.so.6", false, &[(0x7f00_4000_0000, 0x7f00_4010_0000)]),
+        ];
+        let t = near_targets(&libs);
+        assert_eq!(t.first(), Some(&(0x7f00_0000_0000, 0x7f00_4010_0000)));
+        // Everything close together: all of it.
+        let close = [
+            object(
+                "",
+                true,
+                &[(0x7f00_0000_0000 - G, 0x7f00_0000_0000 - G + 4096)],
+            ),
+            object("libc.so.6", false, &[(0x7f00_0000_0000, 0x7f00_0020_0000)]),
+        ];
+        assert_eq!(
+            near_targets(&close).first(),
+            Some(&(0x7f00_0000_0000 - G, 0x7f00_0020_0000))
+        );
+        // Libraries spread over more than a slab can reach: none of them
+        // (what holds `stdout` in this process is not among them).
+        let spread = [
+            object("liba.so", false, &[(0x7f00_0000_0000, 0x7f00_0000_1000)]),
+            object(
+                "libb.so",
+                false,
+                &[(0x7f00_0000_0000 + 4 * G, 0x7f01_0000_0000 + 4 * G)],
+            ),
+        ];
+        assert!(near_targets(&spread).is_empty());
+    }
+
+    #[test]
+    fn near_slab_reaches_the_c_library_and_the_loader() {
+        let slab = Slab::get(Placement::Near).unwrap().unwrap();
+        let stdout = stdout_address().expect("stdout");
+        assert!(
+            slab.reaches(stdout),
+            "stdout at {stdout:#x}: {:?}",
+            slab.range()
+        );
+        // Loaded at process start, so before any slab: every segment of
+        // the objects holding `stdout` and `dlsym` is in reach.
+        let dlsym = libc::dlsym as *const () as u64;
+        for o in crate::host::loaded_objects() {
+            if o.main || !(o.contains(stdout) || o.contains(dlsym)) {
+                continue;
+            }
+            for &(start, end) in &o.segments {
+                assert!(
+                    slab.reaches(start) && slab.reaches(end - 1),
+                    "{} {start:#x}-{end:#x} out of reach of {:?}",
+                    o.name,
+                    slab.range()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reserve_within_keeps_to_the_window() {
+        // A window in the free space far from everything: reserved inside it.
+        let free = free_ranges().expect("/proc/self/maps");
+        let &(start, end) = free
+            .iter()
+            .find(|&&(s, e)| e - s >= 8 * NEAR_SIZE)
+            .expect("a large free range");
+        let lo = (start + NEAR_SIZE) & !(NEAR_ALIGN - 1);
+        let hi = lo + 2 * NEAR_SIZE;
+        assert!(hi + PAGE <= end);
+        let b = Slab::reserve_within(lo..=hi, PAGE, lo).expect("reserved");
+        assert!((lo..=hi).contains(&b), "{b:#x} outside {lo:#x}..={hi:#x}");
+        Slab::unreserve(b, PAGE);
+        // An empty window: nothing.
+        assert!(Slab::reserve_within(hi..=lo, PAGE, lo).is_none());
     }
 
     #[test]

@@ -150,11 +150,10 @@ pub struct TlsLayout {
     pub align: u64,
 }
 
-/// Per-image values the linker provides itself.
+/// Per-image values the linker provides itself. (`__dso_handle` is not
+/// one of them: it is a slot inside the image, [`Prepared::dso_handle`].)
 #[derive(Debug, Clone, Default)]
 pub struct ImageEnv {
-    /// Address for `__dso_handle`.
-    pub dso_handle: Option<u64>,
     /// Name of the image (for the TLS module and errors).
     pub name: String,
     /// Where the image's TLS block goes, if it has one.
@@ -176,6 +175,10 @@ pub struct Finalized {
     pub init_fini: Vec<(Box<str>, Vec<usize>)>,
     /// Thread-local storage layout (memsz 0 when none).
     pub tls: TlsLayout,
+    /// The address `__dso_handle` names: an 8-byte read-only slot inside
+    /// the image (as crtbegin's is inside a shared object), for
+    /// [`runtime::DsoHandle::new_at`].
+    pub dso_handle: u64,
     /// The image's TLS module, initialized with its `.tdata`.
     pub tls_module: Option<runtime::tls::TlsModule>,
     /// Statistics.
@@ -243,14 +246,17 @@ pub struct Prepared {
     /// symbols excluded), in order of first reference.
     external_refs: Vec<SymbolId>,
     specials: FxHashMap<SymbolId, Special>,
-    /// Copies of host data for non-PIE code, by symbol.
+    /// Copies of host data that 32-bit references may not reach, by symbol.
     copy_blocks: FxHashMap<SymbolId, BlockId>,
+    /// Host code that 32-bit references may not reach: called through its
+    /// PLT stub if it is out of reach once resolved.
+    reach_stubs: FxHashSet<SymbolId>,
+    /// The image's `__dso_handle` slot.
+    dso_block: BlockId,
     /// Live blocks outside TLS, in address order.
     placed: Vec<BlockId>,
     /// Placed below 2 GiB.
     low: bool,
-    /// Host symbols may be out of ±2 GiB reach (copies and stubs were made).
-    far_host: bool,
     /// Externals the resolver said are data defined in JIT memory
     /// ([`Prepared::mark_jit_data`]): a PLT stub can never stand in for them.
     jit_data: FxHashSet<SymbolId>,
@@ -511,6 +517,91 @@ fn in_reach(place: u64, target: u64, addend: i64) -> bool {
     (i128::from(i32::MIN)..=i128::from(i32::MAX)).contains(&v)
 }
 
+/// What [`out_of_reach_host_symbols`] found.
+#[derive(Debug, Default)]
+struct OutOfReach {
+    /// Host data and its size, to copy into the image.
+    copies: Vec<(SymbolId, u64)>,
+    /// Host code (or what the loader cannot classify), to call through a
+    /// PLT stub.
+    stubs: Vec<SymbolId>,
+}
+
+/// Host symbols that 32-bit references of live code might not reach from
+/// `placement`'s slab: data (with its size, to copy into the image) and
+/// everything else (to call through a PLT stub). Decided address by
+/// address with what the process's loader answers now (`dlsym`), so it
+/// holds wherever the host's libraries are — even one loaded far away after
+/// the slab was placed. Names the loader does not know (another image's,
+/// found through the engine) are assumed in reach of the near slab (both
+/// images are in it) and out of reach of the low one. Finalize checks the
+/// resolved addresses again: a copy or stub is used only if still needed.
+///
+/// A PC-relative reference cannot go through a GOT, so a copy is the only
+/// way to reach far data, and it is a documented approximation: a copy of
+/// read-only data (typeinfo, vtables, constants — the usual case) is exact;
+/// of writable data it is a snapshot, the value at link time, with the
+/// image's writes kept in its copy — a copy relocation whose library side
+/// is not redirected (kiln does not rewrite a loaded library's GOT). It
+/// happens only out of reach: host data named by non-PIE code, or by PIE
+/// code when the library lies beyond the near slab's reach (mapped far from
+/// the others, or loaded after the slab was placed). `-fPIC` code names
+/// external data through the GOT and never needs it.
+fn out_of_reach_host_symbols(
+    graph: &LinkGraph,
+    specials: &FxHashMap<SymbolId, Special>,
+    placement: Placement,
+) -> Result<OutOfReach, LinkError> {
+    let slab = crate::memory::Slab::get(placement)?;
+    let fits = |kind: EdgeKind, addr: u64| match kind {
+        EdgeKind::Delta32 => slab.is_some_and(|s| s.reaches(addr)),
+        EdgeKind::Pointer32 => addr <= u64::from(u32::MAX),
+        EdgeKind::Pointer32Signed => addr < 1 << 31,
+        _ => true,
+    };
+    let this = libloading::os::unix::Library::this();
+    let mut host: FxHashMap<SymbolId, Option<u64>> = FxHashMap::default();
+    let mut far: Vec<SymbolId> = Vec::new();
+    let mut far_seen: FxHashSet<SymbolId> = FxHashSet::default();
+    for b in graph.blocks.iter().filter(|b| b.live) {
+        for e in &b.edges {
+            if !matches!(
+                e.kind,
+                EdgeKind::Delta32 | EdgeKind::Pointer32 | EdgeKind::Pointer32Signed
+            ) || far_seen.contains(&e.target)
+                || specials.contains_key(&e.target)
+            {
+                continue;
+            }
+            let sym = &graph.symbols[e.target.index()];
+            if sym.def != SymbolDef::External {
+                continue;
+            }
+            let Some(name) = &sym.name else { continue };
+            let addr = *host
+                .entry(e.target)
+                .or_insert_with(|| crate::host::library_symbol(&this, name));
+            let in_reach = match addr {
+                Some(a) => fits(e.kind, a),
+                None => placement == Placement::Near,
+            };
+            if !in_reach && far_seen.insert(e.target) {
+                far.push(e.target);
+            }
+        }
+    }
+    let mut out = OutOfReach::default();
+    for sym in far {
+        match host[&sym].and_then(crate::host::host_symbol_kind) {
+            Some(crate::host::HostSymbolKind::Data(size)) if size > 0 => {
+                out.copies.push((sym, size));
+            }
+            _ => out.stubs.push(sym),
+        }
+    }
+    Ok(out)
+}
+
 impl Prepared {
     /// Build GOT and PLT, lay out and allocate memory: every block and
     /// linker-made symbol gets its final address. The image is placed below
@@ -610,50 +701,41 @@ impl Prepared {
             }
         }
         external_refs.retain(|id| !specials.contains_key(id));
-        // Non-PIE code lives below 2 GiB, out of reach of the host's
-        // libraries: host functions it names get a PLT stub (their address
-        // then is the stub's), host data it names a copy taken at link time
-        // (like a copy relocation whose library side is not redirected).
-        let mut copies: Vec<(SymbolId, u64)> = Vec::new();
-        // The same holds for PIE code when the kernel did not let the slab
-        // sit near the host's libraries.
-        let far_host = below_2gib
-            || needs_low.is_some()
-            || !crate::memory::Slab::get(Placement::Near)?.is_some_and(|s| s.near_host());
-        if far_host {
-            let this = libloading::os::unix::Library::this();
-            let mut seen = HashSet::new();
-            for b in graph.blocks.iter().filter(|b| b.live) {
-                for e in &b.edges {
-                    let sym = &graph.symbols[e.target.index()];
-                    if sym.def != SymbolDef::External
-                        || specials.contains_key(&e.target)
-                        || !matches!(
-                            e.kind,
-                            EdgeKind::Delta32 | EdgeKind::Pointer32 | EdgeKind::Pointer32Signed
-                        )
-                        || !seen.insert(e.target)
-                    {
-                        continue;
-                    }
-                    let Some(name) = &sym.name else { continue };
-                    let addr = crate::host::library_symbol(&this, name);
-                    match addr.and_then(crate::host::host_symbol_kind) {
-                        Some(crate::host::HostSymbolKind::Data(size)) if size > 0 => {
-                            copies.push((e.target, size));
-                        }
-                        _ => {
-                            if plt_seen.insert(e.target) {
-                                plt_syms.push(e.target);
-                            }
-                            if got_seen.insert(GotKey::Addr(e.target)) {
-                                got_keys.push(GotKey::Addr(e.target));
-                            }
-                        }
-                    }
-                }
+        let placement = if needs_low.is_some() || below_2gib {
+            Placement::Low
+        } else {
+            Placement::Near
+        };
+        // Host symbols that 32-bit references cannot reach from the slab:
+        // functions get a PLT stub (their address then is the stub's), data
+        // a copy taken at link time.
+        let OutOfReach {
+            copies,
+            stubs: reach_stubs,
+        } = out_of_reach_host_symbols(&graph, &specials, placement)?;
+        for &sym in &reach_stubs {
+            if plt_seen.insert(sym) {
+                plt_syms.push(sym);
+            }
+            if got_seen.insert(GotKey::Addr(sym)) {
+                got_keys.push(GotKey::Addr(sym));
             }
         }
+        // What kiln provides per image lives inside it, in reach by
+        // construction wherever the slab is: `__dso_handle`'s slot.
+        let dso_section = graph.section("$__DSO_HANDLE", Prot::Read, SectionRole::Ordinary);
+        let dso_block = graph.add_block(Block {
+            section: dso_section,
+            object: None,
+            input_section: "$__DSO_HANDLE".into(),
+            input_offset: 0,
+            content: Content::Bytes(vec![0; 8]),
+            align: 8,
+            edges: Vec::new(),
+            fde: None,
+            live: true,
+            addr: 0,
+        });
         let mut copy_blocks = FxHashMap::default();
         if !copies.is_empty() {
             let section = graph.section("$__COPIES", Prot::ReadWrite, SectionRole::Ordinary);
@@ -790,16 +872,13 @@ impl Prepared {
         }
         let total = align_up(offset.max(1), PAGE);
 
-        let placement = if needs_low.is_some() || below_2gib {
-            Placement::Low
-        } else {
-            Placement::Near
-        };
         let mut alloc = Allocation::new(total, placement)?;
         let mut alloc_low = placement == Placement::Low;
         if alloc.is_none() && needs_low.is_none() && alloc_low {
             // Only asked to be low for others' sake: near still links; the
             // non-PIE code that cannot reach it fails with a named error.
+            // (Copies and stubs were chosen for low: finalize uses each only
+            // if its target is still out of reach.)
             alloc = Allocation::new(total, Placement::Near)?;
             alloc_low = false;
         }
@@ -840,9 +919,10 @@ impl Prepared {
             external_refs,
             specials,
             copy_blocks,
+            reach_stubs: reach_stubs.into_iter().collect(),
+            dso_block,
             placed,
             low: alloc_low,
-            far_host,
             jit_data: FxHashSet::default(),
         })
     }
@@ -855,6 +935,13 @@ impl Prepared {
     /// TLS layout of the image.
     pub fn tls_layout(&self) -> TlsLayout {
         self.tls
+    }
+
+    /// The address `__dso_handle` names in this image: an 8-byte slot in
+    /// its read-only data, so PC-relative references to it always reach.
+    /// Register the image's [`runtime::DsoHandle`] there.
+    pub fn dso_handle(&self) -> u64 {
+        self.graph.blocks[self.dso_block.index()].addr
     }
 
     /// Address range of the allocation.
@@ -1095,7 +1182,7 @@ impl Prepared {
         out
     }
 
-    fn symbol_address(&self, id: SymbolId, env: &ImageEnv) -> u64 {
+    fn symbol_address(&self, id: SymbolId) -> u64 {
         let g = &self.graph;
         let s = &g.symbols[id.index()];
         match s.def {
@@ -1106,7 +1193,7 @@ impl Prepared {
             SymbolDef::External => {
                 if let Some(sp) = self.specials.get(&id) {
                     return match *sp {
-                        Special::DsoHandle => env.dso_handle.unwrap_or(self.alloc.base()),
+                        Special::DsoHandle => self.dso_handle(),
                         Special::TlsModuleBase => 0,
                         Special::GlobalOffsetTable => self.got_base(),
                         Special::Start(sec) | Special::Stop(sec) => {
@@ -1172,10 +1259,12 @@ impl Prepared {
         let g = &self.graph;
         // Final value of every symbol, computed once.
         let mut addrs: Vec<u64> = (0..g.symbols.len())
-            .map(|i| self.symbol_address(SymbolId(i as u32), env))
+            .map(|i| self.symbol_address(SymbolId(i as u32)))
             .collect();
-        // Redirect host symbols that non-PIE code cannot reach: data to its
-        // copy (snapshotted now), functions to their PLT stub.
+        // Redirect host symbols that 32-bit references cannot reach (chosen
+        // by `out_of_reach_host_symbols`, checked again now that the
+        // addresses are resolved): data to its copy (snapshotted now),
+        // functions to their PLT stub.
         let plt_base = self.plt_block.map_or(0, |b| g.blocks[b.index()].addr);
         let (base, len, low) = (self.alloc.base(), self.alloc.len(), self.low);
         // Out of reach of some place of this image for a 32-bit field.
@@ -1197,19 +1286,16 @@ impl Prepared {
         }
         // GOT entries hold the real addresses; only edges see the stubs.
         let got_addrs = addrs.clone();
-        if self.far_host {
-            for (&sym, &off) in &self.plt {
-                let host = addrs[sym.index()];
-                if g.symbols[sym.index()].def == SymbolDef::External
-                    && far(host)
-                    && !self.copy_blocks.contains_key(&sym)
-                {
-                    if self.jit_data.contains(&sym) && crate::memory::in_jit_memory(host) {
-                        // Another image's data: a stub's bytes are no stand-in.
-                        return Err(self.data_out_of_reach(sym));
-                    }
-                    addrs[sym.index()] = plt_base + off;
+        for &sym in &self.reach_stubs {
+            let host = addrs[sym.index()];
+            if far(host)
+                && let Some(&off) = self.plt.get(&sym)
+            {
+                if self.jit_data.contains(&sym) && crate::memory::in_jit_memory(host) {
+                    // Another image's data: a stub's bytes are no stand-in.
+                    return Err(self.data_out_of_reach(sym));
                 }
+                addrs[sym.index()] = plt_base + off;
             }
         }
         for (block, host) in snapshots {
@@ -1493,6 +1579,7 @@ impl Prepared {
                 ..PhaseTimings::default()
             },
         };
+        let dso_handle = self.dso_handle();
         let (kept, graph) = if options.keep_graph {
             (Some(self.graph), None)
         } else {
@@ -1505,6 +1592,7 @@ impl Prepared {
                 eh_frame: self.eh_frame,
                 init_fini,
                 tls: self.tls,
+                dso_handle,
                 tls_module,
                 stats,
                 graph: kept,

@@ -49,6 +49,14 @@ fn never_writable_and_executable_and_released_on_drop() {
     let host = HostSymbols::new();
     let stop = AtomicBool::new(false);
     let scans = AtomicUsize::new(0);
+    /// Stops the scanner however the linking thread leaves (a failed
+    /// assertion must fail the test, not leave `scope` waiting forever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
         let scanner = s.spawn(|| {
             let mut bad = Vec::new();
@@ -62,6 +70,7 @@ fn never_writable_and_executable_and_released_on_drop() {
             }
             bad
         });
+        let stopper = StopOnDrop(&stop);
         let mut ranges = Vec::new();
         for round in 0..20 {
             let mut linker = Linker::new(Default::default());
@@ -91,7 +100,7 @@ fn never_writable_and_executable_and_released_on_drop() {
                 }
             }
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         let bad = scanner.join().expect("scanner");
         assert!(bad.is_empty(), "W+X mappings seen: {bad:?}");
         assert!(scans.load(Ordering::Relaxed) > 0);
