@@ -239,63 +239,7 @@ fn check(program: &str, sources: &[&str], cxx: &str, flags: &[&str], must_contai
         "{tag}: output differs from the native build"
     );
     assert_eq!(jit_ret, native_ret, "{tag}: main's return value differs");
-    if !LAZY_KNOWN_FAILURES.iter().any(|(n, _)| *n == program) {
-        check_lazy(&tag, cxx, &objs, &dir);
-    }
-}
-
-/// Configurations whose `--lazy` run is known to differ, each with its own
-/// ignored test below (run them with `--ignored`); the reason names the
-/// issue item that owns the fix.
-const LAZY_KNOWN_FAILURES: &[(&str, &str)] = &[
-    ("statics_gxx_o0", LAZY_DTORS),
-    ("statics_gxx_o2", LAZY_DTORS),
-    ("statics_gxx_o2_pic", LAZY_DTORS),
-    ("statics_clangxx_o2", LAZY_DTORS),
-];
-const LAZY_DTORS: &str = "static destructors run image by image under --lazy, \
-                          interleaved otherwise than eager (issue 8 §2.2, linker-cxx)";
-
-/// Compiles configuration `name` and runs it with `kiln run --lazy` and
-/// `kiln run` (for the ignored tests of [`LAZY_KNOWN_FAILURES`]).
-fn check_lazy_only(name: &str) {
-    let Some(&(_, sources, cxx, flags, _)) = CONFIGS.iter().find(|c| c.0 == name) else {
-        panic!("no configuration {name}");
-    };
-    if !common::need_tool(cxx) {
-        return;
-    }
-    let tag = format!("lazy-{name}");
-    let dir = scratch(&tag);
-    let objs: Vec<PathBuf> = sources
-        .iter()
-        .map(|s| compile(cxx, s, flags, &dir.join(s.replace(".cpp", ".o"))))
-        .collect();
     check_lazy(&tag, cxx, &objs, &dir);
-}
-
-#[test]
-#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
-fn lazy_statics_gxx_o0() {
-    check_lazy_only("statics_gxx_o0");
-}
-
-#[test]
-#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
-fn lazy_statics_gxx_o2() {
-    check_lazy_only("statics_gxx_o2");
-}
-
-#[test]
-#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
-fn lazy_statics_gxx_o2_pic() {
-    check_lazy_only("statics_gxx_o2_pic");
-}
-
-#[test]
-#[ignore = "static destructors run image by image under --lazy, interleaved otherwise than eager (issue 8 §2.2, linker-cxx)"]
-fn lazy_statics_clangxx_o2() {
-    check_lazy_only("statics_clangxx_o2");
 }
 
 /// `kiln run --lazy` prints and returns what the native executable of
