@@ -1,0 +1,163 @@
+//! The search of a lookup: walking the search order dylib by dylib,
+//! matching names, asking generators for what is missing, and finishing
+//! (not found, parked until definitions arrive, flags answered, or bound).
+
+use smallvec::SmallVec;
+
+use super::{Found, PendingLookup, State};
+use crate::actor::{AskedNames, Effect, Effects, LookupMsg, SessionCore};
+use crate::dispatch::Task;
+use crate::error::Error;
+use crate::generator::GenerateRequest;
+use crate::lookup::{DylibLookup, SymbolLookup};
+use crate::name::SymbolName;
+use crate::session::Dylib;
+use crate::sync::Arc;
+
+impl State {
+    pub(crate) fn start_lookup(
+        &mut self,
+        core: &Arc<SessionCore>,
+        msg: LookupMsg,
+        fx: &mut Effects,
+    ) {
+        let id = msg.id;
+        let n = msg.names.len();
+        if let Some(resp) = msg.blocking_for {
+            self.blocked.insert(resp, id);
+        }
+        self.lookups.insert(
+            id,
+            PendingLookup {
+                shared: msg.shared,
+                order: msg.order,
+                names: msg.names,
+                state: msg.state,
+                kind: msg.kind,
+                await_definitions: msg.await_definitions,
+                flags_reply: msg.flags_reply,
+                blocked_resp: msg.blocking_for,
+                pos: 0,
+                next_gen: 0,
+                parked: false,
+                found: smallvec::smallvec![Found::default(); n],
+                bound: false,
+                remaining: 0,
+                pending: SmallVec::new(),
+            },
+        );
+        self.advance(core, id, fx);
+    }
+
+    /// Walks the search order from where the lookup stopped: matches names
+    /// dylib by dylib, asks generators for what is missing (suspending the
+    /// lookup while one runs), and finishes when the order is exhausted.
+    pub(super) fn advance(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Effects) {
+        let Some(lk) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        loop {
+            if lk.pos >= lk.order.len() {
+                return self.finish_search(core, id, fx);
+            }
+            let (did, visibility) = lk.order[lk.pos];
+            let d = &mut self.dylibs[did as usize];
+            if d.removed {
+                let name = d.shared.name.clone();
+                return self.fail_lookup(id, Error::DylibRemoved(name), fx);
+            }
+            let mut missing: SmallVec<[usize; 4]> = SmallVec::new();
+            for (i, (name, _)) in lk.names.iter().enumerate() {
+                if lk.found[i].sym.is_some() {
+                    continue;
+                }
+                match d.shared.index.sym(name) {
+                    Some(sid) => {
+                        let visible = visibility == DylibLookup::All
+                            || self.syms[sid as usize].flags.is_exported();
+                        if visible {
+                            lk.found[i].sym = Some(sid);
+                            lk.found[i].at = lk.pos as u32;
+                        }
+                    }
+                    None => missing.push(i),
+                }
+            }
+            while !missing.is_empty() && lk.next_gen < d.generators.len() {
+                let g = lk.next_gen;
+                let entry = &mut d.generators[g];
+                // Pushed one by one: collecting a filtered iterator into a
+                // small vector costs more than the usual single name.
+                let mut ask = AskedNames::new();
+                for &i in &missing {
+                    let name = &lk.names[i].0;
+                    if !entry.misses.contains(name) {
+                        ask.push(name.clone());
+                    }
+                }
+                if ask.is_empty() {
+                    lk.next_gen += 1;
+                    continue;
+                }
+                if entry.in_flight > 0 && !entry.concurrent {
+                    // Serialized: wait our turn, then retry this generator.
+                    entry.queue.push_back(id);
+                    return;
+                }
+                entry.in_flight += 1;
+                lk.next_gen += 1;
+                let request = GenerateRequest {
+                    dylib: Dylib::from_shared(core.clone(), d.shared.clone()),
+                    names: ask,
+                    kind: lk.kind,
+                    visibility,
+                    lookup: id,
+                    generator: g,
+                    completed: false,
+                };
+                fx.push(Effect::Dispatch(Task::generate(
+                    entry.generator.clone(),
+                    request,
+                )));
+                return;
+            }
+            lk.pos += 1;
+            lk.next_gen = 0;
+        }
+    }
+
+    pub(super) fn finish_search(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Effects) {
+        let lk = &mut self.lookups.get_mut(&id).expect("lookup exists");
+        let missing: Vec<SymbolName> = lk
+            .names
+            .iter()
+            .zip(lk.found.iter().map(|f| f.sym))
+            .filter(|((_, how), m)| m.is_none() && *how == SymbolLookup::Required)
+            .map(|((n, _), _)| n.clone())
+            .collect();
+        if !missing.is_empty() {
+            if lk.await_definitions {
+                lk.parked = true;
+                for &(did, _) in &lk.order {
+                    self.dylibs[did as usize].awaiting.insert(id);
+                }
+                return;
+            }
+            return self.fail_lookup(id, Error::SymbolsNotFound { names: missing }, fx);
+        }
+        if lk.flags_reply.is_some() {
+            let lk = self.lookups.remove(&id).expect("lookup exists");
+            let flags = lk
+                .names
+                .iter()
+                .zip(lk.found.iter().map(|f| f.sym))
+                .filter_map(|((n, _), m)| m.map(|sid| (n.clone(), self.syms[sid as usize].flags)))
+                .collect();
+            if let Some(reply) = lk.flags_reply {
+                reply.send(Ok(flags));
+            }
+            return;
+        }
+        self.bind(core, id, fx);
+    }
+}
