@@ -323,12 +323,21 @@ impl Session {
 
     /// Removes `dylib`: all its trackers (failing in-flight work), its
     /// generators and its symbols; lookups naming it fail afterwards.
+    /// Returns when the resource managers are done (called from inside a
+    /// [`ResourceTracker::with_resource_key`] closure of one of its
+    /// trackers: when the symbols are gone; the managers run when the
+    /// closure returns).
     pub fn remove_dylib(&self, dylib: &Dylib) -> Result<()> {
         let (reply, wait) = Reply::new();
         self.core.send(Msg::RemoveDylib {
             dylib: dylib.id(),
             reply,
         });
+        // From inside a `with_resource_key` closure of one of its trackers,
+        // the managers run when that closure returns: do not wait for them.
+        if crate::tracker::inside(&self.core, dylib.id(), None) {
+            return Ok(());
+        }
         wait.wait()
     }
 
@@ -549,6 +558,7 @@ impl Dylib {
         Ok(ResourceTracker {
             core: self.core.clone(),
             shared: wait.wait()?,
+            follows: false,
         })
     }
 
@@ -557,6 +567,7 @@ impl Dylib {
         ResourceTracker {
             core: self.core.clone(),
             shared: self.shared.default_tracker.clone(),
+            follows: false,
         }
     }
 

@@ -274,18 +274,20 @@ pub(crate) enum Effect {
     Complete(Arc<LookupShared>, Result<SymbolMap>),
     /// Drop user objects (units, generators) off the actor.
     Drop(Box<dyn Send>),
-    /// Run resource managers' removal for these keys, then reply.
+    /// Run resource managers' removal for these trackers' keys (each once
+    /// no `with_resource_key` closure runs under it), then reply.
     RemoveResources {
-        keys: Vec<ResourceKey>,
+        trackers: Vec<Arc<TrackerShared>>,
         managers: Vec<Arc<dyn ResourceManager>>,
         reply: Option<Reply<Result<()>>>,
     },
     /// Answer a request once the effects before this one have run.
     Signal(Reply<()>),
-    /// Run resource managers' transfer, then reply.
+    /// Run resource managers' transfer (once no `with_resource_key`
+    /// closure runs under `src`), then reply.
     TransferResources {
         dst: ResourceKey,
-        src: ResourceKey,
+        src: Arc<TrackerShared>,
         managers: Vec<Arc<dyn ResourceManager>>,
         reply: Reply<Result<()>>,
     },
@@ -460,35 +462,17 @@ impl SessionCore {
             Effect::Complete(shared, result) => shared.complete(self, result),
             Effect::Drop(object) => drop(object),
             Effect::RemoveResources {
-                keys,
+                trackers,
                 managers,
                 reply,
-            } => {
-                let mut first_error = None;
-                for key in keys {
-                    // Reverse registration order, like ORC.
-                    for manager in managers.iter().rev() {
-                        if let Err(e) = manager.remove_resources(key) {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                if let Some(reply) = reply {
-                    reply.send(first_error.map_or(Ok(()), Err));
-                }
-            }
+            } => crate::tracker::remove_resources(trackers, managers, reply),
             Effect::Signal(reply) => reply.send(()),
             Effect::TransferResources {
                 dst,
                 src,
                 managers,
                 reply,
-            } => {
-                for manager in &managers {
-                    manager.transfer_resources(dst, src);
-                }
-                reply.send(Ok(()));
-            }
+            } => crate::tracker::transfer_resources(&src, dst, managers, reply),
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::actor::{DylibId, DylibShared, Effect, Effects};
 use crate::error::{Error, Result};
 use crate::lookup::DylibLookup;
 use crate::sync::Arc;
-use crate::tracker::ResourceKey;
+use crate::tracker::TrackerShared;
 
 impl State {
     pub(crate) fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
@@ -36,7 +36,11 @@ impl State {
         Ok(shared)
     }
 
-    pub(super) fn remove_dylib(&mut self, dylib: DylibId, fx: &mut Effects) -> Vec<ResourceKey> {
+    pub(super) fn remove_dylib(
+        &mut self,
+        dylib: DylibId,
+        fx: &mut Effects,
+    ) -> Vec<Arc<TrackerShared>> {
         let d = &mut self.dylibs[dylib as usize];
         if d.removed {
             return Vec::new();
@@ -49,9 +53,9 @@ impl State {
         // Unpublish everything at once, before any tracker's memory goes;
         // the trackers then find nothing left to unpublish one by one.
         d.shared.index.clear();
-        let mut keys = Vec::new();
+        let mut removed = Vec::new();
         for t in trackers {
-            keys.extend(self.remove_tracker(t, fx));
+            removed.extend(self.remove_tracker(t, fx));
         }
         for gen_entry in generators {
             fx.push(Effect::Drop(Box::new(gen_entry.generator)));
@@ -69,6 +73,6 @@ impl State {
         for id in searching {
             self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
         }
-        keys
+        removed
     }
 }

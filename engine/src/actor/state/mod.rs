@@ -322,18 +322,18 @@ impl State {
                 Err(e) => Err(e),
             }),
             Msg::RemoveTracker { tracker, reply } => {
-                let key = self.remove_tracker(tracker, fx);
+                let removed = self.remove_tracker(tracker, fx);
                 fx.push(Effect::RemoveResources {
-                    keys: key.into_iter().collect(),
+                    trackers: removed.into_iter().collect(),
                     managers: self.managers.clone(),
                     reply,
                 });
             }
             Msg::TransferTracker { src, dst, reply } => self.transfer(src, dst, reply, fx),
             Msg::RemoveDylib { dylib, reply } => {
-                let keys = self.remove_dylib(dylib, fx);
+                let trackers = self.remove_dylib(dylib, fx);
                 fx.push(Effect::RemoveResources {
-                    keys,
+                    trackers,
                     managers: self.managers.clone(),
                     reply: Some(reply),
                 });
@@ -365,10 +365,10 @@ impl State {
             }
             Msg::QueryState { dylib, name, reply } => reply.send(self.symbol_state(dylib, &name)),
             Msg::End { reply } => {
-                let mut keys = Vec::new();
+                let mut trackers = Vec::new();
                 for id in 0..self.dylibs.len() as DylibId {
                     if !self.dylibs[id as usize].removed {
-                        keys.extend(self.remove_dylib(id, fx));
+                        trackers.extend(self.remove_dylib(id, fx));
                     }
                 }
                 let ids: Vec<u64> = self.lookups.keys().copied().collect();
@@ -377,7 +377,7 @@ impl State {
                 }
                 self.ended = true;
                 fx.push(Effect::RemoveResources {
-                    keys,
+                    trackers,
                     managers: std::mem::take(&mut self.managers),
                     reply: None,
                 });

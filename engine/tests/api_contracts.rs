@@ -1,0 +1,252 @@
+//! API contracts of kiln issue 8 §1: errors that keep their chain and name
+//! every symbol, trackers whose closures run under no engine lock and whose
+//! responsibilities follow transfers, and removal of symbols and generators.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use common::*;
+use kiln_engine::*;
+
+/// Runs `f` on a thread and fails the test (instead of hanging it) when it
+/// does not return within a generous bound — a deadlock detector, not a
+/// timing assertion.
+fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what}: deadlocked (did not return in 30 s)"))
+}
+
+#[derive(Default)]
+struct Manager {
+    removed: Mutex<Vec<ResourceKey>>,
+    transferred: Mutex<Vec<(ResourceKey, ResourceKey)>>,
+    held: Mutex<Vec<ResourceKey>>,
+}
+
+impl ResourceManager for Manager {
+    fn remove_resources(&self, key: ResourceKey) -> Result<()> {
+        self.removed.lock().unwrap().push(key);
+        self.held.lock().unwrap().retain(|k| *k != key);
+        Ok(())
+    }
+    fn transfer_resources(&self, dst: ResourceKey, src: ResourceKey) {
+        self.transferred.lock().unwrap().push((dst, src));
+        for k in self.held.lock().unwrap().iter_mut() {
+            if *k == src {
+                *k = dst;
+            }
+        }
+    }
+}
+
+// ----- item 10: errors keep their chain ---------------------------------
+
+#[derive(Debug, thiserror::Error)]
+#[error("the host's own error: code {0}")]
+struct HostError(u32);
+
+#[test]
+fn a_failure_keeps_its_cause_in_the_source_chain_typed() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let f = s.intern("f");
+    d.define(unit("u", &[(&f, X)], |r| r.fail(Error::external(HostError(7)))))
+        .unwrap();
+    let err = lookup(&s, &[&d], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    assert!(matches!(err, Error::Failed { .. }), "{err:?}");
+    // source() reaches the host's error, with its type.
+    let mut found = None;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = next {
+        if let Some(h) = e.downcast_ref::<HostError>() {
+            found = Some(h.0);
+        }
+        next = e.source();
+    }
+    assert_eq!(found, Some(7), "no HostError in the source chain of {err:?}");
+    assert_eq!(err.downcast_ref::<HostError>().map(|h| h.0), Some(7));
+    assert!(matches!(err.root_cause(), Error::External(_)));
+    s.end();
+}
+
+#[test]
+fn a_generator_error_is_the_source_of_the_lookup_error() {
+    struct Failing;
+    impl Generator for Failing {
+        fn generate(&self, req: GenerateRequest) {
+            req.complete(Err(Error::external(HostError(3))));
+        }
+    }
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    d.add_generator(Failing).unwrap();
+    let f = s.intern("f");
+    let err = lookup(&s, &[&d], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    let source = std::error::Error::source(&err).expect("Generator has a source");
+    assert!(source.to_string().contains("code 3"), "{source}");
+    assert_eq!(err.downcast_ref::<HostError>().map(|h| h.0), Some(3));
+    s.end();
+}
+
+// ----- item 7: no user closure under an engine lock ---------------------
+
+#[test]
+fn removing_the_tracker_inside_with_resource_key_does_not_deadlock() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let m = Arc::new(Manager::default());
+    s.register_resource_manager(m.clone());
+    let rt = d.create_tracker().unwrap();
+    let (rt2, m2) = (rt.clone(), m.clone());
+    let result = must_return("remove inside with_resource_key", move || {
+        rt2.with_resource_key(|key| {
+            m2.held.lock().unwrap().push(key);
+            rt2.remove()
+        })
+    });
+    assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+    assert!(rt.is_removed());
+    // The managers ran once the closure returned, and saw what it registered.
+    assert_eq!(*m.removed.lock().unwrap(), vec![rt.key()]);
+    assert!(m.held.lock().unwrap().is_empty());
+    s.end();
+}
+
+#[test]
+fn with_resource_key_may_use_the_engine_and_query_its_tracker() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let rt = d.create_tracker().unwrap();
+    let f = s.intern("f");
+    let (rt2, d2, f2) = (rt.clone(), d.clone(), f.clone());
+    let found = must_return("engine calls inside with_resource_key", move || {
+        rt2.with_resource_key(|_| {
+            assert!(!rt2.is_removed());
+            d2.define_with(emitting(&f2, 0x10, vec![]), &rt2).unwrap();
+            let other = d2.create_tracker().unwrap();
+            other.remove().unwrap();
+            d2.lookup_ready(&["f"]).unwrap().get(&f2).map(|d| d.address)
+        })
+    });
+    assert_eq!(found.unwrap(), Some(0x10));
+    s.end();
+}
+
+#[test]
+fn removal_from_another_thread_waits_for_a_running_closure() {
+    let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let d = s.create_dylib("d").unwrap();
+    let m = Arc::new(Manager::default());
+    s.register_resource_manager(m.clone());
+    let rt = d.create_tracker().unwrap();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (rt2, m2) = (rt.clone(), m.clone());
+    let closure = std::thread::spawn(move || {
+        rt2.with_resource_key(|key| {
+            entered_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            // Registered after the removal started: still seen by it.
+            m2.held.lock().unwrap().push(key);
+        })
+    });
+    entered_rx.recv().unwrap();
+    let rt3 = rt.clone();
+    let remover = std::thread::spawn(move || rt3.remove());
+    // Whatever the interleaving, the removal's managers run after the
+    // closure, so they free what it registered.
+    go_tx.send(()).unwrap();
+    closure.join().unwrap().unwrap();
+    remover.join().unwrap().unwrap();
+    assert_eq!(*m.removed.lock().unwrap(), vec![rt.key()]);
+    assert!(m.held.lock().unwrap().is_empty(), "a resource was stranded");
+    s.end();
+}
+
+// ----- item 6: a responsibility's tracker follows transfers -------------
+
+#[test]
+fn transfer_during_materialization_moves_the_units_tracker_too() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let m = Arc::new(Manager::default());
+    s.register_resource_manager(m.clone());
+    let (src, dst) = (d.create_tracker().unwrap(), d.create_tracker().unwrap());
+    let f = s.intern("f");
+    let (f2, src2, dst2, m2) = (f.clone(), src.clone(), dst.clone(), m.clone());
+    let recorded = Arc::new(Mutex::new(None));
+    let rec = recorded.clone();
+    d.define_with(
+        unit("moves", &[(&f, X)], move |r| {
+            src2.transfer_to(&dst2).unwrap();
+            // The unit records its resources after the transfer.
+            let key = r.tracker().with_resource_key(|key| {
+                m2.held.lock().unwrap().push(key);
+                key
+            });
+            *rec.lock().unwrap() = Some(key.clone());
+            r.resolve(&[(f2.clone(), def(0x20))]).unwrap();
+            r.emit(vec![]).unwrap();
+        }),
+        &src,
+    )
+    .unwrap();
+    let found = lookup(&s, &[&d], &[&f], RequiredState::Ready).wait();
+    assert_eq!(found.unwrap().get(&f).map(|d| d.address), Some(0x20));
+    let key = recorded.lock().unwrap().take().unwrap();
+    assert_eq!(key.unwrap(), dst.key(), "resources filed under the destination");
+    assert!(src.is_removed());
+    // Removing the destination frees them.
+    dst.remove().unwrap();
+    assert!(m.held.lock().unwrap().is_empty());
+    assert_eq!(d.symbol_state(&f), None);
+    s.end();
+}
+
+#[test]
+fn a_unit_still_running_fails_when_its_transferred_tracker_is_removed() {
+    let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let d = s.create_dylib("d").unwrap();
+    let (src, dst) = (d.create_tracker().unwrap(), d.create_tracker().unwrap());
+    let f = s.intern("f");
+    let (park, parked) = slot::<Responsibility>();
+    d.define_with(
+        unit("parks", &[(&f, X)], move |r| *park.lock().unwrap() = Some(r)),
+        &src,
+    )
+    .unwrap();
+    let waiting = lookup(&s, &[&d], &[&f], RequiredState::Ready);
+    let r = loop {
+        if let Some(r) = parked.lock().unwrap().take() {
+            break r;
+        }
+        std::thread::yield_now();
+    };
+    src.transfer_to(&dst).unwrap();
+    assert_eq!(r.tracker().key(), dst.key());
+    assert!(!r.tracker().is_removed());
+    dst.remove().unwrap();
+    assert!(r.tracker().is_removed());
+    assert!(matches!(
+        r.tracker().with_resource_key(|k| k),
+        Err(Error::TrackerRemoved { .. })
+    ));
+    let err = waiting.wait_timeout(Duration::from_secs(30)).unwrap_err();
+    assert!(err.to_string().contains("tracker"), "{err}");
+    drop(r);
+    s.end();
+}
+
+#[allow(dead_code)]
+fn unused(_: AtomicUsize, _: Ordering) {}
