@@ -159,9 +159,22 @@ impl fmt::Debug for ExternalError {
     }
 }
 
+/// The error's message followed by those of its sources that it does not
+/// already quote, `: `-separated — the engine's messages explain themselves
+/// in one line.
 impl fmt::Display for ExternalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            let s_text = s.to_string();
+            if !text.contains(&s_text) {
+                text.push_str(": ");
+                text.push_str(&s_text);
+            }
+            source = s.source();
+        }
+        f.write_str(&text)
     }
 }
 
