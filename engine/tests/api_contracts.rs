@@ -250,3 +250,66 @@ fn a_unit_still_running_fails_when_its_transferred_tracker_is_removed() {
 
 #[allow(dead_code)]
 fn unused(_: AtomicUsize, _: Ordering) {}
+
+// ----- item 3: a failure names every symbol it could not deliver --------
+
+#[test]
+fn a_failed_unit_fails_the_lookup_naming_every_symbol() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (foo, bar) = (s.intern("foo"), s.intern("bar"));
+    d.define(unit("two", &[(&foo, X), (&bar, X)], |r| {
+        r.fail(Error::msg("the compiler crashed"))
+    }))
+    .unwrap();
+    let err = lookup(&s, &[&d], &[&foo, &bar], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    let Error::Failed { symbols, .. } = &err else {
+        panic!("{err:?}")
+    };
+    let names: Vec<&str> = symbols.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["foo", "bar"], "{err}");
+    assert!(symbols.iter().all(|q| &*q.dylib == "d"));
+    assert_eq!(err.root_cause().to_string(), "the compiler crashed");
+    // A later lookup of both (the symbols are failed already) says the same.
+    let again = lookup(&s, &[&d], &[&foo, &bar], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    assert_eq!(again.to_string(), err.to_string());
+    s.end();
+}
+
+#[test]
+fn failures_in_two_dylibs_are_named_with_their_dylibs() {
+    let s = inplace();
+    let (a, b) = (s.create_dylib("a").unwrap(), s.create_dylib("b").unwrap());
+    let (f, g) = (s.intern("f"), s.intern("g"));
+    let (park, parked) = slot::<Responsibility>();
+    let park2 = park.clone();
+    a.define(unit("ua", &[(&f, X)], move |r| {
+        *park.lock().unwrap() = Some(r)
+    }))
+    .unwrap();
+    // g depends on f: emitted, then failed through f.
+    b.define(emitting(&g, 2, vec![(a.clone(), vec![f.clone()])]))
+        .unwrap();
+    let _ = park2;
+    let waiting = s.lookup(
+        &SearchOrder::new()
+            .with(&a, DylibLookup::All)
+            .with(&b, DylibLookup::All),
+        &LookupSet::required([f.clone(), g.clone()]),
+        RequiredState::Ready,
+    );
+    let r = parked.lock().unwrap().take().expect("f's unit started");
+    r.fail(Error::msg("no f"));
+    let err = waiting.wait().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("f in dylib 'a'") && text.contains("g in dylib 'b'"),
+        "{text}"
+    );
+    assert_eq!(err.root_cause().to_string(), "no f");
+    s.end();
+}

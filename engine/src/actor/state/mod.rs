@@ -49,6 +49,14 @@ use crate::tracker::{ResourceManager, TrackerShared};
 
 type FixedSet<T> = std::collections::HashSet<T, FixedState>;
 
+/// Lookups to fail once the failures being applied are all applied.
+#[derive(Default)]
+struct FailingLookups {
+    /// Nesting of failure batches in progress.
+    depth: u32,
+    lookups: Vec<u64>,
+}
+
 /// All mutable session state.
 pub(crate) struct State {
     dylibs: Vec<DylibState>,
@@ -64,6 +72,10 @@ pub(crate) struct State {
     next_key: u64,
     ended: bool,
     scratch: EmitScratch,
+    /// Lookups waiting on symbols failed in the current batch of failures:
+    /// failed together once the batch is done, so each error names every
+    /// symbol of the lookup that failed.
+    failing: FailingLookups,
 }
 
 /// Buffers `emit` reuses from call to call.
@@ -210,6 +222,7 @@ impl State {
             next_key: 1,
             ended: false,
             scratch: EmitScratch::default(),
+            failing: FailingLookups::default(),
         }
     }
 
