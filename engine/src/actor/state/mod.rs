@@ -112,6 +112,8 @@ struct GenEntry {
     generator: Arc<dyn Generator>,
     concurrent: bool,
     in_flight: usize,
+    /// Lookups waiting for a serialized generator (see `generators`: never
+    /// non-empty while no call is in flight).
     queue: VecDeque<u64>,
     /// Names asked and not defined since the dylib last gained a definition.
     misses: FixedSet<SymbolName>,

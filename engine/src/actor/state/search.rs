@@ -4,14 +4,12 @@
 
 use smallvec::SmallVec;
 
+use super::generators::ask_generators;
 use super::{Found, PendingLookup, State};
-use crate::actor::{AskedNames, Effect, Effects, LookupMsg, SessionCore};
-use crate::dispatch::Task;
+use crate::actor::{Effects, LookupMsg, SessionCore};
 use crate::error::Error;
-use crate::generator::GenerateRequest;
 use crate::lookup::{DylibLookup, SymbolLookup};
 use crate::name::SymbolName;
-use crate::session::Dylib;
 use crate::sync::Arc;
 
 impl State {
@@ -83,42 +81,8 @@ impl State {
                     None => missing.push(i),
                 }
             }
-            while !missing.is_empty() && lk.next_gen < d.generators.len() {
-                let g = lk.next_gen;
-                let entry = &mut d.generators[g];
-                // Pushed one by one: collecting a filtered iterator into a
-                // small vector costs more than the usual single name.
-                let mut ask = AskedNames::new();
-                for &i in &missing {
-                    let name = &lk.names[i].0;
-                    if !entry.misses.contains(name) {
-                        ask.push(name.clone());
-                    }
-                }
-                if ask.is_empty() {
-                    lk.next_gen += 1;
-                    continue;
-                }
-                if entry.in_flight > 0 && !entry.concurrent {
-                    // Serialized: wait our turn, then retry this generator.
-                    entry.queue.push_back(id);
-                    return;
-                }
-                entry.in_flight += 1;
-                lk.next_gen += 1;
-                let request = GenerateRequest {
-                    dylib: Dylib::from_shared(core.clone(), d.shared.clone()),
-                    names: ask,
-                    kind: lk.kind,
-                    visibility,
-                    lookup: id,
-                    generator: g,
-                    completed: false,
-                };
-                fx.push(Effect::Dispatch(Task::generate(
-                    entry.generator.clone(),
-                    request,
-                )));
+            if !missing.is_empty() && ask_generators(core, id, lk, d, visibility, &missing, fx) {
+                // Suspended: inside a generator, or queued for one.
                 return;
             }
             lk.pos += 1;
