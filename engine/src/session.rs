@@ -5,7 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::actor::{
-    DefineKind, DylibId, DylibShared, LookupMsg, Msg, Reply, SessionCore, UnitCell,
+    DYLIB_HAS_GENERATORS, DYLIB_REMOVED, DefineKind, DylibId, DylibShared, LookupMsg, Msg, Reply,
+    SessionCore, UnitCell,
 };
 use crate::dispatch::{Dispatcher, WorkerPool};
 use crate::error::{Error, Result};
@@ -208,6 +209,9 @@ impl Session {
     }
 
     fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
+        if !order_is_live(order) {
+            return None;
+        }
         let mut found = SmallVec::with_capacity(names.names.len());
         warm(order, names.names.iter().map(|(n, _)| n));
         for (at, (name, _)) in names.names.iter().enumerate() {
@@ -235,13 +239,14 @@ impl Session {
     ) -> Result<Vec<SymbolDef>> {
         let mut defs = Vec::with_capacity(names.len());
         warm(order, names.iter());
-        for name in names {
+        let live = order_is_live(order);
+        for name in names.iter().take_while(|_| live) {
             match ready_in(order, name) {
                 Some((_, def)) => defs.push(def),
                 None => break,
             }
         }
-        if defs.len() == names.len() {
+        if live && defs.len() == names.len() {
             return Ok(defs);
         }
         let found = self
@@ -604,14 +609,40 @@ fn warm<'a>(order: &SearchOrder, names: impl ExactSizeIterator<Item = &'a Symbol
     }
 }
 
+/// Whether no dylib of `order` was removed. A search order naming a
+/// removed dylib fails with [`Error::DylibRemoved`] — wherever in the order
+/// it is, and whatever else the order defines — so the fast path leaves
+/// such a lookup to the actor, which fails it.
+fn order_is_live(order: &SearchOrder) -> bool {
+    order
+        .entries
+        .iter()
+        .all(|(d, _)| d.shared.status.load(Ordering::Acquire) & DYLIB_REMOVED == 0)
+}
+
 /// Where `order` resolves `name` from the Ready index alone: the index of
 /// the dylib in the order and the definition, if the first dylib defining
 /// (and showing) it has it Ready; `None` sends the lookup to the actor.
+///
+/// It answers only where the actor's search would answer the same on the
+/// same state: it passes over a dylib only where the search does (the name
+/// is absent there, and the dylib has no generator that the search would
+/// ask for it, or the definition is hidden from this lookup), and it
+/// answers only with a Ready, addressable definition. Anything else —
+/// generators, a definition not Ready (lazy, materializing, failed), a
+/// side-effects-only one, a slot being written — goes to the actor.
+/// (Removed dylibs are checked by [`order_is_live`] first.)
 fn ready_in(order: &SearchOrder, name: &SymbolName) -> Option<(u32, SymbolDef)> {
     for (source, (dylib, visibility)) in order.entries.iter().enumerate() {
         let entry = match dylib.shared.index.get(name) {
             Probe::Found(entry) => entry,
-            Probe::Absent => continue,
+            Probe::Absent => {
+                // The search would ask this dylib's generators for it.
+                if dylib.shared.status.load(Ordering::Acquire) & DYLIB_HAS_GENERATORS != 0 {
+                    return None;
+                }
+                continue;
+            }
             Probe::Busy => return None,
         };
         if *visibility == DylibLookup::ExportedOnly && !entry.def.flags.is_exported() {
@@ -644,3 +675,6 @@ fn unit_kind(unit: Box<dyn MaterializationUnit>) -> Option<DefineKind> {
     let unit_name: Arc<str> = unit.name().into();
     Some(DefineKind::Unit(UnitCell::new(unit), unit_name, symbols))
 }
+
+#[cfg(all(test, not(kiln_loom)))]
+mod fast_path_tests;

@@ -63,7 +63,19 @@ pub(crate) struct DylibShared {
     /// table: each entry carries the name's symbol id.
     pub(crate) index: ReadIndex,
     pub(crate) default_tracker: Arc<TrackerShared>,
+    /// What the lookup fast path must know besides the index, so that it
+    /// never answers where the actor's search would answer differently:
+    /// [`DYLIB_REMOVED`] and [`DYLIB_HAS_GENERATORS`]. Written only by the
+    /// actor (set before the change it announces takes effect).
+    pub(crate) status: AtomicUsize,
 }
+
+/// [`DylibShared::status`]: the dylib was removed (a search naming it fails
+/// with `DylibRemoved`).
+pub(crate) const DYLIB_REMOVED: usize = 1;
+/// [`DylibShared::status`]: the dylib has generators (a name it lacks is
+/// asked of them before the search moves on).
+pub(crate) const DYLIB_HAS_GENERATORS: usize = 2;
 
 impl fmt::Debug for DylibShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

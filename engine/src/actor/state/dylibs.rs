@@ -2,10 +2,10 @@
 //! generators, and the lookups that wait on it or search it).
 
 use super::{DylibState, FixedSet, State};
-use crate::actor::{DylibId, DylibShared, Effect, Effects};
+use crate::actor::{DYLIB_REMOVED, DylibId, DylibShared, Effect, Effects};
 use crate::error::{Error, Result};
 use crate::lookup::DylibLookup;
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicUsize, Ordering};
 use crate::tracker::TrackerShared;
 
 impl State {
@@ -24,6 +24,7 @@ impl State {
             name,
             index: Default::default(),
             default_tracker: self.trackers[tracker].shared.clone(),
+            status: AtomicUsize::new(0),
         });
         self.dylibs.push(DylibState {
             shared: shared.clone(),
@@ -46,6 +47,9 @@ impl State {
             return Vec::new();
         }
         d.removed = true;
+        // Before the index empties: the fast path must not answer from a
+        // later dylib once this one's names are gone.
+        d.shared.status.fetch_or(DYLIB_REMOVED, Ordering::Release);
         let trackers = std::mem::take(&mut d.trackers);
         let generators = std::mem::take(&mut d.generators);
         let awaiting: Vec<u64> = d.awaiting.drain().collect();

@@ -44,7 +44,7 @@ use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
-use crate::sync::{Arc, FixedMap, FixedState};
+use crate::sync::{Arc, FixedMap, FixedState, Ordering};
 use crate::tracker::{ResourceManager, TrackerShared};
 
 type FixedSet<T> = std::collections::HashSet<T, FixedState>;
@@ -321,6 +321,11 @@ impl State {
                 reply,
             } => reply.send(match self.live_dylib(dylib) {
                 Ok(d) => {
+                    // Before the generator can be asked: from now on the
+                    // fast path does not pass over a name this dylib lacks.
+                    d.shared
+                        .status
+                        .fetch_or(crate::actor::DYLIB_HAS_GENERATORS, Ordering::Release);
                     d.generators.push(GenEntry {
                         concurrent: generator.is_concurrent(),
                         generator,
