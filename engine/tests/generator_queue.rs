@@ -207,3 +207,121 @@ fn thirty_two_threads_on_one_serialized_generator_all_complete() {
     }
     s.end();
 }
+
+/// A [`Holding`] generator that declares itself concurrent.
+#[derive(Clone, Default)]
+struct HoldingConcurrent(Holding);
+
+impl Generator for HoldingConcurrent {
+    fn generate(&self, req: GenerateRequest) {
+        self.0.generate(req)
+    }
+    fn is_concurrent(&self) -> bool {
+        true
+    }
+}
+
+impl HoldingConcurrent {
+    /// Ends the oldest held call the way the host-symbols generator does:
+    /// defines every name it was asked (Ready at once) and completes with
+    /// the definition's result.
+    fn answer_like_host(&self) {
+        let req = self.0.held.lock().unwrap().remove(0);
+        let defs: Vec<_> = req.names().iter().map(|n| (n.clone(), def(0x77))).collect();
+        let result = req.dylib().define_absolute(defs);
+        req.complete(result);
+    }
+}
+
+/// Two lookups ask a concurrent generator for the same name while the
+/// first call is still inside it: the second waits for that call instead of
+/// asking again, so the name is defined once and both lookups succeed.
+#[test]
+fn a_concurrent_generator_is_not_asked_twice_for_one_name_at_once() {
+    let s = inplace();
+    let d = s.create_dylib("<host>").unwrap();
+    let g = HoldingConcurrent::default();
+    d.add_generator(g.clone()).unwrap();
+    let atexit = s.intern("__cxa_atexit");
+    let l1 = lookup(&s, &[&d], &[&atexit], RequiredState::Ready);
+    let l2 = lookup(&s, &[&d], &[&atexit], RequiredState::Ready);
+    assert_eq!(g.0.asked(), [["__cxa_atexit"]], "asked twice at once");
+    while !g.0.held.lock().unwrap().is_empty() {
+        g.answer_like_host();
+    }
+    assert_eq!(l1.wait().unwrap().get(&atexit).unwrap().address, 0x77);
+    assert_eq!(l2.wait().unwrap().get(&atexit).unwrap().address, 0x77);
+}
+
+/// Distinct names still go to a concurrent generator at once; a lookup
+/// that overlaps a call in flight waits only for such a call.
+#[test]
+fn a_concurrent_generator_still_runs_calls_for_distinct_names_at_once() {
+    let s = inplace();
+    let d = s.create_dylib("<host>").unwrap();
+    let g = HoldingConcurrent::default();
+    d.add_generator(g.clone()).unwrap();
+    let [a, b, c] = names(&s, &["a", "b", "c"]).try_into().unwrap();
+    let la = lookup(&s, &[&d], &[&a], RequiredState::Ready);
+    let lb = lookup(&s, &[&d], &[&b], RequiredState::Ready);
+    // Overlaps `a`'s call: waits for it.
+    let lac = lookup(&s, &[&d], &[&a, &c], RequiredState::Ready);
+    assert_eq!(g.0.asked(), [["a"], ["b"]]);
+    g.answer_like_host();
+    // `a` is defined now: only `c` is asked.
+    assert_eq!(g.0.asked(), [["b"], ["c"]]);
+    while !g.0.held.lock().unwrap().is_empty() {
+        g.answer_like_host();
+    }
+    assert!(la.wait().is_ok() && lb.wait().is_ok());
+    let found = lac.wait().unwrap();
+    assert!(found.get(&a).is_some() && found.get(&c).is_some());
+}
+
+/// Defines, Ready at once, every name asked — as the host-symbols generator
+/// does — and declares itself concurrent.
+struct HostLike;
+
+impl Generator for HostLike {
+    fn generate(&self, req: GenerateRequest) {
+        std::thread::yield_now();
+        let defs: Vec<_> = req.names().iter().map(|n| (n.clone(), def(0x99))).collect();
+        let result = req.dylib().define_absolute(defs);
+        req.complete(result);
+    }
+    fn is_concurrent(&self) -> bool {
+        true
+    }
+}
+
+/// 32 threads look up overlapping host-like names: none fails with a
+/// duplicate definition.
+#[test]
+fn thirty_two_threads_on_one_concurrent_generator_never_define_twice() {
+    const THREADS: usize = 32;
+    let s = Session::builder().dispatcher(WorkerPool::new(4)).build();
+    for round in 0..4 {
+        let d = s.create_dylib(&format!("host{round}")).unwrap();
+        d.add_generator(HostLike).unwrap();
+        let start = Arc::new(Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (s, d, start) = (s.clone(), d.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let wanted: Vec<SymbolName> = (0..3)
+                        .map(|k| s.intern(&format!("h{}", (t + 3 * k) % 8)))
+                        .collect();
+                    let refs: Vec<&SymbolName> = wanted.iter().collect();
+                    start.wait();
+                    lookup(&s, &[&d], &refs, RequiredState::Ready)
+                        .wait_timeout(Duration::from_secs(60))
+                        .unwrap_or_else(|e| panic!("thread {t}: {e}"));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    s.end();
+}

@@ -50,14 +50,14 @@ impl State {
             }
         }
         let done = lk.remaining == 0;
-        let blocked = lk.blocked_resp;
+        let blocked = !lk.blocked_resps.is_empty();
         for uid in to_start {
             self.start_unit(core, uid, fx);
         }
         if done {
             self.complete(id, fx);
-        } else if let Some(resp) = blocked {
-            self.check_blocking_cycle(resp, id, fx);
+        } else if blocked {
+            self.check_blocking_cycle(id, fx);
         }
     }
 
@@ -65,11 +65,7 @@ impl State {
         let Some(lk) = self.lookups.remove(&id) else {
             return;
         };
-        if let Some(resp) = lk.blocked_resp
-            && self.blocked.get(&resp) == Some(&id)
-        {
-            self.blocked.remove(&resp);
-        }
+        self.unblock(id, &lk.blocked_resps);
         let mut found = SmallVec::new();
         for (at, f) in lk.found.iter().enumerate() {
             if let Some(def) = f.def {
@@ -90,11 +86,7 @@ impl State {
         let Some(lk) = self.lookups.remove(&id) else {
             return;
         };
-        if let Some(resp) = lk.blocked_resp
-            && self.blocked.get(&resp) == Some(&id)
-        {
-            self.blocked.remove(&resp);
-        }
+        self.unblock(id, &lk.blocked_resps);
         match lk.flags_reply {
             Some(reply) => reply.send(Err(err)),
             None => fx.push(Effect::Complete(lk.shared, Err(err))),

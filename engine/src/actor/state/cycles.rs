@@ -29,9 +29,58 @@ impl State {
         }
     }
 
-    /// If the materializer `start`, blocked on lookup `id`, transitively
-    /// waits on itself, fails that lookup with the cycle spelled out.
-    pub(super) fn check_blocking_cycle(&mut self, start: RespId, id: u64, fx: &mut Effects) {
+    /// A blocking wait for `lookup` began inside the materializations
+    /// `resps` (one thread's stack, innermost last): records them as blocked
+    /// on it and, once the lookup is bound, checks for a cycle.
+    pub(super) fn blocked_wait(&mut self, lookup: u64, resps: &[RespId], fx: &mut Effects) {
+        let Some(lk) = self.lookups.get(&lookup) else {
+            return;
+        };
+        let bound = lk.bound;
+        self.block(lookup, resps);
+        if bound {
+            self.check_blocking_cycle(lookup, fx);
+        }
+    }
+
+    /// Records `resps` as unable to progress until lookup `id` completes.
+    pub(super) fn block(&mut self, id: u64, resps: &[RespId]) {
+        let Some(lk) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        for &resp in resps {
+            if lk.blocked_resps.contains(&resp) {
+                continue;
+            }
+            lk.blocked_resps.push(resp);
+            self.blocked.entry(resp).or_default().push(id);
+        }
+    }
+
+    /// Lookup `id` is done: `resps` are no longer blocked on it.
+    pub(super) fn unblock(&mut self, id: u64, resps: &[RespId]) {
+        for resp in resps {
+            if let Some(lookups) = self.blocked.get_mut(resp) {
+                lookups.retain(|l| *l != id);
+                if lookups.is_empty() {
+                    self.blocked.remove(resp);
+                }
+            }
+        }
+    }
+
+    /// If the materializers blocked on lookup `id` transitively wait on one
+    /// of themselves, fails that lookup with the cycle spelled out. "Wait
+    /// on" follows: lookup → symbols it waits for → their owners (see
+    /// `owners`) → the lookups those owners are blocked on. A materializer
+    /// blocked on `id` closes the cycle — the innermost one by waiting, an
+    /// outer one of the same thread because the innermost runs nested above
+    /// it (the in-place dispatcher, or a helping wait), so it cannot return
+    /// before that wait ends.
+    pub(super) fn check_blocking_cycle(&mut self, id: u64, fx: &mut Effects) {
+        let Some(&start) = self.lookups.get(&id).and_then(|lk| lk.blocked_resps.last()) else {
+            return;
+        };
         let mut visited = FixedSet::default();
         visited.insert(start);
         let mut stack = vec![(id, start, Vec::<String>::new())];
@@ -56,17 +105,42 @@ impl State {
                     );
                     let mut next_path = path.clone();
                     next_path.push(step);
-                    if owner == start {
-                        next_path.push(format!("unit '{}'", self.resp_name(start)));
+                    if self.blocked.get(&owner).is_some_and(|l| l.contains(&id)) {
+                        next_path.push(self.closing_step(owner, id));
                         return self.fail_lookup(id, Error::BlockingCycle { cycle: next_path }, fx);
                     }
                     if visited.insert(owner)
-                        && let Some(&next) = self.blocked.get(&owner)
+                        && let Some(next) = self.blocked.get(&owner)
                     {
-                        stack.push((next, owner, next_path));
+                        for &next in next {
+                            stack.push((next, owner, next_path.clone()));
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// The last step of a cycle through lookup `id`, closed by `owner`, one
+    /// of the materializers blocked on it: the innermost one waits itself;
+    /// an outer one waits for those running above it on its thread.
+    fn closing_step(&self, owner: RespId, id: u64) -> String {
+        let blocked: &[RespId] = self.lookups.get(&id).map_or(&[], |lk| &lk.blocked_resps);
+        let above = blocked
+            .iter()
+            .position(|&r| r == owner)
+            .map_or(&[][..], |at| &blocked[at + 1..]);
+        if above.is_empty() {
+            return format!("unit '{}'", self.resp_name(owner));
+        }
+        let names: Vec<String> = above
+            .iter()
+            .map(|&r| format!("unit '{}'", self.resp_name(r)))
+            .collect();
+        format!(
+            "unit '{}', which cannot return before {}, nested above it on its thread, return",
+            self.resp_name(owner),
+            names.join(" and ")
+        )
     }
 }

@@ -105,9 +105,7 @@ impl State {
             return Err(e);
         }
         let r = self.take_resp(resp);
-        if self.blocked.contains_key(&resp) {
-            self.blocked.remove(&resp);
-        }
+        self.blocked.remove(&resp);
         if !missing_deps.is_empty() {
             let cause = Arc::new(Error::SymbolsNotFound {
                 names: missing_deps,

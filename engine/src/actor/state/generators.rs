@@ -12,6 +12,14 @@
 //! or failed), and then the next one is popped, until one takes the
 //! generator or the queue is empty. Ids of lookups that are gone stay in the
 //! queue until popped and are skipped then.
+//!
+//! A concurrent generator runs calls at once, but never two calls for one
+//! name (per-name serialization): a lookup that would ask it for a name a
+//! call in flight is asking (`asking`) waits in its queue instead, and every
+//! queued lookup is retried when a call ends — by then the name is defined
+//! or a cached miss, so it is not asked twice and no race between two calls
+//! can turn into a duplicate definition. The same invariant holds: a lookup
+//! queues only behind a call in flight.
 
 use smallvec::SmallVec;
 
@@ -54,13 +62,21 @@ pub(super) fn ask_generators(
             lk.next_gen += 1;
             continue;
         }
-        if entry.in_flight > 0 && !entry.concurrent {
-            // Serialized: wait our turn, then retry this generator. The
-            // call in flight resumes the queue when it ends.
+        let busy = if entry.concurrent {
+            ask.iter().any(|n| entry.asking.contains(n))
+        } else {
+            entry.in_flight > 0
+        };
+        if busy {
+            // Wait for the call in flight (serialized: for our turn), then
+            // retry this generator: it resumes the queue when it ends.
             entry.queue.push_back(id);
             return true;
         }
         entry.in_flight += 1;
+        if entry.concurrent {
+            entry.asking.extend(ask.iter().cloned());
+        }
         lk.next_gen += 1;
         let request = GenerateRequest {
             dylib: Dylib::from_shared(core.clone(), d.shared.clone()),
@@ -95,6 +111,11 @@ impl State {
         let d = &mut self.dylibs[dylib as usize];
         if let Some(entry) = d.generators.get_mut(generator) {
             entry.in_flight = entry.in_flight.saturating_sub(1);
+            if entry.concurrent {
+                for name in &asked {
+                    entry.asking.remove(name);
+                }
+            }
             if result.is_ok() {
                 for name in asked {
                     if d.shared.index.sym(&name).is_none() {
@@ -116,11 +137,12 @@ impl State {
         self.resume_queue(core, dylib, generator, fx);
     }
 
-    /// Hands the generator to queued lookups while it is free: pops and
-    /// advances them one by one until one takes it (a call is in flight
-    /// again) or the queue is empty. A popped lookup that is gone, or no
-    /// longer needs this generator, moves on (or finishes) without it, and
-    /// the next one is popped.
+    /// Hands a serialized generator to queued lookups while it is free:
+    /// pops and advances them one by one until one takes it (a call is in
+    /// flight again) or the queue is empty. A popped lookup that is gone, or
+    /// no longer needs this generator, moves on (or finishes) without it,
+    /// and the next one is popped. A concurrent generator's queue is retried
+    /// whole: each lookup asks, or queues again behind another call.
     fn resume_queue(
         &mut self,
         core: &Arc<SessionCore>,
@@ -133,7 +155,14 @@ impl State {
                 // The dylib was removed: its lookups failed with it.
                 return;
             };
-            if entry.in_flight > 0 && !entry.concurrent {
+            if entry.concurrent {
+                let retry = std::mem::take(&mut entry.queue);
+                for id in retry {
+                    self.advance(core, id, fx);
+                }
+                return;
+            }
+            if entry.in_flight > 0 {
                 return;
             }
             let Some(next) = entry.queue.pop_front() else {

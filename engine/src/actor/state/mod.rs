@@ -66,8 +66,10 @@ pub(crate) struct State {
     trackers: Slab<TrackerEntry>,
     lookups: FixedMap<u64, PendingLookup>,
     graph: DepGraph,
-    /// Materializers blocked on a lookup: responsibility → lookup.
-    blocked: FixedMap<RespId, u64>,
+    /// Materializers blocked on lookups: responsibility → lookups (a
+    /// materializer's own wait, and those of materializations nested above
+    /// it on its thread).
+    blocked: FixedMap<RespId, SmallVec<[u64; 1]>>,
     managers: Vec<Arc<dyn ResourceManager>>,
     next_key: u64,
     ended: bool,
@@ -112,9 +114,13 @@ struct GenEntry {
     generator: Arc<dyn Generator>,
     concurrent: bool,
     in_flight: usize,
-    /// Lookups waiting for a serialized generator (see `generators`: never
-    /// non-empty while no call is in flight).
+    /// Lookups waiting for the generator: for a serialized one, its turn;
+    /// for a concurrent one, the end of a call asking one of its names
+    /// (see `generators`: never non-empty while no call is in flight).
     queue: VecDeque<u64>,
+    /// A concurrent generator's names being asked by calls in flight (each
+    /// by one call at most).
+    asking: FixedSet<SymbolName>,
     /// Names asked and not defined since the dylib last gained a definition.
     misses: FixedSet<SymbolName>,
 }
@@ -196,7 +202,9 @@ struct PendingLookup {
     await_definitions: bool,
     flags_reply: Option<Reply<Result<FlagsMap>>>,
     /// The materializer that cannot progress until this completes.
-    blocked_resp: Option<RespId>,
+    /// The materializers that cannot progress until this completes
+    /// (innermost last); each lists this lookup in `State::blocked`.
+    blocked_resps: SmallVec<[RespId; 1]>,
     pos: usize,
     next_gen: usize,
     parked: bool,
@@ -331,6 +339,7 @@ impl State {
                         generator,
                         in_flight: 0,
                         queue: VecDeque::new(),
+                        asking: FixedSet::default(),
                         misses: FixedSet::default(),
                     });
                     Ok(())
@@ -359,15 +368,7 @@ impl State {
                 });
             }
             Msg::RegisterManager { manager } => self.managers.push(manager),
-            Msg::BlockedWait { lookup, resp } => {
-                if let Some(lk) = self.lookups.get_mut(&lookup) {
-                    lk.blocked_resp = Some(resp);
-                    self.blocked.insert(resp, lookup);
-                    if lk.bound {
-                        self.check_blocking_cycle(resp, lookup, fx);
-                    }
-                }
-            }
+            Msg::BlockedWait { lookup, resps } => self.blocked_wait(lookup, &resps, fx),
             Msg::Cancel {
                 lookup,
                 timeout_millis,

@@ -21,9 +21,6 @@ impl State {
     ) {
         let id = msg.id;
         let n = msg.names.len();
-        if let Some(resp) = msg.blocking_for {
-            self.blocked.insert(resp, id);
-        }
         self.lookups.insert(
             id,
             PendingLookup {
@@ -34,7 +31,7 @@ impl State {
                 kind: msg.kind,
                 await_definitions: msg.await_definitions,
                 flags_reply: msg.flags_reply,
-                blocked_resp: msg.blocking_for,
+                blocked_resps: SmallVec::new(),
                 pos: 0,
                 next_gen: 0,
                 parked: false,
@@ -44,6 +41,9 @@ impl State {
                 pending: SmallVec::new(),
             },
         );
+        if let Some(resp) = msg.blocking_for {
+            self.block(id, &[resp]);
+        }
         self.advance(core, id, fx);
     }
 
