@@ -94,6 +94,28 @@ pub enum Error {
     /// A dylib with this name already exists.
     #[error("a dylib named '{0}' already exists")]
     DylibExists(Arc<str>),
+    /// A definition generator was removed while the lookup waited for its
+    /// turn in it.
+    #[error("a definition generator of dylib '{dylib}' was removed while the lookup waited for it")]
+    GeneratorRemoved {
+        /// The dylib the generator belonged to.
+        dylib: Arc<str>,
+    },
+    /// User error: `Dylib::remove_symbols` removed nothing, because some
+    /// names are not defined in the dylib or are not removable yet.
+    #[error(
+        "cannot remove symbols from dylib '{dylib}':{}{}",
+        if missing.is_empty() { String::new() } else { format!(" not defined: {}", join(missing)) },
+        if materializing.is_empty() { String::new() } else { format!("{}still materializing: {}", if missing.is_empty() { " " } else { "; " }, join(materializing)) }
+    )]
+    SymbolsNotRemoved {
+        /// The dylib.
+        dylib: Arc<str>,
+        /// Names being materialized (neither lazy nor Ready), in request order.
+        materializing: Vec<SymbolName>,
+        /// Names the dylib does not define, in request order.
+        missing: Vec<SymbolName>,
+    },
     /// A definition generator failed.
     #[error("definition generator of dylib '{dylib}' failed: {cause}")]
     Generator {

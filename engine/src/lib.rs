@@ -60,7 +60,7 @@ pub mod unit;
 
 pub use dispatch::{Dispatcher, InPlaceDispatcher, Task, ThreadPerTask, WorkerPool};
 pub use error::{Error, ExternalError, QualifiedName, Result};
-pub use generator::{GenerateRequest, Generator};
+pub use generator::{GenerateRequest, Generator, GeneratorId};
 pub use lazy::{LazyReexports, Redirector, TrampolineEmitter};
 pub use lookup::{
     AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,

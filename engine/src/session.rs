@@ -10,7 +10,7 @@ use crate::actor::{
 };
 use crate::dispatch::{Dispatcher, WorkerPool};
 use crate::error::{Error, Result};
-use crate::generator::Generator;
+use crate::generator::{Generator, GeneratorId};
 use crate::index::Probe;
 use crate::lookup::{
     self, AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,
@@ -543,11 +543,51 @@ impl Dylib {
     }
 
     /// Adds a definition generator, asked after those added before it.
-    pub fn add_generator(&self, generator: impl Generator) -> Result<()> {
+    /// The id names it to [`Dylib::remove_generator`].
+    pub fn add_generator(&self, generator: impl Generator) -> Result<GeneratorId> {
         let (reply, wait) = Reply::new();
         self.core.send(Msg::AddGenerator {
             dylib: self.id(),
             generator: Arc::new(generator),
+            reply,
+        });
+        let index = wait.wait()?;
+        Ok(GeneratorId {
+            dylib: self.id(),
+            index,
+        })
+    }
+
+    /// Removes a generator added to this dylib. Lookups waiting for their
+    /// turn in it fail with [`Error::GeneratorRemoved`]; a call in flight
+    /// finishes (what it defines stays), and later searches pass over it.
+    pub fn remove_generator(&self, generator: GeneratorId) -> Result<()> {
+        if generator.dylib != self.id() {
+            return Err(Error::Usage(format!(
+                "remove_generator: the generator was not added to dylib '{}'",
+                self.name()
+            )));
+        }
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::RemoveGenerator {
+            dylib: self.id(),
+            index: generator.index,
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Removes `names` from this dylib — all of them, or none: each must be
+    /// defined here and either lazy (its unit has not started; the unit's
+    /// `discard` is told) or Ready (unpublished: later lookups no longer
+    /// find it; its memory stays with its tracker until that is removed).
+    /// Otherwise nothing changes and [`Error::SymbolsNotRemoved`] lists
+    /// every name not defined here and every one still materializing.
+    pub fn remove_symbols(&self, names: &[SymbolName]) -> Result<()> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::RemoveSymbols {
+            dylib: self.id(),
+            names: names.to_vec(),
             reply,
         });
         wait.wait()

@@ -248,8 +248,6 @@ fn a_unit_still_running_fails_when_its_transferred_tracker_is_removed() {
     s.end();
 }
 
-#[allow(dead_code)]
-fn unused(_: AtomicUsize, _: Ordering) {}
 
 // ----- item 3: a failure names every symbol it could not deliver --------
 
@@ -311,5 +309,136 @@ fn failures_in_two_dylibs_are_named_with_their_dylibs() {
         "{text}"
     );
     assert_eq!(err.root_cause().to_string(), "no f");
+    s.end();
+}
+
+// ----- item 11: removing named symbols and generators -------------------
+
+#[test]
+fn remove_symbols_is_all_or_nothing_and_lists_every_obstacle() {
+    let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let d = s.create_dylib("d").unwrap();
+    let (lazy, lazy2, ready, busy, nowhere) = (
+        s.intern("lazy"),
+        s.intern("lazy2"),
+        s.intern("ready"),
+        s.intern("busy"),
+        s.intern("nowhere"),
+    );
+    let lazy_unit = unit("lazy", &[(&lazy, X), (&lazy2, X)], |r| {
+        r.fail(Error::msg("must not run"))
+    });
+    let discarded = lazy_unit.discarded.clone();
+    d.define(lazy_unit).unwrap();
+    d.define_absolute([(ready.clone(), def(0x30))]).unwrap();
+    let (park, parked) = slot::<Responsibility>();
+    d.define(unit("busy", &[(&busy, X)], move |r| {
+        *park.lock().unwrap() = Some(r)
+    }))
+    .unwrap();
+    let waiting = lookup(&s, &[&d], &[&busy], RequiredState::Ready);
+    let r = loop {
+        if let Some(r) = parked.lock().unwrap().take() {
+            break r;
+        }
+        std::thread::yield_now();
+    };
+    let err = d
+        .remove_symbols(&[lazy.clone(), busy.clone(), ready.clone(), nowhere.clone()])
+        .unwrap_err();
+    let Error::SymbolsNotRemoved {
+        materializing,
+        missing,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(materializing, &[busy.clone()], "{err}");
+    assert_eq!(missing, &[nowhere.clone()], "{err}");
+    // Nothing was removed.
+    assert_eq!(d.symbol_state(&lazy), Some(SymbolState::Lazy));
+    assert_eq!(d.symbol_state(&ready), Some(SymbolState::Ready));
+    // Without the obstacles, all go.
+    d.remove_symbols(&[lazy.clone(), ready.clone()]).unwrap();
+    assert_eq!(d.symbol_state(&lazy), None);
+    assert_eq!(d.symbol_state(&ready), None);
+    assert_eq!(d.symbol_state(&lazy2), Some(SymbolState::Lazy));
+    for gone in [&lazy, &ready] {
+        let e = lookup(&s, &[&d], &[gone], RequiredState::Ready)
+            .wait()
+            .unwrap_err();
+        assert!(matches!(e, Error::SymbolsNotFound { .. }), "{e}");
+    }
+    // The lazy unit was told (discard runs as a task).
+    while discarded.lock().unwrap().is_empty() {
+        std::thread::yield_now();
+    }
+    assert_eq!(*discarded.lock().unwrap(), vec!["lazy".to_string()]);
+    // A removed name can be defined again.
+    d.define_absolute([(lazy.clone(), def(0x31))]).unwrap();
+    assert_eq!(
+        d.lookup_ready(&["lazy"]).unwrap().get(&lazy).map(|x| x.address),
+        Some(0x31)
+    );
+    r.resolve(&[(busy.clone(), def(0x40))]).unwrap();
+    r.emit(vec![]).unwrap();
+    waiting.wait().unwrap();
+    s.end();
+}
+
+/// Holds its first call; later calls define nothing.
+struct HoldsFirst {
+    held: Arc<Mutex<Option<GenerateRequest>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Generator for HoldsFirst {
+    fn generate(&self, req: GenerateRequest) {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            *self.held.lock().unwrap() = Some(req);
+        }
+    }
+}
+
+#[test]
+fn removing_a_generator_fails_the_lookups_queued_on_it() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let held = Arc::new(Mutex::new(None));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let id = d
+        .add_generator(HoldsFirst {
+            held: held.clone(),
+            calls: calls.clone(),
+        })
+        .unwrap();
+    let (foo, bar, qux) = (s.intern("foo"), s.intern("bar"), s.intern("qux"));
+    let first = lookup(&s, &[&d], &[&foo], RequiredState::Ready);
+    let call = held.lock().unwrap().take().expect("first call held");
+    let queued: Vec<Lookup> = [&bar, &qux]
+        .iter()
+        .map(|n| lookup(&s, &[&d], &[n], RequiredState::Ready))
+        .collect();
+    d.remove_generator(id).unwrap();
+    for q in queued {
+        let e = q.wait_timeout(Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(e, Error::GeneratorRemoved { .. }), "{e}");
+        assert!(e.to_string().contains("removed"), "{e}");
+    }
+    // The call in flight finishes; what it defined stays.
+    call.dylib()
+        .define_absolute([(foo.clone(), def(0x50))])
+        .unwrap();
+    call.complete(Ok(()));
+    let found = first.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(found.get(&foo).map(|x| x.address), Some(0x50));
+    // Later searches pass over it: not asked again.
+    let e = lookup(&s, &[&d], &[&bar], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    assert!(matches!(e, Error::SymbolsNotFound { .. }), "{e}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(matches!(d.remove_generator(id), Err(Error::Usage(_))));
     s.end();
 }

@@ -238,6 +238,17 @@ pub(crate) enum Msg {
     AddGenerator {
         dylib: DylibId,
         generator: Arc<dyn Generator>,
+        /// The generator's position in the dylib's list.
+        reply: Reply<Result<usize>>,
+    },
+    RemoveGenerator {
+        dylib: DylibId,
+        index: usize,
+        reply: Reply<Result<()>>,
+    },
+    RemoveSymbols {
+        dylib: DylibId,
+        names: Vec<SymbolName>,
         reply: Reply<Result<()>>,
     },
     CreateTracker {

@@ -11,6 +11,7 @@
 //! - `define`: adding definitions, weak overrides, waking what awaits them;
 //! - `search`: a lookup's walk of its search order;
 //! - `generators`: the end of a generator call and its queue;
+//! - `removal`: removing named symbols and generators from a dylib;
 //! - `bind`: lookups waiting on symbols, completing and failing;
 //! - `units`: starting materialization, a responsibility's requests;
 //! - `emission`: emitting dependence groups, readiness, publishing;
@@ -24,6 +25,7 @@ mod dylibs;
 mod emission;
 mod failure;
 mod generators;
+mod removal;
 mod search;
 mod trackers;
 mod units;
@@ -113,6 +115,9 @@ struct DylibState {
 struct GenEntry {
     generator: Arc<dyn Generator>,
     concurrent: bool,
+    /// Removed: passed over by every search (entries keep their positions,
+    /// which name them).
+    removed: bool,
     in_flight: usize,
     /// Lookups waiting for the generator: for a serialized one, its turn;
     /// for a concurrent one, the end of a call asking one of its names
@@ -336,13 +341,14 @@ impl State {
                         .fetch_or(crate::actor::DYLIB_HAS_GENERATORS, Ordering::Release);
                     d.generators.push(GenEntry {
                         concurrent: generator.is_concurrent(),
+                        removed: false,
                         generator,
                         in_flight: 0,
                         queue: VecDeque::new(),
                         asking: FixedSet::default(),
                         misses: FixedSet::default(),
                     });
-                    Ok(())
+                    Ok(d.generators.len() - 1)
                 }
                 Err(e) => Err(e),
             }),
@@ -368,6 +374,16 @@ impl State {
                 });
             }
             Msg::RegisterManager { manager } => self.managers.push(manager),
+            Msg::RemoveGenerator {
+                dylib,
+                index,
+                reply,
+            } => reply.send(self.remove_generator(dylib, index, fx)),
+            Msg::RemoveSymbols {
+                dylib,
+                names,
+                reply,
+            } => reply.send(self.remove_symbols(core, dylib, &names, fx)),
             Msg::BlockedWait { lookup, resps } => self.blocked_wait(lookup, &resps, fx),
             Msg::Cancel {
                 lookup,
@@ -425,9 +441,8 @@ impl State {
             Msg::Delegate { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::DefineMaterializing { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::Owed { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::SetLinkOrder { reply, .. } | Msg::AddGenerator { reply, .. } => {
-                reply.send(Err(Error::SessionEnded))
-            }
+            Msg::SetLinkOrder { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::AddGenerator { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::GetLinkOrder { reply, .. } => reply.send(Vec::new()),
             Msg::CreateTracker { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::RemoveTracker { reply, .. } => {
@@ -435,9 +450,10 @@ impl State {
                     reply.send(Ok(()))
                 }
             }
-            Msg::TransferTracker { reply, .. } | Msg::RemoveDylib { reply, .. } => {
-                reply.send(Err(Error::SessionEnded))
-            }
+            Msg::TransferTracker { reply, .. }
+            | Msg::RemoveDylib { reply, .. }
+            | Msg::RemoveGenerator { reply, .. }
+            | Msg::RemoveSymbols { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::QueryState { reply, .. } => reply.send(None),
             Msg::End { reply } => reply.send(()),
             Msg::GeneratorDone { .. }
