@@ -442,3 +442,64 @@ fn removing_a_generator_fails_the_lookups_queued_on_it() {
     assert!(matches!(d.remove_generator(id), Err(Error::Usage(_))));
     s.end();
 }
+
+// ----- item 7 (audit): discard runs under no engine lock ----------------
+
+/// Weak definitions of `names`; its `discard` runs a hook (which may use
+/// the engine) and records the name.
+struct HookedWeak {
+    names: Vec<SymbolName>,
+    hook: Arc<dyn Fn(&Dylib, &SymbolName) + Send + Sync>,
+    discarded: Arc<Mutex<Vec<String>>>,
+}
+
+impl MaterializationUnit for HookedWeak {
+    fn name(&self) -> &str {
+        "hooked-weak"
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.names
+            .iter()
+            .map(|n| (n.clone(), X | SymbolFlags::WEAK))
+            .collect()
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        r.fail(Error::msg("not used"));
+    }
+    fn discard(&mut self, dylib: &Dylib, name: &SymbolName) {
+        self.discarded.lock().unwrap().push(name.to_string());
+        (self.hook)(dylib, name);
+    }
+}
+
+#[test]
+fn a_discard_may_cause_another_discard_of_its_own_unit() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (w1, w2) = (s.intern("w1"), s.intern("w2"));
+    let discarded = Arc::new(Mutex::new(Vec::new()));
+    let w2_hook = w2.clone();
+    d.define(HookedWeak {
+        names: vec![w1.clone(), w2.clone()],
+        // Discarding w1 overrides w2 too: a second discard of this unit,
+        // dispatched (in place) while the first one runs.
+        hook: Arc::new(move |dylib, name| {
+            if name.as_str() == "w1" {
+                dylib
+                    .define_absolute([(w2_hook.clone(), def(0x62))])
+                    .unwrap();
+            }
+        }),
+        discarded: discarded.clone(),
+    })
+    .unwrap();
+    let (d2, w1_strong) = (d.clone(), w1.clone());
+    must_return("nested discard", move || {
+        d2.define_absolute([(w1_strong, def(0x61))]).unwrap()
+    });
+    assert_eq!(*discarded.lock().unwrap(), vec!["w1", "w2"]);
+    let found = d.lookup_ready(&["w1", "w2"]).unwrap();
+    assert_eq!(found.get(&w1).map(|x| x.address), Some(0x61));
+    assert_eq!(found.get(&w2).map(|x| x.address), Some(0x62));
+    s.end();
+}

@@ -38,19 +38,93 @@ pub(crate) type TrackerId = usize;
 /// Slab index of a responsibility.
 pub(crate) type RespId = usize;
 
-/// A unit waiting to be materialized. Behind a mutex so that `discard` (a
-/// task) and `materialize` (a task) never touch it at once, while the actor
-/// only moves the handle around.
+/// A unit waiting to be materialized, while the actor only moves the handle
+/// around. `discard` (a task) and `materialize` (a task) never touch the
+/// unit at once, and neither runs under the cell's lock: a discard *lends*
+/// the unit out of the cell; a materialization that finds it lent is handed
+/// the unit by the discard when it is done.
 #[derive(Clone)]
-pub(crate) struct UnitCell(Arc<Mutex<Option<Box<dyn MaterializationUnit>>>>);
+pub(crate) struct UnitCell(Arc<Mutex<CellState>>);
+
+type Unit = Box<dyn MaterializationUnit>;
+
+struct CellState {
+    unit: Option<Unit>,
+    /// A discard has the unit out.
+    lent: bool,
+    /// Discards asked while it was lent: run by the discard that has it.
+    discards: Vec<(crate::session::Dylib, SymbolName)>,
+    /// A materialization that found the unit lent.
+    taker: Option<Box<dyn FnOnce(Option<Unit>) + Send>>,
+}
 
 impl UnitCell {
-    pub(crate) fn new(unit: Box<dyn MaterializationUnit>) -> Self {
-        UnitCell(Arc::new(Mutex::new(Some(unit))))
+    pub(crate) fn new(unit: Unit) -> Self {
+        UnitCell(Arc::new(Mutex::new(CellState {
+            unit: Some(unit),
+            lent: false,
+            discards: Vec::new(),
+            taker: None,
+        })))
     }
 
-    pub(crate) fn lock(&self) -> crate::sync::MutexGuard<'_, Option<Box<dyn MaterializationUnit>>> {
-        self.0.lock()
+    /// Tells the unit (if it was not taken for materialization) that it will
+    /// never be asked for `name`, with no lock held while `discard` runs.
+    pub(crate) fn discard(&self, dylib: crate::session::Dylib, name: SymbolName) {
+        let mut unit = {
+            let mut cell = self.0.lock();
+            if cell.lent {
+                cell.discards.push((dylib, name));
+                return;
+            }
+            match cell.unit.take() {
+                Some(unit) => {
+                    cell.lent = true;
+                    unit
+                }
+                None => return,
+            }
+        };
+        let mut next = Some((dylib, name));
+        loop {
+            if let Some((dylib, name)) = next.take() {
+                // A panicking discard must not lose the unit (a waiting
+                // materialization would never run).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    unit.discard(&dylib, &name)
+                }));
+            }
+            let mut cell = self.0.lock();
+            if let Some(more) = cell.discards.pop() {
+                next = Some(more);
+                continue;
+            }
+            cell.lent = false;
+            match cell.taker.take() {
+                Some(taker) => {
+                    drop(cell);
+                    return taker(Some(unit));
+                }
+                None => {
+                    cell.unit = Some(unit);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes the unit out for good and runs `then` with it (`None` if it
+    /// was taken already) — now, or, while a discard has it, when that
+    /// discard is done (on its thread). No lock is held while `then` runs.
+    pub(crate) fn take_then(&self, then: impl FnOnce(Option<Unit>) + Send + 'static) {
+        let mut cell = self.0.lock();
+        if cell.lent {
+            cell.taker = Some(Box::new(then));
+            return;
+        }
+        let unit = cell.unit.take();
+        drop(cell);
+        then(unit)
     }
 }
 
