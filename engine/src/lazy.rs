@@ -69,9 +69,28 @@ struct CallThrough {
     body_dylib: Dylib,
     body: SymbolName,
     stub: u64,
-    /// Held while redirecting, so a racing first call never overwrites a
-    /// host's hot swap, and only the first resolution counts as a link.
-    link: Mutex<LinkState>,
+    /// Where the stub should point. Changed under the lock (so only the
+    /// first resolution counts as a link, and a first call never undoes a
+    /// host's hot swap); the redirector runs outside it (user code) — see
+    /// [`LazyReexports::point_stub`].
+    link: Mutex<Link>,
+}
+
+/// What an entry's stub should point at, and a version counting changes.
+struct Link {
+    state: LinkState,
+    target: u64,
+    version: u64,
+}
+
+impl Link {
+    /// Records a new target; returns its version.
+    fn set(&mut self, state: LinkState, target: u64) -> u64 {
+        self.state = state;
+        self.target = target;
+        self.version += 1;
+        self.version
+    }
 }
 
 #[derive(Default)]
@@ -217,13 +236,13 @@ impl LazyReexports {
                 .ok_or_else(|| Error::SymbolsNotFound {
                     names: vec![ct.body.clone()],
                 })?;
-        {
+        let first = {
             let mut link = ct.link.lock();
-            if *link == LinkState::Unlinked {
-                self.inner.redirector.redirect(ct.stub, address)?;
-                *link = LinkState::Linked;
-                self.inner.linked.fetch_add(1, Ordering::Relaxed);
-            }
+            (link.state == LinkState::Unlinked).then(|| link.set(LinkState::Linked, address))
+        };
+        if let Some(version) = first {
+            self.point_stub(&ct, version, address)?;
+            self.inner.linked.fetch_add(1, Ordering::Relaxed);
         }
         let hook = self.inner.after_link.lock().clone();
         if let Some(hook) = hook {
@@ -298,9 +317,24 @@ impl LazyReexports {
             .ok_or_else(|| Error::SymbolsNotFound {
                 names: vec![entry.clone()],
             })?;
-        let mut link = ct.link.lock();
-        *link = LinkState::Pinned;
-        self.inner.redirector.redirect(ct.stub, target)
+        let version = ct.link.lock().set(LinkState::Pinned, target);
+        self.point_stub(&ct, version, target)
+    }
+
+    /// Points `ct`'s stub at `target` (its link's `version`) with no lock
+    /// held, then makes sure the latest target wins: a writer whose version
+    /// was overtaken while it wrote writes the newer target again. Every
+    /// write is followed by its writer's check, so the last write to finish
+    /// is of the latest target.
+    fn point_stub(&self, ct: &CallThrough, mut version: u64, mut target: u64) -> Result<()> {
+        loop {
+            self.inner.redirector.redirect(ct.stub, target)?;
+            let link = ct.link.lock();
+            if link.version == version {
+                return Ok(());
+            }
+            (version, target) = (link.version, link.target);
+        }
     }
 
     /// How many times a trampoline was entered.
@@ -335,7 +369,11 @@ impl LazyReexports {
                     body_dylib: body_dylib.clone(),
                     body: alias.target.clone(),
                     stub,
-                    link: Mutex::new(LinkState::Unlinked),
+                    link: Mutex::new(Link {
+                        state: LinkState::Unlinked,
+                        target: tramp,
+                        version: 0,
+                    }),
                 });
                 t.by_trampoline.insert(tramp, ct.clone());
                 t.by_entry

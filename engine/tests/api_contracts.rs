@@ -503,3 +503,79 @@ fn a_discard_may_cause_another_discard_of_its_own_unit() {
     assert_eq!(found.get(&w2).map(|x| x.address), Some(0x62));
     s.end();
 }
+
+// ----- item 7 (audit): the lazy redirector runs under no engine lock ----
+
+const TRAMPOLINE: u64 = 0x1000;
+const STUB: u64 = 0x2000;
+const BODY: u64 = 0x3000;
+const SWAPPED: u64 = 0x4000;
+
+struct OneTrampoline;
+
+impl TrampolineEmitter for OneTrampoline {
+    fn emit_trampolines(&self, _: &ResourceTracker, _: usize) -> Result<Vec<u64>> {
+        Ok(vec![TRAMPOLINE])
+    }
+}
+
+/// Records redirects; the first one hot-swaps the entry (a host reacting to
+/// the link by pinning another body), re-entering the manager.
+struct SwapOnFirstLink {
+    lazy: Arc<std::sync::OnceLock<(LazyReexports, Dylib, SymbolName)>>,
+    redirects: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Redirector for SwapOnFirstLink {
+    fn create_stubs(&self, _: &ResourceTracker, _: &[u64]) -> Result<Vec<u64>> {
+        Ok(vec![STUB])
+    }
+    fn redirect(&self, _stub: u64, target: u64) -> Result<()> {
+        let first = {
+            let mut r = self.redirects.lock().unwrap();
+            r.push(target);
+            r.len() == 1
+        };
+        if first && let Some((lazy, dylib, entry)) = self.lazy.get() {
+            lazy.redirect(dylib, entry, SWAPPED)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_redirector_may_reenter_the_lazy_manager_and_the_latest_target_wins() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (body, entry) = (s.intern("body"), s.intern("entry"));
+    let fc = X | SymbolFlags::CALLABLE;
+    d.define_absolute([(body.clone(), SymbolDef::new(BODY, fc))])
+        .unwrap();
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let redirects = Arc::new(Mutex::new(Vec::new()));
+    let lazy = LazyReexports::new(
+        &s,
+        OneTrampoline,
+        SwapOnFirstLink {
+            lazy: cell.clone(),
+            redirects: redirects.clone(),
+        },
+    );
+    let alias = Alias {
+        name: entry.clone(),
+        target: body,
+        flags: fc,
+    };
+    d.define(lazy.reexports(&d, [alias]).unwrap()).unwrap();
+    assert_eq!(
+        d.lookup_ready(&["entry"]).unwrap().get(&entry).map(|x| x.address),
+        Some(STUB)
+    );
+    let _ = cell.set((lazy.clone(), d.clone(), entry.clone()));
+    let lazy2 = lazy.clone();
+    let resolved = must_return("redirect inside redirect", move || lazy2.resolve(TRAMPOLINE));
+    assert_eq!(resolved.unwrap(), BODY);
+    // The host's swap came last: the stub ends at it.
+    assert_eq!(redirects.lock().unwrap().last(), Some(&SWAPPED));
+    s.end();
+}
