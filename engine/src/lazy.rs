@@ -24,7 +24,7 @@ use crate::name::SymbolName;
 use crate::responsibility::Responsibility;
 use crate::session::{Dylib, Session};
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags};
-use crate::sync::{Arc, AtomicUsize, FixedMap, Mutex, Ordering};
+use crate::sync::{Arc, AtomicUsize, Condvar, FixedMap, Mutex, Ordering};
 use crate::tracker::{ResourceKey, ResourceManager, ResourceTracker};
 use crate::unit::{Alias, MaterializationUnit};
 
@@ -74,6 +74,8 @@ struct CallThrough {
     /// host's hot swap); the redirector runs outside it (user code) — see
     /// [`LazyReexports::point_stub`].
     link: Mutex<Link>,
+    /// Signalled when a target was written to the stub.
+    written: Condvar,
 }
 
 /// What an entry's stub should point at, and a version counting changes.
@@ -81,6 +83,9 @@ struct Link {
     state: LinkState,
     target: u64,
     version: u64,
+    /// The latest version known written to the stub (or whose write
+    /// failed: its writer reports that).
+    written: u64,
 }
 
 impl Link {
@@ -240,9 +245,20 @@ impl LazyReexports {
             let mut link = ct.link.lock();
             (link.state == LinkState::Unlinked).then(|| link.set(LinkState::Linked, address))
         };
-        if let Some(version) = first {
-            self.point_stub(&ct, version, address)?;
-            self.inner.linked.fetch_add(1, Ordering::Relaxed);
+        match first {
+            Some(version) => {
+                self.point_stub(&ct, version, address)?;
+                self.inner.linked.fetch_add(1, Ordering::Relaxed);
+            }
+            // Another first call links it: return once the stub points at
+            // the body (or at what replaced it), like that call does.
+            None => {
+                let mut link = ct.link.lock();
+                let version = link.version;
+                while link.written < version {
+                    link = ct.written.wait(link);
+                }
+            }
         }
         let hook = self.inner.after_link.lock().clone();
         if let Some(hook) = hook {
@@ -328,12 +344,16 @@ impl LazyReexports {
     /// is of the latest target.
     fn point_stub(&self, ct: &CallThrough, mut version: u64, mut target: u64) -> Result<()> {
         loop {
-            self.inner.redirector.redirect(ct.stub, target)?;
-            let link = ct.link.lock();
-            if link.version == version {
-                return Ok(());
-            }
+            let outcome = self.inner.redirector.redirect(ct.stub, target);
+            let mut link = ct.link.lock();
+            link.written = link.written.max(version);
+            let latest = link.version == version;
             (version, target) = (link.version, link.target);
+            drop(link);
+            ct.written.notify_all();
+            if latest || outcome.is_err() {
+                return outcome;
+            }
         }
     }
 
@@ -373,7 +393,9 @@ impl LazyReexports {
                         state: LinkState::Unlinked,
                         target: tramp,
                         version: 0,
+                        written: 0,
                     }),
+                    written: Condvar::new(),
                 });
                 t.by_trampoline.insert(tramp, ct.clone());
                 t.by_entry
