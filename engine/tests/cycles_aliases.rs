@@ -200,3 +200,54 @@ fn an_alias_cycle_in_one_unit_fails_naming_it() {
         "{text}"
     );
 }
+
+/// On a one-thread worker pool, Foo's materializer starts Bar without
+/// waiting, then waits for Zed; its helping wait runs Bar's materializer
+/// nested on the same thread, and Bar waits for Foo — which cannot return
+/// before Bar does. A cycle, though Foo itself waits only for Zed.
+#[test]
+fn a_unit_nested_by_a_helping_wait_that_waits_for_the_unit_beneath_it_is_a_cycle() {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let result = without_hanging("helping-wait cycle", move || {
+        let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let d = s.create_dylib("d").unwrap();
+        let [foo, bar, zed] = ["foo", "bar", "zed"].map(|n| s.intern(n));
+        d.define(waiting_unit(&bar, &foo, &d, &errs)).unwrap();
+        d.define(emitting(&zed, 0x2, vec![])).unwrap();
+        let (dd, me, errs2) = (d.clone(), foo.clone(), errs.clone());
+        let (bar2, zed2) = (bar.clone(), zed.clone());
+        d.define(unit("unit-foo", &[(&foo, X)], move |r| {
+            let sess = dd.session();
+            let set = |n: &SymbolName| LookupSet::required([n.clone()]);
+            // Bar's materializer is queued first, then Zed's.
+            sess.lookup(&order(&[&dd]), &set(&bar2), RequiredState::Ready)
+                .on_complete(|_| {});
+            let found = sess
+                .lookup(&order(&[&dd]), &set(&zed2), RequiredState::Ready)
+                .wait();
+            match found {
+                Ok(_) => {
+                    r.resolve(&[(me, def(1))]).unwrap();
+                    r.emit(vec![]).unwrap();
+                }
+                Err(e) => {
+                    errs2.lock().unwrap().push(e.to_string());
+                    r.fail(e);
+                }
+            }
+        }))
+        .unwrap();
+        let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
+            .wait()
+            .map(|_| ());
+        s.end();
+        result
+    });
+    let msgs = errors.lock().unwrap().clone();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("cycle") && m.contains("unit-foo") && m.contains("unit-bar")),
+        "{msgs:?} / {result:?}"
+    );
+}

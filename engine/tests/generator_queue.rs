@@ -279,11 +279,20 @@ fn a_concurrent_generator_still_runs_calls_for_distinct_names_at_once() {
 }
 
 /// Defines, Ready at once, every name asked — as the host-symbols generator
-/// does — and declares itself concurrent.
-struct HostLike;
+/// does — and declares itself concurrent. Counts how often each name is
+/// asked.
+#[derive(Clone, Default)]
+struct HostLike {
+    asked: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
 
 impl Generator for HostLike {
     fn generate(&self, req: GenerateRequest) {
+        if let Ok(mut asked) = self.asked.lock() {
+            for n in req.names() {
+                *asked.entry(n.to_string()).or_default() += 1;
+            }
+        }
         std::thread::yield_now();
         let defs: Vec<_> = req.names().iter().map(|n| (n.clone(), def(0x99))).collect();
         let result = req.dylib().define_absolute(defs);
@@ -295,14 +304,15 @@ impl Generator for HostLike {
 }
 
 /// 32 threads look up overlapping host-like names: none fails with a
-/// duplicate definition.
+/// duplicate definition, and each name is asked once.
 #[test]
 fn thirty_two_threads_on_one_concurrent_generator_never_define_twice() {
     const THREADS: usize = 32;
     let s = Session::builder().dispatcher(WorkerPool::new(4)).build();
     for round in 0..4 {
         let d = s.create_dylib(&format!("host{round}")).unwrap();
-        d.add_generator(HostLike).unwrap();
+        let host = HostLike::default();
+        d.add_generator(host.clone()).unwrap();
         let start = Arc::new(Barrier::new(THREADS));
         let threads: Vec<_> = (0..THREADS)
             .map(|t| {
@@ -322,6 +332,9 @@ fn thirty_two_threads_on_one_concurrent_generator_never_define_twice() {
         for t in threads {
             t.join().unwrap();
         }
+        let asked = host.asked.lock().unwrap();
+        assert_eq!(asked.len(), 8);
+        assert!(asked.values().all(|&n| n == 1), "{asked:?}");
     }
     s.end();
 }
