@@ -177,7 +177,11 @@ impl TrackerShared {
 /// Whether this thread runs a `with_resource_key` closure of `tracker` —
 /// or, with `tracker` `None`, of any tracker of `dylib` in `session` — so
 /// waiting for that removal's managers would wait for itself.
-pub(crate) fn inside(session: &Arc<SessionCore>, dylib: DylibId, tracker: Option<TrackerId>) -> bool {
+pub(crate) fn inside(
+    session: &Arc<SessionCore>,
+    dylib: DylibId,
+    tracker: Option<TrackerId>,
+) -> bool {
     let session = Arc::as_ptr(session) as usize;
     INSIDE
         .try_with(|v| {
@@ -190,20 +194,27 @@ pub(crate) fn inside(session: &Arc<SessionCore>, dylib: DylibId, tracker: Option
 
 /// Replies once every tracker of one removal had its managers run.
 struct Countdown {
-    state: Mutex<(usize, Option<Error>, Option<Reply<Result<()>>>)>,
+    state: Mutex<CountdownState>,
+}
+
+struct CountdownState {
+    /// Trackers whose managers have not run yet.
+    left: usize,
+    first_error: Option<Error>,
+    reply: Option<Reply<Result<()>>>,
 }
 
 impl Countdown {
     fn done(&self, result: Result<()>) -> Result<()> {
         let mut state = self.state.lock();
-        state.0 -= 1;
+        state.left -= 1;
         if let Err(e) = &result {
-            state.1.get_or_insert_with(|| e.clone());
+            state.first_error.get_or_insert_with(|| e.clone());
         }
-        if state.0 == 0
-            && let Some(reply) = state.2.take()
+        if state.left == 0
+            && let Some(reply) = state.reply.take()
         {
-            let first = state.1.take();
+            let first = state.first_error.take();
             drop(state);
             reply.send(first.map_or(Ok(()), Err));
         }
@@ -226,7 +237,11 @@ pub(crate) fn remove_resources(
     }
     let managers: Arc<[Arc<dyn ResourceManager>]> = managers.into();
     let countdown = Arc::new(Countdown {
-        state: Mutex::new((trackers.len(), None, reply)),
+        state: Mutex::new(CountdownState {
+            left: trackers.len(),
+            first_error: None,
+            reply,
+        }),
     });
     for tracker in trackers {
         let key = tracker.key;

@@ -57,8 +57,10 @@ fn a_failure_keeps_its_cause_in_the_source_chain_typed() {
     let s = inplace();
     let d = s.create_dylib("d").unwrap();
     let f = s.intern("f");
-    d.define(unit("u", &[(&f, X)], |r| r.fail(Error::external(HostError(7)))))
-        .unwrap();
+    d.define(unit("u", &[(&f, X)], |r| {
+        r.fail(Error::external(HostError(7)))
+    }))
+    .unwrap();
     let err = lookup(&s, &[&d], &[&f], RequiredState::Ready)
         .wait()
         .unwrap_err();
@@ -72,7 +74,11 @@ fn a_failure_keeps_its_cause_in_the_source_chain_typed() {
         }
         next = e.source();
     }
-    assert_eq!(found, Some(7), "no HostError in the source chain of {err:?}");
+    assert_eq!(
+        found,
+        Some(7),
+        "no HostError in the source chain of {err:?}"
+    );
     assert_eq!(err.downcast_ref::<HostError>().map(|h| h.0), Some(7));
     assert!(matches!(err.root_cause(), Error::External(_)));
     s.end();
@@ -205,7 +211,11 @@ fn transfer_during_materialization_moves_the_units_tracker_too() {
     let found = lookup(&s, &[&d], &[&f], RequiredState::Ready).wait();
     assert_eq!(found.unwrap().get(&f).map(|d| d.address), Some(0x20));
     let key = recorded.lock().unwrap().take().unwrap();
-    assert_eq!(key.unwrap(), dst.key(), "resources filed under the destination");
+    assert_eq!(
+        key.unwrap(),
+        dst.key(),
+        "resources filed under the destination"
+    );
     assert!(src.is_removed());
     // Removing the destination frees them.
     dst.remove().unwrap();
@@ -222,7 +232,9 @@ fn a_unit_still_running_fails_when_its_transferred_tracker_is_removed() {
     let f = s.intern("f");
     let (park, parked) = slot::<Responsibility>();
     d.define_with(
-        unit("parks", &[(&f, X)], move |r| *park.lock().unwrap() = Some(r)),
+        unit("parks", &[(&f, X)], move |r| {
+            *park.lock().unwrap() = Some(r)
+        }),
         &src,
     )
     .unwrap();
@@ -247,7 +259,6 @@ fn a_unit_still_running_fails_when_its_transferred_tracker_is_removed() {
     drop(r);
     s.end();
 }
-
 
 // ----- item 3: a failure names every symbol it could not deliver --------
 
@@ -354,8 +365,8 @@ fn remove_symbols_is_all_or_nothing_and_lists_every_obstacle() {
     else {
         panic!("{err:?}")
     };
-    assert_eq!(materializing, &[busy.clone()], "{err}");
-    assert_eq!(missing, &[nowhere.clone()], "{err}");
+    assert_eq!(materializing, std::slice::from_ref(&busy), "{err}");
+    assert_eq!(missing, std::slice::from_ref(&nowhere), "{err}");
     // Nothing was removed.
     assert_eq!(d.symbol_state(&lazy), Some(SymbolState::Lazy));
     assert_eq!(d.symbol_state(&ready), Some(SymbolState::Ready));
@@ -378,7 +389,10 @@ fn remove_symbols_is_all_or_nothing_and_lists_every_obstacle() {
     // A removed name can be defined again.
     d.define_absolute([(lazy.clone(), def(0x31))]).unwrap();
     assert_eq!(
-        d.lookup_ready(&["lazy"]).unwrap().get(&lazy).map(|x| x.address),
+        d.lookup_ready(&["lazy"])
+            .unwrap()
+            .get(&lazy)
+            .map(|x| x.address),
         Some(0x31)
     );
     r.resolve(&[(busy.clone(), def(0x40))]).unwrap();
@@ -445,11 +459,14 @@ fn removing_a_generator_fails_the_lookups_queued_on_it() {
 
 // ----- item 7 (audit): discard runs under no engine lock ----------------
 
+/// What `HookedWeak::discard` runs.
+type DiscardHook = Arc<dyn Fn(&Dylib, &SymbolName) + Send + Sync>;
+
 /// Weak definitions of `names`; its `discard` runs a hook (which may use
 /// the engine) and records the name.
 struct HookedWeak {
     names: Vec<SymbolName>,
-    hook: Arc<dyn Fn(&Dylib, &SymbolName) + Send + Sync>,
+    hook: DiscardHook,
     discarded: Arc<Mutex<Vec<String>>>,
 }
 
@@ -568,12 +585,17 @@ fn a_redirector_may_reenter_the_lazy_manager_and_the_latest_target_wins() {
     };
     d.define(lazy.reexports(&d, [alias]).unwrap()).unwrap();
     assert_eq!(
-        d.lookup_ready(&["entry"]).unwrap().get(&entry).map(|x| x.address),
+        d.lookup_ready(&["entry"])
+            .unwrap()
+            .get(&entry)
+            .map(|x| x.address),
         Some(STUB)
     );
     let _ = cell.set((lazy.clone(), d.clone(), entry.clone()));
     let lazy2 = lazy.clone();
-    let resolved = must_return("redirect inside redirect", move || lazy2.resolve(TRAMPOLINE));
+    let resolved = must_return("redirect inside redirect", move || {
+        lazy2.resolve(TRAMPOLINE)
+    });
     assert_eq!(resolved.unwrap(), BODY);
     // The host's swap came last: the stub ends at it.
     assert_eq!(redirects.lock().unwrap().last(), Some(&SWAPPED));

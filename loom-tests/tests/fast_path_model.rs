@@ -64,7 +64,10 @@ fn fast_path_never_passes_over_a_generator() {
         let s = Session::builder()
             .dispatcher(InPlaceDispatcher::new())
             .build();
-        let (jd, jd2) = (s.create_dylib("jd").unwrap(), s.create_dylib("jd2").unwrap());
+        let (jd, jd2) = (
+            s.create_dylib("jd").unwrap(),
+            s.create_dylib("jd2").unwrap(),
+        );
         jd.add_generator(Provides).unwrap();
         let foo = s.intern("foo");
         let definer = {
@@ -93,7 +96,10 @@ fn fast_path_never_passes_over_a_removed_dylib() {
         let s = Session::builder()
             .dispatcher(InPlaceDispatcher::new())
             .build();
-        let (jd, jd2) = (s.create_dylib("jd").unwrap(), s.create_dylib("jd2").unwrap());
+        let (jd, jd2) = (
+            s.create_dylib("jd").unwrap(),
+            s.create_dylib("jd2").unwrap(),
+        );
         let foo = s.intern("foo");
         jd2.define_absolute([(foo.clone(), SymbolDef::new(0x200, X))])
             .unwrap();

@@ -20,7 +20,9 @@ enum Def {
     /// Absent, but the dylib's generator defines it when asked.
     Generated,
     /// Ready at once (absolute), with these flags.
-    Ready { exported: bool },
+    Ready {
+        exported: bool,
+    },
     /// A unit not yet materialized.
     Lazy,
     /// A unit that failed (a lookup made it fail before the check).
@@ -131,7 +133,8 @@ fn build(case: &Case) -> (Session, Vec<Dylib>) {
         let mut generated = Vec::new();
         for (ni, def) in spec.defs.iter().enumerate() {
             let name = s.intern(NAMES[ni]);
-            let fixed = |flags| d.define_absolute([(name.clone(), SymbolDef::new(address(ni), flags))]);
+            let fixed =
+                |flags| d.define_absolute([(name.clone(), SymbolDef::new(address(ni), flags))]);
             match def {
                 Def::Absent => {}
                 Def::Generated => generated.push(name),
@@ -140,7 +143,12 @@ fn build(case: &Case) -> (Session, Vec<Dylib>) {
                 Def::SideEffectsOnly => fixed(SymbolFlags::SIDE_EFFECTS_ONLY).unwrap(),
                 Def::Lazy | Def::Failed => {
                     let fails = matches!(def, Def::Failed);
-                    d.define(Unit { name: name.clone(), address: address(ni), fails }).unwrap();
+                    d.define(Unit {
+                        name: name.clone(),
+                        address: address(ni),
+                        fails,
+                    })
+                    .unwrap();
                     if fails {
                         assert!(d.lookup_ready(&[NAMES[ni]]).is_err());
                     }
@@ -161,9 +169,12 @@ fn build(case: &Case) -> (Session, Vec<Dylib>) {
     (s, dylibs)
 }
 
-/// The answer as comparable data: per name, the definition and the
+/// One name's answer: the name, its definition (address, flag bits) and the
 /// position in the order of the dylib it came from.
-fn answer(map: &SymbolMap) -> Vec<(String, Option<(u64, u8)>, Option<usize>)> {
+type Answer = (String, Option<(u64, u8)>, Option<usize>);
+
+/// The answer as comparable data, per name in request order.
+fn answer(map: &SymbolMap) -> Vec<Answer> {
     map.by_request()
         .map(|(n, d)| {
             (
@@ -210,7 +221,11 @@ fn check(case: &Case) -> Result<bool, TestCaseError> {
     s.end();
     match slow {
         Ok(slow) => prop_assert_eq!(answer(&fast), answer(&slow)),
-        Err(e) => prop_assert!(false, "fast path answered {:?}, the actor failed: {e}", answer(&fast)),
+        Err(e) => prop_assert!(
+            false,
+            "fast path answered {:?}, the actor failed: {e}",
+            answer(&fast)
+        ),
     }
     Ok(true)
 }
@@ -233,7 +248,10 @@ fn a_generator_earlier_in_the_order_is_asked_first() {
     let case = Case {
         dylibs: vec![
             spec([Def::Generated, Def::Absent, Def::Absent], false),
-            spec([Def::Ready { exported: true }, Def::Absent, Def::Absent], false),
+            spec(
+                [Def::Ready { exported: true }, Def::Absent, Def::Absent],
+                false,
+            ),
         ],
         order: vec![(0, true), (1, true)],
         names: vec![0],
@@ -247,7 +265,10 @@ fn a_removed_dylib_in_the_order_fails_both_paths() {
     let case = Case {
         dylibs: vec![
             spec([Def::Absent; 3], true),
-            spec([Def::Ready { exported: true }, Def::Absent, Def::Absent], false),
+            spec(
+                [Def::Ready { exported: true }, Def::Absent, Def::Absent],
+                false,
+            ),
         ],
         order: vec![(0, true), (1, true)],
         names: vec![0],
@@ -267,7 +288,10 @@ fn a_removed_dylib_in_the_order_fails_both_paths() {
 fn the_fast_path_answers_ready_definitions() {
     let case = Case {
         dylibs: vec![
-            spec([Def::Absent, Def::Ready { exported: false }, Def::Absent], false),
+            spec(
+                [Def::Absent, Def::Ready { exported: false }, Def::Absent],
+                false,
+            ),
             spec([Def::Ready { exported: true }; 3], false),
         ],
         order: vec![(0, true), (1, false)],

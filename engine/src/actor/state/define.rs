@@ -286,6 +286,11 @@ impl DefinedSymbols {
 }
 
 /// A task telling `cell`'s unit that it will never be asked for `name`.
-pub(super) fn discard_task(what: &'static str, cell: UnitCell, dylib: Dylib, name: SymbolName) -> Effect {
+pub(super) fn discard_task(
+    what: &'static str,
+    cell: UnitCell,
+    dylib: Dylib,
+    name: SymbolName,
+) -> Effect {
     Effect::Dispatch(Task::new(what, move || cell.discard(dylib, name)))
 }

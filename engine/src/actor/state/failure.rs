@@ -46,7 +46,9 @@ impl State {
             d.shared.index.update(&s.name, |e| e.ready = false);
         }
         let waiters = std::mem::take(&mut self.syms[sid as usize].waiters);
-        self.failing.lookups.extend(waiters.iter().map(|&(id, _)| id));
+        self.failing
+            .lookups
+            .extend(waiters.iter().map(|&(id, _)| id));
         // Outside a batch, this failure is a batch of its own.
         self.begin_failures();
         self.end_failures(fx);

@@ -121,7 +121,12 @@ impl State {
             let u = self.take_unit(uid);
             fx.extend(u.cell.map(|cell| Effect::Drop(Box::new(cell))));
         } else if let Some(cell) = cell {
-            fx.push(discard_task("discard a removed symbol", cell, dylib.clone(), name));
+            fx.push(discard_task(
+                "discard a removed symbol",
+                cell,
+                dylib.clone(),
+                name,
+            ));
         }
     }
 }
