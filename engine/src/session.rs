@@ -301,7 +301,7 @@ impl Session {
         Lookup::pending(self.core.clone(), shared, id)
     }
 
-    #[cfg(not(kiln_loom))]
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     fn cancel_after(&self, lookup: u64, timeout: Duration) {
         let core = Arc::downgrade(&self.core);
         let _timer = std::thread::Builder::new()
@@ -317,7 +317,7 @@ impl Session {
             });
     }
 
-    #[cfg(kiln_loom)]
+    #[cfg(any(kiln_loom, kiln_shuttle))]
     fn cancel_after(&self, _lookup: u64, _timeout: Duration) {}
 
     /// Registers a resource manager; it hears about every tracker removal and
