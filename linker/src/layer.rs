@@ -704,8 +704,10 @@ impl MaterializationUnit for ObjectUnit {
     }
 }
 
+/// A link error as the engine's error, kept typed: the lookup that fails
+/// because of it can downcast its root cause to [`LinkError`].
 fn link_error(e: LinkError) -> Error {
-    Error::msg(e)
+    Error::external(e)
 }
 
 /// The pipeline for one unit, with the engine in the middle of it.
@@ -979,7 +981,7 @@ impl ArchiveGenerator {
         let mut members = Vec::new();
         for n in names {
             if let Some((member, bytes)) =
-                archive.take_member_for(n.as_str()).map_err(Error::msg)?
+                archive.take_member_for(n.as_str()).map_err(link_error)?
             {
                 members.push((member, bytes.to_vec()));
             }
@@ -1007,6 +1009,6 @@ impl Generator for ArchiveGenerator {
             }
             Some(_) => Ok(()),
         };
-        req.complete(added.map_err(Error::msg));
+        req.complete(added.map_err(link_error));
     }
 }

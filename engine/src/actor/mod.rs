@@ -38,9 +38,11 @@ pub(crate) type TrackerId = usize;
 /// Slab index of a responsibility.
 pub(crate) type RespId = usize;
 
-/// A unit waiting to be materialized. Behind a mutex so that `discard` (a
-/// task) and `materialize` (a task) never touch it at once, while the actor
-/// only moves the handle around.
+/// A unit waiting to be materialized, while the actor only moves the handle
+/// around. `discard` (a task) and `materialize` (a task) never touch the
+/// unit at once, and neither runs under the cell's lock: delivering
+/// discards *lends* the unit out of the cell; a materialization that finds
+/// it lent is handed the unit when the discards are delivered.
 ///
 /// The actor records each discard it decides in the cell before it
 /// dispatches the task that delivers it; whoever next holds the unit — that
@@ -48,39 +50,113 @@ pub(crate) type RespId = usize;
 /// delivers every recorded discard, each exactly once. So a unit hears of
 /// every definition it lost before it materializes.
 #[derive(Clone)]
-pub(crate) struct UnitCell(Arc<CellInner>);
+pub(crate) struct UnitCell(Arc<Mutex<CellState>>);
 
-struct CellInner {
-    unit: Mutex<Option<Box<dyn MaterializationUnit>>>,
-    /// Discards decided, not yet delivered. Held only to push or drain,
-    /// never while user code runs.
-    discards: Mutex<Vec<(crate::session::Dylib, SymbolName)>>,
+type Unit = Box<dyn MaterializationUnit>;
+
+struct CellState {
+    unit: Option<Unit>,
+    /// The unit is out, having discards delivered.
+    lent: bool,
+    /// Discards decided and not delivered yet.
+    discards: Vec<(crate::session::Dylib, SymbolName)>,
+    /// A materialization that found the unit lent.
+    taker: Option<Box<dyn FnOnce(Option<Unit>) + Send>>,
 }
 
 impl UnitCell {
-    pub(crate) fn new(unit: Box<dyn MaterializationUnit>) -> Self {
-        UnitCell(Arc::new(CellInner {
-            unit: Mutex::new(Some(unit)),
-            discards: Mutex::new(Vec::new()),
-        }))
+    pub(crate) fn new(unit: Unit) -> Self {
+        UnitCell(Arc::new(Mutex::new(CellState {
+            unit: Some(unit),
+            lent: false,
+            discards: Vec::new(),
+            taker: None,
+        })))
     }
 
-    pub(crate) fn lock(&self) -> crate::sync::MutexGuard<'_, Option<Box<dyn MaterializationUnit>>> {
-        self.0.unit.lock()
-    }
-
-    /// Records that the unit lost `name` in `dylib` (called by the actor;
-    /// delivered by [`UnitCell::deliver_discards`]).
+    /// Records that the unit lost `name` in `dylib` (called by the actor
+    /// before it dispatches [`UnitCell::deliver_discards`]).
     pub(crate) fn push_discard(&self, dylib: crate::session::Dylib, name: SymbolName) {
-        self.0.discards.lock().push((dylib, name));
+        self.0.lock().discards.push((dylib, name));
     }
 
-    /// Tells `unit` (this cell's, locked by the caller) of every recorded
-    /// discard not delivered yet.
-    pub(crate) fn deliver_discards(&self, unit: &mut dyn MaterializationUnit) {
-        let due = std::mem::take(&mut *self.0.discards.lock());
-        for (dylib, name) in due {
-            unit.discard(&dylib, &name);
+    /// Tells the unit (if it was not taken for materialization) of every
+    /// recorded discard, with no lock held while `discard` runs. Nothing to
+    /// do when the unit is lent: its holder delivers them.
+    pub(crate) fn deliver_discards(&self) {
+        let unit = {
+            let mut cell = self.0.lock();
+            if cell.lent || cell.discards.is_empty() {
+                return;
+            }
+            match cell.unit.take() {
+                Some(unit) => {
+                    cell.lent = true;
+                    unit
+                }
+                None => {
+                    cell.discards.clear();
+                    return;
+                }
+            }
+        };
+        self.lend(unit);
+    }
+
+    /// Delivers the recorded discards to `unit` (lent out of the cell) until
+    /// none is left, then puts it back, or hands it to a waiting
+    /// materialization.
+    fn lend(&self, mut unit: Unit) {
+        loop {
+            let due = {
+                let mut cell = self.0.lock();
+                if cell.discards.is_empty() {
+                    cell.lent = false;
+                    match cell.taker.take() {
+                        Some(taker) => {
+                            drop(cell);
+                            return taker(Some(unit));
+                        }
+                        None => {
+                            cell.unit = Some(unit);
+                            return;
+                        }
+                    }
+                }
+                std::mem::take(&mut cell.discards)
+            };
+            for (dylib, name) in due {
+                // A panicking discard must not lose the unit (a waiting
+                // materialization would never run).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    unit.discard(&dylib, &name)
+                }));
+            }
+        }
+    }
+
+    /// Takes the unit out for good and runs `then` with it (`None` if it
+    /// was taken already) once every recorded discard has reached it — now,
+    /// or, while a discard has it, when that discard is done (on its
+    /// thread). No lock is held while `then` runs.
+    pub(crate) fn take_then(&self, then: impl FnOnce(Option<Unit>) + Send + 'static) {
+        let mut cell = self.0.lock();
+        if cell.lent {
+            cell.taker = Some(Box::new(then));
+            return;
+        }
+        let unit = cell.unit.take();
+        match unit {
+            Some(unit) if !cell.discards.is_empty() => {
+                cell.lent = true;
+                cell.taker = Some(Box::new(then));
+                drop(cell);
+                self.lend(unit);
+            }
+            unit => {
+                drop(cell);
+                then(unit)
+            }
         }
     }
 }
@@ -94,7 +170,19 @@ pub(crate) struct DylibShared {
     /// table: each entry carries the name's symbol id.
     pub(crate) index: ReadIndex,
     pub(crate) default_tracker: Arc<TrackerShared>,
+    /// What the lookup fast path must know besides the index, so that it
+    /// never answers where the actor's search would answer differently:
+    /// [`DYLIB_REMOVED`] and [`DYLIB_HAS_GENERATORS`]. Written only by the
+    /// actor (set before the change it announces takes effect).
+    pub(crate) status: AtomicUsize,
 }
+
+/// [`DylibShared::status`]: the dylib was removed (a search naming it fails
+/// with `DylibRemoved`).
+pub(crate) const DYLIB_REMOVED: usize = 1;
+/// [`DylibShared::status`]: the dylib has generators (a name it lacks is
+/// asked of them before the search moves on).
+pub(crate) const DYLIB_HAS_GENERATORS: usize = 2;
 
 impl fmt::Debug for DylibShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -257,6 +345,17 @@ pub(crate) enum Msg {
     AddGenerator {
         dylib: DylibId,
         generator: Arc<dyn Generator>,
+        /// The generator's position in the dylib's list.
+        reply: Reply<Result<usize>>,
+    },
+    RemoveGenerator {
+        dylib: DylibId,
+        index: usize,
+        reply: Reply<Result<()>>,
+    },
+    RemoveSymbols {
+        dylib: DylibId,
+        names: Vec<SymbolName>,
         reply: Reply<Result<()>>,
     },
     CreateTracker {
@@ -308,18 +407,20 @@ pub(crate) enum Effect {
     Complete(Arc<LookupShared>, Result<SymbolMap>),
     /// Drop user objects (units, generators) off the actor.
     Drop(Box<dyn Send>),
-    /// Run resource managers' removal for these keys, then reply.
+    /// Run resource managers' removal for these trackers' keys (each once
+    /// no `with_resource_key` closure runs under it), then reply.
     RemoveResources {
-        keys: Vec<ResourceKey>,
+        trackers: Vec<Arc<TrackerShared>>,
         managers: Vec<Arc<dyn ResourceManager>>,
         reply: Option<Reply<Result<()>>>,
     },
     /// Answer a request once the effects before this one have run.
     Signal(Reply<()>),
-    /// Run resource managers' transfer, then reply.
+    /// Run resource managers' transfer (once no `with_resource_key`
+    /// closure runs under `src`), then reply.
     TransferResources {
         dst: ResourceKey,
-        src: ResourceKey,
+        src: Arc<TrackerShared>,
         managers: Vec<Arc<dyn ResourceManager>>,
         reply: Reply<Result<()>>,
     },
@@ -494,35 +595,17 @@ impl SessionCore {
             Effect::Complete(shared, result) => shared.complete(self, result),
             Effect::Drop(object) => drop(object),
             Effect::RemoveResources {
-                keys,
+                trackers,
                 managers,
                 reply,
-            } => {
-                let mut first_error = None;
-                for key in keys {
-                    // Reverse registration order, like ORC.
-                    for manager in managers.iter().rev() {
-                        if let Err(e) = manager.remove_resources(key) {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                if let Some(reply) = reply {
-                    reply.send(first_error.map_or(Ok(()), Err));
-                }
-            }
+            } => crate::tracker::remove_resources(trackers, managers, reply),
             Effect::Signal(reply) => reply.send(()),
             Effect::TransferResources {
                 dst,
                 src,
                 managers,
                 reply,
-            } => {
-                for manager in &managers {
-                    manager.transfer_resources(dst, src);
-                }
-                reply.send(Ok(()));
-            }
+            } => crate::tracker::transfer_resources(&src, dst, managers, reply),
         }
     }
 }

@@ -288,11 +288,12 @@ impl DefinedSymbols {
 /// A task telling `cell`'s unit that it will never be asked for `name`.
 /// The discard is recorded in the cell now: if the unit's materialization
 /// runs before this task, it delivers the discard first.
-fn discard_task(what: &'static str, cell: UnitCell, dylib: Dylib, name: SymbolName) -> Effect {
+pub(super) fn discard_task(
+    what: &'static str,
+    cell: UnitCell,
+    dylib: Dylib,
+    name: SymbolName,
+) -> Effect {
     cell.push_discard(dylib, name);
-    Effect::Dispatch(Task::new(what, move || {
-        if let Some(unit) = cell.lock().as_mut() {
-            cell.deliver_discards(unit.as_mut());
-        }
-    }))
+    Effect::Dispatch(Task::new(what, move || cell.deliver_discards()))
 }

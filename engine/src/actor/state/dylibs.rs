@@ -2,11 +2,11 @@
 //! generators, and the lookups that wait on it or search it).
 
 use super::{DylibState, FixedSet, State};
-use crate::actor::{DylibId, DylibShared, Effect, Effects};
+use crate::actor::{DYLIB_REMOVED, DylibId, DylibShared, Effect, Effects};
 use crate::error::{Error, Result};
 use crate::lookup::DylibLookup;
-use crate::sync::Arc;
-use crate::tracker::ResourceKey;
+use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::tracker::TrackerShared;
 
 impl State {
     pub(crate) fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
@@ -24,6 +24,7 @@ impl State {
             name,
             index: Default::default(),
             default_tracker: self.trackers[tracker].shared.clone(),
+            status: AtomicUsize::new(0),
         });
         self.dylibs.push(DylibState {
             shared: shared.clone(),
@@ -36,12 +37,19 @@ impl State {
         Ok(shared)
     }
 
-    pub(super) fn remove_dylib(&mut self, dylib: DylibId, fx: &mut Effects) -> Vec<ResourceKey> {
+    pub(super) fn remove_dylib(
+        &mut self,
+        dylib: DylibId,
+        fx: &mut Effects,
+    ) -> Vec<Arc<TrackerShared>> {
         let d = &mut self.dylibs[dylib as usize];
         if d.removed {
             return Vec::new();
         }
         d.removed = true;
+        // Before the index empties: the fast path must not answer from a
+        // later dylib once this one's names are gone.
+        d.shared.status.fetch_or(DYLIB_REMOVED, Ordering::Release);
         let trackers = std::mem::take(&mut d.trackers);
         let generators = std::mem::take(&mut d.generators);
         let awaiting: Vec<u64> = d.awaiting.drain().collect();
@@ -49,9 +57,9 @@ impl State {
         // Unpublish everything at once, before any tracker's memory goes;
         // the trackers then find nothing left to unpublish one by one.
         d.shared.index.clear();
-        let mut keys = Vec::new();
+        let mut removed = Vec::new();
         for t in trackers {
-            keys.extend(self.remove_tracker(t, fx));
+            removed.extend(self.remove_tracker(t, fx));
         }
         for gen_entry in generators {
             fx.push(Effect::Drop(Box::new(gen_entry.generator)));
@@ -69,6 +77,6 @@ impl State {
         for id in searching {
             self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
         }
-        keys
+        removed
     }
 }

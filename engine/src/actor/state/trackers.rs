@@ -8,7 +8,7 @@ use super::{RespEntry, State, TrackerEntry, UNLISTED, UnitEntry};
 use crate::actor::{DylibId, Effect, Effects, Reply, RespId, SymId, TrackerId};
 use crate::error::{Error, Result};
 use crate::symbol::SymbolState;
-use crate::sync::{Arc, Mutex};
+use crate::sync::Arc;
 use crate::tracker::{ResourceKey, TrackerShared};
 
 /// An entry listed in a [`TrackerEntry`] list (`units` or `resps`) that
@@ -55,13 +55,7 @@ impl State {
         let entry = self.trackers.vacant_entry();
         let id = entry.key();
         entry.insert(TrackerEntry {
-            shared: Arc::new(TrackerShared {
-                id,
-                dylib,
-                dylib_name,
-                key,
-                defunct: Mutex::new(false),
-            }),
+            shared: TrackerShared::new(id, dylib, dylib_name, key),
             dylib,
             syms: Vec::new(),
             units: Vec::new(),
@@ -109,20 +103,20 @@ impl State {
         resp
     }
 
-    /// Removes a tracker's symbols, units and in-flight work; returns its
-    /// key for the resource managers (None if it was already removed).
+    /// Removes a tracker's symbols, units and in-flight work; returns it
+    /// for the resource managers (None if it was already removed).
     pub(super) fn remove_tracker(
         &mut self,
         tracker: TrackerId,
         fx: &mut Effects,
-    ) -> Option<ResourceKey> {
+    ) -> Option<Arc<TrackerShared>> {
         let t = self.trackers.get_mut(tracker)?;
         if t.removed {
             return None;
         }
         t.removed = true;
-        *t.shared.defunct.lock() = true;
-        let key = t.shared.key;
+        t.shared.mark_defunct();
+        let shared = t.shared.clone();
         let dylib = t.dylib;
         let mut syms = std::mem::take(&mut t.syms);
         // In id order, the symbol records are visited front to back.
@@ -163,7 +157,7 @@ impl State {
                 index.remove(&s.name);
             }
         }
-        Some(key)
+        Some(shared)
     }
 
     pub(super) fn transfer(
@@ -181,7 +175,7 @@ impl State {
                 dylib: s.shared.dylib_name.clone(),
             }));
         }
-        let (src_key, dst_key) = (s.shared.key, d.shared.key);
+        let (src_shared, dst_key) = (s.shared.clone(), d.shared.key);
         let s = &mut self.trackers[src];
         s.removed = true;
         let syms = std::mem::take(&mut s.syms);
@@ -208,7 +202,7 @@ impl State {
         d.resps.extend(resps);
         fx.push(Effect::TransferResources {
             dst: dst_key,
-            src: src_key,
+            src: src_shared,
             managers: self.managers.clone(),
             reply,
         });
