@@ -234,14 +234,23 @@ impl Linker {
         let parse_start = std::time::Instant::now();
         let graph = self.build_graph()?;
         let parse = parse_start.elapsed();
-        let dso = runtime::DsoHandle::new(name.clone());
+        // In imaging mode `__dso_handle` is the image's first byte, so
+        // references to it stay inside the image.
+        let dso = (!self.options.imaging).then(|| runtime::DsoHandle::new(name.clone()));
         let env = ImageEnv {
-            dso_handle: Some(dso.addr() as u64),
+            dso_handle: dso.as_ref().map(|d| d.addr() as u64),
             name: name.clone(),
             tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
         };
         let mut finalized = passes::link_graph(graph, resolver, &env, &self.options)?;
         finalized.stats.timings.parse = parse;
+        let dso = match dso {
+            Some(dso) => dso,
+            None => runtime::DsoHandle::new_at(name.clone(), finalized.alloc.base() as usize)
+                .map_err(|e| LinkError::Runtime {
+                    detail: format!("{name}: {e}"),
+                })?,
+        };
         LinkedImage::start(name, finalized, dso, self.run_initializers)
     }
 }
@@ -257,6 +266,8 @@ pub struct LinkedImage {
     memory: (u64, u64),
     platform: Option<Platform>,
     alloc: Option<crate::memory::Allocation>,
+    /// What saving it as an image file needs (imaging mode only).
+    imaging: Option<Box<crate::image_file::ImagingRecord>>,
 }
 
 /// The image's registrations with the runtime, torn down in order: the
@@ -310,6 +321,7 @@ impl LinkedImage {
                 tls: f.tls_module,
             }),
             alloc: Some(f.alloc),
+            imaging: f.imaging,
         };
         if run_init {
             image.run_initializers();
@@ -381,6 +393,11 @@ impl LinkedImage {
     /// Display name (the first input).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The record kept for saving, if linked in imaging mode.
+    pub(crate) fn imaging_record(&self) -> Option<&crate::image_file::ImagingRecord> {
+        self.imaging.as_deref()
     }
 
     /// Link statistics.

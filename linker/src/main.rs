@@ -13,6 +13,8 @@ use kiln_linker::{HostSymbols, LinkOptions, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
+mod image_cli;
+
 /// kiln's own allocations (link graphs, names) come from mimalloc: reading
 /// and merging the objects allocates on several threads, where glibc's
 /// per-thread arenas grow a few pages at a time (`mprotect` calls). On the
@@ -54,8 +56,49 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Link INPUTs into this process and run the entry point.
+    /// Link INPUTs into this process and run the entry point. Image files
+    /// (from `kiln image save`, recognized by their magic) are loaded
+    /// instead of linked, and may be mixed with objects.
     Run(RunArgs),
+    /// Save linked code as an image file, or describe one.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Link INPUTs in imaging mode and save the result as one image file,
+    /// which `kiln run OUT.kimg` loads without relinking.
+    Save(SaveArgs),
+    /// Check an image file (header, content hash, tables) and describe it.
+    Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+struct SaveArgs {
+    /// The image file to write (written to a temporary file, then renamed).
+    #[arg(short = 'o', value_name = "OUT.kimg", required = true)]
+    output: PathBuf,
+    /// Relocatable objects (.o) and static archives (.a), compiled with
+    /// -fPIE (clang) or -fPIC.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Also resolve symbols from the shared library libNAME.so (repeatable).
+    #[arg(short = 'l', value_name = "NAME")]
+    libs: Vec<String>,
+    /// Search DIR for -l libraries before the system directories (repeatable).
+    #[arg(short = 'L', value_name = "DIR")]
+    lib_dirs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    /// The image file.
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+    /// Print JSON (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +145,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Run(args)) => run_files(args),
+        Some(Command::Image(ImageCommand::Save(args))) => image_cli::save(&args),
+        Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
         None => run_bundled(),
     };
     match result {
@@ -204,6 +249,15 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         // Newly linked objects run their initializers before their first call proceeds.
         let init_layer = layer.clone();
         manager.set_after_link_hook(move || init_layer.run_initializers());
+        if let Some(im) = inputs
+            .iter()
+            .find(|i| kiln_linker::image_file::is_image(&i.bytes))
+        {
+            return Err(format!(
+                "{}: image files are not supported with --lazy yet",
+                im.name
+            ));
+        }
         if let Some(ar) = inputs.iter().find(|i| i.name.ends_with(".a")) {
             return Err(format!(
                 "{}: archives are not supported with --lazy yet",
@@ -223,9 +277,21 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
             .map_err(err)?;
         lazy = Some(manager);
     } else {
+        // Image files are loaded, not linked: each is a unit of `main`.
+        let (images, inputs): (Vec<Input>, Vec<Input>) = inputs
+            .into_iter()
+            .partition(|i| kiln_linker::image_file::is_image(&i.bytes));
+        for image in images {
+            // SAFETY: the user asked kiln to run this file's code, as they
+            // would run an executable; the loader checks its content hash
+            // and tables, and it binds against this process's host symbols.
+            unsafe { layer.add_image(&main, None, &image.name, image.bytes) }
+                .map_err(|e| e.to_string())?;
+        }
         // One image for all inputs: static-link semantics across objects
         // (COMDAT, init priorities, TLS), archive members pulled on demand.
         let mut linker = Linker::new(LinkOptions::default());
+        let objects = !inputs.is_empty();
         for input in inputs {
             if input.name.ends_with(".a") {
                 linker
@@ -236,12 +302,14 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
             }
         }
         // Global names are interned while the objects are read in parallel.
-        let (graph, names) = linker
-            .build_graph_naming(&|n| session.intern(n))
-            .map_err(|e| e.to_string())?;
-        layer
-            .add_graph_named(&main, None, &program, graph, names)
-            .map_err(|e| e.to_string())?;
+        if objects {
+            let (graph, names) = linker
+                .build_graph_naming(&|n| session.intern(n))
+                .map_err(|e| e.to_string())?;
+            layer
+                .add_graph_named(&main, None, &program, graph, names)
+                .map_err(|e| e.to_string())?;
+        }
         // Reading counts until the unit is defined in its dylib (as
         // llvm-jitlink's "load/add object files" does).
         layer.add_read_time(read_start.elapsed());

@@ -1,0 +1,155 @@
+//! `kiln image save` and `kiln image info`.
+
+use std::io::Write as _;
+
+use kiln_linker::image_file::{self, BuildId, ImageInfo};
+use kiln_linker::{HostSymbols, LinkOptions, Linker};
+
+use super::{InfoArgs, SaveArgs};
+
+/// Links the inputs in imaging mode and writes the image file.
+pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
+    let mut inputs = Vec::with_capacity(args.inputs.len());
+    for path in &args.inputs {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        inputs.push((path.display().to_string(), bytes));
+    }
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let mut linker = Linker::new(options);
+    // Nothing runs: the image is only saved.
+    linker.run_initializers(false);
+    for (name, bytes) in inputs {
+        if name.ends_with(".a") {
+            linker
+                .add_archive_bytes(name, bytes)
+                .map_err(|e| e.to_string())?;
+        } else {
+            linker.add_object_bytes(name, bytes);
+        }
+    }
+    let mut host = HostSymbols::new();
+    for lib in &args.libs {
+        host.load_library(lib, &args.lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    let image = linker.link(&host).map_err(|e| e.to_string())?;
+    let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
+    write_atomically(&args.output, &bytes)?;
+    Ok(0)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it, so a
+/// reader never sees half a file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+/// Checks an image file and describes it.
+pub(crate) fn info(args: &InfoArgs) -> Result<i32, String> {
+    let name = args.image.display().to_string();
+    let bytes = std::fs::read(&args.image).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let info = image_file::inspect(&name, &bytes).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", json(&info));
+    } else {
+        print_text(&info);
+    }
+    Ok(0)
+}
+
+fn print_text(i: &ImageInfo) {
+    println!("name            {}", i.name);
+    println!("build id        {}", i.build_id);
+    println!("format version  {}", i.format_version);
+    println!("target          {}", i.target);
+    println!("CPU features    {}", i.cpu_features);
+    println!("dependencies    {}", i.dependencies.len());
+    println!("exports         {}", i.exports);
+    println!("imports         {} ({} slots)", i.imports, i.import_slots);
+    println!("rebases         {}", i.rebases);
+    println!("initializers    {}", i.initializers);
+    println!("image size      {}", i.image_size);
+    println!("file size       {}", i.file_size);
+    println!("sections        offset      memory size  file size  prot");
+    for (name, off, mem, file, prot) in &i.sections {
+        println!("  {name:<12}  {off:#010x}  {mem:>11}  {file:>9}  {prot}");
+    }
+}
+
+/// A JSON string literal.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json(i: &ImageInfo) -> String {
+    let deps: Vec<String> = i
+        .dependencies
+        .iter()
+        .map(|d| quote(&d.to_string()))
+        .collect();
+    let sections: Vec<String> = i
+        .sections
+        .iter()
+        .map(|(n, off, mem, file, prot)| {
+            format!(
+                "{{\"name\":{},\"offset\":{off},\"memory_size\":{mem},\"file_size\":{file},\"prot\":{}}}",
+                quote(n),
+                quote(prot)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}]}}",
+        quote(&i.name),
+        quote(&i.build_id.to_string()),
+        i.format_version,
+        quote(i.target),
+        quote(&i.cpu_features),
+        deps.join(","),
+        i.exports,
+        i.imports,
+        i.import_slots,
+        i.rebases,
+        i.initializers,
+        i.image_size,
+        i.file_size,
+        sections.join(",")
+    )
+}
