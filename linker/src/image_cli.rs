@@ -3,7 +3,7 @@
 use std::io::Write as _;
 
 use kiln_linker::image_file::{self, BuildId, ImageInfo};
-use kiln_linker::{HostSymbols, LinkOptions, Linker};
+use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
 use super::{InfoArgs, SaveArgs};
 
@@ -38,7 +38,18 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
         host.load_library(lib, &args.lib_dirs)
             .map_err(|e| e.to_string())?;
     }
-    let image = linker.link(&host).map_err(|e| e.to_string())?;
+    // Undefined symbols may be left for the loader: only their names are
+    // saved (imaging mode reaches every host symbol through a slot).
+    let allow = args.allow_undefined;
+    let resolver = move |names: &[&str]| -> Vec<Option<u64>> {
+        let found = host.resolve(names);
+        if allow {
+            found.into_iter().map(|a| Some(a.unwrap_or(0))).collect()
+        } else {
+            found
+        }
+    };
+    let image = linker.link(&resolver).map_err(|e| e.to_string())?;
     let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
     write_atomically(&args.output, &bytes)?;
     Ok(0)

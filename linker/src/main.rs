@@ -89,6 +89,11 @@ struct SaveArgs {
     /// Search DIR for -l libraries before the system directories (repeatable).
     #[arg(short = 'L', value_name = "DIR")]
     lib_dirs: Vec<PathBuf>,
+    /// Keep symbols that neither the inputs nor the host define as imports,
+    /// bound by name when the image is loaded (a library image whose user
+    /// defines them, e.g. `kiln run lib.kimg main.o`).
+    #[arg(long)]
+    allow_undefined: bool,
 }
 
 #[derive(Args, Debug)]
