@@ -82,7 +82,7 @@ pub enum LinkError {
         /// Target symbol.
         symbol: String,
         /// Why, and how to avoid it.
-        reason: String,
+        reason: &'static str,
     },
     /// Symbols nobody defines (user error). Lists every missing name with
     /// the objects referencing it.

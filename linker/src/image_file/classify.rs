@@ -53,14 +53,14 @@ fn linker_defined(graph: &LinkGraph, name: &str) -> bool {
             .is_some_and(|s| graph.section_index.contains_key(s))
 }
 
-fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &str) -> LinkError {
+fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &'static str) -> LinkError {
     LinkError::NotImageable {
         object: graph.object_name(block.object).to_string(),
         section: block.input_section.to_string(),
         offset: block.input_offset + u64::from(e.offset),
         reloc: reloc_name(e.r_type).unwrap_or(kind_name(e.kind)),
         symbol: graph.symbol_name(e.target),
-        reason: reason.to_string(),
+        reason,
     }
 }
 
@@ -197,7 +197,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     for block in g.blocks.iter().filter(|b| b.live) {
         for e in block.edges.iter().filter(|e| e.kind == EdgeKind::Pointer64) {
             let offset = block.addr + u64::from(e.offset) - l.base;
-            if offset % 8 != 0 && !matches!(l.target(e.target), Target::Constant) {
+            if !offset.is_multiple_of(8) && !matches!(l.target(e.target), Target::Constant) {
                 return Err(refuse(
                     g,
                     block,

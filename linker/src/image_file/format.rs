@@ -318,7 +318,7 @@ pub(crate) fn relr_decode(
     };
     for (i, w) in words.enumerate() {
         if w & 1 == 0 {
-            if w % 8 != 0 {
+            if !w.is_multiple_of(8) {
                 return Err(format!("rebase entry {i}: offset {w:#x} is not 8-aligned"));
             }
             emit(w, &mut count)?;

@@ -17,7 +17,7 @@ use crate::runtime;
 fn link_err(name: &str, source: crate::LinkError) -> ImageError {
     ImageError::Link {
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -162,7 +162,7 @@ pub enum ImageError {
         name: String,
         /// The linker's error.
         #[source]
-        source: LinkError,
+        source: Box<LinkError>,
     },
 }
 

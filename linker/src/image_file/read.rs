@@ -206,7 +206,7 @@ pub(crate) fn parse<'a>(file_name: &str, file: &'a [u8]) -> Result<Parsed<'a>, I
     let words = tables[format::T_REBASE]
         .chunks_exact(8)
         .map(|w| Fields(w).u64(0));
-    if tables[format::T_REBASE].len() % 8 != 0 {
+    if !tables[format::T_REBASE].len().is_multiple_of(8) {
         return Err(c.bad(".kiln.rebase size is not a multiple of 8"));
     }
     let count = format::relr_decode(words, h.image_size / 8, |off| {
@@ -272,8 +272,8 @@ fn segments(
             .vaddr
             .checked_add(s.memsz)
             .is_some_and(|e| e <= h.image_size);
-        if s.vaddr % PAGE != 0
-            || s.offset % PAGE != 0
+        if !s.vaddr.is_multiple_of(PAGE)
+            || !s.offset.is_multiple_of(PAGE)
             || s.filesz > s.memsz
             || s.vaddr < prev_end
             || !in_file
@@ -411,7 +411,7 @@ fn init_fini<'a>(
     entries: &'a [u8],
     string: &StringFn<'_, 'a>,
 ) -> Result<Vec<(&'a str, Vec<u64>)>, ImageError> {
-    if table.len() % format::INIT_SIZE != 0 || entries.len() % 8 != 0 {
+    if !table.len().is_multiple_of(format::INIT_SIZE) || !entries.len().is_multiple_of(8) {
         return Err(c.bad(".kiln.init or .kiln.initents has a partial record"));
     }
     let code = |off: u64| {

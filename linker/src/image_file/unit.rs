@@ -82,9 +82,9 @@ impl ObjectLayer {
             .define_boxed(Box::new(unit), tracker)
             .map_err(|e| ImageError::Link {
                 name: name.to_string(),
-                source: LinkError::Engine {
+                source: Box::new(LinkError::Engine {
                     detail: e.to_string(),
-                },
+                }),
             })
     }
 }
