@@ -47,7 +47,8 @@ says what it did.",
 1 if linking fails (the message names the object, section, offset and relocation, \
 or every missing symbol with the objects that use it); 2 for usage errors.\n\n\
 EXAMPLES\n  kiln run hello.o\n  kiln run main.o liblua.a -lm -- script.lua\n  \
-kiln run --noexec --stats big/*.o\n  kiln run --lazy main.o util.o"
+kiln run --noexec --stats big/*.o\n  kiln run --lazy main.o util.o\n  \
+kiln image save -o lua.kimg main.o liblua.a && kiln run lua.kimg -- script.lua"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -195,6 +195,21 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         }
     }
     for block in g.blocks.iter().filter(|b| b.live) {
+        // A symbol the linker defines must lie inside the image (the
+        // caller leaves `ImageEnv::dso_handle` to the image's first byte).
+        if let Some(e) = block.edges.iter().find(|e| {
+            g.symbols[e.target.index()].def == SymbolDef::External
+                && (l.is_special)(e.target)
+                && !matches!(e.kind, EdgeKind::Size32 | EdgeKind::Size64)
+                && matches!(l.target(e.target), Target::Constant)
+        }) {
+            return Err(refuse(
+                g,
+                block,
+                e,
+                "the linker placed this symbol outside the image (imaging mode needs `__dso_handle` inside it)",
+            ));
+        }
         for e in block.edges.iter().filter(|e| e.kind == EdgeKind::Pointer64) {
             let offset = block.addr + u64::from(e.offset) - l.base;
             if !offset.is_multiple_of(8) && !matches!(l.target(e.target), Target::Constant) {
