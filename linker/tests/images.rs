@@ -364,6 +364,15 @@ fn damaged_images_are_refused_naming_the_field_and_both_values() {
     image_file::reseal(&mut v);
     let e = refuse(&v);
     assert!(e.contains("`machine` is 183, expected 62"), "{e}");
+    // A CPU feature this loader does not know (so no CPU has it).
+    let mut v = good.clone();
+    v[64 + 24 + 7] = 0x80;
+    image_file::reseal(&mut v);
+    let e = refuse(&v);
+    assert!(
+        e.contains("`required CPU features` is bit63, expected a subset of this CPU's"),
+        "{e}"
+    );
     // A byte of code changed: the content hash.
     let mut v = good.clone();
     v[0x1000 + 10] ^= 0x40;
@@ -630,4 +639,44 @@ fn an_image_and_an_object_mixed_in_kiln_run_close_a_cycle() {
         );
         assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
     }
+}
+
+/// Imports nobody defines fail the lookup of the image's exports, every
+/// missing name listed at once.
+#[test]
+fn missing_imports_are_all_named_when_the_image_is_looked_up() {
+    use kiln_engine::{DylibLookup, Session, WorkerPool};
+    use kiln_linker::layer::{HostGenerator, ObjectLayer};
+    if !need("gcc") {
+        return;
+    }
+    let dir = scratch("images-missing");
+    let image = image_of_c(
+        &dir,
+        "needy",
+        "int nobody_defines_this(int);\n\
+         int nor_this(int);\n\
+         int needy(int n) { return nobody_defines_this(n) + nor_this(n); }\n",
+    );
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let host = session.create_dylib("<host>").expect("dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("generator");
+    let app = session.create_dylib("app").expect("dylib");
+    app.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
+        .expect("order");
+    // SAFETY: the test's own image; nothing of it is called.
+    unsafe { layer.add_image(&app, None, "needy.kimg", image) }.expect("adds the image");
+    let err = app
+        .lookup_ready(&["needy"])
+        .expect_err("imports are missing")
+        .to_string();
+    assert!(
+        err.contains("nobody_defines_this")
+            && err.contains("nor_this")
+            && err.contains("needy.kimg"),
+        "{err}"
+    );
+    session.end();
 }
