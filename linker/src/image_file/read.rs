@@ -96,7 +96,7 @@ impl Ctx<'_> {
 }
 
 /// The header's own checks: fixed fields, CPU features, size, content hash.
-fn check_header(c: &Ctx<'_>, file: &[u8]) -> Result<Header, ImageError> {
+fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageError> {
     if !super::is_image(file) {
         return Err(ImageError::NotAnImage {
             name: c.file_name.to_string(),
@@ -123,7 +123,11 @@ fn check_header(c: &Ctx<'_>, file: &[u8]) -> Result<Header, ImageError> {
         ));
     }
     c.expect("file size", h.file_size, file.len() as u64)?;
-    let hash = format::content_hash(file);
+    let hash = if hash {
+        format::content_hash(file)
+    } else {
+        h.content_hash
+    };
     if hash != h.content_hash {
         return Err(c.field(
             "content hash",
@@ -137,8 +141,19 @@ fn check_header(c: &Ctx<'_>, file: &[u8]) -> Result<Header, ImageError> {
 
 /// Checks everything about `file` the loader relies on.
 pub(crate) fn parse<'a>(file_name: &str, file: &'a [u8]) -> Result<Parsed<'a>, ImageError> {
+    parse_with(file_name, file, true)
+}
+
+/// [`parse`], skipping the content hash when `hash` is false: only for
+/// bytes that already passed [`parse`] and have not changed since (an image
+/// unit's own copy, checked when it was added).
+pub(crate) fn parse_with<'a>(
+    file_name: &str,
+    file: &'a [u8],
+    hash: bool,
+) -> Result<Parsed<'a>, ImageError> {
     let c = Ctx { file_name };
-    let h = check_header(&c, file)?;
+    let h = check_header(&c, file, hash)?;
     let elf_err = |e: object::read::Error| c.bad(format!("ELF container: {e}"));
     let ehdr = FileHeader64::<LE>::parse(file).map_err(elf_err)?;
     c.expect("ELF e_machine", ehdr.e_machine(LE).0, elf::EM_X86_64.0)?;
