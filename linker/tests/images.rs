@@ -680,3 +680,56 @@ fn missing_imports_are_all_named_when_the_image_is_looked_up() {
     );
     session.end();
 }
+
+/// The container is ordinary ELF: readelf lists the kiln header, the
+/// segments with their protections and the tables, without a warning; `kiln
+/// image info` describes the same file.
+#[test]
+fn readelf_reads_the_container_and_image_info_describes_it() {
+    if !need("clang") || !need("readelf") {
+        return;
+    }
+    let objs = prog_ab("clang", &["-O2", "-fPIE", "-fcommon"], "readelf");
+    let image = scratch("images-readelf").join("p.kimg");
+    save(&image, &objs, &[]);
+    let o = Command::new("readelf")
+        .args(["-W", "-S", "-l"])
+        .arg(&image)
+        .output()
+        .expect("readelf runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", show(&o));
+    for s in [
+        ".kiln.header",
+        ".text",
+        ".rodata",
+        ".eh_frame",
+        ".kiln.rebase",
+        ".kiln.imports",
+        ".kiln.exports",
+        ".kiln.strings",
+        "R E",
+        "RW",
+    ] {
+        assert!(out.contains(s), "readelf output lacks {s:?}:\n{out}");
+    }
+    assert_eq!(out.matches("LOAD").count(), 3, "{out}");
+    let o = kiln()
+        .args(["image", "info"])
+        .arg(&image)
+        .output()
+        .expect("kiln runs");
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", show(&o));
+    for s in [
+        "build id",
+        "format version  1",
+        "exports ",
+        "imports ",
+        "rebases ",
+        ".text",
+        "r-x",
+    ] {
+        assert!(info.contains(s), "info lacks {s:?}:\n{info}");
+    }
+}
