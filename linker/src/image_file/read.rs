@@ -158,40 +158,8 @@ pub(crate) fn parse_with<'a>(
     let ehdr = FileHeader64::<LE>::parse(file).map_err(elf_err)?;
     c.expect("ELF e_machine", ehdr.e_machine(LE).0, elf::EM_X86_64.0)?;
     let segments = segments(&c, &h, ehdr, file)?;
-    let sections = ehdr.sections(LE, file).map_err(elf_err)?;
-    let find = |name: &str| {
-        sections
-            .section_by_name(LE, name.as_bytes())
-            .map(|(_, s)| s)
-    };
-    let hs = find(".kiln.header").ok_or_else(|| c.bad("no .kiln.header section"))?;
-    c.expect(".kiln.header offset", hs.sh_offset(LE), HEADER_AT as u64)?;
-    // Each table as the header and the section table both say.
-    let mut tables: Vec<&'a [u8]> = Vec::with_capacity(format::TABLES.len());
-    for (i, t) in format::TABLES.iter().enumerate() {
-        let (off, size) = h.tables[i];
-        let s = find(t).ok_or_else(|| c.bad(format!("no {t} section")))?;
-        if (s.sh_offset(LE), s.sh_size(LE)) != (off, size) {
-            return Err(c.bad(format!(
-                "{t}: the header says offset {off:#x} size {size:#x}, the section table offset {:#x} size {:#x}",
-                s.sh_offset(LE),
-                s.sh_size(LE)
-            )));
-        }
-        let bytes = off
-            .checked_add(size)
-            .and_then(|end| file.get(off as usize..end as usize))
-            .ok_or_else(|| c.bad(format!("{t} ({off:#x}+{size:#x}) is outside the file")))?;
-        tables.push(bytes);
-    }
-    c.expect(".kiln.deps size", tables[format::T_DEPS].len(), 0)?;
-    c.expect(".kiln.hosttab size", tables[format::T_HOSTTAB].len(), 0)?;
-    check_eh_frame(
-        &c,
-        &h,
-        &segments,
-        find(".eh_frame").map(|s| (s.sh_addr(LE), s.sh_size(LE))),
-    )?;
+    let (tables, eh_section) = tables(&c, &h, ehdr, file)?;
+    check_eh_frame(&c, &h, &segments, eh_section)?;
     let strings = tables[format::T_STRINGS];
     let string = |(at, len): (u32, u32), what: &str| -> Result<&'a str, ImageError> {
         let end = u64::from(at) + u64::from(len);
@@ -250,6 +218,51 @@ pub(crate) fn parse_with<'a>(
         exports,
         init_fini,
     })
+}
+
+/// The tables' bytes (in [`format::TABLES`] order) and the `.eh_frame`
+/// section's (address, size).
+type Tables<'a> = (Vec<&'a [u8]>, Option<(u64, u64)>);
+
+/// Each table as the header and the section table both say (they must
+/// agree), and the `.eh_frame` section's (address, size).
+fn tables<'a>(
+    c: &Ctx<'_>,
+    h: &Header,
+    ehdr: &FileHeader64<LE>,
+    file: &'a [u8],
+) -> Result<Tables<'a>, ImageError> {
+    let sections = ehdr
+        .sections(LE, file)
+        .map_err(|e| c.bad(format!("ELF container: {e}")))?;
+    let find = |name: &str| {
+        sections
+            .section_by_name(LE, name.as_bytes())
+            .map(|(_, s)| s)
+    };
+    let hs = find(".kiln.header").ok_or_else(|| c.bad("no .kiln.header section"))?;
+    c.expect(".kiln.header offset", hs.sh_offset(LE), HEADER_AT as u64)?;
+    let mut tables: Vec<&'a [u8]> = Vec::with_capacity(format::TABLES.len());
+    for (i, t) in format::TABLES.iter().enumerate() {
+        let (off, size) = h.tables[i];
+        let s = find(t).ok_or_else(|| c.bad(format!("no {t} section")))?;
+        if (s.sh_offset(LE), s.sh_size(LE)) != (off, size) {
+            return Err(c.bad(format!(
+                "{t}: the header says offset {off:#x} size {size:#x}, the section table offset {:#x} size {:#x}",
+                s.sh_offset(LE),
+                s.sh_size(LE)
+            )));
+        }
+        let bytes = off
+            .checked_add(size)
+            .and_then(|end| file.get(off as usize..end as usize))
+            .ok_or_else(|| c.bad(format!("{t} ({off:#x}+{size:#x}) is outside the file")))?;
+        tables.push(bytes);
+    }
+    c.expect(".kiln.deps size", tables[format::T_DEPS].len(), 0)?;
+    c.expect(".kiln.hosttab size", tables[format::T_HOSTTAB].len(), 0)?;
+    let eh = find(".eh_frame").map(|s| (s.sh_addr(LE), s.sh_size(LE)));
+    Ok((tables, eh))
 }
 
 fn segments(

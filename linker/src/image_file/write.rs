@@ -1,6 +1,7 @@
 //! Writing an image file: the ELF64 container with `object::write`.
 
 use object::elf;
+use object::write::StringId;
 use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Writer};
 
 use super::format::{self, HEADER_AT, HEADER_SIZE, Header, PAGE};
@@ -126,52 +127,104 @@ fn prot_names(p: Prot) -> (&'static [u8], u32, u64) {
     }
 }
 
-/// The image file for `r`.
-pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u8>, ImageError> {
-    let (tables, image_name) = tables(name, r);
-    let filesz = file_sizes(r);
-    let mut out: Vec<u8> = Vec::new();
-    let mut w = Writer::new(object::Endianness::Little, true, &mut out);
-    // Reserve: ELF header, kiln header, program headers, segments, tables.
+/// One section header to write.
+struct SectionPlan {
+    name: StringId,
+    flags: u64,
+    addr: u64,
+    offset: u64,
+    size: u64,
+    align: u64,
+}
+
+/// File offsets chosen in the reserve phase.
+struct Plan {
+    header_at: u64,
+    seg_at: Vec<u64>,
+    table_at: Vec<u64>,
+    sections: Vec<SectionPlan>,
+    file_size: u64,
+}
+
+/// Reserve phase: ELF header, kiln header, program headers, segments
+/// (page-aligned), tables, section names and headers.
+fn reserve(
+    w: &mut Writer<'_>,
+    name: &str,
+    r: &ImagingRecord,
+    tables: &[Vec<u8>; 8],
+    filesz: &[u64],
+) -> Result<Plan, ImageError> {
     w.reserve_file_header();
     let header_at = w.reserve(HEADER_SIZE as u64, 1);
-    let seg_count = r.segments.len() as u32;
-    w.reserve_program_headers(seg_count);
+    w.reserve_program_headers(r.segments.len() as u32);
     let seg_at: Vec<u64> = filesz.iter().map(|&n| w.reserve(n, PAGE)).collect();
     let table_at: Vec<u64> = tables
         .iter()
         .map(|t| w.reserve(t.len() as u64, 8))
         .collect();
-    let header_name = w.add_section_name(b".kiln.header");
-    let header_index = w.reserve_section_index();
-    let seg_names: Vec<_> = r
-        .segments
-        .iter()
-        .map(|s| {
-            let n = w.add_section_name(prot_names(s.2).0);
-            (n, w.reserve_section_index())
-        })
-        .collect();
-    let eh = r.eh_frame.filter(|&(_, l)| l > 0).and_then(|(e, l)| {
-        let i = r.segments.iter().position(|s| e >= s.0 && e < s.0 + s.1)?;
-        Some((e, l, seg_at[i] + (e - r.segments[i].0)))
-    });
-    let eh_name = eh.map(|_| (w.add_section_name(b".eh_frame"), w.reserve_section_index()));
-    let table_names: Vec<_> = format::TABLES
-        .iter()
-        .map(|t| (w.add_section_name(t.as_bytes()), w.reserve_section_index()))
-        .collect();
+    let mut sections = Vec::new();
+    let mut section = |w: &mut Writer<'_>, n: &'static [u8], flags, addr, offset, size, align| {
+        let name = w.add_section_name(n);
+        w.reserve_section_index();
+        sections.push(SectionPlan {
+            name,
+            flags,
+            addr,
+            offset,
+            size,
+            align,
+        });
+    };
+    section(w, b".kiln.header", 0, 0, header_at, HEADER_SIZE as u64, 8);
+    for (i, &(off, _, prot)) in r.segments.iter().enumerate() {
+        let (n, _, flags) = prot_names(prot);
+        section(w, n, flags, off, seg_at[i], filesz[i], PAGE);
+    }
+    if let Some((e, l)) = r.eh_frame.filter(|&(_, l)| l > 0)
+        && let Some(i) = r.segments.iter().position(|s| e >= s.0 && e < s.0 + s.1)
+    {
+        let at = seg_at[i] + (e - r.segments[i].0);
+        section(w, b".eh_frame", elf::SHF_ALLOC.0, e, at, l, 8);
+    }
+    for (i, t) in format::TABLES.iter().enumerate() {
+        section(
+            w,
+            t.as_bytes(),
+            0,
+            0,
+            table_at[i],
+            tables[i].len() as u64,
+            8,
+        );
+    }
     w.reserve_shstrtab_section_index();
     w.reserve_shstrtab().map_err(|e| write_error(name, e))?;
     w.reserve_section_headers();
-    let file_size = w.reserved_len();
     if header_at != HEADER_AT as u64 {
         return Err(ImageError::Write {
             name: name.into(),
             detail: format!("the header landed at offset {header_at}, not {HEADER_AT}"),
         });
     }
-    let header = Header {
+    Ok(Plan {
+        header_at,
+        seg_at,
+        table_at,
+        sections,
+        file_size: w.reserved_len(),
+    })
+}
+
+/// The header of the file `plan` lays out (content hash still zero).
+fn header(
+    r: &ImagingRecord,
+    id: &BuildId,
+    plan: &Plan,
+    tables: &[Vec<u8>; 8],
+    name: (u32, u32),
+) -> Header {
+    Header {
         version: format::FORMAT_VERSION,
         header_size: HEADER_SIZE as u32,
         machine: format::MACHINE,
@@ -182,18 +235,28 @@ pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u
         flags: 0,
         build_id: id.0,
         content_hash: [0; 32],
-        file_size,
+        file_size: plan.file_size,
         image_size: r.memory.len() as u64,
         eh_frame: r.eh_frame.unwrap_or((0, 0)),
-        tables: std::array::from_fn(|i| (table_at[i], tables[i].len() as u64)),
-        segments: seg_count,
+        tables: std::array::from_fn(|i| (plan.table_at[i], tables[i].len() as u64)),
+        segments: r.segments.len() as u32,
         imports: r.imports.len() as u32,
         exports: r.exports.len() as u32,
         rebased: r.rebase.len() as u32,
-        name: image_name,
+        name,
         tls: (0, 0),
-    };
-    // Write, in the same order.
+    }
+}
+
+/// The image file for `r`.
+pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u8>, ImageError> {
+    let (tables, image_name) = tables(name, r);
+    let filesz = file_sizes(r);
+    let mut out: Vec<u8> = Vec::new();
+    let mut w = Writer::new(object::Endianness::Little, true, &mut out);
+    let plan = reserve(&mut w, name, r, &tables, &filesz)?;
+    let header = header(r, id, &plan, &tables, image_name);
+    // Write, in the order reserved.
     w.write_file_header(&FileHeader {
         os_abi: elf::ELFOSABI_NONE,
         abi_version: 0,
@@ -203,13 +266,14 @@ pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u
         e_flags: elf::FileFlags(0),
     })
     .map_err(|e| write_error(name, e))?;
+    debug_assert_eq!(w.len(), plan.header_at);
     w.write(&header.encode());
     w.write_align_program_headers();
     for (i, &(off, len, prot)) in r.segments.iter().enumerate() {
         w.write_program_header(&ProgramHeader {
             p_type: elf::PT_LOAD,
             p_flags: elf::ProgramFlags(prot_names(prot).1),
-            p_offset: seg_at[i],
+            p_offset: plan.seg_at[i],
             p_vaddr: off,
             p_paddr: off,
             p_filesz: filesz[i],
@@ -218,61 +282,29 @@ pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u
         });
     }
     for (i, &(off, _, _)) in r.segments.iter().enumerate() {
-        w.pad_until(seg_at[i]);
+        w.pad_until(plan.seg_at[i]);
         w.write(&r.memory[off as usize..(off + filesz[i]) as usize]);
     }
     for (i, t) in tables.iter().enumerate() {
-        w.pad_until(table_at[i]);
+        w.pad_until(plan.table_at[i]);
         w.write(t);
     }
     w.write_shstrtab();
     w.write_null_section_header();
-    let name_of = |w: &Writer<'_, _>, id| w.section_name_offset(Some(id));
-    let sh =
-        |sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_addralign| SectionHeader {
+    for s in &plan.sections {
+        let sh_name = w.section_name_offset(Some(s.name));
+        w.write_section_header(&SectionHeader {
             sh_name,
-            sh_type,
-            sh_flags: elf::SectionFlags(sh_flags),
-            sh_addr,
-            sh_offset,
-            sh_size,
+            sh_type: elf::SHT_PROGBITS,
+            sh_flags: elf::SectionFlags(s.flags),
+            sh_addr: s.addr,
+            sh_offset: s.offset,
+            sh_size: s.size,
             sh_link: 0,
             sh_info: 0,
-            sh_addralign,
+            sh_addralign: s.align,
             sh_entsize: 0,
-        };
-    let _ = header_index;
-    let h = sh(
-        name_of(&w, header_name),
-        elf::SHT_PROGBITS,
-        0,
-        0,
-        header_at,
-        HEADER_SIZE as u64,
-        8,
-    );
-    w.write_section_header(&h);
-    for (i, &(off, _, prot)) in r.segments.iter().enumerate() {
-        let n = name_of(&w, seg_names[i].0);
-        let h = sh(
-            n,
-            elf::SHT_PROGBITS,
-            prot_names(prot).2,
-            off,
-            seg_at[i],
-            filesz[i],
-            PAGE,
-        );
-        w.write_section_header(&h);
-    }
-    if let (Some((e, l, at)), Some((n, _))) = (eh, eh_name) {
-        let n = name_of(&w, n);
-        w.write_section_header(&sh(n, elf::SHT_PROGBITS, elf::SHF_ALLOC.0, e, at, l, 8));
-    }
-    for (i, t) in tables.iter().enumerate() {
-        let n = name_of(&w, table_names[i].0);
-        let h = sh(n, elf::SHT_PROGBITS, 0, 0, table_at[i], t.len() as u64, 8);
-        w.write_section_header(&h);
+        });
     }
     w.write_shstrtab_section_header();
     drop(w);
