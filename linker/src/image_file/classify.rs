@@ -66,7 +66,7 @@ fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &'static str) -> L
 
 /// Refuses, before any memory is taken, every live fixup an image cannot
 /// express; the error names object, section, offset and relocation.
-pub fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
+pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
     for block in graph.blocks.iter().filter(|b| b.live) {
         let section = &graph.sections[block.section.index()];
         for e in &block.edges {

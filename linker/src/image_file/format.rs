@@ -27,7 +27,7 @@
 //! `.kiln.deps` and `.kiln.hosttab` are reserved (dependency images by
 //! build id, host table entries) and must be empty in version 1.
 
-/// The kiln magic at [`HEADER_AT`].
+/// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

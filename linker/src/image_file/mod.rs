@@ -3,7 +3,7 @@
 //!
 //! | file | what it holds |
 //! | --- | --- |
-//! | [`classify`] | imaging mode: every fixup classified (nothing at load, a rebase, an import through a slot) or refused |
+//! | `classify.rs` | imaging mode: every fixup classified (nothing at load, a rebase, an import through a slot) or refused |
 //! | `format.rs` | the on-disk layout: the header, the tables, RELR rebase encoding |
 //! | `write.rs` | the ELF64 container, written with `object::write` |
 //! | `read.rs` | parsing and validation, cheap checks first (header → content hash → ELF → tables) |
@@ -27,7 +27,7 @@
 //! and a host table (both empty today and refused when not), required CPU
 //! features, and a TLS template.
 
-pub mod classify;
+pub(crate) mod classify;
 mod format;
 mod load;
 mod read;
