@@ -51,13 +51,14 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     };
     let image = linker.link(&resolver).map_err(|e| e.to_string())?;
     let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
-    write_atomically(&args.output, &bytes)?;
+    write_atomically(&args.output, &bytes, 0o644)?;
     Ok(0)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so a
 /// reader never sees half a file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+fn write_atomically(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -71,7 +72,12 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> 
         std::process::id()
     ));
     let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);
@@ -163,4 +169,108 @@ fn json(i: &ImageInfo) -> String {
         i.file_size,
         sections.join(",")
     )
+}
+
+/// Refuses `path` unless it belongs to this user and nobody else may write
+/// it (the check ssh makes of its keys): loading a cache entry runs its code.
+fn check_private(path: &std::path::Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cache {what} {}: {e}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "refusing cache {what} {}: it belongs to uid {}, not to you (uid {me})",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "refusing cache {what} {}: mode {:o} lets others write it (chmod go-w)",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    if what == "entry" && !meta.is_file() {
+        return Err(format!(
+            "refusing cache entry {}: not a regular file",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `kiln run --cache DIR`: the image for `inputs`, from DIR (a hit) or
+/// linked in imaging mode and stored there (a miss). A damaged or stale
+/// entry is reported in one line on stderr, relinked and replaced. Inputs
+/// that cannot be imaged are returned as they are (one line says why).
+pub(crate) fn cached(
+    dir: &std::path::Path,
+    inputs: Vec<(String, Vec<u8>)>,
+    libs: &[String],
+    lib_dirs: &[std::path::PathBuf],
+    stats: bool,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+    }
+    check_private(dir, "directory")?;
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let entry = dir.join(format!("{id}.kimg"));
+    let name = entry.display().to_string();
+    if entry.exists() {
+        check_private(&entry, "entry")?;
+        let bytes = std::fs::read(&entry).map_err(|e| format!("cannot read {name}: {e}"))?;
+        match image_file::inspect(&name, &bytes) {
+            Ok(_) => {
+                if stats {
+                    eprintln!("kiln: cache hit {name}");
+                }
+                return Ok(vec![(name, bytes)]);
+            }
+            Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
+        }
+    }
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    for (n, b) in &inputs {
+        if n.ends_with(".a") {
+            linker
+                .add_archive_bytes(n.clone(), b.clone())
+                .map_err(|e| e.to_string())?;
+        } else {
+            linker.add_object_bytes(n.clone(), b.clone());
+        }
+    }
+    let mut host = HostSymbols::new();
+    for lib in libs {
+        host.load_library(lib, lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    let image = match linker.link(&host) {
+        Ok(image) => image,
+        Err(e @ kiln_linker::LinkError::NotImageable { .. }) => {
+            eprintln!("kiln: not cached (the inputs cannot be saved as an image): {e}");
+            return Ok(inputs);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
+    drop(image);
+    write_atomically(&entry, &bytes, 0o600)?;
+    if stats {
+        eprintln!("kiln: cache miss, stored {name}");
+    }
+    Ok(vec![(name, bytes)])
 }

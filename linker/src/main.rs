@@ -136,6 +136,12 @@ struct RunArgs {
     /// (data references link it at once).
     #[arg(long)]
     lazy: bool,
+    /// Keep a code cache in DIR: the inputs are linked in imaging mode and
+    /// saved there as an image keyed by their content hash; a later run with
+    /// the same inputs loads the image instead of linking. DIR and its
+    /// entries must belong to you and not be writable by others.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
     /// Arguments for the program, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -193,6 +199,7 @@ fn run_bundled() -> Result<i32, String> {
         stats: false,
         threads: None,
         lazy: false,
+        cache: None,
         args: Vec::new(),
     };
     link_and_run(&args, inputs, true)
@@ -207,6 +214,18 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
             name: path.display().to_string(),
             bytes,
         });
+    }
+    if let Some(dir) = &args.cache {
+        if args.lazy {
+            return Err("--cache and --lazy cannot be combined yet".into());
+        }
+        let pairs: Vec<(String, Vec<u8>)> = inputs.into_iter().map(|i| (i.name, i.bytes)).collect();
+        // The cached image, or the inputs themselves if they cannot be imaged.
+        let inputs = image_cli::cached(dir, pairs, &args.libs, &args.lib_dirs, args.stats)?
+            .into_iter()
+            .map(|(name, bytes)| Input { name, bytes })
+            .collect();
+        return link_and_run(&args, inputs, false);
     }
     link_and_run(&args, inputs, false)
 }

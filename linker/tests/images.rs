@@ -733,3 +733,91 @@ fn readelf_reads_the_container_and_image_info_describes_it() {
         assert!(info.contains(s), "info lacks {s:?}:\n{info}");
     }
 }
+
+/// `kiln run --cache DIR`: a miss links and stores an image keyed by the
+/// inputs' content hash, a hit loads it, a damaged entry is reported in one
+/// line, relinked and replaced; a directory others may write is refused;
+/// inputs that cannot be imaged run uncached.
+#[test]
+fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_directories() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !need("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE", "-fcommon"];
+    let objs = prog_ab("clang", &flags, "cache");
+    let dir = scratch("images-cache");
+    let (native_out, native_ret) = run_native("clang", &objs, &flags, &[], &dir.join("native"));
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = || {
+        let o = kiln()
+            .args(["run", "--stats", "--cache"])
+            .arg(&cache)
+            .args(&objs)
+            .output()
+            .expect("kiln runs");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            native_out,
+            "{}",
+            show(&o)
+        );
+        assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert!(run().contains("cache miss"));
+    let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let stored = std::fs::read(&entries[0]).expect("entry");
+    assert!(run().contains("cache hit"));
+    // Damage the entry: reported in one line, relinked, replaced.
+    let mut damaged = stored.clone();
+    damaged[0x1000] ^= 0xff;
+    std::fs::write(&entries[0], &damaged).expect("damage");
+    let err = run();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("damaged")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("content hash"), "{err}");
+    assert!(
+        std::fs::read(&entries[0]).expect("entry") == stored,
+        "entry not replaced"
+    );
+    // A directory others may write is refused, naming it and why.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let o = kiln()
+        .args(["run", "--cache"])
+        .arg(&cache)
+        .args(&objs)
+        .output()
+        .expect("kiln runs");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains(&cache.display().to_string()) && err.contains("lets others write"),
+        "{err}"
+    );
+    // Thread-locals cannot be imaged yet: the program runs uncached.
+    let tls = compile_c_text(
+        &dir,
+        "tls",
+        "__thread int x = 1;\nint main(void) { x += 2; return x; }\n",
+        &["-O2", "-fPIE"],
+    );
+    let o = kiln()
+        .args(["run", "--cache"])
+        .arg(&cache)
+        .arg(&tls)
+        .output()
+        .expect("kiln runs");
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not cached"),
+        "{}",
+        show(&o)
+    );
+}
