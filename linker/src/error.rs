@@ -65,6 +65,25 @@ pub enum LinkError {
         /// How to avoid it, when known.
         hint: Option<&'static str>,
     },
+    /// A fixup an image cannot express (imaging mode, user error): loading
+    /// would have to write text or would depend on this process's addresses.
+    #[error(
+        "{object}: section {section} offset {offset:#x}: {reloc} against `{symbol}` cannot be saved in an image: {reason}"
+    )]
+    NotImageable {
+        /// Object.
+        object: String,
+        /// Section holding the place.
+        section: String,
+        /// Offset of the place in the section.
+        offset: u64,
+        /// psABI name of the relocation.
+        reloc: &'static str,
+        /// Target symbol.
+        symbol: String,
+        /// Why, and how to avoid it.
+        reason: &'static str,
+    },
     /// Symbols nobody defines (user error). Lists every missing name with
     /// the objects referencing it.
     #[error("{}", missing_message(missing))]

@@ -262,6 +262,8 @@ pub struct LinkedImage {
     memory: (u64, u64),
     platform: Option<Platform>,
     alloc: Option<crate::memory::Allocation>,
+    /// What saving it as an image file needs (imaging mode only).
+    imaging: Option<Box<crate::image_file::ImagingRecord>>,
 }
 
 /// The image's registrations with the runtime, torn down in order: the
@@ -315,6 +317,7 @@ impl LinkedImage {
                 tls: f.tls_module,
             }),
             alloc: Some(f.alloc),
+            imaging: f.imaging,
         };
         if run_init {
             image.run_initializers();
@@ -401,6 +404,11 @@ impl LinkedImage {
     /// Display name (the first input).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The record kept for saving, if linked in imaging mode.
+    pub(crate) fn imaging_record(&self) -> Option<&crate::image_file::ImagingRecord> {
+        self.imaging.as_deref()
     }
 
     /// Link statistics.

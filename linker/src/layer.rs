@@ -533,6 +533,48 @@ impl ObjectLayer {
     }
 }
 
+/// What the image-file unit ([`crate::image_file`]) needs of the layer.
+impl ObjectLayer {
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The next position in link order.
+    pub(crate) fn next_order(&self) -> usize {
+        self.shared
+            .added
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Files a loaded image under `r`'s tracker (removal runs its
+    /// finalizers and unmaps it) and queues its initializers.
+    pub(crate) fn adopt(
+        &self,
+        r: &Responsibility,
+        mut image: LinkedImage,
+        order: usize,
+    ) -> Result<(), Error> {
+        image.set_executable_teardown(
+            self.shared
+                .executable
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let bytes = image.memory_range().1;
+        let image = Arc::new(Mutex::new(LayerImage {
+            image,
+            order,
+        }));
+        r.tracker().with_resource_key(|key| {
+            if let Ok(mut images) = self.shared.images.lock() {
+                images.by_key.entry(key).or_default().push(image.clone());
+                images.pending_init.push(image.clone());
+                images.linked += 1;
+                images.stats.bytes += bytes;
+            }
+        })
+    }
+}
+
 fn flags_of(scope: Scope, linkage: Linkage, callable: bool) -> SymbolFlags {
     let mut flags = SymbolFlags::NONE;
     if scope == Scope::Default {

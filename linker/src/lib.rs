@@ -11,6 +11,7 @@
 //! | [`memory`] | the reserved slab(s) and allocations: writing → finalized → released |
 //! | [`host`] | host symbols: runtime overrides, `-l` libraries, the process |
 //! | [`image`] | [`Linker`] (the convenient API: objects parsed in parallel, merged in order as they arrive) and [`LinkedImage`] |
+//! | [`image_file`] | image files: linked code saved ([`LinkedImage::save_image`]) and loaded in a later process ([`image_file::load`], [`layer::ObjectLayer::add_image`]) |
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
 //! | [`layer`] | the engine's object layer: objects as materialization units |
 //! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
@@ -44,6 +45,7 @@ mod error;
 pub mod graph;
 pub mod host;
 pub mod image;
+pub mod image_file;
 pub mod layer;
 pub mod lazy;
 pub mod memory;

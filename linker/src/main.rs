@@ -14,6 +14,8 @@ use kiln_linker::{HostSymbols, LinkOptions, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
+mod image_cli;
+
 /// kiln's own allocations (link graphs, names) come from mimalloc: reading
 /// and merging the objects allocates on several threads, where glibc's
 /// per-thread arenas grow a few pages at a time (`mprotect` calls). On the
@@ -47,7 +49,8 @@ says what it did.",
 1 if linking fails (the message names the object, section, offset and relocation, \
 or every missing symbol with the objects that use it); 2 for usage errors.\n\n\
 EXAMPLES\n  kiln run hello.o\n  kiln run main.o liblua.a -lm -- script.lua\n  \
-kiln run --noexec --stats big/*.o\n  kiln run --lazy main.o util.o"
+kiln run --noexec --stats big/*.o\n  kiln run --lazy main.o util.o\n  \
+kiln image save -o lua.kimg main.o liblua.a && kiln run lua.kimg -- script.lua"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,8 +59,54 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Link INPUTs into this process and run the entry point.
+    /// Link INPUTs into this process and run the entry point. Image files
+    /// (from `kiln image save`, recognized by their magic) are loaded
+    /// instead of linked, and may be mixed with objects.
     Run(RunArgs),
+    /// Save linked code as an image file, or describe one.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Link INPUTs in imaging mode and save the result as one image file,
+    /// which `kiln run OUT.kimg` loads without relinking.
+    Save(SaveArgs),
+    /// Check an image file (header, content hash, tables) and describe it.
+    Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+struct SaveArgs {
+    /// The image file to write (written to a temporary file, then renamed).
+    #[arg(short = 'o', value_name = "OUT.kimg", required = true)]
+    output: PathBuf,
+    /// Relocatable objects (.o) and static archives (.a), compiled with
+    /// -fPIE (clang) or -fPIC.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Also resolve symbols from the shared library libNAME.so (repeatable).
+    #[arg(short = 'l', value_name = "NAME")]
+    libs: Vec<String>,
+    /// Search DIR for -l libraries before the system directories (repeatable).
+    #[arg(short = 'L', value_name = "DIR")]
+    lib_dirs: Vec<PathBuf>,
+    /// Keep symbols that neither the inputs nor the host define as imports,
+    /// bound by name when the image is loaded (a library image whose user
+    /// defines them, e.g. `kiln run lib.kimg main.o`).
+    #[arg(long)]
+    allow_undefined: bool,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    /// The image file.
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+    /// Print JSON (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +138,12 @@ struct RunArgs {
     /// (data references link it at once).
     #[arg(long)]
     lazy: bool,
+    /// Keep a code cache in DIR: the inputs are linked in imaging mode and
+    /// saved there as an image keyed by their content hash; a later run with
+    /// the same inputs loads the image instead of linking. DIR and its
+    /// entries must belong to you and not be writable by others.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
     /// Arguments for the program, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -104,6 +159,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Run(args)) => run_files(args),
+        Some(Command::Image(ImageCommand::Save(args))) => image_cli::save(&args),
+        Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
         None => run_bundled(),
     };
     match result {
@@ -144,6 +201,7 @@ fn run_bundled() -> Result<i32, String> {
         stats: false,
         threads: None,
         lazy: false,
+        cache: None,
         args: Vec::new(),
     };
     link_and_run(&args, inputs, true)
@@ -158,6 +216,18 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
             name: path.display().to_string(),
             bytes,
         });
+    }
+    if let Some(dir) = &args.cache {
+        if args.lazy {
+            return Err("--cache and --lazy cannot be combined yet".into());
+        }
+        let pairs: Vec<(String, Vec<u8>)> = inputs.into_iter().map(|i| (i.name, i.bytes)).collect();
+        // The cached image, or the inputs themselves if they cannot be imaged.
+        let inputs = image_cli::cached(dir, pairs, &args.libs, &args.lib_dirs, args.stats)?
+            .into_iter()
+            .map(|(name, bytes)| Input { name, bytes })
+            .collect();
+        return link_and_run(&args, inputs, false);
     }
     link_and_run(&args, inputs, false)
 }
@@ -206,6 +276,15 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         // Newly linked objects run their initializers before their first call proceeds.
         let init_layer = layer.clone();
         manager.set_after_link_hook(move || init_layer.run_initializers());
+        if let Some(im) = inputs
+            .iter()
+            .find(|i| kiln_linker::image_file::is_image(&i.bytes))
+        {
+            return Err(format!(
+                "{}: image files are not supported with --lazy yet",
+                im.name
+            ));
+        }
         // Archive members are pulled when a link first needs one of their
         // symbols, then linked lazily like the objects.
         let (archives, objects): (Vec<Input>, Vec<Input>) =
@@ -228,9 +307,21 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
             .map_err(err)?;
         lazy = Some(manager);
     } else {
+        // Image files are loaded, not linked: each is a unit of `main`.
+        let (images, inputs): (Vec<Input>, Vec<Input>) = inputs
+            .into_iter()
+            .partition(|i| kiln_linker::image_file::is_image(&i.bytes));
+        for image in images {
+            // SAFETY: the user asked kiln to run this file's code, as they
+            // would run an executable; the loader checks its content hash
+            // and tables, and it binds against this process's host symbols.
+            unsafe { layer.add_image(&main, None, &image.name, image.bytes) }
+                .map_err(|e| e.to_string())?;
+        }
         // One image for all inputs: static-link semantics across objects
         // (COMDAT, init priorities, TLS), archive members pulled on demand.
         let mut linker = Linker::new(LinkOptions::default());
+        let objects = !inputs.is_empty();
         for input in inputs {
             if input.name.ends_with(".a") {
                 linker
@@ -241,12 +332,14 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
             }
         }
         // Global names are interned while the objects are read in parallel.
-        let (graph, names) = linker
-            .build_graph_naming(&|n| session.intern(n))
-            .map_err(|e| e.to_string())?;
-        layer
-            .add_graph_named(&main, None, &program, graph, names)
-            .map_err(|e| e.to_string())?;
+        if objects {
+            let (graph, names) = linker
+                .build_graph_naming(&|n| session.intern(n))
+                .map_err(|e| e.to_string())?;
+            layer
+                .add_graph_named(&main, None, &program, graph, names)
+                .map_err(|e| e.to_string())?;
+        }
         // Reading counts until the unit is defined in its dylib (as
         // llvm-jitlink's "load/add object files" does).
         layer.add_read_time(read_start.elapsed());

@@ -66,6 +66,15 @@ pub struct LinkOptions {
     /// what they add (`kiln run`): an image never looked up keeps its memory
     /// until its unit goes.
     pub prepare_early: bool,
+    /// Imaging mode (DESIGN §5): link so the result can be saved as an
+    /// image file and loaded at another address in another process
+    /// ([`crate::image_file`]). Every fixup must be PC-relative inside the
+    /// image, an absolute word inside the image outside text (a rebase), or
+    /// a reference to a host symbol through a slot (calls always through a
+    /// PLT stub, GOT loads of host symbols never relaxed); anything else is
+    /// refused naming the relocation. Keeps what saving needs in
+    /// [`Finalized::imaging`].
+    pub imaging: bool,
 }
 
 impl Default for LinkOptions {
@@ -76,6 +85,7 @@ impl Default for LinkOptions {
             keep_graph: false,
             symbol_table: true,
             prepare_early: false,
+            imaging: false,
         }
     }
 }
@@ -185,6 +195,8 @@ pub struct Finalized {
     pub stats: LinkStats,
     /// The graph after fixup, if [`LinkOptions::keep_graph`] asked for it.
     pub graph: Option<LinkGraph>,
+    /// What saving the image needs, in [`LinkOptions::imaging`] mode.
+    pub imaging: Option<Box<crate::image_file::ImagingRecord>>,
 }
 
 /// Counts of one link, for `--stats`.
@@ -288,6 +300,10 @@ pub fn link_graph(
     allocate_commons(&mut graph);
     // Drop what nothing live reaches, and the FDEs of dropped code.
     prune(&mut graph, &options.roots)?;
+    // Imaging mode: refuse what an image cannot express, before any memory.
+    if options.imaging {
+        crate::image_file::classify::check_graph(&graph)?;
+    }
     let t1 = Instant::now();
     // GOT entries and PLT stubs, then addresses for every block.
     let mut prepared = Prepared::new(graph)?;
@@ -1478,6 +1494,7 @@ impl Prepared {
             plt: &self.plt,
             plt_base,
             tpoffs: &tpoffs,
+            imaging: options.imaging,
         };
         let ctx_ref = &ctx;
         let run = |(i, slot): &mut (usize, &mut [u8])| {
@@ -1564,6 +1581,32 @@ impl Prepared {
         };
         let fixed = Instant::now();
         self.prefault.wait();
+        let imaging = if options.imaging {
+            let mem = self.alloc.bytes_mut().ok_or_else(not_writable)?;
+            let got_slots: Vec<(u64, SymbolId)> = self
+                .got
+                .iter()
+                .filter_map(|(k, &off)| match *k {
+                    GotKey::Addr(s) => Some((got_base + off, s)),
+                    _ => None,
+                })
+                .collect();
+            Some(Box::new(crate::image_file::classify::record(
+                crate::image_file::classify::Linked {
+                    graph: &self.graph,
+                    addrs: &addrs,
+                    got_slots,
+                    base,
+                    memory: mem,
+                    segments: &self.segments,
+                    eh_frame: self.eh_frame,
+                    init_fini: &init_fini,
+                    is_special: &|id| self.specials.contains_key(&id),
+                },
+            )?))
+        } else {
+            None
+        };
         self.alloc.finalize(&self.segments)?;
         let stats = LinkStats {
             objects: self.graph.objects.len(),
@@ -1596,6 +1639,7 @@ impl Prepared {
                 tls_module,
                 stats,
                 graph: kept,
+                imaging,
             },
             graph,
         ))
@@ -1632,6 +1676,8 @@ struct FixupCtx<'a> {
     plt: &'a FxHashMap<SymbolId, u64>,
     plt_base: u64,
     tpoffs: &'a FxHashMap<SymbolId, i64>,
+    /// Imaging mode: host symbols only through their slots.
+    imaging: bool,
 }
 
 impl FixupCtx<'_> {
@@ -1692,14 +1738,17 @@ impl FixupCtx<'_> {
         let mut offset = u64::from(e.offset);
         match e.kind {
             EdgeKind::Branch32 => {
-                if !in_reach(place, s, e.addend)
+                if (self.imaging || !in_reach(place, s, e.addend))
                     && let Some(off) = self.plt.get(&e.target)
                 {
                     v.target = self.plt_base + off;
                 }
             }
             EdgeKind::GotLoadRelaxable { rex } => {
-                let direct = !sym().tls && s != 0 && in_reach(place, s, e.addend);
+                let direct = !sym().tls
+                    && s != 0
+                    && in_reach(place, s, e.addend)
+                    && !(self.imaging && sym().def == SymbolDef::External);
                 let relaxed = if direct {
                     reloc::relax_got_load(bytes, u64::from(e.offset), rex)
                         .map_err(|err| (err, None))?

@@ -3,6 +3,8 @@
 //! stdout captured.
 #![allow(dead_code)]
 
+pub(crate) mod lua;
+
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,276 @@
+//! `kiln image save` and `kiln image info`.
+
+use std::io::Write as _;
+
+use kiln_linker::image_file::{self, BuildId, ImageInfo};
+use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
+
+use super::{InfoArgs, SaveArgs};
+
+/// Links the inputs in imaging mode and writes the image file.
+pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
+    let mut inputs = Vec::with_capacity(args.inputs.len());
+    for path in &args.inputs {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        inputs.push((path.display().to_string(), bytes));
+    }
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let mut linker = Linker::new(options);
+    // Nothing runs: the image is only saved.
+    linker.run_initializers(false);
+    for (name, bytes) in inputs {
+        if name.ends_with(".a") {
+            linker
+                .add_archive_bytes(name, bytes)
+                .map_err(|e| e.to_string())?;
+        } else {
+            linker.add_object_bytes(name, bytes);
+        }
+    }
+    let mut host = HostSymbols::new();
+    for lib in &args.libs {
+        host.load_library(lib, &args.lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    // Undefined symbols may be left for the loader: only their names are
+    // saved (imaging mode reaches every host symbol through a slot).
+    let allow = args.allow_undefined;
+    let resolver = move |names: &[&str]| -> Vec<Option<u64>> {
+        let found = host.resolve(names);
+        if allow {
+            found.into_iter().map(|a| Some(a.unwrap_or(0))).collect()
+        } else {
+            found
+        }
+    };
+    let image = linker.link(&resolver).map_err(|e| e.to_string())?;
+    let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
+    write_atomically(&args.output, &bytes, 0o644)?;
+    Ok(0)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it, so a
+/// reader never sees half a file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+/// Checks an image file and describes it.
+pub(crate) fn info(args: &InfoArgs) -> Result<i32, String> {
+    let name = args.image.display().to_string();
+    let bytes = std::fs::read(&args.image).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let info = image_file::inspect(&name, &bytes).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", json(&info));
+    } else {
+        print_text(&info);
+    }
+    Ok(0)
+}
+
+fn print_text(i: &ImageInfo) {
+    println!("name            {}", i.name);
+    println!("build id        {}", i.build_id);
+    println!("format version  {}", i.format_version);
+    println!("target          {}", i.target);
+    println!("CPU features    {}", i.cpu_features);
+    println!("dependencies    {}", i.dependencies.len());
+    println!("exports         {}", i.exports);
+    println!("imports         {} ({} slots)", i.imports, i.import_slots);
+    println!("rebases         {}", i.rebases);
+    println!("initializers    {}", i.initializers);
+    println!("image size      {}", i.image_size);
+    println!("file size       {}", i.file_size);
+    println!("sections        offset      memory size  file size  prot");
+    for (name, off, mem, file, prot) in &i.sections {
+        println!("  {name:<12}  {off:#010x}  {mem:>11}  {file:>9}  {prot}");
+    }
+}
+
+/// A JSON string literal.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json(i: &ImageInfo) -> String {
+    let deps: Vec<String> = i
+        .dependencies
+        .iter()
+        .map(|d| quote(&d.to_string()))
+        .collect();
+    let sections: Vec<String> = i
+        .sections
+        .iter()
+        .map(|(n, off, mem, file, prot)| {
+            format!(
+                "{{\"name\":{},\"offset\":{off},\"memory_size\":{mem},\"file_size\":{file},\"prot\":{}}}",
+                quote(n),
+                quote(prot)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}]}}",
+        quote(&i.name),
+        quote(&i.build_id.to_string()),
+        i.format_version,
+        quote(i.target),
+        quote(&i.cpu_features),
+        deps.join(","),
+        i.exports,
+        i.imports,
+        i.import_slots,
+        i.rebases,
+        i.initializers,
+        i.image_size,
+        i.file_size,
+        sections.join(",")
+    )
+}
+
+/// Refuses `path` unless it belongs to this user and nobody else may write
+/// it (the check ssh makes of its keys): loading a cache entry runs its code.
+fn check_private(path: &std::path::Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cache {what} {}: {e}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "refusing cache {what} {}: it belongs to uid {}, not to you (uid {me})",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "refusing cache {what} {}: mode {:o} lets others write it (chmod go-w)",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    if what == "entry" && !meta.is_file() {
+        return Err(format!(
+            "refusing cache entry {}: not a regular file",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `kiln run --cache DIR`: the image for `inputs`, from DIR (a hit) or
+/// linked in imaging mode and stored there (a miss). A damaged or stale
+/// entry is reported in one line on stderr, relinked and replaced. Inputs
+/// that cannot be imaged are returned as they are (one line says why).
+pub(crate) fn cached(
+    dir: &std::path::Path,
+    inputs: Vec<(String, Vec<u8>)>,
+    libs: &[String],
+    lib_dirs: &[std::path::PathBuf],
+    stats: bool,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+    }
+    check_private(dir, "directory")?;
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let entry = dir.join(format!("{id}.kimg"));
+    let name = entry.display().to_string();
+    if entry.exists() {
+        check_private(&entry, "entry")?;
+        let bytes = std::fs::read(&entry).map_err(|e| format!("cannot read {name}: {e}"))?;
+        match image_file::inspect(&name, &bytes) {
+            Ok(_) => {
+                if stats {
+                    eprintln!("kiln: cache hit {name}");
+                }
+                return Ok(vec![(name, bytes)]);
+            }
+            Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
+        }
+    }
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    for (n, b) in &inputs {
+        if n.ends_with(".a") {
+            linker
+                .add_archive_bytes(n.clone(), b.clone())
+                .map_err(|e| e.to_string())?;
+        } else {
+            linker.add_object_bytes(n.clone(), b.clone());
+        }
+    }
+    let mut host = HostSymbols::new();
+    for lib in libs {
+        host.load_library(lib, lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    let image = match linker.link(&host) {
+        Ok(image) => image,
+        Err(e @ kiln_linker::LinkError::NotImageable { .. }) => {
+            eprintln!("kiln: not cached (the inputs cannot be saved as an image): {e}");
+            return Ok(inputs);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
+    drop(image);
+    write_atomically(&entry, &bytes, 0o600)?;
+    if stats {
+        eprintln!("kiln: cache miss, stored {name}");
+    }
+    Ok(vec![(name, bytes)])
+}

@@ -1,0 +1,295 @@
+//! Imaging mode: what each fixup of an image needs when the image is loaded
+//! at another address in another process.
+//!
+//! - inside the image, PC-relative (or GOT-relative): nothing — the image's
+//!   layout is kept as one block;
+//! - inside the image, absolute (`R_X86_64_64`, a GOT entry of an own
+//!   symbol): a *rebase* of the word, which must not be in text;
+//! - to a host or runtime symbol: an *import* by name into a slot (its GOT
+//!   entry; calls go through PLT stubs reading it) or, for a pointer in
+//!   data, into the word itself;
+//! - anything else — absolute 32-bit addresses (`-fno-pie`), absolute
+//!   addresses in text, PC-relative references to host symbols, thread-local
+//!   storage — is refused with the relocation named.
+
+use kiln_arch::x86_64::reloc::{EdgeKind, kind_name, reloc_name};
+
+use crate::error::LinkError;
+use crate::graph::{Block, Edge, LinkGraph, Prot, Scope, SectionRole, SymbolDef, SymbolId};
+
+use super::ImagingRecord;
+
+/// An import: a word of the image that gets a host symbol's address (plus
+/// `addend`) at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Import {
+    /// Offset of the 8-byte word in the image.
+    pub(crate) offset: u64,
+    pub(crate) name: String,
+    pub(crate) addend: i64,
+    /// A weak reference: 0 when nobody defines it.
+    pub(crate) weak: bool,
+    /// A slot (GOT entry) rather than a pointer in data.
+    pub(crate) slot: bool,
+}
+
+/// A global the image defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Export {
+    pub(crate) name: String,
+    pub(crate) offset: u64,
+    pub(crate) callable: bool,
+    pub(crate) weak: bool,
+    /// Default visibility (hidden globals are still defined, unexported).
+    pub(crate) exported: bool,
+}
+
+/// Names the linker defines itself (resolved inside the image).
+fn linker_defined(graph: &LinkGraph, name: &str) -> bool {
+    matches!(name, "__dso_handle" | "_GLOBAL_OFFSET_TABLE_")
+        || name
+            .strip_prefix("__start_")
+            .or_else(|| name.strip_prefix("__stop_"))
+            .is_some_and(|s| graph.section_index.contains_key(s))
+}
+
+fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &'static str) -> LinkError {
+    LinkError::NotImageable {
+        object: graph.object_name(block.object).to_string(),
+        section: block.input_section.to_string(),
+        offset: block.input_offset + u64::from(e.offset),
+        reloc: reloc_name(e.r_type).unwrap_or(kind_name(e.kind)),
+        symbol: graph.symbol_name(e.target),
+        reason,
+    }
+}
+
+/// Refuses, before any memory is taken, every live fixup an image cannot
+/// express; the error names object, section, offset and relocation.
+pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
+    for block in graph.blocks.iter().filter(|b| b.live) {
+        let section = &graph.sections[block.section.index()];
+        for e in &block.edges {
+            if let Some(reason) = unexpressible(graph, section.prot, section.role, e) {
+                return Err(refuse(graph, block, e, reason));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unexpressible(
+    graph: &LinkGraph,
+    prot: Prot,
+    role: SectionRole,
+    e: &Edge,
+) -> Option<&'static str> {
+    let sym = &graph.symbols[e.target.index()];
+    let host = sym.def == SymbolDef::External
+        && !sym
+            .name
+            .as_deref()
+            .is_some_and(|n| linker_defined(graph, n));
+    let absolute = matches!(sym.def, SymbolDef::Absolute(_));
+    if sym.tls || matches!(role, SectionRole::TlsData | SectionRole::TlsBss) {
+        return Some("thread-local storage is not supported in images yet");
+    }
+    match e.kind {
+        EdgeKind::TlsGd
+        | EdgeKind::TlsLd
+        | EdgeKind::DtpOff32
+        | EdgeKind::DtpOff64
+        | EdgeKind::GotTpOff
+        | EdgeKind::TpOff32
+        | EdgeKind::TpOff64
+        | EdgeKind::TlsDescGot => Some("thread-local storage is not supported in images yet"),
+        EdgeKind::Pointer32
+        | EdgeKind::Pointer32Signed
+        | EdgeKind::Pointer16
+        | EdgeKind::Pointer8 => Some(
+            "an absolute address narrower than 64 bits cannot be rebased at load (non-PIE code); compile with -fPIE or -fPIC",
+        ),
+        EdgeKind::Pointer64 if prot == Prot::ReadExec && !absolute => Some(
+            "an absolute address in text would have to be written at load; compile with -fPIE or -fPIC",
+        ),
+        EdgeKind::Delta64
+        | EdgeKind::Delta32
+        | EdgeKind::Delta16
+        | EdgeKind::Delta8
+        | EdgeKind::GotOff64
+            if host || absolute =>
+        {
+            Some(
+                "a PC-relative reference to a symbol outside the image changes with each process; compile with -fPIE (clang) or -fPIC so it goes through the GOT",
+            )
+        }
+        EdgeKind::Branch32 if absolute => {
+            Some("a PC-relative call to an absolute address changes with each load")
+        }
+        _ => None,
+    }
+}
+
+/// What [`record`] reads from a finished link.
+pub(crate) struct Linked<'a> {
+    pub(crate) graph: &'a LinkGraph,
+    /// Final address of every symbol.
+    pub(crate) addrs: &'a [u64],
+    /// Address of each GOT entry holding a symbol's address.
+    pub(crate) got_slots: Vec<(u64, SymbolId)>,
+    pub(crate) base: u64,
+    /// The image's memory after fixup.
+    pub(crate) memory: &'a [u8],
+    pub(crate) segments: &'a [(u64, u64, Prot)],
+    pub(crate) eh_frame: Option<(u64, u64)>,
+    pub(crate) init_fini: &'a [(Box<str>, Vec<usize>)],
+    pub(crate) is_special: &'a dyn Fn(SymbolId) -> bool,
+}
+
+enum Target {
+    Inside,
+    Host,
+    Constant,
+}
+
+impl Linked<'_> {
+    fn target(&self, id: SymbolId) -> Target {
+        let s = &self.graph.symbols[id.index()];
+        let inside = |a: u64| a.wrapping_sub(self.base) < self.memory.len() as u64;
+        match s.def {
+            SymbolDef::Defined { .. } => Target::Inside,
+            SymbolDef::External if (self.is_special)(id) && inside(self.addrs[id.index()]) => {
+                Target::Inside
+            }
+            SymbolDef::External if !(self.is_special)(id) => Target::Host,
+            _ => Target::Constant,
+        }
+    }
+}
+
+/// Builds the record of a link in imaging mode (after fixup, before final
+/// protections): rebases and imports of every absolute word, exports, the
+/// memory normalized to base 0 with import words zeroed.
+pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
+    let g = l.graph;
+    let mut rebase: Vec<u64> = Vec::new();
+    let mut imports: Vec<Import> = Vec::new();
+    let name = |id: SymbolId| {
+        g.symbols[id.index()]
+            .name
+            .as_deref()
+            .unwrap_or("")
+            .to_string()
+    };
+    for &(slot, id) in &l.got_slots {
+        match l.target(id) {
+            Target::Inside => rebase.push(slot - l.base),
+            Target::Host => imports.push(Import {
+                offset: slot - l.base,
+                name: name(id),
+                addend: 0,
+                weak: g.symbols[id.index()].weak_ref,
+                slot: true,
+            }),
+            Target::Constant => {}
+        }
+    }
+    for block in g.blocks.iter().filter(|b| b.live) {
+        // A symbol the linker defines must lie inside the image (the
+        // `__dso_handle` is a slot inside every image).
+        if let Some(e) = block.edges.iter().find(|e| {
+            g.symbols[e.target.index()].def == SymbolDef::External
+                && (l.is_special)(e.target)
+                && !matches!(e.kind, EdgeKind::Size32 | EdgeKind::Size64)
+                && matches!(l.target(e.target), Target::Constant)
+        }) {
+            return Err(refuse(
+                g,
+                block,
+                e,
+                "the linker placed this symbol outside the image (imaging mode needs `__dso_handle` inside it)",
+            ));
+        }
+        for e in block.edges.iter().filter(|e| e.kind == EdgeKind::Pointer64) {
+            let offset = block.addr + u64::from(e.offset) - l.base;
+            if !offset.is_multiple_of(8) && !matches!(l.target(e.target), Target::Constant) {
+                return Err(refuse(
+                    g,
+                    block,
+                    e,
+                    "an unaligned absolute address cannot be rebased by the image's rebase table",
+                ));
+            }
+            match l.target(e.target) {
+                Target::Inside => rebase.push(offset),
+                Target::Host => imports.push(Import {
+                    offset,
+                    name: name(e.target),
+                    addend: e.addend,
+                    weak: g.symbols[e.target.index()].weak_ref,
+                    slot: false,
+                }),
+                Target::Constant => {}
+            }
+        }
+    }
+    rebase.sort_unstable();
+    rebase.dedup();
+    imports.sort_by_key(|i| i.offset);
+    // Normalize: rebased words hold offsets, import words zero.
+    let mut memory = l.memory.to_vec();
+    for &off in &rebase {
+        let w = &mut memory[off as usize..off as usize + 8];
+        let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        w.copy_from_slice(&v.wrapping_sub(l.base).to_le_bytes());
+    }
+    for i in &imports {
+        memory[i.offset as usize..i.offset as usize + 8].fill(0);
+    }
+    let mut exports: Vec<Export> = g
+        .globals
+        .iter()
+        .filter_map(|(n, &id)| {
+            let s = &g.symbols[id.index()];
+            match s.def {
+                SymbolDef::Defined { block, .. }
+                    if g.blocks[block.index()].live && s.scope != Scope::Local =>
+                {
+                    Some(Export {
+                        name: n.to_string(),
+                        offset: l.addrs[id.index()] - l.base,
+                        callable: s.callable,
+                        weak: s.linkage == crate::graph::Linkage::Weak,
+                        exported: s.scope == Scope::Default,
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    exports.sort_by(|a, b| a.name.cmp(&b.name));
+    let len = memory.len() as u64;
+    let init_fini = l
+        .init_fini
+        .iter()
+        .map(|(section, entries)| {
+            let offsets = entries
+                .iter()
+                .map(|&a| {
+                    let off = (a as u64).wrapping_sub(l.base);
+                    if off < len { off } else { u64::MAX }
+                })
+                .collect();
+            (section.to_string(), offsets)
+        })
+        .collect();
+    Ok(ImagingRecord {
+        memory,
+        segments: l.segments.to_vec(),
+        rebase,
+        imports,
+        exports,
+        init_fini,
+        eh_frame: l.eh_frame.map(|(start, len)| (start - l.base, len)),
+    })
+}

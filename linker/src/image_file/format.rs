@@ -1,0 +1,390 @@
+//! The on-disk layout of an image file (little endian throughout).
+//!
+//! The header (`.kiln.header`, [`HEADER_SIZE`] bytes at file offset
+//! [`HEADER_AT`]):
+//!
+//! | offset | field |
+//! | --- | --- |
+//! | 0 | magic `KILNIMG\0` |
+//! | 8 | format version (u32), header size (u32) |
+//! | 16 | machine (u16, `EM_X86_64`), pointer width (u8), endianness (u8, 1 = little), page size (u32) |
+//! | 24 | required CPU features (u64 bit set, [`cpu_features`]) |
+//! | 32 | flags (u64, 0) |
+//! | 40 | build id (32 bytes) |
+//! | 72 | content hash (32 bytes): BLAKE3 of the whole file with this field zeroed |
+//! | 104 | file size (u64), image size (u64: the memory span) |
+//! | 120 | `.eh_frame` offset and length in the image (u64 each; length 0: none) |
+//! | 136 | [`TABLES`] × (file offset u64, size u64) |
+//! | 264 | counts (u32): segments, imports, exports, rebased words |
+//! | 280 | name: string offset (u32), length (u32) |
+//! | 288 | TLS template size and alignment (u64 each; 0: none) |
+//!
+//! Tables: `.kiln.rebase` is RELR (an even word: the offset of a word to
+//! rebase; an odd word: a bitmap of the next 63 words); `.kiln.imports`
+//! 32-byte records sorted by offset; `.kiln.exports` 24-byte records sorted
+//! by name; `.kiln.init` 16-byte records (section name, first entry, count)
+//! over `.kiln.initents` (u64 offsets); `.kiln.strings` the names;
+//! `.kiln.deps` and `.kiln.hosttab` are reserved (dependency images by
+//! build id, host table entries) and must be empty in version 1.
+
+/// The kiln magic, at file offset 64 (right after the ELF file header).
+pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// File offset of the header: right after the ELF64 file header.
+pub(crate) const HEADER_AT: usize = 64;
+/// Size of the header.
+pub(crate) const HEADER_SIZE: usize = 304;
+/// Offset of the content hash inside the header.
+const HASH_AT: usize = 72;
+/// Page size of the segments.
+pub(crate) const PAGE: u64 = 4096;
+/// `EM_X86_64`.
+pub(crate) const MACHINE: u16 = 62;
+
+/// The tables, in header order, with their ELF section names.
+pub(crate) const TABLES: [&str; 8] = [
+    ".kiln.rebase",
+    ".kiln.imports",
+    ".kiln.exports",
+    ".kiln.init",
+    ".kiln.initents",
+    ".kiln.strings",
+    ".kiln.deps",
+    ".kiln.hosttab",
+];
+pub(crate) const T_REBASE: usize = 0;
+pub(crate) const T_IMPORTS: usize = 1;
+pub(crate) const T_EXPORTS: usize = 2;
+pub(crate) const T_INIT: usize = 3;
+pub(crate) const T_INITENTS: usize = 4;
+pub(crate) const T_STRINGS: usize = 5;
+pub(crate) const T_DEPS: usize = 6;
+pub(crate) const T_HOSTTAB: usize = 7;
+
+pub(crate) const IMPORT_SIZE: usize = 32;
+pub(crate) const EXPORT_SIZE: usize = 24;
+pub(crate) const INIT_SIZE: usize = 16;
+
+/// Import flags.
+pub(crate) const IMPORT_WEAK: u8 = 1;
+pub(crate) const IMPORT_SLOT: u8 = 2;
+/// Import sources (how the address is found). Version 1: by name only;
+/// a host table index and a dependency's (build id, offset) are reserved.
+pub(crate) const SOURCE_BY_NAME: u8 = 0;
+
+/// Export flags.
+pub(crate) const EXPORT_CALLABLE: u32 = 1;
+pub(crate) const EXPORT_WEAK: u32 = 2;
+pub(crate) const EXPORT_EXPORTED: u32 = 4;
+
+/// The decoded header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) version: u32,
+    pub(crate) header_size: u32,
+    pub(crate) machine: u16,
+    pub(crate) pointer_width: u8,
+    pub(crate) endianness: u8,
+    pub(crate) page_size: u32,
+    pub(crate) cpu_features: u64,
+    pub(crate) flags: u64,
+    pub(crate) build_id: [u8; 32],
+    pub(crate) content_hash: [u8; 32],
+    pub(crate) file_size: u64,
+    pub(crate) image_size: u64,
+    pub(crate) eh_frame: (u64, u64),
+    pub(crate) tables: [(u64, u64); 8],
+    pub(crate) segments: u32,
+    pub(crate) imports: u32,
+    pub(crate) exports: u32,
+    pub(crate) rebased: u32,
+    pub(crate) name: (u32, u32),
+    pub(crate) tls: (u64, u64),
+}
+
+/// Little-endian field reader over a slice known to be long enough.
+pub(crate) struct Fields<'a>(pub(crate) &'a [u8]);
+
+impl Fields<'_> {
+    pub(crate) fn u8(&self, at: usize) -> u8 {
+        self.0.get(at).copied().unwrap_or(0)
+    }
+    pub(crate) fn u16(&self, at: usize) -> u16 {
+        u16::from_le_bytes(self.array(at))
+    }
+    pub(crate) fn u32(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.array(at))
+    }
+    pub(crate) fn u64(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.array(at))
+    }
+    pub(crate) fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        self.0
+            .get(at..at.saturating_add(N))
+            .and_then(|s| s.try_into().ok())
+            .unwrap_or([0; N])
+    }
+}
+
+impl Header {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER_SIZE);
+        v.extend_from_slice(&MAGIC);
+        v.extend_from_slice(&self.version.to_le_bytes());
+        v.extend_from_slice(&self.header_size.to_le_bytes());
+        v.extend_from_slice(&self.machine.to_le_bytes());
+        v.push(self.pointer_width);
+        v.push(self.endianness);
+        v.extend_from_slice(&self.page_size.to_le_bytes());
+        v.extend_from_slice(&self.cpu_features.to_le_bytes());
+        v.extend_from_slice(&self.flags.to_le_bytes());
+        v.extend_from_slice(&self.build_id);
+        v.extend_from_slice(&self.content_hash);
+        for x in [
+            self.file_size,
+            self.image_size,
+            self.eh_frame.0,
+            self.eh_frame.1,
+        ] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        for (off, size) in self.tables {
+            v.extend_from_slice(&off.to_le_bytes());
+            v.extend_from_slice(&size.to_le_bytes());
+        }
+        for x in [
+            self.segments,
+            self.imports,
+            self.exports,
+            self.rebased,
+            self.name.0,
+            self.name.1,
+        ] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.extend_from_slice(&self.tls.0.to_le_bytes());
+        v.extend_from_slice(&self.tls.1.to_le_bytes());
+        debug_assert_eq!(v.len(), HEADER_SIZE);
+        v
+    }
+
+    /// Decodes the header bytes (`HEADER_SIZE` of them; missing bytes read
+    /// as zero, which the field checks then refuse).
+    pub(crate) fn decode(h: &[u8]) -> Header {
+        let f = Fields(h);
+        let mut tables = [(0, 0); 8];
+        for (i, t) in tables.iter_mut().enumerate() {
+            *t = (f.u64(136 + 16 * i), f.u64(144 + 16 * i));
+        }
+        Header {
+            version: f.u32(8),
+            header_size: f.u32(12),
+            machine: f.u16(16),
+            pointer_width: f.u8(18),
+            endianness: f.u8(19),
+            page_size: f.u32(20),
+            cpu_features: f.u64(24),
+            flags: f.u64(32),
+            build_id: f.array(40),
+            content_hash: f.array(HASH_AT),
+            file_size: f.u64(104),
+            image_size: f.u64(112),
+            eh_frame: (f.u64(120), f.u64(128)),
+            tables,
+            segments: f.u32(264),
+            imports: f.u32(268),
+            exports: f.u32(272),
+            rebased: f.u32(276),
+            name: (f.u32(280), f.u32(284)),
+            tls: (f.u64(288), f.u64(296)),
+        }
+    }
+}
+
+/// BLAKE3 of the whole file with the content hash field zeroed.
+pub(crate) fn content_hash(file: &[u8]) -> [u8; 32] {
+    let at = HEADER_AT + HASH_AT;
+    let mut h = blake3::Hasher::new();
+    match file.get(..at + 32) {
+        Some(head) => {
+            h.update(&head[..at]);
+            h.update(&[0; 32]);
+            h.update(&file[at + 32..]);
+        }
+        None => {
+            h.update(file);
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Writes the content hash of `file` into its header.
+pub(crate) fn reseal(file: &mut [u8]) {
+    let at = HEADER_AT + HASH_AT;
+    if file.len() < HEADER_AT + HEADER_SIZE {
+        return;
+    }
+    let hash = content_hash(file);
+    file[at..at + 32].copy_from_slice(&hash);
+}
+
+/// CPU features an image may require, as header bits.
+pub(crate) const CPU_FEATURES: [&str; 6] = ["sse4.2", "popcnt", "avx", "avx2", "bmi2", "avx512f"];
+
+/// The bits of [`CPU_FEATURES`] this CPU has.
+pub(crate) fn cpu_features() -> u64 {
+    let have = [
+        std::arch::is_x86_feature_detected!("sse4.2"),
+        std::arch::is_x86_feature_detected!("popcnt"),
+        std::arch::is_x86_feature_detected!("avx"),
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("bmi2"),
+        std::arch::is_x86_feature_detected!("avx512f"),
+    ];
+    have.iter()
+        .enumerate()
+        .fold(0, |acc, (i, &h)| acc | (u64::from(h) << i))
+}
+
+/// Names of the feature bits in `bits` (unknown bits as `bitN`).
+pub(crate) fn feature_names(bits: u64) -> String {
+    let names: Vec<String> = (0..64)
+        .filter(|i| bits & (1 << i) != 0)
+        .map(|i| {
+            CPU_FEATURES
+                .get(i)
+                .map_or_else(|| format!("bit{i}"), |s| s.to_string())
+        })
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// RELR-encodes sorted, 8-aligned offsets.
+pub(crate) fn relr_encode(offsets: &[u64]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < offsets.len() {
+        let start = offsets[i];
+        out.push(start);
+        i += 1;
+        // Bitmaps cover the 63 words after `base` each.
+        let mut base = start + 8;
+        loop {
+            let mut bitmap = 0u64;
+            while i < offsets.len() {
+                let d = offsets[i] - base;
+                if d >= 63 * 8 {
+                    break;
+                }
+                bitmap |= 1 << (d / 8);
+                i += 1;
+            }
+            if bitmap == 0 {
+                break;
+            }
+            out.push((bitmap << 1) | 1);
+            base += 63 * 8;
+        }
+    }
+    out
+}
+
+/// Decodes RELR words, calling `each` with every offset (ascending). Stops
+/// with an error message at an odd word that follows no address, an
+/// unaligned or descending address, or more than `limit` offsets.
+pub(crate) fn relr_decode(
+    words: impl Iterator<Item = u64>,
+    limit: u64,
+    mut each: impl FnMut(u64) -> Result<(), String>,
+) -> Result<u64, String> {
+    let mut base: Option<u64> = None;
+    let mut count = 0u64;
+    let mut last: Option<u64> = None;
+    let mut emit = |off: u64, count: &mut u64| -> Result<(), String> {
+        if last.is_some_and(|l| off <= l) {
+            return Err(format!("rebase offset {off:#x} is not ascending"));
+        }
+        last = Some(off);
+        *count += 1;
+        if *count > limit {
+            return Err(format!("more than {limit} rebased words"));
+        }
+        each(off)
+    };
+    for (i, w) in words.enumerate() {
+        if w & 1 == 0 {
+            if !w.is_multiple_of(8) {
+                return Err(format!("rebase entry {i}: offset {w:#x} is not 8-aligned"));
+            }
+            emit(w, &mut count)?;
+            base = Some(w + 8);
+        } else {
+            let Some(b) = base else {
+                return Err(format!(
+                    "rebase entry {i}: a bitmap with no address before it"
+                ));
+            };
+            let mut bits = w >> 1;
+            let mut at = b;
+            while bits != 0 {
+                if bits & 1 != 0 {
+                    emit(at, &mut count)?;
+                }
+                bits >>= 1;
+                at = at.checked_add(8).ok_or("rebase offset overflows")?;
+            }
+            base = Some(b.checked_add(63 * 8).ok_or("rebase offset overflows")?);
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relr_round_trips_runs_gaps_and_long_runs() {
+        let mut offs: Vec<u64> = vec![0, 8, 16, 40, 4096, 4104];
+        offs.extend((0..200).map(|i| 8192 + 8 * i));
+        offs.push(1 << 20);
+        let words = relr_encode(&offs);
+        assert!(words.len() < offs.len() / 4, "{} words", words.len());
+        let mut back = Vec::new();
+        let n = relr_decode(words.iter().copied(), 1 << 20, |o| {
+            back.push(o);
+            Ok(())
+        })
+        .expect("decodes");
+        assert_eq!(n as usize, offs.len());
+        assert_eq!(back, offs);
+    }
+
+    #[test]
+    fn relr_refuses_a_leading_bitmap_and_descending_offsets() {
+        assert!(relr_decode([3u64].into_iter(), 10, |_| Ok(())).is_err());
+        assert!(relr_decode([16u64, 8].into_iter(), 10, |_| Ok(())).is_err());
+        assert!(relr_decode([8u64, u64::MAX].into_iter(), 10, |_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header {
+            version: FORMAT_VERSION,
+            header_size: HEADER_SIZE as u32,
+            machine: MACHINE,
+            build_id: [7; 32],
+            tables: [(1, 2); 8],
+            name: (3, 4),
+            ..Header::default()
+        };
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), HEADER_SIZE);
+        assert_eq!(Header::decode(&bytes), h);
+    }
+}

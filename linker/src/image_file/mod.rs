@@ -1,0 +1,210 @@
+//! Image files: linked code saved once and loaded in a later process
+//! without relinking (DESIGN §5).
+//!
+//! | file | what it holds |
+//! | --- | --- |
+//! | `classify.rs` | imaging mode: every fixup classified (nothing at load, a rebase, an import through a slot) or refused |
+//! | `format.rs` | the on-disk layout: the header, the tables, RELR rebase encoding |
+//! | `write.rs` | the ELF64 container, written with `object::write` |
+//! | `read.rs` | parsing and validation, cheap checks first (header → content hash → ELF → tables) |
+//! | `load.rs` | mapping, rebasing, binding slots, final protections → a [`LinkedImage`] |
+//! | `unit.rs` | an image as an engine materialization unit ([`crate::layer::ObjectLayer::add_image`]) |
+//!
+//! An image is an ELF64 file (`readelf -S` shows its sections): the kiln
+//! header section `.kiln.header` sits at file offset 64, right after the ELF
+//! file header, so the image is recognized by two magics ([`is_image`]); the
+//! linked memory follows as page-aligned `PT_LOAD` segments (`.text`,
+//! `.rodata`, `.data`, with their protections), then the tables
+//! (`.kiln.rebase`, `.kiln.imports`, `.kiln.exports`, `.kiln.init`,
+//! `.kiln.initents`, `.kiln.strings`). Loading never writes text: absolute
+//! words inside the image are rebased, host symbols are bound by name into
+//! slots (GOT entries, which PLT stubs read) or, for pointers in data, into
+//! the word itself.
+//!
+//! The format reserves room for what comes next without a version bump of
+//! the readers' checks: import sources other than "by name" (a host table
+//! index, a dependency image's build id and offset), a dependencies table
+//! and a host table (both empty today and refused when not), required CPU
+//! features, and a TLS template.
+
+pub(crate) mod classify;
+mod format;
+mod load;
+mod read;
+mod unit;
+mod write;
+
+use crate::error::LinkError;
+use crate::image::LinkedImage;
+use crate::passes::LinkOptions;
+
+pub use format::{FORMAT_VERSION, MAGIC};
+pub use load::load;
+pub use read::{ImageInfo, inspect};
+
+/// The target triple images of this build are for.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Identity of an image: a BLAKE3 hash of the format version, the target,
+/// the link options and the inputs (names and bytes) — never a time, so
+/// identical inputs give the same build id (and a byte-identical image).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BuildId(pub [u8; 32]);
+
+impl BuildId {
+    /// The build id of linking `inputs` (in order, as `(name, bytes)`) with
+    /// `options`.
+    pub fn of_inputs<'a>(
+        options: &LinkOptions,
+        inputs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> BuildId {
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln image build id\0");
+        h.update(&FORMAT_VERSION.to_le_bytes());
+        h.update(TARGET.as_bytes());
+        h.update(&[0]);
+        // Only the options that change the image's bytes.
+        let roots = format!("{:?}", options.roots);
+        h.update(&(roots.len() as u64).to_le_bytes());
+        h.update(roots.as_bytes());
+        h.update(&[u8::from(options.imaging)]);
+        for (name, bytes) in inputs {
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        BuildId(*h.finalize().as_bytes())
+    }
+}
+
+impl std::fmt::Display for BuildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for BuildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BuildId({self})")
+    }
+}
+
+/// Whether `bytes` start like an image file (the ELF magic, then kiln's
+/// magic at offset 64). Cheap; [`inspect`] and [`load`] check the rest.
+pub fn is_image(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x7fELF")
+        && bytes.get(format::HEADER_AT..format::HEADER_AT + MAGIC.len()) == Some(&MAGIC[..])
+}
+
+/// Why saving, inspecting or loading an image failed. Refusals of a file
+/// name the field and both values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The linked image was not linked in imaging mode (user error).
+    #[error(
+        "cannot save `{name}` as an image: it was not linked in imaging mode (link it with LinkOptions::imaging, as `kiln image save` does)"
+    )]
+    NotImaging {
+        /// The image's name.
+        name: String,
+    },
+    /// The file does not start with the image magics (user error).
+    #[error("{name}: not a kiln image (no `\\x7fELF` + `KILNIMG` magic at offsets 0 and 64)")]
+    NotAnImage {
+        /// The file.
+        name: String,
+    },
+    /// A header or table field has a value this loader refuses.
+    #[error("{name}: image field `{field}` is {found}, expected {expected}")]
+    Field {
+        /// The file.
+        name: String,
+        /// The field.
+        field: &'static str,
+        /// Its value in the file.
+        found: String,
+        /// What this loader needs.
+        expected: String,
+    },
+    /// The file is inconsistent (damaged or not written by kiln).
+    #[error("{name}: malformed image: {detail}")]
+    Malformed {
+        /// The file.
+        name: String,
+        /// What is wrong, and where.
+        detail: String,
+    },
+    /// Host symbols the image imports that nobody defines (every one listed).
+    #[error("{name}: imported symbols not found: {}", missing.join(", "))]
+    MissingImports {
+        /// The file.
+        name: String,
+        /// The missing names, sorted.
+        missing: Vec<String>,
+    },
+    /// Writing the ELF container failed (implementation limit).
+    #[error("{name}: cannot write the image: {detail}")]
+    Write {
+        /// The image.
+        name: String,
+        /// The writer's message.
+        detail: String,
+    },
+    /// Memory, runtime registration or the engine failed.
+    #[error("{name}: {source}")]
+    Link {
+        /// The image.
+        name: String,
+        /// The linker's error.
+        #[source]
+        source: Box<LinkError>,
+    },
+}
+
+/// What saving an image needs from a link in imaging mode: the image's
+/// memory with every rebased word holding its offset from the image base and
+/// every import word zero, and the tables.
+#[derive(Debug, Clone, Default)]
+pub struct ImagingRecord {
+    pub(crate) memory: Vec<u8>,
+    /// `(offset, len, prot)`, page-aligned offsets, ascending.
+    pub(crate) segments: Vec<(u64, u64, crate::graph::Prot)>,
+    /// Offsets of the 8-byte words to add the base to, sorted, 8-aligned.
+    pub(crate) rebase: Vec<u64>,
+    /// Imports, sorted by offset.
+    pub(crate) imports: Vec<classify::Import>,
+    /// Exports, sorted by name.
+    pub(crate) exports: Vec<classify::Export>,
+    /// Initializer/finalizer sections in link order: name, entry offsets
+    /// (`u64::MAX`: an entry outside the image, skipped).
+    pub(crate) init_fini: Vec<(String, Vec<u64>)>,
+    /// `.eh_frame` (offset, length including its zero terminator).
+    pub(crate) eh_frame: Option<(u64, u64)>,
+}
+
+impl LinkedImage {
+    /// Saves this image as an image file (the bytes of it) with `build_id`
+    /// (see [`BuildId::of_inputs`]). Fails unless the image was linked in
+    /// imaging mode ([`LinkOptions::imaging`]).
+    pub fn save_image(&self, build_id: &BuildId) -> Result<Vec<u8>, ImageError> {
+        let record = self
+            .imaging_record()
+            .ok_or_else(|| ImageError::NotImaging {
+                name: self.name().to_string(),
+            })?;
+        write::write(self.name(), record, build_id)
+    }
+}
+
+/// Recomputes the content hash of an image file after its bytes were
+/// edited (for tools and mutation tests: a damaged table then reaches the
+/// table checks instead of stopping at the hash). Does nothing to a file
+/// too short to hold a header.
+pub fn reseal(bytes: &mut [u8]) {
+    format::reseal(bytes);
+}

@@ -1,0 +1,543 @@
+//! Reading an image file, cheap checks first: the header's fields, the file
+//! size, the content hash; then the ELF container (with `object`) and every
+//! table's bounds. Nothing here maps memory or runs code.
+
+use object::LittleEndian as LE;
+use object::elf::{self, FileHeader64};
+use object::read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _};
+
+use super::format::{self, Fields, HEADER_AT, HEADER_SIZE, Header, PAGE};
+use super::{BuildId, ImageError};
+use crate::graph::Prot;
+
+/// A loadable segment: `[vaddr, vaddr+memsz)` of the image, of which the
+/// first `filesz` bytes come from the file at `offset`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segment {
+    pub(crate) vaddr: u64,
+    pub(crate) memsz: u64,
+    pub(crate) offset: u64,
+    pub(crate) filesz: u64,
+    pub(crate) prot: Prot,
+}
+
+/// An import decoded from the file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawImport<'a> {
+    pub(crate) offset: u64,
+    pub(crate) name: &'a str,
+    pub(crate) addend: i64,
+    pub(crate) weak: bool,
+    pub(crate) slot: bool,
+}
+
+/// An export decoded from the file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawExport<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) offset: u64,
+    pub(crate) flags: u32,
+}
+
+/// A checked image file: every offset below is inside the image or file.
+#[derive(Debug)]
+pub(crate) struct Parsed<'a> {
+    pub(crate) header: Header,
+    pub(crate) name: &'a str,
+    pub(crate) file: &'a [u8],
+    pub(crate) segments: Vec<Segment>,
+    /// Offsets of the words to rebase (decoded, checked).
+    pub(crate) rebase: Vec<u64>,
+    pub(crate) imports: Vec<RawImport<'a>>,
+    pub(crate) exports: Vec<RawExport<'a>>,
+    /// Initializer sections: name and entry offsets (`u64::MAX`: skipped).
+    pub(crate) init_fini: Vec<(&'a str, Vec<u64>)>,
+}
+
+struct Ctx<'a> {
+    /// The file's name, for errors.
+    file_name: &'a str,
+}
+
+impl Ctx<'_> {
+    fn field(
+        &self,
+        field: &'static str,
+        found: impl ToString,
+        expected: impl ToString,
+    ) -> ImageError {
+        ImageError::Field {
+            name: self.file_name.to_string(),
+            field,
+            found: found.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    fn bad(&self, detail: impl Into<String>) -> ImageError {
+        ImageError::Malformed {
+            name: self.file_name.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn expect<T: PartialEq + std::fmt::Display>(
+        &self,
+        field: &'static str,
+        found: T,
+        expected: T,
+    ) -> Result<(), ImageError> {
+        if found == expected {
+            Ok(())
+        } else {
+            Err(self.field(field, found, expected))
+        }
+    }
+}
+
+/// The header's own checks: fixed fields, CPU features, size, content hash.
+fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageError> {
+    if !super::is_image(file) {
+        return Err(ImageError::NotAnImage {
+            name: c.file_name.to_string(),
+        });
+    }
+    let min = HEADER_AT + HEADER_SIZE;
+    if file.len() < min {
+        return Err(c.field("file size", file.len(), format!("at least {min}")));
+    }
+    let h = Header::decode(&file[HEADER_AT..min]);
+    c.expect("format version", h.version, format::FORMAT_VERSION)?;
+    c.expect("header size", h.header_size, HEADER_SIZE as u32)?;
+    c.expect("machine", h.machine, format::MACHINE)?;
+    c.expect("pointer width", h.pointer_width, 8)?;
+    c.expect("endianness", h.endianness, 1)?;
+    c.expect("page size", h.page_size, PAGE as u32)?;
+    c.expect("flags", h.flags, 0)?;
+    let have = format::cpu_features();
+    if h.cpu_features & !have != 0 {
+        return Err(c.field(
+            "required CPU features",
+            format::feature_names(h.cpu_features),
+            format!("a subset of this CPU's {}", format::feature_names(have)),
+        ));
+    }
+    c.expect("file size", h.file_size, file.len() as u64)?;
+    let hash = if hash {
+        format::content_hash(file)
+    } else {
+        h.content_hash
+    };
+    if hash != h.content_hash {
+        return Err(c.field(
+            "content hash",
+            BuildId(h.content_hash),
+            format!("{} (the file's bytes)", BuildId(hash)),
+        ));
+    }
+    c.expect("TLS template size", h.tls.0, 0)?;
+    Ok(h)
+}
+
+/// Checks everything about `file` the loader relies on.
+pub(crate) fn parse<'a>(file_name: &str, file: &'a [u8]) -> Result<Parsed<'a>, ImageError> {
+    parse_with(file_name, file, true)
+}
+
+/// [`parse`], skipping the content hash when `hash` is false: only for
+/// bytes that already passed [`parse`] and have not changed since (an image
+/// unit's own copy, checked when it was added).
+pub(crate) fn parse_with<'a>(
+    file_name: &str,
+    file: &'a [u8],
+    hash: bool,
+) -> Result<Parsed<'a>, ImageError> {
+    let c = Ctx { file_name };
+    let h = check_header(&c, file, hash)?;
+    let elf_err = |e: object::read::Error| c.bad(format!("ELF container: {e}"));
+    let ehdr = FileHeader64::<LE>::parse(file).map_err(elf_err)?;
+    c.expect("ELF e_machine", ehdr.e_machine(LE).0, elf::EM_X86_64.0)?;
+    let segments = segments(&c, &h, ehdr, file)?;
+    let (tables, eh_section) = tables(&c, &h, ehdr, file)?;
+    check_eh_frame(&c, &h, &segments, eh_section)?;
+    let strings = tables[format::T_STRINGS];
+    let string = |(at, len): (u32, u32), what: &str| -> Result<&'a str, ImageError> {
+        let end = u64::from(at) + u64::from(len);
+        strings
+            .get(at as usize..end as usize)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| {
+                c.bad(format!(
+                    "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
+                ))
+            })
+    };
+    let name = string(h.name, "image name")?;
+    let writable = |off: u64, what: &str| -> Result<(), ImageError> {
+        let ok = segments.iter().any(|s| {
+            s.prot != Prot::ReadExec && off >= s.vaddr && off.saturating_add(8) <= s.vaddr + s.memsz
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(c.bad(format!(
+                "{what} at {off:#x} is not a word of a non-text segment"
+            )))
+        }
+    };
+    let mut rebase = Vec::new();
+    let words = tables[format::T_REBASE]
+        .chunks_exact(8)
+        .map(|w| Fields(w).u64(0));
+    if !tables[format::T_REBASE].len().is_multiple_of(8) {
+        return Err(c.bad(".kiln.rebase size is not a multiple of 8"));
+    }
+    let count = format::relr_decode(words, h.image_size / 8, |off| {
+        writable(off, "rebased word").map_err(|e| e.to_string())?;
+        rebase.push(off);
+        Ok(())
+    })
+    .map_err(|e| c.bad(format!(".kiln.rebase: {e}")))?;
+    c.expect("rebased word count", count, u64::from(h.rebased))?;
+    let imports = imports(&c, &h, tables[format::T_IMPORTS], &string, &writable)?;
+    let exports = exports(&c, &h, tables[format::T_EXPORTS], &string)?;
+    let init_fini = init_fini(
+        &c,
+        &segments,
+        tables[format::T_INIT],
+        tables[format::T_INITENTS],
+        &string,
+    )?;
+    Ok(Parsed {
+        header: h,
+        name,
+        file,
+        segments,
+        rebase,
+        imports,
+        exports,
+        init_fini,
+    })
+}
+
+/// The tables' bytes (in [`format::TABLES`] order) and the `.eh_frame`
+/// section's (address, size).
+type Tables<'a> = (Vec<&'a [u8]>, Option<(u64, u64)>);
+
+/// Each table as the header and the section table both say (they must
+/// agree), and the `.eh_frame` section's (address, size).
+fn tables<'a>(
+    c: &Ctx<'_>,
+    h: &Header,
+    ehdr: &FileHeader64<LE>,
+    file: &'a [u8],
+) -> Result<Tables<'a>, ImageError> {
+    let sections = ehdr
+        .sections(LE, file)
+        .map_err(|e| c.bad(format!("ELF container: {e}")))?;
+    let find = |name: &str| {
+        sections
+            .section_by_name(LE, name.as_bytes())
+            .map(|(_, s)| s)
+    };
+    let hs = find(".kiln.header").ok_or_else(|| c.bad("no .kiln.header section"))?;
+    c.expect(".kiln.header offset", hs.sh_offset(LE), HEADER_AT as u64)?;
+    let mut tables: Vec<&'a [u8]> = Vec::with_capacity(format::TABLES.len());
+    for (i, t) in format::TABLES.iter().enumerate() {
+        let (off, size) = h.tables[i];
+        let s = find(t).ok_or_else(|| c.bad(format!("no {t} section")))?;
+        if (s.sh_offset(LE), s.sh_size(LE)) != (off, size) {
+            return Err(c.bad(format!(
+                "{t}: the header says offset {off:#x} size {size:#x}, the section table offset {:#x} size {:#x}",
+                s.sh_offset(LE),
+                s.sh_size(LE)
+            )));
+        }
+        let bytes = off
+            .checked_add(size)
+            .and_then(|end| file.get(off as usize..end as usize))
+            .ok_or_else(|| c.bad(format!("{t} ({off:#x}+{size:#x}) is outside the file")))?;
+        tables.push(bytes);
+    }
+    c.expect(".kiln.deps size", tables[format::T_DEPS].len(), 0)?;
+    c.expect(".kiln.hosttab size", tables[format::T_HOSTTAB].len(), 0)?;
+    let eh = find(".eh_frame").map(|s| (s.sh_addr(LE), s.sh_size(LE)));
+    Ok((tables, eh))
+}
+
+fn segments(
+    c: &Ctx<'_>,
+    h: &Header,
+    ehdr: &FileHeader64<LE>,
+    file: &[u8],
+) -> Result<Vec<Segment>, ImageError> {
+    let phdrs = ehdr
+        .program_headers(LE, file)
+        .map_err(|e| c.bad(format!("program headers: {e}")))?;
+    c.expect("segment count", phdrs.len(), h.segments as usize)?;
+    let mut out: Vec<Segment> = Vec::new();
+    for (i, p) in phdrs.iter().enumerate() {
+        c.expect("segment type", p.p_type(LE).0, elf::PT_LOAD.0)?;
+        let prot = match p.p_flags(LE).0 {
+            f if f == elf::PF_R.0 | elf::PF_X.0 => Prot::ReadExec,
+            f if f == elf::PF_R.0 => Prot::Read,
+            f if f == elf::PF_R.0 | elf::PF_W.0 => Prot::ReadWrite,
+            f => return Err(c.field("segment flags", format!("{f:#x}"), "R, RX or RW")),
+        };
+        let s = Segment {
+            vaddr: p.p_vaddr(LE),
+            memsz: p.p_memsz(LE),
+            offset: p.p_offset(LE),
+            filesz: p.p_filesz(LE),
+            prot,
+        };
+        let prev_end = out.last().map_or(0, |p| p.vaddr + p.memsz);
+        let in_file = s
+            .offset
+            .checked_add(s.filesz)
+            .is_some_and(|e| e <= file.len() as u64);
+        let in_image = s
+            .vaddr
+            .checked_add(s.memsz)
+            .is_some_and(|e| e <= h.image_size);
+        if !s.vaddr.is_multiple_of(PAGE)
+            || !s.offset.is_multiple_of(PAGE)
+            || s.filesz > s.memsz
+            || s.vaddr < prev_end
+            || !in_file
+            || !in_image
+        {
+            return Err(c.bad(format!(
+                "segment {i} (image {:#x}+{:#x}, file {:#x}+{:#x}) is misaligned, overlapping or out of bounds (image size {:#x})",
+                s.vaddr, s.memsz, s.offset, s.filesz, h.image_size
+            )));
+        }
+        out.push(s);
+    }
+    // One reservation: refuse absurd sizes before asking for memory.
+    const MAX_IMAGE: u64 = 1 << 32;
+    if h.image_size > MAX_IMAGE || h.image_size == 0 {
+        return Err(c.field("image size", h.image_size, format!("1..={MAX_IMAGE}")));
+    }
+    Ok(out)
+}
+
+fn check_eh_frame(
+    c: &Ctx<'_>,
+    h: &Header,
+    segments: &[Segment],
+    section: Option<(u64, u64)>,
+) -> Result<(), ImageError> {
+    let (off, len) = h.eh_frame;
+    if len == 0 {
+        return Ok(());
+    }
+    if section != Some((off, len)) {
+        return Err(c.bad(format!(
+            "the header's .eh_frame {off:#x}+{len:#x} does not match the section table's {section:?}"
+        )));
+    }
+    let ok = len >= 4
+        && segments.iter().any(|s| {
+            s.prot == Prot::Read && off >= s.vaddr && off.saturating_add(len) <= s.vaddr + s.filesz
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(c.bad(format!(
+            ".eh_frame {off:#x}+{len:#x} is not inside a read-only segment's file bytes"
+        )))
+    }
+}
+
+type StringFn<'s, 'a> = dyn Fn((u32, u32), &str) -> Result<&'a str, ImageError> + 's;
+
+fn imports<'a>(
+    c: &Ctx<'_>,
+    h: &Header,
+    table: &'a [u8],
+    string: &StringFn<'_, 'a>,
+    writable: &dyn Fn(u64, &str) -> Result<(), ImageError>,
+) -> Result<Vec<RawImport<'a>>, ImageError> {
+    c.expect(
+        ".kiln.imports size",
+        table.len(),
+        h.imports as usize * format::IMPORT_SIZE,
+    )?;
+    let mut out: Vec<RawImport<'a>> = Vec::with_capacity(h.imports as usize);
+    for (i, r) in table.chunks_exact(format::IMPORT_SIZE).enumerate() {
+        let f = Fields(r);
+        let (flags, source) = (f.u8(24), f.u8(25));
+        c.expect("import source", source, format::SOURCE_BY_NAME)?;
+        if flags & !(format::IMPORT_WEAK | format::IMPORT_SLOT) != 0 {
+            return Err(c.field(
+                "import flags",
+                flags,
+                "a combination of WEAK (1) and SLOT (2)",
+            ));
+        }
+        let imp = RawImport {
+            offset: f.u64(0),
+            name: string((f.u32(8), f.u32(12)), "import name")?,
+            addend: f.u64(16) as i64,
+            weak: flags & format::IMPORT_WEAK != 0,
+            slot: flags & format::IMPORT_SLOT != 0,
+        };
+        if out.last().is_some_and(|p| p.offset + 8 > imp.offset) {
+            return Err(c.bad(format!(
+                "import {i} ({}) is not sorted by offset or overlaps the previous",
+                imp.name
+            )));
+        }
+        writable(imp.offset, "import")?;
+        out.push(imp);
+    }
+    Ok(out)
+}
+
+fn exports<'a>(
+    c: &Ctx<'_>,
+    h: &Header,
+    table: &'a [u8],
+    string: &StringFn<'_, 'a>,
+) -> Result<Vec<RawExport<'a>>, ImageError> {
+    c.expect(
+        ".kiln.exports size",
+        table.len(),
+        h.exports as usize * format::EXPORT_SIZE,
+    )?;
+    let mut out: Vec<RawExport<'a>> = Vec::with_capacity(h.exports as usize);
+    for r in table.chunks_exact(format::EXPORT_SIZE) {
+        let f = Fields(r);
+        let e = RawExport {
+            offset: f.u64(0),
+            name: string((f.u32(8), f.u32(12)), "export name")?,
+            flags: f.u32(16),
+        };
+        if e.offset >= h.image_size {
+            return Err(c.field(
+                "export offset",
+                format!("{:#x} ({})", e.offset, e.name),
+                format!("below the image size {:#x}", h.image_size),
+            ));
+        }
+        if e.name.is_empty() || out.last().is_some_and(|p| p.name >= e.name) {
+            return Err(c.bad(format!(
+                "export `{}` is empty, out of order or a duplicate",
+                e.name
+            )));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn init_fini<'a>(
+    c: &Ctx<'_>,
+    segments: &[Segment],
+    table: &'a [u8],
+    entries: &'a [u8],
+    string: &StringFn<'_, 'a>,
+) -> Result<Vec<(&'a str, Vec<u64>)>, ImageError> {
+    if !table.len().is_multiple_of(format::INIT_SIZE) || !entries.len().is_multiple_of(8) {
+        return Err(c.bad(".kiln.init or .kiln.initents has a partial record"));
+    }
+    let code = |off: u64| {
+        off == u64::MAX
+            || segments
+                .iter()
+                .any(|s| s.prot == Prot::ReadExec && off >= s.vaddr && off < s.vaddr + s.filesz)
+    };
+    let mut out = Vec::new();
+    for r in table.chunks_exact(format::INIT_SIZE) {
+        let f = Fields(r);
+        let name = string((f.u32(0), f.u32(4)), "initializer section name")?;
+        if crate::runtime::init_priority(name).is_none() {
+            return Err(c.field(
+                "initializer section",
+                name,
+                ".init_array*, .fini_array*, .ctors*, .dtors* or .preinit_array",
+            ));
+        }
+        let (first, count) = (f.u32(8) as usize, f.u32(12) as usize);
+        let slice = entries.get(first * 8..(first + count) * 8).ok_or_else(|| {
+            c.bad(format!(
+                "{name}: entries {first}+{count} are outside .kiln.initents"
+            ))
+        })?;
+        let offs: Vec<u64> = slice.chunks_exact(8).map(|e| Fields(e).u64(0)).collect();
+        if let Some(bad) = offs.iter().find(|&&o| !code(o)) {
+            return Err(c.bad(format!("{name}: entry {bad:#x} is not in text")));
+        }
+        out.push((name, offs));
+    }
+    Ok(out)
+}
+
+/// What `kiln image info` prints.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ImageInfo {
+    /// The name the image was saved under.
+    pub name: String,
+    /// Its build id.
+    pub build_id: BuildId,
+    /// Format version.
+    pub format_version: u32,
+    /// Target triple.
+    pub target: &'static str,
+    /// Required CPU features (comma-separated, or `none`).
+    pub cpu_features: String,
+    /// Dependencies (build ids of other images); none in version 1.
+    pub dependencies: Vec<BuildId>,
+    /// Exported symbols.
+    pub exports: usize,
+    /// Imported host symbols.
+    pub imports: usize,
+    /// Of which slots (GOT entries).
+    pub import_slots: usize,
+    /// Rebased words.
+    pub rebases: usize,
+    /// Initializer and finalizer entries.
+    pub initializers: usize,
+    /// Memory span of the image.
+    pub image_size: u64,
+    /// File size.
+    pub file_size: u64,
+    /// Segments: name, offset, memory size, file size, protection (`r-x`…).
+    pub sections: Vec<(String, u64, u64, u64, &'static str)>,
+}
+
+/// Checks an image file (the same checks as [`super::load`], without
+/// mapping it) and describes it.
+pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
+    let p = parse(file_name, file)?;
+    let prot = |p: Prot| match p {
+        Prot::ReadExec => ("text", "r-x"),
+        Prot::Read => ("rodata", "r--"),
+        Prot::ReadWrite => ("data", "rw-"),
+    };
+    Ok(ImageInfo {
+        name: p.name.to_string(),
+        build_id: BuildId(p.header.build_id),
+        format_version: p.header.version,
+        target: super::TARGET,
+        cpu_features: format::feature_names(p.header.cpu_features),
+        dependencies: Vec::new(),
+        exports: p.exports.len(),
+        imports: p.imports.len(),
+        import_slots: p.imports.iter().filter(|i| i.slot).count(),
+        rebases: p.rebase.len(),
+        initializers: p.init_fini.iter().map(|(_, e)| e.len()).sum(),
+        image_size: p.header.image_size,
+        file_size: file.len() as u64,
+        sections: p
+            .segments
+            .iter()
+            .map(|s| {
+                let (n, pr) = prot(s.prot);
+                (format!(".{n}"), s.vaddr, s.memsz, s.filesz, pr)
+            })
+            .collect(),
+    })
+}

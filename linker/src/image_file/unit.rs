@@ -1,0 +1,171 @@
+//! An image file as the engine's materialization unit: its exports are
+//! defined when it is added; the first lookup maps it, resolves its exports,
+//! binds its imports through the dylib's link order (at `Resolved`, so
+//! cycles with other units close), finalizes it and emits its exports with
+//! dependencies on what it imports — Ready only when those are.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kiln_engine::{
+    DependenceGroup, Dylib, Error, LookupKind, LookupRequest, LookupSet, MaterializationUnit,
+    RequiredState, ResourceTracker, Responsibility, SymbolDef, SymbolFlags, SymbolName,
+};
+
+use super::format;
+use super::read::{self, Parsed};
+use super::{ImageError, load};
+use crate::error::LinkError;
+use crate::layer::ObjectLayer;
+
+struct ImageUnit {
+    layer: ObjectLayer,
+    name: String,
+    bytes: Arc<Vec<u8>>,
+    symbols: Vec<(SymbolName, SymbolFlags)>,
+    order: usize,
+}
+
+fn flags(f: u32) -> SymbolFlags {
+    let mut flags = SymbolFlags::NONE;
+    if f & format::EXPORT_EXPORTED != 0 {
+        flags |= SymbolFlags::EXPORTED;
+    }
+    if f & format::EXPORT_WEAK != 0 {
+        flags |= SymbolFlags::WEAK;
+    }
+    if f & format::EXPORT_CALLABLE != 0 {
+        flags |= SymbolFlags::CALLABLE;
+    }
+    flags
+}
+
+impl ObjectLayer {
+    /// Adds the image file `bytes` (called `name` in errors) to `dylib`,
+    /// owned by `tracker` (default: the dylib's default tracker). The file
+    /// is checked now (header, content hash, tables); it is mapped, rebased
+    /// and bound when one of its exports is first looked up, and its
+    /// initializers run with [`ObjectLayer::run_initializers`], after Ready.
+    /// Removing the tracker runs its finalizers, deregisters its unwind
+    /// info and unmaps it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`super::load`]: an image whose content hash checks out is
+    /// trusted, and its code runs when its initializers run or its
+    /// functions are called. The file must come from a trusted source, and
+    /// the symbols the dylib's link order provides must be the ones it was
+    /// saved against.
+    pub unsafe fn add_image(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), ImageError> {
+        let parsed = read::parse(name, &bytes)?;
+        let session = self.session();
+        let symbols = parsed
+            .exports
+            .iter()
+            .map(|e| (session.intern(e.name), flags(e.flags)))
+            .collect();
+        drop(parsed);
+        let unit = ImageUnit {
+            layer: self.clone(),
+            name: name.to_string(),
+            bytes: Arc::new(bytes),
+            symbols,
+            order: self.next_order(),
+        };
+        dylib
+            .define_boxed(Box::new(unit), tracker)
+            .map_err(|e| ImageError::Link {
+                name: name.to_string(),
+                source: Box::new(LinkError::Engine {
+                    detail: e.to_string(),
+                }),
+            })
+    }
+}
+
+impl MaterializationUnit for ImageUnit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.symbols.clone()
+    }
+
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        match self.load(&r) {
+            Ok(groups) => {
+                let _ = r.emit(groups);
+            }
+            Err(e) => r.fail(e),
+        }
+    }
+
+    fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
+        // Another unit's definition won: the image keeps using its own.
+        self.symbols.retain(|(n, _)| n != name);
+    }
+}
+
+impl ImageUnit {
+    fn load(&self, r: &Responsibility) -> Result<Vec<DependenceGroup>, Error> {
+        let err = |e: ImageError| Error::msg(e);
+        // Checked (hash included) when added; the unit's bytes have not
+        // changed since: the tables are parsed again, the hash is not.
+        let p: Parsed<'_> = read::parse_with(&self.name, &self.bytes, false).map_err(err)?;
+        let session = self.layer.session();
+        let mut alloc = load::map(&p, &self.name).map_err(err)?;
+        let base = alloc.base();
+        // (a) Own addresses first: units waiting at Resolved go on.
+        let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
+        let mut defs = Vec::with_capacity(owed.len());
+        for e in &p.exports {
+            let n = session.intern(e.name);
+            if let Some(&f) = owed.get(&n) {
+                defs.push((n, SymbolDef::new(base + e.offset, f)));
+            }
+        }
+        r.resolve(&defs)?;
+        // (b) Imports through the link order, weakly, so every missing one
+        // is named at once.
+        let order = r.dylib().link_order();
+        let names = load::import_names(&p);
+        let interned: Vec<SymbolName> = names.iter().map(|n| session.intern(n)).collect();
+        let set = LookupSet::weak(interned.iter().cloned());
+        let found = session
+            .lookup_with(
+                &LookupRequest::new(order.clone(), set, RequiredState::Resolved)
+                    .kind(LookupKind::Static),
+            )
+            .wait()?;
+        let addrs: HashMap<&str, u64> = names
+            .iter()
+            .zip(found.by_request())
+            .filter_map(|(n, (_, d))| Some((*n, d?.address)))
+            .collect();
+        load::bind(&p, &mut alloc, &self.name, &addrs).map_err(err)?;
+        // (c) Final protections, runtime registration; the tracker owns it.
+        let image = load::finish(&p, alloc, &self.name).map_err(err)?;
+        self.layer.adopt(r, image, self.order)?;
+        // (d) Emit, depending on each import in the dylib it came from.
+        let entries = order.entries();
+        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
+        for (name, _, source) in found.iter_with_source() {
+            let dylib = &entries[source].0;
+            match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
+                Some((_, names)) => names.push(name.clone()),
+                None => per_dylib.push((dylib.clone(), vec![name.clone()])),
+            }
+        }
+        Ok(vec![DependenceGroup::new(
+            defs.into_iter().map(|(n, _)| n),
+            per_dylib,
+        )])
+    }
+}

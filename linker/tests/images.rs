@@ -1,0 +1,810 @@
+//! Image files: code linked in imaging mode, saved by one `kiln` process and
+//! run from the image by another — output and exit status equal to the
+//! native build; identical inputs give byte-identical images; what an image
+//! cannot express is refused; damaged files are refused naming the field;
+//! mutants of a real image load or fail with an error, never crash.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::lua::build_lua;
+use common::*;
+use kiln_linker::image_file::{self, BuildId, ImageError};
+use kiln_linker::{HostSymbols, LinkOptions, Linker};
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `kiln image save -o out inputs...`, asserting success.
+fn save(out: &Path, inputs: &[PathBuf], libs: &[&str]) {
+    let mut cmd = kiln();
+    cmd.args(["image", "save", "-o"]).arg(out).args(inputs);
+    for l in libs {
+        cmd.args(["-l", l]);
+    }
+    let o = cmd.output().expect("kiln runs");
+    assert!(o.status.success(), "image save: {}", show(&o));
+}
+
+/// Saves `objs` as an image in one process, runs it with `kiln run` in
+/// another, and demands the native build's stdout and exit status.
+fn check_image_matches_native(
+    cc: &str,
+    objs: &[PathBuf],
+    flags: &[&str],
+    libs: &[&str],
+    tag: &str,
+) {
+    let dir = scratch(&format!("images-{tag}"));
+    let (native_out, native_ret) = run_native(cc, objs, flags, libs, &dir.join("native"));
+    assert!(
+        !native_out.is_empty(),
+        "{tag}: the native build printed nothing"
+    );
+    let image = dir.join("prog.kimg");
+    let _ = std::fs::remove_file(&image);
+    save(&image, objs, &[]);
+    let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        native_out,
+        "{tag}: output differs\n{}",
+        show(&o)
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(native_ret),
+        "{tag}: status differs\n{}",
+        show(&o)
+    );
+    // --noexec loads and binds without running anything.
+    let o = kiln()
+        .args(["run", "--noexec"])
+        .arg(&image)
+        .output()
+        .expect("kiln runs");
+    assert!(
+        o.status.success() && o.stdout.is_empty(),
+        "{tag} --noexec: {}",
+        show(&o)
+    );
+}
+
+fn prog_ab(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    let dir = scratch(&format!("images-{tag}"));
+    ["prog_a", "prog_b"]
+        .iter()
+        .map(|s| {
+            compile(
+                cc,
+                &c_dir().join(format!("{s}.c")),
+                flags,
+                &[],
+                &dir.join(format!("{s}.o")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn c_program_clang_pie_saved_then_run_from_the_image_matches_native() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE", "-fcommon"];
+    let objs = prog_ab("clang", &flags, "c-clang");
+    check_image_matches_native("clang", &objs, &flags, &[], "c-clang");
+}
+
+#[test]
+fn c_program_gcc_pic_saved_then_run_from_the_image_matches_native() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let flags = ["-O2", "-fPIC", "-fcommon"];
+    let objs = prog_ab("gcc", &flags, "c-gcc-pic");
+    check_image_matches_native("gcc", &objs, &flags, &[], "c-gcc-pic");
+}
+
+#[test]
+fn lua_clang_pie_saved_then_run_from_the_image_matches_native() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_lua("clang", &flags, "image-clang-O2-fPIE");
+    check_image_matches_native("clang", &objs, &flags, &["m", "dl"], "lua-clang");
+}
+
+/// A C++ program without thread-locals: constructors and destructors with
+/// priorities, an exception thrown in one object and caught in another,
+/// virtual calls — initializers, finalizers and `.eh_frame` from an image.
+#[test]
+fn cxx_constructors_exceptions_and_virtual_calls_run_from_an_image() {
+    if !need_tool("clang++") {
+        return;
+    }
+    let dir = scratch("images-cxx");
+    let a = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+Shape *make(int which);
+int risky(int x);
+struct Log { const char *n; Log(const char *n) : n(n) { std::printf("ctor %s\n", n); }
+             ~Log() { std::printf("dtor %s\n", n); } };
+__attribute__((init_priority(200))) Log early("early");
+Log plain("plain");
+__attribute__((constructor(150))) static void first() { std::printf("constructor 150\n"); }
+int main() {
+    int sum = 0;
+    for (int i = 0; i < 3; i++) { Shape *s = make(i); sum += s->area(); delete s; }
+    std::printf("areas %d\n", sum);
+    try { risky(7); } catch (const std::runtime_error &e) { std::printf("caught %s\n", e.what()); }
+    try { risky(-1); } catch (int v) { std::printf("caught int %d\n", v); }
+    return sum % 100;
+}
+"#;
+    let b = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
+struct Rect : Shape { int w, h; Rect(int w, int h) : w(w), h(h) {} int area() const override { return w * h; } };
+Shape *make(int which) { if (which == 1) return new Rect(3, 4); return new Sq(which + 5); }
+int risky(int x) { if (x < 0) throw x; throw std::runtime_error("from b.cpp"); }
+struct Late { ~Late() { std::printf("dtor late\n"); } } late;
+"#;
+    let flags = ["-O2", "-fPIE"];
+    let mut objs = Vec::new();
+    for (name, src) in [("a", a), ("b", b)] {
+        let path = dir.join(format!("{name}.cpp"));
+        std::fs::write(&path, src).expect("write source");
+        objs.push(compile(
+            "clang++",
+            &path,
+            &flags,
+            &[],
+            &dir.join(format!("{name}.o")),
+        ));
+    }
+    check_image_matches_native("clang++", &objs, &flags, &[], "cxx");
+}
+
+#[test]
+fn identical_inputs_give_the_same_build_id_and_a_byte_identical_image() {
+    if !need_tool("clang") {
+        return;
+    }
+    let objs = prog_ab("clang", &["-O2", "-fPIE"], "determinism");
+    let dir = scratch("images-determinism");
+    let (one, two) = (dir.join("one.kimg"), dir.join("two.kimg"));
+    save(&one, &objs, &[]);
+    save(&two, &objs, &[]);
+    let (x, y) = (
+        std::fs::read(&one).expect("read"),
+        std::fs::read(&two).expect("read"),
+    );
+    assert!(x == y, "two saves of the same inputs differ");
+    let info = |p: &Path| {
+        let o = kiln()
+            .args(["image", "info", "--json"])
+            .arg(p)
+            .output()
+            .expect("kiln runs");
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let j = info(&one);
+    let id = j
+        .split("\"build_id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("build id in JSON");
+    assert_eq!(id.len(), 64, "{j}");
+    assert!(
+        j.contains("\"format_version\":1") && j.contains("\"exports\":"),
+        "{j}"
+    );
+    // Another input, another build id.
+    let reversed: Vec<PathBuf> = objs.iter().rev().cloned().collect();
+    let three = dir.join("three.kimg");
+    save(&three, &reversed, &[]);
+    assert!(
+        !info(&three).contains(id),
+        "different inputs kept the build id"
+    );
+    let opts = {
+        let mut o = LinkOptions::default();
+        o.imaging = true;
+        o
+    };
+    let a = BuildId::of_inputs(&opts, [("a.o", &b"x"[..])]);
+    assert_eq!(a, BuildId::of_inputs(&opts, [("a.o", &b"x"[..])]));
+    assert_ne!(a, BuildId::of_inputs(&opts, [("a.o", &b"y"[..])]));
+}
+
+#[test]
+fn saving_code_not_linked_in_imaging_mode_fails_saying_so() {
+    if !need_tool("clang") {
+        return;
+    }
+    let objs = prog_ab("clang", &["-O2", "-fPIE"], "not-imaging");
+    let mut linker = Linker::new(LinkOptions::default());
+    linker.run_initializers(false);
+    for o in &objs {
+        linker.add_object_file(o).expect("read object");
+    }
+    let image = linker.link(&HostSymbols::new()).expect("links");
+    let err = image
+        .save_image(&BuildId([0; 32]))
+        .expect_err("not imaging");
+    assert!(matches!(err, ImageError::NotImaging { .. }), "{err}");
+    assert!(
+        err.to_string().contains("not linked in imaging mode"),
+        "{err}"
+    );
+}
+
+#[test]
+fn absolute_addresses_of_no_pie_code_are_refused_naming_the_relocation() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let objs = prog_ab("gcc", &["-O2", "-fno-pie"], "no-pie");
+    let out = scratch("images-no-pie").join("x.kimg");
+    let _ = std::fs::remove_file(&out);
+    let o = kiln()
+        .args(["image", "save", "-o"])
+        .arg(&out)
+        .args(&objs)
+        .output()
+        .expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains("prog_a.o")
+            && err.contains("section .text")
+            && err.contains("offset 0x")
+            && err.contains("R_X86_64_32")
+            && err.contains("-fPIE"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no image is written when saving fails");
+    // gcc -fPIE reaches host data PC-relatively (it assumes copy
+    // relocations): refused too, naming the symbol.
+    let objs = prog_ab("gcc", &["-O2", "-fPIE"], "gcc-pie");
+    let o = kiln()
+        .args(["image", "save", "-o"])
+        .arg(&out)
+        .args(&objs)
+        .output()
+        .expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("R_X86_64_PC32") && err.contains("`stdout`") && err.contains("-fPIC"),
+        "{err}"
+    );
+}
+
+/// A real image, saved in this process.
+fn real_image() -> Vec<u8> {
+    let objs = prog_ab("clang", &["-O2", "-fPIE", "-fcommon"], "mutation");
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let mut linker = Linker::new(options.clone());
+    linker.run_initializers(false);
+    let mut inputs = Vec::new();
+    for o in &objs {
+        let bytes = std::fs::read(o).expect("read object");
+        inputs.push((o.display().to_string(), bytes));
+    }
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    for (n, b) in inputs {
+        linker.add_object_bytes(n, b);
+    }
+    let image = linker.link(&HostSymbols::new()).expect("links");
+    image.save_image(&id).expect("saves")
+}
+
+fn load(bytes: &[u8]) -> Result<kiln_linker::LinkedImage, ImageError> {
+    // SAFETY: the tests' own image (or a mutant of it); its initializers
+    // are never run and none of its functions is called.
+    unsafe { image_file::load("test.kimg", bytes, &HostSymbols::new()) }
+}
+
+#[test]
+fn damaged_images_are_refused_naming_the_field_and_both_values() {
+    if !need_tool("clang") {
+        return;
+    }
+    let good = real_image();
+    let image = load(&good).expect("the real image loads");
+    assert!(image.symbol("main").is_some() && image.symbol("is_even").is_some());
+    drop(image);
+    let refuse = |bytes: &[u8]| load(bytes).expect_err("refused").to_string();
+    // Not an image.
+    assert!(refuse(b"\x7fELF not an image").contains("not a kiln image"));
+    // Header field (resealed, so the field check speaks).
+    let mut v = good.clone();
+    v[64 + 8] = 2;
+    image_file::reseal(&mut v);
+    let e = refuse(&v);
+    assert!(e.contains("`format version` is 2, expected 1"), "{e}");
+    let mut v = good.clone();
+    v[64 + 16] = 183; // EM_AARCH64
+    image_file::reseal(&mut v);
+    let e = refuse(&v);
+    assert!(e.contains("`machine` is 183, expected 62"), "{e}");
+    // A CPU feature this loader does not know (so no CPU has it).
+    let mut v = good.clone();
+    v[64 + 24 + 7] = 0x80;
+    image_file::reseal(&mut v);
+    let e = refuse(&v);
+    assert!(
+        e.contains("`required CPU features` is bit63, expected a subset of this CPU's"),
+        "{e}"
+    );
+    // A byte of code changed: the content hash.
+    let mut v = good.clone();
+    v[0x1000 + 10] ^= 0x40;
+    let e = refuse(&v);
+    assert!(
+        e.contains("`content hash` is") && e.contains("expected"),
+        "{e}"
+    );
+    // Truncated: the size, before hashing.
+    let e = refuse(&good[..good.len() - 100]);
+    assert!(
+        e.contains("`file size` is") && e.contains(&good.len().to_string()),
+        "{e}"
+    );
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Mutants of a real image — byte flips anywhere, truncations, and damage
+/// to the header, ELF headers and tables with the content hash recomputed
+/// (so the table checks, not the hash, must catch it) — each loads (and is
+/// unloaded) or fails with an error: no panic, no crash, no hang. Mutants
+/// with a valid hash leave the code and `.eh_frame` alone: whoever can
+/// recompute the hash is trusted to run code (the loader's contract).
+#[test]
+fn mutants_of_a_real_image_load_or_fail_with_an_error() {
+    if !need_tool("clang") {
+        return;
+    }
+    let good = real_image();
+    let sections = kiln_linker_test_ranges(&good);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut loaded, mut refused, mut resealed_refused) = (0usize, 0usize, 0usize);
+    for i in 0..12_000 {
+        let mut v = good.clone();
+        match i % 3 {
+            // Unsealed flips: the hash refuses every one.
+            0 => {
+                for _ in 0..=rng.below(4) {
+                    let at = rng.below(v.len());
+                    v[at] ^= 1 << rng.below(8);
+                }
+            }
+            // Truncations.
+            1 => v.truncate(rng.below(good.len())),
+            // Resealed damage to metadata: header, ELF headers, tables.
+            _ => {
+                for _ in 0..=rng.below(3) {
+                    let (start, end) = sections[rng.below(sections.len())];
+                    let at = start + rng.below(end - start);
+                    if rng.below(2) == 0 {
+                        v[at] ^= 1 << rng.below(8);
+                    } else {
+                        v[at] = rng.next() as u8;
+                    }
+                }
+                image_file::reseal(&mut v);
+            }
+        }
+        match load(&v) {
+            Ok(image) => {
+                assert!(
+                    i % 3 == 2 || v == good,
+                    "mutant {i} loaded without a valid hash"
+                );
+                loaded += 1;
+                drop(image);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!e.is_empty());
+                if i % 3 == 2 {
+                    // Resealed: the table checks refused it, not the hash.
+                    assert!(!e.contains("content hash"), "mutant {i}: {e}");
+                    resealed_refused += 1;
+                }
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{loaded} mutants loaded, {refused} refused ({resealed_refused} of 4000 resealed)");
+    assert_eq!(loaded + refused, 12_000);
+    assert!(refused >= 8000, "only {refused} of 12000 mutants refused");
+    // Damage to the tables is mostly caught by their own checks.
+    assert!(
+        resealed_refused >= 2000,
+        "only {resealed_refused} resealed mutants refused"
+    );
+}
+
+/// File ranges of the metadata a resealed mutant may damage: the ELF file
+/// header, the kiln header, the program headers, the section headers and
+/// the tables (everything except segment contents).
+fn kiln_linker_test_ranges(file: &[u8]) -> Vec<(usize, usize)> {
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
+    let e = object::LittleEndian;
+    let mut out = vec![(0, 64), (64, 64 + 304)];
+    let phoff = h.e_phoff.get(e) as usize;
+    out.push((phoff, phoff + 56 * h.e_phnum.get(e) as usize));
+    let shoff = h.e_shoff.get(e) as usize;
+    out.push((shoff, shoff + 64 * h.e_shnum.get(e) as usize));
+    let sections = h.sections(e, file).expect("sections");
+    for s in sections.iter() {
+        let name = sections.section_name(e, s).unwrap_or_default();
+        if name.starts_with(b".kiln.") && s.sh_size(e) > 0 && name != b".kiln.header" {
+            let o = s.sh_offset(e) as usize;
+            out.push((o, o + s.sh_size(e) as usize));
+        }
+    }
+    out
+}
+
+/// Saves `src` (compiled by gcc with -fPIC) as an image in this process,
+/// leaving undefined symbols as imports.
+fn image_of_c(dir: &Path, name: &str, src: &str) -> Vec<u8> {
+    let obj = compile_c_text(dir, name, src, &["-O2", "-fPIC"]);
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let bytes = std::fs::read(&obj).expect("read object");
+    let id = BuildId::of_inputs(&options, [(name, bytes.as_slice())]);
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    linker.add_object_bytes(name, bytes);
+    let host = HostSymbols::new();
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> {
+        use kiln_linker::SymbolResolver as _;
+        host.resolve(names)
+            .into_iter()
+            .map(|a| Some(a.unwrap_or(0)))
+            .collect()
+    };
+    let image = linker.link(&resolver).expect("links");
+    image.save_image(&id).expect("saves")
+}
+
+/// Through the engine: an image's exports are defined in a dylib; the first
+/// lookup maps it and binds its imports through the dylib's link order
+/// (here an object in another dylib); its initializers run after Ready;
+/// removing its tracker runs its finalizers and unmaps it.
+#[test]
+fn an_image_in_a_dylib_binds_through_the_link_order_and_goes_with_its_tracker() {
+    use kiln_engine::{DylibLookup, Session, WorkerPool};
+    use kiln_linker::layer::{HostGenerator, ObjectLayer};
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-engine");
+    let image = image_of_c(
+        &dir,
+        "probe",
+        "#include <stdlib.h>\n\
+         int is_odd(int);\n\
+         static int ready;\n\
+         __attribute__((constructor)) static void init(void) { ready = 40; }\n\
+         __attribute__((destructor)) static void fini(void) { setenv(\"KILN_IMAGE_TEST_FINI\", \"ran\", 1); }\n\
+         int probe(int n) { return ready + is_odd(n); }\n",
+    );
+    let odd = compile_c_text(
+        &dir,
+        "odd",
+        "int is_odd(int n) { return n & 1; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let host = session.create_dylib("<host>").expect("dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("generator");
+    let lib = session.create_dylib("lib").expect("dylib");
+    lib.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
+        .expect("order");
+    layer
+        .add_object(&lib, None, "odd.o", &std::fs::read(&odd).expect("read"))
+        .expect("adds odd.o");
+    let app = session.create_dylib("app").expect("dylib");
+    app.set_link_order(&[
+        (lib.clone(), DylibLookup::ExportedOnly),
+        (host.clone(), DylibLookup::ExportedOnly),
+    ])
+    .expect("order");
+    let rt = app.create_tracker().expect("tracker");
+    // SAFETY: the test's own image; `probe` is `int probe(int)`.
+    unsafe { layer.add_image(&app, Some(&rt), "probe.kimg", image) }.expect("adds the image");
+    let found = app.lookup_ready(&["probe"]).expect("probe is Ready");
+    let address = found.get_str("probe").expect("probe").address as usize;
+    layer.run_initializers();
+    // SAFETY: `probe` is Ready (mapped, bound, finalized) and is `int probe(int)`.
+    let probe: extern "C" fn(i32) -> i32 = unsafe { std::mem::transmute(address) };
+    assert_eq!(
+        probe(3),
+        41,
+        "initializer ran, is_odd bound through the link order"
+    );
+    assert_eq!(probe(2), 40);
+    let mapped = |addr: usize| {
+        std::fs::read_to_string("/proc/self/maps")
+            .expect("maps")
+            .lines()
+            .any(|l| {
+                let mut f = l.split_whitespace();
+                let (range, perms) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+                let (lo, hi) = range.split_once('-').unwrap_or(("0", "0"));
+                let lo = usize::from_str_radix(lo, 16).unwrap_or(0);
+                let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
+                lo <= addr && addr < hi && perms.contains('x')
+            })
+    };
+    assert!(mapped(address));
+    assert!(std::env::var("KILN_IMAGE_TEST_FINI").is_err());
+    rt.remove().expect("removes");
+    assert_eq!(
+        std::env::var("KILN_IMAGE_TEST_FINI").as_deref(),
+        Ok("ran"),
+        "finalizer ran at removal"
+    );
+    assert!(
+        !mapped(address),
+        "code still mapped executable after removal"
+    );
+    assert!(app.lookup_ready(&["probe"]).is_err());
+    session.end();
+}
+
+/// `kiln run` mixes images and objects in one dylib: a library image whose
+/// imports (here `is_even`, a cycle back into the object) are bound by name
+/// at load, and the object that uses it.
+#[test]
+fn an_image_and_an_object_mixed_in_kiln_run_close_a_cycle() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE", "-fcommon"];
+    let objs = prog_ab("clang", &flags, "mixed");
+    let dir = scratch("images-mixed");
+    let (native_out, native_ret) = run_native("clang", &objs, &flags, &[], &dir.join("native"));
+    let lib = dir.join("b.kimg");
+    let o = kiln()
+        .args(["image", "save", "--allow-undefined", "-o"])
+        .arg(&lib)
+        .arg(&objs[1])
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    for order in [[&lib, &objs[0]], [&objs[0], &lib]] {
+        let o = kiln().arg("run").args(order).output().expect("kiln runs");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            native_out,
+            "{}",
+            show(&o)
+        );
+        assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+    }
+}
+
+/// Imports nobody defines fail the lookup of the image's exports, every
+/// missing name listed at once.
+#[test]
+fn missing_imports_are_all_named_when_the_image_is_looked_up() {
+    use kiln_engine::{DylibLookup, Session, WorkerPool};
+    use kiln_linker::layer::{HostGenerator, ObjectLayer};
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-missing");
+    let image = image_of_c(
+        &dir,
+        "needy",
+        "int nobody_defines_this(int);\n\
+         int nor_this(int);\n\
+         int needy(int n) { return nobody_defines_this(n) + nor_this(n); }\n",
+    );
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let host = session.create_dylib("<host>").expect("dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("generator");
+    let app = session.create_dylib("app").expect("dylib");
+    app.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
+        .expect("order");
+    // SAFETY: the test's own image; nothing of it is called.
+    unsafe { layer.add_image(&app, None, "needy.kimg", image) }.expect("adds the image");
+    let err = app
+        .lookup_ready(&["needy"])
+        .expect_err("imports are missing")
+        .to_string();
+    assert!(
+        err.contains("nobody_defines_this")
+            && err.contains("nor_this")
+            && err.contains("needy.kimg"),
+        "{err}"
+    );
+    session.end();
+}
+
+/// The container is ordinary ELF: readelf lists the kiln header, the
+/// segments with their protections and the tables, without a warning; `kiln
+/// image info` describes the same file.
+#[test]
+fn readelf_reads_the_container_and_image_info_describes_it() {
+    if !need_tool("clang") || !need_tool("readelf") {
+        return;
+    }
+    let objs = prog_ab("clang", &["-O2", "-fPIE", "-fcommon"], "readelf");
+    let image = scratch("images-readelf").join("p.kimg");
+    save(&image, &objs, &[]);
+    let o = Command::new("readelf")
+        .args(["-W", "-S", "-l"])
+        .arg(&image)
+        .output()
+        .expect("readelf runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", show(&o));
+    for s in [
+        ".kiln.header",
+        ".text",
+        ".rodata",
+        ".eh_frame",
+        ".kiln.rebase",
+        ".kiln.imports",
+        ".kiln.exports",
+        ".kiln.strings",
+        "R E",
+        "RW",
+    ] {
+        assert!(out.contains(s), "readelf output lacks {s:?}:\n{out}");
+    }
+    assert_eq!(out.matches("LOAD").count(), 3, "{out}");
+    let o = kiln()
+        .args(["image", "info"])
+        .arg(&image)
+        .output()
+        .expect("kiln runs");
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", show(&o));
+    for s in [
+        "build id",
+        "format version  1",
+        "exports ",
+        "imports ",
+        "rebases ",
+        ".text",
+        "r-x",
+    ] {
+        assert!(info.contains(s), "info lacks {s:?}:\n{info}");
+    }
+}
+
+/// `kiln run --cache DIR`: a miss links and stores an image keyed by the
+/// inputs' content hash, a hit loads it, a damaged entry is reported in one
+/// line, relinked and replaced; a directory others may write is refused;
+/// inputs that cannot be imaged run uncached.
+#[test]
+fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_directories() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE", "-fcommon"];
+    let objs = prog_ab("clang", &flags, "cache");
+    let dir = scratch("images-cache");
+    let (native_out, native_ret) = run_native("clang", &objs, &flags, &[], &dir.join("native"));
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = || {
+        let o = kiln()
+            .args(["run", "--stats", "--cache"])
+            .arg(&cache)
+            .args(&objs)
+            .output()
+            .expect("kiln runs");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            native_out,
+            "{}",
+            show(&o)
+        );
+        assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert!(run().contains("cache miss"));
+    let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let stored = std::fs::read(&entries[0]).expect("entry");
+    assert!(run().contains("cache hit"));
+    // Damage the entry: reported in one line, relinked, replaced.
+    let mut damaged = stored.clone();
+    damaged[0x1000] ^= 0xff;
+    std::fs::write(&entries[0], &damaged).expect("damage");
+    let err = run();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("damaged")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("content hash"), "{err}");
+    assert!(
+        std::fs::read(&entries[0]).expect("entry") == stored,
+        "entry not replaced"
+    );
+    // A directory others may write is refused, naming it and why.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let o = kiln()
+        .args(["run", "--cache"])
+        .arg(&cache)
+        .args(&objs)
+        .output()
+        .expect("kiln runs");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains(&cache.display().to_string()) && err.contains("lets others write"),
+        "{err}"
+    );
+    // Thread-locals cannot be imaged yet: the program runs uncached.
+    let tls = compile_c_text(
+        &dir,
+        "tls",
+        "__thread int x = 1;\nint main(void) { x += 2; return x; }\n",
+        &["-O2", "-fPIE"],
+    );
+    let o = kiln()
+        .args(["run", "--cache"])
+        .arg(&cache)
+        .arg(&tls)
+        .output()
+        .expect("kiln runs");
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not cached"),
+        "{}",
+        show(&o)
+    );
+}
