@@ -44,6 +44,7 @@ mod error;
 pub mod graph;
 pub mod host;
 pub mod image;
+pub mod jit;
 pub mod layer;
 pub mod lazy;
 pub mod memory;
