@@ -13,6 +13,7 @@
 //! | [`image`] | [`Linker`] (the convenient API: objects parsed in parallel, merged in order as they arrive) and [`LinkedImage`] |
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
 //! | [`layer`] | the engine's object layer: objects as materialization units |
+//! | [`jit`] | [`Jit::builder`]: a ready JIT in one call — start here |
 //! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
 //!
 //! The pass order is visible in one function, [`passes::link_graph`]:
@@ -52,6 +53,18 @@ pub mod passes;
 pub mod runtime;
 
 pub use error::LinkError;
+pub use jit::{Jit, JitBuilder};
+
+/// docs/guide.md, compiled and run as doc tests: every API the guide names
+/// exists and its snippets work.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct GuideDocTests;
+
+/// README.md's snippets, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDocTests;
 pub use graph::LinkGraph;
 pub use host::{HostSymbols, SymbolResolver};
 pub use image::{LinkedImage, Linker};
