@@ -2,7 +2,6 @@
 //! the `kiln` binary embeds and runs when given no inputs. Only with the
 //! `cli` feature: the library needs none of it.
 
-
 #[cfg(not(feature = "cli"))]
 fn main() {}
 

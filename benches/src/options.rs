@@ -209,7 +209,11 @@ enum LookupApiArg {
 
 /// The command line, as clap sees it.
 #[derive(Debug, Parser)]
-#[command(name = "peer-workloads", no_binary_name = true, about = "kiln's side of the ORC peer comparison")]
+#[command(
+    name = "peer-workloads",
+    no_binary_name = true,
+    about = "kiln's side of the ORC peer comparison"
+)]
 struct Cli {
     /// The workload.
     #[arg(value_enum)]

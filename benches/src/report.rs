@@ -281,15 +281,28 @@ mod tests {
         );
         assert_eq!(v["name"], "W3 materialize-chain");
         assert_eq!(v["workload"], "w3");
-        let params: Vec<(&String, &Value)> = v["params"].as_object().expect("params").iter().collect();
+        let params: Vec<(&String, &Value)> =
+            v["params"].as_object().expect("params").iter().collect();
         assert_eq!(params.len(), 2);
-        assert_eq!((params[0].0.as_str(), params[0].1), ("n", &Value::from(10_000)));
-        assert_eq!((params[1].0.as_str(), params[1].1), ("dispatcher", &Value::from("inplace")));
+        assert_eq!(
+            (params[0].0.as_str(), params[0].1),
+            ("n", &Value::from(10_000))
+        );
+        assert_eq!(
+            (params[1].0.as_str(), params[1].1),
+            ("dispatcher", &Value::from("inplace"))
+        );
         assert_eq!(v["reps"], 3);
-        assert!(line.contains("\"ops\":10000,"), "integral numbers as integers: {line}");
+        assert!(
+            line.contains("\"ops\":10000,"),
+            "integral numbers as integers: {line}"
+        );
         assert_eq!(v["wall_s"], 0.02);
         assert_eq!(v["ops_per_sec"], 500_000);
-        assert_eq!((&v["wall_s_min"], &v["wall_s_max"]), (&Value::from(0.01), &Value::from(0.03)));
+        assert_eq!(
+            (&v["wall_s_min"], &v["wall_s_max"]),
+            (&Value::from(0.01), &Value::from(0.03))
+        );
         assert_eq!(v["cpu_s"], 0.02);
         assert_eq!(v["wall_s_samples"], serde_json::json!([0.03, 0.01, 0.02]));
         assert_eq!(v["define_s"], 0.003);

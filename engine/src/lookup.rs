@@ -323,7 +323,10 @@ impl SymbolMap {
             let name = self.name(f);
             let bucket = index.entry(name.text_hash()).or_default();
             // A name asked twice: the first entry answers, as a scan would.
-            if !bucket.iter().any(|&j| self.name(&self.found[j as usize]) == name) {
+            if !bucket
+                .iter()
+                .any(|&j| self.name(&self.found[j as usize]) == name)
+            {
                 bucket.push(i as u32);
             }
         }

@@ -310,9 +310,12 @@ impl Jit {
     pub fn add_object_lazily(&self, name: &str, bytes: &[u8]) -> Result<(), JitError> {
         let inner = &self.inner;
         let lazy = self.lazy("add_object_lazily")?;
-        inner
-            .layer
-            .add_objects_lazily_from(&inner.app, &lazy.bodies, &lazy.manager, &[(name, bytes)])?;
+        inner.layer.add_objects_lazily_from(
+            &inner.app,
+            &lazy.bodies,
+            &lazy.manager,
+            &[(name, bytes)],
+        )?;
         Ok(())
     }
 
@@ -322,7 +325,9 @@ impl Jit {
         let inner = &self.inner;
         let archive = Archive::parse(name, bytes)?;
         let generator = match &inner.lazy {
-            Some(lazy) => ArchiveGenerator::lazy(&inner.layer, archive, &lazy.bodies, &lazy.manager),
+            Some(lazy) => {
+                ArchiveGenerator::lazy(&inner.layer, archive, &lazy.bodies, &lazy.manager)
+            }
             None => ArchiveGenerator::new(&inner.layer, archive),
         };
         inner.app.add_generator(generator)?;

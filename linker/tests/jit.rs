@@ -178,7 +178,11 @@ fn several_threads_add_and_get_at_once() {
             });
         }
     });
-    assert_eq!(jit.layer().stats().1, THREADS as usize, "each object linked once");
+    assert_eq!(
+        jit.layer().stats().1,
+        THREADS as usize,
+        "each object linked once"
+    );
 }
 
 static FINALIZED: AtomicUsize = AtomicUsize::new(0);
@@ -208,7 +212,10 @@ fn removing_a_tracker_runs_finalizers_and_frees_its_code() {
     assert!(mapped_executable(address));
     // SAFETY: nothing runs the tracker's code after a removal.
     let err = unsafe { jit.remove(&tracker) }.unwrap_err();
-    assert!(matches!(err, JitError::TrackerInUse { handles: 1 }), "{err:?}");
+    assert!(
+        matches!(err, JitError::TrackerInUse { handles: 1 }),
+        "{err:?}"
+    );
     assert_eq!(f(1), 3, "a refused removal removes nothing");
     drop(f);
     let before = FINALIZED.load(SeqCst);
@@ -217,7 +224,10 @@ fn removing_a_tracker_runs_finalizers_and_frees_its_code() {
     assert_eq!(FINALIZED.load(SeqCst), before + 1, "the destructor ran");
     assert!(!mapped_executable(address), "the code was released");
     assert!(jit.address("tracked_fn").is_err());
-    assert!(tracker.add_object(&bytes).is_err(), "a removed tracker takes nothing");
+    assert!(
+        tracker.add_object(&bytes).is_err(),
+        "a removed tracker takes nothing"
+    );
 }
 
 static SWAPPED: AtomicI64 = AtomicI64::new(0);
@@ -241,7 +251,11 @@ fn lazy_objects_link_on_first_call_and_entries_can_be_redirected() {
     jit.add_object_lazily("plain.o", &plain).unwrap();
     // SAFETY: `plain_fn` is `long plain_fn(long)`.
     let plain_fn = unsafe { jit.get::<I64Fn>("plain_fn") }.unwrap();
-    assert_eq!(jit.layer().stats().1, 0, "nothing linked before the first call");
+    assert_eq!(
+        jit.layer().stats().1,
+        0,
+        "nothing linked before the first call"
+    );
     let manager = jit.lazy_reexports().expect("a lazy JIT has a manager");
     let callers = Barrier::new(4);
     std::thread::scope(|s| {
@@ -264,12 +278,17 @@ fn lazy_objects_link_on_first_call_and_entries_can_be_redirected() {
     assert_eq!(lazy_fn(1), 101);
 
     // SAFETY: `replacement` has `plain_fn`'s signature and is never unmapped.
-    unsafe { jit.redirect("plain_fn", replacement as I64Fn as *const () as usize as u64) }
-        .unwrap();
+    unsafe {
+        jit.redirect(
+            "plain_fn",
+            replacement as I64Fn as *const () as usize as u64,
+        )
+    }
+    .unwrap();
     assert_eq!(plain_fn(3), 3000);
     assert_eq!(SWAPPED.load(SeqCst), 1);
-    // SAFETY: nothing is redirected (the JIT is not lazy).
     let eager = Jit::builder().build().unwrap();
+    // SAFETY: nothing is redirected (the JIT is not lazy).
     let err = unsafe { eager.redirect("plain_fn", 0) }.unwrap_err();
     assert!(matches!(err, JitError::NotLazy { .. }), "{err:?}");
 }
