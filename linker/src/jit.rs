@@ -39,7 +39,6 @@
 //! handlers ran) when the [`Jit`] and every handle from it are dropped.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -413,7 +412,6 @@ impl Jit {
             f: unsafe { F::from_address(address) },
             _session: self.inner.clone(),
             _tracker: token,
-            _marker: PhantomData,
         })
     }
 
@@ -565,7 +563,6 @@ pub struct Func<F> {
     f: F,
     _session: Arc<Inner>,
     _tracker: Option<Arc<()>>,
-    _marker: PhantomData<F>,
 }
 
 impl<F: JitFn> Func<F> {
@@ -594,7 +591,6 @@ impl<F: JitFn> Clone for Func<F> {
             f: self.f,
             _session: self._session.clone(),
             _tracker: self._tracker.clone(),
-            _marker: PhantomData,
         }
     }
 }
