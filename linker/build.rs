@@ -1,8 +1,11 @@
 //! Compiles the bundled example program (`bundled/*.c`) into objects that
-//! the `kiln` binary embeds and runs when given no inputs.
+//! the `kiln` binary embeds and runs when given no inputs. Only with the
+//! `cli` feature: the library needs none of it.
 
-use std::path::PathBuf;
+#[cfg(not(feature = "cli"))]
+fn main() {}
 
+#[cfg(feature = "cli")]
 fn main() {
     let sources = ["bundled/main.c", "bundled/math.c", "bundled/words.c"];
     for s in &sources {
@@ -18,12 +21,12 @@ fn main() {
         .opt_level(2)
         .warnings(true)
         .compile_intermediates();
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut list = String::from(
         "/// The bundled example's objects: (name, bytes).\npub(crate) const BUNDLED: &[(&str, &[u8])] = &[\n",
     );
     for (src, obj) in sources.iter().zip(&objects) {
-        let name = PathBuf::from(src).with_extension("o");
+        let name = std::path::PathBuf::from(src).with_extension("o");
         let name = name
             .file_name()
             .and_then(|n| n.to_str())

@@ -12,9 +12,13 @@ pub enum UsageError {
     /// The workload name is not one of w1..w8.
     #[error("unknown workload `{0}` (expected w1..w8)")]
     UnknownWorkload(String),
-    /// An argument is not of the form `--key=value`.
-    #[error("bad argument `{0}`: expected --key=value")]
-    Malformed(String),
+    /// An argument clap could not take (a malformed argument or value), with
+    /// clap's explanation.
+    #[error("{0}")]
+    Invalid(String),
+    /// `--help` or `--version` was asked for: the text to print.
+    #[error("{0}")]
+    Help(String),
     /// The key is not an option of the peer benchmark.
     #[error("unknown option `{0}`")]
     UnknownOption(String),

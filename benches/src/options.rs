@@ -4,20 +4,22 @@
 //! same defaults, as `../shared/peer/orc-bench/orc_bench.cpp`, so one matrix
 //! script can drive both programs. Numbers are decimal or `0x` hexadecimal.
 //! Unlike the peer, a malformed number is an error rather than a silent zero.
+//! Parsed with clap (`--key value` works too; `--help` lists every key).
 
 use std::fmt;
 use std::num::NonZeroUsize;
 
+use clap::{CommandFactory, Parser, ValueEnum};
+
 use crate::error::UsageError;
 
 /// The usage line printed on a command-line error.
-pub const USAGE: &str = "usage: peer-workloads <w1|w2|w3|w4|w5|w6|w7|w8> [--n=N] [--b=B] \
-[--threads=T] [--per-thread=K] [--reps=R] [--libs=L] [--per-lib=K] [--lookups=K] \
-[--deps=D] [--seed=S] [--rounds=R] [--dispatcher=inplace|dynamic] \
-[--max-mat-threads=M] [--lazy=new|old] [--lookup-api=positional|set]";
+pub fn usage() -> String {
+    Cli::command().render_usage().to_string()
+}
 
 /// One of the eight peer workloads (see the peer README for the definitions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Workload {
     /// W1 lookup-ready.
     W1,
@@ -50,20 +52,6 @@ impl Workload {
             Workload::W7 => "w7",
             Workload::W8 => "w8",
         }
-    }
-
-    fn from_key(s: &str) -> Option<Self> {
-        Some(match s {
-            "w1" => Workload::W1,
-            "w2" => Workload::W2,
-            "w3" => Workload::W3,
-            "w4" => Workload::W4,
-            "w5" => Workload::W5,
-            "w6" => Workload::W6,
-            "w7" => Workload::W7,
-            "w8" => Workload::W8,
-            _ => return None,
-        })
     }
 }
 
@@ -109,7 +97,7 @@ impl DispatcherKind {
 
 /// W8's lazy-reexport API selector (`--lazy`); kept for command-line
 /// compatibility with the peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum LazyApi {
     /// ORC's `LazyReexportsManager` (the peer's default).
     New,
@@ -195,101 +183,157 @@ impl Options {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut args = args.into_iter();
-        let first = args.next().ok_or(UsageError::MissingWorkload)?;
-        let workload = Workload::from_key(first.as_ref())
-            .ok_or_else(|| UsageError::UnknownWorkload(first.as_ref().to_owned()))?;
-        let mut o = Options::new(workload);
-        let mut dynamic = false;
-        for arg in args {
-            let arg = arg.as_ref();
-            let (key, value) = arg
-                .strip_prefix("--")
-                .and_then(|kv| kv.split_once('='))
-                .ok_or_else(|| UsageError::Malformed(arg.to_owned()))?;
-            let num = || parse_u64(key, value);
-            let size = || parse_usize(key, value);
-            match key {
-                "n" => o.n = Some(size()?),
-                "b" => o.b = size()?,
-                "threads" => o.threads = size()?,
-                "per-thread" => o.per_thread = size()?,
-                "reps" => o.reps = size()?,
-                "libs" => o.libs = Some(size()?),
-                "per-lib" => o.per_lib = size()?,
-                "lookups" => o.lookups = size()?,
-                "deps" => o.deps = size()?,
-                "seed" => o.seed = num()?,
-                "rounds" => o.rounds = size()?,
-                "dispatcher" => {
-                    dynamic = match value {
-                        "inplace" => false,
-                        "dynamic" => true,
-                        _ => return Err(UsageError::bad(key, value, "inplace or dynamic")),
-                    }
-                }
-                "max-mat-threads" => {
-                    o.max_mat_threads = match value {
-                        "-1" => -1,
-                        _ => {
-                            let m = size()?;
-                            if m == 0 {
-                                return Err(UsageError::bad(
-                                    key,
-                                    value,
-                                    "-1 (pool sized to the machine) or at least 1",
-                                ));
-                            }
-                            i64::try_from(m)
-                                .map_err(|_| UsageError::bad(key, value, "a smaller number"))?
-                        }
-                    }
-                }
-                "lazy" => {
-                    o.lazy = match value {
-                        "new" => LazyApi::New,
-                        "old" => LazyApi::Old,
-                        _ => return Err(UsageError::bad(key, value, "new or old")),
-                    }
-                }
-                "lookup-api" => {
-                    o.lookup_api = Some(match value {
-                        "positional" => "positional",
-                        "set" => "set",
-                        _ => return Err(UsageError::bad(key, value, "positional or set")),
-                    })
-                }
-                "orc-rt" => return Err(UsageError::NotApplicable(key.to_owned())),
-                _ => return Err(UsageError::UnknownOption(arg.to_owned())),
-            }
-        }
-        if o.b == 0 {
-            return Err(UsageError::bad("b", "0", "a batch size > 0"));
-        }
-        if o.reps == 0 {
-            return Err(UsageError::bad("reps", "0", "at least one repetition"));
-        }
-        if o.threads == 0 {
-            return Err(UsageError::bad("threads", "0", "at least one thread"));
-        }
-        if matches!(o.libs, Some(0)) {
-            return Err(UsageError::bad("libs", "0", "at least one dylib"));
-        }
-        if dynamic {
-            let threads = match usize::try_from(o.max_mat_threads)
-                .ok()
-                .and_then(NonZeroUsize::new)
-            {
-                Some(t) => t,
-                None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
-            };
-            o.dispatcher = DispatcherKind::Pool { threads };
-        }
-        Ok(o)
+        let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let cli = Cli::try_parse_from(&args).map_err(usage_error)?;
+        cli.into_options()
     }
 }
 
-fn parse_u64(key: &str, value: &str) -> Result<u64, UsageError> {
+/// The peer's `--dispatcher` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DispatcherArg {
+    /// Every task on the dispatching thread.
+    Inplace,
+    /// A worker pool of `--max-mat-threads` threads.
+    Dynamic,
+}
+
+/// `--lookup-api` values (kiln only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LookupApiArg {
+    /// By position (the default).
+    Positional,
+    /// Through a lookup set and its symbol map.
+    Set,
+}
+
+/// The command line, as clap sees it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "peer-workloads",
+    no_binary_name = true,
+    about = "kiln's side of the ORC peer comparison"
+)]
+struct Cli {
+    /// The workload.
+    #[arg(value_enum)]
+    workload: Workload,
+    /// Symbol count (default: the workload's).
+    #[arg(long, value_parser = parse_usize)]
+    n: Option<usize>,
+    /// Batch size for W1/W2.
+    #[arg(long, default_value = "1", value_parser = parse_usize)]
+    b: usize,
+    /// W7 thread count.
+    #[arg(long, default_value = "1", value_parser = parse_usize)]
+    threads: usize,
+    /// W7 lookups per thread.
+    #[arg(long = "per-thread", default_value = "50000", value_parser = parse_usize)]
+    per_thread: usize,
+    /// Repetitions, each on a fresh session.
+    #[arg(long, default_value = "5", value_parser = parse_usize)]
+    reps: usize,
+    /// Number of dylibs for W2-W5 (default: the workload's).
+    #[arg(long, value_parser = parse_usize)]
+    libs: Option<usize>,
+    /// W2 symbols per lib.
+    #[arg(long = "per-lib", default_value = "10000", value_parser = parse_usize)]
+    per_lib: usize,
+    /// W2 query count.
+    #[arg(long, default_value = "100000", value_parser = parse_usize)]
+    lookups: usize,
+    /// W5 dependency draws per symbol.
+    #[arg(long, default_value = "4", value_parser = parse_usize)]
+    deps: usize,
+    /// W5 SplitMix64 seed.
+    #[arg(long, default_value = "42", value_parser = parse_u64)]
+    seed: u64,
+    /// W8 steady-state rounds.
+    #[arg(long, default_value = "10000", value_parser = parse_usize)]
+    rounds: usize,
+    /// The task dispatcher.
+    #[arg(long, value_enum, default_value = "inplace")]
+    dispatcher: DispatcherArg,
+    /// Pool size for `--dispatcher=dynamic` (-1: one per core).
+    #[arg(long = "max-mat-threads", default_value = "-1", allow_hyphen_values = true, value_parser = parse_max_threads)]
+    max_mat_threads: i64,
+    /// W8 API selector (the peer's; kiln has one).
+    #[arg(long, value_enum, default_value = "new")]
+    lazy: LazyApi,
+    /// How W1, W2 and W7 call kiln (default: `$KILN_BENCH_LOOKUP`, else positional).
+    #[arg(long = "lookup-api", value_enum)]
+    lookup_api: Option<LookupApiArg>,
+    /// The peer's ORC runtime archive: not applicable to kiln.
+    #[arg(long = "orc-rt", hide = true)]
+    orc_rt: Option<String>,
+}
+
+impl Cli {
+    fn into_options(self) -> Result<Options, UsageError> {
+        if self.orc_rt.is_some() {
+            return Err(UsageError::NotApplicable("orc-rt".into()));
+        }
+        let positive = [
+            (self.b, "b", "a batch size > 0"),
+            (self.reps, "reps", "at least one repetition"),
+            (self.threads, "threads", "at least one thread"),
+            (self.libs.unwrap_or(1), "libs", "at least one dylib"),
+        ];
+        if let Some((_, key, expected)) = positive.iter().find(|(v, _, _)| *v == 0) {
+            return Err(UsageError::bad(key, "0", expected));
+        }
+        let dispatcher = match self.dispatcher {
+            DispatcherArg::Inplace => DispatcherKind::InPlace,
+            DispatcherArg::Dynamic => DispatcherKind::Pool {
+                threads: usize::try_from(self.max_mat_threads)
+                    .ok()
+                    .and_then(NonZeroUsize::new)
+                    .unwrap_or_else(|| {
+                        std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+                    }),
+            },
+        };
+        Ok(Options {
+            workload: self.workload,
+            n: self.n,
+            b: self.b,
+            threads: self.threads,
+            per_thread: self.per_thread,
+            reps: self.reps,
+            libs: self.libs,
+            per_lib: self.per_lib,
+            lookups: self.lookups,
+            deps: self.deps,
+            seed: self.seed,
+            rounds: self.rounds,
+            dispatcher,
+            max_mat_threads: self.max_mat_threads,
+            lazy: self.lazy,
+            lookup_api: self.lookup_api.map(|a| match a {
+                LookupApiArg::Positional => "positional",
+                LookupApiArg::Set => "set",
+            }),
+        })
+    }
+}
+
+/// clap's error as a [`UsageError`] (help and version requests included:
+/// [`UsageError::Help`] carries the text to print).
+fn usage_error(e: clap::Error) -> UsageError {
+    use clap::error::{ContextKind, ErrorKind};
+    let context = |kind| e.get(kind).map(|v| v.to_string()).unwrap_or_default();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => UsageError::Help(e.to_string()),
+        ErrorKind::MissingRequiredArgument => UsageError::MissingWorkload,
+        ErrorKind::InvalidValue if context(ContextKind::InvalidArg).contains("WORKLOAD") => {
+            UsageError::UnknownWorkload(context(ContextKind::InvalidValue))
+        }
+        ErrorKind::UnknownArgument => UsageError::UnknownOption(context(ContextKind::InvalidArg)),
+        _ => UsageError::Invalid(e.render().to_string().trim_end().to_owned()),
+    }
+}
+
+fn parse_u64(value: &str) -> Result<u64, String> {
     let parsed = match value
         .strip_prefix("0x")
         .or_else(|| value.strip_prefix("0X"))
@@ -297,12 +341,21 @@ fn parse_u64(key: &str, value: &str) -> Result<u64, UsageError> {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => value.parse::<u64>(),
     };
-    parsed.map_err(|_| UsageError::bad(key, value, "a decimal or 0x-hexadecimal integer"))
+    parsed.map_err(|_| "expected a decimal or 0x-hexadecimal integer".to_owned())
 }
 
-fn parse_usize(key: &str, value: &str) -> Result<usize, UsageError> {
-    usize::try_from(parse_u64(key, value)?)
-        .map_err(|_| UsageError::bad(key, value, "a number that fits in usize"))
+fn parse_usize(value: &str) -> Result<usize, String> {
+    usize::try_from(parse_u64(value)?).map_err(|_| "expected a number that fits in usize".into())
+}
+
+fn parse_max_threads(value: &str) -> Result<i64, String> {
+    if value == "-1" {
+        return Ok(-1);
+    }
+    match parse_usize(value)? {
+        0 => Err("expected -1 (pool sized to the machine) or at least 1".into()),
+        m => i64::try_from(m).map_err(|_| "expected a smaller number".into()),
+    }
 }
 
 #[cfg(test)]
@@ -374,16 +427,13 @@ mod tests {
         let err = |args: &[&str]| Options::parse(args.iter().copied()).expect_err("must fail");
         assert!(matches!(err(&[]), UsageError::MissingWorkload));
         assert!(matches!(err(&["w9"]), UsageError::UnknownWorkload(w) if w == "w9"));
-        assert!(matches!(err(&["w1", "--n"]), UsageError::Malformed(_)));
-        assert!(matches!(err(&["w1", "n=3"]), UsageError::Malformed(_)));
+        assert!(matches!(err(&["w1", "--n"]), UsageError::Invalid(_)));
+        assert!(matches!(err(&["w1", "n=3"]), UsageError::UnknownOption(a) if a == "n=3"));
         assert!(matches!(
             err(&["w1", "--frob=3"]),
             UsageError::UnknownOption(_)
         ));
-        assert!(matches!(
-            err(&["w1", "--n=12x"]),
-            UsageError::BadValue { .. }
-        ));
+        assert!(matches!(err(&["w1", "--n=12x"]), UsageError::Invalid(m) if m.contains("12x")));
         assert!(matches!(err(&["w1", "--b=0"]), UsageError::BadValue { .. }));
         assert!(matches!(
             err(&["w1", "--reps=0"]),
@@ -391,12 +441,13 @@ mod tests {
         ));
         assert!(matches!(
             err(&["w1", "--dispatcher=pool"]),
-            UsageError::BadValue { .. }
+            UsageError::Invalid(m) if m.contains("pool")
         ));
         assert!(matches!(
             err(&["w1", "--max-mat-threads=0"]),
-            UsageError::BadValue { .. }
+            UsageError::Invalid(_)
         ));
+        assert!(matches!(err(&["--help"]), UsageError::Help(h) if h.contains("--per-thread")));
         assert!(matches!(
             err(&["w8", "--orc-rt=/x.a"]),
             UsageError::NotApplicable(_)

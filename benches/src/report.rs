@@ -7,8 +7,9 @@
 //! per-rep values; then `rss_before_kb`, `peak_rss_kb`, `loadavg_1m_*`, and
 //! `kiln_version` where the peer has `llvm_version`.
 
-use std::fmt::Write as _;
 use std::time::Duration;
+
+use serde_json::{Map, Value};
 
 use crate::measure::{loadavg_1m, median, peak_rss_kb};
 
@@ -23,15 +24,25 @@ pub enum Json {
     Str(String),
 }
 
-impl Json {
-    fn write(&self, out: &mut String) {
-        match self {
-            Json::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
-            Json::Num(x) => write_num(out, *x),
-            Json::Str(s) => write_str(out, s),
+impl From<Json> for Value {
+    fn from(v: Json) -> Value {
+        match v {
+            Json::Int(i) => Value::from(i),
+            Json::Num(x) => num(x),
+            Json::Str(s) => Value::String(s),
         }
+    }
+}
+
+/// `x` as JSON: integral values as integers (`1`, not `1.0`, as the peer
+/// and the earlier writer print them), non-finite ones as `null`.
+fn num(x: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if x.fract() == 0.0 && x.abs() < EXACT {
+        Value::from(x as i64)
+    } else {
+        // `Value::from` turns a non-finite number into `null`.
+        Value::from(x)
     }
 }
 
@@ -69,31 +80,6 @@ impl From<String> for Json {
     fn from(v: String) -> Self {
         Json::Str(v)
     }
-}
-
-fn write_num(out: &mut String, x: f64) {
-    if x.is_finite() {
-        // Rust's shortest round-trip representation never uses an exponent
-        // or a trailing dot, so it is always a valid JSON number.
-        let _ = write!(out, "{x}");
-    } else {
-        out.push_str("null");
-    }
-}
-
-fn write_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// One repetition's measurements.
@@ -204,40 +190,26 @@ impl Report {
         fields.push(("loadavg_1m_end".into(), Json::Num(loadavg_1m())));
         fields.push(("kiln_version".into(), env!("CARGO_PKG_VERSION").into()));
 
-        let mut out = String::with_capacity(1024);
-        out.push_str("{\"name\":");
-        write_str(&mut out, self.name);
-        out.push_str(",\"workload\":");
-        write_str(&mut out, self.workload);
-        out.push_str(",\"params\":{");
-        for (i, (k, v)) in self.params.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write_str(&mut out, k);
-            out.push(':');
-            v.write(&mut out);
-        }
-        out.push('}');
+        // Keys in the peer's order (serde_json's `preserve_order`);
         // `wall_s_samples` goes right after `cpu_s`, as in the peer.
+        let mut object = Map::new();
+        object.insert("name".into(), self.name.into());
+        object.insert("workload".into(), self.workload.into());
+        let params: Map<String, Value> = self
+            .params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone().into()))
+            .collect();
+        object.insert("params".into(), Value::Object(params));
         for (k, v) in fields {
-            out.push(',');
-            write_str(&mut out, &k);
-            out.push(':');
-            v.write(&mut out);
-            if k == "cpu_s" {
-                out.push_str(",\"wall_s_samples\":[");
-                for (i, s) in mains.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_num(&mut out, *s);
-                }
-                out.push(']');
+            let samples = k == "cpu_s";
+            object.insert(k, v.into());
+            if samples {
+                let samples = mains.iter().map(|&s| num(s)).collect();
+                object.insert("wall_s_samples".into(), Value::Array(samples));
             }
         }
-        out.push('}');
-        out
+        Value::Object(object).to_string()
     }
 }
 
@@ -274,46 +246,81 @@ mod tests {
         };
         let line = r.to_json(ctx);
         assert!(!line.contains('\n'));
-        assert!(line.starts_with(
-            "{\"name\":\"W3 materialize-chain\",\"workload\":\"w3\",\
-             \"params\":{\"n\":10000,\"dispatcher\":\"inplace\"},\"reps\":3,\"ops\":10000,"
-        ));
-        assert!(
-            line.contains("\"wall_s\":0.02,\"ops_per_sec\":500000,"),
-            "{line}"
+        let v: Value = serde_json::from_str(&line).expect("valid JSON");
+        let keys: Vec<&str> = v
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "workload",
+                "params",
+                "reps",
+                "ops",
+                "ops_unit",
+                "wall_s",
+                "ops_per_sec",
+                "wall_s_min",
+                "wall_s_max",
+                "cpu_s",
+                "wall_s_samples",
+                "define_s",
+                "first_materialized_index",
+                "edges",
+                "edge_hash",
+                "rss_before_kb",
+                "peak_rss_kb",
+                "loadavg_1m_start",
+                "loadavg_1m_end",
+                "kiln_version"
+            ]
         );
-        assert!(
-            line.contains("\"wall_s_min\":0.01,\"wall_s_max\":0.03,\"cpu_s\":0.02,"),
-            "{line}"
+        assert_eq!(v["name"], "W3 materialize-chain");
+        assert_eq!(v["workload"], "w3");
+        let params: Vec<(&String, &Value)> =
+            v["params"].as_object().expect("params").iter().collect();
+        assert_eq!(params.len(), 2);
+        assert_eq!(
+            (params[0].0.as_str(), params[0].1),
+            ("n", &Value::from(10_000))
         );
-        assert!(
-            line.contains("\"wall_s_samples\":[0.03,0.01,0.02],\"define_s\":0.003,"),
-            "{line}"
+        assert_eq!(
+            (params[1].0.as_str(), params[1].1),
+            ("dispatcher", &Value::from("inplace"))
         );
+        assert_eq!(v["reps"], 3);
         assert!(
-            line.contains("\"first_materialized_index\":0,\"edges\":9999,"),
-            "{line}"
+            line.contains("\"ops\":10000,"),
+            "integral numbers as integers: {line}"
         );
-        assert!(
-            line.contains("\"edge_hash\":\"0c86eb8fa6bef228\",\"rss_before_kb\":1234,"),
-            "{line}"
+        assert_eq!(v["wall_s"], 0.02);
+        assert_eq!(v["ops_per_sec"], 500_000);
+        assert_eq!(
+            (&v["wall_s_min"], &v["wall_s_max"]),
+            (&Value::from(0.01), &Value::from(0.03))
         );
-        assert!(line.contains("\"loadavg_1m_start\":0.5,"), "{line}");
-        assert!(line.ends_with(&format!(
-            "\"kiln_version\":\"{}\"}}",
-            env!("CARGO_PKG_VERSION")
-        )));
+        assert_eq!(v["cpu_s"], 0.02);
+        assert_eq!(v["wall_s_samples"], serde_json::json!([0.03, 0.01, 0.02]));
+        assert_eq!(v["define_s"], 0.003);
+        assert_eq!(v["first_materialized_index"], 0);
+        assert_eq!(v["edges"], 9999);
+        assert_eq!(v["edge_hash"], "0c86eb8fa6bef228");
+        assert_eq!(v["rss_before_kb"], 1234);
+        assert_eq!(v["loadavg_1m_start"], 0.5);
+        assert_eq!(v["kiln_version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(r.median_wall_s(), 0.02);
     }
 
     #[test]
     fn strings_are_escaped_and_non_finite_is_null() {
-        let mut s = String::new();
-        Json::Str("a\"b\\c\nd".into()).write(&mut s);
-        assert_eq!(s, r#""a\"b\\c\u000ad""#);
-        let mut s = String::new();
-        Json::Num(f64::NAN).write(&mut s);
-        Json::Num(1e-7).write(&mut s);
-        assert_eq!(s, "null0.0000001");
+        let v: Value = Json::Str("a\"b\\c\nd".into()).into();
+        assert_eq!(v.to_string(), r#""a\"b\\c\nd""#);
+        assert_eq!(Value::from(Json::Num(f64::NAN)).to_string(), "null");
+        let tiny = Value::from(Json::Num(1e-7)).to_string();
+        assert_eq!(tiny.parse::<f64>().ok(), Some(1e-7));
     }
 }

@@ -238,6 +238,44 @@ pub struct SymbolMap {
     names: NameList,
     /// What was found, in request order (one inline: most lookups are one name).
     found: SmallVec<[Found; 1]>,
+    /// Positions in `found` by the hash of the name's text, built on the
+    /// first by-name question of a map larger than [`INDEX_FROM`].
+    index: std::sync::OnceLock<Box<NameIndex>>,
+}
+
+/// Maps with at most this many entries answer by-name questions with a
+/// scan (cheaper than hashing for a few entries); larger ones build an index.
+const INDEX_FROM: usize = 16;
+
+/// A [`SymbolMap`]'s by-name index: text hash → the first position in
+/// `found` of each name with that hash (collisions share a bucket).
+type NameIndex = std::collections::HashMap<u64, SmallVec<[u32; 1]>, PassThrough>;
+
+/// The keys are already hashes: pass them through.
+#[derive(Clone, Copy, Default)]
+struct PassThrough;
+
+impl std::hash::BuildHasher for PassThrough {
+    type Hasher = PassThroughHasher;
+    fn build_hasher(&self) -> PassThroughHasher {
+        PassThroughHasher(0)
+    }
+}
+
+struct PassThroughHasher(u64);
+
+impl std::hash::Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// One found name of a [`SymbolMap`].
@@ -253,15 +291,56 @@ pub(crate) struct Found {
 impl SymbolMap {
     pub(crate) fn new(names: NameList, found: SmallVec<[Found; 1]>) -> Self {
         debug_assert!(found.iter().all(|f| (f.at as usize) < names.len()));
-        SymbolMap { names, found }
+        SymbolMap {
+            names,
+            found,
+            index: std::sync::OnceLock::new(),
+        }
     }
 
     fn name(&self, f: &Found) -> &SymbolName {
         &self.names[f.at as usize].0
     }
 
+    /// The first entry whose name has text hash `hash` and passes `is`:
+    /// a scan for small maps, the index (built once) for larger ones.
+    fn find_by(&self, hash: u64, is: impl Fn(&SymbolName) -> bool) -> Option<&Found> {
+        if self.found.len() <= INDEX_FROM {
+            return self.found.iter().find(|f| is(self.name(f)));
+        }
+        let index = self.index.get_or_init(|| Box::new(self.build_index()));
+        index
+            .get(&hash)?
+            .iter()
+            .map(|&i| &self.found[i as usize])
+            .find(|f| is(self.name(f)))
+    }
+
+    /// Every name's first position, by text hash.
+    fn build_index(&self) -> NameIndex {
+        let mut index = NameIndex::with_capacity_and_hasher(self.found.len(), PassThrough);
+        for (i, f) in self.found.iter().enumerate() {
+            let name = self.name(f);
+            let bucket = index.entry(name.text_hash()).or_default();
+            // A name asked twice: the first entry answers, as a scan would.
+            if !bucket
+                .iter()
+                .any(|&j| self.name(&self.found[j as usize]) == name)
+            {
+                bucket.push(i as u32);
+            }
+        }
+        index
+    }
+
     fn find(&self, name: &SymbolName) -> Option<&Found> {
-        self.found.iter().find(|f| self.name(f) == name)
+        self.find_by(name.text_hash(), |n| n == name)
+    }
+
+    /// Whether the by-name index was built (for tests).
+    #[cfg(test)]
+    fn is_indexed(&self) -> bool {
+        self.index.get().is_some()
     }
 
     /// The index, in the lookup's search order, of the dylib that defined
@@ -297,18 +376,17 @@ impl SymbolMap {
         self.found.is_empty()
     }
 
-    /// The definition of `name` (a linear scan: results are usually small;
-    /// use [`SymbolMap::by_request`] or [`SymbolMap::to_hash_map`] to answer
-    /// many names).
+    /// The definition of `name`: O(1) (a map of more than a few entries
+    /// builds a hash index on the first by-name question, once).
+    /// [`SymbolMap::by_request`] answers a whole set without hashing.
     pub fn get(&self, name: &SymbolName) -> Option<SymbolDef> {
         self.find(name).map(|f| f.def)
     }
 
-    /// The definition of the name spelled `name`.
+    /// The definition of the name spelled `name` (any session's spelling):
+    /// O(1), like [`SymbolMap::get`].
     pub fn get_str(&self, name: &str) -> Option<SymbolDef> {
-        self.found
-            .iter()
-            .find(|f| self.name(f).as_str() == name)
+        self.find_by(crate::name::hash_str(name), |n| n.as_str() == name)
             .map(|f| f.def)
     }
 
@@ -670,5 +748,76 @@ impl Future for Lookup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::Interner;
+
+    /// A map over `names` (repeats allowed) where every third name is missing.
+    fn map(interner: &Interner, names: &[String]) -> SymbolMap {
+        let list: Arc<[(SymbolName, SymbolLookup)]> = names
+            .iter()
+            .map(|n| (interner.intern(n), SymbolLookup::Weak))
+            .collect();
+        let found = (0..names.len())
+            .filter(|i| i % 3 != 2)
+            .map(|i| Found {
+                at: i as u32,
+                source: (i % 4) as u32,
+                def: SymbolDef::new(0x1000 + i as u64, SymbolFlags::EXPORTED),
+            })
+            .collect();
+        SymbolMap::new(NameList::Many(list), found)
+    }
+
+    /// What a scan answers: the first entry with the name.
+    fn scan(m: &SymbolMap, name: &str) -> Option<(SymbolDef, usize)> {
+        m.iter_with_source()
+            .find(|(n, _, _)| n.as_str() == name)
+            .map(|(_, d, s)| (*d, s))
+    }
+
+    #[test]
+    fn lookups_by_name_agree_with_a_scan_small_and_large() {
+        for len in [0, 1, 5, INDEX_FROM, INDEX_FROM + 1, 2_000] {
+            let interner = Interner::default();
+            // Every name twice (second copy later) and a few missing ones.
+            let mut names: Vec<String> = (0..len).map(|i| format!("sym{i}")).collect();
+            names.extend((0..len / 2).map(|i| format!("sym{i}")));
+            let m = map(&interner, &names);
+            let other = Interner::default();
+            for i in 0..len + 3 {
+                let text = format!("sym{i}");
+                let expected = scan(&m, &text);
+                let name = interner.intern(&text);
+                assert_eq!(m.get(&name), expected.map(|e| e.0), "{text} of {len}");
+                assert_eq!(m.get_str(&text), expected.map(|e| e.0), "{text} of {len}");
+                assert_eq!(m.found_in(&name), expected.map(|e| e.1), "{text} of {len}");
+                // Same text, another session: a different name.
+                assert_eq!(m.get(&other.intern(&text)), None);
+            }
+            assert_eq!(m.is_indexed(), m.len() > INDEX_FROM, "{len}");
+            // By position stays as it was: request order, first to last.
+            let positions: Vec<u64> = m.iter().map(|(_, d)| d.address).collect();
+            let mut sorted = positions.clone();
+            sorted.sort_unstable();
+            assert_eq!(positions, sorted);
+        }
+    }
+
+    #[test]
+    fn clones_answer_like_the_original() {
+        let interner = Interner::default();
+        let names: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+        let m = map(&interner, &names);
+        assert!(m.get_str("n0").is_some());
+        let c = m.clone();
+        for n in &names {
+            assert_eq!(c.get_str(n), m.get_str(n));
+        }
+        assert_eq!(c, m);
     }
 }

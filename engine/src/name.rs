@@ -37,6 +37,11 @@ impl SymbolName {
         Arc::as_ptr(&self.0) as usize
     }
 
+    /// The hash of the name's text ([`hash_str`] of it), computed once.
+    pub(crate) fn text_hash(&self) -> u64 {
+        self.0.hash
+    }
+
     fn new(text: &str) -> Self {
         SymbolName(Arc::new(NameInner {
             hash: hash_str(text),
@@ -47,7 +52,7 @@ impl SymbolName {
 
 /// FNV-1a then a final mix: stable across runs, so loom models and the
 /// graph see the same order every time.
-fn hash_str(text: &str) -> u64 {
+pub(crate) fn hash_str(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.as_bytes() {
         h ^= u64::from(*b);

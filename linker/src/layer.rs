@@ -284,11 +284,23 @@ impl ObjectLayer {
         manager: &kiln_engine::LazyReexports,
         objects: &[(String, Vec<u8>)],
     ) -> Result<(), LinkError> {
+        self.add_objects_lazily_from(entries, bodies, manager, objects)
+    }
+
+    /// [`ObjectLayer::add_objects_lazily`] for `(name, bytes)` pairs
+    /// borrowed (`(&str, &[u8])`) or owned: the bytes are read, not kept.
+    pub fn add_objects_lazily_from<N: AsRef<str>, B: AsRef<[u8]>>(
+        &self,
+        entries: &Dylib,
+        bodies: &Dylib,
+        manager: &kiln_engine::LazyReexports,
+        objects: &[(N, B)],
+    ) -> Result<(), LinkError> {
         let start = Instant::now();
         let mut graphs = Vec::with_capacity(objects.len());
         for (name, bytes) in objects {
             let mut graph = LinkGraph::new();
-            crate::elf::read_object(&mut graph, name, bytes)?;
+            crate::elf::read_object(&mut graph, name.as_ref(), bytes.as_ref())?;
             graphs.push(graph);
         }
         // All of them first: an object linked on its first call must be
@@ -339,18 +351,18 @@ impl ObjectLayer {
         for (_, members) in groups {
             if let [only] = members[..] {
                 let graph = singles[only].take().expect("each object is in one group");
-                images.push((objects[only].0.clone(), graph));
+                images.push((objects[only].0.as_ref().to_string(), graph));
                 continue;
             }
             // A group is read again into one graph (`merge` wants graphs
             // fresh from the parser; grouping needed the merged view).
             let mut graph = LinkGraph::new();
             for &m in &members {
-                crate::elf::read_object(&mut graph, &objects[m].0, &objects[m].1)?;
+                crate::elf::read_object(&mut graph, objects[m].0.as_ref(), objects[m].1.as_ref())?;
             }
             let name = members
                 .iter()
-                .map(|&m| objects[m].0.as_str())
+                .map(|&m| objects[m].0.as_ref())
                 .collect::<Vec<_>>()
                 .join("+");
             images.push((name, graph));

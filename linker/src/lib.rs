@@ -14,6 +14,7 @@
 //! | [`image_file`] | image files: linked code saved ([`LinkedImage::save_image`]) and loaded in a later process ([`image_file::load`], [`layer::ObjectLayer::add_image`]) |
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
 //! | [`layer`] | the engine's object layer: objects as materialization units |
+//! | [`jit`] | [`Jit::builder`]: a ready JIT in one call — start here |
 //! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
 //!
 //! The pass order is visible in one function, [`passes::link_graph`]:
@@ -46,6 +47,7 @@ pub mod graph;
 pub mod host;
 pub mod image;
 pub mod image_file;
+pub mod jit;
 pub mod layer;
 pub mod lazy;
 pub mod memory;
@@ -53,6 +55,18 @@ pub mod passes;
 pub mod runtime;
 
 pub use error::LinkError;
+pub use jit::{Jit, JitBuilder};
+
+/// docs/guide.md, compiled and run as doc tests: every API the guide names
+/// exists and its snippets work.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct GuideDocTests;
+
+/// README.md's snippets, as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDocTests;
 pub use graph::LinkGraph;
 pub use host::{HostSymbols, SymbolResolver};
 pub use image::{LinkedImage, Linker};

@@ -14,7 +14,8 @@
 
 use std::process::ExitCode;
 
-use kiln_benches::options::{Options, USAGE};
+use kiln_benches::error::UsageError;
+use kiln_benches::options::{Options, usage};
 use kiln_benches::report::ProcessContext;
 use kiln_benches::workloads;
 
@@ -22,8 +23,12 @@ fn main() -> ExitCode {
     let ctx = ProcessContext::capture();
     let options = match Options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
+        Err(UsageError::Help(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!("peer-workloads: {e}\n{USAGE}");
+            eprintln!("peer-workloads: {e}\n{}", usage());
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,325 @@
+//! The one-call JIT (`kiln_linker::jit`, kiln issue 12 §1): building it,
+//! adding objects and archives (eager and lazy), typed host functions and
+//! lookups, trackers and removal, redirecting lazy entries, concurrent use
+//! from several threads, and ending the session on drop.
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
+use std::path::{Path, PathBuf};
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
+
+mod common;
+
+use common::compile_c_text;
+use kiln_linker::jit::{Jit, JitError};
+
+type I64Fn = extern "C" fn(i64) -> i64;
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-jit-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// `src` compiled with `gcc -O1 -fPIC` into `<dir>/<name>.o`, read back.
+fn object(dir: &Path, name: &str, src: &str) -> Vec<u8> {
+    let o = compile_c_text(dir, name, src, &["-O1", "-fPIC"]);
+    std::fs::read(&o).unwrap_or_else(|e| panic!("read {}: {e}", o.display()))
+}
+
+/// Whether `addr` lies in an executable mapping of this process.
+fn mapped_executable(addr: u64) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines().any(|l| {
+        let mut fields = l.split_whitespace();
+        let (range, perms) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let lo = u64::from_str_radix(lo, 16).unwrap_or(u64::MAX);
+        let hi = u64::from_str_radix(hi, 16).unwrap_or(0);
+        lo <= addr && addr < hi && perms.contains('x')
+    })
+}
+
+extern "C" fn host_add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+extern "C" fn host_zero() -> i64 {
+    42
+}
+
+extern "C" fn host_six(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64) -> i64 {
+    a + 2 * b + 3 * c + 4 * d + 5 * e + 6 * f
+}
+
+#[test]
+fn builder_links_objects_against_host_functions_and_libraries() {
+    let dir = scratch("basic");
+    let jit = Jit::builder().threads(2).library("m").build().unwrap();
+    jit.define_fn("host_add", host_add as extern "C" fn(i64, i64) -> i64)
+        .unwrap();
+    jit.define_fn("host_zero", host_zero as extern "C" fn() -> i64)
+        .unwrap();
+    jit.define_fn(
+        "host_six",
+        host_six as extern "C" fn(i64, i64, i64, i64, i64, i64) -> i64,
+    )
+    .unwrap();
+    let src = "double cos(double);\nlong host_add(long, long);\nlong host_zero(void);\n\
+               long use_host(long x) { return host_add(x, 2) + (long)cos(0.0) + host_zero(); }\n";
+    jit.add_object(&object(&dir, "use_host", src)).unwrap();
+    // SAFETY: `use_host` is `long use_host(long)`.
+    let use_host = unsafe { jit.get::<I64Fn>("use_host") }.unwrap();
+    assert_eq!(use_host(7), 7 + 2 + 1 + 42);
+    // Host functions come back through the same typed lookup.
+    // SAFETY: registered above with exactly these signatures.
+    let six = unsafe { jit.get::<extern "C" fn(i64, i64, i64, i64, i64, i64) -> i64>("host_six") }
+        .unwrap();
+    assert_eq!(six(1, 1, 1, 1, 1, 1), 21);
+    assert_eq!(six.address(), host_six as *const () as usize as u64);
+    // SAFETY: as above.
+    let zero = unsafe { jit.get::<extern "C" fn() -> i64>("host_zero") }.unwrap();
+    assert_eq!(zero(), 42);
+}
+
+#[test]
+fn without_host_symbols_objects_see_only_each_other_and_defined_functions() {
+    let dir = scratch("nohost");
+    let bytes = object(
+        &dir,
+        "uses_getpid",
+        "int getpid(void);\nlong magnitude(long x) { return x + getpid(); }\n",
+    );
+    let jit = Jit::builder().host_symbols(false).build().unwrap();
+    jit.add_object_named("uses_getpid.o", &bytes).unwrap();
+    // SAFETY: `magnitude` is `long magnitude(long)`.
+    let err = unsafe { jit.get::<I64Fn>("magnitude") }.unwrap_err();
+    assert!(format!("{err:?}").contains("getpid"), "{err:?}");
+
+    let jit = Jit::builder().build().unwrap();
+    jit.add_object_named("uses_getpid.o", &bytes).unwrap();
+    // SAFETY: as above.
+    let magnitude = unsafe { jit.get::<I64Fn>("magnitude") }.unwrap();
+    assert_eq!(magnitude(-5), i64::from(std::process::id()) - 5);
+}
+
+#[test]
+fn archives_are_pulled_on_demand_eager_and_lazy() {
+    assert!(common::need_tool("ar"));
+    let dir = scratch("archive");
+    let members: Vec<PathBuf> = [
+        ("helper", "long helper(long x) { return x + 1; }\n"),
+        (
+            "unused",
+            "long never(void);\nlong unused_fn(void) { return never(); }\n",
+        ),
+    ]
+    .iter()
+    .map(|(name, src)| compile_c_text(&dir, name, src, &["-O1", "-fPIC"]))
+    .collect();
+    let ar = dir.join("libparts.a");
+    let _ = std::fs::remove_file(&ar);
+    let status = std::process::Command::new("ar")
+        .arg("rcs")
+        .arg(&ar)
+        .args(&members)
+        .status()
+        .expect("ar runs");
+    assert!(status.success());
+    let archive = std::fs::read(&ar).unwrap();
+    let main = object(
+        &dir,
+        "main",
+        "long helper(long);\nlong entry(long x) { return helper(x) * 10; }\n",
+    );
+    for lazy in [false, true] {
+        let jit = Jit::builder().lazy(lazy).build().unwrap();
+        if lazy {
+            jit.add_object_lazily("main.o", &main).unwrap();
+        } else {
+            jit.add_object(&main).unwrap();
+        }
+        jit.add_archive("libparts.a", archive.clone()).unwrap();
+        // SAFETY: `entry` is `long entry(long)`.
+        let entry = unsafe { jit.get::<I64Fn>("entry") }.unwrap();
+        assert_eq!(entry(4), 50, "lazy {lazy}");
+    }
+}
+
+#[test]
+fn several_threads_add_and_get_at_once() {
+    const THREADS: i64 = 8;
+    let dir = scratch("threads");
+    // f<t>(x) calls f<t+1> until x is 0: a cycle through every object.
+    let objects: Vec<Vec<u8>> = (0..THREADS)
+        .map(|t| {
+            let next = (t + 1) % THREADS;
+            let src = format!(
+                "long f{next}(long);\nlong f{t}(long x) {{ return x == 0 ? {t} : f{next}(x - 1); }}\n"
+            );
+            object(&dir, &format!("f{t}"), &src)
+        })
+        .collect();
+    let jit = Jit::builder().threads(3).build().unwrap();
+    let added = Barrier::new(THREADS as usize);
+    std::thread::scope(|s| {
+        for (t, bytes) in objects.iter().enumerate() {
+            let (jit, added) = (&jit, &added);
+            s.spawn(move || {
+                jit.add_object_named(&format!("f{t}.o"), bytes).unwrap();
+                added.wait();
+                for u in 0..THREADS {
+                    // SAFETY: every f<u> is `long f<u>(long)`.
+                    let f = unsafe { jit.get::<I64Fn>(&format!("f{u}")) }.unwrap();
+                    assert_eq!(f(THREADS * 2 + 3), (u + 3) % THREADS);
+                }
+            });
+        }
+    });
+    assert_eq!(
+        jit.layer().stats().1,
+        THREADS as usize,
+        "each object linked once"
+    );
+}
+
+static FINALIZED: AtomicUsize = AtomicUsize::new(0);
+extern "C" fn note_finalized() {
+    FINALIZED.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn removing_a_tracker_runs_finalizers_and_frees_its_code() {
+    let dir = scratch("remove");
+    let bytes = object(
+        &dir,
+        "tracked",
+        "void note_finalized(void);\n\
+         __attribute__((destructor)) static void fin(void) { note_finalized(); }\n\
+         long tracked_fn(long x) { return x * 3; }\n",
+    );
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("note_finalized", note_finalized as extern "C" fn())
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object_named("tracked.o", &bytes).unwrap();
+    // SAFETY: `tracked_fn` is `long tracked_fn(long)`.
+    let f = unsafe { tracker.get::<I64Fn>("tracked_fn") }.unwrap();
+    assert_eq!(f(5), 15);
+    let address = f.address();
+    assert!(mapped_executable(address));
+    // SAFETY: nothing runs the tracker's code after a removal.
+    let err = unsafe { jit.remove(&tracker) }.unwrap_err();
+    assert!(
+        matches!(err, JitError::TrackerInUse { handles: 1 }),
+        "{err:?}"
+    );
+    assert_eq!(f(1), 3, "a refused removal removes nothing");
+    drop(f);
+    let before = FINALIZED.load(SeqCst);
+    // SAFETY: no handle is left and no other code calls the object.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    assert_eq!(FINALIZED.load(SeqCst), before + 1, "the destructor ran");
+    assert!(!mapped_executable(address), "the code was released");
+    assert!(jit.address("tracked_fn").is_err());
+    assert!(
+        tracker.add_object(&bytes).is_err(),
+        "a removed tracker takes nothing"
+    );
+}
+
+static SWAPPED: AtomicI64 = AtomicI64::new(0);
+extern "C" fn replacement(x: i64) -> i64 {
+    SWAPPED.fetch_add(1, SeqCst);
+    x * 1000
+}
+
+#[test]
+fn lazy_objects_link_on_first_call_and_entries_can_be_redirected() {
+    let dir = scratch("lazy");
+    let bytes = object(
+        &dir,
+        "lazy",
+        "static long ready;\n\
+         __attribute__((constructor)) static void init(void) { ready = 1; }\n\
+         long lazy_fn(long x) { return x + 100 * ready; }\n",
+    );
+    let plain = object(&dir, "plain", "long plain_fn(long x) { return x - 1; }\n");
+    let jit = Jit::builder().lazy(true).threads(2).build().unwrap();
+    jit.add_object_lazily("plain.o", &plain).unwrap();
+    // SAFETY: `plain_fn` is `long plain_fn(long)`.
+    let plain_fn = unsafe { jit.get::<I64Fn>("plain_fn") }.unwrap();
+    assert_eq!(
+        jit.layer().stats().1,
+        0,
+        "nothing linked before the first call"
+    );
+    let manager = jit.lazy_reexports().expect("a lazy JIT has a manager");
+    let callers = Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (f, callers) = (plain_fn.clone(), &callers);
+            s.spawn(move || {
+                callers.wait();
+                assert_eq!(f(10), 9);
+            });
+        }
+    });
+    assert_eq!(jit.layer().stats().1, 1, "linked exactly once");
+    assert_eq!(manager.linked(), 1);
+
+    // An object with a constructor is linked at startup, and its
+    // constructor runs before any function is called.
+    jit.add_object_lazily("lazy.o", &bytes).unwrap();
+    // SAFETY: `lazy_fn` is `long lazy_fn(long)`.
+    let lazy_fn = unsafe { jit.get::<I64Fn>("lazy_fn") }.unwrap();
+    assert_eq!(lazy_fn(1), 101);
+
+    // SAFETY: `replacement` has `plain_fn`'s signature and is never unmapped.
+    unsafe {
+        jit.redirect(
+            "plain_fn",
+            replacement as I64Fn as *const () as usize as u64,
+        )
+    }
+    .unwrap();
+    assert_eq!(plain_fn(3), 3000);
+    assert_eq!(SWAPPED.load(SeqCst), 1);
+    let eager = Jit::builder().build().unwrap();
+    // SAFETY: nothing is redirected (the JIT is not lazy).
+    let err = unsafe { eager.redirect("plain_fn", 0) }.unwrap_err();
+    assert!(matches!(err, JitError::NotLazy { .. }), "{err:?}");
+}
+
+static ENDED: AtomicUsize = AtomicUsize::new(0);
+extern "C" fn note_ended() {
+    ENDED.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn handles_keep_the_code_alive_and_the_last_drop_ends_the_session() {
+    let dir = scratch("drop");
+    let bytes = object(
+        &dir,
+        "ending",
+        "void note_ended(void);\n\
+         __attribute__((destructor)) static void fin(void) { note_ended(); }\n\
+         long kept(long x) { return x * 2; }\n",
+    );
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("note_ended", note_ended as extern "C" fn())
+        .unwrap();
+    jit.add_object(&bytes).unwrap();
+    // SAFETY: `kept` is `long kept(long)`; its destructor only counts.
+    let kept = unsafe { jit.get::<I64Fn>("kept") }.unwrap();
+    let address = kept.address();
+    drop(jit);
+    assert_eq!(kept(21), 42, "the handle keeps the code");
+    assert_eq!(ENDED.load(SeqCst), 0, "no finalizer ran yet");
+    assert!(mapped_executable(address));
+    drop(kept);
+    assert_eq!(ENDED.load(SeqCst), 1, "the last drop ran the finalizer");
+    assert!(!mapped_executable(address), "and released the code");
+}
