@@ -545,6 +545,20 @@ impl Reader<'_, '_> {
                     "section {name} offset {off:#x}: 64-bit DWARF .eh_frame records are not supported"
                 )));
             }
+            // The CIE id (or an FDE's CIE pointer) is the record's first
+            // word; records are laid out back to back at 4-byte alignment,
+            // so a length that is not a multiple of 4 would leave a hole
+            // (read by the unwinder as the end of the section).
+            if len < 4 {
+                return Err(self.err(format!(
+                    "section {name} offset {off:#x}: record of {len} bytes is shorter than its 4-byte CIE id"
+                )));
+            }
+            if len % 4 != 0 {
+                return Err(self.err(format!(
+                    "section {name} offset {off:#x}: record length {len} is not a multiple of 4"
+                )));
+            }
             let total = 4 + len as usize;
             let end = off.checked_add(total).filter(|&e| e <= bytes.len());
             let (Some(end), Some(id)) = (end, word(off + 4)) else {
@@ -583,7 +597,15 @@ impl Reader<'_, '_> {
             let Some(bytes) = block.content.bytes() else {
                 continue;
             };
-            let ptr = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64;
+            // `split_eh_frame` keeps only records of at least 8 bytes.
+            let Some(&[b0, b1, b2, b3]) = bytes.get(4..8) else {
+                return Err(self.err(format!(
+                    "section .eh_frame offset {:#x}: FDE of {} bytes has no CIE pointer",
+                    r.offset,
+                    bytes.len()
+                )));
+            };
+            let ptr = u32::from_le_bytes([b0, b1, b2, b3]) as u64;
             let cie_off = (r.offset + 4).checked_sub(ptr);
             let cie = records
                 .iter()

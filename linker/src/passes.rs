@@ -1325,6 +1325,8 @@ impl Prepared {
         if let Some((start, len)) = self.eh_frame {
             let off = (start + len - 4 - base) as usize;
             mem[off..off + 4].fill(0);
+            let records = &mem[(start - base) as usize..off];
+            check_eh_frame(&self.graph, start, records)?;
         }
 
         let init_fini = collect_init_fini(&self.graph, mem, base);
@@ -1391,6 +1393,49 @@ impl Prepared {
             graph,
         ))
     }
+}
+
+/// Check the image's relocated `.eh_frame` (`records`, placed at `start`)
+/// as the unwinder will read it, and blame a defect on the input record
+/// where it lies (or, in padding, on the record after it): the image as a
+/// whole is no culprit.
+fn check_eh_frame(g: &LinkGraph, start: u64, records: &[u8]) -> Result<(), LinkError> {
+    let (offset, reason) = match runtime::eh_frame::validate(records) {
+        Ok(()) => return Ok(()),
+        Err(runtime::RuntimeError::BadEhFrame { offset, reason, .. }) => (offset, reason),
+        Err(e) => {
+            return Err(LinkError::Runtime {
+                detail: e.to_string(),
+            });
+        }
+    };
+    let at = start + offset as u64;
+    let culprit = g
+        .sections
+        .iter()
+        .filter(|s| s.role == SectionRole::EhFrame)
+        .flat_map(|s| s.blocks.iter())
+        .map(|b| &g.blocks[b.index()])
+        .filter(|b| b.live && b.addr + b.content.len() > at)
+        .min_by_key(|b| b.addr);
+    let Some(b) = culprit else {
+        return Err(LinkError::malformed(
+            "<linker>",
+            format!(".eh_frame offset {offset:#x} of the image: {reason}"),
+        ));
+    };
+    let place = if b.addr <= at {
+        format!("offset {:#x}", b.input_offset + (at - b.addr))
+    } else {
+        format!("padding before the record at offset {:#x}", b.input_offset)
+    };
+    Err(LinkError::malformed(
+        g.object_name(b.object),
+        format!(
+            "section {} {place}: {reason} (in the image's .eh_frame)",
+            b.input_section
+        ),
+    ))
 }
 
 fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
@@ -1570,4 +1615,51 @@ fn collect_init_fini(g: &LinkGraph, image: &[u8], base: u64) -> Vec<(Box<str>, V
             (Box::from(&*b.input_section), entries)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Block, Content};
+
+    /// An image `.eh_frame` of three objects' records, the third with a
+    /// zero word inside: the error names that object and the offset in its
+    /// own `.eh_frame`, whatever the first object is.
+    #[test]
+    fn a_bad_image_eh_frame_blames_the_record_s_object() {
+        let mut g = LinkGraph::new();
+        let section = g.section(".eh_frame", Prot::Read, SectionRole::EhFrame);
+        let start = 0x1000u64;
+        let mut image = Vec::new();
+        for (name, record) in [
+            ("driver.o", vec![4u8, 0, 0, 0, 0, 0, 0, 0]),
+            ("lib.o", vec![4, 0, 0, 0, 0, 0, 0, 0]),
+            // Input offset 8 of culprit.o: length 0 where a record begins.
+            ("culprit.o", vec![0, 0, 0, 0, 0, 0, 0, 0]),
+        ] {
+            let object = g.add_object(name);
+            g.add_block(Block {
+                section,
+                object: Some(object),
+                input_section: ".eh_frame".into(),
+                input_offset: 8,
+                content: Content::Bytes(record.clone()),
+                align: 4,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: start + image.len() as u64,
+            });
+            image.extend_from_slice(&record);
+        }
+        let err = check_eh_frame(&g, start, &image)
+            .expect_err("a zero length word inside is refused")
+            .to_string();
+        assert!(
+            err.starts_with("culprit.o: section .eh_frame offset 0x8:")
+                && err.contains("zero length"),
+            "{err}"
+        );
+        assert!(check_eh_frame(&g, start, &image[..16]).is_ok());
+    }
 }
