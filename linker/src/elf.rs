@@ -411,7 +411,7 @@ impl Reader<'_, '_> {
                 let Some(bytes) = bytes else {
                     return Err(self.err("section .eh_frame has no contents"));
                 };
-                let records = self.split_eh_frame(name, bytes, align)?;
+                let records = self.split_eh_frame(name, bytes)?;
                 eh_frame = Some((i, records));
                 slots[i] = Slot::EhFrame;
                 continue;
@@ -516,7 +516,6 @@ impl Reader<'_, '_> {
         &mut self,
         name: &str,
         bytes: &[u8],
-        align: u64,
     ) -> Result<Vec<Record>, LinkError> {
         let section = self
             .graph
@@ -573,7 +572,10 @@ impl Reader<'_, '_> {
                 input_section: input_section.clone(),
                 input_offset: off as u64,
                 content: self.content(&bytes[off..end]),
-                align: if records.is_empty() { align.max(4) } else { 4 },
+                // Records follow one another with no gap across objects:
+                // padding would be a zero length word, which the unwinder
+                // reads as the end of the section. Their fields are 4-byte.
+                align: 4,
                 edges: Vec::new(),
                 fde: None,
                 live: true,

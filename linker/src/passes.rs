@@ -6,8 +6,8 @@
 //! engine's object layer, which must report the graph's own addresses
 //! ([`Prepared::defined_symbols`]), look externals up through its dylibs
 //! ([`Prepared::external_names`] + [`Prepared::resolve_externals`]), then fix
-//! up and finalize ([`Prepared::finalize`]), and emit with the dependencies of
-//! [`Prepared::dependencies`].
+//! up and finalize ([`Prepared::finalize`]); it then emits the image's
+//! symbols as one group that depends on the externals it found.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -97,17 +97,6 @@ pub struct DefinedSymbol {
     pub address: u64,
     /// Flags.
     pub flags: DefinedFlags,
-}
-
-/// What one defined global symbol depends on (phase (d)).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SymbolDependencies {
-    /// The symbol.
-    pub name: String,
-    /// External symbols its code or data transitively references.
-    pub externals: Vec<String>,
-    /// Other globals of this graph it transitively references.
-    pub internals: Vec<String>,
 }
 
 /// One GOT slot request.
@@ -917,70 +906,6 @@ impl Prepared {
             return Err(LinkError::MissingSymbols { missing });
         }
         Ok(())
-    }
-
-    /// Phase (d): for each defined global, the externals and other globals
-    /// its block transitively references (through blocks that define no
-    /// global of their own).
-    pub fn dependencies(&self) -> Vec<SymbolDependencies> {
-        let g = &self.graph;
-        // Blocks that define at least one global: they are dependency nodes.
-        let mut named: HashMap<BlockId, Vec<SymbolId>> = HashMap::new();
-        for &id in g.globals.values() {
-            if let SymbolDef::Defined { block, .. } = g.symbols[id.index()].def
-                && g.blocks[block.index()].live
-            {
-                named.entry(block).or_default().push(id);
-            }
-        }
-        let mut out = Vec::new();
-        for (&root, syms) in &named {
-            let mut ext: HashSet<SymbolId> = HashSet::new();
-            let mut int: HashSet<SymbolId> = HashSet::new();
-            let mut seen: HashSet<BlockId> = HashSet::from([root]);
-            let mut work = vec![root];
-            while let Some(b) = work.pop() {
-                for e in &g.blocks[b.index()].edges {
-                    let t = &g.symbols[e.target.index()];
-                    match t.def {
-                        SymbolDef::External if !self.specials.contains_key(&e.target) => {
-                            ext.insert(e.target);
-                        }
-                        SymbolDef::Defined { block, .. } => {
-                            if block == root {
-                                continue;
-                            }
-                            if let Some(defs) = named.get(&block) {
-                                int.insert(if t.name.is_some() && t.scope != Scope::Local {
-                                    e.target
-                                } else {
-                                    defs[0]
-                                });
-                            } else if seen.insert(block) {
-                                work.push(block);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            let names = |set: HashSet<SymbolId>| {
-                let mut v: Vec<String> = set.into_iter().map(|s| g.symbol_name(s)).collect();
-                v.sort();
-                v
-            };
-            let externals = names(ext);
-            let internals = names(int);
-            for &s in syms {
-                out.push(SymbolDependencies {
-                    name: g.symbol_name(s),
-                    externals: externals.clone(),
-                    internals: internals.clone(),
-                });
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
     }
 
     fn symbol_address(&self, id: SymbolId, env: &ImageEnv) -> u64 {

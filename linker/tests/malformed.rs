@@ -99,3 +99,21 @@ fn eh_frame_record_of_odd_length_names_its_object() {
         &["section .eh_frame offset 0x0", "multiple of 4"],
     );
 }
+
+#[test]
+fn eh_frame_ending_off_the_next_object_s_alignment_leaves_no_hole() {
+    // Well formed: a 20-byte CIE and a 24-byte FDE (absolute pointers) in
+    // an 8-aligned section, 44 bytes in all. The next object's records
+    // (8-aligned section) must follow without the 4 bytes of padding that
+    // the unwinder would read as the end of the image's `.eh_frame`.
+    let odd = asm_object(
+        "eh_frame_44",
+        ".text\n.globl odd_fn\nodd_fn: ret\n\
+         .section .eh_frame,\"a\",@unwind\n.balign 8\n\
+         .long 16\n.long 0\n.byte 1, 0, 1, 0x78, 16, 0x0c, 7, 8, 0x90, 1, 0, 0\n\
+         .long 20\n.long 24\n.quad odd_fn\n.quad 1\n",
+    );
+    let mut objs = vec![odd];
+    objs.extend(good_objects());
+    link(&objs).unwrap_or_else(|e| panic!("{e}"));
+}
