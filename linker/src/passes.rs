@@ -721,7 +721,9 @@ impl Prepared {
         } else {
             Placement::Near
         };
-        let alloc = match Allocation::new(total, placement)? {
+        let alloc = match Allocation::new(total, placement)
+            .map_err(|e| blame_largest_block(&graph, e))?
+        {
             Some(a) => a,
             None => {
                 let (b, e) = needs_low.unwrap_or((BlockId(0), Edge::dummy()));
@@ -1318,6 +1320,29 @@ impl Prepared {
             graph,
         ))
     }
+}
+
+/// A memory error for an image of `graph`, naming the largest block's
+/// object and section: a corrupt size there is the likely cause.
+fn blame_largest_block(graph: &LinkGraph, e: LinkError) -> LinkError {
+    let LinkError::Memory { detail, source } = e else {
+        return e;
+    };
+    let largest = graph
+        .blocks
+        .iter()
+        .filter(|b| b.live)
+        .max_by_key(|b| b.content.len());
+    let detail = match largest {
+        Some(b) => format!(
+            "{detail} (largest input: {} section {}, {:#x} bytes)",
+            graph.object_name(b.object),
+            b.input_section,
+            b.content.len()
+        ),
+        None => detail,
+    };
+    LinkError::Memory { detail, source }
 }
 
 /// Check the image's relocated `.eh_frame` (`records`, placed at `start`)
