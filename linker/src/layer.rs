@@ -377,7 +377,7 @@ impl ObjectLayer {
         }
         self.add_graph(bodies, None, name, graph)?;
         let engine = |e: Error| LinkError::Engine {
-            detail: e.to_string(),
+            detail: format!("{name}: {e}"),
         };
         if !functions.is_empty() {
             entries
@@ -508,6 +508,13 @@ fn prepare(mut graph: LinkGraph) -> Result<Prepared, LinkError> {
 impl EarlyPrepare {
     /// Starts preparing `graph` on rayon.
     fn start(graph: LinkGraph) -> Arc<EarlyPrepare> {
+        // For the error of a panic (a bug): the objects it is about.
+        let objects = graph
+            .objects
+            .iter()
+            .map(|o| o.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let early = Arc::new(EarlyPrepare {
             state: Mutex::new(EarlyState::Pending(Box::new(graph))),
             done: std::sync::Condvar::new(),
@@ -535,7 +542,9 @@ impl EarlyPrepare {
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_default();
                         Err(LinkError::Engine {
-                            detail: format!("panicked while preparing the image: {what}"),
+                            detail: format!(
+                                "{objects}: panicked while preparing the image: {what}"
+                            ),
                         })
                     });
             *job.state.lock().unwrap_or_else(PoisonError::into_inner) =

@@ -978,7 +978,7 @@ impl Prepared {
                     placement,
                 )
                 .map_err(|e| LinkError::Tls {
-                    detail: e.to_string(),
+                    detail: format!("{e} ({})", largest_tls_inputs(&self.graph)),
                 })?,
             ),
             _ => None,
@@ -1058,8 +1058,9 @@ impl Prepared {
                     {
                         return Err(LinkError::Tls {
                             detail: format!(
-                                "thread-local `{}` is not defined in this link; kiln resolves TLS variables only within one image",
-                                g.symbol_name(s)
+                                "thread-local `{}` (used by {}) is not defined in this link; kiln resolves TLS variables only within one image",
+                                g.symbol_name(s),
+                                users(g, |e| e.target == s)
                             ),
                         });
                     }
@@ -1071,7 +1072,10 @@ impl Prepared {
                     }
                     GotKey::TlsLd => {
                         let p = tls.ok_or_else(|| LinkError::Tls {
-                            detail: "local-dynamic TLS used but no TLS support was provided".into(),
+                            detail: format!(
+                                "local-dynamic TLS used (by {}) but no TLS support was provided",
+                                users(g, |e| e.kind == EdgeKind::TlsLd)
+                            ),
                         })?;
                         put(0, p.module_id());
                         put(8, 0);
@@ -1079,7 +1083,11 @@ impl Prepared {
                     GotKey::TlsDesc(s) => {
                         let p = tls.ok_or_else(|| no_tls(g, s))?;
                         let d = p.tlsdesc(addrs[s.index()]).map_err(|e| LinkError::Tls {
-                            detail: e.to_string(),
+                            detail: format!(
+                                "`{}` (used by {}): {e}",
+                                g.symbol_name(s),
+                                users(g, |e| e.target == s)
+                            ),
                         })?;
                         put(0, d.resolver as u64);
                         put(8, d.argument as u64);
@@ -1386,6 +1394,52 @@ fn check_eh_frame(g: &LinkGraph, start: u64, records: &[u8]) -> Result<(), LinkE
             b.input_section
         ),
     ))
+}
+
+/// The objects whose live blocks have an edge `pick` accepts, sorted and
+/// joined (for errors about those objects: this scans the whole graph).
+fn users(g: &LinkGraph, pick: impl Fn(&Edge) -> bool) -> String {
+    let mut objects: Vec<&str> = g
+        .blocks
+        .iter()
+        .filter(|b| b.live && b.edges.iter().any(&pick))
+        .map(|b| g.object_name(b.object))
+        .collect();
+    objects.sort_unstable();
+    objects.dedup();
+    objects.join(", ")
+}
+
+/// The TLS inputs that size and align the image's TLS block: the largest
+/// and the most aligned (for an error about the block's layout).
+fn largest_tls_inputs(g: &LinkGraph) -> String {
+    let tls = g
+        .sections
+        .iter()
+        .filter(|s| matches!(s.role, SectionRole::TlsData | SectionRole::TlsBss))
+        .flat_map(|s| s.blocks.iter())
+        .map(|b| &g.blocks[b.index()])
+        .filter(|b| b.live);
+    let describe = |b: &Block| {
+        format!(
+            "{} section {}, {:#x} bytes, align {}",
+            g.object_name(b.object),
+            b.input_section,
+            b.content.len(),
+            b.align
+        )
+    };
+    let largest = tls.clone().max_by_key(|b| b.content.len());
+    let aligned = tls.max_by_key(|b| b.align);
+    match (largest, aligned) {
+        (Some(l), Some(a)) if std::ptr::eq(l, a) => format!("largest TLS input: {}", describe(l)),
+        (Some(l), Some(a)) => format!(
+            "largest TLS input: {}; most aligned: {}",
+            describe(l),
+            describe(a)
+        ),
+        _ => "no TLS input".into(),
+    }
 }
 
 fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
