@@ -6,9 +6,10 @@
 //! is allocated and its own symbols are *resolved* (so objects that call each
 //! other — in one dylib or across dylibs — can close their cycles), its
 //! external names are looked up at `Resolved` through the dylib's link order,
-//! fixups and finalization follow, and the unit *emits* each symbol with the
-//! dependencies its relocations imply. The engine then makes a symbol Ready
-//! only when everything it reaches is emitted.
+//! fixups and finalization follow, and the unit *emits* the image's symbols
+//! as one dependence group on every external it found (each in the dylib it
+//! came from). The engine then makes those symbols Ready only when every one
+//! of those externals, and everything they reach, is emitted.
 //!
 //! Linked images belong to the responsibility's resource tracker: removing
 //! the tracker runs the images' finalizers (and the `atexit` handlers their
