@@ -512,11 +512,7 @@ impl Reader<'_, '_> {
     }
 
     /// Split `.eh_frame` into CIE and FDE blocks (zero terminators dropped).
-    fn split_eh_frame(
-        &mut self,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<Vec<Record>, LinkError> {
+    fn split_eh_frame(&mut self, name: &str, bytes: &[u8]) -> Result<Vec<Record>, LinkError> {
         let section = self
             .graph
             .section(".eh_frame", Prot::Read, SectionRole::EhFrame);

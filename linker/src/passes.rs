@@ -721,21 +721,20 @@ impl Prepared {
         } else {
             Placement::Near
         };
-        let alloc = match Allocation::new(total, placement)
-            .map_err(|e| blame_largest_block(&graph, e))?
-        {
-            Some(a) => a,
-            None => {
-                let (b, e) = needs_low.unwrap_or((BlockId(0), Edge::dummy()));
-                let block = &graph.blocks[b.index()];
-                return Err(LinkError::LowMemoryUnavailable {
-                    object: graph.object_name(block.object).to_string(),
-                    section: block.input_section.to_string(),
-                    offset: block.input_offset + u64::from(e.offset),
-                    reloc: reloc_name(e.r_type).unwrap_or("R_X86_64_32"),
-                });
-            }
-        };
+        let alloc =
+            match Allocation::new(total, placement).map_err(|e| blame_largest_block(&graph, e))? {
+                Some(a) => a,
+                None => {
+                    let (b, e) = needs_low.unwrap_or((BlockId(0), Edge::dummy()));
+                    let block = &graph.blocks[b.index()];
+                    return Err(LinkError::LowMemoryUnavailable {
+                        object: graph.object_name(block.object).to_string(),
+                        section: block.input_section.to_string(),
+                        offset: block.input_offset + u64::from(e.offset),
+                        reloc: reloc_name(e.r_type).unwrap_or("R_X86_64_32"),
+                    });
+                }
+            };
         let base = alloc.base();
         for &(b, off) in &placed {
             graph.blocks[b.index()].addr = base + off;

@@ -58,7 +58,10 @@ fn assert_blames(bad: &str, body: &str, needles: &[&str]) {
         matches!(err, LinkError::Malformed { .. }),
         "not Malformed: {err:?}"
     );
-    assert!(msg.contains(&format!("{bad}.o")), "does not name {bad}.o: {msg}");
+    assert!(
+        msg.contains(&format!("{bad}.o")),
+        "does not name {bad}.o: {msg}"
+    );
     for good in ["driver.o", "helper.o"] {
         assert!(!msg.contains(good), "blames {good}: {msg}");
     }
@@ -74,9 +77,8 @@ fn eh_frame_record_shorter_than_its_id_is_an_error_not_a_panic() {
     // Record 0: length word 1 (5 bytes); the 4 bytes after its length word
     // (one of its own, three of the next record) are not zero, so it looks
     // like an FDE. Record 1 at offset 5: a 4-byte CIE.
-    let body = format!(
-        "{TEXT}.section .eh_frame,\"a\",@progbits\n.long 1\n.byte 1\n.long 4\n.long 0\n"
-    );
+    let body =
+        format!("{TEXT}.section .eh_frame,\"a\",@progbits\n.long 1\n.byte 1\n.long 4\n.long 0\n");
     assert_blames(
         "short_fde",
         &body,
