@@ -95,8 +95,10 @@ fn fatal(trampoline: u64, why: &str) -> ! {
 /// before the new pointer becomes visible. The stub's load is not a Rust
 /// atomic: on x86-64 every load has acquire semantics; on aarch64 the branch
 /// depends on the loaded address, and the new code must already be visible
-/// to instruction fetch (the linker cleans the data cache and invalidates the
-/// instruction cache of new code, `__clear_cache`, before publishing it).
+/// to instruction fetch: whoever wrote it must clean the data cache and
+/// invalidate the instruction cache for it (`__clear_cache`) before
+/// publishing it. kiln-linker links x86-64 objects only and does no such
+/// maintenance; aarch64 templates are exercised under qemu.
 /// Several threads storing the same target (every resolver of a first call
 /// redirects) is idempotent.
 pub fn redirect(slot: &AtomicU64, target: u64) {

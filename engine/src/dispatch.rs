@@ -94,7 +94,7 @@ impl Dispatcher for InPlaceDispatcher {
 }
 
 /// Starts a new thread per task (like ORC's unbounded dynamic pool). Under
-/// `kiln_loom` the threads are loom's, which is how the models run the engine.
+/// `kiln_loom` the threads are loom's (the models themselves dispatch in place).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ThreadPerTask;
 

@@ -411,7 +411,7 @@ impl Reader<'_, '_> {
                 let Some(bytes) = bytes else {
                     return Err(self.err("section .eh_frame has no contents"));
                 };
-                let records = self.split_eh_frame(name, bytes, align)?;
+                let records = self.split_eh_frame(name, bytes)?;
                 eh_frame = Some((i, records));
                 slots[i] = Slot::EhFrame;
                 continue;
@@ -512,12 +512,7 @@ impl Reader<'_, '_> {
     }
 
     /// Split `.eh_frame` into CIE and FDE blocks (zero terminators dropped).
-    fn split_eh_frame(
-        &mut self,
-        name: &str,
-        bytes: &[u8],
-        align: u64,
-    ) -> Result<Vec<Record>, LinkError> {
+    fn split_eh_frame(&mut self, name: &str, bytes: &[u8]) -> Result<Vec<Record>, LinkError> {
         let section = self
             .graph
             .section(".eh_frame", Prot::Read, SectionRole::EhFrame);
@@ -545,6 +540,20 @@ impl Reader<'_, '_> {
                     "section {name} offset {off:#x}: 64-bit DWARF .eh_frame records are not supported"
                 )));
             }
+            // The CIE id (or an FDE's CIE pointer) is the record's first
+            // word; records are laid out back to back at 4-byte alignment,
+            // so a length that is not a multiple of 4 would leave a hole
+            // (read by the unwinder as the end of the section).
+            if len < 4 {
+                return Err(self.err(format!(
+                    "section {name} offset {off:#x}: record of {len} bytes is shorter than its 4-byte CIE id"
+                )));
+            }
+            if len % 4 != 0 {
+                return Err(self.err(format!(
+                    "section {name} offset {off:#x}: record length {len} is not a multiple of 4"
+                )));
+            }
             let total = 4 + len as usize;
             let end = off.checked_add(total).filter(|&e| e <= bytes.len());
             let (Some(end), Some(id)) = (end, word(off + 4)) else {
@@ -559,7 +568,10 @@ impl Reader<'_, '_> {
                 input_section: input_section.clone(),
                 input_offset: off as u64,
                 content: self.content(&bytes[off..end]),
-                align: if records.is_empty() { align.max(4) } else { 4 },
+                // Records follow one another with no gap across objects:
+                // padding would be a zero length word, which the unwinder
+                // reads as the end of the section. Their fields are 4-byte.
+                align: 4,
                 edges: Vec::new(),
                 fde: None,
                 live: true,
@@ -583,7 +595,15 @@ impl Reader<'_, '_> {
             let Some(bytes) = block.content.bytes() else {
                 continue;
             };
-            let ptr = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64;
+            // `split_eh_frame` keeps only records of at least 8 bytes.
+            let Some(&[b0, b1, b2, b3]) = bytes.get(4..8) else {
+                return Err(self.err(format!(
+                    "section .eh_frame offset {:#x}: FDE of {} bytes has no CIE pointer",
+                    r.offset,
+                    bytes.len()
+                )));
+            };
+            let ptr = u32::from_le_bytes([b0, b1, b2, b3]) as u64;
             let cie_off = (r.offset + 4).checked_sub(ptr);
             let cie = records
                 .iter()

@@ -295,8 +295,10 @@ impl LinkedImage {
                 let r = unsafe {
                     runtime::eh_frame::register(start as *const u8, len.saturating_sub(4) as usize)
                 };
+                // The passes checked the records and blamed a bad one on
+                // its object: a failure here is the linker's.
                 Some(r.map_err(|e| LinkError::Runtime {
-                    detail: format!("{name}: {e}"),
+                    detail: format!("image linked from {name} and the rest (linker bug): {e}"),
                 })?)
             }
             None => None,

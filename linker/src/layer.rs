@@ -6,9 +6,10 @@
 //! is allocated and its own symbols are *resolved* (so objects that call each
 //! other — in one dylib or across dylibs — can close their cycles), its
 //! external names are looked up at `Resolved` through the dylib's link order,
-//! fixups and finalization follow, and the unit *emits* each symbol with the
-//! dependencies its relocations imply. The engine then makes a symbol Ready
-//! only when everything it reaches is emitted.
+//! fixups and finalization follow, and the unit *emits* the image's symbols
+//! as one dependence group on every external it found (each in the dylib it
+//! came from). The engine then makes those symbols Ready only when every one
+//! of those externals, and everything they reach, is emitted.
 //!
 //! Linked images belong to the responsibility's resource tracker: removing
 //! the tracker runs the images' finalizers (and the `atexit` handlers their
@@ -419,7 +420,7 @@ impl ObjectLayer {
         }
         self.add_graph(bodies, None, name, graph)?;
         let engine = |e: Error| LinkError::Engine {
-            detail: e.to_string(),
+            detail: format!("{name}: {e}"),
         };
         if !functions.is_empty() {
             entries
@@ -640,6 +641,13 @@ fn prepare(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, LinkError
 impl EarlyPrepare {
     /// Starts preparing `graph` on rayon.
     fn start(graph: LinkGraph, below_2gib: bool) -> Arc<EarlyPrepare> {
+        // For the error of a panic (a bug): the objects it is about.
+        let objects = graph
+            .objects
+            .iter()
+            .map(|o| o.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let early = Arc::new(EarlyPrepare {
             state: Mutex::new(EarlyState::Pending(Box::new(graph))),
             below_2gib,
@@ -669,7 +677,7 @@ impl EarlyPrepare {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 Err(LinkError::Engine {
-                    detail: format!("panicked while preparing the image: {what}"),
+                    detail: format!("{objects}: panicked while preparing the image: {what}"),
                 })
             });
             *job.state.lock().unwrap_or_else(PoisonError::into_inner) =

@@ -6,10 +6,10 @@
 //! engine's object layer, which must report the graph's own addresses
 //! ([`Prepared::defined_symbols`]), look externals up through its dylibs
 //! ([`Prepared::external_names`] + [`Prepared::resolve_externals`]), then fix
-//! up and finalize ([`Prepared::finalize`]), and emit with the dependencies of
-//! [`Prepared::dependencies`].
+//! up and finalize ([`Prepared::finalize`]); it then emits the image's
+//! symbols as one group that depends on the externals it found.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -110,17 +110,6 @@ pub struct DefinedSymbol {
     pub address: u64,
     /// Flags.
     pub flags: DefinedFlags,
-}
-
-/// What one defined global symbol depends on (phase (d)).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SymbolDependencies {
-    /// The symbol.
-    pub name: String,
-    /// External symbols its code or data transitively references.
-    pub externals: Vec<String>,
-    /// Other globals of this graph it transitively references.
-    pub internals: Vec<String>,
 }
 
 /// One GOT slot request.
@@ -888,14 +877,16 @@ impl Prepared {
         }
         let total = align_up(offset.max(1), PAGE);
 
-        let mut alloc = Allocation::new(total, placement)?;
+        let mut alloc =
+            Allocation::new(total, placement).map_err(|e| blame_largest_block(&graph, e))?;
         let mut alloc_low = placement == Placement::Low;
         if alloc.is_none() && needs_low.is_none() && alloc_low {
             // Only asked to be low for others' sake: near still links; the
             // non-PIE code that cannot reach it fails with a named error.
             // (Copies and stubs were chosen for low: finalize uses each only
             // if its target is still out of reach.)
-            alloc = Allocation::new(total, Placement::Near)?;
+            alloc = Allocation::new(total, Placement::Near)
+                .map_err(|e| blame_largest_block(&graph, e))?;
             alloc_low = false;
         }
         let alloc = match alloc {
@@ -1134,70 +1125,6 @@ impl Prepared {
         Ok(())
     }
 
-    /// Phase (d): for each defined global, the externals and other globals
-    /// its block transitively references (through blocks that define no
-    /// global of their own).
-    pub fn dependencies(&self) -> Vec<SymbolDependencies> {
-        let g = &self.graph;
-        // Blocks that define at least one global: they are dependency nodes.
-        let mut named: HashMap<BlockId, Vec<SymbolId>> = HashMap::new();
-        for &id in g.globals.values() {
-            if let SymbolDef::Defined { block, .. } = g.symbols[id.index()].def
-                && g.blocks[block.index()].live
-            {
-                named.entry(block).or_default().push(id);
-            }
-        }
-        let mut out = Vec::new();
-        for (&root, syms) in &named {
-            let mut ext: HashSet<SymbolId> = HashSet::new();
-            let mut int: HashSet<SymbolId> = HashSet::new();
-            let mut seen: HashSet<BlockId> = HashSet::from([root]);
-            let mut work = vec![root];
-            while let Some(b) = work.pop() {
-                for e in &g.blocks[b.index()].edges {
-                    let t = &g.symbols[e.target.index()];
-                    match t.def {
-                        SymbolDef::External if !self.specials.contains_key(&e.target) => {
-                            ext.insert(e.target);
-                        }
-                        SymbolDef::Defined { block, .. } => {
-                            if block == root {
-                                continue;
-                            }
-                            if let Some(defs) = named.get(&block) {
-                                int.insert(if t.name.is_some() && t.scope != Scope::Local {
-                                    e.target
-                                } else {
-                                    defs[0]
-                                });
-                            } else if seen.insert(block) {
-                                work.push(block);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            let names = |set: HashSet<SymbolId>| {
-                let mut v: Vec<String> = set.into_iter().map(|s| g.symbol_name(s)).collect();
-                v.sort();
-                v
-            };
-            let externals = names(ext);
-            let internals = names(int);
-            for &s in syms {
-                out.push(SymbolDependencies {
-                    name: g.symbol_name(s),
-                    externals: externals.clone(),
-                    internals: internals.clone(),
-                });
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
     fn symbol_address(&self, id: SymbolId) -> u64 {
         let g = &self.graph;
         let s = &g.symbols[id.index()];
@@ -1266,7 +1193,7 @@ impl Prepared {
                     placement,
                 )
                 .map_err(|e| LinkError::Tls {
-                    detail: e.to_string(),
+                    detail: format!("{e} ({})", largest_tls_inputs(&self.graph)),
                 })?,
             ),
             _ => None,
@@ -1354,8 +1281,9 @@ impl Prepared {
                     {
                         return Err(LinkError::Tls {
                             detail: format!(
-                                "thread-local `{}` is not defined in this link; kiln resolves TLS variables only within one image",
-                                g.symbol_name(s)
+                                "thread-local `{}` (used by {}) is not defined in this link; kiln resolves TLS variables only within one image",
+                                g.symbol_name(s),
+                                users(g, |e| e.target == s)
                             ),
                         });
                     }
@@ -1367,7 +1295,10 @@ impl Prepared {
                     }
                     GotKey::TlsLd => {
                         let p = tls.ok_or_else(|| LinkError::Tls {
-                            detail: "local-dynamic TLS used but no TLS support was provided".into(),
+                            detail: format!(
+                                "local-dynamic TLS used (by {}) but no TLS support was provided",
+                                users(g, |e| e.kind == EdgeKind::TlsLd)
+                            ),
                         })?;
                         put(0, p.module_id());
                         put(8, 0);
@@ -1375,7 +1306,11 @@ impl Prepared {
                     GotKey::TlsDesc(s) => {
                         let p = tls.ok_or_else(|| no_tls(g, s))?;
                         let d = p.tlsdesc(addrs[s.index()]).map_err(|e| LinkError::Tls {
-                            detail: e.to_string(),
+                            detail: format!(
+                                "`{}` (used by {}): {e}",
+                                g.symbol_name(s),
+                                users(g, |e| e.target == s)
+                            ),
                         })?;
                         put(0, d.resolver as u64);
                         put(8, d.argument as u64);
@@ -1549,6 +1484,8 @@ impl Prepared {
         if let Some((start, len)) = self.eh_frame {
             let off = (start + len - 4 - base) as usize;
             mem[off..off + 4].fill(0);
+            let records = &mem[(start - base) as usize..off];
+            check_eh_frame(&self.graph, start, records)?;
         }
 
         let init_fini = collect_init_fini(&self.graph, mem, base);
@@ -1643,6 +1580,118 @@ impl Prepared {
             },
             graph,
         ))
+    }
+}
+
+/// A memory error for an image of `graph`, naming the largest block's
+/// object and section: a corrupt size there is the likely cause.
+fn blame_largest_block(graph: &LinkGraph, e: LinkError) -> LinkError {
+    let LinkError::Memory { detail, source } = e else {
+        return e;
+    };
+    let largest = graph
+        .blocks
+        .iter()
+        .filter(|b| b.live)
+        .max_by_key(|b| b.content.len());
+    let detail = match largest {
+        Some(b) => format!(
+            "{detail} (largest input: {} section {}, {:#x} bytes)",
+            graph.object_name(b.object),
+            b.input_section,
+            b.content.len()
+        ),
+        None => detail,
+    };
+    LinkError::Memory { detail, source }
+}
+
+/// Check the image's relocated `.eh_frame` (`records`, placed at `start`)
+/// as the unwinder will read it, and blame a defect on the input record
+/// where it lies (or, in padding, on the record after it): the image as a
+/// whole is no culprit.
+fn check_eh_frame(g: &LinkGraph, start: u64, records: &[u8]) -> Result<(), LinkError> {
+    let (offset, reason) = match runtime::eh_frame::validate(records) {
+        Ok(()) => return Ok(()),
+        Err(runtime::RuntimeError::BadEhFrame { offset, reason, .. }) => (offset, reason),
+        Err(e) => {
+            return Err(LinkError::Runtime {
+                detail: e.to_string(),
+            });
+        }
+    };
+    let at = start + offset as u64;
+    let culprit = g
+        .sections
+        .iter()
+        .filter(|s| s.role == SectionRole::EhFrame)
+        .flat_map(|s| s.blocks.iter())
+        .map(|b| &g.blocks[b.index()])
+        .filter(|b| b.live && b.addr + b.content.len() > at)
+        .min_by_key(|b| b.addr);
+    let Some(b) = culprit else {
+        return Err(LinkError::malformed(
+            "<linker>",
+            format!(".eh_frame offset {offset:#x} of the image: {reason}"),
+        ));
+    };
+    let place = if b.addr <= at {
+        format!("offset {:#x}", b.input_offset + (at - b.addr))
+    } else {
+        format!("padding before the record at offset {:#x}", b.input_offset)
+    };
+    Err(LinkError::malformed(
+        g.object_name(b.object),
+        format!(
+            "section {} {place}: {reason} (in the image's .eh_frame)",
+            b.input_section
+        ),
+    ))
+}
+
+/// The objects whose live blocks have an edge `pick` accepts, sorted and
+/// joined (for errors about those objects: this scans the whole graph).
+fn users(g: &LinkGraph, pick: impl Fn(&Edge) -> bool) -> String {
+    let mut objects: Vec<&str> = g
+        .blocks
+        .iter()
+        .filter(|b| b.live && b.edges.iter().any(&pick))
+        .map(|b| g.object_name(b.object))
+        .collect();
+    objects.sort_unstable();
+    objects.dedup();
+    objects.join(", ")
+}
+
+/// The TLS inputs that size and align the image's TLS block: the largest
+/// and the most aligned (for an error about the block's layout).
+fn largest_tls_inputs(g: &LinkGraph) -> String {
+    let tls = g
+        .sections
+        .iter()
+        .filter(|s| matches!(s.role, SectionRole::TlsData | SectionRole::TlsBss))
+        .flat_map(|s| s.blocks.iter())
+        .map(|b| &g.blocks[b.index()])
+        .filter(|b| b.live);
+    let describe = |b: &Block| {
+        format!(
+            "{} section {}, {:#x} bytes, align {}",
+            g.object_name(b.object),
+            b.input_section,
+            b.content.len(),
+            b.align
+        )
+    };
+    let largest = tls.clone().max_by_key(|b| b.content.len());
+    let aligned = tls.max_by_key(|b| b.align);
+    match (largest, aligned) {
+        (Some(l), Some(a)) if std::ptr::eq(l, a) => format!("largest TLS input: {}", describe(l)),
+        (Some(l), Some(a)) => format!(
+            "largest TLS input: {}; most aligned: {}",
+            describe(l),
+            describe(a)
+        ),
+        _ => "no TLS input".into(),
     }
 }
 
@@ -1828,4 +1877,51 @@ fn collect_init_fini(g: &LinkGraph, image: &[u8], base: u64) -> Vec<(Box<str>, V
             (Box::from(&*b.input_section), entries)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Block, Content};
+
+    /// An image `.eh_frame` of three objects' records, the third with a
+    /// zero word inside: the error names that object and the offset in its
+    /// own `.eh_frame`, whatever the first object is.
+    #[test]
+    fn a_bad_image_eh_frame_blames_the_record_s_object() {
+        let mut g = LinkGraph::new();
+        let section = g.section(".eh_frame", Prot::Read, SectionRole::EhFrame);
+        let start = 0x1000u64;
+        let mut image = Vec::new();
+        for (name, record) in [
+            ("driver.o", vec![4u8, 0, 0, 0, 0, 0, 0, 0]),
+            ("lib.o", vec![4, 0, 0, 0, 0, 0, 0, 0]),
+            // Input offset 8 of culprit.o: length 0 where a record begins.
+            ("culprit.o", vec![0, 0, 0, 0, 0, 0, 0, 0]),
+        ] {
+            let object = g.add_object(name);
+            g.add_block(Block {
+                section,
+                object: Some(object),
+                input_section: ".eh_frame".into(),
+                input_offset: 8,
+                content: Content::Bytes(record.clone()),
+                align: 4,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: start + image.len() as u64,
+            });
+            image.extend_from_slice(&record);
+        }
+        let err = check_eh_frame(&g, start, &image)
+            .expect_err("a zero length word inside is refused")
+            .to_string();
+        assert!(
+            err.starts_with("culprit.o: section .eh_frame offset 0x8:")
+                && err.contains("zero length"),
+            "{err}"
+        );
+        assert!(check_eh_frame(&g, start, &image[..16]).is_ok());
+    }
 }

@@ -167,7 +167,7 @@ fn archive_members_are_pulled_on_demand() {
 }
 
 #[test]
-fn phases_report_symbols_externals_and_dependencies() {
+fn phases_report_symbols_and_externals() {
     let dir = scratch("phases");
     let (a, b) = compile_prog_ab(&dir);
     let mut l = Linker::new(Default::default());
@@ -190,28 +190,6 @@ fn phases_report_symbols_externals_and_dependencies() {
         assert!(ext.iter().any(|e| e == n), "{n} missing from {ext:?}");
     }
     assert!(!ext.iter().any(|e| e == "is_odd"), "defined in the graph");
-    let deps = prepared.dependencies();
-    let dep = |n: &str| {
-        deps.iter()
-            .find(|d| d.name == n)
-            .unwrap_or_else(|| panic!("{n}"))
-    };
-    // Dependencies are per block (one per input section): is_even's .text
-    // also holds main, so check inclusion.
-    let has = |n: &str, d: &str| dep(n).internals.iter().any(|i| i == d);
-    assert!(has("is_even", "is_odd") && has("is_even", "counter"));
-    assert!(has("is_odd", "is_even") && has("is_odd", "counter"));
-    assert!(dep("is_odd").externals.is_empty(), "{:?}", dep("is_odd"));
-    assert!(!has("is_odd", "is_odd"), "no self-dependency");
-    // main reaches printf directly and apply_op through b's data.
-    let main = dep("main");
-    assert!(main.externals.iter().any(|e| e == "printf"), "{main:?}");
-    assert!(main.internals.iter().any(|e| e == "apply_op"), "{main:?}");
-    assert!(
-        dep("apply_op").internals.iter().any(|e| e == "ops"),
-        "{:?}",
-        dep("apply_op")
-    );
 }
 
 #[test]

@@ -1,0 +1,148 @@
+//! Fuzz target: read and link objects and archives into memory, as
+//! `kiln run --noexec` does, and never run any of it.
+//!
+//! The input is one or more files joined by [`SEPARATOR`]; a file that
+//! starts with `!<arch>\n` is a static archive, anything else an object.
+//! Every input must either link or fail with a [`LinkError`]; a panic, an
+//! abort, a hang or a memory error is a bug.
+//!
+//! Half of the mutations keep the ELF structure and change the bytes of one
+//! section of one file in place (it may shrink, its offset stays): byte-level
+//! mutation of whole files mostly breaks the headers, so the reader would
+//! rarely get to the contents of `.eh_frame`, relocations or symbols.
+//!
+//! Nothing of the image runs: initializers are off
+//! ([`Linker::run_initializers`]`(false)`), so dropping the image skips its
+//! finalizers (an image whose initializers never ran does not finalize) and
+//! finds no `atexit` or `thread_local` destructor (only its code could have
+//! registered one). The image's memory is released when it is dropped.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use kiln_linker::{HostSymbols, LinkError, Linker};
+use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
+
+/// Joins the files of one input (seeds are made with it: see scripts/fuzz).
+const SEPARATOR: &[u8] = b"\n--kiln-fuzz-next-file--\n";
+
+/// At most this many files an input (more are ignored).
+const MAX_FILES: usize = 4;
+
+fn host() -> &'static HostSymbols {
+    static HOST: OnceLock<HostSymbols> = OnceLock::new();
+    HOST.get_or_init(HostSymbols::new)
+}
+
+/// The `(start, end)` ranges of `data` cut at each [`SEPARATOR`].
+fn file_ranges(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while out.len() + 1 < MAX_FILES {
+        match data[start..]
+            .windows(SEPARATOR.len())
+            .position(|w| w == SEPARATOR)
+        {
+            Some(at) => {
+                out.push((start, start + at));
+                start += at + SEPARATOR.len();
+            }
+            None => break,
+        }
+    }
+    out.push((start, data.len()));
+    out
+}
+
+/// `data` cut at each [`SEPARATOR`].
+fn files(data: &[u8]) -> Vec<&[u8]> {
+    file_ranges(data)
+        .into_iter()
+        .map(|(s, e)| &data[s..e])
+        .collect()
+}
+
+/// The `N` bytes at `base + at` of `file`, if they are all there.
+fn read<const N: usize>(file: &[u8], base: usize, at: usize) -> Option<[u8; N]> {
+    let at = base.checked_add(at)?;
+    file.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// The `(header, offset, size)` of every section of the ELF64 object
+/// `file` that has bytes in the file (none if the headers are unreadable).
+fn sections(file: &[u8]) -> Vec<(usize, usize, usize)> {
+    let (Some(shoff), Some(entsize), Some(count)) = (
+        read::<8>(file, 0, 0x28).map(u64::from_le_bytes),
+        read::<2>(file, 0, 0x3a).map(u16::from_le_bytes),
+        read::<2>(file, 0, 0x3c).map(u16::from_le_bytes),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..usize::from(count) {
+        let Some(sh) = usize::try_from(shoff)
+            .ok()
+            .and_then(|o| o.checked_add(i.checked_mul(usize::from(entsize))?))
+        else {
+            break;
+        };
+        let (Some(kind), Some(offset), Some(size)) = (
+            read::<4>(file, sh, 4).map(u32::from_le_bytes),
+            read::<8>(file, sh, 0x18).map(u64::from_le_bytes),
+            read::<8>(file, sh, 0x20).map(u64::from_le_bytes),
+        ) else {
+            break;
+        };
+        let (Ok(offset), Ok(size)) = (usize::try_from(offset), usize::try_from(size)) else {
+            continue;
+        };
+        // SHT_NOBITS has no bytes in the file.
+        let in_file = offset.checked_add(size).is_some_and(|e| e <= file.len());
+        if kind != 8 && size > 0 && in_file {
+            out.push((sh, offset, size));
+        }
+    }
+    out
+}
+
+fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    if seed % 2 == 0 {
+        let files = file_ranges(&data[..size]);
+        let (start, end) = files[(seed as usize / 2) % files.len()];
+        let secs = sections(&data[start..end]);
+        if !secs.is_empty() {
+            let (header, offset, len) = secs[(seed as usize / 8) % secs.len()];
+            let section = &mut data[start + offset..start + offset + len];
+            // In place: the section may shrink (its header then says so)
+            // but never grow, so no other offset in the file moves.
+            let new_len = fuzzer_mutate(section, len, len);
+            let sh_size = start + header + 0x20;
+            data[sh_size..sh_size + 8].copy_from_slice(&(new_len as u64).to_le_bytes());
+            return size;
+        }
+    }
+    fuzzer_mutate(data, size, max_size)
+});
+
+fn link(data: &[u8]) -> Result<(), LinkError> {
+    let mut linker = Linker::new(Default::default());
+    linker.run_initializers(false);
+    for (i, file) in files(data).into_iter().enumerate() {
+        if file.starts_with(b"!<arch>\n") {
+            linker.add_archive_bytes(format!("input{i}.a"), file.to_vec())?;
+        } else {
+            linker.add_object_bytes(format!("input{i}.o"), file.to_vec());
+        }
+    }
+    let image = linker.link(host())?;
+    assert!(image.is_finalized());
+    Ok(())
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(e) = link(data) {
+        // Every error says something (and formatting it must not panic).
+        assert!(!e.to_string().is_empty());
+    }
+});

@@ -1,0 +1,121 @@
+//! Crafted malformed objects: each is rejected with an error that names the
+//! object it is about (not the first input, not the image), the section and
+//! the offset — and nothing panics. The objects are assembled from exact
+//! bytes with gcc, so each test pins one defect.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use kiln_linker::{HostSymbols, LinkError, Linker};
+
+/// Assemble `body` (GNU as syntax) into `<scratch>/malformed/<name>.o`.
+fn asm_object(name: &str, body: &str) -> PathBuf {
+    let dir = scratch("malformed");
+    let s = dir.join(format!("{name}.s"));
+    std::fs::write(&s, body).unwrap_or_else(|e| panic!("write {}: {e}", s.display()));
+    compile("gcc", &s, &[], &[], &dir.join(format!("{name}.o")))
+}
+
+/// Two well-formed C objects (with `.eh_frame`) that a bad object follows.
+fn good_objects() -> Vec<PathBuf> {
+    let dir = scratch("malformed");
+    vec![
+        compile_c_text(
+            &dir,
+            "driver",
+            "int helper(int);\nint main(void) { return helper(1); }",
+            &["-O2"],
+        ),
+        compile_c_text(
+            &dir,
+            "helper",
+            "int helper(int x) { return x + 1; }",
+            &["-O2"],
+        ),
+    ]
+}
+
+/// Link `objs` without running anything.
+fn link(objs: &[PathBuf]) -> Result<(), LinkError> {
+    let mut l = Linker::new(Default::default());
+    l.run_initializers(false);
+    for o in objs {
+        l.add_object_file(o)?;
+    }
+    l.link(&HostSymbols::new()).map(drop)
+}
+
+/// Link `good_objects()` with `bad` in third place; the error must name
+/// `bad` (and only it) and contain each of `needles`.
+fn assert_blames(bad: &str, body: &str, needles: &[&str]) {
+    let mut objs = good_objects();
+    objs.push(asm_object(bad, body));
+    let err = link(&objs).expect_err("a malformed object links");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, LinkError::Malformed { .. }),
+        "not Malformed: {err:?}"
+    );
+    assert!(
+        msg.contains(&format!("{bad}.o")),
+        "does not name {bad}.o: {msg}"
+    );
+    for good in ["driver.o", "helper.o"] {
+        assert!(!msg.contains(good), "blames {good}: {msg}");
+    }
+    for n in needles {
+        assert!(msg.contains(n), "no `{n}` in: {msg}");
+    }
+}
+
+const TEXT: &str = ".text\n.globl bad_fn\nbad_fn: ret\n";
+
+#[test]
+fn eh_frame_record_shorter_than_its_id_is_an_error_not_a_panic() {
+    // Record 0: length word 1 (5 bytes); the 4 bytes after its length word
+    // (one of its own, three of the next record) are not zero, so it looks
+    // like an FDE. Record 1 at offset 5: a 4-byte CIE.
+    let body =
+        format!("{TEXT}.section .eh_frame,\"a\",@progbits\n.long 1\n.byte 1\n.long 4\n.long 0\n");
+    assert_blames(
+        "short_fde",
+        &body,
+        &["section .eh_frame offset 0x0", "shorter than"],
+    );
+}
+
+#[test]
+fn eh_frame_record_of_odd_length_names_its_object() {
+    // A 9-byte CIE (length 5), then at offset 9 an FDE of `bad_fn` using
+    // it: laid out at 4-byte alignment, the FDE would leave a hole in the
+    // image's `.eh_frame` (which libgcc's unwinder reads as its end).
+    let body = format!(
+        "{TEXT}.section .eh_frame,\"a\",@progbits\n.long 5\n.long 0\n.byte 1\n\
+         .long 12\n.long 13\n.long bad_fn - .\n.long 1\n"
+    );
+    assert_blames(
+        "odd_cie",
+        &body,
+        &["section .eh_frame offset 0x0", "multiple of 4"],
+    );
+}
+
+#[test]
+fn eh_frame_ending_off_the_next_object_s_alignment_leaves_no_hole() {
+    // Well formed: a 20-byte CIE and a 24-byte FDE (absolute pointers) in
+    // an 8-aligned section, 44 bytes in all. The next object's records
+    // (8-aligned section) must follow without the 4 bytes of padding that
+    // the unwinder would read as the end of the image's `.eh_frame`.
+    let odd = asm_object(
+        "eh_frame_44",
+        ".text\n.globl odd_fn\nodd_fn: ret\n\
+         .section .eh_frame,\"a\",@unwind\n.balign 8\n\
+         .long 16\n.long 0\n.byte 1, 0, 1, 0x78, 16, 0x0c, 7, 8, 0x90, 1, 0, 0\n\
+         .long 20\n.long 24\n.quad odd_fn\n.quad 1\n",
+    );
+    let mut objs = vec![odd];
+    objs.extend(good_objects());
+    link(&objs).unwrap_or_else(|e| panic!("{e}"));
+}
