@@ -91,13 +91,23 @@ struct Shared {
 
 impl ResourceManager for Shared {
     fn remove_resources(&self, key: ResourceKey) -> kiln_engine::Result<()> {
-        let images = self
-            .images
-            .lock()
-            .map_err(|_| Error::msg("object layer lock poisoned"))?
-            .by_key
-            .remove(&key)
-            .unwrap_or_default();
+        let images = {
+            let mut all = self
+                .images
+                .lock()
+                .map_err(|_| Error::msg("object layer lock poisoned"))?;
+            let images = all.by_key.remove(&key).unwrap_or_default();
+            // Images whose initializers never ran leave the pending list
+            // too: a later `run_initializers` must not run code being torn
+            // down, and the list must not keep its memory alive.
+            if !images.is_empty() && !all.pending_init.is_empty() {
+                let removed: std::collections::HashSet<*const Mutex<LayerImage>> =
+                    images.iter().map(Arc::as_ptr).collect();
+                all.pending_init
+                    .retain(|i| !removed.contains(&Arc::as_ptr(i)));
+            }
+            images
+        };
         // Like one program's teardown: every image's finalizers run, last
         // linked first, before any image's memory is released (a destructor
         // in one object may still call into another).
