@@ -101,6 +101,15 @@ pub enum Error {
         /// The units and symbols in the cycle, in waiting order.
         cycle: Vec<String>,
     },
+    /// Aliases of one reexports unit stand for each other in a cycle
+    /// (`a → b → … → a`): none of them has an address.
+    #[error("alias cycle in dylib '{dylib}': {}", cycle.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" -> "))]
+    AliasCycle {
+        /// The dylib the aliases are defined in.
+        dylib: Arc<str>,
+        /// The aliases in the cycle, in order, the first repeated at the end.
+        cycle: Vec<SymbolName>,
+    },
     /// A lookup's deadline passed.
     #[error(
         "lookup timed out after {millis} ms; still waiting for {}",

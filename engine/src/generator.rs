@@ -17,14 +17,27 @@ use crate::unit::MaterializationUnit;
 /// finish later: keep the [`GenerateRequest`] and call
 /// [`GenerateRequest::complete`] when done (dropping it completes it with
 /// success). Calls are serialized per generator unless
-/// [`Generator::is_concurrent`] says otherwise. Names a generator did not
-/// define are remembered and not asked again until the dylib gains a new
-/// definition.
+/// [`Generator::is_concurrent`] says otherwise; lookups that find a
+/// serialized generator busy queue for it, and the queue always advances
+/// (a lookup that no longer needs the generator when its turn comes —
+/// cancelled, timed out, its names defined or missed meanwhile — passes its
+/// turn on). Names a generator did not define are remembered and not asked
+/// again until the dylib gains a new definition.
+///
+/// A concurrent generator is still never asked for one name by two calls at
+/// once (per-name serialization): a lookup that needs a name a call in
+/// flight is asking waits for that call to end, then finds the name defined
+/// (or a miss). So a generator that defines the names it is asked for —
+/// `request.dylib().define(…)` — never races another of its calls into
+/// [`Error::DuplicateDefinitions`]. Names defined beyond those asked (say,
+/// every symbol of an archive member) are not covered: a concurrent
+/// generator that does so must expect duplicates, or be serialized.
 pub trait Generator: Send + Sync + 'static {
     /// Try to define `request.names()` in `request.dylib()`.
     fn generate(&self, request: GenerateRequest);
 
-    /// Whether several lookups may be inside `generate` at once.
+    /// Whether several lookups may be inside `generate` at once (never two
+    /// for the same name).
     fn is_concurrent(&self) -> bool {
         false
     }

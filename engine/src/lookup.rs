@@ -555,10 +555,14 @@ impl Lookup {
             }
             LookupHandleState::Pending(shared, core, id) => (shared.clone(), core.clone(), *id),
         };
-        if !shared.is_completed()
-            && let Some(resp) = crate::responsibility::current_materialization()
-        {
-            core.send(Msg::BlockedWait { lookup: id, resp });
+        if !shared.is_completed() {
+            // Inside materializations, every one on this thread's stack is
+            // blocked by this wait (the in-place dispatcher and helping
+            // waits nest them): the actor checks for a cycle through any.
+            let resps = crate::responsibility::materialization_stack();
+            if !resps.is_empty() {
+                core.send(Msg::BlockedWait { lookup: id, resps });
+            }
         }
         if let Some(pool) = current_pool() {
             shared.slot.lock().helper = Some(pool.clone());

@@ -76,6 +76,14 @@ pub(crate) fn current_materialization() -> Option<RespId> {
         .flatten()
 }
 
+/// The responsibilities whose `materialize` is running on this thread,
+/// outermost first: each is stuck until the ones after it return.
+pub(crate) fn materialization_stack() -> Vec<RespId> {
+    MATERIALIZING
+        .try_with(|m| m.borrow().clone())
+        .unwrap_or_default()
+}
+
 /// Runs a unit's `materialize` as the body of a task: records the
 /// materialization context (for blocking-cycle detection) and turns a panic
 /// into a failure that carries the panic message.

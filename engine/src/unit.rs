@@ -116,7 +116,10 @@ pub(crate) fn alias_symbols(aliases: &[Alias]) -> Vec<(SymbolName, SymbolFlags)>
 
 /// A unit defining aliases of symbols in another dylib (or the same one).
 /// An alias resolves to its target's address and becomes Ready when the
-/// target does.
+/// target does. Re-exporting from its own dylib, an alias may target
+/// another alias of the same unit (`baz → bar`, `bar → foo`); such chains
+/// are followed, and a cycle among them fails the unit with
+/// [`Error::AliasCycle`].
 pub struct Reexports {
     source: Dylib,
     source_lookup: DylibLookup,
@@ -145,6 +148,57 @@ impl fmt::Debug for Reexports {
     }
 }
 
+/// Each alias's target once chains through other aliases of the same unit
+/// are followed (`baz → bar`, `bar → foo` in one unit: both stand for
+/// `foo`), in alias order. Only when the unit re-exports from its own dylib
+/// can a target be one of its aliases. A chain that comes back to an alias
+/// already on it is an [`Error::AliasCycle`]; a chain through an alias that
+/// the search cannot see (hidden, with `ExportedOnly`) is not found.
+fn ultimate_targets(
+    aliases: &[Alias],
+    source: &Dylib,
+    source_lookup: DylibLookup,
+    r: &Responsibility,
+) -> Result<Vec<SymbolName>, Error> {
+    if source != r.dylib() {
+        return Ok(aliases.iter().map(|a| a.target.clone()).collect());
+    }
+    let index: std::collections::HashMap<&SymbolName, usize> = aliases
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (&a.name, i))
+        .collect();
+    let mut out = Vec::with_capacity(aliases.len());
+    let mut chain = Vec::new();
+    for i in 0..aliases.len() {
+        chain.clear();
+        chain.push(i);
+        let mut target = &aliases[i].target;
+        while let Some(&j) = index.get(target) {
+            if source_lookup == DylibLookup::ExportedOnly && !aliases[j].flags.is_exported() {
+                return Err(Error::SymbolsNotFound {
+                    names: vec![target.clone()],
+                });
+            }
+            if let Some(at) = chain.iter().position(|&k| k == j) {
+                let mut cycle: Vec<SymbolName> = chain[at..]
+                    .iter()
+                    .map(|&k| aliases[k].name.clone())
+                    .collect();
+                cycle.push(aliases[j].name.clone());
+                return Err(Error::AliasCycle {
+                    dylib: source.name().into(),
+                    cycle,
+                });
+            }
+            chain.push(j);
+            target = &aliases[j].target;
+        }
+        out.push(target.clone());
+    }
+    Ok(out)
+}
+
 impl MaterializationUnit for Reexports {
     fn name(&self) -> &str {
         "<reexports>"
@@ -155,8 +209,17 @@ impl MaterializationUnit for Reexports {
     }
 
     fn materialize(self: Box<Self>, r: Responsibility) {
+        // Targets that are aliases of this same unit are followed here: the
+        // unit owes them, so looking them up would wait on itself.
+        let ultimate = match ultimate_targets(&self.aliases, &self.source, self.source_lookup, &r) {
+            Ok(targets) => targets,
+            Err(e) => return r.fail(e),
+        };
         let order = SearchOrder::new().with(&self.source, self.source_lookup);
-        let targets = LookupSet::required(self.aliases.iter().map(|a| a.target.clone()));
+        let mut wanted: Vec<SymbolName> = ultimate.clone();
+        wanted.sort();
+        wanted.dedup();
+        let targets = LookupSet::required(wanted);
         let session = self.source.session();
         // The addresses are needed at Resolved; readiness then follows the
         // targets through the dependency graph.
@@ -168,14 +231,14 @@ impl MaterializationUnit for Reexports {
                 Err(e) => return r.fail(e),
             };
             let mut defs = Vec::with_capacity(self.aliases.len());
-            for alias in &self.aliases {
-                match found.get(&alias.target) {
+            for (alias, target) in self.aliases.iter().zip(&ultimate) {
+                match found.get(target) {
                     Some(def) => {
                         defs.push((alias.name.clone(), SymbolDef::new(def.address, alias.flags)))
                     }
                     None => {
                         return r.fail(Error::SymbolsNotFound {
-                            names: vec![alias.target.clone()],
+                            names: vec![target.clone()],
                         });
                     }
                 }
@@ -186,11 +249,9 @@ impl MaterializationUnit for Reexports {
             let groups = self
                 .aliases
                 .iter()
-                .map(|a| {
-                    DependenceGroup::new(
-                        [a.name.clone()],
-                        [(source.clone(), vec![a.target.clone()])],
-                    )
+                .zip(&ultimate)
+                .map(|(a, target)| {
+                    DependenceGroup::new([a.name.clone()], [(source.clone(), vec![target.clone()])])
                 })
                 .collect();
             let _ = r.emit(groups);

@@ -248,9 +248,12 @@ pub(crate) enum Msg {
     RegisterManager {
         manager: Arc<dyn ResourceManager>,
     },
+    /// A blocking wait for `lookup` began inside materializations: `resps`
+    /// is the thread's stack of them, innermost last (the outer ones cannot
+    /// progress until the inner ones return).
     BlockedWait {
         lookup: u64,
-        resp: RespId,
+        resps: Vec<RespId>,
     },
     Cancel {
         lookup: u64,

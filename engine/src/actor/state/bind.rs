@@ -1,0 +1,148 @@
+//! Lookups bound to symbols: waiting on them, completing when every
+//! symbol reached the required state, failing, and what is still unmet.
+
+use smallvec::SmallVec;
+
+use super::{PendingLookup, State};
+use crate::actor::{Effect, Effects, SessionCore, SymId};
+use crate::error::Error;
+use crate::lookup::{self, SymbolLookup, SymbolMap};
+use crate::name::SymbolName;
+use crate::symbol::{SymbolDef, SymbolState};
+use crate::sync::Arc;
+
+impl State {
+    /// Attaches the lookup to the symbols it found: records those already
+    /// in the required state, waits on the others, and starts the units of
+    /// lazy ones.
+    pub(super) fn bind(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Effects) {
+        let lk = self.lookups.get_mut(&id).expect("lookup exists");
+        for (i, f) in lk.found.iter().enumerate() {
+            let Some(sid) = f.sym else { continue };
+            let s = &self.syms[sid as usize];
+            if s.state == SymbolState::Failed {
+                let err = s.failure.as_deref().cloned().unwrap_or(Error::Cancelled);
+                return self.fail_lookup(id, err, fx);
+            }
+            if s.flags.is_side_effects_only() && lk.names[i].1 == SymbolLookup::Required {
+                let name = s.name.clone();
+                return self.fail_lookup(id, Error::SideEffectsOnlyRequired(name), fx);
+            }
+        }
+        lk.bound = true;
+        let mut to_start: SmallVec<[usize; 2]> = SmallVec::new();
+        for i in 0..lk.found.len() {
+            let Some(sid) = lk.found[i].sym else { continue };
+            let s = &mut self.syms[sid as usize];
+            if lk.state.is_met_by(s.state) {
+                if !s.flags.is_side_effects_only() {
+                    lk.found[i].def = Some(SymbolDef::new(s.address, s.flags));
+                }
+            } else {
+                s.waiters.push((id, i as u32));
+                lk.remaining += 1;
+                lk.pending.push(sid);
+                if s.state == SymbolState::Lazy
+                    && let Some(uid) = s.unit
+                {
+                    to_start.push(uid);
+                }
+            }
+        }
+        let done = lk.remaining == 0;
+        let blocked = !lk.blocked_resps.is_empty();
+        for uid in to_start {
+            self.start_unit(core, uid, fx);
+        }
+        if done {
+            self.complete(id, fx);
+        } else if blocked {
+            self.check_blocking_cycle(id, fx);
+        }
+    }
+
+    pub(super) fn complete(&mut self, id: u64, fx: &mut Effects) {
+        let Some(lk) = self.lookups.remove(&id) else {
+            return;
+        };
+        self.unblock(id, &lk.blocked_resps);
+        let mut found = SmallVec::new();
+        for (at, f) in lk.found.iter().enumerate() {
+            if let Some(def) = f.def {
+                found.push(lookup::Found {
+                    at: at as u32,
+                    source: f.at,
+                    def,
+                });
+            }
+        }
+        fx.push(Effect::Complete(
+            lk.shared,
+            Ok(SymbolMap::new(lk.names, found)),
+        ));
+    }
+
+    pub(super) fn fail_lookup(&mut self, id: u64, err: Error, fx: &mut Effects) {
+        let Some(lk) = self.lookups.remove(&id) else {
+            return;
+        };
+        self.unblock(id, &lk.blocked_resps);
+        match lk.flags_reply {
+            Some(reply) => reply.send(Err(err)),
+            None => fx.push(Effect::Complete(lk.shared, Err(err))),
+        }
+    }
+
+    pub(super) fn unsatisfied(&self, lk: &PendingLookup) -> Vec<SymbolName> {
+        if !lk.bound {
+            return lk
+                .names
+                .iter()
+                .zip(lk.found.iter().map(|f| f.sym))
+                .filter(|(_, m)| m.is_none())
+                .map(|((n, _), _)| n.clone())
+                .collect();
+        }
+        lk.pending
+            .iter()
+            .filter(|&&s| !lk.state.is_met_by(self.syms[s as usize].state))
+            .map(|&s| self.syms[s as usize].name.clone())
+            .collect()
+    }
+
+    /// Symbols reached `Resolved` or `Ready`: complete what waited for that.
+    pub(super) fn notify_waiters(&mut self, sid: SymId, fx: &mut Effects) {
+        let s = &mut self.syms[sid as usize];
+        if s.waiters.is_empty() {
+            return;
+        }
+        let state = s.state;
+        let def = (!s.flags.is_side_effects_only()).then(|| SymbolDef::new(s.address, s.flags));
+        // Filter in place: most symbols have one waiter, and a waiter that
+        // needs a later state stays without any new allocation.
+        let mut waiters = std::mem::take(&mut s.waiters);
+        let mut done: SmallVec<[u64; 2]> = SmallVec::new();
+        let mut kept = 0;
+        for i in 0..waiters.len() {
+            let (id, slot) = waiters[i];
+            let Some(lk) = self.lookups.get_mut(&id) else {
+                continue;
+            };
+            if !lk.state.is_met_by(state) {
+                waiters[kept] = (id, slot);
+                kept += 1;
+                continue;
+            }
+            lk.found[slot as usize].def = def;
+            lk.remaining -= 1;
+            if lk.remaining == 0 {
+                done.push(id);
+            }
+        }
+        waiters.truncate(kept);
+        self.syms[sid as usize].waiters = waiters;
+        for id in done {
+            self.complete(id, fx);
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Definitions: adding a unit's (or absolute) symbols to a dylib, weak
+//! overrides and discards, and what a dylib gaining definitions wakes.
+
+use smallvec::SmallVec;
+
+use super::{FixedSet, Found, State, Sym, UnitEntry};
+use crate::actor::{DefineKind, DylibId, Effect, Effects, SessionCore, SymId, TrackerId, UnitCell};
+use crate::dispatch::Task;
+use crate::error::{Error, Result};
+use crate::index::IndexEntry;
+use crate::name::SymbolName;
+use crate::session::Dylib;
+use crate::symbol::{SymbolDef, SymbolFlags, SymbolState};
+use crate::sync::Arc;
+
+impl State {
+    pub(crate) fn define(
+        &mut self,
+        core: &Arc<SessionCore>,
+        dylib: DylibId,
+        tracker: TrackerId,
+        kind: DefineKind,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        let (unit, symbols) = kind.into_parts();
+        let (cell, unit_name) = unit.unzip();
+        let refuse = |fx: &mut Effects, cell: Option<UnitCell>| {
+            if let Some(cell) = cell {
+                fx.push(Effect::Drop(Box::new(cell)));
+            }
+        };
+        if let Err(e) = self.live_dylib(dylib) {
+            refuse(fx, cell);
+            return Err(e);
+        }
+        match self.trackers.get(tracker) {
+            Some(t) if !t.removed && t.dylib == dylib => {}
+            _ => {
+                refuse(fx, cell);
+                return Err(Error::TrackerRemoved {
+                    dylib: self.dylibs[dylib as usize].shared.name.clone(),
+                });
+            }
+        }
+        // Decide everything before changing anything: a failed define leaves
+        // the dylib as it was.
+        let d = &self.dylibs[dylib as usize];
+        let mut duplicates = Vec::new();
+        let mut overridden = Vec::new();
+        let mut new_discarded = Vec::new();
+        // Names repeated within this definition are duplicates too.
+        let mut seen = FixedSet::default();
+        for i in 0..symbols.len() {
+            let (name, flags) = (symbols.name(i), symbols.flags(i));
+            if symbols.len() > 1 && !seen.insert(name.clone()) {
+                duplicates.push(name.clone());
+                continue;
+            }
+            if let Some(sid) = d.shared.index.sym(name) {
+                let existing = &self.syms[sid as usize];
+                if !flags.is_weak()
+                    && existing.flags.is_weak()
+                    && existing.state == SymbolState::Lazy
+                {
+                    overridden.push(sid);
+                } else if flags.is_weak() {
+                    new_discarded.push(i);
+                } else {
+                    duplicates.push(name.clone());
+                }
+            }
+        }
+        if !duplicates.is_empty() {
+            refuse(fx, cell);
+            return Err(Error::DuplicateDefinitions {
+                dylib: d.shared.name.clone(),
+                names: duplicates,
+            });
+        }
+        let dylib_handle = (!overridden.is_empty() || !new_discarded.is_empty())
+            .then(|| self.dylib_handle(core, dylib));
+        if let Some(handle) = &dylib_handle
+            && !overridden.is_empty()
+        {
+            self.override_weak(overridden, handle, fx);
+        }
+        let unit_id = match &symbols {
+            DefinedSymbols::Unit(_) | DefinedSymbols::Fixed(_) => {
+                if let Some(cell) = &cell {
+                    for &i in &new_discarded {
+                        let handle = dylib_handle.clone().expect("made when discarding");
+                        let name = symbols.name(i).clone();
+                        fx.push(discard_task(
+                            "discard weak definition",
+                            cell.clone(),
+                            handle,
+                            name,
+                        ));
+                    }
+                }
+                if new_discarded.len() == symbols.len() {
+                    refuse(fx, cell);
+                    return Ok(());
+                }
+                Some(self.add_unit(UnitEntry {
+                    cell,
+                    name: unit_name,
+                    dylib,
+                    tracker,
+                    syms: SmallVec::with_capacity(symbols.len()),
+                    at: 0,
+                }))
+            }
+            DefinedSymbols::Absolute(_) => None,
+        };
+        let ready = matches!(symbols, DefinedSymbols::Absolute(_));
+        let mut skip = new_discarded.into_iter().peekable();
+        for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
+            if skip.peek() == Some(&i) {
+                skip.next();
+                continue;
+            }
+            let sid = self.syms.len() as SymId;
+            let state = if ready {
+                SymbolState::Ready
+            } else {
+                SymbolState::Lazy
+            };
+            self.dylibs[dylib as usize].shared.index.set(
+                &name,
+                IndexEntry {
+                    def: SymbolDef::new(address, flags),
+                    ready: state == SymbolState::Ready,
+                },
+                sid,
+            );
+            self.syms.push(Sym {
+                dylib,
+                name,
+                flags,
+                state,
+                address,
+                unit: unit_id,
+                resp: None,
+                tracker,
+                waiters: SmallVec::new(),
+                failure: None,
+            });
+            self.trackers[tracker].syms.push(sid);
+            if let Some(uid) = unit_id {
+                self.units[uid].syms.push(sid);
+            }
+        }
+        self.gained_definitions(core, dylib, fx);
+        Ok(())
+    }
+
+    /// Retires weak Lazy symbols a strong definition overrides: their units
+    /// hear `discard` (a task), and units left empty are dropped. (Kept out
+    /// of `define`, whose common path never needs it.)
+    #[cold]
+    pub(super) fn override_weak(
+        &mut self,
+        overridden: Vec<SymId>,
+        dylib: &Dylib,
+        fx: &mut Effects,
+    ) {
+        for sid in overridden {
+            let s = &self.syms[sid as usize];
+            let (uid, name) = (s.unit, s.name.clone());
+            if let Some(uid) = uid {
+                let unit = &mut self.units[uid];
+                unit.syms.retain(|x| *x != sid);
+                let cell = unit.cell.clone();
+                let empty = unit.syms.is_empty();
+                if let Some(cell) = cell {
+                    fx.push(discard_task(
+                        "discard overridden weak definition",
+                        cell,
+                        dylib.clone(),
+                        name,
+                    ));
+                }
+                if empty {
+                    let unit = self.take_unit(uid);
+                    fx.extend(unit.cell.map(|cell| Effect::Drop(Box::new(cell))));
+                }
+            }
+            let s = &mut self.syms[sid as usize];
+            s.unit = None;
+            s.state = SymbolState::Failed;
+            s.failure = Some(Arc::new(Error::Usage("overridden definition".into())));
+            // Its name stays published (not Ready) until the new definition
+            // replaces the entry: a reader never sees it undefined.
+        }
+    }
+
+    /// A dylib gained definitions: forget generator misses and retry lookups
+    /// that wait for definitions.
+    pub(super) fn gained_definitions(
+        &mut self,
+        core: &Arc<SessionCore>,
+        dylib: DylibId,
+        fx: &mut Effects,
+    ) {
+        let d = &mut self.dylibs[dylib as usize];
+        for g in &mut d.generators {
+            if !g.misses.is_empty() {
+                g.misses.clear();
+            }
+        }
+        if d.awaiting.is_empty() {
+            return;
+        }
+        let waiting: Vec<u64> = d.awaiting.drain().collect();
+        for id in waiting {
+            if let Some(lk) = self.lookups.get_mut(&id)
+                && lk.parked
+            {
+                lk.parked = false;
+                lk.pos = 0;
+                lk.next_gen = 0;
+                lk.found.iter_mut().for_each(|f| *f = Found::default());
+                self.advance(core, id, fx);
+            }
+        }
+    }
+}
+
+/// A definition's symbols, as [`DefineKind`] brings them.
+enum DefinedSymbols {
+    /// A unit's: names and flags.
+    Unit(Vec<(SymbolName, SymbolFlags)>),
+    /// An absolute-symbols unit's, Lazy until looked up.
+    Fixed(Vec<(SymbolName, SymbolDef)>),
+    /// Fixed addresses, Ready at once.
+    Absolute(Vec<(SymbolName, SymbolDef)>),
+}
+
+impl DefineKind {
+    /// The unit to run and its name (if any), and the symbols.
+    fn into_parts(self) -> (Option<(UnitCell, Arc<str>)>, DefinedSymbols) {
+        match self {
+            DefineKind::Unit(cell, name, symbols) => {
+                (Some((cell, name)), DefinedSymbols::Unit(symbols))
+            }
+            DefineKind::Fixed(defs) => (None, DefinedSymbols::Fixed(defs)),
+            DefineKind::Absolute(defs) => (None, DefinedSymbols::Absolute(defs)),
+        }
+    }
+}
+
+impl DefinedSymbols {
+    fn len(&self) -> usize {
+        match self {
+            DefinedSymbols::Unit(s) => s.len(),
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => d.len(),
+        }
+    }
+
+    fn name(&self, i: usize) -> &SymbolName {
+        match self {
+            DefinedSymbols::Unit(s) => &s[i].0,
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => &d[i].0,
+        }
+    }
+
+    fn flags(&self, i: usize) -> SymbolFlags {
+        match self {
+            DefinedSymbols::Unit(s) => s[i].1,
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => d[i].1.flags,
+        }
+    }
+
+    /// Name, flags and address (0 for a unit's symbols) of each, in order.
+    fn into_entries(self) -> impl Iterator<Item = (SymbolName, SymbolFlags, u64)> {
+        let (units, defs) = match self {
+            DefinedSymbols::Unit(s) => (s, Vec::new()),
+            DefinedSymbols::Fixed(d) | DefinedSymbols::Absolute(d) => (Vec::new(), d),
+        };
+        units
+            .into_iter()
+            .map(|(n, f)| (n, f, 0))
+            .chain(defs.into_iter().map(|(n, d)| (n, d.flags, d.address)))
+    }
+}
+
+/// A task telling `cell`'s unit that it will never be asked for `name`.
+fn discard_task(what: &'static str, cell: UnitCell, dylib: Dylib, name: SymbolName) -> Effect {
+    Effect::Dispatch(Task::new(what, move || {
+        if let Some(unit) = cell.lock().as_mut() {
+            unit.discard(&dylib, &name);
+        }
+    }))
+}

@@ -1,0 +1,74 @@
+//! Dylibs: creating one, and removing one with all it holds (its trackers,
+//! generators, and the lookups that wait on it or search it).
+
+use super::{DylibState, FixedSet, State};
+use crate::actor::{DylibId, DylibShared, Effect, Effects};
+use crate::error::{Error, Result};
+use crate::lookup::DylibLookup;
+use crate::sync::Arc;
+use crate::tracker::ResourceKey;
+
+impl State {
+    pub(crate) fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
+        if self
+            .dylibs
+            .iter()
+            .any(|d| !d.removed && d.shared.name == name)
+        {
+            return Err(Error::DylibExists(name));
+        }
+        let id = self.dylibs.len() as DylibId;
+        let tracker = self.tracker_entry(id, name.clone());
+        let shared = Arc::new(DylibShared {
+            id,
+            name,
+            index: Default::default(),
+            default_tracker: self.trackers[tracker].shared.clone(),
+        });
+        self.dylibs.push(DylibState {
+            shared: shared.clone(),
+            link_order: vec![(id, DylibLookup::All)],
+            generators: Vec::new(),
+            trackers: vec![tracker],
+            awaiting: FixedSet::default(),
+            removed: false,
+        });
+        Ok(shared)
+    }
+
+    pub(super) fn remove_dylib(&mut self, dylib: DylibId, fx: &mut Effects) -> Vec<ResourceKey> {
+        let d = &mut self.dylibs[dylib as usize];
+        if d.removed {
+            return Vec::new();
+        }
+        d.removed = true;
+        let trackers = std::mem::take(&mut d.trackers);
+        let generators = std::mem::take(&mut d.generators);
+        let awaiting: Vec<u64> = d.awaiting.drain().collect();
+        let name = d.shared.name.clone();
+        // Unpublish everything at once, before any tracker's memory goes;
+        // the trackers then find nothing left to unpublish one by one.
+        d.shared.index.clear();
+        let mut keys = Vec::new();
+        for t in trackers {
+            keys.extend(self.remove_tracker(t, fx));
+        }
+        for gen_entry in generators {
+            fx.push(Effect::Drop(Box::new(gen_entry.generator)));
+        }
+        for id in awaiting {
+            self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
+        }
+        // Lookups suspended in this dylib's generators or searching it fail.
+        let searching: Vec<u64> = self
+            .lookups
+            .iter()
+            .filter(|(_, lk)| !lk.bound && lk.order.iter().any(|&(d, _)| d == dylib))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in searching {
+            self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
+        }
+        keys
+    }
+}

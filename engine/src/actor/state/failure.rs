@@ -1,0 +1,120 @@
+//! Failure: failing symbols (sticky, unpublished, their waiters failed),
+//! propagating to dependants through the graph, and failing a whole
+//! responsibility.
+
+use super::State;
+use crate::actor::{Effects, RespId, SymId};
+use crate::error::{Error, QualifiedName};
+use crate::symbol::SymbolState;
+use crate::sync::Arc;
+
+impl State {
+    pub(super) fn root_cause_of(&self, sid: SymId) -> Arc<Error> {
+        match self.syms[sid as usize].failure.as_deref() {
+            Some(Error::Failed { cause, .. }) => cause.clone(),
+            Some(other) => Arc::new(other.clone()),
+            None => Arc::new(Error::msg("unknown failure")),
+        }
+    }
+
+    /// Fails one symbol with `cause` (arriving through `via`, if any):
+    /// sticky state, unpublished from the ready index, its lookups failed.
+    pub(super) fn fail_one(
+        &mut self,
+        sid: SymId,
+        via: Option<QualifiedName>,
+        cause: Arc<Error>,
+        fx: &mut Effects,
+    ) -> Arc<Error> {
+        if self.syms[sid as usize].state == SymbolState::Failed
+            && let Some(existing) = &self.syms[sid as usize].failure
+        {
+            return existing.clone();
+        }
+        let err = Arc::new(Error::Failed {
+            symbols: vec![self.qname(sid)],
+            via,
+            cause,
+        });
+        let s = &mut self.syms[sid as usize];
+        s.state = SymbolState::Failed;
+        s.failure = Some(err.clone());
+        s.resp = None;
+        let s = &self.syms[sid as usize];
+        let d = &self.dylibs[s.dylib as usize];
+        if d.shared.index.sym(&s.name) == Some(sid) {
+            d.shared.index.update(&s.name, |e| e.ready = false);
+        }
+        let waiters = std::mem::take(&mut self.syms[sid as usize].waiters);
+        for (id, _) in waiters {
+            self.fail_lookup(id, (*err).clone(), fx);
+        }
+        err
+    }
+
+    /// Fails `roots` with their causes, then everything that transitively
+    /// waits on them, with the root's cause and the root as `via`.
+    pub(super) fn fail_syms(&mut self, roots: Vec<(SymId, Arc<Error>)>, fx: &mut Effects) {
+        if roots.is_empty() {
+            return;
+        }
+        let ids: Vec<SymId> = roots.iter().map(|&(s, _)| s).collect();
+        for (sid, cause) in roots {
+            let cause = match &*cause {
+                Error::Failed { cause, .. } => cause.clone(),
+                _ => cause,
+            };
+            self.fail_one(sid, None, cause, fx);
+        }
+        let mut dependants = Vec::new();
+        self.graph.fail(&ids, &mut dependants);
+        self.fail_dependants(&ids, dependants, fx);
+    }
+
+    pub(super) fn fail_dependants(
+        &mut self,
+        roots: &[SymId],
+        dependants: Vec<(SymId, SymId)>,
+        fx: &mut Effects,
+    ) {
+        for (sid, root) in dependants {
+            if roots.contains(&sid) && sid == root {
+                continue;
+            }
+            let via = self.qname(root);
+            let cause = self.root_cause_of(root);
+            self.fail_one(sid, Some(via), cause, fx);
+        }
+    }
+
+    pub(super) fn fail_resp(&mut self, resp: RespId, cause: Error, fx: &mut Effects) {
+        if !self.resps.contains(resp) {
+            return;
+        }
+        let r = self.take_resp(resp);
+        self.blocked.remove(&resp);
+        if r.defunct {
+            // Removal already failed everything it owed.
+            return;
+        }
+        let mut owed: Vec<SymId> = r
+            .owed
+            .into_iter()
+            .filter(|&s| self.syms[s as usize].resp == Some(resp))
+            .collect();
+        owed.sort_unstable();
+        owed.dedup();
+        let cause = match cause {
+            Error::Abandoned { unit, symbols } if symbols.is_empty() => Error::Abandoned {
+                unit,
+                symbols: owed
+                    .iter()
+                    .map(|&s| self.syms[s as usize].name.clone())
+                    .collect(),
+            },
+            other => other,
+        };
+        let cause = Arc::new(cause);
+        self.fail_syms(owed.into_iter().map(|s| (s, cause.clone())).collect(), fx);
+    }
+}

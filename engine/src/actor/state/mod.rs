@@ -1,0 +1,459 @@
+//! The session state and what each message does to it. Only the current
+//! driver of the mailbox touches this; nothing here blocks or runs user code
+//! (that is pushed out as [`Effect`]s).
+//!
+//! This file holds the state's types and the message dispatch
+//! ([`State::handle`]); each concern has its own `impl State` block:
+//!
+//! - `dylibs`: creating and removing dylibs;
+//! - `trackers`: resource trackers and their lists of units and
+//!   responsibilities (remove, transfer);
+//! - `define`: adding definitions, weak overrides, waking what awaits them;
+//! - `search`: a lookup's walk of its search order;
+//! - `generators`: the end of a generator call and its queue;
+//! - `bind`: lookups waiting on symbols, completing and failing;
+//! - `units`: starting materialization, a responsibility's requests;
+//! - `emission`: emitting dependence groups, readiness, publishing;
+//! - `failure`: failing symbols, dependants and responsibilities;
+//! - `cycles`: blocking-cycle detection.
+
+mod bind;
+mod cycles;
+mod define;
+mod dylibs;
+mod emission;
+mod failure;
+mod generators;
+mod search;
+mod trackers;
+mod units;
+
+use std::collections::VecDeque;
+
+use slab::Slab;
+use smallvec::SmallVec;
+
+use super::{
+    DylibId, DylibShared, Effect, Effects, Msg, Reply, RespId, SearchIds, SessionCore, SymId,
+    TrackerId, UnitCell,
+};
+use crate::error::{Error, QualifiedName, Result};
+use crate::generator::Generator;
+use crate::graph::DepGraph;
+use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList};
+use crate::name::SymbolName;
+use crate::session::Dylib;
+use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
+use crate::sync::{Arc, FixedMap, FixedState};
+use crate::tracker::{ResourceManager, TrackerShared};
+
+type FixedSet<T> = std::collections::HashSet<T, FixedState>;
+
+/// All mutable session state.
+pub(crate) struct State {
+    dylibs: Vec<DylibState>,
+    syms: Vec<Sym>,
+    units: Slab<UnitEntry>,
+    resps: Slab<RespEntry>,
+    trackers: Slab<TrackerEntry>,
+    lookups: FixedMap<u64, PendingLookup>,
+    graph: DepGraph,
+    /// Materializers blocked on lookups: responsibility → lookups (a
+    /// materializer's own wait, and those of materializations nested above
+    /// it on its thread).
+    blocked: FixedMap<RespId, SmallVec<[u64; 1]>>,
+    managers: Vec<Arc<dyn ResourceManager>>,
+    next_key: u64,
+    ended: bool,
+    scratch: EmitScratch,
+}
+
+/// Buffers `emit` reuses from call to call.
+#[derive(Default)]
+struct EmitScratch {
+    defs: Vec<SymId>,
+    deps: Vec<SymId>,
+    spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    sorted: Vec<SymId>,
+    ready: Vec<SymId>,
+}
+
+impl EmitScratch {
+    fn clear(&mut self) {
+        self.defs.clear();
+        self.deps.clear();
+        self.spans.clear();
+        self.sorted.clear();
+        self.ready.clear();
+    }
+}
+
+struct DylibState {
+    shared: Arc<DylibShared>,
+    link_order: Vec<(DylibId, DylibLookup)>,
+    generators: Vec<GenEntry>,
+    trackers: Vec<TrackerId>,
+    /// Lookups waiting for names this dylib may yet define.
+    awaiting: FixedSet<u64>,
+    removed: bool,
+}
+
+struct GenEntry {
+    generator: Arc<dyn Generator>,
+    concurrent: bool,
+    in_flight: usize,
+    /// Lookups waiting for the generator: for a serialized one, its turn;
+    /// for a concurrent one, the end of a call asking one of its names
+    /// (see `generators`: never non-empty while no call is in flight).
+    queue: VecDeque<u64>,
+    /// A concurrent generator's names being asked by calls in flight (each
+    /// by one call at most).
+    asking: FixedSet<SymbolName>,
+    /// Names asked and not defined since the dylib last gained a definition.
+    misses: FixedSet<SymbolName>,
+}
+
+struct Sym {
+    dylib: DylibId,
+    name: SymbolName,
+    flags: SymbolFlags,
+    state: SymbolState,
+    address: u64,
+    unit: Option<usize>,
+    resp: Option<RespId>,
+    tracker: TrackerId,
+    waiters: SmallVec<[(u64, u32); 1]>,
+    failure: Option<Arc<Error>>,
+}
+
+struct UnitEntry {
+    /// The unit; none for fixed addresses, which are in the symbols already:
+    /// the actor resolves and emits those itself instead of running a unit.
+    cell: Option<UnitCell>,
+    /// The unit's name (for a unit that runs).
+    name: Option<Arc<str>>,
+    dylib: DylibId,
+    tracker: TrackerId,
+    syms: SmallVec<[SymId; 4]>,
+    /// Position in its tracker's `units`.
+    at: usize,
+}
+
+struct RespEntry {
+    dylib: DylibId,
+    tracker: TrackerId,
+    unit_name: Arc<str>,
+    /// Symbols handed to this responsibility. A symbol is still owed only
+    /// while its `resp` points here: entries go stale (and are skipped)
+    /// when a symbol fails, is handed back or is delegated.
+    owed: SmallVec<[SymId; 4]>,
+    defunct: bool,
+    /// Position in its tracker's `resps` ([`UNLISTED`] once the tracker
+    /// was removed).
+    at: usize,
+}
+
+struct TrackerEntry {
+    shared: Arc<TrackerShared>,
+    dylib: DylibId,
+    /// Every symbol defined through it (also those overridden since:
+    /// failed and unpublished, removal passes over them).
+    syms: Vec<SymId>,
+    /// Its live units and responsibilities, unordered; each entry knows
+    /// its position here (`at`), so removing one is a `swap_remove`.
+    units: Vec<usize>,
+    resps: Vec<RespId>,
+    removed: bool,
+}
+
+/// An entry's position in a [`TrackerEntry`] list after its tracker was
+/// removed: listed nowhere.
+const UNLISTED: usize = usize::MAX;
+
+/// One name of a pending lookup.
+#[derive(Clone, Copy, Default)]
+struct Found {
+    /// The symbol it matched.
+    sym: Option<SymId>,
+    /// Index in the search order of the dylib it matched in.
+    at: u32,
+    /// Its definition, once in the required state.
+    def: Option<SymbolDef>,
+}
+
+struct PendingLookup {
+    shared: Arc<LookupShared>,
+    order: SearchIds,
+    names: NameList,
+    state: RequiredState,
+    kind: LookupKind,
+    await_definitions: bool,
+    flags_reply: Option<Reply<Result<FlagsMap>>>,
+    /// The materializer that cannot progress until this completes.
+    /// The materializers that cannot progress until this completes
+    /// (innermost last); each lists this lookup in `State::blocked`.
+    blocked_resps: SmallVec<[RespId; 1]>,
+    pos: usize,
+    next_gen: usize,
+    parked: bool,
+    /// Per name: where the search found it, and its definition once the
+    /// symbol reached the required state.
+    found: SmallVec<[Found; 1]>,
+    bound: bool,
+
+    remaining: usize,
+    pending: SmallVec<[SymId; 2]>,
+}
+
+impl State {
+    pub(crate) fn new() -> Self {
+        State {
+            dylibs: Vec::new(),
+            syms: Vec::new(),
+            units: Slab::new(),
+            resps: Slab::new(),
+            trackers: Slab::new(),
+            lookups: FixedMap::default(),
+            graph: DepGraph::new(),
+            blocked: FixedMap::default(),
+            managers: Vec::new(),
+            next_key: 1,
+            ended: false,
+            scratch: EmitScratch::default(),
+        }
+    }
+
+    /// The state of `name` in `dylib`, if defined.
+    pub(crate) fn symbol_state(&self, dylib: DylibId, name: &SymbolName) -> Option<SymbolState> {
+        self.dylibs
+            .get(dylib as usize)
+            .and_then(|d| d.shared.index.sym(name))
+            .map(|s| self.syms[s as usize].state)
+    }
+
+    /// Whether `Session::end` has run.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Applies one message.
+    pub(crate) fn handle(&mut self, core: &Arc<SessionCore>, msg: Msg, fx: &mut Effects) {
+        if self.ended {
+            return self.refuse(msg, fx);
+        }
+        match msg {
+            Msg::CreateDylib { name, reply } => reply.send(self.create_dylib(name)),
+            Msg::FindDylib { name, reply } => reply.send(
+                self.dylibs
+                    .iter()
+                    .find(|d| !d.removed && &*d.shared.name == name.as_str())
+                    .map(|d| d.shared.clone()),
+            ),
+            Msg::Define {
+                dylib,
+                tracker,
+                kind,
+                reply,
+            } => {
+                let result = self.define(core, dylib, tracker, kind, fx);
+                reply.send(result);
+            }
+            Msg::Lookup(msg) => self.start_lookup(core, *msg, fx),
+            Msg::GeneratorDone {
+                lookup,
+                dylib,
+                generator,
+                asked,
+                result,
+            } => self.generator_done(core, lookup, dylib, generator, asked, result, fx),
+            Msg::Resolve { resp, defs, reply } => reply.send(self.resolve(resp, &defs, fx)),
+            Msg::Emit {
+                resp,
+                groups,
+                reply,
+            } => reply.send(self.emit(core, resp, groups, fx)),
+            Msg::Fail { resp, cause } => self.fail_resp(resp, cause, fx),
+            Msg::Replace {
+                resp,
+                unit,
+                unit_name,
+                symbols,
+                reply,
+            } => reply.send(self.replace(core, resp, unit, unit_name, symbols, fx)),
+            Msg::Delegate { resp, names, reply } => reply.send(self.delegate(resp, &names)),
+            Msg::DefineMaterializing {
+                resp,
+                symbols,
+                reply,
+            } => reply.send(self.define_materializing(core, resp, symbols, fx)),
+            Msg::Owed {
+                resp,
+                requested_only,
+                reply,
+            } => reply.send(self.owed(resp, requested_only)),
+            Msg::SetLinkOrder {
+                dylib,
+                order,
+                reply,
+            } => reply.send(match self.live_dylib(dylib) {
+                Ok(d) => {
+                    d.link_order = order;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }),
+            Msg::GetLinkOrder { dylib, reply } => {
+                let order = self.dylibs[dylib as usize]
+                    .link_order
+                    .iter()
+                    .map(|&(d, v)| (self.dylibs[d as usize].shared.clone(), v))
+                    .collect();
+                reply.send(order)
+            }
+            Msg::AddGenerator {
+                dylib,
+                generator,
+                reply,
+            } => reply.send(match self.live_dylib(dylib) {
+                Ok(d) => {
+                    d.generators.push(GenEntry {
+                        concurrent: generator.is_concurrent(),
+                        generator,
+                        in_flight: 0,
+                        queue: VecDeque::new(),
+                        asking: FixedSet::default(),
+                        misses: FixedSet::default(),
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }),
+            Msg::CreateTracker { dylib, reply } => reply.send(match self.live_dylib(dylib) {
+                Ok(_) => Ok(self.new_tracker(dylib)),
+                Err(e) => Err(e),
+            }),
+            Msg::RemoveTracker { tracker, reply } => {
+                let key = self.remove_tracker(tracker, fx);
+                fx.push(Effect::RemoveResources {
+                    keys: key.into_iter().collect(),
+                    managers: self.managers.clone(),
+                    reply,
+                });
+            }
+            Msg::TransferTracker { src, dst, reply } => self.transfer(src, dst, reply, fx),
+            Msg::RemoveDylib { dylib, reply } => {
+                let keys = self.remove_dylib(dylib, fx);
+                fx.push(Effect::RemoveResources {
+                    keys,
+                    managers: self.managers.clone(),
+                    reply: Some(reply),
+                });
+            }
+            Msg::RegisterManager { manager } => self.managers.push(manager),
+            Msg::BlockedWait { lookup, resps } => self.blocked_wait(lookup, &resps, fx),
+            Msg::Cancel {
+                lookup,
+                timeout_millis,
+            } => {
+                if let Some(lk) = self.lookups.get(&lookup) {
+                    let err = match timeout_millis {
+                        Some(millis) => Error::Timeout {
+                            millis,
+                            waiting_for: self.unsatisfied(lk),
+                        },
+                        None => Error::Cancelled,
+                    };
+                    self.fail_lookup(lookup, err, fx);
+                }
+            }
+            Msg::QueryState { dylib, name, reply } => reply.send(self.symbol_state(dylib, &name)),
+            Msg::End { reply } => {
+                let mut keys = Vec::new();
+                for id in 0..self.dylibs.len() as DylibId {
+                    if !self.dylibs[id as usize].removed {
+                        keys.extend(self.remove_dylib(id, fx));
+                    }
+                }
+                let ids: Vec<u64> = self.lookups.keys().copied().collect();
+                for id in ids {
+                    self.fail_lookup(id, Error::SessionEnded, fx);
+                }
+                self.ended = true;
+                fx.push(Effect::RemoveResources {
+                    keys,
+                    managers: std::mem::take(&mut self.managers),
+                    reply: None,
+                });
+                // Replies are sent after the removal effect above has run.
+                fx.push(Effect::Signal(reply));
+            }
+        }
+    }
+
+    /// After `end`, every request is answered with [`Error::SessionEnded`].
+    fn refuse(&mut self, msg: Msg, fx: &mut Effects) {
+        match msg {
+            Msg::CreateDylib { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::FindDylib { reply, .. } => reply.send(None),
+            Msg::Define { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Lookup(msg) => match msg.flags_reply {
+                Some(reply) => reply.send(Err(Error::SessionEnded)),
+                None => fx.push(Effect::Complete(msg.shared, Err(Error::SessionEnded))),
+            },
+            Msg::Resolve { reply, .. } | Msg::Emit { reply, .. } => {
+                reply.send(Err(Error::SessionEnded))
+            }
+            Msg::Replace { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Delegate { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::DefineMaterializing { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Owed { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::SetLinkOrder { reply, .. } | Msg::AddGenerator { reply, .. } => {
+                reply.send(Err(Error::SessionEnded))
+            }
+            Msg::GetLinkOrder { reply, .. } => reply.send(Vec::new()),
+            Msg::CreateTracker { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::RemoveTracker { reply, .. } => {
+                if let Some(reply) = reply {
+                    reply.send(Ok(()))
+                }
+            }
+            Msg::TransferTracker { reply, .. } | Msg::RemoveDylib { reply, .. } => {
+                reply.send(Err(Error::SessionEnded))
+            }
+            Msg::QueryState { reply, .. } => reply.send(None),
+            Msg::End { reply } => reply.send(()),
+            Msg::GeneratorDone { .. }
+            | Msg::Fail { .. }
+            | Msg::RegisterManager { .. }
+            | Msg::BlockedWait { .. }
+            | Msg::Cancel { .. } => {}
+        }
+    }
+
+    fn live_dylib(&mut self, dylib: DylibId) -> Result<&mut DylibState> {
+        let d = &mut self.dylibs[dylib as usize];
+        if d.removed {
+            Err(Error::DylibRemoved(d.shared.name.clone()))
+        } else {
+            Ok(d)
+        }
+    }
+
+    fn qname(&self, sid: SymId) -> QualifiedName {
+        let s = &self.syms[sid as usize];
+        QualifiedName {
+            dylib: self.dylibs[s.dylib as usize].shared.name.clone(),
+            name: s.name.clone(),
+        }
+    }
+
+    fn dylib_handle(&self, core: &Arc<SessionCore>, dylib: DylibId) -> Dylib {
+        Dylib::from_shared(core.clone(), self.dylibs[dylib as usize].shared.clone())
+    }
+
+    fn resp_name(&self, resp: RespId) -> Arc<str> {
+        self.resps
+            .get(resp)
+            .map_or_else(|| "?".into(), |r| r.unit_name.clone())
+    }
+}

@@ -1,0 +1,253 @@
+//! Cycles: blocking lookups that wait on each other under the in-place
+//! dispatcher (kiln issue 8 §1.4), and aliases chained within one
+//! reexports unit (§1.5).
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use kiln_engine::*;
+
+/// Runs `f` on its own thread and returns its result, or fails the test if
+/// it has not returned after a generous bound (a hang, not a timing check).
+fn without_hanging<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: hung"))
+}
+
+/// A unit defining `me` whose materializer does a blocking Ready lookup of
+/// `other` in `theirs` first, recording any error.
+fn waiting_unit(
+    me: &SymbolName,
+    other: &SymbolName,
+    theirs: &Dylib,
+    errors: &Arc<Mutex<Vec<String>>>,
+) -> FnUnit {
+    let (me2, other, theirs, errors) = (me.clone(), other.clone(), theirs.clone(), errors.clone());
+    unit(&format!("unit-{me}"), &[(me, X)], move |r| {
+        let found = theirs
+            .session()
+            .lookup(
+                &order(&[&theirs]),
+                &LookupSet::required([other]),
+                RequiredState::Ready,
+            )
+            .wait();
+        match found {
+            Ok(_) => {
+                r.resolve(&[(me2, def(1))]).unwrap();
+                r.emit(vec![]).unwrap();
+            }
+            Err(e) => {
+                errors.lock().unwrap().push(e.to_string());
+                r.fail(e);
+            }
+        }
+    })
+}
+
+/// Foo's materializer waits for Bar, Bar's for Foo; in place, Bar's runs
+/// nested inside Foo's lookup on the same thread. Reported as a blocking
+/// cycle naming both units, as with the worker pool.
+#[test]
+fn a_blocking_cycle_under_the_in_place_dispatcher_is_reported() {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let result = without_hanging("in-place blocking cycle", move || {
+        let s = inplace();
+        let (d1, d2) = (s.create_dylib("d1").unwrap(), s.create_dylib("d2").unwrap());
+        let (foo, bar) = (s.intern("foo"), s.intern("bar"));
+        d1.define(waiting_unit(&foo, &bar, &d2, &errs)).unwrap();
+        d2.define(waiting_unit(&bar, &foo, &d1, &errs)).unwrap();
+        let result = lookup(&s, &[&d1], &[&foo], RequiredState::Ready)
+            .wait()
+            .map(|_| ());
+        s.end();
+        result
+    });
+    let err = result.unwrap_err();
+    let msgs = errors.lock().unwrap().clone();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("blocking lookups form a cycle")
+                && m.contains("unit-foo")
+                && m.contains("unit-bar")),
+        "{msgs:?} / {err}"
+    );
+}
+
+/// A three-unit cycle in place: Foo waits for Bar, Bar for Baz, Baz for Foo.
+#[test]
+fn a_longer_blocking_cycle_under_the_in_place_dispatcher_is_reported() {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let result = without_hanging("in-place three-unit cycle", move || {
+        let s = inplace();
+        let d = s.create_dylib("d").unwrap();
+        let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
+        d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
+        d.define(waiting_unit(&bar, &baz, &d, &errs)).unwrap();
+        d.define(waiting_unit(&baz, &foo, &d, &errs)).unwrap();
+        let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
+            .wait()
+            .map(|_| ());
+        s.end();
+        result
+    });
+    assert!(result.is_err());
+    let msgs = errors.lock().unwrap().clone();
+    assert!(
+        msgs.iter().any(|m| m.contains("cycle")
+            && m.contains("unit-foo")
+            && m.contains("unit-bar")
+            && m.contains("unit-baz")),
+        "{msgs:?}"
+    );
+}
+
+/// Nested in place but not a cycle: Foo's materializer waits for Bar, whose
+/// materializer waits for Baz (a plain unit). Everything completes.
+#[test]
+fn a_blocking_chain_under_the_in_place_dispatcher_completes() {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let result = without_hanging("in-place blocking chain", move || {
+        let s = inplace();
+        let d = s.create_dylib("d").unwrap();
+        let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
+        d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
+        d.define(waiting_unit(&bar, &baz, &d, &errs)).unwrap();
+        d.define(emitting(&baz, 0xb, vec![])).unwrap();
+        let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
+            .wait()
+            .map(|m| m.get(&foo).is_some());
+        s.end();
+        result
+    });
+    assert!(result.unwrap(), "{:?}", errors.lock().unwrap());
+}
+
+fn alias(name: &SymbolName, target: &SymbolName) -> Alias {
+    Alias {
+        name: name.clone(),
+        target: target.clone(),
+        flags: X,
+    }
+}
+
+/// One reexports unit defines `baz → bar` and `bar → foo`: both resolve to
+/// foo's address, in either order of the aliases, under either dispatcher.
+#[test]
+fn chained_aliases_in_one_unit_resolve() {
+    for pool in [false, true] {
+        for reversed in [false, true] {
+            let s = if pool {
+                Session::builder().dispatcher(WorkerPool::new(2)).build()
+            } else {
+                inplace()
+            };
+            let d = s.create_dylib("d").unwrap();
+            let [foo, bar, baz, qux] = ["foo", "bar", "baz", "qux"].map(|n| s.intern(n));
+            d.define(emitting(&foo, 0xf00, vec![])).unwrap();
+            let mut aliases = vec![alias(&qux, &baz), alias(&baz, &bar), alias(&bar, &foo)];
+            if reversed {
+                aliases.reverse();
+            }
+            d.define(reexports(&d, DylibLookup::All, aliases)).unwrap();
+            let found = lookup(&s, &[&d], &[&qux, &baz, &bar], RequiredState::Ready)
+                .wait_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("pool={pool} reversed={reversed}: {e}"));
+            for n in [&qux, &baz, &bar] {
+                assert_eq!(found.get(n).unwrap().address, 0xf00, "{n}");
+            }
+            s.end();
+        }
+    }
+}
+
+/// A true cycle among one unit's aliases fails with an error naming it.
+#[test]
+fn an_alias_cycle_in_one_unit_fails_naming_it() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let [a, b, c, other] = ["a", "b", "c", "other"].map(|n| s.intern(n));
+    d.define(reexports(
+        &d,
+        DylibLookup::All,
+        [
+            alias(&other, &a),
+            alias(&a, &b),
+            alias(&b, &c),
+            alias(&c, &a),
+        ],
+    ))
+    .unwrap();
+    let err = without_hanging("alias cycle", move || {
+        lookup(&s, &[&d], &[&a], RequiredState::Ready)
+            .wait()
+            .unwrap_err()
+    });
+    let text = err.to_string();
+    assert!(
+        text.contains("alias cycle in dylib 'd': a -> b -> c -> a"),
+        "{text}"
+    );
+}
+
+/// On a one-thread worker pool, Foo's materializer starts Bar without
+/// waiting, then waits for Zed; its helping wait runs Bar's materializer
+/// nested on the same thread, and Bar waits for Foo — which cannot return
+/// before Bar does. A cycle, though Foo itself waits only for Zed.
+#[test]
+fn a_unit_nested_by_a_helping_wait_that_waits_for_the_unit_beneath_it_is_a_cycle() {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let result = without_hanging("helping-wait cycle", move || {
+        let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let d = s.create_dylib("d").unwrap();
+        let [foo, bar, zed] = ["foo", "bar", "zed"].map(|n| s.intern(n));
+        d.define(waiting_unit(&bar, &foo, &d, &errs)).unwrap();
+        d.define(emitting(&zed, 0x2, vec![])).unwrap();
+        let (dd, me, errs2) = (d.clone(), foo.clone(), errs.clone());
+        let (bar2, zed2) = (bar.clone(), zed.clone());
+        d.define(unit("unit-foo", &[(&foo, X)], move |r| {
+            let sess = dd.session();
+            let set = |n: &SymbolName| LookupSet::required([n.clone()]);
+            // Bar's materializer is queued first, then Zed's.
+            sess.lookup(&order(&[&dd]), &set(&bar2), RequiredState::Ready)
+                .on_complete(|_| {});
+            let found = sess
+                .lookup(&order(&[&dd]), &set(&zed2), RequiredState::Ready)
+                .wait();
+            match found {
+                Ok(_) => {
+                    r.resolve(&[(me, def(1))]).unwrap();
+                    r.emit(vec![]).unwrap();
+                }
+                Err(e) => {
+                    errs2.lock().unwrap().push(e.to_string());
+                    r.fail(e);
+                }
+            }
+        }))
+        .unwrap();
+        let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
+            .wait()
+            .map(|_| ());
+        s.end();
+        result
+    });
+    let msgs = errors.lock().unwrap().clone();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("cycle") && m.contains("unit-foo") && m.contains("unit-bar")),
+        "{msgs:?} / {result:?}"
+    );
+}
