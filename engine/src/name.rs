@@ -30,6 +30,12 @@ impl SymbolName {
         Arc::as_ptr(&self.0) as usize
     }
 
+    /// A name interned nowhere (so equal to no session's name), held by
+    /// free symbol records.
+    pub(crate) fn unnamed() -> Self {
+        Self::new("")
+    }
+
     fn new(text: &str) -> Self {
         SymbolName(Arc::new(NameInner {
             hash: hash_str(text),

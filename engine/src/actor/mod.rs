@@ -28,6 +28,7 @@ use crate::tracker::{ResourceKey, ResourceManager, TrackerShared};
 use crate::unit::MaterializationUnit;
 
 pub(crate) use state::State;
+pub use state::TableSizes;
 
 /// Dense index of a dylib.
 pub(crate) type DylibId = u32;
@@ -263,6 +264,9 @@ pub(crate) enum Msg {
         dylib: DylibId,
         name: SymbolName,
         reply: Reply<Option<SymbolState>>,
+    },
+    TableSizes {
+        reply: Reply<TableSizes>,
     },
     End {
         reply: Reply<()>,

@@ -23,7 +23,7 @@ impl State {
             id,
             name,
             index: Default::default(),
-            default_tracker: self.trackers[tracker].shared.clone(),
+            default_tracker: self.tracker(tracker).shared.clone(),
         });
         self.dylibs.push(DylibState {
             shared: shared.clone(),

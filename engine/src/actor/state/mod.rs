@@ -16,6 +16,9 @@
 //! - `emission`: emitting dependence groups, readiness, publishing;
 //! - `failure`: failing symbols, dependants and responsibilities;
 //! - `cycles`: blocking-cycle detection.
+//! - `reclaim`: giving the records of removed code back (symbol ids to a
+//!   free list once nothing refers to them), and the table sizes that
+//!   show it.
 
 mod bind;
 mod cycles;
@@ -24,9 +27,12 @@ mod dylibs;
 mod emission;
 mod failure;
 mod generators;
+mod reclaim;
 mod search;
 mod trackers;
 mod units;
+
+pub use reclaim::TableSizes;
 
 use std::collections::VecDeque;
 
@@ -53,9 +59,19 @@ type FixedSet<T> = std::collections::HashSet<T, FixedState>;
 pub(crate) struct State {
     dylibs: Vec<DylibState>,
     syms: Vec<Sym>,
+    /// Ids of symbol records given back, reused before `syms` grows.
+    free_syms: Vec<SymId>,
+    /// Symbols of removed trackers whose ids something may still hold
+    /// (see `reclaim`).
+    retiring: Vec<SymId>,
+    /// The name a free symbol record holds (none of the session's).
+    no_name: SymbolName,
     units: Slab<UnitEntry>,
     resps: Slab<RespEntry>,
-    trackers: Slab<TrackerEntry>,
+    /// Live trackers by id. Ids are never reused (removed trackers leave),
+    /// so a handle of a removed tracker names none.
+    trackers: FixedMap<TrackerId, TrackerEntry>,
+    next_tracker: TrackerId,
     lookups: FixedMap<u64, PendingLookup>,
     graph: DepGraph,
     /// Materializers blocked on lookups: responsibility → lookups (a
@@ -163,7 +179,6 @@ struct TrackerEntry {
     /// its position here (`at`), so removing one is a `swap_remove`.
     units: Vec<usize>,
     resps: Vec<RespId>,
-    removed: bool,
 }
 
 /// An entry's position in a [`TrackerEntry`] list after its tracker was
@@ -210,9 +225,13 @@ impl State {
         State {
             dylibs: Vec::new(),
             syms: Vec::new(),
+            free_syms: Vec::new(),
+            retiring: Vec::new(),
+            no_name: SymbolName::unnamed(),
             units: Slab::new(),
             resps: Slab::new(),
-            trackers: Slab::new(),
+            trackers: FixedMap::default(),
+            next_tracker: 0,
             lookups: FixedMap::default(),
             graph: DepGraph::new(),
             blocked: FixedMap::default(),
@@ -367,6 +386,7 @@ impl State {
                 }
             }
             Msg::QueryState { dylib, name, reply } => reply.send(self.symbol_state(dylib, &name)),
+            Msg::TableSizes { reply } => reply.send(self.table_sizes()),
             Msg::End { reply } => {
                 let mut keys = Vec::new();
                 for id in 0..self.dylibs.len() as DylibId {
@@ -421,6 +441,7 @@ impl State {
                 reply.send(Err(Error::SessionEnded))
             }
             Msg::QueryState { reply, .. } => reply.send(None),
+            Msg::TableSizes { reply } => reply.send(self.table_sizes()),
             Msg::End { reply } => reply.send(()),
             Msg::GeneratorDone { .. }
             | Msg::Fail { .. }

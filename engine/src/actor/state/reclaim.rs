@@ -1,0 +1,137 @@
+//! Giving back the records of removed code, so a host that adds and removes
+//! code for days stays flat.
+//!
+//! A removed tracker's symbols are unpublished at once, but their ids may
+//! still be held: by a pending lookup (found in its search, or waited on),
+//! by a responsibility of the removed tracker that has not finished yet
+//! (its `owed` list), or by the dependency graph (a node some waiting node
+//! still depends on). Such ids wait in `retiring` and are looked at again at
+//! the next removal; the others go to `free_syms` at once, and the next
+//! definition reuses them (and with them the graph's id → slot entry). A
+//! free record holds no name of the session's, no failure and no waiters.
+//!
+//! None of this touches the Ready index's readers: the fast path never sees
+//! symbol ids, and a record is given back only after its name was
+//! unpublished.
+
+use smallvec::SmallVec;
+
+use super::{FixedSet, State, Sym};
+use crate::actor::SymId;
+use crate::symbol::{SymbolFlags, SymbolState};
+
+/// How many records each of the actor's tables holds (live and free), for
+/// tests and benchmarks that check removal gives memory back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[doc(hidden)]
+pub struct TableSizes {
+    /// Symbol records allocated (live, retiring or free).
+    pub symbols: usize,
+    /// Of those, free for reuse.
+    pub free_symbols: usize,
+    /// Of those, removed but possibly still referred to.
+    pub retiring_symbols: usize,
+    /// Live trackers.
+    pub trackers: usize,
+    /// Dylib records (live or removed).
+    pub dylibs: usize,
+    /// Units waiting to be materialized.
+    pub units: usize,
+    /// Responsibilities not yet finished.
+    pub responsibilities: usize,
+    /// Pending lookups.
+    pub lookups: usize,
+    /// Nodes stored by the dependency graph (real and hidden).
+    pub graph_nodes: usize,
+    /// Length of the graph's id → slot index (one past the largest symbol
+    /// id it has seen).
+    pub graph_ids: usize,
+}
+
+impl State {
+    /// Stores a new symbol record, in a free one if there is one.
+    pub(super) fn alloc_sym(&mut self, sym: Sym) -> SymId {
+        match self.free_syms.pop() {
+            Some(sid) => {
+                self.syms[sid as usize] = sym;
+                sid
+            }
+            None => {
+                let sid = SymId::try_from(self.syms.len())
+                    .unwrap_or_else(|_| unreachable!("more than 2^32 live symbols"));
+                self.syms.push(sym);
+                sid
+            }
+        }
+    }
+
+    /// `syms` belonged to a tracker just removed (unpublished, Ready or
+    /// Failed): gives back each one nothing refers to any more, and looks
+    /// again at those that waited.
+    pub(super) fn retire_syms(&mut self, syms: Vec<SymId>) {
+        self.retiring.extend(syms);
+        if self.retiring.is_empty() {
+            return;
+        }
+        let held = self.held_syms();
+        let mut retiring = std::mem::take(&mut self.retiring);
+        retiring.retain(|&sid| {
+            let s = &self.syms[sid as usize];
+            let busy = held.contains(&sid)
+                || self.graph.stores(sid)
+                || !matches!(s.state, SymbolState::Ready | SymbolState::Failed);
+            if !busy {
+                self.free_sym(sid);
+            }
+            busy
+        });
+        self.retiring = retiring;
+    }
+
+    /// Symbol ids that pending lookups and unfinished responsibilities of
+    /// removed trackers may still use. (A live responsibility owes only
+    /// symbols of its live tracker.)
+    fn held_syms(&self) -> FixedSet<SymId> {
+        let mut held = FixedSet::default();
+        for lk in self.lookups.values() {
+            held.extend(lk.found.iter().filter_map(|f| f.sym));
+            held.extend(lk.pending.iter().copied());
+        }
+        for (_, r) in &self.resps {
+            if r.defunct {
+                held.extend(r.owed.iter().copied());
+            }
+        }
+        held
+    }
+
+    /// Empties the record `sid` and puts it on the free list.
+    fn free_sym(&mut self, sid: SymId) {
+        let s = &mut self.syms[sid as usize];
+        s.name = self.no_name.clone();
+        s.flags = SymbolFlags::NONE;
+        s.state = SymbolState::Failed;
+        s.address = 0;
+        s.unit = None;
+        s.resp = None;
+        s.waiters = SmallVec::new();
+        s.failure = None;
+        self.free_syms.push(sid);
+    }
+
+    /// The size of each table.
+    pub(crate) fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            symbols: self.syms.len(),
+            free_symbols: self.free_syms.len(),
+            retiring_symbols: self.retiring.len(),
+            trackers: self.trackers.len(),
+            dylibs: self.dylibs.len(),
+            units: self.units.len(),
+            responsibilities: self.resps.len(),
+            lookups: self.lookups.len(),
+            graph_nodes: self.graph.stored_len().0,
+            graph_ids: self.graph.stored_len().1,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Removed code gives its records back (issue 8 §3.3): a host that adds and
+//! removes code for days keeps its tables at the size one round needs.
+//! Each test runs the same add/link/remove round many times and compares
+//! the engine's table sizes (`Session::table_sizes`) after the first
+//! rounds and after the last.
+
+mod common;
+
+use common::*;
+use kiln_engine::*;
+
+const ROUNDS: u64 = 50;
+
+/// Defines, links and looks up a little program through `tracker` (or the
+/// dylib's default tracker): absolute symbols, and two units where `f`
+/// depends on `g` (same tracker) and on `ext` in `base`.
+fn add_and_link(s: &Session, app: &Dylib, base: &Dylib, tracker: Option<&ResourceTracker>) {
+    let absolute: Vec<(SymbolName, SymbolDef)> = (0..20)
+        .map(|i| (s.intern(&format!("data{i}")), def(0x1000 + 16 * i)))
+        .collect();
+    app.define_absolute_with(absolute, tracker).unwrap();
+    let (f, g, ext) = (s.intern("f"), s.intern("g"), s.intern("ext"));
+    let deps = vec![(app.clone(), vec![g.clone()]), (base.clone(), vec![ext])];
+    app.define_boxed(Box::new(emitting(&f, 0x2000, deps)), tracker)
+        .unwrap();
+    app.define_boxed(Box::new(emitting(&g, 0x3000, Vec::new())), tracker)
+        .unwrap();
+    let found = lookup(s, &[app], &[&f], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&f).map(|d| d.address), Some(0x2000));
+}
+
+fn base_dylib(s: &Session) -> Dylib {
+    let base = s.create_dylib("base").unwrap();
+    base.define_absolute([(s.intern("ext"), def(0x9000))])
+        .unwrap();
+    base
+}
+
+#[test]
+fn removing_trackers_gives_their_symbol_records_back() {
+    let s = inplace();
+    let base = base_dylib(&s);
+    let app = s.create_dylib("app").unwrap();
+    let mut after_first = None;
+    for round in 0..ROUNDS {
+        let t = app.create_tracker().unwrap();
+        add_and_link(&s, &app, &base, Some(&t));
+        t.remove().unwrap();
+        if round == 1 {
+            after_first = Some(s.table_sizes());
+        }
+    }
+    let (first, last) = (after_first.unwrap(), s.table_sizes());
+    assert_eq!(last.symbols, first.symbols, "symbol records grew: {last:?}");
+    assert_eq!(last.trackers, first.trackers, "trackers grew: {last:?}");
+    assert_eq!(last.graph_ids, first.graph_ids, "graph ids grew: {last:?}");
+    assert_eq!(last.retiring_symbols, 0, "{last:?}");
+    assert_eq!(last.graph_nodes, 0, "{last:?}");
+    assert!(
+        app.lookup_ready(&["f"]).is_err(),
+        "removed code is gone"
+    );
+    s.end();
+}
+
+#[test]
+fn removing_dylibs_gives_their_symbol_records_back() {
+    let s = inplace();
+    let base = base_dylib(&s);
+    let mut after_first = None;
+    for round in 0..ROUNDS {
+        let app = s.create_dylib(&format!("app{round}")).unwrap();
+        add_and_link(&s, &app, &base, None);
+        s.remove_dylib(&app).unwrap();
+        if round == 1 {
+            after_first = Some(s.table_sizes());
+        }
+    }
+    let (first, last) = (after_first.unwrap(), s.table_sizes());
+    assert_eq!(last.symbols, first.symbols, "symbol records grew: {last:?}");
+    assert_eq!(last.trackers, first.trackers, "trackers grew: {last:?}");
+    assert_eq!(last.graph_ids, first.graph_ids, "graph ids grew: {last:?}");
+    s.end();
+}
+
+#[test]
+fn a_removed_trackers_handle_defines_into_no_other_tracker() {
+    let s = inplace();
+    let app = s.create_dylib("app").unwrap();
+    let old = app.create_tracker().unwrap();
+    old.remove().unwrap();
+    let new = app.create_tracker().unwrap();
+    let err = app
+        .define_absolute_with([(s.intern("x"), def(0x10))], Some(&old))
+        .expect_err("the tracker was removed");
+    assert!(matches!(err, Error::TrackerRemoved { .. }), "{err}");
+    app.define_absolute_with([(s.intern("y"), def(0x20))], Some(&new))
+        .unwrap();
+    new.remove().unwrap();
+    assert!(app.lookup_ready(&["y"]).is_err(), "y went with its tracker");
+    s.end();
+}
+
+/// Parks each request in a slot for the test to answer.
+struct Parking(Slot<GenerateRequest>);
+
+impl Generator for Parking {
+    fn generate(&self, req: GenerateRequest) {
+        *self.0.lock().unwrap() = Some(req);
+    }
+}
+
+#[test]
+fn a_record_a_searching_lookup_holds_is_not_reused_under_it() {
+    // A lookup has found `done` and waits for the dylib's generator to
+    // define `made`; meanwhile `done`'s tracker is removed and other
+    // symbols are defined. The lookup must not bind to one of those
+    // through a reused record of `done`.
+    let s = Session::builder().dispatcher(ThreadPerTask).build();
+    let app = s.create_dylib("app").unwrap();
+    let (put, take) = slot::<GenerateRequest>();
+    app.add_generator(Parking(put)).unwrap();
+    let other = app.create_tracker().unwrap();
+    let (done, made) = (s.intern("done"), s.intern("made"));
+    app.define_absolute_with([(done.clone(), def(0x111))], Some(&other))
+        .unwrap();
+    let pending = lookup(&s, &[&app], &[&done, &made], RequiredState::Ready);
+    let req = loop {
+        if let Some(req) = take.lock().unwrap().take() {
+            break req;
+        }
+        std::thread::yield_now();
+    };
+    other.remove().unwrap();
+    let filler = app.create_tracker().unwrap();
+    let names: Vec<(SymbolName, SymbolDef)> = (0..8)
+        .map(|i| (s.intern(&format!("filler{i}")), def(0x5000 + i)))
+        .collect();
+    app.define_absolute_with(names, Some(&filler)).unwrap();
+    let result = req.dylib().define_absolute([(made.clone(), def(0x222))]);
+    req.complete(result);
+    // Found before its removal: its old address or an error, never a
+    // filler's.
+    match pending.wait() {
+        Ok(found) => {
+            assert_eq!(found.get(&done).map(|d| d.address), Some(0x111));
+            assert_eq!(found.get(&made).map(|d| d.address), Some(0x222));
+        }
+        Err(e) => assert!(!e.to_string().contains("filler"), "{e}"),
+    }
+    s.end();
+}
