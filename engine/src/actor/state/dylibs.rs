@@ -1,5 +1,6 @@
 //! Dylibs: creating one, and removing one with all it holds (its trackers,
-//! generators, and the lookups that wait on it or search it).
+//! generators, its Ready index, and the lookups that wait on it or search
+//! it). A removed dylib's record stays (ids are not reused), small.
 
 use super::{DylibState, FixedSet, State};
 use crate::actor::{DylibId, DylibShared, Effect, Effects};
@@ -69,6 +70,25 @@ impl State {
         for id in searching {
             self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
         }
+        self.release_dylib(dylib);
         keys
+    }
+
+    /// Lets go of what a removed dylib held: its Ready index (the largest
+    /// part: readers holding a handle keep theirs until they drop it; the
+    /// record keeps an empty one with the same id and name) and its lists.
+    fn release_dylib(&mut self, dylib: DylibId) {
+        let d = &mut self.dylibs[dylib as usize];
+        let old = &d.shared;
+        d.shared = Arc::new(DylibShared {
+            id: old.id,
+            name: old.name.clone(),
+            index: Default::default(),
+            default_tracker: old.default_tracker.clone(),
+        });
+        d.link_order = Vec::new();
+        d.generators = Vec::new();
+        d.trackers = Vec::new();
+        d.awaiting = FixedSet::default();
     }
 }
