@@ -366,6 +366,7 @@ pub fn add_generator(
 ) -> Result<(), BenchError> {
     dylib
         .add_generator(GeneratorHandle(generator))
+        .map(|_| ())
         .map_err(|e| engine_err(w, "adding the generator", e))
 }
 

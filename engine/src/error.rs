@@ -3,6 +3,7 @@
 //! waited on them.
 
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::name::SymbolName;
@@ -24,6 +25,12 @@ impl fmt::Display for QualifiedName {
 
 /// Everything that can go wrong in the engine. Cheap to clone: one failure
 /// reaches every lookup that waited on it.
+///
+/// Causes stay in the chain: [`Error::Failed`] and [`Error::Generator`]
+/// return their cause from [`std::error::Error::source`] (their message
+/// also quotes it), and an error from outside the engine
+/// ([`Error::external`]) keeps its type — walk `source()` or call
+/// [`Error::downcast_ref`] to get it back.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -50,6 +57,7 @@ pub enum Error {
         /// The dependency that carried the failure here, when it came from elsewhere.
         via: Option<QualifiedName>,
         /// The root cause.
+        #[source]
         cause: Arc<Error>,
     },
     /// A materializer, generator or resource manager reported this.
@@ -86,12 +94,35 @@ pub enum Error {
     /// A dylib with this name already exists.
     #[error("a dylib named '{0}' already exists")]
     DylibExists(Arc<str>),
+    /// A definition generator was removed while the lookup waited for its
+    /// turn in it.
+    #[error("a definition generator of dylib '{dylib}' was removed while the lookup waited for it")]
+    GeneratorRemoved {
+        /// The dylib the generator belonged to.
+        dylib: Arc<str>,
+    },
+    /// User error: `Dylib::remove_symbols` removed nothing, because some
+    /// names are not defined in the dylib or are not removable yet.
+    #[error(
+        "cannot remove symbols from dylib '{dylib}':{}{}",
+        if missing.is_empty() { String::new() } else { format!(" not defined: {}", join(missing)) },
+        if materializing.is_empty() { String::new() } else { format!("{}still materializing: {}", if missing.is_empty() { " " } else { "; " }, join(materializing)) }
+    )]
+    SymbolsNotRemoved {
+        /// The dylib.
+        dylib: Arc<str>,
+        /// Names being materialized (neither lazy nor Ready), in request order.
+        materializing: Vec<SymbolName>,
+        /// Names the dylib does not define, in request order.
+        missing: Vec<SymbolName>,
+    },
     /// A definition generator failed.
     #[error("definition generator of dylib '{dylib}' failed: {cause}")]
     Generator {
         /// The dylib whose generator failed.
         dylib: Arc<str>,
         /// What it reported.
+        #[source]
         cause: Arc<Error>,
     },
     /// Blocking lookups inside materializers wait on each other in a cycle;
@@ -133,12 +164,62 @@ pub enum Error {
     /// The session has ended.
     #[error("the session has ended")]
     SessionEnded,
+    /// An error from outside the engine (a linker's, a host's), kept with
+    /// its type: it is this error's `source()`, and
+    /// [`Error::downcast_ref`] finds it.
+    #[error("{0}")]
+    External(#[source] ExternalError),
+}
+
+/// An error from outside the engine, shared (so [`Error`] stays cheap to
+/// clone). Dereferences to the error itself, so its concrete type can be
+/// recovered with `downcast_ref`.
+#[derive(Clone)]
+pub struct ExternalError(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Deref for ExternalError {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for ExternalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// The error's message followed by those of its sources that it does not
+/// already quote, `: `-separated — the engine's messages explain themselves
+/// in one line.
+impl fmt::Display for ExternalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            let s_text = s.to_string();
+            if !text.contains(&s_text) {
+                text.push_str(": ");
+                text.push_str(&s_text);
+            }
+            source = s.source();
+        }
+        f.write_str(&text)
+    }
 }
 
 impl Error {
     /// An error carrying a message (for materializers and generators).
     pub fn msg(message: impl fmt::Display) -> Error {
         Error::Message(message.to_string().into())
+    }
+
+    /// Wraps an error from outside the engine, keeping its type (for
+    /// materializers, generators and resource managers whose own errors are
+    /// typed).
+    pub fn external(error: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::External(ExternalError(Arc::new(error)))
     }
 
     /// The root cause: for [`Error::Failed`] and [`Error::Generator`], the
@@ -148,6 +229,22 @@ impl Error {
             Error::Failed { cause, .. } | Error::Generator { cause, .. } => cause.root_cause(),
             other => other,
         }
+    }
+
+    /// The external error of type `T` this error carries as its root cause
+    /// (or anywhere in that error's own `source()` chain), if any.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        let Error::External(external) = self.root_cause() else {
+            return None;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**external);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<T>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
     }
 }
 

@@ -10,6 +10,13 @@ use crate::name::SymbolName;
 use crate::session::{Dylib, define_kind};
 use crate::unit::MaterializationUnit;
 
+/// Names a generator added to a dylib, for [`Dylib::remove_generator`](crate::Dylib::remove_generator).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct GeneratorId {
+    pub(crate) dylib: u32,
+    pub(crate) index: usize,
+}
+
 /// Defines symbols on demand.
 ///
 /// `generate` runs as a task on the dispatcher, never on the state actor.

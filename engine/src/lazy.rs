@@ -24,7 +24,7 @@ use crate::name::SymbolName;
 use crate::responsibility::Responsibility;
 use crate::session::{Dylib, Session};
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags};
-use crate::sync::{Arc, AtomicUsize, FixedMap, Mutex, Ordering};
+use crate::sync::{Arc, AtomicUsize, Condvar, FixedMap, Mutex, Ordering};
 use crate::tracker::{ResourceKey, ResourceManager, ResourceTracker};
 use crate::unit::{Alias, MaterializationUnit};
 
@@ -69,9 +69,33 @@ struct CallThrough {
     body_dylib: Dylib,
     body: SymbolName,
     stub: u64,
-    /// Held while redirecting, so a racing first call never overwrites a
-    /// host's hot swap, and only the first resolution counts as a link.
-    link: Mutex<LinkState>,
+    /// Where the stub should point. Changed under the lock (so only the
+    /// first resolution counts as a link, and a first call never undoes a
+    /// host's hot swap); the redirector runs outside it (user code) — see
+    /// [`LazyReexports::point_stub`].
+    link: Mutex<Link>,
+    /// Signalled when a target was written to the stub.
+    written: Condvar,
+}
+
+/// What an entry's stub should point at, and a version counting changes.
+struct Link {
+    state: LinkState,
+    target: u64,
+    version: u64,
+    /// The latest version known written to the stub (or whose write
+    /// failed: its writer reports that).
+    written: u64,
+}
+
+impl Link {
+    /// Records a new target; returns its version.
+    fn set(&mut self, state: LinkState, target: u64) -> u64 {
+        self.state = state;
+        self.target = target;
+        self.version += 1;
+        self.version
+    }
 }
 
 #[derive(Default)]
@@ -217,12 +241,23 @@ impl LazyReexports {
                 .ok_or_else(|| Error::SymbolsNotFound {
                     names: vec![ct.body.clone()],
                 })?;
-        {
+        let first = {
             let mut link = ct.link.lock();
-            if *link == LinkState::Unlinked {
-                self.inner.redirector.redirect(ct.stub, address)?;
-                *link = LinkState::Linked;
+            (link.state == LinkState::Unlinked).then(|| link.set(LinkState::Linked, address))
+        };
+        match first {
+            Some(version) => {
+                self.point_stub(&ct, version, address)?;
                 self.inner.linked.fetch_add(1, Ordering::Relaxed);
+            }
+            // Another first call links it: return once the stub points at
+            // the body (or at what replaced it), like that call does.
+            None => {
+                let mut link = ct.link.lock();
+                let version = link.version;
+                while link.written < version {
+                    link = ct.written.wait(link);
+                }
             }
         }
         let hook = self.inner.after_link.lock().clone();
@@ -298,9 +333,28 @@ impl LazyReexports {
             .ok_or_else(|| Error::SymbolsNotFound {
                 names: vec![entry.clone()],
             })?;
-        let mut link = ct.link.lock();
-        *link = LinkState::Pinned;
-        self.inner.redirector.redirect(ct.stub, target)
+        let version = ct.link.lock().set(LinkState::Pinned, target);
+        self.point_stub(&ct, version, target)
+    }
+
+    /// Points `ct`'s stub at `target` (its link's `version`) with no lock
+    /// held, then makes sure the latest target wins: a writer whose version
+    /// was overtaken while it wrote writes the newer target again. Every
+    /// write is followed by its writer's check, so the last write to finish
+    /// is of the latest target.
+    fn point_stub(&self, ct: &CallThrough, mut version: u64, mut target: u64) -> Result<()> {
+        loop {
+            let outcome = self.inner.redirector.redirect(ct.stub, target);
+            let mut link = ct.link.lock();
+            link.written = link.written.max(version);
+            let latest = link.version == version;
+            (version, target) = (link.version, link.target);
+            drop(link);
+            ct.written.notify_all();
+            if latest || outcome.is_err() {
+                return outcome;
+            }
+        }
     }
 
     /// How many times a trampoline was entered.
@@ -335,7 +389,13 @@ impl LazyReexports {
                     body_dylib: body_dylib.clone(),
                     body: alias.target.clone(),
                     stub,
-                    link: Mutex::new(LinkState::Unlinked),
+                    link: Mutex::new(Link {
+                        state: LinkState::Unlinked,
+                        target: tramp,
+                        version: 0,
+                        written: 0,
+                    }),
+                    written: Condvar::new(),
                 });
                 t.by_trampoline.insert(tramp, ct.clone());
                 t.by_entry

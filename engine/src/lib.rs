@@ -61,8 +61,8 @@ pub mod unit;
 #[doc(hidden)]
 pub use actor::TableSizes;
 pub use dispatch::{Dispatcher, InPlaceDispatcher, Task, ThreadPerTask, WorkerPool};
-pub use error::{Error, QualifiedName, Result};
-pub use generator::{GenerateRequest, Generator};
+pub use error::{Error, ExternalError, QualifiedName, Result};
+pub use generator::{GenerateRequest, Generator, GeneratorId};
 pub use lazy::{LazyReexports, Redirector, TrampolineEmitter};
 pub use lookup::{
     AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,

@@ -654,13 +654,18 @@ impl Future for Lookup {
                     .unwrap_or_else(|| Err(Error::Usage("lookup polled after completion".into()))),
             ),
             LookupHandleState::Pending(shared, ..) => {
+                // The executor's waker code (clone, drop) runs outside the
+                // slot's lock.
+                let waker = cx.waker().clone();
                 let mut slot = shared.slot.lock();
                 if slot.completed {
                     Poll::Ready(slot.result.take().unwrap_or_else(|| {
                         Err(Error::Usage("lookup polled after completion".into()))
                     }))
                 } else {
-                    slot.waker = Some(cx.waker().clone());
+                    let old = slot.waker.replace(waker);
+                    drop(slot);
+                    drop(old);
                     Poll::Pending
                 }
             }

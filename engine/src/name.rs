@@ -6,9 +6,11 @@ use std::hash::{Hash, Hasher};
 
 use crate::sync::{Arc, ConcurrentMap};
 
-/// An interned symbol name. Two names from the same session are equal exactly
-/// when they point at the same interned string, so comparing and hashing
-/// never touch the characters.
+/// An interned symbol name. Names compare, order and hash by their text, so
+/// equality, ordering and hashing agree — also for names from two sessions.
+/// Within one session equal text is one interned string: equal names are
+/// recognized by one pointer compare, and different ones (almost always) by
+/// their pre-computed hashes, without touching the characters.
 #[derive(Clone)]
 pub struct SymbolName(Arc<NameInner>);
 
@@ -58,6 +60,7 @@ fn hash_str(text: &str) -> u64 {
 impl PartialEq for SymbolName {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.text == other.0.text)
     }
 }
 impl Eq for SymbolName {}
@@ -74,9 +77,13 @@ impl PartialOrd for SymbolName {
     }
 }
 
-/// Orders by text, so error messages list names deterministically.
+/// Orders by text (consistent with `Eq`: `Equal` exactly when the texts
+/// are), so error messages list names deterministically.
 impl Ord for SymbolName {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
         self.as_str().cmp(other.as_str())
     }
 }
@@ -132,5 +139,26 @@ mod tests {
         assert!(Arc::ptr_eq(&a.0, &b.0));
         assert_ne!(a, c);
         assert_eq!(a.as_str(), "main");
+    }
+
+    /// Equality, ordering and hashing agree for names from two pools (two
+    /// sessions): equal text is equal, whichever pool interned it.
+    #[test]
+    fn names_from_two_pools_compare_by_text() {
+        use std::collections::hash_map::DefaultHasher;
+        let hash = |n: &SymbolName| {
+            let mut h = DefaultHasher::new();
+            n.hash(&mut h);
+            h.finish()
+        };
+        let (one, two) = (Interner::default(), Interner::default());
+        let (a, b) = (one.intern("main"), two.intern("main"));
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
+        assert_eq!(a, b, "equal text from two sessions must be equal");
+        assert_eq!(hash(&a), hash(&b));
+        let c = two.intern("mainx");
+        assert_ne!(a, c);
+        assert_eq!(a < c, a.as_str() < c.as_str());
+        assert_eq!(a.cmp(&c) == std::cmp::Ordering::Equal, a == c);
     }
 }

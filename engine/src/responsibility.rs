@@ -88,10 +88,13 @@ pub(crate) fn materialization_stack() -> Vec<RespId> {
 /// materialization context (for blocking-cycle detection) and turns a panic
 /// into a failure that carries the panic message.
 pub(crate) fn run_materialization(cell: UnitCell, responsibility: Responsibility) {
+    cell.take_then(move |unit| materialize(unit, responsibility));
+}
+
+fn materialize(unit: Option<Box<dyn MaterializationUnit>>, responsibility: Responsibility) {
     let core = responsibility.core.clone();
     let id = responsibility.id;
     let unit_name = responsibility.unit_name.clone();
-    let unit = cell.lock().take();
     let Some(unit) = unit else {
         responsibility.fail(Error::Usage(format!(
             "materialization unit '{unit_name}' was already consumed"

@@ -5,11 +5,12 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::actor::{
-    DefineKind, DylibId, DylibShared, LookupMsg, Msg, Reply, SessionCore, UnitCell,
+    DYLIB_HAS_GENERATORS, DYLIB_REMOVED, DefineKind, DylibId, DylibShared, LookupMsg, Msg, Reply,
+    SessionCore, UnitCell,
 };
 use crate::dispatch::{Dispatcher, WorkerPool};
 use crate::error::{Error, Result};
-use crate::generator::Generator;
+use crate::generator::{Generator, GeneratorId};
 use crate::index::Probe;
 use crate::lookup::{
     self, AwaitDefinitions, DylibLookup, FlagsMap, Lookup, LookupKind, LookupRequest, LookupSet,
@@ -208,6 +209,9 @@ impl Session {
     }
 
     fn fast_lookup(&self, order: &SearchOrder, names: &LookupSet) -> Option<SymbolMap> {
+        if !order_is_live(order) {
+            return None;
+        }
         let mut found = SmallVec::with_capacity(names.names.len());
         warm(order, names.names.iter().map(|(n, _)| n));
         for (at, (name, _)) in names.names.iter().enumerate() {
@@ -235,13 +239,14 @@ impl Session {
     ) -> Result<Vec<SymbolDef>> {
         let mut defs = Vec::with_capacity(names.len());
         warm(order, names.iter());
-        for name in names {
+        let live = order_is_live(order);
+        for name in names.iter().take_while(|_| live) {
             match ready_in(order, name) {
                 Some((_, def)) => defs.push(def),
                 None => break,
             }
         }
-        if defs.len() == names.len() {
+        if live && defs.len() == names.len() {
             return Ok(defs);
         }
         let found = self
@@ -323,12 +328,21 @@ impl Session {
 
     /// Removes `dylib`: all its trackers (failing in-flight work), its
     /// generators and its symbols; lookups naming it fail afterwards.
+    /// Returns when the resource managers are done (called from inside a
+    /// [`ResourceTracker::with_resource_key`] closure of one of its
+    /// trackers: when the symbols are gone; the managers run when the
+    /// closure returns).
     pub fn remove_dylib(&self, dylib: &Dylib) -> Result<()> {
         let (reply, wait) = Reply::new();
         self.core.send(Msg::RemoveDylib {
             dylib: dylib.id(),
             reply,
         });
+        // From inside a `with_resource_key` closure of one of its trackers,
+        // the managers run when that closure returns: do not wait for them.
+        if crate::tracker::inside(&self.core, dylib.id(), None) {
+            return Ok(());
+        }
         wait.wait()
     }
 
@@ -541,11 +555,51 @@ impl Dylib {
     }
 
     /// Adds a definition generator, asked after those added before it.
-    pub fn add_generator(&self, generator: impl Generator) -> Result<()> {
+    /// The id names it to [`Dylib::remove_generator`].
+    pub fn add_generator(&self, generator: impl Generator) -> Result<GeneratorId> {
         let (reply, wait) = Reply::new();
         self.core.send(Msg::AddGenerator {
             dylib: self.id(),
             generator: Arc::new(generator),
+            reply,
+        });
+        let index = wait.wait()?;
+        Ok(GeneratorId {
+            dylib: self.id(),
+            index,
+        })
+    }
+
+    /// Removes a generator added to this dylib. Lookups waiting for their
+    /// turn in it fail with [`Error::GeneratorRemoved`]; a call in flight
+    /// finishes (what it defines stays), and later searches pass over it.
+    pub fn remove_generator(&self, generator: GeneratorId) -> Result<()> {
+        if generator.dylib != self.id() {
+            return Err(Error::Usage(format!(
+                "remove_generator: the generator was not added to dylib '{}'",
+                self.name()
+            )));
+        }
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::RemoveGenerator {
+            dylib: self.id(),
+            index: generator.index,
+            reply,
+        });
+        wait.wait()
+    }
+
+    /// Removes `names` from this dylib — all of them, or none: each must be
+    /// defined here and either lazy (its unit has not started; the unit's
+    /// `discard` is told) or Ready (unpublished: later lookups no longer
+    /// find it; its memory stays with its tracker until that is removed).
+    /// Otherwise nothing changes and [`Error::SymbolsNotRemoved`] lists
+    /// every name not defined here and every one still materializing.
+    pub fn remove_symbols(&self, names: &[SymbolName]) -> Result<()> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::RemoveSymbols {
+            dylib: self.id(),
+            names: names.to_vec(),
             reply,
         });
         wait.wait()
@@ -561,6 +615,7 @@ impl Dylib {
         Ok(ResourceTracker {
             core: self.core.clone(),
             shared: wait.wait()?,
+            follows: false,
         })
     }
 
@@ -569,6 +624,7 @@ impl Dylib {
         ResourceTracker {
             core: self.core.clone(),
             shared: self.shared.default_tracker.clone(),
+            follows: false,
         }
     }
 
@@ -605,14 +661,40 @@ fn warm<'a>(order: &SearchOrder, names: impl ExactSizeIterator<Item = &'a Symbol
     }
 }
 
+/// Whether no dylib of `order` was removed. A search order naming a
+/// removed dylib fails with [`Error::DylibRemoved`] — wherever in the order
+/// it is, and whatever else the order defines — so the fast path leaves
+/// such a lookup to the actor, which fails it.
+fn order_is_live(order: &SearchOrder) -> bool {
+    order
+        .entries
+        .iter()
+        .all(|(d, _)| d.shared.status.load(Ordering::Acquire) & DYLIB_REMOVED == 0)
+}
+
 /// Where `order` resolves `name` from the Ready index alone: the index of
 /// the dylib in the order and the definition, if the first dylib defining
 /// (and showing) it has it Ready; `None` sends the lookup to the actor.
+///
+/// It answers only where the actor's search would answer the same on the
+/// same state: it passes over a dylib only where the search does (the name
+/// is absent there, and the dylib has no generator that the search would
+/// ask for it, or the definition is hidden from this lookup), and it
+/// answers only with a Ready, addressable definition. Anything else —
+/// generators, a definition not Ready (lazy, materializing, failed), a
+/// side-effects-only one, a slot being written — goes to the actor.
+/// (Removed dylibs are checked by [`order_is_live`] first.)
 fn ready_in(order: &SearchOrder, name: &SymbolName) -> Option<(u32, SymbolDef)> {
     for (source, (dylib, visibility)) in order.entries.iter().enumerate() {
         let entry = match dylib.shared.index.get(name) {
             Probe::Found(entry) => entry,
-            Probe::Absent => continue,
+            Probe::Absent => {
+                // The search would ask this dylib's generators for it.
+                if dylib.shared.status.load(Ordering::Acquire) & DYLIB_HAS_GENERATORS != 0 {
+                    return None;
+                }
+                continue;
+            }
             Probe::Busy => return None,
         };
         if *visibility == DylibLookup::ExportedOnly && !entry.def.flags.is_exported() {
@@ -645,3 +727,6 @@ fn unit_kind(unit: Box<dyn MaterializationUnit>) -> Option<DefineKind> {
     let unit_name: Arc<str> = unit.name().into();
     Some(DefineKind::Unit(UnitCell::new(unit), unit_name, symbols))
 }
+
+#[cfg(all(test, not(kiln_loom)))]
+mod fast_path_tests;

@@ -652,8 +652,10 @@ fn dso_slot(
     Ok((slot, dso))
 }
 
+/// A link error as the engine's error, kept typed: the lookup that fails
+/// because of it can downcast its root cause to [`LinkError`].
 fn link_error(e: LinkError) -> Error {
-    Error::msg(e)
+    Error::external(e)
 }
 
 /// The pipeline for one unit, with the engine in the middle of it.
@@ -899,13 +901,13 @@ impl Generator for ArchiveGenerator {
                 match archive.take_member_for(n.as_str()) {
                     Ok(Some((member, bytes))) => members.push((member, bytes.to_vec())),
                     Ok(None) => {}
-                    Err(e) => return req.complete(Err(Error::msg(e))),
+                    Err(e) => return req.complete(Err(link_error(e))),
                 }
             }
         }
         for (member, bytes) in members {
             if let Err(e) = self.layer.add_object(req.dylib(), None, &member, &bytes) {
-                return req.complete(Err(Error::msg(e)));
+                return req.complete(Err(link_error(e)));
             }
         }
         req.complete(Ok(()));

@@ -147,6 +147,29 @@ fn missing_symbols_are_listed_with_the_objects_that_use_them() {
 }
 
 #[test]
+fn a_link_error_stays_typed_in_the_lookup_error() {
+    let dir = scratch("typed");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let src = "int nowhere_c(int);\nint g(int x) { return nowhere_c(x); }\n";
+    j.add_c(&app, None, &dir, "typed", src).unwrap();
+    let err = j.function(&app, "g").expect_err("g cannot link");
+    let link = err
+        .downcast_ref::<kiln_linker::LinkError>()
+        .unwrap_or_else(|| panic!("root cause is not a LinkError: {err:?}"));
+    assert!(link.to_string().contains("nowhere_c"), "{link}");
+    // The same error through the standard source() chain.
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    let mut typed = false;
+    while let Some(e) = next {
+        typed |= e.is::<kiln_linker::LinkError>();
+        next = e.source();
+    }
+    assert!(typed, "no LinkError in the source chain of {err:?}");
+    j.session.end();
+}
+
+#[test]
 fn a_failing_object_fails_its_callers_with_the_root_cause() {
     let dir = scratch("fail");
     let j = jit();

@@ -39,19 +39,93 @@ pub(crate) type TrackerId = usize;
 /// Slab index of a responsibility.
 pub(crate) type RespId = usize;
 
-/// A unit waiting to be materialized. Behind a mutex so that `discard` (a
-/// task) and `materialize` (a task) never touch it at once, while the actor
-/// only moves the handle around.
+/// A unit waiting to be materialized, while the actor only moves the handle
+/// around. `discard` (a task) and `materialize` (a task) never touch the
+/// unit at once, and neither runs under the cell's lock: a discard *lends*
+/// the unit out of the cell; a materialization that finds it lent is handed
+/// the unit by the discard when it is done.
 #[derive(Clone)]
-pub(crate) struct UnitCell(Arc<Mutex<Option<Box<dyn MaterializationUnit>>>>);
+pub(crate) struct UnitCell(Arc<Mutex<CellState>>);
+
+type Unit = Box<dyn MaterializationUnit>;
+
+struct CellState {
+    unit: Option<Unit>,
+    /// A discard has the unit out.
+    lent: bool,
+    /// Discards asked while it was lent: run by the discard that has it.
+    discards: Vec<(crate::session::Dylib, SymbolName)>,
+    /// A materialization that found the unit lent.
+    taker: Option<Box<dyn FnOnce(Option<Unit>) + Send>>,
+}
 
 impl UnitCell {
-    pub(crate) fn new(unit: Box<dyn MaterializationUnit>) -> Self {
-        UnitCell(Arc::new(Mutex::new(Some(unit))))
+    pub(crate) fn new(unit: Unit) -> Self {
+        UnitCell(Arc::new(Mutex::new(CellState {
+            unit: Some(unit),
+            lent: false,
+            discards: Vec::new(),
+            taker: None,
+        })))
     }
 
-    pub(crate) fn lock(&self) -> crate::sync::MutexGuard<'_, Option<Box<dyn MaterializationUnit>>> {
-        self.0.lock()
+    /// Tells the unit (if it was not taken for materialization) that it will
+    /// never be asked for `name`, with no lock held while `discard` runs.
+    pub(crate) fn discard(&self, dylib: crate::session::Dylib, name: SymbolName) {
+        let mut unit = {
+            let mut cell = self.0.lock();
+            if cell.lent {
+                cell.discards.push((dylib, name));
+                return;
+            }
+            match cell.unit.take() {
+                Some(unit) => {
+                    cell.lent = true;
+                    unit
+                }
+                None => return,
+            }
+        };
+        let mut next = Some((dylib, name));
+        loop {
+            if let Some((dylib, name)) = next.take() {
+                // A panicking discard must not lose the unit (a waiting
+                // materialization would never run).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    unit.discard(&dylib, &name)
+                }));
+            }
+            let mut cell = self.0.lock();
+            if let Some(more) = cell.discards.pop() {
+                next = Some(more);
+                continue;
+            }
+            cell.lent = false;
+            match cell.taker.take() {
+                Some(taker) => {
+                    drop(cell);
+                    return taker(Some(unit));
+                }
+                None => {
+                    cell.unit = Some(unit);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes the unit out for good and runs `then` with it (`None` if it
+    /// was taken already) — now, or, while a discard has it, when that
+    /// discard is done (on its thread). No lock is held while `then` runs.
+    pub(crate) fn take_then(&self, then: impl FnOnce(Option<Unit>) + Send + 'static) {
+        let mut cell = self.0.lock();
+        if cell.lent {
+            cell.taker = Some(Box::new(then));
+            return;
+        }
+        let unit = cell.unit.take();
+        drop(cell);
+        then(unit)
     }
 }
 
@@ -64,7 +138,19 @@ pub(crate) struct DylibShared {
     /// table: each entry carries the name's symbol id.
     pub(crate) index: ReadIndex,
     pub(crate) default_tracker: Arc<TrackerShared>,
+    /// What the lookup fast path must know besides the index, so that it
+    /// never answers where the actor's search would answer differently:
+    /// [`DYLIB_REMOVED`] and [`DYLIB_HAS_GENERATORS`]. Written only by the
+    /// actor (set before the change it announces takes effect).
+    pub(crate) status: AtomicUsize,
 }
+
+/// [`DylibShared::status`]: the dylib was removed (a search naming it fails
+/// with `DylibRemoved`).
+pub(crate) const DYLIB_REMOVED: usize = 1;
+/// [`DylibShared::status`]: the dylib has generators (a name it lacks is
+/// asked of them before the search moves on).
+pub(crate) const DYLIB_HAS_GENERATORS: usize = 2;
 
 impl fmt::Debug for DylibShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -227,6 +313,17 @@ pub(crate) enum Msg {
     AddGenerator {
         dylib: DylibId,
         generator: Arc<dyn Generator>,
+        /// The generator's position in the dylib's list.
+        reply: Reply<Result<usize>>,
+    },
+    RemoveGenerator {
+        dylib: DylibId,
+        index: usize,
+        reply: Reply<Result<()>>,
+    },
+    RemoveSymbols {
+        dylib: DylibId,
+        names: Vec<SymbolName>,
         reply: Reply<Result<()>>,
     },
     CreateTracker {
@@ -281,18 +378,20 @@ pub(crate) enum Effect {
     Complete(Arc<LookupShared>, Result<SymbolMap>),
     /// Drop user objects (units, generators) off the actor.
     Drop(Box<dyn Send>),
-    /// Run resource managers' removal for these keys, then reply.
+    /// Run resource managers' removal for these trackers' keys (each once
+    /// no `with_resource_key` closure runs under it), then reply.
     RemoveResources {
-        keys: Vec<ResourceKey>,
+        trackers: Vec<Arc<TrackerShared>>,
         managers: Vec<Arc<dyn ResourceManager>>,
         reply: Option<Reply<Result<()>>>,
     },
     /// Answer a request once the effects before this one have run.
     Signal(Reply<()>),
-    /// Run resource managers' transfer, then reply.
+    /// Run resource managers' transfer (once no `with_resource_key`
+    /// closure runs under `src`), then reply.
     TransferResources {
         dst: ResourceKey,
-        src: ResourceKey,
+        src: Arc<TrackerShared>,
         managers: Vec<Arc<dyn ResourceManager>>,
         reply: Reply<Result<()>>,
     },
@@ -467,35 +566,17 @@ impl SessionCore {
             Effect::Complete(shared, result) => shared.complete(self, result),
             Effect::Drop(object) => drop(object),
             Effect::RemoveResources {
-                keys,
+                trackers,
                 managers,
                 reply,
-            } => {
-                let mut first_error = None;
-                for key in keys {
-                    // Reverse registration order, like ORC.
-                    for manager in managers.iter().rev() {
-                        if let Err(e) = manager.remove_resources(key) {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                if let Some(reply) = reply {
-                    reply.send(first_error.map_or(Ok(()), Err));
-                }
-            }
+            } => crate::tracker::remove_resources(trackers, managers, reply),
             Effect::Signal(reply) => reply.send(()),
             Effect::TransferResources {
                 dst,
                 src,
                 managers,
                 reply,
-            } => {
-                for manager in &managers {
-                    manager.transfer_resources(dst, src);
-                }
-                reply.send(Ok(()));
-            }
+            } => crate::tracker::transfer_resources(&src, dst, managers, reply),
         }
     }
 }

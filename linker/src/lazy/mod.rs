@@ -169,24 +169,10 @@ impl From<LazyStubError> for kiln_engine::Error {
             // Keep the engine's own error (and its root cause) intact.
             LazyStubError::Tracker(inner) => inner,
             LazyStubError::SessionEnded => kiln_engine::Error::SessionEnded,
-            other => kiln_engine::Error::msg(error_chain(&other)),
+            // Typed: the caller can downcast the root cause.
+            other => kiln_engine::Error::external(other),
         }
     }
-}
-
-/// `e` with its sources, `: `-separated (the engine's errors are strings).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// JIT memory held by one manager's trampolines and stubs.

@@ -16,14 +16,14 @@ impl State {
     /// in the required state, waits on the others, and starts the units of
     /// lazy ones.
     pub(super) fn bind(&mut self, core: &Arc<SessionCore>, id: u64, fx: &mut Effects) {
+        let lk = self.lookups.get(&id).expect("lookup exists");
+        if let Some(err) = self.lookup_failure(lk) {
+            return self.fail_lookup(id, err, fx);
+        }
         let lk = self.lookups.get_mut(&id).expect("lookup exists");
         for (i, f) in lk.found.iter().enumerate() {
             let Some(sid) = f.sym else { continue };
             let s = &self.syms[sid as usize];
-            if s.state == SymbolState::Failed {
-                let err = s.failure.as_deref().cloned().unwrap_or(Error::Cancelled);
-                return self.fail_lookup(id, err, fx);
-            }
             if s.flags.is_side_effects_only() && lk.names[i].1 == SymbolLookup::Required {
                 let name = s.name.clone();
                 return self.fail_lookup(id, Error::SideEffectsOnlyRequired(name), fx);

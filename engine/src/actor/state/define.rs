@@ -286,10 +286,11 @@ impl DefinedSymbols {
 }
 
 /// A task telling `cell`'s unit that it will never be asked for `name`.
-fn discard_task(what: &'static str, cell: UnitCell, dylib: Dylib, name: SymbolName) -> Effect {
-    Effect::Dispatch(Task::new(what, move || {
-        if let Some(unit) = cell.lock().as_mut() {
-            unit.discard(&dylib, &name);
-        }
-    }))
+pub(super) fn discard_task(
+    what: &'static str,
+    cell: UnitCell,
+    dylib: Dylib,
+    name: SymbolName,
+) -> Effect {
+    Effect::Dispatch(Task::new(what, move || cell.discard(dylib, name)))
 }

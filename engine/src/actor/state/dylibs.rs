@@ -3,11 +3,11 @@
 //! it). A removed dylib's record stays (ids are not reused), small.
 
 use super::{DylibState, FixedSet, State};
-use crate::actor::{DylibId, DylibShared, Effect, Effects};
+use crate::actor::{DYLIB_REMOVED, DylibId, DylibShared, Effect, Effects};
 use crate::error::{Error, Result};
 use crate::lookup::DylibLookup;
-use crate::sync::Arc;
-use crate::tracker::ResourceKey;
+use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::tracker::TrackerShared;
 
 impl State {
     pub(crate) fn create_dylib(&mut self, name: Arc<str>) -> Result<Arc<DylibShared>> {
@@ -25,6 +25,7 @@ impl State {
             name,
             index: Default::default(),
             default_tracker: self.tracker(tracker).shared.clone(),
+            status: AtomicUsize::new(0),
         });
         self.dylibs.push(DylibState {
             shared: shared.clone(),
@@ -37,12 +38,19 @@ impl State {
         Ok(shared)
     }
 
-    pub(super) fn remove_dylib(&mut self, dylib: DylibId, fx: &mut Effects) -> Vec<ResourceKey> {
+    pub(super) fn remove_dylib(
+        &mut self,
+        dylib: DylibId,
+        fx: &mut Effects,
+    ) -> Vec<Arc<TrackerShared>> {
         let d = &mut self.dylibs[dylib as usize];
         if d.removed {
             return Vec::new();
         }
         d.removed = true;
+        // Before the index empties: the fast path must not answer from a
+        // later dylib once this one's names are gone.
+        d.shared.status.fetch_or(DYLIB_REMOVED, Ordering::Release);
         let trackers = std::mem::take(&mut d.trackers);
         let generators = std::mem::take(&mut d.generators);
         let awaiting: Vec<u64> = d.awaiting.drain().collect();
@@ -50,9 +58,9 @@ impl State {
         // Unpublish everything at once, before any tracker's memory goes;
         // the trackers then find nothing left to unpublish one by one.
         d.shared.index.clear();
-        let mut keys = Vec::new();
+        let mut removed = Vec::new();
         for t in trackers {
-            keys.extend(self.remove_tracker(t, fx));
+            removed.extend(self.remove_tracker(t, fx));
         }
         for gen_entry in generators {
             fx.push(Effect::Drop(Box::new(gen_entry.generator)));
@@ -71,7 +79,7 @@ impl State {
             self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
         }
         self.release_dylib(dylib);
-        keys
+        removed
     }
 
     /// Lets go of what a removed dylib held: its Ready index (the largest
@@ -85,6 +93,7 @@ impl State {
             name: old.name.clone(),
             index: Default::default(),
             default_tracker: old.default_tracker.clone(),
+            status: AtomicUsize::new(old.status.load(Ordering::Acquire)),
         });
         d.link_order = Vec::new();
         d.generators = Vec::new();

@@ -152,6 +152,7 @@ impl State {
             }
         }
         let mut first_error = None;
+        self.begin_failures();
         for &(gi, bad) in &failed_groups {
             let via = self.qname(bad);
             let root = self.root_cause_of(bad);
@@ -165,6 +166,7 @@ impl State {
             self.graph.fail(&ids, &mut dependants);
             self.fail_dependants(&ids, dependants, fx);
         }
+        self.end_failures(fx);
         // Dependencies declared on lazy symbols are materialized: the
         // emitter was linked against them, so they will be needed.
         let mut lazy_deps = Vec::new();

@@ -2,7 +2,7 @@
 //! propagating to dependants through the graph, and failing a whole
 //! responsibility.
 
-use super::State;
+use super::{PendingLookup, State};
 use crate::actor::{Effects, RespId, SymId};
 use crate::error::{Error, QualifiedName};
 use crate::symbol::SymbolState;
@@ -46,10 +46,69 @@ impl State {
             d.shared.index.update(&s.name, |e| e.ready = false);
         }
         let waiters = std::mem::take(&mut self.syms[sid as usize].waiters);
-        for (id, _) in waiters {
-            self.fail_lookup(id, (*err).clone(), fx);
-        }
+        self.failing
+            .lookups
+            .extend(waiters.iter().map(|&(id, _)| id));
+        // Outside a batch, this failure is a batch of its own.
+        self.begin_failures();
+        self.end_failures(fx);
         err
+    }
+
+    /// Starts a batch of failures: lookups waiting on the symbols failed in
+    /// it fail when the outermost batch ends.
+    pub(super) fn begin_failures(&mut self) {
+        self.failing.depth += 1;
+    }
+
+    /// Ends a batch of failures; the outermost fails the lookups that
+    /// waited on its symbols, each naming all of its symbols that failed.
+    pub(super) fn end_failures(&mut self, fx: &mut Effects) {
+        self.failing.depth -= 1;
+        if self.failing.depth > 0 {
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.failing.lookups);
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            if let Some(err) = self.lookups.get(&id).and_then(|lk| self.lookup_failure(lk)) {
+                self.fail_lookup(id, err, fx);
+            }
+        }
+    }
+
+    /// The error of a lookup some of whose symbols failed: every failed
+    /// symbol it asked for (with its dylib), and the first one's cause.
+    /// `None` if none failed.
+    pub(super) fn lookup_failure(&self, lk: &PendingLookup) -> Option<Error> {
+        let mut symbols = Vec::new();
+        let mut first: Option<&Error> = None;
+        for f in &lk.found {
+            let Some(sid) = f.sym else { continue };
+            let s = &self.syms[sid as usize];
+            if s.state != SymbolState::Failed {
+                continue;
+            }
+            let qname = self.qname(sid);
+            if !symbols.contains(&qname) {
+                symbols.push(qname);
+            }
+            first = first.or(s.failure.as_deref());
+        }
+        let first = first?;
+        Some(match first {
+            Error::Failed { via, cause, .. } => Error::Failed {
+                symbols,
+                via: via.clone(),
+                cause: cause.clone(),
+            },
+            other => Error::Failed {
+                symbols,
+                via: None,
+                cause: Arc::new(other.clone()),
+            },
+        })
     }
 
     /// Fails `roots` with their causes, then everything that transitively
@@ -58,6 +117,7 @@ impl State {
         if roots.is_empty() {
             return;
         }
+        self.begin_failures();
         let ids: Vec<SymId> = roots.iter().map(|&(s, _)| s).collect();
         for (sid, cause) in roots {
             let cause = match &*cause {
@@ -69,6 +129,7 @@ impl State {
         let mut dependants = Vec::new();
         self.graph.fail(&ids, &mut dependants);
         self.fail_dependants(&ids, dependants, fx);
+        self.end_failures(fx);
     }
 
     pub(super) fn fail_dependants(
@@ -77,6 +138,7 @@ impl State {
         dependants: Vec<(SymId, SymId)>,
         fx: &mut Effects,
     ) {
+        self.begin_failures();
         for (sid, root) in dependants {
             if roots.contains(&sid) && sid == root {
                 continue;
@@ -85,6 +147,7 @@ impl State {
             let cause = self.root_cause_of(root);
             self.fail_one(sid, Some(via), cause, fx);
         }
+        self.end_failures(fx);
     }
 
     pub(super) fn fail_resp(&mut self, resp: RespId, cause: Error, fx: &mut Effects) {

@@ -49,6 +49,10 @@ pub(super) fn ask_generators(
     while lk.next_gen < d.generators.len() {
         let g = lk.next_gen;
         let entry = &mut d.generators[g];
+        if entry.removed {
+            lk.next_gen += 1;
+            continue;
+        }
         // Pushed one by one: collecting a filtered iterator into a
         // small vector costs more than the usual single name.
         let mut ask = AskedNames::new();

@@ -11,6 +11,7 @@
 //! - `define`: adding definitions, weak overrides, waking what awaits them;
 //! - `search`: a lookup's walk of its search order;
 //! - `generators`: the end of a generator call and its queue;
+//! - `removal`: removing named symbols and generators from a dylib;
 //! - `bind`: lookups waiting on symbols, completing and failing;
 //! - `units`: starting materialization, a responsibility's requests;
 //! - `emission`: emitting dependence groups, readiness, publishing;
@@ -28,6 +29,7 @@ mod emission;
 mod failure;
 mod generators;
 mod reclaim;
+mod removal;
 mod search;
 mod trackers;
 mod units;
@@ -50,10 +52,18 @@ use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
-use crate::sync::{Arc, FixedMap, FixedState};
+use crate::sync::{Arc, FixedMap, FixedState, Ordering};
 use crate::tracker::{ResourceManager, TrackerShared};
 
 type FixedSet<T> = std::collections::HashSet<T, FixedState>;
+
+/// Lookups to fail once the failures being applied are all applied.
+#[derive(Default)]
+struct FailingLookups {
+    /// Nesting of failure batches in progress.
+    depth: u32,
+    lookups: Vec<u64>,
+}
 
 /// All mutable session state.
 pub(crate) struct State {
@@ -82,6 +92,10 @@ pub(crate) struct State {
     next_key: u64,
     ended: bool,
     scratch: EmitScratch,
+    /// Lookups waiting on symbols failed in the current batch of failures:
+    /// failed together once the batch is done, so each error names every
+    /// symbol of the lookup that failed.
+    failing: FailingLookups,
 }
 
 /// Buffers `emit` reuses from call to call.
@@ -117,6 +131,9 @@ struct DylibState {
 struct GenEntry {
     generator: Arc<dyn Generator>,
     concurrent: bool,
+    /// Removed: passed over by every search (entries keep their positions,
+    /// which name them).
+    removed: bool,
     in_flight: usize,
     /// Lookups waiting for the generator: for a serialized one, its turn;
     /// for a concurrent one, the end of a call asking one of its names
@@ -239,6 +256,7 @@ impl State {
             next_key: 1,
             ended: false,
             scratch: EmitScratch::default(),
+            failing: FailingLookups::default(),
         }
     }
 
@@ -335,15 +353,21 @@ impl State {
                 reply,
             } => reply.send(match self.live_dylib(dylib) {
                 Ok(d) => {
+                    // Before the generator can be asked: from now on the
+                    // fast path does not pass over a name this dylib lacks.
+                    d.shared
+                        .status
+                        .fetch_or(crate::actor::DYLIB_HAS_GENERATORS, Ordering::Release);
                     d.generators.push(GenEntry {
                         concurrent: generator.is_concurrent(),
+                        removed: false,
                         generator,
                         in_flight: 0,
                         queue: VecDeque::new(),
                         asking: FixedSet::default(),
                         misses: FixedSet::default(),
                     });
-                    Ok(())
+                    Ok(d.generators.len() - 1)
                 }
                 Err(e) => Err(e),
             }),
@@ -352,23 +376,33 @@ impl State {
                 Err(e) => Err(e),
             }),
             Msg::RemoveTracker { tracker, reply } => {
-                let key = self.remove_tracker(tracker, fx);
+                let removed = self.remove_tracker(tracker, fx);
                 fx.push(Effect::RemoveResources {
-                    keys: key.into_iter().collect(),
+                    trackers: removed.into_iter().collect(),
                     managers: self.managers.clone(),
                     reply,
                 });
             }
             Msg::TransferTracker { src, dst, reply } => self.transfer(src, dst, reply, fx),
             Msg::RemoveDylib { dylib, reply } => {
-                let keys = self.remove_dylib(dylib, fx);
+                let trackers = self.remove_dylib(dylib, fx);
                 fx.push(Effect::RemoveResources {
-                    keys,
+                    trackers,
                     managers: self.managers.clone(),
                     reply: Some(reply),
                 });
             }
             Msg::RegisterManager { manager } => self.managers.push(manager),
+            Msg::RemoveGenerator {
+                dylib,
+                index,
+                reply,
+            } => reply.send(self.remove_generator(dylib, index, fx)),
+            Msg::RemoveSymbols {
+                dylib,
+                names,
+                reply,
+            } => reply.send(self.remove_symbols(core, dylib, &names, fx)),
             Msg::BlockedWait { lookup, resps } => self.blocked_wait(lookup, &resps, fx),
             Msg::Cancel {
                 lookup,
@@ -388,10 +422,10 @@ impl State {
             Msg::QueryState { dylib, name, reply } => reply.send(self.symbol_state(dylib, &name)),
             Msg::TableSizes { reply } => reply.send(self.table_sizes()),
             Msg::End { reply } => {
-                let mut keys = Vec::new();
+                let mut trackers = Vec::new();
                 for id in 0..self.dylibs.len() as DylibId {
                     if !self.dylibs[id as usize].removed {
-                        keys.extend(self.remove_dylib(id, fx));
+                        trackers.extend(self.remove_dylib(id, fx));
                     }
                 }
                 let ids: Vec<u64> = self.lookups.keys().copied().collect();
@@ -400,7 +434,7 @@ impl State {
                 }
                 self.ended = true;
                 fx.push(Effect::RemoveResources {
-                    keys,
+                    trackers,
                     managers: std::mem::take(&mut self.managers),
                     reply: None,
                 });
@@ -427,9 +461,8 @@ impl State {
             Msg::Delegate { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::DefineMaterializing { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::Owed { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::SetLinkOrder { reply, .. } | Msg::AddGenerator { reply, .. } => {
-                reply.send(Err(Error::SessionEnded))
-            }
+            Msg::SetLinkOrder { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::AddGenerator { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::GetLinkOrder { reply, .. } => reply.send(Vec::new()),
             Msg::CreateTracker { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::RemoveTracker { reply, .. } => {
@@ -437,9 +470,10 @@ impl State {
                     reply.send(Ok(()))
                 }
             }
-            Msg::TransferTracker { reply, .. } | Msg::RemoveDylib { reply, .. } => {
-                reply.send(Err(Error::SessionEnded))
-            }
+            Msg::TransferTracker { reply, .. }
+            | Msg::RemoveDylib { reply, .. }
+            | Msg::RemoveGenerator { reply, .. }
+            | Msg::RemoveSymbols { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::QueryState { reply, .. } => reply.send(None),
             Msg::TableSizes { reply } => reply.send(self.table_sizes()),
             Msg::End { reply } => reply.send(()),

@@ -1,7 +1,8 @@
 //! Giving back the records of removed code, so a host that adds and removes
 //! code for days stays flat.
 //!
-//! A removed tracker's symbols are unpublished at once, but their ids may
+//! A removed tracker's symbols (and symbols removed by name) are
+//! unpublished at once, but their ids may
 //! still be held: by a pending lookup (found in its search, or waited on),
 //! by a responsibility of the removed tracker that has not finished yet
 //! (its `owed` list), or by the dependency graph (a node some waiting node
@@ -65,9 +66,10 @@ impl State {
         }
     }
 
-    /// `syms` belonged to a tracker just removed (unpublished, Ready or
-    /// Failed): gives back each one nothing refers to any more, and looks
-    /// again at those that waited.
+    /// `syms` were just removed (with their tracker, or by name): they are
+    /// unpublished and listed nowhere. Gives back each one nothing refers
+    /// to any more (no lookup, no unfinished responsibility, no graph node,
+    /// not in flight), and looks again at those that waited.
     pub(super) fn retire_syms(&mut self, syms: Vec<SymId>) {
         self.retiring.extend(syms);
         if self.retiring.is_empty() {
@@ -79,7 +81,10 @@ impl State {
             let s = &self.syms[sid as usize];
             let busy = held.contains(&sid)
                 || self.graph.stores(sid)
-                || !matches!(s.state, SymbolState::Ready | SymbolState::Failed);
+                || matches!(
+                    s.state,
+                    SymbolState::Materializing | SymbolState::Resolved | SymbolState::Emitted
+                );
             if !busy {
                 self.free_sym(sid);
             }

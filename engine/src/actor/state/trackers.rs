@@ -8,7 +8,7 @@ use super::{RespEntry, State, TrackerEntry, UNLISTED, UnitEntry};
 use crate::actor::{DylibId, Effect, Effects, Reply, RespId, SymId, TrackerId};
 use crate::error::{Error, Result};
 use crate::symbol::SymbolState;
-use crate::sync::{Arc, Mutex};
+use crate::sync::Arc;
 use crate::tracker::{ResourceKey, TrackerShared};
 
 /// An entry listed in a [`TrackerEntry`] list (`units` or `resps`) that
@@ -57,13 +57,7 @@ impl State {
         self.trackers.insert(
             id,
             TrackerEntry {
-                shared: Arc::new(TrackerShared {
-                    id,
-                    dylib,
-                    dylib_name,
-                    key,
-                    defunct: Mutex::new(false),
-                }),
+                shared: TrackerShared::new(id, dylib, dylib_name, key),
                 dylib,
                 syms: Vec::new(),
                 units: Vec::new(),
@@ -136,16 +130,16 @@ impl State {
         resp
     }
 
-    /// Removes a tracker's symbols, units and in-flight work; returns its
-    /// key for the resource managers (None if it was already removed).
+    /// Removes a tracker's symbols, units and in-flight work; returns it
+    /// for the resource managers (None if it was already removed).
     pub(super) fn remove_tracker(
         &mut self,
         tracker: TrackerId,
         fx: &mut Effects,
-    ) -> Option<ResourceKey> {
+    ) -> Option<Arc<TrackerShared>> {
         let t = self.trackers.remove(&tracker)?;
-        *t.shared.defunct.lock() = true;
-        let key = t.shared.key;
+        t.shared.mark_defunct();
+        let shared = t.shared.clone();
         let dylib = t.dylib;
         let mut syms = t.syms;
         // In id order, the symbol records are visited front to back.
@@ -189,7 +183,7 @@ impl State {
             }
         }
         self.retire_syms(syms);
-        Some(key)
+        Some(shared)
     }
 
     pub(super) fn transfer(
@@ -209,9 +203,9 @@ impl State {
                     .map_or_else(|| "?".into(), |t| t.shared.dylib_name.clone()),
             }));
         };
-        let (src_key, dst_key) = (s.shared.key, d.shared.key);
+        let (src_shared, dst_key) = (s.shared.clone(), d.shared.key);
         let s = self.trackers.remove(&src).unwrap_or_else(|| unreachable!("found above"));
-        *s.shared.defunct.lock() = true;
+        s.shared.mark_defunct();
         let dylib = s.dylib;
         self.dylibs[dylib as usize]
             .trackers
@@ -238,7 +232,7 @@ impl State {
         d.resps.extend(resps);
         fx.push(Effect::TransferResources {
             dst: dst_key,
-            src: src_key,
+            src: src_shared,
             managers: self.managers.clone(),
             reply,
         });

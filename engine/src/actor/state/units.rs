@@ -51,6 +51,7 @@ impl State {
             tracker: ResourceTracker {
                 core: core.clone(),
                 shared: self.tracker(unit.tracker).shared.clone(),
+                follows: true,
             },
             unit_name,
             finished: false,
