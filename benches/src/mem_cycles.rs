@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_engine::{
-    DylibLookup, GenerateRequest, Generator, LazyReexports, SymbolDef, SymbolFlags, SymbolName, LookupSet, RequiredState, SearchOrder, Session, WorkerPool,
+    DylibLookup, LazyReexports, LookupSet, RequiredState, SearchOrder, Session, WorkerPool,
 };
 use kiln_linker::HostSymbols;
-use kiln_linker::layer::ObjectLayer;
+use kiln_linker::layer::{HostGenerator, ObjectLayer};
 
 /// What can stop the benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub enum MemError {
         during: &'static str,
         /// The linker's error.
         #[source]
-        source: kiln_linker::LinkError,
+        source: Box<kiln_linker::LinkError>,
     },
     /// The linked code answered wrongly.
     #[error("cycle {cycle}: the driver returned {got}, expected {want}")]
@@ -185,7 +185,11 @@ pub fn rss_kb() -> u64 {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|f| f.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * page / 1024)
 }
 
@@ -262,36 +266,6 @@ fn growth(from: f64, to: f64) -> f64 {
     100.0 * (to - from) / from
 }
 
-/// Host symbols on demand, defined if absent: two concurrent requests for
-/// one name must not fail a link with a duplicate definition (issue 8
-/// §1.8), which is not what this benchmark measures; what a racing request
-/// defined first is as good.
-struct IfAbsent(HostSymbols);
-
-impl Generator for IfAbsent {
-    fn generate(&self, req: GenerateRequest) {
-        let defs: Vec<(SymbolName, SymbolDef)> = req
-            .names()
-            .iter()
-            .filter_map(|n| {
-                let address = self.0.lookup(n.as_str())?;
-                Some((n.clone(), SymbolDef::new(address, SymbolFlags::EXPORTED)))
-            })
-            .collect();
-        let result = match req.dylib().define_absolute(defs.clone()) {
-            Err(kiln_engine::Error::DuplicateDefinitions { names, .. }) => req
-                .dylib()
-                .define_absolute(defs.into_iter().filter(|(n, _)| !names.contains(n))),
-            other => other,
-        };
-        req.complete(result);
-    }
-
-    fn is_concurrent(&self) -> bool {
-        true
-    }
-}
-
 /// The host a cycle runs in: everything that lives as long as the program.
 struct Host {
     session: Session,
@@ -304,30 +278,31 @@ struct Host {
 
 impl Host {
     fn new() -> Result<Host, MemError> {
-        let engine = |during| move |source| MemError::Engine {
-            cycle: 0,
-            during,
-            source,
+        let engine = |during| {
+            move |source| MemError::Engine {
+                cycle: 0,
+                during,
+                source,
+            }
         };
         let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
         let layer = ObjectLayer::new(&session);
         let host = session
             .create_dylib("<host>")
             .map_err(engine("create the host dylib"))?;
-        host.add_generator(IfAbsent(HostSymbols::new()))
+        host.add_generator(HostGenerator::new(HostSymbols::new()))
             .map_err(engine("add the host generator"))?;
         let app = session
             .create_dylib("app")
             .map_err(engine("create the app dylib"))?;
         app.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
             .map_err(engine("set the link order"))?;
-        let lazy = kiln_linker::lazy::lazy_reexports_manager(&session).map_err(|e| {
-            MemError::Engine {
+        let lazy =
+            kiln_linker::lazy::lazy_reexports_manager(&session).map_err(|e| MemError::Engine {
                 cycle: 0,
                 during: "create the lazy reexports manager",
                 source: kiln_engine::Error::msg(e),
-            }
-        })?;
+            })?;
         let init = layer.clone();
         lazy.set_after_link_hook(move || init.run_initializers());
         Ok(Host {
@@ -353,15 +328,19 @@ fn cycle(
     objects: &[(String, Vec<u8>)],
     run: bool,
 ) -> Result<(), MemError> {
-    let engine = |during| move |source| MemError::Engine {
-        cycle: i,
-        during,
-        source,
+    let engine = |during| {
+        move |source| MemError::Engine {
+            cycle: i,
+            during,
+            source,
+        }
     };
-    let link = |during| move |source| MemError::Link {
-        cycle: i,
-        during,
-        source,
+    let link = |during| {
+        move |source: kiln_linker::LinkError| MemError::Link {
+            cycle: i,
+            during,
+            source: Box::new(source),
+        }
     };
     let host_order = [(h.host.clone(), DylibLookup::ExportedOnly)];
     // What the cycle removes at its end, and where the driver is looked up.
@@ -438,11 +417,9 @@ fn cycle(
     }
     match remove {
         Removal::Tracker(t) => t.remove().map_err(engine("remove the tracker")),
-        Removal::Dylibs(ds) => ds.iter().try_for_each(|d| {
-            h.session
-                .remove_dylib(d)
-                .map_err(engine("remove a dylib"))
-        }),
+        Removal::Dylibs(ds) => ds
+            .iter()
+            .try_for_each(|d| h.session.remove_dylib(d).map_err(engine("remove a dylib"))),
     }
 }
 
@@ -465,7 +442,7 @@ pub fn run_mode(
         cycle(&h, mode, i, objects, !config.no_run)?;
         let done = i + 1;
         if done == config.warmup
-            || (done > config.warmup && (done - config.warmup) % every == 0)
+            || (done > config.warmup && (done - config.warmup).is_multiple_of(every))
             || done == config.cycles
         {
             let s = Sample::take(done);
@@ -522,8 +499,9 @@ pub fn build_objects(config: &Config) -> Result<Vec<(String, Vec<u8>)>, MemError
         handles
             .into_iter()
             .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![Err(MemError::Build("compile thread panicked".into()))])
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(MemError::Build("compile thread panicked".into()))]
+                })
             })
             .collect()
     });
@@ -536,7 +514,14 @@ fn compile(c: &Path, include: &Path, work: &Path) -> Result<(String, Vec<u8>), M
     let stem = c.file_stem().unwrap_or_default().to_string_lossy();
     let out = work.join(format!("{stem}.o"));
     let o = Command::new("gcc")
-        .args(["-O2", "-fPIC", "-DLUA_USE_LINUX", "-DLUA_COMPAT_5_3", "-w", "-c"])
+        .args([
+            "-O2",
+            "-fPIC",
+            "-DLUA_USE_LINUX",
+            "-DLUA_COMPAT_5_3",
+            "-w",
+            "-c",
+        ])
         .arg(c)
         .arg("-I")
         .arg(include)
@@ -551,7 +536,8 @@ fn compile(c: &Path, include: &Path, work: &Path) -> Result<(String, Vec<u8>), M
             String::from_utf8_lossy(&o.stderr)
         )));
     }
-    let bytes = std::fs::read(&out).map_err(|e| MemError::Build(format!("{}: {e}", out.display())))?;
+    let bytes =
+        std::fs::read(&out).map_err(|e| MemError::Build(format!("{}: {e}", out.display())))?;
     Ok((format!("{stem}.o"), bytes))
 }
 

@@ -58,10 +58,7 @@ fn removing_trackers_gives_their_symbol_records_back() {
     assert_eq!(last.graph_ids, first.graph_ids, "graph ids grew: {last:?}");
     assert_eq!(last.retiring_symbols, 0, "{last:?}");
     assert_eq!(last.graph_nodes, 0, "{last:?}");
-    assert!(
-        app.lookup_ready(&["f"]).is_err(),
-        "removed code is gone"
-    );
+    assert!(app.lookup_ready(&["f"]).is_err(), "removed code is gone");
     s.end();
 }
 

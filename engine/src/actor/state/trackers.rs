@@ -121,10 +121,10 @@ impl State {
         let resp = self.resps.remove(rid);
         if resp.at != UNLISTED {
             let list = &mut self
-            .trackers
-            .get_mut(&resp.tracker)
-            .unwrap_or_else(|| unreachable!("a listed responsibility's tracker is live"))
-            .resps;
+                .trackers
+                .get_mut(&resp.tracker)
+                .unwrap_or_else(|| unreachable!("a listed responsibility's tracker is live"))
+                .resps;
             unlist(&mut self.resps, list, rid, resp.at);
         }
         resp
@@ -204,7 +204,10 @@ impl State {
             }));
         };
         let (src_shared, dst_key) = (s.shared.clone(), d.shared.key);
-        let s = self.trackers.remove(&src).unwrap_or_else(|| unreachable!("found above"));
+        let s = self
+            .trackers
+            .remove(&src)
+            .unwrap_or_else(|| unreachable!("found above"));
         s.shared.mark_defunct();
         let dylib = s.dylib;
         self.dylibs[dylib as usize]
