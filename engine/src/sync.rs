@@ -16,6 +16,7 @@ pub(crate) use std::sync::Arc;
 /// locked map under loom).
 #[cfg(not(kiln_loom))]
 pub(crate) use std::sync::OnceLock;
+pub(crate) use std::sync::Weak;
 
 #[cfg(not(kiln_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

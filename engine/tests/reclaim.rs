@@ -79,6 +79,35 @@ fn removing_dylibs_gives_their_symbol_records_back() {
     assert_eq!(last.symbols, first.symbols, "symbol records grew: {last:?}");
     assert_eq!(last.trackers, first.trackers, "trackers grew: {last:?}");
     assert_eq!(last.graph_ids, first.graph_ids, "graph ids grew: {last:?}");
+    assert_eq!(last.dylibs, first.dylibs, "dylib records grew: {last:?}");
+    s.end();
+}
+
+#[test]
+fn a_removed_dylib_a_handle_still_names_keeps_its_slot() {
+    let s = inplace();
+    let old = s.create_dylib("old").unwrap();
+    s.remove_dylib(&old).unwrap();
+    // Many dylibs come and go while `old`'s handle lives: none takes its
+    // slot, so the handle still reaches a removed dylib, by its name.
+    for round in 0..10 {
+        let d = s.create_dylib(&format!("new{round}")).unwrap();
+        d.define_absolute([(s.intern("x"), def(0x10))]).unwrap();
+        s.remove_dylib(&d).unwrap();
+    }
+    let err = old
+        .define_absolute([(s.intern("y"), def(0x20))])
+        .expect_err("old was removed");
+    assert!(
+        matches!(&err, Error::DylibRemoved(name) if &**name == "old"),
+        "{err}"
+    );
+    let sizes = s.table_sizes();
+    assert!(
+        sizes.dylibs <= 4,
+        "slots of unnamed dylibs are reused: {sizes:?}"
+    );
+    drop(old);
     s.end();
 }
 

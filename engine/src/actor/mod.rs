@@ -482,6 +482,7 @@ impl SessionCore {
             return;
         };
         drop(inbox);
+        state.advance_epoch(true);
         let mut effects = Effects::new();
         if state.has_ended() {
             // Refused the one way the handler refuses everything.
@@ -554,6 +555,7 @@ impl SessionCore {
                 }
                 std::mem::swap(&mut inbox.queue, &mut batch);
             }
+            state.advance_epoch(false);
             for msg in batch.drain(..) {
                 state.handle(self, msg, effects);
             }

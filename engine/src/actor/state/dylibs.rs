@@ -1,12 +1,13 @@
 //! Dylibs: creating one, and removing one with all it holds (its trackers,
 //! generators, its Ready index, and the lookups that wait on it or search
-//! it). A removed dylib's record stays (ids are not reused), small.
+//! it). A removed dylib's record stays, small, until its slot is reused
+//! (see `reclaim`).
 
 use super::{DylibState, FixedSet, State};
 use crate::actor::{DYLIB_REMOVED, DylibId, DylibShared, Effect, Effects};
 use crate::error::{Error, Result};
 use crate::lookup::DylibLookup;
-use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicUsize, Ordering, Weak};
 use crate::tracker::TrackerShared;
 
 impl State {
@@ -18,7 +19,9 @@ impl State {
         {
             return Err(Error::DylibExists(name));
         }
-        let id = self.dylibs.len() as DylibId;
+        let id = self
+            .reusable_dylib_slot()
+            .unwrap_or_else(|| self.dylibs.len() as DylibId);
         let tracker = self.tracker_entry(id, name.clone());
         let shared = Arc::new(DylibShared {
             id,
@@ -27,14 +30,19 @@ impl State {
             default_tracker: self.tracker(tracker).shared.clone(),
             status: AtomicUsize::new(0),
         });
-        self.dylibs.push(DylibState {
+        let state = DylibState {
             shared: shared.clone(),
+            original: Weak::new(),
             link_order: vec![(id, DylibLookup::All)],
             generators: Vec::new(),
             trackers: vec![tracker],
             awaiting: FixedSet::default(),
             removed: false,
-        });
+        };
+        match self.dylibs.get_mut(id as usize) {
+            Some(slot) => *slot = state,
+            None => self.dylibs.push(state),
+        }
         Ok(shared)
     }
 
@@ -86,7 +94,9 @@ impl State {
     /// part: readers holding a handle keep theirs until they drop it; the
     /// record keeps an empty one with the same id and name) and its lists.
     fn release_dylib(&mut self, dylib: DylibId) {
+        self.removed_dylibs.push(dylib);
         let d = &mut self.dylibs[dylib as usize];
+        d.original = Arc::downgrade(&d.shared);
         let old = &d.shared;
         d.shared = Arc::new(DylibShared {
             id: old.id,

@@ -52,7 +52,7 @@ use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
-use crate::sync::{Arc, FixedMap, FixedState, Ordering};
+use crate::sync::{Arc, FixedMap, FixedState, Ordering, Weak};
 use crate::tracker::{ResourceManager, TrackerShared};
 
 type FixedSet<T> = std::collections::HashSet<T, FixedState>;
@@ -76,6 +76,16 @@ pub(crate) struct State {
     retiring: Vec<SymId>,
     /// The name a free symbol record holds (none of the session's).
     no_name: SymbolName,
+    /// Removed dylibs whose slot may be reused once nothing names them
+    /// (see `reclaim`), and those that wait out the mailbox, with the
+    /// epoch they started waiting in.
+    removed_dylibs: Vec<DylibId>,
+    quarantined_dylibs: Vec<(DylibId, u64)>,
+    /// Advanced by the mailbox: by 1 when a driver takes a batch of
+    /// messages, by 2 when a request is applied directly (nothing queued,
+    /// nobody driving). Every message queued before a point in epoch `e`
+    /// has been handled once the epoch is `e + 2`.
+    epoch: u64,
     units: Slab<UnitEntry>,
     resps: Slab<RespEntry>,
     /// Live trackers by id. Ids are never reused (removed trackers leave),
@@ -120,6 +130,9 @@ impl EmitScratch {
 
 struct DylibState {
     shared: Arc<DylibShared>,
+    /// Once removed: the handles' own shared part (this record keeps a
+    /// small stand-in), to tell when no handle is left.
+    original: Weak<DylibShared>,
     link_order: Vec<(DylibId, DylibLookup)>,
     generators: Vec<GenEntry>,
     trackers: Vec<TrackerId>,
@@ -245,6 +258,9 @@ impl State {
             free_syms: Vec::new(),
             retiring: Vec::new(),
             no_name: SymbolName::unnamed(),
+            removed_dylibs: Vec::new(),
+            quarantined_dylibs: Vec::new(),
+            epoch: 0,
             units: Slab::new(),
             resps: Slab::new(),
             trackers: FixedMap::default(),
@@ -266,6 +282,12 @@ impl State {
             .get(dylib as usize)
             .and_then(|d| d.shared.index.sym(name))
             .map(|s| self.syms[s as usize].state)
+    }
+
+    /// The mailbox took a batch of messages (`direct` false), or applies
+    /// one request directly with nothing queued (`direct` true).
+    pub(crate) fn advance_epoch(&mut self, direct: bool) {
+        self.epoch += if direct { 2 } else { 1 };
     }
 
     /// Whether `Session::end` has run.

@@ -11,6 +11,16 @@
 //! definition reuses them (and with them the graph's id → slot entry). A
 //! free record holds no name of the session's, no failure and no waiters.
 //!
+//! A removed dylib keeps a small record (a stand-in for its shared part,
+//! with its id and name, for the errors that name it) until its slot can
+//! be reused: when no handle of it is left (none of the host's, none the
+//! actor gave out), no live link order, pending lookup, responsibility,
+//! unit or retiring symbol names its id, and every message queued before
+//! that was seen has been handled (two mailbox epochs later: a message is
+//! built from a handle, so it was queued before the last handle dropped).
+//! The next `create_dylib` then takes the slot, so no message, handle or
+//! table can mistake the new dylib for the old one.
+//!
 //! None of this touches the Ready index's readers: the fast path never sees
 //! symbol ids, and a record is given back only after its name was
 //! unpublished.
@@ -18,8 +28,9 @@
 use smallvec::SmallVec;
 
 use super::{FixedSet, State, Sym};
-use crate::actor::SymId;
+use crate::actor::{DylibId, SymId};
 use crate::symbol::{SymbolFlags, SymbolState};
+use crate::sync::Arc;
 
 /// How many records each of the actor's tables holds (live and free), for
 /// tests and benchmarks that check removal gives memory back.
@@ -34,7 +45,7 @@ pub struct TableSizes {
     pub retiring_symbols: usize,
     /// Live trackers.
     pub trackers: usize,
-    /// Dylib records (live or removed).
+    /// Dylib records (live, or removed and not reused yet).
     pub dylibs: usize,
     /// Units waiting to be materialized.
     pub units: usize,
@@ -122,6 +133,49 @@ impl State {
         s.waiters = SmallVec::new();
         s.failure = None;
         self.free_syms.push(sid);
+    }
+
+    /// A removed dylib's slot that `create_dylib` may take: one that has
+    /// waited out the mailbox since nothing named it. Also starts that wait
+    /// for removed dylibs nothing names any more.
+    pub(super) fn reusable_dylib_slot(&mut self) -> Option<DylibId> {
+        let epoch = self.epoch;
+        if !self.removed_dylibs.is_empty() {
+            let named = self.named_dylibs();
+            let mut i = 0;
+            while i < self.removed_dylibs.len() {
+                let id = self.removed_dylibs[i];
+                let d = &self.dylibs[id as usize];
+                let unheld = d.original.strong_count() == 0 && Arc::strong_count(&d.shared) == 1;
+                if unheld && !named.contains(&id) {
+                    self.removed_dylibs.swap_remove(i);
+                    self.quarantined_dylibs.push((id, epoch));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let i = self
+            .quarantined_dylibs
+            .iter()
+            .position(|&(_, since)| epoch >= since + 2)?;
+        Some(self.quarantined_dylibs.swap_remove(i).0)
+    }
+
+    /// Dylib ids the actor's own tables still use.
+    fn named_dylibs(&self) -> FixedSet<DylibId> {
+        let mut named = FixedSet::default();
+        for d in self.dylibs.iter().filter(|d| !d.removed) {
+            named.extend(d.link_order.iter().map(|&(id, _)| id));
+        }
+        for lk in self.lookups.values() {
+            named.extend(lk.order.iter().map(|&(id, _)| id));
+        }
+        named.extend(self.resps.iter().map(|(_, r)| r.dylib));
+        named.extend(self.units.iter().map(|(_, u)| u.dylib));
+        named.extend(self.trackers.values().map(|t| t.dylib));
+        named.extend(self.retiring.iter().map(|&s| self.syms[s as usize].dylib));
+        named
     }
 
     /// The size of each table.
