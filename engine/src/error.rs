@@ -155,9 +155,15 @@ pub enum Error {
     /// The lookup was cancelled.
     #[error("lookup cancelled")]
     Cancelled,
-    /// User error: a side-effects-only symbol has no address.
-    #[error("{0} is side-effects-only: it has no address and can only be looked up weakly")]
-    SideEffectsOnlyRequired(SymbolName),
+    /// User error: side-effects-only symbols have no address.
+    #[error(
+        "side-effects-only symbols have no address and can only be looked up weakly: {}",
+        join(names)
+    )]
+    SideEffectsOnlyRequired {
+        /// Every side-effects-only name the lookup required, in request order.
+        names: Vec<SymbolName>,
+    },
     /// User error: an API was used against its contract (the message says how).
     #[error("invalid use of the engine: {0}")]
     Usage(String),

@@ -11,6 +11,11 @@ use crate::sync::{Arc, ConcurrentMap};
 /// Within one session equal text is one interned string: equal names are
 /// recognized by one pointer compare, and different ones (almost always) by
 /// their pre-computed hashes, without touching the characters.
+///
+/// A session's tables key on its own interned strings: look names up and
+/// define them with names from that session's [`Session::intern`](crate::Session::intern)
+/// (a name from another session compares equal to it, but that session's
+/// dylibs do not know it).
 #[derive(Clone)]
 pub struct SymbolName(Arc<NameInner>);
 

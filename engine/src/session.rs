@@ -253,11 +253,17 @@ impl Session {
             .lookup(order, &LookupSet::required(names.iter().cloned()), state)
             .wait()?;
         defs.clear();
+        let mut no_address = Vec::new();
         for (name, def) in found.by_request() {
             // Required names are all found once the lookup succeeded, except
             // side-effects-only ones, which a lookup refuses to require.
-            let def = def.ok_or_else(|| Error::SideEffectsOnlyRequired(name.clone()))?;
-            defs.push(*def);
+            match def {
+                Some(def) => defs.push(*def),
+                None => no_address.push(name.clone()),
+            }
+        }
+        if !no_address.is_empty() {
+            return Err(Error::SideEffectsOnlyRequired { names: no_address });
         }
         Ok(defs)
     }
@@ -301,7 +307,7 @@ impl Session {
         Lookup::pending(self.core.clone(), shared, id)
     }
 
-    #[cfg(not(kiln_loom))]
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     fn cancel_after(&self, lookup: u64, timeout: Duration) {
         let core = Arc::downgrade(&self.core);
         let _timer = std::thread::Builder::new()
@@ -317,7 +323,7 @@ impl Session {
             });
     }
 
-    #[cfg(kiln_loom)]
+    #[cfg(any(kiln_loom, kiln_shuttle))]
     fn cancel_after(&self, _lookup: u64, _timeout: Duration) {}
 
     /// Registers a resource manager; it hears about every tracker removal and

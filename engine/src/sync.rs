@@ -7,21 +7,32 @@
 //! condition variables, atomics and threads come from loom, and the
 //! concurrent map becomes a mutex-protected map with a deterministic hasher,
 //! because dashmap cannot run inside a loom model.
+//!
+//! Under `--cfg kiln_shuttle` the same swap is made to the `shuttle`
+//! randomized scheduler's primitives — except that the Ready index stays the
+//! real lock-free table (its atomics become shuttle's, so the scheduler
+//! preempts between every load and store of its sequence protocol), which
+//! loom cannot model. Shuttle explores schedules, not weak memory orders.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 pub(crate) use std::sync::Arc;
 /// Set-once cells (the Ready index's tables; not modelled: the index is a
-/// locked map under loom).
+/// locked map under loom, and under shuttle only its atomics are shuttle's).
 #[cfg(not(kiln_loom))]
 pub(crate) use std::sync::OnceLock;
 pub(crate) use std::sync::Weak;
 
-#[cfg(not(kiln_loom))]
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-#[cfg(not(kiln_loom))]
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
 use std::sync::{Condvar as StdCondvar, Mutex as StdMutex};
+
+#[cfg(kiln_shuttle)]
+pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(kiln_shuttle)]
+use shuttle::sync::{Condvar as StdCondvar, Mutex as StdMutex};
 
 #[cfg(kiln_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,8 +40,11 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Condvar as StdCondvar, Mutex as StdMutex};
 
 /// Guard returned by [`Mutex::lock`].
-#[cfg(not(kiln_loom))]
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
 pub(crate) type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
+/// Guard returned by [`Mutex::lock`].
+#[cfg(kiln_shuttle)]
+pub(crate) type MutexGuard<'a, T> = shuttle::sync::MutexGuard<'a, T>;
 /// Guard returned by [`Mutex::lock`].
 #[cfg(kiln_loom)]
 pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
@@ -100,10 +114,12 @@ impl Condvar {
 /// modelled thread-locals under `kiln_loom` (each loom thread gets its own).
 macro_rules! thread_local_const {
     ($(#[$attr:meta])* static $name:ident: $t:ty = $init:expr;) => {
-        #[cfg(not(kiln_loom))]
+        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
         std::thread_local! { $(#[$attr])* static $name: $t = const { $init }; }
         #[cfg(kiln_loom)]
         loom::thread_local! { $(#[$attr])* static $name: $t = $init; }
+        #[cfg(kiln_shuttle)]
+        shuttle::thread_local! { $(#[$attr])* static $name: $t = $init; }
     };
 }
 pub(crate) use thread_local_const;
@@ -112,11 +128,13 @@ pub(crate) use thread_local_const;
 pub(crate) mod thread {
     #[cfg(kiln_loom)]
     pub(crate) use loom::thread::{JoinHandle, spawn};
-    #[cfg(not(kiln_loom))]
+    #[cfg(kiln_shuttle)]
+    pub(crate) use shuttle::thread::{JoinHandle, spawn};
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     pub(crate) use std::thread::{JoinHandle, spawn};
 
     /// Spawns a named thread where the platform allows names.
-    #[cfg(not(kiln_loom))]
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     pub(crate) fn spawn_named<F>(name: String, f: F) -> std::io::Result<JoinHandle<()>>
     where
         F: FnOnce() + Send + 'static,
@@ -125,7 +143,7 @@ pub(crate) mod thread {
     }
 
     /// Spawns a modelled thread (names are not supported by loom).
-    #[cfg(kiln_loom)]
+    #[cfg(any(kiln_loom, kiln_shuttle))]
     pub(crate) fn spawn_named<F>(_name: String, f: F) -> std::io::Result<JoinHandle<()>>
     where
         F: FnOnce() + Send + 'static,
@@ -183,9 +201,9 @@ pub(crate) type FixedMap<K, V> = HashMap<K, V, FixedState>;
 /// around a deterministic map under loom.
 #[derive(Debug)]
 pub(crate) struct ConcurrentMap<K: Eq + Hash, V> {
-    #[cfg(not(kiln_loom))]
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     inner: dashmap::DashMap<K, V, FixedState>,
-    #[cfg(kiln_loom)]
+    #[cfg(any(kiln_loom, kiln_shuttle))]
     inner: Mutex<FixedMap<K, V>>,
 }
 
@@ -198,9 +216,9 @@ impl<K: Eq + Hash, V> Default for ConcurrentMap<K, V> {
 impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
     pub(crate) fn new() -> Self {
         ConcurrentMap {
-            #[cfg(not(kiln_loom))]
+            #[cfg(not(any(kiln_loom, kiln_shuttle)))]
             inner: dashmap::DashMap::with_hasher(FixedState),
-            #[cfg(kiln_loom)]
+            #[cfg(any(kiln_loom, kiln_shuttle))]
             inner: Mutex::new(FixedMap::default()),
         }
     }
@@ -211,11 +229,11 @@ impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        #[cfg(not(kiln_loom))]
+        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
         {
             self.inner.get(key).map(|entry| f(entry.value()))
         }
-        #[cfg(kiln_loom)]
+        #[cfg(any(kiln_loom, kiln_shuttle))]
         {
             self.inner.lock().get(key).map(f)
         }
@@ -232,11 +250,11 @@ impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
             return v;
         }
         let (k, v) = make();
-        #[cfg(not(kiln_loom))]
+        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
         {
             self.inner.entry(k).or_insert(v).value().clone()
         }
-        #[cfg(kiln_loom)]
+        #[cfg(any(kiln_loom, kiln_shuttle))]
         {
             self.inner.lock().entry(k).or_insert(v).clone()
         }

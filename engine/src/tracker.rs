@@ -15,12 +15,12 @@ use crate::sync::{Arc, Condvar, Mutex, thread_local_const};
 pub struct ResourceKey(pub u64);
 
 /// Holds resources (linked memory, registrations) on behalf of trackers.
-/// Register with `Session::register_resource_manager`. Its methods run on
-/// the thread that removes or transfers, never on the state actor and never
-/// under an engine lock, and never while a
+/// Register with `Session::register_resource_manager`. Its methods never
+/// run on the state actor, never under an engine lock, and never while a
 /// [`ResourceTracker::with_resource_key`] closure runs under the key
-/// concerned (they wait for it; a removal asked for from inside such a
-/// closure runs when it returns).
+/// concerned: they run on the thread that removes or transfers — or, when
+/// such a closure is running then, on that closure's thread right after it
+/// returns (the remover still waits for them, unless it is that closure).
 pub trait ResourceManager: Send + Sync + 'static {
     /// Frees everything held for `key`. Called once, after the tracker's
     /// symbols were unpublished and its in-flight work failed.

@@ -601,3 +601,23 @@ fn a_redirector_may_reenter_the_lazy_manager_and_the_latest_target_wins() {
     assert_eq!(redirects.lock().unwrap().last(), Some(&SWAPPED));
     s.end();
 }
+
+#[test]
+fn requiring_side_effects_only_symbols_names_them_all() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (p, q, r) = (s.intern("p"), s.intern("q"), s.intern("r"));
+    let se = SymbolFlags::SIDE_EFFECTS_ONLY | X;
+    d.define(unit("se", &[(&p, se), (&q, se), (&r, X)], |r| {
+        r.fail(Error::msg("not needed"))
+    }))
+    .unwrap();
+    let err = lookup(&s, &[&d], &[&p, &r, &q], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    let Error::SideEffectsOnlyRequired { names } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(names, &[p.clone(), q.clone()], "{err}");
+    s.end();
+}

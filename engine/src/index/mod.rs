@@ -27,7 +27,9 @@
 //!
 //! Under loom (`modelled`) it is a locked map instead: the engine's models
 //! explore the actor protocol, and loom's bounded store history cannot model
-//! the sequence words; the table's own tests stress those.
+//! the sequence words; the table's own tests stress those. Under
+//! `--cfg kiln_shuttle` the real table runs, its atomics shuttle's, so the
+//! randomized scheduler interleaves readers with the writer's every store.
 //!
 //! Why not a concurrent map crate: dashmap takes a shard lock (two atomic
 //! read-modify-writes) per read, which serializes the cache misses of a

@@ -21,13 +21,17 @@ impl State {
             return self.fail_lookup(id, err, fx);
         }
         let lk = self.lookups.get_mut(&id).expect("lookup exists");
+        let mut no_address = Vec::new();
         for (i, f) in lk.found.iter().enumerate() {
             let Some(sid) = f.sym else { continue };
             let s = &self.syms[sid as usize];
             if s.flags.is_side_effects_only() && lk.names[i].1 == SymbolLookup::Required {
-                let name = s.name.clone();
-                return self.fail_lookup(id, Error::SideEffectsOnlyRequired(name), fx);
+                no_address.push(s.name.clone());
             }
+        }
+        if !no_address.is_empty() {
+            let err = Error::SideEffectsOnlyRequired { names: no_address };
+            return self.fail_lookup(id, err, fx);
         }
         lk.bound = true;
         let mut to_start: SmallVec<[usize; 2]> = SmallVec::new();
