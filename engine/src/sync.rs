@@ -18,12 +18,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 pub(crate) use std::sync::Arc;
-/// A removed dylib's record watches its handles' shared part through one.
-pub(crate) use std::sync::Weak;
 /// Set-once cells (the Ready index's tables; not modelled: the index is a
 /// locked map under loom, and under shuttle only its atomics are shuttle's).
 #[cfg(not(kiln_loom))]
 pub(crate) use std::sync::OnceLock;
+/// A removed dylib's record watches its handles' shared part through one.
+pub(crate) use std::sync::Weak;
 
 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

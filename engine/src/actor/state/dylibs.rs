@@ -19,9 +19,8 @@ impl State {
         {
             return Err(Error::DylibExists(name));
         }
-        let id = self
-            .reusable_dylib_slot()
-            .unwrap_or_else(|| self.dylibs.len() as DylibId);
+        let fresh = self.dylibs.len() as DylibId;
+        let id = self.reusable_dylib_slot().unwrap_or(fresh);
         let tracker = self.tracker_entry(id, name.clone());
         let shared = Arc::new(DylibShared {
             id,
