@@ -178,3 +178,44 @@ fn a_record_a_searching_lookup_holds_is_not_reused_under_it() {
     }
     s.end();
 }
+
+#[test]
+fn dylibs_made_and_removed_on_many_threads_never_answer_for_each_other() {
+    // Slots are reused while other threads send messages naming their own
+    // dylibs: each lookup must still see its own dylib's definition, and a
+    // removed dylib's handle must still find its dylib removed.
+    let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let s = s.clone();
+            scope.spawn(move || {
+                let x = s.intern("x");
+                for round in 0..100u64 {
+                    let d = s.create_dylib(&format!("t{t}r{round}")).unwrap();
+                    let address = 0x1000 * (t + 1) + round;
+                    d.define_absolute([(x.clone(), def(address))]).unwrap();
+                    let found = lookup(&s, &[&d], &[&x], RequiredState::Ready)
+                        .wait()
+                        .unwrap();
+                    assert_eq!(found.get(&x).map(|d| d.address), Some(address));
+                    s.remove_dylib(&d).unwrap();
+                    let err = d
+                        .define_absolute([(x.clone(), def(1))])
+                        .expect_err("removed");
+                    assert!(matches!(err, Error::DylibRemoved(_)), "{err}");
+                    assert!(
+                        lookup(&s, &[&d], &[&x], RequiredState::Ready)
+                            .wait()
+                            .is_err()
+                    );
+                }
+            });
+        }
+    });
+    let sizes = s.table_sizes();
+    assert!(
+        sizes.dylibs < 100,
+        "400 dylibs came and went through few slots: {sizes:?}"
+    );
+    s.end();
+}
