@@ -375,3 +375,43 @@ fn removing_code_whose_initializers_never_ran_drops_them_and_its_memory() {
     );
     j.session.end();
 }
+
+#[test]
+fn removing_lazily_added_code_drops_its_startup_symbols() {
+    let dir = scratch("startup");
+    let j = jit();
+    let manager = kiln_linker::lazy::lazy_reexports_manager(&j.session).unwrap();
+    let src = "static int ready;\n\
+               __attribute__((constructor)) static void init(void) { ready = 1; }\n\
+               int is_ready(int x) { return ready + x; }\n";
+    let object = compile(&dir, "starts", src);
+    let entries = j.dylib("entries", &[]);
+    let bodies = j.dylib("bodies", &[&entries]);
+    j.layer
+        .add_objects_lazily(
+            &entries,
+            &bodies,
+            &manager,
+            &[("starts.o".to_string(), object)],
+        )
+        .unwrap();
+    let listed = |j: &Jit| {
+        j.layer
+            .startup_symbols()
+            .iter()
+            .any(|n| n.as_str() == "is_ready")
+    };
+    assert!(
+        listed(&j),
+        "an object with a constructor is linked at startup"
+    );
+    j.session.remove_dylib(&entries).unwrap();
+    j.session.remove_dylib(&bodies).unwrap();
+    // A host that adds its next program lazily must not be told to link
+    // the removed one's symbols at startup.
+    assert!(
+        !listed(&j),
+        "startup symbols of removed code are still listed"
+    );
+    j.session.end();
+}
