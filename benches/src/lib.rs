@@ -18,12 +18,15 @@
 //!   linker stubs and trampolines); [`workloads::run`] reports it.
 //! - [`lazy_calls`]: W8's call targets and steady-state loops.
 //! - [`error`]: usage and run errors.
+//! - [`mem_cycles`]: `mem-cycles`, RSS and mappings over many add/link/remove
+//!   cycles of Lua's objects (eager and lazy).
 
 pub mod adapter;
 pub mod deps;
 pub mod error;
 pub mod lazy_calls;
 pub mod measure;
+pub mod mem_cycles;
 pub mod options;
 pub mod report;
 pub mod w8;

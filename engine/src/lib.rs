@@ -58,6 +58,8 @@ mod sync;
 pub mod tracker;
 pub mod unit;
 
+#[doc(hidden)]
+pub use actor::TableSizes;
 pub use dispatch::{Dispatcher, InPlaceDispatcher, Task, ThreadPerTask, WorkerPool};
 pub use error::{Error, ExternalError, QualifiedName, Result};
 pub use generator::{GenerateRequest, Generator, GeneratorId};

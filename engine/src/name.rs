@@ -42,6 +42,12 @@ impl SymbolName {
         self.0.hash
     }
 
+    /// A name interned nowhere (so equal to no session's name), held by
+    /// free symbol records.
+    pub(crate) fn unnamed() -> Self {
+        Self::new("")
+    }
+
     fn new(text: &str) -> Self {
         SymbolName(Arc::new(NameInner {
             hash: hash_str(text),

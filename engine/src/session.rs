@@ -352,6 +352,18 @@ impl Session {
         wait.wait()
     }
 
+    /// How many records the session's tables hold: for tests and
+    /// benchmarks checking that removed code gives its memory back. Not
+    /// part of the stable API.
+    #[doc(hidden)]
+    pub fn table_sizes(&self) -> crate::actor::TableSizes {
+        self.core.request(
+            (),
+            |st, _, (), _| st.table_sizes(),
+            |(), reply| Msg::TableSizes { reply },
+        )
+    }
+
     /// Ends the session: removes every dylib (resource managers free their
     /// resources), fails lookups in flight, and shuts the dispatcher down.
     /// Later calls fail with [`Error::SessionEnded`].

@@ -22,6 +22,8 @@ pub(crate) use std::sync::Arc;
 /// locked map under loom, and under shuttle only its atomics are shuttle's).
 #[cfg(not(kiln_loom))]
 pub(crate) use std::sync::OnceLock;
+/// A removed dylib's record watches its handles' shared part through one.
+pub(crate) use std::sync::Weak;
 
 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

@@ -74,8 +74,9 @@ struct Images {
     stats: LinkStats,
     times: PhaseTimes,
     linked: usize,
-    /// Symbols of lazily added objects that are linked at startup.
-    startup: Vec<SymbolName>,
+    /// Symbols of lazily added objects that are linked at startup, with
+    /// the key of the tracker owning their entries (removing it drops them).
+    startup: Vec<(ResourceKey, SymbolName)>,
 }
 
 struct Shared {
@@ -93,13 +94,24 @@ struct Shared {
 
 impl ResourceManager for Shared {
     fn remove_resources(&self, key: ResourceKey) -> kiln_engine::Result<()> {
-        let images = self
-            .images
-            .lock()
-            .map_err(|_| Error::msg("object layer lock poisoned"))?
-            .by_key
-            .remove(&key)
-            .unwrap_or_default();
+        let images = {
+            let mut all = self
+                .images
+                .lock()
+                .map_err(|_| Error::msg("object layer lock poisoned"))?;
+            let images = all.by_key.remove(&key).unwrap_or_default();
+            all.startup.retain(|(k, _)| *k != key);
+            // Images whose initializers never ran leave the pending list
+            // too: a later `run_initializers` must not run code being torn
+            // down, and the list must not keep its memory alive.
+            if !images.is_empty() && !all.pending_init.is_empty() {
+                let removed: std::collections::HashSet<*const Mutex<LayerImage>> =
+                    images.iter().map(Arc::as_ptr).collect();
+                all.pending_init
+                    .retain(|i| !removed.contains(&Arc::as_ptr(i)));
+            }
+            images
+        };
         // Like one program's teardown: every image's finalizers run before
         // any image's memory is released (a destructor in one object may
         // still call into another).
@@ -112,6 +124,9 @@ impl ResourceManager for Shared {
         if let Ok(mut images) = self.images.lock() {
             let moved = images.by_key.remove(&src).unwrap_or_default();
             images.by_key.entry(dst).or_default().extend(moved);
+            for (key, _) in images.startup.iter_mut().filter(|(k, _)| *k == src) {
+                *key = dst;
+            }
         }
     }
 }
@@ -410,10 +425,11 @@ impl ObjectLayer {
             }
         }
         if has_constructors {
+            let key = entries.default_tracker().key();
             if let Ok(mut images) = self.shared.images.lock() {
                 images
                     .startup
-                    .extend(functions.iter().chain(&data).map(|a| a.name.clone()));
+                    .extend(functions.iter().chain(&data).map(|a| (key, a.name.clone())));
             }
             // Linked at startup: calls reach it directly, with no stubs.
             data.append(&mut functions);
@@ -462,7 +478,7 @@ impl ObjectLayer {
         self.shared
             .images
             .lock()
-            .map(|i| i.startup.clone())
+            .map(|i| i.startup.iter().map(|(_, n)| n.clone()).collect())
             .unwrap_or_default()
     }
 

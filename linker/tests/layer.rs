@@ -445,3 +445,103 @@ fn archive_members_are_pulled_when_first_needed_eager_and_lazy() {
         j.session.end();
     }
 }
+
+/// Whether `addr` lies in an executable mapping of this process.
+fn executable_at(addr: usize) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines().any(|l| {
+        let mut parts = l.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            return false;
+        };
+        lo <= addr && addr < hi && perms.contains('x')
+    })
+}
+
+/// Bumped by the constructor of the object in the test below.
+static CONSTRUCTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[test]
+fn removing_code_whose_initializers_never_ran_drops_them_and_its_memory() {
+    let dir = scratch("pending-init");
+    let j = jit();
+    // The constructor counts its runs in the test's own static, defined as
+    // an absolute symbol in a dylib of its own.
+    let counters = j.session.create_dylib("counters").unwrap();
+    counters
+        .define_absolute([(
+            j.session.intern("constructed"),
+            SymbolDef::new(CONSTRUCTED.as_ptr() as u64, SymbolFlags::EXPORTED),
+        )])
+        .unwrap();
+    let app = j.dylib("app", &[&counters]);
+    let src = "extern unsigned constructed;\n\
+               __attribute__((constructor)) static void init(void) { constructed++; }\n\
+               int id(int x) { return x; }\n";
+    let rt = app.create_tracker().unwrap();
+    j.add_c(&app, Some(&rt), &dir, "with_ctor", src).unwrap();
+    // Linked and Ready, but the host never runs initializers before removing.
+    let found = app.lookup_ready(&["id"]).unwrap();
+    let address = found.get_str("id").unwrap().address as usize;
+    assert!(executable_at(address));
+    rt.remove().unwrap();
+    assert!(
+        !executable_at(address),
+        "the image is still mapped after its tracker was removed"
+    );
+    // A later call must not run initializers of code already torn down.
+    j.layer.run_initializers();
+    assert_eq!(
+        CONSTRUCTED.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an initializer of removed code ran"
+    );
+    j.session.end();
+}
+
+#[test]
+fn removing_lazily_added_code_drops_its_startup_symbols() {
+    let dir = scratch("startup");
+    let j = jit();
+    let manager = kiln_linker::lazy::lazy_reexports_manager(&j.session).unwrap();
+    let src = "static int ready;\n\
+               __attribute__((constructor)) static void init(void) { ready = 1; }\n\
+               int is_ready(int x) { return ready + x; }\n";
+    let object = compile(&dir, "starts", src);
+    let entries = j.dylib("entries", &[]);
+    let bodies = j.dylib("bodies", &[&entries]);
+    j.layer
+        .add_objects_lazily(
+            &entries,
+            &bodies,
+            &manager,
+            &[("starts.o".to_string(), object)],
+        )
+        .unwrap();
+    let listed = |j: &Jit| {
+        j.layer
+            .startup_symbols()
+            .iter()
+            .any(|n| n.as_str() == "is_ready")
+    };
+    assert!(
+        listed(&j),
+        "an object with a constructor is linked at startup"
+    );
+    j.session.remove_dylib(&entries).unwrap();
+    j.session.remove_dylib(&bodies).unwrap();
+    // A host that adds its next program lazily must not be told to link
+    // the removed one's symbols at startup.
+    assert!(
+        !listed(&j),
+        "startup symbols of removed code are still listed"
+    );
+    j.session.end();
+}

@@ -19,22 +19,29 @@ fn asm_object(name: &str, body: &str) -> PathBuf {
 }
 
 /// Two well-formed C objects (with `.eh_frame`) that a bad object follows.
+/// Compiled once: the tests run in parallel, and one recompiling a file
+/// while another reads it would see a half-written object.
 fn good_objects() -> Vec<PathBuf> {
-    let dir = scratch("malformed");
-    vec![
-        compile_c_text(
-            &dir,
-            "driver",
-            "int helper(int);\nint main(void) { return helper(1); }",
-            &["-O2"],
-        ),
-        compile_c_text(
-            &dir,
-            "helper",
-            "int helper(int x) { return x + 1; }",
-            &["-O2"],
-        ),
-    ]
+    static OBJECTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    OBJECTS
+        .get_or_init(|| {
+            let dir = scratch("malformed");
+            vec![
+                compile_c_text(
+                    &dir,
+                    "driver",
+                    "int helper(int);\nint main(void) { return helper(1); }",
+                    &["-O2"],
+                ),
+                compile_c_text(
+                    &dir,
+                    "helper",
+                    "int helper(int x) { return x + 1; }",
+                    &["-O2"],
+                ),
+            ]
+        })
+        .clone()
 }
 
 /// Link `objs` without running anything.

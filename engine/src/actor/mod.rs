@@ -28,6 +28,7 @@ use crate::tracker::{ResourceKey, ResourceManager, TrackerShared};
 use crate::unit::MaterializationUnit;
 
 pub(crate) use state::State;
+pub use state::TableSizes;
 
 /// Dense index of a dylib.
 pub(crate) type DylibId = u32;
@@ -394,6 +395,9 @@ pub(crate) enum Msg {
         name: SymbolName,
         reply: Reply<Option<SymbolState>>,
     },
+    TableSizes {
+        reply: Reply<TableSizes>,
+    },
     End {
         reply: Reply<()>,
     },
@@ -511,6 +515,7 @@ impl SessionCore {
             return;
         };
         drop(inbox);
+        state.advance_epoch(true);
         let mut effects = Effects::new();
         if state.has_ended() {
             // Refused the one way the handler refuses everything.
@@ -583,6 +588,7 @@ impl SessionCore {
                 }
                 std::mem::swap(&mut inbox.queue, &mut batch);
             }
+            state.advance_epoch(false);
             for msg in batch.drain(..) {
                 state.handle(self, msg, effects);
             }

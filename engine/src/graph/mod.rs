@@ -457,6 +457,12 @@ impl DepGraph {
         self.slot_of(n).is_some()
     }
 
+    /// Number of slots in use (real and hidden nodes stored), and the
+    /// length of the id → slot index (one past the largest id seen).
+    pub fn stored_len(&self) -> (usize, usize) {
+        (self.slots.len() - self.free_slots.len(), self.index.len())
+    }
+
     /// Number of waiting nodes.
     pub fn waiting_len(&self) -> usize {
         self.waiting

@@ -14,10 +14,11 @@
 //!
 //! Keys are the names' addresses, and the index does not own the names: its
 //! writer must keep every name it ever used as a key alive as long as the
-//! index (the engine does — each symbol record owns its name, records are
-//! never dropped before the session, and every holder of an index holds
-//! the session). A freed and reused address could only make a lookup
-//! wrong, never unsafe: slots compare pointers as integers.
+//! index (the engine does — the session's interner holds every name it
+//! made until the session drops, even after the symbol records of removed
+//! code are given back, and every holder of an index holds the session).
+//! A freed and reused address could only make a lookup wrong, never
+//! unsafe: slots compare pointers as integers.
 //!
 //! The writer keeps its own value with each entry (the engine's symbol id,
 //! in the slot's spare word), so the index is also the actor's name table:

@@ -33,8 +33,8 @@ impl State {
             refuse(fx, cell);
             return Err(e);
         }
-        match self.trackers.get(tracker) {
-            Some(t) if !t.removed && t.dylib == dylib => {}
+        match self.trackers.get(&tracker) {
+            Some(t) if t.dylib == dylib => {}
             _ => {
                 refuse(fx, cell);
                 return Err(Error::TrackerRemoved {
@@ -120,21 +120,12 @@ impl State {
                 skip.next();
                 continue;
             }
-            let sid = self.syms.len() as SymId;
             let state = if ready {
                 SymbolState::Ready
             } else {
                 SymbolState::Lazy
             };
-            self.dylibs[dylib as usize].shared.index.set(
-                &name,
-                IndexEntry {
-                    def: SymbolDef::new(address, flags),
-                    ready: state == SymbolState::Ready,
-                },
-                sid,
-            );
-            self.syms.push(Sym {
+            let sid = self.alloc_sym(Sym {
                 dylib,
                 name,
                 flags,
@@ -146,7 +137,16 @@ impl State {
                 waiters: SmallVec::new(),
                 failure: None,
             });
-            self.trackers[tracker].syms.push(sid);
+            let name = &self.syms[sid as usize].name;
+            self.dylibs[dylib as usize].shared.index.set(
+                name,
+                IndexEntry {
+                    def: SymbolDef::new(address, flags),
+                    ready: state == SymbolState::Ready,
+                },
+                sid,
+            );
+            self.tracker(tracker).syms.push(sid);
             if let Some(uid) = unit_id {
                 self.units[uid].syms.push(sid);
             }

@@ -1,11 +1,13 @@
 //! Dylibs: creating one, and removing one with all it holds (its trackers,
-//! generators, and the lookups that wait on it or search it).
+//! generators, its Ready index, and the lookups that wait on it or search
+//! it). A removed dylib's record stays, small, until its slot is reused
+//! (see `reclaim`).
 
 use super::{DylibState, FixedSet, State};
 use crate::actor::{DYLIB_REMOVED, DylibId, DylibShared, Effect, Effects};
 use crate::error::{Error, Result};
 use crate::lookup::DylibLookup;
-use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicUsize, Ordering, Weak};
 use crate::tracker::TrackerShared;
 
 impl State {
@@ -17,23 +19,29 @@ impl State {
         {
             return Err(Error::DylibExists(name));
         }
-        let id = self.dylibs.len() as DylibId;
+        let fresh = self.dylibs.len() as DylibId;
+        let id = self.reusable_dylib_slot().unwrap_or(fresh);
         let tracker = self.tracker_entry(id, name.clone());
         let shared = Arc::new(DylibShared {
             id,
             name,
             index: Default::default(),
-            default_tracker: self.trackers[tracker].shared.clone(),
+            default_tracker: self.tracker(tracker).shared.clone(),
             status: AtomicUsize::new(0),
         });
-        self.dylibs.push(DylibState {
+        let state = DylibState {
             shared: shared.clone(),
+            original: Weak::new(),
             link_order: vec![(id, DylibLookup::All)],
             generators: Vec::new(),
             trackers: vec![tracker],
             awaiting: FixedSet::default(),
             removed: false,
-        });
+        };
+        match self.dylibs.get_mut(id as usize) {
+            Some(slot) => *slot = state,
+            None => self.dylibs.push(state),
+        }
         Ok(shared)
     }
 
@@ -77,6 +85,28 @@ impl State {
         for id in searching {
             self.fail_lookup(id, Error::DylibRemoved(name.clone()), fx);
         }
+        self.release_dylib(dylib);
         removed
+    }
+
+    /// Lets go of what a removed dylib held: its Ready index (the largest
+    /// part: readers holding a handle keep theirs until they drop it; the
+    /// record keeps an empty one with the same id and name) and its lists.
+    fn release_dylib(&mut self, dylib: DylibId) {
+        self.removed_dylibs.push(dylib);
+        let d = &mut self.dylibs[dylib as usize];
+        d.original = Arc::downgrade(&d.shared);
+        let old = &d.shared;
+        d.shared = Arc::new(DylibShared {
+            id: old.id,
+            name: old.name.clone(),
+            index: Default::default(),
+            default_tracker: old.default_tracker.clone(),
+            status: AtomicUsize::new(old.status.load(Ordering::Acquire)),
+        });
+        d.link_order = Vec::new();
+        d.generators = Vec::new();
+        d.trackers = Vec::new();
+        d.awaiting = FixedSet::default();
     }
 }

@@ -17,6 +17,9 @@
 //! - `emission`: emitting dependence groups, readiness, publishing;
 //! - `failure`: failing symbols, dependants and responsibilities;
 //! - `cycles`: blocking-cycle detection.
+//! - `reclaim`: giving the records of removed code back (symbol ids to a
+//!   free list once nothing refers to them), and the table sizes that
+//!   show it.
 
 mod bind;
 mod cycles;
@@ -25,10 +28,13 @@ mod dylibs;
 mod emission;
 mod failure;
 mod generators;
+mod reclaim;
 mod removal;
 mod search;
 mod trackers;
 mod units;
+
+pub use reclaim::TableSizes;
 
 use std::collections::VecDeque;
 
@@ -46,7 +52,7 @@ use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
-use crate::sync::{Arc, FixedMap, FixedState, Ordering};
+use crate::sync::{Arc, FixedMap, FixedState, Ordering, Weak};
 use crate::tracker::{ResourceManager, TrackerShared};
 
 type FixedSet<T> = std::collections::HashSet<T, FixedState>;
@@ -63,9 +69,29 @@ struct FailingLookups {
 pub(crate) struct State {
     dylibs: Vec<DylibState>,
     syms: Vec<Sym>,
+    /// Ids of symbol records given back, reused before `syms` grows.
+    free_syms: Vec<SymId>,
+    /// Symbols of removed trackers whose ids something may still hold
+    /// (see `reclaim`).
+    retiring: Vec<SymId>,
+    /// The name a free symbol record holds (none of the session's).
+    no_name: SymbolName,
+    /// Removed dylibs whose slot may be reused once nothing names them
+    /// (see `reclaim`), and those that wait out the mailbox, with the
+    /// epoch they started waiting in.
+    removed_dylibs: Vec<DylibId>,
+    quarantined_dylibs: Vec<(DylibId, u64)>,
+    /// Advanced by the mailbox: by 1 when a driver takes a batch of
+    /// messages, by 2 when a request is applied directly (nothing queued,
+    /// nobody driving). Every message queued before a point in epoch `e`
+    /// has been handled once the epoch is `e + 2`.
+    epoch: u64,
     units: Slab<UnitEntry>,
     resps: Slab<RespEntry>,
-    trackers: Slab<TrackerEntry>,
+    /// Live trackers by id. Ids are never reused (removed trackers leave),
+    /// so a handle of a removed tracker names none.
+    trackers: FixedMap<TrackerId, TrackerEntry>,
+    next_tracker: TrackerId,
     lookups: FixedMap<u64, PendingLookup>,
     graph: DepGraph,
     /// Materializers blocked on lookups: responsibility → lookups (a
@@ -104,6 +130,9 @@ impl EmitScratch {
 
 struct DylibState {
     shared: Arc<DylibShared>,
+    /// Once removed: the handles' own shared part (this record keeps a
+    /// small stand-in), to tell when no handle is left.
+    original: Weak<DylibShared>,
     link_order: Vec<(DylibId, DylibLookup)>,
     generators: Vec<GenEntry>,
     trackers: Vec<TrackerId>,
@@ -180,7 +209,6 @@ struct TrackerEntry {
     /// its position here (`at`), so removing one is a `swap_remove`.
     units: Vec<usize>,
     resps: Vec<RespId>,
-    removed: bool,
 }
 
 /// An entry's position in a [`TrackerEntry`] list after its tracker was
@@ -227,9 +255,16 @@ impl State {
         State {
             dylibs: Vec::new(),
             syms: Vec::new(),
+            free_syms: Vec::new(),
+            retiring: Vec::new(),
+            no_name: SymbolName::unnamed(),
+            removed_dylibs: Vec::new(),
+            quarantined_dylibs: Vec::new(),
+            epoch: 0,
             units: Slab::new(),
             resps: Slab::new(),
-            trackers: Slab::new(),
+            trackers: FixedMap::default(),
+            next_tracker: 0,
             lookups: FixedMap::default(),
             graph: DepGraph::new(),
             blocked: FixedMap::default(),
@@ -247,6 +282,12 @@ impl State {
             .get(dylib as usize)
             .and_then(|d| d.shared.index.sym(name))
             .map(|s| self.syms[s as usize].state)
+    }
+
+    /// The mailbox took a batch of messages (`direct` false), or applies
+    /// one request directly with nothing queued (`direct` true).
+    pub(crate) fn advance_epoch(&mut self, direct: bool) {
+        self.epoch += if direct { 2 } else { 1 };
     }
 
     /// Whether `Session::end` has run.
@@ -401,6 +442,7 @@ impl State {
                 }
             }
             Msg::QueryState { dylib, name, reply } => reply.send(self.symbol_state(dylib, &name)),
+            Msg::TableSizes { reply } => reply.send(self.table_sizes()),
             Msg::End { reply } => {
                 let mut trackers = Vec::new();
                 for id in 0..self.dylibs.len() as DylibId {
@@ -455,6 +497,7 @@ impl State {
             | Msg::RemoveGenerator { reply, .. }
             | Msg::RemoveSymbols { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::QueryState { reply, .. } => reply.send(None),
+            Msg::TableSizes { reply } => reply.send(self.table_sizes()),
             Msg::End { reply } => reply.send(()),
             Msg::GeneratorDone { .. }
             | Msg::Fail { .. }

@@ -90,9 +90,11 @@ impl State {
             });
         }
         let handle = self.dylib_handle(core, dylib);
-        for sid in found {
+        for &sid in &found {
             self.remove_symbol(sid, &handle, fx);
         }
+        // Listed nowhere now: their records go back once nothing holds them.
+        self.retire_syms(found);
         Ok(())
     }
 
@@ -108,7 +110,7 @@ impl State {
         if index.sym(&name) == Some(sid) {
             index.remove(&name);
         }
-        if let Some(t) = self.trackers.get_mut(tracker) {
+        if let Some(t) = self.trackers.get_mut(&tracker) {
             t.syms.retain(|&x| x != sid);
         }
         let Some(uid) = unit.filter(|&uid| self.units.contains(uid)) else {

@@ -52,16 +52,18 @@ impl State {
     pub(super) fn tracker_entry(&mut self, dylib: DylibId, dylib_name: Arc<str>) -> TrackerId {
         let key = ResourceKey(self.next_key);
         self.next_key += 1;
-        let entry = self.trackers.vacant_entry();
-        let id = entry.key();
-        entry.insert(TrackerEntry {
-            shared: TrackerShared::new(id, dylib, dylib_name, key),
-            dylib,
-            syms: Vec::new(),
-            units: Vec::new(),
-            resps: Vec::new(),
-            removed: false,
-        });
+        let id = self.next_tracker;
+        self.next_tracker += 1;
+        self.trackers.insert(
+            id,
+            TrackerEntry {
+                shared: TrackerShared::new(id, dylib, dylib_name, key),
+                dylib,
+                syms: Vec::new(),
+                units: Vec::new(),
+                resps: Vec::new(),
+            },
+        );
         id
     }
 
@@ -69,26 +71,47 @@ impl State {
         let name = self.dylibs[dylib as usize].shared.name.clone();
         let id = self.tracker_entry(dylib, name);
         self.dylibs[dylib as usize].trackers.push(id);
-        self.trackers[id].shared.clone()
+        self.tracker(id).shared.clone()
+    }
+
+    /// The live tracker `id` (callers hold ids of live trackers only:
+    /// those of units, responsibilities and symbols of a removed tracker
+    /// are never used to reach it).
+    pub(super) fn tracker(&mut self, id: TrackerId) -> &mut TrackerEntry {
+        self.trackers
+            .get_mut(&id)
+            .unwrap_or_else(|| unreachable!("tracker {id} is not live"))
     }
 
     /// Stores a unit, listed under its tracker.
     pub(super) fn add_unit(&mut self, unit: UnitEntry) -> usize {
-        let list = &mut self.trackers[unit.tracker].units;
+        let list = &mut self
+            .trackers
+            .get_mut(&unit.tracker)
+            .unwrap_or_else(|| unreachable!("a unit's tracker is live"))
+            .units;
         insert_listed(&mut self.units, list, unit)
     }
 
     /// Removes a unit, and from its tracker's list.
     pub(super) fn take_unit(&mut self, uid: usize) -> UnitEntry {
         let unit = self.units.remove(uid);
-        let list = &mut self.trackers[unit.tracker].units;
+        let list = &mut self
+            .trackers
+            .get_mut(&unit.tracker)
+            .unwrap_or_else(|| unreachable!("a unit's tracker is live"))
+            .units;
         unlist(&mut self.units, list, uid, unit.at);
         unit
     }
 
     /// Stores a responsibility, listed under its tracker.
     pub(super) fn add_resp(&mut self, resp: RespEntry) -> RespId {
-        let list = &mut self.trackers[resp.tracker].resps;
+        let list = &mut self
+            .trackers
+            .get_mut(&resp.tracker)
+            .unwrap_or_else(|| unreachable!("a listed responsibility's tracker is live"))
+            .resps;
         insert_listed(&mut self.resps, list, resp)
     }
 
@@ -97,7 +120,11 @@ impl State {
     pub(super) fn take_resp(&mut self, rid: RespId) -> RespEntry {
         let resp = self.resps.remove(rid);
         if resp.at != UNLISTED {
-            let list = &mut self.trackers[resp.tracker].resps;
+            let list = &mut self
+                .trackers
+                .get_mut(&resp.tracker)
+                .unwrap_or_else(|| unreachable!("a listed responsibility's tracker is live"))
+                .resps;
             unlist(&mut self.resps, list, rid, resp.at);
         }
         resp
@@ -110,19 +137,17 @@ impl State {
         tracker: TrackerId,
         fx: &mut Effects,
     ) -> Option<Arc<TrackerShared>> {
-        let t = self.trackers.get_mut(tracker)?;
-        if t.removed {
-            return None;
-        }
-        t.removed = true;
+        let t = self.trackers.remove(&tracker)?;
         t.shared.mark_defunct();
         let shared = t.shared.clone();
         let dylib = t.dylib;
-        let mut syms = std::mem::take(&mut t.syms);
+        let mut syms = t.syms;
         // In id order, the symbol records are visited front to back.
         syms.sort_unstable();
-        let units = std::mem::take(&mut t.units);
-        let resps = std::mem::take(&mut t.resps);
+        let (units, resps) = (t.units, t.resps);
+        self.dylibs[dylib as usize]
+            .trackers
+            .retain(|&other| other != tracker);
         for rid in resps {
             let r = &mut self.resps[rid];
             r.defunct = true;
@@ -148,7 +173,7 @@ impl State {
             .collect();
         self.fail_syms(in_flight, fx);
         // Unpublish: the index entry goes before any memory is released.
-        for sid in syms {
+        for &sid in &syms {
             let s = &mut self.syms[sid as usize];
             s.unit = None;
             s.resp = None;
@@ -157,6 +182,7 @@ impl State {
                 index.remove(&s.name);
             }
         }
+        self.retire_syms(syms);
         Some(shared)
     }
 
@@ -167,21 +193,28 @@ impl State {
         reply: Reply<Result<()>>,
         fx: &mut Effects,
     ) {
-        let (Some(s), Some(d)) = (self.trackers.get(src), self.trackers.get(dst)) else {
-            return reply.send(Err(Error::Usage("transfer_to: unknown tracker".into())));
-        };
-        if s.removed || d.removed {
+        let (Some(s), Some(d)) = (self.trackers.get(&src), self.trackers.get(&dst)) else {
+            // A removed tracker has left the table.
             return reply.send(Err(Error::TrackerRemoved {
-                dylib: s.shared.dylib_name.clone(),
+                dylib: self
+                    .trackers
+                    .get(&src)
+                    .or_else(|| self.trackers.get(&dst))
+                    .map_or_else(|| "?".into(), |t| t.shared.dylib_name.clone()),
             }));
-        }
+        };
         let (src_shared, dst_key) = (s.shared.clone(), d.shared.key);
-        let s = &mut self.trackers[src];
-        s.removed = true;
-        let syms = std::mem::take(&mut s.syms);
-        let units = std::mem::take(&mut s.units);
-        let resps = std::mem::take(&mut s.resps);
-        let d = &self.trackers[dst];
+        let s = self
+            .trackers
+            .remove(&src)
+            .unwrap_or_else(|| unreachable!("found above"));
+        s.shared.mark_defunct();
+        let dylib = s.dylib;
+        self.dylibs[dylib as usize]
+            .trackers
+            .retain(|&other| other != src);
+        let (syms, units, resps) = (s.syms, s.units, s.resps);
+        let d = self.tracker(dst);
         let (units_at, resps_at) = (d.units.len(), d.resps.len());
         for &sid in &syms {
             self.syms[sid as usize].tracker = dst;
@@ -196,7 +229,7 @@ impl State {
             r.tracker = dst;
             r.at = resps_at + i;
         }
-        let d = &mut self.trackers[dst];
+        let d = self.tracker(dst);
         d.syms.extend(syms);
         d.units.extend(units);
         d.resps.extend(resps);

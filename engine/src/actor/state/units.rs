@@ -50,7 +50,7 @@ impl State {
             dylib: self.dylib_handle(core, unit.dylib),
             tracker: ResourceTracker {
                 core: core.clone(),
-                shared: self.trackers[unit.tracker].shared.clone(),
+                shared: self.tracker(unit.tracker).shared.clone(),
                 follows: true,
             },
             unit_name,
@@ -245,17 +245,7 @@ impl State {
         }
         let mut added = Vec::with_capacity(add.len());
         for (name, flags) in add {
-            let sid = self.syms.len() as SymId;
-            let d = &mut self.dylibs[dylib as usize];
-            d.shared.index.set(
-                &name,
-                IndexEntry {
-                    def: SymbolDef::new(0, flags),
-                    ready: false,
-                },
-                sid,
-            );
-            self.syms.push(Sym {
+            let sid = self.alloc_sym(Sym {
                 dylib,
                 name: name.clone(),
                 flags,
@@ -267,8 +257,16 @@ impl State {
                 waiters: SmallVec::new(),
                 failure: None,
             });
+            self.dylibs[dylib as usize].shared.index.set(
+                &name,
+                IndexEntry {
+                    def: SymbolDef::new(0, flags),
+                    ready: false,
+                },
+                sid,
+            );
             self.resps[resp].owed.push(sid);
-            self.trackers[tracker].syms.push(sid);
+            self.tracker(tracker).syms.push(sid);
             added.push(name);
         }
         self.gained_definitions(core, dylib, fx);
