@@ -368,7 +368,7 @@ impl ObjectLayer {
         bodies: &Dylib,
         manager: &kiln_engine::LazyReexports,
         name: &str,
-        graph: LinkGraph,
+        mut graph: LinkGraph,
     ) -> Result<(), LinkError> {
         let has_constructors = graph.sections.iter().any(|s| {
             matches!(
@@ -395,6 +395,11 @@ impl ObjectLayer {
             } else {
                 data.push(alias);
             }
+        }
+        if !has_constructors {
+            // The entry's address is the function's, in its own image too.
+            let names: Vec<&str> = functions.iter().map(|a| a.name.as_str()).collect();
+            crate::lazy::identity::canonical_function_addresses(&mut graph, &names);
         }
         if has_constructors {
             if let Ok(mut images) = self.shared.images.lock() {

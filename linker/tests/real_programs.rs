@@ -18,6 +18,12 @@
 //!   `rust_eh_personality` (`ld` links it only with `--gc-sections`);
 //!   eager only (see its test).
 //!
+//! - `fnptr_*` (tests/c, tests/cxx): function pointers taken in the
+//!   function's own object and in another (lea, absolute addresses, GOT
+//!   loads, pointers in data; C++ map keys, `std::function` targets, member
+//!   function pointers) compare equal: one address per function, also
+//!   under `--lazy`, where a function has a lazy entry besides its body.
+//!
 //! Each C++ program is built by g++ -O2, g++ -O2 -fPIC and clang++ -O2.
 
 mod common;
@@ -71,6 +77,56 @@ fn static_lifetimes_and_exceptions_across_objects_gxx_o2_pic() {
 #[test]
 fn static_lifetimes_and_exceptions_across_objects_clangxx_o2() {
     check_cxx("lifecycle", LIFECYCLE, "clang++", &["-O2"]);
+}
+
+/// Builds `fnptr_main` + `fnptr_lib` (C, in tests/c) with `cc` at each
+/// flag set and runs them eager and `--lazy`. Before, `--lazy` printed
+/// `same 0` (and 0 for every comparison): a function's address taken in
+/// its own object was its body's, in another object its lazy entry's.
+fn check_fnptr_c(cc: &str) {
+    if !need(cc) {
+        return;
+    }
+    // Not yet -fno-pie: a non-PIE image lies below 2 GiB and the lazy
+    // entries near the host's libraries, so its 32-bit absolute references
+    // to them go through PLT stubs of its own (one address per image).
+    for flags in [&["-O0"][..], &["-O2"], &["-O2", "-fPIC"]] {
+        let tag = format!("fnptr {cc} {}", flags.join(" "));
+        let dir = scratch(&format!("real-fnptr-{cc}{}", flags.join("")));
+        let objs = compile_each(cc, &common::c_dir(), &["fnptr_main.c", "fnptr_lib.c"], flags, &dir);
+        let native = native_run(cc, &objs, &[], &dir.join("native"));
+        assert!(native.0.starts_with("same 1\n"), "{tag}: {}", native.0);
+        assert_kiln_matches(&native, &objs, &tag);
+    }
+}
+
+#[test]
+fn function_pointer_identity_gcc() {
+    check_fnptr_c("gcc");
+}
+
+#[test]
+fn function_pointer_identity_clang() {
+    check_fnptr_c("clang");
+}
+
+const FNPTR: &[&str] = &["fnptr_main.cpp", "fnptr_lib.cpp"];
+
+/// Before, `--lazy` printed `keys 4` (each function was two map keys) and
+/// 0 for every comparison.
+#[test]
+fn function_pointer_identity_cxx_gxx_o2() {
+    check_cxx("fnptr", FNPTR, "g++", &["-O2"]);
+}
+
+#[test]
+fn function_pointer_identity_cxx_gxx_o0_pic() {
+    check_cxx("fnptr", FNPTR, "g++", &["-O0", "-fPIC"]);
+}
+
+#[test]
+fn function_pointer_identity_cxx_clangxx_o2() {
+    check_cxx("fnptr", FNPTR, "clang++", &["-O2"]);
 }
 
 /// Compiles `main_c` (in tests/rust) with gcc -O2 and `lib_rs` as a

@@ -85,6 +85,7 @@
 //! Calling an entry after its tracker was removed is a use-after-free like
 //! calling any removed code.
 
+pub(crate) mod identity;
 mod reentry;
 mod stubs;
 

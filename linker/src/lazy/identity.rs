@@ -1,0 +1,110 @@
+//! One address per function when functions have lazy entries.
+//!
+//! Under lazy linking a function `f` has two addresses: its lazy entry (a
+//! stub in the entries dylib, which every other object and the host get
+//! when they look `f` up) and its body (in the bodies dylib). C and C++
+//! require one address per function — pointers are compared, used as map
+//! keys, stored in tables — so the entry's is the canonical one, and the
+//! body's own image must use it too wherever it takes `f`'s address.
+//!
+//! [`canonical_function_addresses`] rewrites the body's graph before it is
+//! added: every reference that takes the address of such an `f` (absolute
+//! and PC-relative address materializations, GOT loads — the GOT entry then
+//! holds the entry —, pointers in data such as vtables and function
+//! tables) is retargeted to an external twin of `f`, which the link
+//! resolves through the bodies' link order to the entry. Direct calls and
+//! jumps (`R_X86_64_PLT32`, or a PC-relative field after a `call`/`jmp`/
+//! `jcc` opcode in code) stay on the body: a call through the entry would
+//! only be slower. `.eh_frame` records keep describing the body.
+
+use crate::graph::{
+    Linkage, LinkGraph, Prot, Scope, SectionRole, Symbol, SymbolDef, SymbolId,
+};
+use kiln_arch::x86_64::reloc::EdgeKind;
+
+/// Retargets address-taking references to the functions `with_entries`
+/// (global names defined in `graph` that get a lazy entry) to external
+/// twins of the same name, resolved to the entries at link time.
+pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: &[&str]) {
+    // Symbol id of each function → its twin (created on first use).
+    let mut twin: crate::graph::FxHashMap<SymbolId, SymbolId> = Default::default();
+    let defined: crate::graph::FxHashMap<SymbolId, ()> = with_entries
+        .iter()
+        .filter_map(|n| graph.globals.get(*n).copied())
+        .filter(|id| matches!(graph.symbols[id.index()].def, SymbolDef::Defined { .. }))
+        .map(|id| (id, ()))
+        .collect();
+    if defined.is_empty() {
+        return;
+    }
+    for bi in 0..graph.blocks.len() {
+        let block = &graph.blocks[bi];
+        let section = &graph.sections[block.section.index()];
+        if section.role == SectionRole::EhFrame || block.fde.is_some() {
+            continue;
+        }
+        let code = section.prot == Prot::ReadExec;
+        let mut retarget = Vec::new();
+        for (ei, e) in block.edges.iter().enumerate() {
+            if !defined.contains_key(&e.target) || !takes_address(e.kind) {
+                continue;
+            }
+            if code
+                && e.kind == EdgeKind::Delta32
+                && is_branch_field(block.content.bytes(), e.offset as usize)
+            {
+                continue;
+            }
+            retarget.push(ei);
+        }
+        for ei in retarget {
+            let target = graph.blocks[bi].edges[ei].target;
+            let t = *twin.entry(target).or_insert_with(|| {
+                let s = &graph.symbols[target.index()];
+                let external = Symbol {
+                    name: s.name.clone(),
+                    def: SymbolDef::External,
+                    object: s.object,
+                    size: 0,
+                    scope: Scope::Default,
+                    linkage: Linkage::Strong,
+                    callable: true,
+                    tls: false,
+                    weak_ref: false,
+                };
+                graph.add_symbol(external)
+            });
+            graph.blocks[bi].edges[ei].target = t;
+        }
+    }
+}
+
+/// Whether a relocation of this kind materializes its target's address
+/// (rather than calling it, or asking its size).
+fn takes_address(kind: EdgeKind) -> bool {
+    matches!(
+        kind,
+        EdgeKind::Pointer64
+            | EdgeKind::Pointer32
+            | EdgeKind::Pointer32Signed
+            | EdgeKind::Delta64
+            | EdgeKind::Delta32
+            | EdgeKind::GotDelta32
+            | EdgeKind::GotLoadRelaxable { .. }
+            | EdgeKind::GotDelta64
+            | EdgeKind::GotOffsetOfEntry64
+            | EdgeKind::GotOff64
+    )
+}
+
+/// Whether the 32-bit field at `offset` of code `bytes` is the
+/// displacement of a direct `call`, `jmp` or `jcc` (a PC-relative field of
+/// an instruction that addresses memory follows a ModRM byte, which is
+/// never one of these opcodes). Unknown bytes count as not a branch: the
+/// reference then goes through the entry, which is always correct.
+fn is_branch_field(bytes: Option<&[u8]>, offset: usize) -> bool {
+    let Some(bytes) = bytes else { return false };
+    let before = |n: usize| offset.checked_sub(n).and_then(|i| bytes.get(i)).copied();
+    matches!(before(1), Some(0xe8 | 0xe9))
+        || (before(2) == Some(0x0f) && before(1).is_some_and(|b| (0x80..=0x8f).contains(&b)))
+}
