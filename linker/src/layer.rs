@@ -88,6 +88,47 @@ struct Shared {
     /// every image linked from then on is placed below 2 GiB, where that
     /// code can reach its symbols (see [`ObjectLayer::add_graph_named`]).
     non_pie: std::sync::atomic::AtomicBool,
+    /// What the lazily added objects refer to and define (roots for the
+    /// archive members pulled for them, see [`ArchiveGenerator::lazy`]).
+    lazy_objects: Mutex<ObjectNames>,
+}
+
+/// Global names the lazily added objects refer to (strongly) and define.
+#[derive(Default)]
+struct ObjectNames {
+    referenced: std::collections::HashSet<Box<str>>,
+    defined: std::collections::HashSet<Box<str>>,
+}
+
+impl ObjectNames {
+    fn record(&mut self, graph: &LinkGraph) {
+        for (n, &id) in &graph.globals {
+            let s = &graph.symbols[id.index()];
+            match s.def {
+                GraphDef::External if !s.weak_ref => {
+                    self.referenced.insert(n.clone());
+                }
+                GraphDef::External => {}
+                _ if s.scope != Scope::Local => {
+                    self.defined.insert(n.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Referenced and defined by none of the objects: what an archive may
+    /// be asked for (as `ld` pulls members only for undefined symbols).
+    fn wanted(&self) -> Vec<Box<str>> {
+        let mut names: Vec<Box<str>> = self
+            .referenced
+            .iter()
+            .filter(|n| !self.defined.contains(*n))
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 impl ResourceManager for Shared {
@@ -151,6 +192,7 @@ impl ObjectLayer {
             executable: std::sync::atomic::AtomicBool::new(false),
             added: std::sync::atomic::AtomicUsize::new(0),
             non_pie: std::sync::atomic::AtomicBool::new(false),
+            lazy_objects: Mutex::new(ObjectNames::default()),
         });
         session.register_resource_manager(shared.clone());
         ObjectLayer {
@@ -296,6 +338,11 @@ impl ObjectLayer {
         for graph in &graphs {
             self.note_non_pie(graph);
         }
+        if let Ok(mut names) = self.shared.lazy_objects.lock() {
+            for graph in &graphs {
+                names.record(graph);
+            }
+        }
         // Group objects connected by thread-local references (union-find).
         let mut parent: Vec<usize> = (0..graphs.len()).collect();
         fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -380,7 +427,12 @@ impl ObjectLayer {
         let mut data = Vec::new();
         for (n, &id) in &graph.globals {
             let s = &graph.symbols[id.index()];
-            if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
+            // Archive code no live code reaches was pruned: not offered.
+            let dead = match s.def {
+                GraphDef::Defined { block, .. } => !graph.blocks[block.index()].live,
+                _ => false,
+            };
+            if dead || matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
                 continue;
             }
             let sym = self.session.intern(n);
@@ -975,6 +1027,81 @@ impl ArchiveGenerator {
         }
     }
 
+    /// The members a lazy pull of `names` takes, read into one graph (a
+    /// link image): `ld`'s archive semantics and `--gc-sections` pruning.
+    ///
+    /// The members defining `names` and, as `ld` does, every member that
+    /// defines a symbol the members taken so far refer to (strongly) and
+    /// none defines, until none is left — the closure is one image, so the
+    /// thread-locals and COMDAT groups of its members meet in one link.
+    /// It is then pruned to what `names` and the lazily added objects'
+    /// references reach (plus initializers and finalizers): a reference
+    /// only from code nothing reaches is no error, and the unit offers only
+    /// the definitions that stay. The objects' references are roots as
+    /// well, so that one pull takes all that the program's objects need of
+    /// the archive; a later pull (for a name only code pulled later needs)
+    /// cannot reach into the part of a member an earlier pull pruned.
+    fn pull_closure(&self, names: &[SymbolName]) -> Result<Option<(String, LinkGraph)>, Error> {
+        let (from_objects, object_defined) = self
+            .layer
+            .shared
+            .lazy_objects
+            .lock()
+            .map(|o| (o.wanted(), o.defined.clone()))
+            .unwrap_or_default();
+        let mut archive = self
+            .archive
+            .lock()
+            .map_err(|_| Error::msg("archive lock poisoned"))?;
+        let mut graph = LinkGraph::new();
+        let mut members: Vec<String> = Vec::new();
+        let mut wanted: Vec<Box<str>> = names.iter().map(|n| n.as_str().into()).collect();
+        wanted.extend(from_objects.iter().cloned());
+        let mut roots: Vec<String> = wanted.iter().map(|n| n.to_string()).collect();
+        while !wanted.is_empty() {
+            for name in std::mem::take(&mut wanted) {
+                if let Some((member, bytes)) = archive.take_member_for(&name).map_err(Error::msg)? {
+                    let id =
+                        crate::elf::read_object(&mut graph, &member, bytes).map_err(Error::msg)?;
+                    graph.objects[id.index()].library = true;
+                    members.push(member);
+                }
+            }
+            wanted = graph
+                .globals
+                .iter()
+                .filter(|(_, id)| {
+                    let s = &graph.symbols[id.index()];
+                    s.def == GraphDef::External && !s.weak_ref
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            wanted.sort_unstable();
+            // Only names no object defines and some member not yet taken
+            // does pull again.
+            wanted.retain(|n| !object_defined.contains(n) && archive.defines_untaken(n));
+        }
+        drop(archive);
+        if members.is_empty() {
+            return Ok(None);
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        passes::allocate_commons(&mut graph);
+        passes::prune(&mut graph, &Roots::Symbols(roots)).map_err(Error::msg)?;
+        // What stays is the image's own code from now on: later prunes
+        // (`Roots::All`) keep it, and keep what they dropped dropped.
+        for o in &mut graph.objects {
+            o.library = false;
+        }
+        let name = match &members[..] {
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} and {} more members", rest.len()),
+            [] => unreachable!("checked above"),
+        };
+        Ok(Some((name, graph)))
+    }
+
     /// Takes the members that define any of `names` (each at most once).
     fn take_members(&self, names: &[SymbolName]) -> Result<Vec<(String, Vec<u8>)>, Error> {
         let mut archive = self
@@ -998,19 +1125,22 @@ impl Generator for ArchiveGenerator {
         if req.kind() != LookupKind::Static {
             return req.complete(Ok(()));
         }
-        let members = match self.take_members(req.names()) {
-            Ok(members) => members,
-            Err(e) => return req.complete(Err(e)),
-        };
         let added = match &self.lazy {
-            None => members.iter().try_for_each(|(member, bytes)| {
-                self.layer.add_object(req.dylib(), None, member, bytes)
-            }),
-            Some((bodies, manager)) if !members.is_empty() => {
-                self.layer
-                    .add_objects_lazily(req.dylib(), bodies, manager, &members)
-            }
-            Some(_) => Ok(()),
+            None => match self.take_members(req.names()) {
+                Ok(members) => members.iter().try_for_each(|(member, bytes)| {
+                    self.layer.add_object(req.dylib(), None, member, bytes)
+                }),
+                Err(e) => return req.complete(Err(e)),
+            },
+            Some((bodies, manager)) => match self.pull_closure(req.names()) {
+                Ok(Some((name, graph))) => {
+                    self.layer.note_non_pie(&graph);
+                    self.layer
+                        .add_graph_lazily(req.dylib(), bodies, manager, &name, graph)
+                }
+                Ok(None) => Ok(()),
+                Err(e) => return req.complete(Err(e)),
+            },
         };
         req.complete(added.map_err(Error::msg));
     }

@@ -418,7 +418,14 @@ fn archive_members_are_pulled_when_first_needed_eager_and_lazy() {
         }
         let entry = j.function(&app, "entry").unwrap();
         assert_eq!(entry(4), 51, "lazy {lazy}");
-        assert_eq!(j.layer.stats().1, 3, "lazy {lazy}: main, used and helper");
+        // Lazily, the members one pull takes (`used` and, for it,
+        // `helper`) are one image, as `ld` pulls an archive's closure.
+        let images = if lazy { 2 } else { 3 };
+        assert_eq!(
+            j.layer.stats().1,
+            images,
+            "lazy {lazy}: main, used and helper"
+        );
         j.session.end();
     }
 }

@@ -17,9 +17,7 @@
 //! `jcc` opcode in code) stay on the body: a call through the entry would
 //! only be slower. `.eh_frame` records keep describing the body.
 
-use crate::graph::{
-    Linkage, LinkGraph, Prot, Scope, SectionRole, Symbol, SymbolDef, SymbolId,
-};
+use crate::graph::{LinkGraph, Linkage, Prot, Scope, SectionRole, Symbol, SymbolDef, SymbolId};
 use kiln_arch::x86_64::reloc::EdgeKind;
 
 /// Retargets address-taking references to the functions `with_entries`
