@@ -311,8 +311,12 @@ impl ObjectLayer {
     /// first called: the object goes into `bodies`, and `entries` gets a lazy
     /// reexport (from `manager`) for each of its functions and a plain alias
     /// for each data symbol (looking data up links the object at once).
-    /// `bodies` should link against `entries` first, so calls between
-    /// objects go through the lazy entries.
+    /// `bodies` should link against `entries` first (and not against
+    /// itself: [`Dylib::set_link_order_exact`]), so calls between objects
+    /// go through the lazy entries, and a function has one address — its
+    /// entry's — wherever it is taken: in its own object too, where
+    /// references that take its address (not direct calls) are resolved to
+    /// its entry through that link order (see `lazy/identity.rs`).
     ///
     /// Objects that refer to each other's thread-local variables are linked
     /// together, as one image (a thread-local needs its module, not just an
@@ -1010,10 +1014,17 @@ impl ArchiveGenerator {
         }
     }
 
-    /// A generator serving members of `archive` lazily: each member pulled
-    /// goes into `bodies`, and the generator's dylib gets a lazy entry (from
-    /// `manager`) for each of its functions and an alias for each data
+    /// A generator serving members of `archive` lazily: the members a pull
+    /// takes (those defining the names asked for, the names the lazily
+    /// added objects leave undefined, and, transitively, what those members
+    /// need — `ld`'s archive search) are read into one graph, pruned to
+    /// what those names reach (as `ld --gc-sections` prunes library code:
+    /// references only from unreached code are no error), and go into
+    /// `bodies` as one image; the generator's dylib gets a lazy entry (from
+    /// `manager`) for each function that stays and an alias for each data
     /// symbol, as [`ObjectLayer::add_objects_lazily`] does for objects.
+    /// Add the objects before any lookup: a later pull cannot reach the
+    /// part of a member an earlier pull pruned.
     pub fn lazy(
         layer: &ObjectLayer,
         archive: Archive,
