@@ -496,6 +496,14 @@ impl ObjectLayer {
         }
     }
 
+    /// Whether the images linked from now on go below 2 GiB: non-PIE code
+    /// was added (see [`ObjectLayer::add_graph_named`]). Lazy entries'
+    /// stubs should then go there too
+    /// ([`crate::lazy::JitLazyReexports::place_stubs_below_2gib`]).
+    pub fn places_below_2gib(&self) -> bool {
+        self.below_2gib()
+    }
+
     /// Whether images linked now go below 2 GiB (non-PIE code was added).
     fn below_2gib(&self) -> bool {
         self.shared

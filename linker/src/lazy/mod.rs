@@ -252,6 +252,18 @@ impl JitLazyReexports {
         &self.manager
     }
 
+    /// Places the stubs created from now on — the addresses of lazily
+    /// linked functions — below 2 GiB, where non-PIE code's 32-bit absolute
+    /// references reach them (the object layer places every image there
+    /// once non-PIE code was added: [`crate::layer::ObjectLayer::places_below_2gib`]).
+    /// Otherwise such code reaches a function through a stub of its own
+    /// image, a second address. Call it before entries are first looked up;
+    /// code placed near the host's libraries may not reach these stubs with
+    /// 32-bit PC-relative references.
+    pub fn place_stubs_below_2gib(&self) {
+        self.memory.place_stubs_low();
+    }
+
     /// The JIT memory its live trampolines and stubs hold.
     pub fn memory_stats(&self) -> MemoryStats {
         self.memory.stats()
