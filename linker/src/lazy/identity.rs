@@ -106,3 +106,102 @@ fn is_branch_field(bytes: Option<&[u8]>, offset: usize) -> bool {
     matches!(before(1), Some(0xe8 | 0xe9))
         || (before(2) == Some(0x0f) && before(1).is_some_and(|b| (0x80..=0x8f).contains(&b)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Block, Content, Edge};
+
+    fn edge(offset: u32, kind: EdgeKind, target: SymbolId) -> Edge {
+        Edge {
+            offset,
+            kind,
+            r_type: 0,
+            target,
+            addend: 0,
+        }
+    }
+
+    /// `f` in `.text` (with a call, a jump, a `lea` and a GOT load of
+    /// itself), a pointer to it in `.data`, and its FDE: only the
+    /// address-taking references move to the twin.
+    #[test]
+    fn address_taking_references_move_to_the_entry_and_calls_stay() {
+        let mut g = LinkGraph::new();
+        let obj = g.add_object("a.o");
+        let f = g.global("f", obj);
+        let text = g.section(".text", Prot::ReadExec, SectionRole::Ordinary);
+        let data = g.section(".data", Prot::ReadWrite, SectionRole::Ordinary);
+        let eh = g.section(".eh_frame", Prot::Read, SectionRole::EhFrame);
+        // call f; jmp f; lea f(%rip),%rax; mov f@GOTPCREL(%rip),%rax; jne f
+        let mut code = vec![0xe8, 0, 0, 0, 0, 0xe9, 0, 0, 0, 0];
+        code.extend([0x48, 0x8d, 0x05, 0, 0, 0, 0]);
+        code.extend([0x48, 0x8b, 0x05, 0, 0, 0, 0]);
+        code.extend([0x0f, 0x85, 0, 0, 0, 0]);
+        let mut block = |section, content, edges| {
+            g.add_block(Block {
+                section,
+                object: Some(obj),
+                input_section: ".x".into(),
+                input_offset: 0,
+                content,
+                align: 8,
+                edges,
+                fde: None,
+                live: true,
+                addr: 0,
+            })
+        };
+        let text_block = block(
+            text,
+            Content::Bytes(code),
+            vec![
+                edge(1, EdgeKind::Delta32, f),
+                edge(6, EdgeKind::Branch32, f),
+                edge(13, EdgeKind::Delta32, f),
+                edge(20, EdgeKind::GotLoadRelaxable { rex: true }, f),
+                edge(26, EdgeKind::Delta32, f),
+            ],
+        );
+        let data_block = block(
+            data,
+            Content::Zero(8),
+            vec![edge(0, EdgeKind::Pointer64, f)],
+        );
+        let eh_block = block(eh, Content::Zero(8), vec![edge(0, EdgeKind::Delta32, f)]);
+        g.symbols[f.index()].def = SymbolDef::Defined {
+            block: text_block,
+            offset: 0,
+        };
+        g.symbols[f.index()].callable = true;
+
+        canonical_function_addresses(&mut g, &["f"]);
+
+        let targets = |b: crate::graph::BlockId| -> Vec<SymbolId> {
+            g.blocks[b.index()].edges.iter().map(|e| e.target).collect()
+        };
+        let text_targets = targets(text_block);
+        let twin = text_targets[2];
+        assert_ne!(twin, f);
+        assert_eq!(text_targets, vec![f, f, twin, twin, f]);
+        assert_eq!(targets(data_block), vec![twin]);
+        assert_eq!(targets(eh_block), vec![f], "unwind info describes the body");
+        let t = &g.symbols[twin.index()];
+        assert_eq!((t.name.as_deref(), t.def), (Some("f"), SymbolDef::External));
+        assert_eq!(
+            g.globals.get("f"),
+            Some(&f),
+            "the definition stays the global"
+        );
+    }
+
+    #[test]
+    fn nothing_changes_without_entries() {
+        let mut g = LinkGraph::new();
+        let obj = g.add_object("a.o");
+        let _ = g.global("f", obj); // external: not ours to redirect
+        let before = g.symbols.len();
+        canonical_function_addresses(&mut g, &["f", "g"]);
+        assert_eq!(g.symbols.len(), before);
+    }
+}

@@ -7,6 +7,9 @@ int op_add(int a, int b);
 int op_mul(int a, int b);
 void register_ops(std::map<Op, const char *> &names);
 Op lib_op(int which);
+// Defined in every object that uses it (a COMDAT group in each).
+inline int op_sub(int a, int b) { return a - b; }
+Op lib_inline_op();
 
 struct Counter {
     int n = 0;

@@ -10,6 +10,7 @@ void register_ops(std::map<Op, const char *> &names) {
 }
 
 Op lib_op(int which) { return which ? op_mul : op_add; }
+Op lib_inline_op() { return op_sub; }
 
 void Counter::bump() { ++n; }
 Bump lib_bump() { return &Counter::bump; }

@@ -15,6 +15,8 @@ int main() {
     std::function<int(int, int)> f = op_add;
     std::printf("target %d\n", f.target<Op>() && *f.target<Op>() == lib_op(0));
     std::printf("member %d\n", &Counter::bump == lib_bump());
+    Op sub = op_sub;
+    std::printf("inline %d %d\n", sub == lib_inline_op(), sub(7, 2));
     Counter c;
     (c.*lib_bump())();
     Shape *s = make_square(3);
