@@ -998,7 +998,8 @@ impl Generator for HostGenerator {
 /// other lookups never pull members.
 pub struct ArchiveGenerator {
     layer: ObjectLayer,
-    archive: Mutex<Archive>,
+    /// Searched in order for each name (a group: each pull searches all).
+    archives: Mutex<Vec<Archive>>,
     /// Where members' bodies go, and the manager of their lazy entries.
     lazy: Option<(Dylib, kiln_engine::LazyReexports)>,
 }
@@ -1017,7 +1018,7 @@ impl ArchiveGenerator {
     pub fn new(layer: &ObjectLayer, archive: Archive) -> Self {
         ArchiveGenerator {
             layer: layer.clone(),
-            archive: Mutex::new(archive),
+            archives: Mutex::new(vec![archive]),
             lazy: None,
         }
     }
@@ -1039,9 +1040,23 @@ impl ArchiveGenerator {
         bodies: &Dylib,
         manager: &kiln_engine::LazyReexports,
     ) -> Self {
+        Self::lazy_group(layer, vec![archive], bodies, manager)
+    }
+
+    /// [`ArchiveGenerator::lazy`] over several archives searched as one
+    /// group (as the eager link searches every archive until nothing more
+    /// is pulled, like `ld --start-group`): a pull's closure takes members
+    /// of any of them — the first archive defining a name wins — so
+    /// archives that refer to each other are pruned as one library.
+    pub fn lazy_group(
+        layer: &ObjectLayer,
+        archives: Vec<Archive>,
+        bodies: &Dylib,
+        manager: &kiln_engine::LazyReexports,
+    ) -> Self {
         ArchiveGenerator {
             layer: layer.clone(),
-            archive: Mutex::new(archive),
+            archives: Mutex::new(archives),
             lazy: Some((bodies.clone(), manager.clone())),
         }
     }
@@ -1068,8 +1083,8 @@ impl ArchiveGenerator {
             .lock()
             .map(|o| (o.wanted(), o.defined.clone()))
             .unwrap_or_default();
-        let mut archive = self
-            .archive
+        let mut archives = self
+            .archives
             .lock()
             .map_err(|_| Error::msg("archive lock poisoned"))?;
         let mut graph = LinkGraph::new();
@@ -1079,11 +1094,16 @@ impl ArchiveGenerator {
         let mut roots: Vec<String> = wanted.iter().map(|n| n.to_string()).collect();
         while !wanted.is_empty() {
             for name in std::mem::take(&mut wanted) {
-                if let Some((member, bytes)) = archive.take_member_for(&name).map_err(Error::msg)? {
-                    let id =
-                        crate::elf::read_object(&mut graph, &member, bytes).map_err(Error::msg)?;
-                    graph.objects[id.index()].library = true;
-                    members.push(member);
+                for archive in archives.iter_mut() {
+                    if let Some((member, bytes)) =
+                        archive.take_member_for(&name).map_err(Error::msg)?
+                    {
+                        let id = crate::elf::read_object(&mut graph, &member, bytes)
+                            .map_err(Error::msg)?;
+                        graph.objects[id.index()].library = true;
+                        members.push(member);
+                        break;
+                    }
                 }
             }
             wanted = graph
@@ -1098,9 +1118,11 @@ impl ArchiveGenerator {
             wanted.sort_unstable();
             // Only names no object defines and some member not yet taken
             // does pull again.
-            wanted.retain(|n| !object_defined.contains(n) && archive.defines_untaken(n));
+            wanted.retain(|n| {
+                !object_defined.contains(n) && archives.iter().any(|a| a.defines_untaken(n))
+            });
         }
-        drop(archive);
+        drop(archives);
         if members.is_empty() {
             return Ok(None);
         }
@@ -1123,16 +1145,19 @@ impl ArchiveGenerator {
 
     /// Takes the members that define any of `names` (each at most once).
     fn take_members(&self, names: &[SymbolName]) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let mut archive = self
-            .archive
+        let mut archives = self
+            .archives
             .lock()
             .map_err(|_| Error::msg("archive lock poisoned"))?;
         let mut members = Vec::new();
         for n in names {
-            if let Some((member, bytes)) =
-                archive.take_member_for(n.as_str()).map_err(Error::msg)?
-            {
-                members.push((member, bytes.to_vec()));
+            for archive in archives.iter_mut() {
+                if let Some((member, bytes)) =
+                    archive.take_member_for(n.as_str()).map_err(Error::msg)?
+                {
+                    members.push((member, bytes.to_vec()));
+                    break;
+                }
             }
         }
         Ok(members)

@@ -220,10 +220,18 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         if layer.places_below_2gib() {
             jit.place_stubs_below_2gib();
         }
-        for ar in archives {
-            let archive = Archive::parse(&ar.name, ar.bytes).map_err(|e| e.to_string())?;
-            main.add_generator(ArchiveGenerator::lazy(&layer, archive, &bodies, &manager))
-                .map_err(err)?;
+        // One group, as the eager link searches them: archives that refer
+        // to each other are pulled (and pruned) together.
+        let archives = archives
+            .into_iter()
+            .map(|ar| Archive::parse(&ar.name, ar.bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        if !archives.is_empty() {
+            main.add_generator(ArchiveGenerator::lazy_group(
+                &layer, archives, &bodies, &manager,
+            ))
+            .map_err(err)?;
         }
         bodies
             .set_link_order_exact(&[

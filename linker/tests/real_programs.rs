@@ -144,6 +144,47 @@ fn function_pointer_identity_cxx_clangxx_o2() {
     check_cxx("fnptr", FNPTR, "clang++", &["-O2"]);
 }
 
+/// Two archives that call each other (`main` → a → b → back into a
+/// member of a already taken), with unused code naming an undefined
+/// symbol. `ld --gc-sections` links it; so does kiln, eager and `--lazy`.
+/// Before, `--lazy` searched each archive on its own and pruned each pull
+/// alone: b's member then needed `ma_helper`, which a's pull had pruned
+/// ("undefined symbol(s): ma_helper").
+#[test]
+fn archives_calling_each_other_are_pruned_as_one_library() {
+    if !(need("gcc") && need("ar")) {
+        return;
+    }
+    let dir = scratch("real-mutual-archives");
+    let objs = compile_each(
+        "gcc",
+        &common::c_dir(),
+        &["mutual_main.c", "mutual_a.c", "mutual_b.c"],
+        &["-O2", "-ffunction-sections"],
+        &dir,
+    );
+    let archive = |name: &str, member: &std::path::Path| {
+        let ar = dir.join(name);
+        let _ = std::fs::remove_file(&ar);
+        run_tool(
+            std::process::Command::new("ar")
+                .arg("rcs")
+                .arg(&ar)
+                .arg(member),
+            "ar rcs",
+        );
+        ar
+    };
+    let inputs = [
+        objs[0].clone(),
+        archive("libmutual_a.a", &objs[1]),
+        archive("libmutual_b.a", &objs[2]),
+    ];
+    let native = native_run("gcc", &inputs, &["-Wl,--gc-sections"], &dir.join("native"));
+    assert_eq!(native.0, "ma_entry 26\n");
+    assert_kiln_matches(&native, &inputs, "archives calling each other");
+}
+
 /// Compiles `main_c` (in tests/rust) with gcc -O2 and `lib_rs` as a
 /// staticlib with `rustc -O rust_flags`: (main object, archive).
 fn build_rust_program(
