@@ -16,6 +16,12 @@
 //! jumps (`R_X86_64_PLT32`, or a PC-relative field after a `call`/`jmp`/
 //! `jcc` opcode in code) stay on the body: a call through the entry would
 //! only be slower. `.eh_frame` records keep describing the body.
+//!
+//! Only references that name the function's symbol are seen. Code whose
+//! assembler resolved its own address — clang's `-fPIC
+//! -fno-semantic-interposition` takes `f` through a local alias, a `lea`
+//! with no relocation when `f` is in the same section — keeps the body's
+//! address there, as such code does in an ELF shared library.
 
 use crate::graph::{LinkGraph, Linkage, Prot, Scope, SectionRole, Symbol, SymbolDef, SymbolId};
 use kiln_arch::x86_64::reloc::EdgeKind;
