@@ -17,30 +17,41 @@
 //! `jcc` opcode in code) stay on the body: a call through the entry would
 //! only be slower. `.eh_frame` records keep describing the body.
 //!
-//! Only references that name the function's symbol are seen. Code whose
-//! assembler resolved its own address — clang's `-fPIC
-//! -fno-semantic-interposition` takes `f` through a local alias, a `lea`
-//! with no relocation when `f` is in the same section — keeps the body's
-//! address there, as such code does in an ELF shared library.
+//! References are seen through `f`'s symbol or through a local one (a
+//! section symbol, as clang's `-fPIC -fno-semantic-interposition
+//! -ffunction-sections` writes `lea .text.f-4(%rip)`) plus an addend that
+//! lands on `f`. Code whose assembler resolved the address itself — the
+//! same clang flags without `-ffunction-sections`: a `lea` with no
+//! relocation — keeps the body's address there, as such code does in an
+//! ELF shared library.
 
-use crate::graph::{LinkGraph, Linkage, Prot, Scope, SectionRole, Symbol, SymbolDef, SymbolId};
+use crate::graph::{
+    BlockId, Edge, FxHashMap, LinkGraph, Linkage, Prot, Scope, SectionRole, Symbol, SymbolDef,
+    SymbolId,
+};
 use kiln_arch::x86_64::reloc::EdgeKind;
 
 /// Retargets address-taking references to the functions `with_entries`
 /// (global names defined in `graph` that get a lazy entry) to external
 /// twins of the same name, resolved to the entries at link time.
 pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: &[&str]) {
-    // Symbol id of each function → its twin (created on first use).
-    let mut twin: crate::graph::FxHashMap<SymbolId, SymbolId> = Default::default();
-    let defined: crate::graph::FxHashMap<SymbolId, ()> = with_entries
-        .iter()
-        .filter_map(|n| graph.globals.get(*n).copied())
-        .filter(|id| matches!(graph.symbols[id.index()].def, SymbolDef::Defined { .. }))
-        .map(|id| (id, ()))
-        .collect();
-    if defined.is_empty() {
+    // Where each function with an entry starts → its symbol (the first
+    // named, when several share an address: aliases the compiler made).
+    let mut at: FxHashMap<(BlockId, u64), SymbolId> = FxHashMap::default();
+    let mut ids: FxHashMap<SymbolId, ()> = FxHashMap::default();
+    for n in with_entries {
+        if let Some(&id) = graph.globals.get(*n)
+            && let SymbolDef::Defined { block, offset } = graph.symbols[id.index()].def
+        {
+            at.entry((block, offset)).or_insert(id);
+            ids.insert(id, ());
+        }
+    }
+    if at.is_empty() {
         return;
     }
+    // Symbol id of each function → its twin (created on first use).
+    let mut twin: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
     for bi in 0..graph.blocks.len() {
         let block = &graph.blocks[bi];
         let section = &graph.sections[block.section.index()];
@@ -48,23 +59,25 @@ pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: 
             continue;
         }
         let code = section.prot == Prot::ReadExec;
+        // (edge, function, addend relative to the function)
         let mut retarget = Vec::new();
         for (ei, e) in block.edges.iter().enumerate() {
-            if !defined.contains_key(&e.target) || !takes_address(e.kind) {
+            if !takes_address(e.kind) {
                 continue;
             }
-            if code
+            let branch = code
                 && e.kind == EdgeKind::Delta32
-                && is_branch_field(block.content.bytes(), e.offset as usize)
-            {
+                && is_branch_field(block.content.bytes(), e.offset as usize);
+            if branch {
                 continue;
             }
-            retarget.push(ei);
+            if let Some(f) = function_named(graph, &at, &ids, e, code) {
+                retarget.push((ei, f));
+            }
         }
-        for ei in retarget {
-            let target = graph.blocks[bi].edges[ei].target;
-            let t = *twin.entry(target).or_insert_with(|| {
-                let s = &graph.symbols[target.index()];
+        for (ei, (f, addend)) in retarget {
+            let t = *twin.entry(f).or_insert_with(|| {
+                let s = &graph.symbols[f.index()];
                 let external = Symbol {
                     name: s.name.clone(),
                     def: SymbolDef::External,
@@ -78,9 +91,40 @@ pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: 
                 };
                 graph.add_symbol(external)
             });
-            graph.blocks[bi].edges[ei].target = t;
+            let edge = &mut graph.blocks[bi].edges[ei];
+            edge.target = t;
+            edge.addend = addend;
         }
     }
+}
+
+/// The function with an entry whose address edge `e` takes, with the
+/// addend to use against it: a reference to its symbol, or to a local
+/// symbol (a section symbol, an assembler-local alias) plus an addend that
+/// lands on its first byte. A PC-relative field in code is taken to end its
+/// instruction (`lea sym-4(%rip)`; an immediate after it makes the guess
+/// miss, which leaves the reference on the body).
+fn function_named(
+    graph: &LinkGraph,
+    at: &FxHashMap<(BlockId, u64), SymbolId>,
+    ids: &FxHashMap<SymbolId, ()>,
+    e: &Edge,
+    code: bool,
+) -> Option<(SymbolId, i64)> {
+    let s = &graph.symbols[e.target.index()];
+    let SymbolDef::Defined { block, offset } = s.def else {
+        return None;
+    };
+    if s.scope != Scope::Local {
+        return ids.contains_key(&e.target).then_some((e.target, e.addend));
+    }
+    let field_end = match e.kind {
+        EdgeKind::Delta32 if code => 4,
+        _ => 0,
+    };
+    let lands = offset.checked_add_signed(e.addend + field_end)?;
+    let f = *at.get(&(block, lands))?;
+    Some((f, e.addend - (lands as i64 - offset as i64)))
 }
 
 /// Whether a relocation of this kind materializes its target's address
@@ -116,7 +160,7 @@ fn is_branch_field(bytes: Option<&[u8]>, offset: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Block, Content, Edge};
+    use crate::graph::{Block, Content};
 
     fn edge(offset: u32, kind: EdgeKind, target: SymbolId) -> Edge {
         Edge {
@@ -199,6 +243,74 @@ mod tests {
             Some(&f),
             "the definition stays the global"
         );
+    }
+
+    /// `lea .text.f-4(%rip)` and `.quad .text.f+0` (a section symbol with
+    /// `f` at its start) are `f`'s address; `.quad .text.f+8` is not.
+    #[test]
+    fn section_relative_references_to_the_start_of_a_function_move_too() {
+        let mut g = LinkGraph::new();
+        let obj = g.add_object("a.o");
+        let f = g.global("f", obj);
+        let text = g.section(".text.f", Prot::ReadExec, SectionRole::Ordinary);
+        let data = g.section(".data", Prot::ReadWrite, SectionRole::Ordinary);
+        let mut block = |section, content| {
+            g.add_block(Block {
+                section,
+                object: Some(obj),
+                input_section: ".x".into(),
+                input_offset: 0,
+                content,
+                align: 8,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: 0,
+            })
+        };
+        let text_block = block(
+            text,
+            Content::Bytes(vec![0x48, 0x8d, 0x05, 0, 0, 0, 0, 0xc3]),
+        );
+        let data_block = block(data, Content::Zero(16));
+        g.symbols[f.index()].def = SymbolDef::Defined {
+            block: text_block,
+            offset: 0,
+        };
+        let section_symbol = g.add_symbol(Symbol {
+            name: None,
+            def: SymbolDef::Defined {
+                block: text_block,
+                offset: 0,
+            },
+            object: Some(obj),
+            size: 0,
+            scope: Scope::Local,
+            linkage: Linkage::Strong,
+            callable: false,
+            tls: false,
+            weak_ref: false,
+        });
+        let with_addend = |offset, kind, addend| Edge {
+            addend,
+            ..edge(offset, kind, section_symbol)
+        };
+        g.blocks[text_block.index()].edges = vec![with_addend(3, EdgeKind::Delta32, -4)];
+        g.blocks[data_block.index()].edges = vec![
+            with_addend(0, EdgeKind::Pointer64, 0),
+            with_addend(8, EdgeKind::Pointer64, 8),
+        ];
+
+        canonical_function_addresses(&mut g, &["f"]);
+
+        let lea = g.blocks[text_block.index()].edges[0];
+        let twin = lea.target;
+        assert_eq!(g.symbols[twin.index()].name.as_deref(), Some("f"));
+        assert_eq!(g.symbols[twin.index()].def, SymbolDef::External);
+        assert_eq!(lea.addend, -4);
+        let d = &g.blocks[data_block.index()].edges;
+        assert_eq!((d[0].target, d[0].addend), (twin, 0));
+        assert_eq!((d[1].target, d[1].addend), (section_symbol, 8));
     }
 
     #[test]
