@@ -71,7 +71,8 @@ pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: 
             if branch {
                 continue;
             }
-            if let Some(f) = function_named(graph, &at, &ids, e, code) {
+            let field = code.then(|| block.content.bytes()).flatten();
+            if let Some(f) = function_named(graph, &at, &ids, e, field) {
                 retarget.push((ei, f));
             }
         }
@@ -109,7 +110,7 @@ fn function_named(
     at: &FxHashMap<(BlockId, u64), SymbolId>,
     ids: &FxHashMap<SymbolId, ()>,
     e: &Edge,
-    code: bool,
+    code: Option<&[u8]>,
 ) -> Option<(SymbolId, i64)> {
     let s = &graph.symbols[e.target.index()];
     let SymbolDef::Defined { block, offset } = s.def else {
@@ -118,9 +119,14 @@ fn function_named(
     if s.scope != Scope::Local {
         return ids.contains_key(&e.target).then_some((e.target, e.addend));
     }
+    // Where the reference lands: exact for absolute addresses; for a
+    // PC-relative field only in a RIP-relative operand in code (the
+    // addend of one in data, such as a jump table's entry, is relative to
+    // something else).
     let field_end = match e.kind {
-        EdgeKind::Delta32 if code => 4,
-        _ => 0,
+        EdgeKind::Pointer64 | EdgeKind::Pointer32 | EdgeKind::Pointer32Signed => 0,
+        EdgeKind::Delta32 if code.is_some_and(|b| rip_relative_field(b, e.offset as usize)) => 4,
+        _ => return None,
     };
     let lands = offset.checked_add_signed(e.addend + field_end)?;
     let f = *at.get(&(block, lands))?;
@@ -143,6 +149,15 @@ fn takes_address(kind: EdgeKind) -> bool {
             | EdgeKind::GotOffsetOfEntry64
             | EdgeKind::GotOff64
     )
+}
+
+/// Whether the 32-bit field at `offset` of code `bytes` follows a ModRM
+/// byte that selects RIP-relative addressing (`mod = 00`, `r/m = 101`).
+fn rip_relative_field(bytes: &[u8], offset: usize) -> bool {
+    offset
+        .checked_sub(1)
+        .and_then(|i| bytes.get(i))
+        .is_some_and(|&modrm| modrm & 0xc7 == 0x05)
 }
 
 /// Whether the 32-bit field at `offset` of code `bytes` is the
@@ -246,7 +261,9 @@ mod tests {
     }
 
     /// `lea .text.f-4(%rip)` and `.quad .text.f+0` (a section symbol with
-    /// `f` at its start) are `f`'s address; `.quad .text.f+8` is not.
+    /// `f` at its start) are `f`'s address; `.quad .text.f+8` is not, and
+    /// neither is a PC-relative entry in data (a jump table's addend is
+    /// relative to the table: rewriting it crashed Lua at -O2).
     #[test]
     fn section_relative_references_to_the_start_of_a_function_move_too() {
         let mut g = LinkGraph::new();
@@ -299,6 +316,7 @@ mod tests {
         g.blocks[data_block.index()].edges = vec![
             with_addend(0, EdgeKind::Pointer64, 0),
             with_addend(8, EdgeKind::Pointer64, 8),
+            with_addend(12, EdgeKind::Delta32, 0),
         ];
 
         canonical_function_addresses(&mut g, &["f"]);
@@ -311,6 +329,7 @@ mod tests {
         let d = &g.blocks[data_block.index()].edges;
         assert_eq!((d[0].target, d[0].addend), (twin, 0));
         assert_eq!((d[1].target, d[1].addend), (section_symbol, 8));
+        assert_eq!((d[2].target, d[2].addend), (section_symbol, 0));
     }
 
     #[test]
