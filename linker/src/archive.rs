@@ -70,6 +70,13 @@ impl Archive {
         self.index.len()
     }
 
+    /// Whether `symbol` is defined by a member not yet loaded.
+    pub(crate) fn defines_untaken(&self, symbol: &str) -> bool {
+        self.index
+            .get(symbol)
+            .is_some_and(|off| !self.loaded.contains(off))
+    }
+
     /// If `symbol` is defined by a member not yet loaded, mark it loaded and
     /// return `(member display name, bytes)`.
     pub fn take_member_for(&mut self, symbol: &str) -> Result<Option<(String, &[u8])>, LinkError> {

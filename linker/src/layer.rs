@@ -90,6 +90,47 @@ struct Shared {
     /// every image linked from then on is placed below 2 GiB, where that
     /// code can reach its symbols (see [`ObjectLayer::add_graph_named`]).
     non_pie: std::sync::atomic::AtomicBool,
+    /// What the lazily added objects refer to and define (roots for the
+    /// archive members pulled for them, see [`ArchiveGenerator::lazy`]).
+    lazy_objects: Mutex<ObjectNames>,
+}
+
+/// Global names the lazily added objects refer to (strongly) and define.
+#[derive(Default)]
+struct ObjectNames {
+    referenced: std::collections::HashSet<Box<str>>,
+    defined: std::collections::HashSet<Box<str>>,
+}
+
+impl ObjectNames {
+    fn record(&mut self, graph: &LinkGraph) {
+        for (n, &id) in &graph.globals {
+            let s = &graph.symbols[id.index()];
+            match s.def {
+                GraphDef::External if !s.weak_ref => {
+                    self.referenced.insert(n.clone());
+                }
+                GraphDef::External => {}
+                _ if s.scope != Scope::Local => {
+                    self.defined.insert(n.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Referenced and defined by none of the objects: what an archive may
+    /// be asked for (as `ld` pulls members only for undefined symbols).
+    fn wanted(&self) -> Vec<Box<str>> {
+        let mut names: Vec<Box<str>> = self
+            .referenced
+            .iter()
+            .filter(|n| !self.defined.contains(*n))
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 impl ResourceManager for Shared {
@@ -167,6 +208,7 @@ impl ObjectLayer {
             executable: std::sync::atomic::AtomicBool::new(false),
             added: std::sync::atomic::AtomicUsize::new(0),
             non_pie: std::sync::atomic::AtomicBool::new(false),
+            lazy_objects: Mutex::new(ObjectNames::default()),
         });
         session.register_resource_manager(shared.clone());
         ObjectLayer {
@@ -285,8 +327,12 @@ impl ObjectLayer {
     /// first called: the object goes into `bodies`, and `entries` gets a lazy
     /// reexport (from `manager`) for each of its functions and a plain alias
     /// for each data symbol (looking data up links the object at once).
-    /// `bodies` should link against `entries` first, so calls between
-    /// objects go through the lazy entries.
+    /// `bodies` should link against `entries` first (and not against
+    /// itself: [`Dylib::set_link_order_exact`]), so calls between objects
+    /// go through the lazy entries, and a function has one address — its
+    /// entry's — wherever it is taken: in its own object too, where
+    /// references that take its address (not direct calls) are resolved to
+    /// its entry through that link order (see `lazy/identity.rs`).
     ///
     /// Objects that refer to each other's thread-local variables are linked
     /// together, as one image (a thread-local needs its module, not just an
@@ -323,6 +369,11 @@ impl ObjectLayer {
         // placed where the non-PIE code among the others can reach it.
         for graph in &graphs {
             self.note_non_pie(graph);
+        }
+        if let Ok(mut names) = self.shared.lazy_objects.lock() {
+            for graph in &graphs {
+                names.record(graph);
+            }
         }
         // Group objects connected by thread-local references (union-find).
         let mut parent: Vec<usize> = (0..graphs.len()).collect();
@@ -396,7 +447,7 @@ impl ObjectLayer {
         bodies: &Dylib,
         manager: &kiln_engine::LazyReexports,
         name: &str,
-        graph: LinkGraph,
+        mut graph: LinkGraph,
     ) -> Result<(), LinkError> {
         let has_constructors = graph.sections.iter().any(|s| {
             matches!(
@@ -408,7 +459,12 @@ impl ObjectLayer {
         let mut data = Vec::new();
         for (n, &id) in &graph.globals {
             let s = &graph.symbols[id.index()];
-            if matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
+            // Archive code no live code reaches was pruned: not offered.
+            let dead = match s.def {
+                GraphDef::Defined { block, .. } => !graph.blocks[block.index()].live,
+                _ => false,
+            };
+            if dead || matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
                 continue;
             }
             let sym = self.session.intern(n);
@@ -423,6 +479,11 @@ impl ObjectLayer {
             } else {
                 data.push(alias);
             }
+        }
+        if !has_constructors {
+            // The entry's address is the function's, in its own image too.
+            let names: Vec<&str> = functions.iter().map(|a| a.name.as_str()).collect();
+            crate::lazy::identity::canonical_function_addresses(&mut graph, &names);
         }
         if has_constructors {
             let key = entries.default_tracker().key();
@@ -462,6 +523,14 @@ impl ObjectLayer {
         {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Whether the images linked from now on go below 2 GiB: non-PIE code
+    /// was added (see [`ObjectLayer::add_graph_named`]). Lazy entries'
+    /// stubs should then go there too
+    /// ([`crate::lazy::JitLazyReexports::place_stubs_below_2gib`]).
+    pub fn places_below_2gib(&self) -> bool {
+        self.below_2gib()
     }
 
     /// Whether images linked now go below 2 GiB (non-PIE code was added).
@@ -1009,7 +1078,8 @@ impl Generator for HostGenerator {
 /// other lookups never pull members.
 pub struct ArchiveGenerator {
     layer: ObjectLayer,
-    archive: Mutex<Archive>,
+    /// Searched in order for each name (a group: each pull searches all).
+    archives: Mutex<Vec<Archive>>,
     /// Where members' bodies go, and the manager of their lazy entries.
     lazy: Option<(Dylib, kiln_engine::LazyReexports)>,
 }
@@ -1028,40 +1098,146 @@ impl ArchiveGenerator {
     pub fn new(layer: &ObjectLayer, archive: Archive) -> Self {
         ArchiveGenerator {
             layer: layer.clone(),
-            archive: Mutex::new(archive),
+            archives: Mutex::new(vec![archive]),
             lazy: None,
         }
     }
 
-    /// A generator serving members of `archive` lazily: each member pulled
-    /// goes into `bodies`, and the generator's dylib gets a lazy entry (from
-    /// `manager`) for each of its functions and an alias for each data
+    /// A generator serving members of `archive` lazily: the members a pull
+    /// takes (those defining the names asked for, the names the lazily
+    /// added objects leave undefined, and, transitively, what those members
+    /// need — `ld`'s archive search) are read into one graph, pruned to
+    /// what those names reach (as `ld --gc-sections` prunes library code:
+    /// references only from unreached code are no error), and go into
+    /// `bodies` as one image; the generator's dylib gets a lazy entry (from
+    /// `manager`) for each function that stays and an alias for each data
     /// symbol, as [`ObjectLayer::add_objects_lazily`] does for objects.
+    /// Add the objects before any lookup: a later pull cannot reach the
+    /// part of a member an earlier pull pruned.
     pub fn lazy(
         layer: &ObjectLayer,
         archive: Archive,
         bodies: &Dylib,
         manager: &kiln_engine::LazyReexports,
     ) -> Self {
+        Self::lazy_group(layer, vec![archive], bodies, manager)
+    }
+
+    /// [`ArchiveGenerator::lazy`] over several archives searched as one
+    /// group (as the eager link searches every archive until nothing more
+    /// is pulled, like `ld --start-group`): a pull's closure takes members
+    /// of any of them — the first archive defining a name wins — so
+    /// archives that refer to each other are pruned as one library.
+    pub fn lazy_group(
+        layer: &ObjectLayer,
+        archives: Vec<Archive>,
+        bodies: &Dylib,
+        manager: &kiln_engine::LazyReexports,
+    ) -> Self {
         ArchiveGenerator {
             layer: layer.clone(),
-            archive: Mutex::new(archive),
+            archives: Mutex::new(archives),
             lazy: Some((bodies.clone(), manager.clone())),
         }
     }
 
+    /// The members a lazy pull of `names` takes, read into one graph (a
+    /// link image): `ld`'s archive semantics and `--gc-sections` pruning.
+    ///
+    /// The members defining `names` and, as `ld` does, every member that
+    /// defines a symbol the members taken so far refer to (strongly) and
+    /// none defines, until none is left — the closure is one image, so the
+    /// thread-locals and COMDAT groups of its members meet in one link.
+    /// It is then pruned to what `names` and the lazily added objects'
+    /// references reach (plus initializers and finalizers): a reference
+    /// only from code nothing reaches is no error, and the unit offers only
+    /// the definitions that stay. The objects' references are roots as
+    /// well, so that one pull takes all that the program's objects need of
+    /// the archive; a later pull (for a name only code pulled later needs)
+    /// cannot reach into the part of a member an earlier pull pruned.
+    fn pull_closure(&self, names: &[SymbolName]) -> Result<Option<(String, LinkGraph)>, Error> {
+        let (from_objects, object_defined) = self
+            .layer
+            .shared
+            .lazy_objects
+            .lock()
+            .map(|o| (o.wanted(), o.defined.clone()))
+            .unwrap_or_default();
+        let mut archives = self
+            .archives
+            .lock()
+            .map_err(|_| Error::msg("archive lock poisoned"))?;
+        let mut graph = LinkGraph::new();
+        let mut members: Vec<String> = Vec::new();
+        let mut wanted: Vec<Box<str>> = names.iter().map(|n| n.as_str().into()).collect();
+        wanted.extend(from_objects.iter().cloned());
+        let mut roots: Vec<String> = wanted.iter().map(|n| n.to_string()).collect();
+        while !wanted.is_empty() {
+            for name in std::mem::take(&mut wanted) {
+                for archive in archives.iter_mut() {
+                    if let Some((member, bytes)) =
+                        archive.take_member_for(&name).map_err(link_error)?
+                    {
+                        let id = crate::elf::read_object(&mut graph, &member, bytes)
+                            .map_err(link_error)?;
+                        graph.objects[id.index()].library = true;
+                        members.push(member);
+                        break;
+                    }
+                }
+            }
+            wanted = graph
+                .globals
+                .iter()
+                .filter(|(_, id)| {
+                    let s = &graph.symbols[id.index()];
+                    s.def == GraphDef::External && !s.weak_ref
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            wanted.sort_unstable();
+            // Only names no object defines and some member not yet taken
+            // does pull again.
+            wanted.retain(|n| {
+                !object_defined.contains(n) && archives.iter().any(|a| a.defines_untaken(n))
+            });
+        }
+        drop(archives);
+        if members.is_empty() {
+            return Ok(None);
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        passes::allocate_commons(&mut graph);
+        passes::prune(&mut graph, &Roots::Symbols(roots)).map_err(link_error)?;
+        // What stays is the image's own code from now on: later prunes
+        // (`Roots::All`) keep it, and keep what they dropped dropped.
+        for o in &mut graph.objects {
+            o.library = false;
+        }
+        let name = match &members[..] {
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} and {} more members", rest.len()),
+            [] => unreachable!("checked above"),
+        };
+        Ok(Some((name, graph)))
+    }
+
     /// Takes the members that define any of `names` (each at most once).
     fn take_members(&self, names: &[SymbolName]) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let mut archive = self
-            .archive
+        let mut archives = self
+            .archives
             .lock()
             .map_err(|_| Error::msg("archive lock poisoned"))?;
         let mut members = Vec::new();
         for n in names {
-            if let Some((member, bytes)) =
-                archive.take_member_for(n.as_str()).map_err(link_error)?
-            {
-                members.push((member, bytes.to_vec()));
+            for archive in archives.iter_mut() {
+                if let Some((member, bytes)) =
+                    archive.take_member_for(n.as_str()).map_err(link_error)?
+                {
+                    members.push((member, bytes.to_vec()));
+                    break;
+                }
             }
         }
         Ok(members)
@@ -1073,19 +1249,22 @@ impl Generator for ArchiveGenerator {
         if req.kind() != LookupKind::Static {
             return req.complete(Ok(()));
         }
-        let members = match self.take_members(req.names()) {
-            Ok(members) => members,
-            Err(e) => return req.complete(Err(e)),
-        };
         let added = match &self.lazy {
-            None => members.iter().try_for_each(|(member, bytes)| {
-                self.layer.add_object(req.dylib(), None, member, bytes)
-            }),
-            Some((bodies, manager)) if !members.is_empty() => {
-                self.layer
-                    .add_objects_lazily(req.dylib(), bodies, manager, &members)
-            }
-            Some(_) => Ok(()),
+            None => match self.take_members(req.names()) {
+                Ok(members) => members.iter().try_for_each(|(member, bytes)| {
+                    self.layer.add_object(req.dylib(), None, member, bytes)
+                }),
+                Err(e) => return req.complete(Err(e)),
+            },
+            Some((bodies, manager)) => match self.pull_closure(req.names()) {
+                Ok(Some((name, graph))) => {
+                    self.layer.note_non_pie(&graph);
+                    self.layer
+                        .add_graph_lazily(req.dylib(), bodies, manager, &name, graph)
+                }
+                Ok(None) => Ok(()),
+                Err(e) => return req.complete(Err(e)),
+            },
         };
         req.complete(added.map_err(link_error));
     }

@@ -271,8 +271,8 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
     let mut lazy = None;
     if args.lazy {
         let bodies = session.create_dylib("<bodies>").map_err(err)?;
-        let manager =
-            kiln_linker::lazy::lazy_reexports_manager(&session).map_err(|e| e.to_string())?;
+        let jit = kiln_linker::lazy::JitLazyReexports::new(&session).map_err(|e| e.to_string())?;
+        let manager = jit.manager().clone();
         // Newly linked objects run their initializers before their first call proceeds.
         let init_layer = layer.clone();
         manager.set_after_link_hook(move || init_layer.run_initializers());
@@ -294,10 +294,23 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         layer
             .add_objects_lazily(&main, &bodies, &manager, &objects)
             .map_err(|e| e.to_string())?;
-        for ar in archives {
-            let archive = Archive::parse(&ar.name, ar.bytes).map_err(|e| e.to_string())?;
-            main.add_generator(ArchiveGenerator::lazy(&layer, archive, &bodies, &manager))
-                .map_err(err)?;
+        // Non-PIE code takes functions' addresses (their entries' stubs)
+        // with 32-bit absolute references: the stubs go where it reaches.
+        if layer.places_below_2gib() {
+            jit.place_stubs_below_2gib();
+        }
+        // One group, as the eager link searches them: archives that refer
+        // to each other are pulled (and pruned) together.
+        let archives = archives
+            .into_iter()
+            .map(|ar| Archive::parse(&ar.name, ar.bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        if !archives.is_empty() {
+            main.add_generator(ArchiveGenerator::lazy_group(
+                &layer, archives, &bodies, &manager,
+            ))
+            .map_err(err)?;
         }
         bodies
             .set_link_order_exact(&[

@@ -85,6 +85,7 @@
 //! Calling an entry after its tracker was removed is a use-after-free like
 //! calling any removed code.
 
+pub(crate) mod identity;
 mod reentry;
 mod stubs;
 
@@ -235,6 +236,18 @@ impl JitLazyReexports {
     /// [`LazyReexports::reexports`], hot-swap with [`LazyReexports::redirect`].
     pub fn manager(&self) -> &LazyReexports {
         &self.manager
+    }
+
+    /// Places the stubs created from now on — the addresses of lazily
+    /// linked functions — below 2 GiB, where non-PIE code's 32-bit absolute
+    /// references reach them (the object layer places every image there
+    /// once non-PIE code was added: [`crate::layer::ObjectLayer::places_below_2gib`]).
+    /// Otherwise such code reaches a function through a stub of its own
+    /// image, a second address. Call it before entries are first looked up;
+    /// code placed near the host's libraries may not reach these stubs with
+    /// 32-bit PC-relative references.
+    pub fn place_stubs_below_2gib(&self) {
+        self.memory.place_stubs_low();
     }
 
     /// The JIT memory its live trampolines and stubs hold.

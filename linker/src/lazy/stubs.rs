@@ -152,12 +152,20 @@ pub(super) struct StubMemory {
     /// drops its resource managers ([`Keeper`]'s drop), which breaks the
     /// cycle manager → emitter → this → manager.
     manager: Mutex<Option<LazyReexports>>,
+    /// Stubs created from now on go below 2 GiB, within reach of non-PIE
+    /// code's 32-bit absolute addresses.
+    stubs_low: std::sync::atomic::AtomicBool,
 }
 
 impl StubMemory {
     pub(super) fn set_manager(&self, manager: LazyReexports) {
         let previous = lock(&self.manager).replace(manager);
         drop(previous);
+    }
+
+    pub(super) fn place_stubs_low(&self) {
+        self.stubs_low
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(super) fn stats(&self) -> MemoryStats {
@@ -197,7 +205,7 @@ impl StubMemory {
             .clone()
             .ok_or(LazyStubError::SessionEnded)?;
         let layout = TrampolineLayout::new(count);
-        let mut alloc = allocate(layout.total, "reentry trampolines")?;
+        let mut alloc = allocate(layout.total, Placement::Near, "reentry trampolines")?;
         let base = alloc.base();
         let entry = base;
         let entry_slot = base + layout.slot;
@@ -252,7 +260,14 @@ impl StubMemory {
         }
         let count = initial.len();
         let layout = StubLayout::new(count);
-        let mut alloc = allocate(layout.total, "redirectable stubs")?;
+        // A stub's address is its function's: non-PIE code takes it with
+        // 32-bit absolute addresses once the stubs are placed low.
+        let placement = if self.stubs_low.load(std::sync::atomic::Ordering::Relaxed) {
+            Placement::Low
+        } else {
+            Placement::Near
+        };
+        let mut alloc = allocate(layout.total, placement, "redirectable stubs")?;
         let base = alloc.base();
         {
             let buf = writable(&mut alloc, "redirectable stubs")?;
@@ -361,8 +376,12 @@ impl Drop for StubMemory {
     }
 }
 
-fn allocate(len: u64, what: &'static str) -> Result<Allocation, LazyStubError> {
-    Allocation::new(len, Placement::Near)
+fn allocate(
+    len: u64,
+    placement: Placement,
+    what: &'static str,
+) -> Result<Allocation, LazyStubError> {
+    Allocation::new(len, placement)
         .map_err(|source| LazyStubError::Memory {
             what,
             source: Box::new(source),
