@@ -658,10 +658,7 @@ impl ObjectLayer {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         let bytes = image.memory_range().1;
-        let image = Arc::new(Mutex::new(LayerImage {
-            image,
-            order,
-        }));
+        let image = Arc::new(Mutex::new(LayerImage { image, order }));
         r.tracker().with_resource_key(|key| {
             if let Ok(mut images) = self.shared.images.lock() {
                 images.by_key.entry(key).or_default().push(image.clone());

@@ -28,10 +28,10 @@
 mod common;
 
 use common::programs::*;
-use common::scratch;
+use common::{need_tool, scratch};
 
 fn check_cxx(program: &str, sources: &[&str], cxx: &str, flags: &[&str]) {
-    if !need(cxx) {
+    if !need_tool(cxx) {
         return;
     }
     let tag = format!("{program} {cxx} {}", flags.join(" "));
@@ -83,7 +83,7 @@ fn static_lifetimes_and_exceptions_across_objects_clangxx_o2() {
 /// `same 0` (and 0 for every comparison): a function's address taken in
 /// its own object was its body's, in another object its lazy entry's.
 fn check_fnptr_c(cc: &str) {
-    if !need(cc) {
+    if !need_tool(cc) {
         return;
     }
     // -fno-pie: 32-bit absolute addresses of functions, which reach the
@@ -152,7 +152,7 @@ fn function_pointer_identity_cxx_clangxx_o2() {
 /// ("undefined symbol(s): ma_helper").
 #[test]
 fn archives_calling_each_other_are_pruned_as_one_library() {
-    if !(need("gcc") && need("ar")) {
+    if !(need_tool("gcc") && need_tool("ar")) {
         return;
     }
     let dir = scratch("real-mutual-archives");
@@ -209,7 +209,7 @@ fn build_rust_program(
 /// member was "not defined in this link".)
 #[test]
 fn rust_std_staticlib_with_a_c_main() {
-    if !(need("rustc") && need("gcc") && need("ar")) {
+    if !(need_tool("rustc") && need_tool("gcc") && need_tool("ar")) {
         return;
     }
     let dir = scratch("real-rust-std");
@@ -233,7 +233,7 @@ fn rust_std_staticlib_with_a_c_main() {
 /// `ld --gc-sections` prunes them.
 #[test]
 fn rust_no_std_staticlib_with_unused_code_naming_undefined_symbols() {
-    if !(need("rustc") && need("gcc")) {
+    if !(need_tool("rustc") && need_tool("gcc")) {
         return;
     }
     let dir = scratch("real-rust-nostd");

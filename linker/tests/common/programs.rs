@@ -5,31 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Set to `1` to let a test whose tool is missing skip instead of fail
-/// (local runs only: CI installs every tool and never sets it).
-const SKIP_MISSING_TOOLS: &str = "KILN_SKIP_MISSING_TOOLS";
-
-/// Checks that `tool --version` runs. A missing tool fails the test; only
-/// with `KILN_SKIP_MISSING_TOOLS=1` does it print a note and return `false`
-/// (the caller then returns, skipped).
-pub(crate) fn need(tool: &str) -> bool {
-    let works = Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if works {
-        return true;
-    }
-    if std::env::var(SKIP_MISSING_TOOLS).is_ok_and(|v| v == "1") {
-        eprintln!("note: skipped, {tool} is not installed ({SKIP_MISSING_TOOLS}=1)");
-        return false;
-    }
-    panic!(
-        "{tool} is not installed and this test needs it (scripts/test installs it; \
-         {SKIP_MISSING_TOOLS}=1 skips such tests locally)"
-    );
-}
-
 /// The C++ sources of the acceptance programs.
 pub(crate) fn cxx_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cxx")
