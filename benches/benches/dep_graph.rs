@@ -233,7 +233,153 @@ fn dep_graph(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dep_graph);
+/// A W9-like link shape: `n` symbols in `units` units (consecutive ids), each
+/// symbol calling `calls` random symbols, a quarter of them in its own unit
+/// and the rest anywhere (so the units form large cycles), SplitMix64 seed 9.
+/// The units are emitted in a random order, each in one `emit`: as one group
+/// (the object layer's shape: every symbol of the image depends on the
+/// image's external references) or as one group per symbol (its own calls,
+/// inside the unit included).
+struct LinkShape {
+    units: Vec<Vec<NodeId>>,
+    calls: Vec<Vec<NodeId>>,
+    order: Vec<usize>,
+    per_symbol: bool,
+}
+
+fn link_shape(n: usize, units: usize, per_symbol: bool) -> LinkShape {
+    const CALLS: usize = 4;
+    let mut rng = SplitMix64::new(9);
+    let per = n.div_ceil(units);
+    let unit_of = |i: usize| i / per;
+    let calls = (0..n)
+        .map(|i| {
+            let u = unit_of(i);
+            let mut c: Vec<NodeId> = (0..CALLS)
+                .map(|k| {
+                    let r = rng.next_u64() as usize;
+                    let t = if k == 0 {
+                        (u * per + r % per).min(n - 1)
+                    } else {
+                        r % n
+                    };
+                    NodeId::try_from(t).expect("bench sizes fit in u32")
+                })
+                .collect();
+            c.sort_unstable();
+            c.dedup();
+            c
+        })
+        .collect();
+    let unit_list: Vec<Vec<NodeId>> = (0..units)
+        .map(|u| ids(&(u * per..((u + 1) * per).min(n)).collect::<Vec<_>>()))
+        .collect();
+    let order = shuffled(units).into_iter().map(|u| u as usize).collect();
+    LinkShape {
+        units: unit_list,
+        calls,
+        order,
+        per_symbol,
+    }
+}
+
+/// Emits a [`LinkShape`] unit by unit, dropping Ready deps as the engine
+/// does; returns the number of Ready nodes, the graph's counters and the
+/// number of edges given to the graph.
+fn run_link(w: &LinkShape) -> (usize, GraphStats, usize) {
+    let n = w.calls.len();
+    let mut g = DepGraph::new();
+    let mut is_ready = vec![false; n];
+    let mut in_unit = vec![false; n];
+    let mut ready = Vec::new();
+    let mut count = 0;
+    let mut edges = 0;
+    let mut deps: Vec<NodeId> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for &u in &w.order {
+        let defs = &w.units[u];
+        deps.clear();
+        spans.clear();
+        for &d in defs {
+            in_unit[d as usize] = true;
+        }
+        if w.per_symbol {
+            for &d in defs {
+                let start = deps.len();
+                deps.extend(
+                    w.calls[d as usize]
+                        .iter()
+                        .copied()
+                        .filter(|&t| !is_ready[t as usize]),
+                );
+                spans.push((start, deps.len()));
+            }
+        } else {
+            // The image's external references, once each.
+            for &d in defs {
+                for &t in &w.calls[d as usize] {
+                    if !in_unit[t as usize] && !is_ready[t as usize] {
+                        deps.push(t);
+                    }
+                }
+            }
+            deps.sort_unstable();
+            deps.dedup();
+        }
+        for &d in defs {
+            in_unit[d as usize] = false;
+        }
+        let groups: Vec<EmitGroup<'_>> = if w.per_symbol {
+            defs.iter()
+                .zip(&spans)
+                .map(|(d, &(a, b))| EmitGroup {
+                    defs: std::slice::from_ref(d),
+                    deps: &deps[a..b],
+                })
+                .collect()
+        } else {
+            vec![EmitGroup { defs, deps: &deps }]
+        };
+        edges += deps.len();
+        ready.clear();
+        g.emit(&groups, &mut ready);
+        for &r in &ready {
+            is_ready[r as usize] = true;
+        }
+        count += ready.len();
+    }
+    (count, g.stats(), edges)
+}
+
+/// Sizes and unit counts of the link shapes.
+const LINK_SIZES: [(usize, usize); 4] = [(1_000, 10), (10_000, 10), (10_000, 100), (100_000, 100)];
+
+fn link_shapes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dep_graph_link");
+    group.sample_size(10);
+    for (n, units) in LINK_SIZES {
+        for per_symbol in [false, true] {
+            let name = if per_symbol {
+                format!("link_per_symbol_m{units}")
+            } else {
+                format!("link_unit_group_m{units}")
+            };
+            let w = link_shape(n, units, per_symbol);
+            let (count, stats, edges) = run_link(&w);
+            assert_eq!(count, n, "{name}: not every node became Ready");
+            if std::env::var_os("KILN_GRAPH_STATS").is_some() {
+                eprintln!("{name}/{n}: {edges} edges, {stats:?}");
+            }
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new(name, n), &w, |b, w| {
+                b.iter(|| black_box(run_link(w)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dep_graph, link_shapes);
 
 /// `KILN_GRAPH_ONCE=<workload>/<n>` runs that one workload once (or
 /// `KILN_GRAPH_REPS` times), without criterion, for instruction and cache
@@ -254,8 +400,23 @@ fn main() {
             eprintln!("KILN_GRAPH_ONCE wants <workload>/<n>, not {which}");
             std::process::exit(2);
         };
+        let link = name
+            .strip_prefix("link_unit_group_m")
+            .map(|m| (m, false))
+            .or_else(|| name.strip_prefix("link_per_symbol_m").map(|m| (m, true)));
         let mut once: Box<dyn FnMut() -> (usize, GraphStats)> = if name == "big_group" {
             Box::new(move || run_big_group(n))
+        } else if let Some((m, per_symbol)) = link {
+            let Ok(units) = m.parse::<usize>() else {
+                eprintln!("no workload {name}");
+                std::process::exit(2);
+            };
+            let w = link_shape(n, units, per_symbol);
+            Box::new(move || {
+                let (count, stats, edges) = run_link(&w);
+                eprintln!("{edges} edges");
+                (count, stats)
+            })
         } else {
             let Some((_, w)) = workloads(n).into_iter().find(|(w, _)| *w == name) else {
                 eprintln!("no workload {name}");

@@ -131,6 +131,14 @@ const NIL: u32 = u32::MAX;
 const OUT: usize = 0;
 /// Index of the in-edge list (keyed by the edge's target).
 const IN: usize = 1;
+/// Index of the pending out-edge list: out-edges whose target is not emitted
+/// yet. They use the edge's `OUT` links; searches never scan them.
+const PEND: usize = 2;
+
+/// The end (`OUT` or `IN`) whose links list `list` uses.
+fn dir_of(list: usize) -> usize {
+    if list == IN { IN } else { OUT }
+}
 
 /// What a slot currently holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,10 +179,11 @@ struct Slot {
     size: u32,
     /// First and last member slot.
     members: [u32; 2],
-    /// Heads of the out-edge and in-edge lists.
-    head: [u32; 2],
-    /// Lengths of the out-edge and in-edge lists.
-    len: [u32; 2],
+    /// Heads of the out-edge (to waiting targets), in-edge and pending
+    /// (to unemitted targets) lists.
+    head: [u32; 3],
+    /// Lengths of the out-edge, in-edge and pending lists.
+    len: [u32; 3],
     /// A failed input this component reaches (during [`DepGraph::fail`]).
     root: NodeId,
 }
@@ -236,6 +245,7 @@ pub struct DepGraph {
     touched: Vec<u32>,
     pool: Vec<u32>,
     relabelled: Vec<u32>,
+    bwd_targets: Vec<u32>,
     fheap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
     bheap: std::collections::BinaryHeap<(u64, u32)>,
     /// Work counters.
@@ -267,6 +277,7 @@ impl DepGraph {
             touched: Vec::new(),
             pool: Vec::new(),
             relabelled: Vec::new(),
+            bwd_targets: Vec::new(),
             fheap: std::collections::BinaryHeap::new(),
             bheap: std::collections::BinaryHeap::new(),
             stats: GraphStats::default(),
@@ -340,7 +351,11 @@ impl DepGraph {
         for &s in &touched {
             let c = self.slots[s as usize].comp;
             let cs = &mut self.slots[c as usize];
-            if cs.kind == Kind::Waiting && cs.len[OUT] == 0 && cs.mark[MARK_X] != queued {
+            if cs.kind == Kind::Waiting
+                && cs.len[OUT] == 0
+                && cs.len[PEND] == 0
+                && cs.mark[MARK_X] != queued
+            {
                 cs.mark[MARK_X] = queued;
                 queue.push(c);
             }
@@ -410,22 +425,24 @@ impl DepGraph {
         // covers every in-edge of one, since all dependants failed too), then
         // the slots.
         for &c in &visit {
-            let mut e = self.slots[c as usize].head[OUT];
-            for _ in 0..self.slots[c as usize].len[OUT] {
-                let edge = self.edges[e as usize];
-                let next = edge.link[OUT][0];
-                let t = self.slots[edge.ends[IN] as usize].comp;
-                self.unlink(e, IN);
-                self.free_edge(e);
-                let ts = &self.slots[t as usize];
-                if ts.mark[MARK_X] != ep && ts.kind == Kind::Unemitted && ts.len[IN] == 0 {
-                    // Nothing waits on this unemitted node any more.
-                    self.free_slot(t);
+            for list in [OUT, PEND] {
+                let mut e = self.slots[c as usize].head[list];
+                for _ in 0..self.slots[c as usize].len[list] {
+                    let edge = self.edges[e as usize];
+                    let next = edge.link[OUT][0];
+                    let t = self.slots[edge.ends[IN] as usize].comp;
+                    self.unlink(e, IN);
+                    self.free_edge(e);
+                    let ts = &self.slots[t as usize];
+                    if ts.mark[MARK_X] != ep && ts.kind == Kind::Unemitted && ts.len[IN] == 0 {
+                        // Nothing waits on this unemitted node any more.
+                        self.free_slot(t);
+                    }
+                    e = next;
                 }
-                e = next;
+                self.slots[c as usize].head[list] = NIL;
+                self.slots[c as usize].len[list] = 0;
             }
-            self.slots[c as usize].head[OUT] = NIL;
-            self.slots[c as usize].len[OUT] = 0;
         }
         for &c in &visit {
             if self.slots[c as usize].kind == Kind::Waiting {
@@ -476,24 +493,26 @@ impl DepGraph {
         seen.insert(start);
         let mut stack = vec![start];
         while let Some(c) = stack.pop() {
-            let mut e = self.slots[c as usize].head[OUT];
-            for _ in 0..self.slots[c as usize].len[OUT] {
-                let edge = &self.edges[e as usize];
-                let t = self.slots[edge.ends[IN] as usize].comp;
-                if seen.insert(t) {
-                    let ts = &self.slots[t as usize];
-                    if ts.kind == Kind::Unemitted {
-                        if !ts.hidden {
-                            out.push(ts.node);
-                            if out.len() >= limit {
-                                return out;
+            for list in [OUT, PEND] {
+                let mut e = self.slots[c as usize].head[list];
+                for _ in 0..self.slots[c as usize].len[list] {
+                    let edge = &self.edges[e as usize];
+                    let t = self.slots[edge.ends[IN] as usize].comp;
+                    if seen.insert(t) {
+                        let ts = &self.slots[t as usize];
+                        if ts.kind == Kind::Unemitted {
+                            if !ts.hidden {
+                                out.push(ts.node);
+                                if out.len() >= limit {
+                                    return out;
+                                }
                             }
+                        } else {
+                            stack.push(t);
                         }
-                    } else {
-                        stack.push(t);
                     }
+                    e = edge.link[OUT][0];
                 }
-                e = edge.link[OUT][0];
             }
         }
         out
@@ -553,15 +572,16 @@ impl DepGraph {
                     }
                 }
                 Kind::Unemitted => {
-                    if s.len[OUT] != 0 || s.len[IN] == 0 {
+                    if s.len[OUT] != 0 || s.len[PEND] != 0 || s.len[IN] == 0 {
                         return Err(format!("unemitted {i}: {:?} edges", s.len));
                     }
                 }
                 Kind::Free => {}
             }
-            for dir in [OUT, IN] {
-                let mut e = s.head[dir];
-                for _ in 0..s.len[dir] {
+            for list in [OUT, IN, PEND] {
+                let dir = dir_of(list);
+                let mut e = s.head[list];
+                for _ in 0..s.len[list] {
                     let edge = &self.edges[e as usize];
                     let next = edge.link[dir][0];
                     if self.edges[next as usize].link[dir][1] != e {
@@ -584,10 +604,13 @@ impl DepGraph {
                     if sb.kind == Kind::Waiting && sa.label >= sb.label {
                         return Err(format!("edge {e}: label {} -> {}", sa.label, sb.label));
                     }
+                    if list != IN && (list == OUT) != (sb.kind == Kind::Waiting) {
+                        return Err(format!("edge {e} in out-list {list}: target {:?}", sb.kind));
+                    }
                     e = next;
                 }
-                if s.len[dir] > 0 && e != s.head[dir] {
-                    return Err(format!("component {i}: list {dir} longer than its count"));
+                if s.len[list] > 0 && e != s.head[list] {
+                    return Err(format!("component {i}: list {list} longer than its count"));
                 }
             }
         }
@@ -631,7 +654,7 @@ impl DepGraph {
             .iter()
             .enumerate()
             .filter(|&(i, s)| s.kind == Kind::Waiting && s.comp as usize == i)
-            .map(|(_, s)| s.len[OUT] as usize)
+            .map(|(_, s)| (s.len[OUT] + s.len[PEND]) as usize)
             .sum()
     }
 
@@ -677,8 +700,8 @@ impl DepGraph {
                     pos: NIL,
                     size: 1,
                     members: [s, s],
-                    head: [NIL; 2],
-                    len: [0; 2],
+                    head: [NIL; 3],
+                    len: [0; 3],
                     root: 0,
                 });
                 s
@@ -694,8 +717,8 @@ impl DepGraph {
         slot.label = 0;
         slot.size = 1;
         slot.members = [s, s];
-        slot.head = [NIL; 2];
-        slot.len = [0; 2];
+        slot.head = [NIL; 3];
+        slot.len = [0; 3];
         s
     }
 
@@ -760,36 +783,64 @@ impl DepGraph {
         e
     }
 
-    /// Appends `e` to the `dir` list of its `dir` end's component.
+    /// The list holding `e` at the `dir` end: `IN`, or for the source `OUT`
+    /// if the target is waiting and `PEND` if not.
+    fn list_of(&self, e: u32, dir: usize) -> usize {
+        if dir == IN {
+            return IN;
+        }
+        let t = self.slots[self.edges[e as usize].ends[IN] as usize].comp;
+        if self.slots[t as usize].kind == Kind::Waiting {
+            OUT
+        } else {
+            PEND
+        }
+    }
+
+    /// Appends `e` to its list at the `dir` end's component.
     fn link(&mut self, e: u32, dir: usize) {
+        let list = self.list_of(e, dir);
+        self.link_to(e, list);
+    }
+
+    /// Removes `e` from its list at the `dir` end's component.
+    fn unlink(&mut self, e: u32, dir: usize) {
+        let list = self.list_of(e, dir);
+        self.unlink_from(e, list);
+    }
+
+    /// Appends `e` to list `list` of its end's component.
+    fn link_to(&mut self, e: u32, list: usize) {
+        let dir = dir_of(list);
         let c = self.slots[self.edges[e as usize].ends[dir] as usize].comp as usize;
-        let head = self.slots[c].head[dir];
+        let head = self.slots[c].head[list];
         if head == NIL {
             self.edges[e as usize].link[dir] = [e, e];
-            self.slots[c].head[dir] = e;
+            self.slots[c].head[list] = e;
         } else {
             let tail = self.edges[head as usize].link[dir][1];
             self.edges[e as usize].link[dir] = [head, tail];
             self.edges[tail as usize].link[dir][0] = e;
             self.edges[head as usize].link[dir][1] = e;
         }
-        self.slots[c].len[dir] += 1;
+        self.slots[c].len[list] += 1;
     }
 
-    /// Removes `e` from the `dir` list of its `dir` end's component.
-    fn unlink(&mut self, e: u32, dir: usize) {
+    /// Removes `e` from list `list` of its end's component.
+    fn unlink_from(&mut self, e: u32, list: usize) {
+        let dir = dir_of(list);
         let c = self.slots[self.edges[e as usize].ends[dir] as usize].comp as usize;
         let [next, prev] = self.edges[e as usize].link[dir];
         if next == e {
-            self.slots[c].head[dir] = NIL;
+            self.slots[c].head[list] = NIL;
         } else {
             self.edges[prev as usize].link[dir][0] = next;
             self.edges[next as usize].link[dir][1] = prev;
-            if self.slots[c].head[dir] == e {
-                self.slots[c].head[dir] = next;
+            if self.slots[c].head[list] == e {
+                self.slots[c].head[list] = next;
             }
         }
-        self.slots[c].len[dir] -= 1;
+        self.slots[c].len[list] -= 1;
     }
 
     fn free_edge(&mut self, e: u32) {
@@ -800,7 +851,8 @@ impl DepGraph {
     // ----- emission ----------------------------------------------------------
 
     /// Emits slot `v` (or, if this batch already emitted it through another
-    /// group, adds edges) with edges to `targets`.
+    /// group, adds edges) with edges to `targets`, then repairs the order
+    /// for all of the new edges that point backwards with one search.
     fn emit_node(&mut self, v: u32, targets: &[u32], batch: u32) {
         if self.slots[v as usize].kind == Kind::Unemitted {
             let slot = &mut self.slots[v as usize];
@@ -809,23 +861,37 @@ impl DepGraph {
             if !slot.hidden {
                 self.waiting += 1;
             }
+            // Its dependants' edges to it now point at a waiting node.
+            let mut e = self.slots[v as usize].head[IN];
+            for _ in 0..self.slots[v as usize].len[IN] {
+                let next = self.edges[e as usize].link[IN][0];
+                self.unlink_from(e, PEND);
+                self.link_to(e, OUT);
+                e = next;
+            }
             self.place(v, targets);
         }
+        let cv = self.slots[v as usize].comp;
+        let lv = self.slots[cv as usize].label;
+        let seen = self.next_epoch();
+        let mut back = std::mem::take(&mut self.bwd_targets);
+        back.clear();
         for &t in targets {
-            if t == v {
-                continue;
-            }
-            let cv = self.slots[v as usize].comp;
             let ct = self.slots[t as usize].comp;
-            if cv == ct {
+            if t == v || ct == cv {
                 continue;
             }
             self.add_edge(v, t);
-            let ts = &self.slots[ct as usize];
-            if ts.kind == Kind::Waiting && self.slots[cv as usize].label > ts.label {
-                self.reorder(cv, ct);
+            let ts = &mut self.slots[ct as usize];
+            if ts.kind == Kind::Waiting && ts.label < lv && ts.mark[MARK_M] != seen {
+                ts.mark[MARK_M] = seen;
+                back.push(ct);
             }
         }
+        if !back.is_empty() {
+            self.reorder(cv, &back);
+        }
+        self.bwd_targets = back;
     }
 
     /// Gives freshly emitted `v` (its own component, in-edges from waiting
@@ -878,33 +944,33 @@ impl DepGraph {
         self.relabelled = relabelled;
     }
 
-    /// Restores the topological order after edge `x → y` with
-    /// `label(x) > label(y)` (both waiting components), contracting the cycle
-    /// if the edge closed one.
-    fn reorder(&mut self, x: u32, y: u32) {
+    /// Restores the topological order after new edges from `x` to the
+    /// components `ys` (all waiting, labelled below `x`), contracting the
+    /// cycle if they closed one.
+    fn reorder(&mut self, x: u32, ys: &[u32]) {
         self.stats.searches += 1;
-        if let Some(scc) = self.two_way(x, y) {
-            self.stats.cycles += 1;
-            self.contract(&scc);
-        }
+        self.two_way(x, ys);
     }
 
-    /// The components on paths `y ⇝ x` (the new SCC once `x → y` is in),
-    /// after a [`Self::two_way`] search with epoch `ep` found one and ran to
-    /// its crossing point: every such component is labelled below f* (so the
-    /// forward search expanded it) or above b* (so the backward one did),
-    /// hence lies in the searched set U. The SCC is what y reaches and what
-    /// reaches x, both within U; the cost is that of U.
-    fn scc_within(&mut self, x: u32, y: u32, ep: u32) -> Vec<u32> {
+    /// The components on paths `y ⇝ x` for `y` in `ys` (the new SCC once
+    /// the edges `x → ys` are in), after a [`Self::two_way`] search with
+    /// epoch `ep` found one and ran to its crossing point: every such
+    /// component is labelled below f* (so the forward search expanded it) or
+    /// above b* (so the backward one did), hence lies in the searched set U.
+    /// The SCC is what the `ys` reach and what reaches x, both within U; the
+    /// cost is that of U.
+    fn scc_within(&mut self, x: u32, ys: &[u32], ep: u32) -> Vec<u32> {
         let in_u =
             |s: &Slot| s.kind == Kind::Waiting && (s.mark[MARK_F] == ep || s.mark[MARK_B] == ep);
-        // Forward from y inside U, marked in MARK_M.
-        let mut stack = vec![y];
-        self.slots[y as usize].mark[MARK_M] = ep;
+        // Forward from the ys inside U, marked in MARK_M.
+        let mut stack = ys.to_vec();
+        for &y in ys {
+            self.slots[y as usize].mark[MARK_M] = ep;
+        }
         while let Some(c) = stack.pop() {
             self.expand(c, OUT, in_u, MARK_M, ep, &mut stack);
         }
-        // Backward from x inside what y reaches, marked in MARK_X.
+        // Backward from x inside what the ys reach, marked in MARK_X.
         let mut scc = vec![x];
         stack.push(x);
         self.slots[x as usize].mark[MARK_X] = ep;
@@ -948,41 +1014,39 @@ impl DepGraph {
         }
     }
 
-    /// Contracts the components `scc` (waiting, strongly connected once the
-    /// edge being inserted is counted) into the one with the most members and
-    /// edges, which keeps its place in the order. The others' edges are taken
-    /// out: internal ones are deleted, the rest are put back one at a time
-    /// from the merged component, each repairing the order if it points
-    /// backwards (no new cycle can appear). Only the smaller components'
-    /// members and edges are touched.
-    fn contract(&mut self, scc: &[u32]) {
-        let weight = |s: &Slot| s.size as u64 + s.len[OUT] as u64 + s.len[IN] as u64;
-        let Some(&rep) = scc.iter().max_by_key(|&&c| weight(&self.slots[c as usize])) else {
-            return;
-        };
+    /// Contracts the components `scc` (waiting, strongly connected) into
+    /// `rep`, which already stands where the merged component belongs (see
+    /// [`Self::move_run`]); the others are already out of the order. Their
+    /// edges inside the SCC are deleted, the rest move to `rep`'s lists; no
+    /// edge can point backwards. Only the components other than `rep` are
+    /// touched, so `rep` should be the one with the most members and edges.
+    fn contract(&mut self, scc: &[u32], rep: u32) {
         let ep = self.next_epoch();
         for &c in scc {
             self.slots[c as usize].mark[MARK_M] = ep;
         }
-        let mut relink = Vec::new();
+        let mut relink = std::mem::take(&mut self.pool);
+        relink.clear();
         for &c in scc {
             if c == rep {
                 continue;
             }
-            for dir in [OUT, IN] {
-                while self.slots[c as usize].head[dir] != NIL {
-                    let e = self.slots[c as usize].head[dir];
+            for list in [OUT, IN, PEND] {
+                let dir = dir_of(list);
+                while self.slots[c as usize].head[list] != NIL {
+                    let e = self.slots[c as usize].head[list];
                     let o = self.slots[self.edges[e as usize].ends[1 - dir] as usize].comp;
-                    self.unlink(e, dir);
-                    self.unlink(e, 1 - dir);
-                    if self.slots[o as usize].mark[MARK_M] == ep {
+                    self.unlink_from(e, list);
+                    if list != PEND && self.slots[o as usize].mark[MARK_M] == ep {
+                        // Internal: drop it from the other end's list too.
+                        self.unlink_from(e, if list == IN { OUT } else { IN });
                         self.free_edge(e);
                     } else {
                         relink.push(e);
+                        relink.push(list as u32);
                     }
                 }
             }
-            self.order.remove(self.slots[c as usize].pos);
             let mut m = self.slots[c as usize].members[0];
             while m != NIL {
                 self.slots[m as usize].comp = rep;
@@ -998,32 +1062,31 @@ impl DepGraph {
             r.members[1] = last;
             r.size += size;
         }
-        for e in relink {
-            self.link(e, OUT);
-            self.link(e, IN);
-            let [a, b] = self.edges[e as usize]
-                .ends
-                .map(|s| self.slots[s as usize].comp);
-            let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
-            if sb.kind == Kind::Waiting && sa.label > sb.label {
-                self.reorder(a, b);
-            }
+        for pair in relink.chunks_exact(2) {
+            self.link_to(pair[0], pair[1] as usize);
         }
+        self.pool = relink;
     }
 
-    /// Restores the order after edge `x → y` (`label(x) > label(y)`) with a
-    /// two-way search that visits the region in label order and stops as soon
-    /// as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen and Tarjan,
-    /// *Incremental cycle detection, topological ordering, and strong
-    /// component maintenance*, TALG 2012, §3). Its cost follows the smaller
-    /// side of the region rather than the whole region.
+    /// Restores the order after edges `x → ys` (each `y` labelled below `x`)
+    /// with a two-way search that visits the region in label order and stops
+    /// as soon as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen
+    /// and Tarjan, *Incremental cycle detection, topological ordering, and
+    /// strong component maintenance*, TALG 2012, §3; the forward search
+    /// starts from all the `ys` at once, so one search serves every new
+    /// edge of `x`). Its cost follows the smaller side of the region rather
+    /// than the whole region.
     ///
-    /// If the edge closes a cycle, changes no order and returns the new SCC's
-    /// components instead.
-    fn two_way(&mut self, x: u32, y: u32) -> Option<Vec<u32>> {
+    /// If the edges close a cycle, the new SCC is contracted and placed with
+    /// the rest (see [`Self::move_run`]).
+    fn two_way(&mut self, x: u32, ys: &[u32]) {
         use std::cmp::Reverse;
-        let lb = self.slots[y as usize].label;
         let ub = self.slots[x as usize].label;
+        let lb = ys
+            .iter()
+            .map(|&y| self.slots[y as usize].label)
+            .min()
+            .unwrap_or(ub);
         let ep = self.next_epoch();
         let mut fheap = std::mem::take(&mut self.fheap);
         let mut bheap = std::mem::take(&mut self.bheap);
@@ -1033,13 +1096,15 @@ impl DepGraph {
         bheap.clear();
         fwd.clear();
         bwd.clear();
-        self.slots[y as usize].mark[MARK_F] = ep;
+        for &y in ys {
+            self.slots[y as usize].mark[MARK_F] = ep;
+            fheap.push(Reverse((self.slots[y as usize].label, y)));
+        }
         self.slots[x as usize].mark[MARK_B] = ep;
-        fheap.push(Reverse((lb, y)));
         bheap.push((ub, x));
         let mut forward = true;
         let mut cycle = false;
-        // Invariant: every descendant of y labelled below the forward
+        // Invariant: every descendant of a y labelled below the forward
         // frontier is expanded (fwd), every ancestor of x labelled above the
         // backward frontier too (bwd).
         loop {
@@ -1054,71 +1119,106 @@ impl DepGraph {
                     break;
                 };
                 fwd.push(c);
-                let mut e = self.slots[c as usize].head[OUT];
-                for _ in 0..self.slots[c as usize].len[OUT] {
-                    let edge = self.edges[e as usize];
-                    e = edge.link[OUT][0];
-                    let d = self.slots[edge.ends[IN] as usize].comp;
-                    let ds = &mut self.slots[d as usize];
-                    if ds.kind != Kind::Waiting {
-                        continue;
-                    }
-                    if ds.mark[MARK_B] == ep {
-                        // A descendant of y that reaches x: a cycle. Keep
-                        // searching to bound the region the SCC lies in.
-                        cycle = true;
-                    }
-                    if ds.label < ub && ds.mark[MARK_F] != ep {
-                        ds.mark[MARK_F] = ep;
-                        fheap.push(Reverse((ds.label, d)));
-                    }
-                }
+                cycle |= self.step_forward(c, ub, ep, &mut fheap);
             } else {
                 let Some((_, c)) = bheap.pop() else { break };
                 bwd.push(c);
-                let mut e = self.slots[c as usize].head[IN];
-                for _ in 0..self.slots[c as usize].len[IN] {
-                    let edge = self.edges[e as usize];
-                    e = edge.link[IN][0];
-                    let s = self.slots[edge.ends[OUT] as usize].comp;
-                    let ss = &mut self.slots[s as usize];
-                    if ss.mark[MARK_F] == ep {
-                        cycle = true;
-                    }
-                    if ss.label > lb && ss.mark[MARK_B] != ep {
-                        ss.mark[MARK_B] = ep;
-                        bheap.push((ss.label, s));
-                    }
-                }
+                cycle |= self.step_backward(c, lb, ep, &mut bheap);
             }
             forward = !forward;
         }
         self.stats.visited += (fwd.len() + bwd.len()) as u64;
         let scc = if cycle {
-            Some(self.scc_within(x, y, ep))
+            self.stats.cycles += 1;
+            Some(self.scc_within(x, ys, ep))
         } else {
-            self.move_run(&fheap, &bheap, &mut fwd, &mut bwd);
             None
         };
+        self.move_run(&fheap, &bheap, &mut fwd, &mut bwd, scc.as_deref());
         self.fheap = fheap;
         self.bheap = bheap;
         self.fwd = fwd;
         self.bwd = bwd;
-        scc
+    }
+
+    /// Expands `c` forwards: pushes its waiting successors labelled below
+    /// `ub`. Returns whether one of them is an ancestor of x (a cycle).
+    fn step_forward(
+        &mut self,
+        c: u32,
+        ub: u64,
+        ep: u32,
+        fheap: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
+    ) -> bool {
+        let mut cycle = false;
+        let mut e = self.slots[c as usize].head[OUT];
+        for _ in 0..self.slots[c as usize].len[OUT] {
+            let edge = self.edges[e as usize];
+            e = edge.link[OUT][0];
+            let d = self.slots[edge.ends[IN] as usize].comp;
+            let ds = &mut self.slots[d as usize];
+            if ds.mark[MARK_B] == ep {
+                // A descendant of a y that reaches x: a cycle. Keep
+                // searching to bound the region the SCC lies in.
+                cycle = true;
+            }
+            if ds.label < ub && ds.mark[MARK_F] != ep {
+                ds.mark[MARK_F] = ep;
+                fheap.push(std::cmp::Reverse((ds.label, d)));
+            }
+        }
+        cycle
+    }
+
+    /// Expands `c` backwards: pushes its predecessors labelled above `lb`.
+    /// Returns whether one of them is a descendant of a y (a cycle).
+    fn step_backward(
+        &mut self,
+        c: u32,
+        lb: u64,
+        ep: u32,
+        bheap: &mut std::collections::BinaryHeap<(u64, u32)>,
+    ) -> bool {
+        let mut cycle = false;
+        let mut e = self.slots[c as usize].head[IN];
+        for _ in 0..self.slots[c as usize].len[IN] {
+            let edge = self.edges[e as usize];
+            e = edge.link[IN][0];
+            let s = self.slots[edge.ends[OUT] as usize].comp;
+            let ss = &mut self.slots[s as usize];
+            if ss.mark[MARK_F] == ep {
+                cycle = true;
+            }
+            if ss.label > lb && ss.mark[MARK_B] != ep {
+                ss.mark[MARK_B] = ep;
+                bheap.push((ss.label, s));
+            }
+        }
+        cycle
     }
 
     /// Second half of [`Self::two_way`]: with the frontiers crossed at
     /// `b* < f*`, moves the expanded ancestors of x above the pivot and the
-    /// expanded descendants of y below it into one run at the pivot: first
-    /// the ancestors, then the descendants, each in their old order. Nothing
-    /// else needs to move: an unexpanded ancestor of x is labelled at most
-    /// b*, an unexpanded descendant of y at least f*.
+    /// expanded descendants of the ys below it into one run at the pivot:
+    /// first the ancestors, then the descendants, each in their old order.
+    /// Nothing else needs to move: an unexpanded ancestor of x is labelled at
+    /// most b*, an unexpanded descendant of a y at least f*.
+    ///
+    /// If the edges closed a cycle, every component of the new SCC (`scc`)
+    /// is among the moved ones (or is x itself, unexpanded at b*). The SCC is
+    /// contracted into one component placed between the ancestors and the
+    /// descendants: no ancestor outside the SCC is a descendant of it, no
+    /// descendant outside it an ancestor of it, and no edge goes from such a
+    /// descendant to such an ancestor (it would put both in the SCC). So
+    /// every edge of the contracted graph points forwards, and contraction
+    /// needs no further search.
     fn move_run(
         &mut self,
         fheap: &std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
         bheap: &std::collections::BinaryHeap<(u64, u32)>,
         fwd: &mut Vec<u32>,
         bwd: &mut Vec<u32>,
+        scc: Option<&[u32]>,
     ) {
         let label = |slots: &[Slot], c: u32| slots[c as usize].label;
         // The pivot: right after label `after` (b*, or just before f*).
@@ -1137,12 +1237,27 @@ impl DepGraph {
                 (label(&self.slots, m), self.slots[m as usize].pos)
             }
         };
-        fwd.retain(|&c| label(&self.slots, c) <= after);
-        bwd.retain(|&c| label(&self.slots, c) > after);
-        fwd.sort_unstable_by_key(|&c| label(&self.slots, c));
-        bwd.sort_unstable_by_key(|&c| label(&self.slots, c));
-        // Anchor: the last position at or before `start` that stays.
         let moving = self.next_epoch();
+        let mut rep = NIL;
+        if let Some(scc) = scc {
+            let weight = |s: &Slot| {
+                s.size as u64 + s.len[OUT] as u64 + s.len[IN] as u64 + s.len[PEND] as u64
+            };
+            for &c in scc {
+                self.slots[c as usize].mark[MARK_X] = moving;
+                if rep == NIL || weight(&self.slots[c as usize]) > weight(&self.slots[rep as usize])
+                {
+                    rep = c;
+                }
+            }
+        }
+        let slots = &self.slots;
+        let in_scc = |c: u32| slots[c as usize].mark[MARK_X] == moving;
+        fwd.retain(|&c| label(slots, c) <= after && !in_scc(c));
+        bwd.retain(|&c| label(slots, c) > after && !in_scc(c));
+        fwd.sort_unstable_by_key(|&c| label(slots, c));
+        bwd.sort_unstable_by_key(|&c| label(slots, c));
+        // Anchor: the last position at or before `start` that stays.
         for &c in fwd.iter().chain(bwd.iter()) {
             self.slots[c as usize].mark[MARK_X] = moving;
         }
@@ -1158,6 +1273,14 @@ impl DepGraph {
         let mut run = std::mem::take(&mut self.stack);
         run.clear();
         run.extend(bwd.iter().copied());
+        if let Some(scc) = scc {
+            for &c in scc {
+                if c != rep {
+                    self.order.remove(self.slots[c as usize].pos);
+                }
+            }
+            run.push(rep);
+        }
         run.extend(fwd.iter().copied());
         for &c in &run {
             self.order.remove(self.slots[c as usize].pos);
@@ -1176,6 +1299,9 @@ impl DepGraph {
         self.refresh_labels();
         self.stack = run;
         self.pool = positions;
+        if let Some(scc) = scc {
+            self.contract(scc, rep);
+        }
     }
 
     /// Makes every component in `queue` Ready (their out-lists are empty),
@@ -1190,7 +1316,8 @@ impl DepGraph {
                 let s = self.slots[edge.ends[OUT] as usize].comp;
                 self.unlink(e, OUT);
                 self.free_edge(e);
-                if self.slots[s as usize].len[OUT] == 0 {
+                let ss = &self.slots[s as usize];
+                if ss.len[OUT] == 0 && ss.len[PEND] == 0 {
                     queue.push(s);
                 }
                 e = next;
