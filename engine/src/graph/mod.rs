@@ -952,66 +952,76 @@ impl DepGraph {
         self.two_way(x, ys);
     }
 
-    /// The components on paths `y ⇝ x` for `y` in `ys` (the new SCC once
-    /// the edges `x → ys` are in), after a [`Self::two_way`] search with
-    /// epoch `ep` found one and ran to its crossing point: every such
-    /// component is labelled below f* (so the forward search expanded it) or
-    /// above b* (so the backward one did), hence lies in the searched set U.
-    /// The SCC is what the `ys` reach and what reaches x, both within U; the
-    /// cost is that of U.
-    fn scc_within(&mut self, x: u32, ys: &[u32], ep: u32) -> Vec<u32> {
-        let in_u =
-            |s: &Slot| s.kind == Kind::Waiting && (s.mark[MARK_F] == ep || s.mark[MARK_B] == ep);
-        // Forward from the ys inside U, marked in MARK_M.
-        let mut stack = ys.to_vec();
-        for &y in ys {
-            self.slots[y as usize].mark[MARK_M] = ep;
-        }
-        while let Some(c) = stack.pop() {
-            self.expand(c, OUT, in_u, MARK_M, ep, &mut stack);
-        }
-        // Backward from x inside what the ys reach, marked in MARK_X.
-        let mut scc = vec![x];
-        stack.push(x);
-        self.slots[x as usize].mark[MARK_X] = ep;
-        while let Some(c) = stack.pop() {
-            let before = stack.len();
-            self.expand(
-                c,
-                IN,
-                |s| in_u(s) && s.mark[MARK_M] == ep,
-                MARK_X,
-                ep,
-                &mut stack,
-            );
-            scc.extend_from_slice(&stack[before..]);
-        }
-        scc
-    }
-
-    /// One step of a search: pushes the unmarked waiting neighbours of `c`
-    /// in direction `dir` that pass `keep`, marking them with `ep` in `mark`.
-    fn expand(
+    /// The new SCC once the edges `x → ys` are in (the components on paths
+    /// `y ⇝ x`), after a [`Self::two_way`] search with epoch `ep` found a
+    /// cycle and ran to its stop. Such a component is a descendant of a y
+    /// and an ancestor of x; labelled at most b* it was fully expanded
+    /// forwards (it is below f*), above b* fully expanded backwards. So the
+    /// SCC lies in `fwd ∪ bwd ∪ {x}`, and two passes over the edges the
+    /// search already scanned find it: a forward-expanded component reaches x
+    /// if it was discovered backwards or one of its successors reaches x
+    /// (successors come later in the order: descending pass); a
+    /// backward-expanded one is reached from the ys if it was discovered
+    /// forwards or one of its predecessors is (ascending pass). One component
+    /// escapes both: the lowest y, when the backward search ran out while the
+    /// forward one was still scanning it. It is in the SCC if it reaches x,
+    /// and then the backward search went through one of its edges and marked
+    /// it (`step_backward`).
+    fn scc_of(
         &mut self,
-        c: u32,
-        dir: usize,
-        keep: impl Fn(&Slot) -> bool,
-        mark: usize,
+        x: u32,
+        ys: &[u32],
+        fwd: &mut [u32],
+        bwd: &mut [u32],
         ep: u32,
-        stack: &mut Vec<u32>,
-    ) {
-        self.stats.visited += 1;
-        let mut e = self.slots[c as usize].head[dir];
-        for _ in 0..self.slots[c as usize].len[dir] {
-            let edge = self.edges[e as usize];
-            e = edge.link[dir][0];
-            let d = self.slots[edge.ends[1 - dir] as usize].comp;
-            let ds = &mut self.slots[d as usize];
-            if ds.kind == Kind::Waiting && ds.mark[mark] != ep && keep(ds) {
-                ds.mark[mark] = ep;
-                stack.push(d);
+    ) -> Vec<u32> {
+        // MARK_M: "reaches x" besides MARK_B; MARK_X: "reached" besides MARK_F.
+        fwd.sort_unstable_by_key(|&c| std::cmp::Reverse(self.slots[c as usize].label));
+        bwd.sort_unstable_by_key(|&c| self.slots[c as usize].label);
+        let mut scc = vec![x];
+        for &y in ys {
+            let m = self.slots[y as usize].mark;
+            if m[MARK_B] == ep || m[MARK_M] == ep {
+                scc.push(y);
             }
         }
+        for &c in fwd.iter() {
+            let mut reaches = self.slots[c as usize].mark[MARK_B] == ep;
+            let mut e = self.slots[c as usize].head[OUT];
+            for _ in 0..self.slots[c as usize].len[OUT] {
+                if reaches {
+                    break;
+                }
+                let edge = self.edges[e as usize];
+                e = edge.link[OUT][0];
+                let w = &self.slots[self.slots[edge.ends[IN] as usize].comp as usize];
+                reaches = w.mark[MARK_B] == ep || w.mark[MARK_M] == ep;
+            }
+            if reaches {
+                self.slots[c as usize].mark[MARK_M] = ep;
+                scc.push(c);
+            }
+        }
+        for &c in bwd.iter() {
+            let mut reached = self.slots[c as usize].mark[MARK_F] == ep;
+            let mut e = self.slots[c as usize].head[IN];
+            for _ in 0..self.slots[c as usize].len[IN] {
+                if reached {
+                    break;
+                }
+                let edge = self.edges[e as usize];
+                e = edge.link[IN][0];
+                let u = &self.slots[self.slots[edge.ends[OUT] as usize].comp as usize];
+                reached = u.mark[MARK_F] == ep || u.mark[MARK_X] == ep;
+            }
+            if reached {
+                self.slots[c as usize].mark[MARK_X] = ep;
+                scc.push(c);
+            }
+        }
+        scc.sort_unstable();
+        scc.dedup();
+        scc
     }
 
     /// Contracts the components `scc` (waiting, strongly connected) into
@@ -1072,10 +1082,12 @@ impl DepGraph {
     /// with a two-way search that visits the region in label order and stops
     /// as soon as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen
     /// and Tarjan, *Incremental cycle detection, topological ordering, and
-    /// strong component maintenance*, TALG 2012, §3; the forward search
-    /// starts from all the `ys` at once, so one search serves every new
-    /// edge of `x`). Its cost follows the smaller side of the region rather
-    /// than the whole region.
+    /// strong component maintenance*, TALG 2012, §3). The two searches
+    /// alternate single edge traversals, not node expansions, so the cost
+    /// follows the smaller side's edges: a component with many edges (a big
+    /// SCC that everything calls) is not scanned whole when the other side
+    /// is small. The forward search starts from all the `ys` at once, so one
+    /// search serves every new edge of `x`.
     ///
     /// If the edges close a cycle, the new SCC is contracted and placed with
     /// the rest (see [`Self::move_run`]).
@@ -1102,107 +1114,135 @@ impl DepGraph {
         }
         self.slots[x as usize].mark[MARK_B] = ep;
         bheap.push((ub, x));
+        // The component each side is scanning: (component, next edge, edges
+        // left). A component counts as expanded once all its edges are.
+        let mut fcur: Option<(u32, u32, u32)> = None;
+        let mut bcur: Option<(u32, u32, u32)> = None;
+        let label = |g: &Self, c: u32| g.slots[c as usize].label;
         let mut forward = true;
         let mut cycle = false;
-        // Invariant: every descendant of a y labelled below the forward
+        // Invariant: every descendant of a y labelled below the live forward
         // frontier is expanded (fwd), every ancestor of x labelled above the
-        // backward frontier too (bwd).
+        // live backward frontier too (bwd).
         loop {
-            let f = fheap.peek().map(|r| r.0.0);
-            let Some(&(b, _)) = bheap.peek() else { break };
-            let Some(f) = f else { break };
-            if f > b {
+            let fl = fcur.map(|c| c.0).or(fheap.peek().map(|r| r.0.1));
+            let bl = bcur.map(|c| c.0).or(bheap.peek().map(|&(_, c)| c));
+            let (Some(f), Some(b)) = (fl, bl) else { break };
+            if label(self, f) > label(self, b) {
                 break;
             }
             if forward {
-                let Some(Reverse((_, c))) = fheap.pop() else {
-                    break;
+                let (c, e, left) = match fcur {
+                    Some(cur) => cur,
+                    None => {
+                        fheap.pop();
+                        let cs = &self.slots[f as usize];
+                        (f, cs.head[OUT], cs.len[OUT])
+                    }
                 };
-                fwd.push(c);
-                cycle |= self.step_forward(c, ub, ep, &mut fheap);
+                fcur = if left == 0 {
+                    fwd.push(c);
+                    None
+                } else {
+                    cycle |= self.step_forward(e, ub, ep, &mut fheap);
+                    Some((c, self.edges[e as usize].link[OUT][0], left - 1))
+                };
             } else {
-                let Some((_, c)) = bheap.pop() else { break };
-                bwd.push(c);
-                cycle |= self.step_backward(c, lb, ep, &mut bheap);
+                let (c, e, left) = match bcur {
+                    Some(cur) => cur,
+                    None => {
+                        bheap.pop();
+                        let cs = &self.slots[b as usize];
+                        (b, cs.head[IN], cs.len[IN])
+                    }
+                };
+                bcur = if left == 0 {
+                    bwd.push(c);
+                    None
+                } else {
+                    cycle |= self.step_backward(e, lb, ep, &mut bheap);
+                    Some((c, self.edges[e as usize].link[IN][0], left - 1))
+                };
             }
             forward = !forward;
         }
         self.stats.visited += (fwd.len() + bwd.len()) as u64;
+        // The pivot: right after the live backward frontier b*, or just
+        // before the live forward one f* if the backward search is done.
+        let bl = bcur.map(|c| c.0).or(bheap.peek().map(|&(_, c)| c));
+        let fl = fcur.map(|c| c.0).or(fheap.peek().map(|r| r.0.1));
+        let pivot = match (bl, fl) {
+            (Some(b), _) => Some((label(self, b), self.slots[b as usize].pos)),
+            (None, Some(f)) => Some((
+                label(self, f) - 1,
+                self.order.prev(self.slots[f as usize].pos),
+            )),
+            (None, None) => None,
+        };
         let scc = if cycle {
             self.stats.cycles += 1;
-            Some(self.scc_within(x, ys, ep))
+            Some(self.scc_of(x, ys, &mut fwd, &mut bwd, ep))
         } else {
             None
         };
-        self.move_run(&fheap, &bheap, &mut fwd, &mut bwd, scc.as_deref());
+        self.move_run(pivot, &mut fwd, &mut bwd, scc.as_deref());
         self.fheap = fheap;
         self.bheap = bheap;
         self.fwd = fwd;
         self.bwd = bwd;
     }
 
-    /// Expands `c` forwards: pushes its waiting successors labelled below
-    /// `ub`. Returns whether one of them is an ancestor of x (a cycle).
+    /// One forward edge `e` of the search: pushes its target if waiting and
+    /// labelled below `ub`. Returns whether the target is an ancestor of x
+    /// (a cycle; the search goes on to bound the region the SCC lies in).
     fn step_forward(
         &mut self,
-        c: u32,
+        e: u32,
         ub: u64,
         ep: u32,
         fheap: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
     ) -> bool {
-        let mut cycle = false;
-        let mut e = self.slots[c as usize].head[OUT];
-        for _ in 0..self.slots[c as usize].len[OUT] {
-            let edge = self.edges[e as usize];
-            e = edge.link[OUT][0];
-            let d = self.slots[edge.ends[IN] as usize].comp;
-            let ds = &mut self.slots[d as usize];
-            if ds.mark[MARK_B] == ep {
-                // A descendant of a y that reaches x: a cycle. Keep
-                // searching to bound the region the SCC lies in.
-                cycle = true;
-            }
-            if ds.label < ub && ds.mark[MARK_F] != ep {
-                ds.mark[MARK_F] = ep;
-                fheap.push(std::cmp::Reverse((ds.label, d)));
-            }
+        let d = self.slots[self.edges[e as usize].ends[IN] as usize].comp;
+        let ds = &mut self.slots[d as usize];
+        if ds.label < ub && ds.mark[MARK_F] != ep {
+            ds.mark[MARK_F] = ep;
+            fheap.push(std::cmp::Reverse((ds.label, d)));
         }
-        cycle
+        ds.mark[MARK_B] == ep
     }
 
-    /// Expands `c` backwards: pushes its predecessors labelled above `lb`.
-    /// Returns whether one of them is a descendant of a y (a cycle).
+    /// One backward edge `e` of the search: pushes its source if labelled
+    /// above `lb`. Returns whether the source is a descendant of a y.
     fn step_backward(
         &mut self,
-        c: u32,
+        e: u32,
         lb: u64,
         ep: u32,
         bheap: &mut std::collections::BinaryHeap<(u64, u32)>,
     ) -> bool {
-        let mut cycle = false;
-        let mut e = self.slots[c as usize].head[IN];
-        for _ in 0..self.slots[c as usize].len[IN] {
-            let edge = self.edges[e as usize];
-            e = edge.link[IN][0];
-            let s = self.slots[edge.ends[OUT] as usize].comp;
-            let ss = &mut self.slots[s as usize];
-            if ss.mark[MARK_F] == ep {
-                cycle = true;
-            }
-            if ss.label > lb && ss.mark[MARK_B] != ep {
-                ss.mark[MARK_B] = ep;
-                bheap.push((ss.label, s));
-            }
+        let s = self.slots[self.edges[e as usize].ends[OUT] as usize].comp;
+        let ss = &mut self.slots[s as usize];
+        if ss.label > lb && ss.mark[MARK_B] != ep {
+            ss.mark[MARK_B] = ep;
+            bheap.push((ss.label, s));
         }
-        cycle
+        if ss.mark[MARK_F] == ep {
+            // It reaches x even if it is the lowest y, never discovered
+            // backwards (see `scc_of`).
+            ss.mark[MARK_M] = ep;
+            return true;
+        }
+        false
     }
 
-    /// Second half of [`Self::two_way`]: with the frontiers crossed at
-    /// `b* < f*`, moves the expanded ancestors of x above the pivot and the
-    /// expanded descendants of the ys below it into one run at the pivot:
-    /// first the ancestors, then the descendants, each in their old order.
-    /// Nothing else needs to move: an unexpanded ancestor of x is labelled at
-    /// most b*, an unexpanded descendant of a y at least f*.
+    /// Second half of [`Self::two_way`]: with the frontiers crossed at the
+    /// pivot (`after`, a label, and `start`, the position at or before
+    /// which the run goes), moves the expanded ancestors of x above the
+    /// pivot and the expanded descendants of the ys at or below it into one
+    /// run at the pivot: first the ancestors, then the descendants, each in
+    /// their old order. Nothing else needs to move: an unexpanded ancestor
+    /// of x is labelled at most the pivot, an unexpanded descendant of a y
+    /// above it.
     ///
     /// If the edges closed a cycle, every component of the new SCC (`scc`)
     /// is among the moved ones (or is x itself, unexpanded at b*). The SCC is
@@ -1214,23 +1254,17 @@ impl DepGraph {
     /// needs no further search.
     fn move_run(
         &mut self,
-        fheap: &std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
-        bheap: &std::collections::BinaryHeap<(u64, u32)>,
+        pivot: Option<(u64, u32)>,
         fwd: &mut Vec<u32>,
         bwd: &mut Vec<u32>,
         scc: Option<&[u32]>,
     ) {
         let label = |slots: &[Slot], c: u32| slots[c as usize].label;
-        // The pivot: right after label `after` (b*, or just before f*).
-        let (after, start) = match (bheap.peek(), fheap.peek()) {
-            (Some(&(b, c)), _) => (b, self.slots[c as usize].pos),
-            (None, Some(r)) => {
-                let f = r.0;
-                (f.0 - 1, self.order.prev(self.slots[f.1 as usize].pos))
-            }
-            // (Not reached: the search stops when one heap is empty.) Pivot
-            // after the last expanded descendant.
-            (None, None) => {
+        // (No pivot is not reached: the search stops while one side is
+        // live.) Then pivot after the last expanded descendant.
+        let (after, start) = match pivot {
+            Some(p) => p,
+            None => {
                 let Some(&m) = fwd.iter().max_by_key(|&&c| label(&self.slots, c)) else {
                     return;
                 };
