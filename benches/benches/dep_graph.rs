@@ -32,12 +32,36 @@
 //!   which are then emitted one by one.
 //! - `small_cycles_random`: N/5 cycles of 5 nodes, each also depending on a
 //!   node of the previous cycle, emitted in a random order.
+//!
+//! Link shapes (group `dep_graph_link`, W9's: N = 1k, 10k, 100k symbols in
+//! M = 10 or 100 units, four calls per symbol — one inside its unit, three
+//! anywhere, so units form large cycles — units emitted in a random order,
+//! one `emit` each; see [`link_shape`]):
+//! - `link_unit_group_m<M>`: each unit as one group depending on its
+//!   external references (the object layer's shape);
+//! - `link_per_symbol_m<M>`: each symbol as its own group with its calls.
+//!
+//! - `engine_link_m<M>` (group `dep_graph_engine_link`): the unit-group
+//!   shape through the engine — M units in one dylib, each emitting its
+//!   symbols as one group on its external calls, all N looked up at Ready
+//!   in one lookup listing the units in a random order.
+//!
+//! `KILN_GRAPH_ONCE=link_per_symbol_m100/<n>` also prints the number of
+//! edges given to the graph, for instructions per edge. Measured so
+//! (2026-12-05, cachegrind, one run = 2 repetitions minus 1): at 10k edges
+//! the graph took 6,200–10,500 instructions per edge before batching the
+//! searches and 1,150–1,450 after; at 100k and 1M edges see the graph's
+//! module docs (before: the per-symbol shape at 400k edges took 79 s).
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use kiln_benches::deps::{Dependencies, GraphShape, SplitMix64};
 use kiln_engine::graph::{DepGraph, EmitGroup, GraphStats, NodeId};
+use kiln_engine::{
+    DependenceGroup, Dylib, DylibLookup, InPlaceDispatcher, LookupSet, MaterializationUnit,
+    RequiredState, Responsibility, SearchOrder, Session, SymbolDef, SymbolFlags, SymbolName,
+};
 
 /// Node counts measured (multiples of 10, for `small_cycles_random` and
 /// `big_group`).
@@ -379,7 +403,114 @@ fn link_shapes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dep_graph, link_shapes);
+/// One unit of [`run_engine_link`]: defines its symbols and, when
+/// materialized, emits them as one group depending on its external calls
+/// (the object layer's shape).
+struct LinkUnit {
+    name: String,
+    symbols: Vec<(SymbolName, SymbolFlags)>,
+    base: u64,
+    deps: Vec<SymbolName>,
+    dylib: Dylib,
+}
+
+impl MaterializationUnit for LinkUnit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.symbols.clone()
+    }
+
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        let defs: Vec<(SymbolName, SymbolDef)> = self
+            .symbols
+            .iter()
+            .enumerate()
+            .map(|(i, (n, f))| (n.clone(), SymbolDef::new(self.base + 16 * i as u64, *f)))
+            .collect();
+        // An error drops `r`, which fails the symbols; the lookup reports it.
+        if r.resolve(&defs).is_ok() {
+            let group = DependenceGroup::new(
+                self.symbols.iter().map(|(n, _)| n.clone()),
+                vec![(self.dylib.clone(), self.deps)],
+            );
+            let _ = r.emit(vec![group]);
+        }
+    }
+}
+
+/// The link shape through the engine: one dylib, one unit per link unit
+/// (each emitting its symbols as one group), and one lookup of all symbols
+/// at Ready, units listed in the shape's random order. Returns the number
+/// of symbols found.
+fn run_engine_link(w: &LinkShape) -> usize {
+    let session = Session::builder()
+        .dispatcher(InPlaceDispatcher::new())
+        .build();
+    let Ok(dylib) = session.create_dylib("main") else {
+        return 0;
+    };
+    let names: Vec<SymbolName> = (0..w.calls.len())
+        .map(|i| session.intern(&format!("f{i}")))
+        .collect();
+    for (u, defs) in w.units.iter().enumerate() {
+        let (Some(&lo), Some(&hi)) = (defs.first(), defs.last()) else {
+            continue;
+        };
+        let mut deps: Vec<NodeId> = defs
+            .iter()
+            .flat_map(|&d| w.calls[d as usize].iter().copied())
+            .filter(|&t| t < lo || t > hi)
+            .collect();
+        deps.sort_unstable();
+        deps.dedup();
+        let unit = LinkUnit {
+            name: format!("unit{u}"),
+            symbols: defs
+                .iter()
+                .map(|&d| (names[d as usize].clone(), SymbolFlags::EXPORTED))
+                .collect(),
+            base: 0x1000_0000 + 0x10_0000 * u as u64,
+            deps: deps.iter().map(|&t| names[t as usize].clone()).collect(),
+            dylib: dylib.clone(),
+        };
+        if dylib.define(unit).is_err() {
+            return 0;
+        }
+    }
+    let order = SearchOrder::new().with(&dylib, DylibLookup::ExportedOnly);
+    let set = LookupSet::required(
+        w.order
+            .iter()
+            .flat_map(|&u| w.units[u].iter().map(|&d| names[d as usize].clone())),
+    );
+    let found = session
+        .lookup(&order, &set, RequiredState::Ready)
+        .wait()
+        .map_or(0, |m| m.len());
+    session.end();
+    found
+}
+
+fn engine_link(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dep_graph_engine_link");
+    group.sample_size(10);
+    for (n, units) in LINK_SIZES {
+        let w = link_shape(n, units, false);
+        assert_eq!(run_engine_link(&w), n, "engine_link: not every symbol found");
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(
+            BenchmarkId::new(format!("engine_link_m{units}"), n),
+            &w,
+            |b, w| b.iter(|| black_box(run_engine_link(w))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dep_graph, link_shapes, engine_link);
 
 /// `KILN_GRAPH_ONCE=<workload>/<n>` runs that one workload once (or
 /// `KILN_GRAPH_REPS` times), without criterion, for instruction and cache
@@ -400,6 +531,19 @@ fn main() {
             eprintln!("KILN_GRAPH_ONCE wants <workload>/<n>, not {which}");
             std::process::exit(2);
         };
+        if let Some(m) = name.strip_prefix("engine_link_m") {
+            let Ok(units) = m.parse::<usize>() else {
+                eprintln!("no workload {name}");
+                std::process::exit(2);
+            };
+            let w = link_shape(n, units, false);
+            let mut found = 0;
+            for _ in 0..reps {
+                found = black_box(run_engine_link(&w));
+            }
+            println!("{which}: {found} of {n} symbols Ready");
+            return;
+        }
         let link = name
             .strip_prefix("link_unit_group_m")
             .map(|m| (m, false))

@@ -19,15 +19,22 @@
 //! # Algorithm
 //!
 //! The graph is kept *condensed*: every waiting strongly connected component
-//! (SCC) is one component with a representative slot, a member list and two
-//! intrusive, circular, doubly linked edge lists (its out-edges and its
-//! in-edges). Edges inside a component are deleted when the component forms,
-//! so the component's out-edge count is exactly its number of edges to nodes
-//! that are not Ready yet. That count is the readiness counter:
+//! (SCC) is one component with a representative slot, a member list and
+//! three intrusive, circular, doubly linked edge lists: its out-edges to
+//! waiting components, its *pending* out-edges (to nodes not emitted yet) and
+//! its in-edges. Edges inside a component are deleted when the component
+//! forms, so the component's out-edge plus pending counts are exactly its
+//! number of edges to nodes that are not Ready yet. That sum is the
+//! readiness counter:
 //!
-//! * **Ready cascade.** A waiting component whose out-edge count is zero is
-//!   Ready. Its in-edges are walked once; each one decrements its source
+//! * **Ready cascade.** A waiting component whose counter is zero is Ready.
+//!   Its in-edges are walked once; each one decrements its source
 //!   component's counter, and components that reach zero follow.
+//! * **Pending edges.** An edge to a node not emitted yet can take part in no
+//!   cycle and no search, so it waits in the pending list, which searches
+//!   never scan; when its target is emitted it moves to the out-list (once).
+//!   A big component that calls many symbols of units still to come is
+//!   therefore not rescanned by every search that touches it.
 //! * **Order.** Out-edges are only ever added when their source is emitted,
 //!   so a cycle can only close through a node being emitted. Waiting
 //!   components sit in a topological order (dependants before dependencies):
@@ -39,29 +46,34 @@
 //!   edges point backwards unless a dependant already comes after a
 //!   dependency — no search at all for chains emitted in either direction,
 //!   for groups, or for a cycle until the edge that closes it.
-//! * **Backward edges.** An edge `x → y` with `y` before `x` starts a
-//!   two-way search (Haeupler, Kavitha, Mathew, Sen and Tarjan, *Incremental
-//!   cycle detection, topological ordering, and strong component
-//!   maintenance*, TALG 2012): forward from `y` in increasing label order and
-//!   backward from `x` in decreasing label order, alternating, until the two
-//!   frontiers cross. Its cost follows the smaller side, not the whole region
-//!   between the two labels that Pearce and Kelly's algorithm searches. The
-//!   expanded ancestors of `x` and descendants of `y` on the wrong side of
-//!   the crossing point move there as one run (ancestors first), keeping
-//!   their relative order.
-//! * **Cycles.** If the two searches meet, the edge closed a cycle. Every node
-//!   of the new SCC lies in the searched set, so the SCC is found inside it
-//!   (what `y` reaches there that reaches `x`). The SCC is contracted into its
-//!   component with the most members and edges, which keeps its position;
-//!   the smaller components' members are relabelled, their internal edges
-//!   deleted and their other edges put back one at a time from the merged
-//!   component, each repairing the order like a new edge if it points
-//!   backwards (no new cycle can appear). Only the smaller side is touched,
-//!   so a big SCC that keeps growing is not rescanned.
+//! * **Backward edges.** All the edges of a node being emitted go in first;
+//!   those `x → y` with `y` before `x` then start *one* two-way search
+//!   (Haeupler, Kavitha, Mathew, Sen and Tarjan, *Incremental cycle
+//!   detection, topological ordering, and strong component maintenance*,
+//!   TALG 2012): forward from all those `y` in increasing label order and
+//!   backward from `x` in decreasing label order, alternating single edge
+//!   traversals, until the two frontiers cross or one side runs out. Its
+//!   cost follows the smaller side's edges, not the whole region between the
+//!   labels that Pearce and Kelly's algorithm searches — nor the edge list of
+//!   a big component on the other side, which node-by-node alternation would
+//!   scan whole. The expanded ancestors of `x` and descendants of the `y`s on
+//!   the wrong side of the crossing point move there as one run (ancestors
+//!   first), keeping their relative order.
+//! * **Cycles.** If the two searches meet, the edges closed a cycle. Every
+//!   node of the new SCC was expanded by one of the searches, so two passes
+//!   over the edges they scanned find it (what the `y`s reach that reaches
+//!   `x`). The SCC becomes one component placed in the run between the
+//!   ancestors and the descendants, where every edge of the contracted graph
+//!   points forwards, so contraction needs no further search. It merges into
+//!   the SCC's component with the most members and edges: the smaller
+//!   components' members are relabelled, their internal edges deleted and
+//!   their other edges moved. Only the smaller side is touched, so a big SCC
+//!   that keeps growing is not rescanned.
 //! * **Groups.** A group with several defs and several deps gets one hidden
 //!   node (defs → hidden → deps), so it costs `defs + deps` edges instead of
-//!   `defs × deps`. The hidden node is always emitted, so reachability between
-//!   real nodes, and with it readiness and failure, is unchanged.
+//!   `defs × deps`, and one search for all its deps. The hidden node is
+//!   always emitted, so reachability between real nodes, and with it
+//!   readiness and failure, is unchanged.
 //! * **Failure** walks in-edges backwards from the failed nodes, so it costs
 //!   the size of the failed region.
 //!
@@ -69,28 +81,34 @@
 //!
 //! With `n` nodes and `m` edges over the graph's lifetime:
 //!
-//! * emission, placement, the Ready cascade and failure are `O(n + m)` in
-//!   total, plus label maintenance: a new position takes half of a gap, and a
-//!   used-up gap relabels a doubling neighbourhood until it has room
-//!   (Dietz–Sleator style, without their worst-case density bounds);
+//! * emission, placement, pending-edge moves, the Ready cascade and failure
+//!   are `O(n + m)` in total, plus label maintenance: a new position takes
+//!   half of a gap, and a used-up gap relabels a doubling neighbourhood until
+//!   it has room (Dietz–Sleator style, without their worst-case density
+//!   bounds);
 //! * contraction relabels a member only when its component at least doubles
 //!   (`O(n log n)` in total) and moves each edge only while it is on the
 //!   smaller side;
-//! * a backward edge costs its two-way search, `O(k log k)` for `k`
-//!   components visited (two binary heaps), plus the SCC extraction inside
-//!   the same `k` when it closes a cycle.
+//! * an emitted node with backward edges costs one two-way search,
+//!   `O(k log k)` for `k` edges traversed (two binary heaps), plus the SCC
+//!   extraction over the same edges when it closes a cycle.
 //!
 //! **Worst case:** incremental topological ordering and SCC maintenance have
 //! no known near-linear algorithm. Haeupler et al. prove `O(m^{3/2})` in
-//! total for a two-way search that balances edges; this one alternates
-//! nodes and claims no bound beyond the trivial `O(n · (n + m) log n)`, which
-//! an adversarial emission order could approach. What it does on the orders
-//! the engine sees is measured, deterministically, by [`GraphStats`] in
-//! `benches/benches/dep_graph.rs`: at N = 2.5k / 10k / 40k, components
-//! visited by searches stay proportional to N (random DAG in random order:
-//! 2.6k / 9.6k / 41k; one cycle emitted in random order: 16k / 76k / 331k;
-//! chains of 5-cycles in random order: 13k / 55k / 243k), and chains in
-//! either direction and the W5 DAG emitted dependants first need no search.
+//! total for a two-way search that balances edges; this one balances edge
+//! traversals but orders each side by label with a heap and claims no bound
+//! beyond the trivial `O(n · (n + m) log n)`, which an adversarial emission
+//! order could approach. What it does on the orders the engine sees is
+//! measured, deterministically, in `benches/benches/dep_graph.rs`
+//! ([`GraphStats`] and instruction counts): at N = 2.5k / 10k / 40k,
+//! components expanded by searches stay near-proportional to N (random DAG
+//! in random order: 2.1k / 8.3k / 35k; one cycle emitted in random order:
+//! 11k / 55k / 252k; chains of 5-cycles in random order: 6.6k / 29k / 139k),
+//! and chains in either direction and the W5 DAG emitted dependants first
+//! need no search. On link shapes like W9's (symbols in 10 or 100 units,
+//! four calls each, three of them to random units, units emitted in a random
+//! order, each as one group or as one group per symbol) the graph spends
+//! about 1,200–1,900 instructions per edge at 10k, 100k and 1M edges.
 //!
 //! Memory is `O(waiting + unemitted-but-depended-on + edges among them)`,
 //! plus one `u32` per [`NodeId`] up to the largest id seen (the id → slot
