@@ -499,7 +499,11 @@ fn engine_link(c: &mut Criterion) {
     group.sample_size(10);
     for (n, units) in LINK_SIZES {
         let w = link_shape(n, units, false);
-        assert_eq!(run_engine_link(&w), n, "engine_link: not every symbol found");
+        assert_eq!(
+            run_engine_link(&w),
+            n,
+            "engine_link: not every symbol found"
+        );
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(
             BenchmarkId::new(format!("engine_link_m{units}"), n),

@@ -449,7 +449,7 @@ impl DepGraph {
                     let edge = self.edges[e as usize];
                     let next = edge.link[OUT][0];
                     let t = self.slots[edge.ends[IN] as usize].comp;
-                    self.unlink(e, IN);
+                    self.unlink_from(e, IN);
                     self.free_edge(e);
                     let ts = &self.slots[t as usize];
                     if ts.mark[MARK_X] != ep && ts.kind == Kind::Unemitted && ts.len[IN] == 0 {
@@ -777,8 +777,9 @@ impl DepGraph {
 
     // ----- edges -------------------------------------------------------------
 
-    /// Adds edge `src → dst` to both components' lists.
-    fn add_edge(&mut self, src: u32, dst: u32) -> u32 {
+    /// Adds edge `src → dst` to both components' lists: the source's `out`
+    /// list (`OUT` if the target is waiting, `PEND` if not).
+    fn add_edge(&mut self, src: u32, dst: u32, out: usize) -> u32 {
         let edge = Edge {
             ends: [src, dst],
             link: [[NIL; 2]; 2],
@@ -796,35 +797,9 @@ impl DepGraph {
             self.edges.push(edge);
             e
         };
-        self.link(e, OUT);
-        self.link(e, IN);
+        self.link_to(e, out);
+        self.link_to(e, IN);
         e
-    }
-
-    /// The list holding `e` at the `dir` end: `IN`, or for the source `OUT`
-    /// if the target is waiting and `PEND` if not.
-    fn list_of(&self, e: u32, dir: usize) -> usize {
-        if dir == IN {
-            return IN;
-        }
-        let t = self.slots[self.edges[e as usize].ends[IN] as usize].comp;
-        if self.slots[t as usize].kind == Kind::Waiting {
-            OUT
-        } else {
-            PEND
-        }
-    }
-
-    /// Appends `e` to its list at the `dir` end's component.
-    fn link(&mut self, e: u32, dir: usize) {
-        let list = self.list_of(e, dir);
-        self.link_to(e, list);
-    }
-
-    /// Removes `e` from its list at the `dir` end's component.
-    fn unlink(&mut self, e: u32, dir: usize) {
-        let list = self.list_of(e, dir);
-        self.unlink_from(e, list);
     }
 
     /// Appends `e` to list `list` of its end's component.
@@ -899,9 +874,10 @@ impl DepGraph {
             if t == v || ct == cv {
                 continue;
             }
-            self.add_edge(v, t);
+            let waiting = self.slots[ct as usize].kind == Kind::Waiting;
+            self.add_edge(v, t, if waiting { OUT } else { PEND });
             let ts = &mut self.slots[ct as usize];
-            if ts.kind == Kind::Waiting && ts.label < lv && ts.mark[MARK_M] != seen {
+            if waiting && ts.label < lv && ts.mark[MARK_M] != seen {
                 ts.mark[MARK_M] = seen;
                 back.push(ct);
             }
@@ -1366,7 +1342,8 @@ impl DepGraph {
                 let edge = self.edges[e as usize];
                 let next = edge.link[IN][0];
                 let s = self.slots[edge.ends[OUT] as usize].comp;
-                self.unlink(e, OUT);
+                // `c` is waiting: the edge is in its source's out-list.
+                self.unlink_from(e, OUT);
                 self.free_edge(e);
                 let ss = &self.slots[s as usize];
                 if ss.len[OUT] == 0 && ss.len[PEND] == 0 {
