@@ -107,8 +107,15 @@
 //! and chains in either direction and the W5 DAG emitted dependants first
 //! need no search. On link shapes like W9's (symbols in 10 or 100 units,
 //! four calls each, three of them to random units, units emitted in a random
-//! order, each as one group or as one group per symbol) the graph spends
-//! about 1,200–1,900 instructions per edge at 10k, 100k and 1M edges.
+//! order) the graph spends, at 10k / 100k / 1M edges, 1,270 / 1,290 / 1,350
+//! instructions per edge with each unit one group (the object layer's
+//! shape; 1,450 / 1,570 / 1,690 with 10 units), and 1,170 / 1,260 / 1,930
+//! with one group per symbol. **Weak spot:** one group per symbol in 10
+//! units of up to 25,000 symbols costs 1,200 / 1,830 / 7,990: there a big
+//! component on each side of most searches (the SCC of the units emitted so
+//! far, a cycle inside the unit being emitted) makes each search scan
+//! about the smaller of their edge lists (`GraphStats::scanned` grows from 8
+//! to 27 to 65 per edge).
 //!
 //! Memory is `O(waiting + unemitted-but-depended-on + edges among them)`,
 //! plus one `u32` per [`NodeId`] up to the largest id seen (the id → slot
@@ -232,6 +239,9 @@ pub struct GraphStats {
     pub searches: u64,
     /// Components visited by those searches (forward plus backward).
     pub visited: u64,
+    /// Edges traversed by those searches and by the extraction of the
+    /// SCCs they found.
+    pub scanned: u64,
     /// Searches that closed a cycle (each contracts one new SCC).
     pub cycles: u64,
     /// Neighbourhoods of the order relabelled because a label gap was used
@@ -986,6 +996,7 @@ impl DepGraph {
                 if reaches {
                     break;
                 }
+                self.stats.scanned += 1;
                 let edge = self.edges[e as usize];
                 e = edge.link[OUT][0];
                 let w = &self.slots[self.slots[edge.ends[IN] as usize].comp as usize];
@@ -1003,6 +1014,7 @@ impl DepGraph {
                 if reached {
                     break;
                 }
+                self.stats.scanned += 1;
                 let edge = self.edges[e as usize];
                 e = edge.link[IN][0];
                 let u = &self.slots[self.slots[edge.ends[OUT] as usize].comp as usize];
@@ -1138,6 +1150,7 @@ impl DepGraph {
                     fwd.push(c);
                     None
                 } else {
+                    self.stats.scanned += 1;
                     cycle |= self.step_forward(e, ub, ep, &mut fheap);
                     Some((c, self.edges[e as usize].link[OUT][0], left - 1))
                 };
@@ -1154,6 +1167,7 @@ impl DepGraph {
                     bwd.push(c);
                     None
                 } else {
+                    self.stats.scanned += 1;
                     cycle |= self.step_backward(e, lb, ep, &mut bheap);
                     Some((c, self.edges[e as usize].link[IN][0], left - 1))
                 };
