@@ -32,12 +32,36 @@
 //!   which are then emitted one by one.
 //! - `small_cycles_random`: N/5 cycles of 5 nodes, each also depending on a
 //!   node of the previous cycle, emitted in a random order.
+//!
+//! Link shapes (group `dep_graph_link`, W9's: N = 1k, 10k, 100k symbols in
+//! M = 10 or 100 units, four calls per symbol — one inside its unit, three
+//! anywhere, so units form large cycles — units emitted in a random order,
+//! one `emit` each; see [`link_shape`]):
+//! - `link_unit_group_m<M>`: each unit as one group depending on its
+//!   external references (the object layer's shape);
+//! - `link_per_symbol_m<M>`: each symbol as its own group with its calls.
+//!
+//! - `engine_link_m<M>` (group `dep_graph_engine_link`): the unit-group
+//!   shape through the engine — M units in one dylib, each emitting its
+//!   symbols as one group on its external calls, all N looked up at Ready
+//!   in one lookup listing the units in a random order.
+//!
+//! `KILN_GRAPH_ONCE=link_per_symbol_m100/<n>` also prints the number of
+//! edges given to the graph, for instructions per edge. Measured so
+//! (2026-12-05, cachegrind, one run = 2 repetitions minus 1): at 10k edges
+//! the graph took 6,200–10,500 instructions per edge before batching the
+//! searches and 1,150–1,450 after; at 100k and 1M edges see the graph's
+//! module docs (before: the per-symbol shape at 400k edges took 79 s).
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use kiln_benches::deps::{Dependencies, GraphShape, SplitMix64};
 use kiln_engine::graph::{DepGraph, EmitGroup, GraphStats, NodeId};
+use kiln_engine::{
+    DependenceGroup, Dylib, DylibLookup, InPlaceDispatcher, LookupSet, MaterializationUnit,
+    RequiredState, Responsibility, SearchOrder, Session, SymbolDef, SymbolFlags, SymbolName,
+};
 
 /// Node counts measured (multiples of 10, for `small_cycles_random` and
 /// `big_group`).
@@ -233,7 +257,264 @@ fn dep_graph(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dep_graph);
+/// A W9-like link shape: `n` symbols in `units` units (consecutive ids), each
+/// symbol calling `calls` random symbols, a quarter of them in its own unit
+/// and the rest anywhere (so the units form large cycles), SplitMix64 seed 9.
+/// The units are emitted in a random order, each in one `emit`: as one group
+/// (the object layer's shape: every symbol of the image depends on the
+/// image's external references) or as one group per symbol (its own calls,
+/// inside the unit included).
+struct LinkShape {
+    units: Vec<Vec<NodeId>>,
+    calls: Vec<Vec<NodeId>>,
+    order: Vec<usize>,
+    per_symbol: bool,
+}
+
+fn link_shape(n: usize, units: usize, per_symbol: bool) -> LinkShape {
+    const CALLS: usize = 4;
+    let mut rng = SplitMix64::new(9);
+    let per = n.div_ceil(units);
+    let unit_of = |i: usize| i / per;
+    let calls = (0..n)
+        .map(|i| {
+            let u = unit_of(i);
+            let mut c: Vec<NodeId> = (0..CALLS)
+                .map(|k| {
+                    let r = rng.next_u64() as usize;
+                    let t = if k == 0 {
+                        (u * per + r % per).min(n - 1)
+                    } else {
+                        r % n
+                    };
+                    NodeId::try_from(t).expect("bench sizes fit in u32")
+                })
+                .collect();
+            c.sort_unstable();
+            c.dedup();
+            c
+        })
+        .collect();
+    let unit_list: Vec<Vec<NodeId>> = (0..units)
+        .map(|u| ids(&(u * per..((u + 1) * per).min(n)).collect::<Vec<_>>()))
+        .collect();
+    let order = shuffled(units).into_iter().map(|u| u as usize).collect();
+    LinkShape {
+        units: unit_list,
+        calls,
+        order,
+        per_symbol,
+    }
+}
+
+/// Emits a [`LinkShape`] unit by unit, dropping Ready deps as the engine
+/// does; returns the number of Ready nodes, the graph's counters and the
+/// number of edges given to the graph.
+fn run_link(w: &LinkShape) -> (usize, GraphStats, usize) {
+    let n = w.calls.len();
+    let mut g = DepGraph::new();
+    let mut is_ready = vec![false; n];
+    let mut in_unit = vec![false; n];
+    let mut ready = Vec::new();
+    let mut count = 0;
+    let mut edges = 0;
+    let mut deps: Vec<NodeId> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for &u in &w.order {
+        let defs = &w.units[u];
+        deps.clear();
+        spans.clear();
+        for &d in defs {
+            in_unit[d as usize] = true;
+        }
+        if w.per_symbol {
+            for &d in defs {
+                let start = deps.len();
+                deps.extend(
+                    w.calls[d as usize]
+                        .iter()
+                        .copied()
+                        .filter(|&t| !is_ready[t as usize]),
+                );
+                spans.push((start, deps.len()));
+            }
+        } else {
+            // The image's external references, once each.
+            for &d in defs {
+                for &t in &w.calls[d as usize] {
+                    if !in_unit[t as usize] && !is_ready[t as usize] {
+                        deps.push(t);
+                    }
+                }
+            }
+            deps.sort_unstable();
+            deps.dedup();
+        }
+        for &d in defs {
+            in_unit[d as usize] = false;
+        }
+        let groups: Vec<EmitGroup<'_>> = if w.per_symbol {
+            defs.iter()
+                .zip(&spans)
+                .map(|(d, &(a, b))| EmitGroup {
+                    defs: std::slice::from_ref(d),
+                    deps: &deps[a..b],
+                })
+                .collect()
+        } else {
+            vec![EmitGroup { defs, deps: &deps }]
+        };
+        edges += deps.len();
+        ready.clear();
+        g.emit(&groups, &mut ready);
+        for &r in &ready {
+            is_ready[r as usize] = true;
+        }
+        count += ready.len();
+    }
+    (count, g.stats(), edges)
+}
+
+/// Sizes and unit counts of the link shapes.
+const LINK_SIZES: [(usize, usize); 4] = [(1_000, 10), (10_000, 10), (10_000, 100), (100_000, 100)];
+
+fn link_shapes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dep_graph_link");
+    group.sample_size(10);
+    for (n, units) in LINK_SIZES {
+        for per_symbol in [false, true] {
+            let name = if per_symbol {
+                format!("link_per_symbol_m{units}")
+            } else {
+                format!("link_unit_group_m{units}")
+            };
+            let w = link_shape(n, units, per_symbol);
+            let (count, stats, edges) = run_link(&w);
+            assert_eq!(count, n, "{name}: not every node became Ready");
+            if std::env::var_os("KILN_GRAPH_STATS").is_some() {
+                eprintln!("{name}/{n}: {edges} edges, {stats:?}");
+            }
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new(name, n), &w, |b, w| {
+                b.iter(|| black_box(run_link(w)))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// One unit of [`run_engine_link`]: defines its symbols and, when
+/// materialized, emits them as one group depending on its external calls
+/// (the object layer's shape).
+struct LinkUnit {
+    name: String,
+    symbols: Vec<(SymbolName, SymbolFlags)>,
+    base: u64,
+    deps: Vec<SymbolName>,
+    dylib: Dylib,
+}
+
+impl MaterializationUnit for LinkUnit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.symbols.clone()
+    }
+
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        let defs: Vec<(SymbolName, SymbolDef)> = self
+            .symbols
+            .iter()
+            .enumerate()
+            .map(|(i, (n, f))| (n.clone(), SymbolDef::new(self.base + 16 * i as u64, *f)))
+            .collect();
+        // An error drops `r`, which fails the symbols; the lookup reports it.
+        if r.resolve(&defs).is_ok() {
+            let group = DependenceGroup::new(
+                self.symbols.iter().map(|(n, _)| n.clone()),
+                vec![(self.dylib.clone(), self.deps)],
+            );
+            let _ = r.emit(vec![group]);
+        }
+    }
+}
+
+/// The link shape through the engine: one dylib, one unit per link unit
+/// (each emitting its symbols as one group), and one lookup of all symbols
+/// at Ready, units listed in the shape's random order. Returns the number
+/// of symbols found.
+fn run_engine_link(w: &LinkShape) -> usize {
+    let session = Session::builder()
+        .dispatcher(InPlaceDispatcher::new())
+        .build();
+    let Ok(dylib) = session.create_dylib("main") else {
+        return 0;
+    };
+    let names: Vec<SymbolName> = (0..w.calls.len())
+        .map(|i| session.intern(&format!("f{i}")))
+        .collect();
+    for (u, defs) in w.units.iter().enumerate() {
+        let (Some(&lo), Some(&hi)) = (defs.first(), defs.last()) else {
+            continue;
+        };
+        let mut deps: Vec<NodeId> = defs
+            .iter()
+            .flat_map(|&d| w.calls[d as usize].iter().copied())
+            .filter(|&t| t < lo || t > hi)
+            .collect();
+        deps.sort_unstable();
+        deps.dedup();
+        let unit = LinkUnit {
+            name: format!("unit{u}"),
+            symbols: defs
+                .iter()
+                .map(|&d| (names[d as usize].clone(), SymbolFlags::EXPORTED))
+                .collect(),
+            base: 0x1000_0000 + 0x10_0000 * u as u64,
+            deps: deps.iter().map(|&t| names[t as usize].clone()).collect(),
+            dylib: dylib.clone(),
+        };
+        if dylib.define(unit).is_err() {
+            return 0;
+        }
+    }
+    let order = SearchOrder::new().with(&dylib, DylibLookup::ExportedOnly);
+    let set = LookupSet::required(
+        w.order
+            .iter()
+            .flat_map(|&u| w.units[u].iter().map(|&d| names[d as usize].clone())),
+    );
+    let found = session
+        .lookup(&order, &set, RequiredState::Ready)
+        .wait()
+        .map_or(0, |m| m.len());
+    session.end();
+    found
+}
+
+fn engine_link(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dep_graph_engine_link");
+    group.sample_size(10);
+    for (n, units) in LINK_SIZES {
+        let w = link_shape(n, units, false);
+        assert_eq!(
+            run_engine_link(&w),
+            n,
+            "engine_link: not every symbol found"
+        );
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(
+            BenchmarkId::new(format!("engine_link_m{units}"), n),
+            &w,
+            |b, w| b.iter(|| black_box(run_engine_link(w))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dep_graph, link_shapes, engine_link);
 
 /// `KILN_GRAPH_ONCE=<workload>/<n>` runs that one workload once (or
 /// `KILN_GRAPH_REPS` times), without criterion, for instruction and cache
@@ -254,8 +535,36 @@ fn main() {
             eprintln!("KILN_GRAPH_ONCE wants <workload>/<n>, not {which}");
             std::process::exit(2);
         };
+        if let Some(m) = name.strip_prefix("engine_link_m") {
+            let Ok(units) = m.parse::<usize>() else {
+                eprintln!("no workload {name}");
+                std::process::exit(2);
+            };
+            let w = link_shape(n, units, false);
+            let mut found = 0;
+            for _ in 0..reps {
+                found = black_box(run_engine_link(&w));
+            }
+            println!("{which}: {found} of {n} symbols Ready");
+            return;
+        }
+        let link = name
+            .strip_prefix("link_unit_group_m")
+            .map(|m| (m, false))
+            .or_else(|| name.strip_prefix("link_per_symbol_m").map(|m| (m, true)));
         let mut once: Box<dyn FnMut() -> (usize, GraphStats)> = if name == "big_group" {
             Box::new(move || run_big_group(n))
+        } else if let Some((m, per_symbol)) = link {
+            let Ok(units) = m.parse::<usize>() else {
+                eprintln!("no workload {name}");
+                std::process::exit(2);
+            };
+            let w = link_shape(n, units, per_symbol);
+            Box::new(move || {
+                let (count, stats, edges) = run_link(&w);
+                eprintln!("{edges} edges");
+                (count, stats)
+            })
         } else {
             let Some((_, w)) = workloads(n).into_iter().find(|(w, _)| *w == name) else {
                 eprintln!("no workload {name}");

@@ -4,7 +4,8 @@
 //! Operations are drawn as raw numbers and interpreted against the oracle's
 //! current state, so every generated sequence respects the caller contract
 //! (deps are never Ready or failed, defs are emitted once) and shrinking keeps
-//! working.
+//! working. The link shapes (W9-like: many symbols per unit, random calls
+//! across units, large SCCs) are also checked against petgraph's SCCs.
 
 use std::collections::BTreeSet;
 
@@ -402,4 +403,258 @@ fn whole_graph(
         prop_assert!(o.st.iter().all(|s| *s == State::Ready));
     }
     Ok(())
+}
+
+/// A link-like shape (the object layer's, W9's): `n` symbols in `units`
+/// units of consecutive ids, each symbol calling up to four others — the
+/// first in its own unit, the rest anywhere, so units form large cycles.
+/// `calls[i]` are raw numbers taken modulo the ranges.
+fn link_calls(n: usize, units: usize, raw: &[(u16, u16, u16, u8)]) -> (usize, Vec<Vec<NodeId>>) {
+    let per = n.div_ceil(units);
+    let calls = (0..n)
+        .map(|i| {
+            let (a, b, c, k) = raw[i % raw.len()];
+            let u = i / per;
+            let lo = u * per;
+            let hi = ((u + 1) * per).min(n);
+            // Salt the raw numbers with the index so a short `raw` still
+            // gives every symbol its own calls.
+            let salt = |v: u16| (v as usize).wrapping_mul(31).wrapping_add(i * 7919);
+            let mut out: Vec<NodeId> = [
+                lo + salt(a) % (hi - lo),
+                salt(b) % n,
+                salt(c) % n,
+                salt(a ^ c) % n,
+            ]
+            .into_iter()
+            .take(k as usize % 5)
+            .map(|t| t as NodeId)
+            .collect();
+            out.sort_unstable();
+            out.dedup();
+            out
+        })
+        .collect();
+    (per, calls)
+}
+
+/// The emission of one unit, as the engine would see it: one group whose
+/// defs depend on the unit's external references (`split` > 1 cuts the
+/// unit into that many groups, each with its own external references), or
+/// one group per symbol with its own calls. Ready deps are dropped, as the
+/// engine's state actor does; `live` says which nodes are not Ready.
+fn unit_groups(
+    defs: &[NodeId],
+    calls: &[Vec<NodeId>],
+    per_symbol: bool,
+    split: usize,
+    live: impl Fn(NodeId) -> bool,
+) -> Vec<(Vec<NodeId>, Vec<NodeId>)> {
+    if per_symbol {
+        return defs
+            .iter()
+            .map(|&d| {
+                let deps = calls[d as usize].iter().copied().filter(|&t| live(t));
+                (vec![d], deps.collect())
+            })
+            .collect();
+    }
+    let (lo, hi) = match (defs.first(), defs.last()) {
+        (Some(&lo), Some(&hi)) => (lo, hi),
+        _ => return Vec::new(),
+    };
+    defs.chunks(defs.len().div_ceil(split.max(1)))
+        .map(|part| {
+            let mut deps: Vec<NodeId> = part
+                .iter()
+                .flat_map(|&d| calls[d as usize].iter().copied())
+                .filter(|&t| (t < lo || t > hi) && live(t))
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            (part.to_vec(), deps)
+        })
+        .collect()
+}
+
+proptest! {
+    // About 1 s in debug; PROPTEST_CASES (divided by 4) overrides.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .map_or(250, |c| c.div_ceil(4)),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Link shapes (many symbols per unit, random calls across units, large
+    /// SCCs), units emitted in a random order, as unit groups or per-symbol
+    /// groups, sometimes with a failure: every emit matches the oracle.
+    #[test]
+    fn link_shapes_match_the_oracle(
+        n in 8usize..120,
+        units in 1usize..10,
+        raw in prop::collection::vec(any::<(u16, u16, u16, u8)>(), 1..120),
+        order_keys in prop::collection::vec(any::<u32>(), 10),
+        per_symbol in any::<bool>(),
+        split in 1usize..4,
+        fail_at in prop::option::weighted(0.2, any::<(u8, u16)>()),
+    ) {
+        let (per, calls) = link_calls(n, units, &raw);
+        let units = n.div_ceil(per);
+        let mut order: Vec<usize> = (0..units).collect();
+        order.sort_by_key(|&u| order_keys[u]);
+        let mut g = DepGraph::new();
+        let mut o = Oracle::new(n);
+        for (step, &u) in order.iter().enumerate() {
+            let defs: Vec<NodeId> = (u * per..((u + 1) * per).min(n))
+                .map(|i| i as NodeId)
+                .filter(|&d| o.st[d as usize] == State::Unseen)
+                .collect();
+            let groups = unit_groups(&defs, &calls, per_symbol, split, |t| {
+                matches!(o.st[t as usize], State::Unseen | State::Waiting(_))
+            });
+            if !groups.is_empty() {
+                run_emit(&mut g, &mut o, &groups)?;
+            }
+            if let Some((at, which)) = fail_at
+                && at as usize % units == step
+            {
+                let live = o.live();
+                if !live.is_empty() {
+                    run_fail(&mut g, &mut o, &[live[which as usize % live.len()]])?;
+                }
+            }
+        }
+    }
+}
+
+/// Emits a link shape unit by unit and returns, for every symbol, the step
+/// (unit emission) in which the graph reported it Ready.
+fn ready_steps(
+    n: usize,
+    per: usize,
+    calls: &[Vec<NodeId>],
+    order: &[usize],
+    per_symbol: bool,
+    split: usize,
+) -> Result<Vec<Option<usize>>, TestCaseError> {
+    let mut g = DepGraph::new();
+    let mut at: Vec<Option<usize>> = vec![None; n];
+    let mut ready = Vec::new();
+    for (step, &u) in order.iter().enumerate() {
+        let defs: Vec<NodeId> = (u * per..((u + 1) * per).min(n))
+            .map(|i| i as NodeId)
+            .collect();
+        let groups = unit_groups(&defs, calls, per_symbol, split, |t| {
+            at[t as usize].is_none()
+        });
+        let eg: Vec<EmitGroup<'_>> = groups
+            .iter()
+            .map(|(d, p)| EmitGroup { defs: d, deps: p })
+            .collect();
+        ready.clear();
+        g.emit(&eg, &mut ready);
+        for &r in &ready {
+            prop_assert!(at[r as usize].is_none(), "{} Ready twice", r);
+            at[r as usize] = Some(step);
+        }
+        if step % 8 == 0 {
+            g.validate().map_err(TestCaseError::fail)?;
+        }
+    }
+    g.validate().map_err(TestCaseError::fail)?;
+    prop_assert_eq!(g.waiting_len(), 0);
+    Ok(at)
+}
+
+/// The step in which each symbol must become Ready, from petgraph's strongly
+/// connected components (an oracle independent of the graph's own and of
+/// the brute-force one): the latest emission among everything it reaches.
+/// Each group is a node of its own (emitted with its unit), so the oracle
+/// graph stays linear in size.
+fn petgraph_ready_steps(
+    n: usize,
+    per: usize,
+    calls: &[Vec<NodeId>],
+    order: &[usize],
+    per_symbol: bool,
+    split: usize,
+) -> Vec<usize> {
+    use petgraph::graph::{DiGraph, NodeIndex};
+    let units = n.div_ceil(per);
+    let mut step_of_unit = vec![0; units];
+    for (step, &u) in order.iter().enumerate() {
+        step_of_unit[u] = step;
+    }
+    let mut g: DiGraph<usize, ()> = DiGraph::new();
+    for i in 0..n {
+        g.add_node(step_of_unit[i / per]);
+    }
+    for (u, &step) in step_of_unit.iter().enumerate() {
+        let defs: Vec<NodeId> = (u * per..((u + 1) * per).min(n))
+            .map(|i| i as NodeId)
+            .collect();
+        for (gdefs, deps) in unit_groups(&defs, calls, per_symbol, split, |_| true) {
+            let h = g.add_node(step);
+            for d in gdefs {
+                g.add_edge(NodeIndex::new(d as usize), h, ());
+            }
+            for t in deps {
+                g.add_edge(h, NodeIndex::new(t as usize), ());
+            }
+        }
+    }
+    // Tarjan lists the SCCs dependencies first.
+    let mut done: Vec<Option<usize>> = vec![None; g.node_count()];
+    for scc in petgraph::algo::tarjan_scc(&g) {
+        let mut t = scc.iter().map(|&v| g[v]).max().unwrap_or(0);
+        for &v in &scc {
+            for w in g.neighbors(v) {
+                if let Some(s) = done[w.index()] {
+                    t = t.max(s);
+                }
+            }
+        }
+        for &v in &scc {
+            done[v.index()] = Some(t);
+        }
+    }
+    done[..n].iter().map(|s| s.unwrap_or(usize::MAX)).collect()
+}
+
+proptest! {
+    // A few seconds in debug; PROPTEST_CASES (divided by 40) overrides.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .map_or(24, |c| c.div_ceil(40)),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Larger link shapes (up to 4,000 symbols in up to 60 units) against
+    /// petgraph's SCCs: every symbol becomes Ready exactly in the emission
+    /// after which everything it reaches is emitted.
+    #[test]
+    fn link_shapes_match_petgraph_sccs(
+        n in 200usize..4000,
+        units in 2usize..60,
+        raw in prop::collection::vec(any::<(u16, u16, u16, u8)>(), 1..400),
+        order_keys in prop::collection::vec(any::<u32>(), 60),
+        per_symbol in any::<bool>(),
+        split in 1usize..4,
+    ) {
+        let (per, calls) = link_calls(n, units, &raw);
+        let units = n.div_ceil(per);
+        let mut order: Vec<usize> = (0..units).collect();
+        order.sort_by_key(|&u| order_keys[u]);
+        let got = ready_steps(n, per, &calls, &order, per_symbol, split)?;
+        let expected = petgraph_ready_steps(n, per, &calls, &order, per_symbol, split);
+        for i in 0..n {
+            prop_assert_eq!(got[i], Some(expected[i]), "symbol {}", i);
+        }
+    }
 }

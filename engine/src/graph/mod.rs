@@ -19,15 +19,22 @@
 //! # Algorithm
 //!
 //! The graph is kept *condensed*: every waiting strongly connected component
-//! (SCC) is one component with a representative slot, a member list and two
-//! intrusive, circular, doubly linked edge lists (its out-edges and its
-//! in-edges). Edges inside a component are deleted when the component forms,
-//! so the component's out-edge count is exactly its number of edges to nodes
-//! that are not Ready yet. That count is the readiness counter:
+//! (SCC) is one component with a representative slot, a member list and
+//! three intrusive, circular, doubly linked edge lists: its out-edges to
+//! waiting components, its *pending* out-edges (to nodes not emitted yet) and
+//! its in-edges. Edges inside a component are deleted when the component
+//! forms, so the component's out-edge plus pending counts are exactly its
+//! number of edges to nodes that are not Ready yet. That sum is the
+//! readiness counter:
 //!
-//! * **Ready cascade.** A waiting component whose out-edge count is zero is
-//!   Ready. Its in-edges are walked once; each one decrements its source
+//! * **Ready cascade.** A waiting component whose counter is zero is Ready.
+//!   Its in-edges are walked once; each one decrements its source
 //!   component's counter, and components that reach zero follow.
+//! * **Pending edges.** An edge to a node not emitted yet can take part in no
+//!   cycle and no search, so it waits in the pending list, which searches
+//!   never scan; when its target is emitted it moves to the out-list (once).
+//!   A big component that calls many symbols of units still to come is
+//!   therefore not rescanned by every search that touches it.
 //! * **Order.** Out-edges are only ever added when their source is emitted,
 //!   so a cycle can only close through a node being emitted. Waiting
 //!   components sit in a topological order (dependants before dependencies):
@@ -39,29 +46,34 @@
 //!   edges point backwards unless a dependant already comes after a
 //!   dependency — no search at all for chains emitted in either direction,
 //!   for groups, or for a cycle until the edge that closes it.
-//! * **Backward edges.** An edge `x → y` with `y` before `x` starts a
-//!   two-way search (Haeupler, Kavitha, Mathew, Sen and Tarjan, *Incremental
-//!   cycle detection, topological ordering, and strong component
-//!   maintenance*, TALG 2012): forward from `y` in increasing label order and
-//!   backward from `x` in decreasing label order, alternating, until the two
-//!   frontiers cross. Its cost follows the smaller side, not the whole region
-//!   between the two labels that Pearce and Kelly's algorithm searches. The
-//!   expanded ancestors of `x` and descendants of `y` on the wrong side of
-//!   the crossing point move there as one run (ancestors first), keeping
-//!   their relative order.
-//! * **Cycles.** If the two searches meet, the edge closed a cycle. Every node
-//!   of the new SCC lies in the searched set, so the SCC is found inside it
-//!   (what `y` reaches there that reaches `x`). The SCC is contracted into its
-//!   component with the most members and edges, which keeps its position;
-//!   the smaller components' members are relabelled, their internal edges
-//!   deleted and their other edges put back one at a time from the merged
-//!   component, each repairing the order like a new edge if it points
-//!   backwards (no new cycle can appear). Only the smaller side is touched,
-//!   so a big SCC that keeps growing is not rescanned.
+//! * **Backward edges.** All the edges of a node being emitted go in first;
+//!   those `x → y` with `y` before `x` then start *one* two-way search
+//!   (Haeupler, Kavitha, Mathew, Sen and Tarjan, *Incremental cycle
+//!   detection, topological ordering, and strong component maintenance*,
+//!   TALG 2012): forward from all those `y` in increasing label order and
+//!   backward from `x` in decreasing label order, alternating single edge
+//!   traversals, until the two frontiers cross or one side runs out. Its
+//!   cost follows the smaller side's edges, not the whole region between the
+//!   labels that Pearce and Kelly's algorithm searches — nor the edge list of
+//!   a big component on the other side, which node-by-node alternation would
+//!   scan whole. The expanded ancestors of `x` and descendants of the `y`s on
+//!   the wrong side of the crossing point move there as one run (ancestors
+//!   first), keeping their relative order.
+//! * **Cycles.** If the two searches meet, the edges closed a cycle. Every
+//!   node of the new SCC was expanded by one of the searches, so two passes
+//!   over the edges they scanned find it (what the `y`s reach that reaches
+//!   `x`). The SCC becomes one component placed in the run between the
+//!   ancestors and the descendants, where every edge of the contracted graph
+//!   points forwards, so contraction needs no further search. It merges into
+//!   the SCC's component with the most members and edges: the smaller
+//!   components' members are relabelled, their internal edges deleted and
+//!   their other edges moved. Only the smaller side is touched, so a big SCC
+//!   that keeps growing is not rescanned.
 //! * **Groups.** A group with several defs and several deps gets one hidden
 //!   node (defs → hidden → deps), so it costs `defs + deps` edges instead of
-//!   `defs × deps`. The hidden node is always emitted, so reachability between
-//!   real nodes, and with it readiness and failure, is unchanged.
+//!   `defs × deps`, and one search for all its deps. The hidden node is
+//!   always emitted, so reachability between real nodes, and with it
+//!   readiness and failure, is unchanged.
 //! * **Failure** walks in-edges backwards from the failed nodes, so it costs
 //!   the size of the failed region.
 //!
@@ -69,28 +81,41 @@
 //!
 //! With `n` nodes and `m` edges over the graph's lifetime:
 //!
-//! * emission, placement, the Ready cascade and failure are `O(n + m)` in
-//!   total, plus label maintenance: a new position takes half of a gap, and a
-//!   used-up gap relabels a doubling neighbourhood until it has room
-//!   (Dietz–Sleator style, without their worst-case density bounds);
+//! * emission, placement, pending-edge moves, the Ready cascade and failure
+//!   are `O(n + m)` in total, plus label maintenance: a new position takes
+//!   half of a gap, and a used-up gap relabels a doubling neighbourhood until
+//!   it has room (Dietz–Sleator style, without their worst-case density
+//!   bounds);
 //! * contraction relabels a member only when its component at least doubles
 //!   (`O(n log n)` in total) and moves each edge only while it is on the
 //!   smaller side;
-//! * a backward edge costs its two-way search, `O(k log k)` for `k`
-//!   components visited (two binary heaps), plus the SCC extraction inside
-//!   the same `k` when it closes a cycle.
+//! * an emitted node with backward edges costs one two-way search,
+//!   `O(k log k)` for `k` edges traversed (two binary heaps), plus the SCC
+//!   extraction over the same edges when it closes a cycle.
 //!
 //! **Worst case:** incremental topological ordering and SCC maintenance have
 //! no known near-linear algorithm. Haeupler et al. prove `O(m^{3/2})` in
-//! total for a two-way search that balances edges; this one alternates
-//! nodes and claims no bound beyond the trivial `O(n · (n + m) log n)`, which
-//! an adversarial emission order could approach. What it does on the orders
-//! the engine sees is measured, deterministically, by [`GraphStats`] in
-//! `benches/benches/dep_graph.rs`: at N = 2.5k / 10k / 40k, components
-//! visited by searches stay proportional to N (random DAG in random order:
-//! 2.6k / 9.6k / 41k; one cycle emitted in random order: 16k / 76k / 331k;
-//! chains of 5-cycles in random order: 13k / 55k / 243k), and chains in
-//! either direction and the W5 DAG emitted dependants first need no search.
+//! total for a two-way search that balances edges; this one balances edge
+//! traversals but orders each side by label with a heap and claims no bound
+//! beyond the trivial `O(n · (n + m) log n)`, which an adversarial emission
+//! order could approach. What it does on the orders the engine sees is
+//! measured, deterministically, in `benches/benches/dep_graph.rs`
+//! ([`GraphStats`] and instruction counts): at N = 2.5k / 10k / 40k,
+//! components expanded by searches stay near-proportional to N (random DAG
+//! in random order: 2.1k / 8.3k / 35k; one cycle emitted in random order:
+//! 11k / 55k / 252k; chains of 5-cycles in random order: 6.6k / 29k / 139k),
+//! and chains in either direction and the W5 DAG emitted dependants first
+//! need no search. On link shapes like W9's (symbols in 10 or 100 units,
+//! four calls each, three of them to random units, units emitted in a random
+//! order) the graph spends, at 10k / 100k / 1M edges, 1,270 / 1,290 / 1,350
+//! instructions per edge with each unit one group (the object layer's
+//! shape; 1,450 / 1,570 / 1,690 with 10 units), and 1,170 / 1,260 / 1,930
+//! with one group per symbol. **Weak spot:** one group per symbol in 10
+//! units of up to 25,000 symbols costs 1,200 / 1,830 / 7,990: there a big
+//! component on each side of most searches (the SCC of the units emitted so
+//! far, a cycle inside the unit being emitted) makes each search scan
+//! about the smaller of their edge lists (`GraphStats::scanned` grows from 8
+//! to 27 to 65 per edge).
 //!
 //! Memory is `O(waiting + unemitted-but-depended-on + edges among them)`,
 //! plus one `u32` per [`NodeId`] up to the largest id seen (the id → slot
@@ -131,6 +156,14 @@ const NIL: u32 = u32::MAX;
 const OUT: usize = 0;
 /// Index of the in-edge list (keyed by the edge's target).
 const IN: usize = 1;
+/// Index of the pending out-edge list: out-edges whose target is not emitted
+/// yet. They use the edge's `OUT` links; searches never scan them.
+const PEND: usize = 2;
+
+/// The end (`OUT` or `IN`) whose links list `list` uses.
+fn dir_of(list: usize) -> usize {
+    if list == IN { IN } else { OUT }
+}
 
 /// What a slot currently holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,10 +204,11 @@ struct Slot {
     size: u32,
     /// First and last member slot.
     members: [u32; 2],
-    /// Heads of the out-edge and in-edge lists.
-    head: [u32; 2],
-    /// Lengths of the out-edge and in-edge lists.
-    len: [u32; 2],
+    /// Heads of the out-edge (to waiting targets), in-edge and pending
+    /// (to unemitted targets) lists.
+    head: [u32; 3],
+    /// Lengths of the out-edge, in-edge and pending lists.
+    len: [u32; 3],
     /// A failed input this component reaches (during [`DepGraph::fail`]).
     root: NodeId,
 }
@@ -205,6 +239,9 @@ pub struct GraphStats {
     pub searches: u64,
     /// Components visited by those searches (forward plus backward).
     pub visited: u64,
+    /// Edges traversed by those searches and by the extraction of the
+    /// SCCs they found.
+    pub scanned: u64,
     /// Searches that closed a cycle (each contracts one new SCC).
     pub cycles: u64,
     /// Neighbourhoods of the order relabelled because a label gap was used
@@ -236,6 +273,7 @@ pub struct DepGraph {
     touched: Vec<u32>,
     pool: Vec<u32>,
     relabelled: Vec<u32>,
+    bwd_targets: Vec<u32>,
     fheap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
     bheap: std::collections::BinaryHeap<(u64, u32)>,
     /// Work counters.
@@ -267,6 +305,7 @@ impl DepGraph {
             touched: Vec::new(),
             pool: Vec::new(),
             relabelled: Vec::new(),
+            bwd_targets: Vec::new(),
             fheap: std::collections::BinaryHeap::new(),
             bheap: std::collections::BinaryHeap::new(),
             stats: GraphStats::default(),
@@ -340,7 +379,11 @@ impl DepGraph {
         for &s in &touched {
             let c = self.slots[s as usize].comp;
             let cs = &mut self.slots[c as usize];
-            if cs.kind == Kind::Waiting && cs.len[OUT] == 0 && cs.mark[MARK_X] != queued {
+            if cs.kind == Kind::Waiting
+                && cs.len[OUT] == 0
+                && cs.len[PEND] == 0
+                && cs.mark[MARK_X] != queued
+            {
                 cs.mark[MARK_X] = queued;
                 queue.push(c);
             }
@@ -410,22 +453,24 @@ impl DepGraph {
         // covers every in-edge of one, since all dependants failed too), then
         // the slots.
         for &c in &visit {
-            let mut e = self.slots[c as usize].head[OUT];
-            for _ in 0..self.slots[c as usize].len[OUT] {
-                let edge = self.edges[e as usize];
-                let next = edge.link[OUT][0];
-                let t = self.slots[edge.ends[IN] as usize].comp;
-                self.unlink(e, IN);
-                self.free_edge(e);
-                let ts = &self.slots[t as usize];
-                if ts.mark[MARK_X] != ep && ts.kind == Kind::Unemitted && ts.len[IN] == 0 {
-                    // Nothing waits on this unemitted node any more.
-                    self.free_slot(t);
+            for list in [OUT, PEND] {
+                let mut e = self.slots[c as usize].head[list];
+                for _ in 0..self.slots[c as usize].len[list] {
+                    let edge = self.edges[e as usize];
+                    let next = edge.link[OUT][0];
+                    let t = self.slots[edge.ends[IN] as usize].comp;
+                    self.unlink_from(e, IN);
+                    self.free_edge(e);
+                    let ts = &self.slots[t as usize];
+                    if ts.mark[MARK_X] != ep && ts.kind == Kind::Unemitted && ts.len[IN] == 0 {
+                        // Nothing waits on this unemitted node any more.
+                        self.free_slot(t);
+                    }
+                    e = next;
                 }
-                e = next;
+                self.slots[c as usize].head[list] = NIL;
+                self.slots[c as usize].len[list] = 0;
             }
-            self.slots[c as usize].head[OUT] = NIL;
-            self.slots[c as usize].len[OUT] = 0;
         }
         for &c in &visit {
             if self.slots[c as usize].kind == Kind::Waiting {
@@ -482,24 +527,26 @@ impl DepGraph {
         seen.insert(start);
         let mut stack = vec![start];
         while let Some(c) = stack.pop() {
-            let mut e = self.slots[c as usize].head[OUT];
-            for _ in 0..self.slots[c as usize].len[OUT] {
-                let edge = &self.edges[e as usize];
-                let t = self.slots[edge.ends[IN] as usize].comp;
-                if seen.insert(t) {
-                    let ts = &self.slots[t as usize];
-                    if ts.kind == Kind::Unemitted {
-                        if !ts.hidden {
-                            out.push(ts.node);
-                            if out.len() >= limit {
-                                return out;
+            for list in [OUT, PEND] {
+                let mut e = self.slots[c as usize].head[list];
+                for _ in 0..self.slots[c as usize].len[list] {
+                    let edge = &self.edges[e as usize];
+                    let t = self.slots[edge.ends[IN] as usize].comp;
+                    if seen.insert(t) {
+                        let ts = &self.slots[t as usize];
+                        if ts.kind == Kind::Unemitted {
+                            if !ts.hidden {
+                                out.push(ts.node);
+                                if out.len() >= limit {
+                                    return out;
+                                }
                             }
+                        } else {
+                            stack.push(t);
                         }
-                    } else {
-                        stack.push(t);
                     }
+                    e = edge.link[OUT][0];
                 }
-                e = edge.link[OUT][0];
             }
         }
         out
@@ -559,15 +606,16 @@ impl DepGraph {
                     }
                 }
                 Kind::Unemitted => {
-                    if s.len[OUT] != 0 || s.len[IN] == 0 {
+                    if s.len[OUT] != 0 || s.len[PEND] != 0 || s.len[IN] == 0 {
                         return Err(format!("unemitted {i}: {:?} edges", s.len));
                     }
                 }
                 Kind::Free => {}
             }
-            for dir in [OUT, IN] {
-                let mut e = s.head[dir];
-                for _ in 0..s.len[dir] {
+            for list in [OUT, IN, PEND] {
+                let dir = dir_of(list);
+                let mut e = s.head[list];
+                for _ in 0..s.len[list] {
                     let edge = &self.edges[e as usize];
                     let next = edge.link[dir][0];
                     if self.edges[next as usize].link[dir][1] != e {
@@ -590,10 +638,13 @@ impl DepGraph {
                     if sb.kind == Kind::Waiting && sa.label >= sb.label {
                         return Err(format!("edge {e}: label {} -> {}", sa.label, sb.label));
                     }
+                    if list != IN && (list == OUT) != (sb.kind == Kind::Waiting) {
+                        return Err(format!("edge {e} in out-list {list}: target {:?}", sb.kind));
+                    }
                     e = next;
                 }
-                if s.len[dir] > 0 && e != s.head[dir] {
-                    return Err(format!("component {i}: list {dir} longer than its count"));
+                if s.len[list] > 0 && e != s.head[list] {
+                    return Err(format!("component {i}: list {list} longer than its count"));
                 }
             }
         }
@@ -637,7 +688,7 @@ impl DepGraph {
             .iter()
             .enumerate()
             .filter(|&(i, s)| s.kind == Kind::Waiting && s.comp as usize == i)
-            .map(|(_, s)| s.len[OUT] as usize)
+            .map(|(_, s)| (s.len[OUT] + s.len[PEND]) as usize)
             .sum()
     }
 
@@ -683,8 +734,8 @@ impl DepGraph {
                     pos: NIL,
                     size: 1,
                     members: [s, s],
-                    head: [NIL; 2],
-                    len: [0; 2],
+                    head: [NIL; 3],
+                    len: [0; 3],
                     root: 0,
                 });
                 s
@@ -700,8 +751,8 @@ impl DepGraph {
         slot.label = 0;
         slot.size = 1;
         slot.members = [s, s];
-        slot.head = [NIL; 2];
-        slot.len = [0; 2];
+        slot.head = [NIL; 3];
+        slot.len = [0; 3];
         s
     }
 
@@ -742,8 +793,9 @@ impl DepGraph {
 
     // ----- edges -------------------------------------------------------------
 
-    /// Adds edge `src → dst` to both components' lists.
-    fn add_edge(&mut self, src: u32, dst: u32) -> u32 {
+    /// Adds edge `src → dst` to both components' lists: the source's `out`
+    /// list (`OUT` if the target is waiting, `PEND` if not).
+    fn add_edge(&mut self, src: u32, dst: u32, out: usize) -> u32 {
         let edge = Edge {
             ends: [src, dst],
             link: [[NIL; 2]; 2],
@@ -761,41 +813,43 @@ impl DepGraph {
             self.edges.push(edge);
             e
         };
-        self.link(e, OUT);
-        self.link(e, IN);
+        self.link_to(e, out);
+        self.link_to(e, IN);
         e
     }
 
-    /// Appends `e` to the `dir` list of its `dir` end's component.
-    fn link(&mut self, e: u32, dir: usize) {
+    /// Appends `e` to list `list` of its end's component.
+    fn link_to(&mut self, e: u32, list: usize) {
+        let dir = dir_of(list);
         let c = self.slots[self.edges[e as usize].ends[dir] as usize].comp as usize;
-        let head = self.slots[c].head[dir];
+        let head = self.slots[c].head[list];
         if head == NIL {
             self.edges[e as usize].link[dir] = [e, e];
-            self.slots[c].head[dir] = e;
+            self.slots[c].head[list] = e;
         } else {
             let tail = self.edges[head as usize].link[dir][1];
             self.edges[e as usize].link[dir] = [head, tail];
             self.edges[tail as usize].link[dir][0] = e;
             self.edges[head as usize].link[dir][1] = e;
         }
-        self.slots[c].len[dir] += 1;
+        self.slots[c].len[list] += 1;
     }
 
-    /// Removes `e` from the `dir` list of its `dir` end's component.
-    fn unlink(&mut self, e: u32, dir: usize) {
+    /// Removes `e` from list `list` of its end's component.
+    fn unlink_from(&mut self, e: u32, list: usize) {
+        let dir = dir_of(list);
         let c = self.slots[self.edges[e as usize].ends[dir] as usize].comp as usize;
         let [next, prev] = self.edges[e as usize].link[dir];
         if next == e {
-            self.slots[c].head[dir] = NIL;
+            self.slots[c].head[list] = NIL;
         } else {
             self.edges[prev as usize].link[dir][0] = next;
             self.edges[next as usize].link[dir][1] = prev;
-            if self.slots[c].head[dir] == e {
-                self.slots[c].head[dir] = next;
+            if self.slots[c].head[list] == e {
+                self.slots[c].head[list] = next;
             }
         }
-        self.slots[c].len[dir] -= 1;
+        self.slots[c].len[list] -= 1;
     }
 
     fn free_edge(&mut self, e: u32) {
@@ -806,7 +860,8 @@ impl DepGraph {
     // ----- emission ----------------------------------------------------------
 
     /// Emits slot `v` (or, if this batch already emitted it through another
-    /// group, adds edges) with edges to `targets`.
+    /// group, adds edges) with edges to `targets`, then repairs the order
+    /// for all of the new edges that point backwards with one search.
     fn emit_node(&mut self, v: u32, targets: &[u32], batch: u32) {
         if self.slots[v as usize].kind == Kind::Unemitted {
             let slot = &mut self.slots[v as usize];
@@ -815,23 +870,38 @@ impl DepGraph {
             if !slot.hidden {
                 self.waiting += 1;
             }
+            // Its dependants' edges to it now point at a waiting node.
+            let mut e = self.slots[v as usize].head[IN];
+            for _ in 0..self.slots[v as usize].len[IN] {
+                let next = self.edges[e as usize].link[IN][0];
+                self.unlink_from(e, PEND);
+                self.link_to(e, OUT);
+                e = next;
+            }
             self.place(v, targets);
         }
+        let cv = self.slots[v as usize].comp;
+        let lv = self.slots[cv as usize].label;
+        let seen = self.next_epoch();
+        let mut back = std::mem::take(&mut self.bwd_targets);
+        back.clear();
         for &t in targets {
-            if t == v {
-                continue;
-            }
-            let cv = self.slots[v as usize].comp;
             let ct = self.slots[t as usize].comp;
-            if cv == ct {
+            if t == v || ct == cv {
                 continue;
             }
-            self.add_edge(v, t);
-            let ts = &self.slots[ct as usize];
-            if ts.kind == Kind::Waiting && self.slots[cv as usize].label > ts.label {
-                self.reorder(cv, ct);
+            let waiting = self.slots[ct as usize].kind == Kind::Waiting;
+            self.add_edge(v, t, if waiting { OUT } else { PEND });
+            let ts = &mut self.slots[ct as usize];
+            if waiting && ts.label < lv && ts.mark[MARK_M] != seen {
+                ts.mark[MARK_M] = seen;
+                back.push(ct);
             }
         }
+        if !back.is_empty() {
+            self.reorder(cv, &back);
+        }
+        self.bwd_targets = back;
     }
 
     /// Gives freshly emitted `v` (its own component, in-edges from waiting
@@ -884,111 +954,121 @@ impl DepGraph {
         self.relabelled = relabelled;
     }
 
-    /// Restores the topological order after edge `x → y` with
-    /// `label(x) > label(y)` (both waiting components), contracting the cycle
-    /// if the edge closed one.
-    fn reorder(&mut self, x: u32, y: u32) {
+    /// Restores the topological order after new edges from `x` to the
+    /// components `ys` (all waiting, labelled below `x`), contracting the
+    /// cycle if they closed one.
+    fn reorder(&mut self, x: u32, ys: &[u32]) {
         self.stats.searches += 1;
-        if let Some(scc) = self.two_way(x, y) {
-            self.stats.cycles += 1;
-            self.contract(&scc);
-        }
+        self.two_way(x, ys);
     }
 
-    /// The components on paths `y ⇝ x` (the new SCC once `x → y` is in),
-    /// after a [`Self::two_way`] search with epoch `ep` found one and ran to
-    /// its crossing point: every such component is labelled below f* (so the
-    /// forward search expanded it) or above b* (so the backward one did),
-    /// hence lies in the searched set U. The SCC is what y reaches and what
-    /// reaches x, both within U; the cost is that of U.
-    fn scc_within(&mut self, x: u32, y: u32, ep: u32) -> Vec<u32> {
-        let in_u =
-            |s: &Slot| s.kind == Kind::Waiting && (s.mark[MARK_F] == ep || s.mark[MARK_B] == ep);
-        // Forward from y inside U, marked in MARK_M.
-        let mut stack = vec![y];
-        self.slots[y as usize].mark[MARK_M] = ep;
-        while let Some(c) = stack.pop() {
-            self.expand(c, OUT, in_u, MARK_M, ep, &mut stack);
-        }
-        // Backward from x inside what y reaches, marked in MARK_X.
+    /// The new SCC once the edges `x → ys` are in (the components on paths
+    /// `y ⇝ x`), after a [`Self::two_way`] search with epoch `ep` found a
+    /// cycle and ran to its stop. Such a component is a descendant of a y
+    /// and an ancestor of x; labelled at most b* it was fully expanded
+    /// forwards (it is below f*), above b* fully expanded backwards. So the
+    /// SCC lies in `fwd ∪ bwd ∪ {x}`, and two passes over the edges the
+    /// search already scanned find it: a forward-expanded component reaches x
+    /// if it was discovered backwards or one of its successors reaches x
+    /// (successors come later in the order: descending pass); a
+    /// backward-expanded one is reached from the ys if it was discovered
+    /// forwards or one of its predecessors is (ascending pass). One component
+    /// escapes both: the lowest y, when the backward search ran out while the
+    /// forward one was still scanning it. It is in the SCC if it reaches x,
+    /// and then the backward search went through one of its edges and marked
+    /// it (`step_backward`).
+    fn scc_of(
+        &mut self,
+        x: u32,
+        ys: &[u32],
+        fwd: &mut [u32],
+        bwd: &mut [u32],
+        ep: u32,
+    ) -> Vec<u32> {
+        // MARK_M: "reaches x" besides MARK_B; MARK_X: "reached" besides MARK_F.
+        fwd.sort_unstable_by_key(|&c| std::cmp::Reverse(self.slots[c as usize].label));
+        bwd.sort_unstable_by_key(|&c| self.slots[c as usize].label);
         let mut scc = vec![x];
-        stack.push(x);
-        self.slots[x as usize].mark[MARK_X] = ep;
-        while let Some(c) = stack.pop() {
-            let before = stack.len();
-            self.expand(
-                c,
-                IN,
-                |s| in_u(s) && s.mark[MARK_M] == ep,
-                MARK_X,
-                ep,
-                &mut stack,
-            );
-            scc.extend_from_slice(&stack[before..]);
+        for &y in ys {
+            let m = self.slots[y as usize].mark;
+            if m[MARK_B] == ep || m[MARK_M] == ep {
+                scc.push(y);
+            }
         }
+        for &c in fwd.iter() {
+            let mut reaches = self.slots[c as usize].mark[MARK_B] == ep;
+            let mut e = self.slots[c as usize].head[OUT];
+            for _ in 0..self.slots[c as usize].len[OUT] {
+                if reaches {
+                    break;
+                }
+                self.stats.scanned += 1;
+                let edge = self.edges[e as usize];
+                e = edge.link[OUT][0];
+                let w = &self.slots[self.slots[edge.ends[IN] as usize].comp as usize];
+                reaches = w.mark[MARK_B] == ep || w.mark[MARK_M] == ep;
+            }
+            if reaches {
+                self.slots[c as usize].mark[MARK_M] = ep;
+                scc.push(c);
+            }
+        }
+        for &c in bwd.iter() {
+            let mut reached = self.slots[c as usize].mark[MARK_F] == ep;
+            let mut e = self.slots[c as usize].head[IN];
+            for _ in 0..self.slots[c as usize].len[IN] {
+                if reached {
+                    break;
+                }
+                self.stats.scanned += 1;
+                let edge = self.edges[e as usize];
+                e = edge.link[IN][0];
+                let u = &self.slots[self.slots[edge.ends[OUT] as usize].comp as usize];
+                reached = u.mark[MARK_F] == ep || u.mark[MARK_X] == ep;
+            }
+            if reached {
+                self.slots[c as usize].mark[MARK_X] = ep;
+                scc.push(c);
+            }
+        }
+        scc.sort_unstable();
+        scc.dedup();
         scc
     }
 
-    /// One step of a search: pushes the unmarked waiting neighbours of `c`
-    /// in direction `dir` that pass `keep`, marking them with `ep` in `mark`.
-    fn expand(
-        &mut self,
-        c: u32,
-        dir: usize,
-        keep: impl Fn(&Slot) -> bool,
-        mark: usize,
-        ep: u32,
-        stack: &mut Vec<u32>,
-    ) {
-        self.stats.visited += 1;
-        let mut e = self.slots[c as usize].head[dir];
-        for _ in 0..self.slots[c as usize].len[dir] {
-            let edge = self.edges[e as usize];
-            e = edge.link[dir][0];
-            let d = self.slots[edge.ends[1 - dir] as usize].comp;
-            let ds = &mut self.slots[d as usize];
-            if ds.kind == Kind::Waiting && ds.mark[mark] != ep && keep(ds) {
-                ds.mark[mark] = ep;
-                stack.push(d);
-            }
-        }
-    }
-
-    /// Contracts the components `scc` (waiting, strongly connected once the
-    /// edge being inserted is counted) into the one with the most members and
-    /// edges, which keeps its place in the order. The others' edges are taken
-    /// out: internal ones are deleted, the rest are put back one at a time
-    /// from the merged component, each repairing the order if it points
-    /// backwards (no new cycle can appear). Only the smaller components'
-    /// members and edges are touched.
-    fn contract(&mut self, scc: &[u32]) {
-        let weight = |s: &Slot| s.size as u64 + s.len[OUT] as u64 + s.len[IN] as u64;
-        let Some(&rep) = scc.iter().max_by_key(|&&c| weight(&self.slots[c as usize])) else {
-            return;
-        };
+    /// Contracts the components `scc` (waiting, strongly connected) into
+    /// `rep`, which already stands where the merged component belongs (see
+    /// [`Self::move_run`]); the others are already out of the order. Their
+    /// edges inside the SCC are deleted, the rest move to `rep`'s lists; no
+    /// edge can point backwards. Only the components other than `rep` are
+    /// touched, so `rep` should be the one with the most members and edges.
+    fn contract(&mut self, scc: &[u32], rep: u32) {
         let ep = self.next_epoch();
         for &c in scc {
             self.slots[c as usize].mark[MARK_M] = ep;
         }
-        let mut relink = Vec::new();
+        let mut relink = std::mem::take(&mut self.pool);
+        relink.clear();
         for &c in scc {
             if c == rep {
                 continue;
             }
-            for dir in [OUT, IN] {
-                while self.slots[c as usize].head[dir] != NIL {
-                    let e = self.slots[c as usize].head[dir];
+            for list in [OUT, IN, PEND] {
+                let dir = dir_of(list);
+                while self.slots[c as usize].head[list] != NIL {
+                    let e = self.slots[c as usize].head[list];
                     let o = self.slots[self.edges[e as usize].ends[1 - dir] as usize].comp;
-                    self.unlink(e, dir);
-                    self.unlink(e, 1 - dir);
-                    if self.slots[o as usize].mark[MARK_M] == ep {
+                    self.unlink_from(e, list);
+                    if list != PEND && self.slots[o as usize].mark[MARK_M] == ep {
+                        // Internal: drop it from the other end's list too.
+                        self.unlink_from(e, if list == IN { OUT } else { IN });
                         self.free_edge(e);
                     } else {
                         relink.push(e);
+                        relink.push(list as u32);
                     }
                 }
             }
-            self.order.remove(self.slots[c as usize].pos);
             let mut m = self.slots[c as usize].members[0];
             while m != NIL {
                 self.slots[m as usize].comp = rep;
@@ -1004,32 +1084,33 @@ impl DepGraph {
             r.members[1] = last;
             r.size += size;
         }
-        for e in relink {
-            self.link(e, OUT);
-            self.link(e, IN);
-            let [a, b] = self.edges[e as usize]
-                .ends
-                .map(|s| self.slots[s as usize].comp);
-            let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
-            if sb.kind == Kind::Waiting && sa.label > sb.label {
-                self.reorder(a, b);
-            }
+        for pair in relink.chunks_exact(2) {
+            self.link_to(pair[0], pair[1] as usize);
         }
+        self.pool = relink;
     }
 
-    /// Restores the order after edge `x → y` (`label(x) > label(y)`) with a
-    /// two-way search that visits the region in label order and stops as soon
-    /// as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen and Tarjan,
-    /// *Incremental cycle detection, topological ordering, and strong
-    /// component maintenance*, TALG 2012, §3). Its cost follows the smaller
-    /// side of the region rather than the whole region.
+    /// Restores the order after edges `x → ys` (each `y` labelled below `x`)
+    /// with a two-way search that visits the region in label order and stops
+    /// as soon as the two frontiers cross (Haeupler, Kavitha, Mathew, Sen
+    /// and Tarjan, *Incremental cycle detection, topological ordering, and
+    /// strong component maintenance*, TALG 2012, §3). The two searches
+    /// alternate single edge traversals, not node expansions, so the cost
+    /// follows the smaller side's edges: a component with many edges (a big
+    /// SCC that everything calls) is not scanned whole when the other side
+    /// is small. The forward search starts from all the `ys` at once, so one
+    /// search serves every new edge of `x`.
     ///
-    /// If the edge closes a cycle, changes no order and returns the new SCC's
-    /// components instead.
-    fn two_way(&mut self, x: u32, y: u32) -> Option<Vec<u32>> {
+    /// If the edges close a cycle, the new SCC is contracted and placed with
+    /// the rest (see [`Self::move_run`]).
+    fn two_way(&mut self, x: u32, ys: &[u32]) {
         use std::cmp::Reverse;
-        let lb = self.slots[y as usize].label;
         let ub = self.slots[x as usize].label;
+        let lb = ys
+            .iter()
+            .map(|&y| self.slots[y as usize].label)
+            .min()
+            .unwrap_or(ub);
         let ep = self.next_epoch();
         let mut fheap = std::mem::take(&mut self.fheap);
         let mut bheap = std::mem::take(&mut self.bheap);
@@ -1039,116 +1120,192 @@ impl DepGraph {
         bheap.clear();
         fwd.clear();
         bwd.clear();
-        self.slots[y as usize].mark[MARK_F] = ep;
+        for &y in ys {
+            self.slots[y as usize].mark[MARK_F] = ep;
+            fheap.push(Reverse((self.slots[y as usize].label, y)));
+        }
         self.slots[x as usize].mark[MARK_B] = ep;
-        fheap.push(Reverse((lb, y)));
         bheap.push((ub, x));
+        // The component each side is scanning: (component, next edge, edges
+        // left). A component counts as expanded once all its edges are.
+        let mut fcur: Option<(u32, u32, u32)> = None;
+        let mut bcur: Option<(u32, u32, u32)> = None;
+        let label = |g: &Self, c: u32| g.slots[c as usize].label;
         let mut forward = true;
         let mut cycle = false;
-        // Invariant: every descendant of y labelled below the forward
+        // Invariant: every descendant of a y labelled below the live forward
         // frontier is expanded (fwd), every ancestor of x labelled above the
-        // backward frontier too (bwd).
+        // live backward frontier too (bwd).
         loop {
-            let f = fheap.peek().map(|r| r.0.0);
-            let Some(&(b, _)) = bheap.peek() else { break };
-            let Some(f) = f else { break };
-            if f > b {
+            let fl = fcur.map(|c| c.0).or(fheap.peek().map(|r| r.0.1));
+            let bl = bcur.map(|c| c.0).or(bheap.peek().map(|&(_, c)| c));
+            let (Some(f), Some(b)) = (fl, bl) else { break };
+            if label(self, f) > label(self, b) {
                 break;
             }
             if forward {
-                let Some(Reverse((_, c))) = fheap.pop() else {
-                    break;
+                let (c, e, left) = match fcur {
+                    Some(cur) => cur,
+                    None => {
+                        fheap.pop();
+                        let cs = &self.slots[f as usize];
+                        (f, cs.head[OUT], cs.len[OUT])
+                    }
                 };
-                fwd.push(c);
-                let mut e = self.slots[c as usize].head[OUT];
-                for _ in 0..self.slots[c as usize].len[OUT] {
-                    let edge = self.edges[e as usize];
-                    e = edge.link[OUT][0];
-                    let d = self.slots[edge.ends[IN] as usize].comp;
-                    let ds = &mut self.slots[d as usize];
-                    if ds.kind != Kind::Waiting {
-                        continue;
-                    }
-                    if ds.mark[MARK_B] == ep {
-                        // A descendant of y that reaches x: a cycle. Keep
-                        // searching to bound the region the SCC lies in.
-                        cycle = true;
-                    }
-                    if ds.label < ub && ds.mark[MARK_F] != ep {
-                        ds.mark[MARK_F] = ep;
-                        fheap.push(Reverse((ds.label, d)));
-                    }
-                }
+                fcur = if left == 0 {
+                    fwd.push(c);
+                    None
+                } else {
+                    self.stats.scanned += 1;
+                    cycle |= self.step_forward(e, ub, ep, &mut fheap);
+                    Some((c, self.edges[e as usize].link[OUT][0], left - 1))
+                };
             } else {
-                let Some((_, c)) = bheap.pop() else { break };
-                bwd.push(c);
-                let mut e = self.slots[c as usize].head[IN];
-                for _ in 0..self.slots[c as usize].len[IN] {
-                    let edge = self.edges[e as usize];
-                    e = edge.link[IN][0];
-                    let s = self.slots[edge.ends[OUT] as usize].comp;
-                    let ss = &mut self.slots[s as usize];
-                    if ss.mark[MARK_F] == ep {
-                        cycle = true;
+                let (c, e, left) = match bcur {
+                    Some(cur) => cur,
+                    None => {
+                        bheap.pop();
+                        let cs = &self.slots[b as usize];
+                        (b, cs.head[IN], cs.len[IN])
                     }
-                    if ss.label > lb && ss.mark[MARK_B] != ep {
-                        ss.mark[MARK_B] = ep;
-                        bheap.push((ss.label, s));
-                    }
-                }
+                };
+                bcur = if left == 0 {
+                    bwd.push(c);
+                    None
+                } else {
+                    self.stats.scanned += 1;
+                    cycle |= self.step_backward(e, lb, ep, &mut bheap);
+                    Some((c, self.edges[e as usize].link[IN][0], left - 1))
+                };
             }
             forward = !forward;
         }
         self.stats.visited += (fwd.len() + bwd.len()) as u64;
+        // The pivot: right after the live backward frontier b*, or just
+        // before the live forward one f* if the backward search is done.
+        let bl = bcur.map(|c| c.0).or(bheap.peek().map(|&(_, c)| c));
+        let fl = fcur.map(|c| c.0).or(fheap.peek().map(|r| r.0.1));
+        let pivot = match (bl, fl) {
+            (Some(b), _) => Some((label(self, b), self.slots[b as usize].pos)),
+            (None, Some(f)) => Some((
+                label(self, f) - 1,
+                self.order.prev(self.slots[f as usize].pos),
+            )),
+            (None, None) => None,
+        };
         let scc = if cycle {
-            Some(self.scc_within(x, y, ep))
+            self.stats.cycles += 1;
+            Some(self.scc_of(x, ys, &mut fwd, &mut bwd, ep))
         } else {
-            self.move_run(&fheap, &bheap, &mut fwd, &mut bwd);
             None
         };
+        self.move_run(pivot, &mut fwd, &mut bwd, scc.as_deref());
         self.fheap = fheap;
         self.bheap = bheap;
         self.fwd = fwd;
         self.bwd = bwd;
-        scc
     }
 
-    /// Second half of [`Self::two_way`]: with the frontiers crossed at
-    /// `b* < f*`, moves the expanded ancestors of x above the pivot and the
-    /// expanded descendants of y below it into one run at the pivot: first
-    /// the ancestors, then the descendants, each in their old order. Nothing
-    /// else needs to move: an unexpanded ancestor of x is labelled at most
-    /// b*, an unexpanded descendant of y at least f*.
+    /// One forward edge `e` of the search: pushes its target if waiting and
+    /// labelled below `ub`. Returns whether the target is an ancestor of x
+    /// (a cycle; the search goes on to bound the region the SCC lies in).
+    fn step_forward(
+        &mut self,
+        e: u32,
+        ub: u64,
+        ep: u32,
+        fheap: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
+    ) -> bool {
+        let d = self.slots[self.edges[e as usize].ends[IN] as usize].comp;
+        let ds = &mut self.slots[d as usize];
+        if ds.label < ub && ds.mark[MARK_F] != ep {
+            ds.mark[MARK_F] = ep;
+            fheap.push(std::cmp::Reverse((ds.label, d)));
+        }
+        ds.mark[MARK_B] == ep
+    }
+
+    /// One backward edge `e` of the search: pushes its source if labelled
+    /// above `lb`. Returns whether the source is a descendant of a y.
+    fn step_backward(
+        &mut self,
+        e: u32,
+        lb: u64,
+        ep: u32,
+        bheap: &mut std::collections::BinaryHeap<(u64, u32)>,
+    ) -> bool {
+        let s = self.slots[self.edges[e as usize].ends[OUT] as usize].comp;
+        let ss = &mut self.slots[s as usize];
+        if ss.label > lb && ss.mark[MARK_B] != ep {
+            ss.mark[MARK_B] = ep;
+            bheap.push((ss.label, s));
+        }
+        if ss.mark[MARK_F] == ep {
+            // It reaches x even if it is the lowest y, never discovered
+            // backwards (see `scc_of`).
+            ss.mark[MARK_M] = ep;
+            return true;
+        }
+        false
+    }
+
+    /// Second half of [`Self::two_way`]: with the frontiers crossed at the
+    /// pivot (`after`, a label, and `start`, the position at or before
+    /// which the run goes), moves the expanded ancestors of x above the
+    /// pivot and the expanded descendants of the ys at or below it into one
+    /// run at the pivot: first the ancestors, then the descendants, each in
+    /// their old order. Nothing else needs to move: an unexpanded ancestor
+    /// of x is labelled at most the pivot, an unexpanded descendant of a y
+    /// above it.
+    ///
+    /// If the edges closed a cycle, every component of the new SCC (`scc`)
+    /// is among the moved ones (or is x itself, unexpanded at b*). The SCC is
+    /// contracted into one component placed between the ancestors and the
+    /// descendants: no ancestor outside the SCC is a descendant of it, no
+    /// descendant outside it an ancestor of it, and no edge goes from such a
+    /// descendant to such an ancestor (it would put both in the SCC). So
+    /// every edge of the contracted graph points forwards, and contraction
+    /// needs no further search.
     fn move_run(
         &mut self,
-        fheap: &std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
-        bheap: &std::collections::BinaryHeap<(u64, u32)>,
+        pivot: Option<(u64, u32)>,
         fwd: &mut Vec<u32>,
         bwd: &mut Vec<u32>,
+        scc: Option<&[u32]>,
     ) {
         let label = |slots: &[Slot], c: u32| slots[c as usize].label;
-        // The pivot: right after label `after` (b*, or just before f*).
-        let (after, start) = match (bheap.peek(), fheap.peek()) {
-            (Some(&(b, c)), _) => (b, self.slots[c as usize].pos),
-            (None, Some(r)) => {
-                let f = r.0;
-                (f.0 - 1, self.order.prev(self.slots[f.1 as usize].pos))
-            }
-            // (Not reached: the search stops when one heap is empty.) Pivot
-            // after the last expanded descendant.
-            (None, None) => {
+        // (No pivot is not reached: the search stops while one side is
+        // live.) Then pivot after the last expanded descendant.
+        let (after, start) = match pivot {
+            Some(p) => p,
+            None => {
                 let Some(&m) = fwd.iter().max_by_key(|&&c| label(&self.slots, c)) else {
                     return;
                 };
                 (label(&self.slots, m), self.slots[m as usize].pos)
             }
         };
-        fwd.retain(|&c| label(&self.slots, c) <= after);
-        bwd.retain(|&c| label(&self.slots, c) > after);
-        fwd.sort_unstable_by_key(|&c| label(&self.slots, c));
-        bwd.sort_unstable_by_key(|&c| label(&self.slots, c));
-        // Anchor: the last position at or before `start` that stays.
         let moving = self.next_epoch();
+        let mut rep = NIL;
+        if let Some(scc) = scc {
+            let weight = |s: &Slot| {
+                s.size as u64 + s.len[OUT] as u64 + s.len[IN] as u64 + s.len[PEND] as u64
+            };
+            for &c in scc {
+                self.slots[c as usize].mark[MARK_X] = moving;
+                if rep == NIL || weight(&self.slots[c as usize]) > weight(&self.slots[rep as usize])
+                {
+                    rep = c;
+                }
+            }
+        }
+        let slots = &self.slots;
+        let in_scc = |c: u32| slots[c as usize].mark[MARK_X] == moving;
+        fwd.retain(|&c| label(slots, c) <= after && !in_scc(c));
+        bwd.retain(|&c| label(slots, c) > after && !in_scc(c));
+        fwd.sort_unstable_by_key(|&c| label(slots, c));
+        bwd.sort_unstable_by_key(|&c| label(slots, c));
+        // Anchor: the last position at or before `start` that stays.
         for &c in fwd.iter().chain(bwd.iter()) {
             self.slots[c as usize].mark[MARK_X] = moving;
         }
@@ -1164,6 +1321,14 @@ impl DepGraph {
         let mut run = std::mem::take(&mut self.stack);
         run.clear();
         run.extend(bwd.iter().copied());
+        if let Some(scc) = scc {
+            for &c in scc {
+                if c != rep {
+                    self.order.remove(self.slots[c as usize].pos);
+                }
+            }
+            run.push(rep);
+        }
         run.extend(fwd.iter().copied());
         for &c in &run {
             self.order.remove(self.slots[c as usize].pos);
@@ -1182,6 +1347,9 @@ impl DepGraph {
         self.refresh_labels();
         self.stack = run;
         self.pool = positions;
+        if let Some(scc) = scc {
+            self.contract(scc, rep);
+        }
     }
 
     /// Makes every component in `queue` Ready (their out-lists are empty),
@@ -1194,9 +1362,11 @@ impl DepGraph {
                 let edge = self.edges[e as usize];
                 let next = edge.link[IN][0];
                 let s = self.slots[edge.ends[OUT] as usize].comp;
-                self.unlink(e, OUT);
+                // `c` is waiting: the edge is in its source's out-list.
+                self.unlink_from(e, OUT);
                 self.free_edge(e);
-                if self.slots[s as usize].len[OUT] == 0 {
+                let ss = &self.slots[s as usize];
+                if ss.len[OUT] == 0 && ss.len[PEND] == 0 {
                     queue.push(s);
                 }
                 e = next;
