@@ -1,5 +1,6 @@
 //! Compiles the bundled example program (`bundled/*.c`) into objects that
-//! the `kiln` binary embeds and runs when given no inputs.
+//! the `kiln` binary embeds and runs when given no inputs, and the GDB JIT
+//! interface's C shim (`csrc/gdb_jit.c`).
 
 use std::path::PathBuf;
 
@@ -35,4 +36,19 @@ fn main() {
     }
     list.push_str("];\n");
     std::fs::write(out.join("bundled.rs"), list).expect("OUT_DIR is writable");
+    gdb_jit_shim();
+}
+
+/// The GDB JIT interface's symbols (`csrc/gdb_jit.c`), linked into the
+/// crate so that every executable using kiln (the `kiln` binary, tests,
+/// hosts) defines them: the archive member is kept because the crate calls
+/// `kiln_gdb_jit_descriptor` / `kiln_gdb_jit_notify`, defined beside them.
+fn gdb_jit_shim() {
+    println!("cargo:rerun-if-changed=csrc/gdb_jit.c");
+    cc::Build::new()
+        .file("csrc/gdb_jit.c")
+        .flag("-fno-sanitize=address")
+        .opt_level(1)
+        .warnings(true)
+        .compile("kiln_gdb_jit");
 }

@@ -261,6 +261,8 @@ pub struct LinkedImage {
     stats: LinkStats,
     memory: (u64, u64),
     platform: Option<Platform>,
+    /// Unregistered from debuggers before `alloc` is released.
+    debug: Option<crate::debug::DebugRegistration>,
     alloc: Option<crate::memory::Allocation>,
 }
 
@@ -314,6 +316,7 @@ impl LinkedImage {
                 eh_frame,
                 tls: f.tls_module,
             }),
+            debug: f.debug,
             alloc: Some(f.alloc),
         };
         if run_init {
@@ -434,6 +437,8 @@ impl Drop for LinkedImage {
             drop(p.tls.take());
             drop(p);
         }
+        // Debuggers forget the code before its memory goes.
+        drop(self.debug.take());
         drop(self.alloc.take());
     }
 }

@@ -14,6 +14,7 @@
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
 //! | [`layer`] | the engine's object layer: objects as materialization units |
 //! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
+//! | [`debug`] | opt-in debugger and profiler interfaces: GDB JIT objects, perf map, jitdump |
 //!
 //! The pass order is visible in one function, [`passes::link_graph`]:
 //! prune → GOT/PLT → allocate → (a) own symbols final → (b) look up every
@@ -39,6 +40,7 @@
 //! ```
 
 pub mod archive;
+pub mod debug;
 pub mod elf;
 mod error;
 pub mod graph;
@@ -50,6 +52,7 @@ pub mod memory;
 pub mod passes;
 pub mod runtime;
 
+pub use debug::DebugOptions;
 pub use error::LinkError;
 pub use graph::LinkGraph;
 pub use host::{HostSymbols, SymbolResolver};

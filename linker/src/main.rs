@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, Session, WorkerPool};
 use kiln_linker::archive::Archive;
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
-use kiln_linker::{HostSymbols, LinkOptions, Linker};
+use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
@@ -89,6 +89,18 @@ struct RunArgs {
     /// (data references link it at once).
     #[arg(long)]
     lazy: bool,
+    /// Register the linked code with GDB/LLDB through the GDB JIT interface
+    /// (one in-memory ELF debug object per link); also `KILN_GDB=1`.
+    #[arg(long)]
+    gdb: bool,
+    /// Append the linked functions to /tmp/perf-PID.map for `perf report`;
+    /// also `KILN_PERF=map`.
+    #[arg(long)]
+    perf_map: bool,
+    /// Write the linked functions, with their code, to jit-PID.dump in
+    /// $JITDUMPDIR (default /tmp) for `perf inject --jit`; also `KILN_PERF=jitdump`.
+    #[arg(long)]
+    jitdump: bool,
     /// Arguments for the program, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -144,6 +156,9 @@ fn run_bundled() -> Result<i32, String> {
         stats: false,
         threads: None,
         lazy: false,
+        gdb: false,
+        perf_map: false,
+        jitdump: false,
         args: Vec::new(),
     };
     link_and_run(&args, inputs, true)
@@ -174,6 +189,13 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         None => WorkerPool::with_available_parallelism(),
     };
     let session = Session::builder().dispatcher(pool).build();
+    // Debugger and profiler interfaces: the flags add to KILN_GDB/KILN_PERF;
+    // every link of this run (and lazy stubs) takes them from the default.
+    let mut debug = DebugOptions::from_env();
+    debug.gdb |= args.gdb;
+    debug.perf_map |= args.perf_map;
+    debug.jitdump |= args.jitdump;
+    DebugOptions::set_process_default(debug);
     // Without --lazy every input is linked (as one image) once the entry
     // point is looked up: prepare it while the engine records its symbols.
     let mut options = LinkOptions::default();

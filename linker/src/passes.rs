@@ -66,6 +66,9 @@ pub struct LinkOptions {
     /// what they add (`kiln run`): an image never looked up keeps its memory
     /// until its unit goes.
     pub prepare_early: bool,
+    /// Debugger and profiler interfaces the image is announced to
+    /// (default: [`crate::debug::DebugOptions::process_default`]).
+    pub debug: crate::debug::DebugOptions,
 }
 
 impl Default for LinkOptions {
@@ -76,6 +79,7 @@ impl Default for LinkOptions {
             keep_graph: false,
             symbol_table: true,
             prepare_early: false,
+            debug: crate::debug::DebugOptions::process_default(),
         }
     }
 }
@@ -185,6 +189,9 @@ pub struct Finalized {
     pub stats: LinkStats,
     /// The graph after fixup, if [`LinkOptions::keep_graph`] asked for it.
     pub graph: Option<LinkGraph>,
+    /// The image's registration with debuggers (see [`LinkOptions::debug`]);
+    /// dropped before [`Finalized::alloc`] is released.
+    pub debug: Option<crate::debug::DebugRegistration>,
 }
 
 /// Counts of one link, for `--stats`.
@@ -1580,6 +1587,7 @@ impl Prepared {
             },
         };
         let dso_handle = self.dso_handle();
+        let debug = self.announce(env, options)?;
         let (kept, graph) = if options.keep_graph {
             (Some(self.graph), None)
         } else {
@@ -1596,9 +1604,46 @@ impl Prepared {
                 tls_module,
                 stats,
                 graph: kept,
+                debug,
             },
             graph,
         ))
+    }
+
+    /// Tells debuggers and profilers about the finalized image, as
+    /// [`LinkOptions::debug`] asks (nothing at all by default).
+    fn announce(
+        &self,
+        env: &ImageEnv,
+        options: &LinkOptions,
+    ) -> Result<Option<crate::debug::DebugRegistration>, LinkError> {
+        if !options.debug.any() {
+            return Ok(None);
+        }
+        let plt_base = self
+            .plt_block
+            .map_or(0, |b| self.graph.blocks[b.index()].addr);
+        let extra = self
+            .plt
+            .iter()
+            .map(|(&sym, &off)| crate::debug::ImageSymbol {
+                name: format!("kiln-plt:{}", self.graph.symbol_name(sym)),
+                addr: plt_base + off,
+                size: PLT_STUB_SIZE as u64,
+                code: true,
+                local: true,
+            })
+            .collect();
+        let info = crate::debug::ImageInfo {
+            name: &env.name,
+            graph: &self.graph,
+            eh_frame: self.eh_frame,
+            extra,
+        };
+        crate::debug::register_image(&info, &options.debug).map_err(|source| LinkError::Debug {
+            image: env.name.clone(),
+            source,
+        })
     }
 }
 

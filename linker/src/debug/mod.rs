@@ -1,0 +1,286 @@
+//! Debuggers and profilers see JIT'd code (DESIGN §5b), opt-in per session.
+//!
+//! | module | what it does |
+//! | --- | --- |
+//! | `gdb` | the GDB JIT interface: `__jit_debug_descriptor` (from `csrc/gdb_jit.c`), one entry per image, all changes under one process-wide lock |
+//! | `elf_object` | the in-memory ELF debug object of one image: allocated sections at their runtime addresses, `.symtab`, `.eh_frame`, the inputs' relocated `.debug_*` |
+//! | `perf_map` | `/tmp/perf-PID.map`: one line per function, appended with `O_APPEND` writes of whole lines |
+//! | `jitdump` | `jit-PID.dump` for `perf inject -j`: header, `JIT_CODE_LOAD` records with the code bytes |
+//!
+//! Nothing here runs unless [`DebugOptions`] asks for it: the default link
+//! path only checks three booleans. An image's registration
+//! ([`DebugRegistration`]) is dropped — unregistered from GDB — before the
+//! image's memory is released (tracker removal, dylib removal, session end:
+//! they all drop the [`crate::LinkedImage`]).
+
+pub(crate) mod elf_object;
+pub(crate) mod gdb;
+pub(crate) mod jitdump;
+pub(crate) mod perf_map;
+
+use std::sync::{Mutex, OnceLock};
+
+use crate::graph::{Content, LinkGraph, SectionRole, SymbolDef};
+
+/// Which debugger and profiler interfaces linked code is announced to.
+///
+/// The process default ([`DebugOptions::process_default`]) comes from the
+/// environment — `KILN_GDB=1`, `KILN_PERF=map`, `KILN_PERF=jitdump` (or
+/// `map,jitdump`) — unless [`DebugOptions::set_process_default`] replaced
+/// it; [`crate::LinkOptions::default`] starts from it, and a host can set
+/// [`crate::LinkOptions::debug`] per layer or link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DebugOptions {
+    /// Register one in-memory ELF debug object per image with the GDB JIT
+    /// interface (GDB and LLDB read it).
+    pub gdb: bool,
+    /// Append the image's functions to `/tmp/perf-PID.map`.
+    pub perf_map: bool,
+    /// Write the image's functions (with their code) to `jit-PID.dump`.
+    pub jitdump: bool,
+}
+
+static PROCESS_DEFAULT: Mutex<Option<DebugOptions>> = Mutex::new(None);
+
+impl DebugOptions {
+    /// Nothing enabled.
+    pub const NONE: DebugOptions = DebugOptions {
+        gdb: false,
+        perf_map: false,
+        jitdump: false,
+    };
+
+    /// Everything enabled.
+    pub const ALL: DebugOptions = DebugOptions {
+        gdb: true,
+        perf_map: true,
+        jitdump: true,
+    };
+
+    /// What `KILN_GDB` and `KILN_PERF` ask for (read once per process).
+    pub fn from_env() -> DebugOptions {
+        static ENV: OnceLock<DebugOptions> = OnceLock::new();
+        *ENV.get_or_init(|| {
+            let gdb = std::env::var("KILN_GDB").is_ok_and(|v| v == "1");
+            let perf = std::env::var("KILN_PERF").unwrap_or_default();
+            let has = |w: &str| perf.split(',').any(|p| p.trim() == w);
+            DebugOptions {
+                gdb,
+                perf_map: has("map"),
+                jitdump: has("jitdump"),
+            }
+        })
+    }
+
+    /// The options new [`crate::LinkOptions`] and lazy stubs use: set by
+    /// [`DebugOptions::set_process_default`], else [`DebugOptions::from_env`].
+    pub fn process_default() -> DebugOptions {
+        let set = *PROCESS_DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
+        set.unwrap_or_else(DebugOptions::from_env)
+    }
+
+    /// Replaces the process default (for example `kiln run --gdb`); links
+    /// whose options were made earlier keep theirs.
+    pub fn set_process_default(options: DebugOptions) {
+        *PROCESS_DEFAULT.lock().unwrap_or_else(|p| p.into_inner()) = Some(options);
+    }
+
+    /// Whether anything is enabled.
+    pub fn any(&self) -> bool {
+        self.gdb || self.perf_map || self.jitdump
+    }
+}
+
+/// A debugger or profiler interface failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugError {
+    /// Writing the perf map or the jitdump file failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being written.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ELF debug object could not be written.
+    #[error("writing the GDB debug object of {image}: {detail}")]
+    Object {
+        /// The image.
+        image: String,
+        /// What the writer said.
+        detail: String,
+    },
+}
+
+/// One symbol of an image, at its runtime address.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageSymbol {
+    pub(crate) name: String,
+    pub(crate) addr: u64,
+    pub(crate) size: u64,
+    pub(crate) code: bool,
+    pub(crate) local: bool,
+}
+
+/// What one finalized image tells the debug interfaces.
+pub(crate) struct ImageInfo<'a> {
+    /// The image's name (its first input).
+    pub(crate) name: &'a str,
+    /// The graph after fixup: final block addresses.
+    pub(crate) graph: &'a LinkGraph,
+    /// `.eh_frame` (start, length with terminator).
+    pub(crate) eh_frame: Option<(u64, u64)>,
+    /// Linker-made code the graph's symbols do not name (PLT stubs).
+    pub(crate) extra: Vec<ImageSymbol>,
+}
+
+/// What an image registered. Dropping it unregisters the image from GDB;
+/// it must be dropped before the image's memory is released.
+#[derive(Debug)]
+pub struct DebugRegistration {
+    gdb: Option<gdb::Entry>,
+}
+
+impl DebugRegistration {
+    /// Whether the image is registered with the GDB JIT interface.
+    pub fn registered_with_gdb(&self) -> bool {
+        self.gdb.is_some()
+    }
+}
+
+/// How many debug objects kiln has registered with the GDB JIT interface
+/// in this process now (one per live image linked with
+/// [`DebugOptions::gdb`]).
+pub fn gdb_registered_objects() -> usize {
+    gdb::registered_count()
+}
+
+/// This process's perf map, `/tmp/perf-PID.map`.
+pub fn perf_map_path() -> String {
+    perf_map::path()
+}
+
+/// This process's jitdump file, `$JITDUMPDIR/jit-PID.dump` (default `/tmp`).
+pub fn jitdump_path() -> String {
+    jitdump::path()
+}
+
+/// Announces a finalized image (memory readable, code at its final
+/// addresses) to what `options` enables.
+pub(crate) fn register_image(
+    info: &ImageInfo<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
+    if !options.any() {
+        return Ok(None);
+    }
+    let symbols = image_symbols(info);
+    if options.perf_map {
+        perf_map::append(&symbols)?;
+    }
+    if options.jitdump {
+        jitdump::append(&symbols)?;
+    }
+    let gdb = if options.gdb {
+        let object = elf_object::build(info, &symbols).map_err(|detail| DebugError::Object {
+            image: info.name.to_string(),
+            detail,
+        })?;
+        if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
+            // For inspecting what GDB is given (readelf, objdump --dwarf).
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
+            let _ = std::fs::write(path, &object);
+        }
+        Some(gdb::Entry::register(object))
+    } else {
+        None
+    };
+    Ok(Some(DebugRegistration { gdb }))
+}
+
+/// Every named symbol of a live block outside TLS, plus `info.extra`,
+/// sorted by address. A function without a size (assembly) extends to
+/// the end of its block.
+pub(crate) fn image_symbols(info: &ImageInfo<'_>) -> Vec<ImageSymbol> {
+    let g = info.graph;
+    let mut out = Vec::new();
+    for s in &g.symbols {
+        let (Some(name), SymbolDef::Defined { block, offset }) = (&s.name, s.def) else {
+            continue;
+        };
+        let b = &g.blocks[block.index()];
+        let role = g.sections[b.section.index()].role;
+        if !b.live
+            || s.tls
+            || matches!(role, SectionRole::TlsData | SectionRole::TlsBss)
+            || name.is_empty()
+            || name.starts_with(".L")
+        {
+            continue;
+        }
+        let rest = b.content.len().saturating_sub(offset);
+        let size = if s.size == 0 && s.callable {
+            rest
+        } else {
+            s.size
+        };
+        out.push(ImageSymbol {
+            name: name.to_string(),
+            addr: b.addr + offset,
+            size,
+            code: s.callable,
+            local: s.scope == crate::graph::Scope::Local,
+        });
+    }
+    out.extend(info.extra.iter().cloned());
+    out.sort_by_key(|s| s.addr);
+    out
+}
+
+/// The shared bytes of the input file `object` was read from, if its
+/// blocks still refer to it (objects read from archives own copies).
+pub(crate) fn object_file(
+    g: &LinkGraph,
+    object: crate::graph::ObjectId,
+) -> Option<&crate::graph::InputBytes> {
+    g.blocks
+        .iter()
+        .filter(|b| b.object == Some(object))
+        .find_map(|b| match &b.content {
+            Content::Input { file, .. } => Some(file),
+            _ => None,
+        })
+}
+
+/// Names lazy-call stubs and reentry trampolines in JIT memory for perf
+/// (`kiln-stub`, `kiln-trampoline`): `(start, size)` of each.
+pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
+    let options = DebugOptions::process_default();
+    if !options.perf_map && !options.jitdump {
+        return;
+    }
+    let symbols: Vec<ImageSymbol> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, size))| ImageSymbol {
+            name: format!("kiln-{kind}:{i}@{:#x}", ranges[0].0),
+            addr,
+            size,
+            code: true,
+            local: true,
+        })
+        .collect();
+    // Profiling names are best effort here: a stub block works without them.
+    if options.perf_map {
+        let _ = perf_map::append(&symbols);
+    }
+    if options.jitdump {
+        let _ = jitdump::append(&symbols);
+    }
+}
