@@ -208,7 +208,8 @@ impl Linker {
             for name in wanted {
                 for ar in &mut self.archives {
                     if let Some((member, bytes)) = ar.take_member_for(&name)? {
-                        let id = crate::elf::read_object(&mut graph, &member, bytes)?;
+                        let debug = &self.options.debug;
+                        let id = crate::debug::read_object(&mut graph, &member, bytes, debug)?;
                         graph.objects[id.index()].library = true;
                         pulled = true;
                         break;

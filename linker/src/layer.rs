@@ -170,7 +170,7 @@ impl ObjectLayer {
     ) -> Result<(), LinkError> {
         let start = Instant::now();
         let mut graph = LinkGraph::new();
-        crate::elf::read_object(&mut graph, name, bytes)?;
+        crate::debug::read_object(&mut graph, name, bytes, &self.shared.options.debug)?;
         self.add_read_time(start.elapsed());
         self.add_graph(dylib, tracker, name, graph)
     }
@@ -288,7 +288,7 @@ impl ObjectLayer {
         let mut graphs = Vec::with_capacity(objects.len());
         for (name, bytes) in objects {
             let mut graph = LinkGraph::new();
-            crate::elf::read_object(&mut graph, name, bytes)?;
+            crate::debug::read_object(&mut graph, name, bytes, &self.shared.options.debug)?;
             graphs.push(graph);
         }
         // All of them first: an object linked on its first call must be
@@ -346,7 +346,8 @@ impl ObjectLayer {
             // fresh from the parser; grouping needed the merged view).
             let mut graph = LinkGraph::new();
             for &m in &members {
-                crate::elf::read_object(&mut graph, &objects[m].0, &objects[m].1)?;
+                let debug = &self.shared.options.debug;
+                crate::debug::read_object(&mut graph, &objects[m].0, &objects[m].1, debug)?;
             }
             let name = members
                 .iter()

@@ -86,6 +86,24 @@ impl DebugOptions {
         *PROCESS_DEFAULT.lock().unwrap_or_else(|p| p.into_inner()) = Some(options);
     }
 
+    /// These options with [`DebugOptions::gdb`] set to `yes`.
+    pub fn with_gdb(mut self, yes: bool) -> DebugOptions {
+        self.gdb = yes;
+        self
+    }
+
+    /// These options with [`DebugOptions::perf_map`] set to `yes`.
+    pub fn with_perf_map(mut self, yes: bool) -> DebugOptions {
+        self.perf_map = yes;
+        self
+    }
+
+    /// These options with [`DebugOptions::jitdump`] set to `yes`.
+    pub fn with_jitdump(mut self, yes: bool) -> DebugOptions {
+        self.jitdump = yes;
+        self
+    }
+
     /// Whether anything is enabled.
     pub fn any(&self) -> bool {
         self.gdb || self.perf_map || self.jitdump
@@ -241,6 +259,23 @@ pub(crate) fn image_symbols(info: &ImageInfo<'_>) -> Vec<ImageSymbol> {
     out.extend(info.extra.iter().cloned());
     out.sort_by_key(|s| s.addr);
     out
+}
+
+/// Reads an object into `graph` as [`crate::elf::read_object`] does — but
+/// when GDB support is on, keeping the input file (one copy, shared by the
+/// blocks) so that its `.debug_*` sections can be found at finalization.
+pub(crate) fn read_object(
+    graph: &mut LinkGraph,
+    name: &str,
+    bytes: &[u8],
+    options: &DebugOptions,
+) -> Result<crate::graph::ObjectId, crate::LinkError> {
+    if !options.gdb {
+        return crate::elf::read_object(graph, name, bytes);
+    }
+    let file: crate::graph::InputBytes = std::sync::Arc::new(bytes.to_vec());
+    let parsed = crate::elf::parse_object_shared(name, &file)?;
+    Ok(graph.merge(parsed))
 }
 
 /// The shared bytes of the input file `object` was read from, if its
