@@ -328,3 +328,58 @@ fn gdb_forgets_removed_code() {
         "the linked test failed under gdb:\n{out}"
     );
 }
+
+/// The debug object GDB is given (`KILN_GDB_OBJECT_DIR` saves a copy):
+/// every allocated section at a non-zero runtime address, the functions in
+/// `.symtab`, `.eh_frame` and the inputs' DWARF present.
+#[test]
+fn debug_object_has_runtime_addresses_symbols_and_dwarf() {
+    use object::{Object, ObjectSection, ObjectSymbol, SectionFlags};
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-object");
+    let objs = build("gcc", &["o0_main.c", "o0_helper.c"], &["-O0", "-g"], &dir);
+    let saved = dir.join("saved");
+    let _ = std::fs::remove_dir_all(&saved);
+    std::fs::create_dir_all(&saved).expect("create dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_GDB_OBJECT_DIR", &saved)
+        .arg("run")
+        .arg("--gdb")
+        .args(&objs)
+        .output()
+        .expect("run kiln");
+    assert!(out.status.success(), "kiln run failed: {out:?}");
+    let files: Vec<PathBuf> = std::fs::read_dir(&saved)
+        .expect("saved objects")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one debug object per link: {files:?}");
+    let bytes = std::fs::read(&files[0]).expect("read the debug object");
+    let file = object::File::parse(&*bytes).expect("a valid ELF file");
+    let mut names = Vec::new();
+    for s in file.sections() {
+        let name = s.name().unwrap_or_default().to_string();
+        if let SectionFlags::Elf { sh_flags, .. } = s.flags()
+            && sh_flags.0 & object::elf::SHF_ALLOC.0 != 0
+        {
+            assert_ne!(s.address(), 0, "allocated section {name} at address 0");
+        }
+        names.push(name);
+    }
+    for want in [".text", ".eh_frame", ".debug_info", ".debug_line", ".debug_abbrev"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    let text = file
+        .section_by_name(".text")
+        .expect(".text")
+        .address();
+    for f in ["main", "helper"] {
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok(f))
+            .unwrap_or_else(|| panic!("{f} missing from .symtab"));
+        assert!(sym.address() >= text && sym.size() > 0, "{f}: {sym:?}");
+    }
+}
