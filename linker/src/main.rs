@@ -407,6 +407,15 @@ fn print_stats(
     if let Some(r) = ran {
         eprintln!("  run                    {:10.3} ms", ms(r));
     }
+    let (registered, register_time) = kiln_linker::debug::gdb_registration_time();
+    if registered > 0 {
+        // With a debugger attached this includes its reading each object.
+        eprintln!(
+            "  gdb registrations      {registered}, {:.3} ms ({:.3} ms each)",
+            ms(register_time),
+            ms(register_time) / registered as f64
+        );
+    }
     if stats.relocations > 0 {
         let link_phase = t.prepare + t.fixup_finalize;
         eprintln!(

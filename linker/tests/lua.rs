@@ -215,8 +215,17 @@ fn parse_perf_map_line(line: &str) -> (u64, u64, &str) {
     (start, size, name)
 }
 
-/// A `JIT_CODE_LOAD` record of a jitdump file.
+/// A `JIT_CODE_DEBUG_INFO` record: the function's address and its line
+/// entries `(address, line, file)`.
+struct DebugInfo {
+    code_addr: u64,
+    entries: Vec<(u64, u32, String)>,
+}
+
+/// A `JIT_CODE_LOAD` record of a jitdump file, with the debug-info record
+/// right before it, if any.
 struct CodeLoad {
+    debug: Option<DebugInfo>,
     pid: u32,
     vma: u64,
     code_addr: u64,
@@ -227,7 +236,8 @@ struct CodeLoad {
 
 /// Reads a jitdump file as the format says (linux
 /// tools/perf/Documentation/jitdump-specification.txt), independently of
-/// kiln's writer: checks the header, returns the code-load records.
+/// kiln's writer: checks the header, returns the code-load records (each
+/// with the debug-info record that precedes it).
 fn parse_jitdump(bytes: &[u8]) -> Vec<CodeLoad> {
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
@@ -240,6 +250,7 @@ fn parse_jitdump(bytes: &[u8]) -> Vec<CodeLoad> {
     assert_eq!(u32_at(20), std::process::id(), "pid");
     let mut at = header;
     let mut loads = Vec::new();
+    let mut debug = None;
     while at < bytes.len() {
         assert!(at + 16 <= bytes.len(), "truncated record header at {at:#x}");
         let (id, total) = (u32_at(at), u32_at(at + 4) as usize);
@@ -262,6 +273,7 @@ fn parse_jitdump(bytes: &[u8]) -> Vec<CodeLoad> {
                 "record at {at:#x}: size does not match header + name + code"
             );
             loads.push(CodeLoad {
+                debug: debug.take(),
                 pid: u32_at(body),
                 vma: u64_at(body + 8),
                 code_addr: u64_at(body + 16),
@@ -269,21 +281,41 @@ fn parse_jitdump(bytes: &[u8]) -> Vec<CodeLoad> {
                 name: String::from_utf8_lossy(&bytes[name_start..name_start + nul]).into_owned(),
                 code: bytes[code_start..code_start + code_size].to_vec(),
             });
+        } else if id == 2 {
+            let body = at + 16;
+            let count = u64_at(body + 8) as usize;
+            let mut e = body + 16;
+            let mut entries = Vec::with_capacity(count);
+            for _ in 0..count {
+                let nul = bytes[e + 16..at + total]
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or_else(|| panic!("record at {at:#x}: unterminated file name"));
+                let file = String::from_utf8_lossy(&bytes[e + 16..e + 16 + nul]).into_owned();
+                entries.push((u64_at(e), u32_at(e + 8), file));
+                e += 16 + nul + 1;
+            }
+            assert_eq!(e, at + total, "debug-info record at {at:#x}: size");
+            debug = Some(DebugInfo {
+                code_addr: u64_at(body),
+                entries,
+            });
         }
         at += total;
     }
     loads
 }
 
-/// Linking Lua with the perf map and jitdump on: every map line is a
-/// function of the image (at the image's address for its globals), and the
-/// jitdump's records carry the same functions with the bytes in memory.
+/// Linking Lua (-O2 -g) with the perf map and jitdump on: every map line is
+/// a function of the image (at the image's address for its globals), and
+/// the jitdump's records carry the same functions with the bytes in
+/// memory, with their line tables.
 #[test]
 fn lua_perf_map_and_jitdump() {
     if !need_tool("gcc") {
         return;
     }
-    let objs = build_lua("gcc", &["-O2"], "gcc-O2-perf");
+    let objs = build_lua("gcc", &["-O2", "-g"], "gcc-O2-g-perf");
     let map_path = kiln_linker::debug::perf_map_path();
     let dump_path = kiln_linker::debug::jitdump_path();
     // Left over from an earlier process with this pid: not ours.
@@ -333,7 +365,20 @@ fn lua_perf_map_and_jitdump() {
         "code indexes must increase"
     );
     let mut seen = 0;
+    let mut with_lines = 0;
     for l in &loads {
+        if let Some(d) = &l.debug {
+            assert_eq!(d.code_addr, l.code_addr, "{}: debug info of another function", l.name);
+            for (addr, line, file) in &d.entries {
+                assert!(
+                    (l.code_addr..l.code_addr + l.code.len() as u64).contains(addr),
+                    "{}: line entry at {addr:#x} outside the function",
+                    l.name
+                );
+                assert!(*line > 0 && (file.ends_with(".c") || file.ends_with(".h")), "{}: {file}:{line}", l.name);
+            }
+            with_lines += 1;
+        }
         assert_eq!(l.pid, std::process::id());
         assert_eq!(l.vma, l.code_addr);
         let Some(&(start, size)) = names.get(&l.name) else {
@@ -349,5 +394,9 @@ fn lua_perf_map_and_jitdump() {
         assert_eq!(l.code, mem, "{}: code bytes differ from memory", l.name);
     }
     assert_eq!(seen, names.len(), "every perf map function has a code-load record");
+    // Built with -g: every function compiled from C has its line table
+    // (only the linker's PLT stubs, `kiln-plt:NAME`, have none).
+    let from_c = loads.iter().filter(|l| !l.name.starts_with("kiln-")).count();
+    assert_eq!(with_lines, from_c, "functions with debug-info records");
     drop(image);
 }

@@ -37,10 +37,13 @@ struct AllocSection<'a> {
 }
 
 /// The debug object's bytes.
-pub(crate) fn build(info: &ImageInfo<'_>, symbols: &[ImageSymbol]) -> Result<Vec<u8>, String> {
+pub(crate) fn build(
+    info: &ImageInfo<'_>,
+    symbols: &[ImageSymbol],
+    dwarf: &[(String, Vec<u8>)],
+) -> Result<Vec<u8>, String> {
     let alloc = alloc_sections(info);
-    let dwarf = collect_dwarf(info.graph);
-    write(&alloc, &dwarf, symbols).map_err(|e| e.to_string())
+    write(&alloc, dwarf, symbols).map_err(|e| e.to_string())
 }
 
 /// The image's sections with live blocks outside TLS, by address.
@@ -94,7 +97,7 @@ fn alloc_sections<'a>(info: &ImageInfo<'a>) -> Vec<AllocSection<'a>> {
 
 /// The inputs' `.debug_*` sections, concatenated per name in input order
 /// and relocated: `(name, bytes)`.
-fn collect_dwarf(g: &LinkGraph) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn collect_dwarf(g: &LinkGraph) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     for oi in 0..g.objects.len() {
         let id = ObjectId(oi as u32);

@@ -12,6 +12,7 @@
 //! process would have to agree on one — kiln does not try to guess it).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `struct jit_code_entry`.
 #[repr(C)]
@@ -44,6 +45,19 @@ unsafe extern "C" {
 
 /// Serializes every change to the descriptor's list in this process.
 static LOCK: Mutex<()> = Mutex::new(());
+
+/// Registrations so far, and nanoseconds spent in them (the notification
+/// included: a debugger reads the object while the process waits).
+static REGISTERED: AtomicU64 = AtomicU64::new(0);
+static REGISTER_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// (registrations, total time spent registering) in this process.
+pub(crate) fn registration_time() -> (u64, std::time::Duration) {
+    (
+        REGISTERED.load(Ordering::Relaxed),
+        std::time::Duration::from_nanos(REGISTER_NANOS.load(Ordering::Relaxed)),
+    )
+}
 
 /// One registered debug object. Dropping it unregisters it.
 pub(crate) struct Entry {
@@ -78,6 +92,7 @@ impl Entry {
             symfile_addr: object.as_ptr(),
             symfile_size: object.len() as u64,
         });
+        let start = std::time::Instant::now();
         let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: the descriptor is a static of the C shim; its list is
         // changed only under `LOCK`, held here; every entry on it is a live
@@ -95,6 +110,8 @@ impl Entry {
             kiln_gdb_jit_notify();
             (*d).action_flag = JIT_NOACTION;
         }
+        REGISTERED.fetch_add(1, Ordering::Relaxed);
+        REGISTER_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Entry { entry, object }
     }
 }

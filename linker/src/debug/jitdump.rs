@@ -1,6 +1,8 @@
 //! `jit-PID.dump`: the jitdump format that `perf inject --jit` reads
 //! (linux `tools/perf/Documentation/jitdump-specification.txt`): a header,
-//! then one `JIT_CODE_LOAD` record per function with its code bytes.
+//! then one `JIT_CODE_LOAD` record per function with its code bytes, each
+//! preceded by a `JIT_CODE_DEBUG_INFO` record (its line table) when the
+//! inputs have DWARF line tables.
 //!
 //! The file goes to `$JITDUMPDIR` (default `/tmp`). It is mapped
 //! executable once, right after its header is written: `perf record` sees
@@ -11,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::Mutex;
 
+use super::lines::LineRow;
 use super::{DebugError, ImageSymbol};
 
 /// `JiTD`.
@@ -23,6 +26,8 @@ pub(crate) const HEADER_SIZE: u32 = 40;
 pub(crate) const ELF_MACH_X86_64: u32 = 62;
 /// Record id of a code load.
 pub(crate) const JIT_CODE_LOAD: u32 = 0;
+/// Record id of a function's line table.
+pub(crate) const JIT_CODE_DEBUG_INFO: u32 = 2;
 
 struct Dump {
     file: File,
@@ -105,8 +110,9 @@ fn open() -> Result<Dump, DebugError> {
 }
 
 /// Appends a `JIT_CODE_LOAD` record per function of `symbols` (with a
-/// size), with its code read from memory, in one write.
-pub(crate) fn append(symbols: &[ImageSymbol]) -> Result<(), DebugError> {
+/// size), with its code read from memory, after a `JIT_CODE_DEBUG_INFO`
+/// record of the `lines` (sorted by address) inside it, in one write.
+pub(crate) fn append(symbols: &[ImageSymbol], lines: &[LineRow]) -> Result<(), DebugError> {
     let mut guard = DUMP.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
         *guard = Some(open()?);
@@ -123,6 +129,11 @@ pub(crate) fn append(symbols: &[ImageSymbol]) -> Result<(), DebugError> {
         // memory is mapped readable (RX or R) and stays mapped during this
         // call: the caller holds the image.
         let code = unsafe { std::slice::from_raw_parts(s.addr as *const u8, s.size as usize) };
+        let first = lines.partition_point(|r| r.addr < s.addr);
+        let end = lines.partition_point(|r| r.addr < s.addr + s.size);
+        if first < end {
+            debug_info(&mut buf, s.addr, &lines[first..end]);
+        }
         let name = s.name.as_bytes();
         let total = 16 + 40 + name.len() + 1 + code.len();
         buf.extend_from_slice(&JIT_CODE_LOAD.to_le_bytes());
@@ -138,9 +149,30 @@ pub(crate) fn append(symbols: &[ImageSymbol]) -> Result<(), DebugError> {
         buf.push(0);
         buf.extend_from_slice(code);
     }
+    if buf.is_empty() {
+        return Ok(());
+    }
     dump.file.write_all(&buf).map_err(|source| DebugError::Io {
         what: "writing the jitdump",
         path: dump.path.clone(),
         source,
     })
+}
+
+/// A `JIT_CODE_DEBUG_INFO` record: the line rows of the function at `addr`.
+fn debug_info(buf: &mut Vec<u8>, addr: u64, rows: &[LineRow]) {
+    let entries: usize = rows.iter().map(|r| 16 + r.file.len() + 1).sum();
+    let total = 16 + 16 + entries;
+    buf.extend_from_slice(&JIT_CODE_DEBUG_INFO.to_le_bytes());
+    buf.extend_from_slice(&(total as u32).to_le_bytes());
+    buf.extend_from_slice(&timestamp().to_le_bytes());
+    buf.extend_from_slice(&addr.to_le_bytes());
+    buf.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+    for r in rows {
+        buf.extend_from_slice(&r.addr.to_le_bytes());
+        buf.extend_from_slice(&r.line.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes()); // discriminator
+        buf.extend_from_slice(r.file.as_bytes());
+        buf.push(0);
+    }
 }

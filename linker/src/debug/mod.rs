@@ -5,7 +5,8 @@
 //! | `gdb` | the GDB JIT interface: `__jit_debug_descriptor` (from `csrc/gdb_jit.c`), one entry per image, all changes under one process-wide lock |
 //! | `elf_object` | the in-memory ELF debug object of one image: allocated sections at their runtime addresses, `.symtab`, `.eh_frame`, the inputs' relocated `.debug_*` |
 //! | `perf_map` | `/tmp/perf-PID.map`: one line per function, appended with `O_APPEND` writes of whole lines |
-//! | `jitdump` | `jit-PID.dump` for `perf inject -j`: header, `JIT_CODE_LOAD` records with the code bytes |
+//! | `jitdump` | `jit-PID.dump` for `perf inject -j`: header, `JIT_CODE_LOAD` records with the code bytes, `JIT_CODE_DEBUG_INFO` from the line tables |
+//! | `lines` | the line tables of an image's relocated DWARF (`gimli`) |
 //!
 //! Nothing here runs unless [`DebugOptions`] asks for it: the default link
 //! path only checks three booleans. An image's registration
@@ -16,6 +17,7 @@
 pub(crate) mod elf_object;
 pub(crate) mod gdb;
 pub(crate) mod jitdump;
+pub(crate) mod lines;
 pub(crate) mod perf_map;
 
 use std::sync::{Mutex, OnceLock};
@@ -177,6 +179,13 @@ pub fn gdb_registered_objects() -> usize {
     gdb::registered_count()
 }
 
+/// GDB JIT registrations made in this process so far, and the time spent
+/// in them (including the debugger reading each object, when one is
+/// attached), for `kiln run --stats`.
+pub fn gdb_registration_time() -> (u64, std::time::Duration) {
+    gdb::registration_time()
+}
+
 /// This process's perf map, `/tmp/perf-PID.map`.
 pub fn perf_map_path() -> String {
     perf_map::path()
@@ -200,13 +209,22 @@ pub(crate) fn register_image(
     if options.perf_map {
         perf_map::append(&symbols)?;
     }
+    // The inputs' DWARF, relocated to the runtime addresses: for GDB's
+    // object and jitdump's line tables.
+    let dwarf = if options.gdb || options.jitdump {
+        elf_object::collect_dwarf(info.graph)
+    } else {
+        Vec::new()
+    };
     if options.jitdump {
-        jitdump::append(&symbols)?;
+        jitdump::append(&symbols, &lines::line_rows(&dwarf))?;
     }
     let gdb = if options.gdb {
-        let object = elf_object::build(info, &symbols).map_err(|detail| DebugError::Object {
-            image: info.name.to_string(),
-            detail,
+        let object = elf_object::build(info, &symbols, &dwarf).map_err(|detail| {
+            DebugError::Object {
+                image: info.name.to_string(),
+                detail,
+            }
         })?;
         if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
             // For inspecting what GDB is given (readelf, objdump --dwarf).
@@ -262,7 +280,7 @@ pub(crate) fn image_symbols(info: &ImageInfo<'_>) -> Vec<ImageSymbol> {
 }
 
 /// Reads an object into `graph` as [`crate::elf::read_object`] does — but
-/// when GDB support is on, keeping the input file (one copy, shared by the
+/// when GDB support or jitdump is on, keeping the input file (one copy, shared by the
 /// blocks) so that its `.debug_*` sections can be found at finalization.
 pub(crate) fn read_object(
     graph: &mut LinkGraph,
@@ -270,7 +288,7 @@ pub(crate) fn read_object(
     bytes: &[u8],
     options: &DebugOptions,
 ) -> Result<crate::graph::ObjectId, crate::LinkError> {
-    if !options.gdb {
+    if !options.gdb && !options.jitdump {
         return crate::elf::read_object(graph, name, bytes);
     }
     let file: crate::graph::InputBytes = std::sync::Arc::new(bytes.to_vec());
@@ -316,6 +334,6 @@ pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
         let _ = perf_map::append(&symbols);
     }
     if options.jitdump {
-        let _ = jitdump::append(&symbols);
+        let _ = jitdump::append(&symbols, &[]);
     }
 }
