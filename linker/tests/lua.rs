@@ -400,3 +400,66 @@ fn lua_perf_map_and_jitdump() {
     assert_eq!(with_lines, from_c, "functions with debug-info records");
     drop(image);
 }
+
+/// `perf record` of `kiln run --perf-map` (Lua) then `perf report`: the
+/// hottest sample in JIT memory is named by the perf map; and with
+/// `--jitdump`, `perf inject --jit` names it too. Needs sampling allowed
+/// (`perf record -e cpu-clock` works in this VM; hardware counters do
+/// not), which CI machines often forbid: run with `--ignored`.
+#[test]
+#[ignore = "needs perf sampling permitted (perf_event_paranoid); run with --ignored"]
+fn lua_perf_report_names_jitted_functions() {
+    if !need_tool("perf") || !need_tool("gcc") {
+        return;
+    }
+    let objs = build_lua("gcc", &["-O2"], "gcc-O2-perf-record");
+    let dir = scratch("lua-perf-record");
+    let data = dir.join("perf.data");
+    let run = |extra: &str| {
+        let out = Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-k", "mono", "-o"])
+            .arg(&data)
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .args(["run", extra])
+            .args(&objs)
+            .args(["-l", "m"])
+            .env("JITDUMPDIR", &dir)
+            .output()
+            .expect("run perf record");
+        // (The driver's own exit status is not 0: only perf's output counts.)
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Captured and wrote"), "perf record failed: {out:?}");
+    };
+    let report = |file: &Path| {
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "--sort", "dso,sym", "-i"])
+            .arg(file)
+            .output()
+            .expect("run perf report");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let lua_function = |text: &str, dso: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(dso))
+            .find_map(|l| l.split("[.] ").nth(1).map(|s| s.trim().to_string()))
+    };
+    run("--perf-map");
+    let text = report(&data);
+    let hottest = lua_function(&text, "[JIT] ")
+        .unwrap_or_else(|| panic!("no sample in JIT memory:\n{text}"));
+    assert!(!hottest.starts_with("0x"), "unnamed: {hottest}\n{text}");
+    run("--jitdump");
+    let injected = dir.join("perf.jit.data");
+    let out = Command::new("perf")
+        .args(["inject", "--jit", "-i"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&injected)
+        .output()
+        .expect("run perf inject");
+    assert!(out.status.success(), "perf inject failed: {out:?}");
+    let text = report(&injected);
+    let hottest = lua_function(&text, "jitted-")
+        .unwrap_or_else(|| panic!("no jitted sample after perf inject:\n{text}"));
+    assert!(!hottest.starts_with("0x"), "unnamed: {hottest}\n{text}");
+}
