@@ -92,13 +92,18 @@ struct Shared {
 
 impl ResourceManager for Shared {
     fn remove_resources(&self, key: ResourceKey) -> kiln_engine::Result<()> {
-        let images = self
-            .images
-            .lock()
-            .map_err(|_| Error::msg("object layer lock poisoned"))?
-            .by_key
-            .remove(&key)
-            .unwrap_or_default();
+        let images = {
+            let mut all = self
+                .images
+                .lock()
+                .map_err(|_| Error::msg("object layer lock poisoned"))?;
+            let images = all.by_key.remove(&key).unwrap_or_default();
+            // An image removed before its initializers ran is released now
+            // (and never initialized later), not kept alive by the queue.
+            all.pending_init
+                .retain(|p| !images.iter().any(|i| Arc::ptr_eq(i, p)));
+            images
+        };
         // Like one program's teardown: every image's finalizers run before
         // any image's memory is released (a destructor in one object may
         // still call into another).
