@@ -120,10 +120,12 @@ fn o0_session(lazy: bool) {
         "frame 1 is not main at o0_main.c:8:\n{out}"
     );
     assert_named_down_to_kiln(&bt, &out);
-    assert!(out.contains("doubled = "), "info locals: no `doubled`:\n{out}");
     assert!(
-        out.contains("3\t    int result = doubled + 1;")
-            && out.contains("4\t    return result;"),
+        out.contains("doubled = "),
+        "info locals: no `doubled`:\n{out}"
+    );
+    assert!(
+        out.contains("3\t    int result = doubled + 1;") && out.contains("4\t    return result;"),
         "`next` did not step through helper's lines:\n{out}"
     );
     assert!(
@@ -193,7 +195,11 @@ fn gdb_backtrace_from_cxa_throw_across_objects() {
         &["-O0", "-g"],
         &dir,
     );
-    let out = gdb_kiln(&["break __cxa_throw", "run", "bt", "continue"], &objs, false);
+    let out = gdb_kiln(
+        &["break __cxa_throw", "run", "bt", "continue"],
+        &objs,
+        false,
+    );
     let bt = frames(&out);
     assert!(
         bt.first().is_some_and(|f| f.contains("__cxa_throw")),
@@ -313,7 +319,10 @@ fn gdb_forgets_removed_code() {
     let removed = out
         .find("[removed]")
         .unwrap_or_else(|| panic!("gdb did not stop after the removal:\n{out}"));
-    let listed = |s: &str| s.lines().any(|l| l.trim_end().ends_with(" kiln_removable_fn"));
+    let listed = |s: &str| {
+        s.lines()
+            .any(|l| l.trim_end().ends_with(" kiln_removable_fn"))
+    };
     assert!(
         listed(&out[linked..removed]),
         "gdb does not list the linked function:\n{out}"
@@ -369,13 +378,16 @@ fn debug_object_has_runtime_addresses_symbols_and_dwarf() {
         }
         names.push(name);
     }
-    for want in [".text", ".eh_frame", ".debug_info", ".debug_line", ".debug_abbrev"] {
+    for want in [
+        ".text",
+        ".eh_frame",
+        ".debug_info",
+        ".debug_line",
+        ".debug_abbrev",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
-    let text = file
-        .section_by_name(".text")
-        .expect(".text")
-        .address();
+    let text = file.section_by_name(".text").expect(".text").address();
     for f in ["main", "helper"] {
         let sym = file
             .symbols()

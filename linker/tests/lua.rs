@@ -368,14 +368,22 @@ fn lua_perf_map_and_jitdump() {
     let mut with_lines = 0;
     for l in &loads {
         if let Some(d) = &l.debug {
-            assert_eq!(d.code_addr, l.code_addr, "{}: debug info of another function", l.name);
+            assert_eq!(
+                d.code_addr, l.code_addr,
+                "{}: debug info of another function",
+                l.name
+            );
             for (addr, line, file) in &d.entries {
                 assert!(
                     (l.code_addr..l.code_addr + l.code.len() as u64).contains(addr),
                     "{}: line entry at {addr:#x} outside the function",
                     l.name
                 );
-                assert!(*line > 0 && (file.ends_with(".c") || file.ends_with(".h")), "{}: {file}:{line}", l.name);
+                assert!(
+                    *line > 0 && (file.ends_with(".c") || file.ends_with(".h")),
+                    "{}: {file}:{line}",
+                    l.name
+                );
             }
             with_lines += 1;
         }
@@ -393,10 +401,17 @@ fn lua_perf_map_and_jitdump() {
         let mem = unsafe { std::slice::from_raw_parts(start as *const u8, size as usize) };
         assert_eq!(l.code, mem, "{}: code bytes differ from memory", l.name);
     }
-    assert_eq!(seen, names.len(), "every perf map function has a code-load record");
+    assert_eq!(
+        seen,
+        names.len(),
+        "every perf map function has a code-load record"
+    );
     // Built with -g: every function compiled from C has its line table
     // (only the linker's PLT stubs, `kiln-plt:NAME`, have none).
-    let from_c = loads.iter().filter(|l| !l.name.starts_with("kiln-")).count();
+    let from_c = loads
+        .iter()
+        .filter(|l| !l.name.starts_with("kiln-"))
+        .count();
     assert_eq!(with_lines, from_c, "functions with debug-info records");
     drop(image);
 }
@@ -428,7 +443,10 @@ fn lua_perf_report_names_jitted_functions() {
             .expect("run perf record");
         // (The driver's own exit status is not 0: only perf's output counts.)
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("Captured and wrote"), "perf record failed: {out:?}");
+        assert!(
+            err.contains("Captured and wrote"),
+            "perf record failed: {out:?}"
+        );
     };
     let report = |file: &Path| {
         let out = Command::new("perf")
@@ -445,8 +463,8 @@ fn lua_perf_report_names_jitted_functions() {
     };
     run("--perf-map");
     let text = report(&data);
-    let hottest = lua_function(&text, "[JIT] ")
-        .unwrap_or_else(|| panic!("no sample in JIT memory:\n{text}"));
+    let hottest =
+        lua_function(&text, "[JIT] ").unwrap_or_else(|| panic!("no sample in JIT memory:\n{text}"));
     assert!(!hottest.starts_with("0x"), "unnamed: {hottest}\n{text}");
     run("--jitdump");
     let injected = dir.join("perf.jit.data");

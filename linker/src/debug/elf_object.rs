@@ -72,17 +72,18 @@ fn alloc_sections<'a>(info: &ImageInfo<'a>) -> Vec<AllocSection<'a>> {
         let Some((start, end)) = range else {
             continue;
         };
-        let mut flags = u64::from(elf::SHF_ALLOC.0);
+        let mut flags = elf::SHF_ALLOC.0;
         match s.prot {
-            crate::graph::Prot::ReadExec => flags |= u64::from(elf::SHF_EXECINSTR.0),
-            crate::graph::Prot::ReadWrite => flags |= u64::from(elf::SHF_WRITE.0),
+            crate::graph::Prot::ReadExec => flags |= elf::SHF_EXECINSTR.0,
+            crate::graph::Prot::ReadWrite => flags |= elf::SHF_WRITE.0,
             _ => {}
         }
         // SAFETY: [start, end) lies inside the image's allocation (every
         // live block and the `.eh_frame` range were placed in it), which is
         // finalized readable and outlives this call (the caller holds it).
-        let bytes = has_bytes
-            .then(|| unsafe { std::slice::from_raw_parts(start as *const u8, (end - start) as usize) });
+        let bytes = has_bytes.then(|| unsafe {
+            std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
+        });
         out.push(AllocSection {
             name: &s.name,
             addr: start,
@@ -120,7 +121,7 @@ fn section_addresses(
     let mut by_offset: HashMap<u64, usize> = HashMap::new();
     let mut nobits: HashMap<&[u8], Option<usize>> = HashMap::new();
     for (i, sh) in sections.iter().enumerate() {
-        if sh.sh_flags(LE).0 & u64::from(elf::SHF_ALLOC.0) == 0 {
+        if sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 == 0 {
             continue;
         }
         if sh.sh_type(LE) == elf::SHT_NOBITS {
@@ -166,7 +167,7 @@ fn add_object_dwarf(
         let name = sections.section_name(LE, sh)?;
         let flags = sh.sh_flags(LE).0;
         if !name.starts_with(b".debug_")
-            || flags & u64::from(elf::SHF_ALLOC.0 | elf::SHF_COMPRESSED.0) != 0
+            || flags & (elf::SHF_ALLOC.0 | elf::SHF_COMPRESSED.0) != 0
             || sh.sh_type(LE) == elf::SHT_NOBITS
         {
             continue;
@@ -237,6 +238,13 @@ fn add_object_dwarf(
     }
     Ok(())
 }
+
+/// A section's name, index and file offset in the object being written.
+type Placed = (
+    object::write::StringId,
+    object::write::elf::SectionIndex,
+    u64,
+);
 
 /// Lays the object out with `object`'s ELF writer.
 fn write(
@@ -312,8 +320,16 @@ fn write(
     w.write_null_symbol();
     for (s, &(name, section)) in ordered.iter().zip(&syms) {
         let st_name = w.string_offset(Some(name));
-        let kind = if s.code { elf::STT_FUNC } else { elf::STT_OBJECT };
-        let bind = if s.local { elf::STB_LOCAL } else { elf::STB_GLOBAL };
+        let kind = if s.code {
+            elf::STT_FUNC
+        } else {
+            elf::STT_OBJECT
+        };
+        let bind = if s.local {
+            elf::STB_LOCAL
+        } else {
+            elf::STB_GLOBAL
+        };
         w.write_symbol(&OutSym {
             st_name,
             section: section.map(|i| i.0),
@@ -330,8 +346,21 @@ fn write(
     }
     w.write_strtab();
     w.write_shstrtab();
+    write_section_headers(&mut w, alloc, &alloc_out, dwarf, &dwarf_out, num_local);
+    Ok(buf)
+}
+
+/// The section headers, in the order their indexes were reserved.
+fn write_section_headers(
+    w: &mut Writer<'_>,
+    alloc: &[AllocSection<'_>],
+    alloc_out: &[Placed],
+    dwarf: &[(String, Vec<u8>)],
+    dwarf_out: &[Placed],
+    num_local: u32,
+) {
     w.write_null_section_header();
-    for (s, &(name, _, offset)) in alloc.iter().zip(&alloc_out) {
+    for (s, &(name, _, offset)) in alloc.iter().zip(alloc_out) {
         w.write_section_header(&OutSection {
             sh_name: w.section_name_offset(Some(name)),
             sh_type: if s.bytes.is_some() {
@@ -349,7 +378,7 @@ fn write(
             sh_entsize: 0,
         });
     }
-    for ((_, bytes), &(name, _, offset)) in dwarf.iter().zip(&dwarf_out) {
+    for ((_, bytes), &(name, _, offset)) in dwarf.iter().zip(dwarf_out) {
         w.write_section_header(&OutSection {
             sh_name: w.section_name_offset(Some(name)),
             sh_type: elf::SHT_PROGBITS,
@@ -366,5 +395,4 @@ fn write(
     w.write_symtab_section_header(num_local);
     w.write_strtab_section_header();
     w.write_shstrtab_section_header();
-    Ok(buf)
 }

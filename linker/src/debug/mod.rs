@@ -220,17 +220,17 @@ pub(crate) fn register_image(
         jitdump::append(&symbols, &lines::line_rows(&dwarf))?;
     }
     let gdb = if options.gdb {
-        let object = elf_object::build(info, &symbols, &dwarf).map_err(|detail| {
-            DebugError::Object {
+        let object =
+            elf_object::build(info, &symbols, &dwarf).map_err(|detail| DebugError::Object {
                 image: info.name.to_string(),
                 detail,
-            }
-        })?;
+            })?;
         if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
             // For inspecting what GDB is given (readelf, objdump --dwarf).
             static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
+            let path =
+                std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
             let _ = std::fs::write(path, &object);
         }
         Some(gdb::Entry::register(object))

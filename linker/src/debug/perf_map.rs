@@ -50,9 +50,10 @@ pub(crate) fn append(symbols: &[ImageSymbol]) -> Result<(), DebugError> {
     let mut f = file()?;
     // One `write(2)` of complete lines under O_APPEND (a regular file takes
     // it whole; `write_all` only loops after a short write, e.g. disk full).
-    f.write_all(text.as_bytes()).map_err(|source| DebugError::Io {
-        what: "appending to the perf map",
-        path: path(),
-        source,
-    })
+    f.write_all(text.as_bytes())
+        .map_err(|source| DebugError::Io {
+            what: "appending to the perf map",
+            path: path(),
+            source,
+        })
 }
