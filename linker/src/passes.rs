@@ -1627,7 +1627,7 @@ impl Prepared {
             .plt
             .iter()
             .map(|(&sym, &off)| crate::debug::ImageSymbol {
-                name: format!("kiln-plt:{}", self.graph.symbol_name(sym)),
+                name: format!("kiln-plt:{}", self.graph.symbol_name(sym)).into(),
                 addr: plt_base + off,
                 size: PLT_STUB_SIZE as u64,
                 code: true,

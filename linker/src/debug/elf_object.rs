@@ -3,9 +3,9 @@
 //! An `ET_EXEC` file without program headers: one section per graph
 //! section with live blocks, at its runtime address (`sh_addr`; never 0 —
 //! GDB treats an object with a section at address 0 on a slow path, and an
-//! address 0 in DWARF as "no code"), with the bytes the image holds now;
-//! `.eh_frame` (relocated, with its terminator) for backtraces through
-//! optimized frames; `.symtab` with the image's functions and data; and
+//! address 0 in DWARF as "no code"), `SHT_NOBITS` (GDB reads code and data
+//! from the process); `.eh_frame` with its bytes (relocated, with its
+//! terminator) for backtraces through optimized frames; `.symtab` with the image's functions and data; and
 //! each input's `.debug_*` sections concatenated in input order, their
 //! `.rela.debug_*` relocations applied against the final addresses (as a
 //! static linker would), so line tables and variables name runtime
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use object::elf::{self, FileHeader64};
 use object::read::elf::{FileHeader, Rela, SectionHeader, Sym};
-use object::write::elf::{SectionHeader as OutSection, Sym as OutSym, Writer};
+use object::write::elf::{SectionHeader as OutSection, Writer};
 use object::{Endianness, LittleEndian as LE};
 
 use super::{ImageInfo, ImageSymbol};
@@ -39,7 +39,7 @@ struct AllocSection<'a> {
 /// The debug object's bytes.
 pub(crate) fn build(
     info: &ImageInfo<'_>,
-    symbols: &[ImageSymbol],
+    symbols: &[ImageSymbol<'_>],
     dwarf: &[(String, Vec<u8>)],
 ) -> Result<Vec<u8>, String> {
     let alloc = alloc_sections(info);
@@ -78,10 +78,15 @@ fn alloc_sections<'a>(info: &ImageInfo<'a>) -> Vec<AllocSection<'a>> {
             crate::graph::Prot::ReadWrite => flags |= elf::SHF_WRITE.0,
             _ => {}
         }
+        // Only `.eh_frame`'s bytes are copied: GDB reads its CFI from the
+        // object file, but code and data from the process (copying them
+        // cost more than the rest of the object: fresh pages to fault in).
+        // The others are SHT_NOBITS: addresses and sizes only.
+        let eh = s.role == SectionRole::EhFrame;
         // SAFETY: [start, end) lies inside the image's allocation (every
         // live block and the `.eh_frame` range were placed in it), which is
         // finalized readable and outlives this call (the caller holds it).
-        let bytes = has_bytes.then(|| unsafe {
+        let bytes = (has_bytes && eh).then(|| unsafe {
             std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
         });
         out.push(AllocSection {
@@ -100,9 +105,9 @@ fn alloc_sections<'a>(info: &ImageInfo<'a>) -> Vec<AllocSection<'a>> {
 /// and relocated: `(name, bytes)`.
 pub(crate) fn collect_dwarf(g: &LinkGraph) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    for oi in 0..g.objects.len() {
+    for (oi, file) in super::object_files(g).into_iter().enumerate() {
         let id = ObjectId(oi as u32);
-        let Some(file) = super::object_file(g, id) else {
+        let Some(file) = file else {
             continue;
         };
         // A malformed input's DWARF is left out; its code still linked.
@@ -246,11 +251,50 @@ type Placed = (
     u64,
 );
 
+/// `.symtab` and `.strtab`, encoded here (names are not deduplicated:
+/// the writer's string table sorts every name for suffix merging, which
+/// cost more than the rest of the object).
+struct SymbolTables {
+    symtab: Vec<u8>,
+    strtab: Vec<u8>,
+    num_local: u32,
+}
+
+fn symbol_tables(
+    symbols: &[ImageSymbol<'_>],
+    section_of: impl Fn(u64) -> Option<u32>,
+) -> SymbolTables {
+    let mut symtab = vec![0u8; 24];
+    let mut strtab = Vec::with_capacity(symbols.len() * 16 + 1);
+    strtab.push(0);
+    let locals = symbols.iter().filter(|s| s.local);
+    let globals = symbols.iter().filter(|s| !s.local);
+    for s in locals.chain(globals) {
+        let name = strtab.len() as u32;
+        strtab.extend_from_slice(s.name.as_bytes());
+        strtab.push(0);
+        let kind = if s.code { elf::STT_FUNC } else { elf::STT_OBJECT };
+        let bind = if s.local { elf::STB_LOCAL } else { elf::STB_GLOBAL };
+        let shndx = section_of(s.addr).map_or(elf::SHN_ABS.0, |i| i as u16);
+        symtab.extend_from_slice(&name.to_le_bytes());
+        symtab.push((bind.0 << 4) | kind.0);
+        symtab.push(elf::STV_DEFAULT.0);
+        symtab.extend_from_slice(&shndx.to_le_bytes());
+        symtab.extend_from_slice(&s.addr.to_le_bytes());
+        symtab.extend_from_slice(&s.size.to_le_bytes());
+    }
+    SymbolTables {
+        symtab,
+        strtab,
+        num_local: symbols.iter().filter(|s| s.local).count() as u32 + 1,
+    }
+}
+
 /// Lays the object out with `object`'s ELF writer.
 fn write(
     alloc: &[AllocSection<'_>],
     dwarf: &[(String, Vec<u8>)],
-    symbols: &[ImageSymbol],
+    symbols: &[ImageSymbol<'_>],
 ) -> object::write::Result<Vec<u8>> {
     let mut buf = Vec::new();
     let mut w = Writer::new(Endianness::Little, true, &mut buf);
@@ -278,23 +322,15 @@ fn write(
         let i = alloc.partition_point(|s| s.addr <= addr);
         i.checked_sub(1)
             .filter(|&i| addr < alloc[i].addr + alloc[i].size.max(1))
-            .map(|i| alloc_out[i].1)
+            .map(|i| alloc_out[i].1.0)
     };
-    let mut ordered: Vec<&ImageSymbol> = symbols.iter().filter(|s| s.local).collect();
-    let num_local = ordered.len() as u32 + 1;
-    ordered.extend(symbols.iter().filter(|s| !s.local));
-    w.reserve_null_symbol_index();
-    let mut syms = Vec::with_capacity(ordered.len());
-    for s in &ordered {
-        let name = w.add_string(s.name.as_bytes());
-        let section = section_of(s.addr);
-        w.reserve_symbol_index(section);
-        syms.push((name, section));
-    }
-    w.reserve_symtab_section_index();
-    w.reserve_symtab();
-    w.reserve_strtab_section_index();
-    w.reserve_strtab()?;
+    let tables = symbol_tables(symbols, section_of);
+    let symtab_name = w.add_section_name(b".symtab");
+    let symtab_index = w.reserve_section_index();
+    let symtab_offset = w.reserve(tables.symtab.len() as u64, 8);
+    let strtab_name = w.add_section_name(b".strtab");
+    let strtab_index = w.reserve_section_index();
+    let strtab_offset = w.reserve(tables.strtab.len() as u64, 1);
     w.reserve_shstrtab_section_index();
     w.reserve_shstrtab()?;
     w.reserve_section_headers();
@@ -317,47 +353,59 @@ fn write(
         w.pad_until(offset);
         w.write(bytes);
     }
-    w.write_null_symbol();
-    for (s, &(name, section)) in ordered.iter().zip(&syms) {
-        let st_name = w.string_offset(Some(name));
-        let kind = if s.code {
-            elf::STT_FUNC
-        } else {
-            elf::STT_OBJECT
-        };
-        let bind = if s.local {
-            elf::STB_LOCAL
-        } else {
-            elf::STB_GLOBAL
-        };
-        w.write_symbol(&OutSym {
-            st_name,
-            section: section.map(|i| i.0),
-            st_info: elf::SymbolInfo::new(bind, kind),
-            st_other: elf::SymbolOther(elf::STV_DEFAULT.0),
-            st_shndx: if section.is_some() {
-                elf::SymbolSection(0)
-            } else {
-                elf::SHN_ABS
-            },
-            st_value: s.addr,
-            st_size: s.size,
-        });
-    }
-    w.write_strtab();
+    w.pad_until(symtab_offset);
+    w.write(&tables.symtab);
+    w.pad_until(strtab_offset);
+    w.write(&tables.strtab);
     w.write_shstrtab();
-    write_section_headers(&mut w, alloc, &alloc_out, dwarf, &dwarf_out, num_local);
+    write_section_headers(&mut w, alloc, &alloc_out, dwarf, &dwarf_out);
+    let section = |name, sh_type, offset, size: usize, link, info, align, entsize| OutSection {
+        sh_name: w.section_name_offset(Some(name)),
+        sh_type,
+        sh_flags: elf::SectionFlags(0),
+        sh_addr: 0,
+        sh_offset: offset,
+        sh_size: size as u64,
+        sh_link: link,
+        sh_info: info,
+        sh_addralign: align,
+        sh_entsize: entsize,
+    };
+    let symtab = section(
+        symtab_name,
+        elf::SHT_SYMTAB,
+        symtab_offset,
+        tables.symtab.len(),
+        strtab_index.0,
+        tables.num_local,
+        8,
+        24,
+    );
+    let strtab = section(
+        strtab_name,
+        elf::SHT_STRTAB,
+        strtab_offset,
+        tables.strtab.len(),
+        0,
+        0,
+        1,
+        0,
+    );
+    debug_assert_eq!(symtab_index.0 + 1, strtab_index.0);
+    w.write_section_header(&symtab);
+    w.write_section_header(&strtab);
+    w.write_shstrtab_section_header();
     Ok(buf)
 }
 
-/// The section headers, in the order their indexes were reserved.
+/// The headers of the allocated and DWARF sections, in the order their
+/// indexes were reserved (after the null header).
 fn write_section_headers(
     w: &mut Writer<'_>,
     alloc: &[AllocSection<'_>],
     alloc_out: &[Placed],
     dwarf: &[(String, Vec<u8>)],
     dwarf_out: &[Placed],
-    num_local: u32,
 ) {
     w.write_null_section_header();
     for (s, &(name, _, offset)) in alloc.iter().zip(alloc_out) {
@@ -392,7 +440,4 @@ fn write_section_headers(
             sh_entsize: 0,
         });
     }
-    w.write_symtab_section_header(num_local);
-    w.write_strtab_section_header();
-    w.write_shstrtab_section_header();
 }

@@ -112,7 +112,7 @@ fn open() -> Result<Dump, DebugError> {
 /// Appends a `JIT_CODE_LOAD` record per function of `symbols` (with a
 /// size), with its code read from memory, after a `JIT_CODE_DEBUG_INFO`
 /// record of the `lines` (sorted by address) inside it, in one write.
-pub(crate) fn append(symbols: &[ImageSymbol], lines: &[LineRow]) -> Result<(), DebugError> {
+pub(crate) fn append(symbols: &[ImageSymbol<'_>], lines: &[LineRow]) -> Result<(), DebugError> {
     let mut guard = DUMP.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
         *guard = Some(open()?);

@@ -138,8 +138,9 @@ pub enum DebugError {
 
 /// One symbol of an image, at its runtime address.
 #[derive(Debug, Clone)]
-pub(crate) struct ImageSymbol {
-    pub(crate) name: String,
+pub(crate) struct ImageSymbol<'a> {
+    /// Borrowed from the graph (most), or made (stubs).
+    pub(crate) name: std::borrow::Cow<'a, str>,
     pub(crate) addr: u64,
     pub(crate) size: u64,
     pub(crate) code: bool,
@@ -155,7 +156,7 @@ pub(crate) struct ImageInfo<'a> {
     /// `.eh_frame` (start, length with terminator).
     pub(crate) eh_frame: Option<(u64, u64)>,
     /// Linker-made code the graph's symbols do not name (PLT stubs).
-    pub(crate) extra: Vec<ImageSymbol>,
+    pub(crate) extra: Vec<ImageSymbol<'a>>,
 }
 
 /// What an image registered. Dropping it unregisters the image from GDB;
@@ -243,9 +244,9 @@ pub(crate) fn register_image(
 /// Every named symbol of a live block outside TLS, plus `info.extra`,
 /// sorted by address. A function without a size (assembly) extends to
 /// the end of its block.
-pub(crate) fn image_symbols(info: &ImageInfo<'_>) -> Vec<ImageSymbol> {
+pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
     let g = info.graph;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(g.symbols.len() / 4 + info.extra.len());
     for s in &g.symbols {
         let (Some(name), SymbolDef::Defined { block, offset }) = (&s.name, s.def) else {
             continue;
@@ -267,7 +268,7 @@ pub(crate) fn image_symbols(info: &ImageInfo<'_>) -> Vec<ImageSymbol> {
             s.size
         };
         out.push(ImageSymbol {
-            name: name.to_string(),
+            name: std::borrow::Cow::Borrowed(&**name),
             addr: b.addr + offset,
             size,
             code: s.callable,
@@ -296,19 +297,19 @@ pub(crate) fn read_object(
     Ok(graph.merge(parsed))
 }
 
-/// The shared bytes of the input file `object` was read from, if its
-/// blocks still refer to it (objects read from archives own copies).
-pub(crate) fn object_file(
-    g: &LinkGraph,
-    object: crate::graph::ObjectId,
-) -> Option<&crate::graph::InputBytes> {
-    g.blocks
-        .iter()
-        .filter(|b| b.object == Some(object))
-        .find_map(|b| match &b.content {
-            Content::Input { file, .. } => Some(file),
-            _ => None,
-        })
+/// By object: the shared bytes of the input file it was read from, if its
+/// blocks still refer to it (objects read from archives without GDB
+/// support or jitdump on own copies).
+pub(crate) fn object_files(g: &LinkGraph) -> Vec<Option<&crate::graph::InputBytes>> {
+    let mut files = vec![None; g.objects.len()];
+    for b in &g.blocks {
+        if let (Some(o), Content::Input { file, .. }) = (b.object, &b.content)
+            && let Some(slot @ None) = files.get_mut(o.index())
+        {
+            *slot = Some(file);
+        }
+    }
+    files
 }
 
 /// Names lazy-call stubs and reentry trampolines in JIT memory for perf
@@ -318,11 +319,11 @@ pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
     if !options.perf_map && !options.jitdump {
         return;
     }
-    let symbols: Vec<ImageSymbol> = ranges
+    let symbols: Vec<ImageSymbol<'_>> = ranges
         .iter()
         .enumerate()
         .map(|(i, &(addr, size))| ImageSymbol {
-            name: format!("kiln-{kind}:{i}@{:#x}", ranges[0].0),
+            name: format!("kiln-{kind}:{i}@{:#x}", ranges[0].0).into(),
             addr,
             size,
             code: true,

@@ -35,7 +35,7 @@ fn file() -> Result<&'static File, DebugError> {
 }
 
 /// Appends one line per code symbol of `symbols` (with a size), in one write.
-pub(crate) fn append(symbols: &[ImageSymbol]) -> Result<(), DebugError> {
+pub(crate) fn append(symbols: &[ImageSymbol<'_>]) -> Result<(), DebugError> {
     let mut text = String::with_capacity(symbols.len() * 40);
     for s in symbols.iter().filter(|s| s.code && s.size > 0) {
         use std::fmt::Write as _;
