@@ -42,12 +42,19 @@ pub(crate) fn build(
     symbols: &[ImageSymbol<'_>],
     dwarf: &[(String, Vec<u8>)],
 ) -> Result<Vec<u8>, String> {
-    let alloc = alloc_sections(info);
+    let alloc = alloc_sections(info, symbols);
     write(&alloc, dwarf, symbols).map_err(|e| e.to_string())
 }
 
-/// The image's sections with live blocks outside TLS, by address.
-fn alloc_sections<'a>(info: &ImageInfo<'a>) -> Vec<AllocSection<'a>> {
+/// The image's sections with live blocks outside TLS that GDB needs, by
+/// address: code, `.eh_frame`, and those holding a symbol of `symbols`
+/// (sorted by address). GDB's work per registration grows with the
+/// sections it already has, so the linker's GOT, `__dso_handle` slot and
+/// the like are left out.
+fn alloc_sections<'a>(
+    info: &ImageInfo<'a>,
+    symbols: &[ImageSymbol<'_>],
+) -> Vec<AllocSection<'a>> {
     let g = info.graph;
     let mut out = Vec::new();
     for s in &g.sections {
@@ -72,6 +79,12 @@ fn alloc_sections<'a>(info: &ImageInfo<'a>) -> Vec<AllocSection<'a>> {
         let Some((start, end)) = range else {
             continue;
         };
+        let first = symbols.partition_point(|sym| sym.addr < start);
+        let named = symbols.get(first).is_some_and(|sym| sym.addr < end);
+        let code = s.prot == crate::graph::Prot::ReadExec;
+        if !(named || code || s.role == SectionRole::EhFrame) {
+            continue;
+        }
         let mut flags = elf::SHF_ALLOC.0;
         match s.prot {
             crate::graph::Prot::ReadExec => flags |= elf::SHF_EXECINSTR.0,
