@@ -51,10 +51,7 @@ pub(crate) fn build(
 /// (sorted by address). GDB's work per registration grows with the
 /// sections it already has, so the linker's GOT, `__dso_handle` slot and
 /// the like are left out.
-fn alloc_sections<'a>(
-    info: &ImageInfo<'a>,
-    symbols: &[ImageSymbol<'_>],
-) -> Vec<AllocSection<'a>> {
+fn alloc_sections<'a>(info: &ImageInfo<'a>, symbols: &[ImageSymbol<'_>]) -> Vec<AllocSection<'a>> {
     let g = info.graph;
     let mut out = Vec::new();
     for s in &g.sections {
@@ -286,8 +283,16 @@ fn symbol_tables(
         let name = strtab.len() as u32;
         strtab.extend_from_slice(s.name.as_bytes());
         strtab.push(0);
-        let kind = if s.code { elf::STT_FUNC } else { elf::STT_OBJECT };
-        let bind = if s.local { elf::STB_LOCAL } else { elf::STB_GLOBAL };
+        let kind = if s.code {
+            elf::STT_FUNC
+        } else {
+            elf::STT_OBJECT
+        };
+        let bind = if s.local {
+            elf::STB_LOCAL
+        } else {
+            elf::STB_GLOBAL
+        };
         let shndx = section_of(s.addr).map_or(elf::SHN_ABS.0, |i| i as u16);
         symtab.extend_from_slice(&name.to_le_bytes());
         symtab.push((bind.0 << 4) | kind.0);
