@@ -49,6 +49,7 @@ impl Default for Linker {
 impl Linker {
     /// A linker with `options`; initializers run at the end of [`Linker::link`].
     pub fn new(options: LinkOptions) -> Self {
+        crate::debug::prepare(&options.debug);
         Linker {
             options,
             objects: Vec::new(),

@@ -150,6 +150,7 @@ impl ObjectLayer {
 
     /// A layer linking with `options`.
     pub fn with_options(session: &Session, options: LinkOptions) -> Self {
+        crate::debug::prepare(&options.debug);
         let shared = Arc::new(Shared {
             images: Mutex::new(Images::default()),
             options,

@@ -197,6 +197,15 @@ pub fn jitdump_path() -> String {
     jitdump::path()
 }
 
+/// Opens the perf map now if `options` asks for it, so that the first
+/// link does not pay for creating the file (layers and linkers call this
+/// when they are made; errors surface again at the first link).
+pub(crate) fn prepare(options: &DebugOptions) {
+    if options.perf_map {
+        let _ = perf_map::open();
+    }
+}
+
 /// Announces a finalized image (memory readable, code at its final
 /// addresses) to what `options` enables.
 pub(crate) fn register_image(
@@ -246,7 +255,7 @@ pub(crate) fn register_image(
 /// the end of its block.
 pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
     let g = info.graph;
-    let mut out = Vec::with_capacity(g.symbols.len() / 4 + info.extra.len());
+    let mut out = Vec::with_capacity(g.symbols.len() + info.extra.len());
     for s in &g.symbols {
         let (Some(name), SymbolDef::Defined { block, offset }) = (&s.name, s.def) else {
             continue;
@@ -276,7 +285,7 @@ pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
         });
     }
     out.extend(info.extra.iter().cloned());
-    out.sort_by_key(|s| s.addr);
+    out.sort_unstable_by_key(|s| s.addr);
     out
 }
 
