@@ -1,12 +1,18 @@
 //! Compiles the bundled example program (`bundled/*.c`) into objects that
-//! the `kiln` binary embeds and runs when given no inputs. Only with the
-//! `cli` feature: the library needs none of it.
+//! the `kiln` binary embeds and runs when given no inputs (only with the
+//! `cli` feature: the library needs none of it), and the GDB JIT
+//! interface's C shim (`csrc/gdb_jit.c`), which every user of the library
+//! links.
 
-#[cfg(not(feature = "cli"))]
-fn main() {}
-
-#[cfg(feature = "cli")]
 fn main() {
+    #[cfg(feature = "cli")]
+    bundled_example();
+    gdb_jit_shim();
+}
+
+/// The bundled example's objects, listed in `OUT_DIR/bundled.rs`.
+#[cfg(feature = "cli")]
+fn bundled_example() {
     let sources = ["bundled/main.c", "bundled/math.c", "bundled/words.c"];
     for s in &sources {
         println!("cargo:rerun-if-changed={s}");
@@ -38,4 +44,18 @@ fn main() {
     }
     list.push_str("];\n");
     std::fs::write(out.join("bundled.rs"), list).expect("OUT_DIR is writable");
+}
+
+/// The GDB JIT interface's symbols (`csrc/gdb_jit.c`), linked into the
+/// crate so that every executable using kiln (the `kiln` binary, tests,
+/// hosts) defines them: the archive member is kept because the crate calls
+/// `kiln_gdb_jit_descriptor` / `kiln_gdb_jit_notify`, defined beside them.
+fn gdb_jit_shim() {
+    println!("cargo:rerun-if-changed=csrc/gdb_jit.c");
+    cc::Build::new()
+        .file("csrc/gdb_jit.c")
+        .flag("-fno-sanitize=address")
+        .opt_level(1)
+        .warnings(true)
+        .compile("kiln_gdb_jit");
 }

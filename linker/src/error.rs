@@ -174,6 +174,16 @@ pub enum LinkError {
         /// What failed.
         detail: String,
     },
+    /// Announcing the image to a debugger or profiler failed (only when
+    /// [`crate::LinkOptions::debug`] enables one).
+    #[error("{image}: debugger/profiler interface")]
+    Debug {
+        /// The image.
+        image: String,
+        /// What failed.
+        #[source]
+        source: crate::debug::DebugError,
+    },
 }
 
 fn missing_message(missing: &[(String, Vec<String>)]) -> String {

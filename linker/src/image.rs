@@ -49,6 +49,7 @@ impl Default for Linker {
 impl Linker {
     /// A linker with `options`; initializers run at the end of [`Linker::link`].
     pub fn new(options: LinkOptions) -> Self {
+        crate::debug::prepare(&options.debug);
         Linker {
             options,
             objects: Vec::new(),
@@ -208,7 +209,8 @@ impl Linker {
             for name in wanted {
                 for ar in &mut self.archives {
                     if let Some((member, bytes)) = ar.take_member_for(&name)? {
-                        let id = crate::elf::read_object(&mut graph, &member, bytes)?;
+                        let debug = &self.options.debug;
+                        let id = crate::debug::read_object(&mut graph, &member, bytes, debug)?;
                         graph.objects[id.index()].library = true;
                         pulled = true;
                         break;
@@ -261,6 +263,8 @@ pub struct LinkedImage {
     stats: LinkStats,
     memory: (u64, u64),
     platform: Option<Platform>,
+    /// Unregistered from debuggers before `alloc` is released.
+    debug: Option<crate::debug::DebugRegistration>,
     alloc: Option<crate::memory::Allocation>,
     /// What saving it as an image file needs (imaging mode only).
     imaging: Option<Box<crate::image_file::ImagingRecord>>,
@@ -318,6 +322,7 @@ impl LinkedImage {
                 eh_frame,
                 tls: f.tls_module,
             }),
+            debug: f.debug,
             alloc: Some(f.alloc),
             imaging: f.imaging,
         };
@@ -444,6 +449,8 @@ impl Drop for LinkedImage {
             drop(p.tls.take());
             drop(p);
         }
+        // Debuggers forget the code before its memory goes.
+        drop(self.debug.take());
         drop(self.alloc.take());
     }
 }

@@ -202,6 +202,7 @@ impl ObjectLayer {
 
     /// A layer linking with `options`.
     pub fn with_options(session: &Session, options: LinkOptions) -> Self {
+        crate::debug::prepare(&options.debug);
         let shared = Arc::new(Shared {
             images: Mutex::new(Images::default()),
             options,
@@ -228,7 +229,7 @@ impl ObjectLayer {
     ) -> Result<(), LinkError> {
         let start = Instant::now();
         let mut graph = LinkGraph::new();
-        crate::elf::read_object(&mut graph, name, bytes)?;
+        crate::debug::read_object(&mut graph, name, bytes, &self.shared.options.debug)?;
         self.add_read_time(start.elapsed());
         self.add_graph(dylib, tracker, name, graph)
     }
@@ -362,7 +363,12 @@ impl ObjectLayer {
         let mut graphs = Vec::with_capacity(objects.len());
         for (name, bytes) in objects {
             let mut graph = LinkGraph::new();
-            crate::elf::read_object(&mut graph, name.as_ref(), bytes.as_ref())?;
+            crate::debug::read_object(
+                &mut graph,
+                name.as_ref(),
+                bytes.as_ref(),
+                &self.shared.options.debug,
+            )?;
             graphs.push(graph);
         }
         // All of them first: an object linked on its first call must be
@@ -425,7 +431,9 @@ impl ObjectLayer {
             // fresh from the parser; grouping needed the merged view).
             let mut graph = LinkGraph::new();
             for &m in &members {
-                crate::elf::read_object(&mut graph, objects[m].0.as_ref(), objects[m].1.as_ref())?;
+                let debug = &self.shared.options.debug;
+                let (name, bytes) = (objects[m].0.as_ref(), objects[m].1.as_ref());
+                crate::debug::read_object(&mut graph, name, bytes, debug)?;
             }
             let name = members
                 .iter()

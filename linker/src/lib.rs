@@ -16,6 +16,7 @@
 //! | [`layer`] | the engine's object layer: objects as materialization units |
 //! | [`jit`] | [`Jit::builder`]: a ready JIT in one call — start here |
 //! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
+//! | [`debug`] | opt-in debugger and profiler interfaces: GDB JIT objects, perf map, jitdump |
 //!
 //! The pass order is visible in one function, [`passes::link_graph`]:
 //! prune → GOT/PLT → allocate → (a) own symbols final → (b) look up every
@@ -41,6 +42,7 @@
 //! ```
 
 pub mod archive;
+pub mod debug;
 pub mod elf;
 mod error;
 pub mod graph;
@@ -54,6 +56,7 @@ pub mod memory;
 pub mod passes;
 pub mod runtime;
 
+pub use debug::DebugOptions;
 pub use error::LinkError;
 pub use jit::{Jit, JitBuilder};
 

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, Session, WorkerPool};
 use kiln_linker::archive::Archive;
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
-use kiln_linker::{HostSymbols, LinkOptions, Linker};
+use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
@@ -144,6 +144,18 @@ struct RunArgs {
     /// entries must belong to you and not be writable by others.
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// Register the linked code with GDB/LLDB through the GDB JIT interface
+    /// (one in-memory ELF debug object per link); also `KILN_GDB=1`.
+    #[arg(long)]
+    gdb: bool,
+    /// Append the linked functions to /tmp/perf-PID.map for `perf report`;
+    /// also `KILN_PERF=map`.
+    #[arg(long)]
+    perf_map: bool,
+    /// Write the linked functions, with their code, to jit-PID.dump in
+    /// $JITDUMPDIR (default /tmp) for `perf inject --jit`; also `KILN_PERF=jitdump`.
+    #[arg(long)]
+    jitdump: bool,
     /// Arguments for the program, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -202,6 +214,9 @@ fn run_bundled() -> Result<i32, String> {
         threads: None,
         lazy: false,
         cache: None,
+        gdb: false,
+        perf_map: false,
+        jitdump: false,
         args: Vec::new(),
     };
     link_and_run(&args, inputs, true)
@@ -244,6 +259,13 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         None => WorkerPool::with_available_parallelism(),
     };
     let session = Session::builder().dispatcher(pool).build();
+    // Debugger and profiler interfaces: the flags add to KILN_GDB/KILN_PERF;
+    // every link of this run (and lazy stubs) takes them from the default.
+    let mut debug = DebugOptions::from_env();
+    debug.gdb |= args.gdb;
+    debug.perf_map |= args.perf_map;
+    debug.jitdump |= args.jitdump;
+    DebugOptions::set_process_default(debug);
     // Without --lazy every input is linked (as one image) once the entry
     // point is looked up: prepare it while the engine records its symbols.
     let mut options = LinkOptions::default();
@@ -490,6 +512,15 @@ fn print_stats(
     eprintln!("  link (entry Ready)     {:10.3} ms", ms(link));
     if let Some(r) = ran {
         eprintln!("  run                    {:10.3} ms", ms(r));
+    }
+    let (registered, register_time) = kiln_linker::debug::gdb_registration_time();
+    if registered > 0 {
+        // With a debugger attached this includes its reading each object.
+        eprintln!(
+            "  gdb registrations      {registered}, {:.3} ms ({:.3} ms each)",
+            ms(register_time),
+            ms(register_time) / registered as f64
+        );
     }
     if stats.relocations > 0 {
         let link_phase = t.prepare + t.fixup_finalize;

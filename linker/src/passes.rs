@@ -75,6 +75,9 @@ pub struct LinkOptions {
     /// refused naming the relocation. Keeps what saving needs in
     /// [`Finalized::imaging`].
     pub imaging: bool,
+    /// Debugger and profiler interfaces the image is announced to
+    /// (default: [`crate::debug::DebugOptions::process_default`]).
+    pub debug: crate::debug::DebugOptions,
 }
 
 impl Default for LinkOptions {
@@ -86,6 +89,7 @@ impl Default for LinkOptions {
             symbol_table: true,
             prepare_early: false,
             imaging: false,
+            debug: crate::debug::DebugOptions::process_default(),
         }
     }
 }
@@ -186,6 +190,9 @@ pub struct Finalized {
     pub graph: Option<LinkGraph>,
     /// What saving the image needs, in [`LinkOptions::imaging`] mode.
     pub imaging: Option<Box<crate::image_file::ImagingRecord>>,
+    /// The image's registration with debuggers (see [`LinkOptions::debug`]);
+    /// dropped before [`Finalized::alloc`] is released.
+    pub debug: Option<crate::debug::DebugRegistration>,
 }
 
 /// Counts of one link, for `--stats`.
@@ -1560,6 +1567,7 @@ impl Prepared {
             },
         };
         let dso_handle = self.dso_handle();
+        let debug = self.announce(env, options)?;
         let (kept, graph) = if options.keep_graph {
             (Some(self.graph), None)
         } else {
@@ -1577,9 +1585,46 @@ impl Prepared {
                 stats,
                 graph: kept,
                 imaging,
+                debug,
             },
             graph,
         ))
+    }
+
+    /// Tells debuggers and profilers about the finalized image, as
+    /// [`LinkOptions::debug`] asks (nothing at all by default).
+    fn announce(
+        &self,
+        env: &ImageEnv,
+        options: &LinkOptions,
+    ) -> Result<Option<crate::debug::DebugRegistration>, LinkError> {
+        if !options.debug.any() {
+            return Ok(None);
+        }
+        let plt_base = self
+            .plt_block
+            .map_or(0, |b| self.graph.blocks[b.index()].addr);
+        let extra = self
+            .plt
+            .iter()
+            .map(|(&sym, &off)| crate::debug::ImageSymbol {
+                name: format!("kiln-plt:{}", self.graph.symbol_name(sym)).into(),
+                addr: plt_base + off,
+                size: PLT_STUB_SIZE as u64,
+                code: true,
+                local: true,
+            })
+            .collect();
+        let info = crate::debug::ImageInfo {
+            name: &env.name,
+            graph: &self.graph,
+            eh_frame: self.eh_frame,
+            extra,
+        };
+        crate::debug::register_image(&info, &options.debug).map_err(|source| LinkError::Debug {
+            image: env.name.clone(),
+            source,
+        })
     }
 }
 

@@ -147,6 +147,8 @@ pub(crate) fn finish(
         },
         graph: None,
         imaging: None,
+        // Loaded images are not announced to debuggers or profilers yet.
+        debug: None,
         // The image is named by its base (see below).
         dso_handle: base,
         alloc,

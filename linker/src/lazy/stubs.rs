@@ -233,9 +233,13 @@ impl StubMemory {
             "reentry trampolines",
         )?;
         let start = base + layout.first;
-        let trampolines = (0..count as u64)
+        let trampolines: Vec<u64> = (0..count as u64)
             .map(|i| start + i * TRAMPOLINE_STRIDE)
             .collect();
+        // Named for perf (opt-in; see crate::debug).
+        let mut named = vec![(entry, layout.first)];
+        named.extend(trampolines.iter().map(|&t| (t, TRAMPOLINE_STRIDE)));
+        crate::debug::announce_stubs("trampoline", &named);
         // Under the tracker's key lock: removal either happens before (we
         // release at once) or sees this block.
         tracker
@@ -291,7 +295,10 @@ impl StubMemory {
             ],
             "redirectable stubs",
         )?;
-        let stubs = (0..count as u64).map(|i| base + i * STUB_STRIDE).collect();
+        let stubs: Vec<u64> = (0..count as u64).map(|i| base + i * STUB_STRIDE).collect();
+        // Named for perf (opt-in; see crate::debug).
+        let named: Vec<(u64, u64)> = stubs.iter().map(|&s| (s, STUB_STRIDE)).collect();
+        crate::debug::announce_stubs("stub", &named);
         let range = StubRange {
             end: base + layout.code_len,
             slots: base + layout.slots,

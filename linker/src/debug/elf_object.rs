@@ -1,0 +1,461 @@
+//! The in-memory ELF debug object of one image, for the GDB JIT interface.
+//!
+//! An `ET_EXEC` file without program headers: one section per graph
+//! section with live blocks, at its runtime address (`sh_addr`; never 0 —
+//! GDB treats an object with a section at address 0 on a slow path, and an
+//! address 0 in DWARF as "no code"), `SHT_NOBITS` (GDB reads code and data
+//! from the process); `.eh_frame` with its bytes (relocated, with its
+//! terminator) for backtraces through optimized frames; `.symtab` with the image's functions and data; and
+//! each input's `.debug_*` sections concatenated in input order, their
+//! `.rela.debug_*` relocations applied against the final addresses (as a
+//! static linker would), so line tables and variables name runtime
+//! addresses. References to code that was not linked (COMDAT duplicates,
+//! pruned archive code) get the tombstone 0 (1 in `.debug_ranges` and
+//! `.debug_loc`, where 0,0 ends a list).
+//!
+//! Objects read from archives own copies of their sections' bytes, not the
+//! input file: their DWARF is not carried (their symbols are).
+
+use std::collections::HashMap;
+
+use object::elf::{self, FileHeader64};
+use object::read::elf::{FileHeader, Rela, SectionHeader, Sym};
+use object::write::elf::{SectionHeader as OutSection, Writer};
+use object::{Endianness, LittleEndian as LE};
+
+use super::{ImageInfo, ImageSymbol};
+use crate::graph::{Content, LinkGraph, ObjectId, SectionRole};
+
+/// One allocated section of the debug object.
+struct AllocSection<'a> {
+    name: &'a str,
+    addr: u64,
+    size: u64,
+    flags: u64,
+    /// `None`: zero-fill (`SHT_NOBITS`).
+    bytes: Option<&'a [u8]>,
+}
+
+/// The debug object's bytes.
+pub(crate) fn build(
+    info: &ImageInfo<'_>,
+    symbols: &[ImageSymbol<'_>],
+    dwarf: &[(String, Vec<u8>)],
+) -> Result<Vec<u8>, String> {
+    let alloc = alloc_sections(info, symbols);
+    write(&alloc, dwarf, symbols).map_err(|e| e.to_string())
+}
+
+/// The image's sections with live blocks outside TLS that GDB needs, by
+/// address: code, `.eh_frame`, and those holding a symbol of `symbols`
+/// (sorted by address). GDB's work per registration grows with the
+/// sections it already has, so the linker's GOT, `__dso_handle` slot and
+/// the like are left out.
+fn alloc_sections<'a>(info: &ImageInfo<'a>, symbols: &[ImageSymbol<'_>]) -> Vec<AllocSection<'a>> {
+    let g = info.graph;
+    let mut out = Vec::new();
+    for s in &g.sections {
+        if matches!(s.role, SectionRole::TlsData | SectionRole::TlsBss) {
+            continue;
+        }
+        let mut range: Option<(u64, u64)> = None;
+        let mut has_bytes = false;
+        for &b in &s.blocks {
+            let b = &g.blocks[b.index()];
+            if !b.live || b.content.is_empty() || b.addr == 0 {
+                continue;
+            }
+            has_bytes |= !matches!(b.content, Content::Zero(_));
+            let end = b.addr + b.content.len();
+            range = Some(range.map_or((b.addr, end), |(s, e)| (s.min(b.addr), e.max(end))));
+        }
+        if s.role == SectionRole::EhFrame {
+            // With the terminator after the last record.
+            range = info.eh_frame.map(|(start, len)| (start, start + len));
+        }
+        let Some((start, end)) = range else {
+            continue;
+        };
+        let first = symbols.partition_point(|sym| sym.addr < start);
+        let named = symbols.get(first).is_some_and(|sym| sym.addr < end);
+        let code = s.prot == crate::graph::Prot::ReadExec;
+        if !(named || code || s.role == SectionRole::EhFrame) {
+            continue;
+        }
+        let mut flags = elf::SHF_ALLOC.0;
+        match s.prot {
+            crate::graph::Prot::ReadExec => flags |= elf::SHF_EXECINSTR.0,
+            crate::graph::Prot::ReadWrite => flags |= elf::SHF_WRITE.0,
+            _ => {}
+        }
+        // Only `.eh_frame`'s bytes are copied: GDB reads its CFI from the
+        // object file, but code and data from the process (copying them
+        // cost more than the rest of the object: fresh pages to fault in).
+        // The others are SHT_NOBITS: addresses and sizes only.
+        let eh = s.role == SectionRole::EhFrame;
+        // SAFETY: [start, end) lies inside the image's allocation (every
+        // live block and the `.eh_frame` range were placed in it), which is
+        // finalized readable and outlives this call (the caller holds it).
+        let bytes = (has_bytes && eh).then(|| unsafe {
+            std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
+        });
+        out.push(AllocSection {
+            name: &s.name,
+            addr: start,
+            size: end - start,
+            flags,
+            bytes,
+        });
+    }
+    out.sort_by_key(|s| s.addr);
+    out
+}
+
+/// The inputs' `.debug_*` sections, concatenated per name in input order
+/// and relocated: `(name, bytes)`.
+pub(crate) fn collect_dwarf(g: &LinkGraph) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for (oi, file) in super::object_files(g).into_iter().enumerate() {
+        let id = ObjectId(oi as u32);
+        let Some(file) = file else {
+            continue;
+        };
+        // A malformed input's DWARF is left out; its code still linked.
+        let _ = add_object_dwarf(g, id, file, &mut out);
+    }
+    out
+}
+
+/// Where each of `id`'s input sections landed: by section index, the
+/// runtime address of its offset 0.
+fn section_addresses(
+    g: &LinkGraph,
+    id: ObjectId,
+    sections: &object::read::elf::SectionTable<'_, FileHeader64<LE>>,
+) -> Vec<Option<u64>> {
+    let mut by_offset: HashMap<u64, usize> = HashMap::new();
+    let mut nobits: HashMap<&[u8], Option<usize>> = HashMap::new();
+    for (i, sh) in sections.iter().enumerate() {
+        if sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 == 0 {
+            continue;
+        }
+        if sh.sh_type(LE) == elf::SHT_NOBITS {
+            let name = sections.section_name(LE, sh).unwrap_or_default();
+            // A name two NOBITS sections share is ambiguous: neither is used.
+            nobits
+                .entry(name)
+                .and_modify(|v| *v = None)
+                .or_insert(Some(i));
+        } else if sh.sh_size(LE) > 0 {
+            by_offset.insert(sh.sh_offset(LE), i);
+        }
+    }
+    let mut addrs = vec![None; sections.len()];
+    for b in g.blocks.iter().filter(|b| b.object == Some(id) && b.live) {
+        let index = match &b.content {
+            Content::Input { start, .. } => (*start as u64)
+                .checked_sub(b.input_offset)
+                .and_then(|o| by_offset.get(&o).copied()),
+            Content::Zero(_) => nobits.get(b.input_section.as_bytes()).copied().flatten(),
+            Content::Bytes(_) => None,
+        };
+        if let Some(i) = index
+            && addrs[i].is_none()
+        {
+            addrs[i] = Some(b.addr.wrapping_sub(b.input_offset));
+        }
+    }
+    addrs
+}
+
+fn add_object_dwarf(
+    g: &LinkGraph,
+    id: ObjectId,
+    data: &[u8],
+    out: &mut Vec<(String, Vec<u8>)>,
+) -> Result<(), object::read::Error> {
+    let header = FileHeader64::<LE>::parse(data)?;
+    let sections = header.sections(LE, data)?;
+    // Each `.debug_*` section of this object: (output index, its offset there).
+    let mut contrib: Vec<Option<(usize, usize)>> = vec![None; sections.len()];
+    for (i, sh) in sections.iter().enumerate() {
+        let name = sections.section_name(LE, sh)?;
+        let flags = sh.sh_flags(LE).0;
+        if !name.starts_with(b".debug_")
+            || flags & (elf::SHF_ALLOC.0 | elf::SHF_COMPRESSED.0) != 0
+            || sh.sh_type(LE) == elf::SHT_NOBITS
+        {
+            continue;
+        }
+        let name = String::from_utf8_lossy(name);
+        let bytes = sh.data(LE, data)?;
+        let o = match out.iter().position(|(n, _)| *n == name) {
+            Some(o) => o,
+            None => {
+                out.push((name.into_owned(), Vec::new()));
+                out.len() - 1
+            }
+        };
+        contrib[i] = Some((o, out[o].1.len()));
+        out[o].1.extend_from_slice(bytes);
+    }
+    if contrib.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let addrs = section_addresses(g, id, &sections);
+    let symtab = sections.symbols(LE, data, elf::SHT_SYMTAB)?;
+    for sh in sections.iter() {
+        // (`rela` returns the linked symbol table; the target is `sh_info`.)
+        let Some((relas, _)) = sh.rela(LE, data)? else {
+            continue;
+        };
+        let Some(Some((o, base))) = contrib.get(sh.sh_info(LE) as usize) else {
+            continue;
+        };
+        let tombstone = match out[*o].0.as_str() {
+            ".debug_ranges" | ".debug_loc" => 1,
+            _ => 0,
+        };
+        for r in relas {
+            let sym = symtab.symbol(object::SymbolIndex(r.r_sym(LE, false) as usize))?;
+            let shndx = usize::from(sym.st_shndx(LE).0);
+            let value = if shndx == usize::from(elf::SHN_ABS.0) {
+                Some(sym.st_value(LE))
+            } else if shndx == 0 || shndx >= usize::from(elf::SHN_LORESERVE) {
+                None
+            } else if let Some(Some((_, b))) = contrib.get(shndx) {
+                Some(*b as u64 + sym.st_value(LE))
+            } else {
+                addrs
+                    .get(shndx)
+                    .copied()
+                    .flatten()
+                    .map(|a| a.wrapping_add(sym.st_value(LE)))
+            };
+            let value = value.map_or(tombstone, |v| v.wrapping_add(r.r_addend(LE) as u64));
+            let at = *base + r.r_offset(LE) as usize;
+            let buf = &mut out[*o].1;
+            match r.r_type(LE, false) {
+                elf::R_X86_64_64 | elf::R_X86_64_DTPOFF64 => {
+                    if let Some(f) = buf.get_mut(at..at + 8) {
+                        f.copy_from_slice(&value.to_le_bytes());
+                    }
+                }
+                elf::R_X86_64_32 | elf::R_X86_64_32S | elf::R_X86_64_DTPOFF32 => {
+                    if let Some(f) = buf.get_mut(at..at + 4) {
+                        f.copy_from_slice(&(value as u32).to_le_bytes());
+                    }
+                }
+                // Nothing else appears in x86-64 DWARF sections.
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A section's name, index and file offset in the object being written.
+type Placed = (
+    object::write::StringId,
+    object::write::elf::SectionIndex,
+    u64,
+);
+
+/// `.symtab` and `.strtab`, encoded here (names are not deduplicated:
+/// the writer's string table sorts every name for suffix merging, which
+/// cost more than the rest of the object).
+struct SymbolTables {
+    symtab: Vec<u8>,
+    strtab: Vec<u8>,
+    num_local: u32,
+}
+
+fn symbol_tables(
+    symbols: &[ImageSymbol<'_>],
+    section_of: impl Fn(u64) -> Option<u32>,
+) -> SymbolTables {
+    let mut symtab = vec![0u8; 24];
+    let mut strtab = Vec::with_capacity(symbols.len() * 16 + 1);
+    strtab.push(0);
+    let locals = symbols.iter().filter(|s| s.local);
+    let globals = symbols.iter().filter(|s| !s.local);
+    for s in locals.chain(globals) {
+        let name = strtab.len() as u32;
+        strtab.extend_from_slice(s.name.as_bytes());
+        strtab.push(0);
+        let kind = if s.code {
+            elf::STT_FUNC
+        } else {
+            elf::STT_OBJECT
+        };
+        let bind = if s.local {
+            elf::STB_LOCAL
+        } else {
+            elf::STB_GLOBAL
+        };
+        let shndx = section_of(s.addr).map_or(elf::SHN_ABS.0, |i| i as u16);
+        symtab.extend_from_slice(&name.to_le_bytes());
+        symtab.push((bind.0 << 4) | kind.0);
+        symtab.push(elf::STV_DEFAULT.0);
+        symtab.extend_from_slice(&shndx.to_le_bytes());
+        symtab.extend_from_slice(&s.addr.to_le_bytes());
+        symtab.extend_from_slice(&s.size.to_le_bytes());
+    }
+    SymbolTables {
+        symtab,
+        strtab,
+        num_local: symbols.iter().filter(|s| s.local).count() as u32 + 1,
+    }
+}
+
+/// Lays the object out with `object`'s ELF writer.
+fn write(
+    alloc: &[AllocSection<'_>],
+    dwarf: &[(String, Vec<u8>)],
+    symbols: &[ImageSymbol<'_>],
+) -> object::write::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut w = Writer::new(Endianness::Little, true, &mut buf);
+    w.reserve_file_header();
+    w.reserve_null_section_index();
+    let mut alloc_out = Vec::with_capacity(alloc.len());
+    for s in alloc {
+        let name = w.add_section_name(s.name.as_bytes());
+        let index = w.reserve_section_index();
+        let offset = match s.bytes {
+            Some(b) => w.reserve(b.len() as u64, 16),
+            None => 0,
+        };
+        alloc_out.push((name, index, offset));
+    }
+    let mut dwarf_out = Vec::with_capacity(dwarf.len());
+    for (name, bytes) in dwarf {
+        let n = w.add_section_name(name.as_bytes());
+        let index = w.reserve_section_index();
+        let offset = w.reserve(bytes.len() as u64, 1);
+        dwarf_out.push((n, index, offset));
+    }
+    // Symbols: locals first (ELF's rule), each in the section holding it.
+    let section_of = |addr: u64| {
+        let i = alloc.partition_point(|s| s.addr <= addr);
+        i.checked_sub(1)
+            .filter(|&i| addr < alloc[i].addr + alloc[i].size.max(1))
+            .map(|i| alloc_out[i].1.0)
+    };
+    let tables = symbol_tables(symbols, section_of);
+    let symtab_name = w.add_section_name(b".symtab");
+    let symtab_index = w.reserve_section_index();
+    let symtab_offset = w.reserve(tables.symtab.len() as u64, 8);
+    let strtab_name = w.add_section_name(b".strtab");
+    let strtab_index = w.reserve_section_index();
+    let strtab_offset = w.reserve(tables.strtab.len() as u64, 1);
+    w.reserve_shstrtab_section_index();
+    w.reserve_shstrtab()?;
+    w.reserve_section_headers();
+
+    w.write_file_header(&object::write::elf::FileHeader {
+        os_abi: elf::ELFOSABI_NONE,
+        abi_version: 0,
+        e_type: elf::ET_EXEC,
+        e_machine: elf::EM_X86_64,
+        e_entry: 0,
+        e_flags: elf::FileFlags(0),
+    })?;
+    for (s, &(_, _, offset)) in alloc.iter().zip(&alloc_out) {
+        if let Some(b) = s.bytes {
+            w.pad_until(offset);
+            w.write(b);
+        }
+    }
+    for ((_, bytes), &(_, _, offset)) in dwarf.iter().zip(&dwarf_out) {
+        w.pad_until(offset);
+        w.write(bytes);
+    }
+    w.pad_until(symtab_offset);
+    w.write(&tables.symtab);
+    w.pad_until(strtab_offset);
+    w.write(&tables.strtab);
+    w.write_shstrtab();
+    write_section_headers(&mut w, alloc, &alloc_out, dwarf, &dwarf_out);
+    let section = |name, sh_type, offset, size: usize, link, info, align, entsize| OutSection {
+        sh_name: w.section_name_offset(Some(name)),
+        sh_type,
+        sh_flags: elf::SectionFlags(0),
+        sh_addr: 0,
+        sh_offset: offset,
+        sh_size: size as u64,
+        sh_link: link,
+        sh_info: info,
+        sh_addralign: align,
+        sh_entsize: entsize,
+    };
+    let symtab = section(
+        symtab_name,
+        elf::SHT_SYMTAB,
+        symtab_offset,
+        tables.symtab.len(),
+        strtab_index.0,
+        tables.num_local,
+        8,
+        24,
+    );
+    let strtab = section(
+        strtab_name,
+        elf::SHT_STRTAB,
+        strtab_offset,
+        tables.strtab.len(),
+        0,
+        0,
+        1,
+        0,
+    );
+    debug_assert_eq!(symtab_index.0 + 1, strtab_index.0);
+    w.write_section_header(&symtab);
+    w.write_section_header(&strtab);
+    w.write_shstrtab_section_header();
+    Ok(buf)
+}
+
+/// The headers of the allocated and DWARF sections, in the order their
+/// indexes were reserved (after the null header).
+fn write_section_headers(
+    w: &mut Writer<'_>,
+    alloc: &[AllocSection<'_>],
+    alloc_out: &[Placed],
+    dwarf: &[(String, Vec<u8>)],
+    dwarf_out: &[Placed],
+) {
+    w.write_null_section_header();
+    for (s, &(name, _, offset)) in alloc.iter().zip(alloc_out) {
+        w.write_section_header(&OutSection {
+            sh_name: w.section_name_offset(Some(name)),
+            sh_type: if s.bytes.is_some() {
+                elf::SHT_PROGBITS
+            } else {
+                elf::SHT_NOBITS
+            },
+            sh_flags: elf::SectionFlags(s.flags),
+            sh_addr: s.addr,
+            sh_offset: offset,
+            sh_size: s.size,
+            sh_link: 0,
+            sh_info: 0,
+            sh_addralign: 16,
+            sh_entsize: 0,
+        });
+    }
+    for ((_, bytes), &(name, _, offset)) in dwarf.iter().zip(dwarf_out) {
+        w.write_section_header(&OutSection {
+            sh_name: w.section_name_offset(Some(name)),
+            sh_type: elf::SHT_PROGBITS,
+            sh_flags: elf::SectionFlags(0),
+            sh_addr: 0,
+            sh_offset: offset,
+            sh_size: bytes.len() as u64,
+            sh_link: 0,
+            sh_info: 0,
+            sh_addralign: 1,
+            sh_entsize: 0,
+        });
+    }
+}

@@ -1,0 +1,349 @@
+//! Debuggers and profilers see JIT'd code (DESIGN §5b), opt-in per session.
+//!
+//! | module | what it does |
+//! | --- | --- |
+//! | `gdb` | the GDB JIT interface: `__jit_debug_descriptor` (from `csrc/gdb_jit.c`), one entry per image, all changes under one process-wide lock |
+//! | `elf_object` | the in-memory ELF debug object of one image: allocated sections at their runtime addresses, `.symtab`, `.eh_frame`, the inputs' relocated `.debug_*` |
+//! | `perf_map` | `/tmp/perf-PID.map`: one line per function, appended with `O_APPEND` writes of whole lines |
+//! | `jitdump` | `jit-PID.dump` for `perf inject -j`: header, `JIT_CODE_LOAD` records with the code bytes, `JIT_CODE_DEBUG_INFO` from the line tables |
+//! | `lines` | the line tables of an image's relocated DWARF (`gimli`) |
+//!
+//! Nothing here runs unless [`DebugOptions`] asks for it: the default link
+//! path only checks three booleans. An image's registration
+//! ([`DebugRegistration`]) is dropped — unregistered from GDB — before the
+//! image's memory is released (tracker removal, dylib removal, session end:
+//! they all drop the [`crate::LinkedImage`]).
+
+pub(crate) mod elf_object;
+pub(crate) mod gdb;
+pub(crate) mod jitdump;
+pub(crate) mod lines;
+pub(crate) mod perf_map;
+
+use std::sync::{Mutex, OnceLock};
+
+use crate::graph::{Content, LinkGraph, SectionRole, SymbolDef};
+
+/// Which debugger and profiler interfaces linked code is announced to.
+///
+/// The process default ([`DebugOptions::process_default`]) comes from the
+/// environment — `KILN_GDB=1`, `KILN_PERF=map`, `KILN_PERF=jitdump` (or
+/// `map,jitdump`) — unless [`DebugOptions::set_process_default`] replaced
+/// it; [`crate::LinkOptions::default`] starts from it, and a host can set
+/// [`crate::LinkOptions::debug`] per layer or link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DebugOptions {
+    /// Register one in-memory ELF debug object per image with the GDB JIT
+    /// interface (GDB and LLDB read it).
+    pub gdb: bool,
+    /// Append the image's functions to `/tmp/perf-PID.map`.
+    pub perf_map: bool,
+    /// Write the image's functions (with their code) to `jit-PID.dump`.
+    pub jitdump: bool,
+}
+
+static PROCESS_DEFAULT: Mutex<Option<DebugOptions>> = Mutex::new(None);
+
+impl DebugOptions {
+    /// Nothing enabled.
+    pub const NONE: DebugOptions = DebugOptions {
+        gdb: false,
+        perf_map: false,
+        jitdump: false,
+    };
+
+    /// Everything enabled.
+    pub const ALL: DebugOptions = DebugOptions {
+        gdb: true,
+        perf_map: true,
+        jitdump: true,
+    };
+
+    /// What `KILN_GDB` and `KILN_PERF` ask for (read once per process).
+    pub fn from_env() -> DebugOptions {
+        static ENV: OnceLock<DebugOptions> = OnceLock::new();
+        *ENV.get_or_init(|| {
+            let gdb = std::env::var("KILN_GDB").is_ok_and(|v| v == "1");
+            let perf = std::env::var("KILN_PERF").unwrap_or_default();
+            let has = |w: &str| perf.split(',').any(|p| p.trim() == w);
+            DebugOptions {
+                gdb,
+                perf_map: has("map"),
+                jitdump: has("jitdump"),
+            }
+        })
+    }
+
+    /// The options new [`crate::LinkOptions`] and lazy stubs use: set by
+    /// [`DebugOptions::set_process_default`], else [`DebugOptions::from_env`].
+    pub fn process_default() -> DebugOptions {
+        let set = *PROCESS_DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
+        set.unwrap_or_else(DebugOptions::from_env)
+    }
+
+    /// Replaces the process default (for example `kiln run --gdb`); links
+    /// whose options were made earlier keep theirs.
+    pub fn set_process_default(options: DebugOptions) {
+        *PROCESS_DEFAULT.lock().unwrap_or_else(|p| p.into_inner()) = Some(options);
+    }
+
+    /// These options with [`DebugOptions::gdb`] set to `yes`.
+    pub fn with_gdb(mut self, yes: bool) -> DebugOptions {
+        self.gdb = yes;
+        self
+    }
+
+    /// These options with [`DebugOptions::perf_map`] set to `yes`.
+    pub fn with_perf_map(mut self, yes: bool) -> DebugOptions {
+        self.perf_map = yes;
+        self
+    }
+
+    /// These options with [`DebugOptions::jitdump`] set to `yes`.
+    pub fn with_jitdump(mut self, yes: bool) -> DebugOptions {
+        self.jitdump = yes;
+        self
+    }
+
+    /// Whether anything is enabled.
+    pub fn any(&self) -> bool {
+        self.gdb || self.perf_map || self.jitdump
+    }
+}
+
+/// A debugger or profiler interface failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugError {
+    /// Writing the perf map or the jitdump file failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being written.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ELF debug object could not be written.
+    #[error("writing the GDB debug object of {image}: {detail}")]
+    Object {
+        /// The image.
+        image: String,
+        /// What the writer said.
+        detail: String,
+    },
+}
+
+/// One symbol of an image, at its runtime address.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageSymbol<'a> {
+    /// Borrowed from the graph (most), or made (stubs).
+    pub(crate) name: std::borrow::Cow<'a, str>,
+    pub(crate) addr: u64,
+    pub(crate) size: u64,
+    pub(crate) code: bool,
+    pub(crate) local: bool,
+}
+
+/// What one finalized image tells the debug interfaces.
+pub(crate) struct ImageInfo<'a> {
+    /// The image's name (its first input).
+    pub(crate) name: &'a str,
+    /// The graph after fixup: final block addresses.
+    pub(crate) graph: &'a LinkGraph,
+    /// `.eh_frame` (start, length with terminator).
+    pub(crate) eh_frame: Option<(u64, u64)>,
+    /// Linker-made code the graph's symbols do not name (PLT stubs).
+    pub(crate) extra: Vec<ImageSymbol<'a>>,
+}
+
+/// What an image registered. Dropping it unregisters the image from GDB;
+/// it must be dropped before the image's memory is released.
+#[derive(Debug)]
+pub struct DebugRegistration {
+    gdb: Option<gdb::Entry>,
+}
+
+impl DebugRegistration {
+    /// Whether the image is registered with the GDB JIT interface.
+    pub fn registered_with_gdb(&self) -> bool {
+        self.gdb.is_some()
+    }
+}
+
+/// How many debug objects kiln has registered with the GDB JIT interface
+/// in this process now (one per live image linked with
+/// [`DebugOptions::gdb`]).
+pub fn gdb_registered_objects() -> usize {
+    gdb::registered_count()
+}
+
+/// GDB JIT registrations made in this process so far, and the time spent
+/// in them (including the debugger reading each object, when one is
+/// attached), for `kiln run --stats`.
+pub fn gdb_registration_time() -> (u64, std::time::Duration) {
+    gdb::registration_time()
+}
+
+/// This process's perf map, `/tmp/perf-PID.map`.
+pub fn perf_map_path() -> String {
+    perf_map::path()
+}
+
+/// This process's jitdump file, `$JITDUMPDIR/jit-PID.dump` (default `/tmp`).
+pub fn jitdump_path() -> String {
+    jitdump::path()
+}
+
+/// Opens the perf map now if `options` asks for it, so that the first
+/// link does not pay for creating the file (layers and linkers call this
+/// when they are made; errors surface again at the first link).
+pub(crate) fn prepare(options: &DebugOptions) {
+    if options.perf_map {
+        let _ = perf_map::open();
+    }
+}
+
+/// Announces a finalized image (memory readable, code at its final
+/// addresses) to what `options` enables.
+pub(crate) fn register_image(
+    info: &ImageInfo<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
+    if !options.any() {
+        return Ok(None);
+    }
+    let symbols = image_symbols(info);
+    if options.perf_map {
+        perf_map::append(&symbols)?;
+    }
+    // The inputs' DWARF, relocated to the runtime addresses: for GDB's
+    // object and jitdump's line tables.
+    let dwarf = if options.gdb || options.jitdump {
+        elf_object::collect_dwarf(info.graph)
+    } else {
+        Vec::new()
+    };
+    if options.jitdump {
+        jitdump::append(&symbols, &lines::line_rows(&dwarf))?;
+    }
+    let gdb = if options.gdb {
+        let object =
+            elf_object::build(info, &symbols, &dwarf).map_err(|detail| DebugError::Object {
+                image: info.name.to_string(),
+                detail,
+            })?;
+        if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
+            // For inspecting what GDB is given (readelf, objdump --dwarf).
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path =
+                std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
+            let _ = std::fs::write(path, &object);
+        }
+        Some(gdb::Entry::register(object))
+    } else {
+        None
+    };
+    Ok(Some(DebugRegistration { gdb }))
+}
+
+/// Every named symbol of a live block outside TLS, plus `info.extra`,
+/// sorted by address. A function without a size (assembly) extends to
+/// the end of its block.
+pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
+    let g = info.graph;
+    let mut out = Vec::with_capacity(g.symbols.len() + info.extra.len());
+    for s in &g.symbols {
+        let (Some(name), SymbolDef::Defined { block, offset }) = (&s.name, s.def) else {
+            continue;
+        };
+        let b = &g.blocks[block.index()];
+        let role = g.sections[b.section.index()].role;
+        if !b.live
+            || s.tls
+            || matches!(role, SectionRole::TlsData | SectionRole::TlsBss)
+            || name.is_empty()
+            || name.starts_with(".L")
+        {
+            continue;
+        }
+        let rest = b.content.len().saturating_sub(offset);
+        let size = if s.size == 0 && s.callable {
+            rest
+        } else {
+            s.size
+        };
+        out.push(ImageSymbol {
+            name: std::borrow::Cow::Borrowed(&**name),
+            addr: b.addr + offset,
+            size,
+            code: s.callable,
+            local: s.scope == crate::graph::Scope::Local,
+        });
+    }
+    out.extend(info.extra.iter().cloned());
+    out.sort_unstable_by_key(|s| s.addr);
+    out
+}
+
+/// Reads an object into `graph` as [`crate::elf::read_object`] does — but
+/// when GDB support or jitdump is on, keeping the input file (one copy, shared by the
+/// blocks) so that its `.debug_*` sections can be found at finalization.
+pub(crate) fn read_object(
+    graph: &mut LinkGraph,
+    name: &str,
+    bytes: &[u8],
+    options: &DebugOptions,
+) -> Result<crate::graph::ObjectId, crate::LinkError> {
+    if !options.gdb && !options.jitdump {
+        return crate::elf::read_object(graph, name, bytes);
+    }
+    let file: crate::graph::InputBytes = std::sync::Arc::new(bytes.to_vec());
+    let parsed = crate::elf::parse_object_shared(name, &file)?;
+    Ok(graph.merge(parsed))
+}
+
+/// By object: the shared bytes of the input file it was read from, if its
+/// blocks still refer to it (objects read from archives without GDB
+/// support or jitdump on own copies).
+pub(crate) fn object_files(g: &LinkGraph) -> Vec<Option<&crate::graph::InputBytes>> {
+    let mut files = vec![None; g.objects.len()];
+    for b in &g.blocks {
+        if let (Some(o), Content::Input { file, .. }) = (b.object, &b.content)
+            && let Some(slot @ None) = files.get_mut(o.index())
+        {
+            *slot = Some(file);
+        }
+    }
+    files
+}
+
+/// Names lazy-call stubs and reentry trampolines in JIT memory for perf
+/// (`kiln-stub`, `kiln-trampoline`): `(start, size)` of each.
+pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
+    let options = DebugOptions::process_default();
+    if !options.perf_map && !options.jitdump {
+        return;
+    }
+    let symbols: Vec<ImageSymbol<'_>> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, size))| ImageSymbol {
+            name: format!("kiln-{kind}:{i}@{:#x}", ranges[0].0).into(),
+            addr,
+            size,
+            code: true,
+            local: true,
+        })
+        .collect();
+    // Profiling names are best effort here: a stub block works without them.
+    if options.perf_map {
+        let _ = perf_map::append(&symbols);
+    }
+    if options.jitdump {
+        let _ = jitdump::append(&symbols, &[]);
+    }
+}

@@ -1,0 +1,5 @@
+int helper(int x) {
+    int doubled = x * 2;
+    int result = doubled + 1;
+    return result;
+}

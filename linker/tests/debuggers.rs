@@ -1,0 +1,400 @@
+//! GDB sees JIT'd code (the GDB JIT interface, `kiln run --gdb`): `gdb
+//! -batch` on programs in `tests/debug/` — breakpoints by name set before
+//! the run, backtraces with files and lines, locals, `next`, `finish`
+//! across objects, backtraces from host code at -O2 without -g, a C++
+//! exception across objects, and code gdb forgets once it is removed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use kiln_engine::{DylibLookup, Session, WorkerPool};
+use kiln_linker::layer::{HostGenerator, ObjectLayer};
+use kiln_linker::{DebugOptions, HostSymbols, LinkOptions};
+
+fn debug_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/debug")
+}
+
+/// Compiles `srcs` (in `tests/debug`) with `cc flags -c` into `dir`.
+fn build(cc: &str, srcs: &[&str], flags: &[&str], dir: &Path) -> Vec<PathBuf> {
+    srcs.iter()
+        .map(|s| {
+            let out = dir.join(Path::new(s).with_extension("o"));
+            compile(cc, &debug_dir().join(s), flags, &[], &out)
+        })
+        .collect()
+}
+
+/// Runs `gdb -batch` with `commands` on `program args`: everything gdb and
+/// the program printed.
+fn gdb(commands: &[&str], program: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-batch", "-nx", "-ex", "set breakpoint pending on"]);
+    for c in commands {
+        cmd.args(["-ex", c]);
+    }
+    cmd.arg("--args").arg(program).args(args);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gdb: {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `gdb` on `kiln run --gdb [--lazy] objs`.
+fn gdb_kiln(commands: &[&str], objs: &[PathBuf], lazy: bool) -> String {
+    let mut args = vec!["run".to_string(), "--gdb".to_string()];
+    if lazy {
+        args.push("--lazy".into());
+    }
+    args.extend(objs.iter().map(|o| o.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    gdb(commands, Path::new(env!("CARGO_BIN_EXE_kiln")), &args)
+}
+
+/// The frames of the first backtrace in `out` (lines starting `#N `).
+fn frames(out: &str) -> Vec<&str> {
+    let mut v = Vec::new();
+    for l in out.lines() {
+        if l.starts_with('#') && l[1..].starts_with(|c: char| c.is_ascii_digit()) {
+            if l.starts_with("#0 ") && !v.is_empty() {
+                break;
+            }
+            v.push(l);
+        } else if !v.is_empty() {
+            break;
+        }
+    }
+    v
+}
+
+/// Asserts that every frame of `bt` up to kiln's own (`kiln::`) has a name.
+fn assert_named_down_to_kiln(bt: &[&str], out: &str) {
+    let kiln = bt
+        .iter()
+        .position(|f| f.contains("kiln::"))
+        .unwrap_or_else(|| panic!("the backtrace does not reach kiln's frames:\n{out}"));
+    for f in &bt[..kiln] {
+        assert!(!f.contains("??"), "unnamed frame {f:?}:\n{out}");
+    }
+}
+
+fn o0_session(lazy: bool) {
+    if !need_tool("gdb") || !need_tool("gcc") {
+        return;
+    }
+    let tag = if lazy { "o0-lazy" } else { "o0" };
+    let dir = scratch(&format!("debuggers-{tag}"));
+    let objs = build("gcc", &["o0_main.c", "o0_helper.c"], &["-O0", "-g"], &dir);
+    let out = gdb_kiln(
+        &[
+            "break helper",
+            "run",
+            "bt",
+            "info locals",
+            "next",
+            "next",
+            "info locals",
+            "finish",
+        ],
+        &objs,
+        lazy,
+    );
+    assert!(
+        out.contains("hit Breakpoint 1, helper (x=0) at "),
+        "the breakpoint on helper was not hit:\n{out}"
+    );
+    let bt = frames(&out);
+    assert!(
+        bt.len() >= 2 && bt[0].contains("helper (x=0) at ") && bt[0].contains("o0_helper.c:2"),
+        "frame 0 is not helper at o0_helper.c:2:\n{out}"
+    );
+    assert!(
+        bt[1].contains("in main () at ") && bt[1].contains("o0_main.c:8"),
+        "frame 1 is not main at o0_main.c:8:\n{out}"
+    );
+    assert_named_down_to_kiln(&bt, &out);
+    assert!(
+        out.contains("doubled = "),
+        "info locals: no `doubled`:\n{out}"
+    );
+    assert!(
+        out.contains("3\t    int result = doubled + 1;") && out.contains("4\t    return result;"),
+        "`next` did not step through helper's lines:\n{out}"
+    );
+    assert!(
+        out.contains("doubled = 0") && out.contains("result = 1"),
+        "info locals after next: wrong values:\n{out}"
+    );
+    // `finish` (gdb prints "Run till exit" to the terminal only): back in
+    // main, in the other object, with helper's value.
+    let after = &out[out.rfind("result = 1").unwrap_or(0)..];
+    assert!(
+        after.contains("in main () at ")
+            && after.contains("o0_main.c:8")
+            && after.contains("Value returned is $1 = 1"),
+        "`finish` did not return from helper into main (o0_main.o):\n{out}"
+    );
+}
+
+/// -O0 -g, two objects, eager: breakpoint by name before the run, bt with
+/// file:line, info locals, next, finish into the other object.
+#[test]
+fn gdb_breaks_steps_and_finishes_across_objects() {
+    o0_session(false);
+}
+
+/// The same with `--lazy`: each object is registered when first linked.
+#[test]
+fn gdb_sees_lazily_linked_objects() {
+    o0_session(true);
+}
+
+/// -O2, no -g: a backtrace from a host function called by JIT'd code
+/// names every JIT'd frame (from `.eh_frame` and `.symtab`) down to main.
+#[test]
+fn gdb_backtrace_from_host_code_at_o2_without_debug_info() {
+    if !need_tool("gdb") || !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-o2");
+    let objs = build("gcc", &["o2_main.c", "o2_level1.c"], &["-O2"], &dir);
+    let out = gdb_kiln(&["break getppid", "run", "bt"], &objs, false);
+    let bt = frames(&out);
+    assert!(
+        bt.first().is_some_and(|f| f.contains("getppid")),
+        "the breakpoint on getppid was not hit:\n{out}"
+    );
+    for (i, name) in [(1, "level2 ()"), (2, "level1 ()"), (3, "main ()")] {
+        assert!(
+            bt.get(i).is_some_and(|f| f.contains(name)),
+            "frame {i} is not {name}:\n{out}"
+        );
+    }
+    assert_named_down_to_kiln(&bt, &out);
+}
+
+/// A C++ exception thrown in one JIT'd object and caught in another,
+/// with a breakpoint on `__cxa_throw`: the backtrace is complete, and the
+/// program goes on to catch it.
+#[test]
+fn gdb_backtrace_from_cxa_throw_across_objects() {
+    if !need_tool("gdb") || !need_tool("g++") {
+        return;
+    }
+    let dir = scratch("debuggers-throw");
+    let objs = build(
+        "g++",
+        &["throw_main.cpp", "throw_thrower.cpp"],
+        &["-O0", "-g"],
+        &dir,
+    );
+    let out = gdb_kiln(
+        &["break __cxa_throw", "run", "bt", "continue"],
+        &objs,
+        false,
+    );
+    let bt = frames(&out);
+    assert!(
+        bt.first().is_some_and(|f| f.contains("__cxa_throw")),
+        "the breakpoint on __cxa_throw was not hit:\n{out}"
+    );
+    assert!(
+        bt.get(1)
+            .is_some_and(|f| f.contains("thrower (n=7)") && f.contains("throw_thrower.cpp:5")),
+        "frame 1 is not thrower at throw_thrower.cpp:5:\n{out}"
+    );
+    assert!(
+        bt.get(2)
+            .is_some_and(|f| f.contains("main ()") && f.contains("throw_main.cpp:7")),
+        "frame 2 is not main at throw_main.cpp:7:\n{out}"
+    );
+    assert_named_down_to_kiln(&bt, &out);
+    assert!(out.contains("caught boom 7"), "not caught:\n{out}");
+}
+
+/// Where gdb stops in [`link_then_remove_with_gdb_on`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn kiln_test_after_link() {
+    std::hint::black_box(());
+}
+
+/// Where gdb stops in [`link_then_remove_with_gdb_on`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn kiln_test_after_removal() {
+    std::hint::black_box(());
+}
+
+const REMOVABLE: &str = "int kiln_removable_fn(int n) { return n * 7 + 1; }\n";
+
+/// Links an object under a tracker with gdb support on, calls it, removes
+/// the tracker: one debug object is registered while the code lives and
+/// none after. [`gdb_forgets_removed_code`] runs this under gdb.
+#[test]
+fn link_then_remove_with_gdb_on() {
+    let dir = scratch("debuggers-remove");
+    let obj = compile_c_text(&dir, "removable", REMOVABLE, &["-O1"]);
+    let bytes = std::fs::read(&obj).expect("read removable.o");
+    let session = Session::builder().dispatcher(WorkerPool::new(1)).build();
+    let mut options = LinkOptions::default();
+    options.debug = DebugOptions::NONE.with_gdb(true);
+    let layer = ObjectLayer::with_options(&session, options);
+    let host = session.create_dylib("<host>").expect("host dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("host generator");
+    let app = session.create_dylib("app").expect("app dylib");
+    app.set_link_order(&[(host, DylibLookup::ExportedOnly)])
+        .expect("link order");
+    let rt = app.create_tracker().expect("tracker");
+    let before = kiln_linker::debug::gdb_registered_objects();
+    layer
+        .add_object(&app, Some(&rt), "removable.o", &bytes)
+        .expect("add removable.o");
+    // No `layer.run_initializers()`: an image removed before its
+    // initializers ran must be released (and unregistered) all the same.
+    let found = app.lookup_ready(&["kiln_removable_fn"]).expect("link it");
+    let address = found
+        .get_str("kiln_removable_fn")
+        .expect("looked up")
+        .address;
+    // SAFETY: `kiln_removable_fn` is `int (int)`, compiled above and Ready.
+    let f = unsafe { std::mem::transmute::<usize, extern "C" fn(i32) -> i32>(address as usize) };
+    assert_eq!(f(3), 22);
+    assert_eq!(
+        kiln_linker::debug::gdb_registered_objects(),
+        before + 1,
+        "one debug object per link"
+    );
+    kiln_test_after_link();
+    rt.remove().expect("remove the tracker");
+    assert_eq!(
+        kiln_linker::debug::gdb_registered_objects(),
+        before,
+        "unregistered at removal"
+    );
+    kiln_test_after_removal();
+    session.end();
+}
+
+/// After tracker removal gdb no longer lists the removed function (it did
+/// while the code was linked) — this test binary's own
+/// [`link_then_remove_with_gdb_on`], under gdb.
+#[test]
+fn gdb_forgets_removed_code() {
+    if !need_tool("gdb") || !need_tool("gcc") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = gdb(
+        &[
+            "break kiln_test_after_link",
+            "break kiln_test_after_removal",
+            "run",
+            "echo [linked]\\n",
+            "info functions ^kiln_removable_fn$",
+            "continue",
+            "echo [removed]\\n",
+            "info functions ^kiln_removable_fn$",
+            "continue",
+        ],
+        &exe,
+        &[
+            "--exact",
+            "link_then_remove_with_gdb_on",
+            "--test-threads=1",
+            "--nocapture",
+        ],
+    );
+    let linked = out
+        .find("[linked]")
+        .unwrap_or_else(|| panic!("gdb did not stop after the link:\n{out}"));
+    let removed = out
+        .find("[removed]")
+        .unwrap_or_else(|| panic!("gdb did not stop after the removal:\n{out}"));
+    let listed = |s: &str| {
+        s.lines()
+            .any(|l| l.trim_end().ends_with(" kiln_removable_fn"))
+    };
+    assert!(
+        listed(&out[linked..removed]),
+        "gdb does not list the linked function:\n{out}"
+    );
+    let after = &out[removed..];
+    let end = after.find("Continuing.").unwrap_or(after.len());
+    assert!(
+        !listed(&after[..end]),
+        "gdb still lists the removed function:\n{out}"
+    );
+    // (gdb's own messages may interleave with the harness's summary: the
+    // inferior's exit status says whether the test passed.)
+    assert!(
+        out.contains("exited normally") && out.contains("1 passed"),
+        "the linked test failed under gdb:\n{out}"
+    );
+}
+
+/// The debug object GDB is given (`KILN_GDB_OBJECT_DIR` saves a copy):
+/// every allocated section at a non-zero runtime address, the functions in
+/// `.symtab`, `.eh_frame` and the inputs' DWARF present.
+#[test]
+fn debug_object_has_runtime_addresses_symbols_and_dwarf() {
+    use object::{Object, ObjectSection, ObjectSymbol, SectionFlags};
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-object");
+    let objs = build("gcc", &["o0_main.c", "o0_helper.c"], &["-O0", "-g"], &dir);
+    let saved = dir.join("saved");
+    let _ = std::fs::remove_dir_all(&saved);
+    std::fs::create_dir_all(&saved).expect("create dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_GDB_OBJECT_DIR", &saved)
+        .arg("run")
+        .arg("--gdb")
+        .args(&objs)
+        .output()
+        .expect("run kiln");
+    assert!(out.status.success(), "kiln run failed: {out:?}");
+    let files: Vec<PathBuf> = std::fs::read_dir(&saved)
+        .expect("saved objects")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one debug object per link: {files:?}");
+    let bytes = std::fs::read(&files[0]).expect("read the debug object");
+    let file = object::File::parse(&*bytes).expect("a valid ELF file");
+    let mut names = Vec::new();
+    for s in file.sections() {
+        let name = s.name().unwrap_or_default().to_string();
+        if let SectionFlags::Elf { sh_flags, .. } = s.flags()
+            && sh_flags.0 & object::elf::SHF_ALLOC.0 != 0
+        {
+            assert_ne!(s.address(), 0, "allocated section {name} at address 0");
+        }
+        names.push(name);
+    }
+    for want in [
+        ".text",
+        ".eh_frame",
+        ".debug_info",
+        ".debug_line",
+        ".debug_abbrev",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    let text = file.section_by_name(".text").expect(".text").address();
+    for f in ["main", "helper"] {
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok(f))
+            .unwrap_or_else(|| panic!("{f} missing from .symtab"));
+        assert!(sym.address() >= text && sym.size() > 0, "{f}: {sym:?}");
+    }
+}
