@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, Session, WorkerPool};
+use kiln_engine::{
+    Dylib, DylibLookup, LazyReexports, LookupSet, RequiredState, SearchOrder, Session, WorkerPool,
+};
 use kiln_linker::archive::Archive;
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
 use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
@@ -290,96 +292,12 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
 
     let read_start = Instant::now();
     let input_count = inputs.len();
-    let mut lazy = None;
-    if args.lazy {
-        let bodies = session.create_dylib("<bodies>").map_err(err)?;
-        let jit = kiln_linker::lazy::JitLazyReexports::new(&session).map_err(|e| e.to_string())?;
-        let manager = jit.manager().clone();
-        // Newly linked objects run their initializers before their first call proceeds.
-        let init_layer = layer.clone();
-        manager.set_after_link_hook(move || init_layer.run_initializers());
-        if let Some(im) = inputs
-            .iter()
-            .find(|i| kiln_linker::image_file::is_image(&i.bytes))
-        {
-            return Err(format!(
-                "{}: image files are not supported with --lazy yet",
-                im.name
-            ));
-        }
-        // Archive members are pulled when a link first needs one of their
-        // symbols, then linked lazily like the objects.
-        let (archives, objects): (Vec<Input>, Vec<Input>) =
-            inputs.into_iter().partition(|i| i.name.ends_with(".a"));
-        let objects: Vec<(String, Vec<u8>)> =
-            objects.into_iter().map(|i| (i.name, i.bytes)).collect();
-        layer
-            .add_objects_lazily(&main, &bodies, &manager, &objects)
-            .map_err(|e| e.to_string())?;
-        // Non-PIE code takes functions' addresses (their entries' stubs)
-        // with 32-bit absolute references: the stubs go where it reaches.
-        if layer.places_below_2gib() {
-            jit.place_stubs_below_2gib();
-        }
-        // One group, as the eager link searches them: archives that refer
-        // to each other are pulled (and pruned) together.
-        let archives = archives
-            .into_iter()
-            .map(|ar| Archive::parse(&ar.name, ar.bytes))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        if !archives.is_empty() {
-            main.add_generator(ArchiveGenerator::lazy_group(
-                &layer, archives, &bodies, &manager,
-            ))
-            .map_err(err)?;
-        }
-        bodies
-            .set_link_order_exact(&[
-                (main.clone(), DylibLookup::All),
-                (host_dylib.clone(), DylibLookup::ExportedOnly),
-            ])
-            .map_err(err)?;
-        lazy = Some(manager);
+    let lazy = if args.lazy {
+        Some(add_lazily(&session, &layer, &main, &host_dylib, inputs)?)
     } else {
-        // Image files are loaded, not linked: each is a unit of `main`.
-        let (images, inputs): (Vec<Input>, Vec<Input>) = inputs
-            .into_iter()
-            .partition(|i| kiln_linker::image_file::is_image(&i.bytes));
-        for image in images {
-            // SAFETY: the user asked kiln to run this file's code, as they
-            // would run an executable; the loader checks its content hash
-            // and tables, and it binds against this process's host symbols.
-            unsafe { layer.add_image(&main, None, &image.name, image.bytes) }
-                .map_err(|e| e.to_string())?;
-        }
-        // One image for all inputs: static-link semantics across objects
-        // (COMDAT, init priorities, TLS), archive members pulled on demand.
-        let mut linker = Linker::new(LinkOptions::default());
-        let objects = !inputs.is_empty();
-        for input in inputs {
-            if input.name.ends_with(".a") {
-                linker
-                    .add_archive_bytes(input.name, input.bytes)
-                    .map_err(|e| e.to_string())?;
-            } else {
-                linker.add_object_bytes(input.name, input.bytes);
-            }
-        }
-        // Global names are interned while the objects are read in parallel.
-        if objects {
-            let (graph, names) = linker
-                .build_graph_naming(&|n| session.intern(n))
-                .map_err(|e| e.to_string())?;
-            layer
-                .add_graph_named(&main, None, &program, graph, names)
-                .map_err(|e| e.to_string())?;
-        }
-        // Reading counts until the unit is defined in its dylib (as
-        // llvm-jitlink's "load/add object files" does).
-        layer.add_read_time(read_start.elapsed());
-    }
-
+        add_eagerly(&session, &layer, &main, &program, inputs, read_start)?;
+        None
+    };
     // Link everything the entry point reaches: it is Ready only when all of
     // it is emitted.
     let link_start = Instant::now();
@@ -474,6 +392,115 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         );
     }
     Ok(status)
+}
+
+/// `--lazy`: every object behind lazy entries in `main` (bodies in a dylib
+/// of their own), archives pulled and pruned as one group on first need.
+fn add_lazily(
+    session: &Session,
+    layer: &ObjectLayer,
+    main: &Dylib,
+    host_dylib: &Dylib,
+    inputs: Vec<Input>,
+) -> Result<LazyReexports, String> {
+    let err = |e: kiln_engine::Error| e.to_string();
+    let bodies = session.create_dylib("<bodies>").map_err(err)?;
+    let jit = kiln_linker::lazy::JitLazyReexports::new(session).map_err(|e| e.to_string())?;
+    let manager = jit.manager().clone();
+    // Newly linked objects run their initializers before their first call proceeds.
+    let init_layer = layer.clone();
+    manager.set_after_link_hook(move || init_layer.run_initializers());
+    if let Some(im) = inputs
+        .iter()
+        .find(|i| kiln_linker::image_file::is_image(&i.bytes))
+    {
+        return Err(format!(
+            "{}: image files are not supported with --lazy yet",
+            im.name
+        ));
+    }
+    // Archive members are pulled when a link first needs one of their
+    // symbols, then linked lazily like the objects.
+    let (archives, objects): (Vec<Input>, Vec<Input>) =
+        inputs.into_iter().partition(|i| i.name.ends_with(".a"));
+    let objects: Vec<(String, Vec<u8>)> = objects.into_iter().map(|i| (i.name, i.bytes)).collect();
+    layer
+        .add_objects_lazily(main, &bodies, &manager, &objects)
+        .map_err(|e| e.to_string())?;
+    // Non-PIE code takes functions' addresses (their entries' stubs)
+    // with 32-bit absolute references: the stubs go where it reaches.
+    if layer.places_below_2gib() {
+        jit.place_stubs_below_2gib();
+    }
+    // One group, as the eager link searches them: archives that refer
+    // to each other are pulled (and pruned) together.
+    let archives = archives
+        .into_iter()
+        .map(|ar| Archive::parse(&ar.name, ar.bytes))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if !archives.is_empty() {
+        main.add_generator(ArchiveGenerator::lazy_group(
+            layer, archives, &bodies, &manager,
+        ))
+        .map_err(err)?;
+    }
+    bodies
+        .set_link_order_exact(&[
+            (main.clone(), DylibLookup::All),
+            (host_dylib.clone(), DylibLookup::ExportedOnly),
+        ])
+        .map_err(err)?;
+    Ok(manager)
+}
+
+/// Eager: image files loaded as units of `main`, every other input linked
+/// as one image (static-link semantics) once the entry point is looked up.
+fn add_eagerly(
+    session: &Session,
+    layer: &ObjectLayer,
+    main: &Dylib,
+    program: &str,
+    inputs: Vec<Input>,
+    read_start: Instant,
+) -> Result<(), String> {
+    // Image files are loaded, not linked: each is a unit of `main`.
+    let (images, inputs): (Vec<Input>, Vec<Input>) = inputs
+        .into_iter()
+        .partition(|i| kiln_linker::image_file::is_image(&i.bytes));
+    for image in images {
+        // SAFETY: the user asked kiln to run this file's code, as they
+        // would run an executable; the loader checks its content hash
+        // and tables, and it binds against this process's host symbols.
+        unsafe { layer.add_image(main, None, &image.name, image.bytes) }
+            .map_err(|e| e.to_string())?;
+    }
+    // One image for all inputs: static-link semantics across objects
+    // (COMDAT, init priorities, TLS), archive members pulled on demand.
+    let mut linker = Linker::new(LinkOptions::default());
+    let objects = !inputs.is_empty();
+    for input in inputs {
+        if input.name.ends_with(".a") {
+            linker
+                .add_archive_bytes(input.name, input.bytes)
+                .map_err(|e| e.to_string())?;
+        } else {
+            linker.add_object_bytes(input.name, input.bytes);
+        }
+    }
+    // Global names are interned while the objects are read in parallel.
+    if objects {
+        let (graph, names) = linker
+            .build_graph_naming(&|n| session.intern(n))
+            .map_err(|e| e.to_string())?;
+        layer
+            .add_graph_named(main, None, program, graph, names)
+            .map_err(|e| e.to_string())?;
+    }
+    // Reading counts until the unit is defined in its dylib (as
+    // llvm-jitlink's "load/add object files" does).
+    layer.add_read_time(read_start.elapsed());
+    Ok(())
 }
 
 fn print_stats(
