@@ -537,9 +537,11 @@ impl TrampolineEmitter for OneTrampoline {
 }
 
 /// Records redirects; the first one hot-swaps the entry (a host reacting to
-/// the link by pinning another body), re-entering the manager.
+/// the link by pinning another body), re-entering the manager. The test
+/// empties `lazy` at its end: the manager holds this redirector, so the
+/// handles in it would otherwise keep each other alive.
 struct SwapOnFirstLink {
-    lazy: Arc<std::sync::OnceLock<(LazyReexports, Dylib, SymbolName)>>,
+    lazy: Arc<Mutex<Option<(LazyReexports, Dylib, SymbolName)>>>,
     redirects: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -553,8 +555,13 @@ impl Redirector for SwapOnFirstLink {
             r.push(target);
             r.len() == 1
         };
-        if first && let Some((lazy, dylib, entry)) = self.lazy.get() {
-            lazy.redirect(dylib, entry, SWAPPED)?;
+        let swap = if first {
+            self.lazy.lock().unwrap().clone()
+        } else {
+            None
+        };
+        if let Some((lazy, dylib, entry)) = swap {
+            lazy.redirect(&dylib, &entry, SWAPPED)?;
         }
         Ok(())
     }
@@ -568,7 +575,7 @@ fn a_redirector_may_reenter_the_lazy_manager_and_the_latest_target_wins() {
     let fc = X | SymbolFlags::CALLABLE;
     d.define_absolute([(body.clone(), SymbolDef::new(BODY, fc))])
         .unwrap();
-    let cell = Arc::new(std::sync::OnceLock::new());
+    let cell = Arc::new(Mutex::new(None));
     let redirects = Arc::new(Mutex::new(Vec::new()));
     let lazy = LazyReexports::new(
         &s,
@@ -591,7 +598,7 @@ fn a_redirector_may_reenter_the_lazy_manager_and_the_latest_target_wins() {
             .map(|x| x.address),
         Some(STUB)
     );
-    let _ = cell.set((lazy.clone(), d.clone(), entry.clone()));
+    *cell.lock().unwrap() = Some((lazy.clone(), d.clone(), entry.clone()));
     let lazy2 = lazy.clone();
     let resolved = must_return("redirect inside redirect", move || {
         lazy2.resolve(TRAMPOLINE)
@@ -599,6 +606,7 @@ fn a_redirector_may_reenter_the_lazy_manager_and_the_latest_target_wins() {
     assert_eq!(resolved.unwrap(), BODY);
     // The host's swap came last: the stub ends at it.
     assert_eq!(redirects.lock().unwrap().last(), Some(&SWAPPED));
+    cell.lock().unwrap().take();
     s.end();
 }
 
