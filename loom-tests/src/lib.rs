@@ -1,8 +1,13 @@
-//! Loom models of kiln's protocols, run on the real engine code built with
-//! `--cfg kiln_loom`. They live in `tests/` (this crate has no library
-//! code): `engine_models.rs` (readiness of cycles, failure, one
-//! materialization, serialized generators, tracker removal racing emit) and
-//! `lazy_model.rs` (lazy reexports' first call). The models' sessions
-//! dispatch in place (`InPlaceDispatcher`); their concurrency is the loom
-//! threads each model spawns. Run with
-//! `LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg kiln_loom" cargo test -p kiln-loom-tests --release`.
+//! Model checks of kiln's protocols, run on the real engine code. They live
+//! in `tests/` (this crate has no library code). Under `--cfg kiln_loom`:
+//! `engine_models.rs` (readiness of cycles, failure, one materialization,
+//! serialized generators, tracker removal racing emit), `lazy_model.rs`
+//! (lazy reexports' first call), `generator_queue_model.rs` (a serialized
+//! generator's queue advances past lookups that no longer need it) and
+//! `fast_path_model.rs` (the lock-free lookup path agrees with the actor).
+//! Under `--cfg kiln_shuttle`: `fast_path_shuttle.rs`, the same fast path
+//! with the real Ready index under shuttle's randomized scheduler. The
+//! models' sessions dispatch in place (`InPlaceDispatcher`); their
+//! concurrency is the threads each model spawns. Run with
+//! `LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg kiln_loom" cargo test -p kiln-loom-tests --release`
+//! and `RUSTFLAGS="--cfg kiln_shuttle" cargo test -p kiln-loom-tests --release --test fast_path_shuttle`.

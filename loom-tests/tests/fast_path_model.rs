@@ -14,23 +14,10 @@
 //! models fail there.
 #![cfg(kiln_loom)]
 
+mod common;
+
+use common::{Provides, X, lookup};
 use kiln_engine::*;
-
-const X: SymbolFlags = SymbolFlags::EXPORTED;
-
-/// Defines every name asked at 0x100.
-struct Provides;
-
-impl Generator for Provides {
-    fn generate(&self, req: GenerateRequest) {
-        let defs: Vec<_> = req
-            .names()
-            .iter()
-            .map(|n| (n.clone(), SymbolDef::new(0x100, X)))
-            .collect();
-        req.dylib().define_absolute(defs).unwrap();
-    }
-}
 
 fn builder() -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
@@ -38,21 +25,6 @@ fn builder() -> loom::model::Builder {
         builder.preemption_bound = Some(2);
     }
     builder
-}
-
-fn lookup(s: &Session, order: &[&Dylib], name: &SymbolName) -> Result<u64> {
-    let order: SearchOrder = order
-        .iter()
-        .map(|d| ((*d).clone(), DylibLookup::ExportedOnly))
-        .collect();
-    let found = s
-        .lookup(
-            &order,
-            &LookupSet::required([name.clone()]),
-            RequiredState::Ready,
-        )
-        .wait()?;
-    Ok(found.get(name).expect("required name found").address)
 }
 
 /// `jd`'s generator provides `foo`; `jd2` gains a Ready `foo` while the

@@ -11,9 +11,10 @@
 //! generator and over a removed dylib; both checks fail there.
 #![cfg(kiln_shuttle)]
 
-use kiln_engine::*;
+mod common;
 
-const X: SymbolFlags = SymbolFlags::EXPORTED;
+use common::{Provides, X, lookup};
+use kiln_engine::*;
 
 fn iterations() -> usize {
     std::env::var("KILN_SHUTTLE_ITERATIONS")
@@ -22,39 +23,10 @@ fn iterations() -> usize {
         .unwrap_or(2000)
 }
 
-/// Defines every name asked at 0x100.
-struct Provides;
-
-impl Generator for Provides {
-    fn generate(&self, req: GenerateRequest) {
-        let defs: Vec<_> = req
-            .names()
-            .iter()
-            .map(|n| (n.clone(), SymbolDef::new(0x100, X)))
-            .collect();
-        req.dylib().define_absolute(defs).unwrap();
-    }
-}
-
 fn session() -> Session {
     Session::builder()
         .dispatcher(InPlaceDispatcher::new())
         .build()
-}
-
-fn lookup(s: &Session, order: &[&Dylib], name: &SymbolName) -> Result<u64> {
-    let order: SearchOrder = order
-        .iter()
-        .map(|d| ((*d).clone(), DylibLookup::ExportedOnly))
-        .collect();
-    let found = s
-        .lookup(
-            &order,
-            &LookupSet::required([name.clone()]),
-            RequiredState::Ready,
-        )
-        .wait()?;
-    Ok(found.get(name).expect("required name found").address)
 }
 
 /// `jd`'s generator provides `foo`; `jd2` gains a Ready `foo`, then enough
