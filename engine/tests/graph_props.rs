@@ -274,6 +274,19 @@ fn draw_emission(o: &Oracle, raw: &mut Raw<'_>) -> Vec<(Vec<NodeId>, Vec<NodeId>
     groups
 }
 
+/// `default` cases, or `PROPTEST_CASES / divisor` when that is set; no
+/// failure files.
+fn cases(default: u32, divisor: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .map_or(default, |c| c.div_ceil(divisor)),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
     // About 1 s each in debug on this machine; PROPTEST_CASES overrides.
     #![proptest_config(ProptestConfig {
@@ -323,14 +336,7 @@ proptest! {
 
 proptest! {
     // A few seconds in debug; PROPTEST_CASES (divided by 40) overrides.
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse::<u32>().ok())
-            .map_or(25, |c| c.div_ceil(40)),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(cases(25, 40))]
 
     /// The same on larger graphs (deeper searches, label gaps used up).
     #[test]
@@ -479,14 +485,7 @@ fn unit_groups(
 
 proptest! {
     // About 1 s in debug; PROPTEST_CASES (divided by 4) overrides.
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse::<u32>().ok())
-            .map_or(250, |c| c.div_ceil(4)),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(cases(250, 4))]
 
     /// Link shapes (many symbols per unit, random calls across units, large
     /// SCCs), units emitted in a random order, as unit groups or per-symbol
@@ -626,14 +625,7 @@ fn petgraph_ready_steps(
 
 proptest! {
     // A few seconds in debug; PROPTEST_CASES (divided by 40) overrides.
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse::<u32>().ok())
-            .map_or(24, |c| c.div_ceil(40)),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(cases(24, 40))]
 
     /// Larger link shapes (up to 4,000 symbols in up to 60 units) against
     /// petgraph's SCCs: every symbol becomes Ready exactly in the emission
