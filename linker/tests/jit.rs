@@ -79,7 +79,7 @@ fn builder_links_objects_against_host_functions_and_libraries() {
         .unwrap();
     assert_eq!(six(1, 1, 1, 1, 1, 1), 21);
     assert_eq!(six.address(), host_six as *const () as usize as u64);
-    // SAFETY: as above.
+    // SAFETY: `host_zero` was registered as `extern "C" fn() -> i64`.
     let zero = unsafe { jit.get::<extern "C" fn() -> i64>("host_zero") }.unwrap();
     assert_eq!(zero(), 42);
 }
@@ -100,7 +100,7 @@ fn without_host_symbols_objects_see_only_each_other_and_defined_functions() {
 
     let jit = Jit::builder().build().unwrap();
     jit.add_object_named("uses_getpid.o", &bytes).unwrap();
-    // SAFETY: as above.
+    // SAFETY: `magnitude` is `long magnitude(long)`, `I64Fn`'s signature.
     let magnitude = unsafe { jit.get::<I64Fn>("magnitude") }.unwrap();
     assert_eq!(magnitude(-5), i64::from(std::process::id()) - 5);
 }

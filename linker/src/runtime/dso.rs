@@ -46,7 +46,8 @@ impl Registered {
             // SAFETY: the program registered this function and argument for
             // exactly this call; the caller guarantees the image is mapped.
             Handler::Cxa(f, arg) => unsafe { f(arg) },
-            // SAFETY: as above.
+            // SAFETY: the program registered this function (`atexit`) for
+            // exactly this call; the caller guarantees the image is mapped.
             Handler::Plain(f) => unsafe { f() },
         }
     }
@@ -850,7 +851,8 @@ mod tests {
         // SAFETY: the handler only counts.
         unsafe { fin(inner) };
         assert_eq!(INNER_RAN.load(Ordering::SeqCst), 1);
-        // SAFETY: as above; the image's thread destructor runs at teardown,
+        // SAFETY: the registered handler only counts; the image is live.
+        // Its thread destructor runs at teardown,
         // not at this thread's exit after the image is gone.
         unsafe { image.finish_thread_dtors() };
         assert_eq!(INNER_RAN.load(Ordering::SeqCst), 2);

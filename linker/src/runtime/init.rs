@@ -318,10 +318,10 @@ impl InitFini {
         // SAFETY: forwarded contract.
         unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
         for &(_, _, _, addr) in order.iter().rev() {
-            // SAFETY: the caller guarantees `addr` is a finalizer.
-            let f = unsafe { std::mem::transmute::<usize, FiniFn>(addr) };
-            // SAFETY: as above.
-            unsafe { f() };
+            // SAFETY: the caller guarantees `addr` is a finalizer of a
+            // mapped image whose initializers ran: a `void (void)` function
+            // that may run now.
+            unsafe { std::mem::transmute::<usize, FiniFn>(addr)() };
         }
         // SAFETY: forwarded contract.
         unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
