@@ -161,11 +161,31 @@ impl Slab {
         let _ = unsafe { rustix::mm::munmap(base as *mut c_void, size as usize) };
     }
 
+    /// A slab over `[base, base + size)`, all free but the page at each
+    /// 4 GiB boundary: libgcc's unwinder drops the FDE of a function whose
+    /// address has zero low 32 bits (`add_fdes` takes it for a discarded
+    /// link-once function, as its 4-byte encodings cannot tell), so a C++
+    /// exception through code placed there would end in `std::terminate`.
     fn new(base: u64, size: u64) -> Slab {
+        const BOUNDARY: u64 = 1 << 32;
+        let end = base + size;
+        let mut free = Vec::new();
+        let mut at = base;
+        while at < end {
+            let boundary = at.next_multiple_of(BOUNDARY);
+            if boundary >= end {
+                free.push((at, end - at));
+                break;
+            }
+            if boundary > at {
+                free.push((at, boundary - at));
+            }
+            at = boundary + PAGE;
+        }
         Slab {
             base,
             size,
-            free: Mutex::new(vec![(base, size)]),
+            free: Mutex::new(free),
         }
     }
 
@@ -663,6 +683,28 @@ mod tests {
         s.give_back(a, 0x4000);
         s.give_back(c, 0x8000);
         assert_eq!(*s.free.lock().unwrap(), vec![(0x10000, 0x10000)]);
+    }
+
+    /// libgcc drops the FDE of code whose address has zero low 32 bits
+    /// (it takes them for a removed link-once function): a C++ exception
+    /// through such a function terminates. A slab that starts at, or
+    /// crosses, a 4 GiB boundary never hands out the page there.
+    #[test]
+    fn no_allocation_starts_at_a_4gib_boundary() {
+        const G4: u64 = 1 << 32;
+        for (base, size) in [(7 * G4, 0x8000), (7 * G4 - 0x4000, 0x8000)] {
+            let s = Slab::new(base, size);
+            let mut got = Vec::new();
+            while let Some(a) = s.take(0x1000) {
+                got.push(a);
+            }
+            assert!(got.iter().all(|a| a % G4 != 0), "{got:#x?}");
+            assert_eq!(got.len(), 7, "only the boundary page is withheld");
+            for a in got {
+                s.give_back(a, 0x1000);
+            }
+            assert!(s.free.lock().unwrap().iter().all(|&(a, _)| a % G4 != 0));
+        }
     }
 
     fn object(name: &str, main: bool, segments: &[(u64, u64)]) -> crate::host::LoadedObject {
