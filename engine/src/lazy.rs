@@ -241,6 +241,13 @@ impl LazyReexports {
                 .ok_or_else(|| Error::SymbolsNotFound {
                     names: vec![ct.body.clone()],
                 })?;
+        // The hook (a host's initializers) returns before the stub points
+        // at the body: until then every caller comes through here and
+        // waits in the hook too, instead of running code not initialized.
+        let hook = self.inner.after_link.lock().clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         let first = {
             let mut link = ct.link.lock();
             (link.state == LinkState::Unlinked).then(|| link.set(LinkState::Linked, address))
@@ -259,10 +266,6 @@ impl LazyReexports {
                     link = ct.written.wait(link);
                 }
             }
-        }
-        let hook = self.inner.after_link.lock().clone();
-        if let Some(hook) = hook {
-            hook();
         }
         Ok(address)
     }
@@ -306,7 +309,10 @@ impl LazyReexports {
 
     /// Installs a hook run after a first call linked its implementation and
     /// before the call continues into it (a host runs newly linked code's
-    /// initializers here).
+    /// initializers here). Every caller that re-enters runs it, and the
+    /// stub points at the body only once the first caller's hook has
+    /// returned, so no call reaches the body before then. The hook runs
+    /// with no engine lock held; it may call lazy entries itself.
     pub fn set_after_link_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
         *self.inner.after_link.lock() = Some(Arc::new(hook));
     }

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kiln_engine::{
@@ -52,6 +52,13 @@ struct LayerImage {
 
 type ImageCell = Arc<Mutex<LayerImage>>;
 
+/// An image whose initializers have not finished.
+struct PendingInit {
+    image: ImageCell,
+    /// The thread running them, once one has claimed them.
+    runner: Option<std::thread::ThreadId>,
+}
+
 /// Time spent in each phase of the links a layer made, summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PhaseTimes {
@@ -66,11 +73,11 @@ pub struct PhaseTimes {
     pub fixup_finalize: Duration,
 }
 
-/// Images by resource key, and those whose initializers have not run.
+/// Images by resource key, and those whose initializers have not finished.
 #[derive(Default)]
 struct Images {
     by_key: HashMap<ResourceKey, Vec<ImageCell>>,
-    pending_init: Vec<ImageCell>,
+    pending_init: Vec<PendingInit>,
     stats: LinkStats,
     times: PhaseTimes,
     linked: usize,
@@ -81,6 +88,8 @@ struct Images {
 
 struct Shared {
     images: Mutex<Images>,
+    /// Signalled when images leave `pending_init` (initialized or removed).
+    init_done: Condvar,
     options: LinkOptions,
     /// Images are a program: tear down like `exit()`, not `dlclose`.
     executable: std::sync::atomic::AtomicBool,
@@ -149,7 +158,8 @@ impl ResourceManager for Shared {
                 let removed: std::collections::HashSet<*const Mutex<LayerImage>> =
                     images.iter().map(Arc::as_ptr).collect();
                 all.pending_init
-                    .retain(|i| !removed.contains(&Arc::as_ptr(i)));
+                    .retain(|p| !removed.contains(&Arc::as_ptr(&p.image)));
+                self.init_done.notify_all();
             }
             images
         };
@@ -181,6 +191,28 @@ fn finalize_together(images: &[ImageCell]) {
     LinkedImage::run_finalizers_together(&mut linked);
 }
 
+/// Marks claimed images initialized when dropped — also when an
+/// initializer unwinds — so threads waiting for them go on.
+struct InitDone<'a> {
+    shared: &'a Shared,
+    images: &'a [ImageCell],
+}
+
+impl Drop for InitDone<'_> {
+    fn drop(&mut self) {
+        let done: Vec<*const Mutex<LayerImage>> = self.images.iter().map(Arc::as_ptr).collect();
+        let mut images = self
+            .shared
+            .images
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        images
+            .pending_init
+            .retain(|p| !done.contains(&Arc::as_ptr(&p.image)));
+        self.shared.init_done.notify_all();
+    }
+}
+
 /// Adds objects and archives to dylibs as materialization units.
 #[derive(Clone)]
 pub struct ObjectLayer {
@@ -205,6 +237,7 @@ impl ObjectLayer {
         crate::debug::prepare(&options.debug);
         let shared = Arc::new(Shared {
             images: Mutex::new(Images::default()),
+            init_done: Condvar::new(),
             options,
             executable: std::sync::atomic::AtomicBool::new(false),
             added: std::sync::atomic::AtomicUsize::new(0),
@@ -569,18 +602,60 @@ impl ObjectLayer {
     }
 
     /// Runs the initializers of every image linked so far that has not run
-    /// them yet, in link order. Call it after looking up the entry point at
-    /// Ready and before calling it.
+    /// them yet, in link order, and returns once every image linked so far
+    /// has finished its initializers — also those another thread is
+    /// running meanwhile: no caller goes on into code whose constructors
+    /// are still running. Call it after looking up the entry point at Ready
+    /// and before calling it.
+    ///
+    /// Called again from a constructor (a lazily linked function's first
+    /// call runs this), it runs the new images and does not wait for the
+    /// ones this thread is initializing further up its stack. A
+    /// constructor that waits for another thread which calls this
+    /// deadlocks, as it would under `dlopen`.
     pub fn run_initializers(&self) {
-        let pending = match self.shared.images.lock() {
-            Ok(mut images) => std::mem::take(&mut images.pending_init),
-            Err(_) => return,
+        let me = std::thread::current().id();
+        let Ok(mut images) = self.shared.images.lock() else {
+            return;
         };
-        // As one program: all pending images together, in link order.
-        let mut guards: Vec<_> = pending.iter().filter_map(|i| i.lock().ok()).collect();
-        guards.sort_by_key(|g| g.order);
-        let mut images: Vec<&mut LinkedImage> = guards.iter_mut().map(|g| &mut g.image).collect();
-        LinkedImage::run_initializers_together(&mut images);
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        for p in &mut images.pending_init {
+            match p.runner {
+                None => {
+                    p.runner = Some(me);
+                    mine.push(p.image.clone());
+                }
+                Some(runner) if runner != me => theirs.push(Arc::as_ptr(&p.image)),
+                Some(_) => {}
+            }
+        }
+        drop(images);
+        if !mine.is_empty() {
+            let _done = InitDone {
+                shared: &self.shared,
+                images: &mine,
+            };
+            // As one program: all claimed images together, in link order.
+            let mut guards: Vec<_> = mine.iter().filter_map(|i| i.lock().ok()).collect();
+            guards.sort_by_key(|g| g.order);
+            let mut images: Vec<&mut LinkedImage> =
+                guards.iter_mut().map(|g| &mut g.image).collect();
+            LinkedImage::run_initializers_together(&mut images);
+        }
+        let Ok(mut images) = self.shared.images.lock() else {
+            return;
+        };
+        while images
+            .pending_init
+            .iter()
+            .any(|p| theirs.contains(&Arc::as_ptr(&p.image)))
+        {
+            images = match self.shared.init_done.wait(images) {
+                Ok(images) => images,
+                Err(_) => return,
+            };
+        }
     }
 
     /// Runs the finalizers (and `atexit` handlers) of every image this layer
@@ -670,7 +745,10 @@ impl ObjectLayer {
         r.tracker().with_resource_key(|key| {
             if let Ok(mut images) = self.shared.images.lock() {
                 images.by_key.entry(key).or_default().push(image.clone());
-                images.pending_init.push(image.clone());
+                images.pending_init.push(PendingInit {
+                    image: image.clone(),
+                    runner: None,
+                });
                 images.linked += 1;
                 images.stats.bytes += bytes;
             }
@@ -993,7 +1071,10 @@ fn link(
     r.tracker().with_resource_key(|key| {
         if let Ok(mut images) = layer.shared.images.lock() {
             images.by_key.entry(key).or_default().push(image.clone());
-            images.pending_init.push(image.clone());
+            images.pending_init.push(PendingInit {
+                image: image.clone(),
+                runner: None,
+            });
             images.linked += 1;
             images.times.prepare += prepared_at - started;
             images.times.externals += resolved_at - prepared_at;

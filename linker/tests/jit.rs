@@ -323,3 +323,74 @@ fn handles_keep_the_code_alive_and_the_last_drop_ends_the_session() {
     assert_eq!(ENDED.load(SeqCst), 1, "the last drop ran the finalizer");
     assert!(!mapped_executable(address), "and released the code");
 }
+
+/// The constructor of `ctor.o` parks here until the test lets it go.
+static CTOR_ENTERED: AtomicUsize = AtomicUsize::new(0);
+static CTOR_RELEASE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static CTOR_CV: std::sync::Condvar = std::sync::Condvar::new();
+
+extern "C" fn park_in_constructor() {
+    CTOR_ENTERED.fetch_add(1, SeqCst);
+    let mut go = CTOR_RELEASE.lock().unwrap();
+    while !*go {
+        go = CTOR_CV.wait(go).unwrap();
+    }
+}
+
+/// No caller runs code before its image's constructors have finished —
+/// also a caller that arrives while another thread is running them (it
+/// used to find the pending list already taken, and went on at once).
+/// Eager and lazy.
+#[test]
+fn no_thread_calls_code_whose_constructors_are_still_running() {
+    let dir = scratch("ctor-wait");
+    let src = "void park_in_constructor(void);\n\
+               static long ready;\n\
+               __attribute__((constructor)) static void init(void) {\n\
+                   park_in_constructor(); ready = 42; }\n\
+               long value(long x) { return ready + x; }\n";
+    let obj = object(&dir, "ctor", src);
+    for lazy in [false, true] {
+        CTOR_ENTERED.store(0, SeqCst);
+        *CTOR_RELEASE.lock().unwrap() = false;
+        let jit = Jit::builder().threads(2).lazy(lazy).build().unwrap();
+        jit.define_fn(
+            "park_in_constructor",
+            park_in_constructor as extern "C" fn(),
+        )
+        .unwrap();
+        if lazy {
+            jit.add_object_lazily("ctor", &obj).unwrap();
+        } else {
+            jit.add_object(&obj).unwrap();
+        }
+        let call = || {
+            // SAFETY: `value` is `long value(long)`.
+            let f = unsafe { jit.get::<I64Fn>("value") }.unwrap();
+            f(0)
+        };
+        std::thread::scope(|s| {
+            let first = s.spawn(call);
+            while CTOR_ENTERED.load(SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            // The constructor is running (parked). A second caller now...
+            let second = s.spawn(call);
+            // ...gets every chance to run early before the constructor ends.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            *CTOR_RELEASE.lock().unwrap() = true;
+            CTOR_CV.notify_all();
+            assert_eq!(
+                second.join().unwrap(),
+                42,
+                "lazy: {lazy}: ran before its constructor ended"
+            );
+            assert_eq!(first.join().unwrap(), 42, "lazy: {lazy}");
+        });
+        assert_eq!(
+            CTOR_ENTERED.load(SeqCst),
+            1,
+            "lazy: {lazy}: the constructor ran once"
+        );
+    }
+}

@@ -956,3 +956,56 @@ fn concurrent_define_call_remove_churn_across_sessions() {
     }
     assert_eq!(kiln_linker::lazy::registered_trampoline_ranges(), before);
 }
+
+/// The after-link hook (where a host runs the new code's initializers)
+/// finishes before any call reaches the body: a thread that calls the
+/// entry while the first caller is still in the hook goes through the
+/// reentry path (and its own hook call) too, instead of finding the stub
+/// already pointing at the body.
+#[test]
+fn no_call_reaches_the_body_before_the_after_link_hook_returns() {
+    let _serial = serial();
+    let s = session(false);
+    let lib = s.create_dylib("lib").unwrap();
+    let lazy = lazy_reexports_manager(&s).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    define_body(&lib, "impl", add_one, &runs, None);
+    let stub = lazy_entry(&lazy, &lib, None, "entry", "impl");
+    // The hook parks every caller until the test lets them go, as
+    // initializers running on another thread hold back callers.
+    let release = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let in_hook = Arc::new(AtomicUsize::new(0));
+    {
+        let (release, in_hook) = (release.clone(), in_hook.clone());
+        lazy.set_after_link_hook(move || {
+            in_hook.fetch_add(1, SeqCst);
+            let mut go = release.0.lock().unwrap();
+            while !*go {
+                go = release.1.wait(go).unwrap();
+            }
+        });
+    }
+    let returned = Arc::new(AtomicUsize::new(0));
+    let call = |returned: Arc<AtomicUsize>| {
+        move || {
+            // SAFETY: the entry is a lazy reexport of `add_one`.
+            let r = unsafe { as_fn(stub) }(1);
+            returned.fetch_add(1, SeqCst);
+            r
+        }
+    };
+    let first = std::thread::spawn(call(returned.clone()));
+    while in_hook.load(SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    let second = std::thread::spawn(call(returned.clone()));
+    std::thread::sleep(Duration::from_millis(200));
+    let early = returned.load(SeqCst);
+    *release.0.lock().unwrap() = true;
+    release.1.notify_all();
+    assert_eq!(first.join().unwrap(), 2);
+    assert_eq!(second.join().unwrap(), 2);
+    assert_eq!(early, 0, "a call reached the body while the hook ran");
+    assert_eq!(in_hook.load(SeqCst), 2, "both callers ran the hook");
+    s.end();
+}
