@@ -808,3 +808,220 @@ fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_director
         show(&o)
     );
 }
+
+/// `kiln image save -o OUT --against LIB... INPUTS`, asserting success.
+fn save_against(out: &Path, against: &[&Path], inputs: &[PathBuf]) {
+    let mut cmd = kiln();
+    cmd.args(["image", "save", "-o"]).arg(out);
+    for a in against {
+        cmd.arg("--against").arg(a);
+    }
+    let o = cmd.args(inputs).output().expect("kiln runs");
+    assert!(o.status.success(), "image save --against: {}", show(&o));
+}
+
+/// `kiln image info [--json] image`, asserting success.
+fn info_of(image: &Path, json: bool) -> String {
+    let mut cmd = kiln();
+    cmd.args(["image", "info"]);
+    if json {
+        cmd.arg("--json");
+    }
+    let o = cmd.arg(image).output().expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn build_id_of(image: &Path) -> String {
+    let j = info_of(image, true);
+    j.split("\"build_id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no build id in {j}"))
+        .to_string()
+}
+
+/// Two-level Lua: Lua's core saved as `liblua.kimg`, the driver saved as a
+/// program image linked against it by build id. Run from the images (given
+/// both, or the program alone with the library found next to it), the
+/// output and status equal the native build's; the program image names
+/// none of Lua's functions; `kiln image info` lists the dependency.
+/// Rebuilding the library with different code changes its build id, and
+/// the old program image then refuses to load naming both build ids.
+#[test]
+fn lua_program_image_linked_against_a_liblua_image_by_build_id_matches_native() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_lua("clang", &flags, "image-two-level");
+    let dir = scratch("images-two-level");
+    let (native_out, native_ret) =
+        run_native("clang", &objs, &flags, &["m", "dl"], &dir.join("native"));
+    let (driver, core) = objs.split_last().expect("objects");
+    assert!(driver.ends_with("lua_driver.o"), "{driver:?}");
+    let lib = dir.join("liblua.kimg");
+    let prog = dir.join("prog.kimg");
+    for f in [&lib, &prog] {
+        let _ = std::fs::remove_file(f);
+    }
+    save(&lib, core, &[]);
+    save_against(&prog, &[&lib], std::slice::from_ref(driver));
+    let lib_id = build_id_of(&lib);
+    let prog_bytes = std::fs::read(&prog).expect("read prog.kimg");
+    for name in ["luaL_newstate", "luaL_openlibs", "lua_pcallk"] {
+        assert!(
+            !prog_bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+            "prog.kimg refers to {name} by name"
+        );
+    }
+    let text = info_of(&prog, false);
+    assert!(
+        text.contains("dependencies    1")
+            && text.contains(&lib_id)
+            && text.contains("liblua.kimg"),
+        "{text}"
+    );
+    let json = info_of(&prog, true);
+    assert!(
+        json.contains(&format!(
+            "\"dependencies\":[{{\"build_id\":\"{lib_id}\",\"name\":\""
+        )) && json.contains("liblua.kimg\""),
+        "{json}"
+    );
+    let run = |args: &[&Path]| kiln().arg("run").args(args).output().expect("kiln runs");
+    for args in [vec![lib.as_path(), prog.as_path()], vec![prog.as_path()]] {
+        let o = run(&args);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            native_out,
+            "{args:?}\n{}",
+            show(&o)
+        );
+        assert_eq!(o.status.code(), Some(native_ret), "{args:?}\n{}", show(&o));
+    }
+    // Rebuild the library with different code: another build id.
+    let src = common::lua::lua_src_dir();
+    let changed: Vec<PathBuf> = core
+        .iter()
+        .map(|o| {
+            if o.ends_with("lstrlib.o") {
+                compile(
+                    "clang",
+                    &src.join("lstrlib.c"),
+                    &["-DLUA_USE_LINUX", "-DLUA_COMPAT_5_3", "-O1", "-fPIE"],
+                    &[src.as_path()],
+                    &dir.join("lstrlib-O1.o"),
+                )
+            } else {
+                o.clone()
+            }
+        })
+        .collect();
+    save(&lib, &changed, &[]);
+    let new_id = build_id_of(&lib);
+    assert_ne!(new_id, lib_id, "different code kept the build id");
+    for args in [vec![lib.as_path(), prog.as_path()], vec![prog.as_path()]] {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}\n{}", show(&o));
+        assert!(o.stdout.is_empty(), "{}", show(&o));
+        assert!(
+            err.contains(&lib_id) && err.contains(&new_id) && err.contains("liblua.kimg"),
+            "the refusal names both build ids: {err}"
+        );
+    }
+    // Saved again against the new library: another program build id, runs.
+    let old_prog_id = build_id_of(&prog);
+    save_against(&prog, &[&lib], std::slice::from_ref(driver));
+    assert_ne!(
+        build_id_of(&prog),
+        old_prog_id,
+        "the dependency's build id is part of it"
+    );
+    let o = run(&[prog.as_path()]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        native_out,
+        "{}",
+        show(&o)
+    );
+    assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+}
+
+/// Two library images and a program against both (a call into each and a
+/// data pointer with an addend into one): runs with the libraries found
+/// next to it; with neither there, the error lists both build ids with
+/// their names, and so does the library loader.
+#[test]
+fn a_program_missing_its_library_images_names_every_missing_build_id() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-missing-deps");
+    let flags = ["-O2", "-fPIC"];
+    let a = compile_c_text(
+        &dir,
+        "liba",
+        "int table[4] = {1, 2, 3, 4};\nint a_val(void) { return 20; }\n",
+        &flags,
+    );
+    let b = compile_c_text(&dir, "libb", "int b_val(void) { return 17; }\n", &flags);
+    let m = compile_c_text(
+        &dir,
+        "main",
+        "extern int table[];\nint a_val(void);\nint b_val(void);\n\
+         int *third = &table[2];\n\
+         int main(void) { return a_val() + b_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let (ka, kb, prog) = (
+        dir.join("a.kimg"),
+        dir.join("b.kimg"),
+        dir.join("prog.kimg"),
+    );
+    save(&ka, &[a], &[]);
+    save(&kb, &[b], &[]);
+    save_against(&prog, &[&ka, &kb], &[m]);
+    let o = kiln().arg("run").arg(&prog).output().expect("kiln runs");
+    assert_eq!(o.status.code(), Some(42), "{}", show(&o));
+    let (ida, idb) = (build_id_of(&ka), build_id_of(&kb));
+    let json = info_of(&prog, true);
+    assert!(json.contains(&ida) && json.contains(&idb), "{json}");
+    // Move both away: every missing one is named, with its build id.
+    let away = dir.join("away");
+    std::fs::create_dir_all(&away).expect("mkdir");
+    std::fs::rename(&ka, away.join("a.kimg")).expect("move");
+    std::fs::rename(&kb, away.join("b.kimg")).expect("move");
+    let o = kiln().arg("run").arg(&prog).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains(&ida)
+            && err.contains(&idb)
+            && err.contains("a.kimg")
+            && err.contains("b.kimg"),
+        "{err}"
+    );
+    let bytes = std::fs::read(&prog).expect("read");
+    let e = load(&bytes).expect_err("its dependencies are not loaded");
+    match &e {
+        ImageError::MissingDependencies { missing, .. } => {
+            let ids: Vec<String> = missing
+                .iter()
+                .map(|(d, _)| d.build_id.to_string())
+                .collect();
+            assert_eq!(ids, [ida.clone(), idb.clone()], "{e}");
+        }
+        _ => panic!("{e}"),
+    }
+    // Given on the command line from elsewhere, they are found by build id.
+    let o = kiln()
+        .arg("run")
+        .arg(away.join("b.kimg"))
+        .arg(away.join("a.kimg"))
+        .arg(&prog)
+        .output()
+        .expect("kiln runs");
+    assert_eq!(o.status.code(), Some(42), "{}", show(&o));
+}

@@ -24,8 +24,15 @@
 //! 32-byte records sorted by offset; `.kiln.exports` 24-byte records sorted
 //! by name; `.kiln.init` 16-byte records (section name, first entry, count)
 //! over `.kiln.initents` (u64 offsets); `.kiln.strings` the names;
-//! `.kiln.deps` and `.kiln.hosttab` are reserved (dependency images by
-//! build id, host table entries) and must be empty in version 1.
+//! `.kiln.deps` 48-byte records, one per image this one links against
+//! (build id, name string offset u32 and length u32, image size u64);
+//! `.kiln.hosttab` is reserved (host table entries) and must be empty.
+//!
+//! An import record (32 bytes): offset of the word (u64); for an import by
+//! name the name (string offset u32, length u32), for an import from a
+//! dependency the offset in that image (u64); addend (i64); flags (u8);
+//! source (u8: [`SOURCE_BY_NAME`] or [`SOURCE_DEPENDENCY`]); 2 zero bytes;
+//! index (u32: the dependency's index in `.kiln.deps`).
 
 /// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
@@ -69,9 +76,13 @@ pub(crate) const INIT_SIZE: usize = 16;
 /// Import flags.
 pub(crate) const IMPORT_WEAK: u8 = 1;
 pub(crate) const IMPORT_SLOT: u8 = 2;
-/// Import sources (how the address is found). Version 1: by name only;
-/// a host table index and a dependency's (build id, offset) are reserved.
+/// Import sources (how the address is found): by name through the
+/// loader's resolver, or a dependency image's base (by build id) plus an
+/// offset; 1 (a host table index) is reserved.
 pub(crate) const SOURCE_BY_NAME: u8 = 0;
+pub(crate) const SOURCE_DEPENDENCY: u8 = 2;
+/// Size of a `.kiln.deps` record.
+pub(crate) const DEP_SIZE: usize = 48;
 
 /// Export flags.
 pub(crate) const EXPORT_CALLABLE: u32 = 1;

@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 
-use super::ImageError;
 use super::read::{self, Parsed};
+use super::registry::{self, Registration};
+use super::{BuildId, ImageDependency, ImageError};
 use crate::graph::Prot;
 use crate::host::SymbolResolver;
 use crate::image::LinkedImage;
@@ -51,28 +52,82 @@ pub(crate) fn map(p: &Parsed<'_>, file_name: &str) -> Result<Allocation, ImageEr
     Ok(alloc)
 }
 
+/// Files the mapped image in the registry (before anything can look up
+/// its exports, so images bound to it find it).
+pub(crate) fn register(p: &Parsed<'_>, alloc: &Allocation, file_name: &str) -> Registration {
+    Registration::new(
+        alloc.base(),
+        p.header.image_size,
+        BuildId(p.header.build_id),
+        file_name,
+    )
+}
+
+/// The base of every dependency of `p`, as `locate` finds them (`(base,
+/// size)` of the loaded image with that build id); every missing one is
+/// listed in one error, with the build ids `others` gives for its file name
+/// (other builds of it that are loaded).
+pub(crate) fn dependency_bases(
+    p: &Parsed<'_>,
+    file_name: &str,
+    mut locate: impl FnMut(&ImageDependency) -> Result<Option<(u64, u64)>, ImageError>,
+    others: impl Fn(&str) -> Vec<BuildId>,
+) -> Result<Vec<u64>, ImageError> {
+    let mut bases = Vec::with_capacity(p.deps.len());
+    let mut missing = Vec::new();
+    for d in &p.deps {
+        match locate(d)? {
+            Some((base, size)) if size == d.image_size => bases.push(base),
+            Some((_, size)) => {
+                return Err(ImageError::Field {
+                    name: file_name.into(),
+                    field: "dependency image size",
+                    found: format!("{:#x} ({} {})", d.image_size, d.name, d.build_id),
+                    expected: format!("{size:#x}, the loaded image's"),
+                });
+            }
+            None => {
+                let mut ids = others(super::file_name_of(&d.name));
+                ids.retain(|i| *i != d.build_id);
+                missing.push((d.clone(), ids));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(bases)
+    } else {
+        Err(ImageError::MissingDependencies {
+            name: file_name.into(),
+            missing,
+        })
+    }
+}
+
 /// The distinct import names, in table order.
 pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
     let mut seen = std::collections::HashSet::new();
     p.imports
         .iter()
+        .filter(|i| i.dep.is_none())
         .map(|i| i.name)
         .filter(|n| seen.insert(*n))
         .collect()
 }
 
-/// Writes each import's address (plus addend) into its word; every
-/// missing strong import is listed in one error.
+/// Writes each import's address (plus addend) into its word: a name's
+/// address from `found`, a dependency's base from `deps` plus the offset;
+/// every missing strong import by name is listed in one error.
 pub(crate) fn bind(
     p: &Parsed<'_>,
     alloc: &mut Allocation,
     file_name: &str,
     found: &HashMap<&str, u64>,
+    deps: &[u64],
 ) -> Result<(), ImageError> {
     let mut missing: Vec<String> = p
         .imports
         .iter()
-        .filter(|i| !i.weak && !found.contains_key(i.name))
+        .filter(|i| i.dep.is_none() && !i.weak && !found.contains_key(i.name))
         .map(|i| i.name.to_string())
         .collect();
     if !missing.is_empty() {
@@ -88,9 +143,15 @@ pub(crate) fn bind(
         detail: "the image's memory is no longer writable".into(),
     })?;
     for i in &p.imports {
-        let v = found
-            .get(i.name)
-            .map_or(0, |a| a.wrapping_add(i.addend as u64));
+        let v = match i.dep {
+            // The parser checked the index against the table.
+            Some((index, offset)) => deps
+                .get(index as usize)
+                .map_or(0, |b| b.wrapping_add(offset).wrapping_add(i.addend as u64)),
+            None => found
+                .get(i.name)
+                .map_or(0, |a| a.wrapping_add(i.addend as u64)),
+        };
         mem[i.offset as usize..i.offset as usize + 8].copy_from_slice(&v.to_le_bytes());
     }
     Ok(())
@@ -169,9 +230,13 @@ pub(crate) fn finish(
 
 /// Loads the image file `bytes` (called `file_name` in errors) into this
 /// process: checks it (header fields, CPU features, size, content hash,
-/// then every table), maps it into the JIT slab at one reservation, rebases
-/// it, binds its imports through `resolver` (all missing ones listed in one
-/// error) and applies its final protections. Initializers have not run:
+/// then every table), finds the images it links against in the
+/// [registry](super::registry) by build id (all missing ones listed in one
+/// error, naming other builds of them that are loaded), maps it into the
+/// JIT slab at one reservation, rebases it, binds its imports by name
+/// through `resolver` (all missing ones listed in one error) and into its
+/// dependencies by offset, and applies its final protections. The image
+/// joins the registry; it must be dropped before its dependencies. Initializers have not run:
 /// call [`LinkedImage::run_initializers`]. Dropping the image runs its
 /// finalizers (if initialized), deregisters its unwind info and unmaps it.
 ///
@@ -193,7 +258,14 @@ pub unsafe fn load(
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
     let p = read::parse(file_name, bytes)?;
+    let deps = dependency_bases(
+        &p,
+        file_name,
+        |d| Ok(registry::find(&d.build_id).map(|i| (i.base, i.size))),
+        registry::named,
+    )?;
     let mut alloc = map(&p, file_name)?;
+    let registration = register(&p, &alloc, file_name);
     let names = import_names(&p);
     let answers = resolver.resolve(&names);
     let found: HashMap<&str, u64> = names
@@ -201,6 +273,8 @@ pub unsafe fn load(
         .zip(answers)
         .filter_map(|(n, a)| Some((*n, a?)))
         .collect();
-    bind(&p, &mut alloc, file_name, &found)?;
-    finish(&p, alloc, file_name)
+    bind(&p, &mut alloc, file_name, &found, &deps)?;
+    let image = finish(&p, alloc, file_name)?;
+    image.register_once(|| registration);
+    Ok(image)
 }

@@ -31,6 +31,7 @@ pub(crate) mod classify;
 mod format;
 mod load;
 mod read;
+pub mod registry;
 mod unit;
 mod write;
 
@@ -40,7 +41,8 @@ use crate::passes::LinkOptions;
 
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use load::load;
-pub use read::{ImageInfo, inspect};
+pub use read::{ImageInfo, dependencies, exported_names, inspect};
+pub use registry::{RegisteredImage, image_at};
 
 /// The target triple images of this build are for.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -76,7 +78,49 @@ impl BuildId {
         }
         BuildId(*h.finalize().as_bytes())
     }
+
+    /// This build id combined with the build ids of the images the image
+    /// links against (in its dependency table's order): what the saver
+    /// writes when there are any, so rebuilding a dependency changes the
+    /// build id of every image saved against it.
+    pub fn with_dependencies(&self, deps: &[BuildId]) -> BuildId {
+        if deps.is_empty() {
+            return *self;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln image build id with dependencies\0");
+        h.update(&self.0);
+        h.update(&(deps.len() as u64).to_le_bytes());
+        for d in deps {
+            h.update(&d.0);
+        }
+        BuildId(*h.finalize().as_bytes())
+    }
 }
+
+/// An image another image links against: references into it are saved as
+/// (its build id, offset) and bound where it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImageDependency {
+    /// Its build id.
+    pub build_id: BuildId,
+    /// The file name it had when the dependent image was saved (for `kiln
+    /// image save --against DIR/FILE`, `FILE`; `kiln run` looks for it next
+    /// to the dependent image).
+    pub name: String,
+    /// Its memory span (every reference into it is below).
+    pub image_size: u64,
+}
+
+/// The file name (last path component) of a dependency's name: what
+/// `kiln run` looks for next to the image that needs it, and how a loader
+/// recognizes another build of a missing dependency.
+pub fn file_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+pub(crate) use file_name as file_name_of;
 
 impl std::fmt::Display for BuildId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +191,16 @@ pub enum ImageError {
         /// The missing names, sorted.
         missing: Vec<String>,
     },
+    /// Images this image links against are not loaded (every one listed,
+    /// with the build ids of other builds of it that are loaded).
+    #[error("{name}: {}", missing_dependencies(missing))]
+    MissingDependencies {
+        /// The file.
+        name: String,
+        /// Each missing dependency, and the build ids of loaded images with
+        /// its file name (another build of it).
+        missing: Vec<(ImageDependency, Vec<BuildId>)>,
+    },
     /// Writing the ELF container failed (implementation limit).
     #[error("{name}: cannot write the image: {detail}")]
     Write {
@@ -164,6 +218,28 @@ pub enum ImageError {
         #[source]
         source: Box<LinkError>,
     },
+}
+
+fn missing_dependencies(missing: &[(ImageDependency, Vec<BuildId>)]) -> String {
+    let each: Vec<String> = missing
+        .iter()
+        .map(|(d, others)| {
+            let mut s = format!("`{}` with build id {}", d.name, d.build_id);
+            if !others.is_empty() {
+                let ids: Vec<String> = others.iter().map(ToString::to_string).collect();
+                s.push_str(&format!(
+                    " (loaded: `{}` with build id {}: another build of it; save this image again against it)",
+                    file_name_of(&d.name),
+                    ids.join(", ")
+                ));
+            }
+            s
+        })
+        .collect();
+    format!(
+        "the images it links against are not loaded: {}",
+        each.join("; ")
+    )
 }
 
 /// What saving an image needs from a link in imaging mode: the image's
@@ -185,19 +261,34 @@ pub struct ImagingRecord {
     pub(crate) init_fini: Vec<(String, Vec<u64>)>,
     /// `.eh_frame` (offset, length including its zero terminator).
     pub(crate) eh_frame: Option<(u64, u64)>,
+    /// Images it links against, in order of first reference; imports into
+    /// them name them by index.
+    pub(crate) deps: Vec<ImageDependency>,
 }
 
 impl LinkedImage {
     /// Saves this image as an image file (the bytes of it) with `build_id`
-    /// (see [`BuildId::of_inputs`]). Fails unless the image was linked in
-    /// imaging mode ([`LinkOptions::imaging`]).
+    /// (see [`BuildId::of_inputs`]) combined with the build ids of the
+    /// images it links against ([`BuildId::with_dependencies`]): references
+    /// into an image of the [`registry`] (loaded from a file or saved in
+    /// this process) were recorded as (its build id, offset). Fails unless
+    /// the image was linked in imaging mode ([`LinkOptions::imaging`]).
+    ///
+    /// The image joins the registry under the written build id (unless it
+    /// is there already), so images linked against it later in this process
+    /// refer to it by build id.
     pub fn save_image(&self, build_id: &BuildId) -> Result<Vec<u8>, ImageError> {
         let record = self
             .imaging_record()
             .ok_or_else(|| ImageError::NotImaging {
                 name: self.name().to_string(),
             })?;
-        write::write(self.name(), record, build_id)
+        let deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
+        let id = build_id.with_dependencies(&deps);
+        let bytes = write::write(self.name(), record, &id)?;
+        let (base, size) = self.memory_range();
+        self.register_once(|| registry::Registration::new(base, size, id, self.name()));
+        Ok(bytes)
     }
 }
 
