@@ -1025,3 +1025,251 @@ fn a_program_missing_its_library_images_names_every_missing_build_id() {
         .expect("kiln runs");
     assert_eq!(o.status.code(), Some(42), "{}", show(&o));
 }
+
+/// Saves `objs` in imaging mode in this process, binding undefined symbols
+/// to `deps`' symbols first (so references into them are saved by build
+/// id), then the host's, else 0.
+fn image_against(name: &str, objs: &[PathBuf], deps: &[&kiln_linker::LinkedImage]) -> Vec<u8> {
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let inputs: Vec<(String, Vec<u8>)> = objs
+        .iter()
+        .map(|o| {
+            (
+                o.display().to_string(),
+                std::fs::read(o).expect("read object"),
+            )
+        })
+        .collect();
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    for (n, b) in inputs {
+        linker.add_object_bytes(n, b);
+    }
+    let host = HostSymbols::new();
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> {
+        use kiln_linker::SymbolResolver as _;
+        let found = host.resolve(names);
+        names
+            .iter()
+            .zip(found)
+            .map(|(n, h)| Some(deps.iter().find_map(|d| d.symbol(n)).or(h).unwrap_or(0)))
+            .collect()
+    };
+    let image = linker
+        .link(&resolver)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    image.save_image(&id).expect("saves")
+}
+
+/// A library image and an image linked against it, in this process: `(A's
+/// bytes, B's bytes)`. B's `use_a` returns `a_val() + *third + table[1]`
+/// = 20 + 3 + 2 (`third` is a data pointer into A with an addend).
+fn two_images(tag: &str, a_val: i32) -> (Vec<u8>, Vec<u8>) {
+    let dir = scratch(&format!("images-{tag}"));
+    let flags = ["-O2", "-fPIC"];
+    let a = compile_c_text(
+        &dir,
+        "liba",
+        &format!("int table[4] = {{1, 2, 3, 4}};\nint a_val(void) {{ return {a_val}; }}\n"),
+        &flags,
+    );
+    let b = compile_c_text(
+        &dir,
+        "useb",
+        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
+         int use_a(void) { return a_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let a_bytes = image_against("a", &[a], &[]);
+    let loaded = load(&a_bytes).expect("A loads");
+    let b_bytes = image_against("b", &[b], &[&loaded]);
+    drop(loaded);
+    (a_bytes, b_bytes)
+}
+
+/// The library API: an image linked against another (loaded from a file
+/// in this process) records the dependency; loading it binds into wherever
+/// the dependency is loaded now (found by build id in the registry, which
+/// also answers which image owns an address); without the dependency the
+/// load fails naming it.
+#[test]
+fn an_image_against_a_loaded_image_binds_by_build_id_through_the_registry() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let (a_bytes, b_bytes) = two_images("registry", 20);
+    let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
+    let info = image_file::inspect("b", &b_bytes).expect("B");
+    assert_eq!(info.dependencies.len(), 1);
+    assert_eq!(info.dependencies[0].build_id, a_id);
+    assert_eq!(
+        info.dependency_imports, 3,
+        "a_val's slot, table's slot, the pointer"
+    );
+    assert!(!b_bytes.windows(5).any(|w| w == b"a_val"), "B names a_val");
+    let e = load(&b_bytes).expect_err("A is not loaded");
+    assert!(
+        matches!(e, ImageError::MissingDependencies { .. })
+            && e.to_string().contains(&a_id.to_string()),
+        "{e}"
+    );
+    let a = load(&a_bytes).expect("A loads");
+    let (base, size) = a.memory_range();
+    let owner = image_file::image_at(base + size / 2).expect("A is registered");
+    assert_eq!((owner.build_id, owner.base), (a_id, base));
+    let b = load(&b_bytes).expect("B loads against A");
+    let f = b.symbol("use_a").expect("use_a");
+    // SAFETY: `use_a` is `int use_a(void)`; A and B are loaded and bound.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
+    assert_eq!(use_a(), 25);
+    drop(b);
+    drop(a);
+    assert!(
+        image_file::image_at(base).is_none_or(|i| i.build_id != a_id),
+        "A left the registry"
+    );
+}
+
+/// Through the engine: a program image and the library image it links
+/// against, each added to its own dylib; looking the program's export up
+/// maps the library (found among the session's image files by build id)
+/// and the program is Ready only with it; a session without the library
+/// fails the lookup naming its build id.
+#[test]
+fn an_image_in_a_dylib_finds_its_dependency_among_the_sessions_image_files() {
+    use kiln_engine::{DylibLookup, Session, WorkerPool};
+    use kiln_linker::layer::{HostGenerator, ObjectLayer};
+    if !need_tool("gcc") {
+        return;
+    }
+    let (a_bytes, b_bytes) = two_images("engine-deps", 21);
+    let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let host = session.create_dylib("<host>").expect("dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("generator");
+    let lib = session.create_dylib("lib").expect("dylib");
+    let app = session.create_dylib("app").expect("dylib");
+    for d in [&lib, &app] {
+        d.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
+            .expect("order");
+    }
+    // SAFETY: the test's own images; `use_a` is `int use_a(void)`.
+    unsafe {
+        layer
+            .add_image(&app, None, "dir/b.kimg", b_bytes.clone())
+            .expect("adds B");
+        layer
+            .add_image(&lib, None, "dir/a.kimg", a_bytes)
+            .expect("adds A");
+    }
+    let found = app.lookup_ready(&["use_a"]).expect("use_a is Ready");
+    assert!(
+        image_file::registry::find(&a_id).is_some(),
+        "A was mapped for B"
+    );
+    let f = found.get_str("use_a").expect("use_a").address as usize;
+    // SAFETY: Ready, bound; `int use_a(void)`.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f) };
+    assert_eq!(use_a(), 26);
+    session.end();
+    // Another session with B only.
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let app = session.create_dylib("app").expect("dylib");
+    // SAFETY: as above; nothing of it runs.
+    unsafe { layer.add_image(&app, None, "b.kimg", b_bytes) }.expect("adds B");
+    let err = app
+        .lookup_ready(&["use_a"])
+        .expect_err("A is missing")
+        .to_string();
+    // A was known as `test.kimg` (the tests' loader's name) when B was saved.
+    assert!(
+        err.contains(&a_id.to_string()) && err.contains("`test.kimg`") && err.contains("b.kimg"),
+        "{err}"
+    );
+    session.end();
+}
+
+/// Mutants of a real image with a dependency table (its dependency loaded):
+/// byte flips, truncations, and resealed damage aimed at `.kiln.deps` and
+/// `.kiln.imports` half the time — each loads or fails with an error.
+#[test]
+fn mutants_of_an_image_with_dependencies_load_or_fail_with_an_error() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let (a_bytes, good) = two_images("mutation-deps", 22);
+    let a = load(&a_bytes).expect("A loads");
+    drop(load(&good).expect("B loads"));
+    let all = kiln_linker_test_ranges(&good);
+    let aimed: Vec<(usize, usize)> = section_ranges(&good, &[".kiln.deps", ".kiln.imports"]);
+    assert_eq!(aimed.len(), 2, "B has both tables");
+    let mut rng = Rng(0x51_7cc1_b727_220a);
+    let (mut loaded, mut refused, mut by_deps) = (0usize, 0usize, 0usize);
+    for i in 0..3_000 {
+        let mut v = good.clone();
+        match i % 3 {
+            0 => {
+                let at = rng.below(v.len());
+                v[at] ^= 1 << rng.below(8);
+            }
+            1 => v.truncate(rng.below(good.len())),
+            _ => {
+                let ranges = if rng.below(2) == 0 { &aimed } else { &all };
+                for _ in 0..=rng.below(2) {
+                    let (start, end) = ranges[rng.below(ranges.len())];
+                    let at = start + rng.below(end - start);
+                    v[at] ^= 1 << rng.below(8);
+                }
+                image_file::reseal(&mut v);
+            }
+        }
+        match load(&v) {
+            Ok(image) => {
+                loaded += 1;
+                drop(image);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!e.is_empty());
+                if e.contains("dependenc") {
+                    by_deps += 1;
+                }
+                refused += 1;
+            }
+        }
+    }
+    drop(a);
+    eprintln!("{loaded} loaded, {refused} refused, {by_deps} of them over dependencies");
+    assert_eq!(loaded + refused, 3_000);
+    assert!(
+        by_deps >= 100,
+        "only {by_deps} refusals over the dependency table"
+    );
+}
+
+/// File ranges of the named sections.
+fn section_ranges(file: &[u8], names: &[&str]) -> Vec<(usize, usize)> {
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
+    let e = object::LittleEndian;
+    let sections = h.sections(e, file).expect("sections");
+    sections
+        .iter()
+        .filter(|s| {
+            let n = sections.section_name(e, s).unwrap_or_default();
+            names.iter().any(|w| w.as_bytes() == n) && s.sh_size(e) > 0
+        })
+        .map(|s| {
+            let o = s.sh_offset(e) as usize;
+            (o, o + s.sh_size(e) as usize)
+        })
+        .collect()
+}
