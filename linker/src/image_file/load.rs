@@ -251,7 +251,9 @@ pub(crate) fn finish(
 /// file comes from a trusted source (written by kiln's saver, not by
 /// someone who could also recompute its hash) and that the host symbols
 /// `resolver` gives are the ones the image was saved against, with the same
-/// types. The hash protects against damage, not against an attacker.
+/// types. The hash protects against damage, not against an attacker. The
+/// images it links against must stay loaded until it is dropped (the
+/// loader binds addresses into them and does not keep them alive).
 pub unsafe fn load(
     file_name: &str,
     bytes: &[u8],

@@ -9,6 +9,7 @@
 //! | `read.rs` | parsing and validation, cheap checks first (header → content hash → ELF → tables) |
 //! | `load.rs` | mapping, rebasing, binding slots, final protections → a [`LinkedImage`] |
 //! | `unit.rs` | an image as an engine materialization unit ([`crate::layer::ObjectLayer::add_image`]) |
+//! | `registry.rs` | the images of the process by address range and build id ([`image_at`]) |
 //!
 //! An image is an ELF64 file (`readelf -S` shows its sections): the kiln
 //! header section `.kiln.header` sits at file offset 64, right after the ELF
@@ -16,16 +17,23 @@
 //! linked memory follows as page-aligned `PT_LOAD` segments (`.text`,
 //! `.rodata`, `.data`, with their protections), then the tables
 //! (`.kiln.rebase`, `.kiln.imports`, `.kiln.exports`, `.kiln.init`,
-//! `.kiln.initents`, `.kiln.strings`). Loading never writes text: absolute
-//! words inside the image are rebased, host symbols are bound by name into
-//! slots (GOT entries, which PLT stubs read) or, for pointers in data, into
-//! the word itself.
+//! `.kiln.initents`, `.kiln.strings`, `.kiln.deps`). Loading never writes
+//! text: absolute words inside the image are rebased, host symbols are
+//! bound by name into slots (GOT entries, which PLT stubs read) or, for
+//! pointers in data, into the word itself.
+//!
+//! **External linkage.** A reference into another image — one loaded from
+//! a file or saved in this process, found by address in the [`registry`] —
+//! is saved as (that image's build id, offset), with no name: `.kiln.deps`
+//! lists each such dependency's build id, file name and size, and the
+//! image's build id combines its inputs' with its dependencies'
+//! ([`BuildId::with_dependencies`]). Loading finds each dependency by build
+//! id (every missing one named, with other builds of it that are loaded)
+//! and binds base + offset into the slot.
 //!
 //! The format reserves room for what comes next without a version bump of
-//! the readers' checks: import sources other than "by name" (a host table
-//! index, a dependency image's build id and offset), a dependencies table
-//! and a host table (both empty today and refused when not), required CPU
-//! features, and a TLS template.
+//! the readers' checks: a host table import source and table (empty today
+//! and refused when not), required CPU features, and a TLS template.
 
 pub(crate) mod classify;
 mod format;

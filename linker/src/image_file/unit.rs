@@ -62,7 +62,8 @@ impl ObjectLayer {
     /// trusted, and its code runs when its initializers run or its
     /// functions are called. The file must come from a trusted source, and
     /// the symbols the dylib's link order provides must be the ones it was
-    /// saved against.
+    /// saved against. The images it links against must not be removed
+    /// while it is loaded.
     pub unsafe fn add_image(
         &self,
         dylib: &Dylib,
