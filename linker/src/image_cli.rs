@@ -155,9 +155,12 @@ fn print_text(i: &ImageInfo) {
     }
     println!("exports         {}", i.exports);
     println!(
-        "imports         {} ({} slots, {} into dependencies)",
-        i.imports, i.import_slots, i.dependency_imports
+        "imports         {} ({} slots, {} into dependencies, {} from the host table)",
+        i.imports, i.import_slots, i.dependency_imports, i.host_table_imports
     );
+    if let Some((id, entries, name)) = &i.host_table {
+        println!("host table      {id}  {name} ({entries} entries)");
+    }
     println!("rebases         {}", i.rebases);
     println!("initializers    {}", i.initializers);
     println!("image size      {}", i.image_size);
@@ -185,6 +188,16 @@ fn quote(s: &str) -> String {
 }
 
 fn json(i: &ImageInfo) -> String {
+    let host_table = i.host_table.as_ref().map_or_else(
+        || "null".to_string(),
+        |(id, entries, name)| {
+            format!(
+                "{{\"id\":{},\"name\":{},\"entries\":{entries}}}",
+                quote(&id.to_string()),
+                quote(name)
+            )
+        },
+    );
     let deps: Vec<String> = i
         .dependencies
         .iter()
@@ -209,7 +222,7 @@ fn json(i: &ImageInfo) -> String {
         })
         .collect();
     format!(
-        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}]}}",
+        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}]}}",
         quote(&i.name),
         quote(&i.build_id.to_string()),
         i.format_version,
@@ -220,6 +233,8 @@ fn json(i: &ImageInfo) -> String {
         i.imports,
         i.import_slots,
         i.dependency_imports,
+        host_table,
+        i.host_table_imports,
         i.rebases,
         i.initializers,
         i.image_size,

@@ -1273,3 +1273,125 @@ fn section_ranges(file: &[u8], names: &[&str]) -> Vec<(usize, usize)> {
         })
         .collect()
 }
+
+extern "C" fn kiln_rt_add(a: i32, b: i32) -> i32 {
+    a + b
+}
+static KILN_RT_VALUE: i32 = 7;
+
+/// The host table: a host registers its runtime's entry points and globals
+/// in order; an image saves references to them as indices (no names in
+/// the file, the table's id in its build id) and binds them at load from
+/// the registered table without asking the resolver for a single name; a
+/// process with another table (or none) refuses the image naming both.
+#[test]
+fn host_table_entries_are_saved_by_index_and_bound_without_a_name_lookup() {
+    use image_file::{HostTable, set_host_table};
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-host-table");
+    let obj = compile_c_text(
+        &dir,
+        "rt_user",
+        "int kiln_rt_add(int, int);\nextern int kiln_rt_value;\n\
+         int *value_ptr = &kiln_rt_value;\n\
+         int use_rt(int x) { return kiln_rt_add(x, kiln_rt_value) + *value_ptr; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let entries = [
+        ("kiln_rt_add", kiln_rt_add as *const () as usize as u64),
+        ("kiln_rt_value", &KILN_RT_VALUE as *const i32 as u64),
+    ];
+    let table = HostTable::new("test-runtime", entries);
+    let table_id = table.id();
+    set_host_table(Some(table));
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let bytes = std::fs::read(&obj).expect("read object");
+    let plain = BuildId::of_inputs(&options, [("rt_user.o", bytes.as_slice())]);
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    linker.add_object_bytes("rt_user.o", bytes);
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> {
+        names
+            .iter()
+            .map(|n| entries.iter().find(|(e, _)| e == n).map(|(_, a)| *a))
+            .collect()
+    };
+    let image = linker.link(&resolver).expect("links");
+    let saved = image.save_image(&plain).expect("saves");
+    drop(image);
+    let info = image_file::inspect("rt.kimg", &saved).expect("inspects");
+    assert_eq!(info.host_table_imports, 3, "two slots and the data pointer");
+    assert_eq!(
+        info.host_table.as_ref().map(|t| (t.0, t.1)),
+        Some((table_id, 2))
+    );
+    assert_ne!(
+        info.build_id, plain,
+        "the table's id is part of the build id"
+    );
+    for name in ["kiln_rt_add", "kiln_rt_value"] {
+        assert!(
+            !saved.windows(name.len()).any(|w| w == name.as_bytes()),
+            "the image names {name}"
+        );
+    }
+    let asked = std::sync::Mutex::new(Vec::<String>::new());
+    let no_names = |names: &[&str]| -> Vec<Option<u64>> {
+        asked
+            .lock()
+            .expect("lock")
+            .extend(names.iter().map(|n| n.to_string()));
+        vec![None; names.len()]
+    };
+    // SAFETY: the test's own image; `use_rt` is `int use_rt(int)` and the
+    // registered table holds the functions and data it was saved against.
+    let loaded = unsafe { image_file::load("rt.kimg", &saved, &no_names) }.expect("loads");
+    assert!(
+        asked.lock().expect("lock").is_empty(),
+        "asked for {:?}",
+        asked.lock()
+    );
+    let f = loaded.symbol("use_rt").expect("use_rt");
+    // SAFETY: loaded and bound; `int use_rt(int)`.
+    let use_rt: extern "C" fn(i32) -> i32 = unsafe { std::mem::transmute(f as usize) };
+    assert_eq!(use_rt(5), 19);
+    drop(loaded);
+    // Resealed damage to the host table record and the imports: each
+    // mutant loads or fails with an error.
+    let aimed = section_ranges(&saved, &[".kiln.hosttab", ".kiln.imports"]);
+    assert_eq!(aimed.len(), 2);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut refused = 0;
+    for _ in 0..1_000 {
+        let mut v = saved.clone();
+        let (start, end) = aimed[rng.below(aimed.len())];
+        v[start + rng.below(end - start)] ^= 1 << rng.below(8);
+        image_file::reseal(&mut v);
+        // SAFETY: a mutant of the test's own image; nothing of it runs.
+        match unsafe { image_file::load("rt.kimg", &v, &no_names) } {
+            Ok(image) => drop(image),
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 300, "only {refused} of 1000 refused");
+    // Another table (the entries in another order), then none.
+    let swapped = HostTable::new("test-runtime", [entries[1], entries[0]]);
+    let other_id = swapped.id();
+    set_host_table(Some(swapped));
+    let e = load(&saved).expect_err("another table").to_string();
+    assert!(
+        e.contains("`host table`")
+            && e.contains(&table_id.to_string())
+            && e.contains(&other_id.to_string()),
+        "{e}"
+    );
+    set_host_table(None);
+    let e = load(&saved).expect_err("no table").to_string();
+    assert!(e.contains("`host table`") && e.contains("none is"), "{e}");
+}

@@ -11,6 +11,8 @@
 //! - to an address inside an image of the [registry](super::registry)
 //!   (loaded from a file or saved in this process): an import of (that
 //!   image's build id, offset) — no name — in the same places;
+//! - to an entry of the [host table](super::host_table) (same name, same
+//!   address): an import of its index, no name;
 //! - anything else — absolute 32-bit addresses (`-fno-pie`), absolute
 //!   addresses in text, PC-relative references to host symbols, thread-local
 //!   storage — is refused with the relocation named.
@@ -20,6 +22,7 @@ use kiln_arch::x86_64::reloc::{EdgeKind, kind_name, reloc_name};
 use crate::error::LinkError;
 use crate::graph::{Block, Edge, LinkGraph, Prot, Scope, SectionRole, SymbolDef, SymbolId};
 
+use super::host_table::{self, HostTable};
 use super::{ImageDependency, ImagingRecord, registry};
 
 /// An import: a word of the image that gets a host symbol's address (plus
@@ -37,6 +40,8 @@ pub(crate) struct Import {
     /// Into a dependency image: (its index in the record's `deps`, the
     /// offset in it); `name` is then empty.
     pub(crate) dep: Option<(u32, u64)>,
+    /// An entry of the host table: its index; `name` is then empty.
+    pub(crate) host: Option<u32>,
 }
 
 /// A global the image defines.
@@ -194,13 +199,22 @@ impl Deps {
                 *index = new as u32;
             }
         }
-        order.iter().map(|&o| self.0[o as usize].clone()).collect()
+        order
+            .iter()
+            .map(|&o| self.images[o as usize].clone())
+            .collect()
     }
 }
 
-/// The images a record's imports point into, by build id.
-#[derive(Default)]
-struct Deps(Vec<ImageDependency>);
+/// The images a record's imports point into, by build id, and the host
+/// table they use.
+struct Deps {
+    images: Vec<ImageDependency>,
+    /// The host table registered when the link was recorded.
+    table: Option<std::sync::Arc<HostTable>>,
+    /// Whether an import uses it.
+    table_used: bool,
+}
 
 impl Deps {
     /// The import of host symbol `id` into the word at `offset`: by name,
@@ -217,31 +231,39 @@ impl Deps {
         let s = &l.graph.symbols[id.index()];
         let addr = (l.resolved)(id);
         let dep = registry::image_at(addr).map(|img| {
-            let index = match self.0.iter().position(|d| d.build_id == img.build_id) {
+            let index = match self.images.iter().position(|d| d.build_id == img.build_id) {
                 Some(i) => i,
                 None => {
-                    self.0.push(ImageDependency {
+                    self.images.push(ImageDependency {
                         build_id: img.build_id,
                         // The file name only: the image's bytes do not
                         // depend on where the dependency was.
                         name: super::file_name_of(&img.name).to_string(),
                         image_size: img.size,
                     });
-                    self.0.len() - 1
+                    self.images.len() - 1
                 }
             };
             (index as u32, addr - img.base)
         });
+        let name = s.name.as_deref().unwrap_or("");
+        let host = match (&dep, &self.table) {
+            (None, Some(table)) => table.index_of(name, addr),
+            _ => None,
+        };
+        self.table_used |= host.is_some();
         Import {
             offset,
-            name: match dep {
-                Some(_) => String::new(),
-                None => s.name.as_deref().unwrap_or("").to_string(),
+            name: if dep.is_some() || host.is_some() {
+                String::new()
+            } else {
+                name.to_string()
             },
             addend,
             weak: s.weak_ref,
             slot,
             dep,
+            host,
         }
     }
 }
@@ -253,7 +275,11 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     let g = l.graph;
     let mut rebase: Vec<u64> = Vec::new();
     let mut imports: Vec<Import> = Vec::new();
-    let mut deps = Deps::default();
+    let mut deps = Deps {
+        images: Vec::new(),
+        table: host_table::current(),
+        table_used: false,
+    };
     for &(slot, id) in &l.got_slots {
         match l.target(id) {
             Target::Inside => rebase.push(slot - l.base),
@@ -297,6 +323,11 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     rebase.sort_unstable();
     rebase.dedup();
     imports.sort_by_key(|i| i.offset);
+    let host_table = deps
+        .table
+        .as_ref()
+        .filter(|_| deps.table_used)
+        .map(|t| (t.id(), t.len() as u32, t.name().to_string()));
     let deps = deps.in_order_of(&mut imports);
     // Normalize: rebased words hold offsets, import words zero.
     let mut memory = l.memory.to_vec();
@@ -354,5 +385,6 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         init_fini,
         eh_frame: l.eh_frame.map(|(start, len)| (start - l.base, len)),
         deps,
+        host_table,
     })
 }

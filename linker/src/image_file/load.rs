@@ -108,7 +108,7 @@ pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
     let mut seen = std::collections::HashSet::new();
     p.imports
         .iter()
-        .filter(|i| i.dep.is_none())
+        .filter(|i| i.dep.is_none() && i.host.is_none())
         .map(|i| i.name)
         .filter(|n| seen.insert(*n))
         .collect()
@@ -127,7 +127,8 @@ pub(crate) fn bind(
     let mut missing: Vec<String> = p
         .imports
         .iter()
-        .filter(|i| i.dep.is_none() && !i.weak && !found.contains_key(i.name))
+        .filter(|i| i.dep.is_none() && i.host.is_none())
+        .filter(|i| !i.weak && !found.contains_key(i.name))
         .map(|i| i.name.to_string())
         .collect();
     if !missing.is_empty() {
@@ -138,23 +139,53 @@ pub(crate) fn bind(
             missing,
         });
     }
+    let table = host_table(p, file_name)?;
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
         detail: "the image's memory is no longer writable".into(),
     })?;
     for i in &p.imports {
-        let v = match i.dep {
-            // The parser checked the index against the table.
-            Some((index, offset)) => deps
-                .get(index as usize)
-                .map_or(0, |b| b.wrapping_add(offset).wrapping_add(i.addend as u64)),
-            None => found
-                .get(i.name)
-                .map_or(0, |a| a.wrapping_add(i.addend as u64)),
+        // The parser checked the indices against the tables.
+        let target = match (i.dep, i.host) {
+            (Some((index, offset)), _) => deps.get(index as usize).map(|b| b.wrapping_add(offset)),
+            (None, Some(index)) => table.as_ref().and_then(|t| t.address(index)),
+            (None, None) => found.get(i.name).copied(),
         };
+        let v = target.map_or(0, |a| a.wrapping_add(i.addend as u64));
         mem[i.offset as usize..i.offset as usize + 8].copy_from_slice(&v.to_le_bytes());
     }
     Ok(())
+}
+
+/// The process's host table, if the image was saved against one: it must
+/// be the same table (by id).
+fn host_table(
+    p: &Parsed<'_>,
+    file_name: &str,
+) -> Result<Option<std::sync::Arc<super::HostTable>>, ImageError> {
+    let Some((id, entries, name)) = p.host_table else {
+        return Ok(None);
+    };
+    let current = super::host_table::current();
+    match current {
+        Some(t) if t.id() == id => Ok(Some(t)),
+        other => Err(ImageError::Field {
+            name: file_name.into(),
+            field: "host table",
+            found: format!("{id} (`{name}`, {entries} entries)"),
+            expected: other.map_or_else(
+                || "a host table registered in this process (none is)".to_string(),
+                |t| {
+                    format!(
+                        "this process's {} (`{}`, {} entries)",
+                        t.id(),
+                        t.name(),
+                        t.len()
+                    )
+                },
+            ),
+        }),
+    }
 }
 
 /// Final protections and the runtime: the loaded image, initializers not

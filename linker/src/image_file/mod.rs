@@ -37,6 +37,7 @@
 
 pub(crate) mod classify;
 mod format;
+mod host_table;
 mod load;
 mod read;
 pub mod registry;
@@ -48,6 +49,7 @@ use crate::image::LinkedImage;
 use crate::passes::LinkOptions;
 
 pub use format::{FORMAT_VERSION, MAGIC};
+pub use host_table::{HostTable, set_host_table};
 pub use load::load;
 pub use read::{ImageInfo, dependencies, exported_names, inspect};
 pub use registry::{RegisteredImage, image_at};
@@ -272,12 +274,15 @@ pub struct ImagingRecord {
     /// Images it links against, in order of first reference; imports into
     /// them name them by index.
     pub(crate) deps: Vec<ImageDependency>,
+    /// The host table its imports use by index: (id, entry count, name).
+    pub(crate) host_table: Option<(BuildId, u32, String)>,
 }
 
 impl LinkedImage {
     /// Saves this image as an image file (the bytes of it) with `build_id`
     /// (see [`BuildId::of_inputs`]) combined with the build ids of the
-    /// images it links against ([`BuildId::with_dependencies`]): references
+    /// images it links against and the id of the host table it uses
+    /// ([`BuildId::with_dependencies`]): references
     /// into an image of the [`registry`] (loaded from a file or saved in
     /// this process) were recorded as (its build id, offset). Fails unless
     /// the image was linked in imaging mode ([`LinkOptions::imaging`]).
@@ -291,7 +296,8 @@ impl LinkedImage {
             .ok_or_else(|| ImageError::NotImaging {
                 name: self.name().to_string(),
             })?;
-        let deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
+        let mut deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
+        deps.extend(record.host_table.as_ref().map(|t| t.0));
         let id = build_id.with_dependencies(&deps);
         let bytes = write::write(self.name(), record, &id)?;
         let (base, size) = self.memory_range();

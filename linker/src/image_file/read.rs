@@ -32,6 +32,8 @@ pub(crate) struct RawImport<'a> {
     /// From a dependency: (its index in `deps`, the offset in it); the
     /// name is then empty.
     pub(crate) dep: Option<(u32, u64)>,
+    /// A host table entry's index; the name is then empty.
+    pub(crate) host: Option<u32>,
 }
 
 /// An export decoded from the file.
@@ -54,6 +56,8 @@ pub(crate) struct Parsed<'a> {
     pub(crate) imports: Vec<RawImport<'a>>,
     /// The images it links against.
     pub(crate) deps: Vec<ImageDependency>,
+    /// The host table its imports use: (id, entry count, name).
+    pub(crate) host_table: Option<(BuildId, u32, &'a str)>,
     pub(crate) exports: Vec<RawExport<'a>>,
     /// Initializer sections: name and entry offsets (`u64::MAX`: skipped).
     pub(crate) init_fini: Vec<(&'a str, Vec<u64>)>,
@@ -205,7 +209,19 @@ pub(crate) fn parse_with<'a>(
     .map_err(|e| c.bad(format!(".kiln.rebase: {e}")))?;
     c.expect("rebased word count", count, u64::from(h.rebased))?;
     let deps = deps(&c, &h, tables[format::T_DEPS], &string)?;
-    let imports = imports(&c, &h, tables[format::T_IMPORTS], &deps, &string, &writable)?;
+    let host_table = host_table(&c, tables[format::T_HOSTTAB], &string)?;
+    let sources = Sources {
+        deps: &deps,
+        host_entries: host_table.map(|t| t.1),
+    };
+    let imports = imports(
+        &c,
+        &h,
+        tables[format::T_IMPORTS],
+        &sources,
+        &string,
+        &writable,
+    )?;
     let exports = exports(&c, &h, tables[format::T_EXPORTS], &string)?;
     let init_fini = init_fini(
         &c,
@@ -222,6 +238,7 @@ pub(crate) fn parse_with<'a>(
         rebase,
         imports,
         deps,
+        host_table,
         exports,
         init_fini,
     })
@@ -266,7 +283,6 @@ fn tables<'a>(
             .ok_or_else(|| c.bad(format!("{t} ({off:#x}+{size:#x}) is outside the file")))?;
         tables.push(bytes);
     }
-    c.expect(".kiln.hosttab size", tables[format::T_HOSTTAB].len(), 0)?;
     let eh = find(".eh_frame").map(|s| (s.sh_addr(LE), s.sh_size(LE)));
     Ok((tables, eh))
 }
@@ -401,13 +417,43 @@ fn deps(
     Ok(out)
 }
 
-/// One import record: by name, or an offset in a dependency.
+/// The host table record: none, or (id, entry count, name).
+fn host_table<'a>(
+    c: &Ctx<'_>,
+    table: &[u8],
+    string: &StringFn<'_, 'a>,
+) -> Result<Option<(BuildId, u32, &'a str)>, ImageError> {
+    match table.len() {
+        0 => Ok(None),
+        format::HOSTTAB_SIZE => {
+            let f = Fields(table);
+            let name = string((f.u32(36), f.u32(40)), "host table name")?;
+            c.expect("host table reserved word", f.u32(44), 0)?;
+            Ok(Some((BuildId(f.array(0)), f.u32(32), name)))
+        }
+        n => Err(c.field(
+            ".kiln.hosttab size",
+            n,
+            format!("0 or {}", format::HOSTTAB_SIZE),
+        )),
+    }
+}
+
+/// What an import may come from besides a name.
+struct Sources<'d> {
+    deps: &'d [ImageDependency],
+    host_entries: Option<u32>,
+}
+
+/// One import record: by name, a host table entry, or an offset in a
+/// dependency.
 fn import<'a>(
     c: &Ctx<'_>,
     r: &[u8],
-    deps: &[ImageDependency],
+    sources: &Sources<'_>,
     string: &StringFn<'_, 'a>,
 ) -> Result<RawImport<'a>, ImageError> {
+    let deps = sources.deps;
     let f = Fields(r);
     let (flags, source, index) = (f.u8(24), f.u8(25), f.u32(28));
     if flags & !(format::IMPORT_WEAK | format::IMPORT_SLOT) != 0 {
@@ -417,10 +463,22 @@ fn import<'a>(
             "a combination of WEAK (1) and SLOT (2)",
         ));
     }
-    let (name, dep) = match source {
+    let (name, dep, host) = match source {
         format::SOURCE_BY_NAME => {
             c.expect("import index", index, 0)?;
-            (string((f.u32(8), f.u32(12)), "import name")?, None)
+            (string((f.u32(8), f.u32(12)), "import name")?, None, None)
+        }
+        format::SOURCE_HOST_TABLE => {
+            let entries = sources.host_entries.unwrap_or(0);
+            if index >= entries {
+                return Err(c.field(
+                    "import host table index",
+                    index,
+                    format!("below the host table's entry count {entries}"),
+                ));
+            }
+            c.expect("import host table word", f.u64(8), 0)?;
+            ("", None, Some(index))
         }
         format::SOURCE_DEPENDENCY => {
             let Some(d) = deps.get(index as usize) else {
@@ -438,13 +496,13 @@ fn import<'a>(
                     format!("at most its image size {:#x}", d.image_size),
                 ));
             }
-            ("", Some((index, offset)))
+            ("", Some((index, offset)), None)
         }
         s => {
             return Err(c.field(
                 "import source",
                 s,
-                "0 (by name) or 2 (a dependency's build id and offset)",
+                "0 (by name), 1 (a host table entry) or 2 (a dependency's build id and offset)",
             ));
         }
     };
@@ -455,6 +513,7 @@ fn import<'a>(
         weak: flags & format::IMPORT_WEAK != 0,
         slot: flags & format::IMPORT_SLOT != 0,
         dep,
+        host,
     })
 }
 
@@ -462,7 +521,7 @@ fn imports<'a>(
     c: &Ctx<'_>,
     h: &Header,
     table: &'a [u8],
-    deps: &[ImageDependency],
+    sources: &Sources<'_>,
     string: &StringFn<'_, 'a>,
     writable: &dyn Fn(u64, &str) -> Result<(), ImageError>,
 ) -> Result<Vec<RawImport<'a>>, ImageError> {
@@ -473,7 +532,7 @@ fn imports<'a>(
     )?;
     let mut out: Vec<RawImport<'a>> = Vec::with_capacity(h.imports as usize);
     for (i, r) in table.chunks_exact(format::IMPORT_SIZE).enumerate() {
-        let imp = import(c, r, deps, string)?;
+        let imp = import(c, r, sources, string)?;
         if out.last().is_some_and(|p| p.offset + 8 > imp.offset) {
             return Err(c.bad(format!(
                 "import {i} ({}) is not sorted by offset or overlaps the previous",
@@ -589,6 +648,10 @@ pub struct ImageInfo {
     pub import_slots: usize,
     /// Of which bound into a dependency by offset (not by name).
     pub dependency_imports: usize,
+    /// The host table it was saved against: (id, entry count, name).
+    pub host_table: Option<(BuildId, u32, String)>,
+    /// Imports bound from host table entries by index (not by name).
+    pub host_table_imports: usize,
     /// Rebased words.
     pub rebases: usize,
     /// Initializer and finalizer entries.
@@ -643,6 +706,8 @@ pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
         imports: p.imports.len(),
         import_slots: p.imports.iter().filter(|i| i.slot).count(),
         dependency_imports: p.imports.iter().filter(|i| i.dep.is_some()).count(),
+        host_table: p.host_table.map(|(id, n, name)| (id, n, name.to_string())),
+        host_table_imports: p.imports.iter().filter(|i| i.host.is_some()).count(),
         rebases: p.rebase.len(),
         initializers: p.init_fini.iter().map(|(_, e)| e.len()).sum(),
         image_size: p.header.image_size,

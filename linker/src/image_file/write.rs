@@ -24,12 +24,16 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
     let mut imports = Vec::with_capacity(r.imports.len() * format::IMPORT_SIZE);
     for i in &r.imports {
         imports.extend_from_slice(&i.offset.to_le_bytes());
-        let (source, index) = match i.dep {
-            Some((index, offset)) => {
+        let (source, index) = match (i.dep, i.host) {
+            (Some((index, offset)), _) => {
                 imports.extend_from_slice(&offset.to_le_bytes());
                 (format::SOURCE_DEPENDENCY, index)
             }
-            None => {
+            (None, Some(index)) => {
+                imports.extend_from_slice(&0u64.to_le_bytes());
+                (format::SOURCE_HOST_TABLE, index)
+            }
+            (None, None) => {
                 let (at, len) = string(&i.name);
                 imports.extend_from_slice(&at.to_le_bytes());
                 imports.extend_from_slice(&len.to_le_bytes());
@@ -69,6 +73,15 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
         exports.extend_from_slice(&flags.to_le_bytes());
         exports.extend_from_slice(&0u32.to_le_bytes());
     }
+    let mut hosttab = Vec::new();
+    if let Some((id, count, table_name)) = &r.host_table {
+        let (at, len) = string(table_name);
+        hosttab.extend_from_slice(&id.0);
+        hosttab.extend_from_slice(&count.to_le_bytes());
+        hosttab.extend_from_slice(&at.to_le_bytes());
+        hosttab.extend_from_slice(&len.to_le_bytes());
+        hosttab.extend_from_slice(&0u32.to_le_bytes());
+    }
     let mut init = Vec::new();
     let mut initents = Vec::new();
     for (section, entries) in &r.init_fini {
@@ -83,14 +96,7 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
     }
     (
         [
-            rebase,
-            imports,
-            exports,
-            init,
-            initents,
-            strings,
-            deps,
-            Vec::new(),
+            rebase, imports, exports, init, initents, strings, deps, hosttab,
         ],
         image_name,
     )
