@@ -31,9 +31,13 @@
 //! id (every missing one named, with other builds of it that are loaded)
 //! and binds base + offset into the slot.
 //!
+//! **Host table.** References to entries of the [`HostTable`] the host
+//! registered ([`set_host_table`]) are saved as indices (`.kiln.hosttab`
+//! holds the table's id) and bound from the loading process's table with
+//! no name lookup.
+//!
 //! The format reserves room for what comes next without a version bump of
-//! the readers' checks: a host table import source and table (empty today
-//! and refused when not), required CPU features, and a TLS template.
+//! the readers' checks: required CPU features and a TLS template.
 
 pub(crate) mod classify;
 mod format;
