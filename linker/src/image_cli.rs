@@ -60,12 +60,27 @@ struct Against {
     images: Vec<(kiln_linker::LinkedImage, std::collections::HashSet<String>)>,
 }
 
+impl Drop for Against {
+    fn drop(&mut self) {
+        // Dependents before what they link against.
+        while let Some(image) = self.images.pop() {
+            drop(image);
+        }
+    }
+}
+
 impl Against {
+    /// Loads the images at `paths`, and the images they link against
+    /// found next to them (first, as `kiln run` does).
     fn load(paths: &[std::path::PathBuf], host: &HostSymbols, allow: bool) -> Result<Self, String> {
-        let mut me = Against { images: Vec::new() };
+        let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let name = path.display().to_string();
             let bytes = std::fs::read(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+            files.push((name, bytes));
+        }
+        let mut me = Against { images: Vec::new() };
+        for (name, bytes) in with_dependencies(files)? {
             let exported = image_file::exported_names(&name, &bytes).map_err(|e| e.to_string())?;
             // Its imports bind like the new image's: earlier `--against`
             // images, then the host.
@@ -81,6 +96,8 @@ impl Against {
     }
 
     fn resolve(&self, names: &[&str], host: &HostSymbols, allow: bool) -> Vec<Option<u64>> {
+        // Own definitions first, the host's after (as a dynamic linker
+        // searches the libraries named before libc).
         let mut found = host.resolve(names);
         for (slot, name) in found.iter_mut().zip(names) {
             let mine = self

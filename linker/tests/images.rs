@@ -1395,3 +1395,38 @@ fn host_table_entries_are_saved_by_index_and_bound_without_a_name_lookup() {
     let e = load(&saved).expect_err("no table").to_string();
     assert!(e.contains("`host table`") && e.contains("none is"), "{e}");
 }
+
+/// A chain: C against B against A. Saving C against B alone finds A next
+/// to B; `kiln run c.kimg` finds B next to C and A next to B.
+#[test]
+fn a_chain_of_images_finds_each_dependency_next_to_the_image_that_needs_it() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-chain");
+    let flags = ["-O2", "-fPIC"];
+    let a = compile_c_text(&dir, "ca", "int a_val(void) { return 10; }\n", &flags);
+    let b = compile_c_text(
+        &dir,
+        "cb",
+        "int a_val(void);\nint b_val(void) { return 2 * a_val() + 1; }\n",
+        &flags,
+    );
+    let c = compile_c_text(
+        &dir,
+        "cc",
+        "int b_val(void);\nint main(void) { return b_val() + 1; }\n",
+        &flags,
+    );
+    let (ka, kb, kc) = (dir.join("a.kimg"), dir.join("b.kimg"), dir.join("c.kimg"));
+    save(&ka, &[a], &[]);
+    save_against(&kb, &[&ka], &[b]);
+    save_against(&kc, &[&kb], &[c]);
+    let json = info_of(&kc, true);
+    assert!(
+        json.contains(&build_id_of(&kb)) && !json.contains(&build_id_of(&ka)),
+        "C links against B only: {json}"
+    );
+    let o = kiln().arg("run").arg(&kc).output().expect("kiln runs");
+    assert_eq!(o.status.code(), Some(22), "{}", show(&o));
+}
