@@ -115,8 +115,10 @@ pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
 }
 
 /// Writes each import's address (plus addend) into its word: a name's
-/// address from `found`, a dependency's base from `deps` plus the offset;
-/// every missing strong import by name is listed in one error.
+/// address from `found`, a dependency's base from `deps` plus the offset,
+/// a host table entry's address from the process's table (which must be
+/// the one saved against); every missing strong import by name is listed
+/// in one error.
 pub(crate) fn bind(
     p: &Parsed<'_>,
     alloc: &mut Allocation,
@@ -266,10 +268,12 @@ pub(crate) fn finish(
 /// error, naming other builds of them that are loaded), maps it into the
 /// JIT slab at one reservation, rebases it, binds its imports by name
 /// through `resolver` (all missing ones listed in one error) and into its
-/// dependencies by offset, and applies its final protections. The image
-/// joins the registry; it must be dropped before its dependencies. Initializers have not run:
-/// call [`LinkedImage::run_initializers`]. Dropping the image runs its
-/// finalizers (if initialized), deregisters its unwind info and unmaps it.
+/// dependencies by offset (and from the [host table](super::HostTable) by
+/// index), and applies its final protections. The image joins the
+/// registry; it must be dropped before its dependencies. Initializers have
+/// not run: call [`LinkedImage::run_initializers`]. Dropping the image runs
+/// its finalizers (if initialized), deregisters its unwind info and unmaps
+/// it.
 ///
 /// Every refusal names the field and both values (or what is inconsistent).
 ///
