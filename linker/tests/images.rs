@@ -982,7 +982,19 @@ fn a_program_missing_its_library_images_names_every_missing_build_id() {
     );
     save(&ka, &[a], &[]);
     save(&kb, &[b], &[]);
-    save_against(&prog, &[&ka, &kb], &[m]);
+    save_against(&prog, &[&ka, &kb], std::slice::from_ref(&m));
+    // Saved again, against the same libraries elsewhere: the same bytes.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let (ea, eb) = (elsewhere.join("a.kimg"), elsewhere.join("b.kimg"));
+    std::fs::copy(&ka, &ea).expect("copy");
+    std::fs::copy(&kb, &eb).expect("copy");
+    let again = elsewhere.join("prog.kimg");
+    save_against(&again, &[&ea, &eb], &[m]);
+    assert!(
+        std::fs::read(&prog).expect("read") == std::fs::read(&again).expect("read"),
+        "the image depends on where its libraries were"
+    );
     let o = kiln().arg("run").arg(&prog).output().expect("kiln runs");
     assert_eq!(o.status.code(), Some(42), "{}", show(&o));
     let (ida, idb) = (build_id_of(&ka), build_id_of(&kb));
