@@ -1442,3 +1442,69 @@ fn a_chain_of_images_finds_each_dependency_next_to_the_image_that_needs_it() {
     let o = kiln().arg("run").arg(&kc).output().expect("kiln runs");
     assert_eq!(o.status.code(), Some(22), "{}", show(&o));
 }
+
+/// C++ across two levels: a library image (a class, a factory, a function
+/// that throws, a constructor and destructor) and a program image saved
+/// against it. The program's virtual call into an object the library made,
+/// its catch of the library's exception (typeinfo bound by build id,
+/// unwinding through both images' `.eh_frame`) and the initializer and
+/// finalizer order equal the native build's.
+#[test]
+fn cxx_program_image_against_a_library_image_catches_its_exceptions() {
+    if !need_tool("clang++") {
+        return;
+    }
+    let dir = scratch("images-cxx-two-level");
+    let lib = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
+Shape *make(int s) { return new Sq(s); }
+int risky(int x) { if (x < 0) throw std::runtime_error("from the library"); return x; }
+struct LibInit { LibInit() { std::printf("lib ctor\n"); } ~LibInit() { std::printf("lib dtor\n"); } } lib_init;
+"#;
+    let main = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+Shape *make(int s);
+int risky(int x);
+struct MainInit { MainInit() { std::printf("main ctor\n"); } ~MainInit() { std::printf("main dtor\n"); } } main_init;
+int main() {
+    Shape *s = make(5);
+    int a = s->area();
+    delete s;
+    try { risky(-1); } catch (const std::runtime_error &e) { std::printf("caught %s\n", e.what()); }
+    std::printf("area %d\n", a);
+    return a % 50;
+}
+"#;
+    let flags = ["-O2", "-fPIE"];
+    let mut objs = Vec::new();
+    for (name, src) in [("lib", lib), ("main", main)] {
+        let path = dir.join(format!("{name}.cpp"));
+        std::fs::write(&path, src).expect("write source");
+        objs.push(compile(
+            "clang++",
+            &path,
+            &flags,
+            &[],
+            &dir.join(format!("{name}.o")),
+        ));
+    }
+    let (native_out, native_ret) = run_native("clang++", &objs, &flags, &[], &dir.join("native"));
+    let (klib, kprog) = (dir.join("libshape.kimg"), dir.join("prog.kimg"));
+    save(&klib, &objs[..1], &[]);
+    save_against(&kprog, &[&klib], &objs[1..]);
+    let info = info_of(&kprog, false);
+    assert!(info.contains("dependencies    1"), "{info}");
+    let o = kiln().arg("run").arg(&kprog).output().expect("kiln runs");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        native_out,
+        "{}",
+        show(&o)
+    );
+    assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+}
