@@ -268,6 +268,9 @@ pub struct LinkedImage {
     alloc: Option<crate::memory::Allocation>,
     /// What saving it as an image file needs (imaging mode only).
     imaging: Option<Box<crate::image_file::ImagingRecord>>,
+    /// Its entry in the image registry (build id by address range), once
+    /// it was loaded from or saved as an image file.
+    registration: std::sync::OnceLock<crate::image_file::registry::Registration>,
 }
 
 /// The image's registrations with the runtime, torn down in order: the
@@ -325,6 +328,7 @@ impl LinkedImage {
             debug: f.debug,
             alloc: Some(f.alloc),
             imaging: f.imaging,
+            registration: std::sync::OnceLock::new(),
         };
         if run_init {
             image.run_initializers();
@@ -413,6 +417,15 @@ impl LinkedImage {
         &self.name
     }
 
+    /// Files the image in the image registry with `make`'s entry, unless
+    /// it is filed already.
+    pub(crate) fn register_once(
+        &self,
+        make: impl FnOnce() -> crate::image_file::registry::Registration,
+    ) {
+        self.registration.get_or_init(make);
+    }
+
     /// The record kept for saving, if linked in imaging mode.
     pub(crate) fn imaging_record(&self) -> Option<&crate::image_file::ImagingRecord> {
         self.imaging.as_deref()
@@ -438,6 +451,8 @@ impl LinkedImage {
 
 impl Drop for LinkedImage {
     fn drop(&mut self) {
+        // Nobody binds to the image once its teardown starts.
+        drop(self.registration.take());
         if let Some(mut p) = self.platform.take() {
             // Always: code may have run (and registered atexit handlers)
             // without the initializers; the runtime skips the finalizer

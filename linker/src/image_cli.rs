@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 
-use kiln_linker::image_file::{self, BuildId, ImageInfo};
+use kiln_linker::image_file::{self, BuildId, ImageDependency, ImageInfo};
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
 use super::{InfoArgs, SaveArgs};
@@ -41,18 +41,78 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     // Undefined symbols may be left for the loader: only their names are
     // saved (imaging mode reaches every host symbol through a slot).
     let allow = args.allow_undefined;
-    let resolver = move |names: &[&str]| -> Vec<Option<u64>> {
-        let found = host.resolve(names);
-        if allow {
-            found.into_iter().map(|a| Some(a.unwrap_or(0))).collect()
-        } else {
-            found
-        }
-    };
+    let against = Against::load(&args.against, &host, allow)?;
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> { against.resolve(names, &host, allow) };
     let image = linker.link(&resolver).map_err(|e| e.to_string())?;
+    // The build id combines the inputs' with those of the images the
+    // references went into.
     let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
+    drop(image);
+    drop(against);
     write_atomically(&args.output, &bytes, 0o644)?;
     Ok(0)
+}
+
+/// The images `--against` names, loaded (their code never runs) so that
+/// the link binds into them and imaging mode records those references as
+/// (build id, offset): each image's exported names, in the order given.
+struct Against {
+    images: Vec<(kiln_linker::LinkedImage, std::collections::HashSet<String>)>,
+}
+
+impl Drop for Against {
+    fn drop(&mut self) {
+        // Dependents before what they link against.
+        while let Some(image) = self.images.pop() {
+            drop(image);
+        }
+    }
+}
+
+impl Against {
+    /// Loads the images at `paths`, and the images they link against
+    /// found next to them (first, as `kiln run` does).
+    fn load(paths: &[std::path::PathBuf], host: &HostSymbols, allow: bool) -> Result<Self, String> {
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let name = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+            files.push((name, bytes));
+        }
+        let mut me = Against { images: Vec::new() };
+        for (name, bytes) in with_dependencies(files)? {
+            let exported = image_file::exported_names(&name, &bytes).map_err(|e| e.to_string())?;
+            // Its imports bind like the new image's: earlier `--against`
+            // images, then the host.
+            let resolver = |names: &[&str]| me.resolve(names, host, allow);
+            // SAFETY: the image is mapped and bound so that addresses into
+            // it can be recorded; none of its code runs (no initializer is
+            // run and nothing is called) and it is dropped before exit.
+            let image =
+                unsafe { image_file::load(&name, &bytes, &resolver) }.map_err(|e| e.to_string())?;
+            me.images.push((image, exported.into_iter().collect()));
+        }
+        Ok(me)
+    }
+
+    fn resolve(&self, names: &[&str], host: &HostSymbols, allow: bool) -> Vec<Option<u64>> {
+        // Own definitions first, the host's after (as a dynamic linker
+        // searches the libraries named before libc).
+        let mut found = host.resolve(names);
+        for (slot, name) in found.iter_mut().zip(names) {
+            let mine = self
+                .images
+                .iter()
+                .find(|(_, exported)| exported.contains(*name))
+                .and_then(|(image, _)| image.symbol(name));
+            if mine.is_some() {
+                *slot = mine;
+            } else if allow && slot.is_none() {
+                *slot = Some(0);
+            }
+        }
+        found
+    }
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so a
@@ -107,8 +167,17 @@ fn print_text(i: &ImageInfo) {
     println!("target          {}", i.target);
     println!("CPU features    {}", i.cpu_features);
     println!("dependencies    {}", i.dependencies.len());
+    for d in &i.dependencies {
+        println!("  {}  {}", d.build_id, d.name);
+    }
     println!("exports         {}", i.exports);
-    println!("imports         {} ({} slots)", i.imports, i.import_slots);
+    println!(
+        "imports         {} ({} slots, {} into dependencies, {} from the host table)",
+        i.imports, i.import_slots, i.dependency_imports, i.host_table_imports
+    );
+    if let Some((id, entries, name)) = &i.host_table {
+        println!("host table      {id}  {name} ({entries} entries)");
+    }
     println!("rebases         {}", i.rebases);
     println!("initializers    {}", i.initializers);
     println!("image size      {}", i.image_size);
@@ -136,10 +205,27 @@ fn quote(s: &str) -> String {
 }
 
 fn json(i: &ImageInfo) -> String {
+    let host_table = i.host_table.as_ref().map_or_else(
+        || "null".to_string(),
+        |(id, entries, name)| {
+            format!(
+                "{{\"id\":{},\"name\":{},\"entries\":{entries}}}",
+                quote(&id.to_string()),
+                quote(name)
+            )
+        },
+    );
     let deps: Vec<String> = i
         .dependencies
         .iter()
-        .map(|d| quote(&d.to_string()))
+        .map(|d| {
+            format!(
+                "{{\"build_id\":{},\"name\":{},\"image_size\":{}}}",
+                quote(&d.build_id.to_string()),
+                quote(&d.name),
+                d.image_size
+            )
+        })
         .collect();
     let sections: Vec<String> = i
         .sections
@@ -153,7 +239,7 @@ fn json(i: &ImageInfo) -> String {
         })
         .collect();
     format!(
-        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}]}}",
+        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}]}}",
         quote(&i.name),
         quote(&i.build_id.to_string()),
         i.format_version,
@@ -163,6 +249,9 @@ fn json(i: &ImageInfo) -> String {
         i.exports,
         i.imports,
         i.import_slots,
+        i.dependency_imports,
+        host_table,
+        i.host_table_imports,
         i.rebases,
         i.initializers,
         i.image_size,
@@ -273,4 +362,50 @@ pub(crate) fn cached(
         eprintln!("kiln: cache miss, stored {name}");
     }
     Ok(vec![(name, bytes)])
+}
+
+/// The image files of `kiln run` with the images they link against that
+/// are not among them, found by file name next to the image that needs
+/// them (recursively), placed first so their initializers run first. A
+/// dependency that cannot be found is left to the loader, which names
+/// every missing one.
+pub(crate) fn with_dependencies(
+    images: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut have = std::collections::HashSet::new();
+    let mut paths = std::collections::HashSet::new();
+    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut queue: Vec<(String, Vec<ImageDependency>)> = Vec::new();
+    for (name, bytes) in &images {
+        let (id, deps) = image_file::dependencies(name, bytes).map_err(|e| e.to_string())?;
+        have.insert(id);
+        paths.insert(std::path::PathBuf::from(name));
+        queue.push((name.clone(), deps));
+    }
+    while let Some((name, deps)) = queue.pop() {
+        let dir = std::path::Path::new(&name)
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        for d in &deps {
+            if have.contains(&d.build_id) {
+                continue;
+            }
+            let file = kiln_linker::image_file::file_name(&d.name);
+            let candidate = dir.join(file);
+            if paths.contains(&candidate) || !candidate.is_file() {
+                continue;
+            }
+            let cname = candidate.display().to_string();
+            let bytes =
+                std::fs::read(&candidate).map_err(|e| format!("cannot read {cname}: {e}"))?;
+            let (id, more) = image_file::dependencies(&cname, &bytes).map_err(|e| e.to_string())?;
+            have.insert(id);
+            paths.insert(candidate);
+            queue.push((cname.clone(), more));
+            found.push((cname, bytes));
+        }
+    }
+    found.reverse();
+    found.extend(images);
+    Ok(found)
 }

@@ -102,6 +102,18 @@ struct Shared {
     /// What the lazily added objects refer to and define (roots for the
     /// archive members pulled for them, see [`ArchiveGenerator::lazy`]).
     lazy_objects: Mutex<ObjectNames>,
+    /// Image files added, by build id: where images linked against them
+    /// find them ([`crate::image_file`]).
+    image_files: Mutex<HashMap<crate::image_file::BuildId, Vec<AddedImageFile>>>,
+}
+
+/// An image file added to a dylib of the session: the dylib's name and one
+/// of its exports (looking it up maps the image), and what it was added as.
+#[derive(Clone)]
+pub(crate) struct AddedImageFile {
+    pub(crate) dylib: String,
+    pub(crate) export: SymbolName,
+    pub(crate) name: String,
 }
 
 /// Global names the lazily added objects refer to (strongly) and define.
@@ -243,6 +255,7 @@ impl ObjectLayer {
             added: std::sync::atomic::AtomicUsize::new(0),
             non_pie: std::sync::atomic::AtomicBool::new(false),
             lazy_objects: Mutex::new(ObjectNames::default()),
+            image_files: Mutex::new(HashMap::new()),
         });
         session.register_resource_manager(shared.clone());
         ObjectLayer {
@@ -725,6 +738,38 @@ impl ObjectLayer {
         self.shared
             .added
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records an image file added to the session (see [`AddedImageFile`]).
+    pub(crate) fn add_image_file(&self, id: crate::image_file::BuildId, added: AddedImageFile) {
+        if let Ok(mut files) = self.shared.image_files.lock() {
+            files.entry(id).or_default().push(added);
+        }
+    }
+
+    /// The image files added with build id `id`, oldest first.
+    pub(crate) fn image_files(&self, id: &crate::image_file::BuildId) -> Vec<AddedImageFile> {
+        self.shared
+            .image_files
+            .lock()
+            .map(|f| f.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Build ids of the image files added under a name whose file name is
+    /// `file`.
+    pub(crate) fn image_files_named(&self, file: &str) -> Vec<crate::image_file::BuildId> {
+        let Ok(files) = self.shared.image_files.lock() else {
+            return Vec::new();
+        };
+        files
+            .iter()
+            .filter(|(_, v)| {
+                v.iter()
+                    .any(|a| crate::image_file::file_name_of(&a.name) == file)
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Files a loaded image under `r`'s tracker (removal runs its

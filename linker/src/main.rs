@@ -94,6 +94,11 @@ struct SaveArgs {
     /// Search DIR for -l libraries before the system directories (repeatable).
     #[arg(short = 'L', value_name = "DIR")]
     lib_dirs: Vec<PathBuf>,
+    /// Link against the image LIB.kimg (repeatable): references into it
+    /// are saved as (its build id, offset), and loading OUT.kimg needs it
+    /// loaded first (`kiln run` finds it next to OUT.kimg by file name).
+    #[arg(long, value_name = "LIB.kimg")]
+    against: Vec<PathBuf>,
     /// Keep symbols that neither the inputs nor the host define as imports,
     /// bound by name when the image is loaded (a library image whose user
     /// defines them, e.g. `kiln run lib.kimg main.o`).
@@ -468,6 +473,15 @@ fn add_eagerly(
     let (images, inputs): (Vec<Input>, Vec<Input>) = inputs
         .into_iter()
         .partition(|i| kiln_linker::image_file::is_image(&i.bytes));
+    // The images they link against: given, or found next to them.
+    let images: Vec<Input> = if images.is_empty() {
+        images
+    } else {
+        image_cli::with_dependencies(images.into_iter().map(|i| (i.name, i.bytes)).collect())?
+            .into_iter()
+            .map(|(name, bytes)| Input { name, bytes })
+            .collect()
+    };
     for image in images {
         // SAFETY: the user asked kiln to run this file's code, as they
         // would run an executable; the loader checks its content hash

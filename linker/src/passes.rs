@@ -1546,6 +1546,7 @@ impl Prepared {
                     eh_frame: self.eh_frame,
                     init_fini: &init_fini,
                     is_special: &|id| self.specials.contains_key(&id),
+                    resolved: &|id| self.externals.get(&id).copied().unwrap_or(0),
                 },
             )?))
         } else {

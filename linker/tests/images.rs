@@ -808,3 +808,703 @@ fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_director
         show(&o)
     );
 }
+
+/// `kiln image save -o OUT --against LIB... INPUTS`, asserting success.
+fn save_against(out: &Path, against: &[&Path], inputs: &[PathBuf]) {
+    let mut cmd = kiln();
+    cmd.args(["image", "save", "-o"]).arg(out);
+    for a in against {
+        cmd.arg("--against").arg(a);
+    }
+    let o = cmd.args(inputs).output().expect("kiln runs");
+    assert!(o.status.success(), "image save --against: {}", show(&o));
+}
+
+/// `kiln image info [--json] image`, asserting success.
+fn info_of(image: &Path, json: bool) -> String {
+    let mut cmd = kiln();
+    cmd.args(["image", "info"]);
+    if json {
+        cmd.arg("--json");
+    }
+    let o = cmd.arg(image).output().expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn build_id_of(image: &Path) -> String {
+    let j = info_of(image, true);
+    j.split("\"build_id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no build id in {j}"))
+        .to_string()
+}
+
+/// Two-level Lua: Lua's core saved as `liblua.kimg`, the driver saved as a
+/// program image linked against it by build id. Run from the images (given
+/// both, or the program alone with the library found next to it), the
+/// output and status equal the native build's; the program image names
+/// none of Lua's functions; `kiln image info` lists the dependency.
+/// Rebuilding the library with different code changes its build id, and
+/// the old program image then refuses to load naming both build ids.
+#[test]
+fn lua_program_image_linked_against_a_liblua_image_by_build_id_matches_native() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_lua("clang", &flags, "image-two-level");
+    let dir = scratch("images-two-level");
+    let (native_out, native_ret) =
+        run_native("clang", &objs, &flags, &["m", "dl"], &dir.join("native"));
+    let (driver, core) = objs.split_last().expect("objects");
+    assert!(driver.ends_with("lua_driver.o"), "{driver:?}");
+    let lib = dir.join("liblua.kimg");
+    let prog = dir.join("prog.kimg");
+    for f in [&lib, &prog] {
+        let _ = std::fs::remove_file(f);
+    }
+    save(&lib, core, &[]);
+    save_against(&prog, &[&lib], std::slice::from_ref(driver));
+    let lib_id = build_id_of(&lib);
+    let prog_bytes = std::fs::read(&prog).expect("read prog.kimg");
+    for name in ["luaL_newstate", "luaL_openlibs", "lua_pcallk"] {
+        assert!(
+            !prog_bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+            "prog.kimg refers to {name} by name"
+        );
+    }
+    let text = info_of(&prog, false);
+    assert!(
+        text.contains("dependencies    1")
+            && text.contains(&lib_id)
+            && text.contains("liblua.kimg"),
+        "{text}"
+    );
+    let json = info_of(&prog, true);
+    assert!(
+        json.contains(&format!(
+            "\"dependencies\":[{{\"build_id\":\"{lib_id}\",\"name\":\""
+        )) && json.contains("liblua.kimg\""),
+        "{json}"
+    );
+    let run = |args: &[&Path]| kiln().arg("run").args(args).output().expect("kiln runs");
+    for args in [vec![lib.as_path(), prog.as_path()], vec![prog.as_path()]] {
+        let o = run(&args);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            native_out,
+            "{args:?}\n{}",
+            show(&o)
+        );
+        assert_eq!(o.status.code(), Some(native_ret), "{args:?}\n{}", show(&o));
+    }
+    // Rebuild the library with different code: another build id.
+    let src = common::lua::lua_src_dir();
+    let changed: Vec<PathBuf> = core
+        .iter()
+        .map(|o| {
+            if o.ends_with("lstrlib.o") {
+                compile(
+                    "clang",
+                    &src.join("lstrlib.c"),
+                    &["-DLUA_USE_LINUX", "-DLUA_COMPAT_5_3", "-O1", "-fPIE"],
+                    &[src.as_path()],
+                    &dir.join("lstrlib-O1.o"),
+                )
+            } else {
+                o.clone()
+            }
+        })
+        .collect();
+    save(&lib, &changed, &[]);
+    let new_id = build_id_of(&lib);
+    assert_ne!(new_id, lib_id, "different code kept the build id");
+    for args in [vec![lib.as_path(), prog.as_path()], vec![prog.as_path()]] {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}\n{}", show(&o));
+        assert!(o.stdout.is_empty(), "{}", show(&o));
+        assert!(
+            err.contains(&lib_id) && err.contains(&new_id) && err.contains("liblua.kimg"),
+            "the refusal names both build ids: {err}"
+        );
+    }
+    // Saved again against the new library: another program build id, runs.
+    let old_prog_id = build_id_of(&prog);
+    save_against(&prog, &[&lib], std::slice::from_ref(driver));
+    assert_ne!(
+        build_id_of(&prog),
+        old_prog_id,
+        "the dependency's build id is part of it"
+    );
+    let o = run(&[prog.as_path()]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        native_out,
+        "{}",
+        show(&o)
+    );
+    assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+}
+
+/// Two library images and a program against both (a call into each and a
+/// data pointer with an addend into one): runs with the libraries found
+/// next to it; with neither there, the error lists both build ids with
+/// their names, and so does the library loader.
+#[test]
+fn a_program_missing_its_library_images_names_every_missing_build_id() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-missing-deps");
+    let flags = ["-O2", "-fPIC"];
+    let a = compile_c_text(
+        &dir,
+        "liba",
+        "int table[4] = {1, 2, 3, 4};\nint a_val(void) { return 20; }\n",
+        &flags,
+    );
+    let b = compile_c_text(&dir, "libb", "int b_val(void) { return 17; }\n", &flags);
+    let m = compile_c_text(
+        &dir,
+        "main",
+        "extern int table[];\nint a_val(void);\nint b_val(void);\n\
+         int *third = &table[2];\n\
+         int main(void) { return a_val() + b_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let (ka, kb, prog) = (
+        dir.join("a.kimg"),
+        dir.join("b.kimg"),
+        dir.join("prog.kimg"),
+    );
+    save(&ka, &[a], &[]);
+    save(&kb, &[b], &[]);
+    save_against(&prog, &[&ka, &kb], std::slice::from_ref(&m));
+    // Saved again, against the same libraries elsewhere: the same bytes.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let (ea, eb) = (elsewhere.join("a.kimg"), elsewhere.join("b.kimg"));
+    std::fs::copy(&ka, &ea).expect("copy");
+    std::fs::copy(&kb, &eb).expect("copy");
+    let again = elsewhere.join("prog.kimg");
+    save_against(&again, &[&ea, &eb], &[m]);
+    assert!(
+        std::fs::read(&prog).expect("read") == std::fs::read(&again).expect("read"),
+        "the image depends on where its libraries were"
+    );
+    let o = kiln().arg("run").arg(&prog).output().expect("kiln runs");
+    assert_eq!(o.status.code(), Some(42), "{}", show(&o));
+    let (ida, idb) = (build_id_of(&ka), build_id_of(&kb));
+    let json = info_of(&prog, true);
+    assert!(json.contains(&ida) && json.contains(&idb), "{json}");
+    // Move both away: every missing one is named, with its build id.
+    let away = dir.join("away");
+    std::fs::create_dir_all(&away).expect("mkdir");
+    std::fs::rename(&ka, away.join("a.kimg")).expect("move");
+    std::fs::rename(&kb, away.join("b.kimg")).expect("move");
+    let o = kiln().arg("run").arg(&prog).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains(&ida)
+            && err.contains(&idb)
+            && err.contains("a.kimg")
+            && err.contains("b.kimg"),
+        "{err}"
+    );
+    let bytes = std::fs::read(&prog).expect("read");
+    let e = load(&bytes).expect_err("its dependencies are not loaded");
+    match &e {
+        ImageError::MissingDependencies { missing, .. } => {
+            let ids: Vec<String> = missing
+                .iter()
+                .map(|(d, _)| d.build_id.to_string())
+                .collect();
+            assert_eq!(ids, [ida.clone(), idb.clone()], "{e}");
+        }
+        _ => panic!("{e}"),
+    }
+    // Given on the command line from elsewhere, they are found by build id.
+    let o = kiln()
+        .arg("run")
+        .arg(away.join("b.kimg"))
+        .arg(away.join("a.kimg"))
+        .arg(&prog)
+        .output()
+        .expect("kiln runs");
+    assert_eq!(o.status.code(), Some(42), "{}", show(&o));
+}
+
+/// Saves `objs` in imaging mode in this process, binding undefined symbols
+/// to `deps`' symbols first (so references into them are saved by build
+/// id), then the host's, else 0.
+fn image_against(name: &str, objs: &[PathBuf], deps: &[&kiln_linker::LinkedImage]) -> Vec<u8> {
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let inputs: Vec<(String, Vec<u8>)> = objs
+        .iter()
+        .map(|o| {
+            (
+                o.display().to_string(),
+                std::fs::read(o).expect("read object"),
+            )
+        })
+        .collect();
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    for (n, b) in inputs {
+        linker.add_object_bytes(n, b);
+    }
+    let host = HostSymbols::new();
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> {
+        use kiln_linker::SymbolResolver as _;
+        let found = host.resolve(names);
+        names
+            .iter()
+            .zip(found)
+            .map(|(n, h)| Some(deps.iter().find_map(|d| d.symbol(n)).or(h).unwrap_or(0)))
+            .collect()
+    };
+    let image = linker
+        .link(&resolver)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    image.save_image(&id).expect("saves")
+}
+
+/// A library image and an image linked against it, in this process: `(A's
+/// bytes, B's bytes)`. B's `use_a` returns `a_val() + *third + table[1]`
+/// = 20 + 3 + 2 (`third` is a data pointer into A with an addend).
+fn two_images(tag: &str, a_val: i32) -> (Vec<u8>, Vec<u8>) {
+    let dir = scratch(&format!("images-{tag}"));
+    let flags = ["-O2", "-fPIC"];
+    let a = compile_c_text(
+        &dir,
+        "liba",
+        &format!("int table[4] = {{1, 2, 3, 4}};\nint a_val(void) {{ return {a_val}; }}\n"),
+        &flags,
+    );
+    let b = compile_c_text(
+        &dir,
+        "useb",
+        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
+         int use_a(void) { return a_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let a_bytes = image_against("a", &[a], &[]);
+    let loaded = load(&a_bytes).expect("A loads");
+    let b_bytes = image_against("b", &[b], &[&loaded]);
+    drop(loaded);
+    (a_bytes, b_bytes)
+}
+
+/// The library API: an image linked against another (loaded from a file
+/// in this process) records the dependency; loading it binds into wherever
+/// the dependency is loaded now (found by build id in the registry, which
+/// also answers which image owns an address); without the dependency the
+/// load fails naming it.
+#[test]
+fn an_image_against_a_loaded_image_binds_by_build_id_through_the_registry() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let (a_bytes, b_bytes) = two_images("registry", 20);
+    let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
+    let info = image_file::inspect("b", &b_bytes).expect("B");
+    assert_eq!(info.dependencies.len(), 1);
+    assert_eq!(info.dependencies[0].build_id, a_id);
+    assert_eq!(
+        info.dependency_imports, 3,
+        "a_val's slot, table's slot, the pointer"
+    );
+    assert!(!b_bytes.windows(5).any(|w| w == b"a_val"), "B names a_val");
+    let e = load(&b_bytes).expect_err("A is not loaded");
+    assert!(
+        matches!(e, ImageError::MissingDependencies { .. })
+            && e.to_string().contains(&a_id.to_string()),
+        "{e}"
+    );
+    let a = load(&a_bytes).expect("A loads");
+    let (base, size) = a.memory_range();
+    let owner = image_file::image_at(base + size / 2).expect("A is registered");
+    assert_eq!((owner.build_id, owner.base), (a_id, base));
+    let b = load(&b_bytes).expect("B loads against A");
+    let f = b.symbol("use_a").expect("use_a");
+    // SAFETY: `use_a` is `int use_a(void)`; A and B are loaded and bound.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
+    assert_eq!(use_a(), 25);
+    drop(b);
+    drop(a);
+    assert!(
+        image_file::image_at(base).is_none_or(|i| i.build_id != a_id),
+        "A left the registry"
+    );
+}
+
+/// Through the engine: a program image and the library image it links
+/// against, each added to its own dylib; looking the program's export up
+/// maps the library (found among the session's image files by build id)
+/// and the program is Ready only with it; a session without the library
+/// fails the lookup naming its build id.
+#[test]
+fn an_image_in_a_dylib_finds_its_dependency_among_the_sessions_image_files() {
+    use kiln_engine::{DylibLookup, Session, WorkerPool};
+    use kiln_linker::layer::{HostGenerator, ObjectLayer};
+    if !need_tool("gcc") {
+        return;
+    }
+    let (a_bytes, b_bytes) = two_images("engine-deps", 21);
+    let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let host = session.create_dylib("<host>").expect("dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("generator");
+    let lib = session.create_dylib("lib").expect("dylib");
+    let app = session.create_dylib("app").expect("dylib");
+    for d in [&lib, &app] {
+        d.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
+            .expect("order");
+    }
+    // SAFETY: the test's own images; `use_a` is `int use_a(void)`.
+    unsafe {
+        layer
+            .add_image(&app, None, "dir/b.kimg", b_bytes.clone())
+            .expect("adds B");
+        layer
+            .add_image(&lib, None, "dir/a.kimg", a_bytes)
+            .expect("adds A");
+    }
+    let found = app.lookup_ready(&["use_a"]).expect("use_a is Ready");
+    assert!(
+        image_file::registry::find(&a_id).is_some(),
+        "A was mapped for B"
+    );
+    let f = found.get_str("use_a").expect("use_a").address as usize;
+    // SAFETY: Ready, bound; `int use_a(void)`.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f) };
+    assert_eq!(use_a(), 26);
+    session.end();
+    // Another session with B only.
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let app = session.create_dylib("app").expect("dylib");
+    // SAFETY: as above; nothing of it runs.
+    unsafe { layer.add_image(&app, None, "b.kimg", b_bytes) }.expect("adds B");
+    let err = app
+        .lookup_ready(&["use_a"])
+        .expect_err("A is missing")
+        .to_string();
+    // A was known as `test.kimg` (the tests' loader's name) when B was saved.
+    assert!(
+        err.contains(&a_id.to_string()) && err.contains("`test.kimg`") && err.contains("b.kimg"),
+        "{err}"
+    );
+    session.end();
+}
+
+/// Mutants of a real image with a dependency table (its dependency loaded):
+/// byte flips, truncations, and resealed damage aimed at `.kiln.deps` and
+/// `.kiln.imports` half the time — each loads or fails with an error.
+#[test]
+fn mutants_of_an_image_with_dependencies_load_or_fail_with_an_error() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let (a_bytes, good) = two_images("mutation-deps", 22);
+    let a = load(&a_bytes).expect("A loads");
+    drop(load(&good).expect("B loads"));
+    let all = kiln_linker_test_ranges(&good);
+    let aimed: Vec<(usize, usize)> = section_ranges(&good, &[".kiln.deps", ".kiln.imports"]);
+    assert_eq!(aimed.len(), 2, "B has both tables");
+    let mut rng = Rng(0x51_7cc1_b727_220a);
+    let (mut loaded, mut refused, mut by_deps) = (0usize, 0usize, 0usize);
+    for i in 0..3_000 {
+        let mut v = good.clone();
+        match i % 3 {
+            0 => {
+                let at = rng.below(v.len());
+                v[at] ^= 1 << rng.below(8);
+            }
+            1 => v.truncate(rng.below(good.len())),
+            _ => {
+                let ranges = if rng.below(2) == 0 { &aimed } else { &all };
+                for _ in 0..=rng.below(2) {
+                    let (start, end) = ranges[rng.below(ranges.len())];
+                    let at = start + rng.below(end - start);
+                    v[at] ^= 1 << rng.below(8);
+                }
+                image_file::reseal(&mut v);
+            }
+        }
+        match load(&v) {
+            Ok(image) => {
+                loaded += 1;
+                drop(image);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!e.is_empty());
+                if e.contains("dependenc") {
+                    by_deps += 1;
+                }
+                refused += 1;
+            }
+        }
+    }
+    drop(a);
+    eprintln!("{loaded} loaded, {refused} refused, {by_deps} of them over dependencies");
+    assert_eq!(loaded + refused, 3_000);
+    assert!(
+        by_deps >= 100,
+        "only {by_deps} refusals over the dependency table"
+    );
+}
+
+/// File ranges of the named sections.
+fn section_ranges(file: &[u8], names: &[&str]) -> Vec<(usize, usize)> {
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
+    let e = object::LittleEndian;
+    let sections = h.sections(e, file).expect("sections");
+    sections
+        .iter()
+        .filter(|s| {
+            let n = sections.section_name(e, s).unwrap_or_default();
+            names.iter().any(|w| w.as_bytes() == n) && s.sh_size(e) > 0
+        })
+        .map(|s| {
+            let o = s.sh_offset(e) as usize;
+            (o, o + s.sh_size(e) as usize)
+        })
+        .collect()
+}
+
+extern "C" fn kiln_rt_add(a: i32, b: i32) -> i32 {
+    a + b
+}
+static KILN_RT_VALUE: i32 = 7;
+
+/// The host table: a host registers its runtime's entry points and globals
+/// in order; an image saves references to them as indices (no names in
+/// the file, the table's id in its build id) and binds them at load from
+/// the registered table without asking the resolver for a single name; a
+/// process with another table (or none) refuses the image naming both.
+#[test]
+fn host_table_entries_are_saved_by_index_and_bound_without_a_name_lookup() {
+    use image_file::{HostTable, set_host_table};
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-host-table");
+    let obj = compile_c_text(
+        &dir,
+        "rt_user",
+        "int kiln_rt_add(int, int);\nextern int kiln_rt_value;\n\
+         int *value_ptr = &kiln_rt_value;\n\
+         int use_rt(int x) { return kiln_rt_add(x, kiln_rt_value) + *value_ptr; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let entries = [
+        ("kiln_rt_add", kiln_rt_add as *const () as usize as u64),
+        ("kiln_rt_value", &KILN_RT_VALUE as *const i32 as u64),
+    ];
+    let table = HostTable::new("test-runtime", entries);
+    let table_id = table.id();
+    set_host_table(Some(table));
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let bytes = std::fs::read(&obj).expect("read object");
+    let plain = BuildId::of_inputs(&options, [("rt_user.o", bytes.as_slice())]);
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    linker.add_object_bytes("rt_user.o", bytes);
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> {
+        names
+            .iter()
+            .map(|n| entries.iter().find(|(e, _)| e == n).map(|(_, a)| *a))
+            .collect()
+    };
+    let image = linker.link(&resolver).expect("links");
+    let saved = image.save_image(&plain).expect("saves");
+    drop(image);
+    let info = image_file::inspect("rt.kimg", &saved).expect("inspects");
+    assert_eq!(info.host_table_imports, 3, "two slots and the data pointer");
+    assert_eq!(
+        info.host_table.as_ref().map(|t| (t.0, t.1)),
+        Some((table_id, 2))
+    );
+    assert_ne!(
+        info.build_id, plain,
+        "the table's id is part of the build id"
+    );
+    for name in ["kiln_rt_add", "kiln_rt_value"] {
+        assert!(
+            !saved.windows(name.len()).any(|w| w == name.as_bytes()),
+            "the image names {name}"
+        );
+    }
+    let asked = std::sync::Mutex::new(Vec::<String>::new());
+    let no_names = |names: &[&str]| -> Vec<Option<u64>> {
+        asked
+            .lock()
+            .expect("lock")
+            .extend(names.iter().map(|n| n.to_string()));
+        vec![None; names.len()]
+    };
+    // SAFETY: the test's own image; `use_rt` is `int use_rt(int)` and the
+    // registered table holds the functions and data it was saved against.
+    let loaded = unsafe { image_file::load("rt.kimg", &saved, &no_names) }.expect("loads");
+    assert!(
+        asked.lock().expect("lock").is_empty(),
+        "asked for {:?}",
+        asked.lock()
+    );
+    let f = loaded.symbol("use_rt").expect("use_rt");
+    // SAFETY: loaded and bound; `int use_rt(int)`.
+    let use_rt: extern "C" fn(i32) -> i32 = unsafe { std::mem::transmute(f as usize) };
+    assert_eq!(use_rt(5), 19);
+    drop(loaded);
+    // Resealed damage to the host table record and the imports: each
+    // mutant loads or fails with an error.
+    let aimed = section_ranges(&saved, &[".kiln.hosttab", ".kiln.imports"]);
+    assert_eq!(aimed.len(), 2);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut refused = 0;
+    for _ in 0..1_000 {
+        let mut v = saved.clone();
+        let (start, end) = aimed[rng.below(aimed.len())];
+        v[start + rng.below(end - start)] ^= 1 << rng.below(8);
+        image_file::reseal(&mut v);
+        // SAFETY: a mutant of the test's own image; nothing of it runs.
+        match unsafe { image_file::load("rt.kimg", &v, &no_names) } {
+            Ok(image) => drop(image),
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 300, "only {refused} of 1000 refused");
+    // Another table (the entries in another order), then none.
+    let swapped = HostTable::new("test-runtime", [entries[1], entries[0]]);
+    let other_id = swapped.id();
+    set_host_table(Some(swapped));
+    let e = load(&saved).expect_err("another table").to_string();
+    assert!(
+        e.contains("`host table`")
+            && e.contains(&table_id.to_string())
+            && e.contains(&other_id.to_string()),
+        "{e}"
+    );
+    set_host_table(None);
+    let e = load(&saved).expect_err("no table").to_string();
+    assert!(e.contains("`host table`") && e.contains("none is"), "{e}");
+}
+
+/// A chain: C against B against A. Saving C against B alone finds A next
+/// to B; `kiln run c.kimg` finds B next to C and A next to B.
+#[test]
+fn a_chain_of_images_finds_each_dependency_next_to_the_image_that_needs_it() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-chain");
+    let flags = ["-O2", "-fPIC"];
+    let a = compile_c_text(&dir, "ca", "int a_val(void) { return 10; }\n", &flags);
+    let b = compile_c_text(
+        &dir,
+        "cb",
+        "int a_val(void);\nint b_val(void) { return 2 * a_val() + 1; }\n",
+        &flags,
+    );
+    let c = compile_c_text(
+        &dir,
+        "cc",
+        "int b_val(void);\nint main(void) { return b_val() + 1; }\n",
+        &flags,
+    );
+    let (ka, kb, kc) = (dir.join("a.kimg"), dir.join("b.kimg"), dir.join("c.kimg"));
+    save(&ka, &[a], &[]);
+    save_against(&kb, &[&ka], &[b]);
+    save_against(&kc, &[&kb], &[c]);
+    let json = info_of(&kc, true);
+    assert!(
+        json.contains(&build_id_of(&kb)) && !json.contains(&build_id_of(&ka)),
+        "C links against B only: {json}"
+    );
+    let o = kiln().arg("run").arg(&kc).output().expect("kiln runs");
+    assert_eq!(o.status.code(), Some(22), "{}", show(&o));
+}
+
+/// C++ across two levels: a library image (a class, a factory, a function
+/// that throws, a constructor and destructor) and a program image saved
+/// against it. The program's virtual call into an object the library made,
+/// its catch of the library's exception (typeinfo bound by build id,
+/// unwinding through both images' `.eh_frame`) and the initializer and
+/// finalizer order equal the native build's.
+#[test]
+fn cxx_program_image_against_a_library_image_catches_its_exceptions() {
+    if !need_tool("clang++") {
+        return;
+    }
+    let dir = scratch("images-cxx-two-level");
+    let lib = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
+Shape *make(int s) { return new Sq(s); }
+int risky(int x) { if (x < 0) throw std::runtime_error("from the library"); return x; }
+struct LibInit { LibInit() { std::printf("lib ctor\n"); } ~LibInit() { std::printf("lib dtor\n"); } } lib_init;
+"#;
+    let main = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+Shape *make(int s);
+int risky(int x);
+struct MainInit { MainInit() { std::printf("main ctor\n"); } ~MainInit() { std::printf("main dtor\n"); } } main_init;
+int main() {
+    Shape *s = make(5);
+    int a = s->area();
+    delete s;
+    try { risky(-1); } catch (const std::runtime_error &e) { std::printf("caught %s\n", e.what()); }
+    std::printf("area %d\n", a);
+    return a % 50;
+}
+"#;
+    let flags = ["-O2", "-fPIE"];
+    let mut objs = Vec::new();
+    for (name, src) in [("lib", lib), ("main", main)] {
+        let path = dir.join(format!("{name}.cpp"));
+        std::fs::write(&path, src).expect("write source");
+        objs.push(compile(
+            "clang++",
+            &path,
+            &flags,
+            &[],
+            &dir.join(format!("{name}.o")),
+        ));
+    }
+    let (native_out, native_ret) = run_native("clang++", &objs, &flags, &[], &dir.join("native"));
+    let (klib, kprog) = (dir.join("libshape.kimg"), dir.join("prog.kimg"));
+    save(&klib, &objs[..1], &[]);
+    save_against(&kprog, &[&klib], &objs[1..]);
+    let info = info_of(&kprog, false);
+    assert!(info.contains("dependencies    1"), "{info}");
+    let o = kiln().arg("run").arg(&kprog).output().expect("kiln runs");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        native_out,
+        "{}",
+        show(&o)
+    );
+    assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+}

@@ -8,6 +8,11 @@
 //! - to a host or runtime symbol: an *import* by name into a slot (its GOT
 //!   entry; calls go through PLT stubs reading it) or, for a pointer in
 //!   data, into the word itself;
+//! - to an address inside an image of the [registry](super::registry)
+//!   (loaded from a file or saved in this process): an import of (that
+//!   image's build id, offset) — no name — in the same places;
+//! - to an entry of the [host table](super::host_table) (same name, same
+//!   address): an import of its index, no name;
 //! - anything else — absolute 32-bit addresses (`-fno-pie`), absolute
 //!   addresses in text, PC-relative references to host symbols, thread-local
 //!   storage — is refused with the relocation named.
@@ -17,7 +22,8 @@ use kiln_arch::x86_64::reloc::{EdgeKind, kind_name, reloc_name};
 use crate::error::LinkError;
 use crate::graph::{Block, Edge, LinkGraph, Prot, Scope, SectionRole, SymbolDef, SymbolId};
 
-use super::ImagingRecord;
+use super::host_table::{self, HostTable};
+use super::{ImageDependency, ImagingRecord, registry};
 
 /// An import: a word of the image that gets a host symbol's address (plus
 /// `addend`) at load.
@@ -31,6 +37,11 @@ pub(crate) struct Import {
     pub(crate) weak: bool,
     /// A slot (GOT entry) rather than a pointer in data.
     pub(crate) slot: bool,
+    /// Into a dependency image: (its index in the record's `deps`, the
+    /// offset in it); `name` is then empty.
+    pub(crate) dep: Option<(u32, u64)>,
+    /// An entry of the host table: its index; `name` is then empty.
+    pub(crate) host: Option<u32>,
 }
 
 /// A global the image defines.
@@ -144,6 +155,9 @@ pub(crate) struct Linked<'a> {
     pub(crate) eh_frame: Option<(u64, u64)>,
     pub(crate) init_fini: &'a [(Box<str>, Vec<usize>)],
     pub(crate) is_special: &'a dyn Fn(SymbolId) -> bool,
+    /// The address the resolver gave an external symbol (before any
+    /// redirection to a stub).
+    pub(crate) resolved: &'a dyn Fn(SymbolId) -> u64,
 }
 
 enum Target {
@@ -167,6 +181,93 @@ impl Linked<'_> {
     }
 }
 
+impl Deps {
+    /// The dependencies in order of first reference by `imports` (sorted
+    /// by offset), so the table does not depend on hash order; renumbers
+    /// the imports' indices.
+    fn in_order_of(self, imports: &mut [Import]) -> Vec<ImageDependency> {
+        let mut order: Vec<u32> = Vec::new();
+        for i in imports.iter_mut() {
+            if let Some((index, _)) = &mut i.dep {
+                let new = match order.iter().position(|&o| o == *index) {
+                    Some(p) => p,
+                    None => {
+                        order.push(*index);
+                        order.len() - 1
+                    }
+                };
+                *index = new as u32;
+            }
+        }
+        order
+            .iter()
+            .map(|&o| self.images[o as usize].clone())
+            .collect()
+    }
+}
+
+/// The images a record's imports point into, by build id, and the host
+/// table they use.
+struct Deps {
+    images: Vec<ImageDependency>,
+    /// The host table registered when the link was recorded.
+    table: Option<std::sync::Arc<HostTable>>,
+    /// Whether an import uses it.
+    table_used: bool,
+}
+
+impl Deps {
+    /// The import of host symbol `id` into the word at `offset`: by name,
+    /// or (build id, offset) when the resolver's address lies in a
+    /// registered image.
+    fn import(
+        &mut self,
+        l: &Linked<'_>,
+        id: SymbolId,
+        offset: u64,
+        addend: i64,
+        slot: bool,
+    ) -> Import {
+        let s = &l.graph.symbols[id.index()];
+        let addr = (l.resolved)(id);
+        let dep = registry::image_at(addr).map(|img| {
+            let index = match self.images.iter().position(|d| d.build_id == img.build_id) {
+                Some(i) => i,
+                None => {
+                    self.images.push(ImageDependency {
+                        build_id: img.build_id,
+                        // The file name only: the image's bytes do not
+                        // depend on where the dependency was.
+                        name: super::file_name_of(&img.name).to_string(),
+                        image_size: img.size,
+                    });
+                    self.images.len() - 1
+                }
+            };
+            (index as u32, addr - img.base)
+        });
+        let name = s.name.as_deref().unwrap_or("");
+        let host = match (&dep, &self.table) {
+            (None, Some(table)) => table.index_of(name, addr),
+            _ => None,
+        };
+        self.table_used |= host.is_some();
+        Import {
+            offset,
+            name: if dep.is_some() || host.is_some() {
+                String::new()
+            } else {
+                name.to_string()
+            },
+            addend,
+            weak: s.weak_ref,
+            slot,
+            dep,
+            host,
+        }
+    }
+}
+
 /// Builds the record of a link in imaging mode (after fixup, before final
 /// protections): rebases and imports of every absolute word, exports, the
 /// memory normalized to base 0 with import words zeroed.
@@ -174,23 +275,15 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     let g = l.graph;
     let mut rebase: Vec<u64> = Vec::new();
     let mut imports: Vec<Import> = Vec::new();
-    let name = |id: SymbolId| {
-        g.symbols[id.index()]
-            .name
-            .as_deref()
-            .unwrap_or("")
-            .to_string()
+    let mut deps = Deps {
+        images: Vec::new(),
+        table: host_table::current(),
+        table_used: false,
     };
     for &(slot, id) in &l.got_slots {
         match l.target(id) {
             Target::Inside => rebase.push(slot - l.base),
-            Target::Host => imports.push(Import {
-                offset: slot - l.base,
-                name: name(id),
-                addend: 0,
-                weak: g.symbols[id.index()].weak_ref,
-                slot: true,
-            }),
+            Target::Host => imports.push(deps.import(&l, id, slot - l.base, 0, true)),
             Target::Constant => {}
         }
     }
@@ -222,13 +315,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
             }
             match l.target(e.target) {
                 Target::Inside => rebase.push(offset),
-                Target::Host => imports.push(Import {
-                    offset,
-                    name: name(e.target),
-                    addend: e.addend,
-                    weak: g.symbols[e.target.index()].weak_ref,
-                    slot: false,
-                }),
+                Target::Host => imports.push(deps.import(&l, e.target, offset, e.addend, false)),
                 Target::Constant => {}
             }
         }
@@ -236,6 +323,12 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     rebase.sort_unstable();
     rebase.dedup();
     imports.sort_by_key(|i| i.offset);
+    let host_table = deps
+        .table
+        .as_ref()
+        .filter(|_| deps.table_used)
+        .map(|t| (t.id(), t.len() as u32, t.name().to_string()));
+    let deps = deps.in_order_of(&mut imports);
     // Normalize: rebased words hold offsets, import words zero.
     let mut memory = l.memory.to_vec();
     for &off in &rebase {
@@ -291,5 +384,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         exports,
         init_fini,
         eh_frame: l.eh_frame.map(|(start, len)| (start - l.base, len)),
+        deps,
+        host_table,
     })
 }

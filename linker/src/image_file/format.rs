@@ -24,8 +24,18 @@
 //! 32-byte records sorted by offset; `.kiln.exports` 24-byte records sorted
 //! by name; `.kiln.init` 16-byte records (section name, first entry, count)
 //! over `.kiln.initents` (u64 offsets); `.kiln.strings` the names;
-//! `.kiln.deps` and `.kiln.hosttab` are reserved (dependency images by
-//! build id, host table entries) and must be empty in version 1.
+//! `.kiln.deps` 48-byte records, one per image this one links against
+//! (build id, name string offset u32 and length u32, image size u64);
+//! `.kiln.hosttab` empty or one 48-byte record: the host table's id (32
+//! bytes), its entry count (u32), its name (string offset u32, length u32),
+//! 4 zero bytes.
+//!
+//! An import record (32 bytes): offset of the word (u64); for an import by
+//! name the name (string offset u32, length u32), for an import from a
+//! dependency the offset in that image (u64), for a host table entry zero;
+//! addend (i64); flags (u8); source (u8: [`SOURCE_BY_NAME`],
+//! [`SOURCE_HOST_TABLE`] or [`SOURCE_DEPENDENCY`]); 2 zero bytes; index
+//! (u32: the dependency's index in `.kiln.deps`, or the host table entry).
 
 /// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
@@ -69,9 +79,16 @@ pub(crate) const INIT_SIZE: usize = 16;
 /// Import flags.
 pub(crate) const IMPORT_WEAK: u8 = 1;
 pub(crate) const IMPORT_SLOT: u8 = 2;
-/// Import sources (how the address is found). Version 1: by name only;
-/// a host table index and a dependency's (build id, offset) are reserved.
+/// Import sources (how the address is found): by name through the
+/// loader's resolver, an entry of the host table by index, or a dependency
+/// image's base (by build id) plus an offset.
 pub(crate) const SOURCE_BY_NAME: u8 = 0;
+pub(crate) const SOURCE_HOST_TABLE: u8 = 1;
+pub(crate) const SOURCE_DEPENDENCY: u8 = 2;
+/// Size of a `.kiln.deps` record.
+pub(crate) const DEP_SIZE: usize = 48;
+/// Size of the `.kiln.hosttab` record.
+pub(crate) const HOSTTAB_SIZE: usize = 48;
 
 /// Export flags.
 pub(crate) const EXPORT_CALLABLE: u32 = 1;

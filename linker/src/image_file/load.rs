@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 
-use super::ImageError;
 use super::read::{self, Parsed};
+use super::registry::{self, Registration};
+use super::{BuildId, ImageDependency, ImageError};
 use crate::graph::Prot;
 use crate::host::SymbolResolver;
 use crate::image::LinkedImage;
@@ -51,27 +52,84 @@ pub(crate) fn map(p: &Parsed<'_>, file_name: &str) -> Result<Allocation, ImageEr
     Ok(alloc)
 }
 
+/// Files the mapped image in the registry (before anything can look up
+/// its exports, so images bound to it find it).
+pub(crate) fn register(p: &Parsed<'_>, alloc: &Allocation, file_name: &str) -> Registration {
+    Registration::new(
+        alloc.base(),
+        p.header.image_size,
+        BuildId(p.header.build_id),
+        file_name,
+    )
+}
+
+/// The base of every dependency of `p`, as `locate` finds them (`(base,
+/// size)` of the loaded image with that build id); every missing one is
+/// listed in one error, with the build ids `others` gives for its file name
+/// (other builds of it that are loaded).
+pub(crate) fn dependency_bases(
+    p: &Parsed<'_>,
+    file_name: &str,
+    mut locate: impl FnMut(&ImageDependency) -> Result<Option<(u64, u64)>, ImageError>,
+    others: impl Fn(&str) -> Vec<BuildId>,
+) -> Result<Vec<u64>, ImageError> {
+    let mut bases = Vec::with_capacity(p.deps.len());
+    let mut missing = Vec::new();
+    for d in &p.deps {
+        match locate(d)? {
+            Some((base, size)) if size == d.image_size => bases.push(base),
+            Some((_, size)) => {
+                return Err(ImageError::Field {
+                    name: file_name.into(),
+                    field: "dependency image size",
+                    found: format!("{:#x} ({} {})", d.image_size, d.name, d.build_id),
+                    expected: format!("{size:#x}, the loaded image's"),
+                });
+            }
+            None => {
+                let mut ids = others(super::file_name_of(&d.name));
+                ids.retain(|i| *i != d.build_id);
+                missing.push((d.clone(), ids));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(bases)
+    } else {
+        Err(ImageError::MissingDependencies {
+            name: file_name.into(),
+            missing,
+        })
+    }
+}
+
 /// The distinct import names, in table order.
 pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
     let mut seen = std::collections::HashSet::new();
     p.imports
         .iter()
+        .filter(|i| i.dep.is_none() && i.host.is_none())
         .map(|i| i.name)
         .filter(|n| seen.insert(*n))
         .collect()
 }
 
-/// Writes each import's address (plus addend) into its word; every
-/// missing strong import is listed in one error.
+/// Writes each import's address (plus addend) into its word: a name's
+/// address from `found`, a dependency's base from `deps` plus the offset,
+/// a host table entry's address from the process's table (which must be
+/// the one saved against); every missing strong import by name is listed
+/// in one error.
 pub(crate) fn bind(
     p: &Parsed<'_>,
     alloc: &mut Allocation,
     file_name: &str,
     found: &HashMap<&str, u64>,
+    deps: &[u64],
 ) -> Result<(), ImageError> {
     let mut missing: Vec<String> = p
         .imports
         .iter()
+        .filter(|i| i.dep.is_none() && i.host.is_none())
         .filter(|i| !i.weak && !found.contains_key(i.name))
         .map(|i| i.name.to_string())
         .collect();
@@ -83,17 +141,53 @@ pub(crate) fn bind(
             missing,
         });
     }
+    let table = host_table(p, file_name)?;
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
         detail: "the image's memory is no longer writable".into(),
     })?;
     for i in &p.imports {
-        let v = found
-            .get(i.name)
-            .map_or(0, |a| a.wrapping_add(i.addend as u64));
+        // The parser checked the indices against the tables.
+        let target = match (i.dep, i.host) {
+            (Some((index, offset)), _) => deps.get(index as usize).map(|b| b.wrapping_add(offset)),
+            (None, Some(index)) => table.as_ref().and_then(|t| t.address(index)),
+            (None, None) => found.get(i.name).copied(),
+        };
+        let v = target.map_or(0, |a| a.wrapping_add(i.addend as u64));
         mem[i.offset as usize..i.offset as usize + 8].copy_from_slice(&v.to_le_bytes());
     }
     Ok(())
+}
+
+/// The process's host table, if the image was saved against one: it must
+/// be the same table (by id).
+fn host_table(
+    p: &Parsed<'_>,
+    file_name: &str,
+) -> Result<Option<std::sync::Arc<super::HostTable>>, ImageError> {
+    let Some((id, entries, name)) = p.host_table else {
+        return Ok(None);
+    };
+    let current = super::host_table::current();
+    match current {
+        Some(t) if t.id() == id => Ok(Some(t)),
+        other => Err(ImageError::Field {
+            name: file_name.into(),
+            field: "host table",
+            found: format!("{id} (`{name}`, {entries} entries)"),
+            expected: other.map_or_else(
+                || "a host table registered in this process (none is)".to_string(),
+                |t| {
+                    format!(
+                        "this process's {} (`{}`, {} entries)",
+                        t.id(),
+                        t.name(),
+                        t.len()
+                    )
+                },
+            ),
+        }),
+    }
 }
 
 /// Final protections and the runtime: the loaded image, initializers not
@@ -169,11 +263,17 @@ pub(crate) fn finish(
 
 /// Loads the image file `bytes` (called `file_name` in errors) into this
 /// process: checks it (header fields, CPU features, size, content hash,
-/// then every table), maps it into the JIT slab at one reservation, rebases
-/// it, binds its imports through `resolver` (all missing ones listed in one
-/// error) and applies its final protections. Initializers have not run:
-/// call [`LinkedImage::run_initializers`]. Dropping the image runs its
-/// finalizers (if initialized), deregisters its unwind info and unmaps it.
+/// then every table), finds the images it links against in the
+/// [registry](super::registry) by build id (all missing ones listed in one
+/// error, naming other builds of them that are loaded), maps it into the
+/// JIT slab at one reservation, rebases it, binds its imports by name
+/// through `resolver` (all missing ones listed in one error) and into its
+/// dependencies by offset (and from the [host table](super::HostTable) by
+/// index), and applies its final protections. The image joins the
+/// registry; it must be dropped before its dependencies. Initializers have
+/// not run: call [`LinkedImage::run_initializers`]. Dropping the image runs
+/// its finalizers (if initialized), deregisters its unwind info and unmaps
+/// it.
 ///
 /// Every refusal names the field and both values (or what is inconsistent).
 ///
@@ -186,14 +286,23 @@ pub(crate) fn finish(
 /// file comes from a trusted source (written by kiln's saver, not by
 /// someone who could also recompute its hash) and that the host symbols
 /// `resolver` gives are the ones the image was saved against, with the same
-/// types. The hash protects against damage, not against an attacker.
+/// types. The hash protects against damage, not against an attacker. The
+/// images it links against must stay loaded until it is dropped (the
+/// loader binds addresses into them and does not keep them alive).
 pub unsafe fn load(
     file_name: &str,
     bytes: &[u8],
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
     let p = read::parse(file_name, bytes)?;
+    let deps = dependency_bases(
+        &p,
+        file_name,
+        |d| Ok(registry::find(&d.build_id).map(|i| (i.base, i.size))),
+        registry::named,
+    )?;
     let mut alloc = map(&p, file_name)?;
+    let registration = register(&p, &alloc, file_name);
     let names = import_names(&p);
     let answers = resolver.resolve(&names);
     let found: HashMap<&str, u64> = names
@@ -201,6 +310,8 @@ pub unsafe fn load(
         .zip(answers)
         .filter_map(|(n, a)| Some((*n, a?)))
         .collect();
-    bind(&p, &mut alloc, file_name, &found)?;
-    finish(&p, alloc, file_name)
+    bind(&p, &mut alloc, file_name, &found, &deps)?;
+    let image = finish(&p, alloc, file_name)?;
+    image.register_once(|| registration);
+    Ok(image)
 }

@@ -9,6 +9,7 @@
 //! | `read.rs` | parsing and validation, cheap checks first (header → content hash → ELF → tables) |
 //! | `load.rs` | mapping, rebasing, binding slots, final protections → a [`LinkedImage`] |
 //! | `unit.rs` | an image as an engine materialization unit ([`crate::layer::ObjectLayer::add_image`]) |
+//! | `registry.rs` | the images of the process by address range and build id ([`image_at`]) |
 //!
 //! An image is an ELF64 file (`readelf -S` shows its sections): the kiln
 //! header section `.kiln.header` sits at file offset 64, right after the ELF
@@ -16,21 +17,34 @@
 //! linked memory follows as page-aligned `PT_LOAD` segments (`.text`,
 //! `.rodata`, `.data`, with their protections), then the tables
 //! (`.kiln.rebase`, `.kiln.imports`, `.kiln.exports`, `.kiln.init`,
-//! `.kiln.initents`, `.kiln.strings`). Loading never writes text: absolute
-//! words inside the image are rebased, host symbols are bound by name into
-//! slots (GOT entries, which PLT stubs read) or, for pointers in data, into
-//! the word itself.
+//! `.kiln.initents`, `.kiln.strings`, `.kiln.deps`). Loading never writes
+//! text: absolute words inside the image are rebased, host symbols are
+//! bound by name into slots (GOT entries, which PLT stubs read) or, for
+//! pointers in data, into the word itself.
+//!
+//! **External linkage.** A reference into another image — one loaded from
+//! a file or saved in this process, found by address in the [`registry`] —
+//! is saved as (that image's build id, offset), with no name: `.kiln.deps`
+//! lists each such dependency's build id, file name and size, and the
+//! image's build id combines its inputs' with its dependencies'
+//! ([`BuildId::with_dependencies`]). Loading finds each dependency by build
+//! id (every missing one named, with other builds of it that are loaded)
+//! and binds base + offset into the slot.
+//!
+//! **Host table.** References to entries of the [`HostTable`] the host
+//! registered ([`set_host_table`]) are saved as indices (`.kiln.hosttab`
+//! holds the table's id) and bound from the loading process's table with
+//! no name lookup.
 //!
 //! The format reserves room for what comes next without a version bump of
-//! the readers' checks: import sources other than "by name" (a host table
-//! index, a dependency image's build id and offset), a dependencies table
-//! and a host table (both empty today and refused when not), required CPU
-//! features, and a TLS template.
+//! the readers' checks: required CPU features and a TLS template.
 
 pub(crate) mod classify;
 mod format;
+mod host_table;
 mod load;
 mod read;
+pub mod registry;
 mod unit;
 mod write;
 
@@ -39,8 +53,10 @@ use crate::image::LinkedImage;
 use crate::passes::LinkOptions;
 
 pub use format::{FORMAT_VERSION, MAGIC};
+pub use host_table::{HostTable, set_host_table};
 pub use load::load;
-pub use read::{ImageInfo, inspect};
+pub use read::{ImageInfo, dependencies, exported_names, inspect};
+pub use registry::{RegisteredImage, image_at};
 
 /// The target triple images of this build are for.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -76,7 +92,49 @@ impl BuildId {
         }
         BuildId(*h.finalize().as_bytes())
     }
+
+    /// This build id combined with the build ids of the images the image
+    /// links against (in its dependency table's order): what the saver
+    /// writes when there are any, so rebuilding a dependency changes the
+    /// build id of every image saved against it.
+    pub fn with_dependencies(&self, deps: &[BuildId]) -> BuildId {
+        if deps.is_empty() {
+            return *self;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln image build id with dependencies\0");
+        h.update(&self.0);
+        h.update(&(deps.len() as u64).to_le_bytes());
+        for d in deps {
+            h.update(&d.0);
+        }
+        BuildId(*h.finalize().as_bytes())
+    }
 }
+
+/// An image another image links against: references into it are saved as
+/// (its build id, offset) and bound where it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImageDependency {
+    /// Its build id.
+    pub build_id: BuildId,
+    /// The file name it had when the dependent image was saved (for `kiln
+    /// image save --against DIR/FILE`, `FILE`; `kiln run` looks for it next
+    /// to the dependent image).
+    pub name: String,
+    /// Its memory span (every reference into it is below).
+    pub image_size: u64,
+}
+
+/// The file name (last path component) of a dependency's name: what
+/// `kiln run` looks for next to the image that needs it, and how a loader
+/// recognizes another build of a missing dependency.
+pub fn file_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+pub(crate) use file_name as file_name_of;
 
 impl std::fmt::Display for BuildId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +205,16 @@ pub enum ImageError {
         /// The missing names, sorted.
         missing: Vec<String>,
     },
+    /// Images this image links against are not loaded (every one listed,
+    /// with the build ids of other builds of it that are loaded).
+    #[error("{name}: {}", missing_dependencies(missing))]
+    MissingDependencies {
+        /// The file.
+        name: String,
+        /// Each missing dependency, and the build ids of loaded images with
+        /// its file name (another build of it).
+        missing: Vec<(ImageDependency, Vec<BuildId>)>,
+    },
     /// Writing the ELF container failed (implementation limit).
     #[error("{name}: cannot write the image: {detail}")]
     Write {
@@ -164,6 +232,28 @@ pub enum ImageError {
         #[source]
         source: Box<LinkError>,
     },
+}
+
+fn missing_dependencies(missing: &[(ImageDependency, Vec<BuildId>)]) -> String {
+    let each: Vec<String> = missing
+        .iter()
+        .map(|(d, others)| {
+            let mut s = format!("`{}` with build id {}", d.name, d.build_id);
+            if !others.is_empty() {
+                let ids: Vec<String> = others.iter().map(ToString::to_string).collect();
+                s.push_str(&format!(
+                    " (loaded: `{}` with build id {}: another build of it; save this image again against it)",
+                    file_name_of(&d.name),
+                    ids.join(", ")
+                ));
+            }
+            s
+        })
+        .collect();
+    format!(
+        "the images it links against are not loaded: {}",
+        each.join("; ")
+    )
 }
 
 /// What saving an image needs from a link in imaging mode: the image's
@@ -185,19 +275,38 @@ pub struct ImagingRecord {
     pub(crate) init_fini: Vec<(String, Vec<u64>)>,
     /// `.eh_frame` (offset, length including its zero terminator).
     pub(crate) eh_frame: Option<(u64, u64)>,
+    /// Images it links against, in order of first reference; imports into
+    /// them name them by index.
+    pub(crate) deps: Vec<ImageDependency>,
+    /// The host table its imports use by index: (id, entry count, name).
+    pub(crate) host_table: Option<(BuildId, u32, String)>,
 }
 
 impl LinkedImage {
     /// Saves this image as an image file (the bytes of it) with `build_id`
-    /// (see [`BuildId::of_inputs`]). Fails unless the image was linked in
-    /// imaging mode ([`LinkOptions::imaging`]).
+    /// (see [`BuildId::of_inputs`]) combined with the build ids of the
+    /// images it links against and the id of the host table it uses
+    /// ([`BuildId::with_dependencies`]): references
+    /// into an image of the [`registry`] (loaded from a file or saved in
+    /// this process) were recorded as (its build id, offset). Fails unless
+    /// the image was linked in imaging mode ([`LinkOptions::imaging`]).
+    ///
+    /// The image joins the registry under the written build id (unless it
+    /// is there already), so images linked against it later in this process
+    /// refer to it by build id.
     pub fn save_image(&self, build_id: &BuildId) -> Result<Vec<u8>, ImageError> {
         let record = self
             .imaging_record()
             .ok_or_else(|| ImageError::NotImaging {
                 name: self.name().to_string(),
             })?;
-        write::write(self.name(), record, build_id)
+        let mut deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
+        deps.extend(record.host_table.as_ref().map(|t| t.0));
+        let id = build_id.with_dependencies(&deps);
+        let bytes = write::write(self.name(), record, &id)?;
+        let (base, size) = self.memory_range();
+        self.register_once(|| registry::Registration::new(base, size, id, self.name()));
+        Ok(bytes)
     }
 }
 

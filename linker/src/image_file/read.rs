@@ -7,7 +7,7 @@ use object::elf::{self, FileHeader64};
 use object::read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _};
 
 use super::format::{self, Fields, HEADER_AT, HEADER_SIZE, Header, PAGE};
-use super::{BuildId, ImageError};
+use super::{BuildId, ImageDependency, ImageError};
 use crate::graph::Prot;
 
 /// A loadable segment: `[vaddr, vaddr+memsz)` of the image, of which the
@@ -29,6 +29,11 @@ pub(crate) struct RawImport<'a> {
     pub(crate) addend: i64,
     pub(crate) weak: bool,
     pub(crate) slot: bool,
+    /// From a dependency: (its index in `deps`, the offset in it); the
+    /// name is then empty.
+    pub(crate) dep: Option<(u32, u64)>,
+    /// A host table entry's index; the name is then empty.
+    pub(crate) host: Option<u32>,
 }
 
 /// An export decoded from the file.
@@ -49,6 +54,10 @@ pub(crate) struct Parsed<'a> {
     /// Offsets of the words to rebase (decoded, checked).
     pub(crate) rebase: Vec<u64>,
     pub(crate) imports: Vec<RawImport<'a>>,
+    /// The images it links against.
+    pub(crate) deps: Vec<ImageDependency>,
+    /// The host table its imports use: (id, entry count, name).
+    pub(crate) host_table: Option<(BuildId, u32, &'a str)>,
     pub(crate) exports: Vec<RawExport<'a>>,
     /// Initializer sections: name and entry offsets (`u64::MAX`: skipped).
     pub(crate) init_fini: Vec<(&'a str, Vec<u64>)>,
@@ -199,7 +208,20 @@ pub(crate) fn parse_with<'a>(
     })
     .map_err(|e| c.bad(format!(".kiln.rebase: {e}")))?;
     c.expect("rebased word count", count, u64::from(h.rebased))?;
-    let imports = imports(&c, &h, tables[format::T_IMPORTS], &string, &writable)?;
+    let deps = deps(&c, &h, tables[format::T_DEPS], &string)?;
+    let host_table = host_table(&c, tables[format::T_HOSTTAB], &string)?;
+    let sources = Sources {
+        deps: &deps,
+        host_entries: host_table.map(|t| t.1),
+    };
+    let imports = imports(
+        &c,
+        &h,
+        tables[format::T_IMPORTS],
+        &sources,
+        &string,
+        &writable,
+    )?;
     let exports = exports(&c, &h, tables[format::T_EXPORTS], &string)?;
     let init_fini = init_fini(
         &c,
@@ -215,6 +237,8 @@ pub(crate) fn parse_with<'a>(
         segments,
         rebase,
         imports,
+        deps,
+        host_table,
         exports,
         init_fini,
     })
@@ -259,8 +283,6 @@ fn tables<'a>(
             .ok_or_else(|| c.bad(format!("{t} ({off:#x}+{size:#x}) is outside the file")))?;
         tables.push(bytes);
     }
-    c.expect(".kiln.deps size", tables[format::T_DEPS].len(), 0)?;
-    c.expect(".kiln.hosttab size", tables[format::T_HOSTTAB].len(), 0)?;
     let eh = find(".eh_frame").map(|s| (s.sh_addr(LE), s.sh_size(LE)));
     Ok((tables, eh))
 }
@@ -315,7 +337,6 @@ fn segments(
         out.push(s);
     }
     // One reservation: refuse absurd sizes before asking for memory.
-    const MAX_IMAGE: u64 = 1 << 32;
     if h.image_size > MAX_IMAGE || h.image_size == 0 {
         return Err(c.field("image size", h.image_size, format!("1..={MAX_IMAGE}")));
     }
@@ -352,10 +373,155 @@ fn check_eh_frame(
 
 type StringFn<'s, 'a> = dyn Fn((u32, u32), &str) -> Result<&'a str, ImageError> + 's;
 
+/// The largest image a loader maps.
+const MAX_IMAGE: u64 = 1 << 32;
+
+/// The dependency table: distinct build ids (not the image's own), names,
+/// sizes a loader would map.
+fn deps(
+    c: &Ctx<'_>,
+    h: &Header,
+    table: &[u8],
+    string: &StringFn<'_, '_>,
+) -> Result<Vec<ImageDependency>, ImageError> {
+    if !table.len().is_multiple_of(format::DEP_SIZE) {
+        return Err(c.field(
+            ".kiln.deps size",
+            table.len(),
+            format!("a multiple of {}", format::DEP_SIZE),
+        ));
+    }
+    let mut out: Vec<ImageDependency> = Vec::new();
+    for (i, r) in table.chunks_exact(format::DEP_SIZE).enumerate() {
+        let f = Fields(r);
+        let d = ImageDependency {
+            build_id: BuildId(f.array(0)),
+            name: string((f.u32(32), f.u32(36)), "dependency name")?.to_string(),
+            image_size: f.u64(40),
+        };
+        if d.build_id.0 == h.build_id || out.iter().any(|o| o.build_id == d.build_id) {
+            return Err(c.bad(format!(
+                "dependency {i} ({}, build id {}) is the image itself or listed twice",
+                d.name, d.build_id
+            )));
+        }
+        if d.image_size == 0 || d.image_size > MAX_IMAGE {
+            return Err(c.field(
+                "dependency image size",
+                d.image_size,
+                format!("1..={MAX_IMAGE}"),
+            ));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// The host table record: none, or (id, entry count, name).
+fn host_table<'a>(
+    c: &Ctx<'_>,
+    table: &[u8],
+    string: &StringFn<'_, 'a>,
+) -> Result<Option<(BuildId, u32, &'a str)>, ImageError> {
+    match table.len() {
+        0 => Ok(None),
+        format::HOSTTAB_SIZE => {
+            let f = Fields(table);
+            let name = string((f.u32(36), f.u32(40)), "host table name")?;
+            c.expect("host table reserved word", f.u32(44), 0)?;
+            Ok(Some((BuildId(f.array(0)), f.u32(32), name)))
+        }
+        n => Err(c.field(
+            ".kiln.hosttab size",
+            n,
+            format!("0 or {}", format::HOSTTAB_SIZE),
+        )),
+    }
+}
+
+/// What an import may come from besides a name.
+struct Sources<'d> {
+    deps: &'d [ImageDependency],
+    host_entries: Option<u32>,
+}
+
+/// One import record: by name, a host table entry, or an offset in a
+/// dependency.
+fn import<'a>(
+    c: &Ctx<'_>,
+    r: &[u8],
+    sources: &Sources<'_>,
+    string: &StringFn<'_, 'a>,
+) -> Result<RawImport<'a>, ImageError> {
+    let deps = sources.deps;
+    let f = Fields(r);
+    let (flags, source, index) = (f.u8(24), f.u8(25), f.u32(28));
+    if flags & !(format::IMPORT_WEAK | format::IMPORT_SLOT) != 0 {
+        return Err(c.field(
+            "import flags",
+            flags,
+            "a combination of WEAK (1) and SLOT (2)",
+        ));
+    }
+    let (name, dep, host) = match source {
+        format::SOURCE_BY_NAME => {
+            c.expect("import index", index, 0)?;
+            (string((f.u32(8), f.u32(12)), "import name")?, None, None)
+        }
+        format::SOURCE_HOST_TABLE => {
+            let entries = sources.host_entries.unwrap_or(0);
+            if index >= entries {
+                return Err(c.field(
+                    "import host table index",
+                    index,
+                    format!("below the host table's entry count {entries}"),
+                ));
+            }
+            c.expect("import host table word", f.u64(8), 0)?;
+            ("", None, Some(index))
+        }
+        format::SOURCE_DEPENDENCY => {
+            let Some(d) = deps.get(index as usize) else {
+                return Err(c.field(
+                    "import dependency index",
+                    index,
+                    format!("below the dependency count {}", deps.len()),
+                ));
+            };
+            let offset = f.u64(8);
+            if offset > d.image_size {
+                return Err(c.field(
+                    "import offset in a dependency",
+                    format!("{offset:#x} (in {})", d.name),
+                    format!("at most its image size {:#x}", d.image_size),
+                ));
+            }
+            ("", Some((index, offset)), None)
+        }
+        s => {
+            return Err(c.field(
+                "import source",
+                s,
+                "0 (by name), 1 (a host table entry) or 2 (a dependency's build id and offset)",
+            ));
+        }
+    };
+    Ok(RawImport {
+        offset: f.u64(0),
+        name,
+        addend: f.u64(16) as i64,
+        weak: flags & format::IMPORT_WEAK != 0,
+        slot: flags & format::IMPORT_SLOT != 0,
+        dep,
+        host,
+    })
+}
+
 fn imports<'a>(
     c: &Ctx<'_>,
     h: &Header,
     table: &'a [u8],
+    sources: &Sources<'_>,
     string: &StringFn<'_, 'a>,
     writable: &dyn Fn(u64, &str) -> Result<(), ImageError>,
 ) -> Result<Vec<RawImport<'a>>, ImageError> {
@@ -366,23 +532,7 @@ fn imports<'a>(
     )?;
     let mut out: Vec<RawImport<'a>> = Vec::with_capacity(h.imports as usize);
     for (i, r) in table.chunks_exact(format::IMPORT_SIZE).enumerate() {
-        let f = Fields(r);
-        let (flags, source) = (f.u8(24), f.u8(25));
-        c.expect("import source", source, format::SOURCE_BY_NAME)?;
-        if flags & !(format::IMPORT_WEAK | format::IMPORT_SLOT) != 0 {
-            return Err(c.field(
-                "import flags",
-                flags,
-                "a combination of WEAK (1) and SLOT (2)",
-            ));
-        }
-        let imp = RawImport {
-            offset: f.u64(0),
-            name: string((f.u32(8), f.u32(12)), "import name")?,
-            addend: f.u64(16) as i64,
-            weak: flags & format::IMPORT_WEAK != 0,
-            slot: flags & format::IMPORT_SLOT != 0,
-        };
+        let imp = import(c, r, sources, string)?;
         if out.last().is_some_and(|p| p.offset + 8 > imp.offset) {
             return Err(c.bad(format!(
                 "import {i} ({}) is not sorted by offset or overlaps the previous",
@@ -488,14 +638,20 @@ pub struct ImageInfo {
     pub target: &'static str,
     /// Required CPU features (comma-separated, or `none`).
     pub cpu_features: String,
-    /// Dependencies (build ids of other images); none in version 1.
-    pub dependencies: Vec<BuildId>,
+    /// The images it links against (loaded before it), in table order.
+    pub dependencies: Vec<ImageDependency>,
     /// Exported symbols.
     pub exports: usize,
     /// Imported host symbols.
     pub imports: usize,
     /// Of which slots (GOT entries).
     pub import_slots: usize,
+    /// Of which bound into a dependency by offset (not by name).
+    pub dependency_imports: usize,
+    /// The host table it was saved against: (id, entry count, name).
+    pub host_table: Option<(BuildId, u32, String)>,
+    /// Imports bound from host table entries by index (not by name).
+    pub host_table_imports: usize,
     /// Rebased words.
     pub rebases: usize,
     /// Initializer and finalizer entries.
@@ -506,6 +662,28 @@ pub struct ImageInfo {
     pub file_size: u64,
     /// Segments: name, offset, memory size, file size, protection (`r-x`…).
     pub sections: Vec<(String, u64, u64, u64, &'static str)>,
+}
+
+/// The build id of `file` and the images it links against, with the checks
+/// of [`inspect`] but the content hash (a loader checks that later): for finding the files to
+/// load before it.
+pub fn dependencies(
+    file_name: &str,
+    file: &[u8],
+) -> Result<(BuildId, Vec<ImageDependency>), ImageError> {
+    let p = parse_with(file_name, file, false)?;
+    Ok((BuildId(p.header.build_id), p.deps))
+}
+
+/// The names `file` exports with default visibility (what a link against
+/// it may bind to), with the checks of [`dependencies`].
+pub fn exported_names(file_name: &str, file: &[u8]) -> Result<Vec<String>, ImageError> {
+    Ok(parse_with(file_name, file, false)?
+        .exports
+        .iter()
+        .filter(|e| e.flags & format::EXPORT_EXPORTED != 0)
+        .map(|e| e.name.to_string())
+        .collect())
 }
 
 /// Checks an image file (the same checks as [`super::load`], without
@@ -523,10 +701,13 @@ pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
         format_version: p.header.version,
         target: super::TARGET,
         cpu_features: format::feature_names(p.header.cpu_features),
-        dependencies: Vec::new(),
+        dependencies: p.deps.clone(),
         exports: p.exports.len(),
         imports: p.imports.len(),
         import_slots: p.imports.iter().filter(|i| i.slot).count(),
+        dependency_imports: p.imports.iter().filter(|i| i.dep.is_some()).count(),
+        host_table: p.host_table.map(|(id, n, name)| (id, n, name.to_string())),
+        host_table_imports: p.imports.iter().filter(|i| i.host.is_some()).count(),
         rebases: p.rebase.len(),
         initializers: p.init_fini.iter().map(|(_, e)| e.len()).sum(),
         image_size: p.header.image_size,

@@ -8,15 +8,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_engine::{
-    DependenceGroup, Dylib, Error, LookupKind, LookupRequest, LookupSet, MaterializationUnit,
-    RequiredState, ResourceTracker, Responsibility, SymbolDef, SymbolFlags, SymbolName,
+    DependenceGroup, Dylib, DylibLookup, Error, LookupKind, LookupRequest, LookupSet,
+    MaterializationUnit, RequiredState, ResourceTracker, Responsibility, SearchOrder, SymbolDef,
+    SymbolFlags, SymbolName,
 };
 
 use super::format;
 use super::read::{self, Parsed};
-use super::{ImageError, load};
+use super::{BuildId, ImageDependency, ImageError, load, registry};
 use crate::error::LinkError;
-use crate::layer::ObjectLayer;
+use crate::layer::{AddedImageFile, ObjectLayer};
 
 struct ImageUnit {
     layer: ObjectLayer,
@@ -49,13 +50,20 @@ impl ObjectLayer {
     /// Removing the tracker runs its finalizers, deregisters its unwind
     /// info and unmaps it.
     ///
+    /// Images it links against (by build id) are found among the image
+    /// files added to this layer's session (looking one of their exports up
+    /// maps them; this image's exports are Ready only when theirs are) and
+    /// then among the other images of the [registry](super::registry); the
+    /// lookup of its exports fails listing every one missing.
+    ///
     /// # Safety
     ///
     /// As for [`super::load`]: an image whose content hash checks out is
     /// trusted, and its code runs when its initializers run or its
     /// functions are called. The file must come from a trusted source, and
     /// the symbols the dylib's link order provides must be the ones it was
-    /// saved against.
+    /// saved against. The images it links against must not be removed
+    /// while it is loaded.
     pub unsafe fn add_image(
         &self,
         dylib: &Dylib,
@@ -65,11 +73,19 @@ impl ObjectLayer {
     ) -> Result<(), ImageError> {
         let parsed = read::parse(name, &bytes)?;
         let session = self.session();
-        let symbols = parsed
+        let symbols: Vec<(SymbolName, SymbolFlags)> = parsed
             .exports
             .iter()
             .map(|e| (session.intern(e.name), flags(e.flags)))
             .collect();
+        // A strong export cannot be another unit's: looking it up maps
+        // this image.
+        let handle = symbols
+            .iter()
+            .find(|(_, f)| !f.contains(SymbolFlags::WEAK))
+            .or(symbols.first())
+            .map(|(n, _)| n.clone());
+        let build_id = BuildId(parsed.header.build_id);
         drop(parsed);
         let unit = ImageUnit {
             layer: self.clone(),
@@ -85,7 +101,18 @@ impl ObjectLayer {
                 source: Box::new(LinkError::Engine {
                     detail: e.to_string(),
                 }),
-            })
+            })?;
+        if let Some(export) = handle {
+            self.add_image_file(
+                build_id,
+                AddedImageFile {
+                    dylib: dylib.name().to_string(),
+                    export,
+                    name: name.to_string(),
+                },
+            );
+        }
+        Ok(())
     }
 }
 
@@ -114,13 +141,68 @@ impl MaterializationUnit for ImageUnit {
 }
 
 impl ImageUnit {
+    /// Where dependency `d` is loaded, `(base, size)`: an image file added
+    /// to the session (looked up at `Resolved`, which maps it; the export
+    /// looked up joins `waits`), else any registered image with its build id.
+    fn locate(
+        &self,
+        d: &ImageDependency,
+        waits: &mut Vec<(Dylib, Vec<SymbolName>)>,
+    ) -> Result<Option<(u64, u64)>, ImageError> {
+        let session = self.layer.session();
+        for added in self.layer.image_files(&d.build_id) {
+            let Some(dylib) = session.dylib(&added.dylib) else {
+                continue;
+            };
+            let order = SearchOrder::new().with(&dylib, DylibLookup::All);
+            let set = LookupSet::weak([added.export.clone()]);
+            let found = session
+                .lookup_with(
+                    &LookupRequest::new(order, set, RequiredState::Resolved)
+                        .kind(LookupKind::Static),
+                )
+                .wait()
+                .map_err(|e| ImageError::Link {
+                    name: self.name.clone(),
+                    source: Box::new(LinkError::Engine {
+                        detail: format!("loading {}: {e}", added.name),
+                    }),
+                })?;
+            let owner = found
+                .get(&added.export)
+                .and_then(|def| registry::image_at(def.address))
+                .filter(|img| img.build_id == d.build_id);
+            if let Some(img) = owner {
+                waits.push((dylib, vec![added.export]));
+                return Ok(Some((img.base, img.size)));
+            }
+        }
+        Ok(registry::find(&d.build_id).map(|img| (img.base, img.size)))
+    }
+
     fn load(&self, r: &Responsibility) -> Result<Vec<DependenceGroup>, Error> {
         let err = |e: ImageError| Error::msg(e);
         // Checked (hash included) when added; the unit's bytes have not
         // changed since: the tables are parsed again, the hash is not.
         let p: Parsed<'_> = read::parse_with(&self.name, &self.bytes, false).map_err(err)?;
         let session = self.layer.session();
+        // Images it links against first: all missing ones named at once.
+        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
+        let deps = load::dependency_bases(
+            &p,
+            &self.name,
+            |d| self.locate(d, &mut per_dylib),
+            |file| {
+                let mut ids = self.layer.image_files_named(file);
+                ids.extend(registry::named(file));
+                ids.sort();
+                ids.dedup();
+                ids
+            },
+        )
+        .map_err(err)?;
         let mut alloc = load::map(&p, &self.name).map_err(err)?;
+        let registration = load::register(&p, &alloc, &self.name);
         let base = alloc.base();
         // (a) Own addresses first: units waiting at Resolved go on.
         let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
@@ -149,13 +231,14 @@ impl ImageUnit {
             .zip(found.by_request())
             .filter_map(|(n, (_, d))| Some((*n, d?.address)))
             .collect();
-        load::bind(&p, &mut alloc, &self.name, &addrs).map_err(err)?;
+        load::bind(&p, &mut alloc, &self.name, &addrs, &deps).map_err(err)?;
         // (c) Final protections, runtime registration; the tracker owns it.
         let image = load::finish(&p, alloc, &self.name).map_err(err)?;
+        image.register_once(|| registration);
         self.layer.adopt(r, image, self.order)?;
-        // (d) Emit, depending on each import in the dylib it came from.
+        // (d) Emit, depending on each import in the dylib it came from
+        // (and on one export of each image it links against).
         let entries = order.entries();
-        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
         for (name, _, source) in found.iter_with_source() {
             let dylib = &entries[source].0;
             match per_dylib.iter_mut().find(|(d, _)| d == dylib) {

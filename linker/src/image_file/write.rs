@@ -23,15 +23,36 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
         .collect();
     let mut imports = Vec::with_capacity(r.imports.len() * format::IMPORT_SIZE);
     for i in &r.imports {
-        let (at, len) = string(&i.name);
         imports.extend_from_slice(&i.offset.to_le_bytes());
-        imports.extend_from_slice(&at.to_le_bytes());
-        imports.extend_from_slice(&len.to_le_bytes());
+        let (source, index) = match (i.dep, i.host) {
+            (Some((index, offset)), _) => {
+                imports.extend_from_slice(&offset.to_le_bytes());
+                (format::SOURCE_DEPENDENCY, index)
+            }
+            (None, Some(index)) => {
+                imports.extend_from_slice(&0u64.to_le_bytes());
+                (format::SOURCE_HOST_TABLE, index)
+            }
+            (None, None) => {
+                let (at, len) = string(&i.name);
+                imports.extend_from_slice(&at.to_le_bytes());
+                imports.extend_from_slice(&len.to_le_bytes());
+                (format::SOURCE_BY_NAME, 0)
+            }
+        };
         imports.extend_from_slice(&i.addend.to_le_bytes());
         let flags = if i.weak { format::IMPORT_WEAK } else { 0 }
             | if i.slot { format::IMPORT_SLOT } else { 0 };
-        imports.extend_from_slice(&[flags, format::SOURCE_BY_NAME, 0, 0]);
-        imports.extend_from_slice(&0u32.to_le_bytes());
+        imports.extend_from_slice(&[flags, source, 0, 0]);
+        imports.extend_from_slice(&index.to_le_bytes());
+    }
+    let mut deps = Vec::with_capacity(r.deps.len() * format::DEP_SIZE);
+    for d in &r.deps {
+        let (at, len) = string(&d.name);
+        deps.extend_from_slice(&d.build_id.0);
+        deps.extend_from_slice(&at.to_le_bytes());
+        deps.extend_from_slice(&len.to_le_bytes());
+        deps.extend_from_slice(&d.image_size.to_le_bytes());
     }
     let mut exports = Vec::with_capacity(r.exports.len() * format::EXPORT_SIZE);
     for e in &r.exports {
@@ -52,6 +73,15 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
         exports.extend_from_slice(&flags.to_le_bytes());
         exports.extend_from_slice(&0u32.to_le_bytes());
     }
+    let mut hosttab = Vec::new();
+    if let Some((id, count, table_name)) = &r.host_table {
+        let (at, len) = string(table_name);
+        hosttab.extend_from_slice(&id.0);
+        hosttab.extend_from_slice(&count.to_le_bytes());
+        hosttab.extend_from_slice(&at.to_le_bytes());
+        hosttab.extend_from_slice(&len.to_le_bytes());
+        hosttab.extend_from_slice(&0u32.to_le_bytes());
+    }
     let mut init = Vec::new();
     let mut initents = Vec::new();
     for (section, entries) in &r.init_fini {
@@ -66,14 +96,7 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
     }
     (
         [
-            rebase,
-            imports,
-            exports,
-            init,
-            initents,
-            strings,
-            Vec::new(),
-            Vec::new(),
+            rebase, imports, exports, init, initents, strings, deps, hosttab,
         ],
         image_name,
     )
