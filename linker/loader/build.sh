@@ -17,5 +17,7 @@ aarch64) cc=${CC:-aarch64-linux-gnu-gcc} ;;
 esac
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$2"
-exec "$cc" -std=c11 -O2 -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion \
+# $CFLAGS: extra flags (e.g. sanitizers for the mutation test).
+# shellcheck disable=SC2086
+exec "$cc" -std=c11 -O2 ${CFLAGS:-} -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion \
     -o "$2/kiln-load" "$here/kiln-load.c" -ldl -lgcc_s
