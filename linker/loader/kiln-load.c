@@ -303,7 +303,8 @@ static void check_header(void) {
 /* Program headers: PT_LOAD, R/RX/RW, page-aligned, ascending, in bounds. */
 static void segments(void) {
     const uint8_t *f = img.f;
-    if (f[4] != 2 || f[5] != 1 || f[6] != 1) bad("ELF container: not a little-endian ELF64 file");
+    /* What `object` checks (then kiln reads little-endian regardless). */
+    if (f[4] != 2 || (f[5] != 1 && f[5] != 2) || f[6] != 1) bad("ELF container: not an ELF64 file");
     expect("ELF e_machine", U16(f + 18), ISA_MACHINE);
     uint64_t phoff = U64(f + 32);
     uint16_t phentsize = U16(f + 54), phnum = U16(f + 56);
@@ -410,11 +411,10 @@ static void rebase(int apply, uint64_t base) {
     int has_last = 0, has_base = 0;
     if (n % 8) bad(".kiln.rebase size is not a multiple of 8");
     for (uint64_t i = 0; i < n / 8; i++) {
-        uint64_t w = U64(t + 8 * i), bits = w >> 1, at = b;
+        uint64_t w = U64(t + 8 * i), bits = w >> 1, at = b; /* a bitmap of the 63 words at b */
         if (w & 1) {
             if (!has_base) bad(".kiln.rebase: rebase entry %" PRIu64 ": a bitmap with no address before it", i);
-            bits = w >> 1;
-        } else {
+        } else { /* an address */
             if (w % 8) bad(".kiln.rebase: rebase entry %" PRIu64 ": offset %#" PRIx64 " is not 8-aligned", i, w);
             bits = 1, at = w;
         }
@@ -597,7 +597,7 @@ static void map_image(void) {
         void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED) die("cannot map %" PRIu64 " bytes for the image: %s", len, strerror(errno));
         uintptr_t b = (uintptr_t)m;
-        if ((b & 0xffffffffu) == 0 || (b >> 32) != ((b + len) >> 32)) tried[t] = m;
+        if ((b & 0xffffffffu) == 0 || (b >> 32) != ((b + len - 1) >> 32)) tried[t] = m;
         else img.mem = m;
     }
     for (int t = 0; t < 4; t++)
@@ -630,7 +630,9 @@ static void bind(void) {
             if (!addr[i]) addr[i] = lookup(imports[i].name);
             if (!addr[i] && !imports[i].weak) missing[nmissing++] = imports[i].name;
         }
-        if (!nmissing || pass) break;
+        int any = nmissing > 0; /* weak ones too: kiln's host has these libraries loaded */
+        for (uint32_t i = 0; i < img.nimports; i++) any |= !addr[i];
+        if (!any || pass) break;
         static const char *const libs[] = {"libm.so.6", "libgcc_s.so.1", "libstdc++.so.6"};
         for (int l = 0; l < 3; l++) dlopen(libs[l], RTLD_NOW | RTLD_GLOBAL); /* optional, as in kiln */
     }
@@ -667,8 +669,8 @@ static void register_eh_frame(void) {
     const uint8_t *p = img.mem + img.eh_off;
     uint64_t len = img.eh_len - 4, at = 0;
     while (at < len) {
-        uint64_t rec = U32(p + (len - at >= 4 ? at : 0));
         if (len - at < 4) bad(".eh_frame at offset %#" PRIx64 ": truncated record length", at);
+        uint64_t rec = U32(p + at);
         if (rec == 0) bad(".eh_frame at offset %#" PRIx64 ": zero length word before the end of the section", at);
         if (rec == 0xffffffffu) {
             if (len - at < 12) bad(".eh_frame at offset %#" PRIx64 ": truncated 64-bit record length", at);
