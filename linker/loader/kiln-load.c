@@ -117,7 +117,8 @@ static void put64(uint8_t *p, uint64_t v) {
 /* Whether [off, off+len) lies inside [0, size). */
 static int inside(uint64_t off, uint64_t len, uint64_t size) { return off <= size && len <= size - off; }
 
-/* ---------------- BLAKE3 (port of the spec's reference_impl.rs) ---------------- */
+/* ------- BLAKE3: a port of the reference implementation (reference_impl.rs in
+ * github.com/BLAKE3-team/BLAKE3, CC0-1.0 / Apache-2.0): unkeyed, 32 bytes out. ------- */
 static const uint32_t B3_IV[8] = {0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
                                   0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19};
 static const uint8_t B3_PERM[16] = {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8};

@@ -26,6 +26,10 @@
 //! over `.kiln.initents` (u64 offsets); `.kiln.strings` the names;
 //! `.kiln.deps` and `.kiln.hosttab` are reserved (dependency images by
 //! build id, host table entries) and must be empty in version 1.
+//!
+//! The C loader `linker/loader/kiln-load.c` is the format's second
+//! implementation: a change here is mirrored there (`tests/c_loader.rs`
+//! runs real images under both).
 
 /// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
