@@ -636,3 +636,29 @@ fn initializers_and_finalizers_run_in_kiln_order() {
     );
     assert_eq!((k.status.code(), l.status.code()), (Some(3), Some(3)));
 }
+
+/// W^X: under `kiln-load` the image's text is `r-x`, its read-only data
+/// `r--`, its data `rw-`, and no mapping of the process is writable and
+/// executable.
+#[test]
+fn final_protections_are_w_xor_x() {
+    assert!(need_tool("gcc"));
+    let dir = scratch("c-loader-wx");
+    let obj = compile(
+        "gcc",
+        &c_dir().join("wx_maps.c"),
+        &["-O2", "-fPIC"],
+        &[],
+        &dir.join("wx_maps.o"),
+    );
+    let image = dir.join("wx.kimg");
+    save(&image, &[obj]);
+    let o = run_loader(&image, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "text r-xp\nrodata r--p\ndata rw-p\nwritable and executable: 0\n",
+        "{}",
+        show(&o)
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+}
