@@ -36,6 +36,10 @@
 //! addend (i64); flags (u8); source (u8: [`SOURCE_BY_NAME`],
 //! [`SOURCE_HOST_TABLE`] or [`SOURCE_DEPENDENCY`]); 2 zero bytes; index
 //! (u32: the dependency's index in `.kiln.deps`, or the host table entry).
+//!
+//! The C loader `linker/loader/kiln-load.c` is the format's second
+//! implementation: a change here is mirrored there (`tests/c_loader.rs`
+//! runs real images under both; it refuses dependencies and host tables).
 
 /// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";

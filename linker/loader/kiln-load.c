@@ -1,0 +1,759 @@
+/* kiln-load: runs a kiln image file (`kiln image save -o X.kimg ...`)
+ * without kiln — the image format's second implementation.
+ *
+ *     kiln-load IMAGE [ARGS...]       exit status: main's (127: refused)
+ *
+ * It checks the file exactly as kiln does (linker/src/image_file/read.rs:
+ * header fields, CPU features, size, BLAKE3 content hash, ELF container,
+ * segments, every table), maps it, rebases it, binds its imports by name
+ * (dlsym), applies the final protections (W^X), registers its .eh_frame,
+ * runs its initializers in kiln's order, calls main(argc, argv, envp) and
+ * runs its finalizers at exit. Every offset in the file is bounds-checked
+ * before use; every refusal names the field (or what is inconsistent) and
+ * both values, and exits with status 127 — a malformed file never crashes
+ * the loader. KILN_LOAD_NOEXEC=1 loads, binds and protects without running
+ * anything (exit 0), like `kiln run --noexec`.
+ *
+ * The layout is documented in linker/src/image_file/format.rs and
+ * docs/images.md ("The C loader"). C11 + POSIX; libc, libdl, libgcc_s. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ===================== ISA-specific: the only such part ===================
+ * The format's load-time fixups are ISA-neutral (a rebased 64-bit word, an
+ * import written into a 64-bit word; text is never patched), so what differs
+ * per ISA is: the ELF machine, the page size images use, the CPU feature
+ * bits (format.rs CPU_FEATURES), and making copied code visible to
+ * instruction fetch. Adding an ISA = one more branch here. */
+#if defined(__x86_64__)
+#define ISA_MACHINE 62 /* EM_X86_64 */
+#define ISA_PAGE 4096u
+static const char *const CPU_FEATURES[] = {"sse4.2", "popcnt", "avx", "avx2", "bmi2", "avx512f"};
+static uint64_t isa_cpu_features(void) {
+    __builtin_cpu_init();
+    int have[] = {__builtin_cpu_supports("sse4.2"), __builtin_cpu_supports("popcnt"),
+                  __builtin_cpu_supports("avx"),    __builtin_cpu_supports("avx2"),
+                  __builtin_cpu_supports("bmi2"),   __builtin_cpu_supports("avx512f")};
+    uint64_t bits = 0;
+    for (unsigned i = 0; i < sizeof have / sizeof have[0]; i++)
+        if (have[i]) bits |= (uint64_t)1 << i;
+    return bits;
+}
+static void isa_sync_code(char *start, size_t len) { (void)start, (void)len; } /* coherent */
+#elif defined(__aarch64__)
+/* kiln writes no aarch64 images yet: machine and page size as the issue
+ * expects them, no CPU feature bits defined (any required bit is refused). */
+#define ISA_MACHINE 183 /* EM_AARCH64 */
+#define ISA_PAGE 4096u
+static const char *const CPU_FEATURES[] = {""};
+static uint64_t isa_cpu_features(void) { return 0; }
+static void isa_sync_code(char *start, size_t len) { __builtin___clear_cache(start, start + len); }
+#else
+#error "kiln-load: add this ISA to the ISA-specific section"
+#endif
+/* ========================================================================= */
+
+#define FORMAT_VERSION 1u
+#define HEADER_AT 64u
+#define HEADER_SIZE 304u
+#define HASH_AT (HEADER_AT + 72u)
+#define N_TABLES 8
+enum { T_REBASE, T_IMPORTS, T_EXPORTS, T_INIT, T_INITENTS, T_STRINGS, T_DEPS, T_HOSTTAB };
+static const char *const TABLES[N_TABLES] = {".kiln.rebase", ".kiln.imports", ".kiln.exports",
+                                             ".kiln.init",   ".kiln.initents", ".kiln.strings",
+                                             ".kiln.deps",   ".kiln.hosttab"};
+#define IMPORT_SIZE 32u
+#define EXPORT_SIZE 24u
+#define INIT_SIZE 16u
+#define MAX_IMAGE ((uint64_t)1 << 32)
+enum { PROT_RX = 1, PROT_RO, PROT_RW };
+
+static const char *image_path = "?";
+
+static _Noreturn void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "kiln-load: %s: ", image_path);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(127);
+}
+#define bad(...) die("malformed image: " __VA_ARGS__)
+static _Noreturn void field(const char *name, const char *found, const char *expected) {
+    die("image field `%s` is %s, expected %s", name, found, expected);
+}
+static void expect(const char *name, uint64_t found, uint64_t expected) {
+    char f[24], e[24];
+    if (found == expected) return;
+    snprintf(f, sizeof f, "%" PRIu64, found);
+    snprintf(e, sizeof e, "%" PRIu64, expected);
+    field(name, f, e);
+}
+
+/* ---- little-endian reads; callers have bounds-checked the bytes ---- */
+static uint64_t le(const uint8_t *p, unsigned n) {
+    uint64_t v = 0;
+    for (unsigned i = n; i-- > 0;) v = v << 8 | p[i];
+    return v;
+}
+#define U16(p) ((uint16_t)le((p), 2))
+#define U32(p) ((uint32_t)le((p), 4))
+#define U64(p) le((p), 8)
+static void put64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> 8 * i);
+}
+/* Whether [off, off+len) lies inside [0, size). */
+static int inside(uint64_t off, uint64_t len, uint64_t size) { return off <= size && len <= size - off; }
+
+/* ------- BLAKE3: a port of the reference implementation (reference_impl.rs in
+ * github.com/BLAKE3-team/BLAKE3, CC0-1.0 / Apache-2.0): unkeyed, 32 bytes out. ------- */
+static const uint32_t B3_IV[8] = {0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
+                                  0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19};
+static const uint8_t B3_PERM[16] = {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8};
+enum { CHUNK_START = 1, CHUNK_END = 2, PARENT = 4, ROOT = 8 };
+static uint32_t rotr(uint32_t x, int n) { return x >> n | x << (32 - n); }
+static void b3_g(uint32_t *s, int a, int b, int c, int d, uint32_t mx, uint32_t my) {
+    s[a] += s[b] + mx, s[d] = rotr(s[d] ^ s[a], 16), s[c] += s[d], s[b] = rotr(s[b] ^ s[c], 12);
+    s[a] += s[b] + my, s[d] = rotr(s[d] ^ s[a], 8), s[c] += s[d], s[b] = rotr(s[b] ^ s[c], 7);
+}
+static void b3_compress(const uint32_t cv[8], const uint32_t block[16], uint64_t counter,
+                        uint32_t len, uint32_t flags, uint32_t out[16]) {
+    uint32_t s[16] = {cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7], B3_IV[0], B3_IV[1],
+                      B3_IV[2], B3_IV[3], (uint32_t)counter, (uint32_t)(counter >> 32), len, flags};
+    uint32_t m[16], t[16];
+    memcpy(m, block, sizeof m);
+    for (int r = 0; r < 7; r++) {
+        b3_g(s, 0, 4, 8, 12, m[0], m[1]), b3_g(s, 1, 5, 9, 13, m[2], m[3]);
+        b3_g(s, 2, 6, 10, 14, m[4], m[5]), b3_g(s, 3, 7, 11, 15, m[6], m[7]);
+        b3_g(s, 0, 5, 10, 15, m[8], m[9]), b3_g(s, 1, 6, 11, 12, m[10], m[11]);
+        b3_g(s, 2, 7, 8, 13, m[12], m[13]), b3_g(s, 3, 4, 9, 14, m[14], m[15]);
+        for (int i = 0; i < 16; i++) t[i] = m[B3_PERM[i]];
+        memcpy(m, t, sizeof m);
+    }
+    for (int i = 0; i < 8; i++) s[i] ^= s[i + 8], s[i + 8] ^= cv[i];
+    memcpy(out, s, sizeof s);
+}
+/* An output node: compressed as a chaining value or, at the root, the hash. */
+struct b3_out { uint32_t cv[8], block[16]; uint64_t counter; uint32_t len, flags; };
+static void b3_chain(const struct b3_out *o, uint32_t cv[8]) {
+    uint32_t w[16];
+    b3_compress(o->cv, o->block, o->counter, o->len, o->flags, w);
+    memcpy(cv, w, 32);
+}
+static void b3_words(const uint8_t *bytes, size_t n, uint32_t w[16]) {
+    uint8_t b[64] = {0};
+    memcpy(b, bytes, n);
+    for (int i = 0; i < 16; i++) w[i] = U32(b + 4 * i);
+}
+/* BLAKE3 of `n` bytes at `p` (unkeyed, 32-byte output). */
+static void blake3(const uint8_t *p, size_t n, uint8_t hash[32]) {
+    uint32_t stack[54][8], cv[8];
+    int depth = 0;
+    uint64_t chunk = 0;
+    struct b3_out o;
+    for (;;) { /* one 1024-byte chunk (the last may be short or empty) */
+        size_t clen = n < 1024 ? n : 1024, at = 0;
+        memcpy(cv, B3_IV, sizeof cv);
+        uint32_t start = CHUNK_START;
+        while (clen - at > 64) {
+            b3_words(p + at, 64, o.block);
+            memcpy(o.cv, cv, sizeof cv);
+            o.counter = chunk, o.len = 64, o.flags = start;
+            b3_chain(&o, cv);
+            at += 64, start = 0;
+        }
+        memcpy(o.cv, cv, sizeof cv);
+        b3_words(p + at, clen - at, o.block);
+        o.counter = chunk, o.len = (uint32_t)(clen - at), o.flags = start | CHUNK_END;
+        p += clen, n -= clen, chunk++;
+        if (n == 0) break;
+        b3_chain(&o, cv); /* more input: merge completed subtrees, push */
+        for (uint64_t total = chunk; (total & 1) == 0; total >>= 1) {
+            struct b3_out par = {.counter = 0, .len = 64, .flags = PARENT};
+            memcpy(par.cv, B3_IV, 32), memcpy(par.block, stack[--depth], 32), memcpy(par.block + 8, cv, 32);
+            b3_chain(&par, cv);
+        }
+        memcpy(stack[depth++], cv, sizeof cv);
+    }
+    while (depth > 0) {
+        b3_chain(&o, cv);
+        struct b3_out par = {.counter = 0, .len = 64, .flags = PARENT};
+        memcpy(par.cv, B3_IV, 32), memcpy(par.block, stack[--depth], 32), memcpy(par.block + 8, cv, 32);
+        o = par;
+    }
+    uint32_t w[16];
+    b3_compress(o.cv, o.block, 0, o.len, o.flags | ROOT, w);
+    for (int i = 0; i < 32; i++) hash[i] = (uint8_t)(w[i / 4] >> 8 * (i % 4));
+}
+static void hex(const uint8_t *b, char out[65]) {
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* ------------------------------- the file ------------------------------- */
+struct seg { uint64_t vaddr, memsz, offset, filesz; int prot; };
+struct strref { const uint8_t *p; uint32_t len; };
+struct image {
+    const uint8_t *f; uint64_t size;           /* the file */
+    uint64_t image_size, eh_off, eh_len, page;
+    uint32_t nseg, nimports, nexports, nrebased;
+    struct seg seg[16];
+    const uint8_t *table[N_TABLES]; uint64_t tsize[N_TABLES];
+    uint8_t *mem;                               /* the mapped image */
+} img;
+
+static int utf8_ok(const uint8_t *s, size_t n) { /* as Rust's str::from_utf8 */
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (k == 0 || k > n - i || (k == 2 && c < 0xc2) || (k == 4 && c > 0xf4)) return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+        if ((k == 3 && c == 0xe0 && s[i + 1] < 0xa0) || (k == 3 && c == 0xed && s[i + 1] >= 0xa0) ||
+            (k == 4 && c == 0xf0 && s[i + 1] < 0x90) || (k == 4 && c == 0xf4 && s[i + 1] >= 0x90))
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+static struct strref string(const uint8_t *ref, const char *what) {
+    uint32_t at = U32(ref), len = U32(ref + 4);
+    if (!inside(at, len, img.tsize[T_STRINGS]) || !utf8_ok(img.table[T_STRINGS] + at, len))
+        bad("%s: string %#x+%#x is outside .kiln.strings or not UTF-8", what, at, len);
+    return (struct strref){img.table[T_STRINGS] + at, len};
+}
+static char *cstr(struct strref s) { /* NUL-terminated copy (for dlsym, messages) */
+    char *c = malloc((size_t)s.len + 1);
+    if (!c) die("out of memory");
+    memcpy(c, s.p, s.len), c[s.len] = 0;
+    return c;
+}
+
+static void feature_names(uint64_t bits, char *out, size_t cap) {
+    size_t n = sizeof CPU_FEATURES / sizeof CPU_FEATURES[0], at = 0;
+    out[0] = 0;
+    for (unsigned i = 0; i < 64; i++) {
+        if (!(bits >> i & 1)) continue;
+        const char *sep = at ? "," : "";
+        if (i < n && CPU_FEATURES[i][0]) at += snprintf(out + at, cap - at, "%s%s", sep, CPU_FEATURES[i]);
+        else at += snprintf(out + at, cap - at, "%sbit%u", sep, i);
+        if (at >= cap) break;
+    }
+    if (!at) snprintf(out, cap, "none");
+}
+
+/* The header's own checks, cheapest first (read.rs check_header). */
+static void check_header(void) {
+    const uint8_t *f = img.f, *h = f + HEADER_AT;
+    if (img.size < HEADER_AT + 8 || memcmp(f, "\x7f" "ELF", 4) || memcmp(h, "KILNIMG", 8))
+        die("not a kiln image (no `\\x7fELF` + `KILNIMG` magic at offsets 0 and 64)");
+    if (img.size < HEADER_AT + HEADER_SIZE) {
+        char found[24], e[32];
+        snprintf(found, sizeof found, "%" PRIu64, img.size);
+        snprintf(e, sizeof e, "at least %u", HEADER_AT + HEADER_SIZE);
+        field("file size", found, e);
+    }
+    expect("format version", U32(h + 8), FORMAT_VERSION);
+    expect("header size", U32(h + 12), HEADER_SIZE);
+    expect("machine", U16(h + 16), ISA_MACHINE);
+    expect("pointer width", h[18], 8);
+    expect("endianness", h[19], 1);
+    expect("page size", U32(h + 20), ISA_PAGE);
+    expect("flags", U64(h + 32), 0);
+    uint64_t need = U64(h + 24), have = isa_cpu_features();
+    if (need & ~have) {
+        char n[512], hv[512], e[560];
+        feature_names(need, n, sizeof n), feature_names(have, hv, sizeof hv);
+        snprintf(e, sizeof e, "a subset of this CPU's %s", hv);
+        field("required CPU features", n, e);
+    }
+    expect("file size", U64(h + 104), img.size);
+    uint8_t saved[32], got[32];
+    char a[65], b[65], e[100];
+    memcpy(saved, f + HASH_AT, 32);
+    memset((uint8_t *)f + HASH_AT, 0, 32); /* our private copy of the file */
+    blake3(f, img.size, got);
+    memcpy((uint8_t *)f + HASH_AT, saved, 32);
+    if (memcmp(saved, got, 32)) {
+        hex(saved, a), hex(got, b);
+        snprintf(e, sizeof e, "%s (the file's bytes)", b);
+        field("content hash", a, e);
+    }
+    uint64_t tls = U64(h + 288);
+    if (tls) {
+        char found[24];
+        snprintf(found, sizeof found, "%" PRIu64, tls);
+        field("TLS template size", found, "0 (kiln-load does not support thread-local storage)");
+    }
+    img.image_size = U64(h + 112), img.eh_off = U64(h + 120), img.eh_len = U64(h + 128);
+    img.nseg = U32(h + 264), img.nimports = U32(h + 268), img.nexports = U32(h + 272);
+    img.nrebased = U32(h + 276);
+}
+
+/* Program headers: PT_LOAD, R/RX/RW, page-aligned, ascending, in bounds. */
+static void segments(void) {
+    const uint8_t *f = img.f;
+    /* What `object` checks (then kiln reads little-endian regardless). */
+    if (f[4] != 2 || (f[5] != 1 && f[5] != 2) || f[6] != 1) bad("ELF container: not an ELF64 file");
+    expect("ELF e_machine", U16(f + 18), ISA_MACHINE);
+    uint64_t phoff = U64(f + 32);
+    uint16_t phentsize = U16(f + 54), phnum = U16(f + 56);
+    if (phnum && (phentsize != 56 || !inside(phoff, (uint64_t)phnum * 56, img.size)))
+        bad("program headers: %u of size %u at %#" PRIx64 " are outside the file", phnum, phentsize, phoff);
+    expect("segment count", phnum, img.nseg);
+    if (phnum > 16) bad("%u segments (kiln writes at most 3)", phnum);
+    uint64_t prev_end = 0;
+    for (unsigned i = 0; i < phnum; i++) {
+        const uint8_t *p = f + phoff + 56 * i;
+        struct seg *s = &img.seg[i];
+        expect("segment type", U32(p), 1 /* PT_LOAD */);
+        uint32_t fl = U32(p + 4);
+        s->prot = fl == 5 ? PROT_RX : fl == 4 ? PROT_RO : fl == 6 ? PROT_RW : 0;
+        if (!s->prot) {
+            char found[16];
+            snprintf(found, sizeof found, "%#x", fl);
+            field("segment flags", found, "R, RX or RW");
+        }
+        s->offset = U64(p + 8), s->vaddr = U64(p + 16), s->filesz = U64(p + 32), s->memsz = U64(p + 40);
+        if (s->vaddr % ISA_PAGE || s->offset % ISA_PAGE || s->filesz > s->memsz || s->vaddr < prev_end ||
+            !inside(s->offset, s->filesz, img.size) || !inside(s->vaddr, s->memsz, img.image_size))
+            bad("segment %u (image %#" PRIx64 "+%#" PRIx64 ", file %#" PRIx64 "+%#" PRIx64
+                ") is misaligned, overlapping or out of bounds (image size %#" PRIx64 ")",
+                i, s->vaddr, s->memsz, s->offset, s->filesz, img.image_size);
+        prev_end = s->vaddr + s->memsz;
+    }
+    if (img.image_size == 0 || img.image_size > MAX_IMAGE) {
+        char found[24];
+        snprintf(found, sizeof found, "%" PRIu64, img.image_size);
+        field("image size", found, "1..=4294967296");
+    }
+}
+
+/* The section header named `name` (the first one, as `object` finds it). */
+static const uint8_t *section(const char *name) {
+    const uint8_t *f = img.f;
+    uint64_t shoff = U64(f + 40);
+    uint16_t shentsize = U16(f + 58), shnum = U16(f + 60), shstrndx = U16(f + 62);
+    if (shnum == 0 || shentsize != 64 || !inside(shoff, (uint64_t)shnum * 64, img.size) || shstrndx >= shnum)
+        bad("ELF container: section table (%u of size %u at %#" PRIx64 ", names in %u) is malformed",
+            shnum, shentsize, shoff, shstrndx);
+    const uint8_t *strs = f + shoff + 64 * (uint64_t)shstrndx;
+    uint64_t soff = U64(strs + 24), ssize = U64(strs + 32);
+    if (!inside(soff, ssize, img.size)) bad("ELF container: section names are outside the file");
+    size_t want = strlen(name) + 1;
+    for (unsigned i = 0; i < shnum; i++) {
+        const uint8_t *s = f + shoff + 64 * (uint64_t)i;
+        uint32_t n = U32(s);
+        if (n < ssize && want <= ssize - n && !memcmp(f + soff + n, name, want)) return s;
+    }
+    return NULL;
+}
+
+/* Each table as both the header and the section table say; .eh_frame. */
+static void tables(void) {
+    const uint8_t *h = img.f + HEADER_AT, *s = section(".kiln.header");
+    if (!s) bad("no .kiln.header section");
+    expect(".kiln.header offset", U64(s + 24), HEADER_AT);
+    for (int i = 0; i < N_TABLES; i++) {
+        uint64_t off = U64(h + 136 + 16 * i), size = U64(h + 144 + 16 * i);
+        if (!(s = section(TABLES[i]))) bad("no %s section", TABLES[i]);
+        if (U64(s + 24) != off || U64(s + 32) != size)
+            bad("%s: the header says offset %#" PRIx64 " size %#" PRIx64 ", the section table offset %#" PRIx64
+                " size %#" PRIx64, TABLES[i], off, size, U64(s + 24), U64(s + 32));
+        if (!inside(off, size, img.size))
+            bad("%s (%#" PRIx64 "+%#" PRIx64 ") is outside the file", TABLES[i], off, size);
+        img.table[i] = img.f + off, img.tsize[i] = size;
+    }
+    if (img.tsize[T_DEPS]) {
+        char found[80];
+        snprintf(found, sizeof found, "%" PRIu64 " (the image links against other images)", img.tsize[T_DEPS]);
+        field(".kiln.deps size", found, "0 (kiln-load cannot load dependencies by build id yet)");
+    }
+    expect(".kiln.hosttab size", img.tsize[T_HOSTTAB], 0);
+    if (img.eh_len == 0) return;
+    s = section(".eh_frame");
+    if (!s || U64(s + 16) != img.eh_off || U64(s + 32) != img.eh_len)
+        bad("the header's .eh_frame %#" PRIx64 "+%#" PRIx64 " does not match the section table's", img.eh_off,
+            img.eh_len);
+    for (unsigned i = 0; i < img.nseg; i++) {
+        struct seg *g = &img.seg[i];
+        if (img.eh_len >= 4 && g->prot == PROT_RO && img.eh_off >= g->vaddr &&
+            inside(img.eh_off - g->vaddr, img.eh_len, g->filesz))
+            return;
+    }
+    bad(".eh_frame %#" PRIx64 "+%#" PRIx64 " is not inside a read-only segment's file bytes", img.eh_off,
+        img.eh_len);
+}
+
+/* Whether the word at `off` lies in a non-text segment. */
+static void writable(uint64_t off, const char *what) {
+    for (unsigned i = 0; i < img.nseg; i++) {
+        struct seg *g = &img.seg[i];
+        if (g->prot != PROT_RX && off >= g->vaddr && inside(off - g->vaddr, 8, g->memsz)) return;
+    }
+    bad("%s at %#" PRIx64 " is not a word of a non-text segment", what, off);
+}
+
+/* RELR (format.rs relr_decode): checks every offset; with `base`, rebases. */
+static void rebase(int apply, uint64_t base) {
+    const uint8_t *t = img.table[T_REBASE];
+    uint64_t n = img.tsize[T_REBASE], limit = img.image_size / 8, count = 0, last = 0, b = 0;
+    int has_last = 0, has_base = 0;
+    if (n % 8) bad(".kiln.rebase size is not a multiple of 8");
+    for (uint64_t i = 0; i < n / 8; i++) {
+        uint64_t w = U64(t + 8 * i), bits = w >> 1, at = b; /* a bitmap of the 63 words at b */
+        if (w & 1) {
+            if (!has_base) bad(".kiln.rebase: rebase entry %" PRIu64 ": a bitmap with no address before it", i);
+        } else { /* an address */
+            if (w % 8) bad(".kiln.rebase: rebase entry %" PRIu64 ": offset %#" PRIx64 " is not 8-aligned", i, w);
+            bits = 1, at = w;
+        }
+        for (; bits; bits >>= 1) {
+            if (bits & 1) {
+                if (has_last && at <= last) bad(".kiln.rebase: rebase offset %#" PRIx64 " is not ascending", at);
+                last = at, has_last = 1;
+                if (++count > limit) bad(".kiln.rebase: more than %" PRIu64 " rebased words", limit);
+                writable(at, ".kiln.rebase: rebased word");
+                if (apply) put64(img.mem + at, U64(img.mem + at) + base);
+            }
+            if (at > UINT64_MAX - 8) bad(".kiln.rebase: rebase offset overflows");
+            at += 8;
+        }
+        if (w & 1) {
+            if (b > UINT64_MAX - 63 * 8) bad(".kiln.rebase: rebase offset overflows");
+            b += 63 * 8;
+        } else {
+            b = w + 8, has_base = 1;
+        }
+    }
+    expect("rebased word count", count, img.nrebased);
+}
+
+struct import { uint64_t offset, addend; char *name; int weak; };
+static struct import *imports;
+static void read_imports(void) {
+    const uint8_t *t = img.table[T_IMPORTS];
+    expect(".kiln.imports size", img.tsize[T_IMPORTS], (uint64_t)img.nimports * IMPORT_SIZE);
+    imports = calloc(img.nimports + 1, sizeof *imports);
+    if (!imports) die("out of memory");
+    for (uint32_t i = 0; i < img.nimports; i++) {
+        const uint8_t *r = t + (uint64_t)i * IMPORT_SIZE;
+        uint8_t flags = r[24], source = r[25];
+        if (source != 0) {
+            char found[64];
+            snprintf(found, sizeof found, "%u (not by name)", source);
+            field("import source", found, "0 (kiln-load binds imports by name only)");
+        }
+        if (flags & ~3u) {
+            char found[8];
+            snprintf(found, sizeof found, "%u", flags);
+            field("import flags", found, "a combination of WEAK (1) and SLOT (2)");
+        }
+        struct import *m = &imports[i];
+        m->offset = U64(r), m->addend = U64(r + 16), m->weak = flags & 1;
+        m->name = cstr(string(r + 8, "import name"));
+        if (i > 0 && imports[i - 1].offset + 8 > m->offset)
+            bad("import %u (%s) is not sorted by offset or overlaps the previous", i, m->name);
+        writable(m->offset, "import");
+    }
+}
+
+/* Exports sorted by name, inside the image; returns `main`'s offset. */
+static int64_t read_exports(void) {
+    const uint8_t *t = img.table[T_EXPORTS];
+    struct strref prev = {0};
+    int64_t main_at = -1;
+    expect(".kiln.exports size", img.tsize[T_EXPORTS], (uint64_t)img.nexports * EXPORT_SIZE);
+    for (uint32_t i = 0; i < img.nexports; i++) {
+        const uint8_t *r = t + (uint64_t)i * EXPORT_SIZE;
+        uint64_t off = U64(r);
+        struct strref n = string(r + 8, "export name");
+        if (off >= img.image_size) {
+            char found[300], e[64];
+            snprintf(found, sizeof found, "%#" PRIx64 " (%.*s)", off, (int)(n.len > 200 ? 200 : n.len),
+                     (const char *)n.p);
+            snprintf(e, sizeof e, "below the image size %#" PRIx64, img.image_size);
+            field("export offset", found, e);
+        }
+        uint32_t common = n.len < prev.len ? n.len : prev.len;
+        int c = memcmp(prev.p ? prev.p : n.p, n.p, common);
+        if (n.len == 0 || (i > 0 && (c > 0 || (c == 0 && prev.len >= n.len))))
+            bad("export `%.*s` is empty, out of order or a duplicate", (int)(n.len > 200 ? 200 : n.len),
+                (const char *)n.p);
+        if (n.len == 4 && !memcmp(n.p, "main", 4)) main_at = (int64_t)off;
+        prev = n;
+    }
+    return main_at;
+}
+
+/* runtime/init.rs init_priority: kind and sort key of a section, or -1. */
+enum kind { PREINIT, INIT, CTORS, FINI, DTORS };
+#define DEFAULT_PRIORITY 65536u
+static int init_priority(struct strref s, uint32_t *key) {
+    static const char *const prefix[] = {".init_array", ".fini_array", ".ctors", ".dtors"};
+    static const enum kind kinds[] = {INIT, FINI, CTORS, DTORS};
+    *key = DEFAULT_PRIORITY;
+    if (s.len == 14 && !memcmp(s.p, ".preinit_array", 14)) return PREINIT;
+    for (int k = 0; k < 4; k++) {
+        size_t pl = strlen(prefix[k]);
+        if (s.len < pl || memcmp(s.p, prefix[k], pl)) continue;
+        const uint8_t *rest = s.p + pl;
+        size_t rl = s.len - pl;
+        if (rl == 0) return kinds[k];
+        if (rest[0] != '.') return -1;
+        uint64_t n = 0;
+        int ok = rl > 1;
+        for (size_t i = 1; i < rl && ok; i++) {
+            ok = rest[i] >= '0' && rest[i] <= '9';
+            n = n * 10 + (uint64_t)(rest[i] - '0');
+            if (n > 65535) n = 65536; /* saturate: any bigger number gets no priority */
+        }
+        if (ok && n <= 65535) *key = kinds[k] == CTORS || kinds[k] == DTORS ? 65535 - (uint32_t)n : (uint32_t)n;
+        return kinds[k];
+    }
+    return -1;
+}
+
+/* Initializers and finalizers: (key, link sequence, offset). */
+struct entry { uint32_t key; uint32_t seq; uint64_t off; };
+struct list { struct entry *e; size_t n, cap; } preinits, inits, finis;
+static void push(struct list *l, uint32_t key, uint64_t off) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 16;
+        if (!(l->e = realloc(l->e, l->cap * sizeof *l->e))) die("out of memory");
+    }
+    l->e[l->n] = (struct entry){key, (uint32_t)l->n, off}, l->n++;
+}
+static int by_key(const void *a, const void *b) {
+    const struct entry *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+static int in_text(uint64_t off) {
+    for (unsigned s = 0; s < img.nseg; s++)
+        if (img.seg[s].prot == PROT_RX && off >= img.seg[s].vaddr && off - img.seg[s].vaddr < img.seg[s].filesz)
+            return 1;
+    return off == UINT64_MAX; /* an entry outside the image: skipped */
+}
+static void read_init_fini(void) {
+    const uint8_t *t = img.table[T_INIT], *ents = img.table[T_INITENTS];
+    uint64_t n = img.tsize[T_INIT], ne = img.tsize[T_INITENTS];
+    if (n % INIT_SIZE || ne % 8) bad(".kiln.init or .kiln.initents has a partial record");
+    for (uint64_t i = 0; i < n / INIT_SIZE; i++) {
+        const uint8_t *r = t + i * INIT_SIZE;
+        struct strref name = string(r, "initializer section name");
+        uint32_t key, first = U32(r + 8), count = U32(r + 12);
+        int kind = init_priority(name, &key);
+        if (kind < 0)
+            field("initializer section", cstr(name),
+                  ".init_array*, .fini_array*, .ctors*, .dtors* or .preinit_array");
+        if (!inside((uint64_t)first * 8, (uint64_t)count * 8, ne))
+            bad("%s: entries %u+%u are outside .kiln.initents", cstr(name), first, count);
+        for (uint32_t j = 0; j < count; j++)
+            if (!in_text(U64(ents + 8 * ((uint64_t)first + j))))
+                bad("%s: entry %#" PRIx64 " is not in text", cstr(name), U64(ents + 8 * ((uint64_t)first + j)));
+        struct list *l = kind == PREINIT ? &preinits : kind == INIT || kind == CTORS ? &inits : &finis;
+        for (uint32_t j = 0; j < count; j++) {
+            /* .ctors runs each section last-first; ld reverses .dtors. */
+            uint64_t at = kind == CTORS || kind == DTORS ? (uint64_t)first + count - 1 - j : (uint64_t)first + j;
+            uint64_t off = U64(ents + 8 * at);
+            if (off != UINT64_MAX) push(l, key, off);
+        }
+    }
+    if (inits.n) qsort(inits.e, inits.n, sizeof *inits.e, by_key);
+    if (finis.n) qsort(finis.e, finis.n, sizeof *finis.e, by_key);
+}
+
+/* ------------------------------ loading ------------------------------ */
+extern void __register_frame(void *begin); /* libgcc_s */
+extern int __cxa_atexit(void (*f)(void *), void *arg, void *dso);
+extern void __cxa_finalize(void *dso);
+extern char **environ;
+
+/* `atexit` lives in libc_nonshared.a, not in libc.so: kiln's runtime
+ * provides it, and so does the loader — a handler of the image (its
+ * __dso_handle is the image's first byte), as libc_nonshared's does. */
+static int image_atexit(void (*f)(void)) { return __cxa_atexit((void (*)(void *))(void (*)(void))f, NULL, img.mem); }
+static const struct { const char *name; void (*addr)(void); } OVERRIDES[] = {
+    {"atexit", (void (*)(void))image_atexit},
+};
+
+/* Memory for the image: RW, page-rounded, not touching an address whose low
+ * 32 bits are zero (libgcc drops FDEs of code there; kiln's slab avoids it). */
+static void map_image(void) {
+    uint64_t len = (img.image_size + img.page - 1) / img.page * img.page;
+    void *tried[4] = {0};
+    for (int t = 0; t < 4 && !img.mem; t++) {
+        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) die("cannot map %" PRIu64 " bytes for the image: %s", len, strerror(errno));
+        uintptr_t b = (uintptr_t)m;
+        if ((b & 0xffffffffu) == 0 || (b >> 32) != ((b + len - 1) >> 32)) tried[t] = m;
+        else img.mem = m;
+    }
+    for (int t = 0; t < 4; t++)
+        if (tried[t]) munmap(tried[t], len);
+    if (!img.mem) die("cannot map the image away from a 4 GiB boundary");
+    for (unsigned i = 0; i < img.nseg; i++)
+        memcpy(img.mem + img.seg[i].vaddr, img.f + img.seg[i].offset, img.seg[i].filesz);
+}
+
+static void *lookup(const char *name) {
+    for (size_t i = 0; i < sizeof OVERRIDES / sizeof OVERRIDES[0]; i++)
+        if (!strcmp(name, OVERRIDES[i].name)) return *(void **)(void *)&OVERRIDES[i].addr;
+    return dlsym(RTLD_DEFAULT, name);
+}
+
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Binds every import by name: kiln's runtime names first, then the process
+ * (dlsym). Images record no libraries (format version 1): the loader loads
+ * what kiln's host loads by default — libm, libgcc_s, libstdc++ — when a
+ * name is not found without them. Every missing strong import is listed. */
+static void bind(void) {
+    void **addr = calloc(img.nimports + 1, sizeof *addr);
+    char **missing = calloc(img.nimports + 1, sizeof *missing);
+    size_t nmissing = 0;
+    if (!addr || !missing) die("out of memory");
+    for (int pass = 0; pass < 2; pass++) {
+        nmissing = 0;
+        for (uint32_t i = 0; i < img.nimports; i++) {
+            if (!addr[i]) addr[i] = lookup(imports[i].name);
+            if (!addr[i] && !imports[i].weak) missing[nmissing++] = imports[i].name;
+        }
+        int any = nmissing > 0; /* weak ones too: kiln's host has these libraries loaded */
+        for (uint32_t i = 0; i < img.nimports; i++) any |= !addr[i];
+        if (!any || pass) break;
+        static const char *const libs[] = {"libm.so.6", "libgcc_s.so.1", "libstdc++.so.6"};
+        for (int l = 0; l < 3; l++) dlopen(libs[l], RTLD_NOW | RTLD_GLOBAL); /* optional, as in kiln */
+    }
+    if (nmissing) {
+        qsort(missing, nmissing, sizeof *missing, by_name);
+        fprintf(stderr, "kiln-load: %s: imported symbols not found: ", image_path);
+        for (size_t i = 0; i < nmissing; i++)
+            if (i == 0 || strcmp(missing[i], missing[i - 1]))
+                fprintf(stderr, "%s%s", i ? ", " : "", missing[i]);
+        fputc('\n', stderr);
+        exit(127);
+    }
+    for (uint32_t i = 0; i < img.nimports; i++)
+        put64(img.mem + imports[i].offset, addr[i] ? (uint64_t)(uintptr_t)addr[i] + imports[i].addend : 0);
+    free(addr), free(missing);
+}
+
+/* Final protections: text R-X, read-only data R--, data RW-, gaps none. */
+static void protect(void) {
+    uint64_t len = (img.image_size + img.page - 1) / img.page * img.page;
+    if (mprotect(img.mem, len, PROT_NONE)) die("mprotect: %s", strerror(errno));
+    for (unsigned i = 0; i < img.nseg; i++) {
+        struct seg *s = &img.seg[i];
+        uint64_t l = (s->memsz + img.page - 1) / img.page * img.page;
+        int p = s->prot == PROT_RX ? PROT_READ | PROT_EXEC : s->prot == PROT_RO ? PROT_READ : PROT_READ | PROT_WRITE;
+        if (l && mprotect(img.mem + s->vaddr, l, p)) die("mprotect: %s", strerror(errno));
+        if (s->prot == PROT_RX) isa_sync_code((char *)img.mem + s->vaddr, l);
+    }
+}
+
+/* runtime/eh_frame.rs: a whole section of records, then a zero word. */
+static void register_eh_frame(void) {
+    if (img.eh_len == 0) return;
+    const uint8_t *p = img.mem + img.eh_off;
+    uint64_t len = img.eh_len - 4, at = 0;
+    while (at < len) {
+        if (len - at < 4) bad(".eh_frame at offset %#" PRIx64 ": truncated record length", at);
+        uint64_t rec = U32(p + at);
+        if (rec == 0) bad(".eh_frame at offset %#" PRIx64 ": zero length word before the end of the section", at);
+        if (rec == 0xffffffffu) {
+            if (len - at < 12) bad(".eh_frame at offset %#" PRIx64 ": truncated 64-bit record length", at);
+            rec = U64(p + at + 4);
+            if (rec > UINT64_MAX - 12) bad(".eh_frame at offset %#" PRIx64 ": 64-bit record length out of range", at);
+            rec += 12;
+        } else {
+            rec += 4;
+        }
+        if (rec > len - at) bad(".eh_frame at offset %#" PRIx64 ": record extends past the end of the section", at);
+        at += rec;
+    }
+    if (U32(p + len)) bad(".eh_frame: no 4-byte zero terminator after the section");
+    __register_frame((void *)p);
+}
+
+/* Finalizers at exit, as kiln's executable teardown: exit() has run the
+ * handlers registered after this one (the image's atexit/__cxa_atexit
+ * handlers, newest first); then .fini_array/.dtors backwards (default
+ * priority first, then descending priorities), then handlers registered
+ * meanwhile. */
+static void run_finalizers(void) {
+    __cxa_finalize(img.mem);
+    for (size_t i = finis.n; i-- > 0;) ((void (*)(void))(uintptr_t)(img.mem + finis.e[i].off))();
+    __cxa_finalize(img.mem);
+}
+
+static void read_file(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) die("cannot read: %s", strerror(errno));
+    if (!S_ISREG(st.st_mode)) die("cannot read: not a regular file");
+    if ((uint64_t)st.st_size > ((uint64_t)1 << 34)) die("cannot read: %" PRIu64 " bytes is too big", (uint64_t)st.st_size);
+    uint8_t *f = malloc((size_t)st.st_size + 1);
+    if (!f) die("out of memory");
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t n = read(fd, f + got, (size_t)st.st_size - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) die("cannot read: %s", n ? strerror(errno) : "the file shrank");
+        got += (size_t)n;
+    }
+    close(fd);
+    img.f = f, img.size = got;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: kiln-load IMAGE [ARGS...]   (runs a kiln image; exit status: main's)\n");
+        return 127;
+    }
+    image_path = argv[1];
+    read_file(image_path);
+    /* Every check before any memory is mapped (read.rs parse order). */
+    check_header();
+    segments();
+    tables();
+    string(img.f + HEADER_AT + 280, "image name");
+    rebase(0, 0);
+    read_imports();
+    int64_t main_at = read_exports();
+    read_init_fini();
+    long sys_page = sysconf(_SC_PAGESIZE);
+    img.page = ISA_PAGE;
+    if (sys_page <= 0 || ISA_PAGE % (uint64_t)sys_page)
+        die("the image's page size %u is not a multiple of this system's %ld", ISA_PAGE, sys_page);
+    /* Map, rebase, bind, protect, register. */
+    map_image();
+    rebase(1, (uint64_t)(uintptr_t)img.mem);
+    bind();
+    protect();
+    register_eh_frame();
+    const char *noexec = getenv("KILN_LOAD_NOEXEC");
+    if (noexec && !strcmp(noexec, "1")) return 0;
+    if (main_at < 0) die("the image exports no `main`");
+    /* main's argv is the loader's from IMAGE on, as `kiln run IMAGE -- ARGS`. */
+    int margc = argc - 1;
+    char **margv = argv + 1;
+    if (atexit(run_finalizers)) die("atexit failed");
+    typedef void (*init_fn)(int, char **, char **);
+    for (size_t i = 0; i < preinits.n; i++) ((init_fn)(uintptr_t)(img.mem + preinits.e[i].off))(margc, margv, environ);
+    for (size_t i = 0; i < inits.n; i++) ((init_fn)(uintptr_t)(img.mem + inits.e[i].off))(margc, margv, environ);
+    int (*entry)(int, char **, char **) = (int (*)(int, char **, char **))(uintptr_t)(img.mem + main_at);
+    exit(entry(margc, margv, environ));
+}
