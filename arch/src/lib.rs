@@ -40,6 +40,7 @@
 //! ```
 
 pub mod aarch64;
+mod edge;
 mod error;
 mod reentry;
 pub mod template;
@@ -48,6 +49,7 @@ pub mod x86_64;
 use std::sync::atomic::AtomicU64;
 
 pub use aarch64::Aarch64;
+pub use edge::{EdgeDesc, EdgeTarget, FixupValues, RelocArch, Relaxation};
 pub use error::{FixupError, ReentryError};
 pub use reentry::{
     ReentryHandler, redirect, redirect_raw, reentry_handler, resolver_address, set_reentry_handler,
