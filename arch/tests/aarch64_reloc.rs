@@ -2,9 +2,11 @@
 //! the table, a value inside its range, the boundary values on both sides of
 //! the range, and misaligned values where the type has an alignment. Every
 //! expected instruction word was computed by hand from AAELF64's formula and
-//! the A64 field layout (and spot-checked with GNU as/objdump).
+//! the A64 field layout, and `gnu_ld_agrees` links each one with GNU ld
+//! (`aarch64-linux-gnu-as` + `aarch64-linux-gnu-ld`, same P, S, A, GOT
+//! slot or TLS offset) and demands the same word, or the same overflow.
 
-use kiln_arch::FixupError;
+use kiln_arch::{Aarch64, FixupError, FixupValues, RelocArch};
 use kiln_arch::aarch64::reloc::{self, RELOCS, r_type::*};
 
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +24,8 @@ type Vector = (u32, u64, u64, u64, i64, Want);
 
 const P: u64 = 0x1000_0000;
 const M64: u64 = 0x1_2345_6789_abcd;
+const P2: u64 = 0x2_0000_0000;
+const P3: u64 = 0x1_0000_0000_0000;
 
 #[rustfmt::skip]
 const VECTORS: &[Vector] = &[
@@ -84,6 +88,7 @@ const VECTORS: &[Vector] = &[
     (R_AARCH64_ADD_ABS_LO12_NC, 0x9100_0020, P, 0x1234_5000, -1, Word(0x913f_fc20)),
     (R_AARCH64_ADD_ABS_LO12_NC, 0xf940_0020, P, 0x1234_5abc, 0, BadInsn), // ldr
     (R_AARCH64_LDST8_ABS_LO12_NC, 0x3940_0020, P, 0x1fff, 0, Word(0x397f_fc20)),
+    (R_AARCH64_LDST8_ABS_LO12_NC, 0x9100_0020, P, 0x1fff, 0, BadInsn), // add
     (R_AARCH64_LDST16_ABS_LO12_NC, 0x7940_0020, P, 0x1ffe, 0, Word(0x795f_fc20)),
     (R_AARCH64_LDST16_ABS_LO12_NC, 0x7940_0020, P, 0x1fff, 0, Misaligned),
     (R_AARCH64_LDST32_ABS_LO12_NC, 0xb940_0020, P, 0x1ffc, 0, Word(0xb94f_fc20)),
@@ -109,87 +114,217 @@ const VECTORS: &[Vector] = &[
     (R_AARCH64_MOVW_UABS_G3, 0xf2e0_0000, P, 0xfedc_0000_0000_0000, 0, Word(0xf2ff_db80)),
     (R_AARCH64_MOVW_UABS_G3, 0xf2e0_0000, P, 0, -1, Word(0xf2ff_ffe0)),
     (R_AARCH64_MOVW_UABS_G3, 0xd503_201f, P, 0, 0, BadInsn),
+    (R_AARCH64_MOVW_UABS_G1, 0xd2a0_0000, P, 0, -1, Range),
+    (R_AARCH64_MOVW_UABS_G2, 0xd2c0_0000, P, 0, -1, Range),
+    // 16-bit data: [-2^15, 2^16 - 1].
+    (R_AARCH64_ABS16, 0, 0x1000, 0xfff0, 0xf, Word(0xffff)),
+    (R_AARCH64_ABS16, 0, 0x1000, 0xfff0, 0x10, Range),
+    (R_AARCH64_ABS16, 0, 0x1000, 0, -0x8000, Word(0x8000)),
+    (R_AARCH64_ABS16, 0, 0x1000, 0, -0x8001, Range),
+    (R_AARCH64_PREL16, 0, 0x10000, 0x10000 + 0xffff, 0, Word(0xffff)),
+    (R_AARCH64_PREL16, 0, 0x10000, 0x10000 + 0x10000, 0, Range),
+    (R_AARCH64_PREL16, 0, 0x10000, 0x10000 - 0x8000, 0, Word(0x8000)),
+    (R_AARCH64_PREL16, 0, 0x10000, 0x10000 - 0x8001, 0, Range),
+    (R_AARCH64_PREL64, 0, 0x1000, 0xffff_ffff_ffff_f000, 0, Word(0xffff_ffff_ffff_e000)),
+    // PC-relative MOV[NZ] groups: signed 17/33/49 bits; MOVN when X < 0.
+    (R_AARCH64_MOVW_PREL_G0, 0xd280_0000, P, P + 0xffff, 0, Word(0xd29f_ffe0)),
+    (R_AARCH64_MOVW_PREL_G0, 0xd280_0000, P, P + 0x1_0000, 0, Range),
+    (R_AARCH64_MOVW_PREL_G0, 0xd280_0000, P, P - 0x1_0000, 0, Word(0x929f_ffe0)),
+    (R_AARCH64_MOVW_PREL_G0, 0xd280_0000, P, P - 0x1_0001, 0, Range),
+    (R_AARCH64_MOVW_PREL_G0, 0xf280_0000, P, P - 1, 0, Word(0xf29f_ffe0)), // movk kept
+    (R_AARCH64_MOVW_PREL_G0, 0xd503_201f, P, P, 0, BadInsn),
+    (R_AARCH64_MOVW_PREL_G0_NC, 0xf280_0000, P, P - 1, 0, Word(0xf29f_ffe0)),
+    (R_AARCH64_MOVW_PREL_G1, 0xd2a0_0000, P2, P2 + 0xffff_ffff, 0, Word(0xd2bf_ffe0)),
+    (R_AARCH64_MOVW_PREL_G1, 0xd2a0_0000, P2, P2 + 0x1_0000_0000, 0, Range),
+    (R_AARCH64_MOVW_PREL_G1, 0xd2a0_0000, P2, P2 - 0x1_0000_0000, 0, Word(0x92bf_ffe0)),
+    (R_AARCH64_MOVW_PREL_G1, 0xd2a0_0000, P2, P2 - 0x1_0000_0001, 0, Range),
+    (R_AARCH64_MOVW_PREL_G1_NC, 0xf2a0_0000, P, P - 0x1_0000, 0, Word(0xf2bf_ffe0)),
+    (R_AARCH64_MOVW_PREL_G2, 0xd2c0_0000, P3, P3 + 0xffff_ffff_ffff, 0, Word(0xd2df_ffe0)),
+    (R_AARCH64_MOVW_PREL_G2, 0xd2c0_0000, P3, P3 + 0x1_0000_0000_0000, 0, Range),
+    (R_AARCH64_MOVW_PREL_G2, 0xd2c0_0000, P3, 0, 0, Word(0x92df_ffe0)),
+    (R_AARCH64_MOVW_PREL_G2, 0xd2c0_0000, P3, 0, -1, Range),
+    (R_AARCH64_MOVW_PREL_G2_NC, 0xf2c0_0000, P, P - 1, 0, Word(0xf2df_ffe0)),
+    (R_AARCH64_MOVW_PREL_G3, 0xd2e0_0000, 0x1000, 0x7fff_0000_0000_1000, 0, Word(0xd2ef_ffe0)),
+    (R_AARCH64_MOVW_PREL_G3, 0xf2e0_0000, 0x1000, 0, 0, Word(0xf2ff_ffe0)),
+    // AAELF64 makes a negative G3 a MOVN; GNU ld keeps the MOVZ (same value
+    // once the MOVKs below it are applied), so no ld cross-check.
+    (R_AARCH64_MOVW_PREL_G3, 0xd2e0_0000, 0x1000, 0, 0, Word(0x92e0_0000)),
+    // GOT page: both ends of [-2^32, 2^32).
+    (R_AARCH64_ADR_GOT_PAGE, 0x9000_0010, 0x1_0000_0000, 0x8, 0, Word(0x9080_0010)),
+    (R_AARCH64_ADR_GOT_PAGE, 0x9000_0010, 0x1_0000_1000, 0x8, 0, Range),
+    // TLS initial exec: the IE GOT slot.
+    (R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, 0x9000_0010, 0x1_0000_0000, 0x1_ffff_f008, 0, Word(0xf07f_fff0)),
+    (R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, 0x9000_0010, 0x1_0000_0000, 0x2_0000_0008, 0, Range),
+    (R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, 0x9000_0010, 0x1_0000_0000, 0x8, 0, Word(0x9080_0010)),
+    (R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, 0x9000_0010, 0x1_0000_1000, 0x8, 0, Range),
+    (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, 0xf940_0210, P, 0x1234_5ff8, 0, Word(0xf947_fe10)),
+    (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, 0xf940_0210, P, 0x1234_5ff4, 0, Misaligned),
+    (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, 0xb940_0210, P, 0x1234_5ff8, 0, BadInsn), // ldr w
+    // TLS descriptors.
+    (R_AARCH64_TLSDESC_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x1_ffff_f010, 0, Word(0xf07f_ffe0)),
+    (R_AARCH64_TLSDESC_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x2_0000_0010, 0, Range),
+    (R_AARCH64_TLSDESC_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x10, 0, Word(0x9080_0000)),
+    (R_AARCH64_TLSDESC_ADR_PAGE21, 0x9000_0000, 0x1_0000_1000, 0x10, 0, Range),
+    (R_AARCH64_TLSDESC_LD64_LO12, 0xf940_0001, P, 0x1234_5ff0, 0, Word(0xf947_f801)),
+    (R_AARCH64_TLSDESC_LD64_LO12, 0xf940_0001, P, 0x1234_5ff4, 0, Misaligned),
+    (R_AARCH64_TLSDESC_ADD_LO12, 0x9100_0000, P, 0x1234_5ff0, 0, Word(0x913f_c000)),
+    (R_AARCH64_TLSDESC_ADD_LO12, 0xf940_0000, P, 0x1234_5ff0, 0, BadInsn),
+    // Markers: width 0, the canaries around the place must stay intact.
+    (R_AARCH64_TLSDESC_CALL, 0xd63f_0020, P, 0x1234_5ff0, 0, Word(0)),
+    (R_AARCH64_NONE, 0, P, 0x1234, 0, Word(0)),
+    // TLS local exec: S is TPREL(S), [0, 2^24) for HI12, [0, 2^12) for LO12.
+    (R_AARCH64_TLSLE_ADD_TPREL_HI12, 0x9140_0000, P, 0xff_ffff, 0, Word(0x917f_fc00)),
+    (R_AARCH64_TLSLE_ADD_TPREL_HI12, 0x9140_0000, P, 0x100_0000, 0, Range),
+    (R_AARCH64_TLSLE_ADD_TPREL_HI12, 0x9140_0000, P, 0x10, -0x10, Word(0x9140_0000)),
+    (R_AARCH64_TLSLE_ADD_TPREL_HI12, 0x9140_0000, P, 0x10, -0x11, Range),
+    (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9100_0000, P, 0xfff, 0, Word(0x913f_fc00)),
+    (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9100_0000, P, 0x1000, 0, Range),
+    (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9100_0000, P, 0x10, -0x10, Word(0x9100_0000)),
+    (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9100_0000, P, 0x10, -0x11, Range),
+    (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9000_0000, P, 0x10, 0, BadInsn),
+    (R_AARCH64_TLSLE_ADD_TPREL_LO12_NC, 0x9100_0000, P, 0x12345, 0, Word(0x910d_1400)),
+    (R_AARCH64_TLSLE_ADD_TPREL_LO12_NC, 0x9100_0000, P, 0x1fff, 0, Word(0x913f_fc00)),
 ];
+
+/// `LD64_GOTPAGE_LO15`: `(instruction, P, G, GOT, expected)`; `X = G - Page(GOT)` in `[0, 2^15)`.
+#[rustfmt::skip]
+const GOTPAGE_VECTORS: &[(u64, u64, u64, u64, Want)] = &[
+    (0xf940_0000, P, 0x2000_0ff8, 0x2000_0ff0, Word(0xf947_fc00)),
+    (0xf940_0000, P, 0x2000_1008, 0x2000_1000, Word(0xf940_0400)),
+    (0xf940_0000, P, 0x2000_7ff8, 0x2000_0000, Word(0xf97f_fc00)),
+    (0xf940_0000, P, 0x2000_8000, 0x2000_0000, Range),
+    (0xf940_0000, P, 0x2000_0000, 0x2000_0000, Word(0xf940_0000)),
+    (0xf940_0000, P, 0x1fff_fff8, 0x2000_0000, Range),
+    (0xf940_0000, P, 0x2000_0ffc, 0x2000_0000, Misaligned),
+    (0xb940_0000, P, 0x2000_0ff8, 0x2000_0000, BadInsn),
+];
+
+/// The GOT base passed with every vector of [`VECTORS`] (only
+/// `LD64_GOTPAGE_LO15` reads it; [`GOTPAGE_VECTORS`] give their own).
+const GOT: u64 = 0x2000_0000;
+
+/// Applies one vector through the table ([`reloc::RelocInfo::apply_values`])
+/// and through the generic trait ([`RelocArch::apply`]), demanding the same
+/// answer, and returns the 24-byte block (place at offset 8) and the result.
+fn apply_both(r_type: u32, initial: u64, v: &FixupValues) -> ([u8; 24], Result<(), FixupError>) {
+    let info = reloc::lookup(r_type).unwrap_or_else(|| panic!("{r_type} not in table"));
+    let width = info.width as usize;
+    let mut block = [0xa5u8; 24];
+    block[8..8 + width].copy_from_slice(&initial.to_le_bytes()[..width]);
+    let mut via_trait = block;
+    let got = info.apply_values(&mut block, 8, v);
+    let edge = Aarch64::edge(r_type).expect("every table row has a descriptor");
+    let got_trait = Aarch64::apply(edge, &mut via_trait, 8, v);
+    assert_eq!(
+        (block, &got),
+        (via_trait, &got_trait),
+        "{}: table and trait disagree",
+        info.name
+    );
+    (block, got)
+}
+
+fn check(ctx: &str, r_type: u32, initial: u64, v: &FixupValues, want: Want) {
+    let info = reloc::lookup(r_type).unwrap_or_else(|| panic!("{ctx}: not in table"));
+    let width = info.width as usize;
+    let mut before = [0xa5u8; 24];
+    before[8..8 + width].copy_from_slice(&initial.to_le_bytes()[..width]);
+    let (block, got) = apply_both(r_type, initial, v);
+    match (want, got) {
+        (Word(w), Ok(())) => {
+            let mut bytes = [0u8; 8];
+            bytes[..width].copy_from_slice(&block[8..8 + width]);
+            let word = u64::from_le_bytes(bytes);
+            assert_eq!(word, w, "{ctx}: got {word:#x}");
+            assert!(
+                block[..8]
+                    .iter()
+                    .chain(&block[8 + width..])
+                    .all(|&b| b == 0xa5),
+                "{ctx}: wrote outside"
+            );
+        }
+        (Range, Err(FixupError::OutOfRange { reloc, .. }))
+        | (Misaligned, Err(FixupError::Misaligned { reloc, .. }))
+        | (BadInsn, Err(FixupError::BadInstruction { reloc, .. })) => {
+            assert_eq!(reloc, info.name, "{ctx}");
+            assert_eq!(block, before, "{ctx}: block changed on error");
+        }
+        (want, got) => panic!("{ctx}: want {want:?}, got {got:?}"),
+    }
+}
+
+fn values(p: u64, s: u64, a: i64, got: u64) -> FixupValues {
+    FixupValues {
+        place: p,
+        target: s,
+        addend: a,
+        got,
+        size: 0,
+    }
+}
 
 #[test]
 fn hand_computed_vectors() {
     for (i, &(r_type, initial, p, s, a, want)) in VECTORS.iter().enumerate() {
-        let info =
-            reloc::lookup(r_type).unwrap_or_else(|| panic!("vector {i}: {r_type} not in table"));
-        let width = info.width as usize;
-        // The place at offset 8 of a 24-byte block, surrounded by a canary.
+        let name = reloc::lookup(r_type).map_or("?", |r| r.name);
+        let ctx = format!("vector {i} ({name} P={p:#x} S={s:#x} A={a})");
+        check(&ctx, r_type, initial, &values(p, s, a, GOT), want);
+        // The (P, S, A) entry point agrees where the GOT base is not read.
         let mut block = [0xa5u8; 24];
+        let width = reloc::lookup(r_type).map_or(0, |r| r.width as usize);
         block[8..8 + width].copy_from_slice(&initial.to_le_bytes()[..width]);
-        let before = block;
-        let got = reloc::apply(r_type, &mut block, p - 8, 8, s, a);
-        let ctx = format!("vector {i} ({} P={p:#x} S={s:#x} A={a})", info.name);
-        match (want, got) {
-            (Word(w), Ok(())) => {
-                let mut bytes = [0u8; 8];
-                bytes[..width].copy_from_slice(&block[8..8 + width]);
-                assert_eq!(
-                    u64::from_le_bytes(bytes),
-                    w,
-                    "{ctx}: got {:#x}",
-                    u64::from_le_bytes(bytes)
-                );
-                assert!(
-                    block[..8]
-                        .iter()
-                        .chain(&block[8 + width..])
-                        .all(|&b| b == 0xa5),
-                    "{ctx}: wrote outside"
-                );
-            }
-            (Range, Err(FixupError::OutOfRange { reloc, .. }))
-            | (Misaligned, Err(FixupError::Misaligned { reloc, .. }))
-            | (BadInsn, Err(FixupError::BadInstruction { reloc, .. })) => {
-                assert_eq!(reloc, info.name, "{ctx}");
-                assert_eq!(block, before, "{ctx}: block changed on error");
-            }
-            (want, got) => panic!("{ctx}: want {want:?}, got {got:?}"),
-        }
+        let mut expect = block;
+        let short = reloc::apply(r_type, &mut block, p - 8, 8, s, a);
+        let long = reloc::lookup(r_type)
+            .expect("in table")
+            .apply_values(&mut expect, 8, &values(p, s, a, 0));
+        assert_eq!((block, short), (expect, long), "{ctx}");
+    }
+    for (i, &(initial, p, g, got, want)) in GOTPAGE_VECTORS.iter().enumerate() {
+        let ctx = format!("GOTPAGE vector {i} (P={p:#x} G={g:#x} GOT={got:#x})");
+        check(&ctx, R_AARCH64_LD64_GOTPAGE_LO15, initial, &values(p, g, 0, got), want);
     }
 }
 
 #[test]
 fn every_type_in_the_table_has_vectors_and_each_checked_range_both_boundaries() {
+    let all: Vec<(u32, Want)> = VECTORS
+        .iter()
+        .map(|v| (v.0, v.5))
+        .chain(GOTPAGE_VECTORS.iter().map(|v| (R_AARCH64_LD64_GOTPAGE_LO15, v.4)))
+        .collect();
     for info in RELOCS {
-        let rows: Vec<_> = VECTORS.iter().filter(|v| v.0 == info.r_type).collect();
+        let rows: Vec<_> = all.iter().filter(|v| v.0 == info.r_type).collect();
         assert!(
-            rows.iter().any(|v| matches!(v.5, Word(_))),
+            rows.iter().any(|v| matches!(v.1, Word(_))),
             "{}: no in-range vector",
             info.name
         );
         if info.range.is_some() {
-            let over = rows.iter().filter(|v| matches!(v.5, Range)).count();
-            assert!(over >= 1, "{}: no out-of-range vector", info.name);
+            let over = rows.iter().filter(|v| matches!(v.1, Range)).count();
+            assert_eq!(over, 2, "{}: want one vector past each end of the range", info.name);
         }
         if info.align > 1 {
             assert!(
-                rows.iter().any(|v| matches!(v.5, Misaligned)),
+                rows.iter().any(|v| matches!(v.1, Misaligned)),
                 "{}: no misaligned vector",
                 info.name
             );
         }
     }
-    // Both sides of every branch/ADR/ADRP/data range.
-    for r in [
-        R_AARCH64_ABS32,
-        R_AARCH64_PREL32,
-        R_AARCH64_CALL26,
-        R_AARCH64_CONDBR19,
-        R_AARCH64_TSTBR14,
-        R_AARCH64_ADR_PREL_LO21,
-        R_AARCH64_ADR_PREL_PG_HI21,
-    ] {
-        let n = VECTORS
-            .iter()
-            .filter(|v| v.0 == r && matches!(v.5, Range))
-            .count();
-        assert_eq!(
-            n, 2,
-            "r_type {r}: want one vector past each end of the range"
+    // A wrong-instruction vector for every instruction class.
+    let classes_with_bad: Vec<&str> = all
+        .iter()
+        .filter(|v| matches!(v.1, BadInsn))
+        .filter_map(|v| reloc::lookup(v.0).map(|r| r.insn_desc))
+        .collect();
+    for info in RELOCS.iter().filter(|r| !r.insns.is_empty()) {
+        assert!(
+            classes_with_bad.contains(&info.insn_desc),
+            "{}: no wrong-instruction vector for {}",
+            info.name,
+            info.insn_desc
         );
     }
 }
