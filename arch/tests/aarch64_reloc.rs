@@ -67,6 +67,7 @@ const VECTORS: &[Vector] = &[
     (R_AARCH64_TSTBR14, 0x3600_0000, P, P - 0x8000, 0, Word(0x3604_0000)),
     (R_AARCH64_TSTBR14, 0x3600_0000, P, P - 0x8004, 0, Range),
     (R_AARCH64_TSTBR14, 0x3600_0000, P, P + 1, 0, Misaligned),
+    (R_AARCH64_TSTBR14, 0x5400_0000, P, P + 8, 0, BadInsn), // b.eq
     // ADR imm21, range [-2^20, 2^20 - 1].
     (R_AARCH64_ADR_PREL_LO21, 0x1000_0000, P, P + 0xf_ffff, 0, Word(0x707f_ffe0)),
     (R_AARCH64_ADR_PREL_LO21, 0x1000_0000, P, P + 0x10_0000, 0, Range),
