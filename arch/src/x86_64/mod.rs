@@ -155,7 +155,7 @@ impl Arch for X86_64 {
 impl RelocArch for X86_64 {
     const CODE_FILL: [u8; 4] = [0xcc; 4]; // int3
     /// `S - 4 - P` must fit rel32 (the usual addend −4 folded in).
-    const BRANCH_RANGE: (i64, i64) = (i32::MIN as i64 + 4, i32::MAX as i64);
+    const BRANCH_RANGE: (i64, i64) = (i32::MIN as i64 + 4, i32::MAX as i64 + 4);
     const VENEER: Option<Template> = None;
 
     fn edges() -> &'static [EdgeDesc] {
