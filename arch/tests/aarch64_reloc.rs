@@ -6,8 +6,8 @@
 //! (`aarch64-linux-gnu-as` + `aarch64-linux-gnu-ld`, same P, S, A, GOT
 //! slot or TLS offset) and demands the same word, or the same overflow.
 
-use kiln_arch::{Aarch64, FixupError, FixupValues, RelocArch};
 use kiln_arch::aarch64::reloc::{self, RELOCS, r_type::*};
+use kiln_arch::{Aarch64, FixupError, FixupValues, RelocArch};
 
 #[derive(Debug, Clone, Copy)]
 enum Want {
@@ -275,14 +275,22 @@ fn hand_computed_vectors() {
         block[8..8 + width].copy_from_slice(&initial.to_le_bytes()[..width]);
         let mut expect = block;
         let short = reloc::apply(r_type, &mut block, p - 8, 8, s, a);
-        let long = reloc::lookup(r_type)
-            .expect("in table")
-            .apply_values(&mut expect, 8, &values(p, s, a, 0));
+        let long = reloc::lookup(r_type).expect("in table").apply_values(
+            &mut expect,
+            8,
+            &values(p, s, a, 0),
+        );
         assert_eq!((block, short), (expect, long), "{ctx}");
     }
     for (i, &(initial, p, g, got, want)) in GOTPAGE_VECTORS.iter().enumerate() {
         let ctx = format!("GOTPAGE vector {i} (P={p:#x} G={g:#x} GOT={got:#x})");
-        check(&ctx, R_AARCH64_LD64_GOTPAGE_LO15, initial, &values(p, g, 0, got), want);
+        check(
+            &ctx,
+            R_AARCH64_LD64_GOTPAGE_LO15,
+            initial,
+            &values(p, g, 0, got),
+            want,
+        );
     }
 }
 
@@ -291,7 +299,11 @@ fn every_type_in_the_table_has_vectors_and_each_checked_range_both_boundaries() 
     let all: Vec<(u32, Want)> = VECTORS
         .iter()
         .map(|v| (v.0, v.5))
-        .chain(GOTPAGE_VECTORS.iter().map(|v| (R_AARCH64_LD64_GOTPAGE_LO15, v.4)))
+        .chain(
+            GOTPAGE_VECTORS
+                .iter()
+                .map(|v| (R_AARCH64_LD64_GOTPAGE_LO15, v.4)),
+        )
         .collect();
     for info in RELOCS {
         let rows: Vec<_> = all.iter().filter(|v| v.0 == info.r_type).collect();
@@ -302,7 +314,11 @@ fn every_type_in_the_table_has_vectors_and_each_checked_range_both_boundaries() 
         );
         if info.range.is_some() {
             let over = rows.iter().filter(|v| matches!(v.1, Range)).count();
-            assert_eq!(over, 2, "{}: want one vector past each end of the range", info.name);
+            assert_eq!(
+                over, 2,
+                "{}: want one vector past each end of the range",
+                info.name
+            );
         }
         if info.align > 1 {
             assert!(
@@ -510,7 +526,9 @@ impl Ld {
             _ => format!(".inst {initial:#x}"),
         };
         let tls_skip = match setup {
-            Setup::Tle => s.checked_sub(16).expect("TPREL vectors start at 16 (the TCB)"),
+            Setup::Tle => s
+                .checked_sub(16)
+                .expect("TPREL vectors start at 16 (the TCB)"),
             _ => 0,
         };
         format!(
@@ -559,7 +577,11 @@ impl Ld {
                 ld.arg(format!("--section-start=.text={p:#x}"));
             }
         }
-        let sym = if setup == Setup::Abs { s } else { GOT_SYM_VALUE };
+        let sym = if setup == Setup::Abs {
+            s
+        } else {
+            GOT_SYM_VALUE
+        };
         ld.arg(format!("--defsym=sym={sym:#x}"));
         if matches!(setup, Setup::Ie | Setup::Desc) {
             ld.arg("-shared");
@@ -670,7 +692,10 @@ fn cross_check(ld: &mut Ld, ctx: &str, r_type: u32, initial: u64, v: &FixupValue
             linked.word
         ),
         (Err(FixupError::OutOfRange { .. }), Err(e)) => {
-            assert!(e.contains("truncated to fit"), "{ctx}: ld failed otherwise: {e}")
+            assert!(
+                e.contains("truncated to fit"),
+                "{ctx}: ld failed otherwise: {e}"
+            )
         }
         (Err(FixupError::OutOfRange { .. }), Ok(linked))
             if matches!(r_type, R_AARCH64_CALL26 | R_AARCH64_JUMP26) =>
@@ -715,9 +740,7 @@ fn gnu_ld_deviates(r_type: u32, initial: u64, p: u64, s: u64, a: i64) -> bool {
         R_AARCH64_MOVW_PREL_G0
         | R_AARCH64_MOVW_PREL_G1
         | R_AARCH64_MOVW_PREL_G2
-        | R_AARCH64_MOVW_PREL_G3 => {
-            initial >> 29 & 3 == 3
-        }
+        | R_AARCH64_MOVW_PREL_G3 => initial >> 29 & 3 == 3,
         _ => false,
     }
 }
@@ -745,9 +768,19 @@ fn gnu_ld_agrees() {
         }
         let ctx = format!("GOTPAGE vector {i} (P={p:#x} G={g:#x} GOT={got:#x})");
         let linked = ld
-            .link(R_AARCH64_LD64_GOTPAGE_LO15, initial, (p, 0, 0), Setup::Got, Some(got))
+            .link(
+                R_AARCH64_LD64_GOTPAGE_LO15,
+                initial,
+                (p, 0, 0),
+                Setup::Got,
+                Some(got),
+            )
             .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        assert_eq!((linked.g, linked.got), (Some(g), Some(got)), "{ctx}: layout");
+        assert_eq!(
+            (linked.g, linked.got),
+            (Some(g), Some(got)),
+            "{ctx}: layout"
+        );
         let ours = kiln(R_AARCH64_LD64_GOTPAGE_LO15, initial, &values(p, g, 0, got));
         assert_eq!(ours, Ok(linked.word), "{ctx}");
         checked.insert(R_AARCH64_LD64_GOTPAGE_LO15);
@@ -770,15 +803,36 @@ fn type_numbers_match_object() {
         (R_AARCH64_PREL16, elf::R_AARCH64_PREL16),
         (R_AARCH64_MOVW_PREL_G0, elf::R_AARCH64_MOVW_PREL_G0),
         (R_AARCH64_MOVW_PREL_G3, elf::R_AARCH64_MOVW_PREL_G3),
-        (R_AARCH64_LD64_GOTPAGE_LO15, elf::R_AARCH64_LD64_GOTPAGE_LO15),
-        (R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, elf::R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21),
-        (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, elf::R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC),
-        (R_AARCH64_TLSLE_ADD_TPREL_HI12, elf::R_AARCH64_TLSLE_ADD_TPREL_HI12),
-        (R_AARCH64_TLSLE_ADD_TPREL_LO12_NC, elf::R_AARCH64_TLSLE_ADD_TPREL_LO12_NC),
-        (R_AARCH64_TLSDESC_ADR_PAGE21, elf::R_AARCH64_TLSDESC_ADR_PAGE21),
+        (
+            R_AARCH64_LD64_GOTPAGE_LO15,
+            elf::R_AARCH64_LD64_GOTPAGE_LO15,
+        ),
+        (
+            R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21,
+            elf::R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21,
+        ),
+        (
+            R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC,
+            elf::R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC,
+        ),
+        (
+            R_AARCH64_TLSLE_ADD_TPREL_HI12,
+            elf::R_AARCH64_TLSLE_ADD_TPREL_HI12,
+        ),
+        (
+            R_AARCH64_TLSLE_ADD_TPREL_LO12_NC,
+            elf::R_AARCH64_TLSLE_ADD_TPREL_LO12_NC,
+        ),
+        (
+            R_AARCH64_TLSDESC_ADR_PAGE21,
+            elf::R_AARCH64_TLSDESC_ADR_PAGE21,
+        ),
         (R_AARCH64_TLSDESC_ADD_LO12, elf::R_AARCH64_TLSDESC_ADD_LO12),
         (R_AARCH64_TLSDESC_CALL, elf::R_AARCH64_TLSDESC_CALL),
-        (R_AARCH64_LDST128_ABS_LO12_NC, elf::R_AARCH64_LDST128_ABS_LO12_NC),
+        (
+            R_AARCH64_LDST128_ABS_LO12_NC,
+            elf::R_AARCH64_LDST128_ABS_LO12_NC,
+        ),
     ];
     for (ours, theirs) in pairs {
         assert_eq!(elf::RelocationType(ours), theirs);

@@ -29,7 +29,11 @@ fn sorted_and_round_trips<A: RelocArch>(prefix: &str) {
         assert_eq!(A::edge(e.r_type), Some(e));
         assert!(e.name.starts_with(prefix), "{}", e.name);
         if e.relaxable {
-            assert!(e.target.needs_got_entry(), "{}: relaxes a GOT access", e.name);
+            assert!(
+                e.target.needs_got_entry(),
+                "{}: relaxes a GOT access",
+                e.name
+            );
         }
     }
 }
@@ -40,8 +44,16 @@ fn x86_64_descriptors_agree_with_its_table() {
     assert_eq!(X86_64::edges().len(), x86::RELOCATIONS.len());
     for info in x86::RELOCATIONS {
         let e = X86_64::edge(info.r_type).expect("every row has a descriptor");
-        assert_eq!((e.name, e.width, e.pc_relative), (info.name, info.width, info.pc_relative));
-        assert_eq!(e.target.needs_got_entry(), info.kind.needs_got_entry(), "{}", e.name);
+        assert_eq!(
+            (e.name, e.width, e.pc_relative),
+            (info.name, info.width, info.pc_relative)
+        );
+        assert_eq!(
+            e.target.needs_got_entry(),
+            info.kind.needs_got_entry(),
+            "{}",
+            e.name
+        );
         assert_eq!(e.target.is_tls(), info.kind.is_tls(), "{}", e.name);
     }
     let target = |r| X86_64::edge(r).map(|e| e.target);
@@ -84,12 +96,21 @@ fn aarch64_descriptors_agree_with_its_table() {
     let got = EdgeTarget::GotEntry {
         addend_in_entry: true,
     };
-    for r in [R_AARCH64_ADR_GOT_PAGE, R_AARCH64_LD64_GOT_LO12_NC, R_AARCH64_LD64_GOTPAGE_LO15] {
+    for r in [
+        R_AARCH64_ADR_GOT_PAGE,
+        R_AARCH64_LD64_GOT_LO12_NC,
+        R_AARCH64_LD64_GOTPAGE_LO15,
+    ] {
         assert_eq!(e(r).target, got);
     }
     assert!(e(R_AARCH64_ADR_GOT_PAGE).relaxable && e(R_AARCH64_LD64_GOT_LO12_NC).relaxable);
-    assert!(!e(R_AARCH64_LD64_GOTPAGE_LO15).relaxable && e(R_AARCH64_LD64_GOTPAGE_LO15).uses_got_base);
-    for r in [R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC] {
+    assert!(
+        !e(R_AARCH64_LD64_GOTPAGE_LO15).relaxable && e(R_AARCH64_LD64_GOTPAGE_LO15).uses_got_base
+    );
+    for r in [
+        R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21,
+        R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC,
+    ] {
         assert_eq!(e(r).target, EdgeTarget::TlsIeEntry);
     }
     for r in [
@@ -156,7 +177,9 @@ fn x86_64_relaxation_names_the_direct_edge() {
     let gotpcrelx = X86_64::edge(41).expect("in table");
     // jmp *foo@GOTPCREL(%rip) = ff 25 <disp32>: becomes jmp foo; nop, field at P - 1.
     let mut jmp = [0xff, 0x25, 0, 0, 0, 0];
-    let r = X86_64::relax(gotpcrelx, &mut jmp, 2).expect("in bounds").expect("relaxed");
+    let r = X86_64::relax(gotpcrelx, &mut jmp, 2)
+        .expect("in bounds")
+        .expect("relaxed");
     assert_eq!((r.edge.name, r.place_delta), ("R_X86_64_PC32", -1));
     let (p, target) = (0x1000_0002u64, 0x1234_5678u64);
     let at = (2 + i64::from(r.place_delta)) as u64;
@@ -172,7 +195,10 @@ fn x86_64_relaxation_names_the_direct_edge() {
     assert_eq!((r.edge.r_type, r.place_delta, mov[1]), (2, 0, 0x8d));
     // Not relaxable: nothing happens.
     let mut other = [0u8; 8];
-    assert_eq!(X86_64::relax(X86_64::edge(2).expect("PC32"), &mut other, 2), Ok(None));
+    assert_eq!(
+        X86_64::relax(X86_64::edge(2).expect("PC32"), &mut other, 2),
+        Ok(None)
+    );
     assert_eq!(other, [0u8; 8]);
 }
 
@@ -193,9 +219,14 @@ fn aarch64_got_load_relaxes_to_adrp_add() {
     let mut code = [0u8; 8];
     code[..4].copy_from_slice(&0x9000_0000u32.to_le_bytes());
     code[4..].copy_from_slice(&0xf940_0000u32.to_le_bytes());
-    for (offset, r_type) in [(0u64, R_AARCH64_ADR_GOT_PAGE), (4, R_AARCH64_LD64_GOT_LO12_NC)] {
+    for (offset, r_type) in [
+        (0u64, R_AARCH64_ADR_GOT_PAGE),
+        (4, R_AARCH64_LD64_GOT_LO12_NC),
+    ] {
         let edge = Aarch64::edge(r_type).expect("in table");
-        let r = Aarch64::relax(edge, &mut code, offset).expect("in bounds").expect("relaxed");
+        let r = Aarch64::relax(edge, &mut code, offset)
+            .expect("in bounds")
+            .expect("relaxed");
         assert_eq!(r.place_delta, 0);
         Aarch64::apply(r.edge, &mut code, offset, &values(p + offset, sym, 0)).expect("in reach");
     }
@@ -236,7 +267,12 @@ fn branch_reach_is_what_the_branch_fixup_accepts() {
             let target = p.wrapping_add_signed(d);
             let mut code = insn.to_vec();
             let fits = A::apply(edge, &mut code, 0, &values(p, target, addend)).is_ok();
-            assert_eq!(A::branch_reaches(p, target), fits, "{} S - P = {d:#x}", A::NAME);
+            assert_eq!(
+                A::branch_reaches(p, target),
+                fits,
+                "{} S - P = {d:#x}",
+                A::NAME
+            );
         }
     }
     let p = 0x1_0000_0000u64;
@@ -267,9 +303,21 @@ fn a64_r_type() -> impl Strategy<Value = u32> {
 /// most cases reach the fixup math rather than the instruction check.
 fn a64_word() -> impl Strategy<Value = u32> {
     let classes = vec![
-        0x9000_0000u32, 0x1000_0000, 0x9400_0000, 0x1400_0000, 0x5400_0000, 0xb400_0000,
-        0x3600_0000, 0x9100_0000, 0x9140_0000, 0xf940_0000, 0x3940_0000, 0x3dc0_0000,
-        0xd280_0000, 0x9280_0000, 0xf280_0000,
+        0x9000_0000u32,
+        0x1000_0000,
+        0x9400_0000,
+        0x1400_0000,
+        0x5400_0000,
+        0xb400_0000,
+        0x3600_0000,
+        0x9100_0000,
+        0x9140_0000,
+        0xf940_0000,
+        0x3940_0000,
+        0x3dc0_0000,
+        0xd280_0000,
+        0x9280_0000,
+        0xf280_0000,
     ];
     prop_oneof![
         3 => (proptest::sample::select(classes), 0u32..0x20_0000).prop_map(|(c, low)| c | low),

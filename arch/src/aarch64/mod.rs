@@ -25,8 +25,8 @@
 
 pub mod reloc;
 
+use crate::edge::{EdgeDesc, FixupValues, Relaxation, RelocArch};
 use crate::template::{Patch, PatchTarget, Template, TemplateKind, check_align};
-use crate::edge::{EdgeDesc, FixupValues, RelocArch, Relaxation};
 use crate::{Arch, FixupError};
 use reloc::r_type::{
     R_AARCH64_ABS64, R_AARCH64_ADD_ABS_LO12_NC, R_AARCH64_ADR_GOT_PAGE, R_AARCH64_ADR_PREL_PG_HI21,

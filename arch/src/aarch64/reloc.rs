@@ -91,19 +91,19 @@ pub mod r_type {
     pub const R_AARCH64_LDST32_ABS_LO12_NC: u32 = 285;
     /// LD/ST doubleword imm12 = `(S + A)[11:3]`.
     pub const R_AARCH64_LDST64_ABS_LO12_NC: u32 = 286;
-    /// MOV[NZ] imm16 = `(S + A - P)[15:0]`, checked (signed 17 bits).
+    /// MOVN/MOVZ imm16 = `(S + A - P)[15:0]`, checked (signed 17 bits).
     pub const R_AARCH64_MOVW_PREL_G0: u32 = 287;
     /// MOVK imm16 = `(S + A - P)[15:0]`.
     pub const R_AARCH64_MOVW_PREL_G0_NC: u32 = 288;
-    /// MOV[NZ] imm16 = `(S + A - P)[31:16]`, checked (signed 33 bits).
+    /// MOVN/MOVZ imm16 = `(S + A - P)[31:16]`, checked (signed 33 bits).
     pub const R_AARCH64_MOVW_PREL_G1: u32 = 289;
     /// MOVK imm16 = `(S + A - P)[31:16]`.
     pub const R_AARCH64_MOVW_PREL_G1_NC: u32 = 290;
-    /// MOV[NZ] imm16 = `(S + A - P)[47:32]`, checked (signed 49 bits).
+    /// MOVN/MOVZ imm16 = `(S + A - P)[47:32]`, checked (signed 49 bits).
     pub const R_AARCH64_MOVW_PREL_G2: u32 = 291;
     /// MOVK imm16 = `(S + A - P)[47:32]`.
     pub const R_AARCH64_MOVW_PREL_G2_NC: u32 = 292;
-    /// MOV[NZ] imm16 = `(S + A - P)[63:48]`.
+    /// MOVN/MOVZ imm16 = `(S + A - P)[63:48]`.
     pub const R_AARCH64_MOVW_PREL_G3: u32 = 293;
     /// LD/ST quadword imm12 = `(S + A)[11:4]`.
     pub const R_AARCH64_LDST128_ABS_LO12_NC: u32 = 299;
@@ -398,10 +398,7 @@ pub(crate) static EDGES: [EdgeDesc; RELOCS.len()] = {
             r_type: r.r_type,
             name: r.name,
             width: r.width as u8,
-            pc_relative: matches!(
-                r.formula,
-                Formula::Prel | Formula::Page | Formula::GotPage
-            ),
+            pc_relative: matches!(r.formula, Formula::Prel | Formula::Page | Formula::GotPage),
             target: r.target,
             uses_got_base: matches!(r.formula, Formula::GotRelPage),
             relaxable: matches!(
@@ -482,7 +479,11 @@ pub(crate) const fn encode(field: Field, insn: u32, x: i128) -> u32 {
                 // MOVN (opc 00) of the inverted value.
                 encode(Field::Movw { shift }, insn & !MOVW_OPC, !x as i128)
             } else {
-                encode(Field::Movw { shift }, (insn & !MOVW_OPC) | MOVZ_OPC, x as i128)
+                encode(
+                    Field::Movw { shift },
+                    (insn & !MOVW_OPC) | MOVZ_OPC,
+                    x as i128,
+                )
             }
         }
     }

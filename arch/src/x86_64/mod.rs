@@ -23,8 +23,8 @@
 mod entry;
 pub mod reloc;
 
+use crate::edge::{EdgeDesc, FixupValues, Relaxation, RelocArch};
 use crate::template::{Patch, PatchTarget, Template, TemplateKind, check_align};
-use crate::edge::{EdgeDesc, FixupValues, RelocArch, Relaxation};
 use crate::{Arch, FixupError};
 
 #[cfg(all(target_arch = "x86_64", not(windows)))]
