@@ -440,7 +440,8 @@ fn branch_targets_agree_with_yaxpeax() {
 // the same P and the same S, G (GOT entry, IE slot, TLS descriptor) or
 // TPREL(S). ld's word must equal kiln's; where kiln reports overflow, ld
 // must too ("relocation truncated to fit"), or, for CALL26/JUMP26, must
-// have routed the branch through a stub of its own.
+// have routed the branch through a stub of its own, and that stub must be
+// byte for byte kiln's veneer (`RelocArch::write_veneer`) to the same target.
 
 mod common;
 
@@ -498,6 +499,18 @@ struct Linked {
     g: Option<u64>,
     /// Address of `.got`.
     got: Option<u64>,
+    /// Every section with contents: `(address, bytes)`.
+    sections: Vec<(u64, Vec<u8>)>,
+}
+
+impl Linked {
+    /// `len` bytes at address `addr`, if one section holds them all.
+    fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.sections.iter().find_map(|(at, bytes)| {
+            let start = usize::try_from(addr.checked_sub(*at)?).ok()?;
+            bytes.get(start..start.checked_add(len)?)
+        })
+    }
 }
 
 struct Ld {
@@ -629,10 +642,15 @@ fn read_linked(path: &Path, width: usize, setup: Setup) -> Linked {
         Setup::Desc => dyn_reloc(object::elf::R_AARCH64_TLSDESC),
         Setup::Abs | Setup::Tle => None,
     };
+    let sections = file
+        .sections()
+        .filter_map(|s| Some((s.address(), s.data().ok()?.to_vec())))
+        .collect();
     Linked {
         word: u64::from_le_bytes(word),
         g,
         got,
+        sections,
     }
 }
 
@@ -700,10 +718,18 @@ fn cross_check(ld: &mut Ld, ctx: &str, r_type: u32, initial: u64, v: &FixupValue
         (Err(FixupError::OutOfRange { .. }), Ok(linked))
             if matches!(r_type, R_AARCH64_CALL26 | R_AARCH64_JUMP26) =>
         {
+            let stub = branch_target(p, linked.word);
             assert_ne!(
-                branch_target(p, linked.word),
-                s,
+                stub, s,
                 "{ctx}: ld branched straight to a target kiln finds out of reach"
+            );
+            // ld's long-branch stub is kiln's veneer (adrp/add/br x16).
+            let theirs = linked.read(stub, 12).expect("ld's stub is in the output");
+            let mut ours = [0u8; 12];
+            Aarch64::write_veneer(&mut ours, stub, s).expect("in the veneer's reach");
+            assert_eq!(
+                theirs, ours,
+                "{ctx}: ld's stub at {stub:#x} is not kiln's veneer"
             );
         }
         (ours, theirs) => panic!(
