@@ -103,7 +103,8 @@ pub struct EdgeDesc {
     pub target: EdgeTarget,
     /// The fixup also needs the GOT's address ([`FixupValues::got`]).
     pub uses_got_base: bool,
-    /// [`RelocArch::relax`] may turn the GOT access into a direct one.
+    /// [`RelocArch::relax`] may turn the GOT access into a direct one, or
+    /// the TLS access (initial exec, descriptor) into local exec.
     pub relaxable: bool,
     /// Row of the ISA's own table.
     pub(crate) index: u16,
@@ -195,14 +196,19 @@ pub trait RelocArch: Arch {
         v: &FixupValues,
     ) -> Result<(), FixupError>;
 
-    /// Rewrites the instruction of a [`EdgeDesc::relaxable`] GOT access at
-    /// `offset` into a direct access, returning the edge to apply instead,
-    /// or `Ok(None)` (nothing changed) if it cannot be relaxed.
+    /// Rewrites the instruction of a [`EdgeDesc::relaxable`] edge at
+    /// `offset` into a direct access, returning the edge to apply instead
+    /// (whose [`EdgeDesc::target`] says what to pass: the symbol, its TP
+    /// offset, or nothing), or `Ok(None)` (nothing changed) if it cannot be
+    /// relaxed.
     ///
-    /// Call it only when the symbol is in the direct form's reach (x86-64:
-    /// ±2 GiB of the place; aarch64: ±4 GiB of pages) and, on aarch64, for
-    /// every GOT access to the symbol or none: an `ADRP` of the symbol's page
-    /// paired with an unrelaxed GOT load would load the wrong word.
+    /// GOT accesses: call it only when the symbol is in the direct form's
+    /// reach (x86-64: ±2 GiB of the place; aarch64: ±4 GiB of pages) and, on
+    /// aarch64, for every GOT access to the symbol or none: an `ADRP` of the
+    /// symbol's page paired with an unrelaxed GOT load would load the wrong
+    /// word. TLS accesses (aarch64 IE and descriptor sequences → local exec):
+    /// only when the TP offset is fixed at link time, and for every
+    /// instruction of the sequence.
     ///
     /// # Errors
     /// [`FixupError::OutOfBounds`] if the instruction runs past `content`.

@@ -181,6 +181,21 @@ const VECTORS: &[Vector] = &[
     (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9100_0000, P, 0x10, -0x10, Word(0x9100_0000)),
     (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9100_0000, P, 0x10, -0x11, Range),
     (R_AARCH64_TLSLE_ADD_TPREL_LO12, 0x9000_0000, P, 0x10, 0, BadInsn),
+    // TLS local exec MOV[NZ]/MOVK groups; the addend walks TPREL(S) = 0x10 to the limits.
+    (R_AARCH64_TLSLE_MOVW_TPREL_G0, 0xd280_0000, P, 0x10, 0xffff - 0x10, Word(0xd29f_ffe0)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G0, 0xd280_0000, P, 0x10, 0x1_0000 - 0x10, Range),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G0, 0xd280_0000, P, 0x10, -0x1_0000 - 0x10, Word(0x929f_ffe0)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G0, 0xd280_0000, P, 0x10, -0x1_0001 - 0x10, Range),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G0_NC, 0xf280_0000, P, 0x10, 0x12345 - 0x10, Word(0xf284_68a0)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G1, 0xd2a0_0000, P, 0x10, 0xffff_ffff - 0x10, Word(0xd2bf_ffe0)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G1, 0xd2a0_0000, P, 0x10, 0x1_0000_0000 - 0x10, Range),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G1, 0xd2a0_0000, P, 0x10, -0x1_0000_0000 - 0x10, Word(0x92bf_ffe0)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G1, 0xd2a0_0000, P, 0x10, -0x1_0000_0001 - 0x10, Range),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G1_NC, 0xf2a0_0000, P, 0x10, 0x1234_5678 - 0x10, Word(0xf2a2_4680)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G2, 0xd2c0_0000, P, 0x10, 0xffff_ffff_ffff - 0x10, Word(0xd2df_ffe0)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G2, 0xd2c0_0000, P, 0x10, 0x1_0000_0000_0000 - 0x10, Range),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G2, 0xd2c0_0000, P, 0x10, -0x1_0000_0000_0000 - 0x10, Word(0x92df_ffe0)),
+    (R_AARCH64_TLSLE_MOVW_TPREL_G2, 0xd2c0_0000, P, 0x10, -0x1_0000_0000_0001 - 0x10, Range),
     (R_AARCH64_TLSLE_ADD_TPREL_LO12_NC, 0x9100_0000, P, 0x12345, 0, Word(0x910d_1400)),
     (R_AARCH64_TLSLE_ADD_TPREL_LO12_NC, 0x9100_0000, P, 0x1fff, 0, Word(0x913f_fc00)),
 ];
@@ -752,6 +767,13 @@ fn gnu_ld_deviates(r_type: u32, initial: u64, p: u64, s: u64, a: i64) -> bool {
         // rejects X >= 2^31 (2^15).
         R_AARCH64_PREL32 => x - i128::from(p) >= 1 << 31,
         R_AARCH64_PREL16 => x - i128::from(p) >= 1 << 15,
+        // AAELF64 (and lld) check the TLS local-exec MOV[NZ] groups as
+        // signed 17/33/49 bits and pick MOVN for X < 0; bfd accepts X up to
+        // 2^17/2^33/2^49 and keeps the MOVZ for X < 0 (which aarch64's
+        // variant-1 TLS never produces: TPREL >= 16).
+        R_AARCH64_TLSLE_MOVW_TPREL_G0 => x < 0 || x >= 1 << 16,
+        R_AARCH64_TLSLE_MOVW_TPREL_G1 => x < 0 || x >= 1 << 32,
+        R_AARCH64_TLSLE_MOVW_TPREL_G2 => x < 0 || x >= 1 << 48,
         // AAELF64 checks -2^32 <= X < 2^32 for the GOT, IE and descriptor
         // ADRPs; bfd does not check them at all and wraps.
         R_AARCH64_ADR_GOT_PAGE

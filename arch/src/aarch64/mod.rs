@@ -29,8 +29,8 @@ use crate::edge::{EdgeDesc, FixupValues, Relaxation, RelocArch};
 use crate::template::{Patch, PatchTarget, Template, TemplateKind, check_align};
 use crate::{Arch, FixupError};
 use reloc::r_type::{
-    R_AARCH64_ABS64, R_AARCH64_ADD_ABS_LO12_NC, R_AARCH64_ADR_GOT_PAGE, R_AARCH64_ADR_PREL_PG_HI21,
-    R_AARCH64_LD64_GOT_LO12_NC, R_AARCH64_LDST64_ABS_LO12_NC,
+    R_AARCH64_ABS64, R_AARCH64_ADD_ABS_LO12_NC, R_AARCH64_ADR_PREL_PG_HI21,
+    R_AARCH64_LDST64_ABS_LO12_NC,
 };
 
 /// The AArch64 (AAPCS64, little-endian) ISA.
@@ -405,14 +405,13 @@ impl RelocArch for Aarch64 {
         content: &mut [u8],
         offset: u64,
     ) -> Result<Option<Relaxation>, FixupError> {
-        let direct = match row_of(edge)?.r_type {
-            // The ADRP stays; it now addresses the symbol's page.
-            R_AARCH64_ADR_GOT_PAGE => R_AARCH64_ADR_PREL_PG_HI21,
-            R_AARCH64_LD64_GOT_LO12_NC if reloc::relax_got_ldr(content, offset)? => {
-                R_AARCH64_ADD_ABS_LO12_NC
-            }
-            _ => return Ok(None),
+        let info = row_of(edge)?;
+        let Some(direct) = reloc::relaxed_to(info.r_type) else {
+            return Ok(None);
         };
+        if !reloc::relax_insn(info, content, offset)? {
+            return Ok(None);
+        }
         let edge = Self::edge(direct).ok_or(FixupError::Unsupported {
             isa: Self::NAME,
             r_type: direct,

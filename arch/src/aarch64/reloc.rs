@@ -117,6 +117,16 @@ pub mod r_type {
     pub const R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21: u32 = 541;
     /// LDR imm12 = `G(GTPREL(S + A))[11:3]`.
     pub const R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC: u32 = 542;
+    /// MOVN/MOVZ imm16 = `TPREL(S + A)[47:32]`, checked (signed 49 bits).
+    pub const R_AARCH64_TLSLE_MOVW_TPREL_G2: u32 = 544;
+    /// MOVN/MOVZ imm16 = `TPREL(S + A)[31:16]`, checked (signed 33 bits).
+    pub const R_AARCH64_TLSLE_MOVW_TPREL_G1: u32 = 545;
+    /// MOVK imm16 = `TPREL(S + A)[31:16]`.
+    pub const R_AARCH64_TLSLE_MOVW_TPREL_G1_NC: u32 = 546;
+    /// MOVN/MOVZ imm16 = `TPREL(S + A)[15:0]`, checked (signed 17 bits).
+    pub const R_AARCH64_TLSLE_MOVW_TPREL_G0: u32 = 547;
+    /// MOVK imm16 = `TPREL(S + A)[15:0]`.
+    pub const R_AARCH64_TLSLE_MOVW_TPREL_G0_NC: u32 = 548;
     /// ADD imm12 = `TPREL(S + A)[23:12]`, checked.
     pub const R_AARCH64_TLSLE_ADD_TPREL_HI12: u32 = 549;
     /// ADD imm12 = `TPREL(S + A)[11:0]`, checked.
@@ -259,7 +269,12 @@ const fn target_of(r_type: u32) -> EdgeTarget {
         R_AARCH64_TLSDESC_ADR_PAGE21 | R_AARCH64_TLSDESC_LD64_LO12 | R_AARCH64_TLSDESC_ADD_LO12 => {
             EdgeTarget::TlsDescriptor
         }
-        R_AARCH64_TLSLE_ADD_TPREL_HI12
+        R_AARCH64_TLSLE_MOVW_TPREL_G2
+        | R_AARCH64_TLSLE_MOVW_TPREL_G1
+        | R_AARCH64_TLSLE_MOVW_TPREL_G1_NC
+        | R_AARCH64_TLSLE_MOVW_TPREL_G0
+        | R_AARCH64_TLSLE_MOVW_TPREL_G0_NC
+        | R_AARCH64_TLSLE_ADD_TPREL_HI12
         | R_AARCH64_TLSLE_ADD_TPREL_LO12
         | R_AARCH64_TLSLE_ADD_TPREL_LO12_NC => EdgeTarget::TpOffset,
         _ => EdgeTarget::Symbol,
@@ -377,6 +392,11 @@ pub static RELOCS: &[RelocInfo] = &[
     row!(R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, Formula::GotPage, Field::Adr { shift: 12 },
         PAGE33, 1, ADRP, "ADRP"),
     row!(R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, Formula::Got, lo(3), None, 8, LDR_X, LDR_D),
+    row!(R_AARCH64_TLSLE_MOVW_TPREL_G2, Formula::Tprel, Field::MovwSigned { shift: 32 }, signed(49), 1, MOVW, MOVW_D),
+    row!(R_AARCH64_TLSLE_MOVW_TPREL_G1, Formula::Tprel, Field::MovwSigned { shift: 16 }, signed(33), 1, MOVW, MOVW_D),
+    row!(R_AARCH64_TLSLE_MOVW_TPREL_G1_NC, Formula::Tprel, Field::Movw { shift: 16 }, None, 1, MOVW, MOVW_D),
+    row!(R_AARCH64_TLSLE_MOVW_TPREL_G0, Formula::Tprel, Field::MovwSigned { shift: 0 }, signed(17), 1, MOVW, MOVW_D),
+    row!(R_AARCH64_TLSLE_MOVW_TPREL_G0_NC, Formula::Tprel, Field::Movw { shift: 0 }, None, 1, MOVW, MOVW_D),
     row!(R_AARCH64_TLSLE_ADD_TPREL_HI12, Formula::Tprel, Field::Imm12 { lo: 12, hi: 23 },
         unsigned(24), 1, ADD_IMM, ADD_D),
     row!(R_AARCH64_TLSLE_ADD_TPREL_LO12, Formula::Tprel, lo(0), unsigned(12), 1, ADD_IMM, ADD_D),
@@ -401,10 +421,7 @@ pub(crate) static EDGES: [EdgeDesc; RELOCS.len()] = {
             pc_relative: matches!(r.formula, Formula::Prel | Formula::Page | Formula::GotPage),
             target: r.target,
             uses_got_base: matches!(r.formula, Formula::GotRelPage),
-            relaxable: matches!(
-                r.r_type,
-                R_AARCH64_ADR_GOT_PAGE | R_AARCH64_LD64_GOT_LO12_NC
-            ),
+            relaxable: relaxed_to(r.r_type).is_some(),
             index: i as u16,
         };
         i += 1;
@@ -612,20 +629,68 @@ fn values(place: u64, target: u64, addend: i64) -> FixupValues {
     }
 }
 
-/// `ldr Xt, [Xn, #imm]` → `add Xt, Xn, #imm`: the GOT load of
-/// `LD64_GOT_LO12_NC` relaxed to an address computation.
+/// What a relaxable type becomes (the linker applies that type to the
+/// symbol itself, or to its TP offset, instead of going through a GOT slot
+/// or descriptor), as the GNU and LLVM linkers relax them:
 ///
-/// Returns `Ok(false)` (nothing changed) if the place does not hold a 64-bit
-/// `ldr` with an unsigned offset.
-pub(crate) fn relax_got_ldr(block: &mut [u8], offset: u64) -> Result<bool, FixupError> {
-    let place = place_mut("R_AARCH64_LD64_GOT_LO12_NC", block, offset, 4)?;
+/// | from | instruction becomes | then apply |
+/// |---|---|---|
+/// | `ADR_GOT_PAGE` | (unchanged `adrp`) | `ADR_PREL_PG_HI21` |
+/// | `LD64_GOT_LO12_NC` | `add Xt, Xn, #0` | `ADD_ABS_LO12_NC` |
+/// | `TLSIE_ADR_GOTTPREL_PAGE21`, `TLSDESC_ADR_PAGE21` | `movz Xd, #0, lsl #16` | `TLSLE_MOVW_TPREL_G1` |
+/// | `TLSIE_LD64_GOTTPREL_LO12_NC`, `TLSDESC_LD64_LO12` | `movk Xt, #0` | `TLSLE_MOVW_TPREL_G0_NC` |
+/// | `TLSDESC_ADD_LO12`, `TLSDESC_CALL` | `nop` | `NONE` |
+///
+/// The IE and descriptor sequences become local exec: valid when the
+/// symbol's TP offset is fixed at link time (an executable image's static
+/// TLS block) and every instruction of the sequence is relaxed. The
+/// descriptor sequence's result register is `x0` by the ABI; the IE
+/// sequence keeps each instruction's own register (compilers use one).
+pub(crate) const fn relaxed_to(r_type: u32) -> Option<u32> {
+    Some(match r_type {
+        R_AARCH64_ADR_GOT_PAGE => R_AARCH64_ADR_PREL_PG_HI21,
+        R_AARCH64_LD64_GOT_LO12_NC => R_AARCH64_ADD_ABS_LO12_NC,
+        R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21 | R_AARCH64_TLSDESC_ADR_PAGE21 => {
+            R_AARCH64_TLSLE_MOVW_TPREL_G1
+        }
+        R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC | R_AARCH64_TLSDESC_LD64_LO12 => {
+            R_AARCH64_TLSLE_MOVW_TPREL_G0_NC
+        }
+        R_AARCH64_TLSDESC_ADD_LO12 | R_AARCH64_TLSDESC_CALL => R_AARCH64_NONE,
+        _ => return None,
+    })
+}
+
+const NOP: u32 = 0xd503_201f;
+
+/// Rewrites the instruction at `offset` for relaxing `info` (see
+/// [`relaxed_to`]). Returns `Ok(false)` (nothing changed) if the place does
+/// not hold the instruction the type expects.
+///
+/// # Errors
+/// [`FixupError::OutOfBounds`] if the instruction runs past `block`.
+pub(crate) fn relax_insn(info: &RelocInfo, block: &mut [u8], offset: u64) -> Result<bool, FixupError> {
+    let place = place_mut(info.name, block, offset, 4)?;
     let insn = u32::from_le_bytes([place[0], place[1], place[2], place[3]]);
-    if insn & 0xffc0_0000 != 0xf940_0000 {
+    let expected = match info.r_type {
+        R_AARCH64_TLSDESC_CALL => insn & 0xffff_fc1f == 0xd63f_0000, // blr Xn
+        _ => info.insns.iter().any(|&(mask, bits)| insn & mask == bits),
+    };
+    if !expected {
         return Ok(false);
     }
-    // Keep Rn (9:5) and Rt (4:0); imm12 is rewritten by the ADD fixup.
-    let add = 0x9100_0000 | (insn & 0x3ff);
-    place.copy_from_slice(&add.to_le_bytes());
+    let new = match info.r_type {
+        R_AARCH64_ADR_GOT_PAGE => insn,
+        // Keep Rn (9:5) and Rt (4:0); imm12 is rewritten by the ADD fixup.
+        R_AARCH64_LD64_GOT_LO12_NC => 0x9100_0000 | (insn & 0x3ff),
+        R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21 => 0xd2a0_0000 | (insn & 0x1f),
+        R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC => 0xf280_0000 | (insn & 0x1f),
+        R_AARCH64_TLSDESC_ADR_PAGE21 => 0xd2a0_0000,
+        R_AARCH64_TLSDESC_LD64_LO12 => 0xf280_0000,
+        R_AARCH64_TLSDESC_ADD_LO12 | R_AARCH64_TLSDESC_CALL => NOP,
+        _ => return Ok(false),
+    };
+    place.copy_from_slice(&new.to_le_bytes());
     Ok(true)
 }
 
@@ -666,12 +731,25 @@ mod tests {
     }
 
     #[test]
-    fn relaxing_a_got_load_keeps_the_registers() {
+    fn relaxing_keeps_the_registers() {
+        let row = |r| lookup(r).expect("in table");
         let mut b = 0xf940_0211u32.to_le_bytes(); // ldr x17, [x16]
-        assert_eq!(relax_got_ldr(&mut b, 0), Ok(true));
+        assert_eq!(relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut b, 0), Ok(true));
         assert_eq!(u32::from_le_bytes(b), 0x9100_0211); // add x17, x16, #0
-        let mut nop = 0xd503_201fu32.to_le_bytes();
-        assert_eq!(relax_got_ldr(&mut nop, 0), Ok(false));
-        assert!(relax_got_ldr(&mut nop, 2).is_err());
+        let mut b = 0x9000_0003u32.to_le_bytes(); // adrp x3
+        assert_eq!(relax_insn(row(R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21), &mut b, 0), Ok(true));
+        assert_eq!(u32::from_le_bytes(b), 0xd2a0_0003); // movz x3, #0, lsl #16
+        let mut b = 0xf940_0063u32.to_le_bytes(); // ldr x3, [x3]
+        assert_eq!(relax_insn(row(R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC), &mut b, 0), Ok(true));
+        assert_eq!(u32::from_le_bytes(b), 0xf280_0003); // movk x3, #0
+        let mut nop = NOP.to_le_bytes();
+        assert_eq!(relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut nop, 0), Ok(false));
+        assert_eq!(relax_insn(row(R_AARCH64_TLSDESC_CALL), &mut nop, 0), Ok(false));
+        assert!(relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut nop, 2).is_err());
+        for r in RELOCS {
+            if let Some(to) = relaxed_to(r.r_type) {
+                assert!(lookup(to).is_some(), "{} relaxes into the table", r.name);
+            }
+        }
     }
 }
