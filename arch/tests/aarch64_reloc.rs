@@ -886,3 +886,73 @@ fn type_numbers_match_object() {
         assert_eq!(elf::RelocationType(ours), theirs);
     }
 }
+
+/// A static link relaxes the IE and descriptor sequences to local exec;
+/// kiln's `RelocArch::relax` followed by the relaxed edges writes the same
+/// words for the same TP offsets.
+#[test]
+fn gnu_ld_relaxes_tls_like_kiln() {
+    if !common::need_tool(AS) || !common::need_tool(LD) {
+        return;
+    }
+    // (r_type, instruction, symbol): adrp x3; ldr x3, [x3] (IE), then the
+    // descriptor call adrp x0; ldr x1, [x0]; add x0, x0; blr x1.
+    let seq: [(u32, u32, &str); 6] = [
+        (R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, 0x9000_0003, "tie"),
+        (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, 0xf940_0063, "tie"),
+        (R_AARCH64_TLSDESC_ADR_PAGE21, 0x9000_0000, "tdesc"),
+        (R_AARCH64_TLSDESC_LD64_LO12, 0xf940_0001, "tdesc"),
+        (R_AARCH64_TLSDESC_ADD_LO12, 0x9100_0000, "tdesc"),
+        (R_AARCH64_TLSDESC_CALL, 0xd63f_0020, "tdesc"),
+    ];
+    // TPREL = 16 (the TCB) + offset in .tbss (16-aligned).
+    let (skip, tie, tdesc) = (0x1_2340u64, 0x1_2350u64, 0x1_2358u64);
+    let mut src = String::from(".text\n.globl _start\n_start:\n");
+    for (r_type, insn, sym) in seq {
+        let name = reloc::lookup(r_type).expect("in table").name;
+        src += &format!(".reloc ., {name}, {sym}\n.inst {insn:#x}\n");
+    }
+    src += &format!(
+        ".section .tbss,\"awT\",@nobits\n.p2align 4\n.skip {skip:#x}\ntie: .skip 8\ntdesc: .skip 8\n"
+    );
+    let ld = Ld::new();
+    let (s, o, out) = (
+        ld.dir.join("tls.s"),
+        ld.dir.join("tls.o"),
+        ld.dir.join("tls.out"),
+    );
+    std::fs::write(&s, src).expect("write source");
+    run(Command::new(AS).arg(&s).arg("-o").arg(&o)).expect("as");
+    run(Command::new(LD)
+        .arg(&o)
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("--section-start=.text={P:#x}")))
+    .expect("ld links the TLS sequence");
+    let linked = read_linked(&out, 0, Setup::Abs);
+    let theirs = linked.read(P, 24).expect(".text").to_vec();
+    let _ = std::fs::remove_dir_all(&ld.dir);
+
+    let mut ours: Vec<u8> = seq.iter().flat_map(|s| s.1.to_le_bytes()).collect();
+    for (i, &(r_type, _, sym)) in seq.iter().enumerate() {
+        let offset = 4 * i as u64;
+        let edge = Aarch64::edge(r_type).expect("in table");
+        assert!(edge.relaxable, "{}", edge.name);
+        let r = Aarch64::relax(edge, &mut ours, offset)
+            .expect("in bounds")
+            .unwrap_or_else(|| panic!("{} relaxes", edge.name));
+        let tprel = if sym == "tie" { tie } else { tdesc };
+        assert!(matches!(
+            r.edge.target,
+            EdgeTarget::TpOffset | EdgeTarget::None
+        ));
+        let v = values(P + offset, tprel, 0, 0);
+        Aarch64::apply(r.edge, &mut ours, offset, &v).expect("TP offset in reach");
+    }
+    let words = |b: &[u8]| -> Vec<String> {
+        b.chunks_exact(4)
+            .map(|w| format!("{:08x}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+            .collect()
+    };
+    assert_eq!(words(&ours), words(&theirs));
+}

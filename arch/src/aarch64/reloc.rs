@@ -669,7 +669,11 @@ const NOP: u32 = 0xd503_201f;
 ///
 /// # Errors
 /// [`FixupError::OutOfBounds`] if the instruction runs past `block`.
-pub(crate) fn relax_insn(info: &RelocInfo, block: &mut [u8], offset: u64) -> Result<bool, FixupError> {
+pub(crate) fn relax_insn(
+    info: &RelocInfo,
+    block: &mut [u8],
+    offset: u64,
+) -> Result<bool, FixupError> {
     let place = place_mut(info.name, block, offset, 4)?;
     let insn = u32::from_le_bytes([place[0], place[1], place[2], place[3]]);
     let expected = match info.r_type {
@@ -734,17 +738,32 @@ mod tests {
     fn relaxing_keeps_the_registers() {
         let row = |r| lookup(r).expect("in table");
         let mut b = 0xf940_0211u32.to_le_bytes(); // ldr x17, [x16]
-        assert_eq!(relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut b, 0), Ok(true));
+        assert_eq!(
+            relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut b, 0),
+            Ok(true)
+        );
         assert_eq!(u32::from_le_bytes(b), 0x9100_0211); // add x17, x16, #0
         let mut b = 0x9000_0003u32.to_le_bytes(); // adrp x3
-        assert_eq!(relax_insn(row(R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21), &mut b, 0), Ok(true));
+        assert_eq!(
+            relax_insn(row(R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21), &mut b, 0),
+            Ok(true)
+        );
         assert_eq!(u32::from_le_bytes(b), 0xd2a0_0003); // movz x3, #0, lsl #16
         let mut b = 0xf940_0063u32.to_le_bytes(); // ldr x3, [x3]
-        assert_eq!(relax_insn(row(R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC), &mut b, 0), Ok(true));
+        assert_eq!(
+            relax_insn(row(R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC), &mut b, 0),
+            Ok(true)
+        );
         assert_eq!(u32::from_le_bytes(b), 0xf280_0003); // movk x3, #0
         let mut nop = NOP.to_le_bytes();
-        assert_eq!(relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut nop, 0), Ok(false));
-        assert_eq!(relax_insn(row(R_AARCH64_TLSDESC_CALL), &mut nop, 0), Ok(false));
+        assert_eq!(
+            relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut nop, 0),
+            Ok(false)
+        );
+        assert_eq!(
+            relax_insn(row(R_AARCH64_TLSDESC_CALL), &mut nop, 0),
+            Ok(false)
+        );
         assert!(relax_insn(row(R_AARCH64_LD64_GOT_LO12_NC), &mut nop, 2).is_err());
         for r in RELOCS {
             if let Some(to) = relaxed_to(r.r_type) {
