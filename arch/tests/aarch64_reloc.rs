@@ -771,9 +771,9 @@ fn gnu_ld_deviates(r_type: u32, initial: u64, p: u64, s: u64, a: i64) -> bool {
         // signed 17/33/49 bits and pick MOVN for X < 0; bfd accepts X up to
         // 2^17/2^33/2^49 and keeps the MOVZ for X < 0 (which aarch64's
         // variant-1 TLS never produces: TPREL >= 16).
-        R_AARCH64_TLSLE_MOVW_TPREL_G0 => x < 0 || x >= 1 << 16,
-        R_AARCH64_TLSLE_MOVW_TPREL_G1 => x < 0 || x >= 1 << 32,
-        R_AARCH64_TLSLE_MOVW_TPREL_G2 => x < 0 || x >= 1 << 48,
+        R_AARCH64_TLSLE_MOVW_TPREL_G0 => !(0..1 << 16).contains(&x),
+        R_AARCH64_TLSLE_MOVW_TPREL_G1 => !(0..1 << 32).contains(&x),
+        R_AARCH64_TLSLE_MOVW_TPREL_G2 => !(0..1 << 48).contains(&x),
         // AAELF64 checks -2^32 <= X < 2^32 for the GOT, IE and descriptor
         // ADRPs; bfd does not check them at all and wraps.
         R_AARCH64_ADR_GOT_PAGE
