@@ -534,8 +534,9 @@ struct Ld {
 }
 
 impl Ld {
-    fn new() -> Ld {
-        let dir = std::env::temp_dir().join(format!("kiln-arch-ld-{}", std::process::id()));
+    /// A scratch directory of its own per test (`test`), removed by the test.
+    fn new(test: &str) -> Ld {
+        let dir = std::env::temp_dir().join(format!("kiln-arch-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         Ld { dir, n: 0 }
     }
@@ -798,7 +799,7 @@ fn gnu_ld_agrees() {
     if !common::need_tool(AS) || !common::need_tool(LD) {
         return;
     }
-    let mut ld = Ld::new();
+    let mut ld = Ld::new("gnu-ld-agrees");
     let mut checked = std::collections::BTreeSet::new();
     for (i, &(r_type, initial, p, s, a, _)) in VECTORS.iter().enumerate() {
         let name = reloc::lookup(r_type).map_or("?", |r| r.name);
@@ -915,7 +916,7 @@ fn gnu_ld_relaxes_tls_like_kiln() {
     src += &format!(
         ".section .tbss,\"awT\",@nobits\n.p2align 4\n.skip {skip:#x}\ntie: .skip 8\ntdesc: .skip 8\n"
     );
-    let ld = Ld::new();
+    let ld = Ld::new("gnu-ld-tls");
     let (s, o, out) = (
         ld.dir.join("tls.s"),
         ld.dir.join("tls.o"),
