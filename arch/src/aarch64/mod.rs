@@ -7,6 +7,11 @@
 //! | redirectable stub | same as PLT stub | 12 / 4 | same → pointer slot |
 //! | reentry trampoline | `stp x29, x30, [sp, #-16]!; adrp x16, slot; ldr x16, [x16, :lo12:slot]; blr x16` | 16 / 4 | `ADR_PREL_PG_HI21` @4, `LDST64_ABS_LO12_NC` @8 → entry slot |
 //! | reentry entry | see [`Aarch64::write_reentry_entry`] | 128 / 16 | `ABS64` @120 → resolver |
+//! | veneer ([`RelocArch::write_veneer`]) | `adrp x16, target; add x16, x16, :lo12:target; br x16` | 12 / 4 | `ADR_PREL_PG_HI21` @0, `ADD_ABS_LO12_NC` @4 → target |
+//!
+//! The veneer is GNU ld's own long-branch stub, byte for byte (the
+//! `gnu_ld_agrees` test compares them); it extends a `CALL26`/`JUMP26` out
+//! of ±128 MiB to ±4 GiB of pages.
 //!
 //! Scratch register: `x16` (IP0). AAPCS64 reserves x16/x17 for
 //! intra-procedure-call glue (veneers, PLT stubs) and lets it clobber them,

@@ -30,6 +30,17 @@
 //! | TLS descriptor (16 bytes) | `TLSDESC_ADR_PAGE21`, `TLSDESC_LD64_LO12`, `TLSDESC_ADD_LO12` (`TLSDESC_CALL` marks the `blr`) |
 //! | PLT stub or veneer when `S` is out of ±128 MiB | `CALL26`, `JUMP26` |
 //!
+//! Relaxations ([`RelocArch::relax`](crate::RelocArch::relax)), as GNU ld
+//! and lld do them:
+//!
+//! | from | instruction becomes | then apply |
+//! |---|---|---|
+//! | `ADR_GOT_PAGE` | (unchanged `adrp`) | `ADR_PREL_PG_HI21` |
+//! | `LD64_GOT_LO12_NC` | `add Xt, Xn, #0` | `ADD_ABS_LO12_NC` |
+//! | `TLSIE_ADR_GOTTPREL_PAGE21`, `TLSDESC_ADR_PAGE21` | `movz Xd, #0, lsl #16` (`x0` for descriptors) | `TLSLE_MOVW_TPREL_G1` |
+//! | `TLSIE_LD64_GOTTPREL_LO12_NC`, `TLSDESC_LD64_LO12` | `movk Xt, #0` (`x0` for descriptors) | `TLSLE_MOVW_TPREL_G0_NC` |
+//! | `TLSDESC_ADD_LO12`, `TLSDESC_CALL` | `nop` | `NONE` |
+//!
 //! `CONDBR19` and `TSTBR14` have no veneer: AAELF64 lets a linker extend
 //! only `CALL26`/`JUMP26`; compilers emit them within a function.
 
@@ -629,23 +640,12 @@ fn values(place: u64, target: u64, addend: i64) -> FixupValues {
     }
 }
 
-/// What a relaxable type becomes (the linker applies that type to the
-/// symbol itself, or to its TP offset, instead of going through a GOT slot
-/// or descriptor), as the GNU and LLVM linkers relax them:
-///
-/// | from | instruction becomes | then apply |
-/// |---|---|---|
-/// | `ADR_GOT_PAGE` | (unchanged `adrp`) | `ADR_PREL_PG_HI21` |
-/// | `LD64_GOT_LO12_NC` | `add Xt, Xn, #0` | `ADD_ABS_LO12_NC` |
-/// | `TLSIE_ADR_GOTTPREL_PAGE21`, `TLSDESC_ADR_PAGE21` | `movz Xd, #0, lsl #16` | `TLSLE_MOVW_TPREL_G1` |
-/// | `TLSIE_LD64_GOTTPREL_LO12_NC`, `TLSDESC_LD64_LO12` | `movk Xt, #0` | `TLSLE_MOVW_TPREL_G0_NC` |
-/// | `TLSDESC_ADD_LO12`, `TLSDESC_CALL` | `nop` | `NONE` |
-///
-/// The IE and descriptor sequences become local exec: valid when the
-/// symbol's TP offset is fixed at link time (an executable image's static
-/// TLS block) and every instruction of the sequence is relaxed. The
-/// descriptor sequence's result register is `x0` by the ABI; the IE
-/// sequence keeps each instruction's own register (compilers use one).
+/// What a relaxable type becomes (see the module's relaxation table). The
+/// IE and descriptor sequences become local exec: valid when the symbol's
+/// TP offset is fixed at link time (an executable image's static TLS block)
+/// and every instruction of the sequence is relaxed. The descriptor
+/// sequence's result register is `x0` by the ABI; the IE sequence keeps
+/// each instruction's own register (compilers use one).
 pub(crate) const fn relaxed_to(r_type: u32) -> Option<u32> {
     Some(match r_type {
         R_AARCH64_ADR_GOT_PAGE => R_AARCH64_ADR_PREL_PG_HI21,
