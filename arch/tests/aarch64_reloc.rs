@@ -371,6 +371,31 @@ fn ranges_match_the_psabi() {
     );
     assert_eq!(range(R_AARCH64_ABS32), Some((-(1 << 31), (1 << 32) - 1)));
     assert_eq!(range(R_AARCH64_MOVW_UABS_G3), None);
+    assert_eq!(range(R_AARCH64_ABS16), Some((-(1 << 15), (1 << 16) - 1)));
+    assert_eq!(range(R_AARCH64_PREL16), Some((-(1 << 15), (1 << 16) - 1)));
+    assert_eq!(
+        range(R_AARCH64_MOVW_PREL_G0),
+        Some((-(1 << 16), (1 << 16) - 1))
+    );
+    assert_eq!(
+        range(R_AARCH64_MOVW_PREL_G2),
+        Some((-(1 << 48), (1 << 48) - 1))
+    );
+    assert_eq!(range(R_AARCH64_MOVW_PREL_G3), None);
+    assert_eq!(range(R_AARCH64_LD64_GOTPAGE_LO15), Some((0, (1 << 15) - 1)));
+    assert_eq!(
+        range(R_AARCH64_TLSLE_ADD_TPREL_HI12),
+        Some((0, (1 << 24) - 1))
+    );
+    assert_eq!(
+        range(R_AARCH64_TLSLE_ADD_TPREL_LO12),
+        Some((0, (1 << 12) - 1))
+    );
+    assert_eq!(range(R_AARCH64_TLSLE_ADD_TPREL_LO12_NC), None);
+    assert_eq!(
+        range(R_AARCH64_TLSDESC_ADR_PAGE21),
+        Some((-(1 << 32), (1 << 32) - 1))
+    );
     assert_eq!(range(R_AARCH64_ADD_ABS_LO12_NC), None);
     assert!(reloc::lookup(R_AARCH64_ADR_GOT_PAGE).is_some_and(|i| i.got));
     assert!(reloc::lookup(R_AARCH64_CALL26).is_some_and(|i| !i.got));
