@@ -61,6 +61,14 @@ const VECTORS: &[Vector] = &[
     (R_AARCH64_CONDBR19, 0xb400_0000, P, P + 0x40, 0, Word(0xb400_0200)), // cbz x0
     (R_AARCH64_CONDBR19, 0x5400_0000, P, P + 6, 0, Misaligned),
     (R_AARCH64_CONDBR19, 0x9400_0000, P, P + 8, 0, BadInsn), // bl
+    // LDR (literal) imm19, range [-2^20, 2^20 - 4].
+    (R_AARCH64_LD_PREL_LO19, 0x5800_0010, P, P + 0xf_fffc, 0, Word(0x587f_fff0)),
+    (R_AARCH64_LD_PREL_LO19, 0x5800_0010, P, P + 0x10_0000, 0, Range),
+    (R_AARCH64_LD_PREL_LO19, 0x5800_0010, P, P - 0x10_0000, 0, Word(0x5880_0010)),
+    (R_AARCH64_LD_PREL_LO19, 0x5800_0010, P, P - 0x10_0004, 0, Range),
+    (R_AARCH64_LD_PREL_LO19, 0x1c00_0001, P, P + 0x40, 0, Word(0x1c00_0201)), // ldr s1
+    (R_AARCH64_LD_PREL_LO19, 0x5800_0010, P, P + 2, 0, Misaligned),
+    (R_AARCH64_LD_PREL_LO19, 0xf940_0010, P, P + 8, 0, BadInsn), // ldr (immediate)
     // TBZ imm14, range [-2^15, 2^15 - 4].
     (R_AARCH64_TSTBR14, 0x3600_0000, P, P + 0x7ffc, 0, Word(0x3603_ffe0)),
     (R_AARCH64_TSTBR14, 0x3600_0000, P, P + 0x8000, 0, Range),

@@ -78,6 +78,8 @@ pub mod r_type {
     pub const R_AARCH64_MOVW_UABS_G2_NC: u32 = 268;
     /// MOVZ/MOVK imm16 = `X[63:48]`.
     pub const R_AARCH64_MOVW_UABS_G3: u32 = 269;
+    /// LDR (literal) imm19 = `(S + A - P)[20:2]`.
+    pub const R_AARCH64_LD_PREL_LO19: u32 = 273;
     /// ADR imm21 = `S + A - P`.
     pub const R_AARCH64_ADR_PREL_LO21: u32 = 274;
     /// ADRP imm21 = `(Page(S + A) - Page(P))[32:12]`, checked.
@@ -252,6 +254,8 @@ const ADRP: &[(u32, u32)] = &[(0x9f00_0000, 0x9000_0000)];
 const ADR: &[(u32, u32)] = &[(0x9f00_0000, 0x1000_0000)];
 const B_BL: &[(u32, u32)] = &[(0x7c00_0000, 0x1400_0000)];
 const BCOND_CBZ: &[(u32, u32)] = &[(0xff00_0010, 0x5400_0000), (0x7e00_0000, 0x3400_0000)];
+/// `ldr`/`ldrsw`/`prfm` (literal), general and SIMD registers.
+const LDR_LIT: &[(u32, u32)] = &[(0x3b00_0000, 0x1800_0000)];
 const TBZ: &[(u32, u32)] = &[(0x7e00_0000, 0x3600_0000)];
 const ADD_IMM: &[(u32, u32)] = &[(0x1f80_0000, 0x1100_0000)];
 const LDST_UIMM: &[(u32, u32)] = &[(0x3b00_0000, 0x3900_0000)];
@@ -376,6 +380,7 @@ pub static RELOCS: &[RelocInfo] = &[
     row!(R_AARCH64_MOVW_UABS_G2_NC, Formula::Abs, Field::Movw { shift: 32 }, None, 1, MOVW, MOVW_D),
     // Every 64-bit value fits: no check (AAELF64).
     row!(R_AARCH64_MOVW_UABS_G3, Formula::Abs, Field::Movw { shift: 48 }, None, 1, MOVW, MOVW_D),
+    row!(R_AARCH64_LD_PREL_LO19, Formula::Prel, Field::Imm19, signed(21), 4, LDR_LIT, "LDR (literal)"),
     row!(R_AARCH64_ADR_PREL_LO21, Formula::Prel, Field::Adr { shift: 0 }, signed(21), 1, ADR, "ADR"),
     row!(R_AARCH64_ADR_PREL_PG_HI21, Formula::Page, Field::Adr { shift: 12 }, PAGE33, 1, ADRP, "ADRP"),
     row!(R_AARCH64_ADR_PREL_PG_HI21_NC, Formula::Page, Field::Adr { shift: 12 }, None, 1, ADRP, "ADRP"),
