@@ -319,6 +319,8 @@ fn a64_word() -> impl Strategy<Value = u32> {
         0xd280_0000,
         0x9280_0000,
         0xf280_0000,
+        0x5800_0000,
+        0xd63f_0000,
     ];
     prop_oneof![
         3 => (proptest::sample::select(classes), 0u32..0x20_0000).prop_map(|(c, low)| c | low),
