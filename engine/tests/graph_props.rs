@@ -444,6 +444,36 @@ fn link_calls(n: usize, units: usize, raw: &[(u16, u16, u16, u8)]) -> (usize, Ve
     (per, calls)
 }
 
+/// The order units are emitted in.
+#[derive(Clone, Copy, Debug)]
+enum Emission {
+    /// Unit 0 first: most calls across units point to units not emitted yet.
+    Forward,
+    /// The last unit first.
+    Reverse,
+    /// By the drawn keys.
+    Random,
+}
+
+fn emission_order() -> impl Strategy<Value = Emission> {
+    prop_oneof![
+        Just(Emission::Forward),
+        Just(Emission::Reverse),
+        Just(Emission::Random)
+    ]
+}
+
+/// The `units` units in `emission` order (`keys` ordering the random one).
+fn unit_order(units: usize, emission: Emission, keys: &[u32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..units).collect();
+    match emission {
+        Emission::Forward => {}
+        Emission::Reverse => order.reverse(),
+        Emission::Random => order.sort_by_key(|&u| keys[u % keys.len()]),
+    }
+    order
+}
+
 /// The emission of one unit, as the engine would see it: one group whose
 /// defs depend on the unit's external references (`split` > 1 cuts the
 /// unit into that many groups, each with its own external references), or
@@ -488,7 +518,7 @@ proptest! {
     #![proptest_config(cases(250, 4))]
 
     /// Link shapes (many symbols per unit, random calls across units, large
-    /// SCCs), units emitted in a random order, as unit groups or per-symbol
+    /// SCCs), units emitted forward, in reverse or in a random order, as unit groups or per-symbol
     /// groups, sometimes with a failure: every emit matches the oracle.
     #[test]
     fn link_shapes_match_the_oracle(
@@ -496,14 +526,14 @@ proptest! {
         units in 1usize..10,
         raw in prop::collection::vec(any::<(u16, u16, u16, u8)>(), 1..120),
         order_keys in prop::collection::vec(any::<u32>(), 10),
+        emission in emission_order(),
         per_symbol in any::<bool>(),
         split in 1usize..4,
         fail_at in prop::option::weighted(0.2, any::<(u8, u16)>()),
     ) {
         let (per, calls) = link_calls(n, units, &raw);
         let units = n.div_ceil(per);
-        let mut order: Vec<usize> = (0..units).collect();
-        order.sort_by_key(|&u| order_keys[u]);
+        let order = unit_order(units, emission, &order_keys);
         let mut g = DepGraph::new();
         let mut o = Oracle::new(n);
         for (step, &u) in order.iter().enumerate() {
@@ -627,8 +657,8 @@ proptest! {
     // A few seconds in debug; PROPTEST_CASES (divided by 40) overrides.
     #![proptest_config(cases(24, 40))]
 
-    /// Larger link shapes (up to 4,000 symbols in up to 60 units) against
-    /// petgraph's SCCs: every symbol becomes Ready exactly in the emission
+    /// Larger link shapes (up to 4,000 symbols in up to 60 units, emitted
+    /// forward, in reverse or in a random order) against petgraph's SCCs: every symbol becomes Ready exactly in the emission
     /// after which everything it reaches is emitted.
     #[test]
     fn link_shapes_match_petgraph_sccs(
@@ -636,13 +666,13 @@ proptest! {
         units in 2usize..60,
         raw in prop::collection::vec(any::<(u16, u16, u16, u8)>(), 1..400),
         order_keys in prop::collection::vec(any::<u32>(), 60),
+        emission in emission_order(),
         per_symbol in any::<bool>(),
         split in 1usize..4,
     ) {
         let (per, calls) = link_calls(n, units, &raw);
         let units = n.div_ceil(per);
-        let mut order: Vec<usize> = (0..units).collect();
-        order.sort_by_key(|&u| order_keys[u]);
+        let order = unit_order(units, emission, &order_keys);
         let got = ready_steps(n, per, &calls, &order, per_symbol, split)?;
         let expected = petgraph_ready_steps(n, per, &calls, &order, per_symbol, split);
         for i in 0..n {
