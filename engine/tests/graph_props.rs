@@ -680,3 +680,50 @@ proptest! {
         }
     }
 }
+
+/// The weak shape of the incremental search (issue 12 §4): one group per
+/// symbol in ten units of 2,000 symbols, four calls each, units emitted in
+/// a random order. Searching per emitted symbol scanned a big component on
+/// each side again and again (8 edges scanned per edge at 10k edges, 27 at
+/// 100k, 65 at 1M); each unit is now emitted in bulk with one pass over the
+/// graph, so the edges scanned stay a small multiple of the edges given.
+#[test]
+fn per_symbol_groups_in_big_units_scan_each_edge_a_bounded_number_of_times() {
+    let n = 20_000;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u16
+    };
+    let raw: Vec<(u16, u16, u16, u8)> = (0..4096).map(|_| (next(), next(), next(), 4)).collect();
+    let (per, calls) = link_calls(n, 10, &raw);
+    let order = unit_order(10, Emission::Random, &[7, 3, 9, 1, 5, 0, 8, 2, 6, 4]);
+    let mut g = DepGraph::new();
+    let mut ready_at = vec![false; n];
+    let mut ready = Vec::new();
+    let mut edges = 0;
+    for &u in &order {
+        let defs: Vec<NodeId> = (u * per..((u + 1) * per).min(n))
+            .map(|i| i as NodeId)
+            .collect();
+        let groups = unit_groups(&defs, &calls, true, 1, |t| !ready_at[t as usize]);
+        edges += groups.iter().map(|(_, deps)| deps.len()).sum::<usize>();
+        let eg: Vec<EmitGroup<'_>> = groups
+            .iter()
+            .map(|(d, p)| EmitGroup { defs: d, deps: p })
+            .collect();
+        ready.clear();
+        g.emit(&eg, &mut ready);
+        for &r in &ready {
+            ready_at[r as usize] = true;
+        }
+    }
+    assert!(ready_at.iter().all(|&r| r), "every symbol Ready");
+    let scanned = g.stats().scanned as usize;
+    assert!(
+        scanned <= 3 * edges,
+        "{scanned} edges scanned for {edges} edges given"
+    );
+}

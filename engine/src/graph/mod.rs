@@ -74,6 +74,14 @@
 //!   `defs × deps`, and one search for all its deps. The hidden node is
 //!   always emitted, so reachability between real nodes, and with it
 //!   readiness and failure, is unchanged.
+//! * **Bulk batches.** A batch that brings at least an eighth of the stored
+//!   slots plus edges (and 64 defs plus deps) — a whole unit of hundreds of
+//!   symbols, each its own group — skips placement and searches: its edges
+//!   go in, then one pass (Tarjan's algorithm over all waiting components'
+//!   out-edges) finds every SCC, contracts each into its biggest component
+//!   and lays the order out afresh. The pass costs the stored graph, which
+//!   the batch's own size pays for eight times over; searching per node
+//!   there would rescan the big components on both sides of each search.
 //! * **Failure** walks in-edges backwards from the failed nodes, so it costs
 //!   the size of the failed region.
 //!
@@ -152,6 +160,11 @@ pub struct EmitGroup<'a> {
 
 /// "No slot / no edge".
 const NIL: u32 = u32::MAX;
+/// The smallest batch (defs plus deps over its groups) emitted in bulk.
+const BULK_MIN: usize = 64;
+/// A batch is emitted in bulk when it brings at least this fraction
+/// (`1/BULK_RATIO`) of the stored slots plus edges.
+const BULK_RATIO: usize = 8;
 /// Index of the out-edge list (keyed by the edge's source).
 const OUT: usize = 0;
 /// Index of the in-edge list (keyed by the edge's target).
@@ -235,12 +248,12 @@ struct Edge {
 #[non_exhaustive]
 pub struct GraphStats {
     /// Edges that pointed backwards in the topological order and needed a
-    /// search of their affected region.
+    /// search of their affected region, plus bulk batches laid out afresh.
     pub searches: u64,
     /// Components visited by those searches (forward plus backward).
     pub visited: u64,
-    /// Edges traversed by those searches and by the extraction of the
-    /// SCCs they found.
+    /// Edges traversed by those searches, by the extraction of the SCCs
+    /// they found and by the passes over the graph after bulk batches.
     pub scanned: u64,
     /// Searches that closed a cycle (each contracts one new SCC).
     pub cycles: u64,
@@ -259,6 +272,8 @@ pub struct DepGraph {
     edges: Vec<Edge>,
     /// Free edges, chained through `link[OUT][0]`.
     free_edges: u32,
+    /// Edges in use.
+    live_edges: usize,
     /// The topological order of the waiting components.
     order: Order,
     /// Number of waiting real nodes.
@@ -280,6 +295,29 @@ pub struct DepGraph {
     stats: GraphStats,
 }
 
+/// The working state of [`DepGraph::tarjan`], indexed by slot.
+struct Tarjan {
+    index: Vec<u32>,
+    low: Vec<u32>,
+    on_stack: Vec<bool>,
+    stack: Vec<u32>,
+    /// The depth-first path: (component, next out-edge, out-edges left).
+    frames: Vec<(u32, u32, u32)>,
+    next_index: u32,
+}
+
+impl Tarjan {
+    /// Starts visiting component `c` (its representative slot `cs`).
+    fn enter(&mut self, c: u32, cs: &Slot) {
+        self.index[c as usize] = self.next_index;
+        self.low[c as usize] = self.next_index;
+        self.next_index += 1;
+        self.on_stack[c as usize] = true;
+        self.stack.push(c);
+        self.frames.push((c, cs.head[OUT], cs.len[OUT]));
+    }
+}
+
 impl Default for DepGraph {
     fn default() -> Self {
         Self::new()
@@ -295,6 +333,7 @@ impl DepGraph {
             free_slots: Vec::new(),
             edges: Vec::new(),
             free_edges: NIL,
+            live_edges: 0,
             order: Order::new(),
             waiting: 0,
             epoch: 0,
@@ -330,6 +369,7 @@ impl DepGraph {
         touched.clear();
         // One group without dependencies: no def can wait on another.
         let alone = groups.len() == 1 && groups[0].deps.is_empty();
+        let bulk = self.bulk_pays(groups);
         for group in groups {
             // Which defs does this call emit? Skip (caller bug) defs that an
             // earlier call already emitted.
@@ -361,16 +401,19 @@ impl DepGraph {
                 let h = self.alloc_slot(0, true);
                 for i in defs {
                     let d = touched[i];
-                    self.emit_node(d, &[h], batch);
+                    self.add_node(d, &[h], batch, bulk);
                 }
-                self.emit_node(h, &targets, batch);
+                self.add_node(h, &targets, batch, bulk);
                 touched.push(h);
             } else {
                 for i in defs {
                     let d = touched[i];
-                    self.emit_node(d, &targets, batch);
+                    self.add_node(d, &targets, batch, bulk);
                 }
             }
+        }
+        if bulk {
+            self.rebuild(&touched);
         }
         // Readiness is decided once the whole batch is in.
         let queued = self.next_epoch();
@@ -815,6 +858,7 @@ impl DepGraph {
         };
         self.link_to(e, out);
         self.link_to(e, IN);
+        self.live_edges += 1;
         e
     }
 
@@ -853,11 +897,181 @@ impl DepGraph {
     }
 
     fn free_edge(&mut self, e: u32) {
+        self.live_edges -= 1;
         self.edges[e as usize].link[OUT][0] = self.free_edges;
         self.free_edges = e;
     }
 
     // ----- emission ----------------------------------------------------------
+
+    /// Emits `v` with edges to `targets`: incrementally (placed, the order
+    /// repaired by a search), or, in a bulk batch, only its edges (the
+    /// batch ends with [`Self::rebuild`]).
+    fn add_node(&mut self, v: u32, targets: &[u32], batch: u32, bulk: bool) {
+        if bulk {
+            self.emit_node_unordered(v, targets, batch);
+        } else {
+            self.emit_node(v, targets, batch);
+        }
+    }
+
+    /// Whether a batch is big enough against the graph to emit it in bulk:
+    /// edges first, then one pass over all waiting components
+    /// ([`Self::rebuild`]) instead of a search per node. The pass costs
+    /// about the stored slots plus edges, so it is taken only when the
+    /// batch brings at least `1/BULK_RATIO` of that: its cost is then
+    /// `O(BULK_RATIO)` per emitted edge or node over the graph's lifetime.
+    /// Small batches (the engine's usual one-symbol emits) stay
+    /// incremental.
+    fn bulk_pays(&self, groups: &[EmitGroup<'_>]) -> bool {
+        let size: usize = groups.iter().map(|g| g.defs.len() + g.deps.len()).sum();
+        size >= BULK_MIN && size.saturating_mul(BULK_RATIO) >= self.slots.len() + self.live_edges
+    }
+
+    /// Emits slot `v` (or adds edges to it, if this batch already emitted
+    /// it) with edges to `targets`, leaving it out of the order: a bulk
+    /// batch's [`Self::rebuild`] places every component afterwards.
+    fn emit_node_unordered(&mut self, v: u32, targets: &[u32], batch: u32) {
+        if self.slots[v as usize].kind == Kind::Unemitted {
+            let slot = &mut self.slots[v as usize];
+            slot.kind = Kind::Waiting;
+            slot.emitted_in = batch;
+            slot.pos = NIL;
+            if !slot.hidden {
+                self.waiting += 1;
+            }
+            let mut e = self.slots[v as usize].head[IN];
+            for _ in 0..self.slots[v as usize].len[IN] {
+                let next = self.edges[e as usize].link[IN][0];
+                self.unlink_from(e, PEND);
+                self.link_to(e, OUT);
+                e = next;
+            }
+        }
+        let cv = self.slots[v as usize].comp;
+        for &t in targets {
+            let ct = self.slots[t as usize].comp;
+            if t == v || ct == cv {
+                continue;
+            }
+            let waiting = self.slots[ct as usize].kind == Kind::Waiting;
+            self.add_edge(v, t, if waiting { OUT } else { PEND });
+        }
+    }
+
+    /// After a bulk batch: finds the strongly connected components of all
+    /// waiting components (Tarjan's algorithm, iterative, over out-edges),
+    /// contracts each cycle into its biggest component, and lays the order
+    /// out afresh, dependants first. `touched` holds the batch's slots (the
+    /// only ones not in the order yet).
+    fn rebuild(&mut self, touched: &[u32]) {
+        self.stats.searches += 1;
+        let mut comps: Vec<u32> = Vec::with_capacity(self.order.len() + touched.len());
+        let mut p = self.order.next_of(NIL);
+        while p != NIL {
+            comps.push(self.order.comp(p));
+            p = self.order.next(p);
+        }
+        for &t in touched {
+            let c = self.slots[t as usize].comp;
+            if c == t && self.slots[c as usize].kind == Kind::Waiting && self.slots[c as usize].pos == NIL {
+                comps.push(c);
+            }
+        }
+        let (sccs, ends) = self.tarjan(&comps);
+        // Every position goes; the components come back in the new order.
+        for &c in &comps {
+            let pos = self.slots[c as usize].pos;
+            if pos != NIL {
+                self.order.remove(pos);
+                self.slots[c as usize].pos = NIL;
+            }
+        }
+        let mut reps: Vec<u32> = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for &end in &ends {
+            let scc = &sccs[start..end];
+            start = end;
+            let rep = *scc
+                .iter()
+                .max_by_key(|&&c| {
+                    let cs = &self.slots[c as usize];
+                    cs.size as u64 + cs.len.iter().map(|&l| u64::from(l)).sum::<u64>()
+                })
+                .unwrap_or(&scc[0]);
+            if scc.len() > 1 {
+                self.stats.cycles += 1;
+                self.contract(scc, rep);
+            }
+            reps.push(rep);
+        }
+        // Tarjan lists dependencies first; the order wants dependants first.
+        reps.reverse();
+        let slots = &mut self.slots;
+        self.order.insert_run(NIL, NIL, &reps, |i, p| {
+            slots[reps[i] as usize].pos = p;
+        });
+        for &c in &reps {
+            let pos = self.slots[c as usize].pos;
+            self.slots[c as usize].label = self.order.label(pos);
+        }
+        self.order.take_relabelled().for_each(drop);
+    }
+
+    /// Tarjan's strongly connected components of the waiting components
+    /// `comps` over their out-edges: the components of each SCC
+    /// consecutively in the first vector, each SCC ending at the next entry
+    /// of the second, dependencies before dependants.
+    fn tarjan(&mut self, comps: &[u32]) -> (Vec<u32>, Vec<usize>) {
+        let mut t = Tarjan {
+            index: vec![NIL; self.slots.len()],
+            low: vec![NIL; self.slots.len()],
+            on_stack: vec![false; self.slots.len()],
+            stack: Vec::new(),
+            frames: Vec::new(),
+            next_index: 0,
+        };
+        let (mut sccs, mut ends) = (Vec::with_capacity(comps.len()), Vec::new());
+        let mut scanned = 0u64;
+        for &root in comps {
+            if t.index[root as usize] != NIL {
+                continue;
+            }
+            t.enter(root, &self.slots[root as usize]);
+            while let Some(frame) = t.frames.last_mut() {
+                let c = frame.0;
+                if frame.2 > 0 {
+                    let edge = self.edges[frame.1 as usize];
+                    frame.1 = edge.link[OUT][0];
+                    frame.2 -= 1;
+                    scanned += 1;
+                    let w = self.slots[edge.ends[IN] as usize].comp;
+                    if t.index[w as usize] == NIL {
+                        t.enter(w, &self.slots[w as usize]);
+                    } else if t.on_stack[w as usize] {
+                        t.low[c as usize] = t.low[c as usize].min(t.index[w as usize]);
+                    }
+                    continue;
+                }
+                t.frames.pop();
+                if let Some(&(parent, _, _)) = t.frames.last() {
+                    t.low[parent as usize] = t.low[parent as usize].min(t.low[c as usize]);
+                }
+                if t.low[c as usize] == t.index[c as usize] {
+                    while let Some(w) = t.stack.pop() {
+                        t.on_stack[w as usize] = false;
+                        sccs.push(w);
+                        if w == c {
+                            break;
+                        }
+                    }
+                    ends.push(sccs.len());
+                }
+            }
+        }
+        self.stats.scanned += scanned;
+        (sccs, ends)
+    }
 
     /// Emits slot `v` (or, if this batch already emitted it through another
     /// group, adds edges) with edges to `targets`, then repairs the order
