@@ -428,7 +428,11 @@ fn link_shapes(c: &mut Criterion) {
             .into_iter()
             .flat_map(|p| UnitOrder::ALL.map(|o| (p, o)))
         {
-            let kind = if per_symbol { "per_symbol" } else { "unit_group" };
+            let kind = if per_symbol {
+                "per_symbol"
+            } else {
+                "unit_group"
+            };
             let name = format!("link_{kind}_m{units}{}", unit_order.suffix());
             let w = link_shape(n, units, per_symbol, unit_order);
             let (count, stats, edges) = run_link(&w);

@@ -172,7 +172,10 @@ pub enum Error {
     },
     /// The wait for a module was cancelled
     /// ([`QualifiedNames::cancel`](crate::qualified::QualifiedNames::cancel)).
-    #[error("waiting for module '{module}' was cancelled (needed for {})", join(names))]
+    #[error(
+        "waiting for module '{module}' was cancelled (needed for {})",
+        join(names)
+    )]
     ModuleWaitCancelled {
         /// The module waited for.
         module: Arc<str>,

@@ -292,7 +292,8 @@ impl SymbolMap {
 
     /// Every name's first position, by text hash.
     fn build_index(&self) -> NameIndex {
-        let mut index = NameIndex::with_capacity_and_hasher(self.found.len(), rustc_hash::FxBuildHasher);
+        let mut index =
+            NameIndex::with_capacity_and_hasher(self.found.len(), rustc_hash::FxBuildHasher);
         for (i, f) in self.found.iter().enumerate() {
             let name = self.name(f);
             let bucket = index.entry(name.text_hash()).or_default();

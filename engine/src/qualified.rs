@@ -262,10 +262,7 @@ impl Generator for QualifiedNames {
             request,
             wants,
             #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-            deadline: self
-                .inner
-                .timeout
-                .map(|t| std::time::Instant::now() + t),
+            deadline: self.inner.timeout.map(|t| std::time::Instant::now() + t),
         });
         #[cfg(not(any(kiln_loom, kiln_shuttle)))]
         self.start_timer(&mut state);
@@ -320,7 +317,9 @@ fn run_timer(inner: &Inner) {
             state.timer = false;
             return;
         };
-        state = inner.wake.wait_timeout(state, next.saturating_duration_since(now));
+        state = inner
+            .wake
+            .wait_timeout(state, next.saturating_duration_since(now));
     }
 }
 

@@ -131,7 +131,11 @@ fn twenty_modules(seed: u64) {
     shared.add_generator(names.clone()).unwrap();
     let mut rng = Rng(seed);
     let callees: Vec<Vec<usize>> = (0..MODULES)
-        .map(|i| (0..3).map(|k| (i + 1 + rng.next(MODULES - 1) + k) % MODULES).collect())
+        .map(|i| {
+            (0..3)
+                .map(|k| (i + 1 + rng.next(MODULES - 1) + k) % MODULES)
+                .collect()
+        })
         .collect();
     let mut load_order: Vec<usize> = (0..MODULES).collect();
     rng.shuffle(&mut load_order);
@@ -362,7 +366,10 @@ fn modules_local_names_never_clash() {
     for (i, module) in ["Planschi", "Other", "Third"].iter().enumerate() {
         let name = format!("{module}::test");
         let found = find(&s, &[&shared], &name).wait().unwrap();
-        assert_eq!(found.get_str(&name).unwrap().address, 0x100 * (i as u64 + 1));
+        assert_eq!(
+            found.get_str(&name).unwrap().address,
+            0x100 * (i as u64 + 1)
+        );
     }
     s.end();
 }

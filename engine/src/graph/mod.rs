@@ -974,7 +974,10 @@ impl DepGraph {
         }
         for &t in touched {
             let c = self.slots[t as usize].comp;
-            if c == t && self.slots[c as usize].kind == Kind::Waiting && self.slots[c as usize].pos == NIL {
+            if c == t
+                && self.slots[c as usize].kind == Kind::Waiting
+                && self.slots[c as usize].pos == NIL
+            {
                 comps.push(c);
             }
         }
