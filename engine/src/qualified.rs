@@ -79,9 +79,6 @@ pub struct QualifiedNames {
 
 struct Inner {
     split: Box<Split>,
-    /// How long a parked call waits for its modules; `None`: until
-    /// registered or cancelled.
-    timeout: Option<Duration>,
     state: Mutex<Registry>,
     /// Wakes the timer thread early (a call parked or answered).
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
@@ -94,6 +91,8 @@ struct Registry {
     modules: FixedMap<Arc<str>, Dylib>,
     /// Calls waiting for at least one module that is not registered.
     parked: Vec<Parked>,
+    /// How long a call parks; `None`: until registered or cancelled.
+    timeout: Option<Duration>,
     /// Whether a timer thread is running.
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     timer: bool,
@@ -103,8 +102,9 @@ struct Registry {
 struct Parked {
     request: GenerateRequest,
     wants: Vec<Want>,
+    /// When the call's time is up, and the timeout it parked with.
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-    deadline: Option<std::time::Instant>,
+    deadline: Option<(std::time::Instant, Duration)>,
 }
 
 /// A qualified name the generator was asked for.
@@ -120,7 +120,7 @@ impl fmt::Debug for QualifiedNames {
         f.debug_struct("QualifiedNames")
             .field("modules", &state.modules.len())
             .field("parked", &state.parked.len())
-            .field("timeout", &self.inner.timeout)
+            .field("timeout", &state.timeout)
             .finish()
     }
 }
@@ -135,7 +135,6 @@ impl QualifiedNames {
         QualifiedNames {
             inner: Arc::new(Inner {
                 split: Box::new(split),
-                timeout: None,
                 state: Mutex::new(Registry::default()),
                 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
                 wake: crate::sync::Condvar::new(),
@@ -158,15 +157,10 @@ impl QualifiedNames {
 
     /// Bounds how long a lookup waits for a module that is not registered:
     /// after `timeout` the generator call fails with
-    /// [`Error::ModuleNotRegistered`]. Set it before the generator is added
-    /// (it must be the only handle then).
-    ///
-    /// # Panics
-    /// If other clones of this handle exist.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        let inner = Arc::get_mut(&mut self.inner)
-            .expect("QualifiedNames::timeout is set before the handle is cloned");
-        inner.timeout = Some(timeout);
+    /// [`Error::ModuleNotRegistered`]. Applies to calls parked from now on
+    /// (and to every clone of this handle).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.inner.state.lock().timeout = Some(timeout);
         self
     }
 
@@ -258,11 +252,13 @@ impl Generator for QualifiedNames {
             answer(request, &wants, &modules);
             return;
         }
+        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+        let deadline = state.timeout.map(|t| (std::time::Instant::now() + t, t));
         state.parked.push(Parked {
             request,
             wants,
             #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-            deadline: self.inner.timeout.map(|t| std::time::Instant::now() + t),
+            deadline,
         });
         #[cfg(not(any(kiln_loom, kiln_shuttle)))]
         self.start_timer(&mut state);
@@ -278,7 +274,7 @@ impl QualifiedNames {
     /// Starts the timer thread if calls with a deadline are parked and none
     /// runs; wakes a running one.
     fn start_timer(&self, state: &mut Registry) {
-        if self.inner.timeout.is_none() {
+        if state.timeout.is_none() {
             return;
         }
         if state.timer {
@@ -298,22 +294,27 @@ impl QualifiedNames {
 /// parked. Completes them outside the registry's lock.
 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
 fn run_timer(inner: &Inner) {
-    let Some(timeout) = inner.timeout else {
-        return;
-    };
     let mut state = inner.state.lock();
     loop {
         let now = std::time::Instant::now();
-        let expired = take_parked(&mut state.parked, |p| p.deadline.is_some_and(|d| d <= now));
+        let expired = take_parked(&mut state.parked, |p| {
+            p.deadline.is_some_and(|(d, _)| d <= now)
+        });
         if !expired.is_empty() {
             drop(state);
             for parked in expired {
-                expire(parked, timeout, inner);
+                expire(parked, inner);
             }
             state = inner.state.lock();
             continue;
         }
-        let Some(next) = state.parked.iter().filter_map(|p| p.deadline).min() else {
+        let Some(next) = state
+            .parked
+            .iter()
+            .filter_map(|p| p.deadline)
+            .map(|(d, _)| d)
+            .min()
+        else {
             state.timer = false;
             return;
         };
@@ -326,7 +327,7 @@ fn run_timer(inner: &Inner) {
 /// Fails a parked call whose time is up, naming the first module it still
 /// waits for.
 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-fn expire(parked: Parked, timeout: Duration, inner: &Inner) {
+fn expire(parked: Parked, inner: &Inner) {
     let missing = {
         let state = inner.state.lock();
         parked
@@ -348,7 +349,7 @@ fn expire(parked: Parked, timeout: Duration, inner: &Inner) {
     parked.request.complete(Err(Error::ModuleNotRegistered {
         module,
         names,
-        millis: timeout.as_millis(),
+        millis: parked.deadline.map_or(0, |(_, t)| t.as_millis()),
     }));
 }
 
