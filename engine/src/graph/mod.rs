@@ -224,6 +224,9 @@ struct Slot {
     len: [u32; 3],
     /// A failed input this component reaches (during [`DepGraph::fail`]).
     root: NodeId,
+    /// Tarjan's index and low link during [`DepGraph::tarjan`] (the low
+    /// link is `NIL` once the component's SCC is out).
+    tarjan: [u32; 2],
 }
 
 /// Mark indices into [`Slot::mark`].
@@ -295,29 +298,6 @@ pub struct DepGraph {
     stats: GraphStats,
 }
 
-/// The working state of [`DepGraph::tarjan`], indexed by slot.
-struct Tarjan {
-    index: Vec<u32>,
-    low: Vec<u32>,
-    on_stack: Vec<bool>,
-    stack: Vec<u32>,
-    /// The depth-first path: (component, next out-edge, out-edges left).
-    frames: Vec<(u32, u32, u32)>,
-    next_index: u32,
-}
-
-impl Tarjan {
-    /// Starts visiting component `c` (its representative slot `cs`).
-    fn enter(&mut self, c: u32, cs: &Slot) {
-        self.index[c as usize] = self.next_index;
-        self.low[c as usize] = self.next_index;
-        self.next_index += 1;
-        self.on_stack[c as usize] = true;
-        self.stack.push(c);
-        self.frames.push((c, cs.head[OUT], cs.len[OUT]));
-    }
-}
-
 impl Default for DepGraph {
     fn default() -> Self {
         Self::new()
@@ -369,7 +349,7 @@ impl DepGraph {
         touched.clear();
         // One group without dependencies: no def can wait on another.
         let alone = groups.len() == 1 && groups[0].deps.is_empty();
-        let bulk = self.bulk_pays(groups);
+        let bulk = self.bulk_mode(groups);
         for group in groups {
             // Which defs does this call emit? Skip (caller bug) defs that an
             // earlier call already emitted.
@@ -412,8 +392,8 @@ impl DepGraph {
                 }
             }
         }
-        if bulk {
-            self.rebuild(&touched);
+        if let Some(region) = bulk {
+            self.rebuild(&touched, region);
         }
         // Readiness is decided once the whole batch is in.
         let queued = self.next_epoch();
@@ -780,6 +760,7 @@ impl DepGraph {
                     head: [NIL; 3],
                     len: [0; 3],
                     root: 0,
+                    tarjan: [NIL; 2],
                 });
                 s
             }
@@ -907,25 +888,79 @@ impl DepGraph {
     /// Emits `v` with edges to `targets`: incrementally (placed, the order
     /// repaired by a search), or, in a bulk batch, only its edges (the
     /// batch ends with [`Self::rebuild`]).
-    fn add_node(&mut self, v: u32, targets: &[u32], batch: u32, bulk: bool) {
-        if bulk {
+    fn add_node(&mut self, v: u32, targets: &[u32], batch: u32, bulk: Option<bool>) {
+        if bulk.is_some() {
             self.emit_node_unordered(v, targets, batch);
         } else {
             self.emit_node(v, targets, batch);
         }
     }
 
-    /// Whether a batch is big enough against the graph to emit it in bulk:
-    /// edges first, then one pass over all waiting components
-    /// ([`Self::rebuild`]) instead of a search per node. The pass costs
-    /// about the stored slots plus edges, so it is taken only when the
-    /// batch brings at least `1/BULK_RATIO` of that: its cost is then
-    /// `O(BULK_RATIO)` per emitted edge or node over the graph's lifetime.
-    /// Small batches (the engine's usual one-symbol emits) stay
+    /// Whether to emit a batch in bulk — edges first, then one pass
+    /// ([`Self::rebuild`]) instead of a search per node — and over which
+    /// part of the graph: `Some(true)` for the region the batch reaches,
+    /// `Some(false)` for the whole graph, `None` for incremental emission.
+    ///
+    /// A batch of at least [`BULK_MIN`] defs plus deps goes in bulk when
+    /// what its dependencies reach among the waiting components costs at
+    /// most [`BULK_RATIO`] times its size (checked by a bounded search), or
+    /// when it brings at least `1/BULK_RATIO` of the stored slots plus
+    /// edges. Either way the pass costs `O(BULK_RATIO)` per emitted edge or
+    /// node. Small batches (the engine's usual one-symbol emits) stay
     /// incremental.
-    fn bulk_pays(&self, groups: &[EmitGroup<'_>]) -> bool {
+    fn bulk_mode(&mut self, groups: &[EmitGroup<'_>]) -> Option<bool> {
         let size: usize = groups.iter().map(|g| g.defs.len() + g.deps.len()).sum();
-        size >= BULK_MIN && size.saturating_mul(BULK_RATIO) >= self.slots.len() + self.live_edges
+        if size < BULK_MIN {
+            return None;
+        }
+        let budget = size.saturating_mul(BULK_RATIO);
+        if self.reach_within(groups, budget) {
+            Some(true)
+        } else if budget >= self.slots.len() + self.live_edges {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the waiting components the groups' dependencies reach (over
+    /// out-edges) number, with the edges scanned, at most `budget`.
+    fn reach_within(&mut self, groups: &[EmitGroup<'_>], budget: usize) -> bool {
+        let seen = self.next_epoch();
+        let mut stack = std::mem::take(&mut self.pool);
+        stack.clear();
+        let mut cost = 0usize;
+        for g in groups {
+            for &t in g.deps {
+                let Some(s) = self.slot_of(t) else { continue };
+                let c = self.slots[s as usize].comp;
+                let cs = &mut self.slots[c as usize];
+                if cs.kind == Kind::Waiting && cs.mark[MARK_X] != seen {
+                    cs.mark[MARK_X] = seen;
+                    stack.push(c);
+                }
+            }
+        }
+        while let Some(c) = stack.pop() {
+            cost += 1 + self.slots[c as usize].len[OUT] as usize;
+            if cost > budget {
+                break;
+            }
+            let mut e = self.slots[c as usize].head[OUT];
+            for _ in 0..self.slots[c as usize].len[OUT] {
+                let edge = self.edges[e as usize];
+                e = edge.link[OUT][0];
+                let w = self.slots[edge.ends[IN] as usize].comp;
+                if self.slots[w as usize].mark[MARK_X] != seen {
+                    self.slots[w as usize].mark[MARK_X] = seen;
+                    stack.push(w);
+                }
+            }
+        }
+        self.stats.scanned += cost as u64;
+        stack.clear();
+        self.pool = stack;
+        cost <= budget
     }
 
     /// Emits slot `v` (or adds edges to it, if this batch already emitted
@@ -959,18 +994,26 @@ impl DepGraph {
         }
     }
 
-    /// After a bulk batch: finds the strongly connected components of all
-    /// waiting components (Tarjan's algorithm, iterative, over out-edges),
-    /// contracts each cycle into its biggest component, and lays the order
-    /// out afresh, dependants first. `touched` holds the batch's slots (the
-    /// only ones not in the order yet).
-    fn rebuild(&mut self, touched: &[u32]) {
+    /// After a bulk batch: finds the strongly connected components of the
+    /// waiting components the batch reaches (`region`), or of all of them
+    /// (Tarjan's algorithm, iterative, over out-edges), contracts each cycle
+    /// into its biggest component, and lays those components out at the end
+    /// of the order, dependants first. `touched` holds the batch's slots
+    /// (the only ones not in the order yet).
+    ///
+    /// Moving the reached components behind all others keeps every edge
+    /// pointing forwards: nothing they reach stays behind (the set is
+    /// closed under out-edges), and edges into it from outside now point to
+    /// the end.
+    fn rebuild(&mut self, touched: &[u32], region: bool) {
         self.stats.searches += 1;
-        let mut comps: Vec<u32> = Vec::with_capacity(self.order.len() + touched.len());
-        let mut p = self.order.next_of(NIL);
-        while p != NIL {
-            comps.push(self.order.comp(p));
-            p = self.order.next(p);
+        let mut roots: Vec<u32> = Vec::with_capacity(touched.len());
+        if !region {
+            let mut p = self.order.next_of(NIL);
+            while p != NIL {
+                roots.push(self.order.comp(p));
+                p = self.order.next(p);
+            }
         }
         for &t in touched {
             let c = self.slots[t as usize].comp;
@@ -978,12 +1021,12 @@ impl DepGraph {
                 && self.slots[c as usize].kind == Kind::Waiting
                 && self.slots[c as usize].pos == NIL
             {
-                comps.push(c);
+                roots.push(c);
             }
         }
-        let (sccs, ends) = self.tarjan(&comps);
-        // Every position goes; the components come back in the new order.
-        for &c in &comps {
+        let (sccs, ends) = self.tarjan(&roots);
+        // The reached components leave the order and come back at its end.
+        for &c in &sccs {
             let pos = self.slots[c as usize].pos;
             if pos != NIL {
                 self.order.remove(pos);
@@ -1011,37 +1054,47 @@ impl DepGraph {
         // Tarjan lists dependencies first; the order wants dependants first.
         reps.reverse();
         let slots = &mut self.slots;
-        self.order.insert_run(NIL, NIL, &reps, |i, p| {
-            slots[reps[i] as usize].pos = p;
-        });
+        self.order
+            .insert_run(self.order.last(), NIL, &reps, |i, p| {
+                slots[reps[i] as usize].pos = p;
+            });
         for &c in &reps {
             let pos = self.slots[c as usize].pos;
             self.slots[c as usize].label = self.order.label(pos);
         }
-        self.order.take_relabelled().for_each(drop);
+        self.refresh_labels();
     }
 
     /// Tarjan's strongly connected components of the waiting components
-    /// `comps` over their out-edges: the components of each SCC
+    /// reached from `roots` over out-edges: the components of each SCC
     /// consecutively in the first vector, each SCC ending at the next entry
-    /// of the second, dependencies before dependants.
-    fn tarjan(&mut self, comps: &[u32]) -> (Vec<u32>, Vec<usize>) {
-        let mut t = Tarjan {
-            index: vec![NIL; self.slots.len()],
-            low: vec![NIL; self.slots.len()],
-            on_stack: vec![false; self.slots.len()],
-            stack: Vec::new(),
-            frames: Vec::new(),
-            next_index: 0,
-        };
-        let (mut sccs, mut ends) = (Vec::with_capacity(comps.len()), Vec::new());
+    /// of the second, dependencies before dependants. Costs the components
+    /// and edges reached.
+    fn tarjan(&mut self, roots: &[u32]) -> (Vec<u32>, Vec<usize>) {
+        let seen = self.next_epoch();
+        let mut stack: Vec<u32> = Vec::new();
+        // The depth-first path: (component, next out-edge, out-edges left).
+        let mut frames: Vec<(u32, u32, u32)> = Vec::new();
+        let (mut sccs, mut ends) = (Vec::with_capacity(roots.len()), Vec::new());
+        let mut next_index = 0u32;
         let mut scanned = 0u64;
-        for &root in comps {
-            if t.index[root as usize] != NIL {
+        let mut enter = |slots: &mut [Slot],
+                         c: u32,
+                         frames: &mut Vec<(u32, u32, u32)>,
+                         stack: &mut Vec<u32>| {
+            let cs = &mut slots[c as usize];
+            cs.mark[MARK_X] = seen;
+            cs.tarjan = [next_index, next_index];
+            next_index += 1;
+            stack.push(c);
+            frames.push((c, cs.head[OUT], cs.len[OUT]));
+        };
+        for &root in roots {
+            if self.slots[root as usize].mark[MARK_X] == seen {
                 continue;
             }
-            t.enter(root, &self.slots[root as usize]);
-            while let Some(frame) = t.frames.last_mut() {
+            enter(&mut self.slots, root, &mut frames, &mut stack);
+            while let Some(frame) = frames.last_mut() {
                 let c = frame.0;
                 if frame.2 > 0 {
                     let edge = self.edges[frame.1 as usize];
@@ -1049,20 +1102,26 @@ impl DepGraph {
                     frame.2 -= 1;
                     scanned += 1;
                     let w = self.slots[edge.ends[IN] as usize].comp;
-                    if t.index[w as usize] == NIL {
-                        t.enter(w, &self.slots[w as usize]);
-                    } else if t.on_stack[w as usize] {
-                        t.low[c as usize] = t.low[c as usize].min(t.index[w as usize]);
+                    let ws = &self.slots[w as usize];
+                    if ws.mark[MARK_X] != seen {
+                        enter(&mut self.slots, w, &mut frames, &mut stack);
+                    } else if ws.tarjan[1] != NIL {
+                        // On the stack: w's SCC is not out yet.
+                        let index = ws.tarjan[0];
+                        let low = &mut self.slots[c as usize].tarjan[1];
+                        *low = (*low).min(index);
                     }
                     continue;
                 }
-                t.frames.pop();
-                if let Some(&(parent, _, _)) = t.frames.last() {
-                    t.low[parent as usize] = t.low[parent as usize].min(t.low[c as usize]);
+                frames.pop();
+                let [index, low] = self.slots[c as usize].tarjan;
+                if let Some(&(parent, _, _)) = frames.last() {
+                    let pl = &mut self.slots[parent as usize].tarjan[1];
+                    *pl = (*pl).min(low);
                 }
-                if t.low[c as usize] == t.index[c as usize] {
-                    while let Some(w) = t.stack.pop() {
-                        t.on_stack[w as usize] = false;
+                if low == index {
+                    while let Some(w) = stack.pop() {
+                        self.slots[w as usize].tarjan[1] = NIL;
                         sccs.push(w);
                         if w == c {
                             break;
