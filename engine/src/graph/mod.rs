@@ -74,14 +74,20 @@
 //!   `defs × deps`, and one search for all its deps. The hidden node is
 //!   always emitted, so reachability between real nodes, and with it
 //!   readiness and failure, is unchanged.
-//! * **Bulk batches.** A batch that brings at least an eighth of the stored
-//!   slots plus edges (and 64 defs plus deps) — a whole unit of hundreds of
-//!   symbols, each its own group — skips placement and searches: its edges
-//!   go in, then one pass (Tarjan's algorithm over all waiting components'
-//!   out-edges) finds every SCC, contracts each into its biggest component
-//!   and lays the order out afresh. The pass costs the stored graph, which
-//!   the batch's own size pays for eight times over; searching per node
-//!   there would rescan the big components on both sides of each search.
+//! * **Bulk batches.** A batch of at least 64 defs plus deps — a whole
+//!   unit of hundreds of symbols, each its own group — skips placement and
+//!   searches when that pays: its edges go in, then one pass (Tarjan's
+//!   algorithm over out-edges) finds the SCCs of everything the batch
+//!   reaches, contracts each into its biggest component and moves the
+//!   reached components, in topological order, behind all others. The
+//!   reached set is closed under out-edges, so every edge still points
+//!   forwards. The pass is taken when a search bounded by eight times the
+//!   batch's size finds the reached region that small (the usual link
+//!   shape: the big SCC of the units emitted so far, whose internal edges
+//!   are gone, and a few others), or, failing that, over the whole graph
+//!   when the batch brings an eighth of the stored slots plus edges. Either
+//!   way the batch pays for the pass; searching per node there would
+//!   rescan the big components on both sides of each search.
 //! * **Failure** walks in-edges backwards from the failed nodes, so it costs
 //!   the size of the failed region.
 //!
@@ -99,7 +105,11 @@
 //!   smaller side;
 //! * an emitted node with backward edges costs one two-way search,
 //!   `O(k log k)` for `k` edges traversed (two binary heaps), plus the SCC
-//!   extraction over the same edges when it closes a cycle.
+//!   extraction over the same edges when it closes a cycle;
+//! * a bulk batch of size `k` (defs plus deps) costs at most `8k` for the
+//!   bounded check and `O(8k)` for the pass (the region it reaches, or the
+//!   whole graph when that is at most `8k`): `O(m + n)` over the lifetime
+//!   for bulk batches, plus the contraction and label costs above.
 //!
 //! **Worst case:** incremental topological ordering and SCC maintenance have
 //! no known near-linear algorithm. Haeupler et al. prove `O(m^{3/2})` in
@@ -224,9 +234,6 @@ struct Slot {
     len: [u32; 3],
     /// A failed input this component reaches (during [`DepGraph::fail`]).
     root: NodeId,
-    /// Tarjan's index and low link during [`DepGraph::tarjan`] (the low
-    /// link is `NIL` once the component's SCC is out).
-    tarjan: [u32; 2],
 }
 
 /// Mark indices into [`Slot::mark`].
@@ -277,6 +284,10 @@ pub struct DepGraph {
     free_edges: u32,
     /// Edges in use.
     live_edges: usize,
+    /// Per slot, Tarjan's index and low link during [`Self::tarjan`] (the
+    /// low link is `NIL` once the component's SCC is out); grown with the
+    /// slots, valid where `MARK_X` holds the pass's epoch.
+    tarjan: Vec<[u32; 2]>,
     /// The topological order of the waiting components.
     order: Order,
     /// Number of waiting real nodes.
@@ -314,6 +325,7 @@ impl DepGraph {
             edges: Vec::new(),
             free_edges: NIL,
             live_edges: 0,
+            tarjan: Vec::new(),
             order: Order::new(),
             waiting: 0,
             epoch: 0,
@@ -760,7 +772,6 @@ impl DepGraph {
                     head: [NIL; 3],
                     len: [0; 3],
                     root: 0,
-                    tarjan: [NIL; 2],
                 });
                 s
             }
@@ -819,6 +830,7 @@ impl DepGraph {
 
     /// Adds edge `src → dst` to both components' lists: the source's `out`
     /// list (`OUT` if the target is waiting, `PEND` if not).
+    #[inline]
     fn add_edge(&mut self, src: u32, dst: u32, out: usize) -> u32 {
         let edge = Edge {
             ends: [src, dst],
@@ -888,6 +900,7 @@ impl DepGraph {
     /// Emits `v` with edges to `targets`: incrementally (placed, the order
     /// repaired by a search), or, in a bulk batch, only its edges (the
     /// batch ends with [`Self::rebuild`]).
+    #[inline]
     fn add_node(&mut self, v: u32, targets: &[u32], batch: u32, bulk: Option<bool>) {
         if bulk.is_some() {
             self.emit_node_unordered(v, targets, batch);
@@ -909,7 +922,10 @@ impl DepGraph {
     /// node. Small batches (the engine's usual one-symbol emits) stay
     /// incremental.
     fn bulk_mode(&mut self, groups: &[EmitGroup<'_>]) -> Option<bool> {
-        let size: usize = groups.iter().map(|g| g.defs.len() + g.deps.len()).sum();
+        let size: usize = match groups {
+            [one] => one.defs.len() + one.deps.len(),
+            _ => groups.iter().map(|g| g.defs.len() + g.deps.len()).sum(),
+        };
         if size < BULK_MIN {
             return None;
         }
@@ -925,6 +941,7 @@ impl DepGraph {
 
     /// Whether the waiting components the groups' dependencies reach (over
     /// out-edges) number, with the edges scanned, at most `budget`.
+    #[inline(never)]
     fn reach_within(&mut self, groups: &[EmitGroup<'_>], budget: usize) -> bool {
         let seen = self.next_epoch();
         let mut stack = std::mem::take(&mut self.pool);
@@ -966,6 +983,7 @@ impl DepGraph {
     /// Emits slot `v` (or adds edges to it, if this batch already emitted
     /// it) with edges to `targets`, leaving it out of the order: a bulk
     /// batch's [`Self::rebuild`] places every component afterwards.
+    #[inline(never)]
     fn emit_node_unordered(&mut self, v: u32, targets: &[u32], batch: u32) {
         if self.slots[v as usize].kind == Kind::Unemitted {
             let slot = &mut self.slots[v as usize];
@@ -1005,6 +1023,7 @@ impl DepGraph {
     /// pointing forwards: nothing they reach stays behind (the set is
     /// closed under out-edges), and edges into it from outside now point to
     /// the end.
+    #[inline(never)]
     fn rebuild(&mut self, touched: &[u32], region: bool) {
         self.stats.searches += 1;
         let mut roots: Vec<u32> = Vec::with_capacity(touched.len());
@@ -1070,21 +1089,27 @@ impl DepGraph {
     /// consecutively in the first vector, each SCC ending at the next entry
     /// of the second, dependencies before dependants. Costs the components
     /// and edges reached.
+    #[inline(never)]
     fn tarjan(&mut self, roots: &[u32]) -> (Vec<u32>, Vec<usize>) {
         let seen = self.next_epoch();
+        if self.tarjan.len() < self.slots.len() {
+            self.tarjan.resize(self.slots.len(), [NIL; 2]);
+        }
         let mut stack: Vec<u32> = Vec::new();
         // The depth-first path: (component, next out-edge, out-edges left).
         let mut frames: Vec<(u32, u32, u32)> = Vec::new();
         let (mut sccs, mut ends) = (Vec::with_capacity(roots.len()), Vec::new());
         let mut next_index = 0u32;
         let mut scanned = 0u64;
+        let tarjan = &mut self.tarjan;
         let mut enter = |slots: &mut [Slot],
                          c: u32,
                          frames: &mut Vec<(u32, u32, u32)>,
-                         stack: &mut Vec<u32>| {
+                         stack: &mut Vec<u32>,
+                         tarjan: &mut [[u32; 2]]| {
             let cs = &mut slots[c as usize];
             cs.mark[MARK_X] = seen;
-            cs.tarjan = [next_index, next_index];
+            tarjan[c as usize] = [next_index, next_index];
             next_index += 1;
             stack.push(c);
             frames.push((c, cs.head[OUT], cs.len[OUT]));
@@ -1093,7 +1118,7 @@ impl DepGraph {
             if self.slots[root as usize].mark[MARK_X] == seen {
                 continue;
             }
-            enter(&mut self.slots, root, &mut frames, &mut stack);
+            enter(&mut self.slots, root, &mut frames, &mut stack, tarjan);
             while let Some(frame) = frames.last_mut() {
                 let c = frame.0;
                 if frame.2 > 0 {
@@ -1102,26 +1127,25 @@ impl DepGraph {
                     frame.2 -= 1;
                     scanned += 1;
                     let w = self.slots[edge.ends[IN] as usize].comp;
-                    let ws = &self.slots[w as usize];
-                    if ws.mark[MARK_X] != seen {
-                        enter(&mut self.slots, w, &mut frames, &mut stack);
-                    } else if ws.tarjan[1] != NIL {
+                    if self.slots[w as usize].mark[MARK_X] != seen {
+                        enter(&mut self.slots, w, &mut frames, &mut stack, tarjan);
+                    } else if tarjan[w as usize][1] != NIL {
                         // On the stack: w's SCC is not out yet.
-                        let index = ws.tarjan[0];
-                        let low = &mut self.slots[c as usize].tarjan[1];
+                        let index = tarjan[w as usize][0];
+                        let low = &mut tarjan[c as usize][1];
                         *low = (*low).min(index);
                     }
                     continue;
                 }
                 frames.pop();
-                let [index, low] = self.slots[c as usize].tarjan;
+                let [index, low] = tarjan[c as usize];
                 if let Some(&(parent, _, _)) = frames.last() {
-                    let pl = &mut self.slots[parent as usize].tarjan[1];
+                    let pl = &mut tarjan[parent as usize][1];
                     *pl = (*pl).min(low);
                 }
                 if low == index {
                     while let Some(w) = stack.pop() {
-                        self.slots[w as usize].tarjan[1] = NIL;
+                        tarjan[w as usize][1] = NIL;
                         sccs.push(w);
                         if w == c {
                             break;
