@@ -60,9 +60,9 @@ use crate::lookup::{DylibLookup, LookupSet, SearchOrder};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::sync::{Arc, FixedMap, FixedState, Mutex};
+use crate::unit::{Alias, reexports};
 
 type FixedSet<T> = std::collections::HashSet<T, FixedState>;
-use crate::unit::{Alias, reexports};
 
 /// The naming scheme: a referenced name → (module, local name), or `None`
 /// for names that are not qualified.
@@ -80,7 +80,8 @@ pub struct QualifiedNames {
 struct Inner {
     split: Box<Split>,
     state: Mutex<Registry>,
-    /// Wakes the timer thread early (a call parked or answered).
+    /// Wakes the timer thread when a call parks (its deadline may be the
+    /// earliest).
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     wake: crate::sync::Condvar,
 }
