@@ -53,6 +53,11 @@
 //! the graph took 6,200–10,500 instructions per edge before batching the
 //! searches and 1,150–1,450 after; at 100k and 1M edges see the graph's
 //! module docs (before: the per-symbol shape at 400k edges took 79 s).
+//! Since bulk batches (issue 12 §4), every link shape and order costs
+//! 620–1,110 instructions per edge at 10k, 100k and 1M edges, counted by
+//! `KILN_GRAPH_ONCE=<shape>/<n> valgrind --tool=callgrind
+//! --toggle-collect='dep_graph::run_link' target/release/deps/dep_graph-*`
+//! (table in the graph's module docs).
 
 use std::hint::black_box;
 

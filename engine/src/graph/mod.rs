@@ -124,16 +124,20 @@
 //! 11k / 55k / 252k; chains of 5-cycles in random order: 6.6k / 29k / 139k),
 //! and chains in either direction and the W5 DAG emitted dependants first
 //! need no search. On link shapes like W9's (symbols in 10 or 100 units,
-//! four calls each, three of them to random units, units emitted in a random
-//! order) the graph spends, at 10k / 100k / 1M edges, 1,270 / 1,290 / 1,350
-//! instructions per edge with each unit one group (the object layer's
-//! shape; 1,450 / 1,570 / 1,690 with 10 units), and 1,170 / 1,260 / 1,930
-//! with one group per symbol. **Weak spot:** one group per symbol in 10
-//! units of up to 25,000 symbols costs 1,200 / 1,830 / 7,990: there a big
-//! component on each side of most searches (the SCC of the units emitted so
-//! far, a cycle inside the unit being emitted) makes each search scan
-//! about the smaller of their edge lists (`GraphStats::scanned` grows from 8
-//! to 27 to 65 per edge).
+//! four calls each, three of them to random units, units emitted forward,
+//! in reverse or in a random order, each unit one batch) the graph spends,
+//! at 10k / 100k / 1M edges, about 1,080 / 1,080 / 1,110 instructions per
+//! edge with each unit one group (the object layer's shape; 980 / 950 / 960
+//! with 100 units) and 650 / 620 / 620 with one group per symbol (730 /
+//! 650 / 630 with 100 units); the three orders stay within 5 % of each
+//! other, and searches scan 1.2–1.8 edges per edge at every size. Before
+//! bulk batches, one group per symbol in 10 units cost 1,190 / 1,810 /
+//! 8,040 (a big component on each side of most searches — the SCC of the
+//! units emitted so far, a cycle inside the unit being emitted — made each
+//! search scan about the smaller of their edge lists: 2.4, 8.3 and 65
+//! edges scanned per edge). Figures: `valgrind --tool=callgrind
+//! --toggle-collect='dep_graph::run_link'` on `KILN_GRAPH_ONCE=<shape>/<n>`
+//! (2026-12-05).
 //!
 //! Memory is `O(waiting + unemitted-but-depended-on + edges among them)`,
 //! plus one `u32` per [`NodeId`] up to the largest id seen (the id → slot
