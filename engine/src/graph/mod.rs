@@ -131,7 +131,9 @@
 //! with 100 units) and 650 / 620 / 620 with one group per symbol (730 /
 //! 650 / 630 with 100 units); the three orders stay within 5 % of each
 //! other, and searches scan 1.2–1.8 edges per edge at every size. Before
-//! bulk batches, one group per symbol in 10 units cost 1,190 / 1,810 /
+//! bulk batches the unit-group shapes cost 1,460 / 1,540 / 1,650 (10
+//! units) and 1,240 / 1,260 / 1,330 (100 units), one group per symbol in
+//! 100 units 1,160 / 1,240 / 1,930, and in 10 units 1,190 / 1,810 /
 //! 8,040 (a big component on each side of most searches — the SCC of the
 //! units emitted so far, a cycle inside the unit being emitted — made each
 //! search scan about the smaller of their edge lists: 2.4, 8.3 and 65
