@@ -111,6 +111,72 @@ fn alloc_sections<'a>(info: &ImageInfo<'a>, symbols: &[ImageSymbol<'_>]) -> Vec<
     out
 }
 
+/// The debug object of a loaded image file: its segments as `.text`,
+/// `.rodata` and `.data` (`SHT_NOBITS`, at their runtime addresses), its
+/// `.eh_frame` (cut out of the read-only segment holding it, bytes
+/// copied) and `.symtab` with its exports. Like [`build`], only sections
+/// with code, `.eh_frame` or a symbol are given.
+pub(crate) fn build_loaded(
+    image: &super::LoadedImage<'_>,
+    symbols: &[ImageSymbol<'_>],
+) -> Result<Vec<u8>, String> {
+    let mut alloc = Vec::new();
+    let mut push = |name: &'static str, start: u64, end: u64, prot| {
+        let first = symbols.partition_point(|sym| sym.addr < start);
+        let named = symbols.get(first).is_some_and(|sym| sym.addr < end);
+        let code = prot == crate::graph::Prot::ReadExec;
+        if start == 0 || start >= end || !(named || code) {
+            return;
+        }
+        let flags = elf::SHF_ALLOC.0
+            | match prot {
+                crate::graph::Prot::ReadExec => elf::SHF_EXECINSTR.0,
+                crate::graph::Prot::ReadWrite => elf::SHF_WRITE.0,
+                crate::graph::Prot::Read => 0,
+            };
+        alloc.push(AllocSection {
+            name,
+            addr: start,
+            size: end - start,
+            flags,
+            bytes: None,
+        });
+    };
+    let eh = image.eh_frame.filter(|&(start, len)| start != 0 && len > 0);
+    for &(start, size, prot) in &image.segments {
+        let name = match prot {
+            crate::graph::Prot::ReadExec => ".text",
+            crate::graph::Prot::Read => ".rodata",
+            crate::graph::Prot::ReadWrite => ".data",
+        };
+        let end = start + size;
+        match eh {
+            // `.eh_frame` lies inside a read-only segment: the rest of the
+            // segment around it, so that no two sections overlap.
+            Some((e, len)) if e >= start && e + len <= end => {
+                push(name, start, e, prot);
+                push(name, e + len, end, prot);
+            }
+            _ => push(name, start, end, prot),
+        }
+    }
+    if let Some((start, len)) = eh {
+        // SAFETY: the loader checked that `.eh_frame` lies inside a
+        // read-only segment of the image, which is mapped readable and
+        // outlives this call (the caller holds the allocation).
+        let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, len as usize) };
+        alloc.push(AllocSection {
+            name: ".eh_frame",
+            addr: start,
+            size: len,
+            flags: elf::SHF_ALLOC.0,
+            bytes: Some(bytes),
+        });
+    }
+    alloc.sort_by_key(|s| s.addr);
+    write(&alloc, &[], symbols).map_err(|e| e.to_string())
+}
+
 /// The inputs' `.debug_*` sections, concatenated per name in input order
 /// and relocated: `(name, bytes)`.
 pub(crate) fn collect_dwarf(g: &LinkGraph) -> Vec<(String, Vec<u8>)> {

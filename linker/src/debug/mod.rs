@@ -235,19 +235,106 @@ pub(crate) fn register_image(
                 image: info.name.to_string(),
                 detail,
             })?;
-        if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
-            // For inspecting what GDB is given (readelf, objdump --dwarf).
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path =
-                std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
-            let _ = std::fs::write(path, &object);
-        }
+        save_object_copy(&object);
         Some(gdb::Entry::register(object))
     } else {
         None
     };
     Ok(Some(DebugRegistration { gdb }))
+}
+
+/// What a loaded image file tells the debug interfaces (it has no graph:
+/// its segments and exports, at their runtime addresses).
+pub(crate) struct LoadedImage<'a> {
+    /// The image's name (from its header).
+    pub(crate) name: &'a str,
+    /// Each segment: (start, size in memory, protection).
+    pub(crate) segments: Vec<(u64, u64, crate::graph::Prot)>,
+    /// `.eh_frame` (start, length with terminator).
+    pub(crate) eh_frame: Option<(u64, u64)>,
+    /// Each export: (name, address, callable).
+    pub(crate) exports: Vec<(&'a str, u64, bool)>,
+}
+
+/// Announces a loaded image (finalized: memory readable, imports bound)
+/// to what `options` enables, as [`register_image`] does for a link: one
+/// GDB debug object, its functions in the perf map and the jitdump.
+pub(crate) fn register_loaded(
+    image: &LoadedImage<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
+    if !options.any() {
+        return Ok(None);
+    }
+    let symbols = loaded_symbols(image);
+    if options.perf_map {
+        perf_map::append(&symbols)?;
+    }
+    if options.jitdump {
+        jitdump::append(&symbols, &[])?;
+    }
+    let gdb = if options.gdb {
+        let object = elf_object::build_loaded(image, &symbols).map_err(|detail| {
+            DebugError::Object {
+                image: image.name.to_string(),
+                detail,
+            }
+        })?;
+        save_object_copy(&object);
+        Some(gdb::Entry::register(object))
+    } else {
+        None
+    };
+    Ok(Some(DebugRegistration { gdb }))
+}
+
+/// The exports of a loaded image inside its segments, by address. An image
+/// file keeps no sizes: each symbol extends to the next one at a higher
+/// address or to the end of its segment (a static function after a global
+/// one is counted in the global's range: the file keeps no local symbols).
+pub(crate) fn loaded_symbols<'a>(image: &LoadedImage<'a>) -> Vec<ImageSymbol<'a>> {
+    let segment_end = |addr: u64| {
+        image
+            .segments
+            .iter()
+            .find(|&&(start, size, _)| (start..start + size).contains(&addr))
+            .map(|&(start, size, _)| start + size)
+    };
+    let mut out: Vec<ImageSymbol<'a>> = image
+        .exports
+        .iter()
+        .filter(|&&(name, addr, _)| !name.is_empty() && segment_end(addr).is_some())
+        .map(|&(name, addr, code)| ImageSymbol {
+            name: std::borrow::Cow::Borrowed(name),
+            addr,
+            size: 0,
+            code,
+            local: false,
+        })
+        .collect();
+    out.sort_unstable_by_key(|s| s.addr);
+    for i in 0..out.len() {
+        let addr = out[i].addr;
+        let end = segment_end(addr).unwrap_or(addr);
+        let next = out[i + 1..]
+            .iter()
+            .map(|s| s.addr)
+            .find(|&a| a > addr)
+            .unwrap_or(end);
+        out[i].size = next.min(end) - addr;
+    }
+    out
+}
+
+/// With `KILN_GDB_OBJECT_DIR` set, a copy of each debug object given to
+/// GDB is saved there (for readelf, objdump --dwarf and the tests).
+fn save_object_copy(object: &[u8]) {
+    if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
+        let _ = std::fs::write(path, object);
+    }
 }
 
 /// Every named symbol of a live block outside TLS, plus `info.extra`,
@@ -345,5 +432,42 @@ pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
     }
     if options.jitdump {
         let _ = jitdump::append(&symbols, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Prot;
+
+    #[test]
+    fn loaded_symbols_extend_to_the_next_symbol_or_the_segment_end() {
+        let image = LoadedImage {
+            name: "t.kimg",
+            segments: vec![(0x1000, 0x100, Prot::ReadExec), (0x2000, 0x40, Prot::Read)],
+            eh_frame: None,
+            exports: vec![
+                ("b", 0x1040, true),
+                ("a", 0x1000, true),
+                ("alias", 0x1040, true),
+                ("table", 0x2010, false),
+                ("outside", 0x3000, false),
+                ("", 0x1080, true),
+            ],
+        };
+        let got: Vec<(String, u64, u64)> = loaded_symbols(&image)
+            .iter()
+            .map(|s| (s.name.to_string(), s.addr, s.size))
+            .collect();
+        let mut want = vec![
+            ("a".to_string(), 0x1000, 0x40),
+            ("b".to_string(), 0x1040, 0xc0),
+            ("alias".to_string(), 0x1040, 0xc0),
+            ("table".to_string(), 0x2010, 0x30),
+        ];
+        let mut got = got;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 }
