@@ -440,7 +440,15 @@ fn gdb_sees_code_loaded_from_an_image() {
     let objs = build("gcc", &["o2_main.c", "o2_level1.c"], &["-O2"], &dir);
     let image = save_image(&objs, &dir, "prog");
     let out = gdb_kiln(
-        &["break level1", "break getppid", "run", "bt", "continue", "bt", "continue"],
+        &[
+            "break level1",
+            "break getppid",
+            "run",
+            "bt",
+            "continue",
+            "bt",
+            "continue",
+        ],
         &[image],
         false,
     );
@@ -459,7 +467,68 @@ fn gdb_sees_code_loaded_from_an_image() {
         );
     }
     assert_named_down_to_kiln(&bt, &out[second..]);
-    assert!(out.contains("exited normally"), "the program failed:\n{out}");
+    assert!(
+        out.contains("exited normally"),
+        "the program failed:\n{out}"
+    );
+}
+
+/// Runs `kiln args inputs` (with `JITDUMPDIR=dir`): its pid and its perf
+/// map (removed).
+fn kiln_perf_map(args: &[&str], inputs: &[PathBuf], dir: &Path) -> (u32, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("JITDUMPDIR", dir)
+        .args(args)
+        .args(inputs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for kiln");
+    let map_path = format!("/tmp/perf-{pid}.map");
+    let map = std::fs::read_to_string(&map_path);
+    let _ = std::fs::remove_file(&map_path);
+    assert!(out.status.success(), "kiln run failed: {out:?}");
+    (
+        pid,
+        map.unwrap_or_else(|e| panic!("no perf map {map_path}: {e}")),
+    )
+}
+
+/// `kiln run --lazy --perf-map`: lazy-call stubs and reentry trampolines
+/// are named by the entry they serve (`kiln-stub:NAME`,
+/// `kiln-trampoline:NAME`), their shared reentry code `kiln-reentry`.
+#[test]
+fn perf_map_names_lazy_stubs_and_trampolines_by_symbol() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-stub-names");
+    let objs = build("gcc", &["o2_main.c", "o2_level1.c"], &["-O2"], &dir);
+    let (_, map) = kiln_perf_map(&["run", "--lazy", "--perf-map"], &objs, &dir);
+    let names: Vec<&str> = map
+        .lines()
+        .filter_map(|l| l.splitn(3, ' ').nth(2))
+        .collect();
+    for want in [
+        "kiln-stub:main",
+        "kiln-stub:level1",
+        "kiln-stub:level2",
+        "kiln-trampoline:main",
+        "kiln-trampoline:level1",
+        "kiln-trampoline:level2",
+        "kiln-reentry",
+    ] {
+        assert!(
+            names.contains(&want),
+            "{want} missing from the perf map:\n{map}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n.contains('@')),
+        "a stub named by index:\n{map}"
+    );
 }
 
 /// `kiln run --perf-map --jitdump prog.kimg`: the image's functions are in
@@ -472,21 +541,7 @@ fn perf_map_and_jitdump_name_code_loaded_from_an_image() {
     let dir = scratch("debuggers-image-perf");
     let objs = build("gcc", &["o2_main.c", "o2_level1.c"], &["-O2"], &dir);
     let image = save_image(&objs, &dir, "prog");
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .env("JITDUMPDIR", &dir)
-        .args(["run", "--perf-map", "--jitdump"])
-        .arg(&image)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kiln");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("wait for kiln");
-    let map_path = format!("/tmp/perf-{pid}.map");
-    let map = std::fs::read_to_string(&map_path);
-    let _ = std::fs::remove_file(&map_path);
-    assert!(out.status.success(), "kiln run failed: {out:?}");
-    let map = map.unwrap_or_else(|e| panic!("no perf map {map_path}: {e}"));
+    let (pid, map) = kiln_perf_map(&["run", "--perf-map", "--jitdump"], &[image], &dir);
     let mut lines: Vec<(u64, u64, &str)> = map
         .lines()
         .map(|l| {

@@ -274,12 +274,11 @@ pub(crate) fn register_loaded(
         jitdump::append(&symbols, &[])?;
     }
     let gdb = if options.gdb {
-        let object = elf_object::build_loaded(image, &symbols).map_err(|detail| {
-            DebugError::Object {
+        let object =
+            elf_object::build_loaded(image, &symbols).map_err(|detail| DebugError::Object {
                 image: image.name.to_string(),
                 detail,
-            }
-        })?;
+            })?;
         save_object_copy(&object);
         Some(gdb::Entry::register(object))
     } else {
@@ -408,24 +407,23 @@ pub(crate) fn object_files(g: &LinkGraph) -> Vec<Option<&crate::graph::InputByte
     files
 }
 
-/// Names lazy-call stubs and reentry trampolines in JIT memory for perf
-/// (`kiln-stub`, `kiln-trampoline`): `(start, size)` of each.
-pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
+/// Names lazy-call stubs and reentry trampolines in JIT memory for perf:
+/// `entry` (the trampolines' shared reentry code, `kiln-reentry`), then
+/// each of `starts` (`stride` bytes) as `kiln-KIND:NAME` by the lazy entry
+/// it serves (`names`, one per start), or `kiln-KIND:I@BLOCK` when the
+/// engine gave no names.
+pub(crate) fn announce_stubs(
+    kind: &str,
+    entry: Option<(u64, u64)>,
+    starts: &[u64],
+    stride: u64,
+    names: &[kiln_engine::SymbolName],
+) {
     let options = DebugOptions::process_default();
     if !options.perf_map && !options.jitdump {
         return;
     }
-    let symbols: Vec<ImageSymbol<'_>> = ranges
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, size))| ImageSymbol {
-            name: format!("kiln-{kind}:{i}@{:#x}", ranges[0].0).into(),
-            addr,
-            size,
-            code: true,
-            local: true,
-        })
-        .collect();
+    let symbols = stub_symbols(kind, entry, starts, stride, names);
     // Profiling names are best effort here: a stub block works without them.
     if options.perf_map {
         let _ = perf_map::append(&symbols);
@@ -435,10 +433,65 @@ pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
     }
 }
 
+/// The symbols [`announce_stubs`] gives perf.
+fn stub_symbols(
+    kind: &str,
+    entry: Option<(u64, u64)>,
+    starts: &[u64],
+    stride: u64,
+    names: &[kiln_engine::SymbolName],
+) -> Vec<ImageSymbol<'static>> {
+    let block = starts.first().copied().unwrap_or(0);
+    let named = names.len() == starts.len();
+    let symbol = |name: String, addr, size| ImageSymbol {
+        name: name.into(),
+        addr,
+        size,
+        code: true,
+        local: true,
+    };
+    let mut out = Vec::with_capacity(starts.len() + 1);
+    if let Some((addr, size)) = entry {
+        out.push(symbol("kiln-reentry".into(), addr, size));
+    }
+    for (i, &addr) in starts.iter().enumerate() {
+        let name = if named {
+            format!("kiln-{kind}:{}", names[i].as_str())
+        } else {
+            format!("kiln-{kind}:{i}@{block:#x}")
+        };
+        out.push(symbol(name, addr, stride));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::graph::Prot;
+
+    #[test]
+    fn stubs_are_named_by_the_entry_they_serve() {
+        let session = kiln_engine::Session::new();
+        let names = [session.intern("foo"), session.intern("bar")];
+        let got: Vec<(String, u64, u64)> =
+            stub_symbols("stub", Some((0x900, 0x20)), &[0x1000, 0x1010], 0x10, &names)
+                .iter()
+                .map(|s| (s.name.to_string(), s.addr, s.size))
+                .collect();
+        let want = [
+            ("kiln-reentry", 0x900, 0x20),
+            ("kiln-stub:foo", 0x1000, 0x10),
+            ("kiln-stub:bar", 0x1010, 0x10),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.0.as_str(), g.1, g.2), w);
+        }
+        let unnamed = stub_symbols("trampoline", None, &[0x2000], 8, &[]);
+        assert_eq!(unnamed[0].name, "kiln-trampoline:0@0x2000");
+        session.end();
+    }
 
     #[test]
     fn loaded_symbols_extend_to_the_next_symbol_or_the_segment_end() {

@@ -141,10 +141,19 @@ pub(crate) fn finish(
     let debug = crate::debug::register_loaded(
         &crate::debug::LoadedImage {
             name: p.name,
-            segments: segments.iter().map(|&(v, m, pr)| (base + v, m, pr)).collect(),
+            segments: segments
+                .iter()
+                .map(|&(v, m, pr)| (base + v, m, pr))
+                .collect(),
             eh_frame,
             exports: (p.exports.iter())
-                .map(|e| (e.name, base + e.offset, e.flags & super::format::EXPORT_CALLABLE != 0))
+                .map(|e| {
+                    (
+                        e.name,
+                        base + e.offset,
+                        e.flags & super::format::EXPORT_CALLABLE != 0,
+                    )
+                })
                 .collect(),
         },
         &crate::debug::DebugOptions::process_default(),
