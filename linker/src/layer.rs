@@ -840,10 +840,14 @@ impl MaterializationUnit for ObjectUnit {
             &self.globals,
             &r,
         ) {
-            Ok((groups, graph)) => {
+            Ok((groups, graph, perf_map)) => {
                 let _ = r.emit(groups);
-                // Freeing the graph's arenas takes a while for big images:
-                // only after the emit, which lets waiting lookups go on.
+                // Freeing the graph's arenas takes a while for big images,
+                // and perf reads its map only when it resolves samples:
+                // both only after the emit, which lets waiting lookups go on.
+                if let (Some(lines), Some(g)) = (perf_map, &graph) {
+                    lines.write(&self.name, g);
+                }
                 drop(graph);
             }
             Err(e) => r.fail(e),
@@ -871,7 +875,14 @@ fn link(
     symbols: &[(SymbolName, SymbolFlags)],
     globals: &[(SymbolName, SymbolId)],
     r: &Responsibility,
-) -> Result<(Vec<DependenceGroup>, Option<LinkGraph>), Error> {
+) -> Result<
+    (
+        Vec<DependenceGroup>,
+        Option<LinkGraph>,
+        Option<crate::debug::PerfMapLater>,
+    ),
+    Error,
+> {
     let session = &layer.session;
     let started = Instant::now();
     // What this unit owes, with flags, by position in `globals` (the graph's
@@ -973,8 +984,8 @@ fn link(
     // image. The graph comes back to be freed after the emit.
     let mut options = layer.shared.options.clone();
     options.symbol_table = false;
-    let (finalized, graph) = prepared
-        .finalize_returning_graph(&env, &options)
+    let (finalized, graph, perf_map) = prepared
+        .finalize_deferring(&env, &options, true)
         .map_err(link_error)?;
     let stats = finalized.stats;
     let finalized_at = Instant::now();
@@ -1031,6 +1042,7 @@ fn link(
             per_dylib,
         )],
         graph,
+        perf_map,
     ))
 }
 

@@ -1185,10 +1185,33 @@ impl Prepared {
     /// freeing it: freeing a big graph takes milliseconds, which the engine
     /// layer spends after the image is emitted.
     pub fn finalize_returning_graph(
-        mut self,
+        self,
         env: &ImageEnv,
         options: &LinkOptions,
     ) -> Result<(Finalized, Option<LinkGraph>), LinkError> {
+        let (finalized, graph, later) = self.finalize_deferring(env, options, false)?;
+        debug_assert!(later.is_none());
+        Ok((finalized, graph))
+    }
+
+    /// [`Prepared::finalize_returning_graph`]; with `defer_perf_map` (and
+    /// the graph handed back, GDB support off) the perf map's lines are
+    /// left to the caller: [`crate::debug::PerfMapLater::write`] with the
+    /// graph once the image is emitted (the map is read when perf resolves
+    /// samples, not before the code runs).
+    pub(crate) fn finalize_deferring(
+        mut self,
+        env: &ImageEnv,
+        options: &LinkOptions,
+        defer_perf_map: bool,
+    ) -> Result<
+        (
+            Finalized,
+            Option<LinkGraph>,
+            Option<crate::debug::PerfMapLater>,
+        ),
+        LinkError,
+    > {
         let fixup_start = Instant::now();
         // The TLS module fixes module id and thread-pointer offset before fixup.
         let tls_module = match (self.tls.memsz > 0, env.tls_placement) {
@@ -1567,7 +1590,8 @@ impl Prepared {
             },
         };
         let dso_handle = self.dso_handle();
-        let debug = self.announce(env, options)?;
+        let defer = defer_perf_map && !options.keep_graph;
+        let (debug, later) = self.announce(env, options, defer)?;
         let (kept, graph) = if options.keep_graph {
             (Some(self.graph), None)
         } else {
@@ -1588,43 +1612,65 @@ impl Prepared {
                 debug,
             },
             graph,
+            later,
         ))
     }
 
     /// Tells debuggers and profilers about the finalized image, as
-    /// [`LinkOptions::debug`] asks (nothing at all by default).
+    /// [`LinkOptions::debug`] asks (nothing at all by default). With
+    /// `defer_perf_map` and GDB support off, the perf map's lines are
+    /// returned for later instead (the map file is opened now, so that
+    /// failing to create it still fails the link).
     fn announce(
         &self,
         env: &ImageEnv,
         options: &LinkOptions,
-    ) -> Result<Option<crate::debug::DebugRegistration>, LinkError> {
+        defer_perf_map: bool,
+    ) -> Result<
+        (
+            Option<crate::debug::DebugRegistration>,
+            Option<crate::debug::PerfMapLater>,
+        ),
+        LinkError,
+    > {
         if !options.debug.any() {
-            return Ok(None);
+            return Ok((None, None));
         }
+        let err = |source| LinkError::Debug {
+            image: env.name.clone(),
+            source,
+        };
         let plt_base = self
             .plt_block
             .map_or(0, |b| self.graph.blocks[b.index()].addr);
-        let extra = self
+        let plt: Vec<(SymbolId, u64)> = self
             .plt
             .iter()
-            .map(|(&sym, &off)| crate::debug::ImageSymbol {
-                name: format!("kiln-plt:{}", self.graph.symbol_name(sym)).into(),
-                addr: plt_base + off,
-                size: PLT_STUB_SIZE as u64,
-                code: true,
-                local: true,
-            })
+            .map(|(&sym, &off)| (sym, plt_base + off))
             .collect();
+        let mut now = options.debug;
+        let later = if defer_perf_map && now.perf_map && !now.gdb {
+            now.perf_map = false;
+            crate::debug::perf_map_open().map_err(err)?;
+            Some(crate::debug::PerfMapLater::new(
+                self.eh_frame,
+                plt.clone(),
+                PLT_STUB_SIZE as u64,
+            ))
+        } else {
+            None
+        };
+        if !now.any() {
+            return Ok((None, later));
+        }
         let info = crate::debug::ImageInfo {
             name: &env.name,
             graph: &self.graph,
             eh_frame: self.eh_frame,
-            extra,
+            extra: crate::debug::plt_symbols(&self.graph, &plt, PLT_STUB_SIZE as u64),
         };
-        crate::debug::register_image(&info, &options.debug).map_err(|source| LinkError::Debug {
-            image: env.name.clone(),
-            source,
-        })
+        let registration = crate::debug::register_image(&info, &now).map_err(err)?;
+        Ok((registration, later))
     }
 }
 

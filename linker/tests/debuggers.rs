@@ -498,7 +498,8 @@ fn kiln_perf_map(args: &[&str], inputs: &[PathBuf], dir: &Path) -> (u32, String)
 
 /// `kiln run --lazy --perf-map`: lazy-call stubs and reentry trampolines
 /// are named by the entry they serve (`kiln-stub:NAME`,
-/// `kiln-trampoline:NAME`), their shared reentry code `kiln-reentry`.
+/// `kiln-trampoline:NAME`), their shared reentry code `kiln-reentry`; and
+/// every function and PLT stub of the images, lazy and eager.
 #[test]
 fn perf_map_names_lazy_stubs_and_trampolines_by_symbol() {
     if !need_tool("gcc") {
@@ -529,6 +530,16 @@ fn perf_map_names_lazy_stubs_and_trampolines_by_symbol() {
         !names.iter().any(|n| n.contains('@')),
         "a stub named by index:\n{map}"
     );
+    // The images' own lines (written after each emit), lazy and eager.
+    let (_, eager) = kiln_perf_map(&["run", "--perf-map"], &objs, &dir);
+    for map in [&map, &eager] {
+        for want in ["main", "level1", "level2", "kiln-plt:getppid"] {
+            assert!(
+                map.lines().any(|l| l.ends_with(&format!(" {want}"))),
+                "{want} missing from the perf map:\n{map}"
+            );
+        }
+    }
 }
 
 /// `kiln run --perf-map --jitdump prog.kimg`: the image's functions are in

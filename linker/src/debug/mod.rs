@@ -336,6 +336,69 @@ fn save_object_copy(object: &[u8]) {
     }
 }
 
+/// The linker's PLT stubs as symbols, `kiln-plt:NAME`: `(symbol it
+/// calls, stub address)` each, `size` bytes.
+pub(crate) fn plt_symbols(
+    graph: &LinkGraph,
+    plt: &[(crate::graph::SymbolId, u64)],
+    size: u64,
+) -> Vec<ImageSymbol<'static>> {
+    plt.iter()
+        .map(|&(sym, addr)| ImageSymbol {
+            name: format!("kiln-plt:{}", graph.symbol_name(sym)).into(),
+            addr,
+            size,
+            code: true,
+            local: true,
+        })
+        .collect()
+}
+
+/// Opens the perf map if it is not open yet (the error a link reports).
+pub(crate) fn perf_map_open() -> Result<(), DebugError> {
+    perf_map::open().map(|_| ())
+}
+
+/// A link's perf map lines, left for after the image is emitted (the
+/// engine layer writes them with the graph it frees then): perf reads the
+/// map when it resolves samples, so the link's waiters need not wait for
+/// the write. Collected from the graph then, written in one `write`.
+pub(crate) struct PerfMapLater {
+    eh_frame: Option<(u64, u64)>,
+    /// PLT stubs: (symbol, address), and their size.
+    plt: Vec<(crate::graph::SymbolId, u64)>,
+    plt_stub_size: u64,
+}
+
+impl PerfMapLater {
+    pub(crate) fn new(
+        eh_frame: Option<(u64, u64)>,
+        plt: Vec<(crate::graph::SymbolId, u64)>,
+        plt_stub_size: u64,
+    ) -> PerfMapLater {
+        PerfMapLater {
+            eh_frame,
+            plt,
+            plt_stub_size,
+        }
+    }
+
+    /// Appends the image's lines: `graph` is the image's graph after
+    /// fixup. Only addresses are read, never the image's memory, so this
+    /// is sound even if the image was removed meanwhile (its lines are
+    /// then stale, as any perf map line of removed code). A failed write
+    /// (the file was opened at the link) is dropped: the link is done.
+    pub(crate) fn write(self, name: &str, graph: &LinkGraph) {
+        let info = ImageInfo {
+            name,
+            graph,
+            eh_frame: self.eh_frame,
+            extra: plt_symbols(graph, &self.plt, self.plt_stub_size),
+        };
+        let _ = perf_map::append(&image_symbols(&info));
+    }
+}
+
 /// Every named symbol of a live block outside TLS, plus `info.extra`,
 /// sorted by address. A function without a size (assembly) extends to
 /// the end of its block.
