@@ -866,6 +866,14 @@ fn link_error(e: LinkError) -> Error {
     Error::external(e)
 }
 
+/// What [`link`] leaves for after the emit: the groups to emit, the graph
+/// to free, the perf map lines to write.
+type Linked = (
+    Vec<DependenceGroup>,
+    Option<LinkGraph>,
+    Option<crate::debug::PerfMapLater>,
+);
+
 /// The pipeline for one unit, with the engine in the middle of it.
 fn link(
     layer: &ObjectLayer,
@@ -875,14 +883,7 @@ fn link(
     symbols: &[(SymbolName, SymbolFlags)],
     globals: &[(SymbolName, SymbolId)],
     r: &Responsibility,
-) -> Result<
-    (
-        Vec<DependenceGroup>,
-        Option<LinkGraph>,
-        Option<crate::debug::PerfMapLater>,
-    ),
-    Error,
-> {
+) -> Result<Linked, Error> {
     let session = &layer.session;
     let started = Instant::now();
     // What this unit owes, with flags, by position in `globals` (the graph's

@@ -163,6 +163,20 @@ pub struct ImageEnv {
     pub tls_placement: Option<runtime::tls::TlsPlacement>,
 }
 
+/// [`Prepared::finalize_deferring`]'s result: the image, the graph handed
+/// back, the perf map lines left for later.
+pub(crate) type FinalizedDeferring = (
+    Finalized,
+    Option<LinkGraph>,
+    Option<crate::debug::PerfMapLater>,
+);
+
+/// What `Prepared::announce` did now and left for later.
+type Announced = (
+    Option<crate::debug::DebugRegistration>,
+    Option<crate::debug::PerfMapLater>,
+);
+
 /// The result of finalization: what [`crate::LinkedImage`] owns.
 #[derive(Debug)]
 pub struct Finalized {
@@ -1204,14 +1218,7 @@ impl Prepared {
         env: &ImageEnv,
         options: &LinkOptions,
         defer_perf_map: bool,
-    ) -> Result<
-        (
-            Finalized,
-            Option<LinkGraph>,
-            Option<crate::debug::PerfMapLater>,
-        ),
-        LinkError,
-    > {
+    ) -> Result<FinalizedDeferring, LinkError> {
         let fixup_start = Instant::now();
         // The TLS module fixes module id and thread-pointer offset before fixup.
         let tls_module = match (self.tls.memsz > 0, env.tls_placement) {
@@ -1626,13 +1633,7 @@ impl Prepared {
         env: &ImageEnv,
         options: &LinkOptions,
         defer_perf_map: bool,
-    ) -> Result<
-        (
-            Option<crate::debug::DebugRegistration>,
-            Option<crate::debug::PerfMapLater>,
-        ),
-        LinkError,
-    > {
+    ) -> Result<Announced, LinkError> {
         if !options.debug.any() {
             return Ok((None, None));
         }
