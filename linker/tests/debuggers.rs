@@ -405,6 +405,29 @@ fn debug_object_has_runtime_addresses_symbols_and_dwarf() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
+    // As few allocated sections as can be (GDB re-sorts all of them, of
+    // every object, at each registration): one per protection, the code
+    // in one `.text`; `.eh_frame` at its address but not allocated.
+    let mut alloc = Vec::new();
+    for s in file.sections() {
+        if let SectionFlags::Elf { sh_flags, .. } = s.flags()
+            && sh_flags.0 & object::elf::SHF_ALLOC.0 != 0
+        {
+            alloc.push((s.name().unwrap_or_default().to_string(), sh_flags.0));
+        }
+    }
+    let code: Vec<&String> = alloc
+        .iter()
+        .filter(|(_, f)| f & object::elf::SHF_EXECINSTR.0 != 0)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(code, [".text"], "one code section: {alloc:?}");
+    assert!(alloc.len() <= 3, "one section per protection: {alloc:?}");
+    let eh = file.section_by_name(".eh_frame").expect(".eh_frame");
+    assert!(
+        eh.address() != 0 && !alloc.iter().any(|(n, _)| n == ".eh_frame"),
+        ".eh_frame at its runtime address, not allocated"
+    );
     let text = file.section_by_name(".text").expect(".text").address();
     for f in ["main", "helper"] {
         let sym = file

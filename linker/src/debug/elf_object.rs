@@ -341,8 +341,11 @@ fn symbol_tables(
     symbols: &[ImageSymbol<'_>],
     section_of: impl Fn(u64) -> Option<u32>,
 ) -> SymbolTables {
-    let mut symtab = vec![0u8; 24];
-    let mut strtab = Vec::with_capacity(symbols.len() * 16 + 1);
+    // Sized exactly: growing by doubling copied and faulted in pages.
+    let mut symtab = Vec::with_capacity((symbols.len() + 1) * 24);
+    symtab.resize(24, 0);
+    let names: usize = symbols.iter().map(|s| s.name.len() + 1).sum();
+    let mut strtab = Vec::with_capacity(names + 1);
     strtab.push(0);
     let locals = symbols.iter().filter(|s| s.local);
     let globals = symbols.iter().filter(|s| !s.local);
