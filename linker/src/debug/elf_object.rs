@@ -49,8 +49,8 @@ pub(crate) fn build(
 /// What GDB is given of the image's memory, by address: one section per
 /// protection — `.text` (code), `.rodata`, `.data` — spanning that
 /// protection's live blocks (the layout puts each protection in one
-/// segment), the latter two only when they hold a symbol of `symbols`
-/// (sorted by address); and `.eh_frame`.
+/// segment), the latter two only when they hold a symbol of `symbols`;
+/// and `.eh_frame`.
 ///
 /// GDB's work per registration grows with the sections it already has
 /// (it re-sorts every allocated section of every object file after each
@@ -88,8 +88,7 @@ fn alloc_sections<'a>(info: &ImageInfo<'a>, symbols: &[ImageSymbol<'_>]) -> Vec<
         let Some((start, end)) = range else {
             continue;
         };
-        let first = symbols.partition_point(|sym| sym.addr < start);
-        let named = symbols.get(first).is_some_and(|sym| sym.addr < end);
+        let named = symbols.iter().any(|sym| (start..end).contains(&sym.addr));
         if !(named || classes[class] == Prot::ReadExec) {
             continue;
         }
@@ -143,8 +142,7 @@ pub(crate) fn build_loaded(
 ) -> Result<Vec<u8>, String> {
     let mut alloc = Vec::new();
     let mut push = |name: &'static str, start: u64, end: u64, prot| {
-        let first = symbols.partition_point(|sym| sym.addr < start);
-        let named = symbols.get(first).is_some_and(|sym| sym.addr < end);
+        let named = symbols.iter().any(|sym| (start..end).contains(&sym.addr));
         let code = prot == crate::graph::Prot::ReadExec;
         if start == 0 || start >= end || !(named || code) {
             return;
