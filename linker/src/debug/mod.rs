@@ -187,6 +187,28 @@ pub fn gdb_registration_time() -> (u64, std::time::Duration) {
     gdb::registration_time()
 }
 
+/// Announcements to debuggers or profilers in this process so far (one
+/// per image, plus one per link whose perf map lines were written after
+/// its emit), and the time spent in them (collecting symbols, building debug objects,
+/// writing perf map and jitdump lines, registering — with a debugger
+/// attached, its reading each object too), for `kiln run --stats`.
+pub fn announce_time() -> (u64, std::time::Duration) {
+    (
+        ANNOUNCED.load(std::sync::atomic::Ordering::Relaxed),
+        std::time::Duration::from_nanos(ANNOUNCE_NANOS.load(std::sync::atomic::Ordering::Relaxed)),
+    )
+}
+
+static ANNOUNCED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ANNOUNCE_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one announcement that started at `start`.
+fn count_announce(start: std::time::Instant) {
+    use std::sync::atomic::Ordering::Relaxed;
+    ANNOUNCED.fetch_add(1, Relaxed);
+    ANNOUNCE_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
+}
+
 /// This process's perf map, `/tmp/perf-PID.map`.
 pub fn perf_map_path() -> String {
     perf_map::path()
@@ -215,6 +237,17 @@ pub(crate) fn register_image(
     if !options.any() {
         return Ok(None);
     }
+    let start = std::time::Instant::now();
+    let result = announce_image(info, options);
+    count_announce(start);
+    result
+}
+
+/// [`register_image`]'s work.
+fn announce_image(
+    info: &ImageInfo<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
     let symbols = image_symbols(info);
     if options.perf_map {
         perf_map::append(&symbols)?;
@@ -266,6 +299,17 @@ pub(crate) fn register_loaded(
     if !options.any() {
         return Ok(None);
     }
+    let start = std::time::Instant::now();
+    let result = announce_loaded(image, options);
+    count_announce(start);
+    result
+}
+
+/// [`register_loaded`]'s work.
+fn announce_loaded(
+    image: &LoadedImage<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
     let symbols = loaded_symbols(image);
     if options.perf_map {
         perf_map::append(&symbols)?;
@@ -389,6 +433,7 @@ impl PerfMapLater {
     /// then stale, as any perf map line of removed code). A failed write
     /// (the file was opened at the link) is dropped: the link is done.
     pub(crate) fn write(self, name: &str, graph: &LinkGraph) {
+        let start = std::time::Instant::now();
         let info = ImageInfo {
             name,
             graph,
@@ -396,6 +441,7 @@ impl PerfMapLater {
             extra: plt_symbols(graph, &self.plt, self.plt_stub_size),
         };
         let _ = perf_map::append(&image_symbols(&info));
+        count_announce(start);
     }
 }
 
