@@ -550,6 +550,13 @@ fn print_stats(
             ms(register_time),
             ms(register_time) / registered as f64
         );
+        if let Some(cpu) = kiln_linker::debug::gdb_debugger_cpu_time() {
+            eprintln!(
+                "  debugger CPU           {:.3} ms ({:.3} ms each)",
+                ms(cpu),
+                ms(cpu) / registered as f64
+            );
+        }
     }
     let (announced, announce_time) = kiln_linker::debug::announce_time();
     if announced > 0 {

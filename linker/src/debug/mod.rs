@@ -187,6 +187,14 @@ pub fn gdb_registration_time() -> (u64, std::time::Duration) {
     gdb::registration_time()
 }
 
+/// With `KILN_GDB_TRACER_CPU=1` and a debugger attached: the CPU time the
+/// debugger spent on this process's registrations (its process CPU clock,
+/// read around each; a benchmark aid, less disturbed by other load than
+/// [`gdb_registration_time`]).
+pub fn gdb_debugger_cpu_time() -> Option<std::time::Duration> {
+    gdb::tracer_time()
+}
+
 /// Announcements to debuggers or profilers in this process so far (one
 /// per image, plus one per link whose perf map lines were written after
 /// its emit), and the time spent in them (collecting symbols, building debug objects,
