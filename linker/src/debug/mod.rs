@@ -9,7 +9,11 @@
 //! | `lines` | the line tables of an image's relocated DWARF (`gimli`) |
 //!
 //! Nothing here runs unless [`DebugOptions`] asks for it: the default link
-//! path only checks three booleans. An image's registration
+//! path only checks three booleans. Links are announced by
+//! `register_image` (in the engine layer with GDB support off, a link's
+//! perf map lines are written after its emit: `PerfMapLater`); loaded
+//! image files by `register_loaded`; lazy stubs and trampolines, by the
+//! entry each serves, by `announce_stubs`. An image's registration
 //! ([`DebugRegistration`]) is dropped — unregistered from GDB — before the
 //! image's memory is released (tracker removal, dylib removal, session end:
 //! they all drop the [`crate::LinkedImage`]).
@@ -197,9 +201,10 @@ pub fn gdb_debugger_cpu_time() -> Option<std::time::Duration> {
 
 /// Announcements to debuggers or profilers in this process so far (one
 /// per image, plus one per link whose perf map lines were written after
-/// its emit), and the time spent in them (collecting symbols, building debug objects,
-/// writing perf map and jitdump lines, registering — with a debugger
-/// attached, its reading each object too), for `kiln run --stats`.
+/// its emit), and the time spent in them (collecting symbols, building
+/// debug objects, writing perf map and jitdump lines, registering — with a
+/// debugger attached, its reading each object too), for `kiln run
+/// --stats`.
 pub fn announce_time() -> (u64, std::time::Duration) {
     (
         ANNOUNCED.load(std::sync::atomic::Ordering::Relaxed),
