@@ -963,10 +963,14 @@ impl MaterializationUnit for ObjectUnit {
             &self.globals,
             &r,
         ) {
-            Ok((groups, graph)) => {
+            Ok((groups, graph, perf_map)) => {
                 let _ = r.emit(groups);
-                // Freeing the graph's arenas takes a while for big images:
-                // only after the emit, which lets waiting lookups go on.
+                // Freeing the graph's arenas takes a while for big images,
+                // and perf reads its map only when it resolves samples:
+                // both only after the emit, which lets waiting lookups go on.
+                if let (Some(lines), Some(g)) = (perf_map, &graph) {
+                    lines.write(&self.name, g);
+                }
                 drop(graph);
             }
             Err(e) => r.fail(e),
@@ -985,6 +989,14 @@ fn link_error(e: LinkError) -> Error {
     Error::external(e)
 }
 
+/// What [`link`] leaves for after the emit: the groups to emit, the graph
+/// to free, the perf map lines to write.
+type Linked = (
+    Vec<DependenceGroup>,
+    Option<LinkGraph>,
+    Option<crate::debug::PerfMapLater>,
+);
+
 /// The pipeline for one unit, with the engine in the middle of it.
 fn link(
     layer: &ObjectLayer,
@@ -994,7 +1006,7 @@ fn link(
     symbols: &[(SymbolName, SymbolFlags)],
     globals: &[(SymbolName, SymbolId)],
     r: &Responsibility,
-) -> Result<(Vec<DependenceGroup>, Option<LinkGraph>), Error> {
+) -> Result<Linked, Error> {
     let session = &layer.session;
     let started = Instant::now();
     // What this unit owes, with flags, by position in `globals` (the graph's
@@ -1096,8 +1108,8 @@ fn link(
     // image. The graph comes back to be freed after the emit.
     let mut options = layer.shared.options.clone();
     options.symbol_table = false;
-    let (finalized, graph) = prepared
-        .finalize_returning_graph(&env, &options)
+    let (finalized, graph, perf_map) = prepared
+        .finalize_deferring(&env, &options, true)
         .map_err(link_error)?;
     let stats = finalized.stats;
     let finalized_at = Instant::now();
@@ -1157,6 +1169,7 @@ fn link(
             per_dylib,
         )],
         graph,
+        perf_map,
     ))
 }
 

@@ -163,9 +163,26 @@ pub struct ImageEnv {
     pub tls_placement: Option<runtime::tls::TlsPlacement>,
 }
 
+/// [`Prepared::finalize_deferring`]'s result: the image, the graph handed
+/// back, the perf map lines left for later.
+pub(crate) type FinalizedDeferring = (
+    Finalized,
+    Option<LinkGraph>,
+    Option<crate::debug::PerfMapLater>,
+);
+
+/// What `Prepared::announce` did now and left for later.
+type Announced = (
+    Option<crate::debug::DebugRegistration>,
+    Option<crate::debug::PerfMapLater>,
+);
+
 /// The result of finalization: what [`crate::LinkedImage`] owns.
 #[derive(Debug)]
 pub struct Finalized {
+    /// The image's registration with debuggers (see [`LinkOptions::debug`]);
+    /// declared first, so dropped before [`Finalized::alloc`] is released.
+    pub debug: Option<crate::debug::DebugRegistration>,
     /// The memory.
     pub alloc: Allocation,
     /// Global symbols (exported and hidden) with addresses (empty unless
@@ -190,9 +207,6 @@ pub struct Finalized {
     pub graph: Option<LinkGraph>,
     /// What saving the image needs, in [`LinkOptions::imaging`] mode.
     pub imaging: Option<Box<crate::image_file::ImagingRecord>>,
-    /// The image's registration with debuggers (see [`LinkOptions::debug`]);
-    /// dropped before [`Finalized::alloc`] is released.
-    pub debug: Option<crate::debug::DebugRegistration>,
 }
 
 /// Counts of one link, for `--stats`.
@@ -1185,10 +1199,26 @@ impl Prepared {
     /// freeing it: freeing a big graph takes milliseconds, which the engine
     /// layer spends after the image is emitted.
     pub fn finalize_returning_graph(
-        mut self,
+        self,
         env: &ImageEnv,
         options: &LinkOptions,
     ) -> Result<(Finalized, Option<LinkGraph>), LinkError> {
+        let (finalized, graph, later) = self.finalize_deferring(env, options, false)?;
+        debug_assert!(later.is_none());
+        Ok((finalized, graph))
+    }
+
+    /// [`Prepared::finalize_returning_graph`]; with `defer_perf_map` (and
+    /// the graph handed back, GDB support off) the perf map's lines are
+    /// left to the caller: [`crate::debug::PerfMapLater::write`] with the
+    /// graph once the image is emitted (the map is read when perf resolves
+    /// samples, not before the code runs).
+    pub(crate) fn finalize_deferring(
+        mut self,
+        env: &ImageEnv,
+        options: &LinkOptions,
+        defer_perf_map: bool,
+    ) -> Result<FinalizedDeferring, LinkError> {
         let fixup_start = Instant::now();
         // The TLS module fixes module id and thread-pointer offset before fixup.
         let tls_module = match (self.tls.memsz > 0, env.tls_placement) {
@@ -1568,7 +1598,8 @@ impl Prepared {
             },
         };
         let dso_handle = self.dso_handle();
-        let debug = self.announce(env, options)?;
+        let defer = defer_perf_map && !options.keep_graph;
+        let (debug, later) = self.announce(env, options, defer)?;
         let (kept, graph) = if options.keep_graph {
             (Some(self.graph), None)
         } else {
@@ -1589,43 +1620,59 @@ impl Prepared {
                 debug,
             },
             graph,
+            later,
         ))
     }
 
     /// Tells debuggers and profilers about the finalized image, as
-    /// [`LinkOptions::debug`] asks (nothing at all by default).
+    /// [`LinkOptions::debug`] asks (nothing at all by default). With
+    /// `defer_perf_map` and GDB support off, the perf map's lines are
+    /// returned for later instead (the map file is opened now, so that
+    /// failing to create it still fails the link).
     fn announce(
         &self,
         env: &ImageEnv,
         options: &LinkOptions,
-    ) -> Result<Option<crate::debug::DebugRegistration>, LinkError> {
+        defer_perf_map: bool,
+    ) -> Result<Announced, LinkError> {
         if !options.debug.any() {
-            return Ok(None);
+            return Ok((None, None));
         }
+        let err = |source| LinkError::Debug {
+            image: env.name.clone(),
+            source,
+        };
         let plt_base = self
             .plt_block
             .map_or(0, |b| self.graph.blocks[b.index()].addr);
-        let extra = self
+        let plt: Vec<(SymbolId, u64)> = self
             .plt
             .iter()
-            .map(|(&sym, &off)| crate::debug::ImageSymbol {
-                name: format!("kiln-plt:{}", self.graph.symbol_name(sym)).into(),
-                addr: plt_base + off,
-                size: PLT_STUB_SIZE as u64,
-                code: true,
-                local: true,
-            })
+            .map(|(&sym, &off)| (sym, plt_base + off))
             .collect();
+        let mut now = options.debug;
+        let later = if defer_perf_map && now.perf_map && !now.gdb {
+            now.perf_map = false;
+            crate::debug::perf_map_open().map_err(err)?;
+            Some(crate::debug::PerfMapLater::new(
+                self.eh_frame,
+                plt.clone(),
+                PLT_STUB_SIZE as u64,
+            ))
+        } else {
+            None
+        };
+        if !now.any() {
+            return Ok((None, later));
+        }
         let info = crate::debug::ImageInfo {
             name: &env.name,
             graph: &self.graph,
             eh_frame: self.eh_frame,
-            extra,
+            extra: crate::debug::plt_symbols(&self.graph, &plt, PLT_STUB_SIZE as u64),
         };
-        crate::debug::register_image(&info, &options.debug).map_err(|source| LinkError::Debug {
-            image: env.name.clone(),
-            source,
-        })
+        let registration = crate::debug::register_image(&info, &now).map_err(err)?;
+        Ok((registration, later))
     }
 }
 
