@@ -3,8 +3,9 @@
 //!
 //! - (a) `dlopen(RTLD_NOW)` of a shared library, `dlsym` of six names, a
 //!   first call, `dlclose`;
-//! - (b) reading a kiln image file and `image_file::load`, six lookups, the
-//!   same first call, drop (unload);
+//! - (b) `image_file::load_file` of a kiln image (its pages mapped from
+//!   the file), six lookups, the same first call, drop (unload); (b′) the
+//!   same with the file read into memory and `image_file::load` (copied);
 //! - (c) relinking the objects the image was saved from (`Linker::link`),
 //!   six lookups, the call, drop.
 //!
@@ -160,8 +161,14 @@ fn first_call(addr: u64) -> (f64, (u64, i64)) {
     })
 }
 
-fn image_once(path: &Path, host: &HostSymbols) -> Result<(f64, Sample), String> {
+/// (b): `load_file` (mapped) when `mapped`, else the file read and `load`.
+fn image_once(path: &Path, host: &HostSymbols, mapped: bool) -> Result<(f64, Sample), String> {
     let (image, load) = timed(|| {
+        if mapped {
+            // SAFETY: the image was saved by this benchmark from Lua's
+            // objects and is not changed while loaded.
+            return unsafe { image_file::load_file(path, host) }.map_err(|e| e.to_string());
+        }
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
         // SAFETY: the image was saved by this benchmark from Lua's objects.
         unsafe { image_file::load("lua.kimg", &bytes, host) }.map_err(|e| e.to_string())
@@ -276,17 +283,20 @@ fn run(config: &Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.work).map_err(|e| e.to_string())?;
     let kimg = config.work.join("lua.kimg");
     std::fs::write(&kimg, &bytes).map_err(|e| e.to_string())?;
-    let so = CString::new(config.so.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // A path with a slash: dlopen does not search for it.
+    let so = std::fs::canonicalize(&config.so).map_err(|e| format!("{}: {e}", config.so.display()))?;
+    let so = CString::new(so.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let names: Vec<CString> = NAMES
         .iter()
         .map(|n| CString::new(*n).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let mut rows: [Vec<Sample>; 3] = Default::default();
+    let mut rows: [Vec<Sample>; 4] = Default::default();
     // Warm-up (page cache, lazy host state), then interleaved iterations.
     for i in 0..config.iters + 10 {
         let results = [
             dlopen_once(&so, &names)?,
-            image_once(&kimg, &host)?,
+            image_once(&kimg, &host, true)?,
+            image_once(&kimg, &host, false)?,
             relink_once(&objs, &host)?,
         ];
         for (k, (v, s)) in results.into_iter().enumerate() {
@@ -299,13 +309,14 @@ fn run(config: &Config) -> Result<(), String> {
         }
     }
     print_table(config, &bytes, &objs, &rows);
+    breakdown(&kimg, config.iters)?;
     if let Some(dir) = &config.chain {
         chain(dir, &host, config.iters)?;
     }
     Ok(())
 }
 
-fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: &[Vec<Sample>; 3]) {
+fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: &[Vec<Sample>; 4]) {
     println!(
         "{} iterations each, interleaved; µs: median [p10–p90]; faults: minor page faults per iteration (mean)\n",
         config.iters
@@ -316,10 +327,11 @@ fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: 
     println!("|---|---|---|---|---|---|---|---|---|");
     let labels = [
         format!("(a) dlopen(RTLD_NOW) {}", file_name(&config.so)),
-        format!("(b) kiln image load ({} bytes)", bytes.len()),
+        format!("(b) kiln `load_file` ({} bytes, mapped)", bytes.len()),
+        "(b′) kiln file read + `load` (copied)".to_string(),
         format!("(c) kiln relink ({} objects)", objs.len()),
     ];
-    let mut meds = [[0u64; 4]; 3];
+    let mut meds = [[0u64; 4]; 4];
     for (k, s) in rows.iter().enumerate() {
         let c: Vec<_> = (0..4).map(|p| cell(s, p)).collect();
         for p in 0..4 {
@@ -343,8 +355,40 @@ fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: 
     );
     println!(
         "- relink / image load: {:.0}× (target ≥ 100×)",
-        ratio(meds[2][0], meds[1][0])
+        ratio(meds[3][0], meds[1][0])
     );
+}
+
+/// Where a load's time goes, from the public API: reading the file,
+/// checking it with its content hash (`inspect`), and without it
+/// (`dependencies`: the same parse, no hash); the rest of a load is mapping,
+/// rebasing, binding, protecting and registering.
+fn breakdown(kimg: &Path, iters: usize) -> Result<(), String> {
+    let bytes = std::fs::read(kimg).map_err(|e| e.to_string())?;
+    let mut t = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        let b = std::fs::read(kimg).map_err(|e| e.to_string())?;
+        t[0].push(t0.elapsed().as_nanos() as u64);
+        drop(b);
+        let t0 = Instant::now();
+        image_file::inspect("lua.kimg", &bytes).map_err(|e| e.to_string())?;
+        t[1].push(t0.elapsed().as_nanos() as u64);
+        let t0 = Instant::now();
+        image_file::dependencies("lua.kimg", &bytes).map_err(|e| e.to_string())?;
+        t[2].push(t0.elapsed().as_nanos() as u64);
+    }
+    let med = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        us(percentile(v, 50))
+    };
+    println!(
+        "\nParts of (b), medians in µs: read the file {}; parse + content hash (`inspect`) {}; parse without the hash (`dependencies`) {}\n",
+        med(&mut t[0]),
+        med(&mut t[1]),
+        med(&mut t[2])
+    );
+    Ok(())
 }
 
 fn file_name(p: &Path) -> String {
