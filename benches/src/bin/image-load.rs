@@ -434,7 +434,7 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
         if n > images.len() {
             break;
         }
-        let reps = (iters * 10 / n).clamp(20, iters);
+        let reps = (iters * 10 / n).clamp(20, iters.max(20));
         let mut times = Vec::with_capacity(reps);
         let mut faults = 0i64;
         for _ in 0..reps {
