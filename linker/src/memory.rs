@@ -559,7 +559,10 @@ impl Allocation {
         if self.state != MemState::Writing {
             return Err(bad("map_file on memory that is no longer writable".into()));
         }
-        if off % PAGE != 0 || len % PAGE != 0 || file_offset % PAGE != 0 || off + len > self.len {
+        let aligned = [off, len, file_offset]
+            .iter()
+            .all(|v| v.is_multiple_of(PAGE));
+        if !aligned || off.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(bad(format!(
                 "file range {file_offset:#x}+{len:#x} at {off:#x} is not page-aligned inside the allocation"
             )));

@@ -1575,12 +1575,17 @@ fn an_image_loaded_from_its_file_maps_its_pages_and_runs_like_a_copied_one() {
     // SAFETY: `int table[4]` in A's writable data, loaded.
     unsafe { *table.add(1) = 7 };
     assert_eq!(use_a(), 30, "B reads A's table");
-    assert_eq!(std::fs::read(&pa).expect("read A"), a_bytes, "the file changed");
+    assert_eq!(
+        std::fs::read(&pa).expect("read A"),
+        a_bytes,
+        "the file changed"
+    );
     drop(b);
     drop(a);
     assert_eq!(mappings_of(&pa, base, size), Vec::<String>::new());
-    let e = unsafe { image_file::load_file(&dir.join("none.kimg"), &host) }
-        .expect_err("no such file");
+    // SAFETY: the file does not exist; nothing is loaded.
+    let e =
+        unsafe { image_file::load_file(&dir.join("none.kimg"), &host) }.expect_err("no such file");
     assert!(
         matches!(e, ImageError::Io { what: "open", .. }) && e.to_string().contains("none.kimg"),
         "{e}"

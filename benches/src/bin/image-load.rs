@@ -123,10 +123,10 @@ fn dlopen_once(path: &CString, names: &[CString]) -> Result<(f64, Sample), Strin
     if h.is_null() {
         return Err("dlopen failed".into());
     }
-    // SAFETY: `h` is a live handle; the names are NUL-terminated.
     let (addrs, lookup) = timed(|| {
         names
             .iter()
+            // SAFETY: `h` is a live handle; the names are NUL-terminated.
             .map(|n| unsafe { libc::dlsym(h, n.as_ptr()) })
             .collect::<Vec<_>>()
     });
@@ -143,13 +143,14 @@ fn dlopen_once(path: &CString, names: &[CString]) -> Result<(f64, Sample), Strin
     Ok((v, [load, lookup, call, unload]))
 }
 
-fn call_image(image: &LinkedImage) -> Result<(Vec<u64>, f64, (u64, i64)), String> {
+/// The six names' addresses in `image`, and the time and faults it took.
+fn call_image(image: &LinkedImage) -> Result<(Vec<u64>, (u64, i64)), String> {
     let (addrs, lookup) = timed(|| NAMES.iter().map(|n| image.symbol(n)).collect::<Vec<_>>());
     let addrs: Vec<u64> = addrs
         .into_iter()
         .collect::<Option<_>>()
         .ok_or("an export is missing")?;
-    Ok((addrs, 0.0, lookup))
+    Ok((addrs, lookup))
 }
 
 fn first_call(addr: u64) -> (f64, (u64, i64)) {
@@ -174,7 +175,7 @@ fn image_once(path: &Path, host: &HostSymbols, mapped: bool) -> Result<(f64, Sam
         unsafe { image_file::load("lua.kimg", &bytes, host) }.map_err(|e| e.to_string())
     });
     let image = image?;
-    let (addrs, _, lookup) = call_image(&image)?;
+    let (addrs, lookup) = call_image(&image)?;
     let (v, call) = first_call(addrs[5]);
     let (_, unload) = timed(|| drop(image));
     Ok((v, [load, lookup, call, unload]))
@@ -190,7 +191,7 @@ fn relink_once(objs: &[(String, Vec<u8>)], host: &HostSymbols) -> Result<(f64, S
         linker.link(host).map_err(|e| e.to_string())
     });
     let image = image?;
-    let (addrs, _, lookup) = call_image(&image)?;
+    let (addrs, lookup) = call_image(&image)?;
     let (v, call) = first_call(addrs[5]);
     let (_, unload) = timed(|| drop(image));
     Ok((v, [load, lookup, call, unload]))
@@ -219,7 +220,10 @@ fn save(
 ) -> Result<(LinkedImage, Vec<u8>), String> {
     let mut options = LinkOptions::default();
     options.imaging = true;
-    let id = BuildId::of_inputs(&options, objs.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    let id = BuildId::of_inputs(
+        &options,
+        objs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
     let mut linker = Linker::new(options);
     linker.run_initializers(false);
     for (n, b) in objs {
@@ -257,7 +261,10 @@ fn cell(samples: &[Sample], phase: usize) -> (String, u64, f64) {
 }
 
 fn total(samples: &[Sample]) -> (String, f64) {
-    let mut t: Vec<u64> = samples.iter().map(|s| s.iter().map(|p| p.0).sum()).collect();
+    let mut t: Vec<u64> = samples
+        .iter()
+        .map(|s| s.iter().map(|p| p.0).sum())
+        .collect();
     t.sort_unstable();
     let f = samples
         .iter()
@@ -284,7 +291,8 @@ fn run(config: &Config) -> Result<(), String> {
     let kimg = config.work.join("lua.kimg");
     std::fs::write(&kimg, &bytes).map_err(|e| e.to_string())?;
     // A path with a slash: dlopen does not search for it.
-    let so = std::fs::canonicalize(&config.so).map_err(|e| format!("{}: {e}", config.so.display()))?;
+    let so =
+        std::fs::canonicalize(&config.so).map_err(|e| format!("{}: {e}", config.so.display()))?;
     let so = CString::new(so.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let names: Vec<CString> = NAMES
         .iter()
@@ -454,7 +462,8 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
                 .and_then(|l| l.symbol(&format!("f_{}", n - 1)))
                 .ok_or("no f_(n-1)")?;
             // SAFETY: `int f_i(void)` of a loaded chain.
-            let v = unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(last as usize)() };
+            let v =
+                unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(last as usize)() };
             if v != (n - 1) as i32 {
                 return Err(format!("chain of {n}: f_{} returned {v}", n - 1));
             }

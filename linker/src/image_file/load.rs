@@ -50,7 +50,7 @@ fn map_from(
     for s in &p.segments {
         // The parser checked both ranges (file and image).
         let whole = match file {
-            Some(f) if s.offset % page == 0 && s.vaddr % page == 0 => {
+            Some(f) if s.offset.is_multiple_of(page) && s.vaddr.is_multiple_of(page) => {
                 let whole = s.filesz / page * page;
                 alloc
                     .map_file(s.vaddr, whole, f, s.offset)
