@@ -1591,3 +1591,39 @@ fn an_image_loaded_from_its_file_maps_its_pages_and_runs_like_a_copied_one() {
         "{e}"
     );
 }
+
+/// The `Threads:` line of /proc/self/status that `kiln run inputs` prints.
+fn threads_seen(inputs: &[&Path]) -> usize {
+    let o = kiln().arg("run").args(inputs).output().expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.trim()
+        .strip_prefix("Threads:")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no thread count in {out:?}"))
+}
+
+/// `kiln run` of images only (a cache hit included) maps and binds, links
+/// nothing, and so starts no worker thread: the program sees one thread;
+/// run from its object it sees the link's workers too.
+#[test]
+fn kiln_run_of_images_only_starts_no_worker_thread() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-threads");
+    let obj = compile_c_text(
+        &dir,
+        "threads",
+        "#include <stdio.h>\n#include <string.h>\n\
+         int main(void) {\n  char l[256];\n  FILE *f = fopen(\"/proc/self/status\", \"r\");\n\
+           if (!f) return 1;\n\
+           while (fgets(l, sizeof l, f)) if (!strncmp(l, \"Threads:\", 8)) fputs(l, stdout);\n\
+           fclose(f);\n  return 0;\n}\n",
+        &["-O2", "-fPIC"],
+    );
+    let image = dir.join("threads.kimg");
+    save(&image, std::slice::from_ref(&obj), &[]);
+    assert!(threads_seen(&[&obj]) >= 2, "the object's link has workers");
+    assert_eq!(threads_seen(&[&image]), 1);
+}
