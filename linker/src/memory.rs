@@ -702,23 +702,30 @@ mod tests {
     /// zero, whatever the previous owner wrote and however it protected it.
     #[test]
     fn reused_memory_reads_as_zero() {
-        let mut a = Allocation::new(3 * PAGE, Placement::Near).unwrap().unwrap();
-        let base = a.base();
-        a.bytes_mut().unwrap().fill(0xa5);
-        a.finalize(&[(0, PAGE, Prot::ReadExec), (PAGE, 2 * PAGE, Prot::ReadWrite)])
-            .unwrap();
-        drop(a);
-        // Other tests share the slab: take ranges until this one comes back.
+        let mut released = Vec::new();
+        for _ in 0..8 {
+            let mut a = Allocation::new(3 * PAGE, Placement::Near).unwrap().unwrap();
+            a.bytes_mut().unwrap().fill(0xa5);
+            a.finalize(&[(0, PAGE, Prot::ReadExec), (PAGE, 2 * PAGE, Prot::ReadWrite)])
+                .unwrap();
+            released.push(a);
+        }
+        let bases: Vec<u64> = released.iter().map(Allocation::base).collect();
+        drop(released);
+        // First fit hands the lowest free ranges out again; other tests
+        // share the slab and may hold some of them for a while.
         let mut held = Vec::new();
+        let mut reused = 0;
         for _ in 0..4096 {
             let mut b = Allocation::new(3 * PAGE, Placement::Near).unwrap().unwrap();
-            if b.base() == base {
-                assert!(b.bytes_mut().unwrap().iter().all(|&x| x == 0));
+            assert!(b.bytes_mut().unwrap().iter().all(|&x| x == 0));
+            reused += usize::from(bases.contains(&b.base()));
+            held.push(b);
+            if reused >= 4 {
                 return;
             }
-            held.push(b);
         }
-        panic!("the released range was never handed out again");
+        panic!("only {reused} of 8 released ranges were handed out again");
     }
 
     /// Resident pages of `[base, base+len)` (mincore).
