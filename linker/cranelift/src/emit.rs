@@ -106,7 +106,7 @@ pub(crate) fn build_graph(
     for f in funcs {
         let info = &names.funcs[f.id.as_u32() as usize];
         let symbol = f.symbol.as_deref().unwrap_or(&info.name);
-        let own = (f.id, symbol);
+        let own = (Some(f.id), symbol);
         let edges = edges(&mut graph, obj, own, &f.relocs, names, libcall_names)?;
         let size = f.bytes.len() as u64;
         let block = graph.add_block(block(s.text, &s, Content::Bytes(f.bytes), f.align, edges));
@@ -115,7 +115,7 @@ pub(crate) fn build_graph(
     }
     for d in data {
         let info = &names.data[d.id.as_u32() as usize];
-        let own = (FuncId::from_u32(u32::MAX), info.name.as_str());
+        let own = (None, info.name.as_str());
         let edges = edges(&mut graph, obj, own, &d.relocs, names, libcall_names)?;
         let (section, content) = match (d.bytes, d.writable) {
             (Some(bytes), true) => (s.data, Content::Bytes(bytes)),
@@ -187,7 +187,7 @@ fn define(
 fn edges(
     graph: &mut LinkGraph,
     obj: ObjectId,
-    own: (FuncId, &str),
+    own: (Option<FuncId>, &str),
     relocs: &[ModuleReloc],
     names: &Names,
     libcall_names: &dyn Fn(LibCall) -> String,
@@ -220,7 +220,7 @@ fn edges(
 /// An offset in the function itself is one in the body being built (a
 /// lazy or replacement body defines its own symbol, not the entry's).
 fn target_name<'a>(
-    own: (FuncId, &'a str),
+    own: (Option<FuncId>, &'a str),
     target: &ModuleRelocTarget,
     names: &'a Names,
     libcall_names: &dyn Fn(LibCall) -> String,
@@ -249,7 +249,7 @@ fn target_name<'a>(
         }
         ModuleRelocTarget::User { .. } => return Err(undeclared()),
         ModuleRelocTarget::LibCall(libcall) => (Cow::Owned(libcall_names(libcall)), 0),
-        ModuleRelocTarget::FunctionOffset(id, offset) if id == own.0 => {
+        ModuleRelocTarget::FunctionOffset(id, offset) if Some(id) == own.0 => {
             (Cow::Borrowed(own.1), i64::from(offset))
         }
         ModuleRelocTarget::FunctionOffset(id, offset) => {

@@ -49,7 +49,7 @@
 //! let y = b.ins().iadd(x, x);
 //! b.ins().return_(&[y]);
 //! b.seal_all_blocks();
-//! b.finalize();
+//! b.finalize(module.target_config());
 //! module.define_function(id, &mut ctx)?;
 //! module.finalize_definitions()?;
 //! // SAFETY (of the example): `double` has this signature.
