@@ -133,7 +133,13 @@ pub(crate) fn build_graph(
     Ok((graph, defined))
 }
 
-fn block(section: SectionId, s: &Sections, content: Content, align: u64, edges: Vec<Edge>) -> Block {
+fn block(
+    section: SectionId,
+    s: &Sections,
+    content: Content,
+    align: u64,
+    edges: Vec<Edge>,
+) -> Block {
     let input_section = if section == s.text {
         s.text_name.clone()
     } else {
@@ -253,7 +259,10 @@ fn target_name<'a>(
             (Cow::Borrowed(own.1), i64::from(offset))
         }
         ModuleRelocTarget::FunctionOffset(id, offset) => {
-            let info = names.funcs.get(id.as_u32() as usize).ok_or_else(undeclared)?;
+            let info = names
+                .funcs
+                .get(id.as_u32() as usize)
+                .ok_or_else(undeclared)?;
             (Cow::Borrowed(info.name.as_str()), i64::from(offset))
         }
         ModuleRelocTarget::KnownSymbol(symbol) => {

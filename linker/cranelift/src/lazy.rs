@@ -29,7 +29,9 @@ pub struct LazyContext {
 
 impl fmt::Debug for LazyContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LazyContext").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("LazyContext")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +49,9 @@ impl LazyContext {
     /// A new function with the lazy function's declared signature, named
     /// after its id (as the module's own functions are).
     pub fn make_function(&self) -> ir::Function {
-        let signature = self.shared.names().funcs[self.id.as_u32() as usize].signature.clone();
+        let signature = self.shared.names().funcs[self.id.as_u32() as usize]
+            .signature
+            .clone();
         let name = ir::UserFuncName::user(0, self.id.as_u32());
         ir::Function::with_name_signature(name, signature)
     }
@@ -142,7 +146,13 @@ impl LazyBody {
         code.symbol = Some(self.symbol.clone());
         let (graph, _) = {
             let names = shared.names();
-            build_graph(&self.symbol, vec![code], Vec::new(), &names, &*shared.libcall_names)?
+            build_graph(
+                &self.symbol,
+                vec![code],
+                Vec::new(),
+                &names,
+                &*shared.libcall_names,
+            )?
         };
         Ok(shared.layer.graph_unit(&self.symbol, graph)?)
     }
@@ -154,7 +164,10 @@ impl MaterializationUnit for LazyBody {
     }
 
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        vec![(self.interned.clone(), SymbolFlags::EXPORTED | SymbolFlags::CALLABLE)]
+        vec![(
+            self.interned.clone(),
+            SymbolFlags::EXPORTED | SymbolFlags::CALLABLE,
+        )]
     }
 
     fn materialize(self: Box<Self>, r: Responsibility) {

@@ -161,7 +161,9 @@ impl KilnModule {
 
     /// The kiln JIT underneath (its session, dylibs, trackers).
     pub fn jit(&self) -> &Jit {
-        self.jit.as_ref().expect("the JIT lives until free_memory consumes the module")
+        self.jit
+            .as_ref()
+            .expect("the JIT lives until free_memory consumes the module")
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -170,7 +172,11 @@ impl KilnModule {
 
     fn note_function(&mut self, id: FuncId, linkage: Linkage) {
         let i = id.as_u32() as usize;
-        let mut names = self.shared.names.write().unwrap_or_else(PoisonError::into_inner);
+        let mut names = self
+            .shared
+            .names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if i < names.funcs.len() {
             names.funcs[i].linkage = linkage;
             return;
@@ -187,7 +193,11 @@ impl KilnModule {
 
     fn note_data(&mut self, id: DataId, linkage: Linkage) {
         let i = id.as_u32() as usize;
-        let mut names = self.shared.names.write().unwrap_or_else(PoisonError::into_inner);
+        let mut names = self
+            .shared
+            .names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if i < names.data.len() {
             names.data[i].linkage = linkage;
             return;
@@ -290,7 +300,10 @@ impl KilnModule {
         }
         let (bytes, size) = match &data.init {
             Init::Uninitialized => {
-                return Err(Error::Module(format!("{}: data not initialized", info.name)));
+                return Err(Error::Module(format!(
+                    "{}: data not initialized",
+                    info.name
+                )));
             }
             Init::Zeros { size } => (None, *size as u64),
             Init::Bytes { contents } => (Some(contents.to_vec()), contents.len() as u64),
@@ -331,7 +344,10 @@ pub(crate) fn compile_function(
     ctrl_plane: &mut ControlPlane,
     shared: &Shared,
 ) -> Result<FuncCode, Error> {
-    let detail = ctx.compile(isa, ctrl_plane).err().map(|e| format!("{:?}", e.inner));
+    let detail = ctx
+        .compile(isa, ctrl_plane)
+        .err()
+        .map(|e| format!("{:?}", e.inner));
     if let Some(detail) = detail {
         return Err(Error::Compile {
             function: shared
@@ -374,7 +390,10 @@ impl KilnModule {
     pub fn finalize_definitions(&mut self) -> Result<(), Error> {
         let (funcs, data) = {
             let mut state = self.state();
-            (std::mem::take(&mut state.funcs), std::mem::take(&mut state.data))
+            (
+                std::mem::take(&mut state.funcs),
+                std::mem::take(&mut state.data),
+            )
         };
         let mut batches: Vec<(Option<GroupId>, Vec<FuncCode>, Vec<DataCode>)> = Vec::new();
         fn batch(
@@ -452,7 +471,10 @@ impl KilnModule {
         let mut by_symbol: Vec<Option<SymbolName>> = vec![None; graph.symbols.len()];
         wanted.reserve(defined.len());
         for &(sym, what) in &defined {
-            let text = graph.symbols[sym.index()].name.as_deref().unwrap_or_default();
+            let text = graph.symbols[sym.index()]
+                .name
+                .as_deref()
+                .unwrap_or_default();
             let name = session.intern(text);
             by_symbol[sym.index()] = Some(name.clone());
             wanted.push((name, what));
@@ -467,9 +489,13 @@ impl KilnModule {
             }
             None => None,
         };
-        self.shared
-            .layer
-            .add_graph_named(jit.app(), tracker.as_ref(), &object, graph, by_symbol)?;
+        self.shared.layer.add_graph_named(
+            jit.app(),
+            tracker.as_ref(),
+            &object,
+            graph,
+            by_symbol,
+        )?;
         Ok(())
     }
 
@@ -492,7 +518,11 @@ impl KilnModule {
         match self.func_addrs.get(id.as_u32() as usize) {
             Some(Some(address)) => Ok(*address as usize as *const u8),
             _ => Err(Error::NotFinalized {
-                name: self.declarations.get_function_decl(id).linkage_name(id).into_owned(),
+                name: self
+                    .declarations
+                    .get_function_decl(id)
+                    .linkage_name(id)
+                    .into_owned(),
             }),
         }
     }
@@ -509,7 +539,11 @@ impl KilnModule {
             _ => panic!(
                 "{}",
                 Error::NotFinalized {
-                    name: self.declarations.get_data_decl(id).linkage_name(id).into_owned(),
+                    name: self
+                        .declarations
+                        .get_data_decl(id)
+                        .linkage_name(id)
+                        .into_owned(),
                 }
             ),
         }
@@ -644,7 +678,8 @@ impl KilnModule {
         let session = jit.session();
         let entry = session.intern(&self.shared.names().funcs[id.as_u32() as usize].name);
         let target = session.intern(&body);
-        let unit = crate::lazy::LazyBody::new(self.shared.clone(), id, body, target.clone(), compile);
+        let unit =
+            crate::lazy::LazyBody::new(self.shared.clone(), id, body, target.clone(), compile);
         let bodies = jit.bodies().ok_or(Error::Unsupported {
             what: "a JIT without lazy entries".into(),
         })?;
@@ -665,7 +700,10 @@ impl KilnModule {
     /// A fresh symbol for a body of `id`: `<name>.kiln.v<N>`.
     fn body_name(&self, id: FuncId) -> String {
         let n = self.shared.versions.fetch_add(1, Ordering::Relaxed);
-        format!("{}.kiln.v{n}", self.shared.names().funcs[id.as_u32() as usize].name)
+        format!(
+            "{}.kiln.v{n}",
+            self.shared.names().funcs[id.as_u32() as usize].name
+        )
     }
 
     /// Hot swap: compiles `func` as the new body of the lazy function `id`
@@ -677,7 +715,11 @@ impl KilnModule {
     pub fn replace_function(&self, id: FuncId, func: ir::Function) -> Result<(), Error> {
         let i = id.as_u32() as usize;
         if self.state().func_defs.get(i) != Some(&Def::Lazy) {
-            let name = self.declarations.get_function_decl(id).linkage_name(id).into_owned();
+            let name = self
+                .declarations
+                .get_function_decl(id)
+                .linkage_name(id)
+                .into_owned();
             return Err(Error::NotSwappable { function: name });
         }
         let jit = self.jit();
@@ -686,15 +728,31 @@ impl KilnModule {
         // The entry's stub exists once the entry is Ready.
         let app = SearchOrder::new().with(jit.app(), DylibLookup::ExportedOnly);
         session
-            .lookup(&app, &LookupSet::required([entry.clone()]), RequiredState::Ready)
+            .lookup(
+                &app,
+                &LookupSet::required([entry.clone()]),
+                RequiredState::Ready,
+            )
             .wait()?;
         let body = self.body_name(id);
         let mut ctx = cranelift_codegen::Context::for_function(func);
-        let mut code = compile_function(&*self.shared.isa, id, &mut ctx, &mut ControlPlane::default(), &self.shared)?;
+        let mut code = compile_function(
+            &*self.shared.isa,
+            id,
+            &mut ctx,
+            &mut ControlPlane::default(),
+            &self.shared,
+        )?;
         code.symbol = Some(body.clone());
         let (graph, _) = {
             let names = self.shared.names();
-            build_graph(&body, vec![code], Vec::new(), &names, &*self.shared.libcall_names)?
+            build_graph(
+                &body,
+                vec![code],
+                Vec::new(),
+                &names,
+                &*self.shared.libcall_names,
+            )?
         };
         let bodies = jit.bodies().ok_or(Error::Unsupported {
             what: "a JIT without lazy entries".into(),
@@ -703,7 +761,11 @@ impl KilnModule {
         let body = session.intern(&body);
         let order = SearchOrder::new().with(bodies, DylibLookup::All);
         let found = session
-            .lookup(&order, &LookupSet::required([body.clone()]), RequiredState::Ready)
+            .lookup(
+                &order,
+                &LookupSet::required([body.clone()]),
+                RequiredState::Ready,
+            )
             .wait()?;
         let address = found
             .get(&body)
@@ -733,7 +795,9 @@ impl Module for KilnModule {
         linkage: Linkage,
         signature: &ir::Signature,
     ) -> ModuleResult<FuncId> {
-        let (id, linkage) = self.declarations.declare_function(name, linkage, signature)?;
+        let (id, linkage) = self
+            .declarations
+            .declare_function(name, linkage, signature)?;
         self.note_function(id, linkage);
         Ok(id)
     }
@@ -751,7 +815,9 @@ impl Module for KilnModule {
         writable: bool,
         tls: bool,
     ) -> ModuleResult<DataId> {
-        let (id, linkage) = self.declarations.declare_data(name, linkage, writable, tls)?;
+        let (id, linkage) = self
+            .declarations
+            .declare_data(name, linkage, writable, tls)?;
         self.note_data(id, linkage);
         Ok(id)
     }

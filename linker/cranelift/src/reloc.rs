@@ -14,11 +14,11 @@ pub(crate) fn elf_r_type(reloc: Reloc) -> Option<u32> {
     // psABI Table 4.9 numbers; `kiln_arch::x86_64::reloc::reloc_info`
     // names each, and a test checks the names.
     Some(match reloc {
-        Reloc::Abs4 => 10,                                  // R_X86_64_32
-        Reloc::Abs8 => 1,                                   // R_X86_64_64
-        Reloc::X86PCRel4 => 2,                              // R_X86_64_PC32
-        Reloc::X86CallPCRel4 | Reloc::X86CallPLTRel4 => 4,  // R_X86_64_PLT32
-        Reloc::X86GOTPCRel4 => 9,                           // R_X86_64_GOTPCREL
+        Reloc::Abs4 => 10,                                 // R_X86_64_32
+        Reloc::Abs8 => 1,                                  // R_X86_64_64
+        Reloc::X86PCRel4 => 2,                             // R_X86_64_PC32
+        Reloc::X86CallPCRel4 | Reloc::X86CallPLTRel4 => 4, // R_X86_64_PLT32
+        Reloc::X86GOTPCRel4 => 9,                          // R_X86_64_GOTPCREL
         _ => return None,
     })
 }

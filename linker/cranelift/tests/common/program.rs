@@ -82,7 +82,11 @@ pub fn generate(n: usize, modules: usize, seed: u64) -> Program {
         }
         funcs.push(FuncSpec {
             name: format!("m{module}_f{i}"),
-            linkage: if i % 5 == 4 { Linkage::Local } else { Linkage::Export },
+            linkage: if i % 5 == 4 {
+                Linkage::Local
+            } else {
+                Linkage::Export
+            },
             mul: (rng.next() % 1000) as i64 - 500,
             add: (rng.next() % 100_000) as i64,
             callees,
@@ -124,18 +128,26 @@ pub fn declare<M: Module>(module: &mut M, p: &Program) -> Declared {
     let funcs = p
         .funcs
         .iter()
-        .map(|f| module.declare_function(&f.name, f.linkage, &sig).expect("declare"))
+        .map(|f| {
+            module
+                .declare_function(&f.name, f.linkage, &sig)
+                .expect("declare")
+        })
         .collect();
     let data = (0..p.data.len())
         .map(|k| {
             let name = format!("data_{k}");
-            module.declare_data(&name, Linkage::Export, false, false).expect("declare data")
+            module
+                .declare_data(&name, Linkage::Export, false, false)
+                .expect("declare data")
         })
         .collect();
     let tables = (0..p.tables.len())
         .map(|k| {
             let name = format!("table_{k}");
-            module.declare_data(&name, Linkage::Local, true, false).expect("declare table")
+            module
+                .declare_data(&name, Linkage::Local, true, false)
+                .expect("declare table")
         })
         .collect();
     let mut host_sig = module.make_signature();
@@ -166,7 +178,9 @@ pub fn define_data<M: Module>(module: &mut M, p: &Program, d: &Declared) {
         desc.set_align(8);
         let f = module.declare_func_in_data(d.funcs[target], &mut desc);
         desc.write_function_addr(0, f);
-        module.define_data(d.tables[k], &desc).expect("define table");
+        module
+            .define_data(d.tables[k], &desc)
+            .expect("define table");
     }
 }
 
@@ -188,7 +202,9 @@ pub fn build_function<M: Module>(
         .iter()
         .map(|&c| module.declare_func_in_func(d.funcs[c], &mut ctx.func))
         .collect();
-    let host = spec.host.then(|| module.declare_func_in_func(d.host, &mut ctx.func));
+    let host = spec
+        .host
+        .then(|| module.declare_func_in_func(d.host, &mut ctx.func));
     let data = module.declare_data_in_func(d.data[spec.data], &mut ctx.func);
     let table = spec
         .indirect
@@ -251,7 +267,9 @@ pub fn define_all<M: Module>(module: &mut M, p: &Program) -> Declared {
     let mut fctx = FunctionBuilderContext::new();
     for i in 0..p.funcs.len() {
         build_function(module, p, &d, i, &mut ctx, &mut fctx);
-        module.define_function(d.funcs[i], &mut ctx).expect("define");
+        module
+            .define_function(d.funcs[i], &mut ctx)
+            .expect("define");
     }
     d
 }
