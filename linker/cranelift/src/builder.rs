@@ -97,6 +97,13 @@ impl KilnBuilder {
         self.map_jit(|b| b.threads(n))
     }
 
+    /// Runs kiln's tasks on `dispatcher` instead of a worker pool (for
+    /// example `kiln_engine::InPlaceDispatcher`: everything on the thread
+    /// that asks).
+    pub fn dispatcher(&mut self, dispatcher: impl kiln_engine::Dispatcher) -> &mut Self {
+        self.map_jit(|b| b.dispatcher(dispatcher))
+    }
+
     /// Whether code may call the process's symbols and `-l` libraries
     /// (default on, as cranelift-jit's `dlsym` fallback).
     pub fn host_symbols(&mut self, yes: bool) -> &mut Self {

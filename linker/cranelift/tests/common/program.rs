@@ -41,6 +41,8 @@ pub struct Program {
     pub data: Vec<i64>,
     /// `table_k` holds the address of function `tables[k]`.
     pub tables: Vec<usize>,
+    /// The linkage of the `table_k` data objects.
+    pub table_linkage: Linkage,
 }
 
 /// A small deterministic generator (xorshift).
@@ -101,6 +103,7 @@ pub fn generate(n: usize, modules: usize, seed: u64) -> Program {
         funcs,
         data,
         tables,
+        table_linkage: Linkage::Local,
     }
 }
 
@@ -146,7 +149,7 @@ pub fn declare<M: Module>(module: &mut M, p: &Program) -> Declared {
         .map(|k| {
             let name = format!("table_{k}");
             module
-                .declare_data(&name, Linkage::Local, true, false)
+                .declare_data(&name, p.table_linkage, true, false)
                 .expect("declare table")
         })
         .collect();
@@ -174,7 +177,9 @@ pub fn define_data<M: Module>(module: &mut M, p: &Program, d: &Declared) {
     }
     for (k, &target) in p.tables.iter().enumerate() {
         let mut desc = DataDescription::new();
-        desc.define_zeroinit(8);
+        // Bytes, not zero-fill: cranelift-object puts zero-fill in `.bss`,
+        // where a relocation has no bytes to patch.
+        desc.define(vec![0u8; 8].into_boxed_slice());
         desc.set_align(8);
         let f = module.declare_func_in_data(d.funcs[target], &mut desc);
         desc.write_function_addr(0, f);
