@@ -459,9 +459,15 @@ mod tests {
     fn parses_w9_keys() {
         let o = Options::parse(["w9", "--n=1000", "--modules=100", "--backend=cranelift-jit"])
             .expect("valid");
-        assert_eq!((o.workload, o.n, o.modules), (Workload::W9, Some(1000), 100));
+        assert_eq!(
+            (o.workload, o.n, o.modules),
+            (Workload::W9, Some(1000), 100)
+        );
         assert_eq!(o.backend, W9Backend::CraneliftJit);
-        assert_eq!(Options::parse(["w9"]).expect("valid").backend, W9Backend::KilnCranelift);
+        assert_eq!(
+            Options::parse(["w9"]).expect("valid").backend,
+            W9Backend::KilnCranelift
+        );
     }
 
     #[test]
@@ -476,7 +482,10 @@ mod tests {
         let err = |args: &[&str]| Options::parse(args.iter().copied()).expect_err("must fail");
         assert!(matches!(err(&[]), UsageError::MissingWorkload));
         assert!(matches!(err(&["w10"]), UsageError::UnknownWorkload(w) if w == "w10"));
-        assert!(matches!(err(&["w9", "--backend=llvm"]), UsageError::Invalid(_)));
+        assert!(matches!(
+            err(&["w9", "--backend=llvm"]),
+            UsageError::Invalid(_)
+        ));
         assert!(matches!(err(&["w1", "--n"]), UsageError::Invalid(_)));
         assert!(matches!(err(&["w1", "n=3"]), UsageError::UnknownOption(a) if a == "n=3"));
         assert!(matches!(

@@ -178,7 +178,8 @@ impl W9 {
     pub fn rep(&self, p: &Prepared) -> Result<(Rep, i64), BenchError> {
         match self.backend {
             W9Backend::CraneliftJit => {
-                let mut b = cranelift_jit::JITBuilder::with_isa(p.isa.clone(), default_libcall_names());
+                let mut b =
+                    cranelift_jit::JITBuilder::with_isa(p.isa.clone(), default_libcall_names());
                 b.symbol("host_mix", program::host_mix as *const u8);
                 let module = cranelift_jit::JITModule::new(b);
                 let (rep, sum, module) = module_rep(module, p)?;
@@ -225,13 +226,21 @@ impl W9 {
                 .map_err(|e| engine("add_object", e))?;
         }
         let session = jit.session();
-        let names: Vec<_> = p.program.funcs.iter().map(|f| session.intern(&f.name)).collect();
+        let names: Vec<_> = p
+            .program
+            .funcs
+            .iter()
+            .map(|f| session.intern(&f.name))
+            .collect();
         let order = SearchOrder::new().with(jit.app(), DylibLookup::ExportedOnly);
         let found = session
             .lookup(&order, &LookupSet::required(names), RequiredState::Ready)
             .wait()
             .map_err(|e| engine("lookup", e))?;
-        let addresses: Vec<u64> = found.by_request().map(|(_, d)| d.map_or(0, |d| d.address)).collect();
+        let addresses: Vec<u64> = found
+            .by_request()
+            .map(|(_, d)| d.map_or(0, |d| d.address))
+            .collect();
         let main = start.elapsed();
         let main_cpu_s = cpu_seconds() - c0;
         // SAFETY: every address is Ready code of the generated signature.
@@ -264,7 +273,11 @@ fn module_rep<M: Module + Finalize>(
             .map_err(|e| engine("define_function_bytes", e))?;
     }
     module.finalize()?;
-    let addresses: Vec<u64> = d.funcs.iter().map(|&id| module.address(id) as u64).collect();
+    let addresses: Vec<u64> = d
+        .funcs
+        .iter()
+        .map(|&id| module.address(id) as u64)
+        .collect();
     black_box(&addresses);
     let main = start.elapsed();
     let main_cpu_s = cpu_seconds() - c0;
@@ -288,7 +301,8 @@ trait Finalize {
 
 impl Finalize for cranelift_jit::JITModule {
     fn finalize(&mut self) -> Result<(), BenchError> {
-        self.finalize_definitions().map_err(|e| engine("finalize_definitions", e))
+        self.finalize_definitions()
+            .map_err(|e| engine("finalize_definitions", e))
     }
     fn address(&self, id: FuncId) -> *const u8 {
         self.get_finalized_function(id)
@@ -297,7 +311,8 @@ impl Finalize for cranelift_jit::JITModule {
 
 impl Finalize for kiln_cranelift::KilnModule {
     fn finalize(&mut self) -> Result<(), BenchError> {
-        self.finalize_definitions().map_err(|e| engine("finalize_definitions", e))
+        self.finalize_definitions()
+            .map_err(|e| engine("finalize_definitions", e))
     }
     fn address(&self, id: FuncId) -> *const u8 {
         self.get_finalized_function(id)
@@ -371,17 +386,40 @@ fn declare_for_object(module: &mut ObjectModule, p: &Program, defines_data: bool
     let funcs = p
         .funcs
         .iter()
-        .map(|f| module.declare_function(&f.name, f.linkage, &sig).expect("declare"))
+        .map(|f| {
+            module
+                .declare_function(&f.name, f.linkage, &sig)
+                .expect("declare")
+        })
         .collect();
     let data = (0..p.data.len())
-        .map(|k| module.declare_data(&format!("data_{k}"), Linkage::Import, false, false).expect("declare"))
+        .map(|k| {
+            module
+                .declare_data(&format!("data_{k}"), Linkage::Import, false, false)
+                .expect("declare")
+        })
         .collect();
     let tables = (0..p.tables.len())
-        .map(|k| module.declare_data(&format!("table_{k}"), Linkage::Import, true, false).expect("declare"))
+        .map(|k| {
+            module
+                .declare_data(&format!("table_{k}"), Linkage::Import, true, false)
+                .expect("declare")
+        })
         .collect();
     let mut host_sig = module.make_signature();
-    host_sig.params.push(cranelift_codegen::ir::AbiParam::new(cranelift_codegen::ir::types::I64));
-    host_sig.returns.push(cranelift_codegen::ir::AbiParam::new(cranelift_codegen::ir::types::I64));
-    let host = module.declare_function("host_mix", Linkage::Import, &host_sig).expect("declare");
-    Declared { funcs, data, tables, host }
+    host_sig.params.push(cranelift_codegen::ir::AbiParam::new(
+        cranelift_codegen::ir::types::I64,
+    ));
+    host_sig.returns.push(cranelift_codegen::ir::AbiParam::new(
+        cranelift_codegen::ir::types::I64,
+    ));
+    let host = module
+        .declare_function("host_mix", Linkage::Import, &host_sig)
+        .expect("declare");
+    Declared {
+        funcs,
+        data,
+        tables,
+        host,
+    }
 }

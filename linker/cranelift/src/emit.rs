@@ -70,6 +70,29 @@ pub(crate) enum Defined {
     Data(DataId),
 }
 
+/// The graph's symbol for each declared function and data object met so
+/// far: a relocation finds its target by index, not by hashing its name.
+struct SymbolCache {
+    funcs: Vec<Option<SymbolId>>,
+    data: Vec<Option<SymbolId>>,
+}
+
+impl SymbolCache {
+    fn slot(&mut self, target: &ModuleRelocTarget) -> Option<&mut Option<SymbolId>> {
+        match *target {
+            ModuleRelocTarget::User {
+                namespace: 0,
+                index,
+            } => self.funcs.get_mut(index as usize),
+            ModuleRelocTarget::User {
+                namespace: 1,
+                index,
+            } => self.data.get_mut(index as usize),
+            _ => None,
+        }
+    }
+}
+
 /// Sections of the one object a batch becomes.
 struct Sections {
     obj: ObjectId,
@@ -103,20 +126,43 @@ pub(crate) fn build_graph(
         data_name: ".data".into(),
     };
     let mut defined = Vec::with_capacity(items);
+    let mut cache = SymbolCache {
+        funcs: vec![None; names.funcs.len()],
+        data: vec![None; names.data.len()],
+    };
     for f in funcs {
         let info = &names.funcs[f.id.as_u32() as usize];
         let symbol = f.symbol.as_deref().unwrap_or(&info.name);
         let own = (Some(f.id), symbol);
-        let edges = edges(&mut graph, obj, own, &f.relocs, names, libcall_names)?;
+        let edges = edges(
+            &mut graph,
+            obj,
+            own,
+            &f.relocs,
+            names,
+            libcall_names,
+            &mut cache,
+        )?;
         let size = f.bytes.len() as u64;
         let block = graph.add_block(block(s.text, &s, Content::Bytes(f.bytes), f.align, edges));
         let id = define(&mut graph, obj, symbol, block, size, true);
+        if f.symbol.is_none() {
+            cache.funcs[f.id.as_u32() as usize] = Some(id);
+        }
         defined.push((id, Defined::Func(f.id)));
     }
     for d in data {
         let info = &names.data[d.id.as_u32() as usize];
         let own = (None, info.name.as_str());
-        let edges = edges(&mut graph, obj, own, &d.relocs, names, libcall_names)?;
+        let edges = edges(
+            &mut graph,
+            obj,
+            own,
+            &d.relocs,
+            names,
+            libcall_names,
+            &mut cache,
+        )?;
         let (section, content) = match (d.bytes, d.writable) {
             (Some(bytes), true) => (s.data, Content::Bytes(bytes)),
             (Some(bytes), false) => (s.rodata, Content::Bytes(bytes)),
@@ -128,6 +174,7 @@ pub(crate) fn build_graph(
         };
         let block = graph.add_block(block(section, &s, content, d.align, edges));
         let id = define(&mut graph, obj, &info.name, block, d.size, false);
+        cache.data[d.id.as_u32() as usize] = Some(id);
         defined.push((id, Defined::Data(d.id)));
     }
     Ok((graph, defined))
@@ -197,6 +244,7 @@ fn edges(
     relocs: &[ModuleReloc],
     names: &Names,
     libcall_names: &dyn Fn(LibCall) -> String,
+    cache: &mut SymbolCache,
 ) -> Result<Vec<Edge>, Error> {
     let mut edges = Vec::with_capacity(relocs.len());
     for r in relocs {
@@ -207,10 +255,19 @@ fn edges(
         let r_type = elf_r_type(r.kind).ok_or_else(|| unsupported(r.kind))?;
         let info = reloc_info(r_type).ok_or_else(|| unsupported(r.kind))?;
         debug_assert_ne!(info.kind, EdgeKind::None);
-        let (target, extra) = target_name(own, &r.name, names, libcall_names)?;
-        let target = graph.global(&target, obj);
-        // A reference the link must resolve: a miss is an error, not 0.
-        graph.symbols[target.index()].weak_ref = false;
+        let (target, extra) = match cache.slot(&r.name).and_then(|s| *s) {
+            Some(id) => (id, 0),
+            None => {
+                let (name, extra) = target_name(own, &r.name, names, libcall_names)?;
+                let id = graph.global(&name, obj);
+                // A reference the link must resolve: a miss is an error, not 0.
+                graph.symbols[id.index()].weak_ref = false;
+                if let Some(slot) = cache.slot(&r.name) {
+                    *slot = Some(id);
+                }
+                (id, extra)
+            }
+        };
         edges.push(Edge {
             offset: r.offset,
             kind: info.kind,

@@ -17,7 +17,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
 /// An expression.
 #[derive(Debug, Clone)]
-pub enum Expr {
+pub(crate) enum Expr {
     Num(i64),
     Var(String),
     Bin(char, Box<Expr>, Box<Expr>),
@@ -27,16 +27,17 @@ pub enum Expr {
 
 /// `fn name(params) = body`.
 #[derive(Debug, Clone)]
-pub struct Def {
-    pub name: String,
-    pub params: Vec<String>,
-    pub body: Expr,
+pub(crate) struct Def {
+    pub(crate) name: String,
+    pub(crate) params: Vec<String>,
+    pub(crate) body: Expr,
 }
 
 /// The signature of a toy function of `arity` arguments.
-pub fn signature(call_conv: cranelift_codegen::isa::CallConv, arity: usize) -> ir::Signature {
+pub(crate) fn signature(call_conv: cranelift_codegen::isa::CallConv, arity: usize) -> ir::Signature {
     let mut sig = ir::Signature::new(call_conv);
-    sig.params.extend((0..arity).map(|_| AbiParam::new(types::I64)));
+    sig.params
+        .extend((0..arity).map(|_| AbiParam::new(types::I64)));
     sig.returns.push(AbiParam::new(types::I64));
     sig
 }
@@ -80,7 +81,11 @@ impl Parser {
         self.toks.get(self.at).map(String::as_str)
     }
     fn next(&mut self) -> Result<String, String> {
-        let t = self.toks.get(self.at).cloned().ok_or("unexpected end of input")?;
+        let t = self
+            .toks
+            .get(self.at)
+            .cloned()
+            .ok_or("unexpected end of input")?;
         self.at += 1;
         Ok(t)
     }
@@ -103,7 +108,11 @@ impl Parser {
         }
         self.expect(")")?;
         self.expect("=")?;
-        Ok(Def { name, params, body: self.expr()? })
+        Ok(Def {
+            name,
+            params,
+            body: self.expr()?,
+        })
     }
     fn expr(&mut self) -> Result<Expr, String> {
         if self.peek() == Some("if") {
@@ -168,8 +177,11 @@ impl Parser {
 }
 
 /// Parses every `fn` definition of `src`.
-pub fn parse_program(src: &str) -> Result<Vec<Def>, String> {
-    let mut p = Parser { toks: tokens(src), at: 0 };
+pub(crate) fn parse_program(src: &str) -> Result<Vec<Def>, String> {
+    let mut p = Parser {
+        toks: tokens(src),
+        at: 0,
+    };
     let mut defs = Vec::new();
     while p.peek().is_some() {
         defs.push(p.def()?);
@@ -178,8 +190,11 @@ pub fn parse_program(src: &str) -> Result<Vec<Def>, String> {
 }
 
 /// Parses one expression.
-pub fn parse_expr(src: &str) -> Result<Expr, String> {
-    let mut p = Parser { toks: tokens(src), at: 0 };
+pub(crate) fn parse_expr(src: &str) -> Result<Expr, String> {
+    let mut p = Parser {
+        toks: tokens(src),
+        at: 0,
+    };
     let e = p.expr()?;
     match p.peek() {
         None => Ok(e),
@@ -189,7 +204,7 @@ pub fn parse_expr(src: &str) -> Result<Expr, String> {
 
 /// Translates `def` into `func` (whose signature is set). `callee(name,
 /// arity, func)` declares a function to call in `func` (`print` included).
-pub fn translate(
+pub(crate) fn translate(
     def: &Def,
     func: &mut ir::Function,
     config: TargetFrontendConfig,
@@ -251,7 +266,9 @@ fn emit(
 ) -> Result<ir::Value, String> {
     Ok(match e {
         Expr::Num(n) => b.ins().iconst(types::I64, *n),
-        Expr::Var(v) => *vars.get(v).ok_or_else(|| format!("unknown variable `{v}`"))?,
+        Expr::Var(v) => *vars
+            .get(v)
+            .ok_or_else(|| format!("unknown variable `{v}`"))?,
         Expr::Bin(op, l, r) => {
             let (l, r) = (emit(l, b, vars, refs)?, emit(r, b, vars, refs)?);
             match op {
@@ -259,7 +276,11 @@ fn emit(
                 '-' => b.ins().isub(l, r),
                 '*' => b.ins().imul(l, r),
                 _ => {
-                    let cc = if *op == '<' { IntCC::SignedLessThan } else { IntCC::Equal };
+                    let cc = if *op == '<' {
+                        IntCC::SignedLessThan
+                    } else {
+                        IntCC::Equal
+                    };
                     let c = b.ins().icmp(cc, l, r);
                     b.ins().uextend(types::I64, c)
                 }
@@ -267,7 +288,8 @@ fn emit(
         }
         Expr::If(c, t, f) => {
             let c = emit(c, b, vars, refs)?;
-            let (then_block, else_block, join) = (b.create_block(), b.create_block(), b.create_block());
+            let (then_block, else_block, join) =
+                (b.create_block(), b.create_block(), b.create_block());
             b.append_block_param(join, types::I64);
             b.ins().brif(c, then_block, &[], else_block, &[]);
             b.switch_to_block(then_block);
