@@ -9,13 +9,13 @@ pub enum Error {
     /// Building the kiln JIT, linking or looking up failed (user error: a
     /// missing symbol; implementation limit: a relocation out of reach).
     #[error(transparent)]
-    Jit(#[from] kiln_linker::jit::JitError),
+    Jit(Box<kiln_linker::jit::JitError>),
     /// The engine refused or failed.
     #[error(transparent)]
-    Engine(#[from] kiln_engine::Error),
+    Engine(Box<kiln_engine::Error>),
     /// The linker refused the code.
     #[error(transparent)]
-    Link(#[from] kiln_linker::LinkError),
+    Link(Box<kiln_linker::LinkError>),
     /// Cranelift could not compile a function.
     #[error("compiling {function}: {detail}")]
     Compile {
@@ -79,5 +79,23 @@ impl From<Error> for ModuleError {
 impl From<ModuleError> for Error {
     fn from(e: ModuleError) -> Error {
         Error::Module(e.to_string())
+    }
+}
+
+impl From<kiln_linker::jit::JitError> for Error {
+    fn from(e: kiln_linker::jit::JitError) -> Error {
+        Error::Jit(Box::new(e))
+    }
+}
+
+impl From<kiln_engine::Error> for Error {
+    fn from(e: kiln_engine::Error) -> Error {
+        Error::Engine(Box::new(e))
+    }
+}
+
+impl From<kiln_linker::LinkError> for Error {
+    fn from(e: kiln_linker::LinkError) -> Error {
+        Error::Link(Box::new(e))
     }
 }

@@ -286,10 +286,8 @@ fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
     let keep_fn = unsafe { as_fn(module.get_finalized_function(keep)) };
     let first = module.get_finalized_function(ids[0]) as u64;
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { as_fn(module.get_finalized_function(ids[7])) }(10),
-        27
-    );
+    let f = unsafe { as_fn(module.get_finalized_function(ids[7])) };
+    assert_eq!(f(10), 27);
     assert!(mapped_executable(first));
     // Another thread keeps calling code outside the group meanwhile.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -313,10 +311,8 @@ fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
         "its symbols left the JIT"
     );
     // SAFETY: freeing twice is refused, not undefined.
-    assert!(matches!(
-        unsafe { module.free_group(group) },
-        Err(Error::NoGroup(_))
-    ));
+    let again = unsafe { module.free_group(group) };
+    assert!(matches!(again, Err(Error::NoGroup(_))));
     // The same ids get new bodies.
     let sig = sig_i64(&module);
     let config = module.target_config();
@@ -333,10 +329,8 @@ fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
         .unwrap();
     module.finalize_definitions().unwrap();
     // SAFETY: finalized `(i64) -> i64`.
-    assert_eq!(
-        unsafe { as_fn(module.get_finalized_function(ids[0])) }(5),
-        15
-    );
+    let f = unsafe { as_fn(module.get_finalized_function(ids[0])) };
+    assert_eq!(f(5), 15);
     stop.store(true, SeqCst);
     assert!(caller.join().unwrap() > 0);
     // SAFETY: no thread runs the module's code any more.
@@ -368,10 +362,8 @@ fn groups_made_and_freed_while_other_threads_call() {
         module.set_group(None);
         module.finalize_definitions().unwrap();
         // SAFETY: finalized `(i64) -> i64`.
-        assert_eq!(
-            unsafe { as_fn(module.get_finalized_function(id)) }(1),
-            1 + round
-        );
+        let f = unsafe { as_fn(module.get_finalized_function(id)) };
+        assert_eq!(f(1), 1 + round);
         // SAFETY: only this thread ran the group's code, and is done.
         unsafe { module.free_group(group) }.unwrap();
     }
@@ -425,10 +417,8 @@ fn many_threads_define_at_once() {
     module.finalize_definitions().unwrap();
     for (i, &id) in ids.iter().enumerate() {
         // SAFETY: finalized `(i64) -> i64`.
-        assert_eq!(
-            unsafe { as_fn(module.get_finalized_function(id)) }(1),
-            1 + i as i64
-        );
+        let f = unsafe { as_fn(module.get_finalized_function(id)) };
+        assert_eq!(f(1), 1 + i as i64);
     }
     let dup = function(
         config,

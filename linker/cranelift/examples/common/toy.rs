@@ -34,7 +34,10 @@ pub(crate) struct Def {
 }
 
 /// The signature of a toy function of `arity` arguments.
-pub(crate) fn signature(call_conv: cranelift_codegen::isa::CallConv, arity: usize) -> ir::Signature {
+pub(crate) fn signature(
+    call_conv: cranelift_codegen::isa::CallConv,
+    arity: usize,
+) -> ir::Signature {
     let mut sig = ir::Signature::new(call_conv);
     sig.params
         .extend((0..arity).map(|_| AbiParam::new(types::I64)));
