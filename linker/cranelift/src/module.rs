@@ -647,9 +647,11 @@ impl KilnModule {
     /// once, however many threads call it first at once; they all wait for
     /// it, then run it. `compile` runs on one of kiln's threads with a
     /// [`crate::LazyContext`] to declare callees with; its IR is compiled
-    /// for the module's target. If it fails, the call fails as a lazy
-    /// entry whose body cannot be linked does in kiln (reported, then the
-    /// process aborts).
+    /// for the module's target. If it fails, the call fails as any kiln
+    /// lazy entry whose body cannot be linked: the error (with the
+    /// callback's as its root cause) is reported on stderr and the process
+    /// exits with status 70, unless the host set a failure handler on
+    /// `module.jit().lazy_reexports()` (`LazyReexports::set_failure_handler`).
     ///
     /// A lazy function can be replaced while it runs
     /// ([`KilnModule::replace_function`]).
