@@ -503,3 +503,43 @@ fn a_failing_lazy_callback_fails_only_that_function() {
         .unwrap_err();
     assert!(format!("{err}").contains("no source for bad"), "{err}");
 }
+
+#[test]
+fn lazy_bodies_and_replacements_link_as_pic_code() {
+    let mut module = common::kiln(true);
+    let helper = define_affine(&mut module, "pic_helper", 2, 1);
+    let sig = sig_i64(&module);
+    let config = module.target_config();
+    let lazy_sig = sig.clone();
+    let id = module
+        .declare_lazy_function("pic_lazy", Linkage::Export, &sig, move |cx| {
+            let id = cx.func_id();
+            let declare = |c, f: &mut _| cx.declare_func_in_func(c, f);
+            Ok(function(
+                config,
+                lazy_sig,
+                id,
+                &[helper],
+                declare,
+                |b, x, refs| {
+                    let call = b.ins().call(refs[0], &[x]);
+                    b.inst_results(call)[0]
+                },
+            ))
+        })
+        .unwrap();
+    module.finalize_definitions().unwrap();
+    // SAFETY: finalized `(i64) -> i64`; old bodies stay mapped.
+    let f = unsafe { as_fn(module.get_finalized_function(id)) };
+    assert_eq!(f(10), 21);
+    let helper_ref = |c, g: &mut _| module.declare_func_in_func(c, g);
+    let func = function(config, sig, id, &[helper], helper_ref, |b, x, refs| {
+        let call = b.ins().call(refs[0], &[x]);
+        let y = b.inst_results(call)[0];
+        b.ins().iadd_imm_s(y, 100)
+    });
+    module.replace_function(id, func).unwrap();
+    assert_eq!(f(10), 121);
+    // SAFETY: no thread runs the module's code any more.
+    unsafe { module.free_memory() };
+}
