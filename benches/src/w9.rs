@@ -20,10 +20,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use cranelift_codegen::ir::{AbiParam, types};
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;
-use cranelift_module::{FuncId, Linkage, Module, ModuleReloc, default_libcall_names};
+use cranelift_module::{
+    FuncId, Linkage, Module, ModuleReloc, ModuleRelocTarget, default_libcall_names,
+};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
 
@@ -342,8 +345,10 @@ fn object_module(isa: &OwnedTargetIsa, name: &str) -> Result<ObjectModule, Bench
     Ok(ObjectModule::new(builder))
 }
 
-/// Module `k`'s object: its functions (`i % modules == k`) defined, the
-/// others imported; the data defined in module 0.
+/// Module `k`'s object as a cranelift-object user writes it: its functions
+/// (`i % modules == k`) defined, only what they use declared (imported);
+/// the data defined in module 0. Ids differ from the compiling module's, so
+/// the relocations are renumbered.
 fn emit_object(
     isa: &OwnedTargetIsa,
     p: &Program,
@@ -351,23 +356,72 @@ fn emit_object(
     k: usize,
     modules: usize,
 ) -> Result<Vec<u8>, BenchError> {
-    let mut module = object_module(isa, &format!("module{k}"))?;
-    let mut local = p.clone();
-    for (i, f) in local.funcs.iter_mut().enumerate() {
-        if i % modules != k {
-            f.linkage = Linkage::Import;
+    let n = p.funcs.len();
+    let (ndata, ntables) = (p.data.len(), p.tables.len());
+    let own: Vec<usize> = (k..n).step_by(modules).collect();
+    // Old function ids 0..n are the program's, n is `host_mix`; old data
+    // ids 0..ndata are `data_k`, then the tables.
+    let mut funcs = vec![false; n + 1];
+    let mut data = vec![k == 0; ndata + ntables];
+    for &i in &own {
+        funcs[i] = true;
+        let spec = &p.funcs[i];
+        spec.callees.iter().for_each(|&c| funcs[c] = true);
+        funcs[n] |= spec.host;
+        data[spec.data] = true;
+        if let Some(t) = spec.indirect {
+            data[ndata + t] = true;
         }
     }
-    if k != 0 {
-        local.table_linkage = Linkage::Import;
-    }
-    let d = declare_for_object(&mut module, &local, k == 0);
     if k == 0 {
-        program::define_data(&mut module, &local, &d);
+        p.tables.iter().for_each(|&t| funcs[t] = true);
     }
-    for (i, c) in code.iter().enumerate().filter(|(i, _)| i % modules == k) {
+    let mut module = object_module(isa, &format!("module{k}"))?;
+    let sig = program::signature(&module);
+    let mut host_sig = module.make_signature();
+    host_sig.params.push(AbiParam::new(types::I64));
+    host_sig.returns.push(AbiParam::new(types::I64));
+    let mut func_map = vec![None; n + 1];
+    for old in (0..=n).filter(|&i| funcs[i]) {
+        let (name, linkage, sig) = match p.funcs.get(old) {
+            Some(f) if old % modules == k => (f.name.as_str(), Linkage::Export, &sig),
+            Some(f) => (f.name.as_str(), Linkage::Import, &sig),
+            None => ("host_mix", Linkage::Import, &host_sig),
+        };
+        let id = module
+            .declare_function(name, linkage, sig)
+            .map_err(|e| engine("declare", e))?;
+        func_map[old] = Some(id);
+    }
+    let mut data_map = vec![None; ndata + ntables];
+    for old in (0..ndata + ntables).filter(|&i| data[i]) {
+        let (name, writable) = match old.checked_sub(ndata) {
+            None => (format!("data_{old}"), false),
+            Some(t) => (format!("table_{t}"), true),
+        };
+        let linkage = if k == 0 {
+            Linkage::Export
+        } else {
+            Linkage::Import
+        };
+        let id = module
+            .declare_data(&name, linkage, writable, false)
+            .map_err(|e| engine("declare", e))?;
+        data_map[old] = Some(id);
+    }
+    if k == 0 {
+        define_object_data(&mut module, p, &func_map, &data_map)?;
+    }
+    for &i in &own {
+        let c = &code[i];
+        let relocs: Vec<ModuleReloc> = c
+            .relocs
+            .iter()
+            .map(|r| renumber(r, &func_map, &data_map))
+            .collect::<Result<_, _>>()?;
+        let id = func_map[i].ok_or_else(|| engine("emit", "own function not declared"))?;
         module
-            .define_function_bytes(d.funcs[i], c.align, &c.bytes, &c.relocs)
+            .define_function_bytes(id, c.align, &c.bytes, &relocs)
             .map_err(|e| engine("cranelift-object", e))?;
     }
     module
@@ -376,50 +430,82 @@ fn emit_object(
         .map_err(|e| engine("emitting an object", e))
 }
 
-/// [`program::declare`] with the data imported unless `defines_data`
-/// (same order, so the ids match the compiled relocations).
-fn declare_for_object(module: &mut ObjectModule, p: &Program, defines_data: bool) -> Declared {
-    if defines_data {
-        return program::declare(module, p);
+/// The program's data in module 0's object (ids through the maps).
+fn define_object_data(
+    module: &mut ObjectModule,
+    p: &Program,
+    func_map: &[Option<FuncId>],
+    data_map: &[Option<cranelift_module::DataId>],
+) -> Result<(), BenchError> {
+    let missing = || engine("emit", "data not declared");
+    for (k, value) in p.data.iter().enumerate() {
+        let mut desc = cranelift_module::DataDescription::new();
+        desc.define(value.to_le_bytes().to_vec().into_boxed_slice());
+        desc.set_align(8);
+        let id = data_map[k].ok_or_else(missing)?;
+        module
+            .define_data(id, &desc)
+            .map_err(|e| engine("define_data", e))?;
     }
-    let sig = program::signature(module);
-    let funcs = p
-        .funcs
-        .iter()
-        .map(|f| {
-            module
-                .declare_function(&f.name, f.linkage, &sig)
-                .expect("declare")
-        })
-        .collect();
-    let data = (0..p.data.len())
-        .map(|k| {
-            module
-                .declare_data(&format!("data_{k}"), Linkage::Import, false, false)
-                .expect("declare")
-        })
-        .collect();
-    let tables = (0..p.tables.len())
-        .map(|k| {
-            module
-                .declare_data(&format!("table_{k}"), Linkage::Import, true, false)
-                .expect("declare")
-        })
-        .collect();
-    let mut host_sig = module.make_signature();
-    host_sig.params.push(cranelift_codegen::ir::AbiParam::new(
-        cranelift_codegen::ir::types::I64,
-    ));
-    host_sig.returns.push(cranelift_codegen::ir::AbiParam::new(
-        cranelift_codegen::ir::types::I64,
-    ));
-    let host = module
-        .declare_function("host_mix", Linkage::Import, &host_sig)
-        .expect("declare");
-    Declared {
-        funcs,
-        data,
-        tables,
-        host,
+    for (t, &target) in p.tables.iter().enumerate() {
+        let mut desc = cranelift_module::DataDescription::new();
+        desc.define(vec![0u8; 8].into_boxed_slice());
+        desc.set_align(8);
+        let f = func_map[target].ok_or_else(missing)?;
+        let f = module.declare_func_in_data(f, &mut desc);
+        desc.write_function_addr(0, f);
+        let id = data_map[p.data.len() + t].ok_or_else(missing)?;
+        module
+            .define_data(id, &desc)
+            .map_err(|e| engine("define_data", e))?;
     }
+    Ok(())
+}
+
+/// `r` with its target's id in the object's module.
+fn renumber(
+    r: &ModuleReloc,
+    func_map: &[Option<FuncId>],
+    data_map: &[Option<cranelift_module::DataId>],
+) -> Result<ModuleReloc, BenchError> {
+    let missing = || engine("emit", format!("{} not declared in the object", r.name));
+    let name = match r.name {
+        ModuleRelocTarget::User {
+            namespace: 0,
+            index,
+        } => {
+            let id = func_map
+                .get(index as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(missing)?;
+            ModuleRelocTarget::user(0, id.as_u32())
+        }
+        ModuleRelocTarget::User {
+            namespace: 1,
+            index,
+        } => {
+            let id = data_map
+                .get(index as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(missing)?;
+            ModuleRelocTarget::user(1, id.as_u32())
+        }
+        ModuleRelocTarget::FunctionOffset(f, off) => {
+            let id = func_map
+                .get(f.as_u32() as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(missing)?;
+            ModuleRelocTarget::FunctionOffset(id, off)
+        }
+        ref other => other.clone(),
+    };
+    Ok(ModuleReloc {
+        offset: r.offset,
+        kind: r.kind,
+        name,
+        addend: r.addend,
+    })
 }
