@@ -254,18 +254,42 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
     let mut inputs = Vec::with_capacity(args.inputs.len());
     let mut images = Vec::new();
     for path in &args.inputs {
-        if kiln_linker::image_file::is_image_file(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        {
-            images.push(ImageFile::open(path).map_err(|e| e.to_string())?);
-        } else {
-            inputs.push(Input {
+        match open_input(path)? {
+            Opened::Image(file) => {
+                images.push(ImageFile::from_file(path, file).map_err(|e| e.to_string())?);
+            }
+            Opened::Bytes(bytes) => inputs.push(Input {
                 name: path.display().to_string(),
-                bytes: read_input(path)?,
-            });
+                bytes,
+            }),
         }
     }
     link_and_run(&args, inputs, images, false)
+}
+
+/// An input file: an image (still open, to be mapped) or the bytes of
+/// anything else.
+enum Opened {
+    Image(std::fs::File),
+    Bytes(Vec<u8>),
+}
+
+/// Opens `path` once: its first bytes tell an image, which is left to be
+/// mapped; anything else is read whole.
+fn open_input(path: &std::path::Path) -> Result<Opened, String> {
+    use std::io::Read as _;
+    let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(kiln_linker::image_file::IMAGE_MAGIC_END as u64)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if kiln_linker::image_file::is_image(&bytes) {
+        return Ok(Opened::Image(file));
+    }
+    file.read_to_end(&mut bytes).map_err(err)?;
+    Ok(Opened::Bytes(bytes))
 }
 
 fn read_input(path: &std::path::Path) -> Result<Vec<u8>, String> {

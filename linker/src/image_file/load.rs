@@ -397,14 +397,23 @@ impl ImageFile {
     /// Opens and maps the image file at `path` and checks it as the loader
     /// does (header, content hash, tables). Errors name `path`.
     pub fn open(path: &std::path::Path) -> Result<ImageFile, ImageError> {
-        let name = path.display().to_string();
-        let io = |what, source| ImageError::Io {
-            name: name.clone(),
-            what,
+        let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
+            name: path.display().to_string(),
+            what: "open",
             source,
-        };
-        let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
-        let view = FileView::new(&file).map_err(|e| io("map", e))?;
+        })?;
+        ImageFile::from_file(path, file)
+    }
+
+    /// [`ImageFile::open`] of `file`, already open (at any position),
+    /// called `path` in errors.
+    pub fn from_file(path: &std::path::Path, file: std::fs::File) -> Result<ImageFile, ImageError> {
+        let name = path.display().to_string();
+        let view = FileView::new(&file).map_err(|source| ImageError::Io {
+            name: name.clone(),
+            what: "map",
+            source,
+        })?;
         read::parse(&name, view.bytes())?;
         Ok(ImageFile { name, view, file })
     }
@@ -434,21 +443,8 @@ impl std::fmt::Debug for ImageFile {
     }
 }
 
-/// Whether the file at `path` starts as an image file does ([`super::is_image`]),
-/// reading only its first bytes.
-pub fn is_image_file(path: &std::path::Path) -> std::io::Result<bool> {
-    use std::io::Read as _;
-    let mut head = [0u8; super::format::HEADER_AT + super::MAGIC.len()];
-    let mut file = std::fs::File::open(path)?;
-    let mut got = 0;
-    while got < head.len() {
-        match file.read(&mut head[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(super::is_image(&head[..got]))
-}
+/// How many bytes [`super::is_image`] needs to tell an image file.
+pub const IMAGE_MAGIC_END: usize = super::format::HEADER_AT + super::MAGIC.len();
 
 /// A read-only private mapping of a whole file, unmapped on drop.
 struct FileView {
