@@ -452,8 +452,8 @@ crate::sync::thread_local_const! {
 /// effects another wait may need. No engine lock is held.
 pub(crate) fn run_pending_effects() {
     loop {
-        let next = PENDING_EFFECTS.with(|pending| pending.borrow_mut().pop_front());
-        let Some((core, effect)) = next else {
+        let next = PENDING_EFFECTS.try_with(|pending| pending.borrow_mut().pop_front());
+        let Ok(Some((core, effect))) = next else {
             return;
         };
         core.run_effect(effect);
@@ -592,10 +592,18 @@ impl SessionCore {
                 self.drain(state, effects);
             }
         }
-        PENDING_EFFECTS.with(|pending| {
+        let queued = PENDING_EFFECTS.try_with(|pending| {
             let mut pending = pending.borrow_mut();
             pending.extend(effects.drain(..).map(|effect| (self.clone(), effect)));
         });
+        if queued.is_err() {
+            // This thread's locals are gone (`exit()` runs `atexit`
+            // handlers after them): nothing can be owed, run them here.
+            for effect in effects.drain(..) {
+                self.run_effect(effect);
+            }
+            return;
+        }
         run_pending_effects();
     }
 

@@ -1,7 +1,8 @@
 //! `/tmp/perf-PID.map` (the format perf reads for JIT'd code: one line per
 //! symbol, `START SIZE NAME`, hexadecimal without `0x`).
 //!
-//! The file is opened once per process with `O_APPEND`. An image's lines are
+//! The file is opened once per process with `O_APPEND` (a map left by an
+//! earlier process with the same PID is removed first). An image's lines are
 //! formatted into one buffer and appended with one `write(2)`, which appends
 //! all of it at the end of the file atomically with respect to other
 //! appends: lines of concurrent links never interleave.
@@ -22,6 +23,10 @@ pub(crate) fn open() -> Result<&'static File, DebugError> {
     static FILE: OnceLock<Result<File, (String, std::io::ErrorKind, String)>> = OnceLock::new();
     let path = path();
     let opened = FILE.get_or_init(|| {
+        if left_by_an_earlier_process(&path) {
+            // PIDs are reused: its lines would name our addresses wrongly.
+            let _ = std::fs::remove_file(&path);
+        }
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -33,6 +38,43 @@ pub(crate) fn open() -> Result<&'static File, DebugError> {
         path: path.clone(),
         source: std::io::Error::new(*kind, msg.clone()),
     })
+}
+
+/// Whether the map at `path` was last written before this process started
+/// (by an earlier process with the same PID). Another JIT of this process
+/// may have written it since, so a map written after the start is kept.
+fn left_by_an_earlier_process(path: &str) -> bool {
+    let Ok(written) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+        return false;
+    };
+    process_start().is_some_and(|start| written + std::time::Duration::from_secs(1) < start)
+}
+
+/// When this process started: the boot time (`btime` of `/proc/stat`) plus
+/// the start time in clock ticks (field 22 of `/proc/self/stat`).
+fn process_start() -> Option<std::time::SystemTime> {
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
+    let since_boot = std::time::Duration::from_millis(ticks * 1000 / hz);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(boot) + since_boot)
 }
 
 /// Appends one line per code symbol of `symbols` (with a size), in one write.
@@ -85,5 +127,29 @@ mod tests {
             super::push_hex(&mut out, v);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{v:x}"));
         }
+    }
+
+    /// A map written before this process started is an earlier process's
+    /// (same PID, reused); one written since is kept.
+    #[test]
+    fn maps_older_than_the_process_are_stale() {
+        let start = super::process_start().expect("process start");
+        let now = std::time::SystemTime::now();
+        assert!(start <= now && now.duration_since(start).unwrap().as_secs() < 3600);
+        let dir = std::env::temp_dir().join(format!("kiln-perf-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("perf-1.map");
+        let file = std::fs::File::create(&path).unwrap();
+        let path = path.to_str().unwrap();
+        assert!(!super::left_by_an_earlier_process(path), "written now");
+        file.set_modified(start - std::time::Duration::from_secs(60))
+            .unwrap();
+        assert!(
+            super::left_by_an_earlier_process(path),
+            "written before the start"
+        );
+        assert!(!super::left_by_an_earlier_process(&format!(
+            "{path}.missing"
+        )));
     }
 }
