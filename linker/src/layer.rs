@@ -348,7 +348,11 @@ impl ObjectLayer {
             && graph.blocks.iter().map(|b| b.edges.len()).sum::<usize>()
                 >= options.parallel_threshold;
         let input = if early {
-            UnitInput::Early(EarlyPrepare::start(graph, self.below_2gib()))
+            UnitInput::Early(EarlyPrepare::start(
+                graph,
+                self.below_2gib(),
+                options.imaging,
+            ))
         } else {
             UnitInput::Graph(Box::new(graph))
         };
@@ -828,6 +832,8 @@ struct EarlyPrepare {
     state: Mutex<EarlyState>,
     /// Placement asked for when it was started.
     below_2gib: bool,
+    /// Imaging mode ([`LinkOptions::imaging`]).
+    imaging: bool,
     done: std::sync::Condvar,
 }
 
@@ -843,14 +849,14 @@ enum EarlyState {
 }
 
 /// The graph passes that need nothing from the engine (for a unit without
-/// weak definitions: every definition is its own).
-fn prepare(graph: LinkGraph, below_2gib: bool) -> Result<Prepared, LinkError> {
-    passes::prepare(graph, &Roots::All, false, below_2gib)
+/// weak definitions: every definition is its own): the pipeline's steps 1–8.
+fn prepare(graph: LinkGraph, below_2gib: bool, imaging: bool) -> Result<Prepared, LinkError> {
+    passes::prepare(graph, &Roots::All, imaging, below_2gib)
 }
 
 impl EarlyPrepare {
     /// Starts preparing `graph` on rayon.
-    fn start(graph: LinkGraph, below_2gib: bool) -> Arc<EarlyPrepare> {
+    fn start(graph: LinkGraph, below_2gib: bool, imaging: bool) -> Arc<EarlyPrepare> {
         // For the error of a panic (a bug): the objects it is about.
         let objects = graph
             .objects
@@ -861,6 +867,7 @@ impl EarlyPrepare {
         let early = Arc::new(EarlyPrepare {
             state: Mutex::new(EarlyState::Pending(Box::new(graph))),
             below_2gib,
+            imaging,
             done: std::sync::Condvar::new(),
         });
         let job = early.clone();
@@ -878,7 +885,7 @@ impl EarlyPrepare {
             // A panic (a bug) fails this image's link, as it would on the
             // engine's worker, instead of aborting the process from rayon.
             let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                prepare(graph, job.below_2gib)
+                prepare(graph, job.below_2gib, job.imaging)
             }))
             .unwrap_or_else(|panic| {
                 let what = panic
@@ -906,7 +913,7 @@ impl EarlyPrepare {
             match std::mem::replace(&mut *state, EarlyState::Taken) {
                 EarlyState::Pending(graph) => {
                     drop(state);
-                    return prepare(*graph, self.below_2gib);
+                    return prepare(*graph, self.below_2gib, self.imaging);
                 }
                 EarlyState::Running => {
                     *state = EarlyState::Running;
@@ -1224,13 +1231,23 @@ fn link(
     );
     track_image(layer, r, image, times, &stats)?;
 
-    // (d) Emit: the image's symbols as one group, depending on the external
-    // symbols it references, each in the dylib it was found in. References
-    // inside the image need no edges — it is emitted in one call, so its
-    // symbols (cycles included) become Ready together — which keeps the
-    // graph to `symbols + externals` edges however the code is sectioned.
-    // (Coarser than per block: a symbol may wait for an external that only
-    // another part of its image uses. It is never Ready early.)
+    // (d) Emit (by the caller, after this returns).
+    let groups = dependence_groups(&order, &found, defs);
+    Ok((groups, graph))
+}
+
+/// The image's symbols (`defs`) as one group, depending on the external
+/// symbols it references (`found` in `order`), each in the dylib it was
+/// found in. References inside the image need no edges — it is emitted in
+/// one call, so its symbols (cycles included) become Ready together — which
+/// keeps the graph to `symbols + externals` edges however the code is
+/// sectioned. (Coarser than per block: a symbol may wait for an external
+/// that only another part of its image uses. It is never Ready early.)
+fn dependence_groups(
+    order: &kiln_engine::SearchOrder,
+    found: &kiln_engine::SymbolMap,
+    defs: Vec<(SymbolName, SymbolDef)>,
+) -> Vec<DependenceGroup> {
     let entries = order.entries();
     let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
     for (name, _, source) in found.iter_with_source() {
@@ -1240,13 +1257,10 @@ fn link(
             None => per_dylib.push((dylib.clone(), vec![name.clone()])),
         }
     }
-    Ok((
-        vec![DependenceGroup::new(
-            defs.into_iter().map(|(name, _)| name),
-            per_dylib,
-        )],
-        graph,
-    ))
+    vec![DependenceGroup::new(
+        defs.into_iter().map(|(name, _)| name),
+        per_dylib,
+    )]
 }
 
 /// Defines host symbols on demand: kiln's runtime overrides first, then the
