@@ -1,5 +1,5 @@
 //! The linker's pass pipeline: one pass a file, run in order by one
-//! sequencer, [`run`] (with [`prepare`] and [`place`], the steps that need
+//! sequencer, `run` (with `prepare` and `place`, the steps that need
 //! nothing from outside the graph).
 //!
 //! | step | pass | file |
@@ -7,7 +7,7 @@
 //! | 1 | report every duplicate strong definition at once | `duplicates.rs` |
 //! | 2 | COMMON symbols become zero-filled blocks | `commons.rs` |
 //! | 3 | prune what nothing live reaches (FDEs go with their code) | `prune.rs` |
-//! | 4 | imaging mode: refuse what an image cannot express | [`crate::image_file::classify`] |
+//! | 4 | imaging mode: refuse what an image cannot express | `image_file/classify.rs` |
 //! | 5 | GOT entries and PLT stubs live code asks for | `got_plt.rs` |
 //! | 6 | host symbols out of 32-bit reach: copies and stubs | `reach.rs` |
 //! | 7 | layout: RX, R, RW; TLS apart | `layout.rs` |
@@ -19,10 +19,10 @@
 //!
 //! Both users run this sequence: the convenient [`crate::Linker`] through
 //! [`link_graph`], the engine's object layer ([`crate::layer`]) through
-//! [`run`] with a [`LinkHost`] that reports the image's own symbols to the
+//! `run` with a `LinkHost` that reports the image's own symbols to the
 //! engine and looks externals up through its session. The layer may run
-//! steps 1–8 early, on a rayon thread ([`prepare`], what [`run`] does
-//! first for a [`Start::Graph`]), and then hands [`run`] the result.
+//! steps 1–8 early, on a rayon thread (`prepare`, what `run` does
+//! first for a `Start::Graph`), and then hands `run` the result.
 //!
 //! Everything x86-64-specific the passes use is in `x86_64.rs`, the seam
 //! where `kiln-arch`'s relocation trait takes over next.

@@ -66,7 +66,7 @@ impl Prepared {
     /// linker-made symbol gets its final address. The image is placed below
     /// 2 GiB when its own code needs it (non-PIE: 32-bit absolute
     /// addresses), near the host's libraries otherwise. (Steps 5–8 of the
-    /// pipeline, [`super::place`]; the graph must be pruned.)
+    /// pipeline, `passes::place`; the graph must be pruned.)
     pub fn new(graph: LinkGraph) -> Result<Prepared, LinkError> {
         Self::new_placed(graph, false)
     }
@@ -81,7 +81,7 @@ impl Prepared {
     }
 
     /// Phase (c), once every external is resolved: fixup and finalize
-    /// (the last steps of the pipeline, [`super::fix_up_and_finalize`]).
+    /// (the last steps of the pipeline, `passes::fix_up_and_finalize`).
     pub fn finalize(self, env: &ImageEnv, options: &LinkOptions) -> Result<Finalized, LinkError> {
         Ok(super::fix_up_and_finalize(self, env, options)?.0)
     }
