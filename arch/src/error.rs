@@ -57,6 +57,15 @@ pub enum FixupError {
         /// Raw ELF `r_type`.
         r_type: u32,
     },
+    /// The ISA has no such template (usage error: e.g. a veneer on x86-64,
+    /// whose rel32 calls need none; see `RelocArch::VENEER`).
+    #[error("{isa}: no {what} template")]
+    NoTemplate {
+        /// ISA name.
+        isa: &'static str,
+        /// The template asked for.
+        what: &'static str,
+    },
     /// The host cannot run this code (implementation limit: e.g. no XSAVE on an x86-64 host).
     #[error("{what}: not supported on this host ({detail})")]
     HostUnsupported {

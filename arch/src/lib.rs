@@ -14,7 +14,19 @@
 //!   `global_asm!` ([`x86_64::reentry_asm_entry`]); on aarch64 it is
 //!   generated code ([`Aarch64::write_reentry_entry`]).
 //! - [`x86_64`], [`aarch64`]: one folder per ISA, each with its relocation
-//!   table keyed by raw ELF `r_type` (`reloc`) and its templates.
+//!   table keyed by raw ELF `r_type` (`reloc`), which [`RelocArch`] wraps,
+//!   and its templates.
+//! - [`RelocArch`] (a sibling of [`Arch`], same two types): the relocation
+//!   side a linker's generic passes use. [`RelocArch::edge`] decodes a raw
+//!   `r_type` into a `&'static` [`EdgeDesc`] (name, width, PC-relative,
+//!   [`EdgeTarget`]: symbol, branch that may need a stub, GOT entry, IE slot,
+//!   TLS descriptor, TP offset…; GOT base; relaxable), [`RelocArch::apply`]
+//!   applies it from psABI [`FixupValues`] (`P`, `S`/`G`/`L`/TLS offset, `A`,
+//!   `GOT`, `Z`) with range errors, [`RelocArch::relax`] rewrites a GOT
+//!   access into a direct one ([`Relaxation`]), [`RelocArch::fill_code`]
+//!   pads code with trapping bytes, and [`RelocArch::BRANCH_RANGE`] /
+//!   [`RelocArch::VENEER`] / [`RelocArch::write_veneer`] extend calls out of
+//!   reach (aarch64: `adrp x16; add x16; br x16`; x86-64 needs none).
 //! - [`FixupError`]: why a fixup or template write failed, never a panic.
 //!
 //! # Lazy call path
@@ -23,6 +35,22 @@
 //! reentry entry (save args + vector state) ─► resolver ─► ReentryHandler
 //!        ◄── impl address (handler also redirects slot → impl) ──
 //! reentry entry (restore) ─► impl, returning straight to the caller
+//! ```
+//!
+//! # Linking generically
+//! ```
+//! use kiln_arch::{Aarch64, FixupValues, RelocArch};
+//!
+//! // bl <target>, relocated by R_AARCH64_CALL26 (283).
+//! let edge = Aarch64::edge(283).expect("supported");
+//! assert!(edge.target.may_need_stub() && edge.pc_relative);
+//! let mut code = 0x9400_0000u32.to_le_bytes();
+//! let v = FixupValues { place: 0x1000, target: 0x2000, addend: 0, got: 0, size: 0 };
+//! Aarch64::apply(edge, &mut code, 0, &v)?;
+//! assert_eq!(u32::from_le_bytes(code), 0x9400_0400); // bl #+0x1000
+//! // Out of ±128 MiB: the linker must route the call through a veneer.
+//! assert!(!Aarch64::branch_reaches(0x1000, 0x1000 + (1 << 27)));
+//! # Ok::<(), kiln_arch::FixupError>(())
 //! ```
 //!
 //! # Example
@@ -40,6 +68,7 @@
 //! ```
 
 pub mod aarch64;
+mod edge;
 mod error;
 mod reentry;
 pub mod template;
@@ -48,6 +77,7 @@ pub mod x86_64;
 use std::sync::atomic::AtomicU64;
 
 pub use aarch64::Aarch64;
+pub use edge::{EdgeDesc, EdgeTarget, FixupValues, Relaxation, RelocArch};
 pub use error::{FixupError, ReentryError};
 pub use reentry::{
     ReentryHandler, redirect, redirect_raw, reentry_handler, resolver_address, set_reentry_handler,

@@ -28,6 +28,9 @@ pub enum TemplateKind {
     /// The block the trampolines' entry slot points at: saves the argument
     /// registers, calls a resolver, restores them and jumps to the implementation.
     ReentryEntry,
+    /// A jump to a fixed target, placed within branch range of a caller
+    /// whose target is out of it (aarch64 `CALL26`/`JUMP26`).
+    Veneer,
 }
 
 impl TemplateKind {
@@ -39,6 +42,7 @@ impl TemplateKind {
             Self::RedirectableStub => "redirectable-stub",
             Self::ReentryTrampoline => "reentry-trampoline",
             Self::ReentryEntry => "reentry-entry",
+            Self::Veneer => "veneer",
         }
     }
 }

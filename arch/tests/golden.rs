@@ -5,7 +5,9 @@
 //! hex and against the disassembly.
 
 use kiln_arch::aarch64::reloc;
-use kiln_arch::{Aarch64, Arch, FixupError, PatchTarget, Template, TemplateKind, X86_64};
+use kiln_arch::{
+    Aarch64, Arch, FixupError, PatchTarget, RelocArch, Template, TemplateKind, X86_64,
+};
 
 /// One golden row: template kind, addresses used, expected hex, expected disassembly
 /// (instructions joined by "; "; data bytes are not disassembled).
@@ -63,7 +65,7 @@ fn disasm_a64(bytes: &[u8]) -> String {
         .join("; ")
 }
 
-fn write<A: Arch>(
+fn write<A: RelocArch>(
     kind: TemplateKind,
     buf: &mut [u8],
     at: u64,
@@ -75,17 +77,19 @@ fn write<A: Arch>(
         TemplateKind::RedirectableStub => A::write_redirectable_stub(buf, at, other),
         TemplateKind::ReentryTrampoline => A::write_reentry_trampoline(buf, at, other),
         TemplateKind::ReentryEntry => A::write_reentry_entry(buf, at, other),
+        TemplateKind::Veneer => A::write_veneer(buf, at, other),
         other => panic!("no writer for {other:?}"),
     }
 }
 
-fn template<A: Arch>(kind: TemplateKind) -> Template {
+fn template<A: RelocArch>(kind: TemplateKind) -> Template {
     let t = match kind {
         TemplateKind::GotEntry => A::GOT_ENTRY,
         TemplateKind::PltStub => A::PLT_STUB,
         TemplateKind::RedirectableStub => A::REDIRECTABLE_STUB,
         TemplateKind::ReentryTrampoline => A::REENTRY_TRAMPOLINE,
         TemplateKind::ReentryEntry => A::REENTRY_ENTRY,
+        TemplateKind::Veneer => A::VENEER.unwrap_or_else(|| panic!("{} has no veneer", A::NAME)),
         other => panic!("no template for {other:?}"),
     };
     assert_eq!(t.kind, kind);
@@ -163,6 +167,21 @@ const A64_GOLDEN: &[Golden] = &[
         asm: "adrp x16, $+0xfffff000; ldr x16, [x16, #0x10]; br x16",
     },
     Golden {
+        kind: TemplateKind::Veneer,
+        at: 0x10_0000,
+        other: 0x1234_5678,
+        hex: "30 12 09 b0 10 e2 19 91 00 02 1f d6",
+        asm: "adrp x16, $+0x12245000; add x16, x16, #0x678; br x16",
+    },
+    // Farthest backward page: Page(S) - Page(P) = -2^32.
+    Golden {
+        kind: TemplateKind::Veneer,
+        at: 0x2_0000_0ffc,
+        other: 0x1_0000_0010,
+        hex: "10 00 80 90 10 42 00 91 00 02 1f d6",
+        asm: "adrp x16, $-0x100000000; add x16, x16, #0x10; br x16",
+    },
+    Golden {
         kind: TemplateKind::ReentryTrampoline,
         at: 0x10_0004,
         other: 0x20_1008,
@@ -203,7 +222,7 @@ fn normalize(s: &str) -> String {
 
 /// Bytes of the template for `g`, checked against the hex; returns the code part
 /// (everything but trailing literal data) for disassembly.
-fn check_row<A: Arch>(g: &Golden) -> Vec<u8> {
+fn check_row<A: RelocArch>(g: &Golden) -> Vec<u8> {
     let t = template::<A>(g.kind);
     let mut buf = vec![0xa5u8; t.size + 8];
     write::<A>(g.kind, &mut buf, g.at, g.other)
@@ -287,14 +306,17 @@ fn every_template_has_a_golden_row() {
         TemplateKind::RedirectableStub,
         TemplateKind::ReentryTrampoline,
         TemplateKind::ReentryEntry,
+        TemplateKind::Veneer,
     ];
+    assert_eq!(X86_64::VENEER, None, "x86-64 needs no veneer");
     for kind in kinds {
         assert!(
             A64_GOLDEN.iter().any(|g| g.kind == kind),
             "aarch64 {kind:?}"
         );
         assert!(
-            kind == TemplateKind::ReentryEntry || X86_GOLDEN.iter().any(|g| g.kind == kind),
+            matches!(kind, TemplateKind::ReentryEntry | TemplateKind::Veneer)
+                || X86_GOLDEN.iter().any(|g| g.kind == kind),
             "x86-64 {kind:?}"
         );
     }
@@ -318,7 +340,7 @@ fn apply_x86(r_type: u32, code: &mut [u8], at: u64, offset: u32, s: u64, a: i64)
 /// applying its declared patches, gives the same bytes as writing it at the
 /// real addresses: the patch list is complete and correct, so a linker may
 /// keep the references as link-graph edges instead.
-fn patches_reproduce_writes<A: Arch>(
+fn patches_reproduce_writes<A: RelocArch>(
     rows: &[Golden],
     apply: impl Fn(u32, &mut [u8], u64, u32, u64, i64),
 ) {
@@ -390,6 +412,21 @@ fn aarch64_reach_limits() {
     Aarch64::write_plt_stub(&mut buf, at, at + (1 << 32) - 8).expect("last page below +4 GiB");
     let err = Aarch64::write_reentry_trampoline(&mut buf, at, at + (1 << 32)).expect_err("+4 GiB");
     assert_out_of_range(&err, "reentry-trampoline");
+    // The veneer reaches the same pages, and any byte in them.
+    Aarch64::write_veneer(&mut buf, at, at - (1 << 32)).expect("-4 GiB page");
+    let err = Aarch64::write_veneer(&mut buf, at, at - (1 << 32) - 1).expect_err("beyond -4 GiB");
+    assert_out_of_range(&err, "veneer");
+    Aarch64::write_veneer(&mut buf, at, at + (1 << 32) - 1).expect("last byte below +4 GiB");
+    let err = Aarch64::write_veneer(&mut buf, at, at + (1 << 32)).expect_err("+4 GiB");
+    assert_out_of_range(&err, "veneer");
+    assert!(matches!(
+        Aarch64::write_veneer(&mut buf, at + 2, at),
+        Err(FixupError::Misaligned { align: 4, .. })
+    ));
+    assert!(matches!(
+        X86_64::write_veneer(&mut buf, at, at),
+        Err(FixupError::NoTemplate { isa: "x86-64", .. })
+    ));
 }
 
 #[test]

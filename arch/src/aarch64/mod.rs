@@ -7,6 +7,11 @@
 //! | redirectable stub | same as PLT stub | 12 / 4 | same → pointer slot |
 //! | reentry trampoline | `stp x29, x30, [sp, #-16]!; adrp x16, slot; ldr x16, [x16, :lo12:slot]; blr x16` | 16 / 4 | `ADR_PREL_PG_HI21` @4, `LDST64_ABS_LO12_NC` @8 → entry slot |
 //! | reentry entry | see [`Aarch64::write_reentry_entry`] | 128 / 16 | `ABS64` @120 → resolver |
+//! | veneer ([`RelocArch::write_veneer`]) | `adrp x16, target; add x16, x16, :lo12:target; br x16` | 12 / 4 | `ADR_PREL_PG_HI21` @0, `ADD_ABS_LO12_NC` @4 → target |
+//!
+//! The veneer is GNU ld's own long-branch stub, byte for byte (the
+//! `gnu_ld_agrees` test compares them); it extends a `CALL26`/`JUMP26` out
+//! of ±128 MiB to ±4 GiB of pages.
 //!
 //! Scratch register: `x16` (IP0). AAPCS64 reserves x16/x17 for
 //! intra-procedure-call glue (veneers, PLT stubs) and lets it clobber them,
@@ -25,9 +30,13 @@
 
 pub mod reloc;
 
+use crate::edge::{EdgeDesc, FixupValues, Relaxation, RelocArch};
 use crate::template::{Patch, PatchTarget, Template, TemplateKind, check_align};
 use crate::{Arch, FixupError};
-use reloc::r_type::{R_AARCH64_ABS64, R_AARCH64_ADR_PREL_PG_HI21, R_AARCH64_LDST64_ABS_LO12_NC};
+use reloc::r_type::{
+    R_AARCH64_ABS64, R_AARCH64_ADD_ABS_LO12_NC, R_AARCH64_ADR_PREL_PG_HI21,
+    R_AARCH64_LDST64_ABS_LO12_NC,
+};
 
 /// The AArch64 (AAPCS64, little-endian) ISA.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -145,7 +154,7 @@ fn put(out: &mut [u8], words: &[u32]) {
     }
 }
 
-/// Writes `words` then applies the template's patches with `slot` as `S`.
+/// [`write_patched`] for a template that loads from the 8-byte pointer `slot`.
 fn write_with_slot(
     template: &Template,
     buf: &mut [u8],
@@ -153,8 +162,19 @@ fn write_with_slot(
     slot: u64,
     words: &[u32],
 ) -> Result<(), FixupError> {
-    let out = template.check(buf, at)?;
     check_align(template.kind.name(), slot, 8)?;
+    write_patched(template, buf, at, slot, words)
+}
+
+/// Writes `words` then applies the template's patches with `target` as `S`.
+fn write_patched(
+    template: &Template,
+    buf: &mut [u8],
+    at: u64,
+    target: u64,
+    words: &[u32],
+) -> Result<(), FixupError> {
+    let out = template.check(buf, at)?;
     let mut code = [0u8; 16];
     let code = &mut code[..template.size];
     put(code, words);
@@ -164,7 +184,7 @@ fn write_with_slot(
             code,
             at,
             u64::from(patch.offset),
-            slot,
+            target,
             patch.addend,
         )
         .map_err(|e| match e {
@@ -339,6 +359,94 @@ impl Arch for Aarch64 {
         out[ENTRY_RESOLVER_OFFSET..].copy_from_slice(&resolver.to_le_bytes());
         Ok(())
     }
+}
+
+/// `adrp x16, target; add x16, x16, :lo12:target; br x16`.
+const VENEER_CODE: [u32; 3] = [adrp(X16), add_imm(X16, X16, 0), br(X16)];
+
+impl RelocArch for Aarch64 {
+    const CODE_FILL: [u8; 4] = BRK0.to_le_bytes();
+    /// `B`/`BL` reach: `imm26 << 2`, ±128 MiB.
+    const BRANCH_RANGE: (i64, i64) = (-(1 << 27), (1 << 27) - 4);
+    /// `adrp x16, target; add x16, x16, :lo12:target; br x16`: 12 bytes,
+    /// reaches ±4 GiB of pages, clobbers only IP0 (which AAPCS64 gives to
+    /// veneers).
+    const VENEER: Option<Template> = Some(Template {
+        kind: TemplateKind::Veneer,
+        size: 12,
+        align: 4,
+        patches: &[
+            Patch {
+                offset: 0,
+                r_type: R_AARCH64_ADR_PREL_PG_HI21,
+                addend: 0,
+                target: PatchTarget::Target,
+            },
+            Patch {
+                offset: 4,
+                r_type: R_AARCH64_ADD_ABS_LO12_NC,
+                addend: 0,
+                target: PatchTarget::Target,
+            },
+        ],
+    });
+
+    fn edges() -> &'static [EdgeDesc] {
+        &reloc::EDGES
+    }
+
+    #[inline]
+    fn apply(
+        edge: &EdgeDesc,
+        content: &mut [u8],
+        offset: u64,
+        v: &FixupValues,
+    ) -> Result<(), FixupError> {
+        row_of(edge)?.apply_values(content, offset, v)
+    }
+
+    fn relax(
+        edge: &EdgeDesc,
+        content: &mut [u8],
+        offset: u64,
+    ) -> Result<Option<Relaxation>, FixupError> {
+        let info = row_of(edge)?;
+        let Some(direct) = reloc::relaxed_to(info.r_type) else {
+            return Ok(None);
+        };
+        if !reloc::relax_insn(info, content, offset)? {
+            return Ok(None);
+        }
+        let edge = Self::edge(direct).ok_or(FixupError::Unsupported {
+            isa: Self::NAME,
+            r_type: direct,
+        })?;
+        Ok(Some(Relaxation {
+            edge,
+            place_delta: 0,
+        }))
+    }
+
+    fn write_veneer(buf: &mut [u8], at: u64, target: u64) -> Result<(), FixupError> {
+        let Some(template) = Self::VENEER else {
+            return Err(FixupError::NoTemplate {
+                isa: Self::NAME,
+                what: TemplateKind::Veneer.name(),
+            });
+        };
+        write_patched(&template, buf, at, target, &VENEER_CODE)
+    }
+}
+
+/// The table row of a descriptor, if it is one of this table's.
+fn row_of(edge: &EdgeDesc) -> Result<&'static reloc::RelocInfo, FixupError> {
+    reloc::RELOCS
+        .get(usize::from(edge.index))
+        .filter(|r| r.r_type == edge.r_type)
+        .ok_or(FixupError::Unsupported {
+            isa: Aarch64::NAME,
+            r_type: edge.r_type,
+        })
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 mod entry;
 pub mod reloc;
 
+use crate::edge::{EdgeDesc, FixupValues, Relaxation, RelocArch};
 use crate::template::{Patch, PatchTarget, Template, TemplateKind, check_align};
 use crate::{Arch, FixupError};
 
@@ -148,6 +149,59 @@ impl Arch for X86_64 {
     fn write_reentry_entry(buf: &mut [u8], entry: u64, resolver: u64) -> Result<(), FixupError> {
         let asm_entry = host_asm_entry()?;
         write_entry_block(buf, entry, resolver, asm_entry)
+    }
+}
+
+impl RelocArch for X86_64 {
+    const CODE_FILL: [u8; 4] = [0xcc; 4]; // int3
+    /// `S - 4 - P` must fit rel32 (the usual addend −4 folded in).
+    const BRANCH_RANGE: (i64, i64) = (i32::MIN as i64 + 4, i32::MAX as i64 + 4);
+    const VENEER: Option<Template> = None;
+
+    fn edges() -> &'static [EdgeDesc] {
+        &reloc::EDGES
+    }
+
+    #[inline]
+    fn apply(
+        edge: &EdgeDesc,
+        content: &mut [u8],
+        offset: u64,
+        v: &FixupValues,
+    ) -> Result<(), FixupError> {
+        reloc::apply(reloc::row_of(edge)?.kind, content, offset, v)
+    }
+
+    fn relax(
+        edge: &EdgeDesc,
+        content: &mut [u8],
+        offset: u64,
+    ) -> Result<Option<Relaxation>, FixupError> {
+        let reloc::EdgeKind::GotLoadRelaxable { rex } = reloc::row_of(edge)?.kind else {
+            return Ok(None);
+        };
+        let Some(how) = reloc::relax_got_load(content, offset, rex)? else {
+            return Ok(None);
+        };
+        let place_delta = match how {
+            reloc::Relaxed::MovToLea | reloc::Relaxed::CallToDirect => 0,
+            reloc::Relaxed::JmpToDirect => -1,
+        };
+        let pc32 = Self::edge(R_X86_64_PC32).ok_or(FixupError::Unsupported {
+            isa: Self::NAME,
+            r_type: R_X86_64_PC32,
+        })?;
+        Ok(Some(Relaxation {
+            edge: pc32,
+            place_delta,
+        }))
+    }
+
+    fn write_veneer(_buf: &mut [u8], _at: u64, _target: u64) -> Result<(), FixupError> {
+        Err(FixupError::NoTemplate {
+            isa: Self::NAME,
+            what: TemplateKind::Veneer.name(),
+        })
     }
 }
 

@@ -18,6 +18,7 @@
 //! relaxation with [`relax_got_load`]), and finally calls [`apply`].
 
 use crate::FixupError;
+use crate::edge::{EdgeDesc, EdgeTarget};
 use crate::template::place_mut;
 
 /// What a relocation (an edge of the link graph) computes. Several ELF
@@ -201,6 +202,76 @@ table! {
     R_X86_64_REX_GOTPCRELX = 42 => EdgeKind::GotLoadRelaxable { rex: true }, 4, true, true;
 }
 
+/// The generic target of a kind (see [`EdgeTarget`]).
+const fn edge_target(kind: EdgeKind) -> EdgeTarget {
+    match kind {
+        EdgeKind::None => EdgeTarget::None,
+        EdgeKind::Branch32 => EdgeTarget::Branch,
+        EdgeKind::GotDelta32
+        | EdgeKind::GotLoadRelaxable { .. }
+        | EdgeKind::GotDelta64
+        | EdgeKind::GotOffsetOfEntry64 => EdgeTarget::GotEntry {
+            addend_in_entry: false,
+        },
+        EdgeKind::GotPc32 | EdgeKind::GotPc64 => EdgeTarget::GotBase,
+        EdgeKind::Size32 | EdgeKind::Size64 => EdgeTarget::Size,
+        EdgeKind::TlsGd => EdgeTarget::TlsGdPair,
+        EdgeKind::TlsLd => EdgeTarget::TlsLdPair,
+        EdgeKind::DtpOff32 | EdgeKind::DtpOff64 => EdgeTarget::DtpOffset,
+        EdgeKind::GotTpOff => EdgeTarget::TlsIeEntry,
+        EdgeKind::TpOff32 | EdgeKind::TpOff64 => EdgeTarget::TpOffset,
+        EdgeKind::TlsDescGot => EdgeTarget::TlsDescriptor,
+        EdgeKind::Pointer64
+        | EdgeKind::Pointer32
+        | EdgeKind::Pointer32Signed
+        | EdgeKind::Pointer16
+        | EdgeKind::Pointer8
+        | EdgeKind::Delta64
+        | EdgeKind::Delta32
+        | EdgeKind::Delta16
+        | EdgeKind::Delta8
+        | EdgeKind::GotOff64 => EdgeTarget::Symbol,
+    }
+}
+
+/// The generic descriptors of [`RELOCATIONS`], index for index.
+pub(crate) static EDGES: [EdgeDesc; RELOCATIONS.len()] = {
+    let mut out = [EdgeDesc::EMPTY; RELOCATIONS.len()];
+    let mut i = 0;
+    while i < RELOCATIONS.len() {
+        let r = &RELOCATIONS[i];
+        out[i] = EdgeDesc {
+            r_type: r.r_type,
+            name: r.name,
+            width: r.width,
+            pc_relative: r.pc_relative,
+            target: edge_target(r.kind),
+            uses_got_base: matches!(
+                r.kind,
+                EdgeKind::GotOffsetOfEntry64
+                    | EdgeKind::GotOff64
+                    | EdgeKind::GotPc32
+                    | EdgeKind::GotPc64
+            ),
+            relaxable: matches!(r.kind, EdgeKind::GotLoadRelaxable { .. }),
+            index: i as u16,
+        };
+        i += 1;
+    }
+    out
+};
+
+/// The table row of a descriptor, if it is one of this table's.
+pub(crate) fn row_of(edge: &EdgeDesc) -> Result<&'static RelocInfo, FixupError> {
+    RELOCATIONS
+        .get(usize::from(edge.index))
+        .filter(|r| r.r_type == edge.r_type)
+        .ok_or(FixupError::Unsupported {
+            isa: "x86-64",
+            r_type: edge.r_type,
+        })
+}
+
 /// Look up a raw `r_type`. `None` means the relocation is not supported; the
 /// linker reports it with the object, section and offset it came from.
 pub fn reloc_info(r_type: u32) -> Option<&'static RelocInfo> {
@@ -215,22 +286,7 @@ pub fn reloc_name(r_type: u32) -> Option<&'static str> {
     reloc_info(r_type).map(|info| info.name)
 }
 
-/// The values a fixup is computed from, in psABI terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FixupValues {
-    /// `P`: the address of the place.
-    pub place: u64,
-    /// `S`, or `G` for kinds that go through a GOT entry, or `L` (the PLT
-    /// stub) for a [`EdgeKind::Branch32`] whose symbol is out of reach, or the
-    /// TLS offset (a signed value stored as `u64`) for the DTPOFF/TPOFF kinds.
-    pub target: u64,
-    /// `A`.
-    pub addend: i64,
-    /// `GOT`: the address of the global offset table (0 if the graph has none).
-    pub got: u64,
-    /// `Z`: the symbol's size.
-    pub size: u64,
-}
+pub use crate::edge::FixupValues;
 
 /// Name used in errors for an edge kind (after any rewriting).
 #[inline]

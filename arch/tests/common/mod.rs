@@ -17,7 +17,9 @@ pub(crate) const SKIP_MISSING_TOOLS: &str = "KILN_SKIP_MISSING_TOOLS";
 fn package_of(tool: &str) -> &str {
     match tool {
         "aarch64-linux-gnu-gcc" => "gcc-aarch64-linux-gnu",
-        "aarch64-linux-gnu-objdump" => "binutils-aarch64-linux-gnu",
+        "aarch64-linux-gnu-objdump" | "aarch64-linux-gnu-as" | "aarch64-linux-gnu-ld" => {
+            "binutils-aarch64-linux-gnu"
+        }
         "qemu-aarch64-static" => "qemu-user-static",
         "cc" => "gcc",
         other => other,
