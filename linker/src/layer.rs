@@ -1161,8 +1161,7 @@ fn link(
     let started = Instant::now();
     let owed = owed_symbols(name, symbols, globals, r, &input)?;
     let start = match input {
-        UnitInput::Graph(graph) => {
-            let mut graph = *graph;
+        UnitInput::Graph(mut graph) => {
             for ((_, id), flags) in globals.iter().zip(&owed) {
                 if flags.is_none() {
                     graph.symbols[id.index()].def = GraphDef::External;
@@ -1174,7 +1173,9 @@ fn link(
                 below_2gib: layer.below_2gib(),
             }
         }
-        UnitInput::Early(early) => passes::Start::Prepared(early.take().map_err(link_error)?),
+        UnitInput::Early(early) => {
+            passes::Start::Prepared(Box::new(early.take().map_err(link_error)?))
+        }
     };
     let env = ImageEnv {
         name: name.to_string(),

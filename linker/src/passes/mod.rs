@@ -67,7 +67,7 @@ pub fn link_graph(
     options: &LinkOptions,
 ) -> Result<Finalized, LinkError> {
     let start = Start::Graph {
-        graph,
+        graph: Box::new(graph),
         roots: &options.roots,
         below_2gib: false,
     };
@@ -98,14 +98,14 @@ pub(crate) trait LinkHost {
 pub(crate) enum Start<'a> {
     /// A graph as read: every step runs.
     Graph {
-        graph: LinkGraph,
+        graph: Box<LinkGraph>,
         /// Which blocks are roots for pruning.
         roots: &'a Roots,
         /// Place the image below 2 GiB although its own code would not need it.
         below_2gib: bool,
     },
     /// A graph [`prepare`]d already (steps 1–8).
-    Prepared(Prepared),
+    Prepared(Box<Prepared>),
 }
 
 /// The pipeline, in order: steps 1–8 ([`prepare`]) unless `start` is
@@ -124,8 +124,8 @@ pub(crate) fn run<H: LinkHost>(
             graph,
             roots,
             below_2gib,
-        } => prepare(graph, roots, options.imaging, below_2gib).map_err(|e| host.link_error(e))?,
-        Start::Prepared(prepared) => prepared,
+        } => prepare(*graph, roots, options.imaging, below_2gib).map_err(|e| host.link_error(e))?,
+        Start::Prepared(prepared) => *prepared,
     };
     // 9. The graph's own symbols are final: the engine reports them here.
     host.own_symbols_resolved(&prepared)?;
