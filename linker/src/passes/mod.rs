@@ -218,3 +218,87 @@ impl LinkHost for ResolverHost<'_> {
         prepared.resolve_externals(&refs, &answers)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that records what the sequencer asks of it, and fails where
+    /// told to.
+    struct Recorder {
+        calls: Vec<&'static str>,
+        fail_own_symbols: bool,
+    }
+
+    impl LinkHost for Recorder {
+        type Error = LinkError;
+
+        fn link_error(&self, e: LinkError) -> LinkError {
+            e
+        }
+
+        fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), LinkError> {
+            // Steps 1–8 are done: the image has its memory.
+            assert!(prepared.memory_range().1 > 0);
+            self.calls.push("own symbols");
+            if self.fail_own_symbols {
+                return Err(LinkError::Engine {
+                    detail: "refused by the host".into(),
+                });
+            }
+            Ok(())
+        }
+
+        fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), LinkError> {
+            self.calls.push("externals");
+            prepared.resolve_external_ids(&[])
+        }
+    }
+
+    fn start() -> Start<'static> {
+        Start::Graph {
+            graph: Box::new(LinkGraph::new()),
+            roots: &Roots::All,
+            below_2gib: false,
+        }
+    }
+
+    /// The one sequencer asks its host for the image's own symbols, then
+    /// for the externals, once each, and finalizes the image; the graph
+    /// comes back to be freed by the caller.
+    #[test]
+    fn the_sequencer_asks_the_host_once_each_in_order() {
+        let mut host = Recorder {
+            calls: Vec::new(),
+            fail_own_symbols: false,
+        };
+        let options = LinkOptions::default();
+        let (done, graph) =
+            run(start(), &mut host, &ImageEnv::default(), &options).expect("an empty graph links");
+        assert_eq!(host.calls, ["own symbols", "externals"]);
+        assert!(graph.is_some() && done.graph.is_none());
+        assert_ne!(
+            done.dso_handle, 0,
+            "the image's __dso_handle slot is placed"
+        );
+    }
+
+    /// A host's error stops the pipeline where it happens: no lookup, no
+    /// fixup.
+    #[test]
+    fn a_host_error_stops_the_sequencer() {
+        let mut host = Recorder {
+            calls: Vec::new(),
+            fail_own_symbols: true,
+        };
+        let err = run(
+            start(),
+            &mut host,
+            &ImageEnv::default(),
+            &LinkOptions::default(),
+        )
+        .expect_err("the host refused");
+        assert!(err.to_string().contains("refused by the host"), "{err}");
+        assert_eq!(host.calls, ["own symbols"]);
+    }
+}
