@@ -88,9 +88,7 @@ fn redirect_far_host_symbols(p: &mut Prepared, addrs: &mut [u64]) -> Result<Vec<
     let g = &p.graph;
     let plt_base = p.plt_block.map_or(0, |b| g.blocks[b.index()].addr);
     let (base, len, low) = (p.alloc.base(), p.alloc.len(), p.low);
-    // Out of reach of some place of this image for a 32-bit field.
-    let far =
-        |host: u64| (low && host >= 1 << 31) || host.abs_diff(base).saturating_add(len) >= 1 << 31;
+    let far = |host: u64| x86_64::out_of_image_reach(host, base, len, low);
     let mut snapshots = Vec::new();
     for (&sym, &block) in &p.copy_blocks {
         let host = addrs[sym.index()];

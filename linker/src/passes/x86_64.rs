@@ -132,6 +132,12 @@ pub(super) fn write_plt_stub(
     Ok(())
 }
 
+/// Whether `host` is out of reach of some place of the image at
+/// `[base, base + len)` (placed below 2 GiB if `low`) for a 32-bit field.
+pub(super) fn out_of_image_reach(host: u64, base: u64, len: u64, low: bool) -> bool {
+    (low && host >= 1 << 31) || host.abs_diff(base).saturating_add(len) >= 1 << 31
+}
+
 /// Whether `target + addend - place` fits a signed 32-bit field.
 fn in_reach(place: u64, target: u64, addend: i64) -> bool {
     let v = i128::from(target) + i128::from(addend) - i128::from(place);
