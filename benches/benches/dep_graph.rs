@@ -36,7 +36,8 @@
 //! Link shapes (group `dep_graph_link`, W9's: N = 1k, 10k, 100k symbols in
 //! M = 10 or 100 units, four calls per symbol — one inside its unit, three
 //! anywhere, so units form large cycles — units emitted in a random order,
-//! one `emit` each; see [`link_shape`]):
+//! or with the suffix `_fwd` unit 0 first, `_rev` the last unit first, one
+//! `emit` each; see [`link_shape`]):
 //! - `link_unit_group_m<M>`: each unit as one group depending on its
 //!   external references (the object layer's shape);
 //! - `link_per_symbol_m<M>`: each symbol as its own group with its calls.
@@ -52,6 +53,11 @@
 //! the graph took 6,200–10,500 instructions per edge before batching the
 //! searches and 1,150–1,450 after; at 100k and 1M edges see the graph's
 //! module docs (before: the per-symbol shape at 400k edges took 79 s).
+//! Since bulk batches (issue 12 §4), every link shape and order costs
+//! 620–1,110 instructions per edge at 10k, 100k and 1M edges, counted by
+//! `KILN_GRAPH_ONCE=<shape>/<n> valgrind --tool=callgrind
+//! --toggle-collect='dep_graph::run_link' target/release/deps/dep_graph-*`
+//! (table in the graph's module docs).
 
 use std::hint::black_box;
 
@@ -260,7 +266,7 @@ fn dep_graph(c: &mut Criterion) {
 /// A W9-like link shape: `n` symbols in `units` units (consecutive ids), each
 /// symbol calling `calls` random symbols, a quarter of them in its own unit
 /// and the rest anywhere (so the units form large cycles), SplitMix64 seed 9.
-/// The units are emitted in a random order, each in one `emit`: as one group
+/// The units are emitted in a [`UnitOrder`], each in one `emit`: as one group
 /// (the object layer's shape: every symbol of the image depends on the
 /// image's external references) or as one group per symbol (its own calls,
 /// inside the unit included).
@@ -271,7 +277,48 @@ struct LinkShape {
     per_symbol: bool,
 }
 
-fn link_shape(n: usize, units: usize, per_symbol: bool) -> LinkShape {
+/// The order a link shape's units are emitted in (the bench name's suffix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnitOrder {
+    /// Shuffled (SplitMix64 seed 7); no suffix.
+    Random,
+    /// Unit 0 first (`_fwd`).
+    Forward,
+    /// The last unit first (`_rev`).
+    Reverse,
+}
+
+impl UnitOrder {
+    const ALL: [UnitOrder; 3] = [UnitOrder::Random, UnitOrder::Forward, UnitOrder::Reverse];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            UnitOrder::Random => "",
+            UnitOrder::Forward => "_fwd",
+            UnitOrder::Reverse => "_rev",
+        }
+    }
+
+    /// Splits a workload name into its base and order.
+    fn split(name: &str) -> (&str, UnitOrder) {
+        for order in [UnitOrder::Forward, UnitOrder::Reverse] {
+            if let Some(base) = name.strip_suffix(order.suffix()) {
+                return (base, order);
+            }
+        }
+        (name, UnitOrder::Random)
+    }
+
+    fn units(self, units: usize) -> Vec<usize> {
+        match self {
+            UnitOrder::Random => shuffled(units).into_iter().map(|u| u as usize).collect(),
+            UnitOrder::Forward => (0..units).collect(),
+            UnitOrder::Reverse => (0..units).rev().collect(),
+        }
+    }
+}
+
+fn link_shape(n: usize, units: usize, per_symbol: bool, unit_order: UnitOrder) -> LinkShape {
     const CALLS: usize = 4;
     let mut rng = SplitMix64::new(9);
     let per = n.div_ceil(units);
@@ -298,7 +345,7 @@ fn link_shape(n: usize, units: usize, per_symbol: bool) -> LinkShape {
     let unit_list: Vec<Vec<NodeId>> = (0..units)
         .map(|u| ids(&(u * per..((u + 1) * per).min(n)).collect::<Vec<_>>()))
         .collect();
-    let order = shuffled(units).into_iter().map(|u| u as usize).collect();
+    let order = unit_order.units(units);
     LinkShape {
         units: unit_list,
         calls,
@@ -382,13 +429,17 @@ fn link_shapes(c: &mut Criterion) {
     let mut group = c.benchmark_group("dep_graph_link");
     group.sample_size(10);
     for (n, units) in LINK_SIZES {
-        for per_symbol in [false, true] {
-            let name = if per_symbol {
-                format!("link_per_symbol_m{units}")
+        for (per_symbol, unit_order) in [false, true]
+            .into_iter()
+            .flat_map(|p| UnitOrder::ALL.map(|o| (p, o)))
+        {
+            let kind = if per_symbol {
+                "per_symbol"
             } else {
-                format!("link_unit_group_m{units}")
+                "unit_group"
             };
-            let w = link_shape(n, units, per_symbol);
+            let name = format!("link_{kind}_m{units}{}", unit_order.suffix());
+            let w = link_shape(n, units, per_symbol, unit_order);
             let (count, stats, edges) = run_link(&w);
             assert_eq!(count, n, "{name}: not every node became Ready");
             if std::env::var_os("KILN_GRAPH_STATS").is_some() {
@@ -498,7 +549,7 @@ fn engine_link(c: &mut Criterion) {
     let mut group = c.benchmark_group("dep_graph_engine_link");
     group.sample_size(10);
     for (n, units) in LINK_SIZES {
-        let w = link_shape(n, units, false);
+        let w = link_shape(n, units, false, UnitOrder::Random);
         assert_eq!(
             run_engine_link(&w),
             n,
@@ -540,7 +591,7 @@ fn main() {
                 eprintln!("no workload {name}");
                 std::process::exit(2);
             };
-            let w = link_shape(n, units, false);
+            let w = link_shape(n, units, false, UnitOrder::Random);
             let mut found = 0;
             for _ in 0..reps {
                 found = black_box(run_engine_link(&w));
@@ -548,10 +599,11 @@ fn main() {
             println!("{which}: {found} of {n} symbols Ready");
             return;
         }
-        let link = name
+        let (base, unit_order) = UnitOrder::split(name);
+        let link = base
             .strip_prefix("link_unit_group_m")
             .map(|m| (m, false))
-            .or_else(|| name.strip_prefix("link_per_symbol_m").map(|m| (m, true)));
+            .or_else(|| base.strip_prefix("link_per_symbol_m").map(|m| (m, true)));
         let mut once: Box<dyn FnMut() -> (usize, GraphStats)> = if name == "big_group" {
             Box::new(move || run_big_group(n))
         } else if let Some((m, per_symbol)) = link {
@@ -559,7 +611,7 @@ fn main() {
                 eprintln!("no workload {name}");
                 std::process::exit(2);
             };
-            let w = link_shape(n, units, per_symbol);
+            let w = link_shape(n, units, per_symbol, unit_order);
             Box::new(move || {
                 let (count, stats, edges) = run_link(&w);
                 eprintln!("{edges} edges");

@@ -155,6 +155,33 @@ pub enum Error {
     /// The lookup was cancelled.
     #[error("lookup cancelled")]
     Cancelled,
+    /// User error: qualified names were asked of a module that was not
+    /// registered in time ([`QualifiedNames`](crate::qualified::QualifiedNames)'s
+    /// timeout).
+    #[error(
+        "module '{module}' was not registered within {millis} ms (needed for {})",
+        join(names)
+    )]
+    ModuleNotRegistered {
+        /// The module waited for.
+        module: Arc<str>,
+        /// The qualified names asked of it.
+        names: Vec<SymbolName>,
+        /// How long the call waited.
+        millis: u128,
+    },
+    /// The wait for a module was cancelled
+    /// ([`QualifiedNames::cancel`](crate::qualified::QualifiedNames::cancel)).
+    #[error(
+        "waiting for module '{module}' was cancelled (needed for {})",
+        join(names)
+    )]
+    ModuleWaitCancelled {
+        /// The module waited for.
+        module: Arc<str>,
+        /// The qualified names asked of it.
+        names: Vec<SymbolName>,
+    },
     /// User error: side-effects-only symbols have no address.
     #[error(
         "side-effects-only symbols have no address and can only be looked up weakly: {}",

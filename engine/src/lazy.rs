@@ -34,6 +34,17 @@ pub trait TrampolineEmitter: Send + Sync + 'static {
     /// Emits `count` trampolines owned by `tracker` (freed when it is
     /// removed); returns their addresses.
     fn emit_trampolines(&self, tracker: &ResourceTracker, count: usize) -> Result<Vec<u64>>;
+
+    /// As [`TrampolineEmitter::emit_trampolines`], one trampoline per entry
+    /// of `names`: the lazy entries they serve, which an emitter may use to
+    /// name its code for profilers. The default ignores the names.
+    fn emit_named_trampolines(
+        &self,
+        tracker: &ResourceTracker,
+        names: &[SymbolName],
+    ) -> Result<Vec<u64>> {
+        self.emit_trampolines(tracker, names.len())
+    }
 }
 
 /// Creates and retargets redirectable stubs (indirect jumps through a
@@ -42,6 +53,19 @@ pub trait Redirector: Send + Sync + 'static {
     /// Creates one stub per entry of `initial`, owned by `tracker`, stub `i`
     /// jumping to `initial[i]`; returns the stubs' addresses.
     fn create_stubs(&self, tracker: &ResourceTracker, initial: &[u64]) -> Result<Vec<u64>>;
+
+    /// As [`Redirector::create_stubs`], stub `i` standing for the lazy
+    /// entry `names[i]` (a redirector may name its code for profilers).
+    /// The default ignores the names.
+    fn create_named_stubs(
+        &self,
+        tracker: &ResourceTracker,
+        initial: &[u64],
+        names: &[SymbolName],
+    ) -> Result<Vec<u64>> {
+        let _ = names;
+        self.create_stubs(tracker, initial)
+    }
 
     /// Retargets the stub at `stub` to `target` atomically: a call in flight
     /// runs the old or the new target, never anything else.
@@ -444,8 +468,9 @@ impl MaterializationUnit for LazyReexportsUnit {
         let inner = &self.manager.inner;
         let n = self.aliases.len();
         let result = (|| {
-            let trampolines = inner.emitter.emit_trampolines(r.tracker(), n)?;
-            let stubs = inner.redirector.create_stubs(r.tracker(), &trampolines)?;
+            let names: Vec<SymbolName> = self.aliases.iter().map(|a| a.name.clone()).collect();
+            let trampolines = inner.emitter.emit_named_trampolines(r.tracker(), &names)?;
+            let stubs = (inner.redirector).create_named_stubs(r.tracker(), &trampolines, &names)?;
             if trampolines.len() != n || stubs.len() != n {
                 return Err(Error::Usage(format!(
                     "the emitter made {} trampolines and {} stubs for {n} entries",

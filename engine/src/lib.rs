@@ -14,6 +14,8 @@
 //! - [`unit`](mod@unit) and [`responsibility`]: materialization units and what a running
 //!   unit owes.
 //! - [`generator`]: definition generators.
+//! - [`qualified`]: a ready generator for modules that call each other
+//!   through qualified names, loaded in any order.
 //! - [`tracker`]: resource trackers and resource managers.
 //! - [`lazy`]: lazy reexports — entries linked on their first call.
 //! - [`dispatch`]: where user code runs.
@@ -51,6 +53,7 @@ mod index;
 pub mod lazy;
 pub mod lookup;
 mod name;
+pub mod qualified;
 pub mod responsibility;
 pub mod session;
 mod symbol;
@@ -69,6 +72,7 @@ pub use lookup::{
     SearchOrder, SymbolLookup, SymbolMap,
 };
 pub use name::SymbolName;
+pub use qualified::QualifiedNames;
 pub use responsibility::{DependenceGroup, Responsibility};
 pub use session::{Dylib, Session, SessionBuilder};
 pub use symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};

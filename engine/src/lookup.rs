@@ -248,35 +248,9 @@ pub struct SymbolMap {
 const INDEX_FROM: usize = 16;
 
 /// A [`SymbolMap`]'s by-name index: text hash → the first position in
-/// `found` of each name with that hash (collisions share a bucket).
-type NameIndex = std::collections::HashMap<u64, SmallVec<[u32; 1]>, PassThrough>;
-
-/// The keys are already hashes: pass them through.
-#[derive(Clone, Copy, Default)]
-struct PassThrough;
-
-impl std::hash::BuildHasher for PassThrough {
-    type Hasher = PassThroughHasher;
-    fn build_hasher(&self) -> PassThroughHasher {
-        PassThroughHasher(0)
-    }
-}
-
-struct PassThroughHasher(u64);
-
-impl std::hash::Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+/// `found` of each name with that hash (collisions share a bucket). The
+/// keys are hashes already; the Fx hash spreads them with one multiply.
+type NameIndex = std::collections::HashMap<u64, SmallVec<[u32; 1]>, rustc_hash::FxBuildHasher>;
 
 /// One found name of a [`SymbolMap`].
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -318,7 +292,8 @@ impl SymbolMap {
 
     /// Every name's first position, by text hash.
     fn build_index(&self) -> NameIndex {
-        let mut index = NameIndex::with_capacity_and_hasher(self.found.len(), PassThrough);
+        let mut index =
+            NameIndex::with_capacity_and_hasher(self.found.len(), rustc_hash::FxBuildHasher);
         for (i, f) in self.found.iter().enumerate() {
             let name = self.name(f);
             let bucket = index.entry(name.text_hash()).or_default();

@@ -56,15 +56,13 @@ impl SymbolName {
     }
 }
 
-/// FNV-1a then a final mix: stable across runs, so loom models and the
-/// graph see the same order every time.
+/// The Fx hash (`rustc-hash`) of the text: stable across runs (no seed),
+/// so loom models and the graph see the same order every time.
 pub(crate) fn hash_str(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^ (h >> 29)
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(text.as_bytes());
+    h.finish()
 }
 
 impl PartialEq for SymbolName {

@@ -15,7 +15,7 @@
 //! loom cannot model. Shuttle explores schedules, not weak memory orders.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::Hash;
 
 pub(crate) use std::sync::Arc;
 /// Set-once cells (the Ready index's tables; not modelled: the index is a
@@ -153,46 +153,11 @@ pub(crate) mod thread {
     }
 }
 
-/// Deterministic hasher for internal maps: loom models must not depend on
-/// random iteration order, and symbol names already carry a good hash.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct FixedState;
-
-impl BuildHasher for FixedState {
-    type Hasher = FixedHasher;
-    fn build_hasher(&self) -> FixedHasher {
-        FixedHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-/// FNV-1a over the bytes written, with a fast path for single `u64`/`u32`
-/// writes (pre-hashed symbol names, dense ids).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FixedHasher(u64);
-
-impl Hasher for FixedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // A multiplicative mix keeps pre-hashed keys well spread.
-        self.0 = (self.0 ^ n)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .rotate_left(29);
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
+/// The hasher of internal maps: `rustc-hash`'s Fx hash, deterministic (no
+/// per-process seed), so loom models never depend on random iteration
+/// order; its one multiply per `u64` suits the keys here (pre-hashed symbol
+/// names, dense ids).
+pub(crate) use rustc_hash::FxBuildHasher as FixedState;
 
 /// A `HashMap` with the deterministic hasher.
 pub(crate) type FixedMap<K, V> = HashMap<K, V, FixedState>;

@@ -444,6 +444,36 @@ fn link_calls(n: usize, units: usize, raw: &[(u16, u16, u16, u8)]) -> (usize, Ve
     (per, calls)
 }
 
+/// The order units are emitted in.
+#[derive(Clone, Copy, Debug)]
+enum Emission {
+    /// Unit 0 first: most calls across units point to units not emitted yet.
+    Forward,
+    /// The last unit first.
+    Reverse,
+    /// By the drawn keys.
+    Random,
+}
+
+fn emission_order() -> impl Strategy<Value = Emission> {
+    prop_oneof![
+        Just(Emission::Forward),
+        Just(Emission::Reverse),
+        Just(Emission::Random)
+    ]
+}
+
+/// The `units` units in `emission` order (`keys` ordering the random one).
+fn unit_order(units: usize, emission: Emission, keys: &[u32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..units).collect();
+    match emission {
+        Emission::Forward => {}
+        Emission::Reverse => order.reverse(),
+        Emission::Random => order.sort_by_key(|&u| keys[u % keys.len()]),
+    }
+    order
+}
+
 /// The emission of one unit, as the engine would see it: one group whose
 /// defs depend on the unit's external references (`split` > 1 cuts the
 /// unit into that many groups, each with its own external references), or
@@ -488,7 +518,7 @@ proptest! {
     #![proptest_config(cases(250, 4))]
 
     /// Link shapes (many symbols per unit, random calls across units, large
-    /// SCCs), units emitted in a random order, as unit groups or per-symbol
+    /// SCCs), units emitted forward, in reverse or in a random order, as unit groups or per-symbol
     /// groups, sometimes with a failure: every emit matches the oracle.
     #[test]
     fn link_shapes_match_the_oracle(
@@ -496,14 +526,14 @@ proptest! {
         units in 1usize..10,
         raw in prop::collection::vec(any::<(u16, u16, u16, u8)>(), 1..120),
         order_keys in prop::collection::vec(any::<u32>(), 10),
+        emission in emission_order(),
         per_symbol in any::<bool>(),
         split in 1usize..4,
         fail_at in prop::option::weighted(0.2, any::<(u8, u16)>()),
     ) {
         let (per, calls) = link_calls(n, units, &raw);
         let units = n.div_ceil(per);
-        let mut order: Vec<usize> = (0..units).collect();
-        order.sort_by_key(|&u| order_keys[u]);
+        let order = unit_order(units, emission, &order_keys);
         let mut g = DepGraph::new();
         let mut o = Oracle::new(n);
         for (step, &u) in order.iter().enumerate() {
@@ -627,8 +657,8 @@ proptest! {
     // A few seconds in debug; PROPTEST_CASES (divided by 40) overrides.
     #![proptest_config(cases(24, 40))]
 
-    /// Larger link shapes (up to 4,000 symbols in up to 60 units) against
-    /// petgraph's SCCs: every symbol becomes Ready exactly in the emission
+    /// Larger link shapes (up to 4,000 symbols in up to 60 units, emitted
+    /// forward, in reverse or in a random order) against petgraph's SCCs: every symbol becomes Ready exactly in the emission
     /// after which everything it reaches is emitted.
     #[test]
     fn link_shapes_match_petgraph_sccs(
@@ -636,17 +666,64 @@ proptest! {
         units in 2usize..60,
         raw in prop::collection::vec(any::<(u16, u16, u16, u8)>(), 1..400),
         order_keys in prop::collection::vec(any::<u32>(), 60),
+        emission in emission_order(),
         per_symbol in any::<bool>(),
         split in 1usize..4,
     ) {
         let (per, calls) = link_calls(n, units, &raw);
         let units = n.div_ceil(per);
-        let mut order: Vec<usize> = (0..units).collect();
-        order.sort_by_key(|&u| order_keys[u]);
+        let order = unit_order(units, emission, &order_keys);
         let got = ready_steps(n, per, &calls, &order, per_symbol, split)?;
         let expected = petgraph_ready_steps(n, per, &calls, &order, per_symbol, split);
         for i in 0..n {
             prop_assert_eq!(got[i], Some(expected[i]), "symbol {}", i);
         }
     }
+}
+
+/// The weak shape of the incremental search (issue 12 §4): one group per
+/// symbol in ten units of 2,000 symbols, four calls each, units emitted in
+/// a random order. Searching per emitted symbol scanned a big component on
+/// each side again and again (8 edges scanned per edge at 10k edges, 27 at
+/// 100k, 65 at 1M); each unit is now emitted in bulk with one pass over the
+/// graph, so the edges scanned stay a small multiple of the edges given.
+#[test]
+fn per_symbol_groups_in_big_units_scan_each_edge_a_bounded_number_of_times() {
+    let n = 20_000;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u16
+    };
+    let raw: Vec<(u16, u16, u16, u8)> = (0..4096).map(|_| (next(), next(), next(), 4)).collect();
+    let (per, calls) = link_calls(n, 10, &raw);
+    let order = unit_order(10, Emission::Random, &[7, 3, 9, 1, 5, 0, 8, 2, 6, 4]);
+    let mut g = DepGraph::new();
+    let mut ready_at = vec![false; n];
+    let mut ready = Vec::new();
+    let mut edges = 0;
+    for &u in &order {
+        let defs: Vec<NodeId> = (u * per..((u + 1) * per).min(n))
+            .map(|i| i as NodeId)
+            .collect();
+        let groups = unit_groups(&defs, &calls, true, 1, |t| !ready_at[t as usize]);
+        edges += groups.iter().map(|(_, deps)| deps.len()).sum::<usize>();
+        let eg: Vec<EmitGroup<'_>> = groups
+            .iter()
+            .map(|(d, p)| EmitGroup { defs: d, deps: p })
+            .collect();
+        ready.clear();
+        g.emit(&eg, &mut ready);
+        for &r in &ready {
+            ready_at[r as usize] = true;
+        }
+    }
+    assert!(ready_at.iter().all(|&r| r), "every symbol Ready");
+    let scanned = g.stats().scanned as usize;
+    assert!(
+        scanned <= 3 * edges,
+        "{scanned} edges scanned for {edges} edges given"
+    );
 }

@@ -7,7 +7,7 @@
 //! a definition arrives.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 
 use kiln_arch::x86_64::reloc::EdgeKind;
 
@@ -42,69 +42,19 @@ index!(
     SymbolId
 );
 
-/// A fast non-cryptographic hasher (the Fx hash of rustc and Firefox) for
-/// symbol names: the linker hashes every global reference, and its inputs
+/// The hashers of the linker's maps: `rustc-hash`'s Fx hash (rustc's own),
+/// fast on the short keys a link hashes (names, ids, addresses); its inputs
 /// are not adversarial hash-flooding material in a way that matters here.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes([
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-            ]));
-        }
-        let mut tail = [0u8; 8];
-        let rest = chunks.remainder();
-        tail[..rest.len()].copy_from_slice(rest);
-        self.add(u64::from_le_bytes(tail) ^ (rest.len() as u64) << 56);
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // Fx's product leaves the low bits (hashbrown's bucket index)
-        // depending only on the low input bytes; mix the high bits down
-        // (splitmix64's finalizer) so names differing at the end spread out.
-        let mut x = self.0;
-        x ^= x >> 30;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x ^= x >> 27;
-        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-}
-
-/// A `HashMap` keyed with [`FxHasher`].
-pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-
-/// A `HashSet` keyed with [`FxHasher`].
-pub type FxHashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
+pub use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 
 /// Global names → their symbol: a hashbrown map, so that a name hashed
 /// while its object was parsed (in parallel, [`name_hash`]) is looked up
 /// and inserted with that hash in one probe when objects are merged.
-pub type GlobalMap = hashbrown::HashMap<Box<str>, SymbolId, BuildHasherDefault<FxHasher>>;
+pub type GlobalMap = hashbrown::HashMap<Box<str>, SymbolId, FxBuildHasher>;
 
 /// The hash [`GlobalMap`] uses for `name`.
 pub fn name_hash(name: &str) -> u64 {
-    BuildHasherDefault::<FxHasher>::default().hash_one(name)
+    FxBuildHasher.hash_one(name)
 }
 
 /// Memory protection a section ends up with once finalized.
@@ -951,6 +901,7 @@ mod tests {
 
     #[test]
     fn fx_hasher_distinguishes_lengths() {
+        use std::hash::Hasher;
         let h = |s: &str| {
             let mut x = FxHasher::default();
             x.write(s.as_bytes());

@@ -967,10 +967,14 @@ impl MaterializationUnit for ObjectUnit {
             &self.globals,
             &r,
         ) {
-            Ok((groups, graph)) => {
+            Ok((groups, graph, perf_map)) => {
                 let _ = r.emit(groups);
-                // Freeing the graph's arenas takes a while for big images:
-                // only after the emit, which lets waiting lookups go on.
+                // Freeing the graph's arenas takes a while for big images,
+                // and perf reads its map only when it resolves samples:
+                // both only after the emit, which lets waiting lookups go on.
+                if let (Some(lines), Some(g)) = (perf_map, &graph) {
+                    lines.write(&self.name, g);
+                }
                 drop(graph);
             }
             Err(e) => r.fail(e),
@@ -988,6 +992,14 @@ impl MaterializationUnit for ObjectUnit {
 fn link_error(e: LinkError) -> Error {
     Error::external(e)
 }
+
+/// What [`link`] leaves for after the emit: the groups to emit, the graph
+/// to free, the perf map lines to write.
+type Linked = (
+    Vec<DependenceGroup>,
+    Option<LinkGraph>,
+    Option<crate::debug::PerfMapLater>,
+);
 
 /// What this unit owes, with flags, by position in `globals` (the graph's
 /// defined non-local globals, named once in `add_graph`; the graph has not
@@ -1046,6 +1058,12 @@ impl passes::LinkHost for EngineHost<'_> {
 
     fn link_error(&self, e: LinkError) -> Error {
         link_error(e)
+    }
+
+    /// The perf map's lines are written after the emit
+    /// ([`ObjectUnit::materialize`]).
+    fn defer_perf_map(&self) -> bool {
+        true
     }
 
     /// (a) Our own addresses: other units waiting on them at Resolved go on.
@@ -1157,7 +1175,7 @@ fn link(
     symbols: &[(SymbolName, SymbolFlags)],
     globals: &[(SymbolName, SymbolId)],
     r: &Responsibility,
-) -> Result<(Vec<DependenceGroup>, Option<LinkGraph>), Error> {
+) -> Result<Linked, Error> {
     let started = Instant::now();
     let owed = owed_symbols(name, symbols, globals, r, &input)?;
     let start = match input {
@@ -1197,7 +1215,7 @@ fn link(
         prepared_at: started,
         resolved_at: started,
     };
-    let (finalized, graph) = passes::run(start, &mut host, &env, &options)?;
+    let (finalized, graph, perf_map) = passes::run(start, &mut host, &env, &options)?;
     let EngineHost {
         defs,
         found,
@@ -1234,7 +1252,7 @@ fn link(
 
     // (d) Emit (by the caller, after this returns).
     let groups = dependence_groups(&order, &found, defs);
-    Ok((groups, graph))
+    Ok((groups, graph, perf_map))
 }
 
 /// The image's symbols (`defs`) as one group, depending on the external

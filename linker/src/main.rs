@@ -335,8 +335,10 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         }
     };
     if args.noexec {
-        report(None);
+        // Ended first, as after a run: work left after the emit (perf map
+        // lines, freeing graphs) is done and counted.
         session.end();
+        report(None);
         return Ok(0);
     }
 
@@ -561,6 +563,21 @@ fn print_stats(
             "  gdb registrations      {registered}, {:.3} ms ({:.3} ms each)",
             ms(register_time),
             ms(register_time) / registered as f64
+        );
+        if let Some(cpu) = kiln_linker::debug::gdb_debugger_cpu_time() {
+            eprintln!(
+                "  debugger CPU           {:.3} ms ({:.3} ms each)",
+                ms(cpu),
+                ms(cpu) / registered as f64
+            );
+        }
+    }
+    let (announced, announce_time) = kiln_linker::debug::announce_time();
+    if announced > 0 {
+        // Symbols, debug objects, perf map and jitdump lines, registrations.
+        eprintln!(
+            "  debugger/profiler work {:.3} ms ({announced} announcements)",
+            ms(announce_time)
         );
     }
     if stats.relocations > 0 {

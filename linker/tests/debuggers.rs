@@ -31,7 +31,18 @@ fn build(cc: &str, srcs: &[&str], flags: &[&str], dir: &Path) -> Vec<PathBuf> {
 /// Runs `gdb -batch` with `commands` on `program args`: everything gdb and
 /// the program printed.
 fn gdb(commands: &[&str], program: &Path, args: &[&str]) -> String {
+    gdb_with_env(commands, program, args, &[])
+}
+
+/// [`gdb`], with `env` set for gdb and the program.
+fn gdb_with_env(
+    commands: &[&str],
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> String {
     let mut cmd = Command::new("gdb");
+    cmd.envs(env.iter().copied());
     // In a sanitizer build of kiln (scripts/test with KILN_ASAN=1) the
     // program would end with LeakSanitizer's fatal error: it cannot run
     // under ptrace. Leak checking stays with the runs outside gdb.
@@ -394,6 +405,29 @@ fn debug_object_has_runtime_addresses_symbols_and_dwarf() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
+    // As few allocated sections as can be (GDB re-sorts all of them, of
+    // every object, at each registration): one per protection, the code
+    // in one `.text`; `.eh_frame` at its address but not allocated.
+    let mut alloc = Vec::new();
+    for s in file.sections() {
+        if let SectionFlags::Elf { sh_flags, .. } = s.flags()
+            && sh_flags.0 & object::elf::SHF_ALLOC.0 != 0
+        {
+            alloc.push((s.name().unwrap_or_default().to_string(), sh_flags.0));
+        }
+    }
+    let code: Vec<&String> = alloc
+        .iter()
+        .filter(|(_, f)| f & object::elf::SHF_EXECINSTR.0 != 0)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(code, [".text"], "one code section: {alloc:?}");
+    assert!(alloc.len() <= 3, "one section per protection: {alloc:?}");
+    let eh = file.section_by_name(".eh_frame").expect(".eh_frame");
+    assert!(
+        eh.address() != 0 && !alloc.iter().any(|(n, _)| n == ".eh_frame"),
+        ".eh_frame at its runtime address, not allocated"
+    );
     let text = file.section_by_name(".text").expect(".text").address();
     for f in ["main", "helper"] {
         let sym = file
@@ -402,4 +436,272 @@ fn debug_object_has_runtime_addresses_symbols_and_dwarf() {
             .unwrap_or_else(|| panic!("{f} missing from .symtab"));
         assert!(sym.address() >= text && sym.size() > 0, "{f}: {sym:?}");
     }
+}
+
+/// Saves `objs` as the image file `dir/name.kimg` (`kiln image save`).
+fn save_image(objs: &[PathBuf], dir: &Path, name: &str) -> PathBuf {
+    let image = dir.join(format!("{name}.kimg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["image", "save", "-o"])
+        .arg(&image)
+        .args(objs)
+        .output()
+        .expect("run kiln image save");
+    assert!(out.status.success(), "kiln image save failed: {out:?}");
+    image
+}
+
+/// `kiln run --gdb prog.kimg` (an image file, loaded, not linked): a
+/// breakpoint by function name set before the run resolves and is hit,
+/// and a backtrace from host code names every frame of the image.
+#[test]
+fn gdb_sees_code_loaded_from_an_image() {
+    if !need_tool("gdb") || !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-image");
+    let objs = build("gcc", &["o2_main.c", "o2_level1.c"], &["-O2"], &dir);
+    let image = save_image(&objs, &dir, "prog");
+    let out = gdb_kiln(
+        &[
+            "break level1",
+            "break getppid",
+            "run",
+            "bt",
+            "continue",
+            "bt",
+            "continue",
+        ],
+        &[image],
+        false,
+    );
+    assert!(
+        out.contains("hit Breakpoint 1, ") && out.contains(" in level1 ()"),
+        "the breakpoint on level1 was not hit:\n{out}"
+    );
+    let second = out
+        .find("hit Breakpoint 2, ")
+        .unwrap_or_else(|| panic!("the breakpoint on getppid was not hit:\n{out}"));
+    let bt = frames(&out[second..]);
+    for (i, name) in [(1, "level2 ()"), (2, "level1 ()"), (3, "main ()")] {
+        assert!(
+            bt.get(i).is_some_and(|f| f.contains(name)),
+            "frame {i} is not {name}:\n{out}"
+        );
+    }
+    assert_named_down_to_kiln(&bt, &out[second..]);
+    assert!(
+        out.contains("exited normally"),
+        "the program failed:\n{out}"
+    );
+}
+
+/// Runs `kiln args inputs` (with `JITDUMPDIR=dir`): its pid and its perf
+/// map (removed).
+fn kiln_perf_map(args: &[&str], inputs: &[PathBuf], dir: &Path) -> (u32, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("JITDUMPDIR", dir)
+        .args(args)
+        .args(inputs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for kiln");
+    let map_path = format!("/tmp/perf-{pid}.map");
+    let map = std::fs::read_to_string(&map_path);
+    let _ = std::fs::remove_file(&map_path);
+    assert!(out.status.success(), "kiln run failed: {out:?}");
+    (
+        pid,
+        map.unwrap_or_else(|e| panic!("no perf map {map_path}: {e}")),
+    )
+}
+
+/// `kiln run --lazy --perf-map`: lazy-call stubs and reentry trampolines
+/// are named by the entry they serve (`kiln-stub:NAME`,
+/// `kiln-trampoline:NAME`), their shared reentry code `kiln-reentry`; and
+/// every function and PLT stub of the images, lazy and eager.
+#[test]
+fn perf_map_names_lazy_stubs_and_trampolines_by_symbol() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-stub-names");
+    let objs = build("gcc", &["o2_main.c", "o2_level1.c"], &["-O2"], &dir);
+    let (_, map) = kiln_perf_map(&["run", "--lazy", "--perf-map"], &objs, &dir);
+    let names: Vec<&str> = map
+        .lines()
+        .filter_map(|l| l.splitn(3, ' ').nth(2))
+        .collect();
+    for want in [
+        "kiln-stub:main",
+        "kiln-stub:level1",
+        "kiln-stub:level2",
+        "kiln-trampoline:main",
+        "kiln-trampoline:level1",
+        "kiln-trampoline:level2",
+        "kiln-reentry",
+    ] {
+        assert!(
+            names.contains(&want),
+            "{want} missing from the perf map:\n{map}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n.contains('@')),
+        "a stub named by index:\n{map}"
+    );
+    // The images' own lines (written after each emit), lazy and eager.
+    let (_, eager) = kiln_perf_map(&["run", "--perf-map"], &objs, &dir);
+    for map in [&map, &eager] {
+        for want in ["main", "level1", "level2", "kiln-plt:getppid"] {
+            assert!(
+                map.lines().any(|l| l.ends_with(&format!(" {want}"))),
+                "{want} missing from the perf map:\n{map}"
+            );
+        }
+    }
+}
+
+/// `kiln run --perf-map --jitdump prog.kimg`: the image's functions are in
+/// the perf map (one line each, sized, not overlapping) and in the jitdump.
+#[test]
+fn perf_map_and_jitdump_name_code_loaded_from_an_image() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-image-perf");
+    let objs = build("gcc", &["o2_main.c", "o2_level1.c"], &["-O2"], &dir);
+    let image = save_image(&objs, &dir, "prog");
+    let (pid, map) = kiln_perf_map(&["run", "--perf-map", "--jitdump"], &[image], &dir);
+    let mut lines: Vec<(u64, u64, &str)> = map
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, ' ');
+            let mut hex = || u64::from_str_radix(f.next().unwrap_or(""), 16);
+            let (start, size) = (hex(), hex());
+            let name = f.next().unwrap_or("");
+            match (start, size) {
+                (Ok(s), Ok(z)) if z > 0 && !name.is_empty() => (s, z, name),
+                _ => panic!("malformed perf map line {l:?}"),
+            }
+        })
+        .collect();
+    for f in ["main", "level1", "level2"] {
+        assert_eq!(
+            lines.iter().filter(|l| l.2 == f).count(),
+            1,
+            "{f}: not once in the perf map:\n{map}"
+        );
+    }
+    lines.sort();
+    for w in lines.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "overlapping lines:\n{map}");
+    }
+    let dump_path = dir.join(format!("jit-{pid}.dump"));
+    let dump = std::fs::read(&dump_path)
+        .unwrap_or_else(|e| panic!("no jitdump {}: {e}", dump_path.display()));
+    let _ = std::fs::remove_file(&dump_path);
+    for f in ["main", "level1", "level2"] {
+        let name = format!("{f}\0");
+        assert!(
+            dump.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{f}: no code-load record in the jitdump"
+        );
+    }
+}
+
+/// Run by [`loading_an_image_registers_one_object_until_it_is_dropped`]
+/// in a process of its own (it changes the process's debug options):
+/// loads the image `KILN_TEST_IMAGE` with gdb support on, calls it, drops
+/// it.
+#[test]
+#[ignore = "run in its own process by loading_an_image_registers_one_object_until_it_is_dropped"]
+fn image_load_and_drop_child() {
+    let path = std::env::var("KILN_TEST_IMAGE").expect("KILN_TEST_IMAGE");
+    let bytes = std::fs::read(&path).expect("read the image");
+    DebugOptions::set_process_default(DebugOptions::NONE.with_gdb(true));
+    let before = kiln_linker::debug::gdb_registered_objects();
+    // SAFETY: the image was saved by this test from REMOVABLE; it imports
+    // nothing.
+    let image = unsafe { kiln_linker::image_file::load(&path, &bytes, &HostSymbols::new()) }
+        .expect("load the image");
+    assert_eq!(
+        kiln_linker::debug::gdb_registered_objects(),
+        before + 1,
+        "one debug object per image load"
+    );
+    let address = image.symbol("kiln_removable_fn").expect("exported");
+    // SAFETY: `kiln_removable_fn` is `int (int)` (REMOVABLE).
+    let f = unsafe { std::mem::transmute::<u64, extern "C" fn(i32) -> i32>(address) };
+    assert_eq!(f(3), 22);
+    kiln_test_after_link();
+    drop(image);
+    assert_eq!(
+        kiln_linker::debug::gdb_registered_objects(),
+        before,
+        "unregistered when the image is dropped"
+    );
+    kiln_test_after_removal();
+}
+
+/// Loading an image file registers one debug object; dropping the image
+/// unregisters it, and gdb then no longer lists its function.
+#[test]
+fn loading_an_image_registers_one_object_until_it_is_dropped() {
+    if !need_tool("gdb") || !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-image-drop");
+    let obj = compile_c_text(&dir, "removable", REMOVABLE, &["-O1", "-fPIC"]);
+    let image = save_image(&[obj], &dir, "removable");
+    let exe = std::env::current_exe().expect("test binary");
+    let out = gdb_with_env(
+        &[
+            "break kiln_test_after_link",
+            "break kiln_test_after_removal",
+            "run",
+            "echo [linked]\\n",
+            "info functions ^kiln_removable_fn$",
+            "continue",
+            "echo [removed]\\n",
+            "info functions ^kiln_removable_fn$",
+            "continue",
+        ],
+        &exe,
+        &[
+            "--exact",
+            "image_load_and_drop_child",
+            "--include-ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ],
+        &[("KILN_TEST_IMAGE", image.as_os_str())],
+    );
+    let linked = out
+        .find("[linked]")
+        .unwrap_or_else(|| panic!("gdb did not stop after the load:\n{out}"));
+    let removed = out
+        .find("[removed]")
+        .unwrap_or_else(|| panic!("gdb did not stop after the drop:\n{out}"));
+    let listed = |s: &str| {
+        s.lines()
+            .any(|l| l.trim_end().ends_with(" kiln_removable_fn"))
+    };
+    assert!(
+        listed(&out[linked..removed]),
+        "gdb does not list the loaded function:\n{out}"
+    );
+    let after = &out[removed..];
+    let end = after.find("Continuing.").unwrap_or(after.len());
+    assert!(
+        !listed(&after[..end]),
+        "gdb still lists the dropped image's function:\n{out}"
+    );
+    assert!(
+        out.contains("exited normally") && out.contains("1 passed"),
+        "the child test failed under gdb:\n{out}"
+    );
 }

@@ -3,8 +3,10 @@
 //! `engine_models.rs` (readiness of cycles, failure, one materialization,
 //! serialized generators, tracker removal racing emit), `lazy_model.rs`
 //! (lazy reexports' first call), `generator_queue_model.rs` (a serialized
-//! generator's queue advances past lookups that no longer need it) and
-//! `fast_path_model.rs` (the lock-free lookup path agrees with the actor).
+//! generator's queue advances past lookups that no longer need it),
+//! `fast_path_model.rs` (the lock-free lookup path agrees with the actor)
+//! and `qualified_model.rs` (the `QualifiedNames` generator: a lookup racing
+//! a module's registration and a cancel).
 //! Under `--cfg kiln_shuttle`: `fast_path_shuttle.rs`, the same fast path
 //! with the real Ready index under shuttle's randomized scheduler. The
 //! models' sessions dispatch in place (`InPlaceDispatcher`); their

@@ -74,6 +74,20 @@
 //!   `defs × deps`, and one search for all its deps. The hidden node is
 //!   always emitted, so reachability between real nodes, and with it
 //!   readiness and failure, is unchanged.
+//! * **Bulk batches.** A batch of at least 64 defs plus deps — a whole
+//!   unit of hundreds of symbols, each its own group — skips placement and
+//!   searches when that pays: its edges go in, then one pass (Tarjan's
+//!   algorithm over out-edges) finds the SCCs of everything the batch
+//!   reaches, contracts each into its biggest component and moves the
+//!   reached components, in topological order, behind all others. The
+//!   reached set is closed under out-edges, so every edge still points
+//!   forwards. The pass is taken when a search bounded by eight times the
+//!   batch's size finds the reached region that small (the usual link
+//!   shape: the big SCC of the units emitted so far, whose internal edges
+//!   are gone, and a few others), or, failing that, over the whole graph
+//!   when the batch brings an eighth of the stored slots plus edges. Either
+//!   way the batch pays for the pass; searching per node there would
+//!   rescan the big components on both sides of each search.
 //! * **Failure** walks in-edges backwards from the failed nodes, so it costs
 //!   the size of the failed region.
 //!
@@ -91,7 +105,11 @@
 //!   smaller side;
 //! * an emitted node with backward edges costs one two-way search,
 //!   `O(k log k)` for `k` edges traversed (two binary heaps), plus the SCC
-//!   extraction over the same edges when it closes a cycle.
+//!   extraction over the same edges when it closes a cycle;
+//! * a bulk batch of size `k` (defs plus deps) costs at most `8k` for the
+//!   bounded check and `O(8k)` for the pass (the region it reaches, or the
+//!   whole graph when that is at most `8k`): `O(m + n)` over the lifetime
+//!   for bulk batches, plus the contraction and label costs above.
 //!
 //! **Worst case:** incremental topological ordering and SCC maintenance have
 //! no known near-linear algorithm. Haeupler et al. prove `O(m^{3/2})` in
@@ -106,16 +124,22 @@
 //! 11k / 55k / 252k; chains of 5-cycles in random order: 6.6k / 29k / 139k),
 //! and chains in either direction and the W5 DAG emitted dependants first
 //! need no search. On link shapes like W9's (symbols in 10 or 100 units,
-//! four calls each, three of them to random units, units emitted in a random
-//! order) the graph spends, at 10k / 100k / 1M edges, 1,270 / 1,290 / 1,350
-//! instructions per edge with each unit one group (the object layer's
-//! shape; 1,450 / 1,570 / 1,690 with 10 units), and 1,170 / 1,260 / 1,930
-//! with one group per symbol. **Weak spot:** one group per symbol in 10
-//! units of up to 25,000 symbols costs 1,200 / 1,830 / 7,990: there a big
-//! component on each side of most searches (the SCC of the units emitted so
-//! far, a cycle inside the unit being emitted) makes each search scan
-//! about the smaller of their edge lists (`GraphStats::scanned` grows from 8
-//! to 27 to 65 per edge).
+//! four calls each, three of them to random units, units emitted forward,
+//! in reverse or in a random order, each unit one batch) the graph spends,
+//! at 10k / 100k / 1M edges, about 1,080 / 1,080 / 1,110 instructions per
+//! edge with each unit one group (the object layer's shape; 980 / 950 / 960
+//! with 100 units) and 650 / 620 / 620 with one group per symbol (730 /
+//! 650 / 630 with 100 units); the three orders stay within 5 % of each
+//! other, and searches scan 1.2–1.8 edges per edge at every size. Before
+//! bulk batches the unit-group shapes cost 1,460 / 1,540 / 1,650 (10
+//! units) and 1,240 / 1,260 / 1,330 (100 units), one group per symbol in
+//! 100 units 1,160 / 1,240 / 1,930, and in 10 units 1,190 / 1,810 /
+//! 8,040 (a big component on each side of most searches — the SCC of the
+//! units emitted so far, a cycle inside the unit being emitted — made each
+//! search scan about the smaller of their edge lists: 2.4, 8.3 and 65
+//! edges scanned per edge). Figures: `valgrind --tool=callgrind
+//! --toggle-collect='dep_graph::run_link'` on `KILN_GRAPH_ONCE=<shape>/<n>`
+//! (2026-12-05).
 //!
 //! Memory is `O(waiting + unemitted-but-depended-on + edges among them)`,
 //! plus one `u32` per [`NodeId`] up to the largest id seen (the id → slot
@@ -152,6 +176,11 @@ pub struct EmitGroup<'a> {
 
 /// "No slot / no edge".
 const NIL: u32 = u32::MAX;
+/// The smallest batch (defs plus deps over its groups) emitted in bulk.
+const BULK_MIN: usize = 64;
+/// A batch is emitted in bulk when it brings at least this fraction
+/// (`1/BULK_RATIO`) of the stored slots plus edges.
+const BULK_RATIO: usize = 8;
 /// Index of the out-edge list (keyed by the edge's source).
 const OUT: usize = 0;
 /// Index of the in-edge list (keyed by the edge's target).
@@ -235,12 +264,12 @@ struct Edge {
 #[non_exhaustive]
 pub struct GraphStats {
     /// Edges that pointed backwards in the topological order and needed a
-    /// search of their affected region.
+    /// search of their affected region, plus bulk batches laid out afresh.
     pub searches: u64,
     /// Components visited by those searches (forward plus backward).
     pub visited: u64,
-    /// Edges traversed by those searches and by the extraction of the
-    /// SCCs they found.
+    /// Edges traversed by those searches, by the extraction of the SCCs
+    /// they found and by the passes over the graph after bulk batches.
     pub scanned: u64,
     /// Searches that closed a cycle (each contracts one new SCC).
     pub cycles: u64,
@@ -259,6 +288,12 @@ pub struct DepGraph {
     edges: Vec<Edge>,
     /// Free edges, chained through `link[OUT][0]`.
     free_edges: u32,
+    /// Edges in use.
+    live_edges: usize,
+    /// Per slot, Tarjan's index and low link during [`Self::tarjan`] (the
+    /// low link is `NIL` once the component's SCC is out); grown with the
+    /// slots, valid where `MARK_X` holds the pass's epoch.
+    tarjan: Vec<[u32; 2]>,
     /// The topological order of the waiting components.
     order: Order,
     /// Number of waiting real nodes.
@@ -295,6 +330,8 @@ impl DepGraph {
             free_slots: Vec::new(),
             edges: Vec::new(),
             free_edges: NIL,
+            live_edges: 0,
+            tarjan: Vec::new(),
             order: Order::new(),
             waiting: 0,
             epoch: 0,
@@ -330,6 +367,7 @@ impl DepGraph {
         touched.clear();
         // One group without dependencies: no def can wait on another.
         let alone = groups.len() == 1 && groups[0].deps.is_empty();
+        let bulk = self.bulk_mode(groups);
         for group in groups {
             // Which defs does this call emit? Skip (caller bug) defs that an
             // earlier call already emitted.
@@ -361,16 +399,19 @@ impl DepGraph {
                 let h = self.alloc_slot(0, true);
                 for i in defs {
                     let d = touched[i];
-                    self.emit_node(d, &[h], batch);
+                    self.add_node(d, &[h], batch, bulk);
                 }
-                self.emit_node(h, &targets, batch);
+                self.add_node(h, &targets, batch, bulk);
                 touched.push(h);
             } else {
                 for i in defs {
                     let d = touched[i];
-                    self.emit_node(d, &targets, batch);
+                    self.add_node(d, &targets, batch, bulk);
                 }
             }
+        }
+        if let Some(region) = bulk {
+            self.rebuild(&touched, region);
         }
         // Readiness is decided once the whole batch is in.
         let queued = self.next_epoch();
@@ -795,6 +836,7 @@ impl DepGraph {
 
     /// Adds edge `src → dst` to both components' lists: the source's `out`
     /// list (`OUT` if the target is waiting, `PEND` if not).
+    #[inline]
     fn add_edge(&mut self, src: u32, dst: u32, out: usize) -> u32 {
         let edge = Edge {
             ends: [src, dst],
@@ -815,6 +857,7 @@ impl DepGraph {
         };
         self.link_to(e, out);
         self.link_to(e, IN);
+        self.live_edges += 1;
         e
     }
 
@@ -853,11 +896,274 @@ impl DepGraph {
     }
 
     fn free_edge(&mut self, e: u32) {
+        self.live_edges -= 1;
         self.edges[e as usize].link[OUT][0] = self.free_edges;
         self.free_edges = e;
     }
 
     // ----- emission ----------------------------------------------------------
+
+    /// Emits `v` with edges to `targets`: incrementally (placed, the order
+    /// repaired by a search), or, in a bulk batch, only its edges (the
+    /// batch ends with [`Self::rebuild`]).
+    #[inline]
+    fn add_node(&mut self, v: u32, targets: &[u32], batch: u32, bulk: Option<bool>) {
+        if bulk.is_some() {
+            self.emit_node_unordered(v, targets, batch);
+        } else {
+            self.emit_node(v, targets, batch);
+        }
+    }
+
+    /// Whether to emit a batch in bulk — edges first, then one pass
+    /// ([`Self::rebuild`]) instead of a search per node — and over which
+    /// part of the graph: `Some(true)` for the region the batch reaches,
+    /// `Some(false)` for the whole graph, `None` for incremental emission.
+    ///
+    /// A batch of at least [`BULK_MIN`] defs plus deps goes in bulk when
+    /// what its dependencies reach among the waiting components costs at
+    /// most [`BULK_RATIO`] times its size (checked by a bounded search), or
+    /// when it brings at least `1/BULK_RATIO` of the stored slots plus
+    /// edges. Either way the pass costs `O(BULK_RATIO)` per emitted edge or
+    /// node. Small batches (the engine's usual one-symbol emits) stay
+    /// incremental.
+    fn bulk_mode(&mut self, groups: &[EmitGroup<'_>]) -> Option<bool> {
+        let size: usize = match groups {
+            [one] => one.defs.len() + one.deps.len(),
+            _ => groups.iter().map(|g| g.defs.len() + g.deps.len()).sum(),
+        };
+        if size < BULK_MIN {
+            return None;
+        }
+        let budget = size.saturating_mul(BULK_RATIO);
+        if self.reach_within(groups, budget) {
+            Some(true)
+        } else if budget >= self.slots.len() + self.live_edges {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the waiting components the groups' dependencies reach (over
+    /// out-edges) number, with the edges scanned, at most `budget`.
+    #[inline(never)]
+    fn reach_within(&mut self, groups: &[EmitGroup<'_>], budget: usize) -> bool {
+        let seen = self.next_epoch();
+        let mut stack = std::mem::take(&mut self.pool);
+        stack.clear();
+        let mut cost = 0usize;
+        for g in groups {
+            for &t in g.deps {
+                let Some(s) = self.slot_of(t) else { continue };
+                let c = self.slots[s as usize].comp;
+                let cs = &mut self.slots[c as usize];
+                if cs.kind == Kind::Waiting && cs.mark[MARK_X] != seen {
+                    cs.mark[MARK_X] = seen;
+                    stack.push(c);
+                }
+            }
+        }
+        while let Some(c) = stack.pop() {
+            cost += 1 + self.slots[c as usize].len[OUT] as usize;
+            if cost > budget {
+                break;
+            }
+            let mut e = self.slots[c as usize].head[OUT];
+            for _ in 0..self.slots[c as usize].len[OUT] {
+                let edge = self.edges[e as usize];
+                e = edge.link[OUT][0];
+                let w = self.slots[edge.ends[IN] as usize].comp;
+                if self.slots[w as usize].mark[MARK_X] != seen {
+                    self.slots[w as usize].mark[MARK_X] = seen;
+                    stack.push(w);
+                }
+            }
+        }
+        self.stats.scanned += cost as u64;
+        stack.clear();
+        self.pool = stack;
+        cost <= budget
+    }
+
+    /// Emits slot `v` (or adds edges to it, if this batch already emitted
+    /// it) with edges to `targets`, leaving it out of the order: a bulk
+    /// batch's [`Self::rebuild`] places every component afterwards.
+    #[inline(never)]
+    fn emit_node_unordered(&mut self, v: u32, targets: &[u32], batch: u32) {
+        if self.slots[v as usize].kind == Kind::Unemitted {
+            let slot = &mut self.slots[v as usize];
+            slot.kind = Kind::Waiting;
+            slot.emitted_in = batch;
+            slot.pos = NIL;
+            if !slot.hidden {
+                self.waiting += 1;
+            }
+            let mut e = self.slots[v as usize].head[IN];
+            for _ in 0..self.slots[v as usize].len[IN] {
+                let next = self.edges[e as usize].link[IN][0];
+                self.unlink_from(e, PEND);
+                self.link_to(e, OUT);
+                e = next;
+            }
+        }
+        let cv = self.slots[v as usize].comp;
+        for &t in targets {
+            let ct = self.slots[t as usize].comp;
+            if t == v || ct == cv {
+                continue;
+            }
+            let waiting = self.slots[ct as usize].kind == Kind::Waiting;
+            self.add_edge(v, t, if waiting { OUT } else { PEND });
+        }
+    }
+
+    /// After a bulk batch: finds the strongly connected components of the
+    /// waiting components the batch reaches (`region`), or of all of them
+    /// (Tarjan's algorithm, iterative, over out-edges), contracts each cycle
+    /// into its biggest component, and lays those components out at the end
+    /// of the order, dependants first. `touched` holds the batch's slots
+    /// (the only ones not in the order yet).
+    ///
+    /// Moving the reached components behind all others keeps every edge
+    /// pointing forwards: nothing they reach stays behind (the set is
+    /// closed under out-edges), and edges into it from outside now point to
+    /// the end.
+    #[inline(never)]
+    fn rebuild(&mut self, touched: &[u32], region: bool) {
+        self.stats.searches += 1;
+        let mut roots: Vec<u32> = Vec::with_capacity(touched.len());
+        if !region {
+            let mut p = self.order.next_of(NIL);
+            while p != NIL {
+                roots.push(self.order.comp(p));
+                p = self.order.next(p);
+            }
+        }
+        for &t in touched {
+            let c = self.slots[t as usize].comp;
+            if c == t
+                && self.slots[c as usize].kind == Kind::Waiting
+                && self.slots[c as usize].pos == NIL
+            {
+                roots.push(c);
+            }
+        }
+        let (sccs, ends) = self.tarjan(&roots);
+        // The reached components leave the order and come back at its end.
+        for &c in &sccs {
+            let pos = self.slots[c as usize].pos;
+            if pos != NIL {
+                self.order.remove(pos);
+                self.slots[c as usize].pos = NIL;
+            }
+        }
+        let mut reps: Vec<u32> = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for &end in &ends {
+            let scc = &sccs[start..end];
+            start = end;
+            let rep = *scc
+                .iter()
+                .max_by_key(|&&c| {
+                    let cs = &self.slots[c as usize];
+                    cs.size as u64 + cs.len.iter().map(|&l| u64::from(l)).sum::<u64>()
+                })
+                .unwrap_or(&scc[0]);
+            if scc.len() > 1 {
+                self.stats.cycles += 1;
+                self.contract(scc, rep);
+            }
+            reps.push(rep);
+        }
+        // Tarjan lists dependencies first; the order wants dependants first.
+        reps.reverse();
+        let slots = &mut self.slots;
+        self.order
+            .insert_run(self.order.last(), NIL, &reps, |i, p| {
+                slots[reps[i] as usize].pos = p;
+            });
+        for &c in &reps {
+            let pos = self.slots[c as usize].pos;
+            self.slots[c as usize].label = self.order.label(pos);
+        }
+        self.refresh_labels();
+    }
+
+    /// Tarjan's strongly connected components of the waiting components
+    /// reached from `roots` over out-edges: the components of each SCC
+    /// consecutively in the first vector, each SCC ending at the next entry
+    /// of the second, dependencies before dependants. Costs the components
+    /// and edges reached.
+    #[inline(never)]
+    fn tarjan(&mut self, roots: &[u32]) -> (Vec<u32>, Vec<usize>) {
+        let seen = self.next_epoch();
+        if self.tarjan.len() < self.slots.len() {
+            self.tarjan.resize(self.slots.len(), [NIL; 2]);
+        }
+        let mut stack: Vec<u32> = Vec::new();
+        // The depth-first path: (component, next out-edge, out-edges left).
+        let mut frames: Vec<(u32, u32, u32)> = Vec::new();
+        let (mut sccs, mut ends) = (Vec::with_capacity(roots.len()), Vec::new());
+        let mut next_index = 0u32;
+        let mut scanned = 0u64;
+        let tarjan = &mut self.tarjan;
+        let mut enter = |slots: &mut [Slot],
+                         c: u32,
+                         frames: &mut Vec<(u32, u32, u32)>,
+                         stack: &mut Vec<u32>,
+                         tarjan: &mut [[u32; 2]]| {
+            let cs = &mut slots[c as usize];
+            cs.mark[MARK_X] = seen;
+            tarjan[c as usize] = [next_index, next_index];
+            next_index += 1;
+            stack.push(c);
+            frames.push((c, cs.head[OUT], cs.len[OUT]));
+        };
+        for &root in roots {
+            if self.slots[root as usize].mark[MARK_X] == seen {
+                continue;
+            }
+            enter(&mut self.slots, root, &mut frames, &mut stack, tarjan);
+            while let Some(frame) = frames.last_mut() {
+                let c = frame.0;
+                if frame.2 > 0 {
+                    let edge = self.edges[frame.1 as usize];
+                    frame.1 = edge.link[OUT][0];
+                    frame.2 -= 1;
+                    scanned += 1;
+                    let w = self.slots[edge.ends[IN] as usize].comp;
+                    if self.slots[w as usize].mark[MARK_X] != seen {
+                        enter(&mut self.slots, w, &mut frames, &mut stack, tarjan);
+                    } else if tarjan[w as usize][1] != NIL {
+                        // On the stack: w's SCC is not out yet.
+                        let index = tarjan[w as usize][0];
+                        let low = &mut tarjan[c as usize][1];
+                        *low = (*low).min(index);
+                    }
+                    continue;
+                }
+                frames.pop();
+                let [index, low] = tarjan[c as usize];
+                if let Some(&(parent, _, _)) = frames.last() {
+                    let pl = &mut tarjan[parent as usize][1];
+                    *pl = (*pl).min(low);
+                }
+                if low == index {
+                    while let Some(w) = stack.pop() {
+                        tarjan[w as usize][1] = NIL;
+                        sccs.push(w);
+                        if w == c {
+                            break;
+                        }
+                    }
+                    ends.push(sccs.len());
+                }
+            }
+        }
+        self.stats.scanned += scanned;
+        (sccs, ends)
+    }
 
     /// Emits slot `v` (or, if this batch already emitted it through another
     /// group, adds edges) with edges to `targets`, then repairs the order

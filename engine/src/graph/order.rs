@@ -130,6 +130,11 @@ impl Order {
         self.relabelled.drain(..)
     }
 
+    /// The last position (`NIL` if the list is empty).
+    pub(super) fn last(&self) -> u32 {
+        self.last
+    }
+
     /// A position for `c` in front of every other.
     pub(super) fn push_front(&mut self, c: u32) -> u32 {
         self.insert_one(NIL, self.first, c)

@@ -46,69 +46,134 @@ pub(crate) fn build(
     write(&alloc, dwarf, symbols).map_err(|e| e.to_string())
 }
 
-/// The image's sections with live blocks outside TLS that GDB needs, by
-/// address: code, `.eh_frame`, and those holding a symbol of `symbols`
-/// (sorted by address). GDB's work per registration grows with the
-/// sections it already has, so the linker's GOT, `__dso_handle` slot and
-/// the like are left out.
+/// What GDB is given of the image's memory, by address: one section per
+/// protection — `.text` (code), `.rodata`, `.data` — spanning that
+/// protection's live blocks (the layout puts each protection in one
+/// segment), the latter two only when they hold a symbol of `symbols`;
+/// and `.eh_frame`.
+///
+/// GDB's work per registration grows with the sections it already has
+/// (it re-sorts every allocated section of every object file after each
+/// new one, and walks every section header slot), so the object has as few
+/// as it can: one code section rather than one per input section, and
+/// `.eh_frame` not `SHF_ALLOC` (GDB reads CFI from any section of that name
+/// at its `sh_addr`, but maps only allocated sections to addresses).
 fn alloc_sections<'a>(info: &ImageInfo<'a>, symbols: &[ImageSymbol<'_>]) -> Vec<AllocSection<'a>> {
+    use crate::graph::Prot;
     let g = info.graph;
-    let mut out = Vec::new();
+    let classes = [Prot::ReadExec, Prot::Read, Prot::ReadWrite];
+    let mut ranges: [Option<(u64, u64)>; 3] = [None; 3];
     for s in &g.sections {
-        if matches!(s.role, SectionRole::TlsData | SectionRole::TlsBss) {
+        if matches!(
+            s.role,
+            SectionRole::TlsData | SectionRole::TlsBss | SectionRole::EhFrame
+        ) {
             continue;
         }
-        let mut range: Option<(u64, u64)> = None;
-        let mut has_bytes = false;
+        let Some(class) = classes.iter().position(|&p| p == s.prot) else {
+            continue;
+        };
         for &b in &s.blocks {
             let b = &g.blocks[b.index()];
             if !b.live || b.content.is_empty() || b.addr == 0 {
                 continue;
             }
-            has_bytes |= !matches!(b.content, Content::Zero(_));
             let end = b.addr + b.content.len();
-            range = Some(range.map_or((b.addr, end), |(s, e)| (s.min(b.addr), e.max(end))));
+            let r = &mut ranges[class];
+            *r = Some(r.map_or((b.addr, end), |(s, e)| (s.min(b.addr), e.max(end))));
         }
-        if s.role == SectionRole::EhFrame {
-            // With the terminator after the last record.
-            range = info.eh_frame.map(|(start, len)| (start, start + len));
-        }
+    }
+    let mut out = Vec::new();
+    for (class, range) in ranges.into_iter().enumerate() {
         let Some((start, end)) = range else {
             continue;
         };
-        let first = symbols.partition_point(|sym| sym.addr < start);
-        let named = symbols.get(first).is_some_and(|sym| sym.addr < end);
-        let code = s.prot == crate::graph::Prot::ReadExec;
-        if !(named || code || s.role == SectionRole::EhFrame) {
+        let named = symbols.iter().any(|sym| (start..end).contains(&sym.addr));
+        if !(named || classes[class] == Prot::ReadExec) {
             continue;
         }
-        let mut flags = elf::SHF_ALLOC.0;
-        match s.prot {
-            crate::graph::Prot::ReadExec => flags |= elf::SHF_EXECINSTR.0,
-            crate::graph::Prot::ReadWrite => flags |= elf::SHF_WRITE.0,
-            _ => {}
-        }
-        // Only `.eh_frame`'s bytes are copied: GDB reads its CFI from the
-        // object file, but code and data from the process (copying them
-        // cost more than the rest of the object: fresh pages to fault in).
-        // The others are SHT_NOBITS: addresses and sizes only.
-        let eh = s.role == SectionRole::EhFrame;
-        // SAFETY: [start, end) lies inside the image's allocation (every
-        // live block and the `.eh_frame` range were placed in it), which is
-        // finalized readable and outlives this call (the caller holds it).
-        let bytes = (has_bytes && eh).then(|| unsafe {
-            std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
-        });
+        let (name, flags) = match classes[class] {
+            Prot::ReadExec => (".text", elf::SHF_EXECINSTR.0),
+            Prot::Read => (".rodata", 0),
+            Prot::ReadWrite => (".data", elf::SHF_WRITE.0),
+        };
         out.push(AllocSection {
-            name: &s.name,
+            name,
             addr: start,
             size: end - start,
-            flags,
-            bytes,
+            flags: elf::SHF_ALLOC.0 | flags,
+            bytes: None,
         });
+    }
+    if let Some(eh) = eh_frame_section(info.eh_frame) {
+        out.push(eh);
     }
     out.sort_by_key(|s| s.addr);
     out
+}
+
+/// `.eh_frame` at its runtime address (`sh_addr`), with its bytes (GDB
+/// reads CFI from the object, not from the process), not `SHF_ALLOC` (see
+/// [`alloc_sections`]).
+fn eh_frame_section(eh_frame: Option<(u64, u64)>) -> Option<AllocSection<'static>> {
+    let (start, len) = eh_frame.filter(|&(start, len)| start != 0 && len > 0)?;
+    // SAFETY: the `.eh_frame` range lies inside the image's allocation
+    // (placed there by the layout, or checked inside a read-only segment by
+    // the image loader), which is finalized readable and outlives this call
+    // (the caller holds it).
+    let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, len as usize) };
+    Some(AllocSection {
+        name: ".eh_frame",
+        addr: start,
+        size: len,
+        flags: 0,
+        bytes: Some(bytes),
+    })
+}
+
+/// The debug object of a loaded image file: its segments as `.text`,
+/// `.rodata` and `.data` (`SHT_NOBITS`, at their runtime addresses), its
+/// `.eh_frame` (bytes copied, not allocated: see [`alloc_sections`]) and
+/// `.symtab` with its exports. Like [`build`], only sections with code,
+/// `.eh_frame` or a symbol are given.
+pub(crate) fn build_loaded(
+    image: &super::LoadedImage<'_>,
+    symbols: &[ImageSymbol<'_>],
+) -> Result<Vec<u8>, String> {
+    let mut alloc = Vec::new();
+    let mut push = |name: &'static str, start: u64, end: u64, prot| {
+        let named = symbols.iter().any(|sym| (start..end).contains(&sym.addr));
+        let code = prot == crate::graph::Prot::ReadExec;
+        if start == 0 || start >= end || !(named || code) {
+            return;
+        }
+        let flags = elf::SHF_ALLOC.0
+            | match prot {
+                crate::graph::Prot::ReadExec => elf::SHF_EXECINSTR.0,
+                crate::graph::Prot::ReadWrite => elf::SHF_WRITE.0,
+                crate::graph::Prot::Read => 0,
+            };
+        alloc.push(AllocSection {
+            name,
+            addr: start,
+            size: end - start,
+            flags,
+            bytes: None,
+        });
+    };
+    for &(start, size, prot) in &image.segments {
+        let name = match prot {
+            crate::graph::Prot::ReadExec => ".text",
+            crate::graph::Prot::Read => ".rodata",
+            crate::graph::Prot::ReadWrite => ".data",
+        };
+        push(name, start, start + size, prot);
+    }
+    if let Some(eh) = eh_frame_section(image.eh_frame) {
+        alloc.push(eh);
+    }
+    alloc.sort_by_key(|s| s.addr);
+    write(&alloc, &[], symbols).map_err(|e| e.to_string())
 }
 
 /// The inputs' `.debug_*` sections, concatenated per name in input order
@@ -274,8 +339,11 @@ fn symbol_tables(
     symbols: &[ImageSymbol<'_>],
     section_of: impl Fn(u64) -> Option<u32>,
 ) -> SymbolTables {
-    let mut symtab = vec![0u8; 24];
-    let mut strtab = Vec::with_capacity(symbols.len() * 16 + 1);
+    // Sized exactly: growing by doubling copied and faulted in pages.
+    let mut symtab = Vec::with_capacity((symbols.len() + 1) * 24);
+    symtab.resize(24, 0);
+    let names: usize = symbols.iter().map(|s| s.name.len() + 1).sum();
+    let mut strtab = Vec::with_capacity(names + 1);
     strtab.push(0);
     let locals = symbols.iter().filter(|s| s.local);
     let globals = symbols.iter().filter(|s| !s.local);
@@ -336,10 +404,13 @@ fn write(
         dwarf_out.push((n, index, offset));
     }
     // Symbols: locals first (ELF's rule), each in the section holding it.
+    // (A handful of sections; `.eh_frame`, not allocated, holds none.)
     let section_of = |addr: u64| {
-        let i = alloc.partition_point(|s| s.addr <= addr);
-        i.checked_sub(1)
-            .filter(|&i| addr < alloc[i].addr + alloc[i].size.max(1))
+        alloc
+            .iter()
+            .position(|s| {
+                s.flags & elf::SHF_ALLOC.0 != 0 && (s.addr..s.addr + s.size.max(1)).contains(&addr)
+            })
             .map(|i| alloc_out[i].1.0)
     };
     let tables = symbol_tables(symbols, section_of);

@@ -51,6 +51,58 @@ static LOCK: Mutex<()> = Mutex::new(());
 static REGISTERED: AtomicU64 = AtomicU64::new(0);
 static REGISTER_NANOS: AtomicU64 = AtomicU64::new(0);
 
+/// CPU nanoseconds the debugger used during registrations, when measured
+/// (see [`tracer_clock`]).
+static TRACER_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// With `KILN_GDB_TRACER_CPU=1` (a benchmark aid): the CPU-time clock of
+/// the process tracing this one (`TracerPid`, read once), so that each
+/// registration can count the CPU time the debugger spent on it — unlike
+/// wall time, not inflated by other load on the machine.
+fn tracer_clock() -> Option<libc::clockid_t> {
+    static CLOCK: std::sync::OnceLock<Option<libc::clockid_t>> = std::sync::OnceLock::new();
+    *CLOCK.get_or_init(|| {
+        if std::env::var_os("KILN_GDB_TRACER_CPU").is_none_or(|v| v != "1") {
+            return None;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let pid: libc::pid_t = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        // The process CPU clock of `pid` (Linux's MAKE_PROCESS_CPUCLOCK
+        // with CPUCLOCK_SCHED), as `clock_getcpuclockid` would give.
+        (pid != 0).then_some(((!pid) << 3) | 2)
+    })
+}
+
+/// Nanoseconds on `clock` now (0 if it cannot be read).
+fn clock_nanos(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; a bad clock id only
+    // makes the call fail.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// CPU time the debugger spent on registrations, if measured
+/// (`KILN_GDB_TRACER_CPU=1` and a debugger attached).
+pub(crate) fn tracer_time() -> Option<std::time::Duration> {
+    tracer_clock()?;
+    Some(std::time::Duration::from_nanos(
+        TRACER_NANOS.load(Ordering::Relaxed),
+    ))
+}
+
 /// (registrations, total time spent registering) in this process.
 pub(crate) fn registration_time() -> (u64, std::time::Duration) {
     (
@@ -93,6 +145,7 @@ impl Entry {
             symfile_size: object.len() as u64,
         });
         let start = std::time::Instant::now();
+        let tracer = tracer_clock().map(|c| (c, clock_nanos(c)));
         let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: the descriptor is a static of the C shim; its list is
         // changed only under `LOCK`, held here; every entry on it is a live
@@ -109,6 +162,10 @@ impl Entry {
             (*d).action_flag = JIT_REGISTER_FN;
             kiln_gdb_jit_notify();
             (*d).action_flag = JIT_NOACTION;
+        }
+        if let Some((clock, before)) = tracer {
+            let spent = clock_nanos(clock).saturating_sub(before);
+            TRACER_NANOS.fetch_add(spent, Ordering::Relaxed);
         }
         REGISTERED.fetch_add(1, Ordering::Relaxed);
         REGISTER_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -9,7 +9,11 @@
 //! | `lines` | the line tables of an image's relocated DWARF (`gimli`) |
 //!
 //! Nothing here runs unless [`DebugOptions`] asks for it: the default link
-//! path only checks three booleans. An image's registration
+//! path only checks three booleans. Links are announced by
+//! `register_image` (in the engine layer with GDB support off, a link's
+//! perf map lines are written after its emit: `PerfMapLater`); loaded
+//! image files by `register_loaded`; lazy stubs and trampolines, by the
+//! entry each serves, by `announce_stubs`. An image's registration
 //! ([`DebugRegistration`]) is dropped — unregistered from GDB — before the
 //! image's memory is released (tracker removal, dylib removal, session end:
 //! they all drop the [`crate::LinkedImage`]).
@@ -187,6 +191,37 @@ pub fn gdb_registration_time() -> (u64, std::time::Duration) {
     gdb::registration_time()
 }
 
+/// With `KILN_GDB_TRACER_CPU=1` and a debugger attached: the CPU time the
+/// debugger spent on this process's registrations (its process CPU clock,
+/// read around each; a benchmark aid, less disturbed by other load than
+/// [`gdb_registration_time`]).
+pub fn gdb_debugger_cpu_time() -> Option<std::time::Duration> {
+    gdb::tracer_time()
+}
+
+/// Announcements to debuggers or profilers in this process so far (one
+/// per image, plus one per link whose perf map lines were written after
+/// its emit), and the time spent in them (collecting symbols, building
+/// debug objects, writing perf map and jitdump lines, registering — with a
+/// debugger attached, its reading each object too), for `kiln run
+/// --stats`.
+pub fn announce_time() -> (u64, std::time::Duration) {
+    (
+        ANNOUNCED.load(std::sync::atomic::Ordering::Relaxed),
+        std::time::Duration::from_nanos(ANNOUNCE_NANOS.load(std::sync::atomic::Ordering::Relaxed)),
+    )
+}
+
+static ANNOUNCED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ANNOUNCE_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one announcement that started at `start`.
+fn count_announce(start: std::time::Instant) {
+    use std::sync::atomic::Ordering::Relaxed;
+    ANNOUNCED.fetch_add(1, Relaxed);
+    ANNOUNCE_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
+}
+
 /// This process's perf map, `/tmp/perf-PID.map`.
 pub fn perf_map_path() -> String {
     perf_map::path()
@@ -215,6 +250,17 @@ pub(crate) fn register_image(
     if !options.any() {
         return Ok(None);
     }
+    let start = std::time::Instant::now();
+    let result = announce_image(info, options);
+    count_announce(start);
+    result
+}
+
+/// [`register_image`]'s work.
+fn announce_image(
+    info: &ImageInfo<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
     let symbols = image_symbols(info);
     if options.perf_map {
         perf_map::append(&symbols)?;
@@ -235,14 +281,7 @@ pub(crate) fn register_image(
                 image: info.name.to_string(),
                 detail,
             })?;
-        if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
-            // For inspecting what GDB is given (readelf, objdump --dwarf).
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path =
-                std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
-            let _ = std::fs::write(path, &object);
-        }
+        save_object_copy(&object);
         Some(gdb::Entry::register(object))
     } else {
         None
@@ -250,9 +289,179 @@ pub(crate) fn register_image(
     Ok(Some(DebugRegistration { gdb }))
 }
 
-/// Every named symbol of a live block outside TLS, plus `info.extra`,
-/// sorted by address. A function without a size (assembly) extends to
-/// the end of its block.
+/// What a loaded image file tells the debug interfaces (it has no graph:
+/// its segments and exports, at their runtime addresses).
+pub(crate) struct LoadedImage<'a> {
+    /// The image's name (from its header).
+    pub(crate) name: &'a str,
+    /// Each segment: (start, size in memory, protection).
+    pub(crate) segments: Vec<(u64, u64, crate::graph::Prot)>,
+    /// `.eh_frame` (start, length with terminator).
+    pub(crate) eh_frame: Option<(u64, u64)>,
+    /// Each export: (name, address, callable).
+    pub(crate) exports: Vec<(&'a str, u64, bool)>,
+}
+
+/// Announces a loaded image (finalized: memory readable, imports bound)
+/// to what `options` enables, as [`register_image`] does for a link: one
+/// GDB debug object, its functions in the perf map and the jitdump.
+pub(crate) fn register_loaded(
+    image: &LoadedImage<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
+    if !options.any() {
+        return Ok(None);
+    }
+    let start = std::time::Instant::now();
+    let result = announce_loaded(image, options);
+    count_announce(start);
+    result
+}
+
+/// [`register_loaded`]'s work.
+fn announce_loaded(
+    image: &LoadedImage<'_>,
+    options: &DebugOptions,
+) -> Result<Option<DebugRegistration>, DebugError> {
+    let symbols = loaded_symbols(image);
+    if options.perf_map {
+        perf_map::append(&symbols)?;
+    }
+    if options.jitdump {
+        jitdump::append(&symbols, &[])?;
+    }
+    let gdb = if options.gdb {
+        let object =
+            elf_object::build_loaded(image, &symbols).map_err(|detail| DebugError::Object {
+                image: image.name.to_string(),
+                detail,
+            })?;
+        save_object_copy(&object);
+        Some(gdb::Entry::register(object))
+    } else {
+        None
+    };
+    Ok(Some(DebugRegistration { gdb }))
+}
+
+/// The exports of a loaded image inside its segments, by address. An image
+/// file keeps no sizes: each symbol extends to the next one at a higher
+/// address or to the end of its segment (a static function after a global
+/// one is counted in the global's range: the file keeps no local symbols).
+pub(crate) fn loaded_symbols<'a>(image: &LoadedImage<'a>) -> Vec<ImageSymbol<'a>> {
+    let segment_end = |addr: u64| {
+        image
+            .segments
+            .iter()
+            .find(|&&(start, size, _)| (start..start + size).contains(&addr))
+            .map(|&(start, size, _)| start + size)
+    };
+    let mut out: Vec<ImageSymbol<'a>> = image
+        .exports
+        .iter()
+        .filter(|&&(name, addr, _)| !name.is_empty() && segment_end(addr).is_some())
+        .map(|&(name, addr, code)| ImageSymbol {
+            name: std::borrow::Cow::Borrowed(name),
+            addr,
+            size: 0,
+            code,
+            local: false,
+        })
+        .collect();
+    out.sort_unstable_by_key(|s| s.addr);
+    for i in 0..out.len() {
+        let addr = out[i].addr;
+        let end = segment_end(addr).unwrap_or(addr);
+        let next = out[i + 1..]
+            .iter()
+            .map(|s| s.addr)
+            .find(|&a| a > addr)
+            .unwrap_or(end);
+        out[i].size = next.min(end) - addr;
+    }
+    out
+}
+
+/// With `KILN_GDB_OBJECT_DIR` set, a copy of each debug object given to
+/// GDB is saved there (for readelf, objdump --dwarf and the tests).
+fn save_object_copy(object: &[u8]) {
+    if let Some(dir) = std::env::var_os("KILN_GDB_OBJECT_DIR") {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::path::Path::new(&dir).join(format!("kiln-{}-{n}.o", std::process::id()));
+        let _ = std::fs::write(path, object);
+    }
+}
+
+/// The linker's PLT stubs as symbols, `kiln-plt:NAME`: `(symbol it
+/// calls, stub address)` each, `size` bytes.
+pub(crate) fn plt_symbols(
+    graph: &LinkGraph,
+    plt: &[(crate::graph::SymbolId, u64)],
+    size: u64,
+) -> Vec<ImageSymbol<'static>> {
+    plt.iter()
+        .map(|&(sym, addr)| ImageSymbol {
+            name: format!("kiln-plt:{}", graph.symbol_name(sym)).into(),
+            addr,
+            size,
+            code: true,
+            local: true,
+        })
+        .collect()
+}
+
+/// Opens the perf map if it is not open yet (the error a link reports).
+pub(crate) fn perf_map_open() -> Result<(), DebugError> {
+    perf_map::open().map(|_| ())
+}
+
+/// A link's perf map lines, left for after the image is emitted (the
+/// engine layer writes them with the graph it frees then): perf reads the
+/// map when it resolves samples, so the link's waiters need not wait for
+/// the write. Collected from the graph then, written in one `write`.
+pub(crate) struct PerfMapLater {
+    eh_frame: Option<(u64, u64)>,
+    /// PLT stubs: (symbol, address), and their size.
+    plt: Vec<(crate::graph::SymbolId, u64)>,
+    plt_stub_size: u64,
+}
+
+impl PerfMapLater {
+    pub(crate) fn new(
+        eh_frame: Option<(u64, u64)>,
+        plt: Vec<(crate::graph::SymbolId, u64)>,
+        plt_stub_size: u64,
+    ) -> PerfMapLater {
+        PerfMapLater {
+            eh_frame,
+            plt,
+            plt_stub_size,
+        }
+    }
+
+    /// Appends the image's lines: `graph` is the image's graph after
+    /// fixup. Only addresses are read, never the image's memory, so this
+    /// is sound even if the image was removed meanwhile (its lines are
+    /// then stale, as any perf map line of removed code). A failed write
+    /// (the file was opened at the link) is dropped: the link is done.
+    pub(crate) fn write(self, name: &str, graph: &LinkGraph) {
+        let start = std::time::Instant::now();
+        let info = ImageInfo {
+            name,
+            graph,
+            eh_frame: self.eh_frame,
+            extra: plt_symbols(graph, &self.plt, self.plt_stub_size),
+        };
+        let _ = perf_map::append(&image_symbols(&info));
+        count_announce(start);
+    }
+}
+
+/// Every named symbol of a live block outside TLS, plus `info.extra`, in
+/// graph order (nothing needs them sorted: sorting cost more than the
+/// rest). A function without a size (assembly) extends to the end of its
+/// block.
 pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
     let g = info.graph;
     let mut out = Vec::with_capacity(g.symbols.len() + info.extra.len());
@@ -285,7 +494,6 @@ pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
         });
     }
     out.extend(info.extra.iter().cloned());
-    out.sort_unstable_by_key(|s| s.addr);
     out
 }
 
@@ -321,29 +529,120 @@ pub(crate) fn object_files(g: &LinkGraph) -> Vec<Option<&crate::graph::InputByte
     files
 }
 
-/// Names lazy-call stubs and reentry trampolines in JIT memory for perf
-/// (`kiln-stub`, `kiln-trampoline`): `(start, size)` of each.
-pub(crate) fn announce_stubs(kind: &str, ranges: &[(u64, u64)]) {
+/// Names lazy-call stubs and reentry trampolines in JIT memory for perf:
+/// `entry` (the trampolines' shared reentry code, `kiln-reentry`), then
+/// each of `starts` (`stride` bytes) as `kiln-KIND:NAME` by the lazy entry
+/// it serves (`names`, one per start), or `kiln-KIND:I@BLOCK` when the
+/// engine gave no names.
+pub(crate) fn announce_stubs(
+    kind: &str,
+    entry: Option<(u64, u64)>,
+    starts: &[u64],
+    stride: u64,
+    names: &[kiln_engine::SymbolName],
+) {
     let options = DebugOptions::process_default();
     if !options.perf_map && !options.jitdump {
         return;
     }
-    let symbols: Vec<ImageSymbol<'_>> = ranges
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, size))| ImageSymbol {
-            name: format!("kiln-{kind}:{i}@{:#x}", ranges[0].0).into(),
-            addr,
-            size,
-            code: true,
-            local: true,
-        })
-        .collect();
+    let symbols = stub_symbols(kind, entry, starts, stride, names);
     // Profiling names are best effort here: a stub block works without them.
     if options.perf_map {
         let _ = perf_map::append(&symbols);
     }
     if options.jitdump {
         let _ = jitdump::append(&symbols, &[]);
+    }
+}
+
+/// The symbols [`announce_stubs`] gives perf.
+fn stub_symbols(
+    kind: &str,
+    entry: Option<(u64, u64)>,
+    starts: &[u64],
+    stride: u64,
+    names: &[kiln_engine::SymbolName],
+) -> Vec<ImageSymbol<'static>> {
+    let block = starts.first().copied().unwrap_or(0);
+    let named = names.len() == starts.len();
+    let symbol = |name: String, addr, size| ImageSymbol {
+        name: name.into(),
+        addr,
+        size,
+        code: true,
+        local: true,
+    };
+    let mut out = Vec::with_capacity(starts.len() + 1);
+    if let Some((addr, size)) = entry {
+        out.push(symbol("kiln-reentry".into(), addr, size));
+    }
+    for (i, &addr) in starts.iter().enumerate() {
+        let name = if named {
+            format!("kiln-{kind}:{}", names[i].as_str())
+        } else {
+            format!("kiln-{kind}:{i}@{block:#x}")
+        };
+        out.push(symbol(name, addr, stride));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Prot;
+
+    #[test]
+    fn stubs_are_named_by_the_entry_they_serve() {
+        let session = kiln_engine::Session::new();
+        let names = [session.intern("foo"), session.intern("bar")];
+        let got: Vec<(String, u64, u64)> =
+            stub_symbols("stub", Some((0x900, 0x20)), &[0x1000, 0x1010], 0x10, &names)
+                .iter()
+                .map(|s| (s.name.to_string(), s.addr, s.size))
+                .collect();
+        let want = [
+            ("kiln-reentry", 0x900, 0x20),
+            ("kiln-stub:foo", 0x1000, 0x10),
+            ("kiln-stub:bar", 0x1010, 0x10),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.0.as_str(), g.1, g.2), w);
+        }
+        let unnamed = stub_symbols("trampoline", None, &[0x2000], 8, &[]);
+        assert_eq!(unnamed[0].name, "kiln-trampoline:0@0x2000");
+        session.end();
+    }
+
+    #[test]
+    fn loaded_symbols_extend_to_the_next_symbol_or_the_segment_end() {
+        let image = LoadedImage {
+            name: "t.kimg",
+            segments: vec![(0x1000, 0x100, Prot::ReadExec), (0x2000, 0x40, Prot::Read)],
+            eh_frame: None,
+            exports: vec![
+                ("b", 0x1040, true),
+                ("a", 0x1000, true),
+                ("alias", 0x1040, true),
+                ("table", 0x2010, false),
+                ("outside", 0x3000, false),
+                ("", 0x1080, true),
+            ],
+        };
+        let got: Vec<(String, u64, u64)> = loaded_symbols(&image)
+            .iter()
+            .map(|s| (s.name.to_string(), s.addr, s.size))
+            .collect();
+        let mut want = vec![
+            ("a".to_string(), 0x1000, 0x40),
+            ("b".to_string(), 0x1040, 0xc0),
+            ("alias".to_string(), 0x1040, 0xc0),
+            ("table".to_string(), 0x2010, 0x30),
+        ];
+        let mut got = got;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 }

@@ -43,9 +43,14 @@ pub(crate) fn append(symbols: &[ImageSymbol<'_>]) -> Result<(), DebugError> {
         text.push(b' ');
         push_hex(&mut text, s.size);
         text.push(b' ');
-        // Names never hold a newline (ELF names are C strings; a newline
-        // would split the line): replaced.
-        text.extend(s.name.bytes().map(|b| if b == b'\n' { b' ' } else { b }));
+        // A newline would split the line (ELF names are C strings, so
+        // only a made-up name could hold one): replaced.
+        let name = s.name.as_bytes();
+        if name.contains(&b'\n') {
+            text.extend(name.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+        } else {
+            text.extend_from_slice(name);
+        }
         text.push(b'\n');
     }
     if text.is_empty() {

@@ -229,9 +229,36 @@ pub(crate) fn finish(
         })
         .collect();
     let (eh, eh_len) = p.header.eh_frame;
+    let eh_frame = (eh_len > 0).then_some((base + eh, eh_len));
+    // Debuggers and profilers see the image as they see a link (one GDB
+    // object per load), as the process's debug options ask.
+    let debug = crate::debug::register_loaded(
+        &crate::debug::LoadedImage {
+            name: p.name,
+            segments: segments
+                .iter()
+                .map(|&(v, m, pr)| (base + v, m, pr))
+                .collect(),
+            eh_frame,
+            exports: (p.exports.iter())
+                .map(|e| {
+                    (
+                        e.name,
+                        base + e.offset,
+                        e.flags & super::format::EXPORT_CALLABLE != 0,
+                    )
+                })
+                .collect(),
+        },
+        &crate::debug::DebugOptions::process_default(),
+    )
+    .map_err(|source| {
+        let image = p.name.to_string();
+        link_err(file_name, crate::LinkError::Debug { image, source })
+    })?;
     let finalized = Finalized {
         symbols,
-        eh_frame: (eh_len > 0).then_some((base + eh, eh_len)),
+        eh_frame,
         init_fini,
         tls: TlsLayout::default(),
         tls_module: None,
@@ -241,8 +268,7 @@ pub(crate) fn finish(
         },
         graph: None,
         imaging: None,
-        // Loaded images are not announced to debuggers or profilers yet.
-        debug: None,
+        debug,
         // The image is named by its base (see below).
         dso_handle: base,
         alloc,

@@ -31,7 +31,8 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use kiln_arch::{Arch, X86_64};
 use kiln_engine::{
-    LazyReexports, Redirector, ResourceKey, ResourceManager, ResourceTracker, TrampolineEmitter,
+    LazyReexports, Redirector, ResourceKey, ResourceManager, ResourceTracker, SymbolName,
+    TrampolineEmitter,
 };
 
 use super::{LazyStubError, MemoryStats, reentry};
@@ -193,10 +194,13 @@ impl StubMemory {
         ranges
     }
 
+    /// `count` trampolines; `names` (empty, or one per trampoline) name
+    /// them for perf.
     fn emit_trampolines(
         &self,
         tracker: &ResourceTracker,
         count: usize,
+        names: &[SymbolName],
     ) -> Result<Vec<u64>, LazyStubError> {
         if count == 0 {
             return Ok(Vec::new());
@@ -237,9 +241,13 @@ impl StubMemory {
             .map(|i| start + i * TRAMPOLINE_STRIDE)
             .collect();
         // Named for perf (opt-in; see crate::debug).
-        let mut named = vec![(entry, layout.first)];
-        named.extend(trampolines.iter().map(|&t| (t, TRAMPOLINE_STRIDE)));
-        crate::debug::announce_stubs("trampoline", &named);
+        crate::debug::announce_stubs(
+            "trampoline",
+            Some((entry, layout.first)),
+            &trampolines,
+            TRAMPOLINE_STRIDE,
+            names,
+        );
         // Under the tracker's key lock: removal either happens before (we
         // release at once) or sees this block.
         tracker
@@ -254,10 +262,13 @@ impl StubMemory {
         Ok(trampolines)
     }
 
+    /// One stub per entry of `initial`; `names` (empty, or one per stub)
+    /// name them for perf.
     fn create_stubs(
         &self,
         tracker: &ResourceTracker,
         initial: &[u64],
+        names: &[SymbolName],
     ) -> Result<Vec<u64>, LazyStubError> {
         if initial.is_empty() {
             return Ok(Vec::new());
@@ -297,8 +308,7 @@ impl StubMemory {
         )?;
         let stubs: Vec<u64> = (0..count as u64).map(|i| base + i * STUB_STRIDE).collect();
         // Named for perf (opt-in; see crate::debug).
-        let named: Vec<(u64, u64)> = stubs.iter().map(|&s| (s, STUB_STRIDE)).collect();
-        crate::debug::announce_stubs("stub", &named);
+        crate::debug::announce_stubs("stub", None, &stubs, STUB_STRIDE, names);
         let range = StubRange {
             end: base + layout.code_len,
             slots: base + layout.slots,
@@ -426,7 +436,15 @@ impl TrampolineEmitter for Emitter {
         tracker: &ResourceTracker,
         count: usize,
     ) -> kiln_engine::Result<Vec<u64>> {
-        Ok(self.0.emit_trampolines(tracker, count)?)
+        Ok(self.0.emit_trampolines(tracker, count, &[])?)
+    }
+
+    fn emit_named_trampolines(
+        &self,
+        tracker: &ResourceTracker,
+        names: &[SymbolName],
+    ) -> kiln_engine::Result<Vec<u64>> {
+        Ok(self.0.emit_trampolines(tracker, names.len(), names)?)
     }
 }
 
@@ -440,7 +458,16 @@ impl Redirector for Stubs {
         tracker: &ResourceTracker,
         initial: &[u64],
     ) -> kiln_engine::Result<Vec<u64>> {
-        Ok(self.0.create_stubs(tracker, initial)?)
+        Ok(self.0.create_stubs(tracker, initial, &[])?)
+    }
+
+    fn create_named_stubs(
+        &self,
+        tracker: &ResourceTracker,
+        initial: &[u64],
+        names: &[SymbolName],
+    ) -> kiln_engine::Result<Vec<u64>> {
+        Ok(self.0.create_stubs(tracker, initial, names)?)
     }
 
     fn redirect(&self, stub: u64, target: u64) -> kiln_engine::Result<()> {
@@ -505,7 +532,7 @@ mod tests {
             forty_two as *const () as usize as u64,
             seven as *const () as usize as u64,
         );
-        let stubs = mem.create_stubs(&tracker, &[a, b, a]).unwrap();
+        let stubs = mem.create_stubs(&tracker, &[a, b, a], &[]).unwrap();
         assert_eq!(stubs.len(), 3);
         assert_eq!(stubs[1] - stubs[0], STUB_STRIDE);
         assert_eq!(
@@ -535,17 +562,17 @@ mod tests {
         // A removed tracker gets nothing, and nothing is kept for it.
         tracker.remove().unwrap();
         assert!(matches!(
-            mem.create_stubs(&tracker, &[a]),
+            mem.create_stubs(&tracker, &[a], &[]),
             Err(LazyStubError::Tracker(_))
         ));
         assert_eq!(mem.stats(), MemoryStats::default());
         // Without a manager (the session ended) no trampolines are emitted.
         let tracker = lib.create_tracker().unwrap();
         assert!(matches!(
-            mem.emit_trampolines(&tracker, 1),
+            mem.emit_trampolines(&tracker, 1, &[]),
             Err(LazyStubError::SessionEnded)
         ));
-        assert!(mem.emit_trampolines(&tracker, 0).unwrap().is_empty());
+        assert!(mem.emit_trampolines(&tracker, 0, &[]).unwrap().is_empty());
         session.end();
     }
 

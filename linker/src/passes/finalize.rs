@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::fixup::{Fixed, not_writable};
 use super::got_plt::GotKey;
-use super::{Finalized, ImageEnv, LinkOptions, LinkStats, Prepared, x86_64};
+use super::{Finalized, FinalizedDeferring, ImageEnv, LinkOptions, LinkStats, Prepared, x86_64};
 use crate::error::LinkError;
 use crate::graph::{LinkGraph, SectionRole, SymbolDef, SymbolId};
 use crate::runtime;
@@ -21,7 +21,8 @@ pub(super) fn finalize(
     fixed: Fixed,
     env: &ImageEnv,
     options: &LinkOptions,
-) -> Result<(Finalized, Option<LinkGraph>), LinkError> {
+    defer_perf_map: bool,
+) -> Result<FinalizedDeferring, LinkError> {
     let Fixed {
         prepared: mut p,
         tls_module,
@@ -68,7 +69,8 @@ pub(super) fn finalize(
         timings,
     };
     let dso_handle = p.dso_handle();
-    let debug = announce(&p, env, options)?;
+    let defer = defer_perf_map && !options.keep_graph;
+    let (debug, later) = announce(&p, env, options, defer)?;
     let (kept, graph) = if options.keep_graph {
         (Some(p.graph), None)
     } else {
@@ -87,7 +89,7 @@ pub(super) fn finalize(
         imaging,
         debug,
     };
-    Ok((finalized, graph))
+    Ok((finalized, graph, later))
 }
 
 /// Name → address of every global the image defines (empty unless
@@ -145,38 +147,60 @@ fn imaging_record(
     })
 }
 
+/// What [`announce`] did now and left for later.
+type Announced = (
+    Option<crate::debug::DebugRegistration>,
+    Option<crate::debug::PerfMapLater>,
+);
+
 /// Tells debuggers and profilers about the finalized image, as
-/// [`LinkOptions::debug`] asks (nothing at all by default).
+/// [`LinkOptions::debug`] asks (nothing at all by default). With
+/// `defer_perf_map` and GDB support off, the perf map's lines are
+/// returned for later instead (the map file is opened now, so that
+/// failing to create it still fails the link).
 fn announce(
     p: &Prepared,
     env: &ImageEnv,
     options: &LinkOptions,
-) -> Result<Option<crate::debug::DebugRegistration>, LinkError> {
+    defer_perf_map: bool,
+) -> Result<Announced, LinkError> {
     if !options.debug.any() {
-        return Ok(None);
+        return Ok((None, None));
     }
+    let err = |source| LinkError::Debug {
+        image: env.name.clone(),
+        source,
+    };
     let plt_base = p.plt_block.map_or(0, |b| p.graph.blocks[b.index()].addr);
-    let extra = p
+    let plt: Vec<(SymbolId, u64)> = p
         .plt
         .iter()
-        .map(|(&sym, &off)| crate::debug::ImageSymbol {
-            name: format!("kiln-plt:{}", p.graph.symbol_name(sym)).into(),
-            addr: plt_base + off,
-            size: x86_64::PLT_STUB_SIZE as u64,
-            code: true,
-            local: true,
-        })
+        .map(|(&sym, &off)| (sym, plt_base + off))
         .collect();
+    let stub_size = x86_64::PLT_STUB_SIZE as u64;
+    let mut now = options.debug;
+    let later = if defer_perf_map && now.perf_map && !now.gdb {
+        now.perf_map = false;
+        crate::debug::perf_map_open().map_err(err)?;
+        Some(crate::debug::PerfMapLater::new(
+            p.eh_frame,
+            plt.clone(),
+            stub_size,
+        ))
+    } else {
+        None
+    };
+    if !now.any() {
+        return Ok((None, later));
+    }
     let info = crate::debug::ImageInfo {
         name: &env.name,
         graph: &p.graph,
         eh_frame: p.eh_frame,
-        extra,
+        extra: crate::debug::plt_symbols(&p.graph, &plt, stub_size),
     };
-    crate::debug::register_image(&info, &options.debug).map_err(|source| LinkError::Debug {
-        image: env.name.clone(),
-        source,
-    })
+    let registration = crate::debug::register_image(&info, &now).map_err(err)?;
+    Ok((registration, later))
 }
 
 /// Check the image's relocated `.eh_frame` (`records`, placed at `start`)

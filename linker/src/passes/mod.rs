@@ -91,7 +91,24 @@ pub(crate) trait LinkHost {
     /// Step 10: record the address of every external
     /// ([`Prepared::external_symbols`], [`Prepared::resolve_external_ids`]).
     fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), Self::Error>;
+
+    /// Step 12: leave the perf map's lines to the caller (when GDB support
+    /// is off and the graph is handed back): [`crate::debug::PerfMapLater::write`]
+    /// with the graph once the image is emitted (perf reads the map when it
+    /// resolves samples, not before the code runs).
+    fn defer_perf_map(&self) -> bool {
+        false
+    }
 }
+
+/// What [`run`] hands back: the image, the graph to free (unless
+/// [`LinkOptions::keep_graph`] kept it in [`Finalized::graph`]), the perf
+/// map lines left for later ([`LinkHost::defer_perf_map`]).
+pub(crate) type FinalizedDeferring = (
+    Finalized,
+    Option<LinkGraph>,
+    Option<crate::debug::PerfMapLater>,
+);
 
 /// What [`run`] starts from.
 #[derive(Debug)]
@@ -118,7 +135,7 @@ pub(crate) fn run<H: LinkHost>(
     host: &mut H,
     env: &ImageEnv,
     options: &LinkOptions,
-) -> Result<(Finalized, Option<LinkGraph>), H::Error> {
+) -> Result<FinalizedDeferring, H::Error> {
     let mut prepared = match start {
         Start::Graph {
             graph,
@@ -134,7 +151,8 @@ pub(crate) fn run<H: LinkHost>(
     host.resolve_externals(&mut prepared)?;
     prepared.timings.lookup = t.elapsed();
     // 11–12. Fixup (parallel for large graphs) and finalize memory.
-    fix_up_and_finalize(prepared, env, options).map_err(|e| host.link_error(e))
+    let defer_perf_map = host.defer_perf_map();
+    fix_up_and_finalize(prepared, env, options, defer_perf_map).map_err(|e| host.link_error(e))
 }
 
 /// Steps 1–8: everything that needs nothing from outside the graph. Every
@@ -189,11 +207,12 @@ pub(crate) fn fix_up_and_finalize(
     prepared: Prepared,
     env: &ImageEnv,
     options: &LinkOptions,
-) -> Result<(Finalized, Option<LinkGraph>), LinkError> {
+    defer_perf_map: bool,
+) -> Result<FinalizedDeferring, LinkError> {
     // 11. GOT, PLT and every live block, copied into memory and fixed up.
     let fixed = fixup::fix_up(prepared, env, options)?;
     // 12. Unwind info, initializers, TLS image, protections, debuggers.
-    finalize::finalize(fixed, env, options)
+    finalize::finalize(fixed, env, options, defer_perf_map)
 }
 
 /// [`link_graph`]'s host: externals from a [`SymbolResolver`].

@@ -83,7 +83,9 @@ impl Prepared {
     /// Phase (c), once every external is resolved: fixup and finalize
     /// (the last steps of the pipeline, `passes::fix_up_and_finalize`).
     pub fn finalize(self, env: &ImageEnv, options: &LinkOptions) -> Result<Finalized, LinkError> {
-        Ok(super::fix_up_and_finalize(self, env, options)?.0)
+        let (finalized, _graph, later) = super::fix_up_and_finalize(self, env, options, false)?;
+        debug_assert!(later.is_none());
+        Ok(finalized)
     }
 
     /// The graph.

@@ -122,6 +122,9 @@ pub struct ImageEnv {
 /// The result of finalization: what [`crate::LinkedImage`] owns.
 #[derive(Debug)]
 pub struct Finalized {
+    /// The image's registration with debuggers (see [`LinkOptions::debug`]);
+    /// declared first, so dropped before [`Finalized::alloc`] is released.
+    pub debug: Option<crate::debug::DebugRegistration>,
     /// The memory.
     pub alloc: Allocation,
     /// Global symbols (exported and hidden) with addresses (empty unless
@@ -146,9 +149,6 @@ pub struct Finalized {
     pub graph: Option<LinkGraph>,
     /// What saving the image needs, in [`LinkOptions::imaging`] mode.
     pub imaging: Option<Box<crate::image_file::ImagingRecord>>,
-    /// The image's registration with debuggers (see [`LinkOptions::debug`]);
-    /// dropped before [`Finalized::alloc`] is released.
-    pub debug: Option<crate::debug::DebugRegistration>,
 }
 
 /// Counts of one link, for `--stats`.

@@ -43,6 +43,7 @@ fn package_of(tool: &str) -> &str {
         "aarch64-linux-gnu-gcc" => "gcc-aarch64-linux-gnu",
         "qemu-aarch64-static" => "qemu-user-static",
         "ar" => "binutils",
+        "perf" => "linux-perf",
         other => other,
     }
 }
