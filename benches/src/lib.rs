@@ -17,6 +17,8 @@
 //! - [`w8`]: W8 lazy-call against kiln's lazy reexports (engine manager,
 //!   linker stubs and trampolines); [`workloads::run`] reports it.
 //! - [`lazy_calls`]: W8's call targets and steady-state loops.
+//! - [`w9`]: W9 cranelift-link: Cranelift's functions made callable by
+//!   kiln's builder, kiln-cranelift or cranelift-jit.
 //! - [`error`]: usage and run errors.
 //! - [`mem_cycles`]: `mem-cycles`, RSS and mappings over many add/link/remove
 //!   cycles of Lua's objects (eager and lazy).
@@ -30,4 +32,5 @@ pub mod mem_cycles;
 pub mod options;
 pub mod report;
 pub mod w8;
+pub mod w9;
 pub mod workloads;

@@ -37,6 +37,8 @@ pub enum Workload {
     W7,
     /// W8 lazy-call.
     W8,
+    /// W9 cranelift-link (issue 12; kiln only, with cranelift-jit as the peer).
+    W9,
 }
 
 impl Workload {
@@ -51,6 +53,7 @@ impl Workload {
             Workload::W6 => "w6",
             Workload::W7 => "w7",
             Workload::W8 => "w8",
+            Workload::W9 => "w9",
         }
     }
 }
@@ -115,6 +118,28 @@ impl LazyApi {
     }
 }
 
+/// W9's backend (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum W9Backend {
+    /// kiln through its builder (`kiln_linker::Jit`), given cranelift-object's objects.
+    Kiln,
+    /// kiln through `kiln-cranelift`'s `Module`.
+    KilnCranelift,
+    /// cranelift-jit's `JITModule` (the peer).
+    CraneliftJit,
+}
+
+impl W9Backend {
+    /// The command-line spelling.
+    pub fn key(self) -> &'static str {
+        match self {
+            W9Backend::Kiln => "kiln",
+            W9Backend::KilnCranelift => "kiln-cranelift",
+            W9Backend::CraneliftJit => "cranelift-jit",
+        }
+    }
+}
+
 /// Parsed command line. Field defaults are the peer's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -152,6 +177,10 @@ pub struct Options {
     /// `--lookup-api` (kiln only): how W1, W2 and W7 call kiln, `positional`
     /// or `set` (default: `$KILN_BENCH_LOOKUP`, else `positional`).
     pub lookup_api: Option<&'static str>,
+    /// `--modules`: W9 modules (default 10).
+    pub modules: usize,
+    /// `--backend`: W9 backend (default `kiln-cranelift`).
+    pub backend: W9Backend,
 }
 
 impl Options {
@@ -174,6 +203,8 @@ impl Options {
             max_mat_threads: -1,
             lazy: LazyApi::New,
             lookup_api: None,
+            modules: 10,
+            backend: W9Backend::KilnCranelift,
         }
     }
 
@@ -263,6 +294,12 @@ struct Cli {
     /// How W1, W2 and W7 call kiln (default: `$KILN_BENCH_LOOKUP`, else positional).
     #[arg(long = "lookup-api", value_enum)]
     lookup_api: Option<LookupApiArg>,
+    /// W9 modules.
+    #[arg(long, default_value = "10", value_parser = parse_usize)]
+    modules: usize,
+    /// W9 backend.
+    #[arg(long, value_enum, default_value = "kiln-cranelift")]
+    backend: W9Backend,
     /// The peer's ORC runtime archive: not applicable to kiln.
     #[arg(long = "orc-rt", hide = true)]
     orc_rt: Option<String>,
@@ -278,6 +315,7 @@ impl Cli {
             (self.reps, "reps", "at least one repetition"),
             (self.threads, "threads", "at least one thread"),
             (self.libs.unwrap_or(1), "libs", "at least one dylib"),
+            (self.modules, "modules", "at least one module"),
         ];
         if let Some((_, key, expected)) = positive.iter().find(|(v, _, _)| *v == 0) {
             return Err(UsageError::bad(key, "0", expected));
@@ -313,6 +351,8 @@ impl Cli {
                 LookupApiArg::Positional => "positional",
                 LookupApiArg::Set => "set",
             }),
+            modules: self.modules,
+            backend: self.backend,
         })
     }
 }
@@ -416,6 +456,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_w9_keys() {
+        let o = Options::parse(["w9", "--n=1000", "--modules=100", "--backend=cranelift-jit"])
+            .expect("valid");
+        assert_eq!(
+            (o.workload, o.n, o.modules),
+            (Workload::W9, Some(1000), 100)
+        );
+        assert_eq!(o.backend, W9Backend::CraneliftJit);
+        assert_eq!(
+            Options::parse(["w9"]).expect("valid").backend,
+            W9Backend::KilnCranelift
+        );
+    }
+
+    #[test]
     fn dynamic_without_cap_uses_the_machine() {
         let o = Options::parse(["w3", "--dispatcher=dynamic"]).expect("valid");
         assert!(o.dispatcher.pool_threads().is_some_and(|t| t >= 1));
@@ -426,7 +481,11 @@ mod tests {
     fn rejects_bad_input() {
         let err = |args: &[&str]| Options::parse(args.iter().copied()).expect_err("must fail");
         assert!(matches!(err(&[]), UsageError::MissingWorkload));
-        assert!(matches!(err(&["w9"]), UsageError::UnknownWorkload(w) if w == "w9"));
+        assert!(matches!(err(&["w10"]), UsageError::UnknownWorkload(w) if w == "w10"));
+        assert!(matches!(
+            err(&["w9", "--backend=llvm"]),
+            UsageError::Invalid(_)
+        ));
         assert!(matches!(err(&["w1", "--n"]), UsageError::Invalid(_)));
         assert!(matches!(err(&["w1", "n=3"]), UsageError::UnknownOption(a) if a == "n=3"));
         assert!(matches!(

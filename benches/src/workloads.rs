@@ -782,7 +782,50 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
             })
         }
         Workload::W8 => run_w8(o),
+        Workload::W9 => run_w9(o),
     }
+}
+
+/// W9 through [`crate::w9`]: compiled once, then `--reps` timed reps.
+fn run_w9(o: &Options) -> Result<Report, BenchError> {
+    let w = crate::w9::W9 {
+        n: o.n.unwrap_or(10_000),
+        modules: o.modules,
+        seed: o.seed,
+        backend: o.backend,
+        dispatcher: o.dispatcher,
+    };
+    let prepared = w.prepare()?;
+    let mut checksum = None;
+    let reps = repeat(o, || {
+        let (rep, sum) = w.rep(&prepared)?;
+        match checksum {
+            Some(c) if c != sum => {
+                return Err(BenchError::check("w9", format!("checksum {sum} after {c}")));
+            }
+            _ => checksum = Some(sum),
+        }
+        Ok(rep)
+    })?;
+    let mut params = vec![
+        ("n", w.n.into()),
+        ("modules", w.modules.into()),
+        ("backend", o.backend.key().into()),
+        ("seed", o.seed.into()),
+    ];
+    params.extend(dispatcher_params(o));
+    Ok(Report {
+        name: "W9 cranelift-link",
+        workload: "w9",
+        params,
+        ops: w.n as f64,
+        ops_unit: "functions made callable",
+        reps,
+        extra: vec![
+            ("checksum", checksum.unwrap_or_default().into()),
+            ("compile_once_s", prepared.compile.as_secs_f64().into()),
+        ],
+    })
 }
 
 /// W8 through [`crate::w8`]: kiln has one lazy-reexport implementation, so

@@ -488,6 +488,12 @@ impl Jit {
         &self.inner.runtime
     }
 
+    /// The dylib of lazily linked bodies, in a lazy JIT: it links against
+    /// `app` (all symbols), `runtime` and the host, not against itself.
+    pub fn bodies(&self) -> Option<&Dylib> {
+        self.inner.lazy.as_ref().map(|l| &l.bodies)
+    }
+
     /// The lazy reexports manager, in a lazy JIT.
     pub fn lazy_reexports(&self) -> Option<&LazyReexports> {
         self.inner.lazy.as_ref().map(|l| &l.manager)

@@ -309,9 +309,35 @@ impl ObjectLayer {
         dylib: &Dylib,
         tracker: Option<&ResourceTracker>,
         name: &str,
+        graph: LinkGraph,
+        names: Vec<Option<SymbolName>>,
+    ) -> Result<(), LinkError> {
+        let unit = self.unit_named(name, graph, names)?;
+        dylib
+            .define_boxed(Box::new(unit), tracker)
+            .map_err(|e| LinkError::Engine {
+                detail: format!("{name}: {e}"),
+            })
+    }
+
+    /// The unit [`ObjectLayer::add_graph`] would define, not defined
+    /// anywhere: for a unit of the host's own that produces its graph when
+    /// materialized and hands over with [`Responsibility::replace`]
+    /// (its symbols are the graph's defined globals).
+    pub fn graph_unit(
+        &self,
+        name: &str,
+        graph: LinkGraph,
+    ) -> Result<impl MaterializationUnit + use<>, LinkError> {
+        self.unit_named(name, graph, Vec::new())
+    }
+
+    fn unit_named(
+        &self,
+        name: &str,
         mut graph: LinkGraph,
         mut names: Vec<Option<SymbolName>>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<ObjectUnit, LinkError> {
         self.note_non_pie(&graph);
         // Archive members keep only what live code reaches (`Roots::All`):
         // the unit offers only the definitions that stay.
@@ -356,7 +382,7 @@ impl ObjectLayer {
         } else {
             UnitInput::Graph(Box::new(graph))
         };
-        let unit = ObjectUnit {
+        Ok(ObjectUnit {
             layer: self.clone(),
             name: name.to_string(),
             input: Some(input),
@@ -366,12 +392,7 @@ impl ObjectLayer {
                 .shared
                 .added
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        };
-        dylib
-            .define_boxed(Box::new(unit), tracker)
-            .map_err(|e| LinkError::Engine {
-                detail: format!("{name}: {e}"),
-            })
+        })
     }
 
     /// Adds objects so that each is linked only when one of its functions is

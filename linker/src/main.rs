@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use kiln_engine::{
-    Dylib, DylibLookup, LazyReexports, LookupSet, RequiredState, SearchOrder, Session, WorkerPool,
+    Dylib, DylibLookup, InPlaceDispatcher, LazyReexports, LookupSet, RequiredState, SearchOrder,
+    Session, WorkerPool,
 };
 use kiln_linker::archive::Archive;
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
@@ -261,11 +262,25 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         .inputs
         .first()
         .map_or_else(|| "kiln".to_string(), |p| p.display().to_string());
-    let pool = match args.threads {
-        Some(n) => WorkerPool::new(n),
-        None => WorkerPool::with_available_parallelism(),
-    };
-    let session = Session::builder().dispatcher(pool).build();
+    // Images are mapped and bound, not linked: a run of images only (a
+    // cache hit included) has nothing for workers to do in parallel, so it
+    // dispatches in place and starts no worker thread (each costs ~0.2 ms
+    // of CPU and a hand-off per task; see docs/performance-images.md).
+    let images_only = !args.lazy
+        && args.threads.is_none()
+        && !inputs.is_empty()
+        && inputs
+            .iter()
+            .all(|i| kiln_linker::image_file::is_image(&i.bytes));
+    let session = if images_only {
+        Session::builder().dispatcher(InPlaceDispatcher::new())
+    } else {
+        Session::builder().dispatcher(match args.threads {
+            Some(n) => WorkerPool::new(n),
+            None => WorkerPool::with_available_parallelism(),
+        })
+    }
+    .build();
     // Debugger and profiler interfaces: the flags add to KILN_GDB/KILN_PERF;
     // every link of this run (and lazy stubs) takes them from the default.
     let mut debug = DebugOptions::from_env();

@@ -404,6 +404,8 @@ pub struct Allocation {
     base: u64,
     len: u64,
     state: MemState,
+    /// Some pages map a file ([`Allocation::map_file`]).
+    file_backed: bool,
 }
 
 fn prot_flags(p: Prot) -> MprotectFlags {
@@ -417,6 +419,9 @@ fn prot_flags(p: Prot) -> MprotectFlags {
 impl Allocation {
     /// Carve `len` bytes (rounded up to pages) from the slab for `placement`
     /// and make them read-write. `Ok(None)`: the low slab is unavailable.
+    /// The bytes read as zero, reused or not (a released range is given
+    /// back only after `MADV_DONTNEED` emptied it), so callers write only
+    /// what is not zero and leave the other pages untouched (unfaulted).
     pub fn new(len: u64, placement: Placement) -> Result<Option<Allocation>, LinkError> {
         let Some(slab) = Slab::get(placement)? else {
             return Ok(None);
@@ -450,6 +455,7 @@ impl Allocation {
             base,
             len,
             state: MemState::Writing,
+            file_backed: false,
         }))
     }
 
@@ -529,6 +535,64 @@ impl Allocation {
         Some(unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.len as usize) })
     }
 
+    /// Maps `len` bytes of `file` from `file_offset` at `off` in the
+    /// allocation, copy-on-write (`MAP_PRIVATE`) and read-write until
+    /// [`finalize`](Self::finalize): a page is read from the page cache when
+    /// first touched and copied only when written, so pages never written
+    /// are shared with the page cache and cost no copy. `off`, `len` and
+    /// `file_offset` are page multiples and the range lies inside the
+    /// allocation. Releasing the allocation maps fresh zero pages back.
+    ///
+    /// The file must not change while the allocation lives (as for
+    /// `dlopen`: pages not yet touched are read when first used).
+    pub fn map_file(
+        &mut self,
+        off: u64,
+        len: u64,
+        file: &std::fs::File,
+        file_offset: u64,
+    ) -> Result<(), LinkError> {
+        let bad = |detail: String| LinkError::Memory {
+            detail,
+            source: std::io::Error::from_raw_os_error(22),
+        };
+        if self.state != MemState::Writing {
+            return Err(bad("map_file on memory that is no longer writable".into()));
+        }
+        let aligned = [off, len, file_offset]
+            .iter()
+            .all(|v| v.is_multiple_of(PAGE));
+        if !aligned || off.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(bad(format!(
+                "file range {file_offset:#x}+{len:#x} at {off:#x} is not page-aligned inside the allocation"
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // From here on a failure may have replaced part of the range.
+        self.file_backed = true;
+        // SAFETY: [base+off, base+off+len) lies inside this allocation,
+        // which owns it alone (checked above); MAP_FIXED replaces only those
+        // pages of the slab's reservation, which nothing else references
+        // while the allocation is being written.
+        unsafe {
+            rustix::mm::mmap(
+                (self.base + off) as *mut c_void,
+                len as usize,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
+                file,
+                file_offset,
+            )
+        }
+        .map_err(|e| LinkError::Memory {
+            detail: format!("mmap of a file at {:#x} ({len:#x} bytes)", self.base + off),
+            source: io(e),
+        })?;
+        Ok(())
+    }
+
     /// Apply final protections: `segments` are `(offset, len, prot)` with
     /// page-aligned offsets; pages not covered become `PROT_NONE`.
     pub fn finalize(&mut self, segments: &[(u64, u64, Prot)]) -> Result<(), LinkError> {
@@ -572,16 +636,39 @@ impl Allocation {
             return;
         }
         let _ = self.protect(0, self.len, MprotectFlags::empty());
-        // SAFETY: the range belongs to this allocation; after this no code
-        // or data of the image is used (the image's finalizers already ran).
-        let _ = unsafe {
-            rustix::mm::madvise(
-                self.base as *mut c_void,
-                self.len as usize,
-                Advice::LinuxDontNeed,
-            )
+        let emptied = if self.file_backed {
+            // Dropping the pages of a private file mapping would read the
+            // file again: map anonymous (zero) pages over the whole range.
+            // SAFETY: the range belongs to this allocation and no code or
+            // data of the image is used after this (its finalizers already
+            // ran); MAP_FIXED replaces only this allocation's pages, inside
+            // the slab's reservation.
+            unsafe {
+                rustix::mm::mmap_anonymous(
+                    self.base as *mut c_void,
+                    self.len as usize,
+                    ProtFlags::empty(),
+                    MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+                )
+            }
+            .map(|_| ())
+        } else {
+            // SAFETY: the range belongs to this allocation and no code or
+            // data of the image is used after this (its finalizers already
+            // ran); dropping its pages affects nothing else.
+            unsafe {
+                rustix::mm::madvise(
+                    self.base as *mut c_void,
+                    self.len as usize,
+                    Advice::LinuxDontNeed,
+                )
+            }
         };
-        self.slab.give_back(self.base, self.len);
+        // Fresh allocations read as zero (`new`): a range whose pages could
+        // not be dropped is never handed out again.
+        if emptied.is_ok() {
+            self.slab.give_back(self.base, self.len);
+        }
         self.state = MemState::Released;
     }
 }
@@ -609,6 +696,36 @@ mod tests {
         let b = Allocation::new(PAGE, Placement::Near).unwrap().unwrap();
         let (sb, sl) = b.slab.range();
         assert!(b.base() >= sb && b.base() < sb + sl);
+    }
+
+    /// The loaders write only what is not zero: a reused range reads as
+    /// zero, whatever the previous owner wrote and however it protected it.
+    #[test]
+    fn reused_memory_reads_as_zero() {
+        let mut released = Vec::new();
+        for _ in 0..8 {
+            let mut a = Allocation::new(3 * PAGE, Placement::Near).unwrap().unwrap();
+            a.bytes_mut().unwrap().fill(0xa5);
+            a.finalize(&[(0, PAGE, Prot::ReadExec), (PAGE, 2 * PAGE, Prot::ReadWrite)])
+                .unwrap();
+            released.push(a);
+        }
+        let bases: Vec<u64> = released.iter().map(Allocation::base).collect();
+        drop(released);
+        // First fit hands the lowest free ranges out again; other tests
+        // share the slab and may hold some of them for a while.
+        let mut held = Vec::new();
+        let mut reused = 0;
+        for _ in 0..4096 {
+            let mut b = Allocation::new(3 * PAGE, Placement::Near).unwrap().unwrap();
+            assert!(b.bytes_mut().unwrap().iter().all(|&x| x == 0));
+            reused += usize::from(bases.contains(&b.base()));
+            held.push(b);
+            if reused >= 4 {
+                return;
+            }
+        }
+        panic!("only {reused} of 8 released ranges were handed out again");
     }
 
     /// Resident pages of `[base, base+len)` (mincore).

@@ -1508,3 +1508,122 @@ int main() {
     );
     assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
 }
+
+/// The file's mappings inside `[base, base+size)`, from /proc/self/maps.
+fn mappings_of(path: &Path, base: u64, size: u64) -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let path = path.display().to_string();
+    maps.lines()
+        .filter(|l| l.ends_with(&path))
+        .filter(|l| {
+            let start = l.split('-').next().unwrap_or("");
+            u64::from_str_radix(start, 16).is_ok_and(|s| s >= base && s < base + size)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// `image_file::load_file` maps the image's whole pages from the file
+/// copy-on-write instead of copying them (the file shows in
+/// /proc/self/maps inside the image's range), the code runs as from
+/// `load` (an image bound into it by build id included), a write to its
+/// data changes the process's copy, not the file, and dropping it maps
+/// zero pages back (no mapping of the file is left).
+#[test]
+fn an_image_loaded_from_its_file_maps_its_pages_and_runs_like_a_copied_one() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-map-file");
+    let flags = ["-O2", "-fPIC"];
+    // Whole pages in text, read-only data and data (a segment's last,
+    // partial page is copied, not mapped).
+    let a = compile_c_text(
+        &dir,
+        "liba",
+        "const char big[3 * 4096] = {1};\nint table[2048] = {1, 2, 3, 4};\n\
+         int a_val(void) { return 19 + big[0]; }\n",
+        &flags,
+    );
+    let b = compile_c_text(
+        &dir,
+        "useb",
+        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
+         int use_a(void) { return a_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let a_bytes = image_against("a", &[a], &[]);
+    let loaded = load(&a_bytes).expect("A loads");
+    let b_bytes = image_against("b", &[b], &[&loaded]);
+    drop(loaded);
+    let (pa, pb) = (dir.join("liba.kimg"), dir.join("useb.kimg"));
+    std::fs::write(&pa, &a_bytes).expect("write A");
+    std::fs::write(&pb, &b_bytes).expect("write B");
+    let host = HostSymbols::new();
+    // SAFETY: the tests' own images, saved just now; A outlives B.
+    let a = unsafe { image_file::load_file(&pa, &host) }.expect("A maps");
+    // SAFETY: as above.
+    let b = unsafe { image_file::load_file(&pb, &host) }.expect("B maps against A");
+    let (base, size) = a.memory_range();
+    let mapped = mappings_of(&pa, base, size);
+    assert!(!mapped.is_empty(), "no page of A maps its file");
+    let f = b.symbol("use_a").expect("use_a");
+    // SAFETY: `use_a` is `int use_a(void)`; A and B are loaded and bound.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
+    assert_eq!(use_a(), 25);
+    let table = a.symbol("table").expect("table") as *mut i32;
+    // SAFETY: `int table[4]` in A's writable data, loaded.
+    unsafe { *table.add(1) = 7 };
+    assert_eq!(use_a(), 30, "B reads A's table");
+    assert_eq!(
+        std::fs::read(&pa).expect("read A"),
+        a_bytes,
+        "the file changed"
+    );
+    drop(b);
+    drop(a);
+    assert_eq!(mappings_of(&pa, base, size), Vec::<String>::new());
+    // SAFETY: the file does not exist; nothing is loaded.
+    let e =
+        unsafe { image_file::load_file(&dir.join("none.kimg"), &host) }.expect_err("no such file");
+    assert!(
+        matches!(e, ImageError::Io { what: "open", .. }) && e.to_string().contains("none.kimg"),
+        "{e}"
+    );
+}
+
+/// The `Threads:` line of /proc/self/status that `kiln run inputs` prints.
+fn threads_seen(inputs: &[&Path]) -> usize {
+    let o = kiln().arg("run").args(inputs).output().expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.trim()
+        .strip_prefix("Threads:")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no thread count in {out:?}"))
+}
+
+/// `kiln run` of images only (a cache hit included) maps and binds, links
+/// nothing, and so starts no worker thread: the program sees one thread;
+/// run from its object it sees the link's workers too.
+#[test]
+fn kiln_run_of_images_only_starts_no_worker_thread() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-threads");
+    let obj = compile_c_text(
+        &dir,
+        "threads",
+        "#include <stdio.h>\n#include <string.h>\n\
+         int main(void) {\n  char l[256];\n  FILE *f = fopen(\"/proc/self/status\", \"r\");\n\
+           if (!f) return 1;\n\
+           while (fgets(l, sizeof l, f)) if (!strncmp(l, \"Threads:\", 8)) fputs(l, stdout);\n\
+           fclose(f);\n  return 0;\n}\n",
+        &["-O2", "-fPIC"],
+    );
+    let image = dir.join("threads.kimg");
+    save(&image, std::slice::from_ref(&obj), &[]);
+    assert!(threads_seen(&[&obj]) >= 2, "the object's link has workers");
+    assert_eq!(threads_seen(&[&image]), 1);
+}

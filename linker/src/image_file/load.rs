@@ -26,6 +26,18 @@ fn link_err(name: &str, source: crate::LinkError) -> ImageError {
 /// zeros elsewhere, every rebased word plus the base. Writes no text after
 /// this (binding writes only the non-text words the parser checked).
 pub(crate) fn map(p: &Parsed<'_>, file_name: &str) -> Result<Allocation, ImageError> {
+    map_from(p, file_name, None)
+}
+
+/// [`map`], mapping the whole pages of each segment from `file` (the file
+/// `p` was parsed from) copy-on-write instead of copying them, so that only
+/// the pages rebasing and binding write are copied; a segment's last,
+/// partial page is copied (the file goes on with other bytes).
+fn map_from(
+    p: &Parsed<'_>,
+    file_name: &str,
+    file: Option<&std::fs::File>,
+) -> Result<Allocation, ImageError> {
     let mut alloc = Allocation::new(p.header.image_size, Placement::Near)
         .map_err(|e| link_err(file_name, e))?
         .ok_or_else(|| ImageError::Malformed {
@@ -33,16 +45,32 @@ pub(crate) fn map(p: &Parsed<'_>, file_name: &str) -> Result<Allocation, ImageEr
             detail: "no JIT memory is available for the image".into(),
         })?;
     let base = alloc.base();
+    let page = crate::memory::PAGE;
+    let mut copied = Vec::with_capacity(p.segments.len());
+    for s in &p.segments {
+        // The parser checked both ranges (file and image).
+        let whole = match file {
+            Some(f) if s.offset.is_multiple_of(page) && s.vaddr.is_multiple_of(page) => {
+                let whole = s.filesz / page * page;
+                alloc
+                    .map_file(s.vaddr, whole, f, s.offset)
+                    .map_err(|e| link_err(file_name, e))?;
+                whole
+            }
+            _ => 0,
+        };
+        copied.push((s.offset + whole, s.vaddr + whole, s.filesz - whole));
+    }
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
         detail: "fresh JIT memory is not writable".into(),
     })?;
-    // Slab memory may be reused: what the file does not hold is zero.
-    mem.fill(0);
-    for s in &p.segments {
-        // The parser checked both ranges (file and image).
-        let src = &p.file[s.offset as usize..(s.offset + s.filesz) as usize];
-        mem[s.vaddr as usize..(s.vaddr + s.filesz) as usize].copy_from_slice(src);
+    // What the file does not hold stays as it is: zero, as fresh
+    // allocations always are (`Allocation::new`). Writing zeros here would
+    // touch, and so fault in, every page of the image, `.bss` included.
+    for (offset, vaddr, len) in copied {
+        let src = &p.file[offset as usize..(offset + len) as usize];
+        mem[vaddr as usize..(vaddr + len) as usize].copy_from_slice(src);
     }
     for &off in &p.rebase {
         let w = &mut mem[off as usize..off as usize + 8];
@@ -320,6 +348,106 @@ pub unsafe fn load(
     bytes: &[u8],
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
+    // SAFETY: `load_parsed` asks what this function's callers promise.
+    unsafe { load_parsed(file_name, bytes, None, resolver) }
+}
+
+/// [`load`] of the image file at `path`, mapped rather than read: its
+/// segments' pages are mapped from the file copy-on-write, so a load
+/// copies only the pages it writes (those holding rebased or imported
+/// words and segment tails) and text pages come from the page cache, as
+/// `dlopen` does. The content hash is still checked over the whole file.
+///
+/// # Safety
+///
+/// As for [`load`]; moreover the file must not be changed in place while
+/// the image is loaded (replacing it by a rename is fine), as for a shared
+/// library under `dlopen`: pages not yet touched are read from it when
+/// first used.
+pub unsafe fn load_file(
+    path: &std::path::Path,
+    resolver: &dyn SymbolResolver,
+) -> Result<LinkedImage, ImageError> {
+    let file_name = path.display().to_string();
+    let io = |what, source| ImageError::Io {
+        name: file_name.clone(),
+        what,
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
+    let view = FileView::new(&file).map_err(|e| io("map", e))?;
+    // SAFETY: `load_parsed` asks what `load` asks, which this function's
+    // callers promise; `file` is the file `view` maps, open until the load
+    // returns, and its pages stay unchanged as long as the image lives
+    // (this function's contract).
+    unsafe { load_parsed(&file_name, view.bytes(), Some(&file), resolver) }
+}
+
+/// A read-only private mapping of a whole file, unmapped on drop.
+struct FileView {
+    addr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl FileView {
+    fn new(file: &std::fs::File) -> std::io::Result<FileView> {
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(27))?;
+        if len == 0 {
+            return Ok(FileView {
+                addr: std::ptr::null_mut(),
+                len,
+            });
+        }
+        // SAFETY: a new read-only private mapping chosen by the kernel; it
+        // aliases no Rust object. The file not changing while it is mapped
+        // is `load_file`'s contract.
+        let addr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::PRIVATE,
+                file,
+                0,
+            )
+        }
+        .map_err(std::io::Error::from)?;
+        Ok(FileView { addr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `addr` maps `len` readable bytes until `self` drops,
+        // and the borrow of `self` outlives the slice.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+}
+
+impl Drop for FileView {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping `new` made; no slice of it outlives
+            // `self` (`bytes` borrows it).
+            let _ = unsafe { rustix::mm::munmap(self.addr, self.len) };
+        }
+    }
+}
+
+/// [`load`], with the segments mapped from `file` (whose bytes are
+/// `bytes`) when given.
+///
+/// # Safety
+///
+/// As for [`load`] (and [`load_file`] when `file` is given).
+unsafe fn load_parsed(
+    file_name: &str,
+    bytes: &[u8],
+    file: Option<&std::fs::File>,
+    resolver: &dyn SymbolResolver,
+) -> Result<LinkedImage, ImageError> {
     let p = read::parse(file_name, bytes)?;
     let deps = dependency_bases(
         &p,
@@ -327,7 +455,7 @@ pub unsafe fn load(
         |d| Ok(registry::find(&d.build_id).map(|i| (i.base, i.size))),
         registry::named,
     )?;
-    let mut alloc = map(&p, file_name)?;
+    let mut alloc = map_from(&p, file_name, file)?;
     let registration = register(&p, &alloc, file_name);
     let names = import_names(&p);
     let answers = resolver.resolve(&names);

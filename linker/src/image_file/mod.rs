@@ -54,7 +54,7 @@ use crate::passes::LinkOptions;
 
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use host_table::{HostTable, set_host_table};
-pub use load::load;
+pub use load::{load, load_file};
 pub use read::{ImageInfo, dependencies, exported_names, inspect};
 pub use registry::{RegisteredImage, image_at};
 
@@ -231,6 +231,17 @@ pub enum ImageError {
         /// The linker's error.
         #[source]
         source: Box<LinkError>,
+    },
+    /// The image file could not be opened, read or mapped.
+    #[error("{name}: cannot {what}: {source}")]
+    Io {
+        /// The image.
+        name: String,
+        /// What failed (`open`, `map`).
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
     },
 }
 

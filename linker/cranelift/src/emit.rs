@@ -1,0 +1,331 @@
+//! Compiled code and data → a kiln link graph, built directly (no ELF
+//! file written and read again): one object per batch, one block per
+//! function or data object, one edge per relocation.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use cranelift_codegen::binemit::Reloc;
+use cranelift_codegen::ir::{self, LibCall};
+use cranelift_module::{DataId, FuncId, Linkage, ModuleReloc, ModuleRelocTarget};
+use kiln_arch::x86_64::reloc::{EdgeKind, reloc_info};
+use kiln_linker::graph::{
+    Block, Content, Edge, LinkGraph, ObjectId, Prot, Scope, SectionId, SectionRole, Symbol,
+    SymbolDef, SymbolId,
+};
+
+use crate::error::Error;
+use crate::reloc::elf_r_type;
+
+/// What the backend keeps of a declared function.
+#[derive(Debug, Clone)]
+pub(crate) struct FuncInfo {
+    pub(crate) name: String,
+    pub(crate) linkage: Linkage,
+    pub(crate) signature: ir::Signature,
+}
+
+/// What the backend keeps of a declared data object.
+#[derive(Debug, Clone)]
+pub(crate) struct DataInfo {
+    pub(crate) name: String,
+    pub(crate) linkage: Linkage,
+    pub(crate) tls: bool,
+}
+
+/// Declarations by id, shared with lazy units (which compile on kiln's
+/// threads while the module may declare more).
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    pub(crate) funcs: Vec<FuncInfo>,
+    pub(crate) data: Vec<DataInfo>,
+}
+
+/// A function's machine code, waiting to be linked.
+pub(crate) struct FuncCode {
+    pub(crate) id: FuncId,
+    /// The symbol to define, when not the declared name (a lazy or a
+    /// replacement body).
+    pub(crate) symbol: Option<String>,
+    pub(crate) align: u64,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) relocs: Vec<ModuleReloc>,
+}
+
+/// A data object's contents, waiting to be linked.
+pub(crate) struct DataCode {
+    pub(crate) id: DataId,
+    pub(crate) writable: bool,
+    pub(crate) align: u64,
+    /// `None`: `size` zero bytes.
+    pub(crate) bytes: Option<Vec<u8>>,
+    pub(crate) size: u64,
+    pub(crate) relocs: Vec<ModuleReloc>,
+}
+
+/// What a graph defines, by symbol id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Defined {
+    Func(FuncId),
+    Data(DataId),
+}
+
+/// The graph's symbol for each declared function and data object met so
+/// far: a relocation finds its target by index, not by hashing its name.
+struct SymbolCache {
+    funcs: Vec<Option<SymbolId>>,
+    data: Vec<Option<SymbolId>>,
+}
+
+impl SymbolCache {
+    fn slot(&mut self, target: &ModuleRelocTarget) -> Option<&mut Option<SymbolId>> {
+        match *target {
+            ModuleRelocTarget::User {
+                namespace: 0,
+                index,
+            } => self.funcs.get_mut(index as usize),
+            ModuleRelocTarget::User {
+                namespace: 1,
+                index,
+            } => self.data.get_mut(index as usize),
+            _ => None,
+        }
+    }
+}
+
+/// Sections of the one object a batch becomes.
+struct Sections {
+    obj: ObjectId,
+    text: SectionId,
+    data: SectionId,
+    rodata: SectionId,
+    bss: SectionId,
+    text_name: Arc<str>,
+    data_name: Arc<str>,
+}
+
+/// The graph of one batch, and the symbols it defines.
+pub(crate) fn build_graph(
+    object: &str,
+    funcs: Vec<FuncCode>,
+    data: Vec<DataCode>,
+    names: &Names,
+    libcall_names: &dyn Fn(LibCall) -> String,
+) -> Result<(LinkGraph, Vec<(SymbolId, Defined)>), Error> {
+    let mut graph = LinkGraph::new();
+    let items = funcs.len() + data.len();
+    graph.reserve(2 * items, items, 2 * items);
+    let obj = graph.add_object(object);
+    let s = Sections {
+        obj,
+        text: graph.section(".text", Prot::ReadExec, SectionRole::Ordinary),
+        data: graph.section(".data", Prot::ReadWrite, SectionRole::Ordinary),
+        rodata: graph.section(".rodata", Prot::Read, SectionRole::Ordinary),
+        bss: graph.section(".bss", Prot::ReadWrite, SectionRole::Ordinary),
+        text_name: ".text".into(),
+        data_name: ".data".into(),
+    };
+    let mut defined = Vec::with_capacity(items);
+    let mut cache = SymbolCache {
+        funcs: vec![None; names.funcs.len()],
+        data: vec![None; names.data.len()],
+    };
+    for f in funcs {
+        let info = &names.funcs[f.id.as_u32() as usize];
+        let symbol = f.symbol.as_deref().unwrap_or(&info.name);
+        let own = (Some(f.id), symbol);
+        let edges = edges(
+            &mut graph,
+            obj,
+            own,
+            &f.relocs,
+            names,
+            libcall_names,
+            &mut cache,
+        )?;
+        let size = f.bytes.len() as u64;
+        let block = graph.add_block(block(s.text, &s, Content::Bytes(f.bytes), f.align, edges));
+        let id = define(&mut graph, obj, symbol, block, size, true);
+        if f.symbol.is_none() {
+            cache.funcs[f.id.as_u32() as usize] = Some(id);
+        }
+        defined.push((id, Defined::Func(f.id)));
+    }
+    for d in data {
+        let info = &names.data[d.id.as_u32() as usize];
+        let own = (None, info.name.as_str());
+        let edges = edges(
+            &mut graph,
+            obj,
+            own,
+            &d.relocs,
+            names,
+            libcall_names,
+            &mut cache,
+        )?;
+        let (section, content) = match (d.bytes, d.writable) {
+            (Some(bytes), true) => (s.data, Content::Bytes(bytes)),
+            (Some(bytes), false) => (s.rodata, Content::Bytes(bytes)),
+            (None, true) if edges.is_empty() => (s.bss, Content::Zero(d.size)),
+            (None, writable) => {
+                let section = if writable { s.data } else { s.rodata };
+                (section, Content::Bytes(vec![0; d.size as usize]))
+            }
+        };
+        let block = graph.add_block(block(section, &s, content, d.align, edges));
+        let id = define(&mut graph, obj, &info.name, block, d.size, false);
+        cache.data[d.id.as_u32() as usize] = Some(id);
+        defined.push((id, Defined::Data(d.id)));
+    }
+    Ok((graph, defined))
+}
+
+fn block(
+    section: SectionId,
+    s: &Sections,
+    content: Content,
+    align: u64,
+    edges: Vec<Edge>,
+) -> Block {
+    let input_section = if section == s.text {
+        s.text_name.clone()
+    } else {
+        s.data_name.clone()
+    };
+    Block {
+        section,
+        object: Some(s.obj),
+        input_section,
+        input_offset: 0,
+        content,
+        align: align.max(1).next_power_of_two(),
+        edges,
+        fde: None,
+        live: true,
+        addr: 0,
+    }
+}
+
+/// Defines the global `name` at the start of `block`. Every definition is
+/// exported from the JIT's `app` dylib, whatever its cranelift linkage:
+/// cranelift-jit hands out the address of local functions too.
+fn define(
+    graph: &mut LinkGraph,
+    obj: ObjectId,
+    name: &str,
+    block: kiln_linker::graph::BlockId,
+    size: u64,
+    callable: bool,
+) -> SymbolId {
+    let id = graph.global(name, obj);
+    graph.define_global(
+        id,
+        Symbol {
+            name: None,
+            def: SymbolDef::Defined { block, offset: 0 },
+            object: Some(obj),
+            size,
+            scope: Scope::Default,
+            linkage: kiln_linker::graph::Linkage::Strong,
+            callable,
+            tls: false,
+            weak_ref: false,
+        },
+    );
+    id
+}
+
+/// The edges of `relocs` of `own`: a function (its id and the symbol its
+/// body defines) or a data object (its name).
+fn edges(
+    graph: &mut LinkGraph,
+    obj: ObjectId,
+    own: (Option<FuncId>, &str),
+    relocs: &[ModuleReloc],
+    names: &Names,
+    libcall_names: &dyn Fn(LibCall) -> String,
+    cache: &mut SymbolCache,
+) -> Result<Vec<Edge>, Error> {
+    let mut edges = Vec::with_capacity(relocs.len());
+    for r in relocs {
+        let unsupported = |reloc: Reloc| Error::UnsupportedReloc {
+            function: own.1.to_string(),
+            reloc: format!("{reloc:?}"),
+        };
+        let r_type = elf_r_type(r.kind).ok_or_else(|| unsupported(r.kind))?;
+        let info = reloc_info(r_type).ok_or_else(|| unsupported(r.kind))?;
+        debug_assert_ne!(info.kind, EdgeKind::None);
+        let (target, extra) = match cache.slot(&r.name).and_then(|s| *s) {
+            Some(id) => (id, 0),
+            None => {
+                let (name, extra) = target_name(own, &r.name, names, libcall_names)?;
+                let id = graph.global(&name, obj);
+                // A reference the link must resolve: a miss is an error, not 0.
+                graph.symbols[id.index()].weak_ref = false;
+                if let Some(slot) = cache.slot(&r.name) {
+                    *slot = Some(id);
+                }
+                (id, extra)
+            }
+        };
+        edges.push(Edge {
+            offset: r.offset,
+            kind: info.kind,
+            r_type,
+            target,
+            addend: r.addend + extra,
+        });
+    }
+    Ok(edges)
+}
+
+/// The symbol a relocation refers to, and what to add to its addend.
+/// An offset in the function itself is one in the body being built (a
+/// lazy or replacement body defines its own symbol, not the entry's).
+fn target_name<'a>(
+    own: (Option<FuncId>, &'a str),
+    target: &ModuleRelocTarget,
+    names: &'a Names,
+    libcall_names: &dyn Fn(LibCall) -> String,
+) -> Result<(Cow<'a, str>, i64), Error> {
+    let owner = own.1;
+    let undeclared = || Error::Module(format!("{owner} refers to undeclared {target}"));
+    Ok(match *target {
+        ModuleRelocTarget::User {
+            namespace: 0,
+            index,
+        } => {
+            let info = names.funcs.get(index as usize).ok_or_else(undeclared)?;
+            (Cow::Borrowed(info.name.as_str()), 0)
+        }
+        ModuleRelocTarget::User {
+            namespace: 1,
+            index,
+        } => {
+            let data = names.data.get(index as usize).ok_or_else(undeclared)?;
+            if data.tls {
+                return Err(Error::Unsupported {
+                    what: format!("thread-local data ({})", data.name),
+                });
+            }
+            (Cow::Borrowed(data.name.as_str()), 0)
+        }
+        ModuleRelocTarget::User { .. } => return Err(undeclared()),
+        ModuleRelocTarget::LibCall(libcall) => (Cow::Owned(libcall_names(libcall)), 0),
+        ModuleRelocTarget::FunctionOffset(id, offset) if Some(id) == own.0 => {
+            (Cow::Borrowed(own.1), i64::from(offset))
+        }
+        ModuleRelocTarget::FunctionOffset(id, offset) => {
+            let info = names
+                .funcs
+                .get(id.as_u32() as usize)
+                .ok_or_else(undeclared)?;
+            (Cow::Borrowed(info.name.as_str()), i64::from(offset))
+        }
+        ModuleRelocTarget::KnownSymbol(symbol) => {
+            return Err(Error::Unsupported {
+                what: format!("the known symbol {symbol}"),
+            });
+        }
+    })
+}
