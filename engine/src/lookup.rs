@@ -608,6 +608,10 @@ impl Lookup {
             }
             LookupHandleState::Pending(shared, core, id) => (shared.clone(), core.clone(), *id),
         };
+        // Effects this thread still owes (say, the dispatch of the unit this
+        // lookup waits for, queued behind the in-place materializer now
+        // calling this) run before it blocks.
+        crate::actor::run_pending_effects();
         if !shared.is_completed() {
             // Inside materializations, every one on this thread's stack is
             // blocked by this wait (the in-place dispatcher and helping

@@ -173,6 +173,10 @@ pub(crate) struct ConcurrentMap<K: Eq + Hash, V> {
     inner: Mutex<FixedMap<K, V>>,
 }
 
+/// Shards of a [`ConcurrentMap`] (a power of two).
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
+const SHARDS: usize = 64;
+
 impl<K: Eq + Hash, V> Default for ConcurrentMap<K, V> {
     fn default() -> Self {
         Self::new()
@@ -183,7 +187,12 @@ impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
     pub(crate) fn new() -> Self {
         ConcurrentMap {
             #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-            inner: dashmap::DashMap::with_hasher(FixedState),
+            // A fixed shard count: dashmap's default asks the system for the
+            // available parallelism (`/proc/self/cgroup` and two cgroup
+            // files read, `sched_getaffinity`) when the first map is made,
+            // which is start-up time of every `kiln run`. 64 read-mostly
+            // shards are dashmap's default for 16 CPUs.
+            inner: dashmap::DashMap::with_hasher_and_shard_amount(FixedState, SHARDS),
             #[cfg(any(kiln_loom, kiln_shuttle))]
             inner: Mutex::new(FixedMap::default()),
         }

@@ -37,28 +37,52 @@ const KNOWN_SONAMES: &[(&str, &str)] = &[
     ("gcc_s", "libgcc_s.so.1"),
 ];
 
+/// The library [`HostSymbols::new`] opens only when a name is found nowhere
+/// else: `dlopen(RTLD_NOW)` of libstdc++ binds ~2,700 symbols (a third of a
+/// millisecond), which a C program never needs.
+const DEFERRED_SONAME: &str = "libstdc++.so.6";
+
 /// The host's symbols: runtime overrides, loaded libraries, the process.
 #[derive(Debug)]
 pub struct HostSymbols {
     overrides: &'static [(&'static str, usize)],
     libraries: Vec<(String, Library)>,
     this: Library,
+    /// libstdc++, opened on the first name not found otherwise (`None`
+    /// inside: the host has none).
+    deferred: std::sync::OnceLock<Option<Library>>,
 }
 
 impl HostSymbols {
     /// The process's own symbols, plus libm, libgcc_s and libstdc++ when they
-    /// exist, with kiln's runtime overrides consulted first.
+    /// exist, with kiln's runtime overrides consulted first. libstdc++ is
+    /// opened on the first lookup of a name found nowhere else (so a C
+    /// program's link or image load never opens it); a name it shares with
+    /// a library loaded by [`HostSymbols::load_library`] comes from that
+    /// library, as with `-lNAME` before libstdc++ on a linker's command line.
     pub fn new() -> Self {
         let mut host = HostSymbols {
             overrides: crate::runtime::host_overrides(),
             libraries: Vec::new(),
             this: Library::this(),
+            deferred: std::sync::OnceLock::new(),
         };
-        for soname in ["libm.so.6", "libgcc_s.so.1", "libstdc++.so.6"] {
-            // Optional: a host without libstdc++ still links C programs.
+        for soname in ["libm.so.6", "libgcc_s.so.1"] {
             let _ = host.load_path(Path::new(soname));
         }
         host
+    }
+
+    /// libstdc++, opened (`RTLD_NOW | RTLD_GLOBAL`, as `load_path` does) on
+    /// first use; `None` if the host has none (C programs still link).
+    fn deferred(&self) -> Option<&Library> {
+        self.deferred
+            .get_or_init(|| {
+                // SAFETY: as in `load_path`: libstdc++'s initializers run;
+                // it is one of the libraries `new` promises to provide.
+                unsafe { Library::open(Some(DEFERRED_SONAME), RTLD_NOW | RTLD_GLOBAL) }.ok()
+            })
+            .as_ref()
     }
 
     /// Load `-l name`, searching `dirs` (like `-L`) for `libNAME.so`, then
@@ -101,7 +125,7 @@ impl HostSymbols {
                 return Some(a);
             }
         }
-        library_symbol(&self.this, name)
+        library_symbol(&self.this, name).or_else(|| library_symbol(self.deferred()?, name))
     }
 }
 
@@ -138,6 +162,21 @@ mod tests {
         assert!(r[0].is_some() && r[1].is_some());
         assert!(r[2].is_none());
         assert!(h.load_library("kiln_no_such_lib", &[]).is_err());
+    }
+
+    /// libstdc++ is opened on the first name found nowhere else, and its
+    /// names are then found (a C++ program links without `-lstdc++`).
+    #[test]
+    fn libstdcxx_is_opened_on_first_miss_and_then_answers() {
+        let h = HostSymbols::new();
+        assert!(h.deferred.get().is_none(), "opened eagerly");
+        let r = h.resolve(&["printf", "cos"]);
+        assert!(r.iter().all(Option::is_some), "{r:?}");
+        assert!(h.deferred.get().is_none(), "opened for names libc has");
+        // `std::terminate()`: libstdc++ only (found through the process
+        // if another test of this process already opened it).
+        let r = h.resolve(&["_ZSt9terminatev"]);
+        assert!(r[0].is_some(), "libstdc++ not searched");
     }
 }
 

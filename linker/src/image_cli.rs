@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 
-use kiln_linker::image_file::{self, BuildId, ImageDependency, ImageInfo};
+use kiln_linker::image_file::{self, BuildId, ImageDependency, ImageFile, ImageInfo};
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
 use super::{InfoArgs, SaveArgs};
@@ -75,13 +75,12 @@ impl Against {
     fn load(paths: &[std::path::PathBuf], host: &HostSymbols, allow: bool) -> Result<Self, String> {
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
-            let name = path.display().to_string();
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {name}: {e}"))?;
-            files.push((name, bytes));
+            files.push(ImageFile::open(path).map_err(|e| e.to_string())?);
         }
         let mut me = Against { images: Vec::new() };
-        for (name, bytes) in with_dependencies(files)? {
-            let exported = image_file::exported_names(&name, &bytes).map_err(|e| e.to_string())?;
+        for file in with_dependencies(files)? {
+            let (name, bytes) = (file.name(), file.bytes());
+            let exported = image_file::exported_names(name, bytes).map_err(|e| e.to_string())?;
             // Its imports bind like the new image's: earlier `--against`
             // images, then the host.
             let resolver = |names: &[&str]| me.resolve(names, host, allow);
@@ -89,7 +88,7 @@ impl Against {
             // it can be recorded; none of its code runs (no initializer is
             // run and nothing is called) and it is dropped before exit.
             let image =
-                unsafe { image_file::load(&name, &bytes, &resolver) }.map_err(|e| e.to_string())?;
+                unsafe { image_file::load(name, bytes, &resolver) }.map_err(|e| e.to_string())?;
             me.images.push((image, exported.into_iter().collect()));
         }
         Ok(me)
@@ -301,7 +300,7 @@ pub(crate) fn cached(
     libs: &[String],
     lib_dirs: &[std::path::PathBuf],
     stats: bool,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
+) -> Result<Cached, String> {
     if !dir.exists() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -320,13 +319,14 @@ pub(crate) fn cached(
     let name = entry.display().to_string();
     if entry.exists() {
         check_private(&entry, "entry")?;
-        let bytes = std::fs::read(&entry).map_err(|e| format!("cannot read {name}: {e}"))?;
-        match image_file::inspect(&name, &bytes) {
-            Ok(_) => {
+        // Mapped, not read, and checked (content hash included) once: the
+        // layer loads it from this mapping without hashing it again.
+        match ImageFile::open(&entry) {
+            Ok(image) => {
                 if stats {
                     eprintln!("kiln: cache hit {name}");
                 }
-                return Ok(vec![(name, bytes)]);
+                return Ok(Cached::Image(image));
             }
             Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
         }
@@ -351,7 +351,7 @@ pub(crate) fn cached(
         Ok(image) => image,
         Err(e @ kiln_linker::LinkError::NotImageable { .. }) => {
             eprintln!("kiln: not cached (the inputs cannot be saved as an image): {e}");
-            return Ok(inputs);
+            return Ok(Cached::Inputs(inputs));
         }
         Err(e) => return Err(e.to_string()),
     };
@@ -361,7 +361,19 @@ pub(crate) fn cached(
     if stats {
         eprintln!("kiln: cache miss, stored {name}");
     }
-    Ok(vec![(name, bytes)])
+    // Run from the entry as a hit would (mapped, checked once).
+    drop(bytes);
+    ImageFile::open(&entry)
+        .map(Cached::Image)
+        .map_err(|e| e.to_string())
+}
+
+/// What `kiln run --cache` runs.
+pub(crate) enum Cached {
+    /// The cache entry, opened (mapped and checked).
+    Image(ImageFile),
+    /// The inputs as given: they cannot be imaged.
+    Inputs(Vec<(String, Vec<u8>)>),
 }
 
 /// The image files of `kiln run` with the images they link against that
@@ -369,18 +381,17 @@ pub(crate) fn cached(
 /// them (recursively), placed first so their initializers run first. A
 /// dependency that cannot be found is left to the loader, which names
 /// every missing one.
-pub(crate) fn with_dependencies(
-    images: Vec<(String, Vec<u8>)>,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub(crate) fn with_dependencies(images: Vec<ImageFile>) -> Result<Vec<ImageFile>, String> {
     let mut have = std::collections::HashSet::new();
     let mut paths = std::collections::HashSet::new();
-    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut found: Vec<ImageFile> = Vec::new();
     let mut queue: Vec<(String, Vec<ImageDependency>)> = Vec::new();
-    for (name, bytes) in &images {
-        let (id, deps) = image_file::dependencies(name, bytes).map_err(|e| e.to_string())?;
+    for image in &images {
+        let (id, deps) =
+            image_file::dependencies(image.name(), image.bytes()).map_err(|e| e.to_string())?;
         have.insert(id);
-        paths.insert(std::path::PathBuf::from(name));
-        queue.push((name.clone(), deps));
+        paths.insert(std::path::PathBuf::from(image.name()));
+        queue.push((image.name().to_string(), deps));
     }
     while let Some((name, deps)) = queue.pop() {
         let dir = std::path::Path::new(&name)
@@ -395,14 +406,13 @@ pub(crate) fn with_dependencies(
             if paths.contains(&candidate) || !candidate.is_file() {
                 continue;
             }
-            let cname = candidate.display().to_string();
-            let bytes =
-                std::fs::read(&candidate).map_err(|e| format!("cannot read {cname}: {e}"))?;
-            let (id, more) = image_file::dependencies(&cname, &bytes).map_err(|e| e.to_string())?;
+            let image = ImageFile::open(&candidate).map_err(|e| e.to_string())?;
+            let (id, more) =
+                image_file::dependencies(image.name(), image.bytes()).map_err(|e| e.to_string())?;
             have.insert(id);
             paths.insert(candidate);
-            queue.push((cname.clone(), more));
-            found.push((cname, bytes));
+            queue.push((image.name().to_string(), more));
+            found.push(image);
         }
     }
     found.reverse();

@@ -12,6 +12,7 @@ use kiln_engine::{
     Session, WorkerPool,
 };
 use kiln_linker::archive::Archive;
+use kiln_linker::image_file::ImageFile;
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
 use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
 
@@ -227,35 +228,95 @@ fn run_bundled() -> Result<i32, String> {
         jitdump: false,
         args: Vec::new(),
     };
-    link_and_run(&args, inputs, true)
+    link_and_run(&args, inputs, Vec::new(), true)
 }
 
 fn run_files(args: RunArgs) -> Result<i32, String> {
-    let mut inputs = Vec::with_capacity(args.inputs.len());
-    for path in &args.inputs {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        inputs.push(Input {
-            name: path.display().to_string(),
-            bytes,
-        });
-    }
     if let Some(dir) = &args.cache {
         if args.lazy {
             return Err("--cache and --lazy cannot be combined yet".into());
         }
-        let pairs: Vec<(String, Vec<u8>)> = inputs.into_iter().map(|i| (i.name, i.bytes)).collect();
-        // The cached image, or the inputs themselves if they cannot be imaged.
-        let inputs = image_cli::cached(dir, pairs, &args.libs, &args.lib_dirs, args.stats)?
-            .into_iter()
-            .map(|(name, bytes)| Input { name, bytes })
-            .collect();
-        return link_and_run(&args, inputs, false);
+        // The key is the inputs' bytes: every input is read.
+        let mut pairs = Vec::with_capacity(args.inputs.len());
+        for path in &args.inputs {
+            pairs.push((path.display().to_string(), read_input(path)?));
+        }
+        return match image_cli::cached(dir, pairs, &args.libs, &args.lib_dirs, args.stats)? {
+            image_cli::Cached::Image(image) => link_and_run(&args, Vec::new(), vec![image], false),
+            // The inputs themselves: they cannot be imaged.
+            image_cli::Cached::Inputs(pairs) => {
+                let (inputs, images) = split_images(pairs)?;
+                link_and_run(&args, inputs, images, false)
+            }
+        };
     }
-    link_and_run(&args, inputs, false)
+    // Image files are opened (mapped and checked), not read.
+    let mut inputs = Vec::with_capacity(args.inputs.len());
+    let mut images = Vec::new();
+    for path in &args.inputs {
+        match open_input(path)? {
+            Opened::Image(file) => {
+                images.push(ImageFile::from_file(path, file).map_err(|e| e.to_string())?);
+            }
+            Opened::Bytes(bytes) => inputs.push(Input {
+                name: path.display().to_string(),
+                bytes,
+            }),
+        }
+    }
+    link_and_run(&args, inputs, images, false)
 }
 
-fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32, String> {
+/// An input file: an image (still open, to be mapped) or the bytes of
+/// anything else.
+enum Opened {
+    Image(std::fs::File),
+    Bytes(Vec<u8>),
+}
+
+/// Opens `path` once: its first bytes tell an image, which is left to be
+/// mapped; anything else is read whole.
+fn open_input(path: &std::path::Path) -> Result<Opened, String> {
+    use std::io::Read as _;
+    let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(kiln_linker::image_file::IMAGE_MAGIC_END as u64)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if kiln_linker::image_file::is_image(&bytes) {
+        return Ok(Opened::Image(file));
+    }
+    file.read_to_end(&mut bytes).map_err(err)?;
+    Ok(Opened::Bytes(bytes))
+}
+
+fn read_input(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Objects and archives as read; image files opened again by their path
+/// (mapped and checked).
+fn split_images(pairs: Vec<(String, Vec<u8>)>) -> Result<(Vec<Input>, Vec<ImageFile>), String> {
+    let mut inputs = Vec::new();
+    let mut images = Vec::new();
+    for (name, bytes) in pairs {
+        if kiln_linker::image_file::is_image(&bytes) {
+            images.push(ImageFile::open(std::path::Path::new(&name)).map_err(|e| e.to_string())?);
+        } else {
+            inputs.push(Input { name, bytes });
+        }
+    }
+    Ok((inputs, images))
+}
+
+fn link_and_run(
+    args: &RunArgs,
+    inputs: Vec<Input>,
+    images: Vec<ImageFile>,
+    narrate: bool,
+) -> Result<i32, String> {
     let started = Instant::now();
     // The first input's path names the image and is the program's argv[0].
     let program = args
@@ -266,12 +327,8 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
     // cache hit included) has nothing for workers to do in parallel, so it
     // dispatches in place and starts no worker thread (each costs ~0.2 ms
     // of CPU and a hand-off per task; see docs/performance-images.md).
-    let images_only = !args.lazy
-        && args.threads.is_none()
-        && !inputs.is_empty()
-        && inputs
-            .iter()
-            .all(|i| kiln_linker::image_file::is_image(&i.bytes));
+    let images_only =
+        !args.lazy && args.threads.is_none() && inputs.is_empty() && !images.is_empty();
     let session = if images_only {
         Session::builder().dispatcher(InPlaceDispatcher::new())
     } else {
@@ -311,11 +368,19 @@ fn link_and_run(args: &RunArgs, inputs: Vec<Input>, narrate: bool) -> Result<i32
         .map_err(err)?;
 
     let read_start = Instant::now();
-    let input_count = inputs.len();
+    let input_count = inputs.len() + images.len();
     let lazy = if args.lazy {
+        if let Some(im) = images.first() {
+            return Err(format!(
+                "{}: image files are not supported with --lazy yet",
+                im.name()
+            ));
+        }
         Some(add_lazily(&session, &layer, &main, &host_dylib, inputs)?)
     } else {
-        add_eagerly(&session, &layer, &main, &program, inputs, read_start)?;
+        add_eagerly(
+            &session, &layer, &main, &program, inputs, images, read_start,
+        )?;
         None
     };
     // Link everything the entry point reaches: it is Ready only when all of
@@ -484,27 +549,23 @@ fn add_eagerly(
     main: &Dylib,
     program: &str,
     inputs: Vec<Input>,
+    images: Vec<ImageFile>,
     read_start: Instant,
 ) -> Result<(), String> {
-    // Image files are loaded, not linked: each is a unit of `main`.
-    let (images, inputs): (Vec<Input>, Vec<Input>) = inputs
-        .into_iter()
-        .partition(|i| kiln_linker::image_file::is_image(&i.bytes));
-    // The images they link against: given, or found next to them.
-    let images: Vec<Input> = if images.is_empty() {
+    // Image files are loaded, not linked: each is a unit of `main`. The
+    // images they link against: given, or found next to them.
+    let images = if images.is_empty() {
         images
     } else {
-        image_cli::with_dependencies(images.into_iter().map(|i| (i.name, i.bytes)).collect())?
-            .into_iter()
-            .map(|(name, bytes)| Input { name, bytes })
-            .collect()
+        image_cli::with_dependencies(images)?
     };
     for image in images {
         // SAFETY: the user asked kiln to run this file's code, as they
-        // would run an executable; the loader checks its content hash
-        // and tables, and it binds against this process's host symbols.
-        unsafe { layer.add_image(main, None, &image.name, image.bytes) }
-            .map_err(|e| e.to_string())?;
+        // would run an executable; `ImageFile::open` checked its content
+        // hash and tables, it binds against this process's host symbols,
+        // and kiln does not write image files it runs (a cache entry is
+        // replaced by a rename, never changed in place).
+        unsafe { layer.add_image_from_file(main, None, image) }.map_err(|e| e.to_string())?;
     }
     // One image for all inputs: static-link semantics across objects
     // (COMDAT, init priorities, TLS), archive members pulled on demand.

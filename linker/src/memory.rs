@@ -408,6 +408,47 @@ pub struct Allocation {
     file_backed: bool,
 }
 
+/// `[0, len)` as maximal runs `(offset, len, flags)` of one final
+/// protection: each page has the protection of the last segment covering it
+/// (segments rounded up to whole pages), `PROT_NONE` if none does.
+fn protection_runs(
+    len: u64,
+    segments: &[(u64, u64, Prot)],
+) -> Result<Vec<(u64, u64, MprotectFlags)>, LinkError> {
+    let mut bounds = vec![0, len];
+    let mut painted = Vec::with_capacity(segments.len());
+    for &(off, seg_len, prot) in segments {
+        if seg_len == 0 {
+            continue;
+        }
+        let seg_len = seg_len.div_ceil(PAGE) * PAGE;
+        if off % PAGE != 0 || off.checked_add(seg_len).is_none_or(|end| end > len) {
+            return Err(LinkError::Memory {
+                detail: format!("segment {off:#x}+{seg_len:#x} is not inside the allocation"),
+                source: std::io::Error::from_raw_os_error(22),
+            });
+        }
+        bounds.extend([off, off + seg_len]);
+        painted.push((off, off + seg_len, prot_flags(prot)));
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut runs: Vec<(u64, u64, MprotectFlags)> = Vec::new();
+    for w in bounds.windows(2) {
+        let (start, end) = (w[0], w[1]);
+        let flags = painted
+            .iter()
+            .rev()
+            .find(|&&(s, e, _)| s <= start && end <= e)
+            .map_or(MprotectFlags::empty(), |&(_, _, f)| f);
+        match runs.last_mut() {
+            Some((o, l, f)) if *f == flags && *o + *l == start => *l += end - start,
+            _ => runs.push((start, end - start, flags)),
+        }
+    }
+    Ok(runs)
+}
+
 fn prot_flags(p: Prot) -> MprotectFlags {
     match p {
         Prot::ReadExec => MprotectFlags::READ | MprotectFlags::EXEC,
@@ -594,26 +635,16 @@ impl Allocation {
     }
 
     /// Apply final protections: `segments` are `(offset, len, prot)` with
-    /// page-aligned offsets; pages not covered become `PROT_NONE`.
+    /// page-aligned offsets (a later segment wins a page two cover); pages
+    /// not covered become `PROT_NONE`. One `mprotect` per run of pages of
+    /// one protection, each page going from read-write straight to its
+    /// final protection: no page is ever W and X at once.
     pub fn finalize(&mut self, segments: &[(u64, u64, Prot)]) -> Result<(), LinkError> {
         if self.state != MemState::Writing {
             return Ok(());
         }
-        // First drop write permission everywhere, then grant per segment:
-        // no page is ever W and X at once.
-        self.protect(0, self.len, MprotectFlags::empty())?;
-        for &(off, len, prot) in segments {
-            if len == 0 {
-                continue;
-            }
-            let len = len.div_ceil(PAGE) * PAGE;
-            if off % PAGE != 0 || off + len > self.len {
-                return Err(LinkError::Memory {
-                    detail: format!("segment {off:#x}+{len:#x} is not inside the allocation"),
-                    source: std::io::Error::from_raw_os_error(22),
-                });
-            }
-            self.protect(off, len, prot_flags(prot))?;
+        for (off, len, flags) in protection_runs(self.len, segments)? {
+            self.protect(off, len, flags)?;
         }
         // Code was written through the data side; x86-64 keeps caches coherent.
         self.state = MemState::Finalized;
@@ -696,6 +727,68 @@ mod tests {
         let b = Allocation::new(PAGE, Placement::Near).unwrap().unwrap();
         let (sb, sl) = b.slab.range();
         assert!(b.base() >= sb && b.base() < sb + sl);
+    }
+
+    /// Final protections are one run per protection: a later segment wins
+    /// a page two cover, uncovered pages are `PROT_NONE`, neighbours of one
+    /// protection merge, and a segment outside the allocation is refused.
+    #[test]
+    fn protections_are_applied_in_maximal_runs() {
+        let (rx, r, rw) = (Prot::ReadExec, Prot::Read, Prot::ReadWrite);
+        let (frx, fr, frw) = (prot_flags(rx), prot_flags(r), prot_flags(rw));
+        let none = MprotectFlags::empty();
+        // Text then read-only data covering everything: two calls.
+        assert_eq!(
+            protection_runs(5 * PAGE, &[(0, 3 * PAGE - 10, rx), (3 * PAGE, 2 * PAGE, r)]).unwrap(),
+            vec![(0, 3 * PAGE, frx), (3 * PAGE, 2 * PAGE, fr)]
+        );
+        // Neighbours of one protection merge; gaps are PROT_NONE.
+        assert_eq!(
+            protection_runs(
+                6 * PAGE,
+                &[(PAGE, PAGE, r), (2 * PAGE, 1, r), (4 * PAGE, PAGE, rw)]
+            )
+            .unwrap(),
+            vec![
+                (0, PAGE, none),
+                (PAGE, 2 * PAGE, fr),
+                (3 * PAGE, PAGE, none),
+                (4 * PAGE, PAGE, frw),
+                (5 * PAGE, PAGE, none)
+            ]
+        );
+        // The later of two segments sharing a page wins it.
+        assert_eq!(
+            protection_runs(3 * PAGE, &[(0, 2 * PAGE, rx), (PAGE, 2 * PAGE, rw)]).unwrap(),
+            vec![(0, PAGE, frx), (PAGE, 2 * PAGE, frw)]
+        );
+        assert_eq!(
+            protection_runs(2 * PAGE, &[]).unwrap(),
+            vec![(0, 2 * PAGE, none)]
+        );
+        assert!(protection_runs(2 * PAGE, &[(PAGE, 2 * PAGE, r)]).is_err());
+        assert!(protection_runs(2 * PAGE, &[(1, PAGE, r)]).is_err());
+        // Applied: the pages have those protections.
+        let mut a = Allocation::new(4 * PAGE, Placement::Near).unwrap().unwrap();
+        a.finalize(&[(0, PAGE, rx), (2 * PAGE, 2 * PAGE, r)])
+            .unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let prot_at = |addr: u64| {
+            maps.lines()
+                .find(|l| {
+                    let (range, _) = l.split_once(' ').unwrap();
+                    let (s, e) = range.split_once('-').unwrap();
+                    let (s, e) = (
+                        u64::from_str_radix(s, 16).unwrap(),
+                        u64::from_str_radix(e, 16).unwrap(),
+                    );
+                    s <= addr && addr < e
+                })
+                .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        };
+        assert_eq!(prot_at(a.base()).as_deref(), Some("r-xp"));
+        assert_eq!(prot_at(a.base() + PAGE).as_deref(), Some("---p"));
+        assert_eq!(prot_at(a.base() + 3 * PAGE).as_deref(), Some("r--p"));
     }
 
     /// The loaders write only what is not zero: a reused range reads as

@@ -475,12 +475,14 @@ fn gdb_sees_code_loaded_from_an_image() {
         &[image],
         false,
     );
+    // A run of images only has one thread: gdb says `Breakpoint N, `, not
+    // `Thread 1 "kiln" hit Breakpoint N, `.
     assert!(
-        out.contains("hit Breakpoint 1, ") && out.contains(" in level1 ()"),
+        out.contains("Breakpoint 1, ") && out.contains(" in level1 ()"),
         "the breakpoint on level1 was not hit:\n{out}"
     );
     let second = out
-        .find("hit Breakpoint 2, ")
+        .find("Breakpoint 2, ")
         .unwrap_or_else(|| panic!("the breakpoint on getppid was not hit:\n{out}"));
     let bt = frames(&out[second..]);
     for (i, name) in [(1, "level2 ()"), (2, "level1 ()"), (3, "main ()")] {

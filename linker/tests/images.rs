@@ -1627,3 +1627,88 @@ fn kiln_run_of_images_only_starts_no_worker_thread() {
     assert!(threads_seen(&[&obj]) >= 2, "the object's link has workers");
     assert_eq!(threads_seen(&[&image]), 1);
 }
+
+/// Whether /proc/self/maps has lines naming a `.kimg` file and libstdc++.
+const COUNT_KIMG_MAPPINGS: &str = "#include <stdio.h>\n#include <string.h>\n\
+    int main(void) {\n  char l[4096]; int n = 0;\n\
+      FILE *f = fopen(\"/proc/self/maps\", \"r\");\n  if (!f) return 1;\n\
+      int cxx = 0;\n\
+      while (fgets(l, sizeof l, f)) { if (strstr(l, \".kimg\\n\")) n++; if (strstr(l, \"libstdc++\")) cxx = 1; }\n\
+      fclose(f);\n  printf(\"kimg mappings: %d, libstdc++: %d\\n\", n > 0 ? 1 : 0, cxx);\n  return 0;\n}\n";
+
+/// `kiln run X.kimg` and a `kiln run --cache` hit load the image from its
+/// file (segments mapped copy-on-write, as `image_file::load_file` does),
+/// not from a copy: the running program sees the file in its mappings. The
+/// file is checked once, when opened: a damaged image is refused naming
+/// its content hash. A C program's run does not open libstdc++ (the host
+/// opens it on the first name found nowhere else).
+#[test]
+fn kiln_run_of_an_image_and_a_cache_hit_map_the_file() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-run-mapped");
+    // Whole text pages, so that at least one page is mapped, not copied.
+    let src = format!(
+        "{COUNT_KIMG_MAPPINGS}\n__attribute__((used)) static const char pad[3 * 4096] = {{1}};\n\
+         int pad_byte(void) {{ return pad[0]; }}\n"
+    );
+    let obj = compile_c_text(&dir, "maps", &src, &["-O2", "-fPIC"]);
+    let image = dir.join("maps.kimg");
+    save(&image, std::slice::from_ref(&obj), &[]);
+    let stdout = |o: &Output| {
+        assert!(o.status.success(), "{}", show(o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let run = |args: &[&std::ffi::OsStr]| kiln().arg("run").args(args).output().expect("kiln");
+    assert_eq!(
+        stdout(&run(&[image.as_os_str()])),
+        "kimg mappings: 1, libstdc++: 0\n",
+        "kiln run X.kimg"
+    );
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let cached = || {
+        run(&[
+            "--stats".as_ref(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+            obj.as_os_str(),
+        ])
+    };
+    let miss = cached();
+    assert!(
+        String::from_utf8_lossy(&miss.stderr).contains("cache miss"),
+        "{}",
+        show(&miss)
+    );
+    assert_eq!(
+        stdout(&miss),
+        "kimg mappings: 1, libstdc++: 0\n",
+        "cache miss"
+    );
+    let hit = cached();
+    assert!(
+        String::from_utf8_lossy(&hit.stderr).contains("cache hit"),
+        "{}",
+        show(&hit)
+    );
+    assert_eq!(
+        stdout(&hit),
+        "kimg mappings: 1, libstdc++: 0\n",
+        "cache hit"
+    );
+    // Checked when opened: one flipped byte is refused.
+    let mut bytes = std::fs::read(&image).expect("image");
+    bytes[0x1000] ^= 0xff;
+    std::fs::write(&image, &bytes).expect("damage");
+    let e = image_file::ImageFile::open(&image).expect_err("damaged image opens");
+    assert!(e.to_string().contains("content hash"), "{e}");
+    let o = run(&[image.as_os_str()]);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("content hash"),
+        "{}",
+        show(&o)
+    );
+}

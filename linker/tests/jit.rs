@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 mod common;
 
 use common::compile_c_text;
+use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
 use kiln_linker::jit::{Jit, JitError};
 
 type I64Fn = extern "C" fn(i64) -> i64;
@@ -393,4 +394,50 @@ fn no_thread_calls_code_whose_constructors_are_still_running() {
             "lazy: {lazy}: the constructor ran once"
         );
     }
+}
+
+/// Objects that call each other in a cycle link with the in-place
+/// dispatcher too, also when one lookup starts both links: the first
+/// link's wait for the other's addresses used to strand the other's
+/// dispatch, queued behind it on the one thread (a hang).
+#[test]
+fn mutually_recursive_objects_link_with_the_in_place_dispatcher() {
+    let dir = scratch("in-place-cycle");
+    let a = object(
+        &dir,
+        "a",
+        "long b(long);\nlong a(long x) { return x ? b(x - 1) + 1 : 0; }\n",
+    );
+    let b = object(
+        &dir,
+        "b",
+        "long a(long);\nlong b(long x) { return x ? a(x - 1) + 10 : 0; }\n",
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let jit = Jit::builder()
+            .dispatcher(kiln_engine::InPlaceDispatcher::new())
+            .build()
+            .unwrap();
+        jit.add_object(&a).unwrap();
+        jit.add_object(&b).unwrap();
+        // Both objects start linking in one lookup: the first one's link
+        // waits for the second one's addresses, whose link is queued
+        // behind it on this one thread.
+        let session = jit.session();
+        let names = [session.intern("a"), session.intern("b")];
+        let order = SearchOrder::new().with(jit.app(), DylibLookup::ExportedOnly);
+        let found = session
+            .lookup(&order, &LookupSet::required(names), RequiredState::Ready)
+            .wait()
+            .unwrap();
+        assert_eq!(found.len(), 2);
+        // SAFETY: `a` is `long a(long)`.
+        let f = unsafe { jit.get::<I64Fn>("a") }.unwrap();
+        let _ = tx.send(f(4));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("linking a cycle with the in-place dispatcher hung");
+    assert_eq!(got, 22);
 }

@@ -435,6 +435,31 @@ pub(crate) enum Effect {
 /// no buffer to borrow from the inbox and give back under its lock.
 pub(crate) type Effects = smallvec::SmallVec<[Effect; 4]>;
 
+crate::sync::thread_local_const! {
+    /// Effects this thread owes, oldest first. A driver queues its effects
+    /// here and runs them one by one; an effect can block (an in-place
+    /// dispatch runs a materializer that waits for a lookup), and the
+    /// effects queued behind it — perhaps the very dispatch that lookup
+    /// needs — must not be stranded: every engine wait and every nested
+    /// driver on this thread runs them first ([`run_pending_effects`]).
+    static PENDING_EFFECTS: std::cell::RefCell<VecDeque<(Arc<SessionCore>, Effect)>> =
+        std::cell::RefCell::new(VecDeque::new());
+}
+
+/// Runs the effects this thread owes, oldest first, until none is left
+/// (those queued meanwhile by effects it runs included). Called by every
+/// driver and before every engine wait, so no thread blocks while it holds
+/// effects another wait may need. No engine lock is held.
+pub(crate) fn run_pending_effects() {
+    loop {
+        let next = PENDING_EFFECTS.with(|pending| pending.borrow_mut().pop_front());
+        let Some((core, effect)) = next else {
+            return;
+        };
+        core.run_effect(effect);
+    }
+}
+
 struct Inbox {
     queue: VecDeque<Msg>,
     /// An empty buffer kept for the next drain, so steady traffic allocates
@@ -547,7 +572,10 @@ impl SessionCore {
         );
         match (result, waiting) {
             (Some(value), _) => value,
-            (None, Some(wait)) => wait.wait(),
+            (None, Some(wait)) => {
+                run_pending_effects();
+                wait.wait()
+            }
             (None, None) => unreachable!("apply runs exactly one of its two paths"),
         }
     }
@@ -564,9 +592,11 @@ impl SessionCore {
                 self.drain(state, effects);
             }
         }
-        for effect in effects.drain(..) {
-            self.run_effect(effect);
-        }
+        PENDING_EFFECTS.with(|pending| {
+            let mut pending = pending.borrow_mut();
+            pending.extend(effects.drain(..).map(|effect| (self.clone(), effect)));
+        });
+        run_pending_effects();
     }
 
     /// Applies queued messages until the inbox is empty, then gives the

@@ -24,16 +24,12 @@ fn link_err(name: &str, source: crate::LinkError) -> ImageError {
 
 /// Takes memory for the image and fills it: segments at their offsets,
 /// zeros elsewhere, every rebased word plus the base. Writes no text after
-/// this (binding writes only the non-text words the parser checked).
-pub(crate) fn map(p: &Parsed<'_>, file_name: &str) -> Result<Allocation, ImageError> {
-    map_from(p, file_name, None)
-}
-
-/// [`map`], mapping the whole pages of each segment from `file` (the file
-/// `p` was parsed from) copy-on-write instead of copying them, so that only
-/// the pages rebasing and binding write are copied; a segment's last,
-/// partial page is copied (the file goes on with other bytes).
-fn map_from(
+/// this (binding writes only the non-text words the parser checked). With
+/// `file` (the file `p` was parsed from), the whole pages of each segment
+/// are mapped from it copy-on-write instead of copied, so that only the
+/// pages rebasing and binding write are copied; a segment's last, partial
+/// page is copied (the file goes on with other bytes).
+pub(crate) fn map_from(
     p: &Parsed<'_>,
     file_name: &str,
     file: Option<&std::fs::File>,
@@ -383,6 +379,73 @@ pub unsafe fn load_file(
     unsafe { load_parsed(&file_name, view.bytes(), Some(&file), resolver) }
 }
 
+/// An image file opened for loading: the file mapped read-only (not read
+/// into memory) and checked once, content hash included, when opened. Hand
+/// it to [`crate::ObjectLayer::add_image_from_file`], which maps the
+/// segments' pages from the file copy-on-write and does not hash it again
+/// — a `kiln run --cache` hit checks its entry and loads it with one hash
+/// and no copy of the file.
+pub struct ImageFile {
+    name: String,
+    // Drops before `file` (field order): the mapping does not need the
+    // descriptor, but the loader maps segments from `file` later.
+    view: FileView,
+    file: std::fs::File,
+}
+
+impl ImageFile {
+    /// Opens and maps the image file at `path` and checks it as the loader
+    /// does (header, content hash, tables). Errors name `path`.
+    pub fn open(path: &std::path::Path) -> Result<ImageFile, ImageError> {
+        let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
+            name: path.display().to_string(),
+            what: "open",
+            source,
+        })?;
+        ImageFile::from_file(path, file)
+    }
+
+    /// [`ImageFile::open`] of `file`, already open (at any position),
+    /// called `path` in errors.
+    pub fn from_file(path: &std::path::Path, file: std::fs::File) -> Result<ImageFile, ImageError> {
+        let name = path.display().to_string();
+        let view = FileView::new(&file).map_err(|source| ImageError::Io {
+            name: name.clone(),
+            what: "map",
+            source,
+        })?;
+        read::parse(&name, view.bytes())?;
+        Ok(ImageFile { name, view, file })
+    }
+
+    /// The path it was opened as (the name errors use).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file's bytes (the read-only mapping).
+    pub fn bytes(&self) -> &[u8] {
+        self.view.bytes()
+    }
+
+    /// The open file, to map segments from.
+    pub(crate) fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
+impl std::fmt::Debug for ImageFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageFile")
+            .field("name", &self.name)
+            .field("len", &self.view.len)
+            .finish()
+    }
+}
+
+/// How many bytes [`super::is_image`] needs to tell an image file.
+pub const IMAGE_MAGIC_END: usize = super::format::HEADER_AT + super::MAGIC.len();
+
 /// A read-only private mapping of a whole file, unmapped on drop.
 struct FileView {
     addr: *mut std::ffi::c_void,
@@ -425,6 +488,12 @@ impl FileView {
         unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
     }
 }
+
+// SAFETY: the mapping is read-only and owned by the view (unmapped only on
+// drop): sharing or moving it between threads is sharing a `&[u8]`.
+unsafe impl Send for FileView {}
+// SAFETY: as for `Send`: nothing writes through `addr`.
+unsafe impl Sync for FileView {}
 
 impl Drop for FileView {
     fn drop(&mut self) {

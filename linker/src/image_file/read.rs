@@ -123,12 +123,14 @@ fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageErr
     c.expect("endianness", h.endianness, 1)?;
     c.expect("page size", h.page_size, PAGE as u32)?;
     c.expect("flags", h.flags, 0)?;
-    let have = format::cpu_features();
-    if h.cpu_features & !have != 0 {
+    if format::missing_cpu_features(h.cpu_features) != 0 {
         return Err(c.field(
             "required CPU features",
             format::feature_names(h.cpu_features),
-            format!("a subset of this CPU's {}", format::feature_names(have)),
+            format!(
+                "a subset of this CPU's {}",
+                format::feature_names(format::cpu_features())
+            ),
         ));
     }
     c.expect("file size", h.file_size, file.len() as u64)?;
@@ -259,10 +261,24 @@ fn tables<'a>(
     let sections = ehdr
         .sections(LE, file)
         .map_err(|e| c.bad(format!("ELF container: {e}")))?;
+    // Names compared in place (`name\0` at `sh_name`), not through
+    // `section_by_name`: its string-table reads use the memchr crate, whose
+    // first call probes the CPU (cpuid traps on virtual machines: ~50 µs of
+    // a `kiln run` of an image).
+    let elf_err = |e: object::read::Error| c.bad(format!("ELF container: {e}"));
+    let shstrndx = ehdr.shstrndx(LE, file).map_err(elf_err)?;
+    let names: &[u8] = sections
+        .section(object::SectionIndex(shstrndx as usize))
+        .and_then(|s| s.data(LE, file))
+        .map_err(elf_err)?;
     let find = |name: &str| {
-        sections
-            .section_by_name(LE, name.as_bytes())
-            .map(|(_, s)| s)
+        let want = name.as_bytes();
+        sections.iter().find(|s| {
+            let at = s.sh_name(LE) as usize;
+            names
+                .get(at..)
+                .is_some_and(|n| n.len() > want.len() && n.starts_with(want) && n[want.len()] == 0)
+        })
     };
     let hs = find(".kiln.header").ok_or_else(|| c.bad("no .kiln.header section"))?;
     c.expect(".kiln.header offset", hs.sh_offset(LE), HEADER_AT as u64)?;

@@ -15,14 +15,37 @@ use kiln_engine::{
 
 use super::format;
 use super::read::{self, Parsed};
-use super::{BuildId, ImageDependency, ImageError, load, registry};
+use super::{BuildId, ImageDependency, ImageError, ImageFile, load, registry};
 use crate::error::LinkError;
 use crate::layer::{AddedImageFile, ObjectLayer};
+
+/// Where an image unit's bytes are: its own copy, or the file it was
+/// opened from (mapped; segments are mapped from it copy-on-write).
+enum Source {
+    Bytes(Arc<Vec<u8>>),
+    File(ImageFile),
+}
+
+impl Source {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Bytes(b) => b,
+            Source::File(f) => f.bytes(),
+        }
+    }
+
+    fn file(&self) -> Option<&std::fs::File> {
+        match self {
+            Source::Bytes(_) => None,
+            Source::File(f) => Some(f.file()),
+        }
+    }
+}
 
 struct ImageUnit {
     layer: ObjectLayer,
     name: String,
-    bytes: Arc<Vec<u8>>,
+    source: Source,
     symbols: Vec<(SymbolName, SymbolFlags)>,
     order: usize,
 }
@@ -71,7 +94,39 @@ impl ObjectLayer {
         name: &str,
         bytes: Vec<u8>,
     ) -> Result<(), ImageError> {
-        let parsed = read::parse(name, &bytes)?;
+        read::parse(name, &bytes)?;
+        self.add_checked_image(dylib, tracker, name, Source::Bytes(Arc::new(bytes)))
+    }
+
+    /// [`ObjectLayer::add_image`] of an image file opened (and checked,
+    /// content hash included) by [`ImageFile::open`]: not hashed again, and
+    /// its segments are mapped from the file copy-on-write when it is
+    /// loaded, as [`super::load_file`] does, instead of copied.
+    ///
+    /// # Safety
+    ///
+    /// As for [`ObjectLayer::add_image`]; moreover the file must not be
+    /// changed in place until the image is unloaded (replacing it by a
+    /// rename is fine), as for [`super::load_file`].
+    pub unsafe fn add_image_from_file(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        file: ImageFile,
+    ) -> Result<(), ImageError> {
+        let name = file.name().to_string();
+        self.add_checked_image(dylib, tracker, &name, Source::File(file))
+    }
+
+    /// Adds an image whose bytes passed [`read::parse`] (hash included).
+    fn add_checked_image(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        source: Source,
+    ) -> Result<(), ImageError> {
+        let parsed = read::parse_with(name, source.bytes(), false)?;
         let session = self.session();
         let symbols: Vec<(SymbolName, SymbolFlags)> = parsed
             .exports
@@ -90,7 +145,7 @@ impl ObjectLayer {
         let unit = ImageUnit {
             layer: self.clone(),
             name: name.to_string(),
-            bytes: Arc::new(bytes),
+            source,
             symbols,
             order: self.next_order(),
         };
@@ -182,9 +237,10 @@ impl ImageUnit {
 
     fn load(&self, r: &Responsibility) -> Result<Vec<DependenceGroup>, Error> {
         let err = |e: ImageError| Error::msg(e);
-        // Checked (hash included) when added; the unit's bytes have not
-        // changed since: the tables are parsed again, the hash is not.
-        let p: Parsed<'_> = read::parse_with(&self.name, &self.bytes, false).map_err(err)?;
+        // Checked (hash included) when added (or opened); the unit's bytes
+        // have not changed since: the tables are parsed again, the hash is not.
+        let p: Parsed<'_> =
+            read::parse_with(&self.name, self.source.bytes(), false).map_err(err)?;
         let session = self.layer.session();
         // Images it links against first: all missing ones named at once.
         let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
@@ -201,7 +257,7 @@ impl ImageUnit {
             },
         )
         .map_err(err)?;
-        let mut alloc = load::map(&p, &self.name).map_err(err)?;
+        let mut alloc = load::map_from(&p, &self.name, self.source.file()).map_err(err)?;
         let registration = load::register(&p, &alloc, &self.name);
         let base = alloc.base();
         // (a) Own addresses first: units waiting at Resolved go on.
