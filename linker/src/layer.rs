@@ -374,7 +374,11 @@ impl ObjectLayer {
             && graph.blocks.iter().map(|b| b.edges.len()).sum::<usize>()
                 >= options.parallel_threshold;
         let input = if early {
-            UnitInput::Early(EarlyPrepare::start(graph, self.below_2gib()))
+            UnitInput::Early(EarlyPrepare::start(
+                graph,
+                self.below_2gib(),
+                options.imaging,
+            ))
         } else {
             UnitInput::Graph(Box::new(graph))
         };
@@ -849,6 +853,8 @@ struct EarlyPrepare {
     state: Mutex<EarlyState>,
     /// Placement asked for when it was started.
     below_2gib: bool,
+    /// Imaging mode ([`LinkOptions::imaging`]).
+    imaging: bool,
     done: std::sync::Condvar,
 }
 
@@ -864,17 +870,14 @@ enum EarlyState {
 }
 
 /// The graph passes that need nothing from the engine (for a unit without
-/// weak definitions: every definition is its own).
-fn prepare(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, LinkError> {
-    passes::check_duplicates(&mut graph)?;
-    passes::allocate_commons(&mut graph);
-    passes::prune(&mut graph, &Roots::All)?;
-    Prepared::new_placed(graph, below_2gib)
+/// weak definitions: every definition is its own): the pipeline's steps 1–8.
+fn prepare(graph: LinkGraph, below_2gib: bool, imaging: bool) -> Result<Prepared, LinkError> {
+    passes::prepare(graph, &Roots::All, imaging, below_2gib)
 }
 
 impl EarlyPrepare {
     /// Starts preparing `graph` on rayon.
-    fn start(graph: LinkGraph, below_2gib: bool) -> Arc<EarlyPrepare> {
+    fn start(graph: LinkGraph, below_2gib: bool, imaging: bool) -> Arc<EarlyPrepare> {
         // For the error of a panic (a bug): the objects it is about.
         let objects = graph
             .objects
@@ -885,6 +888,7 @@ impl EarlyPrepare {
         let early = Arc::new(EarlyPrepare {
             state: Mutex::new(EarlyState::Pending(Box::new(graph))),
             below_2gib,
+            imaging,
             done: std::sync::Condvar::new(),
         });
         let job = early.clone();
@@ -902,7 +906,7 @@ impl EarlyPrepare {
             // A panic (a bug) fails this image's link, as it would on the
             // engine's worker, instead of aborting the process from rayon.
             let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                prepare(graph, job.below_2gib)
+                prepare(graph, job.below_2gib, job.imaging)
             }))
             .unwrap_or_else(|panic| {
                 let what = panic
@@ -930,7 +934,7 @@ impl EarlyPrepare {
             match std::mem::replace(&mut *state, EarlyState::Taken) {
                 EarlyState::Pending(graph) => {
                     drop(state);
-                    return prepare(*graph, self.below_2gib);
+                    return prepare(*graph, self.below_2gib, self.imaging);
                 }
                 EarlyState::Running => {
                     *state = EarlyState::Running;
@@ -1018,26 +1022,21 @@ type Linked = (
     Option<crate::debug::PerfMapLater>,
 );
 
-/// The pipeline for one unit, with the engine in the middle of it.
-fn link(
-    layer: &ObjectLayer,
+/// What this unit owes, with flags, by position in `globals` (the graph's
+/// defined non-local globals, named once in `add_graph`; the graph has not
+/// changed since). The engine discards only weak definitions, so a unit
+/// that offers none owes exactly what it offered, without asking
+/// (`Responsibility::symbols()` sorts every name: 3 ms for synth's 20,000).
+/// Weak definitions another unit won become references to the winner. (A
+/// discarded definition is gone from `symbols`, which then no longer lines
+/// up with `globals`.)
+fn owed_symbols(
     name: &str,
-    position: usize,
-    input: UnitInput,
     symbols: &[(SymbolName, SymbolFlags)],
     globals: &[(SymbolName, SymbolId)],
     r: &Responsibility,
-) -> Result<Linked, Error> {
-    let session = &layer.session;
-    let started = Instant::now();
-    // What this unit owes, with flags, by position in `globals` (the graph's
-    // defined non-local globals, named once in `add_graph`; the graph has
-    // not changed since). The engine discards only weak definitions, so a
-    // unit that offers none owes exactly what it offered, without asking
-    // (`Responsibility::symbols()` sorts every name: 3 ms for synth's
-    // 20,000). Weak definitions another unit won become references to the
-    // winner. (A discarded definition is gone from `symbols`, which then no
-    // longer lines up with `globals`.)
+    input: &UnitInput,
+) -> Result<Vec<Option<SymbolFlags>>, Error> {
     let aligned =
         symbols.len() == globals.len() && symbols.iter().zip(globals).all(|(s, g)| s.0 == g.0);
     let weak = !aligned || symbols.iter().any(|(_, f)| f.is_weak());
@@ -1047,80 +1046,176 @@ fn link(
     } else {
         symbols.iter().map(|&(_, f)| Some(f)).collect()
     };
-    let mut prepared = match input {
-        UnitInput::Graph(graph) => {
-            let mut graph = *graph;
+    // Only units without weak definitions start early: they owe all.
+    if matches!(input, UnitInput::Early(_)) && owed.iter().any(Option::is_none) {
+        return Err(Error::msg(format!(
+            "{name}: an image prepared early lost a definition it was prepared with (linker bug)"
+        )));
+    }
+    Ok(owed)
+}
+
+/// The engine's side of one unit's link ([`passes::LinkHost`]): the image's
+/// own addresses go to the engine, its externals are looked up through the
+/// dylib's link order.
+struct EngineHost<'a> {
+    layer: &'a ObjectLayer,
+    name: &'a str,
+    r: &'a Responsibility,
+    globals: &'a [(SymbolName, SymbolId)],
+    owed: &'a [Option<SymbolFlags>],
+    /// The definitions reported at step 9, emitted at the end.
+    defs: Vec<(SymbolName, SymbolDef)>,
+    /// The link order and what the lookup of the externals found in it.
+    found: Option<(kiln_engine::SearchOrder, kiln_engine::SymbolMap)>,
+    /// The image's identity: its own `__dso_handle` slot.
+    dso: Option<runtime::DsoHandle>,
+    prepared_at: Instant,
+    resolved_at: Instant,
+}
+
+impl passes::LinkHost for EngineHost<'_> {
+    type Error = Error;
+
+    fn link_error(&self, e: LinkError) -> Error {
+        link_error(e)
+    }
+
+    /// The perf map's lines are written after the emit
+    /// ([`ObjectUnit::materialize`]).
+    fn defer_perf_map(&self) -> bool {
+        true
+    }
+
+    /// (a) Our own addresses: other units waiting on them at Resolved go on.
+    fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), Error> {
+        let mut defs = Vec::with_capacity(self.globals.len());
+        for ((n, id), flags) in self.globals.iter().zip(self.owed) {
+            if let Some(flags) = *flags
+                && let Some(address) = prepared.defined_address(*id)
+            {
+                defs.push((n.clone(), SymbolDef::new(address, flags)));
+            }
+        }
+        self.r.resolve(&defs)?;
+        self.defs = defs;
+        self.prepared_at = Instant::now();
+        Ok(())
+    }
+
+    /// (b) Externals, at Resolved, through the dylib's link order. All are
+    /// asked weakly so the linker can name every missing one with the
+    /// objects that reference it.
+    fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), Error> {
+        let session = &self.layer.session;
+        let order = self.r.dylib().link_order();
+        let externals: Vec<(SymbolId, SymbolName)> = prepared
+            .external_symbols()
+            .into_iter()
+            .map(|(id, n)| (id, session.intern(n)))
+            .collect();
+        let set = LookupSet::weak(externals.iter().map(|(_, n)| n.clone()));
+        let found = session
+            .lookup_with(
+                &kiln_engine::LookupRequest::new(order.clone(), set, RequiredState::Resolved)
+                    .kind(LookupKind::Static),
+            )
+            .wait()?;
+        let mut data = Vec::new();
+        let answers: Vec<(SymbolId, Option<u64>)> = externals
+            .iter()
+            .zip(found.by_request())
+            .map(|((id, _), (_, def))| {
+                if def.is_some_and(|d| !d.flags.is_callable()) {
+                    data.push(*id);
+                }
+                (*id, def.map(|d| d.address))
+            })
+            .collect();
+        prepared
+            .resolve_external_ids(&answers)
+            .map_err(link_error)?;
+        prepared.mark_data_externals(data);
+        self.found = Some((order, found));
+        self.resolved_at = Instant::now();
+        // (c) Fixup and finalize come next; the image belongs to the
+        // tracker. Its identity is its own `__dso_handle` slot, which code
+        // names PC-relatively.
+        let name = self.name;
+        let dso = runtime::DsoHandle::new_at(name.to_string(), prepared.dso_handle() as usize)
+            .map_err(|e| {
+                link_error(LinkError::Runtime {
+                    detail: format!("{name}: {e}"),
+                })
+            })?;
+        self.dso = Some(dso);
+        Ok(())
+    }
+}
+
+/// Hands `image` to the unit's tracker and queues its initializers;
+/// counts its `times` (prepare, externals, fixup + finalize) and `stats`.
+fn track_image(
+    layer: &ObjectLayer,
+    r: &Responsibility,
+    image: ImageCell,
+    times: (Duration, Duration, Duration),
+    stats: &LinkStats,
+) -> Result<(), Error> {
+    r.tracker().with_resource_key(|key| {
+        if let Ok(mut images) = layer.shared.images.lock() {
+            images.by_key.entry(key).or_default().push(image.clone());
+            images.pending_init.push(PendingInit {
+                image: image.clone(),
+                runner: None,
+            });
+            images.linked += 1;
+            images.times.prepare += times.0;
+            images.times.externals += times.1;
+            images.times.fixup_finalize += times.2;
+            let total = &mut images.stats;
+            total.objects += stats.objects;
+            total.blocks += stats.blocks;
+            total.symbols += stats.symbols;
+            total.relocations += stats.relocations;
+            total.got_entries += stats.got_entries;
+            total.plt_stubs += stats.plt_stubs;
+            total.bytes += stats.bytes;
+        }
+    })?;
+    Ok(())
+}
+
+/// The pipeline for one unit ([`passes::run`]), with the engine in the
+/// middle of it ([`EngineHost`]).
+fn link(
+    layer: &ObjectLayer,
+    name: &str,
+    position: usize,
+    input: UnitInput,
+    symbols: &[(SymbolName, SymbolFlags)],
+    globals: &[(SymbolName, SymbolId)],
+    r: &Responsibility,
+) -> Result<Linked, Error> {
+    let started = Instant::now();
+    let owed = owed_symbols(name, symbols, globals, r, &input)?;
+    let start = match input {
+        UnitInput::Graph(mut graph) => {
             for ((_, id), flags) in globals.iter().zip(&owed) {
                 if flags.is_none() {
                     graph.symbols[id.index()].def = GraphDef::External;
                 }
             }
-            prepare(graph, layer.below_2gib()).map_err(link_error)?
-        }
-        // Only units without weak definitions start early: they owe all.
-        UnitInput::Early(early) => {
-            if owed.iter().any(Option::is_none) {
-                return Err(Error::msg(format!(
-                    "{name}: an image prepared early lost a definition it was prepared with (linker bug)"
-                )));
+            passes::Start::Graph {
+                graph,
+                roots: &Roots::All,
+                below_2gib: layer.below_2gib(),
             }
-            early.take().map_err(link_error)?
+        }
+        UnitInput::Early(early) => {
+            passes::Start::Prepared(Box::new(early.take().map_err(link_error)?))
         }
     };
-
-    // (a) Our own addresses: other units waiting on them at Resolved go on.
-    let mut defs = Vec::with_capacity(globals.len());
-    for ((n, id), flags) in globals.iter().zip(&owed) {
-        if let Some(flags) = *flags
-            && let Some(address) = prepared.defined_address(*id)
-        {
-            defs.push((n.clone(), SymbolDef::new(address, flags)));
-        }
-    }
-    r.resolve(&defs)?;
-    let prepared_at = Instant::now();
-
-    // (b) Externals, at Resolved, through the dylib's link order. All are
-    // asked weakly so the linker can name every missing one with the objects
-    // that reference it.
-    let order = r.dylib().link_order();
-    let externals: Vec<(SymbolId, SymbolName)> = prepared
-        .external_symbols()
-        .into_iter()
-        .map(|(id, n)| (id, session.intern(n)))
-        .collect();
-    let set = LookupSet::weak(externals.iter().map(|(_, n)| n.clone()));
-    let found = session
-        .lookup_with(
-            &kiln_engine::LookupRequest::new(order.clone(), set, RequiredState::Resolved)
-                .kind(LookupKind::Static),
-        )
-        .wait()?;
-    let mut data = Vec::new();
-    let answers: Vec<(SymbolId, Option<u64>)> = externals
-        .iter()
-        .zip(found.by_request())
-        .map(|((id, _), (_, def))| {
-            if def.is_some_and(|d| !d.flags.is_callable()) {
-                data.push(*id);
-            }
-            (*id, def.map(|d| d.address))
-        })
-        .collect();
-    prepared
-        .resolve_external_ids(&answers)
-        .map_err(link_error)?;
-    prepared.mark_data_externals(data);
-    let resolved_at = Instant::now();
-
-    // (c) Fixup and finalize; the image belongs to the tracker. Its identity
-    // is its own `__dso_handle` slot, which code names PC-relatively.
-    let dso = runtime::DsoHandle::new_at(name.to_string(), prepared.dso_handle() as usize)
-        .map_err(|e| {
-            link_error(LinkError::Runtime {
-                detail: format!("{name}: {e}"),
-            })
-        })?;
     let env = ImageEnv {
         name: name.to_string(),
         tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
@@ -1129,9 +1224,32 @@ fn link(
     // image. The graph comes back to be freed after the emit.
     let mut options = layer.shared.options.clone();
     options.symbol_table = false;
-    let (finalized, graph, perf_map) = prepared
-        .finalize_deferring(&env, &options, true)
-        .map_err(link_error)?;
+    let mut host = EngineHost {
+        layer,
+        name,
+        r,
+        globals,
+        owed: &owed,
+        defs: Vec::new(),
+        found: None,
+        dso: None,
+        prepared_at: started,
+        resolved_at: started,
+    };
+    let (finalized, graph, perf_map) = passes::run(start, &mut host, &env, &options)?;
+    let EngineHost {
+        defs,
+        found,
+        dso,
+        prepared_at,
+        resolved_at,
+        ..
+    } = host;
+    let (Some((order, found)), Some(dso)) = (found, dso) else {
+        return Err(Error::msg(format!(
+            "{name}: the pipeline finished without looking up the image's externals (linker bug)"
+        )));
+    };
     let stats = finalized.stats;
     let finalized_at = Instant::now();
     let mut linked =
@@ -1146,35 +1264,30 @@ fn link(
         image: linked,
         order: position,
     }));
-    r.tracker().with_resource_key(|key| {
-        if let Ok(mut images) = layer.shared.images.lock() {
-            images.by_key.entry(key).or_default().push(image.clone());
-            images.pending_init.push(PendingInit {
-                image: image.clone(),
-                runner: None,
-            });
-            images.linked += 1;
-            images.times.prepare += prepared_at - started;
-            images.times.externals += resolved_at - prepared_at;
-            images.times.fixup_finalize += finalized_at - resolved_at;
-            let total = &mut images.stats;
-            total.objects += stats.objects;
-            total.blocks += stats.blocks;
-            total.symbols += stats.symbols;
-            total.relocations += stats.relocations;
-            total.got_entries += stats.got_entries;
-            total.plt_stubs += stats.plt_stubs;
-            total.bytes += stats.bytes;
-        }
-    })?;
+    let times = (
+        prepared_at - started,
+        resolved_at - prepared_at,
+        finalized_at - resolved_at,
+    );
+    track_image(layer, r, image, times, &stats)?;
 
-    // (d) Emit: the image's symbols as one group, depending on the external
-    // symbols it references, each in the dylib it was found in. References
-    // inside the image need no edges — it is emitted in one call, so its
-    // symbols (cycles included) become Ready together — which keeps the
-    // graph to `symbols + externals` edges however the code is sectioned.
-    // (Coarser than per block: a symbol may wait for an external that only
-    // another part of its image uses. It is never Ready early.)
+    // (d) Emit (by the caller, after this returns).
+    let groups = dependence_groups(&order, &found, defs);
+    Ok((groups, graph, perf_map))
+}
+
+/// The image's symbols (`defs`) as one group, depending on the external
+/// symbols it references (`found` in `order`), each in the dylib it was
+/// found in. References inside the image need no edges — it is emitted in
+/// one call, so its symbols (cycles included) become Ready together — which
+/// keeps the graph to `symbols + externals` edges however the code is
+/// sectioned. (Coarser than per block: a symbol may wait for an external
+/// that only another part of its image uses. It is never Ready early.)
+fn dependence_groups(
+    order: &kiln_engine::SearchOrder,
+    found: &kiln_engine::SymbolMap,
+    defs: Vec<(SymbolName, SymbolDef)>,
+) -> Vec<DependenceGroup> {
     let entries = order.entries();
     let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
     for (name, _, source) in found.iter_with_source() {
@@ -1184,14 +1297,10 @@ fn link(
             None => per_dylib.push((dylib.clone(), vec![name.clone()])),
         }
     }
-    Ok((
-        vec![DependenceGroup::new(
-            defs.into_iter().map(|(name, _)| name),
-            per_dylib,
-        )],
-        graph,
-        perf_map,
-    ))
+    vec![DependenceGroup::new(
+        defs.into_iter().map(|(name, _)| name),
+        per_dylib,
+    )]
 }
 
 /// Defines host symbols on demand: kiln's runtime overrides first, then the

@@ -7,7 +7,7 @@
 //! | [`graph`] | [`LinkGraph`]: sections → blocks → symbols, edges with arch edge kinds (typed indices); block bytes stay in the shared input file until finalization |
 //! | [`elf`] | the ELF x86-64 relocatable reader (COMDAT, `.eh_frame` splitting, raw `r_type` table) |
 //! | [`archive`] | static archives: symbol index, members pulled on demand |
-//! | [`passes`] | the pipeline ([`passes::link_graph`]) and its phases ([`passes::Prepared`]) |
+//! | [`passes`] | the pipeline: one file a pass under `passes/`, one sequencer (`passes::run`), [`passes::link_graph`], [`passes::Prepared`] |
 //! | [`memory`] | the reserved slab(s) and allocations: writing → finalized → released |
 //! | [`host`] | host symbols: runtime overrides, `-l` libraries, the process |
 //! | [`image`] | [`Linker`] (the convenient API: objects parsed in parallel, merged in order as they arrive) and [`LinkedImage`] |
@@ -18,12 +18,14 @@
 //! | [`lazy`] | lazy reexports: trampolines and redirectable stubs in JIT memory |
 //! | [`debug`] | opt-in debugger and profiler interfaces: GDB JIT objects, perf map, jitdump |
 //!
-//! The pass order is visible in one function, [`passes::link_graph`]:
-//! prune → GOT/PLT → allocate → (a) own symbols final → (b) look up every
+//! The pass order is visible in one function, the sequencer in
+//! `passes/mod.rs`: duplicates → commons → prune → GOT/PLT → far host
+//! symbols → layout → allocate → (a) own symbols final → (b) look up every
 //! external at once → (c) copy each block into the image and fix it up
-//! there (rayon for large graphs), then finalize; the engine layer drives
-//! the same phases through [`passes::Prepared`] and emits the image's
-//! symbols as one group (see [`layer`]).
+//! there (rayon for large graphs), then finalize. [`passes::link_graph`]
+//! runs it for [`Linker`]; the engine layer runs the same sequencer with
+//! hooks that report its addresses and look externals up through the
+//! engine, and emits the image's symbols as one group (see [`layer`]).
 //!
 //! Where the time goes, and how it is measured: `docs/performance-link.md`.
 //!

@@ -1,0 +1,142 @@
+//! Pass: resolve externals. One question for every external name live
+//! code references (the linker's own symbols excluded); every missing
+//! non-weak one is reported in one error, with the objects referencing it.
+
+use std::collections::HashMap;
+
+use super::{Prepared, x86_64};
+use crate::error::LinkError;
+use crate::graph::SymbolId;
+
+impl Prepared {
+    /// Phase (b), part 1, by id: every named external live code references
+    /// (the linker's own symbols excluded), sorted by name. Answer with
+    /// [`Prepared::resolve_external_ids`].
+    pub fn external_symbols(&self) -> Vec<(SymbolId, &str)> {
+        let mut out: Vec<(SymbolId, &str)> = self
+            .external_refs
+            .iter()
+            .filter_map(|&id| Some((id, self.graph.symbols[id.index()].name.as_deref()?)))
+            .collect();
+        out.sort_unstable_by(|a, b| a.1.cmp(b.1));
+        out
+    }
+
+    /// Phase (b), part 1: every external name live code references (names
+    /// the linker provides itself excluded), sorted.
+    pub fn external_names(&self) -> Vec<String> {
+        self.graph
+            .undefined_names()
+            .into_iter()
+            .filter(|(n, _)| {
+                self.graph
+                    .globals
+                    .get(n)
+                    .is_none_or(|id| !self.specials.contains_key(id))
+            })
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    /// Phase (b), part 2: record the answers for `names` (same order).
+    /// Every missing non-weak name is reported in one error with the objects
+    /// referencing it.
+    pub fn resolve_externals(
+        &mut self,
+        names: &[&str],
+        answers: &[Option<u64>],
+    ) -> Result<(), LinkError> {
+        let answers: Vec<(SymbolId, Option<u64>)> = names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let &id = self.graph.globals.get(*name)?;
+                Some((id, answers.get(i).copied().flatten()))
+            })
+            .collect();
+        self.resolve_external_ids(&answers)
+    }
+
+    /// Records that the externals `ids` are data, not code (the resolver
+    /// knows; the relocations do not). Non-PIE code that cannot reach one
+    /// defined in JIT memory then fails to link, naming it, instead of
+    /// being pointed at a PLT stub as a function would be.
+    pub fn mark_data_externals(&mut self, ids: impl IntoIterator<Item = SymbolId>) {
+        self.jit_data.extend(ids);
+    }
+
+    /// The error for non-PIE code of this image referring to data `sym` of
+    /// another image out of its 32-bit reach: names the first such place.
+    pub(super) fn data_out_of_reach(&self, sym: SymbolId) -> LinkError {
+        let g = &self.graph;
+        let place = g.blocks.iter().filter(|b| b.live).find_map(|b| {
+            let e = b
+                .edges
+                .iter()
+                .find(|e| e.target == sym && x86_64::reach32(e.kind).is_some())?;
+            Some((b, e))
+        });
+        let (object, section, offset, reloc) = match place {
+            Some((b, e)) => (
+                g.object_name(b.object).to_string(),
+                b.input_section.to_string(),
+                b.input_offset + u64::from(e.offset),
+                x86_64::reloc_name_or_abs32(e.r_type),
+            ),
+            None => (String::new(), String::new(), 0, x86_64::ABS32_NAME),
+        };
+        LinkError::DataOutOfReach {
+            object,
+            section,
+            offset,
+            reloc,
+            symbol: g.symbol_name(sym),
+        }
+    }
+
+    /// Phase (b), part 2, by id: record the address of each external
+    /// (`None`: not found). Every missing non-weak one is reported in one
+    /// error with the objects referencing it.
+    pub fn resolve_external_ids(
+        &mut self,
+        answers: &[(SymbolId, Option<u64>)],
+    ) -> Result<(), LinkError> {
+        let mut missing = Vec::new();
+        for &(id, answer) in answers {
+            let Some(sym) = self.graph.symbols.get(id.index()) else {
+                continue;
+            };
+            match answer {
+                Some(addr) => {
+                    self.externals.insert(id, addr);
+                }
+                None if sym.weak_ref => {
+                    self.externals.insert(id, 0);
+                }
+                None => missing.push(self.graph.symbol_name(id)),
+            }
+        }
+        if !missing.is_empty() {
+            // Only now find who references them (a second walk over the edges).
+            let refs: HashMap<Box<str>, Vec<crate::graph::ObjectId>> =
+                self.graph.undefined_names().into_iter().collect();
+            let mut missing: Vec<(String, Vec<String>)> = missing
+                .into_iter()
+                .map(|name| {
+                    let objs = refs
+                        .get(name.as_str())
+                        .map(|objs| {
+                            objs.iter()
+                                .map(|o| self.graph.object_name(Some(*o)).to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (name, objs)
+                })
+                .collect();
+            missing.sort();
+            return Err(LinkError::MissingSymbols { missing });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,514 @@
+//! Pass: fixup. Final symbol values (far host symbols redirected to their
+//! copy or stub), GOT and PLT contents, then every live block copied into
+//! the image and its relocations applied there (in parallel for large
+//! graphs: rayon lives here, inside the pass).
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::got_plt::GotKey;
+use super::{ImageEnv, LinkOptions, Prepared, x86_64};
+use crate::error::LinkError;
+use crate::graph::{Block, Content, Edge, FxHashMap, LinkGraph, SectionRole, SymbolDef, SymbolId};
+use crate::runtime::tls::TlsModule;
+
+/// Copy and fix up blocks in parallel from this many bytes on, even with
+/// few relocations (copying ~1 MB takes about as long as starting a task).
+const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
+/// An image after fixup: what finalize needs.
+#[derive(Debug)]
+pub(super) struct Fixed {
+    pub(super) prepared: Prepared,
+    /// The image's TLS module (module id and thread-pointer offsets fixed).
+    pub(super) tls_module: Option<TlsModule>,
+    /// Final value of every symbol, by id, as edges see it.
+    pub(super) addrs: Vec<u64>,
+    /// Relocations applied.
+    pub(super) edge_count: usize,
+    /// When fixup started.
+    pub(super) started: Instant,
+}
+
+/// Fix up `p` into its memory.
+pub(super) fn fix_up(
+    mut p: Prepared,
+    env: &ImageEnv,
+    options: &LinkOptions,
+) -> Result<Fixed, LinkError> {
+    let started = Instant::now();
+    // The TLS module fixes module id and thread-pointer offset before fixup.
+    let tls_module = tls_module(&p, env)?;
+    let tls = tls_module.as_ref();
+    // Final value of every symbol, computed once.
+    let mut addrs: Vec<u64> = (0..p.graph.symbols.len())
+        .map(|i| p.symbol_address(SymbolId(i as u32)))
+        .collect();
+    let got_addrs = redirect_far_host_symbols(&mut p, &mut addrs)?;
+    write_got(&mut p, &addrs, &got_addrs, tls)?;
+    write_plt(&mut p)?;
+    let tpoffs = tp_offsets(&p.graph, &addrs, tls)?;
+    let edge_count: usize = p.graph.blocks.iter().map(|b| b.edges.len()).sum();
+    fix_blocks(&mut p, &addrs, &tpoffs, edge_count, env, options)?;
+    Ok(Fixed {
+        prepared: p,
+        tls_module,
+        addrs,
+        edge_count,
+        started,
+    })
+}
+
+/// The image's TLS module, if it has a TLS block and the link a place for it.
+fn tls_module(p: &Prepared, env: &ImageEnv) -> Result<Option<TlsModule>, LinkError> {
+    match (p.tls.memsz > 0, env.tls_placement) {
+        (true, Some(placement)) => {
+            let module = TlsModule::new(
+                &env.name,
+                p.tls.memsz as usize,
+                p.tls.align as usize,
+                placement,
+            )
+            .map_err(|e| LinkError::Tls {
+                detail: format!("{e} ({})", largest_tls_inputs(&p.graph)),
+            })?;
+            Ok(Some(module))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Redirect host symbols that 32-bit references cannot reach (chosen by
+/// [`super::reach::out_of_reach_host_symbols`], checked again now that the
+/// addresses are resolved): data to its copy (snapshotted now), functions
+/// to their PLT stub. Returns the values GOT entries hold: the real
+/// addresses (or the copies'); only edges see the stubs.
+fn redirect_far_host_symbols(p: &mut Prepared, addrs: &mut [u64]) -> Result<Vec<u64>, LinkError> {
+    let g = &p.graph;
+    let plt_base = p.plt_block.map_or(0, |b| g.blocks[b.index()].addr);
+    let (base, len, low) = (p.alloc.base(), p.alloc.len(), p.low);
+    let far = |host: u64| x86_64::out_of_image_reach(host, base, len, low);
+    let mut snapshots = Vec::new();
+    for (&sym, &block) in &p.copy_blocks {
+        let host = addrs[sym.index()];
+        if host != 0 && far(host) {
+            if crate::memory::in_jit_memory(host) {
+                // The name is the host's, the definition another
+                // image's: a snapshot of JIT data would fork it.
+                return Err(p.data_out_of_reach(sym));
+            }
+            snapshots.push((block, host));
+            addrs[sym.index()] = g.blocks[block.index()].addr;
+        }
+    }
+    let got_addrs = addrs.to_vec();
+    for &sym in &p.reach_stubs {
+        let host = addrs[sym.index()];
+        if far(host)
+            && let Some(&off) = p.plt.get(&sym)
+        {
+            if p.jit_data.contains(&sym) && crate::memory::in_jit_memory(host) {
+                // Another image's data: a stub's bytes are no stand-in.
+                return Err(p.data_out_of_reach(sym));
+            }
+            addrs[sym.index()] = plt_base + off;
+        }
+    }
+    for (block, host) in snapshots {
+        if let Content::Bytes(v) = &mut p.graph.blocks[block.index()].content {
+            // SAFETY: `host` is the address the resolver gave for a host
+            // data symbol whose dynamic symbol table entry says it has
+            // `v.len()` bytes; it is mapped readable while its library is loaded.
+            let src = unsafe { std::slice::from_raw_parts(host as *const u8, v.len()) };
+            v.copy_from_slice(src);
+        }
+    }
+    Ok(got_addrs)
+}
+
+/// The thread-pointer offset of TLS symbol `sym` (for relocation `reloc`).
+fn tp_offset(
+    tls: Option<&TlsModule>,
+    addrs: &[u64],
+    sym: SymbolId,
+    g: &LinkGraph,
+    reloc: &str,
+) -> Result<i64, LinkError> {
+    let module = tls.ok_or_else(|| no_tls(g, sym))?;
+    module
+        .static_tp_offset(
+            addrs[sym.index()],
+            &g.symbol_name(sym),
+            g.object_name(g.symbols[sym.index()].object),
+            reloc,
+        )
+        .map_err(|e| LinkError::Tls {
+            detail: e.to_string(),
+        })
+}
+
+/// The GOT's contents: addresses, TLS module ids and offsets, descriptors.
+fn write_got(
+    p: &mut Prepared,
+    addrs: &[u64],
+    got_addrs: &[u64],
+    tls: Option<&TlsModule>,
+) -> Result<(), LinkError> {
+    let Some(gb) = p.got_block else {
+        return Ok(());
+    };
+    let g = &p.graph;
+    let mut got_bytes = vec![0u8; g.blocks[gb.index()].content.len() as usize];
+    for (&key, &off) in &p.got {
+        let off = off as usize;
+        let mut put = |at: usize, v: u64| {
+            got_bytes[off + at..off + at + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        match key {
+            GotKey::Addr(s) => put(0, got_addrs[s.index()]),
+            GotKey::TlsGd(s) | GotKey::TlsDesc(s) | GotKey::TpOff(s)
+                if g.symbols[s.index()].def == SymbolDef::External
+                    && !p.specials.contains_key(&s) =>
+            {
+                return Err(LinkError::Tls {
+                    detail: format!(
+                        "thread-local `{}` (used by {}) is not defined in this link; kiln resolves TLS variables only within one image",
+                        g.symbol_name(s),
+                        users(g, |e| e.target == s)
+                    ),
+                });
+            }
+            GotKey::TpOff(s) => put(
+                0,
+                tp_offset(tls, addrs, s, g, x86_64::GOT_TP_OFF_NAME)? as u64,
+            ),
+            GotKey::TlsGd(s) => {
+                let m = tls.ok_or_else(|| no_tls(g, s))?;
+                put(0, m.module_id());
+                put(8, addrs[s.index()]);
+            }
+            GotKey::TlsLd => {
+                let m = tls.ok_or_else(|| LinkError::Tls {
+                    detail: format!(
+                        "local-dynamic TLS used (by {}) but no TLS support was provided",
+                        users(g, |e| x86_64::is_tls_ld(e.kind))
+                    ),
+                })?;
+                put(0, m.module_id());
+                put(8, 0);
+            }
+            GotKey::TlsDesc(s) => {
+                let m = tls.ok_or_else(|| no_tls(g, s))?;
+                let d = m.tlsdesc(addrs[s.index()]).map_err(|e| LinkError::Tls {
+                    detail: format!(
+                        "`{}` (used by {}): {e}",
+                        g.symbol_name(s),
+                        users(g, |e| e.target == s)
+                    ),
+                })?;
+                put(0, d.resolver as u64);
+                put(8, d.argument as u64);
+            }
+        }
+    }
+    p.graph.blocks[gb.index()].content = Content::Bytes(got_bytes);
+    Ok(())
+}
+
+/// The PLT stubs' contents: each jumps through its symbol's GOT entry.
+fn write_plt(p: &mut Prepared) -> Result<(), LinkError> {
+    let Some(pb) = p.plt_block else {
+        return Ok(());
+    };
+    let got_base = p.got_base();
+    let stub_base = p.graph.blocks[pb.index()].addr;
+    let mut bytes = vec![x86_64::PLT_FILL; p.plt.len() * x86_64::PLT_STUB_SIZE];
+    for (&sym, &off) in &p.plt {
+        let entry = got_base + p.got[&GotKey::Addr(sym)];
+        let stub = &mut bytes[off as usize..off as usize + x86_64::PLT_STUB_SIZE];
+        x86_64::write_plt_stub(stub, stub_base + off, entry).map_err(|source| {
+            LinkError::Fixup {
+                object: "<linker>".into(),
+                section: "$__STUBS".into(),
+                offset: off,
+                reloc: "PltStub",
+                symbol: p.graph.symbol_name(sym),
+                source: Box::new(source),
+                hint: None,
+            }
+        })?;
+    }
+    p.graph.blocks[pb.index()].content = Content::Bytes(bytes);
+    Ok(())
+}
+
+/// Thread-pointer offsets of the targets of TP-relative edges, computed
+/// before the parallel part.
+fn tp_offsets(
+    g: &LinkGraph,
+    addrs: &[u64],
+    tls: Option<&TlsModule>,
+) -> Result<FxHashMap<SymbolId, i64>, LinkError> {
+    let mut tpoffs: FxHashMap<SymbolId, i64> = FxHashMap::default();
+    let has_tls = g.symbols.iter().any(|s| s.tls);
+    for b in g.blocks.iter().filter(|b| b.live && has_tls) {
+        for e in &b.edges {
+            if x86_64::is_tp_relative(e.kind) && !tpoffs.contains_key(&e.target) {
+                let reloc = x86_64::reloc_name_or(e.r_type, "TPOFF");
+                let v = tp_offset(tls, addrs, e.target, g, reloc)?;
+                tpoffs.insert(e.target, v);
+            }
+        }
+    }
+    Ok(tpoffs)
+}
+
+/// Every live block with contents: `(offset in the image, block index)`,
+/// in address order (the layout's order, the TLS image's blocks in their
+/// place), and their total size.
+fn block_places(p: &Prepared) -> (Vec<(usize, usize)>, usize) {
+    let g = &p.graph;
+    let base = p.alloc.base();
+    let tls_data = g
+        .sections
+        .iter()
+        .filter(|s| s.role == SectionRole::TlsData)
+        .flat_map(|s| s.blocks.iter().copied());
+    let mut places: Vec<(usize, usize)> = Vec::with_capacity(p.placed.len());
+    let mut total_bytes = 0usize;
+    for b in p.placed.iter().copied().chain(tls_data) {
+        let block = &g.blocks[b.index()];
+        let Some(v) = block.content.bytes() else {
+            continue;
+        };
+        if !block.live || v.is_empty() {
+            continue;
+        }
+        let at = match g.sections[block.section.index()].role {
+            SectionRole::TlsData => p.tls.image_addr - base + block.addr,
+            _ => block.addr - base,
+        };
+        total_bytes += v.len();
+        places.push((at as usize, b.index()));
+    }
+    if !places.is_sorted() {
+        places.sort_unstable();
+    }
+    (places, total_bytes)
+}
+
+/// The error for memory that is not writable when it must be.
+pub(super) fn not_writable(env: &ImageEnv) -> LinkError {
+    LinkError::Memory {
+        detail: format!("{}: the image's memory is not writable", env.name),
+        source: std::io::Error::other("bad memory state"),
+    }
+}
+
+/// The error for block `i` not fitting the layout (a linker bug).
+fn layout_bug(g: &LinkGraph, i: usize) -> LinkError {
+    LinkError::Memory {
+        detail: format!(
+            "block {i} of {} does not fit the image's layout (linker bug)",
+            g.object_name(g.blocks[i].object)
+        ),
+        source: std::io::Error::other("overlapping or out-of-range block"),
+    }
+}
+
+/// Disjoint slices of `mem`, one per block of `places`, in address order.
+fn carve<'m>(
+    g: &LinkGraph,
+    mem: &'m mut [u8],
+    places: &[(usize, usize)],
+) -> Result<Vec<(usize, &'m mut [u8])>, LinkError> {
+    let mut slots: Vec<(usize, &mut [u8])> = Vec::with_capacity(places.len());
+    let mut rest: &mut [u8] = mem;
+    let mut next = 0usize;
+    for &(at, i) in places {
+        let len = g.blocks[i].content.len() as usize;
+        let skip = at.checked_sub(next).ok_or_else(|| layout_bug(g, i))?;
+        if skip.saturating_add(len) > rest.len() {
+            return Err(layout_bug(g, i));
+        }
+        let (slot, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(len);
+        rest = tail;
+        next = at + len;
+        slots.push((i, slot));
+    }
+    Ok(slots)
+}
+
+/// Copy each live block's bytes into the image and fix it up there, block
+/// by block (in parallel for large graphs): one copy, no intermediate
+/// buffers. A kept graph ([`LinkOptions::keep_graph`]) gets the relocated
+/// bytes.
+fn fix_blocks(
+    p: &mut Prepared,
+    addrs: &[u64],
+    tpoffs: &FxHashMap<SymbolId, i64>,
+    edge_count: usize,
+    env: &ImageEnv,
+    options: &LinkOptions,
+) -> Result<(), LinkError> {
+    let (places, total_bytes) = block_places(p);
+    let got_base = p.got_base();
+    let plt_base = p.plt_block.map_or(0, |b| p.graph.blocks[b.index()].addr);
+    let g = &p.graph;
+    let mem = p.alloc.bytes_mut().ok_or_else(|| not_writable(env))?;
+    let mut slots = carve(g, mem, &places)?;
+    let ctx = FixupCtx {
+        graph: g,
+        addrs,
+        got: &p.got,
+        got_base,
+        plt: &p.plt,
+        plt_base,
+        tpoffs,
+        imaging: options.imaging,
+    };
+    let run = |(i, slot): &mut (usize, &mut [u8])| ctx.copy_and_fix(*i, slot);
+    let parallel = edge_count >= options.parallel_threshold || total_bytes >= PARALLEL_COPY_BYTES;
+    let results: Vec<Result<(), LinkError>> = if parallel {
+        slots.par_iter_mut().map(run).collect()
+    } else {
+        slots.iter_mut().map(run).collect()
+    };
+    results.into_iter().collect::<Result<(), LinkError>>()?;
+    // A kept graph holds the relocated bytes.
+    let relocated: Vec<(usize, Vec<u8>)> = if options.keep_graph {
+        slots.iter().map(|(i, slot)| (*i, slot.to_vec())).collect()
+    } else {
+        Vec::new()
+    };
+    drop(slots);
+    for (i, bytes) in relocated {
+        p.graph.blocks[i].content = Content::Bytes(bytes);
+    }
+    Ok(())
+}
+
+/// What fixing up one edge reads; shared by the parallel tasks.
+pub(super) struct FixupCtx<'a> {
+    pub(super) graph: &'a LinkGraph,
+    pub(super) addrs: &'a [u64],
+    pub(super) got: &'a FxHashMap<GotKey, u64>,
+    pub(super) got_base: u64,
+    pub(super) plt: &'a FxHashMap<SymbolId, u64>,
+    pub(super) plt_base: u64,
+    pub(super) tpoffs: &'a FxHashMap<SymbolId, i64>,
+    /// Imaging mode: host symbols only through their slots.
+    pub(super) imaging: bool,
+}
+
+impl FixupCtx<'_> {
+    /// Copy block `i` into `slot`, its place in the image, and fix it up.
+    fn copy_and_fix(&self, i: usize, slot: &mut [u8]) -> Result<(), LinkError> {
+        let g = self.graph;
+        let block = &g.blocks[i];
+        match block.content.bytes() {
+            Some(v) if v.len() == slot.len() => slot.copy_from_slice(v),
+            _ => return Err(layout_bug(g, i)),
+        }
+        // An FDE's CIE pointer follows the new layout.
+        if let Some(f) = block.fde {
+            let cie_addr = g.blocks[f.cie.index()].addr;
+            let ptr = (block.addr + 4)
+                .checked_sub(cie_addr)
+                .and_then(|d| u32::try_from(d).ok());
+            let (Some(ptr), Some(field)) = (ptr, slot.get_mut(4..8)) else {
+                return Err(LinkError::malformed(
+                    g.object_name(block.object),
+                    format!(
+                        ".eh_frame offset {:#x}: FDE placed before its CIE",
+                        block.input_offset
+                    ),
+                ));
+            };
+            field.copy_from_slice(&ptr.to_le_bytes());
+        }
+        if block.edges.is_empty() {
+            Ok(())
+        } else {
+            self.fix_block(block, slot)
+        }
+    }
+
+    /// Apply every edge of `block` to `bytes` (its place in the image).
+    fn fix_block(&self, block: &Block, bytes: &mut [u8]) -> Result<(), LinkError> {
+        for e in &block.edges {
+            x86_64::fix_edge(self, block, e, bytes).map_err(|(source, hint)| LinkError::Fixup {
+                object: self.graph.object_name(block.object).to_string(),
+                section: block.input_section.to_string(),
+                offset: block.input_offset + u64::from(e.offset),
+                reloc: x86_64::reloc_label(e),
+                symbol: self.graph.symbol_name(e.target),
+                source: Box::new(source),
+                hint,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The address of the GOT entry for `key`.
+    pub(super) fn got_entry(&self, key: GotKey) -> Option<u64> {
+        self.got.get(&key).map(|o| self.got_base + o)
+    }
+}
+
+/// The objects whose live blocks have an edge `pick` accepts, sorted and
+/// joined (for errors about those objects: this scans the whole graph).
+fn users(g: &LinkGraph, pick: impl Fn(&Edge) -> bool) -> String {
+    let mut objects: Vec<&str> = g
+        .blocks
+        .iter()
+        .filter(|b| b.live && b.edges.iter().any(&pick))
+        .map(|b| g.object_name(b.object))
+        .collect();
+    objects.sort_unstable();
+    objects.dedup();
+    objects.join(", ")
+}
+
+/// The TLS inputs that size and align the image's TLS block: the largest
+/// and the most aligned (for an error about the block's layout).
+fn largest_tls_inputs(g: &LinkGraph) -> String {
+    let tls = g
+        .sections
+        .iter()
+        .filter(|s| matches!(s.role, SectionRole::TlsData | SectionRole::TlsBss))
+        .flat_map(|s| s.blocks.iter())
+        .map(|b| &g.blocks[b.index()])
+        .filter(|b| b.live);
+    let describe = |b: &Block| {
+        format!(
+            "{} section {}, {:#x} bytes, align {}",
+            g.object_name(b.object),
+            b.input_section,
+            b.content.len(),
+            b.align
+        )
+    };
+    let largest = tls.clone().max_by_key(|b| b.content.len());
+    let aligned = tls.max_by_key(|b| b.align);
+    match (largest, aligned) {
+        (Some(l), Some(a)) if std::ptr::eq(l, a) => format!("largest TLS input: {}", describe(l)),
+        (Some(l), Some(a)) => format!(
+            "largest TLS input: {}; most aligned: {}",
+            describe(l),
+            describe(a)
+        ),
+        _ => "no TLS input".into(),
+    }
+}
+
+fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
+    LinkError::Tls {
+        detail: format!(
+            "`{}` ({}): no TLS support was provided to this link",
+            g.symbol_name(s),
+            g.object_name(g.symbols[s.index()].object)
+        ),
+    }
+}

@@ -1,0 +1,234 @@
+//! Pass: GOT and PLT. Scan live edges for what they ask of the linker (GOT
+//! entries, PLT stubs, placement below 2 GiB, symbols the linker defines
+//! itself), then add the linker's own blocks: the GOT, the PLT stubs, the
+//! `__dso_handle` slot and copies of far host data.
+
+use super::Special;
+use super::x86_64::{self, Need};
+use crate::graph::{
+    Block, BlockId, Content, Edge, FxHashMap, FxHashSet, LinkGraph, Prot, SectionRole, SymbolDef,
+    SymbolId,
+};
+
+/// One GOT slot request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum GotKey {
+    /// The symbol's address.
+    Addr(SymbolId),
+    /// `{module, dtpoff}` for `__tls_get_addr` (16 bytes).
+    TlsGd(SymbolId),
+    /// `{module, 0}` (16 bytes).
+    TlsLd,
+    /// The symbol's thread-pointer offset.
+    TpOff(SymbolId),
+    /// A TLS descriptor `{resolver, argument}` (16 bytes).
+    TlsDesc(SymbolId),
+}
+
+impl GotKey {
+    fn size(self) -> u64 {
+        match self {
+            GotKey::Addr(_) | GotKey::TpOff(_) => 8,
+            _ => 16,
+        }
+    }
+}
+
+/// What live code asks of the linker, in order of first request.
+#[derive(Debug, Default)]
+pub(super) struct Requests {
+    got_keys: Vec<GotKey>,
+    got_seen: FxHashSet<GotKey>,
+    plt_syms: Vec<SymbolId>,
+    plt_seen: FxHashSet<SymbolId>,
+    /// A GOT is needed even without entries (`_GLOBAL_OFFSET_TABLE_`,
+    /// GOT-relative offsets).
+    needs_got: bool,
+    /// The first edge that needs the image below 2 GiB (non-PIE code).
+    pub(super) needs_low: Option<(BlockId, Edge)>,
+    /// Symbols the linker defines itself.
+    pub(super) specials: FxHashMap<SymbolId, Special>,
+    /// Named externals live code references (specials excluded), in order
+    /// of first reference.
+    pub(super) external_refs: Vec<SymbolId>,
+}
+
+impl Requests {
+    fn got(&mut self, key: GotKey) {
+        if self.got_seen.insert(key) {
+            self.got_keys.push(key);
+        }
+    }
+
+    /// A PLT stub for `sym`, and the GOT slot it jumps through.
+    pub(super) fn plt(&mut self, sym: SymbolId) {
+        if self.plt_seen.insert(sym) {
+            self.plt_syms.push(sym);
+        }
+        self.got(GotKey::Addr(sym));
+    }
+}
+
+/// Every live edge's requests, and the externals live code references.
+pub(super) fn scan(graph: &LinkGraph) -> Requests {
+    let mut req = Requests::default();
+    // Per symbol: external, then referenced by live code (one byte
+    // each, read for every edge instead of the 64-byte `Symbol`).
+    const EXTERNAL: u8 = 1;
+    const REFERENCED: u8 = 2;
+    let mut marks: Vec<u8> = graph
+        .symbols
+        .iter()
+        .map(|s| u8::from(s.def == SymbolDef::External) * EXTERNAL)
+        .collect();
+    for (bi, b) in graph.blocks.iter().enumerate() {
+        if !b.live {
+            continue;
+        }
+        for e in &b.edges {
+            let external = marks[e.target.index()] & EXTERNAL != 0;
+            match x86_64::need(e, external) {
+                Need::Got(key) => req.got(key),
+                Need::Plt => req.plt(e.target),
+                Need::GotBase => req.needs_got = true,
+                Need::Below2GiB if req.needs_low.is_none() => {
+                    req.needs_low = Some((BlockId(bi as u32), *e));
+                }
+                Need::Below2GiB | Need::Nothing => {}
+            }
+            if external
+                && marks[e.target.index()] & REFERENCED == 0
+                && let Some(name) = &graph.symbols[e.target.index()].name
+            {
+                marks[e.target.index()] |= REFERENCED;
+                req.external_refs.push(e.target);
+                if let Some(s) = linker_symbol(graph, name) {
+                    req.needs_got |= s == Special::GlobalOffsetTable;
+                    req.specials.insert(e.target, s);
+                }
+            }
+        }
+    }
+    let specials = &req.specials;
+    req.external_refs.retain(|id| !specials.contains_key(id));
+    req
+}
+
+/// The symbol the linker defines itself under `name`, if any.
+fn linker_symbol(graph: &LinkGraph, name: &str) -> Option<Special> {
+    match name {
+        "__dso_handle" => Some(Special::DsoHandle),
+        "_TLS_MODULE_BASE_" => Some(Special::TlsModuleBase),
+        "_GLOBAL_OFFSET_TABLE_" => Some(Special::GlobalOffsetTable),
+        n => n
+            .strip_prefix("__start_")
+            .and_then(|s| graph.section_index.get(s))
+            .map(|&s| Special::Start(s))
+            .or_else(|| {
+                n.strip_prefix("__stop_")
+                    .and_then(|s| graph.section_index.get(s))
+                    .map(|&s| Special::Stop(s))
+            }),
+    }
+}
+
+/// The blocks the linker adds, and where GOT entries and stubs lie in theirs.
+#[derive(Debug)]
+pub(super) struct LinkerBlocks {
+    pub(super) got: FxHashMap<GotKey, u64>,
+    pub(super) got_block: Option<BlockId>,
+    pub(super) plt: FxHashMap<SymbolId, u64>,
+    pub(super) plt_block: Option<BlockId>,
+    pub(super) dso_block: BlockId,
+    pub(super) copy_blocks: FxHashMap<SymbolId, BlockId>,
+}
+
+/// Add the linker's blocks to `graph`: `__dso_handle`'s slot, copies of
+/// far host data (`copies`: symbol and size), the GOT and the PLT stubs.
+pub(super) fn add_linker_blocks(
+    graph: &mut LinkGraph,
+    req: &Requests,
+    copies: Vec<(SymbolId, u64)>,
+) -> LinkerBlocks {
+    // What kiln provides per image lives inside it, in reach by
+    // construction wherever the slab is: `__dso_handle`'s slot.
+    let dso_block = linker_block(
+        graph,
+        ("$__DSO_HANDLE", Prot::Read, SectionRole::Ordinary),
+        vec![0; 8],
+        8,
+    );
+    let mut copy_blocks = FxHashMap::default();
+    for (sym, size) in copies {
+        let section = ("$__COPIES", Prot::ReadWrite, SectionRole::Ordinary);
+        let block = linker_block(graph, section, vec![0; size as usize], 16);
+        copy_blocks.insert(sym, block);
+    }
+    let (got, got_block) = add_got(graph, req);
+    let (plt, plt_block) = add_plt(graph, &req.plt_syms);
+    LinkerBlocks {
+        got,
+        got_block,
+        plt,
+        plt_block,
+        dso_block,
+        copy_blocks,
+    }
+}
+
+/// The GOT: one slot per request, in order of first request.
+fn add_got(graph: &mut LinkGraph, req: &Requests) -> (FxHashMap<GotKey, u64>, Option<BlockId>) {
+    let mut got = FxHashMap::default();
+    let mut got_size = 0u64;
+    for k in &req.got_keys {
+        got.insert(*k, got_size);
+        got_size += k.size();
+    }
+    if req.needs_got && got_size == 0 {
+        got_size = 8;
+    }
+    let section = ("$__GOT", Prot::Read, SectionRole::Got);
+    let block =
+        (got_size > 0).then(|| linker_block(graph, section, vec![0; got_size as usize], 16));
+    (got, block)
+}
+
+/// The PLT: one stub per symbol, filled with traps until fixup writes them.
+fn add_plt(
+    graph: &mut LinkGraph,
+    syms: &[SymbolId],
+) -> (FxHashMap<SymbolId, u64>, Option<BlockId>) {
+    let mut plt = FxHashMap::default();
+    if syms.is_empty() {
+        return (plt, None);
+    }
+    for (i, s) in syms.iter().enumerate() {
+        plt.insert(*s, (i * x86_64::PLT_STUB_SIZE) as u64);
+    }
+    let section = ("$__STUBS", Prot::ReadExec, SectionRole::Plt);
+    let fill = vec![x86_64::PLT_FILL; syms.len() * x86_64::PLT_STUB_SIZE];
+    (plt, Some(linker_block(graph, section, fill, 16)))
+}
+
+/// A live block of the linker's own in section `(name, prot, role)`
+/// (created on first use).
+fn linker_block(
+    graph: &mut LinkGraph,
+    (name, prot, role): (&str, Prot, SectionRole),
+    bytes: Vec<u8>,
+    align: u64,
+) -> BlockId {
+    let section = graph.section(name, prot, role);
+    graph.add_block(Block {
+        section,
+        object: None,
+        input_section: name.into(),
+        input_offset: 0,
+        content: Content::Bytes(bytes),
+        align,
+        edges: Vec::new(),
+        fde: None,
+        live: true,
+        addr: 0,
+    })
+}

@@ -1,0 +1,324 @@
+//! The linker's pass pipeline: one pass a file, run in order by one
+//! sequencer, `run` (with `prepare` and `place`, the steps that need
+//! nothing from outside the graph).
+//!
+//! | step | pass | file |
+//! |---|---|---|
+//! | 1 | report every duplicate strong definition at once | `duplicates.rs` |
+//! | 2 | COMMON symbols become zero-filled blocks | `commons.rs` |
+//! | 3 | prune what nothing live reaches (FDEs go with their code) | `prune.rs` |
+//! | 4 | imaging mode: refuse what an image cannot express | `image_file/classify.rs` |
+//! | 5 | GOT entries and PLT stubs live code asks for | `got_plt.rs` |
+//! | 6 | host symbols out of 32-bit reach: copies and stubs | `reach.rs` |
+//! | 7 | layout: RX, R, RW; TLS apart | `layout.rs` |
+//! | 8 | allocate: memory and final block addresses | `allocate.rs` |
+//! | 9 | resolve the graph's own symbols (the host may report them) | `own_symbols.rs` |
+//! | 10 | resolve externals through the host | `externals.rs` |
+//! | 11 | fixup: GOT, PLT, every block (rayon for large graphs) | `fixup.rs` |
+//! | 12 | finalize: `.eh_frame`, init/fini, TLS image, protections, debuggers | `finalize.rs` |
+//!
+//! Both users run this sequence: the convenient [`crate::Linker`] through
+//! [`link_graph`], the engine's object layer ([`crate::layer`]) through
+//! `run` with a `LinkHost` that reports the image's own symbols to the
+//! engine and looks externals up through its session. The layer may run
+//! steps 1–8 early, on a rayon thread (`prepare`, what `run` does
+//! first for a `Start::Graph`), and then hands `run` the result.
+//!
+//! Everything x86-64-specific the passes use is in `x86_64.rs`, the seam
+//! where `kiln-arch`'s relocation trait takes over next.
+
+mod allocate;
+mod commons;
+mod duplicates;
+mod externals;
+mod finalize;
+mod fixup;
+mod got_plt;
+mod layout;
+mod own_symbols;
+mod prepared;
+mod prune;
+mod reach;
+mod types;
+mod x86_64;
+
+use std::time::Instant;
+
+pub use commons::allocate_commons;
+pub use duplicates::check_duplicates;
+pub use prepared::Prepared;
+use prepared::Special;
+pub use prune::prune;
+pub use types::{
+    DefinedFlags, DefinedSymbol, Finalized, ImageEnv, LinkOptions, LinkStats, PhaseTimings, Roots,
+    TlsLayout,
+};
+
+use crate::error::LinkError;
+use crate::graph::LinkGraph;
+use crate::host::SymbolResolver;
+
+/// Link `graph` all the way (the convenient [`crate::Linker`]): the
+/// pipeline, externals answered by `resolver`.
+pub fn link_graph(
+    graph: LinkGraph,
+    resolver: &dyn SymbolResolver,
+    env: &ImageEnv,
+    options: &LinkOptions,
+) -> Result<Finalized, LinkError> {
+    let start = Start::Graph {
+        graph: Box::new(graph),
+        roots: &options.roots,
+        below_2gib: false,
+    };
+    Ok(run(start, &mut ResolverHost(resolver), env, options)?.0)
+}
+
+/// Where the pipeline meets its user: the engine's object layer reports
+/// the image's own addresses and looks externals up through its session;
+/// [`link_graph`] asks a [`SymbolResolver`].
+pub(crate) trait LinkHost {
+    /// The host's error; link errors become one with [`LinkHost::link_error`].
+    type Error;
+
+    /// `e` as the host's error.
+    fn link_error(&self, e: LinkError) -> Self::Error;
+
+    /// Step 9: the graph's own symbols have their final addresses
+    /// ([`Prepared::defined_address`]).
+    fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), Self::Error>;
+
+    /// Step 10: record the address of every external
+    /// ([`Prepared::external_symbols`], [`Prepared::resolve_external_ids`]).
+    fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), Self::Error>;
+
+    /// Step 12: leave the perf map's lines to the caller (when GDB support
+    /// is off and the graph is handed back): [`crate::debug::PerfMapLater::write`]
+    /// with the graph once the image is emitted (perf reads the map when it
+    /// resolves samples, not before the code runs).
+    fn defer_perf_map(&self) -> bool {
+        false
+    }
+}
+
+/// What [`run`] hands back: the image, the graph to free (unless
+/// [`LinkOptions::keep_graph`] kept it in [`Finalized::graph`]), the perf
+/// map lines left for later ([`LinkHost::defer_perf_map`]).
+pub(crate) type FinalizedDeferring = (
+    Finalized,
+    Option<LinkGraph>,
+    Option<crate::debug::PerfMapLater>,
+);
+
+/// What [`run`] starts from.
+#[derive(Debug)]
+pub(crate) enum Start<'a> {
+    /// A graph as read: every step runs.
+    Graph {
+        graph: Box<LinkGraph>,
+        /// Which blocks are roots for pruning.
+        roots: &'a Roots,
+        /// Place the image below 2 GiB although its own code would not need it.
+        below_2gib: bool,
+    },
+    /// A graph [`prepare`]d already (steps 1–8).
+    Prepared(Box<Prepared>),
+}
+
+/// The pipeline, in order: steps 1–8 ([`prepare`]) unless `start` is
+/// prepared already, then the steps that need the host, fixup and finalize.
+/// Hands the graph back (unless [`LinkOptions::keep_graph`] put it in
+/// [`Finalized::graph`]) instead of freeing it: freeing a big graph takes
+/// milliseconds, which the engine layer spends after the image is emitted.
+pub(crate) fn run<H: LinkHost>(
+    start: Start<'_>,
+    host: &mut H,
+    env: &ImageEnv,
+    options: &LinkOptions,
+) -> Result<FinalizedDeferring, H::Error> {
+    let mut prepared = match start {
+        Start::Graph {
+            graph,
+            roots,
+            below_2gib,
+        } => prepare(*graph, roots, options.imaging, below_2gib).map_err(|e| host.link_error(e))?,
+        Start::Prepared(prepared) => *prepared,
+    };
+    // 9. The graph's own symbols are final: the engine reports them here.
+    host.own_symbols_resolved(&prepared)?;
+    // 10. One question for every external; all missing ones in one error.
+    let t = Instant::now();
+    host.resolve_externals(&mut prepared)?;
+    prepared.timings.lookup = t.elapsed();
+    // 11–12. Fixup (parallel for large graphs) and finalize memory.
+    let defer_perf_map = host.defer_perf_map();
+    fix_up_and_finalize(prepared, env, options, defer_perf_map).map_err(|e| host.link_error(e))
+}
+
+/// Steps 1–8: everything that needs nothing from outside the graph. Every
+/// block ends up with its final address.
+pub(crate) fn prepare(
+    mut graph: LinkGraph,
+    roots: &Roots,
+    imaging: bool,
+    below_2gib: bool,
+) -> Result<Prepared, LinkError> {
+    let t0 = Instant::now();
+    // 1. Report every duplicate strong definition at once.
+    check_duplicates(&mut graph)?;
+    // 2. COMMON symbols become zero-fill blocks.
+    allocate_commons(&mut graph);
+    // 3. Drop what nothing live reaches, and the FDEs of dropped code.
+    prune(&mut graph, roots)?;
+    // 4. Imaging mode: refuse what an image cannot express, before any memory.
+    if imaging {
+        crate::image_file::classify::check_graph(&graph)?;
+    }
+    let t1 = Instant::now();
+    let mut prepared = place(graph, below_2gib)?;
+    prepared.timings.prune = t1 - t0;
+    prepared.timings.allocate = t1.elapsed();
+    Ok(prepared)
+}
+
+/// Steps 5–8 on a pruned graph: GOT and PLT, far host symbols, layout,
+/// memory. The image goes below 2 GiB when its own code needs it (non-PIE:
+/// 32-bit absolute addresses) or `below_2gib` asks, near the host's
+/// libraries otherwise.
+pub(crate) fn place(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, LinkError> {
+    // 5. What live code asks for: GOT entries, PLT stubs, placement.
+    let mut requests = got_plt::scan(&graph);
+    let placement = allocate::placement(&requests, below_2gib);
+    // 6. Host symbols 32-bit references cannot reach from there: functions
+    // get a PLT stub (their address then is the stub's), data a copy.
+    let far = reach::out_of_reach_host_symbols(&graph, &requests.specials, placement)?;
+    for &sym in &far.stubs {
+        requests.plt(sym);
+    }
+    let blocks = got_plt::add_linker_blocks(&mut graph, &requests, far.copies);
+    // 7. Offsets: RX, then R, then RW, each page-aligned; TLS apart.
+    let layout = layout::lay_out(&mut graph);
+    // 8. Memory, and every block's final address.
+    allocate::allocate(graph, requests, blocks, far.stubs, layout, placement)
+}
+
+/// Steps 11–12, once every external is resolved.
+pub(crate) fn fix_up_and_finalize(
+    prepared: Prepared,
+    env: &ImageEnv,
+    options: &LinkOptions,
+    defer_perf_map: bool,
+) -> Result<FinalizedDeferring, LinkError> {
+    // 11. GOT, PLT and every live block, copied into memory and fixed up.
+    let fixed = fixup::fix_up(prepared, env, options)?;
+    // 12. Unwind info, initializers, TLS image, protections, debuggers.
+    finalize::finalize(fixed, env, options, defer_perf_map)
+}
+
+/// [`link_graph`]'s host: externals from a [`SymbolResolver`].
+struct ResolverHost<'a>(&'a dyn SymbolResolver);
+
+impl LinkHost for ResolverHost<'_> {
+    type Error = LinkError;
+
+    fn link_error(&self, e: LinkError) -> LinkError {
+        e
+    }
+
+    fn own_symbols_resolved(&mut self, _: &Prepared) -> Result<(), LinkError> {
+        // A standalone link needs nothing more.
+        Ok(())
+    }
+
+    fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), LinkError> {
+        let names = prepared.external_names();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let answers = self.0.resolve(&refs);
+        prepared.resolve_externals(&refs, &answers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that records what the sequencer asks of it, and fails where
+    /// told to.
+    struct Recorder {
+        calls: Vec<&'static str>,
+        fail_own_symbols: bool,
+    }
+
+    impl LinkHost for Recorder {
+        type Error = LinkError;
+
+        fn link_error(&self, e: LinkError) -> LinkError {
+            e
+        }
+
+        fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), LinkError> {
+            // Steps 1–8 are done: the image has its memory.
+            assert!(prepared.memory_range().1 > 0);
+            self.calls.push("own symbols");
+            if self.fail_own_symbols {
+                return Err(LinkError::Engine {
+                    detail: "refused by the host".into(),
+                });
+            }
+            Ok(())
+        }
+
+        fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), LinkError> {
+            self.calls.push("externals");
+            prepared.resolve_external_ids(&[])
+        }
+    }
+
+    fn start() -> Start<'static> {
+        Start::Graph {
+            graph: Box::new(LinkGraph::new()),
+            roots: &Roots::All,
+            below_2gib: false,
+        }
+    }
+
+    /// The one sequencer asks its host for the image's own symbols, then
+    /// for the externals, once each, and finalizes the image; the graph
+    /// comes back to be freed by the caller.
+    #[test]
+    fn the_sequencer_asks_the_host_once_each_in_order() {
+        let mut host = Recorder {
+            calls: Vec::new(),
+            fail_own_symbols: false,
+        };
+        let options = LinkOptions::default();
+        let (done, graph, later) = run(start(), &mut host, &ImageEnv::default(), &options)
+            .unwrap_or_else(|e| panic!("an empty graph links: {e}"));
+        assert_eq!(host.calls, ["own symbols", "externals"]);
+        assert!(graph.is_some() && done.graph.is_none() && later.is_none());
+        assert_ne!(
+            done.dso_handle, 0,
+            "the image's __dso_handle slot is placed"
+        );
+    }
+
+    /// A host's error stops the pipeline where it happens: no lookup, no
+    /// fixup.
+    #[test]
+    fn a_host_error_stops_the_sequencer() {
+        let mut host = Recorder {
+            calls: Vec::new(),
+            fail_own_symbols: true,
+        };
+        let Err(err) = run(
+            start(),
+            &mut host,
+            &ImageEnv::default(),
+            &LinkOptions::default(),
+        ) else {
+            panic!("the host refused, yet the image linked");
+        };
+        assert!(err.to_string().contains("refused by the host"), "{err}");
+        assert_eq!(host.calls, ["own symbols"]);
+    }
+}
