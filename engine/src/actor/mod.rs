@@ -435,29 +435,74 @@ pub(crate) enum Effect {
 /// no buffer to borrow from the inbox and give back under its lock.
 pub(crate) type Effects = smallvec::SmallVec<[Effect; 4]>;
 
+/// One driver's effects, still to run, oldest first.
+type EffectFrame = VecDeque<(Arc<SessionCore>, Effect)>;
+
 crate::sync::thread_local_const! {
-    /// Effects this thread owes, oldest first. A driver queues its effects
-    /// here and runs them one by one; an effect can block (an in-place
-    /// dispatch runs a materializer that waits for a lookup), and the
-    /// effects queued behind it — perhaps the very dispatch that lookup
-    /// needs — must not be stranded: every engine wait and every nested
-    /// driver on this thread runs them first ([`run_pending_effects`]).
-    static PENDING_EFFECTS: std::cell::RefCell<VecDeque<(Arc<SessionCore>, Effect)>> =
-        std::cell::RefCell::new(VecDeque::new());
+    /// The effects this thread owes: one frame per driver on its stack,
+    /// innermost last. A driver runs its own frame one effect at a time;
+    /// an effect can block (an in-place dispatch runs a materializer that
+    /// waits for a lookup), and the effects queued behind it — perhaps the
+    /// very dispatch that lookup needs — must not be stranded: every engine
+    /// wait on this thread first runs what every frame still holds
+    /// ([`run_pending_effects`]). Drivers that do not block nest no deeper
+    /// than before: they run only their own frame.
+    static PENDING_EFFECTS: std::cell::RefCell<Vec<EffectFrame>> =
+        std::cell::RefCell::new(Vec::new());
 }
 
-/// Runs the effects this thread owes, oldest first, until none is left
-/// (those queued meanwhile by effects it runs included). Called by every
-/// driver and before every engine wait, so no thread blocks while it holds
-/// effects another wait may need. No engine lock is held.
+/// Runs every effect this thread owes, in every driver's frame, until none
+/// is left. Called before every engine wait, so no thread blocks while it
+/// holds effects another wait may need. No engine lock is held.
 pub(crate) fn run_pending_effects() {
     loop {
-        let next = PENDING_EFFECTS.try_with(|pending| pending.borrow_mut().pop_front());
+        let next = PENDING_EFFECTS.try_with(|frames| {
+            frames
+                .borrow_mut()
+                .iter_mut()
+                .find_map(|frame| frame.pop_front())
+        });
         let Ok(Some((core, effect))) = next else {
             return;
         };
         core.run_effect(effect);
     }
+}
+
+/// Runs `effects` as this driver's frame (see [`PENDING_EFFECTS`]).
+fn run_effects(core: &Arc<SessionCore>, effects: &mut Effects) {
+    if effects.is_empty() {
+        return;
+    }
+    if PENDING_EFFECTS.try_with(|_| ()).is_err() {
+        // This thread's locals are gone (`exit()` runs `atexit` handlers
+        // after them): nothing can be owed; run them here.
+        for effect in effects.drain(..) {
+            core.run_effect(effect);
+        }
+        return;
+    }
+    let frame: EffectFrame = effects.drain(..).map(|e| (core.clone(), e)).collect();
+    let Ok(depth) = PENDING_EFFECTS.try_with(|frames| {
+        let mut frames = frames.borrow_mut();
+        frames.push(frame);
+        frames.len() - 1
+    }) else {
+        return;
+    };
+    loop {
+        let next = PENDING_EFFECTS.try_with(|frames| {
+            frames
+                .borrow_mut()
+                .get_mut(depth)
+                .and_then(VecDeque::pop_front)
+        });
+        let Ok(Some((core, effect))) = next else {
+            break;
+        };
+        core.run_effect(effect);
+    }
+    let _ = PENDING_EFFECTS.try_with(|frames| frames.borrow_mut().truncate(depth));
 }
 
 struct Inbox {
@@ -592,19 +637,7 @@ impl SessionCore {
                 self.drain(state, effects);
             }
         }
-        let queued = PENDING_EFFECTS.try_with(|pending| {
-            let mut pending = pending.borrow_mut();
-            pending.extend(effects.drain(..).map(|effect| (self.clone(), effect)));
-        });
-        if queued.is_err() {
-            // This thread's locals are gone (`exit()` runs `atexit`
-            // handlers after them): nothing can be owed, run them here.
-            for effect in effects.drain(..) {
-                self.run_effect(effect);
-            }
-            return;
-        }
-        run_pending_effects();
+        run_effects(self, effects);
     }
 
     /// Applies queued messages until the inbox is empty, then gives the
