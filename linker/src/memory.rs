@@ -467,6 +467,11 @@ impl Allocation {
         let Some(slab) = Slab::get(placement)? else {
             return Ok(None);
         };
+        Self::new_in(slab, len).map(Some)
+    }
+
+    /// [`Allocation::new`] from `slab`.
+    fn new_in(slab: &'static Slab, len: u64) -> Result<Allocation, LinkError> {
         let len = len.max(1).div_ceil(PAGE).saturating_mul(PAGE);
         let base = slab.take(len).ok_or_else(|| LinkError::Memory {
             detail: format!(
@@ -491,13 +496,13 @@ impl Allocation {
                 source: io(e),
             });
         }
-        Ok(Some(Allocation {
+        Ok(Allocation {
             slab,
             base,
             len,
             state: MemState::Writing,
             file_backed: false,
-        }))
+        })
     }
 
     /// Map the allocation's pages now, because every one is about to be
@@ -793,32 +798,33 @@ mod tests {
 
     /// The loaders write only what is not zero: a reused range reads as
     /// zero, whatever the previous owner wrote and however it protected it.
+    /// A slab of the test's own, so no other test takes the ranges.
     #[test]
     fn reused_memory_reads_as_zero() {
+        const SIZE: u64 = 64 * PAGE;
+        let base = Slab::reserve_at(0, SIZE, false).expect("reserve a test slab");
+        let slab: &'static Slab = Box::leak(Box::new(Slab::new(base, SIZE)));
         let mut released = Vec::new();
         for _ in 0..8 {
-            let mut a = Allocation::new(3 * PAGE, Placement::Near).unwrap().unwrap();
+            let mut a = Allocation::new_in(slab, 3 * PAGE).unwrap();
             a.bytes_mut().unwrap().fill(0xa5);
             a.finalize(&[(0, PAGE, Prot::ReadExec), (PAGE, 2 * PAGE, Prot::ReadWrite)])
                 .unwrap();
             released.push(a);
         }
-        let bases: Vec<u64> = released.iter().map(Allocation::base).collect();
+        let mut bases: Vec<u64> = released.iter().map(Allocation::base).collect();
         drop(released);
-        // First fit hands the lowest free ranges out again; other tests
-        // share the slab and may hold some of them for a while.
-        let mut held = Vec::new();
-        let mut reused = 0;
-        for _ in 0..4096 {
-            let mut b = Allocation::new(3 * PAGE, Placement::Near).unwrap().unwrap();
+        // First fit hands the same ranges out again.
+        let mut again: Vec<Allocation> = (0..8)
+            .map(|_| Allocation::new_in(slab, 3 * PAGE).unwrap())
+            .collect();
+        let mut reused: Vec<u64> = again.iter().map(Allocation::base).collect();
+        bases.sort_unstable();
+        reused.sort_unstable();
+        assert_eq!(reused, bases, "the released ranges are handed out again");
+        for b in &mut again {
             assert!(b.bytes_mut().unwrap().iter().all(|&x| x == 0));
-            reused += usize::from(bases.contains(&b.base()));
-            held.push(b);
-            if reused >= 4 {
-                return;
-            }
         }
-        panic!("only {reused} of 8 released ranges were handed out again");
     }
 
     /// Resident pages of `[base, base+len)` (mincore).
