@@ -222,6 +222,20 @@ fn count_announce(start: std::time::Instant) {
     ANNOUNCE_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
 }
 
+/// Runs `announce` when `options` enable anything, counting its time.
+fn counted(
+    options: &DebugOptions,
+    announce: impl FnOnce() -> Result<Option<DebugRegistration>, DebugError>,
+) -> Result<Option<DebugRegistration>, DebugError> {
+    if !options.any() {
+        return Ok(None);
+    }
+    let start = std::time::Instant::now();
+    let result = announce();
+    count_announce(start);
+    result
+}
+
 /// This process's perf map, `/tmp/perf-PID.map`.
 pub fn perf_map_path() -> String {
     perf_map::path()
@@ -247,13 +261,7 @@ pub(crate) fn register_image(
     info: &ImageInfo<'_>,
     options: &DebugOptions,
 ) -> Result<Option<DebugRegistration>, DebugError> {
-    if !options.any() {
-        return Ok(None);
-    }
-    let start = std::time::Instant::now();
-    let result = announce_image(info, options);
-    count_announce(start);
-    result
+    counted(options, || announce_image(info, options))
 }
 
 /// [`register_image`]'s work.
@@ -309,13 +317,7 @@ pub(crate) fn register_loaded(
     image: &LoadedImage<'_>,
     options: &DebugOptions,
 ) -> Result<Option<DebugRegistration>, DebugError> {
-    if !options.any() {
-        return Ok(None);
-    }
-    let start = std::time::Instant::now();
-    let result = announce_loaded(image, options);
-    count_announce(start);
-    result
+    counted(options, || announce_loaded(image, options))
 }
 
 /// [`register_loaded`]'s work.
