@@ -1,0 +1,339 @@
+//! Thread-locals in image files: C programs with `__thread` variables in
+//! every x86-64 TLS model and C++ programs with `thread_local` objects used
+//! from `std::thread`s, saved as images by one `kiln` process and run from
+//! the image by another — output and exit status equal to the native build.
+//! An image whose local-exec code needs a static TLS range this process
+//! cannot give is refused naming the field and both values (a `kiln run
+//! --cache` hit of it relinks); loading twice and removal.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use kiln_linker::image_file::{self, BuildId, ImageError};
+use kiln_linker::{HostSymbols, LinkOptions, Linker};
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `kiln image save -o out inputs...`, asserting success.
+fn save(out: &Path, inputs: &[PathBuf]) {
+    let _ = std::fs::remove_file(out);
+    let o = kiln()
+        .args(["image", "save", "-o"])
+        .arg(out)
+        .args(inputs)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "image save: {}", show(&o));
+}
+
+/// Compiles `srcs` (in `dir_of_srcs`) with `cc flags`, builds them natively
+/// (the compiler as linker driver), saves them as an image with `kiln image
+/// save` and runs it with `kiln run`: stdout and exit status must be the
+/// native build's, and the native output must contain `marker`. Returns
+/// the image.
+fn check_tls_image(
+    cc: &str,
+    srcs: &[PathBuf],
+    flags: &[&str],
+    marker: &str,
+    tag: &str,
+) -> PathBuf {
+    let dir = scratch(&format!("images-tls-{tag}"));
+    let objs: Vec<PathBuf> = srcs
+        .iter()
+        .map(|s| {
+            let stem = s.file_stem().expect("source name").to_string_lossy();
+            compile(cc, s, flags, &[], &dir.join(format!("{stem}.o")))
+        })
+        .collect();
+    let (native_out, native_ret) = run_native(cc, &objs, flags, &["pthread"], &dir.join("native"));
+    assert!(
+        native_out.contains(marker),
+        "{tag}: the native build did not print {marker:?}:\n{native_out}"
+    );
+    let image = dir.join("prog.kimg");
+    save(&image, &objs);
+    let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        native_out,
+        "{tag}: output differs\n{}",
+        show(&o)
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(native_ret),
+        "{tag}: status differs\n{}",
+        show(&o)
+    );
+    image
+}
+
+fn c_tls() -> Vec<PathBuf> {
+    vec![c_dir().join("tls_a.c"), c_dir().join("tls_b.c")]
+}
+
+fn cxx_tls() -> Vec<PathBuf> {
+    let d = common::programs::cxx_dir();
+    vec![d.join("tls_defs.cpp"), d.join("tls_main.cpp")]
+}
+
+/// The relocation types of `obj` (`readelf -r`), to show which TLS models
+/// a test really covers.
+fn relocations(obj: &Path) -> String {
+    let o = Command::new("readelf")
+        .arg("-rW")
+        .arg(obj)
+        .output()
+        .expect("readelf runs");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `-fPIE`: clang and gcc use local-exec for the variables an object
+/// defines and initial-exec for the others — both from an image.
+#[test]
+fn c_thread_locals_pie_local_exec_and_initial_exec_run_from_an_image() {
+    for cc in ["gcc", "clang"] {
+        if !need_tool(cc) {
+            return;
+        }
+        let tag = format!("c-{cc}-pie");
+        check_tls_image(cc, &c_tls(), &["-O2", "-fPIE"], "main:", &tag);
+        let dir = scratch(&format!("images-tls-{tag}"));
+        let relocs = relocations(&dir.join("tls_a.o"));
+        assert!(
+            relocs.contains("R_X86_64_TPOFF32") && relocs.contains("R_X86_64_GOTTPOFF"),
+            "{cc} -fPIE: expected local-exec and initial-exec:\n{relocs}"
+        );
+    }
+}
+
+/// `-fPIC`: general-dynamic/local-dynamic through `__tls_get_addr`, and
+/// TLSDESC with `-mtls-dialect=gnu2`.
+#[test]
+fn c_thread_locals_pic_general_dynamic_and_tlsdesc_run_from_an_image() {
+    for (cc, flags, reloc, tag) in [
+        ("gcc", &["-O2", "-fPIC"][..], "R_X86_64_TLSGD", "gd-gcc"),
+        ("clang", &["-O2", "-fPIC"][..], "R_X86_64_TLSGD", "gd-clang"),
+        (
+            "gcc",
+            &["-O2", "-fPIC", "-mtls-dialect=gnu2"][..],
+            "R_X86_64_GOTPC32_TLSDESC",
+            "desc-gcc",
+        ),
+    ] {
+        if !need_tool(cc) {
+            return;
+        }
+        check_tls_image(cc, &c_tls(), flags, "main:", tag);
+        let relocs = relocations(&scratch(&format!("images-tls-{tag}")).join("tls_b.o"));
+        assert!(relocs.contains(reloc), "{tag}: expected {reloc}:\n{relocs}");
+    }
+}
+
+/// C++ `thread_local` objects with constructors and destructors, used
+/// from `std::thread`s, g++ and clang++ at -O2 -fPIE.
+#[test]
+fn cxx_thread_locals_with_std_thread_run_from_an_image() {
+    for cc in ["g++", "clang++"] {
+        if !need_tool(cc) {
+            return;
+        }
+        check_tls_image(
+            cc,
+            &cxx_tls(),
+            &["-O2", "-fPIE"],
+            "counters constructed=12",
+            &format!("cxx-{cc}"),
+        );
+    }
+}
+
+/// Header offsets of the static TLS fields (see `image_file::format`).
+const HEADER_AT: usize = 64;
+const STATIC_TLS_AREA: usize = HEADER_AT + 328;
+const STATIC_TLS_RANGE: usize = HEADER_AT + 344;
+
+fn read_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Local-exec code addresses its variables at thread-pointer offsets
+/// fixed when it was linked: an image whose recorded static TLS area is
+/// not this process's is refused naming the field and both values, and a
+/// `kiln run --cache` hit of such an entry is a miss that relinks.
+#[test]
+fn a_static_tls_area_that_differs_is_refused_and_a_cache_entry_relinks() {
+    if !need_tool("clang") {
+        return;
+    }
+    let image = check_tls_image("clang", &c_tls(), &["-O2", "-fPIE"], "main:", "mismatch");
+    let good = std::fs::read(&image).expect("read image");
+    let area = read_u64(&good, STATIC_TLS_AREA) as i64;
+    assert!(area < 0, "a local-exec image records its area: {area:#x}");
+    let mut bad = good.clone();
+    bad[STATIC_TLS_AREA..STATIC_TLS_AREA + 8].copy_from_slice(&(area - 64).to_le_bytes());
+    image_file::reseal(&mut bad);
+    let edited = image.with_file_name("edited.kimg");
+    std::fs::write(&edited, &bad).expect("write");
+    let o = kiln().arg("run").arg(&edited).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && o.stdout.is_empty(), "{}", show(&o));
+    assert!(
+        err.contains("image field `static TLS area`")
+            && err.contains(&format!("-{:#x}", -(area - 64)))
+            && err.contains(&format!("-{:#x}", -area)),
+        "names the field and both values: {err}"
+    );
+
+    // The cache: store, then replace the entry by the edited image.
+    let dir = scratch("images-tls-mismatch");
+    let objs = [dir.join("tls_a.o"), dir.join("tls_b.o")];
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = || {
+        let o = kiln()
+            .args(["run", "--stats", "--cache"])
+            .arg(&cache)
+            .args(&objs)
+            .output()
+            .expect("kiln runs");
+        (o.stdout.clone(), o.status.code(), show(&o))
+    };
+    let (first, status, shown) = run();
+    assert!(shown.contains("cache miss"), "{shown}");
+    let (hit, hit_status, shown) = run();
+    assert!(shown.contains("cache hit"), "{shown}");
+    assert_eq!((&hit, hit_status), (&first, status), "{shown}");
+    let entry = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+        .expect("an entry");
+    let stored = std::fs::read(&entry).expect("entry");
+    let mut stale = stored.clone();
+    let area = read_u64(&stale, STATIC_TLS_AREA) as i64;
+    stale[STATIC_TLS_AREA..STATIC_TLS_AREA + 8].copy_from_slice(&(area - 64).to_le_bytes());
+    image_file::reseal(&mut stale);
+    std::fs::write(&entry, &stale).expect("write stale entry");
+    let (out, relinked_status, shown) = run();
+    assert_eq!((&out, relinked_status), (&first, status), "{shown}");
+    let lines: Vec<&str> = shown.lines().filter(|l| l.contains("relinking")).collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("static TLS area"),
+        "one line says why: {shown}"
+    );
+    assert!(
+        std::fs::read(&entry).expect("entry") == stored,
+        "entry not replaced"
+    );
+}
+
+/// Links `objs` in imaging mode in this process and saves the image.
+fn link_and_save(objs: &[PathBuf]) -> (kiln_linker::LinkedImage, Vec<u8>) {
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let mut linker = Linker::new(options.clone());
+    linker.run_initializers(false);
+    let mut inputs = Vec::new();
+    for o in objs {
+        let bytes = std::fs::read(o).expect("read object");
+        inputs.push((o.display().to_string(), bytes));
+    }
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    for (n, b) in inputs {
+        linker.add_object_bytes(n, b);
+    }
+    let image = linker.link(&HostSymbols::new()).expect("links");
+    let bytes = image.save_image(&id).expect("saves");
+    (image, bytes)
+}
+
+fn load(bytes: &[u8]) -> Result<kiln_linker::LinkedImage, ImageError> {
+    // SAFETY: the test's own image; its functions are called only as the
+    // test says.
+    unsafe { image_file::load("tls.kimg", bytes, &HostSymbols::new()) }
+}
+
+fn call_i32(image: &kiln_linker::LinkedImage, name: &str, arg: i32) -> i32 {
+    let f = image.symbol(name).expect("defined");
+    // SAFETY: the test's C function `int f(int)`.
+    let f: extern "C" fn(i32) -> i32 = unsafe { std::mem::transmute(f as usize) };
+    f(arg)
+}
+
+const TLS_SRC: &str = "__thread int counter = 40;\n\
+    __thread long zeroed;\n\
+    int bump(int by) { zeroed += 1; counter += by; return counter + (int)zeroed * 1000; }\n";
+
+/// In one process: a local-exec image's static range is the saving link's
+/// until that link gives it back; a second load of it is refused (the
+/// range is never reused: threads may hold values of the first); a
+/// general-dynamic image loads twice, each load with its own module, and
+/// removal frees it.
+#[test]
+fn loading_twice_and_removal_in_one_process() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-tls-twice");
+    let le = compile_c_text(&dir, "le", TLS_SRC, &["-O2", "-fPIE", "-ftls-model=local-exec"]);
+    let (linked, bytes) = link_and_save(std::slice::from_ref(&le));
+    let range = read_u64(&bytes, STATIC_TLS_RANGE);
+    let e = load(&bytes).expect_err("the saving link holds the range").to_string();
+    assert!(
+        e.contains("image field `static TLS range`") && e.contains(&format!("{range:#x}")),
+        "{e}"
+    );
+    // SAFETY: none of the image's code ran.
+    let bytes_again = unsafe { linked.save_image_and_release(&BuildId([1; 32])) }.expect("saves");
+    assert_eq!(bytes_again[HEADER_AT + 104..], bytes[HEADER_AT + 104..]);
+    let first = load(&bytes).expect("the range was given back");
+    assert_eq!(call_i32(&first, "bump", 2), 42 + 1000);
+    assert_eq!(call_i32(&first, "bump", 3), 45 + 2000);
+    let other = std::thread::spawn({
+        let f = first.symbol("bump").expect("defined") as usize;
+        move || {
+            // SAFETY: as in `call_i32`.
+            let f: extern "C" fn(i32) -> i32 = unsafe { std::mem::transmute(f) };
+            f(1)
+        }
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(other, 41 + 1000, "a new thread starts from the initial values");
+    let e = load(&bytes).expect_err("loaded already").to_string();
+    assert!(e.contains("image field `static TLS range`"), "{e}");
+    drop(first);
+    let e = load(&bytes).expect_err("never reused").to_string();
+    assert!(e.contains("image field `static TLS range`"), "{e}");
+
+    let gd = compile_c_text(&dir, "gd", TLS_SRC, &["-O2", "-fPIC"]);
+    let (linked, bytes) = link_and_save(std::slice::from_ref(&gd));
+    assert_eq!(read_u64(&bytes, STATIC_TLS_AREA), 0, "no fixed range");
+    assert_eq!(call_i32(&linked, "bump", 2), 42 + 1000);
+    let one = load(&bytes).expect("loads");
+    let two = load(&bytes).expect("loads again");
+    assert_eq!(call_i32(&one, "bump", 5), 45 + 1000);
+    assert_eq!(call_i32(&one, "bump", 5), 50 + 2000);
+    assert_eq!(call_i32(&two, "bump", 1), 41 + 1000, "its own storage");
+    drop(one);
+    assert_eq!(call_i32(&two, "bump", 1), 42 + 2000);
+}
