@@ -66,7 +66,7 @@ static void isa_sync_code(char *start, size_t len) { __builtin___clear_cache(sta
 
 #define FORMAT_VERSION 1u
 #define HEADER_AT 64u
-#define HEADER_SIZE 304u
+#define HEADER_SIZE 352u
 #define HASH_AT (HEADER_AT + 72u)
 #define N_TABLES 8
 enum { T_REBASE, T_IMPORTS, T_EXPORTS, T_INIT, T_INITENTS, T_STRINGS, T_DEPS, T_HOSTTAB };

@@ -426,6 +426,13 @@ impl LinkedImage {
         self.registration.get_or_init(make);
     }
 
+    /// Takes the image's TLS module out, unless its initializers ran (for
+    /// giving its static range back: see `save_image_and_release`).
+    pub(crate) fn take_uninitialized_tls(&mut self) -> Option<runtime::tls::TlsModule> {
+        let platform = self.platform.as_mut().filter(|p| !p.initialized)?;
+        platform.tls.take()
+    }
+
     /// The record kept for saving, if linked in imaging mode.
     pub(crate) fn imaging_record(&self) -> Option<&crate::image_file::ImagingRecord> {
         self.imaging.as_deref()

@@ -46,8 +46,9 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     let image = linker.link(&resolver).map_err(|e| e.to_string())?;
     // The build id combines the inputs' with those of the images the
     // references went into.
-    let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
-    drop(image);
+    // SAFETY: none of the image's code ran (initializers off, nothing
+    // looked up); its static TLS range is given back for the entry's load.
+    let bytes = unsafe { image.save_image_and_release(&id) }.map_err(|e| e.to_string())?;
     drop(against);
     write_atomically(&args.output, &bytes, 0o644)?;
     Ok(0)
@@ -321,7 +322,9 @@ pub(crate) fn cached(
         check_private(&entry, "entry")?;
         // Mapped, not read, and checked (content hash included) once: the
         // layer loads it from this mapping without hashing it again.
-        match ImageFile::open(&entry) {
+        // A stale entry, or one whose static TLS range this process
+        // cannot give (local-exec code), is a miss that relinks.
+        match ImageFile::open(&entry).and_then(|i| i.check_process().map(|()| i)) {
             Ok(image) => {
                 if stats {
                     eprintln!("kiln: cache hit {name}");
@@ -355,8 +358,9 @@ pub(crate) fn cached(
         }
         Err(e) => return Err(e.to_string()),
     };
-    let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
-    drop(image);
+    // SAFETY: none of the image's code ran (initializers off, nothing
+    // looked up); its static TLS range is given back for the entry's load.
+    let bytes = unsafe { image.save_image_and_release(&id) }.map_err(|e| e.to_string())?;
     write_atomically(&entry, &bytes, 0o600)?;
     if stats {
         eprintln!("kiln: cache miss, stored {name}");

@@ -499,7 +499,7 @@ fn metadata_ranges(file: &[u8]) -> Vec<(usize, usize)> {
     use object::read::elf::{FileHeader as _, SectionHeader as _};
     let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
     let e = object::LittleEndian;
-    let mut out = vec![(0, 64), (64, 64 + 304)];
+    let mut out = vec![(0, 64), (64, 64 + 352)];
     let phoff = h.e_phoff.get(e) as usize;
     out.push((phoff, phoff + 56 * h.e_phnum.get(e) as usize));
     let shoff = h.e_shoff.get(e) as usize;

@@ -45,13 +45,7 @@ fn save(out: &Path, inputs: &[PathBuf]) {
 /// save` and runs it with `kiln run`: stdout and exit status must be the
 /// native build's, and the native output must contain `marker`. Returns
 /// the image.
-fn check_tls_image(
-    cc: &str,
-    srcs: &[PathBuf],
-    flags: &[&str],
-    marker: &str,
-    tag: &str,
-) -> PathBuf {
+fn check_tls_image(cc: &str, srcs: &[PathBuf], flags: &[&str], marker: &str, tag: &str) -> PathBuf {
     let dir = scratch(&format!("images-tls-{tag}"));
     let objs: Vec<PathBuf> = srcs
         .iter()
@@ -294,10 +288,17 @@ fn loading_twice_and_removal_in_one_process() {
         return;
     }
     let dir = scratch("images-tls-twice");
-    let le = compile_c_text(&dir, "le", TLS_SRC, &["-O2", "-fPIE", "-ftls-model=local-exec"]);
+    let le = compile_c_text(
+        &dir,
+        "le",
+        TLS_SRC,
+        &["-O2", "-fPIE", "-ftls-model=local-exec"],
+    );
     let (linked, bytes) = link_and_save(std::slice::from_ref(&le));
     let range = read_u64(&bytes, STATIC_TLS_RANGE);
-    let e = load(&bytes).expect_err("the saving link holds the range").to_string();
+    let e = load(&bytes)
+        .expect_err("the saving link holds the range")
+        .to_string();
     assert!(
         e.contains("image field `static TLS range`") && e.contains(&format!("{range:#x}")),
         "{e}"
@@ -318,7 +319,11 @@ fn loading_twice_and_removal_in_one_process() {
     })
     .join()
     .expect("thread");
-    assert_eq!(other, 41 + 1000, "a new thread starts from the initial values");
+    assert_eq!(
+        other,
+        41 + 1000,
+        "a new thread starts from the initial values"
+    );
     let e = load(&bytes).expect_err("loaded already").to_string();
     assert!(e.contains("image field `static TLS range`"), "{e}");
     drop(first);

@@ -13,15 +13,22 @@
 //!   image's build id, offset) — no name — in the same places;
 //! - to an entry of the [host table](super::host_table) (same name, same
 //!   address): an import of its index, no name;
+//! - thread-local storage: the template's initial image is part of the
+//!   image (its pointers rebased); module ids, TLSDESC descriptors and
+//!   initial-exec GOT entries are slots bound at load from a TLS module made
+//!   for that load; local-exec code keeps its thread-pointer offsets, so the
+//!   image records the static TLS range they point into (see
+//!   [`super::format`]);
 //! - anything else — absolute 32-bit addresses (`-fno-pie`), absolute
-//!   addresses in text, PC-relative references to host symbols, thread-local
-//!   storage — is refused with the relocation named.
+//!   addresses in text, PC-relative references to host symbols — is
+//!   refused with the relocation named.
 
 use kiln_arch::x86_64::reloc::{EdgeKind, kind_name, reloc_name};
 
 use crate::error::LinkError;
 use crate::graph::{Block, Edge, LinkGraph, Prot, Scope, SectionRole, SymbolDef, SymbolId};
 
+use super::format::{self, TlsHeader};
 use super::host_table::{self, HostTable};
 use super::{ImageDependency, ImagingRecord, registry};
 
@@ -42,6 +49,9 @@ pub(crate) struct Import {
     pub(crate) dep: Option<(u32, u64)>,
     /// An entry of the host table: its index; `name` is then empty.
     pub(crate) host: Option<u32>,
+    /// A thread-local slot: its kind ([`format::TLS_MODULE_ID`]…) and the
+    /// variable's offset in the TLS template; `name` is then empty.
+    pub(crate) tls: Option<(u32, u64)>,
 }
 
 /// A global the image defines.
@@ -81,7 +91,7 @@ pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
     for block in graph.blocks.iter().filter(|b| b.live) {
         let section = &graph.sections[block.section.index()];
         for e in &block.edges {
-            if let Some(reason) = unexpressible(graph, section.prot, section.role, e) {
+            if let Some(reason) = unexpressible(graph, section.prot, e) {
                 return Err(refuse(graph, block, e, reason));
             }
         }
@@ -89,12 +99,7 @@ pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
     Ok(())
 }
 
-fn unexpressible(
-    graph: &LinkGraph,
-    prot: Prot,
-    role: SectionRole,
-    e: &Edge,
-) -> Option<&'static str> {
+fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str> {
     let sym = &graph.symbols[e.target.index()];
     let host = sym.def == SymbolDef::External
         && !sym
@@ -102,18 +107,7 @@ fn unexpressible(
             .as_deref()
             .is_some_and(|n| linker_defined(graph, n));
     let absolute = matches!(sym.def, SymbolDef::Absolute(_));
-    if sym.tls || matches!(role, SectionRole::TlsData | SectionRole::TlsBss) {
-        return Some("thread-local storage is not supported in images yet");
-    }
     match e.kind {
-        EdgeKind::TlsGd
-        | EdgeKind::TlsLd
-        | EdgeKind::DtpOff32
-        | EdgeKind::DtpOff64
-        | EdgeKind::GotTpOff
-        | EdgeKind::TpOff32
-        | EdgeKind::TpOff64
-        | EdgeKind::TlsDescGot => Some("thread-local storage is not supported in images yet"),
         EdgeKind::Pointer32
         | EdgeKind::Pointer32Signed
         | EdgeKind::Pointer16
@@ -158,6 +152,105 @@ pub(crate) struct Linked<'a> {
     /// The address the resolver gave an external symbol (before any
     /// redirection to a stub).
     pub(crate) resolved: &'a dyn Fn(SymbolId) -> u64,
+    /// Thread-local storage, if the image has a TLS module.
+    pub(crate) tls: Option<LinkedTls>,
+}
+
+/// What [`record`] reads about an image's thread-locals.
+pub(crate) struct LinkedTls {
+    /// Address of the template's initial image (`.tdata`) in the image.
+    pub(crate) image_addr: u64,
+    pub(crate) image_size: u64,
+    /// Template size and alignment.
+    pub(crate) size: u64,
+    pub(crate) align: u64,
+    /// The module's static range (area offset), if static.
+    pub(crate) area_offset: Option<usize>,
+    /// GOT words bound at load: (address, kind, variable offset).
+    pub(crate) slots: Vec<(u64, u32, u64)>,
+}
+
+/// Kinds of thread-local slots (the format's import index).
+pub(crate) mod tls_slot {
+    use super::format;
+    pub(crate) const MODULE_ID: u32 = format::TLS_MODULE_ID;
+    pub(crate) const TP_OFFSET: u32 = format::TLS_TP_OFFSET;
+    pub(crate) const DESC_RESOLVER: u32 = format::TLS_DESC_RESOLVER;
+    pub(crate) const DESC_ARGUMENT: u32 = format::TLS_DESC_ARGUMENT;
+}
+
+/// Whether an edge is a thread-local access (its target is a TLS offset,
+/// not an address).
+fn is_tls_edge(kind: EdgeKind) -> bool {
+    matches!(
+        kind,
+        EdgeKind::TlsGd
+            | EdgeKind::TlsLd
+            | EdgeKind::DtpOff32
+            | EdgeKind::DtpOff64
+            | EdgeKind::GotTpOff
+            | EdgeKind::TpOff32
+            | EdgeKind::TpOff64
+            | EdgeKind::TlsDescGot
+    )
+}
+
+/// The header's TLS fields and the slot imports for `l`: local-exec code
+/// (thread-pointer offsets in the bytes) needs the same static range at
+/// load; initial-exec slots need any static range.
+fn tls_record(l: &Linked<'_>) -> Result<(TlsHeader, Vec<Import>), LinkError> {
+    let Some(t) = &l.tls else {
+        return Ok((TlsHeader::default(), Vec::new()));
+    };
+    let g = l.graph;
+    let live_edges = || g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges);
+    let fixed = live_edges().any(|e| matches!(e.kind, EdgeKind::TpOff32 | EdgeKind::TpOff64));
+    let any = live_edges().any(|e| e.kind == EdgeKind::GotTpOff);
+    let mut h = TlsHeader {
+        size: t.size,
+        align: t.align.max(1),
+        image_offset: t.image_addr.wrapping_sub(l.base),
+        image_size: t.image_size,
+        static_use: if fixed {
+            format::STATIC_TLS_FIXED
+        } else if any {
+            format::STATIC_TLS_ANY
+        } else {
+            format::STATIC_TLS_NONE
+        },
+        ..TlsHeader::default()
+    };
+    if t.image_size == 0 {
+        h.image_offset = 0;
+    }
+    if fixed {
+        let (Some(area_offset), Ok(area)) = (
+            t.area_offset,
+            crate::runtime::tls::static_area::area_tp_offset(),
+        ) else {
+            return Err(LinkError::Tls {
+                detail: "local-exec code in imaging mode needs kiln's static TLS area (linker bug: fixup succeeded without it)".into(),
+            });
+        };
+        h.area_tp_offset = area;
+        h.area_size = crate::runtime::tls::static_area_size() as u64;
+        h.area_offset = area_offset as u64;
+    }
+    let imports = t
+        .slots
+        .iter()
+        .map(|&(addr, kind, var)| Import {
+            offset: addr - l.base,
+            name: String::new(),
+            addend: 0,
+            weak: false,
+            slot: true,
+            dep: None,
+            host: None,
+            tls: Some((kind, var)),
+        })
+        .collect();
+    Ok((h, imports))
 }
 
 enum Target {
@@ -264,6 +357,7 @@ impl Deps {
             slot,
             dep,
             host,
+            tls: None,
         }
     }
 }
@@ -294,6 +388,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
             g.symbols[e.target.index()].def == SymbolDef::External
                 && (l.is_special)(e.target)
                 && !matches!(e.kind, EdgeKind::Size32 | EdgeKind::Size64)
+                && !is_tls_edge(e.kind)
                 && matches!(l.target(e.target), Target::Constant)
         }) {
             return Err(refuse(
@@ -303,8 +398,14 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
                 "the linker placed this symbol outside the image (imaging mode needs `__dso_handle` inside it)",
             ));
         }
+        // A block of the TLS template sits at its TLS offset inside the
+        // template's initial image.
+        let at = match (&l.tls, g.sections[block.section.index()].role) {
+            (Some(t), SectionRole::TlsData) => t.image_addr + block.addr,
+            _ => block.addr,
+        };
         for e in block.edges.iter().filter(|e| e.kind == EdgeKind::Pointer64) {
-            let offset = block.addr + u64::from(e.offset) - l.base;
+            let offset = at + u64::from(e.offset) - l.base;
             if !offset.is_multiple_of(8) && !matches!(l.target(e.target), Target::Constant) {
                 return Err(refuse(
                     g,
@@ -320,6 +421,8 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
             }
         }
     }
+    let (tls, tls_imports) = tls_record(&l)?;
+    imports.extend(tls_imports);
     rebase.sort_unstable();
     rebase.dedup();
     imports.sort_by_key(|i| i.offset);
@@ -345,8 +448,9 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         .filter_map(|(n, &id)| {
             let s = &g.symbols[id.index()];
             match s.def {
+                // A thread-local's value is a TLS offset, not an address.
                 SymbolDef::Defined { block, .. }
-                    if g.blocks[block.index()].live && s.scope != Scope::Local =>
+                    if g.blocks[block.index()].live && s.scope != Scope::Local && !s.tls =>
                 {
                     Some(Export {
                         name: n.to_string(),
@@ -386,5 +490,6 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         eh_frame: l.eh_frame.map(|(start, len)| (start - l.base, len)),
         deps,
         host_table,
+        tls,
     })
 }

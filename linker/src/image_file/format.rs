@@ -17,7 +17,21 @@
 //! | 136 | [`TABLES`] × (file offset u64, size u64) |
 //! | 264 | counts (u32): segments, imports, exports, rebased words |
 //! | 280 | name: string offset (u32), length (u32) |
-//! | 288 | TLS template size and alignment (u64 each; 0: none) |
+//! | 288 | TLS template size and alignment (u64 each; size 0: no thread-locals) |
+//! | 304 | TLS template: offset of its initial image (`.tdata`) in the image, and that image's size (u64 each) |
+//! | 320 | static TLS use (u64): [`STATIC_TLS_NONE`], [`STATIC_TLS_ANY`] or [`STATIC_TLS_FIXED`] |
+//! | 328 | static TLS area (i64): thread-pointer offset of the first byte of kiln's static TLS area in the saving process (fixed use only, else 0) |
+//! | 336 | static TLS area size (u64; fixed use only) |
+//! | 344 | static TLS range (u64): offset of the image's TLS block in that area (fixed use only); its size is the template size |
+//!
+//! Thread-locals: the template's initial image lies in a read-only segment
+//! (rebased like any word); module ids, TLSDESC descriptors and
+//! initial-exec thread-pointer offsets are imports of source
+//! [`SOURCE_TLS`] bound at load from a TLS module made for that load.
+//! Local-exec code (`R_X86_64_TPOFF32` in text) holds thread-pointer
+//! offsets fixed at link time: such an image needs the same static area and
+//! exactly its recorded range at load (what the process owns, not the
+//! image: checked and refused naming both values).
 //!
 //! Tables: `.kiln.rebase` is RELR (an even word: the offset of a word to
 //! rebase; an odd word: a bitmap of the next 63 words); `.kiln.imports`
@@ -34,8 +48,10 @@
 //! name the name (string offset u32, length u32), for an import from a
 //! dependency the offset in that image (u64), for a host table entry zero;
 //! addend (i64); flags (u8); source (u8: [`SOURCE_BY_NAME`],
-//! [`SOURCE_HOST_TABLE`] or [`SOURCE_DEPENDENCY`]); 2 zero bytes; index
-//! (u32: the dependency's index in `.kiln.deps`, or the host table entry).
+//! [`SOURCE_HOST_TABLE`], [`SOURCE_DEPENDENCY`] or [`SOURCE_TLS`]); 2 zero
+//! bytes; index (u32: the dependency's index in `.kiln.deps`, the host
+//! table entry, or for a thread-local slot its kind, [`TLS_MODULE_ID`]…,
+//! with the variable's offset in the TLS template in the name/offset word).
 //!
 //! The C loader `linker/loader/kiln-load.c` is the format's second
 //! implementation: a change here is mirrored there (`tests/c_loader.rs`
@@ -48,7 +64,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// File offset of the header: right after the ELF64 file header.
 pub(crate) const HEADER_AT: usize = 64;
 /// Size of the header.
-pub(crate) const HEADER_SIZE: usize = 304;
+pub(crate) const HEADER_SIZE: usize = 352;
 /// Offset of the content hash inside the header.
 const HASH_AT: usize = 72;
 /// Page size of the segments.
@@ -89,6 +105,21 @@ pub(crate) const IMPORT_SLOT: u8 = 2;
 pub(crate) const SOURCE_BY_NAME: u8 = 0;
 pub(crate) const SOURCE_HOST_TABLE: u8 = 1;
 pub(crate) const SOURCE_DEPENDENCY: u8 = 2;
+/// A thread-local slot, bound from the TLS module made at load.
+pub(crate) const SOURCE_TLS: u8 = 3;
+/// Thread-local slot kinds (the import's index): the module id of a
+/// `tls_index` pair (general/local-dynamic), the thread-pointer offset of
+/// a variable (initial-exec GOT entry), the two words of a TLSDESC
+/// descriptor.
+pub(crate) const TLS_MODULE_ID: u32 = 0;
+pub(crate) const TLS_TP_OFFSET: u32 = 1;
+pub(crate) const TLS_DESC_RESOLVER: u32 = 2;
+pub(crate) const TLS_DESC_ARGUMENT: u32 = 3;
+/// Static TLS use: none (dynamic models only), any static range (initial-exec
+/// slots, bound at load), the recorded range (local-exec code).
+pub(crate) const STATIC_TLS_NONE: u64 = 0;
+pub(crate) const STATIC_TLS_ANY: u64 = 1;
+pub(crate) const STATIC_TLS_FIXED: u64 = 2;
 /// Size of a `.kiln.deps` record.
 pub(crate) const DEP_SIZE: usize = 48;
 /// Size of the `.kiln.hosttab` record.
@@ -121,7 +152,25 @@ pub(crate) struct Header {
     pub(crate) exports: u32,
     pub(crate) rebased: u32,
     pub(crate) name: (u32, u32),
-    pub(crate) tls: (u64, u64),
+    pub(crate) tls: TlsHeader,
+}
+
+/// The header's thread-local fields (all zero: no thread-locals).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TlsHeader {
+    /// Template size (`.tdata` + `.tbss`) and alignment.
+    pub(crate) size: u64,
+    pub(crate) align: u64,
+    /// Offset of the initial image in the image, and its size.
+    pub(crate) image_offset: u64,
+    pub(crate) image_size: u64,
+    /// [`STATIC_TLS_NONE`], [`STATIC_TLS_ANY`] or [`STATIC_TLS_FIXED`].
+    pub(crate) static_use: u64,
+    /// Fixed use: the area's thread-pointer offset and size, and the
+    /// block's offset in it.
+    pub(crate) area_tp_offset: i64,
+    pub(crate) area_size: u64,
+    pub(crate) area_offset: u64,
 }
 
 /// Little-endian field reader over a slice known to be long enough.
@@ -184,8 +233,19 @@ impl Header {
         ] {
             v.extend_from_slice(&x.to_le_bytes());
         }
-        v.extend_from_slice(&self.tls.0.to_le_bytes());
-        v.extend_from_slice(&self.tls.1.to_le_bytes());
+        let t = &self.tls;
+        for x in [
+            t.size,
+            t.align,
+            t.image_offset,
+            t.image_size,
+            t.static_use,
+            t.area_tp_offset as u64,
+            t.area_size,
+            t.area_offset,
+        ] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
         debug_assert_eq!(v.len(), HEADER_SIZE);
         v
     }
@@ -218,7 +278,16 @@ impl Header {
             exports: f.u32(272),
             rebased: f.u32(276),
             name: (f.u32(280), f.u32(284)),
-            tls: (f.u64(288), f.u64(296)),
+            tls: TlsHeader {
+                size: f.u64(288),
+                align: f.u64(296),
+                image_offset: f.u64(304),
+                image_size: f.u64(312),
+                static_use: f.u64(320),
+                area_tp_offset: f.u64(328) as i64,
+                area_size: f.u64(336),
+                area_offset: f.u64(344),
+            },
         }
     }
 }
@@ -414,6 +483,16 @@ mod tests {
             build_id: [7; 32],
             tables: [(1, 2); 8],
             name: (3, 4),
+            tls: TlsHeader {
+                size: 5,
+                align: 6,
+                image_offset: 7,
+                image_size: 8,
+                static_use: 9,
+                area_tp_offset: -10,
+                area_size: 11,
+                area_offset: 12,
+            },
             ..Header::default()
         };
         let bytes = h.encode();

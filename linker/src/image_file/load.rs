@@ -132,7 +132,7 @@ pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
     let mut seen = std::collections::HashSet::new();
     p.imports
         .iter()
-        .filter(|i| i.dep.is_none() && i.host.is_none())
+        .filter(|i| i.dep.is_none() && i.host.is_none() && i.tls.is_none())
         .map(|i| i.name)
         .filter(|n| seen.insert(*n))
         .collect()
@@ -153,7 +153,7 @@ pub(crate) fn bind(
     let mut missing: Vec<String> = p
         .imports
         .iter()
-        .filter(|i| i.dep.is_none() && i.host.is_none())
+        .filter(|i| i.dep.is_none() && i.host.is_none() && i.tls.is_none())
         .filter(|i| !i.weak && !found.contains_key(i.name))
         .map(|i| i.name.to_string())
         .collect();
@@ -170,7 +170,8 @@ pub(crate) fn bind(
         name: file_name.into(),
         detail: "the image's memory is no longer writable".into(),
     })?;
-    for i in &p.imports {
+    // Thread-local slots are bound from the load's TLS module (`finish`).
+    for i in p.imports.iter().filter(|i| i.tls.is_none()) {
         // The parser checked the indices against the tables.
         let target = match (i.dep, i.host) {
             (Some((index, offset)), _) => deps.get(index as usize).map(|b| b.wrapping_add(offset)),
@@ -214,8 +215,18 @@ fn host_table(
     }
 }
 
+fn tls_layout(p: &Parsed<'_>, base: u64) -> TlsLayout {
+    let t = &p.header.tls;
+    TlsLayout {
+        image_addr: base + t.image_offset,
+        filesz: t.image_size,
+        memsz: t.size,
+        align: t.align,
+    }
+}
+
 /// Final protections and the runtime: the loaded image, initializers not
-/// yet run.
+/// yet run; its TLS module made and its thread-local slots bound first.
 pub(crate) fn finish(
     p: &Parsed<'_>,
     mut alloc: Allocation,
@@ -226,6 +237,7 @@ pub(crate) fn finish(
         .iter()
         .map(|s| (s.vaddr, s.memsz, s.prot))
         .collect();
+    let tls_module = super::tls::set_up(p, &mut alloc, file_name)?;
     alloc
         .finalize(&segments)
         .map_err(|e| link_err(file_name, e))?;
@@ -284,8 +296,8 @@ pub(crate) fn finish(
         symbols,
         eh_frame,
         init_fini,
-        tls: TlsLayout::default(),
-        tls_module: None,
+        tls: tls_layout(p, base),
+        tls_module,
         stats: LinkStats {
             bytes: alloc.len(),
             ..LinkStats::default()
@@ -416,6 +428,16 @@ impl ImageFile {
         })?;
         read::parse(&name, view.bytes())?;
         Ok(ImageFile { name, view, file })
+    }
+
+    /// Whether this process can give the image what it needs from the
+    /// process rather than the image: today the static TLS range its
+    /// local-exec code was linked against (same static TLS area, range not
+    /// used yet). Loading checks it too; a cache calls this first to relink
+    /// instead.
+    pub fn check_process(&self) -> Result<(), ImageError> {
+        let p = read::parse_with(&self.name, self.view.bytes(), false)?;
+        super::tls::check_process(&p, &self.name)
     }
 
     /// The path it was opened as (the name errors use).

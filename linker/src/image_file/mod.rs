@@ -45,6 +45,7 @@ mod host_table;
 mod load;
 mod read;
 pub mod registry;
+mod tls;
 mod unit;
 mod write;
 
@@ -291,6 +292,8 @@ pub struct ImagingRecord {
     pub(crate) deps: Vec<ImageDependency>,
     /// The host table its imports use by index: (id, entry count, name).
     pub(crate) host_table: Option<(BuildId, u32, String)>,
+    /// Its thread-locals: the header's TLS fields.
+    pub(crate) tls: format::TlsHeader,
 }
 
 impl LinkedImage {
@@ -317,6 +320,33 @@ impl LinkedImage {
         let bytes = write::write(self.name(), record, &id)?;
         let (base, size) = self.memory_range();
         self.register_once(|| registry::Registration::new(base, size, id, self.name()));
+        Ok(bytes)
+    }
+}
+
+impl LinkedImage {
+    /// [`LinkedImage::save_image`], then drops the image and gives its
+    /// static TLS range back, so that loading the saved file in this
+    /// process can claim the same range — which an image with local-exec
+    /// code needs (its thread-pointer offsets are in its text), and which a
+    /// range once used never is again. What `kiln run --cache` does on a
+    /// miss: link, save, run from the saved entry. If the image's
+    /// initializers ran, the range is kept (as when dropped).
+    ///
+    /// # Safety
+    ///
+    /// No code of the image ran (no function of it was called, in any
+    /// thread): threads would keep values of its thread-locals in the range.
+    pub unsafe fn save_image_and_release(
+        mut self,
+        build_id: &BuildId,
+    ) -> Result<Vec<u8>, ImageError> {
+        let bytes = self.save_image(build_id)?;
+        let tls = self.take_uninitialized_tls();
+        drop(self);
+        if let Some(module) = tls {
+            module.release_unused();
+        }
         Ok(bytes)
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct RawImport<'a> {
     pub(crate) dep: Option<(u32, u64)>,
     /// A host table entry's index; the name is then empty.
     pub(crate) host: Option<u32>,
+    /// A thread-local slot: (kind, variable offset in the TLS template);
+    /// the name is then empty.
+    pub(crate) tls: Option<(u32, u64)>,
 }
 
 /// An export decoded from the file.
@@ -146,8 +149,78 @@ fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageErr
             format!("{} (the file's bytes)", BuildId(hash)),
         ));
     }
-    c.expect("TLS template size", h.tls.0, 0)?;
+    check_tls(c, &h.tls)?;
     Ok(h)
+}
+
+/// The header's thread-local fields: consistent among themselves (the
+/// template's place in the image is checked with the segments).
+fn check_tls(c: &Ctx<'_>, t: &format::TlsHeader) -> Result<(), ImageError> {
+    if t.size == 0 {
+        return c.expect(
+            "TLS fields (no thread-locals)",
+            format!("{t:?}"),
+            format!("{:?}", format::TlsHeader::default()),
+        );
+    }
+    if t.size > MAX_IMAGE || t.image_size > t.size {
+        return Err(c.field(
+            "TLS template size",
+            format!("{:#x} (initial image {:#x})", t.size, t.image_size),
+            format!("1..={MAX_IMAGE:#x}, at least its initial image"),
+        ));
+    }
+    if !t.align.is_power_of_two() || t.align > format::PAGE {
+        return Err(c.field(
+            "TLS template alignment",
+            t.align,
+            "a power of two up to 4096",
+        ));
+    }
+    match t.static_use {
+        format::STATIC_TLS_FIXED => {
+            let fits = t
+                .area_offset
+                .checked_add(t.size)
+                .is_some_and(|end| end <= t.area_size);
+            if !fits || t.area_tp_offset >= 0 {
+                return Err(c.field(
+                    "static TLS range",
+                    format!(
+                        "{:#x}+{:#x} of an area of {:#x} bytes at thread-pointer offset {}",
+                        t.area_offset,
+                        t.size,
+                        t.area_size,
+                        tp_offset(t.area_tp_offset)
+                    ),
+                    "a range inside an area below the thread pointer",
+                ));
+            }
+            Ok(())
+        }
+        format::STATIC_TLS_NONE | format::STATIC_TLS_ANY => c.expect(
+            "static TLS area (no local-exec code)",
+            format!(
+                "{}, {:#x}, {:#x}",
+                t.area_tp_offset, t.area_size, t.area_offset
+            ),
+            "0, 0x0, 0x0".to_string(),
+        ),
+        other => Err(c.field(
+            "static TLS use",
+            other,
+            "0 (none), 1 (initial-exec: any range) or 2 (local-exec: the recorded range)",
+        )),
+    }
+}
+
+/// A thread-pointer offset as `tp-0x…`.
+pub(crate) fn tp_offset(v: i64) -> String {
+    if v < 0 {
+        format!("tp-{:#x}", v.unsigned_abs())
+    } else {
+        format!("tp+{v:#x}")
+    }
 }
 
 /// Checks everything about `file` the loader relies on.
@@ -169,6 +242,16 @@ pub(crate) fn parse_with<'a>(
     let ehdr = FileHeader64::<LE>::parse(file).map_err(elf_err)?;
     c.expect("ELF e_machine", ehdr.e_machine(LE).0, elf::EM_X86_64.0)?;
     let segments = segments(&c, &h, ehdr, file)?;
+    let (at, len) = (h.tls.image_offset, h.tls.image_size);
+    if len > 0
+        && !segments.iter().any(|s| {
+            s.prot == Prot::Read && at >= s.vaddr && at.saturating_add(len) <= s.vaddr + s.memsz
+        })
+    {
+        return Err(c.bad(format!(
+            "the TLS initial image {at:#x}+{len:#x} is not inside a read-only segment"
+        )));
+    }
     let (tables, eh_section) = tables(&c, &h, ehdr, file)?;
     check_eh_frame(&c, &h, &segments, eh_section)?;
     let strings = tables[format::T_STRINGS];
@@ -215,6 +298,7 @@ pub(crate) fn parse_with<'a>(
     let sources = Sources {
         deps: &deps,
         host_entries: host_table.map(|t| t.1),
+        tls: &h.tls,
     };
     let imports = imports(
         &c,
@@ -459,6 +543,7 @@ fn host_table<'a>(
 struct Sources<'d> {
     deps: &'d [ImageDependency],
     host_entries: Option<u32>,
+    tls: &'d format::TlsHeader,
 }
 
 /// One import record: by name, a host table entry, or an offset in a
@@ -479,10 +564,15 @@ fn import<'a>(
             "a combination of WEAK (1) and SLOT (2)",
         ));
     }
+    let mut tls = None;
     let (name, dep, host) = match source {
         format::SOURCE_BY_NAME => {
             c.expect("import index", index, 0)?;
             (string((f.u32(8), f.u32(12)), "import name")?, None, None)
+        }
+        format::SOURCE_TLS => {
+            tls = Some(tls_slot(c, f.u64(8), index, f.u64(16), sources.tls)?);
+            ("", None, None)
         }
         format::SOURCE_HOST_TABLE => {
             let entries = sources.host_entries.unwrap_or(0);
@@ -518,7 +608,7 @@ fn import<'a>(
             return Err(c.field(
                 "import source",
                 s,
-                "0 (by name), 1 (a host table entry) or 2 (a dependency's build id and offset)",
+                "0 (by name), 1 (a host table entry), 2 (a dependency's build id and offset) or 3 (a thread-local slot)",
             ));
         }
     };
@@ -530,7 +620,45 @@ fn import<'a>(
         slot: flags & format::IMPORT_SLOT != 0,
         dep,
         host,
+        tls,
     })
+}
+
+/// A thread-local slot: a known kind, inside the template, no addend; a
+/// thread-pointer offset only with static TLS.
+fn tls_slot(
+    c: &Ctx<'_>,
+    var: u64,
+    kind: u32,
+    addend: u64,
+    t: &format::TlsHeader,
+) -> Result<(u32, u64), ImageError> {
+    if t.size == 0 {
+        return Err(c.field(
+            "import source",
+            format::SOURCE_TLS,
+            "not 3 (a thread-local slot): the image has no TLS template",
+        ));
+    }
+    if kind > format::TLS_DESC_ARGUMENT {
+        return Err(c.field("thread-local slot kind", kind, "0..=3"));
+    }
+    if kind == format::TLS_TP_OFFSET && t.static_use == format::STATIC_TLS_NONE {
+        return Err(c.field(
+            "static TLS use",
+            t.static_use,
+            "1 or 2 (the image has initial-exec slots)",
+        ));
+    }
+    if var > t.size {
+        return Err(c.field(
+            "thread-local slot offset",
+            format!("{var:#x}"),
+            format!("at most the TLS template size {:#x}", t.size),
+        ));
+    }
+    c.expect("thread-local slot addend", addend, 0)?;
+    Ok((kind, var))
 }
 
 fn imports<'a>(

@@ -24,16 +24,20 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
     let mut imports = Vec::with_capacity(r.imports.len() * format::IMPORT_SIZE);
     for i in &r.imports {
         imports.extend_from_slice(&i.offset.to_le_bytes());
-        let (source, index) = match (i.dep, i.host) {
-            (Some((index, offset)), _) => {
+        let (source, index) = match (i.dep, i.host, i.tls) {
+            (_, _, Some((kind, var))) => {
+                imports.extend_from_slice(&var.to_le_bytes());
+                (format::SOURCE_TLS, kind)
+            }
+            (Some((index, offset)), _, _) => {
                 imports.extend_from_slice(&offset.to_le_bytes());
                 (format::SOURCE_DEPENDENCY, index)
             }
-            (None, Some(index)) => {
+            (None, Some(index), None) => {
                 imports.extend_from_slice(&0u64.to_le_bytes());
                 (format::SOURCE_HOST_TABLE, index)
             }
-            (None, None) => {
+            (None, None, None) => {
                 let (at, len) = string(&i.name);
                 imports.extend_from_slice(&at.to_le_bytes());
                 imports.extend_from_slice(&len.to_le_bytes());
@@ -267,7 +271,7 @@ fn header(
         exports: r.exports.len() as u32,
         rebased: r.rebase.len() as u32,
         name,
-        tls: (0, 0),
+        tls: r.tls,
     }
 }
 

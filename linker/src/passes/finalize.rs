@@ -50,7 +50,10 @@ pub(super) fn finalize(
     let fixed_at = Instant::now();
     p.prefault.wait();
     let imaging = if options.imaging {
-        Some(Box::new(imaging_record(&mut p, &addrs, &init_fini, env)?))
+        let tls = tls_module.as_ref().map(|m| tls_for_imaging(&p, &addrs, m));
+        Some(Box::new(imaging_record(
+            &mut p, &addrs, &init_fini, env, tls,
+        )?))
     } else {
         None
     };
@@ -121,6 +124,7 @@ fn imaging_record(
     addrs: &[u64],
     init_fini: &[(Box<str>, Vec<usize>)],
     env: &ImageEnv,
+    tls: Option<crate::image_file::classify::LinkedTls>,
 ) -> Result<crate::image_file::ImagingRecord, LinkError> {
     let got_base = p.got_base();
     let base = p.alloc.base();
@@ -144,7 +148,42 @@ fn imaging_record(
         init_fini,
         is_special: &|id| p.specials.contains_key(&id),
         resolved: &|id| p.externals.get(&id).copied().unwrap_or(0),
+        tls,
     })
+}
+
+/// The image's thread-locals as saving needs them: the template and every
+/// GOT word a load binds from its own TLS module (module ids, initial-exec
+/// thread-pointer offsets, TLSDESC descriptors).
+fn tls_for_imaging(
+    p: &Prepared,
+    addrs: &[u64],
+    module: &runtime::tls::TlsModule,
+) -> crate::image_file::classify::LinkedTls {
+    use crate::image_file::classify::tls_slot as kind;
+    let got_base = p.got_base();
+    let mut slots = Vec::new();
+    for (k, &off) in &p.got {
+        let at = got_base + off;
+        match *k {
+            GotKey::TlsGd(s) => slots.push((at, kind::MODULE_ID, addrs[s.index()])),
+            GotKey::TlsLd => slots.push((at, kind::MODULE_ID, 0)),
+            GotKey::TpOff(s) => slots.push((at, kind::TP_OFFSET, addrs[s.index()])),
+            GotKey::TlsDesc(s) => {
+                slots.push((at, kind::DESC_RESOLVER, addrs[s.index()]));
+                slots.push((at + 8, kind::DESC_ARGUMENT, addrs[s.index()]));
+            }
+            GotKey::Addr(_) => {}
+        }
+    }
+    crate::image_file::classify::LinkedTls {
+        image_addr: p.tls.image_addr,
+        image_size: p.tls.filesz,
+        size: p.tls.memsz,
+        align: p.tls.align,
+        area_offset: module.static_range().map(|r| r.0),
+        slots,
+    }
 }
 
 /// What [`announce`] did now and left for later.

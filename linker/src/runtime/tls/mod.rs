@@ -234,6 +234,8 @@ pub struct TlsModule {
     name: String,
     tp_offset: Option<i64>,
     static_reason: String,
+    /// Its range of the static area: (area offset, size).
+    area: Option<(usize, usize)>,
 }
 
 impl TlsModule {
@@ -288,38 +290,50 @@ impl TlsModule {
                 }
             }
         };
-        let tp_offset = match storage {
-            Storage::Static { tp_offset, .. } => Some(tp_offset),
-            Storage::Dynamic => None,
-        };
-        let id = with_table(|t| {
-            let slot = match t.free.pop() {
-                Some(s) => s as usize,
-                None => {
-                    t.slots.push(None);
-                    t.generations.push(0);
-                    t.slots.len() - 1
-                }
-            };
-            t.generations[slot] = (t.generations[slot] + 1) & 0x00ff_ffff;
-            let id = MODULE_ID_TAG | (u64::from(t.generations[slot]) << 32) | slot as u64;
-            t.slots[slot] = Some(ModuleEntry {
-                id,
-                name: name.to_owned(),
-                layout,
-                image: None,
-                storage,
-                blocks: HashMap::new(),
-                desc_args: Vec::new(),
-            });
-            id
-        });
-        Ok(TlsModule {
-            id,
-            name: name.to_owned(),
+        Ok(register(name, layout, storage, static_reason))
+    }
+
+    /// Registers a module in exactly `[area_off, area_off + size)` of
+    /// kiln's static TLS area (an image's local-exec code addresses it at
+    /// the thread-pointer offsets fixed when it was linked): fails if that
+    /// range is out of bounds or was handed out in this process.
+    pub(crate) fn claim_static(
+        name: &str,
+        size: usize,
+        align: usize,
+        area_off: usize,
+    ) -> Result<TlsModule, static_area::ClaimError> {
+        let layout = Layout::from_size_align(size.max(1), align.max(1))
+            .map_err(|_| static_area::ClaimError::OutOfBounds)?;
+        let tp_offset = static_area::claim(area_off, size, align.max(1))?;
+        let storage = Storage::Static {
             tp_offset,
-            static_reason,
-        })
+            area_off,
+        };
+        Ok(register(name, layout, storage, String::new()))
+    }
+
+    /// Its range of kiln's static TLS area: (offset in the area, size).
+    pub(crate) fn static_range(&self) -> Option<(usize, usize)> {
+        self.area
+    }
+
+    /// Drops the module and gives its static range back for
+    /// [`TlsModule::claim_static`] (the same image loaded from its file):
+    /// only for a module whose image's code never ran, so no thread holds
+    /// values of it.
+    pub(crate) fn release_unused(self) {
+        let had_image = with_table(|t| {
+            t.slots[slot_of(self.id)]
+                .as_ref()
+                .and_then(|e| e.image.as_deref())
+                .is_some_and(|i| i.iter().any(|&b| b != 0))
+        });
+        let area = self.area;
+        drop(self);
+        if let Some((off, size)) = area {
+            static_area::release_unused(off, size, had_image);
+        }
     }
 
     /// The module id for `tls_index.ti_module` (GOT entry of TLSGD/TLSLD).
@@ -432,6 +446,46 @@ impl TlsModule {
     /// `__tls_get_addr` returns), allocating the thread's block if needed.
     pub fn address(&self, offset: u64) -> *mut u8 {
         block_for(self.id).wrapping_add(offset as usize)
+    }
+}
+
+/// Files a module with `storage` in the table.
+fn register(name: &str, layout: Layout, storage: Storage, static_reason: String) -> TlsModule {
+    let (tp_offset, area) = match storage {
+        Storage::Static {
+            tp_offset,
+            area_off,
+        } => (Some(tp_offset), Some((area_off, layout.size()))),
+        Storage::Dynamic => (None, None),
+    };
+    let id = with_table(|t| {
+        let slot = match t.free.pop() {
+            Some(s) => s as usize,
+            None => {
+                t.slots.push(None);
+                t.generations.push(0);
+                t.slots.len() - 1
+            }
+        };
+        t.generations[slot] = (t.generations[slot] + 1) & 0x00ff_ffff;
+        let id = MODULE_ID_TAG | (u64::from(t.generations[slot]) << 32) | slot as u64;
+        t.slots[slot] = Some(ModuleEntry {
+            id,
+            name: name.to_owned(),
+            layout,
+            image: None,
+            storage,
+            blocks: HashMap::new(),
+            desc_args: Vec::new(),
+        });
+        id
+    });
+    TlsModule {
+        id,
+        name: name.to_owned(),
+        tp_offset,
+        static_reason,
+        area,
     }
 }
 

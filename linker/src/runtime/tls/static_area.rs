@@ -87,7 +87,12 @@ pub(crate) struct Host {
 
 #[derive(Debug, Default)]
 struct Area {
+    /// Bump pointer: [`reserve`] hands out ranges from here on, never
+    /// below.
     next: usize,
+    /// Ranges handed out (by [`reserve`] or [`claim`]) and not given back
+    /// unused ([`release_unused`]), `[start, end)`: never handed out again.
+    taken: Vec<(usize, usize)>,
     /// Initialized modules with non-zero images: (area offset, image).
     initialized: Vec<(usize, Arc<[u8]>)>,
     /// Attached threads: key → (address of their reservation copy, tid).
@@ -251,24 +256,103 @@ pub(crate) enum ReserveError {
 }
 
 /// Reserves `size` bytes aligned to `align`; returns (area offset,
-/// thread-pointer offset of the range).
+/// thread-pointer offset of the range). Bump allocation from the highest
+/// range handed out so far, skipping ranges claimed above it: a range is
+/// never handed out twice.
 pub(crate) fn reserve(size: usize, align: usize) -> Result<(usize, i64), ReserveError> {
     let host = host().map_err(ReserveError::Unavailable)?;
     if align > AREA_ALIGN || !align.is_power_of_two() {
         return Err(ReserveError::TooAligned);
     }
     with_area(|area| {
-        let start = area.next.next_multiple_of(align);
+        let mut start = area.next.next_multiple_of(align);
+        while let Some(&(_, end)) = area
+            .taken
+            .iter()
+            .find(|&&(s, e)| s < start.saturating_add(size.max(1)) && start < e)
+        {
+            start = end.next_multiple_of(align);
+        }
         if start > AREA_SIZE || AREA_SIZE - start < size {
             return Err(ReserveError::Exhausted {
                 available: AREA_SIZE.saturating_sub(start),
             });
         }
         area.next = start + size;
-        let tp_offset =
-            host.reservation_tp_offset + (offset_of!(Reservation, area) + start) as isize;
-        Ok((start, tp_offset as i64))
+        area.taken.push((start, start + size));
+        Ok((start, tp_offset_of(host, start)))
     })
+}
+
+fn tp_offset_of(host: &Host, area_off: usize) -> i64 {
+    (host.reservation_tp_offset + (offset_of!(Reservation, area) + area_off) as isize) as i64
+}
+
+/// The thread-pointer offset of the area's first byte: what identifies
+/// the area to code linked against it (the same in every process running
+/// the same executable), or why there is no area.
+pub(crate) fn area_tp_offset() -> Result<i64, &'static str> {
+    host().map(|h| tp_offset_of(h, 0))
+}
+
+/// Why [`claim`] could not give a range.
+#[derive(Debug)]
+pub(crate) enum ClaimError {
+    /// No static area in this process.
+    Unavailable(&'static str),
+    /// The range does not fit the area or is misaligned.
+    OutOfBounds,
+    /// Ranges overlapping it were handed out in this process (`[start, end)`).
+    Taken(Vec<(usize, usize)>),
+}
+
+/// Claims exactly `[area_off, area_off + size)` (for code whose
+/// thread-pointer offsets were fixed elsewhere): it must fit, be aligned
+/// to `align`, and overlap no range handed out in this process (used
+/// ranges are never reused). Returns its thread-pointer offset.
+pub(crate) fn claim(area_off: usize, size: usize, align: usize) -> Result<i64, ClaimError> {
+    let host = host().map_err(ClaimError::Unavailable)?;
+    let end = area_off.checked_add(size).filter(|&e| e <= AREA_SIZE);
+    let aligned = align <= AREA_ALIGN && align.is_power_of_two() && area_off % align == 0;
+    let Some(end) = end.filter(|_| aligned) else {
+        return Err(ClaimError::OutOfBounds);
+    };
+    with_area(|area| {
+        let overlapping: Vec<(usize, usize)> = (area.taken.iter())
+            .filter(|&&(s, e)| s < end.max(area_off + 1) && area_off < e)
+            .copied()
+            .collect();
+        if !overlapping.is_empty() {
+            return Err(ClaimError::Taken(overlapping));
+        }
+        area.taken.push((area_off, end));
+        Ok(tp_offset_of(host, area_off))
+    })
+}
+
+/// The ranges handed out in this process that overlap `[area_off,
+/// area_off + size)` (none: [`claim`] would give it).
+pub(crate) fn overlapping(area_off: usize, size: usize) -> Vec<(usize, usize)> {
+    let end = area_off.saturating_add(size).max(area_off + 1);
+    with_area(|area| {
+        (area.taken.iter())
+            .filter(|&&(s, e)| s < end && area_off < e)
+            .copied()
+            .collect()
+    })
+}
+
+/// Gives back `[area_off, area_off + size)`, whose module's code never
+/// ran, so that [`claim`] can hand it out again (to the same image loaded
+/// from its file). A non-zero initial image published for it is replaced
+/// by zeros first, as never-used ranges hold.
+pub(crate) fn release_unused(area_off: usize, size: usize, had_image: bool) {
+    if had_image {
+        // Best effort: a failure leaves the old initial values for new
+        // threads; the next `initialize` of the range overwrites them.
+        let _ = publish(area_off, &vec![0; size]);
+    }
+    with_area(|area| area.taken.retain(|&r| r != (area_off, area_off + size)));
 }
 
 /// Writes `bytes` at `dst` (a reservation copy or the init image).
@@ -344,6 +428,11 @@ pub(crate) fn initialize(area_off: usize, image: &[u8]) -> Result<(), &'static s
     if image.iter().all(|&b| b == 0) {
         return Ok(()); // never-reused ranges are zero in every thread already
     }
+    publish(area_off, image)
+}
+
+/// [`initialize`], zeros included.
+fn publish(area_off: usize, image: &[u8]) -> Result<(), &'static str> {
     let Ok(host) = host() else { return Ok(()) };
     let image: Arc<[u8]> = Arc::from(image);
     thread::current(); // attaches this thread
