@@ -294,7 +294,8 @@ static void check_header(void) {
     if (tls) {
         char found[24];
         snprintf(found, sizeof found, "%" PRIu64, tls);
-        field("TLS template size", found, "0 (kiln-load does not support thread-local storage)");
+        field("TLS template size", found,
+              "0 (kiln-load does not support thread-local storage; run it with `kiln run`)");
     }
     img.image_size = U64(h + 112), img.eh_off = U64(h + 120), img.eh_len = U64(h + 128);
     img.nseg = U32(h + 264), img.nimports = U32(h + 268), img.nexports = U32(h + 272);

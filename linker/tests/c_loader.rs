@@ -396,7 +396,7 @@ fn refusals_name_the_field_and_both_values() {
         (
             288,
             16,
-            "image field `TLS template size` is 16, expected 0 (kiln-load does not support thread-local storage)",
+            "image field `TLS template size` is 16, expected 0 (kiln-load does not support thread-local storage; run it with `kiln run`)",
         ),
         (264, 9, "image field `segment count` is 3, expected 9"),
         (
@@ -661,4 +661,35 @@ fn final_protections_are_w_xor_x() {
         show(&o)
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+}
+
+/// A real image with thread-locals (kiln saves them; the C loader has no
+/// static TLS area and no TLS module of its own): refused with status 127,
+/// naming the field and both values — whatever TLS model the code uses.
+#[test]
+fn images_with_thread_locals_are_refused_saying_so() {
+    assert!(need_tool("gcc"));
+    for (flags, tag) in [
+        (&["-O2", "-fPIE"][..], "tls-pie"),
+        (&["-O2", "-fPIC"][..], "tls-pic"),
+    ] {
+        let dir = scratch(&format!("c-loader-{tag}"));
+        let objs = compile_sources("gcc", &["tls_a.c", "tls_b.c"], flags, &dir);
+        let image = dir.join("tls.kimg");
+        save(&image, &objs);
+        let o = run_loader(&image, &[]);
+        assert_eq!(o.status.code(), Some(127), "{tag}: {}", show(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.stdout.is_empty()
+                && e.starts_with(&format!("kiln-load: {}: ", image.display()))
+                && e.contains("image field `TLS template size` is ")
+                && e.contains(
+                    ", expected 0 (kiln-load does not support thread-local storage; run it with `kiln run`)"
+                ),
+            "{tag}: {e}"
+        );
+        let k = kiln().args(["run", "--noexec"]).arg(&image).output().expect("kiln runs");
+        assert!(k.status.success(), "{tag}: kiln loads it: {}", show(&k));
+    }
 }

@@ -218,7 +218,7 @@ fn host_table(
 fn tls_layout(p: &Parsed<'_>, base: u64) -> TlsLayout {
     let t = &p.header.tls;
     TlsLayout {
-        image_addr: base + t.image_offset,
+        image_addr: base.wrapping_add(t.image_offset),
         filesz: t.image_size,
         memsz: t.size,
         align: t.align,

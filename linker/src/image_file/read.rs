@@ -170,6 +170,13 @@ fn check_tls(c: &Ctx<'_>, t: &format::TlsHeader) -> Result<(), ImageError> {
             format!("1..={MAX_IMAGE:#x}, at least its initial image"),
         ));
     }
+    if t.image_size == 0 && t.image_offset != 0 {
+        return Err(c.field(
+            "TLS initial image offset",
+            t.image_offset,
+            "0 (its size is 0)",
+        ));
+    }
     if !t.align.is_power_of_two() || t.align > format::PAGE {
         return Err(c.field(
             "TLS template alignment",
