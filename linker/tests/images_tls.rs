@@ -342,3 +342,65 @@ fn loading_twice_and_removal_in_one_process() {
     drop(one);
     assert_eq!(call_i32(&two, "bump", 1), 42 + 2000);
 }
+
+/// File range of section `name` of an image.
+fn section_range(file: &[u8], name: &str) -> (usize, usize) {
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
+    let e = object::LittleEndian;
+    let sections = h.sections(e, file).expect("sections");
+    let s = sections
+        .section_by_name(e, name.as_bytes())
+        .map(|(_, s)| s)
+        .expect("section");
+    let at = s.sh_offset(e) as usize;
+    (at, at + s.sh_size(e) as usize)
+}
+
+/// Resealed damage to the TLS header fields and the import table of real
+/// thread-local images (local-exec and general-dynamic/TLSDESC): every
+/// mutant loads or fails with an error — no panic, no crash.
+#[test]
+fn mutants_of_thread_local_images_load_or_fail_with_an_error() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-tls-mutants");
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut refused = 0;
+    for (name, flags) in [
+        ("m_le", &["-O2", "-fPIE"][..]),
+        ("m_desc", &["-O2", "-fPIC", "-mtls-dialect=gnu2"][..]),
+    ] {
+        let obj = compile_c_text(&dir, name, TLS_SRC, flags);
+        let (linked, good) = link_and_save(std::slice::from_ref(&obj));
+        drop(linked);
+        let imports = section_range(&good, ".kiln.imports");
+        let ranges = [(HEADER_AT + 288, HEADER_AT + 352), imports];
+        for i in 0..1500 {
+            let mut v = good.clone();
+            for _ in 0..=next() % 3 {
+                let (start, end) = ranges[(next() % 2) as usize];
+                if end > start {
+                    let at = start + (next() as usize) % (end - start);
+                    v[at] = if i % 2 == 0 { v[at] ^ (1 << (next() % 8)) } else { next() as u8 };
+                }
+            }
+            image_file::reseal(&mut v);
+            match load(&v) {
+                Ok(image) => drop(image),
+                Err(e) => {
+                    assert!(!e.to_string().contains("content hash"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(refused >= 1500, "only {refused} of 3000 mutants refused");
+}
