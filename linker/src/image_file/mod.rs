@@ -10,6 +10,7 @@
 //! | `load.rs` | mapping, rebasing, binding slots, final protections → a [`LinkedImage`] |
 //! | `unit.rs` | an image as an engine materialization unit ([`crate::layer::ObjectLayer::add_image`]) |
 //! | `registry.rs` | the images of the process by address range and build id ([`image_at`]) |
+//! | `tls.rs` | thread-locals at load: the TLS module per load, static area and range checked, slots bound |
 //!
 //! An image is an ELF64 file (`readelf -S` shows its sections): the kiln
 //! header section `.kiln.header` sits at file offset 64, right after the ELF
@@ -36,8 +37,14 @@
 //! holds the table's id) and bound from the loading process's table with
 //! no name lookup.
 //!
+//! **Thread-locals** (`tls.rs`). The TLS template travels in the image;
+//! module ids, TLSDESC descriptors and initial-exec offsets are slots bound
+//! from a TLS module made per load; local-exec code needs the static TLS
+//! range it was linked against, which the header records (area and range)
+//! and a load claims or refuses ([`ImageFile::check_process`] asks first).
+//!
 //! The format reserves room for what comes next without a version bump of
-//! the readers' checks: required CPU features and a TLS template.
+//! the readers' checks: required CPU features.
 
 pub(crate) mod classify;
 mod format;

@@ -44,7 +44,8 @@
 //! # Static TLS
 //! kiln reserves [`static_area_size`] bytes inside the host executable's
 //! own static TLS block (a `thread_local!` of this crate). Ranges are never
-//! reused, so modules with only zero initial values (all C++
+//! reused (an image file's local-exec code claims the exact range it was
+//! linked against: `TlsModule::claim_static`), so modules with only zero initial values (all C++
 //! `thread_local` objects with constructors, `.tbss`) are correct in every
 //! thread, before and after the link. Modules with non-zero `.tdata` are
 //! correct in threads created after [`TlsModule::initialize`] and in

@@ -9,7 +9,10 @@
 //! TLS block at a fixed negative offset from the thread pointer in every
 //! thread (TLS variant II), and copies the `PT_TLS` init image into each new
 //! thread's block when it creates the thread. kiln hands out ranges of the
-//! reservation to JIT TLS modules (bump allocation, never reused) and, when
+//! reservation to JIT TLS modules (bump allocation, never reused; an image
+//! file's local-exec code [`claim`]s the exact range it was linked against,
+//! and a range whose module's code never ran can be given back for that
+//! with [`release_unused`]) and, when
 //! a module's `.tdata` image is final ([`initialize`]):
 //! 1. writes it into the executable's in-memory init image (briefly making
 //!    that page writable), so **every thread created afterwards** starts
