@@ -689,7 +689,11 @@ fn images_with_thread_locals_are_refused_saying_so() {
                 ),
             "{tag}: {e}"
         );
-        let k = kiln().args(["run", "--noexec"]).arg(&image).output().expect("kiln runs");
+        let k = kiln()
+            .args(["run", "--noexec"])
+            .arg(&image)
+            .output()
+            .expect("kiln runs");
         assert!(k.status.success(), "{tag}: kiln loads it: {}", show(&k));
     }
 }

@@ -389,7 +389,11 @@ fn mutants_of_thread_local_images_load_or_fail_with_an_error() {
                 let (start, end) = ranges[(next() % 2) as usize];
                 if end > start {
                     let at = start + (next() as usize) % (end - start);
-                    v[at] = if i % 2 == 0 { v[at] ^ (1 << (next() % 8)) } else { next() as u8 };
+                    v[at] = if i % 2 == 0 {
+                        v[at] ^ (1 << (next() % 8))
+                    } else {
+                        next() as u8
+                    };
                 }
             }
             image_file::reseal(&mut v);

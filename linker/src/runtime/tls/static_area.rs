@@ -316,7 +316,7 @@ pub(crate) enum ClaimError {
 pub(crate) fn claim(area_off: usize, size: usize, align: usize) -> Result<i64, ClaimError> {
     let host = host().map_err(ClaimError::Unavailable)?;
     let end = area_off.checked_add(size).filter(|&e| e <= AREA_SIZE);
-    let aligned = align <= AREA_ALIGN && align.is_power_of_two() && area_off % align == 0;
+    let aligned = align <= AREA_ALIGN && align.is_power_of_two() && area_off.is_multiple_of(align);
     let Some(end) = end.filter(|_| aligned) else {
         return Err(ClaimError::OutOfBounds);
     };
