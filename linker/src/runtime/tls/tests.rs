@@ -403,3 +403,51 @@ fn init_image_perms() -> String {
         })
         .unwrap_or_default()
 }
+
+/// A range claimed exactly gets the thread-pointer offset the area says;
+/// one that overlaps a range handed out is refused naming it; a range
+/// given back unused is claimable again (and zeroed for new threads), a
+/// used one never; `reserve` skips claimed ranges.
+#[test]
+fn static_ranges_are_claimed_exactly_and_never_reused_once_used() {
+    let area = static_area::area_tp_offset().expect("kiln is in the test executable");
+    // Claim high in the area, far from what other tests reserve.
+    let off = static_area::AREA_SIZE - 4096;
+    let m = TlsModule::claim_static("claimed", 64, 16, off).expect("free range");
+    assert_eq!(m.tp_offset(), Some(area + off as i64));
+    assert_eq!(m.static_range(), Some((off, 64)));
+    m.initialize(&image(7, 8)).expect("initialize");
+    write_fs(area + off as i64, 99);
+    assert_eq!(read_fs(area + off as i64), 99);
+    match TlsModule::claim_static("again", 16, 16, off + 48) {
+        Err(static_area::ClaimError::Taken(t)) => assert_eq!(t, vec![(off, off + 64)]),
+        other => panic!("overlap claimed: {other:?}"),
+    }
+    assert!(matches!(
+        TlsModule::claim_static("past the end", 64, 16, static_area::AREA_SIZE - 32),
+        Err(static_area::ClaimError::OutOfBounds)
+    ));
+    // Dropped after use: still taken.
+    drop(m);
+    assert!(!static_area::overlapping(off, 64).is_empty());
+    // Given back unused: claimable again, and a new thread sees zeros.
+    let off2 = off + 1024;
+    let m = TlsModule::claim_static("unused", 16, 16, off2).expect("free range");
+    m.initialize(&image(5, 6)).expect("initialize");
+    let tp = area + off2 as i64;
+    assert_eq!(std::thread::spawn(move || read_fs(tp)).join().ok(), Some(5));
+    m.release_unused();
+    assert!(static_area::overlapping(off2, 16).is_empty());
+    assert_eq!(std::thread::spawn(move || read_fs(tp)).join().ok(), Some(0));
+    let m = TlsModule::claim_static("reloaded", 16, 16, off2).expect("given back");
+    m.initialize(&image(3, 4)).expect("initialize");
+    assert_eq!(read_fs(tp), 3);
+    // A reservation never lands on a claimed range.
+    let r = TlsModule::new("bump", 64, 16, TlsPlacement::Static).expect("room");
+    let (start, _) = r.static_range().expect("static");
+    let overlaps = |a: usize, len: usize| start < a + len && a < start + 64;
+    assert!(
+        !overlaps(off, 64) && !overlaps(off2, 16),
+        "reserved {start:#x} over a claim"
+    );
+}
