@@ -341,6 +341,23 @@ fn loading_twice_and_removal_in_one_process() {
     assert_eq!(call_i32(&two, "bump", 1), 41 + 1000, "its own storage");
     drop(one);
     assert_eq!(call_i32(&two, "bump", 1), 42 + 2000);
+
+    // Initial-exec only: any static range, a fresh one per load.
+    let ie = compile_c_text(
+        &dir,
+        "ie",
+        TLS_SRC,
+        &["-O2", "-fPIC", "-ftls-model=initial-exec"],
+    );
+    assert!(relocations(&ie).contains("R_X86_64_GOTTPOFF"));
+    let (linked, bytes) = link_and_save(std::slice::from_ref(&ie));
+    drop(linked);
+    assert_eq!(read_u64(&bytes, HEADER_AT + 320), 1, "static TLS use: any");
+    let one = load(&bytes).expect("loads");
+    let two = load(&bytes).expect("loads again, elsewhere in the area");
+    assert_eq!(call_i32(&one, "bump", 5), 45 + 1000);
+    assert_eq!(call_i32(&two, "bump", 1), 41 + 1000, "its own storage");
+    assert_eq!(call_i32(&one, "bump", 5), 50 + 2000);
 }
 
 /// File range of section `name` of an image.
