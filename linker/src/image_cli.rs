@@ -178,6 +178,16 @@ fn print_text(i: &ImageInfo) {
     if let Some((id, entries, name)) = &i.host_table {
         println!("host table      {id}  {name} ({entries} entries)");
     }
+    if let Some(t) = &i.thread_locals {
+        println!(
+            "thread-locals   {} bytes (align {}, {} initialized), {} slots; static TLS: {}",
+            t.size,
+            t.align,
+            t.initialized,
+            t.slots,
+            static_tls_text(t)
+        );
+    }
     println!("rebases         {}", i.rebases);
     println!("initializers    {}", i.initializers);
     println!("image size      {}", i.image_size);
@@ -185,6 +195,19 @@ fn print_text(i: &ImageInfo) {
     println!("sections        offset      memory size  file size  prot");
     for (name, off, mem, file, prot) in &i.sections {
         println!("  {name:<12}  {off:#010x}  {mem:>11}  {file:>9}  {prot}");
+    }
+}
+
+/// What an image needs of static TLS, for `kiln image info`.
+fn static_tls_text(t: &kiln_linker::image_file::ImageTls) -> String {
+    match t.static_range {
+        Some((area, area_size, off)) => format!(
+            "{}, range {off:#x}..{:#x} of the {area_size:#x}-byte area at tp-{:#x}",
+            t.static_use,
+            off + t.size,
+            area.unsigned_abs()
+        ),
+        None => t.static_use.to_string(),
     }
 }
 
@@ -238,8 +261,27 @@ fn json(i: &ImageInfo) -> String {
             )
         })
         .collect();
+    let tls = i.thread_locals.as_ref().map_or_else(
+        || "null".to_string(),
+        |t| {
+            let range = t.static_range.map_or_else(
+                || "null".to_string(),
+                |(area, size, off)| {
+                    format!("{{\"area_tp_offset\":{area},\"area_size\":{size},\"offset\":{off}}}")
+                },
+            );
+            format!(
+                "{{\"size\":{},\"align\":{},\"initialized\":{},\"slots\":{},\"static_use\":{},\"static_range\":{range}}}",
+                t.size,
+                t.align,
+                t.initialized,
+                t.slots,
+                quote(t.static_use)
+            )
+        },
+    );
     format!(
-        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}]}}",
+        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}],\"thread_locals\":{}}}",
         quote(&i.name),
         quote(&i.build_id.to_string()),
         i.format_version,
@@ -256,7 +298,8 @@ fn json(i: &ImageInfo) -> String {
         i.initializers,
         i.image_size,
         i.file_size,
-        sections.join(",")
+        sections.join(","),
+        tls
     )
 }
 

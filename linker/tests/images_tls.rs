@@ -77,6 +77,18 @@ fn check_tls_image(cc: &str, srcs: &[PathBuf], flags: &[&str], marker: &str, tag
     image
 }
 
+/// `kiln image info [--json] IMAGE`, asserting success.
+fn info_of(image: &Path, json: bool) -> String {
+    let mut cmd = kiln();
+    cmd.args(["image", "info"]);
+    if json {
+        cmd.arg("--json");
+    }
+    let o = cmd.arg(image).output().expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn c_tls() -> Vec<PathBuf> {
     vec![c_dir().join("tls_a.c"), c_dir().join("tls_b.c")]
 }
@@ -106,7 +118,20 @@ fn c_thread_locals_pie_local_exec_and_initial_exec_run_from_an_image() {
             return;
         }
         let tag = format!("c-{cc}-pie");
-        check_tls_image(cc, &c_tls(), &["-O2", "-fPIE"], "main:", &tag);
+        let image = check_tls_image(cc, &c_tls(), &["-O2", "-fPIE"], "main:", &tag);
+        let info = info_of(&image, false);
+        assert!(
+            info.contains("thread-locals   ") && info.contains("static TLS: local-exec, range 0x"),
+            "{info}"
+        );
+        let json = info_of(&image, true);
+        assert!(
+            json.contains("\"thread_locals\":{\"size\":")
+                && json.contains(
+                    "\"static_use\":\"local-exec\",\"static_range\":{\"area_tp_offset\":-"
+                ),
+            "{json}"
+        );
         let dir = scratch(&format!("images-tls-{tag}"));
         let relocs = relocations(&dir.join("tls_a.o"));
         assert!(
@@ -133,7 +158,8 @@ fn c_thread_locals_pic_general_dynamic_and_tlsdesc_run_from_an_image() {
         if !need_tool(cc) {
             return;
         }
-        check_tls_image(cc, &c_tls(), flags, "main:", tag);
+        let image = check_tls_image(cc, &c_tls(), flags, "main:", tag);
+        assert!(info_of(&image, false).contains("static TLS: none"), "{tag}");
         let relocs = relocations(&scratch(&format!("images-tls-{tag}")).join("tls_b.o"));
         assert!(relocs.contains(reloc), "{tag}: expected {reloc}:\n{relocs}");
     }

@@ -63,7 +63,7 @@ use crate::passes::LinkOptions;
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use host_table::{HostTable, set_host_table};
 pub use load::{IMAGE_MAGIC_END, ImageFile, load, load_file};
-pub use read::{ImageInfo, dependencies, exported_names, inspect};
+pub use read::{ImageInfo, ImageTls, dependencies, exported_names, inspect};
 pub use registry::{RegisteredImage, image_at};
 
 /// The target triple images of this build are for.

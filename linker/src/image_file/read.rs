@@ -813,6 +813,28 @@ pub struct ImageInfo {
     pub file_size: u64,
     /// Segments: name, offset, memory size, file size, protection (`r-x`…).
     pub sections: Vec<(String, u64, u64, u64, &'static str)>,
+    /// Its thread-locals, if any.
+    pub thread_locals: Option<ImageTls>,
+}
+
+/// The thread-locals of an image (`kiln image info`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ImageTls {
+    /// TLS template size and alignment.
+    pub size: u64,
+    /// Alignment.
+    pub align: u64,
+    /// Bytes of initial values (`.tdata`; the rest is zero).
+    pub initialized: u64,
+    /// Thread-local slots bound at load.
+    pub slots: usize,
+    /// What it needs of static TLS: `none`, `initial-exec` (any range) or
+    /// `local-exec` (the recorded range).
+    pub static_use: &'static str,
+    /// For local-exec: the static TLS area's thread-pointer offset and
+    /// size, and the range's offset in it (its size is `size`).
+    pub static_range: Option<(i64, u64, u64)>,
 }
 
 /// The build id of `file` and the images it links against, with the checks
@@ -871,5 +893,26 @@ pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
                 (format!(".{n}"), s.vaddr, s.memsz, s.filesz, pr)
             })
             .collect(),
+        thread_locals: image_tls(&p),
+    })
+}
+
+fn image_tls(p: &Parsed<'_>) -> Option<ImageTls> {
+    let t = &p.header.tls;
+    (t.size > 0).then(|| ImageTls {
+        size: t.size,
+        align: t.align,
+        initialized: t.image_size,
+        slots: p.imports.iter().filter(|i| i.tls.is_some()).count(),
+        static_use: match t.static_use {
+            format::STATIC_TLS_FIXED => "local-exec",
+            format::STATIC_TLS_ANY => "initial-exec",
+            _ => "none",
+        },
+        static_range: (t.static_use == format::STATIC_TLS_FIXED).then_some((
+            t.area_tp_offset,
+            t.area_size,
+            t.area_offset,
+        )),
     })
 }
