@@ -181,6 +181,17 @@ fn cxx_thread_locals_with_std_thread_run_from_an_image() {
             &format!("cxx-{cc}"),
         );
     }
+    // A template larger than kiln's static TLS area: a dynamic module at
+    // load (general-dynamic and TLSDESC).
+    let d = common::programs::cxx_dir();
+    let big = [d.join("tls_big_defs.cpp"), d.join("tls_big_main.cpp")];
+    for (flags, tag) in [
+        (&["-O2", "-fPIC"][..], "cxx-big-gd"),
+        (&["-O2", "-fPIC", "-mtls-dialect=gnu2"][..], "cxx-big-desc"),
+    ] {
+        let image = check_tls_image("g++", &big, flags, "main: still checksum 7 marker 7", tag);
+        assert!(info_of(&image, false).contains("static TLS: none"), "{tag}");
+    }
 }
 
 /// Header offsets of the static TLS fields (see `image_file::format`).
