@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +52,9 @@ static uint64_t isa_cpu_features(void) {
     return bits;
 }
 static void isa_sync_code(char *start, size_t len) { (void)start, (void)len; } /* coherent */
+/* gcc's general-dynamic call sequences do not keep the stack 16-byte
+ * aligned around `__tls_get_addr` (gcc PR58066). */
+#define ISA_TLS_GET_ADDR_ALIGN __attribute__((force_align_arg_pointer))
 #elif defined(__aarch64__)
 /* kiln writes no aarch64 images yet: machine and page size as the issue
  * expects them, no CPU feature bits defined (any required bit is refused). */
@@ -59,6 +63,7 @@ static void isa_sync_code(char *start, size_t len) { (void)start, (void)len; } /
 static const char *const CPU_FEATURES[] = {""};
 static uint64_t isa_cpu_features(void) { return 0; }
 static void isa_sync_code(char *start, size_t len) { __builtin___clear_cache(start, start + len); }
+#define ISA_TLS_GET_ADDR_ALIGN
 #else
 #error "kiln-load: add this ISA to the ISA-specific section"
 #endif
@@ -78,6 +83,13 @@ static const char *const TABLES[N_TABLES] = {".kiln.rebase", ".kiln.imports", ".
 #define INIT_SIZE 16u
 #define MAX_IMAGE ((uint64_t)1 << 32)
 enum { PROT_RX = 1, PROT_RO, PROT_RW };
+#define SOURCE_TLS 3u
+#define TLS_MODULE_ID 0u
+#define TLS_TP_OFFSET 1u
+#define TLS_DESC_RESOLVER 2u
+/* The module id written into `tls_index` pairs: kiln's tag ('K') in the
+ * top byte, so the loader's `__tls_get_addr` tells it from ld.so's. */
+#define KL_TLS_MODULE ((uint64_t)0x4b << 56 | 1)
 
 static const char *image_path = "?";
 
@@ -211,6 +223,9 @@ struct image {
     struct seg seg[16];
     const uint8_t *table[N_TABLES]; uint64_t tsize[N_TABLES];
     uint8_t *mem;                               /* the mapped image */
+    /* Thread-locals: template size, alignment, initial image (offset, size),
+     * static TLS use. */
+    uint64_t tls_size, tls_align, tls_image_off, tls_image_size, tls_static;
 } img;
 
 static int utf8_ok(const uint8_t *s, size_t n) { /* as Rust's str::from_utf8 */
@@ -253,6 +268,48 @@ static void feature_names(uint64_t bits, char *out, size_t cap) {
     if (!at) snprintf(out, cap, "none");
 }
 
+/* The TLS fields (read.rs check_tls). Dynamic models only: the loader has
+ * no static TLS area for initial-exec/local-exec code. */
+static void check_tls_header(const uint8_t *h) {
+    char found[96];
+    img.tls_size = U64(h + 288), img.tls_align = U64(h + 296);
+    img.tls_image_off = U64(h + 304), img.tls_image_size = U64(h + 312), img.tls_static = U64(h + 320);
+    uint64_t any = 0;
+    for (unsigned at = 296; at < 352; at += 8) any |= U64(h + at);
+    if (img.tls_size == 0) {
+        if (any) field("TLS template size", "0 (with other TLS fields non-zero)", "non-zero, or every TLS field 0");
+        return;
+    }
+    if (img.tls_size > MAX_IMAGE || img.tls_image_size > img.tls_size) {
+        snprintf(found, sizeof found, "%#" PRIx64 " (initial image %#" PRIx64 ")", img.tls_size, img.tls_image_size);
+        field("TLS template size", found, "1..=0x100000000, at least its initial image");
+    }
+    if (img.tls_image_size == 0 && img.tls_image_off != 0) {
+        snprintf(found, sizeof found, "%" PRIu64, img.tls_image_off);
+        field("TLS initial image offset", found, "0 (its size is 0)");
+    }
+    if (img.tls_align == 0 || (img.tls_align & (img.tls_align - 1)) || img.tls_align > 4096) {
+        snprintf(found, sizeof found, "%" PRIu64, img.tls_align);
+        field("TLS template alignment", found, "a power of two up to 4096");
+    }
+    if (img.tls_static == 1 || img.tls_static == 2) {
+        snprintf(found, sizeof found, "%" PRIu64 " (%s code)", img.tls_static,
+                 img.tls_static == 1 ? "initial-exec" : "local-exec");
+        field("static TLS use", found,
+              "0 (kiln-load has no static TLS area; compile with -fPIC, or run it with `kiln run`)");
+    }
+    if (img.tls_static != 0) {
+        snprintf(found, sizeof found, "%" PRIu64, img.tls_static);
+        field("static TLS use", found,
+              "0 (none), 1 (initial-exec: any range) or 2 (local-exec: the recorded range)");
+    }
+    if (U64(h + 328) || U64(h + 336) || U64(h + 344)) {
+        snprintf(found, sizeof found, "%" PRId64 ", %#" PRIx64 ", %#" PRIx64, (int64_t)U64(h + 328),
+                 U64(h + 336), U64(h + 344));
+        field("static TLS area (no local-exec code)", found, "0, 0x0, 0x0");
+    }
+}
+
 /* The header's own checks, cheapest first (read.rs check_header). */
 static void check_header(void) {
     const uint8_t *f = img.f, *h = f + HEADER_AT;
@@ -290,13 +347,7 @@ static void check_header(void) {
         snprintf(e, sizeof e, "%s (the file's bytes)", b);
         field("content hash", a, e);
     }
-    uint64_t tls = U64(h + 288);
-    if (tls) {
-        char found[24];
-        snprintf(found, sizeof found, "%" PRIu64, tls);
-        field("TLS template size", found,
-              "0 (kiln-load does not support thread-local storage; run it with `kiln run`)");
-    }
+    check_tls_header(h);
     img.image_size = U64(h + 112), img.eh_off = U64(h + 120), img.eh_len = U64(h + 128);
     img.nseg = U32(h + 264), img.nimports = U32(h + 268), img.nexports = U32(h + 272);
     img.nrebased = U32(h + 276);
@@ -338,6 +389,16 @@ static void segments(void) {
         char found[24];
         snprintf(found, sizeof found, "%" PRIu64, img.image_size);
         field("image size", found, "1..=4294967296");
+    }
+    if (img.tls_image_size) {
+        for (unsigned i = 0; i < phnum; i++) {
+            struct seg *s = &img.seg[i];
+            if (s->prot == PROT_RO && img.tls_image_off >= s->vaddr &&
+                inside(img.tls_image_off - s->vaddr, img.tls_image_size, s->memsz))
+                return;
+        }
+        bad("the TLS initial image %#" PRIx64 "+%#" PRIx64 " is not inside a read-only segment", img.tls_image_off,
+            img.tls_image_size);
     }
 }
 
@@ -441,7 +502,36 @@ static void rebase(int apply, uint64_t base) {
     expect("rebased word count", count, img.nrebased);
 }
 
-struct import { uint64_t offset, addend; char *name; int weak; };
+struct import { uint64_t offset, addend; char *name; int weak, tls; };
+
+/* A thread-local slot (read.rs tls_slot): a module id (general/local-
+ * dynamic) inside the template; TLSDESC is refused (its resolver must
+ * preserve every register, the loader has none). */
+static void tls_slot(const uint8_t *r) {
+    char found[64];
+    uint32_t kind = U32(r + 28);
+    if (kind > 3) {
+        snprintf(found, sizeof found, "%u", kind);
+        field("thread-local slot kind", found, "0..=3");
+    }
+    if (kind == TLS_TP_OFFSET) {
+        snprintf(found, sizeof found, "%" PRIu64, img.tls_static);
+        field("static TLS use", found, "1 or 2 (the image has initial-exec slots)");
+    }
+    if (kind >= TLS_DESC_RESOLVER) {
+        snprintf(found, sizeof found, "%u (TLSDESC)", kind);
+        field("thread-local slot kind", found,
+              "0 (kiln-load supports the general/local-dynamic model only: compile with "
+              "-mtls-dialect=gnu, or run it with `kiln run`)");
+    }
+    if (U64(r + 8) > img.tls_size) {
+        snprintf(found, sizeof found, "%#" PRIx64, U64(r + 8));
+        char want[64];
+        snprintf(want, sizeof want, "at most the TLS template size %#" PRIx64, img.tls_size);
+        field("thread-local slot offset", found, want);
+    }
+    expect("thread-local slot addend", U64(r + 16), 0);
+}
 static struct import *imports;
 static void read_imports(void) {
     const uint8_t *t = img.table[T_IMPORTS];
@@ -451,6 +541,16 @@ static void read_imports(void) {
     for (uint32_t i = 0; i < img.nimports; i++) {
         const uint8_t *r = t + (uint64_t)i * IMPORT_SIZE;
         uint8_t flags = r[24], source = r[25];
+        if (source == SOURCE_TLS && img.tls_size) {
+            tls_slot(r);
+            struct import *m = &imports[i];
+            m->offset = U64(r), m->tls = 1, m->name = "";
+            if (flags & ~3u) bad("thread-local slot %u: flags %u", i, flags);
+            if (i > 0 && imports[i - 1].offset + 8 > m->offset)
+                bad("import %u () is not sorted by offset or overlaps the previous", i);
+            writable(m->offset, "import");
+            continue;
+        }
         if (source != 0) {
             char found[64];
             snprintf(found, sizeof found, "%u (not by name)", source);
@@ -586,8 +686,42 @@ extern char **environ;
  * provides it, and so does the loader — a handler of the image (its
  * __dso_handle is the image's first byte), as libc_nonshared's does. */
 static int image_atexit(void (*f)(void)) { return __cxa_atexit((void (*)(void *))(void (*)(void))f, NULL, img.mem); }
+
+/* The image's thread-locals (general/local-dynamic only): one block per
+ * thread, allocated on its first access from the image's initial values
+ * (zeros after them), freed at the thread's exit (after its C++
+ * thread_local destructors, which glibc runs first). The image's
+ * `__tls_get_addr` is the loader's: its module id is KL_TLS_MODULE; any
+ * other goes to ld.so's. */
+struct tls_index { uint64_t module, offset; };
+static pthread_key_t tls_key;
+static void *(*real_tls_get_addr)(struct tls_index *);
+static void *tls_block(void) {
+    void *b = pthread_getspecific(tls_key);
+    if (b) return b;
+    size_t size = (size_t)((img.tls_size + img.tls_align - 1) / img.tls_align * img.tls_align);
+    b = aligned_alloc((size_t)img.tls_align, size);
+    if (!b || pthread_setspecific(tls_key, b)) die("cannot allocate a thread's %zu TLS bytes", size);
+    memcpy(b, img.mem + img.tls_image_off, (size_t)img.tls_image_size);
+    memset((uint8_t *)b + img.tls_image_size, 0, size - (size_t)img.tls_image_size);
+    return b;
+}
+ISA_TLS_GET_ADDR_ALIGN static void *image_tls_get_addr(struct tls_index *ti) {
+    if (ti->module != KL_TLS_MODULE) {
+        if (!real_tls_get_addr) die("thread-local access to module %#" PRIx64 ", which is not the image's", ti->module);
+        return real_tls_get_addr(ti);
+    }
+    return (uint8_t *)tls_block() + ti->offset;
+}
+static void set_up_tls(void) {
+    if (!img.tls_size) return;
+    if (pthread_key_create(&tls_key, free)) die("pthread_key_create failed");
+    *(void **)(void *)&real_tls_get_addr = dlsym(RTLD_DEFAULT, "__tls_get_addr");
+}
+
 static const struct { const char *name; void (*addr)(void); } OVERRIDES[] = {
     {"atexit", (void (*)(void))image_atexit},
+    {"__tls_get_addr", (void (*)(void))image_tls_get_addr},
 };
 
 /* Memory for the image: RW, page-rounded, not touching an address whose low
@@ -629,11 +763,12 @@ static void bind(void) {
     for (int pass = 0; pass < 2; pass++) {
         nmissing = 0;
         for (uint32_t i = 0; i < img.nimports; i++) {
+            if (imports[i].tls) continue;
             if (!addr[i]) addr[i] = lookup(imports[i].name);
             if (!addr[i] && !imports[i].weak) missing[nmissing++] = imports[i].name;
         }
         int any = nmissing > 0; /* weak ones too: kiln's host has these libraries loaded */
-        for (uint32_t i = 0; i < img.nimports; i++) any |= !addr[i];
+        for (uint32_t i = 0; i < img.nimports; i++) any |= !addr[i] && !imports[i].tls;
         if (!any || pass) break;
         static const char *const libs[] = {"libm.so.6", "libgcc_s.so.1", "libstdc++.so.6"};
         for (int l = 0; l < 3; l++) dlopen(libs[l], RTLD_NOW | RTLD_GLOBAL); /* optional, as in kiln */
@@ -648,7 +783,9 @@ static void bind(void) {
         exit(127);
     }
     for (uint32_t i = 0; i < img.nimports; i++)
-        put64(img.mem + imports[i].offset, addr[i] ? (uint64_t)(uintptr_t)addr[i] + imports[i].addend : 0);
+        put64(img.mem + imports[i].offset, imports[i].tls ? KL_TLS_MODULE
+                                           : addr[i]  ? (uint64_t)(uintptr_t)addr[i] + imports[i].addend
+                                                      : 0);
     free(addr), free(missing);
 }
 
@@ -742,6 +879,7 @@ int main(int argc, char **argv) {
     /* Map, rebase, bind, protect, register. */
     map_image();
     rebase(1, (uint64_t)(uintptr_t)img.mem);
+    set_up_tls();
     bind();
     protect();
     register_eh_frame();

@@ -384,7 +384,7 @@ fn refusals_name_the_field_and_both_values() {
         refusal(&v)
     };
     // (header byte, new value, what the loader says), each resealed.
-    let cases: [(usize, u8, &str); 7] = [
+    let cases: [(usize, u8, &str); 8] = [
         (8, 2, "image field `format version` is 2, expected 1"),
         (16, 183, "image field `machine` is 183, expected 62"),
         (18, 4, "image field `pointer width` is 4, expected 8"),
@@ -396,7 +396,12 @@ fn refusals_name_the_field_and_both_values() {
         (
             288,
             16,
-            "image field `TLS template size` is 16, expected 0 (kiln-load does not support thread-local storage; run it with `kiln run`)",
+            "image field `TLS template alignment` is 0, expected a power of two up to 4096",
+        ),
+        (
+            320,
+            2,
+            "image field `TLS template size` is 0 (with other TLS fields non-zero), expected non-zero, or every TLS field 0",
         ),
         (264, 9, "image field `segment count` is 3, expected 9"),
         (
@@ -663,15 +668,44 @@ fn final_protections_are_w_xor_x() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
 }
 
-/// A real image with thread-locals (kiln saves them; the C loader has no
-/// static TLS area and no TLS module of its own): refused with status 127,
-/// naming the field and both values — whatever TLS model the code uses.
+/// Thread-locals under the C loader: the general/local-dynamic model
+/// (`-fPIC`) runs — a C program with `__thread` variables used from
+/// pthreads and a C++ program with `thread_local` objects used from
+/// `std::thread`s, as natively and under `kiln run`; initial-exec/local-exec
+/// code (`-fPIE`: the loader has no static TLS area) and TLSDESC are
+/// refused with status 127 naming the field and both values.
 #[test]
-fn images_with_thread_locals_are_refused_saying_so() {
-    assert!(need_tool("gcc"));
-    for (flags, tag) in [
-        (&["-O2", "-fPIE"][..], "tls-pie"),
-        (&["-O2", "-fPIC"][..], "tls-pic"),
+fn thread_locals_of_the_dynamic_model_run_and_the_others_are_refused() {
+    assert!(need_tool("gcc") && need_tool("g++"));
+    let dir = scratch("c-loader-tls-gd");
+    let objs = compile_sources("gcc", &["tls_a.c", "tls_b.c"], &["-O2", "-fPIC"], &dir);
+    check_three_ways("gcc", &objs, &["-O2", "-fPIC"], &[], "tls-gd");
+    let cxx = common::programs::cxx_dir();
+    let objs: Vec<PathBuf> = ["tls_defs", "tls_main"]
+        .iter()
+        .map(|s| {
+            let src = cxx.join(format!("{s}.cpp"));
+            compile(
+                "g++",
+                &src,
+                &["-O2", "-fPIC"],
+                &[],
+                &dir.join(format!("{s}.o")),
+            )
+        })
+        .collect();
+    check_three_ways("g++", &objs, &["-O2", "-fPIC"], &[], "tls-gd-cxx");
+    for (flags, tag, want) in [
+        (
+            &["-O2", "-fPIE"][..],
+            "tls-pie",
+            "image field `static TLS use` is 2 (local-exec code), expected 0 (kiln-load has no static TLS area; compile with -fPIC, or run it with `kiln run`)",
+        ),
+        (
+            &["-O2", "-fPIC", "-mtls-dialect=gnu2"][..],
+            "tls-desc",
+            "image field `thread-local slot kind` is 2 (TLSDESC), expected 0 (kiln-load supports the general/local-dynamic model only: compile with -mtls-dialect=gnu, or run it with `kiln run`)",
+        ),
     ] {
         let dir = scratch(&format!("c-loader-{tag}"));
         let objs = compile_sources("gcc", &["tls_a.c", "tls_b.c"], flags, &dir);
@@ -683,10 +717,7 @@ fn images_with_thread_locals_are_refused_saying_so() {
         assert!(
             o.stdout.is_empty()
                 && e.starts_with(&format!("kiln-load: {}: ", image.display()))
-                && e.contains("image field `TLS template size` is ")
-                && e.contains(
-                    ", expected 0 (kiln-load does not support thread-local storage; run it with `kiln run`)"
-                ),
+                && e.contains(want),
             "{tag}: {e}"
         );
         let k = kiln()

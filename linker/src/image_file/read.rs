@@ -157,11 +157,14 @@ fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageErr
 /// template's place in the image is checked with the segments).
 fn check_tls(c: &Ctx<'_>, t: &format::TlsHeader) -> Result<(), ImageError> {
     if t.size == 0 {
-        return c.expect(
-            "TLS fields (no thread-locals)",
-            format!("{t:?}"),
-            format!("{:?}", format::TlsHeader::default()),
-        );
+        if *t == format::TlsHeader::default() {
+            return Ok(());
+        }
+        return Err(c.field(
+            "TLS template size",
+            "0 (with other TLS fields non-zero)",
+            "non-zero, or every TLS field 0",
+        ));
     }
     if t.size > MAX_IMAGE || t.image_size > t.size {
         return Err(c.field(
