@@ -728,3 +728,59 @@ fn thread_locals_of_the_dynamic_model_run_and_the_others_are_refused() {
         assert!(k.status.success(), "{tag}: kiln loads it: {}", show(&k));
     }
 }
+
+/// Resealed damage to the TLS header fields and the import table of a
+/// general-dynamic image: the loader and its ASan+UBSan build load it or
+/// refuse it (127) — never a signal, never a sanitizer report.
+#[test]
+fn mutants_of_a_thread_local_image_never_crash_the_loader() {
+    assert!(need_tool("gcc"));
+    let dir = scratch("c-loader-tls-mutants");
+    let objs = compile_sources("gcc", &["tls_a.c", "tls_b.c"], &["-O2", "-fPIC"], &dir);
+    let image = dir.join("gd.kimg");
+    save(&image, &objs);
+    let good = std::fs::read(&image).expect("read the image");
+    let sanitized = build_loader_with(
+        "x86_64",
+        "gcc",
+        "-g -fsanitize=address,undefined -fno-sanitize-recover=all",
+        "c-loader-build-sanitized-tls",
+    );
+    let (offset_at, size_at) = section_fields(&good, ".kiln.imports");
+    let word = |at: usize| {
+        usize::try_from(u64::from_le_bytes(
+            good[at..at + 8].try_into().expect("8 bytes"),
+        ))
+        .expect("fits")
+    };
+    let (start, len) = (word(offset_at), word(size_at));
+    let ranges = [(64 + 288, 64 + 352), (start, start + len)];
+    let mut rng = Rng(0x9e37_79b9_2545_f491);
+    let mut refused = 0;
+    for i in 0..150 {
+        let mut v = good.clone();
+        for _ in 0..=rng.below(2) {
+            let (s, e) = ranges[rng.below(2)];
+            let at = s + rng.below(e - s);
+            v[at] = if i % 2 == 0 {
+                v[at] ^ (1 << rng.below(8))
+            } else {
+                rng.next() as u8
+            };
+        }
+        image_file::reseal(&mut v);
+        for loader in [sanitized.as_path(), loader()] {
+            let o = load_bytes_with(loader, &dir, "mutant.kimg", &v);
+            let said = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                matches!(o.status.code(), Some(0 | 127))
+                    && !said.contains("Sanitizer")
+                    && !said.contains("runtime error"),
+                "mutant {i}: {}",
+                show(&o)
+            );
+            refused += usize::from(o.status.code() == Some(127));
+        }
+    }
+    assert!(refused >= 150, "only {refused} of 300 loads refused");
+}
