@@ -6,7 +6,8 @@
  * It checks the file exactly as kiln does (linker/src/image_file/read.rs:
  * header fields, CPU features, size, BLAKE3 content hash, ELF container,
  * segments, every table), maps it, rebases it, binds its imports by name
- * (dlsym), applies the final protections (W^X), registers its .eh_frame,
+ * (dlsym; thread-locals of the general/local-dynamic model through its own
+ * __tls_get_addr), applies the final protections (W^X), registers its .eh_frame,
  * runs its initializers in kiln's order, calls main(argc, argv, envp) and
  * runs its finalizers at exit. Every offset in the file is bounds-checked
  * before use; every refusal names the field (or what is inconsistent) and
@@ -15,7 +16,8 @@
  * anything (exit 0), like `kiln run --noexec`.
  *
  * The layout is documented in linker/src/image_file/format.rs and
- * docs/images.md ("The C loader"). C11 + POSIX; libc, libdl, libgcc_s. */
+ * docs/images.md ("The C loader"). C11 + POSIX; libc (pthread keys), libdl,
+ * libgcc_s. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>

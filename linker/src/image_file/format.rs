@@ -55,7 +55,8 @@
 //!
 //! The C loader `linker/loader/kiln-load.c` is the format's second
 //! implementation: a change here is mirrored there (`tests/c_loader.rs`
-//! runs real images under both; it refuses dependencies and host tables).
+//! runs real images under both; it refuses dependencies, host tables,
+//! static TLS use and TLSDESC slots).
 
 /// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
