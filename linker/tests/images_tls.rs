@@ -462,3 +462,59 @@ fn mutants_of_thread_local_images_load_or_fail_with_an_error() {
     }
     assert!(refused >= 1500, "only {refused} of 3000 mutants refused");
 }
+
+/// A library image and a program image saved against it, each with
+/// local-exec thread-locals: saving the program loads the library (which
+/// claims its range), so the program's link takes the next range; `kiln
+/// run` of the program (the library found next to it) claims both.
+#[test]
+fn local_exec_images_linked_against_each_other_take_distinct_ranges() {
+    if !need_tool("clang") {
+        return;
+    }
+    let dir = scratch("images-tls-against");
+    let flags = ["-O2", "-fPIE"];
+    let lib_src = dir.join("tlib.c");
+    std::fs::write(
+        &lib_src,
+        "__thread int lib_counter = 5;\nint lib_bump(void) { return ++lib_counter; }\n",
+    )
+    .expect("write");
+    let prog_src = dir.join("tprog.c");
+    std::fs::write(
+        &prog_src,
+        "#include <stdio.h>\nint lib_bump(void);\nstatic __thread int prog_x = 7;\n\
+         int main(void) { prog_x += lib_bump(); printf(\"%d %d\\n\", prog_x, lib_bump()); return prog_x; }\n",
+    )
+    .expect("write");
+    let lib_o = compile("clang", &lib_src, &flags, &[], &dir.join("tlib.o"));
+    let prog_o = compile("clang", &prog_src, &flags, &[], &dir.join("tprog.o"));
+    let lib = dir.join("tlib.kimg");
+    save(&lib, std::slice::from_ref(&lib_o));
+    let prog = dir.join("tprog.kimg");
+    let _ = std::fs::remove_file(&prog);
+    let o = kiln()
+        .args(["image", "save", "-o"])
+        .arg(&prog)
+        .arg("--against")
+        .arg(&lib)
+        .arg(&prog_o)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "save against: {}", show(&o));
+    let (lib_bytes, prog_bytes) = (
+        std::fs::read(&lib).expect("read"),
+        std::fs::read(&prog).expect("read"),
+    );
+    let (lib_at, prog_at) = (
+        read_u64(&lib_bytes, STATIC_TLS_RANGE),
+        read_u64(&prog_bytes, STATIC_TLS_RANGE),
+    );
+    assert!(
+        prog_at >= lib_at + 4,
+        "ranges {lib_at:#x} and {prog_at:#x} overlap"
+    );
+    let o = kiln().arg("run").arg(&prog).output().expect("kiln runs");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "13 7\n", "{}", show(&o));
+    assert_eq!(o.status.code(), Some(13), "{}", show(&o));
+}
