@@ -48,6 +48,10 @@ struct LayerImage {
     image: LinkedImage,
     /// Position of its unit in the order units were added (link order).
     order: usize,
+    /// The dylib its unit was defined in.
+    dylib: String,
+    /// Loaded from an image file (not linked by this layer).
+    from_file: bool,
 }
 
 type ImageCell = Arc<Mutex<LayerImage>>;
@@ -797,6 +801,45 @@ impl ObjectLayer {
             .collect()
     }
 
+    /// What saving the code this layer linked needs of each image
+    /// ([`crate::image_file::combine`]): the images linked into the dylib
+    /// named `dylib`, or owned by the tracker `key`, in link order; image
+    /// files loaded through the layer are left out.
+    pub(crate) fn pieces(
+        &self,
+        dylib: Option<&str>,
+        key: Option<ResourceKey>,
+    ) -> Vec<crate::image_file::combine::Piece> {
+        let cells: Vec<ImageCell> = match self.shared.images.lock() {
+            Ok(images) => match key {
+                Some(key) => images.by_key.get(&key).cloned().unwrap_or_default(),
+                None => images.by_key.values().flatten().cloned().collect(),
+            },
+            Err(_) => Vec::new(),
+        };
+        // One image locked at a time (teardown locks several).
+        let mut pieces: Vec<(usize, crate::image_file::combine::Piece)> = cells
+            .iter()
+            .filter_map(|cell| {
+                let i = cell.lock().ok()?;
+                if i.from_file || dylib.is_some_and(|d| d != i.dylib) {
+                    return None;
+                }
+                Some((
+                    i.order,
+                    crate::image_file::combine::Piece {
+                        name: i.image.name().to_string(),
+                        dylib: i.dylib.clone(),
+                        base: i.image.memory_range().0,
+                        record: i.image.imaging_record().cloned(),
+                    },
+                ))
+            })
+            .collect();
+        pieces.sort_by_key(|(order, _)| *order);
+        pieces.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// Files a loaded image under `r`'s tracker (removal runs its
     /// finalizers and unmaps it) and queues its initializers.
     pub(crate) fn adopt(
@@ -811,7 +854,12 @@ impl ObjectLayer {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         let bytes = image.memory_range().1;
-        let image = Arc::new(Mutex::new(LayerImage { image, order }));
+        let image = Arc::new(Mutex::new(LayerImage {
+            image,
+            order,
+            dylib: r.dylib().name().to_string(),
+            from_file: true,
+        }));
         r.tracker().with_resource_key(|key| {
             if let Ok(mut images) = self.shared.images.lock() {
                 images.by_key.entry(key).or_default().push(image.clone());
@@ -1263,6 +1311,8 @@ fn link(
     let image = Arc::new(Mutex::new(LayerImage {
         image: linked,
         order: position,
+        dylib: r.dylib().name().to_string(),
+        from_file: false,
     }));
     let times = (
         prepared_at - started,

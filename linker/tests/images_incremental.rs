@@ -364,7 +364,7 @@ struct Late { ~Late() { std::printf("dtor late\n"); } } late;
         "cxx",
         &objs,
         &["stdc++"],
-        Steps::OneByOne(&["make", "main"]),
+        Steps::OneByOne(&["_Z4makei", "main"]),
         true,
     )
     .expect("saves the dylib");
@@ -386,7 +386,8 @@ fn one_trackers_code_is_saved_alone_and_imports_the_other_trackers_symbols_by_na
     let base = compile_c_text(
         &dir,
         "base",
-        "int shared = 2;\nint base_val(void) { return 40; }\n",
+        "int shared = 2;\nint base_val(void) { return 40; }\n\
+         __attribute__((visibility(\"hidden\"))) int secret = 5;\n",
         &flags,
     );
     let user = compile_c_text(
@@ -402,9 +403,17 @@ fn one_trackers_code_is_saved_alone_and_imports_the_other_trackers_symbols_by_na
         "int helper(int);\nint twice(void) { return 2 * helper(20); }\n",
         &flags,
     );
+    let peek = compile_c_text(
+        &dir,
+        "peek",
+        "extern __attribute__((visibility(\"hidden\"))) int secret;\n\
+         int peek(void) { return secret; }\n",
+        &flags,
+    );
     let (session, layer, app) = session_with("app", &[], options(true));
     let t1 = app.create_tracker().expect("tracker");
     let t2 = app.create_tracker().expect("tracker");
+    let t3 = app.create_tracker().expect("tracker");
     let read = |p: &Path| std::fs::read(p).expect("read object");
     layer
         .add_object(&app, Some(&t1), "base.o", &read(&base))
@@ -415,11 +424,24 @@ fn one_trackers_code_is_saved_alone_and_imports_the_other_trackers_symbols_by_na
     layer
         .add_object(&app, Some(&t2), "twice.o", &read(&helper))
         .expect("adds");
-    app.lookup_ready(&["user", "twice"]).expect("links");
+    layer
+        .add_object(&app, Some(&t3), "peek.o", &read(&peek))
+        .expect("adds");
+    app.lookup_ready(&["user", "twice", "peek"]).expect("links");
     let id = BuildId::of_inputs(&options(true), [("user.o", &read(&user)[..])]);
     let t2_bytes = layer.save_tracker_image(&t2, &id).expect("saves t2");
     let t1_bytes = layer.save_tracker_image(&t1, &id).expect("saves t1");
     let all = layer.save_image(&app, &id).expect("saves the dylib");
+    // A PC-relative reference (to a hidden variable) into t1's code cannot
+    // be an import: saving t3 alone is refused, naming the relocation.
+    let err = layer
+        .save_tracker_image(&t3, &id)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("peek.o") && err.contains("R_X86_64_PC32") && err.contains("`secret`"),
+        "{err}"
+    );
     session.end();
 
     let mut exported = image_file::exported_names("t2", &t2_bytes).expect("t2");
@@ -431,6 +453,12 @@ fn one_trackers_code_is_saved_alone_and_imports_the_other_trackers_symbols_by_na
     assert_eq!(exported.len(), 2, "{exported:?}");
     assert!(names_imported(&t1_bytes).is_empty());
     assert!(names_imported(&all).is_empty(), "the dylib's code is whole");
+    let mut exported = image_file::exported_names("all", &all).expect("all");
+    exported.sort();
+    assert_eq!(
+        exported,
+        ["base_val", "helper", "peek", "shared", "sp", "twice", "user"]
+    );
     assert_ne!(
         image_file::inspect("t1", &t1_bytes).expect("t1").build_id,
         image_file::inspect("t2", &t2_bytes).expect("t2").build_id
