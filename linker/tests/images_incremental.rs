@@ -123,6 +123,35 @@ fn run_image(image: &Path) -> (String, i32) {
     )
 }
 
+/// `kiln-load` (the C loader, `loader/build.sh`), built once per test process.
+fn kiln_load() -> &'static Path {
+    static LOADER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LOADER.get_or_init(|| {
+        assert!(need_tool("gcc"), "gcc is needed to build kiln-load");
+        let dir = scratch("images-incremental-kiln-load");
+        let o = Command::new("sh")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
+            .arg("x86_64")
+            .arg(&dir)
+            .output()
+            .expect("sh runs");
+        assert!(o.status.success(), "build.sh: {}", show(&o));
+        dir.join("kiln-load")
+    })
+}
+
+/// `kiln-load IMAGE` → (stdout, exit status).
+fn run_under_kiln_load(image: &Path) -> (String, i32) {
+    let o = Command::new(kiln_load())
+        .arg(image)
+        .output()
+        .expect("kiln-load runs");
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code().unwrap_or_else(|| panic!("{}", show(&o))),
+    )
+}
+
 /// `kiln image save -o out inputs...` (the one-call image), asserting success.
 fn save_in_one_call(out: &Path, inputs: &[PathBuf]) {
     let o = kiln()
@@ -301,6 +330,9 @@ fn lua_linked_object_by_object_and_saved_runs_like_the_native_build() {
     let image = dir.join("lua-incremental.kimg");
     std::fs::write(&image, &bytes).expect("write image");
     assert_eq!(run_image(&image), native);
+    let info = image_file::inspect("lua", &bytes).expect("inspects");
+    assert!(info.sections.len() > 16, "{} segments", info.sections.len());
+    assert_eq!(run_under_kiln_load(&image), native, "under kiln-load");
     let names = names_imported(&bytes);
     for own in ["lua_newstate", "luaL_newstate", "luaV_execute", "luaH_new"] {
         assert!(!names.iter().any(|n| n == own), "`{own}` imported: {names:?}");
@@ -371,6 +403,7 @@ struct Late { ~Late() { std::printf("dtor late\n"); } } late;
     let image = dir.join("cxx-incremental.kimg");
     std::fs::write(&image, &bytes).expect("write image");
     assert_eq!(run_image(&image), native);
+    assert_eq!(run_under_kiln_load(&image), native, "under kiln-load");
 }
 
 /// One resource tracker's code: only its pieces are saved; references to
