@@ -262,14 +262,9 @@ fn objects_linked_one_by_one_into_a_dylib_save_one_image_that_runs_like_the_one_
     save_in_one_call(&one_call, &objs);
     assert_eq!(run_image(&one_call), native, "the one-call image");
 
-    let (bytes, _) = link_incrementally(
-        "incremental-c",
-        &objs,
-        &[],
-        Steps::OneByOne(&symbols),
-        true,
-    )
-    .expect("saves the dylib");
+    let (bytes, _) =
+        link_incrementally("incremental-c", &objs, &[], Steps::OneByOne(&symbols), true)
+            .expect("saves the dylib");
     let image = dir.join("incremental.kimg");
     std::fs::write(&image, &bytes).expect("write image");
     assert_eq!(run_image(&image), native, "the incremental image");
@@ -291,19 +286,21 @@ fn objects_linked_one_by_one_into_a_dylib_save_one_image_that_runs_like_the_one_
     assert!(names.iter().any(|n| n == "printf"), "{names:?}");
     let info = image_file::inspect("incremental", &bytes).expect("inspects");
     assert!(info.dependencies.is_empty(), "{:?}", info.dependencies);
-    assert_eq!(info.exports, 3 + 2 * PIECES + 2, "globals, f_k, f_k_slot, fs, main");
+    assert_eq!(
+        info.exports,
+        3 + 2 * PIECES + 2,
+        "globals, f_k, f_k_slot, fs, main"
+    );
 
     // The same incremental link again: the same file; another layout of
     // the same inputs (one call): another build id.
-    let (again, _) = link_incrementally(
-        "incremental-c",
-        &objs,
-        &[],
-        Steps::OneByOne(&symbols),
-        true,
-    )
-    .expect("saves again");
-    assert!(again == bytes, "two incremental saves of the same inputs differ");
+    let (again, _) =
+        link_incrementally("incremental-c", &objs, &[], Steps::OneByOne(&symbols), true)
+            .expect("saves again");
+    assert!(
+        again == bytes,
+        "two incremental saves of the same inputs differ"
+    );
     let one_call_info =
         image_file::inspect("one-call", &std::fs::read(&one_call).expect("read")).expect("ok");
     assert_ne!(
@@ -335,7 +332,10 @@ fn lua_linked_object_by_object_and_saved_runs_like_the_native_build() {
     assert_eq!(run_under_kiln_load(&image), native, "under kiln-load");
     let names = names_imported(&bytes);
     for own in ["lua_newstate", "luaL_newstate", "luaV_execute", "luaH_new"] {
-        assert!(!names.iter().any(|n| n == own), "`{own}` imported: {names:?}");
+        assert!(
+            !names.iter().any(|n| n == own),
+            "`{own}` imported: {names:?}"
+        );
     }
 }
 
@@ -479,7 +479,11 @@ fn one_trackers_code_is_saved_alone_and_imports_the_other_trackers_symbols_by_na
 
     let mut exported = image_file::exported_names("t2", &t2_bytes).expect("t2");
     exported.sort();
-    assert_eq!(exported, ["helper", "sp", "twice", "user"], "t2's code only");
+    assert_eq!(
+        exported,
+        ["helper", "sp", "twice", "user"],
+        "t2's code only"
+    );
     let names = names_imported(&t2_bytes);
     assert_eq!(names, ["base_val", "shared"], "t1's symbols, by name");
     let exported = image_file::exported_names("t1", &t1_bytes).expect("t1");
@@ -490,7 +494,9 @@ fn one_trackers_code_is_saved_alone_and_imports_the_other_trackers_symbols_by_na
     exported.sort();
     assert_eq!(
         exported,
-        ["base_val", "helper", "peek", "shared", "sp", "twice", "user"]
+        [
+            "base_val", "helper", "peek", "shared", "sp", "twice", "user"
+        ]
     );
     assert_ne!(
         image_file::inspect("t1", &t1_bytes).expect("t1").build_id,
@@ -524,7 +530,12 @@ fn saving_a_dylib_not_linked_in_imaging_mode_fails_saying_so() {
         return;
     }
     let dir = scratch("images-incremental-not-imaging");
-    let obj = compile_c_text(&dir, "one", "int one(void) { return 1; }\n", &["-O2", "-fPIC"]);
+    let obj = compile_c_text(
+        &dir,
+        "one",
+        "int one(void) { return 1; }\n",
+        &["-O2", "-fPIC"],
+    );
     let (session, layer, app) = session_with("plain", &[], options(false));
     let t = app.create_tracker().expect("tracker");
     layer

@@ -196,11 +196,7 @@ fn pc_relative_size(kind: EdgeKind) -> Option<u8> {
 /// The PC-relative references of `block` to symbols outside the image: to
 /// another kiln image of this process, kept for saving with it; to
 /// anything else (the host), refused.
-fn pc_relative(
-    l: &Linked<'_>,
-    block: &Block,
-    out: &mut Vec<PcRelative>,
-) -> Result<(), LinkError> {
+fn pc_relative(l: &Linked<'_>, block: &Block, out: &mut Vec<PcRelative>) -> Result<(), LinkError> {
     let g = l.graph;
     for e in &block.edges {
         let Some(size) = pc_relative_size(e.kind) else {

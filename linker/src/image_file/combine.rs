@@ -150,7 +150,9 @@ fn write_pc_relative(memory: &mut [u8], at: u64, size: u8, value: i64) -> Option
         4 => i32::try_from(value).ok()?.to_le_bytes().to_vec(),
         _ => value.to_le_bytes().to_vec(),
     };
-    memory.get_mut(at..at + bytes.len())?.copy_from_slice(&bytes);
+    memory
+        .get_mut(at..at + bytes.len())?
+        .copy_from_slice(&bytes);
     Some(())
 }
 
@@ -208,10 +210,12 @@ pub(crate) fn combine(
         }
         add_imports(name, &p.name, r, start, &places, &mut out)?;
         for pc in &r.pc_relative {
-            let target = places.offset_of(pc.target).ok_or_else(|| ImageError::Link {
-                name: name.into(),
-                source: Box::new(pc.refusal()),
-            })?;
+            let target = places
+                .offset_of(pc.target)
+                .ok_or_else(|| ImageError::Link {
+                    name: name.into(),
+                    source: Box::new(pc.refusal()),
+                })?;
             let place = start + pc.offset;
             let value = target.wrapping_add(pc.addend as u64).wrapping_sub(place) as i64;
             write_pc_relative(&mut out.memory, place, pc.size, value).ok_or_else(|| {
@@ -398,7 +402,10 @@ impl Cursor<'_> {
 
     fn cstr(&mut self) -> Result<Vec<u8>, String> {
         let rest = self.bytes.get(self.at..).unwrap_or_default();
-        let n = rest.iter().position(|&b| b == 0).ok_or("unterminated string")?;
+        let n = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("unterminated string")?;
         self.at += n + 1;
         Ok(rest[..n].to_vec())
     }
@@ -412,7 +419,12 @@ fn relocate_records(records: &mut [u8], delta: u64) -> Result<(), String> {
     let mut p = 0;
     while p + 8 <= records.len() {
         let word = |at: usize| {
-            u32::from_le_bytes([records[at], records[at + 1], records[at + 2], records[at + 3]])
+            u32::from_le_bytes([
+                records[at],
+                records[at + 1],
+                records[at + 2],
+                records[at + 3],
+            ])
         };
         let (len, id) = (word(p) as usize, word(p + 4));
         let end = p + 4 + len;
@@ -523,10 +535,14 @@ fn adjust(records: &mut [u8], at: usize, enc: u8, delta: u64) -> Result<(), Stri
         return Ok(());
     }
     if enc & 0x70 != PE_PCREL {
-        return Err(format!("pointer encoding {enc:#x} is not absolute or PC-relative"));
+        return Err(format!(
+            "pointer encoding {enc:#x} is not absolute or PC-relative"
+        ));
     }
     let out_of_range = || format!("a PC-relative pointer (encoding {enc:#x}) moved out of range");
-    let field = records.get_mut(at..).ok_or("a pointer lies outside its record")?;
+    let field = records
+        .get_mut(at..)
+        .ok_or("a pointer lies outside its record")?;
     match enc & 0x0f {
         0x0b => {
             let v = i32::from_le_bytes(field[..4].try_into().map_err(|_| out_of_range())?);
@@ -543,7 +559,11 @@ fn adjust(records: &mut [u8], at: usize, enc: u8, delta: u64) -> Result<(), Stri
             let v = u64::from_le_bytes(field[..8].try_into().map_err(|_| out_of_range())?);
             field[..8].copy_from_slice(&v.wrapping_sub(delta).to_le_bytes());
         }
-        _ => return Err(format!("PC-relative pointer encoding {enc:#x} is not supported")),
+        _ => {
+            return Err(format!(
+                "PC-relative pointer encoding {enc:#x} is not supported"
+            ));
+        }
     }
     Ok(())
 }
@@ -590,7 +610,10 @@ mod tests {
         assert_eq!(i32_at(&records, fde_at + 17), 0x300 - 0x1000);
         let changed = records.iter().zip(&before).filter(|(a, b)| a != b).count();
         assert!(changed <= 12, "only the three pointers change");
-        assert_eq!(records_len(&[records.clone(), vec![0; 4]].concat()), records.len());
+        assert_eq!(
+            records_len(&[records.clone(), vec![0; 4]].concat()),
+            records.len()
+        );
     }
 
     #[test]
