@@ -337,6 +337,10 @@ fn lua_linked_object_by_object_and_saved_runs_like_the_native_build() {
             "`{own}` imported: {names:?}"
         );
     }
+    // The links ran on the pool in whatever order; the file is the same.
+    let (again, _) =
+        link_incrementally("lua", &objs, &["m"], Steps::AllThenMain, true).expect("saves again");
+    assert!(again == bytes, "two incremental saves of Lua differ");
 }
 
 /// C++ across pieces: a constructor with a priority, exceptions thrown in

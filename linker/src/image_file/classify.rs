@@ -146,7 +146,7 @@ const PC_RELATIVE_OUTSIDE: &str = "a PC-relative reference to a symbol outside t
 
 /// Why a PC-relative reference into another link is refused when that
 /// link's code is not saved in the same image.
-pub(crate) const PC_RELATIVE_OTHER_LINK: &str = "a PC-relative reference to a symbol of another link (a hidden one, or any with gcc -fPIE) can be saved only in one image with that link's code (ObjectLayer::save_image of their dylib); give the symbol default visibility and compile with -fPIC so it goes through the GOT";
+pub(crate) const PC_RELATIVE_OTHER_LINK: &str = "a PC-relative reference to a symbol of another kiln link or image (a hidden one, or any with gcc -fPIE) can be saved only in one image with that link's code (ObjectLayer::save_image of their dylib); otherwise give the symbol default visibility and compile with -fPIC so it goes through the GOT";
 
 /// A PC-relative reference to a symbol another link of this process
 /// defined: saved only with that link's code, in one image
@@ -194,7 +194,8 @@ fn pc_relative_size(kind: EdgeKind) -> Option<u8> {
 }
 
 /// The PC-relative references of `block` to symbols outside the image: to
-/// another kiln image of this process, kept for saving with it; to
+/// kiln's JIT memory (another link of this process, which may still be
+/// finishing), kept for saving with it; to
 /// anything else (the host), refused.
 fn pc_relative(l: &Linked<'_>, block: &Block, out: &mut Vec<PcRelative>) -> Result<(), LinkError> {
     let g = l.graph;
@@ -206,7 +207,7 @@ fn pc_relative(l: &Linked<'_>, block: &Block, out: &mut Vec<PcRelative>) -> Resu
             continue;
         }
         let target = (l.resolved)(e.target);
-        if !crate::runtime::in_kiln_image(target) {
+        if !crate::memory::in_jit_memory(target) {
             return Err(refuse(g, block, e, PC_RELATIVE_OUTSIDE));
         }
         out.push(PcRelative {

@@ -209,25 +209,7 @@ pub(crate) fn combine(
             out.rebase.push(start + w);
         }
         add_imports(name, &p.name, r, start, &places, &mut out)?;
-        for pc in &r.pc_relative {
-            let target = places
-                .offset_of(pc.target)
-                .ok_or_else(|| ImageError::Link {
-                    name: name.into(),
-                    source: Box::new(pc.refusal()),
-                })?;
-            let place = start + pc.offset;
-            let value = target.wrapping_add(pc.addend as u64).wrapping_sub(place) as i64;
-            write_pc_relative(&mut out.memory, place, pc.size, value).ok_or_else(|| {
-                ImageError::Write {
-                    name: name.into(),
-                    detail: format!(
-                        "{}: {} at {}+{:#x} to `{}` does not reach it in the image",
-                        pc.object, pc.reloc, pc.section, pc.input_offset, pc.symbol
-                    ),
-                }
-            })?;
-        }
+        fix_pc_relative(name, r, start, &places, &mut out.memory)?;
         for e in &r.exports {
             if exported.insert(e.name.clone()) {
                 let mut e = e.clone();
@@ -255,6 +237,36 @@ pub(crate) fn combine(
     out.rebase.sort_unstable();
     out.rebase.dedup();
     Ok((out, layout))
+}
+
+/// Writes the distance of each PC-relative reference of piece `r` (at
+/// `start`) to its target in another piece; refuses one whose target's
+/// code is not saved with it.
+fn fix_pc_relative(
+    name: &str,
+    r: &ImagingRecord,
+    start: u64,
+    places: &Places,
+    memory: &mut [u8],
+) -> Result<(), ImageError> {
+    for pc in &r.pc_relative {
+        let target = places
+            .offset_of(pc.target)
+            .ok_or_else(|| ImageError::Link {
+                name: name.into(),
+                source: Box::new(pc.refusal()),
+            })?;
+        let place = start + pc.offset;
+        let value = target.wrapping_add(pc.addend as u64).wrapping_sub(place) as i64;
+        write_pc_relative(memory, place, pc.size, value).ok_or_else(|| ImageError::Write {
+            name: name.into(),
+            detail: format!(
+                "{}: {} at {}+{:#x} to `{}` does not reach it in the image",
+                pc.object, pc.reloc, pc.section, pc.input_offset, pc.symbol
+            ),
+        })?;
+    }
+    Ok(())
 }
 
 /// Piece `r`'s imports at `start`: into another piece, a rebase; else an

@@ -111,13 +111,6 @@ fn lookup_range(addr: usize) -> Option<Arc<DsoShared>> {
     if addr < *end { shared.upgrade() } else { None }
 }
 
-/// Whether `addr` lies inside a live kiln image (linked or loaded in this
-/// process): imaging mode accepts a PC-relative reference into another
-/// one, which only saving it with that image's code can express.
-pub(crate) fn in_kiln_image(addr: u64) -> bool {
-    lookup_range(addr as usize).is_some()
-}
-
 /// The live image a `dso` argument of the `__cxa_*atexit` family names:
 /// its `__dso_handle`, or any other address inside the image. (Rust's std
 /// passes `__cxa_thread_atexit_impl` the address of its own data that

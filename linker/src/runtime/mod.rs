@@ -50,7 +50,6 @@ mod thread;
 pub mod tls;
 
 pub use dso::DsoHandle;
-pub(crate) use dso::in_kiln_image;
 pub use init::{DEFAULT_PRIORITY, InitFini, InitKind, init_priority, set_program_arguments};
 
 // The handles cross threads (a link on one thread, teardown on another).
