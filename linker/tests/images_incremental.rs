@@ -566,3 +566,79 @@ fn saving_a_dylib_not_linked_in_imaging_mode_fails_saying_so() {
     );
     session.end();
 }
+
+/// An image file added to the dylib is not saved again: what the links
+/// reference in it is saved by its build id and offset, and the saved image
+/// loads next to it in another session.
+#[test]
+fn an_image_file_in_the_dylib_is_a_dependency_of_the_saved_image_not_a_piece() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-incremental-with-file");
+    let flags = ["-O2", "-fPIC"];
+    let liba = compile_c_text(
+        &dir,
+        "liba",
+        "int table[4] = {1, 2, 3, 4};\nint a_val(void) { return 20; }\n",
+        &flags,
+    );
+    let useb = compile_c_text(
+        &dir,
+        "useb",
+        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
+         int use_a(void) { return a_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let read = |p: &Path| std::fs::read(p).expect("read object");
+    // A, saved as an image of its own.
+    let (session, layer, lib) = session_with("liba", &[], options(true));
+    layer
+        .add_object(&lib, None, "liba.o", &read(&liba))
+        .expect("adds");
+    lib.lookup_ready(&["a_val"]).expect("links");
+    let a_id = BuildId::of_inputs(&options(true), [("liba.o", &read(&liba)[..])]);
+    let a_bytes = layer.save_image(&lib, &a_id).expect("saves A");
+    session.end();
+    let a_id = image_file::inspect("liba", &a_bytes).expect("A").build_id;
+
+    // A's image and B's object in one dylib; the dylib saved.
+    let (session, layer, app) = session_with("app", &[], options(true));
+    // SAFETY: the test's own image, saved above.
+    unsafe { layer.add_image(&app, None, "liba.kimg", a_bytes.clone()) }.expect("adds A");
+    layer
+        .add_object(&app, None, "useb.o", &read(&useb))
+        .expect("adds");
+    app.lookup_ready(&["use_a"]).expect("links");
+    let b_id = BuildId::of_inputs(&options(true), [("useb.o", &read(&useb)[..])]);
+    let b_bytes = layer.save_image(&app, &b_id).expect("saves the dylib");
+    session.end();
+    let info = image_file::inspect("b", &b_bytes).expect("B");
+    assert_eq!(info.dependencies.len(), 1, "{:?}", info.dependencies);
+    assert_eq!(info.dependencies[0].build_id, a_id);
+    assert_eq!(
+        info.dependency_imports, 3,
+        "a_val's slot, table's slot, the pointer"
+    );
+    let mut exported = image_file::exported_names("b", &b_bytes).expect("B");
+    exported.sort();
+    assert_eq!(exported, ["third", "use_a"], "A's code is not in B");
+
+    // Another session: A's image and B's, bound by build id.
+    let (session, layer, app) = session_with("app2", &[], options(false));
+    // SAFETY: the test's own images, saved above.
+    unsafe {
+        layer
+            .add_image(&app, None, "liba.kimg", a_bytes)
+            .expect("adds A");
+        layer
+            .add_image(&app, None, "b.kimg", b_bytes)
+            .expect("adds B");
+    }
+    let found = app.lookup_ready(&["use_a"]).expect("binds");
+    let f = found.get_str("use_a").expect("use_a").address as usize;
+    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f) };
+    assert_eq!(use_a(), 25);
+    session.end();
+}
