@@ -242,7 +242,22 @@ impl ImageUnit {
         let p: Parsed<'_> =
             read::parse_with(&self.name, self.source.bytes(), false).map_err(err)?;
         let session = self.layer.session();
-        // Images it links against first: all missing ones named at once.
+        let mut alloc = load::map_from(&p, &self.name, self.source.file()).map_err(err)?;
+        let registration = load::register(&p, &alloc, &self.name);
+        let base = alloc.base();
+        // (a) Own addresses first: units waiting at Resolved go on — among
+        // them an image it links against that imports from it (a cycle),
+        // which locating it below waits for.
+        let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
+        let mut defs = Vec::with_capacity(owed.len());
+        for e in &p.exports {
+            let n = session.intern(e.name);
+            if let Some(&f) = owed.get(&n) {
+                defs.push((n, SymbolDef::new(base + e.offset, f)));
+            }
+        }
+        r.resolve(&defs)?;
+        // Images it links against: all missing ones named at once.
         let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
         let deps = load::dependency_bases(
             &p,
@@ -257,19 +272,6 @@ impl ImageUnit {
             },
         )
         .map_err(err)?;
-        let mut alloc = load::map_from(&p, &self.name, self.source.file()).map_err(err)?;
-        let registration = load::register(&p, &alloc, &self.name);
-        let base = alloc.base();
-        // (a) Own addresses first: units waiting at Resolved go on.
-        let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
-        let mut defs = Vec::with_capacity(owed.len());
-        for e in &p.exports {
-            let n = session.intern(e.name);
-            if let Some(&f) = owed.get(&n) {
-                defs.push((n, SymbolDef::new(base + e.offset, f)));
-            }
-        }
-        r.resolve(&defs)?;
         // (b) Imports through the link order, weakly, so every missing one
         // is named at once.
         let order = r.dylib().link_order();
