@@ -52,7 +52,16 @@ struct LayerImage {
     dylib: String,
     /// Loaded from an image file (not linked by this layer).
     from_file: bool,
+    /// The image files it links against, kept mapped while it is (dropped
+    /// after `image`).
+    #[allow(dead_code, reason = "held for its drop")]
+    keep: Vec<KeepAlive>,
 }
+
+/// An image file another image links against, kept mapped by it: removing
+/// its tracker runs its finalizers, but its memory goes with the last
+/// image holding it.
+pub(crate) struct KeepAlive(#[allow(dead_code, reason = "held for its drop")] ImageCell);
 
 type ImageCell = Arc<Mutex<LayerImage>>;
 
@@ -88,6 +97,9 @@ struct Images {
     /// Symbols of lazily added objects that are linked at startup, with
     /// the key of the tracker owning their entries (removing it drops them).
     startup: Vec<(ResourceKey, SymbolName)>,
+    /// The image files loaded, by memory range (start, end), for
+    /// [`ObjectLayer::keep_alive`].
+    files: Vec<(u64, u64, std::sync::Weak<Mutex<LayerImage>>)>,
 }
 
 struct Shared {
@@ -801,6 +813,19 @@ impl ObjectLayer {
             .collect()
     }
 
+    /// The image file this layer loaded whose memory holds `addr`, kept
+    /// mapped by the returned handle (see [`KeepAlive`]).
+    pub(crate) fn keep_alive(&self, addr: u64) -> Option<KeepAlive> {
+        let mut images = self.shared.images.lock().ok()?;
+        images.files.retain(|(_, _, w)| w.strong_count() > 0);
+        images
+            .files
+            .iter()
+            .filter(|(start, end, _)| (*start..*end).contains(&addr))
+            .find_map(|(_, _, w)| w.upgrade())
+            .map(KeepAlive)
+    }
+
     /// What saving the code this layer linked needs of each image
     /// ([`crate::image_file::combine`]): the images linked into the dylib
     /// named `dylib`, or owned by the tracker `key`, in link order; image
@@ -842,26 +867,33 @@ impl ObjectLayer {
 
     /// Files a loaded image under `r`'s tracker (removal runs its
     /// finalizers and unmaps it) and queues its initializers.
+    /// The image files in `keep` (what it links against) stay mapped while
+    /// it is.
     pub(crate) fn adopt(
         &self,
         r: &Responsibility,
         mut image: LinkedImage,
         order: usize,
+        keep: Vec<KeepAlive>,
     ) -> Result<(), Error> {
         image.set_executable_teardown(
             self.shared
                 .executable
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        let bytes = image.memory_range().1;
+        let (start, bytes) = image.memory_range();
         let image = Arc::new(Mutex::new(LayerImage {
             image,
             order,
             dylib: r.dylib().name().to_string(),
             from_file: true,
+            keep,
         }));
         r.tracker().with_resource_key(|key| {
             if let Ok(mut images) = self.shared.images.lock() {
+                images
+                    .files
+                    .push((start, start + bytes, Arc::downgrade(&image)));
                 images.by_key.entry(key).or_default().push(image.clone());
                 images.pending_init.push(PendingInit {
                     image: image.clone(),
@@ -1313,6 +1345,7 @@ fn link(
         order: position,
         dylib: r.dylib().name().to_string(),
         from_file: false,
+        keep: Vec::new(),
     }));
     let times = (
         prepared_at - started,
