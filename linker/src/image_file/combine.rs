@@ -52,7 +52,9 @@ impl ObjectLayer {
     /// images loaded from files stay imports (by name, host table index or
     /// build id and offset), as for [`crate::LinkedImage::save_image`].
     /// Image files added to `dylib` are not saved again: the image links
-    /// against them by build id.
+    /// against them by build id. Only links finished when it is called are
+    /// saved (look up what should be in the image first: a link still
+    /// running is left out, and references to it are saved by name).
     ///
     /// Fails with [`ImageError::NotImaging`] unless the layer links in
     /// imaging mode ([`ObjectLayer::with_options`] with
