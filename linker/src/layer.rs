@@ -891,6 +891,7 @@ impl ObjectLayer {
         }));
         r.tracker().with_resource_key(|key| {
             if let Ok(mut images) = self.shared.images.lock() {
+                images.files.retain(|(_, _, w)| w.strong_count() > 0);
                 images
                     .files
                     .push((start, start + bytes, Arc::downgrade(&image)));
