@@ -84,6 +84,9 @@ static const char *const TABLES[N_TABLES] = {".kiln.rebase", ".kiln.imports", ".
 #define EXPORT_SIZE 24u
 #define INIT_SIZE 16u
 #define MAX_IMAGE ((uint64_t)1 << 32)
+/* An image saved from many links has up to 3 segments per link, and one
+   more for the merged .eh_frame (image_file/combine.rs). */
+#define MAX_SEGMENTS 1024u
 enum { PROT_RX = 1, PROT_RO, PROT_RW };
 #define SOURCE_TLS 3u
 #define TLS_MODULE_ID 0u
@@ -222,7 +225,7 @@ struct image {
     const uint8_t *f; uint64_t size;           /* the file */
     uint64_t image_size, eh_off, eh_len, page;
     uint32_t nseg, nimports, nexports, nrebased;
-    struct seg seg[16];
+    struct seg seg[MAX_SEGMENTS];
     const uint8_t *table[N_TABLES]; uint64_t tsize[N_TABLES];
     uint8_t *mem;                               /* the mapped image */
     /* Thread-locals: template size, alignment, initial image (offset, size),
@@ -366,7 +369,7 @@ static void segments(void) {
     if (phnum && (phentsize != 56 || !inside(phoff, (uint64_t)phnum * 56, img.size)))
         bad("program headers: %u of size %u at %#" PRIx64 " are outside the file", phnum, phentsize, phoff);
     expect("segment count", phnum, img.nseg);
-    if (phnum > 16) bad("%u segments (kiln writes at most 3)", phnum);
+    if (phnum > MAX_SEGMENTS) bad("%u segments (kiln-load takes at most %u)", phnum, MAX_SEGMENTS);
     uint64_t prev_end = 0;
     for (unsigned i = 0; i < phnum; i++) {
         const uint8_t *p = f + phoff + 56 * i;

@@ -355,10 +355,29 @@ pub(crate) fn cached(
     check_private(dir, "directory")?;
     let mut options = LinkOptions::default();
     options.imaging = true;
-    let id = BuildId::of_inputs(
-        &options,
-        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
-    );
+    // Image files among the inputs are loaded as they are; the objects are
+    // linked against them, and the key covers their build ids.
+    let mut image_ids = Vec::new();
+    for (name, bytes) in inputs.iter().filter(|(_, b)| image_file::is_image(b)) {
+        image_ids.push(
+            image_file::dependencies(name, bytes)
+                .map_err(|e| e.to_string())?
+                .0,
+        );
+    }
+    if !image_ids.is_empty() && image_ids.len() == inputs.len() {
+        if stats {
+            eprintln!("kiln: nothing to cache (every input is an image)");
+        }
+        return Ok(Cached::Inputs(inputs));
+    }
+    if let Some(why) = weak_defined_by_an_image(&inputs)? {
+        eprintln!("kiln: not cached (a weak definition would not be overridden): {why}");
+        return Ok(Cached::Inputs(inputs));
+    }
+    let objects = || inputs.iter().filter(|(_, b)| !image_file::is_image(b));
+    let id = BuildId::of_inputs(&options, objects().map(|(n, b)| (n.as_str(), b.as_slice())))
+        .with_dependencies(&image_ids);
     let entry = dir.join(format!("{id}.kimg"));
     let name = entry.display().to_string();
     if entry.exists() {
@@ -372,14 +391,14 @@ pub(crate) fn cached(
                 if stats {
                     eprintln!("kiln: cache hit {name}");
                 }
-                return Ok(Cached::Image(image));
+                return with_input_images(&inputs, image);
             }
             Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
         }
     }
     let mut linker = Linker::new(options);
     linker.run_initializers(false);
-    for (n, b) in &inputs {
+    for (n, b) in objects() {
         if n.ends_with(".a") {
             linker
                 .add_archive_bytes(n.clone(), b.clone())
@@ -393,7 +412,17 @@ pub(crate) fn cached(
         host.load_library(lib, lib_dirs)
             .map_err(|e| e.to_string())?;
     }
-    let image = match linker.link(&host) {
+    // The images, loaded (never run) so the link binds into them by build
+    // id; what they import from the objects (a cycle) is left unbound.
+    let paths: Vec<std::path::PathBuf> = inputs
+        .iter()
+        .filter(|(_, b)| image_file::is_image(b))
+        .map(|(n, _)| n.into())
+        .collect();
+    let allow = !paths.is_empty();
+    let against = Against::load(&paths, &host, allow)?;
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> { against.resolve(names, &host, allow) };
+    let image = match linker.link(&resolver) {
         Ok(image) => image,
         Err(e @ kiln_linker::LinkError::NotImageable { .. }) => {
             eprintln!("kiln: not cached (the inputs cannot be saved as an image): {e}");
@@ -403,16 +432,79 @@ pub(crate) fn cached(
     };
     // SAFETY: none of the image's code ran (initializers off, nothing
     // looked up); its static TLS range is given back for the entry's load.
-    let bytes = unsafe { image.save_image_and_release(&id) }.map_err(|e| e.to_string())?;
+    let bytes = match unsafe { image.save_image_and_release(&id) } {
+        Ok(bytes) => bytes,
+        // A PC-relative reference into one of the images.
+        Err(image_file::ImageError::Link { source, .. })
+            if matches!(*source, kiln_linker::LinkError::NotImageable { .. }) =>
+        {
+            eprintln!("kiln: not cached (the inputs cannot be saved as an image): {source}");
+            return Ok(Cached::Inputs(inputs));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    drop(against);
     write_atomically(&entry, &bytes, 0o600)?;
     if stats {
         eprintln!("kiln: cache miss, stored {name}");
     }
     // Run from the entry as a hit would (mapped, checked once).
     drop(bytes);
-    ImageFile::open(&entry)
-        .map(Cached::Image)
-        .map_err(|e| e.to_string())
+    let image = ImageFile::open(&entry).map_err(|e| e.to_string())?;
+    with_input_images(&inputs, image)
+}
+
+/// A weak definition of an object (or archive member) among `inputs` that
+/// an image among them also defines. Linked without the engine, the
+/// object's own definition would bind inside the cache entry; run
+/// uncached, the image's wins (as in a static link when it is strong).
+fn weak_defined_by_an_image(inputs: &[(String, Vec<u8>)]) -> Result<Option<String>, String> {
+    use object::{Object as _, ObjectSymbol as _};
+    let mut exported = std::collections::HashSet::new();
+    for (name, bytes) in inputs.iter().filter(|(_, b)| image_file::is_image(b)) {
+        exported.extend(image_file::exported_names(name, bytes).map_err(|e| e.to_string())?);
+    }
+    if exported.is_empty() {
+        return Ok(None);
+    }
+    let weak_in = |object: &str, bytes: &[u8]| -> Option<String> {
+        let file = object::File::parse(bytes).ok()?;
+        let name = file
+            .symbols()
+            .filter(|s| s.is_weak() && s.is_definition())
+            .filter_map(|s| s.name().ok())
+            .find(|n| exported.contains(*n))?;
+        Some(format!(
+            "{object}'s weak `{name}` is also defined by an image among the inputs"
+        ))
+    };
+    for (name, bytes) in inputs.iter().filter(|(_, b)| !image_file::is_image(b)) {
+        let found = match object::read::archive::ArchiveFile::parse(bytes.as_slice()) {
+            Ok(archive) => archive.members().filter_map(Result::ok).find_map(|m| {
+                let member = String::from_utf8_lossy(m.name());
+                weak_in(&format!("{name}({member})"), m.data(bytes.as_slice()).ok()?)
+            }),
+            Err(_) => weak_in(name, bytes),
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// What runs for a cache entry: the entry alone, or after the image files
+/// among the inputs (opened by their path: mapped and checked).
+fn with_input_images(inputs: &[(String, Vec<u8>)], entry: ImageFile) -> Result<Cached, String> {
+    let mut images = Vec::new();
+    for (name, _) in inputs.iter().filter(|(_, b)| image_file::is_image(b)) {
+        images.push(ImageFile::open(std::path::Path::new(name)).map_err(|e| e.to_string())?);
+    }
+    if images.is_empty() {
+        return Ok(Cached::Image(entry));
+    }
+    images.push(entry);
+    Ok(Cached::Images(images))
 }
 
 /// What `kiln run --cache` runs.
@@ -421,6 +513,9 @@ pub(crate) enum Cached {
     Image(ImageFile),
     /// The inputs as given: they cannot be imaged.
     Inputs(Vec<(String, Vec<u8>)>),
+    /// The image files among the inputs, then the entry linked against
+    /// them (all opened).
+    Images(Vec<ImageFile>),
 }
 
 /// The image files of `kiln run` with the images they link against that

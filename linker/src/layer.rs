@@ -48,7 +48,20 @@ struct LayerImage {
     image: LinkedImage,
     /// Position of its unit in the order units were added (link order).
     order: usize,
+    /// The dylib its unit was defined in.
+    dylib: String,
+    /// Loaded from an image file (not linked by this layer).
+    from_file: bool,
+    /// The image files it links against, kept mapped while it is (dropped
+    /// after `image`).
+    #[allow(dead_code, reason = "held for its drop")]
+    keep: Vec<KeepAlive>,
 }
+
+/// An image file another image links against, kept mapped by it: removing
+/// its tracker runs its finalizers, but its memory goes with the last
+/// image holding it.
+pub(crate) struct KeepAlive(#[allow(dead_code, reason = "held for its drop")] ImageCell);
 
 type ImageCell = Arc<Mutex<LayerImage>>;
 
@@ -84,6 +97,9 @@ struct Images {
     /// Symbols of lazily added objects that are linked at startup, with
     /// the key of the tracker owning their entries (removing it drops them).
     startup: Vec<(ResourceKey, SymbolName)>,
+    /// The image files loaded, by memory range (start, end), for
+    /// [`ObjectLayer::keep_alive`].
+    files: Vec<(u64, u64, std::sync::Weak<Mutex<LayerImage>>)>,
 }
 
 struct Shared {
@@ -797,23 +813,88 @@ impl ObjectLayer {
             .collect()
     }
 
+    /// The image file this layer loaded whose memory holds `addr`, kept
+    /// mapped by the returned handle (see [`KeepAlive`]).
+    pub(crate) fn keep_alive(&self, addr: u64) -> Option<KeepAlive> {
+        let mut images = self.shared.images.lock().ok()?;
+        images.files.retain(|(_, _, w)| w.strong_count() > 0);
+        images
+            .files
+            .iter()
+            .filter(|(start, end, _)| (*start..*end).contains(&addr))
+            .find_map(|(_, _, w)| w.upgrade())
+            .map(KeepAlive)
+    }
+
+    /// What saving the code this layer linked needs of each image
+    /// ([`crate::image_file::combine`]): the images linked into the dylib
+    /// named `dylib`, or owned by the tracker `key`, in link order; image
+    /// files loaded through the layer are left out.
+    pub(crate) fn pieces(
+        &self,
+        dylib: Option<&str>,
+        key: Option<ResourceKey>,
+    ) -> Vec<crate::image_file::combine::Piece> {
+        let cells: Vec<ImageCell> = match self.shared.images.lock() {
+            Ok(images) => match key {
+                Some(key) => images.by_key.get(&key).cloned().unwrap_or_default(),
+                None => images.by_key.values().flatten().cloned().collect(),
+            },
+            Err(_) => Vec::new(),
+        };
+        // One image locked at a time (teardown locks several).
+        let mut pieces: Vec<(usize, crate::image_file::combine::Piece)> = cells
+            .iter()
+            .filter_map(|cell| {
+                let i = cell.lock().ok()?;
+                if i.from_file || dylib.is_some_and(|d| d != i.dylib) {
+                    return None;
+                }
+                Some((
+                    i.order,
+                    crate::image_file::combine::Piece {
+                        name: i.image.name().to_string(),
+                        dylib: i.dylib.clone(),
+                        base: i.image.memory_range().0,
+                        record: i.image.imaging_record().cloned(),
+                    },
+                ))
+            })
+            .collect();
+        pieces.sort_by_key(|(order, _)| *order);
+        pieces.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// Files a loaded image under `r`'s tracker (removal runs its
     /// finalizers and unmaps it) and queues its initializers.
+    /// The image files in `keep` (what it links against) stay mapped while
+    /// it is.
     pub(crate) fn adopt(
         &self,
         r: &Responsibility,
         mut image: LinkedImage,
         order: usize,
+        keep: Vec<KeepAlive>,
     ) -> Result<(), Error> {
         image.set_executable_teardown(
             self.shared
                 .executable
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        let bytes = image.memory_range().1;
-        let image = Arc::new(Mutex::new(LayerImage { image, order }));
+        let (start, bytes) = image.memory_range();
+        let image = Arc::new(Mutex::new(LayerImage {
+            image,
+            order,
+            dylib: r.dylib().name().to_string(),
+            from_file: true,
+            keep,
+        }));
         r.tracker().with_resource_key(|key| {
             if let Ok(mut images) = self.shared.images.lock() {
+                images.files.retain(|(_, _, w)| w.strong_count() > 0);
+                images
+                    .files
+                    .push((start, start + bytes, Arc::downgrade(&image)));
                 images.by_key.entry(key).or_default().push(image.clone());
                 images.pending_init.push(PendingInit {
                     image: image.clone(),
@@ -1263,6 +1344,9 @@ fn link(
     let image = Arc::new(Mutex::new(LayerImage {
         image: linked,
         order: position,
+        dylib: r.dylib().name().to_string(),
+        from_file: false,
+        keep: Vec::new(),
     }));
     let times = (
         prepared_at - started,

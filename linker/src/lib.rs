@@ -11,7 +11,7 @@
 //! | [`memory`] | the reserved slab(s) and allocations: writing → finalized → released |
 //! | [`host`] | host symbols: runtime overrides, `-l` libraries, the process |
 //! | [`image`] | [`Linker`] (the convenient API: objects parsed in parallel, merged in order as they arrive) and [`LinkedImage`] |
-//! | [`image_file`] | image files: linked code saved ([`LinkedImage::save_image`]) and loaded in a later process ([`image_file::load`], [`layer::ObjectLayer::add_image`]) |
+//! | [`image_file`] | image files: linked code saved ([`LinkedImage::save_image`]; a dylib's many links as one image: [`layer::ObjectLayer::save_image`]) and loaded in a later process ([`image_file::load`], [`layer::ObjectLayer::add_image`]) |
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
 //! | [`layer`] | the engine's object layer: objects as materialization units |
 //! | [`jit`] | [`Jit::builder`]: a ready JIT in one call — start here |

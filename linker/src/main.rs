@@ -243,6 +243,7 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
         }
         return match image_cli::cached(dir, pairs, &args.libs, &args.lib_dirs, args.stats)? {
             image_cli::Cached::Image(image) => link_and_run(&args, Vec::new(), vec![image], false),
+            image_cli::Cached::Images(images) => link_and_run(&args, Vec::new(), images, false),
             // The inputs themselves: they cannot be imaged.
             image_cli::Cached::Inputs(pairs) => {
                 let (inputs, images) = split_images(pairs)?;

@@ -52,6 +52,10 @@ pub(crate) struct Import {
     /// A thread-local slot: its kind ([`format::TLS_MODULE_ID`]…) and the
     /// variable's offset in the TLS template; `name` is then empty.
     pub(crate) tls: Option<(u32, u64)>,
+    /// The address the link bound it to (not saved): saving the pieces of
+    /// many links as one image turns an import into another piece into a
+    /// rebase ([`super::combine`]).
+    pub(crate) target: u64,
 }
 
 /// A global the image defines.
@@ -117,22 +121,102 @@ fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str
         EdgeKind::Pointer64 if prot == Prot::ReadExec && !absolute => Some(
             "an absolute address in text would have to be written at load; compile with -fPIE or -fPIC",
         ),
-        EdgeKind::Delta64
-        | EdgeKind::Delta32
-        | EdgeKind::Delta16
-        | EdgeKind::Delta8
-        | EdgeKind::GotOff64
-            if host || absolute =>
+        // To another link's symbol (a hidden one, say): decided when the
+        // address is known ([`record`]).
+        EdgeKind::Delta64 | EdgeKind::Delta32 | EdgeKind::Delta16 | EdgeKind::Delta8
+            if absolute =>
         {
-            Some(
-                "a PC-relative reference to a symbol outside the image changes with each process; compile with -fPIE (clang) or -fPIC so it goes through the GOT",
-            )
+            Some(PC_RELATIVE_OUTSIDE)
         }
+        EdgeKind::GotOff64 if host || absolute => Some(PC_RELATIVE_OUTSIDE),
         EdgeKind::Branch32 if absolute => {
             Some("a PC-relative call to an absolute address changes with each load")
         }
         _ => None,
     }
+}
+
+const PC_RELATIVE_OUTSIDE: &str = "a PC-relative reference to a symbol outside the image changes with each process; compile with -fPIE (clang) or -fPIC so it goes through the GOT";
+
+/// Why a PC-relative reference into another link is refused when that
+/// link's code is not saved in the same image.
+pub(crate) const PC_RELATIVE_OTHER_LINK: &str = "a PC-relative reference to a symbol of another kiln link or image (a hidden one, or any with gcc -fPIE) can be saved only in one image with that link's code (ObjectLayer::save_image of their dylib); otherwise give the symbol default visibility and compile with -fPIC so it goes through the GOT";
+
+/// A PC-relative reference to a symbol another link of this process
+/// defined: saved only with that link's code, in one image
+/// ([`super::combine`]), where the distance is fixed at save time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PcRelative {
+    /// Offset of the place in the image.
+    pub(crate) offset: u64,
+    /// Bytes of the place (1, 2, 4 or 8), signed.
+    pub(crate) size: u8,
+    pub(crate) addend: i64,
+    /// The symbol's address in this process.
+    pub(crate) target: u64,
+    /// The refusal, should the symbol's code not be saved with it.
+    pub(crate) object: String,
+    pub(crate) section: String,
+    pub(crate) input_offset: u64,
+    pub(crate) reloc: &'static str,
+    pub(crate) symbol: String,
+}
+
+impl PcRelative {
+    /// The error saving it without its target's code gives.
+    pub(crate) fn refusal(&self) -> LinkError {
+        LinkError::NotImageable {
+            object: self.object.clone(),
+            section: self.section.clone(),
+            offset: self.input_offset,
+            reloc: self.reloc,
+            symbol: self.symbol.clone(),
+            reason: PC_RELATIVE_OTHER_LINK,
+        }
+    }
+}
+
+/// Bytes of a PC-relative place.
+fn pc_relative_size(kind: EdgeKind) -> Option<u8> {
+    match kind {
+        EdgeKind::Delta64 => Some(8),
+        EdgeKind::Delta32 => Some(4),
+        EdgeKind::Delta16 => Some(2),
+        EdgeKind::Delta8 => Some(1),
+        _ => None,
+    }
+}
+
+/// The PC-relative references of `block` to symbols outside the image: to
+/// kiln's JIT memory (another link of this process, which may still be
+/// finishing), kept for saving with it; to
+/// anything else (the host), refused.
+fn pc_relative(l: &Linked<'_>, block: &Block, out: &mut Vec<PcRelative>) -> Result<(), LinkError> {
+    let g = l.graph;
+    for e in &block.edges {
+        let Some(size) = pc_relative_size(e.kind) else {
+            continue;
+        };
+        if !matches!(l.target(e.target), Target::Host) {
+            continue;
+        }
+        let target = (l.resolved)(e.target);
+        if !crate::memory::in_jit_memory(target) {
+            return Err(refuse(g, block, e, PC_RELATIVE_OUTSIDE));
+        }
+        out.push(PcRelative {
+            offset: block.addr + u64::from(e.offset) - l.base,
+            size,
+            addend: e.addend,
+            target,
+            object: g.object_name(block.object).to_string(),
+            section: block.input_section.to_string(),
+            input_offset: block.input_offset + u64::from(e.offset),
+            reloc: reloc_name(e.r_type).unwrap_or(kind_name(e.kind)),
+            symbol: g.symbol_name(e.target),
+        });
+    }
+    Ok(())
 }
 
 /// What [`record`] reads from a finished link.
@@ -248,6 +332,7 @@ fn tls_record(l: &Linked<'_>) -> Result<(TlsHeader, Vec<Import>), LinkError> {
             dep: None,
             host: None,
             tls: Some((kind, var)),
+            target: 0,
         })
         .collect();
     Ok((h, imports))
@@ -358,6 +443,7 @@ impl Deps {
             dep,
             host,
             tls: None,
+            target: addr,
         }
     }
 }
@@ -369,6 +455,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     let g = l.graph;
     let mut rebase: Vec<u64> = Vec::new();
     let mut imports: Vec<Import> = Vec::new();
+    let mut pc_relatives: Vec<PcRelative> = Vec::new();
     let mut deps = Deps {
         images: Vec::new(),
         table: host_table::current(),
@@ -398,6 +485,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
                 "the linker placed this symbol outside the image (imaging mode needs `__dso_handle` inside it)",
             ));
         }
+        pc_relative(&l, block, &mut pc_relatives)?;
         // A block of the TLS template sits at its TLS offset inside the
         // template's initial image.
         let at = match (&l.tls, g.sections[block.section.index()].role) {
@@ -491,5 +579,6 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         deps,
         host_table,
         tls,
+        pc_relative: pc_relatives,
     })
 }

@@ -4,6 +4,7 @@
 //! | file | what it holds |
 //! | --- | --- |
 //! | `classify.rs` | imaging mode: every fixup classified (nothing at load, a rebase, an import through a slot) or refused |
+//! | `combine.rs` | the images of many links (a dylib's or a tracker's, [`crate::layer::ObjectLayer::save_image`]) as one image |
 //! | `format.rs` | the on-disk layout: the header, the tables, RELR rebase encoding |
 //! | `write.rs` | the ELF64 container, written with `object::write` |
 //! | `read.rs` | parsing and validation, cheap checks first (header → content hash → ELF → tables) |
@@ -47,6 +48,7 @@
 //! the readers' checks: required CPU features.
 
 pub(crate) mod classify;
+pub(crate) mod combine;
 mod format;
 mod host_table;
 mod load;
@@ -173,10 +175,28 @@ pub fn is_image(bytes: &[u8]) -> bool {
 pub enum ImageError {
     /// The linked image was not linked in imaging mode (user error).
     #[error(
-        "cannot save `{name}` as an image: it was not linked in imaging mode (link it with LinkOptions::imaging, as `kiln image save` does)"
+        "cannot save `{name}` as an image: it was not linked in imaging mode (link it with LinkOptions::imaging — Linker::new or ObjectLayer::with_options — as `kiln image save` does)"
     )]
     NotImaging {
         /// The image's name.
+        name: String,
+    },
+    /// Nothing to save: no code was linked into the dylib (or for the
+    /// tracker) through this layer (user error).
+    #[error(
+        "cannot save {what} as an image: it is empty (no code was linked into it through this layer; image files loaded into it are not saved again)"
+    )]
+    Empty {
+        /// The dylib or tracker.
+        what: String,
+    },
+    /// A link saved with others as one image has thread-locals (user
+    /// error): each link has its own TLS template, an image holds one.
+    #[error(
+        "cannot save `{name}` with other links as one image: it has thread-local storage (link the objects that define or use thread-locals in one call and save that link alone, or compile them into one object)"
+    )]
+    ThreadLocalsInPieces {
+        /// The link's name (its first input).
         name: String,
     },
     /// The file does not start with the image magics (user error).
@@ -301,6 +321,9 @@ pub struct ImagingRecord {
     pub(crate) host_table: Option<(BuildId, u32, String)>,
     /// Its thread-locals: the header's TLS fields.
     pub(crate) tls: format::TlsHeader,
+    /// PC-relative references to symbols of other links of this process:
+    /// saved only in one image with their code ([`combine`]).
+    pub(crate) pc_relative: Vec<classify::PcRelative>,
 }
 
 impl LinkedImage {
@@ -321,6 +344,12 @@ impl LinkedImage {
             .ok_or_else(|| ImageError::NotImaging {
                 name: self.name().to_string(),
             })?;
+        if let Some(p) = record.pc_relative.first() {
+            return Err(ImageError::Link {
+                name: self.name().to_string(),
+                source: Box::new(p.refusal()),
+            });
+        }
         let mut deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
         deps.extend(record.host_table.as_ref().map(|t| t.0));
         let id = build_id.with_dependencies(&deps);

@@ -77,7 +77,10 @@ impl ObjectLayer {
     /// files added to this layer's session (looking one of their exports up
     /// maps them; this image's exports are Ready only when theirs are) and
     /// then among the other images of the [registry](super::registry); the
-    /// lookup of its exports fails listing every one missing.
+    /// lookup of its exports fails listing every one missing. Those added
+    /// to this layer stay mapped while this image is loaded: removing their
+    /// tracker runs their finalizers and removes their symbols, and their
+    /// memory goes with the last image linked against them.
     ///
     /// # Safety
     ///
@@ -85,8 +88,9 @@ impl ObjectLayer {
     /// trusted, and its code runs when its initializers run or its
     /// functions are called. The file must come from a trusted source, and
     /// the symbols the dylib's link order provides must be the ones it was
-    /// saved against. The images it links against must not be removed
-    /// while it is loaded.
+    /// saved against. Images it links against that this layer did not
+    /// load (found in the registry: loaded with [`super::load`], say) must
+    /// stay loaded while it is.
     pub unsafe fn add_image(
         &self,
         dylib: &Dylib,
@@ -242,7 +246,22 @@ impl ImageUnit {
         let p: Parsed<'_> =
             read::parse_with(&self.name, self.source.bytes(), false).map_err(err)?;
         let session = self.layer.session();
-        // Images it links against first: all missing ones named at once.
+        let mut alloc = load::map_from(&p, &self.name, self.source.file()).map_err(err)?;
+        let registration = load::register(&p, &alloc, &self.name);
+        let base = alloc.base();
+        // (a) Own addresses first: units waiting at Resolved go on — among
+        // them an image it links against that imports from it (a cycle),
+        // which locating it below waits for.
+        let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
+        let mut defs = Vec::with_capacity(owed.len());
+        for e in &p.exports {
+            let n = session.intern(e.name);
+            if let Some(&f) = owed.get(&n) {
+                defs.push((n, SymbolDef::new(base + e.offset, f)));
+            }
+        }
+        r.resolve(&defs)?;
+        // Images it links against: all missing ones named at once.
         let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
         let deps = load::dependency_bases(
             &p,
@@ -257,19 +276,6 @@ impl ImageUnit {
             },
         )
         .map_err(err)?;
-        let mut alloc = load::map_from(&p, &self.name, self.source.file()).map_err(err)?;
-        let registration = load::register(&p, &alloc, &self.name);
-        let base = alloc.base();
-        // (a) Own addresses first: units waiting at Resolved go on.
-        let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
-        let mut defs = Vec::with_capacity(owed.len());
-        for e in &p.exports {
-            let n = session.intern(e.name);
-            if let Some(&f) = owed.get(&n) {
-                defs.push((n, SymbolDef::new(base + e.offset, f)));
-            }
-        }
-        r.resolve(&defs)?;
         // (b) Imports through the link order, weakly, so every missing one
         // is named at once.
         let order = r.dylib().link_order();
@@ -291,7 +297,12 @@ impl ImageUnit {
         // (c) Final protections, runtime registration; the tracker owns it.
         let image = load::finish(&p, alloc, &self.name).map_err(err)?;
         image.register_once(|| registration);
-        self.layer.adopt(r, image, self.order)?;
+        // The image files it links against stay mapped while it is.
+        let keep = deps
+            .iter()
+            .filter_map(|&base| self.layer.keep_alive(base))
+            .collect();
+        self.layer.adopt(r, image, self.order, keep)?;
         // (d) Emit, depending on each import in the dylib it came from
         // (and on one export of each image it links against).
         let entries = order.entries();

@@ -1,0 +1,132 @@
+//! An image that links against another by build id keeps it mapped: in a
+//! session, removing the dependency's tracker runs its finalizers, but its
+//! memory stays until the last image that links against it is removed.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use kiln_engine::{Dylib, DylibLookup, Session, WorkerPool};
+use kiln_linker::image_file::{self, BuildId};
+use kiln_linker::layer::{HostGenerator, ObjectLayer};
+use kiln_linker::{HostSymbols, LinkOptions};
+
+fn options(imaging: bool) -> LinkOptions {
+    let mut o = LinkOptions::default();
+    o.imaging = imaging;
+    o
+}
+
+fn session_with(name: &str, options: LinkOptions) -> (Session, ObjectLayer, Dylib, Dylib) {
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::with_options(&session, options);
+    let host = session.create_dylib("<host>").expect("dylib");
+    host.add_generator(HostGenerator::new(HostSymbols::new()))
+        .expect("generator");
+    let dylib = session.create_dylib(name).expect("dylib");
+    dylib
+        .set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
+        .expect("order");
+    (session, layer, dylib, host)
+}
+
+/// Image A (`table`, `a_val`) and image B (`use_a`) linked against it by
+/// build id: `(A's bytes, B's bytes)`.
+fn two_images(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let flags = ["-O2", "-fPIC"];
+    let liba = compile_c_text(
+        dir,
+        "liba",
+        "int table[4] = {1, 2, 3, 4};\nint a_val(void) { return 20; }\n",
+        &flags,
+    );
+    let useb = compile_c_text(
+        dir,
+        "useb",
+        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
+         int use_a(void) { return a_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let read = |p: &Path| std::fs::read(p).expect("read object");
+    let (session, layer, lib, _) = session_with("liba", options(true));
+    layer
+        .add_object(&lib, None, "liba.o", &read(&liba))
+        .expect("adds");
+    lib.lookup_ready(&["a_val"]).expect("links");
+    let id = BuildId::of_inputs(&options(true), [("liba.o", &read(&liba)[..])]);
+    let a = layer.save_image(&lib, &id).expect("saves A");
+    session.end();
+    let (session, layer, app, _) = session_with("app", options(true));
+    // SAFETY: the test's own image, saved above.
+    unsafe { layer.add_image(&app, None, "liba.kimg", a.clone()) }.expect("adds A");
+    layer
+        .add_object(&app, None, "useb.o", &read(&useb))
+        .expect("adds");
+    app.lookup_ready(&["use_a"]).expect("links");
+    let id = BuildId::of_inputs(&options(true), [("useb.o", &read(&useb)[..])]);
+    let b = layer.save_image(&app, &id).expect("saves B");
+    session.end();
+    (a, b)
+}
+
+fn mapped(addr: u64) -> bool {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("maps")
+        .lines()
+        .any(|l| {
+            let range = l.split_whitespace().next().unwrap_or("");
+            let (lo, hi) = range.split_once('-').unwrap_or(("0", "0"));
+            let lo = u64::from_str_radix(lo, 16).unwrap_or(0);
+            let hi = u64::from_str_radix(hi, 16).unwrap_or(0);
+            lo <= addr && addr < hi && !l.contains("---p")
+        })
+}
+
+#[test]
+fn a_dependency_stays_mapped_until_the_last_image_linked_against_it_goes() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-keep-alive");
+    let (a_bytes, b_bytes) = two_images(&dir);
+    let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
+    let (session, layer, lib, host) = session_with("lib", options(false));
+    let app = session.create_dylib("app").expect("dylib");
+    app.set_link_order(&[
+        (lib.clone(), DylibLookup::ExportedOnly),
+        (host, DylibLookup::ExportedOnly),
+    ])
+    .expect("order");
+    let ta = lib.create_tracker().expect("tracker");
+    let tb = app.create_tracker().expect("tracker");
+    // SAFETY: the test's own images, saved above; `use_a` is `int (void)`.
+    unsafe {
+        layer
+            .add_image(&lib, Some(&ta), "liba.kimg", a_bytes)
+            .expect("adds A");
+        layer
+            .add_image(&app, Some(&tb), "b.kimg", b_bytes)
+            .expect("adds B");
+    }
+    let found = app.lookup_ready(&["use_a"]).expect("binds");
+    let f = found.get_str("use_a").expect("use_a").address;
+    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
+    assert_eq!(use_a(), 25);
+    let a = image_file::registry::find(&a_id).expect("A is loaded");
+    ta.remove().expect("removes A's tracker");
+    assert!(
+        mapped(a.base) && image_file::image_at(a.base).is_some_and(|i| i.build_id == a_id),
+        "A went while B, linked against it, is loaded"
+    );
+    assert!(lib.lookup_ready(&["a_val"]).is_err(), "A's symbols left");
+    assert_eq!(use_a(), 25, "B still reaches A");
+    tb.remove().expect("removes B's tracker");
+    assert!(
+        image_file::image_at(a.base).is_none_or(|i| i.build_id != a_id),
+        "A stayed after B went"
+    );
+    assert!(!mapped(f), "B is unmapped");
+    session.end();
+}
