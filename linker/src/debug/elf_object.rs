@@ -244,12 +244,16 @@ fn add_object_dwarf(
     // Each `.debug_*` section of this object: (output index, its offset there).
     let mut contrib: Vec<Option<(usize, usize)>> = vec![None; sections.len()];
     for (i, sh) in sections.iter().enumerate() {
-        let name = sections.section_name(LE, sh)?;
+        // Type and flags first (DWARF is unallocated `SHT_PROGBITS`): most
+        // sections are ruled out without looking their names up.
         let flags = sh.sh_flags(LE).0;
-        if !name.starts_with(b".debug_")
+        if sh.sh_type(LE) != elf::SHT_PROGBITS
             || flags & (elf::SHF_ALLOC.0 | elf::SHF_COMPRESSED.0) != 0
-            || sh.sh_type(LE) == elf::SHT_NOBITS
         {
+            continue;
+        }
+        let name = sections.section_name(LE, sh)?;
+        if !name.starts_with(b".debug_") {
             continue;
         }
         let name = String::from_utf8_lossy(name);
