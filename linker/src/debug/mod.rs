@@ -216,6 +216,14 @@ pub fn gdb_debugger_cpu_time() -> Option<std::time::Duration> {
     gdb::tracer_time()
 }
 
+/// With `KILN_GDB_TRACER_CPU=1` and a debugger attached: the median of
+/// the debugger's CPU time per registration (one-time work the debugger
+/// does at the first registrations does not weigh on it, as it does on
+/// the mean over few links).
+pub fn gdb_debugger_cpu_median() -> Option<std::time::Duration> {
+    gdb::tracer_median()
+}
+
 /// Announcements to debuggers or profilers in this process so far (one
 /// per image, plus one per link whose perf map lines were written after
 /// its emit), and the time spent in them (collecting symbols, building
