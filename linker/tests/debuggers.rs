@@ -776,7 +776,9 @@ fn perf_map_lines_of_concurrent_links_never_interleave() {
             .next()
             .and_then(|t| t.parse().ok())
             .unwrap_or_else(|| panic!("perf map line {line:?}: no thread"));
-        *count.entry(name.unwrap_or_default().to_string()).or_insert(0) += 1;
+        *count
+            .entry(name.unwrap_or_default().to_string())
+            .or_insert(0) += 1;
         match runs.last_mut() {
             Some((rt, n)) if *rt == t => *n += 1,
             _ => runs.push((t, 1)),

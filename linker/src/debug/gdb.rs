@@ -111,7 +111,10 @@ pub(crate) fn tracer_time() -> Option<std::time::Duration> {
 /// The median of the debugger's CPU time per registration, if measured.
 pub(crate) fn tracer_median() -> Option<std::time::Duration> {
     tracer_clock()?;
-    let mut each = TRACER_EACH.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut each = TRACER_EACH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if each.is_empty() {
         return None;
     }

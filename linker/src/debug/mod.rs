@@ -165,7 +165,6 @@ impl ImageSymbol<'_> {
         out.extend_from_slice(self.prefix.as_bytes());
         out.extend_from_slice(self.name.as_bytes());
     }
-
 }
 
 /// What one finalized image tells the debug interfaces.

@@ -219,10 +219,7 @@ mod tests {
         ] {
             let mut out = [b'!'; 40];
             let end = super::put_hex(&mut out, 3, v);
-            assert_eq!(
-                std::str::from_utf8(&out[3..end]).unwrap(),
-                format!("{v:x}")
-            );
+            assert_eq!(std::str::from_utf8(&out[3..end]).unwrap(), format!("{v:x}"));
             assert_eq!(&out[..3], b"!!!");
         }
     }
