@@ -741,6 +741,9 @@ fn link_for_perf_map(obj: &Path, t: usize) {
 /// no line of one link lands between two of another's.
 #[test]
 fn perf_map_lines_of_concurrent_links_never_interleave() {
+    if !need_tool("gcc") {
+        return;
+    }
     let dir = scratch("debuggers-perf-concurrent");
     let threads = 4;
     let objs: Vec<PathBuf> = (0..threads)
