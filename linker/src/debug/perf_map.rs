@@ -95,7 +95,7 @@ pub(crate) fn append(symbols: &[ImageSymbol<'_>]) -> Result<(), DebugError> {
 pub(crate) struct Lines {
     text: Vec<u8>,
     /// Where each line's newline is.
-    ends: Vec<u32>,
+    ends: Vec<usize>,
 }
 
 impl Lines {
@@ -122,7 +122,7 @@ impl Lines {
         text.reserve(at + 2 + s.name_len());
         text.extend_from_slice(&head[..at + 1]);
         s.push_name(text);
-        self.ends.push(text.len() as u32);
+        self.ends.push(text.len());
         text.push(b'\n');
     }
 
@@ -159,7 +159,6 @@ impl Lines {
         }
         let mut start = 0;
         for &end in &self.ends {
-            let end = end as usize;
             for b in &mut self.text[start..end] {
                 if *b == b'\n' {
                     *b = b' ';
