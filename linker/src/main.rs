@@ -642,10 +642,12 @@ fn print_stats(
             ms(register_time) / registered as f64
         );
         if let Some(cpu) = kiln_linker::debug::gdb_debugger_cpu_time() {
+            let median = kiln_linker::debug::gdb_debugger_cpu_median().unwrap_or_default();
             eprintln!(
-                "  debugger CPU           {:.3} ms ({:.3} ms each)",
+                "  debugger CPU           {:.3} ms ({:.3} ms each, median {:.3} ms)",
                 ms(cpu),
-                ms(cpu) / registered as f64
+                ms(cpu) / registered as f64,
+                ms(median)
             );
         }
     }

@@ -707,3 +707,97 @@ fn loading_an_image_registers_one_object_until_it_is_dropped() {
         "the child test failed under gdb:\n{out}"
     );
 }
+
+/// Functions per object in [`perf_map_lines_of_concurrent_links_never_interleave`].
+const CONCURRENT_FUNCS: usize = 150;
+
+/// Links made by each thread in [`perf_map_lines_of_concurrent_links_never_interleave`].
+const CONCURRENT_LINKS: usize = 6;
+
+/// Links `CONCURRENT_LINKS` images of `obj` (functions
+/// `kiln_conc_t{t}_f{k}`), each in a session of its own, with the perf map
+/// on.
+fn link_for_perf_map(obj: &Path, t: usize) {
+    let bytes = std::fs::read(obj).expect("read the object");
+    for _ in 0..CONCURRENT_LINKS {
+        let session = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let mut options = LinkOptions::default();
+        options.debug = DebugOptions::NONE.with_perf_map(true);
+        let layer = ObjectLayer::with_options(&session, options);
+        let app = session.create_dylib("app").expect("app dylib");
+        layer
+            .add_object(&app, None, "conc.o", &bytes)
+            .expect("add the object");
+        let name = format!("kiln_conc_t{t}_f0");
+        app.lookup_ready(&[name.as_str()]).expect("link it");
+        // Ending the session waits for the link's perf map lines.
+        session.end();
+    }
+}
+
+/// Links on several threads at once, each appending its image's perf map
+/// lines: every line of the map is whole (`START SIZE NAME`), and each
+/// link's lines are contiguous (one write per link under `O_APPEND`), so
+/// no line of one link lands between two of another's.
+#[test]
+fn perf_map_lines_of_concurrent_links_never_interleave() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-perf-concurrent");
+    let threads = 4;
+    let objs: Vec<PathBuf> = (0..threads)
+        .map(|t| {
+            let src: String = (0..CONCURRENT_FUNCS)
+                .map(|k| format!("int kiln_conc_t{t}_f{k}(int x) {{ return x * {k} + {t}; }}\n"))
+                .collect();
+            compile_c_text(&dir, &format!("conc{t}"), &src, &["-O1"])
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (t, obj) in objs.iter().enumerate() {
+            s.spawn(move || link_for_perf_map(obj, t));
+        }
+    });
+    let map = std::fs::read_to_string(kiln_linker::debug::perf_map_path()).expect("read the map");
+    let mut count = std::collections::HashMap::new();
+    // Runs of consecutive lines from the same thread's links.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for line in map.lines() {
+        let mut fields = line.splitn(3, ' ');
+        let (start, size, name) = (fields.next(), fields.next(), fields.next());
+        let hex = |f: Option<&str>| f.is_some_and(|f| u64::from_str_radix(f, 16).is_ok());
+        assert!(
+            hex(start) && hex(size) && name.is_some_and(|n| !n.is_empty()),
+            "torn perf map line {line:?}"
+        );
+        let Some(rest) = name.and_then(|n| n.strip_prefix("kiln_conc_t")) else {
+            continue;
+        };
+        let t: usize = rest
+            .split('_')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("perf map line {line:?}: no thread"));
+        *count
+            .entry(name.unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+        match runs.last_mut() {
+            Some((rt, n)) if *rt == t => *n += 1,
+            _ => runs.push((t, 1)),
+        }
+    }
+    for t in 0..threads {
+        for k in 0..CONCURRENT_FUNCS {
+            let name = format!("kiln_conc_t{t}_f{k}");
+            assert_eq!(count.get(&name), Some(&CONCURRENT_LINKS), "{name}");
+        }
+    }
+    for &(t, n) in &runs {
+        assert_eq!(
+            n % CONCURRENT_FUNCS,
+            0,
+            "a run of {n} lines of thread {t}'s links: another link's lines interleaved"
+        );
+    }
+}

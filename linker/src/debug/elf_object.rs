@@ -244,12 +244,16 @@ fn add_object_dwarf(
     // Each `.debug_*` section of this object: (output index, its offset there).
     let mut contrib: Vec<Option<(usize, usize)>> = vec![None; sections.len()];
     for (i, sh) in sections.iter().enumerate() {
-        let name = sections.section_name(LE, sh)?;
+        // Type and flags first (DWARF is unallocated `SHT_PROGBITS`): most
+        // sections are ruled out without looking their names up.
         let flags = sh.sh_flags(LE).0;
-        if !name.starts_with(b".debug_")
+        if sh.sh_type(LE) != elf::SHT_PROGBITS
             || flags & (elf::SHF_ALLOC.0 | elf::SHF_COMPRESSED.0) != 0
-            || sh.sh_type(LE) == elf::SHT_NOBITS
         {
+            continue;
+        }
+        let name = sections.section_name(LE, sh)?;
+        if !name.starts_with(b".debug_") {
             continue;
         }
         let name = String::from_utf8_lossy(name);
@@ -342,37 +346,43 @@ fn symbol_tables(
     // Sized exactly: growing by doubling copied and faulted in pages.
     let mut symtab = Vec::with_capacity((symbols.len() + 1) * 24);
     symtab.resize(24, 0);
-    let names: usize = symbols.iter().map(|s| s.name.len() + 1).sum();
+    let names: usize = symbols.iter().map(|s| s.name_len() + 1).sum();
     let mut strtab = Vec::with_capacity(names + 1);
     strtab.push(0);
-    let locals = symbols.iter().filter(|s| s.local);
-    let globals = symbols.iter().filter(|s| !s.local);
-    for s in locals.chain(globals) {
-        let name = strtab.len() as u32;
-        strtab.extend_from_slice(s.name.as_bytes());
-        strtab.push(0);
-        let kind = if s.code {
-            elf::STT_FUNC
-        } else {
-            elf::STT_OBJECT
-        };
-        let bind = if s.local {
-            elf::STB_LOCAL
-        } else {
-            elf::STB_GLOBAL
-        };
-        let shndx = section_of(s.addr).map_or(elf::SHN_ABS.0, |i| i as u16);
-        symtab.extend_from_slice(&name.to_le_bytes());
-        symtab.push((bind.0 << 4) | kind.0);
-        symtab.push(elf::STV_DEFAULT.0);
-        symtab.extend_from_slice(&shndx.to_le_bytes());
-        symtab.extend_from_slice(&s.addr.to_le_bytes());
-        symtab.extend_from_slice(&s.size.to_le_bytes());
+    let mut num_local = 1;
+    // Locals first (ELF's rule), then globals: two passes.
+    for local in [true, false] {
+        for s in symbols.iter().filter(|s| s.local == local) {
+            num_local += u32::from(local);
+            let name = strtab.len() as u32;
+            s.push_name(&mut strtab);
+            strtab.push(0);
+            let kind = if s.code {
+                elf::STT_FUNC
+            } else {
+                elf::STT_OBJECT
+            };
+            let bind = if local {
+                elf::STB_LOCAL
+            } else {
+                elf::STB_GLOBAL
+            };
+            let shndx = section_of(s.addr).map_or(elf::SHN_ABS.0, |i| i as u16);
+            // One `Elf64_Sym`, made on the stack and appended at once.
+            let mut sym = [0u8; 24];
+            sym[0..4].copy_from_slice(&name.to_le_bytes());
+            sym[4] = (bind.0 << 4) | kind.0;
+            sym[5] = elf::STV_DEFAULT.0;
+            sym[6..8].copy_from_slice(&shndx.to_le_bytes());
+            sym[8..16].copy_from_slice(&s.addr.to_le_bytes());
+            sym[16..24].copy_from_slice(&s.size.to_le_bytes());
+            symtab.extend_from_slice(&sym);
+        }
     }
     SymbolTables {
         symtab,
         strtab,
-        num_local: symbols.iter().filter(|s| s.local).count() as u32 + 1,
+        num_local,
     }
 }
 

@@ -94,6 +94,11 @@ fn clock_nanos(clock: libc::clockid_t) -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
+/// The debugger's CPU time of each registration, in order, when measured
+/// (for the median: the first registrations also pay the debugger's
+/// one-time work, which a mean over few links spreads thin).
+static TRACER_EACH: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
 /// CPU time the debugger spent on registrations, if measured
 /// (`KILN_GDB_TRACER_CPU=1` and a debugger attached).
 pub(crate) fn tracer_time() -> Option<std::time::Duration> {
@@ -101,6 +106,21 @@ pub(crate) fn tracer_time() -> Option<std::time::Duration> {
     Some(std::time::Duration::from_nanos(
         TRACER_NANOS.load(Ordering::Relaxed),
     ))
+}
+
+/// The median of the debugger's CPU time per registration, if measured.
+pub(crate) fn tracer_median() -> Option<std::time::Duration> {
+    tracer_clock()?;
+    let mut each = TRACER_EACH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if each.is_empty() {
+        return None;
+    }
+    let mid = each.len() / 2;
+    let (_, &mut median, _) = each.select_nth_unstable(mid);
+    Some(std::time::Duration::from_nanos(median))
 }
 
 /// (registrations, total time spent registering) in this process.
@@ -166,6 +186,10 @@ impl Entry {
         if let Some((clock, before)) = tracer {
             let spent = clock_nanos(clock).saturating_sub(before);
             TRACER_NANOS.fetch_add(spent, Ordering::Relaxed);
+            TRACER_EACH
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(spent);
         }
         REGISTERED.fetch_add(1, Ordering::Relaxed);
         REGISTER_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -134,8 +134,7 @@ pub(crate) fn append(symbols: &[ImageSymbol<'_>], lines: &[LineRow]) -> Result<(
         if first < end {
             debug_info(&mut buf, s.addr, &lines[first..end]);
         }
-        let name = s.name.as_bytes();
-        let total = 16 + 40 + name.len() + 1 + code.len();
+        let total = 16 + 40 + s.name_len() + 1 + code.len();
         buf.extend_from_slice(&JIT_CODE_LOAD.to_le_bytes());
         buf.extend_from_slice(&(total as u32).to_le_bytes());
         buf.extend_from_slice(&timestamp().to_le_bytes());
@@ -145,7 +144,7 @@ pub(crate) fn append(symbols: &[ImageSymbol<'_>], lines: &[LineRow]) -> Result<(
             buf.extend_from_slice(&v.to_le_bytes());
         }
         dump.next_index += 1;
-        buf.extend_from_slice(name);
+        s.push_name(&mut buf);
         buf.push(0);
         buf.extend_from_slice(code);
     }

@@ -140,15 +140,31 @@ pub enum DebugError {
     },
 }
 
-/// One symbol of an image, at its runtime address.
+/// One symbol of an image, at its runtime address. Its name is `prefix`
+/// then `name` (e.g. `kiln-plt:` and the function a PLT stub calls), so
+/// that naming linker-made code allocates nothing.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageSymbol<'a> {
-    /// Borrowed from the graph (most), or made (stubs).
+    pub(crate) prefix: &'static str,
+    /// Borrowed from the graph (most), or made (unnamed stubs).
     pub(crate) name: std::borrow::Cow<'a, str>,
     pub(crate) addr: u64,
     pub(crate) size: u64,
     pub(crate) code: bool,
     pub(crate) local: bool,
+}
+
+impl ImageSymbol<'_> {
+    /// The name's length in bytes, prefix included.
+    pub(crate) fn name_len(&self) -> usize {
+        self.prefix.len() + self.name.len()
+    }
+
+    /// Appends the name (prefix included) to `out`.
+    pub(crate) fn push_name(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+    }
 }
 
 /// What one finalized image tells the debug interfaces.
@@ -197,6 +213,14 @@ pub fn gdb_registration_time() -> (u64, std::time::Duration) {
 /// [`gdb_registration_time`]).
 pub fn gdb_debugger_cpu_time() -> Option<std::time::Duration> {
     gdb::tracer_time()
+}
+
+/// With `KILN_GDB_TRACER_CPU=1` and a debugger attached: the median of
+/// the debugger's CPU time per registration (one-time work the debugger
+/// does at the first registrations does not weigh on it, as it does on
+/// the mean over few links).
+pub fn gdb_debugger_cpu_median() -> Option<std::time::Duration> {
+    gdb::tracer_median()
 }
 
 /// Announcements to debuggers or profilers in this process so far (one
@@ -363,6 +387,7 @@ pub(crate) fn loaded_symbols<'a>(image: &LoadedImage<'a>) -> Vec<ImageSymbol<'a>
         .iter()
         .filter(|&&(name, addr, _)| !name.is_empty() && segment_end(addr).is_some())
         .map(|&(name, addr, code)| ImageSymbol {
+            prefix: "",
             name: std::borrow::Cow::Borrowed(name),
             addr,
             size: 0,
@@ -396,15 +421,20 @@ fn save_object_copy(object: &[u8]) {
 }
 
 /// The linker's PLT stubs as symbols, `kiln-plt:NAME`: `(symbol it
-/// calls, stub address)` each, `size` bytes.
-pub(crate) fn plt_symbols(
-    graph: &LinkGraph,
+/// calls, stub address)` each, `size` bytes. Names are borrowed from the
+/// graph.
+pub(crate) fn plt_symbols<'a>(
+    graph: &'a LinkGraph,
     plt: &[(crate::graph::SymbolId, u64)],
     size: u64,
-) -> Vec<ImageSymbol<'static>> {
+) -> Vec<ImageSymbol<'a>> {
     plt.iter()
         .map(|&(sym, addr)| ImageSymbol {
-            name: format!("kiln-plt:{}", graph.symbol_name(sym)).into(),
+            prefix: "kiln-plt:",
+            name: match &graph.symbols[sym.index()].name {
+                Some(name) => std::borrow::Cow::Borrowed(&**name),
+                None => std::borrow::Cow::Owned(graph.symbol_name(sym)),
+            },
             addr,
             size,
             code: true,
@@ -455,7 +485,10 @@ impl PerfMapLater {
             eh_frame: self.eh_frame,
             extra: plt_symbols(graph, &self.plt, self.plt_stub_size),
         };
-        let _ = perf_map::append(&image_symbols(&info));
+        // Formatted straight from the graph: no symbol list in between.
+        let mut text = perf_map::Lines::with_capacity(graph.symbols.len() + info.extra.len());
+        for_each_image_symbol(&info, true, |s| text.push(&s));
+        let _ = text.append();
         count_announce(start);
     }
 }
@@ -465,12 +498,26 @@ impl PerfMapLater {
 /// rest). A function without a size (assembly) extends to the end of its
 /// block.
 pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
+    let mut out = Vec::with_capacity(info.graph.symbols.len() + info.extra.len());
+    for_each_image_symbol(info, false, |s| out.push(s));
+    out
+}
+
+/// Calls `f` with each symbol [`image_symbols`] lists, in its order (with
+/// `code_only`, only the functions and `info.extra`).
+fn for_each_image_symbol<'a>(
+    info: &ImageInfo<'a>,
+    code_only: bool,
+    mut f: impl FnMut(ImageSymbol<'a>),
+) {
     let g = info.graph;
-    let mut out = Vec::with_capacity(g.symbols.len() + info.extra.len());
     for s in &g.symbols {
         let (Some(name), SymbolDef::Defined { block, offset }) = (&s.name, s.def) else {
             continue;
         };
+        if code_only && !s.callable {
+            continue;
+        }
         let b = &g.blocks[block.index()];
         let role = g.sections[b.section.index()].role;
         if !b.live
@@ -487,7 +534,8 @@ pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
         } else {
             s.size
         };
-        out.push(ImageSymbol {
+        f(ImageSymbol {
+            prefix: "",
             name: std::borrow::Cow::Borrowed(&**name),
             addr: b.addr + offset,
             size,
@@ -495,8 +543,9 @@ pub(crate) fn image_symbols<'a>(info: &ImageInfo<'a>) -> Vec<ImageSymbol<'a>> {
             local: s.scope == crate::graph::Scope::Local,
         });
     }
-    out.extend(info.extra.iter().cloned());
-    out
+    for s in &info.extra {
+        f(s.clone());
+    }
 }
 
 /// Reads an object into `graph` as [`crate::elf::read_object`] does — but
@@ -568,6 +617,7 @@ fn stub_symbols(
     let block = starts.first().copied().unwrap_or(0);
     let named = names.len() == starts.len();
     let symbol = |name: String, addr, size| ImageSymbol {
+        prefix: "",
         name: name.into(),
         addr,
         size,
