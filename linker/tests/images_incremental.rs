@@ -9,33 +9,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use common::images::{kiln, options, show};
 use common::lua::build_lua;
 use common::*;
 use kiln_engine::{Dylib, DylibLookup, Session, WorkerPool};
 use kiln_linker::image_file::{self, BuildId, ImageError};
 use kiln_linker::layer::{HostGenerator, ObjectLayer};
 use kiln_linker::{HostSymbols, LinkOptions, SymbolResolver as _};
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn options(imaging: bool) -> LinkOptions {
-    let mut o = LinkOptions::default();
-    o.imaging = imaging;
-    o
-}
 
 /// A session with a host dylib (the process and `libs`) and an empty dylib
 /// `name` that links against it, and a layer linking with `options`.

@@ -6,17 +6,12 @@ mod common;
 
 use std::path::Path;
 
+use common::images::options;
 use common::*;
 use kiln_engine::{Dylib, DylibLookup, Session, WorkerPool};
 use kiln_linker::image_file::{self, BuildId};
 use kiln_linker::layer::{HostGenerator, ObjectLayer};
 use kiln_linker::{HostSymbols, LinkOptions};
-
-fn options(imaging: bool) -> LinkOptions {
-    let mut o = LinkOptions::default();
-    o.imaging = imaging;
-    o
-}
 
 fn session_with(name: &str, options: LinkOptions) -> (Session, ObjectLayer, Dylib, Dylib) {
     let session = Session::builder().dispatcher(WorkerPool::new(2)).build();

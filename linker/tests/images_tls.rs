@@ -9,36 +9,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use common::images::{info_of, kiln, save, show};
 use common::*;
 use kiln_linker::image_file::{self, BuildId, ImageError};
 use kiln_linker::{HostSymbols, LinkOptions, Linker};
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `kiln image save -o out inputs...`, asserting success.
-fn save(out: &Path, inputs: &[PathBuf]) {
-    let _ = std::fs::remove_file(out);
-    let o = kiln()
-        .args(["image", "save", "-o"])
-        .arg(out)
-        .args(inputs)
-        .output()
-        .expect("kiln runs");
-    assert!(o.status.success(), "image save: {}", show(&o));
-}
 
 /// Compiles `srcs` (in `dir_of_srcs`) with `cc flags`, builds them natively
 /// (the compiler as linker driver), saves them as an image with `kiln image
@@ -75,18 +51,6 @@ fn check_tls_image(cc: &str, srcs: &[PathBuf], flags: &[&str], marker: &str, tag
         show(&o)
     );
     image
-}
-
-/// `kiln image info [--json] IMAGE`, asserting success.
-fn info_of(image: &Path, json: bool) -> String {
-    let mut cmd = kiln();
-    cmd.args(["image", "info"]);
-    if json {
-        cmd.arg("--json");
-    }
-    let o = cmd.arg(image).output().expect("kiln runs");
-    assert!(o.status.success(), "{}", show(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn c_tls() -> Vec<PathBuf> {

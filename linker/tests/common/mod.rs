@@ -3,6 +3,7 @@
 //! stdout captured.
 #![allow(dead_code)]
 
+pub(crate) mod images;
 pub(crate) mod lua;
 
 use std::ffi::c_void;

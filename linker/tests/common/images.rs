@@ -1,0 +1,53 @@
+//! Helpers shared by the image tests: the `kiln` binary, its output shown
+//! on failure, `kiln image save` / `kiln image info`, imaging link options.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_linker::LinkOptions;
+
+/// The `kiln` binary of this build.
+pub(crate) fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+/// A finished command's status, stdout and stderr, for assertion messages.
+pub(crate) fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `kiln image save -o out inputs...`, which must succeed.
+pub(crate) fn save(out: &Path, inputs: &[PathBuf]) {
+    let _ = std::fs::remove_file(out);
+    let o = kiln()
+        .args(["image", "save", "-o"])
+        .arg(out)
+        .args(inputs)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "image save: {}", show(&o));
+}
+
+/// `kiln image info [--json] image`'s stdout; it must succeed.
+pub(crate) fn info_of(image: &Path, json: bool) -> String {
+    let mut cmd = kiln();
+    cmd.args(["image", "info"]);
+    if json {
+        cmd.arg("--json");
+    }
+    let o = cmd.arg(image).output().expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Default link options, in imaging mode or not.
+pub(crate) fn options(imaging: bool) -> LinkOptions {
+    let mut o = LinkOptions::default();
+    o.imaging = imaging;
+    o
+}
