@@ -2,9 +2,7 @@
 
 use std::io::Write as _;
 
-use kiln_linker::image_file::{
-    self, BuildId, CpuFeatures, ImageDependency, ImageFile, ImageInfo,
-};
+use kiln_linker::image_file::{self, BuildId, CpuFeatures, ImageDependency, ImageFile, ImageInfo};
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
 use super::{InfoArgs, SaveArgs};
@@ -20,7 +18,8 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     let mut options = LinkOptions::default();
     options.imaging = true;
     if let Some(list) = &args.cpu_features {
-        options.cpu_features = CpuFeatures::parse(list).map_err(|e| format!("--cpu-features: {e}"))?;
+        options.cpu_features =
+            CpuFeatures::parse(list).map_err(|e| format!("--cpu-features: {e}"))?;
     }
     let id = BuildId::of_inputs(
         &options,

@@ -106,10 +106,15 @@ const FEATURE_2_MASK: u32 = 1 << 11;
 fn of_property(pr_type: u32, value: u32) -> u64 {
     let when = |yes: bool, bit: u64| if yes { bit } else { 0 };
     match pr_type {
-        t if t == elf::GNU_PROPERTY_X86_ISA_1_NEEDED.0 || t == elf::GNU_PROPERTY_X86_ISA_1_USED.0 => {
-            when(value & elf::GNU_PROPERTY_X86_ISA_1_V2 != 0, CPU_X86_64_V2)
-                | when(value & elf::GNU_PROPERTY_X86_ISA_1_V3 != 0, CPU_X86_64_V3)
-                | when(value & elf::GNU_PROPERTY_X86_ISA_1_V4 != 0, CPU_X86_64_V4)
+        t if t == elf::GNU_PROPERTY_X86_ISA_1_NEEDED.0
+            || t == elf::GNU_PROPERTY_X86_ISA_1_USED.0 =>
+        {
+            // A level includes the ones below it (the assembler marks only
+            // the levels of the instructions it saw).
+            let v4 = value & elf::GNU_PROPERTY_X86_ISA_1_V4 != 0;
+            let v3 = v4 || value & elf::GNU_PROPERTY_X86_ISA_1_V3 != 0;
+            let v2 = v3 || value & elf::GNU_PROPERTY_X86_ISA_1_V2 != 0;
+            when(v2, CPU_X86_64_V2) | when(v3, CPU_X86_64_V3) | when(v4, CPU_X86_64_V4)
         }
         FEATURE_2_USED | FEATURE_2_NEEDED => {
             when(value & FEATURE_2_YMM != 0, CPU_AVX)
@@ -161,7 +166,10 @@ mod tests {
         assert_eq!(CpuFeatures::parse("none").unwrap(), CpuFeatures::NONE);
         let e = CpuFeatures::parse("avx2,avx9000").unwrap_err();
         assert_eq!(e.name, "avx9000");
-        assert!(e.to_string().contains("unknown CPU feature `avx9000`"), "{e}");
+        assert!(
+            e.to_string().contains("unknown CPU feature `avx9000`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -169,6 +177,9 @@ mod tests {
         let isa = elf::GNU_PROPERTY_X86_ISA_1_NEEDED.0;
         assert_eq!(of_property(isa, 0b0111), CPU_X86_64_V2 | CPU_X86_64_V3);
         assert_eq!(of_property(isa, 0b0001), 0);
+        let used = elf::GNU_PROPERTY_X86_ISA_1_USED.0;
+        let all = CPU_X86_64_V2 | CPU_X86_64_V3 | CPU_X86_64_V4;
+        assert_eq!(of_property(used, 0b1000), all);
         assert_eq!(of_property(FEATURE_2_USED, 0x1 | 0x8 | 0x10), CPU_AVX);
         assert_eq!(of_property(FEATURE_2_USED, 0x20), CPU_AVX512F);
         assert_eq!(of_property(0xc000_0002, 0x3), 0); // FEATURE_1_AND (IBT/SHSTK)
