@@ -8,7 +8,7 @@
 //! | 0 | magic `KILNIMG\0` |
 //! | 8 | format version (u32), header size (u32) |
 //! | 16 | machine (u16, `EM_X86_64`), pointer width (u8), endianness (u8, 1 = little), page size (u32) |
-//! | 24 | required CPU features (u64 bit set, [`cpu_features`]) |
+//! | 24 | required CPU features (u64 bit set: bit i is [`CPU_FEATURES`]`[i]`; see [`super::cpu`]) |
 //! | 32 | flags (u64, 0) |
 //! | 40 | build id (32 bytes) |
 //! | 72 | content hash (32 bytes): BLAKE3 of the whole file with this field zeroed |
