@@ -46,12 +46,18 @@
 static const char *const CPU_FEATURES[] = {
     "sse4.2",     "popcnt", "avx",      "avx2",     "bmi2",     "avx512f",  "x86-64-v2", "x86-64-v3",
     "x86-64-v4",  "sse3",   "ssse3",    "sse4.1",   "cmpxchg16b", "fma",    "bmi1",      "lzcnt",
-    "f16c",       "movbe",  "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512vbmi", "avx512bitalg"};
+    "f16c",       "movbe",  "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512vbmi", "avx512bitalg",
+    "avx512vnni", "avxvnni"};
 /* Feature bits the builtin does not name in gcc 12 (cpuid leaf 1 ecx,
- * 0x80000001 ecx); f16c needs the AVX state the OS enables, as in Rust. */
+ * 0x80000001 ecx, leaf 7.1 eax); f16c and avxvnni need the AVX state the
+ * OS enables, as in Rust. */
 static int cpuid_bit(unsigned leaf, unsigned bit) {
     unsigned a, b, c, d;
     return __get_cpuid(leaf, &a, &b, &c, &d) && (c >> bit & 1);
+}
+static int cpuid_7_1_eax_bit(unsigned bit) {
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> bit & 1);
 }
 static uint64_t isa_cpu_features(void) {
     __builtin_cpu_init();
@@ -64,7 +70,8 @@ static uint64_t isa_cpu_features(void) {
                   avx && cpuid_bit(1, 29), cpuid_bit(1, 22), __builtin_cpu_supports("avx512bw"),
                   __builtin_cpu_supports("avx512cd"), __builtin_cpu_supports("avx512dq"),
                   __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vbmi"),
-                  __builtin_cpu_supports("avx512bitalg")};
+                  __builtin_cpu_supports("avx512bitalg"), __builtin_cpu_supports("avx512vnni"),
+                  avx && cpuid_7_1_eax_bit(4)};
     uint64_t bits = 0;
     for (unsigned i = 0; i < sizeof have / sizeof have[0]; i++)
         if (have[i]) bits |= (uint64_t)1 << i;

@@ -324,7 +324,7 @@ pub(crate) fn reseal(file: &mut [u8]) {
 /// `CPU_FEATURES[i]`; Rust `target_feature` names, and the x86-64 psABI
 /// micro-architecture levels). New names are appended: a reader that does
 /// not know a bit shows it as `bitN` and refuses it (its CPU "lacks" it).
-pub(crate) const CPU_FEATURES: [&str; 24] = [
+pub(crate) const CPU_FEATURES: [&str; 26] = [
     "sse4.2",
     "popcnt",
     "avx",
@@ -349,6 +349,8 @@ pub(crate) const CPU_FEATURES: [&str; 24] = [
     "avx512vl",
     "avx512vbmi",
     "avx512bitalg",
+    "avx512vnni",
+    "avxvnni",
 ];
 
 /// Bit of a [`CPU_FEATURES`] name.
@@ -402,6 +404,8 @@ pub(crate) fn cpu_features() -> u64 {
         has!("avx512vl"),
         has!("avx512vbmi"),
         has!("avx512bitalg"),
+        has!("avx512vnni"),
+        has!("avxvnni"),
     ];
     let bits = f
         .iter()
