@@ -44,8 +44,11 @@
 //! range it was linked against, which the header records (area and range)
 //! and a load claims or refuses ([`ImageFile::check_process`] asks first).
 //!
-//! The format reserves room for what comes next without a version bump of
-//! the readers' checks: required CPU features.
+//! **Required CPU features** (`cpu.rs`). The header records what the
+//! inputs' GNU property notes (x86-64 ISA levels, AVX/AVX-512 registers)
+//! and [`LinkOptions::cpu_features`] ask for; a load on a CPU without them
+//! is refused naming the field and both sets. Feature bits are only
+//! appended: a reader refuses a bit it does not know.
 
 pub(crate) mod classify;
 pub(crate) mod combine;
