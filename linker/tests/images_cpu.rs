@@ -160,6 +160,40 @@ fn image_requiring_an_absent_feature(dir: &Path) -> PathBuf {
     image
 }
 
+/// clang's integrated assembler writes no ISA note (only `-fcf-protection`'s
+/// IBT/SHSTK property, not a CPU requirement); GNU as under clang
+/// (`-fno-integrated-as`) writes the used note.
+#[test]
+fn clang_objects_record_only_what_their_notes_say() {
+    assert!(need_tool("clang"));
+    let dir = scratch("images-cpu-clang");
+    let src = dir.join("dot.c");
+    std::fs::write(&src, DOT).expect("write source");
+    let cases: [(&[&str], &str); 2] = [
+        (&["-fcf-protection"], "none"),
+        (
+            &["-fno-integrated-as", "-Wa,-mx86-used-note=yes"],
+            "avx,x86-64-v2,x86-64-v3",
+        ),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let mut flags = vec!["-O2", "-fPIE", "-march=x86-64-v3"];
+        flags.extend_from_slice(extra);
+        let obj = compile("clang", &src, &flags, &[], &dir.join(format!("dot{i}.o")));
+        let image = dir.join(format!("dot{i}.kimg"));
+        let o = save_with(&image, &[obj], &[]);
+        assert!(o.status.success(), "{}", show(&o));
+        assert_eq!(cpu_features_of(&image), want, "clang {flags:?}");
+        let o = kiln_run(&image);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "dot 6129\n",
+            "{}",
+            show(&o)
+        );
+    }
+}
+
 #[test]
 fn kiln_run_refuses_an_image_requiring_a_feature_this_cpu_lacks() {
     assert!(need_tool("gcc"));
