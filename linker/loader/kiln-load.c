@@ -42,15 +42,46 @@
 #if defined(__x86_64__)
 #define ISA_MACHINE 62 /* EM_X86_64 */
 #define ISA_PAGE 4096u
-static const char *const CPU_FEATURES[] = {"sse4.2", "popcnt", "avx", "avx2", "bmi2", "avx512f"};
+#include <cpuid.h>
+static const char *const CPU_FEATURES[] = {
+    "sse4.2",     "popcnt", "avx",      "avx2",     "bmi2",     "avx512f",  "x86-64-v2", "x86-64-v3",
+    "x86-64-v4",  "sse3",   "ssse3",    "sse4.1",   "cmpxchg16b", "fma",    "bmi1",      "lzcnt",
+    "f16c",       "movbe",  "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512vbmi", "avx512bitalg",
+    "avx512vnni", "avxvnni"};
+/* Feature bits the builtin does not name in gcc 12 (cpuid leaf 1 ecx,
+ * 0x80000001 ecx, leaf 7.1 eax); f16c and avxvnni need the AVX state the
+ * OS enables, as in Rust. */
+static int cpuid_bit(unsigned leaf, unsigned bit) {
+    unsigned a, b, c, d;
+    return __get_cpuid(leaf, &a, &b, &c, &d) && (c >> bit & 1);
+}
+static int cpuid_7_1_eax_bit(unsigned bit) {
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> bit & 1);
+}
 static uint64_t isa_cpu_features(void) {
     __builtin_cpu_init();
-    int have[] = {__builtin_cpu_supports("sse4.2"), __builtin_cpu_supports("popcnt"),
-                  __builtin_cpu_supports("avx"),    __builtin_cpu_supports("avx2"),
-                  __builtin_cpu_supports("bmi2"),   __builtin_cpu_supports("avx512f")};
+    int avx = __builtin_cpu_supports("avx");
+    int have[] = {__builtin_cpu_supports("sse4.2"), __builtin_cpu_supports("popcnt"), avx,
+                  __builtin_cpu_supports("avx2"), __builtin_cpu_supports("bmi2"),
+                  __builtin_cpu_supports("avx512f"), 0, 0, 0, __builtin_cpu_supports("sse3"),
+                  __builtin_cpu_supports("ssse3"), __builtin_cpu_supports("sse4.1"), cpuid_bit(1, 13),
+                  __builtin_cpu_supports("fma"), __builtin_cpu_supports("bmi"), cpuid_bit(0x80000001u, 5),
+                  avx && cpuid_bit(1, 29), cpuid_bit(1, 22), __builtin_cpu_supports("avx512bw"),
+                  __builtin_cpu_supports("avx512cd"), __builtin_cpu_supports("avx512dq"),
+                  __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vbmi"),
+                  __builtin_cpu_supports("avx512bitalg"), __builtin_cpu_supports("avx512vnni"),
+                  avx && cpuid_7_1_eax_bit(4)};
     uint64_t bits = 0;
     for (unsigned i = 0; i < sizeof have / sizeof have[0]; i++)
         if (have[i]) bits |= (uint64_t)1 << i;
+    /* The levels (format.rs cpu_levels): every feature of the level. */
+    uint64_t v2 = 1u << 0 | 1u << 1 | 1u << 9 | 1u << 10 | 1u << 11 | 1u << 12;
+    uint64_t v3 = v2 | 1u << 2 | 1u << 3 | 1u << 4 | 1u << 13 | 1u << 14 | 1u << 15 | 1u << 16 | 1u << 17;
+    uint64_t v4 = v3 | 1u << 5 | 1u << 18 | 1u << 19 | 1u << 20 | 1u << 21;
+    if ((bits & v2) == v2) bits |= 1u << 6;
+    if ((bits & v3) == v3) bits |= 1u << 7;
+    if ((bits & v4) == v4) bits |= 1u << 8;
     return bits;
 }
 static void isa_sync_code(char *start, size_t len) { (void)start, (void)len; } /* coherent */

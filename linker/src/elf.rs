@@ -372,6 +372,11 @@ impl Reader<'_, '_> {
             }
             let flags = sh.sh_flags(LE).0;
             let sh_type = sh.sh_type(LE).0;
+            if sh_type == elf::SHT_NOTE.0 {
+                let bits = crate::image_file::cpu::of_note_section(sh, data);
+                self.graph.objects[self.obj.index()].cpu_features |= bits;
+                continue;
+            }
             if flags & elf::SHF_ALLOC.0 == 0 {
                 continue;
             }

@@ -349,6 +349,9 @@ pub struct ObjectInfo {
     /// An archive member, pulled in for the symbols it defines: its blocks
     /// are kept only if live code reaches them (see [`crate::passes::prune`]).
     pub library: bool,
+    /// The CPU features its GNU property notes ask for (image header bits,
+    /// [`crate::image_file::CpuFeatures`]).
+    pub(crate) cpu_features: u64,
 }
 
 /// The link graph.
@@ -414,6 +417,7 @@ impl LinkGraph {
         self.objects.push(ObjectInfo {
             name: name.into(),
             library: false,
+            cpu_features: 0,
         });
         ObjectId(self.objects.len() as u32 - 1)
     }

@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 
-use kiln_linker::image_file::{self, BuildId, ImageDependency, ImageFile, ImageInfo};
+use kiln_linker::image_file::{self, BuildId, CpuFeatures, ImageDependency, ImageFile, ImageInfo};
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
 use super::{InfoArgs, SaveArgs};
@@ -17,6 +17,10 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     }
     let mut options = LinkOptions::default();
     options.imaging = true;
+    if let Some(list) = &args.cpu_features {
+        options.cpu_features =
+            CpuFeatures::parse(list).map_err(|e| format!("--cpu-features: {e}"))?;
+    }
     let id = BuildId::of_inputs(
         &options,
         inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),

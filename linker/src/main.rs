@@ -106,6 +106,11 @@ struct SaveArgs {
     /// defines them, e.g. `kiln run lib.kimg main.o`).
     #[arg(long)]
     allow_undefined: bool,
+    /// CPU features the code requires beyond what the inputs' GNU property
+    /// notes record, comma-separated (`avx2,fma`, `x86-64-v3`): recorded in
+    /// the header with them; loading on a CPU without them is refused.
+    #[arg(long, value_name = "LIST")]
+    cpu_features: Option<String>,
 }
 
 #[derive(Args, Debug)]

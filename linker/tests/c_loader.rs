@@ -784,3 +784,50 @@ fn mutants_of_a_thread_local_image_never_crash_the_loader() {
     }
     assert!(refused >= 150, "only {refused} of 300 loads refused");
 }
+
+/// What follows "this CPU's " in a refusal of required CPU features.
+fn cpu_named_in(e: &str) -> String {
+    e.split("a subset of this CPU's ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no CPU features named in {e}"))
+        .to_string()
+}
+
+/// Objects built for x86-64-v3 (gcc -mneeded: the GNU property note) give
+/// an image that requires it: this CPU has it, so `kiln-load` runs it as
+/// `kiln run` does; with a reserved feature bit set as well (resealed) both
+/// refuse it naming the field, the image's set and this CPU's — the same
+/// set from both implementations' probes.
+#[test]
+fn required_cpu_features_are_checked_like_kiln_run() {
+    assert!(need_tool("gcc"));
+    let flags = ["-O2", "-fPIC", "-march=x86-64-v3", "-mneeded"];
+    let objs = prog_ab("gcc", &flags, "cpu-v3");
+    let dir = scratch("c-loader-cpu");
+    let image = dir.join("v3.kimg");
+    save(&image, &objs);
+    let o = run_loader(&image, &[]);
+    let r = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    assert!(
+        o.status.code().is_some() && o.status.code() == r.status.code(),
+        "{}\n{}",
+        show(&o),
+        show(&r)
+    );
+    assert_eq!(o.stdout, r.stdout, "{}\n{}", show(&o), show(&r));
+    assert!(o.stderr.is_empty(), "{}", show(&o));
+    let mut v = std::fs::read(&image).expect("read image");
+    v[64 + 24 + 7] |= 0x80;
+    image_file::reseal(&mut v);
+    let e = refusal(&v);
+    let want = "image field `required CPU features` is x86-64-v2,x86-64-v3,bit63, expected a subset of this CPU's ";
+    assert!(e.contains(want), "{e}");
+    let absent = dir.join("absent.kimg");
+    std::fs::write(&absent, &v).expect("write image");
+    let r = kiln().arg("run").arg(&absent).output().expect("kiln runs");
+    let re = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(!r.status.success() && re.contains(want), "{}", show(&r));
+    assert_eq!(cpu_named_in(&e), cpu_named_in(&re));
+    assert!(cpu_named_in(&e).contains("x86-64-v3"), "{e}");
+}

@@ -60,6 +60,7 @@
 //! ```
 
 mod builder;
+mod cpu;
 mod emit;
 mod error;
 mod lazy;
@@ -67,6 +68,7 @@ mod module;
 mod reloc;
 
 pub use builder::{KilnBuilder, LibcallNames};
+pub use cpu::required_cpu_features;
 pub use error::Error;
 pub use lazy::{BoxError, LazyContext};
 pub use module::{GroupId, KilnModule};

@@ -580,5 +580,6 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         host_table,
         tls,
         pc_relative: pc_relatives,
+        cpu_features: super::cpu::of_graph(g),
     })
 }

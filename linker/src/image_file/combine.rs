@@ -207,6 +207,7 @@ pub(crate) fn combine(
     let mut eh_frames = Vec::new();
     for ((p, r), &(start, _)) in pieces.iter().zip(&records).zip(&layout) {
         out.memory[start as usize..start as usize + r.memory.len()].copy_from_slice(&r.memory);
+        out.cpu_features |= r.cpu_features;
         out.segments.extend(
             r.segments
                 .iter()

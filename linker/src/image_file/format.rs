@@ -8,7 +8,7 @@
 //! | 0 | magic `KILNIMG\0` |
 //! | 8 | format version (u32), header size (u32) |
 //! | 16 | machine (u16, `EM_X86_64`), pointer width (u8), endianness (u8, 1 = little), page size (u32) |
-//! | 24 | required CPU features (u64 bit set, [`cpu_features`]) |
+//! | 24 | required CPU features (u64 bit set: bit i is [`CPU_FEATURES`]`[i]`; see [`super::cpu`]) |
 //! | 32 | flags (u64, 0) |
 //! | 40 | build id (32 bytes) |
 //! | 72 | content hash (32 bytes): BLAKE3 of the whole file with this field zeroed |
@@ -320,13 +320,53 @@ pub(crate) fn reseal(file: &mut [u8]) {
     file[at..at + 32].copy_from_slice(&hash);
 }
 
-/// CPU features an image may require, as header bits.
-pub(crate) const CPU_FEATURES: [&str; 6] = ["sse4.2", "popcnt", "avx", "avx2", "bmi2", "avx512f"];
+/// CPU features an image may require, as header bits (bit `i` is
+/// `CPU_FEATURES[i]`; Rust `target_feature` names, and the x86-64 psABI
+/// micro-architecture levels). New names are appended: a reader that does
+/// not know a bit shows it as `bitN` and refuses it (its CPU "lacks" it).
+pub(crate) const CPU_FEATURES: [&str; 26] = [
+    "sse4.2",
+    "popcnt",
+    "avx",
+    "avx2",
+    "bmi2",
+    "avx512f",
+    "x86-64-v2",
+    "x86-64-v3",
+    "x86-64-v4",
+    "sse3",
+    "ssse3",
+    "sse4.1",
+    "cmpxchg16b",
+    "fma",
+    "bmi1",
+    "lzcnt",
+    "f16c",
+    "movbe",
+    "avx512bw",
+    "avx512cd",
+    "avx512dq",
+    "avx512vl",
+    "avx512vbmi",
+    "avx512bitalg",
+    "avx512vnni",
+    "avxvnni",
+];
+
+/// Bit of a [`CPU_FEATURES`] name.
+pub(crate) const fn cpu_bit(index: usize) -> u64 {
+    1 << index
+}
+pub(crate) const CPU_AVX: u64 = cpu_bit(2);
+pub(crate) const CPU_AVX512F: u64 = cpu_bit(5);
+pub(crate) const CPU_X86_64_V2: u64 = cpu_bit(6);
+pub(crate) const CPU_X86_64_V3: u64 = cpu_bit(7);
+pub(crate) const CPU_X86_64_V4: u64 = cpu_bit(8);
 
 /// The bits of `required` (a header's [`CPU_FEATURES`] set) this CPU lacks.
 /// Probes the CPU only when `required` has a bit: the first probe runs
 /// `cpuid` several times, which traps on virtual machines (~50 µs of a
-/// `kiln run` of an image on this machine class), and images saved today
+/// `kiln run` of an image on this machine class), and most images
 /// require none.
 pub(crate) fn missing_cpu_features(required: u64) -> u64 {
     if required == 0 {
@@ -335,19 +375,63 @@ pub(crate) fn missing_cpu_features(required: u64) -> u64 {
     required & !cpu_features()
 }
 
-/// The bits of [`CPU_FEATURES`] this CPU has.
+/// The bits of [`CPU_FEATURES`] this CPU has (a level bit: every feature
+/// of the level; `kiln-load.c` probes the same).
 pub(crate) fn cpu_features() -> u64 {
-    let have = [
-        std::arch::is_x86_feature_detected!("sse4.2"),
-        std::arch::is_x86_feature_detected!("popcnt"),
-        std::arch::is_x86_feature_detected!("avx"),
-        std::arch::is_x86_feature_detected!("avx2"),
-        std::arch::is_x86_feature_detected!("bmi2"),
-        std::arch::is_x86_feature_detected!("avx512f"),
+    use std::arch::is_x86_feature_detected as has;
+    let f = [
+        has!("sse4.2"),
+        has!("popcnt"),
+        has!("avx"),
+        has!("avx2"),
+        has!("bmi2"),
+        has!("avx512f"),
+        false,
+        false,
+        false,
+        has!("sse3"),
+        has!("ssse3"),
+        has!("sse4.1"),
+        has!("cmpxchg16b"),
+        has!("fma"),
+        has!("bmi1"),
+        has!("lzcnt"),
+        has!("f16c"),
+        has!("movbe"),
+        has!("avx512bw"),
+        has!("avx512cd"),
+        has!("avx512dq"),
+        has!("avx512vl"),
+        has!("avx512vbmi"),
+        has!("avx512bitalg"),
+        has!("avx512vnni"),
+        has!("avxvnni"),
     ];
-    have.iter()
+    let bits = f
+        .iter()
         .enumerate()
-        .fold(0, |acc, (i, &h)| acc | (u64::from(h) << i))
+        .fold(0, |acc, (i, &h)| acc | (u64::from(h) << i));
+    bits | cpu_levels(bits)
+}
+
+/// The level bits that the feature bits `bits` make up.
+pub(crate) fn cpu_levels(bits: u64) -> u64 {
+    let all = |names: &[&str]| {
+        names.iter().all(|n| {
+            CPU_FEATURES
+                .iter()
+                .position(|f| f == n)
+                .is_some_and(|i| bits & cpu_bit(i) != 0)
+        })
+    };
+    let v2 = all(&["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b"]);
+    let v3 = v2
+        && all(&[
+            "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe",
+        ]);
+    let v4 = v3 && all(&["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"]);
+    let level = |yes: bool, bit: u64| if yes { bit } else { 0 };
+    level(v2, CPU_X86_64_V2) | level(v3, CPU_X86_64_V3) | level(v4, CPU_X86_64_V4)
 }
 
 /// Names of the feature bits in `bits` (unknown bits as `bitN`).

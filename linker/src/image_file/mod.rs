@@ -44,11 +44,15 @@
 //! range it was linked against, which the header records (area and range)
 //! and a load claims or refuses ([`ImageFile::check_process`] asks first).
 //!
-//! The format reserves room for what comes next without a version bump of
-//! the readers' checks: required CPU features.
+//! **Required CPU features** (`cpu.rs`). The header records what the
+//! inputs' GNU property notes (x86-64 ISA levels, AVX/AVX-512 registers)
+//! and [`LinkOptions::cpu_features`] ask for; a load on a CPU without them
+//! is refused naming the field and both sets. Feature bits are only
+//! appended: a reader refuses a bit it does not know.
 
 pub(crate) mod classify;
 pub(crate) mod combine;
+pub(crate) mod cpu;
 mod format;
 mod host_table;
 mod load;
@@ -62,6 +66,7 @@ use crate::error::LinkError;
 use crate::image::LinkedImage;
 use crate::passes::LinkOptions;
 
+pub use cpu::{CpuFeatures, UnknownCpuFeature};
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use host_table::{HostTable, set_host_table};
 pub use load::{IMAGE_MAGIC_END, ImageFile, load, load_file};
@@ -94,6 +99,11 @@ impl BuildId {
         h.update(&(roots.len() as u64).to_le_bytes());
         h.update(roots.as_bytes());
         h.update(&[u8::from(options.imaging)]);
+        // The inputs' own requirements are in their bytes (notes).
+        if !options.cpu_features.is_empty() {
+            h.update(b"cpu features\0");
+            h.update(&options.cpu_features.bits().to_le_bytes());
+        }
         for (name, bytes) in inputs {
             h.update(&(name.len() as u64).to_le_bytes());
             h.update(name.as_bytes());
@@ -324,6 +334,8 @@ pub struct ImagingRecord {
     /// PC-relative references to symbols of other links of this process:
     /// saved only in one image with their code ([`combine`]).
     pub(crate) pc_relative: Vec<classify::PcRelative>,
+    /// The CPU features its code requires (header bits, [`cpu`]).
+    pub(crate) cpu_features: u64,
 }
 
 impl LinkedImage {

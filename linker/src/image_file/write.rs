@@ -258,7 +258,7 @@ fn header(
         pointer_width: 8,
         endianness: 1,
         page_size: PAGE as u32,
-        cpu_features: 0,
+        cpu_features: r.cpu_features,
         flags: 0,
         build_id: id.0,
         content_hash: [0; 32],

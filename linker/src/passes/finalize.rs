@@ -51,9 +51,9 @@ pub(super) fn finalize(
     p.prefault.wait();
     let imaging = if options.imaging {
         let tls = tls_module.as_ref().map(|m| tls_for_imaging(&p, &addrs, m));
-        Some(Box::new(imaging_record(
-            &mut p, &addrs, &init_fini, env, tls,
-        )?))
+        let mut record = imaging_record(&mut p, &addrs, &init_fini, env, tls)?;
+        record.cpu_features |= options.cpu_features.bits();
+        Some(Box::new(record))
     } else {
         None
     };

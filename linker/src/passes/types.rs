@@ -58,6 +58,12 @@ pub struct LinkOptions {
     /// Debugger and profiler interfaces the image is announced to
     /// (default: [`crate::debug::DebugOptions::process_default`]).
     pub debug: crate::debug::DebugOptions,
+    /// CPU features the code requires beyond what the input objects' GNU
+    /// property notes say, for hosts whose code generator chose them (for
+    /// example Cranelift's ISA flags): a saved image records the union, its
+    /// build id covers them, and loading it on a CPU without them is
+    /// refused (default: none).
+    pub cpu_features: crate::image_file::CpuFeatures,
 }
 
 impl Default for LinkOptions {
@@ -70,6 +76,7 @@ impl Default for LinkOptions {
             prepare_early: false,
             imaging: false,
             debug: crate::debug::DebugOptions::process_default(),
+            cpu_features: crate::image_file::CpuFeatures::NONE,
         }
     }
 }
