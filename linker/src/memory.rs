@@ -671,7 +671,6 @@ impl Allocation {
         if self.state == MemState::Released {
             return;
         }
-        let _ = self.protect(0, self.len, MprotectFlags::empty());
         let emptied = if self.file_backed {
             // Dropping the pages of a private file mapping would read the
             // file again: map anonymous (zero) pages over the whole range.
@@ -689,6 +688,8 @@ impl Allocation {
             }
             .map(|_| ())
         } else {
+            // (The anonymous mapping above is `PROT_NONE` already.)
+            let _ = self.protect(0, self.len, MprotectFlags::empty());
             // SAFETY: the range belongs to this allocation and no code or
             // data of the image is used after this (its finalizers already
             // ran); dropping its pages affects nothing else.

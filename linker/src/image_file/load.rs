@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use super::read::{self, Parsed};
 use super::registry::{self, Registration};
-use super::{BuildId, ImageDependency, ImageError};
+use super::{BuildId, ImageDependency, ImageError, verified};
 use crate::graph::Prot;
 use crate::host::SymbolResolver;
-use crate::image::LinkedImage;
+use crate::image::{LinkedImage, SortedSymbols};
 use crate::memory::{Allocation, Placement};
 use crate::passes::{Finalized, LinkStats, TlsLayout};
 use crate::runtime;
@@ -129,7 +131,7 @@ pub(crate) fn dependency_bases(
 
 /// The distinct import names, in table order.
 pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = rustc_hash::FxHashSet::default();
     p.imports
         .iter()
         .filter(|i| i.dep.is_none() && i.host.is_none())
@@ -147,7 +149,7 @@ pub(crate) fn bind(
     p: &Parsed<'_>,
     alloc: &mut Allocation,
     file_name: &str,
-    found: &HashMap<&str, u64>,
+    found: &FxHashMap<&str, u64>,
     deps: &[u64],
 ) -> Result<(), ImageError> {
     let mut missing: Vec<String> = p
@@ -230,11 +232,6 @@ pub(crate) fn finish(
         .finalize(&segments)
         .map_err(|e| link_err(file_name, e))?;
     let base = alloc.base();
-    let symbols = p
-        .exports
-        .iter()
-        .map(|e| (Box::from(e.name), base + e.offset))
-        .collect();
     let init_fini = p
         .init_fini
         .iter()
@@ -281,7 +278,8 @@ pub(crate) fn finish(
         link_err(file_name, crate::LinkError::Debug { image, source })
     })?;
     let finalized = Finalized {
-        symbols,
+        // Set below, from the export table as it is (sorted by name).
+        symbols: HashMap::new(),
         eh_frame,
         init_fini,
         tls: TlsLayout::default(),
@@ -307,8 +305,12 @@ pub(crate) fn finish(
             },
         )
     })?;
-    LinkedImage::start(p.name.to_string(), finalized, dso, false)
-        .map_err(|e| link_err(file_name, e))
+    let mut image = LinkedImage::start(p.name.to_string(), finalized, dso, false)
+        .map_err(|e| link_err(file_name, e))?;
+    image.set_sorted_symbols(SortedSymbols::from_sorted(
+        p.exports.iter().map(|e| (e.name, base + e.offset)),
+    ));
+    Ok(image)
 }
 
 /// Loads the image file `bytes` (called `file_name` in errors) into this
@@ -370,13 +372,17 @@ pub unsafe fn load_file(
         what,
         source,
     };
+    let now = verified::now();
     let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
-    let view = FileView::new(&file).map_err(|e| io("map", e))?;
-    // SAFETY: `load_parsed` asks what `load` asks, which this function's
+    let meta = file.metadata().map_err(|e| io("stat", e))?;
+    let id = verified::Identity::new(&meta, now, verified::RACY);
+    let view = FileView::new(&file, meta.len()).map_err(|e| io("map", e))?;
+    let p = read::parse_file(&file_name, view.bytes(), &id)?;
+    // SAFETY: `load_checked` asks what `load` asks, which this function's
     // callers promise; `file` is the file `view` maps, open until the load
     // returns, and its pages stay unchanged as long as the image lives
     // (this function's contract).
-    unsafe { load_parsed(&file_name, view.bytes(), Some(&file), resolver) }
+    unsafe { load_checked(&file_name, p, Some(&file), resolver) }
 }
 
 /// An image file opened for loading: the file mapped read-only (not read
@@ -409,12 +415,16 @@ impl ImageFile {
     /// called `path` in errors.
     pub fn from_file(path: &std::path::Path, file: std::fs::File) -> Result<ImageFile, ImageError> {
         let name = path.display().to_string();
-        let view = FileView::new(&file).map_err(|source| ImageError::Io {
+        let io = |what, source| ImageError::Io {
             name: name.clone(),
-            what: "map",
+            what,
             source,
-        })?;
-        read::parse(&name, view.bytes())?;
+        };
+        let now = verified::now();
+        let meta = file.metadata().map_err(|e| io("stat", e))?;
+        let id = verified::Identity::new(&meta, now, verified::RACY);
+        let view = FileView::new(&file, meta.len()).map_err(|e| io("map", e))?;
+        read::parse_file(&name, view.bytes(), &id)?;
         Ok(ImageFile { name, view, file })
     }
 
@@ -453,8 +463,9 @@ struct FileView {
 }
 
 impl FileView {
-    fn new(file: &std::fs::File) -> std::io::Result<FileView> {
-        let len = usize::try_from(file.metadata()?.len())
+    /// Maps the `len` bytes of `file` (its size, from its metadata).
+    fn new(file: &std::fs::File, len: u64) -> std::io::Result<FileView> {
+        let len = usize::try_from(len)
             .map_err(|_| std::io::Error::from_raw_os_error(27))?;
         if len == 0 {
             return Ok(FileView {
@@ -518,6 +529,21 @@ unsafe fn load_parsed(
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
     let p = read::parse(file_name, bytes)?;
+    // SAFETY: as this function's.
+    unsafe { load_checked(file_name, p, file, resolver) }
+}
+
+/// [`load_parsed`] of bytes already checked (`p`).
+///
+/// # Safety
+///
+/// As for [`load_parsed`].
+unsafe fn load_checked(
+    file_name: &str,
+    p: Parsed<'_>,
+    file: Option<&std::fs::File>,
+    resolver: &dyn SymbolResolver,
+) -> Result<LinkedImage, ImageError> {
     let deps = dependency_bases(
         &p,
         file_name,
@@ -528,7 +554,7 @@ unsafe fn load_parsed(
     let registration = register(&p, &alloc, file_name);
     let names = import_names(&p);
     let answers = resolver.resolve(&names);
-    let found: HashMap<&str, u64> = names
+    let found: FxHashMap<&str, u64> = names
         .iter()
         .zip(answers)
         .filter_map(|(n, a)| Some((*n, a?)))

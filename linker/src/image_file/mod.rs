@@ -10,6 +10,7 @@
 //! | `load.rs` | mapping, rebasing, binding slots, final protections → a [`LinkedImage`] |
 //! | `unit.rs` | an image as an engine materialization unit ([`crate::layer::ObjectLayer::add_image`]) |
 //! | `registry.rs` | the images of the process by address range and build id ([`image_at`]) |
+//! | `verified.rs` | files whose content hash this process checked, by (device, inode, size, mtime, ctime): not hashed again |
 //!
 //! An image is an ELF64 file (`readelf -S` shows its sections): the kiln
 //! header section `.kiln.header` sits at file offset 64, right after the ELF
@@ -46,6 +47,7 @@ mod load;
 mod read;
 pub mod registry;
 mod unit;
+mod verified;
 mod write;
 
 use crate::error::LinkError;

@@ -7,7 +7,7 @@ use object::elf::{self, FileHeader64};
 use object::read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _};
 
 use super::format::{self, Fields, HEADER_AT, HEADER_SIZE, Header, PAGE};
-use super::{BuildId, ImageDependency, ImageError};
+use super::{BuildId, ImageDependency, ImageError, verified};
 use crate::graph::Prot;
 
 /// A loadable segment: `[vaddr, vaddr+memsz)` of the image, of which the
@@ -153,6 +153,25 @@ fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageErr
 /// Checks everything about `file` the loader relies on.
 pub(crate) fn parse<'a>(file_name: &str, file: &'a [u8]) -> Result<Parsed<'a>, ImageError> {
     parse_with(file_name, file, true)
+}
+
+/// [`parse`] of the bytes of a file with identity `id` (taken before the
+/// bytes were read: [`verified::Identity::new`]): the content hash is
+/// skipped if this process hashed that very file before and it has not
+/// changed since ([`verified`]); otherwise it is checked and, if it
+/// matches, the file is remembered.
+pub(crate) fn parse_file<'a>(
+    file_name: &str,
+    file: &'a [u8],
+    id: &verified::Identity,
+) -> Result<Parsed<'a>, ImageError> {
+    let known = id.size() == file.len() as u64
+        && format::header_content_hash(file).is_some_and(|h| verified::is_verified(id, &h));
+    let p = parse_with(file_name, file, !known)?;
+    if !known && id.size() == file.len() as u64 {
+        verified::remember(*id, p.header.content_hash);
+    }
+    Ok(p)
 }
 
 /// [`parse`], skipping the content hash when `hash` is false: only for

@@ -282,7 +282,7 @@ impl ImageUnit {
                     .kind(LookupKind::Static),
             )
             .wait()?;
-        let addrs: HashMap<&str, u64> = names
+        let addrs: rustc_hash::FxHashMap<&str, u64> = names
             .iter()
             .zip(found.by_request())
             .filter_map(|(n, (_, d))| Some((*n, d?.address)))
