@@ -292,9 +292,9 @@ pub(crate) struct SortedSymbols {
 }
 
 impl SortedSymbols {
-    /// From `(name, address)` pairs in ascending name order with no
-    /// duplicate (as an image file's export table is checked to be); pairs
-    /// out of order are dropped, so lookups stay correct.
+    /// From `(name, address)` pairs in strictly ascending name order (as
+    /// the parser checks an image file's export table to be; out of order,
+    /// lookups would miss names, nothing worse).
     pub(crate) fn from_sorted<'a>(
         items: impl ExactSizeIterator<Item = (&'a str, u64)> + Clone,
     ) -> SortedSymbols {
@@ -304,12 +304,10 @@ impl SortedSymbols {
             entries: Vec::with_capacity(items.len()),
         };
         for (name, addr) in items {
-            if out.entries.last().is_some_and(|e| out.name(e) >= name) {
-                continue;
-            }
             out.entries.push((out.names.len(), name.len(), addr));
             out.names.push_str(name);
         }
+        debug_assert!(out.entries.is_sorted_by(|a, b| out.name(a) < out.name(b)));
         out
     }
 

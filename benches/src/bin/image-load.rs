@@ -308,7 +308,13 @@ fn run(config: &Config) -> Result<(), String> {
     drop(saved);
     std::fs::create_dir_all(&config.work).map_err(|e| e.to_string())?;
     let kimg = config.work.join("lua.kimg");
-    std::fs::write(&kimg, &bytes).map_err(|e| e.to_string())?;
+    // The file is kept when unchanged. A file changed in the last 2 s is
+    // hashed on every load (see image_file/verified.rs); installed images
+    // and cache entries are older, so wait as long after writing it.
+    if std::fs::read(&kimg).ok().as_ref() != Some(&bytes) {
+        std::fs::write(&kimg, &bytes).map_err(|e| e.to_string())?;
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+    }
     // A path with a slash: dlopen does not search for it.
     let so =
         std::fs::canonicalize(&config.so).map_err(|e| format!("{}: {e}", config.so.display()))?;

@@ -131,7 +131,7 @@ pub(crate) fn dependency_bases(
 
 /// The distinct import names, in table order.
 pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
-    let mut seen = rustc_hash::FxHashSet::default();
+    let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(p.imports.len(), Default::default());
     p.imports
         .iter()
         .filter(|i| i.dep.is_none() && i.host.is_none())
@@ -152,26 +152,12 @@ pub(crate) fn bind(
     found: &FxHashMap<&str, u64>,
     deps: &[u64],
 ) -> Result<(), ImageError> {
-    let mut missing: Vec<String> = p
-        .imports
-        .iter()
-        .filter(|i| i.dep.is_none() && i.host.is_none())
-        .filter(|i| !i.weak && !found.contains_key(i.name))
-        .map(|i| i.name.to_string())
-        .collect();
-    if !missing.is_empty() {
-        missing.sort();
-        missing.dedup();
-        return Err(ImageError::MissingImports {
-            name: file_name.into(),
-            missing,
-        });
-    }
     let table = host_table(p, file_name)?;
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
         detail: "the image's memory is no longer writable".into(),
     })?;
+    let mut missing: Vec<String> = Vec::new();
     for i in &p.imports {
         // The parser checked the indices against the tables.
         let target = match (i.dep, i.host) {
@@ -179,8 +165,21 @@ pub(crate) fn bind(
             (None, Some(index)) => table.as_ref().and_then(|t| t.address(index)),
             (None, None) => found.get(i.name).copied(),
         };
+        if target.is_none() && i.dep.is_none() && i.host.is_none() && !i.weak {
+            missing.push(i.name.to_string());
+        }
         let v = target.map_or(0, |a| a.wrapping_add(i.addend as u64));
         mem[i.offset as usize..i.offset as usize + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    // Nothing runs before the image is finished: the words written above
+    // are never used when this fails (the memory is released).
+    if !missing.is_empty() {
+        missing.sort();
+        missing.dedup();
+        return Err(ImageError::MissingImports {
+            name: file_name.into(),
+            missing,
+        });
     }
     Ok(())
 }

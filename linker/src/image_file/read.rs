@@ -191,22 +191,38 @@ pub(crate) fn parse_with<'a>(
     let (tables, eh_section) = tables(&c, &h, ehdr, file)?;
     check_eh_frame(&c, &h, &segments, eh_section)?;
     let strings = tables[format::T_STRINGS];
+    // The whole table checked as UTF-8 once (kiln writes only names): then
+    // each string is a slice at char boundaries. Otherwise each string is
+    // checked on its own, as it is used.
+    let whole = std::str::from_utf8(strings).ok();
     let string = |(at, len): (u32, u32), what: &str| -> Result<&'a str, ImageError> {
         let end = u64::from(at) + u64::from(len);
-        strings
-            .get(at as usize..end as usize)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or_else(|| {
+        let range = at as usize..end as usize;
+        match whole {
+            Some(all) => all.get(range),
+            None => strings
+                .get(range)
+                .and_then(|b| std::str::from_utf8(b).ok()),
+        }
+        .ok_or_else(|| {
                 c.bad(format!(
                     "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
                 ))
             })
     };
     let name = string(h.name, "image name")?;
+    // The segment the last word checked was in: rebased words and imports
+    // come in ascending order, mostly in one segment.
+    let last = std::cell::Cell::new(None::<&Segment>);
     let writable = |off: u64, what: &str| -> Result<(), ImageError> {
-        let ok = segments.iter().any(|s| {
+        let inside = |s: &Segment| {
             s.prot != Prot::ReadExec && off >= s.vaddr && off.saturating_add(8) <= s.vaddr + s.memsz
-        });
+        };
+        let ok = last.get().is_some_and(inside) || {
+            let found = segments.iter().find(|s| inside(s));
+            last.set(found);
+            found.is_some()
+        };
         if ok {
             Ok(())
         } else {
