@@ -267,7 +267,17 @@ impl Default for HostSymbols {
 
 impl SymbolResolver for HostSymbols {
     fn resolve(&self, names: &[&str]) -> Vec<Option<u64>> {
-        names.iter().map(|n| self.lookup(n)).collect()
+        // Remembered answers under one lock; the rest as `lookup` finds them.
+        let mut out: Vec<Option<u64>> = {
+            let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+            names.iter().map(|n| found.get(*n).copied()).collect()
+        };
+        for (a, n) in out.iter_mut().zip(names) {
+            if a.is_none() {
+                *a = self.lookup(n);
+            }
+        }
+        out
     }
 }
 

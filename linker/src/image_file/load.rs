@@ -129,15 +129,34 @@ pub(crate) fn dependency_bases(
     }
 }
 
-/// The distinct import names, in table order.
-pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
-    let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(p.imports.len(), Default::default());
-    p.imports
+/// The distinct names imported by name (in table order, what a resolver
+/// is asked), and for each import its name's index in them.
+pub(crate) struct ImportNames<'a> {
+    pub(crate) names: Vec<&'a str>,
+    /// Per import: the index of its name in `names` (`u32::MAX`: not by
+    /// name).
+    index: Vec<u32>,
+}
+
+/// The import names of `p` (see [`ImportNames`]).
+pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> ImportNames<'a> {
+    let mut seen: FxHashMap<&str, u32> =
+        FxHashMap::with_capacity_and_hasher(p.imports.len(), Default::default());
+    let mut names = Vec::with_capacity(p.imports.len());
+    let index = p
+        .imports
         .iter()
-        .filter(|i| i.dep.is_none() && i.host.is_none())
-        .map(|i| i.name)
-        .filter(|n| seen.insert(*n))
-        .collect()
+        .map(|i| {
+            if i.dep.is_some() || i.host.is_some() {
+                return u32::MAX;
+            }
+            *seen.entry(i.name).or_insert_with(|| {
+                names.push(i.name);
+                (names.len() - 1) as u32
+            })
+        })
+        .collect();
+    ImportNames { names, index }
 }
 
 /// Writes each import's address (plus addend) into its word: a name's
@@ -149,7 +168,8 @@ pub(crate) fn bind(
     p: &Parsed<'_>,
     alloc: &mut Allocation,
     file_name: &str,
-    found: &FxHashMap<&str, u64>,
+    names: &ImportNames<'_>,
+    answers: &[Option<u64>],
     deps: &[u64],
 ) -> Result<(), ImageError> {
     let table = host_table(p, file_name)?;
@@ -158,12 +178,12 @@ pub(crate) fn bind(
         detail: "the image's memory is no longer writable".into(),
     })?;
     let mut missing: Vec<String> = Vec::new();
-    for i in &p.imports {
+    for (i, &n) in p.imports.iter().zip(&names.index) {
         // The parser checked the indices against the tables.
         let target = match (i.dep, i.host) {
             (Some((index, offset)), _) => deps.get(index as usize).map(|b| b.wrapping_add(offset)),
             (None, Some(index)) => table.as_ref().and_then(|t| t.address(index)),
-            (None, None) => found.get(i.name).copied(),
+            (None, None) => answers.get(n as usize).copied().flatten(),
         };
         if target.is_none() && i.dep.is_none() && i.host.is_none() && !i.weak {
             missing.push(i.name.to_string());
@@ -552,13 +572,8 @@ unsafe fn load_checked(
     let mut alloc = map_from(&p, file_name, file)?;
     let registration = register(&p, &alloc, file_name);
     let names = import_names(&p);
-    let answers = resolver.resolve(&names);
-    let found: FxHashMap<&str, u64> = names
-        .iter()
-        .zip(answers)
-        .filter_map(|(n, a)| Some((*n, a?)))
-        .collect();
-    bind(&p, &mut alloc, file_name, &found, &deps)?;
+    let answers = resolver.resolve(&names.names);
+    bind(&p, &mut alloc, file_name, &names, &answers, &deps)?;
     let image = finish(&p, alloc, file_name)?;
     image.register_once(|| registration);
     Ok(image)

@@ -231,7 +231,11 @@ pub(crate) fn parse_with<'a>(
             )))
         }
     };
-    let mut rebase = Vec::new();
+    // Sized by the header's count, bounded by what the table can encode
+    // (63 words per 8-byte entry; the count is checked after decoding).
+    let mut rebase = Vec::with_capacity(
+        (h.rebased as usize).min(tables[format::T_REBASE].len() / 8 * 63),
+    );
     let words = tables[format::T_REBASE]
         .chunks_exact(8)
         .map(|w| Fields(w).u64(0));

@@ -274,7 +274,7 @@ impl ImageUnit {
         // is named at once.
         let order = r.dylib().link_order();
         let names = load::import_names(&p);
-        let interned: Vec<SymbolName> = names.iter().map(|n| session.intern(n)).collect();
+        let interned: Vec<SymbolName> = names.names.iter().map(|n| session.intern(n)).collect();
         let set = LookupSet::weak(interned.iter().cloned());
         let found = session
             .lookup_with(
@@ -282,12 +282,11 @@ impl ImageUnit {
                     .kind(LookupKind::Static),
             )
             .wait()?;
-        let addrs: rustc_hash::FxHashMap<&str, u64> = names
-            .iter()
-            .zip(found.by_request())
-            .filter_map(|(n, (_, d))| Some((*n, d?.address)))
+        let answers: Vec<Option<u64>> = found
+            .by_request()
+            .map(|(_, d)| d.map(|d| d.address))
             .collect();
-        load::bind(&p, &mut alloc, &self.name, &addrs, &deps).map_err(err)?;
+        load::bind(&p, &mut alloc, &self.name, &names, &answers, &deps).map_err(err)?;
         // (c) Final protections, runtime registration; the tracker owns it.
         let image = load::finish(&p, alloc, &self.name).map_err(err)?;
         image.register_once(|| registration);
