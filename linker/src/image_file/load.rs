@@ -27,10 +27,12 @@ fn link_err(name: &str, source: crate::LinkError) -> ImageError {
 /// Takes memory for the image and fills it: segments at their offsets,
 /// zeros elsewhere, every rebased word plus the base. Writes no text after
 /// this (binding writes only the non-text words the parser checked). With
-/// `file` (the file `p` was parsed from), the whole pages of each segment
-/// are mapped from it copy-on-write instead of copied, so that only the
-/// pages rebasing and binding write are copied; a segment's last, partial
-/// page is copied (the file goes on with other bytes).
+/// `file` (the file `p` was parsed from), each segment's pages are mapped
+/// from it copy-on-write instead of copied — its last, partial page too,
+/// as `ld.so` does, with the part the segment zero-fills (`memsz` past
+/// `filesz`) cleared — in one `mmap` for segments that lie alike in the
+/// file and in memory, so that only the pages rebasing and binding write
+/// are copied.
 pub(crate) fn map_from(
     p: &Parsed<'_>,
     file_name: &str,
@@ -44,20 +46,39 @@ pub(crate) fn map_from(
         })?;
     let base = alloc.base();
     let page = crate::memory::PAGE;
+    // (image offset, file offset, length) of the file mappings; (file
+    // offset, image offset, length) of the copies; image ranges to clear.
+    let mut runs: Vec<(u64, u64, u64)> = Vec::with_capacity(p.segments.len());
     let mut copied = Vec::with_capacity(p.segments.len());
+    let mut cleared = Vec::new();
     for s in &p.segments {
-        // The parser checked both ranges (file and image).
-        let whole = match file {
-            Some(f) if s.offset.is_multiple_of(page) && s.vaddr.is_multiple_of(page) => {
-                let whole = s.filesz / page * page;
-                alloc
-                    .map_file(s.vaddr, whole, f, s.offset)
-                    .map_err(|e| link_err(file_name, e))?;
-                whole
+        // The parser checked both ranges (file and image), page-aligned
+        // starts, ascending segments and `filesz <= memsz`: the rounded-up
+        // file pages stay inside the segment's memory pages (and before the
+        // next segment's), and past the file's end only within its last
+        // page (which reads as zero there).
+        match file {
+            Some(_) if s.offset.is_multiple_of(page) && s.vaddr.is_multiple_of(page) => {
+                let len = s.filesz.div_ceil(page) * page;
+                match runs.last_mut() {
+                    Some((v, o, l)) if *v + *l == s.vaddr && *o + *l == s.offset => *l += len,
+                    _ if len > 0 => runs.push((s.vaddr, s.offset, len)),
+                    _ => {}
+                }
+                let zero_end = (s.vaddr + s.memsz).min(s.vaddr + len);
+                if s.vaddr + s.filesz < zero_end {
+                    cleared.push((s.vaddr + s.filesz, zero_end));
+                }
             }
-            _ => 0,
-        };
-        copied.push((s.offset + whole, s.vaddr + whole, s.filesz - whole));
+            _ => copied.push((s.offset, s.vaddr, s.filesz)),
+        }
+    }
+    if let Some(f) = file {
+        for &(vaddr, offset, len) in &runs {
+            alloc
+                .map_file(vaddr, len, f, offset)
+                .map_err(|e| link_err(file_name, e))?;
+        }
     }
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
@@ -69,6 +90,9 @@ pub(crate) fn map_from(
     for (offset, vaddr, len) in copied {
         let src = &p.file[offset as usize..(offset + len) as usize];
         mem[vaddr as usize..(vaddr + len) as usize].copy_from_slice(src);
+    }
+    for (start, end) in cleared {
+        mem[start as usize..end as usize].fill(0);
     }
     for &off in &p.rebase {
         let w = &mut mem[off as usize..off as usize + 8];

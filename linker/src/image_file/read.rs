@@ -243,11 +243,11 @@ pub(crate) fn parse_with<'a>(
         return Err(c.bad(".kiln.rebase size is not a multiple of 8"));
     }
     let count = format::relr_decode(words, h.image_size / 8, |off| {
-        writable(off, "rebased word").map_err(|e| e.to_string())?;
         rebase.push(off);
         Ok(())
     })
     .map_err(|e| c.bad(format!(".kiln.rebase: {e}")))?;
+    rebased_words_writable(&c, &segments, &rebase)?;
     c.expect("rebased word count", count, u64::from(h.rebased))?;
     let deps = deps(&c, &h, tables[format::T_DEPS], &string)?;
     let host_table = host_table(&c, tables[format::T_HOSTTAB], &string)?;
@@ -283,6 +283,28 @@ pub(crate) fn parse_with<'a>(
         exports,
         init_fini,
     })
+}
+
+/// Every rebased word (ascending: the decoder checks) lies in a non-text
+/// segment: one walk over both, as segments ascend too.
+fn rebased_words_writable(c: &Ctx<'_>, segments: &[Segment], rebase: &[u64]) -> Result<(), ImageError> {
+    let mut writable = segments.iter().filter(|s| s.prot != Prot::ReadExec);
+    let mut cur = writable.next();
+    for &off in rebase {
+        while let Some(s) = cur
+            && off >= s.vaddr + s.memsz
+        {
+            cur = writable.next();
+        }
+        let inside =
+            cur.is_some_and(|s| off >= s.vaddr && off.saturating_add(8) <= s.vaddr + s.memsz);
+        if !inside {
+            return Err(c.bad(format!(
+                ".kiln.rebase: rebased word at {off:#x} is not a word of a non-text segment"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The tables' bytes (in [`format::TABLES`] order) and the `.eh_frame`
