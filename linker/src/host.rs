@@ -134,7 +134,10 @@ impl HostSymbols {
         })?;
         self.libraries.push((path.display().to_string(), lib));
         // A name found through the process may come from it now.
-        self.found.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        self.found
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -147,7 +150,8 @@ impl HostSymbols {
     /// and nothing earlier in the search order defines the name:
     ///
     /// - runtime overrides are static; the libraries this `HostSymbols`
-    ///   opened (`-l`, libstdc++) are held open by it;
+    ///   opened (`-l`, libstdc++), and the libraries they depend on (whose
+    ///   names `dlsym` on their handles also finds), are held open by it;
     /// - an answer from the process's own scope (`dlsym` on the main
     ///   program, which also sees libraries others opened `RTLD_GLOBAL`)
     ///   is remembered only if its object is pinned: the main program
@@ -293,6 +297,37 @@ mod tests {
         assert!(r[0].is_some() && r[1].is_some());
         assert!(r[2].is_none());
         assert!(h.load_library("kiln_no_such_lib", &[]).is_err());
+    }
+
+    /// Answers found are remembered (those from the process's scope once
+    /// their library is pinned), misses are not, and loading a library
+    /// forgets every answer (it comes earlier in the search order).
+    #[test]
+    fn answers_are_remembered_until_a_library_is_loaded() {
+        let mut h = HostSymbols::new();
+        let a = h.resolve(&["printf", "kiln_surely_not_a_symbol"]);
+        assert!(a[0].is_some() && a[1].is_none(), "{a:?}");
+        {
+            let found = h.found.lock().unwrap();
+            assert_eq!(found.get("printf").copied(), a[0], "printf not remembered");
+            assert!(!found.contains_key("kiln_surely_not_a_symbol"));
+        }
+        // What answers through the process's scope is remembered only once
+        // its object is pinned: a library (held by a handle), the main
+        // program (never unloaded), not memory of no object.
+        let printf = a[0].unwrap();
+        assert!(h.pin(printf), "libc not pinned");
+        assert!(!h.pinned.lock().unwrap().handles.is_empty());
+        let here = answers_are_remembered_until_a_library_is_loaded as usize as u64;
+        assert!(h.pin(here), "the test program not pinned");
+        let heap = Box::new(0u64);
+        assert!(!h.pin(&*heap as *const u64 as u64), "the heap pinned");
+        h.load_library("m", &[]).unwrap();
+        assert!(
+            h.found.lock().unwrap().is_empty(),
+            "kept across a new library"
+        );
+        assert_eq!(h.resolve(&["printf"]), vec![a[0]]);
     }
 
     /// libstdc++ is opened on the first name found nowhere else, and its

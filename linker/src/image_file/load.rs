@@ -508,8 +508,7 @@ struct FileView {
 impl FileView {
     /// Maps the `len` bytes of `file` (its size, from its metadata).
     fn new(file: &std::fs::File, len: u64) -> std::io::Result<FileView> {
-        let len = usize::try_from(len)
-            .map_err(|_| std::io::Error::from_raw_os_error(27))?;
+        let len = usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(27))?;
         if len == 0 {
             return Ok(FileView {
                 addr: std::ptr::null_mut(),

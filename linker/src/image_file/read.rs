@@ -200,15 +200,13 @@ pub(crate) fn parse_with<'a>(
         let range = at as usize..end as usize;
         match whole {
             Some(all) => all.get(range),
-            None => strings
-                .get(range)
-                .and_then(|b| std::str::from_utf8(b).ok()),
+            None => strings.get(range).and_then(|b| std::str::from_utf8(b).ok()),
         }
         .ok_or_else(|| {
-                c.bad(format!(
-                    "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
-                ))
-            })
+            c.bad(format!(
+                "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
+            ))
+        })
     };
     let name = string(h.name, "image name")?;
     // The segment the last word checked was in: rebased words and imports
@@ -233,9 +231,8 @@ pub(crate) fn parse_with<'a>(
     };
     // Sized by the header's count, bounded by what the table can encode
     // (63 words per 8-byte entry; the count is checked after decoding).
-    let mut rebase = Vec::with_capacity(
-        (h.rebased as usize).min(tables[format::T_REBASE].len() / 8 * 63),
-    );
+    let mut rebase =
+        Vec::with_capacity((h.rebased as usize).min(tables[format::T_REBASE].len() / 8 * 63));
     let words = tables[format::T_REBASE]
         .chunks_exact(8)
         .map(|w| Fields(w).u64(0));
@@ -287,7 +284,11 @@ pub(crate) fn parse_with<'a>(
 
 /// Every rebased word (ascending: the decoder checks) lies in a non-text
 /// segment: one walk over both, as segments ascend too.
-fn rebased_words_writable(c: &Ctx<'_>, segments: &[Segment], rebase: &[u64]) -> Result<(), ImageError> {
+fn rebased_words_writable(
+    c: &Ctx<'_>,
+    segments: &[Segment],
+    rebase: &[u64],
+) -> Result<(), ImageError> {
     let mut writable = segments.iter().filter(|s| s.prot != Prot::ReadExec);
     let mut cur = writable.next();
     for &off in rebase {
