@@ -296,7 +296,7 @@ fn check_private(path: &std::path::Path, what: &str) -> Result<(), String> {
 /// that cannot be imaged are returned as they are (one line says why).
 pub(crate) fn cached(
     dir: &std::path::Path,
-    inputs: Vec<(String, Vec<u8>)>,
+    paths: &[std::path::PathBuf],
     libs: &[String],
     lib_dirs: &[std::path::PathBuf],
     stats: bool,
@@ -311,9 +311,16 @@ pub(crate) fn cached(
     check_private(dir, "directory")?;
     let mut options = LinkOptions::default();
     options.imaging = true;
+    // The key is the inputs' bytes, hashed from read-only mappings: a hit
+    // copies none of them (reading ~0.6 MB of Lua's objects into fresh
+    // memory was ~15% of a hit); a miss copies them for the linker.
+    let mapped = paths
+        .iter()
+        .map(|p| Ok((p.display().to_string(), MappedInput::open(p)?)))
+        .collect::<Result<Vec<_>, String>>()?;
     let id = BuildId::of_inputs(
         &options,
-        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+        mapped.iter().map(|(n, m)| (n.as_str(), m.bytes())),
     );
     let entry = dir.join(format!("{id}.kimg"));
     let name = entry.display().to_string();
@@ -331,6 +338,10 @@ pub(crate) fn cached(
             Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
         }
     }
+    let inputs: Vec<(String, Vec<u8>)> = mapped
+        .into_iter()
+        .map(|(n, m)| (n, m.bytes().to_vec()))
+        .collect();
     let mut linker = Linker::new(options);
     linker.run_initializers(false);
     for (n, b) in &inputs {
@@ -366,6 +377,64 @@ pub(crate) fn cached(
     ImageFile::open(&entry)
         .map(Cached::Image)
         .map_err(|e| e.to_string())
+}
+
+/// An input file mapped read-only (`MAP_PRIVATE`), unmapped on drop. As
+/// for a linker that maps its inputs, a file truncated by someone else
+/// while mapped makes reads past its new end fault (`SIGBUS`); the mapping
+/// lives only while the cache key is computed (and copied on a miss).
+struct MappedInput {
+    addr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl MappedInput {
+    fn open(path: &std::path::Path) -> Result<MappedInput, String> {
+        let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let file = std::fs::File::open(path).map_err(err)?;
+        let len = usize::try_from(file.metadata().map_err(err)?.len())
+            .map_err(|_| format!("cannot read {}: too large", path.display()))?;
+        if len == 0 {
+            return Ok(MappedInput {
+                addr: std::ptr::null_mut(),
+                len,
+            });
+        }
+        // SAFETY: a new read-only private mapping the kernel places; it
+        // aliases no Rust object, and only `bytes` reads it (see the type's
+        // note on files truncated meanwhile).
+        let addr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::PRIVATE,
+                &file,
+                0,
+            )
+        }
+        .map_err(|e| err(e.into()))?;
+        Ok(MappedInput { addr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `addr` maps `len` readable bytes until `self` drops; the
+        // slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+}
+
+impl Drop for MappedInput {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping `open` made; no slice of it outlives
+            // `self` (`bytes` borrows it).
+            let _ = unsafe { rustix::mm::munmap(self.addr, self.len) };
+        }
+    }
 }
 
 /// What `kiln run --cache` runs.
