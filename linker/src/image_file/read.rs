@@ -194,21 +194,12 @@ pub(crate) fn parse_with<'a>(
     // The whole table checked as UTF-8 once (kiln writes only names): then
     // each string is a slice at char boundaries. Otherwise each string is
     // checked on its own, as it is used.
-    let whole = std::str::from_utf8(strings).ok();
-    let string = |(at, len): (u32, u32), what: &str| -> Result<&'a str, ImageError> {
-        let end = u64::from(at) + u64::from(len);
-        let range = at as usize..end as usize;
-        match whole {
-            Some(all) => all.get(range),
-            None => strings.get(range).and_then(|b| std::str::from_utf8(b).ok()),
-        }
-        .ok_or_else(|| {
-            c.bad(format!(
-                "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
-            ))
-        })
+    let string = Strings {
+        c: &c,
+        bytes: strings,
+        whole: std::str::from_utf8(strings).ok(),
     };
-    let name = string(h.name, "image name")?;
+    let name = string.get(h.name, "image name")?;
     // The segment the last word checked was in: rebased words and imports
     // come in ascending order, mostly in one segment.
     let last = std::cell::Cell::new(None::<&Segment>);
@@ -449,7 +440,39 @@ fn check_eh_frame(
     }
 }
 
-type StringFn<'s, 'a> = dyn Fn((u32, u32), &str) -> Result<&'a str, ImageError> + 's;
+type StringFn<'s, 'a> = Strings<'s, 'a>;
+
+/// The strings table: names by (offset, length).
+struct Strings<'s, 'a> {
+    c: &'s Ctx<'s>,
+    bytes: &'a [u8],
+    /// The whole table, if it is UTF-8.
+    whole: Option<&'a str>,
+}
+
+impl<'a> Strings<'_, 'a> {
+    /// The string at `at`, `len` bytes (`what`, for the error).
+    #[inline(always)]
+    fn get(&self, (at, len): (u32, u32), what: &str) -> Result<&'a str, ImageError> {
+        let range = at as usize..at as usize + len as usize;
+        let s = match self.whole {
+            Some(all) => all.get(range),
+            None => (self.bytes.get(range)).and_then(|b| std::str::from_utf8(b).ok()),
+        };
+        match s {
+            Some(s) => Ok(s),
+            None => Err(self.bad((at, len), what)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad(&self, (at, len): (u32, u32), what: &str) -> ImageError {
+        self.c.bad(format!(
+            "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
+        ))
+    }
+}
 
 /// The largest image a loader maps.
 const MAX_IMAGE: u64 = 1 << 32;
@@ -474,7 +497,9 @@ fn deps(
         let f = Fields(r);
         let d = ImageDependency {
             build_id: BuildId(f.array(0)),
-            name: string((f.u32(32), f.u32(36)), "dependency name")?.to_string(),
+            name: string
+                .get((f.u32(32), f.u32(36)), "dependency name")?
+                .to_string(),
             image_size: f.u64(40),
         };
         if d.build_id.0 == h.build_id || out.iter().any(|o| o.build_id == d.build_id) {
@@ -505,7 +530,7 @@ fn host_table<'a>(
         0 => Ok(None),
         format::HOSTTAB_SIZE => {
             let f = Fields(table);
-            let name = string((f.u32(36), f.u32(40)), "host table name")?;
+            let name = string.get((f.u32(36), f.u32(40)), "host table name")?;
             c.expect("host table reserved word", f.u32(44), 0)?;
             Ok(Some((BuildId(f.array(0)), f.u32(32), name)))
         }
@@ -544,7 +569,11 @@ fn import<'a>(
     let (name, dep, host) = match source {
         format::SOURCE_BY_NAME => {
             c.expect("import index", index, 0)?;
-            (string((f.u32(8), f.u32(12)), "import name")?, None, None)
+            (
+                string.get((f.u32(8), f.u32(12)), "import name")?,
+                None,
+                None,
+            )
         }
         format::SOURCE_HOST_TABLE => {
             let entries = sources.host_entries.unwrap_or(0);
@@ -639,7 +668,7 @@ fn exports<'a>(
         let f = Fields(r);
         let e = RawExport {
             offset: f.u64(0),
-            name: string((f.u32(8), f.u32(12)), "export name")?,
+            name: string.get((f.u32(8), f.u32(12)), "export name")?,
             flags: f.u32(16),
         };
         if e.offset >= h.image_size {
@@ -679,7 +708,7 @@ fn init_fini<'a>(
     let mut out = Vec::new();
     for r in table.chunks_exact(format::INIT_SIZE) {
         let f = Fields(r);
-        let name = string((f.u32(0), f.u32(4)), "initializer section name")?;
+        let name = string.get((f.u32(0), f.u32(4)), "initializer section name")?;
         if crate::runtime::init_priority(name).is_none() {
             return Err(c.field(
                 "initializer section",
