@@ -318,7 +318,7 @@ mod tests {
         let printf = a[0].unwrap();
         assert!(h.pin(printf), "libc not pinned");
         assert!(!h.pinned.lock().unwrap().handles.is_empty());
-        let here = answers_are_remembered_until_a_library_is_loaded as usize as u64;
+        let here = answers_are_remembered_until_a_library_is_loaded as *const () as u64;
         assert!(h.pin(here), "the test program not pinned");
         let heap = Box::new(0u64);
         assert!(!h.pin(&*heap as *const u64 as u64), "the heap pinned");

@@ -332,7 +332,7 @@ fn run(config: &Config) -> Result<(), String> {
     };
     // Warm-up (page cache, lazy host state), then interleaved iterations.
     for i in 0..config.iters + 10 {
-        for k in 0..4 {
+        for (k, row) in rows.iter_mut().enumerate() {
             if config.only.is_some_and(|o| o != k) {
                 continue;
             }
@@ -341,7 +341,7 @@ fn run(config: &Config) -> Result<(), String> {
                 return Err(format!("variant {k}: lua_version returned {v}, not 504"));
             }
             if i >= 10 {
-                rows[k].push(s);
+                row.push(s);
             }
         }
     }

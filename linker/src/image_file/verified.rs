@@ -101,7 +101,10 @@ pub(crate) fn now() -> Duration {
     )
 }
 
-static VERIFIED: Mutex<Option<HashMap<(u64, u64), (Identity, [u8; 32])>>> = Mutex::new(None);
+/// (device, inode) → the identity and content hash it was verified with.
+type Table = HashMap<(u64, u64), (Identity, [u8; 32])>;
+
+static VERIFIED: Mutex<Option<Table>> = Mutex::new(None);
 
 /// Whether a file with identity `id` and header content hash `hash` was
 /// hashed whole in this process and found to match.
