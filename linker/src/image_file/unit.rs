@@ -4,7 +4,6 @@
 //! cycles with other units close), finalizes it and emits its exports with
 //! dependencies on what it imports — Ready only when those are.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_engine::{
@@ -261,10 +260,18 @@ impl ImageUnit {
         let registration = load::register(&p, &alloc, &self.name);
         let base = alloc.base();
         // (a) Own addresses first: units waiting at Resolved go on.
-        let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
+        let owed: rustc_hash::FxHashMap<SymbolName, SymbolFlags> =
+            r.symbols()?.into_iter().collect();
         let mut defs = Vec::with_capacity(owed.len());
+        // The unit's symbols are the export table's names, interned when
+        // it was added, in table order, less those discarded: reuse them
+        // rather than intern every name again.
+        let mut known = self.symbols.iter().peekable();
         for e in &p.exports {
-            let n = session.intern(e.name);
+            let n = match known.next_if(|(n, _)| n.as_str() == e.name) {
+                Some((n, _)) => n.clone(),
+                None => session.intern(e.name),
+            };
             if let Some(&f) = owed.get(&n) {
                 defs.push((n, SymbolDef::new(base + e.offset, f)));
             }
