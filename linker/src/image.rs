@@ -311,6 +311,35 @@ impl SortedSymbols {
         out
     }
 
+    /// From `table` (a strings table) and `(name, address)` pairs whose
+    /// names are slices of it, in strictly ascending name order (as
+    /// [`SortedSymbols::from_sorted`]): the table is copied whole (one
+    /// copy instead of one per name). Falls back to `from_sorted` if a name
+    /// is not inside `table`.
+    pub(crate) fn from_table<'a>(
+        table: &'a str,
+        items: impl ExactSizeIterator<Item = (&'a str, u64)> + Clone,
+    ) -> SortedSymbols {
+        let start = table.as_ptr() as usize;
+        let mut entries = Vec::with_capacity(items.len());
+        for (name, addr) in items.clone() {
+            let at = (name.as_ptr() as usize).wrapping_sub(start);
+            if at
+                .checked_add(name.len())
+                .is_none_or(|end| end > table.len())
+            {
+                return Self::from_sorted(items);
+            }
+            entries.push((at, name.len(), addr));
+        }
+        let out = SortedSymbols {
+            names: table.to_string(),
+            entries,
+        };
+        debug_assert!(out.entries.is_sorted_by(|a, b| out.name(a) < out.name(b)));
+        out
+    }
+
     fn name(&self, &(at, len, _): &(usize, usize, u64)) -> &str {
         self.names.get(at..at + len).unwrap_or("")
     }

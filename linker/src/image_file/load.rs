@@ -353,9 +353,11 @@ pub(crate) fn finish(
     })?;
     let mut image = LinkedImage::start(p.name.to_string(), finalized, dso, false)
         .map_err(|e| link_err(file_name, e))?;
-    image.set_sorted_symbols(SortedSymbols::from_sorted(
-        p.exports.iter().map(|e| (e.name, base + e.offset)),
-    ));
+    let exports = p.exports.iter().map(|e| (e.name, base + e.offset));
+    image.set_sorted_symbols(match p.strings {
+        Some(table) => SortedSymbols::from_table(table, exports),
+        None => SortedSymbols::from_sorted(exports),
+    });
     Ok(image)
 }
 

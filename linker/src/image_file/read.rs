@@ -61,6 +61,9 @@ pub(crate) struct Parsed<'a> {
     pub(crate) exports: Vec<RawExport<'a>>,
     /// Initializer sections: name and entry offsets (`u64::MAX`: skipped).
     pub(crate) init_fini: Vec<(&'a str, Vec<u64>)>,
+    /// `.kiln.strings` as a whole, if it is UTF-8: every name above is a
+    /// slice of it.
+    pub(crate) strings: Option<&'a str>,
 }
 
 struct Ctx<'a> {
@@ -270,6 +273,7 @@ pub(crate) fn parse_with<'a>(
         host_table,
         exports,
         init_fini,
+        strings: string.whole,
     })
 }
 
