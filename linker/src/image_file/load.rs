@@ -399,10 +399,13 @@ pub unsafe fn load(
 }
 
 /// [`load`] of the image file at `path`, mapped rather than read: its
-/// segments' pages are mapped from the file copy-on-write, so a load
-/// copies only the pages it writes (those holding rebased or imported
-/// words and segment tails) and text pages come from the page cache, as
-/// `dlopen` does. The content hash is still checked over the whole file.
+/// segments' pages are mapped from the file copy-on-write (their last,
+/// partial pages included), so a load copies only the pages it writes
+/// (those holding rebased or imported words) and text pages come from the
+/// page cache, as `dlopen` does. The content hash is checked over the whole
+/// file, once per process for a file whose device, inode, size, mtime and
+/// ctime stay the same (a file changed in the last 2 s is hashed on every
+/// load); the header and every table are checked on each load.
 ///
 /// # Safety
 ///
@@ -449,7 +452,8 @@ pub struct ImageFile {
 
 impl ImageFile {
     /// Opens and maps the image file at `path` and checks it as the loader
-    /// does (header, content hash, tables). Errors name `path`.
+    /// does (header, content hash — once per unchanged file, as
+    /// [`load_file`] —, tables). Errors name `path`.
     pub fn open(path: &std::path::Path) -> Result<ImageFile, ImageError> {
         let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
             name: path.display().to_string(),
