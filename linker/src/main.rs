@@ -241,12 +241,9 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
         if args.lazy {
             return Err("--cache and --lazy cannot be combined yet".into());
         }
-        // The key is the inputs' bytes: every input is read.
-        let mut pairs = Vec::with_capacity(args.inputs.len());
-        for path in &args.inputs {
-            pairs.push((path.display().to_string(), read_input(path)?));
-        }
-        return match image_cli::cached(dir, pairs, &args.libs, &args.lib_dirs, args.stats)? {
+        // The key is the inputs' bytes: every input is hashed (mapped, not
+        // read, unless the entry is missing).
+        return match image_cli::cached(dir, &args.inputs, &args.libs, &args.lib_dirs, args.stats)? {
             image_cli::Cached::Image(image) => link_and_run(&args, Vec::new(), vec![image], false),
             image_cli::Cached::Images(images) => link_and_run(&args, Vec::new(), images, false),
             // The inputs themselves: they cannot be imaged.
@@ -296,10 +293,6 @@ fn open_input(path: &std::path::Path) -> Result<Opened, String> {
     }
     file.read_to_end(&mut bytes).map_err(err)?;
     Ok(Opened::Bytes(bytes))
-}
-
-fn read_input(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 /// Objects and archives as read; image files opened again by their path

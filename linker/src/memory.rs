@@ -406,6 +406,10 @@ pub struct Allocation {
     state: MemState,
     /// Some pages map a file ([`Allocation::map_file`]).
     file_backed: bool,
+    /// Runs `(offset, len)` left inaccessible by [`Allocation::new_covered`]
+    /// until `map_file` maps them: while any is, the bytes are not handed
+    /// out ([`Allocation::bytes_mut`]).
+    pending: Vec<(u64, u64)>,
 }
 
 /// `[0, len)` as maximal runs `(offset, len, flags)` of one final
@@ -470,9 +474,60 @@ impl Allocation {
         Self::new_in(slab, len).map(Some)
     }
 
+    /// [`Allocation::new`] for memory whose runs `covered` (`(offset, len)`:
+    /// page-aligned, ascending, disjoint, inside) are about to be mapped
+    /// from a file with [`Allocation::map_file`], each exactly once: only
+    /// the pages outside them are made read-write now (the file mapping
+    /// makes its own pages read-write; an image covered whole by its file
+    /// needs no `mprotect` here). [`Allocation::bytes_mut`] answers `None`
+    /// until every covered run is mapped. Runs that are not well-formed are
+    /// ignored (the whole allocation is made read-write, as by `new`).
+    pub fn new_covered(
+        len: u64,
+        placement: Placement,
+        covered: &[(u64, u64)],
+    ) -> Result<Option<Allocation>, LinkError> {
+        let Some(slab) = Slab::get(placement)? else {
+            return Ok(None);
+        };
+        let len = len.max(1).div_ceil(PAGE).saturating_mul(PAGE);
+        let well_formed = covered.iter().all(|&(o, l)| {
+            o.is_multiple_of(PAGE)
+                && l.is_multiple_of(PAGE)
+                && l > 0
+                && o.checked_add(l).is_some_and(|e| e <= len)
+        }) && covered.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
+        let covered = if well_formed { covered } else { &[] };
+        // The complement of `covered` in [0, len).
+        let mut open = Vec::with_capacity(covered.len() + 1);
+        let mut at = 0;
+        for &(o, l) in covered {
+            if o > at {
+                open.push((at, o - at));
+            }
+            at = o + l;
+        }
+        if at < len {
+            open.push((at, len - at));
+        }
+        let mut a = Self::take_in(slab, len, &open)?;
+        a.pending = covered.to_vec();
+        Ok(Some(a))
+    }
+
     /// [`Allocation::new`] from `slab`.
     fn new_in(slab: &'static Slab, len: u64) -> Result<Allocation, LinkError> {
         let len = len.max(1).div_ceil(PAGE).saturating_mul(PAGE);
+        Self::take_in(slab, len, &[(0, len)])
+    }
+
+    /// `len` bytes (whole pages) from `slab`, the runs `writable` of them
+    /// made read-write.
+    fn take_in(
+        slab: &'static Slab,
+        len: u64,
+        writable: &[(u64, u64)],
+    ) -> Result<Allocation, LinkError> {
         let base = slab.take(len).ok_or_else(|| LinkError::Memory {
             detail: format!(
                 "the JIT slab at {:#x} ({:#x} bytes) has no free range of {len:#x} bytes",
@@ -480,21 +535,30 @@ impl Allocation {
             ),
             source: std::io::Error::from_raw_os_error(12),
         })?;
-        // SAFETY: [base, base+len) lies inside the slab's reservation and was
-        // just removed from its free list, so this allocation owns it alone.
-        let r = unsafe {
-            rustix::mm::mprotect(
-                base as *mut c_void,
-                len as usize,
-                prot_flags(Prot::ReadWrite),
-            )
-        };
-        if let Err(e) = r {
-            slab.give_back(base, len);
-            return Err(LinkError::Memory {
-                detail: format!("mprotect({base:#x}, {len:#x}, RW)"),
-                source: io(e),
-            });
+        for &(off, run) in writable {
+            // SAFETY: [base, base+len) lies inside the slab's reservation and
+            // was just removed from its free list, so this allocation owns
+            // it alone; the run lies inside it (callers).
+            let r = unsafe {
+                rustix::mm::mprotect(
+                    (base + off) as *mut c_void,
+                    run as usize,
+                    prot_flags(Prot::ReadWrite),
+                )
+            };
+            if let Err(e) = r {
+                // Pages made read-write are still empty: put them back as
+                // the slab keeps its free ranges, inaccessible.
+                // SAFETY: as above.
+                let _ = unsafe {
+                    rustix::mm::mprotect(base as *mut c_void, len as usize, MprotectFlags::empty())
+                };
+                slab.give_back(base, len);
+                return Err(LinkError::Memory {
+                    detail: format!("mprotect({:#x}, {run:#x}, RW)", base + off),
+                    source: io(e),
+                });
+            }
         }
         Ok(Allocation {
             slab,
@@ -502,6 +566,7 @@ impl Allocation {
             len,
             state: MemState::Writing,
             file_backed: false,
+            pending: Vec::new(),
         })
     }
 
@@ -572,12 +637,13 @@ impl Allocation {
 
     /// The bytes, while writing. `None` once finalized or released.
     pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
-        if self.state != MemState::Writing {
+        if self.state != MemState::Writing || !self.pending.is_empty() {
             return None;
         }
-        // SAFETY: in the Writing state the whole range is mapped read-write
-        // and owned by this allocation alone (taken from the free list); the
-        // `&mut self` borrow makes the slice exclusive for its lifetime.
+        // SAFETY: in the Writing state with no run pending, the whole range
+        // is mapped read-write (`take_in` or `map_file`) and owned by this
+        // allocation alone (taken from the free list); the `&mut self`
+        // borrow makes the slice exclusive for its lifetime.
         Some(unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.len as usize) })
     }
 
@@ -636,6 +702,7 @@ impl Allocation {
             detail: format!("mmap of a file at {:#x} ({len:#x} bytes)", self.base + off),
             source: io(e),
         })?;
+        self.pending.retain(|&run| run != (off, len));
         Ok(())
     }
 
@@ -671,7 +738,6 @@ impl Allocation {
         if self.state == MemState::Released {
             return;
         }
-        let _ = self.protect(0, self.len, MprotectFlags::empty());
         let emptied = if self.file_backed {
             // Dropping the pages of a private file mapping would read the
             // file again: map anonymous (zero) pages over the whole range.
@@ -689,6 +755,8 @@ impl Allocation {
             }
             .map(|_| ())
         } else {
+            // (The anonymous mapping above is `PROT_NONE` already.)
+            let _ = self.protect(0, self.len, MprotectFlags::empty());
             // SAFETY: the range belongs to this allocation and no code or
             // data of the image is used after this (its finalizers already
             // ran); dropping its pages affects nothing else.
@@ -799,6 +867,51 @@ mod tests {
     /// The loaders write only what is not zero: a reused range reads as
     /// zero, whatever the previous owner wrote and however it protected it.
     /// A slab of the test's own, so no other test takes the ranges.
+    /// Covered runs are not made read-write before the file is mapped
+    /// there; the bytes are handed out only once every run is mapped, and
+    /// then read as the file (covered) and zero (the rest).
+    #[test]
+    fn covered_runs_wait_for_their_file_mapping() {
+        let path = std::env::temp_dir().join(format!("kiln-covered-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 2 * PAGE as usize]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut a = Allocation::new_covered(3 * PAGE, Placement::Near, &[(PAGE, 2 * PAGE)])
+            .unwrap()
+            .unwrap();
+        assert!(
+            a.bytes_mut().is_none(),
+            "bytes handed out before the file is mapped"
+        );
+        let prot_of = |addr: u64| {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines()
+                .find_map(|l| {
+                    let (range, rest) = l.split_once(' ')?;
+                    let (s, e) = range.split_once('-')?;
+                    let (s, e) = (
+                        u64::from_str_radix(s, 16).ok()?,
+                        u64::from_str_radix(e, 16).ok()?,
+                    );
+                    (s <= addr && addr < e).then(|| rest[..3].to_string())
+                })
+                .unwrap()
+        };
+        assert_eq!(prot_of(a.base()), "rw-");
+        assert_eq!(
+            prot_of(a.base() + PAGE),
+            "---",
+            "a covered page was made writable"
+        );
+        a.map_file(PAGE, 2 * PAGE, &file, 0).unwrap();
+        let bytes = a.bytes_mut().expect("every covered run is mapped");
+        assert!(bytes[..PAGE as usize].iter().all(|&b| b == 0));
+        assert!(bytes[PAGE as usize..].iter().all(|&b| b == 7));
+        bytes[0] = 1;
+        bytes[PAGE as usize] = 1;
+        drop(a);
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn reused_memory_reads_as_zero() {
         const SIZE: u64 = 64 * PAGE;

@@ -1595,6 +1595,61 @@ fn an_image_loaded_from_its_file_maps_its_pages_and_runs_like_a_copied_one() {
     );
 }
 
+/// A file whose content hash this process checked is not hashed again
+/// while its identity (device, inode, size, mtime, ctime) stays the same;
+/// a file rewritten in place (same inode, same size) is hashed again, and
+/// a flipped byte of code — which no table check can see — is refused.
+#[test]
+fn an_image_file_rewritten_in_place_is_hashed_again() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-rewritten");
+    let o = compile_c_text(
+        &dir,
+        "r",
+        "int r_val(void) { return 41; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let bytes = image_against("r", &[o], &[]);
+    let path = dir.join("r.kimg");
+    std::fs::write(&path, &bytes).expect("write");
+    // A file changed in the last 2 s is hashed on every load (timestamps
+    // are coarse): let it age so that the first load remembers it.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let host = HostSymbols::new();
+    for _ in 0..2 {
+        // SAFETY: the test's own image, saved just now.
+        let image = unsafe { image_file::load_file(&path, &host) }.expect("loads");
+        let f = image.symbol("r_val").expect("r_val");
+        // SAFETY: `int r_val(void)` of the loaded image.
+        let r: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
+        assert_eq!(r(), 41);
+    }
+    // The first byte of the first segment (text), flipped in place.
+    use object::read::elf::{FileHeader as _, ProgramHeader as _};
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(&bytes[..]).expect("ELF");
+    let text = h
+        .program_headers(object::LittleEndian, &bytes[..])
+        .expect("phdrs")[0]
+        .p_offset(object::LittleEndian);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(text)).expect("seek");
+    f.read_exact(&mut b).expect("read");
+    f.seek(SeekFrom::Start(text)).expect("seek");
+    f.write_all(&[b[0] ^ 0x40]).expect("write");
+    drop(f);
+    // SAFETY: as above; the damaged file must be refused before mapping.
+    let e = unsafe { image_file::load_file(&path, &host) }.expect_err("a flipped byte is refused");
+    assert!(e.to_string().contains("content hash"), "{e}");
+}
+
 /// The `Threads:` line of /proc/self/status that `kiln run inputs` prints.
 fn threads_seen(inputs: &[&Path]) -> usize {
     let o = kiln().arg("run").args(inputs).output().expect("kiln runs");

@@ -17,7 +17,12 @@
 //!
 //! ```text
 //! image-load --so liblua.so --objs DIR --work DIR [--iters 1000] [--chain DIR]
+//!            [--only dlopen|load_file|load|relink]
 //! ```
+//!
+//! `--only` runs one variant alone (after the same save and warm-up) and
+//! prints its row: for instruction counts of one variant (`perf stat -e
+//! instructions:u`, callgrind), not for ratios.
 //!
 //! Prints Markdown on stdout. Not a test: nothing is asserted but that
 //! every variant returns the same value from the first call.
@@ -46,7 +51,12 @@ struct Config {
     work: PathBuf,
     iters: usize,
     chain: Option<PathBuf>,
+    /// Run only this variant (an index into [`VARIANTS`]).
+    only: Option<usize>,
 }
+
+/// The variants' names for `--only`, in table order.
+const VARIANTS: [&str; 4] = ["dlopen", "load_file", "load", "relink"];
 
 fn parse() -> Result<Config, String> {
     let mut so = None;
@@ -54,6 +64,7 @@ fn parse() -> Result<Config, String> {
     let mut work = None;
     let mut iters = 1000;
     let mut chain = None;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} wants a value"));
@@ -63,6 +74,13 @@ fn parse() -> Result<Config, String> {
             "--work" => work = Some(PathBuf::from(val()?)),
             "--chain" => chain = Some(PathBuf::from(val()?)),
             "--iters" => iters = val()?.parse().map_err(|e| format!("--iters: {e}"))?,
+            "--only" => {
+                let v = val()?;
+                only = Some(VARIANTS.iter().position(|n| *n == v).ok_or(format!(
+                    "--only {v}: expected one of {}",
+                    VARIANTS.join(", ")
+                ))?);
+            }
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -72,6 +90,7 @@ fn parse() -> Result<Config, String> {
         work: work.ok_or("--work is required")?,
         iters,
         chain,
+        only,
     })
 }
 
@@ -289,7 +308,13 @@ fn run(config: &Config) -> Result<(), String> {
     drop(saved);
     std::fs::create_dir_all(&config.work).map_err(|e| e.to_string())?;
     let kimg = config.work.join("lua.kimg");
-    std::fs::write(&kimg, &bytes).map_err(|e| e.to_string())?;
+    // The file is kept when unchanged. A file changed in the last 2 s is
+    // hashed on every load (see image_file/verified.rs); installed images
+    // and cache entries are older, so wait as long after writing it.
+    if std::fs::read(&kimg).ok().as_ref() != Some(&bytes) {
+        std::fs::write(&kimg, &bytes).map_err(|e| e.to_string())?;
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+    }
     // A path with a slash: dlopen does not search for it.
     let so =
         std::fs::canonicalize(&config.so).map_err(|e| format!("{}: {e}", config.so.display()))?;
@@ -299,24 +324,31 @@ fn run(config: &Config) -> Result<(), String> {
         .map(|n| CString::new(*n).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     let mut rows: [Vec<Sample>; 4] = Default::default();
+    let variant = |k: usize| match k {
+        0 => dlopen_once(&so, &names),
+        1 => image_once(&kimg, &host, true),
+        2 => image_once(&kimg, &host, false),
+        _ => relink_once(&objs, &host),
+    };
     // Warm-up (page cache, lazy host state), then interleaved iterations.
     for i in 0..config.iters + 10 {
-        let results = [
-            dlopen_once(&so, &names)?,
-            image_once(&kimg, &host, true)?,
-            image_once(&kimg, &host, false)?,
-            relink_once(&objs, &host)?,
-        ];
-        for (k, (v, s)) in results.into_iter().enumerate() {
+        for (k, row) in rows.iter_mut().enumerate() {
+            if config.only.is_some_and(|o| o != k) {
+                continue;
+            }
+            let (v, s) = variant(k)?;
             if v != 504.0 {
                 return Err(format!("variant {k}: lua_version returned {v}, not 504"));
             }
             if i >= 10 {
-                rows[k].push(s);
+                row.push(s);
             }
         }
     }
     print_table(config, &bytes, &objs, &rows);
+    if config.only.is_some() {
+        return Ok(());
+    }
     breakdown(&kimg, config.iters)?;
     pages_written(&so, &kimg, &host)?;
     if let Some(dir) = &config.chain {
@@ -342,6 +374,9 @@ fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: 
     ];
     let mut meds = [[0u64; 4]; 4];
     for (k, s) in rows.iter().enumerate() {
+        if s.is_empty() {
+            continue;
+        }
         let c: Vec<_> = (0..4).map(|p| cell(s, p)).collect();
         for p in 0..4 {
             meds[k][p] = c[p].1;
@@ -351,6 +386,9 @@ fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: 
             "| {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.1} |",
             labels[k], c[0].0, c[0].2, c[1].0, c[2].0, c[2].2, c[3].0, t, f
         );
+    }
+    if config.only.is_some() {
+        return;
     }
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     println!();

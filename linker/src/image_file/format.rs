@@ -310,6 +310,12 @@ pub(crate) fn content_hash(file: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// The content hash the header of `file` holds (`None`: too short).
+pub(crate) fn header_content_hash(file: &[u8]) -> Option<[u8; 32]> {
+    let at = HEADER_AT + HASH_AT;
+    file.get(at..at + 32)?.try_into().ok()
+}
+
 /// Writes the content hash of `file` into its header.
 pub(crate) fn reseal(file: &mut [u8]) {
     let at = HEADER_AT + HASH_AT;

@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use super::read::{self, Parsed};
 use super::registry::{self, Registration};
-use super::{BuildId, ImageDependency, ImageError};
+use super::{BuildId, ImageDependency, ImageError, verified};
 use crate::graph::Prot;
 use crate::host::SymbolResolver;
-use crate::image::LinkedImage;
+use crate::image::{LinkedImage, SortedSymbols};
 use crate::memory::{Allocation, Placement};
 use crate::passes::{Finalized, LinkStats, TlsLayout};
 use crate::runtime;
@@ -25,37 +27,61 @@ fn link_err(name: &str, source: crate::LinkError) -> ImageError {
 /// Takes memory for the image and fills it: segments at their offsets,
 /// zeros elsewhere, every rebased word plus the base. Writes no text after
 /// this (binding writes only the non-text words the parser checked). With
-/// `file` (the file `p` was parsed from), the whole pages of each segment
-/// are mapped from it copy-on-write instead of copied, so that only the
-/// pages rebasing and binding write are copied; a segment's last, partial
-/// page is copied (the file goes on with other bytes).
+/// `file` (the file `p` was parsed from), each segment's pages are mapped
+/// from it copy-on-write instead of copied — its last, partial page too,
+/// as `ld.so` does, with the part the segment zero-fills (`memsz` past
+/// `filesz`) cleared — in one `mmap` for segments that lie alike in the
+/// file and in memory, so that only the pages rebasing and binding write
+/// are copied.
 pub(crate) fn map_from(
     p: &Parsed<'_>,
     file_name: &str,
     file: Option<&std::fs::File>,
 ) -> Result<Allocation, ImageError> {
-    let mut alloc = Allocation::new(p.header.image_size, Placement::Near)
+    let page = crate::memory::PAGE;
+    // (image offset, file offset, length) of the file mappings; (file
+    // offset, image offset, length) of the copies; image ranges to clear.
+    let mut runs: Vec<(u64, u64, u64)> = Vec::with_capacity(p.segments.len());
+    let mut copied = Vec::with_capacity(p.segments.len());
+    let mut cleared = Vec::new();
+    for s in &p.segments {
+        // The parser checked both ranges (file and image), page-aligned
+        // starts, ascending segments and `filesz <= memsz`: the rounded-up
+        // file pages stay inside the segment's memory pages (and before the
+        // next segment's), and past the file's end only within its last
+        // page (which reads as zero there).
+        match file {
+            Some(_) if s.offset.is_multiple_of(page) && s.vaddr.is_multiple_of(page) => {
+                let len = s.filesz.div_ceil(page) * page;
+                match runs.last_mut() {
+                    Some((v, o, l)) if *v + *l == s.vaddr && *o + *l == s.offset => *l += len,
+                    _ if len > 0 => runs.push((s.vaddr, s.offset, len)),
+                    _ => {}
+                }
+                let zero_end = (s.vaddr + s.memsz).min(s.vaddr + len);
+                if s.vaddr + s.filesz < zero_end {
+                    cleared.push((s.vaddr + s.filesz, zero_end));
+                }
+            }
+            _ => copied.push((s.offset, s.vaddr, s.filesz)),
+        }
+    }
+    // Pages the file will cover are not made read-write first: the file
+    // mapping does that (one `mprotect` fewer per load).
+    let covered: Vec<(u64, u64)> = runs.iter().map(|&(v, _, l)| (v, l)).collect();
+    let mut alloc = Allocation::new_covered(p.header.image_size, Placement::Near, &covered)
         .map_err(|e| link_err(file_name, e))?
         .ok_or_else(|| ImageError::Malformed {
             name: file_name.into(),
             detail: "no JIT memory is available for the image".into(),
         })?;
     let base = alloc.base();
-    let page = crate::memory::PAGE;
-    let mut copied = Vec::with_capacity(p.segments.len());
-    for s in &p.segments {
-        // The parser checked both ranges (file and image).
-        let whole = match file {
-            Some(f) if s.offset.is_multiple_of(page) && s.vaddr.is_multiple_of(page) => {
-                let whole = s.filesz / page * page;
-                alloc
-                    .map_file(s.vaddr, whole, f, s.offset)
-                    .map_err(|e| link_err(file_name, e))?;
-                whole
-            }
-            _ => 0,
-        };
-        copied.push((s.offset + whole, s.vaddr + whole, s.filesz - whole));
+    if let Some(f) = file {
+        for &(vaddr, offset, len) in &runs {
+            alloc
+                .map_file(vaddr, len, f, offset)
+                .map_err(|e| link_err(file_name, e))?;
+        }
     }
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
@@ -67,6 +93,9 @@ pub(crate) fn map_from(
     for (offset, vaddr, len) in copied {
         let src = &p.file[offset as usize..(offset + len) as usize];
         mem[vaddr as usize..(vaddr + len) as usize].copy_from_slice(src);
+    }
+    for (start, end) in cleared {
+        mem[start as usize..end as usize].fill(0);
     }
     for &off in &p.rebase {
         let w = &mut mem[off as usize..off as usize + 8];
@@ -127,15 +156,34 @@ pub(crate) fn dependency_bases(
     }
 }
 
-/// The distinct import names, in table order.
-pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> Vec<&'a str> {
-    let mut seen = std::collections::HashSet::new();
-    p.imports
+/// The distinct names imported by name (in table order, what a resolver
+/// is asked), and for each import its name's index in them.
+pub(crate) struct ImportNames<'a> {
+    pub(crate) names: Vec<&'a str>,
+    /// Per import: the index of its name in `names` (`u32::MAX`: not by
+    /// name).
+    index: Vec<u32>,
+}
+
+/// The import names of `p` (see [`ImportNames`]).
+pub(crate) fn import_names<'a>(p: &Parsed<'a>) -> ImportNames<'a> {
+    let mut seen: FxHashMap<&str, u32> =
+        FxHashMap::with_capacity_and_hasher(p.imports.len(), Default::default());
+    let mut names = Vec::with_capacity(p.imports.len());
+    let index = p
+        .imports
         .iter()
-        .filter(|i| i.dep.is_none() && i.host.is_none() && i.tls.is_none())
-        .map(|i| i.name)
-        .filter(|n| seen.insert(*n))
-        .collect()
+        .map(|i| {
+            if i.dep.is_some() || i.host.is_some() || i.tls.is_some() {
+                return u32::MAX;
+            }
+            *seen.entry(i.name).or_insert_with(|| {
+                names.push(i.name);
+                (names.len() - 1) as u32
+            })
+        })
+        .collect();
+    ImportNames { names, index }
 }
 
 /// Writes each import's address (plus addend) into its word: a name's
@@ -147,16 +195,35 @@ pub(crate) fn bind(
     p: &Parsed<'_>,
     alloc: &mut Allocation,
     file_name: &str,
-    found: &HashMap<&str, u64>,
+    names: &ImportNames<'_>,
+    answers: &[Option<u64>],
     deps: &[u64],
 ) -> Result<(), ImageError> {
-    let mut missing: Vec<String> = p
-        .imports
-        .iter()
-        .filter(|i| i.dep.is_none() && i.host.is_none() && i.tls.is_none())
-        .filter(|i| !i.weak && !found.contains_key(i.name))
-        .map(|i| i.name.to_string())
-        .collect();
+    let table = host_table(p, file_name)?;
+    let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
+        name: file_name.into(),
+        detail: "the image's memory is no longer writable".into(),
+    })?;
+    let mut missing: Vec<String> = Vec::new();
+    for (i, &n) in p.imports.iter().zip(&names.index) {
+        // Thread-local slots are bound from the load's TLS module (`finish`).
+        if i.tls.is_some() {
+            continue;
+        }
+        // The parser checked the indices against the tables.
+        let target = match (i.dep, i.host) {
+            (Some((index, offset)), _) => deps.get(index as usize).map(|b| b.wrapping_add(offset)),
+            (None, Some(index)) => table.as_ref().and_then(|t| t.address(index)),
+            (None, None) => answers.get(n as usize).copied().flatten(),
+        };
+        if target.is_none() && i.dep.is_none() && i.host.is_none() && !i.weak {
+            missing.push(i.name.to_string());
+        }
+        let v = target.map_or(0, |a| a.wrapping_add(i.addend as u64));
+        mem[i.offset as usize..i.offset as usize + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    // Nothing runs before the image is finished: the words written above
+    // are never used when this fails (the memory is released).
     if !missing.is_empty() {
         missing.sort();
         missing.dedup();
@@ -164,22 +231,6 @@ pub(crate) fn bind(
             name: file_name.into(),
             missing,
         });
-    }
-    let table = host_table(p, file_name)?;
-    let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
-        name: file_name.into(),
-        detail: "the image's memory is no longer writable".into(),
-    })?;
-    // Thread-local slots are bound from the load's TLS module (`finish`).
-    for i in p.imports.iter().filter(|i| i.tls.is_none()) {
-        // The parser checked the indices against the tables.
-        let target = match (i.dep, i.host) {
-            (Some((index, offset)), _) => deps.get(index as usize).map(|b| b.wrapping_add(offset)),
-            (None, Some(index)) => table.as_ref().and_then(|t| t.address(index)),
-            (None, None) => found.get(i.name).copied(),
-        };
-        let v = target.map_or(0, |a| a.wrapping_add(i.addend as u64));
-        mem[i.offset as usize..i.offset as usize + 8].copy_from_slice(&v.to_le_bytes());
     }
     Ok(())
 }
@@ -242,11 +293,6 @@ pub(crate) fn finish(
         .finalize(&segments)
         .map_err(|e| link_err(file_name, e))?;
     let base = alloc.base();
-    let symbols = p
-        .exports
-        .iter()
-        .map(|e| (Box::from(e.name), base + e.offset))
-        .collect();
     let init_fini = p
         .init_fini
         .iter()
@@ -293,7 +339,8 @@ pub(crate) fn finish(
         link_err(file_name, crate::LinkError::Debug { image, source })
     })?;
     let finalized = Finalized {
-        symbols,
+        // Set below, from the export table as it is (sorted by name).
+        symbols: HashMap::new(),
         eh_frame,
         init_fini,
         tls: tls_layout(p, base),
@@ -319,8 +366,14 @@ pub(crate) fn finish(
             },
         )
     })?;
-    LinkedImage::start(p.name.to_string(), finalized, dso, false)
-        .map_err(|e| link_err(file_name, e))
+    let mut image = LinkedImage::start(p.name.to_string(), finalized, dso, false)
+        .map_err(|e| link_err(file_name, e))?;
+    let exports = p.exports.iter().map(|e| (e.name, base + e.offset));
+    image.set_sorted_symbols(match p.strings {
+        Some(table) => SortedSymbols::from_table(table, exports),
+        None => SortedSymbols::from_sorted(exports),
+    });
+    Ok(image)
 }
 
 /// Loads the image file `bytes` (called `file_name` in errors) into this
@@ -361,10 +414,13 @@ pub unsafe fn load(
 }
 
 /// [`load`] of the image file at `path`, mapped rather than read: its
-/// segments' pages are mapped from the file copy-on-write, so a load
-/// copies only the pages it writes (those holding rebased or imported
-/// words and segment tails) and text pages come from the page cache, as
-/// `dlopen` does. The content hash is still checked over the whole file.
+/// segments' pages are mapped from the file copy-on-write (their last,
+/// partial pages included), so a load copies only the pages it writes
+/// (those holding rebased or imported words) and text pages come from the
+/// page cache, as `dlopen` does. The content hash is checked over the whole
+/// file, once per process for a file whose device, inode, size, mtime and
+/// ctime stay the same (a file changed in the last 2 s is hashed on every
+/// load); the header and every table are checked on each load.
 ///
 /// # Safety
 ///
@@ -382,13 +438,17 @@ pub unsafe fn load_file(
         what,
         source,
     };
+    let now = verified::now();
     let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
-    let view = FileView::new(&file).map_err(|e| io("map", e))?;
-    // SAFETY: `load_parsed` asks what `load` asks, which this function's
+    let meta = file.metadata().map_err(|e| io("stat", e))?;
+    let id = verified::Identity::new(&meta, now, verified::RACY);
+    let view = FileView::new(&file, meta.len()).map_err(|e| io("map", e))?;
+    let p = read::parse_file(&file_name, view.bytes(), &id)?;
+    // SAFETY: `load_checked` asks what `load` asks, which this function's
     // callers promise; `file` is the file `view` maps, open until the load
     // returns, and its pages stay unchanged as long as the image lives
     // (this function's contract).
-    unsafe { load_parsed(&file_name, view.bytes(), Some(&file), resolver) }
+    unsafe { load_checked(&file_name, p, Some(&file), resolver) }
 }
 
 /// An image file opened for loading: the file mapped read-only (not read
@@ -407,7 +467,8 @@ pub struct ImageFile {
 
 impl ImageFile {
     /// Opens and maps the image file at `path` and checks it as the loader
-    /// does (header, content hash, tables). Errors name `path`.
+    /// does (header, content hash — once per unchanged file, as
+    /// [`load_file`] —, tables). Errors name `path`.
     pub fn open(path: &std::path::Path) -> Result<ImageFile, ImageError> {
         let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
             name: path.display().to_string(),
@@ -421,12 +482,16 @@ impl ImageFile {
     /// called `path` in errors.
     pub fn from_file(path: &std::path::Path, file: std::fs::File) -> Result<ImageFile, ImageError> {
         let name = path.display().to_string();
-        let view = FileView::new(&file).map_err(|source| ImageError::Io {
+        let io = |what, source| ImageError::Io {
             name: name.clone(),
-            what: "map",
+            what,
             source,
-        })?;
-        read::parse(&name, view.bytes())?;
+        };
+        let now = verified::now();
+        let meta = file.metadata().map_err(|e| io("stat", e))?;
+        let id = verified::Identity::new(&meta, now, verified::RACY);
+        let view = FileView::new(&file, meta.len()).map_err(|e| io("map", e))?;
+        read::parse_file(&name, view.bytes(), &id)?;
         Ok(ImageFile { name, view, file })
     }
 
@@ -475,9 +540,9 @@ struct FileView {
 }
 
 impl FileView {
-    fn new(file: &std::fs::File) -> std::io::Result<FileView> {
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::from_raw_os_error(27))?;
+    /// Maps the `len` bytes of `file` (its size, from its metadata).
+    fn new(file: &std::fs::File, len: u64) -> std::io::Result<FileView> {
+        let len = usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(27))?;
         if len == 0 {
             return Ok(FileView {
                 addr: std::ptr::null_mut(),
@@ -540,6 +605,21 @@ unsafe fn load_parsed(
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
     let p = read::parse(file_name, bytes)?;
+    // SAFETY: as this function's.
+    unsafe { load_checked(file_name, p, file, resolver) }
+}
+
+/// [`load_parsed`] of bytes already checked (`p`).
+///
+/// # Safety
+///
+/// As for [`load_parsed`].
+unsafe fn load_checked(
+    file_name: &str,
+    p: Parsed<'_>,
+    file: Option<&std::fs::File>,
+    resolver: &dyn SymbolResolver,
+) -> Result<LinkedImage, ImageError> {
     let deps = dependency_bases(
         &p,
         file_name,
@@ -549,13 +629,8 @@ unsafe fn load_parsed(
     let mut alloc = map_from(&p, file_name, file)?;
     let registration = register(&p, &alloc, file_name);
     let names = import_names(&p);
-    let answers = resolver.resolve(&names);
-    let found: HashMap<&str, u64> = names
-        .iter()
-        .zip(answers)
-        .filter_map(|(n, a)| Some((*n, a?)))
-        .collect();
-    bind(&p, &mut alloc, file_name, &found, &deps)?;
+    let answers = resolver.resolve(&names.names);
+    bind(&p, &mut alloc, file_name, &names, &answers, &deps)?;
     let image = finish(&p, alloc, file_name)?;
     image.register_once(|| registration);
     Ok(image)

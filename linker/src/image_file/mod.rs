@@ -12,6 +12,7 @@
 //! | `unit.rs` | an image as an engine materialization unit ([`crate::layer::ObjectLayer::add_image`]) |
 //! | `registry.rs` | the images of the process by address range and build id ([`image_at`]) |
 //! | `tls.rs` | thread-locals at load: the TLS module per load, static area and range checked, slots bound |
+//! | `verified.rs` | files whose content hash this process checked, by (device, inode, size, mtime, ctime): not hashed again |
 //!
 //! An image is an ELF64 file (`readelf -S` shows its sections): the kiln
 //! header section `.kiln.header` sits at file offset 64, right after the ELF
@@ -60,6 +61,7 @@ mod read;
 pub mod registry;
 mod tls;
 mod unit;
+mod verified;
 mod write;
 
 use crate::error::LinkError;

@@ -7,7 +7,7 @@ use object::elf::{self, FileHeader64};
 use object::read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _};
 
 use super::format::{self, Fields, HEADER_AT, HEADER_SIZE, Header, PAGE};
-use super::{BuildId, ImageDependency, ImageError};
+use super::{BuildId, ImageDependency, ImageError, verified};
 use crate::graph::Prot;
 
 /// A loadable segment: `[vaddr, vaddr+memsz)` of the image, of which the
@@ -64,6 +64,9 @@ pub(crate) struct Parsed<'a> {
     pub(crate) exports: Vec<RawExport<'a>>,
     /// Initializer sections: name and entry offsets (`u64::MAX`: skipped).
     pub(crate) init_fini: Vec<(&'a str, Vec<u64>)>,
+    /// `.kiln.strings` as a whole, if it is UTF-8: every name above is a
+    /// slice of it.
+    pub(crate) strings: Option<&'a str>,
 }
 
 struct Ctx<'a> {
@@ -238,6 +241,25 @@ pub(crate) fn parse<'a>(file_name: &str, file: &'a [u8]) -> Result<Parsed<'a>, I
     parse_with(file_name, file, true)
 }
 
+/// [`parse`] of the bytes of a file with identity `id` (taken before the
+/// bytes were read: [`verified::Identity::new`]): the content hash is
+/// skipped if this process hashed that very file before and it has not
+/// changed since ([`verified`]); otherwise it is checked and, if it
+/// matches, the file is remembered.
+pub(crate) fn parse_file<'a>(
+    file_name: &str,
+    file: &'a [u8],
+    id: &verified::Identity,
+) -> Result<Parsed<'a>, ImageError> {
+    let known = id.size() == file.len() as u64
+        && format::header_content_hash(file).is_some_and(|h| verified::is_verified(id, &h));
+    let p = parse_with(file_name, file, !known)?;
+    if !known && id.size() == file.len() as u64 {
+        verified::remember(*id, p.header.content_hash);
+    }
+    Ok(p)
+}
+
 /// [`parse`], skipping the content hash when `hash` is false: only for
 /// bytes that already passed [`parse`] and have not changed since (an image
 /// unit's own copy, checked when it was added).
@@ -265,22 +287,27 @@ pub(crate) fn parse_with<'a>(
     let (tables, eh_section) = tables(&c, &h, ehdr, file)?;
     check_eh_frame(&c, &h, &segments, eh_section)?;
     let strings = tables[format::T_STRINGS];
-    let string = |(at, len): (u32, u32), what: &str| -> Result<&'a str, ImageError> {
-        let end = u64::from(at) + u64::from(len);
-        strings
-            .get(at as usize..end as usize)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or_else(|| {
-                c.bad(format!(
-                    "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
-                ))
-            })
+    // The whole table checked as UTF-8 once (kiln writes only names): then
+    // each string is a slice at char boundaries. Otherwise each string is
+    // checked on its own, as it is used.
+    let string = Strings {
+        c: &c,
+        bytes: strings,
+        whole: std::str::from_utf8(strings).ok(),
     };
-    let name = string(h.name, "image name")?;
+    let name = string.get(h.name, "image name")?;
+    // The segment the last word checked was in: rebased words and imports
+    // come in ascending order, mostly in one segment.
+    let last = std::cell::Cell::new(None::<&Segment>);
     let writable = |off: u64, what: &str| -> Result<(), ImageError> {
-        let ok = segments.iter().any(|s| {
+        let inside = |s: &Segment| {
             s.prot != Prot::ReadExec && off >= s.vaddr && off.saturating_add(8) <= s.vaddr + s.memsz
-        });
+        };
+        let ok = last.get().is_some_and(inside) || {
+            let found = segments.iter().find(|s| inside(s));
+            last.set(found);
+            found.is_some()
+        };
         if ok {
             Ok(())
         } else {
@@ -289,7 +316,10 @@ pub(crate) fn parse_with<'a>(
             )))
         }
     };
-    let mut rebase = Vec::new();
+    // Sized by the header's count, bounded by what the table can encode
+    // (63 words per 8-byte entry; the count is checked after decoding).
+    let mut rebase =
+        Vec::with_capacity((h.rebased as usize).min(tables[format::T_REBASE].len() / 8 * 63));
     let words = tables[format::T_REBASE]
         .chunks_exact(8)
         .map(|w| Fields(w).u64(0));
@@ -297,11 +327,11 @@ pub(crate) fn parse_with<'a>(
         return Err(c.bad(".kiln.rebase size is not a multiple of 8"));
     }
     let count = format::relr_decode(words, h.image_size / 8, |off| {
-        writable(off, "rebased word").map_err(|e| e.to_string())?;
         rebase.push(off);
         Ok(())
     })
     .map_err(|e| c.bad(format!(".kiln.rebase: {e}")))?;
+    rebased_words_writable(&c, &segments, &rebase)?;
     c.expect("rebased word count", count, u64::from(h.rebased))?;
     let deps = deps(&c, &h, tables[format::T_DEPS], &string)?;
     let host_table = host_table(&c, tables[format::T_HOSTTAB], &string)?;
@@ -337,7 +367,34 @@ pub(crate) fn parse_with<'a>(
         host_table,
         exports,
         init_fini,
+        strings: string.whole,
     })
+}
+
+/// Every rebased word (ascending: the decoder checks) lies in a non-text
+/// segment: one walk over both, as segments ascend too.
+fn rebased_words_writable(
+    c: &Ctx<'_>,
+    segments: &[Segment],
+    rebase: &[u64],
+) -> Result<(), ImageError> {
+    let mut writable = segments.iter().filter(|s| s.prot != Prot::ReadExec);
+    let mut cur = writable.next();
+    for &off in rebase {
+        while let Some(s) = cur
+            && off >= s.vaddr + s.memsz
+        {
+            cur = writable.next();
+        }
+        let inside =
+            cur.is_some_and(|s| off >= s.vaddr && off.saturating_add(8) <= s.vaddr + s.memsz);
+        if !inside {
+            return Err(c.bad(format!(
+                ".kiln.rebase: rebased word at {off:#x} is not a word of a non-text segment"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The tables' bytes (in [`format::TABLES`] order) and the `.eh_frame`
@@ -481,7 +538,39 @@ fn check_eh_frame(
     }
 }
 
-type StringFn<'s, 'a> = dyn Fn((u32, u32), &str) -> Result<&'a str, ImageError> + 's;
+type StringFn<'s, 'a> = Strings<'s, 'a>;
+
+/// The strings table: names by (offset, length).
+struct Strings<'s, 'a> {
+    c: &'s Ctx<'s>,
+    bytes: &'a [u8],
+    /// The whole table, if it is UTF-8.
+    whole: Option<&'a str>,
+}
+
+impl<'a> Strings<'_, 'a> {
+    /// The string at `at`, `len` bytes (`what`, for the error).
+    #[inline(always)]
+    fn get(&self, (at, len): (u32, u32), what: &str) -> Result<&'a str, ImageError> {
+        let range = at as usize..at as usize + len as usize;
+        let s = match self.whole {
+            Some(all) => all.get(range),
+            None => (self.bytes.get(range)).and_then(|b| std::str::from_utf8(b).ok()),
+        };
+        match s {
+            Some(s) => Ok(s),
+            None => Err(self.bad((at, len), what)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad(&self, (at, len): (u32, u32), what: &str) -> ImageError {
+        self.c.bad(format!(
+            "{what}: string {at:#x}+{len:#x} is outside .kiln.strings or not UTF-8"
+        ))
+    }
+}
 
 /// The largest image a loader maps.
 const MAX_IMAGE: u64 = 1 << 32;
@@ -506,7 +595,9 @@ fn deps(
         let f = Fields(r);
         let d = ImageDependency {
             build_id: BuildId(f.array(0)),
-            name: string((f.u32(32), f.u32(36)), "dependency name")?.to_string(),
+            name: string
+                .get((f.u32(32), f.u32(36)), "dependency name")?
+                .to_string(),
             image_size: f.u64(40),
         };
         if d.build_id.0 == h.build_id || out.iter().any(|o| o.build_id == d.build_id) {
@@ -537,7 +628,7 @@ fn host_table<'a>(
         0 => Ok(None),
         format::HOSTTAB_SIZE => {
             let f = Fields(table);
-            let name = string((f.u32(36), f.u32(40)), "host table name")?;
+            let name = string.get((f.u32(36), f.u32(40)), "host table name")?;
             c.expect("host table reserved word", f.u32(44), 0)?;
             Ok(Some((BuildId(f.array(0)), f.u32(32), name)))
         }
@@ -578,7 +669,11 @@ fn import<'a>(
     let (name, dep, host) = match source {
         format::SOURCE_BY_NAME => {
             c.expect("import index", index, 0)?;
-            (string((f.u32(8), f.u32(12)), "import name")?, None, None)
+            (
+                string.get((f.u32(8), f.u32(12)), "import name")?,
+                None,
+                None,
+            )
         }
         format::SOURCE_TLS => {
             tls = Some(tls_slot(c, f.u64(8), index, f.u64(16), sources.tls)?);
@@ -715,7 +810,7 @@ fn exports<'a>(
         let f = Fields(r);
         let e = RawExport {
             offset: f.u64(0),
-            name: string((f.u32(8), f.u32(12)), "export name")?,
+            name: string.get((f.u32(8), f.u32(12)), "export name")?,
             flags: f.u32(16),
         };
         if e.offset >= h.image_size {
@@ -755,7 +850,7 @@ fn init_fini<'a>(
     let mut out = Vec::new();
     for r in table.chunks_exact(format::INIT_SIZE) {
         let f = Fields(r);
-        let name = string((f.u32(0), f.u32(4)), "initializer section name")?;
+        let name = string.get((f.u32(0), f.u32(4)), "initializer section name")?;
         if crate::runtime::init_priority(name).is_none() {
             return Err(c.field(
                 "initializer section",

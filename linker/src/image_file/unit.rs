@@ -4,7 +4,6 @@
 //! cycles with other units close), finalizes it and emits its exports with
 //! dependencies on what it imports — Ready only when those are.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_engine::{
@@ -252,10 +251,18 @@ impl ImageUnit {
         // (a) Own addresses first: units waiting at Resolved go on — among
         // them an image it links against that imports from it (a cycle),
         // which locating it below waits for.
-        let owed: HashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
+        let owed: rustc_hash::FxHashMap<SymbolName, SymbolFlags> =
+            r.symbols()?.into_iter().collect();
         let mut defs = Vec::with_capacity(owed.len());
+        // The unit's symbols are the export table's names, interned when
+        // it was added, in table order, less those discarded: reuse them
+        // rather than intern every name again.
+        let mut known = self.symbols.iter().peekable();
         for e in &p.exports {
-            let n = session.intern(e.name);
+            let n = match known.next_if(|(n, _)| n.as_str() == e.name) {
+                Some((n, _)) => n.clone(),
+                None => session.intern(e.name),
+            };
             if let Some(&f) = owed.get(&n) {
                 defs.push((n, SymbolDef::new(base + e.offset, f)));
             }
@@ -280,7 +287,7 @@ impl ImageUnit {
         // is named at once.
         let order = r.dylib().link_order();
         let names = load::import_names(&p);
-        let interned: Vec<SymbolName> = names.iter().map(|n| session.intern(n)).collect();
+        let interned: Vec<SymbolName> = names.names.iter().map(|n| session.intern(n)).collect();
         let set = LookupSet::weak(interned.iter().cloned());
         let found = session
             .lookup_with(
@@ -288,12 +295,11 @@ impl ImageUnit {
                     .kind(LookupKind::Static),
             )
             .wait()?;
-        let addrs: HashMap<&str, u64> = names
-            .iter()
-            .zip(found.by_request())
-            .filter_map(|(n, (_, d))| Some((*n, d?.address)))
+        let answers: Vec<Option<u64>> = found
+            .by_request()
+            .map(|(_, d)| d.map(|d| d.address))
             .collect();
-        load::bind(&p, &mut alloc, &self.name, &addrs, &deps).map_err(err)?;
+        load::bind(&p, &mut alloc, &self.name, &names, &answers, &deps).map_err(err)?;
         // (c) Final protections, runtime registration; the tracker owns it.
         let image = load::finish(&p, alloc, &self.name).map_err(err)?;
         image.register_once(|| registration);

@@ -67,7 +67,7 @@ pub fn validate(section: &[u8]) -> Result<(), RuntimeError> {
     while offset < len {
         let word = section
             .get(offset..offset + 4)
-            .ok_or(bad(offset, "truncated record length"))?;
+            .ok_or_else(|| bad(offset, "truncated record length"))?;
         let length = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
         let record = match length {
             0 => {
@@ -79,13 +79,13 @@ pub fn validate(section: &[u8]) -> Result<(), RuntimeError> {
             0xffff_ffff => {
                 let ext = section
                     .get(offset + 4..offset + 12)
-                    .ok_or(bad(offset, "truncated 64-bit record length"))?;
+                    .ok_or_else(|| bad(offset, "truncated 64-bit record length"))?;
                 let mut b = [0u8; 8];
                 b.copy_from_slice(ext);
                 usize::try_from(u64::from_le_bytes(b))
                     .ok()
                     .and_then(|l| l.checked_add(12))
-                    .ok_or(bad(offset, "64-bit record length out of range"))?
+                    .ok_or_else(|| bad(offset, "64-bit record length out of range"))?
             }
             l => l as usize + 4,
         };
