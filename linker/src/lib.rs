@@ -51,6 +51,7 @@ pub mod graph;
 pub mod host;
 pub mod image;
 pub mod image_file;
+pub mod isa;
 pub mod jit;
 pub mod layer;
 pub mod lazy;

@@ -197,6 +197,14 @@ impl RelocArch for X86_64 {
         }))
     }
 
+    /// `mov`→`lea`, `call *`→`call`, `jmp *`→`jmp`: the rel32 must reach
+    /// `S + A` from the place; each access is relaxed on its own.
+    #[inline]
+    fn may_relax_got(place: u64, target: u64, addend: i64) -> bool {
+        let v = i128::from(target) + i128::from(addend) - i128::from(place);
+        (i128::from(i32::MIN)..=i128::from(i32::MAX)).contains(&v)
+    }
+
     fn write_veneer(_buf: &mut [u8], _at: u64, _target: u64) -> Result<(), FixupError> {
         Err(FixupError::NoTemplate {
             isa: Self::NAME,

@@ -23,7 +23,7 @@
 //!   addresses in text, PC-relative references to host symbols — is
 //!   refused with the relocation named.
 
-use kiln_arch::x86_64::reloc::{EdgeKind, kind_name, reloc_name};
+use kiln_arch::{EdgeForm, EdgeTarget};
 
 use crate::error::LinkError;
 use crate::graph::{Block, Edge, LinkGraph, Prot, Scope, SectionRole, SymbolDef, SymbolId};
@@ -79,7 +79,7 @@ fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &'static str) -> L
         object: graph.object_name(block.object).to_string(),
         section: block.input_section.to_string(),
         offset: block.input_offset + u64::from(e.offset),
-        reloc: reloc_name(e.r_type).unwrap_or(kind_name(e.kind)),
+        reloc: e.kind.name,
         symbol: graph.symbol_name(e.target),
         reason,
     }
@@ -107,28 +107,29 @@ fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str
             .as_deref()
             .is_some_and(|n| linker_defined(graph, n));
     let absolute = matches!(sym.def, SymbolDef::Absolute(_));
-    match e.kind {
-        EdgeKind::Pointer32
-        | EdgeKind::Pointer32Signed
-        | EdgeKind::Pointer16
-        | EdgeKind::Pointer8 => Some(
-            "an absolute address narrower than 64 bits cannot be rebased at load (non-PIE code); compile with -fPIE or -fPIC",
-        ),
-        EdgeKind::Pointer64 if prot == Prot::ReadExec && !absolute => Some(
+    let k = e.kind;
+    match k.target {
+        EdgeTarget::Symbol
+            if !k.pc_relative
+                && !k.uses_got_base
+                && matches!(k.form, EdgeForm::Absolute { .. } | EdgeForm::AbsoluteInsn) =>
+        {
+            Some(
+                "an absolute address narrower than 64 bits cannot be rebased at load (non-PIE code); compile with -fPIE or -fPIC",
+            )
+        }
+        EdgeTarget::Symbol if e.is_abs64() && prot == Prot::ReadExec && !absolute => Some(
             "an absolute address in text would have to be written at load; compile with -fPIE or -fPIC",
         ),
-        EdgeKind::Delta64
-        | EdgeKind::Delta32
-        | EdgeKind::Delta16
-        | EdgeKind::Delta8
-        | EdgeKind::GotOff64
-            if host || absolute =>
+        EdgeTarget::Symbol
+            if (k.pc_relative || k.uses_got_base || k.form == EdgeForm::PageOffset)
+                && (host || absolute) =>
         {
             Some(
                 "a PC-relative reference to a symbol outside the image changes with each process; compile with -fPIE (clang) or -fPIC so it goes through the GOT",
             )
         }
-        EdgeKind::Branch32 if absolute => {
+        EdgeTarget::Branch if absolute => {
             Some("a PC-relative call to an absolute address changes with each load")
         }
         _ => None,
@@ -181,18 +182,8 @@ pub(crate) mod tls_slot {
 
 /// Whether an edge is a thread-local access (its target is a TLS offset,
 /// not an address).
-fn is_tls_edge(kind: EdgeKind) -> bool {
-    matches!(
-        kind,
-        EdgeKind::TlsGd
-            | EdgeKind::TlsLd
-            | EdgeKind::DtpOff32
-            | EdgeKind::DtpOff64
-            | EdgeKind::GotTpOff
-            | EdgeKind::TpOff32
-            | EdgeKind::TpOff64
-            | EdgeKind::TlsDescGot
-    )
+fn is_tls_edge(e: &Edge) -> bool {
+    e.kind.target.is_tls()
 }
 
 /// The header's TLS fields and the slot imports for `l`: local-exec code
@@ -204,8 +195,8 @@ fn tls_record(l: &Linked<'_>) -> Result<(TlsHeader, Vec<Import>), LinkError> {
     };
     let g = l.graph;
     let live_edges = || g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges);
-    let fixed = live_edges().any(|e| matches!(e.kind, EdgeKind::TpOff32 | EdgeKind::TpOff64));
-    let any = live_edges().any(|e| e.kind == EdgeKind::GotTpOff);
+    let fixed = live_edges().any(|e| e.kind.target == EdgeTarget::TpOffset);
+    let any = live_edges().any(|e| e.kind.target == EdgeTarget::TlsIeEntry);
     let mut h = TlsHeader {
         size: t.size,
         align: t.align.max(1),
@@ -387,8 +378,8 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         if let Some(e) = block.edges.iter().find(|e| {
             g.symbols[e.target.index()].def == SymbolDef::External
                 && (l.is_special)(e.target)
-                && !matches!(e.kind, EdgeKind::Size32 | EdgeKind::Size64)
-                && !is_tls_edge(e.kind)
+                && e.kind.target != EdgeTarget::Size
+                && !is_tls_edge(e)
                 && matches!(l.target(e.target), Target::Constant)
         }) {
             return Err(refuse(
@@ -404,7 +395,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
             (Some(t), SectionRole::TlsData) => t.image_addr + block.addr,
             _ => block.addr,
         };
-        for e in block.edges.iter().filter(|e| e.kind == EdgeKind::Pointer64) {
+        for e in block.edges.iter().filter(|e| e.is_abs64()) {
             let offset = at + u64::from(e.offset) - l.base;
             if !offset.is_multiple_of(8) && !matches!(l.target(e.target), Target::Constant) {
                 return Err(refuse(
@@ -481,6 +472,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         })
         .collect();
     Ok(ImagingRecord {
+        machine: l.graph.isa().machine(),
         memory,
         segments: l.segments.to_vec(),
         rebase,

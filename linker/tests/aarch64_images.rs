@@ -1,0 +1,202 @@
+//! aarch64 objects linked on this x86-64 machine into images
+//! (`kiln image save`, the target taken from the objects) and run by the
+//! aarch64 C loader under qemu, with the same stdout and exit status as the
+//! native aarch64 executable under qemu. In-process linking stays host-ISA
+//! only: it refuses aarch64 objects with an error saying what to do.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::lua::build_lua;
+use common::*;
+
+const CC: &str = "aarch64-linux-gnu-gcc";
+const QEMU: &str = "qemu-aarch64-static";
+const SYSROOT: &str = "/usr/aarch64-linux-gnu";
+/// `EM_AARCH64`.
+const EM_AARCH64: u8 = 183;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The aarch64 C loader, built once per test process.
+fn loader() -> &'static Path {
+    static LOADER: OnceLock<PathBuf> = OnceLock::new();
+    LOADER.get_or_init(|| {
+        assert!(need_tool(CC), "{CC} builds kiln-load");
+        let dir = scratch("aarch64-loader");
+        let o = Command::new("sh")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
+            .arg("aarch64")
+            .arg(&dir)
+            .output()
+            .expect("sh runs");
+        assert!(o.status.success(), "build.sh aarch64: {}", show(&o));
+        dir.join("kiln-load")
+    })
+}
+
+/// Runs aarch64 program `exe` with `args` under qemu.
+fn qemu(exe: &Path, args: &[&str]) -> Output {
+    assert!(need_tool(QEMU));
+    Command::new(QEMU)
+        .args(["-L", SYSROOT])
+        .arg(exe)
+        .args(args)
+        .output()
+        .expect("qemu runs")
+}
+
+/// Compiles each of `srcs` (in `tests/c`) with the aarch64 compiler.
+fn objects(srcs: &[&str], flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    assert!(need_tool(CC));
+    compile_sources(CC, srcs, flags, &scratch(&format!("aarch64-{tag}")))
+}
+
+/// `kiln image save -o out inputs...`.
+fn save(out: &Path, inputs: &[PathBuf]) -> Output {
+    let _ = std::fs::remove_file(out);
+    kiln()
+        .args(["image", "save", "-o"])
+        .arg(out)
+        .args(inputs)
+        .output()
+        .expect("kiln runs")
+}
+
+/// Links `objs` natively (aarch64 gcc, PIE) and as a kiln image, runs both
+/// under qemu, and demands the same stdout and exit status.
+fn check_against_native(objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &str) {
+    let dir = scratch(&format!("aarch64-{tag}"));
+    let exe = dir.join("native");
+    let o = Command::new(CC)
+        .args(flags)
+        .args(objs)
+        .arg("-o")
+        .arg(&exe)
+        .args(["-lm", "-ldl"])
+        .output()
+        .expect("aarch64 gcc runs");
+    assert!(o.status.success(), "{tag}: native link: {}", show(&o));
+    let native = qemu(&exe, args);
+    assert!(!native.stdout.is_empty(), "{tag}: native printed nothing");
+
+    let image = dir.join("prog.kimg");
+    let o = save(&image, objs);
+    assert!(o.status.success(), "{tag}: image save: {}", show(&o));
+    let bytes = std::fs::read(&image).expect("read the image");
+    assert_eq!(bytes[18], EM_AARCH64, "{tag}: ELF e_machine");
+    assert_eq!(bytes[64 + 16], EM_AARCH64, "{tag}: image header machine");
+
+    let image_arg = image.to_string_lossy();
+    let mut loader_args = vec![image_arg.as_ref()];
+    loader_args.extend_from_slice(args);
+    let l = qemu(loader(), &loader_args);
+    assert_eq!(
+        String::from_utf8_lossy(&l.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "{tag}: kiln-load under qemu\n{}",
+        show(&l)
+    );
+    assert_eq!(l.status.code(), native.status.code(), "{tag}: {}", show(&l));
+    assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
+}
+
+/// The two-object C program (calls both ways, data, COMMON, weak,
+/// function pointers, string tables) at -O2 -fPIE and -O0 -fPIC.
+#[test]
+fn a_multi_object_c_program_runs_from_an_aarch64_image_under_qemu() {
+    for (flags, tag) in [
+        (&["-O2", "-fPIE", "-fcommon"][..], "prog-O2"),
+        (&["-O0", "-fPIC", "-fcommon"][..], "prog-O0-fPIC"),
+    ] {
+        let objs = objects(&["prog_a.c", "prog_b.c"], flags, tag);
+        check_against_native(&objs, flags, &[], tag);
+    }
+}
+
+/// Lua 5.4 (the x86-64 tests' sources and driver) at aarch64 gcc -O2.
+#[test]
+fn lua_runs_from_an_aarch64_image_under_qemu() {
+    assert!(need_tool(CC));
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_lua(CC, &flags, "aarch64-gcc-O2-fPIE");
+    check_against_native(&objs, &flags, &[], "lua-O2");
+}
+
+/// Linking aarch64 code into this process (`kiln run`) is refused, naming
+/// both ISAs and what to do instead; so is an image mixing ISAs.
+#[test]
+fn in_process_linking_refuses_aarch64_objects() {
+    let objs = objects(
+        &["prog_a.c", "prog_b.c"],
+        &["-O2", "-fPIE", "-fcommon"],
+        "refuse",
+    );
+    let o = kiln().arg("run").args(&objs).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        err.contains("aarch64 code cannot be linked into this x86-64 process")
+            && err.contains("kiln image save"),
+        "{}",
+        show(&o)
+    );
+    assert!(need_tool("gcc"));
+    let dir = scratch("aarch64-mixed");
+    let x86 = compile(
+        "gcc",
+        &c_dir().join("prog_b.c"),
+        &["-O2", "-fPIE"],
+        &[],
+        &dir.join("b.o"),
+    );
+    let o = save(&dir.join("mixed.kimg"), &[objs[0].clone(), x86.clone()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        err.contains("b.o") && err.contains("x86-64 object cannot be linked with aarch64 objects"),
+        "{}",
+        show(&o)
+    );
+}
+
+/// Calls 130 MiB apart (a padding section between caller and callee, and
+/// between the first object and the PLT) are out of `BL`'s ±128 MiB: they
+/// go through veneers, and the program runs as its native build does.
+#[test]
+fn calls_beyond_128_mib_go_through_veneers() {
+    assert!(need_tool(CC));
+    let dir = scratch("aarch64-veneers");
+    let a = "#include <stdio.h>\nint b_fn(int);\nint a_fn(int x) { return x * 3; }\n\
+             int main(void) { printf(\"main: b_fn(5)=%d\\n\", b_fn(5)); return b_fn(1); }\n";
+    let b = "#include <stdio.h>\nint a_fn(int);\n\
+             int b_fn(int x) { printf(\"b_fn(%d)\\n\", x); return a_fn(x) + 1; }\n";
+    let pad = ".section .text.pad,\"ax\",@progbits\n.space 130*1024*1024\n";
+    let mut objs = Vec::new();
+    for (name, ext, text) in [("a", "c", a), ("pad", "s", pad), ("b", "c", b)] {
+        let src = dir.join(format!("{name}.{ext}"));
+        std::fs::write(&src, text).expect("write source");
+        objs.push(compile(
+            CC,
+            &src,
+            &["-O2", "-fPIE"],
+            &[],
+            &dir.join(format!("{name}.o")),
+        ));
+    }
+    check_against_native(&objs, &["-O2", "-fPIE"], &[], "veneers");
+}
