@@ -156,7 +156,7 @@ fn insert_veneers<A: RelocArch>(graph: &mut LinkGraph, far: &[Far], plt: Plt<'_>
                     .iter()
                     .filter_map(|p| {
                         Some(Edge {
-                            offset: p.offset as u32,
+                            offset: p.offset,
                             kind: isa.edge(p.r_type)?,
                             target: to,
                             addend: to_addend + p.addend,
