@@ -162,7 +162,7 @@ impl RelocArch for X86_64 {
         &reloc::EDGES
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(
         edge: &EdgeDesc,
         content: &mut [u8],

@@ -424,7 +424,7 @@ pub fn compute(kind: EdgeKind, v: &FixupValues) -> i128 {
 ///
 /// 64-bit fields wrap modulo 2^64 like a static linker's; narrower fields are
 /// range-checked against their signedness.
-#[inline]
+#[inline(always)]
 pub fn apply(
     kind: EdgeKind,
     content: &mut [u8],

@@ -5,7 +5,7 @@
 //! allows them). No ISA is named here: the fixup is generic over
 //! [`RelocArch`] and entered once per block ([`crate::isa::Isa`]).
 
-use kiln_arch::{EdgeDesc, EdgeTarget, FixupError, FixupValues, RelocArch};
+use kiln_arch::{EdgeDesc, EdgeForm, EdgeTarget, FixupError, FixupValues, RelocArch};
 
 use super::fixup::FixupCtx;
 use super::got_plt::GotKey;
@@ -31,14 +31,21 @@ pub(super) enum Need {
 pub(super) fn need(e: &Edge, external: bool) -> Need {
     let k = e.kind;
     match k.target {
+        // The common cases first: this runs for every live edge.
+        EdgeTarget::Symbol if k.uses_got_base => Need::GotBase,
+        EdgeTarget::Symbol if k.width == 4 && matches!(k.form, EdgeForm::Absolute { .. }) => {
+            Need::Below2GiB
+        }
+        EdgeTarget::Symbol => Need::Nothing,
+        EdgeTarget::Branch if external => Need::Plt,
+        EdgeTarget::Branch => Need::Nothing,
         EdgeTarget::GotEntry { .. } => Need::Got(GotKey::Addr(e.target)),
         EdgeTarget::TlsGdPair => Need::Got(GotKey::TlsGd(e.target)),
         EdgeTarget::TlsLdPair => Need::Got(GotKey::TlsLd),
         EdgeTarget::TlsIeEntry => Need::Got(GotKey::TpOff(e.target)),
         EdgeTarget::TlsDescriptor => Need::Got(GotKey::TlsDesc(e.target)),
-        EdgeTarget::Branch if external => Need::Plt,
-        _ if k.uses_got_base || k.target == EdgeTarget::GotBase => Need::GotBase,
-        _ if e.reach32().is_some_and(Reach32::is_absolute) => Need::Below2GiB,
+        EdgeTarget::GotBase => Need::GotBase,
+        _ if k.uses_got_base => Need::GotBase,
         _ => Need::Nothing,
     }
 }
@@ -96,20 +103,19 @@ pub(super) fn fix_edge<A: RelocArch>(
     match k.target {
         EdgeTarget::Symbol => {}
         EdgeTarget::Branch => {
-            if let Some(off) = ctx.plt.get(&e.target) {
-                let stub = ctx.plt_base + off;
-                // Through the stub when imaging (host symbols only through
-                // their slots) or when the symbol is out of the call's reach.
-                if ctx.imaging {
-                    v.target = stub;
-                } else if let Err(err) = A::apply(k, bytes, u64::from(e.offset), &v) {
-                    if !matches!(err, FixupError::OutOfRange { .. }) {
-                        return Err((err, hint()));
-                    }
-                    v.target = stub;
-                } else {
-                    return Ok(());
+            // Through the PLT stub, if the symbol has one, when imaging
+            // (host symbols only through their slots) or when the symbol
+            // is out of the call's reach (the direct fixup fails, writing
+            // nothing).
+            if !ctx.imaging {
+                match A::apply(k, bytes, u64::from(e.offset), &v) {
+                    Ok(()) => return Ok(()),
+                    Err(FixupError::OutOfRange { .. }) if ctx.plt.contains_key(&e.target) => {}
+                    Err(err) => return Err((err, hint())),
                 }
+            }
+            if let Some(off) = ctx.plt.get(&e.target) {
+                v.target = ctx.plt_base + off;
             }
         }
         EdgeTarget::GotEntry { addend_in_entry } => {
