@@ -80,9 +80,14 @@ fn save(out: &Path, inputs: &[PathBuf]) -> Output {
 /// Links `objs` natively (aarch64 gcc, PIE) and as a kiln image, runs both
 /// under qemu, and demands the same stdout and exit status.
 fn check_against_native(objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &str) {
+    check_against_native_with(CC, objs, flags, args, tag);
+}
+
+/// [`check_against_native`], linking the native build with `cc`.
+fn check_against_native_with(cc: &str, objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &str) {
     let dir = scratch(&format!("aarch64-{tag}"));
     let exe = dir.join("native");
-    let o = Command::new(CC)
+    let o = Command::new(cc)
         .args(flags)
         .args(objs)
         .arg("-o")
@@ -199,4 +204,112 @@ fn calls_beyond_128_mib_go_through_veneers() {
         ));
     }
     check_against_native(&objs, &["-O2", "-fPIE"], &[], "veneers");
+}
+
+/// A relocation type aarch64's table lacks is an error naming object,
+/// section, offset and type, decoded by the object's ISA (type 2 is
+/// `R_X86_64_PC32` on x86-64, unknown on aarch64).
+#[test]
+fn an_unknown_aarch64_relocation_is_named() {
+    use object::read::elf::{FileHeader, SectionHeader};
+    let objs = objects(&["prog_b.c"], &["-O2", "-fPIE"], "unknown-reloc");
+    let mut data = std::fs::read(&objs[0]).expect("read the object");
+    let le = object::LittleEndian;
+    let (off, name) = {
+        let h = object::elf::FileHeader64::<object::LittleEndian>::parse(&*data).expect("ELF");
+        let secs = h.sections(le, &*data).expect("sections");
+        let sh = secs
+            .iter()
+            .find(|s| s.sh_type(le) == object::elf::SHT_RELA)
+            .expect("a RELA section");
+        let target = secs
+            .section(object::SectionIndex(sh.sh_info(le) as usize))
+            .expect("its section");
+        let name = String::from_utf8_lossy(secs.section_name(le, target).expect("name"));
+        (sh.sh_offset(le) as usize, name.into_owned())
+    };
+    let dir = scratch("aarch64-unknown-reloc");
+    for r_type in [2u32, 1000] {
+        // r_info is the second u64 of Elf64_Rela; r_type is its low 32 bits.
+        data[off + 8..off + 12].copy_from_slice(&r_type.to_le_bytes());
+        let patched = dir.join("patched.o");
+        std::fs::write(&patched, &data).expect("write the object");
+        let o = save(&dir.join("x.kimg"), &[patched]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}", show(&o));
+        assert!(
+            err.contains("patched.o")
+                && err.contains(&format!("section {name} offset 0x"))
+                && err.contains(&format!("unsupported relocation type {r_type}")),
+            "{}",
+            show(&o)
+        );
+    }
+}
+
+/// Constructors and destructors with priorities, `atexit` handlers, an
+/// exception thrown in one object and caught in another (`.eh_frame`, as the
+/// C loader registers it), virtual calls and `main`'s arguments (the
+/// program of `c_loader.rs`'s C++ test).
+const CXX_A: &str = r#"
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+Shape *make(int which);
+int risky(int x);
+struct Log { const char *n; Log(const char *n) : n(n) { std::printf("ctor %s\n", n); }
+             ~Log() { std::printf("dtor %s\n", n); } };
+__attribute__((init_priority(200))) Log early("early");
+Log plain("plain");
+__attribute__((constructor(150))) static void first() { std::printf("constructor 150\n"); }
+__attribute__((constructor)) static void later() { std::printf("constructor default\n"); }
+__attribute__((destructor(150))) static void last() { std::printf("destructor 150\n"); }
+__attribute__((destructor)) static void dflt() { std::printf("destructor default\n"); }
+static void bye() { std::printf("atexit bye\n"); }
+int main(int argc, char **argv) {
+    std::atexit(bye);
+    std::printf("argc %d:", argc);
+    for (int i = 1; i < argc; i++) std::printf(" %s", argv[i]);
+    std::printf("\n");
+    int sum = 0;
+    for (int i = 0; i < 3; i++) { Shape *s = make(i); sum += s->area(); delete s; }
+    std::printf("areas %d\n", sum);
+    try { risky(7); } catch (const std::runtime_error &e) { std::printf("caught %s\n", e.what()); }
+    try { risky(-1); } catch (int v) { std::printf("caught int %d\n", v); }
+    return sum % 100 + argc;
+}
+"#;
+const CXX_B: &str = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
+struct Rect : Shape { int w, h; Rect(int w, int h) : w(w), h(h) {} int area() const override { return w * h; } };
+Shape *make(int which) { if (which == 1) return new Rect(3, 4); return new Sq(which + 5); }
+int risky(int x) { if (x < 0) throw x; throw std::runtime_error("from b.cpp"); }
+struct Late { ~Late() { std::printf("dtor late\n"); } } late;
+"#;
+
+#[test]
+fn cxx_constructors_exceptions_and_virtual_calls_from_an_aarch64_image() {
+    let cxx = "aarch64-linux-gnu-g++";
+    assert!(need_tool(cxx));
+    for flags in [["-O2", "-fPIE"], ["-O0", "-fPIC"]] {
+        let tag = format!("cxx{}", flags.concat());
+        let dir = scratch(&format!("aarch64-{tag}"));
+        let mut objs = Vec::new();
+        for (name, src) in [("a", CXX_A), ("b", CXX_B)] {
+            let path = dir.join(format!("{name}.cpp"));
+            std::fs::write(&path, src).expect("write source");
+            objs.push(compile(
+                cxx,
+                &path,
+                &flags,
+                &[],
+                &dir.join(format!("{name}.o")),
+            ));
+        }
+        check_against_native_with(cxx, &objs, &flags, &["one", "two words"], &tag);
+    }
 }
