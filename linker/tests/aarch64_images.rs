@@ -120,8 +120,12 @@ fn check_against_native_with(cc: &str, objs: &[PathBuf], flags: &[&str], args: &
     assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
 }
 
+/// clang's flags for aarch64 objects.
+const CLANG_AARCH64: &str = "--target=aarch64-linux-gnu";
+
 /// The two-object C program (calls both ways, data, COMMON, weak,
-/// function pointers, string tables) at -O2 -fPIE and -O0 -fPIC.
+/// function pointers, string tables) from gcc at -O2 -fPIE and -O0 -fPIC,
+/// and from clang at -O2 -fPIE.
 #[test]
 fn a_multi_object_c_program_runs_from_an_aarch64_image_under_qemu() {
     for (flags, tag) in [
@@ -131,15 +135,31 @@ fn a_multi_object_c_program_runs_from_an_aarch64_image_under_qemu() {
         let objs = objects(&["prog_a.c", "prog_b.c"], flags, tag);
         check_against_native(&objs, flags, &[], tag);
     }
+    assert!(need_tool("clang"));
+    let flags = [CLANG_AARCH64, "-O2", "-fPIE", "-fcommon"];
+    let dir = scratch("aarch64-prog-clang-O2");
+    let objs = compile_sources("clang", &["prog_a.c", "prog_b.c"], &flags, &dir);
+    check_against_native(&objs, &["-O2", "-fPIE"], &[], "prog-clang-O2");
 }
 
-/// Lua 5.4 (the x86-64 tests' sources and driver) at aarch64 gcc -O2.
+/// Lua 5.4 (the x86-64 tests' sources and driver) at aarch64 gcc -O2,
+/// -O0 and -O2 -fPIC, and clang -O2.
 #[test]
 fn lua_runs_from_an_aarch64_image_under_qemu() {
-    assert!(need_tool(CC));
-    let flags = ["-O2", "-fPIE"];
-    let objs = build_lua(CC, &flags, "aarch64-gcc-O2-fPIE");
-    check_against_native(&objs, &flags, &[], "lua-O2");
+    assert!(need_tool(CC) && need_tool("clang"));
+    for (cc, flags, tag) in [
+        (CC, &["-O2", "-fPIE"][..], "lua-gcc-O2"),
+        (CC, &["-O0", "-fPIE"][..], "lua-gcc-O0"),
+        (CC, &["-O2", "-fPIC"][..], "lua-gcc-O2-fPIC"),
+        (
+            "clang",
+            &[CLANG_AARCH64, "-O2", "-fPIE"][..],
+            "lua-clang-O2",
+        ),
+    ] {
+        let objs = build_lua(cc, flags, &format!("aarch64-{tag}"));
+        check_against_native(&objs, &["-O2", "-fPIE"], &[], tag);
+    }
 }
 
 /// Linking aarch64 code into this process (`kiln run`) is refused, naming
