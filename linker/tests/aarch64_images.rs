@@ -333,3 +333,22 @@ fn cxx_constructors_exceptions_and_virtual_calls_from_an_aarch64_image() {
         check_against_native_with(cxx, &objs, &flags, &["one", "two words"], &tag);
     }
 }
+
+/// Thread-locals in an aarch64 image are refused at save, naming the
+/// place (kiln lays TLS out by this host's ABI), not saved wrong.
+#[test]
+fn thread_locals_in_an_aarch64_image_are_refused() {
+    let objs = objects(&["tls_a.c", "tls_b.c"], &["-O2", "-fPIE"], "tls");
+    let dir = scratch("aarch64-tls");
+    let o = save(&dir.join("tls.kimg"), &objs);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        err.contains("tls_")
+            && err.contains("R_AARCH64_TLS")
+            && err
+                .contains("thread-local storage in an image for another ISA is not supported yet"),
+        "{}",
+        show(&o)
+    );
+}

@@ -108,6 +108,11 @@ fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str
             .is_some_and(|n| linker_defined(graph, n));
     let absolute = matches!(sym.def, SymbolDef::Absolute(_));
     let k = e.kind;
+    if k.target.is_tls() && graph.isa() != crate::isa::Isa::HOST {
+        // TLS offsets and slots follow this host's ABI (x86-64: variant 2,
+        // the block below the thread pointer).
+        return Some("thread-local storage in an image for another ISA is not supported yet");
+    }
     match k.target {
         EdgeTarget::Symbol
             if !k.pc_relative
