@@ -87,6 +87,31 @@ impl EdgeTarget {
     }
 }
 
+/// The shape of the value an edge writes, for the checks a linker makes
+/// before placing code (can the field reach a host symbol? can the image be
+/// rebased?), independent of its [`EdgeTarget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EdgeForm {
+    /// A 64-bit value (it wraps: every address fits), or no value at all.
+    Full,
+    /// A narrower absolute address (`S + A` in [`EdgeDesc::width`] bytes or
+    /// an instruction's immediates): it must fit, and rebasing the image
+    /// changes it.
+    Absolute {
+        /// The field is sign-extended by its user (`R_X86_64_32S`).
+        signed: bool,
+    },
+    /// Part of an absolute address in an instruction's immediate (aarch64
+    /// `MOVW_UABS_G*`): any address can be built, but rebasing changes it.
+    AbsoluteInsn,
+    /// A narrower PC-relative displacement (or page displacement).
+    PcRelative,
+    /// The low bits of an address below its page (aarch64 `:lo12:`):
+    /// unchanged when the image moves by whole pages.
+    PageOffset,
+}
+
 /// One relocation type of one ISA, as the generic passes see it. Only the
 /// ISA tables make these ([`RelocArch::edge`], [`RelocArch::edges`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,6 +126,8 @@ pub struct EdgeDesc {
     pub pc_relative: bool,
     /// What the target is and what the linker must create for it.
     pub target: EdgeTarget,
+    /// The shape of the written value (reach, rebasing).
+    pub form: EdgeForm,
     /// The fixup also needs the GOT's address ([`FixupValues::got`]).
     pub uses_got_base: bool,
     /// [`RelocArch::relax`] may turn the GOT access into a direct one, or
@@ -118,6 +145,7 @@ impl EdgeDesc {
         width: 0,
         pc_relative: false,
         target: EdgeTarget::None,
+        form: EdgeForm::Full,
         uses_got_base: false,
         relaxable: false,
         index: u16::MAX,
@@ -217,6 +245,15 @@ pub trait RelocArch: Arch {
         content: &mut [u8],
         offset: u64,
     ) -> Result<Option<Relaxation>, FixupError>;
+
+    /// Whether a GOT access at `place` may be relaxed to a direct access of
+    /// `target` with `addend` one edge at a time: the direct form reaches
+    /// it, and relaxing one access of a symbol does not require relaxing the
+    /// others. The default (`false`) keeps every GOT access.
+    fn may_relax_got(place: u64, target: u64, addend: i64) -> bool {
+        let _ = (place, target, addend);
+        false
+    }
 
     /// Writes a veneer ([`RelocArch::VENEER`]) at `at` that jumps to `target`.
     ///

@@ -89,8 +89,8 @@ static void isa_sync_code(char *start, size_t len) { (void)start, (void)len; } /
  * aligned around `__tls_get_addr` (gcc PR58066). */
 #define ISA_TLS_GET_ADDR_ALIGN __attribute__((force_align_arg_pointer))
 #elif defined(__aarch64__)
-/* kiln writes no aarch64 images yet: machine and page size as the issue
- * expects them, no CPU feature bits defined (any required bit is refused). */
+/* `kiln image save` with aarch64 objects writes these (EM_AARCH64, 4 KiB
+ * pages); no CPU feature bits are defined (any required bit is refused). */
 #define ISA_MACHINE 183 /* EM_AARCH64 */
 #define ISA_PAGE 4096u
 static const char *const CPU_FEATURES[] = {""};

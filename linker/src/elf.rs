@@ -1,10 +1,10 @@
-//! ELF x86-64 relocatable objects → [`LinkGraph`].
+//! ELF relocatable objects (x86-64, aarch64) → [`LinkGraph`].
 //!
 //! One block per allocated input section (like JITLink), except `.eh_frame`,
 //! which is split into one block per CIE and FDE so that FDEs of dropped code
 //! disappear without leaving holes. COMDAT groups whose signature was already
 //! seen are skipped whole, their FDEs included. Relocations are mapped by raw
-//! `r_type` through [`kiln_arch::x86_64::reloc`]. Every failure is an error
+//! `r_type` through the object's ISA ([`Isa::edge`], `kiln-arch`'s tables). Every failure is an error
 //! naming the object, section, offset and relocation; nothing here panics on
 //! bad input.
 
@@ -12,13 +12,14 @@ use object::elf::{self, FileHeader64, Rela64, SectionHeader64, Sym64};
 use object::read::elf::{FileHeader, Rela, SectionHeader, SectionTable, Sym};
 use object::{LittleEndian as LE, SectionIndex, SymbolIndex};
 
-use kiln_arch::x86_64::reloc::{EdgeKind, RelocInfo, reloc_info};
+use kiln_arch::{EdgeDesc, EdgeTarget};
 
 use crate::error::LinkError;
 use crate::graph::{
     Block, BlockId, Content, Edge, FdeLinks, InputBytes, LinkGraph, Linkage, ObjectId, Prot, Scope,
     SectionRole, Symbol, SymbolDef, SymbolId,
 };
+use crate::isa::Isa;
 
 /// `SHT_X86_64_UNWIND`: the type gcc gives `.eh_frame` on x86-64.
 const SHT_X86_64_UNWIND: u32 = 0x7000_0001;
@@ -29,34 +30,21 @@ const MAX_ALIGN: u64 = 1 << 30;
 /// allocation fails long before).
 const MAX_SIZE: u64 = 1 << 40;
 
-/// [`reloc_info`] by direct index for the `r_type`s x86-64 defines (all
-/// below 64): the reader looks up every relocation, and the arch table is
-/// searched by bisection.
-fn reloc_info_fast(r_type: u32) -> Option<&'static RelocInfo> {
-    static TABLE: std::sync::OnceLock<[Option<&'static RelocInfo>; 64]> =
-        std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| std::array::from_fn(|i| reloc_info(i as u32)));
-    match table.get(r_type as usize) {
-        Some(info) => *info,
-        None => reloc_info(r_type),
-    }
-}
-
 /// Why a relocation cannot be read.
 #[derive(Debug, Clone, Copy)]
 enum BadReloc {
     /// An `r_type` kiln does not know.
     Unsupported(u32),
     /// Symbol index 0.
-    NoSymbol(&'static RelocInfo),
+    NoSymbol(&'static EdgeDesc),
     /// A symbol index past the table (or of a symbol that is not kept).
-    BadSymbol(&'static RelocInfo, usize),
+    BadSymbol(&'static EdgeDesc, usize),
     /// In `.eh_frame`, between records.
-    OutsideRecords(&'static RelocInfo),
+    OutsideRecords(&'static EdgeDesc),
     /// More than 4 GiB into its section.
-    Past4GiB(&'static RelocInfo),
+    Past4GiB(&'static EdgeDesc),
     /// The place does not fit the section (of this many bytes).
-    OutsideSection(&'static RelocInfo, u64),
+    OutsideSection(&'static EdgeDesc, u64),
 }
 
 /// The error for a bad relocation at `offset` of `section` in `object`
@@ -72,7 +60,7 @@ fn bad_reloc(object: &str, section: &str, offset: u64, why: BadReloc) -> LinkErr
                 section: section.to_string(),
                 offset,
                 r_type,
-                name: kiln_arch::x86_64::reloc::reloc_name(r_type),
+                name: None,
             };
         }
         BadReloc::NoSymbol(info) => format!("{at}: {} has no symbol", info.name),
@@ -299,12 +287,13 @@ impl Reader<'_, '_> {
         let data = self.data;
         let header = FileHeader64::<LE>::parse(data)
             .map_err(|e| self.err(format!("not an ELF64 little-endian file: {e}")))?;
-        if header.e_machine(LE) != elf::EM_X86_64 {
+        let Some(isa) = Isa::from_machine(header.e_machine(LE).0) else {
             return Err(self.err(format!(
-                "not an x86-64 object (e_machine {})",
+                "not an x86-64 or aarch64 object (e_machine {})",
                 header.e_machine(LE).0
             )));
-        }
+        };
+        self.graph.set_isa(isa);
         if header.e_type(LE) != elf::ET_REL {
             return Err(self.err(format!(
                 "not a relocatable object (e_type {}); kiln links .o files and .a archives",
@@ -807,6 +796,7 @@ impl Reader<'_, '_> {
         // Edges go straight into their blocks: on an error the whole
         // object's graph is dropped (see `parse_object`).
         let object = self.name;
+        let isa = self.graph.isa();
         // Per range: start, end, block, size, zero-fill (looked up once, not
         // per relocation: this loop runs for every relocation of the link).
         let blocks = &mut self.graph.blocks;
@@ -841,10 +831,10 @@ impl Reader<'_, '_> {
             let offset = rela.r_offset(LE);
             let r_type = rela.r_type(LE, false).0;
             let fail = |why: BadReloc| bad_reloc(object, section, offset, why);
-            let Some(info) = reloc_info_fast(r_type) else {
+            let Some(info) = isa.edge(r_type) else {
                 return Err(fail(BadReloc::Unsupported(r_type)));
             };
-            if info.kind == EdgeKind::None {
+            if info.target == EdgeTarget::None {
                 continue;
             }
             let sym = rela.r_sym(LE, false) as usize;
@@ -872,8 +862,7 @@ impl Reader<'_, '_> {
             }
             blocks[block.index()].edges.push(Edge {
                 offset: rel_off,
-                kind: info.kind,
-                r_type,
+                kind: info,
                 target,
                 addend: rela.r_addend(LE),
             });
@@ -921,6 +910,7 @@ mod tests {
     #[test]
     fn arch_table_matches_object_constants() {
         use kiln_arch::x86_64::reloc::reloc_info as info;
+        let fast = |r: u32| Isa::X86_64.edge(r).map(|e| (e.r_type, e.name));
         let named = [
             (elf::R_X86_64_64, "R_X86_64_64"),
             (elf::R_X86_64_PC32, "R_X86_64_PC32"),
@@ -948,10 +938,12 @@ mod tests {
         ];
         for (r, name) in named {
             assert_eq!(info(r.0).map(|i| i.name), Some(name));
-            assert_eq!(reloc_info_fast(r.0), info(r.0), "{name}");
+            assert_eq!(fast(r.0), info(r.0).map(|i| (i.r_type, i.name)), "{name}");
         }
-        for r in 0..200 {
-            assert_eq!(reloc_info_fast(r), info(r), "r_type {r}");
+        for r in 0..1000 {
+            assert_eq!(fast(r), info(r).map(|i| (i.r_type, i.name)), "r_type {r}");
+            let a64 = kiln_arch::aarch64::reloc::lookup(r).map(|i| (i.r_type, i.name));
+            assert_eq!(Isa::Aarch64.edge(r).map(|e| (e.r_type, e.name)), a64);
         }
         assert!(info(elf::R_X86_64_COPY.0).is_none());
         assert!(info(elf::R_X86_64_IRELATIVE.0).is_none());

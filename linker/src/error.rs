@@ -162,6 +162,19 @@ pub enum LinkError {
         /// The loader's message.
         detail: String,
     },
+    /// The objects are for another ISA than this process's, and only an
+    /// image (imaging mode: `kiln image save`) can be linked for it.
+    #[error(
+        "{object}: {isa} code cannot be linked into this {host} process; save it as an image (`kiln image save -o OUT.kimg INPUT...`) and run it on an {isa} machine, e.g. with linker/loader/kiln-load"
+    )]
+    ForeignIsa {
+        /// The first object of the link.
+        object: String,
+        /// The objects' ISA.
+        isa: &'static str,
+        /// This process's ISA.
+        host: &'static str,
+    },
     /// Thread-local storage could not be set up.
     #[error("thread-local storage: {detail}")]
     Tls {

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use kiln_arch::x86_64::reloc::EdgeKind;
+use kiln_arch::{EdgeDesc, EdgeForm};
+
+use crate::isa::Isa;
 
 macro_rules! index {
     ($(#[$m:meta])* $name:ident) => {
@@ -217,14 +219,61 @@ pub struct Edge {
     /// synth's 400k edges are 9.6 MB instead of 12.8; the reader rejects
     /// relocations past 4 GiB into a section).
     pub offset: u32,
-    /// Arch edge kind (rewritten by the GOT/PLT pass and relaxation).
-    pub kind: EdgeKind,
-    /// Raw ELF `r_type` it came from (for error messages).
-    pub r_type: u32,
+    /// The relocation type, decoded by the graph's ISA ([`Isa::edge`]):
+    /// its raw `r_type` and name, and what the passes must create for it.
+    pub kind: &'static EdgeDesc,
     /// Target symbol.
     pub target: SymbolId,
     /// Addend.
     pub addend: i64,
+}
+
+/// How far a 32-bit reference reaches (where a host symbol may lie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach32 {
+    /// ±2 GiB of the place.
+    PcRelative,
+    /// The low 4 GiB.
+    Unsigned,
+    /// The low 2 GiB.
+    Signed,
+}
+
+impl Reach32 {
+    /// An absolute address (the image must lie low).
+    pub(crate) fn is_absolute(self) -> bool {
+        self != Reach32::PcRelative
+    }
+}
+
+impl Edge {
+    /// An absolute 64-bit address of its symbol (`R_X86_64_64`,
+    /// `R_AARCH64_ABS64`): what an image's rebase table lists.
+    #[inline]
+    pub(crate) fn is_abs64(&self) -> bool {
+        let k = self.kind;
+        k.target == kiln_arch::EdgeTarget::Symbol
+            && k.width == 8
+            && !k.pc_relative
+            && !k.uses_got_base
+    }
+
+    /// The reach of the edge if it is a 32-bit reference to its symbol's
+    /// address that may not reach a host symbol (x86-64 `PC32`, `32`, `32S`;
+    /// aarch64 `PREL32`, `ABS32`).
+    #[inline]
+    pub(crate) fn reach32(&self) -> Option<Reach32> {
+        let k = self.kind;
+        if k.width != 4 || k.target != kiln_arch::EdgeTarget::Symbol || k.uses_got_base {
+            return None;
+        }
+        match k.form {
+            EdgeForm::PcRelative => Some(Reach32::PcRelative),
+            EdgeForm::Absolute { signed: false } => Some(Reach32::Unsigned),
+            EdgeForm::Absolute { signed: true } => Some(Reach32::Signed),
+            _ => None,
+        }
+    }
 }
 
 /// A contiguous piece of content that moves as a unit: an input section, a
@@ -385,12 +434,40 @@ pub struct LinkGraph {
     pub(crate) name_arena: String,
     /// Strong definitions that collided: name → every defining object.
     pub(crate) duplicates: Vec<(Box<str>, Vec<ObjectId>)>,
+    /// The ISA of the objects read (`None`: no object yet).
+    pub(crate) isa: Option<Isa>,
+    /// The first object merged whose ISA differs from `isa`.
+    pub(crate) foreign_object: Option<(ObjectId, Isa)>,
 }
 
 impl LinkGraph {
     /// An empty graph.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The ISA the graph's objects are for (the host's if it has none).
+    pub fn isa(&self) -> Isa {
+        self.isa.unwrap_or(Isa::HOST)
+    }
+
+    /// Sets the ISA of a graph about to be filled (the ELF reader does).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = Some(isa);
+    }
+
+    /// An error if objects of two ISAs were merged into this graph.
+    pub fn check_isa(&self) -> Result<(), crate::LinkError> {
+        match self.foreign_object {
+            None => Ok(()),
+            Some((obj, isa)) => Err(crate::LinkError::malformed(
+                self.object_name(Some(obj)),
+                format!(
+                    "a {isa} object cannot be linked with {} objects",
+                    self.isa()
+                ),
+            )),
+        }
     }
 
     /// Whether some block refers to a symbol with a 32-bit absolute
@@ -400,7 +477,7 @@ impl LinkGraph {
         self.blocks.iter().any(|b| {
             b.edges
                 .iter()
-                .any(|e| matches!(e.kind, EdgeKind::Pointer32 | EdgeKind::Pointer32Signed))
+                .any(|e| e.reach32().is_some_and(Reach32::is_absolute))
         })
     }
 
@@ -552,6 +629,13 @@ impl LinkGraph {
     /// went: its id in this graph, by its id in `other`.
     pub fn merge_mapped(&mut self, other: LinkGraph) -> (ObjectId, Vec<SymbolId>) {
         let obj_base = self.objects.len() as u32;
+        match (self.isa, other.isa) {
+            (None, isa) => self.isa = isa,
+            (Some(mine), Some(theirs)) if mine != theirs && self.foreign_object.is_none() => {
+                self.foreign_object = Some((ObjectId(obj_base), theirs));
+            }
+            _ => {}
+        }
         let remap_obj = |o: ObjectId| ObjectId(o.0 + obj_base);
         self.objects.extend(other.objects);
         let sec_map: Vec<SectionId> = other

@@ -388,7 +388,13 @@ impl LinkedImage {
     ) -> Result<LinkedImage, LinkError> {
         let memory = (f.alloc.base(), f.alloc.len());
         dso.add_range(memory.0 as usize, memory.1 as usize);
-        let eh_frame = match f.eh_frame {
+        // Code for another ISA (an image to save) never runs here: its
+        // unwind info is not this process's.
+        let foreign = f
+            .imaging
+            .as_ref()
+            .is_some_and(|r| r.machine != crate::isa::Isa::HOST.machine());
+        let eh_frame = match f.eh_frame.filter(|_| !foreign) {
             // The recorded length includes the zero terminator.
             Some((start, len)) => {
                 // SAFETY: [start, start+len) is the image's finalized,

@@ -4,8 +4,9 @@
 //!
 //! | module | what it holds |
 //! | --- | --- |
-//! | [`graph`] | [`LinkGraph`]: sections → blocks → symbols, edges with arch edge kinds (typed indices); block bytes stay in the shared input file until finalization |
-//! | [`elf`] | the ELF x86-64 relocatable reader (COMDAT, `.eh_frame` splitting, raw `r_type` table) |
+//! | [`graph`] | [`LinkGraph`]: sections → blocks → symbols, edges holding `kiln-arch`'s `&'static EdgeDesc` (typed indices); block bytes stay in the shared input file until finalization |
+//! | [`elf`] | the ELF relocatable reader, x86-64 and aarch64 (COMDAT, `.eh_frame` splitting, raw `r_type`s decoded by the object's [`isa::Isa`]) |
+//! | [`isa`] | [`isa::Isa`]: the link target (the objects' ISA; another than the host's only for an image) |
 //! | [`archive`] | static archives: symbol index, members pulled on demand |
 //! | [`passes`] | the pipeline: one file a pass under `passes/`, one sequencer (`passes::run`), [`passes::link_graph`], [`passes::Prepared`] |
 //! | [`memory`] | the reserved slab(s) and allocations: writing → finalized → released |
@@ -51,6 +52,7 @@ pub mod graph;
 pub mod host;
 pub mod image;
 pub mod image_file;
+pub mod isa;
 pub mod jit;
 pub mod layer;
 pub mod lazy;

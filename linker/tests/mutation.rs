@@ -189,3 +189,62 @@ fn mutated_archives_link_or_fail_cleanly() {
     eprintln!("3000 archive mutants: {linked} linked, {failed} failed cleanly");
     assert!(linked > 0 && failed > 0);
 }
+
+/// aarch64 objects (gcc -O2 -fPIE), linked into an image (imaging mode:
+/// the target is taken from the objects; nothing runs): 5,000 mutants each
+/// link or fail with an error about the mutant — never a panic.
+#[test]
+fn five_thousand_aarch64_object_mutants_link_or_fail_cleanly() {
+    let cc = "aarch64-linux-gnu-gcc";
+    assert!(need_tool(cc));
+    let dir = scratch("mutation-aarch64");
+    let objs: Vec<(String, Vec<u8>)> = [("prog_a.c", "-fcommon"), ("prog_b.c", "-O2")]
+        .iter()
+        .map(|(src, extra)| {
+            let o = compile(
+                cc,
+                &c_dir().join(src),
+                &["-O2", "-fPIE", extra],
+                &[],
+                &dir.join(format!("{src}.o")),
+            );
+            (src.to_string(), std::fs::read(o).expect("read object"))
+        })
+        .collect();
+    let host = HostSymbols::new();
+    let mut rng = Rng(0x5eed_aa64_0000_0001);
+    let mut linked = 0usize;
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    const MUTANTS: usize = 5_000;
+    for n in 0..MUTANTS {
+        let which = n % 2;
+        let mut options = kiln_linker::LinkOptions::default();
+        options.imaging = true;
+        let mut linker = Linker::new(options);
+        linker.run_initializers(false);
+        let other = &objs[1 - which];
+        linker.add_object_bytes(other.0.clone(), other.1.clone());
+        let name = format!("mutant-{n}-{}", objs[which].0);
+        linker.add_object_bytes(name.clone(), mutate(&mut rng, &objs[which].1));
+        match linker.link(&host) {
+            Ok(_) => linked += 1,
+            Err(e) => {
+                let msg = e.to_string();
+                if matches!(
+                    e,
+                    LinkError::Malformed { .. } | LinkError::UnsupportedRelocation { .. }
+                ) {
+                    assert!(msg.starts_with(&format!("{name}: ")), "{msg}");
+                }
+                *kinds.entry(kind(&e)).or_default() += 1;
+            }
+        }
+    }
+    let failed: usize = kinds.values().sum();
+    eprintln!("{MUTANTS} aarch64 mutants: {linked} linked, {failed} failed cleanly ({kinds:?})");
+    assert!(linked > MUTANTS / 20, "too few mutants linked: {linked}");
+    assert!(failed > MUTANTS / 20, "too few mutants rejected: {failed}");
+    for k in ["Malformed", "UnsupportedRelocation"] {
+        assert!(kinds.contains_key(k), "no {k} error among {kinds:?}");
+    }
+}

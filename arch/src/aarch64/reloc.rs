@@ -45,7 +45,7 @@
 //! only `CALL26`/`JUMP26`; compilers emit them within a function.
 
 use crate::FixupError;
-use crate::edge::{EdgeDesc, EdgeTarget, FixupValues};
+use crate::edge::{EdgeDesc, EdgeForm, EdgeTarget, FixupValues};
 use crate::template::place_mut;
 
 /// Raw `R_AARCH64_*` relocation type numbers (AAELF64).
@@ -424,6 +424,17 @@ pub static RELOCS: &[RelocInfo] = &[
     row!(R_AARCH64_TLSDESC_CALL, Formula::None, Field::None, None, 1, &[], "nothing"),
 ];
 
+/// The generic form of a row (see [`EdgeForm`]).
+const fn form_of(formula: Formula, field: Field) -> EdgeForm {
+    match (formula, field) {
+        (_, Field::None | Field::Data64) => EdgeForm::Full,
+        (Formula::Prel | Formula::Page | Formula::GotPage, _) => EdgeForm::PcRelative,
+        (_, Field::Imm12 { .. }) => EdgeForm::PageOffset,
+        (_, Field::Movw { .. } | Field::MovwSigned { .. }) => EdgeForm::AbsoluteInsn,
+        _ => EdgeForm::Absolute { signed: false },
+    }
+}
+
 /// The generic descriptors of [`RELOCS`], index for index.
 pub(crate) static EDGES: [EdgeDesc; RELOCS.len()] = {
     let mut out = [EdgeDesc::EMPTY; RELOCS.len()];
@@ -436,6 +447,7 @@ pub(crate) static EDGES: [EdgeDesc; RELOCS.len()] = {
             width: r.width as u8,
             pc_relative: matches!(r.formula, Formula::Prel | Formula::Page | Formula::GotPage),
             target: r.target,
+            form: form_of(r.formula, r.field),
             uses_got_base: matches!(r.formula, Formula::GotRelPage),
             relaxable: relaxed_to(r.r_type).is_some(),
             index: i as u16,

@@ -162,7 +162,7 @@ impl RelocArch for X86_64 {
         &reloc::EDGES
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(
         edge: &EdgeDesc,
         content: &mut [u8],
@@ -195,6 +195,14 @@ impl RelocArch for X86_64 {
             edge: pc32,
             place_delta,
         }))
+    }
+
+    /// `mov`→`lea`, `call *`→`call`, `jmp *`→`jmp`: the rel32 must reach
+    /// `S + A` from the place; each access is relaxed on its own.
+    #[inline]
+    fn may_relax_got(place: u64, target: u64, addend: i64) -> bool {
+        let v = i128::from(target) + i128::from(addend) - i128::from(place);
+        (i128::from(i32::MIN)..=i128::from(i32::MAX)).contains(&v)
     }
 
     fn write_veneer(_buf: &mut [u8], _at: u64, _target: u64) -> Result<(), FixupError> {

@@ -18,7 +18,7 @@
 //! relaxation with [`relax_got_load`]), and finally calls [`apply`].
 
 use crate::FixupError;
-use crate::edge::{EdgeDesc, EdgeTarget};
+use crate::edge::{EdgeDesc, EdgeForm, EdgeTarget};
 use crate::template::place_mut;
 
 /// What a relocation (an edge of the link graph) computes. Several ELF
@@ -234,6 +234,31 @@ const fn edge_target(kind: EdgeKind) -> EdgeTarget {
     }
 }
 
+/// The generic form of a kind (see [`EdgeForm`]).
+const fn edge_form(kind: EdgeKind) -> EdgeForm {
+    match kind {
+        EdgeKind::Pointer32 | EdgeKind::Pointer16 | EdgeKind::Pointer8 => {
+            EdgeForm::Absolute { signed: false }
+        }
+        EdgeKind::Pointer32Signed => EdgeForm::Absolute { signed: true },
+        EdgeKind::Delta32
+        | EdgeKind::Delta16
+        | EdgeKind::Delta8
+        | EdgeKind::Branch32
+        | EdgeKind::GotDelta32
+        | EdgeKind::GotLoadRelaxable { .. }
+        | EdgeKind::GotPc32
+        | EdgeKind::TlsGd
+        | EdgeKind::TlsLd
+        | EdgeKind::GotTpOff
+        | EdgeKind::TlsDescGot => EdgeForm::PcRelative,
+        EdgeKind::Size32 | EdgeKind::DtpOff32 | EdgeKind::TpOff32 => {
+            EdgeForm::Absolute { signed: true }
+        }
+        _ => EdgeForm::Full,
+    }
+}
+
 /// The generic descriptors of [`RELOCATIONS`], index for index.
 pub(crate) static EDGES: [EdgeDesc; RELOCATIONS.len()] = {
     let mut out = [EdgeDesc::EMPTY; RELOCATIONS.len()];
@@ -246,6 +271,7 @@ pub(crate) static EDGES: [EdgeDesc; RELOCATIONS.len()] = {
             width: r.width,
             pc_relative: r.pc_relative,
             target: edge_target(r.kind),
+            form: edge_form(r.kind),
             uses_got_base: matches!(
                 r.kind,
                 EdgeKind::GotOffsetOfEntry64
@@ -398,7 +424,7 @@ pub fn compute(kind: EdgeKind, v: &FixupValues) -> i128 {
 ///
 /// 64-bit fields wrap modulo 2^64 like a static linker's; narrower fields are
 /// range-checked against their signedness.
-#[inline]
+#[inline(always)]
 pub fn apply(
     kind: EdgeKind,
     content: &mut [u8],

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use cranelift_codegen::binemit::Reloc;
 use cranelift_codegen::ir::{self, LibCall};
 use cranelift_module::{DataId, FuncId, Linkage, ModuleReloc, ModuleRelocTarget};
-use kiln_arch::x86_64::reloc::{EdgeKind, reloc_info};
+use kiln_arch::EdgeTarget;
 use kiln_linker::graph::{
     Block, Content, Edge, LinkGraph, ObjectId, Prot, Scope, SectionId, SectionRole, Symbol,
     SymbolDef, SymbolId,
 };
+use kiln_linker::isa::Isa;
 
 use crate::error::Error;
 use crate::reloc::elf_r_type;
@@ -253,8 +254,10 @@ fn edges(
             reloc: format!("{reloc:?}"),
         };
         let r_type = elf_r_type(r.kind).ok_or_else(|| unsupported(r.kind))?;
-        let info = reloc_info(r_type).ok_or_else(|| unsupported(r.kind))?;
-        debug_assert_ne!(info.kind, EdgeKind::None);
+        let info = Isa::X86_64
+            .edge(r_type)
+            .ok_or_else(|| unsupported(r.kind))?;
+        debug_assert_ne!(info.target, EdgeTarget::None);
         let (target, extra) = match cache.slot(&r.name).and_then(|s| *s) {
             Some(id) => (id, 0),
             None => {
@@ -270,8 +273,7 @@ fn edges(
         };
         edges.push(Edge {
             offset: r.offset,
-            kind: info.kind,
-            r_type,
+            kind: info,
             target,
             addend: r.addend + extra,
         });

@@ -23,7 +23,7 @@
 //!   addresses in text, PC-relative references to host symbols — is
 //!   refused with the relocation named.
 
-use kiln_arch::x86_64::reloc::{EdgeKind, kind_name, reloc_name};
+use kiln_arch::{EdgeDesc, EdgeForm, EdgeTarget};
 
 use crate::error::LinkError;
 use crate::graph::{Block, Edge, LinkGraph, Prot, Scope, SectionRole, SymbolDef, SymbolId};
@@ -83,7 +83,7 @@ fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &'static str) -> L
         object: graph.object_name(block.object).to_string(),
         section: block.input_section.to_string(),
         offset: block.input_offset + u64::from(e.offset),
-        reloc: reloc_name(e.r_type).unwrap_or(kind_name(e.kind)),
+        reloc: e.kind.name,
         symbol: graph.symbol_name(e.target),
         reason,
     }
@@ -111,25 +111,36 @@ fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str
             .as_deref()
             .is_some_and(|n| linker_defined(graph, n));
     let absolute = matches!(sym.def, SymbolDef::Absolute(_));
-    match e.kind {
-        EdgeKind::Pointer32
-        | EdgeKind::Pointer32Signed
-        | EdgeKind::Pointer16
-        | EdgeKind::Pointer8 => Some(
-            "an absolute address narrower than 64 bits cannot be rebased at load (non-PIE code); compile with -fPIE or -fPIC",
-        ),
-        EdgeKind::Pointer64 if prot == Prot::ReadExec && !absolute => Some(
+    let k = e.kind;
+    if k.target.is_tls() && graph.isa() != crate::isa::Isa::HOST {
+        // TLS offsets and slots follow this host's ABI (x86-64: variant 2,
+        // the block below the thread pointer).
+        return Some("thread-local storage in an image for another ISA is not supported yet");
+    }
+    match k.target {
+        EdgeTarget::Symbol
+            if !k.pc_relative
+                && !k.uses_got_base
+                && matches!(k.form, EdgeForm::Absolute { .. } | EdgeForm::AbsoluteInsn) =>
+        {
+            Some(
+                "an absolute address narrower than 64 bits cannot be rebased at load (non-PIE code); compile with -fPIE or -fPIC",
+            )
+        }
+        EdgeTarget::Symbol if e.is_abs64() && prot == Prot::ReadExec && !absolute => Some(
             "an absolute address in text would have to be written at load; compile with -fPIE or -fPIC",
         ),
-        // To another link's symbol (a hidden one, say): decided when the
-        // address is known ([`record`]).
-        EdgeKind::Delta64 | EdgeKind::Delta32 | EdgeKind::Delta16 | EdgeKind::Delta8
-            if absolute =>
+        // To another link's symbol (a hidden one, say) or the host's:
+        // decided when the address is known ([`record`]).
+        EdgeTarget::Symbol
+            if (k.pc_relative || k.form == EdgeForm::PageOffset)
+                && !k.uses_got_base
+                && absolute =>
         {
             Some(PC_RELATIVE_OUTSIDE)
         }
-        EdgeKind::GotOff64 if host || absolute => Some(PC_RELATIVE_OUTSIDE),
-        EdgeKind::Branch32 if absolute => {
+        EdgeTarget::Symbol if k.uses_got_base && (host || absolute) => Some(PC_RELATIVE_OUTSIDE),
+        EdgeTarget::Branch if absolute => {
             Some("a PC-relative call to an absolute address changes with each load")
         }
         _ => None,
@@ -176,15 +187,15 @@ impl PcRelative {
     }
 }
 
-/// Bytes of a PC-relative place.
-fn pc_relative_size(kind: EdgeKind) -> Option<u8> {
-    match kind {
-        EdgeKind::Delta64 => Some(8),
-        EdgeKind::Delta32 => Some(4),
-        EdgeKind::Delta16 => Some(2),
-        EdgeKind::Delta8 => Some(1),
-        _ => None,
-    }
+/// Bytes of a PC-relative place holding `S + A - P` as a plain field.
+/// Saving many links rewrites it as a little-endian field of this size
+/// (`combine`): right for x86-64, the only ISA linked in-process today.
+fn pc_relative_size(kind: &EdgeDesc) -> Option<u8> {
+    let plain = kind.target == EdgeTarget::Symbol
+        && kind.pc_relative
+        && !kind.uses_got_base
+        && matches!(kind.form, EdgeForm::Full | EdgeForm::PcRelative);
+    (plain && matches!(kind.width, 1 | 2 | 4 | 8)).then_some(kind.width)
 }
 
 /// The PC-relative references of `block` to symbols outside the image: to
@@ -212,7 +223,7 @@ fn pc_relative(l: &Linked<'_>, block: &Block, out: &mut Vec<PcRelative>) -> Resu
             object: g.object_name(block.object).to_string(),
             section: block.input_section.to_string(),
             input_offset: block.input_offset + u64::from(e.offset),
-            reloc: reloc_name(e.r_type).unwrap_or(kind_name(e.kind)),
+            reloc: e.kind.name,
             symbol: g.symbol_name(e.target),
         });
     }
@@ -265,18 +276,8 @@ pub(crate) mod tls_slot {
 
 /// Whether an edge is a thread-local access (its target is a TLS offset,
 /// not an address).
-fn is_tls_edge(kind: EdgeKind) -> bool {
-    matches!(
-        kind,
-        EdgeKind::TlsGd
-            | EdgeKind::TlsLd
-            | EdgeKind::DtpOff32
-            | EdgeKind::DtpOff64
-            | EdgeKind::GotTpOff
-            | EdgeKind::TpOff32
-            | EdgeKind::TpOff64
-            | EdgeKind::TlsDescGot
-    )
+fn is_tls_edge(e: &Edge) -> bool {
+    e.kind.target.is_tls()
 }
 
 /// The header's TLS fields and the slot imports for `l`: local-exec code
@@ -288,8 +289,8 @@ fn tls_record(l: &Linked<'_>) -> Result<(TlsHeader, Vec<Import>), LinkError> {
     };
     let g = l.graph;
     let live_edges = || g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges);
-    let fixed = live_edges().any(|e| matches!(e.kind, EdgeKind::TpOff32 | EdgeKind::TpOff64));
-    let any = live_edges().any(|e| e.kind == EdgeKind::GotTpOff);
+    let fixed = live_edges().any(|e| e.kind.target == EdgeTarget::TpOffset);
+    let any = live_edges().any(|e| e.kind.target == EdgeTarget::TlsIeEntry);
     let mut h = TlsHeader {
         size: t.size,
         align: t.align.max(1),
@@ -474,8 +475,8 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         if let Some(e) = block.edges.iter().find(|e| {
             g.symbols[e.target.index()].def == SymbolDef::External
                 && (l.is_special)(e.target)
-                && !matches!(e.kind, EdgeKind::Size32 | EdgeKind::Size64)
-                && !is_tls_edge(e.kind)
+                && e.kind.target != EdgeTarget::Size
+                && !is_tls_edge(e)
                 && matches!(l.target(e.target), Target::Constant)
         }) {
             return Err(refuse(
@@ -492,7 +493,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
             (Some(t), SectionRole::TlsData) => t.image_addr + block.addr,
             _ => block.addr,
         };
-        for e in block.edges.iter().filter(|e| e.kind == EdgeKind::Pointer64) {
+        for e in block.edges.iter().filter(|e| e.is_abs64()) {
             let offset = at + u64::from(e.offset) - l.base;
             if !offset.is_multiple_of(8) && !matches!(l.target(e.target), Target::Constant) {
                 return Err(refuse(
@@ -569,6 +570,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         })
         .collect();
     Ok(ImagingRecord {
+        machine: l.graph.isa().machine(),
         memory,
         segments: l.segments.to_vec(),
         rebase,

@@ -201,6 +201,8 @@ pub(crate) fn combine(
     places.0.sort_unstable();
     let mut out = ImagingRecord {
         memory: vec![0; end as usize],
+        // One layer links for the host ISA only: every piece has its machine.
+        machine: records.first().map_or(0, |r| r.machine),
         ..ImagingRecord::default()
     };
     let mut exported = HashSet::new();

@@ -312,6 +312,8 @@ fn missing_dependencies(missing: &[(ImageDependency, Vec<BuildId>)]) -> String {
 /// every import word zero, and the tables.
 #[derive(Debug, Clone, Default)]
 pub struct ImagingRecord {
+    /// ELF machine of the code (the graph's ISA: `EM_X86_64`, `EM_AARCH64`).
+    pub(crate) machine: u16,
     pub(crate) memory: Vec<u8>,
     /// `(offset, len, prot)`, page-aligned offsets, ascending.
     pub(crate) segments: Vec<(u64, u64, crate::graph::Prot)>,

@@ -254,7 +254,7 @@ fn header(
     Header {
         version: format::FORMAT_VERSION,
         header_size: HEADER_SIZE as u32,
-        machine: format::MACHINE,
+        machine: r.machine,
         pointer_width: 8,
         endianness: 1,
         page_size: PAGE as u32,
@@ -288,7 +288,7 @@ pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u
         os_abi: elf::ELFOSABI_NONE,
         abi_version: 0,
         e_type: elf::ET_DYN,
-        e_machine: elf::EM_X86_64,
+        e_machine: elf::Machine(r.machine),
         e_entry: 0,
         e_flags: elf::FileFlags(0),
     })

@@ -25,11 +25,13 @@
 //! relocation — keeps the body's address there, as such code does in an
 //! ELF shared library.
 
+use crate::graph::Reach32;
 use crate::graph::{
     BlockId, Edge, FxHashMap, LinkGraph, Linkage, Prot, Scope, SectionRole, Symbol, SymbolDef,
     SymbolId,
 };
-use kiln_arch::x86_64::reloc::EdgeKind;
+use crate::isa::Isa;
+use kiln_arch::EdgeTarget;
 
 /// Retargets address-taking references to the functions `with_entries`
 /// (global names defined in `graph` that get a lazy entry) to external
@@ -47,7 +49,9 @@ pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: 
             ids.insert(id, ());
         }
     }
-    if at.is_empty() {
+    // The guesses below read x86-64 instruction bytes; lazy entries are
+    // in-process, so the graph is the host's.
+    if at.is_empty() || graph.isa() != Isa::X86_64 {
         return;
     }
     // Symbol id of each function → its twin (created on first use).
@@ -62,11 +66,11 @@ pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: 
         // (edge, function, addend relative to the function)
         let mut retarget = Vec::new();
         for (ei, e) in block.edges.iter().enumerate() {
-            if !takes_address(e.kind) {
+            if !takes_address(e) {
                 continue;
             }
             let branch = code
-                && e.kind == EdgeKind::Delta32
+                && e.reach32() == Some(Reach32::PcRelative)
                 && is_branch_field(block.content.bytes(), e.offset as usize);
             if branch {
                 continue;
@@ -123,10 +127,15 @@ fn function_named(
     // PC-relative field only in a RIP-relative operand in code (the
     // addend of one in data, such as a jump table's entry, is relative to
     // something else).
-    let field_end = match e.kind {
-        EdgeKind::Pointer64 | EdgeKind::Pointer32 | EdgeKind::Pointer32Signed => 0,
-        EdgeKind::Delta32 if code.is_some_and(|b| rip_relative_field(b, e.offset as usize)) => 4,
-        _ => return None,
+    let absolute = e.is_abs64() || e.reach32().is_some_and(Reach32::is_absolute);
+    let field_end = if absolute {
+        0
+    } else if e.reach32() == Some(Reach32::PcRelative)
+        && code.is_some_and(|b| rip_relative_field(b, e.offset as usize))
+    {
+        4
+    } else {
+        return None;
     };
     let lands = offset.checked_add_signed(e.addend + field_end)?;
     let f = *at.get(&(block, lands))?;
@@ -135,20 +144,13 @@ fn function_named(
 
 /// Whether a relocation of this kind materializes its target's address
 /// (rather than calling it, or asking its size).
-fn takes_address(kind: EdgeKind) -> bool {
-    matches!(
-        kind,
-        EdgeKind::Pointer64
-            | EdgeKind::Pointer32
-            | EdgeKind::Pointer32Signed
-            | EdgeKind::Delta64
-            | EdgeKind::Delta32
-            | EdgeKind::GotDelta32
-            | EdgeKind::GotLoadRelaxable { .. }
-            | EdgeKind::GotDelta64
-            | EdgeKind::GotOffsetOfEntry64
-            | EdgeKind::GotOff64
-    )
+fn takes_address(e: &Edge) -> bool {
+    let k = e.kind;
+    match k.target {
+        EdgeTarget::Symbol => k.width >= 4,
+        EdgeTarget::GotEntry { .. } => true,
+        _ => false,
+    }
 }
 
 /// Whether the 32-bit field at `offset` of code `bytes` follows a ModRM
@@ -177,11 +179,16 @@ mod tests {
     use super::*;
     use crate::graph::{Block, Content};
 
-    fn edge(offset: u32, kind: EdgeKind, target: SymbolId) -> Edge {
+    /// x86-64 relocation types the tests use.
+    const R_X86_64_64: u32 = 1;
+    const R_X86_64_PC32: u32 = 2;
+    const R_X86_64_PLT32: u32 = 4;
+    const R_X86_64_REX_GOTPCRELX: u32 = 42;
+
+    fn edge(offset: u32, r_type: u32, target: SymbolId) -> Edge {
         Edge {
             offset,
-            kind,
-            r_type: 0,
+            kind: Isa::X86_64.edge(r_type).expect("known type"),
             target,
             addend: 0,
         }
@@ -221,19 +228,15 @@ mod tests {
             text,
             Content::Bytes(code),
             vec![
-                edge(1, EdgeKind::Delta32, f),
-                edge(6, EdgeKind::Branch32, f),
-                edge(13, EdgeKind::Delta32, f),
-                edge(20, EdgeKind::GotLoadRelaxable { rex: true }, f),
-                edge(26, EdgeKind::Delta32, f),
+                edge(1, R_X86_64_PC32, f),
+                edge(6, R_X86_64_PLT32, f),
+                edge(13, R_X86_64_PC32, f),
+                edge(20, R_X86_64_REX_GOTPCRELX, f),
+                edge(26, R_X86_64_PC32, f),
             ],
         );
-        let data_block = block(
-            data,
-            Content::Zero(8),
-            vec![edge(0, EdgeKind::Pointer64, f)],
-        );
-        let eh_block = block(eh, Content::Zero(8), vec![edge(0, EdgeKind::Delta32, f)]);
+        let data_block = block(data, Content::Zero(8), vec![edge(0, R_X86_64_64, f)]);
+        let eh_block = block(eh, Content::Zero(8), vec![edge(0, R_X86_64_PC32, f)]);
         g.symbols[f.index()].def = SymbolDef::Defined {
             block: text_block,
             offset: 0,
@@ -312,11 +315,11 @@ mod tests {
             addend,
             ..edge(offset, kind, section_symbol)
         };
-        g.blocks[text_block.index()].edges = vec![with_addend(3, EdgeKind::Delta32, -4)];
+        g.blocks[text_block.index()].edges = vec![with_addend(3, R_X86_64_PC32, -4)];
         g.blocks[data_block.index()].edges = vec![
-            with_addend(0, EdgeKind::Pointer64, 0),
-            with_addend(8, EdgeKind::Pointer64, 8),
-            with_addend(12, EdgeKind::Delta32, 0),
+            with_addend(0, R_X86_64_64, 0),
+            with_addend(8, R_X86_64_64, 8),
+            with_addend(12, R_X86_64_PC32, 0),
         ];
 
         canonical_function_addresses(&mut g, &["f"]);

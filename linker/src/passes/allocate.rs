@@ -4,7 +4,7 @@
 
 use super::got_plt::{LinkerBlocks, Requests};
 use super::layout::Layout;
-use super::{PhaseTimings, Prepared, x86_64};
+use super::{PhaseTimings, Prepared};
 use crate::error::LinkError;
 use crate::graph::{BlockId, FxHashSet, LinkGraph, SymbolId};
 use crate::memory::{Allocation, Placement};
@@ -86,15 +86,17 @@ fn reserve(
     match alloc {
         Some(a) => Ok((a, low)),
         None => {
-            let (b, e) = req
+            let (b, offset, reloc) = req
                 .needs_low
-                .unwrap_or((BlockId(0), x86_64::placeholder_edge()));
+                .map_or((BlockId(0), 0, "none (asked for)"), |(b, e)| {
+                    (b, e.offset, e.kind.name)
+                });
             let block = &graph.blocks[b.index()];
             Err(LinkError::LowMemoryUnavailable {
                 object: graph.object_name(block.object).to_string(),
                 section: block.input_section.to_string(),
-                offset: block.input_offset + u64::from(e.offset),
-                reloc: x86_64::reloc_name_or_abs32(e.r_type),
+                offset: block.input_offset + u64::from(offset),
+                reloc,
             })
         }
     }

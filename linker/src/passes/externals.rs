@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{Prepared, x86_64};
+use super::Prepared;
 use crate::error::LinkError;
 use crate::graph::SymbolId;
 
@@ -73,7 +73,7 @@ impl Prepared {
             let e = b
                 .edges
                 .iter()
-                .find(|e| e.target == sym && x86_64::reach32(e.kind).is_some())?;
+                .find(|e| e.target == sym && e.reach32().is_some())?;
             Some((b, e))
         });
         let (object, section, offset, reloc) = match place {
@@ -81,9 +81,9 @@ impl Prepared {
                 g.object_name(b.object).to_string(),
                 b.input_section.to_string(),
                 b.input_offset + u64::from(e.offset),
-                x86_64::reloc_name_or_abs32(e.r_type),
+                e.kind.name,
             ),
-            None => (String::new(), String::new(), 0, x86_64::ABS32_NAME),
+            None => (String::new(), String::new(), 0, "a 32-bit reference"),
         };
         LinkError::DataOutOfReach {
             object,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::fixup::{Fixed, not_writable};
 use super::got_plt::GotKey;
-use super::{Finalized, FinalizedDeferring, ImageEnv, LinkOptions, LinkStats, Prepared, x86_64};
+use super::{Finalized, FinalizedDeferring, ImageEnv, LinkOptions, LinkStats, Prepared};
 use crate::error::LinkError;
 use crate::graph::{LinkGraph, SectionRole, SymbolDef, SymbolId};
 use crate::runtime;
@@ -216,7 +216,7 @@ fn announce(
         .iter()
         .map(|(&sym, &off)| (sym, plt_base + off))
         .collect();
-    let stub_size = x86_64::PLT_STUB_SIZE as u64;
+    let stub_size = p.graph.isa().plt_stub_size() as u64;
     let mut now = options.debug;
     let later = if defer_perf_map && now.perf_map && !now.gdb {
         now.perf_map = false;

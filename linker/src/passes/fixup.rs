@@ -7,11 +7,14 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::edges;
 use super::got_plt::GotKey;
-use super::{ImageEnv, LinkOptions, Prepared, x86_64};
+use super::{ImageEnv, LinkOptions, Prepared};
 use crate::error::LinkError;
 use crate::graph::{Block, Content, Edge, FxHashMap, LinkGraph, SectionRole, SymbolDef, SymbolId};
+use crate::isa::Isa;
 use crate::runtime::tls::TlsModule;
+use kiln_arch::{Aarch64, EdgeTarget, RelocArch, X86_64};
 
 /// Copy and fix up blocks in parallel from this many bytes on, even with
 /// few relocations (copying ~1 MB takes about as long as starting a task).
@@ -88,7 +91,7 @@ fn redirect_far_host_symbols(p: &mut Prepared, addrs: &mut [u64]) -> Result<Vec<
     let g = &p.graph;
     let plt_base = p.plt_block.map_or(0, |b| g.blocks[b.index()].addr);
     let (base, len, low) = (p.alloc.base(), p.alloc.len(), p.low);
-    let far = |host: u64| x86_64::out_of_image_reach(host, base, len, low);
+    let far = |host: u64| edges::out_of_image_reach(host, base, len, low);
     let mut snapshots = Vec::new();
     for (&sym, &block) in &p.copy_blocks {
         let host = addrs[sym.index()];
@@ -159,6 +162,7 @@ fn write_got(
         return Ok(());
     };
     let g = &p.graph;
+    let ie_name = g.isa().name_of(|t| t == EdgeTarget::TlsIeEntry);
     let mut got_bytes = vec![0u8; g.blocks[gb.index()].content.len() as usize];
     for (&key, &off) in &p.got {
         let off = off as usize;
@@ -179,10 +183,7 @@ fn write_got(
                     ),
                 });
             }
-            GotKey::TpOff(s) => put(
-                0,
-                tp_offset(tls, addrs, s, g, x86_64::GOT_TP_OFF_NAME)? as u64,
-            ),
+            GotKey::TpOff(s) => put(0, tp_offset(tls, addrs, s, g, ie_name)? as u64),
             GotKey::TlsGd(s) => {
                 let m = tls.ok_or_else(|| no_tls(g, s))?;
                 put(0, m.module_id());
@@ -192,7 +193,7 @@ fn write_got(
                 let m = tls.ok_or_else(|| LinkError::Tls {
                     detail: format!(
                         "local-dynamic TLS used (by {}) but no TLS support was provided",
-                        users(g, |e| x86_64::is_tls_ld(e.kind))
+                        users(g, |e| e.kind.target == EdgeTarget::TlsLdPair)
                     ),
                 })?;
                 put(0, m.module_id());
@@ -223,12 +224,15 @@ fn write_plt(p: &mut Prepared) -> Result<(), LinkError> {
     };
     let got_base = p.got_base();
     let stub_base = p.graph.blocks[pb.index()].addr;
-    let mut bytes = vec![x86_64::PLT_FILL; p.plt.len() * x86_64::PLT_STUB_SIZE];
+    let isa = p.graph.isa();
+    let stub_size = isa.plt_stub_size();
+    let mut bytes = vec![0; p.plt.len() * stub_size];
+    isa.fill_code(&mut bytes, stub_base);
     for (&sym, &off) in &p.plt {
         let entry = got_base + p.got[&GotKey::Addr(sym)];
-        let stub = &mut bytes[off as usize..off as usize + x86_64::PLT_STUB_SIZE];
-        x86_64::write_plt_stub(stub, stub_base + off, entry).map_err(|source| {
-            LinkError::Fixup {
+        let stub = &mut bytes[off as usize..off as usize + stub_size];
+        isa.write_plt_stub(stub, stub_base + off, entry)
+            .map_err(|source| LinkError::Fixup {
                 object: "<linker>".into(),
                 section: "$__STUBS".into(),
                 offset: off,
@@ -236,8 +240,7 @@ fn write_plt(p: &mut Prepared) -> Result<(), LinkError> {
                 symbol: p.graph.symbol_name(sym),
                 source: Box::new(source),
                 hint: None,
-            }
-        })?;
+            })?;
     }
     p.graph.blocks[pb.index()].content = Content::Bytes(bytes);
     Ok(())
@@ -254,8 +257,8 @@ fn tp_offsets(
     let has_tls = g.symbols.iter().any(|s| s.tls);
     for b in g.blocks.iter().filter(|b| b.live && has_tls) {
         for e in &b.edges {
-            if x86_64::is_tp_relative(e.kind) && !tpoffs.contains_key(&e.target) {
-                let reloc = x86_64::reloc_name_or(e.r_type, "TPOFF");
+            if e.kind.target == EdgeTarget::TpOffset && !tpoffs.contains_key(&e.target) {
+                let reloc = e.kind.name;
                 let v = tp_offset(tls, addrs, e.target, g, reloc)?;
                 tpoffs.insert(e.target, v);
             }
@@ -435,17 +438,27 @@ impl FixupCtx<'_> {
         }
     }
 
-    /// Apply every edge of `block` to `bytes` (its place in the image).
+    /// Apply every edge of `block` to `bytes` (its place in the image),
+    /// with the fixups of the graph's ISA.
     fn fix_block(&self, block: &Block, bytes: &mut [u8]) -> Result<(), LinkError> {
+        match self.graph.isa() {
+            Isa::X86_64 => self.fix_block_as::<X86_64>(block, bytes),
+            Isa::Aarch64 => self.fix_block_as::<Aarch64>(block, bytes),
+        }
+    }
+
+    fn fix_block_as<A: RelocArch>(&self, block: &Block, bytes: &mut [u8]) -> Result<(), LinkError> {
         for e in &block.edges {
-            x86_64::fix_edge(self, block, e, bytes).map_err(|(source, hint)| LinkError::Fixup {
-                object: self.graph.object_name(block.object).to_string(),
-                section: block.input_section.to_string(),
-                offset: block.input_offset + u64::from(e.offset),
-                reloc: x86_64::reloc_label(e),
-                symbol: self.graph.symbol_name(e.target),
-                source: Box::new(source),
-                hint,
+            edges::fix_edge::<A>(self, block, e, bytes).map_err(|(source, hint)| {
+                LinkError::Fixup {
+                    object: self.graph.object_name(block.object).to_string(),
+                    section: block.input_section.to_string(),
+                    offset: block.input_offset + u64::from(e.offset),
+                    reloc: edges::reloc_label(e),
+                    symbol: self.graph.symbol_name(e.target),
+                    source: Box::new(source),
+                    hint,
+                }
             })?;
         }
         Ok(())

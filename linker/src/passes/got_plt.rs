@@ -4,7 +4,7 @@
 //! `__dso_handle` slot and copies of far host data.
 
 use super::Special;
-use super::x86_64::{self, Need};
+use super::edges::{self, Need};
 use crate::graph::{
     Block, BlockId, Content, Edge, FxHashMap, FxHashSet, LinkGraph, Prot, SectionRole, SymbolDef,
     SymbolId,
@@ -87,7 +87,7 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
         }
         for e in &b.edges {
             let external = marks[e.target.index()] & EXTERNAL != 0;
-            match x86_64::need(e, external) {
+            match edges::need(e, external) {
                 Need::Got(key) => req.got(key),
                 Need::Plt => req.plt(e.target),
                 Need::GotBase => req.needs_got = true,
@@ -202,11 +202,14 @@ fn add_plt(
     if syms.is_empty() {
         return (plt, None);
     }
+    let isa = graph.isa();
+    let stub_size = isa.plt_stub_size();
     for (i, s) in syms.iter().enumerate() {
-        plt.insert(*s, (i * x86_64::PLT_STUB_SIZE) as u64);
+        plt.insert(*s, (i * stub_size) as u64);
     }
     let section = ("$__STUBS", Prot::ReadExec, SectionRole::Plt);
-    let fill = vec![x86_64::PLT_FILL; syms.len() * x86_64::PLT_STUB_SIZE];
+    let mut fill = vec![0; syms.len() * stub_size];
+    isa.fill_code(&mut fill, 0);
     (plt, Some(linker_block(graph, section, fill, 16)))
 }
 

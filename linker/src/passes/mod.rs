@@ -11,6 +11,7 @@
 //! | 5 | GOT entries and PLT stubs live code asks for | `got_plt.rs` |
 //! | 6 | host symbols out of 32-bit reach: copies and stubs | `reach.rs` |
 //! | 7 | layout: RX, R, RW; TLS apart | `layout.rs` |
+//! | 7b | calls out of the ISA's direct reach: veneers, layout again | `veneers.rs` |
 //! | 8 | allocate: memory and final block addresses | `allocate.rs` |
 //! | 9 | resolve the graph's own symbols (the host may report them) | `own_symbols.rs` |
 //! | 10 | resolve externals through the host | `externals.rs` |
@@ -24,12 +25,14 @@
 //! steps 1–8 early, on a rayon thread (`prepare`, what `run` does
 //! first for a `Start::Graph`), and then hands `run` the result.
 //!
-//! Everything x86-64-specific the passes use is in `x86_64.rs`, the seam
-//! where `kiln-arch`'s relocation trait takes over next.
+//! No pass names an ISA: what an edge asks for is read from its
+//! `kiln_arch::EdgeDesc` (`edges.rs`), and the fixup is generic over
+//! `kiln_arch::RelocArch`, entered through the graph's [`crate::isa::Isa`].
 
 mod allocate;
 mod commons;
 mod duplicates;
+mod edges;
 mod externals;
 mod finalize;
 mod fixup;
@@ -40,7 +43,7 @@ mod prepared;
 mod prune;
 mod reach;
 mod types;
-mod x86_64;
+mod veneers;
 
 use std::time::Instant;
 
@@ -164,6 +167,8 @@ pub(crate) fn prepare(
     below_2gib: bool,
 ) -> Result<Prepared, LinkError> {
     let t0 = Instant::now();
+    // 0. One ISA; another than the host's only for an image.
+    check_target(&graph, imaging)?;
     // 1. Report every duplicate strong definition at once.
     check_duplicates(&mut graph)?;
     // 2. COMMON symbols become zero-fill blocks.
@@ -179,6 +184,24 @@ pub(crate) fn prepare(
     prepared.timings.prune = t1 - t0;
     prepared.timings.allocate = t1.elapsed();
     Ok(prepared)
+}
+
+/// The graph's objects are all of one ISA, and of the host's unless the
+/// link makes an image (which another machine runs).
+fn check_target(graph: &LinkGraph, imaging: bool) -> Result<(), LinkError> {
+    graph.check_isa()?;
+    let isa = graph.isa();
+    if isa != crate::isa::Isa::HOST && !imaging {
+        return Err(LinkError::ForeignIsa {
+            object: graph
+                .objects
+                .first()
+                .map_or_else(String::new, |o| o.name.to_string()),
+            isa: isa.name(),
+            host: crate::isa::Isa::HOST.name(),
+        });
+    }
+    Ok(())
 }
 
 /// Steps 5–8 on a pruned graph: GOT and PLT, far host symbols, layout,
@@ -197,7 +220,11 @@ pub(crate) fn place(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, 
     }
     let blocks = got_plt::add_linker_blocks(&mut graph, &requests, far.copies);
     // 7. Offsets: RX, then R, then RW, each page-aligned; TLS apart.
-    let layout = layout::lay_out(&mut graph);
+    let mut layout = layout::lay_out(&mut graph);
+    // 7b. Calls beyond the ISA's direct reach go through veneers.
+    if veneers::add_veneers(&mut graph, &layout, (&blocks.plt, blocks.plt_block)) {
+        layout = layout::lay_out(&mut graph);
+    }
     // 8. Memory, and every block's final address.
     allocate::allocate(graph, requests, blocks, far.stubs, layout, placement)
 }

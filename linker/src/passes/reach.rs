@@ -3,8 +3,8 @@
 //! code a PLT stub.
 
 use super::Special;
-use super::x86_64::{self, Reach32};
 use crate::error::LinkError;
+use crate::graph::Reach32;
 use crate::graph::{FxHashMap, FxHashSet, LinkGraph, SymbolDef, SymbolId};
 use crate::memory::Placement;
 
@@ -55,7 +55,7 @@ pub(super) fn out_of_reach_host_symbols(
     let mut far_seen: FxHashSet<SymbolId> = FxHashSet::default();
     for b in graph.blocks.iter().filter(|b| b.live) {
         for e in &b.edges {
-            let Some(reach) = x86_64::reach32(e.kind) else {
+            let Some(reach) = e.reach32() else {
                 continue;
             };
             if far_seen.contains(&e.target) || specials.contains_key(&e.target) {

@@ -1,0 +1,354 @@
+//! aarch64 objects linked on this x86-64 machine into images
+//! (`kiln image save`, the target taken from the objects) and run by the
+//! aarch64 C loader under qemu, with the same stdout and exit status as the
+//! native aarch64 executable under qemu. In-process linking stays host-ISA
+//! only: it refuses aarch64 objects with an error saying what to do.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::lua::build_lua;
+use common::*;
+
+const CC: &str = "aarch64-linux-gnu-gcc";
+const QEMU: &str = "qemu-aarch64-static";
+const SYSROOT: &str = "/usr/aarch64-linux-gnu";
+/// `EM_AARCH64`.
+const EM_AARCH64: u8 = 183;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The aarch64 C loader, built once per test process.
+fn loader() -> &'static Path {
+    static LOADER: OnceLock<PathBuf> = OnceLock::new();
+    LOADER.get_or_init(|| {
+        assert!(need_tool(CC), "{CC} builds kiln-load");
+        let dir = scratch("aarch64-loader");
+        let o = Command::new("sh")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
+            .arg("aarch64")
+            .arg(&dir)
+            .output()
+            .expect("sh runs");
+        assert!(o.status.success(), "build.sh aarch64: {}", show(&o));
+        dir.join("kiln-load")
+    })
+}
+
+/// Runs aarch64 program `exe` with `args` under qemu.
+fn qemu(exe: &Path, args: &[&str]) -> Output {
+    assert!(need_tool(QEMU));
+    Command::new(QEMU)
+        .args(["-L", SYSROOT])
+        .arg(exe)
+        .args(args)
+        .output()
+        .expect("qemu runs")
+}
+
+/// Compiles each of `srcs` (in `tests/c`) with the aarch64 compiler.
+fn objects(srcs: &[&str], flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    assert!(need_tool(CC));
+    compile_sources(CC, srcs, flags, &scratch(&format!("aarch64-{tag}")))
+}
+
+/// `kiln image save -o out inputs...`.
+fn save(out: &Path, inputs: &[PathBuf]) -> Output {
+    let _ = std::fs::remove_file(out);
+    kiln()
+        .args(["image", "save", "-o"])
+        .arg(out)
+        .args(inputs)
+        .output()
+        .expect("kiln runs")
+}
+
+/// Links `objs` natively (aarch64 gcc, PIE) and as a kiln image, runs both
+/// under qemu, and demands the same stdout and exit status.
+fn check_against_native(objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &str) {
+    check_against_native_with(CC, objs, flags, args, tag);
+}
+
+/// [`check_against_native`], linking the native build with `cc`.
+fn check_against_native_with(cc: &str, objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &str) {
+    let dir = scratch(&format!("aarch64-{tag}"));
+    let exe = dir.join("native");
+    let o = Command::new(cc)
+        .args(flags)
+        .args(objs)
+        .arg("-o")
+        .arg(&exe)
+        .args(["-lm", "-ldl"])
+        .output()
+        .expect("aarch64 gcc runs");
+    assert!(o.status.success(), "{tag}: native link: {}", show(&o));
+    let native = qemu(&exe, args);
+    assert!(!native.stdout.is_empty(), "{tag}: native printed nothing");
+
+    let image = dir.join("prog.kimg");
+    let o = save(&image, objs);
+    assert!(o.status.success(), "{tag}: image save: {}", show(&o));
+    let bytes = std::fs::read(&image).expect("read the image");
+    assert_eq!(bytes[18], EM_AARCH64, "{tag}: ELF e_machine");
+    assert_eq!(bytes[64 + 16], EM_AARCH64, "{tag}: image header machine");
+
+    let image_arg = image.to_string_lossy();
+    let mut loader_args = vec![image_arg.as_ref()];
+    loader_args.extend_from_slice(args);
+    let l = qemu(loader(), &loader_args);
+    assert_eq!(
+        String::from_utf8_lossy(&l.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "{tag}: kiln-load under qemu\n{}",
+        show(&l)
+    );
+    assert_eq!(l.status.code(), native.status.code(), "{tag}: {}", show(&l));
+    assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
+}
+
+/// clang's flags for aarch64 objects.
+const CLANG_AARCH64: &str = "--target=aarch64-linux-gnu";
+
+/// The two-object C program (calls both ways, data, COMMON, weak,
+/// function pointers, string tables) from gcc at -O2 -fPIE and -O0 -fPIC,
+/// and from clang at -O2 -fPIE.
+#[test]
+fn a_multi_object_c_program_runs_from_an_aarch64_image_under_qemu() {
+    for (flags, tag) in [
+        (&["-O2", "-fPIE", "-fcommon"][..], "prog-O2"),
+        (&["-O0", "-fPIC", "-fcommon"][..], "prog-O0-fPIC"),
+    ] {
+        let objs = objects(&["prog_a.c", "prog_b.c"], flags, tag);
+        check_against_native(&objs, flags, &[], tag);
+    }
+    assert!(need_tool("clang"));
+    let flags = [CLANG_AARCH64, "-O2", "-fPIE", "-fcommon"];
+    let dir = scratch("aarch64-prog-clang-O2");
+    let objs = compile_sources("clang", &["prog_a.c", "prog_b.c"], &flags, &dir);
+    check_against_native(&objs, &["-O2", "-fPIE"], &[], "prog-clang-O2");
+}
+
+/// Lua 5.4 (the x86-64 tests' sources and driver) at aarch64 gcc -O2,
+/// -O0 and -O2 -fPIC, and clang -O2.
+#[test]
+fn lua_runs_from_an_aarch64_image_under_qemu() {
+    assert!(need_tool(CC) && need_tool("clang"));
+    for (cc, flags, tag) in [
+        (CC, &["-O2", "-fPIE"][..], "lua-gcc-O2"),
+        (CC, &["-O0", "-fPIE"][..], "lua-gcc-O0"),
+        (CC, &["-O2", "-fPIC"][..], "lua-gcc-O2-fPIC"),
+        (
+            "clang",
+            &[CLANG_AARCH64, "-O2", "-fPIE"][..],
+            "lua-clang-O2",
+        ),
+    ] {
+        let objs = build_lua(cc, flags, &format!("aarch64-{tag}"));
+        check_against_native(&objs, &["-O2", "-fPIE"], &[], tag);
+    }
+}
+
+/// Linking aarch64 code into this process (`kiln run`) is refused, naming
+/// both ISAs and what to do instead; so is an image mixing ISAs.
+#[test]
+fn in_process_linking_refuses_aarch64_objects() {
+    let objs = objects(
+        &["prog_a.c", "prog_b.c"],
+        &["-O2", "-fPIE", "-fcommon"],
+        "refuse",
+    );
+    let o = kiln().arg("run").args(&objs).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        err.contains("aarch64 code cannot be linked into this x86-64 process")
+            && err.contains("kiln image save"),
+        "{}",
+        show(&o)
+    );
+    assert!(need_tool("gcc"));
+    let dir = scratch("aarch64-mixed");
+    let x86 = compile(
+        "gcc",
+        &c_dir().join("prog_b.c"),
+        &["-O2", "-fPIE"],
+        &[],
+        &dir.join("b.o"),
+    );
+    let o = save(&dir.join("mixed.kimg"), &[objs[0].clone(), x86.clone()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        err.contains("b.o") && err.contains("x86-64 object cannot be linked with aarch64 objects"),
+        "{}",
+        show(&o)
+    );
+}
+
+/// Calls 130 MiB apart (a padding section between caller and callee, and
+/// between the first object and the PLT) are out of `BL`'s ±128 MiB: they
+/// go through veneers, and the program runs as its native build does.
+#[test]
+fn calls_beyond_128_mib_go_through_veneers() {
+    assert!(need_tool(CC));
+    let dir = scratch("aarch64-veneers");
+    let a = "#include <stdio.h>\nint b_fn(int);\nint a_fn(int x) { return x * 3; }\n\
+             int main(void) { printf(\"main: b_fn(5)=%d\\n\", b_fn(5)); return b_fn(1); }\n";
+    let b = "#include <stdio.h>\nint a_fn(int);\n\
+             int b_fn(int x) { printf(\"b_fn(%d)\\n\", x); return a_fn(x) + 1; }\n";
+    let pad = ".section .text.pad,\"ax\",@progbits\n.space 130*1024*1024\n";
+    let mut objs = Vec::new();
+    for (name, ext, text) in [("a", "c", a), ("pad", "s", pad), ("b", "c", b)] {
+        let src = dir.join(format!("{name}.{ext}"));
+        std::fs::write(&src, text).expect("write source");
+        objs.push(compile(
+            CC,
+            &src,
+            &["-O2", "-fPIE"],
+            &[],
+            &dir.join(format!("{name}.o")),
+        ));
+    }
+    check_against_native(&objs, &["-O2", "-fPIE"], &[], "veneers");
+}
+
+/// A relocation type aarch64's table lacks is an error naming object,
+/// section, offset and type, decoded by the object's ISA (type 2 is
+/// `R_X86_64_PC32` on x86-64, unknown on aarch64).
+#[test]
+fn an_unknown_aarch64_relocation_is_named() {
+    use object::read::elf::{FileHeader, SectionHeader};
+    let objs = objects(&["prog_b.c"], &["-O2", "-fPIE"], "unknown-reloc");
+    let mut data = std::fs::read(&objs[0]).expect("read the object");
+    let le = object::LittleEndian;
+    let (off, name) = {
+        let h = object::elf::FileHeader64::<object::LittleEndian>::parse(&*data).expect("ELF");
+        let secs = h.sections(le, &*data).expect("sections");
+        let sh = secs
+            .iter()
+            .find(|s| s.sh_type(le) == object::elf::SHT_RELA)
+            .expect("a RELA section");
+        let target = secs
+            .section(object::SectionIndex(sh.sh_info(le) as usize))
+            .expect("its section");
+        let name = String::from_utf8_lossy(secs.section_name(le, target).expect("name"));
+        (sh.sh_offset(le) as usize, name.into_owned())
+    };
+    let dir = scratch("aarch64-unknown-reloc");
+    for r_type in [2u32, 1000] {
+        // r_info is the second u64 of Elf64_Rela; r_type is its low 32 bits.
+        data[off + 8..off + 12].copy_from_slice(&r_type.to_le_bytes());
+        let patched = dir.join("patched.o");
+        std::fs::write(&patched, &data).expect("write the object");
+        let o = save(&dir.join("x.kimg"), &[patched]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}", show(&o));
+        assert!(
+            err.contains("patched.o")
+                && err.contains(&format!("section {name} offset 0x"))
+                && err.contains(&format!("unsupported relocation type {r_type}")),
+            "{}",
+            show(&o)
+        );
+    }
+}
+
+/// Constructors and destructors with priorities, `atexit` handlers, an
+/// exception thrown in one object and caught in another (`.eh_frame`, as the
+/// C loader registers it), virtual calls and `main`'s arguments (the
+/// program of `c_loader.rs`'s C++ test).
+const CXX_A: &str = r#"
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+Shape *make(int which);
+int risky(int x);
+struct Log { const char *n; Log(const char *n) : n(n) { std::printf("ctor %s\n", n); }
+             ~Log() { std::printf("dtor %s\n", n); } };
+__attribute__((init_priority(200))) Log early("early");
+Log plain("plain");
+__attribute__((constructor(150))) static void first() { std::printf("constructor 150\n"); }
+__attribute__((constructor)) static void later() { std::printf("constructor default\n"); }
+__attribute__((destructor(150))) static void last() { std::printf("destructor 150\n"); }
+__attribute__((destructor)) static void dflt() { std::printf("destructor default\n"); }
+static void bye() { std::printf("atexit bye\n"); }
+int main(int argc, char **argv) {
+    std::atexit(bye);
+    std::printf("argc %d:", argc);
+    for (int i = 1; i < argc; i++) std::printf(" %s", argv[i]);
+    std::printf("\n");
+    int sum = 0;
+    for (int i = 0; i < 3; i++) { Shape *s = make(i); sum += s->area(); delete s; }
+    std::printf("areas %d\n", sum);
+    try { risky(7); } catch (const std::runtime_error &e) { std::printf("caught %s\n", e.what()); }
+    try { risky(-1); } catch (int v) { std::printf("caught int %d\n", v); }
+    return sum % 100 + argc;
+}
+"#;
+const CXX_B: &str = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
+struct Rect : Shape { int w, h; Rect(int w, int h) : w(w), h(h) {} int area() const override { return w * h; } };
+Shape *make(int which) { if (which == 1) return new Rect(3, 4); return new Sq(which + 5); }
+int risky(int x) { if (x < 0) throw x; throw std::runtime_error("from b.cpp"); }
+struct Late { ~Late() { std::printf("dtor late\n"); } } late;
+"#;
+
+#[test]
+fn cxx_constructors_exceptions_and_virtual_calls_from_an_aarch64_image() {
+    let cxx = "aarch64-linux-gnu-g++";
+    assert!(need_tool(cxx));
+    for flags in [["-O2", "-fPIE"], ["-O0", "-fPIC"]] {
+        let tag = format!("cxx{}", flags.concat());
+        let dir = scratch(&format!("aarch64-{tag}"));
+        let mut objs = Vec::new();
+        for (name, src) in [("a", CXX_A), ("b", CXX_B)] {
+            let path = dir.join(format!("{name}.cpp"));
+            std::fs::write(&path, src).expect("write source");
+            objs.push(compile(
+                cxx,
+                &path,
+                &flags,
+                &[],
+                &dir.join(format!("{name}.o")),
+            ));
+        }
+        check_against_native_with(cxx, &objs, &flags, &["one", "two words"], &tag);
+    }
+}
+
+/// Thread-locals in an aarch64 image are refused at save, naming the
+/// place (kiln lays TLS out by this host's ABI), not saved wrong.
+#[test]
+fn thread_locals_in_an_aarch64_image_are_refused() {
+    let objs = objects(&["tls_a.c", "tls_b.c"], &["-O2", "-fPIE"], "tls");
+    let dir = scratch("aarch64-tls");
+    let o = save(&dir.join("tls.kimg"), &objs);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        err.contains("tls_")
+            && err.contains("R_AARCH64_TLS")
+            && err
+                .contains("thread-local storage in an image for another ISA is not supported yet"),
+        "{}",
+        show(&o)
+    );
+}
