@@ -24,6 +24,8 @@ impl ReadIndex {
 
     pub(crate) fn warm<'a>(&self, _names: impl Iterator<Item = &'a SymbolName>) {}
 
+    pub(crate) fn reserve(&self, _additional: usize) {}
+
     pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry, sym: u32) {
         self.map.lock().insert(name.clone(), (entry, sym));
     }

@@ -49,7 +49,10 @@ impl State {
         let mut overridden = Vec::new();
         let mut new_discarded = Vec::new();
         // Names repeated within this definition are duplicates too.
-        let mut seen = FixedSet::default();
+        let mut seen = FixedSet::with_capacity_and_hasher(
+            if symbols.len() > 1 { symbols.len() } else { 0 },
+            Default::default(),
+        );
         for i in 0..symbols.len() {
             let (name, flags) = (symbols.name(i), symbols.flags(i));
             if symbols.len() > 1 && !seen.insert(name.clone()) {
@@ -114,6 +117,13 @@ impl State {
             DefinedSymbols::Absolute(_) => None,
         };
         let ready = matches!(symbols, DefinedSymbols::Absolute(_));
+        // Room for the whole definition at once: the index, the records and
+        // the tracker's list grow (and copy) at most once.
+        let adding = symbols.len() - new_discarded.len();
+        self.dylibs[dylib as usize].shared.index.reserve(adding);
+        self.syms
+            .reserve(adding.saturating_sub(self.free_syms.len()));
+        let mut added = Vec::with_capacity(adding);
         let mut skip = new_discarded.into_iter().peekable();
         for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
             if skip.peek() == Some(&i) {
@@ -146,11 +156,12 @@ impl State {
                 },
                 sid,
             );
-            self.tracker(tracker).syms.push(sid);
-            if let Some(uid) = unit_id {
-                self.units[uid].syms.push(sid);
-            }
+            added.push(sid);
         }
+        if let Some(uid) = unit_id {
+            self.units[uid].syms.extend_from_slice(&added);
+        }
+        self.tracker(tracker).syms.extend(added);
         self.gained_definitions(core, dylib, fx);
         Ok(())
     }
