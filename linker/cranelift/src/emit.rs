@@ -189,7 +189,11 @@ pub(crate) fn build_graph(
             &mut cache,
         )?;
         let block = graph.add_block(block(s.text, &s, content, f.align, edges));
-        let id = define(&mut graph, obj, symbol, block, size, true);
+        let known = match f.symbol {
+            None => cache.funcs[f.id.as_u32() as usize],
+            Some(_) => None,
+        };
+        let id = define(&mut graph, obj, (symbol, known), block, size, true);
         let interned = match f.symbol {
             None => {
                 cache.funcs[f.id.as_u32() as usize] = Some(id);
@@ -221,7 +225,8 @@ pub(crate) fn build_graph(
             }
         };
         let block = graph.add_block(block(section, &s, content, d.align, edges));
-        let id = define(&mut graph, obj, info.name.as_str(), block, d.size, false);
+        let known = cache.data[d.id.as_u32() as usize];
+        let id = define(&mut graph, obj, (info.name.as_str(), known), block, d.size, false);
         cache.data[d.id.as_u32() as usize] = Some(id);
         defined.push((id, Defined::Data(d.id), Some(info.name.clone())));
     }
@@ -257,15 +262,16 @@ fn block(
 /// Defines the global `name` at the start of `block`. Every definition is
 /// exported from the JIT's `app` dylib, whatever its cranelift linkage:
 /// cranelift-jit hands out the address of local functions too.
+/// `known`: the symbol a relocation already made for `name` (no hashing).
 fn define(
     graph: &mut LinkGraph,
     obj: ObjectId,
-    name: &str,
+    (name, known): (&str, Option<SymbolId>),
     block: kiln_linker::graph::BlockId,
     size: u64,
     callable: bool,
 ) -> SymbolId {
-    let id = graph.global(name, obj);
+    let id = known.unwrap_or_else(|| graph.global(name, obj));
     graph.define_global(
         id,
         Symbol {
