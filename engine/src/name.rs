@@ -156,11 +156,10 @@ impl fmt::Debug for Interner {
 
 impl Interner {
     pub(crate) fn intern(&self, text: &str) -> SymbolName {
-        self.names
-            .get_or_insert_with(text, || {
-                let name = SymbolName::new(text);
-                (PoolKey(name.clone()), name)
-            })
+        self.names.get_or_insert_with(text, || {
+            let name = SymbolName::new(text);
+            (PoolKey(name.clone()), name)
+        })
     }
 }
 

@@ -391,7 +391,11 @@ mod tests {
             for (i, n) in names.iter().enumerate().skip(before) {
                 index.set(n, entry(i as u64, i % 2 == 0), i as u32);
             }
-            assert_eq!(index.live_table().slots.len(), slots, "no growth after reserve");
+            assert_eq!(
+                index.live_table().slots.len(),
+                slots,
+                "no growth after reserve"
+            );
             for (i, n) in names.iter().enumerate() {
                 assert_eq!(index.sym(n), Some(i as u32));
                 match index.get(n) {

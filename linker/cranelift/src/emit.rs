@@ -226,7 +226,14 @@ pub(crate) fn build_graph(
         };
         let block = graph.add_block(block(section, &s, content, d.align, edges));
         let known = cache.data[d.id.as_u32() as usize];
-        let id = define(&mut graph, obj, (info.name.as_str(), known), block, d.size, false);
+        let id = define(
+            &mut graph,
+            obj,
+            (info.name.as_str(), known),
+            block,
+            d.size,
+            false,
+        );
         cache.data[d.id.as_u32() as usize] = Some(id);
         defined.push((id, Defined::Data(d.id), Some(info.name.clone())));
     }

@@ -61,14 +61,18 @@ fn bytes_and_compiled_definitions_across_groups_match_cranelift_jit() {
         let p = program::generate(n, modules, seed);
         let expected = on_cranelift_jit(&p, 3);
         let mut module = common::kiln(false);
-        let groups: Vec<_> = (0..3)
-            .map(|_| module.new_group().expect("group"))
-            .collect();
+        let groups: Vec<_> = (0..3).map(|_| module.new_group().expect("group")).collect();
         let d = program::define_all_mixed(
             &mut module,
             &p,
             |i| (i / 3) % 2 == 0,
-            |m, i| m.set_group(if i % 4 == 3 { None } else { Some(groups[i % 3]) }),
+            |m, i| {
+                m.set_group(if i % 4 == 3 {
+                    None
+                } else {
+                    Some(groups[i % 3])
+                })
+            },
         );
         module.finalize_definitions().expect("finalize");
         // SAFETY: finalized code of the generated signature.
