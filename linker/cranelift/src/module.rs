@@ -439,6 +439,19 @@ impl KilnModule {
                 }
             }
         }
+        // Each batch's list sized up front (one group is the common case:
+        // the whole list moves once, without regrowing).
+        let mut counts: Vec<usize> = Vec::new();
+        for &(group, _) in &funcs {
+            let i = batch(&mut batches, group);
+            if i == counts.len() {
+                counts.push(0);
+            }
+            counts[i] += 1;
+        }
+        for (b, n) in batches.iter_mut().zip(counts) {
+            b.1.reserve_exact(n);
+        }
         for (group, code) in funcs {
             let i = batch(&mut batches, group);
             batches[i].1.push(code);
