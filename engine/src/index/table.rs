@@ -232,6 +232,19 @@ impl ReadIndex {
         }
     }
 
+    /// Writer only: [`ReadIndex::sym`], and whether the table has a slot
+    /// for `name` already (defined now or before): a name without one
+    /// needs a new slot when defined, what [`ReadIndex::reserve`] counts.
+    pub(crate) fn sym_and_key(&self, name: &SymbolName) -> (Option<u32>, bool) {
+        match self.writer_find(name.key()) {
+            (_, slot, true) => {
+                let present = slot.word.load(Ordering::Relaxed) & PRESENT != 0;
+                (present.then(|| slot.sym.load(Ordering::Relaxed)), true)
+            }
+            (_, _, false) => (None, false),
+        }
+    }
+
     /// Writer only: the live table and the slot holding `key` (or the empty
     /// slot where it would go), from the memo of the last search if it
     /// still holds.
@@ -296,9 +309,10 @@ impl ReadIndex {
             .unwrap_or_else(|| unreachable!("generation {generation} published without a table"))
     }
 
-    /// Writer only: makes room for `additional` new names at once, so a
-    /// definition of N names grows the table (copying every entry) at most
-    /// once instead of once per doubling.
+    /// Writer only: makes room for `additional` new names (names without a
+    /// slot yet: see [`ReadIndex::sym_and_key`]) at once, so a definition of
+    /// N names grows the table (copying every entry) at most once instead
+    /// of once per doubling.
     pub(crate) fn reserve(&self, additional: usize) {
         let table = self.live_table();
         let needed = self.used.load(Ordering::Relaxed).saturating_add(additional);
@@ -395,6 +409,23 @@ mod tests {
                 index.live_table().slots.len(),
                 slots,
                 "no growth after reserve"
+            );
+            // Names removed and defined again keep their slots: counted as
+            // known, they reserve nothing.
+            for n in &names {
+                index.remove(n);
+            }
+            let new = names.iter().filter(|n| !index.sym_and_key(n).1).count();
+            assert_eq!(new, 0);
+            index.reserve(new);
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(index.sym_and_key(n), (None, true));
+                index.set(n, entry(i as u64, i % 2 == 0), i as u32);
+            }
+            assert_eq!(
+                index.live_table().slots.len(),
+                slots,
+                "no growth redefining"
             );
             for (i, n) in names.iter().enumerate() {
                 assert_eq!(index.sym(n), Some(i as u32));

@@ -49,6 +49,8 @@ impl State {
         let mut overridden = Vec::new();
         let mut new_discarded = Vec::new();
         // Names repeated within this definition are duplicates too.
+        // Names the dylib's index has no slot for yet (what it must grow for).
+        let mut new_keys = 0;
         let mut seen = FixedSet::with_capacity_and_hasher(
             if symbols.len() > 1 { symbols.len() } else { 0 },
             Default::default(),
@@ -59,7 +61,9 @@ impl State {
                 duplicates.push(name.clone());
                 continue;
             }
-            if let Some(sid) = d.shared.index.sym(name) {
+            let (existing, known) = d.shared.index.sym_and_key(name);
+            new_keys += usize::from(!known);
+            if let Some(sid) = existing {
                 let existing = &self.syms[sid as usize];
                 if !flags.is_weak()
                     && existing.flags.is_weak()
@@ -120,7 +124,7 @@ impl State {
         // Room for the whole definition at once: the index, the records and
         // the tracker's list grow (and copy) at most once.
         let adding = symbols.len() - new_discarded.len();
-        self.dylibs[dylib as usize].shared.index.reserve(adding);
+        self.dylibs[dylib as usize].shared.index.reserve(new_keys);
         self.syms
             .reserve(adding.saturating_sub(self.free_syms.len()));
         let mut added = Vec::with_capacity(adding);
