@@ -114,10 +114,38 @@ impl AsRef<str> for SymbolName {
     }
 }
 
+/// The pool's key: the interned name itself, hashed and compared as its
+/// text, so the pool finds it by `&str` ([`Borrow`]) and keeps one
+/// allocation per name (the key and the value share it).
+///
+/// [`Borrow`]: std::borrow::Borrow
+#[derive(Clone)]
+struct PoolKey(SymbolName);
+
+impl Hash for PoolKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // `str`'s hash, as `Borrow<str>` requires.
+        self.0.as_str().hash(state);
+    }
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+impl Eq for PoolKey {}
+
+impl std::borrow::Borrow<str> for PoolKey {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 /// The session's string pool. Names live as long as the session.
 #[derive(Default)]
 pub(crate) struct Interner {
-    names: ConcurrentMap<Box<str>, SymbolName>,
+    names: ConcurrentMap<PoolKey, SymbolName>,
 }
 
 impl fmt::Debug for Interner {
@@ -128,8 +156,10 @@ impl fmt::Debug for Interner {
 
 impl Interner {
     pub(crate) fn intern(&self, text: &str) -> SymbolName {
-        self.names
-            .get_or_insert_with(text, || (text.into(), SymbolName::new(text)))
+        self.names.get_or_insert_with(text, || {
+            let name = SymbolName::new(text);
+            (PoolKey(name.clone()), name)
+        })
     }
 }
 

@@ -687,12 +687,20 @@ impl LinkGraph {
         }
         let arena = other.name_arena;
         let mut sym_map: Vec<SymbolId> = Vec::with_capacity(other.symbols.len());
-        self.symbols.reserve(
-            other
-                .symbols
-                .len()
-                .saturating_sub(other.unmerged_globals.len()),
-        );
+        if self.globals.is_empty() {
+            // The first object (a unit of one object, as a JIT adds them):
+            // every global is new, so room for all at once — no rehash and
+            // no regrowth of the symbols per doubling.
+            self.globals.reserve(other.unmerged_globals.len());
+            self.symbols.reserve(other.symbols.len());
+        } else {
+            self.symbols.reserve(
+                other
+                    .symbols
+                    .len()
+                    .saturating_sub(other.unmerged_globals.len()),
+            );
+        }
         self.blocks.reserve(other.blocks.len());
         for (i, mut s) in other.symbols.into_iter().enumerate() {
             s.object = s.object.map(remap_obj);

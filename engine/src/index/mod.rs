@@ -6,9 +6,11 @@
 //! sequence word, so a reader sees a consistent (address, flags, ready)
 //! triple or learns that the writer was mid-update and takes the slow path.
 //! Keys are never removed from a table, so linear probing stays valid; a full
-//! table is copied into one twice the size and the old one is kept — not
-//! freed — until the index drops, because a reader may still be probing it.
-//! Old tables add up to less than the live one (each is half the next), and
+//! table is copied into one twice the size (a definition of many names
+//! reserves first: one copy into a table sized for all of them) and the old
+//! one is kept — not freed — until the index drops, because a reader may
+//! still be probing it. Old tables add up to less than the live one (each is
+//! at most half the next), and
 //! a table grows only when the distinct names defined in the dylib outgrow
 //! it: a name defined again (after a removal, say) finds its old slot.
 //!

@@ -22,7 +22,14 @@ impl ReadIndex {
         self.map.lock().get(name).map(|&(_, sym)| sym)
     }
 
+    pub(crate) fn sym_and_key(&self, name: &SymbolName) -> (Option<u32>, bool) {
+        let sym = self.sym(name);
+        (sym, sym.is_some())
+    }
+
     pub(crate) fn warm<'a>(&self, _names: impl Iterator<Item = &'a SymbolName>) {}
+
+    pub(crate) fn reserve(&self, _additional: usize) {}
 
     pub(crate) fn set(&self, name: &SymbolName, entry: IndexEntry, sym: u32) {
         self.map.lock().insert(name.clone(), (entry, sym));

@@ -232,6 +232,19 @@ impl ReadIndex {
         }
     }
 
+    /// Writer only: [`ReadIndex::sym`], and whether the table has a slot
+    /// for `name` already (defined now or before): a name without one
+    /// needs a new slot when defined, what [`ReadIndex::reserve`] counts.
+    pub(crate) fn sym_and_key(&self, name: &SymbolName) -> (Option<u32>, bool) {
+        match self.writer_find(name.key()) {
+            (_, slot, true) => {
+                let present = slot.word.load(Ordering::Relaxed) & PRESENT != 0;
+                (present.then(|| slot.sym.load(Ordering::Relaxed)), true)
+            }
+            (_, _, false) => (None, false),
+        }
+    }
+
     /// Writer only: the live table and the slot holding `key` (or the empty
     /// slot where it would go), from the memo of the last search if it
     /// still holds.
@@ -296,12 +309,36 @@ impl ReadIndex {
             .unwrap_or_else(|| unreachable!("generation {generation} published without a table"))
     }
 
+    /// Writer only: makes room for `additional` new names (names without a
+    /// slot yet: see [`ReadIndex::sym_and_key`]) at once, so a definition of
+    /// N names grows the table (copying every entry) at most once instead
+    /// of once per doubling.
+    pub(crate) fn reserve(&self, additional: usize) {
+        let table = self.live_table();
+        let needed = self.used.load(Ordering::Relaxed).saturating_add(additional);
+        if needed.saturating_mul(8) <= table.slots.len() * MAX_LOAD_EIGHTHS {
+            return;
+        }
+        let mut slots = table.slots.len() * 2;
+        while needed.saturating_mul(8) > slots * MAX_LOAD_EIGHTHS {
+            slots *= 2;
+        }
+        self.grow_to(slots);
+    }
+
     /// Copies the present entries into the next generation, twice the size,
     /// and publishes it.
     fn grow(&self) -> &Table {
+        self.grow_to(self.live_table().slots.len() * 2)
+    }
+
+    /// Copies the present entries into the next generation, of `slots`
+    /// slots (a power of two larger than the live table's), and publishes it.
+    fn grow_to(&self, slots: usize) -> &Table {
         let generation = self.live.load(Ordering::Relaxed);
         let old = self.live_table();
-        let new = Table::with_capacity(old.slots.len() * 2);
+        debug_assert!(slots > old.slots.len());
+        let new = Table::with_capacity(slots);
         let mut present = 0;
         for slot in old.slots.iter() {
             let key = slot.key.load(Ordering::Relaxed);
@@ -349,6 +386,56 @@ impl std::fmt::Debug for ReadIndex {
 mod tests {
     use super::*;
     use crate::name::Interner;
+
+    /// Reserving room first and setting one by one agree: every name is
+    /// found with its entry and value, before and after more growth.
+    #[test]
+    fn reserve_then_set_finds_every_name() {
+        let pool = Interner::default();
+        for (before, batch) in [(0, 1000), (5, 3), (100, 20_000), (13, 0)] {
+            let index = ReadIndex::new();
+            let names: Vec<_> = (0..before + batch)
+                .map(|i| pool.intern(&format!("r{before}_{i}")))
+                .collect();
+            for (i, n) in names[..before].iter().enumerate() {
+                index.set(n, entry(i as u64, false), i as u32);
+            }
+            index.reserve(batch);
+            let slots = index.live_table().slots.len();
+            for (i, n) in names.iter().enumerate().skip(before) {
+                index.set(n, entry(i as u64, i % 2 == 0), i as u32);
+            }
+            assert_eq!(
+                index.live_table().slots.len(),
+                slots,
+                "no growth after reserve"
+            );
+            // Names removed and defined again keep their slots: counted as
+            // known, they reserve nothing.
+            for n in &names {
+                index.remove(n);
+            }
+            let new = names.iter().filter(|n| !index.sym_and_key(n).1).count();
+            assert_eq!(new, 0);
+            index.reserve(new);
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(index.sym_and_key(n), (None, true));
+                index.set(n, entry(i as u64, i % 2 == 0), i as u32);
+            }
+            assert_eq!(
+                index.live_table().slots.len(),
+                slots,
+                "no growth redefining"
+            );
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(index.sym(n), Some(i as u32));
+                match index.get(n) {
+                    Probe::Found(e) => assert_eq!(e.def.address, i as u64),
+                    _ => panic!("{n} not found"),
+                }
+            }
+        }
+    }
 
     fn entry(address: u64, ready: bool) -> IndexEntry {
         IndexEntry {

@@ -3,15 +3,17 @@
 //! function or data object, one edge per relocation.
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 use cranelift_codegen::binemit::Reloc;
 use cranelift_codegen::ir::{self, LibCall};
 use cranelift_module::{DataId, FuncId, Linkage, ModuleReloc, ModuleRelocTarget};
 use kiln_arch::EdgeTarget;
+use kiln_engine::SymbolName;
 use kiln_linker::graph::{
-    Block, Content, Edge, LinkGraph, ObjectId, Prot, Scope, SectionId, SectionRole, Symbol,
-    SymbolDef, SymbolId,
+    Block, Content, Edge, InputBytes, LinkGraph, ObjectId, Prot, Scope, SectionId, SectionRole,
+    Symbol, SymbolDef, SymbolId,
 };
 use kiln_linker::isa::Isa;
 
@@ -21,7 +23,9 @@ use crate::reloc::elf_r_type;
 /// What the backend keeps of a declared function.
 #[derive(Debug, Clone)]
 pub(crate) struct FuncInfo {
-    pub(crate) name: String,
+    /// Interned once, when declared: a batch carries it to the engine
+    /// without hashing the text again.
+    pub(crate) name: SymbolName,
     pub(crate) linkage: Linkage,
     pub(crate) signature: ir::Signature,
 }
@@ -29,7 +33,8 @@ pub(crate) struct FuncInfo {
 /// What the backend keeps of a declared data object.
 #[derive(Debug, Clone)]
 pub(crate) struct DataInfo {
-    pub(crate) name: String,
+    /// Interned once, when declared.
+    pub(crate) name: SymbolName,
     pub(crate) linkage: Linkage,
     pub(crate) tls: bool,
 }
@@ -49,7 +54,29 @@ pub(crate) struct FuncCode {
     /// replacement body).
     pub(crate) symbol: Option<String>,
     pub(crate) align: u64,
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) code: Code,
+}
+
+/// Where a function's bytes and relocations are.
+pub(crate) enum Code {
+    /// Its own (a lazy or replacement body, compiled alone).
+    Owned {
+        bytes: Vec<u8>,
+        relocs: Vec<ModuleReloc>,
+    },
+    /// Ranges in the batch's [`Arena`]: `define_function_bytes` appends
+    /// there, so a batch of N functions costs no allocation per function
+    /// (and the graph's blocks read the bytes in place, as a file's).
+    Arena {
+        bytes: Range<usize>,
+        relocs: Range<usize>,
+    },
+}
+
+/// The bytes and relocations of the functions a batch defines, end to end.
+#[derive(Default)]
+pub(crate) struct Arena {
+    pub(crate) bytes: InputBytes,
     pub(crate) relocs: Vec<ModuleReloc>,
 }
 
@@ -105,14 +132,20 @@ struct Sections {
     data_name: Arc<str>,
 }
 
+/// What a graph defines: its symbol, the declaration, and the interned
+/// name when it is the declared one (`None`: a lazy or replacement body's
+/// own symbol, interned by the caller).
+pub(crate) type DefinedSymbols = Vec<(SymbolId, Defined, Option<SymbolName>)>;
+
 /// The graph of one batch, and the symbols it defines.
 pub(crate) fn build_graph(
     object: &str,
     funcs: Vec<FuncCode>,
+    arena: &Arena,
     data: Vec<DataCode>,
     names: &Names,
     libcall_names: &dyn Fn(LibCall) -> String,
-) -> Result<(LinkGraph, Vec<(SymbolId, Defined)>), Error> {
+) -> Result<(LinkGraph, DefinedSymbols), Error> {
     let mut graph = LinkGraph::new();
     let items = funcs.len() + data.len();
     graph.reserve(2 * items, items, 2 * items);
@@ -133,24 +166,43 @@ pub(crate) fn build_graph(
     };
     for f in funcs {
         let info = &names.funcs[f.id.as_u32() as usize];
-        let symbol = f.symbol.as_deref().unwrap_or(&info.name);
+        let symbol = f.symbol.as_deref().unwrap_or(info.name.as_str());
         let own = (Some(f.id), symbol);
+        let (content, relocs, size) = match f.code {
+            Code::Owned { bytes, relocs } => {
+                let size = bytes.len() as u64;
+                (Content::Bytes(bytes), Cow::Owned(relocs), size)
+            }
+            Code::Arena { bytes, relocs } => {
+                let (start, len) = (bytes.start, bytes.len());
+                let file = arena.bytes.clone();
+                let relocs = Cow::Borrowed(&arena.relocs[relocs]);
+                (Content::Input { file, start, len }, relocs, len as u64)
+            }
+        };
         let edges = edges(
             &mut graph,
             obj,
             own,
-            &f.relocs,
+            &relocs,
             names,
             libcall_names,
             &mut cache,
         )?;
-        let size = f.bytes.len() as u64;
-        let block = graph.add_block(block(s.text, &s, Content::Bytes(f.bytes), f.align, edges));
-        let id = define(&mut graph, obj, symbol, block, size, true);
-        if f.symbol.is_none() {
-            cache.funcs[f.id.as_u32() as usize] = Some(id);
-        }
-        defined.push((id, Defined::Func(f.id)));
+        let block = graph.add_block(block(s.text, &s, content, f.align, edges));
+        let known = match f.symbol {
+            None => cache.funcs[f.id.as_u32() as usize],
+            Some(_) => None,
+        };
+        let id = define(&mut graph, obj, (symbol, known), block, size, true);
+        let interned = match f.symbol {
+            None => {
+                cache.funcs[f.id.as_u32() as usize] = Some(id);
+                Some(info.name.clone())
+            }
+            Some(_) => None,
+        };
+        defined.push((id, Defined::Func(f.id), interned));
     }
     for d in data {
         let info = &names.data[d.id.as_u32() as usize];
@@ -174,9 +226,17 @@ pub(crate) fn build_graph(
             }
         };
         let block = graph.add_block(block(section, &s, content, d.align, edges));
-        let id = define(&mut graph, obj, &info.name, block, d.size, false);
+        let known = cache.data[d.id.as_u32() as usize];
+        let id = define(
+            &mut graph,
+            obj,
+            (info.name.as_str(), known),
+            block,
+            d.size,
+            false,
+        );
         cache.data[d.id.as_u32() as usize] = Some(id);
-        defined.push((id, Defined::Data(d.id)));
+        defined.push((id, Defined::Data(d.id), Some(info.name.clone())));
     }
     Ok((graph, defined))
 }
@@ -210,15 +270,16 @@ fn block(
 /// Defines the global `name` at the start of `block`. Every definition is
 /// exported from the JIT's `app` dylib, whatever its cranelift linkage:
 /// cranelift-jit hands out the address of local functions too.
+/// `known`: the symbol a relocation already made for `name` (no hashing).
 fn define(
     graph: &mut LinkGraph,
     obj: ObjectId,
-    name: &str,
+    (name, known): (&str, Option<SymbolId>),
     block: kiln_linker::graph::BlockId,
     size: u64,
     callable: bool,
 ) -> SymbolId {
-    let id = graph.global(name, obj);
+    let id = known.unwrap_or_else(|| graph.global(name, obj));
     graph.define_global(
         id,
         Symbol {

@@ -10,7 +10,7 @@ use cranelift_control::ControlPlane;
 use cranelift_module::{DataId, FuncId};
 use kiln_engine::{MaterializationUnit, Responsibility, SymbolFlags, SymbolName};
 
-use crate::emit::build_graph;
+use crate::emit::{Arena, build_graph};
 use crate::error::Error;
 use crate::module::{Shared, compile_function};
 
@@ -149,6 +149,7 @@ impl LazyBody {
             build_graph(
                 &self.symbol,
                 vec![code],
+                &Arena::default(),
                 Vec::new(),
                 &names,
                 &*shared.libcall_names,

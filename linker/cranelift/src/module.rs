@@ -19,7 +19,9 @@ use kiln_linker::jit::Jit;
 use kiln_linker::layer::ObjectLayer;
 
 use crate::builder::{KilnBuilder, LibcallNames};
-use crate::emit::{DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph};
+use crate::emit::{
+    Arena, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
+};
 use crate::error::Error;
 
 /// A group of functions and data objects freed together
@@ -64,6 +66,10 @@ struct Group {
 #[derive(Default)]
 struct State {
     funcs: Vec<(Option<GroupId>, FuncCode)>,
+    /// The bytes and relocations of `funcs` defined from bytes
+    /// ([`Code::Arena`]).
+    code: Vec<u8>,
+    relocs: Vec<ModuleReloc>,
     data: Vec<(Option<GroupId>, DataCode)>,
     func_defs: Vec<Def>,
     data_defs: Vec<Def>,
@@ -182,8 +188,9 @@ impl KilnModule {
             return;
         }
         let decl = self.declarations.get_function_decl(id);
+        let name = self.jit().session().intern(&decl.linkage_name(id));
         names.funcs.push(FuncInfo {
-            name: decl.linkage_name(id).into_owned(),
+            name,
             linkage,
             signature: decl.signature.clone(),
         });
@@ -203,8 +210,9 @@ impl KilnModule {
             return;
         }
         let decl = self.declarations.get_data_decl(id);
+        let name = self.jit().session().intern(&decl.linkage_name(id));
         names.data.push(DataInfo {
-            name: decl.linkage_name(id).into_owned(),
+            name,
             linkage,
             tls: decl.tls,
         });
@@ -240,12 +248,20 @@ impl KilnModule {
         let align = alignment
             .max(u64::from(isa.function_alignment().minimum))
             .max(isa.symbol_alignment());
-        self.record_function(FuncCode {
-            id,
-            symbol: None,
-            align,
-            bytes: bytes.to_vec(),
-            relocs: relocs.to_vec(),
+        self.record_with(id, |state| {
+            let b0 = state.code.len();
+            state.code.extend_from_slice(bytes);
+            let r0 = state.relocs.len();
+            state.relocs.extend_from_slice(relocs);
+            FuncCode {
+                id,
+                symbol: None,
+                align,
+                code: Code::Arena {
+                    bytes: b0..state.code.len(),
+                    relocs: r0..state.relocs.len(),
+                },
+            }
         })
     }
 
@@ -256,20 +272,31 @@ impl KilnModule {
             .get(id.as_u32() as usize)
             .ok_or_else(|| Error::Module(format!("undeclared function {id}")))?;
         if !info.linkage.is_definable() {
-            let e = ModuleError::InvalidImportDefinition(info.name.clone());
+            let e = ModuleError::InvalidImportDefinition(info.name.to_string());
             return Err(e.into());
         }
         Ok(())
     }
 
     fn record_function(&self, code: FuncCode) -> Result<(), Error> {
+        self.record_with(code.id, |_| code)
+    }
+
+    /// Records the code `make` gives (under the state's lock, after the
+    /// duplicate check) as function `id`'s definition.
+    fn record_with(
+        &self,
+        id: FuncId,
+        make: impl FnOnce(&mut State) -> FuncCode,
+    ) -> Result<(), Error> {
         let mut state = self.state();
         let group = state.current;
-        let i = code.id.as_u32() as usize;
+        let i = id.as_u32() as usize;
         if state.func_defs[i] != Def::None {
-            let name = self.shared.names().funcs[i].name.clone();
+            let name = self.shared.names().funcs[i].name.to_string();
             return Err(ModuleError::DuplicateDefinition(name).into());
         }
+        let code = make(&mut state);
         state.func_defs[i] = Def::Defined(group);
         if let Some(GroupId(g)) = group
             && let Some(Some(group)) = state.groups.get_mut(g)
@@ -291,7 +318,7 @@ impl KilnModule {
             .cloned()
             .ok_or_else(|| Error::Module(format!("undeclared data object {id}")))?;
         if !info.linkage.is_definable() {
-            return Err(ModuleError::InvalidImportDefinition(info.name).into());
+            return Err(ModuleError::InvalidImportDefinition(info.name.to_string()).into());
         }
         if info.tls {
             return Err(Error::Unsupported {
@@ -322,7 +349,7 @@ impl KilnModule {
         };
         let mut state = self.state();
         if state.data_defs[i] != Def::None {
-            return Err(ModuleError::DuplicateDefinition(info.name).into());
+            return Err(ModuleError::DuplicateDefinition(info.name.to_string()).into());
         }
         let group = state.current;
         state.data_defs[i] = Def::Defined(group);
@@ -354,7 +381,7 @@ pub(crate) fn compile_function(
                 .names()
                 .funcs
                 .get(id.as_u32() as usize)
-                .map_or_else(|| id.to_string(), |f| f.name.clone()),
+                .map_or_else(|| id.to_string(), |f| f.name.to_string()),
             detail,
         });
     }
@@ -376,8 +403,7 @@ pub(crate) fn compile_function(
         id,
         symbol: None,
         align,
-        bytes,
-        relocs,
+        code: Code::Owned { bytes, relocs },
     })
 }
 
@@ -388,11 +414,16 @@ impl KilnModule {
     /// cranelift-jit, a symbol no definition or host provides is an error
     /// naming it, not a panic.
     pub fn finalize_definitions(&mut self) -> Result<(), Error> {
-        let (funcs, data) = {
+        let (funcs, data, arena) = {
             let mut state = self.state();
+            let arena = Arena {
+                bytes: Arc::new(std::mem::take(&mut state.code)),
+                relocs: std::mem::take(&mut state.relocs),
+            };
             (
                 std::mem::take(&mut state.funcs),
                 std::mem::take(&mut state.data),
+                arena,
             )
         };
         let mut batches: Vec<(Option<GroupId>, Vec<FuncCode>, Vec<DataCode>)> = Vec::new();
@@ -408,6 +439,19 @@ impl KilnModule {
                 }
             }
         }
+        // Each batch's list sized up front (one group is the common case:
+        // the whole list moves once, without regrowing).
+        let mut counts: Vec<usize> = Vec::new();
+        for &(group, _) in &funcs {
+            let i = batch(&mut batches, group);
+            if i == counts.len() {
+                counts.push(0);
+            }
+            counts[i] += 1;
+        }
+        for (b, n) in batches.iter_mut().zip(counts) {
+            b.1.reserve_exact(n);
+        }
         for (group, code) in funcs {
             let i = batch(&mut batches, group);
             batches[i].1.push(code);
@@ -418,11 +462,11 @@ impl KilnModule {
         }
         let mut wanted = Vec::new();
         for (group, funcs, data) in batches {
-            self.add_batch(group, funcs, data, &mut wanted)?;
+            self.add_batch(group, funcs, &arena, data, &mut wanted)?;
         }
         let session = self.jit().session().clone();
         for id in std::mem::take(&mut self.lazy_entries) {
-            let name = session.intern(&self.shared.names().funcs[id.as_u32() as usize].name);
+            let name = self.shared.names().funcs[id.as_u32() as usize].name.clone();
             wanted.push((name, Defined::Func(id)));
         }
         if wanted.is_empty() {
@@ -454,6 +498,7 @@ impl KilnModule {
         &mut self,
         group: Option<GroupId>,
         funcs: Vec<FuncCode>,
+        arena: &Arena,
         data: Vec<DataCode>,
         wanted: &mut Vec<(SymbolName, Defined)>,
     ) -> Result<(), Error> {
@@ -464,18 +509,27 @@ impl KilnModule {
         self.batches += 1;
         let (graph, defined) = {
             let names = self.shared.names();
-            build_graph(&object, funcs, data, &names, &*self.shared.libcall_names)?
+            build_graph(
+                &object,
+                funcs,
+                arena,
+                data,
+                &names,
+                &*self.shared.libcall_names,
+            )?
         };
         let jit = self.jit();
         let session = jit.session();
         let mut by_symbol: Vec<Option<SymbolName>> = vec![None; graph.symbols.len()];
         wanted.reserve(defined.len());
-        for &(sym, what) in &defined {
-            let text = graph.symbols[sym.index()]
-                .name
-                .as_deref()
-                .unwrap_or_default();
-            let name = session.intern(text);
+        for (sym, what, interned) in defined {
+            let name = match interned {
+                Some(name) => name,
+                None => {
+                    let text = graph.symbols[sym.index()].name.as_deref();
+                    session.intern(text.unwrap_or_default())
+                }
+            };
             by_symbol[sym.index()] = Some(name.clone());
             wanted.push((name, what));
         }
@@ -678,7 +732,7 @@ impl KilnModule {
         let body = self.body_name(id);
         let jit = self.jit();
         let session = jit.session();
-        let entry = session.intern(&self.shared.names().funcs[id.as_u32() as usize].name);
+        let entry = self.shared.names().funcs[id.as_u32() as usize].name.clone();
         let target = session.intern(&body);
         let unit =
             crate::lazy::LazyBody::new(self.shared.clone(), id, body, target.clone(), compile);
@@ -726,7 +780,7 @@ impl KilnModule {
         }
         let jit = self.jit();
         let session = jit.session();
-        let entry = session.intern(&self.shared.names().funcs[i].name);
+        let entry = self.shared.names().funcs[i].name.clone();
         // The entry's stub exists once the entry is Ready.
         let app = SearchOrder::new().with(jit.app(), DylibLookup::ExportedOnly);
         session
@@ -751,6 +805,7 @@ impl KilnModule {
             build_graph(
                 &body,
                 vec![code],
+                &Arena::default(),
                 Vec::new(),
                 &names,
                 &*self.shared.libcall_names,

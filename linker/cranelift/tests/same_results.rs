@@ -50,3 +50,36 @@ fn ten_thousand_functions_in_hundred_modules_match_cranelift_jit() {
     let expected = on_cranelift_jit(&p, 2);
     assert_eq!(on_kiln(&p, 2, false), expected);
 }
+
+/// Functions defined from bytes (one arena per batch) and compiled ones
+/// (each its own), interleaved and spread over three groups (three link
+/// graphs reading one arena), give cranelift-jit's results: the batch path
+/// agrees with the one-function-at-a-time path, PIC (GOT relocations read
+/// from the arena in place) and not.
+#[test]
+fn bytes_and_compiled_definitions_across_groups_match_cranelift_jit() {
+    for (seed, n, modules, pic) in [(4, 300, 7, false), (5, 1000, 10, false), (6, 500, 9, true)] {
+        let p = program::generate(n, modules, seed);
+        let expected = on_cranelift_jit(&p, 3);
+        let mut module = common::kiln(pic);
+        let groups: Vec<_> = (0..3).map(|_| module.new_group().expect("group")).collect();
+        let d = program::define_all_mixed(
+            &mut module,
+            &p,
+            |i| (i / 3) % 2 == 0,
+            |m, i| {
+                m.set_group(if i % 4 == 3 {
+                    None
+                } else {
+                    Some(groups[i % 3])
+                })
+            },
+        );
+        module.finalize_definitions().expect("finalize");
+        // SAFETY: finalized code of the generated signature.
+        let got = unsafe { program::run_all(&d, 3, |id| module.get_finalized_function(id)) };
+        assert_eq!(got, expected, "seed {seed}");
+        // SAFETY: nothing runs the module's code any more.
+        unsafe { module.free_memory() };
+    }
+}

@@ -43,7 +43,7 @@ impl State {
                     lk.found[i].def = Some(SymbolDef::new(s.address, s.flags));
                 }
             } else {
-                s.waiters.push((id, i as u32));
+                s.waiters.push((id, i as u32, lk.state));
                 lk.remaining += 1;
                 lk.pending.push(sid);
                 if s.state == SymbolState::Lazy
@@ -128,15 +128,17 @@ impl State {
         let mut done: SmallVec<[u64; 2]> = SmallVec::new();
         let mut kept = 0;
         for i in 0..waiters.len() {
-            let (id, slot) = waiters[i];
-            let Some(lk) = self.lookups.get_mut(&id) else {
-                continue;
-            };
-            if !lk.state.is_met_by(state) {
-                waiters[kept] = (id, slot);
+            let (id, slot, wanted) = waiters[i];
+            if !wanted.is_met_by(state) {
+                // Kept without looking the lookup up; one that is gone by
+                // then is skipped when this symbol meets its state.
+                waiters[kept] = waiters[i];
                 kept += 1;
                 continue;
             }
+            let Some(lk) = self.lookups.get_mut(&id) else {
+                continue;
+            };
             lk.found[slot as usize].def = def;
             lk.remaining -= 1;
             if lk.remaining == 0 {

@@ -49,14 +49,21 @@ impl State {
         let mut overridden = Vec::new();
         let mut new_discarded = Vec::new();
         // Names repeated within this definition are duplicates too.
-        let mut seen = FixedSet::default();
+        // Names the dylib's index has no slot for yet (what it must grow for).
+        let mut new_keys = 0;
+        let mut seen = FixedSet::with_capacity_and_hasher(
+            if symbols.len() > 1 { symbols.len() } else { 0 },
+            Default::default(),
+        );
         for i in 0..symbols.len() {
             let (name, flags) = (symbols.name(i), symbols.flags(i));
             if symbols.len() > 1 && !seen.insert(name.clone()) {
                 duplicates.push(name.clone());
                 continue;
             }
-            if let Some(sid) = d.shared.index.sym(name) {
+            let (existing, known) = d.shared.index.sym_and_key(name);
+            new_keys += usize::from(!known);
+            if let Some(sid) = existing {
                 let existing = &self.syms[sid as usize];
                 if !flags.is_weak()
                     && existing.flags.is_weak()
@@ -114,6 +121,13 @@ impl State {
             DefinedSymbols::Absolute(_) => None,
         };
         let ready = matches!(symbols, DefinedSymbols::Absolute(_));
+        // Room for the whole definition at once: the index, the records and
+        // the tracker's list grow (and copy) at most once.
+        let adding = symbols.len() - new_discarded.len();
+        self.dylibs[dylib as usize].shared.index.reserve(new_keys);
+        self.syms
+            .reserve(adding.saturating_sub(self.free_syms.len()));
+        let mut added = Vec::with_capacity(adding);
         let mut skip = new_discarded.into_iter().peekable();
         for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
             if skip.peek() == Some(&i) {
@@ -146,11 +160,12 @@ impl State {
                 },
                 sid,
             );
-            self.tracker(tracker).syms.push(sid);
-            if let Some(uid) = unit_id {
-                self.units[uid].syms.push(sid);
-            }
+            added.push(sid);
         }
+        if let Some(uid) = unit_id {
+            self.units[uid].syms.extend_from_slice(&added);
+        }
+        self.tracker(tracker).syms.extend(added);
         self.gained_definitions(core, dylib, fx);
         Ok(())
     }

@@ -48,7 +48,7 @@ impl State {
         let waiters = std::mem::take(&mut self.syms[sid as usize].waiters);
         self.failing
             .lookups
-            .extend(waiters.iter().map(|&(id, _)| id));
+            .extend(waiters.iter().map(|&(id, _, _)| id));
         // Outside a batch, this failure is a batch of its own.
         self.begin_failures();
         self.end_failures(fx);

@@ -168,7 +168,10 @@ struct Sym {
     unit: Option<usize>,
     resp: Option<RespId>,
     tracker: TrackerId,
-    waiters: SmallVec<[(u64, u32); 1]>,
+    /// Lookups waiting on the symbol: the lookup, its slot for the symbol,
+    /// and the state it waits for (kept here, so a state change that meets
+    /// none of them costs no lookup of theirs).
+    waiters: SmallVec<[(u64, u32, RequiredState); 1]>,
     failure: Option<Arc<Error>>,
 }
 

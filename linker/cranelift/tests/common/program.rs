@@ -279,6 +279,48 @@ pub fn define_all<M: Module>(module: &mut M, p: &Program) -> Declared {
     d
 }
 
+/// Like [`define_all`], but function `i` is defined from its compiled
+/// bytes (`define_function_bytes`, as W9 and hosts that cache code do)
+/// when `from_bytes(i)`, else with `define_function`; `before(module, i)`
+/// runs before function `i` is defined (to switch groups).
+pub fn define_all_mixed<M: Module>(
+    module: &mut M,
+    p: &Program,
+    from_bytes: impl Fn(usize) -> bool,
+    mut before: impl FnMut(&mut M, usize),
+) -> Declared {
+    let d = declare(module, p);
+    define_data(module, p, &d);
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    for i in 0..p.funcs.len() {
+        build_function(module, p, &d, i, &mut ctx, &mut fctx);
+        before(module, i);
+        if !from_bytes(i) {
+            module
+                .define_function(d.funcs[i], &mut ctx)
+                .expect("define");
+            continue;
+        }
+        let mut cp = Default::default();
+        ctx.compile(module.isa(), &mut cp).expect("compile");
+        let compiled = ctx.compiled_code().expect("compiled");
+        let align = u64::from(compiled.buffer.alignment);
+        let bytes = compiled.code_buffer().to_vec();
+        let relocs: Vec<_> = compiled
+            .buffer
+            .relocs()
+            .iter()
+            .map(|r| cranelift_module::ModuleReloc::from_mach_reloc(r, &ctx.func, d.funcs[i]))
+            .collect();
+        module
+            .define_function_bytes(d.funcs[i], align, &bytes, &relocs)
+            .expect("define bytes");
+        ctx.clear();
+    }
+    d
+}
+
 /// Calls every function `f_i(i, depth)` through `address(id)`.
 ///
 /// # Safety
