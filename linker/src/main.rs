@@ -302,9 +302,9 @@ fn open_input(path: &std::path::Path, map: bool) -> Result<Opened, String> {
         // SAFETY: an input named on the command line: like ld, mold and
         // lld, kiln assumes nothing truncates or rewrites it while the
         // process links and runs it (see `FileBytes::map`).
-        return Ok(Opened::Bytes(
-            unsafe { FileBytes::map(&file) }.map_err(err)?,
-        ));
+        let mapped = unsafe { FileBytes::map(&file) }.map_err(err)?;
+        // The process links once: the kernel unmaps the file at exit.
+        return Ok(Opened::Bytes(mapped.keep_mapped()));
     }
     file.read_to_end(&mut bytes).map_err(err)?;
     Ok(Opened::Bytes(bytes.into()))

@@ -725,11 +725,16 @@ pub struct FileBytes(FileRepr);
 
 enum FileRepr {
     Owned(Vec<u8>),
-    Mapped { ptr: *const u8, len: usize },
+    /// `unmap`: whether dropping the value unmaps it.
+    Mapped {
+        ptr: *const u8,
+        len: usize,
+        unmap: bool,
+    },
 }
 
 // SAFETY: a mapping is read-only, never written through, and unmapped only
-// by `drop`, which has the value alone; sharing or moving it across threads
+// by `drop` (or never), which has the value alone; sharing or moving it across threads
 // is as safe as sharing a `&[u8]`.
 unsafe impl Send for FileBytes {}
 // SAFETY: see `Send`: the bytes are never written while the value lives.
@@ -767,7 +772,22 @@ impl FileBytes {
         Ok(FileBytes(FileRepr::Mapped {
             ptr: ptr.cast::<u8>().cast_const(),
             len,
+            unmap: true,
         }))
+    }
+
+    /// Leaves a mapping mapped until the process exits: dropping the value
+    /// no longer unmaps it. For a process that links once and then runs or
+    /// exits (the CLI): the kernel drops every mapping at exit in one pass,
+    /// while a `munmap` per input costs a call and a TLB flush on every
+    /// thread (on synth, 200 of them while the link's threads run). The
+    /// pages are the page cache's, clean: keeping them mapped costs address
+    /// space only (the kernel may still reclaim them).
+    pub fn keep_mapped(mut self) -> FileBytes {
+        if let FileRepr::Mapped { unmap, .. } = &mut self.0 {
+            *unmap = false;
+        }
+        self
     }
 
     /// Whether the bytes are a mapping of the file (not a copy).
@@ -798,7 +818,7 @@ impl std::ops::Deref for FileBytes {
             // SAFETY: `ptr..ptr + len` is this value's own read-only
             // mapping, alive until `drop`; `map`'s caller promised the file
             // keeps its length and bytes meanwhile.
-            FileRepr::Mapped { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            FileRepr::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
     }
 }
@@ -814,7 +834,12 @@ impl std::fmt::Debug for FileBytes {
 
 impl Drop for FileBytes {
     fn drop(&mut self) {
-        if let FileRepr::Mapped { ptr, len } = self.0 {
+        if let FileRepr::Mapped {
+            ptr,
+            len,
+            unmap: true,
+        } = self.0
+        {
             // SAFETY: the mapping `map` made, unmapped once, here; no slice
             // of it outlives `self` (they borrow it).
             let _ = unsafe { rustix::mm::munmap(ptr.cast_mut().cast::<c_void>(), len) };
