@@ -3,10 +3,12 @@
 
   python3 link_report.py RESULTS.tsv
 
-RESULTS.tsv has one line per run: input, tool (kiln|jitlink), rep, whole-process
-wall time in ns (or `TIMEOUT <seconds>` for a run that was killed), and the
-path of that run's stderr (kiln's --stats block or llvm-jitlink's -show-times
-table). Prints two tables of medians:
+RESULTS.tsv has one line per run: input, tool (kiln|jitlink|mold|lld), rep,
+whole-process wall time in ns (or `TIMEOUT <seconds>` for a run that was
+killed), and the path of that run's stderr (kiln's --stats block or
+llvm-jitlink's -show-times table; nothing read for mold and lld). Next to it,
+`<stderr>.time` holds that run's wall ns, user and system seconds and minor
+page faults (benches/link_inputs/rusage_run.py), if measured. Prints three tables of medians:
 
 1. The comparison. "link phase" is, for both tools, the time from object
    bytes in memory to every object linked and finalized (entry point Ready):
@@ -19,6 +21,12 @@ table). Prints two tables of medians:
    work in both tools. kiln's own figure (`relocations / s`, prepare + fixup
    phases only) is shown next to relocations / link phase.
 2. Each tool's phases (median, min-max), to see where the time goes.
+3. The whole process of every tool: wall, user and system time, page faults,
+   and kiln's wall over each other tool's (mold and lld write an executable;
+   kiln and llvm-jitlink link in memory and do not run the program). mold
+   forks by default and its parent exits once the output is written: its
+   user/system/faults then miss the child that linked (the --no-fork row has
+   them).
 """
 import os
 import re
@@ -68,6 +76,32 @@ def parse_jitlink(text, where):
     return out
 
 
+LABELS = {"kiln": "kiln run --noexec", "jitlink": "llvm-jitlink -noexec",
+          "mold": "gcc -fuse-ld=mold", "mold-nofork": "gcc -fuse-ld=mold -Wl,--no-fork",
+          "lld": "clang -fuse-ld=lld"}
+
+
+def whole_process(order, runs, med):
+    """Table 3: every tool's whole process, wall / user / system."""
+    print()
+    print("Whole process, median ms (user, system, page faults: the process and its children):")
+    print()
+    print("| input | tool | wall | user | system | page faults | kiln wall / this wall |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in order:
+        kiln_wall = med(name, "kiln", "wall") if runs[(name, "kiln")]["wall"] else None
+        for tool in ("kiln", "jitlink", "mold", "mold-nofork", "lld"):
+            r = runs[(name, tool)]
+            if not r["wall"]:
+                continue
+            w = med(name, tool, "wall")
+            u = f"{med(name, tool, 'user'):.1f}" if r["user"] else "–"
+            sy = f"{med(name, tool, 'sys'):.1f}" if r["sys"] else "–"
+            pf = f"{int(med(name, tool, 'faults')):,}" if r["faults"] else "–"
+            ratio = f"{kiln_wall / w:.2f}×" if kiln_wall else "–"
+            print(f"| {name} | {LABELS[tool]} | {w:.1f} | {u} | {sy} | {pf} | {ratio} |")
+
+
 def ms(v):
     return f"{v:.1f} ms" if v >= 10 else f"{v:.2f} ms"
 
@@ -103,8 +137,20 @@ def main():
                 continue
             with open(err) as e:
                 text = e.read()
-            rec = parse_kiln(text, err) if tool == "kiln" else parse_jitlink(text, err)
+            if tool == "kiln":
+                rec = parse_kiln(text, err)
+            elif tool == "jitlink":
+                rec = parse_jitlink(text, err)
+            else:
+                rec = {}
             rec["wall"] = int(wall_ns) / 1e6
+            if os.path.exists(err + ".time"):
+                with open(err + ".time") as t:
+                    fields = t.read().split()
+                if len(fields) == 4:
+                    rec["user"] = float(fields[1]) * 1e3
+                    rec["sys"] = float(fields[2]) * 1e3
+                    rec["faults"] = int(fields[3])
             rss = os.path.join(os.path.dirname(err), f"{tool}.rss")
             if os.path.exists(rss) and (name, tool, "rss") not in seen_rss:
                 seen_rss.add((name, tool, "rss"))
@@ -117,7 +163,7 @@ def main():
     if not order:
         raise SystemExit(f"{sys.argv[1]}: no runs")
     for (name, tool), t in sorted(timeouts.items()):
-        label = "kiln" if tool == "kiln" else "llvm-jitlink"
+        label = LABELS.get(tool, tool)
         print(f"Note: {label} was killed after {t} s on {name}; its figures for {name} are missing.")
         print()
 
@@ -161,6 +207,7 @@ def main():
                 vals = runs[(name, tool)].get(key)
                 if vals:
                     print(f"| {name} | {label} | {what} | {spread(vals)} |")
+    whole_process(order, runs, med)
 
 
 if __name__ == "__main__":

@@ -954,7 +954,7 @@ mod tests {
         let mut g = LinkGraph::new();
         assert!(read_object(&mut g, "x.o", b"not an elf").is_err());
         assert!(read_object(&mut g, "x.o", &[]).is_err());
-        let file: InputBytes = std::sync::Arc::new(b"not an elf".to_vec());
+        let file: InputBytes = std::sync::Arc::new(b"not an elf".to_vec().into());
         assert!(parse_object_shared("x.o", &file).is_err());
         assert_eq!(size_hint(b"not an elf"), SizeHint::default());
     }

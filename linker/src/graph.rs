@@ -126,8 +126,9 @@ pub struct Section {
     pub blocks: Vec<BlockId>,
 }
 
-/// An input file's bytes, shared by the blocks read from it.
-pub type InputBytes = std::sync::Arc<Vec<u8>>;
+/// An input file's bytes (read, or the file mapped), shared by the blocks
+/// read from it.
+pub type InputBytes = std::sync::Arc<crate::memory::FileBytes>;
 
 /// A block's bytes.
 #[derive(Clone)]
@@ -970,7 +971,7 @@ mod tests {
 
     #[test]
     fn input_contents_are_checked_ranges_and_compare_by_bytes() {
-        let file: InputBytes = std::sync::Arc::new(b"abcdef".to_vec());
+        let file: InputBytes = std::sync::Arc::new(b"abcdef".to_vec().into());
         assert!(Content::input(&file, 4, 3).is_none(), "past the end");
         assert!(Content::input(&file, usize::MAX, 2).is_none(), "overflow");
         let c = Content::input(&file, 1, 3).unwrap();

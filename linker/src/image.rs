@@ -73,9 +73,16 @@ impl Linker {
         Ok(self.add_object_bytes(path.display().to_string(), data))
     }
 
-    /// Add an object from memory, called `name` in errors.
-    pub fn add_object_bytes(&mut self, name: impl Into<String>, data: Vec<u8>) -> &mut Self {
-        self.objects.push((name.into(), InputBytes::new(data)));
+    /// Add an object from memory (a `Vec<u8>`, or a file mapped with
+    /// [`FileBytes::map`](crate::memory::FileBytes::map)), called `name` in
+    /// errors.
+    pub fn add_object_bytes(
+        &mut self,
+        name: impl Into<String>,
+        data: impl Into<crate::memory::FileBytes>,
+    ) -> &mut Self {
+        self.objects
+            .push((name.into(), InputBytes::new(data.into())));
         self
     }
 

@@ -14,6 +14,7 @@ use kiln_engine::{
 use kiln_linker::archive::Archive;
 use kiln_linker::image_file::ImageFile;
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
+use kiln_linker::memory::FileBytes;
 use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
@@ -178,7 +179,7 @@ struct RunArgs {
 /// An input in memory.
 struct Input {
     name: String,
-    bytes: Vec<u8>,
+    bytes: FileBytes,
 }
 
 fn main() -> ExitCode {
@@ -215,7 +216,7 @@ fn run_bundled() -> Result<i32, String> {
         .iter()
         .map(|(n, b)| Input {
             name: (*n).to_string(),
-            bytes: b.to_vec(),
+            bytes: b.to_vec().into(),
         })
         .collect();
     let args = RunArgs {
@@ -257,7 +258,10 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
     let mut inputs = Vec::with_capacity(args.inputs.len());
     let mut images = Vec::new();
     for path in &args.inputs {
-        match open_input(path)? {
+        // Objects linked at once are mapped; `--lazy` and archives keep
+        // their bytes in vectors.
+        let map = !args.lazy && path.extension().is_none_or(|e| e != "a");
+        match open_input(path, map)? {
             Opened::Image(file) => {
                 images.push(ImageFile::from_file(path, file).map_err(|e| e.to_string())?);
             }
@@ -274,12 +278,17 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
 /// anything else.
 enum Opened {
     Image(std::fs::File),
-    Bytes(Vec<u8>),
+    Bytes(FileBytes),
 }
 
+/// Inputs at least this large are mapped rather than read (with `map`):
+/// below it a read costs less than mapping and unmapping.
+const MAP_INPUTS_FROM: u64 = 16 << 10;
+
 /// Opens `path` once: its first bytes tell an image, which is left to be
-/// mapped; anything else is read whole.
-fn open_input(path: &std::path::Path) -> Result<Opened, String> {
+/// mapped; anything else is read whole, or mapped if `map` and it is large
+/// (no copy, no page fault per page: see [`FileBytes`]).
+fn open_input(path: &std::path::Path, map: bool) -> Result<Opened, String> {
     use std::io::Read as _;
     let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let mut file = std::fs::File::open(path).map_err(err)?;
@@ -291,8 +300,16 @@ fn open_input(path: &std::path::Path) -> Result<Opened, String> {
     if kiln_linker::image_file::is_image(&bytes) {
         return Ok(Opened::Image(file));
     }
+    if map && file.metadata().map_err(err)?.len() >= MAP_INPUTS_FROM {
+        // SAFETY: an input named on the command line: like ld, mold and
+        // lld, kiln assumes nothing truncates or rewrites it while the
+        // process links and runs it (see `FileBytes::map`).
+        let mapped = unsafe { FileBytes::map(&file) }.map_err(err)?;
+        // The process links once: the kernel unmaps the file at exit.
+        return Ok(Opened::Bytes(mapped.keep_mapped()));
+    }
     file.read_to_end(&mut bytes).map_err(err)?;
-    Ok(Opened::Bytes(bytes))
+    Ok(Opened::Bytes(bytes.into()))
 }
 
 /// Objects and archives as read; image files opened again by their path
@@ -304,7 +321,10 @@ fn split_images(pairs: Vec<(String, Vec<u8>)>) -> Result<(Vec<Input>, Vec<ImageF
         if kiln_linker::image_file::is_image(&bytes) {
             images.push(ImageFile::open(std::path::Path::new(&name)).map_err(|e| e.to_string())?);
         } else {
-            inputs.push(Input { name, bytes });
+            inputs.push(Input {
+                name,
+                bytes: bytes.into(),
+            });
         }
     }
     Ok((inputs, images))
@@ -509,7 +529,10 @@ fn add_lazily(
     // symbols, then linked lazily like the objects.
     let (archives, objects): (Vec<Input>, Vec<Input>) =
         inputs.into_iter().partition(|i| i.name.ends_with(".a"));
-    let objects: Vec<(String, Vec<u8>)> = objects.into_iter().map(|i| (i.name, i.bytes)).collect();
+    let objects: Vec<(String, Vec<u8>)> = objects
+        .into_iter()
+        .map(|i| (i.name, i.bytes.into_vec()))
+        .collect();
     layer
         .add_objects_lazily(main, &bodies, &manager, &objects)
         .map_err(|e| e.to_string())?;
@@ -522,7 +545,7 @@ fn add_lazily(
     // to each other are pulled (and pruned) together.
     let archives = archives
         .into_iter()
-        .map(|ar| Archive::parse(&ar.name, ar.bytes))
+        .map(|ar| Archive::parse(&ar.name, ar.bytes.into_vec()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     if !archives.is_empty() {
@@ -573,7 +596,7 @@ fn add_eagerly(
     for input in inputs {
         if input.name.ends_with(".a") {
             linker
-                .add_archive_bytes(input.name, input.bytes)
+                .add_archive_bytes(input.name, input.bytes.into_vec())
                 .map_err(|e| e.to_string())?;
         } else {
             linker.add_object_bytes(input.name, input.bytes);

@@ -783,9 +783,168 @@ impl Drop for Allocation {
     }
 }
 
+/// An input file's bytes: read into memory, or the file mapped read-only.
+///
+/// Mapping saves the CLI a page fault per page and a copy per byte: `read`
+/// copies each page of the page cache into a fresh heap page (one fault
+/// each: on the 200-object synth input, 4,700 of kiln's 15,000 faults),
+/// while `MAP_POPULATE` maps the page cache's own pages in one call.
+pub struct FileBytes(FileRepr);
+
+enum FileRepr {
+    Owned(Vec<u8>),
+    /// `unmap`: whether dropping the value unmaps it.
+    Mapped {
+        ptr: *const u8,
+        len: usize,
+        unmap: bool,
+    },
+}
+
+// SAFETY: a mapping is read-only, never written through, and unmapped only
+// by `drop` (or never), which has the value alone; sharing or moving it across threads
+// is as safe as sharing a `&[u8]`.
+unsafe impl Send for FileBytes {}
+// SAFETY: see `Send`: the bytes are never written while the value lives.
+unsafe impl Sync for FileBytes {}
+
+impl FileBytes {
+    /// `file`'s bytes, mapped private and read-only with `MAP_POPULATE`.
+    /// An empty file is read (nothing to map).
+    ///
+    /// # Safety
+    ///
+    /// The file must not be truncated or written while the value (or any
+    /// clone of an `Arc` holding it) lives: a shrunk file raises `SIGBUS`
+    /// on access, a written one changes the bytes under the reader. As
+    /// `ld`, mold and lld assume of their inputs.
+    pub unsafe fn map(file: &std::fs::File) -> std::io::Result<FileBytes> {
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::FileTooLarge))?;
+        if len == 0 {
+            return Ok(FileBytes(FileRepr::Owned(Vec::new())));
+        }
+        // SAFETY: a new private read-only mapping at an address the kernel
+        // picks: it replaces nothing; `drop` unmaps exactly this range.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::PRIVATE | MapFlags::POPULATE,
+                file,
+                0,
+            )
+        }
+        .map_err(io)?;
+        Ok(FileBytes(FileRepr::Mapped {
+            ptr: ptr.cast::<u8>().cast_const(),
+            len,
+            unmap: true,
+        }))
+    }
+
+    /// Leaves a mapping mapped until the process exits: dropping the value
+    /// no longer unmaps it. For a process that links once and then runs or
+    /// exits (the CLI): the kernel drops every mapping at exit in one pass,
+    /// while a `munmap` per input costs a call and a TLB flush on every
+    /// thread (on synth, 200 of them while the link's threads run). The
+    /// pages are the page cache's, clean: keeping them mapped costs address
+    /// space only (the kernel may still reclaim them).
+    pub fn keep_mapped(mut self) -> FileBytes {
+        if let FileRepr::Mapped { unmap, .. } = &mut self.0 {
+            *unmap = false;
+        }
+        self
+    }
+
+    /// Whether the bytes are a mapping of the file (not a copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.0, FileRepr::Mapped { .. })
+    }
+
+    /// The bytes as a vector: moved out if owned, copied if mapped.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        if let FileRepr::Owned(v) = &mut self.0 {
+            return std::mem::take(v);
+        }
+        self.to_vec()
+    }
+}
+
+impl From<Vec<u8>> for FileBytes {
+    fn from(v: Vec<u8>) -> FileBytes {
+        FileBytes(FileRepr::Owned(v))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            FileRepr::Owned(v) => v,
+            // SAFETY: `ptr..ptr + len` is this value's own read-only
+            // mapping, alive until `drop`; `map`'s caller promised the file
+            // keeps its length and bytes meanwhile.
+            FileRepr::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl std::fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBytes")
+            .field("len", &self.len())
+            .field("mapped", &self.is_mapped())
+            .finish()
+    }
+}
+
+impl Drop for FileBytes {
+    fn drop(&mut self) {
+        if let FileRepr::Mapped {
+            ptr,
+            len,
+            unmap: true,
+        } = self.0
+        {
+            // SAFETY: the mapping `map` made, unmapped once, here; no slice
+            // of it outlives `self` (they borrow it).
+            let _ = unsafe { rustix::mm::munmap(ptr.cast_mut().cast::<c_void>(), len) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapped_file_reads_as_its_bytes() {
+        let dir = std::env::temp_dir().join(format!("kiln-filebytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("input.bin");
+        let data: Vec<u8> = (0..3 * PAGE as usize + 17).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: the test's own file, not changed while mapped.
+        let mapped = unsafe { FileBytes::map(&file) }.unwrap();
+        assert!(mapped.is_mapped());
+        assert_eq!(&mapped[..], &data[..]);
+        assert_eq!(mapped.into_vec(), data);
+        // An empty file has nothing to map: it reads as no bytes.
+        let empty_path = dir.join("empty.bin");
+        std::fs::write(&empty_path, b"").unwrap();
+        let empty = std::fs::File::open(&empty_path).unwrap();
+        // SAFETY: as above.
+        let empty = unsafe { FileBytes::map(&empty) }.unwrap();
+        assert!(!empty.is_mapped());
+        assert!(empty.is_empty());
+        let owned = FileBytes::from(data.clone());
+        assert!(!owned.is_mapped());
+        assert_eq!(owned.into_vec(), data);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn states_and_reuse() {

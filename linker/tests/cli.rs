@@ -453,3 +453,59 @@ fn non_pie_code_reaches_data_of_another_lazily_linked_object() {
         );
     }
 }
+
+/// A C file whose object is well above the 16 KiB from which `kiln run`
+/// maps inputs instead of reading them: 48 KiB of initialized data, read
+/// through relocations, and a checksum the program prints.
+const BIG_OBJECT: &str = r#"
+#include <stdio.h>
+#define N (12 * 1024)
+static const unsigned table[N] = {
+#define ROW(i) (i) * 2654435761u, (i) * 40503u + 1, (i) ^ 0x5bd1e995u, (i) + 7,
+#define R16(i) ROW(i) ROW(i + 1) ROW(i + 2) ROW(i + 3)
+#define R64(i) R16(i) R16(i + 4) R16(i + 8) R16(i + 12)
+#define R256(i) R64(i) R64(i + 16) R64(i + 32) R64(i + 48)
+#define R1K(i) R256(i) R256(i + 64) R256(i + 128) R256(i + 192)
+    R1K(0) R1K(256) R1K(512) R1K(768) R1K(1024) R1K(1280)
+    R1K(1536) R1K(1792) R1K(2048) R1K(2304) R1K(2560) R1K(2816)
+};
+const unsigned *table_ptr = table;
+int main(void) {
+    unsigned long long sum = 0;
+    for (int i = 0; i < N; i++) sum = sum * 31 + table_ptr[i];
+    printf("sum=%llu\n", sum);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_large_object_is_linked_the_same_mapped_or_read() {
+    let dir = scratch("big-object");
+    let obj = compile_c_text(&dir, "big", BIG_OBJECT, &["-O1"]);
+    let size = std::fs::metadata(&obj).unwrap().len();
+    assert!(
+        size > 32 << 10,
+        "the object must be large enough to be mapped: {size} bytes"
+    );
+    // The expected sum, computed here as the C program does.
+    let mut table = Vec::with_capacity(12 * 1024);
+    for i in 0..3 * 1024u32 {
+        // 3,072 rows of 4: N entries.
+        table.extend([
+            i.wrapping_mul(2654435761),
+            i.wrapping_mul(40503).wrapping_add(1),
+            i ^ 0x5bd1e995,
+            i + 7,
+        ]);
+    }
+    let sum = table
+        .iter()
+        .fold(0u64, |s, &v| s.wrapping_mul(31).wrapping_add(u64::from(v)));
+    let want = format!("sum={sum}\n");
+    // Eager links map the object; --lazy reads it.
+    for flags in [&[][..], &["--lazy"]] {
+        let out = kiln().arg("run").args(flags).arg(&obj).output().unwrap();
+        assert!(out.status.success(), "{flags:?}: {}", show(&out));
+        assert_eq!(text(&out.stdout), want, "{flags:?}: {}", show(&out));
+    }
+}

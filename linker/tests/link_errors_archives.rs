@@ -351,7 +351,7 @@ fn shared_and_copied_reads_give_the_same_graph() {
     );
     let bytes = std::fs::read(&obj).unwrap();
     let copied = kiln_linker::elf::parse_object("shared_read.o", &bytes).unwrap();
-    let file = std::sync::Arc::new(bytes.clone());
+    let file = std::sync::Arc::new(bytes.clone().into());
     let shared = kiln_linker::elf::parse_object_shared("shared_read.o", &file).unwrap();
     assert_eq!(copied.blocks.len(), shared.blocks.len());
     let mut from_file = 0;

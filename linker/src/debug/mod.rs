@@ -560,7 +560,7 @@ pub(crate) fn read_object(
     if !options.gdb && !options.jitdump {
         return crate::elf::read_object(graph, name, bytes);
     }
-    let file: crate::graph::InputBytes = std::sync::Arc::new(bytes.to_vec());
+    let file: crate::graph::InputBytes = std::sync::Arc::new(bytes.to_vec().into());
     let parsed = crate::elf::parse_object_shared(name, &file)?;
     Ok(graph.merge(parsed))
 }
