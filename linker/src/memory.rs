@@ -872,6 +872,13 @@ impl FileBytes {
     }
 }
 
+/// No bytes (an empty, owned buffer).
+impl Default for FileBytes {
+    fn default() -> FileBytes {
+        FileBytes(FileRepr::Owned(Vec::new()))
+    }
+}
+
 impl From<Vec<u8>> for FileBytes {
     fn from(v: Vec<u8>) -> FileBytes {
         FileBytes(FileRepr::Owned(v))

@@ -417,7 +417,7 @@ impl KilnModule {
         let (funcs, data, arena) = {
             let mut state = self.state();
             let arena = Arena {
-                bytes: Arc::new(std::mem::take(&mut state.code)),
+                bytes: Arc::new(std::mem::take(&mut state.code).into()),
                 relocs: std::mem::take(&mut state.relocs),
             };
             (
