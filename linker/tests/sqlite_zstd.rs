@@ -162,6 +162,14 @@ fn sqlite_from_gcc_runs_eager_lazy_and_from_images() {
 }
 
 #[test]
+fn sqlite_from_clang_fpic_runs_eager_lazy_and_from_images() {
+    assert!(need_tool("clang"));
+    let flags = ["-O2", "-fPIC"];
+    let objs = build_sqlite("clang", &flags, "clang-O2-fPIC");
+    check_x86_64("clang", &objs, &flags, SQLITE_OK, "sqlite-clang-fPIC");
+}
+
+#[test]
 fn zstd_runs_from_an_aarch64_image_under_qemu() {
     assert!(need_tool(AARCH64_CC) && need_tool(QEMU));
     let objs = build_zstd(AARCH64_CC, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
