@@ -95,12 +95,18 @@ pub(crate) fn build_zstd(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
     compile_all(cc, &sources, &all, &[lib.as_path(), common.as_path()], &dir)
 }
 
-/// SQLite's amalgamation (single-threaded, no extension loading) and the
+/// SQLite's amalgamation (no extension loading; `threads`: serialized
+/// mode, its mutexes the host's pthread ones, else single-threaded) and the
 /// driver, compiled with `cc flags`.
-pub(crate) fn build_sqlite(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+pub(crate) fn build_sqlite(cc: &str, threads: bool, flags: &[&str], tag: &str) -> Vec<PathBuf> {
     let src = crate_root("libsqlite3-sys-0.").join("sqlite3");
     let sources = [src.join("sqlite3.c"), c_dir().join("sqlite_driver.c")];
-    let mut all = vec!["-DSQLITE_THREADSAFE=0", "-DSQLITE_OMIT_LOAD_EXTENSION"];
+    let threadsafe = if threads {
+        "-DSQLITE_THREADSAFE=1"
+    } else {
+        "-DSQLITE_THREADSAFE=0"
+    };
+    let mut all = vec![threadsafe, "-DSQLITE_OMIT_LOAD_EXTENSION"];
     all.extend_from_slice(flags);
     let dir = scratch(&format!("sqlite-{tag}"));
     compile_all(cc, &sources, &all, &[src.as_path()], &dir)
