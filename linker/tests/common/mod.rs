@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use kiln_linker::{HostSymbols, LinkError, Linker};
 
 pub(crate) mod programs;
+pub(crate) mod sqlite_zstd;
 
 /// Serializes tests that redirect file descriptor 1.
 pub(crate) static STDOUT_LOCK: Mutex<()> = Mutex::new(());

@@ -1,0 +1,113 @@
+//! SQLite (the amalgamation bundled in the `libsqlite3-sys` crate) and zstd
+//! (`zstd-sys`'s `zstd/lib`), compiled from their C sources with the test
+//! drivers `tests/c/sqlite_driver.c` and `tests/c/zstd_driver.c`. Both
+//! crates are dev-dependencies under `cfg(any())`: cargo fetches them and
+//! `cargo metadata` lists them, but never builds them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{c_dir, compile, scratch};
+
+/// The root directory of the dependency whose manifest path contains
+/// `dir_prefix` (e.g. `zstd-sys-2.`), found through `cargo metadata`.
+pub(crate) fn crate_root(dir_prefix: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = "\"manifest_path\":\"";
+    let manifest = text
+        .match_indices(key)
+        .map(|(i, _)| {
+            let rest = &text[i + key.len()..];
+            &rest[..rest.find('"').unwrap_or(0)]
+        })
+        .find(|p| p.contains(&format!("/{dir_prefix}")))
+        .unwrap_or_else(|| {
+            panic!("{dir_prefix}* in cargo metadata (a kiln-linker dev-dependency)")
+        });
+    Path::new(manifest)
+        .parent()
+        .expect("crate root")
+        .to_path_buf()
+}
+
+/// Compiles `sources` with `cc flags -I include...` into `dir` (as
+/// `<stem>.o`; stems must be distinct), three at a time.
+fn compile_all(
+    cc: &str,
+    sources: &[PathBuf],
+    flags: &[&str],
+    include: &[&Path],
+    dir: &Path,
+) -> Vec<PathBuf> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|k| {
+                let chunk: Vec<PathBuf> = sources.iter().skip(k).step_by(3).cloned().collect();
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|c| {
+                            let stem = c.file_stem().unwrap_or_default().to_string_lossy();
+                            compile(cc, c, flags, include, &dir.join(format!("{stem}.o")))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("compile thread"))
+            .collect()
+    })
+}
+
+/// zstd's library (`common/`, `compress/`, `decompress/`; no legacy
+/// formats, no assembly) and the driver, compiled with `cc flags`.
+pub(crate) fn build_zstd(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    let lib = crate_root("zstd-sys-2.").join("zstd/lib");
+    let mut sources = Vec::new();
+    for sub in ["common", "compress", "decompress"] {
+        let d = lib.join(sub);
+        sources.extend(
+            std::fs::read_dir(&d)
+                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "c")),
+        );
+    }
+    sources.sort();
+    sources.push(c_dir().join("zstd_driver.c"));
+    let mut all = vec!["-DZSTD_DISABLE_ASM", "-DZSTD_LEGACY_SUPPORT=0"];
+    all.extend_from_slice(flags);
+    let common = lib.join("common");
+    let dir = scratch(&format!("zstd-{tag}"));
+    compile_all(cc, &sources, &all, &[lib.as_path(), common.as_path()], &dir)
+}
+
+/// SQLite's amalgamation (no extension loading; `threads`: serialized
+/// mode, its mutexes the host's pthread ones, else single-threaded) and the
+/// driver, compiled with `cc flags`.
+pub(crate) fn build_sqlite(cc: &str, threads: bool, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    let src = crate_root("libsqlite3-sys-0.").join("sqlite3");
+    let sources = [src.join("sqlite3.c"), c_dir().join("sqlite_driver.c")];
+    let threadsafe = if threads {
+        "-DSQLITE_THREADSAFE=1"
+    } else {
+        "-DSQLITE_THREADSAFE=0"
+    };
+    let mut all = vec![threadsafe, "-DSQLITE_OMIT_LOAD_EXTENSION"];
+    all.extend_from_slice(flags);
+    let dir = scratch(&format!("sqlite-{tag}"));
+    compile_all(cc, &sources, &all, &[src.as_path()], &dir)
+}

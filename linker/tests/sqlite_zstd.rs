@@ -1,0 +1,197 @@
+//! SQLite and zstd — real programs kiln's authors did not write — built
+//! from their C sources (see `common/sqlite_zstd.rs`) with small drivers
+//! (`tests/c/sqlite_driver.c`, `tests/c/zstd_driver.c`), run every way kiln
+//! runs code, with stdout and exit status equal to the native build's:
+//!
+//! - x86-64: `kiln run` (eager), `kiln run --lazy`, `kiln image save` in
+//!   one process and `kiln run IMAGE.kimg` in another, and the C loader
+//!   (`linker/loader`, `kiln-load IMAGE.kimg`);
+//! - aarch64: an image saved by kiln on this machine and run by the aarch64
+//!   C loader under qemu, against the native aarch64 build under qemu.
+//!
+//! Each configuration is compiled once, by the one test that uses it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::images::{kiln, save, show};
+use common::sqlite_zstd::{build_sqlite, build_zstd};
+use common::*;
+
+const AARCH64_CC: &str = "aarch64-linux-gnu-gcc";
+const QEMU: &str = "qemu-aarch64-static";
+const SYSROOT: &str = "/usr/aarch64-linux-gnu";
+/// `EM_AARCH64`, the image's ELF machine.
+const EM_AARCH64: u8 = 183;
+
+/// `linker/loader/build.sh ISA DIR`, once per ISA per test process:
+/// `DIR/kiln-load`.
+fn loader(isa: &'static str) -> &'static Path {
+    static X86_64: OnceLock<PathBuf> = OnceLock::new();
+    static AARCH64: OnceLock<PathBuf> = OnceLock::new();
+    let (cell, cc) = match isa {
+        "x86_64" => (&X86_64, "gcc"),
+        _ => (&AARCH64, AARCH64_CC),
+    };
+    cell.get_or_init(|| {
+        assert!(need_tool(cc), "{cc} builds kiln-load for {isa}");
+        let dir = scratch(&format!("sqlite-zstd-loader-{isa}"));
+        let o = Command::new("sh")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
+            .arg(isa)
+            .arg(&dir)
+            .output()
+            .expect("sh runs");
+        assert!(o.status.success(), "build.sh {isa}: {}", show(&o));
+        dir.join("kiln-load")
+    })
+}
+
+/// A finished program's (stdout, exit status).
+fn result(o: &Output) -> (String, i32) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code().unwrap_or(-1),
+    )
+}
+
+/// Runs `objs` (x86-64) natively, with `kiln run` eager and `--lazy`, from
+/// an image saved by `kiln image save` and run by `kiln run IMAGE` and by
+/// `kiln-load IMAGE`: every run prints and returns what the native build
+/// does, and the native output contains `marker`.
+fn check_x86_64(cc: &str, objs: &[PathBuf], flags: &[&str], marker: &str, tag: &str) {
+    let dir = scratch(&format!("sqlite-zstd-{tag}"));
+    let native = run_native(cc, objs, flags, &["m"], &dir.join("native"));
+    assert!(
+        native.0.contains(marker),
+        "{tag}: native run lacks {marker:?}:\n{}",
+        native.0
+    );
+    let (out, status, stderr) = run_kiln(false, objs, &[], &[]);
+    assert_eq!((out, status), native, "{tag}: kiln run (eager)\n{stderr}");
+    assert_lazy_run_matches(objs, &[], (&native.0, native.1), tag);
+
+    let image = dir.join("prog.kimg");
+    save(&image, objs);
+    let k = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    assert_eq!(result(&k), native, "{tag}: kiln run IMAGE\n{}", show(&k));
+    let l = Command::new(loader("x86_64"))
+        .arg(&image)
+        .output()
+        .expect("kiln-load runs");
+    assert_eq!(result(&l), native, "{tag}: kiln-load IMAGE\n{}", show(&l));
+    assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
+}
+
+/// Runs aarch64 program `exe` (and `args`) under qemu.
+fn qemu(exe: &Path, args: &[&Path]) -> Output {
+    assert!(need_tool(QEMU));
+    Command::new(QEMU)
+        .args(["-L", SYSROOT])
+        .arg(exe)
+        .args(args)
+        .output()
+        .expect("qemu runs")
+}
+
+/// Links aarch64 `objs` natively and saves them as a kiln image (the target
+/// taken from the objects); runs the native build and the aarch64
+/// `kiln-load IMAGE` under qemu and demands the same stdout and exit status.
+fn check_aarch64(objs: &[PathBuf], marker: &str, tag: &str) {
+    let dir = scratch(&format!("sqlite-zstd-aarch64-{tag}"));
+    let exe = dir.join("native");
+    let o = Command::new(AARCH64_CC)
+        .args(["-O2", "-fPIE"])
+        .args(objs)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-lm")
+        .output()
+        .expect("aarch64 gcc runs");
+    assert!(o.status.success(), "{tag}: native link: {}", show(&o));
+    let native = result(&qemu(&exe, &[]));
+    assert!(
+        native.0.contains(marker),
+        "{tag}: native run lacks {marker:?}:\n{}",
+        native.0
+    );
+
+    let image = dir.join("prog.kimg");
+    save(&image, objs);
+    let bytes = std::fs::read(&image).expect("read the image");
+    assert_eq!(bytes.get(18), Some(&EM_AARCH64), "{tag}: ELF e_machine");
+    let l = qemu(loader("aarch64"), &[&image]);
+    assert_eq!(
+        result(&l),
+        native,
+        "{tag}: kiln-load under qemu\n{}",
+        show(&l)
+    );
+    assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
+}
+
+/// What each driver prints when its checks pass.
+const ZSTD_OK: &str = "streaming level 5 with checksum";
+const SQLITE_OK: &str = "cte: fib=13,610,28657,1346269,63245986";
+
+#[test]
+fn zstd_from_gcc_runs_eager_lazy_and_from_images() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_zstd("gcc", &flags, "gcc-O2-fPIE");
+    check_x86_64("gcc", &objs, &flags, ZSTD_OK, "zstd-gcc");
+}
+
+#[test]
+fn zstd_from_clang_runs_eager_lazy_and_from_images() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_zstd("clang", &flags, "clang-O2-fPIE");
+    check_x86_64("clang", &objs, &flags, ZSTD_OK, "zstd-clang");
+}
+
+#[test]
+fn sqlite_from_gcc_runs_eager_lazy_and_from_images() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_sqlite("gcc", false, &flags, "gcc-O2-fPIE");
+    check_x86_64("gcc", &objs, &flags, SQLITE_OK, "sqlite-gcc");
+}
+
+/// Thread-safe SQLite: its mutexes are the host's pthread ones.
+#[test]
+fn threadsafe_sqlite_from_clang_fpic_runs_eager_lazy_and_from_images() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIC"];
+    let objs = build_sqlite("clang", true, &flags, "clang-O2-fPIC");
+    check_x86_64("clang", &objs, &flags, SQLITE_OK, "sqlite-clang-fPIC");
+}
+
+#[test]
+fn zstd_runs_from_an_aarch64_image_under_qemu() {
+    if !(need_tool(AARCH64_CC) && need_tool(QEMU)) {
+        return;
+    }
+    let objs = build_zstd(AARCH64_CC, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
+    check_aarch64(&objs, ZSTD_OK, "zstd");
+}
+
+#[test]
+fn sqlite_runs_from_an_aarch64_image_under_qemu() {
+    if !(need_tool(AARCH64_CC) && need_tool(QEMU)) {
+        return;
+    }
+    let objs = build_sqlite(AARCH64_CC, false, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
+    check_aarch64(&objs, SQLITE_OK, "sqlite");
+}
