@@ -11,22 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use common::images::{kiln, save, show};
 use common::lua::build_lua;
 use common::*;
 use kiln_linker::image_file;
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn build_sh() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh")
@@ -64,18 +52,6 @@ fn build_loader_with(isa: &str, compiler: &str, cflags: &str, tag: &str) -> Path
 fn loader() -> &'static Path {
     static LOADER: OnceLock<PathBuf> = OnceLock::new();
     LOADER.get_or_init(|| build_loader("x86_64", "gcc"))
-}
-
-/// `kiln image save -o out inputs...`, asserting success.
-fn save(out: &Path, inputs: &[PathBuf]) {
-    let _ = std::fs::remove_file(out);
-    let o = kiln()
-        .args(["image", "save", "-o"])
-        .arg(out)
-        .args(inputs)
-        .output()
-        .expect("kiln runs");
-    assert!(o.status.success(), "image save: {}", show(&o));
 }
 
 fn run_loader(image: &Path, args: &[&str]) -> Output {

@@ -9,23 +9,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::images::{info_of, kiln, show};
 use common::lua::build_lua;
 use common::*;
 use kiln_linker::image_file::{self, BuildId, ImageError};
 use kiln_linker::{HostSymbols, LinkOptions, Linker};
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `kiln image save -o out inputs...`, asserting success.
 fn save(out: &Path, inputs: &[PathBuf], libs: &[&str]) {
@@ -821,18 +809,6 @@ fn save_against(out: &Path, against: &[&Path], inputs: &[PathBuf]) {
     }
     let o = cmd.args(inputs).output().expect("kiln runs");
     assert!(o.status.success(), "image save --against: {}", show(&o));
-}
-
-/// `kiln image info [--json] image`, asserting success.
-fn info_of(image: &Path, json: bool) -> String {
-    let mut cmd = kiln();
-    cmd.args(["image", "info"]);
-    if json {
-        cmd.arg("--json");
-    }
-    let o = cmd.arg(image).output().expect("kiln runs");
-    assert!(o.status.success(), "{}", show(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn build_id_of(image: &Path) -> String {
