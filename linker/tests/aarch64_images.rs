@@ -77,6 +77,33 @@ fn save(out: &Path, inputs: &[PathBuf]) -> Output {
         .expect("kiln runs")
 }
 
+/// `kiln image info` describes an aarch64 image; `kiln run` refuses it,
+/// naming the machine and what runs it.
+fn check_described_not_run(image: &Path, tag: &str) {
+    let o = kiln()
+        .args(["image", "info", "--json"])
+        .arg(image)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "{tag}: image info: {}", show(&o));
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        info.contains("aarch64-unknown-linux-gnu"),
+        "{tag}: image info names the target\n{info}"
+    );
+    let o = kiln().arg("run").arg(image).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "{tag}: kiln run of an aarch64 image: {}",
+        show(&o)
+    );
+    assert!(
+        err.contains("`machine` is 183 (aarch64)") && err.contains("build.sh aarch64"),
+        "{tag}: the refusal names the machine and the loader\n{err}"
+    );
+}
+
 /// Links `objs` natively (aarch64 gcc, PIE) and as a kiln image, runs both
 /// under qemu, and demands the same stdout and exit status.
 fn check_against_native(objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &str) {
@@ -105,6 +132,7 @@ fn check_against_native_with(cc: &str, objs: &[PathBuf], flags: &[&str], args: &
     let bytes = std::fs::read(&image).expect("read the image");
     assert_eq!(bytes[18], EM_AARCH64, "{tag}: ELF e_machine");
     assert_eq!(bytes[64 + 16], EM_AARCH64, "{tag}: image header machine");
+    check_described_not_run(&image, tag);
 
     let image_arg = image.to_string_lossy();
     let mut loader_args = vec![image_arg.as_ref()];

@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | 0 | magic `KILNIMG\0` |
 //! | 8 | format version (u32), header size (u32) |
-//! | 16 | machine (u16, the code's ELF machine: `EM_X86_64`, or `EM_AARCH64` for an image linked from aarch64 objects, which `kiln-load` runs and kiln refuses), pointer width (u8), endianness (u8, 1 = little), page size (u32) |
+//! | 16 | machine (u16, the code's ELF machine: `EM_X86_64`, or `EM_AARCH64` for an image linked from aarch64 objects, which `kiln-load` runs, `kiln image info` describes and `kiln run` refuses naming the loader), pointer width (u8), endianness (u8, 1 = little), page size (u32) |
 //! | 24 | required CPU features (u64 bit set: bit i is [`CPU_FEATURES`]`[i]`; see [`super::cpu`]) |
 //! | 32 | flags (u64, 0) |
 //! | 40 | build id (32 bytes) |

@@ -110,8 +110,69 @@ impl Ctx<'_> {
     }
 }
 
+/// What an image is parsed for: to be loaded here (its code must suit this
+/// process's ISA and CPU), or only described (`kiln image info`: any ISA
+/// kiln saves images for).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Load,
+    Describe,
+}
+
+const EM_X86_64: u16 = elf::EM_X86_64.0;
+const EM_AARCH64: u16 = elf::EM_AARCH64.0;
+
+/// The header's `machine` field: the host's when loading; any machine kiln
+/// saves images for when describing. An image of another ISA is refused
+/// saying what runs it.
+fn check_machine(c: &Ctx<'_>, machine: u16, purpose: Purpose) -> Result<(), ImageError> {
+    let known = [format::MACHINE, EM_AARCH64];
+    match purpose {
+        Purpose::Load if machine != format::MACHINE && known.contains(&machine) => Err(c.field(
+            "machine",
+            format!("{machine} ({})", machine_name(machine)),
+            format!(
+                "{} ({}, this process's ISA): run an image of another ISA with the C loader built for it (linker/loader/build.sh {} DIR; under qemu-{}-static on this machine)",
+                format::MACHINE,
+                machine_name(format::MACHINE),
+                machine_name(machine),
+                machine_name(machine),
+            ),
+        )),
+        Purpose::Load => c.expect("machine", machine, format::MACHINE),
+        Purpose::Describe if known.contains(&machine) => Ok(()),
+        Purpose::Describe => Err(c.field(
+            "machine",
+            machine,
+            format!("{} or {EM_AARCH64}", format::MACHINE),
+        )),
+    }
+}
+
+/// The ISA of an ELF machine number kiln saves images for.
+fn machine_name(machine: u16) -> &'static str {
+    match machine {
+        EM_X86_64 => "x86_64",
+        EM_AARCH64 => "aarch64",
+        _ => "unknown",
+    }
+}
+
+/// The target triple of an image's machine.
+fn target_of(machine: u16) -> &'static str {
+    match machine {
+        EM_AARCH64 => "aarch64-unknown-linux-gnu",
+        _ => super::TARGET,
+    }
+}
+
 /// The header's own checks: fixed fields, CPU features, size, content hash.
-fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageError> {
+fn check_header(
+    c: &Ctx<'_>,
+    file: &[u8],
+    hash: bool,
+    purpose: Purpose,
+) -> Result<Header, ImageError> {
     if !super::is_image(file) {
         return Err(ImageError::NotAnImage {
             name: c.file_name.to_string(),
@@ -124,12 +185,12 @@ fn check_header(c: &Ctx<'_>, file: &[u8], hash: bool) -> Result<Header, ImageErr
     let h = Header::decode(&file[HEADER_AT..min]);
     c.expect("format version", h.version, format::FORMAT_VERSION)?;
     c.expect("header size", h.header_size, HEADER_SIZE as u32)?;
-    c.expect("machine", h.machine, format::MACHINE)?;
+    check_machine(c, h.machine, purpose)?;
     c.expect("pointer width", h.pointer_width, 8)?;
     c.expect("endianness", h.endianness, 1)?;
     c.expect("page size", h.page_size, PAGE as u32)?;
     c.expect("flags", h.flags, 0)?;
-    if format::missing_cpu_features(h.cpu_features) != 0 {
+    if purpose == Purpose::Load && format::missing_cpu_features(h.cpu_features) != 0 {
         return Err(c.field(
             "required CPU features",
             format::feature_names(h.cpu_features),
@@ -268,11 +329,20 @@ pub(crate) fn parse_with<'a>(
     file: &'a [u8],
     hash: bool,
 ) -> Result<Parsed<'a>, ImageError> {
+    parse_for(file_name, file, hash, Purpose::Load)
+}
+
+fn parse_for<'a>(
+    file_name: &str,
+    file: &'a [u8],
+    hash: bool,
+    purpose: Purpose,
+) -> Result<Parsed<'a>, ImageError> {
     let c = Ctx { file_name };
-    let h = check_header(&c, file, hash)?;
+    let h = check_header(&c, file, hash, purpose)?;
     let elf_err = |e: object::read::Error| c.bad(format!("ELF container: {e}"));
     let ehdr = FileHeader64::<LE>::parse(file).map_err(elf_err)?;
-    c.expect("ELF e_machine", ehdr.e_machine(LE).0, elf::EM_X86_64.0)?;
+    c.expect("ELF e_machine", ehdr.e_machine(LE).0, h.machine)?;
     let segments = segments(&c, &h, ehdr, file)?;
     let (at, len) = (h.tls.image_offset, h.tls.image_size);
     if len > 0
@@ -960,7 +1030,7 @@ pub fn exported_names(file_name: &str, file: &[u8]) -> Result<Vec<String>, Image
 /// Checks an image file (the same checks as [`super::load`], without
 /// mapping it) and describes it.
 pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
-    let p = parse(file_name, file)?;
+    let p = parse_for(file_name, file, true, Purpose::Describe)?;
     let prot = |p: Prot| match p {
         Prot::ReadExec => ("text", "r-x"),
         Prot::Read => ("rodata", "r--"),
@@ -970,7 +1040,7 @@ pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
         name: p.name.to_string(),
         build_id: BuildId(p.header.build_id),
         format_version: p.header.version,
-        target: super::TARGET,
+        target: target_of(p.header.machine),
         cpu_features: format::feature_names(p.header.cpu_features),
         dependencies: p.deps.clone(),
         exports: p.exports.len(),
