@@ -338,7 +338,7 @@ fn damaged_images_are_refused_naming_the_field_and_both_values() {
     v[64 + 16] = 183; // EM_AARCH64
     image_file::reseal(&mut v);
     let e = refuse(&v);
-    assert!(e.contains("`machine` is 183, expected 62"), "{e}");
+    assert!(e.contains("`machine` is 183 (aarch64), expected 62 (x86_64"), "{e}");
     // A CPU feature this loader does not know (so no CPU has it).
     let mut v = good.clone();
     v[64 + 24 + 7] = 0x80;
