@@ -5,7 +5,7 @@ use std::io::Write as _;
 use kiln_linker::image_file::{self, BuildId, CpuFeatures, ImageDependency, ImageFile, ImageInfo};
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
-use super::{InfoArgs, SaveArgs};
+use super::{InfoArgs, SaveArgs, input_index};
 
 /// Links the inputs in imaging mode and writes the image file.
 pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
@@ -121,7 +121,11 @@ impl Against {
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so a
 /// reader never sees half a file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+pub(crate) fn write_atomically(
+    path: &std::path::Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path
         .parent()
@@ -357,6 +361,20 @@ pub(crate) fn cached(
             .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
     }
     check_private(dir, "directory")?;
+    // Inputs unchanged since they were hashed (same identities): the index
+    // names the entry without mapping and hashing them. The entry is then
+    // opened and checked as on any hit; a damaged one falls through.
+    if let Some(id) = input_index::lookup(dir, paths) {
+        let entry = dir.join(format!("{id}.kimg"));
+        if check_private(&entry, "entry").is_ok() {
+            if let Ok(image) = ImageFile::open(&entry).and_then(|i| i.check_process().map(|()| i)) {
+                if stats {
+                    eprintln!("kiln: cache hit {} (inputs unchanged)", entry.display());
+                }
+                return Ok(Cached::Image(image));
+            }
+        }
+    }
     let mut options = LinkOptions::default();
     options.imaging = true;
     // The key is the inputs' bytes, hashed from read-only mappings: a hit
@@ -400,6 +418,14 @@ pub(crate) fn cached(
     .with_dependencies(&image_ids);
     let entry = dir.join(format!("{id}.kimg"));
     let name = entry.display().to_string();
+    // Recorded only for objects and archives: a run with images among its
+    // inputs also needs their bytes (and loads them itself).
+    let stamps: Vec<input_index::Stamp> = mapped.iter().map(|(_, m)| m.stamp).collect();
+    let record = || {
+        if image_ids.is_empty() {
+            input_index::record(dir, paths, &stamps, &id.to_string());
+        }
+    };
     if entry.exists() {
         check_private(&entry, "entry")?;
         // Mapped, not read, and checked (content hash included) once: the
@@ -411,6 +437,7 @@ pub(crate) fn cached(
                 if stats {
                     eprintln!("kiln: cache hit {name}");
                 }
+                record();
                 return with_input_images(&views, image);
             }
             Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
@@ -469,6 +496,7 @@ pub(crate) fn cached(
     };
     drop(against);
     write_atomically(&entry, &bytes, 0o600)?;
+    record();
     if stats {
         eprintln!("kiln: cache miss, stored {name}");
     }
@@ -544,18 +572,24 @@ fn with_input_images<B: AsRef<[u8]>>(
 struct MappedInput {
     addr: *mut std::ffi::c_void,
     len: usize,
+    /// The file's identity, taken before it was mapped.
+    stamp: input_index::Stamp,
 }
 
 impl MappedInput {
     fn open(path: &std::path::Path) -> Result<MappedInput, String> {
         let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let now = input_index::now();
         let file = std::fs::File::open(path).map_err(err)?;
-        let len = usize::try_from(file.metadata().map_err(err)?.len())
+        let meta = file.metadata().map_err(err)?;
+        let stamp = input_index::Stamp::new(&meta, now);
+        let len = usize::try_from(meta.len())
             .map_err(|_| format!("cannot read {}: too large", path.display()))?;
         if len == 0 {
             return Ok(MappedInput {
                 addr: std::ptr::null_mut(),
                 len,
+                stamp,
             });
         }
         // SAFETY: a new read-only private mapping the kernel places; it
@@ -572,7 +606,7 @@ impl MappedInput {
             )
         }
         .map_err(|e| err(e.into()))?;
-        Ok(MappedInput { addr, len })
+        Ok(MappedInput { addr, len, stamp })
     }
 
     fn bytes(&self) -> &[u8] {

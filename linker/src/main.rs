@@ -19,6 +19,7 @@ use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
 mod image_cli;
+mod input_index;
 
 /// kiln's own allocations (link graphs, names) come from mimalloc: reading
 /// and merging the objects allocates on several threads, where glibc's

@@ -725,6 +725,72 @@ fn readelf_reads_the_container_and_image_info_describes_it() {
 /// inputs' content hash, a hit loads it, a damaged entry is reported in one
 /// line, relinked and replaced; a directory others may write is refused;
 /// inputs that cannot be imaged run uncached.
+/// `kiln run --cache` records, for inputs older than its racy window, their
+/// identities and the build id they hashed to: the next run with the same
+/// unchanged inputs hits without hashing them. An input rewritten in place
+/// (same size, mtime put back: only its ctime tells) is hashed again, a
+/// miss, and runs its new code.
+#[test]
+fn run_cache_hits_unchanged_inputs_by_their_index_and_rehashes_a_rewritten_one() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-cache-index");
+    let src = "#include <stdio.h>\nint main(void) { puts(\"index-A\"); return 7; }\n";
+    let obj = compile_c_text(&dir, "say", src, &["-O2", "-fPIE"]);
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    // Older than the racy window (2 s), so its identity can be trusted.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let run = || {
+        let o = kiln()
+            .args(["run", "--stats", "--cache"])
+            .arg(&cache)
+            .arg(&obj)
+            .output()
+            .expect("kiln runs");
+        assert_eq!(o.status.code(), Some(7), "{}", show(&o));
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (out, err) = run();
+    assert_eq!(out, "index-A\n");
+    assert!(err.contains("cache miss"), "{err}");
+    let (out, err) = run();
+    assert_eq!(out, "index-A\n");
+    assert!(
+        err.contains("cache hit") && err.contains("(inputs unchanged)"),
+        "{err}"
+    );
+    // Rewrite one byte of the string in place; put the mtime back.
+    let bytes = std::fs::read(&obj).expect("object");
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"index-A")
+        .expect("the string in the object")
+        + 6;
+    let mtime = std::fs::metadata(&obj)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    {
+        use std::io::{Seek as _, Write as _};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&obj)
+            .expect("open object");
+        f.seek(std::io::SeekFrom::Start(at as u64)).expect("seek");
+        f.write_all(b"B").expect("write");
+        f.set_modified(mtime).expect("set mtime");
+    }
+    // Past the racy window again: only the ctime tells the change.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let (out, err) = run();
+    assert_eq!(out, "index-B\n", "{err}");
+    assert!(err.contains("cache miss"), "{err}");
+}
+
 #[test]
 fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_directories() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -757,6 +823,7 @@ fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_director
     let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
         .expect("cache dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "kimg"))
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let stored = std::fs::read(&entries[0]).expect("entry");
