@@ -364,15 +364,9 @@ pub(crate) fn cached(
     // Inputs unchanged since they were hashed (same identities): the index
     // names the entry without mapping and hashing them. The entry is then
     // opened and checked as on any hit; a damaged one falls through.
-    if let Some(id) = input_index::lookup(dir, paths) {
-        let entry = dir.join(format!("{id}.kimg"));
-        if check_private(&entry, "entry").is_ok() {
-            if let Ok(image) = ImageFile::open(&entry).and_then(|i| i.check_process().map(|()| i)) {
-                if stats {
-                    eprintln!("kiln: cache hit {} (inputs unchanged)", entry.display());
-                }
-                return Ok(Cached::Image(image));
-            }
+    if let Some(found) = input_index::lookup(dir, paths) {
+        if let Some(image) = indexed_entry(dir, paths, found, stats) {
+            return Ok(Cached::Image(image));
         }
     }
     let mut options = LinkOptions::default();
@@ -421,9 +415,9 @@ pub(crate) fn cached(
     // Recorded only for objects and archives: a run with images among its
     // inputs also needs their bytes (and loads them itself).
     let stamps: Vec<input_index::Stamp> = mapped.iter().map(|(_, m)| m.stamp).collect();
-    let record = || {
+    let record = |entry_stamp| {
         if image_ids.is_empty() {
-            input_index::record(dir, paths, &stamps, &id.to_string());
+            input_index::record(dir, paths, &stamps, &id.to_string(), entry_stamp);
         }
     };
     if entry.exists() {
@@ -437,7 +431,7 @@ pub(crate) fn cached(
                 if stats {
                     eprintln!("kiln: cache hit {name}");
                 }
-                record();
+                record(image.stamp());
                 return with_input_images(&views, image);
             }
             Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
@@ -496,7 +490,8 @@ pub(crate) fn cached(
     };
     drop(against);
     write_atomically(&entry, &bytes, 0o600)?;
-    record();
+    // The entry is fresh: its own identity is recorded by a later hit.
+    record(None);
     if stats {
         eprintln!("kiln: cache miss, stored {name}");
     }
@@ -504,6 +499,34 @@ pub(crate) fn cached(
     drop(bytes);
     let image = ImageFile::open(&entry).map_err(|e| e.to_string())?;
     with_input_images(&inputs, image)
+}
+
+/// The entry the input index names, opened and checked (its content hash
+/// skipped if the index holds its stamp and it is unchanged); `None` if it
+/// is missing, not private, or fails a check (the caller then computes the
+/// key). An entry checked here for the first time has its stamp recorded.
+fn indexed_entry(
+    dir: &std::path::Path,
+    paths: &[std::path::PathBuf],
+    found: input_index::Recorded,
+    stats: bool,
+) -> Option<ImageFile> {
+    let entry = dir.join(format!("{}.kimg", found.id));
+    check_private(&entry, "entry").ok()?;
+    let image = match &found.entry {
+        Some(stamp) => ImageFile::open_stamped(&entry, stamp),
+        None => ImageFile::open(&entry),
+    }
+    .and_then(|i| i.check_process().map(|()| i))
+    .ok()?;
+    if stats {
+        eprintln!("kiln: cache hit {} (inputs unchanged)", entry.display());
+    }
+    let stamp = image.stamp();
+    if stamp.is_some() && stamp != found.entry {
+        input_index::record(dir, paths, &found.stamps, &found.id, stamp);
+    }
+    Some(image)
 }
 
 /// A weak definition of an object (or archive member) among `inputs` that

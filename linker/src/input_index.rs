@@ -14,7 +14,10 @@
 //! at least [`RACY`] older than the clock read before its `stat` (a write
 //! in the same timestamp tick could otherwise keep the ctime). The index
 //! lives in the cache directory (checked private) and is only a shortcut to
-//! a name: the entry it names is opened and checked as on any hit.
+//! a name: the entry it names is opened and checked as on any hit — its
+//! content hash skipped, by the same rule, if the index also holds the
+//! entry's identity and hash from a run that checked it
+//! ([`kiln_linker::image_file::ImageFile::open_stamped`]).
 
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -26,7 +29,7 @@ const RACY: Duration = Duration::from_secs(2);
 
 /// First line of an index file (bump when the layout or the meaning of the
 /// recorded build id changes).
-const MAGIC: &str = "kiln input index 1";
+const MAGIC: &str = "kiln input index 2";
 
 /// An input file's identity, taken before its bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +89,20 @@ fn index_path(dir: &Path, paths: &[PathBuf]) -> PathBuf {
     dir.join(format!("{}.inputs", &hex[..32]))
 }
 
-/// The build id (hex) recorded for `paths` in `dir`, if every input still
-/// has the identity it had when it was hashed. Any doubt (no index, another
+/// What the index recorded for a list of inputs that are all unchanged.
+pub(crate) struct Recorded {
+    /// The build id, in hex (64 digits, checked).
+    pub(crate) id: String,
+    /// The inputs' identities.
+    pub(crate) stamps: Vec<Stamp>,
+    /// The entry's identity and content hash when a run checked it.
+    pub(crate) entry: Option<kiln_linker::image_file::ImageStamp>,
+}
+
+/// What was recorded for `paths` in `dir`, if every input still has the
+/// identity it had when it was hashed. Any doubt (no index, another
 /// layout, a changed file, a file too fresh) answers `None`.
-pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<String> {
+pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<Recorded> {
     let mut text = String::new();
     std::fs::File::open(index_path(dir, paths))
         .ok()?
@@ -104,7 +117,11 @@ pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<String> {
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let mut count = 0;
+    let entry = match lines.next()? {
+        "-" => None,
+        line => Some(kiln_linker::image_file::ImageStamp::from_text(line)?),
+    };
+    let mut stamps = Vec::with_capacity(paths.len());
     for (path, line) in paths.iter().zip(lines.by_ref()) {
         let mut words = [0i64; 7];
         let mut fields = line.split(' ');
@@ -115,20 +132,31 @@ pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<String> {
         if fields.next().is_some() || !now.settled || now.words != words {
             return None;
         }
-        count += 1;
+        stamps.push(now);
     }
-    (count == paths.len() && lines.next().is_none()).then(|| id.to_string())
+    (stamps.len() == paths.len() && lines.next().is_none()).then(|| Recorded {
+        id: id.to_string(),
+        stamps,
+        entry,
+    })
 }
 
 /// Records that `paths`, with the identities `stamps` taken before their
-/// bytes were hashed, hash to build id `id` (hex). Nothing is recorded if
-/// any file was too fresh; failing to write is not an error (the index is
-/// only a shortcut).
-pub(crate) fn record(dir: &Path, paths: &[PathBuf], stamps: &[Stamp], id: &str) {
+/// bytes were hashed, hash to build id `id` (hex), and the entry's `entry`
+/// stamp if it has one. Nothing is recorded if any input was too fresh;
+/// failing to write is not an error (the index is only a shortcut).
+pub(crate) fn record(
+    dir: &Path,
+    paths: &[PathBuf],
+    stamps: &[Stamp],
+    id: &str,
+    entry: Option<kiln_linker::image_file::ImageStamp>,
+) {
     if stamps.len() != paths.len() || stamps.iter().any(|s| !s.settled) {
         return;
     }
-    let mut text = format!("{MAGIC}\n{id}\n");
+    let entry = entry.map_or_else(|| "-".to_string(), |e| e.to_text());
+    let mut text = format!("{MAGIC}\n{id}\n{entry}\n");
     for s in stamps {
         let line: Vec<String> = s.words.iter().map(i64::to_string).collect();
         text.push_str(&line.join(" "));
@@ -158,11 +186,11 @@ mod tests {
         let paths = vec![a.clone()];
         let fresh = Stamp::new(&std::fs::metadata(&a).unwrap(), now());
         assert!(!fresh.settled);
-        record(&d, &paths, &[fresh], &"cd".repeat(32));
+        record(&d, &paths, &[fresh], &"cd".repeat(32), None);
         assert!(!index_path(&d, &paths).exists());
         // A name that is not a build id is never returned.
-        std::fs::write(index_path(&d, &paths), format!("{MAGIC}\n../x\n")).unwrap();
-        assert_eq!(lookup(&d, &paths), None);
+        std::fs::write(index_path(&d, &paths), format!("{MAGIC}\n../x\n-\n")).unwrap();
+        assert!(lookup(&d, &paths).is_none());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
