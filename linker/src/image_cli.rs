@@ -364,10 +364,10 @@ pub(crate) fn cached(
     // Inputs unchanged since they were hashed (same identities): the index
     // names the entry without mapping and hashing them. The entry is then
     // opened and checked as on any hit; a damaged one falls through.
-    if let Some(found) = input_index::lookup(dir, paths) {
-        if let Some(image) = indexed_entry(dir, paths, found, stats) {
-            return Ok(Cached::Image(image));
-        }
+    if let Some(image) =
+        input_index::lookup(dir, paths).and_then(|found| indexed_entry(dir, paths, found, stats))
+    {
+        return Ok(Cached::Image(image));
     }
     let mut options = LinkOptions::default();
     options.imaging = true;
