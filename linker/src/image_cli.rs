@@ -5,7 +5,7 @@ use std::io::Write as _;
 use kiln_linker::image_file::{self, BuildId, CpuFeatures, ImageDependency, ImageFile, ImageInfo};
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
-use super::{InfoArgs, SaveArgs};
+use super::{InfoArgs, SaveArgs, input_index};
 
 /// Links the inputs in imaging mode and writes the image file.
 pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
@@ -121,7 +121,11 @@ impl Against {
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so a
 /// reader never sees half a file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+pub(crate) fn write_atomically(
+    path: &std::path::Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path
         .parent()
@@ -357,6 +361,14 @@ pub(crate) fn cached(
             .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
     }
     check_private(dir, "directory")?;
+    // Inputs unchanged since they were hashed (same identities): the index
+    // names the entry without mapping and hashing them. The entry is then
+    // opened and checked as on any hit; a damaged one falls through.
+    if let Some(image) =
+        input_index::lookup(dir, paths).and_then(|found| indexed_entry(dir, paths, found, stats))
+    {
+        return Ok(Cached::Image(image));
+    }
     let mut options = LinkOptions::default();
     options.imaging = true;
     // The key is the inputs' bytes, hashed from read-only mappings: a hit
@@ -400,6 +412,14 @@ pub(crate) fn cached(
     .with_dependencies(&image_ids);
     let entry = dir.join(format!("{id}.kimg"));
     let name = entry.display().to_string();
+    // Recorded only for objects and archives: a run with images among its
+    // inputs also needs their bytes (and loads them itself).
+    let stamps: Vec<input_index::Stamp> = mapped.iter().map(|(_, m)| m.stamp).collect();
+    let record = |entry_stamp| {
+        if image_ids.is_empty() {
+            input_index::record(dir, paths, &stamps, &id.to_string(), entry_stamp);
+        }
+    };
     if entry.exists() {
         check_private(&entry, "entry")?;
         // Mapped, not read, and checked (content hash included) once: the
@@ -411,6 +431,7 @@ pub(crate) fn cached(
                 if stats {
                     eprintln!("kiln: cache hit {name}");
                 }
+                record(image.stamp());
                 return with_input_images(&views, image);
             }
             Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
@@ -469,6 +490,8 @@ pub(crate) fn cached(
     };
     drop(against);
     write_atomically(&entry, &bytes, 0o600)?;
+    // The entry is fresh: its own identity is recorded by a later hit.
+    record(None);
     if stats {
         eprintln!("kiln: cache miss, stored {name}");
     }
@@ -476,6 +499,34 @@ pub(crate) fn cached(
     drop(bytes);
     let image = ImageFile::open(&entry).map_err(|e| e.to_string())?;
     with_input_images(&inputs, image)
+}
+
+/// The entry the input index names, opened and checked (its content hash
+/// skipped if the index holds its stamp and it is unchanged); `None` if it
+/// is missing, not private, or fails a check (the caller then computes the
+/// key). An entry checked here for the first time has its stamp recorded.
+fn indexed_entry(
+    dir: &std::path::Path,
+    paths: &[std::path::PathBuf],
+    found: input_index::Recorded,
+    stats: bool,
+) -> Option<ImageFile> {
+    let entry = dir.join(format!("{}.kimg", found.id));
+    check_private(&entry, "entry").ok()?;
+    let image = match &found.entry {
+        Some(stamp) => ImageFile::open_stamped(&entry, stamp),
+        None => ImageFile::open(&entry),
+    }
+    .and_then(|i| i.check_process().map(|()| i))
+    .ok()?;
+    if stats {
+        eprintln!("kiln: cache hit {} (inputs unchanged)", entry.display());
+    }
+    let stamp = image.stamp();
+    if stamp.is_some() && stamp != found.entry {
+        input_index::record(dir, paths, &found.stamps, &found.id, stamp);
+    }
+    Some(image)
 }
 
 /// A weak definition of an object (or archive member) among `inputs` that
@@ -544,18 +595,24 @@ fn with_input_images<B: AsRef<[u8]>>(
 struct MappedInput {
     addr: *mut std::ffi::c_void,
     len: usize,
+    /// The file's identity, taken before it was mapped.
+    stamp: input_index::Stamp,
 }
 
 impl MappedInput {
     fn open(path: &std::path::Path) -> Result<MappedInput, String> {
         let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let now = input_index::now();
         let file = std::fs::File::open(path).map_err(err)?;
-        let len = usize::try_from(file.metadata().map_err(err)?.len())
+        let meta = file.metadata().map_err(err)?;
+        let stamp = input_index::Stamp::new(&meta, now);
+        let len = usize::try_from(meta.len())
             .map_err(|_| format!("cannot read {}: too large", path.display()))?;
         if len == 0 {
             return Ok(MappedInput {
                 addr: std::ptr::null_mut(),
                 len,
+                stamp,
             });
         }
         // SAFETY: a new read-only private mapping the kernel places; it
@@ -572,7 +629,7 @@ impl MappedInput {
             )
         }
         .map_err(|e| err(e.into()))?;
-        Ok(MappedInput { addr, len })
+        Ok(MappedInput { addr, len, stamp })
     }
 
     fn bytes(&self) -> &[u8] {

@@ -1,9 +1,21 @@
 //! `kiln`: link relocatable objects and archives into this process, through
 //! kiln's engine, and run them.
+//!
+//! `#![no_main]`: the C runtime calls [`main`] below directly, without
+//! Rust's start-up wrapper, which reads `/proc/self/maps` (through
+//! `pthread_getattr_np`, ~48 `sscanf`s) to install a stack-overflow handler
+//! and its alternate stack for a process that mostly runs for a few
+//! milliseconds. What the wrapper did that kiln keeps is done in [`main`]
+//! (standard descriptors, `SIGPIPE` ignored, panics to status 101); the
+//! alternate signal stack is set up only before a program runs
+//! ([`install_fatal_signal_handlers`]). A stack overflow in kiln's own
+//! code therefore dies as a plain `SIGSEGV` instead of Rust's message.
+// Unit tests (`cargo test --bin kiln`) keep the test harness's own `main`.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
 
 use std::ffi::CString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -20,6 +32,7 @@ use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
 mod image_cli;
+mod input_index;
 
 /// kiln's own allocations (link graphs, names) come from mimalloc: reading
 /// and merging the objects allocates on several threads, where glibc's
@@ -182,7 +195,48 @@ struct Input {
     bytes: FileBytes,
 }
 
-fn main() -> ExitCode {
+/// The process's entry point (see the module note). `std::env::args`
+/// works without Rust's wrapper on glibc (std takes argv in `.init_array`).
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    open_standard_descriptors();
+    // SAFETY: sets a signal disposition (no handler code); as Rust's
+    // runtime does, so writes to a closed pipe fail with EPIPE — and the
+    // program kiln runs inherits it, as before.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // A panic (already reported by the panic hook) exits 101, as before.
+    let code = std::panic::catch_unwind(kiln_main).unwrap_or(101);
+    // Flushes Rust's stdout and exits through libc (atexit handlers run).
+    std::process::exit(code)
+}
+
+/// As Rust's runtime does: a closed stdin, stdout or stderr is opened on
+/// `/dev/null`, so no file kiln opens lands on descriptors 0-2.
+fn open_standard_descriptors() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of three pollfd; a zero timeout.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } == -1 {
+        return;
+    }
+    for pfd in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
+        // SAFETY: opens a path given as a NUL-terminated literal; the
+        // descriptor is left open on purpose (it is the lowest free one,
+        // `pfd.fd`).
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        if fd != pfd.fd {
+            // SAFETY: aborting is always allowed; a process whose standard
+            // descriptors cannot be filled is not safe to continue.
+            unsafe { libc::abort() };
+        }
+    }
+}
+
+fn kiln_main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Run(args)) => run_files(args),
@@ -191,18 +245,12 @@ fn main() -> ExitCode {
         None => run_bundled(),
     };
     match result {
-        Ok(code) => exit_now(code),
+        Ok(code) => code,
         Err(message) => {
             eprintln!("kiln: error: {message}");
-            ExitCode::from(1)
+            1
         }
     }
-}
-
-/// Exits with the program's status without returning through Rust's
-/// runtime twice; C stdio buffers are flushed by `exit`.
-fn exit_now(code: i32) -> ExitCode {
-    std::process::exit(code)
 }
 
 fn run_bundled() -> Result<i32, String> {
@@ -720,6 +768,36 @@ fn end_session_at_exit(session: &Session, layer: &ObjectLayer) {
 
 /// If the JIT'd program dies of a fatal signal, say so and exit with
 /// 128 + the signal number, as a shell would report it.
+/// An alternate signal stack for this thread, so the fatal-signal handler
+/// can report a stack overflow of the program (`SA_ONSTACK`). Set up only
+/// before a program runs (Rust's runtime, which kiln skips, did it for
+/// every process). Best effort: without it a stack overflow dies silently.
+fn install_alternate_signal_stack() {
+    const SIZE: usize = 64 * 1024;
+    // SAFETY: a new anonymous mapping the kernel places; it is handed to
+    // the kernel as this thread's signal stack and never freed (the thread
+    // is the process's main thread, which runs until exit).
+    unsafe {
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if stack == libc::MAP_FAILED {
+            return;
+        }
+        let ss = libc::stack_t {
+            ss_sp: stack,
+            ss_flags: 0,
+            ss_size: SIZE,
+        };
+        libc::sigaltstack(&ss, std::ptr::null_mut());
+    }
+}
+
 fn install_fatal_signal_handlers() {
     extern "C" fn on_fatal(sig: libc::c_int) {
         let msg: &[u8] = match sig {
@@ -736,6 +814,7 @@ fn install_fatal_signal_handlers() {
             libc::_exit(128 + sig);
         }
     }
+    install_alternate_signal_stack();
     for sig in [
         libc::SIGSEGV,
         libc::SIGBUS,

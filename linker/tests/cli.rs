@@ -509,3 +509,47 @@ fn a_large_object_is_linked_the_same_mapped_or_read() {
         assert_eq!(text(&out.stdout), want, "{flags:?}: {}", show(&out));
     }
 }
+
+/// A program that overflows its stack is reported as such (the fatal-signal
+/// handler runs on an alternate stack, which `kiln` sets up itself before
+/// running a program: it skips Rust's start-up, which made one), and kiln
+/// exits as a shell reports a signal (128 + SIGSEGV). Closed standard
+/// descriptors are filled with `/dev/null` first, as before: the program
+/// still sees its arguments and exits with its status.
+#[test]
+fn a_stack_overflow_is_reported_and_closed_standard_descriptors_are_filled() {
+    let dir = scratch("overflow");
+    let src = "int deep(int n) { volatile char pad[4096]; pad[0] = (char)n;\n\
+               return deep(n + 1) + pad[0]; }\n\
+               int main(int argc, char **argv) { (void)argv; return argc > 1 ? deep(0) : 3; }\n";
+    let obj = compile_c_text(&dir, "overflow", src, &["-O0"]);
+    let out = kiln()
+        .arg("run")
+        .arg(&obj)
+        .arg("--")
+        .arg("deep")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(128 + 11), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("died with SIGSEGV"),
+        "{}",
+        show(&out)
+    );
+    let out = kiln()
+        .arg("run")
+        .arg(&obj)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    // stdin closed (not /dev/null): kiln still runs the program.
+    let closed = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" run \"$1\" <&-")
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .arg(&obj)
+        .output()
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(3), "{}", show(&closed));
+}

@@ -338,7 +338,10 @@ fn damaged_images_are_refused_naming_the_field_and_both_values() {
     v[64 + 16] = 183; // EM_AARCH64
     image_file::reseal(&mut v);
     let e = refuse(&v);
-    assert!(e.contains("`machine` is 183 (aarch64), expected 62 (x86_64"), "{e}");
+    assert!(
+        e.contains("`machine` is 183 (aarch64), expected 62 (x86_64"),
+        "{e}"
+    );
     // A CPU feature this loader does not know (so no CPU has it).
     let mut v = good.clone();
     v[64 + 24 + 7] = 0x80;
@@ -713,6 +716,103 @@ fn readelf_reads_the_container_and_image_info_describes_it() {
 /// inputs' content hash, a hit loads it, a damaged entry is reported in one
 /// line, relinked and replaced; a directory others may write is refused;
 /// inputs that cannot be imaged run uncached.
+/// Rewrites the byte at `at` of `path` in place (same inode and size) and
+/// puts its mtime back: only the ctime tells the change.
+fn rewrite_byte_in_place(path: &Path, at: usize, f: impl Fn(u8) -> u8) {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mtime = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8];
+    file.seek(std::io::SeekFrom::Start(at as u64))
+        .expect("seek");
+    file.read_exact(&mut b).expect("read");
+    file.seek(std::io::SeekFrom::Start(at as u64))
+        .expect("seek");
+    file.write_all(&[f(b[0])]).expect("write");
+    file.set_modified(mtime).expect("set mtime");
+}
+
+/// `kiln run --cache` records, for inputs older than its racy window, their
+/// identities and the build id they hashed to: the next run with the same
+/// unchanged inputs hits without hashing them. An input rewritten in place
+/// (same size, mtime put back: only its ctime tells) is hashed again, a
+/// miss, and runs its new code. The entry's own identity and content hash
+/// are recorded too (its hash skipped while it is unchanged); an entry
+/// damaged in place is hashed again and relinked.
+#[test]
+fn run_cache_hits_unchanged_inputs_by_their_index_and_rehashes_a_rewritten_one() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-cache-index");
+    let src = "#include <stdio.h>\nint main(void) { puts(\"index-A\"); return 7; }\n";
+    let obj = compile_c_text(&dir, "say", src, &["-O2", "-fPIE"]);
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    // Older than the racy window (2 s), so its identity can be trusted.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let run = || {
+        let o = kiln()
+            .args(["run", "--stats", "--cache"])
+            .arg(&cache)
+            .arg(&obj)
+            .output()
+            .expect("kiln runs");
+        assert_eq!(o.status.code(), Some(7), "{}", show(&o));
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (out, err) = run();
+    assert_eq!(out, "index-A\n");
+    assert!(err.contains("cache miss"), "{err}");
+    let (out, err) = run();
+    assert_eq!(out, "index-A\n");
+    assert!(
+        err.contains("cache hit") && err.contains("(inputs unchanged)"),
+        "{err}"
+    );
+    // Once the entry is older than the racy window, a hit records its
+    // identity and content hash, and later hits skip hashing it — unless
+    // it changed: damaged in place (mtime put back), it is hashed again,
+    // refused and relinked.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert!(run().1.contains("(inputs unchanged)"));
+    let entry = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "kimg"))
+        .expect("an entry");
+    rewrite_byte_in_place(&entry, 0x1000, |b| b ^ 0xff);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let (out, err) = run();
+    assert_eq!(out, "index-A\n", "{err}");
+    assert!(
+        err.contains("damaged") && err.contains("content hash"),
+        "{err}"
+    );
+    // Rewrite one byte of the string in place; put the mtime back.
+    let bytes = std::fs::read(&obj).expect("object");
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"index-A")
+        .expect("the string in the object")
+        + 6;
+    rewrite_byte_in_place(&obj, at, |_| b'B');
+    // Past the racy window again: only the ctime tells the change.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let (out, err) = run();
+    assert_eq!(out, "index-B\n", "{err}");
+    assert!(err.contains("cache miss"), "{err}");
+}
+
 #[test]
 fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_directories() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -745,6 +845,7 @@ fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_director
     let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
         .expect("cache dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "kimg"))
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let stored = std::fs::read(&entries[0]).expect("entry");

@@ -59,6 +59,7 @@ fn entries(cache: &Path) -> Vec<PathBuf> {
     let mut e: Vec<PathBuf> = std::fs::read_dir(cache)
         .expect("cache dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "kimg"))
         .collect();
     e.sort();
     e

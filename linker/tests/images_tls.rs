@@ -217,7 +217,7 @@ fn a_static_tls_area_that_differs_is_refused_and_a_cache_entry_relinks() {
     let entry = std::fs::read_dir(&cache)
         .expect("cache dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .next()
+        .find(|p| p.extension().is_some_and(|e| e == "kimg"))
         .expect("an entry");
     let stored = std::fs::read(&entry).expect("entry");
     let mut stale = stored.clone();

@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 
 use super::read::{self, Parsed};
 use super::registry::{self, Registration};
-use super::{BuildId, ImageDependency, ImageError, verified};
+use super::{BuildId, ImageDependency, ImageError, format, verified};
 use crate::graph::Prot;
 use crate::host::SymbolResolver;
 use crate::image::{LinkedImage, SortedSymbols};
@@ -463,6 +463,45 @@ pub struct ImageFile {
     // descriptor, but the loader maps segments from `file` later.
     view: FileView,
     file: std::fs::File,
+    /// The file's identity when it was opened (before it was checked).
+    id: verified::Identity,
+}
+
+/// What another process needs to open an unchanged image file without
+/// hashing it again: the file's identity (device, inode, size, mtime,
+/// ctime) when its content hash was checked, and that hash. See
+/// [`ImageFile::stamp`] and [`ImageFile::open_stamped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageStamp {
+    words: [i64; 7],
+    hash: [u8; 32],
+}
+
+impl ImageStamp {
+    /// One line of text (decimal words, then the hash in hex).
+    pub fn to_text(&self) -> String {
+        let mut t: Vec<String> = self.words.iter().map(i64::to_string).collect();
+        t.push(self.hash.iter().map(|b| format!("{b:02x}")).collect());
+        t.join(" ")
+    }
+
+    /// Parses [`ImageStamp::to_text`]; `None` for anything else.
+    pub fn from_text(text: &str) -> Option<ImageStamp> {
+        let mut fields = text.split(' ');
+        let mut words = [0i64; 7];
+        for w in &mut words {
+            *w = fields.next()?.parse().ok()?;
+        }
+        let hex = fields.next()?.as_bytes();
+        if hex.len() != 64 || fields.next().is_some() {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (b, pair) in hash.iter_mut().zip(hex.chunks(2)) {
+            *b = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(ImageStamp { words, hash })
+    }
 }
 
 impl ImageFile {
@@ -492,7 +531,38 @@ impl ImageFile {
         let id = verified::Identity::new(&meta, now, verified::RACY);
         let view = FileView::new(&file, meta.len()).map_err(|e| io("map", e))?;
         read::parse_file(&name, view.bytes(), &id)?;
-        Ok(ImageFile { name, view, file })
+        Ok(ImageFile {
+            name,
+            view,
+            file,
+            id,
+        })
+    }
+
+    /// [`ImageFile::open`] of a file whose content hash a process checked
+    /// before, as `stamp` records (from [`ImageFile::stamp`]): if the file
+    /// still has that identity and its header that hash, it is not hashed
+    /// again (every other check runs). This trusts what the process-wide
+    /// "hashed once" rule trusts (see `image_file/verified.rs`): a write
+    /// through the kernel changes the ctime, which cannot be set back.
+    pub fn open_stamped(
+        path: &std::path::Path,
+        stamp: &ImageStamp,
+    ) -> Result<ImageFile, ImageError> {
+        verified::remember(verified::Identity::from_words(stamp.words), stamp.hash);
+        ImageFile::open(path)
+    }
+
+    /// This file's identity when it was opened and its (checked) content
+    /// hash, for [`ImageFile::open_stamped`] in a later process; `None` if
+    /// the file was changed too recently for its identity to be trusted
+    /// (its ctime within 2 s of the clock).
+    pub fn stamp(&self) -> Option<ImageStamp> {
+        let hash = format::header_content_hash(self.view.bytes())?;
+        Some(ImageStamp {
+            words: self.id.to_words()?,
+            hash,
+        })
     }
 
     /// Whether this process can give the image what it needs from the

@@ -71,7 +71,7 @@ use crate::passes::LinkOptions;
 pub use cpu::{CpuFeatures, UnknownCpuFeature};
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use host_table::{HostTable, set_host_table};
-pub use load::{IMAGE_MAGIC_END, ImageFile, load, load_file};
+pub use load::{IMAGE_MAGIC_END, ImageFile, ImageStamp, load, load_file};
 pub use read::{ImageInfo, ImageTls, dependencies, exported_names, inspect};
 pub use registry::{RegisteredImage, image_at};
 

@@ -80,6 +80,30 @@ impl Identity {
     pub(crate) fn size(&self) -> u64 {
         self.size
     }
+
+    /// The identity as seven words (device, inode, size, mtime s/ns, ctime
+    /// s/ns), to keep across processes; `None` if it is not settled (too
+    /// fresh to be trusted later).
+    pub(crate) fn to_words(self) -> Option<[i64; 7]> {
+        let w = |v: u64| i64::from_ne_bytes(v.to_ne_bytes());
+        self.settled.then(|| {
+            let (m, c) = (self.mtime, self.ctime);
+            [w(self.dev), w(self.ino), w(self.size), m.0, m.1, c.0, c.1]
+        })
+    }
+
+    /// A settled identity from [`Identity::to_words`].
+    pub(crate) fn from_words(words: [i64; 7]) -> Identity {
+        let u = |v: i64| u64::from_ne_bytes(v.to_ne_bytes());
+        Identity {
+            dev: u(words[0]),
+            ino: u(words[1]),
+            size: u(words[2]),
+            mtime: (words[3], words[4]),
+            ctime: (words[5], words[6]),
+            settled: true,
+        }
+    }
 }
 
 /// The real-time clock as the kernel stamps files with it (the coarse

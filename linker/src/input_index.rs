@@ -1,0 +1,196 @@
+//! `kiln run --cache`'s index of unchanged inputs: for a list of input
+//! paths, the build id their bytes hashed to and each file's identity
+//! (device, inode, size, mtime, ctime) when it was hashed. A later run
+//! whose inputs all still have those identities takes the build id from
+//! the index instead of mapping and hashing every input (~2 M instructions
+//! of a Lua hit's ~6 M).
+//!
+//! What this trusts is what `image_file`'s in-process "hashed once" rule
+//! trusts (`linker/src/image_file/verified.rs`), kept across processes:
+//! every write through the kernel sets a file's ctime to the current time,
+//! and ctime cannot be set back, so an unchanged identity means unchanged
+//! bytes — unless the bytes change bypassing the file system, or the clock
+//! is stepped back across a write. A file is recorded only if its ctime was
+//! at least [`RACY`] older than the clock read before its `stat` (a write
+//! in the same timestamp tick could otherwise keep the ctime). The index
+//! lives in the cache directory (checked private) and is only a shortcut to
+//! a name: the entry it names is opened and checked as on any hit — its
+//! content hash skipped, by the same rule, if the index also holds the
+//! entry's identity and hash from a run that checked it
+//! ([`kiln_linker::image_file::ImageFile::open_stamped`]).
+
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How much older than the clock a recorded file's ctime must be.
+const RACY: Duration = Duration::from_secs(2);
+
+/// First line of an index file (bump when the layout or the meaning of the
+/// recorded build id changes).
+const MAGIC: &str = "kiln input index 2";
+
+/// An input file's identity, taken before its bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    words: [i64; 7],
+    settled: bool,
+}
+
+impl Stamp {
+    /// The identity of the file `meta` describes; `now` is the clock read
+    /// before the `stat` that gave `meta`.
+    pub(crate) fn new(meta: &std::fs::Metadata, now: Duration) -> Stamp {
+        let as_i64 = |v: u64| i64::from_ne_bytes(v.to_ne_bytes());
+        let words = [
+            as_i64(meta.dev()),
+            as_i64(meta.ino()),
+            as_i64(meta.size()),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        ];
+        let settled = u64::try_from(meta.ctime()).is_ok_and(|secs| {
+            let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0);
+            Duration::new(secs, nanos).saturating_add(RACY) < now
+        });
+        Stamp { words, settled }
+    }
+
+    /// The identity of the file at `path` now (following symlinks, as
+    /// opening it does).
+    fn of_path(path: &Path) -> Option<Stamp> {
+        let now = now();
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Stamp::new(&meta, now))
+    }
+}
+
+/// The wall clock (coarse: it only needs to be compared with ctimes).
+pub(crate) fn now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The index file for this list of input paths (as given: the build id
+/// covers the names too).
+fn index_path(dir: &Path, paths: &[PathBuf]) -> PathBuf {
+    let mut h = blake3::Hasher::new();
+    h.update(MAGIC.as_bytes());
+    for p in paths {
+        let bytes = p.as_os_str().as_encoded_bytes();
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    let hex = h.finalize().to_hex();
+    dir.join(format!("{}.inputs", &hex[..32]))
+}
+
+/// What the index recorded for a list of inputs that are all unchanged.
+pub(crate) struct Recorded {
+    /// The build id, in hex (64 digits, checked).
+    pub(crate) id: String,
+    /// The inputs' identities.
+    pub(crate) stamps: Vec<Stamp>,
+    /// The entry's identity and content hash when a run checked it.
+    pub(crate) entry: Option<kiln_linker::image_file::ImageStamp>,
+}
+
+/// What was recorded for `paths` in `dir`, if every input still has the
+/// identity it had when it was hashed. Any doubt (no index, another
+/// layout, a changed file, a file too fresh) answers `None`.
+pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<Recorded> {
+    let mut text = String::new();
+    std::fs::File::open(index_path(dir, paths))
+        .ok()?
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != MAGIC {
+        return None;
+    }
+    let id = lines.next()?;
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let entry = match lines.next()? {
+        "-" => None,
+        line => Some(kiln_linker::image_file::ImageStamp::from_text(line)?),
+    };
+    let mut stamps = Vec::with_capacity(paths.len());
+    for (path, line) in paths.iter().zip(lines.by_ref()) {
+        let mut words = [0i64; 7];
+        let mut fields = line.split(' ');
+        for w in &mut words {
+            *w = fields.next()?.parse().ok()?;
+        }
+        let now = Stamp::of_path(path)?;
+        if fields.next().is_some() || !now.settled || now.words != words {
+            return None;
+        }
+        stamps.push(now);
+    }
+    (stamps.len() == paths.len() && lines.next().is_none()).then(|| Recorded {
+        id: id.to_string(),
+        stamps,
+        entry,
+    })
+}
+
+/// Records that `paths`, with the identities `stamps` taken before their
+/// bytes were hashed, hash to build id `id` (hex), and the entry's `entry`
+/// stamp if it has one. Nothing is recorded if any input was too fresh;
+/// failing to write is not an error (the index is only a shortcut).
+pub(crate) fn record(
+    dir: &Path,
+    paths: &[PathBuf],
+    stamps: &[Stamp],
+    id: &str,
+    entry: Option<kiln_linker::image_file::ImageStamp>,
+) {
+    if stamps.len() != paths.len() || stamps.iter().any(|s| !s.settled) {
+        return;
+    }
+    let entry = entry.map_or_else(|| "-".to_string(), |e| e.to_text());
+    let mut text = format!("{MAGIC}\n{id}\n{entry}\n");
+    for s in stamps {
+        let line: Vec<String> = s.words.iter().map(i64::to_string).collect();
+        text.push_str(&line.join(" "));
+        text.push('\n');
+    }
+    let path = index_path(dir, paths);
+    if let Err(e) = crate::image_cli::write_atomically(&path, text.as_bytes(), 0o600) {
+        eprintln!("kiln: warning: cannot record the cache's input index: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kiln-input-index-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_fresh_input_is_not_recorded_and_damaged_indexes_are_ignored() {
+        let d = dir("fresh");
+        let a = d.join("a.o");
+        std::fs::write(&a, b"aaaa").unwrap();
+        let paths = vec![a.clone()];
+        let fresh = Stamp::new(&std::fs::metadata(&a).unwrap(), now());
+        assert!(!fresh.settled);
+        record(&d, &paths, &[fresh], &"cd".repeat(32), None);
+        assert!(!index_path(&d, &paths).exists());
+        // A name that is not a build id is never returned.
+        std::fs::write(index_path(&d, &paths), format!("{MAGIC}\n../x\n-\n")).unwrap();
+        assert!(lookup(&d, &paths).is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
