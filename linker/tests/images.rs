@@ -338,7 +338,10 @@ fn damaged_images_are_refused_naming_the_field_and_both_values() {
     v[64 + 16] = 183; // EM_AARCH64
     image_file::reseal(&mut v);
     let e = refuse(&v);
-    assert!(e.contains("`machine` is 183 (aarch64), expected 62 (x86_64"), "{e}");
+    assert!(
+        e.contains("`machine` is 183 (aarch64), expected 62 (x86_64"),
+        "{e}"
+    );
     // A CPU feature this loader does not know (so no CPU has it).
     let mut v = good.clone();
     v[64 + 24 + 7] = 0x80;
@@ -1743,6 +1746,54 @@ fn kiln_run_of_an_image_and_a_cache_hit_map_the_file() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("content hash"),
         "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn image_save_stats_prints_run_stats_lines_and_still_writes_the_image() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let flags = ["-O2", "-fPIC", "-fcommon"];
+    let objs = prog_ab("gcc", &flags, "save-stats");
+    let image = scratch("images-save-stats").join("prog.kimg");
+    let _ = std::fs::remove_file(&image);
+    let o = kiln()
+        .args(["image", "save", "--stats", "-o"])
+        .arg(&image)
+        .args(&objs)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "image save --stats: {}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The lines benches/link_inputs/link_report.py reads from `kiln run
+    // --noexec --stats`.
+    for line in [
+        "kiln: stats",
+        "  inputs                 2\n",
+        "  objects linked         2\n",
+        "  read inputs ",
+        "  prepare (prune, GOT, allocate, resolve) ",
+        "  look up externals ",
+        "  fixup + finalize ",
+        "  link (entry Ready) ",
+        "  relocations / s ",
+        "  total ",
+    ] {
+        assert!(err.contains(line), "no {line:?} in:\n{err}");
+    }
+    let relocs: usize = err
+        .lines()
+        .find_map(|l| l.strip_prefix("  relocations            "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no relocations count in:\n{err}"));
+    assert!(relocs > 0, "{err}");
+    let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    // (prog_a's main returns a nonzero status on purpose.)
+    assert!(
+        o.status.code().is_some() && o.stdout.starts_with(b"0 is even"),
+        "the image --stats saved: {}",
         show(&o)
     );
 }
