@@ -79,6 +79,15 @@ def parse_jitlink(text, where):
 LABELS = {"kiln": "kiln run --noexec", "jitlink": "llvm-jitlink -noexec",
           "mold": "gcc -fuse-ld=mold", "mold-nofork": "gcc -fuse-ld=mold -Wl,--no-fork",
           "lld": "clang -fuse-ld=lld"}
+# The aarch64 inputs (name ending in -a64): kiln links them into an image file.
+LABELS_A64 = {"kiln": "kiln image save (aarch64)",
+              "jitlink": "llvm-jitlink -noexec -triple=aarch64-linux-gnu"}
+
+
+def label_of(name, tool):
+    if name.endswith("-a64") and tool in LABELS_A64:
+        return LABELS_A64[tool]
+    return LABELS.get(tool, tool)
 
 
 def whole_process(order, runs, med):
@@ -99,7 +108,7 @@ def whole_process(order, runs, med):
             sy = f"{med(name, tool, 'sys'):.1f}" if r["sys"] else "–"
             pf = f"{int(med(name, tool, 'faults')):,}" if r["faults"] else "–"
             ratio = f"{kiln_wall / w:.2f}×" if kiln_wall else "–"
-            print(f"| {name} | {LABELS[tool]} | {w:.1f} | {u} | {sy} | {pf} | {ratio} |")
+            print(f"| {name} | {label_of(name, tool)} | {w:.1f} | {u} | {sy} | {pf} | {ratio} |")
 
 
 def ms(v):
@@ -163,7 +172,7 @@ def main():
     if not order:
         raise SystemExit(f"{sys.argv[1]}: no runs")
     for (name, tool), t in sorted(timeouts.items()):
-        label = LABELS.get(tool, tool)
+        label = label_of(name, tool)
         print(f"Note: {label} was killed after {t} s on {name}; its figures for {name} are missing.")
         print()
 

@@ -125,6 +125,10 @@ struct SaveArgs {
     /// the header with them; loading on a CPU without them is refused.
     #[arg(long, value_name = "LIST")]
     cpu_features: Option<String>,
+    /// Print link statistics and phase times to stderr (the lines of
+    /// `kiln run --noexec --stats`).
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(Args, Debug)]
@@ -674,7 +678,45 @@ fn print_stats(
     ran: Option<Duration>,
 ) {
     let (stats, images) = layer.stats();
-    let t = layer.phase_times();
+    print_link_stats(&StatsReport {
+        inputs,
+        images,
+        stats,
+        times: layer.phase_times(),
+        lazy,
+        total,
+        link,
+        ran,
+    });
+}
+
+/// What `--stats` prints, from `kiln run` (an [`ObjectLayer`]'s links) or
+/// `kiln image save` (one [`Linker`] link).
+struct StatsReport<'a> {
+    inputs: usize,
+    images: usize,
+    stats: kiln_linker::LinkStats,
+    times: kiln_linker::layer::PhaseTimes,
+    lazy: Option<&'a kiln_engine::LazyReexports>,
+    total: Duration,
+    /// From object bytes read to everything linked (entry point Ready).
+    link: Duration,
+    ran: Option<Duration>,
+}
+
+/// Prints `--stats` to stderr (benches/link_inputs/link_report.py parses
+/// these lines).
+fn print_link_stats(r: &StatsReport<'_>) {
+    let StatsReport {
+        inputs,
+        images,
+        stats,
+        times: t,
+        lazy,
+        total,
+        link,
+        ran,
+    } = *r;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!("kiln: stats");
     eprintln!("  inputs                 {inputs}");

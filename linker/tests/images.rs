@@ -1847,3 +1847,51 @@ fn kiln_run_of_an_image_and_a_cache_hit_map_the_file() {
         show(&o)
     );
 }
+
+#[test]
+fn image_save_stats_prints_run_stats_lines_and_still_writes_the_image() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let flags = ["-O2", "-fPIC", "-fcommon"];
+    let objs = prog_ab("gcc", &flags, "save-stats");
+    let image = scratch("images-save-stats").join("prog.kimg");
+    let _ = std::fs::remove_file(&image);
+    let o = kiln()
+        .args(["image", "save", "--stats", "-o"])
+        .arg(&image)
+        .args(&objs)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "image save --stats: {}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The lines benches/link_inputs/link_report.py reads from `kiln run
+    // --noexec --stats`.
+    for line in [
+        "kiln: stats",
+        "  inputs                 2\n",
+        "  objects linked         2\n",
+        "  read inputs ",
+        "  prepare (prune, GOT, allocate, resolve) ",
+        "  look up externals ",
+        "  fixup + finalize ",
+        "  link (entry Ready) ",
+        "  relocations / s ",
+        "  total ",
+    ] {
+        assert!(err.contains(line), "no {line:?} in:\n{err}");
+    }
+    let relocs: usize = err
+        .lines()
+        .find_map(|l| l.strip_prefix("  relocations            "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no relocations count in:\n{err}"));
+    assert!(relocs > 0, "{err}");
+    let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    // (prog_a's main returns a nonzero status on purpose.)
+    assert!(
+        o.status.code().is_some() && o.stdout.starts_with(b"0 is even"),
+        "the image --stats saved: {}",
+        show(&o)
+    );
+}
