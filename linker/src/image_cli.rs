@@ -396,14 +396,7 @@ pub(crate) fn cached(
     lib_dirs: &[std::path::PathBuf],
     stats: bool,
 ) -> Result<Cached, String> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
-    }
-    check_private(dir, "directory")?;
+    private_dir(dir)?;
     // Inputs unchanged since they were hashed (same identities): the index
     // names the entry without mapping and hashing them. The entry is then
     // opened and checked as on any hit; a damaged one falls through.
@@ -483,6 +476,32 @@ pub(crate) fn cached(
     let inputs = owned(&views);
     drop(views);
     drop(mapped);
+    let Some(bytes) = link_entry(options, &inputs, libs, lib_dirs, &id)? else {
+        return Ok(Cached::Inputs(inputs));
+    };
+    write_atomically(&entry, &bytes, 0o600)?;
+    // The entry is fresh: its own identity is recorded by a later hit.
+    record(None);
+    if stats {
+        eprintln!("kiln: cache miss, stored {name}");
+    }
+    // Run from the entry as a hit would (mapped, checked once).
+    drop(bytes);
+    let image = ImageFile::open(&entry).map_err(|e| e.to_string())?;
+    with_input_images(&inputs, image)
+}
+
+/// `kiln run --cache DIR` on a miss: `inputs`' objects linked in imaging
+/// mode (against the image files among them, loaded without running) and
+/// saved as the entry's bytes with build id `id`; `None` (one line said
+/// why) when they cannot be saved as an image.
+fn link_entry(
+    options: LinkOptions,
+    inputs: &[(String, Vec<u8>)],
+    libs: &[String],
+    lib_dirs: &[std::path::PathBuf],
+    id: &BuildId,
+) -> Result<Option<Vec<u8>>, String> {
     let objects = || inputs.iter().filter(|(_, b)| !image_file::is_image(b));
     let mut linker = Linker::new(options);
     linker.run_initializers(false);
@@ -514,34 +533,38 @@ pub(crate) fn cached(
         Ok(image) => image,
         Err(e @ kiln_linker::LinkError::NotImageable { .. }) => {
             eprintln!("kiln: not cached (the inputs cannot be saved as an image): {e}");
-            return Ok(Cached::Inputs(inputs));
+            return Ok(None);
         }
         Err(e) => return Err(e.to_string()),
     };
     // SAFETY: none of the image's code ran (initializers off, nothing
     // looked up); its static TLS range is given back for the entry's load.
-    let bytes = match unsafe { image.save_image_and_release(&id) } {
-        Ok(bytes) => bytes,
+    let bytes = match unsafe { image.save_image_and_release(id) } {
+        Ok(bytes) => Some(bytes),
         // A PC-relative reference into one of the images.
         Err(image_file::ImageError::Link { source, .. })
             if matches!(*source, kiln_linker::LinkError::NotImageable { .. }) =>
         {
             eprintln!("kiln: not cached (the inputs cannot be saved as an image): {source}");
-            return Ok(Cached::Inputs(inputs));
+            return Ok(None);
         }
         Err(e) => return Err(e.to_string()),
     };
     drop(against);
-    write_atomically(&entry, &bytes, 0o600)?;
-    // The entry is fresh: its own identity is recorded by a later hit.
-    record(None);
-    if stats {
-        eprintln!("kiln: cache miss, stored {name}");
+    Ok(bytes)
+}
+
+/// The cache directory: created `0700` if missing, and refused unless
+/// private to this user (see [`check_private`]).
+fn private_dir(dir: &std::path::Path) -> Result<(), String> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
     }
-    // Run from the entry as a hit would (mapped, checked once).
-    drop(bytes);
-    let image = ImageFile::open(&entry).map_err(|e| e.to_string())?;
-    with_input_images(&inputs, image)
+    check_private(dir, "directory")
 }
 
 /// The entry the input index names, opened and checked (its content hash
