@@ -3,6 +3,7 @@
 use std::io::Write as _;
 
 use kiln_linker::image_file::{self, BuildId, CpuFeatures, ImageDependency, ImageFile, ImageInfo};
+use kiln_linker::memory::FileBytes;
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
 use super::{InfoArgs, SaveArgs, input_index};
@@ -654,13 +655,13 @@ fn with_input_images<B: AsRef<[u8]>>(
     Ok(Cached::Images(images))
 }
 
-/// An input file mapped read-only (`MAP_PRIVATE`), unmapped on drop. As
-/// for a linker that maps its inputs, a file truncated by someone else
-/// while mapped makes reads past its new end fault (`SIGBUS`); the mapping
-/// lives only while the cache key is computed (and copied on a miss).
+/// An input file mapped read-only ([`FileBytes::map`]), unmapped on drop,
+/// with its identity taken before it was mapped. As for a linker that maps
+/// its inputs, a file truncated by someone else while mapped makes reads
+/// past its new end fault (`SIGBUS`); the mapping lives only while the
+/// cache key is computed (and copied on a miss).
 struct MappedInput {
-    addr: *mut std::ffi::c_void,
-    len: usize,
+    bytes: FileBytes,
     /// The file's identity, taken before it was mapped.
     stamp: input_index::Stamp,
 }
@@ -670,51 +671,16 @@ impl MappedInput {
         let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
         let now = input_index::now();
         let file = std::fs::File::open(path).map_err(err)?;
-        let meta = file.metadata().map_err(err)?;
-        let stamp = input_index::Stamp::new(&meta, now);
-        let len = usize::try_from(meta.len())
-            .map_err(|_| format!("cannot read {}: too large", path.display()))?;
-        if len == 0 {
-            return Ok(MappedInput {
-                addr: std::ptr::null_mut(),
-                len,
-                stamp,
-            });
-        }
-        // SAFETY: a new read-only private mapping the kernel places; it
-        // aliases no Rust object, and only `bytes` reads it (see the type's
-        // note on files truncated meanwhile).
-        let addr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ,
-                rustix::mm::MapFlags::PRIVATE,
-                &file,
-                0,
-            )
-        }
-        .map_err(|e| err(e.into()))?;
-        Ok(MappedInput { addr, len, stamp })
+        let stamp = input_index::Stamp::new(&file.metadata().map_err(err)?, now);
+        // SAFETY: `kiln run --cache` assumes, as linkers do, that its inputs
+        // are not written or truncated while it runs (see the type's note);
+        // the mapping is dropped before the program runs.
+        let bytes = unsafe { FileBytes::map(&file) }.map_err(err)?;
+        Ok(MappedInput { bytes, stamp })
     }
 
     fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: `addr` maps `len` readable bytes until `self` drops; the
-        // slice borrows `self`.
-        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
-    }
-}
-
-impl Drop for MappedInput {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the mapping `open` made; no slice of it outlives
-            // `self` (`bytes` borrows it).
-            let _ = unsafe { rustix::mm::munmap(self.addr, self.len) };
-        }
+        &self.bytes
     }
 }
 

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use common::lua::build_lua;
+use common::programs::{CXX_SHAPES, CXX_SHAPES_MAIN};
 use common::*;
 
 const CC: &str = "aarch64-linux-gnu-gcc";
@@ -295,50 +296,6 @@ fn an_unknown_aarch64_relocation_is_named() {
     }
 }
 
-/// Constructors and destructors with priorities, `atexit` handlers, an
-/// exception thrown in one object and caught in another (`.eh_frame`, as the
-/// C loader registers it), virtual calls and `main`'s arguments (the
-/// program of `c_loader.rs`'s C++ test).
-const CXX_A: &str = r#"
-#include <cstdio>
-#include <cstdlib>
-#include <stdexcept>
-struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
-Shape *make(int which);
-int risky(int x);
-struct Log { const char *n; Log(const char *n) : n(n) { std::printf("ctor %s\n", n); }
-             ~Log() { std::printf("dtor %s\n", n); } };
-__attribute__((init_priority(200))) Log early("early");
-Log plain("plain");
-__attribute__((constructor(150))) static void first() { std::printf("constructor 150\n"); }
-__attribute__((constructor)) static void later() { std::printf("constructor default\n"); }
-__attribute__((destructor(150))) static void last() { std::printf("destructor 150\n"); }
-__attribute__((destructor)) static void dflt() { std::printf("destructor default\n"); }
-static void bye() { std::printf("atexit bye\n"); }
-int main(int argc, char **argv) {
-    std::atexit(bye);
-    std::printf("argc %d:", argc);
-    for (int i = 1; i < argc; i++) std::printf(" %s", argv[i]);
-    std::printf("\n");
-    int sum = 0;
-    for (int i = 0; i < 3; i++) { Shape *s = make(i); sum += s->area(); delete s; }
-    std::printf("areas %d\n", sum);
-    try { risky(7); } catch (const std::runtime_error &e) { std::printf("caught %s\n", e.what()); }
-    try { risky(-1); } catch (int v) { std::printf("caught int %d\n", v); }
-    return sum % 100 + argc;
-}
-"#;
-const CXX_B: &str = r#"
-#include <cstdio>
-#include <stdexcept>
-struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
-struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
-struct Rect : Shape { int w, h; Rect(int w, int h) : w(w), h(h) {} int area() const override { return w * h; } };
-Shape *make(int which) { if (which == 1) return new Rect(3, 4); return new Sq(which + 5); }
-int risky(int x) { if (x < 0) throw x; throw std::runtime_error("from b.cpp"); }
-struct Late { ~Late() { std::printf("dtor late\n"); } } late;
-"#;
-
 #[test]
 fn cxx_constructors_exceptions_and_virtual_calls_from_an_aarch64_image() {
     let cxx = "aarch64-linux-gnu-g++";
@@ -347,7 +304,7 @@ fn cxx_constructors_exceptions_and_virtual_calls_from_an_aarch64_image() {
         let tag = format!("cxx{}", flags.concat());
         let dir = scratch(&format!("aarch64-{tag}"));
         let mut objs = Vec::new();
-        for (name, src) in [("a", CXX_A), ("b", CXX_B)] {
+        for (name, src) in [("a", CXX_SHAPES_MAIN), ("b", CXX_SHAPES)] {
             let path = dir.join(format!("{name}.cpp"));
             std::fs::write(&path, src).expect("write source");
             objs.push(compile(

@@ -353,16 +353,7 @@ int main() {
     return sum % 100;
 }
 "#;
-    let b = r#"
-#include <cstdio>
-#include <stdexcept>
-struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
-struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
-struct Rect : Shape { int w, h; Rect(int w, int h) : w(w), h(h) {} int area() const override { return w * h; } };
-Shape *make(int which) { if (which == 1) return new Rect(3, 4); return new Sq(which + 5); }
-int risky(int x) { if (x < 0) throw x; throw std::runtime_error("from b.cpp"); }
-struct Late { ~Late() { std::printf("dtor late\n"); } } late;
-"#;
+    let b = programs::CXX_SHAPES;
     // clang++ -fPIE reaches its own hidden and local data PC-relatively;
     // g++ -fPIC goes through the GOT (its -fPIE would reach libstdc++'s
     // typeinfo PC-relatively: refused).

@@ -169,3 +169,49 @@ pub(crate) fn assert_kiln_mode_matches(
         "{tag} ({mode}): kiln's run differs from the native one (left: kiln). stderr:\n{err}"
     );
 }
+
+/// A C++ program's main object: constructors and destructors with
+/// priorities, `atexit` handlers, an exception thrown in [`CXX_SHAPES`]
+/// and caught here, virtual calls, and `main`'s arguments.
+pub(crate) const CXX_SHAPES_MAIN: &str = r#"
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+Shape *make(int which);
+int risky(int x);
+struct Log { const char *n; Log(const char *n) : n(n) { std::printf("ctor %s\n", n); }
+             ~Log() { std::printf("dtor %s\n", n); } };
+__attribute__((init_priority(200))) Log early("early");
+Log plain("plain");
+__attribute__((constructor(150))) static void first() { std::printf("constructor 150\n"); }
+__attribute__((constructor)) static void later() { std::printf("constructor default\n"); }
+__attribute__((destructor(150))) static void last() { std::printf("destructor 150\n"); }
+__attribute__((destructor)) static void dflt() { std::printf("destructor default\n"); }
+static void bye() { std::printf("atexit bye\n"); }
+int main(int argc, char **argv) {
+    std::atexit(bye);
+    std::printf("argc %d:", argc);
+    for (int i = 1; i < argc; i++) std::printf(" %s", argv[i]);
+    std::printf("\n");
+    int sum = 0;
+    for (int i = 0; i < 3; i++) { Shape *s = make(i); sum += s->area(); delete s; }
+    std::printf("areas %d\n", sum);
+    try { risky(7); } catch (const std::runtime_error &e) { std::printf("caught %s\n", e.what()); }
+    try { risky(-1); } catch (int v) { std::printf("caught int %d\n", v); }
+    return sum % 100 + argc;
+}
+"#;
+
+/// The other object of [`CXX_SHAPES_MAIN`] (and of the image tests' smaller
+/// mains): the classes, the throwing function and a static destructor.
+pub(crate) const CXX_SHAPES: &str = r#"
+#include <cstdio>
+#include <stdexcept>
+struct Shape { virtual ~Shape() {} virtual int area() const = 0; };
+struct Sq : Shape { int s; Sq(int s) : s(s) {} int area() const override { return s * s; } };
+struct Rect : Shape { int w, h; Rect(int w, int h) : w(w), h(h) {} int area() const override { return w * h; } };
+Shape *make(int which) { if (which == 1) return new Rect(3, 4); return new Sq(which + 5); }
+int risky(int x) { if (x < 0) throw x; throw std::runtime_error("from b.cpp"); }
+struct Late { ~Late() { std::printf("dtor late\n"); } } late;
+"#;
