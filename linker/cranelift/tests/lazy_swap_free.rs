@@ -291,17 +291,26 @@ fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
     assert!(mapped_executable(first));
     // Another thread keeps calling code outside the group meanwhile.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (called, first_call) = std::sync::mpsc::channel();
     let caller = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut n = 0u64;
-            while !stop.load(SeqCst) {
+            loop {
                 assert_eq!(keep_fn(5), 6);
                 n += 1;
+                if n == 1 {
+                    called.send(()).unwrap();
+                }
+                if stop.load(SeqCst) {
+                    return n;
+                }
             }
-            n
         })
     };
+    // The free happens while the other thread is calling (not before its
+    // first call: on a loaded machine it may not have been scheduled yet).
+    first_call.recv().unwrap();
     // SAFETY: nothing runs, or will run, the group's code.
     unsafe { module.free_group(group) }.unwrap();
     assert!(!mapped_executable(first), "the group's code was released");
