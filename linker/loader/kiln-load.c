@@ -22,6 +22,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -88,6 +90,22 @@ static void isa_sync_code(char *start, size_t len) { (void)start, (void)len; } /
 /* gcc's general-dynamic call sequences do not keep the stack 16-byte
  * aligned around `__tls_get_addr` (gcc PR58066). */
 #define ISA_TLS_GET_ADDR_ALIGN __attribute__((force_align_arg_pointer))
+/* TLS variant II: the executable's TLS block lies below the thread pointer
+ * (%fs:0 holds the thread pointer itself). kiln's own static TLS area
+ * (image field `static TLS area`) is below it too. */
+static char *isa_thread_pointer(void) {
+    char *tp;
+    __asm__("mov %%fs:0, %0" : "=r"(tp));
+    return tp;
+}
+#define ISA_TLS_AREA_SIDE "below the thread pointer"
+static int isa_tls_area_side_ok(int64_t tp_offset) { return tp_offset < 0; }
+/* The TLSDESC resolver of a static block (x86-64 TLSDESC convention: the
+ * descriptor's address in %rax, the variable's thread-pointer offset
+ * returned in %rax, every other register and the flags preserved): the
+ * descriptor's second word is that offset. */
+__asm__(".text\n.p2align 4\n.type kl_tlsdesc_static,@function\nkl_tlsdesc_static:\n"
+        "\tmovq 8(%rax), %rax\n\tret\n.size kl_tlsdesc_static, .-kl_tlsdesc_static\n");
 #elif defined(__aarch64__)
 /* `kiln image save` with aarch64 objects writes these (EM_AARCH64, 4 KiB
  * pages); no CPU feature bits are defined (any required bit is refused). */
@@ -97,6 +115,17 @@ static const char *const CPU_FEATURES[] = {""};
 static uint64_t isa_cpu_features(void) { return 0; }
 static void isa_sync_code(char *start, size_t len) { __builtin___clear_cache(start, start + len); }
 #define ISA_TLS_GET_ADDR_ALIGN
+/* TLS variant I: the thread pointer (tpidr_el0) points at a 16-byte TCB,
+ * the executable's TLS block follows it. */
+static char *isa_thread_pointer(void) { return __builtin_thread_pointer(); }
+#define ISA_TLS_AREA_SIDE "above the thread pointer's 16-byte TCB"
+static int isa_tls_area_side_ok(int64_t tp_offset) { return tp_offset >= 16; }
+/* The TLSDESC resolver of a static block (aarch64 TLSDESC convention: the
+ * descriptor's address in x0, the variable's thread-pointer offset
+ * returned in x0, every other register preserved; x30 is the caller's):
+ * the descriptor's second word is that offset. */
+__asm__(".text\n.p2align 2\n.type kl_tlsdesc_static,%function\nkl_tlsdesc_static:\n"
+        "\tldr x0, [x0, #8]\n\tret\n.size kl_tlsdesc_static, .-kl_tlsdesc_static\n");
 #else
 #error "kiln-load: add this ISA to the ISA-specific section"
 #endif
@@ -262,6 +291,13 @@ struct image {
     /* Thread-locals: template size, alignment, initial image (offset, size),
      * static TLS use. */
     uint64_t tls_size, tls_align, tls_image_off, tls_image_size, tls_static;
+    /* The static TLS area the image was linked against (local-exec only):
+     * its thread-pointer offset and size, the image's block in it. */
+    int64_t tls_area_tp;
+    uint64_t tls_area_size, tls_area_off;
+    int tls_desc;      /* it has TLSDESC slots */
+    int64_t tls_block; /* thread-pointer offset of its block (static placement) */
+    int tls_static_block; /* whether its block is in the loader's static area */
 } img;
 
 static int utf8_ok(const uint8_t *s, size_t n) { /* as Rust's str::from_utf8 */
@@ -304,10 +340,17 @@ static void feature_names(uint64_t bits, char *out, size_t cap) {
     if (!at) snprintf(out, cap, "none");
 }
 
-/* The TLS fields (read.rs check_tls). Dynamic models only: the loader has
- * no static TLS area for initial-exec/local-exec code. */
+/* A thread-pointer offset as kiln writes it (read.rs tp_offset). */
+static void tp_offset(int64_t v, char *out, size_t cap) {
+    if (v < 0) snprintf(out, cap, "tp-%#" PRIx64, (uint64_t)0 - (uint64_t)v);
+    else snprintf(out, cap, "tp+%#" PRIx64, (uint64_t)v);
+}
+
+/* The TLS fields (read.rs check_tls): consistent among themselves. Whether
+ * this process can give the image its static TLS is decided at load
+ * (tls_place). */
 static void check_tls_header(const uint8_t *h) {
-    char found[96];
+    char found[160];
     img.tls_size = U64(h + 288), img.tls_align = U64(h + 296);
     img.tls_image_off = U64(h + 304), img.tls_image_size = U64(h + 312), img.tls_static = U64(h + 320);
     uint64_t any = 0;
@@ -328,13 +371,19 @@ static void check_tls_header(const uint8_t *h) {
         snprintf(found, sizeof found, "%" PRIu64, img.tls_align);
         field("TLS template alignment", found, "a power of two up to 4096");
     }
-    if (img.tls_static == 1 || img.tls_static == 2) {
-        snprintf(found, sizeof found, "%" PRIu64 " (%s code)", img.tls_static,
-                 img.tls_static == 1 ? "initial-exec" : "local-exec");
-        field("static TLS use", found,
-              "0 (kiln-load has no static TLS area; compile with -fPIC, or run it with `kiln run`)");
+    img.tls_area_tp = (int64_t)U64(h + 328), img.tls_area_size = U64(h + 336), img.tls_area_off = U64(h + 344);
+    if (img.tls_static == 2) { /* local-exec: the recorded range (read.rs check_tls) */
+        char tp[40];
+        tp_offset(img.tls_area_tp, tp, sizeof tp);
+        if (img.tls_area_off > UINT64_MAX - img.tls_size || img.tls_area_off + img.tls_size > img.tls_area_size ||
+            !isa_tls_area_side_ok(img.tls_area_tp)) {
+            snprintf(found, sizeof found, "%#" PRIx64 "+%#" PRIx64 " of an area of %#" PRIx64 " bytes at thread-pointer offset %s",
+                     img.tls_area_off, img.tls_size, img.tls_area_size, tp);
+            field("static TLS range", found, "a range inside an area " ISA_TLS_AREA_SIDE);
+        }
+        return;
     }
-    if (img.tls_static != 0) {
+    if (img.tls_static > 2) {
         snprintf(found, sizeof found, "%" PRIu64, img.tls_static);
         field("static TLS use", found,
               "0 (none), 1 (initial-exec: any range) or 2 (local-exec: the recorded range)");
@@ -538,11 +587,13 @@ static void rebase(int apply, uint64_t base) {
     expect("rebased word count", count, img.nrebased);
 }
 
-struct import { uint64_t offset, addend; char *name; int weak, tls; };
+/* `tls`: 0, or 1 + the kind of a thread-local slot (`var`: the variable's
+ * offset in the TLS template). */
+struct import { uint64_t offset, addend, var; char *name; int weak, tls; };
 
-/* A thread-local slot (read.rs tls_slot): a module id (general/local-
- * dynamic) inside the template; TLSDESC is refused (its resolver must
- * preserve every register, the loader has none). */
+/* A thread-local slot (read.rs tls_slot): its kind, the variable inside
+ * the template; initial-exec slots only in an image that says it uses
+ * static TLS. */
 static void tls_slot(const uint8_t *r) {
     char found[64];
     uint32_t kind = U32(r + 28);
@@ -550,16 +601,11 @@ static void tls_slot(const uint8_t *r) {
         snprintf(found, sizeof found, "%u", kind);
         field("thread-local slot kind", found, "0..=3");
     }
-    if (kind == TLS_TP_OFFSET) {
+    if (kind == TLS_TP_OFFSET && img.tls_static == 0) {
         snprintf(found, sizeof found, "%" PRIu64, img.tls_static);
         field("static TLS use", found, "1 or 2 (the image has initial-exec slots)");
     }
-    if (kind >= TLS_DESC_RESOLVER) {
-        snprintf(found, sizeof found, "%u (TLSDESC)", kind);
-        field("thread-local slot kind", found,
-              "0 (kiln-load supports the general/local-dynamic model only: compile with "
-              "-mtls-dialect=gnu, or run it with `kiln run`)");
-    }
+    if (kind >= TLS_DESC_RESOLVER) img.tls_desc = 1;
     if (U64(r + 8) > img.tls_size) {
         snprintf(found, sizeof found, "%#" PRIx64, U64(r + 8));
         char want[64];
@@ -580,7 +626,7 @@ static void read_imports(void) {
         if (source == SOURCE_TLS && img.tls_size) {
             tls_slot(r);
             struct import *m = &imports[i];
-            m->offset = U64(r), m->tls = 1, m->name = "";
+            m->offset = U64(r), m->tls = 1 + (int)U32(r + 28), m->var = U64(r + 8), m->name = "";
             if (flags & ~3u) bad("thread-local slot %u: flags %u", i, flags);
             if (i > 0 && imports[i - 1].offset + 8 > m->offset)
                 bad("import %u () is not sorted by offset or overlaps the previous", i);
@@ -723,16 +769,105 @@ extern char **environ;
  * __dso_handle is the image's first byte), as libc_nonshared's does. */
 static int image_atexit(void (*f)(void)) { return __cxa_atexit((void (*)(void *))(void (*)(void))f, NULL, img.mem); }
 
-/* The image's thread-locals (general/local-dynamic only): one block per
- * thread, allocated on its first access from the image's initial values
- * (zeros after them), freed at the thread's exit (after its C++
- * thread_local destructors, which glibc runs first). The image's
- * `__tls_get_addr` is the loader's: its module id is KL_TLS_MODULE; any
- * other goes to ld.so's. */
+/* The image's thread-locals. The loader has a static TLS area of its own:
+ * `kl_area`, a thread-local of this executable, so it lies at the same
+ * thread-pointer offset in every thread (variant II on x86-64: below the
+ * thread pointer; variant I on aarch64: after the 16-byte TCB), and glibc
+ * gives every new thread a copy of the executable's PT_TLS init image. The
+ * image's block goes there: at the range its local-exec code was linked
+ * against (`static TLS use` 2; the range must lie inside the area), else at
+ * the area's start. Initial-exec slots get the block's thread-pointer
+ * offset, TLSDESC descriptors the static resolver, module ids KL_TLS_MODULE
+ * (the loader's `__tls_get_addr`). The image's initial values are copied
+ * into the calling thread's area and into the init image, before any code
+ * of the image runs. Only an image of the general/local-dynamic model whose
+ * template does not fit the area gets a heap block per thread instead
+ * (allocated on the thread's first access, freed by a pthread key
+ * destructor after its C++ thread_local destructors ran). */
+#define KL_AREA_SIZE 0x10000u
+#define KL_AREA_ALIGN 64u
+#define KL_AREA_MAGIC "kiln-load static TLS area 1"
+static _Thread_local struct kl_area {
+    uint8_t bytes[KL_AREA_SIZE];
+    char magic[64]; /* non-zero: the area is in .tdata, found in the init image by it */
+} __attribute__((aligned(KL_AREA_ALIGN))) kl_area = {.magic = KL_AREA_MAGIC};
+__attribute__((visibility("hidden"))) void kl_tlsdesc_static(void);
+static int64_t kl_area_tp(void) { return (int64_t)(kl_area.bytes - (uint8_t *)isa_thread_pointer()); }
+static size_t tls_in_area; /* the block's offset in kl_area (static placement) */
+
+/* Where the image's block goes; refuses what the area cannot give. */
+static void tls_place(void) {
+    char here[40], at[40], found[200], want[320];
+    int64_t area = kl_area_tp(), start;
+    tp_offset(area, here, sizeof here);
+    if (img.tls_static == 2) {
+        if (__builtin_add_overflow(img.tls_area_tp, (int64_t)img.tls_area_off, &start) || start < area ||
+            start - area > (int64_t)KL_AREA_SIZE || img.tls_size > KL_AREA_SIZE - (uint64_t)(start - area)) {
+            tp_offset(img.tls_area_tp, at, sizeof at);
+            snprintf(found, sizeof found, "%s (%#" PRIx64 " bytes), range %#" PRIx64 "..%#" PRIx64, at,
+                     img.tls_area_size, img.tls_area_off, img.tls_area_off + img.tls_size);
+            snprintf(want, sizeof want,
+                     "a range inside kiln-load's static TLS area %s (%#x bytes) (the image's local-exec code "
+                     "addresses its thread-locals at thread-pointer offsets fixed when it was linked)",
+                     here, KL_AREA_SIZE);
+            field("static TLS area", found, want);
+        }
+    } else if (img.tls_align <= KL_AREA_ALIGN && img.tls_size <= KL_AREA_SIZE) {
+        start = area;
+    } else if (img.tls_static == 1 || img.tls_desc) {
+        snprintf(found, sizeof found, "%#" PRIx64 " (align %" PRIu64 ")", img.tls_size, img.tls_align);
+        snprintf(want, sizeof want,
+                 "at most %#x bytes aligned to at most %u (initial-exec and TLSDESC code need kiln-load's "
+                 "static TLS area)", KL_AREA_SIZE, KL_AREA_ALIGN);
+        field("TLS template size", found, want);
+    } else {
+        return; /* general/local-dynamic: a heap block per thread */
+    }
+    img.tls_block = start, img.tls_static_block = 1, tls_in_area = (size_t)(start - area);
+}
+
+struct tls_ctx { const uint8_t *init; uint64_t size, relro_lo, relro_hi, load_lo, load_hi; uint32_t load_flags; };
+static int find_tls_image(struct dl_phdr_info *info, size_t n, void *data) {
+    struct tls_ctx *c = data;
+    (void)n;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uint64_t lo = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_TLS) c->init = (const uint8_t *)(uintptr_t)lo, c->size = ph->p_filesz;
+        if (ph->p_type == PT_GNU_RELRO) c->relro_lo = lo, c->relro_hi = lo + ph->p_memsz;
+    }
+    for (int i = 0; i < info->dlpi_phnum && c->init; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uint64_t lo = info->dlpi_addr + ph->p_vaddr, at = (uint64_t)(uintptr_t)c->init;
+        if (ph->p_type == PT_LOAD && at >= lo && at - lo < ph->p_memsz)
+            c->load_lo = lo, c->load_hi = lo + ph->p_memsz, c->load_flags = ph->p_flags;
+    }
+    return 1; /* the first object is the executable */
+}
+
+/* The image's initial values into the loader's PT_TLS init image (which
+ * glibc copies into every thread it creates) at `off` in kl_area. */
+static void tls_template_write(size_t off, const uint8_t *src, size_t len) {
+    struct tls_ctx c = {0};
+    dl_iterate_phdr(find_tls_image, &c);
+    const uint8_t *magic = NULL;
+    if (c.init && c.size >= sizeof kl_area) magic = memmem(c.init, (size_t)c.size, KL_AREA_MAGIC, sizeof KL_AREA_MAGIC);
+    if (!magic || magic - c.init < (ptrdiff_t)KL_AREA_SIZE || !c.load_hi)
+        die("kiln-load's static TLS area is not in its PT_TLS init image (was it built by build.sh?)");
+    uint8_t *dst = (uint8_t *)(uintptr_t)(magic - KL_AREA_SIZE + off);
+    uintptr_t page = (uintptr_t)dst & ~(uintptr_t)(img.page - 1), end = (uintptr_t)(dst + len);
+    if (mprotect((void *)page, end - page, PROT_READ | PROT_WRITE)) die("mprotect: %s", strerror(errno));
+    memcpy(dst, src, len);
+    int relro = (uint64_t)page >= c.relro_lo && (uint64_t)end <= c.relro_hi;
+    int prot = relro ? PROT_READ : (c.load_flags & PF_R ? PROT_READ : 0) | (c.load_flags & PF_W ? PROT_WRITE : 0);
+    if (mprotect((void *)page, end - page, prot)) die("mprotect: %s", strerror(errno));
+}
+
 struct tls_index { uint64_t module, offset; };
 static pthread_key_t tls_key;
 static void *(*real_tls_get_addr)(struct tls_index *);
 static void *tls_block(void) {
+    if (img.tls_static_block) return kl_area.bytes + tls_in_area;
     void *b = pthread_getspecific(tls_key);
     if (b) return b;
     size_t size = (size_t)((img.tls_size + img.tls_align - 1) / img.tls_align * img.tls_align);
@@ -751,8 +886,26 @@ ISA_TLS_GET_ADDR_ALIGN static void *image_tls_get_addr(struct tls_index *ti) {
 }
 static void set_up_tls(void) {
     if (!img.tls_size) return;
-    if (pthread_key_create(&tls_key, free)) die("pthread_key_create failed");
+    tls_place();
+    if (!img.tls_static_block && pthread_key_create(&tls_key, free)) die("pthread_key_create failed");
     *(void **)(void *)&real_tls_get_addr = dlsym(RTLD_DEFAULT, "__tls_get_addr");
+}
+/* After rebase and bind, before any code of the image runs: the initial
+ * values into this (the only) thread's block and the init image. */
+static void initialize_tls(void) {
+    if (!img.tls_static_block || !img.tls_image_size) return;
+    const uint8_t *init = img.mem + img.tls_image_off;
+    memcpy(kl_area.bytes + tls_in_area, init, (size_t)img.tls_image_size);
+    tls_template_write(tls_in_area, init, (size_t)img.tls_image_size);
+}
+/* The word a thread-local slot gets (`tls`: 1 + its kind). */
+static uint64_t tls_slot_value(const struct import *m) {
+    switch (m->tls - 1) {
+    case TLS_MODULE_ID: return KL_TLS_MODULE;
+    case TLS_TP_OFFSET: return (uint64_t)img.tls_block + m->var;
+    case TLS_DESC_RESOLVER: return (uint64_t)(uintptr_t)kl_tlsdesc_static;
+    default: return (uint64_t)img.tls_block + m->var; /* TLSDESC argument */
+    }
 }
 
 static const struct { const char *name; void (*addr)(void); } OVERRIDES[] = {
@@ -819,7 +972,7 @@ static void bind(void) {
         exit(127);
     }
     for (uint32_t i = 0; i < img.nimports; i++)
-        put64(img.mem + imports[i].offset, imports[i].tls ? KL_TLS_MODULE
+        put64(img.mem + imports[i].offset, imports[i].tls ? tls_slot_value(&imports[i])
                                            : addr[i]  ? (uint64_t)(uintptr_t)addr[i] + imports[i].addend
                                                       : 0);
     free(addr), free(missing);
@@ -918,6 +1071,7 @@ int main(int argc, char **argv) {
     set_up_tls();
     bind();
     protect();
+    initialize_tls();
     register_eh_frame();
     const char *noexec = getenv("KILN_LOAD_NOEXEC");
     if (noexec && !strcmp(noexec, "1")) return 0;
