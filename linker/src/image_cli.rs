@@ -254,9 +254,11 @@ fn print_text(i: &ImageInfo) {
 fn static_tls_text(t: &kiln_linker::image_file::ImageTls) -> String {
     match t.static_range {
         Some((area, area_size, off)) => format!(
-            "{}, range {off:#x}..{:#x} of the {area_size:#x}-byte area at tp-{:#x}",
+            "{}, range {off:#x}..{:#x} of the {area_size:#x}-byte area at tp{}{:#x}",
             t.static_use,
             off + t.size,
+            // Below the thread pointer on x86-64, above it on aarch64.
+            if area < 0 { '-' } else { '+' },
             area.unsigned_abs()
         ),
         None => t.static_use.to_string(),

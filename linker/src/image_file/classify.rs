@@ -112,11 +112,6 @@ fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str
             .is_some_and(|n| linker_defined(graph, n));
     let absolute = matches!(sym.def, SymbolDef::Absolute(_));
     let k = e.kind;
-    if k.target.is_tls() && graph.isa() != crate::isa::Isa::HOST {
-        // TLS offsets and slots follow this host's ABI (x86-64: variant 2,
-        // the block below the thread pointer).
-        return Some("thread-local storage in an image for another ISA is not supported yet");
-    }
     match k.target {
         EdgeTarget::Symbol
             if !k.pc_relative
@@ -308,7 +303,13 @@ fn tls_record(l: &Linked<'_>) -> Result<(TlsHeader, Vec<Import>), LinkError> {
     if t.image_size == 0 {
         h.image_offset = 0;
     }
-    if fixed {
+    if fixed && let Some((tp, size)) = super::tls::foreign_area(g.isa()) {
+        // Another ISA's image: linked against the C loader's area, its
+        // block at the start (`passes::fixup`).
+        h.area_tp_offset = tp;
+        h.area_size = size;
+        h.area_offset = 0;
+    } else if fixed {
         let (Some(area_offset), Ok(area)) = (
             t.area_offset,
             crate::runtime::tls::static_area::area_tp_offset(),

@@ -59,7 +59,7 @@ mod host_table;
 mod load;
 mod read;
 pub mod registry;
-mod tls;
+pub(crate) mod tls;
 mod unit;
 mod verified;
 mod write;

@@ -213,13 +213,13 @@ fn check_header(
             format!("{} (the file's bytes)", BuildId(hash)),
         ));
     }
-    check_tls(c, &h.tls)?;
+    check_tls(c, &h.tls, h.machine)?;
     Ok(h)
 }
 
 /// The header's thread-local fields: consistent among themselves (the
 /// template's place in the image is checked with the segments).
-fn check_tls(c: &Ctx<'_>, t: &format::TlsHeader) -> Result<(), ImageError> {
+fn check_tls(c: &Ctx<'_>, t: &format::TlsHeader, machine: u16) -> Result<(), ImageError> {
     if t.size == 0 {
         if *t == format::TlsHeader::default() {
             return Ok(());
@@ -257,7 +257,8 @@ fn check_tls(c: &Ctx<'_>, t: &format::TlsHeader) -> Result<(), ImageError> {
                 .area_offset
                 .checked_add(t.size)
                 .is_some_and(|end| end <= t.area_size);
-            if !fits || t.area_tp_offset >= 0 {
+            let (side_ok, expected) = super::tls::area_side(machine, t.area_tp_offset);
+            if !fits || !side_ok {
                 return Err(c.field(
                     "static TLS range",
                     format!(
@@ -267,7 +268,7 @@ fn check_tls(c: &Ctx<'_>, t: &format::TlsHeader) -> Result<(), ImageError> {
                         t.area_size,
                         tp_offset(t.area_tp_offset)
                     ),
-                    "a range inside an area below the thread pointer",
+                    expected,
                 ));
             }
             Ok(())

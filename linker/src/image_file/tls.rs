@@ -11,6 +11,68 @@ use super::read::{Parsed, tp_offset};
 use crate::memory::Allocation;
 use crate::runtime::tls::{TlsModule, TlsPlacement, static_area};
 
+/// The static TLS area of the C loader (`linker/loader/kiln-load.c`,
+/// `kl_area`), which an image for another ISA than kiln's is linked
+/// against: its thread-pointer offset and size. aarch64 (TLS variant I):
+/// the loader's only thread-local, 64-byte aligned, follows the 16-byte
+/// TCB at `tp+64` (glibc rounds the TCB up to the block's alignment); the
+/// loader checks at load that it is there.
+pub(crate) const LOADER_AREA_AARCH64: (i64, u64) = (64, 0x10000);
+/// Largest alignment of a TLS template in the C loader's area.
+pub(crate) const LOADER_AREA_ALIGN: u64 = 64;
+
+/// For an image of `isa` that is not kiln's own: the static TLS area it is
+/// linked against (the C loader's; the image's block at its start), or
+/// `None` for kiln's ISA (kiln's own area, `static_area`).
+pub(crate) fn foreign_area(isa: crate::isa::Isa) -> Option<(i64, u64)> {
+    match isa {
+        i if i == crate::isa::Isa::HOST => None,
+        crate::isa::Isa::Aarch64 => Some(LOADER_AREA_AARCH64),
+        crate::isa::Isa::X86_64 => None,
+    }
+}
+
+/// The thread-pointer offset of the variable at `offset` in the TLS
+/// template of an image of `isa` that is not kiln's own (its block at the
+/// start of the C loader's area, [`foreign_area`]); `None` for kiln's ISA.
+pub(crate) fn foreign_tp_offset(isa: crate::isa::Isa, offset: u64) -> Option<i64> {
+    foreign_area(isa).map(|(tp, _)| tp + offset as i64)
+}
+
+/// Refuses a TLS template (`size` bytes aligned to `align`) of an image of
+/// `isa` that does not fit the C loader's static TLS area (kiln's ISA:
+/// nothing to check here).
+pub(crate) fn check_foreign_template(
+    isa: crate::isa::Isa,
+    size: u64,
+    align: u64,
+) -> Result<(), crate::LinkError> {
+    match foreign_area(isa) {
+        Some((tp, area_size)) if size > area_size || align > LOADER_AREA_ALIGN => {
+            Err(crate::LinkError::Tls {
+                detail: format!(
+                    "the image's thread-locals ({size:#x} bytes, align {align}) do not fit the C loader's static TLS area for {} ({area_size:#x} bytes at {}, align {LOADER_AREA_ALIGN}), where its thread-locals live",
+                    isa.name(),
+                    tp_offset(tp)
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a static TLS area at thread-pointer offset `tp` is on the side
+/// of the thread pointer where `machine`'s TLS ABI puts the executable's
+/// block: below it on x86-64 (variant II), after the 16-byte TCB on
+/// aarch64 (variant I). And the words for the refusal.
+pub(crate) fn area_side(machine: u16, tp: i64) -> (bool, &'static str) {
+    if machine == crate::isa::Isa::Aarch64.machine() {
+        (tp >= 16, "a range inside an area after the thread pointer's 16-byte TCB")
+    } else {
+        (tp < 0, "a range inside an area below the thread pointer")
+    }
+}
+
 fn field(file_name: &str, field: &'static str, found: String, expected: String) -> ImageError {
     ImageError::Field {
         name: file_name.into(),

@@ -67,6 +67,12 @@ pub(super) fn fix_up(
 fn tls_module(p: &Prepared, env: &ImageEnv) -> Result<Option<TlsModule>, LinkError> {
     match (p.tls.memsz > 0, env.tls_placement) {
         (true, Some(placement)) => {
+            crate::image_file::tls::check_foreign_template(
+                p.graph.isa(),
+                p.tls.memsz,
+                p.tls.align,
+            )?;
+            let placement = foreign_tls_placement(&p.graph, placement);
             let module = TlsModule::new(
                 &env.name,
                 p.tls.memsz as usize,
@@ -79,6 +85,20 @@ fn tls_module(p: &Prepared, env: &ImageEnv) -> Result<Option<TlsModule>, LinkErr
             Ok(Some(module))
         }
         _ => Ok(None),
+    }
+}
+
+/// An image for another ISA than kiln's takes no range of kiln's static
+/// TLS area: its thread-pointer offsets are the C loader's
+/// ([`crate::image_file::tls::foreign_tp_offset`]) and its module is only
+/// a placeholder for the slots bound at load.
+fn foreign_tls_placement(
+    g: &LinkGraph,
+    placement: crate::runtime::tls::TlsPlacement,
+) -> crate::runtime::tls::TlsPlacement {
+    match crate::image_file::tls::foreign_area(g.isa()) {
+        Some(_) => crate::runtime::tls::TlsPlacement::Dynamic,
+        None => placement,
     }
 }
 
@@ -139,6 +159,9 @@ fn tp_offset(
     reloc: &str,
 ) -> Result<i64, LinkError> {
     let module = tls.ok_or_else(|| no_tls(g, sym))?;
+    if let Some(off) = crate::image_file::tls::foreign_tp_offset(g.isa(), addrs[sym.index()]) {
+        return Ok(off);
+    }
     module
         .static_tp_offset(
             addrs[sym.index()],
