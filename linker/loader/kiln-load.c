@@ -342,8 +342,8 @@ static void feature_names(uint64_t bits, char *out, size_t cap) {
 
 /* A thread-pointer offset as kiln writes it (read.rs tp_offset). */
 static void tp_offset(int64_t v, char *out, size_t cap) {
-    if (v < 0) snprintf(out, cap, "tp-%#" PRIx64, (uint64_t)0 - (uint64_t)v);
-    else snprintf(out, cap, "tp+%#" PRIx64, (uint64_t)v);
+    if (v < 0) snprintf(out, cap, "tp-0x%" PRIx64, (uint64_t)0 - (uint64_t)v);
+    else snprintf(out, cap, "tp+0x%" PRIx64, (uint64_t)v);
 }
 
 /* The TLS fields (read.rs check_tls): consistent among themselves. Whether
@@ -377,7 +377,7 @@ static void check_tls_header(const uint8_t *h) {
         tp_offset(img.tls_area_tp, tp, sizeof tp);
         if (img.tls_area_off > UINT64_MAX - img.tls_size || img.tls_area_off + img.tls_size > img.tls_area_size ||
             !isa_tls_area_side_ok(img.tls_area_tp)) {
-            snprintf(found, sizeof found, "%#" PRIx64 "+%#" PRIx64 " of an area of %#" PRIx64 " bytes at thread-pointer offset %s",
+            snprintf(found, sizeof found, "0x%" PRIx64 "+0x%" PRIx64 " of an area of 0x%" PRIx64 " bytes at thread-pointer offset %s",
                      img.tls_area_off, img.tls_size, img.tls_area_size, tp);
             field("static TLS range", found, "a range inside an area " ISA_TLS_AREA_SIDE);
         }
@@ -804,7 +804,7 @@ static void tls_place(void) {
         if (__builtin_add_overflow(img.tls_area_tp, (int64_t)img.tls_area_off, &start) || start < area ||
             start - area > (int64_t)KL_AREA_SIZE || img.tls_size > KL_AREA_SIZE - (uint64_t)(start - area)) {
             tp_offset(img.tls_area_tp, at, sizeof at);
-            snprintf(found, sizeof found, "%s (%#" PRIx64 " bytes), range %#" PRIx64 "..%#" PRIx64, at,
+            snprintf(found, sizeof found, "%s (0x%" PRIx64 " bytes), range 0x%" PRIx64 "..0x%" PRIx64, at,
                      img.tls_area_size, img.tls_area_off, img.tls_area_off + img.tls_size);
             snprintf(want, sizeof want,
                      "a range inside kiln-load's static TLS area %s (%#x bytes) (the image's local-exec code "
@@ -815,7 +815,7 @@ static void tls_place(void) {
     } else if (img.tls_align <= KL_AREA_ALIGN && img.tls_size <= KL_AREA_SIZE) {
         start = area;
     } else if (img.tls_static == 1 || img.tls_desc) {
-        snprintf(found, sizeof found, "%#" PRIx64 " (align %" PRIu64 ")", img.tls_size, img.tls_align);
+        snprintf(found, sizeof found, "0x%" PRIx64 " (align %" PRIu64 ")", img.tls_size, img.tls_align);
         snprintf(want, sizeof want,
                  "at most %#x bytes aligned to at most %u (initial-exec and TLSDESC code need kiln-load's "
                  "static TLS area)", KL_AREA_SIZE, KL_AREA_ALIGN);
