@@ -190,27 +190,38 @@ fn mutated_archives_link_or_fail_cleanly() {
     assert!(linked > 0 && failed > 0);
 }
 
-/// aarch64 objects (gcc -O2 -fPIE), linked into an image (imaging mode:
-/// the target is taken from the objects; nothing runs): 5,000 mutants each
-/// link or fail with an error about the mutant — never a panic.
+/// aarch64 objects (gcc -O2 -fPIE; and the `__thread` program at -fPIE,
+/// local-exec and initial-exec, and -fPIC, TLSDESC), linked into an image
+/// (imaging mode: the target is taken from the objects; nothing runs):
+/// 5,000 mutants each link or fail with an error about the mutant — never
+/// a panic.
 #[test]
 fn five_thousand_aarch64_object_mutants_link_or_fail_cleanly() {
     let cc = "aarch64-linux-gnu-gcc";
     assert!(need_tool(cc));
     let dir = scratch("mutation-aarch64");
-    let objs: Vec<(String, Vec<u8>)> = [("prog_a.c", "-fcommon"), ("prog_b.c", "-O2")]
-        .iter()
-        .map(|(src, extra)| {
-            let o = compile(
-                cc,
-                &c_dir().join(src),
-                &["-O2", "-fPIE", extra],
-                &[],
-                &dir.join(format!("{src}.o")),
-            );
-            (src.to_string(), std::fs::read(o).expect("read object"))
-        })
-        .collect();
+    // Pairs of objects linked together, one of them mutated.
+    let pairs: Vec<Vec<(String, Vec<u8>)>> = [
+        [("prog_a.c", "-fPIE", "-fcommon"), ("prog_b.c", "-fPIE", "-O2")],
+        [("tls_a.c", "-fPIE", "-O2"), ("tls_b.c", "-fPIE", "-O2")],
+        [("tls_a.c", "-fPIC", "-O2"), ("tls_b.c", "-fPIC", "-O2")],
+    ]
+    .iter()
+    .map(|pair| {
+        pair.iter()
+            .map(|(src, pic, extra)| {
+                let o = compile(
+                    cc,
+                    &c_dir().join(src),
+                    &["-O2", pic, extra],
+                    &[],
+                    &dir.join(format!("{src}{pic}.o")),
+                );
+                (src.to_string(), std::fs::read(o).expect("read object"))
+            })
+            .collect()
+    })
+    .collect();
     let host = HostSymbols::new();
     let mut rng = Rng(0x5eed_aa64_0000_0001);
     let mut linked = 0usize;
@@ -218,6 +229,7 @@ fn five_thousand_aarch64_object_mutants_link_or_fail_cleanly() {
     const MUTANTS: usize = 5_000;
     for n in 0..MUTANTS {
         let which = n % 2;
+        let objs = &pairs[n / 2 % pairs.len()];
         let mut options = kiln_linker::LinkOptions::default();
         options.imaging = true;
         let mut linker = Linker::new(options);

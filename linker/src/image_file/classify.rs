@@ -450,6 +450,15 @@ impl Deps {
     }
 }
 
+/// Whether `block` lies in the TLS template (`.tdata`/`.tbss`).
+fn in_tls_section(g: &LinkGraph, block: crate::graph::BlockId) -> bool {
+    let section = g.blocks[block.index()].section;
+    matches!(
+        g.sections[section.index()].role,
+        SectionRole::TlsData | SectionRole::TlsBss
+    )
+}
+
 /// Builds the record of a link in imaging mode (after fixup, before final
 /// protections): rebases and imports of every absolute word, exports, the
 /// memory normalized to base 0 with import words zeroed.
@@ -538,13 +547,18 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         .filter_map(|(n, &id)| {
             let s = &g.symbols[id.index()];
             match s.def {
-                // A thread-local's value is a TLS offset, not an address.
+                // A thread-local's value is a TLS offset, not an address
+                // (so is that of any symbol in a TLS section, whatever its
+                // type says: a damaged object's).
                 SymbolDef::Defined { block, .. }
-                    if g.blocks[block.index()].live && s.scope != Scope::Local && !s.tls =>
+                    if g.blocks[block.index()].live
+                        && s.scope != Scope::Local
+                        && !s.tls
+                        && !in_tls_section(g, block) =>
                 {
                     Some(Export {
                         name: n.to_string(),
-                        offset: l.addrs[id.index()] - l.base,
+                        offset: l.addrs[id.index()].wrapping_sub(l.base),
                         callable: s.callable,
                         weak: s.linkage == crate::graph::Linkage::Weak,
                         exported: s.scope == Scope::Default,
