@@ -167,6 +167,13 @@ const VECTORS: &[Vector] = &[
     (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, 0xf940_0210, P, 0x1234_5ff8, 0, Word(0xf947_fe10)),
     (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, 0xf940_0210, P, 0x1234_5ff4, 0, Misaligned),
     (R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, 0xb940_0210, P, 0x1234_5ff8, 0, BadInsn), // ldr w
+    // TLS general dynamic (-mtls-dialect=trad): the GOT pair.
+    (R_AARCH64_TLSGD_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x1_ffff_f010, 0, Word(0xf07f_ffe0)),
+    (R_AARCH64_TLSGD_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x2_0000_0010, 0, Range),
+    (R_AARCH64_TLSGD_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x10, 0, Word(0x9080_0000)),
+    (R_AARCH64_TLSGD_ADR_PAGE21, 0x9000_0000, 0x1_0000_1000, 0x10, 0, Range),
+    (R_AARCH64_TLSGD_ADD_LO12_NC, 0x9100_0000, P, 0x1234_5ff0, 0, Word(0x913f_c000)),
+    (R_AARCH64_TLSGD_ADD_LO12_NC, 0xf940_0000, P, 0x1234_5ff0, 0, BadInsn),
     // TLS descriptors.
     (R_AARCH64_TLSDESC_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x1_ffff_f010, 0, Word(0xf07f_ffe0)),
     (R_AARCH64_TLSDESC_ADR_PAGE21, 0x9000_0000, 0x1_0000_0000, 0x2_0000_0010, 0, Range),
@@ -516,6 +523,8 @@ enum Setup {
     Ie,
     /// A TLS descriptor in `.got.plt`, shared.
     Desc,
+    /// A general-dynamic GOT pair in `.got`, shared.
+    Gd,
     /// `tsym` at TPREL(S) in `.tbss`, static.
     Tle,
 }
@@ -527,13 +536,14 @@ impl Setup {
             EdgeTarget::GotEntry { .. } => Setup::Got,
             EdgeTarget::TlsIeEntry => Setup::Ie,
             EdgeTarget::TlsDescriptor => Setup::Desc,
+            EdgeTarget::TlsGdPair => Setup::Gd,
             EdgeTarget::TpOffset => Setup::Tle,
             _ => return None,
         })
     }
     fn section(self) -> Option<&'static str> {
         match self {
-            Setup::Got | Setup::Ie => Some(".got"),
+            Setup::Got | Setup::Ie | Setup::Gd => Some(".got"),
             Setup::Desc => Some(".got.plt"),
             Setup::Abs | Setup::Tle => None,
         }
@@ -578,7 +588,7 @@ impl Ld {
         let info = reloc::lookup(r_type).expect("in table");
         let sym = match setup {
             Setup::Abs | Setup::Got => format!("sym{a:+}"),
-            Setup::Ie | Setup::Desc => "tsym".to_string(),
+            Setup::Ie | Setup::Desc | Setup::Gd => "tsym".to_string(),
             Setup::Tle => format!("tsym{a:+}"),
         };
         let data = match (info.width, info.insns.is_empty()) {
@@ -645,7 +655,7 @@ impl Ld {
             GOT_SYM_VALUE
         };
         ld.arg(format!("--defsym=sym={sym:#x}"));
-        if matches!(setup, Setup::Ie | Setup::Desc) {
+        if matches!(setup, Setup::Ie | Setup::Desc | Setup::Gd) {
             ld.arg("-shared");
         }
         run(&mut ld)?;
@@ -689,6 +699,7 @@ fn read_linked(path: &Path, width: usize, setup: Setup) -> Linked {
         }),
         Setup::Ie => dyn_reloc(object::elf::R_AARCH64_TLS_TPREL),
         Setup::Desc => dyn_reloc(object::elf::R_AARCH64_TLSDESC),
+        Setup::Gd => dyn_reloc(object::elf::R_AARCH64_TLS_DTPMOD),
         Setup::Abs | Setup::Tle => None,
     };
     let sections = file
@@ -812,6 +823,7 @@ fn gnu_ld_deviates(r_type: u32, initial: u64, p: u64, s: u64, a: i64) -> bool {
         // ADRPs; bfd does not check them at all and wraps.
         R_AARCH64_ADR_GOT_PAGE
         | R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21
+        | R_AARCH64_TLSGD_ADR_PAGE21
         | R_AARCH64_TLSDESC_ADR_PAGE21 => {
             let d = i128::from(s & !0xfff) - i128::from(p & !0xfff);
             !(-(1i128 << 32)..1i128 << 32).contains(&d)
@@ -911,6 +923,8 @@ fn type_numbers_match_object() {
         ),
         (R_AARCH64_TLSDESC_ADD_LO12, elf::R_AARCH64_TLSDESC_ADD_LO12),
         (R_AARCH64_TLSDESC_CALL, elf::R_AARCH64_TLSDESC_CALL),
+        (R_AARCH64_TLSGD_ADR_PAGE21, elf::R_AARCH64_TLSGD_ADR_PAGE21),
+        (R_AARCH64_TLSGD_ADD_LO12_NC, elf::R_AARCH64_TLSGD_ADD_LO12_NC),
         (
             R_AARCH64_LDST128_ABS_LO12_NC,
             elf::R_AARCH64_LDST128_ABS_LO12_NC,

@@ -334,8 +334,9 @@ fn relocations(objs: &[PathBuf]) -> String {
 /// The C program with `__thread` variables across two objects (initialized
 /// and zero, extern and static, read and written from 6 pthreads and the
 /// main thread) in every model gcc and clang use on aarch64: TLSDESC
-/// (`-fPIC`, aarch64's default dialect), initial-exec and local-exec
-/// (`-fPIE`). Saved by `kiln image save`, run by the aarch64 C loader
+/// (`-fPIC`, aarch64's default dialect), general-dynamic (gcc
+/// `-mtls-dialect=trad`: `__tls_get_addr`, the loader's), initial-exec and
+/// local-exec (`-fPIE`). Saved by `kiln image save`, run by the aarch64 C loader
 /// under qemu: stdout and status equal to the native build's. Before this
 /// the save was refused ("thread-local storage in an image for another ISA
 /// is not supported yet").
@@ -345,6 +346,12 @@ fn c_thread_locals_run_from_an_aarch64_image_in_every_model() {
     for (cc, flags, want, tag) in [
         (CC, &["-O2", "-fPIC"][..], "R_AARCH64_TLSDESC_ADR_PAGE21", "tls-gcc-fPIC"),
         (CC, &["-O0", "-fPIC"][..], "R_AARCH64_TLSDESC_CALL", "tls-gcc-O0-fPIC"),
+        (
+            CC,
+            &["-O2", "-fPIC", "-mtls-dialect=trad"][..],
+            "R_AARCH64_TLSGD_ADR_PAGE21",
+            "tls-gcc-trad",
+        ),
         (CC, &["-O2", "-fPIE"][..], "R_AARCH64_TLSLE_ADD_TPREL_HI12", "tls-gcc-fPIE"),
         ("clang", &[CLANG_AARCH64, "-O2", "-fPIC"][..], "R_AARCH64_TLSDESC_LD64_LO12", "tls-clang-fPIC"),
         ("clang", &[CLANG_AARCH64, "-O2", "-fPIE"][..], "R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21", "tls-clang-fPIE"),

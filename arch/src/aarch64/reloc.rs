@@ -27,6 +27,7 @@
 //! |---|---|
 //! | GOT entry holding `S + A` | `ADR_GOT_PAGE`, `LD64_GOT_LO12_NC`, `LD64_GOTPAGE_LO15` (also `GOT`) |
 //! | IE GOT slot holding `TPREL(S + A)` | `TLSIE_ADR_GOTTPREL_PAGE21`, `TLSIE_LD64_GOTTPREL_LO12_NC` |
+//! | general-dynamic GOT pair `{module, offset}` for `__tls_get_addr` (`-mtls-dialect=trad`) | `TLSGD_ADR_PAGE21`, `TLSGD_ADD_LO12_NC` |
 //! | TLS descriptor (16 bytes) | `TLSDESC_ADR_PAGE21`, `TLSDESC_LD64_LO12`, `TLSDESC_ADD_LO12` (`TLSDESC_CALL` marks the `blr`) |
 //! | PLT stub or veneer when `S` is out of ±128 MiB | `CALL26`, `JUMP26` |
 //!
@@ -126,6 +127,10 @@ pub mod r_type {
     pub const R_AARCH64_LD64_GOT_LO12_NC: u32 = 312;
     /// LDR imm12 = `(G(GDAT(S + A)) - Page(GOT))[14:3]`, checked.
     pub const R_AARCH64_LD64_GOTPAGE_LO15: u32 = 313;
+    /// ADRP imm21 = `(Page(G(GTLSIDX(S, A))) - Page(P))[32:12]`, checked.
+    pub const R_AARCH64_TLSGD_ADR_PAGE21: u32 = 513;
+    /// ADD imm12 = `G(GTLSIDX(S, A))[11:0]`.
+    pub const R_AARCH64_TLSGD_ADD_LO12_NC: u32 = 514;
     /// ADRP imm21 = `(Page(G(GTPREL(S + A))) - Page(P))[32:12]`, checked.
     pub const R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21: u32 = 541;
     /// LDR imm12 = `G(GTPREL(S + A))[11:3]`.
@@ -278,6 +283,7 @@ const fn target_of(r_type: u32) -> EdgeTarget {
                 addend_in_entry: true,
             }
         }
+        R_AARCH64_TLSGD_ADR_PAGE21 | R_AARCH64_TLSGD_ADD_LO12_NC => EdgeTarget::TlsGdPair,
         R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21 | R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC => {
             EdgeTarget::TlsIeEntry
         }
@@ -319,7 +325,10 @@ const fn row(
     let target = target_of(r_type);
     let got = matches!(
         target,
-        EdgeTarget::GotEntry { .. } | EdgeTarget::TlsIeEntry | EdgeTarget::TlsDescriptor
+        EdgeTarget::GotEntry { .. }
+            | EdgeTarget::TlsIeEntry
+            | EdgeTarget::TlsDescriptor
+            | EdgeTarget::TlsGdPair
     );
     RelocInfo {
         r_type,
@@ -405,6 +414,8 @@ pub static RELOCS: &[RelocInfo] = &[
     row!(R_AARCH64_LD64_GOT_LO12_NC, Formula::Got, lo(3), None, 8, LDR_X, LDR_D),
     row!(R_AARCH64_LD64_GOTPAGE_LO15, Formula::GotRelPage, Field::Imm12 { lo: 3, hi: 14 },
         unsigned(15), 8, LDR_X, LDR_D),
+    row!(R_AARCH64_TLSGD_ADR_PAGE21, Formula::GotPage, Field::Adr { shift: 12 }, PAGE33, 1, ADRP, "ADRP"),
+    row!(R_AARCH64_TLSGD_ADD_LO12_NC, Formula::Got, lo(0), None, 1, ADD_IMM, ADD_D),
     row!(R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21, Formula::GotPage, Field::Adr { shift: 12 },
         PAGE33, 1, ADRP, "ADRP"),
     row!(R_AARCH64_TLSIE_LD64_GOTTPREL_LO12_NC, Formula::Got, lo(3), None, 8, LDR_X, LDR_D),
