@@ -924,7 +924,10 @@ fn type_numbers_match_object() {
         (R_AARCH64_TLSDESC_ADD_LO12, elf::R_AARCH64_TLSDESC_ADD_LO12),
         (R_AARCH64_TLSDESC_CALL, elf::R_AARCH64_TLSDESC_CALL),
         (R_AARCH64_TLSGD_ADR_PAGE21, elf::R_AARCH64_TLSGD_ADR_PAGE21),
-        (R_AARCH64_TLSGD_ADD_LO12_NC, elf::R_AARCH64_TLSGD_ADD_LO12_NC),
+        (
+            R_AARCH64_TLSGD_ADD_LO12_NC,
+            elf::R_AARCH64_TLSGD_ADD_LO12_NC,
+        ),
         (
             R_AARCH64_LDST128_ABS_LO12_NC,
             elf::R_AARCH64_LDST128_ABS_LO12_NC,

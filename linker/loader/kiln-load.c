@@ -6,8 +6,9 @@
  * It checks the file exactly as kiln does (linker/src/image_file/read.rs:
  * header fields, CPU features, size, BLAKE3 content hash, ELF container,
  * segments, every table), maps it, rebases it, binds its imports by name
- * (dlsym; thread-locals of the general/local-dynamic model through its own
- * __tls_get_addr), applies the final protections (W^X), registers its .eh_frame,
+ * (dlsym) and its thread-local slots (every TLS model: the image's block in
+ * the loader's own static TLS area, see tls_place), applies the final
+ * protections (W^X), registers its .eh_frame,
  * runs its initializers in kiln's order, calls main(argc, argv, envp) and
  * runs its finalizers at exit. Every offset in the file is bounds-checked
  * before use; every refusal names the field (or what is inconsistent) and

@@ -344,17 +344,42 @@ fn relocations(objs: &[PathBuf]) -> String {
 fn c_thread_locals_run_from_an_aarch64_image_in_every_model() {
     assert!(need_tool("clang"));
     for (cc, flags, want, tag) in [
-        (CC, &["-O2", "-fPIC"][..], "R_AARCH64_TLSDESC_ADR_PAGE21", "tls-gcc-fPIC"),
-        (CC, &["-O0", "-fPIC"][..], "R_AARCH64_TLSDESC_CALL", "tls-gcc-O0-fPIC"),
+        (
+            CC,
+            &["-O2", "-fPIC"][..],
+            "R_AARCH64_TLSDESC_ADR_PAGE21",
+            "tls-gcc-fPIC",
+        ),
+        (
+            CC,
+            &["-O0", "-fPIC"][..],
+            "R_AARCH64_TLSDESC_CALL",
+            "tls-gcc-O0-fPIC",
+        ),
         (
             CC,
             &["-O2", "-fPIC", "-mtls-dialect=trad"][..],
             "R_AARCH64_TLSGD_ADR_PAGE21",
             "tls-gcc-trad",
         ),
-        (CC, &["-O2", "-fPIE"][..], "R_AARCH64_TLSLE_ADD_TPREL_HI12", "tls-gcc-fPIE"),
-        ("clang", &[CLANG_AARCH64, "-O2", "-fPIC"][..], "R_AARCH64_TLSDESC_LD64_LO12", "tls-clang-fPIC"),
-        ("clang", &[CLANG_AARCH64, "-O2", "-fPIE"][..], "R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21", "tls-clang-fPIE"),
+        (
+            CC,
+            &["-O2", "-fPIE"][..],
+            "R_AARCH64_TLSLE_ADD_TPREL_HI12",
+            "tls-gcc-fPIE",
+        ),
+        (
+            "clang",
+            &[CLANG_AARCH64, "-O2", "-fPIC"][..],
+            "R_AARCH64_TLSDESC_LD64_LO12",
+            "tls-clang-fPIC",
+        ),
+        (
+            "clang",
+            &[CLANG_AARCH64, "-O2", "-fPIE"][..],
+            "R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21",
+            "tls-clang-fPIE",
+        ),
     ] {
         let dir = scratch(&format!("aarch64-{tag}"));
         let objs = compile_sources(cc, &["tls_a.c", "tls_b.c"], flags, &dir);
@@ -364,7 +389,9 @@ fn c_thread_locals_run_from_an_aarch64_image_in_every_model() {
         let info = common::images::info_of(&dir.join("prog.kimg"), false);
         if flags.contains(&"-fPIE") {
             assert!(
-                info.contains("static TLS: local-exec, range 0x0..0x70 of the 0x10000-byte area at tp+0x40"),
+                info.contains(
+                    "static TLS: local-exec, range 0x0..0x70 of the 0x10000-byte area at tp+0x40"
+                ),
                 "{tag}: the image records the C loader's aarch64 area\n{info}"
             );
         } else {
@@ -422,7 +449,11 @@ fn an_aarch64_image_for_another_static_tls_area_is_refused_by_the_loader() {
     assert!(o.status.success(), "{}", show(&o));
     let mut bytes = std::fs::read(&image).expect("read the image");
     let at = STATIC_TLS_AREA_AT;
-    assert_eq!(bytes[at..at + 8], 64i64.to_le_bytes(), "the loader's area at tp+64");
+    assert_eq!(
+        bytes[at..at + 8],
+        64i64.to_le_bytes(),
+        "the loader's area at tp+64"
+    );
     bytes[at..at + 8].copy_from_slice(&0x20_0000i64.to_le_bytes());
     kiln_linker::image_file::reseal(&mut bytes);
     let edited = dir.join("edited.kimg");

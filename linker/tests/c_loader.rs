@@ -618,7 +618,12 @@ fn thread_locals_of_every_model_run_under_kiln_load() {
     for (cc, flags, want, tag) in [
         ("gcc", &["-O2", "-fPIC"][..], "R_X86_64_TLSGD", "tls-gd"),
         ("gcc", &["-O2", "-fPIE"][..], "R_X86_64_TPOFF32", "tls-pie"),
-        ("clang", &["-O2", "-fPIE"][..], "R_X86_64_GOTTPOFF", "tls-pie-clang"),
+        (
+            "clang",
+            &["-O2", "-fPIE"][..],
+            "R_X86_64_GOTTPOFF",
+            "tls-pie-clang",
+        ),
         (
             "gcc",
             &["-O2", "-fPIC", "-mtls-dialect=gnu2"][..],
@@ -695,7 +700,8 @@ fn static_tls_the_loader_cannot_give_is_refused() {
     let k = kiln().arg("run").arg(&edited).output().expect("kiln runs");
     let ke = String::from_utf8_lossy(&k.stderr);
     assert!(
-        !k.status.success() && ke.contains("image field `static TLS area` is tp-0x20000 (0x8000 bytes)"),
+        !k.status.success()
+            && ke.contains("image field `static TLS area` is tp-0x20000 (0x8000 bytes)"),
         "kiln run: {}",
         show(&k)
     );
@@ -706,7 +712,9 @@ fn static_tls_the_loader_cannot_give_is_refused() {
         (
             &["-O2", "-fPIC", "-mtls-dialect=gnu2"][..],
             "desc",
-            Some("image field `TLS template size` is 0x11000 (align 16), expected at most 0x10000 bytes aligned to at most 64"),
+            Some(
+                "image field `TLS template size` is 0x11000 (align 16), expected at most 0x10000 bytes aligned to at most 64",
+            ),
         ),
     ] {
         let dir = scratch(&format!("c-loader-tls-big-{tag}"));
@@ -717,7 +725,11 @@ fn static_tls_the_loader_cannot_give_is_refused() {
         let e = String::from_utf8_lossy(&o.stderr);
         match refusal {
             None => assert_eq!(o.status.code(), Some(43), "{tag}: {}", show(&o)),
-            Some(want) => assert!(o.status.code() == Some(127) && e.contains(want), "{tag}: {}", show(&o)),
+            Some(want) => assert!(
+                o.status.code() == Some(127) && e.contains(want),
+                "{tag}: {}",
+                show(&o)
+            ),
         }
     }
 }

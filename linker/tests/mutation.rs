@@ -202,7 +202,10 @@ fn five_thousand_aarch64_object_mutants_link_or_fail_cleanly() {
     let dir = scratch("mutation-aarch64");
     // Pairs of objects linked together, one of them mutated.
     let pairs: Vec<Vec<(String, Vec<u8>)>> = [
-        [("prog_a.c", "-fPIE", "-fcommon"), ("prog_b.c", "-fPIE", "-O2")],
+        [
+            ("prog_a.c", "-fPIE", "-fcommon"),
+            ("prog_b.c", "-fPIE", "-O2"),
+        ],
         [("tls_a.c", "-fPIE", "-O2"), ("tls_b.c", "-fPIE", "-O2")],
         [("tls_a.c", "-fPIC", "-O2"), ("tls_b.c", "-fPIC", "-O2")],
     ]

@@ -18,7 +18,8 @@
 //!   initial-exec GOT entries are slots bound at load from a TLS module made
 //!   for that load; local-exec code keeps its thread-pointer offsets, so the
 //!   image records the static TLS range they point into (see
-//!   [`super::format`]);
+//!   [`super::format`]): in kiln's area, or for an image of another ISA in
+//!   the C loader's ([`super::tls::foreign_area`]);
 //! - anything else — absolute 32-bit addresses (`-fno-pie`), absolute
 //!   addresses in text, PC-relative references to host symbols — is
 //!   refused with the relocation named.

@@ -20,7 +20,7 @@
 //! | 288 | TLS template size and alignment (u64 each; size 0: no thread-locals) |
 //! | 304 | TLS template: offset of its initial image (`.tdata`) in the image, and that image's size (u64 each) |
 //! | 320 | static TLS use (u64): [`STATIC_TLS_NONE`], [`STATIC_TLS_ANY`] or [`STATIC_TLS_FIXED`] |
-//! | 328 | static TLS area (i64): thread-pointer offset of the first byte of kiln's static TLS area in the saving process (fixed use only, else 0) |
+//! | 328 | static TLS area (i64): thread-pointer offset of the first byte of kiln's static TLS area in the saving process — for an image of another ISA than kiln's, of the C loader's area for that ISA (`tls::LOADER_AREA_AARCH64`) — (fixed use only, else 0; negative on x86-64, at least 16 on aarch64) |
 //! | 336 | static TLS area size (u64; fixed use only) |
 //! | 344 | static TLS range (u64): offset of the image's TLS block in that area (fixed use only); its size is the template size |
 //!

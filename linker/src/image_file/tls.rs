@@ -67,7 +67,10 @@ pub(crate) fn check_foreign_template(
 /// aarch64 (variant I). And the words for the refusal.
 pub(crate) fn area_side(machine: u16, tp: i64) -> (bool, &'static str) {
     if machine == crate::isa::Isa::Aarch64.machine() {
-        (tp >= 16, "a range inside an area after the thread pointer's 16-byte TCB")
+        (
+            tp >= 16,
+            "a range inside an area after the thread pointer's 16-byte TCB",
+        )
     } else {
         (tp < 0, "a range inside an area below the thread pointer")
     }
