@@ -482,3 +482,62 @@ fn local_exec_images_linked_against_each_other_take_distinct_ranges() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "13 7\n", "{}", show(&o));
     assert_eq!(o.status.code(), Some(13), "{}", show(&o));
 }
+
+/// A global whose symbol type is not `STT_TLS` (`STT_NOTYPE`) but which
+/// lies in a live `.tbss` (a damaged or hand-written object): its value is a template offset, not
+/// an address, so imaging mode does not export it. Before, saving's record
+/// computed its image offset as `offset - base` and panicked (subtract with
+/// overflow; found by the aarch64 mutation test once TLS objects were
+/// linked there).
+#[test]
+fn a_plain_symbol_in_a_tls_section_is_no_export() {
+    assert!(need_tool("as"));
+    let dir = scratch("images-tls-plain-symbol");
+    let src = dir.join("plain.s");
+    std::fs::write(
+        &src,
+        ".section .tbss,\"awT\",@nobits\n.globl plain\nplain: .skip 8\n\
+         .type t,@tls_object\nt: .skip 8\n\
+         .text\n.globl f\n.type f,@function\nf: movq t@gottpoff(%rip), %rax\nret\n",
+    )
+    .expect("write source");
+    let obj = dir.join("plain.o");
+    let o = Command::new("as")
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .expect("as runs");
+    assert!(o.status.success(), "{}", show(&o));
+    // `as` types every symbol of a TLS section STT_TLS: make `plain` NOTYPE.
+    let mut data = std::fs::read(&obj).expect("read the object");
+    let at = symbol_info_at(&data, "plain");
+    data[at] &= 0xf0;
+    std::fs::write(&obj, &data).expect("write the object");
+    let (image, bytes) = link_and_save(&[obj]);
+    drop(image);
+    let loaded = load(&bytes).expect("loads");
+    assert!(loaded.symbol("f").is_some());
+    assert!(loaded.symbol("plain").is_none());
+}
+
+/// File offset of the `st_info` byte of symbol `name` in ELF object `file`.
+fn symbol_info_at(file: &[u8], name: &str) -> usize {
+    use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _};
+    let e = object::LittleEndian;
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
+    let sections = h.sections(e, file).expect("sections");
+    let (index, symtab) = sections
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.sh_type(e) == object::elf::SHT_SYMTAB)
+        .expect("a symbol table");
+    let symbols = sections
+        .symbol_table_by_index(e, file, object::SectionIndex(index))
+        .expect("symbols");
+    let i = symbols
+        .iter()
+        .position(|s| symbols.symbol_name(e, s).ok() == Some(name.as_bytes()))
+        .expect("the symbol");
+    symtab.sh_offset(e) as usize + 24 * i + 4
+}
