@@ -523,7 +523,7 @@ fn a_plain_symbol_in_a_tls_section_is_no_export() {
 
 /// File offset of the `st_info` byte of symbol `name` in ELF object `file`.
 fn symbol_info_at(file: &[u8], name: &str) -> usize {
-    use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _};
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
     let e = object::LittleEndian;
     let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
     let sections = h.sections(e, file).expect("sections");
