@@ -469,3 +469,36 @@ fn an_aarch64_image_for_another_static_tls_area_is_refused_by_the_loader() {
         "{e}"
     );
 }
+
+/// Thread-locals an aarch64 image cannot have: a TLS template larger than
+/// the C loader's 64 KiB static TLS area (where an aarch64 image's
+/// thread-locals live, whatever the model) is refused at save, naming the
+/// sizes and the area — not saved with offsets past it.
+#[test]
+fn an_aarch64_tls_template_larger_than_the_loaders_area_is_refused_at_save() {
+    assert!(need_tool(CC));
+    let dir = scratch("aarch64-tls-big");
+    let src = dir.join("big.c");
+    std::fs::write(
+        &src,
+        "__thread char big[0x11000] = {1};\nint main(int argc, char **argv) { (void)argv; return big[argc]; }\n",
+    )
+    .expect("write source");
+    for flags in [["-O2", "-fPIE"], ["-O2", "-fPIC"]] {
+        let obj = compile(
+            CC,
+            &src,
+            &flags,
+            &[],
+            &dir.join(format!("big{}.o", flags[1])),
+        );
+        let o = save(&dir.join("big.kimg"), &[obj]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && e.contains("the image's thread-locals (0x11000 bytes, align 16) do not fit the C loader's static TLS area for aarch64 (0x10000 bytes at tp+0x40, align 64)"),
+            "{}",
+            show(&o)
+        );
+    }
+}
