@@ -10,6 +10,12 @@
 //! alternate signal stack is set up only before a program runs
 //! ([`install_fatal_signal_handlers`]). A stack overflow in kiln's own
 //! code therefore dies as a plain `SIGSEGV` instead of Rust's message.
+//!
+//! Allocations are libc's: mimalloc, the binary's allocator until
+//! 2026-12, cost a cache hit ~115 page faults and 0.15 M instructions of
+//! set-up (options read from the environment, `cpuid`) and linked no
+//! faster (docs/performance-images.md, "Start-up of `kiln run --cache`
+//! hits").
 // Unit tests (`cargo test --bin kiln`) keep the test harness's own `main`.
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(dead_code))]
@@ -33,17 +39,6 @@ include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
 mod image_cli;
 mod input_index;
-
-/// kiln's own allocations (link graphs, names) come from mimalloc: reading
-/// and merging the objects allocates on several threads, where glibc's
-/// per-thread arenas grow a few pages at a time (`mprotect` calls). On the
-/// 200-object synth input, `read inputs` 37.7 → 32.8 ms (min of 15, see
-/// docs/performance-link.md). Built with `no_thp`: with transparent huge
-/// pages some runs stalled 0.15-0.2 s in the kernel. The linked program's own
-/// `malloc` stays glibc's: only Rust allocations of the `kiln` process go
-/// here, and none is ever freed by C.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Link relocatable ELF x86-64 objects and static archives into this process
 /// and run them.
