@@ -1,6 +1,6 @@
 //! `kiln run --cache`'s index of unchanged inputs: for a list of input
-//! paths, the build id their bytes hashed to and each file's identity
-//! (device, inode, size, mtime, ctime) when it was hashed. A later run
+//! paths, the build id their bytes hashed to and each file's path and
+//! identity (device, inode, size, mtime, ctime) when it was hashed. A later run
 //! whose inputs all still have those identities takes the build id from
 //! the index instead of mapping and hashing every input (~2 M instructions
 //! of a Lua hit's ~6 M).
@@ -29,7 +29,7 @@ const RACY: Duration = Duration::from_secs(2);
 
 /// First line of an index file (bump when the layout or the meaning of the
 /// recorded build id changes).
-const MAGIC: &str = "kiln input index 2";
+const MAGIC: &str = "kiln input index 3";
 
 /// An input file's identity, taken before its bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,17 +76,33 @@ pub(crate) fn now() -> Duration {
 }
 
 /// The index file for this list of input paths (as given: the build id
-/// covers the names too).
+/// covers the names too). The name is only a place: the index holds the
+/// paths and [`lookup`] compares them, so two lists that share a name
+/// replace each other's index and are misses, never each other's hits.
+/// (Not BLAKE3: on a hit it would be the only hash, and its CPU-feature
+/// detection alone is three `cpuid`s, each a trap of ~10-25 µs on a VM.)
 fn index_path(dir: &Path, paths: &[PathBuf]) -> PathBuf {
-    let mut h = blake3::Hasher::new();
-    h.update(MAGIC.as_bytes());
+    use std::hash::{Hash as _, Hasher as _};
+    let mut sip = std::hash::DefaultHasher::new();
+    let mut fx = rustc_hash::FxHasher::default();
+    MAGIC.hash(&mut sip);
     for p in paths {
-        let bytes = p.as_os_str().as_encoded_bytes();
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+        p.hash(&mut sip);
+        p.hash(&mut fx);
     }
-    let hex = h.finalize().to_hex();
-    dir.join(format!("{}.inputs", &hex[..32]))
+    dir.join(format!("{:016x}{:016x}.inputs", sip.finish(), fx.finish()))
+}
+
+/// A path as one word of an index line: its bytes in hex.
+fn path_word(path: &Path) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    hex
 }
 
 /// What the index recorded for a list of inputs that are all unchanged.
@@ -128,8 +144,11 @@ pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<Recorded> {
         for w in &mut words {
             *w = fields.next()?.parse().ok()?;
         }
+        if fields.next()? != path_word(path) || fields.next().is_some() {
+            return None;
+        }
         let now = Stamp::of_path(path)?;
-        if fields.next().is_some() || !now.settled || now.words != words {
+        if !now.settled || now.words != words {
             return None;
         }
         stamps.push(now);
@@ -157,8 +176,9 @@ pub(crate) fn record(
     }
     let entry = entry.map_or_else(|| "-".to_string(), |e| e.to_text());
     let mut text = format!("{MAGIC}\n{id}\n{entry}\n");
-    for s in stamps {
-        let line: Vec<String> = s.words.iter().map(i64::to_string).collect();
+    for (s, path) in stamps.iter().zip(paths) {
+        let mut line: Vec<String> = s.words.iter().map(i64::to_string).collect();
+        line.push(path_word(path));
         text.push_str(&line.join(" "));
         text.push('\n');
     }
@@ -191,6 +211,28 @@ mod tests {
         // A name that is not a build id is never returned.
         std::fs::write(index_path(&d, &paths), format!("{MAGIC}\n../x\n-\n")).unwrap();
         assert!(lookup(&d, &paths).is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_index_is_only_for_the_paths_it_was_recorded_for() {
+        let d = dir("paths");
+        let a = d.join("a.o");
+        let b = d.join("b.o");
+        std::fs::write(&a, b"aaaa").unwrap();
+        // Same file, another name: the same identity (device, inode, times).
+        std::fs::hard_link(&a, &b).unwrap();
+        // Past the racy window, so both are recordable.
+        std::thread::sleep(RACY + Duration::from_millis(100));
+        let (pa, pb) = (vec![a.clone()], vec![b.clone()]);
+        let stamp = Stamp::of_path(&a).unwrap();
+        assert!(stamp.settled);
+        record(&d, &pa, &[stamp], &"cd".repeat(32), None);
+        assert!(lookup(&d, &pa).is_some_and(|r| r.id == "cd".repeat(32)));
+        // Another list whose index file has the same name (as if the names
+        // collided): it must not take the first list's build id.
+        std::fs::copy(index_path(&d, &pa), index_path(&d, &pb)).unwrap();
+        assert!(lookup(&d, &pb).is_none());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
