@@ -119,7 +119,8 @@ pub(crate) struct Recorded {
 /// identity it had when it was hashed. Any doubt (no index, another
 /// layout, a changed file, a file too fresh) answers `None`.
 pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<Recorded> {
-    let mut text = String::new();
+    // Room for a typical index at once: one `read`, not a doubling series.
+    let mut text = String::with_capacity(16 * 1024);
     std::fs::File::open(index_path(dir, paths))
         .ok()?
         .take(64 * 1024)
