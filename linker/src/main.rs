@@ -30,10 +30,10 @@ use kiln_engine::{
     Session, WorkerPool,
 };
 use kiln_linker::archive::Archive;
-use kiln_linker::image_file::ImageFile;
+use kiln_linker::image_file::{ImageError, ImageFile};
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
 use kiln_linker::memory::FileBytes;
-use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
+use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, LinkedImage, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
@@ -391,9 +391,16 @@ fn link_and_run(
         .inputs
         .first()
         .map_or_else(|| "kiln".to_string(), |p| p.display().to_string());
+    let debug = set_debug_options(args);
+    let mut images = images;
+    if runs_alone(args, &inputs, &images, debug) {
+        match run_alone(args, &program, images.remove(0))? {
+            Alone::Ran(status) => return Ok(status),
+            Alone::NeedsEngine(image) => images.push(image),
+        }
+    }
     let images_only =
         !args.lazy && args.threads.is_none() && inputs.is_empty() && !images.is_empty();
-    let debug = set_debug_options(args);
     let run = Run::start(args, images_only)?;
     let input_count = inputs.len() + images.len();
     let lazy = add_inputs(&run, args, &program, inputs, images)?;
@@ -451,6 +458,105 @@ fn link_and_run(
         narrate_run(&run.layer, status, input_count, link_time);
     }
     Ok(status)
+}
+
+/// A run of one image file that needs nothing from the engine: no other
+/// input, no image it links against, no `--lazy`, `--threads`, `--noexec`
+/// or `--stats` (whose lines describe the engine's layer), no debugger or
+/// profiler interface, and a file whose identity can be trusted (so the
+/// loader does not hash it again: see [`ImageFile::stamp`]).
+fn runs_alone(args: &RunArgs, inputs: &[Input], images: &[ImageFile], debug: DebugOptions) -> bool {
+    !args.lazy
+        && args.threads.is_none()
+        && !args.noexec
+        && !args.stats
+        && debug == DebugOptions::NONE
+        && inputs.is_empty()
+        && images.len() == 1
+        && images.iter().all(|i| i.stamp().is_some())
+}
+
+/// What a run of one image file alone did.
+enum Alone {
+    /// The program ran and returned this status.
+    Ran(i32),
+    /// The image links against other images: run it through the engine,
+    /// which finds them next to it.
+    NeedsEngine(ImageFile),
+}
+
+/// The image a run of one image file loaded, kept for the program's
+/// teardown (at its return or its `exit`); never unloaded.
+static ALONE: std::sync::Mutex<Option<LinkedImage>> = std::sync::Mutex::new(None);
+
+/// Runs one image file without the engine (see [`runs_alone`]): the
+/// standalone loader maps and binds it against the host's symbols (kiln's
+/// runtime, the process, `-l` libraries — what the engine's `<host>` dylib
+/// answers), then its initializers, entry point and finalizers run as
+/// `link_and_run` runs them. A cache hit's session, layer, dylibs and
+/// per-export definitions (~1.5 M instructions of ~3.2 M) are not made.
+fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, String> {
+    let mut host = HostSymbols::new();
+    for lib in &args.libs {
+        host.load_library(lib, &args.lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    let path = PathBuf::from(image.name());
+    // The file was opened and checked (its content hash too): the loader
+    // opens it again, and does not hash a file of the same identity again.
+    drop(image);
+    // SAFETY: as for `add_image_from_file` in `add_eagerly`: the user asked
+    // kiln to run this file's code; it binds against this process's host
+    // symbols, and kiln does not write image files it runs.
+    let loaded = unsafe { kiln_linker::image_file::load_file(&path, &host) };
+    let mut loaded = match loaded {
+        Ok(l) => l,
+        Err(ImageError::MissingDependencies { .. }) => {
+            let reopened = ImageFile::open(&path).map_err(|e| e.to_string())?;
+            return Ok(Alone::NeedsEngine(reopened));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let address = loaded
+        .symbol(&args.entry)
+        // As the engine's lookup says it.
+        .ok_or_else(|| format!("symbols not found: {}", args.entry))?;
+    // The inputs are a program: tear down like exit(), not dlclose.
+    loaded.set_executable_teardown(true);
+    let (argc, argv, envp) = program_arguments(program, &args.args)?;
+    install_fatal_signal_handlers();
+    *ALONE.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
+    finalize_alone_at_exit();
+    if let Some(image) = ALONE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        image.run_initializers();
+    }
+    // SAFETY: `address` is the entry point of the loaded image (bound and
+    // protected; it stays loaded until the process exits), and the user
+    // asserts its signature is `int (int, char **, char **)`; argv and
+    // envp are NUL-terminated arrays of leaked C strings.
+    let status = unsafe { call_entry(address, argc, argv, envp) };
+    if let Some(image) = ALONE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        image.run_finalizers();
+    }
+    Ok(Alone::Ran(status))
+}
+
+/// If the program calls `exit()` itself, its image's `atexit` handlers and
+/// finalizers run from libc's exit list (once: a teardown under way on
+/// this or another thread holds the image, and is left to finish).
+fn finalize_alone_at_exit() {
+    extern "C" fn at_exit() {
+        if let Ok(mut image) = ALONE.try_lock()
+            && let Some(image) = image.as_mut()
+        {
+            image.run_finalizers();
+        }
+    }
+    // SAFETY: `at_exit` is a plain `extern "C" fn()` that only finalizes
+    // the image (once); registering it has no other precondition.
+    unsafe {
+        libc::atexit(at_exit);
+    }
 }
 
 /// A run's engine: its session, the object layer, and the two dylibs
