@@ -82,15 +82,47 @@ pub(crate) fn now() -> Duration {
 /// (Not BLAKE3: on a hit it would be the only hash, and its CPU-feature
 /// detection alone is three `cpuid`s, each a trap of ~10-25 µs on a VM.)
 fn index_path(dir: &Path, paths: &[PathBuf]) -> PathBuf {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut sip = std::hash::DefaultHasher::new();
-    let mut fx = rustc_hash::FxHasher::default();
-    MAGIC.hash(&mut sip);
+    use std::hash::Hasher as _;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(MAGIC.as_bytes());
     for p in paths {
-        p.hash(&mut sip);
-        p.hash(&mut fx);
+        let bytes = p.as_os_str().as_encoded_bytes();
+        h.write_usize(bytes.len());
+        h.write(bytes);
     }
-    dir.join(format!("{:016x}{:016x}.inputs", sip.finish(), fx.finish()))
+    dir.join(format!("{:016x}.inputs", h.finish()))
+}
+
+/// Whether `word` is `path`'s bytes in hex, as [`path_word`] writes them.
+fn is_path_word(word: &[u8], path: &Path) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = path.as_os_str().as_encoded_bytes();
+    word.len() == 2 * bytes.len()
+        && word
+            .chunks_exact(2)
+            .zip(bytes)
+            .all(|(w, &b)| w[0] == HEX[usize::from(b >> 4)] && w[1] == HEX[usize::from(b & 15)])
+}
+
+/// A decimal `i64` as [`record`] writes it (`-` and digits only).
+fn parse_i64(word: &[u8]) -> Option<i64> {
+    let (negative, digits) = match word.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, word),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        v = v.checked_mul(10)?;
+        v = if negative { v.checked_sub(d)? } else { v.checked_add(d)? };
+    }
+    Some(v)
 }
 
 /// A path as one word of an index line: its bytes in hex.
@@ -120,32 +152,35 @@ pub(crate) struct Recorded {
 /// layout, a changed file, a file too fresh) answers `None`.
 pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<Recorded> {
     // Room for a typical index at once: one `read`, not a doubling series.
-    let mut text = String::with_capacity(16 * 1024);
+    // Bytes, split and parsed by hand: this runs on every hit.
+    let mut text = Vec::with_capacity(16 * 1024);
     std::fs::File::open(index_path(dir, paths))
         .ok()?
         .take(64 * 1024)
-        .read_to_string(&mut text)
+        .read_to_end(&mut text)
         .ok()?;
-    let mut lines = text.lines();
-    if lines.next()? != MAGIC {
+    let mut lines = text.strip_suffix(b"\n")?.split(|&b| b == b'\n');
+    if lines.next()? != MAGIC.as_bytes() {
         return None;
     }
     let id = lines.next()?;
-    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if id.len() != 64 || !id.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let entry = match lines.next()? {
-        "-" => None,
-        line => Some(kiln_linker::image_file::ImageStamp::from_text(line)?),
+        b"-" => None,
+        line => Some(kiln_linker::image_file::ImageStamp::from_text(
+            std::str::from_utf8(line).ok()?,
+        )?),
     };
     let mut stamps = Vec::with_capacity(paths.len());
     for (path, line) in paths.iter().zip(lines.by_ref()) {
         let mut words = [0i64; 7];
-        let mut fields = line.split(' ');
+        let mut fields = line.split(|&b| b == b' ');
         for w in &mut words {
-            *w = fields.next()?.parse().ok()?;
+            *w = parse_i64(fields.next()?)?;
         }
-        if fields.next()? != path_word(path) || fields.next().is_some() {
+        if !is_path_word(fields.next()?, path) || fields.next().is_some() {
             return None;
         }
         let now = Stamp::of_path(path)?;
@@ -155,7 +190,8 @@ pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<Recorded> {
         stamps.push(now);
     }
     (stamps.len() == paths.len() && lines.next().is_none()).then(|| Recorded {
-        id: id.to_string(),
+        // 64 ASCII hex digits (checked above).
+        id: String::from_utf8_lossy(id).into_owned(),
         stamps,
         entry,
     })
@@ -235,5 +271,19 @@ mod tests {
         std::fs::copy(index_path(&d, &pa), index_path(&d, &pb)).unwrap();
         assert!(lookup(&d, &pb).is_none());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn words_read_back_as_written() {
+        for v in [0, 7, -7, i64::MAX, i64::MIN] {
+            assert_eq!(parse_i64(v.to_string().as_bytes()), Some(v));
+        }
+        for bad in ["", "-", "1a", "+1", "9223372036854775808", " 1"] {
+            assert_eq!(parse_i64(bad.as_bytes()), None, "{bad:?}");
+        }
+        let p = Path::new("obj/l\u{e9}x 1.o");
+        assert!(is_path_word(path_word(p).as_bytes(), p));
+        assert!(!is_path_word(path_word(p).as_bytes(), Path::new("obj/lex 1.o")));
+        assert!(!is_path_word(b"", p));
     }
 }
