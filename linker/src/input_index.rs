@@ -120,7 +120,11 @@ fn parse_i64(word: &[u8]) -> Option<i64> {
         }
         let d = i64::from(d - b'0');
         v = v.checked_mul(10)?;
-        v = if negative { v.checked_sub(d)? } else { v.checked_add(d)? };
+        v = if negative {
+            v.checked_sub(d)?
+        } else {
+            v.checked_add(d)?
+        };
     }
     Some(v)
 }
@@ -283,7 +287,10 @@ mod tests {
         }
         let p = Path::new("obj/l\u{e9}x 1.o");
         assert!(is_path_word(path_word(p).as_bytes(), p));
-        assert!(!is_path_word(path_word(p).as_bytes(), Path::new("obj/lex 1.o")));
+        assert!(!is_path_word(
+            path_word(p).as_bytes(),
+            Path::new("obj/lex 1.o")
+        ));
         assert!(!is_path_word(b"", p));
     }
 }

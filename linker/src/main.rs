@@ -39,6 +39,7 @@ include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
 mod image_cli;
 mod input_index;
+mod quick_args;
 
 /// Link relocatable ELF x86-64 objects and static archives into this process
 /// and run them.
@@ -236,8 +237,14 @@ fn open_standard_descriptors() {
 }
 
 fn kiln_main() -> i32 {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    // A plain `kiln run` line is read without building clap's model of
+    // the CLI (see `quick_args`); clap reads every other line.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match quick_args::parse_run(&argv) {
+        Some(run) => Some(Command::Run(run)),
+        None => Cli::parse_from(argv).command,
+    };
+    let result = match command {
         Some(Command::Run(args)) => run_files(args),
         Some(Command::Image(ImageCommand::Save(args))) => image_cli::save(&args),
         Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
