@@ -545,6 +545,9 @@ fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, S
     if let Some(image) = ALONE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
         image.run_finalizers();
     }
+    // The libraries the image is bound to stay loaded as long as it does:
+    // until the process exits (as the engine's `<host>` dylib keeps them).
+    std::mem::forget(host);
     Ok(Alone::Ran(status))
 }
 
