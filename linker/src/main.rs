@@ -501,13 +501,10 @@ static ALONE: std::sync::Mutex<Option<LinkedImage>> = std::sync::Mutex::new(None
 /// runtime, the process, `-l` libraries — what the engine's `<host>` dylib
 /// answers), then its initializers, entry point and finalizers run as
 /// `link_and_run` runs them. A cache hit's session, layer, dylibs and
-/// per-export definitions (~1.5 M instructions of ~3.2 M) are not made.
+/// per-export definitions (~1.3 M of its ~3.2 M instructions) are not
+/// made (docs/performance-images.md).
 fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, String> {
-    let mut host = HostSymbols::new();
-    for lib in &args.libs {
-        host.load_library(lib, &args.lib_dirs)
-            .map_err(|e| e.to_string())?;
-    }
+    let host = host_symbols(args)?;
     let path = PathBuf::from(image.name());
     // The file was opened and checked (its content hash too): the loader
     // opens it again, and does not hash a file of the same identity again.
@@ -602,15 +599,9 @@ impl Run {
         let layer = ObjectLayer::with_options(&session, options);
         // The inputs are a program: tear down like exit(), not dlclose.
         layer.set_executable_teardown(true);
-        let mut symbols = HostSymbols::new();
-        for lib in &args.libs {
-            symbols
-                .load_library(lib, &args.lib_dirs)
-                .map_err(|e| e.to_string())?;
-        }
         let err = |e: kiln_engine::Error| e.to_string();
         let host = session.create_dylib("<host>").map_err(err)?;
-        host.add_generator(HostGenerator::new(symbols))
+        host.add_generator(HostGenerator::new(host_symbols(args)?))
             .map_err(err)?;
         let main = session.create_dylib("main").map_err(err)?;
         main.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
@@ -622,6 +613,17 @@ impl Run {
             host,
         })
     }
+}
+
+/// The host's symbols for `args`: kiln's runtime, the process, and the
+/// `-l` libraries (loaded, searched in `-L` directories first).
+fn host_symbols(args: &RunArgs) -> Result<HostSymbols, String> {
+    let mut host = HostSymbols::new();
+    for lib in &args.libs {
+        host.load_library(lib, &args.lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(host)
 }
 
 /// Debugger and profiler interfaces: the flags add to KILN_GDB/KILN_PERF;

@@ -1760,7 +1760,9 @@ fn kiln_run_of_images_only_starts_no_worker_thread() {
 /// program's arguments, and its teardown — `main` returning or calling
 /// `exit` — runs the `atexit` handlers and destructors in a native
 /// executable's order; a missing entry point is named as the engine names
-/// it; `--stats` (the engine's lines) still describes the run.
+/// it, missing imports all at once; an image that links against another
+/// runs through the engine, which finds it next to it; `--stats` (the
+/// engine's lines) still describes the run.
 #[test]
 fn a_settled_image_run_alone_starts_and_tears_down_like_a_native_executable() {
     if !need_tool("gcc") {
@@ -1797,8 +1799,51 @@ int main(int argc, char **argv) {
     assert!(status.success());
     let image = dir.join("alone.kimg");
     save(&image, std::slice::from_ref(&obj), &[]);
-    // Past the racy window: the loader may trust the file's identity.
+    // An image that needs another (found next to it by the engine), and
+    // one whose imports nothing defines.
+    let lib_obj = compile_c_text(
+        &dir,
+        "lib",
+        "int lib_value(void) { return 42; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let lib = dir.join("lib.kimg");
+    save(&lib, std::slice::from_ref(&lib_obj), &[]);
+    let user_obj = compile_c_text(
+        &dir,
+        "user",
+        "int lib_value(void);\nint main(void) { return lib_value(); }\n",
+        &["-O2", "-fPIC"],
+    );
+    let user = dir.join("user.kimg");
+    save_against(&user, &[&lib], std::slice::from_ref(&user_obj));
+    let needy_obj = compile_c_text(
+        &dir,
+        "needy",
+        "int missing_one(void);\nint missing_two(void);\n\
+         int main(void) { return missing_one() + missing_two(); }\n",
+        &["-O2", "-fPIC"],
+    );
+    let needy = dir.join("needy.kimg");
+    let o = kiln()
+        .args(["image", "save", "--allow-undefined", "-o"])
+        .arg(&needy)
+        .arg(&needy_obj)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    // Past the racy window: the loader may trust the files' identities.
     std::thread::sleep(std::time::Duration::from_millis(2200));
+    let o = kiln().arg("run").arg(&user).output().expect("kiln runs");
+    assert_eq!(o.status.code(), Some(42), "{}", show(&o));
+    let o = kiln().arg("run").arg(&needy).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains("imported symbols not found: missing_one, missing_two"),
+        "{}",
+        show(&o)
+    );
     for how in ["return", "exit"] {
         let native = Command::new(&exe).arg(how).output().expect("native runs");
         let jit = kiln()
