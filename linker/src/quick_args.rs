@@ -35,14 +35,12 @@ pub(crate) fn parse_run(argv: &[OsString]) -> Option<RunArgs> {
     };
     let mut entry_given = false;
     while let Some(token) = rest.next() {
-        let Some(t) = token.to_str() else {
+        if !token.as_encoded_bytes().starts_with(b"-") {
             args.inputs.push(PathBuf::from(token));
             continue;
-        };
-        if !t.starts_with('-') {
-            args.inputs.push(PathBuf::from(t));
-            continue;
         }
+        // Options are ASCII: anything else starting with `-` is clap's.
+        let t = token.to_str()?;
         let mut value = || {
             let v = rest.next()?;
             (!v.as_encoded_bytes().starts_with(b"-")).then_some(v)
@@ -128,5 +126,19 @@ mod tests {
         ] {
             assert!(parse_run(&argv(line)).is_none(), "{line:?} is clap's");
         }
+        // Paths need not be UTF-8; an unknown option that is not is clap's.
+        use std::os::unix::ffi::OsStrExt as _;
+        let odd = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+        let mut line = argv("run");
+        line.push(odd(b"caf\xe9.o"));
+        let quick = parse_run(&line).expect("reads a non-UTF-8 path");
+        match crate::Cli::try_parse_from(&line) {
+            Ok(crate::Cli {
+                command: Some(crate::Command::Run(a)),
+            }) => assert_eq!(format!("{quick:?}"), format!("{a:?}")),
+            other => panic!("clap reads a non-UTF-8 path as {other:?}"),
+        }
+        line.push(odd(b"-\xe9"));
+        assert!(parse_run(&line).is_none());
     }
 }
