@@ -1,6 +1,6 @@
 //! `kiln run --cache`'s index of unchanged inputs: for a list of input
-//! paths, the build id their bytes hashed to and each file's identity
-//! (device, inode, size, mtime, ctime) when it was hashed. A later run
+//! paths, the build id their bytes hashed to and each file's path and
+//! identity (device, inode, size, mtime, ctime) when it was hashed. A later run
 //! whose inputs all still have those identities takes the build id from
 //! the index instead of mapping and hashing every input (~2 M instructions
 //! of a Lua hit's ~6 M).
@@ -29,7 +29,7 @@ const RACY: Duration = Duration::from_secs(2);
 
 /// First line of an index file (bump when the layout or the meaning of the
 /// recorded build id changes).
-const MAGIC: &str = "kiln input index 2";
+const MAGIC: &str = "kiln input index 3";
 
 /// An input file's identity, taken before its bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,17 +76,69 @@ pub(crate) fn now() -> Duration {
 }
 
 /// The index file for this list of input paths (as given: the build id
-/// covers the names too).
+/// covers the names too). The name is only a place: the index holds the
+/// paths and [`lookup`] compares them, so two lists that share a name
+/// replace each other's index and are misses, never each other's hits.
+/// (Not BLAKE3: on a hit it would be the only hash, and its CPU-feature
+/// detection alone is three `cpuid`s, each a trap of ~10-25 µs on a VM.)
 fn index_path(dir: &Path, paths: &[PathBuf]) -> PathBuf {
-    let mut h = blake3::Hasher::new();
-    h.update(MAGIC.as_bytes());
+    use std::hash::Hasher as _;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(MAGIC.as_bytes());
     for p in paths {
         let bytes = p.as_os_str().as_encoded_bytes();
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+        h.write_usize(bytes.len());
+        h.write(bytes);
     }
-    let hex = h.finalize().to_hex();
-    dir.join(format!("{}.inputs", &hex[..32]))
+    dir.join(format!("{:016x}.inputs", h.finish()))
+}
+
+/// Whether `word` is `path`'s bytes in hex, as [`path_word`] writes them.
+fn is_path_word(word: &[u8], path: &Path) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = path.as_os_str().as_encoded_bytes();
+    word.len() == 2 * bytes.len()
+        && word
+            .chunks_exact(2)
+            .zip(bytes)
+            .all(|(w, &b)| w[0] == HEX[usize::from(b >> 4)] && w[1] == HEX[usize::from(b & 15)])
+}
+
+/// A decimal `i64` as [`record`] writes it (`-` and digits only).
+fn parse_i64(word: &[u8]) -> Option<i64> {
+    let (negative, digits) = match word.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, word),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        v = v.checked_mul(10)?;
+        v = if negative {
+            v.checked_sub(d)?
+        } else {
+            v.checked_add(d)?
+        };
+    }
+    Some(v)
+}
+
+/// A path as one word of an index line: its bytes in hex.
+fn path_word(path: &Path) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    hex
 }
 
 /// What the index recorded for a list of inputs that are all unchanged.
@@ -103,39 +155,47 @@ pub(crate) struct Recorded {
 /// identity it had when it was hashed. Any doubt (no index, another
 /// layout, a changed file, a file too fresh) answers `None`.
 pub(crate) fn lookup(dir: &Path, paths: &[PathBuf]) -> Option<Recorded> {
-    let mut text = String::new();
+    // Room for a typical index at once: one `read`, not a doubling series.
+    // Bytes, split and parsed by hand: this runs on every hit.
+    let mut text = Vec::with_capacity(16 * 1024);
     std::fs::File::open(index_path(dir, paths))
         .ok()?
         .take(64 * 1024)
-        .read_to_string(&mut text)
+        .read_to_end(&mut text)
         .ok()?;
-    let mut lines = text.lines();
-    if lines.next()? != MAGIC {
+    let mut lines = text.strip_suffix(b"\n")?.split(|&b| b == b'\n');
+    if lines.next()? != MAGIC.as_bytes() {
         return None;
     }
     let id = lines.next()?;
-    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if id.len() != 64 || !id.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let entry = match lines.next()? {
-        "-" => None,
-        line => Some(kiln_linker::image_file::ImageStamp::from_text(line)?),
+        b"-" => None,
+        line => Some(kiln_linker::image_file::ImageStamp::from_text(
+            std::str::from_utf8(line).ok()?,
+        )?),
     };
     let mut stamps = Vec::with_capacity(paths.len());
     for (path, line) in paths.iter().zip(lines.by_ref()) {
         let mut words = [0i64; 7];
-        let mut fields = line.split(' ');
+        let mut fields = line.split(|&b| b == b' ');
         for w in &mut words {
-            *w = fields.next()?.parse().ok()?;
+            *w = parse_i64(fields.next()?)?;
+        }
+        if !is_path_word(fields.next()?, path) || fields.next().is_some() {
+            return None;
         }
         let now = Stamp::of_path(path)?;
-        if fields.next().is_some() || !now.settled || now.words != words {
+        if !now.settled || now.words != words {
             return None;
         }
         stamps.push(now);
     }
     (stamps.len() == paths.len() && lines.next().is_none()).then(|| Recorded {
-        id: id.to_string(),
+        // 64 ASCII hex digits (checked above).
+        id: String::from_utf8_lossy(id).into_owned(),
         stamps,
         entry,
     })
@@ -157,8 +217,9 @@ pub(crate) fn record(
     }
     let entry = entry.map_or_else(|| "-".to_string(), |e| e.to_text());
     let mut text = format!("{MAGIC}\n{id}\n{entry}\n");
-    for s in stamps {
-        let line: Vec<String> = s.words.iter().map(i64::to_string).collect();
+    for (s, path) in stamps.iter().zip(paths) {
+        let mut line: Vec<String> = s.words.iter().map(i64::to_string).collect();
+        line.push(path_word(path));
         text.push_str(&line.join(" "));
         text.push('\n');
     }
@@ -192,5 +253,44 @@ mod tests {
         std::fs::write(index_path(&d, &paths), format!("{MAGIC}\n../x\n-\n")).unwrap();
         assert!(lookup(&d, &paths).is_none());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_index_is_only_for_the_paths_it_was_recorded_for() {
+        let d = dir("paths");
+        let a = d.join("a.o");
+        let b = d.join("b.o");
+        std::fs::write(&a, b"aaaa").unwrap();
+        // Same file, another name: the same identity (device, inode, times).
+        std::fs::hard_link(&a, &b).unwrap();
+        // Past the racy window, so both are recordable.
+        std::thread::sleep(RACY + Duration::from_millis(100));
+        let (pa, pb) = (vec![a.clone()], vec![b.clone()]);
+        let stamp = Stamp::of_path(&a).unwrap();
+        assert!(stamp.settled);
+        record(&d, &pa, &[stamp], &"cd".repeat(32), None);
+        assert!(lookup(&d, &pa).is_some_and(|r| r.id == "cd".repeat(32)));
+        // Another list whose index file has the same name (as if the names
+        // collided): it must not take the first list's build id.
+        std::fs::copy(index_path(&d, &pa), index_path(&d, &pb)).unwrap();
+        assert!(lookup(&d, &pb).is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn words_read_back_as_written() {
+        for v in [0, 7, -7, i64::MAX, i64::MIN] {
+            assert_eq!(parse_i64(v.to_string().as_bytes()), Some(v));
+        }
+        for bad in ["", "-", "1a", "+1", "9223372036854775808", " 1"] {
+            assert_eq!(parse_i64(bad.as_bytes()), None, "{bad:?}");
+        }
+        let p = Path::new("obj/l\u{e9}x 1.o");
+        assert!(is_path_word(path_word(p).as_bytes(), p));
+        assert!(!is_path_word(
+            path_word(p).as_bytes(),
+            Path::new("obj/lex 1.o")
+        ));
+        assert!(!is_path_word(b"", p));
     }
 }

@@ -10,6 +10,12 @@
 //! alternate signal stack is set up only before a program runs
 //! ([`install_fatal_signal_handlers`]). A stack overflow in kiln's own
 //! code therefore dies as a plain `SIGSEGV` instead of Rust's message.
+//!
+//! Allocations are libc's: mimalloc, the binary's allocator until
+//! 2026-12, cost a cache hit ~115 page faults and 0.15 M instructions of
+//! set-up (options read from the environment, `cpuid`) and linked no
+//! faster (docs/performance-images.md, "Start-up of `kiln run --cache`
+//! hits").
 // Unit tests (`cargo test --bin kiln`) keep the test harness's own `main`.
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(dead_code))]
@@ -24,26 +30,16 @@ use kiln_engine::{
     Session, WorkerPool,
 };
 use kiln_linker::archive::Archive;
-use kiln_linker::image_file::ImageFile;
+use kiln_linker::image_file::{ImageError, ImageFile};
 use kiln_linker::layer::{ArchiveGenerator, HostGenerator, ObjectLayer};
 use kiln_linker::memory::FileBytes;
-use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, Linker};
+use kiln_linker::{DebugOptions, HostSymbols, LinkOptions, LinkedImage, Linker};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
 mod image_cli;
 mod input_index;
-
-/// kiln's own allocations (link graphs, names) come from mimalloc: reading
-/// and merging the objects allocates on several threads, where glibc's
-/// per-thread arenas grow a few pages at a time (`mprotect` calls). On the
-/// 200-object synth input, `read inputs` 37.7 → 32.8 ms (min of 15, see
-/// docs/performance-link.md). Built with `no_thp`: with transparent huge
-/// pages some runs stalled 0.15-0.2 s in the kernel. The linked program's own
-/// `malloc` stays glibc's: only Rust allocations of the `kiln` process go
-/// here, and none is ever freed by C.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod quick_args;
 
 /// Link relocatable ELF x86-64 objects and static archives into this process
 /// and run them.
@@ -241,8 +237,14 @@ fn open_standard_descriptors() {
 }
 
 fn kiln_main() -> i32 {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    // A plain `kiln run` line is read without building clap's model of
+    // the CLI (see `quick_args`); clap reads every other line.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match quick_args::parse_run(&argv) {
+        Some(run) => Some(Command::Run(run)),
+        None => Cli::parse_from(argv).command,
+    };
+    let result = match command {
         Some(Command::Run(args)) => run_files(args),
         Some(Command::Image(ImageCommand::Save(args))) => image_cli::save(&args),
         Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
@@ -382,6 +384,8 @@ fn split_images(pairs: Vec<(String, Vec<u8>)>) -> Result<(Vec<Input>, Vec<ImageF
     Ok((inputs, images))
 }
 
+/// Links (or loads) the inputs into this process and runs the entry point:
+/// the steps below, in order.
 fn link_and_run(
     args: &RunArgs,
     inputs: Vec<Input>,
@@ -394,89 +398,26 @@ fn link_and_run(
         .inputs
         .first()
         .map_or_else(|| "kiln".to_string(), |p| p.display().to_string());
-    // Images are mapped and bound, not linked: a run of images only (a
-    // cache hit included) has nothing for workers to do in parallel, so it
-    // dispatches in place and starts no worker thread (each costs ~0.2 ms
-    // of CPU and a hand-off per task; see docs/performance-images.md).
+    let debug = set_debug_options(args);
+    let mut images = images;
+    if runs_alone(args, &inputs, &images, debug) {
+        match run_alone(args, &program, images.remove(0))? {
+            Alone::Ran(status) => return Ok(status),
+            Alone::NeedsEngine(image) => images.push(image),
+        }
+    }
     let images_only =
         !args.lazy && args.threads.is_none() && inputs.is_empty() && !images.is_empty();
-    let session = if images_only {
-        Session::builder().dispatcher(InPlaceDispatcher::new())
-    } else {
-        Session::builder().dispatcher(match args.threads {
-            Some(n) => WorkerPool::new(n),
-            None => WorkerPool::with_available_parallelism(),
-        })
-    }
-    .build();
-    // Debugger and profiler interfaces: the flags add to KILN_GDB/KILN_PERF;
-    // every link of this run (and lazy stubs) takes them from the default.
-    let mut debug = DebugOptions::from_env();
-    debug.gdb |= args.gdb;
-    debug.perf_map |= args.perf_map;
-    debug.jitdump |= args.jitdump;
-    DebugOptions::set_process_default(debug);
-    // Without --lazy every input is linked (as one image) once the entry
-    // point is looked up: prepare it while the engine records its symbols.
-    let mut options = LinkOptions::default();
-    options.prepare_early = !args.lazy;
-    let layer = ObjectLayer::with_options(&session, options);
-    // The inputs are a program: tear down like exit(), not dlclose.
-    layer.set_executable_teardown(true);
-
-    let mut host = HostSymbols::new();
-    for lib in &args.libs {
-        host.load_library(lib, &args.lib_dirs)
-            .map_err(|e| e.to_string())?;
-    }
-    let err = |e: kiln_engine::Error| e.to_string();
-    let host_dylib = session.create_dylib("<host>").map_err(err)?;
-    host_dylib
-        .add_generator(HostGenerator::new(host))
-        .map_err(err)?;
-    let main = session.create_dylib("main").map_err(err)?;
-    main.set_link_order(&[(host_dylib.clone(), DylibLookup::ExportedOnly)])
-        .map_err(err)?;
-
-    let read_start = Instant::now();
+    let run = Run::start(args, images_only)?;
     let input_count = inputs.len() + images.len();
-    let lazy = if args.lazy {
-        if let Some(im) = images.first() {
-            return Err(format!(
-                "{}: image files are not supported with --lazy yet",
-                im.name()
-            ));
-        }
-        Some(add_lazily(&session, &layer, &main, &host_dylib, inputs)?)
-    } else {
-        add_eagerly(
-            &session, &layer, &main, &program, inputs, images, read_start,
-        )?;
-        None
-    };
-    // Link everything the entry point reaches: it is Ready only when all of
-    // it is emitted.
+    let lazy = add_inputs(&run, args, &program, inputs, images)?;
     let link_start = Instant::now();
-    let entry = session.intern(&args.entry);
-    let order = SearchOrder::new().with(&main, DylibLookup::All);
-    let found = session
-        .lookup(
-            &order,
-            &LookupSet::required([entry.clone()]),
-            RequiredState::Ready,
-        )
-        .wait()
-        .map_err(|e| e.to_string())?;
+    let address = look_up_entry(&run, &args.entry)?;
     let link_time = link_start.elapsed();
-    let address = found
-        .get(&entry)
-        .map(|d| d.address)
-        .ok_or("entry point has no address")?;
-
     let report = |ran: Option<Duration>| {
         if args.stats {
             print_stats(
-                &layer,
+                &run.layer,
                 lazy.as_ref(),
                 input_count,
                 started.elapsed(),
@@ -488,13 +429,277 @@ fn link_and_run(
     if args.noexec {
         // Ended first, as after a run: work left after the emit (perf map
         // lines, freeing graphs) is done and counted.
-        session.end();
+        run.session.end();
         report(None);
         return Ok(0);
     }
+    let (argc, argv, envp) = program_arguments(&program, &args.args)?;
+    run_static_constructors(&run)?;
+    install_fatal_signal_handlers();
+    // A process that only loaded images and announces nothing to a
+    // debugger or profiler exits without ending the session: ending it
+    // only releases memory the exit releases anyway (~4% of a cache hit's
+    // instructions, and an `munmap` per library and image).
+    let end = if images_only && debug == DebugOptions::NONE {
+        SessionEnd::LeftToExit
+    } else {
+        SessionEnd::Ended
+    };
+    end_session_at_exit(&run.session, &run.layer, end);
+    run.layer.run_initializers();
+    let run_start = Instant::now();
+    // SAFETY: `address` is the entry point of code kiln just linked, Ready
+    // (it and everything it reaches are emitted and finalized), and the
+    // user asserts its signature is `int (int, char **, char **)`; argv
+    // and envp are NUL-terminated arrays of leaked C strings.
+    let status = unsafe { call_entry(address, argc, argv, envp) };
+    let ran = run_start.elapsed();
+    // Finalizers and atexit handlers of the JIT'd code run before any of its
+    // memory goes — lazy stubs included, which belong to another dylib.
+    run.layer.run_finalizers();
+    if end == SessionEnd::Ended {
+        run.session.end();
+    }
+    report(Some(ran));
+    if narrate {
+        narrate_run(&run.layer, status, input_count, link_time);
+    }
+    Ok(status)
+}
 
-    let mut argv: Vec<CString> = Vec::with_capacity(args.args.len() + 1);
-    for a in std::iter::once(&program).chain(&args.args) {
+/// A run of one image file that needs nothing from the engine: no other
+/// input, no image it links against, no `--lazy`, `--threads`, `--noexec`
+/// or `--stats` (whose lines describe the engine's layer), no debugger or
+/// profiler interface, and a file whose identity can be trusted (so the
+/// loader does not hash it again: see [`ImageFile::stamp`]).
+fn runs_alone(args: &RunArgs, inputs: &[Input], images: &[ImageFile], debug: DebugOptions) -> bool {
+    !args.lazy
+        && args.threads.is_none()
+        && !args.noexec
+        && !args.stats
+        && debug == DebugOptions::NONE
+        && inputs.is_empty()
+        && images.len() == 1
+        && images.iter().all(|i| i.stamp().is_some())
+}
+
+/// What a run of one image file alone did.
+enum Alone {
+    /// The program ran and returned this status.
+    Ran(i32),
+    /// The image links against other images: run it through the engine,
+    /// which finds them next to it.
+    NeedsEngine(ImageFile),
+}
+
+/// The image a run of one image file loaded, kept for the program's
+/// teardown (at its return or its `exit`); never unloaded.
+static ALONE: std::sync::Mutex<Option<LinkedImage>> = std::sync::Mutex::new(None);
+
+/// Runs one image file without the engine (see [`runs_alone`]): the
+/// standalone loader maps and binds it against the host's symbols (kiln's
+/// runtime, the process, `-l` libraries — what the engine's `<host>` dylib
+/// answers), then its initializers, entry point and finalizers run as
+/// `link_and_run` runs them. A cache hit's session, layer, dylibs and
+/// per-export definitions (~1.3 M of its ~3.2 M instructions) are not
+/// made (docs/performance-images.md).
+fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, String> {
+    let host = host_symbols(args)?;
+    let path = PathBuf::from(image.name());
+    // The file was opened and checked (its content hash too): the loader
+    // opens it again, and does not hash a file of the same identity again.
+    drop(image);
+    // SAFETY: as for `add_image_from_file` in `add_eagerly`: the user asked
+    // kiln to run this file's code; it binds against this process's host
+    // symbols, and kiln does not write image files it runs.
+    let loaded = unsafe { kiln_linker::image_file::load_file(&path, &host) };
+    let mut loaded = match loaded {
+        Ok(l) => l,
+        Err(ImageError::MissingDependencies { .. }) => {
+            let reopened = ImageFile::open(&path).map_err(|e| e.to_string())?;
+            return Ok(Alone::NeedsEngine(reopened));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let address = loaded
+        .symbol(&args.entry)
+        // As the engine's lookup says it.
+        .ok_or_else(|| format!("symbols not found: {}", args.entry))?;
+    // The inputs are a program: tear down like exit(), not dlclose.
+    loaded.set_executable_teardown(true);
+    let (argc, argv, envp) = program_arguments(program, &args.args)?;
+    install_fatal_signal_handlers();
+    *ALONE.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
+    finalize_alone_at_exit();
+    if let Some(image) = ALONE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        image.run_initializers();
+    }
+    // SAFETY: `address` is the entry point of the loaded image (bound and
+    // protected; it stays loaded until the process exits), and the user
+    // asserts its signature is `int (int, char **, char **)`; argv and
+    // envp are NUL-terminated arrays of leaked C strings.
+    let status = unsafe { call_entry(address, argc, argv, envp) };
+    if let Some(image) = ALONE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        image.run_finalizers();
+    }
+    // The libraries the image is bound to stay loaded as long as it does:
+    // until the process exits (as the engine's `<host>` dylib keeps them).
+    std::mem::forget(host);
+    Ok(Alone::Ran(status))
+}
+
+/// If the program calls `exit()` itself, its image's `atexit` handlers and
+/// finalizers run from libc's exit list (once: a teardown under way on
+/// this or another thread holds the image, and is left to finish).
+fn finalize_alone_at_exit() {
+    extern "C" fn at_exit() {
+        if let Ok(mut image) = ALONE.try_lock()
+            && let Some(image) = image.as_mut()
+        {
+            image.run_finalizers();
+        }
+    }
+    // SAFETY: `at_exit` is a plain `extern "C" fn()` that only finalizes
+    // the image (once); registering it has no other precondition.
+    unsafe {
+        libc::atexit(at_exit);
+    }
+}
+
+/// A run's engine: its session, the object layer, and the two dylibs
+/// (`main` for the inputs, `<host>` for the process and `-l` libraries).
+struct Run {
+    session: Session,
+    layer: ObjectLayer,
+    main: Dylib,
+    host: Dylib,
+}
+
+impl Run {
+    /// The session, layer and dylibs for `args` (`-l` libraries loaded).
+    fn start(args: &RunArgs, images_only: bool) -> Result<Run, String> {
+        // Images are mapped and bound, not linked: a run of images only (a
+        // cache hit included) has nothing for workers to do in parallel, so
+        // it dispatches in place and starts no worker thread (each costs
+        // ~0.2 ms of CPU and a hand-off per task; see
+        // docs/performance-images.md).
+        let session = if images_only {
+            Session::builder().dispatcher(InPlaceDispatcher::new())
+        } else {
+            Session::builder().dispatcher(match args.threads {
+                Some(n) => WorkerPool::new(n),
+                None => WorkerPool::with_available_parallelism(),
+            })
+        }
+        .build();
+        // Without --lazy every input is linked (as one image) once the entry
+        // point is looked up: prepare it while the engine records its symbols.
+        let mut options = LinkOptions::default();
+        options.prepare_early = !args.lazy;
+        let layer = ObjectLayer::with_options(&session, options);
+        // The inputs are a program: tear down like exit(), not dlclose.
+        layer.set_executable_teardown(true);
+        let err = |e: kiln_engine::Error| e.to_string();
+        let host = session.create_dylib("<host>").map_err(err)?;
+        host.add_generator(HostGenerator::new(host_symbols(args)?))
+            .map_err(err)?;
+        let main = session.create_dylib("main").map_err(err)?;
+        main.set_link_order(&[(host.clone(), DylibLookup::ExportedOnly)])
+            .map_err(err)?;
+        Ok(Run {
+            session,
+            layer,
+            main,
+            host,
+        })
+    }
+}
+
+/// The host's symbols for `args`: kiln's runtime, the process, and the
+/// `-l` libraries (loaded, searched in `-L` directories first).
+fn host_symbols(args: &RunArgs) -> Result<HostSymbols, String> {
+    let mut host = HostSymbols::new();
+    for lib in &args.libs {
+        host.load_library(lib, &args.lib_dirs)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(host)
+}
+
+/// Debugger and profiler interfaces: the flags add to KILN_GDB/KILN_PERF;
+/// every link of this run (and lazy stubs) takes them from the default.
+fn set_debug_options(args: &RunArgs) -> DebugOptions {
+    let mut debug = DebugOptions::from_env();
+    debug.gdb |= args.gdb;
+    debug.perf_map |= args.perf_map;
+    debug.jitdump |= args.jitdump;
+    DebugOptions::set_process_default(debug);
+    debug
+}
+
+/// Adds the inputs to `main`: behind lazy entries with `--lazy` (the
+/// reexports returned), else eagerly.
+fn add_inputs(
+    run: &Run,
+    args: &RunArgs,
+    program: &str,
+    inputs: Vec<Input>,
+    images: Vec<ImageFile>,
+) -> Result<Option<LazyReexports>, String> {
+    let read_start = Instant::now();
+    if !args.lazy {
+        add_eagerly(
+            &run.session,
+            &run.layer,
+            &run.main,
+            program,
+            inputs,
+            images,
+            read_start,
+        )?;
+        return Ok(None);
+    }
+    if let Some(im) = images.first() {
+        return Err(format!(
+            "{}: image files are not supported with --lazy yet",
+            im.name()
+        ));
+    }
+    add_lazily(&run.session, &run.layer, &run.main, &run.host, inputs).map(Some)
+}
+
+/// Links everything the entry point reaches (it is Ready only when all of
+/// it is emitted) and returns its address.
+fn look_up_entry(run: &Run, entry: &str) -> Result<u64, String> {
+    let entry = run.session.intern(entry);
+    let found = run
+        .session
+        .lookup(
+            &main_order(run),
+            &LookupSet::required([entry.clone()]),
+            RequiredState::Ready,
+        )
+        .wait()
+        .map_err(|e| e.to_string())?;
+    found
+        .get(&entry)
+        .map(|d| d.address)
+        .ok_or_else(|| "entry point has no address".to_string())
+}
+
+/// Lookups of the program's own symbols: everything in `main`.
+fn main_order(run: &Run) -> SearchOrder {
+    SearchOrder::new().with(&run.main, DylibLookup::All)
+}
+
+/// `argc`, `argv` and `envp` for the program (and its initializers, as
+/// under glibc): the program's name and `args`, this process's environment.
+fn program_arguments(
+    program: &str,
+    args: &[String],
+) -> Result<(libc::c_int, *mut *mut libc::c_char, *mut *mut libc::c_char), String> {
+    let mut argv: Vec<CString> = Vec::with_capacity(args.len() + 1);
+    for a in std::iter::once(program).chain(args.iter().map(String::as_str)) {
         argv.push(
             CString::new(a.as_bytes())
                 .map_err(|_| format!("argument {a:?} contains a NUL byte"))?,
@@ -506,50 +711,57 @@ fn link_and_run(
         kv.extend(v.into_encoded_bytes());
         CString::new(kv).ok()
     });
-    // Initializers get the same arrays as `main`, as under glibc.
-    let (argc, argv_ptr, envp) = kiln_linker::runtime::set_program_arguments(argv, env);
+    Ok(kiln_linker::runtime::set_program_arguments(argv, env))
+}
 
-    // Objects with static constructors are linked before the entry point runs.
-    let startup = layer.startup_symbols();
-    if !startup.is_empty() {
-        session
-            .lookup(&order, &LookupSet::required(startup), RequiredState::Ready)
-            .wait()
-            .map_err(|e| e.to_string())?;
+/// Objects with static constructors are linked before the entry point runs.
+fn run_static_constructors(run: &Run) -> Result<(), String> {
+    let startup = run.layer.startup_symbols();
+    if startup.is_empty() {
+        return Ok(());
     }
-    install_fatal_signal_handlers();
-    end_session_at_exit(&session, &layer);
-    layer.run_initializers();
-    let run_start = Instant::now();
-    // SAFETY: `address` is the entry point of code kiln just linked, Ready
-    // (it and everything it reaches are emitted and finalized), and the
-    // user asserts its signature is `int (int, char **, char **)`. argv and
-    // envp are NUL-terminated arrays of leaked C strings.
-    let status = unsafe {
-        let entry_fn: extern "C" fn(
-            libc::c_int,
-            *mut *mut libc::c_char,
-            *mut *mut libc::c_char,
-        ) -> libc::c_int = std::mem::transmute(address as usize);
-        entry_fn(argc, argv_ptr, envp)
-    };
-    let ran = run_start.elapsed();
-    // Finalizers and atexit handlers of the JIT'd code run before any of its
-    // memory goes — lazy stubs included, which belong to another dylib.
-    layer.run_finalizers();
-    session.end();
-    report(Some(ran));
-    if narrate {
-        let (stats, images) = layer.stats();
-        eprintln!(
-            "kiln: main returned {status}; linked {input_count} objects as {images} image(s): {} symbols, {} relocations, {} bytes, in {:.2} ms",
-            stats.symbols,
-            stats.relocations,
-            stats.bytes,
-            link_time.as_secs_f64() * 1e3
-        );
-    }
-    Ok(status)
+    run.session
+        .lookup(
+            &main_order(run),
+            &LookupSet::required(startup),
+            RequiredState::Ready,
+        )
+        .wait()
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Calls the program's entry point.
+///
+/// # Safety
+/// `address` is a Ready function of signature `int (int, char **, char
+/// **)`; `argv` and `envp` are NUL-terminated arrays of C strings that
+/// live until the process exits.
+unsafe fn call_entry(
+    address: u64,
+    argc: libc::c_int,
+    argv: *mut *mut libc::c_char,
+    envp: *mut *mut libc::c_char,
+) -> libc::c_int {
+    // SAFETY: the caller's contract: `address` is such a function.
+    let entry_fn: extern "C" fn(
+        libc::c_int,
+        *mut *mut libc::c_char,
+        *mut *mut libc::c_char,
+    ) -> libc::c_int = unsafe { std::mem::transmute(address as usize) };
+    entry_fn(argc, argv, envp)
+}
+
+/// What the bundled example says after it ran.
+fn narrate_run(layer: &ObjectLayer, status: i32, input_count: usize, link_time: Duration) {
+    let (stats, images) = layer.stats();
+    eprintln!(
+        "kiln: main returned {status}; linked {input_count} objects as {images} image(s): {} symbols, {} relocations, {} bytes, in {:.2} ms",
+        stats.symbols,
+        stats.relocations,
+        stats.bytes,
+        link_time.as_secs_f64() * 1e3
+    );
 }
 
 /// `--lazy`: every object behind lazy entries in `main` (bodies in a dylib
@@ -780,23 +992,34 @@ fn print_link_stats(r: &StatsReport<'_>) {
     eprintln!("  total                  {:10.3} ms", ms(total));
 }
 
-/// The layer to finalize and the session to end if the program calls
-/// `exit` itself.
-static SESSION_AT_EXIT: std::sync::OnceLock<(Session, ObjectLayer)> = std::sync::OnceLock::new();
+/// Whether a run ends its session when the program is done, or leaves its
+/// memory to the process's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    Ended,
+    LeftToExit,
+}
+
+/// The layer to finalize, and the session to end (or not), if the program
+/// calls `exit` itself.
+static SESSION_AT_EXIT: std::sync::OnceLock<(Session, ObjectLayer, SessionEnd)> =
+    std::sync::OnceLock::new();
 
 /// If the JIT'd program calls `exit()` instead of returning, its images'
 /// finalizers and `atexit` handlers must still run before the process goes
-/// (and before libc flushes stdio): finalize them and end the session from
-/// libc's exit list.
-fn end_session_at_exit(session: &Session, layer: &ObjectLayer) {
+/// (and before libc flushes stdio): finalize them and end the session
+/// (as `end` says) from libc's exit list.
+fn end_session_at_exit(session: &Session, layer: &ObjectLayer, end: SessionEnd) {
     extern "C" fn at_exit() {
-        if let Some((session, layer)) = SESSION_AT_EXIT.get() {
+        if let Some((session, layer, end)) = SESSION_AT_EXIT.get() {
             layer.run_finalizers();
-            session.end();
+            if *end == SessionEnd::Ended {
+                session.end();
+            }
         }
     }
     if SESSION_AT_EXIT
-        .set((session.clone(), layer.clone()))
+        .set((session.clone(), layer.clone(), end))
         .is_ok()
     {
         // SAFETY: `at_exit` is a plain `extern "C" fn()` that only finalizes

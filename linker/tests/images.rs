@@ -1754,6 +1754,141 @@ fn kiln_run_of_images_only_starts_no_worker_thread() {
     assert_eq!(threads_seen(&[&image]), 1);
 }
 
+/// `kiln run X.kimg` of one settled image file (its identity older than
+/// the 2 s racy window, as a cache entry usually is) loads it with the
+/// standalone loader, without the engine: its constructors get the
+/// program's arguments, and its teardown — `main` returning or calling
+/// `exit` — runs the `atexit` handlers and destructors in a native
+/// executable's order; a missing entry point is named as the engine names
+/// it, missing imports all at once; an image that links against another
+/// runs through the engine, which finds it next to it; `--stats` (the
+/// engine's lines) still describes the run.
+#[test]
+fn a_settled_image_run_alone_starts_and_tears_down_like_a_native_executable() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-alone");
+    let src = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+static void handler1(void) { puts("atexit 1"); }
+static void handler2(void) { puts("atexit 2"); }
+__attribute__((constructor)) static void ctor(int argc, char **argv) {
+    printf("constructor argc=%d argv[1]=%s\n", argc, argc > 1 ? argv[1] : "-");
+    atexit(handler1);
+}
+__attribute__((destructor)) static void dtor(void) { puts("destructor (default priority)"); }
+__attribute__((destructor(200))) static void dtor200(void) { puts("destructor 200"); }
+int main(int argc, char **argv) {
+    atexit(handler2);
+    puts("main");
+    if (argc > 1 && !strcmp(argv[1], "exit")) exit(7);
+    return 5;
+}
+"#;
+    let obj = compile_c_text(&dir, "alone", src, &["-O2", "-fPIC"]);
+    let exe = dir.join("alone-native");
+    let status = Command::new("gcc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&obj)
+        .status()
+        .expect("gcc runs");
+    assert!(status.success());
+    let image = dir.join("alone.kimg");
+    save(&image, std::slice::from_ref(&obj), &[]);
+    // An image that needs another (found next to it by the engine), and
+    // one whose imports nothing defines.
+    let lib_obj = compile_c_text(
+        &dir,
+        "lib",
+        "int lib_value(void) { return 42; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let lib = dir.join("lib.kimg");
+    save(&lib, std::slice::from_ref(&lib_obj), &[]);
+    let user_obj = compile_c_text(
+        &dir,
+        "user",
+        "int lib_value(void);\nint main(void) { return lib_value(); }\n",
+        &["-O2", "-fPIC"],
+    );
+    let user = dir.join("user.kimg");
+    save_against(&user, &[&lib], std::slice::from_ref(&user_obj));
+    let needy_obj = compile_c_text(
+        &dir,
+        "needy",
+        "int missing_one(void);\nint missing_two(void);\n\
+         int main(void) { return missing_one() + missing_two(); }\n",
+        &["-O2", "-fPIC"],
+    );
+    let needy = dir.join("needy.kimg");
+    let o = kiln()
+        .args(["image", "save", "--allow-undefined", "-o"])
+        .arg(&needy)
+        .arg(&needy_obj)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "{}", show(&o));
+    // Past the racy window: the loader may trust the files' identities.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let o = kiln().arg("run").arg(&user).output().expect("kiln runs");
+    assert_eq!(o.status.code(), Some(42), "{}", show(&o));
+    let o = kiln().arg("run").arg(&needy).output().expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains("imported symbols not found: missing_one, missing_two"),
+        "{}",
+        show(&o)
+    );
+    for how in ["return", "exit"] {
+        let native = Command::new(&exe).arg(how).output().expect("native runs");
+        let jit = kiln()
+            .arg("run")
+            .arg(&image)
+            .args(["--", how])
+            .output()
+            .expect("kiln runs");
+        assert_eq!(
+            jit.status.code(),
+            native.status.code(),
+            "{how}: {}",
+            show(&jit)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&jit.stdout),
+            String::from_utf8_lossy(&native.stdout),
+            "{how}: {}",
+            show(&jit)
+        );
+    }
+    let missing = kiln()
+        .args(["run", "--entry", "no_such_entry"])
+        .arg(&image)
+        .output()
+        .expect("kiln runs");
+    assert_eq!(missing.status.code(), Some(1), "{}", show(&missing));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("symbols not found: no_such_entry"),
+        "{}",
+        show(&missing)
+    );
+    let stats = kiln()
+        .args(["run", "--stats"])
+        .arg(&image)
+        .output()
+        .expect("kiln runs");
+    assert_eq!(stats.status.code(), Some(5), "{}", show(&stats));
+    assert!(
+        String::from_utf8_lossy(&stats.stderr).contains("images linked          1"),
+        "{}",
+        show(&stats)
+    );
+}
+
 /// Whether /proc/self/maps has lines naming a `.kimg` file and libstdc++.
 const COUNT_KIMG_MAPPINGS: &str = "#include <stdio.h>\n#include <string.h>\n\
     int main(void) {\n  char l[4096]; int n = 0;\n\
