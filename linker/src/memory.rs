@@ -819,7 +819,41 @@ impl FileBytes {
     /// on access, a written one changes the bytes under the reader. As
     /// `ld`, mold and lld assume of their inputs.
     pub unsafe fn map(file: &std::fs::File) -> std::io::Result<FileBytes> {
-        let len = usize::try_from(file.metadata()?.len())
+        let len = file.metadata()?.len();
+        // SAFETY: as this function's.
+        unsafe { FileBytes::map_with(file, len, MapFlags::POPULATE) }
+    }
+
+    /// `file`'s `len` bytes (its size, as the caller's `fstat` said),
+    /// mapped private and read-only without `MAP_POPULATE`: pages are
+    /// faulted in as they are read. For a reader that touches a few pages
+    /// of a large file (a loader checking an image's header and tables),
+    /// where populating would map every page up front.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FileBytes::map`]; `len` must be the file's size (a longer
+    /// mapping raises `SIGBUS` past the file's end).
+    pub(crate) unsafe fn map_unpopulated(
+        file: &std::fs::File,
+        len: u64,
+    ) -> std::io::Result<FileBytes> {
+        // SAFETY: as this function's.
+        unsafe { FileBytes::map_with(file, len, MapFlags::empty()) }
+    }
+
+    /// [`FileBytes::map`] of `len` bytes with `flags` added to
+    /// `MAP_PRIVATE`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FileBytes::map_unpopulated`].
+    unsafe fn map_with(
+        file: &std::fs::File,
+        len: u64,
+        flags: MapFlags,
+    ) -> std::io::Result<FileBytes> {
+        let len = usize::try_from(len)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::FileTooLarge))?;
         if len == 0 {
             return Ok(FileBytes(FileRepr::Owned(Vec::new())));
@@ -831,7 +865,7 @@ impl FileBytes {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ,
-                MapFlags::PRIVATE | MapFlags::POPULATE,
+                MapFlags::PRIVATE | flags,
                 file,
                 0,
             )

@@ -17,12 +17,13 @@
 //!
 //! ```text
 //! image-load --so liblua.so --objs DIR --work DIR [--iters 1000] [--chain DIR]
-//!            [--only dlopen|load_file|load|relink]
+//!            [--only dlopen|load_file|load|relink|chain]
 //! ```
 //!
 //! `--only` runs one variant alone (after the same save and warm-up) and
 //! prints its row: for instruction counts of one variant (`perf stat -e
-//! instructions:u`, callgrind), not for ratios.
+//! instructions:u`, callgrind), not for ratios; `--only chain` runs the
+//! chain alone.
 //!
 //! Prints Markdown on stdout. Not a test: nothing is asserted but that
 //! every variant returns the same value from the first call.
@@ -55,8 +56,12 @@ struct Config {
     only: Option<usize>,
 }
 
-/// The variants' names for `--only`, in table order.
-const VARIANTS: [&str; 4] = ["dlopen", "load_file", "load", "relink"];
+/// The variants' names for `--only`, in table order, then `chain` (the
+/// chain alone, with `--chain`).
+const VARIANTS: [&str; 5] = ["dlopen", "load_file", "load", "relink", "chain"];
+
+/// `--only`'s index of the chain.
+const ONLY_CHAIN: usize = 4;
 
 fn parse() -> Result<Config, String> {
     let mut so = None;
@@ -303,6 +308,10 @@ fn total(samples: &[Sample]) -> (String, f64) {
 
 fn run(config: &Config) -> Result<(), String> {
     let host = HostSymbols::new();
+    if config.only == Some(ONLY_CHAIN) {
+        let dir = config.chain.as_ref().ok_or("--only chain wants --chain DIR")?;
+        return chain(dir, &host, config.iters);
+    }
     let objs = read_objects(&config.objs)?;
     let (saved, bytes) = save(&objs, &host)?;
     drop(saved);

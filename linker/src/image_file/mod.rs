@@ -54,6 +54,7 @@
 pub(crate) mod classify;
 pub(crate) mod combine;
 pub(crate) mod cpu;
+mod checked;
 mod format;
 mod host_table;
 mod load;

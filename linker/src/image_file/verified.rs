@@ -81,6 +81,16 @@ impl Identity {
         self.size
     }
 
+    /// (device, inode): which file this is, whatever its state.
+    pub(crate) fn key(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// Whether the ctime was old enough for the file to be remembered.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled
+    }
+
     /// The identity as seven words (device, inode, size, mtime s/ns, ctime
     /// s/ns), to keep across processes; `None` if it is not settled (too
     /// fresh to be trusted later).

@@ -1,0 +1,129 @@
+//! `image_file::load_file` keeps each settled file it checked in its parsed
+//! form (`linker/src/image_file/checked.rs`): a later load of the unchanged
+//! file maps, rebases, binds and protects only. These tests check that a
+//! kept form is never used for a file that changed, and that loads sharing
+//! one kept form still get their own pages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use kiln_linker::image_file::{self, BuildId};
+use kiln_linker::{HostSymbols, LinkOptions, LinkedImage, Linker};
+
+/// `src` compiled and saved as an image file at `dir/name.kimg`, then aged
+/// past the 2 s within which a changed file is checked on every load (so
+/// that loads keep it).
+fn aged_image(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let o = compile_c_text(dir, name, src, &["-O2", "-fPIC"]);
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let inputs = vec![(o.display().to_string(), std::fs::read(&o).expect("read"))];
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    for (n, b) in inputs {
+        linker.add_object_bytes(n, b);
+    }
+    let image = linker.link(&HostSymbols::new()).expect("links");
+    let bytes = image.save_image(&id).expect("saves");
+    let path = dir.join(format!("{name}.kimg"));
+    std::fs::write(&path, bytes).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    path
+}
+
+/// `int f(void)` at `name` in `image`.
+fn func(image: &LinkedImage, name: &str) -> extern "C" fn() -> i32 {
+    let f = image
+        .symbol(name)
+        .unwrap_or_else(|| panic!("no {name}"));
+    // SAFETY: the tests' images define `name` as `int name(void)`.
+    unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(f as usize) }
+}
+
+/// The file range of section `name` of the image file `bytes`.
+fn section(bytes: &[u8], name: &str) -> std::ops::Range<usize> {
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
+    let le = object::LittleEndian;
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(bytes).expect("ELF");
+    let sections = h.sections(le, bytes).expect("sections");
+    let (_, s) = sections
+        .iter()
+        .enumerate()
+        .find(|(_, s)| sections.section_name(le, s) == Ok(name.as_bytes()))
+        .unwrap_or_else(|| panic!("no {name}"));
+    let at = s.sh_offset(le) as usize;
+    at..at + s.sh_size(le) as usize
+}
+
+/// A file loaded (and kept) and then rewritten in place — same inode, same
+/// size — with a table no load may accept (an export past the image's end)
+/// and a content hash that matches: the next load checks it again and
+/// refuses it, rather than loading the kept form of the old bytes.
+#[test]
+fn a_kept_image_file_changed_in_place_is_checked_again() {
+    use std::io::{Seek, SeekFrom, Write};
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-changed");
+    let path = aged_image(&dir, "k", "int k_val(void) { return 7; }\n");
+    let host = HostSymbols::new();
+    for _ in 0..2 {
+        // SAFETY: the test's own image, saved just now.
+        let image = unsafe { image_file::load_file(&path, &host) }.expect("loads");
+        assert_eq!(func(&image, "k_val")(), 7);
+    }
+    let mut bytes = std::fs::read(&path).expect("read");
+    let exports = section(&bytes, ".kiln.exports");
+    assert!(exports.len() >= 24, "an export record");
+    bytes[exports.start..exports.start + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    image_file::reseal(&mut bytes);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.write_all(&bytes).expect("write in place");
+    drop(f);
+    // SAFETY: as above; the file must be refused before it is mapped.
+    let e = unsafe { image_file::load_file(&path, &host) }
+        .expect_err("an export past the image's end is refused");
+    assert!(e.to_string().contains("export offset"), "{e}");
+}
+
+/// Two loads of one unchanged file (the second from the kept form) each
+/// get their own pages: a static counter counts apart in each; unloading
+/// one leaves the other running, and a third load starts afresh.
+#[test]
+fn two_loads_of_one_image_file_have_their_own_pages_and_unload_alone() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-twice");
+    let path = aged_image(
+        &dir,
+        "t",
+        "static int n;\nint t_bump(void) { return ++n; }\n",
+    );
+    let host = HostSymbols::new();
+    // SAFETY: the test's own image (three loads of it, dropped in any
+    // order: it links against nothing).
+    let (a, b) = unsafe {
+        (
+            image_file::load_file(&path, &host).expect("loads"),
+            image_file::load_file(&path, &host).expect("loads again"),
+        )
+    };
+    assert_ne!(a.symbol("t_bump"), b.symbol("t_bump"));
+    let (bump_a, bump_b) = (func(&a, "t_bump"), func(&b, "t_bump"));
+    assert_eq!((bump_a(), bump_a(), bump_b()), (1, 2, 1));
+    drop(a);
+    assert_eq!((bump_b(), bump_b()), (2, 3));
+    // SAFETY: as above.
+    let c = unsafe { image_file::load_file(&path, &host) }.expect("loads a third time");
+    assert_eq!((func(&c, "t_bump")(), bump_b()), (1, 4));
+    drop(b);
+    assert_eq!(func(&c, "t_bump")(), 2);
+}
