@@ -825,21 +825,27 @@ impl FileBytes {
     }
 
     /// `file`'s `len` bytes (its size, as the caller's `fstat` said),
-    /// mapped private and read-only without `MAP_POPULATE`: pages are
-    /// faulted in as they are read. For a reader that touches a few pages
-    /// of a large file (a loader checking an image's header and tables),
-    /// where populating would map every page up front.
+    /// mapped private and read-only, with `MAP_POPULATE` if `populate`:
+    /// without it pages are faulted in as they are read — for a reader that
+    /// touches a few pages of a large file (a loader checking an image's
+    /// header and tables), where populating would map every page up front.
     ///
     /// # Safety
     ///
     /// As for [`FileBytes::map`]; `len` must be the file's size (a longer
     /// mapping raises `SIGBUS` past the file's end).
-    pub(crate) unsafe fn map_unpopulated(
+    pub(crate) unsafe fn map_sized(
         file: &std::fs::File,
         len: u64,
+        populate: bool,
     ) -> std::io::Result<FileBytes> {
+        let flags = if populate {
+            MapFlags::POPULATE
+        } else {
+            MapFlags::empty()
+        };
         // SAFETY: as this function's.
-        unsafe { FileBytes::map_with(file, len, MapFlags::empty()) }
+        unsafe { FileBytes::map_with(file, len, flags) }
     }
 
     /// [`FileBytes::map`] of `len` bytes with `flags` added to
@@ -847,7 +853,7 @@ impl FileBytes {
     ///
     /// # Safety
     ///
-    /// As for [`FileBytes::map_unpopulated`].
+    /// As for [`FileBytes::map_sized`].
     unsafe fn map_with(
         file: &std::fs::File,
         len: u64,

@@ -3,8 +3,9 @@
 //! protects: no read-only view of the file mapped again, no table parsed
 //! and checked again, no import name list built again.
 //!
-//! An entry is the file's read-only mapping (not populated: the loader
-//! reads the header and tables, not the code), the descriptor it was
+//! An entry is the file's read-only mapping (populated only when the whole
+//! file is to be hashed: otherwise the loader reads the header and tables,
+//! not the code), the descriptor it was
 //! opened with, its [`Parsed`] form (every check of a first load passed,
 //! content hash included) and its import names. It is found by the file's
 //! identity as [`verified`] defines it — device, inode, size, mtime, ctime —
@@ -52,11 +53,15 @@ impl CheckedFile {
         file: std::fs::File,
         id: verified::Identity,
     ) -> Result<CheckedFile, ImageError> {
+        // A file not hashed yet is read whole (the hash): its pages mapped
+        // in one call rather than faulted in one by one. Otherwise the
+        // header and tables are all that is read.
+        let populate = !verified::is_known(&id);
         // SAFETY: a private read-only mapping of the file's size as its
         // `fstat` said; the file not changing while it is mapped is
         // `load_file`'s contract (and an entry is used only while the file
         // keeps the identity it had when it was checked).
-        let bytes = unsafe { FileBytes::map_unpopulated(&file, id.size()) }.map_err(|source| {
+        let bytes = unsafe { FileBytes::map_sized(&file, id.size(), populate) }.map_err(|source| {
             ImageError::Io {
                 name: file_name.to_string(),
                 what: "map",

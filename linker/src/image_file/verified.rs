@@ -150,6 +150,17 @@ pub(crate) fn is_verified(id: &Identity, hash: &[u8; 32]) -> bool {
         .is_some_and(|(known, h)| known == id && h == hash)
 }
 
+/// Whether a file with identity `id` was hashed whole in this process
+/// (whatever its header says now): a load of it will most likely not read
+/// the whole file.
+pub(crate) fn is_known(id: &Identity) -> bool {
+    let table = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    table
+        .as_ref()
+        .and_then(|t| t.get(&(id.dev, id.ino)))
+        .is_some_and(|(known, _)| known == id)
+}
+
 /// Remembers that the file `id` was hashed whole and matched `hash` (if its
 /// ctime is old enough: [`Identity::new`]); forgets what was remembered
 /// about the inode otherwise.
