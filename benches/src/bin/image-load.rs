@@ -125,6 +125,17 @@ fn minflt() -> i64 {
     }
 }
 
+/// The calling thread's CPU time (user + system), ns.
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec` we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// One iteration's phases: (ns, minor faults) of load, lookups, first
 /// call, unload.
 type Sample = [(u64, i64); 4];
@@ -597,9 +608,9 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
         images.len()
     );
     println!(
-        "| images loaded in order | median ms [p10–p90] | µs per image | first / last tenth, µs per image | faults per image |"
+        "| images loaded in order | wall ms, median [p10–p90] | wall µs per image | CPU µs per image | CPU µs per image, first / last tenth | faults per image |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for n in [10usize, 100, 1000] {
         if n > images.len() {
             break;
@@ -607,24 +618,31 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
         let reps = (iters * 10 / n).clamp(20, iters.max(20));
         let mut times = Vec::with_capacity(reps);
         let mut faults = 0i64;
-        // Per repetition: ns of the first and the last tenth of the loads
-        // (each load timed on its own), to see whether later loads cost more.
+        // Per repetition: the thread's CPU time for all loads, and for the
+        // first and the last tenth of them (each load timed on its own), to
+        // see whether later loads cost more. Wall time on a loaded machine
+        // also counts the time the thread waits for a core, which a long
+        // loop (1,000 loads: tens of ms) pays many times and a short one
+        // (10 loads) mostly not at all.
+        let mut cpu = Vec::with_capacity(reps);
         let (mut first, mut last) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
         let tenth = n / 10;
         let mut each = Vec::with_capacity(n);
         for _ in 0..reps {
             let f0 = minflt();
             let t0 = Instant::now();
+            let c0 = cpu_ns();
             let mut loaded = Vec::with_capacity(n);
             each.clear();
             for (i, b) in images[..n].iter().enumerate() {
-                let t = Instant::now();
+                let c = cpu_ns();
                 // SAFETY: the images were saved by this function just now.
                 let img = unsafe { image_file::load(&format!("f_{i}.kimg"), b, host) }
                     .map_err(|e| e.to_string())?;
-                each.push(t.elapsed().as_nanos() as u64);
+                each.push(cpu_ns() - c);
                 loaded.push(img);
             }
+            cpu.push(cpu_ns() - c0);
             times.push(t0.elapsed().as_nanos() as u64);
             first.push(each[..tenth].iter().sum::<u64>() / tenth as u64);
             last.push(each[n - tenth..].iter().sum::<u64>() / tenth as u64);
@@ -642,15 +660,17 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
             while loaded.pop().is_some() {}
         }
         times.sort_unstable();
+        cpu.sort_unstable();
         first.sort_unstable();
         last.sort_unstable();
         let med = percentile(&times, 50);
         println!(
-            "| {n} | {:.3} [{:.3}–{:.3}] | {:.1} | {:.1} / {:.1} | {:.1} |",
+            "| {n} | {:.3} [{:.3}–{:.3}] | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
             med as f64 / 1e6,
             percentile(&times, 10) as f64 / 1e6,
             percentile(&times, 90) as f64 / 1e6,
             med as f64 / 1000.0 / n as f64,
+            percentile(&cpu, 50) as f64 / 1000.0 / n as f64,
             percentile(&first, 50) as f64 / 1000.0,
             percentile(&last, 50) as f64 / 1000.0,
             faults as f64 / (reps * n) as f64

@@ -7,7 +7,8 @@
 //! file is to be hashed: otherwise the loader reads the header and tables,
 //! not the code), the descriptor it was
 //! opened with, its [`Parsed`] form (every check of a first load passed,
-//! content hash included) and its import names. It is found by the file's
+//! content hash included), its import names and its export table (shared
+//! by every image loaded from it, each at its own base). It is found by the file's
 //! identity as [`verified`] defines it — device, inode, size, mtime, ctime —
 //! taken with a `stat` of the path: a file replaced by a rename has another
 //! inode, a file written in place another ctime, and either is opened,
@@ -26,7 +27,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rustc_hash::FxHashMap;
 
-use super::load::{ImportNames, import_names};
+use super::load::{ImportNames, export_table, import_names};
+use crate::image::SortedSymbols;
 use super::read::{self, Parsed};
 use super::{ImageError, verified};
 use crate::memory::FileBytes;
@@ -39,6 +41,8 @@ pub(crate) struct CheckedFile {
     // Field order is drop order: `parsed` and `names` borrow `bytes`.
     parsed: Parsed<'static>,
     names: ImportNames<'static>,
+    /// The export table at base 0 (names copied: it borrows nothing).
+    exports: SortedSymbols,
     bytes: FileBytes,
     file: std::fs::File,
     id: verified::Identity,
@@ -77,9 +81,11 @@ impl CheckedFile {
         let view: &'static [u8] = unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
         let parsed = read::parse_file(file_name, view, &id)?;
         let names = import_names(&parsed);
+        let exports = export_table(&parsed);
         Ok(CheckedFile {
             parsed,
             names,
+            exports,
             bytes,
             file,
             id,
@@ -94,6 +100,11 @@ impl CheckedFile {
     /// The import names a resolver is asked for.
     pub(crate) fn names(&self) -> &ImportNames<'_> {
         &self.names
+    }
+
+    /// The export table at base 0.
+    pub(crate) fn exports(&self) -> &SortedSymbols {
+        &self.exports
     }
 
     /// The open file, to map segments from.

@@ -318,8 +318,10 @@ fn announce(
 
 /// Final protections and the runtime: the loaded image, initializers not
 /// yet run; its TLS module made and its thread-local slots bound first.
+/// `exports` is `p`'s [`export_table`].
 pub(crate) fn finish(
     p: &Parsed<'_>,
+    exports: &SortedSymbols,
     mut alloc: Allocation,
     file_name: &str,
 ) -> Result<LinkedImage, ImageError> {
@@ -383,12 +385,18 @@ pub(crate) fn finish(
     })?;
     let mut image = LinkedImage::start(p.name.to_string(), finalized, dso, false)
         .map_err(|e| link_err(file_name, e))?;
-    let exports = p.exports.iter().map(|e| (e.name, base + e.offset));
-    image.set_sorted_symbols(match p.strings {
+    image.set_sorted_symbols(exports.at(base));
+    Ok(image)
+}
+
+/// The export table of `p` as the loaded image's symbols, at base 0 (a
+/// load moves it to its base: [`SortedSymbols::at`]).
+pub(crate) fn export_table(p: &Parsed<'_>) -> SortedSymbols {
+    let exports = p.exports.iter().map(|e| (e.name, e.offset));
+    match p.strings {
         Some(table) => SortedSymbols::from_table(table, exports),
         None => SortedSymbols::from_sorted(exports),
-    });
-    Ok(image)
+    }
 }
 
 /// Loads the image file `bytes` (called `file_name` in errors) into this
@@ -458,6 +466,7 @@ pub unsafe fn load_file(
             &file_name,
             c.parsed(),
             c.names(),
+            c.exports(),
             Some(c.file()),
             resolver,
         )
@@ -586,6 +595,11 @@ impl ImageFile {
     pub(crate) fn parsed(&self) -> &Parsed<'_> {
         self.checked.parsed()
     }
+
+    /// The file's export table (see [`export_table`]).
+    pub(crate) fn exports(&self) -> &SortedSymbols {
+        self.checked.exports()
+    }
 }
 
 impl std::fmt::Debug for ImageFile {
@@ -614,12 +628,13 @@ unsafe fn load_parsed(
 ) -> Result<LinkedImage, ImageError> {
     let p = read::parse(file_name, bytes)?;
     let names = import_names(&p);
+    let exports = export_table(&p);
     // SAFETY: as this function's.
-    unsafe { load_checked(file_name, &p, &names, file, resolver) }
+    unsafe { load_checked(file_name, &p, &names, &exports, file, resolver) }
 }
 
 /// [`load_parsed`] of bytes already checked (`p`, whose import names are
-/// `names`).
+/// `names` and export table `exports`).
 ///
 /// # Safety
 ///
@@ -628,6 +643,7 @@ unsafe fn load_checked(
     file_name: &str,
     p: &Parsed<'_>,
     names: &ImportNames<'_>,
+    exports: &SortedSymbols,
     file: Option<&std::fs::File>,
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
@@ -641,7 +657,7 @@ unsafe fn load_checked(
     let registration = register(p, &alloc, file_name);
     let answers = resolver.resolve(&names.names);
     bind(p, &mut alloc, file_name, names, &answers, &deps)?;
-    let image = finish(p, alloc, file_name)?;
+    let image = finish(p, exports, alloc, file_name)?;
     image.register_once(|| registration);
     Ok(image)
 }

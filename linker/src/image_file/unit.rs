@@ -306,7 +306,15 @@ impl ImageUnit {
             .collect();
         load::bind(p, &mut alloc, &self.name, &names, &answers, &deps).map_err(err)?;
         // (c) Final protections, runtime registration; the tracker owns it.
-        let image = load::finish(p, alloc, &self.name).map_err(err)?;
+        let owned_exports;
+        let exports = match &self.source {
+            Source::File(f) => f.exports(),
+            Source::Bytes(_) => {
+                owned_exports = load::export_table(p);
+                &owned_exports
+            }
+        };
+        let image = load::finish(p, exports, alloc, &self.name).map_err(err)?;
         image.register_once(|| registration);
         // The image files it links against stay mapped while it is.
         let keep = deps
