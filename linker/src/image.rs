@@ -417,6 +417,21 @@ impl LinkedImage {
         dso: runtime::DsoHandle,
         run_init: bool,
     ) -> Result<LinkedImage, LinkError> {
+        Self::start_with(name, f, dso, run_init, false)
+    }
+
+    /// [`LinkedImage::start`]; `eh_frame_valid`: the image's `.eh_frame`
+    /// (with its terminator) is known to pass
+    /// [`runtime::eh_frame::validate`] as it lies in memory (an image
+    /// file's parser checked its bytes, which loading does not write), so
+    /// it is registered without walking its records again.
+    pub(crate) fn start_with(
+        name: String,
+        f: Finalized,
+        dso: runtime::DsoHandle,
+        run_init: bool,
+        eh_frame_valid: bool,
+    ) -> Result<LinkedImage, LinkError> {
         let memory = (f.alloc.base(), f.alloc.len());
         dso.add_range(memory.0 as usize, memory.1 as usize);
         // Code for another ISA (an image to save) never runs here: its
@@ -427,6 +442,16 @@ impl LinkedImage {
             .is_some_and(|r| r.machine != crate::isa::Isa::HOST.machine());
         let eh_frame = match f.eh_frame.filter(|_| !foreign) {
             // The recorded length includes the zero terminator.
+            Some((start, len)) if eh_frame_valid => {
+                // SAFETY: as below; and the section passes `validate` and
+                // is terminated (the caller's `eh_frame_valid`).
+                Some(unsafe {
+                    runtime::eh_frame::register_validated(
+                        start as *const u8,
+                        len.saturating_sub(4) as usize,
+                    )
+                })
+            }
             Some((start, len)) => {
                 // SAFETY: [start, start+len) is the image's finalized,
                 // relocated `.eh_frame` followed by its 4-byte terminator; it

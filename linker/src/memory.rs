@@ -979,6 +979,13 @@ mod tests {
         assert!(mapped.is_mapped());
         assert_eq!(&mapped[..], &data[..]);
         assert_eq!(mapped.into_vec(), data);
+        // Not populated: the same bytes, faulted in as read.
+        for populate in [false, true] {
+            // SAFETY: as above; the length is the file's.
+            let lazy = unsafe { FileBytes::map_sized(&file, data.len() as u64, populate) }.unwrap();
+            assert!(lazy.is_mapped());
+            assert_eq!(&lazy[..], &data[..]);
+        }
         // An empty file has nothing to map: it reads as no bytes.
         let empty_path = dir.join("empty.bin");
         std::fs::write(&empty_path, b"").unwrap();

@@ -203,9 +203,3 @@ pub(crate) fn from_file(
     keep(&c);
     Ok(c)
 }
-
-/// How many files are kept (for tests).
-#[cfg(test)]
-pub(crate) fn kept() -> usize {
-    table().as_ref().map_or(0, |t| t.len())
-}
