@@ -39,9 +39,7 @@ fn aged_image(dir: &Path, name: &str, src: &str) -> PathBuf {
 
 /// `int f(void)` at `name` in `image`.
 fn func(image: &LinkedImage, name: &str) -> extern "C" fn() -> i32 {
-    let f = image
-        .symbol(name)
-        .unwrap_or_else(|| panic!("no {name}"));
+    let f = image.symbol(name).unwrap_or_else(|| panic!("no {name}"));
     // SAFETY: the tests' images define `name` as `int name(void)`.
     unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(f as usize) }
 }
@@ -126,4 +124,37 @@ fn two_loads_of_one_image_file_have_their_own_pages_and_unload_alone() {
     assert_eq!((func(&c, "t_bump")(), bump_b()), (1, 4));
     drop(b);
     assert_eq!(func(&c, "t_bump")(), 2);
+}
+
+/// An image resealed with a damaged `.eh_frame` record length (the hash
+/// matches, the tables are fine) passes the parser, which then leaves the
+/// records' walk to the load: the load refuses it before libgcc sees it —
+/// from the bytes, from the file, and again from the file's kept form.
+#[test]
+fn a_resealed_image_with_a_damaged_eh_frame_is_refused_on_every_load() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-eh-frame");
+    let path = aged_image(
+        &dir,
+        "e",
+        "int e_val(int x) { return x * 3; }\nint e_twice(int x) { return e_val(x) + e_val(x + 1); }\n",
+    );
+    let mut bytes = std::fs::read(&path).expect("read");
+    let eh = section(&bytes, ".eh_frame");
+    assert!(eh.len() > 8, "an .eh_frame with records");
+    // The first record's length, past the section's end.
+    bytes[eh.start..eh.start + 4].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+    image_file::reseal(&mut bytes);
+    let host = HostSymbols::new();
+    // SAFETY: refused before anything runs (the point of the test).
+    let e = unsafe { image_file::load("e.kimg", &bytes, &host) }.expect_err("refused");
+    assert!(e.to_string().contains("malformed .eh_frame"), "{e}");
+    let damaged = dir.join("damaged.kimg");
+    std::fs::write(&damaged, &bytes).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for _ in 0..2 {
+        // SAFETY: as above.
+        let e = unsafe { image_file::load_file(&damaged, &host) }.expect_err("refused");
+        assert!(e.to_string().contains("malformed .eh_frame"), "{e}");
+    }
 }

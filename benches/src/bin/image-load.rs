@@ -320,7 +320,10 @@ fn total(samples: &[Sample]) -> (String, f64) {
 fn run(config: &Config) -> Result<(), String> {
     let host = HostSymbols::new();
     if config.only == Some(ONLY_CHAIN) {
-        let dir = config.chain.as_ref().ok_or("--only chain wants --chain DIR")?;
+        let dir = config
+            .chain
+            .as_ref()
+            .ok_or("--only chain wants --chain DIR")?;
         return chain(dir, &host, config.iters);
     }
     let objs = read_objects(&config.objs)?;
@@ -537,7 +540,10 @@ fn first_loads(
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut copies = Vec::with_capacity(FIRST_COPIES);
     for i in 0..FIRST_COPIES {
-        let (s, k) = (dir.join(format!("lib{i}.so")), dir.join(format!("i{i}.kimg")));
+        let (s, k) = (
+            dir.join(format!("lib{i}.so")),
+            dir.join(format!("i{i}.kimg")),
+        );
         std::fs::copy(so_path, &s).map_err(|e| e.to_string())?;
         std::fs::copy(kimg, &k).map_err(|e| e.to_string())?;
         let s = CString::new(s.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
@@ -570,7 +576,10 @@ fn first_loads(
     );
     println!("| variant | first load | faults |\n|---|---|---|");
     println!("| (a) dlopen(RTLD_NOW) of a copy | {} |", row(&mut a));
-    println!("| (b) `load_file` of a copy (content hash, every check) | {} |", row(&mut b));
+    println!(
+        "| (b) `load_file` of a copy (content hash, every check) | {} |",
+        row(&mut b)
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustc_hash::FxHashMap;
 
 use super::load::{ImportNames, export_table, import_names};
-use crate::image::SortedSymbols;
 use super::read::{self, Parsed};
 use super::{ImageError, verified};
+use crate::image::SortedSymbols;
 use crate::memory::FileBytes;
 
 /// At most this many files are kept (then one is evicted per new one).
@@ -65,20 +65,22 @@ impl CheckedFile {
         // `fstat` said; the file not changing while it is mapped is
         // `load_file`'s contract (and an entry is used only while the file
         // keeps the identity it had when it was checked).
-        let bytes = unsafe { FileBytes::map_sized(&file, id.size(), populate) }.map_err(|source| {
-            ImageError::Io {
-                name: file_name.to_string(),
-                what: "map",
-                source,
-            }
-        })?;
+        let bytes =
+            unsafe { FileBytes::map_sized(&file, id.size(), populate) }.map_err(|source| {
+                ImageError::Io {
+                    name: file_name.to_string(),
+                    what: "map",
+                    source,
+                }
+            })?;
         // SAFETY: the slice points into `bytes`'s mapping (or its owned,
         // empty buffer), whose address does not change when `bytes` moves
         // and which stays mapped until `bytes` drops — after `parsed` and
         // `names`, the only holders of the slice (field order). The
         // `'static` never leaves this struct: `parsed` and `names` hand
         // out borrows bounded by `&self`.
-        let view: &'static [u8] = unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+        let view: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
         let parsed = read::parse_file(file_name, view, &id)?;
         let names = import_names(&parsed);
         let exports = export_table(&parsed);

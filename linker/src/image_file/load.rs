@@ -383,14 +383,9 @@ pub(crate) fn finish(
             },
         )
     })?;
-    let mut image = LinkedImage::start_with(
-        p.name.to_string(),
-        finalized,
-        dso,
-        false,
-        p.eh_frame_valid,
-    )
-        .map_err(|e| link_err(file_name, e))?;
+    let mut image =
+        LinkedImage::start_with(p.name.to_string(), finalized, dso, false, p.eh_frame_valid)
+            .map_err(|e| link_err(file_name, e))?;
     image.set_sorted_symbols(exports.at(base));
     Ok(image)
 }

@@ -51,10 +51,10 @@
 //! is refused naming the field and both sets. Feature bits are only
 //! appended: a reader refuses a bit it does not know.
 
+mod checked;
 pub(crate) mod classify;
 pub(crate) mod combine;
 pub(crate) mod cpu;
-mod checked;
 mod format;
 mod host_table;
 mod load;
