@@ -444,7 +444,10 @@ pub unsafe fn load(
 /// page cache, as `dlopen` does. The content hash is checked over the whole
 /// file, once per process for a file whose device, inode, size, mtime and
 /// ctime stay the same (a file changed in the last 2 s is hashed on every
-/// load); the header and every table are checked on each load.
+/// load). Such a file is also kept checked and parsed (up to 64 files, each
+/// with an open descriptor and a read-only mapping): a later load finds it
+/// by a `stat` of `path` and only maps, rebases, binds and protects; a file
+/// whose identity changed is opened, hashed and checked again.
 ///
 /// # Safety
 ///
