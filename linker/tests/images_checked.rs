@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use kiln_linker::image_file::{self, BuildId};
-use kiln_linker::{HostSymbols, LinkOptions, LinkedImage, Linker};
+use kiln_linker::{HostSymbols, LinkOptions, LinkedImage, Linker, SymbolResolver};
 
 /// `src` compiled and saved as an image file at `dir/name.kimg`, then aged
 /// past the 2 s within which a changed file is checked on every load (so
@@ -29,7 +29,15 @@ fn aged_image(dir: &Path, name: &str, src: &str) -> PathBuf {
     for (n, b) in inputs {
         linker.add_object_bytes(n, b);
     }
-    let image = linker.link(&HostSymbols::new()).expect("links");
+    // Names the host lacks (a test's hooks) are saved as imports by name.
+    let host = HostSymbols::new();
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> {
+        host.resolve(names)
+            .into_iter()
+            .map(|a| Some(a.unwrap_or(0)))
+            .collect()
+    };
+    let image = linker.link(&resolver).expect("links");
     let bytes = image.save_image(&id).expect("saves");
     let path = dir.join(format!("{name}.kimg"));
     std::fs::write(&path, bytes).expect("write");
@@ -156,5 +164,71 @@ fn a_resealed_image_with_a_damaged_eh_frame_is_refused_on_every_load() {
         // SAFETY: as above.
         let e = unsafe { image_file::load_file(&damaged, &host) }.expect_err("refused");
         assert!(e.to_string().contains("malformed .eh_frame"), "{e}");
+    }
+}
+
+/// `int k_hook(void) { return value; }` as `dir/tag/libhook.so`.
+fn hook_library(dir: &Path, tag: &str, value: i32) -> PathBuf {
+    let sub = dir.join(tag);
+    std::fs::create_dir_all(&sub).expect("dir");
+    let o = compile_c_text(
+        &sub,
+        "hook",
+        &format!("int k_hook(void) {{ return {value}; }}\n"),
+        &["-O2", "-fPIC"],
+    );
+    let so = sub.join("libhook.so");
+    let st = std::process::Command::new("gcc")
+        .arg("-shared")
+        .arg(&o)
+        .arg("-o")
+        .arg(&so)
+        .status()
+        .expect("gcc runs");
+    assert!(st.success(), "gcc -shared");
+    so
+}
+
+/// A kept file keeps the answers of the resolver it was last loaded with
+/// while that resolver's answers stay (its stamp): loads through another
+/// resolver — another `HostSymbols` whose library defines the import
+/// differently, or a closure (no stamp) — bind to that resolver's answers.
+#[test]
+fn kept_answers_are_used_only_with_the_resolver_that_gave_them() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-answers");
+    let (one, two) = (hook_library(&dir, "one", 1), hook_library(&dir, "two", 2));
+    let path = aged_image(
+        &dir,
+        "h",
+        "int k_hook(void);\nint k_call(void) { return k_hook() * 10; }\n",
+    );
+    let mut h1 = HostSymbols::new();
+    h1.load_path(&one).expect("loads libhook one");
+    let mut h2 = HostSymbols::new();
+    h2.load_path(&two).expect("loads libhook two");
+    extern "C" fn three() -> i32 {
+        3
+    }
+    let closure = |names: &[&str]| -> Vec<Option<u64>> {
+        let hook = three as extern "C" fn() -> i32 as usize as u64;
+        names
+            .iter()
+            .map(|n| (*n == "k_hook").then_some(hook))
+            .collect()
+    };
+    let resolvers: [(&dyn SymbolResolver, i32); 6] = [
+        (&h1, 10),
+        (&h1, 10),
+        (&h2, 20),
+        (&h2, 20),
+        (&closure, 30),
+        (&h1, 10),
+    ];
+    for (i, (resolver, want)) in resolvers.into_iter().enumerate() {
+        // SAFETY: the test's own image; `k_hook` is `int (void)` in every
+        // resolver's answer.
+        let image = unsafe { image_file::load_file(&path, resolver) }.expect("loads");
+        assert_eq!(func(&image, "k_call")(), want, "load {i}");
     }
 }

@@ -473,6 +473,7 @@ pub unsafe fn load_file(
             c.exports(),
             Some(c.file()),
             resolver,
+            Some(c.answers()),
         )
     }
 }
@@ -634,11 +635,12 @@ unsafe fn load_parsed(
     let names = import_names(&p);
     let exports = export_table(&p);
     // SAFETY: as this function's.
-    unsafe { load_checked(file_name, &p, &names, &exports, file, resolver) }
+    unsafe { load_checked(file_name, &p, &names, &exports, file, resolver, None) }
 }
 
 /// [`load_parsed`] of bytes already checked (`p`, whose import names are
-/// `names` and export table `exports`).
+/// `names` and export table `exports`); the resolver's answers kept in
+/// `kept` when given (a kept file's).
 ///
 /// # Safety
 ///
@@ -650,6 +652,7 @@ unsafe fn load_checked(
     exports: &SortedSymbols,
     file: Option<&std::fs::File>,
     resolver: &dyn SymbolResolver,
+    kept: Option<&checked::KeptAnswers>,
 ) -> Result<LinkedImage, ImageError> {
     let deps = dependency_bases(
         p,
@@ -659,8 +662,18 @@ unsafe fn load_checked(
     )?;
     let mut alloc = map_from(p, file_name, file)?;
     let registration = register(p, &alloc, file_name);
-    let answers = resolver.resolve(&names.names);
-    bind(p, &mut alloc, file_name, names, &answers, &deps)?;
+    let (kept_answers, fresh);
+    let answers: &[Option<u64>] = match kept {
+        Some(k) => {
+            kept_answers = k.resolve(resolver, &names.names);
+            &kept_answers
+        }
+        None => {
+            fresh = resolver.resolve(&names.names);
+            &fresh
+        }
+    };
+    bind(p, &mut alloc, file_name, names, answers, &deps)?;
     let image = finish(p, exports, alloc, file_name)?;
     image.register_once(|| registration);
     Ok(image)
