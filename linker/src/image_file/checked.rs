@@ -143,16 +143,15 @@ impl CheckedFile {
 /// re-load was left with). Answers are kept only when the resolver says
 /// every one of them stays while its stamp does.
 #[derive(Default)]
-pub(crate) struct KeptAnswers(Mutex<Option<(u64, Arc<[Option<u64>]>)>>);
+pub(crate) struct KeptAnswers(Mutex<Option<(u64, Answers)>>);
+
+/// A resolver's answers, one per import name.
+type Answers = Arc<[Option<u64>]>;
 
 impl KeptAnswers {
     /// `resolver`'s answers for `names`: the kept ones if its stamp is
     /// theirs, else asked (and kept if it stamps them).
-    pub(crate) fn resolve(
-        &self,
-        resolver: &dyn SymbolResolver,
-        names: &[&str],
-    ) -> Arc<[Option<u64>]> {
+    pub(crate) fn resolve(&self, resolver: &dyn SymbolResolver, names: &[&str]) -> Answers {
         let lock = || self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(stamp) = resolver.answers_stamp()
             && let Some((kept, answers)) = &*lock()
@@ -162,7 +161,7 @@ impl KeptAnswers {
         }
         // Asked without the lock held: the resolver is the caller's code.
         let (answers, stamp) = resolver.resolve_stamped(names);
-        let answers: Arc<[Option<u64>]> = Arc::from(answers);
+        let answers: Answers = Arc::from(answers);
         if let Some(stamp) = stamp {
             *lock() = Some((stamp, Arc::clone(&answers)));
         }
