@@ -20,6 +20,28 @@ use crate::error::LinkError;
 pub trait SymbolResolver: Send + Sync {
     /// Look up every name at once.
     fn resolve(&self, names: &[&str]) -> Vec<Option<u64>>;
+
+    /// A value that changes whenever an answer this resolver gave may
+    /// change (never repeated by another resolver); `None` (the default):
+    /// answers are never known to stay. A loader keeps the answers for an
+    /// image file it loads often while this value stays the same (see
+    /// [`SymbolResolver::resolve_stamped`]).
+    fn answers_stamp(&self) -> Option<u64> {
+        None
+    }
+
+    /// [`SymbolResolver::resolve`], with [`SymbolResolver::answers_stamp`]'s
+    /// value if every answer is one this resolver will give again for as
+    /// long as that value stays (`None`, the default: some may not).
+    fn resolve_stamped(&self, names: &[&str]) -> (Vec<Option<u64>>, Option<u64>) {
+        (self.resolve(names), None)
+    }
+}
+
+/// A stamp no resolver used before ([`SymbolResolver::answers_stamp`]).
+fn next_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<F> SymbolResolver for F
@@ -59,6 +81,9 @@ pub struct HostSymbols {
     deferred: std::sync::OnceLock<Option<Library>>,
     /// Names found before, with their addresses ([`HostSymbols::lookup`]).
     found: Mutex<FxHashMap<Box<str>, u64>>,
+    /// Changes (to a value never used before) whenever `found` is
+    /// cleared: an answer remembered under one stamp stays while it does.
+    stamp: u64,
     /// What keeps the objects that answered through the process's scope
     /// loaded while their answers are in `found`: handles by base address,
     /// and the main program's segments (never unloaded).
@@ -86,6 +111,7 @@ impl HostSymbols {
             this: Library::this(),
             deferred: std::sync::OnceLock::new(),
             found: Mutex::default(),
+            stamp: next_stamp(),
             pinned: Mutex::default(),
         };
         for soname in ["libm.so.6", "libgcc_s.so.1"] {
@@ -138,6 +164,7 @@ impl HostSymbols {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.stamp = next_stamp();
         Ok(())
     }
 
@@ -271,17 +298,30 @@ impl Default for HostSymbols {
 
 impl SymbolResolver for HostSymbols {
     fn resolve(&self, names: &[&str]) -> Vec<Option<u64>> {
+        self.resolve_stamped(names).0
+    }
+
+    /// Remembered answers stay until a library is loaded (`&mut self`),
+    /// which changes the stamp.
+    fn answers_stamp(&self) -> Option<u64> {
+        Some(self.stamp)
+    }
+
+    /// The stamp when every name had a remembered answer.
+    fn resolve_stamped(&self, names: &[&str]) -> (Vec<Option<u64>>, Option<u64>) {
         // Remembered answers under one lock; the rest as `lookup` finds them.
         let mut out: Vec<Option<u64>> = {
             let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
             names.iter().map(|n| found.get(*n).copied()).collect()
         };
+        let mut all = true;
         for (a, n) in out.iter_mut().zip(names) {
             if a.is_none() {
+                all = false;
                 *a = self.lookup(n);
             }
         }
-        out
+        (out, all.then_some(self.stamp))
     }
 }
 
@@ -328,6 +368,25 @@ mod tests {
             "kept across a new library"
         );
         assert_eq!(h.resolve(&["printf"]), vec![a[0]]);
+    }
+
+    /// A stamp comes with answers that were all remembered; loading a
+    /// library changes it; another instance never has the same.
+    #[test]
+    fn answers_are_stamped_when_all_were_remembered() {
+        let mut h = HostSymbols::new();
+        let (first, stamp) = h.resolve_stamped(&["printf"]);
+        assert!(first[0].is_some() && stamp.is_none(), "not remembered yet");
+        let (again, stamp) = h.resolve_stamped(&["printf"]);
+        assert_eq!((again, stamp), (first.clone(), h.answers_stamp()));
+        let (_, stamp) = h.resolve_stamped(&["printf", "kiln_surely_not_a_symbol"]);
+        assert_eq!(stamp, None, "a miss is not remembered");
+        let before = h.answers_stamp();
+        h.load_library("m", &[]).unwrap();
+        assert_ne!(h.answers_stamp(), before);
+        assert_eq!(h.resolve_stamped(&["printf"]).1, None, "forgotten");
+        assert_eq!(h.resolve_stamped(&["printf"]).1, h.answers_stamp());
+        assert_ne!(HostSymbols::new().answers_stamp(), h.answers_stamp());
     }
 
     /// libstdc++ is opened on the first name found nowhere else, and its

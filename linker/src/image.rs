@@ -3,6 +3,7 @@
 //! dropped, its finalizers before releasing its memory.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use std::path::Path;
@@ -290,12 +291,17 @@ enum Symbols {
     Sorted(SortedSymbols),
 }
 
-/// Names and addresses sorted by name (see [`Symbols`]).
-#[derive(Debug, Default)]
+/// Names and addresses sorted by name (see [`Symbols`]): each address is
+/// `base` plus the entry's value. The names and entries may be shared by
+/// every load of one image file (`image_file/checked.rs` keeps them with
+/// the file's parsed form): a load then only sets its base.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct SortedSymbols {
-    names: String,
-    /// (start of the name in `names`, its length, address), sorted by name.
-    entries: Vec<(usize, usize, u64)>,
+    names: Arc<str>,
+    /// (start of the name in `names`, its length, address less `base`),
+    /// sorted by name.
+    entries: Arc<[(usize, usize, u64)]>,
+    base: u64,
 }
 
 impl SortedSymbols {
@@ -306,14 +312,17 @@ impl SortedSymbols {
         items: impl ExactSizeIterator<Item = (&'a str, u64)> + Clone,
     ) -> SortedSymbols {
         let len = items.clone().map(|(n, _)| n.len()).sum();
-        let mut out = SortedSymbols {
-            names: String::with_capacity(len),
-            entries: Vec::with_capacity(items.len()),
-        };
+        let mut names = String::with_capacity(len);
+        let mut entries = Vec::with_capacity(items.len());
         for (name, addr) in items {
-            out.entries.push((out.names.len(), name.len(), addr));
-            out.names.push_str(name);
+            entries.push((names.len(), name.len(), addr));
+            names.push_str(name);
         }
+        let out = SortedSymbols {
+            names: Arc::from(names),
+            entries: Arc::from(entries),
+            base: 0,
+        };
         debug_assert!(out.entries.is_sorted_by(|a, b| out.name(a) < out.name(b)));
         out
     }
@@ -340,11 +349,22 @@ impl SortedSymbols {
             entries.push((at, name.len(), addr));
         }
         let out = SortedSymbols {
-            names: table.to_string(),
-            entries,
+            names: Arc::from(table),
+            entries: Arc::from(entries),
+            base: 0,
         };
         debug_assert!(out.entries.is_sorted_by(|a, b| out.name(a) < out.name(b)));
         out
+    }
+
+    /// The same names, every address moved by `base` (sharing the names
+    /// and entries).
+    pub(crate) fn at(&self, base: u64) -> SortedSymbols {
+        SortedSymbols {
+            names: Arc::clone(&self.names),
+            entries: Arc::clone(&self.entries),
+            base: self.base.wrapping_add(base),
+        }
     }
 
     fn name(&self, &(at, len, _): &(usize, usize, u64)) -> &str {
@@ -356,7 +376,7 @@ impl SortedSymbols {
             .entries
             .binary_search_by(|e| self.name(e).cmp(name))
             .ok()?;
-        Some(self.entries[i].2)
+        Some(self.entries[i].2.wrapping_add(self.base))
     }
 }
 
@@ -371,7 +391,11 @@ impl Symbols {
     fn iter(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_> {
         match self {
             Symbols::Map(m) => Box::new(m.iter().map(|(n, a)| (&**n, *a))),
-            Symbols::Sorted(s) => Box::new(s.entries.iter().map(|e| (s.name(e), e.2))),
+            Symbols::Sorted(s) => Box::new(
+                s.entries
+                    .iter()
+                    .map(|e| (s.name(e), e.2.wrapping_add(s.base))),
+            ),
         }
     }
 }
@@ -393,6 +417,21 @@ impl LinkedImage {
         dso: runtime::DsoHandle,
         run_init: bool,
     ) -> Result<LinkedImage, LinkError> {
+        Self::start_with(name, f, dso, run_init, false)
+    }
+
+    /// [`LinkedImage::start`]; `eh_frame_valid`: the image's `.eh_frame`
+    /// (with its terminator) is known to pass
+    /// [`runtime::eh_frame::validate`] as it lies in memory (an image
+    /// file's parser checked its bytes, which loading does not write), so
+    /// it is registered without walking its records again.
+    pub(crate) fn start_with(
+        name: String,
+        f: Finalized,
+        dso: runtime::DsoHandle,
+        run_init: bool,
+        eh_frame_valid: bool,
+    ) -> Result<LinkedImage, LinkError> {
         let memory = (f.alloc.base(), f.alloc.len());
         dso.add_range(memory.0 as usize, memory.1 as usize);
         // Code for another ISA (an image to save) never runs here: its
@@ -403,6 +442,16 @@ impl LinkedImage {
             .is_some_and(|r| r.machine != crate::isa::Isa::HOST.machine());
         let eh_frame = match f.eh_frame.filter(|_| !foreign) {
             // The recorded length includes the zero terminator.
+            Some((start, len)) if eh_frame_valid => {
+                // SAFETY: as below; and the section passes `validate` and
+                // is terminated (the caller's `eh_frame_valid`).
+                Some(unsafe {
+                    runtime::eh_frame::register_validated(
+                        start as *const u8,
+                        len.saturating_sub(4) as usize,
+                    )
+                })
+            }
             Some((start, len)) => {
                 // SAFETY: [start, start+len) is the image's finalized,
                 // relocated `.eh_frame` followed by its 4-byte terminator; it

@@ -819,7 +819,47 @@ impl FileBytes {
     /// on access, a written one changes the bytes under the reader. As
     /// `ld`, mold and lld assume of their inputs.
     pub unsafe fn map(file: &std::fs::File) -> std::io::Result<FileBytes> {
-        let len = usize::try_from(file.metadata()?.len())
+        let len = file.metadata()?.len();
+        // SAFETY: as this function's.
+        unsafe { FileBytes::map_with(file, len, MapFlags::POPULATE) }
+    }
+
+    /// `file`'s `len` bytes (its size, as the caller's `fstat` said),
+    /// mapped private and read-only, with `MAP_POPULATE` if `populate`:
+    /// without it pages are faulted in as they are read — for a reader that
+    /// touches a few pages of a large file (a loader checking an image's
+    /// header and tables), where populating would map every page up front.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FileBytes::map`]; `len` must be the file's size (a longer
+    /// mapping raises `SIGBUS` past the file's end).
+    pub(crate) unsafe fn map_sized(
+        file: &std::fs::File,
+        len: u64,
+        populate: bool,
+    ) -> std::io::Result<FileBytes> {
+        let flags = if populate {
+            MapFlags::POPULATE
+        } else {
+            MapFlags::empty()
+        };
+        // SAFETY: as this function's.
+        unsafe { FileBytes::map_with(file, len, flags) }
+    }
+
+    /// [`FileBytes::map`] of `len` bytes with `flags` added to
+    /// `MAP_PRIVATE`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FileBytes::map_sized`].
+    unsafe fn map_with(
+        file: &std::fs::File,
+        len: u64,
+        flags: MapFlags,
+    ) -> std::io::Result<FileBytes> {
+        let len = usize::try_from(len)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::FileTooLarge))?;
         if len == 0 {
             return Ok(FileBytes(FileRepr::Owned(Vec::new())));
@@ -831,7 +871,7 @@ impl FileBytes {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ,
-                MapFlags::PRIVATE | MapFlags::POPULATE,
+                MapFlags::PRIVATE | flags,
                 file,
                 0,
             )
@@ -939,6 +979,13 @@ mod tests {
         assert!(mapped.is_mapped());
         assert_eq!(&mapped[..], &data[..]);
         assert_eq!(mapped.into_vec(), data);
+        // Not populated: the same bytes, faulted in as read.
+        for populate in [false, true] {
+            // SAFETY: as above; the length is the file's.
+            let lazy = unsafe { FileBytes::map_sized(&file, data.len() as u64, populate) }.unwrap();
+            assert!(lazy.is_mapped());
+            assert_eq!(&lazy[..], &data[..]);
+        }
         // An empty file has nothing to map: it reads as no bytes.
         let empty_path = dir.join("empty.bin");
         std::fs::write(&empty_path, b"").unwrap();

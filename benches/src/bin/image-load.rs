@@ -17,12 +17,13 @@
 //!
 //! ```text
 //! image-load --so liblua.so --objs DIR --work DIR [--iters 1000] [--chain DIR]
-//!            [--only dlopen|load_file|load|relink]
+//!            [--only dlopen|load_file|load|relink|chain]
 //! ```
 //!
 //! `--only` runs one variant alone (after the same save and warm-up) and
 //! prints its row: for instruction counts of one variant (`perf stat -e
-//! instructions:u`, callgrind), not for ratios.
+//! instructions:u`, callgrind), not for ratios; `--only chain` runs the
+//! chain alone.
 //!
 //! Prints Markdown on stdout. Not a test: nothing is asserted but that
 //! every variant returns the same value from the first call.
@@ -55,8 +56,12 @@ struct Config {
     only: Option<usize>,
 }
 
-/// The variants' names for `--only`, in table order.
-const VARIANTS: [&str; 4] = ["dlopen", "load_file", "load", "relink"];
+/// The variants' names for `--only`, in table order, then `chain` (the
+/// chain alone, with `--chain`).
+const VARIANTS: [&str; 5] = ["dlopen", "load_file", "load", "relink", "chain"];
+
+/// `--only`'s index of the chain.
+const ONLY_CHAIN: usize = 4;
 
 fn parse() -> Result<Config, String> {
     let mut so = None;
@@ -118,6 +123,17 @@ fn minflt() -> i64 {
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
         u.ru_minflt
     }
+}
+
+/// The calling thread's CPU time (user + system), ns.
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec` we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// One iteration's phases: (ns, minor faults) of load, lookups, first
@@ -303,6 +319,13 @@ fn total(samples: &[Sample]) -> (String, f64) {
 
 fn run(config: &Config) -> Result<(), String> {
     let host = HostSymbols::new();
+    if config.only == Some(ONLY_CHAIN) {
+        let dir = config
+            .chain
+            .as_ref()
+            .ok_or("--only chain wants --chain DIR")?;
+        return chain(dir, &host, config.iters);
+    }
     let objs = read_objects(&config.objs)?;
     let (saved, bytes) = save(&objs, &host)?;
     drop(saved);
@@ -316,9 +339,9 @@ fn run(config: &Config) -> Result<(), String> {
         std::thread::sleep(std::time::Duration::from_millis(2100));
     }
     // A path with a slash: dlopen does not search for it.
-    let so =
+    let so_path =
         std::fs::canonicalize(&config.so).map_err(|e| format!("{}: {e}", config.so.display()))?;
-    let so = CString::new(so.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let so = CString::new(so_path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let names: Vec<CString> = NAMES
         .iter()
         .map(|n| CString::new(*n).map_err(|e| e.to_string()))
@@ -349,6 +372,7 @@ fn run(config: &Config) -> Result<(), String> {
     if config.only.is_some() {
         return Ok(());
     }
+    first_loads(&config.work, &so_path, &kimg, &host, &names)?;
     breakdown(&kimg, config.iters)?;
     pages_written(&so, &kimg, &host)?;
     if let Some(dir) = &config.chain {
@@ -497,6 +521,69 @@ fn file_name(p: &Path) -> String {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
+/// How many never-loaded copies [`first_loads`] loads of each file.
+const FIRST_COPIES: usize = 40;
+
+/// First loads: each of [`FIRST_COPIES`] copies of the library and of the
+/// image (other inodes, so neither `dlopen` nor `load_file` has seen them;
+/// aged 2 s, as installed files are) loaded once, interleaved, and
+/// unloaded: the image's content hash and every check are paid here.
+fn first_loads(
+    work: &Path,
+    so_path: &Path,
+    kimg: &Path,
+    host: &HostSymbols,
+    names: &[CString],
+) -> Result<(), String> {
+    let dir = work.join("first");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut copies = Vec::with_capacity(FIRST_COPIES);
+    for i in 0..FIRST_COPIES {
+        let (s, k) = (
+            dir.join(format!("lib{i}.so")),
+            dir.join(format!("i{i}.kimg")),
+        );
+        std::fs::copy(so_path, &s).map_err(|e| e.to_string())?;
+        std::fs::copy(kimg, &k).map_err(|e| e.to_string())?;
+        let s = CString::new(s.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+        copies.push((s, k));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (s, k) in &copies {
+        let (v, sample) = dlopen_once(s, names)?;
+        let (w, sample_b) = image_once(k, host, true)?;
+        if v != 504.0 || w != 504.0 {
+            return Err(format!("first loads: lua_version returned {v} and {w}"));
+        }
+        a.push(sample[0]);
+        b.push(sample_b[0]);
+    }
+    let row = |v: &mut Vec<(u64, i64)>| {
+        let faults = v.iter().map(|s| s.1).sum::<i64>() as f64 / v.len() as f64;
+        let mut ns: Vec<u64> = v.iter().map(|s| s.0).collect();
+        ns.sort_unstable();
+        format!(
+            "{} [{}–{}] | {faults:.1}",
+            us(percentile(&ns, 50)),
+            us(percentile(&ns, 10)),
+            us(percentile(&ns, 90))
+        )
+    };
+    println!(
+        "\nFirst loads ({FIRST_COPIES} copies of each file never loaded before, interleaved; µs median [p10–p90], faults)\n"
+    );
+    println!("| variant | first load | faults |\n|---|---|---|");
+    println!("| (a) dlopen(RTLD_NOW) of a copy | {} |", row(&mut a));
+    println!(
+        "| (b) `load_file` of a copy (content hash, every check) | {} |",
+        row(&mut b)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// Saves the chain `f_0.o` .. `f_{N-1}.o` (each image against the previous
 /// one) and times loading its first 10, 100, 1000 images in order.
 fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
@@ -529,8 +616,10 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
         "\nChain of {} images (f_i calls f_(i-1), each saved against the previous by build id); bytes in memory\n",
         images.len()
     );
-    println!("| images loaded in order | median ms [p10–p90] | µs per image | faults per image |");
-    println!("|---|---|---|---|");
+    println!(
+        "| images loaded in order | wall ms, median [p10–p90] | wall µs per image | CPU µs per image | CPU µs per image, first / last tenth | faults per image |"
+    );
+    println!("|---|---|---|---|---|---|");
     for n in [10usize, 100, 1000] {
         if n > images.len() {
             break;
@@ -538,17 +627,34 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
         let reps = (iters * 10 / n).clamp(20, iters.max(20));
         let mut times = Vec::with_capacity(reps);
         let mut faults = 0i64;
+        // Per repetition: the thread's CPU time for all loads, and for the
+        // first and the last tenth of them (each load timed on its own), to
+        // see whether later loads cost more. Wall time on a loaded machine
+        // also counts the time the thread waits for a core, which a long
+        // loop (1,000 loads: tens of ms) pays many times and a short one
+        // (10 loads) mostly not at all.
+        let mut cpu = Vec::with_capacity(reps);
+        let (mut first, mut last) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        let tenth = n / 10;
+        let mut each = Vec::with_capacity(n);
         for _ in 0..reps {
             let f0 = minflt();
             let t0 = Instant::now();
+            let c0 = cpu_ns();
             let mut loaded = Vec::with_capacity(n);
+            each.clear();
             for (i, b) in images[..n].iter().enumerate() {
+                let c = cpu_ns();
                 // SAFETY: the images were saved by this function just now.
                 let img = unsafe { image_file::load(&format!("f_{i}.kimg"), b, host) }
                     .map_err(|e| e.to_string())?;
+                each.push(cpu_ns() - c);
                 loaded.push(img);
             }
+            cpu.push(cpu_ns() - c0);
             times.push(t0.elapsed().as_nanos() as u64);
+            first.push(each[..tenth].iter().sum::<u64>() / tenth as u64);
+            last.push(each[n - tenth..].iter().sum::<u64>() / tenth as u64);
             faults += minflt() - f0;
             let last = loaded
                 .last()
@@ -563,13 +669,19 @@ fn chain(dir: &Path, host: &HostSymbols, iters: usize) -> Result<(), String> {
             while loaded.pop().is_some() {}
         }
         times.sort_unstable();
+        cpu.sort_unstable();
+        first.sort_unstable();
+        last.sort_unstable();
         let med = percentile(&times, 50);
         println!(
-            "| {n} | {:.3} [{:.3}–{:.3}] | {:.1} | {:.1} |",
+            "| {n} | {:.3} [{:.3}–{:.3}] | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
             med as f64 / 1e6,
             percentile(&times, 10) as f64 / 1e6,
             percentile(&times, 90) as f64 / 1e6,
             med as f64 / 1000.0 / n as f64,
+            percentile(&cpu, 50) as f64 / 1000.0 / n as f64,
+            percentile(&first, 50) as f64 / 1000.0,
+            percentile(&last, 50) as f64 / 1000.0,
             faults as f64 / (reps * n) as f64
         );
     }

@@ -7,6 +7,9 @@ use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 
+use std::sync::Arc;
+
+use super::checked::{self, CheckedFile};
 use super::read::{self, Parsed};
 use super::registry::{self, Registration};
 use super::{BuildId, ImageDependency, ImageError, format, verified};
@@ -276,10 +279,49 @@ fn tls_layout(p: &Parsed<'_>, base: u64) -> TlsLayout {
     }
 }
 
+/// Debuggers and profilers see the image as they see a link (one GDB
+/// object per load), as the process's debug options ask; nothing is
+/// built for them when they ask for nothing.
+fn announce(
+    p: &Parsed<'_>,
+    base: u64,
+    segments: &[(u64, u64, Prot)],
+    eh_frame: Option<(u64, u64)>,
+    file_name: &str,
+) -> Result<Option<crate::debug::DebugRegistration>, ImageError> {
+    let options = crate::debug::DebugOptions::process_default();
+    if !options.any() {
+        return Ok(None);
+    }
+    let image = crate::debug::LoadedImage {
+        name: p.name,
+        segments: segments
+            .iter()
+            .map(|&(v, m, pr)| (base + v, m, pr))
+            .collect(),
+        eh_frame,
+        exports: (p.exports.iter())
+            .map(|e| {
+                (
+                    e.name,
+                    base + e.offset,
+                    e.flags & super::format::EXPORT_CALLABLE != 0,
+                )
+            })
+            .collect(),
+    };
+    crate::debug::register_loaded(&image, &options).map_err(|source| {
+        let image = p.name.to_string();
+        link_err(file_name, crate::LinkError::Debug { image, source })
+    })
+}
+
 /// Final protections and the runtime: the loaded image, initializers not
 /// yet run; its TLS module made and its thread-local slots bound first.
+/// `exports` is `p`'s [`export_table`].
 pub(crate) fn finish(
     p: &Parsed<'_>,
+    exports: &SortedSymbols,
     mut alloc: Allocation,
     file_name: &str,
 ) -> Result<LinkedImage, ImageError> {
@@ -312,32 +354,7 @@ pub(crate) fn finish(
         .collect();
     let (eh, eh_len) = p.header.eh_frame;
     let eh_frame = (eh_len > 0).then_some((base + eh, eh_len));
-    // Debuggers and profilers see the image as they see a link (one GDB
-    // object per load), as the process's debug options ask.
-    let debug = crate::debug::register_loaded(
-        &crate::debug::LoadedImage {
-            name: p.name,
-            segments: segments
-                .iter()
-                .map(|&(v, m, pr)| (base + v, m, pr))
-                .collect(),
-            eh_frame,
-            exports: (p.exports.iter())
-                .map(|e| {
-                    (
-                        e.name,
-                        base + e.offset,
-                        e.flags & super::format::EXPORT_CALLABLE != 0,
-                    )
-                })
-                .collect(),
-        },
-        &crate::debug::DebugOptions::process_default(),
-    )
-    .map_err(|source| {
-        let image = p.name.to_string();
-        link_err(file_name, crate::LinkError::Debug { image, source })
-    })?;
+    let debug = announce(p, base, &segments, eh_frame, file_name)?;
     let finalized = Finalized {
         // Set below, from the export table as it is (sorted by name).
         symbols: HashMap::new(),
@@ -366,14 +383,21 @@ pub(crate) fn finish(
             },
         )
     })?;
-    let mut image = LinkedImage::start(p.name.to_string(), finalized, dso, false)
-        .map_err(|e| link_err(file_name, e))?;
-    let exports = p.exports.iter().map(|e| (e.name, base + e.offset));
-    image.set_sorted_symbols(match p.strings {
+    let mut image =
+        LinkedImage::start_with(p.name.to_string(), finalized, dso, false, p.eh_frame_valid)
+            .map_err(|e| link_err(file_name, e))?;
+    image.set_sorted_symbols(exports.at(base));
+    Ok(image)
+}
+
+/// The export table of `p` as the loaded image's symbols, at base 0 (a
+/// load moves it to its base: [`SortedSymbols::at`]).
+pub(crate) fn export_table(p: &Parsed<'_>) -> SortedSymbols {
+    let exports = p.exports.iter().map(|e| (e.name, e.offset));
+    match p.strings {
         Some(table) => SortedSymbols::from_table(table, exports),
         None => SortedSymbols::from_sorted(exports),
-    });
-    Ok(image)
+    }
 }
 
 /// Loads the image file `bytes` (called `file_name` in errors) into this
@@ -420,7 +444,10 @@ pub unsafe fn load(
 /// page cache, as `dlopen` does. The content hash is checked over the whole
 /// file, once per process for a file whose device, inode, size, mtime and
 /// ctime stay the same (a file changed in the last 2 s is hashed on every
-/// load); the header and every table are checked on each load.
+/// load). Such a file is also kept checked and parsed (up to 64 files, each
+/// with an open descriptor and a read-only mapping): a later load finds it
+/// by a `stat` of `path` and only maps, rebases, binds and protects; a file
+/// whose identity changed is opened, hashed and checked again.
 ///
 /// # Safety
 ///
@@ -433,22 +460,22 @@ pub unsafe fn load_file(
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
     let file_name = path.display().to_string();
-    let io = |what, source| ImageError::Io {
-        name: file_name.clone(),
-        what,
-        source,
-    };
-    let now = verified::now();
-    let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
-    let meta = file.metadata().map_err(|e| io("stat", e))?;
-    let id = verified::Identity::new(&meta, now, verified::RACY);
-    let view = FileView::new(&file, meta.len()).map_err(|e| io("map", e))?;
-    let p = read::parse_file(&file_name, view.bytes(), &id)?;
+    let c = checked::open(path, &file_name)?;
     // SAFETY: `load_checked` asks what `load` asks, which this function's
-    // callers promise; `file` is the file `view` maps, open until the load
-    // returns, and its pages stay unchanged as long as the image lives
-    // (this function's contract).
-    unsafe { load_checked(&file_name, p, Some(&file), resolver) }
+    // callers promise; `c.file()` is the file `c.parsed()` was read from,
+    // open while `c` lives, and its pages stay unchanged as long as the
+    // image lives (this function's contract).
+    unsafe {
+        load_checked(
+            &file_name,
+            c.parsed(),
+            c.names(),
+            c.exports(),
+            Some(c.file()),
+            resolver,
+            Some(c.answers()),
+        )
+    }
 }
 
 /// An image file opened for loading: the file mapped read-only (not read
@@ -459,12 +486,9 @@ pub unsafe fn load_file(
 /// and no copy of the file.
 pub struct ImageFile {
     name: String,
-    // Drops before `file` (field order): the mapping does not need the
-    // descriptor, but the loader maps segments from `file` later.
-    view: FileView,
-    file: std::fs::File,
-    /// The file's identity when it was opened (before it was checked).
-    id: verified::Identity,
+    /// The file, mapped and checked (shared with `load_file`'s kept
+    /// entries: see `checked.rs`).
+    checked: Arc<CheckedFile>,
 }
 
 /// What another process needs to open an unchanged image file without
@@ -509,34 +533,17 @@ impl ImageFile {
     /// does (header, content hash — once per unchanged file, as
     /// [`load_file`] —, tables). Errors name `path`.
     pub fn open(path: &std::path::Path) -> Result<ImageFile, ImageError> {
-        let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
-            name: path.display().to_string(),
-            what: "open",
-            source,
-        })?;
-        ImageFile::from_file(path, file)
+        let name = path.display().to_string();
+        let checked = checked::open(path, &name)?;
+        Ok(ImageFile { name, checked })
     }
 
     /// [`ImageFile::open`] of `file`, already open (at any position),
     /// called `path` in errors.
     pub fn from_file(path: &std::path::Path, file: std::fs::File) -> Result<ImageFile, ImageError> {
         let name = path.display().to_string();
-        let io = |what, source| ImageError::Io {
-            name: name.clone(),
-            what,
-            source,
-        };
-        let now = verified::now();
-        let meta = file.metadata().map_err(|e| io("stat", e))?;
-        let id = verified::Identity::new(&meta, now, verified::RACY);
-        let view = FileView::new(&file, meta.len()).map_err(|e| io("map", e))?;
-        read::parse_file(&name, view.bytes(), &id)?;
-        Ok(ImageFile {
-            name,
-            view,
-            file,
-            id,
-        })
+        let checked = checked::from_file(file, &name)?;
+        Ok(ImageFile { name, checked })
     }
 
     /// [`ImageFile::open`] of a file whose content hash a process checked
@@ -558,9 +565,9 @@ impl ImageFile {
     /// the file was changed too recently for its identity to be trusted
     /// (its ctime within 2 s of the clock).
     pub fn stamp(&self) -> Option<ImageStamp> {
-        let hash = format::header_content_hash(self.view.bytes())?;
+        let hash = format::header_content_hash(self.checked.bytes())?;
         Some(ImageStamp {
-            words: self.id.to_words()?,
+            words: self.checked.identity().to_words()?,
             hash,
         })
     }
@@ -571,8 +578,7 @@ impl ImageFile {
     /// used yet). Loading checks it too; a cache calls this first to relink
     /// instead.
     pub fn check_process(&self) -> Result<(), ImageError> {
-        let p = read::parse_with(&self.name, self.view.bytes(), false)?;
-        super::tls::check_process(&p, &self.name)
+        super::tls::check_process(self.checked.parsed(), &self.name)
     }
 
     /// The path it was opened as (the name errors use).
@@ -582,12 +588,22 @@ impl ImageFile {
 
     /// The file's bytes (the read-only mapping).
     pub fn bytes(&self) -> &[u8] {
-        self.view.bytes()
+        self.checked.bytes()
     }
 
     /// The open file, to map segments from.
     pub(crate) fn file(&self) -> &std::fs::File {
-        &self.file
+        self.checked.file()
+    }
+
+    /// The file's parsed, checked tables.
+    pub(crate) fn parsed(&self) -> &Parsed<'_> {
+        self.checked.parsed()
+    }
+
+    /// The file's export table (see [`export_table`]).
+    pub(crate) fn exports(&self) -> &SortedSymbols {
+        self.checked.exports()
     }
 }
 
@@ -595,72 +611,13 @@ impl std::fmt::Debug for ImageFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageFile")
             .field("name", &self.name)
-            .field("len", &self.view.len)
+            .field("len", &self.checked.bytes().len())
             .finish()
     }
 }
 
 /// How many bytes [`super::is_image`] needs to tell an image file.
 pub const IMAGE_MAGIC_END: usize = super::format::HEADER_AT + super::MAGIC.len();
-
-/// A read-only private mapping of a whole file, unmapped on drop.
-struct FileView {
-    addr: *mut std::ffi::c_void,
-    len: usize,
-}
-
-impl FileView {
-    /// Maps the `len` bytes of `file` (its size, from its metadata).
-    fn new(file: &std::fs::File, len: u64) -> std::io::Result<FileView> {
-        let len = usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(27))?;
-        if len == 0 {
-            return Ok(FileView {
-                addr: std::ptr::null_mut(),
-                len,
-            });
-        }
-        // SAFETY: a new read-only private mapping chosen by the kernel; it
-        // aliases no Rust object. The file not changing while it is mapped
-        // is `load_file`'s contract.
-        let addr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ,
-                rustix::mm::MapFlags::PRIVATE,
-                file,
-                0,
-            )
-        }
-        .map_err(std::io::Error::from)?;
-        Ok(FileView { addr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: `addr` maps `len` readable bytes until `self` drops,
-        // and the borrow of `self` outlives the slice.
-        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
-    }
-}
-
-// SAFETY: the mapping is read-only and owned by the view (unmapped only on
-// drop): sharing or moving it between threads is sharing a `&[u8]`.
-unsafe impl Send for FileView {}
-// SAFETY: as for `Send`: nothing writes through `addr`.
-unsafe impl Sync for FileView {}
-
-impl Drop for FileView {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the mapping `new` made; no slice of it outlives
-            // `self` (`bytes` borrows it).
-            let _ = unsafe { rustix::mm::munmap(self.addr, self.len) };
-        }
-    }
-}
 
 /// [`load`], with the segments mapped from `file` (whose bytes are
 /// `bytes`) when given.
@@ -675,33 +632,49 @@ unsafe fn load_parsed(
     resolver: &dyn SymbolResolver,
 ) -> Result<LinkedImage, ImageError> {
     let p = read::parse(file_name, bytes)?;
+    let names = import_names(&p);
+    let exports = export_table(&p);
     // SAFETY: as this function's.
-    unsafe { load_checked(file_name, p, file, resolver) }
+    unsafe { load_checked(file_name, &p, &names, &exports, file, resolver, None) }
 }
 
-/// [`load_parsed`] of bytes already checked (`p`).
+/// [`load_parsed`] of bytes already checked (`p`, whose import names are
+/// `names` and export table `exports`); the resolver's answers kept in
+/// `kept` when given (a kept file's).
 ///
 /// # Safety
 ///
 /// As for [`load_parsed`].
 unsafe fn load_checked(
     file_name: &str,
-    p: Parsed<'_>,
+    p: &Parsed<'_>,
+    names: &ImportNames<'_>,
+    exports: &SortedSymbols,
     file: Option<&std::fs::File>,
     resolver: &dyn SymbolResolver,
+    kept: Option<&checked::KeptAnswers>,
 ) -> Result<LinkedImage, ImageError> {
     let deps = dependency_bases(
-        &p,
+        p,
         file_name,
         |d| Ok(registry::find(&d.build_id).map(|i| (i.base, i.size))),
         registry::named,
     )?;
-    let mut alloc = map_from(&p, file_name, file)?;
-    let registration = register(&p, &alloc, file_name);
-    let names = import_names(&p);
-    let answers = resolver.resolve(&names.names);
-    bind(&p, &mut alloc, file_name, &names, &answers, &deps)?;
-    let image = finish(&p, alloc, file_name)?;
+    let mut alloc = map_from(p, file_name, file)?;
+    let registration = register(p, &alloc, file_name);
+    let (kept_answers, fresh);
+    let answers: &[Option<u64>] = match kept {
+        Some(k) => {
+            kept_answers = k.resolve(resolver, &names.names);
+            &kept_answers
+        }
+        None => {
+            fresh = resolver.resolve(&names.names);
+            &fresh
+        }
+    };
+    bind(p, &mut alloc, file_name, names, answers, &deps)?;
+    let image = finish(p, exports, alloc, file_name)?;
     image.register_once(|| registration);
     Ok(image)
 }

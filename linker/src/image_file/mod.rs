@@ -51,6 +51,7 @@
 //! is refused naming the field and both sets. Feature bits are only
 //! appended: a reader refuses a bit it does not know.
 
+mod checked;
 pub(crate) mod classify;
 pub(crate) mod combine;
 pub(crate) mod cpu;

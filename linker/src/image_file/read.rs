@@ -67,6 +67,10 @@ pub(crate) struct Parsed<'a> {
     /// `.kiln.strings` as a whole, if it is UTF-8: every name above is a
     /// slice of it.
     pub(crate) strings: Option<&'a str>,
+    /// Whether `.eh_frame` was found whole and terminated, and beyond the
+    /// reach of rebasing and binding ([`eh_frame_valid`]): a load need
+    /// not walk its records again.
+    pub(crate) eh_frame_valid: bool,
 }
 
 struct Ctx<'a> {
@@ -345,16 +349,7 @@ fn parse_for<'a>(
     let ehdr = FileHeader64::<LE>::parse(file).map_err(elf_err)?;
     c.expect("ELF e_machine", ehdr.e_machine(LE).0, h.machine)?;
     let segments = segments(&c, &h, ehdr, file)?;
-    let (at, len) = (h.tls.image_offset, h.tls.image_size);
-    if len > 0
-        && !segments.iter().any(|s| {
-            s.prot == Prot::Read && at >= s.vaddr && at.saturating_add(len) <= s.vaddr + s.memsz
-        })
-    {
-        return Err(c.bad(format!(
-            "the TLS initial image {at:#x}+{len:#x} is not inside a read-only segment"
-        )));
-    }
+    check_tls_image(&c, &h, &segments)?;
     let (tables, eh_section) = tables(&c, &h, ehdr, file)?;
     check_eh_frame(&c, &h, &segments, eh_section)?;
     let strings = tables[format::T_STRINGS];
@@ -387,23 +382,7 @@ fn parse_for<'a>(
             )))
         }
     };
-    // Sized by the header's count, bounded by what the table can encode
-    // (63 words per 8-byte entry; the count is checked after decoding).
-    let mut rebase =
-        Vec::with_capacity((h.rebased as usize).min(tables[format::T_REBASE].len() / 8 * 63));
-    let words = tables[format::T_REBASE]
-        .chunks_exact(8)
-        .map(|w| Fields(w).u64(0));
-    if !tables[format::T_REBASE].len().is_multiple_of(8) {
-        return Err(c.bad(".kiln.rebase size is not a multiple of 8"));
-    }
-    let count = format::relr_decode(words, h.image_size / 8, |off| {
-        rebase.push(off);
-        Ok(())
-    })
-    .map_err(|e| c.bad(format!(".kiln.rebase: {e}")))?;
-    rebased_words_writable(&c, &segments, &rebase)?;
-    c.expect("rebased word count", count, u64::from(h.rebased))?;
+    let rebase = rebase_list(&c, &h, tables[format::T_REBASE], &segments)?;
     let deps = deps(&c, &h, tables[format::T_DEPS], &string)?;
     let host_table = host_table(&c, tables[format::T_HOSTTAB], &string)?;
     let sources = Sources {
@@ -427,6 +406,7 @@ fn parse_for<'a>(
         tables[format::T_INITENTS],
         &string,
     )?;
+    let eh_frame_valid = eh_frame_valid(&h, &segments, file, &rebase, &imports);
     Ok(Parsed {
         header: h,
         name,
@@ -439,7 +419,98 @@ fn parse_for<'a>(
         exports,
         init_fini,
         strings: string.whole,
+        eh_frame_valid,
     })
+}
+
+/// The TLS initial image lies inside a read-only segment.
+fn check_tls_image(c: &Ctx<'_>, h: &Header, segments: &[Segment]) -> Result<(), ImageError> {
+    let (at, len) = (h.tls.image_offset, h.tls.image_size);
+    if len > 0
+        && !segments.iter().any(|s| {
+            s.prot == Prot::Read && at >= s.vaddr && at.saturating_add(len) <= s.vaddr + s.memsz
+        })
+    {
+        return Err(c.bad(format!(
+            "the TLS initial image {at:#x}+{len:#x} is not inside a read-only segment"
+        )));
+    }
+    Ok(())
+}
+
+/// The offsets of the rebased words `table` (RELR) encodes, checked: each
+/// a word of a non-text segment, as many as the header says.
+fn rebase_list(
+    c: &Ctx<'_>,
+    h: &Header,
+    table: &[u8],
+    segments: &[Segment],
+) -> Result<Vec<u64>, ImageError> {
+    // Sized by the header's count, bounded by what the table can encode
+    // (63 words per 8-byte entry; the count is checked after decoding).
+    let mut rebase = Vec::with_capacity((h.rebased as usize).min(table.len() / 8 * 63));
+    let words = table.chunks_exact(8).map(|w| Fields(w).u64(0));
+    if !table.len().is_multiple_of(8) {
+        return Err(c.bad(".kiln.rebase size is not a multiple of 8"));
+    }
+    let count = format::relr_decode(words, h.image_size / 8, |off| {
+        rebase.push(off);
+        Ok(())
+    })
+    .map_err(|e| c.bad(format!(".kiln.rebase: {e}")))?;
+    rebased_words_writable(c, segments, &rebase)?;
+    c.expect("rebased word count", count, u64::from(h.rebased))?;
+    Ok(rebase)
+}
+
+/// Whether the image's `.eh_frame` (the header's range, which
+/// [`check_eh_frame`] found inside a read-only segment's file bytes) will
+/// be, once loaded, a whole sequence of records followed by its zero
+/// terminator, as `runtime::eh_frame::register` checks it: its file bytes
+/// are, and no rebased or imported word lies in it (nothing else writes
+/// a read-only segment's file bytes at load). Then a load registers it
+/// without walking it again — once per file for `load_file`'s kept form.
+/// `false` leaves that check to the load, which refuses it as before.
+fn eh_frame_valid(
+    h: &Header,
+    segments: &[Segment],
+    file: &[u8],
+    rebase: &[u64],
+    imports: &[RawImport<'_>],
+) -> bool {
+    let (off, len) = h.eh_frame;
+    if len < 4 {
+        return false;
+    }
+    let end = off.saturating_add(len);
+    let Some(s) = segments
+        .iter()
+        .find(|s| s.prot == Prot::Read && off >= s.vaddr && end <= s.vaddr + s.filesz)
+    else {
+        return false;
+    };
+    let at = s.offset + (off - s.vaddr);
+    let Some(bytes) = usize::try_from(at)
+        .ok()
+        .zip(usize::try_from(len).ok())
+        .and_then(|(at, len)| file.get(at..at.checked_add(len)?))
+    else {
+        return false;
+    };
+    // Both lists ascend (checked): the first word ending after `off` is
+    // the only one that can start before `end` first. Words are 8 bytes.
+    let overlaps = |w: u64| w.saturating_add(8) > off && w < end;
+    let rebased = rebase[rebase.partition_point(|&w| w.saturating_add(8) <= off)..]
+        .first()
+        .is_some_and(|&w| overlaps(w));
+    let imported = imports[imports.partition_point(|i| i.offset.saturating_add(8) <= off)..]
+        .first()
+        .is_some_and(|i| overlaps(i.offset));
+    let (section, terminator) = bytes.split_at(bytes.len() - 4);
+    !rebased
+        && !imported
+        && terminator == [0; 4]
+        && crate::runtime::eh_frame::validate(section).is_ok()
 }
 
 /// Every rebased word (ascending: the decoder checks) lies in a non-text

@@ -26,13 +26,6 @@ enum Source {
 }
 
 impl Source {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Source::Bytes(b) => b,
-            Source::File(f) => f.bytes(),
-        }
-    }
-
     fn file(&self) -> Option<&std::fs::File> {
         match self {
             Source::Bytes(_) => None,
@@ -129,7 +122,14 @@ impl ObjectLayer {
         name: &str,
         source: Source,
     ) -> Result<(), ImageError> {
-        let parsed = read::parse_with(name, source.bytes(), false)?;
+        let owned;
+        let parsed = match &source {
+            Source::File(f) => f.parsed(),
+            Source::Bytes(b) => {
+                owned = read::parse_with(name, b, false)?;
+                &owned
+            }
+        };
         let session = self.session();
         let symbols: Vec<(SymbolName, SymbolFlags)> = parsed
             .exports
@@ -144,7 +144,6 @@ impl ObjectLayer {
             .or(symbols.first())
             .map(|(n, _)| n.clone());
         let build_id = BuildId(parsed.header.build_id);
-        drop(parsed);
         let unit = ImageUnit {
             layer: self.clone(),
             name: name.to_string(),
@@ -242,11 +241,17 @@ impl ImageUnit {
         let err = |e: ImageError| Error::msg(e);
         // Checked (hash included) when added (or opened); the unit's bytes
         // have not changed since: the tables are parsed again, the hash is not.
-        let p: Parsed<'_> =
-            read::parse_with(&self.name, self.source.bytes(), false).map_err(err)?;
+        let owned;
+        let p: &Parsed<'_> = match &self.source {
+            Source::File(f) => f.parsed(),
+            Source::Bytes(b) => {
+                owned = read::parse_with(&self.name, b, false).map_err(err)?;
+                &owned
+            }
+        };
         let session = self.layer.session();
-        let mut alloc = load::map_from(&p, &self.name, self.source.file()).map_err(err)?;
-        let registration = load::register(&p, &alloc, &self.name);
+        let mut alloc = load::map_from(p, &self.name, self.source.file()).map_err(err)?;
+        let registration = load::register(p, &alloc, &self.name);
         let base = alloc.base();
         // (a) Own addresses first: units waiting at Resolved go on — among
         // them an image it links against that imports from it (a cycle),
@@ -271,7 +276,7 @@ impl ImageUnit {
         // Images it links against: all missing ones named at once.
         let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
         let deps = load::dependency_bases(
-            &p,
+            p,
             &self.name,
             |d| self.locate(d, &mut per_dylib),
             |file| {
@@ -286,7 +291,7 @@ impl ImageUnit {
         // (b) Imports through the link order, weakly, so every missing one
         // is named at once.
         let order = r.dylib().link_order();
-        let names = load::import_names(&p);
+        let names = load::import_names(p);
         let interned: Vec<SymbolName> = names.names.iter().map(|n| session.intern(n)).collect();
         let set = LookupSet::weak(interned.iter().cloned());
         let found = session
@@ -299,9 +304,17 @@ impl ImageUnit {
             .by_request()
             .map(|(_, d)| d.map(|d| d.address))
             .collect();
-        load::bind(&p, &mut alloc, &self.name, &names, &answers, &deps).map_err(err)?;
+        load::bind(p, &mut alloc, &self.name, &names, &answers, &deps).map_err(err)?;
         // (c) Final protections, runtime registration; the tracker owns it.
-        let image = load::finish(&p, alloc, &self.name).map_err(err)?;
+        let owned_exports;
+        let exports = match &self.source {
+            Source::File(f) => f.exports(),
+            Source::Bytes(_) => {
+                owned_exports = load::export_table(p);
+                &owned_exports
+            }
+        };
+        let image = load::finish(p, exports, alloc, &self.name).map_err(err)?;
         image.register_once(|| registration);
         // The image files it links against stay mapped while it is.
         let keep = deps

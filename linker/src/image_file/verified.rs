@@ -81,6 +81,16 @@ impl Identity {
         self.size
     }
 
+    /// (device, inode): which file this is, whatever its state.
+    pub(crate) fn key(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// Whether the ctime was old enough for the file to be remembered.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled
+    }
+
     /// The identity as seven words (device, inode, size, mtime s/ns, ctime
     /// s/ns), to keep across processes; `None` if it is not settled (too
     /// fresh to be trusted later).
@@ -138,6 +148,17 @@ pub(crate) fn is_verified(id: &Identity, hash: &[u8; 32]) -> bool {
         .as_ref()
         .and_then(|t| t.get(&(id.dev, id.ino)))
         .is_some_and(|(known, h)| known == id && h == hash)
+}
+
+/// Whether a file with identity `id` was hashed whole in this process
+/// (whatever its header says now): a load of it will most likely not read
+/// the whole file.
+pub(crate) fn is_known(id: &Identity) -> bool {
+    let table = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    table
+        .as_ref()
+        .and_then(|t| t.get(&(id.dev, id.ino)))
+        .is_some_and(|(known, _)| known == id)
 }
 
 /// Remembers that the file `id` was hashed whole and matched `hash` (if its

@@ -130,6 +130,28 @@ pub unsafe fn register(start: *const u8, len: usize) -> Result<EhFrameRegistrati
     })
 }
 
+/// [`register`] of a section already known to pass its checks (records
+/// filling it exactly, the zero terminator after it): its records are not
+/// walked again. For an image file's `.eh_frame`, checked in the file's
+/// bytes by the loader's parser where nothing writes it at load.
+///
+/// # Safety
+/// As for [`register`]; moreover `start..start + len` must pass
+/// [`validate`] and be followed by four zero bytes (libgcc walks the
+/// records to the terminator and trusts their lengths).
+pub unsafe fn register_validated(start: *const u8, len: usize) -> EhFrameRegistration {
+    if len == 0 {
+        return EhFrameRegistration { start: None };
+    }
+    // SAFETY: a validated, terminated, whole .eh_frame section (this
+    // function's contract) that the caller keeps alive until the
+    // registration is dropped.
+    unsafe { __register_frame(start) };
+    EhFrameRegistration {
+        start: Some(start as usize),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

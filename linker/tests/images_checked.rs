@@ -1,0 +1,234 @@
+//! `image_file::load_file` keeps each settled file it checked in its parsed
+//! form (`linker/src/image_file/checked.rs`): a later load of the unchanged
+//! file maps, rebases, binds and protects only. These tests check that a
+//! kept form is never used for a file that changed, and that loads sharing
+//! one kept form still get their own pages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use kiln_linker::image_file::{self, BuildId};
+use kiln_linker::{HostSymbols, LinkOptions, LinkedImage, Linker, SymbolResolver};
+
+/// `src` compiled and saved as an image file at `dir/name.kimg`, then aged
+/// past the 2 s within which a changed file is checked on every load (so
+/// that loads keep it).
+fn aged_image(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let o = compile_c_text(dir, name, src, &["-O2", "-fPIC"]);
+    let mut options = LinkOptions::default();
+    options.imaging = true;
+    let inputs = vec![(o.display().to_string(), std::fs::read(&o).expect("read"))];
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let mut linker = Linker::new(options);
+    linker.run_initializers(false);
+    for (n, b) in inputs {
+        linker.add_object_bytes(n, b);
+    }
+    // Names the host lacks (a test's hooks) are saved as imports by name.
+    let host = HostSymbols::new();
+    let resolver = |names: &[&str]| -> Vec<Option<u64>> {
+        host.resolve(names)
+            .into_iter()
+            .map(|a| Some(a.unwrap_or(0)))
+            .collect()
+    };
+    let image = linker.link(&resolver).expect("links");
+    let bytes = image.save_image(&id).expect("saves");
+    let path = dir.join(format!("{name}.kimg"));
+    std::fs::write(&path, bytes).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    path
+}
+
+/// `int f(void)` at `name` in `image`.
+fn func(image: &LinkedImage, name: &str) -> extern "C" fn() -> i32 {
+    let f = image.symbol(name).unwrap_or_else(|| panic!("no {name}"));
+    // SAFETY: the tests' images define `name` as `int name(void)`.
+    unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(f as usize) }
+}
+
+/// The file range of section `name` of the image file `bytes`.
+fn section(bytes: &[u8], name: &str) -> std::ops::Range<usize> {
+    use object::read::elf::{FileHeader as _, SectionHeader as _};
+    let le = object::LittleEndian;
+    let h = object::elf::FileHeader64::<object::LittleEndian>::parse(bytes).expect("ELF");
+    let sections = h.sections(le, bytes).expect("sections");
+    let (_, s) = sections
+        .iter()
+        .enumerate()
+        .find(|(_, s)| sections.section_name(le, s) == Ok(name.as_bytes()))
+        .unwrap_or_else(|| panic!("no {name}"));
+    let at = s.sh_offset(le) as usize;
+    at..at + s.sh_size(le) as usize
+}
+
+/// A file loaded (and kept) and then rewritten in place — same inode, same
+/// size — with a table no load may accept (an export past the image's end)
+/// and a content hash that matches: the next load checks it again and
+/// refuses it, rather than loading the kept form of the old bytes.
+#[test]
+fn a_kept_image_file_changed_in_place_is_checked_again() {
+    use std::io::{Seek, SeekFrom, Write};
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-changed");
+    let path = aged_image(&dir, "k", "int k_val(void) { return 7; }\n");
+    let host = HostSymbols::new();
+    for _ in 0..2 {
+        // SAFETY: the test's own image, saved just now.
+        let image = unsafe { image_file::load_file(&path, &host) }.expect("loads");
+        assert_eq!(func(&image, "k_val")(), 7);
+    }
+    let mut bytes = std::fs::read(&path).expect("read");
+    let exports = section(&bytes, ".kiln.exports");
+    assert!(exports.len() >= 24, "an export record");
+    bytes[exports.start..exports.start + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    image_file::reseal(&mut bytes);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.write_all(&bytes).expect("write in place");
+    drop(f);
+    // SAFETY: as above; the file must be refused before it is mapped.
+    let e = unsafe { image_file::load_file(&path, &host) }
+        .expect_err("an export past the image's end is refused");
+    assert!(e.to_string().contains("export offset"), "{e}");
+}
+
+/// Two loads of one unchanged file (the second from the kept form) each
+/// get their own pages: a static counter counts apart in each; unloading
+/// one leaves the other running, and a third load starts afresh.
+#[test]
+fn two_loads_of_one_image_file_have_their_own_pages_and_unload_alone() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-twice");
+    let path = aged_image(
+        &dir,
+        "t",
+        "static int n;\nint t_bump(void) { return ++n; }\n",
+    );
+    let host = HostSymbols::new();
+    // SAFETY: the test's own image (three loads of it, dropped in any
+    // order: it links against nothing).
+    let (a, b) = unsafe {
+        (
+            image_file::load_file(&path, &host).expect("loads"),
+            image_file::load_file(&path, &host).expect("loads again"),
+        )
+    };
+    assert_ne!(a.symbol("t_bump"), b.symbol("t_bump"));
+    let (bump_a, bump_b) = (func(&a, "t_bump"), func(&b, "t_bump"));
+    assert_eq!((bump_a(), bump_a(), bump_b()), (1, 2, 1));
+    drop(a);
+    assert_eq!((bump_b(), bump_b()), (2, 3));
+    // SAFETY: as above.
+    let c = unsafe { image_file::load_file(&path, &host) }.expect("loads a third time");
+    assert_eq!((func(&c, "t_bump")(), bump_b()), (1, 4));
+    drop(b);
+    assert_eq!(func(&c, "t_bump")(), 2);
+}
+
+/// An image resealed with a damaged `.eh_frame` record length (the hash
+/// matches, the tables are fine) passes the parser, which then leaves the
+/// records' walk to the load: the load refuses it before libgcc sees it —
+/// from the bytes, from the file, and again from the file's kept form.
+#[test]
+fn a_resealed_image_with_a_damaged_eh_frame_is_refused_on_every_load() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-eh-frame");
+    let path = aged_image(
+        &dir,
+        "e",
+        "int e_val(int x) { return x * 3; }\nint e_twice(int x) { return e_val(x) + e_val(x + 1); }\n",
+    );
+    let mut bytes = std::fs::read(&path).expect("read");
+    let eh = section(&bytes, ".eh_frame");
+    assert!(eh.len() > 8, "an .eh_frame with records");
+    // The first record's length, past the section's end.
+    bytes[eh.start..eh.start + 4].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+    image_file::reseal(&mut bytes);
+    let host = HostSymbols::new();
+    // SAFETY: refused before anything runs (the point of the test).
+    let e = unsafe { image_file::load("e.kimg", &bytes, &host) }.expect_err("refused");
+    assert!(e.to_string().contains("malformed .eh_frame"), "{e}");
+    let damaged = dir.join("damaged.kimg");
+    std::fs::write(&damaged, &bytes).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for _ in 0..2 {
+        // SAFETY: as above.
+        let e = unsafe { image_file::load_file(&damaged, &host) }.expect_err("refused");
+        assert!(e.to_string().contains("malformed .eh_frame"), "{e}");
+    }
+}
+
+/// `int k_hook(void) { return value; }` as `dir/tag/libhook.so`.
+fn hook_library(dir: &Path, tag: &str, value: i32) -> PathBuf {
+    let sub = dir.join(tag);
+    std::fs::create_dir_all(&sub).expect("dir");
+    let o = compile_c_text(
+        &sub,
+        "hook",
+        &format!("int k_hook(void) {{ return {value}; }}\n"),
+        &["-O2", "-fPIC"],
+    );
+    let so = sub.join("libhook.so");
+    let st = std::process::Command::new("gcc")
+        .arg("-shared")
+        .arg(&o)
+        .arg("-o")
+        .arg(&so)
+        .status()
+        .expect("gcc runs");
+    assert!(st.success(), "gcc -shared");
+    so
+}
+
+/// A kept file keeps the answers of the resolver it was last loaded with
+/// while that resolver's answers stay (its stamp): loads through another
+/// resolver — another `HostSymbols` whose library defines the import
+/// differently, or a closure (no stamp) — bind to that resolver's answers.
+#[test]
+fn kept_answers_are_used_only_with_the_resolver_that_gave_them() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-answers");
+    let (one, two) = (hook_library(&dir, "one", 1), hook_library(&dir, "two", 2));
+    let path = aged_image(
+        &dir,
+        "h",
+        "int k_hook(void);\nint k_call(void) { return k_hook() * 10; }\n",
+    );
+    let mut h1 = HostSymbols::new();
+    h1.load_path(&one).expect("loads libhook one");
+    let mut h2 = HostSymbols::new();
+    h2.load_path(&two).expect("loads libhook two");
+    extern "C" fn three() -> i32 {
+        3
+    }
+    let closure = |names: &[&str]| -> Vec<Option<u64>> {
+        let hook = three as extern "C" fn() -> i32 as usize as u64;
+        names
+            .iter()
+            .map(|n| (*n == "k_hook").then_some(hook))
+            .collect()
+    };
+    let resolvers: [(&dyn SymbolResolver, i32); 6] = [
+        (&h1, 10),
+        (&h1, 10),
+        (&h2, 20),
+        (&h2, 20),
+        (&closure, 30),
+        (&h1, 10),
+    ];
+    for (i, (resolver, want)) in resolvers.into_iter().enumerate() {
+        // SAFETY: the test's own image; `k_hook` is `int (void)` in every
+        // resolver's answer.
+        let image = unsafe { image_file::load_file(&path, resolver) }.expect("loads");
+        assert_eq!(func(&image, "k_call")(), want, "load {i}");
+    }
+}
