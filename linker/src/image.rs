@@ -496,19 +496,31 @@ impl LinkedImage {
 
     /// Run the image's initializers now (once).
     pub fn run_initializers(&mut self) {
-        if let Some(p) = &mut self.platform
-            && !p.initialized
-        {
-            p.initialized = true;
-            // SAFETY: the image is finalized and its externals resolved; the
-            // initializers are the image's own functions.
-            unsafe { p.init_fini.run_init() };
-        }
+        // SAFETY: the image is finalized and its externals resolved; the
+        // initializers are the image's own functions, and `self` keeps the
+        // image mapped while they run.
+        unsafe { self.take_initializers().run() };
+    }
+
+    /// Takes the image's initializers (once; later calls take none), to be
+    /// run ([`runtime::InitCalls::run`]) once no lock guards the image: an
+    /// initializer may call `exit()`, whose teardown finalizes the image.
+    pub fn take_initializers(&mut self) -> runtime::InitCalls {
+        Self::take_initializers_together(&mut [self])
     }
 
     /// Runs the initializers of several images (once each) as one program
     /// would: interleaved by priority, ties in the order given.
     pub fn run_initializers_together(images: &mut [&mut LinkedImage]) {
+        // SAFETY: every image is finalized and its externals resolved; the
+        // initializers are the images' own functions, and the borrows keep
+        // the images mapped while they run.
+        unsafe { Self::take_initializers_together(images).run() };
+    }
+
+    /// [`LinkedImage::run_initializers_together`]'s initializers, taken to
+    /// be run once no lock guards the images.
+    pub fn take_initializers_together(images: &mut [&mut LinkedImage]) -> runtime::InitCalls {
         let mut sets = Vec::with_capacity(images.len());
         for image in images.iter_mut() {
             if let Some(p) = &mut image.platform
@@ -518,9 +530,7 @@ impl LinkedImage {
                 sets.push(&mut p.init_fini);
             }
         }
-        // SAFETY: every image is finalized and its externals resolved; the
-        // initializers are the images' own functions.
-        unsafe { runtime::InitFini::run_init_together(&mut sets) };
+        runtime::InitFini::take_init_together(&mut sets)
     }
 
     /// Tear down like a program's `exit()` (all `atexit` handlers, then the
@@ -538,13 +548,30 @@ impl LinkedImage {
         LinkedImage::run_finalizers_together(&mut [self]);
     }
 
+    /// Takes the image's teardown (once), to be run
+    /// ([`runtime::FiniCalls::run`]) once no lock guards the image: a
+    /// finalizer may call `exit()` or remove its own image.
+    pub fn take_finalizers(&mut self) -> runtime::FiniCalls {
+        Self::take_finalizers_together(&mut [self])
+    }
+
     /// Runs the finalizers of several images (given in link order; once
     /// each) as one program would, keeping their memory until each is
     /// dropped: with executable teardown, every image's `atexit` handlers
     /// newest first across the images, then the finalizers interleaved by
-    /// priority ([`runtime::InitFini::run_fini_together`]); otherwise each
+    /// priority ([`runtime::InitFini::take_fini_together`]); otherwise each
     /// image's own teardown, last-linked first.
     pub fn run_finalizers_together(images: &mut [&mut LinkedImage]) {
+        // SAFETY: every image's code is still mapped (the images are alive
+        // and borrowed here); their finalizers and atexit handlers run
+        // before anything of theirs is released.
+        unsafe { Self::take_finalizers_together(images).run() };
+    }
+
+    /// [`LinkedImage::run_finalizers_together`]'s teardown, taken to be run
+    /// once no lock guards the images (which must stay mapped until it
+    /// has run).
+    pub fn take_finalizers_together(images: &mut [&mut LinkedImage]) -> runtime::FiniCalls {
         let mut sets = Vec::with_capacity(images.len());
         for image in images.iter_mut() {
             if let Some(p) = &mut image.platform
@@ -554,10 +581,7 @@ impl LinkedImage {
                 sets.push(&mut p.init_fini);
             }
         }
-        // SAFETY: every image's code is still mapped (the images are alive
-        // and borrowed here); their finalizers and atexit handlers run
-        // before anything of theirs is released.
-        unsafe { runtime::InitFini::run_fini_together(&mut sets) };
+        runtime::InitFini::take_fini_together(&mut sets)
     }
 
     /// Address of a global symbol (exported or hidden) of the image.

@@ -185,6 +185,17 @@ impl ResourceManager for Shared {
             if !images.is_empty() && !all.pending_init.is_empty() {
                 let removed: std::collections::HashSet<*const Mutex<LayerImage>> =
                     images.iter().map(Arc::as_ptr).collect();
+                // Initializers another thread is running finish first (this
+                // thread's own, further up its stack, cannot).
+                let me = std::thread::current().id();
+                while all.pending_init.iter().any(|p| {
+                    removed.contains(&Arc::as_ptr(&p.image)) && p.runner.is_some_and(|r| r != me)
+                }) {
+                    all = self
+                        .init_done
+                        .wait(all)
+                        .map_err(|_| Error::msg("object layer lock poisoned"))?;
+                }
                 all.pending_init
                     .retain(|p| !removed.contains(&Arc::as_ptr(&p.image)));
                 self.init_done.notify_all();
@@ -212,11 +223,18 @@ impl ResourceManager for Shared {
 
 /// Runs the finalizers of `images` together, as one program's teardown
 /// ([`LinkedImage::run_finalizers_together`], in link order).
+/// No image's lock is held while its code runs: a finalizer may call
+/// `exit()` or remove its own tracker, which finalize again.
 fn finalize_together(images: &[ImageCell]) {
-    let mut guards: Vec<_> = images.iter().filter_map(|i| i.lock().ok()).collect();
-    guards.sort_by_key(|g| g.order);
-    let mut linked: Vec<&mut LinkedImage> = guards.iter_mut().map(|g| &mut g.image).collect();
-    LinkedImage::run_finalizers_together(&mut linked);
+    let calls = {
+        let mut guards: Vec<_> = images.iter().filter_map(|i| i.lock().ok()).collect();
+        guards.sort_by_key(|g| g.order);
+        let mut linked: Vec<&mut LinkedImage> = guards.iter_mut().map(|g| &mut g.image).collect();
+        LinkedImage::take_finalizers_together(&mut linked)
+    };
+    // SAFETY: `images` (the caller's) keeps every image mapped until this
+    // returns; their finalizers were taken once, from finalized images.
+    unsafe { calls.run() };
 }
 
 /// Marks claimed images initialized when dropped — also when an
@@ -691,11 +709,20 @@ impl ObjectLayer {
                 images: &mine,
             };
             // As one program: all claimed images together, in link order.
-            let mut guards: Vec<_> = mine.iter().filter_map(|i| i.lock().ok()).collect();
-            guards.sort_by_key(|g| g.order);
-            let mut images: Vec<&mut LinkedImage> =
-                guards.iter_mut().map(|g| &mut g.image).collect();
-            LinkedImage::run_initializers_together(&mut images);
+            // Taken under the images' locks, run without them: an
+            // initializer may call `exit()`, whose teardown finalizes them.
+            let calls = {
+                let mut guards: Vec<_> = mine.iter().filter_map(|i| i.lock().ok()).collect();
+                guards.sort_by_key(|g| g.order);
+                let mut images: Vec<&mut LinkedImage> =
+                    guards.iter_mut().map(|g| &mut g.image).collect();
+                LinkedImage::take_initializers_together(&mut images)
+            };
+            // SAFETY: `mine` keeps the images mapped, and their removal
+            // waits until this thread has finished them (`pending_init`,
+            // see `remove_resources`); they are linked and their externals
+            // Ready (the caller looked them up).
+            unsafe { calls.run() };
         }
         let Ok(mut images) = self.shared.images.lock() else {
             return;

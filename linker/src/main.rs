@@ -529,35 +529,47 @@ fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, S
     loaded.set_executable_teardown(true);
     let (argc, argv, envp) = program_arguments(program, &args.args)?;
     install_fatal_signal_handlers();
+    // Taken before the image is filed for the exit handler, run after:
+    // an initializer may call `exit()`, whose teardown takes the image.
+    let initializers = loaded.take_initializers();
     *ALONE.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
     finalize_alone_at_exit();
-    if let Some(image) = ALONE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-        image.run_initializers();
-    }
+    // SAFETY: the image is loaded, bound and protected, and stays loaded
+    // until the process exits (`ALONE`); these are its initializers.
+    unsafe { initializers.run() };
     // SAFETY: `address` is the entry point of the loaded image (bound and
     // protected; it stays loaded until the process exits), and the user
     // asserts its signature is `int (int, char **, char **)`; argv and
     // envp are NUL-terminated arrays of leaked C strings.
     let status = unsafe { call_entry(address, argc, argv, envp) };
-    if let Some(image) = ALONE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-        image.run_finalizers();
-    }
+    finalize_alone();
     // The libraries the image is bound to stay loaded as long as it does:
     // until the process exits (as the engine's `<host>` dylib keeps them).
     std::mem::forget(host);
     Ok(Alone::Ran(status))
 }
 
-/// If the program calls `exit()` itself, its image's `atexit` handlers and
-/// finalizers run from libc's exit list (once: a teardown under way on
-/// this or another thread holds the image, and is left to finish).
+/// Runs the image's `atexit` handlers and finalizers (once: later calls
+/// find them taken). No lock is held while they run.
+fn finalize_alone() {
+    let calls = ALONE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .map(|image| image.take_finalizers());
+    if let Some(calls) = calls {
+        // SAFETY: the image stays loaded until the process exits (`ALONE`
+        // is never emptied); its teardown was taken once.
+        unsafe { calls.run() };
+    }
+}
+
+/// If the program calls `exit()` itself — from `main` or from an
+/// initializer — its image's `atexit` handlers and finalizers run from
+/// libc's exit list.
 fn finalize_alone_at_exit() {
     extern "C" fn at_exit() {
-        if let Ok(mut image) = ALONE.try_lock()
-            && let Some(image) = image.as_mut()
-        {
-            image.run_finalizers();
-        }
+        finalize_alone();
     }
     // SAFETY: `at_exit` is a plain `extern "C" fn()` that only finalizes
     // the image (once); registering it has no other precondition.

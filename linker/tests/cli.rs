@@ -553,3 +553,78 @@ fn a_stack_overflow_is_reported_and_closed_standard_descriptors_are_filled() {
         .unwrap();
     assert_eq!(closed.status.code(), Some(3), "{}", show(&closed));
 }
+
+/// Runs `cmd` to its end, or kills it after a minute and fails: a hang is
+/// the bug some tests look for.
+fn output_within_a_minute(cmd: &mut Command, what: &str) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("kiln can be waited for").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("killed kiln is reaped");
+            panic!("{what}: kiln hung (killed after 60 s)\n{}", show(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("kiln's output is read")
+}
+
+/// A constructor that calls `exit()` ends the program there, as natively:
+/// the `atexit` handlers registered so far and the finalizers of the
+/// images whose constructors started run, and the status is `exit`'s. The
+/// teardown at exit must not wait for the constructor that is still on the
+/// stack (it did: the image's lock was held while its initializers ran).
+#[test]
+fn a_constructor_that_calls_exit_ends_the_program_like_a_native_one() {
+    let dir = scratch("ctor-exit");
+    let src = r#"
+#include <stdio.h>
+#include <stdlib.h>
+static void handler(void) { puts("atexit handler"); }
+__attribute__((constructor)) static void ctor(void) {
+    atexit(handler);
+    puts("constructor");
+    fflush(stdout);
+    exit(3);
+}
+__attribute__((destructor)) static void dtor(void) { puts("destructor"); }
+int main(void) { puts("main"); return 0; }
+"#;
+    let o = compile_c_text(&dir, "ctor-exit", src, &["-O2", "-fPIC"]);
+    let exe = dir.join("ctor-exit-native");
+    let status = Command::new("gcc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&o)
+        .status()
+        .expect("gcc runs");
+    assert!(status.success());
+    let native = Command::new(&exe).output().expect("native runs");
+    assert_eq!(native.status.code(), Some(3));
+    let image = dir.join("ctor-exit.kimg");
+    common::images::save(&image, std::slice::from_ref(&o));
+    // Past the racy window, so `kiln run X.kimg` takes the path without
+    // the engine too.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let runs: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        ("eager", vec![o.as_os_str()]),
+        ("lazy", vec!["--lazy".as_ref(), o.as_os_str()]),
+        ("image", vec![image.as_os_str()]),
+    ];
+    for (how, args) in runs {
+        let jit = output_within_a_minute(kiln().arg("run").args(args), how);
+        assert_eq!(jit.status.code(), Some(3), "{how}: {}", show(&jit));
+        assert_eq!(
+            text(&jit.stdout),
+            text(&native.stdout),
+            "{how}: {}",
+            show(&jit)
+        );
+    }
+}

@@ -219,16 +219,16 @@ impl InitFini {
             .collect()
     }
 
-    /// Runs the initializers of several images as one statically linked
-    /// program would: every image's `.preinit_array` first, then all
+    /// Takes the initializers of several images to run as one statically
+    /// linked program would: every image's `.preinit_array` first, then all
     /// initializers interleaved by priority — ties in the order the images
     /// are given (link order), then in each image's own order. Images whose
-    /// initializers already ran are skipped; each is marked initialized, so
-    /// its finalizers run at teardown.
-    ///
-    /// # Safety
-    /// As for [`InitFini::run_init`], for every image.
-    pub unsafe fn run_init_together(images: &mut [&mut InitFini]) {
+    /// initializers were taken already are skipped; each is marked
+    /// initialized, so its finalizers run at teardown. The calls run with
+    /// [`InitCalls::run`] — after the caller let go of any lock guarding
+    /// the images: an initializer may call `exit()`, whose teardown takes
+    /// the images' finalizers.
+    pub fn take_init_together(images: &mut [&mut InitFini]) -> InitCalls {
         let mut order: Vec<(u8, u32, usize, usize, usize)> = Vec::new();
         for (image, set) in images.iter_mut().enumerate() {
             if set.phase != Phase::Collecting {
@@ -243,13 +243,27 @@ impl InitFini {
             }
         }
         order.sort_unstable();
-        let (argc, argv, envp) = process_args();
-        for (_, _, _, _, addr) in order {
-            // SAFETY: the caller guarantees `addr` is an initializer function.
-            let f = unsafe { std::mem::transmute::<usize, InitFn>(addr) };
-            // SAFETY: called with the process's own arguments, as glibc does.
-            unsafe { f(argc, argv, envp) };
+        InitCalls(order.into_iter().map(|(_, _, _, _, addr)| addr).collect())
+    }
+
+    /// Runs the initializers of several images together
+    /// ([`InitFini::take_init_together`]).
+    ///
+    /// # Safety
+    /// As for [`InitFini::run_init`], for every image.
+    pub unsafe fn run_init_together(images: &mut [&mut InitFini]) {
+        // SAFETY: forwarded contract.
+        unsafe { Self::take_init_together(images).run() };
+    }
+
+    /// Takes the initializers to run (once; later calls take none) in the
+    /// order [`InitFini::init_order`] gives.
+    pub fn take_init(&mut self) -> InitCalls {
+        if self.phase != Phase::Collecting {
+            return InitCalls(Vec::new());
         }
+        self.phase = Phase::Initialized;
+        InitCalls(self.init_order())
     }
 
     /// Runs the initializers (once; later calls do nothing).
@@ -259,41 +273,29 @@ impl InitFini {
     /// initializer type in an image that is fully linked, finalized and
     /// whose dependencies are ready.
     pub unsafe fn run_init(&mut self) {
-        if self.phase != Phase::Collecting {
-            return;
-        }
-        self.phase = Phase::Initialized;
-        let (argc, argv, envp) = process_args();
-        for addr in self.init_order() {
-            // SAFETY: the caller guarantees `addr` is an initializer function.
-            let f = unsafe { std::mem::transmute::<usize, InitFn>(addr) };
-            // SAFETY: called with the process's own arguments, as glibc does.
-            unsafe { f(argc, argv, envp) };
-        }
+        // SAFETY: forwarded contract.
+        unsafe { self.take_init().run() };
     }
 
-    /// Runs the teardown of several images torn down together (given in link
-    /// order; images already finalized are skipped, the others are marked).
-    /// The calling thread's `thread_local` destructors of each image go
-    /// first, last-linked image first. Then, if every image tears down like
-    /// a program ([`InitFini::set_executable_teardown`]), they end as one
-    /// statically linked program's `exit()`: every image's `atexit` handlers
-    /// newest first in the order the process registered them, then all
-    /// finalizers as one `.fini_array` (interleaved by priority — ties in
-    /// link order — and run backwards), then handlers registered meanwhile.
-    /// Otherwise each image runs [`InitFini::run_fini`], last-linked first,
-    /// as `dlclose` of each would.
-    ///
-    /// # Safety
-    /// As for [`InitFini::run_fini`], for every image: all of them stay
-    /// mapped until this returns.
-    pub unsafe fn run_fini_together(images: &mut [&mut InitFini]) {
+    /// Takes the teardown of several images torn down together (given in
+    /// link order; images already finalized are skipped, the others are
+    /// marked). When run ([`FiniCalls::run`]), the calling thread's
+    /// `thread_local` destructors of each image go first, last-linked image
+    /// first. Then, if every image tears down like a program
+    /// ([`InitFini::set_executable_teardown`]), they end as one statically
+    /// linked program's `exit()`: every image's `atexit` handlers newest
+    /// first in the order the process registered them, then all finalizers
+    /// as one `.fini_array` (interleaved by priority — ties in link order —
+    /// and run backwards), then handlers registered meanwhile. Otherwise
+    /// each image tears down as [`InitFini::run_fini`] does, last-linked
+    /// first, as `dlclose` of each would.
+    pub fn take_fini_together(images: &mut [&mut InitFini]) -> FiniCalls {
         if !images.iter().all(|i| i.executable) {
-            for set in images.iter_mut().rev() {
-                // SAFETY: forwarded contract.
-                unsafe { set.run_fini() };
-            }
-            return;
+            let each = images
+                .iter_mut()
+                .rev()
+                .filter_map(|set| set.take_one_fini());
+            return FiniCalls(Teardown::Each(each.collect()));
         }
         let mut handles = Vec::with_capacity(images.len());
         let mut order: Vec<(u32, usize, usize, usize)> = Vec::new();
@@ -303,8 +305,6 @@ impl InitFini {
             }
             let ran_init = set.phase == Phase::Initialized;
             set.phase = Phase::Finalized;
-            // SAFETY: forwarded contract.
-            unsafe { set.dso.finish_thread_dtors() };
             handles.push(set.dso.clone());
             // Finalizers of an image that never initialized do not run
             // (glibc skips `l_init_called == 0` objects).
@@ -315,22 +315,34 @@ impl InitFini {
             }
         }
         order.sort_unstable();
+        FiniCalls(Teardown::Program {
+            handles,
+            finalizers: order.iter().rev().map(|&(_, _, _, addr)| addr).collect(),
+        })
+    }
+
+    /// Runs the teardown of several images together
+    /// ([`InitFini::take_fini_together`]).
+    ///
+    /// # Safety
+    /// As for [`InitFini::run_fini`], for every image: all of them stay
+    /// mapped until this returns.
+    pub unsafe fn run_fini_together(images: &mut [&mut InitFini]) {
         // SAFETY: forwarded contract.
-        unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
-        for &(_, _, _, addr) in order.iter().rev() {
-            // SAFETY: the caller guarantees `addr` is a finalizer of a
-            // mapped image whose initializers ran: a `void (void)` function
-            // that may run now.
-            unsafe { std::mem::transmute::<usize, FiniFn>(addr)() };
-        }
-        // SAFETY: forwarded contract.
-        unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+        unsafe { Self::take_fini_together(images).run() };
     }
 
     /// Tear down like a program's `exit()` rather than like `dlclose`: for an
     /// image that is run as a program (what `kiln run` does).
     pub fn set_executable_teardown(&mut self, yes: bool) {
         self.executable = yes;
+    }
+
+    /// Takes the teardown described on [`InitFini`] (once; later calls take
+    /// nothing). Take it even if the initializers never ran: handlers may
+    /// have been registered by code that ran anyway.
+    pub fn take_fini(&mut self) -> FiniCalls {
+        FiniCalls(Teardown::Each(self.take_one_fini().into_iter().collect()))
     }
 
     /// Runs the teardown described on [`InitFini`] (once; later calls do
@@ -341,24 +353,135 @@ impl InitFini {
     /// The image's memory must still be mapped and linked, and no other
     /// thread may be running its code.
     pub unsafe fn run_fini(&mut self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.take_fini().run() };
+    }
+
+    /// This image's `dlclose`-like teardown, marking it finalized; `None`
+    /// if it was finalized already.
+    fn take_one_fini(&mut self) -> Option<OneTeardown> {
         if self.phase == Phase::Finalized {
-            return;
+            return None;
         }
         let ran_init = self.phase == Phase::Initialized;
         self.phase = Phase::Finalized;
+        Some(OneTeardown {
+            dso: self.dso.clone(),
+            // Finalizers of an image that never initialized do not run
+            // (glibc skips `l_init_called == 0` objects).
+            steps: self
+                .fini_order()
+                .into_iter()
+                .filter(|step| ran_init || step.is_none())
+                .collect(),
+        })
+    }
+}
+
+/// Initializers taken from their images ([`InitFini::take_init_together`])
+/// to be called once nothing guards the images any more.
+#[must_use = "the initializers run only when `run` is called"]
+#[derive(Debug)]
+pub struct InitCalls(Vec<usize>);
+
+impl InitCalls {
+    /// Calls the initializers in order, with this process's `(argc, argv,
+    /// envp)` as glibc does.
+    ///
+    /// # Safety
+    /// As for [`InitFini::run_init`]: every address is an initializer of an
+    /// image that stays mapped, linked and finalized while this runs.
+    pub unsafe fn run(self) {
+        let (argc, argv, envp) = process_args();
+        for addr in self.0 {
+            // SAFETY: the caller guarantees `addr` is an initializer function.
+            let f = unsafe { std::mem::transmute::<usize, InitFn>(addr) };
+            // SAFETY: called with the process's own arguments, as glibc does.
+            unsafe { f(argc, argv, envp) };
+        }
+    }
+}
+
+/// One image's teardown as `dlclose` runs it: its finalizers in order,
+/// `None` where its `atexit` handlers run.
+#[derive(Debug)]
+struct OneTeardown {
+    dso: DsoHandle,
+    steps: Vec<Option<usize>>,
+}
+
+/// Teardowns taken from their images ([`InitFini::take_fini_together`]) to
+/// be run once nothing guards the images any more: a finalizer may call
+/// `exit()` or remove its own image.
+#[must_use = "the finalizers run only when `run` is called"]
+#[derive(Debug)]
+pub struct FiniCalls(Teardown);
+
+#[derive(Debug)]
+enum Teardown {
+    /// Each image as `dlclose` would tear it down, in this order.
+    Each(Vec<OneTeardown>),
+    /// The images as one program's `exit()`: their handles, last-linked
+    /// first, and every finalizer in the order to call them.
+    Program {
+        handles: Vec<DsoHandle>,
+        finalizers: Vec<usize>,
+    },
+}
+
+impl FiniCalls {
+    /// Runs the teardown taken.
+    ///
+    /// # Safety
+    /// As for [`InitFini::run_fini`], for every image: its memory stays
+    /// mapped and linked until this returns, and no other thread runs its
+    /// code meanwhile.
+    pub unsafe fn run(self) {
+        match self.0 {
+            Teardown::Each(images) => {
+                for one in images {
+                    // SAFETY: forwarded contract.
+                    unsafe { one.run() };
+                }
+            }
+            Teardown::Program {
+                handles,
+                finalizers,
+            } => {
+                for dso in &handles {
+                    // SAFETY: forwarded contract.
+                    unsafe { dso.finish_thread_dtors() };
+                }
+                // SAFETY: forwarded contract.
+                unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+                for addr in finalizers {
+                    // SAFETY: the caller guarantees `addr` is a finalizer of
+                    // a mapped image whose initializers ran: a `void (void)`
+                    // function that may run now.
+                    unsafe { std::mem::transmute::<usize, FiniFn>(addr)() };
+                }
+                // SAFETY: forwarded contract.
+                unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+            }
+        }
+    }
+}
+
+impl OneTeardown {
+    /// # Safety
+    /// As for [`InitFini::run_fini`].
+    unsafe fn run(self) {
         // SAFETY: forwarded contract.
         unsafe { self.dso.finish_thread_dtors() };
-        for step in self.fini_order() {
+        for step in self.steps {
             match step {
                 // SAFETY: forwarded contract.
                 None => unsafe { self.dso.run_atexit_handlers() },
-                // Finalizers of an image that never initialized do not run
-                // (glibc skips `l_init_called == 0` objects).
-                Some(_) if !ran_init => {}
                 Some(addr) => {
                     // SAFETY: the caller guarantees `addr` is a finalizer.
                     let f = unsafe { std::mem::transmute::<usize, FiniFn>(addr) };
-                    // SAFETY: as above.
+                    // SAFETY: the image is mapped and its initializers ran
+                    // (only then are its finalizers taken).
                     unsafe { f() };
                 }
             }

@@ -50,7 +50,10 @@ mod thread;
 pub mod tls;
 
 pub use dso::DsoHandle;
-pub use init::{DEFAULT_PRIORITY, InitFini, InitKind, init_priority, set_program_arguments};
+pub use init::{
+    DEFAULT_PRIORITY, FiniCalls, InitCalls, InitFini, InitKind, init_priority,
+    set_program_arguments,
+};
 
 // The handles cross threads (a link on one thread, teardown on another).
 const _: () = {
