@@ -23,7 +23,10 @@
 //! executable at once. Raw pointers and `mprotect` stay in this module.
 //! A large allocation's pages can be mapped ahead of the writes that fill
 //! it ([`Allocation::prefault`], on a rayon thread), instead of one page
-//! fault per page while the linker copies and relocates.
+//! fault per page while the linker copies and relocates; the linker maps
+//! only the runs it writes ([`Allocation::prefault_runs`]), never zero-fill
+//! or padding, which may be far larger. An allocation's base can be aligned
+//! beyond a page ([`Allocation::new_aligned`]) for blocks that ask for it.
 
 use std::ffi::c_void;
 use std::ops::RangeInclusive;
