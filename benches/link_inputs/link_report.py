@@ -81,7 +81,9 @@ LABELS = {"kiln": "kiln run --noexec", "jitlink": "llvm-jitlink -noexec",
           "lld": "clang -fuse-ld=lld"}
 # The aarch64 inputs (name ending in -a64): kiln links them into an image file.
 LABELS_A64 = {"kiln": "kiln image save (aarch64)",
-              "jitlink": "llvm-jitlink -noexec -triple=aarch64-linux-gnu"}
+              "jitlink": "llvm-jitlink -noexec -triple=aarch64-linux-gnu",
+              "mold": "aarch64-linux-gnu-gcc -B/usr/libexec/mold",
+              "mold-nofork": "aarch64-linux-gnu-gcc -B/usr/libexec/mold -Wl,--no-fork"}
 
 
 def label_of(name, tool):

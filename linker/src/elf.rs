@@ -186,6 +186,9 @@ pub fn parse_object(name: &str, data: &[u8]) -> Result<LinkGraph, LinkError> {
 
 fn parse(name: &str, data: &[u8], file: Option<&InputBytes>) -> Result<LinkGraph, LinkError> {
     let mut graph = LinkGraph::new();
+    // Blocks at their final count up front: an object's blocks (one per
+    // `.eh_frame` record) would otherwise be copied at each doubling.
+    graph.blocks.reserve_exact(size_hint(data).blocks);
     let obj = graph.add_object(name);
     let mut reader = Reader {
         graph: &mut graph,
@@ -268,7 +271,7 @@ fn classify(name: &str, sh_type: u32, flags: u64) -> (Prot, SectionRole) {
     (prot, role)
 }
 
-impl Reader<'_, '_> {
+impl<'d> Reader<'_, 'd> {
     fn err(&self, detail: impl Into<String>) -> LinkError {
         LinkError::malformed(self.name, detail)
     }
@@ -285,7 +288,41 @@ impl Reader<'_, '_> {
 
     fn read(&mut self) -> Result<(), LinkError> {
         let data = self.data;
-        let header = FileHeader64::<LE>::parse(data)
+        let header = self.header()?;
+        let sections = header
+            .sections(LE, data)
+            .map_err(|e| self.err(format!("bad section table: {e}")))?;
+        let symtab = sections
+            .symbols(LE, data, elf::SHT_SYMTAB)
+            .map_err(|e| self.err(format!("bad symbol table: {e}")))?;
+        let mut slots = vec![Slot::Skipped; sections.len()];
+        let groups = self.read_groups(&sections, &symtab, &mut slots)?;
+        let eh_frame = self.read_sections(&sections, &mut slots)?;
+        for (sig, members) in groups {
+            let blocks = members
+                .iter()
+                .filter_map(|&m| match slots.get(m) {
+                    Some(Slot::Block(b)) => Some(*b),
+                    _ => None,
+                })
+                .collect();
+            self.graph.groups.push((sig.into(), blocks));
+        }
+        let symbol_map = self.read_symbols(&sections, &symtab, &slots, eh_frame.as_ref())?;
+        let records = eh_frame.as_ref().map_or(&[][..], |(_, r)| r.as_slice());
+        for sh in sections.iter() {
+            self.read_relocation_section(&sections, &symtab, sh, &slots, records, &symbol_map)?;
+        }
+        if let Some((_, records)) = eh_frame {
+            self.link_fdes(&records)?;
+        }
+        Ok(())
+    }
+
+    /// The file's ELF header, checked to be a relocatable object of an ISA
+    /// kiln links (the graph takes that ISA).
+    fn header(&mut self) -> Result<&'d FileHeader64<LE>, LinkError> {
+        let header = FileHeader64::<LE>::parse(self.data)
             .map_err(|e| self.err(format!("not an ELF64 little-endian file: {e}")))?;
         let Some(isa) = Isa::from_machine(header.e_machine(LE).0) else {
             return Err(self.err(format!(
@@ -300,18 +337,21 @@ impl Reader<'_, '_> {
                 header.e_type(LE).0
             )));
         }
-        let sections = header
-            .sections(LE, data)
-            .map_err(|e| self.err(format!("bad section table: {e}")))?;
-        let symtab = sections
-            .symbols(LE, data, elf::SHT_SYMTAB)
-            .map_err(|e| self.err(format!("bad symbol table: {e}")))?;
-        let nsec = sections.len();
-        let mut slots = vec![Slot::Skipped; nsec];
+        Ok(header)
+    }
 
-        // COMDAT groups: the first object to bring a signature keeps it.
-        // (Parsed alone, an object keeps all of its groups; [`LinkGraph::merge`]
-        // drops the ones an earlier object brought.)
+    /// COMDAT groups, each signature with its member sections: the first
+    /// object to bring a signature keeps it. (Parsed alone, an object keeps
+    /// all of its groups; [`LinkGraph::merge`] drops the ones an earlier
+    /// object brought; members of a group already taken here are marked
+    /// [`Slot::Discarded`].)
+    fn read_groups(
+        &mut self,
+        sections: &SectionTable<'_, FileHeader64<LE>>,
+        symtab: &object::read::elf::SymbolTable<'_, FileHeader64<LE>>,
+        slots: &mut [Slot],
+    ) -> Result<Vec<(String, Vec<usize>)>, LinkError> {
+        let data = self.data;
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         for (index, sh) in sections.enumerate() {
             let Some((flags, members)) = sh
@@ -329,7 +369,7 @@ impl Reader<'_, '_> {
                 .map_err(|e| {
                     self.err(format!(
                         "group section {}: bad signature symbol: {e}",
-                        section_name_of(&sections, sh)
+                        section_name_of(sections, sh)
                     ))
                 })?;
             let sig = String::from_utf8_lossy(sig).into_owned();
@@ -351,8 +391,18 @@ impl Reader<'_, '_> {
                 self.graph.comdats.insert(sig.into(), self.obj);
             }
         }
+        Ok(groups)
+    }
 
-        // Sections → blocks.
+    /// Sections → blocks: one block per loadable section, one per
+    /// `.eh_frame` record (returned with the section's index); `slots`
+    /// says what became of each section.
+    fn read_sections(
+        &mut self,
+        sections: &SectionTable<'_, FileHeader64<LE>>,
+        slots: &mut [Slot],
+    ) -> Result<Option<(usize, Vec<Record>)>, LinkError> {
+        let data = self.data;
         let mut eh_frame: Option<(usize, Vec<Record>)> = None;
         for (index, sh) in sections.enumerate() {
             let i = index.0;
@@ -369,7 +419,7 @@ impl Reader<'_, '_> {
             if flags & elf::SHF_ALLOC.0 == 0 {
                 continue;
             }
-            let name = section_name_of(&sections, sh);
+            let name = section_name_of(sections, sh);
             let loadable = matches!(
                 sh.sh_type(LE),
                 elf::SHT_PROGBITS
@@ -381,28 +431,10 @@ impl Reader<'_, '_> {
             if !loadable {
                 continue;
             }
-            let align = sh.sh_addralign(LE).max(1);
-            if !align.is_power_of_two() || align > MAX_ALIGN {
-                return Err(self.err(format!(
-                    "section {name}: alignment {align} is not a power of two up to {MAX_ALIGN}"
-                )));
-            }
-            let size = sh.sh_size(LE);
             let (prot, role) = classify(name, sh_type, flags);
-            let bytes = if sh.sh_type(LE) == elf::SHT_NOBITS {
-                if size > MAX_SIZE {
-                    return Err(self.err(format!("section {name}: size {size:#x} is too large")));
-                }
-                None
-            } else {
-                let bytes = sh
-                    .data(LE, data)
-                    .map_err(|e| self.err(format!("section {name}: {e}")))?;
-                Some(bytes)
-            };
             if role == SectionRole::EhFrame {
                 // Split straight from the input: each record is copied once.
-                let Some(bytes) = bytes else {
+                let Some(bytes) = self.section_bytes(sh, name)?.1 else {
                     return Err(self.err("section .eh_frame has no contents"));
                 };
                 let records = self.split_eh_frame(name, bytes)?;
@@ -410,9 +442,10 @@ impl Reader<'_, '_> {
                 slots[i] = Slot::EhFrame;
                 continue;
             }
+            let (align, bytes) = self.section_bytes(sh, name)?;
             let content = match bytes {
                 Some(bytes) => self.content(bytes),
-                None => Content::Zero(size),
+                None => Content::Zero(sh.sh_size(LE)),
             };
             let section = self.graph.section(name, prot, role);
             let block = self.graph.add_block(Block {
@@ -429,19 +462,45 @@ impl Reader<'_, '_> {
             });
             slots[i] = Slot::Block(block);
         }
+        Ok(eh_frame)
+    }
 
-        for (sig, members) in groups {
-            let blocks = members
-                .iter()
-                .filter_map(|&m| match slots.get(m) {
-                    Some(Slot::Block(b)) => Some(*b),
-                    _ => None,
-                })
-                .collect();
-            self.graph.groups.push((sig.into(), blocks));
+    /// A loadable section's alignment and bytes (`None` for `SHT_NOBITS`),
+    /// both checked: a power-of-two alignment up to [`MAX_ALIGN`], a
+    /// zero-fill size up to [`MAX_SIZE`], bytes inside the file.
+    fn section_bytes(
+        &self,
+        sh: &'d SectionHeader64<LE>,
+        name: &str,
+    ) -> Result<(u64, Option<&'d [u8]>), LinkError> {
+        let align = sh.sh_addralign(LE).max(1);
+        if !align.is_power_of_two() || align > MAX_ALIGN {
+            return Err(self.err(format!(
+                "section {name}: alignment {align} is not a power of two up to {MAX_ALIGN}"
+            )));
         }
+        if sh.sh_type(LE) == elf::SHT_NOBITS {
+            let size = sh.sh_size(LE);
+            if size > MAX_SIZE {
+                return Err(self.err(format!("section {name}: size {size:#x} is too large")));
+            }
+            return Ok((align, None));
+        }
+        let bytes = sh
+            .data(LE, self.data)
+            .map_err(|e| self.err(format!("section {name}: {e}")))?;
+        Ok((align, Some(bytes)))
+    }
 
-        // Symbols.
+    /// Every symbol of the symbol table, by index (`None` for index 0 and
+    /// symbols that need no graph symbol).
+    fn read_symbols(
+        &mut self,
+        sections: &SectionTable<'_, FileHeader64<LE>>,
+        symtab: &object::read::elf::SymbolTable<'_, FileHeader64<LE>>,
+        slots: &[Slot],
+        eh_frame: Option<&(usize, Vec<Record>)>,
+    ) -> Result<Vec<Option<SymbolId>>, LinkError> {
         let syms = symtab.symbols();
         self.graph.symbols.reserve(syms.len());
         self.graph.unmerged_globals.reserve(syms.len());
@@ -449,60 +508,64 @@ impl Reader<'_, '_> {
         let mut symbol_map: Vec<Option<SymbolId>> = vec![None; syms.len()];
         for (index, sym) in symtab.enumerate().skip(1) {
             symbol_map[index.0] =
-                self.read_symbol(&sections, &symtab, &slots, eh_frame.as_ref(), index, sym)?;
+                self.read_symbol(sections, symtab, slots, eh_frame, index, sym)?;
         }
+        Ok(symbol_map)
+    }
 
-        // Relocations.
-        for sh in sections.iter() {
-            if sh.sh_type(LE) == elf::SHT_REL {
-                return Err(self.err(format!(
-                    "section {}: SHT_REL relocations are not used on x86-64; expected SHT_RELA",
-                    section_name_of(&sections, sh)
-                )));
+    /// The edges of relocation section `sh` (nothing for other sections,
+    /// or relocations of a section that was not loaded).
+    fn read_relocation_section(
+        &mut self,
+        sections: &SectionTable<'_, FileHeader64<LE>>,
+        symtab: &object::read::elf::SymbolTable<'_, FileHeader64<LE>>,
+        sh: &'d SectionHeader64<LE>,
+        slots: &[Slot],
+        records: &[Record],
+        symbol_map: &[Option<SymbolId>],
+    ) -> Result<(), LinkError> {
+        if sh.sh_type(LE) == elf::SHT_REL {
+            return Err(self.err(format!(
+                "section {}: SHT_REL relocations are not used on x86-64; expected SHT_RELA",
+                section_name_of(sections, sh)
+            )));
+        }
+        let Some((relas, _)) = sh
+            .rela(LE, self.data)
+            .map_err(|e| self.err(format!("section {}: {e}", section_name_of(sections, sh))))?
+        else {
+            return Ok(());
+        };
+        if sh.sh_link(LE) as usize != symtab.section().0 {
+            return Err(self.err(format!(
+                "relocation section {} does not use the symbol table",
+                section_name_of(sections, sh)
+            )));
+        }
+        let target = sh.sh_info(LE) as usize;
+        let Some(slot) = slots.get(target).copied() else {
+            return Err(self.err(format!(
+                "relocation section {} applies to section {target}, which does not exist",
+                section_name_of(sections, sh)
+            )));
+        };
+        let tsh = sections
+            .section(SectionIndex(target))
+            .map_err(|e| self.err(e.to_string()))?;
+        let tname = section_name_of(sections, tsh);
+        match slot {
+            Slot::Skipped | Slot::Discarded => Ok(()),
+            Slot::Block(block) => {
+                self.read_relocs(tname, relas, symbol_map, &[(0, u64::MAX, block)])
             }
-            let Some((relas, _)) = sh.rela(LE, data).map_err(|e| {
-                self.err(format!("section {}: {e}", section_name_of(&sections, sh)))
-            })?
-            else {
-                continue;
-            };
-            if sh.sh_link(LE) as usize != symtab.section().0 {
-                return Err(self.err(format!(
-                    "relocation section {} does not use the symbol table",
-                    section_name_of(&sections, sh)
-                )));
-            }
-            let target = sh.sh_info(LE) as usize;
-            let Some(slot) = slots.get(target).copied() else {
-                return Err(self.err(format!(
-                    "relocation section {} applies to section {target}, which does not exist",
-                    section_name_of(&sections, sh)
-                )));
-            };
-            let tsh = sections
-                .section(SectionIndex(target))
-                .map_err(|e| self.err(e.to_string()))?;
-            let tname = section_name_of(&sections, tsh);
-            match slot {
-                Slot::Skipped | Slot::Discarded => continue,
-                Slot::Block(block) => {
-                    self.read_relocs(tname, relas, &symbol_map, &[(0, u64::MAX, block)])?;
-                }
-                Slot::EhFrame => {
-                    let records = eh_frame.as_ref().map(|(_, r)| r.as_slice()).unwrap_or(&[]);
-                    let ranges: Vec<_> = records
-                        .iter()
-                        .map(|r| (r.offset, r.offset + r.len, r.block))
-                        .collect();
-                    self.read_relocs(tname, relas, &symbol_map, &ranges)?;
-                }
+            Slot::EhFrame => {
+                let ranges: Vec<_> = records
+                    .iter()
+                    .map(|r| (r.offset, r.offset + r.len, r.block))
+                    .collect();
+                self.read_relocs(tname, relas, symbol_map, &ranges)
             }
         }
-
-        if let Some((_, records)) = eh_frame {
-            self.link_fdes(&records)?;
-        }
-        Ok(())
     }
 
     /// Split `.eh_frame` into CIE and FDE blocks (zero terminators dropped).
@@ -678,7 +741,9 @@ impl Reader<'_, '_> {
         let value = sym.st_value(LE);
         let size = sym.st_size(LE);
         let mut symbol = Symbol {
-            name: (!name.is_empty() && st_type != elf::STT_SECTION).then(|| name.into()),
+            // A global's name is kept once, in the object's name arena
+            // (below), not also boxed here.
+            name: (local && !name.is_empty() && st_type != elf::STT_SECTION).then(|| name.into()),
             def: SymbolDef::External,
             object: Some(self.obj),
             size,
@@ -705,65 +770,86 @@ impl Reader<'_, '_> {
             symbol.def = SymbolDef::Common { size, align };
             symbol.linkage = Linkage::Weak;
         } else {
-            let sec = symtab
-                .symbol_section(LE, sym, index)
-                .map_err(|e| self.err(format!("symbol `{name}`: {e}")))?;
-            let Some(sec) = sec else {
-                return Err(self.err(format!(
-                    "symbol `{name}`: unsupported special section index {:#x}",
-                    shndx.0
-                )));
-            };
-            let Some(slot) = slots.get(sec.0).copied() else {
-                return Err(self.err(format!(
-                    "symbol `{name}`: section index {} is out of range",
-                    sec.0
-                )));
-            };
-            symbol.def = match slot {
-                Slot::Discarded if !local && !name.is_empty() => {
-                    // The kept copy (from the first object with this group)
-                    // defines it; refer to that.
+            let def =
+                self.section_symbol_def(sections, symtab, slots, eh_frame, (index, sym), name)?;
+            symbol.def = match def {
+                Some(def) => def,
+                // In a COMDAT group this object dropped: the kept copy (from
+                // the first object with the group) defines it; refer to that.
+                None if !local && !name.is_empty() => {
                     return Ok(Some(self.global_ref(name, false, symbol.tls)));
                 }
-                Slot::Skipped | Slot::Discarded => SymbolDef::Discarded,
-                Slot::Block(block) => {
-                    let len = self.graph.blocks[block.index()].content.len();
-                    if value > len {
-                        let sh = sections.section(sec).map_err(|e| self.err(e.to_string()))?;
-                        return Err(self.err(format!(
-                            "symbol `{name}`: value {value:#x} lies past the end of section {} ({len:#x} bytes)",
-                            section_name_of(sections, sh)
-                        )));
-                    }
-                    SymbolDef::Defined {
-                        block,
-                        offset: value,
-                    }
-                }
-                Slot::EhFrame => {
-                    let records = eh_frame.map(|(_, r)| r.as_slice()).unwrap_or(&[]);
-                    match records
-                        .iter()
-                        .find(|r| value >= r.offset && value < r.offset + r.len)
-                    {
-                        Some(r) => SymbolDef::Defined {
-                            block: r.block,
-                            offset: value - r.offset,
-                        },
-                        None => SymbolDef::Discarded,
-                    }
-                }
+                None => SymbolDef::Discarded,
             };
         }
         if local || name.is_empty() {
             return Ok(Some(self.graph.add_symbol(symbol)));
         }
         // Named at merge time, from the object's name arena.
-        symbol.name = None;
         let id = self.graph.add_symbol(symbol);
         self.graph.push_unmerged_global(id, name);
         Ok(Some(id))
+    }
+
+    /// What symbol `sym` (`index`, called `name`), defined in a section,
+    /// stands for: a place in a block, or [`SymbolDef::Discarded`] with its
+    /// section; `None` if that section was dropped as a COMDAT duplicate.
+    fn section_symbol_def(
+        &self,
+        sections: &SectionTable<'_, FileHeader64<LE>>,
+        symtab: &object::read::elf::SymbolTable<'_, FileHeader64<LE>>,
+        slots: &[Slot],
+        eh_frame: Option<&(usize, Vec<Record>)>,
+        (index, sym): (SymbolIndex, &Sym64<LE>),
+        name: &str,
+    ) -> Result<Option<SymbolDef>, LinkError> {
+        let value = sym.st_value(LE);
+        let sec = symtab
+            .symbol_section(LE, sym, index)
+            .map_err(|e| self.err(format!("symbol `{name}`: {e}")))?;
+        let Some(sec) = sec else {
+            return Err(self.err(format!(
+                "symbol `{name}`: unsupported special section index {:#x}",
+                sym.st_shndx(LE).0
+            )));
+        };
+        let Some(slot) = slots.get(sec.0).copied() else {
+            return Err(self.err(format!(
+                "symbol `{name}`: section index {} is out of range",
+                sec.0
+            )));
+        };
+        Ok(Some(match slot {
+            Slot::Discarded => return Ok(None),
+            Slot::Skipped => SymbolDef::Discarded,
+            Slot::Block(block) => {
+                let len = self.graph.blocks[block.index()].content.len();
+                if value > len {
+                    let sh = sections.section(sec).map_err(|e| self.err(e.to_string()))?;
+                    return Err(self.err(format!(
+                        "symbol `{name}`: value {value:#x} lies past the end of section {} ({len:#x} bytes)",
+                        section_name_of(sections, sh)
+                    )));
+                }
+                SymbolDef::Defined {
+                    block,
+                    offset: value,
+                }
+            }
+            Slot::EhFrame => {
+                let records = eh_frame.map(|(_, r)| r.as_slice()).unwrap_or(&[]);
+                match records
+                    .iter()
+                    .find(|r| value >= r.offset && value < r.offset + r.len)
+                {
+                    Some(r) => SymbolDef::Defined {
+                        block: r.block,
+                        offset: value - r.offset,
+                    },
+                    None => SymbolDef::Discarded,
+                }
+            }
+        }))
     }
 
     /// A reference to global `name`, resolved by name when the object's

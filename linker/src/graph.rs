@@ -404,6 +404,12 @@ pub struct ObjectInfo {
     pub(crate) cpu_features: u64,
 }
 
+/// Object `o` of a graph being merged, as the merged graph numbers it (its
+/// objects are appended from `base` on).
+fn remap(o: ObjectId, base: ObjectId) -> ObjectId {
+    ObjectId(o.0 + base.0)
+}
+
 /// The link graph.
 #[derive(Debug, Default)]
 pub struct LinkGraph {
@@ -629,47 +635,29 @@ impl LinkGraph {
     /// [`LinkGraph::merge`], also returning where each of `other`'s symbols
     /// went: its id in this graph, by its id in `other`.
     pub fn merge_mapped(&mut self, other: LinkGraph) -> (ObjectId, Vec<SymbolId>) {
-        let obj_base = self.objects.len() as u32;
+        let obj_base = ObjectId(self.objects.len() as u32);
         match (self.isa, other.isa) {
             (None, isa) => self.isa = isa,
             (Some(mine), Some(theirs)) if mine != theirs && self.foreign_object.is_none() => {
-                self.foreign_object = Some((ObjectId(obj_base), theirs));
+                self.foreign_object = Some((obj_base, theirs));
             }
             _ => {}
         }
-        let remap_obj = |o: ObjectId| ObjectId(o.0 + obj_base);
-        self.objects.extend(other.objects);
-        let sec_map: Vec<SectionId> = other
-            .sections
-            .iter()
-            .map(|s| self.section(&s.name, s.prot, s.role))
-            .collect();
-        let mut dropped = vec![false; other.blocks.len()];
-        for (sig, blocks) in other.groups {
-            match self.comdats.entry(sig) {
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    for b in blocks {
-                        dropped[b.index()] = true;
-                    }
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let owner = blocks
-                        .first()
-                        .and_then(|b| other.blocks[b.index()].object)
-                        .map_or(ObjectId(obj_base), remap_obj);
-                    v.insert(owner);
-                }
-            }
-        }
-        for (i, b) in other.blocks.iter().enumerate() {
-            if let Some(f) = b.fde
-                && let Some(func) = f.function
-                && dropped[func.index()]
-            {
-                dropped[i] = true;
-            }
-        }
-        let mut block_map: Vec<Option<BlockId>> = Vec::with_capacity(other.blocks.len());
+        let LinkGraph {
+            objects,
+            sections,
+            blocks,
+            symbols,
+            globals,
+            groups,
+            unmerged_globals,
+            name_arena,
+            duplicates,
+            ..
+        } = other;
+        self.objects.extend(objects);
+        let dropped = self.dropped_blocks(groups, &blocks, obj_base);
+        let mut block_map: Vec<Option<BlockId>> = Vec::with_capacity(blocks.len());
         let mut next = self.blocks.len() as u32;
         for &d in &dropped {
             block_map.push((!d).then(|| {
@@ -677,77 +665,23 @@ impl LinkGraph {
                 BlockId(next - 1)
             }));
         }
-        // Per symbol: its global name, if it is a global.
-        let mut global_name: Vec<Option<(u32, u32, u64)>> = vec![None; other.symbols.len()];
-        for &(id, start, len, hash) in &other.unmerged_globals {
-            global_name[id.index()] = Some((start, len, hash));
-        }
-        let mut is_global = vec![false; other.symbols.len()];
-        for id in other.globals.values() {
-            is_global[id.index()] = true;
-        }
-        let arena = other.name_arena;
-        let mut sym_map: Vec<SymbolId> = Vec::with_capacity(other.symbols.len());
-        if self.globals.is_empty() {
-            // The first object (a unit of one object, as a JIT adds them):
-            // every global is new, so room for all at once — no rehash and
-            // no regrowth of the symbols per doubling.
-            self.globals.reserve(other.unmerged_globals.len());
-            self.symbols.reserve(other.symbols.len());
-        } else {
-            self.symbols.reserve(
-                other
-                    .symbols
-                    .len()
-                    .saturating_sub(other.unmerged_globals.len()),
-            );
-        }
-        self.blocks.reserve(other.blocks.len());
-        for (i, mut s) in other.symbols.into_iter().enumerate() {
-            s.object = s.object.map(remap_obj);
-            if let SymbolDef::Defined { block, offset } = s.def {
-                s.def = match block_map[block.index()] {
-                    Some(block) => SymbolDef::Defined { block, offset },
-                    None => SymbolDef::Discarded,
-                };
-            }
-            let object = s.object.unwrap_or(ObjectId(obj_base));
-            let global = match global_name[i] {
-                Some((start, len, hash)) => arena
-                    .get(start as usize..start as usize + len as usize)
-                    .map(|name| self.global_hashed(name, hash, object)),
-                None if is_global[i] => s.name.as_deref().map(|name| self.global(name, object)),
-                None => None,
-            };
-            let id = match global {
-                Some(id) => id,
-                None => {
-                    sym_map.push(self.add_symbol(s));
-                    continue;
-                }
-            };
-            match s.def {
-                SymbolDef::External => {
-                    let g = &mut self.symbols[id.index()];
-                    g.weak_ref &= s.weak_ref;
-                    g.tls |= s.tls;
-                }
-                // Defined in a dropped COMDAT copy: the kept copy defines it.
-                SymbolDef::Discarded => self.symbols[id.index()].weak_ref = false,
-                _ => self.define_global(id, s),
-            }
-            sym_map.push(id);
-        }
-        for (name, objs) in other.duplicates {
+        let unmerged = (unmerged_globals, name_arena);
+        let sym_map = self.merge_symbols(symbols, &globals, unmerged, &block_map, obj_base);
+        for (name, objs) in duplicates {
             self.duplicates
-                .push((name, objs.into_iter().map(remap_obj).collect()));
+                .push((name, objs.into_iter().map(|o| remap(o, obj_base)).collect()));
         }
-        for (i, mut b) in other.blocks.into_iter().enumerate() {
+        let sec_map: Vec<SectionId> = sections
+            .iter()
+            .map(|s| self.section(&s.name, s.prot, s.role))
+            .collect();
+        self.blocks.reserve(blocks.len());
+        for (i, mut b) in blocks.into_iter().enumerate() {
             if dropped[i] {
                 continue;
             }
             b.section = sec_map[b.section.index()];
-            b.object = b.object.map(remap_obj);
+            b.object = b.object.map(|o| remap(o, obj_base));
             for e in &mut b.edges {
                 e.target = sym_map[e.target.index()];
             }
@@ -767,7 +701,111 @@ impl LinkGraph {
             }
             self.add_block(b);
         }
-        (ObjectId(obj_base), sym_map)
+        (obj_base, sym_map)
+    }
+
+    /// Of an object's blocks (its objects now from `obj_base` on), those to
+    /// drop: members of COMDAT groups an earlier object brought (the other
+    /// groups are recorded as taken) and the FDEs of dropped functions.
+    fn dropped_blocks(
+        &mut self,
+        groups: Vec<(Box<str>, Vec<BlockId>)>,
+        blocks: &[Block],
+        obj_base: ObjectId,
+    ) -> Vec<bool> {
+        let mut dropped = vec![false; blocks.len()];
+        for (sig, members) in groups {
+            match self.comdats.entry(sig) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    for b in members {
+                        dropped[b.index()] = true;
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let owner = members
+                        .first()
+                        .and_then(|b| blocks[b.index()].object)
+                        .map_or(obj_base, |o| remap(o, obj_base));
+                    v.insert(owner);
+                }
+            }
+        }
+        for (i, b) in blocks.iter().enumerate() {
+            if let Some(f) = b.fde
+                && let Some(func) = f.function
+                && dropped[func.index()]
+            {
+                dropped[i] = true;
+            }
+        }
+        dropped
+    }
+
+    /// An object's symbols merged: globals resolved by name (from
+    /// `unmerged`, the object's names and their arena, or `globals`),
+    /// definitions in dropped blocks discarded. Returns each symbol's id
+    /// in this graph.
+    fn merge_symbols(
+        &mut self,
+        symbols: Vec<Symbol>,
+        globals: &GlobalMap,
+        (unmerged_globals, arena): (Vec<(SymbolId, u32, u32, u64)>, String),
+        block_map: &[Option<BlockId>],
+        obj_base: ObjectId,
+    ) -> Vec<SymbolId> {
+        // Per symbol: its global name, if it is a global.
+        let mut global_name: Vec<Option<(u32, u32, u64)>> = vec![None; symbols.len()];
+        for &(id, start, len, hash) in &unmerged_globals {
+            global_name[id.index()] = Some((start, len, hash));
+        }
+        let mut is_global = vec![false; symbols.len()];
+        for id in globals.values() {
+            is_global[id.index()] = true;
+        }
+        let mut sym_map: Vec<SymbolId> = Vec::with_capacity(symbols.len());
+        if self.globals.is_empty() {
+            // The first object (a unit of one object, as a JIT adds them):
+            // every global is new, so room for all at once — no rehash and
+            // no regrowth of the symbols per doubling.
+            self.globals.reserve(unmerged_globals.len());
+            self.symbols.reserve(symbols.len());
+        } else {
+            self.symbols
+                .reserve(symbols.len().saturating_sub(unmerged_globals.len()));
+        }
+        for (i, mut s) in symbols.into_iter().enumerate() {
+            s.object = s.object.map(|o| remap(o, obj_base));
+            if let SymbolDef::Defined { block, offset } = s.def {
+                s.def = match block_map[block.index()] {
+                    Some(block) => SymbolDef::Defined { block, offset },
+                    None => SymbolDef::Discarded,
+                };
+            }
+            let object = s.object.unwrap_or(obj_base);
+            let global = match global_name[i] {
+                Some((start, len, hash)) => arena
+                    .get(start as usize..start as usize + len as usize)
+                    .map(|name| self.global_hashed(name, hash, object)),
+                None if is_global[i] => s.name.as_deref().map(|name| self.global(name, object)),
+                None => None,
+            };
+            let Some(id) = global else {
+                sym_map.push(self.add_symbol(s));
+                continue;
+            };
+            match s.def {
+                SymbolDef::External => {
+                    let g = &mut self.symbols[id.index()];
+                    g.weak_ref &= s.weak_ref;
+                    g.tls |= s.tls;
+                }
+                // Defined in a dropped COMDAT copy: the kept copy defines it.
+                SymbolDef::Discarded => self.symbols[id.index()].weak_ref = false,
+                _ => self.define_global(id, s),
+            }
+            sym_map.push(id);
+        }
+        sym_map
     }
 
     /// Record `id` as a global named `name`, resolved by [`LinkGraph::merge`].

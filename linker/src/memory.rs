@@ -23,7 +23,10 @@
 //! executable at once. Raw pointers and `mprotect` stay in this module.
 //! A large allocation's pages can be mapped ahead of the writes that fill
 //! it ([`Allocation::prefault`], on a rayon thread), instead of one page
-//! fault per page while the linker copies and relocates.
+//! fault per page while the linker copies and relocates; the linker maps
+//! only the runs it writes ([`Allocation::prefault_runs`]), never zero-fill
+//! or padding, which may be far larger. An allocation's base can be aligned
+//! beyond a page ([`Allocation::new_aligned`]) for blocks that ask for it.
 
 use std::ffi::c_void;
 use std::ops::RangeInclusive;
@@ -296,16 +299,36 @@ impl Slab {
         (self.base, self.size)
     }
 
+    #[cfg(test)]
     fn take(&self, len: u64) -> Option<u64> {
+        self.take_aligned(len, PAGE)
+    }
+
+    /// The first free `len` bytes starting at a multiple of `align` (a
+    /// power of two): what is left of the free range before and after them
+    /// stays free.
+    fn take_aligned(&self, len: u64, align: u64) -> Option<u64> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        let i = free.iter().position(|&(_, l)| l >= len)?;
+        let fits = |&(start, l): &(u64, u64)| {
+            let at = start.checked_next_multiple_of(align)?;
+            (at.checked_add(len)? <= start + l).then_some(at)
+        };
+        let i = free.iter().position(|r| fits(r).is_some())?;
         let (start, l) = free[i];
-        if l == len {
-            free.remove(i);
-        } else {
-            free[i] = (start + len, l - len);
+        let at = fits(&free[i])?;
+        let tail = (at + len, start + l - (at + len));
+        match (at > start, tail.1 > 0) {
+            (false, false) => {
+                free.remove(i);
+            }
+            (false, true) => free[i] = tail,
+            (true, false) => free[i] = (start, at - start),
+            (true, true) => {
+                free[i] = (start, at - start);
+                free.insert(i + 1, tail);
+            }
         }
-        Some(start)
+        Some(at)
     }
 
     fn give_back(&self, start: u64, len: u64) {
@@ -468,10 +491,23 @@ impl Allocation {
     /// back only after `MADV_DONTNEED` emptied it), so callers write only
     /// what is not zero and leave the other pages untouched (unfaulted).
     pub fn new(len: u64, placement: Placement) -> Result<Option<Allocation>, LinkError> {
+        Self::new_aligned(len, PAGE, placement)
+    }
+
+    /// [`Allocation::new`] at an address that is a multiple of `align` (a
+    /// power of two; less than a page means a page): an image whose blocks
+    /// ask for more than a page's alignment gets it at their addresses,
+    /// not only at their offsets in the image.
+    pub fn new_aligned(
+        len: u64,
+        align: u64,
+        placement: Placement,
+    ) -> Result<Option<Allocation>, LinkError> {
         let Some(slab) = Slab::get(placement)? else {
             return Ok(None);
         };
-        Self::new_in(slab, len).map(Some)
+        let len = len.max(1).div_ceil(PAGE).saturating_mul(PAGE);
+        Self::take_in(slab, len, align.max(PAGE), &[(0, len)]).map(Some)
     }
 
     /// [`Allocation::new`] for memory whose runs `covered` (`(offset, len)`:
@@ -510,27 +546,29 @@ impl Allocation {
         if at < len {
             open.push((at, len - at));
         }
-        let mut a = Self::take_in(slab, len, &open)?;
+        let mut a = Self::take_in(slab, len, PAGE, &open)?;
         a.pending = covered.to_vec();
         Ok(Some(a))
     }
 
     /// [`Allocation::new`] from `slab`.
+    #[cfg(test)]
     fn new_in(slab: &'static Slab, len: u64) -> Result<Allocation, LinkError> {
         let len = len.max(1).div_ceil(PAGE).saturating_mul(PAGE);
-        Self::take_in(slab, len, &[(0, len)])
+        Self::take_in(slab, len, PAGE, &[(0, len)])
     }
 
-    /// `len` bytes (whole pages) from `slab`, the runs `writable` of them
-    /// made read-write.
+    /// `len` bytes (whole pages) from `slab` at a multiple of `align`, the
+    /// runs `writable` of them made read-write.
     fn take_in(
         slab: &'static Slab,
         len: u64,
+        align: u64,
         writable: &[(u64, u64)],
     ) -> Result<Allocation, LinkError> {
-        let base = slab.take(len).ok_or_else(|| LinkError::Memory {
+        let base = slab.take_aligned(len, align).ok_or_else(|| LinkError::Memory {
             detail: format!(
-                "the JIT slab at {:#x} ({:#x} bytes) has no free range of {len:#x} bytes",
+                "the JIT slab at {:#x} ({:#x} bytes) has no free range of {len:#x} bytes aligned to {align:#x}",
                 slab.base, slab.size
             ),
             source: std::io::Error::from_raw_os_error(12),
@@ -576,24 +614,33 @@ impl Allocation {
     /// here, small ones not at all. Best effort: kernels before 5.14 say
     /// EINVAL, and the pages then fault in as they are written.
     pub fn prefault(&self) -> Prefault {
-        if self.state != MemState::Writing || self.len < PREFAULT_BYTES {
+        self.prefault_runs(vec![(0, self.len)])
+    }
+
+    /// [`Allocation::prefault`] for the runs `(offset, len)` of the
+    /// allocation only (the pages that will be written; rounded out to
+    /// whole pages, clipped to the allocation): zero-fill such as `.bss`,
+    /// and padding, stay unmapped until touched, however large.
+    pub fn prefault_runs(&self, runs: Vec<(u64, u64)>) -> Prefault {
+        let base = self.base;
+        let runs: Vec<(u64, usize)> = runs
+            .into_iter()
+            .filter_map(|(off, len)| {
+                let start = off - off % PAGE;
+                let end = off.checked_add(len)?.min(self.len).next_multiple_of(PAGE);
+                (end > start).then(|| (base + start, (end - start) as usize))
+            })
+            .collect();
+        let total: u64 = runs.iter().map(|&(_, l)| l as u64).sum();
+        if self.state != MemState::Writing || total < PREFAULT_BYTES {
             return Prefault(None);
         }
-        let (base, len) = (self.base, self.len as usize);
         let populate = move || {
-            // SAFETY: [base, base+len) lies in a slab, whose reservation is
-            // never unmapped. Populating only maps pages and never changes
-            // contents (a fresh page reads as zero either way, a page
-            // already written is left as it is), so it may run while other
-            // threads write the range, and even after the range changed
-            // state: on a PROT_NONE or read-only range the call fails, and
-            // the error is ignored. Owners wait for the `Prefault` before
-            // finalizing all the same, so that it is over by then.
-            let _ = unsafe {
-                rustix::mm::madvise(base as *mut c_void, len, Advice::LinuxPopulateWrite)
-            };
+            for &(base, len) in &runs {
+                Self::populate(base, len);
+            }
         };
-        if self.len < PREFAULT_BACKGROUND_BYTES {
+        if total < PREFAULT_BACKGROUND_BYTES {
             populate();
             return Prefault(None);
         }
@@ -613,6 +660,21 @@ impl Allocation {
             cond.notify_all();
         });
         Prefault(Some(shared))
+    }
+
+    /// `MADV_POPULATE_WRITE` of `[base, base + len)`, a range of an
+    /// allocation being written (errors ignored: see below).
+    fn populate(base: u64, len: usize) {
+        // SAFETY: [base, base+len) lies in a slab, whose reservation is
+        // never unmapped. Populating only maps pages and never changes
+        // contents (a fresh page reads as zero either way, a page already
+        // written is left as it is), so it may run while other threads
+        // write the range, and even after the range changed state: on a
+        // PROT_NONE or read-only range the call fails, and the error is
+        // ignored. Owners wait for the `Prefault` before finalizing all
+        // the same, so that it is over by then.
+        let _ =
+            unsafe { rustix::mm::madvise(base as *mut c_void, len, Advice::LinuxPopulateWrite) };
     }
 
     /// Start address.
@@ -1207,11 +1269,48 @@ mod tests {
     }
 
     #[test]
+    fn prefault_runs_maps_only_the_runs() {
+        // Under the background size: populated here, before returning.
+        let a = Allocation::new(PREFAULT_BACKGROUND_BYTES / 2, Placement::Near)
+            .unwrap()
+            .unwrap();
+        let pages = (a.len() / PAGE) as usize;
+        let runs = vec![(0, 64 << 10), (256 << 10, (200 << 10) + 1)];
+        drop(a.prefault_runs(runs));
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the allocation's pages are mapped (read-write) and
+        // page-aligned, and `vec` has one byte per page of it.
+        let rc =
+            unsafe { libc::mincore(a.base() as *mut c_void, a.len() as usize, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let resident: Vec<usize> = (0..pages).filter(|&i| vec[i] & 1 != 0).collect();
+        let want: Vec<usize> = (0..16).chain(64..115).collect();
+        assert_eq!(resident, want);
+    }
+
+    #[test]
     fn a_prefault_that_has_not_started_is_called_off() {
         let shared = Arc::new((Mutex::new(PrefaultState::Pending), Condvar::new()));
         let mut p = Prefault(Some(shared.clone()));
         p.wait();
         assert_eq!(*shared.0.lock().unwrap(), PrefaultState::Over);
+    }
+
+    #[test]
+    fn aligned_takes_leave_the_rest_free() {
+        let s = Slab::new(0x11000, 0x60000);
+        let a = s.take_aligned(0x1000, 0x10000).unwrap();
+        assert_eq!(a, 0x20000);
+        assert_eq!(
+            *s.free.lock().unwrap(),
+            vec![(0x11000, 0xf000), (0x21000, 0x50000)]
+        );
+        // Fits only after the first free range.
+        assert_eq!(s.take_aligned(0x20000, 0x20000), Some(0x40000));
+        assert_eq!(s.take_aligned(0x1000, 0x40000), None);
+        s.give_back(a, 0x1000);
+        s.give_back(0x40000, 0x20000);
+        assert_eq!(*s.free.lock().unwrap(), vec![(0x11000, 0x60000)]);
     }
 
     #[test]

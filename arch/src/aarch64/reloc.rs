@@ -512,6 +512,7 @@ const MOVZ_OPC: u32 = 2 << 29;
 
 /// Writes the bits of `x` into instruction `insn` for `field` (data and
 /// marker fields are not instructions and are returned unchanged).
+#[inline]
 pub(crate) const fn encode(field: Field, insn: u32, x: i128) -> u32 {
     let x = x as u64; // two's complement: the field takes its low bits
     match field {
@@ -527,22 +528,23 @@ pub(crate) const fn encode(field: Field, insn: u32, x: i128) -> u32 {
             let mask = (1u64 << (hi - lo + 1)) - 1;
             (insn & !(0xfff << 10)) | ((((x >> lo) & mask) as u32) << 10)
         }
-        Field::Movw { shift } => (insn & !(0xffff << 5)) | ((((x >> shift) & 0xffff) as u32) << 5),
+        Field::Movw { shift } => movw(insn, x, shift),
         Field::MovwSigned { shift } => {
             if insn & MOVW_OPC == MOVK_OPC {
-                encode(Field::Movw { shift }, insn, x as i128)
+                movw(insn, x, shift)
             } else if (x as i64) < 0 {
                 // MOVN (opc 00) of the inverted value.
-                encode(Field::Movw { shift }, insn & !MOVW_OPC, !x as i128)
+                movw(insn & !MOVW_OPC, !x, shift)
             } else {
-                encode(
-                    Field::Movw { shift },
-                    (insn & !MOVW_OPC) | MOVZ_OPC,
-                    x as i128,
-                )
+                movw((insn & !MOVW_OPC) | MOVZ_OPC, x, shift)
             }
         }
     }
+}
+
+/// MOVZ/MOVN/MOVK's imm16 (bits 20:5) set to bits `shift..shift + 16` of `x`.
+const fn movw(insn: u32, x: u64, shift: u8) -> u32 {
+    (insn & !(0xffff << 5)) | ((((x >> shift) & 0xffff) as u32) << 5)
 }
 
 impl RelocInfo {
@@ -583,7 +585,10 @@ impl RelocInfo {
                 max,
             });
         }
-        if self.align > 1 && x.rem_euclid(i128::from(self.align)) != 0 {
+        // `align` is a power of two (the table's test checks): a multiple
+        // of it has its low bits clear, negative or not (two's complement),
+        // without an `i128` division per fixup.
+        if self.align > 1 && x & i128::from(self.align - 1) != 0 {
             return Err(FixupError::Misaligned {
                 reloc: self.name,
                 value: x,
@@ -746,6 +751,8 @@ mod tests {
                 "{}",
                 r.name
             );
+            // `RelocInfo::check` tests alignment with a mask.
+            assert!(r.align.is_power_of_two(), "{}", r.name);
         }
         assert_eq!(lookup(1), None);
         assert_eq!(lookup(1000), None);

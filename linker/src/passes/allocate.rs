@@ -29,7 +29,7 @@ pub(super) fn allocate(
     layout: Layout,
     placement: Placement,
 ) -> Result<Prepared, LinkError> {
-    let (alloc, low) = reserve(&graph, &req, layout.total, placement)?;
+    let (alloc, low) = reserve(&graph, &req, &layout, placement)?;
     let base = alloc.base();
     for &(b, off) in &layout.placed {
         graph.blocks[b.index()].addr = base + off;
@@ -38,8 +38,9 @@ pub(super) fn allocate(
     if tls.filesz > 0 {
         tls.image_addr += base;
     }
-    // Fixup writes every page: map them meanwhile.
-    let prefault = alloc.prefault();
+    // Fixup writes these pages: map them meanwhile (not zero-fill or
+    // padding, which may be far larger than what is written).
+    let prefault = alloc.prefault_runs(layout.written);
     Ok(Prepared {
         prefault,
         graph,
@@ -69,18 +70,20 @@ pub(super) fn allocate(
 fn reserve(
     graph: &LinkGraph,
     req: &Requests,
-    total: u64,
+    layout: &Layout,
     placement: Placement,
 ) -> Result<(Allocation, bool), LinkError> {
-    let mut alloc = Allocation::new(total, placement).map_err(|e| blame_largest_block(graph, e))?;
+    let (total, align) = (layout.total, layout.align);
+    let mut alloc = Allocation::new_aligned(total, align, placement)
+        .map_err(|e| blame_largest_block(graph, e))?;
     let mut low = placement == Placement::Low;
     if alloc.is_none() && req.needs_low.is_none() && low {
         // Only asked to be low for others' sake: near still links; the
         // non-PIE code that cannot reach it fails with a named error.
         // (Copies and stubs were chosen for low: finalize uses each only
         // if its target is still out of reach.)
-        alloc =
-            Allocation::new(total, Placement::Near).map_err(|e| blame_largest_block(graph, e))?;
+        alloc = Allocation::new_aligned(total, align, Placement::Near)
+            .map_err(|e| blame_largest_block(graph, e))?;
         low = false;
     }
     match alloc {
@@ -113,7 +116,7 @@ fn blame_largest_block(graph: &LinkGraph, e: LinkError) -> LinkError {
         .iter()
         .filter(|b| b.live)
         .max_by_key(|b| b.content.len());
-    let detail = match largest {
+    let mut detail = match largest {
         Some(b) => format!(
             "{detail} (largest input: {} section {}, {:#x} bytes)",
             graph.object_name(b.object),
@@ -122,5 +125,18 @@ fn blame_largest_block(graph: &LinkGraph, e: LinkError) -> LinkError {
         ),
         None => detail,
     };
+    let aligned = graph
+        .blocks
+        .iter()
+        .filter(|b| b.live && b.align > crate::memory::PAGE)
+        .max_by_key(|b| b.align);
+    if let Some(b) = aligned {
+        detail.push_str(&format!(
+            " (most aligned input: {} section {}, align {:#x})",
+            graph.object_name(b.object),
+            b.input_section,
+            b.align
+        ));
+    }
     LinkError::Memory { detail, source }
 }

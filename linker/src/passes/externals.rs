@@ -23,18 +23,13 @@ impl Prepared {
     }
 
     /// Phase (b), part 1: every external name live code references (names
-    /// the linker provides itself excluded), sorted.
+    /// the linker provides itself excluded), sorted. From the references
+    /// the GOT/PLT scan collected ([`Prepared::external_symbols`]), not a
+    /// second walk over every edge.
     pub fn external_names(&self) -> Vec<String> {
-        self.graph
-            .undefined_names()
+        self.external_symbols()
             .into_iter()
-            .filter(|(n, _)| {
-                self.graph
-                    .globals
-                    .get(n)
-                    .is_none_or(|id| !self.specials.contains_key(id))
-            })
-            .map(|(n, _)| n.to_string())
+            .map(|(_, n)| n.to_string())
             .collect()
     }
 

@@ -100,7 +100,7 @@ impl Prepared {
 
     /// The address `__dso_handle` names in this image: an 8-byte slot in
     /// its read-only data, so PC-relative references to it always reach.
-    /// Register the image's [`runtime::DsoHandle`] there.
+    /// Register the image's [`crate::runtime::DsoHandle`] there.
     pub fn dso_handle(&self) -> u64 {
         self.graph.blocks[self.dso_block.index()].addr
     }

@@ -55,14 +55,16 @@ pub(super) fn out_of_reach_host_symbols(
     let mut far_seen: FxHashSet<SymbolId> = FxHashSet::default();
     for b in graph.blocks.iter().filter(|b| b.live) {
         for e in &b.edges {
+            // Most edges target the image's own symbols: that test first,
+            // before any hashing.
+            let sym = &graph.symbols[e.target.index()];
+            if sym.def != SymbolDef::External {
+                continue;
+            }
             let Some(reach) = e.reach32() else {
                 continue;
             };
             if far_seen.contains(&e.target) || specials.contains_key(&e.target) {
-                continue;
-            }
-            let sym = &graph.symbols[e.target.index()];
-            if sym.def != SymbolDef::External {
                 continue;
             }
             let Some(name) = &sym.name else { continue };

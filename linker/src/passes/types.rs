@@ -117,7 +117,7 @@ pub struct TlsLayout {
 }
 
 /// Per-image values the linker provides itself. (`__dso_handle` is not
-/// one of them: it is a slot inside the image, [`Prepared::dso_handle`].)
+/// one of them: it is a slot inside the image, [`super::Prepared::dso_handle`].)
 #[derive(Debug, Clone, Default)]
 pub struct ImageEnv {
     /// Name of the image (for the TLS module and errors).
