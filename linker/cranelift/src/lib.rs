@@ -61,6 +61,7 @@
 
 mod builder;
 mod cpu;
+mod direct;
 mod emit;
 mod error;
 mod lazy;

@@ -19,6 +19,7 @@ use kiln_linker::jit::Jit;
 use kiln_linker::layer::ObjectLayer;
 
 use crate::builder::{KilnBuilder, LibcallNames};
+use crate::direct::{self, PlacedMemory};
 use crate::emit::{
     Arena, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
 };
@@ -61,6 +62,9 @@ struct Group {
     funcs: Vec<FuncId>,
     data: Vec<DataId>,
 }
+
+/// One group's definitions in a finalize: functions, data objects.
+type BatchCode = (Option<GroupId>, Vec<FuncCode>, Vec<DataCode>);
 
 /// Definitions not yet finalized, and who defines what.
 #[derive(Default)]
@@ -113,6 +117,8 @@ pub struct KilnModule {
     /// Lazy functions whose entry's address is not looked up yet.
     lazy_entries: Vec<FuncId>,
     batches: usize,
+    /// Memory of the batches placed directly, by tracker.
+    placed: Arc<PlacedMemory>,
 }
 
 const _: () = {
@@ -145,6 +151,8 @@ impl KilnModule {
             (session.intern(name), def)
         });
         jit.runtime().define_absolute(symbols.collect::<Vec<_>>())?;
+        let placed = Arc::new(PlacedMemory::default());
+        session.register_resource_manager(placed.clone());
         let shared = Arc::new(Shared {
             isa: builder.isa,
             names: RwLock::new(Names::default()),
@@ -162,6 +170,7 @@ impl KilnModule {
             data_sizes: Vec::new(),
             lazy_entries: Vec::new(),
             batches: 0,
+            placed,
         })
     }
 
@@ -408,12 +417,44 @@ pub(crate) fn compile_function(
 }
 
 impl KilnModule {
-    /// Links everything defined since the last call (one kiln object per
-    /// group) and waits until all of it, and everything it reaches, is
-    /// Ready; then [`KilnModule::get_finalized_function`] answers. Unlike
+    /// Links everything defined since the last call (one batch per group)
+    /// and waits until all of it, and everything it reaches, is Ready;
+    /// then [`KilnModule::get_finalized_function`] answers. Unlike
     /// cranelift-jit, a symbol no definition or host provides is an error
     /// naming it, not a panic.
+    ///
+    /// A batch whose every relocation reaches the batch itself or symbols
+    /// already Ready is placed directly, as cranelift-jit places it, and
+    /// published Ready at once (`direct.rs`); any other batch is linked
+    /// as a kiln unit, Ready when all it depends on is.
     pub fn finalize_definitions(&mut self) -> Result<(), Error> {
+        let (batches, arena) = self.take_batches();
+        // Lazy entries first: eager code calling them can then be placed
+        // directly (an entry is Ready once its stub exists; the body is
+        // compiled on the first call, not here).
+        let entries = std::mem::take(&mut self.lazy_entries);
+        let mut wanted: Vec<(SymbolName, Defined)> = Vec::new();
+        for id in entries {
+            let name = self.shared.names().funcs[id.as_u32() as usize].name.clone();
+            wanted.push((name, Defined::Func(id)));
+        }
+        self.look_up(&wanted)?;
+        wanted.clear();
+        for (group, funcs, data) in batches {
+            for d in &data {
+                self.data_sizes[d.id.as_u32() as usize] = d.size as usize;
+            }
+            if !self.place_batch(group, &funcs, &arena, &data)? {
+                self.add_batch(group, funcs, &arena, data, &mut wanted)?;
+            }
+        }
+        self.look_up(&wanted)
+    }
+
+    /// The definitions recorded since the last finalize, one batch per
+    /// group (in the order the groups were first used), and the arena
+    /// their bytes are in.
+    fn take_batches(&mut self) -> (Vec<BatchCode>, Arena) {
         let (funcs, data, arena) = {
             let mut state = self.state();
             let arena = Arena {
@@ -426,11 +467,8 @@ impl KilnModule {
                 arena,
             )
         };
-        let mut batches: Vec<(Option<GroupId>, Vec<FuncCode>, Vec<DataCode>)> = Vec::new();
-        fn batch(
-            batches: &mut Vec<(Option<GroupId>, Vec<FuncCode>, Vec<DataCode>)>,
-            group: Option<GroupId>,
-        ) -> usize {
+        let mut batches: Vec<BatchCode> = Vec::new();
+        fn batch(batches: &mut Vec<BatchCode>, group: Option<GroupId>) -> usize {
             match batches.iter().position(|b| b.0 == group) {
                 Some(i) => i,
                 None => {
@@ -460,32 +498,104 @@ impl KilnModule {
             let i = batch(&mut batches, group);
             batches[i].2.push(code);
         }
-        let mut wanted = Vec::new();
-        for (group, funcs, data) in batches {
-            self.add_batch(group, funcs, &arena, data, &mut wanted)?;
-        }
-        let session = self.jit().session().clone();
-        for id in std::mem::take(&mut self.lazy_entries) {
-            let name = self.shared.names().funcs[id.as_u32() as usize].name.clone();
-            wanted.push((name, Defined::Func(id)));
-        }
+        (batches, arena)
+    }
+
+    /// Looks `wanted` up at Ready in `app` and records the addresses.
+    fn look_up(&mut self, wanted: &[(SymbolName, Defined)]) -> Result<(), Error> {
         if wanted.is_empty() {
             return Ok(());
         }
+        let session = self.jit().session().clone();
         let order = SearchOrder::new().with(self.jit().app(), DylibLookup::ExportedOnly);
         let set = LookupSet::required(wanted.iter().map(|(n, _)| n.clone()));
         let found = session.lookup(&order, &set, RequiredState::Ready).wait()?;
-        for ((_, def), (_, what)) in found.by_request().zip(&wanted) {
+        for ((_, def), (_, what)) in found.by_request().zip(wanted) {
             let Some(def) = def else { continue };
-            match *what {
-                Defined::Func(id) => self.func_addrs[id.as_u32() as usize] = Some(def.address),
-                Defined::Data(id) => {
-                    let size = self.declarations_size(id);
-                    self.data_addrs[id.as_u32() as usize] = Some((def.address, size));
-                }
-            }
+            self.record_address(*what, def.address);
         }
         Ok(())
+    }
+
+    fn record_address(&mut self, what: Defined, address: u64) {
+        match what {
+            Defined::Func(id) => self.func_addrs[id.as_u32() as usize] = Some(address),
+            Defined::Data(id) => {
+                let size = self.declarations_size(id);
+                self.data_addrs[id.as_u32() as usize] = Some((address, size));
+            }
+        }
+    }
+
+    /// The tracker a group's definitions go through (`app`'s default for
+    /// none).
+    fn tracker_of(&self, group: Option<GroupId>) -> Result<ResourceTracker, Error> {
+        match group {
+            Some(GroupId(g)) => match self.state().groups.get(g) {
+                Some(Some(group)) => Ok(group.tracker.clone()),
+                _ => Err(Error::NoGroup(g)),
+            },
+            None => Ok(self.jit().app().default_tracker()),
+        }
+    }
+
+    /// Places a batch directly and publishes it Ready at once, if
+    /// `direct::place` can (`false`: nothing was done; link it).
+    fn place_batch(
+        &mut self,
+        group: Option<GroupId>,
+        funcs: &[FuncCode],
+        arena: &Arena,
+        data: &[DataCode],
+    ) -> Result<bool, Error> {
+        let layer = &self.shared.layer;
+        // Registration with debuggers and profilers, and placement below
+        // 2 GiB, are the link's.
+        if layer.debug_options().any() || layer.places_below_2gib() {
+            return Ok(false);
+        }
+        let jit = self.jit();
+        let session = jit.session();
+        let order = jit.app().link_order();
+        let ready = |names: &[SymbolName]| session.ready_defs(&order, names);
+        let intern = |name: &str| session.intern(name);
+        let outside = direct::Outside {
+            ready: &ready,
+            intern: &intern,
+            libcall_names: &*self.shared.libcall_names,
+        };
+        let known = direct::Known {
+            funcs: &self.func_addrs,
+            data: &self.data_addrs,
+        };
+        let batch = direct::Batch { funcs, arena, data };
+        let placed = direct::place(&batch, &self.shared.names(), &known, &outside)?;
+        let Some(direct::Placed { memory, defs }) = placed else {
+            return Ok(false);
+        };
+        let tracker = self.tracker_of(group)?;
+        let base = memory.base();
+        let addresses: Vec<u64> = defs.iter().map(|(_, def)| def.address).collect();
+        // Filed under the tracker's key and defined while its removal
+        // waits: a freed group's memory is never missed.
+        let placed_memory = &self.placed;
+        let defined = tracker.with_resource_key(|key| {
+            placed_memory.add(key, memory);
+            let defined = jit.app().define_absolute_with(defs, Some(&tracker));
+            if defined.is_err() {
+                drop(placed_memory.take_back(key, base));
+            }
+            defined
+        })?;
+        defined?;
+        let ids = funcs
+            .iter()
+            .map(|f| Defined::Func(f.id))
+            .chain(data.iter().map(|d| Defined::Data(d.id)));
+        for (what, address) in ids.zip(addresses) {
+            self.record_address(what, address);
+        }
+        Ok(true)
     }
 
     fn declarations_size(&self, id: DataId) -> usize {
@@ -502,9 +612,6 @@ impl KilnModule {
         data: Vec<DataCode>,
         wanted: &mut Vec<(SymbolName, Defined)>,
     ) -> Result<(), Error> {
-        for d in &data {
-            self.data_sizes[d.id.as_u32() as usize] = d.size as usize;
-        }
         let object = format!("<cranelift batch {}>", self.batches);
         self.batches += 1;
         let (graph, defined) = {

@@ -1,0 +1,447 @@
+//! The direct path of `finalize_definitions`: a batch whose relocations
+//! all reach either the batch itself or symbols already Ready is placed as
+//! cranelift-jit places it — each function's bytes copied into kiln's code
+//! memory, cranelift's relocations applied by declaration index through
+//! kiln-arch's fixup math, the pages protected once — and published to the
+//! engine by one `define_absolute`: the batch's symbols Ready at once, with
+//! no link graph, no unit, no materialization and no dependency-graph node.
+//!
+//! # The Ready rule
+//!
+//! A symbol may be Ready only once everything its code reaches is emitted.
+//! Publishing a batch Ready at once keeps that rule because every target
+//! is either placed in this very batch (published by the same define, so
+//! calls inside it, cycles too, are Ready together) or resolved to a
+//! definition that is Ready *now*: an address the module looked up at
+//! Ready before, or one the engine's Ready index answers
+//! ([`kiln_engine::Session::ready_defs`]: no generator runs, nothing is
+//! materialized, nothing waits). Anything else — a target absent, lazy,
+//! still materializing elsewhere, behind a generator — makes [`place`]
+//! answer `None`, and the batch takes the general path: a link unit whose
+//! symbols become Ready only when what they depend on is.
+//!
+//! So does whatever the direct path does not do itself: relocations that
+//! need a GOT entry or a PLT stub (PIC code, a call beyond ±2 GiB),
+//! 32-bit absolute addresses (non-PIE code goes below 2 GiB), debugger and
+//! profiler registration, code under any symbol but its declared name.
+//!
+//! # Memory
+//!
+//! A placed batch's memory belongs to the tracker its symbols are defined
+//! through (the group's, or `app`'s default): [`PlacedMemory`], a resource
+//! manager, releases it when the tracker is removed (a freed group) or the
+//! session ends ([`crate::KilnModule::free_memory`]).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use cranelift_codegen::ir::LibCall;
+use cranelift_module::{ModuleReloc, ModuleRelocTarget};
+use kiln_arch::{EdgeDesc, EdgeTarget, FixupValues, RelocArch, X86_64};
+use kiln_engine::{ResourceKey, ResourceManager, SymbolDef, SymbolFlags, SymbolName};
+use kiln_linker::graph::Prot;
+use kiln_linker::isa::Isa;
+use kiln_linker::memory::{Allocation, PAGE, Placement};
+
+use crate::emit::{Arena, Code, DataCode, FuncCode, Names};
+use crate::error::Error;
+use crate::reloc::elf_r_type;
+
+/// Memory of directly placed batches, by the resource key of the tracker
+/// owning their symbols: removing the tracker releases it.
+#[derive(Default)]
+pub(crate) struct PlacedMemory {
+    by_key: Mutex<HashMap<ResourceKey, Vec<Allocation>>>,
+}
+
+impl PlacedMemory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ResourceKey, Vec<Allocation>>> {
+        self.by_key.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Files `memory` under `key`.
+    pub(crate) fn add(&self, key: ResourceKey, memory: Allocation) {
+        self.lock().entry(key).or_default().push(memory);
+    }
+
+    /// Takes back the allocation at `base` filed under `key` (a batch whose
+    /// definition the engine refused), if it is still there.
+    pub(crate) fn take_back(&self, key: ResourceKey, base: u64) -> Option<Allocation> {
+        let mut by_key = self.lock();
+        let list = by_key.get_mut(&key)?;
+        let i = list.iter().position(|a| a.base() == base)?;
+        Some(list.swap_remove(i))
+    }
+}
+
+impl ResourceManager for PlacedMemory {
+    fn remove_resources(&self, key: ResourceKey) -> kiln_engine::Result<()> {
+        let taken = self.lock().remove(&key);
+        // Released outside the lock (munmap-like work).
+        drop(taken);
+        Ok(())
+    }
+
+    fn transfer_resources(&self, dst: ResourceKey, src: ResourceKey) {
+        let mut by_key = self.lock();
+        if let Some(moved) = by_key.remove(&src) {
+            by_key.entry(dst).or_default().extend(moved);
+        }
+    }
+}
+
+/// What one batch defines: its functions' code (bytes in `arena` or their
+/// own) and its data objects.
+pub(crate) struct Batch<'a> {
+    pub(crate) funcs: &'a [FuncCode],
+    pub(crate) arena: &'a Arena,
+    pub(crate) data: &'a [DataCode],
+}
+
+/// Addresses the module looked up at Ready in earlier batches, by id.
+pub(crate) struct Known<'a> {
+    pub(crate) funcs: &'a [Option<u64>],
+    pub(crate) data: &'a [Option<(u64, usize)>],
+}
+
+/// How the batch's code finds what is outside it.
+pub(crate) struct Outside<'a> {
+    /// Definitions of `names`, by position, if all are Ready now.
+    pub(crate) ready: &'a dyn Fn(&[SymbolName]) -> Option<Vec<SymbolDef>>,
+    pub(crate) intern: &'a dyn Fn(&str) -> SymbolName,
+    pub(crate) libcall_names: &'a dyn Fn(LibCall) -> String,
+}
+
+/// A batch placed and protected, not yet published.
+pub(crate) struct Placed {
+    pub(crate) memory: Allocation,
+    /// Each function's name and definition, then each data object's, in
+    /// the batch's order.
+    pub(crate) defs: Vec<(SymbolName, SymbolDef)>,
+}
+
+/// Where a relocation's target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Not resolved yet (the per-declaration cache's empty slot).
+    Unseen,
+    /// The function at this position of the batch.
+    Func(u32),
+    /// The data object at this position of the batch.
+    Data(u32),
+    /// Ready before this batch.
+    Addr(u64),
+    /// The name at this position of the names asked of the engine.
+    Named(u32),
+}
+
+/// A relocation resolved: how to apply it, to what, with what addend.
+struct Fixup {
+    edge: &'static EdgeDesc,
+    target: Target,
+    addend: i64,
+}
+
+/// Targets resolved so far, by declaration, and the names to ask for.
+struct Resolver<'a> {
+    names: &'a Names,
+    known: &'a Known<'a>,
+    outside: &'a Outside<'a>,
+    funcs: Vec<Target>,
+    data: Vec<Target>,
+    libcalls: Vec<(LibCall, u32)>,
+    asked: Vec<SymbolName>,
+}
+
+impl Resolver<'_> {
+    fn named(&mut self, name: SymbolName) -> Target {
+        self.asked.push(name);
+        Target::Named(self.asked.len() as u32 - 1)
+    }
+
+    fn func(&mut self, index: usize) -> Option<Target> {
+        let slot = *self.funcs.get(index)?;
+        if slot != Target::Unseen {
+            return Some(slot);
+        }
+        let target = match self.known.funcs.get(index).copied().flatten() {
+            Some(address) => Target::Addr(address),
+            None => self.named(self.names.funcs.get(index)?.name.clone()),
+        };
+        self.funcs[index] = target;
+        Some(target)
+    }
+
+    fn data(&mut self, index: usize) -> Option<Target> {
+        let slot = *self.data.get(index)?;
+        if slot != Target::Unseen {
+            return Some(slot);
+        }
+        let info = self.names.data.get(index)?;
+        if info.tls {
+            return None;
+        }
+        let target = match self.known.data.get(index).copied().flatten() {
+            Some((address, _)) => Target::Addr(address),
+            None => self.named(info.name.clone()),
+        };
+        self.data[index] = target;
+        Some(target)
+    }
+
+    fn libcall(&mut self, libcall: LibCall) -> Target {
+        if let Some(&(_, at)) = self.libcalls.iter().find(|(l, _)| *l == libcall) {
+            return Target::Named(at);
+        }
+        let name = (self.outside.intern)(&(self.outside.libcall_names)(libcall));
+        let target = self.named(name);
+        if let Target::Named(at) = target {
+            self.libcalls.push((libcall, at));
+        }
+        target
+    }
+
+    /// `reloc`'s fixup, or `None` if the direct path cannot apply it.
+    fn fixup(&mut self, reloc: &ModuleReloc) -> Option<Fixup> {
+        let edge = Isa::X86_64.edge(elf_r_type(reloc.kind)?)?;
+        // No GOT, PLT or TLS here; no 32-bit absolute address (non-PIE
+        // code is placed below 2 GiB, by the general path).
+        if !matches!(edge.target, EdgeTarget::Symbol | EdgeTarget::Branch)
+            || (!edge.pc_relative && edge.width != 8)
+        {
+            return None;
+        }
+        let (target, extra) = match reloc.name {
+            ModuleRelocTarget::User {
+                namespace: 0,
+                index,
+            } => (self.func(index as usize)?, 0),
+            ModuleRelocTarget::User {
+                namespace: 1,
+                index,
+            } => (self.data(index as usize)?, 0),
+            ModuleRelocTarget::LibCall(libcall) => (self.libcall(libcall), 0),
+            ModuleRelocTarget::FunctionOffset(id, offset) => {
+                (self.func(id.as_u32() as usize)?, i64::from(offset))
+            }
+            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => return None,
+        };
+        Some(Fixup {
+            edge,
+            target,
+            addend: reloc.addend + extra,
+        })
+    }
+}
+
+/// Offsets of a batch's pieces in its memory: text (read-exec) from 0,
+/// then read-only data, then writable data, each part on pages of its own.
+struct Layout {
+    funcs: Vec<u64>,
+    data: Vec<u64>,
+    text_len: u64,
+    ro: (u64, u64),
+    rw: (u64, u64),
+}
+
+fn align_up(at: u64, align: u64) -> u64 {
+    at.next_multiple_of(align.max(1).next_power_of_two())
+}
+
+fn layout(batch: &Batch<'_>) -> Layout {
+    let mut at = 0;
+    let funcs = batch
+        .funcs
+        .iter()
+        .map(|f| {
+            let start = align_up(at, f.align);
+            at = start + code_of(f, batch.arena).0.len() as u64;
+            start
+        })
+        .collect();
+    let text_len = at;
+    // Read-only data on the pages after the text, writable data after it.
+    let mut data = vec![0; batch.data.len()];
+    let mut part = |start: u64, writable: bool| {
+        let mut end = start;
+        for (d, at) in batch.data.iter().zip(&mut data) {
+            if d.writable == writable {
+                *at = align_up(end, d.align);
+                end = *at + d.size;
+            }
+        }
+        (start, end - start)
+    };
+    let ro = part(align_up(text_len, PAGE), false);
+    let rw = part(align_up(ro.0 + ro.1, PAGE), true);
+    Layout {
+        funcs,
+        data,
+        text_len,
+        ro,
+        rw,
+    }
+}
+
+/// A function's bytes and relocations.
+fn code_of<'a>(f: &'a FuncCode, arena: &'a Arena) -> (&'a [u8], &'a [ModuleReloc]) {
+    match &f.code {
+        Code::Owned { bytes, relocs } => (bytes, relocs),
+        Code::Arena { bytes, relocs } => {
+            (&arena.bytes[bytes.clone()], &arena.relocs[relocs.clone()])
+        }
+    }
+}
+
+/// Places `batch` in fresh memory, fixed up and protected, if the direct
+/// path can (see the module's documentation); `Ok(None)` leaves the batch
+/// to the general path, with nothing allocated or published.
+pub(crate) fn place(
+    batch: &Batch<'_>,
+    names: &Names,
+    known: &Known<'_>,
+    outside: &Outside<'_>,
+) -> Result<Option<Placed>, Error> {
+    if batch.funcs.iter().any(|f| f.symbol.is_some()) {
+        return Ok(None);
+    }
+    let Some((fixups, asked)) = resolve(batch, names, known, outside) else {
+        return Ok(None);
+    };
+    let Some(outside_defs) = (outside.ready)(&asked) else {
+        return Ok(None);
+    };
+    let layout = layout(batch);
+    let total = (layout.rw.0 + layout.rw.1).max(1);
+    let Some(mut memory) = Allocation::new(total, Placement::Near)? else {
+        return Ok(None);
+    };
+    let base = memory.base();
+    let address = |target: Target| match target {
+        Target::Func(i) => base + layout.funcs[i as usize],
+        Target::Data(i) => base + layout.data[i as usize],
+        Target::Addr(address) => address,
+        Target::Named(i) => outside_defs[i as usize].address,
+        Target::Unseen => unreachable!("every fixup's target is resolved"),
+    };
+    {
+        let prefault = memory.prefault();
+        let Some(bytes) = memory.bytes_mut() else {
+            return Ok(None);
+        };
+        if !write(batch, &layout, &fixups, bytes, base, &address) {
+            // Out of reach (a call beyond ±2 GiB): the general path adds a
+            // stub. The memory is released when dropped.
+            return Ok(None);
+        }
+        drop(prefault);
+    }
+    let mut segments = vec![(0, layout.text_len, Prot::ReadExec)];
+    segments.push((layout.ro.0, layout.ro.1, Prot::Read));
+    segments.push((layout.rw.0, layout.rw.1, Prot::ReadWrite));
+    memory.finalize(&segments)?;
+    let mut defs = Vec::with_capacity(batch.funcs.len() + batch.data.len());
+    let code = SymbolFlags::EXPORTED | SymbolFlags::CALLABLE;
+    for (i, f) in batch.funcs.iter().enumerate() {
+        let name = names.funcs[f.id.as_u32() as usize].name.clone();
+        defs.push((name, SymbolDef::new(address(Target::Func(i as u32)), code)));
+    }
+    for (i, d) in batch.data.iter().enumerate() {
+        let name = names.data[d.id.as_u32() as usize].name.clone();
+        let def = SymbolDef::new(address(Target::Data(i as u32)), SymbolFlags::EXPORTED);
+        defs.push((name, def));
+    }
+    Ok(Some(Placed { memory, defs }))
+}
+
+/// Every relocation's fixup, in order (functions', then data objects'),
+/// and the names to ask the engine for; `None` if one cannot be applied
+/// here.
+fn resolve(
+    batch: &Batch<'_>,
+    names: &Names,
+    known: &Known<'_>,
+    outside: &Outside<'_>,
+) -> Option<(Vec<Fixup>, Vec<SymbolName>)> {
+    let mut r = Resolver {
+        names,
+        known,
+        outside,
+        funcs: vec![Target::Unseen; names.funcs.len()],
+        data: vec![Target::Unseen; names.data.len()],
+        libcalls: Vec::new(),
+        asked: Vec::new(),
+    };
+    // The batch's own definitions first: references to them stay inside.
+    for (i, f) in batch.funcs.iter().enumerate() {
+        *r.funcs.get_mut(f.id.as_u32() as usize)? = Target::Func(i as u32);
+    }
+    for (i, d) in batch.data.iter().enumerate() {
+        *r.data.get_mut(d.id.as_u32() as usize)? = Target::Data(i as u32);
+    }
+    let count = batch
+        .funcs
+        .iter()
+        .map(|f| code_of(f, batch.arena).1.len())
+        .chain(batch.data.iter().map(|d| d.relocs.len()))
+        .sum();
+    let mut fixups = Vec::with_capacity(count);
+    for f in batch.funcs {
+        for reloc in code_of(f, batch.arena).1 {
+            fixups.push(r.fixup(reloc)?);
+        }
+    }
+    for d in batch.data {
+        for reloc in &d.relocs {
+            fixups.push(r.fixup(reloc)?);
+        }
+    }
+    Some((fixups, r.asked))
+}
+
+/// Copies the batch into `bytes` (the memory at `base`) and applies
+/// `fixups`; `false` if one does not fit (nothing is published then).
+fn write(
+    batch: &Batch<'_>,
+    layout: &Layout,
+    fixups: &[Fixup],
+    bytes: &mut [u8],
+    base: u64,
+    address: &dyn Fn(Target) -> u64,
+) -> bool {
+    let mut fixups = fixups.iter();
+    let mut apply = |at: u64, piece: &mut [u8], relocs: &[ModuleReloc]| {
+        for (reloc, fixup) in relocs.iter().zip(fixups.by_ref()) {
+            let values = FixupValues {
+                place: base + at + u64::from(reloc.offset),
+                target: address(fixup.target),
+                addend: fixup.addend,
+                got: 0,
+                size: 0,
+            };
+            if X86_64::apply(fixup.edge, piece, u64::from(reloc.offset), &values).is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    for (f, &at) in batch.funcs.iter().zip(&layout.funcs) {
+        let (code, relocs) = code_of(f, batch.arena);
+        let piece = &mut bytes[at as usize..at as usize + code.len()];
+        piece.copy_from_slice(code);
+        if !apply(at, piece, relocs) {
+            return false;
+        }
+    }
+    for (d, &at) in batch.data.iter().zip(&layout.data) {
+        let piece = &mut bytes[at as usize..(at + d.size) as usize];
+        // Zero-filled objects stay as the fresh memory is: zero.
+        if let Some(init) = &d.bytes {
+            piece.copy_from_slice(init);
+        }
+        if !apply(at, piece, &d.relocs) {
+            return false;
+        }
+    }
+    true
+}
