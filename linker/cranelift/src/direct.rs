@@ -37,7 +37,9 @@ use std::sync::{Mutex, PoisonError};
 
 use cranelift_codegen::ir::LibCall;
 use cranelift_module::{ModuleReloc, ModuleRelocTarget};
-use kiln_arch::{EdgeDesc, EdgeTarget, FixupValues, RelocArch, X86_64};
+use cranelift_codegen::binemit::Reloc;
+use kiln_arch::x86_64::reloc::{EdgeKind, apply, reloc_info};
+use kiln_arch::{EdgeTarget, FixupValues};
 use kiln_engine::{ResourceKey, ResourceManager, SymbolDef, SymbolFlags, SymbolName};
 use kiln_linker::graph::Prot;
 use kiln_linker::isa::Isa;
@@ -135,13 +137,6 @@ enum Target {
     Named(u32),
 }
 
-/// A relocation resolved: how to apply it, to what, with what addend.
-struct Fixup {
-    edge: &'static EdgeDesc,
-    target: Target,
-    addend: i64,
-}
-
 /// Targets resolved so far, by declaration, and the names to ask for.
 struct Resolver<'a> {
     names: &'a Names,
@@ -151,6 +146,8 @@ struct Resolver<'a> {
     data: Vec<Target>,
     libcalls: Vec<(LibCall, u32)>,
     asked: Vec<SymbolName>,
+    /// The fixup math of each relocation kind met (a handful).
+    kinds: Vec<(Reloc, EdgeKind)>,
 }
 
 impl Resolver<'_> {
@@ -201,36 +198,70 @@ impl Resolver<'_> {
         target
     }
 
-    /// `reloc`'s fixup, or `None` if the direct path cannot apply it.
-    fn fixup(&mut self, reloc: &ModuleReloc) -> Option<Fixup> {
-        let edge = Isa::X86_64.edge(elf_r_type(reloc.kind)?)?;
-        // No GOT, PLT or TLS here; no 32-bit absolute address (non-PIE
-        // code is placed below 2 GiB, by the general path).
+    /// The fixup math of `reloc`, if the direct path applies it: no GOT,
+    /// PLT or TLS entry; no 32-bit absolute address (non-PIE code is
+    /// placed below 2 GiB, by the general path).
+    fn kind(&mut self, reloc: Reloc) -> Option<EdgeKind> {
+        if let Some(&(_, kind)) = self.kinds.iter().find(|(r, _)| *r == reloc) {
+            return Some(kind);
+        }
+        let r_type = elf_r_type(reloc)?;
+        let edge = Isa::X86_64.edge(r_type)?;
         if !matches!(edge.target, EdgeTarget::Symbol | EdgeTarget::Branch)
             || (!edge.pc_relative && edge.width != 8)
         {
             return None;
         }
+        let kind = reloc_info(r_type)?.kind;
+        self.kinds.push((reloc, kind));
+        Some(kind)
+    }
+
+    /// Resolves `reloc`'s target, so that [`Resolver::resolved`] answers
+    /// for it; `None` if the direct path cannot apply it.
+    fn check(&mut self, reloc: &ModuleReloc) -> Option<()> {
+        self.kind(reloc.kind)?;
+        match reloc.name {
+            ModuleRelocTarget::User {
+                namespace: 0,
+                index,
+            } => self.func(index as usize)?,
+            ModuleRelocTarget::User {
+                namespace: 1,
+                index,
+            } => self.data(index as usize)?,
+            ModuleRelocTarget::LibCall(libcall) => self.libcall(libcall),
+            ModuleRelocTarget::FunctionOffset(id, _) => self.func(id.as_u32() as usize)?,
+            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => return None,
+        };
+        Some(())
+    }
+
+    /// A checked relocation's fixup math, target and extra addend (an
+    /// unchecked one's are `EdgeKind::None` and `Target::Unseen`).
+    fn resolved(&self, reloc: &ModuleReloc) -> (EdgeKind, Target, i64) {
+        let kind = self.kinds.iter().find(|(r, _)| *r == reloc.kind);
+        let kind = kind.map_or(EdgeKind::None, |&(_, kind)| kind);
+        let slot = |slots: &[Target], index: usize| slots.get(index).copied();
         let (target, extra) = match reloc.name {
             ModuleRelocTarget::User {
                 namespace: 0,
                 index,
-            } => (self.func(index as usize)?, 0),
+            } => (slot(&self.funcs, index as usize), 0),
             ModuleRelocTarget::User {
                 namespace: 1,
                 index,
-            } => (self.data(index as usize)?, 0),
-            ModuleRelocTarget::LibCall(libcall) => (self.libcall(libcall), 0),
-            ModuleRelocTarget::FunctionOffset(id, offset) => {
-                (self.func(id.as_u32() as usize)?, i64::from(offset))
+            } => (slot(&self.data, index as usize), 0),
+            ModuleRelocTarget::LibCall(libcall) => {
+                let at = self.libcalls.iter().find(|(l, _)| *l == libcall);
+                (at.map(|&(_, at)| Target::Named(at)), 0)
             }
-            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => return None,
+            ModuleRelocTarget::FunctionOffset(id, offset) => {
+                (slot(&self.funcs, id.as_u32() as usize), i64::from(offset))
+            }
+            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => (None, 0),
         };
-        Some(Fixup {
-            edge,
-            target,
-            addend: reloc.addend + extra,
-        })
+        (kind, target.unwrap_or(Target::Unseen), extra)
     }
 }
 
@@ -287,9 +318,7 @@ fn layout(batch: &Batch<'_>) -> Layout {
 fn code_of<'a>(f: &'a FuncCode, arena: &'a Arena) -> (&'a [u8], &'a [ModuleReloc]) {
     match &f.code {
         Code::Owned { bytes, relocs } => (bytes, relocs),
-        Code::Arena { bytes, relocs } => {
-            (&arena.bytes[bytes.clone()], &arena.relocs[relocs.clone()])
-        }
+        Code::Arena { bytes, relocs } => arena.get(bytes, relocs),
     }
 }
 
@@ -305,10 +334,10 @@ pub(crate) fn place(
     if batch.funcs.iter().any(|f| f.symbol.is_some()) {
         return Ok(None);
     }
-    let Some((fixups, asked)) = resolve(batch, names, known, outside) else {
+    let Some(resolver) = resolve(batch, names, known, outside) else {
         return Ok(None);
     };
-    let Some(outside_defs) = (outside.ready)(&asked) else {
+    let Some(outside_defs) = (outside.ready)(&resolver.asked) else {
         return Ok(None);
     };
     let layout = layout(batch);
@@ -318,18 +347,23 @@ pub(crate) fn place(
     };
     let base = memory.base();
     let address = |target: Target| match target {
-        Target::Func(i) => base + layout.funcs[i as usize],
-        Target::Data(i) => base + layout.data[i as usize],
-        Target::Addr(address) => address,
-        Target::Named(i) => outside_defs[i as usize].address,
-        Target::Unseen => unreachable!("every fixup's target is resolved"),
+        Target::Func(i) => Some(base + layout.funcs[i as usize]),
+        Target::Data(i) => Some(base + layout.data[i as usize]),
+        Target::Addr(address) => Some(address),
+        Target::Named(i) => Some(outside_defs[i as usize].address),
+        Target::Unseen => None,
     };
     {
         let prefault = memory.prefault();
         let Some(bytes) = memory.bytes_mut() else {
             return Ok(None);
         };
-        if !write(batch, &layout, &fixups, bytes, base, &address) {
+        let placed = Placing {
+            resolver: &resolver,
+            address: &address,
+            base,
+        };
+        if !placed.write(batch, &layout, bytes) {
             // Out of reach (a call beyond ±2 GiB): the general path adds a
             // stub. The memory is released when dropped.
             return Ok(None);
@@ -342,27 +376,26 @@ pub(crate) fn place(
     memory.finalize(&segments)?;
     let mut defs = Vec::with_capacity(batch.funcs.len() + batch.data.len());
     let code = SymbolFlags::EXPORTED | SymbolFlags::CALLABLE;
-    for (i, f) in batch.funcs.iter().enumerate() {
+    for (f, at) in batch.funcs.iter().zip(&layout.funcs) {
         let name = names.funcs[f.id.as_u32() as usize].name.clone();
-        defs.push((name, SymbolDef::new(address(Target::Func(i as u32)), code)));
+        defs.push((name, SymbolDef::new(base + at, code)));
     }
-    for (i, d) in batch.data.iter().enumerate() {
+    for (d, at) in batch.data.iter().zip(&layout.data) {
         let name = names.data[d.id.as_u32() as usize].name.clone();
-        let def = SymbolDef::new(address(Target::Data(i as u32)), SymbolFlags::EXPORTED);
-        defs.push((name, def));
+        defs.push((name, SymbolDef::new(base + at, SymbolFlags::EXPORTED)));
     }
     Ok(Some(Placed { memory, defs }))
 }
 
-/// Every relocation's fixup, in order (functions', then data objects'),
-/// and the names to ask the engine for; `None` if one cannot be applied
-/// here.
-fn resolve(
+/// Resolves every relocation's target (functions', then data objects');
+/// `None` if one cannot be applied here. The names the batch needs from
+/// outside are `asked`.
+fn resolve<'a>(
     batch: &Batch<'_>,
-    names: &Names,
-    known: &Known<'_>,
-    outside: &Outside<'_>,
-) -> Option<(Vec<Fixup>, Vec<SymbolName>)> {
+    names: &'a Names,
+    known: &'a Known<'a>,
+    outside: &'a Outside<'a>,
+) -> Option<Resolver<'a>> {
     let mut r = Resolver {
         names,
         known,
@@ -371,6 +404,7 @@ fn resolve(
         data: vec![Target::Unseen; names.data.len()],
         libcalls: Vec::new(),
         asked: Vec::new(),
+        kinds: Vec::new(),
     };
     // The batch's own definitions first: references to them stay inside.
     for (i, f) in batch.funcs.iter().enumerate() {
@@ -379,69 +413,73 @@ fn resolve(
     for (i, d) in batch.data.iter().enumerate() {
         *r.data.get_mut(d.id.as_u32() as usize)? = Target::Data(i as u32);
     }
-    let count = batch
-        .funcs
-        .iter()
-        .map(|f| code_of(f, batch.arena).1.len())
-        .chain(batch.data.iter().map(|d| d.relocs.len()))
-        .sum();
-    let mut fixups = Vec::with_capacity(count);
     for f in batch.funcs {
         for reloc in code_of(f, batch.arena).1 {
-            fixups.push(r.fixup(reloc)?);
+            r.check(reloc)?;
         }
     }
     for d in batch.data {
         for reloc in &d.relocs {
-            fixups.push(r.fixup(reloc)?);
+            r.check(reloc)?;
         }
     }
-    Some((fixups, r.asked))
+    Some(r)
 }
 
-/// Copies the batch into `bytes` (the memory at `base`) and applies
-/// `fixups`; `false` if one does not fit (nothing is published then).
-fn write(
-    batch: &Batch<'_>,
-    layout: &Layout,
-    fixups: &[Fixup],
-    bytes: &mut [u8],
+/// What writing a resolved batch into its memory needs.
+struct Placing<'a> {
+    resolver: &'a Resolver<'a>,
+    address: &'a dyn Fn(Target) -> Option<u64>,
+    /// Where the memory is.
     base: u64,
-    address: &dyn Fn(Target) -> u64,
-) -> bool {
-    let mut fixups = fixups.iter();
-    let mut apply = |at: u64, piece: &mut [u8], relocs: &[ModuleReloc]| {
-        for (reloc, fixup) in relocs.iter().zip(fixups.by_ref()) {
-            let values = FixupValues {
-                place: base + at + u64::from(reloc.offset),
-                target: address(fixup.target),
-                addend: fixup.addend,
-                got: 0,
-                size: 0,
-            };
-            if X86_64::apply(fixup.edge, piece, u64::from(reloc.offset), &values).is_err() {
+}
+
+impl Placing<'_> {
+    /// Copies the batch into `bytes` (its memory) and applies its
+    /// relocations; `false` if one does not fit (nothing is published
+    /// then).
+    fn write(&self, batch: &Batch<'_>, layout: &Layout, bytes: &mut [u8]) -> bool {
+        for (f, &at) in batch.funcs.iter().zip(&layout.funcs) {
+            let (code, relocs) = code_of(f, batch.arena);
+            let piece = &mut bytes[at as usize..at as usize + code.len()];
+            piece.copy_from_slice(code);
+            if !self.fix_up(at, piece, relocs) {
+                return false;
+            }
+        }
+        for (d, &at) in batch.data.iter().zip(&layout.data) {
+            let piece = &mut bytes[at as usize..(at + d.size) as usize];
+            // Zero-filled objects stay as the fresh memory is: zero.
+            if let Some(init) = &d.bytes {
+                piece.copy_from_slice(init);
+            }
+            if !self.fix_up(at, piece, &d.relocs) {
                 return false;
             }
         }
         true
-    };
-    for (f, &at) in batch.funcs.iter().zip(&layout.funcs) {
-        let (code, relocs) = code_of(f, batch.arena);
-        let piece = &mut bytes[at as usize..at as usize + code.len()];
-        piece.copy_from_slice(code);
-        if !apply(at, piece, relocs) {
-            return false;
-        }
     }
-    for (d, &at) in batch.data.iter().zip(&layout.data) {
-        let piece = &mut bytes[at as usize..(at + d.size) as usize];
-        // Zero-filled objects stay as the fresh memory is: zero.
-        if let Some(init) = &d.bytes {
-            piece.copy_from_slice(init);
+
+    /// Applies `relocs` to `piece`, placed at offset `at` of the memory:
+    /// kiln-arch's fixup math and range checks.
+    fn fix_up(&self, at: u64, piece: &mut [u8], relocs: &[ModuleReloc]) -> bool {
+        for reloc in relocs {
+            let (kind, target, extra) = self.resolver.resolved(reloc);
+            let Some(target) = (self.address)(target) else {
+                return false;
+            };
+            let offset = u64::from(reloc.offset);
+            let values = FixupValues {
+                place: self.base + at + offset,
+                target,
+                addend: reloc.addend + extra,
+                got: 0,
+                size: 0,
+            };
+            if kind == EdgeKind::None || apply(kind, piece, offset, &values).is_err() {
+                return false;
+            }
         }
-        if !apply(at, piece, &d.relocs) {
-            return false;
-        }
+        true
     }
-    true
 }

@@ -21,7 +21,7 @@ use kiln_linker::layer::ObjectLayer;
 use crate::builder::{KilnBuilder, LibcallNames};
 use crate::direct::{self, PlacedMemory};
 use crate::emit::{
-    Arena, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
+    Arena, Chunks, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
 };
 use crate::error::Error;
 
@@ -72,8 +72,8 @@ struct State {
     funcs: Vec<(Option<GroupId>, FuncCode)>,
     /// The bytes and relocations of `funcs` defined from bytes
     /// ([`Code::Arena`]).
-    code: Vec<u8>,
-    relocs: Vec<ModuleReloc>,
+    code: Chunks<u8>,
+    relocs: Chunks<ModuleReloc>,
     data: Vec<(Option<GroupId>, DataCode)>,
     func_defs: Vec<Def>,
     data_defs: Vec<Def>,
@@ -257,20 +257,14 @@ impl KilnModule {
         let align = alignment
             .max(u64::from(isa.function_alignment().minimum))
             .max(isa.symbol_alignment());
-        self.record_with(id, |state| {
-            let b0 = state.code.len();
-            state.code.extend_from_slice(bytes);
-            let r0 = state.relocs.len();
-            state.relocs.extend_from_slice(relocs);
-            FuncCode {
-                id,
-                symbol: None,
-                align,
-                code: Code::Arena {
-                    bytes: b0..state.code.len(),
-                    relocs: r0..state.relocs.len(),
-                },
-            }
+        self.record_with(id, |state| FuncCode {
+            id,
+            symbol: None,
+            align,
+            code: Code::Arena {
+                bytes: state.code.append(bytes),
+                relocs: state.relocs.append(relocs),
+            },
         })
     }
 
@@ -458,8 +452,10 @@ impl KilnModule {
         let (funcs, data, arena) = {
             let mut state = self.state();
             let arena = Arena {
-                bytes: Arc::new(std::mem::take(&mut state.code).into()),
-                relocs: std::mem::take(&mut state.relocs),
+                bytes: (state.code.take().into_iter())
+                    .map(|chunk| Arc::new(chunk.into()))
+                    .collect(),
+                relocs: state.relocs.take(),
             };
             (
                 std::mem::take(&mut state.funcs),
