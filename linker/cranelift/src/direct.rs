@@ -122,80 +122,63 @@ pub(crate) struct Placed {
     pub(crate) defs: Vec<(SymbolName, SymbolDef)>,
 }
 
-/// Where a relocation's target is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// Not resolved yet (the per-declaration cache's empty slot).
-    Unseen,
-    /// The function at this position of the batch.
-    Func(u32),
-    /// The data object at this position of the batch.
-    Data(u32),
-    /// Ready before this batch.
-    Addr(u64),
-    /// The name at this position of the names asked of the engine.
-    Named(u32),
-}
-
-/// Targets resolved so far, by declaration, and the names to ask for.
+/// The addresses of relocation targets, by declaration, found as the
+/// relocations meet them: the batch's own (placed), those Ready before
+/// (the module's), and names the engine has Ready now; nothing else.
 struct Resolver<'a> {
     names: &'a Names,
     known: &'a Known<'a>,
     outside: &'a Outside<'a>,
-    funcs: Vec<Target>,
-    data: Vec<Target>,
-    libcalls: Vec<(LibCall, u32)>,
-    asked: Vec<SymbolName>,
+    funcs: Vec<Option<u64>>,
+    data: Vec<Option<u64>>,
+    libcalls: Vec<(LibCall, u64)>,
     /// The fixup math of each relocation kind met (a handful).
     kinds: Vec<(Reloc, EdgeKind)>,
 }
 
 impl Resolver<'_> {
-    fn named(&mut self, name: SymbolName) -> Target {
-        self.asked.push(name);
-        Target::Named(self.asked.len() as u32 - 1)
+    /// The address of `name` if the engine has it Ready now.
+    fn ready(&self, name: &SymbolName) -> Option<u64> {
+        let defs = (self.outside.ready)(std::slice::from_ref(name))?;
+        defs.first().map(|def| def.address)
     }
 
-    fn func(&mut self, index: usize) -> Option<Target> {
-        let slot = *self.funcs.get(index)?;
-        if slot != Target::Unseen {
-            return Some(slot);
+    fn func(&mut self, index: usize) -> Option<u64> {
+        if let Some(address) = *self.funcs.get(index)? {
+            return Some(address);
         }
-        let target = match self.known.funcs.get(index).copied().flatten() {
-            Some(address) => Target::Addr(address),
-            None => self.named(self.names.funcs.get(index)?.name.clone()),
+        let address = match self.known.funcs.get(index).copied().flatten() {
+            Some(address) => address,
+            None => self.ready(&self.names.funcs.get(index)?.name)?,
         };
-        self.funcs[index] = target;
-        Some(target)
+        self.funcs[index] = Some(address);
+        Some(address)
     }
 
-    fn data(&mut self, index: usize) -> Option<Target> {
-        let slot = *self.data.get(index)?;
-        if slot != Target::Unseen {
-            return Some(slot);
+    fn data(&mut self, index: usize) -> Option<u64> {
+        if let Some(address) = *self.data.get(index)? {
+            return Some(address);
         }
         let info = self.names.data.get(index)?;
         if info.tls {
             return None;
         }
-        let target = match self.known.data.get(index).copied().flatten() {
-            Some((address, _)) => Target::Addr(address),
-            None => self.named(info.name.clone()),
+        let address = match self.known.data.get(index).copied().flatten() {
+            Some((address, _)) => address,
+            None => self.ready(&info.name)?,
         };
-        self.data[index] = target;
-        Some(target)
+        self.data[index] = Some(address);
+        Some(address)
     }
 
-    fn libcall(&mut self, libcall: LibCall) -> Target {
-        if let Some(&(_, at)) = self.libcalls.iter().find(|(l, _)| *l == libcall) {
-            return Target::Named(at);
+    fn libcall(&mut self, libcall: LibCall) -> Option<u64> {
+        if let Some(&(_, address)) = self.libcalls.iter().find(|(l, _)| *l == libcall) {
+            return Some(address);
         }
         let name = (self.outside.intern)(&(self.outside.libcall_names)(libcall));
-        let target = self.named(name);
-        if let Target::Named(at) = target {
-            self.libcalls.push((libcall, at));
-        }
-        target
+        let address = self.ready(&name)?;
+        self.libcalls.push((libcall, address));
+        Some(address)
     }
 
     /// The fixup math of `reloc`, if the direct path applies it: no GOT,
@@ -217,51 +200,44 @@ impl Resolver<'_> {
         Some(kind)
     }
 
-    /// Resolves `reloc`'s target, so that [`Resolver::resolved`] answers
-    /// for it; `None` if the direct path cannot apply it.
-    fn check(&mut self, reloc: &ModuleReloc) -> Option<()> {
-        self.kind(reloc.kind)?;
-        match reloc.name {
-            ModuleRelocTarget::User {
-                namespace: 0,
-                index,
-            } => self.func(index as usize)?,
-            ModuleRelocTarget::User {
-                namespace: 1,
-                index,
-            } => self.data(index as usize)?,
-            ModuleRelocTarget::LibCall(libcall) => self.libcall(libcall),
-            ModuleRelocTarget::FunctionOffset(id, _) => self.func(id.as_u32() as usize)?,
-            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => return None,
-        };
-        Some(())
-    }
-
-    /// A checked relocation's fixup math, target and extra addend (an
-    /// unchecked one's are `EdgeKind::None` and `Target::Unseen`).
-    fn resolved(&self, reloc: &ModuleReloc) -> (EdgeKind, Target, i64) {
-        let kind = self.kinds.iter().find(|(r, _)| *r == reloc.kind);
-        let kind = kind.map_or(EdgeKind::None, |&(_, kind)| kind);
-        let slot = |slots: &[Target], index: usize| slots.get(index).copied();
+    /// `reloc`'s fixup math, target address and extra addend; `None` if
+    /// the direct path cannot apply it.
+    fn resolve(&mut self, reloc: &ModuleReloc) -> Option<(EdgeKind, u64, i64)> {
+        let kind = self.kind(reloc.kind)?;
         let (target, extra) = match reloc.name {
             ModuleRelocTarget::User {
                 namespace: 0,
                 index,
-            } => (slot(&self.funcs, index as usize), 0),
+            } => (self.func(index as usize)?, 0),
             ModuleRelocTarget::User {
                 namespace: 1,
                 index,
-            } => (slot(&self.data, index as usize), 0),
-            ModuleRelocTarget::LibCall(libcall) => {
-                let at = self.libcalls.iter().find(|(l, _)| *l == libcall);
-                (at.map(|&(_, at)| Target::Named(at)), 0)
-            }
+            } => (self.data(index as usize)?, 0),
+            ModuleRelocTarget::LibCall(libcall) => (self.libcall(libcall)?, 0),
             ModuleRelocTarget::FunctionOffset(id, offset) => {
-                (slot(&self.funcs, id.as_u32() as usize), i64::from(offset))
+                (self.func(id.as_u32() as usize)?, i64::from(offset))
             }
-            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => (None, 0),
+            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => return None,
         };
-        (kind, target.unwrap_or(Target::Unseen), extra)
+        Some((kind, target, extra))
+    }
+
+    /// Applies `relocs` to `piece`, placed at `place`: kiln-arch's fixup
+    /// math and range checks. `None` if one cannot be applied here.
+    fn fix_up(&mut self, place: u64, piece: &mut [u8], relocs: &[ModuleReloc]) -> Option<()> {
+        for reloc in relocs {
+            let (kind, target, extra) = self.resolve(reloc)?;
+            let offset = u64::from(reloc.offset);
+            let values = FixupValues {
+                place: place + offset,
+                target,
+                addend: reloc.addend + extra,
+                got: 0,
+                size: 0,
+            };
+            apply(kind, piece, offset, &values).ok()?;
+        }
+        Some(())
     }
 }
 
@@ -279,14 +255,12 @@ fn align_up(at: u64, align: u64) -> u64 {
     at.next_multiple_of(align.max(1).next_power_of_two())
 }
 
-fn layout(batch: &Batch<'_>) -> Layout {
+fn layout(batch: &Batch<'_>, code: &[FuncBytes<'_>]) -> Layout {
     let mut at = 0;
-    let funcs = batch
-        .funcs
-        .iter()
-        .map(|f| {
+    let funcs = (batch.funcs.iter().zip(code))
+        .map(|(f, (bytes, _))| {
             let start = align_up(at, f.align);
-            at = start + code_of(f, batch.arena).0.len() as u64;
+            at = start + bytes.len() as u64;
             start
         })
         .collect();
@@ -315,6 +289,9 @@ fn layout(batch: &Batch<'_>) -> Layout {
 }
 
 /// A function's bytes and relocations.
+type FuncBytes<'a> = (&'a [u8], &'a [ModuleReloc]);
+
+/// A function's bytes and relocations.
 fn code_of<'a>(f: &'a FuncCode, arena: &'a Arena) -> (&'a [u8], &'a [ModuleReloc]) {
     match &f.code {
         Code::Owned { bytes, relocs } => (bytes, relocs),
@@ -324,7 +301,8 @@ fn code_of<'a>(f: &'a FuncCode, arena: &'a Arena) -> (&'a [u8], &'a [ModuleReloc
 
 /// Places `batch` in fresh memory, fixed up and protected, if the direct
 /// path can (see the module's documentation); `Ok(None)` leaves the batch
-/// to the general path, with nothing allocated or published.
+/// to the general path, with nothing published (memory written for it is
+/// released).
 pub(crate) fn place(
     batch: &Batch<'_>,
     names: &Names,
@@ -334,38 +312,47 @@ pub(crate) fn place(
     if batch.funcs.iter().any(|f| f.symbol.is_some()) {
         return Ok(None);
     }
-    let Some(resolver) = resolve(batch, names, known, outside) else {
-        return Ok(None);
-    };
-    let Some(outside_defs) = (outside.ready)(&resolver.asked) else {
-        return Ok(None);
-    };
-    let layout = layout(batch);
+    // Each function's bytes and relocations, found once.
+    let code: Vec<FuncBytes<'_>> = (batch.funcs.iter())
+        .map(|f| code_of(f, batch.arena))
+        .collect();
+    let layout = layout(batch, &code);
     let total = (layout.rw.0 + layout.rw.1).max(1);
     let Some(mut memory) = Allocation::new(total, Placement::Near)? else {
         return Ok(None);
     };
     let base = memory.base();
-    let address = |target: Target| match target {
-        Target::Func(i) => Some(base + layout.funcs[i as usize]),
-        Target::Data(i) => Some(base + layout.data[i as usize]),
-        Target::Addr(address) => Some(address),
-        Target::Named(i) => Some(outside_defs[i as usize].address),
-        Target::Unseen => None,
+    let mut resolver = Resolver {
+        names,
+        known,
+        outside,
+        funcs: vec![None; names.funcs.len()],
+        data: vec![None; names.data.len()],
+        libcalls: Vec::new(),
+        kinds: Vec::new(),
     };
+    // The batch's own definitions first: references to them stay inside.
+    for (f, at) in batch.funcs.iter().zip(&layout.funcs) {
+        let Some(slot) = resolver.funcs.get_mut(f.id.as_u32() as usize) else {
+            return Ok(None);
+        };
+        *slot = Some(base + at);
+    }
+    for (d, at) in batch.data.iter().zip(&layout.data) {
+        let Some(slot) = resolver.data.get_mut(d.id.as_u32() as usize) else {
+            return Ok(None);
+        };
+        *slot = Some(base + at);
+    }
     {
         let prefault = memory.prefault();
         let Some(bytes) = memory.bytes_mut() else {
             return Ok(None);
         };
-        let placed = Placing {
-            resolver: &resolver,
-            address: &address,
-            base,
-        };
-        if !placed.write(batch, &layout, bytes) {
-            // Out of reach (a call beyond ±2 GiB): the general path adds a
-            // stub. The memory is released when dropped.
+        if write(batch, &code, &layout, &mut resolver, bytes, base).is_none() {
+            // A target not Ready, a relocation needing a GOT or a stub, a
+            // call out of reach: the general path links the batch. The
+            // memory is released when dropped, unpublished.
             return Ok(None);
         }
         drop(prefault);
@@ -387,99 +374,28 @@ pub(crate) fn place(
     Ok(Some(Placed { memory, defs }))
 }
 
-/// Resolves every relocation's target (functions', then data objects');
-/// `None` if one cannot be applied here. The names the batch needs from
-/// outside are `asked`.
-fn resolve<'a>(
+/// Copies the batch into `bytes` (its memory, at `base`) and applies its
+/// relocations; `None` if one cannot be applied here.
+fn write(
     batch: &Batch<'_>,
-    names: &'a Names,
-    known: &'a Known<'a>,
-    outside: &'a Outside<'a>,
-) -> Option<Resolver<'a>> {
-    let mut r = Resolver {
-        names,
-        known,
-        outside,
-        funcs: vec![Target::Unseen; names.funcs.len()],
-        data: vec![Target::Unseen; names.data.len()],
-        libcalls: Vec::new(),
-        asked: Vec::new(),
-        kinds: Vec::new(),
-    };
-    // The batch's own definitions first: references to them stay inside.
-    for (i, f) in batch.funcs.iter().enumerate() {
-        *r.funcs.get_mut(f.id.as_u32() as usize)? = Target::Func(i as u32);
-    }
-    for (i, d) in batch.data.iter().enumerate() {
-        *r.data.get_mut(d.id.as_u32() as usize)? = Target::Data(i as u32);
-    }
-    for f in batch.funcs {
-        for reloc in code_of(f, batch.arena).1 {
-            r.check(reloc)?;
-        }
-    }
-    for d in batch.data {
-        for reloc in &d.relocs {
-            r.check(reloc)?;
-        }
-    }
-    Some(r)
-}
-
-/// What writing a resolved batch into its memory needs.
-struct Placing<'a> {
-    resolver: &'a Resolver<'a>,
-    address: &'a dyn Fn(Target) -> Option<u64>,
-    /// Where the memory is.
+    code: &[FuncBytes<'_>],
+    layout: &Layout,
+    resolver: &mut Resolver<'_>,
+    bytes: &mut [u8],
     base: u64,
-}
-
-impl Placing<'_> {
-    /// Copies the batch into `bytes` (its memory) and applies its
-    /// relocations; `false` if one does not fit (nothing is published
-    /// then).
-    fn write(&self, batch: &Batch<'_>, layout: &Layout, bytes: &mut [u8]) -> bool {
-        for (f, &at) in batch.funcs.iter().zip(&layout.funcs) {
-            let (code, relocs) = code_of(f, batch.arena);
-            let piece = &mut bytes[at as usize..at as usize + code.len()];
-            piece.copy_from_slice(code);
-            if !self.fix_up(at, piece, relocs) {
-                return false;
-            }
-        }
-        for (d, &at) in batch.data.iter().zip(&layout.data) {
-            let piece = &mut bytes[at as usize..(at + d.size) as usize];
-            // Zero-filled objects stay as the fresh memory is: zero.
-            if let Some(init) = &d.bytes {
-                piece.copy_from_slice(init);
-            }
-            if !self.fix_up(at, piece, &d.relocs) {
-                return false;
-            }
-        }
-        true
+) -> Option<()> {
+    for (&(code, relocs), &at) in code.iter().zip(&layout.funcs) {
+        let piece = bytes.get_mut(at as usize..at as usize + code.len())?;
+        piece.copy_from_slice(code);
+        resolver.fix_up(base + at, piece, relocs)?;
     }
-
-    /// Applies `relocs` to `piece`, placed at offset `at` of the memory:
-    /// kiln-arch's fixup math and range checks.
-    fn fix_up(&self, at: u64, piece: &mut [u8], relocs: &[ModuleReloc]) -> bool {
-        for reloc in relocs {
-            let (kind, target, extra) = self.resolver.resolved(reloc);
-            let Some(target) = (self.address)(target) else {
-                return false;
-            };
-            let offset = u64::from(reloc.offset);
-            let values = FixupValues {
-                place: self.base + at + offset,
-                target,
-                addend: reloc.addend + extra,
-                got: 0,
-                size: 0,
-            };
-            if kind == EdgeKind::None || apply(kind, piece, offset, &values).is_err() {
-                return false;
-            }
+    for (d, &at) in batch.data.iter().zip(&layout.data) {
+        let piece = bytes.get_mut(at as usize..(at + d.size) as usize)?;
+        // Zero-filled objects stay as the fresh memory is: zero.
+        if let Some(init) = &d.bytes {
+            piece.copy_from_slice(init);
         }
-        true
+        resolver.fix_up(base + at, piece, &d.relocs)?;
     }
+    Some(())
 }

@@ -463,6 +463,16 @@ impl KilnModule {
                 arena,
             )
         };
+        // One group (the common case): one batch, the lists moved whole.
+        let first = funcs.first().map(|f| f.0).or(data.first().map(|d| d.0));
+        if let Some(group) = first
+            && funcs.iter().all(|f| f.0 == group)
+            && data.iter().all(|d| d.0 == group)
+        {
+            let funcs = funcs.into_iter().map(|(_, code)| code).collect();
+            let data = data.into_iter().map(|(_, code)| code).collect();
+            return (vec![(group, funcs, data)], arena);
+        }
         let mut batches: Vec<BatchCode> = Vec::new();
         fn batch(batches: &mut Vec<BatchCode>, group: Option<GroupId>) -> usize {
             match batches.iter().position(|b| b.0 == group) {
