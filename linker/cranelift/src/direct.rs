@@ -23,7 +23,8 @@
 //! So does whatever the direct path does not do itself: relocations that
 //! need a GOT entry or a PLT stub (PIC code, a call beyond ±2 GiB),
 //! 32-bit absolute addresses (non-PIE code goes below 2 GiB), debugger and
-//! profiler registration, code under any symbol but its declared name.
+//! profiler registration, code under any symbol but its declared name,
+//! alignment beyond a page.
 //!
 //! # Memory
 //!
@@ -35,9 +36,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use cranelift_codegen::binemit::Reloc;
 use cranelift_codegen::ir::LibCall;
 use cranelift_module::{ModuleReloc, ModuleRelocTarget};
-use cranelift_codegen::binemit::Reloc;
 use kiln_arch::x86_64::reloc::{EdgeKind, apply, reloc_info};
 use kiln_arch::{EdgeTarget, FixupValues};
 use kiln_engine::{ResourceKey, ResourceManager, SymbolDef, SymbolFlags, SymbolName};
@@ -309,7 +310,15 @@ pub(crate) fn place(
     known: &Known<'_>,
     outside: &Outside<'_>,
 ) -> Result<Option<Placed>, Error> {
-    if batch.funcs.iter().any(|f| f.symbol.is_some()) {
+    // Other symbols than declared names are lazy and replacement bodies'
+    // (linked alone); alignments beyond a page, the allocation's, are left
+    // to the link.
+    if batch
+        .funcs
+        .iter()
+        .any(|f| f.symbol.is_some() || f.align > PAGE)
+        || batch.data.iter().any(|d| d.align > PAGE)
+    {
         return Ok(None);
     }
     // Each function's bytes and relocations, found once.
