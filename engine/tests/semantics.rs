@@ -354,7 +354,7 @@ fn a_name_twice_in_one_definition_is_a_duplicate_and_adds_nothing() {
         ])
         .unwrap_err();
     match &err {
-        Error::DuplicateDefinitions { names, .. } => assert_eq!(names, &[a.clone()]),
+        Error::DuplicateDefinitions { names, .. } => assert_eq!(names, std::slice::from_ref(&a)),
         other => panic!("unexpected {other}"),
     }
     assert_eq!(d.symbol_state(&a), None, "a was not added");
