@@ -118,6 +118,10 @@ impl State {
             Default::default(),
         );
         for i in 0..symbols.len() {
+            if i % WARM_AHEAD == 0 && symbols.len() > 1 {
+                let ahead = i..(i + WARM_AHEAD).min(symbols.len());
+                d.shared.index.warm(ahead.map(|j| symbols.name(j)));
+            }
             let (name, flags) = (symbols.name(i), symbols.flags(i));
             if symbols.len() > 1 && !seen.insert(name) {
                 duplicates.push(name.clone());
@@ -174,8 +178,20 @@ impl State {
             .reserve(adding.saturating_sub(self.free_syms.len()));
         let mut added = Vec::with_capacity(adding);
         let mut skip = discarded.into_iter().peekable();
-        for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
-            if skip.peek() == Some(&i) {
+        let entries: Vec<_> = symbols.into_entries().collect();
+        let mut entries = entries.into_iter();
+        let mut i = 0;
+        loop {
+            if i % WARM_AHEAD == 0 {
+                let ahead = entries.as_slice().iter().take(WARM_AHEAD);
+                let index = &self.dylibs[dylib as usize].shared.index;
+                index.warm(ahead.map(|(name, _, _)| name));
+            }
+            let Some((name, flags, address)) = entries.next() else {
+                break;
+            };
+            i += 1;
+            if skip.peek() == Some(&(i - 1)) {
                 skip.next();
                 continue;
             }
@@ -276,6 +292,12 @@ impl State {
         }
     }
 }
+
+/// A definition's names are looked up in the dylib's index this many at a
+/// time, their home slots loaded first ([`crate::index`]'s `warm`): the
+/// cache misses of a large definition overlap instead of each waiting for
+/// the one before.
+const WARM_AHEAD: usize = 64;
 
 /// What a definition does besides adding its symbols ([`State::plan_define`]).
 struct DefinePlan {
