@@ -673,6 +673,9 @@ impl KilnModule {
     /// If `id` is not defined and finalized (as cranelift-jit); see
     /// [`KilnModule::try_get_finalized_function`].
     pub fn get_finalized_function(&self, id: FuncId) -> *const u8 {
+        if let Some(Some(address)) = self.func_addrs.get(id.as_u32() as usize) {
+            return *address as usize as *const u8;
+        }
         match self.try_get_finalized_function(id) {
             Ok(ptr) => ptr,
             Err(e) => panic!("{e}"),
