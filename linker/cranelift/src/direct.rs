@@ -144,10 +144,19 @@ impl Resolver<'_> {
         defs.first().map(|def| def.address)
     }
 
+    /// Function `index`'s address: the slot's (the common case), else
+    /// resolved once.
+    #[inline]
     fn func(&mut self, index: usize) -> Option<u64> {
-        if let Some(address) = *self.funcs.get(index)? {
-            return Some(address);
+        match self.funcs.get(index) {
+            Some(Some(address)) => Some(*address),
+            Some(None) => self.resolve_func(index),
+            None => None,
         }
+    }
+
+    #[cold]
+    fn resolve_func(&mut self, index: usize) -> Option<u64> {
         let address = match self.known.funcs.get(index).copied().flatten() {
             Some(address) => address,
             None => self.ready(&self.names.funcs.get(index)?.name)?,
@@ -156,10 +165,18 @@ impl Resolver<'_> {
         Some(address)
     }
 
+    /// Data object `index`'s address: the slot's, else resolved once.
+    #[inline]
     fn data(&mut self, index: usize) -> Option<u64> {
-        if let Some(address) = *self.data.get(index)? {
-            return Some(address);
+        match self.data.get(index) {
+            Some(Some(address)) => Some(*address),
+            Some(None) => self.resolve_data(index),
+            None => None,
         }
+    }
+
+    #[cold]
+    fn resolve_data(&mut self, index: usize) -> Option<u64> {
         let info = self.names.data.get(index)?;
         if info.tls {
             return None;
@@ -185,10 +202,16 @@ impl Resolver<'_> {
     /// The fixup math of `reloc`, if the direct path applies it: no GOT,
     /// PLT or TLS entry; no 32-bit absolute address (non-PIE code is
     /// placed below 2 GiB, by the general path).
+    #[inline]
     fn kind(&mut self, reloc: Reloc) -> Option<EdgeKind> {
-        if let Some(&(_, kind)) = self.kinds.iter().find(|(r, _)| *r == reloc) {
-            return Some(kind);
+        match self.kinds.iter().find(|(r, _)| *r == reloc) {
+            Some(&(_, kind)) => Some(kind),
+            None => self.new_kind(reloc),
         }
+    }
+
+    #[cold]
+    fn new_kind(&mut self, reloc: Reloc) -> Option<EdgeKind> {
         let r_type = elf_r_type(reloc)?;
         let edge = Isa::X86_64.edge(r_type)?;
         if !matches!(edge.target, EdgeTarget::Symbol | EdgeTarget::Branch)
@@ -203,6 +226,7 @@ impl Resolver<'_> {
 
     /// `reloc`'s fixup math, target address and extra addend; `None` if
     /// the direct path cannot apply it.
+    #[inline]
     fn resolve(&mut self, reloc: &ModuleReloc) -> Option<(EdgeKind, u64, i64)> {
         let kind = self.kind(reloc.kind)?;
         let (target, extra) = match reloc.name {
