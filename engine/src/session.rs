@@ -225,6 +225,27 @@ impl Session {
         Some(SymbolMap::new(names.names.clone(), found))
     }
 
+    /// The definitions of `names` in `order`, by position, if every one is
+    /// Ready now; `None` if any is not — absent, lazy, materializing,
+    /// failed, behind a generator, side-effects-only, or in a removed dylib.
+    /// It reads the Ready index alone on this thread: no message, no
+    /// generator, no materialization, no waiting. For a host that may use
+    /// addresses only of symbols already Ready (code it publishes Ready at
+    /// once, [`Dylib::define_absolute`], must depend on nothing less) and
+    /// takes another path otherwise. A `Some` answer is what
+    /// [`Session::lookup`] at [`RequiredState::Ready`] would answer now.
+    pub fn ready_defs(&self, order: &SearchOrder, names: &[SymbolName]) -> Option<Vec<SymbolDef>> {
+        if !order_is_live(order) {
+            return None;
+        }
+        warm(order, names.iter());
+        let mut defs = Vec::with_capacity(names.len());
+        for name in names {
+            defs.push(ready_in(order, name)?.1);
+        }
+        Some(defs)
+    }
+
     /// Looks every name of `names` up in `order` (all required) and answers
     /// by position: the `i`-th definition is `names[i]`'s. For hosts that
     /// resolve many names at once: the names are only borrowed, so when all
@@ -237,18 +258,10 @@ impl Session {
         names: &[SymbolName],
         state: RequiredState,
     ) -> Result<Vec<SymbolDef>> {
-        let mut defs = Vec::with_capacity(names.len());
-        warm(order, names.iter());
-        let live = order_is_live(order);
-        for name in names.iter().take_while(|_| live) {
-            match ready_in(order, name) {
-                Some((_, def)) => defs.push(def),
-                None => break,
-            }
-        }
-        if live && defs.len() == names.len() {
+        if let Some(defs) = self.ready_defs(order, names) {
             return Ok(defs);
         }
+        let mut defs = Vec::with_capacity(names.len());
         let found = self
             .lookup(order, &LookupSet::required(names.iter().cloned()), state)
             .wait()?;

@@ -339,6 +339,28 @@ fn duplicates_are_all_listed_and_leave_the_dylib_unchanged() {
     );
 }
 
+/// A name twice in one definition (as a bulk `define_absolute` of a
+/// host's batch could carry) is a duplicate: nothing of it is added.
+#[test]
+fn a_name_twice_in_one_definition_is_a_duplicate_and_adds_nothing() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (a, b) = (s.intern("a"), s.intern("b"));
+    let err = d
+        .define_absolute([
+            (a.clone(), def(1)),
+            (b.clone(), def(2)),
+            (a.clone(), def(3)),
+        ])
+        .unwrap_err();
+    match &err {
+        Error::DuplicateDefinitions { names, .. } => assert_eq!(names, std::slice::from_ref(&a)),
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(d.symbol_state(&a), None, "a was not added");
+    assert_eq!(d.symbol_state(&b), None, "b was not added");
+}
+
 // ----- readiness ---------------------------------------------------------
 
 #[test]

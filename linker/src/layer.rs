@@ -646,6 +646,13 @@ impl ObjectLayer {
         self.below_2gib()
     }
 
+    /// The debugger and profiler interfaces the layer's links register
+    /// their images with: a host placing code itself (not through a link)
+    /// registers it as these say, or leaves it to a link.
+    pub fn debug_options(&self) -> crate::DebugOptions {
+        self.shared.options.debug
+    }
+
     /// Whether images linked now go below 2 GiB (non-PIE code was added).
     fn below_2gib(&self) -> bool {
         self.shared

@@ -204,6 +204,16 @@ fn check(case: &Case) -> Result<bool, TestCaseError> {
         .collect();
     let set = LookupSet::required(case.names.iter().map(|&n| s.intern(NAMES[n])));
     let fast = s.fast_lookup(&order, &set);
+    // `ready_defs` (the public form) answers exactly where the fast path
+    // does, with the same definitions.
+    let names: Vec<SymbolName> = case.names.iter().map(|&n| s.intern(NAMES[n])).collect();
+    let defs = s.ready_defs(&order, &names);
+    let fast_defs = fast.as_ref().map(|f| {
+        f.by_request()
+            .map(|(_, d)| d.copied())
+            .collect::<Option<Vec<SymbolDef>>>()
+    });
+    prop_assert_eq!(defs.map(Some), fast_defs);
     let Some(fast) = fast else {
         s.end();
         return Ok(false);

@@ -64,20 +64,76 @@ pub(crate) enum Code {
         bytes: Vec<u8>,
         relocs: Vec<ModuleReloc>,
     },
-    /// Ranges in the batch's [`Arena`]: `define_function_bytes` appends
-    /// there, so a batch of N functions costs no allocation per function
-    /// (and the graph's blocks read the bytes in place, as a file's).
+    /// Ranges in chunks of the batch's [`Arena`] (chunk index, range):
+    /// `define_function_bytes` appends there, so a batch of N functions
+    /// costs no allocation per function (and the graph's blocks read the
+    /// bytes in place, as a file's).
     Arena {
-        bytes: Range<usize>,
-        relocs: Range<usize>,
+        bytes: (u32, Range<usize>),
+        relocs: (u32, Range<usize>),
     },
 }
 
-/// The bytes and relocations of the functions a batch defines, end to end.
+/// The bytes and relocations of the functions a batch defines, in the
+/// chunks [`Chunks`] filled.
 #[derive(Default)]
 pub(crate) struct Arena {
-    pub(crate) bytes: InputBytes,
-    pub(crate) relocs: Vec<ModuleReloc>,
+    pub(crate) bytes: Vec<InputBytes>,
+    pub(crate) relocs: Vec<Vec<ModuleReloc>>,
+}
+
+impl Arena {
+    /// The bytes and relocations `code` names (`Code::Arena`'s ranges).
+    pub(crate) fn get(
+        &self,
+        bytes: &(u32, Range<usize>),
+        relocs: &(u32, Range<usize>),
+    ) -> (&[u8], &[ModuleReloc]) {
+        (
+            &self.bytes[bytes.0 as usize][bytes.1.clone()],
+            &self.relocs[relocs.0 as usize][relocs.1.clone()],
+        )
+    }
+}
+
+/// The smallest chunk [`Chunks`] starts, in bytes.
+const MIN_CHUNK_BYTES: usize = 64 << 10;
+
+/// Items appended in chunks that never move: when the last chunk is full
+/// the next one is twice as large, so appending N items copies each once
+/// (a growing `Vec` copies everything again at each doubling).
+pub(crate) struct Chunks<T>(Vec<Vec<T>>);
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Self {
+        Chunks(Vec::new())
+    }
+}
+
+impl<T: Clone> Chunks<T> {
+    /// Appends `items` (in one chunk); where they went.
+    pub(crate) fn append(&mut self, items: &[T]) -> (u32, Range<usize>) {
+        let fits = self
+            .0
+            .last()
+            .is_some_and(|c| c.capacity() - c.len() >= items.len());
+        if !fits {
+            let min = (MIN_CHUNK_BYTES / size_of::<T>().max(1)).max(1);
+            let last = self.0.last().map_or(0, Vec::capacity);
+            self.0
+                .push(Vec::with_capacity((2 * last).max(min).max(items.len())));
+        }
+        let i = self.0.len() - 1;
+        let chunk = &mut self.0[i];
+        let start = chunk.len();
+        chunk.extend_from_slice(items);
+        (i as u32, start..chunk.len())
+    }
+
+    /// The chunks, leaving none.
+    pub(crate) fn take(&mut self) -> Vec<Vec<T>> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 /// A data object's contents, waiting to be linked.
@@ -174,9 +230,9 @@ pub(crate) fn build_graph(
                 (Content::Bytes(bytes), Cow::Owned(relocs), size)
             }
             Code::Arena { bytes, relocs } => {
-                let (start, len) = (bytes.start, bytes.len());
-                let file = arena.bytes.clone();
-                let relocs = Cow::Borrowed(&arena.relocs[relocs]);
+                let (start, len) = (bytes.1.start, bytes.1.len());
+                let file = arena.bytes[bytes.0 as usize].clone();
+                let relocs = Cow::Borrowed(&arena.relocs[relocs.0 as usize][relocs.1]);
                 (Content::Input { file, start, len }, relocs, len as u64)
             }
         };

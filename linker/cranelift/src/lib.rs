@@ -22,11 +22,15 @@
 //!
 //! # How
 //!
-//! Each batch of definitions between two `finalize_definitions` calls
-//! becomes one kiln link graph (built directly from the machine code and
-//! relocations, `emit.rs`; relocation kinds mapped to ELF `r_type`s in
-//! `reloc.rs`), added to the JIT's `app` dylib as one unit; finalizing
-//! looks every new symbol up Ready at once. Lazy functions are kiln lazy
+//! Each batch of definitions between two `finalize_definitions` calls is
+//! placed as cranelift-jit places it — copied into kiln's code memory,
+//! relocations applied, protected, its symbols published Ready in one
+//! engine call (`direct.rs`) — when everything it refers to is in the
+//! batch or already Ready. Otherwise it becomes one kiln link graph (built
+//! directly from the machine code and relocations, `emit.rs`; relocation
+//! kinds mapped to ELF `r_type`s in `reloc.rs`), added to the JIT's `app`
+//! dylib as one unit, whose symbols become Ready only once what they call
+//! is; finalizing looks them up Ready. Lazy functions are kiln lazy
 //! reexports whose bodies (`lazy.rs`) compile when materialized.
 //!
 //! ```
@@ -61,6 +65,7 @@
 
 mod builder;
 mod cpu;
+mod direct;
 mod emit;
 mod error;
 mod lazy;

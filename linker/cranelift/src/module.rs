@@ -19,8 +19,9 @@ use kiln_linker::jit::Jit;
 use kiln_linker::layer::ObjectLayer;
 
 use crate::builder::{KilnBuilder, LibcallNames};
+use crate::direct::{self, PlacedMemory};
 use crate::emit::{
-    Arena, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
+    Arena, Chunks, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
 };
 use crate::error::Error;
 
@@ -62,14 +63,17 @@ struct Group {
     data: Vec<DataId>,
 }
 
+/// One group's definitions in a finalize: functions, data objects.
+type BatchCode = (Option<GroupId>, Vec<FuncCode>, Vec<DataCode>);
+
 /// Definitions not yet finalized, and who defines what.
 #[derive(Default)]
 struct State {
     funcs: Vec<(Option<GroupId>, FuncCode)>,
     /// The bytes and relocations of `funcs` defined from bytes
     /// ([`Code::Arena`]).
-    code: Vec<u8>,
-    relocs: Vec<ModuleReloc>,
+    code: Chunks<u8>,
+    relocs: Chunks<ModuleReloc>,
     data: Vec<(Option<GroupId>, DataCode)>,
     func_defs: Vec<Def>,
     data_defs: Vec<Def>,
@@ -113,6 +117,8 @@ pub struct KilnModule {
     /// Lazy functions whose entry's address is not looked up yet.
     lazy_entries: Vec<FuncId>,
     batches: usize,
+    /// Memory of the batches placed directly, by tracker.
+    placed: Arc<PlacedMemory>,
 }
 
 const _: () = {
@@ -145,6 +151,8 @@ impl KilnModule {
             (session.intern(name), def)
         });
         jit.runtime().define_absolute(symbols.collect::<Vec<_>>())?;
+        let placed = Arc::new(PlacedMemory::default());
+        session.register_resource_manager(placed.clone());
         let shared = Arc::new(Shared {
             isa: builder.isa,
             names: RwLock::new(Names::default()),
@@ -162,6 +170,7 @@ impl KilnModule {
             data_sizes: Vec::new(),
             lazy_entries: Vec::new(),
             batches: 0,
+            placed,
         })
     }
 
@@ -248,20 +257,14 @@ impl KilnModule {
         let align = alignment
             .max(u64::from(isa.function_alignment().minimum))
             .max(isa.symbol_alignment());
-        self.record_with(id, |state| {
-            let b0 = state.code.len();
-            state.code.extend_from_slice(bytes);
-            let r0 = state.relocs.len();
-            state.relocs.extend_from_slice(relocs);
-            FuncCode {
-                id,
-                symbol: None,
-                align,
-                code: Code::Arena {
-                    bytes: b0..state.code.len(),
-                    relocs: r0..state.relocs.len(),
-                },
-            }
+        self.record_with(id, |state| FuncCode {
+            id,
+            symbol: None,
+            align,
+            code: Code::Arena {
+                bytes: state.code.append(bytes),
+                relocs: state.relocs.append(relocs),
+            },
         })
     }
 
@@ -408,17 +411,51 @@ pub(crate) fn compile_function(
 }
 
 impl KilnModule {
-    /// Links everything defined since the last call (one kiln object per
-    /// group) and waits until all of it, and everything it reaches, is
-    /// Ready; then [`KilnModule::get_finalized_function`] answers. Unlike
+    /// Links everything defined since the last call (one batch per group)
+    /// and waits until all of it, and everything it reaches, is Ready;
+    /// then [`KilnModule::get_finalized_function`] answers. Unlike
     /// cranelift-jit, a symbol no definition or host provides is an error
     /// naming it, not a panic.
+    ///
+    /// A batch whose every relocation reaches the batch itself or symbols
+    /// already Ready is placed directly, as cranelift-jit places it, and
+    /// published Ready at once (`direct.rs`); any other batch is linked
+    /// as a kiln unit, Ready when all it depends on is.
     pub fn finalize_definitions(&mut self) -> Result<(), Error> {
+        let (batches, arena) = self.take_batches();
+        // Lazy entries first: eager code calling them can then be placed
+        // directly (an entry is Ready once its stub exists; the body is
+        // compiled on the first call, not here).
+        let entries = std::mem::take(&mut self.lazy_entries);
+        let mut wanted: Vec<(SymbolName, Defined)> = Vec::new();
+        for id in entries {
+            let name = self.shared.names().funcs[id.as_u32() as usize].name.clone();
+            wanted.push((name, Defined::Func(id)));
+        }
+        self.look_up(&wanted)?;
+        wanted.clear();
+        for (group, funcs, data) in batches {
+            for d in &data {
+                self.data_sizes[d.id.as_u32() as usize] = d.size as usize;
+            }
+            if !self.place_batch(group, &funcs, &arena, &data)? {
+                self.add_batch(group, funcs, &arena, data, &mut wanted)?;
+            }
+        }
+        self.look_up(&wanted)
+    }
+
+    /// The definitions recorded since the last finalize, one batch per
+    /// group (in the order the groups were first used), and the arena
+    /// their bytes are in.
+    fn take_batches(&mut self) -> (Vec<BatchCode>, Arena) {
         let (funcs, data, arena) = {
             let mut state = self.state();
             let arena = Arena {
-                bytes: Arc::new(std::mem::take(&mut state.code).into()),
-                relocs: std::mem::take(&mut state.relocs),
+                bytes: (state.code.take().into_iter())
+                    .map(|chunk| Arc::new(chunk.into()))
+                    .collect(),
+                relocs: state.relocs.take(),
             };
             (
                 std::mem::take(&mut state.funcs),
@@ -426,11 +463,18 @@ impl KilnModule {
                 arena,
             )
         };
-        let mut batches: Vec<(Option<GroupId>, Vec<FuncCode>, Vec<DataCode>)> = Vec::new();
-        fn batch(
-            batches: &mut Vec<(Option<GroupId>, Vec<FuncCode>, Vec<DataCode>)>,
-            group: Option<GroupId>,
-        ) -> usize {
+        // One group (the common case): one batch, the lists moved whole.
+        let first = funcs.first().map(|f| f.0).or(data.first().map(|d| d.0));
+        if let Some(group) = first
+            && funcs.iter().all(|f| f.0 == group)
+            && data.iter().all(|d| d.0 == group)
+        {
+            let funcs = funcs.into_iter().map(|(_, code)| code).collect();
+            let data = data.into_iter().map(|(_, code)| code).collect();
+            return (vec![(group, funcs, data)], arena);
+        }
+        let mut batches: Vec<BatchCode> = Vec::new();
+        fn batch(batches: &mut Vec<BatchCode>, group: Option<GroupId>) -> usize {
             match batches.iter().position(|b| b.0 == group) {
                 Some(i) => i,
                 None => {
@@ -460,32 +504,104 @@ impl KilnModule {
             let i = batch(&mut batches, group);
             batches[i].2.push(code);
         }
-        let mut wanted = Vec::new();
-        for (group, funcs, data) in batches {
-            self.add_batch(group, funcs, &arena, data, &mut wanted)?;
-        }
-        let session = self.jit().session().clone();
-        for id in std::mem::take(&mut self.lazy_entries) {
-            let name = self.shared.names().funcs[id.as_u32() as usize].name.clone();
-            wanted.push((name, Defined::Func(id)));
-        }
+        (batches, arena)
+    }
+
+    /// Looks `wanted` up at Ready in `app` and records the addresses.
+    fn look_up(&mut self, wanted: &[(SymbolName, Defined)]) -> Result<(), Error> {
         if wanted.is_empty() {
             return Ok(());
         }
+        let session = self.jit().session().clone();
         let order = SearchOrder::new().with(self.jit().app(), DylibLookup::ExportedOnly);
         let set = LookupSet::required(wanted.iter().map(|(n, _)| n.clone()));
         let found = session.lookup(&order, &set, RequiredState::Ready).wait()?;
-        for ((_, def), (_, what)) in found.by_request().zip(&wanted) {
+        for ((_, def), (_, what)) in found.by_request().zip(wanted) {
             let Some(def) = def else { continue };
-            match *what {
-                Defined::Func(id) => self.func_addrs[id.as_u32() as usize] = Some(def.address),
-                Defined::Data(id) => {
-                    let size = self.declarations_size(id);
-                    self.data_addrs[id.as_u32() as usize] = Some((def.address, size));
-                }
-            }
+            self.record_address(*what, def.address);
         }
         Ok(())
+    }
+
+    fn record_address(&mut self, what: Defined, address: u64) {
+        match what {
+            Defined::Func(id) => self.func_addrs[id.as_u32() as usize] = Some(address),
+            Defined::Data(id) => {
+                let size = self.declarations_size(id);
+                self.data_addrs[id.as_u32() as usize] = Some((address, size));
+            }
+        }
+    }
+
+    /// The tracker a group's definitions go through (`app`'s default for
+    /// none).
+    fn tracker_of(&self, group: Option<GroupId>) -> Result<ResourceTracker, Error> {
+        match group {
+            Some(GroupId(g)) => match self.state().groups.get(g) {
+                Some(Some(group)) => Ok(group.tracker.clone()),
+                _ => Err(Error::NoGroup(g)),
+            },
+            None => Ok(self.jit().app().default_tracker()),
+        }
+    }
+
+    /// Places a batch directly and publishes it Ready at once, if
+    /// `direct::place` can (`false`: nothing was done; link it).
+    fn place_batch(
+        &mut self,
+        group: Option<GroupId>,
+        funcs: &[FuncCode],
+        arena: &Arena,
+        data: &[DataCode],
+    ) -> Result<bool, Error> {
+        let layer = &self.shared.layer;
+        // Registration with debuggers and profilers, and placement below
+        // 2 GiB, are the link's.
+        if layer.debug_options().any() || layer.places_below_2gib() {
+            return Ok(false);
+        }
+        let jit = self.jit();
+        let session = jit.session();
+        let order = jit.app().link_order();
+        let ready = |names: &[SymbolName]| session.ready_defs(&order, names);
+        let intern = |name: &str| session.intern(name);
+        let outside = direct::Outside {
+            ready: &ready,
+            intern: &intern,
+            libcall_names: &*self.shared.libcall_names,
+        };
+        let known = direct::Known {
+            funcs: &self.func_addrs,
+            data: &self.data_addrs,
+        };
+        let batch = direct::Batch { funcs, arena, data };
+        let placed = direct::place(&batch, &self.shared.names(), &known, &outside)?;
+        let Some(direct::Placed { memory, defs }) = placed else {
+            return Ok(false);
+        };
+        let tracker = self.tracker_of(group)?;
+        let base = memory.base();
+        let addresses: Vec<u64> = defs.iter().map(|(_, def)| def.address).collect();
+        // Filed under the tracker's key and defined while its removal
+        // waits: a freed group's memory is never missed.
+        let placed_memory = &self.placed;
+        let defined = tracker.with_resource_key(|key| {
+            placed_memory.add(key, memory);
+            let defined = jit.app().define_absolute_with(defs, Some(&tracker));
+            if defined.is_err() {
+                drop(placed_memory.take_back(key, base));
+            }
+            defined
+        })?;
+        defined?;
+        let ids = funcs
+            .iter()
+            .map(|f| Defined::Func(f.id))
+            .chain(data.iter().map(|d| Defined::Data(d.id)));
+        for (what, address) in ids.zip(addresses) {
+            self.record_address(what, address);
+        }
+        Ok(true)
     }
 
     fn declarations_size(&self, id: DataId) -> usize {
@@ -502,9 +618,6 @@ impl KilnModule {
         data: Vec<DataCode>,
         wanted: &mut Vec<(SymbolName, Defined)>,
     ) -> Result<(), Error> {
-        for d in &data {
-            self.data_sizes[d.id.as_u32() as usize] = d.size as usize;
-        }
         let object = format!("<cranelift batch {}>", self.batches);
         self.batches += 1;
         let (graph, defined) = {
@@ -560,6 +673,9 @@ impl KilnModule {
     /// If `id` is not defined and finalized (as cranelift-jit); see
     /// [`KilnModule::try_get_finalized_function`].
     pub fn get_finalized_function(&self, id: FuncId) -> *const u8 {
+        if let Some(Some(address)) = self.func_addrs.get(id.as_u32() as usize) {
+            return *address as usize as *const u8;
+        }
         match self.try_get_finalized_function(id) {
             Ok(ptr) => ptr,
             Err(e) => panic!("{e}"),

@@ -127,6 +127,8 @@ fn eager_code_calls_a_lazy_function_that_calls_it_back() {
     let mut ctx = cranelift_codegen::Context::for_function(func);
     module.define_function(even, &mut ctx).unwrap();
     module.finalize_definitions().unwrap();
+    // `even` calls `odd`'s entry, Ready before the batch: placed directly.
+    assert_eq!(module.jit().layer().stats().1, 0, "nothing linked yet");
     // SAFETY: both are `(i64) -> i64`.
     let (even, odd) = unsafe {
         (
@@ -282,6 +284,8 @@ fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
         .collect();
     module.set_group(None);
     module.finalize_definitions().unwrap();
+    // Both batches placed directly: the group's memory is the tracker's.
+    assert_eq!(module.jit().layer().stats().1, 0, "nothing linked");
     // SAFETY: finalized `(i64) -> i64`.
     let keep_fn = unsafe { as_fn(module.get_finalized_function(keep)) };
     let first = module.get_finalized_function(ids[0]) as u64;

@@ -18,11 +18,19 @@ fn on_cranelift_jit(p: &Program, depth: i64) -> Vec<i64> {
     results
 }
 
-/// Runs `p` on kiln-cranelift.
+/// Runs `p` on kiln-cranelift. Non-PIC, the batch is placed directly (no
+/// link: every target is in the batch or a host symbol already Ready);
+/// PIC code needs a GOT, so the batch is linked.
 fn on_kiln(p: &Program, depth: i64, pic: bool) -> Vec<i64> {
     let mut module = common::kiln(pic);
     let d = program::define_all(&mut module, p);
     module.finalize_definitions().expect("finalize");
+    let links = module.jit().layer().stats().1;
+    if pic {
+        assert!(links > 0, "PIC code is linked (it needs a GOT)");
+    } else {
+        assert_eq!(links, 0, "the batch was linked, not placed directly");
+    }
     // SAFETY: finalized code of the generated signature.
     let results = unsafe { program::run_all(&d, depth, |id| module.get_finalized_function(id)) };
     // SAFETY: nothing runs the module's code any more.

@@ -24,77 +24,29 @@ impl State {
     ) -> Result<()> {
         let (unit, symbols) = kind.into_parts();
         let (cell, unit_name) = unit.unzip();
-        let refuse = |fx: &mut Effects, cell: Option<UnitCell>| {
-            if let Some(cell) = cell {
-                fx.push(Effect::Drop(Box::new(cell)));
-            }
-        };
-        if let Err(e) = self.live_dylib(dylib) {
-            refuse(fx, cell);
-            return Err(e);
-        }
-        match self.trackers.get(&tracker) {
-            Some(t) if t.dylib == dylib => {}
-            _ => {
-                refuse(fx, cell);
-                return Err(Error::TrackerRemoved {
-                    dylib: self.dylibs[dylib as usize].shared.name.clone(),
-                });
-            }
-        }
         // Decide everything before changing anything: a failed define leaves
         // the dylib as it was.
-        let d = &self.dylibs[dylib as usize];
-        let mut duplicates = Vec::new();
-        let mut overridden = Vec::new();
-        let mut new_discarded = Vec::new();
-        // Names repeated within this definition are duplicates too.
-        // Names the dylib's index has no slot for yet (what it must grow for).
-        let mut new_keys = 0;
-        let mut seen = FixedSet::with_capacity_and_hasher(
-            if symbols.len() > 1 { symbols.len() } else { 0 },
-            Default::default(),
-        );
-        for i in 0..symbols.len() {
-            let (name, flags) = (symbols.name(i), symbols.flags(i));
-            if symbols.len() > 1 && !seen.insert(name.clone()) {
-                duplicates.push(name.clone());
-                continue;
+        let plan = self
+            .check_target(dylib, tracker)
+            .and_then(|()| self.plan_define(dylib, &symbols));
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => {
+                refuse(fx, cell);
+                return Err(e);
             }
-            let (existing, known) = d.shared.index.sym_and_key(name);
-            new_keys += usize::from(!known);
-            if let Some(sid) = existing {
-                let existing = &self.syms[sid as usize];
-                if !flags.is_weak()
-                    && existing.flags.is_weak()
-                    && existing.state == SymbolState::Lazy
-                {
-                    overridden.push(sid);
-                } else if flags.is_weak() {
-                    new_discarded.push(i);
-                } else {
-                    duplicates.push(name.clone());
-                }
-            }
-        }
-        if !duplicates.is_empty() {
-            refuse(fx, cell);
-            return Err(Error::DuplicateDefinitions {
-                dylib: d.shared.name.clone(),
-                names: duplicates,
-            });
-        }
-        let dylib_handle = (!overridden.is_empty() || !new_discarded.is_empty())
+        };
+        let dylib_handle = (!plan.overridden.is_empty() || !plan.discarded.is_empty())
             .then(|| self.dylib_handle(core, dylib));
         if let Some(handle) = &dylib_handle
-            && !overridden.is_empty()
+            && !plan.overridden.is_empty()
         {
-            self.override_weak(overridden, handle, fx);
+            self.override_weak(plan.overridden, handle, fx);
         }
         let unit_id = match &symbols {
             DefinedSymbols::Unit(_) | DefinedSymbols::Fixed(_) => {
                 if let Some(cell) = &cell {
-                    for &i in &new_discarded {
+                    for &i in &plan.discarded {
                         let handle = dylib_handle.clone().expect("made when discarding");
                         let name = symbols.name(i).clone();
                         fx.push(discard_task(
@@ -105,7 +57,7 @@ impl State {
                         ));
                     }
                 }
-                if new_discarded.len() == symbols.len() {
+                if plan.discarded.len() == symbols.len() {
                     refuse(fx, cell);
                     return Ok(());
                 }
@@ -120,32 +72,136 @@ impl State {
             }
             DefinedSymbols::Absolute(_) => None,
         };
-        let ready = matches!(symbols, DefinedSymbols::Absolute(_));
-        // Room for the whole definition at once: the index, the records and
-        // the tracker's list grow (and copy) at most once.
-        let adding = symbols.len() - new_discarded.len();
+        let added = self.add_symbols(
+            dylib,
+            tracker,
+            unit_id,
+            symbols,
+            plan.discarded,
+            plan.new_keys,
+        );
+        if let Some(uid) = unit_id {
+            self.units[uid].syms.extend_from_slice(&added);
+        }
+        self.tracker(tracker).syms.extend(added);
+        self.gained_definitions(core, dylib, fx);
+        Ok(())
+    }
+
+    /// A definition into `dylib` through `tracker` may go ahead: the dylib
+    /// is live and the tracker is one of its own, not removed.
+    fn check_target(&mut self, dylib: DylibId, tracker: TrackerId) -> Result<()> {
+        self.live_dylib(dylib)?;
+        match self.trackers.get(&tracker) {
+            Some(t) if t.dylib == dylib => Ok(()),
+            _ => Err(Error::TrackerRemoved {
+                dylib: self.dylibs[dylib as usize].shared.name.clone(),
+            }),
+        }
+    }
+
+    /// What defining `symbols` in `dylib` does, decided before anything
+    /// changes: duplicates (also within `symbols`) refuse it; weak Lazy
+    /// symbols a strong definition overrides; weak definitions that lose.
+    fn plan_define(&self, dylib: DylibId, symbols: &DefinedSymbols) -> Result<DefinePlan> {
+        let d = &self.dylibs[dylib as usize];
+        let mut plan = DefinePlan {
+            overridden: Vec::new(),
+            discarded: Vec::new(),
+            new_keys: 0,
+        };
+        let mut duplicates = Vec::new();
+        // Names repeated within this definition are duplicates too (the
+        // set borrows the names: no reference count is touched).
+        let mut seen: FixedSet<&SymbolName> = FixedSet::with_capacity_and_hasher(
+            if symbols.len() > 1 { symbols.len() } else { 0 },
+            Default::default(),
+        );
+        for i in 0..symbols.len() {
+            if i % WARM_AHEAD == 0 && symbols.len() > 1 {
+                let ahead = i..(i + WARM_AHEAD).min(symbols.len());
+                d.shared.index.warm(ahead.map(|j| symbols.name(j)));
+            }
+            let (name, flags) = (symbols.name(i), symbols.flags(i));
+            if symbols.len() > 1 && !seen.insert(name) {
+                duplicates.push(name.clone());
+                continue;
+            }
+            // Names the dylib's index has no slot for yet (what it must
+            // grow for).
+            let (existing, known) = d.shared.index.sym_and_key(name);
+            plan.new_keys += usize::from(!known);
+            if let Some(sid) = existing {
+                let existing = &self.syms[sid as usize];
+                if !flags.is_weak()
+                    && existing.flags.is_weak()
+                    && existing.state == SymbolState::Lazy
+                {
+                    plan.overridden.push(sid);
+                } else if flags.is_weak() {
+                    plan.discarded.push(i);
+                } else {
+                    duplicates.push(name.clone());
+                }
+            }
+        }
+        if !duplicates.is_empty() {
+            return Err(Error::DuplicateDefinitions {
+                dylib: d.shared.name.clone(),
+                names: duplicates,
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Adds `symbols` (but the `discarded` positions) to `dylib`'s records
+    /// and index: Ready at their addresses if absolute, else Lazy in
+    /// `unit`. Room for all is made at once: the index, the records and
+    /// the tracker's list grow (and copy) at most once.
+    fn add_symbols(
+        &mut self,
+        dylib: DylibId,
+        tracker: TrackerId,
+        unit: Option<usize>,
+        symbols: DefinedSymbols,
+        discarded: Vec<usize>,
+        new_keys: usize,
+    ) -> Vec<SymId> {
+        let state = if matches!(symbols, DefinedSymbols::Absolute(_)) {
+            SymbolState::Ready
+        } else {
+            SymbolState::Lazy
+        };
+        let adding = symbols.len() - discarded.len();
         self.dylibs[dylib as usize].shared.index.reserve(new_keys);
         self.syms
             .reserve(adding.saturating_sub(self.free_syms.len()));
         let mut added = Vec::with_capacity(adding);
-        let mut skip = new_discarded.into_iter().peekable();
-        for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
-            if skip.peek() == Some(&i) {
+        let mut skip = discarded.into_iter().peekable();
+        let entries: Vec<_> = symbols.into_entries().collect();
+        let mut entries = entries.into_iter();
+        let mut i = 0;
+        loop {
+            if i % WARM_AHEAD == 0 {
+                let ahead = entries.as_slice().iter().take(WARM_AHEAD);
+                let index = &self.dylibs[dylib as usize].shared.index;
+                index.warm(ahead.map(|(name, _, _)| name));
+            }
+            let Some((name, flags, address)) = entries.next() else {
+                break;
+            };
+            i += 1;
+            if skip.peek() == Some(&(i - 1)) {
                 skip.next();
                 continue;
             }
-            let state = if ready {
-                SymbolState::Ready
-            } else {
-                SymbolState::Lazy
-            };
             let sid = self.alloc_sym(Sym {
                 dylib,
                 name,
                 flags,
                 state,
                 address,
-                unit: unit_id,
+                unit,
                 resp: None,
                 tracker,
                 waiters: SmallVec::new(),
@@ -162,12 +218,7 @@ impl State {
             );
             added.push(sid);
         }
-        if let Some(uid) = unit_id {
-            self.units[uid].syms.extend_from_slice(&added);
-        }
-        self.tracker(tracker).syms.extend(added);
-        self.gained_definitions(core, dylib, fx);
-        Ok(())
+        added
     }
 
     /// Retires weak Lazy symbols a strong definition overrides: their units
@@ -239,6 +290,30 @@ impl State {
                 self.advance(core, id, fx);
             }
         }
+    }
+}
+
+/// A definition's names are looked up in the dylib's index this many at a
+/// time, their home slots loaded first ([`crate::index`]'s `warm`): the
+/// cache misses of a large definition overlap instead of each waiting for
+/// the one before.
+const WARM_AHEAD: usize = 64;
+
+/// What a definition does besides adding its symbols ([`State::plan_define`]).
+struct DefinePlan {
+    /// Weak Lazy symbols it overrides.
+    overridden: Vec<SymId>,
+    /// Positions of its weak symbols that lose to existing definitions.
+    discarded: Vec<usize>,
+    /// Names the dylib's index has no slot for yet.
+    new_keys: usize,
+}
+
+/// A refused definition's unit is dropped (as an effect: its drop may run
+/// user code, never under the actor).
+fn refuse(fx: &mut Effects, cell: Option<UnitCell>) {
+    if let Some(cell) = cell {
+        fx.push(Effect::Drop(Box::new(cell)));
     }
 }
 

@@ -357,65 +357,25 @@ impl State {
                 dylib,
                 order,
                 reply,
-            } => reply.send(match self.live_dylib(dylib) {
-                Ok(d) => {
-                    d.link_order = order;
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }),
-            Msg::GetLinkOrder { dylib, reply } => {
-                let order = self.dylibs[dylib as usize]
-                    .link_order
-                    .iter()
-                    .map(|&(d, v)| (self.dylibs[d as usize].shared.clone(), v))
-                    .collect();
-                reply.send(order)
-            }
+            } => reply.send(self.set_link_order(dylib, order)),
+            Msg::GetLinkOrder { dylib, reply } => reply.send(self.link_order(dylib)),
             Msg::AddGenerator {
                 dylib,
                 generator,
                 reply,
-            } => reply.send(match self.live_dylib(dylib) {
-                Ok(d) => {
-                    // Before the generator can be asked: from now on the
-                    // fast path does not pass over a name this dylib lacks.
-                    d.shared
-                        .status
-                        .fetch_or(crate::actor::DYLIB_HAS_GENERATORS, Ordering::Release);
-                    d.generators.push(GenEntry {
-                        concurrent: generator.is_concurrent(),
-                        removed: false,
-                        generator,
-                        in_flight: 0,
-                        queue: VecDeque::new(),
-                        asking: FixedSet::default(),
-                        misses: FixedSet::default(),
-                    });
-                    Ok(d.generators.len() - 1)
-                }
-                Err(e) => Err(e),
-            }),
+            } => reply.send(self.add_generator(dylib, generator)),
             Msg::CreateTracker { dylib, reply } => reply.send(match self.live_dylib(dylib) {
                 Ok(_) => Ok(self.new_tracker(dylib)),
                 Err(e) => Err(e),
             }),
             Msg::RemoveTracker { tracker, reply } => {
                 let removed = self.remove_tracker(tracker, fx);
-                fx.push(Effect::RemoveResources {
-                    trackers: removed.into_iter().collect(),
-                    managers: self.managers.clone(),
-                    reply,
-                });
+                self.release(removed.into_iter().collect(), reply, fx);
             }
             Msg::TransferTracker { src, dst, reply } => self.transfer(src, dst, reply, fx),
             Msg::RemoveDylib { dylib, reply } => {
                 let trackers = self.remove_dylib(dylib, fx);
-                fx.push(Effect::RemoveResources {
-                    trackers,
-                    managers: self.managers.clone(),
-                    reply: Some(reply),
-                });
+                self.release(trackers, Some(reply), fx);
             }
             Msg::RegisterManager { manager } => self.managers.push(manager),
             Msg::RemoveGenerator {
@@ -432,41 +392,95 @@ impl State {
             Msg::Cancel {
                 lookup,
                 timeout_millis,
-            } => {
-                if let Some(lk) = self.lookups.get(&lookup) {
-                    let err = match timeout_millis {
-                        Some(millis) => Error::Timeout {
-                            millis,
-                            waiting_for: self.unsatisfied(lk),
-                        },
-                        None => Error::Cancelled,
-                    };
-                    self.fail_lookup(lookup, err, fx);
-                }
-            }
+            } => self.cancel(lookup, timeout_millis, fx),
             Msg::QueryState { dylib, name, reply } => reply.send(self.symbol_state(dylib, &name)),
             Msg::TableSizes { reply } => reply.send(self.table_sizes()),
-            Msg::End { reply } => {
-                let mut trackers = Vec::new();
-                for id in 0..self.dylibs.len() as DylibId {
-                    if !self.dylibs[id as usize].removed {
-                        trackers.extend(self.remove_dylib(id, fx));
-                    }
-                }
-                let ids: Vec<u64> = self.lookups.keys().copied().collect();
-                for id in ids {
-                    self.fail_lookup(id, Error::SessionEnded, fx);
-                }
-                self.ended = true;
-                fx.push(Effect::RemoveResources {
-                    trackers,
-                    managers: std::mem::take(&mut self.managers),
-                    reply: None,
-                });
-                // Replies are sent after the removal effect above has run.
-                fx.push(Effect::Signal(reply));
+            Msg::End { reply } => self.end(reply, fx),
+        }
+    }
+
+    fn set_link_order(&mut self, dylib: DylibId, order: Vec<(DylibId, DylibLookup)>) -> Result<()> {
+        self.live_dylib(dylib)?.link_order = order;
+        Ok(())
+    }
+
+    fn link_order(&self, dylib: DylibId) -> Vec<(Arc<DylibShared>, DylibLookup)> {
+        self.dylibs[dylib as usize]
+            .link_order
+            .iter()
+            .map(|&(d, v)| (self.dylibs[d as usize].shared.clone(), v))
+            .collect()
+    }
+
+    fn add_generator(&mut self, dylib: DylibId, generator: Arc<dyn Generator>) -> Result<usize> {
+        let d = self.live_dylib(dylib)?;
+        // Before the generator can be asked: from now on the fast path
+        // does not pass over a name this dylib lacks.
+        d.shared
+            .status
+            .fetch_or(crate::actor::DYLIB_HAS_GENERATORS, Ordering::Release);
+        d.generators.push(GenEntry {
+            concurrent: generator.is_concurrent(),
+            removed: false,
+            generator,
+            in_flight: 0,
+            queue: VecDeque::new(),
+            asking: FixedSet::default(),
+            misses: FixedSet::default(),
+        });
+        Ok(d.generators.len() - 1)
+    }
+
+    /// The resource managers release what the removed `trackers` held,
+    /// then `reply` is sent (an effect: managers run user code).
+    fn release(
+        &self,
+        trackers: Vec<Arc<crate::tracker::TrackerShared>>,
+        reply: Option<Reply<Result<()>>>,
+        fx: &mut Effects,
+    ) {
+        fx.push(Effect::RemoveResources {
+            trackers,
+            managers: self.managers.clone(),
+            reply,
+        });
+    }
+
+    /// Fails `lookup` (if still running): timed out, or cancelled.
+    fn cancel(&mut self, lookup: u64, timeout_millis: Option<u128>, fx: &mut Effects) {
+        if let Some(lk) = self.lookups.get(&lookup) {
+            let err = match timeout_millis {
+                Some(millis) => Error::Timeout {
+                    millis,
+                    waiting_for: self.unsatisfied(lk),
+                },
+                None => Error::Cancelled,
+            };
+            self.fail_lookup(lookup, err, fx);
+        }
+    }
+
+    /// The session ends: every dylib is removed, every lookup fails, the
+    /// resource managers release everything, then `reply` is signalled.
+    fn end(&mut self, reply: Reply<()>, fx: &mut Effects) {
+        let mut trackers = Vec::new();
+        for id in 0..self.dylibs.len() as DylibId {
+            if !self.dylibs[id as usize].removed {
+                trackers.extend(self.remove_dylib(id, fx));
             }
         }
+        let ids: Vec<u64> = self.lookups.keys().copied().collect();
+        for id in ids {
+            self.fail_lookup(id, Error::SessionEnded, fx);
+        }
+        self.ended = true;
+        fx.push(Effect::RemoveResources {
+            trackers,
+            managers: std::mem::take(&mut self.managers),
+            reply: None,
+        });
+        // Replies are sent after the removal effect above has run.
+        fx.push(Effect::Signal(reply));
     }
 
     /// After `end`, every request is answered with [`Error::SessionEnded`].

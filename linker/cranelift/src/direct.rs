@@ -1,0 +1,434 @@
+//! The direct path of `finalize_definitions`: a batch whose relocations
+//! all reach either the batch itself or symbols already Ready is placed as
+//! cranelift-jit places it — each function's bytes copied into kiln's code
+//! memory, cranelift's relocations applied by declaration index through
+//! kiln-arch's fixup math, the pages protected once — and published to the
+//! engine by one `define_absolute`: the batch's symbols Ready at once, with
+//! no link graph, no unit, no materialization and no dependency-graph node.
+//!
+//! # The Ready rule
+//!
+//! A symbol may be Ready only once everything its code reaches is emitted.
+//! Publishing a batch Ready at once keeps that rule because every target
+//! is either placed in this very batch (published by the same define, so
+//! calls inside it, cycles too, are Ready together) or resolved to a
+//! definition that is Ready *now*: an address the module looked up at
+//! Ready before, or one the engine's Ready index answers
+//! ([`kiln_engine::Session::ready_defs`]: no generator runs, nothing is
+//! materialized, nothing waits). Anything else — a target absent, lazy,
+//! still materializing elsewhere, behind a generator — makes [`place`]
+//! answer `None`, and the batch takes the general path: a link unit whose
+//! symbols become Ready only when what they depend on is.
+//!
+//! So does whatever the direct path does not do itself: relocations that
+//! need a GOT entry or a PLT stub (PIC code, a call beyond ±2 GiB),
+//! 32-bit absolute addresses (non-PIE code goes below 2 GiB), debugger and
+//! profiler registration, code under any symbol but its declared name,
+//! alignment beyond a page.
+//!
+//! # Memory
+//!
+//! A placed batch's memory belongs to the tracker its symbols are defined
+//! through (the group's, or `app`'s default): [`PlacedMemory`], a resource
+//! manager, releases it when the tracker is removed (a freed group) or the
+//! session ends ([`crate::KilnModule::free_memory`]).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use cranelift_codegen::binemit::Reloc;
+use cranelift_codegen::ir::LibCall;
+use cranelift_module::{ModuleReloc, ModuleRelocTarget};
+use kiln_arch::x86_64::reloc::{EdgeKind, apply, reloc_info};
+use kiln_arch::{EdgeTarget, FixupValues};
+use kiln_engine::{ResourceKey, ResourceManager, SymbolDef, SymbolFlags, SymbolName};
+use kiln_linker::graph::Prot;
+use kiln_linker::isa::Isa;
+use kiln_linker::memory::{Allocation, PAGE, Placement};
+
+use crate::emit::{Arena, Code, DataCode, FuncCode, Names};
+use crate::error::Error;
+use crate::reloc::elf_r_type;
+
+/// Memory of directly placed batches, by the resource key of the tracker
+/// owning their symbols: removing the tracker releases it.
+#[derive(Default)]
+pub(crate) struct PlacedMemory {
+    by_key: Mutex<HashMap<ResourceKey, Vec<Allocation>>>,
+}
+
+impl PlacedMemory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ResourceKey, Vec<Allocation>>> {
+        self.by_key.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Files `memory` under `key`.
+    pub(crate) fn add(&self, key: ResourceKey, memory: Allocation) {
+        self.lock().entry(key).or_default().push(memory);
+    }
+
+    /// Takes back the allocation at `base` filed under `key` (a batch whose
+    /// definition the engine refused), if it is still there.
+    pub(crate) fn take_back(&self, key: ResourceKey, base: u64) -> Option<Allocation> {
+        let mut by_key = self.lock();
+        let list = by_key.get_mut(&key)?;
+        let i = list.iter().position(|a| a.base() == base)?;
+        Some(list.swap_remove(i))
+    }
+}
+
+impl ResourceManager for PlacedMemory {
+    fn remove_resources(&self, key: ResourceKey) -> kiln_engine::Result<()> {
+        let taken = self.lock().remove(&key);
+        // Released outside the lock (munmap-like work).
+        drop(taken);
+        Ok(())
+    }
+
+    fn transfer_resources(&self, dst: ResourceKey, src: ResourceKey) {
+        let mut by_key = self.lock();
+        if let Some(moved) = by_key.remove(&src) {
+            by_key.entry(dst).or_default().extend(moved);
+        }
+    }
+}
+
+/// What one batch defines: its functions' code (bytes in `arena` or their
+/// own) and its data objects.
+pub(crate) struct Batch<'a> {
+    pub(crate) funcs: &'a [FuncCode],
+    pub(crate) arena: &'a Arena,
+    pub(crate) data: &'a [DataCode],
+}
+
+/// Addresses the module looked up at Ready in earlier batches, by id.
+pub(crate) struct Known<'a> {
+    pub(crate) funcs: &'a [Option<u64>],
+    pub(crate) data: &'a [Option<(u64, usize)>],
+}
+
+/// How the batch's code finds what is outside it.
+pub(crate) struct Outside<'a> {
+    /// Definitions of `names`, by position, if all are Ready now.
+    pub(crate) ready: &'a dyn Fn(&[SymbolName]) -> Option<Vec<SymbolDef>>,
+    pub(crate) intern: &'a dyn Fn(&str) -> SymbolName,
+    pub(crate) libcall_names: &'a dyn Fn(LibCall) -> String,
+}
+
+/// A batch placed and protected, not yet published.
+pub(crate) struct Placed {
+    pub(crate) memory: Allocation,
+    /// Each function's name and definition, then each data object's, in
+    /// the batch's order.
+    pub(crate) defs: Vec<(SymbolName, SymbolDef)>,
+}
+
+/// The addresses of relocation targets, by declaration, found as the
+/// relocations meet them: the batch's own (placed), those Ready before
+/// (the module's), and names the engine has Ready now; nothing else.
+struct Resolver<'a> {
+    names: &'a Names,
+    known: &'a Known<'a>,
+    outside: &'a Outside<'a>,
+    funcs: Vec<Option<u64>>,
+    data: Vec<Option<u64>>,
+    libcalls: Vec<(LibCall, u64)>,
+    /// The fixup math of each relocation kind met (a handful).
+    kinds: Vec<(Reloc, EdgeKind)>,
+}
+
+impl Resolver<'_> {
+    /// The address of `name` if the engine has it Ready now.
+    fn ready(&self, name: &SymbolName) -> Option<u64> {
+        let defs = (self.outside.ready)(std::slice::from_ref(name))?;
+        defs.first().map(|def| def.address)
+    }
+
+    /// Function `index`'s address: the slot's (the common case), else
+    /// resolved once.
+    #[inline]
+    fn func(&mut self, index: usize) -> Option<u64> {
+        match self.funcs.get(index) {
+            Some(Some(address)) => Some(*address),
+            Some(None) => self.resolve_func(index),
+            None => None,
+        }
+    }
+
+    #[cold]
+    fn resolve_func(&mut self, index: usize) -> Option<u64> {
+        let address = match self.known.funcs.get(index).copied().flatten() {
+            Some(address) => address,
+            None => self.ready(&self.names.funcs.get(index)?.name)?,
+        };
+        self.funcs[index] = Some(address);
+        Some(address)
+    }
+
+    /// Data object `index`'s address: the slot's, else resolved once.
+    #[inline]
+    fn data(&mut self, index: usize) -> Option<u64> {
+        match self.data.get(index) {
+            Some(Some(address)) => Some(*address),
+            Some(None) => self.resolve_data(index),
+            None => None,
+        }
+    }
+
+    #[cold]
+    fn resolve_data(&mut self, index: usize) -> Option<u64> {
+        let info = self.names.data.get(index)?;
+        if info.tls {
+            return None;
+        }
+        let address = match self.known.data.get(index).copied().flatten() {
+            Some((address, _)) => address,
+            None => self.ready(&info.name)?,
+        };
+        self.data[index] = Some(address);
+        Some(address)
+    }
+
+    fn libcall(&mut self, libcall: LibCall) -> Option<u64> {
+        if let Some(&(_, address)) = self.libcalls.iter().find(|(l, _)| *l == libcall) {
+            return Some(address);
+        }
+        let name = (self.outside.intern)(&(self.outside.libcall_names)(libcall));
+        let address = self.ready(&name)?;
+        self.libcalls.push((libcall, address));
+        Some(address)
+    }
+
+    /// The fixup math of `reloc`, if the direct path applies it: no GOT,
+    /// PLT or TLS entry; no 32-bit absolute address (non-PIE code is
+    /// placed below 2 GiB, by the general path).
+    #[inline]
+    fn kind(&mut self, reloc: Reloc) -> Option<EdgeKind> {
+        match self.kinds.iter().find(|(r, _)| *r == reloc) {
+            Some(&(_, kind)) => Some(kind),
+            None => self.new_kind(reloc),
+        }
+    }
+
+    #[cold]
+    fn new_kind(&mut self, reloc: Reloc) -> Option<EdgeKind> {
+        let r_type = elf_r_type(reloc)?;
+        let edge = Isa::X86_64.edge(r_type)?;
+        if !matches!(edge.target, EdgeTarget::Symbol | EdgeTarget::Branch)
+            || (!edge.pc_relative && edge.width != 8)
+        {
+            return None;
+        }
+        let kind = reloc_info(r_type)?.kind;
+        self.kinds.push((reloc, kind));
+        Some(kind)
+    }
+
+    /// `reloc`'s fixup math, target address and extra addend; `None` if
+    /// the direct path cannot apply it.
+    #[inline]
+    fn resolve(&mut self, reloc: &ModuleReloc) -> Option<(EdgeKind, u64, i64)> {
+        let kind = self.kind(reloc.kind)?;
+        let (target, extra) = match reloc.name {
+            ModuleRelocTarget::User {
+                namespace: 0,
+                index,
+            } => (self.func(index as usize)?, 0),
+            ModuleRelocTarget::User {
+                namespace: 1,
+                index,
+            } => (self.data(index as usize)?, 0),
+            ModuleRelocTarget::LibCall(libcall) => (self.libcall(libcall)?, 0),
+            ModuleRelocTarget::FunctionOffset(id, offset) => {
+                (self.func(id.as_u32() as usize)?, i64::from(offset))
+            }
+            ModuleRelocTarget::User { .. } | ModuleRelocTarget::KnownSymbol(_) => return None,
+        };
+        Some((kind, target, extra))
+    }
+
+    /// Applies `relocs` to `piece`, placed at `place`: kiln-arch's fixup
+    /// math and range checks. `None` if one cannot be applied here.
+    fn fix_up(&mut self, place: u64, piece: &mut [u8], relocs: &[ModuleReloc]) -> Option<()> {
+        for reloc in relocs {
+            let (kind, target, extra) = self.resolve(reloc)?;
+            let offset = u64::from(reloc.offset);
+            let values = FixupValues {
+                place: place + offset,
+                target,
+                addend: reloc.addend + extra,
+                got: 0,
+                size: 0,
+            };
+            apply(kind, piece, offset, &values).ok()?;
+        }
+        Some(())
+    }
+}
+
+/// Offsets of a batch's pieces in its memory: text (read-exec) from 0,
+/// then read-only data, then writable data, each part on pages of its own.
+struct Layout {
+    funcs: Vec<u64>,
+    data: Vec<u64>,
+    text_len: u64,
+    ro: (u64, u64),
+    rw: (u64, u64),
+}
+
+fn align_up(at: u64, align: u64) -> u64 {
+    at.next_multiple_of(align.max(1).next_power_of_two())
+}
+
+fn layout(batch: &Batch<'_>, code: &[FuncBytes<'_>]) -> Layout {
+    let mut at = 0;
+    let funcs = (batch.funcs.iter().zip(code))
+        .map(|(f, (bytes, _))| {
+            let start = align_up(at, f.align);
+            at = start + bytes.len() as u64;
+            start
+        })
+        .collect();
+    let text_len = at;
+    // Read-only data on the pages after the text, writable data after it.
+    let mut data = vec![0; batch.data.len()];
+    let mut part = |start: u64, writable: bool| {
+        let mut end = start;
+        for (d, at) in batch.data.iter().zip(&mut data) {
+            if d.writable == writable {
+                *at = align_up(end, d.align);
+                end = *at + d.size;
+            }
+        }
+        (start, end - start)
+    };
+    let ro = part(align_up(text_len, PAGE), false);
+    let rw = part(align_up(ro.0 + ro.1, PAGE), true);
+    Layout {
+        funcs,
+        data,
+        text_len,
+        ro,
+        rw,
+    }
+}
+
+/// A function's bytes and relocations.
+type FuncBytes<'a> = (&'a [u8], &'a [ModuleReloc]);
+
+/// A function's bytes and relocations.
+fn code_of<'a>(f: &'a FuncCode, arena: &'a Arena) -> (&'a [u8], &'a [ModuleReloc]) {
+    match &f.code {
+        Code::Owned { bytes, relocs } => (bytes, relocs),
+        Code::Arena { bytes, relocs } => arena.get(bytes, relocs),
+    }
+}
+
+/// Places `batch` in fresh memory, fixed up and protected, if the direct
+/// path can (see the module's documentation); `Ok(None)` leaves the batch
+/// to the general path, with nothing published (memory written for it is
+/// released).
+pub(crate) fn place(
+    batch: &Batch<'_>,
+    names: &Names,
+    known: &Known<'_>,
+    outside: &Outside<'_>,
+) -> Result<Option<Placed>, Error> {
+    // Other symbols than declared names are lazy and replacement bodies'
+    // (linked alone); alignments beyond a page, the allocation's, are left
+    // to the link.
+    if batch
+        .funcs
+        .iter()
+        .any(|f| f.symbol.is_some() || f.align > PAGE)
+        || batch.data.iter().any(|d| d.align > PAGE)
+    {
+        return Ok(None);
+    }
+    // Each function's bytes and relocations, found once.
+    let code: Vec<FuncBytes<'_>> = (batch.funcs.iter())
+        .map(|f| code_of(f, batch.arena))
+        .collect();
+    let layout = layout(batch, &code);
+    let total = (layout.rw.0 + layout.rw.1).max(1);
+    let Some(mut memory) = Allocation::new(total, Placement::Near)? else {
+        return Ok(None);
+    };
+    let base = memory.base();
+    let mut resolver = Resolver {
+        names,
+        known,
+        outside,
+        funcs: vec![None; names.funcs.len()],
+        data: vec![None; names.data.len()],
+        libcalls: Vec::new(),
+        kinds: Vec::new(),
+    };
+    // The batch's own definitions first: references to them stay inside.
+    for (f, at) in batch.funcs.iter().zip(&layout.funcs) {
+        let Some(slot) = resolver.funcs.get_mut(f.id.as_u32() as usize) else {
+            return Ok(None);
+        };
+        *slot = Some(base + at);
+    }
+    for (d, at) in batch.data.iter().zip(&layout.data) {
+        let Some(slot) = resolver.data.get_mut(d.id.as_u32() as usize) else {
+            return Ok(None);
+        };
+        *slot = Some(base + at);
+    }
+    {
+        let prefault = memory.prefault();
+        let Some(bytes) = memory.bytes_mut() else {
+            return Ok(None);
+        };
+        if write(batch, &code, &layout, &mut resolver, bytes, base).is_none() {
+            // A target not Ready, a relocation needing a GOT or a stub, a
+            // call out of reach: the general path links the batch. The
+            // memory is released when dropped, unpublished.
+            return Ok(None);
+        }
+        drop(prefault);
+    }
+    let mut segments = vec![(0, layout.text_len, Prot::ReadExec)];
+    segments.push((layout.ro.0, layout.ro.1, Prot::Read));
+    segments.push((layout.rw.0, layout.rw.1, Prot::ReadWrite));
+    memory.finalize(&segments)?;
+    let mut defs = Vec::with_capacity(batch.funcs.len() + batch.data.len());
+    let code = SymbolFlags::EXPORTED | SymbolFlags::CALLABLE;
+    for (f, at) in batch.funcs.iter().zip(&layout.funcs) {
+        let name = names.funcs[f.id.as_u32() as usize].name.clone();
+        defs.push((name, SymbolDef::new(base + at, code)));
+    }
+    for (d, at) in batch.data.iter().zip(&layout.data) {
+        let name = names.data[d.id.as_u32() as usize].name.clone();
+        defs.push((name, SymbolDef::new(base + at, SymbolFlags::EXPORTED)));
+    }
+    Ok(Some(Placed { memory, defs }))
+}
+
+/// Copies the batch into `bytes` (its memory, at `base`) and applies its
+/// relocations; `None` if one cannot be applied here.
+fn write(
+    batch: &Batch<'_>,
+    code: &[FuncBytes<'_>],
+    layout: &Layout,
+    resolver: &mut Resolver<'_>,
+    bytes: &mut [u8],
+    base: u64,
+) -> Option<()> {
+    for (&(code, relocs), &at) in code.iter().zip(&layout.funcs) {
+        let piece = bytes.get_mut(at as usize..at as usize + code.len())?;
+        piece.copy_from_slice(code);
+        resolver.fix_up(base + at, piece, relocs)?;
+    }
+    for (d, &at) in batch.data.iter().zip(&layout.data) {
+        let piece = bytes.get_mut(at as usize..(at + d.size) as usize)?;
+        // Zero-filled objects stay as the fresh memory is: zero.
+        if let Some(init) = &d.bytes {
+            piece.copy_from_slice(init);
+        }
+        resolver.fix_up(base + at, piece, &d.relocs)?;
+    }
+    Some(())
+}
