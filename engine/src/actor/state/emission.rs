@@ -41,8 +41,69 @@ impl State {
             }
             return Err(e);
         }
-        // Map names to symbols (group i owns defs[spans[i].0] and
-        // deps[spans[i].1]); any misuse fails the whole unit.
+        let (missing_deps, misuse) = self.map_groups(resp, groups, sc);
+        if let Some(e) = misuse {
+            self.fail_resp(resp, e.clone(), fx);
+            return Err(e);
+        }
+        let r = self.take_resp(resp);
+        self.blocked.remove(&resp);
+        if !missing_deps.is_empty() {
+            let cause = Arc::new(Error::SymbolsNotFound {
+                names: missing_deps,
+            });
+            let all: Vec<(SymId, Arc<Error>)> = r
+                .owed
+                .iter()
+                .filter(|&&s| self.syms[s as usize].resp == Some(resp))
+                .map(|&s| (s, cause.clone()))
+                .collect();
+            let first = all.first().map(|&(s, _)| s);
+            self.fail_syms(all, fx);
+            return Err(first
+                .and_then(|s| self.syms[s as usize].failure.as_deref().cloned())
+                .unwrap_or_else(|| (*cause).clone()));
+        }
+        for &sid in &sc.defs {
+            let s = &mut self.syms[sid as usize];
+            s.resp = None;
+            s.state = SymbolState::Emitted;
+        }
+        let failed_groups = self.groups_on_failed_deps(sc);
+        let first_error = self.fail_groups(sc, &failed_groups, fx);
+        let lazy_deps = self.lazy_units_depended_on(sc, &failed_groups);
+        let emit_groups: Vec<EmitGroup<'_>> = sc
+            .spans
+            .iter()
+            .enumerate()
+            .filter(|(gi, _)| !failed_groups.iter().any(|&(g, _)| g == *gi))
+            .map(|(_, (defs, deps))| EmitGroup {
+                defs: &sc.defs[defs.clone()],
+                deps: &sc.deps[deps.clone()],
+            })
+            .collect();
+        self.graph.emit(&emit_groups, &mut sc.ready);
+        drop(emit_groups);
+        for i in 0..sc.ready.len() {
+            self.mark_ready(sc.ready[i], fx);
+        }
+        for uid in lazy_deps {
+            self.start_unit(core, uid, fx);
+        }
+        first_error.map_or(Ok(()), |e: Arc<Error>| Err((*e).clone()))
+    }
+
+    /// Maps each group's names to symbols into `sc` (group i owns
+    /// `defs[spans[i].0]` and `deps[spans[i].1]`; dependencies already Ready
+    /// are left out), adding the owed symbols of no group as one more group
+    /// with no dependencies. Returns the dependencies no dylib defines and
+    /// the first misuse, which fails the whole unit.
+    fn map_groups(
+        &self,
+        resp: RespId,
+        groups: &[DependenceGroup],
+        sc: &mut EmitScratch,
+    ) -> (Vec<crate::name::SymbolName>, Option<Error>) {
         let mut missing_deps = Vec::new();
         let mut misuse = None;
         for g in groups {
@@ -100,35 +161,13 @@ impl State {
                 )));
             }
         }
-        if let Some(e) = misuse {
-            self.fail_resp(resp, e.clone(), fx);
-            return Err(e);
-        }
-        let r = self.take_resp(resp);
-        self.blocked.remove(&resp);
-        if !missing_deps.is_empty() {
-            let cause = Arc::new(Error::SymbolsNotFound {
-                names: missing_deps,
-            });
-            let all: Vec<(SymId, Arc<Error>)> = r
-                .owed
-                .iter()
-                .filter(|&&s| self.syms[s as usize].resp == Some(resp))
-                .map(|&s| (s, cause.clone()))
-                .collect();
-            let first = all.first().map(|&(s, _)| s);
-            self.fail_syms(all, fx);
-            return Err(first
-                .and_then(|s| self.syms[s as usize].failure.as_deref().cloned())
-                .unwrap_or_else(|| (*cause).clone()));
-        }
-        for &sid in &sc.defs {
-            let s = &mut self.syms[sid as usize];
-            s.resp = None;
-            s.state = SymbolState::Emitted;
-        }
-        // Groups depending on an already-failed symbol fail, to a fixpoint
-        // (a group may depend on another group of this same emit).
+        (missing_deps, misuse)
+    }
+
+    /// The groups depending on an already-failed symbol (with that
+    /// symbol), to a fixpoint: a group may depend on another group of this
+    /// same emit. Their symbols are marked Failed.
+    fn groups_on_failed_deps(&mut self, sc: &EmitScratch) -> Vec<(usize, SymId)> {
         let mut failed_groups: Vec<(usize, SymId)> = Vec::new();
         loop {
             let mut changed = false;
@@ -151,9 +190,20 @@ impl State {
                 break;
             }
         }
+        failed_groups
+    }
+
+    /// Fails the symbols of `failed_groups` naming the failed dependency
+    /// and its root cause, and their dependants; returns the first error.
+    fn fail_groups(
+        &mut self,
+        sc: &EmitScratch,
+        failed_groups: &[(usize, SymId)],
+        fx: &mut Effects,
+    ) -> Option<Arc<Error>> {
         let mut first_error = None;
         self.begin_failures();
-        for &(gi, bad) in &failed_groups {
+        for &(gi, bad) in failed_groups {
             let via = self.qname(bad);
             let root = self.root_cause_of(bad);
             let ids = sc.defs[sc.spans[gi].0.clone()].to_vec();
@@ -167,8 +217,16 @@ impl State {
             self.fail_dependants(&ids, dependants, fx);
         }
         self.end_failures(fx);
-        // Dependencies declared on lazy symbols are materialized: the
-        // emitter was linked against them, so they will be needed.
+        first_error
+    }
+
+    /// Units of the lazy symbols the emitting groups (not failed) depend
+    /// on: the emitter was linked against them, so they will be needed.
+    fn lazy_units_depended_on(
+        &self,
+        sc: &EmitScratch,
+        failed_groups: &[(usize, SymId)],
+    ) -> Vec<usize> {
         let mut lazy_deps = Vec::new();
         for (gi, (_, deps)) in sc.spans.iter().enumerate() {
             if failed_groups.iter().any(|&(g, _)| g == gi) {
@@ -180,25 +238,7 @@ impl State {
                 }
             }
         }
-        let emit_groups: Vec<EmitGroup<'_>> = sc
-            .spans
-            .iter()
-            .enumerate()
-            .filter(|(gi, _)| !failed_groups.iter().any(|&(g, _)| g == *gi))
-            .map(|(_, (defs, deps))| EmitGroup {
-                defs: &sc.defs[defs.clone()],
-                deps: &sc.deps[deps.clone()],
-            })
-            .collect();
-        self.graph.emit(&emit_groups, &mut sc.ready);
-        drop(emit_groups);
-        for i in 0..sc.ready.len() {
-            self.mark_ready(sc.ready[i], fx);
-        }
-        for uid in lazy_deps {
-            self.start_unit(core, uid, fx);
-        }
-        first_error.map_or(Ok(()), |e: Arc<Error>| Err((*e).clone()))
+        lazy_deps
     }
 
     pub(super) fn mark_ready(&mut self, sid: SymId, fx: &mut Effects) {
