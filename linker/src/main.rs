@@ -189,6 +189,27 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+impl RunArgs {
+    /// `kiln run INPUTS...` with every option at its default.
+    fn of_inputs(inputs: Vec<PathBuf>) -> RunArgs {
+        RunArgs {
+            inputs,
+            libs: Vec::new(),
+            lib_dirs: Vec::new(),
+            entry: "main".into(),
+            noexec: false,
+            stats: false,
+            threads: None,
+            lazy: false,
+            cache: None,
+            gdb: false,
+            perf_map: false,
+            jitdump: false,
+            args: Vec::new(),
+        }
+    }
+}
+
 /// An input in memory.
 struct Input {
     name: String,
@@ -273,21 +294,7 @@ fn run_bundled() -> Result<i32, String> {
             bytes: b.to_vec().into(),
         })
         .collect();
-    let args = RunArgs {
-        inputs: vec![PathBuf::from("kiln-bundled-example")],
-        libs: Vec::new(),
-        lib_dirs: Vec::new(),
-        entry: "main".into(),
-        noexec: false,
-        stats: false,
-        threads: None,
-        lazy: false,
-        cache: None,
-        gdb: false,
-        perf_map: false,
-        jitdump: false,
-        args: Vec::new(),
-    };
+    let args = RunArgs::of_inputs(vec![PathBuf::from("kiln-bundled-example")]);
     link_and_run(&args, inputs, Vec::new(), true)
 }
 

@@ -18,21 +18,7 @@ pub(crate) fn parse_run(argv: &[OsString]) -> Option<RunArgs> {
     if rest.next()?.to_str()? != "run" {
         return None;
     }
-    let mut args = RunArgs {
-        inputs: Vec::new(),
-        libs: Vec::new(),
-        lib_dirs: Vec::new(),
-        entry: "main".into(),
-        noexec: false,
-        stats: false,
-        threads: None,
-        lazy: false,
-        cache: None,
-        gdb: false,
-        perf_map: false,
-        jitdump: false,
-        args: Vec::new(),
-    };
+    let mut args = RunArgs::of_inputs(Vec::new());
     let mut entry_given = false;
     while let Some(token) = rest.next() {
         if !token.as_encoded_bytes().starts_with(b"-") {
