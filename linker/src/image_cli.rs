@@ -243,6 +243,7 @@ fn print_text(i: &ImageInfo) {
     println!("rebases         {}", i.rebases);
     println!("initializers    {}", i.initializers);
     println!("image size      {}", i.image_size);
+    println!("base alignment  {:#x}", i.base_align);
     println!("file size       {}", i.file_size);
     println!("sections        offset      memory size  file size  prot");
     for (name, off, mem, file, prot) in &i.sections {
@@ -335,7 +336,7 @@ fn json(i: &ImageInfo) -> String {
         },
     );
     format!(
-        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"file_size\":{},\"sections\":[{}],\"thread_locals\":{}}}",
+        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"base_align\":{},\"file_size\":{},\"sections\":[{}],\"thread_locals\":{}}}",
         quote(&i.name),
         quote(&i.build_id.to_string()),
         i.format_version,
@@ -351,6 +352,7 @@ fn json(i: &ImageInfo) -> String {
         i.rebases,
         i.initializers,
         i.image_size,
+        i.base_align,
         i.file_size,
         sections.join(","),
         tls

@@ -523,6 +523,19 @@ impl Allocation {
         placement: Placement,
         covered: &[(u64, u64)],
     ) -> Result<Option<Allocation>, LinkError> {
+        Self::new_covered_aligned(len, PAGE, placement, covered)
+    }
+
+    /// [`Allocation::new_covered`] at an address that is a multiple of
+    /// `align` (a power of two; less than a page means a page), as
+    /// [`Allocation::new_aligned`]: a loaded image whose blocks ask for
+    /// more than a page's alignment.
+    pub fn new_covered_aligned(
+        len: u64,
+        align: u64,
+        placement: Placement,
+        covered: &[(u64, u64)],
+    ) -> Result<Option<Allocation>, LinkError> {
         let Some(slab) = Slab::get(placement)? else {
             return Ok(None);
         };
@@ -546,7 +559,7 @@ impl Allocation {
         if at < len {
             open.push((at, len - at));
         }
-        let mut a = Self::take_in(slab, len, PAGE, &open)?;
+        let mut a = Self::take_in(slab, len, align.max(PAGE), &open)?;
         a.pending = covered.to_vec();
         Ok(Some(a))
     }
