@@ -194,7 +194,7 @@ fn identical_inputs_give_the_same_build_id_and_a_byte_identical_image() {
         .expect("build id in JSON");
     assert_eq!(id.len(), 64, "{j}");
     assert!(
-        j.contains("\"format_version\":1") && j.contains("\"exports\":"),
+        j.contains("\"format_version\":2") && j.contains("\"base_align\":4096"),
         "{j}"
     );
     // Another input, another build id.
