@@ -1159,6 +1159,19 @@ mod tests {
     /// there; the bytes are handed out only once every run is mapped, and
     /// then read as the file (covered) and zero (the rest).
     #[test]
+    fn covered_allocations_take_the_alignment_asked_for() {
+        // A page first, so that the next free address is not aligned by chance.
+        let pad = Allocation::new(PAGE, Placement::Near).unwrap().unwrap();
+        for align in [1 << 16, 1 << 21] {
+            let a = Allocation::new_covered_aligned(3 * PAGE, align, Placement::Near, &[])
+                .unwrap()
+                .unwrap();
+            assert_eq!(a.base() % align, 0, "{:#x} aligned to {align:#x}", a.base());
+        }
+        drop(pad);
+    }
+
+    #[test]
     fn covered_runs_wait_for_their_file_mapping() {
         let path = std::env::temp_dir().join(format!("kiln-covered-{}", std::process::id()));
         std::fs::write(&path, vec![7u8; 2 * PAGE as usize]).unwrap();
