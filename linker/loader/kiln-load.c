@@ -132,9 +132,11 @@ __asm__(".text\n.p2align 2\n.type kl_tlsdesc_static,%function\nkl_tlsdesc_static
 #endif
 /* ========================================================================= */
 
-#define FORMAT_VERSION 1u
+#define FORMAT_VERSION 2u
 #define HEADER_AT 64u
-#define HEADER_SIZE 352u
+#define HEADER_SIZE 360u
+/* Largest base alignment an image may ask for (format.rs MAX_BASE_ALIGN). */
+#define MAX_BASE_ALIGN ((uint64_t)1 << 30)
 #define HASH_AT (HEADER_AT + 72u)
 #define N_TABLES 8
 enum { T_REBASE, T_IMPORTS, T_EXPORTS, T_INIT, T_INITENTS, T_STRINGS, T_DEPS, T_HOSTTAB };
@@ -285,6 +287,7 @@ struct strref { const uint8_t *p; uint32_t len; };
 struct image {
     const uint8_t *f; uint64_t size;           /* the file */
     uint64_t image_size, eh_off, eh_len, page;
+    uint64_t base_align; /* the image's base is a multiple of it */
     uint32_t nseg, nimports, nexports, nrebased;
     struct seg seg[MAX_SEGMENTS];
     const uint8_t *table[N_TABLES]; uint64_t tsize[N_TABLES];
@@ -432,6 +435,13 @@ static void check_header(void) {
         hex(saved, a), hex(got, b);
         snprintf(e, sizeof e, "%s (the file's bytes)", b);
         field("content hash", a, e);
+    }
+    img.base_align = U64(h + 352);
+    if (img.base_align < ISA_PAGE || img.base_align > MAX_BASE_ALIGN || (img.base_align & (img.base_align - 1))) {
+        char found[24], want[64];
+        snprintf(found, sizeof found, "%#" PRIx64, img.base_align);
+        snprintf(want, sizeof want, "a power of two from %#x to %#" PRIx64, (unsigned)ISA_PAGE, MAX_BASE_ALIGN);
+        field("base alignment", found, want);
     }
     check_tls_header(h);
     img.image_size = U64(h + 112), img.eh_off = U64(h + 120), img.eh_len = U64(h + 128);
@@ -914,14 +924,28 @@ static const struct { const char *name; void (*addr)(void); } OVERRIDES[] = {
     {"__tls_get_addr", (void (*)(void))image_tls_get_addr},
 };
 
-/* Memory for the image: RW, page-rounded, not touching an address whose low
- * 32 bits are zero (libgcc drops FDEs of code there; kiln's slab avoids it). */
+/* `len` bytes of RW memory at a multiple of the image's base alignment:
+ * over-reserved by the alignment, the excess before and after unmapped. */
+static void *map_aligned(uint64_t len) {
+    uint64_t extra = img.base_align > img.page ? img.base_align - img.page : 0;
+    void *m = mmap(NULL, len + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        die("cannot map %" PRIu64 " bytes (aligned to %#" PRIx64 ") for the image: %s", len, img.base_align,
+            strerror(errno));
+    uintptr_t b = (uintptr_t)m, a = (b + img.base_align - 1) & ~(uintptr_t)(img.base_align - 1);
+    if (a > b) munmap(m, a - b);
+    if (b + extra > a) munmap((void *)(a + len), b + extra - a);
+    return (void *)a;
+}
+
+/* Memory for the image: RW, page-rounded, at a multiple of its base
+ * alignment, not touching an address whose low 32 bits are zero (libgcc
+ * drops FDEs of code there; kiln's slab avoids it). */
 static void map_image(void) {
     uint64_t len = (img.image_size + img.page - 1) / img.page * img.page;
     void *tried[4] = {0};
     for (int t = 0; t < 4 && !img.mem; t++) {
-        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) die("cannot map %" PRIu64 " bytes for the image: %s", len, strerror(errno));
+        void *m = map_aligned(len);
         uintptr_t b = (uintptr_t)m;
         if ((b & 0xffffffffu) == 0 || (b >> 32) != ((b + len - 1) >> 32)) tried[t] = m;
         else img.mem = m;
@@ -942,7 +966,7 @@ static void *lookup(const char *name) {
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Binds every import by name: kiln's runtime names first, then the process
- * (dlsym). Images record no libraries (format version 1): the loader loads
+ * (dlsym). Images record no libraries (format version 2): the loader loads
  * what kiln's host loads by default — libm, libgcc_s, libstdc++ — when a
  * name is not found without them. Every missing strong import is listed. */
 static void bind(void) {

@@ -87,6 +87,14 @@ impl Linker {
         self
     }
 
+    /// Add an object whose bytes the caller shares (an `Arc` it may keep:
+    /// `kiln image save` hashes the inputs on another thread while the link
+    /// runs).
+    pub fn add_object_shared(&mut self, name: impl Into<String>, data: InputBytes) -> &mut Self {
+        self.objects.push((name.into(), data));
+        self
+    }
+
     /// Add a static archive (`.a`) from a file; its members are linked when
     /// one of their symbols is needed.
     pub fn add_archive_file(&mut self, path: impl AsRef<Path>) -> Result<&mut Self, LinkError> {

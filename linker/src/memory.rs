@@ -523,6 +523,19 @@ impl Allocation {
         placement: Placement,
         covered: &[(u64, u64)],
     ) -> Result<Option<Allocation>, LinkError> {
+        Self::new_covered_aligned(len, PAGE, placement, covered)
+    }
+
+    /// [`Allocation::new_covered`] at an address that is a multiple of
+    /// `align` (a power of two; less than a page means a page), as
+    /// [`Allocation::new_aligned`]: a loaded image whose blocks ask for
+    /// more than a page's alignment.
+    pub fn new_covered_aligned(
+        len: u64,
+        align: u64,
+        placement: Placement,
+        covered: &[(u64, u64)],
+    ) -> Result<Option<Allocation>, LinkError> {
         let Some(slab) = Slab::get(placement)? else {
             return Ok(None);
         };
@@ -546,7 +559,7 @@ impl Allocation {
         if at < len {
             open.push((at, len - at));
         }
-        let mut a = Self::take_in(slab, len, PAGE, &open)?;
+        let mut a = Self::take_in(slab, len, align.max(PAGE), &open)?;
         a.pending = covered.to_vec();
         Ok(Some(a))
     }
@@ -1145,6 +1158,19 @@ mod tests {
     /// Covered runs are not made read-write before the file is mapped
     /// there; the bytes are handed out only once every run is mapped, and
     /// then read as the file (covered) and zero (the rest).
+    #[test]
+    fn covered_allocations_take_the_alignment_asked_for() {
+        // A page first, so that the next free address is not aligned by chance.
+        let pad = Allocation::new(PAGE, Placement::Near).unwrap().unwrap();
+        for align in [1 << 16, 1 << 21] {
+            let a = Allocation::new_covered_aligned(3 * PAGE, align, Placement::Near, &[])
+                .unwrap()
+                .unwrap();
+            assert_eq!(a.base() % align, 0, "{:#x} aligned to {align:#x}", a.base());
+        }
+        drop(pad);
+    }
+
     #[test]
     fn covered_runs_wait_for_their_file_mapping() {
         let path = std::env::temp_dir().join(format!("kiln-covered-{}", std::process::id()));

@@ -505,3 +505,12 @@ fn an_aarch64_tls_template_larger_than_the_loaders_area_is_refused_at_save() {
         );
     }
 }
+
+/// Blocks aligned to 64 KiB and 2 MiB keep their alignment in an aarch64
+/// image under the C loader.
+#[test]
+fn blocks_aligned_beyond_a_page_stay_aligned_in_an_aarch64_image() {
+    let flags = ["-O2", "-fPIE"];
+    let objs = objects(&["aligned_blocks.c"], &flags, "aligned");
+    check_against_native(&objs, &flags, &[], "aligned");
+}

@@ -318,8 +318,13 @@ fn refusals_name_the_field_and_both_values() {
         refusal(&v)
     };
     // (header byte, new value, what the loader says), each resealed.
-    let cases: [(usize, u8, &str); 8] = [
-        (8, 2, "image field `format version` is 2, expected 1"),
+    let cases: [(usize, u8, &str); 9] = [
+        (8, 1, "image field `format version` is 1, expected 2"),
+        (
+            352,
+            3,
+            "image field `base alignment` is 0x1003, expected a power of two from 0x1000 to 0x40000000",
+        ),
         (16, 183, "image field `machine` is 183, expected 62"),
         (18, 4, "image field `pointer width` is 4, expected 8"),
         (
@@ -438,7 +443,7 @@ fn metadata_ranges(file: &[u8]) -> Vec<(usize, usize)> {
     use object::read::elf::{FileHeader as _, SectionHeader as _};
     let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
     let e = object::LittleEndian;
-    let mut out = vec![(0, 64), (64, 64 + 352)];
+    let mut out = vec![(0, 64), (64, 64 + 360)];
     let phoff = h.e_phoff.get(e) as usize;
     out.push((phoff, phoff + 56 * h.e_phnum.get(e) as usize));
     let shoff = h.e_shoff.get(e) as usize;
@@ -851,4 +856,27 @@ fn required_cpu_features_are_checked_like_kiln_run() {
     assert!(!r.status.success() && re.contains(want), "{}", show(&r));
     assert_eq!(cpu_named_in(&e), cpu_named_in(&re));
     assert!(cpu_named_in(&e).contains("x86-64-v3"), "{e}");
+}
+
+/// Blocks aligned beyond a page (64 KiB, and 2 MiB or 64 KiB for the
+/// largest) keep their alignment under `kiln-load` as under `kiln run`
+/// and natively: the loader places the image at a multiple of the base
+/// alignment its header records.
+#[test]
+fn blocks_aligned_beyond_a_page_stay_aligned_under_kiln_load() {
+    for (big, tag) in [
+        ("-DBIG=2097152", "aligned-2m"),
+        ("-DBIG=65536", "aligned-64k"),
+    ] {
+        let dir = scratch(&format!("c-loader-{tag}"));
+        let flags = ["-O2", "-fPIC", big];
+        let obj = compile(
+            "gcc",
+            &c_dir().join("aligned_blocks.c"),
+            &flags,
+            &[],
+            &dir.join("aligned.o"),
+        );
+        check_three_ways("gcc", &[obj], &flags, &[], tag);
+    }
 }

@@ -194,7 +194,7 @@ fn identical_inputs_give_the_same_build_id_and_a_byte_identical_image() {
         .expect("build id in JSON");
     assert_eq!(id.len(), 64, "{j}");
     assert!(
-        j.contains("\"format_version\":1") && j.contains("\"exports\":"),
+        j.contains("\"format_version\":2") && j.contains("\"base_align\":4096"),
         "{j}"
     );
     // Another input, another build id.
@@ -321,10 +321,22 @@ fn damaged_images_are_refused_naming_the_field_and_both_values() {
     assert!(refuse(b"\x7fELF not an image").contains("not a kiln image"));
     // Header field (resealed, so the field check speaks).
     let mut v = good.clone();
-    v[64 + 8] = 2;
+    // A file of the previous version (no base alignment field).
+    v[64 + 8] = 1;
     image_file::reseal(&mut v);
     let e = refuse(&v);
-    assert!(e.contains("`format version` is 2, expected 1"), "{e}");
+    assert!(
+        e.contains("`format version` is 1, expected 2 (this kiln's; save the image again"),
+        "{e}"
+    );
+    let mut v = good.clone();
+    v[64 + 352] = 3; // base alignment 0x1003
+    image_file::reseal(&mut v);
+    let e = refuse(&v);
+    assert!(
+        e.contains("`base alignment` is 0x1003, expected a power of two from 0x1000 to 0x40000000"),
+        "{e}"
+    );
     let mut v = good.clone();
     v[64 + 16] = 183; // EM_AARCH64
     image_file::reseal(&mut v);
@@ -451,7 +463,7 @@ fn kiln_linker_test_ranges(file: &[u8]) -> Vec<(usize, usize)> {
     use object::read::elf::{FileHeader as _, SectionHeader as _};
     let h = object::elf::FileHeader64::<object::LittleEndian>::parse(file).expect("parses");
     let e = object::LittleEndian;
-    let mut out = vec![(0, 64), (64, 64 + 352)];
+    let mut out = vec![(0, 64), (64, 64 + 360)];
     let phoff = h.e_phoff.get(e) as usize;
     out.push((phoff, phoff + 56 * h.e_phnum.get(e) as usize));
     let shoff = h.e_shoff.get(e) as usize;
@@ -692,7 +704,8 @@ fn readelf_reads_the_container_and_image_info_describes_it() {
     assert!(o.status.success(), "{}", show(&o));
     for s in [
         "build id",
-        "format version  1",
+        "format version  2",
+        "base alignment  0x1000",
         "exports ",
         "imports ",
         "rebases ",
@@ -2020,4 +2033,153 @@ fn image_save_stats_prints_run_stats_lines_and_still_writes_the_image() {
         "the image --stats saved: {}",
         show(&o)
     );
+}
+
+/// Blocks aligned beyond a page keep their alignment in a saved image: run
+/// by `kiln run` right after saving (the engine path), once the file is
+/// settled (2.2 s later: the path without the engine), and from the cache
+/// (a miss saves, a hit loads the saved entry).
+#[test]
+fn blocks_aligned_beyond_a_page_stay_aligned_in_a_loaded_image() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-aligned");
+    let obj = compile(
+        "gcc",
+        &c_dir().join("aligned_blocks.c"),
+        &["-O2", "-fPIC"],
+        &[],
+        &dir.join("aligned.o"),
+    );
+    let image = dir.join("aligned.kimg");
+    let _ = std::fs::remove_file(&image);
+    save(&image, std::slice::from_ref(&obj), &[]);
+    let check = |o: &Output, how: &str| {
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "0 0 0 0\n",
+            "{how}: misaligned\n{}",
+            show(o)
+        );
+        assert_eq!(o.status.code(), Some(2), "{how}: {}", show(o));
+    };
+    let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    check(&o, "kiln run, fresh image");
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    for how in ["cache miss", "cache hit"] {
+        let o = kiln()
+            .args(["run", "--stats", "--cache"])
+            .arg(&cache)
+            .arg(&obj)
+            .output()
+            .expect("kiln runs");
+        check(&o, how);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(how),
+            "{}",
+            show(&o)
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
+    check(&o, "kiln run, settled image");
+    let info = kiln()
+        .args(["image", "info"])
+        .arg(&image)
+        .output()
+        .expect("kiln runs");
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("base alignment  0x200000"),
+        "{}",
+        show(&info)
+    );
+}
+
+/// An alignment beyond what an image may ask of its loader (1 GiB) is
+/// refused at save, naming the block's object and section.
+#[test]
+fn an_alignment_beyond_a_gibibyte_is_refused_at_save() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-overaligned");
+    let asm = dir.join("huge.s");
+    std::fs::write(
+        &asm,
+        ".section .data.huge,\"aw\"\n.p2align 31\n.globl huge\nhuge: .quad 1\n\
+         .text\n.globl main\nmain: xorl %eax, %eax\nret\n",
+    )
+    .expect("write huge.s");
+    let obj = dir.join("huge.o");
+    let st = Command::new("gcc")
+        .args(["-c", "-o"])
+        .arg(&obj)
+        .arg(&asm)
+        .status()
+        .expect("gcc runs");
+    assert!(st.success());
+    let o = kiln()
+        .args(["image", "save", "-o"])
+        .arg(dir.join("huge.kimg"))
+        .arg(&obj)
+        .output()
+        .expect("kiln runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        err.contains("huge.o") && err.contains(".data.huge") && err.contains("2147483648"),
+        "{}",
+        show(&o)
+    );
+}
+
+/// In one process, after another image took the start of the JIT memory:
+/// the aligned image, loaded from its file and from bytes, still has its
+/// blocks at multiples of their alignment (its base at a multiple of the
+/// largest).
+#[test]
+fn an_image_loaded_after_another_keeps_its_blocks_aligned() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-aligned-inproc");
+    let pad = compile_c_text(
+        &dir,
+        "pad",
+        "int pad_value(void) { return 1; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let obj = compile(
+        "gcc",
+        &c_dir().join("aligned_blocks.c"),
+        &["-O2", "-fPIC"],
+        &[],
+        &dir.join("aligned.o"),
+    );
+    let (pad_image, image) = (dir.join("pad.kimg"), dir.join("aligned.kimg"));
+    save(&pad_image, std::slice::from_ref(&pad), &[]);
+    save(&image, std::slice::from_ref(&obj), &[]);
+    let bytes = std::fs::read(&image).expect("read the image");
+    let host = HostSymbols::new();
+    // SAFETY: the test's own images, saved just now; nothing of them runs.
+    let _pad = unsafe { image_file::load_file(&pad_image, &host) }.expect("pad loads");
+    let check = |img: &kiln_linker::LinkedImage, how: &str| {
+        for (name, align) in [
+            ("data64k", 1u64 << 16),
+            ("data2m", 1 << 21),
+            ("bss64k", 1 << 16),
+            ("func64k", 1 << 16),
+        ] {
+            let at = img.symbol(name).expect(name);
+            assert_eq!(at % align, 0, "{how}: {name} at {at:#x}, align {align:#x}");
+        }
+    };
+    // SAFETY: as above.
+    let from_file = unsafe { image_file::load_file(&image, &host) }.expect("loads from its file");
+    check(&from_file, "from its file");
+    // SAFETY: as above.
+    let from_bytes = unsafe { image_file::load("aligned", &bytes, &host) }.expect("loads");
+    check(&from_bytes, "from bytes");
 }

@@ -664,3 +664,39 @@ fn a_link_with_thread_locals_is_not_saved_with_other_links() {
     assert!(err.to_string().contains("counter.o"), "{err}");
     session.end();
 }
+
+/// Pieces of an image saved from many links keep their blocks' alignment:
+/// a one-page link first, then one whose blocks ask for 64 KiB and 2 MiB;
+/// the saved image puts the second at a multiple of its own alignment and
+/// records the largest, under `kiln run` and `kiln-load`.
+#[test]
+fn each_piece_keeps_its_alignment_in_an_image_saved_from_many_links() {
+    assert!(need_tool("gcc"));
+    let dir = scratch("images-incremental-aligned");
+    let pad = compile_c_text(
+        &dir,
+        "pad",
+        "int pad_value(void) { return 1; }\n",
+        &["-O2", "-fPIC"],
+    );
+    let aligned = compile(
+        "gcc",
+        &c_dir().join("aligned_blocks.c"),
+        &["-O2", "-fPIC"],
+        &[],
+        &dir.join("aligned.o"),
+    );
+    let (bytes, _) = link_incrementally(
+        "aligned",
+        &[pad, aligned],
+        &[],
+        Steps::OneByOne(&["pad_value", "main"]),
+        true,
+    )
+    .expect("saves the dylib");
+    let image = dir.join("aligned.kimg");
+    std::fs::write(&image, &bytes).expect("write the image");
+    let want = ("0 0 0 0\n".to_string(), 2);
+    assert_eq!(run_image(&image), want, "kiln run");
+    assert_eq!(run_under_kiln_load(&image), want, "kiln-load");
+}

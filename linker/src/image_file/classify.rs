@@ -453,11 +453,30 @@ impl Deps {
 
 /// Whether `block` lies in the TLS template (`.tdata`/`.tbss`).
 fn in_tls_section(g: &LinkGraph, block: crate::graph::BlockId) -> bool {
-    let section = g.blocks[block.index()].section;
+    is_tls_section(g, g.blocks[block.index()].section)
+}
+
+fn is_tls_section(g: &LinkGraph, section: crate::graph::SectionId) -> bool {
     matches!(
         g.sections[section.index()].role,
         SectionRole::TlsData | SectionRole::TlsBss
     )
+}
+
+/// The alignment the image's base needs: the largest of its live blocks
+/// placed in its memory (thread-locals live in TLS blocks; their template's
+/// alignment is the header's TLS field), at least a page. The link placed
+/// each block at a multiple of its alignment from the base, so any base
+/// that is a multiple of this keeps every block aligned.
+fn base_align(l: &Linked<'_>) -> u64 {
+    let end = l.base.saturating_add(l.memory.len() as u64);
+    l.graph
+        .blocks
+        .iter()
+        .filter(|b| b.live && !is_tls_section(l.graph, b.section))
+        .filter(|b| (l.base..end).contains(&b.addr))
+        .map(|b| b.align)
+        .fold(format::PAGE, u64::max)
 }
 
 /// Builds the record of a link in imaging mode (after fixup, before final
@@ -599,5 +618,6 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         tls,
         pc_relative: pc_relatives,
         cpu_features: super::cpu::of_graph(g),
+        base_align: base_align(&l),
     })
 }

@@ -184,12 +184,15 @@ pub(crate) fn combine(
         records.push(record);
     }
     let mut layout = Vec::with_capacity(pieces.len());
-    let mut end = 0;
+    let mut end = 0u64;
     for r in &records {
         let segments_end = r.segments.iter().map(|&(off, len, _)| off + len).max();
         let len = segments_end.unwrap_or(0).max(r.memory.len() as u64);
-        layout.push((end, len));
-        end = page_up(end + len);
+        // Each piece at a multiple of its own base alignment (the combined
+        // base is a multiple of the largest): its blocks stay aligned.
+        let start = end.next_multiple_of(r.base_align.max(1));
+        layout.push((start, len));
+        end = page_up(start + len);
     }
     let mut places = Places(
         pieces
@@ -203,6 +206,7 @@ pub(crate) fn combine(
         memory: vec![0; end as usize],
         // One layer links for the host ISA only: every piece has its machine.
         machine: records.first().map_or(0, |r| r.machine),
+        base_align: records.iter().map(|r| r.base_align).fold(PAGE, u64::max),
         ..ImagingRecord::default()
     };
     let mut exported = HashSet::new();

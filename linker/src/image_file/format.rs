@@ -23,6 +23,7 @@
 //! | 328 | static TLS area (i64): thread-pointer offset of the first byte of kiln's static TLS area in the saving process — for an image of another ISA than kiln's, of the C loader's area for that ISA (`tls::LOADER_AREA_AARCH64`) — (fixed use only, else 0; negative on x86-64, at least 16 on aarch64) |
 //! | 336 | static TLS area size (u64; fixed use only) |
 //! | 344 | static TLS range (u64): offset of the image's TLS block in that area (fixed use only); its size is the template size |
+//! | 352 | base alignment (u64, since version 2): the load base is a multiple of it — the largest alignment any block of the image asks for, at least the page size, at most [`MAX_BASE_ALIGN`] (a block aligned to 64 KiB or 2 MiB sits at such a multiple only if the base does) |
 //!
 //! Thread-locals: the template's initial image lies in a read-only segment
 //! (rebased like any word); module ids, TLSDESC descriptors and
@@ -60,16 +61,20 @@
 
 /// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and reads (2: the base alignment
+/// field; version 1 files are refused naming both versions).
+pub const FORMAT_VERSION: u32 = 2;
 /// File offset of the header: right after the ELF64 file header.
 pub(crate) const HEADER_AT: usize = 64;
 /// Size of the header.
-pub(crate) const HEADER_SIZE: usize = 352;
+pub(crate) const HEADER_SIZE: usize = 360;
 /// Offset of the content hash inside the header.
 const HASH_AT: usize = 72;
 /// Page size of the segments.
 pub(crate) const PAGE: u64 = 4096;
+/// Largest base alignment an image may ask of its loader (the object
+/// parser refuses larger section alignments in any link).
+pub(crate) const MAX_BASE_ALIGN: u64 = 1 << 30;
 /// `EM_X86_64`: the machine of the images this build loads.
 pub(crate) const MACHINE: u16 = 62;
 
@@ -154,6 +159,8 @@ pub(crate) struct Header {
     pub(crate) rebased: u32,
     pub(crate) name: (u32, u32),
     pub(crate) tls: TlsHeader,
+    /// The load base's alignment (a power of two, `PAGE..=MAX_BASE_ALIGN`).
+    pub(crate) base_align: u64,
 }
 
 /// The header's thread-local fields (all zero: no thread-locals).
@@ -244,6 +251,7 @@ impl Header {
             t.area_tp_offset as u64,
             t.area_size,
             t.area_offset,
+            self.base_align,
         ] {
             v.extend_from_slice(&x.to_le_bytes());
         }
@@ -289,6 +297,7 @@ impl Header {
                 area_size: f.u64(336),
                 area_offset: f.u64(344),
             },
+            base_align: f.u64(352),
         }
     }
 }
@@ -584,6 +593,7 @@ mod tests {
                 area_size: 11,
                 area_offset: 12,
             },
+            base_align: 1 << 21,
             ..Header::default()
         };
         let bytes = h.encode();

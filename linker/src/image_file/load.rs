@@ -72,7 +72,11 @@ pub(crate) fn map_from(
     // Pages the file will cover are not made read-write first: the file
     // mapping does that (one `mprotect` fewer per load).
     let covered: Vec<(u64, u64)> = runs.iter().map(|&(v, _, l)| (v, l)).collect();
-    let mut alloc = Allocation::new_covered(p.header.image_size, Placement::Near, &covered)
+    // At a multiple of the base alignment the header records (checked:
+    // a power of two up to `MAX_BASE_ALIGN`): blocks aligned beyond a page
+    // stay aligned.
+    let (size, align) = (p.header.image_size, p.header.base_align);
+    let mut alloc = Allocation::new_covered_aligned(size, align, Placement::Near, &covered)
         .map_err(|e| link_err(file_name, e))?
         .ok_or_else(|| ImageError::Malformed {
             name: file_name.into(),

@@ -341,6 +341,9 @@ pub struct ImagingRecord {
     pub(crate) pc_relative: Vec<classify::PcRelative>,
     /// The CPU features its code requires (header bits, [`cpu`]).
     pub(crate) cpu_features: u64,
+    /// The alignment its base needs: the largest of its blocks (at least
+    /// a page).
+    pub(crate) base_align: u64,
 }
 
 impl LinkedImage {

@@ -187,7 +187,16 @@ fn check_header(
         return Err(c.field("file size", file.len(), format!("at least {min}")));
     }
     let h = Header::decode(&file[HEADER_AT..min]);
-    c.expect("format version", h.version, format::FORMAT_VERSION)?;
+    if h.version != format::FORMAT_VERSION {
+        return Err(c.field(
+            "format version",
+            h.version,
+            format!(
+                "{} (this kiln's; save the image again with it)",
+                format::FORMAT_VERSION
+            ),
+        ));
+    }
     c.expect("header size", h.header_size, HEADER_SIZE as u32)?;
     check_machine(c, h.machine, purpose)?;
     c.expect("pointer width", h.pointer_width, 8)?;
@@ -215,6 +224,16 @@ fn check_header(
             "content hash",
             BuildId(h.content_hash),
             format!("{} (the file's bytes)", BuildId(hash)),
+        ));
+    }
+    if !h.base_align.is_power_of_two() || !(PAGE..=format::MAX_BASE_ALIGN).contains(&h.base_align) {
+        return Err(c.field(
+            "base alignment",
+            format!("{:#x}", h.base_align),
+            format!(
+                "a power of two from {PAGE:#x} to {:#x}",
+                format::MAX_BASE_ALIGN
+            ),
         ));
     }
     check_tls(c, &h.tls, h.machine)?;
@@ -1049,6 +1068,9 @@ pub struct ImageInfo {
     pub initializers: usize,
     /// Memory span of the image.
     pub image_size: u64,
+    /// The alignment its load base needs (the largest of its blocks, at
+    /// least a page).
+    pub base_align: u64,
     /// File size.
     pub file_size: u64,
     /// Segments: name, offset, memory size, file size, protection (`r-x`…).
@@ -1124,6 +1146,7 @@ pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
         rebases: p.rebase.len(),
         initializers: p.init_fini.iter().map(|(_, e)| e.len()).sum(),
         image_size: p.header.image_size,
+        base_align: p.header.base_align,
         file_size: file.len() as u64,
         sections: p
             .segments

@@ -272,6 +272,7 @@ fn header(
         rebased: r.rebase.len() as u32,
         name,
         tls: r.tls,
+        base_align: r.base_align.max(PAGE),
     }
 }
 
