@@ -8,9 +8,10 @@
 //!   libm, libstdc++ …, which the loader maps next to each other), else of
 //!   the object that holds `stdout`. So every JIT'd byte is in the small
 //!   code model's reach of every other one *and* of that host code and data,
-//!   wherever the host (or a sanitizer moving its mappings) put them. The
-//!   free ranges are read from `/proc/self/maps`; without it, hints are
-//!   probed. [`Slab::reaches`] says, address by address, what is in reach:
+//!   wherever the host (or a sanitizer moving its mappings) put them. A
+//!   few `MAP_FIXED_NOREPLACE` guesses under the libraries come first;
+//!   if none is free, the free ranges are read from `/proc/self/maps`
+//!   (without it, hints are probed). [`Slab::reaches`] says, address by address, what is in reach:
 //!   the passes send 32-bit references to anything else through a PLT stub
 //!   (code) or a copy (data).
 //! * The **low** slab (256 MiB) lies entirely below 2 GiB, for non-PIE code
