@@ -512,20 +512,15 @@ static ALONE: std::sync::Mutex<Option<LinkedImage>> = std::sync::Mutex::new(None
 /// made (docs/performance-images.md).
 fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, String> {
     let host = host_symbols(args)?;
-    let path = PathBuf::from(image.name());
-    // The file was opened and checked (its content hash too): the loader
-    // opens it again, and does not hash a file of the same identity again.
-    drop(image);
+    // The file was opened and checked (its content hash too): it is loaded
+    // from what was opened, not opened or checked again.
     // SAFETY: as for `add_image_from_file` in `add_eagerly`: the user asked
     // kiln to run this file's code; it binds against this process's host
     // symbols, and kiln does not write image files it runs.
-    let loaded = unsafe { kiln_linker::image_file::load_file(&path, &host) };
+    let loaded = unsafe { image.load(&host) };
     let mut loaded = match loaded {
         Ok(l) => l,
-        Err(ImageError::MissingDependencies { .. }) => {
-            let reopened = ImageFile::open(&path).map_err(|e| e.to_string())?;
-            return Ok(Alone::NeedsEngine(reopened));
-        }
+        Err(ImageError::MissingDependencies { .. }) => return Ok(Alone::NeedsEngine(image)),
         Err(e) => return Err(e.to_string()),
     };
     let address = loaded

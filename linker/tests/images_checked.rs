@@ -232,3 +232,40 @@ fn kept_answers_are_used_only_with_the_resolver_that_gave_them() {
         assert_eq!(func(&image, "k_call")(), want, "load {i}");
     }
 }
+
+/// `ImageFile::load` loads the file the `ImageFile` opened and checked (a
+/// `kiln run --cache` hit's entry): through its descriptor, without going
+/// back to the path — removed here, so a load by path would fail — and
+/// each load gets its own pages.
+#[test]
+fn an_image_file_loads_from_what_it_opened_without_its_path() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-opened");
+    let path = aged_image(
+        &dir,
+        "o",
+        "static int n;\nint o_bump(void) { return ++n; }\n",
+    );
+    let file = image_file::ImageFile::open(&path).expect("opens");
+    std::fs::remove_file(&path).expect("remove");
+    let host = HostSymbols::new();
+    // SAFETY: the test's own image, not changed while loaded (its inode
+    // stays, held by `file`); it links against nothing.
+    let (a, b) = unsafe {
+        (
+            file.load(&host).expect("loads"),
+            file.load(&host).expect("loads again"),
+        )
+    };
+    assert_eq!(
+        (
+            func(&a, "o_bump")(),
+            func(&a, "o_bump")(),
+            func(&b, "o_bump")()
+        ),
+        (1, 2, 1)
+    );
+    // SAFETY: as above (the path is gone: refused with an I/O error).
+    let e = unsafe { image_file::load_file(&path, &host) }.expect_err("no path");
+    assert!(e.to_string().contains("open"), "{e}");
+}

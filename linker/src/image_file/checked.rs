@@ -213,9 +213,10 @@ pub(crate) fn open(path: &Path, file_name: &str) -> Result<Arc<CheckedFile>, Ima
         source,
     };
     let now = verified::now();
-    // A `stat` of the path finds a kept entry; if it fails, `open` below
-    // says why.
-    if let Ok(meta) = std::fs::metadata(path) {
+    // A `stat` of the path finds a kept entry (none kept yet, as at a
+    // process's first load: no `stat`); if it fails, `open` below says why.
+    let any_kept = table().as_ref().is_some_and(|t| !t.is_empty());
+    if any_kept && let Ok(meta) = std::fs::metadata(path) {
         let id = verified::Identity::new(&meta, now, verified::RACY);
         if let Some(c) = lookup(&id) {
             return Ok(c);

@@ -465,13 +465,27 @@ pub unsafe fn load_file(
 ) -> Result<LinkedImage, ImageError> {
     let file_name = path.display().to_string();
     let c = checked::open(path, &file_name)?;
+    // SAFETY: as this function's callers promise.
+    unsafe { load_checked_file(&file_name, &c, resolver) }
+}
+
+/// [`load_file`] of a file already opened and checked.
+///
+/// # Safety
+///
+/// As for [`load_file`].
+unsafe fn load_checked_file(
+    file_name: &str,
+    c: &CheckedFile,
+    resolver: &dyn SymbolResolver,
+) -> Result<LinkedImage, ImageError> {
     // SAFETY: `load_checked` asks what `load` asks, which this function's
     // callers promise; `c.file()` is the file `c.parsed()` was read from,
     // open while `c` lives, and its pages stay unchanged as long as the
     // image lives (this function's contract).
     unsafe {
         load_checked(
-            &file_name,
+            file_name,
             c.parsed(),
             c.names(),
             c.exports(),
@@ -583,6 +597,21 @@ impl ImageFile {
     /// instead.
     pub fn check_process(&self) -> Result<(), ImageError> {
         super::tls::check_process(self.checked.parsed(), &self.name)
+    }
+
+    /// Loads the file this value opened and checked, as [`load_file`]
+    /// loads a path: the segments' pages mapped from its descriptor
+    /// copy-on-write, with neither a `stat` of the path nor another check
+    /// (a `kiln run --cache` hit's entry is opened once). Each call loads
+    /// the image again, at its own base.
+    ///
+    /// # Safety
+    ///
+    /// As for [`load_file`].
+    pub unsafe fn load(&self, resolver: &dyn SymbolResolver) -> Result<LinkedImage, ImageError> {
+        // SAFETY: as this function's callers promise; `self.checked` was
+        // checked when opened (content hash included).
+        unsafe { load_checked_file(&self.name, &self.checked, resolver) }
     }
 
     /// The path it was opened as (the name errors use).
