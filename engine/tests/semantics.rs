@@ -359,6 +359,38 @@ fn a_name_twice_in_one_definition_is_a_duplicate_and_adds_nothing() {
     }
     assert_eq!(d.symbol_state(&a), None, "a was not added");
     assert_eq!(d.symbol_state(&b), None, "b was not added");
+    // A refused definition leaves nothing behind: its names, once each,
+    // are defined afterwards — and are duplicates then.
+    d.define_absolute([(a.clone(), def(1)), (b.clone(), def(2))])
+        .unwrap();
+    for round in 0..3 {
+        let (x, y) = (
+            s.intern(&format!("x{round}")),
+            s.intern(&format!("y{round}")),
+        );
+        // Refused for a name defined before, and for one repeated.
+        d.define_absolute([(x.clone(), def(7)), (a.clone(), def(8))])
+            .unwrap_err();
+        d.define_absolute([
+            (y.clone(), def(7)),
+            (x.clone(), def(8)),
+            (y.clone(), def(9)),
+        ])
+        .unwrap_err();
+        assert_eq!(d.symbol_state(&x), None, "{x} was not added");
+        d.define_absolute([(x.clone(), def(10)), (y.clone(), def(20))])
+            .unwrap();
+        let found = lookup(&s, &[&d], &[&x, &y], RequiredState::Ready)
+            .wait()
+            .unwrap();
+        assert_eq!(found.get(&x).unwrap().address, 10);
+        assert_eq!(found.get(&y).unwrap().address, 20);
+        let again = d.define_absolute([(y.clone(), def(30))]).unwrap_err();
+        assert!(
+            matches!(again, Error::DuplicateDefinitions { .. }),
+            "{again}"
+        );
+    }
 }
 
 // ----- readiness ---------------------------------------------------------
