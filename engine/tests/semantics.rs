@@ -393,6 +393,56 @@ fn a_name_twice_in_one_definition_is_a_duplicate_and_adds_nothing() {
     }
 }
 
+/// A name twice in one definition is a duplicate also when the dylib
+/// defines it already: twice overriding a weak Lazy definition, or twice
+/// losing to a definition as a weak one, is refused, adding nothing.
+#[test]
+fn a_defined_name_twice_in_one_definition_is_a_duplicate() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (w, a, n) = (s.intern("w"), s.intern("a"), s.intern("n"));
+    let weak = X | SymbolFlags::WEAK;
+    d.define(unit("weak-w", &[(&w, weak)], |_r| {})).unwrap();
+    d.define_absolute([(a.clone(), def(1))]).unwrap();
+    let twice_over_weak = d
+        .define_absolute([
+            (w.clone(), def(2)),
+            (n.clone(), def(3)),
+            (w.clone(), def(4)),
+        ])
+        .unwrap_err();
+    match &twice_over_weak {
+        Error::DuplicateDefinitions { names, .. } => assert_eq!(names, std::slice::from_ref(&w)),
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(
+        d.symbol_state(&w),
+        Some(SymbolState::Lazy),
+        "w still weak, Lazy"
+    );
+    assert_eq!(d.symbol_state(&n), None, "n was not added");
+    let twice_weak = d
+        .define_absolute([
+            (a.clone(), SymbolDef::new(5, weak)),
+            (a.clone(), SymbolDef::new(6, weak)),
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(twice_weak, Error::DuplicateDefinitions { .. }),
+        "{twice_weak}"
+    );
+    // Once each, both are accepted (an override, a weak definition discarded).
+    d.define_absolute([(w.clone(), def(2)), (n.clone(), def(3))])
+        .unwrap();
+    d.define_absolute([(a.clone(), SymbolDef::new(5, weak))])
+        .unwrap();
+    let found = lookup(&s, &[&d], &[&w, &a, &n], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&w).unwrap().address, 2);
+    assert_eq!(found.get(&a).unwrap().address, 1);
+}
+
 // ----- readiness ---------------------------------------------------------
 
 #[test]

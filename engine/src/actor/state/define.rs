@@ -112,6 +112,9 @@ impl State {
             at: Vec::with_capacity(symbols.len()),
         };
         let mut duplicates = Vec::new();
+        // Names defined here already that this definition overrides or
+        // loses to (no error by themselves): symbol ids and positions.
+        let mut defined: Vec<(SymId, usize)> = Vec::new();
         // Room for every name at once, as if all were new: the slots
         // claimed stay where they are. (A batch of names defined before
         // may grow the table once early; `used` counts keys, not
@@ -137,11 +140,24 @@ impl State {
                         && existing.state == SymbolState::Lazy
                     {
                         plan.overridden.push(sym);
+                        defined.push((sym, i));
                     } else if flags.is_weak() {
                         plan.discarded.push(i);
+                        defined.push((sym, i));
                     } else {
                         duplicates.push(name.clone());
                     }
+                }
+            }
+        }
+        // A defined name repeated within `symbols` has no pending claim to
+        // find: the repeats among those (rare: few names are defined again)
+        // are found by symbol id.
+        if defined.len() > 1 {
+            defined.sort_unstable();
+            for pair in defined.windows(2) {
+                if pair[0].0 == pair[1].0 {
+                    duplicates.push(symbols.name(pair[1].1).clone());
                 }
             }
         }
