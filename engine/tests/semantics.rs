@@ -359,6 +359,88 @@ fn a_name_twice_in_one_definition_is_a_duplicate_and_adds_nothing() {
     }
     assert_eq!(d.symbol_state(&a), None, "a was not added");
     assert_eq!(d.symbol_state(&b), None, "b was not added");
+    // A refused definition leaves nothing behind: its names, once each,
+    // are defined afterwards — and are duplicates then.
+    d.define_absolute([(a.clone(), def(1)), (b.clone(), def(2))])
+        .unwrap();
+    for round in 0..3 {
+        let (x, y) = (
+            s.intern(&format!("x{round}")),
+            s.intern(&format!("y{round}")),
+        );
+        // Refused for a name defined before, and for one repeated.
+        d.define_absolute([(x.clone(), def(7)), (a.clone(), def(8))])
+            .unwrap_err();
+        d.define_absolute([
+            (y.clone(), def(7)),
+            (x.clone(), def(8)),
+            (y.clone(), def(9)),
+        ])
+        .unwrap_err();
+        assert_eq!(d.symbol_state(&x), None, "{x} was not added");
+        d.define_absolute([(x.clone(), def(10)), (y.clone(), def(20))])
+            .unwrap();
+        let found = lookup(&s, &[&d], &[&x, &y], RequiredState::Ready)
+            .wait()
+            .unwrap();
+        assert_eq!(found.get(&x).unwrap().address, 10);
+        assert_eq!(found.get(&y).unwrap().address, 20);
+        let again = d.define_absolute([(y.clone(), def(30))]).unwrap_err();
+        assert!(
+            matches!(again, Error::DuplicateDefinitions { .. }),
+            "{again}"
+        );
+    }
+}
+
+/// A name twice in one definition is a duplicate also when the dylib
+/// defines it already: twice overriding a weak Lazy definition, or twice
+/// losing to a definition as a weak one, is refused, adding nothing.
+#[test]
+fn a_defined_name_twice_in_one_definition_is_a_duplicate() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let (w, a, n) = (s.intern("w"), s.intern("a"), s.intern("n"));
+    let weak = X | SymbolFlags::WEAK;
+    d.define(unit("weak-w", &[(&w, weak)], |_r| {})).unwrap();
+    d.define_absolute([(a.clone(), def(1))]).unwrap();
+    let twice_over_weak = d
+        .define_absolute([
+            (w.clone(), def(2)),
+            (n.clone(), def(3)),
+            (w.clone(), def(4)),
+        ])
+        .unwrap_err();
+    match &twice_over_weak {
+        Error::DuplicateDefinitions { names, .. } => assert_eq!(names, std::slice::from_ref(&w)),
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(
+        d.symbol_state(&w),
+        Some(SymbolState::Lazy),
+        "w still weak, Lazy"
+    );
+    assert_eq!(d.symbol_state(&n), None, "n was not added");
+    let twice_weak = d
+        .define_absolute([
+            (a.clone(), SymbolDef::new(5, weak)),
+            (a.clone(), SymbolDef::new(6, weak)),
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(twice_weak, Error::DuplicateDefinitions { .. }),
+        "{twice_weak}"
+    );
+    // Once each, both are accepted (an override, a weak definition discarded).
+    d.define_absolute([(w.clone(), def(2)), (n.clone(), def(3))])
+        .unwrap();
+    d.define_absolute([(a.clone(), SymbolDef::new(5, weak))])
+        .unwrap();
+    let found = lookup(&s, &[&d], &[&w, &a, &n], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&w).unwrap().address, 2);
+    assert_eq!(found.get(&a).unwrap().address, 1);
 }
 
 // ----- readiness ---------------------------------------------------------

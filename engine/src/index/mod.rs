@@ -58,6 +58,19 @@ pub(crate) struct IndexEntry {
     pub(crate) ready: bool,
 }
 
+/// What the writer's one probe for a name a definition brings found
+/// ([`ReadIndex::claim`]); `at` is the name's slot for
+/// [`ReadIndex::set_at`] / [`ReadIndex::release`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Defined here already, as the writer's value `sym`.
+    Defined { sym: u32, at: usize },
+    /// Claimed already by the same definition: the name is repeated in it.
+    Repeated,
+    /// Not defined here: the slot is the definition's now.
+    New { at: usize },
+}
+
 /// What a reader found for a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Probe {

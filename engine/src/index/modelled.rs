@@ -1,6 +1,6 @@
 //! The Ready index under loom: a locked map with the table's interface.
 
-use super::{IndexEntry, Probe};
+use super::{Claim, IndexEntry, Probe};
 use crate::name::SymbolName;
 use crate::sync::{FixedMap, Mutex};
 
@@ -8,6 +8,8 @@ use crate::sync::{FixedMap, Mutex};
 pub(crate) struct ReadIndex {
     /// Each name's entry and the writer's own value for it.
     map: Mutex<FixedMap<SymbolName, (IndexEntry, u32)>>,
+    /// Names a definition in progress claimed (see the table's `claim`).
+    pending: Mutex<FixedMap<SymbolName, ()>>,
 }
 
 impl ReadIndex {
@@ -22,10 +24,26 @@ impl ReadIndex {
         self.map.lock().get(name).map(|&(_, sym)| sym)
     }
 
-    pub(crate) fn sym_and_key(&self, name: &SymbolName) -> (Option<u32>, bool) {
-        let sym = self.sym(name);
-        (sym, sym.is_some())
+    pub(crate) fn claim(&self, name: &SymbolName) -> Claim {
+        if let Some(sym) = self.sym(name) {
+            return Claim::Defined { sym, at: 0 };
+        }
+        match self.pending.lock().insert(name.clone(), ()) {
+            Some(()) => Claim::Repeated,
+            None => Claim::New { at: 0 },
+        }
     }
+
+    pub(crate) fn set_at(&self, _at: usize, name: &SymbolName, entry: IndexEntry, sym: u32) {
+        self.pending.lock().remove(name);
+        self.set(name, entry, sym);
+    }
+
+    pub(crate) fn release(&self, _at: usize, name: &SymbolName) {
+        self.pending.lock().remove(name);
+    }
+
+    pub(crate) fn warm_at(&self, _ats: impl Iterator<Item = usize>) {}
 
     pub(crate) fn warm<'a>(&self, _names: impl Iterator<Item = &'a SymbolName>) {}
 

@@ -1,6 +1,6 @@
 //! The lock-free table behind [`ReadIndex`]: see the module above.
 
-use super::{IndexEntry, Probe};
+use super::{Claim, IndexEntry, Probe};
 use crate::name::SymbolName;
 use crate::symbol::{SymbolDef, SymbolFlags};
 use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, OnceLock, Ordering};
@@ -11,6 +11,11 @@ const READY: u64 = 1 << 8;
 const PRESENT: u64 = 1 << 9;
 /// High 32 bits: the sequence number, odd while the writer changes the slot.
 const SEQ_ONE: u64 = 1 << 32;
+
+/// The writer's value of a slot a definition in progress claimed (its key
+/// set, no entry yet): see [`ReadIndex::claim`]. Never a symbol id (ids
+/// index the engine's records, far fewer).
+const PENDING: u32 = u32::MAX;
 
 /// Largest load factor, as numerator over 8: misses probe until an empty
 /// slot, and lookups through a link order miss in most dylibs.
@@ -232,32 +237,25 @@ impl ReadIndex {
         }
     }
 
-    /// Writer only: [`ReadIndex::sym`], and whether the table has a slot
-    /// for `name` already (defined now or before): a name without one
-    /// needs a new slot when defined, what [`ReadIndex::reserve`] counts.
-    pub(crate) fn sym_and_key(&self, name: &SymbolName) -> (Option<u32>, bool) {
-        match self.writer_find(name.key()) {
-            (_, slot, true) => {
-                let present = slot.word.load(Ordering::Relaxed) & PRESENT != 0;
-                (present.then(|| slot.sym.load(Ordering::Relaxed)), true)
-            }
-            (_, _, false) => (None, false),
-        }
-    }
-
     /// Writer only: the live table and the slot holding `key` (or the empty
     /// slot where it would go), from the memo of the last search if it
     /// still holds.
     fn writer_find(&self, key: usize) -> (&Table, &Slot, bool) {
+        let (table, index, found) = self.writer_find_index(key);
+        (table, &table.slots[index], found)
+    }
+
+    /// [`ReadIndex::writer_find`], by slot index.
+    fn writer_find_index(&self, key: usize) -> (&Table, usize, bool) {
         let generation = self.live.load(Ordering::Relaxed);
         let table = self.table_at(generation);
         if self.memo_key.load(Ordering::Relaxed) == key
             && self.memo_generation.load(Ordering::Relaxed) == generation
         {
-            let slot = &table.slots[self.memo_index.load(Ordering::Relaxed) & table.mask];
-            match slot.key.load(Ordering::Relaxed) {
-                k if k == key => return (table, slot, true),
-                0 => return (table, slot, false),
+            let index = self.memo_index.load(Ordering::Relaxed) & table.mask;
+            match table.slots[index].key.load(Ordering::Relaxed) {
+                k if k == key => return (table, index, true),
+                0 => return (table, index, false),
                 _ => {}
             }
         }
@@ -265,7 +263,88 @@ impl ReadIndex {
         self.memo_key.store(key, Ordering::Relaxed);
         self.memo_generation.store(generation, Ordering::Relaxed);
         self.memo_index.store(index, Ordering::Relaxed);
-        (table, &table.slots[index], found)
+        (table, index, found)
+    }
+
+    /// Writer only: one probe for a name a definition brings — what it
+    /// finds there, and the slot the name is now sure to have. A name
+    /// without a slot takes one now (its key, no entry: readers still find
+    /// it absent), marked pending, so the same name met again in the same
+    /// definition is [`Claim::Repeated`]. The definition then writes each
+    /// claimed slot by its index ([`ReadIndex::set_at`]) or, refused,
+    /// [`ReadIndex::release`]s them: a key stays, as a removed name's does.
+    /// Room for the definition's names is made first
+    /// ([`ReadIndex::reserve`]), so the indices handed out stay valid.
+    pub(crate) fn claim(&self, name: &SymbolName) -> Claim {
+        let key = name.key();
+        let mut table = self.live_table();
+        let (mut at, found) = table.find_index(key);
+        if found {
+            let slot = &table.slots[at];
+            let sym = slot.sym.load(Ordering::Relaxed);
+            if slot.word.load(Ordering::Relaxed) & PRESENT != 0 {
+                return Claim::Defined { sym, at };
+            }
+            if sym == PENDING {
+                return Claim::Repeated;
+            }
+            slot.sym.store(PENDING, Ordering::Relaxed);
+            return Claim::New { at };
+        }
+        if (self.used.load(Ordering::Relaxed) + 1) * 8 > table.slots.len() * MAX_LOAD_EIGHTHS {
+            table = self.grow();
+            at = table.find_index(key).0;
+        }
+        let slot = &table.slots[at];
+        slot.sym.store(PENDING, Ordering::Relaxed);
+        // No entry yet: the slot's word says absent, so a reader finding
+        // the key reads it as undefined.
+        slot.key.store(key, Ordering::Release);
+        self.used
+            .store(self.used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Claim::New { at }
+    }
+
+    /// Writer only: [`ReadIndex::set`] into the slot `at` that
+    /// [`ReadIndex::claim`] gave `name` (no probe); if the table grew since,
+    /// by search.
+    pub(crate) fn set_at(&self, at: usize, name: &SymbolName, entry: IndexEntry, sym: u32) {
+        match self.live_table().slots.get(at) {
+            Some(slot) if slot.key.load(Ordering::Relaxed) == name.key() => {
+                slot.sym.store(sym, Ordering::Relaxed);
+                slot.write(Some(entry));
+            }
+            _ => self.set(name, entry, sym),
+        }
+    }
+
+    /// Writer only: a refused definition gives back the slot `at` it
+    /// claimed for `name`: the key stays (absent, like a removed name's),
+    /// no longer pending. A slot with an entry is left alone.
+    pub(crate) fn release(&self, at: usize, name: &SymbolName) {
+        let table = self.live_table();
+        let slot = match table.slots.get(at) {
+            Some(slot) if slot.key.load(Ordering::Relaxed) == name.key() => slot,
+            _ => match self.writer_find(name.key()) {
+                (_, slot, true) => slot,
+                _ => return,
+            },
+        };
+        if slot.word.load(Ordering::Relaxed) & PRESENT == 0 {
+            slot.sym.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Loads the slots at `ats` (claimed ones), like [`ReadIndex::warm`].
+    pub(crate) fn warm_at(&self, ats: impl Iterator<Item = usize>) {
+        let table = self.live_table();
+        let mut sink = 0usize;
+        for at in ats {
+            if let Some(slot) = table.slots.get(at) {
+                sink ^= slot.key.load(Ordering::Relaxed);
+            }
+        }
+        std::hint::black_box(sink);
     }
 
     /// Writer only: changes `name`'s entry in place; false if there is none.
@@ -310,7 +389,7 @@ impl ReadIndex {
     }
 
     /// Writer only: makes room for `additional` new names (names without a
-    /// slot yet: see [`ReadIndex::sym_and_key`]) at once, so a definition of
+    /// slot yet: see [`ReadIndex::claim`]) at once, so a definition of
     /// N names grows the table (copying every entry) at most once instead
     /// of once per doubling.
     pub(crate) fn reserve(&self, additional: usize) {
@@ -326,7 +405,8 @@ impl ReadIndex {
         self.grow_to(slots);
     }
 
-    /// Copies the present entries into the next generation, twice the size,
+    /// Copies the present entries (and pending claims) into the next
+    /// generation, twice the size,
     /// and publishes it.
     fn grow(&self) -> &Table {
         self.grow_to(self.live_table().slots.len() * 2)
@@ -345,11 +425,16 @@ impl ReadIndex {
             if key == 0 {
                 continue;
             }
-            if let Some(entry) = slot.entry() {
+            let sym = slot.sym.load(Ordering::Relaxed);
+            let entry = slot.entry();
+            // Present entries move, and so do keys a definition in progress
+            // claimed (no entry yet); removed names' keys are dropped.
+            if entry.is_some() || sym == PENDING {
                 let (to, _) = new.find(key);
-                to.sym
-                    .store(slot.sym.load(Ordering::Relaxed), Ordering::Relaxed);
-                to.write(Some(entry));
+                to.sym.store(sym, Ordering::Relaxed);
+                if entry.is_some() {
+                    to.write(entry);
+                }
                 to.key.store(key, Ordering::Relaxed);
                 present += 1;
             }
@@ -385,6 +470,7 @@ impl std::fmt::Debug for ReadIndex {
 #[cfg(all(test, not(kiln_loom)))]
 mod tests {
     use super::*;
+    use crate::index::Claim;
     use crate::name::Interner;
 
     /// Reserving room first and setting one by one agree: every name is
@@ -410,23 +496,29 @@ mod tests {
                 slots,
                 "no growth after reserve"
             );
-            // Names removed and defined again keep their slots: counted as
-            // known, they reserve nothing.
-            for n in &names {
-                index.remove(n);
+            // Names removed and defined again keep their slots: their
+            // claims find them. Room reserved for all of them may grow the
+            // table once; defining them again never grows it again.
+            let mut after_first = 0;
+            for round in 0..3 {
+                for n in &names {
+                    index.remove(n);
+                }
+                index.reserve(names.len());
+                let reserved = index.live_table().slots.len();
+                for (i, n) in names.iter().enumerate() {
+                    let Claim::New { at } = index.claim(n) else {
+                        panic!("{n}: removed, so new");
+                    };
+                    index.set_at(at, n, entry(i as u64, i % 2 == 0), i as u32);
+                }
+                assert_eq!(index.live_table().slots.len(), reserved);
+                if round == 0 {
+                    after_first = reserved;
+                    assert!(reserved <= 2 * slots.max(16), "grown once at most");
+                }
+                assert_eq!(reserved, after_first, "no growth redefining again");
             }
-            let new = names.iter().filter(|n| !index.sym_and_key(n).1).count();
-            assert_eq!(new, 0);
-            index.reserve(new);
-            for (i, n) in names.iter().enumerate() {
-                assert_eq!(index.sym_and_key(n), (None, true));
-                index.set(n, entry(i as u64, i % 2 == 0), i as u32);
-            }
-            assert_eq!(
-                index.live_table().slots.len(),
-                slots,
-                "no growth redefining"
-            );
             for (i, n) in names.iter().enumerate() {
                 assert_eq!(index.sym(n), Some(i as u32));
                 match index.get(n) {
@@ -435,6 +527,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A definition's claims: a name defined already is reported with its
+    /// value, a name claimed twice is a repeat, claimed names read as
+    /// absent until written, claims move with a growing table, and a
+    /// released claim is no longer pending.
+    #[test]
+    fn claims_report_repeats_move_with_growth_and_release() {
+        let pool = Interner::default();
+        let index = ReadIndex::new();
+        let old = pool.intern("old");
+        index.set(&old, entry(1, true), 7);
+        assert!(matches!(index.claim(&old), Claim::Defined { sym: 7, .. }));
+        let names: Vec<_> = (0..1000).map(|i| pool.intern(&format!("c{i}"))).collect();
+        // No reserve: the claims grow the table, their keys move with it.
+        let ats: Vec<usize> = (names.iter())
+            .map(|n| match index.claim(n) {
+                Claim::New { at } => at,
+                other => panic!("{n}: {other:?}"),
+            })
+            .collect();
+        assert!(index.live.load(Ordering::Relaxed) > 0, "the index grew");
+        for n in &names {
+            assert_eq!(index.claim(n), Claim::Repeated, "{n}");
+            assert_eq!(index.get(n), Probe::Absent, "{n}: no entry yet");
+        }
+        // Stale indices (before growth) fall back to a search.
+        for (n, &at) in names.iter().zip(&ats) {
+            index.release(at, n);
+        }
+        let ats: Vec<usize> = (names.iter())
+            .map(|n| match index.claim(n) {
+                Claim::New { at } => at,
+                other => panic!("{n} after release: {other:?}"),
+            })
+            .collect();
+        for (i, (n, &at)) in names.iter().zip(&ats).enumerate() {
+            index.set_at(at, n, entry(i as u64, true), i as u32);
+        }
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(index.get(n), Probe::Found(entry(i as u64, true)));
+            assert!(matches!(index.claim(n), Claim::Defined { sym, .. } if sym == i as u32));
+        }
+        assert_eq!(index.get(&old), Probe::Found(entry(1, true)));
     }
 
     fn entry(address: u64, ready: bool) -> IndexEntry {

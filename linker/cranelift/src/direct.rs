@@ -256,13 +256,51 @@ impl Resolver<'_> {
             let values = FixupValues {
                 place: place + offset,
                 target,
-                addend: reloc.addend + extra,
+                addend: reloc.addend.checked_add(extra)?,
                 got: 0,
                 size: 0,
             };
-            apply(kind, piece, offset, &values).ok()?;
+            if !patch(kind, piece, offset, &values) {
+                apply(kind, piece, offset, &values).ok()?;
+            }
         }
         Some(())
+    }
+}
+
+/// Cranelift's common x86-64 fix-ups — calls and PC-relative references
+/// (`S + A - P`, signed 32 bits) and absolute pointers (`S + A`, 64 bits,
+/// wrapping) — written inline: kiln-arch's formulas ([`kiln_arch::x86_64::reloc::compute`]).
+/// `false` (nothing written) for any other kind, a value out of range or a
+/// field outside `piece`: [`apply`] then does it, or reports why not, with
+/// its own checks.
+#[inline(always)]
+fn patch(kind: EdgeKind, piece: &mut [u8], offset: u64, values: &FixupValues) -> bool {
+    let (s, a) = (i128::from(values.target), i128::from(values.addend));
+    let Ok(at) = usize::try_from(offset) else {
+        return false;
+    };
+    match kind {
+        EdgeKind::Delta32 | EdgeKind::Branch32 => {
+            let Ok(value) = i32::try_from(s + a - i128::from(values.place)) else {
+                return false;
+            };
+            put(piece, at, value.to_le_bytes())
+        }
+        EdgeKind::Pointer64 => put(piece, at, ((s + a) as u64).to_le_bytes()),
+        _ => false,
+    }
+}
+
+/// Writes `bytes` at `at` in `piece`; `false` if they do not fit there.
+#[inline(always)]
+fn put<const N: usize>(piece: &mut [u8], at: usize, bytes: [u8; N]) -> bool {
+    match at.checked_add(N).and_then(|end| piece.get_mut(at..end)) {
+        Some(field) => {
+            field.copy_from_slice(&bytes);
+            true
+        }
+        None => false,
     }
 }
 
@@ -431,4 +469,78 @@ fn write(
         resolver.fix_up(base + at, piece, &d.relocs)?;
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inline fix-ups write what kiln-arch's `apply` writes, and leave
+    /// to it (write nothing) whatever it refuses: values out of range,
+    /// fields past the end, kinds they do not know.
+    #[test]
+    fn inline_fixups_agree_with_kiln_arch() {
+        let kinds = [
+            EdgeKind::Delta32,
+            EdgeKind::Branch32,
+            EdgeKind::Pointer64,
+            EdgeKind::Pointer32,
+            EdgeKind::Delta64,
+        ];
+        let places = [0x1000u64, 0x7fff_0000_0000, u64::MAX - 16];
+        let targets = [0u64, 0x1000, 0x8000_1000, 0x7fff_8000_0000, u64::MAX];
+        let addends = [0i64, -4, 4, i64::MIN, i64::MAX, -(1 << 31)];
+        let offsets = [0u64, 4, 12, 13, 16, u64::MAX];
+        let mut checked = 0;
+        for kind in kinds {
+            for (place, target, addend, offset) in
+                itertools_product(&places, &targets, &addends, &offsets)
+            {
+                let values = FixupValues {
+                    place,
+                    target,
+                    addend,
+                    got: 0,
+                    size: 0,
+                };
+                let (mut fast, mut slow) = ([0xaau8; 16], [0xaau8; 16]);
+                let wrote = patch(kind, &mut fast, offset, &values);
+                let applied = apply(kind, &mut slow, offset, &values).is_ok();
+                if wrote {
+                    assert!(
+                        applied,
+                        "{kind:?} {values:?} at {offset}: written inline, refused by apply"
+                    );
+                    assert_eq!(fast, slow, "{kind:?} {values:?} at {offset}");
+                } else {
+                    assert_eq!(fast, [0xaa; 16], "nothing written when left to apply");
+                    assert!(
+                        !applied
+                            || !matches!(
+                                kind,
+                                EdgeKind::Delta32 | EdgeKind::Branch32 | EdgeKind::Pointer64
+                            ),
+                        "{kind:?} {values:?} at {offset}: apply took what the inline path refused"
+                    );
+                }
+                checked += usize::from(wrote);
+            }
+        }
+        assert!(checked > 100, "the inline path wrote {checked} times");
+    }
+
+    fn itertools_product<'a>(
+        places: &'a [u64],
+        targets: &'a [u64],
+        addends: &'a [i64],
+        offsets: &'a [u64],
+    ) -> impl Iterator<Item = (u64, u64, i64, u64)> + 'a {
+        places.iter().flat_map(move |&p| {
+            targets.iter().flat_map(move |&t| {
+                addends
+                    .iter()
+                    .flat_map(move |&a| offsets.iter().map(move |&o| (p, t, a, o)))
+            })
+        })
+    }
 }

@@ -3,11 +3,11 @@
 
 use smallvec::SmallVec;
 
-use super::{FixedSet, Found, State, Sym, UnitEntry};
+use super::{Found, State, Sym, UnitEntry};
 use crate::actor::{DefineKind, DylibId, Effect, Effects, SessionCore, SymId, TrackerId, UnitCell};
 use crate::dispatch::Task;
 use crate::error::{Error, Result};
-use crate::index::IndexEntry;
+use crate::index::{Claim, IndexEntry};
 use crate::name::SymbolName;
 use crate::session::Dylib;
 use crate::symbol::{SymbolDef, SymbolFlags, SymbolState};
@@ -24,8 +24,9 @@ impl State {
     ) -> Result<()> {
         let (unit, symbols) = kind.into_parts();
         let (cell, unit_name) = unit.unzip();
-        // Decide everything before changing anything: a failed define leaves
-        // the dylib as it was.
+        // Decide everything before publishing anything: a failed define
+        // leaves the dylib as it was (the index slots its plan claimed are
+        // released, readers never saw them defined).
         let plan = self
             .check_target(dylib, tracker)
             .and_then(|()| self.plan_define(dylib, &symbols));
@@ -72,14 +73,7 @@ impl State {
             }
             DefinedSymbols::Absolute(_) => None,
         };
-        let added = self.add_symbols(
-            dylib,
-            tracker,
-            unit_id,
-            symbols,
-            plan.discarded,
-            plan.new_keys,
-        );
+        let added = self.add_symbols(dylib, tracker, unit_id, symbols, plan.discarded, plan.at);
         if let Some(uid) = unit_id {
             self.units[uid].syms.extend_from_slice(&added);
         }
@@ -101,51 +95,78 @@ impl State {
     }
 
     /// What defining `symbols` in `dylib` does, decided before anything
-    /// changes: duplicates (also within `symbols`) refuse it; weak Lazy
-    /// symbols a strong definition overrides; weak definitions that lose.
+    /// is published: duplicates (also within `symbols`) refuse it; weak
+    /// Lazy symbols a strong definition overrides; weak definitions that
+    /// lose. One probe of the dylib's index per name ([`ReadIndex::claim`]):
+    /// a new name takes its slot there and then (readers still find it
+    /// undefined), a name repeated within `symbols` finds its own claim;
+    /// refused, the claims are released.
+    ///
+    /// [`ReadIndex::claim`]: crate::index::ReadIndex::claim
     fn plan_define(&self, dylib: DylibId, symbols: &DefinedSymbols) -> Result<DefinePlan> {
         let d = &self.dylibs[dylib as usize];
+        let index = &d.shared.index;
         let mut plan = DefinePlan {
             overridden: Vec::new(),
             discarded: Vec::new(),
-            new_keys: 0,
+            at: Vec::with_capacity(symbols.len()),
         };
         let mut duplicates = Vec::new();
-        // Names repeated within this definition are duplicates too (the
-        // set borrows the names: no reference count is touched).
-        let mut seen: FixedSet<&SymbolName> = FixedSet::with_capacity_and_hasher(
-            if symbols.len() > 1 { symbols.len() } else { 0 },
-            Default::default(),
-        );
+        // Names defined here already that this definition overrides or
+        // loses to (no error by themselves): symbol ids and positions.
+        let mut defined: Vec<(SymId, usize)> = Vec::new();
+        // Room for every name at once, as if all were new: the slots
+        // claimed stay where they are. (A batch of names defined before
+        // may grow the table once early; `used` counts keys, not
+        // definitions, so defining them again never grows it again.)
+        index.reserve(symbols.len());
         for i in 0..symbols.len() {
             if i % WARM_AHEAD == 0 && symbols.len() > 1 {
                 let ahead = i..(i + WARM_AHEAD).min(symbols.len());
-                d.shared.index.warm(ahead.map(|j| symbols.name(j)));
+                index.warm(ahead.map(|j| symbols.name(j)));
             }
             let (name, flags) = (symbols.name(i), symbols.flags(i));
-            if symbols.len() > 1 && !seen.insert(name) {
-                duplicates.push(name.clone());
-                continue;
-            }
-            // Names the dylib's index has no slot for yet (what it must
-            // grow for).
-            let (existing, known) = d.shared.index.sym_and_key(name);
-            plan.new_keys += usize::from(!known);
-            if let Some(sid) = existing {
-                let existing = &self.syms[sid as usize];
-                if !flags.is_weak()
-                    && existing.flags.is_weak()
-                    && existing.state == SymbolState::Lazy
-                {
-                    plan.overridden.push(sid);
-                } else if flags.is_weak() {
-                    plan.discarded.push(i);
-                } else {
+            match index.claim(name) {
+                Claim::New { at } => plan.at.push(at),
+                Claim::Repeated => {
+                    plan.at.push(usize::MAX);
                     duplicates.push(name.clone());
+                }
+                Claim::Defined { sym, at } => {
+                    plan.at.push(at);
+                    let existing = &self.syms[sym as usize];
+                    if !flags.is_weak()
+                        && existing.flags.is_weak()
+                        && existing.state == SymbolState::Lazy
+                    {
+                        plan.overridden.push(sym);
+                        defined.push((sym, i));
+                    } else if flags.is_weak() {
+                        plan.discarded.push(i);
+                        defined.push((sym, i));
+                    } else {
+                        duplicates.push(name.clone());
+                    }
+                }
+            }
+        }
+        // A defined name repeated within `symbols` has no pending claim to
+        // find: the repeats among those (rare: few names are defined again)
+        // are found by symbol id.
+        if defined.len() > 1 {
+            defined.sort_unstable();
+            for pair in defined.windows(2) {
+                if pair[0].0 == pair[1].0 {
+                    duplicates.push(symbols.name(pair[1].1).clone());
                 }
             }
         }
         if !duplicates.is_empty() {
+            for (i, &at) in plan.at.iter().enumerate() {
+                if at != usize::MAX {
+                    index.release(at, symbols.name(i));
+                }
+            }
             return Err(Error::DuplicateDefinitions {
                 dylib: d.shared.name.clone(),
                 names: duplicates,
@@ -156,8 +177,9 @@ impl State {
 
     /// Adds `symbols` (but the `discarded` positions) to `dylib`'s records
     /// and index: Ready at their addresses if absolute, else Lazy in
-    /// `unit`. Room for all is made at once: the index, the records and
-    /// the tracker's list grow (and copy) at most once.
+    /// `unit`. Each goes into the index slot `at` its plan claimed (no
+    /// second probe); the records and the tracker's list grow (and copy)
+    /// at most once.
     fn add_symbols(
         &mut self,
         dylib: DylibId,
@@ -165,7 +187,7 @@ impl State {
         unit: Option<usize>,
         symbols: DefinedSymbols,
         discarded: Vec<usize>,
-        new_keys: usize,
+        at: Vec<usize>,
     ) -> Vec<SymId> {
         let state = if matches!(symbols, DefinedSymbols::Absolute(_)) {
             SymbolState::Ready
@@ -173,25 +195,18 @@ impl State {
             SymbolState::Lazy
         };
         let adding = symbols.len() - discarded.len();
-        self.dylibs[dylib as usize].shared.index.reserve(new_keys);
+        // `Vec::reserve` grows geometrically: a later define does not copy
+        // the records for a few more.
         self.syms
             .reserve(adding.saturating_sub(self.free_syms.len()));
         let mut added = Vec::with_capacity(adding);
         let mut skip = discarded.into_iter().peekable();
-        let entries: Vec<_> = symbols.into_entries().collect();
-        let mut entries = entries.into_iter();
-        let mut i = 0;
-        loop {
-            if i % WARM_AHEAD == 0 {
-                let ahead = entries.as_slice().iter().take(WARM_AHEAD);
-                let index = &self.dylibs[dylib as usize].shared.index;
-                index.warm(ahead.map(|(name, _, _)| name));
+        for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
+            if i % WARM_AHEAD == 0 && at.len() > 1 {
+                let ahead = at.iter().skip(i).take(WARM_AHEAD).copied();
+                self.dylibs[dylib as usize].shared.index.warm_at(ahead);
             }
-            let Some((name, flags, address)) = entries.next() else {
-                break;
-            };
-            i += 1;
-            if skip.peek() == Some(&(i - 1)) {
+            if skip.peek() == Some(&i) {
                 skip.next();
                 continue;
             }
@@ -208,7 +223,8 @@ impl State {
                 failure: None,
             });
             let name = &self.syms[sid as usize].name;
-            self.dylibs[dylib as usize].shared.index.set(
+            self.dylibs[dylib as usize].shared.index.set_at(
+                at[i],
                 name,
                 IndexEntry {
                     def: SymbolDef::new(address, flags),
@@ -305,8 +321,9 @@ struct DefinePlan {
     overridden: Vec<SymId>,
     /// Positions of its weak symbols that lose to existing definitions.
     discarded: Vec<usize>,
-    /// Names the dylib's index has no slot for yet.
-    new_keys: usize,
+    /// Each symbol's slot in the dylib's index, by position
+    /// (`usize::MAX` for a repeated name, which refuses the definition).
+    at: Vec<usize>,
 }
 
 /// A refused definition's unit is dropped (as an effect: its drop may run
