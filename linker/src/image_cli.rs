@@ -54,9 +54,9 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
             )
         });
         let id = || {
-            hashing
-                .join()
-                .map_err(|_| "hashing the inputs failed".to_string())
+            hashing.join().map_err(|_| {
+                "computing the build id from the inputs panicked (its message is above)".to_string()
+            })
         };
         link_and_save(args, options, inputs, started, id)
     })
