@@ -1103,14 +1103,10 @@ impl MaterializationUnit for ObjectUnit {
             &self.globals,
             &r,
         ) {
-            Ok((groups, graph, perf_map)) => {
+            Ok((groups, graph)) => {
                 let _ = r.emit(groups);
-                // Freeing the graph's arenas takes a while for big images,
-                // and perf reads its map only when it resolves samples:
-                // both only after the emit, which lets waiting lookups go on.
-                if let (Some(lines), Some(g)) = (perf_map, &graph) {
-                    lines.write(&self.name, g);
-                }
+                // Freeing the graph's arenas takes a while for big images:
+                // only after the emit, which lets waiting lookups go on.
                 drop(graph);
             }
             Err(e) => r.fail(e),
@@ -1130,12 +1126,8 @@ fn link_error(e: LinkError) -> Error {
 }
 
 /// What [`link`] leaves for after the emit: the groups to emit, the graph
-/// to free, the perf map lines to write.
-type Linked = (
-    Vec<DependenceGroup>,
-    Option<LinkGraph>,
-    Option<crate::debug::PerfMapLater>,
-);
+/// to free.
+type Linked = (Vec<DependenceGroup>, Option<LinkGraph>);
 
 /// What this unit owes, with flags, by position in `globals` (the graph's
 /// defined non-local globals, named once in `add_graph`; the graph has not
@@ -1194,12 +1186,6 @@ impl passes::LinkHost for EngineHost<'_> {
 
     fn link_error(&self, e: LinkError) -> Error {
         link_error(e)
-    }
-
-    /// The perf map's lines are written after the emit
-    /// ([`ObjectUnit::materialize`]).
-    fn defer_perf_map(&self) -> bool {
-        true
     }
 
     /// (a) Our own addresses: other units waiting on them at Resolved go on.
@@ -1351,7 +1337,7 @@ fn link(
         prepared_at: started,
         resolved_at: started,
     };
-    let (finalized, graph, perf_map) = passes::run(start, &mut host, &env, &options)?;
+    let (finalized, graph) = passes::run(start, &mut host, &env, &options)?;
     let EngineHost {
         defs,
         found,
@@ -1391,7 +1377,7 @@ fn link(
 
     // (d) Emit (by the caller, after this returns).
     let groups = dependence_groups(&order, &found, defs);
-    Ok((groups, graph, perf_map))
+    Ok((groups, graph))
 }
 
 /// The image's symbols (`defs`) as one group, depending on the external

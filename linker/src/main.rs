@@ -451,8 +451,8 @@ fn link_and_run(
         }
     };
     if args.noexec {
-        // Ended first, as after a run: work left after the emit (perf map
-        // lines, freeing graphs) is done and counted.
+        // Ended first, as after a run: work left after the emit (freeing
+        // graphs) is done and counted.
         run.session.end();
         report(None);
         return Ok(0);

@@ -730,7 +730,6 @@ fn link_for_perf_map(obj: &Path, t: usize) {
             .expect("add the object");
         let name = format!("kiln_conc_t{t}_f0");
         app.lookup_ready(&[name.as_str()]).expect("link it");
-        // Ending the session waits for the link's perf map lines.
         session.end();
     }
 }
@@ -800,4 +799,42 @@ fn perf_map_lines_of_concurrent_links_never_interleave() {
             "a run of {n} lines of thread {t}'s links: another link's lines interleaved"
         );
     }
+}
+
+/// A function's perf map line is in the map by the time its address is
+/// handed out: the lookup that returns it has waited for the line, so a
+/// profiler started then (or a process that exits then) sees every
+/// function it can run. Each link runs on a pool worker while this thread
+/// waits in the lookup; the map is read as soon as the lookup returns.
+#[test]
+fn a_functions_perf_map_line_is_written_before_its_address_is_handed_out() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("debuggers-perf-before-address");
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let mut options = LinkOptions::default();
+    options.debug = DebugOptions::NONE.with_perf_map(true);
+    let layer = ObjectLayer::with_options(&session, options);
+    let app = session.create_dylib("app").expect("app dylib");
+    for k in 0..40 {
+        let name = format!("kiln_before_address_{k}");
+        let src: String = (0..20)
+            .map(|j| format!("int {name}_{j}(int x) {{ return x * {j} + {k}; }}\n"))
+            .chain([format!("int {name}(int x) {{ return x + {k}; }}\n")])
+            .collect();
+        let obj = compile_c_text(&dir, &name, &src, &["-O1"]);
+        let bytes = std::fs::read(&obj).expect("read the object");
+        layer
+            .add_object(&app, None, &format!("{name}.o"), &bytes)
+            .expect("add the object");
+        app.lookup_ready(&[name.as_str()]).expect("link it");
+        let map =
+            std::fs::read_to_string(kiln_linker::debug::perf_map_path()).expect("read the map");
+        assert!(
+            map.lines().any(|l| l.ends_with(&format!(" {name}"))),
+            "{name}'s address was handed out before its perf map line was written"
+        );
+    }
+    session.end();
 }

@@ -10,9 +10,9 @@
 //!
 //! Nothing here runs unless [`DebugOptions`] asks for it: the default link
 //! path only checks three booleans. Links are announced by
-//! `register_image` (in the engine layer with GDB support off, a link's
-//! perf map lines are written after its emit: `PerfMapLater`); loaded
-//! image files by `register_loaded`; lazy stubs and trampolines, by the
+//! `register_image` before the image's addresses are handed out (a
+//! function's perf map line is in the map before anyone can call it);
+//! loaded image files by `register_loaded`; lazy stubs and trampolines, by the
 //! entry each serves, by `announce_stubs`. An image's registration
 //! ([`DebugRegistration`]) is dropped — unregistered from GDB — before the
 //! image's memory is released (tracker removal, dylib removal, session end:
@@ -224,8 +224,7 @@ pub fn gdb_debugger_cpu_median() -> Option<std::time::Duration> {
 }
 
 /// Announcements to debuggers or profilers in this process so far (one
-/// per image, plus one per link whose perf map lines were written after
-/// its emit), and the time spent in them (collecting symbols, building
+/// per image), and the time spent in them (collecting symbols, building
 /// debug objects, writing perf map and jitdump lines, registering — with a
 /// debugger attached, its reading each object too), for `kiln run
 /// --stats`.
@@ -239,13 +238,6 @@ pub fn announce_time() -> (u64, std::time::Duration) {
 static ANNOUNCED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static ANNOUNCE_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Counts one announcement that started at `start`.
-fn count_announce(start: std::time::Instant) {
-    use std::sync::atomic::Ordering::Relaxed;
-    ANNOUNCED.fetch_add(1, Relaxed);
-    ANNOUNCE_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
-}
-
 /// Runs `announce` when `options` enable anything, counting its time.
 fn counted(
     options: &DebugOptions,
@@ -254,9 +246,11 @@ fn counted(
     if !options.any() {
         return Ok(None);
     }
+    use std::sync::atomic::Ordering::Relaxed;
     let start = std::time::Instant::now();
     let result = announce();
-    count_announce(start);
+    ANNOUNCED.fetch_add(1, Relaxed);
+    ANNOUNCE_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
     result
 }
 
@@ -293,10 +287,16 @@ fn announce_image(
     info: &ImageInfo<'_>,
     options: &DebugOptions,
 ) -> Result<Option<DebugRegistration>, DebugError> {
-    let symbols = image_symbols(info);
     if options.perf_map {
-        perf_map::append(&symbols)?;
+        // Formatted straight from the graph: no symbol list in between.
+        let mut text = perf_map::Lines::with_capacity(info.graph.symbols.len() + info.extra.len());
+        for_each_image_symbol(info, true, |s| text.push(&s));
+        text.append()?;
     }
+    if !options.gdb && !options.jitdump {
+        return Ok(Some(DebugRegistration { gdb: None }));
+    }
+    let symbols = image_symbols(info);
     // The inputs' DWARF, relocated to the runtime addresses: for GDB's
     // object and jitdump's line tables.
     let dwarf = if options.gdb || options.jitdump {
@@ -441,56 +441,6 @@ pub(crate) fn plt_symbols<'a>(
             local: true,
         })
         .collect()
-}
-
-/// Opens the perf map if it is not open yet (the error a link reports).
-pub(crate) fn perf_map_open() -> Result<(), DebugError> {
-    perf_map::open().map(|_| ())
-}
-
-/// A link's perf map lines, left for after the image is emitted (the
-/// engine layer writes them with the graph it frees then): perf reads the
-/// map when it resolves samples, so the link's waiters need not wait for
-/// the write. Collected from the graph then, written in one `write`.
-pub(crate) struct PerfMapLater {
-    eh_frame: Option<(u64, u64)>,
-    /// PLT stubs: (symbol, address), and their size.
-    plt: Vec<(crate::graph::SymbolId, u64)>,
-    plt_stub_size: u64,
-}
-
-impl PerfMapLater {
-    pub(crate) fn new(
-        eh_frame: Option<(u64, u64)>,
-        plt: Vec<(crate::graph::SymbolId, u64)>,
-        plt_stub_size: u64,
-    ) -> PerfMapLater {
-        PerfMapLater {
-            eh_frame,
-            plt,
-            plt_stub_size,
-        }
-    }
-
-    /// Appends the image's lines: `graph` is the image's graph after
-    /// fixup. Only addresses are read, never the image's memory, so this
-    /// is sound even if the image was removed meanwhile (its lines are
-    /// then stale, as any perf map line of removed code). A failed write
-    /// (the file was opened at the link) is dropped: the link is done.
-    pub(crate) fn write(self, name: &str, graph: &LinkGraph) {
-        let start = std::time::Instant::now();
-        let info = ImageInfo {
-            name,
-            graph,
-            eh_frame: self.eh_frame,
-            extra: plt_symbols(graph, &self.plt, self.plt_stub_size),
-        };
-        // Formatted straight from the graph: no symbol list in between.
-        let mut text = perf_map::Lines::with_capacity(graph.symbols.len() + info.extra.len());
-        for_each_image_symbol(&info, true, |s| text.push(&s));
-        let _ = text.append();
-        count_announce(start);
-    }
 }
 
 /// Every named symbol of a live block outside TLS, plus `info.extra`, in

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::fixup::{Fixed, not_writable};
 use super::got_plt::GotKey;
-use super::{Finalized, FinalizedDeferring, ImageEnv, LinkOptions, LinkStats, Prepared};
+use super::{Finalized, FinalizedKeeping, ImageEnv, LinkOptions, LinkStats, Prepared};
 use crate::error::LinkError;
 use crate::graph::{LinkGraph, SectionRole, SymbolDef, SymbolId};
 use crate::runtime;
@@ -21,8 +21,7 @@ pub(super) fn finalize(
     fixed: Fixed,
     env: &ImageEnv,
     options: &LinkOptions,
-    defer_perf_map: bool,
-) -> Result<FinalizedDeferring, LinkError> {
+) -> Result<FinalizedKeeping, LinkError> {
     let Fixed {
         prepared: mut p,
         tls_module,
@@ -72,8 +71,7 @@ pub(super) fn finalize(
         timings,
     };
     let dso_handle = p.dso_handle();
-    let defer = defer_perf_map && !options.keep_graph;
-    let (debug, later) = announce(&p, env, options, defer)?;
+    let debug = announce(&p, env, options)?;
     let (kept, graph) = if options.keep_graph {
         (Some(p.graph), None)
     } else {
@@ -92,7 +90,7 @@ pub(super) fn finalize(
         imaging,
         debug,
     };
-    Ok((finalized, graph, later))
+    Ok((finalized, graph))
 }
 
 /// Name → address of every global the image defines (empty unless
@@ -187,29 +185,18 @@ fn tls_for_imaging(
 }
 
 /// What [`announce`] did now and left for later.
-type Announced = (
-    Option<crate::debug::DebugRegistration>,
-    Option<crate::debug::PerfMapLater>,
-);
-
 /// Tells debuggers and profilers about the finalized image, as
-/// [`LinkOptions::debug`] asks (nothing at all by default). With
-/// `defer_perf_map` and GDB support off, the perf map's lines are
-/// returned for later instead (the map file is opened now, so that
-/// failing to create it still fails the link).
+/// [`LinkOptions::debug`] asks (nothing at all by default): before its
+/// addresses are handed out, so that a function's perf map line (or GDB
+/// entry) exists before anyone can call it.
 fn announce(
     p: &Prepared,
     env: &ImageEnv,
     options: &LinkOptions,
-    defer_perf_map: bool,
-) -> Result<Announced, LinkError> {
+) -> Result<Option<crate::debug::DebugRegistration>, LinkError> {
     if !options.debug.any() {
-        return Ok((None, None));
+        return Ok(None);
     }
-    let err = |source| LinkError::Debug {
-        image: env.name.clone(),
-        source,
-    };
     let plt_base = p.plt_block.map_or(0, |b| p.graph.blocks[b.index()].addr);
     let plt: Vec<(SymbolId, u64)> = p
         .plt
@@ -217,29 +204,16 @@ fn announce(
         .map(|(&sym, &off)| (sym, plt_base + off))
         .collect();
     let stub_size = p.graph.isa().plt_stub_size() as u64;
-    let mut now = options.debug;
-    let later = if defer_perf_map && now.perf_map && !now.gdb {
-        now.perf_map = false;
-        crate::debug::perf_map_open().map_err(err)?;
-        Some(crate::debug::PerfMapLater::new(
-            p.eh_frame,
-            plt.clone(),
-            stub_size,
-        ))
-    } else {
-        None
-    };
-    if !now.any() {
-        return Ok((None, later));
-    }
     let info = crate::debug::ImageInfo {
         name: &env.name,
         graph: &p.graph,
         eh_frame: p.eh_frame,
         extra: crate::debug::plt_symbols(&p.graph, &plt, stub_size),
     };
-    let registration = crate::debug::register_image(&info, &now).map_err(err)?;
-    Ok((registration, later))
+    crate::debug::register_image(&info, &options.debug).map_err(|source| LinkError::Debug {
+        image: env.name.clone(),
+        source,
+    })
 }
 
 /// Check the image's relocated `.eh_frame` (`records`, placed at `start`)

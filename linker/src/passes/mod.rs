@@ -94,24 +94,11 @@ pub(crate) trait LinkHost {
     /// Step 10: record the address of every external
     /// ([`Prepared::external_symbols`], [`Prepared::resolve_external_ids`]).
     fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), Self::Error>;
-
-    /// Step 12: leave the perf map's lines to the caller (when GDB support
-    /// is off and the graph is handed back): [`crate::debug::PerfMapLater::write`]
-    /// with the graph once the image is emitted (perf reads the map when it
-    /// resolves samples, not before the code runs).
-    fn defer_perf_map(&self) -> bool {
-        false
-    }
 }
 
-/// What [`run`] hands back: the image, the graph to free (unless
-/// [`LinkOptions::keep_graph`] kept it in [`Finalized::graph`]), the perf
-/// map lines left for later ([`LinkHost::defer_perf_map`]).
-pub(crate) type FinalizedDeferring = (
-    Finalized,
-    Option<LinkGraph>,
-    Option<crate::debug::PerfMapLater>,
-);
+/// What [`run`] hands back: the image, and the graph to free (unless
+/// [`LinkOptions::keep_graph`] kept it in [`Finalized::graph`]).
+pub(crate) type FinalizedKeeping = (Finalized, Option<LinkGraph>);
 
 /// What [`run`] starts from.
 #[derive(Debug)]
@@ -138,7 +125,7 @@ pub(crate) fn run<H: LinkHost>(
     host: &mut H,
     env: &ImageEnv,
     options: &LinkOptions,
-) -> Result<FinalizedDeferring, H::Error> {
+) -> Result<FinalizedKeeping, H::Error> {
     let mut prepared = match start {
         Start::Graph {
             graph,
@@ -154,8 +141,7 @@ pub(crate) fn run<H: LinkHost>(
     host.resolve_externals(&mut prepared)?;
     prepared.timings.lookup = t.elapsed();
     // 11–12. Fixup (parallel for large graphs) and finalize memory.
-    let defer_perf_map = host.defer_perf_map();
-    fix_up_and_finalize(prepared, env, options, defer_perf_map).map_err(|e| host.link_error(e))
+    fix_up_and_finalize(prepared, env, options).map_err(|e| host.link_error(e))
 }
 
 /// Steps 1–8: everything that needs nothing from outside the graph. Every
@@ -234,12 +220,11 @@ pub(crate) fn fix_up_and_finalize(
     prepared: Prepared,
     env: &ImageEnv,
     options: &LinkOptions,
-    defer_perf_map: bool,
-) -> Result<FinalizedDeferring, LinkError> {
+) -> Result<FinalizedKeeping, LinkError> {
     // 11. GOT, PLT and every live block, copied into memory and fixed up.
     let fixed = fixup::fix_up(prepared, env, options)?;
     // 12. Unwind info, initializers, TLS image, protections, debuggers.
-    finalize::finalize(fixed, env, options, defer_perf_map)
+    finalize::finalize(fixed, env, options)
 }
 
 /// [`link_graph`]'s host: externals from a [`SymbolResolver`].
@@ -319,10 +304,10 @@ mod tests {
             fail_own_symbols: false,
         };
         let options = LinkOptions::default();
-        let (done, graph, later) = run(start(), &mut host, &ImageEnv::default(), &options)
+        let (done, graph) = run(start(), &mut host, &ImageEnv::default(), &options)
             .unwrap_or_else(|e| panic!("an empty graph links: {e}"));
         assert_eq!(host.calls, ["own symbols", "externals"]);
-        assert!(graph.is_some() && done.graph.is_none() && later.is_none());
+        assert!(graph.is_some() && done.graph.is_none());
         assert_ne!(
             done.dso_handle, 0,
             "the image's __dso_handle slot is placed"

@@ -83,8 +83,7 @@ impl Prepared {
     /// Phase (c), once every external is resolved: fixup and finalize
     /// (the last steps of the pipeline, `passes::fix_up_and_finalize`).
     pub fn finalize(self, env: &ImageEnv, options: &LinkOptions) -> Result<Finalized, LinkError> {
-        let (finalized, _graph, later) = super::fix_up_and_finalize(self, env, options, false)?;
-        debug_assert!(later.is_none());
+        let (finalized, _graph) = super::fix_up_and_finalize(self, env, options)?;
         Ok(finalized)
     }
 
