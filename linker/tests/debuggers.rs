@@ -329,32 +329,7 @@ fn gdb_forgets_removed_code() {
             "--nocapture",
         ],
     );
-    let linked = out
-        .find("[linked]")
-        .unwrap_or_else(|| panic!("gdb did not stop after the link:\n{out}"));
-    let removed = out
-        .find("[removed]")
-        .unwrap_or_else(|| panic!("gdb did not stop after the removal:\n{out}"));
-    let listed = |s: &str| {
-        s.lines()
-            .any(|l| l.trim_end().ends_with(" kiln_removable_fn"))
-    };
-    assert!(
-        listed(&out[linked..removed]),
-        "gdb does not list the linked function:\n{out}"
-    );
-    let after = &out[removed..];
-    let end = after.find("Continuing.").unwrap_or(after.len());
-    assert!(
-        !listed(&after[..end]),
-        "gdb still lists the removed function:\n{out}"
-    );
-    // (gdb's own messages may interleave with the harness's summary: the
-    // inferior's exit status says whether the test passed.)
-    assert!(
-        out.contains("exited normally") && out.contains("1 passed"),
-        "the linked test failed under gdb:\n{out}"
-    );
+    assert_listed_between_stops(&out, "the link", "the removal", "linked test");
 }
 
 /// The debug object GDB is given (`KILN_GDB_OBJECT_DIR` saves a copy):
@@ -682,29 +657,39 @@ fn loading_an_image_registers_one_object_until_it_is_dropped() {
         ],
         &[("KILN_TEST_IMAGE", image.as_os_str())],
     );
+    assert_listed_between_stops(&out, "the load", "the drop", "child test");
+}
+
+/// In a gdb session's output `out` (breakpoints printing `[linked]` after
+/// `made`, `[removed]` after `gone`): gdb lists `kiln_removable_fn`
+/// between the two stops and no longer after the second, and the
+/// `child` test it ran passed. (gdb's own messages may interleave with
+/// the harness's summary: the inferior's exit status says whether the
+/// test passed.)
+fn assert_listed_between_stops(out: &str, made: &str, gone: &str, child: &str) {
     let linked = out
         .find("[linked]")
-        .unwrap_or_else(|| panic!("gdb did not stop after the load:\n{out}"));
+        .unwrap_or_else(|| panic!("gdb did not stop after {made}:\n{out}"));
     let removed = out
         .find("[removed]")
-        .unwrap_or_else(|| panic!("gdb did not stop after the drop:\n{out}"));
+        .unwrap_or_else(|| panic!("gdb did not stop after {gone}:\n{out}"));
     let listed = |s: &str| {
         s.lines()
             .any(|l| l.trim_end().ends_with(" kiln_removable_fn"))
     };
     assert!(
         listed(&out[linked..removed]),
-        "gdb does not list the loaded function:\n{out}"
+        "gdb does not list the function after {made}:\n{out}"
     );
     let after = &out[removed..];
     let end = after.find("Continuing.").unwrap_or(after.len());
     assert!(
         !listed(&after[..end]),
-        "gdb still lists the dropped image's function:\n{out}"
+        "gdb still lists the function after {gone}:\n{out}"
     );
     assert!(
         out.contains("exited normally") && out.contains("1 passed"),
-        "the child test failed under gdb:\n{out}"
+        "the {child} failed under gdb:\n{out}"
     );
 }
 
