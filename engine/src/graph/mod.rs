@@ -1302,44 +1302,44 @@ impl DepGraph {
             }
         }
         for &c in fwd.iter() {
-            let mut reaches = self.slots[c as usize].mark[MARK_B] == ep;
-            let mut e = self.slots[c as usize].head[OUT];
-            for _ in 0..self.slots[c as usize].len[OUT] {
-                if reaches {
-                    break;
-                }
-                self.stats.scanned += 1;
-                let edge = self.edges[e as usize];
-                e = edge.link[OUT][0];
-                let w = &self.slots[self.slots[edge.ends[IN] as usize].comp as usize];
-                reaches = w.mark[MARK_B] == ep || w.mark[MARK_M] == ep;
-            }
-            if reaches {
-                self.slots[c as usize].mark[MARK_M] = ep;
+            if self.joins_scc(c, OUT, [MARK_B, MARK_M], ep) {
                 scc.push(c);
             }
         }
         for &c in bwd.iter() {
-            let mut reached = self.slots[c as usize].mark[MARK_F] == ep;
-            let mut e = self.slots[c as usize].head[IN];
-            for _ in 0..self.slots[c as usize].len[IN] {
-                if reached {
-                    break;
-                }
-                self.stats.scanned += 1;
-                let edge = self.edges[e as usize];
-                e = edge.link[IN][0];
-                let u = &self.slots[self.slots[edge.ends[OUT] as usize].comp as usize];
-                reached = u.mark[MARK_F] == ep || u.mark[MARK_X] == ep;
-            }
-            if reached {
-                self.slots[c as usize].mark[MARK_X] = ep;
+            if self.joins_scc(c, IN, [MARK_F, MARK_X], ep) {
                 scc.push(c);
             }
         }
         scc.sort_unstable();
         scc.dedup();
         scc
+    }
+
+    /// One step of [`Self::scc_of`]'s passes over component `c`, whose
+    /// edges in direction `dir` (OUT: successors, IN: predecessors) the
+    /// search scanned: `c` is in the SCC if it carries `marks[0]` (found
+    /// by the search from the other side) or a neighbour that way carries
+    /// either mark; then it gets `marks[1]` ("in the SCC", for the
+    /// components after it in the pass).
+    fn joins_scc(&mut self, c: u32, dir: usize, marks: [usize; 2], ep: u32) -> bool {
+        let other_end = 1 - dir;
+        let mut joins = self.slots[c as usize].mark[marks[0]] == ep;
+        let mut e = self.slots[c as usize].head[dir];
+        for _ in 0..self.slots[c as usize].len[dir] {
+            if joins {
+                break;
+            }
+            self.stats.scanned += 1;
+            let edge = self.edges[e as usize];
+            e = edge.link[dir][0];
+            let n = &self.slots[self.slots[edge.ends[other_end] as usize].comp as usize];
+            joins = n.mark[marks[0]] == ep || n.mark[marks[1]] == ep;
+        }
+        if joins {
+            self.slots[c as usize].mark[marks[1]] = ep;
+        }
+        joins
     }
 
     /// Contracts the components `scc` (waiting, strongly connected) into
