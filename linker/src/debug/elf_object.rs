@@ -458,43 +458,63 @@ fn write(
     w.write(&tables.strtab);
     w.write_shstrtab();
     write_section_headers(&mut w, alloc, &alloc_out, dwarf, &dwarf_out);
-    let section = |name, sh_type, offset, size: usize, link, info, align, entsize| OutSection {
+    debug_assert_eq!(symtab_index.0 + 1, strtab_index.0);
+    write_symbol_table_headers(
+        &mut w,
+        &tables,
+        (symtab_name, symtab_offset),
+        (strtab_name, strtab_index, strtab_offset),
+    );
+    w.write_shstrtab_section_header();
+    Ok(buf)
+}
+
+/// The headers of `.symtab` and `.strtab` (placed: name, [index,] offset),
+/// which follow the allocated and DWARF sections.
+fn write_symbol_table_headers(
+    w: &mut Writer<'_>,
+    tables: &SymbolTables,
+    (symtab_name, symtab_offset): (object::write::StringId, u64),
+    (strtab_name, strtab_index, strtab_offset): (
+        object::write::StringId,
+        object::write::elf::SectionIndex,
+        u64,
+    ),
+) {
+    let header = |w: &Writer<'_>, name, sh_type, offset: u64, size: usize| OutSection {
         sh_name: w.section_name_offset(Some(name)),
         sh_type,
         sh_flags: elf::SectionFlags(0),
         sh_addr: 0,
         sh_offset: offset,
         sh_size: size as u64,
-        sh_link: link,
-        sh_info: info,
-        sh_addralign: align,
-        sh_entsize: entsize,
+        sh_link: 0,
+        sh_info: 0,
+        sh_addralign: 1,
+        sh_entsize: 0,
     };
-    let symtab = section(
-        symtab_name,
-        elf::SHT_SYMTAB,
-        symtab_offset,
-        tables.symtab.len(),
-        strtab_index.0,
-        tables.num_local,
-        8,
-        24,
-    );
-    let strtab = section(
+    let symtab = OutSection {
+        sh_link: strtab_index.0,
+        sh_info: tables.num_local,
+        sh_addralign: 8,
+        sh_entsize: 24,
+        ..header(
+            w,
+            symtab_name,
+            elf::SHT_SYMTAB,
+            symtab_offset,
+            tables.symtab.len(),
+        )
+    };
+    let strtab = header(
+        w,
         strtab_name,
         elf::SHT_STRTAB,
         strtab_offset,
         tables.strtab.len(),
-        0,
-        0,
-        1,
-        0,
     );
-    debug_assert_eq!(symtab_index.0 + 1, strtab_index.0);
     w.write_section_header(&symtab);
     w.write_section_header(&strtab);
-    w.write_shstrtab_section_header();
-    Ok(buf)
 }
 
 /// The headers of the allocated and DWARF sections, in the order their
