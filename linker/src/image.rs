@@ -148,10 +148,8 @@ impl Linker {
         }
         graph.reserve(hint.symbols, hint.blocks, hint.globals / 2);
 
-        // Objects parse in parallel and merge in order (COMDAT groups and
-        // duplicate checks depend on the order): a helper thread feeds the
-        // objects to rayon while this one merges each as soon as it and
-        // every object before it are parsed.
+        // Objects parse in parallel and merge in order (small inputs on
+        // this thread alone).
         let parse = |(i, (name, data)): (usize, &(String, InputBytes))| {
             let parsed = crate::elf::parse_object_shared(name, data).map(|g| {
                 let named: Vec<(SymbolId, N)> = g
@@ -179,38 +177,16 @@ impl Linker {
                 merge(parse(object).1)?;
             }
         } else {
-            let objects = &self.objects;
-            std::thread::scope(|scope| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let feeder = scope.spawn(move || {
-                    objects
-                        .par_iter()
-                        .enumerate()
-                        .for_each_with(tx, |tx, object| {
-                            // The receiver only goes away on an error.
-                            let _ = tx.send(parse(object));
-                        });
-                });
-                let mut waiting: Vec<Option<_>> = (0..objects.len()).map(|_| None).collect();
-                let mut next = 0;
-                let result = (|| {
-                    for (i, parsed) in rx.iter() {
-                        waiting[i] = Some(parsed);
-                        while let Some(parsed) = waiting.get_mut(next).and_then(Option::take) {
-                            merge(parsed)?;
-                            next += 1;
-                        }
-                    }
-                    Ok(())
-                })();
-                drop(rx);
-                // A panic while parsing (a bug) goes on as it would from rayon.
-                if let Err(panic) = feeder.join() {
-                    std::panic::resume_unwind(panic);
-                }
-                result
-            })?;
+            parse_in_parallel_merge_in_order(&self.objects, parse, merge)?;
         }
+        self.pull_archive_members(&mut graph)?;
+        names.resize_with(graph.symbols.len(), || None);
+        Ok((graph, names))
+    }
+
+    /// Pulls archive members that define an undefined (non-weak) global of
+    /// `graph` into it, until no archive satisfies one more.
+    fn pull_archive_members(&mut self, graph: &mut LinkGraph) -> Result<(), LinkError> {
         while !self.archives.is_empty() {
             let wanted: Vec<Box<str>> = graph
                 .globals
@@ -226,7 +202,7 @@ impl Linker {
                 for ar in &mut self.archives {
                     if let Some((member, bytes)) = ar.take_member_for(&name)? {
                         let debug = &self.options.debug;
-                        let id = crate::debug::read_object(&mut graph, &member, bytes, debug)?;
+                        let id = crate::debug::read_object(graph, &member, bytes, debug)?;
                         graph.objects[id.index()].library = true;
                         pulled = true;
                         break;
@@ -237,8 +213,7 @@ impl Linker {
                 break;
             }
         }
-        names.resize_with(graph.symbols.len(), || None);
-        Ok((graph, names))
+        Ok(())
     }
 
     /// Link everything into memory, resolving externals through `resolver`
@@ -670,4 +645,43 @@ impl Drop for LinkedImage {
         drop(self.debug.take());
         drop(self.alloc.take());
     }
+}
+
+/// Parses `items` on rayon's threads (fed by a helper thread) and merges
+/// each on this one as soon as it and every item before it are parsed:
+/// merging stays in order (COMDAT groups and duplicate checks depend on
+/// it). `parse` returns its item's index with the result.
+fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
+    items: &[I],
+    parse: impl Fn((usize, &I)) -> (usize, T) + Sync + Send,
+    mut merge: impl FnMut(T) -> Result<(), LinkError>,
+) -> Result<(), LinkError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let parse = &parse;
+        let feeder = scope.spawn(move || {
+            items.par_iter().enumerate().for_each_with(tx, |tx, item| {
+                // The receiver only goes away on an error.
+                let _ = tx.send(parse(item));
+            });
+        });
+        let mut waiting: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
+        let mut next = 0;
+        let result = (|| {
+            for (i, parsed) in rx.iter() {
+                waiting[i] = Some(parsed);
+                while let Some(parsed) = waiting.get_mut(next).and_then(Option::take) {
+                    merge(parsed)?;
+                    next += 1;
+                }
+            }
+            Ok(())
+        })();
+        drop(rx);
+        // A panic while parsing (a bug) goes on as it would from rayon.
+        if let Err(panic) = feeder.join() {
+            std::panic::resume_unwind(panic);
+        }
+        result
+    })
 }
