@@ -623,7 +623,8 @@ impl RelocInfo {
     /// [`FixupError::Misaligned`] if an instruction place is not 4-byte
     /// aligned or `X` is misaligned, [`FixupError::OutOfRange`] on overflow,
     /// [`FixupError::BadInstruction`] if the instruction at the place is not
-    /// one this type applies to. The block is unchanged on error.
+    /// one this type applies to, [`FixupError::AddendInGotEntry`] for a GOT
+    /// formula with a non-zero addend. The block is unchanged on error.
     pub fn apply_values(
         &self,
         block: &mut [u8],
@@ -632,6 +633,20 @@ impl RelocInfo {
     ) -> Result<(), FixupError> {
         if self.width == 0 {
             return Ok(());
+        }
+        // `G(GDAT(S + A))`, `G(GTPREL(S + A))`, `G(GTLSDESC(S + A))`: the
+        // addend belongs in the entry, and the entry passed in is the
+        // symbol's own; refused rather than silently dropped.
+        if v.addend != 0
+            && matches!(
+                self.formula,
+                Formula::Got | Formula::GotPage | Formula::GotRelPage
+            )
+        {
+            return Err(FixupError::AddendInGotEntry {
+                reloc: self.name,
+                addend: v.addend,
+            });
         }
         let place = place_mut(self.name, block, offset, self.width)?;
         let x = self.value_of(v);
