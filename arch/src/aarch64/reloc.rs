@@ -648,15 +648,25 @@ impl RelocInfo {
                 addend: v.addend,
             });
         }
-        let place = place_mut(self.name, block, offset, self.width)?;
-        let x = self.value_of(v);
-        self.check(x)?;
+        // The place as a fixed-size array: one load and one store, no
+        // `memcpy` call per fixup (bounds checked first, as before).
         match self.field {
             Field::None => {}
-            Field::Data64 => place.copy_from_slice(&(x as u64).to_le_bytes()),
-            Field::Data32 => place.copy_from_slice(&(x as u32).to_le_bytes()),
-            Field::Data16 => place.copy_from_slice(&(x as u16).to_le_bytes()),
+            Field::Data64 => {
+                let place = place_array::<8>(self.name, block, offset)?;
+                *place = (self.checked_value(v)? as u64).to_le_bytes();
+            }
+            Field::Data32 => {
+                let place = place_array::<4>(self.name, block, offset)?;
+                *place = (self.checked_value(v)? as u32).to_le_bytes();
+            }
+            Field::Data16 => {
+                let place = place_array::<2>(self.name, block, offset)?;
+                *place = (self.checked_value(v)? as u16).to_le_bytes();
+            }
             field => {
+                let place = place_array::<4>(self.name, block, offset)?;
+                let x = self.checked_value(v)?;
                 if !v.place.is_multiple_of(4) {
                     return Err(FixupError::Misaligned {
                         reloc: self.name,
@@ -664,18 +674,47 @@ impl RelocInfo {
                         align: 4,
                     });
                 }
-                let insn = u32::from_le_bytes([place[0], place[1], place[2], place[3]]);
+                let insn = u32::from_le_bytes(*place);
                 if !self.insns.iter().any(|&(mask, bits)| insn & mask == bits) {
                     return Err(FixupError::BadInstruction {
                         reloc: self.name,
                         detail: self.insn_desc,
                     });
                 }
-                place.copy_from_slice(&encode(field, insn, x).to_le_bytes());
+                *place = encode(field, insn, x).to_le_bytes();
             }
         }
         Ok(())
     }
+
+    /// `X`, checked against the range and alignment of this type.
+    #[inline]
+    fn checked_value(&self, v: &FixupValues) -> Result<i128, FixupError> {
+        let x = self.value_of(v);
+        self.check(x)?;
+        Ok(x)
+    }
+}
+
+/// The `N`-byte place at `offset` in `block`, or
+/// [`FixupError::OutOfBounds`] naming `reloc` if it runs past the block.
+#[inline]
+fn place_array<'b, const N: usize>(
+    reloc: &'static str,
+    block: &'b mut [u8],
+    offset: u64,
+) -> Result<&'b mut [u8; N], FixupError> {
+    let len = block.len() as u64;
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| block.get_mut(start..start.checked_add(N)?))
+        .and_then(|place| <&mut [u8; N]>::try_from(place).ok())
+        .ok_or(FixupError::OutOfBounds {
+            reloc,
+            offset,
+            width: N as u32,
+            len,
+        })
 }
 
 fn values(place: u64, target: u64, addend: i64) -> FixupValues {
