@@ -512,7 +512,8 @@ const MOVZ_OPC: u32 = 2 << 29;
 
 /// Writes the bits of `x` into instruction `insn` for `field` (data and
 /// marker fields are not instructions and are returned unchanged).
-#[inline]
+// Always inlined: per fixup, after the caller's own match on the field.
+#[inline(always)]
 pub(crate) const fn encode(field: Field, insn: u32, x: i128) -> u32 {
     let x = x as u64; // two's complement: the field takes its low bits
     match field {

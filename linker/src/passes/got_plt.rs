@@ -76,6 +76,10 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
     // each, read for every edge instead of the 64-byte `Symbol`).
     const EXTERNAL: u8 = 1;
     const REFERENCED: u8 = 2;
+    // Its address GOT entry requested already (most GOT edges come in
+    // pairs, page and offset, and many pairs share a symbol): one hash
+    // insert a symbol instead of one an edge.
+    const GOT_ADDR: u8 = 4;
     let mut marks: Vec<u8> = graph
         .symbols
         .iter()
@@ -88,6 +92,12 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
         for e in &b.edges {
             let external = marks[e.target.index()] & EXTERNAL != 0;
             match edges::need(e, external) {
+                Need::Got(GotKey::Addr(s)) => {
+                    if marks[s.index()] & GOT_ADDR == 0 {
+                        marks[s.index()] |= GOT_ADDR;
+                        req.got(GotKey::Addr(s));
+                    }
+                }
                 Need::Got(key) => req.got(key),
                 Need::Plt => req.plt(e.target),
                 Need::GotBase => req.needs_got = true,
