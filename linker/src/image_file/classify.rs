@@ -662,11 +662,9 @@ fn normalized_memory(l: &Linked<'_>, rebase: &[u64], imports: &[Import]) -> Vec<
         spare
             .par_chunks_mut(COPY_PIECE)
             .zip(l.memory.par_chunks(COPY_PIECE))
-            .for_each(|(to, from)| {
-                to.write_copy_of_slice(from);
-            });
+            .for_each(|(to, from)| copy_into(to, from));
     } else {
-        spare.write_copy_of_slice(l.memory);
+        copy_into(spare, l.memory);
     }
     // SAFETY: the loop above wrote all `len` bytes (the two slices have
     // the same length and are cut into pieces alike).
@@ -680,6 +678,17 @@ fn normalized_memory(l: &Linked<'_>, rebase: &[u64], imports: &[Import]) -> Vec<
         memory[i.offset as usize..i.offset as usize + 8].fill(0);
     }
     memory
+}
+
+/// Copies `from` into `to`, of the same length (`write_copy_of_slice`,
+/// which needs Rust 1.93).
+fn copy_into(to: &mut [std::mem::MaybeUninit<u8>], from: &[u8]) {
+    debug_assert_eq!(to.len(), from.len());
+    let n = to.len().min(from.len());
+    // SAFETY: both hold at least `n` bytes; `to` is part of a fresh
+    // allocation, so the two do not overlap; `MaybeUninit<u8>` has `u8`'s
+    // layout.
+    unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().cast::<u8>(), n) }
 }
 
 /// The globals the image defines, sorted by name.
