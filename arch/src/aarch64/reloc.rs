@@ -813,6 +813,61 @@ mod tests {
         assert_eq!(lookup(1000), None);
     }
 
+    /// Every type whose value is a GOT entry's (`G(GDAT(S + A))`,
+    /// `G(GTPREL(S + A))`, `G(GTLSDESC(S + A))`, the GD pair) refuses a
+    /// non-zero addend instead of dropping it; with addend 0 it applies.
+    #[test]
+    fn got_formulas_refuse_an_addend() {
+        let mut refused = 0;
+        for r in RELOCS {
+            if !matches!(
+                r.formula,
+                Formula::Got | Formula::GotPage | Formula::GotRelPage
+            ) {
+                continue;
+            }
+            // The instruction the type expects, at a page-aligned place.
+            let insn = r.insns.first().map_or(0, |&(_, bits)| bits);
+            let mut b = insn.to_le_bytes();
+            assert_eq!(
+                r.apply_values(
+                    &mut b,
+                    0,
+                    &FixupValues {
+                        place: 0x1000,
+                        target: 0x2000,
+                        addend: 8,
+                        got: 0x2000,
+                        size: 0
+                    }
+                ),
+                Err(FixupError::AddendInGotEntry {
+                    reloc: r.name,
+                    addend: 8
+                }),
+                "{}",
+                r.name
+            );
+            assert_eq!(b, insn.to_le_bytes(), "{}: the place is unchanged", r.name);
+            let ok = r.apply_values(
+                &mut b,
+                0,
+                &FixupValues {
+                    place: 0x1000,
+                    target: 0x2000,
+                    addend: 0,
+                    got: 0x2000,
+                    size: 0,
+                },
+            );
+            assert_eq!(ok, Ok(()), "{}", r.name);
+            refused += 1;
+        }
+        // ADR_GOT_PAGE, LD64_GOT_LO12_NC, LD64_GOTPAGE_LO15, the two
+        // TLSGD, the two TLSIE and the three TLSDESC types.
+        assert_eq!(refused, 10);
+    }
+
     #[test]
     fn movw_signed_picks_movn_or_movz() {
         let f = Field::MovwSigned { shift: 0 };
