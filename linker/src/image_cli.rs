@@ -927,3 +927,48 @@ pub(crate) fn with_dependencies(images: Vec<ImageFile>) -> Result<Vec<ImageFile>
     found.extend(images);
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three inputs (9 MiB in all, so several pieces each), hashed by the
+    /// background thread and finished by the caller at any point — before
+    /// the thread starts, while it runs, after it is done — or with no
+    /// thread at all: always [`BuildId::of_inputs`]'s id.
+    #[test]
+    fn the_inputs_hash_is_the_build_id_however_the_threads_share_it() {
+        let mut options = LinkOptions::default();
+        options.imaging = true;
+        let inputs: Vec<SaveInput> = (0..3u8)
+            .map(|i| {
+                let bytes: Vec<u8> = (0..3 << 20).map(|j: u32| (j % 251) as u8 ^ i).collect();
+                (format!("in{i}.o"), InputBytes::new(bytes.into()))
+            })
+            .collect();
+        let expected =
+            BuildId::of_inputs(&options, inputs.iter().map(|(n, b)| (n.as_str(), &b[..])));
+        // No thread.
+        assert_eq!(InputsHash::new(&options, &inputs).finish(), Some(expected));
+        // Finished by the caller after 0, 1, ... pieces of the background
+        // thread's, and after all of them.
+        for pieces in [0, 1, 5, usize::MAX] {
+            let hash = InputsHash::new(&options, &inputs);
+            let mut done = 0;
+            while done < pieces && hash.step(true) {
+                done += 1;
+            }
+            assert_eq!(hash.finish(), Some(expected), "after {done} pieces");
+            assert!(!hash.step(true), "nothing left once finished");
+        }
+        // Racing a real background thread.
+        let hash = InputsHash::new(&options, &inputs);
+        std::thread::scope(|scope| {
+            let h = &hash;
+            let t = scope.spawn(move || h.in_background());
+            std::thread::yield_now();
+            assert_eq!(hash.finish(), Some(expected));
+            assert!(t.join().is_ok());
+        });
+    }
+}
