@@ -51,6 +51,10 @@ pub(super) struct Requests {
     /// Named externals live code references (specials excluded), in order
     /// of first reference.
     pub(super) external_refs: Vec<SymbolId>,
+    /// Per symbol of the graph scanned: whether it is external (one byte a
+    /// symbol, for the passes that walk every edge after the scan, instead
+    /// of the 64-byte `Symbol`).
+    external: Vec<bool>,
 }
 
 impl Requests {
@@ -58,6 +62,12 @@ impl Requests {
         if self.got_seen.insert(key) {
             self.got_keys.push(key);
         }
+    }
+
+    /// Whether `sym` was external when the graph was scanned (`None`: a
+    /// symbol added since).
+    pub(super) fn is_external(&self, sym: SymbolId) -> Option<bool> {
+        self.external.get(sym.index()).copied()
     }
 
     /// A PLT stub for `sym`, and the GOT slot it jumps through.
@@ -121,6 +131,7 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
     }
     let specials = &req.specials;
     req.external_refs.retain(|id| !specials.contains_key(id));
+    req.external = marks.iter().map(|&m| m & EXTERNAL != 0).collect();
     req
 }
 

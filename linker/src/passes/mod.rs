@@ -219,7 +219,7 @@ pub(crate) fn place(mut graph: LinkGraph, below_2gib: bool) -> Result<Prepared, 
     let placement = allocate::placement(&requests, below_2gib);
     // 6. Host symbols 32-bit references cannot reach from there: functions
     // get a PLT stub (their address then is the stub's), data a copy.
-    let far = reach::out_of_reach_host_symbols(&graph, &requests.specials, placement)?;
+    let far = reach::out_of_reach_host_symbols(&graph, &requests, placement)?;
     for &sym in &far.stubs {
         requests.plt(sym);
     }
