@@ -49,6 +49,21 @@ pub enum FixupError {
         /// What was expected.
         detail: &'static str,
     },
+    /// A GOT entry (an address, initial-exec offset, TLS descriptor or
+    /// module pair) for a symbol plus a non-zero addend: the ISA puts the
+    /// addend into the entry (aarch64's `G(GDAT(S + A))`), and the linker's
+    /// entries are one per symbol (user error: hand-written assembly such as
+    /// `:gottprel:v+8`; compilers take the offset after the load).
+    #[error(
+        "{reloc}: a GOT entry for a symbol plus an addend ({}) is not supported; add the offset after loading the entry",
+        signed_hex(i128::from(*addend))
+    )]
+    AddendInGotEntry {
+        /// Relocation or edge kind name.
+        reloc: &'static str,
+        /// The addend the relocation carries.
+        addend: i64,
+    },
     /// The relocation type is not in this ISA's table (user error: an object kiln cannot link yet).
     #[error("{isa}: unsupported relocation type {r_type}")]
     Unsupported {

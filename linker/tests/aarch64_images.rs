@@ -514,3 +514,47 @@ fn blocks_aligned_beyond_a_page_stay_aligned_in_an_aarch64_image() {
     let objs = objects(&["aligned_blocks.c"], &flags, "aligned");
     check_against_native(&objs, &flags, &[], "aligned");
 }
+
+/// A thread-local GOT entry is per symbol: aarch64's initial-exec slot
+/// (`G(GTPREL(S + A))`), TLS descriptor (`G(GTLSDESC(S + A))`) and
+/// general-dynamic pair take the addend into the entry, which kiln's
+/// entries keyed by symbol cannot hold. An object with such a relocation
+/// and a non-zero addend (`:gottprel:v+8`) is refused naming object,
+/// section, offset and relocation — not linked as if the addend were 0.
+#[test]
+fn aarch64_tls_got_entries_with_an_addend_are_refused() {
+    assert!(need_tool(CC));
+    let dir = scratch("aarch64-tls-addend");
+    let tbss = "\t.section .tbss,\"awT\",@nobits\n\t.globl v\n\t.type v, %object\n\t.size v, 16\n\t.p2align 3\nv:\t.zero 16\n";
+    let cases = [
+        (
+            "ie",
+            "\tadrp x0, :gottprel:v+8\n\tldr x0, [x0, #:gottprel_lo12:v+8]\n\tmrs x1, tpidr_el0\n\tldr w0, [x1, x0]\n\tret\n",
+            "offset 0x4: R_AARCH64_TLSIE_ADR_GOTTPREL_PAGE21",
+        ),
+        (
+            "desc",
+            "\tstp x29, x30, [sp, -16]!\n\tadrp x0, :tlsdesc:v+8\n\tldr x1, [x0, #:tlsdesc_lo12:v+8]\n\tadd x0, x0, #:tlsdesc_lo12:v+8\n\t.tlsdesccall v+8\n\tblr x1\n\tmrs x1, tpidr_el0\n\tldr w0, [x1, x0]\n\tldp x29, x30, [sp], 16\n\tret\n",
+            "offset 0x8: R_AARCH64_TLSDESC_ADR_PAGE21",
+        ),
+    ];
+    for (tag, code, place) in cases {
+        let src = dir.join(format!("{tag}.s"));
+        // A `nop` first: the refused place is at offset 4 or more, so the
+        // offset in the message is the relocation's own.
+        let text =
+            format!("\t.text\n\t.globl main\n\t.type main, %function\nmain:\n\tnop\n{code}{tbss}");
+        std::fs::write(&src, text).expect("write source");
+        let obj = compile(CC, &src, &[], &[], &dir.join(format!("{tag}.o")));
+        let o = save(&dir.join(format!("{tag}.kimg")), &[obj]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && e.contains(&format!("{tag}.o"))
+                && e.contains(&format!("section .text {place}"))
+                && e.contains("addend"),
+            "{tag}: {}",
+            show(&o)
+        );
+    }
+}

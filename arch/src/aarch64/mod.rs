@@ -439,6 +439,7 @@ impl RelocArch for Aarch64 {
 }
 
 /// The table row of a descriptor, if it is one of this table's.
+#[inline]
 fn row_of(edge: &EdgeDesc) -> Result<&'static reloc::RelocInfo, FixupError> {
     reloc::RELOCS
         .get(usize::from(edge.index))

@@ -512,7 +512,8 @@ const MOVZ_OPC: u32 = 2 << 29;
 
 /// Writes the bits of `x` into instruction `insn` for `field` (data and
 /// marker fields are not instructions and are returned unchanged).
-#[inline]
+// Always inlined: per fixup, after the caller's own match on the field.
+#[inline(always)]
 pub(crate) const fn encode(field: Field, insn: u32, x: i128) -> u32 {
     let x = x as u64; // two's complement: the field takes its low bits
     match field {
@@ -623,7 +624,8 @@ impl RelocInfo {
     /// [`FixupError::Misaligned`] if an instruction place is not 4-byte
     /// aligned or `X` is misaligned, [`FixupError::OutOfRange`] on overflow,
     /// [`FixupError::BadInstruction`] if the instruction at the place is not
-    /// one this type applies to. The block is unchanged on error.
+    /// one this type applies to, [`FixupError::AddendInGotEntry`] for a GOT
+    /// formula with a non-zero addend. The block is unchanged on error.
     pub fn apply_values(
         &self,
         block: &mut [u8],
@@ -633,15 +635,39 @@ impl RelocInfo {
         if self.width == 0 {
             return Ok(());
         }
-        let place = place_mut(self.name, block, offset, self.width)?;
-        let x = self.value_of(v);
-        self.check(x)?;
+        // `G(GDAT(S + A))`, `G(GTPREL(S + A))`, `G(GTLSDESC(S + A))`: the
+        // addend belongs in the entry, and the entry passed in is the
+        // symbol's own; refused rather than silently dropped.
+        if v.addend != 0
+            && matches!(
+                self.formula,
+                Formula::Got | Formula::GotPage | Formula::GotRelPage
+            )
+        {
+            return Err(FixupError::AddendInGotEntry {
+                reloc: self.name,
+                addend: v.addend,
+            });
+        }
+        // The place as a fixed-size array: one load and one store, no
+        // `memcpy` call per fixup (bounds checked first, as before).
         match self.field {
             Field::None => {}
-            Field::Data64 => place.copy_from_slice(&(x as u64).to_le_bytes()),
-            Field::Data32 => place.copy_from_slice(&(x as u32).to_le_bytes()),
-            Field::Data16 => place.copy_from_slice(&(x as u16).to_le_bytes()),
+            Field::Data64 => {
+                let place = place_array::<8>(self.name, block, offset)?;
+                *place = (self.checked_value(v)? as u64).to_le_bytes();
+            }
+            Field::Data32 => {
+                let place = place_array::<4>(self.name, block, offset)?;
+                *place = (self.checked_value(v)? as u32).to_le_bytes();
+            }
+            Field::Data16 => {
+                let place = place_array::<2>(self.name, block, offset)?;
+                *place = (self.checked_value(v)? as u16).to_le_bytes();
+            }
             field => {
+                let place = place_array::<4>(self.name, block, offset)?;
+                let x = self.checked_value(v)?;
                 if !v.place.is_multiple_of(4) {
                     return Err(FixupError::Misaligned {
                         reloc: self.name,
@@ -649,18 +675,47 @@ impl RelocInfo {
                         align: 4,
                     });
                 }
-                let insn = u32::from_le_bytes([place[0], place[1], place[2], place[3]]);
+                let insn = u32::from_le_bytes(*place);
                 if !self.insns.iter().any(|&(mask, bits)| insn & mask == bits) {
                     return Err(FixupError::BadInstruction {
                         reloc: self.name,
                         detail: self.insn_desc,
                     });
                 }
-                place.copy_from_slice(&encode(field, insn, x).to_le_bytes());
+                *place = encode(field, insn, x).to_le_bytes();
             }
         }
         Ok(())
     }
+
+    /// `X`, checked against the range and alignment of this type.
+    #[inline]
+    fn checked_value(&self, v: &FixupValues) -> Result<i128, FixupError> {
+        let x = self.value_of(v);
+        self.check(x)?;
+        Ok(x)
+    }
+}
+
+/// The `N`-byte place at `offset` in `block`, or
+/// [`FixupError::OutOfBounds`] naming `reloc` if it runs past the block.
+#[inline]
+fn place_array<'b, const N: usize>(
+    reloc: &'static str,
+    block: &'b mut [u8],
+    offset: u64,
+) -> Result<&'b mut [u8; N], FixupError> {
+    let len = block.len() as u64;
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| block.get_mut(start..start.checked_add(N)?))
+        .and_then(|place| <&mut [u8; N]>::try_from(place).ok())
+        .ok_or(FixupError::OutOfBounds {
+            reloc,
+            offset,
+            width: N as u32,
+            len,
+        })
 }
 
 fn values(place: u64, target: u64, addend: i64) -> FixupValues {
@@ -756,6 +811,61 @@ mod tests {
         }
         assert_eq!(lookup(1), None);
         assert_eq!(lookup(1000), None);
+    }
+
+    /// Every type whose value is a GOT entry's (`G(GDAT(S + A))`,
+    /// `G(GTPREL(S + A))`, `G(GTLSDESC(S + A))`, the GD pair) refuses a
+    /// non-zero addend instead of dropping it; with addend 0 it applies.
+    #[test]
+    fn got_formulas_refuse_an_addend() {
+        let mut refused = 0;
+        for r in RELOCS {
+            if !matches!(
+                r.formula,
+                Formula::Got | Formula::GotPage | Formula::GotRelPage
+            ) {
+                continue;
+            }
+            // The instruction the type expects, at a page-aligned place.
+            let insn = r.insns.first().map_or(0, |&(_, bits)| bits);
+            let mut b = insn.to_le_bytes();
+            assert_eq!(
+                r.apply_values(
+                    &mut b,
+                    0,
+                    &FixupValues {
+                        place: 0x1000,
+                        target: 0x2000,
+                        addend: 8,
+                        got: 0x2000,
+                        size: 0
+                    }
+                ),
+                Err(FixupError::AddendInGotEntry {
+                    reloc: r.name,
+                    addend: 8
+                }),
+                "{}",
+                r.name
+            );
+            assert_eq!(b, insn.to_le_bytes(), "{}: the place is unchanged", r.name);
+            let ok = r.apply_values(
+                &mut b,
+                0,
+                &FixupValues {
+                    place: 0x1000,
+                    target: 0x2000,
+                    addend: 0,
+                    got: 0x2000,
+                    size: 0,
+                },
+            );
+            assert_eq!(ok, Ok(()), "{}", r.name);
+            refused += 1;
+        }
+        // ADR_GOT_PAGE, LD64_GOT_LO12_NC, LD64_GOTPAGE_LO15, the two
+        // TLSGD, the two TLSIE and the three TLSDESC types.
+        assert_eq!(refused, 10);
     }
 
     #[test]

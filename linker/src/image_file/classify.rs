@@ -93,10 +93,16 @@ fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &'static str) -> L
 /// Refuses, before any memory is taken, every live fixup an image cannot
 /// express; the error names object, section, offset and relocation.
 pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
+    // Absolute symbols are rare: without one, most edges are decided by
+    // their kind alone, their symbol (a cache miss) never read.
+    let any_absolute = graph
+        .symbols
+        .iter()
+        .any(|s| matches!(s.def, SymbolDef::Absolute(_)));
     for block in graph.blocks.iter().filter(|b| b.live) {
         let section = &graph.sections[block.section.index()];
         for e in &block.edges {
-            if let Some(reason) = unexpressible(graph, section.prot, e) {
+            if let Some(reason) = unexpressible(graph, section.prot, e, any_absolute) {
                 return Err(refuse(graph, block, e, reason));
             }
         }
@@ -104,14 +110,24 @@ pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
     Ok(())
 }
 
-fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str> {
-    let sym = &graph.symbols[e.target.index()];
-    let host = sym.def == SymbolDef::External
-        && !sym
-            .name
-            .as_deref()
-            .is_some_and(|n| linker_defined(graph, n));
-    let absolute = matches!(sym.def, SymbolDef::Absolute(_));
+/// Why edge `e` (in a section of `prot`) cannot be saved, if it cannot;
+/// `any_absolute`: the graph has an absolute symbol.
+fn unexpressible(
+    graph: &LinkGraph,
+    prot: Prot,
+    e: &Edge,
+    any_absolute: bool,
+) -> Option<&'static str> {
+    let sym = || &graph.symbols[e.target.index()];
+    let host = || {
+        let sym = sym();
+        sym.def == SymbolDef::External
+            && !sym
+                .name
+                .as_deref()
+                .is_some_and(|n| linker_defined(graph, n))
+    };
+    let absolute = || any_absolute && matches!(sym().def, SymbolDef::Absolute(_));
     let k = e.kind;
     match k.target {
         EdgeTarget::Symbol
@@ -123,7 +139,7 @@ fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str
                 "an absolute address narrower than 64 bits cannot be rebased at load (non-PIE code); compile with -fPIE or -fPIC",
             )
         }
-        EdgeTarget::Symbol if e.is_abs64() && prot == Prot::ReadExec && !absolute => Some(
+        EdgeTarget::Symbol if e.is_abs64() && prot == Prot::ReadExec && !absolute() => Some(
             "an absolute address in text would have to be written at load; compile with -fPIE or -fPIC",
         ),
         // To another link's symbol (a hidden one, say) or the host's:
@@ -131,12 +147,14 @@ fn unexpressible(graph: &LinkGraph, prot: Prot, e: &Edge) -> Option<&'static str
         EdgeTarget::Symbol
             if (k.pc_relative || k.form == EdgeForm::PageOffset)
                 && !k.uses_got_base
-                && absolute =>
+                && absolute() =>
         {
             Some(PC_RELATIVE_OUTSIDE)
         }
-        EdgeTarget::Symbol if k.uses_got_base && (host || absolute) => Some(PC_RELATIVE_OUTSIDE),
-        EdgeTarget::Branch if absolute => {
+        EdgeTarget::Symbol if k.uses_got_base && (host() || absolute()) => {
+            Some(PC_RELATIVE_OUTSIDE)
+        }
+        EdgeTarget::Branch if absolute() => {
             Some("a PC-relative call to an absolute address changes with each load")
         }
         _ => None,
@@ -240,6 +258,8 @@ pub(crate) struct Linked<'a> {
     pub(crate) eh_frame: Option<(u64, u64)>,
     pub(crate) init_fini: &'a [(Box<str>, Vec<usize>)],
     pub(crate) is_special: &'a dyn Fn(SymbolId) -> bool,
+    /// The symbols the linker defines (those `is_special` accepts).
+    pub(crate) specials: Vec<SymbolId>,
     /// The address the resolver gave an external symbol (before any
     /// redirection to a stub).
     pub(crate) resolved: &'a dyn Fn(SymbolId) -> u64,
@@ -483,63 +503,30 @@ fn base_align(l: &Linked<'_>) -> u64 {
 /// protections): rebases and imports of every absolute word, exports, the
 /// memory normalized to base 0 with import words zeroed.
 pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
-    let g = l.graph;
-    let mut rebase: Vec<u64> = Vec::new();
-    let mut imports: Vec<Import> = Vec::new();
-    let mut pc_relatives: Vec<PcRelative> = Vec::new();
-    let mut deps = Deps {
-        images: Vec::new(),
-        table: host_table::current(),
-        table_used: false,
+    let mut words = Words {
+        rebase: Vec::new(),
+        imports: Vec::new(),
+        deps: Deps {
+            images: Vec::new(),
+            table: host_table::current(),
+            table_used: false,
+        },
     };
-    for &(slot, id) in &l.got_slots {
-        match l.target(id) {
-            Target::Inside => rebase.push(slot - l.base),
-            Target::Host => imports.push(deps.import(&l, id, slot - l.base, 0, true)),
-            Target::Constant => {}
-        }
-    }
-    for block in g.blocks.iter().filter(|b| b.live) {
-        // A symbol the linker defines must lie inside the image (the
-        // `__dso_handle` is a slot inside every image).
-        if let Some(e) = block.edges.iter().find(|e| {
-            g.symbols[e.target.index()].def == SymbolDef::External
-                && (l.is_special)(e.target)
-                && e.kind.target != EdgeTarget::Size
-                && !is_tls_edge(e)
-                && matches!(l.target(e.target), Target::Constant)
-        }) {
-            return Err(refuse(
-                g,
-                block,
-                e,
-                "the linker placed this symbol outside the image (imaging mode needs `__dso_handle` inside it)",
-            ));
+    words.got_slots(&l);
+    let mut pc_relatives: Vec<PcRelative> = Vec::new();
+    let misplaced = misplaced_special(&l);
+    for block in l.graph.blocks.iter().filter(|b| b.live) {
+        if misplaced {
+            check_special_targets(&l, block)?;
         }
         pc_relative(&l, block, &mut pc_relatives)?;
-        // A block of the TLS template sits at its TLS offset inside the
-        // template's initial image.
-        let at = match (&l.tls, g.sections[block.section.index()].role) {
-            (Some(t), SectionRole::TlsData) => t.image_addr + block.addr,
-            _ => block.addr,
-        };
-        for e in block.edges.iter().filter(|e| e.is_abs64()) {
-            let offset = at + u64::from(e.offset) - l.base;
-            if !offset.is_multiple_of(8) && !matches!(l.target(e.target), Target::Constant) {
-                return Err(refuse(
-                    g,
-                    block,
-                    e,
-                    "an unaligned absolute address cannot be rebased by the image's rebase table",
-                ));
-            }
-            match l.target(e.target) {
-                Target::Inside => rebase.push(offset),
-                Target::Host => imports.push(deps.import(&l, e.target, offset, e.addend, false)),
-                Target::Constant => {}
-            }
-        }
+        words.absolute(&l, block)?;
     }
+    let Words {
+        mut rebase,
+        mut imports,
+        deps,
+    } = words;
     let (tls, tls_imports) = tls_record(&l)?;
     imports.extend(tls_imports);
     rebase.sort_unstable();
@@ -551,17 +538,163 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         .filter(|_| deps.table_used)
         .map(|t| (t.id(), t.len() as u32, t.name().to_string()));
     let deps = deps.in_order_of(&mut imports);
-    // Normalize: rebased words hold offsets, import words zero.
-    let mut memory = l.memory.to_vec();
-    for &off in &rebase {
+    let memory = normalized_memory(&l, &rebase, &imports);
+    Ok(ImagingRecord {
+        machine: l.graph.isa().machine(),
+        init_fini: init_fini_offsets(&l, memory.len() as u64),
+        memory,
+        segments: l.segments.to_vec(),
+        rebase,
+        imports,
+        exports: exports(&l),
+        eh_frame: l.eh_frame.map(|(start, len)| (start - l.base, len)),
+        deps,
+        host_table,
+        tls,
+        pc_relative: pc_relatives,
+        cpu_features: super::cpu::of_graph(l.graph),
+        base_align: base_align(&l),
+    })
+}
+
+/// The words of an image a load writes: rebases and imports.
+struct Words {
+    /// Offsets of absolute words inside the image.
+    rebase: Vec<u64>,
+    imports: Vec<Import>,
+    deps: Deps,
+}
+
+impl Words {
+    /// The GOT entries holding addresses.
+    fn got_slots(&mut self, l: &Linked<'_>) {
+        for &(slot, id) in &l.got_slots {
+            match l.target(id) {
+                Target::Inside => self.rebase.push(slot - l.base),
+                Target::Host => self
+                    .imports
+                    .push(self.deps.import(l, id, slot - l.base, 0, true)),
+                Target::Constant => {}
+            }
+        }
+    }
+
+    /// The 64-bit absolute words of `block` (in the TLS template's initial
+    /// image for a block of `.tdata`).
+    fn absolute(&mut self, l: &Linked<'_>, block: &Block) -> Result<(), LinkError> {
+        let g = l.graph;
+        // A block of the TLS template sits at its TLS offset inside the
+        // template's initial image.
+        let at = match (&l.tls, g.sections[block.section.index()].role) {
+            (Some(t), SectionRole::TlsData) => t.image_addr + block.addr,
+            _ => block.addr,
+        };
+        for e in block.edges.iter().filter(|e| e.is_abs64()) {
+            let offset = at + u64::from(e.offset) - l.base;
+            let target = l.target(e.target);
+            if !offset.is_multiple_of(8) && !matches!(target, Target::Constant) {
+                return Err(refuse(
+                    g,
+                    block,
+                    e,
+                    "an unaligned absolute address cannot be rebased by the image's rebase table",
+                ));
+            }
+            match target {
+                Target::Inside => self.rebase.push(offset),
+                Target::Host => self
+                    .imports
+                    .push(self.deps.import(l, e.target, offset, e.addend, false)),
+                Target::Constant => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a symbol the linker defines lies outside the image (then every
+/// block is searched for the references to refuse): the specials are a
+/// handful, the edges hundreds of thousands.
+fn misplaced_special(l: &Linked<'_>) -> bool {
+    l.specials.iter().any(|&id| {
+        l.graph.symbols[id.index()].def == SymbolDef::External
+            && matches!(l.target(id), Target::Constant)
+    })
+}
+
+/// A symbol the linker defines must lie inside the image (the
+/// `__dso_handle` is a slot inside every image): refuses `block`'s first
+/// reference to one outside.
+fn check_special_targets(l: &Linked<'_>, block: &Block) -> Result<(), LinkError> {
+    let g = l.graph;
+    match block.edges.iter().find(|e| {
+        g.symbols[e.target.index()].def == SymbolDef::External
+            && (l.is_special)(e.target)
+            && e.kind.target != EdgeTarget::Size
+            && !is_tls_edge(e)
+            && matches!(l.target(e.target), Target::Constant)
+    }) {
+        Some(e) => Err(refuse(
+            g,
+            block,
+            e,
+            "the linker placed this symbol outside the image (imaging mode needs `__dso_handle` inside it)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Copy the image's memory in pieces of this size, on rayon's threads when
+/// there are several.
+const COPY_PIECE: usize = 1 << 20;
+
+/// The image's memory as saved: rebased words hold offsets, import words
+/// zero.
+fn normalized_memory(l: &Linked<'_>, rebase: &[u64], imports: &[Import]) -> Vec<u8> {
+    use rayon::prelude::*;
+    // Copied by rayon's threads for a large image: taking the fresh
+    // pages' faults (2,000 for the 8 MB aarch64 synth image) is most of
+    // the copy's time, and two threads take them side by side.
+    let len = l.memory.len();
+    let mut memory: Vec<u8> = Vec::with_capacity(len);
+    let spare = &mut memory.spare_capacity_mut()[..len];
+    if len > COPY_PIECE {
+        spare
+            .par_chunks_mut(COPY_PIECE)
+            .zip(l.memory.par_chunks(COPY_PIECE))
+            .for_each(|(to, from)| copy_into(to, from));
+    } else {
+        copy_into(spare, l.memory);
+    }
+    // SAFETY: the loop above wrote all `len` bytes (the two slices have
+    // the same length and are cut into pieces alike).
+    unsafe { memory.set_len(len) };
+    for &off in rebase {
         let w = &mut memory[off as usize..off as usize + 8];
         let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
         w.copy_from_slice(&v.wrapping_sub(l.base).to_le_bytes());
     }
-    for i in &imports {
+    for i in imports {
         memory[i.offset as usize..i.offset as usize + 8].fill(0);
     }
-    let mut exports: Vec<Export> = g
+    memory
+}
+
+/// Copies `from` into `to`, of the same length (`write_copy_of_slice`,
+/// which needs Rust 1.93).
+fn copy_into(to: &mut [std::mem::MaybeUninit<u8>], from: &[u8]) {
+    debug_assert_eq!(to.len(), from.len());
+    let n = to.len().min(from.len());
+    // SAFETY: both hold at least `n` bytes; `to` is part of a fresh
+    // allocation, so the two do not overlap; `MaybeUninit<u8>` has `u8`'s
+    // layout.
+    unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().cast::<u8>(), n) }
+}
+
+/// The globals the image defines, sorted by name.
+fn exports(l: &Linked<'_>) -> Vec<Export> {
+    let g = l.graph;
+    let mut defined: Vec<(&str, SymbolId)> = g
         .globals
         .iter()
         .filter_map(|(n, &id)| {
@@ -576,22 +709,35 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
                         && !s.tls
                         && !in_tls_section(g, block) =>
                 {
-                    Some(Export {
-                        name: n.to_string(),
-                        offset: l.addrs[id.index()].wrapping_sub(l.base),
-                        callable: s.callable,
-                        weak: s.linkage == crate::graph::Linkage::Weak,
-                        exported: s.scope == Scope::Default,
-                    })
+                    Some((&**n, id))
                 }
                 _ => None,
             }
         })
         .collect();
-    exports.sort_by(|a, b| a.name.cmp(&b.name));
-    let len = memory.len() as u64;
-    let init_fini = l
-        .init_fini
+    // Sorted as (name, id) pairs before any string is copied; the names
+    // are the map's keys, so unique, and an unstable sort gives the one
+    // order there is.
+    defined.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    defined
+        .into_iter()
+        .map(|(name, id)| {
+            let s = &g.symbols[id.index()];
+            Export {
+                name: name.to_owned(),
+                offset: l.addrs[id.index()].wrapping_sub(l.base),
+                callable: s.callable,
+                weak: s.linkage == crate::graph::Linkage::Weak,
+                exported: s.scope == Scope::Default,
+            }
+        })
+        .collect()
+}
+
+/// Initializer and finalizer entries as offsets in the image (`u64::MAX`
+/// for one outside it, `len` bytes).
+fn init_fini_offsets(l: &Linked<'_>, len: u64) -> Vec<(String, Vec<u64>)> {
+    l.init_fini
         .iter()
         .map(|(section, entries)| {
             let offsets = entries
@@ -603,21 +749,5 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
                 .collect();
             (section.to_string(), offsets)
         })
-        .collect();
-    Ok(ImagingRecord {
-        machine: l.graph.isa().machine(),
-        memory,
-        segments: l.segments.to_vec(),
-        rebase,
-        imports,
-        exports,
-        init_fini,
-        eh_frame: l.eh_frame.map(|(start, len)| (start - l.base, len)),
-        deps,
-        host_table,
-        tls,
-        pc_relative: pc_relatives,
-        cpu_features: super::cpu::of_graph(g),
-        base_align: base_align(&l),
-    })
+        .collect()
 }

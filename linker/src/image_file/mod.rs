@@ -85,13 +85,15 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BuildId(pub [u8; 32]);
 
-impl BuildId {
-    /// The build id of linking `inputs` (in order, as `(name, bytes)`) with
-    /// `options`.
-    pub fn of_inputs<'a>(
-        options: &LinkOptions,
-        inputs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> BuildId {
+/// [`BuildId::of_inputs`] a piece at a time, so that one thread can start
+/// hashing the inputs and another finish (`kiln image save`): the same id
+/// for the same inputs and options, however the bytes are split.
+#[derive(Debug, Clone)]
+pub struct BuildIdHasher(blake3::Hasher);
+
+impl BuildIdHasher {
+    /// A hasher for linking with `options`; the inputs follow in order.
+    pub fn new(options: &LinkOptions) -> BuildIdHasher {
         let mut h = blake3::Hasher::new();
         h.update(b"kiln image build id\0");
         h.update(&FORMAT_VERSION.to_le_bytes());
@@ -107,13 +109,41 @@ impl BuildId {
             h.update(b"cpu features\0");
             h.update(&options.cpu_features.bits().to_le_bytes());
         }
+        BuildIdHasher(h)
+    }
+
+    /// Starts the next input, `name`, of `len` bytes: exactly `len` bytes
+    /// of [`BuildIdHasher::update`] follow.
+    pub fn begin_input(&mut self, name: &str, len: usize) {
+        self.0.update(&(name.len() as u64).to_le_bytes());
+        self.0.update(name.as_bytes());
+        self.0.update(&(len as u64).to_le_bytes());
+    }
+
+    /// The next bytes of the current input.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The build id of everything hashed.
+    pub fn finish(&self) -> BuildId {
+        BuildId(*self.0.finalize().as_bytes())
+    }
+}
+
+impl BuildId {
+    /// The build id of linking `inputs` (in order, as `(name, bytes)`) with
+    /// `options`.
+    pub fn of_inputs<'a>(
+        options: &LinkOptions,
+        inputs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> BuildId {
+        let mut h = BuildIdHasher::new(options);
         for (name, bytes) in inputs {
-            h.update(&(name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.begin_input(name, bytes.len());
             h.update(bytes);
         }
-        BuildId(*h.finalize().as_bytes())
+        h.finish()
     }
 
     /// This build id combined with the build ids of the images the image

@@ -133,9 +133,9 @@ pub(super) fn fix_edge<A: RelocArch>(
             }
             if addend_in_entry && e.addend != 0 {
                 return Err((
-                    FixupError::BadInstruction {
+                    FixupError::AddendInGotEntry {
                         reloc: k.name,
-                        detail: "a GOT entry for a symbol plus an addend is not supported",
+                        addend: e.addend,
                     },
                     None,
                 ));

@@ -145,6 +145,7 @@ fn imaging_record(
         eh_frame: p.eh_frame,
         init_fini,
         is_special: &|id| p.specials.contains_key(&id),
+        specials: p.specials.keys().copied().collect(),
         resolved: &|id| p.externals.get(&id).copied().unwrap_or(0),
         tls,
     })

@@ -51,6 +51,10 @@ pub(super) struct Requests {
     /// Named externals live code references (specials excluded), in order
     /// of first reference.
     pub(super) external_refs: Vec<SymbolId>,
+    /// Per symbol of the graph scanned: whether it is external (one byte a
+    /// symbol, for the passes that walk every edge after the scan, instead
+    /// of the 64-byte `Symbol`).
+    external: Vec<bool>,
 }
 
 impl Requests {
@@ -58,6 +62,12 @@ impl Requests {
         if self.got_seen.insert(key) {
             self.got_keys.push(key);
         }
+    }
+
+    /// Whether `sym` was external when the graph was scanned (`None`: a
+    /// symbol added since).
+    pub(super) fn is_external(&self, sym: SymbolId) -> Option<bool> {
+        self.external.get(sym.index()).copied()
     }
 
     /// A PLT stub for `sym`, and the GOT slot it jumps through.
@@ -76,6 +86,10 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
     // each, read for every edge instead of the 64-byte `Symbol`).
     const EXTERNAL: u8 = 1;
     const REFERENCED: u8 = 2;
+    // Its address GOT entry requested already (most GOT edges come in
+    // pairs, page and offset, and many pairs share a symbol): one hash
+    // insert a symbol instead of one an edge.
+    const GOT_ADDR: u8 = 4;
     let mut marks: Vec<u8> = graph
         .symbols
         .iter()
@@ -88,6 +102,12 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
         for e in &b.edges {
             let external = marks[e.target.index()] & EXTERNAL != 0;
             match edges::need(e, external) {
+                Need::Got(GotKey::Addr(s)) => {
+                    if marks[s.index()] & GOT_ADDR == 0 {
+                        marks[s.index()] |= GOT_ADDR;
+                        req.got(GotKey::Addr(s));
+                    }
+                }
                 Need::Got(key) => req.got(key),
                 Need::Plt => req.plt(e.target),
                 Need::GotBase => req.needs_got = true,
@@ -111,6 +131,7 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
     }
     let specials = &req.specials;
     req.external_refs.retain(|id| !specials.contains_key(id));
+    req.external = marks.iter().map(|&m| m & EXTERNAL != 0).collect();
     req
 }
 

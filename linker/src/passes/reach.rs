@@ -2,7 +2,7 @@
 //! references of live code cannot reach gets a copy in the image, host
 //! code a PLT stub.
 
-use super::Special;
+use super::got_plt::Requests;
 use crate::error::LinkError;
 use crate::graph::Reach32;
 use crate::graph::{FxHashMap, FxHashSet, LinkGraph, SymbolDef, SymbolId};
@@ -40,9 +40,10 @@ pub(super) struct OutOfReach {
 /// external data through the GOT and never needs it.
 pub(super) fn out_of_reach_host_symbols(
     graph: &LinkGraph,
-    specials: &FxHashMap<SymbolId, Special>,
+    requests: &Requests,
     placement: Placement,
 ) -> Result<OutOfReach, LinkError> {
+    let specials = &requests.specials;
     let slab = crate::memory::Slab::get(placement)?;
     let fits = |reach: Reach32, addr: u64| match reach {
         Reach32::PcRelative => slab.is_some_and(|s| s.reaches(addr)),
@@ -56,7 +57,10 @@ pub(super) fn out_of_reach_host_symbols(
     for b in graph.blocks.iter().filter(|b| b.live) {
         for e in &b.edges {
             // Most edges target the image's own symbols: that test first,
-            // before any hashing.
+            // before any hashing, on the scan's byte a symbol.
+            if requests.is_external(e.target) == Some(false) {
+                continue;
+            }
             let sym = &graph.symbols[e.target.index()];
             if sym.def != SymbolDef::External {
                 continue;
