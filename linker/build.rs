@@ -2,12 +2,43 @@
 //! the `kiln` binary embeds and runs when given no inputs (only with the
 //! `cli` feature: the library needs none of it), and the GDB JIT
 //! interface's C shim (`csrc/gdb_jit.c`), which every user of the library
-//! links.
+//! links; and, for the `kiln` binary, the order of its hit-path functions
+//! (`order/kiln-hit.order`).
 
 fn main() {
     #[cfg(feature = "cli")]
     bundled_example();
+    #[cfg(feature = "cli")]
+    hit_path_order();
     gdb_jit_shim();
+}
+
+/// The functions a `kiln run --cache` hit executes (`order/kiln-hit.order`,
+/// made by `benches/hot-order`) are placed together in the `kiln` binary's
+/// `.text` (lld's `--symbol-ordering-file`): scattered over its 2.6 MB they
+/// cost a hit ~20 page faults of kiln's code, together ~5
+/// (docs/performance-images.md, "Whole process"). Names the binary no
+/// longer has are ignored. Only with rustc's default linker for the target
+/// (lld through `cc`): a configured linker or linker flags (which may not
+/// be lld, and GNU ld refuses the option) get no ordering.
+#[cfg(feature = "cli")]
+fn hit_path_order() {
+    println!("cargo:rerun-if-changed=order/kiln-hit.order");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    let default_linker = std::env::var_os("RUSTC_LINKER").is_none()
+        && !std::env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("link"));
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if !default_linker || target != "x86_64-unknown-linux-gnu" {
+        return;
+    }
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let order = std::path::Path::new(&dir).join("order/kiln-hit.order");
+    println!(
+        "cargo:rustc-link-arg-bin=kiln=-Wl,--symbol-ordering-file={}",
+        order.display()
+    );
+    println!("cargo:rustc-link-arg-bin=kiln=-Wl,--no-warn-symbol-ordering");
 }
 
 /// The bundled example's objects, listed in `OUT_DIR/bundled.rs`.
