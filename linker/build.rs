@@ -3,14 +3,33 @@
 //! `cli` feature: the library needs none of it), and the GDB JIT
 //! interface's C shim (`csrc/gdb_jit.c`), which every user of the library
 //! links; and, for the `kiln` binary, the order of its hit-path functions
-//! (`order/kiln-hit.order`).
+//! (`order/kiln-hit.order`) and libm loaded at start.
 
 fn main() {
     #[cfg(feature = "cli")]
     bundled_example();
     #[cfg(feature = "cli")]
     hit_path_order();
+    #[cfg(feature = "cli")]
+    libm_at_start();
     gdb_jit_shim();
+}
+
+/// libm is a `DT_NEEDED` of the `kiln` binary: every `kiln run` binds
+/// JIT'd code against it (`HostSymbols::new` opens it), and loaded at
+/// start `ld.so` maps it with the cache it has open for libc — a
+/// `dlopen` later opened, mapped and unmapped `/etc/ld.so.cache` again (5
+/// syscalls, 2 page faults, ~40 k instructions of a cache hit). Its names
+/// are searched as before: `HostSymbols` asks libm's handle before the
+/// process's scope. Rust passes `--as-needed`, which would drop it (kiln's
+/// own code calls nothing in it).
+#[cfg(feature = "cli")]
+fn libm_at_start() {
+    if std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|env| env == "gnu")
+    {
+        println!("cargo:rustc-link-arg-bin=kiln=-Wl,--push-state,--no-as-needed,-lm,--pop-state");
+    }
 }
 
 /// The functions a `kiln run --cache` hit executes (`order/kiln-hit.order`,

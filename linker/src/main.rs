@@ -1061,38 +1061,34 @@ fn end_session_at_exit(session: &Session, layer: &ObjectLayer, end: SessionEnd) 
     }
 }
 
-/// If the JIT'd program dies of a fatal signal, say so and exit with
-/// 128 + the signal number, as a shell would report it.
 /// An alternate signal stack for this thread, so the fatal-signal handler
 /// can report a stack overflow of the program (`SA_ONSTACK`). Set up only
 /// before a program runs (Rust's runtime, which kiln skips, did it for
-/// every process). Best effort: without it a stack overflow dies silently.
+/// every process). Best effort: if `sigaltstack` fails, a stack overflow
+/// dies silently.
 fn install_alternate_signal_stack() {
     const SIZE: usize = 64 * 1024;
-    // SAFETY: a new anonymous mapping the kernel places; it is handed to
-    // the kernel as this thread's signal stack and never freed (the thread
-    // is the process's main thread, which runs until exit).
-    unsafe {
-        let stack = libc::mmap(
-            std::ptr::null_mut(),
-            SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if stack == libc::MAP_FAILED {
-            return;
-        }
-        let ss = libc::stack_t {
-            ss_sp: stack,
-            ss_flags: 0,
-            ss_size: SIZE,
-        };
-        libc::sigaltstack(&ss, std::ptr::null_mut());
-    }
+    /// The stack's memory: zero-filled `.bss`, so untouched pages cost
+    /// nothing and no `mmap` is made for it.
+    struct AltStack(std::cell::UnsafeCell<[u8; SIZE]>);
+    // SAFETY: only the kernel writes the buffer (when it delivers a signal
+    // on this stack); Rust code never reads or writes it.
+    unsafe impl Sync for AltStack {}
+    static STACK: AltStack = AltStack(std::cell::UnsafeCell::new([0; SIZE]));
+    let ss = libc::stack_t {
+        ss_sp: STACK.0.get().cast(),
+        ss_flags: 0,
+        ss_size: SIZE,
+    };
+    // SAFETY: `STACK` is static (lives until exit) and used for nothing
+    // else; it is handed to the kernel as this thread's signal stack (the
+    // thread is the process's main thread, which runs until exit; this is
+    // called once per process, before the program runs).
+    unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
 }
 
+/// If the JIT'd program dies of a fatal signal, say so and exit with
+/// 128 + the signal number, as a shell would report it.
 fn install_fatal_signal_handlers() {
     extern "C" fn on_fatal(sig: libc::c_int) {
         let msg: &[u8] = match sig {
