@@ -2,12 +2,62 @@
 //! the `kiln` binary embeds and runs when given no inputs (only with the
 //! `cli` feature: the library needs none of it), and the GDB JIT
 //! interface's C shim (`csrc/gdb_jit.c`), which every user of the library
-//! links.
+//! links; and, for the `kiln` binary, the order of its hit-path functions
+//! (`order/kiln-hit.order`) and libm loaded at start.
 
 fn main() {
     #[cfg(feature = "cli")]
     bundled_example();
+    #[cfg(feature = "cli")]
+    hit_path_order();
+    #[cfg(feature = "cli")]
+    libm_at_start();
     gdb_jit_shim();
+}
+
+/// libm is a `DT_NEEDED` of the `kiln` binary: every `kiln run` binds
+/// JIT'd code against it (`HostSymbols::new` opens it), and loaded at
+/// start `ld.so` maps it with the cache it has open for libc — a
+/// `dlopen` later opened, mapped and unmapped `/etc/ld.so.cache` again (5
+/// syscalls, 2 page faults, ~40 k instructions of a cache hit). Its names
+/// are searched as before: `HostSymbols` asks libm's handle before the
+/// process's scope. Rust passes `--as-needed`, which would drop it (kiln's
+/// own code calls nothing in it).
+#[cfg(feature = "cli")]
+fn libm_at_start() {
+    if std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|env| env == "gnu")
+    {
+        println!("cargo:rustc-link-arg-bin=kiln=-Wl,--push-state,--no-as-needed,-lm,--pop-state");
+    }
+}
+
+/// The functions a `kiln run --cache` hit executes (`order/kiln-hit.order`,
+/// made by `benches/hot-order`) are placed together in the `kiln` binary's
+/// `.text` (lld's `--symbol-ordering-file`): scattered over its 2.6 MB they
+/// cost a hit ~20 page faults of kiln's code, together ~5
+/// (docs/performance-images.md, "Whole process"). Names the binary no
+/// longer has are ignored. Only with rustc's default linker for the target
+/// (lld through `cc`): a configured linker or linker flags (which may not
+/// be lld, and GNU ld refuses the option) get no ordering.
+#[cfg(feature = "cli")]
+fn hit_path_order() {
+    println!("cargo:rerun-if-changed=order/kiln-hit.order");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    let default_linker = std::env::var_os("RUSTC_LINKER").is_none()
+        && !std::env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("link"));
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if !default_linker || target != "x86_64-unknown-linux-gnu" {
+        return;
+    }
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let order = std::path::Path::new(&dir).join("order/kiln-hit.order");
+    println!(
+        "cargo:rustc-link-arg-bin=kiln=-Wl,--symbol-ordering-file={}",
+        order.display()
+    );
+    println!("cargo:rustc-link-arg-bin=kiln=-Wl,--no-warn-symbol-ordering");
 }
 
 /// The bundled example's objects, listed in `OUT_DIR/bundled.rs`.

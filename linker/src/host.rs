@@ -192,13 +192,23 @@ impl HostSymbols {
     ///
     /// Misses are not remembered (a library opened later may define them).
     pub fn lookup(&self, name: &str) -> Option<u64> {
-        let found = || self.found.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&a) = found().get(name) {
-            return Some(a);
-        }
+        let remembered = self
+            .found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied();
+        remembered.or_else(|| self.search_and_remember(name))
+    }
+
+    /// [`HostSymbols::lookup`] of a name not remembered (yet).
+    fn search_and_remember(&self, name: &str) -> Option<u64> {
         let (addr, stable) = self.search(name)?;
         if stable {
-            found().insert(Box::from(name), addr);
+            self.found
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(Box::from(name), addr);
         }
         Some(addr)
     }
@@ -282,13 +292,32 @@ fn object_of(addr: u64) -> Option<(std::ffi::OsString, u64)> {
 }
 
 /// Address of `name` in `lib` (dlsym), or `None` if absent or null.
+///
+/// A name shorter than [`NAME_BUFFER`] bytes is made C's on the stack:
+/// libloading's `&str` path allocated, copied and freed a `CString` per
+/// lookup (a cache hit binds ~90 names).
 pub(crate) fn library_symbol(lib: &Library, name: &str) -> Option<u64> {
+    let mut buffer = [0u8; NAME_BUFFER];
+    let on_stack;
+    let owned;
+    let c_name: &std::ffi::CStr = if name.len() < NAME_BUFFER {
+        buffer[..name.len()].copy_from_slice(name.as_bytes());
+        // `None` if `name` holds a NUL: no symbol has that name.
+        on_stack = std::ffi::CStr::from_bytes_with_nul(&buffer[..=name.len()]).ok()?;
+        on_stack
+    } else {
+        owned = std::ffi::CString::new(name).ok()?;
+        &owned
+    };
     // SAFETY: the symbol is only read as an address, never called or
     // dereferenced here; `*const u8` matches any symbol's address.
-    let s = unsafe { lib.get::<*const u8>(name) }.ok()?;
+    let s = unsafe { lib.get::<*const u8>(c_name) }.ok()?;
     let addr = *s as u64;
     (addr != 0).then_some(addr)
 }
+
+/// Names shorter than this are looked up without an allocation.
+const NAME_BUFFER: usize = 256;
 
 impl Default for HostSymbols {
     fn default() -> Self {
@@ -311,14 +340,17 @@ impl SymbolResolver for HostSymbols {
     fn resolve_stamped(&self, names: &[&str]) -> (Vec<Option<u64>>, Option<u64>) {
         // Remembered answers under one lock; the rest as `lookup` finds them.
         let mut out: Vec<Option<u64>> = {
-            let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
-            names.iter().map(|n| found.get(*n).copied()).collect()
+            let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+            let out: Vec<Option<u64>> = names.iter().map(|n| found.get(*n).copied()).collect();
+            // Room for the answers about to be remembered, grown once.
+            found.reserve(out.iter().filter(|a| a.is_none()).count());
+            out
         };
         let mut all = true;
         for (a, n) in out.iter_mut().zip(names) {
             if a.is_none() {
                 all = false;
-                *a = self.lookup(n);
+                *a = self.search_and_remember(n);
             }
         }
         (out, all.then_some(self.stamp))

@@ -1902,6 +1902,62 @@ int main(int argc, char **argv) {
     );
 }
 
+/// A program's `envp` (in `main` and in its constructors) is the process's
+/// own `environ`, as a native executable's is: one array, so `setenv` and
+/// `getenv` see what `main` was given — through the engine (`kiln run X.o`,
+/// eager and `--lazy`) and through the standalone loader (`kiln run
+/// X.kimg`, settled). Before, kiln passed a copy of the environment.
+#[test]
+fn the_programs_envp_is_the_processs_environ_like_a_native_main() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-environ");
+    let src = r#"
+#include <stdio.h>
+#include <stdlib.h>
+extern char **environ;
+static char **ctor_envp;
+__attribute__((constructor)) static void ctor(int argc, char **argv, char **envp) {
+    (void)argc; (void)argv;
+    ctor_envp = envp;
+}
+int main(int argc, char **argv, char **envp) {
+    (void)argc; (void)argv;
+    const char *v = getenv("KILN_ENVIRON_TEST");
+    printf("envp is environ %d, constructor's %d, value %s\n", envp == environ,
+           ctor_envp == envp, v ? v : "(unset)");
+    return 0;
+}
+"#;
+    let obj = compile_c_text(&dir, "environ", src, &["-O2", "-fPIC"]);
+    let image = dir.join("environ.kimg");
+    save(&image, std::slice::from_ref(&obj), &[]);
+    // Past the racy window: `kiln run X.kimg` runs it alone.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let expected = "envp is environ 1, constructor's 1, value yes\n";
+    let runs: [&[&std::ffi::OsStr]; 3] = [
+        &[obj.as_os_str()],
+        &["--lazy".as_ref(), obj.as_os_str()],
+        &[image.as_os_str()],
+    ];
+    for args in runs {
+        let o = kiln()
+            .arg("run")
+            .args(args)
+            .env("KILN_ENVIRON_TEST", "yes")
+            .output()
+            .expect("kiln runs");
+        assert!(o.status.success(), "{args:?}: {}", show(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            expected,
+            "{args:?}: {}",
+            show(&o)
+        );
+    }
+}
+
 /// Whether /proc/self/maps has lines naming a `.kimg` file and libstdc++.
 const COUNT_KIMG_MAPPINGS: &str = "#include <stdio.h>\n#include <string.h>\n\
     int main(void) {\n  char l[4096]; int n = 0;\n\

@@ -531,6 +531,21 @@ pub fn set_program_arguments(
     arrays(set)
 }
 
+/// [`set_program_arguments`] with the process's own environment: `envp`
+/// is glibc's live `environ` (read when the arrays are handed out), as a
+/// native executable's `main` and constructors get it — one array, so
+/// `setenv`/`getenv` see what they were given, and nothing is copied. For a
+/// host whose program runs in the host's environment unchanged (`kiln run`).
+pub fn set_program_arguments_with_environ(
+    args: impl IntoIterator<Item = CString>,
+) -> (c_int, *mut *mut c_char, *mut *mut c_char) {
+    let set = PROGRAM_ARGS.get_or_init(|| ProgramArgs {
+        argv: leak_c_array(args),
+        envp: None,
+    });
+    arrays(set)
+}
+
 fn arrays(set: &ProgramArgs) -> (c_int, *mut *mut c_char, *mut *mut c_char) {
     unsafe extern "C" {
         static mut environ: *mut *mut c_char;

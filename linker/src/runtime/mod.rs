@@ -52,7 +52,7 @@ pub mod tls;
 pub use dso::DsoHandle;
 pub use init::{
     DEFAULT_PRIORITY, FiniCalls, InitCalls, InitFini, InitKind, init_priority,
-    set_program_arguments,
+    set_program_arguments, set_program_arguments_with_environ,
 };
 
 // The handles cross threads (a link on one thread, teardown on another).
