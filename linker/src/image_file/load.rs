@@ -104,30 +104,21 @@ pub(crate) fn map_from(
     for (start, end) in cleared {
         mem[start as usize..end as usize].fill(0);
     }
-    rebase(mem, 0, &p.rebase, base, file_name)?;
+    rebase(mem, &p.rebase, base, file_name)?;
     Ok(alloc)
 }
 
-/// Adds `base` to the little-endian word at each image offset of `rebase`
-/// in `mem`, which holds the image's bytes from offset `start` on (536
-/// words for Lua's image): one compare per word, no slice made.
-fn rebase(
-    mem: &mut [u8],
-    start: u64,
-    rebase: &[u64],
-    base: u64,
-    file_name: &str,
-) -> Result<(), ImageError> {
-    // The last offset in `mem` whose word fits (a word below `start`
-    // wraps to more than any).
+/// Adds `base` to the little-endian word at each offset of `rebase` in
+/// `mem` (536 words for Lua's image): one compare per word, no slice made.
+fn rebase(mem: &mut [u8], rebase: &[u64], base: u64, file_name: &str) -> Result<(), ImageError> {
+    // The last offset whose word fits.
     let last = (mem.len() as u64).checked_sub(8);
     let at = mem.as_mut_ptr();
-    for &word in rebase {
-        let off = word.wrapping_sub(start);
+    for &off in rebase {
         if last.is_none_or(|l| off > l) {
             return Err(ImageError::Malformed {
                 name: file_name.into(),
-                detail: format!("rebased word at {word:#x} is outside the image"),
+                detail: format!("rebased word at {off:#x} is outside the image"),
             });
         }
         // SAFETY: `off + 8 <= mem.len()` (checked just above): the
@@ -164,6 +155,10 @@ pub(crate) struct FinalPlan {
     /// load rebases and binds.
     start: u64,
     template: Vec<u8>,
+    /// The rebased words of the template, one bit per word (bit `k` of
+    /// `rebased[i]`: the word at `start + 8 * (64 * i + k)`): 128 bytes
+    /// for Lua's 536 words rather than their 4 kB list, read on each load.
+    rebased: Vec<u64>,
 }
 
 /// The pages [`map_final`] writes, built before they are written: the
@@ -222,12 +217,23 @@ pub(crate) fn final_plan(p: &Parsed<'_>) -> Option<FinalPlan> {
     for (from, to) in cleared {
         template[(from - start) as usize..(to - start) as usize].fill(0);
     }
+    // Every rebased word lies in the window (its pages are written) at a
+    // multiple of 8 (the parser checked) from `start` (a page).
+    let mut rebased = vec![0u64; template.len().div_ceil(8 * 64)];
+    for &w in &p.rebase {
+        let word = w.checked_sub(start)? / 8;
+        if !w.is_multiple_of(8) {
+            return None;
+        }
+        *rebased.get_mut((word / 64) as usize)? |= 1 << (word % 64);
+    }
     Some(FinalPlan {
         covered: maps.iter().map(|&(v, _, l, _)| (v, l)).collect(),
         maps,
         runs,
         start,
         template,
+        rebased,
     })
 }
 
@@ -260,14 +266,45 @@ pub(crate) fn map_final<'a>(
         plan,
         bytes: plan.template.clone(),
     };
-    rebase(
-        &mut prepared.bytes,
-        plan.start,
-        &p.rebase,
-        alloc.base(),
-        file_name,
-    )?;
+    rebase_marked(&mut prepared.bytes, &plan.rebased, alloc.base(), file_name)?;
     Ok((alloc, prepared))
+}
+
+/// Adds `base` to each little-endian word of `mem` whose bit `marks` sets
+/// (bit `k` of `marks[i]`: the word at `8 * (64 * i + k)`).
+fn rebase_marked(
+    mem: &mut [u8],
+    marks: &[u64],
+    base: u64,
+    file_name: &str,
+) -> Result<(), ImageError> {
+    // Every word a mark can name lies in `mem`: checked once.
+    if marks
+        .len()
+        .checked_mul(8 * 64)
+        .is_none_or(|n| n > mem.len())
+    {
+        return Err(ImageError::Malformed {
+            name: file_name.into(),
+            detail: "rebased words past the prepared pages".into(),
+        });
+    }
+    let at = mem.as_mut_ptr();
+    for (i, &bits) in marks.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            let off = 8 * (64 * i + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
+            // SAFETY: `off + 8 <= 8 * 64 * marks.len() <= mem.len()`
+            // (checked above): the 8-byte access stays inside `mem`, which
+            // is borrowed exclusively.
+            unsafe {
+                let w = at.add(off).cast::<u64>();
+                w.write_unaligned(u64::from_le(w.read_unaligned()).wrapping_add(base).to_le());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Binds the imports into `prepared` (as [`bind`]) and writes its pages
