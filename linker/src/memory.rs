@@ -21,7 +21,12 @@
 //! An [`Allocation`] goes writing (RW) → finalized (RX / R / RW per segment)
 //! → released (back to `PROT_NONE`, pages returned with `MADV_DONTNEED`, the
 //! range back to the slab's free list). No page is ever writable and
-//! executable at once. Raw pointers and `mprotect` stay in this module.
+//! executable at once. Pages mapped from a file may get their final
+//! protection when mapped (`Allocation::map_file_final`: a loaded image's
+//! text is then never writable) and be written without a writable mapping
+//! (`Allocation::write_at`, through `/proc/self/mem`); `finalize` leaves
+//! them as they are. Raw pointers, `mprotect` and `/proc/self/mem` stay in
+//! this module.
 //! A large allocation's pages can be mapped ahead of the writes that fill
 //! it ([`Allocation::prefault`], on a rayon thread), instead of one page
 //! fault per page while the linker copies and relocates; the linker maps

@@ -2,6 +2,11 @@
 //! saved offsets, rebase, bind the imports, final protections — then the
 //! same runtime duties as a fresh link ([`LinkedImage`]: `.eh_frame`
 //! registration, initializers and finalizers by priority, `__dso_handle`).
+//! A file opened for loading (`load_file`, [`ImageFile::load`]) is mapped
+//! at its final protections where it can be (`map_final`): the pages the
+//! load writes are prepared in memory and written without ever being
+//! writable; otherwise (`map_from`) the image is mapped read-write,
+//! written, then protected.
 
 use std::collections::HashMap;
 
