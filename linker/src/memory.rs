@@ -21,7 +21,12 @@
 //! An [`Allocation`] goes writing (RW) → finalized (RX / R / RW per segment)
 //! → released (back to `PROT_NONE`, pages returned with `MADV_DONTNEED`, the
 //! range back to the slab's free list). No page is ever writable and
-//! executable at once. Raw pointers and `mprotect` stay in this module.
+//! executable at once. Pages mapped from a file may get their final
+//! protection when mapped (`Allocation::map_file_final`: a loaded image's
+//! text is then never writable) and be written without a writable mapping
+//! (`Allocation::write_at`, through `/proc/self/mem`); `finalize` leaves
+//! them as they are. Raw pointers, `mprotect` and `/proc/self/mem` stay in
+//! this module.
 //! A large allocation's pages can be mapped ahead of the writes that fill
 //! it ([`Allocation::prefault`], on a rayon thread), instead of one page
 //! fault per page while the linker copies and relocates; the linker maps
@@ -445,6 +450,52 @@ fn free_ranges() -> Option<Vec<(u64, u64)>> {
     Some(free)
 }
 
+/// Writes into this process's memory through `/proc/self/mem`.
+mod proc_mem {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, PoisonError};
+
+    /// The file, opened read-write, and the process it belongs to: a
+    /// forked child's descriptor still names its parent's memory, so a
+    /// process whose id changed opens it again.
+    static FILE: Mutex<Option<(u32, std::fs::File)>> = Mutex::new(None);
+    /// Set once opening or writing failed: later writes do not try again.
+    pub(super) static REFUSED: AtomicBool = AtomicBool::new(false);
+
+    /// Writes `bytes` at `addr` of this process; `false` if that is not
+    /// possible here (no `/proc`, or the kernel refuses such writes). The
+    /// caller owns `[addr, addr + bytes.len())`, mapped, and no other
+    /// thread uses it while it is written.
+    pub(super) fn write(addr: u64, bytes: &[u8]) -> bool {
+        if REFUSED.load(Ordering::Relaxed) {
+            return false;
+        }
+        let pid = std::process::id();
+        let mut file = FILE.lock().unwrap_or_else(PoisonError::into_inner);
+        if file.as_ref().is_none_or(|(p, _)| *p != pid) {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/proc/self/mem");
+            match opened {
+                Ok(f) => *file = Some((pid, f)),
+                Err(_) => {
+                    REFUSED.store(true, Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
+        let written = file
+            .as_ref()
+            .is_some_and(|(_, f)| f.write_all_at(bytes, addr).is_ok());
+        if !written {
+            REFUSED.store(true, Ordering::Relaxed);
+        }
+        written
+    }
+}
+
 /// The state of an [`Allocation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemState {
@@ -469,6 +520,11 @@ pub struct Allocation {
     /// until `map_file` maps them: while any is, the bytes are not handed
     /// out ([`Allocation::bytes_mut`]).
     pending: Vec<(u64, u64)>,
+    /// Runs `(offset, len, protection)` mapped at their final protection
+    /// ([`Allocation::map_file_final`]): not writable, so while any is the
+    /// bytes are not handed out; [`Allocation::finalize`] leaves a run of
+    /// pages inside one of them with that protection as it is.
+    final_runs: Vec<(u64, u64, MprotectFlags)>,
 }
 
 /// `[0, len)` as maximal runs `(offset, len, flags)` of one final
@@ -478,7 +534,9 @@ fn protection_runs(
     len: u64,
     segments: &[(u64, u64, Prot)],
 ) -> Result<Vec<(u64, u64, MprotectFlags)>, LinkError> {
-    let mut bounds = vec![0, len];
+    // Sized up front: no growth (a load applies these once per image).
+    let mut bounds = Vec::with_capacity(2 + 2 * segments.len());
+    bounds.extend([0, len]);
     let mut painted = Vec::with_capacity(segments.len());
     for &(off, seg_len, prot) in segments {
         if seg_len == 0 {
@@ -496,7 +554,7 @@ fn protection_runs(
     }
     bounds.sort_unstable();
     bounds.dedup();
-    let mut runs: Vec<(u64, u64, MprotectFlags)> = Vec::new();
+    let mut runs: Vec<(u64, u64, MprotectFlags)> = Vec::with_capacity(bounds.len());
     for w in bounds.windows(2) {
         let (start, end) = (w[0], w[1]);
         let flags = painted
@@ -654,6 +712,7 @@ impl Allocation {
             state: MemState::Writing,
             file_backed: false,
             pending: Vec::new(),
+            final_runs: Vec::new(),
         })
     }
 
@@ -748,11 +807,15 @@ impl Allocation {
 
     /// The bytes, while writing. `None` once finalized or released.
     pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
-        if self.state != MemState::Writing || !self.pending.is_empty() {
+        if self.state != MemState::Writing
+            || !self.pending.is_empty()
+            || !self.final_runs.is_empty()
+        {
             return None;
         }
-        // SAFETY: in the Writing state with no run pending, the whole range
-        // is mapped read-write (`take_in` or `map_file`) and owned by this
+        // SAFETY: in the Writing state with no run pending and none mapped
+        // at its final protection, the whole range is mapped read-write
+        // (`take_in` or `map_file`) and owned by this
         // allocation alone (taken from the free list); the `&mut self`
         // borrow makes the slice exclusive for its lifetime.
         Some(unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.len as usize) })
@@ -774,6 +837,51 @@ impl Allocation {
         len: u64,
         file: &std::fs::File,
         file_offset: u64,
+    ) -> Result<(), LinkError> {
+        self.map_file_prot(
+            off,
+            len,
+            file,
+            file_offset,
+            ProtFlags::READ | ProtFlags::WRITE,
+        )
+    }
+
+    /// [`Allocation::map_file`] at the pages' final protection `prot`
+    /// rather than read-write: [`Allocation::finalize`] then leaves them as
+    /// they are (no `mprotect`; and pages written at load, through
+    /// [`Allocation::write_at`], need no TLB flush when they stop being
+    /// writable, as they never were). From then on the bytes are not handed
+    /// out ([`Allocation::bytes_mut`] answers `None`).
+    pub(crate) fn map_file_final(
+        &mut self,
+        off: u64,
+        len: u64,
+        file: &std::fs::File,
+        file_offset: u64,
+        prot: Prot,
+    ) -> Result<(), LinkError> {
+        let flags = prot_flags(prot);
+        self.map_file_prot(
+            off,
+            len,
+            file,
+            file_offset,
+            ProtFlags::from_bits_retain(flags.bits()),
+        )?;
+        if len > 0 {
+            self.final_runs.push((off, len, flags));
+        }
+        Ok(())
+    }
+
+    fn map_file_prot(
+        &mut self,
+        off: u64,
+        len: u64,
+        file: &std::fs::File,
+        file_offset: u64,
+        prot: ProtFlags,
     ) -> Result<(), LinkError> {
         let bad = |detail: String| LinkError::Memory {
             detail,
@@ -803,7 +911,7 @@ impl Allocation {
             rustix::mm::mmap(
                 (self.base + off) as *mut c_void,
                 len as usize,
-                ProtFlags::READ | ProtFlags::WRITE,
+                prot,
                 MapFlags::PRIVATE | MapFlags::FIXED,
                 file,
                 file_offset,
@@ -817,6 +925,61 @@ impl Allocation {
         Ok(())
     }
 
+    /// Writes `bytes` at `off` (inside the allocation, which is being
+    /// written), whatever the pages' protection: through the process's
+    /// `/proc/self/mem`, as a debugger writes into a tracee, when the kernel
+    /// allows it (it copies a private page on write as a fault would, with
+    /// neither the fault nor a writable mapping); else the pages are made
+    /// read-write and written, and [`Allocation::finalize`] protects them
+    /// again.
+    pub(crate) fn write_at(&mut self, off: u64, bytes: &[u8]) -> Result<(), LinkError> {
+        let end = off.checked_add(bytes.len() as u64);
+        if self.state != MemState::Writing || end.is_none_or(|e| e > self.len) {
+            return Err(LinkError::Memory {
+                detail: format!(
+                    "write of {:#x} bytes at {off:#x} outside the allocation being written",
+                    bytes.len()
+                ),
+                source: std::io::Error::from_raw_os_error(22),
+            });
+        }
+        self.write_at_with(off, bytes, proc_mem::write)
+    }
+
+    /// [`Allocation::write_at`], `poke` writing through `/proc/self/mem`
+    /// (`false`: not possible). `off` and `bytes` lie inside the
+    /// allocation, which is being written (the caller checked).
+    fn write_at_with(
+        &mut self,
+        off: u64,
+        bytes: &[u8],
+        poke: fn(u64, &[u8]) -> bool,
+    ) -> Result<(), LinkError> {
+        if bytes.is_empty() || poke(self.base + off, bytes) {
+            return Ok(());
+        }
+        let start = off - off % PAGE;
+        let end = (off + bytes.len() as u64)
+            .next_multiple_of(PAGE)
+            .min(self.len);
+        self.protect(start, end - start, prot_flags(Prot::ReadWrite))?;
+        // The pages are read-write now: no final protection is left to keep.
+        self.final_runs
+            .retain(|&(o, l, _)| o + l <= start || end <= o);
+        // SAFETY: [base+off, base+off+len) lies inside this allocation
+        // (checked above), which owns it alone, and was just made
+        // read-write; `bytes` is the caller's memory, not the allocation's
+        // (it is borrowed immutably while `self` is borrowed mutably).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (self.base + off) as *mut u8,
+                bytes.len(),
+            );
+        }
+        Ok(())
+    }
+
     /// Apply final protections: `segments` are `(offset, len, prot)` with
     /// page-aligned offsets (a later segment wins a page two cover); pages
     /// not covered become `PROT_NONE`. One `mprotect` per run of pages of
@@ -827,8 +990,16 @@ impl Allocation {
             return Ok(());
         }
         for (off, len, flags) in protection_runs(self.len, segments)? {
-            self.protect(off, len, flags)?;
+            // Pages a file mapping gave this protection already stay so.
+            let mapped_so = self
+                .final_runs
+                .iter()
+                .any(|&(o, l, f)| f == flags && o <= off && off + len <= o + l);
+            if !mapped_so {
+                self.protect(off, len, flags)?;
+            }
         }
+        self.final_runs.clear();
         // Code was written through the data side; x86-64 keeps caches coherent.
         self.state = MemState::Finalized;
         Ok(())
@@ -1290,6 +1461,72 @@ mod tests {
         bytes[0] = 1;
         bytes[PAGE as usize] = 1;
         drop(a);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// The protection letters (`r-x`, …) of the mapping holding `addr`.
+    fn prot_at(addr: u64) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .find_map(|l| {
+                let (range, rest) = l.split_once(' ')?;
+                let (s, e) = range.split_once('-')?;
+                let (s, e) = (
+                    u64::from_str_radix(s, 16).ok()?,
+                    u64::from_str_radix(e, 16).ok()?,
+                );
+                (s <= addr && addr < e).then(|| rest[..3].to_string())
+            })
+            .unwrap()
+    }
+
+    /// Pages mapped from a file at their final protection are written
+    /// without ever being writable (through `/proc/self/mem`), or, where
+    /// that is refused, made writable and protected again by `finalize`;
+    /// either way they read as written, keep their protection and are not
+    /// handed out as bytes meanwhile.
+    #[test]
+    fn final_mappings_are_written_without_being_writable() {
+        let path = std::env::temp_dir().join(format!("kiln-final-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 2 * PAGE as usize]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let refused: fn(u64, &[u8]) -> bool = |_, _| false;
+        for (poke, in_place) in [
+            (proc_mem::write as fn(u64, &[u8]) -> bool, true),
+            (refused, false),
+        ] {
+            let mut a = Allocation::new_covered(2 * PAGE, Placement::Near, &[(0, 2 * PAGE)])
+                .unwrap()
+                .unwrap();
+            a.map_file_final(0, PAGE, &file, 0, Prot::ReadExec).unwrap();
+            a.map_file_final(PAGE, PAGE, &file, PAGE, Prot::Read)
+                .unwrap();
+            assert!(a.bytes_mut().is_none(), "read-only pages handed out");
+            assert_eq!(prot_at(a.base() + PAGE), "r--");
+            a.write_at_with(PAGE + 8, &[1, 2, 3], poke).unwrap();
+            // Written in place, or (refused: by the test, or by this
+            // kernel) through a writable mapping.
+            let poked = in_place && !proc_mem::REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(prot_at(a.base() + PAGE), if poked { "r--" } else { "rw-" });
+            assert!(
+                a.write_at(2 * PAGE - 1, &[1, 2]).is_err(),
+                "a write past the end"
+            );
+            a.finalize(&[(0, PAGE, Prot::ReadExec), (PAGE, PAGE, Prot::Read)])
+                .unwrap();
+            assert_eq!(prot_at(a.base()), "r-x");
+            assert_eq!(prot_at(a.base() + PAGE), "r--");
+            // SAFETY: the allocation's two pages are mapped readable.
+            let mem =
+                unsafe { std::slice::from_raw_parts(a.base() as *const u8, 2 * PAGE as usize) };
+            assert_eq!(
+                &mem[PAGE as usize + 7..PAGE as usize + 12],
+                &[7, 1, 2, 3, 7]
+            );
+            assert!(mem[..PAGE as usize].iter().all(|&b| b == 7));
+        }
+        // The file itself is unchanged (the pages were private copies).
+        assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 7));
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -10,7 +10,9 @@
 //! content hash included), its import names, its export table (shared
 //! by every image loaded from it, each at its own base) and the last
 //! resolver's answers for its imports while that resolver says they stay
-//! ([`KeptAnswers`]). It is found by the file's
+//! ([`KeptAnswers`]), and how a load maps it at its final protections
+//! ([`FinalPlan`]: the mappings, the pages a load writes and their bytes
+//! as the file gives them). It is found by the file's
 //! identity as [`verified`] defines it — device, inode, size, mtime, ctime —
 //! taken with a `stat` of the path: a file replaced by a rename has another
 //! inode, a file written in place another ctime, and either is opened,
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rustc_hash::FxHashMap;
 
-use super::load::{ImportNames, export_table, import_names};
+use super::load::{FinalPlan, ImportNames, export_table, final_plan, import_names};
 use super::read::{self, Parsed};
 use super::{ImageError, verified};
 use crate::host::SymbolResolver;
@@ -48,6 +50,8 @@ pub(crate) struct CheckedFile {
     exports: SortedSymbols,
     /// The last resolver's answers for `names`, while they stay.
     answers: KeptAnswers,
+    /// How a load maps it at its final protections, if it can.
+    plan: Option<FinalPlan>,
     bytes: FileBytes,
     file: std::fs::File,
     id: verified::Identity,
@@ -89,11 +93,13 @@ impl CheckedFile {
         let parsed = read::parse_file(file_name, view, &id)?;
         let names = import_names(&parsed);
         let exports = export_table(&parsed);
+        let plan = final_plan(&parsed);
         Ok(CheckedFile {
             parsed,
             names,
             exports,
             answers: KeptAnswers::default(),
+            plan,
             bytes,
             file,
             id,
@@ -118,6 +124,11 @@ impl CheckedFile {
     /// Where the resolver's answers for the import names are kept.
     pub(crate) fn answers(&self) -> &KeptAnswers {
         &self.answers
+    }
+
+    /// How a load maps it at its final protections, if it can.
+    pub(crate) fn final_plan(&self) -> Option<&FinalPlan> {
+        self.plan.as_ref()
     }
 
     /// The open file, to map segments from.

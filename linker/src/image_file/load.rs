@@ -2,6 +2,11 @@
 //! saved offsets, rebase, bind the imports, final protections — then the
 //! same runtime duties as a fresh link ([`LinkedImage`]: `.eh_frame`
 //! registration, initializers and finalizers by priority, `__dso_handle`).
+//! A file opened for loading (`load_file`, [`ImageFile::load`]) is mapped
+//! at its final protections where it can be (`map_final`): the pages the
+//! load writes are prepared in memory and written without ever being
+//! writable; otherwise (`map_from`) the image is mapped read-write,
+//! written, then protected.
 
 use std::collections::HashMap;
 
@@ -104,12 +109,271 @@ pub(crate) fn map_from(
     for (start, end) in cleared {
         mem[start as usize..end as usize].fill(0);
     }
-    for &off in &p.rebase {
-        let w = &mut mem[off as usize..off as usize + 8];
-        let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
-        w.copy_from_slice(&v.wrapping_add(base).to_le_bytes());
-    }
+    rebase(mem, &p.rebase, base, file_name)?;
     Ok(alloc)
+}
+
+/// Adds `base` to the little-endian word at each offset of `rebase` in
+/// `mem` (536 words for Lua's image): one compare per word, no slice made.
+fn rebase(mem: &mut [u8], rebase: &[u64], base: u64, file_name: &str) -> Result<(), ImageError> {
+    // The last offset whose word fits.
+    let last = (mem.len() as u64).checked_sub(8);
+    let at = mem.as_mut_ptr();
+    for &off in rebase {
+        if last.is_none_or(|l| off > l) {
+            return Err(ImageError::Malformed {
+                name: file_name.into(),
+                detail: format!("rebased word at {off:#x} is outside the image"),
+            });
+        }
+        // SAFETY: `off + 8 <= mem.len()` (checked just above): the
+        // unaligned 8-byte access stays inside `mem`, which is borrowed
+        // exclusively.
+        unsafe {
+            let w = at.add(off as usize).cast::<u64>();
+            w.write_unaligned(u64::from_le(w.read_unaligned()).wrapping_add(base).to_le());
+        }
+    }
+    Ok(())
+}
+
+/// The most bytes [`map_final`] prepares in memory (from the first page a
+/// load writes to the last): an image whose written words lie further
+/// apart is mapped read-write instead ([`map_from`]).
+const MAX_PREPARED: u64 = 1 << 20;
+
+/// How [`map_final`] maps an image whose segments all lie page-aligned in
+/// its file and that has no thread-locals, worked out once per file (a
+/// kept file keeps it: see `checked.rs`).
+pub(crate) struct FinalPlan {
+    /// (image offset, file offset, length, protection) of the mappings.
+    maps: Vec<(u64, u64, u64, Prot)>,
+    /// (image offset, length) of the mappings.
+    covered: Vec<(u64, u64)>,
+    /// The pages a load writes, as runs `(offset, len)` of whole pages,
+    /// ascending: those holding a rebased word, an import's word or a
+    /// last page's bytes past its segment's file size (cleared).
+    runs: Vec<(u64, u64)>,
+    /// The image's bytes from the first written page to the end of the
+    /// last one as the mappings show them (the file's, zero past its end
+    /// and where nothing is mapped), the cleared ranges cleared: what a
+    /// load rebases and binds.
+    start: u64,
+    template: Vec<u8>,
+    /// The rebased words of the template, one bit per word (bit `k` of
+    /// `rebased[i]`: the word at `start + 8 * (64 * i + k)`): 128 bytes
+    /// for Lua's 536 words rather than their 4 kB list, read on each load.
+    rebased: Vec<u64>,
+}
+
+/// The pages [`map_final`] writes, built before they are written: the
+/// plan's template (at the plan's `start`), rebased, then bound.
+pub(crate) struct Prepared<'a> {
+    plan: &'a FinalPlan,
+    bytes: Vec<u8>,
+}
+
+/// The plan for mapping `p` at its final protections, `None` if it does
+/// not lie so (a segment not page-aligned in the file, thread-locals,
+/// written words more than [`MAX_PREPARED`] apart).
+pub(crate) fn final_plan(p: &Parsed<'_>) -> Option<FinalPlan> {
+    let page = crate::memory::PAGE;
+    if p.header.tls.size != 0 {
+        return None;
+    }
+    let mut maps: Vec<(u64, u64, u64, Prot)> = Vec::with_capacity(p.segments.len());
+    let mut cleared = Vec::new();
+    for s in &p.segments {
+        if !(s.offset.is_multiple_of(page) && s.vaddr.is_multiple_of(page)) {
+            return None;
+        }
+        // As in `map_from` (the parser's checks keep the rounded-up file
+        // pages inside the segment's memory pages).
+        let len = s.filesz.div_ceil(page) * page;
+        match maps.last_mut() {
+            Some((v, o, l, pr)) if *v + *l == s.vaddr && *o + *l == s.offset && *pr == s.prot => {
+                *l += len
+            }
+            _ if len > 0 => maps.push((s.vaddr, s.offset, len, s.prot)),
+            _ => {}
+        }
+        let zero_end = (s.vaddr + s.memsz).min(s.vaddr + len);
+        if s.vaddr + s.filesz < zero_end {
+            cleared.push((s.vaddr + s.filesz, zero_end));
+        }
+    }
+    let runs = written_pages(p, &cleared);
+    let start = runs.first().map_or(0, |r| r.0);
+    let end = runs.last().map_or(0, |r| r.0 + r.1);
+    if end - start > MAX_PREPARED {
+        return None;
+    }
+    let mut template = vec![0u8; (end - start) as usize];
+    for &(vaddr, offset, len, _) in &maps {
+        let (from, to) = (vaddr.max(start), (vaddr + len).min(end));
+        if from >= to {
+            continue;
+        }
+        let src_start = (offset + (from - vaddr)).min(p.file.len() as u64) as usize;
+        let src_end = (offset + (to - vaddr)).min(p.file.len() as u64) as usize;
+        let dst = (from - start) as usize;
+        template[dst..dst + (src_end - src_start)].copy_from_slice(&p.file[src_start..src_end]);
+    }
+    for (from, to) in cleared {
+        template[(from - start) as usize..(to - start) as usize].fill(0);
+    }
+    // Every rebased word lies in the window (its pages are written) at a
+    // multiple of 8 (the parser checked) from `start` (a page).
+    let mut rebased = vec![0u64; template.len().div_ceil(8 * 64)];
+    for &w in &p.rebase {
+        let word = w.checked_sub(start)? / 8;
+        if !w.is_multiple_of(8) {
+            return None;
+        }
+        *rebased.get_mut((word / 64) as usize)? |= 1 << (word % 64);
+    }
+    Some(FinalPlan {
+        covered: maps.iter().map(|&(v, _, l, _)| (v, l)).collect(),
+        maps,
+        runs,
+        start,
+        template,
+        rebased,
+    })
+}
+
+/// [`map_from`] for an image with a [`FinalPlan`]: each segment's pages
+/// mapped from `file` at their final protection (text never writable, not
+/// even at load), the pages the load writes (rebased words, imports, tails
+/// to clear) prepared in memory instead ([`Prepared`]: rebased now, bound
+/// by [`write_prepared`], which writes them into the image without a
+/// writable mapping). A load then takes no `mprotect` and no page fault
+/// of its own, and no TLB flush for pages that stop being writable.
+pub(crate) fn map_final<'a>(
+    p: &Parsed<'_>,
+    plan: &'a FinalPlan,
+    file_name: &str,
+    file: &std::fs::File,
+) -> Result<(Allocation, Prepared<'a>), ImageError> {
+    let (size, align) = (p.header.image_size, p.header.base_align);
+    let mut alloc = Allocation::new_covered_aligned(size, align, Placement::Near, &plan.covered)
+        .map_err(|e| link_err(file_name, e))?
+        .ok_or_else(|| ImageError::Malformed {
+            name: file_name.into(),
+            detail: "no JIT memory is available for the image".into(),
+        })?;
+    for &(vaddr, offset, len, prot) in &plan.maps {
+        alloc
+            .map_file_final(vaddr, len, file, offset, prot)
+            .map_err(|e| link_err(file_name, e))?;
+    }
+    let mut prepared = Prepared {
+        plan,
+        bytes: plan.template.clone(),
+    };
+    rebase_marked(&mut prepared.bytes, &plan.rebased, alloc.base(), file_name)?;
+    Ok((alloc, prepared))
+}
+
+/// Adds `base` to each little-endian word of `mem` whose bit `marks` sets
+/// (bit `k` of `marks[i]`: the word at `8 * (64 * i + k)`).
+fn rebase_marked(
+    mem: &mut [u8],
+    marks: &[u64],
+    base: u64,
+    file_name: &str,
+) -> Result<(), ImageError> {
+    // Every word a mark can name lies in `mem`: checked once.
+    if marks
+        .len()
+        .checked_mul(8 * 64)
+        .is_none_or(|n| n > mem.len())
+    {
+        return Err(ImageError::Malformed {
+            name: file_name.into(),
+            detail: "rebased words past the prepared pages".into(),
+        });
+    }
+    let at = mem.as_mut_ptr();
+    for (i, &bits) in marks.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            let off = 8 * (64 * i + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
+            // SAFETY: `off + 8 <= 8 * 64 * marks.len() <= mem.len()`
+            // (checked above): the 8-byte access stays inside `mem`, which
+            // is borrowed exclusively.
+            unsafe {
+                let w = at.add(off).cast::<u64>();
+                w.write_unaligned(u64::from_le(w.read_unaligned()).wrapping_add(base).to_le());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Binds the imports into `prepared` (as [`bind`]) and writes its pages
+/// into `alloc` ([`Allocation::write_at`]).
+pub(crate) fn write_prepared(
+    p: &Parsed<'_>,
+    alloc: &mut Allocation,
+    mut prepared: Prepared<'_>,
+    file_name: &str,
+    names: &ImportNames<'_>,
+    answers: &[Option<u64>],
+    deps: &[u64],
+) -> Result<(), ImageError> {
+    let start = prepared.plan.start;
+    bind_into(
+        p,
+        &mut prepared.bytes,
+        start,
+        file_name,
+        names,
+        answers,
+        deps,
+    )?;
+    for &(off, len) in &prepared.plan.runs {
+        let at = (off - start) as usize;
+        alloc
+            .write_at(off, &prepared.bytes[at..at + len as usize])
+            .map_err(|e| link_err(file_name, e))?;
+    }
+    Ok(())
+}
+
+/// The pages a load writes, as runs `(offset, len)` of whole pages,
+/// ascending: those holding a rebased word, an import's word or a range of
+/// `cleared`.
+fn written_pages(p: &Parsed<'_>, cleared: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let page = crate::memory::PAGE;
+    let mut pages: Vec<u64> = Vec::with_capacity(8);
+    let mut add = |from: u64, to: u64| {
+        for at in from / page..to.div_ceil(page) {
+            if pages.last() != Some(&at) {
+                pages.push(at);
+            }
+        }
+    };
+    for &w in &p.rebase {
+        add(w, w.saturating_add(8));
+    }
+    for i in &p.imports {
+        add(i.offset, i.offset.saturating_add(8));
+    }
+    for &(from, to) in cleared {
+        add(from, to);
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    let mut runs: Vec<(u64, u64)> = Vec::with_capacity(pages.len());
+    for at in pages {
+        match runs.last_mut() {
+            Some((o, l)) if *o + *l == at * page => *l += page,
+            _ => runs.push((at * page, page)),
+        }
+    }
+    runs
 }
 
 /// Files the mapped image in the registry (before anything can look up
@@ -206,11 +470,25 @@ pub(crate) fn bind(
     answers: &[Option<u64>],
     deps: &[u64],
 ) -> Result<(), ImageError> {
-    let table = host_table(p, file_name)?;
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
         detail: "the image's memory is no longer writable".into(),
     })?;
+    bind_into(p, mem, 0, file_name, names, answers, deps)
+}
+
+/// [`bind`] into `mem`, which holds the image's bytes from offset `start`
+/// on (each import's word must lie in it).
+fn bind_into(
+    p: &Parsed<'_>,
+    mem: &mut [u8],
+    start: u64,
+    file_name: &str,
+    names: &ImportNames<'_>,
+    answers: &[Option<u64>],
+    deps: &[u64],
+) -> Result<(), ImageError> {
+    let table = host_table(p, file_name)?;
     let mut missing: Vec<String> = Vec::new();
     for (i, &n) in p.imports.iter().zip(&names.index) {
         // Thread-local slots are bound from the load's TLS module (`finish`).
@@ -227,7 +505,13 @@ pub(crate) fn bind(
             missing.push(i.name.to_string());
         }
         let v = target.map_or(0, |a| a.wrapping_add(i.addend as u64));
-        mem[i.offset as usize..i.offset as usize + 8].copy_from_slice(&v.to_le_bytes());
+        let word = (i.offset.checked_sub(start))
+            .and_then(|o| mem.get_mut(o as usize..(o as usize).checked_add(8)?))
+            .ok_or_else(|| ImageError::Malformed {
+                name: file_name.into(),
+                detail: format!("imported word at {:#x} is outside the image", i.offset),
+            })?;
+        word.copy_from_slice(&v.to_le_bytes());
     }
     // Nothing runs before the image is finished: the words written above
     // are never used when this fails (the memory is released).
@@ -489,7 +773,7 @@ unsafe fn load_checked_file(
             c.parsed(),
             c.names(),
             c.exports(),
-            Some(c.file()),
+            Some((c.file(), c.final_plan())),
             resolver,
             Some(c.answers()),
         )
@@ -667,13 +951,16 @@ unsafe fn load_parsed(
     let p = read::parse(file_name, bytes)?;
     let names = import_names(&p);
     let exports = export_table(&p);
+    let file = file.map(|f| (f, None));
     // SAFETY: as this function's.
     unsafe { load_checked(file_name, &p, &names, &exports, file, resolver, None) }
 }
 
 /// [`load_parsed`] of bytes already checked (`p`, whose import names are
-/// `names` and export table `exports`); the resolver's answers kept in
-/// `kept` when given (a kept file's).
+/// `names` and export table `exports`), the segments mapped from `file`
+/// when given (at their final protections when its [`FinalPlan`] is given:
+/// [`map_final`]); the resolver's answers kept in `kept` when given (a
+/// kept file's).
 ///
 /// # Safety
 ///
@@ -683,7 +970,7 @@ unsafe fn load_checked(
     p: &Parsed<'_>,
     names: &ImportNames<'_>,
     exports: &SortedSymbols,
-    file: Option<&std::fs::File>,
+    file: Option<(&std::fs::File, Option<&FinalPlan>)>,
     resolver: &dyn SymbolResolver,
     kept: Option<&checked::KeptAnswers>,
 ) -> Result<LinkedImage, ImageError> {
@@ -693,7 +980,14 @@ unsafe fn load_checked(
         |d| Ok(registry::find(&d.build_id).map(|i| (i.base, i.size))),
         registry::named,
     )?;
-    let mut alloc = map_from(p, file_name, file)?;
+    // Mapped at the final protections when the image allows it.
+    let (mut alloc, prepared) = match file {
+        Some((f, Some(plan))) => {
+            let (alloc, prepared) = map_final(p, plan, file_name, f)?;
+            (alloc, Some(prepared))
+        }
+        _ => (map_from(p, file_name, file.map(|(f, _)| f))?, None),
+    };
     let registration = register(p, &alloc, file_name);
     let (kept_answers, fresh);
     let answers: &[Option<u64>] = match kept {
@@ -706,7 +1000,12 @@ unsafe fn load_checked(
             &fresh
         }
     };
-    bind(p, &mut alloc, file_name, names, answers, &deps)?;
+    match prepared {
+        Some(prepared) => {
+            write_prepared(p, &mut alloc, prepared, file_name, names, answers, &deps)?
+        }
+        None => bind(p, &mut alloc, file_name, names, answers, &deps)?,
+    }
     let image = finish(p, exports, alloc, file_name)?;
     image.register_once(|| registration);
     Ok(image)
