@@ -223,6 +223,7 @@ impl W9 {
         jit.define_fn("host_mix", program::host_mix as extern "C" fn(i64) -> i64)
             .map_err(|e| engine("define_fn", e))?;
         let setup = setup.elapsed();
+        let counters = Counters::now();
         let (c0, start) = (cpu_seconds(), Instant::now());
         for (k, object) in p.objects.iter().enumerate() {
             jit.add_object_named(&format!("module{k}.o"), object)
@@ -246,6 +247,7 @@ impl W9 {
             .collect();
         let main = start.elapsed();
         let main_cpu_s = cpu_seconds() - c0;
+        let info = counters.since();
         // SAFETY: every address is Ready code of the generated signature.
         let sum = unsafe { check_calls(&addresses) };
         let teardown = Instant::now();
@@ -254,7 +256,7 @@ impl W9 {
             main,
             main_cpu_s,
             phases: vec![("setup", setup), ("teardown", teardown.elapsed())],
-            info: Vec::new(),
+            info,
         };
         Ok((rep, sum))
     }
@@ -269,6 +271,7 @@ fn module_rep<M: Module + Finalize>(
     let d: Declared = program::declare(&mut module, &p.program);
     program::define_data(&mut module, &p.program, &d);
     let setup = setup.elapsed();
+    let counters = Counters::now();
     let (c0, start) = (cpu_seconds(), Instant::now());
     for (i, c) in p.code.iter().enumerate() {
         module
@@ -284,15 +287,65 @@ fn module_rep<M: Module + Finalize>(
     black_box(&addresses);
     let main = start.elapsed();
     let main_cpu_s = cpu_seconds() - c0;
+    let info = counters.since();
     // SAFETY: finalized code of the generated signature.
     let sum = unsafe { check_calls(&addresses) };
     let rep = Rep {
         main,
         main_cpu_s,
         phases: vec![("setup", setup)],
-        info: Vec::new(),
+        info,
     };
     Ok((rep, sum, module))
+}
+
+/// Process-wide counters of the kernel's (`getrusage`, every thread):
+/// minor page faults and context switches, read around the timed part.
+#[derive(Clone, Copy)]
+struct Counters {
+    faults: i64,
+    voluntary: i64,
+    involuntary: i64,
+}
+
+impl Counters {
+    fn now() -> Counters {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `ru` is writable memory of a `struct rusage`'s size and
+        // alignment, all getrusage needs; RUSAGE_SELF is a valid `who`.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+        if rc != 0 {
+            return Counters {
+                faults: -1,
+                voluntary: -1,
+                involuntary: -1,
+            };
+        }
+        // SAFETY: getrusage succeeded, so it initialized `ru`.
+        let ru = unsafe { ru.assume_init() };
+        #[allow(
+            clippy::useless_conversion,
+            reason = "c_long is not i64 on every target"
+        )]
+        Counters {
+            faults: i64::from(ru.ru_minflt),
+            voluntary: i64::from(ru.ru_nvcsw),
+            involuntary: i64::from(ru.ru_nivcsw),
+        }
+    }
+
+    /// What happened since `self`, as a rep's informational values.
+    fn since(self) -> Vec<(&'static str, f64)> {
+        let now = Counters::now();
+        vec![
+            ("main_minor_faults", (now.faults - self.faults) as f64),
+            ("main_voluntary_cs", (now.voluntary - self.voluntary) as f64),
+            (
+                "main_involuntary_cs",
+                (now.involuntary - self.involuntary) as f64,
+            ),
+        ]
+    }
 }
 
 /// `finalize_definitions` and `get_finalized_function`, which are inherent
