@@ -223,6 +223,7 @@ impl W9 {
         jit.define_fn("host_mix", program::host_mix as extern "C" fn(i64) -> i64)
             .map_err(|e| engine("define_fn", e))?;
         let setup = setup.elapsed();
+        perf_control("enable");
         let counters = Counters::now();
         let (c0, start) = (cpu_seconds(), Instant::now());
         for (k, object) in p.objects.iter().enumerate() {
@@ -248,6 +249,7 @@ impl W9 {
         let main = start.elapsed();
         let main_cpu_s = cpu_seconds() - c0;
         let info = counters.since();
+        perf_control("disable");
         // SAFETY: every address is Ready code of the generated signature.
         let sum = unsafe { check_calls(&addresses) };
         let teardown = Instant::now();
@@ -271,6 +273,7 @@ fn module_rep<M: Module + Finalize>(
     let d: Declared = program::declare(&mut module, &p.program);
     program::define_data(&mut module, &p.program, &d);
     let setup = setup.elapsed();
+    perf_control("enable");
     let counters = Counters::now();
     let (c0, start) = (cpu_seconds(), Instant::now());
     for (i, c) in p.code.iter().enumerate() {
@@ -288,6 +291,7 @@ fn module_rep<M: Module + Finalize>(
     let main = start.elapsed();
     let main_cpu_s = cpu_seconds() - c0;
     let info = counters.since();
+    perf_control("disable");
     // SAFETY: finalized code of the generated signature.
     let sum = unsafe { check_calls(&addresses) };
     let rep = Rep {
@@ -297,6 +301,29 @@ fn module_rep<M: Module + Finalize>(
         info,
     };
     Ok((rep, sum, module))
+}
+
+/// `perf record --control=fifo:CTL,ACK -D -1` counts the timed part only
+/// when `KILN_W9_PERF_CTL=CTL,ACK` names the same FIFOs: the rep writes
+/// `enable` before the timed part and `disable` after it, each waiting for
+/// perf's acknowledgement. Unset (the default), nothing happens.
+fn perf_control(command: &str) {
+    use std::io::{Read, Write};
+    let Some(paths) = std::env::var_os("KILN_W9_PERF_CTL") else {
+        return;
+    };
+    let paths = paths.to_string_lossy().into_owned();
+    let Some((ctl, ack)) = paths.split_once(',') else {
+        return;
+    };
+    let sent = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ctl)
+        .and_then(|mut f| f.write_all(format!("{command}\n").as_bytes()));
+    if sent.is_ok() {
+        let mut reply = [0u8; 5];
+        let _ = std::fs::File::open(ack).and_then(|mut f| f.read(&mut reply));
+    }
 }
 
 /// Process-wide counters of the kernel's (`getrusage`, every thread):

@@ -19,6 +19,7 @@ use kiln_linker::isa::Isa;
 
 use crate::error::Error;
 use crate::reloc::elf_r_type;
+use crate::stage::{Chunk, Span};
 
 /// What the backend keeps of a declared function.
 #[derive(Debug, Clone)]
@@ -72,6 +73,12 @@ pub(crate) enum Code {
         bytes: (u32, Range<usize>),
         relocs: (u32, Range<usize>),
     },
+    /// Bytes already in code memory (the batch's [`Arena::staged`] chunk),
+    /// relocations in the arena.
+    Staged {
+        bytes: Span,
+        relocs: (u32, Range<usize>),
+    },
 }
 
 /// The bytes and relocations of the functions a batch defines, in the
@@ -80,19 +87,16 @@ pub(crate) enum Code {
 pub(crate) struct Arena {
     pub(crate) bytes: Vec<InputBytes>,
     pub(crate) relocs: Vec<Vec<ModuleReloc>>,
+    /// The stage's chunks (`None` once a placed batch took one).
+    pub(crate) staged: Vec<Option<Chunk>>,
 }
 
 impl Arena {
-    /// The bytes and relocations `code` names (`Code::Arena`'s ranges).
-    pub(crate) fn get(
-        &self,
-        bytes: &(u32, Range<usize>),
-        relocs: &(u32, Range<usize>),
-    ) -> (&[u8], &[ModuleReloc]) {
-        (
-            &self.bytes[bytes.0 as usize][bytes.1.clone()],
-            &self.relocs[relocs.0 as usize][relocs.1.clone()],
-        )
+    /// A staged function's bytes, if its chunk is still here.
+    pub(crate) fn staged_bytes(&self, span: Span) -> Option<&[u8]> {
+        let chunk = self.staged.get(span.chunk as usize)?.as_ref()?;
+        let start = span.start as usize;
+        chunk.bytes().get(start..start + span.len as usize)
     }
 }
 
@@ -234,6 +238,13 @@ pub(crate) fn build_graph(
                 let file = arena.bytes[bytes.0 as usize].clone();
                 let relocs = Cow::Borrowed(&arena.relocs[relocs.0 as usize][relocs.1]);
                 (Content::Input { file, start, len }, relocs, len as u64)
+            }
+            Code::Staged { bytes, relocs } => {
+                let code = arena.staged_bytes(bytes).ok_or_else(|| {
+                    Error::Module(format!("the code of {} was not kept", info.name))
+                })?;
+                let relocs = Cow::Borrowed(&arena.relocs[relocs.0 as usize][relocs.1]);
+                (Content::Bytes(code.to_vec()), relocs, u64::from(bytes.len))
             }
         };
         let edges = edges(
