@@ -100,12 +100,17 @@ impl Arena {
     }
 }
 
-/// The smallest chunk [`Chunks`] starts, in bytes.
-const MIN_CHUNK_BYTES: usize = 64 << 10;
+/// The size of each chunk of [`Chunks`], in bytes (a larger run of items
+/// gets a chunk of its own size).
+///
+/// Below glibc's smallest mmap threshold (128 KiB): chunks come from the
+/// heap and go back to it, so a module's next batch (or the next module)
+/// reuses pages already mapped instead of faulting fresh ones in (a
+/// chunk mapped on its own is unmapped when freed).
+const CHUNK_BYTES: usize = 64 << 10;
 
-/// Items appended in chunks that never move: when the last chunk is full
-/// the next one is twice as large, so appending N items copies each once
-/// (a growing `Vec` copies everything again at each doubling).
+/// Items appended in chunks that never move: appending N items copies
+/// each once (a growing `Vec` copies everything again at each doubling).
 pub(crate) struct Chunks<T>(Vec<Vec<T>>);
 
 impl<T> Default for Chunks<T> {
@@ -122,10 +127,8 @@ impl<T: Clone> Chunks<T> {
             .last()
             .is_some_and(|c| c.capacity() - c.len() >= items.len());
         if !fits {
-            let min = (MIN_CHUNK_BYTES / size_of::<T>().max(1)).max(1);
-            let last = self.0.last().map_or(0, Vec::capacity);
-            self.0
-                .push(Vec::with_capacity((2 * last).max(min).max(items.len())));
+            let size = (CHUNK_BYTES / size_of::<T>().max(1)).max(1);
+            self.0.push(Vec::with_capacity(size.max(items.len())));
         }
         let i = self.0.len() - 1;
         let chunk = &mut self.0[i];
