@@ -49,7 +49,7 @@ use kiln_linker::memory::{Allocation, PAGE, Placement};
 use crate::emit::{Arena, Code, DataCode, FuncCode, Names};
 use crate::error::Error;
 use crate::reloc::elf_r_type;
-use crate::stage::Chunk;
+use crate::stage::{Chunk, Span};
 
 /// Memory of directly placed batches, by the resource key of the tracker
 /// owning their symbols: removing the tracker releases it.
@@ -383,7 +383,7 @@ pub(crate) fn place(
     if batch
         .funcs
         .iter()
-        .any(|f| f.symbol.is_some() || f.align > PAGE)
+        .any(|f| f.symbol().is_some() || f.align > PAGE)
         || batch.data.iter().any(|d| d.align > PAGE)
     {
         return Ok(None);
@@ -400,10 +400,17 @@ pub(crate) fn place(
     let mut used: Vec<usize> = Vec::new();
     for (i, f) in batch.funcs.iter().enumerate() {
         match &f.code {
-            Code::Owned { bytes, relocs } => own.push((i, bytes, relocs)),
+            Code::Owned(owned) => own.push((i, &owned.bytes, &owned.relocs)),
             Code::Arena { bytes, relocs } => {
-                let bytes = &chunks[bytes.0 as usize][bytes.1.clone()];
-                own.push((i, bytes, &reloc_chunks[relocs.0 as usize][relocs.1.clone()]));
+                let start = bytes.start as usize;
+                let end = start + bytes.len as usize;
+                let bytes = chunks
+                    .get(bytes.chunk as usize)
+                    .and_then(|f| f.get(start..end));
+                let (Some(bytes), Some(relocs)) = (bytes, span_of(reloc_chunks, *relocs)) else {
+                    return Ok(None);
+                };
+                own.push((i, bytes, relocs));
             }
             Code::Staged { bytes, .. } => {
                 let chunk = bytes.chunk as usize;
@@ -529,7 +536,7 @@ fn fix_up_staged(
         else {
             continue;
         };
-        let relocs = reloc_chunks.get(relocs.0 as usize)?.get(relocs.1.clone())?;
+        let relocs = span_of(reloc_chunks, *relocs)?;
         if relocs.is_empty() {
             continue;
         }
@@ -540,6 +547,12 @@ fn fix_up_staged(
         resolver.fix_up(place, piece, relocs)?;
     }
     Some(())
+}
+
+/// The items `span` names in `chunks`.
+fn span_of<T, C: std::ops::Deref<Target = [T]>>(chunks: &[C], span: Span) -> Option<&[T]> {
+    let start = span.start as usize;
+    (chunks.get(span.chunk as usize)?).get(start..start + span.len as usize)
 }
 
 /// Copies the batch's own functions and its data into `bytes` (its

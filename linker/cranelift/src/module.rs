@@ -22,7 +22,8 @@ use kiln_linker::memory::Allocation;
 use crate::builder::{KilnBuilder, LibcallNames};
 use crate::direct::{self, PlacedMemory};
 use crate::emit::{
-    Arena, Chunks, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
+    Arena, Chunks, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, OwnedCode,
+    build_graph,
 };
 use crate::error::Error;
 use crate::stage::Stage;
@@ -299,20 +300,16 @@ impl KilnModule {
             .max(u64::from(isa.function_alignment().minimum))
             .max(isa.symbol_alignment());
         self.record_with(id, |state| {
-            let relocs = state.relocs.append(relocs);
+            let too_large = || Error::Module(format!("function {id} is too large"));
+            let relocs = state.relocs.append(relocs).ok_or_else(too_large)?;
             let code = match state.stage.append(state.current, align, bytes)? {
                 Some(bytes) => Code::Staged { bytes, relocs },
                 None => Code::Arena {
-                    bytes: state.code.append(bytes),
+                    bytes: state.code.append(bytes).ok_or_else(too_large)?,
                     relocs,
                 },
             };
-            Ok(FuncCode {
-                id,
-                symbol: None,
-                align,
-                code,
-            })
+            Ok(FuncCode { id, align, code })
         })
     }
 
@@ -452,9 +449,12 @@ pub(crate) fn compile_function(
         .collect();
     Ok(FuncCode {
         id,
-        symbol: None,
         align,
-        code: Code::Owned { bytes, relocs },
+        code: Code::Owned(Box::new(OwnedCode {
+            symbol: None,
+            bytes,
+            relocs,
+        })),
     })
 }
 
@@ -968,7 +968,7 @@ impl KilnModule {
             &mut ControlPlane::default(),
             &self.shared,
         )?;
-        code.symbol = Some(body.clone());
+        code.set_symbol(body.clone());
         let (graph, _) = {
             let names = self.shared.names();
             build_graph(

@@ -167,4 +167,11 @@ mod tests {
         assert_eq!(stage.take().len(), 5);
         assert!(stage.chunks.is_empty());
     }
+
+    /// A batch of N functions lists N `FuncCode`s: they stay small (owned
+    /// code, which is rare in a batch, is boxed).
+    #[test]
+    fn a_listed_function_takes_48_bytes() {
+        assert!(size_of::<crate::emit::FuncCode>() <= 48);
+    }
 }
