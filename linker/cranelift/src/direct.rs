@@ -1,10 +1,12 @@
 //! The direct path of `finalize_definitions`: a batch whose relocations
 //! all reach either the batch itself or symbols already Ready is placed as
-//! cranelift-jit places it — each function's bytes copied into kiln's code
-//! memory, cranelift's relocations applied by declaration index through
-//! kiln-arch's fixup math, the pages protected once — and published to the
-//! engine by one `define_absolute`: the batch's symbols Ready at once, with
-//! no link graph, no unit, no materialization and no dependency-graph node.
+//! cranelift-jit places it — each function's bytes in kiln's code memory
+//! (functions defined from bytes were copied there when defined, into the
+//! stage, `stage.rs`; compiled ones are copied now), cranelift's
+//! relocations applied there by declaration index through kiln-arch's
+//! fixup math, the pages protected once — and published to the engine by
+//! one `define_absolute`: the batch's symbols Ready at once, with no link
+//! graph, no unit, no materialization and no dependency-graph node.
 //!
 //! # The Ready rule
 //!
@@ -28,10 +30,12 @@
 //!
 //! # Memory
 //!
-//! A placed batch's memory belongs to the tracker its symbols are defined
-//! through (the group's, or `app`'s default): [`PlacedMemory`], a resource
-//! manager, releases it when the tracker is removed (a freed group) or the
-//! session ends ([`crate::KilnModule::free_memory`]).
+//! A placed batch's memory — its own allocation (compiled functions, data)
+//! and the stage's chunks its functions are in — belongs to the tracker
+//! its symbols are defined through (the group's, or `app`'s default):
+//! [`PlacedMemory`], a resource manager, releases it when the tracker is
+//! removed (a freed group) or the session ends
+//! ([`crate::KilnModule::free_memory`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
