@@ -589,3 +589,47 @@ fn renumber(
         addend: r.addend,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+
+    /// The three backends make the same program callable and its calls
+    /// give the same checksum, rep after rep (each rep a fresh JIT), and
+    /// each rep reports the timed part's page faults.
+    #[test]
+    fn every_backend_gives_cranelift_jits_checksum() {
+        let threads = NonZeroUsize::new(2).expect("2 is not zero");
+        let mut sums = Vec::new();
+        for backend in [
+            W9Backend::CraneliftJit,
+            W9Backend::KilnCranelift,
+            W9Backend::Kiln,
+        ] {
+            let w = W9 {
+                n: 300,
+                modules: 4,
+                seed: 7,
+                backend,
+                dispatcher: DispatcherKind::Pool { threads },
+            };
+            let p = w.prepare().expect("prepare");
+            for _ in 0..2 {
+                let (rep, sum) = w.rep(&p).expect("rep");
+                let faults = rep.info.iter().find(|(k, _)| *k == "main_minor_faults");
+                assert!(
+                    faults.is_some_and(|&(_, f)| f >= 0.0),
+                    "{backend:?}: {:?}",
+                    rep.info
+                );
+                sums.push((backend, sum));
+            }
+        }
+        assert!(
+            sums.iter().all(|&(_, s)| s == sums[0].1),
+            "checksums differ: {sums:?}"
+        );
+    }
+}
