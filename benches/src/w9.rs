@@ -223,6 +223,8 @@ impl W9 {
         jit.define_fn("host_mix", program::host_mix as extern "C" fn(i64) -> i64)
             .map_err(|e| engine("define_fn", e))?;
         let setup = setup.elapsed();
+        perf_control("enable");
+        let counters = Counters::now();
         let (c0, start) = (cpu_seconds(), Instant::now());
         for (k, object) in p.objects.iter().enumerate() {
             jit.add_object_named(&format!("module{k}.o"), object)
@@ -246,6 +248,8 @@ impl W9 {
             .collect();
         let main = start.elapsed();
         let main_cpu_s = cpu_seconds() - c0;
+        let info = counters.since();
+        perf_control("disable");
         // SAFETY: every address is Ready code of the generated signature.
         let sum = unsafe { check_calls(&addresses) };
         let teardown = Instant::now();
@@ -254,7 +258,7 @@ impl W9 {
             main,
             main_cpu_s,
             phases: vec![("setup", setup), ("teardown", teardown.elapsed())],
-            info: Vec::new(),
+            info,
         };
         Ok((rep, sum))
     }
@@ -269,6 +273,8 @@ fn module_rep<M: Module + Finalize>(
     let d: Declared = program::declare(&mut module, &p.program);
     program::define_data(&mut module, &p.program, &d);
     let setup = setup.elapsed();
+    perf_control("enable");
+    let counters = Counters::now();
     let (c0, start) = (cpu_seconds(), Instant::now());
     for (i, c) in p.code.iter().enumerate() {
         module
@@ -284,15 +290,89 @@ fn module_rep<M: Module + Finalize>(
     black_box(&addresses);
     let main = start.elapsed();
     let main_cpu_s = cpu_seconds() - c0;
+    let info = counters.since();
+    perf_control("disable");
     // SAFETY: finalized code of the generated signature.
     let sum = unsafe { check_calls(&addresses) };
     let rep = Rep {
         main,
         main_cpu_s,
         phases: vec![("setup", setup)],
-        info: Vec::new(),
+        info,
     };
     Ok((rep, sum, module))
+}
+
+/// `perf record --control=fifo:CTL,ACK -D -1` counts the timed part only
+/// when `KILN_W9_PERF_CTL=CTL,ACK` names the same FIFOs: the rep writes
+/// `enable` before the timed part and `disable` after it, each waiting for
+/// perf's acknowledgement. Unset (the default), nothing happens.
+fn perf_control(command: &str) {
+    use std::io::{Read, Write};
+    let Some(paths) = std::env::var_os("KILN_W9_PERF_CTL") else {
+        return;
+    };
+    let paths = paths.to_string_lossy().into_owned();
+    let Some((ctl, ack)) = paths.split_once(',') else {
+        return;
+    };
+    let sent = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ctl)
+        .and_then(|mut f| f.write_all(format!("{command}\n").as_bytes()));
+    if sent.is_ok() {
+        let mut reply = [0u8; 5];
+        let _ = std::fs::File::open(ack).and_then(|mut f| f.read(&mut reply));
+    }
+}
+
+/// Process-wide counters of the kernel's (`getrusage`, every thread):
+/// minor page faults and context switches, read around the timed part.
+#[derive(Clone, Copy)]
+struct Counters {
+    faults: i64,
+    voluntary: i64,
+    involuntary: i64,
+}
+
+impl Counters {
+    fn now() -> Counters {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `ru` is writable memory of a `struct rusage`'s size and
+        // alignment, all getrusage needs; RUSAGE_SELF is a valid `who`.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+        if rc != 0 {
+            return Counters {
+                faults: -1,
+                voluntary: -1,
+                involuntary: -1,
+            };
+        }
+        // SAFETY: getrusage succeeded, so it initialized `ru`.
+        let ru = unsafe { ru.assume_init() };
+        #[allow(
+            clippy::useless_conversion,
+            reason = "c_long is not i64 on every target"
+        )]
+        Counters {
+            faults: i64::from(ru.ru_minflt),
+            voluntary: i64::from(ru.ru_nvcsw),
+            involuntary: i64::from(ru.ru_nivcsw),
+        }
+    }
+
+    /// What happened since `self`, as a rep's informational values.
+    fn since(self) -> Vec<(&'static str, f64)> {
+        let now = Counters::now();
+        vec![
+            ("main_minor_faults", (now.faults - self.faults) as f64),
+            ("main_voluntary_cs", (now.voluntary - self.voluntary) as f64),
+            (
+                "main_involuntary_cs",
+                (now.involuntary - self.involuntary) as f64,
+            ),
+        ]
+    }
 }
 
 /// `finalize_definitions` and `get_finalized_function`, which are inherent
@@ -508,4 +588,48 @@ fn renumber(
         name,
         addend: r.addend,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+
+    /// The three backends make the same program callable and its calls
+    /// give the same checksum, rep after rep (each rep a fresh JIT), and
+    /// each rep reports the timed part's page faults.
+    #[test]
+    fn every_backend_gives_cranelift_jits_checksum() {
+        let threads = NonZeroUsize::new(2).expect("2 is not zero");
+        let mut sums = Vec::new();
+        for backend in [
+            W9Backend::CraneliftJit,
+            W9Backend::KilnCranelift,
+            W9Backend::Kiln,
+        ] {
+            let w = W9 {
+                n: 300,
+                modules: 4,
+                seed: 7,
+                backend,
+                dispatcher: DispatcherKind::Pool { threads },
+            };
+            let p = w.prepare().expect("prepare");
+            for _ in 0..2 {
+                let (rep, sum) = w.rep(&p).expect("rep");
+                let faults = rep.info.iter().find(|(k, _)| *k == "main_minor_faults");
+                assert!(
+                    faults.is_some_and(|&(_, f)| f >= 0.0),
+                    "{backend:?}: {:?}",
+                    rep.info
+                );
+                sums.push((backend, sum));
+            }
+        }
+        assert!(
+            sums.iter().all(|&(_, s)| s == sums[0].1),
+            "checksums differ: {sums:?}"
+        );
+    }
 }

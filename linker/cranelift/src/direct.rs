@@ -1,10 +1,12 @@
 //! The direct path of `finalize_definitions`: a batch whose relocations
 //! all reach either the batch itself or symbols already Ready is placed as
-//! cranelift-jit places it — each function's bytes copied into kiln's code
-//! memory, cranelift's relocations applied by declaration index through
-//! kiln-arch's fixup math, the pages protected once — and published to the
-//! engine by one `define_absolute`: the batch's symbols Ready at once, with
-//! no link graph, no unit, no materialization and no dependency-graph node.
+//! cranelift-jit places it — each function's bytes in kiln's code memory
+//! (functions defined from bytes were copied there when defined, into the
+//! stage, `stage.rs`; compiled ones are copied now), cranelift's
+//! relocations applied there by declaration index through kiln-arch's
+//! fixup math, the pages protected once — and published to the engine by
+//! one `define_absolute`: the batch's symbols Ready at once, with no link
+//! graph, no unit, no materialization and no dependency-graph node.
 //!
 //! # The Ready rule
 //!
@@ -28,10 +30,12 @@
 //!
 //! # Memory
 //!
-//! A placed batch's memory belongs to the tracker its symbols are defined
-//! through (the group's, or `app`'s default): [`PlacedMemory`], a resource
-//! manager, releases it when the tracker is removed (a freed group) or the
-//! session ends ([`crate::KilnModule::free_memory`]).
+//! A placed batch's memory — its own allocation (compiled functions, data)
+//! and the stage's chunks its functions are in — belongs to the tracker
+//! its symbols are defined through (the group's, or `app`'s default):
+//! [`PlacedMemory`], a resource manager, releases it when the tracker is
+//! removed (a freed group) or the session ends
+//! ([`crate::KilnModule::free_memory`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -49,6 +53,7 @@ use kiln_linker::memory::{Allocation, PAGE, Placement};
 use crate::emit::{Arena, Code, DataCode, FuncCode, Names};
 use crate::error::Error;
 use crate::reloc::elf_r_type;
+use crate::stage::{Chunk, Span};
 
 /// Memory of directly placed batches, by the resource key of the tracker
 /// owning their symbols: removing the tracker releases it.
@@ -97,7 +102,7 @@ impl ResourceManager for PlacedMemory {
 /// own) and its data objects.
 pub(crate) struct Batch<'a> {
     pub(crate) funcs: &'a [FuncCode],
-    pub(crate) arena: &'a Arena,
+    pub(crate) arena: &'a mut Arena,
     pub(crate) data: &'a [DataCode],
 }
 
@@ -117,11 +122,17 @@ pub(crate) struct Outside<'a> {
 
 /// A batch placed and protected, not yet published.
 pub(crate) struct Placed {
-    pub(crate) memory: Allocation,
+    /// The batch's own memory (if it copied anything) and the stage's
+    /// chunks its functions are in, protected.
+    pub(crate) memory: Vec<Allocation>,
     /// Each function's name and definition, then each data object's, in
     /// the batch's order.
     pub(crate) defs: Vec<(SymbolName, SymbolDef)>,
 }
+
+/// A [`Resolver`] slot not found yet (no definition is at the last byte
+/// of the address space).
+const UNRESOLVED: u64 = u64::MAX;
 
 /// The addresses of relocation targets, by declaration, found as the
 /// relocations meet them: the batch's own (placed), those Ready before
@@ -130,8 +141,10 @@ struct Resolver<'a> {
     names: &'a Names,
     known: &'a Known<'a>,
     outside: &'a Outside<'a>,
-    funcs: Vec<Option<u64>>,
-    data: Vec<Option<u64>>,
+    /// By declaration index; [`UNRESOLVED`] until found (8 bytes a slot:
+    /// a batch's relocations reach them at random).
+    funcs: Vec<u64>,
+    data: Vec<u64>,
     libcalls: Vec<(LibCall, u64)>,
     /// The fixup math of each relocation kind met (a handful).
     kinds: Vec<(Reloc, EdgeKind)>,
@@ -149,8 +162,8 @@ impl Resolver<'_> {
     #[inline]
     fn func(&mut self, index: usize) -> Option<u64> {
         match self.funcs.get(index) {
-            Some(Some(address)) => Some(*address),
-            Some(None) => self.resolve_func(index),
+            Some(&UNRESOLVED) => self.resolve_func(index),
+            Some(&address) => Some(address),
             None => None,
         }
     }
@@ -161,7 +174,7 @@ impl Resolver<'_> {
             Some(address) => address,
             None => self.ready(&self.names.funcs.get(index)?.name)?,
         };
-        self.funcs[index] = Some(address);
+        self.funcs[index] = address;
         Some(address)
     }
 
@@ -169,8 +182,8 @@ impl Resolver<'_> {
     #[inline]
     fn data(&mut self, index: usize) -> Option<u64> {
         match self.data.get(index) {
-            Some(Some(address)) => Some(*address),
-            Some(None) => self.resolve_data(index),
+            Some(&UNRESOLVED) => self.resolve_data(index),
+            Some(&address) => Some(address),
             None => None,
         }
     }
@@ -185,7 +198,7 @@ impl Resolver<'_> {
             Some((address, _)) => address,
             None => self.ready(&info.name)?,
         };
-        self.data[index] = Some(address);
+        self.data[index] = address;
         Some(address)
     }
 
@@ -306,6 +319,7 @@ fn put<const N: usize>(piece: &mut [u8], at: usize, bytes: [u8; N]) -> bool {
 
 /// Offsets of a batch's pieces in its memory: text (read-exec) from 0,
 /// then read-only data, then writable data, each part on pages of its own.
+/// Functions already in code memory (staged) are not in it.
 struct Layout {
     funcs: Vec<u64>,
     data: Vec<u64>,
@@ -318,21 +332,22 @@ fn align_up(at: u64, align: u64) -> u64 {
     at.next_multiple_of(align.max(1).next_power_of_two())
 }
 
-fn layout(batch: &Batch<'_>, code: &[FuncBytes<'_>]) -> Layout {
+fn layout(funcs: &[FuncCode], data_code: &[DataCode], code: &[Own<'_>]) -> Layout {
     let mut at = 0;
-    let funcs = (batch.funcs.iter().zip(code))
-        .map(|(f, (bytes, _))| {
-            let start = align_up(at, f.align);
+    let funcs = code
+        .iter()
+        .map(|&(i, bytes, _)| {
+            let start = align_up(at, funcs[i].align);
             at = start + bytes.len() as u64;
             start
         })
         .collect();
     let text_len = at;
     // Read-only data on the pages after the text, writable data after it.
-    let mut data = vec![0; batch.data.len()];
+    let mut data = vec![0; data_code.len()];
     let mut part = |start: u64, writable: bool| {
         let mut end = start;
-        for (d, at) in batch.data.iter().zip(&mut data) {
+        for (d, at) in data_code.iter().zip(&mut data) {
             if d.writable == writable {
                 *at = align_up(end, d.align);
                 end = *at + d.size;
@@ -351,23 +366,17 @@ fn layout(batch: &Batch<'_>, code: &[FuncBytes<'_>]) -> Layout {
     }
 }
 
-/// A function's bytes and relocations.
-type FuncBytes<'a> = (&'a [u8], &'a [ModuleReloc]);
+/// A function the batch copies into its own memory: its index in the
+/// batch, its bytes and relocations.
+type Own<'a> = (usize, &'a [u8], &'a [ModuleReloc]);
 
-/// A function's bytes and relocations.
-fn code_of<'a>(f: &'a FuncCode, arena: &'a Arena) -> (&'a [u8], &'a [ModuleReloc]) {
-    match &f.code {
-        Code::Owned { bytes, relocs } => (bytes, relocs),
-        Code::Arena { bytes, relocs } => arena.get(bytes, relocs),
-    }
-}
-
-/// Places `batch` in fresh memory, fixed up and protected, if the direct
+/// Places `batch` — the functions staged in code memory where they are,
+/// everything else in fresh memory — fixed up and protected, if the direct
 /// path can (see the module's documentation); `Ok(None)` leaves the batch
 /// to the general path, with nothing published (memory written for it is
-/// released).
+/// released; staged chunks stay in the arena, for the link to read).
 pub(crate) fn place(
-    batch: &Batch<'_>,
+    batch: &mut Batch<'_>,
     names: &Names,
     known: &Known<'_>,
     outside: &Outside<'_>,
@@ -378,49 +387,98 @@ pub(crate) fn place(
     if batch
         .funcs
         .iter()
-        .any(|f| f.symbol.is_some() || f.align > PAGE)
+        .any(|f| f.symbol().is_some() || f.align > PAGE)
         || batch.data.iter().any(|d| d.align > PAGE)
     {
         return Ok(None);
     }
-    // Each function's bytes and relocations, found once.
-    let code: Vec<FuncBytes<'_>> = (batch.funcs.iter())
-        .map(|f| code_of(f, batch.arena))
-        .collect();
-    let layout = layout(batch, &code);
-    let total = (layout.rw.0 + layout.rw.1).max(1);
-    let Some(mut memory) = Allocation::new(total, Placement::Near)? else {
+    let Arena {
+        bytes: chunks,
+        relocs: reloc_chunks,
+        staged,
+    } = &mut *batch.arena;
+    // The functions the batch copies (all but the staged ones), and the
+    // stage's chunks the others are in (each holds one group's, so they
+    // are the batch's alone).
+    let mut own: Vec<Own<'_>> = Vec::new();
+    let mut used: Vec<usize> = Vec::new();
+    for (i, f) in batch.funcs.iter().enumerate() {
+        match &f.code {
+            Code::Owned(owned) => own.push((i, &owned.bytes, &owned.relocs)),
+            Code::Arena { bytes, relocs } => {
+                let start = bytes.start as usize;
+                let end = start + bytes.len as usize;
+                let bytes = chunks
+                    .get(bytes.chunk as usize)
+                    .and_then(|f| f.get(start..end));
+                let (Some(bytes), Some(relocs)) = (bytes, span_of(reloc_chunks, *relocs)) else {
+                    return Ok(None);
+                };
+                own.push((i, bytes, relocs));
+            }
+            Code::Staged { bytes, .. } => {
+                let chunk = bytes.chunk as usize;
+                if used.last() != Some(&chunk) && !used.contains(&chunk) {
+                    used.push(chunk);
+                }
+            }
+        }
+    }
+    if used
+        .iter()
+        .any(|&c| !matches!(staged.get(c), Some(Some(_))))
+    {
         return Ok(None);
+    }
+    let layout = layout(batch.funcs, batch.data, &own);
+    let total = layout.rw.0 + layout.rw.1;
+    let mut memory = match (own.is_empty() && batch.data.is_empty(), total) {
+        (true, _) => None,
+        (false, total) => match Allocation::new(total.max(1), Placement::Near)? {
+            Some(memory) => Some(memory),
+            None => return Ok(None),
+        },
     };
-    let base = memory.base();
+    let base = memory.as_ref().map_or(0, Allocation::base);
     let mut resolver = Resolver {
         names,
         known,
         outside,
-        funcs: vec![None; names.funcs.len()],
-        data: vec![None; names.data.len()],
+        funcs: vec![UNRESOLVED; names.funcs.len()],
+        data: vec![UNRESOLVED; names.data.len()],
         libcalls: Vec::new(),
         kinds: Vec::new(),
     };
     // The batch's own definitions first: references to them stay inside.
-    for (f, at) in batch.funcs.iter().zip(&layout.funcs) {
+    let mut own_at = own.iter().zip(&layout.funcs).peekable();
+    for (i, f) in batch.funcs.iter().enumerate() {
+        let address = match &f.code {
+            Code::Staged { bytes, .. } => match &staged[bytes.chunk as usize] {
+                Some(chunk) => chunk.memory.base() + u64::from(bytes.start),
+                None => return Ok(None),
+            },
+            _ => match own_at.next() {
+                Some((&(j, _, _), at)) if j == i => base + at,
+                _ => return Ok(None),
+            },
+        };
         let Some(slot) = resolver.funcs.get_mut(f.id.as_u32() as usize) else {
             return Ok(None);
         };
-        *slot = Some(base + at);
+        *slot = address;
     }
     for (d, at) in batch.data.iter().zip(&layout.data) {
         let Some(slot) = resolver.data.get_mut(d.id.as_u32() as usize) else {
             return Ok(None);
         };
-        *slot = Some(base + at);
+        *slot = base + at;
     }
-    {
+    if let Some(memory) = &mut memory {
         let prefault = memory.prefault();
         let Some(bytes) = memory.bytes_mut() else {
             return Ok(None);
         };
-        if write(batch, &code, &layout, &mut resolver, bytes, base).is_none() {
+        if write(batch.data, &own, &layout, &mut resolver, bytes, base).is_none() {
             // A target not Ready, a relocation needing a GOT or a stub, a
             // call out of reach: the general path links the batch. The
             // memory is released when dropped, unpublished.
@@ -428,39 +486,96 @@ pub(crate) fn place(
         }
         drop(prefault);
     }
-    let mut segments = vec![(0, layout.text_len, Prot::ReadExec)];
-    segments.push((layout.ro.0, layout.ro.1, Prot::Read));
-    segments.push((layout.rw.0, layout.rw.1, Prot::ReadWrite));
-    memory.finalize(&segments)?;
+    if fix_up_staged(batch.funcs, reloc_chunks, staged, &mut resolver).is_none() {
+        return Ok(None);
+    }
+    let mut placed = Vec::with_capacity(used.len() + 1);
+    if let Some(mut memory) = memory {
+        let segments = [
+            (0, layout.text_len, Prot::ReadExec),
+            (layout.ro.0, layout.ro.1, Prot::Read),
+            (layout.rw.0, layout.rw.1, Prot::ReadWrite),
+        ];
+        memory.finalize(&segments)?;
+        placed.push(memory);
+    }
+    for i in used {
+        let Some(mut chunk) = staged.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        chunk.memory.finalize(&[(0, chunk.used, Prot::ReadExec)])?;
+        placed.push(chunk.memory);
+    }
     let mut defs = Vec::with_capacity(batch.funcs.len() + batch.data.len());
     let code = SymbolFlags::EXPORTED | SymbolFlags::CALLABLE;
-    for (f, at) in batch.funcs.iter().zip(&layout.funcs) {
-        let name = names.funcs[f.id.as_u32() as usize].name.clone();
-        defs.push((name, SymbolDef::new(base + at, code)));
+    for f in batch.funcs {
+        let i = f.id.as_u32() as usize;
+        let name = names.funcs[i].name.clone();
+        defs.push((name, SymbolDef::new(resolver.funcs[i], code)));
     }
     for (d, at) in batch.data.iter().zip(&layout.data) {
         let name = names.data[d.id.as_u32() as usize].name.clone();
         defs.push((name, SymbolDef::new(base + at, SymbolFlags::EXPORTED)));
     }
-    Ok(Some(Placed { memory, defs }))
+    Ok(Some(Placed {
+        memory: placed,
+        defs,
+    }))
 }
 
-/// Copies the batch into `bytes` (its memory, at `base`) and applies its
-/// relocations; `None` if one cannot be applied here.
+/// Applies the staged functions' relocations where they are; `None` if
+/// one cannot be applied here (fields written before stay written: the
+/// link that takes the batch then writes each again).
+fn fix_up_staged(
+    funcs: &[FuncCode],
+    reloc_chunks: &[Vec<ModuleReloc>],
+    staged: &mut [Option<Chunk>],
+    resolver: &mut Resolver<'_>,
+) -> Option<()> {
+    for f in funcs {
+        let Code::Staged {
+            bytes: span,
+            relocs,
+        } = &f.code
+        else {
+            continue;
+        };
+        let relocs = span_of(reloc_chunks, *relocs)?;
+        if relocs.is_empty() {
+            continue;
+        }
+        let chunk = staged.get_mut(span.chunk as usize)?.as_mut()?;
+        let place = chunk.memory.base() + u64::from(span.start);
+        let start = span.start as usize;
+        let piece = (chunk.memory.bytes_mut()?).get_mut(start..start + span.len as usize)?;
+        resolver.fix_up(place, piece, relocs)?;
+    }
+    Some(())
+}
+
+/// The items `span` names in `chunks`.
+fn span_of<T, C: std::ops::Deref<Target = [T]>>(chunks: &[C], span: Span) -> Option<&[T]> {
+    let start = span.start as usize;
+    (chunks.get(span.chunk as usize)?).get(start..start + span.len as usize)
+}
+
+/// Copies the batch's own functions and its data into `bytes` (its
+/// memory, at `base`) and applies their relocations; `None` if one cannot
+/// be applied here.
 fn write(
-    batch: &Batch<'_>,
-    code: &[FuncBytes<'_>],
+    data: &[DataCode],
+    own: &[Own<'_>],
     layout: &Layout,
     resolver: &mut Resolver<'_>,
     bytes: &mut [u8],
     base: u64,
 ) -> Option<()> {
-    for (&(code, relocs), &at) in code.iter().zip(&layout.funcs) {
+    for (&(_, code, relocs), &at) in own.iter().zip(&layout.funcs) {
         let piece = bytes.get_mut(at as usize..at as usize + code.len())?;
         piece.copy_from_slice(code);
         resolver.fix_up(base + at, piece, relocs)?;
     }
-    for (d, &at) in batch.data.iter().zip(&layout.data) {
+    for (d, &at) in data.iter().zip(&layout.data) {
         let piece = bytes.get_mut(at as usize..(at + d.size) as usize)?;
         // Zero-filled objects stay as the fresh memory is: zero.
         if let Some(init) = &d.bytes {

@@ -3,7 +3,6 @@
 //! function or data object, one edge per relocation.
 
 use std::borrow::Cow;
-use std::ops::Range;
 use std::sync::Arc;
 
 use cranelift_codegen::binemit::Reloc;
@@ -19,6 +18,7 @@ use kiln_linker::isa::Isa;
 
 use crate::error::Error;
 use crate::reloc::elf_r_type;
+use crate::stage::{Chunk, Span};
 
 /// What the backend keeps of a declared function.
 #[derive(Debug, Clone)]
@@ -47,61 +47,96 @@ pub(crate) struct Names {
     pub(crate) data: Vec<DataInfo>,
 }
 
-/// A function's machine code, waiting to be linked.
+/// A function's machine code, waiting to be linked: 48 bytes (a batch of
+/// N functions lists N of them; the rare owned code is boxed).
 pub(crate) struct FuncCode {
     pub(crate) id: FuncId,
-    /// The symbol to define, when not the declared name (a lazy or a
-    /// replacement body).
-    pub(crate) symbol: Option<String>,
     pub(crate) align: u64,
     pub(crate) code: Code,
 }
 
+impl FuncCode {
+    /// The symbol to define, when not the declared name (a lazy or a
+    /// replacement body, always owned code).
+    pub(crate) fn symbol(&self) -> Option<&str> {
+        match &self.code {
+            Code::Owned(owned) => owned.symbol.as_deref(),
+            Code::Arena { .. } | Code::Staged { .. } => None,
+        }
+    }
+
+    /// Defines the code under `symbol` instead of the declared name: for
+    /// code compiled alone ([`OwnedCode`], what `compile_function` makes;
+    /// code in an arena or stage is always the declared name's).
+    pub(crate) fn set_symbol(&mut self, symbol: String) {
+        match &mut self.code {
+            Code::Owned(owned) => owned.symbol = Some(symbol),
+            Code::Arena { .. } | Code::Staged { .. } => {
+                debug_assert!(false, "only code compiled alone is renamed");
+            }
+        }
+    }
+}
+
+/// Code compiled alone (`define_function`, a lazy or replacement body).
+pub(crate) struct OwnedCode {
+    /// The symbol to define, when not the declared name (a lazy or a
+    /// replacement body).
+    pub(crate) symbol: Option<String>,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) relocs: Vec<ModuleReloc>,
+}
+
 /// Where a function's bytes and relocations are.
 pub(crate) enum Code {
-    /// Its own (a lazy or replacement body, compiled alone).
-    Owned {
-        bytes: Vec<u8>,
-        relocs: Vec<ModuleReloc>,
-    },
-    /// Ranges in chunks of the batch's [`Arena`] (chunk index, range):
-    /// `define_function_bytes` appends there, so a batch of N functions
-    /// costs no allocation per function (and the graph's blocks read the
-    /// bytes in place, as a file's).
-    Arena {
-        bytes: (u32, Range<usize>),
-        relocs: (u32, Range<usize>),
-    },
+    /// Its own.
+    Owned(Box<OwnedCode>),
+    /// Spans of the batch's [`Arena`] chunks: `define_function_bytes`
+    /// appends there, so a batch of N functions costs no allocation per
+    /// function (and the graph's blocks read the bytes in place, as a
+    /// file's). Used when no code memory could be had for the stage.
+    Arena { bytes: Span, relocs: Span },
+    /// Bytes already in code memory (the batch's [`Arena::staged`] chunk),
+    /// relocations in the arena.
+    Staged { bytes: Span, relocs: Span },
 }
 
 /// The bytes and relocations of the functions a batch defines, in the
-/// chunks [`Chunks`] filled.
+/// chunks [`Chunks`] filled, and the stage's chunks of code memory.
 #[derive(Default)]
 pub(crate) struct Arena {
     pub(crate) bytes: Vec<InputBytes>,
     pub(crate) relocs: Vec<Vec<ModuleReloc>>,
+    /// The stage's chunks (`None` once a placed batch took one).
+    pub(crate) staged: Vec<Option<Chunk>>,
 }
 
 impl Arena {
-    /// The bytes and relocations `code` names (`Code::Arena`'s ranges).
-    pub(crate) fn get(
-        &self,
-        bytes: &(u32, Range<usize>),
-        relocs: &(u32, Range<usize>),
-    ) -> (&[u8], &[ModuleReloc]) {
-        (
-            &self.bytes[bytes.0 as usize][bytes.1.clone()],
-            &self.relocs[relocs.0 as usize][relocs.1.clone()],
-        )
+    /// The relocations `span` names.
+    pub(crate) fn relocs(&self, span: Span) -> Option<&[ModuleReloc]> {
+        let start = span.start as usize;
+        (self.relocs.get(span.chunk as usize)?).get(start..start + span.len as usize)
+    }
+
+    /// A staged function's bytes, if its chunk is still here.
+    pub(crate) fn staged_bytes(&self, span: Span) -> Option<&[u8]> {
+        let chunk = self.staged.get(span.chunk as usize)?.as_ref()?;
+        let start = span.start as usize;
+        chunk.bytes().get(start..start + span.len as usize)
     }
 }
 
-/// The smallest chunk [`Chunks`] starts, in bytes.
-const MIN_CHUNK_BYTES: usize = 64 << 10;
+/// The size of each chunk of [`Chunks`], in bytes (a larger run of items
+/// gets a chunk of its own size).
+///
+/// Below glibc's smallest mmap threshold (128 KiB): chunks come from the
+/// heap and go back to it, so a module's next batch (or the next module)
+/// reuses pages already mapped instead of faulting fresh ones in (a
+/// chunk mapped on its own is unmapped when freed).
+const CHUNK_BYTES: usize = 64 << 10;
 
-/// Items appended in chunks that never move: when the last chunk is full
-/// the next one is twice as large, so appending N items copies each once
-/// (a growing `Vec` copies everything again at each doubling).
+/// Items appended in chunks that never move: appending N items copies
+/// each once (a growing `Vec` copies everything again at each doubling).
 pub(crate) struct Chunks<T>(Vec<Vec<T>>);
 
 impl<T> Default for Chunks<T> {
@@ -111,23 +146,26 @@ impl<T> Default for Chunks<T> {
 }
 
 impl<T: Clone> Chunks<T> {
-    /// Appends `items` (in one chunk); where they went.
-    pub(crate) fn append(&mut self, items: &[T]) -> (u32, Range<usize>) {
+    /// Appends `items` (in one chunk); where they went (`None`: beyond
+    /// 32-bit offsets, never for code a compiler made).
+    pub(crate) fn append(&mut self, items: &[T]) -> Option<Span> {
         let fits = self
             .0
             .last()
             .is_some_and(|c| c.capacity() - c.len() >= items.len());
         if !fits {
-            let min = (MIN_CHUNK_BYTES / size_of::<T>().max(1)).max(1);
-            let last = self.0.last().map_or(0, Vec::capacity);
-            self.0
-                .push(Vec::with_capacity((2 * last).max(min).max(items.len())));
+            let size = (CHUNK_BYTES / size_of::<T>().max(1)).max(1);
+            self.0.push(Vec::with_capacity(size.max(items.len())));
         }
         let i = self.0.len() - 1;
         let chunk = &mut self.0[i];
         let start = chunk.len();
         chunk.extend_from_slice(items);
-        (i as u32, start..chunk.len())
+        Some(Span {
+            chunk: u32::try_from(i).ok()?,
+            start: u32::try_from(start).ok()?,
+            len: u32::try_from(items.len()).ok()?,
+        })
     }
 
     /// The chunks, leaving none.
@@ -221,21 +259,48 @@ pub(crate) fn build_graph(
         data: vec![None; names.data.len()],
     };
     for f in funcs {
-        let info = &names.funcs[f.id.as_u32() as usize];
-        let symbol = f.symbol.as_deref().unwrap_or(info.name.as_str());
-        let own = (Some(f.id), symbol);
-        let (content, relocs, size) = match f.code {
-            Code::Owned { bytes, relocs } => {
+        let FuncCode {
+            id: fid,
+            align,
+            code,
+        } = f;
+        let info = &names.funcs[fid.as_u32() as usize];
+        let missing = || Error::Module(format!("the code of {} was not kept", info.name));
+        let (own_symbol, content, relocs, size) = match code {
+            Code::Owned(owned) => {
+                let OwnedCode {
+                    symbol,
+                    bytes,
+                    relocs,
+                } = *owned;
                 let size = bytes.len() as u64;
-                (Content::Bytes(bytes), Cow::Owned(relocs), size)
+                (symbol, Content::Bytes(bytes), Cow::Owned(relocs), size)
             }
             Code::Arena { bytes, relocs } => {
-                let (start, len) = (bytes.1.start, bytes.1.len());
-                let file = arena.bytes[bytes.0 as usize].clone();
-                let relocs = Cow::Borrowed(&arena.relocs[relocs.0 as usize][relocs.1]);
-                (Content::Input { file, start, len }, relocs, len as u64)
+                let (start, len) = (bytes.start as usize, bytes.len as usize);
+                let file = arena.bytes.get(bytes.chunk as usize).ok_or_else(missing)?;
+                let relocs = Cow::Borrowed(arena.relocs(relocs).ok_or_else(missing)?);
+                let content = Content::Input {
+                    file: file.clone(),
+                    start,
+                    len,
+                };
+                (None, content, relocs, len as u64)
+            }
+            Code::Staged { bytes, relocs } => {
+                let code = arena.staged_bytes(bytes).ok_or_else(missing)?;
+                let relocs = Cow::Borrowed(arena.relocs(relocs).ok_or_else(missing)?);
+                (
+                    None,
+                    Content::Bytes(code.to_vec()),
+                    relocs,
+                    u64::from(bytes.len),
+                )
             }
         };
+        let renamed = own_symbol.is_some();
+        let symbol = own_symbol.as_deref().unwrap_or(info.name.as_str());
+        let own = (Some(fid), symbol);
         let edges = edges(
             &mut graph,
             obj,
@@ -245,20 +310,20 @@ pub(crate) fn build_graph(
             libcall_names,
             &mut cache,
         )?;
-        let block = graph.add_block(block(s.text, &s, content, f.align, edges));
-        let known = match f.symbol {
-            None => cache.funcs[f.id.as_u32() as usize],
-            Some(_) => None,
+        let block = graph.add_block(block(s.text, &s, content, align, edges));
+        let known = match renamed {
+            false => cache.funcs[fid.as_u32() as usize],
+            true => None,
         };
         let id = define(&mut graph, obj, (symbol, known), block, size, true);
-        let interned = match f.symbol {
-            None => {
-                cache.funcs[f.id.as_u32() as usize] = Some(id);
+        let interned = match renamed {
+            false => {
+                cache.funcs[fid.as_u32() as usize] = Some(id);
                 Some(info.name.clone())
             }
-            Some(_) => None,
+            true => None,
         };
-        defined.push((id, Defined::Func(f.id), interned));
+        defined.push((id, Defined::Func(fid), interned));
     }
     for d in data {
         let info = &names.data[d.id.as_u32() as usize];

@@ -143,7 +143,7 @@ impl LazyBody {
             &mut ControlPlane::default(),
             shared,
         )?;
-        code.symbol = Some(self.symbol.clone());
+        code.set_symbol(self.symbol.clone());
         let (graph, _) = {
             let names = shared.names();
             build_graph(

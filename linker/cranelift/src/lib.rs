@@ -71,6 +71,7 @@ mod error;
 mod lazy;
 mod module;
 mod reloc;
+mod stage;
 
 pub use builder::{KilnBuilder, LibcallNames};
 pub use cpu::required_cpu_features;

@@ -17,18 +17,28 @@ use kiln_engine::{
 };
 use kiln_linker::jit::Jit;
 use kiln_linker::layer::ObjectLayer;
+use kiln_linker::memory::Allocation;
 
 use crate::builder::{KilnBuilder, LibcallNames};
 use crate::direct::{self, PlacedMemory};
 use crate::emit::{
-    Arena, Chunks, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, build_graph,
+    Arena, Chunks, Code, DataCode, DataInfo, Defined, FuncCode, FuncInfo, Names, OwnedCode,
+    build_graph,
 };
 use crate::error::Error;
+use crate::stage::Stage;
 
 /// A group of functions and data objects freed together
 /// ([`KilnModule::free_group`]); made by [`KilnModule::new_group`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GroupId(usize);
+
+#[cfg(test)]
+impl GroupId {
+    pub(crate) fn for_tests(n: usize) -> GroupId {
+        GroupId(n)
+    }
+}
 
 /// What the module and its lazy units share.
 pub(crate) struct Shared {
@@ -73,12 +83,42 @@ struct State {
     /// The bytes and relocations of `funcs` defined from bytes
     /// ([`Code::Arena`]).
     code: Chunks<u8>,
+    /// The bytes of `funcs` defined from bytes, in code memory
+    /// ([`Code::Staged`]; `code` keeps those no memory could be found for).
+    stage: Stage,
     relocs: Chunks<ModuleReloc>,
     data: Vec<(Option<GroupId>, DataCode)>,
     func_defs: Vec<Def>,
+    /// How many of `func_defs` are `Def::None`: at most this many more
+    /// functions can be defined from declarations (`funcs` makes room for
+    /// them at once rather than doubling through a large batch).
+    undefined_funcs: usize,
     data_defs: Vec<Def>,
     groups: Vec<Option<Group>>,
     current: Option<GroupId>,
+}
+
+impl State {
+    /// Sets function `i`'s definition state, keeping `undefined_funcs`.
+    fn set_func_def(&mut self, i: usize, def: Def) {
+        let old = std::mem::replace(&mut self.func_defs[i], def);
+        match (old == Def::None, def == Def::None) {
+            (true, false) => self.undefined_funcs -= 1,
+            (false, true) => self.undefined_funcs += 1,
+            _ => {}
+        }
+    }
+
+    /// Appends a function's code, making room when the list is full for
+    /// every function still undefined (each can be defined once before
+    /// the next finalize; bodies of lazy or replaced functions, which are
+    /// not counted, grow the list as a `Vec` grows).
+    fn push_func(&mut self, group: Option<GroupId>, code: FuncCode) {
+        if self.funcs.len() == self.funcs.capacity() {
+            self.funcs.reserve(self.undefined_funcs.max(1));
+        }
+        self.funcs.push((group, code));
+    }
 }
 
 /// `cranelift_module::Module` on kiln: cranelift-jit's API and semantics
@@ -204,7 +244,9 @@ impl KilnModule {
             signature: decl.signature.clone(),
         });
         self.func_addrs.push(None);
-        self.state().func_defs.push(Def::None);
+        let mut state = self.state();
+        state.func_defs.push(Def::None);
+        state.undefined_funcs += 1;
     }
 
     fn note_data(&mut self, id: DataId, linkage: Linkage) {
@@ -257,14 +299,17 @@ impl KilnModule {
         let align = alignment
             .max(u64::from(isa.function_alignment().minimum))
             .max(isa.symbol_alignment());
-        self.record_with(id, |state| FuncCode {
-            id,
-            symbol: None,
-            align,
-            code: Code::Arena {
-                bytes: state.code.append(bytes),
-                relocs: state.relocs.append(relocs),
-            },
+        self.record_with(id, |state| {
+            let too_large = || Error::Module(format!("function {id} is too large"));
+            let relocs = state.relocs.append(relocs).ok_or_else(too_large)?;
+            let code = match state.stage.append(state.current, align, bytes)? {
+                Some(bytes) => Code::Staged { bytes, relocs },
+                None => Code::Arena {
+                    bytes: state.code.append(bytes).ok_or_else(too_large)?,
+                    relocs,
+                },
+            };
+            Ok(FuncCode { id, align, code })
         })
     }
 
@@ -282,7 +327,7 @@ impl KilnModule {
     }
 
     fn record_function(&self, code: FuncCode) -> Result<(), Error> {
-        self.record_with(code.id, |_| code)
+        self.record_with(code.id, |_| Ok(code))
     }
 
     /// Records the code `make` gives (under the state's lock, after the
@@ -290,7 +335,7 @@ impl KilnModule {
     fn record_with(
         &self,
         id: FuncId,
-        make: impl FnOnce(&mut State) -> FuncCode,
+        make: impl FnOnce(&mut State) -> Result<FuncCode, Error>,
     ) -> Result<(), Error> {
         let mut state = self.state();
         let group = state.current;
@@ -299,14 +344,14 @@ impl KilnModule {
             let name = self.shared.names().funcs[i].name.to_string();
             return Err(ModuleError::DuplicateDefinition(name).into());
         }
-        let code = make(&mut state);
-        state.func_defs[i] = Def::Defined(group);
+        let code = make(&mut state)?;
+        state.set_func_def(i, Def::Defined(group));
         if let Some(GroupId(g)) = group
             && let Some(Some(group)) = state.groups.get_mut(g)
         {
             group.funcs.push(code.id);
         }
-        state.funcs.push((group, code));
+        state.push_func(group, code);
         Ok(())
     }
 
@@ -404,9 +449,12 @@ pub(crate) fn compile_function(
         .collect();
     Ok(FuncCode {
         id,
-        symbol: None,
         align,
-        code: Code::Owned { bytes, relocs },
+        code: Code::Owned(Box::new(OwnedCode {
+            symbol: None,
+            bytes,
+            relocs,
+        })),
     })
 }
 
@@ -422,7 +470,7 @@ impl KilnModule {
     /// published Ready at once (`direct.rs`); any other batch is linked
     /// as a kiln unit, Ready when all it depends on is.
     pub fn finalize_definitions(&mut self) -> Result<(), Error> {
-        let (batches, arena) = self.take_batches();
+        let (batches, mut arena) = self.take_batches();
         // Lazy entries first: eager code calling them can then be placed
         // directly (an entry is Ready once its stub exists; the body is
         // compiled on the first call, not here).
@@ -438,7 +486,7 @@ impl KilnModule {
             for d in &data {
                 self.data_sizes[d.id.as_u32() as usize] = d.size as usize;
             }
-            if !self.place_batch(group, &funcs, &arena, &data)? {
+            if !self.place_batch(group, &funcs, &mut arena, &data)? {
                 self.add_batch(group, funcs, &arena, data, &mut wanted)?;
             }
         }
@@ -456,6 +504,7 @@ impl KilnModule {
                     .map(|chunk| Arc::new(chunk.into()))
                     .collect(),
                 relocs: state.relocs.take(),
+                staged: state.stage.take().into_iter().map(Some).collect(),
             };
             (
                 std::mem::take(&mut state.funcs),
@@ -551,7 +600,7 @@ impl KilnModule {
         &mut self,
         group: Option<GroupId>,
         funcs: &[FuncCode],
-        arena: &Arena,
+        arena: &mut Arena,
         data: &[DataCode],
     ) -> Result<bool, Error> {
         let layer = &self.shared.layer;
@@ -574,22 +623,26 @@ impl KilnModule {
             funcs: &self.func_addrs,
             data: &self.data_addrs,
         };
-        let batch = direct::Batch { funcs, arena, data };
-        let placed = direct::place(&batch, &self.shared.names(), &known, &outside)?;
+        let mut batch = direct::Batch { funcs, arena, data };
+        let placed = direct::place(&mut batch, &self.shared.names(), &known, &outside)?;
         let Some(direct::Placed { memory, defs }) = placed else {
             return Ok(false);
         };
         let tracker = self.tracker_of(group)?;
-        let base = memory.base();
+        let bases: Vec<u64> = memory.iter().map(Allocation::base).collect();
         let addresses: Vec<u64> = defs.iter().map(|(_, def)| def.address).collect();
         // Filed under the tracker's key and defined while its removal
         // waits: a freed group's memory is never missed.
         let placed_memory = &self.placed;
         let defined = tracker.with_resource_key(|key| {
-            placed_memory.add(key, memory);
+            for m in memory {
+                placed_memory.add(key, m);
+            }
             let defined = jit.app().define_absolute_with(defs, Some(&tracker));
             if defined.is_err() {
-                drop(placed_memory.take_back(key, base));
+                for base in bases {
+                    drop(placed_memory.take_back(key, base));
+                }
             }
             defined
         })?;
@@ -791,7 +844,7 @@ impl KilnModule {
             state.funcs.retain(|(g, _)| *g != Some(group));
             state.data.retain(|(g, _)| *g != Some(group));
             for id in &taken.funcs {
-                state.func_defs[id.as_u32() as usize] = Def::None;
+                state.set_func_def(id.as_u32() as usize, Def::None);
             }
             for id in &taken.data {
                 state.data_defs[id.as_u32() as usize] = Def::None;
@@ -843,7 +896,7 @@ impl KilnModule {
             if state.func_defs[i] != Def::None {
                 return Err(ModuleError::DuplicateDefinition(name.to_string()).into());
             }
-            state.func_defs[i] = Def::Lazy;
+            state.set_func_def(i, Def::Lazy);
         }
         let body = self.body_name(id);
         let jit = self.jit();
@@ -915,7 +968,7 @@ impl KilnModule {
             &mut ControlPlane::default(),
             &self.shared,
         )?;
-        code.symbol = Some(body.clone());
+        code.set_symbol(body.clone());
         let (graph, _) = {
             let names = self.shared.names();
             build_graph(

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
 
-use cranelift_codegen::ir::InstBuilder;
+use cranelift_codegen::ir::{self, InstBuilder};
 use cranelift_module::{Linkage, Module};
 use kiln_cranelift::{Error, KilnModule};
 
@@ -553,6 +553,97 @@ fn lazy_bodies_and_replacements_link_as_pic_code() {
     });
     module.replace_function(id, func).unwrap();
     assert_eq!(f(10), 121);
+    // SAFETY: no thread runs the module's code any more.
+    unsafe { module.free_memory() };
+}
+
+/// Compiles `func` alone and defines function `id` from its bytes and
+/// relocations (`define_function_bytes`: the staged path, as W9 does).
+fn define_from_bytes(module: &mut KilnModule, id: cranelift_module::FuncId, func: ir::Function) {
+    let mut ctx = cranelift_codegen::Context::for_function(func);
+    let mut plane = cranelift_control::ControlPlane::default();
+    ctx.compile(module.isa(), &mut plane).unwrap();
+    let compiled = ctx.compiled_code().unwrap();
+    let bytes = compiled.code_buffer().to_vec();
+    let relocs: Vec<_> = (compiled.buffer.relocs().iter())
+        .map(|r| cranelift_module::ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+        .collect();
+    let align = u64::from(compiled.buffer.alignment);
+    module
+        .define_function_bytes(id, align, &bytes, &relocs)
+        .unwrap();
+}
+
+/// Code defined from bytes is copied into code memory of its group's own
+/// (the stage's chunks) and fixed up there: freeing the group unmaps its
+/// code and leaves the rest — which its code called — mapped and callable.
+#[test]
+fn freeing_a_group_releases_code_defined_from_bytes() {
+    let mut module = common::kiln(false);
+    let sig = sig_i64(&module);
+    let config = module.target_config();
+    let keep = module
+        .declare_function("keep", Linkage::Export, &sig)
+        .unwrap();
+    let func = function(
+        config,
+        sig.clone(),
+        keep,
+        &[],
+        |_, _| unreachable!(),
+        |b, x, _| affine(b, x, 1, 1),
+    );
+    define_from_bytes(&mut module, keep, func);
+    let group = module.new_group().unwrap();
+    module.set_group(Some(group));
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let id = module
+            .declare_function(&format!("b{i}"), Linkage::Export, &sig)
+            .unwrap();
+        // b_i(x) = keep(x) * 2 + i: a call to code outside the group.
+        let func = function(
+            config,
+            sig.clone(),
+            id,
+            &[keep],
+            |callee, f| module.declare_func_in_func(callee, f),
+            |b, x, refs| {
+                let call = b.ins().call(refs[0], &[x]);
+                let y = b.inst_results(call)[0];
+                affine(b, y, 2, i)
+            },
+        );
+        define_from_bytes(&mut module, id, func);
+        ids.push(id);
+    }
+    module.set_group(None);
+    module.finalize_definitions().unwrap();
+    assert_eq!(module.jit().layer().stats().1, 0, "nothing linked");
+    // SAFETY: finalized `(i64) -> i64`.
+    let f = unsafe { as_fn(module.get_finalized_function(ids[299])) };
+    assert_eq!(f(10), (10 + 1) * 2 + 299);
+    let first = module.get_finalized_function(ids[0]) as u64;
+    let last = module.get_finalized_function(ids[299]) as u64;
+    let kept = module.get_finalized_function(keep);
+    assert!(mapped_executable(first) && mapped_executable(last));
+    // SAFETY: nothing runs, or will run, the group's code.
+    unsafe { module.free_group(group) }.unwrap();
+    assert!(
+        !mapped_executable(first),
+        "the group's first chunk was released"
+    );
+    assert!(
+        !mapped_executable(last),
+        "the group's last chunk was released"
+    );
+    assert!(
+        mapped_executable(kept as u64),
+        "code outside the group stays"
+    );
+    // SAFETY: finalized `(i64) -> i64`, outside the freed group.
+    let keep_fn = unsafe { as_fn(kept) };
+    assert_eq!(keep_fn(5), 6);
     // SAFETY: no thread runs the module's code any more.
     unsafe { module.free_memory() };
 }
