@@ -9,7 +9,7 @@
 //! bad input.
 
 use object::elf::{self, FileHeader64, Rela64, SectionHeader64, Sym64};
-use object::read::elf::{FileHeader, Rela, SectionHeader, SectionTable, Sym};
+use object::read::elf::{FileHeader, SectionHeader, SectionTable, Sym};
 use object::{LittleEndian as LE, SectionIndex, SymbolIndex};
 
 use kiln_arch::{EdgeDesc, EdgeTarget};
@@ -219,6 +219,18 @@ fn section_name_of<'d>(
         .ok()
         .and_then(|n| std::str::from_utf8(n).ok())
         .unwrap_or("<bad name>")
+}
+
+/// `bytes` as a string if they are UTF-8: symbol names are nearly always
+/// ASCII, checked a word at a time here (this runs for every symbol).
+#[inline]
+fn utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
+    }
 }
 
 /// Classify an allocated section by name and flags.
@@ -709,8 +721,8 @@ impl<'d> Reader<'_, 'd> {
         let name = symtab
             .symbol_name(LE, sym)
             .map_err(|e| self.err(format!("symbol {}: {e}", index.0)))?;
-        let name = std::str::from_utf8(name)
-            .map_err(|_| self.err(format!("symbol {}: name is not UTF-8", index.0)))?;
+        let name =
+            utf8(name).ok_or_else(|| self.err(format!("symbol {}: name is not UTF-8", index.0)))?;
         let bind = sym.st_bind();
         let local = bind == elf::STB_LOCAL;
         // STB_GNU_UNIQUE (inline variables, template statics) may be defined
@@ -882,10 +894,49 @@ impl<'d> Reader<'_, 'd> {
         // Edges go straight into their blocks: on an error the whole
         // object's graph is dropped (see `parse_object`).
         let object = self.name;
-        let isa = self.graph.isa();
+        let mut decode = Decoder::new(self.graph.isa(), symbol_map);
+        let blocks = &mut self.graph.blocks;
+        if let [(0, u64::MAX, block)] = *ranges {
+            // One block (every section but `.eh_frame`): no range lookup.
+            let b = &mut blocks[block.index()];
+            let len = b.content.len();
+            let zero = matches!(b.content, Content::Zero(_));
+            let edges = &mut b.edges;
+            edges.reserve_exact(relas.len());
+            // Whether the edges come sorted (they usually do), checked as
+            // they are read instead of in a second pass.
+            let (mut sorted, mut last) = (edges.is_empty(), 0u32);
+            for rela in relas {
+                let offset = rela.r_offset.get(LE);
+                let fail = |why: BadReloc| bad_reloc(object, section, offset, why);
+                let Some((info, target)) = decode.edge(rela).map_err(fail)? else {
+                    continue;
+                };
+                if offset == u64::MAX {
+                    return Err(fail(BadReloc::OutsideRecords(info)));
+                }
+                let Ok(rel_off) = u32::try_from(offset) else {
+                    return Err(fail(BadReloc::Past4GiB(info)));
+                };
+                if zero || u64::from(rel_off) + u64::from(info.width) > len {
+                    return Err(fail(BadReloc::OutsideSection(info, len)));
+                }
+                sorted &= rel_off >= last;
+                last = rel_off;
+                edges.push(Edge {
+                    offset: rel_off,
+                    kind: info,
+                    target,
+                    addend: rela.r_addend.get(LE),
+                });
+            }
+            if !sorted {
+                crate::graph::sort_edges(edges);
+            }
+            return Ok(());
+        }
         // Per range: start, end, block, size, zero-fill (looked up once, not
         // per relocation: this loop runs for every relocation of the link).
-        let blocks = &mut self.graph.blocks;
         let targets: Vec<(u64, u64, BlockId, u64, bool)> = ranges
             .iter()
             .map(|&(start, end, block)| {
@@ -896,48 +947,44 @@ impl<'d> Reader<'_, 'd> {
             .collect();
         // The range holding `offset` (ranges are sorted and disjoint).
         let range_of = |offset: u64| targets.partition_point(|t| t.1 <= offset);
-        // Exact capacities: `.eh_frame` has one small block per record.
-        if let [(_, _, block)] = ranges {
-            blocks[block.index()].edges.reserve_exact(relas.len());
-        } else {
-            let mut counts = vec![0u32; ranges.len()];
-            for rela in relas {
-                if let Some(c) = counts.get_mut(range_of(rela.r_offset(LE))) {
-                    *c += 1;
-                }
+        let hit = |i: usize, offset: u64| {
+            targets
+                .get(i)
+                .filter(|t| offset >= t.0 && offset < t.1)
+                .is_some()
+        };
+        // Relocations usually come sorted by offset: try the range of the
+        // previous one (or the next) first.
+        let mut cursor = 0usize;
+        let mut find = |offset: u64| {
+            if !hit(cursor, offset) {
+                cursor = if hit(cursor + 1, offset) {
+                    cursor + 1
+                } else {
+                    range_of(offset)
+                };
             }
-            for (&(_, _, block), &n) in ranges.iter().zip(&counts) {
-                blocks[block.index()].edges.reserve_exact(n as usize);
+            cursor
+        };
+        // Exact capacities: `.eh_frame` has one small block per record.
+        let mut counts = vec![0u32; ranges.len()];
+        for rela in relas {
+            if let Some(c) = counts.get_mut(find(rela.r_offset.get(LE))) {
+                *c += 1;
             }
         }
-        // Relocations usually come sorted by offset: try the range of the
-        // previous one first.
-        let mut cursor = 0usize;
+        for (&(_, _, block), &n) in ranges.iter().zip(&counts) {
+            blocks[block.index()].edges.reserve_exact(n as usize);
+        }
         for rela in relas {
-            let offset = rela.r_offset(LE);
-            let r_type = rela.r_type(LE, false).0;
+            let offset = rela.r_offset.get(LE);
             let fail = |why: BadReloc| bad_reloc(object, section, offset, why);
-            let Some(info) = isa.edge(r_type) else {
-                return Err(fail(BadReloc::Unsupported(r_type)));
-            };
-            if info.target == EdgeTarget::None {
+            let Some((info, target)) = decode.edge(rela).map_err(fail)? else {
                 continue;
-            }
-            let sym = rela.r_sym(LE, false) as usize;
-            let target = match symbol_map.get(sym) {
-                Some(Some(t)) => *t,
-                Some(None) if sym == 0 => return Err(fail(BadReloc::NoSymbol(info))),
-                _ => return Err(fail(BadReloc::BadSymbol(info, sym))),
             };
-            let hit = |i: usize| targets.get(i).filter(|t| offset >= t.0 && offset < t.1);
-            let found = match hit(cursor) {
-                Some(t) => Some(t),
-                None => {
-                    cursor = range_of(offset);
-                    hit(cursor)
-                }
-            };
-            let Some(&(start, _, block, len, zero)) = found else {
+            let i = find(offset);
+            let Some(&(start, _, block, len, zero)) = targets.get(i).filter(|_| hit(i, offset))
+            else {
                 return Err(fail(BadReloc::OutsideRecords(info)));
             };
             let Ok(rel_off) = u32::try_from(offset - start) else {
@@ -950,13 +997,64 @@ impl<'d> Reader<'_, 'd> {
                 offset: rel_off,
                 kind: info,
                 target,
-                addend: rela.r_addend(LE),
+                addend: rela.r_addend.get(LE),
             });
         }
         for &(_, _, block) in ranges {
             crate::graph::sort_edges(&mut blocks[block.index()].edges);
         }
         Ok(())
+    }
+}
+
+/// Decodes relocations' type and symbol (the per-relocation part of
+/// [`Reader::read_relocs`] that does not depend on the section).
+struct Decoder<'m> {
+    isa: Isa,
+    symbol_map: &'m [Option<SymbolId>],
+    /// The last `r_type` decoded and its edge (relocations of a section
+    /// mostly repeat a few types).
+    last: Option<(u32, Option<&'static EdgeDesc>)>,
+}
+
+impl<'m> Decoder<'m> {
+    fn new(isa: Isa, symbol_map: &'m [Option<SymbolId>]) -> Self {
+        Decoder {
+            isa,
+            symbol_map,
+            last: None,
+        }
+    }
+
+    /// The edge kind and target symbol of `rela`, `None` for a relocation
+    /// that makes no edge (`R_*_NONE`), or why it cannot be read.
+    #[inline(always)]
+    fn edge(
+        &mut self,
+        rela: &Rela64<LE>,
+    ) -> Result<Option<(&'static EdgeDesc, SymbolId)>, BadReloc> {
+        let r_info = rela.r_info.get(LE);
+        let r_type = r_info as u32;
+        let info = match self.last {
+            Some((t, info)) if t == r_type => info,
+            _ => {
+                let info = self.isa.edge(r_type);
+                self.last = Some((r_type, info));
+                info
+            }
+        };
+        let Some(info) = info else {
+            return Err(BadReloc::Unsupported(r_type));
+        };
+        if info.target == EdgeTarget::None {
+            return Ok(None);
+        }
+        let sym = (r_info >> 32) as usize;
+        match self.symbol_map.get(sym) {
+            Some(Some(t)) => Ok(Some((info, *t))),
+            Some(None) if sym == 0 => Err(BadReloc::NoSymbol(info)),
+            _ => Err(BadReloc::BadSymbol(info, sym)),
+        }
     }
 }
 
