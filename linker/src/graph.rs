@@ -524,8 +524,16 @@ impl LinkGraph {
 
     /// Add a block to `section`, its edges sorted by offset.
     pub fn add_block(&mut self, mut block: Block) -> BlockId {
-        let id = BlockId(self.blocks.len() as u32);
         sort_edges(&mut block.edges);
+        self.push_block(block)
+    }
+
+    /// [`LinkGraph::add_block`] for a block whose edges are sorted already
+    /// (one of a graph being merged: every graph keeps its blocks' edges
+    /// sorted, so they are not checked again per block).
+    fn push_block(&mut self, block: Block) -> BlockId {
+        debug_assert!(block.edges.is_sorted_by_key(|e| e.offset));
+        let id = BlockId(self.blocks.len() as u32);
         self.sections[block.section.index()].blocks.push(id);
         self.blocks.push(block);
         id
@@ -699,7 +707,7 @@ impl LinkGraph {
                     }
                 }
             }
-            self.add_block(b);
+            self.push_block(b);
         }
         (obj_base, sym_map)
     }
