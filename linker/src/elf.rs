@@ -882,6 +882,53 @@ impl<'d> Reader<'_, 'd> {
         id
     }
 
+    /// [`Reader::read_relocs`] for a section that is one block, `block`.
+    fn read_block_relocs(
+        &mut self,
+        section: &str,
+        relas: &[Rela64<LE>],
+        decode: &mut Decoder<'_>,
+        block: BlockId,
+    ) -> Result<(), LinkError> {
+        let object = self.name;
+        let b = &mut self.graph.blocks[block.index()];
+        let len = b.content.len();
+        let zero = matches!(b.content, Content::Zero(_));
+        let edges = &mut b.edges;
+        edges.reserve_exact(relas.len());
+        // Whether the edges come sorted (they usually do), checked as
+        // they are read instead of in a second pass.
+        let (mut sorted, mut last) = (edges.is_empty(), 0u32);
+        for rela in relas {
+            let offset = rela.r_offset.get(LE);
+            let fail = |why: BadReloc| bad_reloc(object, section, offset, why);
+            let Some((info, target)) = decode.edge(rela).map_err(fail)? else {
+                continue;
+            };
+            if offset == u64::MAX {
+                return Err(fail(BadReloc::OutsideRecords(info)));
+            }
+            let Ok(rel_off) = u32::try_from(offset) else {
+                return Err(fail(BadReloc::Past4GiB(info)));
+            };
+            if zero || u64::from(rel_off) + u64::from(info.width) > len {
+                return Err(fail(BadReloc::OutsideSection(info, len)));
+            }
+            sorted &= rel_off >= last;
+            last = rel_off;
+            edges.push(Edge {
+                offset: rel_off,
+                kind: info,
+                target,
+                addend: rela.r_addend.get(LE),
+            });
+        }
+        if !sorted {
+            crate::graph::sort_edges(edges);
+        }
+        Ok(())
+    }
+
     /// Read the relocations of one section. `ranges` maps section offsets to
     /// blocks: `(start, end, block)`, sorted.
     fn read_relocs(
@@ -895,46 +942,11 @@ impl<'d> Reader<'_, 'd> {
         // object's graph is dropped (see `parse_object`).
         let object = self.name;
         let mut decode = Decoder::new(self.graph.isa(), symbol_map);
-        let blocks = &mut self.graph.blocks;
         if let [(0, u64::MAX, block)] = *ranges {
             // One block (every section but `.eh_frame`): no range lookup.
-            let b = &mut blocks[block.index()];
-            let len = b.content.len();
-            let zero = matches!(b.content, Content::Zero(_));
-            let edges = &mut b.edges;
-            edges.reserve_exact(relas.len());
-            // Whether the edges come sorted (they usually do), checked as
-            // they are read instead of in a second pass.
-            let (mut sorted, mut last) = (edges.is_empty(), 0u32);
-            for rela in relas {
-                let offset = rela.r_offset.get(LE);
-                let fail = |why: BadReloc| bad_reloc(object, section, offset, why);
-                let Some((info, target)) = decode.edge(rela).map_err(fail)? else {
-                    continue;
-                };
-                if offset == u64::MAX {
-                    return Err(fail(BadReloc::OutsideRecords(info)));
-                }
-                let Ok(rel_off) = u32::try_from(offset) else {
-                    return Err(fail(BadReloc::Past4GiB(info)));
-                };
-                if zero || u64::from(rel_off) + u64::from(info.width) > len {
-                    return Err(fail(BadReloc::OutsideSection(info, len)));
-                }
-                sorted &= rel_off >= last;
-                last = rel_off;
-                edges.push(Edge {
-                    offset: rel_off,
-                    kind: info,
-                    target,
-                    addend: rela.r_addend.get(LE),
-                });
-            }
-            if !sorted {
-                crate::graph::sort_edges(edges);
-            }
-            return Ok(());
+            return self.read_block_relocs(section, relas, &mut decode, block);
         }
+        let blocks = &mut self.graph.blocks;
         // Per range: start, end, block, size, zero-fill (looked up once, not
         // per relocation: this loop runs for every relocation of the link).
         let targets: Vec<(u64, u64, BlockId, u64, bool)> = ranges
