@@ -27,6 +27,7 @@
 
 use smallvec::SmallVec;
 
+use super::SlabKey;
 use super::{FixedSet, State, Sym};
 use crate::actor::{DylibId, SymId};
 use crate::symbol::{SymbolFlags, SymbolState};
@@ -69,10 +70,8 @@ impl State {
                 sid
             }
             None => {
-                let sid = SymId::try_from(self.syms.len())
-                    .unwrap_or_else(|_| unreachable!("more than 2^32 live symbols"));
-                self.syms.push(sym);
-                sid
+                let at = self.syms.push(sym);
+                SymId::try_from(at).unwrap_or_else(|_| unreachable!("more than 2^32 live symbols"))
             }
         }
     }
@@ -128,10 +127,10 @@ impl State {
         s.flags = SymbolFlags::NONE;
         s.state = SymbolState::Failed;
         s.address = 0;
-        s.unit = None;
-        s.resp = None;
+        s.unit = SlabKey::NONE;
+        s.resp = SlabKey::NONE;
         s.waiters = SmallVec::new();
-        s.failure = None;
+        self.failures.remove(&sid);
         self.free_syms.push(sid);
     }
 
