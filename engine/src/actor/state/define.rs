@@ -212,21 +212,23 @@ impl State {
                 skip.next();
                 continue;
             }
-            let sid = self.alloc_sym(Sym {
-                dylib,
-                name,
-                flags,
-                state,
-                address,
-                unit,
-                resp: SlabKey::NONE,
-                tracker,
-                waiters: SmallVec::new(),
-            });
-            let name = &self.syms[sid as usize].name;
+            let (sid, s) = self.syms.store(
+                &mut self.free_syms,
+                Sym {
+                    dylib,
+                    name,
+                    flags,
+                    state,
+                    address,
+                    unit,
+                    resp: SlabKey::NONE,
+                    tracker,
+                    waiters: SmallVec::new(),
+                },
+            );
             self.dylibs[dylib as usize].shared.index.set_at(
                 at[i],
-                name,
+                &s.name,
                 IndexEntry {
                     def: SymbolDef::new(address, flags),
                     ready: state == SymbolState::Ready,

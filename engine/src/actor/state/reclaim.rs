@@ -64,16 +64,7 @@ pub struct TableSizes {
 impl State {
     /// Stores a new symbol record, in a free one if there is one.
     pub(super) fn alloc_sym(&mut self, sym: Sym) -> SymId {
-        match self.free_syms.pop() {
-            Some(sid) => {
-                self.syms[sid as usize] = sym;
-                sid
-            }
-            None => {
-                let at = self.syms.push(sym);
-                SymId::try_from(at).unwrap_or_else(|_| unreachable!("more than 2^32 live symbols"))
-            }
-        }
+        self.syms.store(&mut self.free_syms, sym).0
     }
 
     /// `syms` were just removed (with their tracker, or by name): they are

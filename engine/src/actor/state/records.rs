@@ -12,6 +12,7 @@
 use std::ops::{Index, IndexMut};
 
 use super::Sym;
+use crate::actor::SymId;
 
 /// Records per chunk, as a power of two.
 const CHUNK_BITS: u32 = 10;
@@ -23,15 +24,14 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 pub(super) struct SymRecords {
     /// Every chunk but the last is full (holds [`CHUNK`] records).
     chunks: Vec<Vec<Sym>>,
+    /// Records in all chunks.
+    len: usize,
 }
 
 impl SymRecords {
     /// How many records there are.
     pub(super) fn len(&self) -> usize {
-        match self.chunks.last() {
-            Some(last) => (self.chunks.len() - 1) * CHUNK + last.len(),
-            None => 0,
-        }
+        self.len
     }
 
     /// Makes room for `more` records; only the first chunk can be
@@ -44,25 +44,51 @@ impl SymRecords {
         }
     }
 
-    /// Appends `sym`, returning its index.
-    pub(super) fn push(&mut self, sym: Sym) -> usize {
-        let at = self.len();
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            if self.chunks.is_empty() {
-                self.chunks.push(Vec::new());
-            } else {
-                self.chunks.push(Vec::with_capacity(CHUNK));
+    /// Stores `sym` in the last record of `free` (the ids given back), or
+    /// appends it; its id, and the record.
+    #[inline]
+    pub(super) fn store(&mut self, free: &mut Vec<SymId>, sym: Sym) -> (SymId, &Sym) {
+        let at = match free.pop() {
+            Some(sid) => {
+                self[sid as usize] = sym;
+                sid as usize
             }
+            None => self.push(sym),
+        };
+        let sid =
+            SymId::try_from(at).unwrap_or_else(|_| unreachable!("more than 2^32 live symbols"));
+        (sid, &self[at])
+    }
+
+    /// Appends `sym`, returning its index.
+    #[inline]
+    pub(super) fn push(&mut self, sym: Sym) -> usize {
+        let at = self.len;
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < last.capacity() => last.push(sym),
+            _ => self.push_to_new_room(sym),
         }
-        if let Some(last) = self.chunks.last_mut() {
-            if last.len() == last.capacity() {
-                // Only the first chunk: doubling, but never past a chunk.
+        self.len += 1;
+        at
+    }
+
+    /// [`SymRecords::push`] when the last chunk has no room left: the
+    /// first chunk doubles (up to [`CHUNK`]); after that, a new chunk.
+    #[cold]
+    fn push_to_new_room(&mut self, sym: Sym) {
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => {
                 let want = (last.capacity() * 2).clamp(4, CHUNK);
                 last.reserve_exact(want - last.len());
+                last.push(sym);
             }
-            last.push(sym);
+            Some(_) => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(sym);
+                self.chunks.push(chunk);
+            }
+            None => self.chunks.push(vec![sym]),
         }
-        at
     }
 
     fn first_chunk(&mut self) -> &mut Vec<Sym> {
