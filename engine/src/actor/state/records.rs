@@ -2,7 +2,9 @@
 //!
 //! A contiguous `Vec` doubles when it is full: a session holding 22k
 //! records that defines a few more copied all of them into fresh pages
-//! (about 12 % of the synth link's page faults). Here the first chunk
+//! (about 12 % of the synth link's page faults under an allocator whose
+//! `realloc` copies), and one block above the mmap threshold is mapped
+//! fresh by every session. Here the first chunk
 //! grows geometrically up to [`CHUNK`] records, and every later chunk is
 //! allocated at that size once: growing copies nothing, and each chunk
 //! (64 KiB) stays under glibc's smallest mmap threshold, so its pages come
