@@ -47,7 +47,7 @@ impl State {
                 lk.remaining += 1;
                 lk.pending.push(sid);
                 if s.state == SymbolState::Lazy
-                    && let Some(uid) = s.unit
+                    && let Some(uid) = s.unit.get()
                 {
                     to_start.push(uid);
                 }

@@ -15,13 +15,13 @@ impl State {
         let s = &self.syms[sid as usize];
         match s.state {
             SymbolState::Materializing | SymbolState::Resolved => {
-                out.extend(s.resp.map(|r| (r, sid)))
+                out.extend(s.resp.get().map(|r| (r, sid)))
             }
             SymbolState::Emitted => {
                 for b in self.graph.blockers(sid, 64) {
                     let bs = &self.syms[b as usize];
                     if matches!(bs.state, SymbolState::Materializing | SymbolState::Resolved) {
-                        out.extend(bs.resp.map(|r| (r, b)));
+                        out.extend(bs.resp.get().map(|r| (r, b)));
                     }
                 }
             }

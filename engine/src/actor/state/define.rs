@@ -3,6 +3,7 @@
 
 use smallvec::SmallVec;
 
+use super::SlabKey;
 use super::{Found, State, Sym, UnitEntry};
 use crate::actor::{DefineKind, DylibId, Effect, Effects, SessionCore, SymId, TrackerId, UnitCell};
 use crate::dispatch::Task;
@@ -194,9 +195,10 @@ impl State {
         } else {
             SymbolState::Lazy
         };
+        let unit = SlabKey::from(unit);
         let adding = symbols.len() - discarded.len();
-        // `Vec::reserve` grows geometrically: a later define does not copy
-        // the records for a few more.
+        // The records grow in chunks that never move: a later define does
+        // not copy them for a few more.
         self.syms
             .reserve(adding.saturating_sub(self.free_syms.len()));
         let mut added = Vec::with_capacity(adding);
@@ -210,22 +212,23 @@ impl State {
                 skip.next();
                 continue;
             }
-            let sid = self.alloc_sym(Sym {
-                dylib,
-                name,
-                flags,
-                state,
-                address,
-                unit,
-                resp: None,
-                tracker,
-                waiters: SmallVec::new(),
-                failure: None,
-            });
-            let name = &self.syms[sid as usize].name;
+            let (sid, s) = self.syms.store(
+                &mut self.free_syms,
+                Sym {
+                    dylib,
+                    name,
+                    flags,
+                    state,
+                    address,
+                    unit,
+                    resp: SlabKey::NONE,
+                    tracker,
+                    waiters: SmallVec::new(),
+                },
+            );
             self.dylibs[dylib as usize].shared.index.set_at(
                 at[i],
-                name,
+                &s.name,
                 IndexEntry {
                     def: SymbolDef::new(address, flags),
                     ready: state == SymbolState::Ready,
@@ -249,7 +252,7 @@ impl State {
     ) {
         for sid in overridden {
             let s = &self.syms[sid as usize];
-            let (uid, name) = (s.unit, s.name.clone());
+            let (uid, name) = (s.unit.get(), s.name.clone());
             if let Some(uid) = uid {
                 let unit = &mut self.units[uid];
                 unit.syms.retain(|x| *x != sid);
@@ -269,9 +272,10 @@ impl State {
                 }
             }
             let s = &mut self.syms[sid as usize];
-            s.unit = None;
+            s.unit = SlabKey::NONE;
             s.state = SymbolState::Failed;
-            s.failure = Some(Arc::new(Error::Usage("overridden definition".into())));
+            self.failures
+                .insert(sid, Arc::new(Error::Usage("overridden definition".into())));
             // Its name stays published (not Ready) until the new definition
             // replaces the entry: a reader never sees it undefined.
         }

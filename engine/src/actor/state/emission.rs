@@ -2,6 +2,7 @@
 //! dependence groups, the dependency graph deciding what is Ready, and
 //! publishing Ready symbols.
 
+use super::SlabKey;
 use super::{EmitScratch, State};
 use crate::actor::{Effects, RespId, SessionCore, SymId};
 use crate::error::{Error, Result};
@@ -55,18 +56,18 @@ impl State {
             let all: Vec<(SymId, Arc<Error>)> = r
                 .owed
                 .iter()
-                .filter(|&&s| self.syms[s as usize].resp == Some(resp))
+                .filter(|&&s| self.syms[s as usize].resp.get() == Some(resp))
                 .map(|&s| (s, cause.clone()))
                 .collect();
             let first = all.first().map(|&(s, _)| s);
             self.fail_syms(all, fx);
             return Err(first
-                .and_then(|s| self.syms[s as usize].failure.as_deref().cloned())
+                .and_then(|s| self.failures.get(&s).map(|e| (**e).clone()))
                 .unwrap_or_else(|| (*cause).clone()));
         }
         for &sid in &sc.defs {
             let s = &mut self.syms[sid as usize];
-            s.resp = None;
+            s.resp = SlabKey::NONE;
             s.state = SymbolState::Emitted;
         }
         let failed_groups = self.groups_on_failed_deps(sc);
@@ -143,7 +144,9 @@ impl State {
         // Owed symbols in no group form one more group with no dependencies.
         let d0 = sc.defs.len();
         for &s in &self.resps[resp].owed {
-            if self.syms[s as usize].resp == Some(resp) && sc.sorted.binary_search(&s).is_err() {
+            if self.syms[s as usize].resp.get() == Some(resp)
+                && sc.sorted.binary_search(&s).is_err()
+            {
                 sc.defs.push(s);
             }
         }
@@ -234,7 +237,7 @@ impl State {
             }
             for &dep in &sc.deps[deps.clone()] {
                 if self.syms[dep as usize].state == SymbolState::Lazy {
-                    lazy_deps.extend(self.syms[dep as usize].unit);
+                    lazy_deps.extend(self.syms[dep as usize].unit.get());
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! propagating to dependants through the graph, and failing a whole
 //! responsibility.
 
+use super::SlabKey;
 use super::{PendingLookup, State};
 use crate::actor::{Effects, RespId, SymId};
 use crate::error::{Error, QualifiedName};
@@ -10,7 +11,7 @@ use crate::sync::Arc;
 
 impl State {
     pub(super) fn root_cause_of(&self, sid: SymId) -> Arc<Error> {
-        match self.syms[sid as usize].failure.as_deref() {
+        match self.failures.get(&sid).map(|e| &**e) {
             Some(Error::Failed { cause, .. }) => cause.clone(),
             Some(other) => Arc::new(other.clone()),
             None => Arc::new(Error::msg("unknown failure")),
@@ -27,7 +28,7 @@ impl State {
         fx: &mut Effects,
     ) -> Arc<Error> {
         if self.syms[sid as usize].state == SymbolState::Failed
-            && let Some(existing) = &self.syms[sid as usize].failure
+            && let Some(existing) = self.failures.get(&sid)
         {
             return existing.clone();
         }
@@ -38,8 +39,8 @@ impl State {
         });
         let s = &mut self.syms[sid as usize];
         s.state = SymbolState::Failed;
-        s.failure = Some(err.clone());
-        s.resp = None;
+        s.resp = SlabKey::NONE;
+        self.failures.insert(sid, err.clone());
         let s = &self.syms[sid as usize];
         let d = &self.dylibs[s.dylib as usize];
         if d.shared.index.sym(&s.name) == Some(sid) {
@@ -94,7 +95,7 @@ impl State {
             if !symbols.contains(&qname) {
                 symbols.push(qname);
             }
-            first = first.or(s.failure.as_deref());
+            first = first.or(self.failures.get(&sid).map(|e| &**e));
         }
         let first = first?;
         Some(match first {
@@ -163,7 +164,7 @@ impl State {
         let mut owed: Vec<SymId> = r
             .owed
             .into_iter()
-            .filter(|&s| self.syms[s as usize].resp == Some(resp))
+            .filter(|&s| self.syms[s as usize].resp.get() == Some(resp))
             .collect();
         owed.sort_unstable();
         owed.dedup();

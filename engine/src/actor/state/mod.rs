@@ -29,6 +29,7 @@ mod emission;
 mod failure;
 mod generators;
 mod reclaim;
+mod records;
 mod removal;
 mod search;
 mod trackers;
@@ -68,7 +69,7 @@ struct FailingLookups {
 /// All mutable session state.
 pub(crate) struct State {
     dylibs: Vec<DylibState>,
-    syms: Vec<Sym>,
+    syms: records::SymRecords,
     /// Ids of symbol records given back, reused before `syms` grows.
     free_syms: Vec<SymId>,
     /// Symbols of removed trackers whose ids something may still hold
@@ -106,6 +107,9 @@ pub(crate) struct State {
     /// failed together once the batch is done, so each error names every
     /// symbol of the lookup that failed.
     failing: FailingLookups,
+    /// The error of each failed symbol (kept out of `Sym`: most never
+    /// fail). An entry leaves with its record (`free_sym`).
+    failures: FixedMap<SymId, Arc<Error>>,
 }
 
 /// Buffers `emit` reuses from call to call.
@@ -159,20 +163,57 @@ struct GenEntry {
     misses: FixedSet<SymbolName>,
 }
 
+/// One symbol's record: 64 bytes (`size_of_sym_record` pins it), one
+/// cache line. Its unit and responsibility are slab keys in 32 bits, and
+/// the error of a failed symbol is kept aside (`State::failures`): most
+/// symbols never fail.
 struct Sym {
     dylib: DylibId,
     name: SymbolName,
     flags: SymbolFlags,
     state: SymbolState,
     address: u64,
-    unit: Option<usize>,
-    resp: Option<RespId>,
+    /// Its unit (`units` key), while it has one.
+    unit: SlabKey,
+    /// The responsibility it is owed by (`resps` key), while one owes it.
+    resp: SlabKey,
     tracker: TrackerId,
     /// Lookups waiting on the symbol: the lookup, its slot for the symbol,
     /// and the state it waits for (kept here, so a state change that meets
     /// none of them costs no lookup of theirs).
     waiters: SmallVec<[(u64, u32, RequiredState); 1]>,
-    failure: Option<Arc<Error>>,
+}
+
+/// An optional slab key (of `State::units` or `State::resps`) in 32 bits:
+/// `u32::MAX` is none. A slab reuses its vacant keys, so its keys stay
+/// below the number of entries live at once.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct SlabKey(u32);
+
+impl SlabKey {
+    const NONE: SlabKey = SlabKey(u32::MAX);
+
+    fn some(key: usize) -> SlabKey {
+        match u32::try_from(key) {
+            Ok(k) if k != u32::MAX => SlabKey(k),
+            _ => unreachable!("more than 2^32 - 1 live units or responsibilities"),
+        }
+    }
+
+    fn get(self) -> Option<usize> {
+        (self.0 != u32::MAX).then_some(self.0 as usize)
+    }
+
+    /// The key, leaving none.
+    fn take(&mut self) -> Option<usize> {
+        std::mem::replace(self, SlabKey::NONE).get()
+    }
+}
+
+impl From<Option<usize>> for SlabKey {
+    fn from(key: Option<usize>) -> SlabKey {
+        key.map_or(SlabKey::NONE, SlabKey::some)
+    }
 }
 
 struct UnitEntry {
@@ -257,7 +298,7 @@ impl State {
     pub(crate) fn new() -> Self {
         State {
             dylibs: Vec::new(),
-            syms: Vec::new(),
+            syms: records::SymRecords::default(),
             free_syms: Vec::new(),
             retiring: Vec::new(),
             no_name: SymbolName::unnamed(),
@@ -276,6 +317,7 @@ impl State {
             ended: false,
             scratch: EmitScratch::default(),
             failing: FailingLookups::default(),
+            failures: FixedMap::default(),
         }
     }
 
@@ -549,5 +591,18 @@ impl State {
         self.resps
             .get(resp)
             .map_or_else(|| "?".into(), |r| r.unit_name.clone())
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64", not(kiln_loom)))]
+mod layout_tests {
+    use super::Sym;
+
+    /// A defined symbol costs one record: a cache line, not the 96 bytes
+    /// it took with `Option<usize>` unit and responsibility keys and the
+    /// failure inline.
+    #[test]
+    fn size_of_sym_record() {
+        assert_eq!(std::mem::size_of::<Sym>(), 64);
     }
 }

@@ -27,6 +27,7 @@
 
 use smallvec::SmallVec;
 
+use super::SlabKey;
 use super::{FixedSet, State, Sym};
 use crate::actor::{DylibId, SymId};
 use crate::symbol::{SymbolFlags, SymbolState};
@@ -63,18 +64,7 @@ pub struct TableSizes {
 impl State {
     /// Stores a new symbol record, in a free one if there is one.
     pub(super) fn alloc_sym(&mut self, sym: Sym) -> SymId {
-        match self.free_syms.pop() {
-            Some(sid) => {
-                self.syms[sid as usize] = sym;
-                sid
-            }
-            None => {
-                let sid = SymId::try_from(self.syms.len())
-                    .unwrap_or_else(|_| unreachable!("more than 2^32 live symbols"));
-                self.syms.push(sym);
-                sid
-            }
-        }
+        self.syms.store(&mut self.free_syms, sym).0
     }
 
     /// `syms` were just removed (with their tracker, or by name): they are
@@ -128,10 +118,10 @@ impl State {
         s.flags = SymbolFlags::NONE;
         s.state = SymbolState::Failed;
         s.address = 0;
-        s.unit = None;
-        s.resp = None;
+        s.unit = SlabKey::NONE;
+        s.resp = SlabKey::NONE;
         s.waiters = SmallVec::new();
-        s.failure = None;
+        self.failures.remove(&sid);
         self.free_syms.push(sid);
     }
 

@@ -1,6 +1,7 @@
 //! Removing what a dylib holds piece by piece: named symbols (all or
 //! nothing) and generators (lookups queued on one fail, none hangs).
 
+use super::SlabKey;
 use super::State;
 use super::define::discard_task;
 use crate::actor::{DYLIB_HAS_GENERATORS, DylibId, Effect, Effects, SessionCore, SymId};
@@ -105,7 +106,7 @@ impl State {
         let s = &mut self.syms[sid as usize];
         let (name, tracker) = (s.name.clone(), s.tracker);
         let unit = s.unit.take();
-        s.resp = None;
+        s.resp = SlabKey::NONE;
         let index = &self.dylibs[s.dylib as usize].shared.index;
         if index.sym(&name) == Some(sid) {
             index.remove(&name);

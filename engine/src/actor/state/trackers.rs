@@ -4,6 +4,7 @@
 
 use slab::Slab;
 
+use super::SlabKey;
 use super::{RespEntry, State, TrackerEntry, UNLISTED, UnitEntry};
 use crate::actor::{DylibId, Effect, Effects, Reply, RespId, SymId, TrackerId};
 use crate::error::{Error, Result};
@@ -175,8 +176,8 @@ impl State {
         // Unpublish: the index entry goes before any memory is released.
         for &sid in &syms {
             let s = &mut self.syms[sid as usize];
-            s.unit = None;
-            s.resp = None;
+            s.unit = SlabKey::NONE;
+            s.resp = SlabKey::NONE;
             let index = &self.dylibs[s.dylib as usize].shared.index;
             if index.sym(&s.name) == Some(sid) {
                 index.remove(&s.name);

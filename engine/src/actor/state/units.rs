@@ -4,6 +4,7 @@
 
 use smallvec::SmallVec;
 
+use super::SlabKey;
 use super::{RespEntry, State, Sym, UnitEntry};
 use crate::actor::{Effect, Effects, RespId, SessionCore, SymId, UnitCell};
 use crate::dispatch::Task;
@@ -31,7 +32,7 @@ impl State {
         for &sid in &unit.syms {
             let s = &mut self.syms[sid as usize];
             s.state = SymbolState::Materializing;
-            s.unit = None;
+            s.unit = SlabKey::NONE;
         }
         let rid = self.add_resp(RespEntry {
             dylib: unit.dylib,
@@ -42,7 +43,7 @@ impl State {
             at: 0,
         });
         for &sid in &self.resps[rid].owed {
-            self.syms[sid as usize].resp = Some(rid);
+            self.syms[sid as usize].resp = SlabKey::some(rid);
         }
         let responsibility = Responsibility {
             core: core.clone(),
@@ -72,7 +73,7 @@ impl State {
     pub(super) fn materialize_fixed(&mut self, syms: &[SymId], fx: &mut Effects) {
         for &sid in syms {
             let s = &mut self.syms[sid as usize];
-            s.unit = None;
+            s.unit = SlabKey::NONE;
             s.state = SymbolState::Emitted;
         }
         if !syms.iter().any(|&sid| self.graph.stores(sid)) {
@@ -120,7 +121,7 @@ impl State {
         let r = self.owned_resp(resp)?;
         let d = &self.dylibs[r.dylib as usize];
         match d.shared.index.sym(name) {
-            Some(sid) if self.syms[sid as usize].resp == Some(resp) => Ok(sid),
+            Some(sid) if self.syms[sid as usize].resp.get() == Some(resp) => Ok(sid),
             _ => Err(Error::Usage(format!(
                 "unit '{}' does not own {} in dylib '{}' (or it was already failed or handed back)",
                 r.unit_name, name, d.shared.name
@@ -185,8 +186,8 @@ impl State {
             let s = &mut self.syms[sid as usize];
             s.state = SymbolState::Lazy;
             s.flags = *flags;
-            s.resp = None;
-            s.unit = Some(uid);
+            s.resp = SlabKey::NONE;
+            s.unit = SlabKey::some(uid);
             wanted |= !s.waiters.is_empty();
         }
         if wanted {
@@ -211,7 +212,7 @@ impl State {
             at: 0,
         });
         for sid in sids {
-            self.syms[sid as usize].resp = Some(rid);
+            self.syms[sid as usize].resp = SlabKey::some(rid);
         }
         Ok(rid)
     }
@@ -251,11 +252,10 @@ impl State {
                 flags,
                 state: SymbolState::Materializing,
                 address: 0,
-                unit: None,
-                resp: Some(resp),
+                unit: SlabKey::NONE,
+                resp: SlabKey::some(resp),
                 tracker,
                 waiters: SmallVec::new(),
-                failure: None,
             });
             self.dylibs[dylib as usize].shared.index.set(
                 &name,
@@ -283,7 +283,7 @@ impl State {
             .owed
             .iter()
             .map(|&s| &self.syms[s as usize])
-            .filter(|s| s.resp == Some(resp))
+            .filter(|s| s.resp.get() == Some(resp))
             .filter(|s| !requested_only || !s.waiters.is_empty())
             .map(|s| (s.name.clone(), s.flags))
             .collect();
