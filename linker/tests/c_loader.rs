@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use common::images::{kiln, save, show};
 use common::lua::build_lua;
@@ -22,22 +22,33 @@ fn build_sh() -> PathBuf {
 }
 
 /// Runs `build.sh ISA OUTDIR`, asserting it succeeds without a warning;
-/// returns `OUTDIR/kiln-load`.
+/// returns `OUTDIR/kiln-load` (built once per test process).
 fn build_loader(isa: &str, compiler: &str) -> PathBuf {
     build_loader_with(isa, compiler, "", &format!("c-loader-build-{isa}"))
 }
 
-/// [`build_loader`] with extra `CFLAGS`, into scratch directory `tag`.
+/// [`build_loader`] with extra `CFLAGS`, into scratch directory `tag`: once
+/// per tag in this process, and never in place. The linker writes a new
+/// executable in pieces and marks it executable last, so a loader another
+/// test runs must never be the file being built (that test's exec failed
+/// with "Permission denied"): each build goes to a directory of its own
+/// and is renamed into `tag` whole.
 fn build_loader_with(isa: &str, compiler: &str, cflags: &str, tag: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = built.iter().find(|(t, _)| t == tag) {
+        return path.clone();
+    }
     assert!(
         need_tool(compiler),
         "{compiler} is needed to build kiln-load"
     );
     let dir = scratch(tag);
+    let fresh = dir.join(format!("build-{}", std::process::id()));
     let o = Command::new("sh")
         .arg(build_sh())
         .arg(isa)
-        .arg(&dir)
+        .arg(&fresh)
         .env("CFLAGS", cflags)
         .output()
         .expect("sh runs");
@@ -46,7 +57,11 @@ fn build_loader_with(isa: &str, compiler: &str, cflags: &str, tag: &str) -> Path
         "build.sh {isa}: {}",
         show(&o)
     );
-    dir.join("kiln-load")
+    let path = dir.join("kiln-load");
+    std::fs::rename(fresh.join("kiln-load"), &path).expect("move kiln-load into place");
+    let _ = std::fs::remove_dir(&fresh);
+    built.push((tag.to_string(), path.clone()));
+    path
 }
 
 /// The x86-64 loader, built once per test process.
