@@ -265,39 +265,7 @@ pub(crate) fn build_graph(
             code,
         } = f;
         let info = &names.funcs[fid.as_u32() as usize];
-        let missing = || Error::Module(format!("the code of {} was not kept", info.name));
-        let (own_symbol, content, relocs, size) = match code {
-            Code::Owned(owned) => {
-                let OwnedCode {
-                    symbol,
-                    bytes,
-                    relocs,
-                } = *owned;
-                let size = bytes.len() as u64;
-                (symbol, Content::Bytes(bytes), Cow::Owned(relocs), size)
-            }
-            Code::Arena { bytes, relocs } => {
-                let (start, len) = (bytes.start as usize, bytes.len as usize);
-                let file = arena.bytes.get(bytes.chunk as usize).ok_or_else(missing)?;
-                let relocs = Cow::Borrowed(arena.relocs(relocs).ok_or_else(missing)?);
-                let content = Content::Input {
-                    file: file.clone(),
-                    start,
-                    len,
-                };
-                (None, content, relocs, len as u64)
-            }
-            Code::Staged { bytes, relocs } => {
-                let code = arena.staged_bytes(bytes).ok_or_else(missing)?;
-                let relocs = Cow::Borrowed(arena.relocs(relocs).ok_or_else(missing)?);
-                (
-                    None,
-                    Content::Bytes(code.to_vec()),
-                    relocs,
-                    u64::from(bytes.len),
-                )
-            }
-        };
+        let (own_symbol, content, relocs, size) = function_code(code, arena, info.name.as_str())?;
         let renamed = own_symbol.is_some();
         let symbol = own_symbol.as_deref().unwrap_or(info.name.as_str());
         let own = (Some(fid), symbol);
@@ -360,6 +328,48 @@ pub(crate) fn build_graph(
         defined.push((id, Defined::Data(d.id), Some(info.name.clone())));
     }
     Ok((graph, defined))
+}
+
+/// A function's code as graph content: the symbol it defines when not its
+/// declared name (`name`), its bytes, its relocations and its size.
+type FunctionCode<'a> = (Option<String>, Content, Cow<'a, [ModuleReloc]>, u64);
+
+/// [`FunctionCode`] of `code`, wherever it is kept (its own, `arena`'s
+/// chunks or its staged code memory).
+fn function_code<'a>(code: Code, arena: &'a Arena, name: &str) -> Result<FunctionCode<'a>, Error> {
+    let missing = || Error::Module(format!("the code of {name} was not kept"));
+    Ok(match code {
+        Code::Owned(owned) => {
+            let OwnedCode {
+                symbol,
+                bytes,
+                relocs,
+            } = *owned;
+            let size = bytes.len() as u64;
+            (symbol, Content::Bytes(bytes), Cow::Owned(relocs), size)
+        }
+        Code::Arena { bytes, relocs } => {
+            let (start, len) = (bytes.start as usize, bytes.len as usize);
+            let file = arena.bytes.get(bytes.chunk as usize).ok_or_else(missing)?;
+            let relocs = Cow::Borrowed(arena.relocs(relocs).ok_or_else(missing)?);
+            let content = Content::Input {
+                file: file.clone(),
+                start,
+                len,
+            };
+            (None, content, relocs, len as u64)
+        }
+        Code::Staged { bytes, relocs } => {
+            let code = arena.staged_bytes(bytes).ok_or_else(missing)?;
+            let relocs = Cow::Borrowed(arena.relocs(relocs).ok_or_else(missing)?);
+            (
+                None,
+                Content::Bytes(code.to_vec()),
+                relocs,
+                u64::from(bytes.len),
+            )
+        }
+    })
 }
 
 fn block(
