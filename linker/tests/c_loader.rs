@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
-use common::images::{kiln, save, show};
+use common::images::{assert_like_native, kiln, save, show};
 use common::lua::build_lua;
 use common::programs::{CXX_SHAPES, CXX_SHAPES_MAIN};
 use common::*;
@@ -113,31 +113,9 @@ fn check_three_ways(
         .args(args)
         .output()
         .expect("kiln runs");
-    assert_eq!(
-        String::from_utf8_lossy(&k.stdout),
-        native_out,
-        "{tag}: kiln run\n{}",
-        show(&k)
-    );
-    assert_eq!(
-        k.status.code(),
-        Some(native_ret),
-        "{tag}: kiln run\n{}",
-        show(&k)
-    );
+    assert_like_native(&k, &native_out, native_ret, &format!("{tag}: kiln run"));
     let l = run_loader(&image, args);
-    assert_eq!(
-        String::from_utf8_lossy(&l.stdout),
-        native_out,
-        "{tag}: kiln-load\n{}",
-        show(&l)
-    );
-    assert_eq!(
-        l.status.code(),
-        Some(native_ret),
-        "{tag}: kiln-load\n{}",
-        show(&l)
-    );
+    assert_like_native(&l, &native_out, native_ret, &format!("{tag}: kiln-load"));
     assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
     image
 }

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::images::{info_of, kiln, show};
+use common::images::{assert_like_native, info_of, kiln, show};
 use common::lua::build_lua;
 use common::*;
 use kiln_linker::image_file::{self, BuildId, ImageError};
@@ -45,18 +45,7 @@ fn check_image_matches_native(
     let _ = std::fs::remove_file(&image);
     save(&image, objs, &[]);
     let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        native_out,
-        "{tag}: output differs\n{}",
-        show(&o)
-    );
-    assert_eq!(
-        o.status.code(),
-        Some(native_ret),
-        "{tag}: status differs\n{}",
-        show(&o)
-    );
+    assert_like_native(&o, &native_out, native_ret, tag);
     // --noexec loads and binds without running anything.
     let o = kiln()
         .args(["run", "--noexec"])
@@ -612,13 +601,7 @@ fn an_image_and_an_object_mixed_in_kiln_run_close_a_cycle() {
     assert!(o.status.success(), "{}", show(&o));
     for order in [[&lib, &objs[0]], [&objs[0], &lib]] {
         let o = kiln().arg("run").args(order).output().expect("kiln runs");
-        assert_eq!(
-            String::from_utf8_lossy(&o.stdout),
-            native_out,
-            "{}",
-            show(&o)
-        );
-        assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+        assert_like_native(&o, &native_out, native_ret, &format!("kiln run {order:?}"));
     }
 }
 
@@ -836,13 +819,7 @@ fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_director
             .args(&objs)
             .output()
             .expect("kiln runs");
-        assert_eq!(
-            String::from_utf8_lossy(&o.stdout),
-            native_out,
-            "{}",
-            show(&o)
-        );
-        assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
+        assert_like_native(&o, &native_out, native_ret, "kiln run --cache");
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
     assert!(run().contains("cache miss"));
@@ -976,13 +953,7 @@ fn lua_program_image_linked_against_a_liblua_image_by_build_id_matches_native() 
     let run = |args: &[&Path]| kiln().arg("run").args(args).output().expect("kiln runs");
     for args in [vec![lib.as_path(), prog.as_path()], vec![prog.as_path()]] {
         let o = run(&args);
-        assert_eq!(
-            String::from_utf8_lossy(&o.stdout),
-            native_out,
-            "{args:?}\n{}",
-            show(&o)
-        );
-        assert_eq!(o.status.code(), Some(native_ret), "{args:?}\n{}", show(&o));
+        assert_like_native(&o, &native_out, native_ret, &format!("{args:?}"));
     }
     // Rebuild the library with different code: another build id.
     let src = common::lua::lua_src_dir();
@@ -1024,13 +995,12 @@ fn lua_program_image_linked_against_a_liblua_image_by_build_id_matches_native() 
         "the dependency's build id is part of it"
     );
     let o = run(&[prog.as_path()]);
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        native_out,
-        "{}",
-        show(&o)
+    assert_like_native(
+        &o,
+        &native_out,
+        native_ret,
+        "the program saved against the rebuilt library",
     );
-    assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
 }
 
 /// Two library images and a program against both (a call into each and a
@@ -1584,13 +1554,12 @@ int main() {
     let info = info_of(&kprog, false);
     assert!(info.contains("dependencies    1"), "{info}");
     let o = kiln().arg("run").arg(&kprog).output().expect("kiln runs");
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        native_out,
-        "{}",
-        show(&o)
+    assert_like_native(
+        &o,
+        &native_out,
+        native_ret,
+        "the program saved against its library image",
     );
-    assert_eq!(o.status.code(), Some(native_ret), "{}", show(&o));
 }
 
 /// The file's mappings inside `[base, base+size)`, from /proc/self/maps.

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::images::{info_of, kiln, save, show};
+use common::images::{assert_like_native, info_of, kiln, save, show};
 use common::*;
 use kiln_linker::image_file::{self, BuildId, ImageError};
 use kiln_linker::{HostSymbols, LinkOptions, Linker};
@@ -38,18 +38,7 @@ fn check_tls_image(cc: &str, srcs: &[PathBuf], flags: &[&str], marker: &str, tag
     let image = dir.join("prog.kimg");
     save(&image, &objs);
     let o = kiln().arg("run").arg(&image).output().expect("kiln runs");
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        native_out,
-        "{tag}: output differs\n{}",
-        show(&o)
-    );
-    assert_eq!(
-        o.status.code(),
-        Some(native_ret),
-        "{tag}: status differs\n{}",
-        show(&o)
-    );
+    assert_like_native(&o, &native_out, native_ret, tag);
     image
 }
 

@@ -21,6 +21,23 @@ pub(crate) fn show(o: &Output) -> String {
     )
 }
 
+/// `o` printed what the native build printed (`native_out`) and ended with
+/// its status (`native_ret`); `what` names the run in the failure.
+pub(crate) fn assert_like_native(o: &Output, native_out: &str, native_ret: i32, what: &str) {
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        native_out,
+        "{what}: stdout differs from the native build's\n{}",
+        show(o)
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(native_ret),
+        "{what}: status differs from the native build's\n{}",
+        show(o)
+    );
+}
+
 /// `kiln image save -o out inputs...`, which must succeed.
 pub(crate) fn save(out: &Path, inputs: &[PathBuf]) {
     let _ = std::fs::remove_file(out);
