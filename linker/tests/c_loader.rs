@@ -414,20 +414,6 @@ fn missing_imports_are_all_named() {
     );
 }
 
-/// Deterministic pseudo-random numbers (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// File ranges of the metadata a resealed mutant may damage: the ELF file
 /// header, the kiln header, the program and section headers and the
 /// tables (not the segments' bytes: whoever can recompute the hash is

@@ -359,20 +359,6 @@ fn damaged_images_are_refused_naming_the_field_and_both_values() {
     );
 }
 
-/// Deterministic pseudo-random numbers (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Mutants of a real image — byte flips anywhere, truncations, and damage
 /// to the header, ELF headers and tables with the content hash recomputed
 /// (so the table checks, not the hash, must catch it) — each loads (and is

@@ -270,21 +270,6 @@ fn an_image_file_loads_from_what_it_opened_without_its_path() {
     assert!(e.to_string().contains("open"), "{e}");
 }
 
-/// xorshift64*: deterministic picks for the mutants below.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// The readable bytes of `image`'s memory (its pages that `/proc/self/maps`
 /// shows readable), as (offset in the image, bytes).
 fn readable_memory(image: &LinkedImage) -> Vec<(u64, Vec<u8>)> {

@@ -9,21 +9,6 @@ use std::path::PathBuf;
 use common::*;
 use kiln_linker::{HostSymbols, LinkError, Linker};
 
-/// xorshift64*: small, deterministic, good enough to pick bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn mutate(rng: &mut Rng, data: &[u8]) -> Vec<u8> {
     let mut m = data.to_vec();
     match rng.below(10) {

@@ -338,3 +338,21 @@ pub(crate) fn run_jit_with(
     });
     Ok((out, ret?))
 }
+
+/// xorshift64*: small, deterministic pseudo-random picks for the mutation
+/// tests (the seed is the state; the same seed gives the same mutants).
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A pick in `0..n` (0 when `n` is 0).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
