@@ -475,7 +475,8 @@ fn link_and_run(
     // SAFETY: `address` is the entry point of code kiln just linked, Ready
     // (it and everything it reaches are emitted and finalized), and the
     // user asserts its signature is `int (int, char **, char **)`; argv
-    // and envp are NUL-terminated arrays of leaked C strings.
+    // is a NUL-terminated array of leaked C strings, envp the process's
+    // own `environ` (`program_arguments`).
     let status = unsafe { call_entry(address, argc, argv, envp) };
     let ran = run_start.elapsed();
     // Finalizers and atexit handlers of the JIT'd code run before any of its
@@ -558,8 +559,9 @@ fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, S
     unsafe { initializers.run() };
     // SAFETY: `address` is the entry point of the loaded image (bound and
     // protected; it stays loaded until the process exits), and the user
-    // asserts its signature is `int (int, char **, char **)`; argv and
-    // envp are NUL-terminated arrays of leaked C strings.
+    // asserts its signature is `int (int, char **, char **)`; argv is a
+    // NUL-terminated array of leaked C strings, envp the process's own
+    // `environ` (`program_arguments`).
     let status = unsafe { call_entry(address, argc, argv, envp) };
     finalize_alone();
     // The libraries the image is bound to stay loaded as long as it does:

@@ -1434,23 +1434,9 @@ mod tests {
             a.bytes_mut().is_none(),
             "bytes handed out before the file is mapped"
         );
-        let prot_of = |addr: u64| {
-            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-            maps.lines()
-                .find_map(|l| {
-                    let (range, rest) = l.split_once(' ')?;
-                    let (s, e) = range.split_once('-')?;
-                    let (s, e) = (
-                        u64::from_str_radix(s, 16).ok()?,
-                        u64::from_str_radix(e, 16).ok()?,
-                    );
-                    (s <= addr && addr < e).then(|| rest[..3].to_string())
-                })
-                .unwrap()
-        };
-        assert_eq!(prot_of(a.base()), "rw-");
+        assert_eq!(prot_at(a.base()), "rw-");
         assert_eq!(
-            prot_of(a.base() + PAGE),
+            prot_at(a.base() + PAGE),
             "---",
             "a covered page was made writable"
         );

@@ -462,12 +462,7 @@ fn mutants_of_a_real_image_never_crash_the_loader() {
     for i in 0..MUTANTS {
         let mut v = good.clone();
         match i % 3 {
-            0 => {
-                for _ in 0..=rng.below(4) {
-                    let at = rng.below(v.len());
-                    v[at] ^= 1 << rng.below(8);
-                }
-            }
+            0 => rng.flip_bits(&mut v),
             1 => v.truncate(rng.below(good.len())),
             _ => {
                 for _ in 0..=rng.below(3) {

@@ -378,12 +378,7 @@ fn mutants_of_a_real_image_load_or_fail_with_an_error() {
         let mut v = good.clone();
         match i % 3 {
             // Unsealed flips: the hash refuses every one.
-            0 => {
-                for _ in 0..=rng.below(4) {
-                    let at = rng.below(v.len());
-                    v[at] ^= 1 << rng.below(8);
-                }
-            }
+            0 => rng.flip_bits(&mut v),
             // Truncations.
             1 => v.truncate(rng.below(good.len())),
             // Resealed damage to metadata: header, ELF headers, tables.

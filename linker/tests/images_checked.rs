@@ -377,12 +377,7 @@ fn loads_of_files_and_of_bytes_agree_on_mutants() {
     for i in 0..3000 {
         let mut v = good.clone();
         match i % 3 {
-            0 => {
-                for _ in 0..=rng.below(4) {
-                    let at = rng.below(v.len());
-                    v[at] ^= 1 << rng.below(8);
-                }
-            }
+            0 => rng.flip_bits(&mut v),
             1 => v.truncate(rng.below(good.len())),
             _ => {
                 // Anywhere but the code (whoever can reseal runs code).

@@ -5,31 +5,15 @@
 
 mod common;
 
-use cranelift_module::{Linkage, Module};
 use kiln_linker::DebugOptions;
 
-use common::{affine, function, sig_i64};
+use common::define_affine;
 
 #[test]
 fn with_perf_map_on_a_batch_is_linked_and_its_functions_are_in_the_map() {
     DebugOptions::set_process_default(DebugOptions::NONE.with_perf_map(true));
     let mut module = common::kiln(false);
-    let sig = sig_i64(&module);
-    let id = module
-        .declare_function("registered_with_perf", Linkage::Export, &sig)
-        .unwrap();
-    let config = module.target_config();
-    let func = function(
-        config,
-        sig,
-        id,
-        &[],
-        |_, _| unreachable!(),
-        |b, x, _| affine(b, x, 3, 1),
-    );
-    module
-        .define_function(id, &mut cranelift_codegen::Context::for_function(func))
-        .unwrap();
+    let id = define_affine(&mut module, "registered_with_perf", 3, 1);
     module.finalize_definitions().unwrap();
     assert_eq!(module.jit().layer().stats().1, 1, "the batch was linked");
     // SAFETY: finalized `(i64) -> i64`.

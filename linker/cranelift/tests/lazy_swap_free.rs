@@ -10,7 +10,7 @@ use cranelift_codegen::ir::{self, InstBuilder};
 use cranelift_module::{Linkage, Module};
 use kiln_cranelift::{Error, KilnModule};
 
-use common::{affine, function, mapped_executable, sig_i64};
+use common::{affine, define_affine, function, mapped_executable, sig_i64};
 
 type I64Fn = extern "C" fn(i64) -> i64;
 
@@ -21,26 +21,6 @@ type I64Fn = extern "C" fn(i64) -> i64;
 unsafe fn as_fn(ptr: *const u8) -> I64Fn {
     // SAFETY: the caller's contract.
     unsafe { std::mem::transmute::<*const u8, I64Fn>(ptr) }
-}
-
-/// Defines `name(x) = x * k + c` eagerly.
-fn define_affine(module: &mut KilnModule, name: &str, k: i64, c: i64) -> cranelift_module::FuncId {
-    let sig = sig_i64(module);
-    let id = module
-        .declare_function(name, Linkage::Export, &sig)
-        .unwrap();
-    let config = module.target_config();
-    let func = function(
-        config,
-        sig,
-        id,
-        &[],
-        |_, _| unreachable!(),
-        |b, x, _| affine(b, x, k, c),
-    );
-    let mut ctx = cranelift_codegen::Context::for_function(func);
-    module.define_function(id, &mut ctx).unwrap();
-    id
 }
 
 #[test]

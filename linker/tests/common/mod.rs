@@ -355,4 +355,12 @@ impl Rng {
     pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
+
+    /// Flips one to five bits of `v` at random places (`v` not empty).
+    pub(crate) fn flip_bits(&mut self, v: &mut [u8]) {
+        for _ in 0..=self.below(4) {
+            let at = self.below(v.len());
+            v[at] ^= 1 << self.below(8);
+        }
+    }
 }

@@ -71,6 +71,27 @@ pub(crate) fn affine(b: &mut FunctionBuilder<'_>, x: ir::Value, k: i64, c: i64) 
     b.ins().iadd_imm_s(y, c)
 }
 
+/// Declares `name` exported and defines `name(x) = x * k + c` (eagerly,
+/// calling nothing).
+pub(crate) fn define_affine(module: &mut impl Module, name: &str, k: i64, c: i64) -> FuncId {
+    let sig = sig_i64(module);
+    let id = module
+        .declare_function(name, cranelift_module::Linkage::Export, &sig)
+        .unwrap();
+    let config = module.target_config();
+    let func = function(
+        config,
+        sig,
+        id,
+        &[],
+        |_, _| unreachable!(),
+        |b, x, _| affine(b, x, k, c),
+    );
+    let mut ctx = cranelift_codegen::Context::for_function(func);
+    module.define_function(id, &mut ctx).unwrap();
+    id
+}
+
 /// Whether `addr` lies in an executable mapping of this process.
 pub(crate) fn mapped_executable(addr: u64) -> bool {
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
