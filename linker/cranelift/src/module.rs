@@ -300,7 +300,15 @@ impl KilnModule {
             .max(u64::from(isa.function_alignment().minimum))
             .max(isa.symbol_alignment());
         self.record_with(id, |state| {
-            let too_large = || Error::Module(format!("function {id} is too large"));
+            let too_large = || {
+                let name = &self.shared.names().funcs[id.as_u32() as usize].name;
+                Error::Module(format!(
+                    "function `{name}` is too large: {} bytes of code and {} relocations \
+                     (a definition holds fewer than 2^32 of each)",
+                    bytes.len(),
+                    relocs.len()
+                ))
+            };
             let relocs = state.relocs.append(relocs).ok_or_else(too_large)?;
             let code = match state.stage.append(state.current, align, bytes)? {
                 Some(bytes) => Code::Staged { bytes, relocs },
