@@ -65,10 +65,12 @@ const KNOWN_SONAMES: &[(&str, &str)] = &[
     ("gcc_s", "libgcc_s.so.1"),
 ];
 
-/// The library [`HostSymbols::new`] opens only when a name is found nowhere
-/// else: `dlopen(RTLD_NOW)` of libstdc++ binds ~2,700 symbols (a third of a
-/// millisecond), which a C program never needs.
-const DEFERRED_SONAME: &str = "libstdc++.so.6";
+/// The libraries [`HostSymbols::new`] opens only when a name is found
+/// nowhere else, in this order: libgcc_s's constructor runs a dozen
+/// `cpuid`s (~0.2 ms on this VM class) and `dlopen(RTLD_NOW)` of libstdc++
+/// binds ~2,700 symbols (a third of a millisecond), which a C program that
+/// never unwinds needs neither of.
+const DEFERRED_SONAMES: [&str; 2] = ["libgcc_s.so.1", "libstdc++.so.6"];
 
 /// The host's symbols: runtime overrides, loaded libraries, the process.
 #[derive(Debug)]
@@ -76,9 +78,9 @@ pub struct HostSymbols {
     overrides: &'static [(&'static str, usize)],
     libraries: Vec<(String, Library)>,
     this: Library,
-    /// libstdc++, opened on the first name not found otherwise (`None`
-    /// inside: the host has none).
-    deferred: std::sync::OnceLock<Option<Library>>,
+    /// libgcc_s and libstdc++, each opened on the first name not found
+    /// before it (`None` inside: the host has none).
+    deferred: [std::sync::OnceLock<Option<Library>>; 2],
     /// Names found before, with their addresses ([`HostSymbols::lookup`]).
     found: Mutex<FxHashMap<Box<str>, u64>>,
     /// Changes (to a value never used before) whenever `found` is
@@ -99,35 +101,40 @@ struct Pinned {
 
 impl HostSymbols {
     /// The process's own symbols, plus libm, libgcc_s and libstdc++ when they
-    /// exist, with kiln's runtime overrides consulted first. libstdc++ is
-    /// opened on the first lookup of a name found nowhere else (so a C
-    /// program's link or image load never opens it); a name it shares with
-    /// a library loaded by [`HostSymbols::load_library`] comes from that
-    /// library, as with `-lNAME` before libstdc++ on a linker's command line.
+    /// exist, with kiln's runtime overrides consulted first. libgcc_s, then
+    /// libstdc++, is opened on the first lookup of a name found nowhere
+    /// else (so a C program that never unwinds opens neither); a name they
+    /// share with a library loaded by [`HostSymbols::load_library`] comes
+    /// from that library, as with `-lNAME` before them on a linker's command
+    /// line. Binding a glibc function that unwinds with libgcc_s
+    /// (`pthread_exit`, `backtrace`, …) loads libgcc_s first, so that it
+    /// knows the JIT'd frames ([`crate::runtime::unwinder`]).
     pub fn new() -> Self {
         let mut host = HostSymbols {
             overrides: crate::runtime::host_overrides(),
             libraries: Vec::new(),
             this: Library::this(),
-            deferred: std::sync::OnceLock::new(),
+            deferred: Default::default(),
             found: Mutex::default(),
             stamp: next_stamp(),
             pinned: Mutex::default(),
         };
-        for soname in ["libm.so.6", "libgcc_s.so.1"] {
-            let _ = host.load_path(Path::new(soname));
-        }
+        let _ = host.load_path(Path::new("libm.so.6"));
         host
     }
 
-    /// libstdc++, opened (`RTLD_NOW | RTLD_GLOBAL`, as `load_path` does) on
-    /// first use; `None` if the host has none (C programs still link).
-    fn deferred(&self) -> Option<&Library> {
-        self.deferred
+    /// The `k`th of [`DEFERRED_SONAMES`], opened (`RTLD_NOW | RTLD_GLOBAL`,
+    /// as `load_path` does) on first use; `None` if the host has none (C
+    /// programs still link).
+    fn deferred(&self, k: usize) -> Option<&Library> {
+        self.deferred[k]
             .get_or_init(|| {
-                // SAFETY: as in `load_path`: libstdc++'s initializers run;
+                // SAFETY: as in `load_path`: the library's initializers run;
                 // it is one of the libraries `new` promises to provide.
-                unsafe { Library::open(Some(DEFERRED_SONAME), RTLD_NOW | RTLD_GLOBAL) }.ok()
+                let lib =
+                    unsafe { Library::open(Some(DEFERRED_SONAMES[k]), RTLD_NOW | RTLD_GLOBAL) };
+                crate::runtime::unwinder::attach_if_loaded();
+                lib.ok()
             })
             .as_ref()
     }
@@ -159,6 +166,7 @@ impl HostSymbols {
             }
         })?;
         self.libraries.push((path.display().to_string(), lib));
+        crate::runtime::unwinder::attach_if_loaded();
         // A name found through the process may come from it now.
         self.found
             .get_mut()
@@ -219,6 +227,9 @@ impl HostSymbols {
         if let Some(&(_, addr)) = self.overrides.iter().find(|(n, _)| *n == name) {
             return Some((addr as u64, true));
         }
+        if crate::runtime::unwinder::UNWINDING_NAMES.contains(&name) {
+            crate::runtime::unwinder::load();
+        }
         for (_, lib) in &self.libraries {
             if let Some(a) = library_symbol(lib, name) {
                 return Some((a, true));
@@ -227,7 +238,9 @@ impl HostSymbols {
         if let Some(a) = library_symbol(&self.this, name) {
             return Some((a, self.pin(a)));
         }
-        Some((library_symbol(self.deferred()?, name)?, true))
+        (0..DEFERRED_SONAMES.len())
+            .find_map(|k| library_symbol(self.deferred(k)?, name))
+            .map(|a| (a, true))
     }
 
     /// Whether the object that defines `addr` stays loaded as long as
@@ -426,10 +439,10 @@ mod tests {
     #[test]
     fn libstdcxx_is_opened_on_first_miss_and_then_answers() {
         let h = HostSymbols::new();
-        assert!(h.deferred.get().is_none(), "opened eagerly");
+        assert!(h.deferred[1].get().is_none(), "opened eagerly");
         let r = h.resolve(&["printf", "cos"]);
         assert!(r.iter().all(Option::is_some), "{r:?}");
-        assert!(h.deferred.get().is_none(), "opened for names libc has");
+        assert!(h.deferred[1].get().is_none(), "opened for names libc has");
         // `std::terminate()`: libstdc++ only (found through the process
         // if another test of this process already opened it).
         let r = h.resolve(&["_ZSt9terminatev"]);

@@ -1,5 +1,5 @@
 //! `image-load`: the in-process half of `benches/image-compare` (issue 9
-//! §4). In one process, `--iters` iterations each, interleaved:
+//! §4). In one process, `--iters` iterations each:
 //!
 //! - (a) `dlopen(RTLD_NOW)` of a shared library, `dlsym` of six names, a
 //!   first call, `dlclose`;
@@ -20,9 +20,10 @@
 //!            [--only dlopen|load_file|load|relink|chain]
 //! ```
 //!
-//! After the interleaved loop, each variant runs alone (`iters` in a row;
-//! relinking a third as many) and is reported apart: the interleaved
-//! figures are the ones the targets are judged by.
+//! Each variant first runs in its own loop (10 warm-up iterations, then
+//! `iters` timed: the table the targets are judged by), then all four
+//! interleaved (`iters` rounds of a, b, b′, c: each variant with the
+//! caches and TLB the others leave; reported apart).
 //!
 //! `--only` runs one variant alone (after the same save and warm-up) and
 //! prints its row: for instruction counts of one variant (`perf stat -e
@@ -350,33 +351,54 @@ fn run(config: &Config) -> Result<(), String> {
         .iter()
         .map(|n| CString::new(*n).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let mut rows: [Vec<Sample>; 4] = Default::default();
     let variant = |k: usize| match k {
         0 => dlopen_once(&so, &names),
         1 => image_once(&kimg, &host, true),
         2 => image_once(&kimg, &host, false),
         _ => relink_once(&objs, &host),
     };
-    // Warm-up (page cache, lazy host state), then interleaved iterations.
-    for i in 0..config.iters + 10 {
-        for (k, row) in rows.iter_mut().enumerate() {
-            if config.only.is_some_and(|o| o != k) {
-                continue;
-            }
+    let check = |k: usize, v: f64| {
+        if v == 504.0 {
+            Ok(())
+        } else {
+            Err(format!("variant {k}: lua_version returned {v}, not 504"))
+        }
+    };
+    // Each variant in its own loop: 10 warm-up iterations (page cache, lazy
+    // host state), then `iters` timed ones.
+    let mut rows: [Vec<Sample>; 4] = Default::default();
+    for (k, row) in rows.iter_mut().enumerate() {
+        if config.only.is_some_and(|o| o != k) {
+            continue;
+        }
+        for i in 0..config.iters + 10 {
             let (v, s) = variant(k)?;
-            if v != 504.0 {
-                return Err(format!("variant {k}: lua_version returned {v}, not 504"));
-            }
+            check(k, v)?;
             if i >= 10 {
                 row.push(s);
             }
         }
     }
-    print_table(config, &bytes, &objs, &rows);
+    let title = format!(
+        "{} iterations each, each variant in its own loop",
+        config.iters
+    );
+    print_table(config, &title, &bytes, &objs, &rows);
     if config.only.is_some() {
         return Ok(());
     }
-    alone(config.iters, &variant)?;
+    // The same, interleaved: each iteration of a variant follows one of
+    // every other (caches and TLB as the others leave them).
+    let mut rows: [Vec<Sample>; 4] = Default::default();
+    for _ in 0..config.iters {
+        for (k, row) in rows.iter_mut().enumerate() {
+            let (v, s) = variant(k)?;
+            check(k, v)?;
+            row.push(s);
+        }
+    }
+    let title = format!("{} iterations each, interleaved", config.iters);
+    print_table(config, &title, &bytes, &objs, &rows);
     first_loads(&config.work, &so_path, &kimg, &host, &names)?;
     breakdown(&kimg, config.iters)?;
     pages_written(&so, &kimg, &host)?;
@@ -386,11 +408,14 @@ fn run(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: &[Vec<Sample>; 4]) {
-    println!(
-        "{} iterations each, interleaved; µs: median [p10–p90]; faults: minor page faults per iteration (mean)\n",
-        config.iters
-    );
+fn print_table(
+    config: &Config,
+    title: &str,
+    bytes: &[u8],
+    objs: &[(String, Vec<u8>)],
+    rows: &[Vec<Sample>; 4],
+) {
+    println!("\n{title}; µs: median [p10–p90]; faults: minor page faults per iteration (mean)\n");
     println!(
         "| variant | load | faults | lookup ×6 | first call | faults | unload | total | faults/iter |"
     );
@@ -433,46 +458,6 @@ fn print_table(config: &Config, bytes: &[u8], objs: &[(String, Vec<u8>)], rows: 
         "- relink / image load: {:.0}× (target ≥ 100×)",
         ratio(meds[3][0], meds[1][0])
     );
-}
-
-/// Each variant alone, right after the interleaved loop: `iters`
-/// iterations in a row (relinking a third as many), reported apart — the
-/// interleaved figures above are the ones the targets are judged by; these
-/// say how much of them is the cache and TLB state the other variants
-/// leave.
-fn alone(
-    iters: usize,
-    variant: &dyn Fn(usize) -> Result<(f64, Sample), String>,
-) -> Result<(), String> {
-    let labels = [
-        "(a) dlopen(RTLD_NOW)",
-        "(b) kiln `load_file` (mapped)",
-        "(b′) kiln file read + `load` (copied)",
-        "(c) kiln relink",
-    ];
-    println!(
-        "\nEach variant alone ({iters} iterations in a row, relink {}; µs: median [p10–p90])\n",
-        (iters / 3).max(1)
-    );
-    println!("| alone | load | unload |\n|---|---|---|");
-    let mut loads = [0u64; 4];
-    for (k, label) in labels.iter().enumerate() {
-        let n = if k == 3 { (iters / 3).max(1) } else { iters };
-        let mut samples = Vec::with_capacity(n);
-        for _ in 0..n {
-            samples.push(variant(k)?.1);
-        }
-        let (load, unload) = (cell(&samples, 0), cell(&samples, 3));
-        loads[k] = load.1;
-        println!("| {label} | {} | {} |", load.0, unload.0);
-    }
-    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-    println!(
-        "\n- alone: image load / dlopen {:.2}×; relink / image load {:.0}×",
-        ratio(loads[1], loads[0]),
-        ratio(loads[3], loads[1])
-    );
-    Ok(())
 }
 
 /// Private dirty kB (pages written: copied-on-write or anonymous) of the

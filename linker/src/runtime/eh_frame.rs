@@ -1,4 +1,5 @@
-//! Registration of an image's `.eh_frame` with libgcc's unwinder, so C++
+//! Registration of an image's `.eh_frame` with libgcc's unwinder (the ones
+//! [`super::unwinder`] names), so C++
 //! exceptions (and Rust panics) unwind through JIT'd frames: thrown in one
 //! JIT'd object and caught in another, and across the host/JIT boundary in
 //! both directions.
@@ -15,11 +16,7 @@
 //! that is not registered; [`EhFrameRegistration`] calls it exactly once.
 
 use super::RuntimeError;
-
-unsafe extern "C" {
-    fn __register_frame(begin: *const u8);
-    fn __deregister_frame(begin: *const u8);
-}
+use super::unwinder;
 
 /// A registered `.eh_frame` section; dropping it deregisters the section.
 /// Drop it before the section's memory (or the code it describes) is
@@ -49,7 +46,7 @@ impl Drop for EhFrameRegistration {
             // SAFETY: `start` was registered by `register` and not yet
             // deregistered (we just took it); the caller of `register`
             // keeps the memory alive until this drop.
-            unsafe { __deregister_frame(start as *const u8) };
+            unsafe { unwinder::deregister(start as *const u8) };
         }
     }
 }
@@ -124,7 +121,7 @@ pub unsafe fn register(start: *const u8, len: usize) -> Result<EhFrameRegistrati
     }
     // SAFETY: a validated, terminated, whole .eh_frame section that the
     // caller keeps alive until the registration is dropped.
-    unsafe { __register_frame(start) };
+    unsafe { unwinder::register(start) };
     Ok(EhFrameRegistration {
         start: Some(start as usize),
     })
@@ -146,7 +143,7 @@ pub unsafe fn register_validated(start: *const u8, len: usize) -> EhFrameRegistr
     // SAFETY: a validated, terminated, whole .eh_frame section (this
     // function's contract) that the caller keeps alive until the
     // registration is dropped.
-    unsafe { __register_frame(start) };
+    unsafe { unwinder::register(start) };
     EhFrameRegistration {
         start: Some(start as usize),
     }
