@@ -428,3 +428,89 @@ fn loads_of_files_and_of_bytes_agree_on_mutants() {
     assert_eq!(func(&image, "bump")(), 8);
     assert_eq!(func(&image, "bump")(), 9);
 }
+
+/// Set in the child process of
+/// [`a_forked_child_loads_images_into_its_own_memory`]: the image's path.
+const FORK_CHILD: &str = "KILN_IMAGES_CHECKED_FORK_CHILD";
+
+/// A load writes the pages it must write (rebased words in read-only
+/// pages) through `/proc/self/mem`, opened once per process. A forked
+/// child inherits that descriptor, which names its parent's memory: the
+/// child's own loads must open its own, or they patch the parent and run
+/// on unpatched pages. Run in a process of its own (this test's binary
+/// again, one test thread), since forking the test harness's process with
+/// its threads is not safe.
+#[test]
+fn a_forked_child_loads_images_into_its_own_memory() {
+    if let Some(path) = std::env::var_os(FORK_CHILD) {
+        fork_and_load(Path::new(&path));
+        return;
+    }
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-checked-fork");
+    // `px` is a rebased word in read-only data: written at load (read
+    // through a volatile pointer so that the compiler cannot fold it).
+    let path = aged_image(
+        &dir,
+        "f",
+        "static int x = 5;\nint *const px = &x;\n\
+         int f_get(void) { int *const *volatile p = &px; return **p; }\n",
+    );
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "a_forked_child_loads_images_into_its_own_memory",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FORK_CHILD, &path)
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("forked child loaded: 5"),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The child half: load `path` (opening `/proc/self/mem`), fork, load it
+/// again in the grandchild and call it there.
+fn fork_and_load(path: &Path) {
+    let host = HostSymbols::new();
+    // SAFETY: the test's own image, saved by the parent test.
+    let first = unsafe { image_file::load_file(path, &host) }.expect("loads");
+    assert_eq!(func(&first, "f_get")(), 5);
+    // SAFETY: this process runs one test on one thread (`--test-threads=1`
+    // and nothing else started): the child may use the allocator.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: as above.
+        let status = match unsafe { image_file::load_file(path, &host) } {
+            Ok(image) => {
+                if func(&image, "f_get")() == 5 {
+                    0
+                } else {
+                    3
+                }
+            }
+            Err(_) => 4,
+        };
+        // SAFETY: ends the forked child without running the parent's
+        // exit handlers or test harness teardown twice.
+        unsafe { libc::_exit(status) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid out-pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the forked child's load ran wrong: wait status {status:#x}"
+    );
+    assert_eq!(func(&first, "f_get")(), 5, "the parent's image is intact");
+    println!("forked child loaded: 5");
+}
