@@ -5,8 +5,10 @@
  *
  * It checks the file exactly as kiln does (linker/src/image_file/read.rs:
  * header fields, CPU features, size, BLAKE3 content hash, ELF container,
- * segments, every table), maps it, rebases it, binds its imports by name
- * (dlsym) and its thread-local slots (every TLS model: the image's block in
+ * segments, every table), loads the images it was saved against (found
+ * next to it by name, checked by build id), maps it, rebases it, binds its
+ * imports by name (dlsym) or into those images by offset, and its
+ * thread-local slots (every TLS model: the image's block in
  * the loader's own static TLS area, see tls_place), applies the final
  * protections (W^X), registers its .eh_frame,
  * runs its initializers in kiln's order, calls main(argc, argv, envp) and
@@ -151,7 +153,10 @@ static const char *const TABLES[N_TABLES] = {".kiln.rebase", ".kiln.imports", ".
    more for the merged .eh_frame (image_file/combine.rs). */
 #define MAX_SEGMENTS 1024u
 enum { PROT_RX = 1, PROT_RO, PROT_RW };
+#define SOURCE_BY_NAME 0u
+#define SOURCE_DEPENDENCY 2u
 #define SOURCE_TLS 3u
+#define DEP_SIZE 48u
 #define TLS_MODULE_ID 0u
 #define TLS_TP_OFFSET 1u
 #define TLS_DESC_RESOLVER 2u
@@ -159,7 +164,11 @@ enum { PROT_RX = 1, PROT_RO, PROT_RW };
  * top byte, so the loader's `__tls_get_addr` tells it from ld.so's. */
 #define KL_TLS_MODULE ((uint64_t)0x4b << 56 | 1)
 
-static const char *image_path = "?";
+/* The image being checked or loaded: messages name it. */
+struct image;
+static struct image *cur;
+static const char *image_path_of(const struct image *i);
+#define image_path image_path_of(cur)
 
 static _Noreturn void die(const char *fmt, ...) {
     va_list ap;
@@ -283,6 +292,8 @@ static void hex(const uint8_t *b, char out[65]) {
 
 /* ------------------------------- the file ------------------------------- */
 struct seg { uint64_t vaddr, memsz, offset, filesz; int prot; };
+/* Initializers and finalizers: (key, link sequence, offset). */
+struct entry { uint32_t key; uint32_t seq; uint64_t off; };
 struct strref { const uint8_t *p; uint32_t len; };
 struct image {
     const uint8_t *f; uint64_t size;           /* the file */
@@ -302,7 +313,23 @@ struct image {
     int tls_desc;      /* it has TLSDESC slots */
     int64_t tls_block; /* thread-pointer offset of its block (static placement) */
     int tls_static_block; /* whether its block is in the loader's static area */
-} img;
+    const char *path;                           /* as given, or found next to a dependent */
+    int64_t main_at;                            /* `main`'s offset, or -1 */
+    struct import *imports;
+    struct list { struct entry *e; size_t n, cap; } preinits, inits, finis;
+    uint32_t ndeps;
+    struct dep { const uint8_t *build_id; struct strref name; uint64_t size; struct image *image; } *deps;
+};
+static const char *image_path_of(const struct image *i) { return i ? i->path : "?"; }
+/* `img` is the current image; `imports` and the initializer lists are its. */
+#define img (*cur)
+#define imports (img.imports)
+#define preinits (img.preinits)
+#define inits (img.inits)
+#define finis (img.finis)
+/* Every image loaded, dependencies before their dependents. */
+static struct image *loaded[256];
+static unsigned nloaded;
 
 static int utf8_ok(const uint8_t *s, size_t n) { /* as Rust's str::from_utf8 */
     for (size_t i = 0; i < n;) {
@@ -518,6 +545,33 @@ static const uint8_t *section(const char *name) {
     return NULL;
 }
 
+/* The images this one links against (read.rs deps): build id, file name,
+ * image size; loaded (next to this image) before it is bound. */
+static void read_deps(void) {
+    const uint8_t *t = img.table[T_DEPS];
+    uint64_t n = img.tsize[T_DEPS];
+    if (n % DEP_SIZE) {
+        char found[24], want[32];
+        snprintf(found, sizeof found, "%" PRIu64, n), snprintf(want, sizeof want, "a multiple of %u", DEP_SIZE);
+        field(".kiln.deps size", found, want);
+    }
+    img.ndeps = (uint32_t)(n / DEP_SIZE);
+    if (!(img.deps = calloc(img.ndeps + 1, sizeof *img.deps))) die("out of memory");
+    for (uint32_t i = 0; i < img.ndeps; i++) {
+        const uint8_t *r = t + (uint64_t)i * DEP_SIZE;
+        struct dep *d = &img.deps[i];
+        d->build_id = r, d->name = string(r + 32, "dependency name"), d->size = U64(r + 40);
+        int twice = !memcmp(r, img.f + HEADER_AT + 40, 32);
+        for (uint32_t j = 0; j < i; j++) twice |= !memcmp(r, img.deps[j].build_id, 32);
+        if (twice) bad("dependency %u (%s) is the image itself or listed twice", i, cstr(d->name));
+        if (d->size == 0 || d->size > MAX_IMAGE) {
+            char found[24];
+            snprintf(found, sizeof found, "%" PRIu64, d->size);
+            field("dependency image size", found, "1..=4294967296");
+        }
+    }
+}
+
 /* Each table as both the header and the section table say; .eh_frame. */
 static void tables(void) {
     const uint8_t *h = img.f + HEADER_AT, *s = section(".kiln.header");
@@ -533,11 +587,7 @@ static void tables(void) {
             bad("%s (%#" PRIx64 "+%#" PRIx64 ") is outside the file", TABLES[i], off, size);
         img.table[i] = img.f + off, img.tsize[i] = size;
     }
-    if (img.tsize[T_DEPS]) {
-        char found[80];
-        snprintf(found, sizeof found, "%" PRIu64 " (the image links against other images)", img.tsize[T_DEPS]);
-        field(".kiln.deps size", found, "0 (kiln-load cannot load dependencies by build id yet)");
-    }
+    read_deps();
     expect(".kiln.hosttab size", img.tsize[T_HOSTTAB], 0);
     if (img.eh_len == 0) return;
     s = section(".eh_frame");
@@ -600,7 +650,7 @@ static void rebase(int apply, uint64_t base) {
 
 /* `tls`: 0, or 1 + the kind of a thread-local slot (`var`: the variable's
  * offset in the TLS template). */
-struct import { uint64_t offset, addend, var; char *name; int weak, tls; };
+struct import { uint64_t offset, addend, var; char *name; int weak, tls; int64_t dep; };
 
 /* A thread-local slot (read.rs tls_slot): its kind, the variable inside
  * the template; initial-exec slots only in an image that says it uses
@@ -625,7 +675,6 @@ static void tls_slot(const uint8_t *r) {
     }
     expect("thread-local slot addend", U64(r + 16), 0);
 }
-static struct import *imports;
 static void read_imports(void) {
     const uint8_t *t = img.table[T_IMPORTS];
     expect(".kiln.imports size", img.tsize[T_IMPORTS], (uint64_t)img.nimports * IMPORT_SIZE);
@@ -644,10 +693,10 @@ static void read_imports(void) {
             writable(m->offset, "import");
             continue;
         }
-        if (source != 0) {
+        if (source != SOURCE_BY_NAME && source != SOURCE_DEPENDENCY) {
             char found[64];
-            snprintf(found, sizeof found, "%u (not by name)", source);
-            field("import source", found, "0 (kiln-load binds imports by name only)");
+            snprintf(found, sizeof found, "%u", source);
+            field("import source", found, "0 (by name) or 2 (a dependency's build id and offset)");
         }
         if (flags & ~3u) {
             char found[8];
@@ -655,8 +704,23 @@ static void read_imports(void) {
             field("import flags", found, "a combination of WEAK (1) and SLOT (2)");
         }
         struct import *m = &imports[i];
-        m->offset = U64(r), m->addend = U64(r + 16), m->weak = flags & 1;
-        m->name = cstr(string(r + 8, "import name"));
+        m->offset = U64(r), m->addend = U64(r + 16), m->weak = flags & 1, m->dep = -1;
+        if (source == SOURCE_DEPENDENCY) {
+            uint32_t index = U32(r + 28);
+            char found[64], want[64];
+            if (index >= img.ndeps) {
+                snprintf(found, sizeof found, "%u", index), snprintf(want, sizeof want, "below the dependency count %u", img.ndeps);
+                field("import dependency index", found, want);
+            }
+            if (U64(r + 8) > img.deps[index].size) {
+                snprintf(found, sizeof found, "%#" PRIx64, U64(r + 8));
+                snprintf(want, sizeof want, "at most its image size %#" PRIx64, img.deps[index].size);
+                field("import offset in a dependency", found, want);
+            }
+            m->dep = index, m->var = U64(r + 8), m->name = "";
+        } else {
+            m->name = cstr(string(r + 8, "import name"));
+        }
         if (i > 0 && imports[i - 1].offset + 8 > m->offset)
             bad("import %u (%s) is not sorted by offset or overlaps the previous", i, m->name);
         writable(m->offset, "import");
@@ -719,9 +783,6 @@ static int init_priority(struct strref s, uint32_t *key) {
     return -1;
 }
 
-/* Initializers and finalizers: (key, link sequence, offset). */
-struct entry { uint32_t key; uint32_t seq; uint64_t off; };
-struct list { struct entry *e; size_t n, cap; } preinits, inits, finis;
 static void push(struct list *l, uint32_t key, uint64_t off) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 16;
@@ -778,7 +839,13 @@ extern char **environ;
 /* `atexit` lives in libc_nonshared.a, not in libc.so: kiln's runtime
  * provides it, and so does the loader — a handler of the image (its
  * __dso_handle is the image's first byte), as libc_nonshared's does. */
-static int image_atexit(void (*f)(void)) { return __cxa_atexit((void (*)(void *))(void (*)(void))f, NULL, img.mem); }
+static int image_atexit(void (*f)(void)) {
+    const uint8_t *from = __builtin_return_address(0);
+    void *dso = loaded[nloaded - 1]->mem; /* the program's, if no image holds the caller */
+    for (unsigned i = 0; i < nloaded; i++)
+        if (from >= loaded[i]->mem && from < loaded[i]->mem + loaded[i]->image_size) dso = loaded[i]->mem;
+    return __cxa_atexit((void (*)(void *))(void (*)(void))f, NULL, dso);
+}
 
 /* The image's thread-locals. The loader has a static TLS area of its own:
  * `kl_area`, a thread-local of this executable, so it lies at the same
@@ -805,6 +872,7 @@ static _Thread_local struct kl_area {
 __attribute__((visibility("hidden"))) void kl_tlsdesc_static(void);
 static int64_t kl_area_tp(void) { return (int64_t)(kl_area.bytes - (uint8_t *)isa_thread_pointer()); }
 static size_t tls_in_area; /* the block's offset in kl_area (static placement) */
+static struct image *tls_img; /* the image with thread-locals (one at most) */
 
 /* Where the image's block goes; refuses what the area cannot give. */
 static void tls_place(void) {
@@ -878,18 +946,19 @@ struct tls_index { uint64_t module, offset; };
 static pthread_key_t tls_key;
 static void *(*real_tls_get_addr)(struct tls_index *);
 static void *tls_block(void) {
-    if (img.tls_static_block) return kl_area.bytes + tls_in_area;
+    const struct image *t = tls_img;
+    if (t->tls_static_block) return kl_area.bytes + tls_in_area;
     void *b = pthread_getspecific(tls_key);
     if (b) return b;
-    size_t size = (size_t)((img.tls_size + img.tls_align - 1) / img.tls_align * img.tls_align);
-    b = aligned_alloc((size_t)img.tls_align, size);
+    size_t size = (size_t)((t->tls_size + t->tls_align - 1) / t->tls_align * t->tls_align);
+    b = aligned_alloc((size_t)t->tls_align, size);
     if (!b || pthread_setspecific(tls_key, b)) die("cannot allocate a thread's %zu TLS bytes", size);
-    memcpy(b, img.mem + img.tls_image_off, (size_t)img.tls_image_size);
-    memset((uint8_t *)b + img.tls_image_size, 0, size - (size_t)img.tls_image_size);
+    memcpy(b, t->mem + t->tls_image_off, (size_t)t->tls_image_size);
+    memset((uint8_t *)b + t->tls_image_size, 0, size - (size_t)t->tls_image_size);
     return b;
 }
 ISA_TLS_GET_ADDR_ALIGN static void *image_tls_get_addr(struct tls_index *ti) {
-    if (ti->module != KL_TLS_MODULE) {
+    if (ti->module != KL_TLS_MODULE || !tls_img) {
         if (!real_tls_get_addr) die("thread-local access to module %#" PRIx64 ", which is not the image's", ti->module);
         return real_tls_get_addr(ti);
     }
@@ -897,6 +966,8 @@ ISA_TLS_GET_ADDR_ALIGN static void *image_tls_get_addr(struct tls_index *ti) {
 }
 static void set_up_tls(void) {
     if (!img.tls_size) return;
+    if (tls_img) die("both %s and this image have thread-locals (kiln-load gives one image a TLS block)", tls_img->path);
+    tls_img = cur;
     tls_place();
     if (!img.tls_static_block && pthread_key_create(&tls_key, free)) die("pthread_key_create failed");
     *(void **)(void *)&real_tls_get_addr = dlsym(RTLD_DEFAULT, "__tls_get_addr");
@@ -977,12 +1048,12 @@ static void bind(void) {
     for (int pass = 0; pass < 2; pass++) {
         nmissing = 0;
         for (uint32_t i = 0; i < img.nimports; i++) {
-            if (imports[i].tls) continue;
+            if (imports[i].tls || imports[i].dep >= 0) continue;
             if (!addr[i]) addr[i] = lookup(imports[i].name);
             if (!addr[i] && !imports[i].weak) missing[nmissing++] = imports[i].name;
         }
         int any = nmissing > 0; /* weak ones too: kiln's host has these libraries loaded */
-        for (uint32_t i = 0; i < img.nimports; i++) any |= !addr[i] && !imports[i].tls;
+        for (uint32_t i = 0; i < img.nimports; i++) any |= !addr[i] && !imports[i].tls && imports[i].dep < 0;
         if (!any || pass) break;
         static const char *const libs[] = {"libm.so.6", "libgcc_s.so.1", "libstdc++.so.6"};
         for (int l = 0; l < 3; l++) dlopen(libs[l], RTLD_NOW | RTLD_GLOBAL); /* optional, as in kiln */
@@ -996,10 +1067,14 @@ static void bind(void) {
         fputc('\n', stderr);
         exit(127);
     }
-    for (uint32_t i = 0; i < img.nimports; i++)
-        put64(img.mem + imports[i].offset, imports[i].tls ? tls_slot_value(&imports[i])
-                                           : addr[i]  ? (uint64_t)(uintptr_t)addr[i] + imports[i].addend
-                                                      : 0);
+    for (uint32_t i = 0; i < img.nimports; i++) {
+        const struct import *m = &imports[i];
+        uint64_t v = m->tls        ? tls_slot_value(m)
+                     : m->dep >= 0 ? (uint64_t)(uintptr_t)img.deps[m->dep].image->mem + m->var + m->addend
+                     : addr[i]     ? (uint64_t)(uintptr_t)addr[i] + m->addend
+                                   : 0;
+        put64(img.mem + m->offset, v);
+    }
     free(addr), free(missing);
 }
 
@@ -1046,9 +1121,12 @@ static void register_eh_frame(void) {
  * priority first, then descending priorities), then handlers registered
  * meanwhile. */
 static void run_finalizers(void) {
-    __cxa_finalize(img.mem);
-    for (size_t i = finis.n; i-- > 0;) ((void (*)(void))(uintptr_t)(img.mem + finis.e[i].off))();
-    __cxa_finalize(img.mem);
+    for (unsigned k = nloaded; k-- > 0;) {
+        cur = loaded[k];
+        __cxa_finalize(img.mem);
+        for (size_t i = finis.n; i-- > 0;) ((void (*)(void))(uintptr_t)(img.mem + finis.e[i].off))();
+        __cxa_finalize(img.mem);
+    }
 }
 
 static void read_file(const char *path) {
@@ -1070,26 +1148,67 @@ static void read_file(const char *path) {
     img.f = f, img.size = got;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: kiln-load IMAGE [ARGS...]   (runs a kiln image; exit status: main's)\n");
-        return 127;
+/* `name` (a dependency's recorded file name) in the directory of `path`. */
+static char *next_to(const char *path, struct strref name) {
+    const char *slash = strrchr(path, '/');
+    size_t dir = slash ? (size_t)(slash - path) + 1 : 0;
+    char *p = malloc(dir + name.len + 1);
+    if (!p) die("out of memory");
+    memcpy(p, path, dir), memcpy(p + dir, name.p, name.len), p[dir + name.len] = 0;
+    return p;
+}
+
+/* A dependency's file is the build it was saved against, or is refused
+ * naming both build ids (under the dependent's name). */
+static void check_dependency(const struct dep *d, const struct image *found) {
+    char want[65], got[65];
+    hex(d->build_id, want), hex(found->f + HEADER_AT + 40, got);
+    if (memcmp(want, got, 64))
+        die("dependency %s (%s) has build id %s, not %s, the build this image was saved against", cstr(d->name),
+            found->path, got, want);
+    if (found->image_size != d->size)
+        die("dependency %s (%s, build id %s) spans %#" PRIx64 " bytes, not %#" PRIx64, cstr(d->name), found->path, got,
+            found->image_size, d->size);
+}
+
+/* Checks, maps, rebases and binds the image at `path`, after the images it
+ * links against (each found next to it by the file name it was saved under,
+ * loaded once however many images link against it). `want`: the dependency
+ * record naming it (NULL for the program). Nothing of it runs yet. */
+static struct image *load_image(const char *path, const struct dep *want) {
+    struct image *dependent = cur;
+    for (unsigned i = 0; want && i < nloaded; i++)
+        if (!memcmp(loaded[i]->f + HEADER_AT + 40, want->build_id, 32)) return loaded[i];
+    if (want && access(path, R_OK)) {
+        char id[65];
+        hex(want->build_id, id);
+        die("dependency %s (build id %s) is not loaded: cannot read %s: %s", cstr(want->name), id, path,
+            strerror(errno));
     }
-    image_path = argv[1];
-    read_file(image_path);
+    if (nloaded == sizeof loaded / sizeof loaded[0]) die("more than %zu images", sizeof loaded / sizeof loaded[0]);
+    if (!(cur = calloc(1, sizeof *cur))) die("out of memory");
+    struct image *me = cur;
+    img.path = path;
+    read_file(path);
     /* Every check before any memory is mapped (read.rs parse order). */
     check_header();
+    if (want) cur = dependent, check_dependency(want, me), cur = me;
     segments();
     tables();
     string(img.f + HEADER_AT + 280, "image name");
     rebase(0, 0);
     read_imports();
-    int64_t main_at = read_exports();
+    img.main_at = read_exports();
     read_init_fini();
     long sys_page = sysconf(_SC_PAGESIZE);
     img.page = ISA_PAGE;
     if (sys_page <= 0 || ISA_PAGE % (uint64_t)sys_page)
         die("the image's page size %u is not a multiple of this system's %ld", ISA_PAGE, sys_page);
+    for (uint32_t i = 0; i < me->ndeps; i++) {
+        struct dep *d = &me->deps[i];
+        d->image = load_image(next_to(me->path, d->name), d);
+        check_dependency(d, d->image); /* one loaded before, by build id: its size */
+    }
     /* Map, rebase, bind, protect, register. */
     map_image();
     rebase(1, (uint64_t)(uintptr_t)img.mem);
@@ -1098,16 +1217,33 @@ int main(int argc, char **argv) {
     protect();
     initialize_tls();
     register_eh_frame();
+    loaded[nloaded++] = me;
+    cur = dependent;
+    return me;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: kiln-load IMAGE [ARGS...]   (runs a kiln image; exit status: main's)\n");
+        return 127;
+    }
+    struct image *prog = load_image(argv[1], NULL);
+    cur = prog;
     const char *noexec = getenv("KILN_LOAD_NOEXEC");
     if (noexec && !strcmp(noexec, "1")) return 0;
-    if (main_at < 0) die("the image exports no `main`");
+    if (img.main_at < 0) die("the image exports no `main`");
     /* main's argv is the loader's from IMAGE on, as `kiln run IMAGE -- ARGS`. */
     int margc = argc - 1;
     char **margv = argv + 1;
     if (atexit(run_finalizers)) die("atexit failed");
+    /* Initializers: the images linked against first. */
     typedef void (*init_fn)(int, char **, char **);
-    for (size_t i = 0; i < preinits.n; i++) ((init_fn)(uintptr_t)(img.mem + preinits.e[i].off))(margc, margv, environ);
-    for (size_t i = 0; i < inits.n; i++) ((init_fn)(uintptr_t)(img.mem + inits.e[i].off))(margc, margv, environ);
-    int (*entry)(int, char **, char **) = (int (*)(int, char **, char **))(uintptr_t)(img.mem + main_at);
+    for (unsigned k = 0; k < nloaded; k++) {
+        cur = loaded[k];
+        for (size_t i = 0; i < preinits.n; i++) ((init_fn)(uintptr_t)(img.mem + preinits.e[i].off))(margc, margv, environ);
+        for (size_t i = 0; i < inits.n; i++) ((init_fn)(uintptr_t)(img.mem + inits.e[i].off))(margc, margv, environ);
+    }
+    cur = prog;
+    int (*entry)(int, char **, char **) = (int (*)(int, char **, char **))(uintptr_t)(img.mem + img.main_at);
     exit(entry(margc, margv, environ));
 }

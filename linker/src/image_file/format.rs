@@ -56,8 +56,8 @@
 //!
 //! The C loader `linker/loader/kiln-load.c` is the format's second
 //! implementation: a change here is mirrored there (`tests/c_loader.rs`
-//! runs real images under both; it refuses dependencies, host tables,
-//! static TLS use and TLSDESC slots).
+//! runs real images under both, two-level ones included; it refuses host
+//! tables and static TLS it cannot give).
 
 /// The kiln magic, at file offset 64 (right after the ELF file header).
 pub const MAGIC: [u8; 8] = *b"KILNIMG\0";
