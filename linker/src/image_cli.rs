@@ -275,8 +275,11 @@ fn print_save_stats(
 /// The images `--against` names, loaded (their code never runs) so that
 /// the link binds into them and imaging mode records those references as
 /// (build id, offset): each image's exported names, in the order given.
+/// Images of another ISA (an aarch64 library for an aarch64 program) get
+/// an address range here instead, never mapped.
 struct Against {
     images: Vec<(kiln_linker::LinkedImage, std::collections::HashSet<String>)>,
+    foreign: Vec<image_file::ForeignImage>,
 }
 
 impl Drop for Against {
@@ -293,10 +296,18 @@ impl Against {
     /// found next to them (first, as `kiln run` does).
     fn load(paths: &[std::path::PathBuf], host: &HostSymbols, allow: bool) -> Result<Self, String> {
         let mut files = Vec::with_capacity(paths.len());
+        let mut foreign = Vec::new();
         for path in paths {
-            files.push(ImageFile::open(path).map_err(|e| e.to_string())?);
+            match ImageFile::open(path) {
+                Ok(file) => files.push(file),
+                // Not loadable here: an image of another ISA, or an error.
+                Err(e) => foreign.push(Self::foreign(path).ok_or_else(|| e.to_string())?),
+            }
         }
-        let mut me = Against { images: Vec::new() };
+        let mut me = Against {
+            images: Vec::new(),
+            foreign,
+        };
         for file in with_dependencies(files)? {
             let (name, bytes) = (file.name(), file.bytes());
             let exported = image_file::exported_names(name, bytes).map_err(|e| e.to_string())?;
@@ -313,6 +324,12 @@ impl Against {
         Ok(me)
     }
 
+    /// The image of another ISA at `path`, reserved; `None` if it is not one.
+    fn foreign(path: &std::path::Path) -> Option<image_file::ForeignImage> {
+        let bytes = std::fs::read(path).ok()?;
+        image_file::ForeignImage::reserve(&path.display().to_string(), &bytes).ok()
+    }
+
     fn resolve(&self, names: &[&str], host: &HostSymbols, allow: bool) -> Vec<Option<u64>> {
         // Own definitions first, the host's after (as a dynamic linker
         // searches the libraries named before libc).
@@ -322,7 +339,8 @@ impl Against {
                 .images
                 .iter()
                 .find(|(_, exported)| exported.contains(*name))
-                .and_then(|(image, _)| image.symbol(name));
+                .and_then(|(image, _)| image.symbol(name))
+                .or_else(|| self.foreign.iter().find_map(|f| f.symbol(name)));
             if mine.is_some() {
                 *slot = mine;
             } else if allow && slot.is_none() {

@@ -55,6 +55,7 @@ mod checked;
 pub(crate) mod classify;
 pub(crate) mod combine;
 pub(crate) mod cpu;
+mod foreign;
 mod format;
 mod host_table;
 mod load;
@@ -70,6 +71,7 @@ use crate::image::LinkedImage;
 use crate::passes::LinkOptions;
 
 pub use cpu::{CpuFeatures, UnknownCpuFeature};
+pub use foreign::ForeignImage;
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use host_table::{HostTable, set_host_table};
 pub use load::{IMAGE_MAGIC_END, ImageFile, ImageStamp, load, load_file};

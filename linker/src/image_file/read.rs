@@ -1121,10 +1121,15 @@ pub fn exported_names(file_name: &str, file: &[u8]) -> Result<Vec<String>, Image
         .collect())
 }
 
+/// An image file of any ISA kiln saves, checked as [`inspect`] checks it.
+pub(crate) fn parse_described<'a>(file_name: &str, file: &'a [u8]) -> Result<Parsed<'a>, ImageError> {
+    parse_for(file_name, file, true, Purpose::Describe)
+}
+
 /// Checks an image file (the same checks as [`super::load`], without
 /// mapping it) and describes it.
 pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
-    let p = parse_for(file_name, file, true, Purpose::Describe)?;
+    let p = parse_described(file_name, file)?;
     let prot = |p: Prot| match p {
         Prot::ReadExec => ("text", "r-x"),
         Prot::Read => ("rodata", "r--"),
