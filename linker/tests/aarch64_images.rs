@@ -191,6 +191,71 @@ fn lua_runs_from_an_aarch64_image_under_qemu() {
     }
 }
 
+/// Two-level Lua for aarch64: Lua's core saved as `liblua.kimg`, the
+/// driver as `prog.kimg` saved `--against` it on this x86-64 machine (the
+/// library gets an address range here, never mapped, so that the program
+/// records its references as (build id, offset)). `kiln-load prog.kimg`
+/// under qemu finds the library next to it and prints what the native
+/// build prints; the program names none of Lua's functions.
+#[test]
+fn an_aarch64_program_image_linked_against_an_aarch64_library_image_runs_under_qemu() {
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_lua(CC, &flags, "aarch64-lua-two-level");
+    let dir = scratch("aarch64-lua-two-level");
+    let exe = dir.join("native");
+    let o = Command::new(CC)
+        .args(flags)
+        .args(&objs)
+        .arg("-o")
+        .arg(&exe)
+        .args(["-lm", "-ldl"])
+        .output()
+        .expect("aarch64 gcc runs");
+    assert!(o.status.success(), "native link: {}", show(&o));
+    let native = qemu(&exe, &[]);
+    assert!(!native.stdout.is_empty(), "native printed nothing");
+    let (driver, core) = objs.split_last().expect("objects");
+    let (lib, prog) = (dir.join("liblua.kimg"), dir.join("prog.kimg"));
+    let o = save(&lib, core);
+    assert!(o.status.success(), "image save: {}", show(&o));
+    let _ = std::fs::remove_file(&prog);
+    let o = kiln()
+        .args(["image", "save", "-o"])
+        .arg(&prog)
+        .arg("--against")
+        .arg(&lib)
+        .arg(driver)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "image save --against: {}", show(&o));
+    let info = kiln()
+        .args(["image", "info"])
+        .arg(&prog)
+        .output()
+        .expect("kiln runs");
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("dependencies    1") && info.contains("liblua.kimg"),
+        "{info}"
+    );
+    let bytes = std::fs::read(&prog).expect("read");
+    for name in ["luaL_newstate", "luaL_openlibs", "lua_pcallk"] {
+        assert!(
+            !bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+            "prog.kimg refers to {name} by name"
+        );
+    }
+    let l = qemu(loader(), &[&prog.to_string_lossy()]);
+    assert_eq!(
+        String::from_utf8_lossy(&l.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "kiln-load prog.kimg under qemu\n{}",
+        show(&l)
+    );
+    assert_eq!(l.status.code(), native.status.code(), "{}", show(&l));
+    assert!(l.stderr.is_empty(), "kiln-load said\n{}", show(&l));
+}
+
 /// Linking aarch64 code into this process (`kiln run`) is refused, naming
 /// both ISAs and what to do instead; so is an image mixing ISAs.
 #[test]

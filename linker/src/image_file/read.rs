@@ -1122,7 +1122,10 @@ pub fn exported_names(file_name: &str, file: &[u8]) -> Result<Vec<String>, Image
 }
 
 /// An image file of any ISA kiln saves, checked as [`inspect`] checks it.
-pub(crate) fn parse_described<'a>(file_name: &str, file: &'a [u8]) -> Result<Parsed<'a>, ImageError> {
+pub(crate) fn parse_described<'a>(
+    file_name: &str,
+    file: &'a [u8],
+) -> Result<Parsed<'a>, ImageError> {
     parse_for(file_name, file, true, Purpose::Describe)
 }
 
