@@ -299,7 +299,12 @@ enum Store {
         pos: u8,
         keep: u32,
     },
-    /// An instruction field [`encode`] writes (ADR/ADRP, signed MOVW).
+    /// ADR/ADRP's `immhi:immlo`: [`encode`] of [`Field::Adr`], the field
+    /// known here (the most common instruction field, with `imm12`).
+    Adr {
+        shift: u8,
+    },
+    /// An instruction field [`encode`] writes (signed MOVW).
     Encode,
 }
 
@@ -350,7 +355,8 @@ impl Fast {
             // The whole imm12 is rewritten, whatever part of `X` it takes.
             Field::Imm12 { lo, hi } => bits(lo, (1 << (hi - lo + 1)) - 1, 10, 0xfff),
             Field::Movw { shift } => bits(shift, 0xffff, 5, 0xffff),
-            Field::Adr { .. } | Field::MovwSigned { .. } => Store::Encode,
+            Field::Adr { shift } => Store::Adr { shift },
+            Field::MovwSigned { .. } => Store::Encode,
         };
         // Every range of the table lies inside `i64` (the table's test
         // checks).
@@ -808,6 +814,11 @@ impl RelocInfo {
                 .map(|(place, insn)| {
                     let bits = ((x as u64 >> shift) as u32) & mask;
                     *place = ((insn & keep) | (bits << pos)).to_le_bytes();
+                })
+                .is_some(),
+            Store::Adr { shift } => insn_place(block)
+                .map(|(place, insn)| {
+                    *place = encode(Field::Adr { shift }, insn, exact).to_le_bytes();
                 })
                 .is_some(),
             Store::Encode => insn_place(block)
