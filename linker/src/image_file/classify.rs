@@ -637,23 +637,23 @@ fn words_and_memory(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
             table_used: false,
         },
     };
-    words.got_slots(&l);
+    words.got_slots(l);
     let mut pc_relatives: Vec<PcRelative> = Vec::new();
-    let misplaced = misplaced_special(&l);
-    let mut edges = EdgeClasses::new(&l);
+    let misplaced = misplaced_special(l);
+    let mut edges = EdgeClasses::new(l);
     for block in l.graph.blocks.iter().filter(|b| b.live) {
         if misplaced {
-            check_special_targets(&l, block)?;
+            check_special_targets(l, block)?;
         }
-        pc_relative(&l, &mut edges, block, &mut pc_relatives)?;
-        words.absolute(&l, &mut edges, block)?;
+        pc_relative(l, &mut edges, block, &mut pc_relatives)?;
+        words.absolute(l, &mut edges, block)?;
     }
     let Words {
         mut rebase,
         mut imports,
         deps,
     } = words;
-    let (tls, tls_imports) = tls_record(&l)?;
+    let (tls, tls_imports) = tls_record(l)?;
     imports.extend(tls_imports);
     sort_offsets(&mut rebase);
     imports.sort_by_key(|i| i.offset);
@@ -663,10 +663,10 @@ fn words_and_memory(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
         .filter(|_| deps.table_used)
         .map(|t| (t.id(), t.len() as u32, t.name().to_string()));
     let deps = deps.in_order_of(&mut imports);
-    let memory = normalized_memory(&l, &rebase, &imports);
+    let memory = normalized_memory(l, &rebase, &imports);
     Ok(ImagingRecord {
         machine: l.graph.isa().machine(),
-        init_fini: init_fini_offsets(&l, memory.len() as u64),
+        init_fini: init_fini_offsets(l, memory.len() as u64),
         memory,
         segments: l.segments.to_vec(),
         rebase,
@@ -678,7 +678,7 @@ fn words_and_memory(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
         tls,
         pc_relative: pc_relatives,
         cpu_features: super::cpu::of_graph(l.graph),
-        base_align: base_align(&l),
+        base_align: base_align(l),
     })
 }
 
@@ -1043,8 +1043,9 @@ mod tests {
         many.sort_unstable();
         many.dedup();
         many.sort_unstable_by_key(|n| {
-            n.bytes()
-                .fold(0u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            n.bytes().fold(0u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
         });
         let mut got: Vec<(&str, usize)> = many.iter().map(|n| n.as_str()).zip(0..).collect();
         let mut want = got.clone();
