@@ -260,8 +260,8 @@ pub struct RelocInfo {
 
 /// A row as 64-bit masks and bounds, made from it once ([`Fast::of`]): the
 /// common case of a fixup — `X` fits in 64 bits, in range, aligned, the
-/// expected instruction at the place — checked and written without
-/// `i128` compares, a second match on the field or a loop over the
+/// expected instruction at the place — checked with 64-bit compares and
+/// written without a second match on the field or a loop over the
 /// accepted instructions. Anything else goes the row's exact way, which
 /// names the error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -308,23 +308,6 @@ enum Store {
     Encode,
 }
 
-impl Fast {
-    /// The instruction place at `offset` in `block` (address `place`) and
-    /// the instruction in it, if in the block, aligned and accepted.
-    #[inline(always)]
-    fn insn_place<'b>(
-        &self,
-        block: &'b mut [u8],
-        offset: u64,
-        place: u64,
-    ) -> Option<(&'b mut [u8; 4], u32)> {
-        let bytes = place_array::<4>("", block, offset).ok()?;
-        let insn = u32::from_le_bytes(*bytes);
-        let [(m0, b0), (m1, b1)] = self.insns;
-        (place.is_multiple_of(4) && (insn & m0 == b0 || insn & m1 == b1)).then_some((bytes, insn))
-    }
-}
-
 /// [`Store::Bits`] for a field of `width_mask` at bit `pos` taking
 /// `(X >> shift) & mask`.
 const fn bits(shift: u8, mask: u32, pos: u8, width_mask: u32) -> Store {
@@ -337,6 +320,7 @@ const fn bits(shift: u8, mask: u32, pos: u8, width_mask: u32) -> Store {
 }
 
 impl Fast {
+    /// The form of a row with these columns.
     const fn of(
         formula: Formula,
         field: Field,
@@ -381,6 +365,21 @@ impl Fast {
             ),
             insns,
         }
+    }
+
+    /// The instruction place at `offset` in `block` (address `place`) and
+    /// the instruction in it, if in the block, aligned and accepted.
+    #[inline(always)]
+    fn insn_place<'b>(
+        &self,
+        block: &'b mut [u8],
+        offset: u64,
+        place: u64,
+    ) -> Option<(&'b mut [u8; 4], u32)> {
+        let bytes = place_array::<4>("", block, offset).ok()?;
+        let insn = u32::from_le_bytes(*bytes);
+        let [(m0, b0), (m1, b1)] = self.insns;
+        (place.is_multiple_of(4) && (insn & m0 == b0 || insn & m1 == b1)).then_some((bytes, insn))
     }
 }
 
