@@ -458,7 +458,7 @@ impl EdgeClasses {
     }
 
     #[inline]
-    fn kind(&mut self, k: &EdgeDesc) -> KindClass {
+    fn kind(&self, k: &EdgeDesc) -> KindClass {
         KindClass {
             abs64: k.target == EdgeTarget::Symbol
                 && k.width == 8
@@ -610,7 +610,7 @@ fn base_align(l: &Linked<'_>) -> u64 {
 /// protections): rebases and imports of every absolute word, exports, the
 /// memory normalized to base 0 with import words zeroed.
 pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
-    // The exports (a sort of every global's name and a copy of each: 12 M
+    // The exports (a sort of every global's name and a copy of each: 17 M
     // instructions on the aarch64 synth input) read only the graph and the
     // addresses: made on one of rayon's threads while this one classifies
     // the words and copies the memory.
@@ -692,11 +692,11 @@ const RADIX_DIGIT: u32 = 11;
 
 /// Sorts the rebase offsets and drops repeats. They arrive in GOT order
 /// (hash order) and then block by block in graph order, not address
-/// order: tens of thousands of them on a large link, which a comparison
-/// sort spent ~150 instructions each on. A least-significant-digit radix
-/// sort over the bits the offsets use (the image's size, less the low
-/// bits they all have clear: words are 8-byte aligned) takes two passes
-/// of [`RADIX_DIGIT`] bits for an image under 16 MiB.
+/// order (a pointer-heavy image has one a data word; the synthetic
+/// inputs have 1,000). From [`RADIX_MIN`] on, a least-significant-digit
+/// radix sort over the bits the offsets use (the image's size, less the
+/// low bits they all have clear: words are 8-byte aligned) takes two
+/// passes of [`RADIX_DIGIT`] bits for an image under 16 MiB.
 fn sort_offsets(v: &mut Vec<u64>) {
     if v.len() >= RADIX_MIN {
         radix_sort(v);
