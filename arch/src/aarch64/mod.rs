@@ -395,7 +395,10 @@ impl RelocArch for Aarch64 {
         &reloc::EDGES
     }
 
-    #[inline]
+    // Always inlined into the linker's fixup loop: the common case is a
+    // few dozen instructions, less than a call's saved registers cost
+    // (the exact path stays out of line, cold).
+    #[inline(always)]
     fn apply(
         edge: &EdgeDesc,
         content: &mut [u8],

@@ -253,6 +253,134 @@ pub struct RelocInfo {
     pub insns: &'static [(u32, u32)],
     /// What the accepted instructions are, for error messages.
     pub insn_desc: &'static str,
+    /// The columns above as [`RelocInfo::apply_values`]'s common case
+    /// reads them.
+    fast: Fast,
+}
+
+/// A row as 64-bit masks and bounds, made from it once ([`Fast::of`]): the
+/// common case of a fixup — `X` fits in 64 bits, in range, aligned, the
+/// expected instruction at the place — checked with 64-bit compares and
+/// written without a second match on the field or a loop over the
+/// accepted instructions. Anything else goes the row's exact way, which
+/// names the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Fast {
+    /// How the place is written.
+    store: Store,
+    /// `X - min` (wrapping) must not exceed `span` (`u64::MAX`: no check).
+    min: i64,
+    span: u64,
+    /// Whether a range is checked: `X` must then fit in 64 bits exactly.
+    checked: bool,
+    /// `align - 1`: these bits of `X` must be clear.
+    align_mask: u64,
+    /// A GOT formula: the addend must be 0.
+    no_addend: bool,
+    /// Accepted instructions: `insn & mask == bits` for one of the two
+    /// (the second repeats the first when the row has one).
+    insns: [(u32, u32); 2],
+}
+
+/// How [`Fast`] writes a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Store {
+    /// A marker: nothing.
+    None,
+    /// Data of 8, 4 or 2 bytes: the low bits of `X`.
+    Data64,
+    Data32,
+    Data16,
+    /// An instruction field: the instruction keeps the bits of `keep`
+    /// and takes `(X >> shift) & mask` at bit `pos`.
+    Bits {
+        shift: u8,
+        mask: u32,
+        pos: u8,
+        keep: u32,
+    },
+    /// ADR/ADRP's `immhi:immlo`: [`encode`] of [`Field::Adr`], the field
+    /// known here (the most common instruction field, with `imm12`).
+    Adr {
+        shift: u8,
+    },
+    /// An instruction field [`encode`] writes (signed MOVW).
+    Encode,
+}
+
+/// [`Store::Bits`] for a field of `width_mask` at bit `pos` taking
+/// `(X >> shift) & mask`.
+const fn bits(shift: u8, mask: u32, pos: u8, width_mask: u32) -> Store {
+    Store::Bits {
+        shift,
+        mask,
+        pos,
+        keep: !(width_mask << pos),
+    }
+}
+
+impl Fast {
+    /// The form of a row with these columns.
+    const fn of(
+        formula: Formula,
+        field: Field,
+        range: Option<(i128, i128)>,
+        align: u32,
+        insns: &'static [(u32, u32)],
+    ) -> Fast {
+        let store = match field {
+            Field::None => Store::None,
+            Field::Data64 => Store::Data64,
+            Field::Data32 => Store::Data32,
+            Field::Data16 => Store::Data16,
+            Field::Imm26 => bits(2, 0x03ff_ffff, 0, 0x03ff_ffff),
+            Field::Imm19 => bits(2, 0x7_ffff, 5, 0x7_ffff),
+            Field::Imm14 => bits(2, 0x3fff, 5, 0x3fff),
+            // The whole imm12 is rewritten, whatever part of `X` it takes.
+            Field::Imm12 { lo, hi } => bits(lo, (1 << (hi - lo + 1)) - 1, 10, 0xfff),
+            Field::Movw { shift } => bits(shift, 0xffff, 5, 0xffff),
+            Field::Adr { shift } => Store::Adr { shift },
+            Field::MovwSigned { .. } => Store::Encode,
+        };
+        // Every range of the table lies inside `i64` (the table's test
+        // checks).
+        let (min, span, checked) = match range {
+            Some((min, max)) => (min as i64, (max - min) as u64, true),
+            None => (i64::MIN, u64::MAX, false),
+        };
+        let insns = match insns {
+            [] => [(0, 0); 2],
+            [one] => [*one, *one],
+            [one, two, ..] => [*one, *two],
+        };
+        Fast {
+            store,
+            min,
+            span,
+            checked,
+            align_mask: align as u64 - 1,
+            no_addend: matches!(
+                formula,
+                Formula::Got | Formula::GotPage | Formula::GotRelPage
+            ),
+            insns,
+        }
+    }
+
+    /// The instruction place at `offset` in `block` (address `place`) and
+    /// the instruction in it, if in the block, aligned and accepted.
+    #[inline(always)]
+    fn insn_place<'b>(
+        &self,
+        block: &'b mut [u8],
+        offset: u64,
+        place: u64,
+    ) -> Option<(&'b mut [u8; 4], u32)> {
+        let bytes = place_array::<4>("", block, offset).ok()?;
+        let insn = u32::from_le_bytes(*bytes);
+        let [(m0, b0), (m1, b1)] = self.insns;
+        (place.is_multiple_of(4) && (insn & m0 == b0 || insn & m1 == b1)).then_some((bytes, insn))
+    }
 }
 
 const ADRP: &[(u32, u32)] = &[(0x9f00_0000, 0x9000_0000)];
@@ -342,6 +470,7 @@ const fn row(
         target,
         insns,
         insn_desc,
+        fast: Fast::of(formula, field, range, align, insns),
     }
 }
 
@@ -550,6 +679,7 @@ const fn movw(insn: u32, x: u64, shift: u8) -> u32 {
 
 impl RelocInfo {
     /// `X` for these inputs, computed without wrap-around.
+    #[inline]
     pub fn value_of(&self, v: &FixupValues) -> i128 {
         let t = i128::from(v.target);
         let sa = t + i128::from(v.addend);
@@ -626,7 +756,81 @@ impl RelocInfo {
     /// [`FixupError::BadInstruction`] if the instruction at the place is not
     /// one this type applies to, [`FixupError::AddendInGotEntry`] for a GOT
     /// formula with a non-zero addend. The block is unchanged on error.
+    #[inline]
     pub fn apply_values(
+        &self,
+        block: &mut [u8],
+        offset: u64,
+        v: &FixupValues,
+    ) -> Result<(), FixupError> {
+        if self.apply_fast(block, offset, v) {
+            return Ok(());
+        }
+        self.apply_exact(block, offset, v)
+    }
+
+    /// The common case of [`RelocInfo::apply_values`], from the row's
+    /// [`Fast`] form: `true` once the place is written. `false` (nothing
+    /// written) for whatever it does not decide — an `X` out of range or
+    /// misaligned, a misaligned place, another instruction, an addend on
+    /// a GOT formula, a place past the block — which
+    /// [`RelocInfo::apply_exact`] then refuses with its error. Where both
+    /// write, they write the same bits: `X`'s low 64 bits are the same
+    /// computed exactly or narrowed, and [`Store::Bits`] is [`encode`]'s
+    /// arithmetic for those fields (the golden tests go through here).
+    #[inline(always)]
+    fn apply_fast(&self, block: &mut [u8], offset: u64, v: &FixupValues) -> bool {
+        let f = &self.fast;
+        if f.no_addend && v.addend != 0 {
+            return false;
+        }
+        let exact = self.value_of(v);
+        let x = exact as i64;
+        if (f.checked && i128::from(x) != exact)
+            || (x.wrapping_sub(f.min) as u64) > f.span
+            || (x as u64) & f.align_mask != 0
+        {
+            return false;
+        }
+        let insn_place = |block| f.insn_place(block, offset, v.place);
+        match f.store {
+            Store::None => true,
+            Store::Data64 => place_array::<8>("", block, offset)
+                .map(|p| *p = (x as u64).to_le_bytes())
+                .is_ok(),
+            Store::Data32 => place_array::<4>("", block, offset)
+                .map(|p| *p = (x as u32).to_le_bytes())
+                .is_ok(),
+            Store::Data16 => place_array::<2>("", block, offset)
+                .map(|p| *p = (x as u16).to_le_bytes())
+                .is_ok(),
+            Store::Bits {
+                shift,
+                mask,
+                pos,
+                keep,
+            } => insn_place(block)
+                .map(|(place, insn)| {
+                    let bits = ((x as u64 >> shift) as u32) & mask;
+                    *place = ((insn & keep) | (bits << pos)).to_le_bytes();
+                })
+                .is_some(),
+            Store::Adr { shift } => insn_place(block)
+                .map(|(place, insn)| {
+                    *place = encode(Field::Adr { shift }, insn, exact).to_le_bytes();
+                })
+                .is_some(),
+            Store::Encode => insn_place(block)
+                .map(|(place, insn)| *place = encode(self.field, insn, exact).to_le_bytes())
+                .is_some(),
+        }
+    }
+
+    /// [`RelocInfo::apply_values`] computed on the exact `X` (`i128`),
+    /// each check in turn: the error of the first that fails.
+    #[cold]
+    #[inline(never)]
+    fn apply_exact(
         &self,
         block: &mut [u8],
         offset: u64,
@@ -808,6 +1012,11 @@ mod tests {
             );
             // `RelocInfo::check` tests alignment with a mask.
             assert!(r.align.is_power_of_two(), "{}", r.name);
+            // `Fast` checks ranges in 64 bits.
+            if let Some((min, max)) = r.range {
+                assert!(i64::try_from(min).is_ok() && i64::try_from(max).is_ok());
+            }
+            assert!(r.insns.len() <= 2, "{}: Fast keeps two", r.name);
         }
         assert_eq!(lookup(1), None);
         assert_eq!(lookup(1000), None);
@@ -866,6 +1075,77 @@ mod tests {
         // ADR_GOT_PAGE, LD64_GOT_LO12_NC, LD64_GOTPAGE_LO15, the two
         // TLSGD, the two TLSIE and the three TLSDESC types.
         assert_eq!(refused, 10);
+    }
+
+    /// The common case ([`RelocInfo::apply_fast`] first) and the exact
+    /// path alone give the same result and the same bytes for every row,
+    /// on values near each range's ends and the 64-bit edges, places
+    /// aligned or not, in the block or past it, the expected instructions
+    /// and others (with random bits in their fields), addends or none.
+    #[test]
+    fn common_case_agrees_with_the_exact_path() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut fast_taken = 0;
+        for r in RELOCS {
+            let (min, max) = r.range.unwrap_or((-(1 << 40), 1 << 40));
+            let xs = [0, 4, -4, 1, min, max, min - 1, max + 1, min + 4, max - 3];
+            for round in 0..400 {
+                let place = match round % 4 {
+                    0 => 0x40_0000 + (next() & 0xffff_fffc),
+                    1 => next(),
+                    2 => next() & !3,
+                    _ => 0x1000 + (next() & 0xfff),
+                };
+                let addend = if round % 3 == 0 {
+                    0
+                } else {
+                    (next() as i64) >> (next() % 64)
+                };
+                let want = xs[round % xs.len()] as i64;
+                let target = match round % 5 {
+                    4 => next(),
+                    3 => u64::MAX - (next() & 0xff),
+                    _ => place.wrapping_add(want as u64).wrapping_sub(addend as u64),
+                };
+                let insn = match (r.insns, round % 3) {
+                    ([], _) | (_, 0) => next() as u32,
+                    (insns, _) => {
+                        let (mask, bits) = insns[(next() as usize) % insns.len()];
+                        (next() as u32 & !mask) | bits
+                    }
+                };
+                let got = next() & 0xffff_f000;
+                let v = FixupValues {
+                    place,
+                    target,
+                    addend,
+                    got,
+                    size: 0,
+                };
+                let offset = [0u64, 4, 8, 12, 13][(next() % 5) as usize];
+                let mut block = [0u8; 16];
+                for (i, b) in block.iter_mut().enumerate() {
+                    *b = (next() >> i) as u8;
+                }
+                block[8..12].copy_from_slice(&insn.to_le_bytes());
+                let mut a = block;
+                let mut b = block;
+                let fast = r.apply_values(&mut a, offset, &v);
+                let exact = r.apply_exact(&mut b, offset, &v);
+                assert_eq!(fast, exact, "{} {v:?} at {offset}", r.name);
+                assert_eq!(a, b, "{} {v:?} at {offset}", r.name);
+                let mut c = block;
+                fast_taken += usize::from(r.apply_fast(&mut c, offset, &v));
+            }
+        }
+        // The common case is the one taken.
+        assert!(fast_taken > RELOCS.len() * 20, "{fast_taken}");
     }
 
     #[test]
