@@ -1211,7 +1211,7 @@ impl passes::LinkHost for EngineHost<'_> {
         let session = &self.layer.session;
         let order = self.r.dylib().link_order();
         let externals: Vec<(SymbolId, SymbolName)> = prepared
-            .external_symbols()
+            .external_symbols_unordered()
             .into_iter()
             .map(|(id, n)| (id, session.intern(n)))
             .collect();
