@@ -34,6 +34,106 @@ impl GotKey {
     }
 }
 
+/// Offsets by symbol (of GOT slots or PLT stubs), in a vector indexed by
+/// symbol id instead of a hash map: a Cranelift object has a stub and a
+/// slot for each of its ~1,800 externals, and fixup looks one up per call.
+#[derive(Debug, Default)]
+pub(super) struct SymOffsets {
+    /// By symbol id: the offset, or [`SymOffsets::NONE`].
+    by_sym: Vec<u64>,
+    /// The symbols with an offset, in order of insertion.
+    order: Vec<SymbolId>,
+}
+
+impl SymOffsets {
+    const NONE: u64 = u64::MAX;
+
+    /// An empty table with room for symbol ids below `symbols`.
+    fn with_symbols(symbols: usize) -> Self {
+        SymOffsets {
+            by_sym: vec![Self::NONE; symbols],
+            order: Vec::new(),
+        }
+    }
+
+    /// Records `off` for `sym`.
+    fn insert(&mut self, sym: SymbolId, off: u64) {
+        let i = sym.index();
+        if i >= self.by_sym.len() {
+            self.by_sym.resize(i + 1, Self::NONE);
+        }
+        if self.by_sym[i] == Self::NONE {
+            self.order.push(sym);
+        }
+        self.by_sym[i] = off;
+    }
+
+    /// The offset of `sym`'s entry.
+    pub(super) fn get(&self, sym: SymbolId) -> Option<u64> {
+        self.by_sym
+            .get(sym.index())
+            .copied()
+            .filter(|&o| o != Self::NONE)
+    }
+
+    /// Whether `sym` has an entry.
+    pub(super) fn contains(&self, sym: SymbolId) -> bool {
+        self.get(sym).is_some()
+    }
+
+    /// Number of entries.
+    pub(super) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Every entry, in order of insertion.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (SymbolId, u64)> + '_ {
+        self.order
+            .iter()
+            .filter_map(|&s| Some((s, self.get(s)?)))
+    }
+}
+
+/// The GOT's slots by request: address slots by symbol ([`SymOffsets`]),
+/// the TLS ones (few) in a hash map.
+#[derive(Debug, Default)]
+pub(super) struct GotTable {
+    addr: SymOffsets,
+    tls: FxHashMap<GotKey, u64>,
+    /// Every key, in order of insertion.
+    keys: Vec<GotKey>,
+}
+
+impl GotTable {
+    fn insert(&mut self, key: GotKey, off: u64) {
+        match key {
+            GotKey::Addr(s) => self.addr.insert(s, off),
+            k => {
+                self.tls.insert(k, off);
+            }
+        }
+        self.keys.push(key);
+    }
+
+    /// The offset of `key`'s slot.
+    pub(super) fn get(&self, key: GotKey) -> Option<u64> {
+        match key {
+            GotKey::Addr(s) => self.addr.get(s),
+            k => self.tls.get(&k).copied(),
+        }
+    }
+
+    /// Number of slots.
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Every slot, in order of request.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (GotKey, u64)> + '_ {
+        self.keys.iter().filter_map(|&k| Some((k, self.get(k)?)))
+    }
+}
+
 /// What live code asks of the linker, in order of first request.
 #[derive(Debug, Default)]
 pub(super) struct Requests {
@@ -187,9 +287,9 @@ fn linker_symbol(graph: &LinkGraph, name: &str) -> Option<Special> {
 /// The blocks the linker adds, and where GOT entries and stubs lie in theirs.
 #[derive(Debug)]
 pub(super) struct LinkerBlocks {
-    pub(super) got: FxHashMap<GotKey, u64>,
+    pub(super) got: GotTable,
     pub(super) got_block: Option<BlockId>,
-    pub(super) plt: FxHashMap<SymbolId, u64>,
+    pub(super) plt: SymOffsets,
     pub(super) plt_block: Option<BlockId>,
     pub(super) dso_block: BlockId,
     pub(super) copy_blocks: FxHashMap<SymbolId, BlockId>,
@@ -229,8 +329,16 @@ pub(super) fn add_linker_blocks(
 }
 
 /// The GOT: one slot per request, in order of first request.
-fn add_got(graph: &mut LinkGraph, req: &Requests) -> (FxHashMap<GotKey, u64>, Option<BlockId>) {
-    let mut got = FxHashMap::with_capacity_and_hasher(req.got_keys.len(), Default::default());
+fn add_got(graph: &mut LinkGraph, req: &Requests) -> (GotTable, Option<BlockId>) {
+    let mut got = GotTable {
+        addr: SymOffsets::with_symbols(if req.got_keys.is_empty() {
+            0
+        } else {
+            graph.symbols.len()
+        }),
+        tls: FxHashMap::default(),
+        keys: Vec::with_capacity(req.got_keys.len()),
+    };
     let mut got_size = 0u64;
     for k in &req.got_keys {
         got.insert(*k, got_size);
@@ -246,14 +354,11 @@ fn add_got(graph: &mut LinkGraph, req: &Requests) -> (FxHashMap<GotKey, u64>, Op
 }
 
 /// The PLT: one stub per symbol, filled with traps until fixup writes them.
-fn add_plt(
-    graph: &mut LinkGraph,
-    syms: &[SymbolId],
-) -> (FxHashMap<SymbolId, u64>, Option<BlockId>) {
-    let mut plt = FxHashMap::with_capacity_and_hasher(syms.len(), Default::default());
+fn add_plt(graph: &mut LinkGraph, syms: &[SymbolId]) -> (SymOffsets, Option<BlockId>) {
     if syms.is_empty() {
-        return (plt, None);
+        return (SymOffsets::default(), None);
     }
+    let mut plt = SymOffsets::with_symbols(graph.symbols.len());
     let isa = graph.isa();
     let stub_size = isa.plt_stub_size();
     for (i, s) in syms.iter().enumerate() {
