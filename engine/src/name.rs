@@ -21,50 +21,13 @@ pub struct SymbolName(Arc<NameInner>);
 
 struct NameInner {
     hash: u64,
-    text: NameText,
-}
-
-/// Names up to this many bytes live inside the interned record: one
-/// allocation a name (the `Arc`'s), not two — interning is on the path of
-/// every symbol an object defines (~11,000 new names for W9's 10,000
-/// functions).
-const INLINE: usize = 38;
-
-/// A name's characters: inline when short, on the heap otherwise.
-enum NameText {
-    Inline { len: u8, bytes: [u8; INLINE] },
-    Heap(Box<str>),
-}
-
-impl NameText {
-    fn new(text: &str) -> Self {
-        let src = text.as_bytes();
-        match u8::try_from(src.len()) {
-            Ok(len) if src.len() <= INLINE => {
-                let mut bytes = [0; INLINE];
-                bytes[..src.len()].copy_from_slice(src);
-                NameText::Inline { len, bytes }
-            }
-            _ => NameText::Heap(text.into()),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            // `new` copied these bytes from a whole `&str`: always UTF-8
-            // (the engine has no `unsafe` to skip checking the few bytes).
-            NameText::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            NameText::Heap(text) => text,
-        }
-    }
+    text: Box<str>,
 }
 
 impl SymbolName {
     /// The name's text.
     pub fn as_str(&self) -> &str {
-        self.0.text.as_str()
+        &self.0.text
     }
 
     /// The interned string's address: equal exactly when the names are
@@ -88,7 +51,7 @@ impl SymbolName {
     fn new(text: &str) -> Self {
         SymbolName(Arc::new(NameInner {
             hash: hash_str(text),
-            text: NameText::new(text),
+            text: text.into(),
         }))
     }
 }
@@ -105,7 +68,7 @@ pub(crate) fn hash_str(text: &str) -> u64 {
 impl PartialEq for SymbolName {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
-            || (self.0.hash == other.0.hash && self.as_str() == other.as_str())
+            || (self.0.hash == other.0.hash && self.0.text == other.0.text)
     }
 }
 impl Eq for SymbolName {}
@@ -203,33 +166,6 @@ impl Interner {
 #[cfg(all(test, not(kiln_loom)))]
 mod tests {
     use super::*;
-
-    /// Short names live inside the record, long ones on the heap: the
-    /// text, equality, order and hash are the same either side of the
-    /// boundary, for multi-byte characters too.
-    #[test]
-    fn inline_and_heap_names_keep_their_text() {
-        let pool = Interner::default();
-        let other = Interner::default();
-        let texts = [
-            String::new(),
-            "f".repeat(INLINE - 1),
-            "f".repeat(INLINE),
-            "f".repeat(INLINE + 1),
-            "é".repeat(INLINE / 2 + 1),
-            "_ZN4core3fmt9Formatter9write_str17h0123456789abcdefE".to_string(),
-        ];
-        for t in &texts {
-            let a = pool.intern(t);
-            assert_eq!(a.as_str(), t);
-            assert_eq!(a.text_hash(), hash_str(t));
-            let b = other.intern(t);
-            assert_eq!(a, b);
-            assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
-        }
-        assert_ne!(pool.intern(&texts[2]), pool.intern(&texts[3]));
-        assert!(pool.intern(&texts[2]) < pool.intern(&texts[3]));
-    }
 
     #[test]
     fn interning_gives_pointer_equality() {
