@@ -88,9 +88,7 @@ impl SymOffsets {
 
     /// Every entry, in order of insertion.
     pub(super) fn iter(&self) -> impl Iterator<Item = (SymbolId, u64)> + '_ {
-        self.order
-            .iter()
-            .filter_map(|&s| Some((s, self.get(s)?)))
+        self.order.iter().filter_map(|&s| Some((s, self.get(s)?)))
     }
 }
 
