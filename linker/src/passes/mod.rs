@@ -81,18 +81,15 @@ pub fn link_graph(
     Ok(finalized)
 }
 
-/// Graphs with at least this many blocks plus symbols are freed on a
-/// rayon thread.
-const FREE_IN_BACKGROUND: usize = 4096;
+/// Graphs with at least this many blocks are freed on a rayon thread.
+const FREE_IN_BACKGROUND_BLOCKS: usize = 4096;
 
-/// Frees a linked graph: a big one on a rayon thread. Its blocks' bytes,
-/// edges and names are many small allocations (13.7 M instructions for the
-/// 200-object aarch64 synth input; ~1.1 M for a Cranelift object of 1,000
-/// functions, two names a global symbol) that neither the caller of
-/// [`link_graph`] nor the engine layer's materializer (after the emit)
-/// need wait for.
-pub(crate) fn free_graph(graph: LinkGraph) {
-    if graph.blocks.len() + graph.symbols.len() >= FREE_IN_BACKGROUND {
+/// Frees a linked graph: a big one on a rayon thread, as the engine layer
+/// frees its graphs after the emit. Its blocks' bytes, edges and names are
+/// many small allocations (13.7 M instructions for the 200-object aarch64
+/// synth input) that the caller of [`link_graph`] need not wait for.
+fn free_graph(graph: LinkGraph) {
+    if graph.blocks.len() >= FREE_IN_BACKGROUND_BLOCKS {
         rayon::spawn(move || drop(graph));
     } else {
         drop(graph);
