@@ -1107,6 +1107,9 @@ impl MaterializationUnit for ObjectUnit {
                 let _ = r.emit(groups);
                 // Freeing the graph's arenas takes a while for big images:
                 // only after the emit, which lets waiting lookups go on.
+                // (Here, not on a rayon thread: W9's builder path ran
+                // fewer instructions but no faster that way — memory
+                // another thread frees is not what this one allocates next.)
                 drop(graph);
             }
             Err(e) => r.fail(e),
@@ -1211,7 +1214,7 @@ impl passes::LinkHost for EngineHost<'_> {
         let session = &self.layer.session;
         let order = self.r.dylib().link_order();
         let externals: Vec<(SymbolId, SymbolName)> = prepared
-            .external_symbols()
+            .external_symbols_unordered()
             .into_iter()
             .map(|(id, n)| (id, session.intern(n)))
             .collect();

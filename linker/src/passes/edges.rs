@@ -110,11 +110,11 @@ pub(super) fn fix_edge<A: RelocArch>(
             if !ctx.imaging {
                 match A::apply(k, bytes, u64::from(e.offset), &v) {
                     Ok(()) => return Ok(()),
-                    Err(FixupError::OutOfRange { .. }) if ctx.plt.contains_key(&e.target) => {}
+                    Err(FixupError::OutOfRange { .. }) if ctx.plt.contains(e.target) => {}
                     Err(err) => return Err((err, hint())),
                 }
             }
-            if let Some(off) = ctx.plt.get(&e.target) {
+            if let Some(off) = ctx.plt.get(e.target) {
                 v.target = ctx.plt_base + off;
             }
         }

@@ -129,7 +129,7 @@ fn imaging_record(
     let got_slots: Vec<(u64, SymbolId)> = p
         .got
         .iter()
-        .filter_map(|(k, &off)| match *k {
+        .filter_map(|(k, off)| match k {
             GotKey::Addr(s) => Some((got_base + off, s)),
             _ => None,
         })
@@ -162,9 +162,9 @@ fn tls_for_imaging(
     use crate::image_file::classify::tls_slot as kind;
     let got_base = p.got_base();
     let mut slots = Vec::new();
-    for (k, &off) in &p.got {
+    for (k, off) in p.got.iter() {
         let at = got_base + off;
-        match *k {
+        match k {
             GotKey::TlsGd(s) => slots.push((at, kind::MODULE_ID, addrs[s.index()])),
             GotKey::TlsLd => slots.push((at, kind::MODULE_ID, 0)),
             GotKey::TpOff(s) => slots.push((at, kind::TP_OFFSET, addrs[s.index()])),
@@ -202,7 +202,7 @@ fn announce(
     let plt: Vec<(SymbolId, u64)> = p
         .plt
         .iter()
-        .map(|(&sym, &off)| (sym, plt_base + off))
+        .map(|(sym, off)| (sym, plt_base + off))
         .collect();
     let stub_size = p.graph.isa().plt_stub_size() as u64;
     let info = crate::debug::ImageInfo {

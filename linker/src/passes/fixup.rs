@@ -8,7 +8,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::edges;
-use super::got_plt::GotKey;
+use super::got_plt::{GotKey, GotTable, SymOffsets};
 use super::{ImageEnv, LinkOptions, Prepared};
 use crate::error::LinkError;
 use crate::graph::{Block, Content, Edge, FxHashMap, LinkGraph, SectionRole, SymbolDef, SymbolId};
@@ -129,7 +129,7 @@ fn redirect_far_host_symbols(p: &mut Prepared, addrs: &mut [u64]) -> Result<Vec<
     for &sym in &p.reach_stubs {
         let host = addrs[sym.index()];
         if far(host)
-            && let Some(&off) = p.plt.get(&sym)
+            && let Some(off) = p.plt.get(sym)
         {
             if p.jit_data.contains(&sym) && crate::memory::in_jit_memory(host) {
                 // Another image's data: a stub's bytes are no stand-in.
@@ -187,7 +187,7 @@ fn write_got(
     let g = &p.graph;
     let ie_name = g.isa().name_of(|t| t == EdgeTarget::TlsIeEntry);
     let mut got_bytes = vec![0u8; g.blocks[gb.index()].content.len() as usize];
-    for (&key, &off) in &p.got {
+    for (key, off) in p.got.iter() {
         let off = off as usize;
         let mut put = |at: usize, v: u64| {
             got_bytes[off + at..off + at + 8].copy_from_slice(&v.to_le_bytes());
@@ -251,8 +251,16 @@ fn write_plt(p: &mut Prepared) -> Result<(), LinkError> {
     let stub_size = isa.plt_stub_size();
     let mut bytes = vec![0; p.plt.len() * stub_size];
     isa.fill_code(&mut bytes, stub_base);
-    for (&sym, &off) in &p.plt {
-        let entry = got_base + p.got[&GotKey::Addr(sym)];
+    for (sym, off) in p.plt.iter() {
+        let Some(slot) = p.got.get(GotKey::Addr(sym)) else {
+            return Err(LinkError::Engine {
+                detail: format!(
+                    "the PLT stub of {} has no GOT slot (linker bug)",
+                    p.graph.symbol_name(sym)
+                ),
+            });
+        };
+        let entry = got_base + slot;
         let stub = &mut bytes[off as usize..off as usize + stub_size];
         isa.write_plt_stub(stub, stub_base + off, entry)
             .map_err(|source| LinkError::Fixup {
@@ -419,9 +427,9 @@ fn fix_blocks(
 pub(super) struct FixupCtx<'a> {
     pub(super) graph: &'a LinkGraph,
     pub(super) addrs: &'a [u64],
-    pub(super) got: &'a FxHashMap<GotKey, u64>,
+    pub(super) got: &'a GotTable,
     pub(super) got_base: u64,
-    pub(super) plt: &'a FxHashMap<SymbolId, u64>,
+    pub(super) plt: &'a SymOffsets,
     pub(super) plt_base: u64,
     pub(super) tpoffs: &'a FxHashMap<SymbolId, i64>,
     /// Imaging mode: host symbols only through their slots.
@@ -489,7 +497,7 @@ impl FixupCtx<'_> {
 
     /// The address of the GOT entry for `key`.
     pub(super) fn got_entry(&self, key: GotKey) -> Option<u64> {
-        self.got.get(&key).map(|o| self.got_base + o)
+        self.got.get(key).map(|o| self.got_base + o)
     }
 }
 

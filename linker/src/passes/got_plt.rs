@@ -34,13 +34,120 @@ impl GotKey {
     }
 }
 
+/// Offsets by symbol (of GOT slots or PLT stubs), in a vector indexed by
+/// symbol id instead of a hash map: a Cranelift object has a stub and a
+/// slot for each of its ~1,800 externals, and fixup looks one up per call.
+#[derive(Debug, Default)]
+pub(super) struct SymOffsets {
+    /// By symbol id: the offset, or [`SymOffsets::NONE`].
+    by_sym: Vec<u64>,
+    /// The symbols with an offset, in order of insertion.
+    order: Vec<SymbolId>,
+}
+
+impl SymOffsets {
+    const NONE: u64 = u64::MAX;
+
+    /// An empty table with room for symbol ids below `symbols`.
+    fn with_symbols(symbols: usize) -> Self {
+        SymOffsets {
+            by_sym: vec![Self::NONE; symbols],
+            order: Vec::new(),
+        }
+    }
+
+    /// Records `off` for `sym`.
+    fn insert(&mut self, sym: SymbolId, off: u64) {
+        let i = sym.index();
+        if i >= self.by_sym.len() {
+            self.by_sym.resize(i + 1, Self::NONE);
+        }
+        if self.by_sym[i] == Self::NONE {
+            self.order.push(sym);
+        }
+        self.by_sym[i] = off;
+    }
+
+    /// The offset of `sym`'s entry.
+    pub(super) fn get(&self, sym: SymbolId) -> Option<u64> {
+        self.by_sym
+            .get(sym.index())
+            .copied()
+            .filter(|&o| o != Self::NONE)
+    }
+
+    /// Whether `sym` has an entry.
+    pub(super) fn contains(&self, sym: SymbolId) -> bool {
+        self.get(sym).is_some()
+    }
+
+    /// Number of entries.
+    pub(super) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Every entry, in order of insertion.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (SymbolId, u64)> + '_ {
+        self.order.iter().filter_map(|&s| Some((s, self.get(s)?)))
+    }
+}
+
+/// The GOT's slots by request: address slots by symbol ([`SymOffsets`]),
+/// the TLS ones (few) in a hash map.
+#[derive(Debug, Default)]
+pub(super) struct GotTable {
+    addr: SymOffsets,
+    tls: FxHashMap<GotKey, u64>,
+    /// Every key, in order of insertion.
+    keys: Vec<GotKey>,
+}
+
+impl GotTable {
+    fn insert(&mut self, key: GotKey, off: u64) {
+        match key {
+            GotKey::Addr(s) => self.addr.insert(s, off),
+            k => {
+                self.tls.insert(k, off);
+            }
+        }
+        self.keys.push(key);
+    }
+
+    /// The offset of `key`'s slot.
+    pub(super) fn get(&self, key: GotKey) -> Option<u64> {
+        match key {
+            GotKey::Addr(s) => self.addr.get(s),
+            k => self.tls.get(&k).copied(),
+        }
+    }
+
+    /// Number of slots.
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Every slot, in order of request.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (GotKey, u64)> + '_ {
+        self.keys.iter().filter_map(|&k| Some((k, self.get(k)?)))
+    }
+}
+
 /// What live code asks of the linker, in order of first request.
 #[derive(Debug, Default)]
 pub(super) struct Requests {
     got_keys: Vec<GotKey>,
-    got_seen: FxHashSet<GotKey>,
     plt_syms: Vec<SymbolId>,
-    plt_seen: FxHashSet<SymbolId>,
+    /// Per symbol of the graph scanned: [`mark`] bits (one byte a symbol,
+    /// read for every edge instead of the 64-byte `Symbol`, and set instead
+    /// of a hash insert per request: a Cranelift object asks for ~1,800
+    /// stubs and their GOT slots).
+    marks: Vec<u8>,
+    /// `{module, 0}` requested already.
+    tls_ld: bool,
+    /// Requests for symbols added after the scan (none today: the passes
+    /// after it ask only for symbols it saw), deduplicated here.
+    later: FxHashSet<GotKey>,
+    later_plt: FxHashSet<SymbolId>,
     /// A GOT is needed even without entries (`_GLOBAL_OFFSET_TABLE_`,
     /// GOT-relative offsets).
     needs_got: bool,
@@ -51,15 +158,45 @@ pub(super) struct Requests {
     /// Named externals live code references (specials excluded), in order
     /// of first reference.
     pub(super) external_refs: Vec<SymbolId>,
-    /// Per symbol of the graph scanned: whether it is external (one byte a
-    /// symbol, for the passes that walk every edge after the scan, instead
-    /// of the 64-byte `Symbol`).
-    external: Vec<bool>,
+}
+
+/// The bits of [`Requests::marks`].
+mod mark {
+    /// External when the graph was scanned.
+    pub(super) const EXTERNAL: u8 = 1;
+    /// Referenced by live code.
+    pub(super) const REFERENCED: u8 = 2;
+    /// GOT slot [`super::GotKey::Addr`] requested.
+    pub(super) const GOT_ADDR: u8 = 4;
+    /// PLT stub requested.
+    pub(super) const PLT: u8 = 8;
+    /// GOT slot [`super::GotKey::TlsGd`] requested.
+    pub(super) const TLS_GD: u8 = 16;
+    /// GOT slot [`super::GotKey::TpOff`] requested.
+    pub(super) const TP_OFF: u8 = 32;
+    /// GOT slot [`super::GotKey::TlsDesc`] requested.
+    pub(super) const TLS_DESC: u8 = 64;
 }
 
 impl Requests {
+    /// Sets `bit` of `sym`; whether it was clear (`None`: a symbol added
+    /// after the scan).
+    fn first(&mut self, sym: SymbolId, bit: u8) -> Option<bool> {
+        let m = self.marks.get_mut(sym.index())?;
+        let first = *m & bit == 0;
+        *m |= bit;
+        Some(first)
+    }
+
     fn got(&mut self, key: GotKey) {
-        if self.got_seen.insert(key) {
+        let first = match key {
+            GotKey::Addr(s) => self.first(s, mark::GOT_ADDR),
+            GotKey::TlsGd(s) => self.first(s, mark::TLS_GD),
+            GotKey::TpOff(s) => self.first(s, mark::TP_OFF),
+            GotKey::TlsDesc(s) => self.first(s, mark::TLS_DESC),
+            GotKey::TlsLd => Some(!std::mem::replace(&mut self.tls_ld, true)),
+        };
+        if first.unwrap_or_else(|| self.later.insert(key)) {
             self.got_keys.push(key);
         }
     }
@@ -67,47 +204,40 @@ impl Requests {
     /// Whether `sym` was external when the graph was scanned (`None`: a
     /// symbol added since).
     pub(super) fn is_external(&self, sym: SymbolId) -> Option<bool> {
-        self.external.get(sym.index()).copied()
+        self.marks
+            .get(sym.index())
+            .map(|&m| m & mark::EXTERNAL != 0)
     }
 
     /// A PLT stub for `sym`, and the GOT slot it jumps through.
     pub(super) fn plt(&mut self, sym: SymbolId) {
-        if self.plt_seen.insert(sym) {
+        let first = self
+            .first(sym, mark::PLT)
+            .unwrap_or_else(|| self.later_plt.insert(sym));
+        if first {
             self.plt_syms.push(sym);
+            self.got(GotKey::Addr(sym));
         }
-        self.got(GotKey::Addr(sym));
     }
 }
 
 /// Every live edge's requests, and the externals live code references.
 pub(super) fn scan(graph: &LinkGraph) -> Requests {
-    let mut req = Requests::default();
-    // Per symbol: external, then referenced by live code (one byte
-    // each, read for every edge instead of the 64-byte `Symbol`).
-    const EXTERNAL: u8 = 1;
-    const REFERENCED: u8 = 2;
-    // Its address GOT entry requested already (most GOT edges come in
-    // pairs, page and offset, and many pairs share a symbol): one hash
-    // insert a symbol instead of one an edge.
-    const GOT_ADDR: u8 = 4;
-    let mut marks: Vec<u8> = graph
-        .symbols
-        .iter()
-        .map(|s| u8::from(s.def == SymbolDef::External) * EXTERNAL)
-        .collect();
+    let mut req = Requests {
+        marks: graph
+            .symbols
+            .iter()
+            .map(|s| u8::from(s.def == SymbolDef::External) * mark::EXTERNAL)
+            .collect(),
+        ..Requests::default()
+    };
     for (bi, b) in graph.blocks.iter().enumerate() {
         if !b.live {
             continue;
         }
         for e in &b.edges {
-            let external = marks[e.target.index()] & EXTERNAL != 0;
+            let external = req.marks[e.target.index()] & mark::EXTERNAL != 0;
             match edges::need(e, external) {
-                Need::Got(GotKey::Addr(s)) => {
-                    if marks[s.index()] & GOT_ADDR == 0 {
-                        marks[s.index()] |= GOT_ADDR;
-                        req.got(GotKey::Addr(s));
-                    }
-                }
                 Need::Got(key) => req.got(key),
                 Need::Plt => req.plt(e.target),
                 Need::GotBase => req.needs_got = true,
@@ -117,10 +247,10 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
                 Need::Below2GiB | Need::Nothing => {}
             }
             if external
-                && marks[e.target.index()] & REFERENCED == 0
+                && req.marks[e.target.index()] & mark::REFERENCED == 0
                 && let Some(name) = &graph.symbols[e.target.index()].name
             {
-                marks[e.target.index()] |= REFERENCED;
+                req.marks[e.target.index()] |= mark::REFERENCED;
                 req.external_refs.push(e.target);
                 if let Some(s) = linker_symbol(graph, name) {
                     req.needs_got |= s == Special::GlobalOffsetTable;
@@ -131,7 +261,6 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
     }
     let specials = &req.specials;
     req.external_refs.retain(|id| !specials.contains_key(id));
-    req.external = marks.iter().map(|&m| m & EXTERNAL != 0).collect();
     req
 }
 
@@ -156,9 +285,9 @@ fn linker_symbol(graph: &LinkGraph, name: &str) -> Option<Special> {
 /// The blocks the linker adds, and where GOT entries and stubs lie in theirs.
 #[derive(Debug)]
 pub(super) struct LinkerBlocks {
-    pub(super) got: FxHashMap<GotKey, u64>,
+    pub(super) got: GotTable,
     pub(super) got_block: Option<BlockId>,
-    pub(super) plt: FxHashMap<SymbolId, u64>,
+    pub(super) plt: SymOffsets,
     pub(super) plt_block: Option<BlockId>,
     pub(super) dso_block: BlockId,
     pub(super) copy_blocks: FxHashMap<SymbolId, BlockId>,
@@ -198,8 +327,16 @@ pub(super) fn add_linker_blocks(
 }
 
 /// The GOT: one slot per request, in order of first request.
-fn add_got(graph: &mut LinkGraph, req: &Requests) -> (FxHashMap<GotKey, u64>, Option<BlockId>) {
-    let mut got = FxHashMap::default();
+fn add_got(graph: &mut LinkGraph, req: &Requests) -> (GotTable, Option<BlockId>) {
+    let mut got = GotTable {
+        addr: SymOffsets::with_symbols(if req.got_keys.is_empty() {
+            0
+        } else {
+            graph.symbols.len()
+        }),
+        tls: FxHashMap::default(),
+        keys: Vec::with_capacity(req.got_keys.len()),
+    };
     let mut got_size = 0u64;
     for k in &req.got_keys {
         got.insert(*k, got_size);
@@ -215,14 +352,11 @@ fn add_got(graph: &mut LinkGraph, req: &Requests) -> (FxHashMap<GotKey, u64>, Op
 }
 
 /// The PLT: one stub per symbol, filled with traps until fixup writes them.
-fn add_plt(
-    graph: &mut LinkGraph,
-    syms: &[SymbolId],
-) -> (FxHashMap<SymbolId, u64>, Option<BlockId>) {
-    let mut plt = FxHashMap::default();
+fn add_plt(graph: &mut LinkGraph, syms: &[SymbolId]) -> (SymOffsets, Option<BlockId>) {
     if syms.is_empty() {
-        return (plt, None);
+        return (SymOffsets::default(), None);
     }
+    let mut plt = SymOffsets::with_symbols(graph.symbols.len());
     let isa = graph.isa();
     let stub_size = isa.plt_stub_size();
     for (i, s) in syms.iter().enumerate() {

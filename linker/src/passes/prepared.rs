@@ -2,7 +2,7 @@
 //! state between allocation and fixup), and the address of every symbol.
 
 use super::Finalized;
-use super::got_plt::GotKey;
+use super::got_plt::{GotTable, SymOffsets};
 use super::{ImageEnv, LinkOptions, PhaseTimings, TlsLayout};
 use crate::error::LinkError;
 use crate::graph::{
@@ -19,9 +19,9 @@ pub struct Prepared {
     pub(super) graph: LinkGraph,
     pub(super) alloc: Allocation,
     pub(super) segments: Vec<(u64, u64, Prot)>,
-    pub(super) got: FxHashMap<GotKey, u64>,
+    pub(super) got: GotTable,
     pub(super) got_block: Option<BlockId>,
-    pub(super) plt: FxHashMap<SymbolId, u64>,
+    pub(super) plt: SymOffsets,
     pub(super) plt_block: Option<BlockId>,
     pub(super) tls: TlsLayout,
     pub(super) eh_frame: Option<(u64, u64)>,

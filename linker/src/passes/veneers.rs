@@ -18,7 +18,7 @@ use crate::graph::{
 use crate::isa::Isa;
 
 /// The PLT: each external's stub offset, and its block.
-pub(super) type Plt<'a> = (&'a FxHashMap<SymbolId, u64>, Option<BlockId>);
+pub(super) type Plt<'a> = (&'a super::got_plt::SymOffsets, Option<BlockId>);
 
 /// Adds the veneers calls of `graph` laid out as `layout` need; `true` if
 /// it added any (the layout must then be made again).
@@ -103,7 +103,7 @@ fn far_calls<A: RelocArch>(
 /// Where a call's target lies in the layout: its symbol plus addend, or
 /// its PLT stub.
 fn target_offset(graph: &LinkGraph, offset: &[u64], plt: Plt<'_>, e: &Edge) -> Option<i128> {
-    if let (Some(&off), Some(pb)) = (plt.0.get(&e.target), plt.1) {
+    if let (Some(off), Some(pb)) = (plt.0.get(e.target), plt.1) {
         return Some(i128::from(offset[pb.index()]) + i128::from(off));
     }
     match graph.symbols[e.target.index()].def {
@@ -142,8 +142,8 @@ fn insert_veneers<A: RelocArch>(graph: &mut LinkGraph, far: &[Far], plt: Plt<'_>
             Some(&v) => v,
             None => {
                 // A stub's address when the call goes through the PLT.
-                let (to, to_addend) = match (plt.0.get(&target), plt.1) {
-                    (Some(&off), Some(pb)) => (local(graph, pb, off, 0), 0),
+                let (to, to_addend) = match (plt.0.get(target), plt.1) {
+                    (Some(off), Some(pb)) => (local(graph, pb, off, 0), 0),
                     _ => (target, addend),
                 };
                 let mut bytes = vec![0u8; template.size];
