@@ -218,16 +218,7 @@ fn an_aarch64_program_image_linked_against_an_aarch64_library_image_runs_under_q
     let (lib, prog) = (dir.join("liblua.kimg"), dir.join("prog.kimg"));
     let o = save(&lib, core);
     assert!(o.status.success(), "image save: {}", show(&o));
-    let _ = std::fs::remove_file(&prog);
-    let o = kiln()
-        .args(["image", "save", "-o"])
-        .arg(&prog)
-        .arg("--against")
-        .arg(&lib)
-        .arg(driver)
-        .output()
-        .expect("kiln runs");
-    assert!(o.status.success(), "image save --against: {}", show(&o));
+    common::images::save_against(&prog, &[&lib], std::slice::from_ref(driver));
     let info = kiln()
         .args(["image", "info"])
         .arg(&prog)

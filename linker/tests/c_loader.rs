@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
-use common::images::{assert_like_native, kiln, save, show};
+use common::images::{assert_like_native, kiln, save, save_against, show};
 use common::lua::build_lua;
 use common::programs::{CXX_SHAPES, CXX_SHAPES_MAIN};
 use common::*;
@@ -261,15 +261,7 @@ fn a_program_image_linked_against_a_library_image_runs_under_kiln_load() {
     let (driver, core) = objs.split_last().expect("objects");
     let (lib, prog) = (dir.join("liblua.kimg"), dir.join("prog.kimg"));
     save(&lib, core);
-    let o = kiln()
-        .args(["image", "save", "-o"])
-        .arg(&prog)
-        .arg("--against")
-        .arg(&lib)
-        .arg(driver)
-        .output()
-        .expect("kiln runs");
-    assert!(o.status.success(), "image save --against: {}", show(&o));
+    save_against(&prog, &[&lib], std::slice::from_ref(driver));
     let l = run_loader(&prog, &[]);
     assert_like_native(&l, &native_out, native_ret, "kiln-load prog.kimg");
     assert!(l.stderr.is_empty(), "kiln-load said\n{}", show(&l));

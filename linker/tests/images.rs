@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::images::{assert_like_native, info_of, kiln, show};
+use common::images::{assert_like_native, info_of, kiln, save_against, show};
 use common::lua::build_lua;
 use common::*;
 use kiln_linker::image_file::{self, BuildId, ImageError};
@@ -861,17 +861,6 @@ fn run_cache_misses_then_hits_replaces_damaged_entries_and_refuses_open_director
             show(&o)
         );
     }
-}
-
-/// `kiln image save -o OUT --against LIB... INPUTS`, asserting success.
-fn save_against(out: &Path, against: &[&Path], inputs: &[PathBuf]) {
-    let mut cmd = kiln();
-    cmd.args(["image", "save", "-o"]).arg(out);
-    for a in against {
-        cmd.arg("--against").arg(a);
-    }
-    let o = cmd.args(inputs).output().expect("kiln runs");
-    assert!(o.status.success(), "image save --against: {}", show(&o));
 }
 
 fn build_id_of(image: &Path) -> String {

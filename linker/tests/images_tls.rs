@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::images::{assert_like_native, info_of, kiln, save, show};
+use common::images::{assert_like_native, info_of, kiln, save, save_against, show};
 use common::*;
 use kiln_linker::image_file::{self, BuildId, ImageError};
 use kiln_linker::{HostSymbols, LinkOptions, Linker};
@@ -445,16 +445,7 @@ fn local_exec_images_linked_against_each_other_take_distinct_ranges() {
     let lib = dir.join("tlib.kimg");
     save(&lib, std::slice::from_ref(&lib_o));
     let prog = dir.join("tprog.kimg");
-    let _ = std::fs::remove_file(&prog);
-    let o = kiln()
-        .args(["image", "save", "-o"])
-        .arg(&prog)
-        .arg("--against")
-        .arg(&lib)
-        .arg(&prog_o)
-        .output()
-        .expect("kiln runs");
-    assert!(o.status.success(), "save against: {}", show(&o));
+    save_against(&prog, &[&lib], std::slice::from_ref(&prog_o));
     let (lib_bytes, prog_bytes) = (
         std::fs::read(&lib).expect("read"),
         std::fs::read(&prog).expect("read"),

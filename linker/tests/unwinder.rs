@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{compile_c_text, run_kiln, run_native, scratch};
 
@@ -28,13 +27,7 @@ fn assert_everywhere(dir: &Path, objs: &[PathBuf], cc_libs: &[&str], expected: &
         );
     }
     let image = dir.join("prog.kimg");
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["image", "save", "-o"])
-        .arg(&image)
-        .args(objs)
-        .output()
-        .expect("run kiln image save");
-    assert!(o.status.success(), "image save: {o:?}");
+    common::images::save(&image, objs);
     let (out, code, err) = run_kiln(false, &[image], &[], &[]);
     assert_eq!(
         (out.as_str(), code),

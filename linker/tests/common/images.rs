@@ -50,6 +50,18 @@ pub(crate) fn save(out: &Path, inputs: &[PathBuf]) {
     assert!(o.status.success(), "image save: {}", show(&o));
 }
 
+/// `kiln image save -o out --against LIB... inputs...`, which must succeed.
+pub(crate) fn save_against(out: &Path, against: &[&Path], inputs: &[PathBuf]) {
+    let _ = std::fs::remove_file(out);
+    let mut cmd = kiln();
+    cmd.args(["image", "save", "-o"]).arg(out);
+    for a in against {
+        cmd.arg("--against").arg(a);
+    }
+    let o = cmd.args(inputs).output().expect("kiln runs");
+    assert!(o.status.success(), "image save --against: {}", show(&o));
+}
+
 /// `kiln image info [--json] image`'s stdout; it must succeed.
 pub(crate) fn info_of(image: &Path, json: bool) -> String {
     let mut cmd = kiln();
