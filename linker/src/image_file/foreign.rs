@@ -27,22 +27,29 @@ impl ForeignImage {
     /// no other image — and reserves its memory span here.
     pub fn reserve(file_name: &str, file: &[u8]) -> Result<ForeignImage, ImageError> {
         let p = read::parse_described(file_name, file)?;
-        let refuse = |detail: &str| ImageError::Malformed {
-            name: file_name.into(),
-            detail: detail.into(),
-        };
         if p.header.machine == format::MACHINE {
-            return Err(refuse(
-                "an image of this process's ISA is loaded, not reserved",
-            ));
+            return Err(ImageError::Field {
+                name: file_name.into(),
+                field: "machine",
+                found: format!("{} (this process's ISA)", p.header.machine),
+                expected: "another ISA (an image of this one is loaded, not reserved)".into(),
+            });
         }
         if !p.deps.is_empty() {
-            return Err(refuse(
-                "an image of another ISA that links against other images cannot be linked against (only one level)",
-            ));
+            return Err(ImageError::Field {
+                name: file_name.into(),
+                field: "dependency count",
+                found: p.deps.len().to_string(),
+                expected: "0 (an image of another ISA is linked against one level deep)".into(),
+            });
         }
-        let len = usize::try_from(p.header.image_size)
-            .map_err(|_| refuse("image size beyond this process's address space"))?;
+        let too_big = || ImageError::Field {
+            name: file_name.into(),
+            field: "image size",
+            found: p.header.image_size.to_string(),
+            expected: "a span this process can reserve".into(),
+        };
+        let len = usize::try_from(p.header.image_size).map_err(|_| too_big())?;
         // SAFETY: a fresh anonymous, inaccessible, unreserved-swap mapping
         // chosen by the kernel; it overlaps nothing and is unmapped on drop.
         let at = unsafe {
@@ -56,7 +63,11 @@ impl ForeignImage {
             )
         };
         if at == libc::MAP_FAILED {
-            return Err(refuse("no address range for its memory span"));
+            return Err(ImageError::Io {
+                name: file_name.into(),
+                what: "reserve an address range for its memory span",
+                source: std::io::Error::last_os_error(),
+            });
         }
         let base = at as u64;
         let build_id = BuildId(p.header.build_id);
