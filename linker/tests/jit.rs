@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 
 mod common;
 
-use common::compile_c_text;
+use common::{compile_c_text, serial};
 use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
 use kiln_linker::jit::{Jit, JitError};
 
@@ -57,6 +57,7 @@ extern "C" fn host_six(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64) -> i64 {
 
 #[test]
 fn builder_links_objects_against_host_functions_and_libraries() {
+    let _serial = serial();
     let dir = scratch("basic");
     let jit = Jit::builder().threads(2).library("m").build().unwrap();
     jit.define_fn("host_add", host_add as extern "C" fn(i64, i64) -> i64)
@@ -87,6 +88,7 @@ fn builder_links_objects_against_host_functions_and_libraries() {
 
 #[test]
 fn without_host_symbols_objects_see_only_each_other_and_defined_functions() {
+    let _serial = serial();
     let dir = scratch("nohost");
     let bytes = object(
         &dir,
@@ -108,6 +110,7 @@ fn without_host_symbols_objects_see_only_each_other_and_defined_functions() {
 
 #[test]
 fn archives_are_pulled_on_demand_eager_and_lazy() {
+    let _serial = serial();
     assert!(common::need_tool("ar"));
     let dir = scratch("archive");
     let members: Vec<PathBuf> = [
@@ -151,6 +154,7 @@ fn archives_are_pulled_on_demand_eager_and_lazy() {
 
 #[test]
 fn several_threads_add_and_get_at_once() {
+    let _serial = serial();
     const THREADS: i64 = 8;
     let dir = scratch("threads");
     // f<t>(x) calls f<t+1> until x is 0: a cycle through every object.
@@ -193,6 +197,7 @@ extern "C" fn note_finalized() {
 
 #[test]
 fn removing_a_tracker_runs_finalizers_and_frees_its_code() {
+    let _serial = serial();
     let dir = scratch("remove");
     let bytes = object(
         &dir,
@@ -239,6 +244,7 @@ extern "C" fn replacement(x: i64) -> i64 {
 
 #[test]
 fn lazy_objects_link_on_first_call_and_entries_can_be_redirected() {
+    let _serial = serial();
     let dir = scratch("lazy");
     let bytes = object(
         &dir,
@@ -301,6 +307,7 @@ extern "C" fn note_ended() {
 
 #[test]
 fn handles_keep_the_code_alive_and_the_last_drop_ends_the_session() {
+    let _serial = serial();
     let dir = scratch("drop");
     let bytes = object(
         &dir,
@@ -344,6 +351,7 @@ extern "C" fn park_in_constructor() {
 /// Eager and lazy.
 #[test]
 fn no_thread_calls_code_whose_constructors_are_still_running() {
+    let _serial = serial();
     let dir = scratch("ctor-wait");
     let src = "void park_in_constructor(void);\n\
                static long ready;\n\
@@ -402,6 +410,7 @@ fn no_thread_calls_code_whose_constructors_are_still_running() {
 /// dispatch, queued behind it on the one thread (a hang).
 #[test]
 fn mutually_recursive_objects_link_with_the_in_place_dispatcher() {
+    let _serial = serial();
     let dir = scratch("in-place-cycle");
     let a = object(
         &dir,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::compile_c_text;
+use common::{compile_c_text, serial};
 
 use kiln_engine::*;
 use kiln_linker::HostSymbols;
@@ -96,6 +96,7 @@ fn add_even_and_odd(j: &Jit, app: &Dylib, dir: &Path) {
 
 #[test]
 fn mutually_recursive_objects_in_one_dylib() {
+    let _serial = serial();
     let dir = scratch("one");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -109,6 +110,7 @@ fn mutually_recursive_objects_in_one_dylib() {
 
 #[test]
 fn mutually_recursive_objects_across_two_dylibs() {
+    let _serial = serial();
     let dir = scratch("two");
     let j = jit();
     let a = j.session.create_dylib("a").unwrap();
@@ -131,6 +133,7 @@ fn mutually_recursive_objects_across_two_dylibs() {
 
 #[test]
 fn missing_symbols_are_listed_with_the_objects_that_use_them() {
+    let _serial = serial();
     let dir = scratch("missing");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -148,6 +151,7 @@ fn missing_symbols_are_listed_with_the_objects_that_use_them() {
 
 #[test]
 fn a_link_error_stays_typed_in_the_lookup_error() {
+    let _serial = serial();
     let dir = scratch("typed");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -171,6 +175,7 @@ fn a_link_error_stays_typed_in_the_lookup_error() {
 
 #[test]
 fn a_failing_object_fails_its_callers_with_the_root_cause() {
+    let _serial = serial();
     let dir = scratch("fail");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -188,6 +193,7 @@ fn a_failing_object_fails_its_callers_with_the_root_cause() {
 
 #[test]
 fn removing_the_tracker_releases_the_image() {
+    let _serial = serial();
     let dir = scratch("remove");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -223,6 +229,7 @@ fn removing_the_tracker_releases_the_image() {
 
 #[test]
 fn duplicate_definitions_across_objects_are_all_listed() {
+    let _serial = serial();
     let dir = scratch("dups");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -264,6 +271,7 @@ fn early_jit() -> Jit {
 
 #[test]
 fn images_prepared_early_link_like_the_others() {
+    let _serial = serial();
     let dir = scratch("early");
     let j = early_jit();
     let app = j.dylib("app", &[]);
@@ -284,6 +292,7 @@ fn images_prepared_early_link_like_the_others() {
 
 #[test]
 fn an_image_prepared_early_reports_its_errors_when_linked() {
+    let _serial = serial();
     let dir = scratch("early-dup");
     let j = early_jit();
     let app = j.dylib("app", &[]);
@@ -326,6 +335,7 @@ const BUMP: &str = "extern const unsigned char table[8];\nextern int counter;\n\
 /// below 2 GiB, although its own code would not need it (issue 8 §2.3).
 #[test]
 fn non_pie_code_reaches_data_of_another_image() {
+    let _serial = serial();
     let dir = scratch("non-pie");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -346,6 +356,7 @@ fn non_pie_code_reaches_data_of_another_image() {
 /// never reads or writes something else at the truncated address.
 #[test]
 fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
+    let _serial = serial();
     let dir = scratch("non-pie-far");
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -381,6 +392,7 @@ fn non_pie_code_out_of_reach_of_data_is_a_named_error() {
 /// would fail the link.
 #[test]
 fn archive_members_are_pulled_when_first_needed_eager_and_lazy() {
+    let _serial = serial();
     use kiln_linker::archive::Archive;
     use kiln_linker::layer::ArchiveGenerator;
     for lazy in [false, true] {
@@ -477,6 +489,7 @@ static CONSTRUCTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32:
 
 #[test]
 fn removing_code_whose_initializers_never_ran_drops_them_and_its_memory() {
+    let _serial = serial();
     let dir = scratch("pending-init");
     let j = jit();
     // The constructor counts its runs in the test's own static, defined as
@@ -515,6 +528,7 @@ fn removing_code_whose_initializers_never_ran_drops_them_and_its_memory() {
 
 #[test]
 fn removing_lazily_added_code_drops_its_startup_symbols() {
+    let _serial = serial();
     let dir = scratch("startup");
     let j = jit();
     let manager = kiln_linker::lazy::lazy_reexports_manager(&j.session).unwrap();
@@ -559,6 +573,7 @@ fn removing_lazily_added_code_drops_its_startup_symbols() {
 /// its body's address instead.
 #[test]
 fn a_lazily_linked_function_has_one_address_for_the_host_and_every_object() {
+    let _serial = serial();
     let dir = scratch("fnptr-host");
     let lib = compile(
         &dir,

@@ -1,5 +1,7 @@
 //! Lazy compilation, hot swap and freeing, under concurrency; errors that
-//! cranelift-jit would panic on.
+//! cranelift-jit would panic on. The tests run one at a time
+//! ([`common::serial`]): two of them check that freed code is unmapped,
+//! which another test's allocation could map again meanwhile.
 
 mod common;
 
@@ -25,6 +27,7 @@ unsafe fn as_fn(ptr: *const u8) -> I64Fn {
 
 #[test]
 fn a_lazy_function_compiles_once_for_64_first_callers() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let helper = define_affine(&mut module, "helper", 1, 1000);
     let compiles = Arc::new(AtomicUsize::new(0));
@@ -79,6 +82,7 @@ fn a_lazy_function_compiles_once_for_64_first_callers() {
 
 #[test]
 fn eager_code_calls_a_lazy_function_that_calls_it_back() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let sig = sig_i64(&module);
     let config = module.target_config();
@@ -149,6 +153,7 @@ fn parity_body(
 
 #[test]
 fn hot_swap_while_eight_threads_call() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let sig = sig_i64(&module);
     let config = module.target_config();
@@ -237,6 +242,7 @@ fn hot_swap_while_eight_threads_call() {
 
 #[test]
 fn only_lazy_functions_can_be_replaced() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let id = define_affine(&mut module, "eager", 1, 0);
     module.finalize_definitions().unwrap();
@@ -255,6 +261,7 @@ fn only_lazy_functions_can_be_replaced() {
 
 #[test]
 fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let keep = define_affine(&mut module, "keep", 1, 1);
     let group = module.new_group().unwrap();
@@ -332,6 +339,7 @@ fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
 
 #[test]
 fn groups_made_and_freed_while_other_threads_call() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let keep = define_affine(&mut module, "stay", 3, 1);
     module.finalize_definitions().unwrap();
@@ -370,6 +378,7 @@ fn groups_made_and_freed_while_other_threads_call() {
 
 #[test]
 fn many_threads_define_at_once() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let sig = sig_i64(&module);
     let config = module.target_config();
@@ -433,6 +442,7 @@ fn many_threads_define_at_once() {
 
 #[test]
 fn a_missing_import_is_an_error_naming_it() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let sig = sig_i64(&module);
     let missing = module
@@ -466,6 +476,7 @@ fn a_missing_import_is_an_error_naming_it() {
 
 #[test]
 fn a_failing_lazy_callback_fails_only_that_function() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let sig = sig_i64(&module);
     let bad = module
@@ -499,6 +510,7 @@ fn a_failing_lazy_callback_fails_only_that_function() {
 
 #[test]
 fn lazy_bodies_and_replacements_link_as_pic_code() {
+    let _serial = common::serial();
     let mut module = common::kiln(true);
     let helper = define_affine(&mut module, "pic_helper", 2, 1);
     let sig = sig_i64(&module);
@@ -559,6 +571,7 @@ fn define_from_bytes(module: &mut KilnModule, id: cranelift_module::FuncId, func
 /// code and leaves the rest — which its code called — mapped and callable.
 #[test]
 fn freeing_a_group_releases_code_defined_from_bytes() {
+    let _serial = common::serial();
     let mut module = common::kiln(false);
     let sig = sig_i64(&module);
     let config = module.target_config();

@@ -19,6 +19,42 @@ pub(crate) mod sqlite_zstd;
 /// Serializes tests that redirect file descriptor 1.
 pub(crate) static STDOUT_LOCK: Mutex<()> = Mutex::new(());
 
+/// Serializes the tests of a test binary in which one checks that released
+/// memory is unmapped: another test's allocation could map the released
+/// range again meanwhile. Every test of such a binary holds it.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether to run the test `name` here: `true` in a process of its own
+/// (this test binary again, only that test, one thread); `false` in the
+/// harness's process, after running it so and asserting it passed. For a
+/// test that checks released memory is unmapped, in a binary whose other
+/// tests may allocate meanwhile: `if !in_own_process("name") { return; }`.
+pub(crate) fn in_own_process(name: &str) -> bool {
+    const ALONE: &str = "KILN_TEST_IN_OWN_PROCESS";
+    if std::env::var(ALONE).as_deref() == Ok(name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let o = Command::new(exe)
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(ALONE, name)
+        .output()
+        .expect("run the test in a process of its own");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("1 passed"),
+        "{name}, in a process of its own: {:?}\nstdout:\n{out}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    false
+}
+
 /// Scratch directory for objects and executables.
 pub(crate) fn scratch(sub: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -93,6 +93,16 @@ pub(crate) fn define_affine(module: &mut impl Module, name: &str, k: i64, c: i64
 }
 
 /// Whether `addr` lies in an executable mapping of this process.
+/// Serializes the tests of one test binary that check whether memory was
+/// unmapped ([`mapped_executable`] after a free): a concurrent test's code
+/// allocation may take the freed range over at any moment, so every test of
+/// such a binary holds this while it runs.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub(crate) fn mapped_executable(addr: u64) -> bool {
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
     maps.lines().any(|l| {
