@@ -301,7 +301,7 @@ impl Against {
             match ImageFile::open(path) {
                 Ok(file) => files.push(file),
                 // Not loadable here: an image of another ISA, or an error.
-                Err(e) => foreign.push(Self::foreign(path).ok_or_else(|| e.to_string())?),
+                Err(e) => foreign.push(Self::foreign(path, e)?),
             }
         }
         let mut me = Against {
@@ -324,10 +324,22 @@ impl Against {
         Ok(me)
     }
 
-    /// The image of another ISA at `path`, reserved; `None` if it is not one.
-    fn foreign(path: &std::path::Path) -> Option<image_file::ForeignImage> {
-        let bytes = std::fs::read(path).ok()?;
-        image_file::ForeignImage::reserve(&path.display().to_string(), &bytes).ok()
+    /// The image of another ISA at `path`, reserved; for an image of this
+    /// ISA, `opening` (why it could not be opened).
+    fn foreign(
+        path: &std::path::Path,
+        opening: image_file::ImageError,
+    ) -> Result<image_file::ForeignImage, String> {
+        let Ok(bytes) = std::fs::read(path) else {
+            return Err(opening.to_string());
+        };
+        match image_file::ForeignImage::reserve(&path.display().to_string(), &bytes) {
+            Ok(image) => Ok(image),
+            Err(image_file::ImageError::Field {
+                field: "machine", ..
+            }) => Err(opening.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn resolve(&self, names: &[&str], host: &HostSymbols, allow: bool) -> Vec<Option<u64>> {
