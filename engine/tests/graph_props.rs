@@ -635,9 +635,19 @@ fn petgraph_ready_steps(
             }
         }
     }
-    // Tarjan lists the SCCs dependencies first.
+    // Tarjan lists the SCCs dependencies first. petgraph's recurses once a
+    // node on the depth-first path: on a thread with room for the deepest
+    // shape (a test thread's 2 MiB is not, in a debug build).
+    let sccs = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn_scoped(s, || petgraph::algo::tarjan_scc(&g))
+            .expect("spawn the oracle's thread")
+            .join()
+            .expect("the oracle's thread")
+    });
     let mut done: Vec<Option<usize>> = vec![None; g.node_count()];
-    for scc in petgraph::algo::tarjan_scc(&g) {
+    for scc in sccs {
         let mut t = scc.iter().map(|&v| g[v]).max().unwrap_or(0);
         for &v in &scc {
             for w in g.neighbors(v) {
@@ -678,6 +688,31 @@ proptest! {
         for i in 0..n {
             prop_assert_eq!(got[i], Some(expected[i]), "symbol {}", i);
         }
+    }
+}
+
+/// A chain as deep as the link shapes get (4,000 symbols each calling the
+/// next, two units, emitted in reverse): the oracle's depth-first search
+/// (petgraph's `tarjan_scc` recurses once a node) must not overflow a test
+/// thread's stack, as it once did in CI on a random shape.
+#[test]
+fn the_oracle_takes_the_deepest_chain_a_shape_can_have() {
+    let n = 4_000;
+    let calls: Vec<Vec<NodeId>> = (0..n)
+        .map(|i| {
+            if i + 1 < n {
+                vec![(i + 1) as NodeId]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let per = n / 2;
+    let order = [1, 0];
+    let got = ready_steps(n, per, &calls, &order, true, 1).expect("the graph's own steps");
+    let expected = petgraph_ready_steps(n, per, &calls, &order, true, 1);
+    for i in 0..n {
+        assert_eq!(got[i], Some(expected[i]), "symbol {i}");
     }
 }
 
