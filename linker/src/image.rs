@@ -262,6 +262,8 @@ pub struct LinkedImage {
     /// Its entry in the image registry (build id by address range), once
     /// it was loaded from or saved as an image file.
     registration: std::sync::OnceLock<crate::image_file::registry::Registration>,
+    /// Its entries as a piece of images saved from many links (one a save).
+    piece_of: std::sync::Mutex<Vec<crate::image_file::registry::Registration>>,
 }
 
 /// A linked image's global symbols: a hash map for a link; for an image
@@ -470,6 +472,7 @@ impl LinkedImage {
             alloc: Some(f.alloc),
             imaging: f.imaging,
             registration: std::sync::OnceLock::new(),
+            piece_of: std::sync::Mutex::default(),
         };
         if run_init {
             image.run_initializers();
@@ -596,6 +599,15 @@ impl LinkedImage {
         self.registration.get_or_init(make);
     }
 
+    /// Files the image in the image registry as a piece of an image saved
+    /// from many links (kept as long as the image is).
+    pub(crate) fn register_piece(&self, r: crate::image_file::registry::Registration) {
+        self.piece_of
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(r);
+    }
+
     /// Takes the image's TLS module out, unless its initializers ran (for
     /// giving its static range back: see `save_image_and_release`).
     pub(crate) fn take_uninitialized_tls(&mut self) -> Option<runtime::tls::TlsModule> {
@@ -630,6 +642,10 @@ impl Drop for LinkedImage {
     fn drop(&mut self) {
         // Nobody binds to the image once its teardown starts.
         drop(self.registration.take());
+        self.piece_of
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         if let Some(mut p) = self.platform.take() {
             // Always: code may have run (and registered atexit handlers)
             // without the initializers; the runtime skips the finalizer

@@ -891,6 +891,14 @@ impl ObjectLayer {
                         dylib: i.dylib.clone(),
                         base: i.image.memory_range().0,
                         record: i.image.imaging_record().cloned(),
+                        register: {
+                            let cell = cell.clone();
+                            Box::new(move |r| {
+                                if let Ok(i) = cell.lock() {
+                                    i.image.register_piece(r);
+                                }
+                            })
+                        },
                     },
                 ))
             })

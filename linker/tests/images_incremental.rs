@@ -624,6 +624,91 @@ fn an_image_file_in_the_dylib_is_a_dependency_of_the_saved_image_not_a_piece() {
     session.end();
 }
 
+/// A library saved from two links (its data, then its code) in this
+/// session is what a program linked later in the same session links
+/// against: the program's image records its references into the library
+/// by (the library's build id, offset), as into a library saved from one
+/// link, and the two images run together in another session.
+#[test]
+fn a_program_linked_after_a_many_link_save_records_its_references_by_build_id() {
+    assert!(need_tool("gcc"), "gcc is needed");
+    let dir = scratch("images-incremental-pieces-registered");
+    let flags = ["-O2", "-fPIC"];
+    let data = compile_c_text(&dir, "adata", "int table[4] = {1, 2, 3, 4};\n", &flags);
+    let code = compile_c_text(
+        &dir,
+        "acode",
+        "extern int table[];\nint a_val(void) { return 20 + table[0] - 1; }\n",
+        &flags,
+    );
+    let useb = compile_c_text(
+        &dir,
+        "useb",
+        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
+         int use_a(void) { return a_val() + *third + table[1]; }\n",
+        &flags,
+    );
+    let read = |p: &Path| std::fs::read(p).expect("read object");
+    let (session, layer, lib) = session_with("liba", &[], options(true));
+    layer
+        .add_object(&lib, None, "adata.o", &read(&data))
+        .expect("adds");
+    lib.lookup_ready(&["table"]).expect("links the data");
+    layer
+        .add_object(&lib, None, "acode.o", &read(&code))
+        .expect("adds");
+    lib.lookup_ready(&["a_val"]).expect("links the code");
+    let a_given = BuildId::of_inputs(
+        &options(true),
+        [("adata.o", &read(&data)[..]), ("acode.o", &read(&code)[..])],
+    );
+    let a_bytes = layer.save_image(&lib, &a_given).expect("saves A");
+    let a_id = image_file::inspect("liba", &a_bytes).expect("A").build_id;
+
+    // The program, linked in the same session against the library.
+    let app = session.create_dylib("app").expect("dylib");
+    app.set_link_order(&[(lib.clone(), DylibLookup::ExportedOnly)])
+        .expect("order");
+    layer
+        .add_object(&app, None, "useb.o", &read(&useb))
+        .expect("adds");
+    app.lookup_ready(&["use_a"]).expect("links");
+    let b_id = BuildId::of_inputs(&options(true), [("useb.o", &read(&useb)[..])]);
+    let b_bytes = layer.save_image(&app, &b_id).expect("saves the program");
+    session.end();
+    let info = image_file::inspect("b", &b_bytes).expect("B");
+    assert_eq!(
+        info.dependencies
+            .iter()
+            .map(|d| d.build_id)
+            .collect::<Vec<_>>(),
+        [a_id],
+        "B links against A by build id"
+    );
+    assert_eq!(
+        info.dependency_imports, 3,
+        "a_val's slot, table's slot, the pointer"
+    );
+
+    // Another session: both images, bound by build id.
+    let (session, layer, app) = session_with("app2", &[], options(false));
+    // SAFETY: the test's own images, saved above.
+    unsafe {
+        layer
+            .add_image(&app, None, "liba.kimg", a_bytes)
+            .expect("adds A");
+        layer
+            .add_image(&app, None, "b.kimg", b_bytes)
+            .expect("adds B");
+    }
+    let found = app.lookup_ready(&["use_a"]).expect("binds");
+    let f = found.get_str("use_a").expect("use_a").address as usize;
+    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f) };
+    assert_eq!(use_a(), 25);
+    session.end();
+}
+
 #[test]
 fn a_link_with_thread_locals_is_not_saved_with_other_links() {
     if !need_tool("gcc") {

@@ -36,6 +36,9 @@ pub(crate) struct Piece {
     pub(crate) base: u64,
     /// What saving it needs (`None`: not linked in imaging mode).
     pub(crate) record: Option<ImagingRecord>,
+    /// Files the link in the image registry as a piece of the saved image
+    /// (held with the link, dropped when it is).
+    pub(crate) register: Box<dyn Fn(super::registry::Registration) + Send + Sync>,
 }
 
 impl ObjectLayer {
@@ -59,10 +62,12 @@ impl ObjectLayer {
     /// Fails with [`ImageError::NotImaging`] unless the layer links in
     /// imaging mode ([`ObjectLayer::with_options`] with
     /// [`crate::LinkOptions::imaging`]), and with [`ImageError::Empty`] when
-    /// nothing was linked into `dylib`. Unlike a one-link image, the saved
-    /// image does not join the [registry](super::registry) (its code is not
-    /// one range in this process): images linked later in this process
-    /// reach it by name; load the file to link against it by build id.
+    /// nothing was linked into `dylib`. The saved image joins the
+    /// [registry](super::registry) piece by piece (each link's range
+    /// answers with the image's offsets), so images linked later in this
+    /// process record references into it by (build id, offset); as it is
+    /// not one range here, loading an image that depends on it needs its
+    /// file loaded.
     pub fn save_image(&self, dylib: &Dylib, build_id: &BuildId) -> Result<Vec<u8>, ImageError> {
         let pieces = self.pieces(Some(dylib.name()), None);
         save(
@@ -103,7 +108,20 @@ fn save(
     let mut deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
     deps.extend(record.host_table.as_ref().map(|t| t.0));
     let id = layout_id(build_id, &layout).with_dependencies(&deps);
-    super::write::write(name, &record, &id)
+    let bytes = super::write::write(name, &record, &id)?;
+    // Images linked later in this process record references into it by
+    // (build id, offset), as into an image saved from one link.
+    let image_size = record.memory.len() as u64;
+    for (p, &(start, len)) in pieces.iter().zip(&layout) {
+        (p.register)(super::registry::Registration::new_piece(
+            p.base,
+            len,
+            (start, image_size),
+            id,
+            name,
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `build_id` combined with where the pieces are (start, length): the

@@ -35,6 +35,10 @@ struct Entry {
     build_id: BuildId,
     name: Arc<str>,
     token: u64,
+    /// Where this range starts in its image (non-zero for the later pieces
+    /// of an image saved from many links), and the image's whole span.
+    image_offset: u64,
+    image_size: u64,
 }
 
 #[derive(Default)]
@@ -51,8 +55,8 @@ static TOKENS: AtomicU64 = AtomicU64::new(1);
 fn answer(start: u64, e: &Entry) -> RegisteredImage {
     RegisteredImage {
         build_id: e.build_id,
-        base: start,
-        size: e.end - start,
+        base: start.wrapping_sub(e.image_offset),
+        size: e.image_size,
         name: e.name.to_string(),
     }
 }
@@ -69,6 +73,36 @@ impl Registration {
     /// `name`. A range overlapping a live entry replaces it (the memory was
     /// released and reused; the old owner's drop then finds nothing).
     pub(crate) fn new(start: u64, size: u64, build_id: BuildId, name: &str) -> Registration {
+        Self::insert(start, size, (0, size, true), build_id, name)
+    }
+
+    /// Registers `[start, start + len)` as the piece at `image_offset` of
+    /// the image `build_id` (`image_size` bytes), saved from many links:
+    /// [`image_at`] answers for it with the image's offsets; [`find`] does
+    /// not (the image is not one range here).
+    pub(crate) fn new_piece(
+        start: u64,
+        len: u64,
+        (image_offset, image_size): (u64, u64),
+        build_id: BuildId,
+        name: &str,
+    ) -> Registration {
+        Self::insert(
+            start,
+            len,
+            (image_offset, image_size, false),
+            build_id,
+            name,
+        )
+    }
+
+    fn insert(
+        start: u64,
+        size: u64,
+        (image_offset, image_size, whole): (u64, u64, bool),
+        build_id: BuildId,
+        name: &str,
+    ) -> Registration {
         let token = TOKENS.fetch_add(1, Ordering::Relaxed);
         let end = start.saturating_add(size.max(1));
         let mut guard = REGISTRY.write().unwrap_or_else(PoisonError::into_inner);
@@ -90,9 +124,15 @@ impl Registration {
                 build_id,
                 name: Arc::from(name),
                 token,
+                image_offset,
+                image_size,
             },
         );
-        r.by_id.entry(build_id).or_default().push(start);
+        // Only a range holding the whole image is found by build id: a
+        // piece alone cannot place the image's other offsets.
+        if whole {
+            r.by_id.entry(build_id).or_default().push(start);
+        }
         Registration { start, token }
     }
 }
@@ -176,5 +216,20 @@ mod tests {
         assert!(image_at(base + 0x1000).is_some(), "the newer entry stays");
         drop(r2);
         assert_eq!(image_at(base + 0x1000), None);
+    }
+
+    #[test]
+    fn pieces_answer_with_their_images_offsets_and_are_not_found_by_id() {
+        let (one, two) = (0xffff_ffe0_0000_0000, 0xffff_ffd0_0000_0000);
+        let id = BuildId([0x3c; 32]);
+        let first = Registration::new_piece(one, 0x1000, (0, 0x3000), id, "pieces");
+        let second = Registration::new_piece(two, 0x2000, (0x1000, 0x3000), id, "pieces");
+        let at = |a| image_at(a).map(|i| (i.build_id, a - i.base, i.size));
+        assert_eq!(at(one + 0x10), Some((id, 0x10, 0x3000)));
+        assert_eq!(at(two + 0x10), Some((id, 0x1010, 0x3000)));
+        assert_eq!(image_at(two + 0x2000), None);
+        assert_eq!(find(&id), None, "no one range holds the image");
+        drop((first, second));
+        assert_eq!(image_at(two), None);
     }
 }
