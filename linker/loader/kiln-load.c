@@ -1178,7 +1178,10 @@ static void check_dependency(const struct dep *d, const struct image *found) {
 static struct image *load_image(const char *path, const struct dep *want) {
     struct image *dependent = cur;
     for (unsigned i = 0; want && i < nloaded; i++)
-        if (!memcmp(loaded[i]->f + HEADER_AT + 40, want->build_id, 32)) return loaded[i];
+        if (!memcmp(loaded[i]->f + HEADER_AT + 40, want->build_id, 32)) {
+            check_dependency(want, loaded[i]); /* loaded before, by build id: its size */
+            return loaded[i];
+        }
     if (want && access(path, R_OK)) {
         char id[65];
         hex(want->build_id, id);
@@ -1207,7 +1210,6 @@ static struct image *load_image(const char *path, const struct dep *want) {
     for (uint32_t i = 0; i < me->ndeps; i++) {
         struct dep *d = &me->deps[i];
         d->image = load_image(next_to(me->path, d->name), d);
-        check_dependency(d, d->image); /* one loaded before, by build id: its size */
     }
     /* Map, rebase, bind, protect, register. */
     map_image();

@@ -114,18 +114,7 @@ fn check_against_native(objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &s
 /// [`check_against_native`], linking the native build with `cc`.
 fn check_against_native_with(cc: &str, objs: &[PathBuf], flags: &[&str], args: &[&str], tag: &str) {
     let dir = scratch(&format!("aarch64-{tag}"));
-    let exe = dir.join("native");
-    let o = Command::new(cc)
-        .args(flags)
-        .args(objs)
-        .arg("-o")
-        .arg(&exe)
-        .args(["-lm", "-ldl"])
-        .output()
-        .expect("aarch64 gcc runs");
-    assert!(o.status.success(), "{tag}: native link: {}", show(&o));
-    let native = qemu(&exe, args);
-    assert!(!native.stdout.is_empty(), "{tag}: native printed nothing");
+    let native = native_run(cc, objs, flags, args, &dir, tag);
 
     let image = dir.join("prog.kimg");
     let o = save(&image, objs);
@@ -147,6 +136,31 @@ fn check_against_native_with(cc: &str, objs: &[PathBuf], flags: &[&str], args: &
     );
     assert_eq!(l.status.code(), native.status.code(), "{tag}: {}", show(&l));
     assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
+}
+
+/// Links `objs` natively with `cc flags` into `dir/native` and runs it
+/// under qemu with `args`; it must print something.
+fn native_run(
+    cc: &str,
+    objs: &[PathBuf],
+    flags: &[&str],
+    args: &[&str],
+    dir: &Path,
+    tag: &str,
+) -> Output {
+    let exe = dir.join("native");
+    let o = Command::new(cc)
+        .args(flags)
+        .args(objs)
+        .arg("-o")
+        .arg(&exe)
+        .args(["-lm", "-ldl"])
+        .output()
+        .expect("aarch64 gcc runs");
+    assert!(o.status.success(), "{tag}: native link: {}", show(&o));
+    let native = qemu(&exe, args);
+    assert!(!native.stdout.is_empty(), "{tag}: native printed nothing");
+    native
 }
 
 /// clang's flags for aarch64 objects.
@@ -202,18 +216,7 @@ fn an_aarch64_program_image_linked_against_an_aarch64_library_image_runs_under_q
     let flags = ["-O2", "-fPIE"];
     let objs = build_lua(CC, &flags, "aarch64-lua-two-level");
     let dir = scratch("aarch64-lua-two-level");
-    let exe = dir.join("native");
-    let o = Command::new(CC)
-        .args(flags)
-        .args(&objs)
-        .arg("-o")
-        .arg(&exe)
-        .args(["-lm", "-ldl"])
-        .output()
-        .expect("aarch64 gcc runs");
-    assert!(o.status.success(), "native link: {}", show(&o));
-    let native = qemu(&exe, &[]);
-    assert!(!native.stdout.is_empty(), "native printed nothing");
+    let native = native_run(CC, &objs, &flags, &[], &dir, "lua-two-level");
     let (driver, core) = objs.split_last().expect("objects");
     let (lib, prog) = (dir.join("liblua.kimg"), dir.join("prog.kimg"));
     let o = save(&lib, core);

@@ -564,13 +564,7 @@ fn an_image_file_in_the_dylib_is_a_dependency_of_the_saved_image_not_a_piece() {
         "int table[4] = {1, 2, 3, 4};\nint a_val(void) { return 20; }\n",
         &flags,
     );
-    let useb = compile_c_text(
-        &dir,
-        "useb",
-        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
-         int use_a(void) { return a_val() + *third + table[1]; }\n",
-        &flags,
-    );
+    let useb = compile_c_text(&dir, "useb", USE_A, &flags);
     let read = |p: &Path| std::fs::read(p).expect("read object");
     // A, saved as an image of its own.
     let (session, layer, lib) = session_with("liba", &[], options(true));
@@ -606,22 +600,7 @@ fn an_image_file_in_the_dylib_is_a_dependency_of_the_saved_image_not_a_piece() {
     assert_eq!(exported, ["third", "use_a"], "A's code is not in B");
 
     // Another session: A's image and B's, bound by build id.
-    let (session, layer, app) = session_with("app2", &[], options(false));
-    // SAFETY: the test's own images, saved above.
-    unsafe {
-        layer
-            .add_image(&app, None, "liba.kimg", a_bytes)
-            .expect("adds A");
-        layer
-            .add_image(&app, None, "b.kimg", b_bytes)
-            .expect("adds B");
-    }
-    let found = app.lookup_ready(&["use_a"]).expect("binds");
-    let f = found.get_str("use_a").expect("use_a").address as usize;
-    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
-    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f) };
-    assert_eq!(use_a(), 25);
-    session.end();
+    assert_eq!(use_a_from_images(a_bytes, b_bytes), 25);
 }
 
 /// A library saved from two links (its data, then its code) in this
@@ -641,13 +620,7 @@ fn a_program_linked_after_a_many_link_save_records_its_references_by_build_id() 
         "extern int table[];\nint a_val(void) { return 20 + table[0] - 1; }\n",
         &flags,
     );
-    let useb = compile_c_text(
-        &dir,
-        "useb",
-        "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
-         int use_a(void) { return a_val() + *third + table[1]; }\n",
-        &flags,
-    );
+    let useb = compile_c_text(&dir, "useb", USE_A, &flags);
     let read = |p: &Path| std::fs::read(p).expect("read object");
     let (session, layer, lib) = session_with("liba", &[], options(true));
     layer
@@ -691,8 +664,18 @@ fn a_program_linked_after_a_many_link_save_records_its_references_by_build_id() 
     );
 
     // Another session: both images, bound by build id.
+    assert_eq!(use_a_from_images(a_bytes, b_bytes), 25);
+}
+
+/// A program calling a library's function and reading its data (`USE_A`).
+const USE_A: &str = "extern int table[];\nint a_val(void);\nint *third = &table[2];\n\
+                     int use_a(void) { return a_val() + *third + table[1]; }\n";
+
+/// `use_a()` of image B (`USE_A`), added with the library image A it links
+/// against by build id to a fresh session.
+fn use_a_from_images(a_bytes: Vec<u8>, b_bytes: Vec<u8>) -> i32 {
     let (session, layer, app) = session_with("app2", &[], options(false));
-    // SAFETY: the test's own images, saved above.
+    // SAFETY: the test's own images, saved by the caller.
     unsafe {
         layer
             .add_image(&app, None, "liba.kimg", a_bytes)
@@ -705,8 +688,9 @@ fn a_program_linked_after_a_many_link_save_records_its_references_by_build_id() 
     let f = found.get_str("use_a").expect("use_a").address as usize;
     // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
     let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f) };
-    assert_eq!(use_a(), 25);
+    let value = use_a();
     session.end();
+    value
 }
 
 #[test]

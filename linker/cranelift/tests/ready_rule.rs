@@ -14,7 +14,7 @@ use kiln_engine::{
     SymbolState,
 };
 
-use common::{function, program, sig_i64};
+use common::{define_affine, function, program, sig_i64};
 
 type I64Fn = extern "C" fn(i64) -> i64;
 
@@ -130,22 +130,7 @@ fn a_name_defined_elsewhere_in_app_is_refused_naming_it() {
     let taken = module.jit().session().intern("taken");
     let def = SymbolDef::new(program::host_mix as *const u8 as u64, SymbolFlags::EXPORTED);
     module.jit().app().define_absolute([(taken, def)]).unwrap();
-    let sig = sig_i64(&module);
-    let id = module
-        .declare_function("taken", Linkage::Export, &sig)
-        .unwrap();
-    let config = module.target_config();
-    let func = function(
-        config,
-        sig,
-        id,
-        &[],
-        |_, _| unreachable!(),
-        |b, x, _| b.ins().iadd_imm_s(x, 2),
-    );
-    module
-        .define_function(id, &mut cranelift_codegen::Context::for_function(func))
-        .unwrap();
+    let id = define_affine(&mut module, "taken", 1, 2);
     let err = module.finalize_definitions().unwrap_err();
     assert!(err.to_string().contains("taken"), "{err}");
     assert!(module.try_get_finalized_function(id).is_err());

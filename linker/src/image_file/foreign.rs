@@ -15,7 +15,6 @@ use super::{BuildId, ImageError, format, read};
 pub struct ForeignImage {
     base: u64,
     len: usize,
-    build_id: BuildId,
     exports: HashMap<String, u64>,
     /// Dropped before the range is given back.
     registration: Option<Registration>,
@@ -70,18 +69,21 @@ impl ForeignImage {
             });
         }
         let base = at as u64;
-        let build_id = BuildId(p.header.build_id);
         let exports = p
             .exports
             .iter()
             .filter(|e| e.flags & format::EXPORT_EXPORTED != 0)
             .map(|e| (e.name.to_string(), base + e.offset))
             .collect();
-        let registration = Registration::new(base, p.header.image_size, build_id, file_name);
+        let registration = Registration::new(
+            base,
+            p.header.image_size,
+            BuildId(p.header.build_id),
+            file_name,
+        );
         Ok(ForeignImage {
             base,
             len,
-            build_id,
             exports,
             registration: Some(registration),
         })
@@ -90,11 +92,6 @@ impl ForeignImage {
     /// The address `name` answers at, if the image exports it.
     pub fn symbol(&self, name: &str) -> Option<u64> {
         self.exports.get(name).copied()
-    }
-
-    /// Its build id.
-    pub fn build_id(&self) -> BuildId {
-        self.build_id
     }
 }
 
