@@ -235,6 +235,10 @@ pub(crate) fn overrides() -> Vec<(&'static str, usize)> {
 
 /// JIT'd code's `dlopen` when the unwinder is private: glibc's, then a
 /// look for libgcc_s (which the opened library may have brought).
+///
+/// # Safety
+/// As `dlopen(3)`'s: `file` is null or a NUL-terminated path, and the
+/// opened library's initializers run.
 unsafe extern "C" fn kiln_dlopen(file: *const c_char, mode: c_int) -> *mut c_void {
     // SAFETY: the caller's arguments, passed on unchanged.
     let handle = unsafe { libc::dlopen(file, mode) };
