@@ -147,6 +147,8 @@ impl Linker {
             hint += crate::elf::size_hint(data);
         }
         graph.reserve(hint.symbols, hint.blocks, hint.globals / 2);
+        // One slot per symbol, as the graph's (not regrown per object).
+        names.reserve(hint.symbols);
 
         // Objects parse in parallel and merge in order (small inputs on
         // this thread alone).
