@@ -147,6 +147,8 @@ impl Linker {
             hint += crate::elf::size_hint(data);
         }
         graph.reserve(hint.symbols, hint.blocks, hint.globals / 2);
+        // One slot per symbol, as the graph's (not regrown per object).
+        names.reserve(hint.symbols);
 
         // Objects parse in parallel and merge in order (small inputs on
         // this thread alone).
@@ -663,33 +665,69 @@ impl Drop for LinkedImage {
     }
 }
 
-/// Parses `items` on rayon's threads (fed by a helper thread) and merges
-/// each on this one as soon as it and every item before it are parsed:
-/// merging stays in order (COMDAT groups and duplicate checks depend on
-/// it). `parse` returns its item's index with the result.
+/// Parses `items` on rayon's threads and this one, and merges each on this
+/// one as soon as it and every item before it are parsed: merging stays in
+/// order (COMDAT groups and duplicate checks depend on it). `parse` returns
+/// its item's index with the result.
+///
+/// Every thread takes the next item in input order (a shared counter), so
+/// items finish nearly in order and the merge keeps pace with the parse.
+/// This thread merges what is ready and parses an item itself when the next
+/// one to merge is not ready yet, so the pool lends one thread fewer:
+/// as many threads as cores work, none waits. (Before, `par_iter` split the
+/// items in halves among the pool's threads and this thread only merged: on
+/// two cores three threads ran, and a merge that fell behind ran alone
+/// after the last parse.)
 fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
     items: &[I],
     parse: impl Fn((usize, &I)) -> (usize, T) + Sync + Send,
     mut merge: impl FnMut(T) -> Result<(), LinkError>,
 ) -> Result<(), LinkError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let claimed = AtomicUsize::new(0);
+    let claim = || {
+        let i = claimed.fetch_add(1, Ordering::Relaxed);
+        items.get(i).map(|item| (i, item))
+    };
+    let (parse, claim) = (&parse, &claim);
+    let helpers = rayon::current_num_threads()
+        .saturating_sub(1)
+        .clamp(1, items.len().max(1));
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel();
-        let parse = &parse;
         let feeder = scope.spawn(move || {
-            items.par_iter().enumerate().for_each_with(tx, |tx, item| {
-                // The receiver only goes away on an error.
-                let _ = tx.send(parse(item));
+            (0..helpers).into_par_iter().for_each_with(tx, |tx, _| {
+                while let Some(item) = claim() {
+                    // The receiver only goes away on an error.
+                    if tx.send(parse(item)).is_err() {
+                        break;
+                    }
+                }
             });
         });
         let mut waiting: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
-        let mut next = 0;
+        let mut merged = 0;
         let result = (|| {
-            for (i, parsed) in rx.iter() {
-                waiting[i] = Some(parsed);
-                while let Some(parsed) = waiting.get_mut(next).and_then(Option::take) {
-                    merge(parsed)?;
-                    next += 1;
+            while merged < items.len() {
+                for (i, parsed) in rx.try_iter() {
+                    waiting[i] = Some(parsed);
                 }
+                if let Some(parsed) = waiting[merged].take() {
+                    merge(parsed)?;
+                    merged += 1;
+                    continue;
+                }
+                // The next to merge is still being parsed: parse another
+                // here meanwhile, or wait when none is left.
+                let (i, parsed) = match claim() {
+                    Some(item) => parse(item),
+                    None => match rx.recv() {
+                        Ok(parsed) => parsed,
+                        // Only a parsing thread's panic (resumed below).
+                        Err(_) => break,
+                    },
+                };
+                waiting[i] = Some(parsed);
             }
             Ok(())
         })();
@@ -698,6 +736,80 @@ fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
         if let Err(panic) = feeder.join() {
             std::panic::resume_unwind(panic);
         }
+        assert!(
+            result.is_err() || merged == items.len(),
+            "every item is parsed by a thread that returned"
+        );
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items parsed out of order on several threads (uneven work) are
+    /// merged in input order, each once.
+    #[test]
+    fn parallel_parse_merges_every_item_in_order() {
+        let items: Vec<u64> = (0..500).collect();
+        let mut merged = Vec::new();
+        parse_in_parallel_merge_in_order(
+            &items,
+            |(i, &n)| {
+                // Uneven parse times: later items often finish first.
+                std::hint::black_box(spin((n * 7919) % 97 * 200));
+                (i, n)
+            },
+            |n| {
+                merged.push(n);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(merged, items);
+    }
+
+    /// Work for `n` steps.
+    fn spin(n: u64) -> u64 {
+        (0..n).fold(0, |a, b| std::hint::black_box(a ^ b))
+    }
+
+    /// A merge error stops the merging (nothing after it is merged) and is
+    /// returned; the parsing threads stop.
+    #[test]
+    fn parallel_parse_stops_at_the_first_merge_error() {
+        let items: Vec<usize> = (0..300).collect();
+        let mut merged = Vec::new();
+        let result = parse_in_parallel_merge_in_order(
+            &items,
+            |(i, &n)| (i, n),
+            |n| {
+                if n == 40 {
+                    return Err(LinkError::malformed("x.o", "bad"));
+                }
+                merged.push(n);
+                Ok(())
+            },
+        );
+        assert!(matches!(result, Err(LinkError::Malformed { .. })));
+        assert_eq!(merged, (0..40).collect::<Vec<_>>());
+    }
+
+    /// A panic while parsing goes on to the caller.
+    #[test]
+    fn parallel_parse_panics_reach_the_caller() {
+        let items: Vec<usize> = (0..64).collect();
+        let caught = std::panic::catch_unwind(|| {
+            parse_in_parallel_merge_in_order(
+                &items,
+                |(i, &n)| {
+                    assert!(n != 33, "parse bug");
+                    (i, n)
+                },
+                |_| Ok(()),
+            )
+        });
+        assert!(caught.is_err());
+    }
 }

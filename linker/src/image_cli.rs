@@ -16,14 +16,21 @@ type SaveInput = (String, InputBytes);
 
 /// Opens every input: objects and archives mapped when large (no copy into
 /// fresh heap pages: on the 200-object aarch64 synth input most of the
-/// process's page faults were `read`'s), small ones read.
+/// process's page faults were `read`'s), small ones read. Many inputs are
+/// opened on rayon's threads, as `kiln run` opens them
+/// ([`super::OPEN_IN_PARALLEL_FROM`]); the first that fails in input order
+/// is reported.
 fn open_save_inputs(args: &SaveArgs) -> Result<Vec<SaveInput>, String> {
-    let mut inputs = Vec::with_capacity(args.inputs.len());
-    for path in &args.inputs {
+    let open = |path: &std::path::PathBuf| {
         let bytes = read_save_input(path)?;
-        inputs.push((path.display().to_string(), InputBytes::new(bytes)));
+        Ok((path.display().to_string(), InputBytes::new(bytes)))
+    };
+    if args.inputs.len() < super::OPEN_IN_PARALLEL_FROM {
+        return args.inputs.iter().map(open).collect();
     }
-    Ok(inputs)
+    use rayon::prelude::*;
+    let opened: Vec<Result<SaveInput, String>> = args.inputs.par_iter().map(open).collect();
+    opened.into_iter().collect()
 }
 
 /// One input of `kiln image save`, in as few system calls as it takes

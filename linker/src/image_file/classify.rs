@@ -90,8 +90,15 @@ fn refuse(graph: &LinkGraph, block: &Block, e: &Edge, reason: &'static str) -> L
     }
 }
 
+/// Blocks [`check_graph`] checks as one piece (on rayon's threads when a
+/// graph has more than one piece).
+const CHECK_CHUNK_BLOCKS: usize = 4096;
+
 /// Refuses, before any memory is taken, every live fixup an image cannot
-/// express; the error names object, section, offset and relocation.
+/// express; the error names object, section, offset and relocation (the
+/// first such edge in block order). Large graphs are checked in pieces on
+/// rayon's threads (the link's thread is the only busy one here: 5.8 M
+/// instructions on the aarch64 synth input).
 pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
     // Absolute symbols are rare: without one, most edges are decided by
     // their kind alone, their symbol (a cache miss) never read.
@@ -99,9 +106,26 @@ pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
         .symbols
         .iter()
         .any(|s| matches!(s.def, SymbolDef::Absolute(_)));
+    let check = |blocks: &[Block]| check_blocks(graph, blocks, any_absolute);
+    if graph.blocks.len() <= CHECK_CHUNK_BLOCKS {
+        return check(&graph.blocks);
+    }
+    use rayon::prelude::*;
+    match graph
+        .blocks
+        .par_chunks(CHECK_CHUNK_BLOCKS)
+        .find_map_first(|chunk| check(chunk).err())
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// [`check_graph`] for `blocks`, some of `graph`'s.
+fn check_blocks(graph: &LinkGraph, blocks: &[Block], any_absolute: bool) -> Result<(), LinkError> {
     // Most edges are decided by their kind alone, looked up once a kind.
     let mut kinds = KindTable::new();
-    for block in graph.blocks.iter().filter(|b| b.live) {
+    for block in blocks.iter().filter(|b| b.live) {
         let section = &graph.sections[block.section.index()];
         for e in &block.edges {
             if !kinds.get(e.kind, |k| may_be_unexpressible(k, any_absolute)) {
@@ -1007,6 +1031,86 @@ fn init_fini_offsets(l: &Linked<'_>, len: u64) -> Vec<(String, Vec<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::{Content, Linkage, Symbol};
+
+    /// A graph of `n` live 16-byte blocks, each with one edge to a symbol
+    /// defined in block 0: `R_X86_64_PC32` (always expressible), or
+    /// `R_X86_64_32` (never: non-PIE code) in the blocks `bad` names.
+    fn graph_with_bad_edges(n: usize, bad: &[usize]) -> LinkGraph {
+        let mut g = LinkGraph::new();
+        g.set_isa(crate::isa::Isa::X86_64);
+        let obj = g.add_object("x.o");
+        let s = g.section(".text", Prot::ReadExec, SectionRole::Ordinary);
+        let sym = g.add_symbol(Symbol {
+            name: Some("f".into()),
+            def: SymbolDef::Defined {
+                block: crate::graph::BlockId(0),
+                offset: 0,
+            },
+            object: Some(obj),
+            size: 0,
+            scope: Scope::Default,
+            linkage: Linkage::Strong,
+            callable: true,
+            tls: false,
+            weak_ref: false,
+        });
+        let (pc32, abs32) = (
+            crate::isa::Isa::X86_64.edge(2).unwrap(),
+            crate::isa::Isa::X86_64.edge(10).unwrap(),
+        );
+        for i in 0..n {
+            g.add_block(Block {
+                section: s,
+                object: Some(obj),
+                input_section: ".text".into(),
+                input_offset: 16 * i as u64,
+                content: Content::Bytes(vec![0; 16]),
+                align: 16,
+                edges: vec![Edge {
+                    offset: 4,
+                    kind: if bad.contains(&i) { abs32 } else { pc32 },
+                    target: sym,
+                    addend: 0,
+                }],
+                fde: None,
+                live: true,
+                addr: 0,
+            });
+        }
+        g
+    }
+
+    /// Checked in pieces on several threads, a graph is refused for its
+    /// first unexpressible edge in block order, wherever the pieces end;
+    /// a graph without one passes.
+    #[test]
+    fn check_graph_refuses_the_first_bad_edge_in_block_order() {
+        let n = 5 * CHECK_CHUNK_BLOCKS + 7;
+        let last = n - 1;
+        for bad in [
+            vec![last],
+            vec![3 * CHECK_CHUNK_BLOCKS + 1, CHECK_CHUNK_BLOCKS + 5, last],
+            vec![2, 4 * CHECK_CHUNK_BLOCKS],
+        ] {
+            let g = graph_with_bad_edges(n, &bad);
+            let first = *bad.iter().min().unwrap();
+            match check_graph(&g) {
+                Err(LinkError::NotImageable { offset, reloc, .. }) => {
+                    assert_eq!(offset, 16 * first as u64 + 4, "bad edges at {bad:?}");
+                    assert_eq!(reloc, "R_X86_64_32");
+                }
+                other => panic!("bad edges at {bad:?}: {other:?}"),
+            }
+        }
+        assert!(check_graph(&graph_with_bad_edges(n, &[])).is_ok());
+        // A small graph, checked in one piece, the same way.
+        let g = graph_with_bad_edges(10, &[7, 3]);
+        assert!(matches!(
+            check_graph(&g),
+            Err(LinkError::NotImageable { offset: 52, .. })
+        ));
+    }
 
     /// Names sort as `str` does: equal 16-byte prefixes, a name that is
     /// another's prefix, bytes above 0x7f, empty names.
