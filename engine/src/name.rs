@@ -37,6 +37,12 @@ impl SymbolName {
         Arc::as_ptr(&self.0) as usize
     }
 
+    /// Whether `other` is this very interned string (equal names of one
+    /// session are).
+    pub(crate) fn same(&self, other: &SymbolName) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The hash of the name's text ([`hash_str`] of it), computed once.
     pub(crate) fn text_hash(&self) -> u64 {
         self.0.hash
