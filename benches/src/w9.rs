@@ -2,7 +2,7 @@
 //! Cranelift — cross-module calls, cycles (mutual recursion), data, function
 //! pointers in data, host calls (the generator of kiln-cranelift's tests,
 //! `linker/cranelift/tests/common/program.rs`) — made callable by one of
-//! three backends.
+//! four backends.
 //!
 //! Every function is compiled once, untimed (machine code + relocations).
 //! Timed, per rep, on a fresh JIT:
@@ -12,7 +12,9 @@
 //!   defined before, untimed);
 //! * `kiln` (the builder, `kiln_linker::jit::Jit`): adding the M objects
 //!   that cranelift-object emitted from the same code (untimed) and one
-//!   lookup of all N functions at Ready — until all N are callable.
+//!   lookup of all N functions at Ready — until all N are callable;
+//! * `kiln-one-image`: the same with the M objects given to one
+//!   `Jit::add_objects` call (linked together as one image).
 //!
 //! Then (untimed) a sample of the functions is called; the `checksum` key
 //! must be equal across backends for the same `--n`, `--modules`, `--seed`.
