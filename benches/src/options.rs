@@ -123,6 +123,9 @@ impl LazyApi {
 pub enum W9Backend {
     /// kiln through its builder (`kiln_linker::Jit`), given cranelift-object's objects.
     Kiln,
+    /// The builder given the same objects in one call (`Jit::add_objects`):
+    /// linked as one image.
+    KilnOneImage,
     /// kiln through `kiln-cranelift`'s `Module`.
     KilnCranelift,
     /// cranelift-jit's `JITModule` (the peer).
@@ -134,6 +137,7 @@ impl W9Backend {
     pub fn key(self) -> &'static str {
         match self {
             W9Backend::Kiln => "kiln",
+            W9Backend::KilnOneImage => "kiln-one-image",
             W9Backend::KilnCranelift => "kiln-cranelift",
             W9Backend::CraneliftJit => "cranelift-jit",
         }

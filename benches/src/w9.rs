@@ -2,7 +2,7 @@
 //! Cranelift — cross-module calls, cycles (mutual recursion), data, function
 //! pointers in data, host calls (the generator of kiln-cranelift's tests,
 //! `linker/cranelift/tests/common/program.rs`) — made callable by one of
-//! three backends.
+//! four backends.
 //!
 //! Every function is compiled once, untimed (machine code + relocations).
 //! Timed, per rep, on a fresh JIT:
@@ -12,7 +12,9 @@
 //!   defined before, untimed);
 //! * `kiln` (the builder, `kiln_linker::jit::Jit`): adding the M objects
 //!   that cranelift-object emitted from the same code (untimed) and one
-//!   lookup of all N functions at Ready — until all N are callable.
+//!   lookup of all N functions at Ready — until all N are callable;
+//! * `kiln-one-image`: the same with the M objects given to one
+//!   `Jit::add_objects` call (linked together as one image).
 //!
 //! Then (untimed) a sample of the functions is called; the `checksum` key
 //! must be equal across backends for the same `--n`, `--modules`, `--seed`.
@@ -155,7 +157,7 @@ impl W9 {
                 relocs,
             });
         }
-        let objects = if self.backend == W9Backend::Kiln {
+        let objects = if matches!(self.backend, W9Backend::Kiln | W9Backend::KilnOneImage) {
             (0..self.modules)
                 .map(|k| emit_object(&isa, &program, &code, k, self.modules))
                 .collect::<Result<_, _>>()?
@@ -207,12 +209,14 @@ impl W9 {
                 rep.phases.push(("teardown", teardown.elapsed()));
                 Ok((rep, sum))
             }
-            W9Backend::Kiln => self.kiln_rep(p),
+            W9Backend::Kiln => self.kiln_rep(p, false),
+            W9Backend::KilnOneImage => self.kiln_rep(p, true),
         }
     }
 
-    /// The builder: M objects added, all N looked up Ready.
-    fn kiln_rep(&self, p: &Prepared) -> Result<(Rep, i64), BenchError> {
+    /// The builder: M objects added (each with `add_object`, or all in one
+    /// `add_objects` call: `one_image`), all N looked up Ready.
+    fn kiln_rep(&self, p: &Prepared, one_image: bool) -> Result<(Rep, i64), BenchError> {
         let setup = Instant::now();
         let builder = kiln_linker::Jit::builder();
         let builder = match self.dispatcher.pool_threads() {
@@ -226,9 +230,20 @@ impl W9 {
         perf_control("enable");
         let counters = Counters::now();
         let (c0, start) = (cpu_seconds(), Instant::now());
-        for (k, object) in p.objects.iter().enumerate() {
-            jit.add_object_named(&format!("module{k}.o"), object)
-                .map_err(|e| engine("add_object", e))?;
+        if one_image {
+            let objects: Vec<(String, &[u8])> = p
+                .objects
+                .iter()
+                .enumerate()
+                .map(|(k, object)| (format!("module{k}.o"), object.as_slice()))
+                .collect();
+            jit.add_objects(&objects)
+                .map_err(|e| engine("add_objects", e))?;
+        } else {
+            for (k, object) in p.objects.iter().enumerate() {
+                jit.add_object_named(&format!("module{k}.o"), object)
+                    .map_err(|e| engine("add_object", e))?;
+            }
         }
         let session = jit.session();
         let names: Vec<_> = p
@@ -596,7 +611,7 @@ mod tests {
 
     use super::*;
 
-    /// The three backends make the same program callable and its calls
+    /// The four backends make the same program callable and its calls
     /// give the same checksum, rep after rep (each rep a fresh JIT), and
     /// each rep reports the timed part's page faults.
     #[test]
@@ -607,6 +622,7 @@ mod tests {
             W9Backend::CraneliftJit,
             W9Backend::KilnCranelift,
             W9Backend::Kiln,
+            W9Backend::KilnOneImage,
         ] {
             let w = W9 {
                 n: 300,

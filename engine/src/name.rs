@@ -4,7 +4,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use crate::sync::{Arc, ConcurrentMap};
+use crate::sync::{Arc, HashedSet};
 
 /// An interned symbol name. Names compare, order and hash by their text, so
 /// equality, ordering and hashing agree — also for names from two sessions.
@@ -37,6 +37,12 @@ impl SymbolName {
         Arc::as_ptr(&self.0) as usize
     }
 
+    /// Whether `other` is this very interned string (equal names of one
+    /// session are).
+    pub(crate) fn same(&self, other: &SymbolName) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The hash of the name's text ([`hash_str`] of it), computed once.
     pub(crate) fn text_hash(&self) -> u64 {
         self.0.hash
@@ -49,8 +55,13 @@ impl SymbolName {
     }
 
     fn new(text: &str) -> Self {
+        Self::with_hash(text, hash_str(text))
+    }
+
+    /// A name for `text`, whose [`hash_str`] is `hash`.
+    fn with_hash(text: &str, hash: u64) -> Self {
         SymbolName(Arc::new(NameInner {
-            hash: hash_str(text),
+            hash,
             text: text.into(),
         }))
     }
@@ -114,38 +125,12 @@ impl AsRef<str> for SymbolName {
     }
 }
 
-/// The pool's key: the interned name itself, hashed and compared as its
-/// text, so the pool finds it by `&str` ([`Borrow`]) and keeps one
-/// allocation per name (the key and the value share it).
-///
-/// [`Borrow`]: std::borrow::Borrow
-#[derive(Clone)]
-struct PoolKey(SymbolName);
-
-impl Hash for PoolKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // `str`'s hash, as `Borrow<str>` requires.
-        self.0.as_str().hash(state);
-    }
-}
-
-impl PartialEq for PoolKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.as_str() == other.0.as_str()
-    }
-}
-impl Eq for PoolKey {}
-
-impl std::borrow::Borrow<str> for PoolKey {
-    fn borrow(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-/// The session's string pool. Names live as long as the session.
+/// The session's string pool. Names live as long as the session. A name's
+/// text is hashed once, when it is interned: the pool finds it by that hash
+/// and grows with the hashes its names keep.
 #[derive(Default)]
 pub(crate) struct Interner {
-    names: ConcurrentMap<PoolKey, SymbolName>,
+    names: HashedSet<SymbolName>,
 }
 
 impl fmt::Debug for Interner {
@@ -156,10 +141,13 @@ impl fmt::Debug for Interner {
 
 impl Interner {
     pub(crate) fn intern(&self, text: &str) -> SymbolName {
-        self.names.get_or_insert_with(text, || {
-            let name = SymbolName::new(text);
-            (PoolKey(name.clone()), name)
-        })
+        let hash = hash_str(text);
+        self.names.get_or_insert_with(
+            hash,
+            |n| n.0.hash == hash && n.as_str() == text,
+            || SymbolName::with_hash(text, hash),
+            SymbolName::text_hash,
+        )
     }
 }
 

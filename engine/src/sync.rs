@@ -5,8 +5,8 @@
 //! with `RUSTFLAGS="--cfg kiln_loom"` (a namespaced cfg: a user's own
 //! `--cfg loom` never changes kiln's internals). Under that cfg mutexes,
 //! condition variables, atomics and threads come from loom, and the
-//! concurrent map becomes a mutex-protected map with a deterministic hasher,
-//! because dashmap cannot run inside a loom model.
+//! interner's sharded set ([`HashedSet`]) becomes one table behind a loom
+//! mutex (std's reader-writer locks cannot run inside a loom model).
 //!
 //! Under `--cfg kiln_shuttle` the same swap is made to the `shuttle`
 //! randomized scheduler's primitives — except that the Ready index stays the
@@ -15,7 +15,6 @@
 //! loom cannot model. Shuttle explores schedules, not weak memory orders.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 
 pub(crate) use std::sync::Arc;
 /// Set-once cells (the Ready index's tables; not modelled: the index is a
@@ -162,76 +161,83 @@ pub(crate) use rustc_hash::FxBuildHasher as FixedState;
 /// A `HashMap` with the deterministic hasher.
 pub(crate) type FixedMap<K, V> = HashMap<K, V, FixedState>;
 
-/// A concurrent map for read-mostly data read without the state actor
-/// (the name interner). dashmap in production; a mutex
-/// around a deterministic map under loom.
-#[derive(Debug)]
-pub(crate) struct ConcurrentMap<K: Eq + Hash, V> {
+/// A concurrent set for read-mostly data read without the state actor
+/// (the name interner), found by a hash its caller computes once: 64
+/// shards of `hashbrown` tables, each behind a reader-writer lock (one
+/// mutex-guarded table under loom and shuttle). A value is hashed only by
+/// its caller: a growing shard rehashes with the hashes its values keep
+/// (`hash_of`), and the shard and the slot come from the same hash.
+pub(crate) struct HashedSet<T> {
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-    inner: dashmap::DashMap<K, V, FixedState>,
+    shards: Box<[std::sync::RwLock<hashbrown::HashTable<T>>]>,
     #[cfg(any(kiln_loom, kiln_shuttle))]
-    inner: Mutex<FixedMap<K, V>>,
+    inner: Mutex<hashbrown::HashTable<T>>,
 }
 
-/// Shards of a [`ConcurrentMap`] (a power of two).
+/// Shards of a [`HashedSet`], as a power of two.
 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-const SHARDS: usize = 64;
+const SHARD_BITS: u32 = 6;
 
-impl<K: Eq + Hash, V> Default for ConcurrentMap<K, V> {
+impl<T> Default for HashedSet<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
+impl<T> std::fmt::Debug for HashedSet<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashedSet")
+    }
+}
+
+impl<T> HashedSet<T> {
     pub(crate) fn new() -> Self {
-        ConcurrentMap {
+        HashedSet {
             #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-            // A fixed shard count: dashmap's default asks the system for the
-            // available parallelism (`/proc/self/cgroup` and two cgroup
-            // files read, `sched_getaffinity`) when the first map is made,
-            // which is start-up time of every `kiln run`. 64 read-mostly
-            // shards are dashmap's default for 16 CPUs.
-            inner: dashmap::DashMap::with_hasher_and_shard_amount(FixedState, SHARDS),
+            shards: (0..1usize << SHARD_BITS)
+                .map(|_| std::sync::RwLock::new(hashbrown::HashTable::new()))
+                .collect(),
             #[cfg(any(kiln_loom, kiln_shuttle))]
-            inner: Mutex::new(FixedMap::default()),
+            inner: Mutex::new(hashbrown::HashTable::new()),
         }
     }
 
-    /// Reads the value for `key` through `f` without cloning it.
-    pub(crate) fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    /// The value with `hash` for which `eq` holds, inserting `make()`
+    /// first if there is none. `hash_of` gives a stored value's hash.
+    pub(crate) fn get_or_insert_with(
+        &self,
+        hash: u64,
+        eq: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> T,
+        hash_of: impl Fn(&T) -> u64,
+    ) -> T
     where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        T: Clone,
     {
         #[cfg(not(any(kiln_loom, kiln_shuttle)))]
         {
-            self.inner.get(key).map(|entry| f(entry.value()))
+            use std::sync::PoisonError;
+            // The shard from bits the table uses for neither the slot (low
+            // bits) nor the tag (top seven).
+            let shard = &self.shards[(hash >> 32) as usize & ((1 << SHARD_BITS) - 1)];
+            let read = shard.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(v) = read.find(hash, &eq) {
+                return v.clone();
+            }
+            drop(read);
+            let mut table = shard.write().unwrap_or_else(PoisonError::into_inner);
+            match table.entry(hash, eq, hash_of) {
+                hashbrown::hash_table::Entry::Occupied(o) => o.get().clone(),
+                hashbrown::hash_table::Entry::Vacant(v) => v.insert(make()).get().clone(),
+            }
         }
         #[cfg(any(kiln_loom, kiln_shuttle))]
         {
-            self.inner.lock().get(key).map(f)
-        }
-    }
-
-    /// Returns the value for `key`, inserting `make()` first if absent.
-    pub(crate) fn get_or_insert_with<Q>(&self, key: &Q, make: impl FnOnce() -> (K, V)) -> V
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-        V: Clone,
-    {
-        if let Some(v) = self.read(key, V::clone) {
-            return v;
-        }
-        let (k, v) = make();
-        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-        {
-            self.inner.entry(k).or_insert(v).value().clone()
-        }
-        #[cfg(any(kiln_loom, kiln_shuttle))]
-        {
-            self.inner.lock().entry(k).or_insert(v).clone()
+            let mut table = self.inner.lock();
+            match table.entry(hash, eq, hash_of) {
+                hashbrown::hash_table::Entry::Occupied(o) => o.get().clone(),
+                hashbrown::hash_table::Entry::Vacant(v) => v.insert(make()).get().clone(),
+            }
         }
     }
 }

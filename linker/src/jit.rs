@@ -302,6 +302,27 @@ impl Jit {
         Ok(())
     }
 
+    /// Adds objects (name, bytes) as one image: they are linked together
+    /// when one of their symbols is first looked up, calls between them
+    /// go direct (no GOT slot or PLT stub), and their link looks up none
+    /// of each other's symbols — one link instead of one per object, for
+    /// a host that adds a batch of objects at once (such as a module's
+    /// worth that `cranelift-object` emitted). A strong symbol defined
+    /// twice among them fails here, and nothing is added.
+    pub fn add_objects<N: AsRef<str>, B: AsRef<[u8]>>(
+        &self,
+        objects: &[(N, B)],
+    ) -> Result<(), JitError> {
+        let inner = &self.inner;
+        let name = match objects {
+            [] => return Ok(()),
+            [(one, _)] => one.as_ref().to_string(),
+            [(first, _), rest @ ..] => format!("{} (+{} objects)", first.as_ref(), rest.len()),
+        };
+        inner.layer.add_objects(&inner.app, None, &name, objects)?;
+        Ok(())
+    }
+
     /// Adds an object so that it is linked only when one of its functions
     /// is first called (looking up its data links it at once). Needs
     /// [`JitBuilder::lazy`]. Lazily added objects belong to the JIT, not to

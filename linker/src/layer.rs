@@ -314,6 +314,37 @@ impl ObjectLayer {
         self.add_graph(dylib, tracker, name, graph)
     }
 
+    /// Adds the objects `objects` (name, bytes) to `dylib` as one unit,
+    /// owned by `tracker` (default: the dylib's default tracker), called
+    /// `name` in errors: they are linked together, as one image, when one
+    /// of their symbols is first looked up, and are removed together.
+    /// Calls between them are direct (no GOT slot or PLT stub, no lookup
+    /// of each other's symbols, no dependencies between units); a strong
+    /// symbol defined by two of them fails here, and nothing is added.
+    /// What [`ObjectLayer::add_object`] of each would define, in fewer
+    /// steps.
+    pub fn add_objects<N: AsRef<str>, B: AsRef<[u8]>>(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        objects: &[(N, B)],
+    ) -> Result<(), LinkError> {
+        let start = Instant::now();
+        let mut graph = LinkGraph::new();
+        for (object, bytes) in objects {
+            crate::debug::read_object(
+                &mut graph,
+                object.as_ref(),
+                bytes.as_ref(),
+                &self.shared.options.debug,
+            )?;
+        }
+        passes::check_duplicates(&mut graph)?;
+        self.add_read_time(start.elapsed());
+        self.add_graph(dylib, tracker, name, graph)
+    }
+
     /// Adds an already-built graph (for example every input of a
     /// [`crate::Linker`], linked as one image) as one unit.
     pub fn add_graph(

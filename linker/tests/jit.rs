@@ -450,3 +450,69 @@ fn mutually_recursive_objects_link_with_the_in_place_dispatcher() {
         .expect("linking a cycle with the in-place dispatcher hung");
     assert_eq!(got, 22);
 }
+
+/// Objects added in one call are linked as one image, once: calls between
+/// them go direct (no PLT stub), their results are those of objects added
+/// one by one; a strong symbol defined twice among them fails the call and
+/// adds none of them.
+#[test]
+fn objects_added_together_link_as_one_image() {
+    let _serial = serial();
+    let dir = scratch("one-image");
+    let a = object(
+        &dir,
+        "a",
+        "long b(long);\nlong a(long x) { return x ? b(x - 1) + 1 : 0; }\n",
+    );
+    let b = object(
+        &dir,
+        "b",
+        "long a(long);\nlong b(long x) { return x ? a(x - 1) + 10 : 0; }\n",
+    );
+    let jit = Jit::builder()
+        .dispatcher(kiln_engine::InPlaceDispatcher::new())
+        .build()
+        .unwrap();
+    jit.add_objects(&[("a.o", &a), ("b.o", &b)]).unwrap();
+    // SAFETY: `a` and `b` are `long f(long)`.
+    let (fa, fb) = unsafe { (jit.get::<I64Fn>("a"), jit.get::<I64Fn>("b")) };
+    assert_eq!((fa.unwrap()(4), fb.unwrap()(3)), (22, 21));
+    let (stats, images) = jit.layer().stats();
+    assert_eq!((images, stats.objects, stats.plt_stubs), (1, 2, 0));
+
+    // The same two objects one by one: two images, each calling the other
+    // through a stub, with the same results.
+    let apart = Jit::builder()
+        .dispatcher(kiln_engine::InPlaceDispatcher::new())
+        .build()
+        .unwrap();
+    apart.add_object(&a).unwrap();
+    apart.add_object(&b).unwrap();
+    // SAFETY: as above.
+    let (fa, fb) = unsafe { (apart.get::<I64Fn>("a"), apart.get::<I64Fn>("b")) };
+    assert_eq!((fa.unwrap()(4), fb.unwrap()(3)), (22, 21));
+    let (stats, images) = apart.layer().stats();
+    assert_eq!(images, 2);
+    assert!(stats.plt_stubs >= 2, "{stats:?}");
+
+    // A duplicate among the batch: an error naming it, nothing added.
+    let c = object(
+        &dir,
+        "c",
+        "long b(long x) { return x; }\nlong c(long x) { return x; }\n",
+    );
+    let jit = Jit::builder().build().unwrap();
+    let err = jit
+        .add_objects(&[("a.o", &a), ("b.o", &b), ("c.o", &c)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, JitError::Link(kiln_linker::LinkError::DuplicateSymbols { duplicates })
+            if duplicates.iter().any(|(n, objs)| n == "b" && objs.len() == 2)),
+        "{err:?}"
+    );
+    // SAFETY: `c` is `long c(long)` (it must not be found).
+    assert!(unsafe { jit.get::<I64Fn>("c") }.is_err());
+    jit.add_object(&c).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { jit.get::<I64Fn>("c") }.unwrap()(5), 5);
+}

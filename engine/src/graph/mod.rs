@@ -397,6 +397,13 @@ impl DepGraph {
             if defs.len() > 1 && targets.len() > 1 {
                 // defs → hidden → deps: defs + deps edges, not defs × deps.
                 let h = self.alloc_slot(0, true);
+                if bulk.is_some() {
+                    // Emitted first, so the defs' edges to it go straight
+                    // to the out-lists instead of waiting as pending edges
+                    // and moving when it is emitted (the order does not
+                    // matter in bulk: the batch is laid out afterwards).
+                    self.emit_node_unordered(h, &[], batch);
+                }
                 for i in defs {
                     let d = touched[i];
                     self.add_node(d, &[h], batch, bulk);

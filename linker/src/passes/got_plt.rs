@@ -223,12 +223,21 @@ impl Requests {
 
 /// Every live edge's requests, and the externals live code references.
 pub(super) fn scan(graph: &LinkGraph) -> Requests {
+    let marks: Vec<u8> = graph
+        .symbols
+        .iter()
+        .map(|s| u8::from(s.def == SymbolDef::External) * mark::EXTERNAL)
+        .collect();
+    // Sized once for what most graphs ask: each external referenced, called
+    // through a stub and given a GOT slot (a Cranelift object calls every
+    // other function through the PLT); they grow past that only for
+    // local GOT requests.
+    let externals = marks.iter().filter(|&&m| m != 0).count();
     let mut req = Requests {
-        marks: graph
-            .symbols
-            .iter()
-            .map(|s| u8::from(s.def == SymbolDef::External) * mark::EXTERNAL)
-            .collect(),
+        marks,
+        external_refs: Vec::with_capacity(externals),
+        plt_syms: Vec::with_capacity(externals),
+        got_keys: Vec::with_capacity(externals),
         ..Requests::default()
     };
     for (bi, b) in graph.blocks.iter().enumerate() {

@@ -46,8 +46,11 @@ impl State {
                 s.waiters.push((id, i as u32, lk.state));
                 lk.remaining += 1;
                 lk.pending.push(sid);
+                // A unit's symbols are usually looked up together: its
+                // id once per run of them, not once per symbol.
                 if s.state == SymbolState::Lazy
                     && let Some(uid) = s.unit.get()
+                    && to_start.last() != Some(&uid)
                 {
                     to_start.push(uid);
                 }

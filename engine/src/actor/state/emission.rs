@@ -107,10 +107,11 @@ impl State {
     ) -> (Vec<crate::name::SymbolName>, Option<Error>) {
         let mut missing_deps = Vec::new();
         let mut misuse = None;
+        let mut hint = 0;
         for g in groups {
             let (d0, p0) = (sc.defs.len(), sc.deps.len());
             for name in &g.symbols {
-                match self.owned_sym(resp, name) {
+                match self.owned_sym_hinted(resp, name, &mut hint) {
                     Ok(sid) => sc.defs.push(sid),
                     Err(e) => {
                         misuse.get_or_insert(e);

@@ -37,12 +37,18 @@ impl SymRecords {
     }
 
     /// Makes room for `more` records; only the first chunk can be
-    /// short of room (later ones are allocated full size).
+    /// short of room (later ones are allocated full size). The first chunk
+    /// at least doubles when it grows: many small defines (a unit of ten
+    /// symbols each) grew it by exactly what each asked and copied it
+    /// every time.
     pub(super) fn reserve(&mut self, more: usize) {
         if self.chunks.len() <= 1 {
             let first = self.first_chunk();
-            let want = (first.len() + more).min(CHUNK);
-            first.reserve_exact(want.saturating_sub(first.len()));
+            let need = first.len() + more;
+            if need > first.capacity() {
+                let want = need.max(first.capacity() * 2).min(CHUNK);
+                first.reserve_exact(want.saturating_sub(first.len()));
+            }
         }
     }
 
@@ -135,6 +141,26 @@ mod tests {
             tracker: 0,
             waiters: SmallVec::new(),
         }
+    }
+
+    /// Many small reservations (a define of ten symbols at a time) grow
+    /// the first chunk geometrically, not by each reservation's size.
+    #[test]
+    fn small_reservations_grow_the_first_chunk_geometrically() {
+        let mut r = SymRecords::default();
+        let mut growths = 0;
+        let mut capacity = 0;
+        for i in 0..CHUNK / 10 {
+            r.reserve(10);
+            for j in 0..10 {
+                r.push(record((i * 10 + j) as u64));
+            }
+            if r.chunks[0].capacity() != capacity {
+                capacity = r.chunks[0].capacity();
+                growths += 1;
+            }
+        }
+        assert!(growths <= 8, "the first chunk grew {growths} times");
     }
 
     /// Records never move once their chunk is full (growing past it

@@ -129,6 +129,27 @@ impl State {
         }
     }
 
+    /// [`State::owned_sym`], trying first the owed symbol at `*hint` (then
+    /// moving the hint past it): a unit that names its symbols in the
+    /// order it offered them is answered without probing the dylib's
+    /// index.
+    pub(super) fn owned_sym_hinted(
+        &self,
+        resp: RespId,
+        name: &SymbolName,
+        hint: &mut usize,
+    ) -> Result<SymId> {
+        let r = self.owned_resp(resp)?;
+        if let Some(&sid) = r.owed.get(*hint) {
+            let s = &self.syms[sid as usize];
+            if s.name.same(name) && s.resp.get() == Some(resp) {
+                *hint += 1;
+                return Ok(sid);
+            }
+        }
+        self.owned_sym(resp, name)
+    }
+
     pub(crate) fn resolve(
         &mut self,
         resp: RespId,
@@ -136,8 +157,9 @@ impl State {
         fx: &mut Effects,
     ) -> Result<()> {
         let mut sids = Vec::with_capacity(defs.len());
+        let mut hint = 0;
         for (name, _) in defs {
-            sids.push(self.owned_sym(resp, name)?);
+            sids.push(self.owned_sym_hinted(resp, name, &mut hint)?);
         }
         for (&sid, (_, def)) in sids.iter().zip(defs) {
             let s = &mut self.syms[sid as usize];
