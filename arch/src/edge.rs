@@ -133,8 +133,57 @@ pub struct EdgeDesc {
     /// [`RelocArch::relax`] may turn the GOT access into a direct one, or
     /// the TLS access (initial exec, descriptor) into local exec.
     pub relaxable: bool,
-    /// Row of the ISA's own table.
+    /// Row of the ISA's own table, with [`AARCH64_ROW`] set for aarch64's:
+    /// the [`EdgeId`] of the descriptor.
     pub(crate) index: u16,
+}
+
+/// The bit of [`EdgeDesc::index`] that names aarch64's table (x86-64's rows
+/// have it clear).
+pub(crate) const AARCH64_ROW: u16 = 0x8000;
+
+/// A 2-byte handle of an [`EdgeDesc`] (its ISA and row), which a link graph
+/// keeps on each edge instead of an 8-byte pointer; it dereferences to the
+/// descriptor, so `kind.width` reads as on the descriptor itself.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EdgeId(u16);
+
+impl EdgeId {
+    /// The descriptor.
+    #[inline(always)]
+    pub fn desc(self) -> &'static EdgeDesc {
+        let row = usize::from(self.0 & !AARCH64_ROW);
+        // Only `From<&EdgeDesc>` makes an `EdgeId`, from a descriptor of one
+        // of the tables (only they hold descriptors with a valid `index`),
+        // so the row is in range; the indexing checks it anyway.
+        if self.0 & AARCH64_ROW == 0 {
+            &crate::x86_64::reloc::EDGES[row]
+        } else {
+            &crate::aarch64::reloc::EDGES[row]
+        }
+    }
+}
+
+impl From<&'static EdgeDesc> for EdgeId {
+    #[inline(always)]
+    fn from(desc: &'static EdgeDesc) -> Self {
+        debug_assert!(core::ptr::eq(EdgeId(desc.index).desc(), desc));
+        EdgeId(desc.index)
+    }
+}
+
+impl core::ops::Deref for EdgeId {
+    type Target = EdgeDesc;
+    #[inline(always)]
+    fn deref(&self) -> &EdgeDesc {
+        self.desc()
+    }
+}
+
+impl core::fmt::Debug for EdgeId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
 }
 
 impl EdgeDesc {
@@ -297,5 +346,24 @@ mod tests {
             }
             .needs_got_entry()
         );
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+    use crate::{Aarch64, X86_64};
+
+    #[test]
+    fn every_descriptor_round_trips_through_its_id() {
+        for d in X86_64::edges().iter().chain(Aarch64::edges()) {
+            let id = EdgeId::from(d);
+            assert!(core::ptr::eq(id.desc(), d), "{}", d.name);
+            assert_eq!(id.r_type, d.r_type);
+        }
+        let x = X86_64::edges().len();
+        let a = Aarch64::edges().len();
+        assert!(x < usize::from(AARCH64_ROW) && a < usize::from(AARCH64_ROW));
+        assert_eq!(core::mem::size_of::<EdgeId>(), 2);
     }
 }

@@ -445,7 +445,7 @@ impl RelocArch for Aarch64 {
 #[inline]
 fn row_of(edge: &EdgeDesc) -> Result<&'static reloc::RelocInfo, FixupError> {
     reloc::RELOCS
-        .get(usize::from(edge.index))
+        .get(usize::from(edge.index & !crate::edge::AARCH64_ROW))
         .filter(|r| r.r_type == edge.r_type)
         .ok_or(FixupError::Unsupported {
             isa: Aarch64::NAME,

@@ -590,7 +590,7 @@ pub(crate) static EDGES: [EdgeDesc; RELOCS.len()] = {
             form: form_of(r.formula, r.field),
             uses_got_base: matches!(r.formula, Formula::GotRelPage),
             relaxable: relaxed_to(r.r_type).is_some(),
-            index: i as u16,
+            index: i as u16 | crate::edge::AARCH64_ROW,
         };
         i += 1;
     }
@@ -1000,7 +1000,10 @@ mod tests {
         for (i, r) in RELOCS.iter().enumerate() {
             assert!(r.name.starts_with("R_AARCH64_"), "{}", r.name);
             assert_eq!(lookup(r.r_type), Some(r));
-            assert_eq!((EDGES[i].index, EDGES[i].r_type), (i as u16, r.r_type));
+            assert_eq!(
+                (EDGES[i].index, EDGES[i].r_type),
+                (i as u16 | crate::edge::AARCH64_ROW, r.r_type)
+            );
             assert_eq!(
                 r.insns.is_empty(),
                 matches!(
