@@ -149,6 +149,13 @@ pub(crate) const AARCH64_ROW: u16 = 0x8000;
 pub struct EdgeId(u16);
 
 impl EdgeId {
+    /// The handle's bits (distinct for distinct descriptors, small for
+    /// each ISA's: usable as a table index).
+    #[inline(always)]
+    pub fn raw(self) -> u16 {
+        self.0
+    }
+
     /// The descriptor.
     #[inline(always)]
     pub fn desc(self) -> &'static EdgeDesc {
