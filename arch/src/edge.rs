@@ -133,14 +133,33 @@ pub struct EdgeDesc {
     /// [`RelocArch::relax`] may turn the GOT access into a direct one, or
     /// the TLS access (initial exec, descriptor) into local exec.
     pub relaxable: bool,
-    /// Row of the ISA's own table, with [`AARCH64_ROW`] set for aarch64's:
-    /// the [`EdgeId`] of the descriptor.
+    /// Row of [`ALL_EDGES`]: the [`EdgeId`] of the descriptor (an ISA's
+    /// own table row plus the ISA's first row).
     pub(crate) index: u16,
 }
 
-/// The bit of [`EdgeDesc::index`] that names aarch64's table (x86-64's rows
-/// have it clear).
-pub(crate) const AARCH64_ROW: u16 = 0x8000;
+/// The first row of aarch64's descriptors in [`ALL_EDGES`] (x86-64's come
+/// first).
+pub(crate) const AARCH64_ROW: u16 = crate::x86_64::reloc::EDGES.len() as u16;
+
+const ALL_LEN: usize = crate::x86_64::reloc::EDGES.len() + crate::aarch64::reloc::EDGES.len();
+
+/// Every ISA's descriptors, x86-64's then aarch64's: the one copy of each,
+/// which [`RelocArch::edges`] and [`EdgeId::desc`] hand out.
+pub(crate) static ALL_EDGES: [EdgeDesc; ALL_LEN] = {
+    let x = crate::x86_64::reloc::EDGES;
+    let a = crate::aarch64::reloc::EDGES;
+    let mut out = [EdgeDesc::EMPTY; ALL_LEN];
+    let mut i = 0;
+    while i < ALL_LEN {
+        out[i] = if i < x.len() { x[i] } else { a[i - x.len()] };
+        out[i].index = i as u16;
+        i += 1;
+    }
+    out
+};
+
+const _: () = assert!(ALL_LEN < u16::MAX as usize);
 
 /// A 2-byte handle of an [`EdgeDesc`] (its ISA and row), which a link graph
 /// keeps on each edge instead of an 8-byte pointer; it dereferences to the
@@ -159,22 +178,17 @@ impl EdgeId {
     /// The descriptor.
     #[inline(always)]
     pub fn desc(self) -> &'static EdgeDesc {
-        let row = usize::from(self.0 & !AARCH64_ROW);
-        // Only `From<&EdgeDesc>` makes an `EdgeId`, from a descriptor of one
-        // of the tables (only they hold descriptors with a valid `index`),
-        // so the row is in range; the indexing checks it anyway.
-        if self.0 & AARCH64_ROW == 0 {
-            &crate::x86_64::reloc::EDGES[row]
-        } else {
-            &crate::aarch64::reloc::EDGES[row]
-        }
+        // Only `From<&EdgeDesc>` makes an `EdgeId`, from a descriptor of
+        // `ALL_EDGES` (only the ISA tables hold descriptors with a valid
+        // `index`), so the row is in range; the indexing checks it anyway.
+        &ALL_EDGES[usize::from(self.0)]
     }
 }
 
 impl From<&'static EdgeDesc> for EdgeId {
     #[inline(always)]
     fn from(desc: &'static EdgeDesc) -> Self {
-        debug_assert!(core::ptr::eq(EdgeId(desc.index).desc(), desc));
+        debug_assert!(core::ptr::eq(&ALL_EDGES[usize::from(desc.index)], desc));
         EdgeId(desc.index)
     }
 }
@@ -368,9 +382,8 @@ mod id_tests {
             assert!(core::ptr::eq(id.desc(), d), "{}", d.name);
             assert_eq!(id.r_type, d.r_type);
         }
-        let x = X86_64::edges().len();
-        let a = Aarch64::edges().len();
-        assert!(x < usize::from(AARCH64_ROW) && a < usize::from(AARCH64_ROW));
+        assert_eq!(X86_64::edges().len(), usize::from(AARCH64_ROW));
+        assert_eq!(X86_64::edges().len() + Aarch64::edges().len(), ALL_LEN);
         assert_eq!(core::mem::size_of::<EdgeId>(), 2);
     }
 }

@@ -298,9 +298,11 @@ impl Edge {
     #[inline]
     fn encode(addend: i64) -> (i16, u32) {
         let hi = addend >> 32;
-        match i16::try_from(hi) {
-            Ok(hi) if hi != WIDE => (hi, addend as u32),
-            _ => Self::encode_wide(addend),
+        // `hi` in -32767..=32767: an `i16` other than `WIDE`.
+        if (hi + 32767) as u64 <= 65534 {
+            (hi as i16, addend as u32)
+        } else {
+            Self::encode_wide(addend)
         }
     }
 
@@ -364,7 +366,7 @@ impl Edge {
     /// `R_AARCH64_ABS64`): what an image's rebase table lists.
     #[inline]
     pub(crate) fn is_abs64(&self) -> bool {
-        let k = self.kind;
+        let k = self.kind.desc();
         k.target == kiln_arch::EdgeTarget::Symbol
             && k.width == 8
             && !k.pc_relative
@@ -376,7 +378,7 @@ impl Edge {
     /// aarch64 `PREL32`, `ABS32`).
     #[inline]
     pub(crate) fn reach32(&self) -> Option<Reach32> {
-        let k = self.kind;
+        let k = self.kind.desc();
         if k.width != 4 || k.target != kiln_arch::EdgeTarget::Symbol || k.uses_got_base {
             return None;
         }

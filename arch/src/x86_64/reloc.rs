@@ -259,8 +259,9 @@ const fn edge_form(kind: EdgeKind) -> EdgeForm {
     }
 }
 
-/// The generic descriptors of [`RELOCATIONS`], index for index.
-pub(crate) static EDGES: [EdgeDesc; RELOCATIONS.len()] = {
+/// The generic descriptors of [`RELOCATIONS`], index for index (the rows
+/// of [`crate::edge::ALL_EDGES`] from 0).
+pub(crate) const EDGES: [EdgeDesc; RELOCATIONS.len()] = {
     let mut out = [EdgeDesc::EMPTY; RELOCATIONS.len()];
     let mut i = 0;
     while i < RELOCATIONS.len() {

@@ -212,7 +212,7 @@ fn unexpressible(
                 .is_some_and(|n| linker_defined(graph, n))
     };
     let absolute = || any_absolute && matches!(sym().def, SymbolDef::Absolute(_));
-    let k = e.kind;
+    let k = e.kind.desc();
     match k.target {
         EdgeTarget::Symbol
             if !k.pc_relative

@@ -147,7 +147,7 @@ fn function_named(
 /// Whether a relocation of this kind materializes its target's address
 /// (rather than calling it, or asking its size).
 fn takes_address(e: &Edge) -> bool {
-    let k = e.kind;
+    let k = e.kind.desc();
     match k.target {
         EdgeTarget::Symbol => k.width >= 4,
         EdgeTarget::GotEntry { .. } => true,

@@ -29,7 +29,7 @@ pub(super) enum Need {
 /// defined in the graph.
 #[inline]
 pub(super) fn need(e: &Edge, external: bool) -> Need {
-    let k = e.kind;
+    let k = e.kind.desc();
     match k.target {
         // The common cases first: this runs for every live edge.
         EdgeTarget::Symbol if k.uses_got_base => Need::GotBase,
