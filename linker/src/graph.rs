@@ -307,12 +307,13 @@ impl Edge {
     }
 
     #[cold]
+    #[inline(never)]
     fn encode_wide(addend: i64) -> (i16, u32) {
         (WIDE, WideAddends::row_of(addend))
     }
 
     /// The addend.
-    #[inline]
+    #[inline(always)]
     pub fn addend(&self) -> i64 {
         if self.addend_hi == WIDE {
             return Self::wide_addend(self.addend_lo);
@@ -321,6 +322,7 @@ impl Edge {
     }
 
     #[cold]
+    #[inline(never)]
     fn wide_addend(row: u32) -> i64 {
         WideAddends::value(row)
     }
