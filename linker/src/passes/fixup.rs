@@ -639,3 +639,62 @@ fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{InputBytes, Prot};
+
+    /// Blocks of one input file back to back in the image and in the file
+    /// share one run; a gap in the image, another file or owned bytes start
+    /// a new one. Every block's bytes land at its place either way.
+    #[test]
+    fn carve_joins_blocks_back_to_back_in_image_and_input() {
+        let mut g = LinkGraph::new();
+        g.set_isa(Isa::X86_64);
+        let s = g.section(".text", Prot::ReadExec, SectionRole::Ordinary);
+        let file: InputBytes = std::sync::Arc::new((0..64u8).collect::<Vec<u8>>().into());
+        let other: InputBytes = std::sync::Arc::new((100..164u8).collect::<Vec<u8>>().into());
+        let input = |f: &InputBytes, start, len| Content::input(f, start, len).expect("in file");
+        let contents = [
+            input(&file, 0, 8),   // at 0
+            input(&file, 8, 8),   // at 8: continues the first
+            input(&file, 16, 4),  // at 20: a gap in the image
+            input(&other, 20, 4), // at 24: another file
+            Content::Bytes(vec![7; 4]), // at 28: owned bytes
+            input(&file, 40, 4), // at 32: not next in the file
+        ];
+        let ats = [0usize, 8, 20, 24, 28, 32];
+        let mut places = Vec::new();
+        for (c, at) in contents.into_iter().zip(ats) {
+            let b = g.add_block(Block {
+                section: s,
+                object: None,
+                input_section: ".text".into(),
+                input_offset: 0,
+                content: c,
+                align: 1,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: at as u64,
+            });
+            places.push((at, b.index()));
+        }
+        let mut mem = vec![0u8; 36];
+        let mut runs = carve(&g, &mut mem, &places).expect("fits");
+        let lens: Vec<usize> = runs.iter().map(|r| r.places.len()).collect();
+        assert_eq!(lens, [2, 1, 1, 1, 1]);
+        for r in &mut runs {
+            r.mem.copy_from_slice(r.src);
+        }
+        drop(runs);
+        let mut want = vec![0u8; 36];
+        want[..16].copy_from_slice(&(0..16).collect::<Vec<u8>>());
+        want[20..24].copy_from_slice(&[16, 17, 18, 19]);
+        want[24..28].copy_from_slice(&[120, 121, 122, 123]);
+        want[28..32].copy_from_slice(&[7; 4]);
+        want[32..36].copy_from_slice(&[40, 41, 42, 43]);
+        assert_eq!(mem, want);
+    }
+}
