@@ -657,12 +657,12 @@ mod tests {
         let other: InputBytes = std::sync::Arc::new((100..164u8).collect::<Vec<u8>>().into());
         let input = |f: &InputBytes, start, len| Content::input(f, start, len).expect("in file");
         let contents = [
-            input(&file, 0, 8),   // at 0
-            input(&file, 8, 8),   // at 8: continues the first
-            input(&file, 16, 4),  // at 20: a gap in the image
-            input(&other, 20, 4), // at 24: another file
+            input(&file, 0, 8),         // at 0
+            input(&file, 8, 8),         // at 8: continues the first
+            input(&file, 16, 4),        // at 20: a gap in the image
+            input(&other, 20, 4),       // at 24: another file
             Content::Bytes(vec![7; 4]), // at 28: owned bytes
-            input(&file, 40, 4), // at 32: not next in the file
+            input(&file, 40, 4),        // at 32: not next in the file
         ];
         let ats = [0usize, 8, 20, 24, 28, 32];
         let mut places = Vec::new();
