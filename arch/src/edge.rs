@@ -133,8 +133,78 @@ pub struct EdgeDesc {
     /// [`RelocArch::relax`] may turn the GOT access into a direct one, or
     /// the TLS access (initial exec, descriptor) into local exec.
     pub relaxable: bool,
-    /// Row of the ISA's own table.
+    /// Row of [`ALL_EDGES`]: the [`EdgeId`] of the descriptor (an ISA's
+    /// own table row plus the ISA's first row).
     pub(crate) index: u16,
+}
+
+/// The first row of aarch64's descriptors in [`ALL_EDGES`] (x86-64's come
+/// first).
+pub(crate) const AARCH64_ROW: u16 = crate::x86_64::reloc::EDGES.len() as u16;
+
+const ALL_LEN: usize = crate::x86_64::reloc::EDGES.len() + crate::aarch64::reloc::EDGES.len();
+
+/// Every ISA's descriptors, x86-64's then aarch64's: the one copy of each,
+/// which [`RelocArch::edges`] and [`EdgeId::desc`] hand out.
+pub(crate) static ALL_EDGES: [EdgeDesc; ALL_LEN] = {
+    let x = crate::x86_64::reloc::EDGES;
+    let a = crate::aarch64::reloc::EDGES;
+    let mut out = [EdgeDesc::EMPTY; ALL_LEN];
+    let mut i = 0;
+    while i < ALL_LEN {
+        out[i] = if i < x.len() { x[i] } else { a[i - x.len()] };
+        out[i].index = i as u16;
+        i += 1;
+    }
+    out
+};
+
+const _: () = assert!(ALL_LEN < u16::MAX as usize);
+
+/// A 2-byte handle of an [`EdgeDesc`] (its ISA and row), which a link graph
+/// keeps on each edge instead of an 8-byte pointer; it dereferences to the
+/// descriptor, so `kind.width` reads as on the descriptor itself.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EdgeId(u16);
+
+impl EdgeId {
+    /// The handle's bits (distinct for distinct descriptors, small for
+    /// each ISA's: usable as a table index).
+    #[inline(always)]
+    pub fn raw(self) -> u16 {
+        self.0
+    }
+
+    /// The descriptor.
+    #[inline(always)]
+    pub fn desc(self) -> &'static EdgeDesc {
+        // Only `From<&EdgeDesc>` makes an `EdgeId`, from a descriptor of
+        // `ALL_EDGES` (only the ISA tables hold descriptors with a valid
+        // `index`), so the row is in range; the indexing checks it anyway.
+        &ALL_EDGES[usize::from(self.0)]
+    }
+}
+
+impl From<&'static EdgeDesc> for EdgeId {
+    #[inline(always)]
+    fn from(desc: &'static EdgeDesc) -> Self {
+        debug_assert!(core::ptr::eq(&ALL_EDGES[usize::from(desc.index)], desc));
+        EdgeId(desc.index)
+    }
+}
+
+impl core::ops::Deref for EdgeId {
+    type Target = EdgeDesc;
+    #[inline(always)]
+    fn deref(&self) -> &EdgeDesc {
+        self.desc()
+    }
+}
+
+impl core::fmt::Debug for EdgeId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
 }
 
 impl EdgeDesc {
@@ -297,5 +367,23 @@ mod tests {
             }
             .needs_got_entry()
         );
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+    use crate::{Aarch64, X86_64};
+
+    #[test]
+    fn every_descriptor_round_trips_through_its_id() {
+        for d in X86_64::edges().iter().chain(Aarch64::edges()) {
+            let id = EdgeId::from(d);
+            assert!(core::ptr::eq(id.desc(), d), "{}", d.name);
+            assert_eq!(id.r_type, d.r_type);
+        }
+        assert_eq!(X86_64::edges().len(), usize::from(AARCH64_ROW));
+        assert_eq!(X86_64::edges().len() + Aarch64::edges().len(), ALL_LEN);
+        assert_eq!(core::mem::size_of::<EdgeId>(), 2);
     }
 }

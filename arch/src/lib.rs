@@ -77,7 +77,7 @@ pub mod x86_64;
 use std::sync::atomic::AtomicU64;
 
 pub use aarch64::Aarch64;
-pub use edge::{EdgeDesc, EdgeForm, EdgeTarget, FixupValues, Relaxation, RelocArch};
+pub use edge::{EdgeDesc, EdgeForm, EdgeId, EdgeTarget, FixupValues, Relaxation, RelocArch};
 pub use error::{FixupError, ReentryError};
 pub use reentry::{
     ReentryHandler, redirect, redirect_raw, reentry_handler, resolver_address, set_reentry_handler,

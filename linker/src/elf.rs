@@ -916,12 +916,7 @@ impl<'d> Reader<'_, 'd> {
             }
             sorted &= rel_off >= last;
             last = rel_off;
-            edges.push(Edge {
-                offset: rel_off,
-                kind: info,
-                target,
-                addend: rela.r_addend.get(LE),
-            });
+            edges.push(Edge::new(rel_off, info, target, rela.r_addend.get(LE)));
         }
         if !sorted {
             crate::graph::sort_edges(edges);
@@ -1005,12 +1000,12 @@ impl<'d> Reader<'_, 'd> {
             if zero || u64::from(rel_off) + u64::from(info.width) > len {
                 return Err(fail(BadReloc::OutsideSection(info, len)));
             }
-            blocks[block.index()].edges.push(Edge {
-                offset: rel_off,
-                kind: info,
+            blocks[block.index()].edges.push(Edge::new(
+                rel_off,
+                info,
                 target,
-                addend: rela.r_addend.get(LE),
-            });
+                rela.r_addend.get(LE),
+            ));
         }
         for &(_, _, block) in ranges {
             crate::graph::sort_edges(&mut blocks[block.index()].edges);

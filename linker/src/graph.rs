@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use kiln_arch::{EdgeDesc, EdgeForm};
+use kiln_arch::{EdgeForm, EdgeId};
 
 use crate::isa::Isa;
 
@@ -214,19 +214,135 @@ impl PartialEq for Content {
 impl Eq for Content {}
 
 /// A relocation of a block: "at `offset`, write `kind` of `target` + `addend`".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// 16 bytes (synth's 400k edges are 6.4 MB, not 9.6): the kind is a 2-byte
+/// [`EdgeId`] and the addend is kept in 48 bits on the edge; the rare wider
+/// addend is kept in a process-wide table ([`WideAddends`]) and the edge
+/// holds its row. [`Edge::addend`] reads either.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Edge {
-    /// Offset of the place in the block (32 bits keep an edge at 24 bytes:
-    /// synth's 400k edges are 9.6 MB instead of 12.8; the reader rejects
-    /// relocations past 4 GiB into a section).
+    /// Offset of the place in the block (the reader rejects relocations past
+    /// 4 GiB into a section).
     pub offset: u32,
-    /// The relocation type, decoded by the graph's ISA ([`Isa::edge`]):
-    /// its raw `r_type` and name, and what the passes must create for it.
-    pub kind: &'static EdgeDesc,
     /// Target symbol.
     pub target: SymbolId,
-    /// Addend.
-    pub addend: i64,
+    /// The relocation type, decoded by the graph's ISA ([`Isa::edge`]):
+    /// its raw `r_type` and name, and what the passes must create for it
+    /// (the handle dereferences to its [`kiln_arch::EdgeDesc`]).
+    pub kind: EdgeId,
+    /// Bits 32..48 of the addend, sign-extending; [`WIDE`] means `addend_lo`
+    /// is a row of [`WideAddends`] instead.
+    addend_hi: i16,
+    /// Bits 0..32 of the addend, or a row of [`WideAddends`].
+    addend_lo: u32,
+}
+
+const _: () = assert!(size_of::<Edge>() == 16);
+
+/// `Edge::addend_hi` of an addend kept in [`WideAddends`].
+const WIDE: i16 = i16::MIN;
+
+/// Addends that do not fit in an [`Edge`]'s 48 bits (the ELF allows 64; no
+/// compiler emits them, hand-written `.quad sym + 0x7fff000000000000` may):
+/// each distinct value once, for the life of the process, so equal addends
+/// have equal encodings and `Edge`'s `==` stays the addends' `==`.
+struct WideAddends {
+    values: Vec<i64>,
+    rows: HashMap<i64, u32>,
+}
+
+static WIDE_ADDENDS: std::sync::Mutex<Option<WideAddends>> = std::sync::Mutex::new(None);
+
+impl WideAddends {
+    fn with<R>(f: impl FnOnce(&mut WideAddends) -> R) -> R {
+        // A panic while holding the lock leaves the table consistent (rows
+        // are only appended), so a poisoned lock is still usable.
+        let mut guard = WIDE_ADDENDS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(guard.get_or_insert_with(|| WideAddends {
+            values: Vec::new(),
+            rows: HashMap::new(),
+        }))
+    }
+
+    fn row_of(addend: i64) -> u32 {
+        Self::with(|t| {
+            *t.rows.entry(addend).or_insert_with(|| {
+                t.values.push(addend);
+                // 2^32 distinct 64-bit addends would be 32 GiB of table.
+                u32::try_from(t.values.len() - 1).expect("fewer than 2^32 wide addends")
+            })
+        })
+    }
+
+    fn value(row: u32) -> i64 {
+        Self::with(|t| t.values[row as usize])
+    }
+}
+
+impl Edge {
+    /// An edge at `offset` writing `kind` of `target + addend`.
+    #[inline]
+    pub fn new(offset: u32, kind: impl Into<EdgeId>, target: SymbolId, addend: i64) -> Self {
+        let (addend_hi, addend_lo) = Self::encode(addend);
+        Edge {
+            offset,
+            target,
+            kind: kind.into(),
+            addend_hi,
+            addend_lo,
+        }
+    }
+
+    #[inline]
+    fn encode(addend: i64) -> (i16, u32) {
+        let hi = addend >> 32;
+        // `hi` in -32767..=32767: an `i16` other than `WIDE`.
+        if (hi + 32767) as u64 <= 65534 {
+            (hi as i16, addend as u32)
+        } else {
+            Self::encode_wide(addend)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn encode_wide(addend: i64) -> (i16, u32) {
+        (WIDE, WideAddends::row_of(addend))
+    }
+
+    /// The addend.
+    #[inline(always)]
+    pub fn addend(&self) -> i64 {
+        if self.addend_hi == WIDE {
+            return Self::wide_addend(self.addend_lo);
+        }
+        (i64::from(self.addend_hi) << 32) | i64::from(self.addend_lo)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wide_addend(row: u32) -> i64 {
+        WideAddends::value(row)
+    }
+
+    /// Replaces the addend.
+    #[inline]
+    pub fn set_addend(&mut self, addend: i64) {
+        (self.addend_hi, self.addend_lo) = Self::encode(addend);
+    }
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("offset", &self.offset)
+            .field("kind", &self.kind)
+            .field("target", &self.target)
+            .field("addend", &self.addend())
+            .finish()
+    }
 }
 
 /// How far a 32-bit reference reaches (where a host symbol may lie).
@@ -252,7 +368,7 @@ impl Edge {
     /// `R_AARCH64_ABS64`): what an image's rebase table lists.
     #[inline]
     pub(crate) fn is_abs64(&self) -> bool {
-        let k = self.kind;
+        let k = self.kind.desc();
         k.target == kiln_arch::EdgeTarget::Symbol
             && k.width == 8
             && !k.pc_relative
@@ -264,7 +380,7 @@ impl Edge {
     /// aarch64 `PREL32`, `ABS32`).
     #[inline]
     pub(crate) fn reach32(&self) -> Option<Reach32> {
-        let k = self.kind;
+        let k = self.kind.desc();
         if k.width != 4 || k.target != kiln_arch::EdgeTarget::Symbol || k.uses_got_base {
             return None;
         }

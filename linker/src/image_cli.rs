@@ -68,6 +68,8 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     // Saving reads the exports from the imaging record: no name → address
     // map of every global (18 M instructions on the aarch64 synth input).
     options.symbol_table = false;
+    // The process exits after saving: the linked graph is left to the exit.
+    options.leave_graph_to_exit = true;
     if let Some(list) = &args.cpu_features {
         options.cpu_features =
             CpuFeatures::parse(list).map_err(|e| format!("--cpu-features: {e}"))?;

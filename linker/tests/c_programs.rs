@@ -139,3 +139,24 @@ fn parallel_fixup_path() {
     let (out, ret) = run_jit_with(&objs, &[], &[], options).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((out, ret), (native_out, native_ret));
 }
+
+/// `.quad target + A` with addends beyond 32 and 48 bits (and at the edges
+/// of those ranges) links to exactly `target + A`, eagerly and lazily.
+#[test]
+fn addends_wider_than_32_and_48_bits() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("c-wide-addends");
+    let objs = compile_sources("gcc", &["wide_addends.c"], &["-O1"], &dir);
+    let (out, ret) = assert_jit_matches_native(
+        "gcc",
+        &objs,
+        &["-O1"],
+        (&[], &[]),
+        &dir.join("prog"),
+        "wide addends:",
+        "wide-addends",
+    );
+    assert_eq!((out.as_str(), ret), ("wide addends: ok\n", 0));
+}

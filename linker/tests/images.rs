@@ -2183,3 +2183,15 @@ fn an_image_loaded_after_another_keeps_its_blocks_aligned() {
     let from_bytes = unsafe { image_file::load("aligned", &bytes, &host) }.expect("loads");
     check(&from_bytes, "from bytes");
 }
+
+/// Addends beyond 32 and 48 bits survive an image: saved in one process,
+/// run in another, each reference is exactly `target + A`.
+#[test]
+fn wide_addends_survive_an_image() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-wide-addends");
+    let objs = compile_sources("gcc", &["wide_addends.c"], &["-O1"], &dir);
+    check_image_matches_native("gcc", &objs, &["-O1"], &[], "wide-addends");
+}

@@ -392,7 +392,7 @@ impl RelocArch for Aarch64 {
     });
 
     fn edges() -> &'static [EdgeDesc] {
-        &reloc::EDGES
+        &crate::edge::ALL_EDGES[usize::from(crate::edge::AARCH64_ROW)..]
     }
 
     // Always inlined into the linker's fixup loop: the common case is a
@@ -445,7 +445,9 @@ impl RelocArch for Aarch64 {
 #[inline]
 fn row_of(edge: &EdgeDesc) -> Result<&'static reloc::RelocInfo, FixupError> {
     reloc::RELOCS
-        .get(usize::from(edge.index))
+        .get(usize::from(
+            edge.index.wrapping_sub(crate::edge::AARCH64_ROW),
+        ))
         .filter(|r| r.r_type == edge.r_type)
         .ok_or(FixupError::Unsupported {
             isa: Aarch64::NAME,

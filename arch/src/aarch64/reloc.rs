@@ -575,8 +575,9 @@ const fn form_of(formula: Formula, field: Field) -> EdgeForm {
     }
 }
 
-/// The generic descriptors of [`RELOCS`], index for index.
-pub(crate) static EDGES: [EdgeDesc; RELOCS.len()] = {
+/// The generic descriptors of [`RELOCS`], index for index (the rows of
+/// [`crate::edge::ALL_EDGES`] from [`crate::edge::AARCH64_ROW`]).
+pub(crate) const EDGES: [EdgeDesc; RELOCS.len()] = {
     let mut out = [EdgeDesc::EMPTY; RELOCS.len()];
     let mut i = 0;
     while i < RELOCS.len() {
@@ -993,6 +994,7 @@ pub(crate) fn relax_insn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Aarch64, RelocArch};
 
     #[test]
     fn table_is_sorted_and_named_consistently() {
@@ -1000,7 +1002,10 @@ mod tests {
         for (i, r) in RELOCS.iter().enumerate() {
             assert!(r.name.starts_with("R_AARCH64_"), "{}", r.name);
             assert_eq!(lookup(r.r_type), Some(r));
-            assert_eq!((EDGES[i].index, EDGES[i].r_type), (i as u16, r.r_type));
+            assert_eq!(
+                (Aarch64::edges()[i].index, Aarch64::edges()[i].r_type),
+                (i as u16 + crate::edge::AARCH64_ROW, r.r_type)
+            );
             assert_eq!(
                 r.insns.is_empty(),
                 matches!(

@@ -159,7 +159,7 @@ impl RelocArch for X86_64 {
     const VENEER: Option<Template> = None;
 
     fn edges() -> &'static [EdgeDesc] {
-        &reloc::EDGES
+        &crate::edge::ALL_EDGES[..usize::from(crate::edge::AARCH64_ROW)]
     }
 
     #[inline(always)]

@@ -259,8 +259,9 @@ const fn edge_form(kind: EdgeKind) -> EdgeForm {
     }
 }
 
-/// The generic descriptors of [`RELOCATIONS`], index for index.
-pub(crate) static EDGES: [EdgeDesc; RELOCATIONS.len()] = {
+/// The generic descriptors of [`RELOCATIONS`], index for index (the rows
+/// of [`crate::edge::ALL_EDGES`] from 0).
+pub(crate) const EDGES: [EdgeDesc; RELOCATIONS.len()] = {
     let mut out = [EdgeDesc::EMPTY; RELOCATIONS.len()];
     let mut i = 0;
     while i < RELOCATIONS.len() {
@@ -474,25 +475,28 @@ pub fn write_field(
             Ok(())
         }
     };
+    // Each arm stores a fixed-size array: written as `copy_from_slice` of
+    // `p.len()` bytes, LLVM merged the arms into one `memcpy` call of a
+    // variable length (a call per relocation, 11 M instructions on synth).
     match (place, signed) {
         (p, _) if p.len() == 8 => {
-            p.copy_from_slice(&(value as u64).to_le_bytes());
+            put(p, (value as u64).to_le_bytes());
         }
         (p, true) if p.len() == 4 => {
             fits(i128::from(i32::MIN), i128::from(i32::MAX))?;
-            p.copy_from_slice(&(value as i32).to_le_bytes());
+            put(p, (value as i32).to_le_bytes());
         }
         (p, false) if p.len() == 4 => {
             fits(0, i128::from(u32::MAX))?;
-            p.copy_from_slice(&(value as u32).to_le_bytes());
+            put(p, (value as u32).to_le_bytes());
         }
         (p, true) if p.len() == 2 => {
             fits(i128::from(i16::MIN), i128::from(i16::MAX))?;
-            p.copy_from_slice(&(value as i16).to_le_bytes());
+            put(p, (value as i16).to_le_bytes());
         }
         (p, false) if p.len() == 2 => {
             fits(0, i128::from(u16::MAX))?;
-            p.copy_from_slice(&(value as u16).to_le_bytes());
+            put(p, (value as u16).to_le_bytes());
         }
         (p, true) if p.len() == 1 => {
             fits(i128::from(i8::MIN), i128::from(i8::MAX))?;
@@ -516,6 +520,14 @@ pub fn write_field(
         }
     }
     Ok(())
+}
+
+/// Stores `bytes` into `place`, which is `N` bytes long (its caller checked).
+#[inline(always)]
+fn put<const N: usize>(place: &mut [u8], bytes: [u8; N]) {
+    if let Ok(p) = <&mut [u8; N]>::try_from(place) {
+        *p = bytes;
+    }
 }
 
 /// How a relaxable GOT load was rewritten by [`relax_got_load`].

@@ -463,12 +463,7 @@ fn edges(
                 (id, extra)
             }
         };
-        edges.push(Edge {
-            offset: r.offset,
-            kind: info,
-            target,
-            addend: r.addend + extra,
-        });
+        edges.push(Edge::new(r.offset, info, target, r.addend + extra));
     }
     Ok(edges)
 }

@@ -24,7 +24,7 @@
 //!   addresses in text, PC-relative references to host symbols — is
 //!   refused with the relocation named.
 
-use kiln_arch::{EdgeDesc, EdgeForm, EdgeTarget};
+use kiln_arch::{EdgeDesc, EdgeForm, EdgeId, EdgeTarget};
 
 use crate::error::LinkError;
 use crate::graph::{Block, Edge, LinkGraph, Prot, Scope, SectionRole, SymbolDef, SymbolId};
@@ -140,13 +140,13 @@ fn check_blocks(graph: &LinkGraph, blocks: &[Block], any_absolute: bool) -> Resu
 }
 
 /// A property of each edge kind, computed once a kind: a direct-mapped
-/// cache keyed by the descriptor's address, checked on each hit (an ISA's
-/// kinds are one `static` array: they take consecutive slots and do not
+/// cache keyed by the kind's [`EdgeId`], checked on each hit (an ISA's
+/// kinds are consecutive rows: they take consecutive slots and do not
 /// evict one another). Edges of different kinds alternate (`adrp`, `add`,
 /// `bl`…): the previous edge's kind is no guide. On the aarch64 synth
 /// input (341 k edges) [`check_graph`] went 8.0 → 5.8 M instructions.
 struct KindTable<T: Copy> {
-    slots: Vec<Option<(&'static EdgeDesc, T)>>,
+    slots: Vec<Option<(EdgeId, T)>>,
 }
 
 /// Slots of a [`KindTable`]: more than an ISA has kinds.
@@ -160,13 +160,13 @@ impl<T: Copy> KindTable<T> {
     }
 
     #[inline]
-    fn get(&mut self, kind: &'static EdgeDesc, of: impl FnOnce(&EdgeDesc) -> T) -> T {
-        let at = std::ptr::from_ref(kind).addr() / size_of::<EdgeDesc>() % KIND_SLOTS;
+    fn get(&mut self, kind: EdgeId, of: impl FnOnce(&EdgeDesc) -> T) -> T {
+        let at = usize::from(kind.raw()) % KIND_SLOTS;
         let slot = &mut self.slots[at];
         match *slot {
-            Some((k, v)) if std::ptr::eq(k, kind) => v,
+            Some((k, v)) if k == kind => v,
             _ => {
-                let v = of(kind);
+                let v = of(&kind);
                 *slot = Some((kind, v));
                 v
             }
@@ -212,7 +212,7 @@ fn unexpressible(
                 .is_some_and(|n| linker_defined(graph, n))
     };
     let absolute = || any_absolute && matches!(sym().def, SymbolDef::Absolute(_));
-    let k = e.kind;
+    let k = e.kind.desc();
     match k.target {
         EdgeTarget::Symbol
             if !k.pc_relative
@@ -308,7 +308,7 @@ fn pc_relative(
 ) -> Result<(), LinkError> {
     let g = l.graph;
     for e in &block.edges {
-        let Some(size) = edges.kind(e.kind).pc_relative else {
+        let Some(size) = edges.kind(&e.kind).pc_relative else {
             continue;
         };
         if !matches!(edges.target(l, e.target), Target::Host) {
@@ -321,7 +321,7 @@ fn pc_relative(
         out.push(PcRelative {
             offset: block.addr + u64::from(e.offset) - l.base,
             size,
-            addend: e.addend,
+            addend: e.addend(),
             target,
             object: g.object_name(block.object).to_string(),
             section: block.input_section.to_string(),
@@ -799,7 +799,7 @@ impl Words {
             _ => block.addr,
         };
         for e in block.edges.iter() {
-            if !edges.kind(e.kind).abs64 {
+            if !edges.kind(&e.kind).abs64 {
                 continue;
             }
             debug_assert!(e.is_abs64());
@@ -815,9 +815,10 @@ impl Words {
             }
             match target {
                 Target::Inside => self.rebase.push(offset),
-                Target::Host => self
-                    .imports
-                    .push(self.deps.import(l, e.target, offset, e.addend, false)),
+                Target::Host => {
+                    self.imports
+                        .push(self.deps.import(l, e.target, offset, e.addend(), false))
+                }
                 Target::Constant => {}
             }
         }
@@ -1067,12 +1068,12 @@ mod tests {
                 input_offset: 16 * i as u64,
                 content: Content::Bytes(vec![0; 16]),
                 align: 16,
-                edges: vec![Edge {
-                    offset: 4,
-                    kind: if bad.contains(&i) { abs32 } else { pc32 },
-                    target: sym,
-                    addend: 0,
-                }],
+                edges: vec![Edge::new(
+                    4,
+                    if bad.contains(&i) { abs32 } else { pc32 },
+                    sym,
+                    0,
+                )],
                 fde: None,
                 live: true,
                 addr: 0,

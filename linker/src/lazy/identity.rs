@@ -98,7 +98,7 @@ pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: 
             });
             let edge = &mut graph.blocks[bi].edges[ei];
             edge.target = t;
-            edge.addend = addend;
+            edge.set_addend(addend);
         }
     }
 }
@@ -121,7 +121,9 @@ fn function_named(
         return None;
     };
     if s.scope != Scope::Local {
-        return ids.contains_key(&e.target).then_some((e.target, e.addend));
+        return ids
+            .contains_key(&e.target)
+            .then_some((e.target, e.addend()));
     }
     // Where the reference lands: exact for absolute addresses; for a
     // PC-relative field only in a RIP-relative operand in code (the
@@ -137,15 +139,15 @@ fn function_named(
     } else {
         return None;
     };
-    let lands = offset.checked_add_signed(e.addend + field_end)?;
+    let lands = offset.checked_add_signed(e.addend() + field_end)?;
     let f = *at.get(&(block, lands))?;
-    Some((f, e.addend - (lands as i64 - offset as i64)))
+    Some((f, e.addend() - (lands as i64 - offset as i64)))
 }
 
 /// Whether a relocation of this kind materializes its target's address
 /// (rather than calling it, or asking its size).
 fn takes_address(e: &Edge) -> bool {
-    let k = e.kind;
+    let k = e.kind.desc();
     match k.target {
         EdgeTarget::Symbol => k.width >= 4,
         EdgeTarget::GotEntry { .. } => true,
@@ -186,12 +188,12 @@ mod tests {
     const R_X86_64_REX_GOTPCRELX: u32 = 42;
 
     fn edge(offset: u32, r_type: u32, target: SymbolId) -> Edge {
-        Edge {
+        Edge::new(
             offset,
-            kind: Isa::X86_64.edge(r_type).expect("known type"),
+            Isa::X86_64.edge(r_type).expect("known type"),
             target,
-            addend: 0,
-        }
+            0,
+        )
     }
 
     /// `f` in `.text` (with a call, a jump, a `lea` and a GOT load of
@@ -311,9 +313,10 @@ mod tests {
             tls: false,
             weak_ref: false,
         });
-        let with_addend = |offset, kind, addend| Edge {
-            addend,
-            ..edge(offset, kind, section_symbol)
+        let with_addend = |offset, kind, addend| {
+            let mut e = edge(offset, kind, section_symbol);
+            e.set_addend(addend);
+            e
         };
         g.blocks[text_block.index()].edges = vec![with_addend(3, R_X86_64_PC32, -4)];
         g.blocks[data_block.index()].edges = vec![
@@ -328,11 +331,11 @@ mod tests {
         let twin = lea.target;
         assert_eq!(g.symbols[twin.index()].name.as_deref(), Some("f"));
         assert_eq!(g.symbols[twin.index()].def, SymbolDef::External);
-        assert_eq!(lea.addend, -4);
+        assert_eq!(lea.addend(), -4);
         let d = &g.blocks[data_block.index()].edges;
-        assert_eq!((d[0].target, d[0].addend), (twin, 0));
-        assert_eq!((d[1].target, d[1].addend), (section_symbol, 8));
-        assert_eq!((d[2].target, d[2].addend), (section_symbol, 0));
+        assert_eq!((d[0].target, d[0].addend()), (twin, 0));
+        assert_eq!((d[1].target, d[1].addend()), (section_symbol, 8));
+        assert_eq!((d[2].target, d[2].addend()), (section_symbol, 0));
     }
 
     #[test]

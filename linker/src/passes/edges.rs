@@ -29,7 +29,7 @@ pub(super) enum Need {
 /// defined in the graph.
 #[inline]
 pub(super) fn need(e: &Edge, external: bool) -> Need {
-    let k = e.kind;
+    let k = e.kind.desc();
     match k.target {
         // The common cases first: this runs for every live edge.
         EdgeTarget::Symbol if k.uses_got_base => Need::GotBase,
@@ -91,11 +91,11 @@ pub(super) fn fix_edge<A: RelocArch>(
     let sym = || -> &Symbol { &ctx.graph.symbols[e.target.index()] };
     let s = ctx.addrs[e.target.index()];
     let place = block.addr.wrapping_add(u64::from(e.offset));
-    let k: &'static EdgeDesc = e.kind;
+    let k: &'static EdgeDesc = e.kind.desc();
     let mut v = FixupValues {
         place,
         target: s,
-        addend: e.addend,
+        addend: e.addend(),
         got: ctx.got_base,
         size: 0,
     };
@@ -122,7 +122,7 @@ pub(super) fn fix_edge<A: RelocArch>(
             if k.relaxable
                 && !sym().tls
                 && s != 0
-                && A::may_relax_got(place, s, e.addend)
+                && A::may_relax_got(place, s, e.addend())
                 && !(ctx.imaging && sym().def == SymbolDef::External)
                 && let Some(r) =
                     A::relax(k, bytes, u64::from(e.offset)).map_err(|err| (err, None))?
@@ -131,11 +131,11 @@ pub(super) fn fix_edge<A: RelocArch>(
                 v.place = place.wrapping_add_signed(i64::from(r.place_delta));
                 return A::apply(r.edge, bytes, offset, &v).map_err(|err| (err, hint()));
             }
-            if addend_in_entry && e.addend != 0 {
+            if addend_in_entry && e.addend() != 0 {
                 return Err((
                     FixupError::AddendInGotEntry {
                         reloc: k.name,
-                        addend: e.addend,
+                        addend: e.addend(),
                     },
                     None,
                 ));
@@ -168,12 +168,7 @@ pub(super) fn fix_edge<A: RelocArch>(
 /// `def` that failed (out of range).
 #[cold]
 fn fixup_hint(kind: &'static EdgeDesc, def: SymbolDef) -> Option<&'static str> {
-    let e = Edge {
-        offset: 0,
-        kind,
-        target: crate::graph::SymbolId(0),
-        addend: 0,
-    };
+    let e = Edge::new(0, kind, crate::graph::SymbolId(0), 0);
     match (e.reach32(), def) {
         (Some(Reach32::Unsigned | Reach32::Signed), _) => {
             Some("non-PIE code must be placed below 2 GiB; compile with -fPIE or -fPIC")

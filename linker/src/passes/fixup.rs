@@ -351,33 +351,101 @@ fn layout_bug(g: &LinkGraph, i: usize) -> LinkError {
     }
 }
 
-/// Disjoint slices of `mem`, one per block of `places`, in address order.
-fn carve<'m>(
-    g: &LinkGraph,
+/// Blocks placed back to back in the image whose bytes also lie back to
+/// back in one input file (the sections of one object, in its order):
+/// copied with one `memcpy`, then fixed up block by block.
+struct Run<'p, 'm> {
+    /// `(image offset, block)` of each block, in address order.
+    places: &'p [(usize, usize)],
+    /// The run's bytes in the image, from the first block's offset.
     mem: &'m mut [u8],
-    places: &[(usize, usize)],
-) -> Result<Vec<(usize, &'m mut [u8])>, LinkError> {
-    let mut slots: Vec<(usize, &mut [u8])> = Vec::with_capacity(places.len());
+    /// The run's bytes in the input (or the one block's own bytes).
+    src: &'p [u8],
+}
+
+/// Most bytes a [`Run`] spans: runs stay small enough to spread over
+/// rayon's threads.
+const RUN_BYTES: usize = 64 << 10;
+
+/// Whether `next` continues the bytes of `prev` in the same input file.
+fn continues(prev: &Content, next: &Content) -> bool {
+    match (prev, next) {
+        (
+            Content::Input {
+                file: f0,
+                start: s0,
+                len: l0,
+            },
+            Content::Input {
+                file: f1,
+                start: s1,
+                ..
+            },
+        ) => std::sync::Arc::ptr_eq(f0, f1) && s0 + l0 == *s1,
+        _ => false,
+    }
+}
+
+/// The source bytes of the blocks `places` (one block, or blocks whose
+/// input bytes continue one another: [`continues`]), `len` bytes in all.
+fn run_source<'g>(g: &'g LinkGraph, places: &[(usize, usize)], len: usize) -> Option<&'g [u8]> {
+    let &[(_, first), ..] = places else {
+        return None;
+    };
+    match &g.blocks[first].content {
+        Content::Input { file, start, .. } => file.get(*start..start.checked_add(len)?),
+        c => c.bytes().filter(|_| places.len() == 1),
+    }
+}
+
+/// Disjoint slices of `mem` in address order, one per [`Run`] of the blocks
+/// of `places`.
+fn carve<'p, 'm>(
+    g: &'p LinkGraph,
+    mem: &'m mut [u8],
+    places: &'p [(usize, usize)],
+) -> Result<Vec<Run<'p, 'm>>, LinkError> {
+    let mut runs: Vec<Run<'p, 'm>> = Vec::new();
     let mut rest: &mut [u8] = mem;
     let mut next = 0usize;
-    for &(at, i) in places {
-        let len = g.blocks[i].content.len() as usize;
+    let mut first = 0usize;
+    while first < places.len() {
+        let (at, i) = places[first];
+        let mut len = g.blocks[i].content.len() as usize;
+        let mut end = first + 1;
+        while let Some(&(at_j, j)) = places.get(end) {
+            let len_j = g.blocks[j].content.len() as usize;
+            let prev = &g.blocks[places[end - 1].1].content;
+            if at_j != at + len || len + len_j > RUN_BYTES || !continues(prev, &g.blocks[j].content)
+            {
+                break;
+            }
+            len += len_j;
+            end += 1;
+        }
         let skip = at.checked_sub(next).ok_or_else(|| layout_bug(g, i))?;
         if skip.saturating_add(len) > rest.len() {
             return Err(layout_bug(g, i));
         }
+        let src = run_source(g, &places[first..end], len)
+            .filter(|s| s.len() == len)
+            .ok_or_else(|| layout_bug(g, i))?;
         let (slot, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(len);
         rest = tail;
         next = at + len;
-        slots.push((i, slot));
+        runs.push(Run {
+            places: &places[first..end],
+            mem: slot,
+            src,
+        });
+        first = end;
     }
-    Ok(slots)
+    Ok(runs)
 }
 
-/// Copy each live block's bytes into the image and fix it up there, block
-/// by block (in parallel for large graphs): one copy, no intermediate
-/// buffers. A kept graph ([`LinkOptions::keep_graph`]) gets the relocated
-/// bytes.
+/// Copy each live block's bytes into the image and fix it up there, run by
+/// run (in parallel for large graphs): one copy, no intermediate buffers.
+/// A kept graph ([`LinkOptions::keep_graph`]) gets the relocated bytes.
 fn fix_blocks(
     p: &mut Prepared,
     addrs: &[u64],
@@ -391,7 +459,7 @@ fn fix_blocks(
     let plt_base = p.plt_block.map_or(0, |b| p.graph.blocks[b.index()].addr);
     let g = &p.graph;
     let mem = p.alloc.bytes_mut().ok_or_else(|| not_writable(env))?;
-    let mut slots = carve(g, mem, &places)?;
+    let mut runs = carve(g, mem, &places)?;
     let ctx = FixupCtx {
         graph: g,
         addrs,
@@ -402,21 +470,29 @@ fn fix_blocks(
         tpoffs,
         imaging: options.imaging,
     };
-    let run = |(i, slot): &mut (usize, &mut [u8])| ctx.copy_and_fix(*i, slot);
+    let run = |r: &mut Run<'_, '_>| ctx.copy_and_fix(r);
     let parallel = edge_count >= options.parallel_threshold || total_bytes >= PARALLEL_COPY_BYTES;
     let results: Vec<Result<(), LinkError>> = if parallel {
-        slots.par_iter_mut().map(run).collect()
+        runs.par_iter_mut().map(run).collect()
     } else {
-        slots.iter_mut().map(run).collect()
+        runs.iter_mut().map(run).collect()
     };
     results.into_iter().collect::<Result<(), LinkError>>()?;
     // A kept graph holds the relocated bytes.
     let relocated: Vec<(usize, Vec<u8>)> = if options.keep_graph {
-        slots.iter().map(|(i, slot)| (*i, slot.to_vec())).collect()
+        runs.iter()
+            .flat_map(|r| {
+                let base = r.places[0].0;
+                r.places.iter().map(move |&(at, i)| {
+                    let len = g.blocks[i].content.len() as usize;
+                    (i, r.mem[at - base..at - base + len].to_vec())
+                })
+            })
+            .collect()
     } else {
         Vec::new()
     };
-    drop(slots);
+    drop(runs);
     for (i, bytes) in relocated {
         p.graph.blocks[i].content = Content::Bytes(bytes);
     }
@@ -437,14 +513,21 @@ pub(super) struct FixupCtx<'a> {
 }
 
 impl FixupCtx<'_> {
-    /// Copy block `i` into `slot`, its place in the image, and fix it up.
-    fn copy_and_fix(&self, i: usize, slot: &mut [u8]) -> Result<(), LinkError> {
+    /// Copy a run's bytes into the image, then fix up each of its blocks.
+    fn copy_and_fix(&self, run: &mut Run<'_, '_>) -> Result<(), LinkError> {
+        run.mem.copy_from_slice(run.src);
+        let base = run.places[0].0;
+        for &(at, i) in run.places {
+            let len = self.graph.blocks[i].content.len() as usize;
+            self.fix_placed(i, &mut run.mem[at - base..at - base + len])?;
+        }
+        Ok(())
+    }
+
+    /// Fix up block `i`, copied to `slot`, its place in the image.
+    fn fix_placed(&self, i: usize, slot: &mut [u8]) -> Result<(), LinkError> {
         let g = self.graph;
         let block = &g.blocks[i];
-        match block.content.bytes() {
-            Some(v) if v.len() == slot.len() => slot.copy_from_slice(v),
-            _ => return Err(layout_bug(g, i)),
-        }
         // An FDE's CIE pointer follows the new layout.
         if let Some(f) = block.fde {
             let cie_addr = g.blocks[f.cie.index()].addr;
@@ -554,5 +637,64 @@ fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
             g.symbol_name(s),
             g.object_name(g.symbols[s.index()].object)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{InputBytes, Prot};
+
+    /// Blocks of one input file back to back in the image and in the file
+    /// share one run; a gap in the image, another file or owned bytes start
+    /// a new one. Every block's bytes land at its place either way.
+    #[test]
+    fn carve_joins_blocks_back_to_back_in_image_and_input() {
+        let mut g = LinkGraph::new();
+        g.set_isa(Isa::X86_64);
+        let s = g.section(".text", Prot::ReadExec, SectionRole::Ordinary);
+        let file: InputBytes = std::sync::Arc::new((0..64u8).collect::<Vec<u8>>().into());
+        let other: InputBytes = std::sync::Arc::new((100..164u8).collect::<Vec<u8>>().into());
+        let input = |f: &InputBytes, start, len| Content::input(f, start, len).expect("in file");
+        let contents = [
+            input(&file, 0, 8),         // at 0
+            input(&file, 8, 8),         // at 8: continues the first
+            input(&file, 16, 4),        // at 20: a gap in the image
+            input(&other, 20, 4),       // at 24: another file
+            Content::Bytes(vec![7; 4]), // at 28: owned bytes
+            input(&file, 40, 4),        // at 32: not next in the file
+        ];
+        let ats = [0usize, 8, 20, 24, 28, 32];
+        let mut places = Vec::new();
+        for (c, at) in contents.into_iter().zip(ats) {
+            let b = g.add_block(Block {
+                section: s,
+                object: None,
+                input_section: ".text".into(),
+                input_offset: 0,
+                content: c,
+                align: 1,
+                edges: Vec::new(),
+                fde: None,
+                live: true,
+                addr: at as u64,
+            });
+            places.push((at, b.index()));
+        }
+        let mut mem = vec![0u8; 36];
+        let mut runs = carve(&g, &mut mem, &places).expect("fits");
+        let lens: Vec<usize> = runs.iter().map(|r| r.places.len()).collect();
+        assert_eq!(lens, [2, 1, 1, 1, 1]);
+        for r in &mut runs {
+            r.mem.copy_from_slice(r.src);
+        }
+        drop(runs);
+        let mut want = vec![0u8; 36];
+        want[..16].copy_from_slice(&(0..16).collect::<Vec<u8>>());
+        want[20..24].copy_from_slice(&[16, 17, 18, 19]);
+        want[24..28].copy_from_slice(&[120, 121, 122, 123]);
+        want[28..32].copy_from_slice(&[7; 4]);
+        want[32..36].copy_from_slice(&[40, 41, 42, 43]);
+        assert_eq!(mem, want);
     }
 }

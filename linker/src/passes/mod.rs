@@ -75,8 +75,11 @@ pub fn link_graph(
         below_2gib: false,
     };
     let (finalized, graph) = run(start, &mut ResolverHost(resolver), env, options)?;
-    if let Some(graph) = graph {
-        free_graph(graph);
+    match graph {
+        // The process exits soon: its exit releases the graph at once.
+        Some(graph) if options.leave_graph_to_exit => std::mem::forget(graph),
+        Some(graph) => free_graph(graph),
+        None => {}
     }
     Ok(finalized)
 }

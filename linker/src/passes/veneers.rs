@@ -93,7 +93,7 @@ fn far_calls<A: RelocArch>(
             let place = i128::from(offset[bi]) + i128::from(e.offset);
             let d = target - place;
             if d - slack < i128::from(min) || d + slack > i128::from(max) {
-                far.push((BlockId(bi as u32), ei, e.target, e.addend));
+                far.push((BlockId(bi as u32), ei, e.target, e.addend()));
             }
         }
     }
@@ -108,7 +108,7 @@ fn target_offset(graph: &LinkGraph, offset: &[u64], plt: Plt<'_>, e: &Edge) -> O
     }
     match graph.symbols[e.target.index()].def {
         SymbolDef::Defined { block, offset: o } if offset[block.index()] != u64::MAX => {
-            Some(i128::from(offset[block.index()]) + i128::from(o) + i128::from(e.addend))
+            Some(i128::from(offset[block.index()]) + i128::from(o) + i128::from(e.addend()))
         }
         _ => None,
     }
@@ -155,12 +155,12 @@ fn insert_veneers<A: RelocArch>(graph: &mut LinkGraph, far: &[Far], plt: Plt<'_>
                     .patches
                     .iter()
                     .filter_map(|p| {
-                        Some(Edge {
-                            offset: p.offset,
-                            kind: isa.edge(p.r_type)?,
-                            target: to,
-                            addend: to_addend + p.addend,
-                        })
+                        Some(Edge::new(
+                            p.offset,
+                            isa.edge(p.r_type)?,
+                            to,
+                            to_addend + p.addend,
+                        ))
                     })
                     .collect();
                 let c = &graph.blocks[caller.index()];
@@ -184,7 +184,7 @@ fn insert_veneers<A: RelocArch>(graph: &mut LinkGraph, far: &[Far], plt: Plt<'_>
         };
         let e = &mut graph.blocks[caller.index()].edges[ei];
         e.target = veneer;
-        e.addend = 0;
+        e.set_addend(0);
     }
     // Each veneer right after its caller in the section's order.
     let mut veneer = vec![false; graph.blocks.len()];
