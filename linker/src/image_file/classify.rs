@@ -908,9 +908,8 @@ fn copy_into(to: &mut [std::mem::MaybeUninit<u8>], from: &[u8]) {
 /// The globals the image defines, sorted by name.
 fn exports(g: &LinkGraph, addrs: &[u64], base: u64) -> Vec<Export> {
     let mut defined: Vec<(&str, SymbolId)> = g
-        .globals
-        .iter()
-        .filter_map(|(n, &id)| {
+        .global_names()
+        .filter_map(|(n, id)| {
             let s = &g.symbols[id.index()];
             match s.def {
                 // A thread-local's value is a TLS offset, not an address
@@ -922,7 +921,7 @@ fn exports(g: &LinkGraph, addrs: &[u64], base: u64) -> Vec<Export> {
                         && !s.tls
                         && !in_tls_section(g, block) =>
                 {
-                    Some((&**n, id))
+                    Some((n, id))
                 }
                 _ => None,
             }

@@ -30,7 +30,7 @@ fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
                 }
             }
             for name in names {
-                if let Some(&id) = graph.globals.get(name.as_str())
+                if let Some(id) = graph.global_id(name)
                     && let SymbolDef::Defined { block, .. } = graph.symbols[id.index()].def
                 {
                     work.push(block);
@@ -46,8 +46,7 @@ fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
 /// of that section (as `ld` does).
 fn start_stop_sections(graph: &LinkGraph) -> FxHashMap<u32, SectionId> {
     graph
-        .globals
-        .iter()
+        .global_names()
         .filter(|(_, id)| graph.symbols[id.index()].def == SymbolDef::External)
         .filter_map(|(name, id)| {
             let section = name
