@@ -311,7 +311,7 @@ fn pc_relative(
 ) -> Result<(), LinkError> {
     let g = l.graph;
     for e in &block.edges {
-        let Some(size) = edges.kind(&e.kind).pc_relative else {
+        let Some(size) = edges.kind(e.kind).pc_relative else {
             continue;
         };
         if !matches!(edges.target(l, e.target), Target::Host) {
@@ -467,6 +467,10 @@ enum Target {
 /// reading the 64-byte symbol again for each edge to it).
 struct EdgeClasses {
     targets: Vec<Option<Target>>,
+    /// Each edge kind's class, by [`EdgeId::raw`], filled as kinds are
+    /// met: one load an edge instead of the descriptor's fields compared
+    /// (twice per edge: [`pc_relative`] and [`Words::absolute`]).
+    kinds: Vec<Option<KindClass>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -481,11 +485,31 @@ impl EdgeClasses {
     fn new(l: &Linked<'_>) -> Self {
         EdgeClasses {
             targets: vec![None; l.graph.symbols.len()],
+            kinds: Vec::new(),
         }
     }
 
     #[inline]
-    fn kind(&self, k: &EdgeDesc) -> KindClass {
+    fn kind(&mut self, id: EdgeId) -> KindClass {
+        match self.kinds.get(usize::from(id.raw())) {
+            Some(&Some(c)) => c,
+            _ => self.new_kind(id),
+        }
+    }
+
+    /// [`EdgeClasses::kind`] of a kind not met before.
+    #[inline(never)]
+    fn new_kind(&mut self, id: EdgeId) -> KindClass {
+        let c = Self::class_of(&id);
+        let i = usize::from(id.raw());
+        if self.kinds.len() <= i {
+            self.kinds.resize(i + 1, None);
+        }
+        self.kinds[i] = Some(c);
+        c
+    }
+
+    fn class_of(k: &EdgeDesc) -> KindClass {
         KindClass {
             abs64: k.target == EdgeTarget::Symbol
                 && k.width == 8
@@ -804,7 +828,7 @@ impl Words {
             _ => block.addr,
         };
         for e in block.edges.iter() {
-            if !edges.kind(&e.kind).abs64 {
+            if !edges.kind(e.kind).abs64 {
                 continue;
             }
             debug_assert!(e.is_abs64());
