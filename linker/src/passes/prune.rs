@@ -46,9 +46,14 @@ fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
 /// of that section (as `ld` does).
 fn start_stop_sections(graph: &LinkGraph) -> FxHashMap<u32, SectionId> {
     graph
-        .global_names()
-        .filter(|(_, id)| graph.symbols[id.index()].def == SymbolDef::External)
-        .filter_map(|(name, id)| {
+        .globals
+        .ids()
+        .filter_map(|id| {
+            let s = &graph.symbols[id.index()];
+            if s.def != SymbolDef::External {
+                return None;
+            }
+            let name = s.name.as_deref()?;
             let section = name
                 .strip_prefix("__start_")
                 .or_else(|| name.strip_prefix("__stop_"))?;
