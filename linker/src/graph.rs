@@ -49,10 +49,57 @@ index!(
 /// are not adversarial hash-flooding material in a way that matters here.
 pub use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 
-/// Global names → their symbol: a hashbrown map, so that a name hashed
-/// while its object was parsed (in parallel, [`name_hash`]) is looked up
-/// and inserted with that hash in one probe when objects are merged.
-pub type GlobalMap = hashbrown::HashMap<Box<str>, SymbolId, FxBuildHasher>;
+/// Global names → their symbol: a hashbrown table of symbol ids keyed by
+/// [`name_hash`] of the symbol's own name ([`Symbol::name`]), so a name is
+/// stored once (no second copy as a key: one allocation per global), and a
+/// name hashed while its object was parsed (in parallel) is looked up and
+/// inserted with that hash in one probe when objects are merged.
+///
+/// Its lookups take the graph's symbols, whose names they compare against:
+/// a global's symbol keeps the name it was entered with
+/// ([`LinkGraph::define_global`] does).
+#[derive(Debug, Default)]
+pub struct GlobalMap(hashbrown::HashTable<SymbolId>);
+
+/// The name of symbol `id` of `symbols` (a global's: it has one).
+fn name_of(symbols: &[Symbol], id: SymbolId) -> &str {
+    symbols[id.index()].name.as_deref().unwrap_or("")
+}
+
+impl GlobalMap {
+    /// Number of global names.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is no global name.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The symbols of every global name, in the table's order.
+    pub fn ids(&self) -> impl Iterator<Item = SymbolId> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// Every global name with its symbol, in the table's order (`symbols`:
+    /// the graph's).
+    pub fn iter<'a>(&'a self, symbols: &'a [Symbol]) -> impl Iterator<Item = (&'a str, SymbolId)> {
+        self.0.iter().map(move |&id| (name_of(symbols, id), id))
+    }
+
+    /// The symbol of global `name` (`symbols`: the graph's).
+    pub fn get(&self, symbols: &[Symbol], name: &str) -> Option<SymbolId> {
+        self.0
+            .find(name_hash(name), |&id| name_of(symbols, id) == name)
+            .copied()
+    }
+
+    /// Room for `n` more names (`symbols`: the graph's, rehashed from).
+    fn reserve(&mut self, n: usize, symbols: &[Symbol]) {
+        self.0.reserve(n, |&id| name_hash(name_of(symbols, id)));
+    }
+}
 
 /// The hash [`GlobalMap`] uses for `name`.
 pub fn name_hash(name: &str) -> u64 {
@@ -609,7 +656,17 @@ impl LinkGraph {
     pub fn reserve(&mut self, symbols: usize, blocks: usize, globals: usize) {
         self.symbols.reserve(symbols);
         self.blocks.reserve(blocks);
-        self.globals.reserve(globals);
+        self.globals.reserve(globals, &self.symbols);
+    }
+
+    /// The symbol of global `name`, if the graph has that global.
+    pub fn global_id(&self, name: &str) -> Option<SymbolId> {
+        self.globals.get(&self.symbols, name)
+    }
+
+    /// Every global name with its symbol.
+    pub fn global_names(&self) -> impl Iterator<Item = (&str, SymbolId)> {
+        self.globals.iter(&self.symbols)
     }
 
     /// Add an object record.
@@ -668,17 +725,18 @@ impl LinkGraph {
 
     /// [`LinkGraph::global`] with `hash` = [`name_hash`]`(name)`.
     fn global_hashed(&mut self, name: &str, hash: u64, object: ObjectId) -> SymbolId {
-        use hashbrown::hash_map::RawEntryMut;
-        let entry = self
-            .globals
-            .raw_entry_mut()
-            .from_key_hashed_nocheck(hash, name);
-        let slot = match entry {
-            RawEntryMut::Occupied(o) => return *o.get(),
-            RawEntryMut::Vacant(v) => v,
+        use hashbrown::hash_table::Entry;
+        let symbols = &self.symbols;
+        let id = SymbolId(symbols.len() as u32);
+        match self.globals.0.entry(
+            hash,
+            |&g| name_of(symbols, g) == name,
+            |&g| name_hash(name_of(symbols, g)),
+        ) {
+            Entry::Occupied(o) => return *o.get(),
+            // The symbol pushed below carries the name the table compares.
+            Entry::Vacant(v) => v.insert(id),
         };
-        let id = SymbolId(self.symbols.len() as u32);
-        slot.insert_hashed_nocheck(hash, name.into(), id);
         self.symbols.push(Symbol {
             name: Some(name.into()),
             def: SymbolDef::External,
@@ -883,7 +941,7 @@ impl LinkGraph {
             global_name[id.index()] = Some((start, len, hash));
         }
         let mut is_global = vec![false; symbols.len()];
-        for id in globals.values() {
+        for id in globals.ids() {
             is_global[id.index()] = true;
         }
         let mut sym_map: Vec<SymbolId> = Vec::with_capacity(symbols.len());
@@ -891,7 +949,7 @@ impl LinkGraph {
             // The first object (a unit of one object, as a JIT adds them):
             // every global is new, so room for all at once — no rehash and
             // no regrowth of the symbols per doubling.
-            self.globals.reserve(unmerged_globals.len());
+            self.globals.reserve(unmerged_globals.len(), &self.symbols);
             self.symbols.reserve(symbols.len());
         } else {
             self.symbols
@@ -1153,7 +1211,8 @@ mod tests {
         let y = g.global_hashed("y", name_hash("y"), a);
         assert_eq!(g.global_hashed("x", name_hash("x"), a), x);
         assert_eq!(g.global("y", a), y);
-        assert_eq!(g.globals.get("y"), Some(&y));
+        assert_eq!(g.global_id("y"), Some(y));
+        assert_eq!(g.global_id("z"), None);
         assert_eq!(g.symbols[y.index()].name.as_deref(), Some("y"));
         assert_eq!(g.globals.len(), 2);
     }

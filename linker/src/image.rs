@@ -191,13 +191,12 @@ impl Linker {
     fn pull_archive_members(&mut self, graph: &mut LinkGraph) -> Result<(), LinkError> {
         while !self.archives.is_empty() {
             let wanted: Vec<Box<str>> = graph
-                .globals
-                .iter()
+                .global_names()
                 .filter(|(_, id)| {
                     let s = &graph.symbols[id.index()];
                     s.def == SymbolDef::External && !s.weak_ref
                 })
-                .map(|(n, _)| n.clone())
+                .map(|(n, _)| n.into())
                 .collect();
             let mut pulled = false;
             for name in wanted {

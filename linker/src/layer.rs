@@ -141,15 +141,15 @@ struct ObjectNames {
 
 impl ObjectNames {
     fn record(&mut self, graph: &LinkGraph) {
-        for (n, &id) in &graph.globals {
+        for (n, id) in graph.global_names() {
             let s = &graph.symbols[id.index()];
             match s.def {
                 GraphDef::External if !s.weak_ref => {
-                    self.referenced.insert(n.clone());
+                    self.referenced.insert(n.into());
                 }
                 GraphDef::External => {}
                 _ if s.scope != Scope::Local => {
-                    self.defined.insert(n.clone());
+                    self.defined.insert(n.into());
                 }
                 _ => {}
             }
@@ -414,7 +414,7 @@ impl ObjectLayer {
         // reuses these names (and their ids) instead of hashing the text again.
         let mut symbols = Vec::with_capacity(graph.globals.len());
         let mut globals = Vec::with_capacity(graph.globals.len());
-        for (n, &id) in &graph.globals {
+        for (n, id) in graph.global_names() {
             let s = &graph.symbols[id.index()];
             let dead = match s.def {
                 GraphDef::Defined { block, .. } => !graph.blocks[block.index()].live,
@@ -528,15 +528,15 @@ impl ObjectLayer {
         }
         let mut tls_definer: HashMap<Box<str>, usize> = HashMap::new();
         for (i, g) in graphs.iter().enumerate() {
-            for (n, &id) in &g.globals {
+            for (n, id) in g.global_names() {
                 let s = &g.symbols[id.index()];
                 if s.tls && !matches!(s.def, GraphDef::External) {
-                    tls_definer.insert(n.clone(), i);
+                    tls_definer.insert(n.into(), i);
                 }
             }
         }
         for (i, g) in graphs.iter().enumerate() {
-            for (n, &id) in &g.globals {
+            for (n, id) in g.global_names() {
                 let s = &g.symbols[id.index()];
                 if s.tls
                     && matches!(s.def, GraphDef::External)
@@ -601,7 +601,7 @@ impl ObjectLayer {
         });
         let mut functions = Vec::new();
         let mut data = Vec::new();
-        for (n, &id) in &graph.globals {
+        for (n, id) in graph.global_names() {
             let s = &graph.symbols[id.index()];
             // Archive code no live code reaches was pruned: not offered.
             let dead = match s.def {
@@ -1607,13 +1607,12 @@ impl ArchiveGenerator {
                 }
             }
             wanted = graph
-                .globals
-                .iter()
+                .global_names()
                 .filter(|(_, id)| {
                     let s = &graph.symbols[id.index()];
                     s.def == GraphDef::External && !s.weak_ref
                 })
-                .map(|(n, _)| n.clone())
+                .map(|(n, _)| n.into())
                 .collect();
             wanted.sort_unstable();
             // Only names no object defines and some member not yet taken

@@ -318,7 +318,7 @@ fn kept_graph_has_final_addresses_and_relocation_records() {
     let env = passes::ImageEnv::default();
     let f = passes::link_graph(graph, &HostSymbols::new(), &env, &options).unwrap();
     let g = f.graph.as_ref().expect("kept");
-    let id = g.globals["is_odd"];
+    let id = g.global_id("is_odd").expect("is_odd is a global");
     let kiln_linker::graph::SymbolDef::Defined { block, offset } = g.symbols[id.index()].def else {
         panic!("is_odd is defined")
     };

@@ -62,7 +62,10 @@ pub(crate) struct Import {
 /// A global the image defines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Export {
-    pub(crate) name: String,
+    /// `start, len` of its name in the record's
+    /// [`ImagingRecord::export_names`](super::ImagingRecord) (one string for
+    /// every name, not an allocation each).
+    pub(crate) name: (u32, u32),
     pub(crate) offset: u64,
     pub(crate) callable: bool,
     pub(crate) weak: bool,
@@ -308,7 +311,7 @@ fn pc_relative(
 ) -> Result<(), LinkError> {
     let g = l.graph;
     for e in &block.edges {
-        let Some(size) = edges.kind(&e.kind).pc_relative else {
+        let Some(size) = edges.kind(e.kind).pc_relative else {
             continue;
         };
         if !matches!(edges.target(l, e.target), Target::Host) {
@@ -464,6 +467,10 @@ enum Target {
 /// reading the 64-byte symbol again for each edge to it).
 struct EdgeClasses {
     targets: Vec<Option<Target>>,
+    /// Each edge kind's class, by [`EdgeId::raw`], filled as kinds are
+    /// met: one load an edge instead of the descriptor's fields compared
+    /// (twice per edge: [`pc_relative`] and [`Words::absolute`]).
+    kinds: Vec<Option<KindClass>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -478,11 +485,31 @@ impl EdgeClasses {
     fn new(l: &Linked<'_>) -> Self {
         EdgeClasses {
             targets: vec![None; l.graph.symbols.len()],
+            kinds: Vec::new(),
         }
     }
 
     #[inline]
-    fn kind(&self, k: &EdgeDesc) -> KindClass {
+    fn kind(&mut self, id: EdgeId) -> KindClass {
+        match self.kinds.get(usize::from(id.raw())) {
+            Some(&Some(c)) => c,
+            _ => self.new_kind(id),
+        }
+    }
+
+    /// [`EdgeClasses::kind`] of a kind not met before.
+    #[inline(never)]
+    fn new_kind(&mut self, id: EdgeId) -> KindClass {
+        let c = Self::class_of(&id);
+        let i = usize::from(id.raw());
+        if self.kinds.len() <= i {
+            self.kinds.resize(i + 1, None);
+        }
+        self.kinds[i] = Some(c);
+        c
+    }
+
+    fn class_of(k: &EdgeDesc) -> KindClass {
         KindClass {
             abs64: k.target == EdgeTarget::Symbol
                 && k.width == 8
@@ -634,8 +661,9 @@ fn base_align(l: &Linked<'_>) -> u64 {
 /// protections): rebases and imports of every absolute word, exports, the
 /// memory normalized to base 0 with import words zeroed.
 pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
-    // The exports (a sort of every global's name and a copy of each: 17 M
-    // instructions on the aarch64 synth input) read only the graph and the
+    // The exports (a sort of every global's name and a copy of each into
+    // one string: 12 M instructions on the aarch64 synth input) read only
+    // the graph and the
     // addresses: made on one of rayon's threads while this one classifies
     // the words and copies the memory.
     let (graph, addrs, base) = (l.graph, l.addrs, l.base);
@@ -646,7 +674,7 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
         words_and_memory(&l)
     });
     let mut record = record?;
-    record.exports = exported.unwrap_or_else(|| exports(graph, addrs, base));
+    (record.exports, record.export_names) = exported.unwrap_or_else(|| exports(graph, addrs, base));
     Ok(record)
 }
 
@@ -696,6 +724,7 @@ fn words_and_memory(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
         rebase,
         imports,
         exports: Vec::new(),
+        export_names: String::new(),
         eh_frame: l.eh_frame.map(|(start, len)| (start - l.base, len)),
         deps,
         host_table,
@@ -799,7 +828,7 @@ impl Words {
             _ => block.addr,
         };
         for e in block.edges.iter() {
-            if !edges.kind(&e.kind).abs64 {
+            if !edges.kind(e.kind).abs64 {
                 continue;
             }
             debug_assert!(e.is_abs64());
@@ -905,12 +934,18 @@ fn copy_into(to: &mut [std::mem::MaybeUninit<u8>], from: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().cast::<u8>(), n) }
 }
 
-/// The globals the image defines, sorted by name.
-fn exports(g: &LinkGraph, addrs: &[u64], base: u64) -> Vec<Export> {
+/// The name of `e`, one of the exports whose names are `names`.
+pub(crate) fn export_name<'a>(names: &'a str, e: &Export) -> &'a str {
+    let (start, len) = (e.name.0 as usize, e.name.1 as usize);
+    names.get(start..start + len).unwrap_or("")
+}
+
+/// The globals the image defines, sorted by name, and their names (see
+/// [`Export::name`]).
+fn exports(g: &LinkGraph, addrs: &[u64], base: u64) -> (Vec<Export>, String) {
     let mut defined: Vec<(&str, SymbolId)> = g
-        .globals
-        .iter()
-        .filter_map(|(n, &id)| {
+        .global_names()
+        .filter_map(|(n, id)| {
             let s = &g.symbols[id.index()];
             match s.def {
                 // A thread-local's value is a TLS offset, not an address
@@ -922,7 +957,7 @@ fn exports(g: &LinkGraph, addrs: &[u64], base: u64) -> Vec<Export> {
                         && !s.tls
                         && !in_tls_section(g, block) =>
                 {
-                    Some((&**n, id))
+                    Some((n, id))
                 }
                 _ => None,
             }
@@ -932,19 +967,23 @@ fn exports(g: &LinkGraph, addrs: &[u64], base: u64) -> Vec<Export> {
     // are the map's keys, so unique, and an unstable sort gives the one
     // order there is.
     sort_by_name(&mut defined);
-    defined
+    let mut names = String::with_capacity(defined.iter().map(|(n, _)| n.len()).sum());
+    let exports = defined
         .into_iter()
         .map(|(name, id)| {
             let s = &g.symbols[id.index()];
+            let start = names.len() as u32;
+            names.push_str(name);
             Export {
-                name: name.to_owned(),
+                name: (start, name.len() as u32),
                 offset: addrs[id.index()].wrapping_sub(base),
                 callable: s.callable,
                 weak: s.linkage == crate::graph::Linkage::Weak,
                 exported: s.scope == Scope::Default,
             }
         })
-        .collect()
+        .collect();
+    (exports, names)
 }
 
 /// Sorts `names` by name (byte order, as `str`'s `Ord`). Each is keyed by

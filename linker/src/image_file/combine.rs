@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use kiln_engine::{Dylib, ResourceTracker};
 
-use super::classify::Import;
+use super::classify::{self, Import};
 use super::format::PAGE;
 use super::{BuildId, ImageError, ImagingRecord};
 use crate::graph::Prot;
@@ -245,10 +245,15 @@ pub(crate) fn combine(
         add_imports(name, &p.name, r, start, &places, &mut out)?;
         fix_pc_relative(name, r, start, &places, &mut out.memory)?;
         for e in &r.exports {
-            if exported.insert(e.name.clone()) {
-                let mut e = e.clone();
-                e.offset += start;
-                out.exports.push(e);
+            let n = classify::export_name(&r.export_names, e);
+            if exported.insert(n) {
+                let at = out.export_names.len() as u32;
+                out.export_names.push_str(n);
+                out.exports.push(classify::Export {
+                    name: (at, e.name.1),
+                    offset: e.offset + start,
+                    ..e.clone()
+                });
             }
         }
         for (section, entries) in &r.init_fini {
@@ -262,7 +267,9 @@ pub(crate) fn combine(
             eh_frames.push((&p.name, start + off, len));
         }
     }
-    out.exports.sort_by(|a, b| a.name.cmp(&b.name));
+    let names = &out.export_names;
+    out.exports
+        .sort_by(|a, b| classify::export_name(names, a).cmp(classify::export_name(names, b)));
     match eh_frames.as_slice() {
         [] => {}
         [(_, off, len)] => out.eh_frame = Some((*off, *len)),

@@ -356,6 +356,8 @@ pub struct ImagingRecord {
     pub(crate) imports: Vec<classify::Import>,
     /// Exports, sorted by name.
     pub(crate) exports: Vec<classify::Export>,
+    /// The exports' names, one after another ([`classify::Export::name`]).
+    pub(crate) export_names: String,
     /// Initializer/finalizer sections in link order: name, entry offsets
     /// (`u64::MAX`: an entry outside the image, skipped).
     pub(crate) init_fini: Vec<(String, Vec<u64>)>,

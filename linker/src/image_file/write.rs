@@ -5,7 +5,7 @@ use object::write::StringId;
 use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Writer};
 
 use super::format::{self, HEADER_AT, HEADER_SIZE, Header, PAGE};
-use super::{BuildId, ImageError, ImagingRecord};
+use super::{BuildId, ImageError, ImagingRecord, classify};
 use crate::graph::Prot;
 
 /// The tables' bytes, in [`format::TABLES`] order, and the strings.
@@ -60,7 +60,7 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
     }
     let mut exports = Vec::with_capacity(r.exports.len() * format::EXPORT_SIZE);
     for e in &r.exports {
-        let (at, len) = string(&e.name);
+        let (at, len) = string(classify::export_name(&r.export_names, e));
         exports.extend_from_slice(&e.offset.to_le_bytes());
         exports.extend_from_slice(&at.to_le_bytes());
         exports.extend_from_slice(&len.to_le_bytes());

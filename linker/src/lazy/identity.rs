@@ -42,7 +42,7 @@ pub(crate) fn canonical_function_addresses(graph: &mut LinkGraph, with_entries: 
     let mut at: FxHashMap<(BlockId, u64), SymbolId> = FxHashMap::default();
     let mut ids: FxHashMap<SymbolId, ()> = FxHashMap::default();
     for n in with_entries {
-        if let Some(&id) = graph.globals.get(*n)
+        if let Some(id) = graph.global_id(n)
             && let SymbolDef::Defined { block, offset } = graph.symbols[id.index()].def
         {
             at.entry((block, offset)).or_insert(id);
@@ -258,11 +258,7 @@ mod tests {
         assert_eq!(targets(eh_block), vec![f], "unwind info describes the body");
         let t = &g.symbols[twin.index()];
         assert_eq!((t.name.as_deref(), t.def), (Some("f"), SymbolDef::External));
-        assert_eq!(
-            g.globals.get("f"),
-            Some(&f),
-            "the definition stays the global"
-        );
+        assert_eq!(g.global_id("f"), Some(f), "the definition stays the global");
     }
 
     /// `lea .text.f-4(%rip)` and `.quad .text.f+0` (a section symbol with

@@ -52,7 +52,7 @@ impl Prepared {
             .iter()
             .enumerate()
             .filter_map(|(i, name)| {
-                let &id = self.graph.globals.get(*name)?;
+                let id = self.graph.global_id(name)?;
                 Some((id, answers.get(i).copied().flatten()))
             })
             .collect();

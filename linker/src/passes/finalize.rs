@@ -100,15 +100,14 @@ fn symbol_table(p: &Prepared, addrs: &[u64], options: &LinkOptions) -> HashMap<B
         return HashMap::new();
     }
     let g = &p.graph;
-    g.globals
-        .iter()
-        .filter_map(|(n, &id)| {
+    g.global_names()
+        .filter_map(|(n, id)| {
             let s = &g.symbols[id.index()];
             match s.def {
                 SymbolDef::Defined { block, .. } if g.blocks[block.index()].live => {
-                    Some((n.clone(), addrs[id.index()]))
+                    Some((n.into(), addrs[id.index()]))
                 }
-                SymbolDef::Absolute(v) => Some((n.clone(), v)),
+                SymbolDef::Absolute(v) => Some((n.into(), v)),
                 _ => None,
             }
         })

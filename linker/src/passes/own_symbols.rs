@@ -10,9 +10,8 @@ impl Prepared {
     /// Phase (a): the graph's own global symbols with final addresses.
     pub fn defined_symbols(&self) -> Vec<DefinedSymbol> {
         let g = &self.graph;
-        g.globals
-            .iter()
-            .filter_map(|(name, &id)| {
+        g.global_names()
+            .filter_map(|(name, id)| {
                 let address = self.defined_address(id)?;
                 let s = &g.symbols[id.index()];
                 Some(DefinedSymbol {

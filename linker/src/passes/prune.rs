@@ -30,7 +30,7 @@ fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
                 }
             }
             for name in names {
-                if let Some(&id) = graph.globals.get(name.as_str())
+                if let Some(id) = graph.global_id(name)
                     && let SymbolDef::Defined { block, .. } = graph.symbols[id.index()].def
                 {
                     work.push(block);
@@ -47,9 +47,13 @@ fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
 fn start_stop_sections(graph: &LinkGraph) -> FxHashMap<u32, SectionId> {
     graph
         .globals
-        .iter()
-        .filter(|(_, id)| graph.symbols[id.index()].def == SymbolDef::External)
-        .filter_map(|(name, id)| {
+        .ids()
+        .filter_map(|id| {
+            let s = &graph.symbols[id.index()];
+            if s.def != SymbolDef::External {
+                return None;
+            }
+            let name = s.name.as_deref()?;
             let section = name
                 .strip_prefix("__start_")
                 .or_else(|| name.strip_prefix("__stop_"))?;
