@@ -404,6 +404,22 @@ fn no_thread_calls_code_whose_constructors_are_still_running() {
     }
 }
 
+/// Objects `a` and `b` whose functions call each other: `a(4)` is 22,
+/// `b(3)` is 21.
+fn mutually_recursive_objects(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let a = object(
+        dir,
+        "a",
+        "long b(long);\nlong a(long x) { return x ? b(x - 1) + 1 : 0; }\n",
+    );
+    let b = object(
+        dir,
+        "b",
+        "long a(long);\nlong b(long x) { return x ? a(x - 1) + 10 : 0; }\n",
+    );
+    (a, b)
+}
+
 /// Objects that call each other in a cycle link with the in-place
 /// dispatcher too, also when one lookup starts both links: the first
 /// link's wait for the other's addresses used to strand the other's
@@ -412,16 +428,7 @@ fn no_thread_calls_code_whose_constructors_are_still_running() {
 fn mutually_recursive_objects_link_with_the_in_place_dispatcher() {
     let _serial = serial();
     let dir = scratch("in-place-cycle");
-    let a = object(
-        &dir,
-        "a",
-        "long b(long);\nlong a(long x) { return x ? b(x - 1) + 1 : 0; }\n",
-    );
-    let b = object(
-        &dir,
-        "b",
-        "long a(long);\nlong b(long x) { return x ? a(x - 1) + 10 : 0; }\n",
-    );
+    let (a, b) = mutually_recursive_objects(&dir);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let jit = Jit::builder()
@@ -459,16 +466,7 @@ fn mutually_recursive_objects_link_with_the_in_place_dispatcher() {
 fn objects_added_together_link_as_one_image() {
     let _serial = serial();
     let dir = scratch("one-image");
-    let a = object(
-        &dir,
-        "a",
-        "long b(long);\nlong a(long x) { return x ? b(x - 1) + 1 : 0; }\n",
-    );
-    let b = object(
-        &dir,
-        "b",
-        "long a(long);\nlong b(long x) { return x ? a(x - 1) + 10 : 0; }\n",
-    );
+    let (a, b) = mutually_recursive_objects(&dir);
     let jit = Jit::builder()
         .dispatcher(kiln_engine::InPlaceDispatcher::new())
         .build()
