@@ -295,10 +295,13 @@ const WIDE: i16 = i16::MIN;
 /// have equal encodings and `Edge`'s `==` stays the addends' `==`.
 struct WideAddends {
     values: Vec<i64>,
-    rows: HashMap<i64, u32>,
+    rows: HashMap<i64, u32, FxBuildHasher>,
 }
 
-static WIDE_ADDENDS: std::sync::Mutex<Option<WideAddends>> = std::sync::Mutex::new(None);
+static WIDE_ADDENDS: std::sync::Mutex<WideAddends> = std::sync::Mutex::new(WideAddends {
+    values: Vec::new(),
+    rows: HashMap::with_hasher(FxBuildHasher),
+});
 
 impl WideAddends {
     fn with<R>(f: impl FnOnce(&mut WideAddends) -> R) -> R {
@@ -307,10 +310,7 @@ impl WideAddends {
         let mut guard = WIDE_ADDENDS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(guard.get_or_insert_with(|| WideAddends {
-            values: Vec::new(),
-            rows: HashMap::new(),
-        }))
+        f(&mut guard)
     }
 
     fn row_of(addend: i64) -> u32 {

@@ -309,9 +309,16 @@ impl ObjectLayer {
     ) -> Result<(), LinkError> {
         let start = Instant::now();
         let mut graph = LinkGraph::new();
-        crate::debug::read_object(&mut graph, name, bytes, &self.shared.options.debug)?;
+        self.read_into(&mut graph, name, bytes)?;
         self.add_read_time(start.elapsed());
         self.add_graph(dylib, tracker, name, graph)
+    }
+
+    /// Reads object `bytes` (called `name` in errors) into `graph`, with
+    /// the layer's debugger and profiler options.
+    fn read_into(&self, graph: &mut LinkGraph, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
+        crate::debug::read_object(graph, name, bytes, &self.shared.options.debug)?;
+        Ok(())
     }
 
     /// Adds the objects `objects` (name, bytes) to `dylib` as one unit,
@@ -333,12 +340,7 @@ impl ObjectLayer {
         let start = Instant::now();
         let mut graph = LinkGraph::new();
         for (object, bytes) in objects {
-            crate::debug::read_object(
-                &mut graph,
-                object.as_ref(),
-                bytes.as_ref(),
-                &self.shared.options.debug,
-            )?;
+            self.read_into(&mut graph, object.as_ref(), bytes.as_ref())?;
         }
         passes::check_duplicates(&mut graph)?;
         self.add_read_time(start.elapsed());
@@ -499,12 +501,7 @@ impl ObjectLayer {
         let mut graphs = Vec::with_capacity(objects.len());
         for (name, bytes) in objects {
             let mut graph = LinkGraph::new();
-            crate::debug::read_object(
-                &mut graph,
-                name.as_ref(),
-                bytes.as_ref(),
-                &self.shared.options.debug,
-            )?;
+            self.read_into(&mut graph, name.as_ref(), bytes.as_ref())?;
             graphs.push(graph);
         }
         // All of them first: an object linked on its first call must be
