@@ -533,7 +533,8 @@ fn first_call_through_trampoline_keeps_m256_arguments() {
         avx256_impl as *const () as usize as u64
     );
     // Second call: straight to the implementation.
-    // SAFETY: as above.
+    // SAFETY: AVX is available (checked above); the stub now jumps to
+    // `avx256_impl`, which takes the same arguments.
     assert_eq!(unsafe { call_avx256(jit.stub(0), 8) }, 0);
     assert_eq!(
         lazy.entries(),
@@ -567,7 +568,8 @@ fn first_call_through_trampoline_keeps_m512_arguments() {
     let bad = unsafe { call_avx512(jit.stub(0), 11) };
     assert_eq!(bad, 0, "zmm arguments corrupted on the first call");
     assert_eq!(lazy.entries(), 1);
-    // SAFETY: as above.
+    // SAFETY: AVX-512F is available (checked above); the stub now jumps to
+    // `avx512_impl`, which takes the same arguments.
     assert_eq!(unsafe { call_avx512(jit.stub(0), 12) }, 0);
     assert_eq!(lazy.entries(), 1);
 }

@@ -694,7 +694,8 @@ impl Allocation {
             if let Err(e) = r {
                 // Pages made read-write are still empty: put them back as
                 // the slab keeps its free ranges, inaccessible.
-                // SAFETY: as above.
+                // SAFETY: [base, base+len) is this allocation's alone (taken
+                // from the slab's free list above).
                 let _ = unsafe {
                     rustix::mm::mprotect(base as *mut c_void, len as usize, MprotectFlags::empty())
                 };
@@ -1307,7 +1308,7 @@ mod tests {
         assert_eq!(mapped.into_vec(), data);
         // Not populated: the same bytes, faulted in as read.
         for populate in [false, true] {
-            // SAFETY: as above; the length is the file's.
+            // SAFETY: the test's own file, not changed while mapped; the length is the file's.
             let lazy = unsafe { FileBytes::map_sized(&file, data.len() as u64, populate) }.unwrap();
             assert!(lazy.is_mapped());
             assert_eq!(&lazy[..], &data[..]);
@@ -1316,7 +1317,7 @@ mod tests {
         let empty_path = dir.join("empty.bin");
         std::fs::write(&empty_path, b"").unwrap();
         let empty = std::fs::File::open(&empty_path).unwrap();
-        // SAFETY: as above.
+        // SAFETY: the test's own (empty) file, not changed while mapped.
         let empty = unsafe { FileBytes::map(&empty) }.unwrap();
         assert!(!empty.is_mapped());
         assert!(empty.is_empty());

@@ -146,7 +146,8 @@ fn capture_stdout<R>(tag: &str, f: impl FnOnce() -> R) -> (String, R) {
         saved
     };
     let r = f();
-    // SAFETY: as above; `saved` is the duplicate of the original fd 1.
+    // SAFETY: fd juggling on descriptors this function owns; `saved` is the
+    // duplicate of the original fd 1.
     unsafe {
         fflush(std::ptr::null_mut());
         libc::dup2(saved, 1);

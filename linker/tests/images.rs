@@ -1224,7 +1224,7 @@ fn an_image_in_a_dylib_finds_its_dependency_among_the_sessions_image_files() {
     let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
     let layer = ObjectLayer::new(&session);
     let app = session.create_dylib("app").expect("dylib");
-    // SAFETY: as above; nothing of it runs.
+    // SAFETY: the test's own image, saved just now; nothing of it runs.
     unsafe { layer.add_image(&app, None, "b.kimg", b_bytes) }.expect("adds B");
     let err = app
         .lookup_ready(&["use_a"])
@@ -1590,7 +1590,7 @@ fn an_image_loaded_from_its_file_maps_its_pages_and_runs_like_a_copied_one() {
     let host = HostSymbols::new();
     // SAFETY: the tests' own images, saved just now; A outlives B.
     let a = unsafe { image_file::load_file(&pa, &host) }.expect("A maps");
-    // SAFETY: as above.
+    // SAFETY: the tests' own images, saved just now; A outlives B.
     let b = unsafe { image_file::load_file(&pb, &host) }.expect("B maps against A");
     let (base, size) = a.memory_range();
     let mapped = mappings_of(&pa, base, size);
@@ -1670,7 +1670,7 @@ fn an_image_file_rewritten_in_place_is_hashed_again() {
     f.seek(SeekFrom::Start(text)).expect("seek");
     f.write_all(&[b[0] ^ 0x40]).expect("write");
     drop(f);
-    // SAFETY: as above; the damaged file must be refused before mapping.
+    // SAFETY: the test's own image; the damaged file must be refused before mapping.
     let e = unsafe { image_file::load_file(&path, &host) }.expect_err("a flipped byte is refused");
     assert!(e.to_string().contains("content hash"), "{e}");
 }
@@ -2176,10 +2176,10 @@ fn an_image_loaded_after_another_keeps_its_blocks_aligned() {
             assert_eq!(at % align, 0, "{how}: {name} at {at:#x}, align {align:#x}");
         }
     };
-    // SAFETY: as above.
+    // SAFETY: the test's own image, saved just now; nothing of it runs.
     let from_file = unsafe { image_file::load_file(&image, &host) }.expect("loads from its file");
     check(&from_file, "from its file");
-    // SAFETY: as above.
+    // SAFETY: the test's own image, saved just now; nothing of it runs.
     let from_bytes = unsafe { image_file::load("aligned", &bytes, &host) }.expect("loads");
     check(&from_bytes, "from bytes");
 }

@@ -95,7 +95,7 @@ fn a_kept_image_file_changed_in_place_is_checked_again() {
     f.seek(SeekFrom::Start(0)).expect("seek");
     f.write_all(&bytes).expect("write in place");
     drop(f);
-    // SAFETY: as above; the file must be refused before it is mapped.
+    // SAFETY: the test's own image; the file must be refused before it is mapped.
     let e = unsafe { image_file::load_file(&path, &host) }
         .expect_err("an export past the image's end is refused");
     assert!(e.to_string().contains("export offset"), "{e}");
@@ -127,7 +127,7 @@ fn two_loads_of_one_image_file_have_their_own_pages_and_unload_alone() {
     assert_eq!((bump_a(), bump_a(), bump_b()), (1, 2, 1));
     drop(a);
     assert_eq!((bump_b(), bump_b()), (2, 3));
-    // SAFETY: as above.
+    // SAFETY: the test's own image; it links against nothing.
     let c = unsafe { image_file::load_file(&path, &host) }.expect("loads a third time");
     assert_eq!((func(&c, "t_bump")(), bump_b()), (1, 4));
     drop(b);
@@ -161,7 +161,7 @@ fn a_resealed_image_with_a_damaged_eh_frame_is_refused_on_every_load() {
     std::fs::write(&damaged, &bytes).expect("write");
     std::thread::sleep(std::time::Duration::from_millis(2100));
     for _ in 0..2 {
-        // SAFETY: as above.
+        // SAFETY: refused before anything runs (the point of the test).
         let e = unsafe { image_file::load_file(&damaged, &host) }.expect_err("refused");
         assert!(e.to_string().contains("malformed .eh_frame"), "{e}");
     }
@@ -265,7 +265,7 @@ fn an_image_file_loads_from_what_it_opened_without_its_path() {
         ),
         (1, 2, 1)
     );
-    // SAFETY: as above (the path is gone: refused with an I/O error).
+    // SAFETY: the test's own image (the path is gone: refused with an I/O error).
     let e = unsafe { image_file::load_file(&path, &host) }.expect_err("no path");
     assert!(e.to_string().contains("open"), "{e}");
 }
@@ -396,7 +396,7 @@ fn loads_of_files_and_of_bytes_agree_on_mutants() {
         // SAFETY: the test's own image or a mutant of it; a mutant that
         // loads is never called (its initializers never run).
         let from_file = unsafe { image_file::load_file(&file, &host) };
-        // SAFETY: as above.
+        // SAFETY: the test's own image or a mutant of it; a mutant that loads is never called.
         let from_bytes = unsafe { image_file::load("mutant.kimg", &v, &host) };
         match (from_file, from_bytes) {
             (Ok(a), Ok(b)) => {
@@ -488,7 +488,7 @@ fn fork_and_load(path: &Path) {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        // SAFETY: as above.
+        // SAFETY: the test's own image, loaded in the forked child; nothing of it runs.
         let status = match unsafe { image_file::load_file(path, &host) } {
             Ok(image) => {
                 if func(&image, "f_get")() == 5 {

@@ -486,7 +486,7 @@ fn objects_added_together_link_as_one_image() {
         .unwrap();
     apart.add_object(&a).unwrap();
     apart.add_object(&b).unwrap();
-    // SAFETY: as above.
+    // SAFETY: `a` and `b` are `long f(long)`.
     let (fa, fb) = unsafe { (apart.get::<I64Fn>("a"), apart.get::<I64Fn>("b")) };
     assert_eq!((fa.unwrap()(4), fb.unwrap()(3)), (22, 21));
     let (stats, images) = apart.layer().stats();
@@ -511,6 +511,6 @@ fn objects_added_together_link_as_one_image() {
     // SAFETY: `c` is `long c(long)` (it must not be found).
     assert!(unsafe { jit.get::<I64Fn>("c") }.is_err());
     jit.add_object(&c).unwrap();
-    // SAFETY: as above.
+    // SAFETY: `c` is `long c(long)`.
     assert_eq!(unsafe { jit.get::<I64Fn>("c") }.unwrap()(5), 5);
 }

@@ -233,7 +233,7 @@ fn sixty_four_first_calls(in_place: bool) {
         "one entry, linked once however many threads resolved it"
     );
     // Redirected: later calls skip the trampoline.
-    // SAFETY: as above.
+    // SAFETY: the entry is a lazy reexport of `add_one`.
     let f = unsafe { as_fn(stub) };
     for k in 0..10_000 {
         assert_eq!(f(k), k + 1);
@@ -263,7 +263,7 @@ fn hot_swap_under_load_runs_old_or_new_body() {
         .map(|t| {
             let (stop, start) = (stop.clone(), start.clone());
             std::thread::spawn(move || {
-                // SAFETY: as above.
+                // SAFETY: both bodies have the entry's signature.
                 let f = unsafe { as_fn(stub) };
                 let (mut old, mut new, mut calls) = (0usize, 0usize, 0i64);
                 start.wait();
@@ -383,7 +383,8 @@ mod vectors {
             // SAFETY: `l` holds 8 f32; AVX is enabled here.
             unsafe { _mm256_loadu_ps(l.as_ptr()) }
         };
-        // SAFETY: as above.
+        // SAFETY: `f` has the signature the caller guarantees (eight
+        // __m256 and an i64); AVX is enabled here.
         unsafe { f(v(0), v(1), v(2), v(3), v(4), v(5), v(6), v(7), 3) }
     }
 
@@ -624,7 +625,7 @@ fn avx_arguments_survive_the_first_call() {
         "ymm arguments clobbered across the reentry: intact mask {:#x}",
         first & 0xff
     );
-    // SAFETY: as above.
+    // SAFETY: AVX is present; the entry reexports `body256`, now linked.
     assert_eq!(unsafe { vectors::call256(stub) }, 0xff | (3 << 16));
     assert_eq!(lazy.reentries(), 1);
     s.end();
@@ -673,7 +674,8 @@ fn avx512_arguments_survive_the_first_call() {
 
     // Control: the same check does see clobbered arguments.
     let clobbering = vectors::kiln_lazy_test_clobbering_entry512 as *const () as usize as u64;
-    // SAFETY: as above; the control entry has the same calling convention.
+    // SAFETY: AVX-512F is present; the control entry has the same calling
+    // convention and writes 8 x 64 bytes to `out`.
     unsafe { vectors::kiln_lazy_test_call512(clobbering, patterns.as_ptr(), out.as_mut_ptr()) };
     assert_ne!(out, patterns, "the control must see clobbered arguments");
     assert_eq!(lazy.reentries(), 1);
@@ -730,7 +732,7 @@ fn failed_lazy_link_reaches_the_host_handler_with_its_root_cause() {
 
     // A body that no dylib defines: the missing name is the root cause.
     let stub = lazy_entry(&lazy, &lib, None, "entry2", "no_such_body");
-    // SAFETY: as above.
+    // SAFETY: the entry and the fallback both have the `i64 -> i64` signature.
     let g = unsafe { as_fn(stub) };
     assert_eq!(g(3), -3);
     let seen = seen.lock().unwrap();

@@ -68,7 +68,8 @@ pub(crate) struct Jit {
 // SAFETY: after `finalize` the code page is immutable and the data page is
 // only accessed through atomics; the mapping lives until drop.
 unsafe impl Send for Jit {}
-// SAFETY: as above.
+// SAFETY: shared references only read the finalized, immutable code page
+// and touch the data page through atomics; the mapping lives until drop.
 unsafe impl Sync for Jit {}
 
 impl Jit {

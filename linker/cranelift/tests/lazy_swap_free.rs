@@ -276,7 +276,7 @@ fn freeing_a_group_releases_its_code_and_the_names_can_be_defined_again() {
     // SAFETY: finalized `(i64) -> i64`.
     let keep_fn = unsafe { as_fn(module.get_finalized_function(keep)) };
     let first = module.get_finalized_function(ids[0]) as u64;
-    // SAFETY: as above.
+    // SAFETY: finalized `(i64) -> i64`.
     let f = unsafe { as_fn(module.get_finalized_function(ids[7])) };
     assert_eq!(f(10), 27);
     assert!(mapped_executable(first));

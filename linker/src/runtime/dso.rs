@@ -508,7 +508,8 @@ unsafe fn run_current_thread_dtors(life: &Arc<Life>) {
             !e.done && Arc::ptr_eq(&e.life, life)
         });
         let Some(p) = next else { break };
-        // SAFETY: as above; this thread is the only one touching its entries.
+        // SAFETY: `p` is a pending entry, live until glibc runs it; this
+        // thread is the only one touching its entries.
         let (dtor, obj) = unsafe {
             (*p).done = true;
             ((*p).dtor, (*p).obj)
@@ -578,7 +579,7 @@ mod tests {
             };
             assert_eq!(rc, 0);
         }
-        // SAFETY: as above.
+        // SAFETY: `record` is a valid handler; `b`'s handle is live.
         let rc = unsafe { f(Some(record), 2000 as *mut c_void, b.addr() as *mut c_void) };
         assert_eq!(rc, 0);
         assert_eq!(a.pending_atexit_handlers(), 3);
@@ -788,14 +789,14 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (tx2, rx2) = std::sync::mpsc::channel::<()>();
         let t2 = std::thread::spawn(move || {
-            // SAFETY: as above.
+            // SAFETY: valid destructor; live handle.
             unsafe { reg(Some(tl_record), 7002 as *mut c_void, addr as *mut c_void) };
             tx2.send(()).ok();
             rx.recv().ok();
         });
         rx2.recv().unwrap_or_else(|_| panic!("thread 2 died"));
         // This thread registers too; teardown runs it now (most recent first).
-        // SAFETY: as above.
+        // SAFETY: valid destructor; live handle.
         unsafe {
             reg(Some(tl_record), 7003 as *mut c_void, addr as *mut c_void);
             reg(Some(tl_record), 7004 as *mut c_void, addr as *mut c_void);

@@ -502,7 +502,8 @@ struct ProgramArgs {
 // SAFETY: the pointers refer to leaked C strings that are never written or
 // freed, so sharing them between threads is sharing immutable data.
 unsafe impl Send for ProgramArgs {}
-// SAFETY: as above.
+// SAFETY: the pointers refer to leaked C strings that are never written or
+// freed: shared references only read immutable data.
 unsafe impl Sync for ProgramArgs {}
 
 static PROGRAM_ARGS: OnceLock<ProgramArgs> = OnceLock::new();
@@ -730,7 +731,7 @@ mod tests {
             cxa(Some(h1), std::ptr::null_mut(), dso.addr() as *mut _);
             cxa(Some(h2), std::ptr::null_mut(), dso.addr() as *mut _);
         }
-        // SAFETY: as above.
+        // SAFETY: the handlers just registered are valid and the handle live.
         unsafe { set.run_fini() };
         // SAFETY: idempotent.
         unsafe { set.run_fini() };

@@ -107,7 +107,8 @@ pub(crate) unsafe fn register(start: *const u8) {
             // SAFETY: this function's contract.
             unsafe { __register_frame(start) };
             if let Some(p) = r.process {
-                // SAFETY: as above, with libgcc_s's copy of the function.
+                // SAFETY: this function's contract (`start` is a live
+                // `.eh_frame`), with libgcc_s's copy of the function.
                 unsafe { (p.register)(start) };
             }
             r.live.push(start as usize);

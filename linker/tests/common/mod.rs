@@ -313,8 +313,8 @@ pub(crate) fn capture_stdout<R>(f: impl FnOnce() -> R) -> (String, R) {
         saved
     };
     let r = f();
-    // SAFETY: as above; the capture stream is flushed, closed and replaced
-    // by the original.
+    // SAFETY: `stdout` is swapped only while STDOUT_LOCK is held; the
+    // capture stream is flushed, closed and replaced by the original.
     unsafe {
         let file = stdout;
         fflush(file);

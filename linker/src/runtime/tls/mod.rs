@@ -560,7 +560,7 @@ pub(crate) fn block_for(id: u64) -> *mut u8 {
     if let Some(e) = cached.filter(|e| e.id == id) {
         return e.block;
     }
-    // SAFETY: as above.
+    // SAFETY: this thread's live state, read without holding a borrow.
     let key = unsafe { (*state).key };
     let block = with_table(|t| {
         let Some(entry) = t

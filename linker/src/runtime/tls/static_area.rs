@@ -417,7 +417,7 @@ unsafe fn with_image_writable(
         } else {
             host.segment_prot
         };
-        // SAFETY: as above.
+        // SAFETY: the same pages of the executable's loaded image, given back their protection.
         unsafe { libc::mprotect(p as *mut libc::c_void, page, prot) };
     }
     Ok(())

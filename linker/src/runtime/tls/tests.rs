@@ -30,7 +30,7 @@ fn read_u64(p: *const u8) -> u64 {
 }
 
 fn write_u64(p: *mut u8, v: u64) {
-    // SAFETY: as above.
+    // SAFETY: callers pass addresses of live 8-byte TLS variables.
     unsafe { p.cast::<u64>().write_unaligned(v) }
 }
 
