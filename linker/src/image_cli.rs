@@ -231,14 +231,17 @@ fn link_and_save(
     // references went into.
     let image_stats = image.stats();
     let id = id()?;
-    let bytes = image.save_image(&id).map_err(|e| e.to_string())?;
+    // Written from the image's memory to the file, without the whole file
+    // in memory first.
+    write_replacing(&args.output, 0o644, false, |f| {
+        image.save_image_to(&id, f).map_err(|e| e.to_string())
+    })?;
     // The process ends after the write: the image's memory, its imaging
     // record and its registrations go with it, unfreed (freeing them took
     // 8.5 M instructions on the aarch64 synth input). None of its code ran
     // (initializers off, nothing looked up), so it has no finalizer to run.
     std::mem::forget(image);
     drop(against);
-    write_replacing(&args.output, &bytes, 0o644, false)?;
     if args.stats {
         print_save_stats(
             &image_stats,
@@ -380,17 +383,21 @@ pub(crate) fn write_atomically(
     bytes: &[u8],
     mode: u32,
 ) -> Result<(), String> {
-    write_replacing(path, bytes, mode, true)
+    write_replacing(path, mode, true, |f| {
+        f.write_all(bytes)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    })
 }
 
-/// [`write_atomically`], with the `fsync` only if `sync`: `kiln image
-/// save`'s output is a linker's output, which ld, lld and mold do not sync
-/// either (5 ms of its wall on the 8 MB aarch64 synth image).
+/// [`write_atomically`] of what `write` writes to the file, with the
+/// `fsync` only if `sync`: `kiln image save`'s output is a linker's output,
+/// which ld, lld and mold do not sync either (5 ms of its wall on the 8 MB
+/// aarch64 synth image).
 fn write_replacing(
     path: &std::path::Path,
-    bytes: &[u8],
     mode: u32,
     sync: bool,
+    write: impl FnOnce(&mut std::fs::File) -> Result<(), String>,
 ) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path
@@ -412,7 +419,11 @@ fn write_replacing(
         .mode(mode)
         .open(&tmp)
         .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
+    if let Err(e) = write(&mut f) {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if sync {
         f.sync_all().map_err(err)?;
     }

@@ -269,6 +269,12 @@ fn absolute_addresses_of_no_pie_code_are_refused_naming_the_relocation() {
 
 /// A real image, saved in this process.
 fn real_image() -> Vec<u8> {
+    let (image, id) = real_linked_image();
+    image.save_image(&id).expect("saves")
+}
+
+/// A real image linked in imaging mode, with its inputs' build id.
+fn real_linked_image() -> (kiln_linker::LinkedImage, BuildId) {
     let objs = prog_ab("clang", &["-O2", "-fPIE", "-fcommon"], "mutation");
     let mut options = LinkOptions::default();
     options.imaging = true;
@@ -286,8 +292,77 @@ fn real_image() -> Vec<u8> {
     for (n, b) in inputs {
         linker.add_object_bytes(n, b);
     }
-    let image = linker.link(&HostSymbols::new()).expect("links");
-    image.save_image(&id).expect("saves")
+    (linker.link(&HostSymbols::new()).expect("links"), id)
+}
+
+#[test]
+fn an_image_saved_to_a_writer_is_what_save_image_returns_sealed_where_the_writer_was() {
+    let (image, id) = real_linked_image();
+    let bytes = image.save_image(&id).expect("saves");
+    // Streamed after a prefix: the file starts where the writer was, its
+    // content hash is patched in at the file's own offset, and the writer
+    // is left at the file's end.
+    let prefix = b"not an image";
+    let mut out = std::io::Cursor::new(prefix.to_vec());
+    out.set_position(prefix.len() as u64);
+    image.save_image_to(&id, &mut out).expect("saves");
+    assert_eq!(out.position() as usize, prefix.len() + bytes.len());
+    let streamed = out.into_inner();
+    assert_eq!(&streamed[..prefix.len()], prefix);
+    assert!(
+        streamed[prefix.len()..] == bytes[..],
+        "streamed bytes differ"
+    );
+    load(&bytes).expect("the saved image loads");
+}
+
+/// A writer that fails after `left` bytes.
+struct FailingWriter {
+    left: usize,
+    position: u64,
+}
+
+impl std::io::Write for FailingWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        let n = bytes.len().min(self.left);
+        self.left -= n;
+        self.position += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for FailingWriter {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        match to {
+            std::io::SeekFrom::Start(at) => self.position = at,
+            std::io::SeekFrom::Current(by) => self.position = self.position.wrapping_add_signed(by),
+            std::io::SeekFrom::End(_) => return Err(std::io::Error::other("no end")),
+        }
+        Ok(self.position)
+    }
+}
+
+#[test]
+fn a_failing_writer_fails_the_save_with_the_io_error_as_its_source() {
+    let (image, id) = real_linked_image();
+    // Inside the header, inside the code, and at the very end (the hash).
+    let size = image.save_image(&id).expect("saves").len();
+    for left in [100, size / 2, size] {
+        let mut out = FailingWriter { left, position: 0 };
+        let e = image
+            .save_image_to(&id, &mut out)
+            .expect_err("the writer fails");
+        assert!(matches!(e, ImageError::Io { what: "write", .. }), "{e:?}");
+        let source = std::error::Error::source(&e).expect("keeps the io error");
+        assert_eq!(source.to_string(), "disk full", "{e}");
+    }
 }
 
 fn load(bytes: &[u8]) -> Result<kiln_linker::LinkedImage, ImageError> {

@@ -70,6 +70,8 @@ pub(crate) const HEADER_AT: usize = 64;
 pub(crate) const HEADER_SIZE: usize = 360;
 /// Offset of the content hash inside the header.
 const HASH_AT: usize = 72;
+/// Where the content hash lies in the file.
+pub(crate) const CONTENT_HASH_AT: usize = HEADER_AT + HASH_AT;
 /// Page size of the segments.
 pub(crate) const PAGE: u64 = 4096;
 /// Largest base alignment an image may ask of its loader (the object
@@ -304,7 +306,7 @@ impl Header {
 
 /// BLAKE3 of the whole file with the content hash field zeroed.
 pub(crate) fn content_hash(file: &[u8]) -> [u8; 32] {
-    let at = HEADER_AT + HASH_AT;
+    let at = CONTENT_HASH_AT;
     let mut h = blake3::Hasher::new();
     match file.get(..at + 32) {
         Some(head) => {
@@ -321,13 +323,13 @@ pub(crate) fn content_hash(file: &[u8]) -> [u8; 32] {
 
 /// The content hash the header of `file` holds (`None`: too short).
 pub(crate) fn header_content_hash(file: &[u8]) -> Option<[u8; 32]> {
-    let at = HEADER_AT + HASH_AT;
+    let at = CONTENT_HASH_AT;
     file.get(at..at + 32)?.try_into().ok()
 }
 
 /// Writes the content hash of `file` into its header.
 pub(crate) fn reseal(file: &mut [u8]) {
-    let at = HEADER_AT + HASH_AT;
+    let at = CONTENT_HASH_AT;
     if file.len() < HEADER_AT + HEADER_SIZE {
         return;
     }

@@ -393,6 +393,21 @@ impl LinkedImage {
     /// is there already), so images linked against it later in this process
     /// refer to it by build id.
     pub fn save_image(&self, build_id: &BuildId) -> Result<Vec<u8>, ImageError> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        self.save_image_to(build_id, &mut out)?;
+        Ok(out.into_inner())
+    }
+
+    /// [`LinkedImage::save_image`], written to `out` from its current
+    /// position (a file, say) instead of returned: the image's code goes
+    /// from its memory to `out` without a copy of the whole file in memory.
+    /// `out` is left at the end of what was written; on an error, part of
+    /// the file may have been written.
+    pub fn save_image_to<W: std::io::Write + std::io::Seek>(
+        &self,
+        build_id: &BuildId,
+        out: &mut W,
+    ) -> Result<(), ImageError> {
         let record = self
             .imaging_record()
             .ok_or_else(|| ImageError::NotImaging {
@@ -407,10 +422,10 @@ impl LinkedImage {
         let mut deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
         deps.extend(record.host_table.as_ref().map(|t| t.0));
         let id = build_id.with_dependencies(&deps);
-        let bytes = write::write(self.name(), record, &id)?;
+        write::write_to(self.name(), record, &id, out)?;
         let (base, size) = self.memory_range();
         self.register_once(|| registry::Registration::new(base, size, id, self.name()));
-        Ok(bytes)
+        Ok(())
     }
 }
 
