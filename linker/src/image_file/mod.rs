@@ -403,7 +403,7 @@ impl LinkedImage {
     /// from its memory to `out` without a copy of the whole file in memory.
     /// `out` is left at the end of what was written; on an error, part of
     /// the file may have been written.
-    pub fn save_image_to<W: std::io::Write + std::io::Seek>(
+    pub fn save_image_to<W: std::io::Write + std::io::Seek + Send>(
         &self,
         build_id: &BuildId,
         out: &mut W,
