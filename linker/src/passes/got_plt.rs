@@ -240,37 +240,72 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
         got_keys: Vec::with_capacity(externals),
         ..Requests::default()
     };
-    for (bi, b) in graph.blocks.iter().enumerate() {
-        if !b.live {
-            continue;
-        }
-        for e in &b.edges {
-            let external = req.marks[e.target.index()] & mark::EXTERNAL != 0;
-            match edges::need(e, external) {
-                Need::Got(key) => req.got(key),
-                Need::Plt => req.plt(e.target),
-                Need::GotBase => req.needs_got = true,
-                Need::Below2GiB if req.needs_low.is_none() => {
-                    req.needs_low = Some((BlockId(bi as u32), *e));
-                }
-                Need::Below2GiB | Need::Nothing => {}
+    for (bi, e) in edges_asking(graph, &req.marks) {
+        let external = req.marks[e.target.index()] & mark::EXTERNAL != 0;
+        match edges::need(&e, external) {
+            Need::Got(key) => req.got(key),
+            Need::Plt => req.plt(e.target),
+            Need::GotBase => req.needs_got = true,
+            Need::Below2GiB if req.needs_low.is_none() => {
+                req.needs_low = Some((BlockId(bi), e));
             }
-            if external
-                && req.marks[e.target.index()] & mark::REFERENCED == 0
-                && let Some(name) = &graph.symbols[e.target.index()].name
-            {
-                req.marks[e.target.index()] |= mark::REFERENCED;
-                req.external_refs.push(e.target);
-                if let Some(s) = linker_symbol(graph, name) {
-                    req.needs_got |= s == Special::GlobalOffsetTable;
-                    req.specials.insert(e.target, s);
-                }
+            Need::Below2GiB | Need::Nothing => {}
+        }
+        if external
+            && req.marks[e.target.index()] & mark::REFERENCED == 0
+            && let Some(name) = &graph.symbols[e.target.index()].name
+        {
+            req.marks[e.target.index()] |= mark::REFERENCED;
+            req.external_refs.push(e.target);
+            if let Some(s) = linker_symbol(graph, name) {
+                req.needs_got |= s == Special::GlobalOffsetTable;
+                req.specials.insert(e.target, s);
             }
         }
     }
     let specials = &req.specials;
     req.external_refs.retain(|id| !specials.contains_key(id));
     req
+}
+
+/// Graphs with at least this many blocks are scanned on rayon's threads.
+const PARALLEL_SCAN_BLOCKS: usize = 4096;
+
+/// Blocks a rayon task scans.
+const SCAN_CHUNK: usize = 512;
+
+/// The live edges that ask something of this pass (a need, or an external
+/// target), with their blocks, in block and edge order. Most edges ask
+/// nothing (calls and references to symbols the graph defines): a large
+/// graph is filtered on every core, and [`scan`] handles the few left one
+/// by one, in the order a single pass over every edge would.
+fn edges_asking(graph: &LinkGraph, marks: &[u8]) -> Vec<(u32, Edge)> {
+    let asking_in = |first: usize, blocks: &[Block]| {
+        let mut out = Vec::new();
+        for (i, b) in blocks.iter().enumerate() {
+            if !b.live {
+                continue;
+            }
+            for e in &b.edges {
+                let external = marks[e.target.index()] & mark::EXTERNAL != 0;
+                if external || edges::need(e, external) != Need::Nothing {
+                    out.push(((first + i) as u32, *e));
+                }
+            }
+        }
+        out
+    };
+    if graph.blocks.len() < PARALLEL_SCAN_BLOCKS {
+        return asking_in(0, &graph.blocks);
+    }
+    use rayon::prelude::*;
+    let chunks: Vec<Vec<(u32, Edge)>> = graph
+        .blocks
+        .par_chunks(SCAN_CHUNK)
+        .enumerate()
+        .map(|(c, blocks)| asking_in(c * SCAN_CHUNK, blocks))
+        .collect();
+    chunks.concat()
 }
 
 /// The symbol the linker defines itself under `name`, if any.

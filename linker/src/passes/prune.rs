@@ -3,6 +3,10 @@
 
 use super::Roots;
 use crate::error::LinkError;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
 use crate::graph::{Block, BlockId, FxHashMap, LinkGraph, SectionId, SectionRole, SymbolDef};
 
 /// The blocks [`prune`] starts from.
@@ -66,29 +70,116 @@ fn start_stop_sections(graph: &LinkGraph) -> FxHashMap<u32, SectionId> {
 /// and a section delimited by `__start_`/`__stop_` symbols with references
 /// to them. Dead blocks keep their place in the arena but get no memory, and
 /// their edges ask for no symbol: an undefined symbol that only dead blocks
-/// reference is not needed, and not an error.
+/// reference is not needed, and not an error. Of the references live code
+/// makes to discarded sections, the error names the first (by block, then
+/// edge), whatever order the walk took.
+///
+/// The walk goes level by level from the roots; a large level is walked on
+/// rayon's threads (every edge of the link is read here, one core's 13 M
+/// instructions on the 200-object synth input while the other idled).
 pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
-    let n = graph.blocks.len();
-    // The FDEs of each block, as linked lists through two arrays (one
-    // allocation each, however many FDEs): `first_fde[block]`, `next_fde[fde]`.
-    const NONE: u32 = u32::MAX;
-    let mut first_fde = vec![NONE; n];
-    let mut next_fde = vec![NONE; n];
-    for (i, b) in graph.blocks.iter().enumerate() {
-        if let Some(f) = b.fde
-            && let Some(func) = f.function
-            && b.live
-        {
-            next_fde[i] = std::mem::replace(&mut first_fde[func.index()], i as u32);
-        }
-    }
-    let mut live = vec![false; n];
-    let mut work = prune_roots(graph, roots);
+    let walk = Walk {
+        graph,
+        fdes: FdeLists::new(graph),
+        target_block: target_blocks(graph),
+        live: (0..graph.blocks.len())
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+    };
     let mut start_stop = start_stop_sections(graph);
-    // Each symbol's block (or what it is instead), 4 bytes a symbol: the
-    // walk below reads it for every edge, and `Symbol` is 64 bytes.
-    const DISCARDED: u32 = u32::MAX - 1;
-    let target_block: Vec<u32> = graph
+    let mut level = prune_roots(graph, roots);
+    level.retain(|&b| walk.claim(b));
+    let mut discarded: Option<(BlockId, usize)> = None;
+    while !level.is_empty() {
+        let step = if level.len() >= PARALLEL_LEVEL && graph.blocks.len() >= PARALLEL_BLOCKS {
+            level
+                .par_chunks(LEVEL_CHUNK)
+                .map(|blocks| walk.step(blocks, &start_stop))
+                .reduce(Step::default, Step::join)
+        } else {
+            walk.step(&level, &start_stop)
+        };
+        level = step.next;
+        // A section delimited by `__start_`/`__stop_` is kept whole, once.
+        for symbol in step.start_stop {
+            if let Some(section) = start_stop.remove(&symbol) {
+                let blocks = &graph.sections[section.index()].blocks;
+                level.extend(blocks.iter().copied().filter(|&b| walk.claim(b)));
+            }
+        }
+        discarded = discarded.into_iter().chain(step.discarded).min();
+    }
+    if let Some((b, i)) = discarded {
+        // Live code must not refer to dropped sections.
+        let block = &graph.blocks[b.index()];
+        let e = &block.edges[i];
+        return Err(LinkError::DiscardedReference {
+            object: graph.object_name(block.object).to_string(),
+            section: block.input_section.to_string(),
+            offset: block.input_offset + u64::from(e.offset),
+            symbol: graph.symbol_name(e.target),
+        });
+    }
+    let live: Vec<bool> = walk.live.into_iter().map(AtomicBool::into_inner).collect();
+    for (b, l) in graph.blocks.iter_mut().zip(live) {
+        b.live = b.live && l;
+    }
+    Ok(())
+}
+
+/// Levels of at least this many blocks, in graphs of at least
+/// [`PARALLEL_BLOCKS`] blocks, are walked on rayon's threads.
+const PARALLEL_LEVEL: usize = 64;
+const PARALLEL_BLOCKS: usize = 4096;
+/// Blocks of a level a rayon task walks.
+const LEVEL_CHUNK: usize = 16;
+
+/// Marks a symbol's entry in [`Walk::target_block`]: no block (an external
+/// or absolute symbol).
+const NONE: u32 = u32::MAX;
+/// ... a symbol of a discarded section.
+const DISCARDED: u32 = u32::MAX - 1;
+
+/// The FDEs of each block, as linked lists through two arrays (one
+/// allocation each, however many FDEs): `first[block]`, `next[fde]`.
+struct FdeLists {
+    first: Vec<u32>,
+    next: Vec<u32>,
+}
+
+impl FdeLists {
+    fn new(graph: &LinkGraph) -> FdeLists {
+        let n = graph.blocks.len();
+        let mut lists = FdeLists {
+            first: vec![NONE; n],
+            next: vec![NONE; n],
+        };
+        for (i, b) in graph.blocks.iter().enumerate() {
+            if let Some(f) = b.fde
+                && let Some(func) = f.function
+                && b.live
+            {
+                lists.next[i] = std::mem::replace(&mut lists.first[func.index()], i as u32);
+            }
+        }
+        lists
+    }
+
+    /// The FDEs of block `b`.
+    fn of(&self, b: BlockId) -> impl Iterator<Item = BlockId> + '_ {
+        let mut fde = self.first[b.index()];
+        std::iter::from_fn(move || {
+            let this = (fde != NONE).then_some(BlockId(fde))?;
+            fde = self.next[fde as usize];
+            Some(this)
+        })
+    }
+}
+
+/// Each symbol's block (or [`NONE`], [`DISCARDED`]), 4 bytes a symbol: the
+/// walk reads it for every edge, and `Symbol` is 64 bytes.
+fn target_blocks(graph: &LinkGraph) -> Vec<u32> {
+    graph
         .symbols
         .iter()
         .map(|s| match s.def {
@@ -98,50 +189,234 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
             SymbolDef::Discarded => DISCARDED,
             _ => NONE,
         })
-        .collect();
-    // Marked when queued, so each block is queued once (not once per
-    // edge into it).
-    work.retain(|b| !std::mem::replace(&mut live[b.index()], true));
-    let queue = |work: &mut Vec<BlockId>, live: &mut [bool], b: BlockId| {
-        if !std::mem::replace(&mut live[b.index()], true) {
-            work.push(b);
-        }
-    };
-    while let Some(b) = work.pop() {
-        let block = &graph.blocks[b.index()];
-        for e in &block.edges {
-            match target_block[e.target.index()] {
-                NONE => {
-                    if let Some(section) = start_stop.remove(&e.target.0) {
-                        for &b in &graph.sections[section.index()].blocks {
-                            queue(&mut work, &mut live, b);
+        .collect()
+}
+
+/// The state of [`prune`]'s walk that its threads share.
+struct Walk<'g> {
+    graph: &'g LinkGraph,
+    fdes: FdeLists,
+    target_block: Vec<u32>,
+    /// Reached; set when a block is queued, so each is queued once (not
+    /// once per edge into it), by whichever thread claims it.
+    live: Vec<AtomicBool>,
+}
+
+/// What walking some blocks of a level found.
+#[derive(Default)]
+struct Step {
+    /// Blocks reached for the first time: the next level.
+    next: Vec<BlockId>,
+    /// Referenced `__start_`/`__stop_` symbols (by symbol index).
+    start_stop: Vec<u32>,
+    /// The first (block, edge index) referring to a discarded section.
+    discarded: Option<(BlockId, usize)>,
+}
+
+impl Step {
+    fn join(mut self, other: Step) -> Step {
+        self.next.extend(other.next);
+        self.start_stop.extend(other.start_stop);
+        self.discarded = self.discarded.into_iter().chain(other.discarded).min();
+        self
+    }
+}
+
+impl Walk<'_> {
+    /// Marks `b` reached; whether this call did (it is to be walked).
+    fn claim(&self, b: BlockId) -> bool {
+        let live = &self.live[b.index()];
+        // A load first: most edges lead to blocks reached already.
+        !live.load(Ordering::Relaxed) && !live.swap(true, Ordering::Relaxed)
+    }
+
+    /// Walks the edges, CIE and FDEs of `blocks`.
+    fn step(&self, blocks: &[BlockId], start_stop: &FxHashMap<u32, SectionId>) -> Step {
+        let mut step = Step::default();
+        for &b in blocks {
+            let block = &self.graph.blocks[b.index()];
+            for (i, e) in block.edges.iter().enumerate() {
+                match self.target_block[e.target.index()] {
+                    NONE => {
+                        if start_stop.contains_key(&e.target.0) {
+                            step.start_stop.push(e.target.0);
+                        }
+                    }
+                    DISCARDED if block.live => {
+                        if step.discarded.is_none_or(|d| (b, i) < d) {
+                            step.discarded = Some((b, i));
+                        }
+                    }
+                    DISCARDED => {}
+                    t => {
+                        if self.claim(BlockId(t)) {
+                            step.next.push(BlockId(t));
                         }
                     }
                 }
-                // Live code must not refer to dropped sections.
-                DISCARDED if block.live => {
-                    return Err(LinkError::DiscardedReference {
-                        object: graph.object_name(block.object).to_string(),
-                        section: block.input_section.to_string(),
-                        offset: block.input_offset + u64::from(e.offset),
-                        symbol: graph.symbol_name(e.target),
-                    });
+            }
+            let cie = block.fde.map(|f| f.cie);
+            for b in cie.into_iter().chain(self.fdes.of(b)) {
+                if self.claim(b) {
+                    step.next.push(b);
                 }
-                DISCARDED => {}
-                t => queue(&mut work, &mut live, BlockId(t)),
             }
         }
-        if let Some(f) = block.fde {
-            queue(&mut work, &mut live, f.cie);
+        step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Content, Edge, FdeLinks, Linkage, Prot, Scope, Symbol, SymbolId};
+    use crate::isa::Isa;
+
+    /// A random graph of `n` blocks in two objects (the second an archive
+    /// member): each block defines one symbol and refers to a few others
+    /// (a few of them externals or in a discarded section when `discarded`);
+    /// every fourth block is an FDE of the block before it.
+    fn random_graph(n: usize, seed: u64, discarded: bool) -> LinkGraph {
+        let mut rng = seed;
+        let mut next = move |below: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % below as u64) as usize
+        };
+        let mut g = LinkGraph::new();
+        g.set_isa(Isa::X86_64);
+        let (a, lib) = (g.add_object("a.o"), g.add_object("lib.a(m.o)"));
+        g.objects[lib.index()].library = true;
+        let text = g.section(".text", Prot::ReadExec, SectionRole::Ordinary);
+        let eh = g.section(".eh_frame", Prot::Read, SectionRole::EhFrame);
+        let pc32 = Isa::X86_64.edge(2).expect("R_X86_64_PC32");
+        let symbol = |def| Symbol {
+            name: None,
+            def,
+            object: None,
+            size: 0,
+            scope: Scope::Local,
+            linkage: Linkage::Strong,
+            callable: true,
+            tls: false,
+            weak_ref: false,
+        };
+        for i in 0..n {
+            let fde = i % 4 == 3;
+            let object = if i < n / 2 { a } else { lib };
+            let b = g.add_block(Block {
+                section: if fde { eh } else { text },
+                object: Some(object),
+                input_section: if fde { ".eh_frame" } else { ".text" }.into(),
+                input_offset: 64 * i as u64,
+                content: Content::Zero(64),
+                align: 16,
+                edges: Vec::new(),
+                fde: fde.then(|| FdeLinks {
+                    cie: BlockId(0),
+                    function: Some(BlockId(i as u32 - 1)),
+                }),
+                live: true,
+                addr: 0,
+            });
+            g.add_symbol(symbol(SymbolDef::Defined {
+                block: b,
+                offset: 0,
+            }));
         }
-        let mut fde = first_fde[b.index()];
-        while fde != NONE {
-            queue(&mut work, &mut live, BlockId(fde));
-            fde = next_fde[fde as usize];
+        let external = g.add_symbol(symbol(SymbolDef::External));
+        let gone = g.add_symbol(symbol(SymbolDef::Discarded));
+        for i in 0..n {
+            if i % 4 == 3 {
+                continue;
+            }
+            // Archive members mostly call each other: chains only live
+            // code reaches.
+            for k in 0..next(4) {
+                let to = match next(50) {
+                    0 => external,
+                    1 if discarded && i > n / 3 => gone,
+                    _ if i >= n / 2 => SymbolId((n / 2 + next(n / 2)) as u32),
+                    _ => SymbolId(next(n) as u32),
+                };
+                let e = Edge::new(8 * k as u32, pc32, to, -4);
+                g.blocks[i].edges.push(e);
+            }
+        }
+        g
+    }
+
+    /// The walk as written before it went level by level: one thread, a
+    /// stack, the first discarded reference met ends it.
+    fn reference_live(g: &LinkGraph, roots: &Roots) -> Vec<bool> {
+        let targets = target_blocks(g);
+        let fdes = FdeLists::new(g);
+        let mut live = vec![false; g.blocks.len()];
+        let mut work = prune_roots(g, roots);
+        work.retain(|b| !std::mem::replace(&mut live[b.index()], true));
+        while let Some(b) = work.pop() {
+            let block = &g.blocks[b.index()];
+            let cie = block.fde.map(|f| f.cie);
+            let edges = block.edges.iter().map(|e| targets[e.target.index()]);
+            let reached = edges
+                .filter(|&t| t < DISCARDED)
+                .map(BlockId)
+                .chain(cie)
+                .chain(fdes.of(b));
+            for t in reached {
+                if !std::mem::replace(&mut live[t.index()], true) {
+                    work.push(t);
+                }
+            }
+        }
+        live
+    }
+
+    #[test]
+    fn the_level_walk_keeps_what_a_plain_walk_keeps_in_small_and_parallel_graphs() {
+        for (n, seed) in [(200, 1), (6_000, 2), (20_000, 3)] {
+            let g = random_graph(n, seed, false);
+            for roots in [Roots::All, Roots::Symbols(Vec::new())] {
+                let want = reference_live(&g, &roots);
+                let mut pruned = random_graph(n, seed, false);
+                prune(&mut pruned, &roots).expect("no discarded references");
+                let got: Vec<bool> = pruned.blocks.iter().map(|b| b.live).collect();
+                assert_eq!(got, want, "n = {n}, roots = {roots:?}");
+                if matches!(roots, Roots::All) {
+                    // Of the archive member, what live code reaches is kept.
+                    let lib = &got[n / 2..];
+                    assert!(lib.contains(&true) && lib.contains(&false), "n = {n}");
+                }
+            }
         }
     }
-    for (b, l) in graph.blocks.iter_mut().zip(live) {
-        b.live = b.live && l;
+
+    #[test]
+    fn the_error_names_the_first_discarded_reference_by_block_and_edge() {
+        for n in [400, 8_000] {
+            let mut g = random_graph(n, 7, true);
+            // The first reference to the discarded section from a reached
+            // block, by (block, edge), is the one a user is told of.
+            let live = reference_live(&g, &Roots::All);
+            let gone = SymbolId(g.symbols.len() as u32 - 1);
+            let first = (0..n)
+                .filter(|&b| live[b])
+                .find_map(|b| {
+                    let edges = &g.blocks[b].edges;
+                    edges.iter().position(|e| e.target == gone).map(|i| (b, i))
+                })
+                .expect("the graph refers to the discarded section");
+            let block = &g.blocks[first.0];
+            let offset = block.input_offset + u64::from(block.edges[first.1].offset);
+            let err = prune(&mut g, &Roots::All).expect_err("a discarded reference");
+            let want_object = if first.0 < n / 2 { "a.o" } else { "lib.a(m.o)" };
+            match err {
+                LinkError::DiscardedReference {
+                    object, offset: at, ..
+                } => assert_eq!((object.as_str(), at), (want_object, offset), "n = {n}"),
+                e => panic!("{e}"),
+            }
+        }
     }
-    Ok(())
 }
