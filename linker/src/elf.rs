@@ -16,8 +16,8 @@ use kiln_arch::{EdgeDesc, EdgeTarget};
 
 use crate::error::LinkError;
 use crate::graph::{
-    Block, BlockId, Content, Edge, FdeLinks, InputBytes, LinkGraph, Linkage, ObjectId, Prot, Scope,
-    SectionRole, Symbol, SymbolDef, SymbolId,
+    Block, BlockId, Content, Edge, Edges, FdeLinks, InputBytes, LinkGraph, Linkage, ObjectId, Prot,
+    Scope, SectionRole, Symbol, SymbolDef, SymbolId,
 };
 use crate::isa::Isa;
 
@@ -467,7 +467,7 @@ impl<'d> Reader<'_, 'd> {
                 input_offset: 0,
                 content,
                 align,
-                edges: Vec::new(),
+                edges: Edges::new(),
                 fde: None,
                 live: true,
                 addr: 0,
@@ -641,7 +641,7 @@ impl<'d> Reader<'_, 'd> {
                 // padding would be a zero length word, which the unwinder
                 // reads as the end of the section. Their fields are 4-byte.
                 align: 4,
-                edges: Vec::new(),
+                edges: Edges::new(),
                 fde: None,
                 live: true,
                 addr: 0,

@@ -391,7 +391,7 @@ fn block(
         input_offset: 0,
         content,
         align: align.max(1).next_power_of_two(),
-        edges,
+        edges: edges.into(),
         fde: None,
         live: true,
         addr: 0,

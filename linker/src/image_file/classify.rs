@@ -1107,7 +1107,7 @@ mod tests {
                 input_offset: 16 * i as u64,
                 content: Content::Bytes(vec![0; 16]),
                 align: 16,
-                edges: vec![Edge::new(
+                edges: smallvec::smallvec![Edge::new(
                     4,
                     if bad.contains(&i) { abs32 } else { pc32 },
                     sym,

@@ -179,7 +179,7 @@ fn is_branch_field(bytes: Option<&[u8]>, offset: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Block, Content};
+    use crate::graph::{Block, Content, Edges};
 
     /// x86-64 relocation types the tests use.
     const R_X86_64_64: u32 = 1;
@@ -212,7 +212,7 @@ mod tests {
         code.extend([0x48, 0x8d, 0x05, 0, 0, 0, 0]);
         code.extend([0x48, 0x8b, 0x05, 0, 0, 0, 0]);
         code.extend([0x0f, 0x85, 0, 0, 0, 0]);
-        let mut block = |section, content, edges| {
+        let mut block = |section, content, edges: Vec<Edge>| {
             g.add_block(Block {
                 section,
                 object: Some(obj),
@@ -220,7 +220,7 @@ mod tests {
                 input_offset: 0,
                 content,
                 align: 8,
-                edges,
+                edges: edges.into(),
                 fde: None,
                 live: true,
                 addr: 0,
@@ -280,7 +280,7 @@ mod tests {
                 input_offset: 0,
                 content,
                 align: 8,
-                edges: Vec::new(),
+                edges: Edges::new(),
                 fde: None,
                 live: true,
                 addr: 0,
@@ -314,8 +314,8 @@ mod tests {
             e.set_addend(addend);
             e
         };
-        g.blocks[text_block.index()].edges = vec![with_addend(3, R_X86_64_PC32, -4)];
-        g.blocks[data_block.index()].edges = vec![
+        g.blocks[text_block.index()].edges = smallvec::smallvec![with_addend(3, R_X86_64_PC32, -4)];
+        g.blocks[data_block.index()].edges = smallvec::smallvec![
             with_addend(0, R_X86_64_64, 0),
             with_addend(8, R_X86_64_64, 8),
             with_addend(12, R_X86_64_PC32, 0),

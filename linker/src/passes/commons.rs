@@ -1,6 +1,6 @@
 //! Pass: COMMON symbols become zero-filled blocks.
 
-use crate::graph::{Block, Content, LinkGraph, Prot, SectionRole, SymbolDef, SymbolId};
+use crate::graph::{Block, Content, Edges, LinkGraph, Prot, SectionRole, SymbolDef, SymbolId};
 
 /// Give every COMMON symbol a zero-filled block in `.bss.common`.
 pub fn allocate_commons(graph: &mut LinkGraph) {
@@ -26,7 +26,7 @@ pub fn allocate_commons(graph: &mut LinkGraph) {
             input_offset: 0,
             content: Content::Zero(size),
             align,
-            edges: Vec::new(),
+            edges: Edges::new(),
             fde: None,
             live: true,
             addr: 0,

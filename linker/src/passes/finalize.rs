@@ -288,7 +288,7 @@ fn collect_init_fini(g: &LinkGraph, image: &[u8], base: u64) -> Vec<(Box<str>, V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Block, Content, Prot};
+    use crate::graph::{Block, Content, Edges, Prot};
 
     /// An image `.eh_frame` of three objects' records, the third with a
     /// zero word inside: the error names that object and the offset in its
@@ -313,7 +313,7 @@ mod tests {
                 input_offset: 8,
                 content: Content::Bytes(record.clone()),
                 align: 4,
-                edges: Vec::new(),
+                edges: Edges::new(),
                 fde: None,
                 live: true,
                 addr: start + image.len() as u64,

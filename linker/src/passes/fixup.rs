@@ -643,7 +643,7 @@ fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{InputBytes, Prot};
+    use crate::graph::{Edges, InputBytes, Prot};
 
     /// Blocks of one input file back to back in the image and in the file
     /// share one run; a gap in the image, another file or owned bytes start
@@ -674,7 +674,7 @@ mod tests {
                 input_offset: 0,
                 content: c,
                 align: 1,
-                edges: Vec::new(),
+                edges: Edges::new(),
                 fde: None,
                 live: true,
                 addr: at as u64,

@@ -6,8 +6,8 @@
 use super::Special;
 use super::edges::{self, Need};
 use crate::graph::{
-    Block, BlockId, Content, Edge, FxHashMap, FxHashSet, LinkGraph, Prot, SectionRole, SymbolDef,
-    SymbolId,
+    Block, BlockId, Content, Edge, Edges, FxHashMap, FxHashSet, LinkGraph, Prot, SectionRole,
+    SymbolDef, SymbolId,
 };
 
 /// One GOT slot request.
@@ -428,7 +428,7 @@ fn linker_block(
         input_offset: 0,
         content: Content::Bytes(bytes),
         align,
-        edges: Vec::new(),
+        edges: Edges::new(),
         fde: None,
         live: true,
         addr: 0,

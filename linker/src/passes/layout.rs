@@ -156,7 +156,7 @@ fn lay_out_tls(graph: &mut LinkGraph) -> TlsLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Block, Content};
+    use crate::graph::{Block, Content, Edges};
 
     fn add(g: &mut LinkGraph, name: &str, prot: Prot, content: Content, align: u64) {
         let obj = g.add_object("a.o");
@@ -168,7 +168,7 @@ mod tests {
             input_offset: 0,
             content,
             align,
-            edges: Vec::new(),
+            edges: Edges::new(),
             fde: None,
             live: true,
             addr: 0,

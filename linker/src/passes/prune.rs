@@ -269,7 +269,7 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Content, Edge, FdeLinks, Linkage, Prot, Scope, Symbol, SymbolId};
+    use crate::graph::{Content, Edge, Edges, FdeLinks, Linkage, Prot, Scope, Symbol, SymbolId};
     use crate::isa::Isa;
 
     /// A random graph of `n` blocks in two objects (the second an archive
@@ -312,7 +312,7 @@ mod tests {
                 input_offset: 64 * i as u64,
                 content: Content::Zero(64),
                 align: 16,
-                edges: Vec::new(),
+                edges: Edges::new(),
                 fde: fde.then(|| FdeLinks {
                     cie: BlockId(0),
                     function: Some(BlockId(i as u32 - 1)),
