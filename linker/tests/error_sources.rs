@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::error::Error as _;
-
 use common::*;
 use kiln_engine::{Session, WorkerPool};
 use kiln_linker::archive::Archive;
