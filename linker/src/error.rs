@@ -20,7 +20,7 @@ pub enum LinkError {
         detail: String,
         /// The engine's error.
         #[source]
-        source: Option<kiln_engine::Error>,
+        source: Option<Cause<kiln_engine::Error>>,
     },
     /// Reading a file failed (user error).
     #[error("cannot read {path}: {source}")]
@@ -335,7 +335,7 @@ impl LinkError {
     pub(crate) fn engine(detail: impl Into<String>, source: kiln_engine::Error) -> Self {
         LinkError::Engine {
             detail: detail.into(),
-            source: Some(source),
+            source: Some(Cause::new(source)),
         }
     }
 
@@ -369,5 +369,19 @@ impl LinkError {
             what: what.into(),
             source: Cause::new(source),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Within clippy's `result_large_err` (128 bytes) with room for the
+    /// tag of an enum wrapping it (`JitError`): big causes go in a `Cause`.
+    #[test]
+    fn a_link_error_stays_small() {
+        assert!(
+            size_of::<super::LinkError>() <= 120,
+            "{}",
+            size_of::<super::LinkError>()
+        );
     }
 }

@@ -209,7 +209,9 @@ fn a_tls_refusal_keeps_the_tls_runtimes_error() {
     assert!(matches!(err, LinkError::Tls { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.starts_with("thread-local storage: `big_tls` (") && msg.contains("-fPIC"),
+        msg.starts_with("thread-local storage: the thread-pointer offset of `big_tls`: ")
+            && msg.contains("bigtls.o")
+            && msg.contains("-fPIC"),
         "{msg}"
     );
     assert!(

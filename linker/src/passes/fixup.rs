@@ -81,7 +81,10 @@ fn tls_module(p: &Prepared, env: &ImageEnv) -> Result<Option<TlsModule>, LinkErr
             )
             .map_err(|e| {
                 LinkError::tls_refused(
-                    format!("{} ({})", env.name, largest_tls_inputs(&p.graph)),
+                    format!(
+                        "the image's thread-locals ({})",
+                        largest_tls_inputs(&p.graph)
+                    ),
                     e,
                 )
             })?;
@@ -174,11 +177,7 @@ fn tp_offset(
         )
         .map_err(|e| {
             LinkError::tls_refused(
-                format!(
-                    "`{}` ({})",
-                    g.symbol_name(sym),
-                    g.object_name(g.symbols[sym.index()].object)
-                ),
+                format!("the thread-pointer offset of `{}`", g.symbol_name(sym)),
                 e,
             )
         })
