@@ -24,26 +24,26 @@ impl Archive {
     /// Parse `data` (called `name`) and index its symbols, from the archive
     /// symbol table or, when there is none, from the members' own tables.
     pub fn parse(name: &str, data: Vec<u8>) -> Result<Archive, LinkError> {
-        let err = |d: String| LinkError::malformed(name, d);
-        let file = ArchiveFile::parse(&*data).map_err(|e| err(format!("not an archive: {e}")))?;
+        let err = |d: &str, e| LinkError::malformed_by(name, d, e);
+        let file = ArchiveFile::parse(&*data).map_err(|e| err("not an archive", e))?;
         if file.is_thin() {
-            return Err(err("thin archives are not supported".into()));
+            return Err(LinkError::malformed(
+                name,
+                "thin archives are not supported",
+            ));
         }
         let mut index = HashMap::new();
-        match file
-            .symbols()
-            .map_err(|e| err(format!("bad symbol index: {e}")))?
-        {
+        match file.symbols().map_err(|e| err("bad symbol index", e))? {
             Some(symbols) => {
                 for s in symbols {
-                    let s = s.map_err(|e| err(format!("bad symbol index: {e}")))?;
+                    let s = s.map_err(|e| err("bad symbol index", e))?;
                     let n = String::from_utf8_lossy(s.name()).into_owned();
                     index.entry(n.into()).or_insert(s.offset().0);
                 }
             }
             None => {
                 for m in file.members() {
-                    let m = m.map_err(|e| err(format!("bad member: {e}")))?;
+                    let m = m.map_err(|e| err("bad member", e))?;
                     let off = m.file_range().0.saturating_sub(60);
                     let Ok(bytes) = m.data(&*data) else { continue };
                     for n in defined_globals(bytes) {
@@ -86,14 +86,15 @@ impl Archive {
         if !self.loaded.insert(off) {
             return Ok(None);
         }
-        let err = |d: String| LinkError::malformed(&self.name, d);
-        let file = ArchiveFile::parse(&*self.data).map_err(|e| err(e.to_string()))?;
+        let err = |d: String, e| LinkError::malformed_by(&self.name, d, e);
+        let file = ArchiveFile::parse(&*self.data)
+            .map_err(|e| err(format!("reading it again for `{symbol}`"), e))?;
         let m = file
             .member(ArchiveOffset(off))
-            .map_err(|e| err(format!("member at {off:#x} for `{symbol}`: {e}")))?;
+            .map_err(|e| err(format!("member at {off:#x} for `{symbol}`"), e))?;
         let bytes = m
             .data(&*self.data)
-            .map_err(|e| err(format!("member at {off:#x}: {e}")))?;
+            .map_err(|e| err(format!("member at {off:#x}"), e))?;
         let name = format!("{}({})", self.name, String::from_utf8_lossy(m.name()));
         Ok(Some((name, bytes)))
     }

@@ -288,6 +288,11 @@ impl<'d> Reader<'_, 'd> {
         LinkError::malformed(self.name, detail)
     }
 
+    /// `object`'s reader found the fault `detail` names the place of.
+    fn err_by(&self, detail: impl Into<String>, e: object::read::Error) -> LinkError {
+        LinkError::malformed_by(self.name, detail, e)
+    }
+
     /// A block's contents: `bytes` (a part of the object) as a range of the
     /// shared file if there is one, else copied.
     fn content(&self, bytes: &[u8]) -> Content {
@@ -303,10 +308,10 @@ impl<'d> Reader<'_, 'd> {
         let header = self.header()?;
         let sections = header
             .sections(LE, data)
-            .map_err(|e| self.err(format!("bad section table: {e}")))?;
+            .map_err(|e| self.err_by("bad section table", e))?;
         let symtab = sections
             .symbols(LE, data, elf::SHT_SYMTAB)
-            .map_err(|e| self.err(format!("bad symbol table: {e}")))?;
+            .map_err(|e| self.err_by("bad symbol table", e))?;
         let mut slots = vec![Slot::Skipped; sections.len()];
         let groups = self.read_groups(&sections, &symtab, &mut slots)?;
         let eh_frame = self.read_sections(&sections, &mut slots)?;
@@ -335,7 +340,7 @@ impl<'d> Reader<'_, 'd> {
     /// kiln links (the graph takes that ISA).
     fn header(&mut self) -> Result<&'d FileHeader64<LE>, LinkError> {
         let header = FileHeader64::<LE>::parse(self.data)
-            .map_err(|e| self.err(format!("not an ELF64 little-endian file: {e}")))?;
+            .map_err(|e| self.err_by("not an ELF64 little-endian file", e))?;
         let Some(isa) = Isa::from_machine(header.e_machine(LE).0) else {
             return Err(self.err(format!(
                 "not an x86-64 or aarch64 object (e_machine {})",
@@ -368,7 +373,7 @@ impl<'d> Reader<'_, 'd> {
         for (index, sh) in sections.enumerate() {
             let Some((flags, members)) = sh
                 .group(LE, data)
-                .map_err(|e| self.err(format!("section {}: {e}", index.0)))?
+                .map_err(|e| self.err_by(format!("section {}", index.0), e))?
             else {
                 continue;
             };
@@ -379,10 +384,13 @@ impl<'d> Reader<'_, 'd> {
                 .symbol(SymbolIndex(sh.sh_info(LE) as usize))
                 .and_then(|s| symtab.symbol_name(LE, s))
                 .map_err(|e| {
-                    self.err(format!(
-                        "group section {}: bad signature symbol: {e}",
-                        section_name_of(sections, sh)
-                    ))
+                    self.err_by(
+                        format!(
+                            "group section {}: bad signature symbol",
+                            section_name_of(sections, sh)
+                        ),
+                        e,
+                    )
                 })?;
             let sig = String::from_utf8_lossy(sig).into_owned();
             groups.push((
@@ -500,7 +508,7 @@ impl<'d> Reader<'_, 'd> {
         }
         let bytes = sh
             .data(LE, self.data)
-            .map_err(|e| self.err(format!("section {name}: {e}")))?;
+            .map_err(|e| self.err_by(format!("section {name}"), e))?;
         Ok((align, Some(bytes)))
     }
 
@@ -544,7 +552,7 @@ impl<'d> Reader<'_, 'd> {
         }
         let Some((relas, _)) = sh
             .rela(LE, self.data)
-            .map_err(|e| self.err(format!("section {}: {e}", section_name_of(sections, sh))))?
+            .map_err(|e| self.err_by(format!("section {}", section_name_of(sections, sh)), e))?
         else {
             return Ok(());
         };
@@ -563,7 +571,7 @@ impl<'d> Reader<'_, 'd> {
         };
         let tsh = sections
             .section(SectionIndex(target))
-            .map_err(|e| self.err(e.to_string()))?;
+            .map_err(|e| self.err_by(format!("section {target}"), e))?;
         let tname = section_name_of(sections, tsh);
         match slot {
             Slot::Skipped | Slot::Discarded => Ok(()),
@@ -720,7 +728,7 @@ impl<'d> Reader<'_, 'd> {
         }
         let name = symtab
             .symbol_name(LE, sym)
-            .map_err(|e| self.err(format!("symbol {}: {e}", index.0)))?;
+            .map_err(|e| self.err_by(format!("symbol {}", index.0), e))?;
         let name =
             utf8(name).ok_or_else(|| self.err(format!("symbol {}: name is not UTF-8", index.0)))?;
         let bind = sym.st_bind();
@@ -818,7 +826,7 @@ impl<'d> Reader<'_, 'd> {
         let value = sym.st_value(LE);
         let sec = symtab
             .symbol_section(LE, sym, index)
-            .map_err(|e| self.err(format!("symbol `{name}`: {e}")))?;
+            .map_err(|e| self.err_by(format!("symbol `{name}`"), e))?;
         let Some(sec) = sec else {
             return Err(self.err(format!(
                 "symbol `{name}`: unsupported special section index {:#x}",
@@ -837,7 +845,9 @@ impl<'d> Reader<'_, 'd> {
             Slot::Block(block) => {
                 let len = self.graph.blocks[block.index()].content.len();
                 if value > len {
-                    let sh = sections.section(sec).map_err(|e| self.err(e.to_string()))?;
+                    let sh = sections.section(sec).map_err(|e| {
+                        self.err_by(format!("symbol `{name}`: section {}", sec.0), e)
+                    })?;
                     return Err(self.err(format!(
                         "symbol `{name}`: value {value:#x} lies past the end of section {} ({len:#x} bytes)",
                         section_name_of(sections, sh)

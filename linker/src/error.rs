@@ -4,15 +4,23 @@ use std::fmt::Write as _;
 
 use kiln_arch::FixupError;
 
+use crate::runtime::RuntimeError;
+use crate::runtime::tls::TlsError;
+
 /// Why a link failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LinkError {
-    /// The engine refused a definition or lookup (the message says why).
-    #[error("{detail}")]
+    /// The engine refused a definition or lookup (`source` says why), or
+    /// the linker's side of the engine's protocol broke (a linker bug; no
+    /// `source`).
+    #[error("{detail}{}", cause(source.as_ref()))]
     Engine {
-        /// The engine's error.
+        /// What was attempted, naming the object or image.
         detail: String,
+        /// The engine's error.
+        #[source]
+        source: Option<Cause<kiln_engine::Error>>,
     },
     /// Reading a file failed (user error).
     #[error("cannot read {path}: {source}")]
@@ -25,12 +33,15 @@ pub enum LinkError {
     },
     /// The input is not a well-formed ELF x86-64 relocatable object or archive
     /// (user error).
-    #[error("{object}: {detail}")]
+    #[error("{object}: {detail}{}", cause(source.as_ref()))]
     Malformed {
         /// Object (path or `archive(member)`).
         object: String,
         /// What is wrong, and where.
         detail: String,
+        /// The ELF or archive reader's error, when it found the fault.
+        #[source]
+        source: Option<object::read::Error>,
     },
     /// A relocation kiln does not handle (user error or implementation limit).
     #[error("{object}: section {section} offset {offset:#x}: unsupported relocation type {r_type}{}", name.map(|n| format!(" ({n})")).unwrap_or_default())]
@@ -61,7 +72,7 @@ pub enum LinkError {
         symbol: String,
         /// The arch error.
         #[source]
-        source: Box<FixupError>,
+        source: Cause<FixupError>,
         /// How to avoid it, when known.
         hint: Option<&'static str>,
     },
@@ -155,12 +166,13 @@ pub enum LinkError {
         reloc: &'static str,
     },
     /// A shared library could not be loaded (user error).
-    #[error("cannot load library {name}: {detail}")]
+    #[error("cannot load library {name}: {}", chain(source))]
     Library {
         /// The `-l` name or path.
         name: String,
-        /// The loader's message.
-        detail: String,
+        /// The loader's error (`dlerror`'s text is its own `source()`).
+        #[source]
+        source: libloading::Error,
     },
     /// The objects are for another ISA than this process's, and only an
     /// image (imaging mode: `kiln image save`) can be linked for it.
@@ -176,16 +188,22 @@ pub enum LinkError {
         host: &'static str,
     },
     /// Thread-local storage could not be set up.
-    #[error("thread-local storage: {detail}")]
+    #[error("thread-local storage: {detail}{}", cause(source.as_ref()))]
     Tls {
         /// What failed, naming variable and object.
         detail: String,
+        /// The TLS runtime's refusal, when it refused.
+        #[source]
+        source: Option<Cause<TlsError>>,
     },
-    /// Registering the image with the runtime failed (eh_frame, TLS, initializers).
-    #[error("runtime: {detail}")]
+    /// Registering the image with the runtime failed (eh_frame, `__dso_handle`).
+    #[error("runtime: {what}: {source}")]
     Runtime {
-        /// What failed.
-        detail: String,
+        /// What was being registered, naming the image.
+        what: String,
+        /// The runtime's error.
+        #[source]
+        source: Cause<RuntimeError>,
     },
     /// Announcing the image to a debugger or profiler failed (only when
     /// [`crate::LinkOptions::debug`] enables one).
@@ -215,11 +233,155 @@ fn duplicate_message(dups: &[(String, Vec<String>)]) -> String {
     s
 }
 
+/// A cause kept on the heap (an error enum stays small) that is its error's
+/// `source()` as itself: `std::error::Error::source` of an error holding a
+/// `Cause<T>` downcasts to `T` — that of a `Box<T>` field would downcast
+/// only to `Box<T>` (a `Box` of an error is an error type of its own), and
+/// a walk looking for `T` (`kiln_engine::Error::downcast_ref`) would pass
+/// it by. Dereferences to `T`; deliberately not an error type itself.
+pub struct Cause<T>(Box<T>);
+
+impl<T> Cause<T> {
+    /// Boxes `cause`.
+    pub fn new(cause: T) -> Self {
+        Cause(Box::new(cause))
+    }
+
+    /// The cause itself.
+    pub fn into_inner(self) -> T {
+        *self.0
+    }
+}
+
+impl<T> From<T> for Cause<T> {
+    fn from(cause: T) -> Self {
+        Cause::new(cause)
+    }
+}
+
+impl<T> std::ops::Deref for Cause<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Cause<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Cause<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl<T: Clone> Clone for Cause<T> {
+    fn clone(&self) -> Self {
+        Cause(self.0.clone())
+    }
+}
+
+/// `": cause"` when there is a cause: a message quotes its cause, which
+/// stays its `source()` too (a reporter that walks the chain skips the
+/// sources a message already quotes, as `kiln`'s does).
+fn cause(source: Option<&impl std::fmt::Display>) -> String {
+    source.map(|s| format!(": {s}")).unwrap_or_default()
+}
+
+/// `e`'s message followed by those of its sources that it does not already
+/// quote, `: `-separated: for foreign errors whose message leaves the
+/// reason to their `source()` (libloading's "dlopen failed").
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        next = s.source();
+    }
+    text
+}
+
 impl LinkError {
     pub(crate) fn malformed(object: &str, detail: impl Into<String>) -> Self {
         LinkError::Malformed {
             object: object.to_string(),
             detail: detail.into(),
+            source: None,
         }
+    }
+
+    /// The reader's error `source` found the fault `detail` (where: section,
+    /// symbol, member) in `object`.
+    pub(crate) fn malformed_by(
+        object: &str,
+        detail: impl Into<String>,
+        source: object::read::Error,
+    ) -> Self {
+        LinkError::Malformed {
+            object: object.to_string(),
+            detail: detail.into(),
+            source: Some(source),
+        }
+    }
+
+    /// The engine refused `detail` (what was attempted, naming the object or image).
+    pub(crate) fn engine(detail: impl Into<String>, source: kiln_engine::Error) -> Self {
+        LinkError::Engine {
+            detail: detail.into(),
+            source: Some(Cause::new(source)),
+        }
+    }
+
+    /// A linker bug on the engine's side of the link, with no underlying error.
+    pub(crate) fn engine_bug(detail: impl Into<String>) -> Self {
+        LinkError::Engine {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// A TLS failure that `detail` explains whole (no underlying error).
+    pub(crate) fn tls(detail: impl Into<String>) -> Self {
+        LinkError::Tls {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// The TLS runtime refused `detail` (what, naming the image or variable).
+    pub(crate) fn tls_refused(detail: impl Into<String>, source: TlsError) -> Self {
+        LinkError::Tls {
+            detail: detail.into(),
+            source: Some(Cause::new(source)),
+        }
+    }
+
+    /// The runtime refused to register `what` (naming the image).
+    pub(crate) fn runtime(what: impl Into<String>, source: RuntimeError) -> Self {
+        LinkError::Runtime {
+            what: what.into(),
+            source: Cause::new(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Within clippy's `result_large_err` (128 bytes) with room for the
+    /// tag of an enum wrapping it (`JitError`): big causes go in a `Cause`.
+    #[test]
+    fn a_link_error_stays_small() {
+        assert!(
+            size_of::<super::LinkError>() <= 120,
+            "{}",
+            size_of::<super::LinkError>()
+        );
     }
 }

@@ -162,7 +162,7 @@ impl HostSymbols {
         let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| {
             LinkError::Library {
                 name: path.display().to_string(),
-                detail: e.to_string(),
+                source: e,
             }
         })?;
         self.libraries.push((path.display().to_string(), lib));

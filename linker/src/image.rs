@@ -236,11 +236,8 @@ impl Linker {
         let mut finalized = passes::link_graph(graph, resolver, &env, &self.options)?;
         finalized.stats.timings.parse = parse;
         // The image's identity is its own `__dso_handle` slot.
-        let dso = runtime::DsoHandle::new_at(name.clone(), finalized.dso_handle as usize).map_err(
-            |e| LinkError::Runtime {
-                detail: format!("{name}: {e}"),
-            },
-        )?;
+        let dso = runtime::DsoHandle::new_at(name.clone(), finalized.dso_handle as usize)
+            .map_err(|e| LinkError::runtime(name.as_str(), e))?;
         LinkedImage::start(name, finalized, dso, self.run_initializers)
     }
 }
@@ -448,8 +445,11 @@ impl LinkedImage {
                 };
                 // The passes checked the records and blamed a bad one on
                 // its object: a failure here is the linker's.
-                Some(r.map_err(|e| LinkError::Runtime {
-                    detail: format!("image linked from {name} and the rest (linker bug): {e}"),
+                Some(r.map_err(|e| {
+                    LinkError::runtime(
+                        format!("image linked from {name} and the rest (linker bug)"),
+                        e,
+                    )
                 })?)
             }
             None => None,

@@ -7,7 +7,7 @@ use kiln_linker::image_file::{self, BuildId, CpuFeatures, ImageDependency, Image
 use kiln_linker::memory::FileBytes;
 use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
-use super::{InfoArgs, SaveArgs, input_index};
+use super::{InfoArgs, SaveArgs, input_index, report};
 
 /// An input of `kiln image save`: an object's bytes (mapped if large, as
 /// `kiln run` maps them), shared with the thread hashing the inputs, or an
@@ -209,15 +209,14 @@ fn link_and_save(
         if name.ends_with(".a") {
             linker
                 .add_archive_bytes(name.clone(), bytes.to_vec())
-                .map_err(|e| e.to_string())?;
+                .map_err(report)?;
         } else {
             linker.add_object_shared(name.clone(), bytes.clone());
         }
     }
     let mut host = HostSymbols::new();
     for lib in &args.libs {
-        host.load_library(lib, &args.lib_dirs)
-            .map_err(|e| e.to_string())?;
+        host.load_library(lib, &args.lib_dirs).map_err(report)?;
     }
     // Undefined symbols may be left for the loader: only their names are
     // saved (imaging mode reaches every host symbol through a slot).
@@ -225,7 +224,7 @@ fn link_and_save(
     let against = Against::load(&args.against, &host, allow)?;
     let resolver = |names: &[&str]| -> Vec<Option<u64>> { against.resolve(names, &host, allow) };
     let link_start = std::time::Instant::now();
-    let image = linker.link(&resolver).map_err(|e| e.to_string())?;
+    let image = linker.link(&resolver).map_err(report)?;
     let linked_at = std::time::Instant::now();
     // The build id combines the inputs' with those of the images the
     // references went into.
@@ -234,7 +233,7 @@ fn link_and_save(
     // Written from the image's memory to the file, without the whole file
     // in memory first.
     write_replacing(&args.output, 0o644, false, |f| {
-        image.save_image_to(&id, f).map_err(|e| e.to_string())
+        image.save_image_to(&id, f).map_err(report)
     })?;
     // The process ends after the write: the image's memory, its imaging
     // record and its registrations go with it, unfreed (freeing them took
@@ -322,15 +321,14 @@ impl Against {
         };
         for file in with_dependencies(files)? {
             let (name, bytes) = (file.name(), file.bytes());
-            let exported = image_file::exported_names(name, bytes).map_err(|e| e.to_string())?;
+            let exported = image_file::exported_names(name, bytes).map_err(report)?;
             // Its imports bind like the new image's: earlier `--against`
             // images, then the host.
             let resolver = |names: &[&str]| me.resolve(names, host, allow);
             // SAFETY: the image is mapped and bound so that addresses into
             // it can be recorded; none of its code runs (no initializer is
             // run and nothing is called) and it is dropped before exit.
-            let image =
-                unsafe { image_file::load(name, bytes, &resolver) }.map_err(|e| e.to_string())?;
+            let image = unsafe { image_file::load(name, bytes, &resolver) }.map_err(report)?;
             me.images.push((image, exported.into_iter().collect()));
         }
         Ok(me)
@@ -343,14 +341,14 @@ impl Against {
         opening: image_file::ImageError,
     ) -> Result<image_file::ForeignImage, String> {
         let Ok(bytes) = std::fs::read(path) else {
-            return Err(opening.to_string());
+            return Err(report(opening));
         };
         match image_file::ForeignImage::reserve(&path.display().to_string(), &bytes) {
             Ok(image) => Ok(image),
             Err(image_file::ImageError::Field {
                 field: "machine", ..
-            }) => Err(opening.to_string()),
-            Err(e) => Err(e.to_string()),
+            }) => Err(report(opening)),
+            Err(e) => Err(report(e)),
         }
     }
 
@@ -438,7 +436,7 @@ fn write_replacing(
 pub(crate) fn info(args: &InfoArgs) -> Result<i32, String> {
     let name = args.image.display().to_string();
     let bytes = std::fs::read(&args.image).map_err(|e| format!("cannot read {name}: {e}"))?;
-    let info = image_file::inspect(&name, &bytes).map_err(|e| e.to_string())?;
+    let info = image_file::inspect(&name, &bytes).map_err(report)?;
     if args.json {
         println!("{}", json(&info));
     } else {
@@ -662,11 +660,7 @@ pub(crate) fn cached(
     // linked against them, and the key covers their build ids.
     let mut image_ids = Vec::new();
     for (name, bytes) in views.iter().filter(|(_, b)| image_file::is_image(b)) {
-        image_ids.push(
-            image_file::dependencies(name, bytes)
-                .map_err(|e| e.to_string())?
-                .0,
-        );
+        image_ids.push(image_file::dependencies(name, bytes).map_err(report)?.0);
     }
     if !image_ids.is_empty() && image_ids.len() == views.len() {
         if stats {
@@ -710,7 +704,10 @@ pub(crate) fn cached(
                 record(image.stamp());
                 return with_input_images(&views, image);
             }
-            Err(e) => eprintln!("kiln: cache entry is damaged or stale, relinking: {e}"),
+            Err(e) => eprintln!(
+                "kiln: cache entry is damaged or stale, relinking: {}",
+                report(e)
+            ),
         }
     }
     let inputs = owned(&views);
@@ -727,7 +724,7 @@ pub(crate) fn cached(
     }
     // Run from the entry as a hit would (mapped, checked once).
     drop(bytes);
-    let image = ImageFile::open(&entry).map_err(|e| e.to_string())?;
+    let image = ImageFile::open(&entry).map_err(report)?;
     with_input_images(&inputs, image)
 }
 
@@ -749,15 +746,14 @@ fn link_entry(
         if n.ends_with(".a") {
             linker
                 .add_archive_bytes(n.clone(), b.clone())
-                .map_err(|e| e.to_string())?;
+                .map_err(report)?;
         } else {
             linker.add_object_bytes(n.clone(), b.clone());
         }
     }
     let mut host = HostSymbols::new();
     for lib in libs {
-        host.load_library(lib, lib_dirs)
-            .map_err(|e| e.to_string())?;
+        host.load_library(lib, lib_dirs).map_err(report)?;
     }
     // The images, loaded (never run) so the link binds into them by build
     // id; what they import from the objects (a cycle) is left unbound.
@@ -772,10 +768,13 @@ fn link_entry(
     let image = match linker.link(&resolver) {
         Ok(image) => image,
         Err(e @ kiln_linker::LinkError::NotImageable { .. }) => {
-            eprintln!("kiln: not cached (the inputs cannot be saved as an image): {e}");
+            eprintln!(
+                "kiln: not cached (the inputs cannot be saved as an image): {}",
+                report(e)
+            );
             return Ok(None);
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(report(e)),
     };
     // SAFETY: none of the image's code ran (initializers off, nothing
     // looked up); its static TLS range is given back for the entry's load.
@@ -785,10 +784,13 @@ fn link_entry(
         Err(image_file::ImageError::Link { source, .. })
             if matches!(*source, kiln_linker::LinkError::NotImageable { .. }) =>
         {
-            eprintln!("kiln: not cached (the inputs cannot be saved as an image): {source}");
+            eprintln!(
+                "kiln: not cached (the inputs cannot be saved as an image): {}",
+                report(source.into_inner())
+            );
             return Ok(None);
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(report(e)),
     };
     drop(against);
     Ok(bytes)
@@ -843,7 +845,7 @@ fn weak_defined_by_an_image(inputs: &[(String, &[u8])]) -> Result<Option<String>
     use object::{Object as _, ObjectSymbol as _};
     let mut exported = std::collections::HashSet::new();
     for (name, bytes) in inputs.iter().filter(|(_, b)| image_file::is_image(b)) {
-        exported.extend(image_file::exported_names(name, bytes).map_err(|e| e.to_string())?);
+        exported.extend(image_file::exported_names(name, bytes).map_err(report)?);
     }
     if exported.is_empty() {
         return Ok(None);
@@ -885,7 +887,7 @@ fn with_input_images<B: AsRef<[u8]>>(
         .iter()
         .filter(|(_, b)| image_file::is_image(b.as_ref()))
     {
-        images.push(ImageFile::open(std::path::Path::new(name)).map_err(|e| e.to_string())?);
+        images.push(ImageFile::open(std::path::Path::new(name)).map_err(report)?);
     }
     if images.is_empty() {
         return Ok(Cached::Image(entry));
@@ -945,8 +947,7 @@ pub(crate) fn with_dependencies(images: Vec<ImageFile>) -> Result<Vec<ImageFile>
     let mut found: Vec<ImageFile> = Vec::new();
     let mut queue: Vec<(String, Vec<ImageDependency>)> = Vec::new();
     for image in &images {
-        let (id, deps) =
-            image_file::dependencies(image.name(), image.bytes()).map_err(|e| e.to_string())?;
+        let (id, deps) = image_file::dependencies(image.name(), image.bytes()).map_err(report)?;
         have.insert(id);
         paths.insert(std::path::PathBuf::from(image.name()));
         queue.push((image.name().to_string(), deps));
@@ -964,9 +965,9 @@ pub(crate) fn with_dependencies(images: Vec<ImageFile>) -> Result<Vec<ImageFile>
             if paths.contains(&candidate) || !candidate.is_file() {
                 continue;
             }
-            let image = ImageFile::open(&candidate).map_err(|e| e.to_string())?;
+            let image = ImageFile::open(&candidate).map_err(report)?;
             let (id, more) =
-                image_file::dependencies(image.name(), image.bytes()).map_err(|e| e.to_string())?;
+                image_file::dependencies(image.name(), image.bytes()).map_err(report)?;
             have.insert(id);
             paths.insert(candidate);
             queue.push((image.name().to_string(), more));

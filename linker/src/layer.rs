@@ -382,9 +382,7 @@ impl ObjectLayer {
         let unit = self.unit_named(name, graph, names)?;
         dylib
             .define_boxed(Box::new(unit), tracker)
-            .map_err(|e| LinkError::Engine {
-                detail: format!("{name}: {e}"),
-            })
+            .map_err(|e| LinkError::engine(name, e))
     }
 
     /// The unit [`ObjectLayer::add_graph`] would define, not defined
@@ -637,9 +635,7 @@ impl ObjectLayer {
             data.append(&mut functions);
         }
         self.add_graph(bodies, None, name, graph)?;
-        let engine = |e: Error| LinkError::Engine {
-            detail: format!("{name}: {e}"),
-        };
+        let engine = |e: Error| LinkError::engine(name, e);
         if !functions.is_empty() {
             entries
                 .define(manager.reexports(bodies, functions).map_err(engine)?)
@@ -1065,9 +1061,9 @@ impl EarlyPrepare {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                Err(LinkError::Engine {
-                    detail: format!("{objects}: panicked while preparing the image: {what}"),
-                })
+                Err(LinkError::engine_bug(format!(
+                    "{objects}: panicked while preparing the image: {what}"
+                )))
             });
             *job.state.lock().unwrap_or_else(PoisonError::into_inner) =
                 EarlyState::Done(Box::new(prepared));
@@ -1096,9 +1092,9 @@ impl EarlyPrepare {
                 }
                 EarlyState::Done(prepared) => return *prepared,
                 EarlyState::Taken => {
-                    return Err(LinkError::Engine {
-                        detail: "the image was already taken for linking".into(),
-                    });
+                    return Err(LinkError::engine_bug(
+                        "the image was already taken for linking",
+                    ));
                 }
             }
         }
@@ -1283,11 +1279,7 @@ impl passes::LinkHost for EngineHost<'_> {
         // names PC-relatively.
         let name = self.name;
         let dso = runtime::DsoHandle::new_at(name.to_string(), prepared.dso_handle() as usize)
-            .map_err(|e| {
-                link_error(LinkError::Runtime {
-                    detail: format!("{name}: {e}"),
-                })
-            })?;
+            .map_err(|e| link_error(LinkError::runtime(name, e)))?;
         self.dso = Some(dso);
         Ok(())
     }

@@ -61,7 +61,7 @@ pub mod passes;
 pub mod runtime;
 
 pub use debug::DebugOptions;
-pub use error::LinkError;
+pub use error::{Cause, LinkError};
 pub use jit::{Jit, JitBuilder};
 
 /// docs/guide.md, compiled and run as doc tests: every API the guide names

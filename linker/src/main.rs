@@ -297,6 +297,24 @@ fn kiln_main() -> i32 {
     }
 }
 
+/// What the user reads of `e`: its message followed by each cause in its
+/// `source()` chain that the message does not already quote, `: `-separated
+/// (kiln's messages quote their causes; some foreign ones, such as
+/// libloading's "dlopen failed", leave the reason to the chain).
+fn report<E: std::error::Error + 'static>(e: E) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 fn run_bundled() -> Result<i32, String> {
     let names: Vec<&str> = BUNDLED.iter().map(|(n, _)| *n).collect();
     eprintln!(
@@ -338,7 +356,7 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
     for (path, opened) in args.inputs.iter().zip(open_inputs(&args)) {
         match opened? {
             Opened::Image(file) => {
-                images.push(ImageFile::from_file(path, file).map_err(|e| e.to_string())?);
+                images.push(ImageFile::from_file(path, file).map_err(report)?);
             }
             Opened::Bytes(bytes) => inputs.push(Input {
                 name: path.display().to_string(),
@@ -424,7 +442,7 @@ fn split_images(pairs: Vec<(String, Vec<u8>)>) -> Result<(Vec<Input>, Vec<ImageF
     let mut images = Vec::new();
     for (name, bytes) in pairs {
         if kiln_linker::image_file::is_image(&bytes) {
-            images.push(ImageFile::open(std::path::Path::new(&name)).map_err(|e| e.to_string())?);
+            images.push(ImageFile::open(std::path::Path::new(&name)).map_err(report)?);
         } else {
             inputs.push(Input {
                 name,
@@ -583,7 +601,7 @@ fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, S
     let mut loaded = match loaded {
         Ok(l) => l,
         Err(ImageError::MissingDependencies { .. }) => return Ok(Alone::NeedsEngine(image)),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(report(e)),
     };
     let address = loaded
         .symbol(&args.entry)
@@ -676,7 +694,7 @@ impl Run {
         let layer = ObjectLayer::with_options(&session, options);
         // The inputs are a program: tear down like exit(), not dlclose.
         layer.set_executable_teardown(true);
-        let err = |e: kiln_engine::Error| e.to_string();
+        let err = report::<kiln_engine::Error>;
         let host = session.create_dylib("<host>").map_err(err)?;
         host.add_generator(HostGenerator::new(host_symbols(args)?))
             .map_err(err)?;
@@ -697,8 +715,7 @@ impl Run {
 fn host_symbols(args: &RunArgs) -> Result<HostSymbols, String> {
     let mut host = HostSymbols::new();
     for lib in &args.libs {
-        host.load_library(lib, &args.lib_dirs)
-            .map_err(|e| e.to_string())?;
+        host.load_library(lib, &args.lib_dirs).map_err(report)?;
     }
     Ok(host)
 }
@@ -757,7 +774,7 @@ fn look_up_entry(run: &Run, entry: &str) -> Result<u64, String> {
             RequiredState::Ready,
         )
         .wait()
-        .map_err(|e| e.to_string())?;
+        .map_err(report)?;
     found
         .get(&entry)
         .map(|d| d.address)
@@ -804,7 +821,7 @@ fn run_static_constructors(run: &Run) -> Result<(), String> {
         )
         .wait()
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(report)
 }
 
 /// Calls the program's entry point.
@@ -849,9 +866,9 @@ fn add_lazily(
     host_dylib: &Dylib,
     inputs: Vec<Input>,
 ) -> Result<LazyReexports, String> {
-    let err = |e: kiln_engine::Error| e.to_string();
+    let err = report::<kiln_engine::Error>;
     let bodies = session.create_dylib("<bodies>").map_err(err)?;
-    let jit = kiln_linker::lazy::JitLazyReexports::new(session).map_err(|e| e.to_string())?;
+    let jit = kiln_linker::lazy::JitLazyReexports::new(session).map_err(report)?;
     let manager = jit.manager().clone();
     // Newly linked objects run their initializers before their first call proceeds.
     let init_layer = layer.clone();
@@ -875,7 +892,7 @@ fn add_lazily(
         .collect();
     layer
         .add_objects_lazily(main, &bodies, &manager, &objects)
-        .map_err(|e| e.to_string())?;
+        .map_err(report)?;
     // Non-PIE code takes functions' addresses (their entries' stubs)
     // with 32-bit absolute references: the stubs go where it reaches.
     if layer.places_below_2gib() {
@@ -887,7 +904,7 @@ fn add_lazily(
         .into_iter()
         .map(|ar| Archive::parse(&ar.name, ar.bytes.into_vec()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(report)?;
     if !archives.is_empty() {
         main.add_generator(ArchiveGenerator::lazy_group(
             layer, archives, &bodies, &manager,
@@ -927,7 +944,7 @@ fn add_eagerly(
         // hash and tables, it binds against this process's host symbols,
         // and kiln does not write image files it runs (a cache entry is
         // replaced by a rename, never changed in place).
-        unsafe { layer.add_image_from_file(main, None, image) }.map_err(|e| e.to_string())?;
+        unsafe { layer.add_image_from_file(main, None, image) }.map_err(report)?;
     }
     // One image for all inputs: static-link semantics across objects
     // (COMDAT, init priorities, TLS), archive members pulled on demand.
@@ -937,7 +954,7 @@ fn add_eagerly(
         if input.name.ends_with(".a") {
             linker
                 .add_archive_bytes(input.name, input.bytes.into_vec())
-                .map_err(|e| e.to_string())?;
+                .map_err(report)?;
         } else {
             linker.add_object_bytes(input.name, input.bytes);
         }
@@ -946,10 +963,10 @@ fn add_eagerly(
     if objects {
         let (graph, names) = linker
             .build_graph_naming(&|n| session.intern(n))
-            .map_err(|e| e.to_string())?;
+            .map_err(report)?;
         layer
             .add_graph_named(main, None, program, graph, names)
-            .map_err(|e| e.to_string())?;
+            .map_err(report)?;
     }
     // Reading counts until the unit is defined in its dylib (as
     // llvm-jitlink's "load/add object files" does).
@@ -1168,5 +1185,37 @@ fn install_fatal_signal_handlers() {
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cause the message does not quote is printed after it; one it
+    /// quotes is not printed twice.
+    #[test]
+    fn report_prints_each_cause_the_message_does_not_quote_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let debug = kiln_linker::LinkError::Debug {
+            image: "app.o".into(),
+            source: kiln_linker::debug::DebugError::Io {
+                what: "writing the jitdump",
+                path: "/nowhere/jit-1.dump".into(),
+                source: io(),
+            },
+        };
+        assert_eq!(
+            report(debug),
+            format!(
+                "app.o: debugger/profiler interface: writing the jitdump /nowhere/jit-1.dump: {}",
+                io()
+            )
+        );
+        let quoted = kiln_linker::LinkError::Memory {
+            detail: "mmap".into(),
+            source: io(),
+        };
+        assert_eq!(report(quoted), format!("memory: mmap: {}", io()));
     }
 }

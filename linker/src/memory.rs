@@ -203,7 +203,8 @@ impl Slab {
 
     /// The near slab: within [`REACH`] of the host's loaded objects if the
     /// address space allows (see the module doc), else anywhere.
-    fn near() -> Result<Slab, LinkError> {
+    /// `Err`: the OS's refusal of a reservation anywhere.
+    fn near() -> Result<Slab, std::io::Error> {
         let objects = crate::host::loaded_objects();
         // Read at most once for all the target spans (not at all if a
         // first guess fits: see `reserve_within`).
@@ -218,10 +219,7 @@ impl Slab {
         }
         // Anywhere: 32-bit references to the host then go through stubs
         // and copies.
-        let b = Self::reserve_at(0, NEAR_SIZE, false).ok_or_else(|| LinkError::Memory {
-            detail: format!("cannot reserve {NEAR_SIZE:#x} bytes of address space"),
-            source: std::io::Error::last_os_error(),
-        })?;
+        let b = Self::reserve_at(0, NEAR_SIZE, false).ok_or_else(std::io::Error::last_os_error)?;
         Ok(Self::new(b, NEAR_SIZE))
     }
 
@@ -313,16 +311,23 @@ impl Slab {
 
     /// The process-wide slab for `placement` (`None`: low memory unavailable).
     pub fn get(placement: Placement) -> Result<Option<&'static Slab>, LinkError> {
-        static NEAR: OnceLock<Result<Slab, String>> = OnceLock::new();
+        // The OS error is kept by its number (an `io::Error` is not `Clone`),
+        // so every link told of the failure gets it as its source.
+        static NEAR: OnceLock<Result<Slab, Option<i32>>> = OnceLock::new();
         static LOW: OnceLock<Option<Slab>> = OnceLock::new();
         match placement {
-            Placement::Near => match NEAR.get_or_init(|| Slab::near().map_err(|e| e.to_string())) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) => Err(LinkError::Memory {
-                    detail: e.clone(),
-                    source: std::io::Error::other("address space reservation failed"),
-                }),
-            },
+            Placement::Near => {
+                match NEAR.get_or_init(|| Slab::near().map_err(|e| e.raw_os_error())) {
+                    Ok(s) => Ok(Some(s)),
+                    Err(code) => Err(LinkError::Memory {
+                        detail: format!("cannot reserve {NEAR_SIZE:#x} bytes of address space"),
+                        source: code.map_or_else(
+                            || std::io::Error::other("the OS gave no reason"),
+                            std::io::Error::from_raw_os_error,
+                        ),
+                    }),
+                }
+            }
             Placement::Low => Ok(LOW.get_or_init(Slab::low).as_ref()),
         }
     }

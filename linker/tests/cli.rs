@@ -167,6 +167,27 @@ fn malformed_input_is_an_error_not_a_crash() {
     assert!(text(&out.stderr).contains("bad.o"), "{}", show(&out));
 }
 
+/// libloading's message is only "dlopen failed": dlerror's text (why) is
+/// its `source()`, and the user reads it.
+#[test]
+fn a_library_that_cannot_be_loaded_is_reported_with_the_loaders_reason() {
+    let dir = scratch("no-library");
+    let o = compile_c_text(&dir, "plain", "int main(void) { return 0; }\n", &["-O2"]);
+    let out = kiln()
+        .args(["run", "-l", "kiln-no-such-library"])
+        .arg(&o)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot load library libkiln-no-such-library.so: dlopen failed: ")
+            && stderr.contains("cannot open shared object file"),
+        "{}",
+        show(&out)
+    );
+}
+
 #[test]
 fn noexec_links_without_running_and_stats_reports_the_work() {
     let dir = scratch("noexec");

@@ -41,9 +41,9 @@ pub(crate) fn build(
     info: &ImageInfo<'_>,
     symbols: &[ImageSymbol<'_>],
     dwarf: &[(String, Vec<u8>)],
-) -> Result<Vec<u8>, String> {
+) -> object::write::Result<Vec<u8>> {
     let alloc = alloc_sections(info, symbols);
-    write(&alloc, dwarf, symbols).map_err(|e| e.to_string())
+    write(&alloc, dwarf, symbols)
 }
 
 /// What GDB is given of the image's memory, by address: one section per
@@ -139,7 +139,7 @@ fn eh_frame_section(eh_frame: Option<(u64, u64)>) -> Option<AllocSection<'static
 pub(crate) fn build_loaded(
     image: &super::LoadedImage<'_>,
     symbols: &[ImageSymbol<'_>],
-) -> Result<Vec<u8>, String> {
+) -> object::write::Result<Vec<u8>> {
     let mut alloc = Vec::new();
     let mut push = |name: &'static str, start: u64, end: u64, prot| {
         let named = symbols.iter().any(|sym| (start..end).contains(&sym.addr));
@@ -173,7 +173,7 @@ pub(crate) fn build_loaded(
         alloc.push(eh);
     }
     alloc.sort_by_key(|s| s.addr);
-    write(&alloc, &[], symbols).map_err(|e| e.to_string())
+    write(&alloc, &[], symbols)
 }
 
 /// The inputs' `.debug_*` sections, concatenated per name in input order

@@ -131,12 +131,13 @@ pub enum DebugError {
         source: std::io::Error,
     },
     /// The ELF debug object could not be written.
-    #[error("writing the GDB debug object of {image}: {detail}")]
+    #[error("writing the GDB debug object of {image}: {source}")]
     Object {
         /// The image.
         image: String,
-        /// What the writer said.
-        detail: String,
+        /// The ELF writer's error.
+        #[source]
+        source: object::write::Error,
     },
 }
 
@@ -309,9 +310,9 @@ fn announce_image(
     }
     let gdb = if options.gdb {
         let object =
-            elf_object::build(info, &symbols, &dwarf).map_err(|detail| DebugError::Object {
+            elf_object::build(info, &symbols, &dwarf).map_err(|source| DebugError::Object {
                 image: info.name.to_string(),
-                detail,
+                source,
             })?;
         save_object_copy(&object);
         Some(gdb::Entry::register(object))
@@ -358,9 +359,9 @@ fn announce_loaded(
     }
     let gdb = if options.gdb {
         let object =
-            elf_object::build_loaded(image, &symbols).map_err(|detail| DebugError::Object {
+            elf_object::build_loaded(image, &symbols).map_err(|source| DebugError::Object {
                 image: image.name.to_string(),
-                detail,
+                source,
             })?;
         save_object_copy(&object);
         Some(gdb::Entry::register(object))

@@ -24,7 +24,10 @@ pub(crate) fn path() -> String {
 
 /// The map, opened (created) on first use.
 pub(crate) fn open() -> Result<&'static File, DebugError> {
-    static FILE: OnceLock<Result<File, (String, std::io::ErrorKind, String)>> = OnceLock::new();
+    // The error is kept by its parts (an `io::Error` is not `Clone`) and
+    // rebuilt for each caller: by its OS error number when it has one.
+    type Failed = (String, Option<i32>, std::io::ErrorKind, String);
+    static FILE: OnceLock<Result<File, Failed>> = OnceLock::new();
     let path = path();
     let opened = FILE.get_or_init(|| {
         if left_by_an_earlier_process(&path) {
@@ -35,13 +38,18 @@ pub(crate) fn open() -> Result<&'static File, DebugError> {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| (path.clone(), e.kind(), e.to_string()))
+            .map_err(|e| (path.clone(), e.raw_os_error(), e.kind(), e.to_string()))
     });
-    opened.as_ref().map_err(|(path, kind, msg)| DebugError::Io {
-        what: "appending to the perf map",
-        path: path.clone(),
-        source: std::io::Error::new(*kind, msg.clone()),
-    })
+    opened
+        .as_ref()
+        .map_err(|(path, code, kind, msg)| DebugError::Io {
+            what: "appending to the perf map",
+            path: path.clone(),
+            source: code.map_or_else(
+                || std::io::Error::new(*kind, msg.clone()),
+                std::io::Error::from_raw_os_error,
+            ),
+        })
 }
 
 /// Whether the map at `path` was last written before this process started

@@ -427,9 +427,9 @@ fn tls_record(l: &Linked<'_>) -> Result<(TlsHeader, Vec<Import>), LinkError> {
             t.area_offset,
             crate::runtime::tls::static_area::area_tp_offset(),
         ) else {
-            return Err(LinkError::Tls {
-                detail: "local-exec code in imaging mode needs kiln's static TLS area (linker bug: fixup succeeded without it)".into(),
-            });
+            return Err(LinkError::tls(
+                "local-exec code in imaging mode needs kiln's static TLS area (linker bug: fixup succeeded without it)",
+            ));
         };
         h.area_tp_offset = area;
         h.area_size = crate::runtime::tls::static_area_size() as u64;

@@ -295,7 +295,7 @@ fn fix_pc_relative(
             .offset_of(pc.target)
             .ok_or_else(|| ImageError::Link {
                 name: name.into(),
-                source: Box::new(pc.refusal()),
+                source: crate::Cause::new(pc.refusal()),
             })?;
         let place = start + pc.offset;
         let value = target.wrapping_add(pc.addend as u64).wrapping_sub(place) as i64;
@@ -305,6 +305,7 @@ fn fix_pc_relative(
                 "{}: {} at {}+{:#x} to `{}` does not reach it in the image",
                 pc.object, pc.reloc, pc.section, pc.input_offset, pc.symbol
             ),
+            source: None,
         })?;
     }
     Ok(())
@@ -352,6 +353,7 @@ fn add_imports(
                             "`{piece}` was linked against host table `{}` ({}), an earlier link against `{}` ({}): one image uses one host table",
                             b.2, b.0, a.2, a.0
                         ),
+                        source: None,
                     });
                 }
                 (None, Some(b)) => out.host_table = Some(b.clone()),
@@ -389,6 +391,7 @@ fn merge_eh_frames(
         relocate_records(&mut copy, delta).map_err(|detail| ImageError::Write {
             name: name.into(),
             detail: format!("the .eh_frame of `{piece}` cannot be moved: {detail}"),
+            source: None,
         })?;
         let inside = |w: u64| w >= off && w < off + body as u64;
         rebase.extend(out.rebase.iter().filter(|&&w| inside(w)).map(|w| w + delta));

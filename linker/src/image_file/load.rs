@@ -28,7 +28,7 @@ use crate::runtime;
 fn link_err(name: &str, source: crate::LinkError) -> ImageError {
     ImageError::Link {
         name: name.to_string(),
-        source: Box::new(source),
+        source: crate::Cause::new(source),
     }
 }
 
@@ -666,9 +666,7 @@ pub(crate) fn finish(
     let dso = runtime::DsoHandle::new_at(p.name.to_string(), base as usize).map_err(|e| {
         link_err(
             file_name,
-            crate::LinkError::Runtime {
-                detail: e.to_string(),
-            },
+            crate::LinkError::runtime("the image's __dso_handle", e),
         )
     })?;
     let mut image =

@@ -270,6 +270,18 @@ pub enum ImageError {
         /// What is wrong, and where.
         detail: String,
     },
+    /// The image's ELF container is inconsistent: the ELF reader refused
+    /// `what` (damaged or not written by kiln).
+    #[error("{name}: malformed image: {what}: {source}")]
+    Container {
+        /// The file.
+        name: String,
+        /// The part that could not be read.
+        what: &'static str,
+        /// The ELF reader's error.
+        #[source]
+        source: object::read::Error,
+    },
     /// Host symbols the image imports that nobody defines (every one listed).
     #[error("{name}: imported symbols not found: {}", missing.join(", "))]
     MissingImports {
@@ -289,12 +301,15 @@ pub enum ImageError {
         missing: Vec<(ImageDependency, Vec<BuildId>)>,
     },
     /// Writing the ELF container failed (implementation limit).
-    #[error("{name}: cannot write the image: {detail}")]
+    #[error("{name}: cannot write the image: {detail}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
     Write {
         /// The image.
         name: String,
-        /// The writer's message.
+        /// What could not be written, and why when no `source` says so.
         detail: String,
+        /// The ELF writer's error, when it refused.
+        #[source]
+        source: Option<object::write::Error>,
     },
     /// Memory, runtime registration or the engine failed.
     #[error("{name}: {source}")]
@@ -303,7 +318,7 @@ pub enum ImageError {
         name: String,
         /// The linker's error.
         #[source]
-        source: Box<LinkError>,
+        source: crate::Cause<LinkError>,
     },
     /// The image file could not be opened, read or mapped.
     #[error("{name}: cannot {what}: {source}")]
@@ -416,7 +431,7 @@ impl LinkedImage {
         if let Some(p) = record.pc_relative.first() {
             return Err(ImageError::Link {
                 name: self.name().to_string(),
-                source: Box::new(p.refusal()),
+                source: crate::Cause::new(p.refusal()),
             });
         }
         let mut deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();

@@ -100,6 +100,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// The ELF reader refused `what`.
+    fn container(&self, what: &'static str, source: object::read::Error) -> ImageError {
+        ImageError::Container {
+            name: self.file_name.to_string(),
+            what,
+            source,
+        }
+    }
+
     fn expect<T: PartialEq + std::fmt::Display>(
         &self,
         field: &'static str,
@@ -364,7 +373,7 @@ fn parse_for<'a>(
 ) -> Result<Parsed<'a>, ImageError> {
     let c = Ctx { file_name };
     let h = check_header(&c, file, hash, purpose)?;
-    let elf_err = |e: object::read::Error| c.bad(format!("ELF container: {e}"));
+    let elf_err = |e: object::read::Error| c.container("ELF container", e);
     let ehdr = FileHeader64::<LE>::parse(file).map_err(elf_err)?;
     c.expect("ELF e_machine", ehdr.e_machine(LE).0, h.machine)?;
     let segments = segments(&c, &h, ehdr, file)?;
@@ -572,12 +581,12 @@ fn tables<'a>(
 ) -> Result<Tables<'a>, ImageError> {
     let sections = ehdr
         .sections(LE, file)
-        .map_err(|e| c.bad(format!("ELF container: {e}")))?;
+        .map_err(|e| c.container("ELF container", e))?;
     // Names compared in place (`name\0` at `sh_name`), not through
     // `section_by_name`: its string-table reads use the memchr crate, whose
     // first call probes the CPU (cpuid traps on virtual machines: ~50 µs of
     // a `kiln run` of an image).
-    let elf_err = |e: object::read::Error| c.bad(format!("ELF container: {e}"));
+    let elf_err = |e: object::read::Error| c.container("ELF container", e);
     let shstrndx = ehdr.shstrndx(LE, file).map_err(elf_err)?;
     let names: &[u8] = sections
         .section(object::SectionIndex(shstrndx as usize))
@@ -623,7 +632,7 @@ fn segments(
 ) -> Result<Vec<Segment>, ImageError> {
     let phdrs = ehdr
         .program_headers(LE, file)
-        .map_err(|e| c.bad(format!("program headers: {e}")))?;
+        .map_err(|e| c.container("program headers", e))?;
     c.expect("segment count", phdrs.len(), h.segments as usize)?;
     let mut out: Vec<Segment> = Vec::new();
     for (i, p) in phdrs.iter().enumerate() {

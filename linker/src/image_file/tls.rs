@@ -49,13 +49,11 @@ pub(crate) fn check_foreign_template(
 ) -> Result<(), crate::LinkError> {
     match foreign_area(isa) {
         Some((tp, area_size)) if size > area_size || align > LOADER_AREA_ALIGN => {
-            Err(crate::LinkError::Tls {
-                detail: format!(
-                    "the image's thread-locals ({size:#x} bytes, align {align}) do not fit the C loader's static TLS area for {} ({area_size:#x} bytes at {}, align {LOADER_AREA_ALIGN}), where its thread-locals live",
-                    isa.name(),
-                    tp_offset(tp)
-                ),
-            })
+            Err(crate::LinkError::tls(format!(
+                "the image's thread-locals ({size:#x} bytes, align {align}) do not fit the C loader's static TLS area for {} ({area_size:#x} bytes at {}, align {LOADER_AREA_ALIGN}), where its thread-locals live",
+                isa.name(),
+                tp_offset(tp)
+            )))
         }
         _ => Ok(()),
     }
@@ -190,23 +188,24 @@ fn module(p: &Parsed<'_>, mem: &[u8], file_name: &str) -> Result<TlsModule, Imag
                 )
             })?,
         _ => TlsModule::new(p.name, size, align, TlsPlacement::PreferStatic)
-            .map_err(|e| tls_err(file_name, &e))?,
+            .map_err(|e| tls_err(file_name, e))?,
     };
     let at = t.image_offset as usize;
     // The parser checked the initial image lies in a segment.
     let image = mem.get(at..at + t.image_size as usize).unwrap_or_default();
     module
         .initialize(image)
-        .map_err(|e| tls_err(file_name, &e))?;
+        .map_err(|e| tls_err(file_name, e))?;
     Ok(module)
 }
 
-fn tls_err(file_name: &str, e: &crate::runtime::tls::TlsError) -> ImageError {
+fn tls_err(file_name: &str, e: crate::runtime::tls::TlsError) -> ImageError {
     ImageError::Link {
         name: file_name.into(),
-        source: Box::new(crate::LinkError::Tls {
-            detail: e.to_string(),
-        }),
+        source: crate::Cause::new(crate::LinkError::tls_refused(
+            "the image's thread-locals",
+            e,
+        )),
     }
 }
 
@@ -233,12 +232,12 @@ pub(crate) fn set_up(
             format::TLS_MODULE_ID => module.module_id(),
             format::TLS_TP_OFFSET => module
                 .static_tp_offset(var, "?", p.name, "R_X86_64_GOTTPOFF")
-                .map_err(|e| tls_err(file_name, &e))? as u64,
+                .map_err(|e| tls_err(file_name, e))? as u64,
             _ => {
                 // A resolver word comes first, its argument 8 bytes after.
                 let d = match desc {
                     Some((v, d)) if v == var && kind == format::TLS_DESC_ARGUMENT => d,
-                    _ => module.tlsdesc(var).map_err(|e| tls_err(file_name, &e))?,
+                    _ => module.tlsdesc(var).map_err(|e| tls_err(file_name, e))?,
                 };
                 desc = Some((var, d));
                 if kind == format::TLS_DESC_RESOLVER {

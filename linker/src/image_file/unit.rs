@@ -155,9 +155,7 @@ impl ObjectLayer {
             .define_boxed(Box::new(unit), tracker)
             .map_err(|e| ImageError::Link {
                 name: name.to_string(),
-                source: Box::new(LinkError::Engine {
-                    detail: e.to_string(),
-                }),
+                source: crate::Cause::new(LinkError::engine("defining the image's symbols", e)),
             })?;
         if let Some(export) = handle {
             self.add_image_file(
@@ -221,9 +219,10 @@ impl ImageUnit {
                 .wait()
                 .map_err(|e| ImageError::Link {
                     name: self.name.clone(),
-                    source: Box::new(LinkError::Engine {
-                        detail: format!("loading {}: {e}", added.name),
-                    }),
+                    source: crate::Cause::new(LinkError::engine(
+                        format!("loading {}", added.name),
+                        e,
+                    )),
                 })?;
             let owner = found
                 .get(&added.export)

@@ -228,12 +228,14 @@ fn reserve(
         );
     }
     w.reserve_shstrtab_section_index();
-    w.reserve_shstrtab().map_err(|e| write_error(name, e))?;
+    w.reserve_shstrtab()
+        .map_err(|e| write_error(name, "the section name table", e))?;
     w.reserve_section_headers();
     if header_at != HEADER_AT as u64 {
         return Err(ImageError::Write {
             name: name.into(),
             detail: format!("the header landed at offset {header_at}, not {HEADER_AT}"),
+            source: None,
         });
     }
     Ok(Plan {
@@ -377,7 +379,7 @@ fn write_container(
         e_entry: 0,
         e_flags: elf::FileFlags(0),
     })
-    .map_err(|e| write_error(name, e))?;
+    .map_err(|e| write_error(name, "the ELF file header", e))?;
     debug_assert_eq!(w.len(), plan.header_at);
     w.write(&header.encode());
     w.write_align_program_headers();
@@ -422,9 +424,10 @@ fn write_container(
     Ok(plan.file_size)
 }
 
-fn write_error(name: &str, e: object::write::Error) -> ImageError {
+fn write_error(name: &str, what: &str, e: object::write::Error) -> ImageError {
     ImageError::Write {
         name: name.into(),
-        detail: e.to_string(),
+        detail: what.into(),
+        source: Some(e),
     }
 }

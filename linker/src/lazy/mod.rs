@@ -109,7 +109,7 @@ pub enum LazyStubError {
         what: &'static str,
         /// The memory error.
         #[source]
-        source: Box<LinkError>,
+        source: crate::Cause<LinkError>,
     },
     /// Environment: the slab handed out no writable memory.
     #[error("lazy reexports: no writable JIT memory for {what}")]
@@ -128,7 +128,7 @@ pub enum LazyStubError {
         at: u64,
         /// The arch error.
         #[source]
-        source: Box<FixupError>,
+        source: crate::Cause<FixupError>,
     },
     /// User error: another reentry handler (not kiln-linker's) is installed
     /// in this process; kiln_arch allows only one.
@@ -159,7 +159,7 @@ impl LazyStubError {
         move |source| Self::Template {
             what,
             at,
-            source: Box::new(source),
+            source: crate::Cause::new(source),
         }
     }
 }

@@ -401,7 +401,7 @@ fn allocate(
     Allocation::new(len, placement)
         .map_err(|source| LazyStubError::Memory {
             what,
-            source: Box::new(source),
+            source: crate::Cause::new(source),
         })?
         .ok_or(LazyStubError::NoMemory { what })
 }
@@ -422,7 +422,7 @@ fn finalize(
         .finalize(segments)
         .map_err(|source| LazyStubError::Memory {
             what,
-            source: Box::new(source),
+            source: crate::Cause::new(source),
         })
 }
 

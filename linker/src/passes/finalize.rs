@@ -41,8 +41,8 @@ pub(super) fn finalize(
     if let Some(module) = &tls_module {
         let start = (p.tls.image_addr.saturating_sub(base)) as usize;
         let tdata = &mem[start..start + p.tls.filesz as usize];
-        module.initialize(tdata).map_err(|e| LinkError::Tls {
-            detail: e.to_string(),
+        module.initialize(tdata).map_err(|e| {
+            LinkError::tls_refused("the initial values of the image's thread-locals", e)
         })?;
     }
     let symbols = symbol_table(&p, &addrs, options);
@@ -225,9 +225,7 @@ fn check_eh_frame(g: &LinkGraph, start: u64, records: &[u8]) -> Result<(), LinkE
         Ok(()) => return Ok(()),
         Err(runtime::RuntimeError::BadEhFrame { offset, reason, .. }) => (offset, reason),
         Err(e) => {
-            return Err(LinkError::Runtime {
-                detail: e.to_string(),
-            });
+            return Err(LinkError::runtime("the image's .eh_frame", e));
         }
     };
     let at = start + offset as u64;

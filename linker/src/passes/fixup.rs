@@ -79,8 +79,14 @@ fn tls_module(p: &Prepared, env: &ImageEnv) -> Result<Option<TlsModule>, LinkErr
                 p.tls.align as usize,
                 placement,
             )
-            .map_err(|e| LinkError::Tls {
-                detail: format!("{e} ({})", largest_tls_inputs(&p.graph)),
+            .map_err(|e| {
+                LinkError::tls_refused(
+                    format!(
+                        "the image's thread-locals ({})",
+                        largest_tls_inputs(&p.graph)
+                    ),
+                    e,
+                )
             })?;
             Ok(Some(module))
         }
@@ -169,8 +175,11 @@ fn tp_offset(
             g.object_name(g.symbols[sym.index()].object),
             reloc,
         )
-        .map_err(|e| LinkError::Tls {
-            detail: e.to_string(),
+        .map_err(|e| {
+            LinkError::tls_refused(
+                format!("the thread-pointer offset of `{}`", g.symbol_name(sym)),
+                e,
+            )
         })
 }
 
@@ -198,13 +207,11 @@ fn write_got(
                 if g.symbols[s.index()].def == SymbolDef::External
                     && !p.specials.contains_key(&s) =>
             {
-                return Err(LinkError::Tls {
-                    detail: format!(
-                        "thread-local `{}` (used by {}) is not defined in this link; kiln resolves TLS variables only within one image",
-                        g.symbol_name(s),
-                        users(g, |e| e.target == s)
-                    ),
-                });
+                return Err(LinkError::tls(format!(
+                    "thread-local `{}` (used by {}) is not defined in this link; kiln resolves TLS variables only within one image",
+                    g.symbol_name(s),
+                    users(g, |e| e.target == s)
+                )));
             }
             GotKey::TpOff(s) => put(0, tp_offset(tls, addrs, s, g, ie_name)? as u64),
             GotKey::TlsGd(s) => {
@@ -213,23 +220,26 @@ fn write_got(
                 put(8, addrs[s.index()]);
             }
             GotKey::TlsLd => {
-                let m = tls.ok_or_else(|| LinkError::Tls {
-                    detail: format!(
+                let m = tls.ok_or_else(|| {
+                    LinkError::tls(format!(
                         "local-dynamic TLS used (by {}) but no TLS support was provided",
                         users(g, |e| e.kind.target == EdgeTarget::TlsLdPair)
-                    ),
+                    ))
                 })?;
                 put(0, m.module_id());
                 put(8, 0);
             }
             GotKey::TlsDesc(s) => {
                 let m = tls.ok_or_else(|| no_tls(g, s))?;
-                let d = m.tlsdesc(addrs[s.index()]).map_err(|e| LinkError::Tls {
-                    detail: format!(
-                        "`{}` (used by {}): {e}",
-                        g.symbol_name(s),
-                        users(g, |e| e.target == s)
-                    ),
+                let d = m.tlsdesc(addrs[s.index()]).map_err(|e| {
+                    LinkError::tls_refused(
+                        format!(
+                            "`{}` (used by {})",
+                            g.symbol_name(s),
+                            users(g, |e| e.target == s)
+                        ),
+                        e,
+                    )
                 })?;
                 put(0, d.resolver as u64);
                 put(8, d.argument as u64);
@@ -253,12 +263,10 @@ fn write_plt(p: &mut Prepared) -> Result<(), LinkError> {
     isa.fill_code(&mut bytes, stub_base);
     for (sym, off) in p.plt.iter() {
         let Some(slot) = p.got.get(GotKey::Addr(sym)) else {
-            return Err(LinkError::Engine {
-                detail: format!(
-                    "the PLT stub of {} has no GOT slot (linker bug)",
-                    p.graph.symbol_name(sym)
-                ),
-            });
+            return Err(LinkError::engine_bug(format!(
+                "the PLT stub of {} has no GOT slot (linker bug)",
+                p.graph.symbol_name(sym)
+            )));
         };
         let entry = got_base + slot;
         let stub = &mut bytes[off as usize..off as usize + stub_size];
@@ -269,7 +277,7 @@ fn write_plt(p: &mut Prepared) -> Result<(), LinkError> {
                 offset: off,
                 reloc: "PltStub",
                 symbol: p.graph.symbol_name(sym),
-                source: Box::new(source),
+                source: crate::Cause::new(source),
                 hint: None,
             })?;
     }
@@ -570,7 +578,7 @@ impl FixupCtx<'_> {
                     offset: block.input_offset + u64::from(e.offset),
                     reloc: edges::reloc_label(e),
                     symbol: self.graph.symbol_name(e.target),
-                    source: Box::new(source),
+                    source: crate::Cause::new(source),
                     hint,
                 }
             })?;
@@ -631,13 +639,11 @@ fn largest_tls_inputs(g: &LinkGraph) -> String {
 }
 
 fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {
-    LinkError::Tls {
-        detail: format!(
-            "`{}` ({}): no TLS support was provided to this link",
-            g.symbol_name(s),
-            g.object_name(g.symbols[s.index()].object)
-        ),
-    }
+    LinkError::tls(format!(
+        "`{}` ({}): no TLS support was provided to this link",
+        g.symbol_name(s),
+        g.object_name(g.symbols[s.index()].object)
+    ))
 }
 
 #[cfg(test)]

@@ -295,9 +295,7 @@ mod tests {
             assert!(prepared.memory_range().1 > 0);
             self.calls.push("own symbols");
             if self.fail_own_symbols {
-                return Err(LinkError::Engine {
-                    detail: "refused by the host".into(),
-                });
+                return Err(LinkError::engine_bug("refused by the host"));
             }
             Ok(())
         }
