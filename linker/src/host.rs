@@ -140,10 +140,19 @@ impl HostSymbols {
     }
 
     /// Load `-l name`, searching `dirs` (like `-L`) for `libNAME.so`, then
-    /// the known sonames, then the loader's search path.
+    /// the known sonames, then the loader's search path. As with `ld`,
+    /// `:FILE` searches for `FILE` itself; a name with a `/` is a path,
+    /// loaded as it is.
     pub fn load_library(&mut self, name: &str, dirs: &[PathBuf]) -> Result<(), LinkError> {
+        if name.contains('/') {
+            return self.load_path(Path::new(name));
+        }
+        let file = match name.strip_prefix(':') {
+            Some(file) => file.to_string(),
+            None => format!("lib{name}.so"),
+        };
         for dir in dirs {
-            let p = dir.join(format!("lib{name}.so"));
+            let p = dir.join(&file);
             if p.exists() && self.load_path(&p).is_ok() {
                 return Ok(());
             }
@@ -151,7 +160,7 @@ impl HostSymbols {
         if let Some((_, soname)) = KNOWN_SONAMES.iter().find(|(n, _)| *n == name) {
             return self.load_path(Path::new(soname));
         }
-        self.load_path(Path::new(&format!("lib{name}.so")))
+        self.load_path(Path::new(&file))
     }
 
     /// Load a shared library by path or soname.
@@ -382,6 +391,37 @@ mod tests {
         assert!(r[0].is_some() && r[1].is_some());
         assert!(r[2].is_none());
         assert!(h.load_library("kiln_no_such_lib", &[]).is_err());
+    }
+
+    /// `-l :FILE` is the file itself (searched as `ld` does), a name with a
+    /// `/` a path; a path that is not there is reported as given.
+    #[test]
+    fn a_colon_name_is_a_file_and_a_slash_name_a_path() {
+        let mut h = HostSymbols::new();
+        h.load_library(":libm.so.6", &[])
+            .expect("libm by its file name");
+        assert!(h.resolve(&["cos"])[0].is_some());
+        let libm = [
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib64",
+            "/usr/lib64",
+        ]
+        .iter()
+        .map(|d| Path::new(d).join("libm.so.6"))
+        .find(|p| p.exists())
+        .expect("libm.so.6 in a standard directory");
+        let path = libm.to_str().expect("a UTF-8 path");
+        HostSymbols::new()
+            .load_library(path, &[])
+            .expect("libm by its path");
+        let e = h
+            .load_library("/kiln/no/such/libfoo.so", &[])
+            .expect_err("no such file");
+        assert!(
+            matches!(&e, LinkError::Library { name, .. } if name == "/kiln/no/such/libfoo.so"),
+            "{e}"
+        );
     }
 
     /// Answers found are remembered (those from the process's scope once

@@ -100,7 +100,8 @@ struct SaveArgs {
     /// -fPIE (clang) or -fPIC.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
-    /// Also resolve symbols from the shared library libNAME.so (repeatable).
+    /// Also resolve symbols from the shared library libNAME.so (repeatable;
+    /// `-l :FILE` for FILE itself, or a path).
     #[arg(short = 'l', value_name = "NAME")]
     libs: Vec<String>,
     /// Search DIR for -l libraries before the system directories (repeatable).
@@ -143,7 +144,8 @@ struct RunArgs {
     /// path is the program's name (argument zero).
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
-    /// Also resolve symbols from the shared library libNAME.so (repeatable).
+    /// Also resolve symbols from the shared library libNAME.so (repeatable;
+    /// `-l :FILE` for FILE itself, or a path).
     #[arg(short = 'l', value_name = "NAME")]
     libs: Vec<String>,
     /// Search DIR for -l libraries before the system directories (repeatable).
