@@ -119,7 +119,9 @@ impl HostSymbols {
             stamp: next_stamp(),
             pinned: Mutex::default(),
         };
-        let _ = host.load_path(Path::new("libm.so.6"));
+        // SAFETY: the system's libm: its initializers are the C library's
+        // own, sound in any process that links libc.
+        let _ = unsafe { host.load_path(Path::new("libm.so.6")) };
         host
     }
 
@@ -129,8 +131,9 @@ impl HostSymbols {
     fn deferred(&self, k: usize) -> Option<&Library> {
         self.deferred[k]
             .get_or_init(|| {
-                // SAFETY: as in `load_path`: the library's initializers run;
-                // it is one of the libraries `new` promises to provide.
+                // SAFETY: one of the system libraries `new` promises to
+                // provide (libstdc++, libgcc_s, …): their initializers are
+                // sound to run in any process.
                 let lib =
                     unsafe { Library::open(Some(DEFERRED_SONAMES[k]), RTLD_NOW | RTLD_GLOBAL) };
                 crate::runtime::unwinder::attach_if_loaded();
@@ -143,9 +146,15 @@ impl HostSymbols {
     /// the known sonames, then the loader's search path. As with `ld`,
     /// `:FILE` searches for `FILE` itself; a name with a `/` is a path,
     /// loaded as it is.
-    pub fn load_library(&mut self, name: &str, dirs: &[PathBuf]) -> Result<(), LinkError> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`HostSymbols::load_path`], for the library found.
+    pub unsafe fn load_library(&mut self, name: &str, dirs: &[PathBuf]) -> Result<(), LinkError> {
         if name.contains('/') {
-            return self.load_path(Path::new(name));
+            // SAFETY: the library `name` names, which this function's caller
+            // vouches for (as below).
+            return unsafe { self.load_path(Path::new(name)) };
         }
         let file = match name.strip_prefix(':') {
             Some(file) => file.to_string(),
@@ -153,21 +162,29 @@ impl HostSymbols {
         };
         for dir in dirs {
             let p = dir.join(&file);
-            if p.exists() && self.load_path(&p).is_ok() {
+            // SAFETY: the library found for `name`.
+            if p.exists() && unsafe { self.load_path(&p) }.is_ok() {
                 return Ok(());
             }
         }
         if let Some((_, soname)) = KNOWN_SONAMES.iter().find(|(n, _)| *n == name) {
-            return self.load_path(Path::new(soname));
+            // SAFETY: the known soname of the library `name` names.
+            return unsafe { self.load_path(Path::new(soname)) };
         }
-        self.load_path(Path::new(&file))
+        // SAFETY: the library `name` names, from the loader's search path.
+        unsafe { self.load_path(Path::new(&file)) }
     }
 
     /// Load a shared library by path or soname.
-    pub fn load_path(&mut self, path: &Path) -> Result<(), LinkError> {
-        // SAFETY: loading a library runs its initializers; the caller asked
-        // for this library to provide symbols to JIT'd code, which is the
-        // contract of `-l`.
+    ///
+    /// # Safety
+    ///
+    /// Loading runs the library's initializers (and those of what it
+    /// depends on) in this process, and JIT'd code that calls its functions
+    /// trusts them: the library must be sound to load and call here, as for
+    /// `dlopen`.
+    pub unsafe fn load_path(&mut self, path: &Path) -> Result<(), LinkError> {
+        // SAFETY: this function's caller vouches for the library.
         let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| {
             LinkError::Library {
                 name: path.display().to_string(),
@@ -386,11 +403,13 @@ mod tests {
     #[test]
     fn finds_libc_and_libm() {
         let mut h = HostSymbols::new();
-        h.load_library("m", &[]).unwrap();
+        // SAFETY: the system libm.
+        unsafe { h.load_library("m", &[]) }.unwrap();
         let r = h.resolve(&["printf", "cos", "kiln_surely_not_a_symbol"]);
         assert!(r[0].is_some() && r[1].is_some());
         assert!(r[2].is_none());
-        assert!(h.load_library("kiln_no_such_lib", &[]).is_err());
+        // SAFETY: a library that is not there: nothing is loaded.
+        assert!(unsafe { h.load_library("kiln_no_such_lib", &[]) }.is_err());
     }
 
     /// `-l :FILE` is the file itself (searched as `ld` does), a name with a
@@ -398,8 +417,8 @@ mod tests {
     #[test]
     fn a_colon_name_is_a_file_and_a_slash_name_a_path() {
         let mut h = HostSymbols::new();
-        h.load_library(":libm.so.6", &[])
-            .expect("libm by its file name");
+        // SAFETY: the system libm.
+        unsafe { h.load_library(":libm.so.6", &[]) }.expect("libm by its file name");
         assert!(h.resolve(&["cos"])[0].is_some());
         let libm = [
             "/lib/x86_64-linux-gnu",
@@ -412,12 +431,11 @@ mod tests {
         .find(|p| p.exists())
         .expect("libm.so.6 in a standard directory");
         let path = libm.to_str().expect("a UTF-8 path");
-        HostSymbols::new()
-            .load_library(path, &[])
-            .expect("libm by its path");
-        let e = h
-            .load_library("/kiln/no/such/libfoo.so", &[])
-            .expect_err("no such file");
+        // SAFETY: the system libm.
+        unsafe { HostSymbols::new().load_library(path, &[]) }.expect("libm by its path");
+        // SAFETY: a library that is not there: nothing is loaded.
+        let e =
+            unsafe { h.load_library("/kiln/no/such/libfoo.so", &[]) }.expect_err("no such file");
         assert!(
             matches!(&e, LinkError::Library { name, .. } if name == "/kiln/no/such/libfoo.so"),
             "{e}"
@@ -447,7 +465,8 @@ mod tests {
         assert!(h.pin(here), "the test program not pinned");
         let heap = Box::new(0u64);
         assert!(!h.pin(&*heap as *const u64 as u64), "the heap pinned");
-        h.load_library("m", &[]).unwrap();
+        // SAFETY: the system libm.
+        unsafe { h.load_library("m", &[]) }.unwrap();
         assert!(
             h.found.lock().unwrap().is_empty(),
             "kept across a new library"
@@ -467,7 +486,8 @@ mod tests {
         let (_, stamp) = h.resolve_stamped(&["printf", "kiln_surely_not_a_symbol"]);
         assert_eq!(stamp, None, "a miss is not remembered");
         let before = h.answers_stamp();
-        h.load_library("m", &[]).unwrap();
+        // SAFETY: the system libm.
+        unsafe { h.load_library("m", &[]) }.unwrap();
         assert_ne!(h.answers_stamp(), before);
         assert_eq!(h.resolve_stamped(&["printf"]).1, None, "forgotten");
         assert_eq!(h.resolve_stamped(&["printf"]).1, h.answers_stamp());

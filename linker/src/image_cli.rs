@@ -216,7 +216,9 @@ fn link_and_save(
     }
     let mut host = HostSymbols::new();
     for lib in &args.libs {
-        host.load_library(lib, &args.lib_dirs).map_err(report)?;
+        // SAFETY: the user named the library on the command line (`-l`)
+        // for the image's code to call.
+        unsafe { host.load_library(lib, &args.lib_dirs) }.map_err(report)?;
     }
     // Undefined symbols may be left for the loader: only their names are
     // saved (imaging mode reaches every host symbol through a slot).
@@ -753,7 +755,9 @@ fn link_entry(
     }
     let mut host = HostSymbols::new();
     for lib in libs {
-        host.load_library(lib, lib_dirs).map_err(report)?;
+        // SAFETY: the user named the library on the command line (`-l`)
+        // for the program's code to call.
+        unsafe { host.load_library(lib, lib_dirs) }.map_err(report)?;
     }
     // The images, loaded (never run) so the link binds into them by build
     // id; what they import from the objects (a cycle) is left unbound.

@@ -10,7 +10,8 @@
 //!     x
 //! }
 //!
-//! let jit = Jit::builder().threads(2).library("m").build()?;
+//! // SAFETY: the system's libm is sound to load.
+//! let jit = unsafe { Jit::builder().threads(2).library("m") }.build()?;
 //! jit.define_fn("host_log", host_log as extern "C" fn(i64) -> i64)?;
 //! jit.add_object(&std::fs::read("square.o")?)?;
 //! // SAFETY (of the example): `square` is `long square(long)` in C.
@@ -147,8 +148,16 @@ impl JitBuilder {
         self
     }
 
-    /// Also resolves host symbols from `libNAME.so` (like `-lNAME`).
-    pub fn library(mut self, name: impl Into<String>) -> Self {
+    /// Also resolves host symbols from `libNAME.so` (like `-lNAME`; `:FILE`
+    /// and paths as [`HostSymbols::load_library`] takes them), loaded by
+    /// [`JitBuilder::build`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`HostSymbols::load_path`]: loading runs the library's
+    /// initializers in this process, and code calling its functions trusts
+    /// them.
+    pub unsafe fn library(mut self, name: impl Into<String>) -> Self {
         self.libraries.push(name.into());
         self
     }
@@ -201,7 +210,8 @@ impl JitBuilder {
         if self.host_symbols {
             let mut symbols = HostSymbols::new();
             for lib in &self.libraries {
-                symbols.load_library(lib, &self.library_dirs)?;
+                // SAFETY: the caller of `library` vouched for each one.
+                unsafe { symbols.load_library(lib, &self.library_dirs) }?;
             }
             inner.host.add_generator(HostGenerator::new(symbols))?;
         }

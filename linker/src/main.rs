@@ -717,7 +717,9 @@ impl Run {
 fn host_symbols(args: &RunArgs) -> Result<HostSymbols, String> {
     let mut host = HostSymbols::new();
     for lib in &args.libs {
-        host.load_library(lib, &args.lib_dirs).map_err(report)?;
+        // SAFETY: the user named the library on the command line (`-l`)
+        // for the program's code to call.
+        unsafe { host.load_library(lib, &args.lib_dirs) }.map_err(report)?;
     }
     Ok(host)
 }

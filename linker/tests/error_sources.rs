@@ -54,7 +54,8 @@ fn an_archive_the_reader_refuses_keeps_its_error() {
 #[test]
 fn a_library_that_cannot_be_loaded_says_why() {
     let mut host = HostSymbols::new();
-    let err = match host.load_library("kiln-no-such-library", &[]) {
+    // SAFETY: a library that is not there: nothing is loaded.
+    let err = match unsafe { host.load_library("kiln-no-such-library", &[]) } {
         Ok(()) => panic!("a library that does not exist loaded"),
         Err(e) => e,
     };
@@ -105,9 +106,11 @@ fn a_definition_the_engine_refuses_keeps_its_error() {
     );
 }
 
-/// A saved image of `int answer(void)`.
-fn answer_image() -> Vec<u8> {
-    let dir = scratch("error-sources-image");
+/// A saved image of `int answer(void)`, compiled in the scratch directory
+/// `dir` (one per test: tests run at once, and one compiling `answer.o`
+/// while another reads it gave the reader half an object).
+fn answer_image(dir: &str) -> Vec<u8> {
+    let dir = scratch(dir);
     let obj = compile_c_text(
         &dir,
         "answer",
@@ -130,13 +133,13 @@ fn an_image_the_engine_refuses_keeps_the_engines_error() {
     if !need_tool("gcc") {
         return;
     }
-    let image = answer_image();
+    let image = answer_image("error-sources-image-twice");
     let session = Session::builder().dispatcher(WorkerPool::new(1)).build();
     let layer = ObjectLayer::new(&session);
     let app = session.create_dylib("app").expect("dylib");
     // SAFETY: the test's own image; nothing of it is looked up or run.
     unsafe { layer.add_image(&app, None, "a.kimg", image.clone()) }.expect("the first add");
-    // SAFETY: as above: the test's own image, never looked up or run.
+    // SAFETY: the test's own image again; nothing of it is looked up or run.
     let err = match unsafe { layer.add_image(&app, None, "b.kimg", image) } {
         Ok(()) => panic!("`answer` was defined twice in one dylib"),
         Err(e) => e,
@@ -164,7 +167,7 @@ fn an_image_whose_elf_container_is_damaged_keeps_the_readers_error() {
     if !need_tool("gcc") {
         return;
     }
-    let mut image = answer_image();
+    let mut image = answer_image("error-sources-image-damaged");
     // e_phoff (ELF64 header offset 0x20): far past the end of the file.
     image[0x20..0x28].copy_from_slice(&0x7fff_ffff_0000u64.to_le_bytes());
     image_file::reseal(&mut image);

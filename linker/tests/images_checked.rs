@@ -204,9 +204,11 @@ fn kept_answers_are_used_only_with_the_resolver_that_gave_them() {
         "int k_hook(void);\nint k_call(void) { return k_hook() * 10; }\n",
     );
     let mut h1 = HostSymbols::new();
-    h1.load_path(&one).expect("loads libhook one");
+    // SAFETY: the test's own library, built above.
+    unsafe { h1.load_path(&one) }.expect("loads libhook one");
     let mut h2 = HostSymbols::new();
-    h2.load_path(&two).expect("loads libhook two");
+    // SAFETY: the test's own library, built above.
+    unsafe { h2.load_path(&two) }.expect("loads libhook two");
     extern "C" fn three() -> i32 {
         3
     }

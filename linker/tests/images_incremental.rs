@@ -27,7 +27,8 @@ fn session_with(name: &str, libs: &[&str], options: LinkOptions) -> (Session, Ob
     let host = session.create_dylib("<host>").expect("dylib");
     let mut symbols = HostSymbols::new();
     for l in libs {
-        symbols.load_library(l, &[]).expect("host library");
+        // SAFETY: the system libraries the tests' programs use.
+        unsafe { symbols.load_library(l, &[]) }.expect("host library");
     }
     host.add_generator(HostGenerator::new(symbols))
         .expect("generator");

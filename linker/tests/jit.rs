@@ -59,7 +59,10 @@ extern "C" fn host_six(a: i64, b: i64, c: i64, d: i64, e: i64, f: i64) -> i64 {
 fn builder_links_objects_against_host_functions_and_libraries() {
     let _serial = serial();
     let dir = scratch("basic");
-    let jit = Jit::builder().threads(2).library("m").build().unwrap();
+    // SAFETY: the system libm.
+    let jit = unsafe { Jit::builder().threads(2).library("m") }
+        .build()
+        .unwrap();
     jit.define_fn("host_add", host_add as extern "C" fn(i64, i64) -> i64)
         .unwrap();
     jit.define_fn("host_zero", host_zero as extern "C" fn() -> i64)

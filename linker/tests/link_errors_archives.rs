@@ -238,10 +238,12 @@ fn shared_library_from_l_and_capital_l() {
     );
     let mut host = HostSymbols::new();
     assert!(matches!(
-        host.load_library("kilngreet", &[]),
+        // SAFETY: the test's own library (built above), or none.
+        unsafe { host.load_library("kilngreet", &[]) },
         Err(LinkError::Library { .. })
     ));
-    host.load_library("kilngreet", std::slice::from_ref(&dir))
+    // SAFETY: the test's own library, built above.
+    unsafe { host.load_library("kilngreet", std::slice::from_ref(&dir)) }
         .unwrap_or_else(|e| panic!("{e}"));
     let mut l = Linker::new(Default::default());
     l.add_object_file(&user).unwrap();

@@ -252,7 +252,8 @@ fn lua_perf_map_and_jitdump() {
     }
     let mut host = kiln_linker::HostSymbols::new();
     for l in ["m", "dl"] {
-        host.load_library(l, &[]).expect("load library");
+        // SAFETY: the system's libm and libdl.
+        unsafe { host.load_library(l, &[]) }.expect("load library");
     }
     let image = linker.link(&host).expect("link Lua");
     let (base, len) = image.memory_range();

@@ -111,9 +111,16 @@ impl KilnBuilder {
     }
 
     /// Also resolves symbols from `libNAME.so`.
-    pub fn library(&mut self, name: impl Into<String>) -> &mut Self {
+    ///
+    /// # Safety
+    ///
+    /// As for [`kiln_linker::jit::JitBuilder::library`]: the library's
+    /// initializers run in this process, and code calling its functions
+    /// trusts them.
+    pub unsafe fn library(&mut self, name: impl Into<String>) -> &mut Self {
         let name = name.into();
-        self.map_jit(|b| b.library(name))
+        // SAFETY: this function's caller vouches for the library.
+        self.map_jit(|b| unsafe { b.library(name) })
     }
 
     fn map_jit(&mut self, f: impl FnOnce(JitBuilder) -> JitBuilder) -> &mut Self {

@@ -118,12 +118,16 @@ pub(crate) fn compile(
     include: &[&Path],
     out: &Path,
 ) -> PathBuf {
+    // Written under a name of its own and renamed into place: tests that
+    // run at once share scratch directories, and one compiling `out` while
+    // another reads it handed the reader half an object.
+    let tmp = unique_beside(out);
     let mut cmd = Command::new(cc);
     cmd.args(flags)
         .arg("-c")
         .arg(src)
         .arg("-o")
-        .arg(out)
+        .arg(&tmp)
         .arg("-w");
     for i in include {
         cmd.arg("-I").arg(i);
@@ -140,14 +144,35 @@ pub(crate) fn compile(
         src.display(),
         String::from_utf8_lossy(&o.stderr)
     );
+    std::fs::rename(&tmp, out).unwrap_or_else(|e| panic!("rename to {}: {e}", out.display()));
     out.to_path_buf()
+}
+
+/// A path beside `path` that no other thread or process of the tests uses.
+pub(crate) fn unique_beside(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` to `path` under a name of its own first, then renames it
+/// into place: a reader (a compiler of another test) never sees it half
+/// written.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = unique_beside(path);
+    std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
 
 /// Write C source text `src` to `<dir>/<name>.c` and compile it with
 /// `gcc flags -c` into `<dir>/<name>.o`.
 pub(crate) fn compile_c_text(dir: &Path, name: &str, src: &str, flags: &[&str]) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, src).unwrap_or_else(|e| panic!("write {}: {e}", c.display()));
+    write_atomically(&c, src.as_bytes());
     compile("gcc", &c, flags, &[], &dir.join(format!("{name}.o")))
 }
 
@@ -347,7 +372,8 @@ pub(crate) fn run_jit_with(
     }
     let mut host = HostSymbols::new();
     for l in libs {
-        host.load_library(l, &[])?;
+        // SAFETY: the system libraries the tests' programs use.
+        unsafe { host.load_library(l, &[]) }?;
     }
     // Link, run and drop (finalizers print too) inside one capture: the
     // image may hold a copy of `stdout` (non-PIE code) taken at link time.
