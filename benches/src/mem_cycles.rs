@@ -304,7 +304,9 @@ impl Host {
                 source: kiln_engine::Error::msg(e),
             })?;
         let init = layer.clone();
-        lazy.set_after_link_hook(move || init.run_initializers());
+        // SAFETY: the hook runs on a lazily linked function's first call:
+        // the benchmark's own C objects (Lua, the driver), already running.
+        lazy.set_after_link_hook(move || unsafe { init.run_initializers() });
         Ok(Host {
             session,
             layer,
@@ -400,7 +402,8 @@ fn cycle(
         .map_err(engine("look the driver up"))?;
     if run {
         let address = found.get(&driver).map_or(0, |d| d.address);
-        h.layer.run_initializers();
+        // SAFETY: the benchmark's own C objects (Lua and its driver).
+        unsafe { h.layer.run_initializers() };
         // SAFETY: `address` is `kiln_mem_cycle`, an `int (int)` compiled from
         // mem_cycle_driver.c, Ready (eager: linked with all it reaches; lazy:
         // a stub that links it on this call), and stays so until the

@@ -127,7 +127,6 @@ fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
 
 fn link(data: &[u8]) -> Result<(), LinkError> {
     let mut linker = Linker::new(Default::default());
-    linker.run_initializers(false);
     for (i, file) in files(data).into_iter().enumerate() {
         if file.starts_with(b"!<arch>\n") {
             linker.add_archive_bytes(format!("input{i}.a"), file.to_vec())?;

@@ -40,7 +40,7 @@ fn read(path: &Path) -> Result<Vec<u8>, LinkError> {
     })
 }
 
-/// As [`Linker::new`] with default options (initializers run).
+/// As [`Linker::new`] with default options.
 impl Default for Linker {
     fn default() -> Self {
         Linker::new(LinkOptions::default())
@@ -48,22 +48,28 @@ impl Default for Linker {
 }
 
 impl Linker {
-    /// A linker with `options`; initializers run at the end of [`Linker::link`].
+    /// A linker with `options`. Nothing of the linked image runs unless the
+    /// caller runs it ([`LinkedImage::run_initializers`], or
+    /// [`Linker::run_initializers_at_link`]).
     pub fn new(options: LinkOptions) -> Self {
         crate::debug::prepare(&options.debug);
         Linker {
             options,
             objects: Vec::new(),
             archives: Vec::new(),
-            run_initializers: true,
+            run_initializers: false,
         }
     }
 
-    /// Whether [`Linker::link`] runs the image's initializers (default yes).
-    /// With `false`, nothing of the image runs unless the caller calls it
-    /// (`--noexec`); finalizers then do not run either.
-    pub fn run_initializers(&mut self, yes: bool) -> &mut Self {
-        self.run_initializers = yes;
+    /// [`Linker::link`] also runs the image's initializers (static
+    /// constructors, `.init_array`), as a program's start would; dropping
+    /// the image then runs its finalizers. By default it runs nothing.
+    ///
+    /// # Safety
+    ///
+    /// As for [`LinkedImage::run_initializers`]: the objects' code runs.
+    pub unsafe fn run_initializers_at_link(&mut self) -> &mut Self {
+        self.run_initializers = true;
         self
     }
 
@@ -476,16 +482,25 @@ impl LinkedImage {
             piece_of: std::sync::Mutex::default(),
         };
         if run_init {
-            image.run_initializers();
+            // SAFETY: the caller of `run_initializers_at_link` vouched for
+            // the objects' code.
+            unsafe { image.run_initializers() };
         }
         Ok(image)
     }
 
-    /// Run the image's initializers now (once).
-    pub fn run_initializers(&mut self) {
+    /// Run the image's initializers now (once); dropping the image then
+    /// runs its finalizers.
+    ///
+    /// # Safety
+    ///
+    /// The image's code runs: the objects it was linked from must be sound
+    /// to run in this process (as their program's start would be), with
+    /// the host symbols they were bound to.
+    pub unsafe fn run_initializers(&mut self) {
         // SAFETY: the image is finalized and its externals resolved; the
-        // initializers are the image's own functions, and `self` keeps the
-        // image mapped while they run.
+        // initializers are the image's own functions, `self` keeps the
+        // image mapped while they run, and the caller vouches for them.
         unsafe { self.take_initializers().run() };
     }
 
@@ -498,10 +513,14 @@ impl LinkedImage {
 
     /// Runs the initializers of several images (once each) as one program
     /// would: interleaved by priority, ties in the order given.
-    pub fn run_initializers_together(images: &mut [&mut LinkedImage]) {
+    ///
+    /// # Safety
+    ///
+    /// As for [`LinkedImage::run_initializers`], for every image.
+    pub unsafe fn run_initializers_together(images: &mut [&mut LinkedImage]) {
         // SAFETY: every image is finalized and its externals resolved; the
-        // initializers are the images' own functions, and the borrows keep
-        // the images mapped while they run.
+        // initializers are the images' own functions, the borrows keep the
+        // images mapped while they run, and the caller vouches for them.
         unsafe { Self::take_initializers_together(images).run() };
     }
 

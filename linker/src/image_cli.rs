@@ -203,8 +203,6 @@ fn link_and_save(
     id: impl FnOnce() -> Result<BuildId, String>,
 ) -> Result<i32, String> {
     let mut linker = Linker::new(options);
-    // Nothing runs: the image is only saved.
-    linker.run_initializers(false);
     for (name, bytes) in inputs {
         if name.ends_with(".a") {
             linker
@@ -743,7 +741,6 @@ fn link_entry(
 ) -> Result<Option<Vec<u8>>, String> {
     let objects = || inputs.iter().filter(|(_, b)| !image_file::is_image(b));
     let mut linker = Linker::new(options);
-    linker.run_initializers(false);
     for (n, b) in objects() {
         if n.ends_with(".a") {
             linker

@@ -258,7 +258,10 @@ impl Inner {
         // Newly linked objects run their initializers before their first
         // call proceeds.
         let layer = self.layer.clone();
-        manager.set_after_link_hook(move || layer.run_initializers());
+        // SAFETY: the hook runs on a lazily linked function's first call,
+        // from code already running: the caller of `Jit::get` (unsafe)
+        // vouched for the objects' code.
+        manager.set_after_link_hook(move || unsafe { layer.run_initializers() });
         Ok(Lazy { bodies, manager })
     }
 
@@ -435,7 +438,8 @@ impl Jit {
                 )
                 .wait()?;
         }
-        inner.layer.run_initializers();
+        // SAFETY: this function's caller vouches for the initializers.
+        unsafe { inner.layer.run_initializers() };
         Ok(Func {
             // SAFETY: `address` is Ready code (linked, finalized, everything
             // it reaches too), kept mapped by the session the handle holds;

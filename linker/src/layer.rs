@@ -716,7 +716,12 @@ impl ObjectLayer {
     /// ones this thread is initializing further up its stack. A
     /// constructor that waits for another thread which calls this
     /// deadlocks, as it would under `dlopen`.
-    pub fn run_initializers(&self) {
+    ///
+    /// # Safety
+    ///
+    /// The images' code runs: as for [`crate::LinkedImage::run_initializers`],
+    /// for every image linked so far.
+    pub unsafe fn run_initializers(&self) {
         let me = std::thread::current().id();
         let Ok(mut images) = self.shared.images.lock() else {
             return;

@@ -36,7 +36,9 @@
 //! use kiln_linker::{HostSymbols, Linker};
 //! let mut linker = Linker::new(Default::default());
 //! linker.add_object_file("hello.o")?;
-//! let image = linker.link(&HostSymbols::new())?;
+//! let mut image = linker.link(&HostSymbols::new())?;
+//! // SAFETY (of the example): hello.o is a C program, sound to run here.
+//! unsafe { image.run_initializers() };
 //! let main = image.symbol("main").expect("main is defined");
 //! // SAFETY (of the example): `main` is a C function `int main(void)`.
 //! let main: extern "C" fn() -> i32 = unsafe { std::mem::transmute(main as usize) };

@@ -522,7 +522,9 @@ fn link_and_run(
     run_static_constructors(&run)?;
     install_fatal_signal_handlers();
     end_session_at_exit(&run.session, &run.layer, end);
-    run.layer.run_initializers();
+    // SAFETY: `kiln run` runs the program the user gave it, from its
+    // initializers on, as its own start would.
+    unsafe { run.layer.run_initializers() };
     let run_start = Instant::now();
     // SAFETY: `address` is the entry point of code kiln just linked, Ready
     // (it and everything it reaches are emitted and finalized), and the
@@ -876,7 +878,9 @@ fn add_lazily(
     let manager = jit.manager().clone();
     // Newly linked objects run their initializers before their first call proceeds.
     let init_layer = layer.clone();
-    manager.set_after_link_hook(move || init_layer.run_initializers());
+    // SAFETY: the program the user gave `kiln run` is running (the hook
+    // runs on a lazily linked function's first call).
+    manager.set_after_link_hook(move || unsafe { init_layer.run_initializers() });
     if let Some(im) = inputs
         .iter()
         .find(|i| kiln_linker::image_file::is_image(&i.bytes))

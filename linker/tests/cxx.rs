@@ -182,6 +182,8 @@ extern "C-unwind" fn kiln_host_invoke(cb: extern "C-unwind" fn(*mut c_void), ctx
 /// finalizers): (stdout, main's return value).
 fn run_jit(tag: &str, objs: &[PathBuf]) -> Result<(String, i32), LinkError> {
     let mut linker = Linker::new(Default::default());
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { linker.run_initializers_at_link() };
     for o in objs {
         linker.add_object_file(o)?;
     }

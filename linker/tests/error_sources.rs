@@ -122,7 +122,6 @@ fn answer_image(dir: &str) -> Vec<u8> {
     options.imaging = true;
     let id = BuildId::of_inputs(&options, [("answer.o", bytes.as_slice())]);
     let mut linker = Linker::new(options);
-    linker.run_initializers(false);
     linker.add_object_bytes("answer.o", bytes);
     let image = linker.link(&HostSymbols::new()).expect("links");
     image.save_image(&id).expect("saves")
@@ -203,7 +202,6 @@ fn a_tls_refusal_keeps_the_tls_runtimes_error() {
         &["-O2", "-fPIE"],
     );
     let mut linker = Linker::new(LinkOptions::default());
-    linker.run_initializers(false);
     linker.add_object_file(&obj).expect("reads the object");
     let err = match linker.link(&HostSymbols::new()) {
         Ok(_) => panic!("8 MiB of initial-exec thread-locals linked"),

@@ -211,7 +211,6 @@ fn saving_code_not_linked_in_imaging_mode_fails_saying_so() {
     }
     let objs = prog_ab("clang", &["-O2", "-fPIE"], "not-imaging");
     let mut linker = Linker::new(LinkOptions::default());
-    linker.run_initializers(false);
     for o in &objs {
         linker.add_object_file(o).expect("read object");
     }
@@ -279,7 +278,6 @@ fn real_linked_image() -> (kiln_linker::LinkedImage, BuildId) {
     let mut options = LinkOptions::default();
     options.imaging = true;
     let mut linker = Linker::new(options.clone());
-    linker.run_initializers(false);
     let mut inputs = Vec::new();
     for o in &objs {
         let bytes = std::fs::read(o).expect("read object");
@@ -533,7 +531,6 @@ fn image_of_c(dir: &Path, name: &str, src: &str) -> Vec<u8> {
     let bytes = std::fs::read(&obj).expect("read object");
     let id = BuildId::of_inputs(&options, [(name, bytes.as_slice())]);
     let mut linker = Linker::new(options);
-    linker.run_initializers(false);
     linker.add_object_bytes(name, bytes);
     let host = HostSymbols::new();
     let resolver = |names: &[&str]| -> Vec<Option<u64>> {
@@ -602,7 +599,8 @@ fn an_image_in_a_dylib_binds_through_the_link_order_and_goes_with_its_tracker() 
     unsafe { layer.add_image(&app, Some(&rt), "probe.kimg", image) }.expect("adds the image");
     let found = app.lookup_ready(&["probe"]).expect("probe is Ready");
     let address = found.get_str("probe").expect("probe").address as usize;
-    layer.run_initializers();
+    // SAFETY: the test's own image's initializer.
+    unsafe { layer.run_initializers() };
     // SAFETY: `probe` is Ready (mapped, bound, finalized) and is `int probe(int)`.
     let probe: extern "C" fn(i32) -> i32 = unsafe { std::mem::transmute(address) };
     assert_eq!(
@@ -1162,7 +1160,6 @@ fn image_against(name: &str, objs: &[PathBuf], deps: &[&kiln_linker::LinkedImage
         inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
     );
     let mut linker = Linker::new(options);
-    linker.run_initializers(false);
     for (n, b) in inputs {
         linker.add_object_bytes(n, b);
     }
@@ -1427,7 +1424,6 @@ fn host_table_entries_are_saved_by_index_and_bound_without_a_name_lookup() {
     let bytes = std::fs::read(&obj).expect("read object");
     let plain = BuildId::of_inputs(&options, [("rt_user.o", bytes.as_slice())]);
     let mut linker = Linker::new(options);
-    linker.run_initializers(false);
     linker.add_object_bytes("rt_user.o", bytes);
     let resolver = |names: &[&str]| -> Vec<Option<u64>> {
         names

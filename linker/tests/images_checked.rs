@@ -25,7 +25,6 @@ fn aged_image(dir: &Path, name: &str, src: &str) -> PathBuf {
         inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
     );
     let mut linker = Linker::new(options);
-    linker.run_initializers(false);
     for (n, b) in inputs {
         linker.add_object_bytes(n, b);
     }

@@ -232,7 +232,6 @@ fn link_and_save(objs: &[PathBuf]) -> (kiln_linker::LinkedImage, Vec<u8>) {
     let mut options = LinkOptions::default();
     options.imaging = true;
     let mut linker = Linker::new(options.clone());
-    linker.run_initializers(false);
     let mut inputs = Vec::new();
     for o in objs {
         let bytes = std::fs::read(o).expect("read object");

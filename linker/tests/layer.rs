@@ -81,7 +81,8 @@ impl Jit {
     fn function(&self, dylib: &Dylib, name: &str) -> Result<extern "C" fn(i32) -> i32> {
         let found = dylib.lookup_ready(&[name])?;
         let address = found.get_str(name).unwrap().address;
-        self.layer.run_initializers();
+        // SAFETY: the tests' own C objects.
+        unsafe { self.layer.run_initializers() };
         // SAFETY: `name` is a C function `int f(int)` compiled by the test,
         // Ready: it and everything it reaches are linked and finalized.
         Ok(unsafe { std::mem::transmute::<usize, extern "C" fn(i32) -> i32>(address as usize) })
@@ -517,7 +518,8 @@ fn removing_code_whose_initializers_never_ran_drops_them_and_its_memory() {
         "the image is still mapped after its tracker was removed"
     );
     // A later call must not run initializers of code already torn down.
-    j.layer.run_initializers();
+    // SAFETY: the test's own C objects (none left to run).
+    unsafe { j.layer.run_initializers() };
     assert_eq!(
         CONSTRUCTED.load(std::sync::atomic::Ordering::SeqCst),
         0,

@@ -61,6 +61,8 @@ fn every_duplicate_in_one_error() {
         &["-O2"],
     );
     let mut l = Linker::new(Default::default());
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { l.run_initializers_at_link() };
     l.add_object_file(&a).unwrap().add_object_file(&b).unwrap();
     let err = l.link(&HostSymbols::new()).unwrap_err();
     let LinkError::DuplicateSymbols { duplicates } = &err else {
@@ -201,7 +203,7 @@ fn roots_prune_what_main_does_not_reach() {
     );
     // Everything live: the unused function's reference is missing.
     let mut l = Linker::new(Default::default());
-    l.add_object_file(&a).unwrap().run_initializers(false);
+    l.add_object_file(&a).unwrap();
     assert!(matches!(
         l.link(&HostSymbols::new()),
         Err(LinkError::MissingSymbols { .. })
@@ -210,7 +212,7 @@ fn roots_prune_what_main_does_not_reach() {
     let mut opts = kiln_linker::LinkOptions::default();
     opts.roots = kiln_linker::Roots::Symbols(vec!["main".into()]);
     let mut l = Linker::new(opts);
-    l.add_object_file(&a).unwrap().run_initializers(false);
+    l.add_object_file(&a).unwrap();
     let image = l
         .link(&HostSymbols::new())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -246,6 +248,8 @@ fn shared_library_from_l_and_capital_l() {
     unsafe { host.load_library("kilngreet", std::slice::from_ref(&dir)) }
         .unwrap_or_else(|e| panic!("{e}"));
     let mut l = Linker::new(Default::default());
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { l.run_initializers_at_link() };
     l.add_object_file(&user).unwrap();
     let image = l.link(&host).unwrap_or_else(|e| panic!("{e}"));
     let main = image.symbol("main").unwrap();
@@ -279,6 +283,8 @@ fn comdat_groups_keep_one_copy_and_drop_the_others_fdes() {
         })
         .collect();
     let mut l = Linker::new(Default::default());
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { l.run_initializers_at_link() };
     for o in &objs {
         l.add_object_file(o).unwrap();
     }
@@ -447,7 +453,7 @@ int main(void) {
     let mut opts = kiln_linker::LinkOptions::default();
     opts.roots = kiln_linker::Roots::Symbols(vec!["main".into()]);
     let mut l = Linker::new(opts);
-    l.add_object_file(&a).unwrap().run_initializers(false);
+    l.add_object_file(&a).unwrap();
     let image = l
         .link(&HostSymbols::new())
         .unwrap_or_else(|e| panic!("{e}"));

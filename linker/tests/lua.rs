@@ -246,7 +246,6 @@ fn lua_perf_map_and_jitdump() {
         .with_perf_map(true)
         .with_jitdump(true);
     let mut linker = kiln_linker::Linker::new(options);
-    linker.run_initializers(false);
     for o in &objs {
         linker.add_file(o).expect("add Lua object");
     }

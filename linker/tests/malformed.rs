@@ -47,7 +47,6 @@ fn good_objects() -> Vec<PathBuf> {
 /// Link `objs` without running anything.
 fn link(objs: &[PathBuf]) -> Result<(), LinkError> {
     let mut l = Linker::new(Default::default());
-    l.run_initializers(false);
     for o in objs {
         l.add_object_file(o)?;
     }

@@ -77,7 +77,6 @@ fn never_writable_and_executable_and_released_on_drop() {
             for o in &sets[round % 2] {
                 linker.add_object_file(o).expect("read object");
             }
-            linker.run_initializers(false);
             let image = linker.link(&host).expect("link");
             let (base, len) = image.memory_range();
             // While alive: code is r-x, data r-- or rw-, nothing w+x.
@@ -149,7 +148,6 @@ fn zero_fill_and_alignment_padding_stay_unmapped() {
     );
     let mut linker = Linker::new(Default::default());
     linker.add_object_file(&obj).expect("read object");
-    linker.run_initializers(false);
     let image = linker.link(&HostSymbols::new()).expect("link");
     let get_big = image.symbol("get_big").expect("get_big");
     let aligned = image.symbol("aligned").expect("aligned");

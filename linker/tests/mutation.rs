@@ -88,7 +88,6 @@ fn twenty_thousand_object_mutants_link_or_fail_cleanly() {
     for n in 0..MUTANTS {
         let which = n % 3;
         let mut linker = Linker::new(Default::default());
-        linker.run_initializers(false);
         // prog_a and prog_b need each other; the mutant comes second, so
         // that an error blaming the first input is caught.
         if which < 2 {
@@ -158,7 +157,6 @@ fn mutated_archives_link_or_fail_cleanly() {
     for n in 0..3_000 {
         let mutant = mutate(&mut rng, &ar_bytes);
         let mut linker = Linker::new(Default::default());
-        linker.run_initializers(false);
         linker.add_object_bytes("prog_a.o", main_bytes.clone());
         let result = linker
             .add_archive_bytes(format!("mutant-{n}.a"), mutant)
@@ -221,7 +219,6 @@ fn five_thousand_aarch64_object_mutants_link_or_fail_cleanly() {
         let mut options = kiln_linker::LinkOptions::default();
         options.imaging = true;
         let mut linker = Linker::new(options);
-        linker.run_initializers(false);
         let other = &objs[1 - which];
         linker.add_object_bytes(other.0.clone(), other.1.clone());
         let name = format!("mutant-{n}-{}", objs[which].0);

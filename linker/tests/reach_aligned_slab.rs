@@ -86,6 +86,8 @@ fn exceptions_unwind_through_code_at_the_first_byte_of_a_slab_at_4_gib() {
     );
 
     let mut linker = Linker::new(LinkOptions::default());
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { linker.run_initializers_at_link() };
     linker.add_file(&obj).unwrap_or_else(|e| panic!("{e}"));
     let (out, ret) = capture_stdout(|| {
         let img = linker.link(&host).unwrap_or_else(|e| panic!("{e}"));

@@ -48,6 +48,8 @@ fn run_in_layer(objs: &[PathBuf]) -> (String, i32) {
     // One image for all objects, as `kiln run` links them (cross-object
     // thread_locals need it).
     let mut linker = Linker::new(LinkOptions::default());
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { linker.run_initializers_at_link() };
     for o in objs {
         linker.add_file(o).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -67,7 +69,8 @@ fn run_in_layer(objs: &[PathBuf]) -> (String, i32) {
             .wait()
             .unwrap_or_else(|e| panic!("object layer: {e}"));
         let address = found.get(&entry).expect("main").address;
-        layer.run_initializers();
+        // SAFETY: the test's own C program.
+        unsafe { layer.run_initializers() };
         // SAFETY: `main` is the linked program's `int main(void)`, Ready.
         let main_fn: extern "C" fn() -> i32 = unsafe { std::mem::transmute(address as usize) };
         let ret = main_fn();

@@ -91,6 +91,8 @@ fn data_of_a_library_loaded_far_from_the_slab() {
     );
 
     let mut linker = Linker::new(LinkOptions::default());
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { linker.run_initializers_at_link() };
     linker.add_file(&main_o).unwrap_or_else(|e| panic!("{e}"));
     let (out, ret) = capture_stdout(|| {
         let img = linker.link(&host).unwrap_or_else(|e| panic!("{e}"));

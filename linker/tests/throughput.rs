@@ -87,6 +87,8 @@ fn large_graph_throughput() {
     for round in 0..3 {
         let t0 = Instant::now();
         let mut linker = Linker::new(LinkOptions::default());
+        // SAFETY: the test's own objects, whose code runs below.
+        unsafe { linker.run_initializers_at_link() };
         for o in &objs {
             linker.add_object_file(o).expect("read");
         }

@@ -224,7 +224,6 @@ fn image_once(path: &Path, host: &HostSymbols, mapped: bool) -> Result<(f64, Sam
 fn relink_once(objs: &[(String, Vec<u8>)], host: &HostSymbols) -> Result<(f64, Sample), String> {
     let (image, load) = timed(|| {
         let mut linker = Linker::new(LinkOptions::default());
-        linker.run_initializers(false);
         for (n, b) in objs {
             linker.add_object_bytes(n.clone(), b.clone());
         }
@@ -265,7 +264,6 @@ fn save(
         objs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
     );
     let mut linker = Linker::new(options);
-    linker.run_initializers(false);
     for (n, b) in objs {
         linker.add_object_bytes(n.clone(), b.clone());
     }

@@ -367,6 +367,8 @@ pub(crate) fn run_jit_with(
     options: kiln_linker::LinkOptions,
 ) -> Result<(String, i32), LinkError> {
     let mut linker = Linker::new(options);
+    // SAFETY: the test's own objects, whose code runs below.
+    unsafe { linker.run_initializers_at_link() };
     for o in objs {
         linker.add_file(o)?;
     }
