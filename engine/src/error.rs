@@ -224,22 +224,29 @@ impl fmt::Debug for ExternalError {
 }
 
 /// The error's message followed by those of its sources that it does not
-/// already quote, `: `-separated — the engine's messages explain themselves
-/// in one line.
+/// already quote — the engine's messages explain themselves in one line.
 impl fmt::Display for ExternalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            let s_text = s.to_string();
-            if !text.contains(&s_text) {
-                text.push_str(": ");
-                text.push_str(&s_text);
-            }
-            source = s.source();
-        }
-        f.write_str(&text)
+        f.write_str(&message_with_causes(&*self.0))
     }
+}
+
+/// `e`'s message followed by each cause in its `source()` chain that the
+/// message does not already quote, `: `-separated: what a user reads of an
+/// error whose message leaves its reason to the chain (libloading's
+/// "dlopen failed"), without repeating causes kiln's messages quote.
+pub fn message_with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl Error {

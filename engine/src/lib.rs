@@ -64,7 +64,7 @@ pub mod unit;
 #[doc(hidden)]
 pub use actor::TableSizes;
 pub use dispatch::{Dispatcher, InPlaceDispatcher, Task, ThreadPerTask, WorkerPool};
-pub use error::{Error, ExternalError, QualifiedName, Result};
+pub use error::{Error, ExternalError, QualifiedName, Result, message_with_causes};
 pub use generator::{GenerateRequest, Generator, GeneratorId};
 pub use lazy::{LazyReexports, Redirector, TrampolineEmitter};
 pub use lookup::{

@@ -166,7 +166,10 @@ pub enum LinkError {
         reloc: &'static str,
     },
     /// A shared library could not be loaded (user error).
-    #[error("cannot load library {name}: {}", chain(source))]
+    #[error(
+        "cannot load library {name}: {}",
+        kiln_engine::message_with_causes(source)
+    )]
     Library {
         /// The `-l` name or path.
         name: String,
@@ -289,23 +292,6 @@ impl<T: Clone> Clone for Cause<T> {
 /// sources a message already quotes, as `kiln`'s does).
 fn cause(source: Option<&impl std::fmt::Display>) -> String {
     source.map(|s| format!(": {s}")).unwrap_or_default()
-}
-
-/// `e`'s message followed by those of its sources that it does not already
-/// quote, `: `-separated: for foreign errors whose message leaves the
-/// reason to their `source()` (libloading's "dlopen failed").
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        next = s.source();
-    }
-    text
 }
 
 impl LinkError {

@@ -299,22 +299,9 @@ fn kiln_main() -> i32 {
     }
 }
 
-/// What the user reads of `e`: its message followed by each cause in its
-/// `source()` chain that the message does not already quote, `: `-separated
-/// (kiln's messages quote their causes; some foreign ones, such as
-/// libloading's "dlopen failed", leave the reason to the chain).
+/// What the user reads of `e` ([`kiln_engine::message_with_causes`]).
 fn report<E: std::error::Error + 'static>(e: E) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        next = cause.source();
-    }
-    text
+    kiln_engine::message_with_causes(&e)
 }
 
 fn run_bundled() -> Result<i32, String> {
