@@ -221,6 +221,33 @@ impl Requests {
     }
 }
 
+impl Requests {
+    /// What live edge `e` of block `bi` asks for.
+    fn edge(&mut self, graph: &LinkGraph, bi: u32, e: Edge) {
+        let external = self.marks[e.target.index()] & mark::EXTERNAL != 0;
+        match edges::need(&e, external) {
+            Need::Got(key) => self.got(key),
+            Need::Plt => self.plt(e.target),
+            Need::GotBase => self.needs_got = true,
+            Need::Below2GiB if self.needs_low.is_none() => {
+                self.needs_low = Some((BlockId(bi), e));
+            }
+            Need::Below2GiB | Need::Nothing => {}
+        }
+        if external
+            && self.marks[e.target.index()] & mark::REFERENCED == 0
+            && let Some(name) = &graph.symbols[e.target.index()].name
+        {
+            self.marks[e.target.index()] |= mark::REFERENCED;
+            self.external_refs.push(e.target);
+            if let Some(s) = linker_symbol(graph, name) {
+                self.needs_got |= s == Special::GlobalOffsetTable;
+                self.specials.insert(e.target, s);
+            }
+        }
+    }
+}
+
 /// Every live edge's requests, and the externals live code references.
 pub(super) fn scan(graph: &LinkGraph) -> Requests {
     let marks: Vec<u8> = graph
@@ -240,27 +267,17 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
         got_keys: Vec::with_capacity(externals),
         ..Requests::default()
     };
-    for (bi, e) in edges_asking(graph, &req.marks) {
-        let external = req.marks[e.target.index()] & mark::EXTERNAL != 0;
-        match edges::need(&e, external) {
-            Need::Got(key) => req.got(key),
-            Need::Plt => req.plt(e.target),
-            Need::GotBase => req.needs_got = true,
-            Need::Below2GiB if req.needs_low.is_none() => {
-                req.needs_low = Some((BlockId(bi), e));
+    if graph.blocks.len() < PARALLEL_SCAN_BLOCKS {
+        for (bi, b) in graph.blocks.iter().enumerate() {
+            if b.live {
+                for e in &b.edges {
+                    req.edge(graph, bi as u32, *e);
+                }
             }
-            Need::Below2GiB | Need::Nothing => {}
         }
-        if external
-            && req.marks[e.target.index()] & mark::REFERENCED == 0
-            && let Some(name) = &graph.symbols[e.target.index()].name
-        {
-            req.marks[e.target.index()] |= mark::REFERENCED;
-            req.external_refs.push(e.target);
-            if let Some(s) = linker_symbol(graph, name) {
-                req.needs_got |= s == Special::GlobalOffsetTable;
-                req.specials.insert(e.target, s);
-            }
+    } else {
+        for (bi, e) in edges_asking(graph, &req.marks) {
+            req.edge(graph, bi, e);
         }
     }
     let specials = &req.specials;
@@ -274,11 +291,11 @@ const PARALLEL_SCAN_BLOCKS: usize = 4096;
 /// Blocks a rayon task scans.
 const SCAN_CHUNK: usize = 512;
 
-/// The live edges that ask something of this pass (a need, or an external
-/// target), with their blocks, in block and edge order. Most edges ask
-/// nothing (calls and references to symbols the graph defines): a large
-/// graph is filtered on every core, and [`scan`] handles the few left one
-/// by one, in the order a single pass over every edge would.
+/// The live edges of a large graph that ask something of this pass (a
+/// need, or an external target), with their blocks, in block and edge
+/// order. Most edges ask nothing (calls and references to symbols the graph
+/// defines): they are filtered out on every core, and [`scan`] handles the
+/// few left one by one, in the order a pass over every edge would.
 fn edges_asking(graph: &LinkGraph, marks: &[u8]) -> Vec<(u32, Edge)> {
     let asking_in = |first: usize, blocks: &[Block]| {
         let mut out = Vec::new();
@@ -295,9 +312,6 @@ fn edges_asking(graph: &LinkGraph, marks: &[u8]) -> Vec<(u32, Edge)> {
         }
         out
     };
-    if graph.blocks.len() < PARALLEL_SCAN_BLOCKS {
-        return asking_in(0, &graph.blocks);
-    }
     use rayon::prelude::*;
     let chunks: Vec<Vec<(u32, Edge)>> = graph
         .blocks

@@ -1,12 +1,12 @@
 //! Pass: keep what the roots reach (as `ld --gc-sections`), FDEs with
 //! their code, `__start_`/`__stop_` sections with their references.
 
-use super::Roots;
-use crate::error::LinkError;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
+use super::Roots;
+use crate::error::LinkError;
 use crate::graph::{Block, BlockId, FxHashMap, LinkGraph, SectionId, SectionRole, SymbolDef};
 
 /// The blocks [`prune`] starts from.
@@ -130,6 +130,8 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
 /// Levels of at least this many blocks, in graphs of at least
 /// [`PARALLEL_BLOCKS`] blocks, are walked on rayon's threads.
 const PARALLEL_LEVEL: usize = 64;
+/// Smaller graphs are walked on the calling thread alone (a rayon task
+/// costs more than their walk).
 const PARALLEL_BLOCKS: usize = 4096;
 /// Blocks of a level a rayon task walks.
 const LEVEL_CHUNK: usize = 16;
