@@ -651,11 +651,18 @@ impl LinkGraph {
     /// address (`R_X86_64_32`/`32S`: non-PIE code), so its image must sit
     /// below 2 GiB — and so must every image whose symbols it uses.
     pub fn has_absolute_32bit_references(&self) -> bool {
-        self.blocks.iter().any(|b| {
+        let absolute = |b: &Block| {
             b.edges
                 .iter()
                 .any(|e| e.reach32().is_some_and(Reach32::is_absolute))
-        })
+        };
+        // Every edge of the link is read: a large graph on every core.
+        if self.blocks.len() >= 4096 {
+            use rayon::prelude::*;
+            self.blocks.par_iter().any(absolute)
+        } else {
+            self.blocks.iter().any(absolute)
+        }
     }
 
     /// Make room for `symbols` more symbols, `blocks` more blocks and
