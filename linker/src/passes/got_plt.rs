@@ -250,6 +250,11 @@ impl Requests {
 
 /// Every live edge's requests, and the externals live code references.
 pub(super) fn scan(graph: &LinkGraph) -> Requests {
+    scan_on(graph, graph.blocks.len() >= PARALLEL_SCAN_BLOCKS)
+}
+
+/// [`scan`], filtering the edges on rayon's threads if `parallel`.
+fn scan_on(graph: &LinkGraph, parallel: bool) -> Requests {
     let marks: Vec<u8> = graph
         .symbols
         .iter()
@@ -267,7 +272,7 @@ pub(super) fn scan(graph: &LinkGraph) -> Requests {
         got_keys: Vec::with_capacity(externals),
         ..Requests::default()
     };
-    if graph.blocks.len() < PARALLEL_SCAN_BLOCKS {
+    if !parallel {
         for (bi, b) in graph.blocks.iter().enumerate() {
             if b.live {
                 for e in &b.edges {
@@ -447,4 +452,89 @@ fn linker_block(
         live: true,
         addr: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Linkage, ObjectId, Scope, Symbol};
+    use crate::isa::Isa;
+
+    /// A graph of `n` code blocks, each defining a function that calls
+    /// others, some externals (through the PLT), and loads some addresses
+    /// through the GOT; one non-PIE reference near the end.
+    fn graph_of(n: usize) -> LinkGraph {
+        let mut g = LinkGraph::new();
+        g.set_isa(Isa::X86_64);
+        let obj = g.add_object("a.o");
+        let text = g.section(".text", Prot::ReadExec, SectionRole::Ordinary);
+        let edge = |r_type| Isa::X86_64.edge(r_type).expect("an x86-64 relocation");
+        let (plt32, gotpcrelx, abs32) = (edge(4), edge(41), edge(10));
+        let externals: Vec<SymbolId> = (0..50)
+            .map(|i| g.global(&format!("ext{i}"), ObjectId(0)))
+            .collect();
+        let mut functions = Vec::new();
+        for i in 0..n {
+            let b = g.add_block(Block {
+                section: text,
+                object: Some(obj),
+                input_section: ".text".into(),
+                input_offset: 0,
+                content: Content::Zero(64),
+                align: 16,
+                edges: Edges::new(),
+                fde: None,
+                live: i % 97 != 5,
+                addr: 0,
+            });
+            functions.push(g.add_symbol(Symbol {
+                name: None,
+                def: SymbolDef::Defined {
+                    block: b,
+                    offset: 0,
+                },
+                object: Some(obj),
+                size: 64,
+                scope: Scope::Local,
+                linkage: Linkage::Strong,
+                callable: true,
+                tls: false,
+                weak_ref: false,
+            }));
+        }
+        for i in 0..n {
+            let mut edges = vec![Edge::new(0, plt32, functions[(i * 7) % n], -4)];
+            if i % 13 == 0 {
+                edges.push(Edge::new(8, plt32, externals[(i / 13) % 50], -4));
+            }
+            if i % 29 == 0 {
+                edges.push(Edge::new(16, gotpcrelx, externals[(i / 29 + 3) % 50], -4));
+                edges.push(Edge::new(24, gotpcrelx, functions[(i * 3) % n], -4));
+            }
+            if i == n - 10 {
+                edges.push(Edge::new(32, abs32, functions[1], 0));
+            }
+            g.blocks[i].edges = edges.into();
+        }
+        g
+    }
+
+    /// The filtered scan on rayon's threads asks for what one pass over
+    /// every edge asks, in the same order (the GOT's and PLT's layout).
+    #[test]
+    fn the_parallel_scan_asks_what_one_pass_asks_in_the_same_order() {
+        let g = graph_of(6_000);
+        let (one, parallel) = (scan_on(&g, false), scan_on(&g, true));
+        assert!(
+            one.got_keys.len() > 100 && one.plt_syms.len() > 40,
+            "{one:?}"
+        );
+        assert_eq!(parallel.got_keys, one.got_keys);
+        assert_eq!(parallel.plt_syms, one.plt_syms);
+        assert_eq!(parallel.external_refs, one.external_refs);
+        assert_eq!(parallel.needs_low, one.needs_low);
+        assert!(one.needs_low.is_some());
+        assert_eq!(parallel.needs_got, one.needs_got);
+        assert_eq!(parallel.marks, one.marks);
+    }
 }
