@@ -640,6 +640,25 @@ impl LinkedImage {
         self.imaging.as_deref()
     }
 
+    /// The normalized memory `record` (this image's) saves: its copy, or
+    /// this image's own memory when it was normalized where it is (code for
+    /// another ISA, left writable: [`crate::image_file::ImagingRecord::in_image`]).
+    pub(crate) fn imaging_memory<'a>(
+        &'a self,
+        record: &'a crate::image_file::ImagingRecord,
+    ) -> Result<&'a [u8], crate::image_file::ImageError> {
+        if !record.in_image {
+            return Ok(&record.memory);
+        }
+        self.alloc.as_ref().and_then(|a| a.bytes()).ok_or_else(|| {
+            crate::image_file::ImageError::Write {
+                name: self.name.clone(),
+                detail: "the image's memory is no longer readable (linker bug)".into(),
+                source: None,
+            }
+        })
+    }
+
     /// Link statistics.
     pub fn stats(&self) -> LinkStats {
         self.stats

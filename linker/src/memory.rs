@@ -811,6 +811,23 @@ impl Allocation {
         self.state
     }
 
+    /// The bytes, read-only, while writing (an image for another ISA stays
+    /// so: it never runs here). `None` once finalized or released.
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
+        if self.state != MemState::Writing
+            || !self.pending.is_empty()
+            || !self.final_runs.is_empty()
+        {
+            return None;
+        }
+        // SAFETY: in the Writing state with no run pending and none mapped
+        // at its final protection, the whole range is mapped read-write
+        // and owned by this allocation alone; writes need `&mut self`
+        // (`bytes_mut`), which the `&self` borrow excludes while the slice
+        // lives.
+        Some(unsafe { std::slice::from_raw_parts(self.base as *const u8, self.len as usize) })
+    }
+
     /// The bytes, while writing. `None` once finalized or released.
     pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
         if self.state != MemState::Writing

@@ -345,7 +345,10 @@ pub(crate) struct Linked<'a> {
     pub(crate) got_slots: Vec<(u64, SymbolId)>,
     pub(crate) base: u64,
     /// The image's memory after fixup.
-    pub(crate) memory: &'a [u8],
+    pub(crate) memory: &'a mut [u8],
+    /// Normalize the memory where it is instead of copying it (code for
+    /// another ISA: it never runs here, so nothing writes it later).
+    pub(crate) in_place: bool,
     pub(crate) segments: &'a [(u64, u64, Prot)],
     pub(crate) eh_frame: Option<(u64, u64)>,
     pub(crate) init_fini: &'a [(Box<str>, Vec<usize>)],
@@ -671,15 +674,22 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     let record = rayon::in_place_scope(|s| {
         let slot = &mut exported;
         s.spawn(move |_| *slot = Some(exports(graph, addrs, base)));
-        words_and_memory(&l)
+        words(&l)
     });
     let mut record = record?;
     (record.exports, record.export_names) = exported.unwrap_or_else(|| exports(graph, addrs, base));
+    if l.in_place {
+        // 2,000 fresh pages fewer (the 7.5 MB aarch64 synth image).
+        normalize(l.memory, base, &record.rebase, &record.imports);
+        record.in_image = true;
+    } else {
+        record.memory = normalized_memory(&l, &record.rebase, &record.imports);
+    }
     Ok(record)
 }
 
-/// [`record`] but its exports (left empty).
-fn words_and_memory(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
+/// [`record`] but its exports (left empty) and memory (not normalized yet).
+fn words(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
     let mut words = Words {
         rebase: Vec::new(),
         imports: Vec::new(),
@@ -715,11 +725,11 @@ fn words_and_memory(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
         .filter(|_| deps.table_used)
         .map(|t| (t.id(), t.len() as u32, t.name().to_string()));
     let deps = deps.in_order_of(&mut imports);
-    let memory = normalized_memory(l, &rebase, &imports);
     Ok(ImagingRecord {
         machine: l.graph.isa().machine(),
-        init_fini: init_fini_offsets(l, memory.len() as u64),
-        memory,
+        init_fini: init_fini_offsets(l, l.memory.len() as u64),
+        memory: Vec::new(),
+        in_image: false,
         segments: l.segments.to_vec(),
         rebase,
         imports,
@@ -912,15 +922,21 @@ fn normalized_memory(l: &Linked<'_>, rebase: &[u64], imports: &[Import]) -> Vec<
     // SAFETY: the loop above wrote all `len` bytes (the two slices have
     // the same length and are cut into pieces alike).
     unsafe { memory.set_len(len) };
+    normalize(&mut memory, l.base, rebase, imports);
+    memory
+}
+
+/// Rebased words of `memory` (an image at `base`) hold offsets, import
+/// words zero.
+fn normalize(memory: &mut [u8], base: u64, rebase: &[u64], imports: &[Import]) {
     for &off in rebase {
         let w = &mut memory[off as usize..off as usize + 8];
         let v = u64::from_le_bytes(w.try_into().unwrap_or_default());
-        w.copy_from_slice(&v.wrapping_sub(l.base).to_le_bytes());
+        w.copy_from_slice(&v.wrapping_sub(base).to_le_bytes());
     }
     for i in imports {
         memory[i.offset as usize..i.offset as usize + 8].fill(0);
     }
-    memory
 }
 
 /// Copies `from` into `to`, of the same length (`write_copy_of_slice`,

@@ -199,6 +199,14 @@ pub(crate) fn combine(
                 name: p.name.clone(),
             });
         }
+        // (One layer links for the host ISA only: its records are copies.)
+        if record.in_image {
+            return Err(ImageError::Write {
+                name: p.name.clone(),
+                detail: "an image for another ISA is saved on its own".into(),
+                source: None,
+            });
+        }
         records.push(record);
     }
     let mut layout = Vec::with_capacity(pieces.len());

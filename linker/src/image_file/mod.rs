@@ -362,7 +362,14 @@ fn missing_dependencies(missing: &[(ImageDependency, Vec<BuildId>)]) -> String {
 pub struct ImagingRecord {
     /// ELF machine of the code (the graph's ISA: `EM_X86_64`, `EM_AARCH64`).
     pub(crate) machine: u16,
+    /// The image's memory normalized: rebased words hold offsets, import
+    /// words zero. Empty if `in_image`.
     pub(crate) memory: Vec<u8>,
+    /// The image's own memory was normalized where it is, and is saved
+    /// from there ([`LinkedImage::imaging_memory`]): code for another ISA,
+    /// which never runs in this process (its memory is left writable, not
+    /// finalized).
+    pub(crate) in_image: bool,
     /// `(offset, len, prot)`, page-aligned offsets, ascending.
     pub(crate) segments: Vec<(u64, u64, crate::graph::Prot)>,
     /// Offsets of the 8-byte words to add the base to, sorted, 8-aligned.
@@ -437,7 +444,7 @@ impl LinkedImage {
         let mut deps: Vec<BuildId> = record.deps.iter().map(|d| d.build_id).collect();
         deps.extend(record.host_table.as_ref().map(|t| t.0));
         let id = build_id.with_dependencies(&deps);
-        write::write_to(self.name(), record, &id, out)?;
+        write::write_to(self.name(), record, self.imaging_memory(record)?, &id, out)?;
         let (base, size) = self.memory_range();
         self.register_once(|| registry::Registration::new(base, size, id, self.name()));
         Ok(())

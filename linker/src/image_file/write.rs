@@ -111,12 +111,12 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
 /// How many bytes of each segment the file holds: up to the last non-zero
 /// byte, a word the loader writes, or the `.eh_frame` end (the rest is
 /// zero-filled at load).
-fn file_sizes(r: &ImagingRecord) -> Vec<u64> {
+fn file_sizes(r: &ImagingRecord, memory: &[u8]) -> Vec<u64> {
     r.segments
         .iter()
         .map(|&(off, len, _)| {
-            let end = (off + len).min(r.memory.len() as u64);
-            let bytes = &r.memory[off as usize..end as usize];
+            let end = (off + len).min(memory.len() as u64);
+            let bytes = &memory[off as usize..end as usize];
             let mut keep = bytes
                 .iter()
                 .rposition(|&b| b != 0)
@@ -247,9 +247,11 @@ fn reserve(
     })
 }
 
-/// The header of the file `plan` lays out (content hash still zero).
+/// The header of the file `plan` lays out (content hash still zero), for
+/// an image of `image_size` bytes.
 fn header(
     r: &ImagingRecord,
+    image_size: u64,
     id: &BuildId,
     plan: &Plan,
     tables: &[Vec<u8>; 8],
@@ -267,7 +269,7 @@ fn header(
         build_id: id.0,
         content_hash: [0; 32],
         file_size: plan.file_size,
-        image_size: r.memory.len() as u64,
+        image_size,
         eh_frame: r.eh_frame.unwrap_or((0, 0)),
         tables: std::array::from_fn(|i| (plan.table_at[i], tables[i].len() as u64)),
         segments: r.segments.len() as u32,
@@ -280,15 +282,15 @@ fn header(
     }
 }
 
-/// The image file for `r`, in memory.
+/// The image file for `r` (whose memory is a copy), in memory.
 pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u8>, ImageError> {
     let mut out = std::io::Cursor::new(Vec::new());
-    write_to(name, r, id, &mut out)?;
+    write_to(name, r, &r.memory, id, &mut out)?;
     Ok(out.into_inner())
 }
 
-/// The image file for `r`, written to `out` from its current position and
-/// sealed. The segments go from the image's memory to `out` as they are,
+/// The image file for `r`, with the normalized `memory`, written to `out`
+/// from its current position and sealed. The segments go from the image's memory to `out` as they are,
 /// hashed on the way, with no copy of the whole file in memory (on the
 /// aarch64 synthetic input that copy was 7.5 MB of fresh heap pages, a
 /// third of `kiln image save`'s page faults); the content hash is written
@@ -296,6 +298,7 @@ pub(crate) fn write(name: &str, r: &ImagingRecord, id: &BuildId) -> Result<Vec<u
 pub(crate) fn write_to<W: Write + Seek + Send>(
     name: &str,
     r: &ImagingRecord,
+    memory: &[u8],
     id: &BuildId,
     out: &mut W,
 ) -> Result<(), ImageError> {
@@ -310,7 +313,7 @@ pub(crate) fn write_to<W: Write + Seek + Send>(
         hasher: blake3::Hasher::new(),
     };
     let mut buffer = StreamingBuffer::new(BufWriter::with_capacity(1 << 16, &mut sealing));
-    let file_size = write_container(name, r, id, &mut buffer)?;
+    let file_size = write_container(name, r, memory, id, &mut buffer)?;
     buffer.result().map_err(io_error)?;
     buffer
         .into_inner()
@@ -357,19 +360,20 @@ impl<W: Write + Send> Write for Sealing<'_, W> {
 /// Writes of at least this many bytes are hashed beside the write.
 const HASH_BESIDE_FROM: usize = 1 << 20;
 
-/// Writes the ELF container of `r` (content hash zero) into `buffer`;
-/// returns the file's size.
+/// Writes the ELF container of `r` with `memory` (content hash zero) into
+/// `buffer`; returns the file's size.
 fn write_container(
     name: &str,
     r: &ImagingRecord,
+    memory: &[u8],
     id: &BuildId,
     buffer: &mut dyn WritableBuffer,
 ) -> Result<u64, ImageError> {
     let (tables, image_name) = tables(name, r);
-    let filesz = file_sizes(r);
+    let filesz = file_sizes(r, memory);
     let mut w = Writer::new(object::Endianness::Little, true, buffer);
     let plan = reserve(&mut w, name, r, &tables, &filesz)?;
-    let header = header(r, id, &plan, &tables, image_name);
+    let header = header(r, memory.len() as u64, id, &plan, &tables, image_name);
     // Write, in the order reserved.
     w.write_file_header(&FileHeader {
         os_abi: elf::ELFOSABI_NONE,
@@ -397,7 +401,7 @@ fn write_container(
     }
     for (i, &(off, _, _)) in r.segments.iter().enumerate() {
         w.pad_until(plan.seg_at[i]);
-        w.write(&r.memory[off as usize..(off + filesz[i]) as usize]);
+        w.write(&memory[off as usize..(off + filesz[i]) as usize]);
     }
     for (i, t) in tables.iter().enumerate() {
         w.pad_until(plan.table_at[i]);

@@ -56,7 +56,11 @@ pub(super) fn finalize(
     } else {
         None
     };
-    p.alloc.finalize(&p.segments)?;
+    // Code for another ISA never runs here: its memory stays as written,
+    // the imaging record's (normalized where it is).
+    if !imaging.as_ref().is_some_and(|r| r.in_image) {
+        p.alloc.finalize(&p.segments)?;
+    }
     let mut timings = p.timings;
     timings.fixup = fixed_at - started;
     timings.finalize = fixed_at.elapsed();
@@ -140,6 +144,7 @@ fn imaging_record(
         got_slots,
         base,
         memory: mem,
+        in_place: p.graph.isa() != crate::isa::Isa::HOST,
         segments: &p.segments,
         eh_frame: p.eh_frame,
         init_fini,
