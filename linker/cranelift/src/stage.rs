@@ -11,12 +11,21 @@
 //! O(log N) allocations. The pages past a chunk's last function are never
 //! touched (not resident) and become inaccessible when it is protected.
 //!
+//! A chunk of at least [`AHEAD`] bytes has its pages mapped ahead of the
+//! writes, [`AHEAD`] bytes at a time on a rayon thread
+//! ([`Allocation::prefault_runs`]): zeroing fresh pages is most of what
+//! a large batch's first touch of its code memory costs once that memory
+//! is larger than the caches, and another core can do it while this one
+//! copies. At most [`AHEAD`] bytes past the last function are mapped for
+//! nothing. A chunk waits for its prefaults before its memory changes
+//! state ([`Chunk::settle`]; dropping a chunk waits too).
+//!
 //! A batch the direct path refuses is linked from the chunk's bytes, read
 //! in place (`stage::Chunk::bytes`): the link writes every field it
 //! relocates, so fix-ups the direct path may have written there first
 //! change nothing.
 
-use kiln_linker::memory::{Allocation, MemState, PAGE, Placement};
+use kiln_linker::memory::{Allocation, MemState, PAGE, Placement, Prefault};
 
 use crate::error::Error;
 use crate::module::GroupId;
@@ -29,15 +38,45 @@ pub(crate) struct Span {
     pub(crate) len: u32,
 }
 
+/// Bytes of a chunk's pages mapped at a time, ahead of the writes; also
+/// the least chunk size that is (smaller ones fault their pages in as
+/// they are written). `Allocation::prefault_runs` maps runs this large on
+/// a rayon thread.
+pub(crate) const AHEAD: u64 = 2 << 20;
+
 /// One group's functions in read-write memory, waiting to be finalized.
 pub(crate) struct Chunk {
+    /// Pages being mapped ahead of the writes. Declared before `memory`:
+    /// dropped (waited for) first.
+    prefaults: Vec<Prefault>,
     pub(crate) group: Option<GroupId>,
     pub(crate) memory: Allocation,
     /// Bytes in use from the start.
     pub(crate) used: u64,
+    /// Bytes from the start whose mapping was asked for.
+    mapped: u64,
 }
 
 impl Chunk {
+    /// Asks for the pages up to [`AHEAD`] / 2 past `end` (the bytes
+    /// written) to be mapped, [`AHEAD`] bytes at a time, in chunks of at
+    /// least [`AHEAD`].
+    fn map_ahead(&mut self, end: u64) {
+        let len = self.memory.len();
+        while len >= AHEAD && self.mapped < end + AHEAD / 2 && len - self.mapped >= AHEAD {
+            let run = (self.memory).prefault_runs(vec![(self.mapped, AHEAD)]);
+            self.prefaults.push(run);
+            self.mapped += AHEAD;
+        }
+    }
+
+    /// Returns once no thread maps pages of the chunk any more: before its
+    /// memory is protected.
+    pub(crate) fn settle(&mut self) {
+        self.prefaults.iter_mut().for_each(Prefault::wait);
+        self.prefaults.clear();
+    }
+
     /// The bytes written so far.
     pub(crate) fn bytes(&self) -> &[u8] {
         if self.memory.state() != MemState::Writing || self.used == 0 {
@@ -87,15 +126,18 @@ impl Stage {
                     return Ok(None);
                 };
                 self.chunks.push(Chunk {
+                    prefaults: Vec::new(),
                     group,
                     memory,
                     used: 0,
+                    mapped: 0,
                 });
                 self.chunks.len() - 1
             }
         };
         let chunk = &mut self.chunks[i];
         let start = chunk.used.next_multiple_of(align);
+        chunk.map_ahead(start + len);
         let (Ok(index), Ok(at), Ok(n)) = (
             u32::try_from(i),
             u32::try_from(start),
@@ -166,6 +208,43 @@ mod tests {
         assert!(stage.chunks[span.chunk as usize].memory.len() >= 10 * PAGE);
         assert_eq!(stage.take().len(), 5);
         assert!(stage.chunks.is_empty());
+    }
+
+    /// Chunks of at least `AHEAD` bytes have their pages mapped ahead of
+    /// the writes, by whole runs, never more than a run and a half past
+    /// the last byte written; smaller chunks map nothing ahead; what was
+    /// written reads back, and a settled chunk can be protected.
+    #[test]
+    fn large_chunks_map_their_pages_ahead_of_the_writes() {
+        let mut stage = Stage::default();
+        let piece = vec![0x5au8; 48 << 10];
+        for _ in 0..200 {
+            stage.append(None, 16, &piece).unwrap().unwrap();
+        }
+        let mut large = 0;
+        for chunk in &mut stage.chunks {
+            let len = chunk.memory.len();
+            if len < AHEAD {
+                assert_eq!(chunk.mapped, 0, "a chunk of {len} bytes");
+                continue;
+            }
+            large += 1;
+            assert_eq!(chunk.mapped % AHEAD, 0);
+            assert!(chunk.mapped <= len);
+            assert!(chunk.mapped < chunk.used + AHEAD + AHEAD / 2);
+            if len - chunk.mapped >= AHEAD {
+                assert!(chunk.mapped >= chunk.used + AHEAD / 2);
+            }
+            assert!(chunk.bytes().iter().all(|&b| b == 0x5a || b == 0));
+            chunk.settle();
+            assert!(chunk.prefaults.is_empty());
+            let used = chunk.used;
+            (chunk
+                .memory
+                .finalize(&[(0, used, kiln_linker::graph::Prot::ReadExec)]))
+            .unwrap();
+        }
+        assert!(large >= 2, "{large} large chunks");
     }
 
     /// A batch of N functions lists N `FuncCode`s: they stay small (owned
