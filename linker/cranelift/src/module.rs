@@ -247,6 +247,7 @@ impl KilnModule {
         let mut state = self.state();
         state.func_defs.push(Def::None);
         state.undefined_funcs += 1;
+        state.stage.expect_functions(1);
     }
 
     fn note_data(&mut self, id: DataId, linkage: Linkage) {

@@ -11,6 +11,13 @@
 //! O(log N) allocations. The pages past a chunk's last function are never
 //! touched (not resident) and become inaccessible when it is protected.
 //!
+//! The batch's first chunk is sized for the functions declared since the
+//! last finalize ([`Stage::expect_functions`], [`GUESS`] bytes each, at
+//! most [`FIRST_MAX`]): a batch of a thousand functions takes one chunk —
+//! one `mprotect` to make it writable, one to protect it — instead of
+//! five. Each declaration counts toward one batch only, so defining and
+//! finalizing one function at a time still takes a page each.
+//!
 //! A chunk of at least [`AHEAD`] bytes has its pages mapped ahead of the
 //! writes, [`AHEAD`] bytes at a time on a rayon thread
 //! ([`Allocation::prefault_runs`]): zeroing fresh pages is most of what
@@ -90,10 +97,19 @@ impl Chunk {
     }
 }
 
+/// Bytes of code expected of a declared function, to size a batch's first
+/// chunk (cranelift's functions in W9 take 112 on average).
+pub(crate) const GUESS: u64 = 128;
+
+/// The largest first chunk: 32 pages.
+pub(crate) const FIRST_MAX: u64 = 128 << 10;
+
 /// The stage: chunks in the order they were made.
 #[derive(Default)]
 pub(crate) struct Stage {
     pub(crate) chunks: Vec<Chunk>,
+    /// Bytes the batch's first chunk is sized for (0 once it is made).
+    expected: u64,
 }
 
 impl Stage {
@@ -119,8 +135,11 @@ impl Stage {
         let i = match last {
             Some(i) if fits(&self.chunks[i]) => i,
             _ => {
+                let first = std::mem::take(&mut self.expected)
+                    .clamp(PAGE, FIRST_MAX)
+                    .next_power_of_two();
                 let size = last
-                    .map_or(PAGE, |i| 2 * self.chunks[i].memory.len())
+                    .map_or(first, |i| 2 * self.chunks[i].memory.len())
                     .max(len);
                 let Some(memory) = Allocation::new(size, Placement::Near)? else {
                     return Ok(None);
@@ -159,8 +178,16 @@ impl Stage {
         }))
     }
 
-    /// The chunks, leaving none.
+    /// `n` more functions were declared: the next batch's first chunk
+    /// makes room for their code.
+    pub(crate) fn expect_functions(&mut self, n: usize) {
+        self.expected = (self.expected).saturating_add((n as u64).saturating_mul(GUESS));
+    }
+
+    /// The chunks, leaving none (a finalize: what was expected of the
+    /// batch is over).
     pub(crate) fn take(&mut self) -> Vec<Chunk> {
+        self.expected = 0;
         std::mem::take(&mut self.chunks)
     }
 }
@@ -208,6 +235,33 @@ mod tests {
         assert!(stage.chunks[span.chunk as usize].memory.len() >= 10 * PAGE);
         assert_eq!(stage.take().len(), 5);
         assert!(stage.chunks.is_empty());
+    }
+
+    /// A batch's first chunk makes room for the functions declared since
+    /// the last finalize (at most `FIRST_MAX`), once: a thousand functions
+    /// take one chunk; other groups' first chunks, and the next batch's
+    /// when nothing more was declared, start from a page.
+    #[test]
+    fn the_first_chunk_is_sized_for_the_functions_declared() {
+        let mut stage = Stage::default();
+        stage.expect_functions(1000);
+        let bytes = [0x90u8; 112];
+        for _ in 0..1000 {
+            stage.append(None, 16, &bytes).unwrap().unwrap();
+        }
+        assert_eq!(stage.chunks.len(), 1);
+        assert_eq!(stage.chunks[0].memory.len(), FIRST_MAX);
+        let other = GroupId::for_tests(3);
+        stage.append(Some(other), 16, &bytes).unwrap().unwrap();
+        assert_eq!(stage.chunks[1].memory.len(), PAGE);
+        assert_eq!(stage.take().len(), 2);
+        stage.append(None, 16, &bytes).unwrap().unwrap();
+        assert_eq!(stage.chunks[0].memory.len(), PAGE);
+        // A few declarations: the first chunk is a page or a few.
+        stage.take();
+        stage.expect_functions(40);
+        stage.append(None, 16, &bytes).unwrap().unwrap();
+        assert_eq!(stage.chunks[0].memory.len(), 2 * PAGE);
     }
 
     /// Chunks of at least `AHEAD` bytes have their pages mapped ahead of
