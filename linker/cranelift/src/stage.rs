@@ -15,16 +15,20 @@
 //! last finalize ([`Stage::expect_functions`], [`GUESS`] bytes each, at
 //! most [`FIRST_MAX`]): a batch of a thousand functions takes one chunk —
 //! one `mprotect` to make it writable, one to protect it — instead of
-//! five. Each declaration counts toward one batch only, so defining and
-//! finalizing one function at a time still takes a page each.
+//! five, a batch of 100,000 one instead of eleven. Each declaration counts
+//! toward one batch only, so defining and finalizing one function at a
+//! time still takes a page each, and what a batch reserves and leaves
+//! unused is at most twice [`GUESS`] bytes of address space a declared
+//! function (never touched, so not memory).
 //!
 //! A chunk of at least [`AHEAD`] bytes has its pages mapped ahead of the
 //! writes, [`AHEAD`] bytes at a time on a rayon thread
-//! ([`Allocation::prefault_runs`]): zeroing fresh pages is most of what
+//! ([`Allocation::prefault_runs`]), up to the bytes it is expected to
+//! hold (a first chunk: the functions declared, a later one: all of it): zeroing fresh pages is most of what
 //! a large batch's first touch of its code memory costs once that memory
 //! is larger than the caches, and another core can do it while this one
 //! copies. At most [`AHEAD`] bytes past the last function are mapped for
-//! nothing. A chunk waits for its prefaults before its memory changes
+//! nothing (a first chunk: past what its declarations expect). A chunk waits for its prefaults before its memory changes
 //! state ([`Chunk::settle`]; dropping a chunk waits too).
 //!
 //! A batch the direct path refuses is linked from the chunk's bytes, read
@@ -62,6 +66,9 @@ pub(crate) struct Chunk {
     pub(crate) used: u64,
     /// Bytes from the start whose mapping was asked for.
     mapped: u64,
+    /// Bytes the chunk is expected to hold (at most its length): pages
+    /// past them are not mapped ahead.
+    wanted: u64,
 }
 
 impl Chunk {
@@ -69,7 +76,7 @@ impl Chunk {
     /// written) to be mapped, [`AHEAD`] bytes at a time, in chunks of at
     /// least [`AHEAD`].
     fn map_ahead(&mut self, end: u64) {
-        let len = self.memory.len();
+        let len = self.wanted.min(self.memory.len());
         while len >= AHEAD && self.mapped < end + AHEAD / 2 && len - self.mapped >= AHEAD {
             let run = (self.memory).prefault_runs(vec![(self.mapped, AHEAD)]);
             self.prefaults.push(run);
@@ -101,8 +108,8 @@ impl Chunk {
 /// chunk (cranelift's functions in W9 take 112 on average).
 pub(crate) const GUESS: u64 = 128;
 
-/// The largest first chunk: 32 pages.
-pub(crate) const FIRST_MAX: u64 = 128 << 10;
+/// The largest first chunk.
+pub(crate) const FIRST_MAX: u64 = 32 << 20;
 
 /// The stage: chunks in the order they were made.
 #[derive(Default)]
@@ -135,12 +142,16 @@ impl Stage {
         let i = match last {
             Some(i) if fits(&self.chunks[i]) => i,
             _ => {
-                let first = std::mem::take(&mut self.expected)
-                    .clamp(PAGE, FIRST_MAX)
-                    .next_power_of_two();
+                let expected = std::mem::take(&mut self.expected).clamp(PAGE, FIRST_MAX);
                 let size = last
-                    .map_or(first, |i| 2 * self.chunks[i].memory.len())
+                    .map_or(expected.next_power_of_two(), |i| {
+                        2 * self.chunks[i].memory.len()
+                    })
                     .max(len);
+                let wanted = match last {
+                    None => expected.max(len),
+                    Some(_) => size,
+                };
                 let Some(memory) = Allocation::new(size, Placement::Near)? else {
                     return Ok(None);
                 };
@@ -150,6 +161,7 @@ impl Stage {
                     memory,
                     used: 0,
                     mapped: 0,
+                    wanted,
                 });
                 self.chunks.len() - 1
             }
@@ -238,7 +250,7 @@ mod tests {
     }
 
     /// A batch's first chunk makes room for the functions declared since
-    /// the last finalize (at most `FIRST_MAX`), once: a thousand functions
+    /// the last finalize, once: a thousand functions
     /// take one chunk; other groups' first chunks, and the next batch's
     /// when nothing more was declared, start from a page.
     #[test]
@@ -250,7 +262,7 @@ mod tests {
             stage.append(None, 16, &bytes).unwrap().unwrap();
         }
         assert_eq!(stage.chunks.len(), 1);
-        assert_eq!(stage.chunks[0].memory.len(), FIRST_MAX);
+        assert_eq!(stage.chunks[0].memory.len(), 128 << 10);
         let other = GroupId::for_tests(3);
         stage.append(Some(other), 16, &bytes).unwrap().unwrap();
         assert_eq!(stage.chunks[1].memory.len(), PAGE);
@@ -262,6 +274,20 @@ mod tests {
         stage.expect_functions(40);
         stage.append(None, 16, &bytes).unwrap().unwrap();
         assert_eq!(stage.chunks[0].memory.len(), 2 * PAGE);
+        // A large batch: one chunk, its pages mapped ahead only as far as
+        // its declarations expect.
+        stage.take();
+        stage.expect_functions(100_000);
+        for _ in 0..30_000 {
+            stage.append(None, 16, &bytes).unwrap().unwrap();
+        }
+        assert_eq!(stage.chunks.len(), 1);
+        let chunk = &mut stage.chunks[0];
+        assert_eq!(chunk.memory.len(), (100_000 * GUESS).next_power_of_two());
+        assert_eq!(chunk.wanted, 100_000 * GUESS);
+        assert!(chunk.mapped >= chunk.used + AHEAD / 2);
+        assert!(chunk.mapped <= chunk.wanted);
+        chunk.settle();
     }
 
     /// Chunks of at least `AHEAD` bytes have their pages mapped ahead of
