@@ -6,30 +6,33 @@
 //! A stage is a list of chunks, each a read-write [`Allocation`] of its
 //! own holding one group's functions (the tracker that owns a placed
 //! batch's memory is its group's, so a chunk never mixes groups). A chunk
-//! that is full is followed by one twice as large, starting from a page:
-//! a finalize of one function costs one page, a batch of N functions
-//! O(log N) allocations. The pages past a chunk's last function are never
-//! touched (not resident) and become inaccessible when it is protected.
+//! that is full is followed by one twice as large: a batch of N functions
+//! takes O(log N) allocations. The pages past a chunk's last function are
+//! not touched unless mapped ahead (below), and become inaccessible when
+//! it is protected.
 //!
-//! The batch's first chunk is sized for the functions declared since the
-//! last finalize ([`Stage::expect_functions`], [`GUESS`] bytes each, at
-//! most [`FIRST_MAX`]): a batch of a thousand functions takes one chunk —
-//! one `mprotect` to make it writable, one to protect it — instead of
-//! five, a batch of 100,000 one instead of eleven. Each declaration counts
-//! toward one batch only, so defining and finalizing one function at a
-//! time still takes a page each, and what a batch reserves and leaves
-//! unused is at most twice [`GUESS`] bytes of address space a declared
-//! function (never touched, so not memory).
+//! A group's first chunk in a batch starts from a page, except the
+//! batch's very first, which is sized for the functions declared since
+//! the last finalize ([`Stage::expect_functions`], [`GUESS`] bytes each,
+//! at most [`FIRST_MAX`]): a batch of a thousand functions takes one
+//! chunk — one `mprotect` to make it writable, one to protect it —
+//! instead of five, a batch of 100,000 one instead of eleven. Each
+//! declaration counts toward one batch only, so defining and finalizing
+//! one function at a time still takes a page each, and what a batch
+//! reserves and leaves unused is at most twice [`GUESS`] bytes of address
+//! space a declared function (never touched, so not memory).
 //!
-//! A chunk of at least [`AHEAD`] bytes has its pages mapped ahead of the
-//! writes, [`AHEAD`] bytes at a time on a rayon thread
-//! ([`Allocation::prefault_runs`]), up to the bytes it is expected to
-//! hold (a first chunk: the functions declared, a later one: all of it): zeroing fresh pages is most of what
-//! a large batch's first touch of its code memory costs once that memory
-//! is larger than the caches, and another core can do it while this one
-//! copies. At most [`AHEAD`] bytes past the last function are mapped for
-//! nothing (a first chunk: past what its declarations expect). A chunk waits for its prefaults before its memory changes
-//! state ([`Chunk::settle`]; dropping a chunk waits too).
+//! A chunk expected to hold at least [`AHEAD`] bytes (a first chunk: its
+//! declarations' guess; a later one: its length) has its pages mapped
+//! ahead of the writes, [`AHEAD`] bytes at a time, on a rayon thread
+//! ([`Allocation::prefault_runs`]): zeroing fresh pages is most of what a
+//! large batch's first touch of its code memory costs once that memory is
+//! larger than the caches, and another core can do it while this one
+//! copies. Mapping stops [`AHEAD`] / 2 past the bytes written and never
+//! goes past what the chunk is expected to hold, so at most 1.5 ×
+//! [`AHEAD`] bytes are mapped for nothing. A chunk waits for its
+//! prefaults before its memory changes state ([`Chunk::settle`]; dropping
+//! a chunk waits too).
 //!
 //! A batch the direct path refuses is linked from the chunk's bytes, read
 //! in place (`stage::Chunk::bytes`): the link writes every field it
@@ -73,8 +76,8 @@ pub(crate) struct Chunk {
 
 impl Chunk {
     /// Asks for the pages up to [`AHEAD`] / 2 past `end` (the bytes
-    /// written) to be mapped, [`AHEAD`] bytes at a time, in chunks of at
-    /// least [`AHEAD`].
+    /// written) to be mapped, [`AHEAD`] whole bytes at a time, within what
+    /// the chunk is expected to hold.
     fn map_ahead(&mut self, end: u64) {
         let len = self.wanted.min(self.memory.len());
         while len >= AHEAD && self.mapped < end + AHEAD / 2 && len - self.mapped >= AHEAD {
@@ -142,15 +145,15 @@ impl Stage {
         let i = match last {
             Some(i) if fits(&self.chunks[i]) => i,
             _ => {
-                let expected = std::mem::take(&mut self.expected).clamp(PAGE, FIRST_MAX);
-                let size = last
-                    .map_or(expected.next_power_of_two(), |i| {
-                        2 * self.chunks[i].memory.len()
-                    })
-                    .max(len);
-                let wanted = match last {
-                    None => expected.max(len),
-                    Some(_) => size,
+                let (size, wanted) = match last {
+                    None => {
+                        let expected = std::mem::take(&mut self.expected).clamp(PAGE, FIRST_MAX);
+                        (expected.next_power_of_two().max(len), expected.max(len))
+                    }
+                    Some(i) => {
+                        let size = (2 * self.chunks[i].memory.len()).max(len);
+                        (size, size)
+                    }
                 };
                 let Some(memory) = Allocation::new(size, Placement::Near)? else {
                     return Ok(None);
