@@ -296,7 +296,9 @@ fn module_rep<M: Module + Finalize>(
             .define_function_bytes(d.funcs[i], c.align, &c.bytes, &c.relocs)
             .map_err(|e| engine("define_function_bytes", e))?;
     }
+    let defined = start.elapsed();
     module.finalize()?;
+    let finalized = start.elapsed();
     let addresses: Vec<u64> = d
         .funcs
         .iter()
@@ -312,7 +314,14 @@ fn module_rep<M: Module + Finalize>(
     let rep = Rep {
         main,
         main_cpu_s,
-        phases: vec![("setup", setup)],
+        // The timed part in three: the N defines, finalize, the N address
+        // lookups.
+        phases: vec![
+            ("setup", setup),
+            ("define", defined),
+            ("finalize", finalized - defined),
+            ("addresses", main - finalized),
+        ],
         info,
     };
     Ok((rep, sum, module))

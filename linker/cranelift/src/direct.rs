@@ -503,6 +503,7 @@ pub(crate) fn place(
         let Some(mut chunk) = staged.get_mut(i).and_then(Option::take) else {
             continue;
         };
+        chunk.settle();
         chunk.memory.finalize(&[(0, chunk.used, Prot::ReadExec)])?;
         placed.push(chunk.memory);
     }

@@ -247,6 +247,7 @@ impl KilnModule {
         let mut state = self.state();
         state.func_defs.push(Def::None);
         state.undefined_funcs += 1;
+        state.stage.expect_functions(1);
     }
 
     fn note_data(&mut self, id: DataId, linkage: Linkage) {
@@ -295,30 +296,32 @@ impl KilnModule {
         relocs: &[ModuleReloc],
     ) -> Result<(), Error> {
         self.check_definable(id)?;
-        let isa = &self.shared.isa;
-        let align = alignment
-            .max(u64::from(isa.function_alignment().minimum))
-            .max(isa.symbol_alignment());
-        self.record_with(id, |state| {
-            let too_large = || {
-                let name = &self.shared.names().funcs[id.as_u32() as usize].name;
-                Error::Module(format!(
-                    "function `{name}` is too large: {} bytes of code and {} relocations \
-                     (a definition holds fewer than 2^32 of each)",
-                    bytes.len(),
-                    relocs.len()
-                ))
-            };
-            let relocs = state.relocs.append(relocs).ok_or_else(too_large)?;
-            let code = match state.stage.append(state.current, align, bytes)? {
-                Some(bytes) => Code::Staged { bytes, relocs },
-                None => Code::Arena {
-                    bytes: state.code.append(bytes).ok_or_else(too_large)?,
-                    relocs,
-                },
-            };
-            Ok(FuncCode { id, align, code })
-        })
+        let mut state = self.state();
+        record_bytes(&self.shared, &mut state, id, alignment, bytes, relocs)
+    }
+
+    /// [`Module::define_function_bytes`]: as
+    /// [`KilnModule::define_function_bytes_shared`], without taking a
+    /// lock — `&mut self` owns the state, and the declarations it
+    /// checks the linkage in change only through `&mut self` too (the
+    /// names' linkage is theirs, copied).
+    fn define_function_bytes_owned(
+        &mut self,
+        id: FuncId,
+        alignment: u64,
+        bytes: &[u8],
+        relocs: &[ModuleReloc],
+    ) -> Result<(), Error> {
+        if id.as_u32() as usize >= self.func_addrs.len() {
+            return Err(Error::Module(format!("undeclared function {id}")));
+        }
+        let decl = self.declarations.get_function_decl(id);
+        if !decl.linkage.is_definable() {
+            let name = decl.linkage_name(id).into_owned();
+            return Err(ModuleError::InvalidImportDefinition(name).into());
+        }
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        record_bytes(&self.shared, state, id, alignment, bytes, relocs)
     }
 
     fn check_definable(&self, id: FuncId) -> Result<(), Error> {
@@ -335,32 +338,8 @@ impl KilnModule {
     }
 
     fn record_function(&self, code: FuncCode) -> Result<(), Error> {
-        self.record_with(code.id, |_| Ok(code))
-    }
-
-    /// Records the code `make` gives (under the state's lock, after the
-    /// duplicate check) as function `id`'s definition.
-    fn record_with(
-        &self,
-        id: FuncId,
-        make: impl FnOnce(&mut State) -> Result<FuncCode, Error>,
-    ) -> Result<(), Error> {
         let mut state = self.state();
-        let group = state.current;
-        let i = id.as_u32() as usize;
-        if state.func_defs[i] != Def::None {
-            let name = self.shared.names().funcs[i].name.to_string();
-            return Err(ModuleError::DuplicateDefinition(name).into());
-        }
-        let code = make(&mut state)?;
-        state.set_func_def(i, Def::Defined(group));
-        if let Some(GroupId(g)) = group
-            && let Some(Some(group)) = state.groups.get_mut(g)
-        {
-            group.funcs.push(code.id);
-        }
-        state.push_func(group, code);
-        Ok(())
+        record_with(&self.shared, &mut state, code.id, |_| Ok(code))
     }
 
     /// [`Module::define_data`] through `&self`.
@@ -417,6 +396,67 @@ impl KilnModule {
         state.data.push((group, code));
         Ok(())
     }
+}
+
+/// Records function `id`'s bytes and relocations (code memory for the
+/// bytes when there is some, the arena otherwise) as its definition.
+fn record_bytes(
+    shared: &Shared,
+    state: &mut State,
+    id: FuncId,
+    alignment: u64,
+    bytes: &[u8],
+    relocs: &[ModuleReloc],
+) -> Result<(), Error> {
+    let isa = &shared.isa;
+    let align = alignment
+        .max(u64::from(isa.function_alignment().minimum))
+        .max(isa.symbol_alignment());
+    record_with(shared, state, id, |state| {
+        let too_large = || {
+            let name = &shared.names().funcs[id.as_u32() as usize].name;
+            Error::Module(format!(
+                "function `{name}` is too large: {} bytes of code and {} relocations \
+                 (a definition holds fewer than 2^32 of each)",
+                bytes.len(),
+                relocs.len()
+            ))
+        };
+        let relocs = state.relocs.append(relocs).ok_or_else(too_large)?;
+        let code = match state.stage.append(state.current, align, bytes)? {
+            Some(bytes) => Code::Staged { bytes, relocs },
+            None => Code::Arena {
+                bytes: state.code.append(bytes).ok_or_else(too_large)?,
+                relocs,
+            },
+        };
+        Ok(FuncCode { id, align, code })
+    })
+}
+
+/// Records the code `make` gives (after the duplicate check) as function
+/// `id`'s definition, in `state` (the module's, locked or owned).
+fn record_with(
+    shared: &Shared,
+    state: &mut State,
+    id: FuncId,
+    make: impl FnOnce(&mut State) -> Result<FuncCode, Error>,
+) -> Result<(), Error> {
+    let group = state.current;
+    let i = id.as_u32() as usize;
+    if state.func_defs[i] != Def::None {
+        let name = shared.names().funcs[i].name.to_string();
+        return Err(ModuleError::DuplicateDefinition(name).into());
+    }
+    let code = make(state)?;
+    state.set_func_def(i, Def::Defined(group));
+    if let Some(GroupId(g)) = group
+        && let Some(Some(group)) = state.groups.get_mut(g)
+    {
+        group.funcs.push(code.id);
+    }
+    state.push_func(group, code);
+    Ok(())
 }
 
 /// Compiles `ctx` for `isa` into code waiting to be linked.
@@ -1078,7 +1118,7 @@ impl Module for KilnModule {
         bytes: &[u8],
         relocs: &[ModuleReloc],
     ) -> ModuleResult<()> {
-        Ok(self.define_function_bytes_shared(func_id, alignment, bytes, relocs)?)
+        Ok(self.define_function_bytes_owned(func_id, alignment, bytes, relocs)?)
     }
 
     fn define_data(&mut self, data_id: DataId, data: &DataDescription) -> ModuleResult<()> {
