@@ -158,6 +158,10 @@ pub(super) struct Requests {
     /// Named externals live code references (specials excluded), in order
     /// of first reference.
     pub(super) external_refs: Vec<SymbolId>,
+    /// Every live edge to a symbol external when the graph was scanned, in
+    /// block and edge order (what [`super::reach`] checks, instead of every
+    /// edge again).
+    pub(super) external_edges: Vec<Edge>,
 }
 
 /// The bits of [`Requests::marks`].
@@ -201,14 +205,6 @@ impl Requests {
         }
     }
 
-    /// Whether `sym` was external when the graph was scanned (`None`: a
-    /// symbol added since).
-    pub(super) fn is_external(&self, sym: SymbolId) -> Option<bool> {
-        self.marks
-            .get(sym.index())
-            .map(|&m| m & mark::EXTERNAL != 0)
-    }
-
     /// A PLT stub for `sym`, and the GOT slot it jumps through.
     pub(super) fn plt(&mut self, sym: SymbolId) {
         let first = self
@@ -233,6 +229,9 @@ impl Requests {
                 self.needs_low = Some((BlockId(bi), e));
             }
             Need::Below2GiB | Need::Nothing => {}
+        }
+        if external {
+            self.external_edges.push(e);
         }
         if external
             && self.marks[e.target.index()] & mark::REFERENCED == 0
@@ -532,6 +531,8 @@ mod tests {
         assert_eq!(parallel.got_keys, one.got_keys);
         assert_eq!(parallel.plt_syms, one.plt_syms);
         assert_eq!(parallel.external_refs, one.external_refs);
+        assert_eq!(parallel.external_edges, one.external_edges);
+        assert!(one.external_edges.len() > one.external_refs.len());
         assert_eq!(parallel.needs_low, one.needs_low);
         assert!(one.needs_low.is_some());
         assert_eq!(parallel.needs_got, one.needs_got);

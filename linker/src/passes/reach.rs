@@ -54,34 +54,29 @@ pub(super) fn out_of_reach_host_symbols(
     let mut host: FxHashMap<SymbolId, Option<u64>> = FxHashMap::default();
     let mut far: Vec<SymbolId> = Vec::new();
     let mut far_seen: FxHashSet<SymbolId> = FxHashSet::default();
-    for b in graph.blocks.iter().filter(|b| b.live) {
-        for e in &b.edges {
-            // Most edges target the image's own symbols: that test first,
-            // before any hashing, on the scan's byte a symbol.
-            if requests.is_external(e.target) == Some(false) {
-                continue;
-            }
-            let sym = &graph.symbols[e.target.index()];
-            if sym.def != SymbolDef::External {
-                continue;
-            }
-            let Some(reach) = e.reach32() else {
-                continue;
-            };
-            if far_seen.contains(&e.target) || specials.contains_key(&e.target) {
-                continue;
-            }
-            let Some(name) = &sym.name else { continue };
-            let addr = *host
-                .entry(e.target)
-                .or_insert_with(|| crate::host::library_symbol(&this, name));
-            let in_reach = match addr {
-                Some(a) => fits(reach, a),
-                None => placement == Placement::Near,
-            };
-            if !in_reach && far_seen.insert(e.target) {
-                far.push(e.target);
-            }
+    // The scan kept the live edges to externals (most edges target the
+    // image's own symbols): the graph has not changed since.
+    for e in &requests.external_edges {
+        let sym = &graph.symbols[e.target.index()];
+        if sym.def != SymbolDef::External {
+            continue;
+        }
+        let Some(reach) = e.reach32() else {
+            continue;
+        };
+        if far_seen.contains(&e.target) || specials.contains_key(&e.target) {
+            continue;
+        }
+        let Some(name) = &sym.name else { continue };
+        let addr = *host
+            .entry(e.target)
+            .or_insert_with(|| crate::host::library_symbol(&this, name));
+        let in_reach = match addr {
+            Some(a) => fits(reach, a),
+            None => placement == Placement::Near,
+        };
+        if !in_reach && far_seen.insert(e.target) {
+            far.push(e.target);
         }
     }
     let mut out = OutOfReach::default();
