@@ -624,30 +624,12 @@ fn aarch64_tls_got_entries_with_an_addend_are_refused() {
 /// writes for the same objects.
 #[test]
 fn an_aarch64_image_saved_twice_from_its_own_memory_is_the_same_file() {
-    use kiln_linker::image_file::BuildId;
-    use kiln_linker::{HostSymbols, LinkOptions, Linker};
     let flags = ["-O2", "-fPIE", "-fcommon"];
     let objs = objects(&["prog_a.c", "prog_b.c"], &flags, "saved-twice");
-    let mut options = LinkOptions::default();
-    options.imaging = true;
-    let inputs: Vec<(String, Vec<u8>)> = objs
-        .iter()
-        .map(|o| {
-            (
-                o.display().to_string(),
-                std::fs::read(o).expect("read object"),
-            )
-        })
-        .collect();
-    let id = BuildId::of_inputs(
-        &options,
-        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
-    );
-    let mut linker = Linker::new(options);
-    for (n, b) in inputs {
-        linker.add_object_bytes(n, b);
-    }
-    let image = linker.link(&HostSymbols::new()).expect("links for aarch64");
+    let (mut linker, id) = common::images::imaging_linker(&objs);
+    let image = linker
+        .link(&kiln_linker::HostSymbols::new())
+        .expect("links for aarch64");
     let first = image.save_image(&id).expect("saves");
     let mut second = std::io::Cursor::new(Vec::new());
     image.save_image_to(&id, &mut second).expect("saves again");

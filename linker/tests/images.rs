@@ -275,21 +275,7 @@ fn real_image() -> Vec<u8> {
 /// A real image linked in imaging mode, with its inputs' build id.
 fn real_linked_image() -> (kiln_linker::LinkedImage, BuildId) {
     let objs = prog_ab("clang", &["-O2", "-fPIE", "-fcommon"], "mutation");
-    let mut options = LinkOptions::default();
-    options.imaging = true;
-    let mut linker = Linker::new(options.clone());
-    let mut inputs = Vec::new();
-    for o in &objs {
-        let bytes = std::fs::read(o).expect("read object");
-        inputs.push((o.display().to_string(), bytes));
-    }
-    let id = BuildId::of_inputs(
-        &options,
-        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
-    );
-    for (n, b) in inputs {
-        linker.add_object_bytes(n, b);
-    }
+    let (mut linker, id) = common::images::imaging_linker(&objs);
     (linker.link(&HostSymbols::new()).expect("links"), id)
 }
 

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kiln_linker::LinkOptions;
+use kiln_linker::image_file::BuildId;
+use kiln_linker::{LinkOptions, Linker};
 
 /// The `kiln` binary of this build.
 pub(crate) fn kiln() -> Command {
@@ -79,4 +80,28 @@ pub(crate) fn options(imaging: bool) -> LinkOptions {
     let mut o = LinkOptions::default();
     o.imaging = imaging;
     o
+}
+
+/// A linker in imaging mode holding `objs` (read from their files, named
+/// by their paths), and the objects' build id.
+pub(crate) fn imaging_linker(objs: &[PathBuf]) -> (Linker, BuildId) {
+    let options = options(true);
+    let inputs: Vec<(String, Vec<u8>)> = objs
+        .iter()
+        .map(|o| {
+            (
+                o.display().to_string(),
+                std::fs::read(o).expect("read object"),
+            )
+        })
+        .collect();
+    let id = BuildId::of_inputs(
+        &options,
+        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
+    let mut linker = Linker::new(options);
+    for (n, b) in inputs {
+        linker.add_object_bytes(n, b);
+    }
+    (linker, id)
 }
