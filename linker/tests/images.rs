@@ -1130,25 +1130,7 @@ fn a_program_missing_its_library_images_names_every_missing_build_id() {
 /// to `deps`' symbols first (so references into them are saved by build
 /// id), then the host's, else 0.
 fn image_against(name: &str, objs: &[PathBuf], deps: &[&kiln_linker::LinkedImage]) -> Vec<u8> {
-    let mut options = LinkOptions::default();
-    options.imaging = true;
-    let inputs: Vec<(String, Vec<u8>)> = objs
-        .iter()
-        .map(|o| {
-            (
-                o.display().to_string(),
-                std::fs::read(o).expect("read object"),
-            )
-        })
-        .collect();
-    let id = BuildId::of_inputs(
-        &options,
-        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
-    );
-    let mut linker = Linker::new(options);
-    for (n, b) in inputs {
-        linker.add_object_bytes(n, b);
-    }
+    let (mut linker, id) = common::images::imaging_linker(objs);
     let host = HostSymbols::new();
     let resolver = |names: &[&str]| -> Vec<Option<u64>> {
         use kiln_linker::SymbolResolver as _;

@@ -9,25 +9,15 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use kiln_linker::image_file::{self, BuildId};
-use kiln_linker::{HostSymbols, LinkOptions, LinkedImage, Linker, SymbolResolver};
+use kiln_linker::image_file;
+use kiln_linker::{HostSymbols, LinkedImage, SymbolResolver};
 
 /// `src` compiled and saved as an image file at `dir/name.kimg`, then aged
 /// past the 2 s within which a changed file is checked on every load (so
 /// that loads keep it).
 fn aged_image(dir: &Path, name: &str, src: &str) -> PathBuf {
     let o = compile_c_text(dir, name, src, &["-O2", "-fPIC"]);
-    let mut options = LinkOptions::default();
-    options.imaging = true;
-    let inputs = vec![(o.display().to_string(), std::fs::read(&o).expect("read"))];
-    let id = BuildId::of_inputs(
-        &options,
-        inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
-    );
-    let mut linker = Linker::new(options);
-    for (n, b) in inputs {
-        linker.add_object_bytes(n, b);
-    }
+    let (mut linker, id) = common::images::imaging_linker(&[o]);
     // Names the host lacks (a test's hooks) are saved as imports by name.
     let host = HostSymbols::new();
     let resolver = |names: &[&str]| -> Vec<Option<u64>> {
