@@ -561,6 +561,24 @@ pub struct Symbol {
     pub weak_ref: bool,
 }
 
+#[cfg(test)]
+impl Symbol {
+    /// A nameless local function defined as `def`, for tests' graphs.
+    pub(crate) fn local_for_test(def: SymbolDef) -> Symbol {
+        Symbol {
+            name: None,
+            def,
+            object: None,
+            size: 0,
+            scope: Scope::Local,
+            linkage: Linkage::Strong,
+            callable: true,
+            tls: false,
+            weak_ref: false,
+        }
+    }
+}
+
 /// One input object.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {

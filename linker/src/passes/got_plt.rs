@@ -456,7 +456,7 @@ fn linker_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Linkage, ObjectId, Scope, Symbol};
+    use crate::graph::{ObjectId, Symbol};
     use crate::isa::Isa;
 
     /// A graph of `n` code blocks, each defining a function that calls
@@ -486,20 +486,11 @@ mod tests {
                 live: i % 97 != 5,
                 addr: 0,
             });
-            functions.push(g.add_symbol(Symbol {
-                name: None,
-                def: SymbolDef::Defined {
-                    block: b,
-                    offset: 0,
-                },
-                object: Some(obj),
-                size: 64,
-                scope: Scope::Local,
-                linkage: Linkage::Strong,
-                callable: true,
-                tls: false,
-                weak_ref: false,
-            }));
+            let def = SymbolDef::Defined {
+                block: b,
+                offset: 0,
+            };
+            functions.push(g.add_symbol(Symbol::local_for_test(def)));
         }
         for i in 0..n {
             let mut edges = vec![Edge::new(0, plt32, functions[(i * 7) % n], -4)];

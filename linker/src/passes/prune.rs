@@ -271,7 +271,7 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Content, Edge, Edges, FdeLinks, Linkage, Prot, Scope, Symbol, SymbolId};
+    use crate::graph::{Content, Edge, Edges, FdeLinks, Prot, Symbol, SymbolId};
     use crate::isa::Isa;
 
     /// A random graph of `n` blocks in two objects (the second an archive
@@ -293,17 +293,7 @@ mod tests {
         let text = g.section(".text", Prot::ReadExec, SectionRole::Ordinary);
         let eh = g.section(".eh_frame", Prot::Read, SectionRole::EhFrame);
         let pc32 = Isa::X86_64.edge(2).expect("R_X86_64_PC32");
-        let symbol = |def| Symbol {
-            name: None,
-            def,
-            object: None,
-            size: 0,
-            scope: Scope::Local,
-            linkage: Linkage::Strong,
-            callable: true,
-            tls: false,
-            weak_ref: false,
-        };
+        let symbol = Symbol::local_for_test;
         for i in 0..n {
             let fde = i % 4 == 3;
             let object = if i < n / 2 { a } else { lib };
