@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use kiln_engine::{Session, WorkerPool};
 use kiln_linker::archive::Archive;
-use kiln_linker::image_file::{self, BuildId, ImageError};
+use kiln_linker::image_file::{self, ImageError};
 use kiln_linker::layer::ObjectLayer;
 use kiln_linker::runtime::tls::TlsError;
 use kiln_linker::{HostSymbols, LinkError, LinkOptions, Linker};
@@ -22,10 +22,9 @@ fn source_as<T: std::error::Error + 'static>(e: &dyn std::error::Error) -> Optio
 fn an_object_the_elf_reader_refuses_keeps_its_error() {
     let mut linker = Linker::new(LinkOptions::default());
     linker.add_object_bytes("short.o", b"\x7fELF\x02\x01\x01".to_vec());
-    let err = match linker.link(&HostSymbols::new()) {
-        Ok(_) => panic!("a 7-byte object linked"),
-        Err(e) => e,
-    };
+    let err = linker
+        .link(&HostSymbols::new())
+        .expect_err("a 7-byte object linked");
     assert!(matches!(err, LinkError::Malformed { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -39,10 +38,8 @@ fn an_object_the_elf_reader_refuses_keeps_its_error() {
 
 #[test]
 fn an_archive_the_reader_refuses_keeps_its_error() {
-    let err = match Archive::parse("bad.a", b"!<arch>\nnot a member header".to_vec()) {
-        Ok(_) => panic!("a truncated archive parsed"),
-        Err(e) => e,
-    };
+    let err = Archive::parse("bad.a", b"!<arch>\nnot a member header".to_vec())
+        .expect_err("a truncated archive parsed");
     let msg = err.to_string();
     assert!(msg.starts_with("bad.a: not an archive: "), "{msg}");
     assert!(
@@ -55,10 +52,8 @@ fn an_archive_the_reader_refuses_keeps_its_error() {
 fn a_library_that_cannot_be_loaded_says_why() {
     let mut host = HostSymbols::new();
     // SAFETY: a library that is not there: nothing is loaded.
-    let err = match unsafe { host.load_library("kiln-no-such-library", &[]) } {
-        Ok(()) => panic!("a library that does not exist loaded"),
-        Err(e) => e,
-    };
+    let err = unsafe { host.load_library("kiln-no-such-library", &[]) }
+        .expect_err("a library that does not exist loaded");
     assert!(matches!(err, LinkError::Library { .. }), "{err:?}");
     assert!(
         source_as::<libloading::Error>(&err).is_some(),
@@ -88,10 +83,9 @@ fn a_definition_the_engine_refuses_keeps_its_error() {
     layer
         .add_object(&app, None, "twice.o", &bytes)
         .expect("the first definition");
-    let err = match layer.add_object(&app, None, "again.o", &bytes) {
-        Ok(()) => panic!("`twice` was defined twice in one dylib"),
-        Err(e) => e,
-    };
+    let err = layer
+        .add_object(&app, None, "again.o", &bytes)
+        .expect_err("`twice` was defined twice in one dylib");
     assert!(matches!(err, LinkError::Engine { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -117,12 +111,7 @@ fn answer_image(dir: &str) -> Vec<u8> {
         "int answer(void) { return 42; }",
         &["-O2", "-fPIC"],
     );
-    let bytes = std::fs::read(&obj).expect("read the object");
-    let mut options = LinkOptions::default();
-    options.imaging = true;
-    let id = BuildId::of_inputs(&options, [("answer.o", bytes.as_slice())]);
-    let mut linker = Linker::new(options);
-    linker.add_object_bytes("answer.o", bytes);
+    let (mut linker, id) = common::images::imaging_linker(&[obj]);
     let image = linker.link(&HostSymbols::new()).expect("links");
     image.save_image(&id).expect("saves")
 }
@@ -139,10 +128,8 @@ fn an_image_the_engine_refuses_keeps_the_engines_error() {
     // SAFETY: the test's own image; nothing of it is looked up or run.
     unsafe { layer.add_image(&app, None, "a.kimg", image.clone()) }.expect("the first add");
     // SAFETY: the test's own image again; nothing of it is looked up or run.
-    let err = match unsafe { layer.add_image(&app, None, "b.kimg", image) } {
-        Ok(()) => panic!("`answer` was defined twice in one dylib"),
-        Err(e) => e,
-    };
+    let err = unsafe { layer.add_image(&app, None, "b.kimg", image) }
+        .expect_err("`answer` was defined twice in one dylib");
     let msg = err.to_string();
     assert!(
         msg.starts_with(
@@ -170,10 +157,8 @@ fn an_image_whose_elf_container_is_damaged_keeps_the_readers_error() {
     // e_phoff (ELF64 header offset 0x20): far past the end of the file.
     image[0x20..0x28].copy_from_slice(&0x7fff_ffff_0000u64.to_le_bytes());
     image_file::reseal(&mut image);
-    let err = match image_file::inspect("damaged.kimg", &image) {
-        Ok(_) => panic!("an image with its program headers out of the file was read"),
-        Err(e) => e,
-    };
+    let err = image_file::inspect("damaged.kimg", &image)
+        .expect_err("an image with its program headers out of the file was read");
     assert!(matches!(err, ImageError::Container { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -203,10 +188,9 @@ fn a_tls_refusal_keeps_the_tls_runtimes_error() {
     );
     let mut linker = Linker::new(LinkOptions::default());
     linker.add_object_file(&obj).expect("reads the object");
-    let err = match linker.link(&HostSymbols::new()) {
-        Ok(_) => panic!("8 MiB of initial-exec thread-locals linked"),
-        Err(e) => e,
-    };
+    let err = linker
+        .link(&HostSymbols::new())
+        .expect_err("8 MiB of initial-exec thread-locals linked");
     assert!(matches!(err, LinkError::Tls { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(

@@ -427,6 +427,14 @@ fn mutually_recursive_objects(dir: &Path) -> (Vec<u8>, Vec<u8>) {
 /// dispatcher too, also when one lookup starts both links: the first
 /// link's wait for the other's addresses used to strand the other's
 /// dispatch, queued behind it on the one thread (a hang).
+/// A JIT whose links run on the thread that asks.
+fn in_place_jit() -> Jit {
+    Jit::builder()
+        .dispatcher(kiln_engine::InPlaceDispatcher::new())
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn mutually_recursive_objects_link_with_the_in_place_dispatcher() {
     let _serial = serial();
@@ -434,10 +442,7 @@ fn mutually_recursive_objects_link_with_the_in_place_dispatcher() {
     let (a, b) = mutually_recursive_objects(&dir);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let jit = Jit::builder()
-            .dispatcher(kiln_engine::InPlaceDispatcher::new())
-            .build()
-            .unwrap();
+        let jit = in_place_jit();
         jit.add_object(&a).unwrap();
         jit.add_object(&b).unwrap();
         // Both objects start linking in one lookup: the first one's link
@@ -470,10 +475,7 @@ fn objects_added_together_link_as_one_image() {
     let _serial = serial();
     let dir = scratch("one-image");
     let (a, b) = mutually_recursive_objects(&dir);
-    let jit = Jit::builder()
-        .dispatcher(kiln_engine::InPlaceDispatcher::new())
-        .build()
-        .unwrap();
+    let jit = in_place_jit();
     jit.add_objects(&[("a.o", &a), ("b.o", &b)]).unwrap();
     // SAFETY: `a` and `b` are `long f(long)`.
     let (fa, fb) = unsafe { (jit.get::<I64Fn>("a"), jit.get::<I64Fn>("b")) };
@@ -483,10 +485,7 @@ fn objects_added_together_link_as_one_image() {
 
     // The same two objects one by one: two images, each calling the other
     // through a stub, with the same results.
-    let apart = Jit::builder()
-        .dispatcher(kiln_engine::InPlaceDispatcher::new())
-        .build()
-        .unwrap();
+    let apart = in_place_jit();
     apart.add_object(&a).unwrap();
     apart.add_object(&b).unwrap();
     // SAFETY: `a` and `b` are `long f(long)`.

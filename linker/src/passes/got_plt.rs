@@ -249,7 +249,7 @@ impl Requests {
 
 /// Every live edge's requests, and the externals live code references.
 pub(super) fn scan(graph: &LinkGraph) -> Requests {
-    scan_on(graph, graph.blocks.len() >= PARALLEL_SCAN_BLOCKS)
+    scan_on(graph, graph.is_large())
 }
 
 /// [`scan`], filtering the edges on rayon's threads if `parallel`.
@@ -288,9 +288,6 @@ fn scan_on(graph: &LinkGraph, parallel: bool) -> Requests {
     req.external_refs.retain(|id| !specials.contains_key(id));
     req
 }
-
-/// Graphs with at least this many blocks are scanned on rayon's threads.
-const PARALLEL_SCAN_BLOCKS: usize = 4096;
 
 /// Blocks a rayon task scans.
 const SCAN_CHUNK: usize = 512;

@@ -91,7 +91,7 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     level.retain(|&b| walk.claim(b));
     let mut discarded: Option<(BlockId, usize)> = None;
     while !level.is_empty() {
-        let step = if level.len() >= PARALLEL_LEVEL && graph.blocks.len() >= PARALLEL_BLOCKS {
+        let step = if level.len() >= PARALLEL_LEVEL && graph.is_large() {
             level
                 .par_chunks(LEVEL_CHUNK)
                 .map(|blocks| walk.step(blocks, &start_stop))
@@ -127,12 +127,9 @@ pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// Levels of at least this many blocks, in graphs of at least
-/// [`PARALLEL_BLOCKS`] blocks, are walked on rayon's threads.
+/// Levels of at least this many blocks, in large graphs
+/// ([`LinkGraph::is_large`]), are walked on rayon's threads.
 const PARALLEL_LEVEL: usize = 64;
-/// Smaller graphs are walked on the calling thread alone (a rayon task
-/// costs more than their walk).
-const PARALLEL_BLOCKS: usize = 4096;
 /// Blocks of a level a rayon task walks.
 const LEVEL_CHUNK: usize = 16;
 
