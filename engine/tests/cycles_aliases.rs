@@ -112,6 +112,36 @@ fn a_longer_blocking_cycle_under_the_in_place_dispatcher_is_reported() {
     );
 }
 
+/// The cycle's text, step by step from the unit whose wait closed it: the
+/// search that finds it is built from ids, its words only once it closes.
+#[test]
+fn a_blocking_cycle_is_spelled_out_in_the_order_the_units_wait() {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let result = without_hanging("cycle text", move || {
+        let s = inplace();
+        let d = s.create_dylib("d").unwrap();
+        let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
+        d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
+        d.define(waiting_unit(&bar, &baz, &d, &errs)).unwrap();
+        d.define(waiting_unit(&baz, &foo, &d, &errs)).unwrap();
+        let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
+            .wait()
+            .map(|_| ());
+        s.end();
+        result
+    });
+    assert!(result.is_err());
+    let msgs = errors.lock().unwrap().clone();
+    let expected = "blocking lookups form a cycle: unit 'unit-baz' waits for foo in dylib 'd' -> \
+                    unit 'unit-foo', which cannot return before unit 'unit-bar' and unit \
+                    'unit-baz', nested above it on its thread, return";
+    assert!(
+        msgs.iter().any(|m| m.contains(expected)),
+        "{msgs:#?}"
+    );
+}
+
 /// Nested in place but not a cycle: Foo's materializer waits for Bar, whose
 /// materializer waits for Baz (a plain unit). Everything completes.
 #[test]
@@ -250,4 +280,47 @@ fn a_unit_nested_by_a_helping_wait_that_waits_for_the_unit_beneath_it_is_a_cycle
             .any(|m| m.contains("cycle") && m.contains("unit-foo") && m.contains("unit-bar")),
         "{msgs:?} / {result:?}"
     );
+}
+
+/// On a pool of three, the three units wait on their own threads or nested
+/// (the helping wait), so where the cycle closes depends on timing; its
+/// text is a chain all the same: each step's unit is the one the step
+/// before waits for.
+#[test]
+fn a_blocking_cycle_across_threads_is_spelled_out_as_a_chain_of_waits() {
+    for _ in 0..10 {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let errs = errors.clone();
+        let result = without_hanging("cycle chain", move || {
+            let s = Session::builder().dispatcher(WorkerPool::new(3)).build();
+            let d = s.create_dylib("d").unwrap();
+            let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
+            d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
+            d.define(waiting_unit(&bar, &baz, &d, &errs)).unwrap();
+            d.define(waiting_unit(&baz, &foo, &d, &errs)).unwrap();
+            let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
+                .wait()
+                .map(|_| ());
+            s.end();
+            result
+        });
+        assert!(result.is_err());
+        let msgs = errors.lock().unwrap().clone();
+        let cycle = msgs
+            .iter()
+            .find_map(|m| m.strip_prefix("blocking lookups form a cycle: "))
+            .unwrap_or_else(|| panic!("no cycle reported: {msgs:#?}"));
+        let steps: Vec<&str> = cycle.split(" -> ").collect();
+        assert!(steps.len() >= 2, "{cycle}");
+        for pair in steps.windows(2) {
+            let waited = pair[0]
+                .split_once(" waits for ")
+                .and_then(|(_, rest)| rest.strip_suffix(" in dylib 'd'"))
+                .unwrap_or_else(|| panic!("not a wait: {:?} in {cycle}", pair[0]));
+            assert!(
+                pair[1].starts_with(&format!("unit 'unit-{waited}'")),
+                "{cycle}"
+            );
+        }
+    }
 }

@@ -1,9 +1,8 @@
 //! Blocking-cycle detection: a materializer blocked on a lookup that
 //! transitively waits on that same materializer.
 
-use std::fmt::Write as _;
-
 use super::{FixedSet, State};
+use crate::sync::FixedMap;
 use crate::actor::{Effects, RespId, SymId};
 use crate::error::Error;
 use crate::symbol::SymbolState;
@@ -81,11 +80,15 @@ impl State {
         let Some(&start) = self.lookups.get(&id).and_then(|lk| lk.blocked_resps.last()) else {
             return;
         };
+        // How each materializer met was first reached: (the one waiting,
+        // the symbol it waits for). The cycle's text is built from it only
+        // when one closes, so a search that finds none formats nothing.
+        let mut reached: FixedMap<RespId, (RespId, SymId)> = FixedMap::default();
         let mut visited = FixedSet::default();
         visited.insert(start);
-        let mut stack = vec![(id, start, Vec::<String>::new())];
+        let mut stack = vec![(id, start)];
         let mut owners = Vec::new();
-        while let Some((lookup, waiter, path)) = stack.pop() {
+        while let Some((lookup, waiter)) = stack.pop() {
             let Some(lk) = self.lookups.get(&lookup) else {
                 continue;
             };
@@ -96,29 +99,42 @@ impl State {
                 owners.clear();
                 self.owners(sid, &mut owners);
                 for &(owner, via) in &owners {
-                    let mut step = String::new();
-                    let _ = write!(
-                        step,
-                        "unit '{}' waits for {}",
-                        self.resp_name(waiter),
-                        self.qname(via)
-                    );
-                    let mut next_path = path.clone();
-                    next_path.push(step);
                     if self.blocked.get(&owner).is_some_and(|l| l.contains(&id)) {
-                        next_path.push(self.closing_step(owner, id));
-                        return self.fail_lookup(id, Error::BlockingCycle { cycle: next_path }, fx);
+                        let mut cycle = self.path_to(&reached, waiter);
+                        cycle.push(self.wait_step(waiter, via));
+                        cycle.push(self.closing_step(owner, id));
+                        return self.fail_lookup(id, Error::BlockingCycle { cycle }, fx);
                     }
-                    if visited.insert(owner)
-                        && let Some(next) = self.blocked.get(&owner)
-                    {
-                        for &next in next {
-                            stack.push((next, owner, next_path.clone()));
+                    if visited.insert(owner) {
+                        reached.insert(owner, (waiter, via));
+                        if let Some(next) = self.blocked.get(&owner) {
+                            stack.extend(next.iter().map(|&next| (next, owner)));
                         }
                     }
                 }
             }
         }
+    }
+
+    /// The steps from the search's start to `resp`, following `reached`
+    /// back (the start is the one materializer not in it).
+    fn path_to(&self, reached: &FixedMap<RespId, (RespId, SymId)>, resp: RespId) -> Vec<String> {
+        let mut path = Vec::new();
+        let mut at = resp;
+        while let Some(&(waiter, via)) = reached.get(&at) {
+            path.push(self.wait_step(waiter, via));
+            at = waiter;
+        }
+        path.reverse();
+        path
+    }
+
+    fn wait_step(&self, waiter: RespId, via: SymId) -> String {
+        format!(
+            "unit '{}' waits for {}",
+            self.resp_name(waiter),
+            self.qname(via)
+        )
     }
 
     /// The last step of a cycle through lookup `id`, closed by `owner`, one
