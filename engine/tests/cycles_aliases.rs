@@ -136,10 +136,7 @@ fn a_blocking_cycle_is_spelled_out_in_the_order_the_units_wait() {
     let expected = "blocking lookups form a cycle: unit 'unit-baz' waits for foo in dylib 'd' -> \
                     unit 'unit-foo', which cannot return before unit 'unit-bar' and unit \
                     'unit-baz', nested above it on its thread, return";
-    assert!(
-        msgs.iter().any(|m| m.contains(expected)),
-        "{msgs:#?}"
-    );
+    assert!(msgs.iter().any(|m| m.contains(expected)), "{msgs:#?}");
 }
 
 /// Nested in place but not a cycle: Foo's materializer waits for Bar, whose

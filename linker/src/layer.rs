@@ -1061,13 +1061,9 @@ impl EarlyPrepare {
                 prepare(graph, job.below_2gib, job.imaging)
             }))
             .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
                 Err(LinkError::engine_bug(format!(
-                    "{objects}: panicked while preparing the image: {what}"
+                    "{objects}: panicked while preparing the image: {}",
+                    panic_message(&*panic)
                 )))
             });
             *job.state.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -1127,30 +1123,52 @@ impl MaterializationUnit for ObjectUnit {
         self.symbols.clone()
     }
 
+    /// Links up to the externals (steps 1–9), asks the session for them
+    /// and returns: the rest runs when they are Resolved, as a task, so no
+    /// thread blocks on other units — the pool's threads link the units
+    /// that one lookup started side by side, and units that name each
+    /// other wait on nothing but their answers.
     fn materialize(mut self: Box<Self>, r: Responsibility) {
         let Some(input) = self.input.take() else {
             return r.fail(Error::msg(format!("{}: object already linked", self.name)));
         };
-        match link(
-            &self.layer,
-            &self.name,
-            self.order,
-            input,
-            &self.symbols,
-            &self.globals,
-            &r,
-        ) {
-            Ok((groups, graph)) => {
-                let _ = r.emit(groups);
-                // Freeing the graph's arenas takes a while for big images:
-                // only after the emit, which lets waiting lookups go on.
-                // (Here, not on a rayon thread: W9's builder path ran
-                // fewer instructions but no faster that way — memory
-                // another thread frees is not what this one allocates next.)
-                drop(graph);
+        let begun = match self.begin_link(input, &r) {
+            Ok(begun) => begun,
+            Err(e) => return r.fail(e),
+        };
+        let lookup = self.layer.session.lookup_with(
+            &kiln_engine::LookupRequest::new(
+                begun.order.clone(),
+                LookupSet::weak(begun.externals.iter().map(|(_, n)| n.clone())),
+                RequiredState::Resolved,
+            )
+            .kind(LookupKind::Static),
+        );
+        lookup.on_complete(move |found| {
+            let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.finish_link(begun, found, &r)
+            }));
+            match finished {
+                Ok(Ok((groups, graph))) => {
+                    let _ = r.emit(groups);
+                    // Freeing the graph's arenas takes a while for big
+                    // images: only after the emit, which lets waiting
+                    // lookups go on. (Here, not on a rayon thread: W9's
+                    // builder path ran fewer instructions but no faster
+                    // that way — memory another thread frees is not what
+                    // this one allocates next.)
+                    drop(graph);
+                }
+                Ok(Err(e)) => r.fail(e),
+                Err(panic) => {
+                    let unit = Arc::from(r.unit_name());
+                    r.fail(Error::Panicked {
+                        unit,
+                        message: panic_message(&*panic),
+                    })
+                }
             }
-            Err(e) => r.fail(e),
-        }
+        });
     }
 
     fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
@@ -1202,23 +1220,14 @@ fn owed_symbols(
     Ok(owed)
 }
 
-/// The engine's side of one unit's link ([`passes::LinkHost`]): the image's
-/// own addresses go to the engine, its externals are looked up through the
-/// dylib's link order.
+/// The engine's side of steps 1–9 of one unit's link
+/// ([`passes::LinkHost`]): the image's own addresses go to the engine.
 struct EngineHost<'a> {
-    layer: &'a ObjectLayer,
-    name: &'a str,
     r: &'a Responsibility,
     globals: &'a [(SymbolName, SymbolId)],
     owed: &'a [Option<SymbolFlags>],
     /// The definitions reported at step 9, emitted at the end.
     defs: Vec<(SymbolName, SymbolDef)>,
-    /// The link order and what the lookup of the externals found in it.
-    found: Option<(kiln_engine::SearchOrder, kiln_engine::SymbolMap)>,
-    /// The image's identity: its own `__dso_handle` slot.
-    dso: Option<runtime::DsoHandle>,
-    prepared_at: Instant,
-    resolved_at: Instant,
 }
 
 impl passes::LinkHost for EngineHost<'_> {
@@ -1228,7 +1237,7 @@ impl passes::LinkHost for EngineHost<'_> {
         link_error(e)
     }
 
-    /// (a) Our own addresses: other units waiting on them at Resolved go on.
+    /// Our own addresses: other units waiting on them at Resolved go on.
     fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), Error> {
         let mut defs = Vec::with_capacity(self.globals.len());
         for ((n, id), flags) in self.globals.iter().zip(self.owed) {
@@ -1240,28 +1249,90 @@ impl passes::LinkHost for EngineHost<'_> {
         }
         self.r.resolve(&defs)?;
         self.defs = defs;
-        self.prepared_at = Instant::now();
         Ok(())
     }
+}
 
-    /// (b) Externals, at Resolved, through the dylib's link order. All are
-    /// asked weakly so the linker can name every missing one with the
-    /// objects that reference it.
-    fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), Error> {
+/// A unit's link up to its externals: what [`ObjectUnit::finish_link`]
+/// goes on with once the session has them.
+struct Begun {
+    prepared: Prepared,
+    /// The image's own definitions, reported at step 9, emitted at the end.
+    defs: Vec<(SymbolName, SymbolDef)>,
+    /// The externals, as asked: all weakly, so the linker can name every
+    /// missing one with the objects that reference it.
+    externals: Vec<(SymbolId, SymbolName)>,
+    /// The dylib's link order, which they are looked up through.
+    order: kiln_engine::SearchOrder,
+    started: Instant,
+    prepared_at: Instant,
+}
+
+impl ObjectUnit {
+    /// Steps 1–9 ([`passes::before_externals`]) and the externals to ask.
+    fn begin_link(&self, input: UnitInput, r: &Responsibility) -> Result<Begun, Error> {
+        let started = Instant::now();
+        let (name, globals) = (&self.name, &self.globals);
+        let owed = owed_symbols(name, &self.symbols, globals, r, &input)?;
+        let start = match input {
+            UnitInput::Graph(mut graph) => {
+                for ((_, id), flags) in globals.iter().zip(&owed) {
+                    if flags.is_none() {
+                        graph.symbols[id.index()].def = GraphDef::External;
+                    }
+                }
+                passes::Start::Graph {
+                    graph,
+                    roots: &Roots::All,
+                    below_2gib: self.layer.below_2gib(),
+                }
+            }
+            UnitInput::Early(early) => {
+                passes::Start::Prepared(Box::new(early.take().map_err(link_error)?))
+            }
+        };
+        let mut host = EngineHost {
+            r,
+            globals,
+            owed: &owed,
+            defs: Vec::new(),
+        };
+        let prepared = passes::before_externals(start, &mut host, &self.layer.shared.options)?;
         let session = &self.layer.session;
-        let order = self.r.dylib().link_order();
-        let externals: Vec<(SymbolId, SymbolName)> = prepared
+        let externals = prepared
             .external_symbols_unordered()
             .into_iter()
             .map(|(id, n)| (id, session.intern(n)))
             .collect();
-        let set = LookupSet::weak(externals.iter().map(|(_, n)| n.clone()));
-        let found = session
-            .lookup_with(
-                &kiln_engine::LookupRequest::new(order.clone(), set, RequiredState::Resolved)
-                    .kind(LookupKind::Static),
-            )
-            .wait()?;
+        Ok(Begun {
+            prepared,
+            defs: host.defs,
+            externals,
+            order: r.dylib().link_order(),
+            started,
+            prepared_at: Instant::now(),
+        })
+    }
+
+    /// Steps 10–12 with the externals `found`: the image, tracked, and
+    /// what to emit; the graph comes back to be freed after the emit.
+    fn finish_link(
+        &self,
+        begun: Begun,
+        found: kiln_engine::Result<kiln_engine::SymbolMap>,
+        r: &Responsibility,
+    ) -> Result<Linked, Error> {
+        let Begun {
+            mut prepared,
+            defs,
+            externals,
+            order,
+            started,
+            prepared_at,
+        } = begun;
+        let found = found?;
+        let resolved_at = Instant::now();
+        prepared.set_lookup_time(resolved_at - prepared_at);
         let mut data = Vec::new();
         let answers: Vec<(SymbolId, Option<u64>)> = externals
             .iter()
@@ -1277,17 +1348,68 @@ impl passes::LinkHost for EngineHost<'_> {
             .resolve_external_ids(&answers)
             .map_err(link_error)?;
         prepared.mark_data_externals(data);
-        self.found = Some((order, found));
-        self.resolved_at = Instant::now();
-        // (c) Fixup and finalize come next; the image belongs to the
-        // tracker. Its identity is its own `__dso_handle` slot, which code
-        // names PC-relatively.
-        let name = self.name;
+        // The image belongs to the tracker. Its identity is its own
+        // `__dso_handle` slot, which code names PC-relatively.
+        let name = &self.name;
         let dso = runtime::DsoHandle::new_at(name.to_string(), prepared.dso_handle() as usize)
             .map_err(|e| link_error(LinkError::runtime(name, e)))?;
-        self.dso = Some(dso);
-        Ok(())
+        let env = ImageEnv {
+            name: name.to_string(),
+            tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
+        };
+        // The engine holds the addresses: no name → address table for the
+        // image.
+        let mut options = self.layer.shared.options.clone();
+        options.symbol_table = false;
+        let (finalized, graph) =
+            passes::fix_up_and_finalize(prepared, &env, &options).map_err(link_error)?;
+        let stats = finalized.stats;
+        let finalized_at = Instant::now();
+        let image = self.layer_image(name, finalized, dso, r)?;
+        let times = (
+            prepared_at - started,
+            resolved_at - prepared_at,
+            finalized_at - resolved_at,
+        );
+        track_image(&self.layer, r, image, times, &stats)?;
+        // Emit (by the caller, after this returns).
+        let groups = dependence_groups(&order, &found, defs);
+        Ok((groups, graph))
     }
+
+    /// The finalized image as the layer keeps it.
+    fn layer_image(
+        &self,
+        name: &str,
+        finalized: passes::Finalized,
+        dso: runtime::DsoHandle,
+        r: &Responsibility,
+    ) -> Result<ImageCell, Error> {
+        let mut linked =
+            LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?;
+        linked.set_executable_teardown(
+            self.layer
+                .shared
+                .executable
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        Ok(Arc::new(Mutex::new(LayerImage {
+            image: linked,
+            order: self.order,
+            dylib: r.dylib().name().to_string(),
+            from_file: false,
+            keep: Vec::new(),
+        })))
+    }
+}
+
+/// A panic's message, when its payload is a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_string())
 }
 
 /// Hands `image` to the unit's tracker and queues its initializers;
@@ -1321,99 +1443,6 @@ fn track_image(
         }
     })?;
     Ok(())
-}
-
-/// The pipeline for one unit ([`passes::run`]), with the engine in the
-/// middle of it ([`EngineHost`]).
-fn link(
-    layer: &ObjectLayer,
-    name: &str,
-    position: usize,
-    input: UnitInput,
-    symbols: &[(SymbolName, SymbolFlags)],
-    globals: &[(SymbolName, SymbolId)],
-    r: &Responsibility,
-) -> Result<Linked, Error> {
-    let started = Instant::now();
-    let owed = owed_symbols(name, symbols, globals, r, &input)?;
-    let start = match input {
-        UnitInput::Graph(mut graph) => {
-            for ((_, id), flags) in globals.iter().zip(&owed) {
-                if flags.is_none() {
-                    graph.symbols[id.index()].def = GraphDef::External;
-                }
-            }
-            passes::Start::Graph {
-                graph,
-                roots: &Roots::All,
-                below_2gib: layer.below_2gib(),
-            }
-        }
-        UnitInput::Early(early) => {
-            passes::Start::Prepared(Box::new(early.take().map_err(link_error)?))
-        }
-    };
-    let env = ImageEnv {
-        name: name.to_string(),
-        tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
-    };
-    // The engine holds the addresses: no name → address table for the
-    // image. The graph comes back to be freed after the emit.
-    let mut options = layer.shared.options.clone();
-    options.symbol_table = false;
-    let mut host = EngineHost {
-        layer,
-        name,
-        r,
-        globals,
-        owed: &owed,
-        defs: Vec::new(),
-        found: None,
-        dso: None,
-        prepared_at: started,
-        resolved_at: started,
-    };
-    let (finalized, graph) = passes::run(start, &mut host, &env, &options)?;
-    let EngineHost {
-        defs,
-        found,
-        dso,
-        prepared_at,
-        resolved_at,
-        ..
-    } = host;
-    let (Some((order, found)), Some(dso)) = (found, dso) else {
-        return Err(Error::msg(format!(
-            "{name}: the pipeline finished without looking up the image's externals (linker bug)"
-        )));
-    };
-    let stats = finalized.stats;
-    let finalized_at = Instant::now();
-    let mut linked =
-        LinkedImage::start(name.to_string(), finalized, dso, false).map_err(link_error)?;
-    linked.set_executable_teardown(
-        layer
-            .shared
-            .executable
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
-    let image = Arc::new(Mutex::new(LayerImage {
-        image: linked,
-        order: position,
-        dylib: r.dylib().name().to_string(),
-        from_file: false,
-        keep: Vec::new(),
-    }));
-    let times = (
-        prepared_at - started,
-        resolved_at - prepared_at,
-        finalized_at - resolved_at,
-    );
-    track_image(layer, r, image, times, &stats)?;
-
-    // (d) Emit (by the caller, after this returns).
-    let groups = dependence_groups(&order, &found, defs);
-    Ok((groups, graph))
 }
 
 /// The image's symbols (`defs`) as one group, depending on the external

@@ -629,3 +629,83 @@ fn a_lazily_linked_function_has_one_address_for_the_host_and_every_object() {
     );
     j.session.end();
 }
+
+/// An x86-64 object defining `chain_<i>`: a tail call of `chain_<i+1>`,
+/// or — the last — `return 42`. Built with `object`'s writer, so
+/// thousands cost no compiler runs.
+fn chain_object(i: usize, last: bool) -> Vec<u8> {
+    use object::write::{Object, Relocation, StandardSection, Symbol, SymbolSection};
+    use object::{
+        Architecture, BinaryFormat, Endianness, RelocationFlags, SymbolFlags as ObjFlags,
+        SymbolKind, SymbolScope,
+    };
+    let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let text = obj.section_id(StandardSection::Text);
+    let code: &[u8] = if last {
+        &[0xb8, 42, 0, 0, 0, 0xc3] // mov eax, 42; ret
+    } else {
+        &[0xe9, 0, 0, 0, 0] // jmp chain_<i+1>
+    };
+    let offset = obj.append_section_data(text, code, 16);
+    obj.add_symbol(Symbol {
+        name: format!("chain_{i}").into_bytes(),
+        value: offset,
+        size: code.len() as u64,
+        kind: SymbolKind::Text,
+        scope: SymbolScope::Dynamic,
+        weak: false,
+        section: SymbolSection::Section(text),
+        flags: ObjFlags::None,
+    });
+    if !last {
+        let next = obj.add_symbol(Symbol {
+            name: format!("chain_{}", i + 1).into_bytes(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Text,
+            scope: SymbolScope::Dynamic,
+            weak: false,
+            section: SymbolSection::Undefined,
+            flags: ObjFlags::None,
+        });
+        obj.add_relocation(
+            text,
+            Relocation {
+                offset: offset + 1,
+                symbol: next,
+                addend: -4,
+                flags: RelocationFlags::Elf {
+                    r_type: object::elf::R_X86_64_PLT32,
+                },
+            },
+        )
+        .unwrap();
+    }
+    obj.write().unwrap()
+}
+
+/// A chain of units, each calling the next, on a pool of one thread: a
+/// unit asks for its externals and returns; it goes on when they are
+/// Resolved. (It used to block in that lookup, and its thread ran the next
+/// unit's link nested above it, then the next: the stack grew by one link
+/// per unit, and 4,000 overflowed the worker's.)
+#[test]
+fn a_long_chain_of_units_links_without_nesting_one_in_another() {
+    const UNITS: usize = 4000;
+    let session = Session::builder().dispatcher(WorkerPool::new(1)).build();
+    let layer = ObjectLayer::new(&session);
+    let app = session.create_dylib("app").unwrap();
+    for i in 0..UNITS {
+        let bytes = chain_object(i, i + 1 == UNITS);
+        layer
+            .add_object(&app, None, &format!("chain_{i}.o"), &bytes)
+            .unwrap();
+    }
+    let found = app.lookup_ready(&["chain_0"]).unwrap();
+    let address = found.get_str("chain_0").unwrap().address;
+    // SAFETY: `chain_0` is Ready: the whole chain of tail calls ending in
+    // `return 42` is linked and finalized, and takes no arguments.
+    let f = unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(address as usize) };
+    assert_eq!(f(), 42);
+    session.end();
+}

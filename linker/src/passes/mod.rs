@@ -19,11 +19,14 @@
 //! | 12 | finalize: `.eh_frame`, init/fini, TLS image, protections, debuggers | `finalize.rs` |
 //!
 //! Both users run this sequence: the convenient [`crate::Linker`] through
-//! [`link_graph`], the engine's object layer ([`crate::layer`]) through
-//! `run` with a `LinkHost` that reports the image's own symbols to the
-//! engine and looks externals up through its session. The layer may run
-//! steps 1–8 early, on a rayon thread (`prepare`, what `run` does
-//! first for a `Start::Graph`), and then hands `run` the result.
+//! [`link_graph`] (`run`, with a host that answers step 10 at once), the
+//! engine's object layer ([`crate::layer`]) in its two halves around step
+//! 10: `before_externals` with a `LinkHost` that reports the image's own
+//! symbols to the engine, then — when the session's lookup of the
+//! externals answers, which the layer does not block for —
+//! `fix_up_and_finalize`. The layer may run steps 1–8 early, on a rayon
+//! thread (`prepare`, what `before_externals` does first for a
+//! `Start::Graph`), and then hands it the result.
 //!
 //! No pass names an ISA: what an edge asks for is read from its
 //! `kiln_arch::EdgeDesc` (`edges.rs`), and the fixup is generic over
@@ -100,8 +103,8 @@ fn free_graph(graph: LinkGraph) {
 }
 
 /// Where the pipeline meets its user: the engine's object layer reports
-/// the image's own addresses and looks externals up through its session;
-/// [`link_graph`] asks a [`SymbolResolver`].
+/// the image's own addresses to its session; [`link_graph`]'s host reports
+/// nothing.
 pub(crate) trait LinkHost {
     /// The host's error; link errors become one with [`LinkHost::link_error`].
     type Error;
@@ -112,7 +115,12 @@ pub(crate) trait LinkHost {
     /// Step 9: the graph's own symbols have their final addresses
     /// ([`Prepared::defined_address`]).
     fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), Self::Error>;
+}
 
+/// A host that answers step 10 at once: [`run`] asks it and goes on. (The
+/// object layer asks its session without blocking and goes on with
+/// [`fix_up_and_finalize`] when the answer comes.)
+pub(crate) trait ResolvesExternals: LinkHost {
     /// Step 10: record the address of every external
     /// ([`Prepared::external_symbols`], [`Prepared::resolve_external_ids`]).
     fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), Self::Error>;
@@ -137,18 +145,36 @@ pub(crate) enum Start<'a> {
     Prepared(Box<Prepared>),
 }
 
-/// The pipeline, in order: steps 1–8 ([`prepare`]) unless `start` is
-/// prepared already, then the steps that need the host, fixup and finalize.
-/// Hands the graph back (unless [`LinkOptions::keep_graph`] put it in
-/// [`Finalized::graph`]) instead of freeing it: freeing a big graph takes
-/// milliseconds, which the engine layer spends after the image is emitted.
-pub(crate) fn run<H: LinkHost>(
+/// The pipeline, in order: [`before_externals`] (steps 1–9), the host's
+/// answer for the externals (step 10), [`fix_up_and_finalize`] (steps
+/// 11–12). Hands the graph back (unless [`LinkOptions::keep_graph`] put it
+/// in [`Finalized::graph`]) instead of freeing it: freeing a big graph
+/// takes milliseconds, which the engine layer spends after the image is
+/// emitted.
+pub(crate) fn run<H: ResolvesExternals>(
     start: Start<'_>,
     host: &mut H,
     env: &ImageEnv,
     options: &LinkOptions,
 ) -> Result<FinalizedKeeping, H::Error> {
-    let mut prepared = match start {
+    let mut prepared = before_externals(start, host, options)?;
+    // 10. One question for every external; all missing ones in one error.
+    let t = Instant::now();
+    host.resolve_externals(&mut prepared)?;
+    prepared.set_lookup_time(t.elapsed());
+    // 11–12. Fixup (parallel for large graphs) and finalize memory.
+    fix_up_and_finalize(prepared, env, options).map_err(|e| host.link_error(e))
+}
+
+/// Steps 1–9: [`prepare`] unless `start` is prepared already, then the
+/// host hears the image's own addresses. What is left needs the
+/// externals' addresses.
+pub(crate) fn before_externals<H: LinkHost>(
+    start: Start<'_>,
+    host: &mut H,
+    options: &LinkOptions,
+) -> Result<Prepared, H::Error> {
+    let prepared = match start {
         Start::Graph {
             graph,
             roots,
@@ -158,12 +184,7 @@ pub(crate) fn run<H: LinkHost>(
     };
     // 9. The graph's own symbols are final: the engine reports them here.
     host.own_symbols_resolved(&prepared)?;
-    // 10. One question for every external; all missing ones in one error.
-    let t = Instant::now();
-    host.resolve_externals(&mut prepared)?;
-    prepared.timings.lookup = t.elapsed();
-    // 11–12. Fixup (parallel for large graphs) and finalize memory.
-    fix_up_and_finalize(prepared, env, options).map_err(|e| host.link_error(e))
+    Ok(prepared)
 }
 
 /// Steps 1–8: everything that needs nothing from outside the graph. Every
@@ -263,7 +284,9 @@ impl LinkHost for ResolverHost<'_> {
         // A standalone link needs nothing more.
         Ok(())
     }
+}
 
+impl ResolvesExternals for ResolverHost<'_> {
     fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), LinkError> {
         let names = prepared.external_names();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
@@ -299,7 +322,9 @@ mod tests {
             }
             Ok(())
         }
+    }
 
+    impl ResolvesExternals for Recorder {
         fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), LinkError> {
             self.calls.push("externals");
             prepared.resolve_external_ids(&[])

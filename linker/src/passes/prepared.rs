@@ -97,6 +97,11 @@ impl Prepared {
         self.tls
     }
 
+    /// Records how long step 10, the externals' lookup, took.
+    pub(crate) fn set_lookup_time(&mut self, took: std::time::Duration) {
+        self.timings.lookup = took;
+    }
+
     /// The address `__dso_handle` names in this image: an 8-byte slot in
     /// its read-only data, so PC-relative references to it always reach.
     /// Register the image's [`crate::runtime::DsoHandle`] there.

@@ -2,10 +2,10 @@
 //! transitively waits on that same materializer.
 
 use super::{FixedSet, State};
-use crate::sync::FixedMap;
 use crate::actor::{Effects, RespId, SymId};
 use crate::error::Error;
 use crate::symbol::SymbolState;
+use crate::sync::FixedMap;
 
 impl State {
     /// Who must act for `sid` to progress: its materializer, or — when it is
