@@ -3,7 +3,8 @@
 //!
 //! A blocking wait on a [`WorkerPool`] thread helps: it runs other queued
 //! tasks while it waits, so a bounded pool cannot deadlock on lookups whose
-//! materializers are queued behind it.
+//! materializers are queued behind it. The [`InPlaceDispatcher`]'s waits
+//! do the same with the tasks queued on their thread.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -75,8 +76,12 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn shutdown(&self) {}
 }
 
-/// Runs every task immediately on the dispatching thread: deterministic, for
-/// tests and single-threaded hosts.
+/// Runs every task on the dispatching thread before `dispatch` returns:
+/// deterministic, for tests and single-threaded hosts. A task dispatched
+/// while another runs on this thread waits in this thread's queue and runs
+/// after it, in order — or while it blocks in a lookup's wait, which runs
+/// the queue first — so a chain of units that each start the next runs
+/// one after another, not nested in one another on the stack.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct InPlaceDispatcher;
 
@@ -89,7 +94,77 @@ impl InPlaceDispatcher {
 
 impl Dispatcher for InPlaceDispatcher {
     fn dispatch(&self, task: Task) {
-        task.run();
+        in_place::run_or_queue(task);
+    }
+}
+
+/// The in-place dispatcher's per-thread queue.
+pub(crate) mod in_place {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use super::Task;
+    use crate::sync::thread_local_const;
+
+    /// Tasks dispatched in place while a task runs on this thread.
+    struct Queue {
+        running: bool,
+        tasks: VecDeque<Task>,
+    }
+
+    thread_local_const! {
+        static QUEUE: RefCell<Queue> = RefCell::new(Queue {
+            running: false,
+            tasks: VecDeque::new(),
+        });
+    }
+
+    /// Runs `task` and then every task dispatched meanwhile, unless a task
+    /// runs on this thread already: then `task` waits its turn.
+    pub(crate) fn run_or_queue(task: Task) {
+        let mut task = Some(task);
+        let first = QUEUE.try_with(|q| {
+            let mut q = q.borrow_mut();
+            if q.running {
+                q.tasks.extend(task.take());
+                false
+            } else {
+                q.running = true;
+                true
+            }
+        });
+        match (first, task.take()) {
+            (Ok(true), Some(task)) => {
+                let _running = Running;
+                task.run();
+                while let Some(task) = pop() {
+                    task.run();
+                }
+            }
+            // This thread's locals are gone (`exit()` runs `atexit`
+            // handlers after them): nothing can be queued; run it here.
+            (Err(_), Some(task)) => task.run(),
+            _ => {}
+        }
+    }
+
+    /// Clears `running` however the loop ends: a panicking task unwinds to
+    /// the dispatcher's caller, and the tasks behind it run at the next
+    /// dispatch or wait on this thread.
+    struct Running;
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = QUEUE.try_with(|q| q.borrow_mut().running = false);
+        }
+    }
+
+    /// The next task waiting in this thread's queue.
+    pub(crate) fn pop() -> Option<Task> {
+        QUEUE
+            .try_with(|q| q.borrow_mut().tasks.pop_front())
+            .ok()
+            .flatten()
     }
 }
 

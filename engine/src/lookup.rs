@@ -628,6 +628,15 @@ impl Lookup {
                 self.cancel_with_timeout(deadline);
             }
         } else {
+            // Tasks this thread dispatched in place and queued behind the
+            // one now waiting (say, the unit this lookup waits for) run
+            // before it blocks.
+            while !shared.is_completed() {
+                let Some(task) = crate::dispatch::in_place::pop() else {
+                    break;
+                };
+                task.run();
+            }
             let mut slot = shared.slot.lock();
             while !slot.completed {
                 match deadline {

@@ -321,3 +321,50 @@ fn a_blocking_cycle_across_threads_is_spelled_out_as_a_chain_of_waits() {
         }
     }
 }
+
+/// In place, a chain of 20,000 units, each of which resolves its symbol,
+/// asks for the next one's with a callback and returns (the emit comes in
+/// the callback, as the object layer does it): each unit's materializer
+/// runs after the one that started it, from the in-place dispatcher's
+/// queue, not nested in it — the stack does not grow with the chain. (It
+/// used to: every dispatch ran at once, inside the lookup that made it,
+/// and such a chain overflowed the stack.)
+#[test]
+fn a_long_chain_of_units_dispatched_in_place_runs_one_after_another() {
+    const UNITS: usize = 20_000;
+    let result = without_hanging("in-place chain", || {
+        let s = inplace();
+        let d = s.create_dylib("d").unwrap();
+        let names: Vec<SymbolName> = (0..UNITS).map(|i| s.intern(&format!("f{i}"))).collect();
+        for i in 0..UNITS {
+            let me = names[i].clone();
+            let next = names.get(i + 1).cloned();
+            let dd = d.clone();
+            d.define(unit(&format!("unit-{i}"), &[(&names[i], X)], move |r| {
+                r.resolve(&[(me.clone(), def(0x1000 + i as u64))]).unwrap();
+                let Some(next) = next else {
+                    r.emit(vec![DependenceGroup::new([me], vec![])]).unwrap();
+                    return;
+                };
+                let deps = vec![(dd.clone(), vec![next.clone()])];
+                dd.session()
+                    .lookup(
+                        &order(&[&dd]),
+                        &LookupSet::required([next]),
+                        RequiredState::Resolved,
+                    )
+                    .on_complete(move |found| match found {
+                        Ok(_) => r.emit(vec![DependenceGroup::new([me], deps)]).unwrap(),
+                        Err(e) => r.fail(e),
+                    });
+            }))
+            .unwrap();
+        }
+        let found = lookup(&s, &[&d], &[&names[0]], RequiredState::Ready)
+            .wait()
+            .map(|m| m.get(&names[0]).map(|def| def.address));
+        s.end();
+        found
+    });
+    assert_eq!(result.unwrap(), Some(0x1000));
+}

@@ -684,28 +684,40 @@ fn chain_object(i: usize, last: bool) -> Vec<u8> {
     obj.write().unwrap()
 }
 
-/// A chain of units, each calling the next, on a pool of one thread: a
-/// unit asks for its externals and returns; it goes on when they are
-/// Resolved. (It used to block in that lookup, and its thread ran the next
-/// unit's link nested above it, then the next: the stack grew by one link
-/// per unit, and 4,000 overflowed the worker's.)
+/// A chain of units, each calling the next, on a pool of one thread and
+/// in place: a unit asks for its externals and returns; it goes on when
+/// they are Resolved. (It used to block in that lookup, and its thread ran
+/// the next unit's link nested above it, then the next: the stack grew by
+/// one link per unit, and 4,000 overflowed a worker's; in place, every
+/// dispatch ran nested in the lookup that made it, and 500 overflowed a
+/// test thread's.)
 #[test]
 fn a_long_chain_of_units_links_without_nesting_one_in_another() {
+    // Its thousands of images' memory would be reused under the tests
+    // that check removed code is no longer mapped.
+    let _serial = serial();
     const UNITS: usize = 4000;
-    let session = Session::builder().dispatcher(WorkerPool::new(1)).build();
-    let layer = ObjectLayer::new(&session);
-    let app = session.create_dylib("app").unwrap();
-    for i in 0..UNITS {
-        let bytes = chain_object(i, i + 1 == UNITS);
-        layer
-            .add_object(&app, None, &format!("chain_{i}.o"), &bytes)
-            .unwrap();
+    let objects: Vec<Vec<u8>> = (0..UNITS)
+        .map(|i| chain_object(i, i + 1 == UNITS))
+        .collect();
+    let sessions = [
+        Session::builder().dispatcher(WorkerPool::new(1)).build(),
+        Session::builder().dispatcher(InPlaceDispatcher).build(),
+    ];
+    for session in sessions {
+        let layer = ObjectLayer::new(&session);
+        let app = session.create_dylib("app").unwrap();
+        for (i, bytes) in objects.iter().enumerate() {
+            layer
+                .add_object(&app, None, &format!("chain_{i}.o"), bytes)
+                .unwrap();
+        }
+        let found = app.lookup_ready(&["chain_0"]).unwrap();
+        let address = found.get_str("chain_0").unwrap().address;
+        // SAFETY: `chain_0` is Ready: the whole chain of tail calls ending
+        // in `return 42` is linked and finalized, and takes no arguments.
+        let f = unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(address as usize) };
+        assert_eq!(f(), 42);
+        session.end();
     }
-    let found = app.lookup_ready(&["chain_0"]).unwrap();
-    let address = found.get_str("chain_0").unwrap().address;
-    // SAFETY: `chain_0` is Ready: the whole chain of tail calls ending in
-    // `return 42` is linked and finalized, and takes no arguments.
-    let f = unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(address as usize) };
-    assert_eq!(f(), 42);
-    session.end();
 }
