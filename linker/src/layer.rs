@@ -1144,30 +1144,13 @@ impl MaterializationUnit for ObjectUnit {
             )
             .kind(LookupKind::Static),
         );
+        // Freeing the graph's arenas takes a while for big images: only
+        // after the emit, which lets waiting lookups go on. (Here, not on a
+        // rayon thread: W9's builder path ran fewer instructions but no
+        // faster that way — memory another thread frees is not what this
+        // one allocates next.)
         lookup.on_complete(move |found| {
-            let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.finish_link(begun, found, &r)
-            }));
-            match finished {
-                Ok(Ok((groups, graph))) => {
-                    let _ = r.emit(groups);
-                    // Freeing the graph's arenas takes a while for big
-                    // images: only after the emit, which lets waiting
-                    // lookups go on. (Here, not on a rayon thread: W9's
-                    // builder path ran fewer instructions but no faster
-                    // that way — memory another thread frees is not what
-                    // this one allocates next.)
-                    drop(graph);
-                }
-                Ok(Err(e)) => r.fail(e),
-                Err(panic) => {
-                    let unit = Arc::from(r.unit_name());
-                    r.fail(Error::Panicked {
-                        unit,
-                        message: panic_message(&*panic),
-                    })
-                }
-            }
+            finish_unit(r, |r| self.finish_link(begun, found, r));
         });
     }
 
@@ -1400,6 +1383,56 @@ impl ObjectUnit {
             from_file: false,
             keep: Vec::new(),
         })))
+    }
+}
+
+/// Runs `finish`, the rest of a unit's link (in the task its lookup
+/// completed), emits the groups it returns and only then drops what else it
+/// returns; or fails `r` with its error, or with its panic.
+pub(crate) fn finish_unit<T>(
+    r: Responsibility,
+    finish: impl FnOnce(&Responsibility) -> Result<(Vec<DependenceGroup>, T), Error>,
+) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(&r))) {
+        Ok(Ok((groups, after_emit))) => {
+            let _ = r.emit(groups);
+            drop(after_emit);
+        }
+        Ok(Err(e)) => r.fail(e),
+        Err(panic) => {
+            let unit = Arc::from(r.unit_name());
+            r.fail(Error::Panicked {
+                unit,
+                message: panic_message(&*panic),
+            })
+        }
+    }
+}
+
+/// Calls `then` once every lookup of `lookups` has completed, whatever its
+/// result: in the task of the last one to complete, or here if all have.
+pub(crate) fn when_all_complete(
+    lookups: Vec<kiln_engine::Lookup>,
+    then: impl FnOnce() + Send + 'static,
+) {
+    type Then = Box<dyn FnOnce() + Send>;
+    if lookups.is_empty() {
+        return then();
+    }
+    let join: Arc<(std::sync::atomic::AtomicUsize, Mutex<Option<Then>>)> = Arc::new((
+        std::sync::atomic::AtomicUsize::new(lookups.len()),
+        Mutex::new(Some(Box::new(then))),
+    ));
+    for lookup in lookups {
+        let join = join.clone();
+        lookup.on_complete(move |_| {
+            if join.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                let then = join.1.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(then) = then {
+                    then();
+                }
+            }
+        });
     }
 }
 

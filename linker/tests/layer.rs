@@ -721,3 +721,56 @@ fn a_long_chain_of_units_links_without_nesting_one_in_another() {
         session.end();
     }
 }
+
+/// The same chain as images (each saved alone, importing the next by
+/// name), added to the layer: an image unit maps itself, resolves its
+/// exports, asks for its imports and returns; it is bound and finalized
+/// when they are Resolved. (It used to block in that lookup, nesting the
+/// next image's load above it, as object units did.)
+#[test]
+fn a_long_chain_of_images_loads_without_nesting_one_in_another() {
+    let _serial = serial();
+    const UNITS: usize = 1500;
+    let mut options = kiln_linker::LinkOptions::default();
+    options.imaging = true;
+    let images: Vec<Vec<u8>> = (0..UNITS)
+        .map(|i| {
+            let object = chain_object(i, i + 1 == UNITS);
+            let name = format!("chain_{i}.o");
+            let id = kiln_linker::image_file::BuildId::of_inputs(
+                &options,
+                [(name.as_str(), object.as_slice())],
+            );
+            let mut linker = kiln_linker::Linker::new(options.clone());
+            linker.add_object_bytes(name, object);
+            // The next link is left to the loader: saved by name, as
+            // `kiln image save --allow-undefined` does.
+            let by_name = |names: &[&str]| -> Vec<Option<u64>> { vec![Some(0); names.len()] };
+            let image = linker
+                .link(&by_name)
+                .unwrap_or_else(|e| panic!("chain_{i} links as an image: {e}"));
+            image.save_image(&id).expect("saves")
+        })
+        .collect();
+    let sessions = [
+        Session::builder().dispatcher(WorkerPool::new(1)).build(),
+        Session::builder().dispatcher(InPlaceDispatcher).build(),
+    ];
+    for session in sessions {
+        let layer = ObjectLayer::new(&session);
+        let app = session.create_dylib("app").unwrap();
+        for (i, bytes) in images.iter().enumerate() {
+            // SAFETY: images this test just saved, importing only each other.
+            unsafe { layer.add_image(&app, None, &format!("chain_{i}.kimg"), bytes.clone()) }
+                .unwrap();
+        }
+        let found = app.lookup_ready(&["chain_0"]).unwrap();
+        let address = found.get_str("chain_0").unwrap().address;
+        // SAFETY: `chain_0` is Ready: the whole chain of tail calls ending
+        // in `return 42` is loaded, bound and finalized; it takes no
+        // arguments.
+        let f = unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(address as usize) };
+        assert_eq!(f(), 42);
+        session.end();
+    }
+}

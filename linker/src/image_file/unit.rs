@@ -180,13 +180,21 @@ impl MaterializationUnit for ImageUnit {
         self.symbols.clone()
     }
 
+    /// Maps the image and resolves its exports, asks for what it links
+    /// against and returns: the rest runs when those are Resolved, as a
+    /// task (as an object unit's link does), so no thread blocks on another
+    /// unit in the common case. (The rest asks again, answered at once; a
+    /// dependency found only by a later candidate is still waited for.)
     fn materialize(self: Box<Self>, r: Responsibility) {
-        match self.load(&r) {
-            Ok(groups) => {
-                let _ = r.emit(groups);
-            }
-            Err(e) => r.fail(e),
-        }
+        let started =
+            self.with_parsed(|p| Ok((self.map_and_resolve(p, &r)?, self.ask_ahead(p, &r))));
+        let (mapped, asked) = match started {
+            Ok(started) => started,
+            Err(e) => return r.fail(e),
+        };
+        crate::layer::when_all_complete(asked, move || {
+            crate::layer::finish_unit(r, |r| Ok((self.bind_and_finish(mapped, r)?, ())));
+        });
     }
 
     fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
@@ -210,12 +218,7 @@ impl ImageUnit {
                 continue;
             };
             let order = SearchOrder::new().with(&dylib, DylibLookup::All);
-            let set = LookupSet::weak([added.export.clone()]);
-            let found = session
-                .lookup_with(
-                    &LookupRequest::new(order, set, RequiredState::Resolved)
-                        .kind(LookupKind::Static),
-                )
+            let found = resolved_lookup(session, order, [added.export.clone()])
                 .wait()
                 .map_err(|e| ImageError::Link {
                     name: self.name.clone(),
@@ -236,25 +239,24 @@ impl ImageUnit {
         Ok(registry::find(&d.build_id).map(|img| (img.base, img.size)))
     }
 
-    fn load(&self, r: &Responsibility) -> Result<Vec<DependenceGroup>, Error> {
-        let err = |e: ImageError| Error::msg(e);
-        // Checked (hash included) when added (or opened); the unit's bytes
-        // have not changed since: the tables are parsed again, the hash is not.
-        let owned;
-        let p: &Parsed<'_> = match &self.source {
-            Source::File(f) => f.parsed(),
-            Source::Bytes(b) => {
-                owned = read::parse_with(&self.name, b, false).map_err(err)?;
-                &owned
-            }
-        };
+    /// The image's tables: parsed when added (the hash checked then; the
+    /// unit's bytes have not changed since) — kept for a file, parsed again
+    /// from bytes.
+    fn with_parsed<T>(&self, f: impl FnOnce(&Parsed<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        match &self.source {
+            Source::File(file) => f(file.parsed()),
+            Source::Bytes(b) => f(&read::parse_with(&self.name, b, false).map_err(Error::msg)?),
+        }
+    }
+
+    /// (a) Maps the image and resolves its exports — own addresses first:
+    /// units waiting at Resolved go on, among them an image it links
+    /// against that imports from it (a cycle), which locating it waits for.
+    fn map_and_resolve(&self, p: &Parsed<'_>, r: &Responsibility) -> Result<Mapped, Error> {
         let session = self.layer.session();
-        let mut alloc = load::map_from(p, &self.name, self.source.file()).map_err(err)?;
+        let alloc = load::map_from(p, &self.name, self.source.file()).map_err(Error::msg)?;
         let registration = load::register(p, &alloc, &self.name);
         let base = alloc.base();
-        // (a) Own addresses first: units waiting at Resolved go on — among
-        // them an image it links against that imports from it (a cycle),
-        // which locating it below waits for.
         let owed: rustc_hash::FxHashMap<SymbolName, SymbolFlags> =
             r.symbols()?.into_iter().collect();
         let mut defs = Vec::with_capacity(owed.len());
@@ -272,6 +274,64 @@ impl ImageUnit {
             }
         }
         r.resolve(&defs)?;
+        Ok(Mapped {
+            alloc,
+            registration,
+            defs,
+        })
+    }
+
+    /// The lookups [`ImageUnit::bind_and_finish`] makes, started without
+    /// waiting: each dependency's first candidate and the imports.
+    fn ask_ahead(&self, p: &Parsed<'_>, r: &Responsibility) -> Vec<kiln_engine::Lookup> {
+        let session = self.layer.session();
+        let mut asked = Vec::new();
+        for d in &p.deps {
+            let first = self
+                .layer
+                .image_files(&d.build_id)
+                .into_iter()
+                .find_map(|added| Some((session.dylib(&added.dylib)?, added.export)));
+            if let Some((dylib, export)) = first {
+                asked.push(resolved_lookup(
+                    session,
+                    SearchOrder::new().with(&dylib, DylibLookup::All),
+                    [export],
+                ));
+            }
+        }
+        let names = load::import_names(p);
+        let interned = names.names.iter().map(|n| session.intern(n));
+        asked.push(resolved_lookup(session, r.dylib().link_order(), interned));
+        asked
+    }
+
+    /// (b) Binds what the image links against — the images by build id,
+    /// the imports through the link order — and (c) finalizes it: the
+    /// tracker owns it. What to emit: its exports, depending on each import
+    /// in the dylib it came from (and on one export of each image it links
+    /// against).
+    fn bind_and_finish(
+        &self,
+        mapped: Mapped,
+        r: &Responsibility,
+    ) -> Result<Vec<DependenceGroup>, Error> {
+        self.with_parsed(|p| self.bind_and_finish_with(p, mapped, r))
+    }
+
+    fn bind_and_finish_with(
+        &self,
+        p: &Parsed<'_>,
+        mapped: Mapped,
+        r: &Responsibility,
+    ) -> Result<Vec<DependenceGroup>, Error> {
+        let err = |e: ImageError| Error::msg(e);
+        let Mapped {
+            mut alloc,
+            registration,
+            defs,
+        } = mapped;
+        let session = self.layer.session();
         // Images it links against: all missing ones named at once.
         let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
         let deps = load::dependency_bases(
@@ -287,24 +347,18 @@ impl ImageUnit {
             },
         )
         .map_err(err)?;
-        // (b) Imports through the link order, weakly, so every missing one
-        // is named at once.
+        // Imports through the link order, weakly, so every missing one is
+        // named at once.
         let order = r.dylib().link_order();
         let names = load::import_names(p);
         let interned: Vec<SymbolName> = names.names.iter().map(|n| session.intern(n)).collect();
-        let set = LookupSet::weak(interned.iter().cloned());
-        let found = session
-            .lookup_with(
-                &LookupRequest::new(order.clone(), set, RequiredState::Resolved)
-                    .kind(LookupKind::Static),
-            )
-            .wait()?;
+        let found = resolved_lookup(session, order.clone(), interned).wait()?;
         let answers: Vec<Option<u64>> = found
             .by_request()
             .map(|(_, d)| d.map(|d| d.address))
             .collect();
         load::bind(p, &mut alloc, &self.name, &names, &answers, &deps).map_err(err)?;
-        // (c) Final protections, runtime registration; the tracker owns it.
+        // Final protections, runtime registration; the tracker owns it.
         let owned_exports;
         let exports = match &self.source {
             Source::File(f) => f.exports(),
@@ -321,8 +375,6 @@ impl ImageUnit {
             .filter_map(|&base| self.layer.keep_alive(base))
             .collect();
         self.layer.adopt(r, image, self.order, keep)?;
-        // (d) Emit, depending on each import in the dylib it came from
-        // (and on one export of each image it links against).
         let entries = order.entries();
         for (name, _, source) in found.iter_with_source() {
             let dylib = &entries[source].0;
@@ -336,4 +388,25 @@ impl ImageUnit {
             per_dylib,
         )])
     }
+}
+
+/// An image mapped and its exports resolved, waiting for what it links
+/// against.
+struct Mapped {
+    alloc: crate::memory::Allocation,
+    registration: super::registry::Registration,
+    defs: Vec<(SymbolName, SymbolDef)>,
+}
+
+/// A lookup of `names` through `order` at `Resolved`, weakly (missing ones
+/// are named by the image's own error), as a static link's.
+fn resolved_lookup(
+    session: &kiln_engine::Session,
+    order: SearchOrder,
+    names: impl IntoIterator<Item = SymbolName>,
+) -> kiln_engine::Lookup {
+    session.lookup_with(
+        &LookupRequest::new(order, LookupSet::weak(names), RequiredState::Resolved)
+            .kind(LookupKind::Static),
+    )
 }
