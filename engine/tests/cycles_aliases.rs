@@ -83,56 +83,37 @@ fn a_blocking_cycle_under_the_in_place_dispatcher_is_reported() {
     );
 }
 
+/// Foo waits for Bar, Bar for Baz, Baz for Foo, in a session from
+/// `session`: the lookup of Foo's result and the errors the units saw.
+fn three_unit_cycle(
+    session: impl FnOnce() -> Session + Send + 'static,
+) -> (Result<()>, Vec<String>) {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let result = without_hanging("three-unit cycle", move || {
+        let s = session();
+        let d = s.create_dylib("d").unwrap();
+        let [first, second, third] = ["foo", "bar", "baz"].map(|n| s.intern(n));
+        d.define(waiting_unit(&first, &second, &d, &errs)).unwrap();
+        d.define(waiting_unit(&second, &third, &d, &errs)).unwrap();
+        d.define(waiting_unit(&third, &first, &d, &errs)).unwrap();
+        let result = lookup(&s, &[&d], &[&first], RequiredState::Ready)
+            .wait()
+            .map(|_| ());
+        s.end();
+        result
+    });
+    let msgs = errors.lock().unwrap().clone();
+    (result, msgs)
+}
+
 /// A three-unit cycle in place: Foo waits for Bar, Bar for Baz, Baz for Foo.
 #[test]
 fn a_longer_blocking_cycle_under_the_in_place_dispatcher_is_reported() {
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let errs = errors.clone();
-    let result = without_hanging("in-place three-unit cycle", move || {
-        let s = inplace();
-        let d = s.create_dylib("d").unwrap();
-        let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
-        d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
-        d.define(waiting_unit(&bar, &baz, &d, &errs)).unwrap();
-        d.define(waiting_unit(&baz, &foo, &d, &errs)).unwrap();
-        let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
-            .wait()
-            .map(|_| ());
-        s.end();
-        result
-    });
+    let (result, msgs) = three_unit_cycle(inplace);
     assert!(result.is_err());
-    let msgs = errors.lock().unwrap().clone();
-    assert!(
-        msgs.iter().any(|m| m.contains("cycle")
-            && m.contains("unit-foo")
-            && m.contains("unit-bar")
-            && m.contains("unit-baz")),
-        "{msgs:?}"
-    );
-}
-
-/// The cycle's text, step by step from the unit whose wait closed it: the
-/// search that finds it is built from ids, its words only once it closes.
-#[test]
-fn a_blocking_cycle_is_spelled_out_in_the_order_the_units_wait() {
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let errs = errors.clone();
-    let result = without_hanging("cycle text", move || {
-        let s = inplace();
-        let d = s.create_dylib("d").unwrap();
-        let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
-        d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
-        d.define(waiting_unit(&bar, &baz, &d, &errs)).unwrap();
-        d.define(waiting_unit(&baz, &foo, &d, &errs)).unwrap();
-        let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
-            .wait()
-            .map(|_| ());
-        s.end();
-        result
-    });
-    assert!(result.is_err());
-    let msgs = errors.lock().unwrap().clone();
+    // Spelled out from the unit whose wait closed it (the search that finds
+    // it walks ids; its words are made only once it closes).
     let expected = "blocking lookups form a cycle: unit 'unit-baz' waits for foo in dylib 'd' -> \
                     unit 'unit-foo', which cannot return before unit 'unit-bar' and unit \
                     'unit-baz', nested above it on its thread, return";
@@ -286,23 +267,9 @@ fn a_unit_nested_by_a_helping_wait_that_waits_for_the_unit_beneath_it_is_a_cycle
 #[test]
 fn a_blocking_cycle_across_threads_is_spelled_out_as_a_chain_of_waits() {
     for _ in 0..10 {
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let errs = errors.clone();
-        let result = without_hanging("cycle chain", move || {
-            let s = Session::builder().dispatcher(WorkerPool::new(3)).build();
-            let d = s.create_dylib("d").unwrap();
-            let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
-            d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
-            d.define(waiting_unit(&bar, &baz, &d, &errs)).unwrap();
-            d.define(waiting_unit(&baz, &foo, &d, &errs)).unwrap();
-            let result = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
-                .wait()
-                .map(|_| ());
-            s.end();
-            result
-        });
+        let (result, msgs) =
+            three_unit_cycle(|| Session::builder().dispatcher(WorkerPool::new(3)).build());
         assert!(result.is_err());
-        let msgs = errors.lock().unwrap().clone();
         let cycle = msgs
             .iter()
             .find_map(|m| m.strip_prefix("blocking lookups form a cycle: "))

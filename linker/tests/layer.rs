@@ -700,6 +700,18 @@ fn a_long_chain_of_units_links_without_nesting_one_in_another() {
     let objects: Vec<Vec<u8>> = (0..UNITS)
         .map(|i| chain_object(i, i + 1 == UNITS))
         .collect();
+    call_chain_on_a_pool_and_in_place(|layer, app| {
+        for (i, bytes) in objects.iter().enumerate() {
+            layer
+                .add_object(app, None, &format!("chain_{i}.o"), bytes)
+                .unwrap();
+        }
+    });
+}
+
+/// On a pool of one thread, then in place: `add` puts a chain into `app`,
+/// and `chain_0`, Ready, returns 42.
+fn call_chain_on_a_pool_and_in_place(add: impl Fn(&ObjectLayer, &Dylib)) {
     let sessions = [
         Session::builder().dispatcher(WorkerPool::new(1)).build(),
         Session::builder().dispatcher(InPlaceDispatcher).build(),
@@ -707,15 +719,12 @@ fn a_long_chain_of_units_links_without_nesting_one_in_another() {
     for session in sessions {
         let layer = ObjectLayer::new(&session);
         let app = session.create_dylib("app").unwrap();
-        for (i, bytes) in objects.iter().enumerate() {
-            layer
-                .add_object(&app, None, &format!("chain_{i}.o"), bytes)
-                .unwrap();
-        }
+        add(&layer, &app);
         let found = app.lookup_ready(&["chain_0"]).unwrap();
         let address = found.get_str("chain_0").unwrap().address;
         // SAFETY: `chain_0` is Ready: the whole chain of tail calls ending
-        // in `return 42` is linked and finalized, and takes no arguments.
+        // in `return 42` is linked (or loaded and bound) and finalized; it
+        // takes no arguments.
         let f = unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(address as usize) };
         assert_eq!(f(), 42);
         session.end();
@@ -752,25 +761,11 @@ fn a_long_chain_of_images_loads_without_nesting_one_in_another() {
             image.save_image(&id).expect("saves")
         })
         .collect();
-    let sessions = [
-        Session::builder().dispatcher(WorkerPool::new(1)).build(),
-        Session::builder().dispatcher(InPlaceDispatcher).build(),
-    ];
-    for session in sessions {
-        let layer = ObjectLayer::new(&session);
-        let app = session.create_dylib("app").unwrap();
+    call_chain_on_a_pool_and_in_place(|layer, app| {
         for (i, bytes) in images.iter().enumerate() {
             // SAFETY: images this test just saved, importing only each other.
-            unsafe { layer.add_image(&app, None, &format!("chain_{i}.kimg"), bytes.clone()) }
+            unsafe { layer.add_image(app, None, &format!("chain_{i}.kimg"), bytes.clone()) }
                 .unwrap();
         }
-        let found = app.lookup_ready(&["chain_0"]).unwrap();
-        let address = found.get_str("chain_0").unwrap().address;
-        // SAFETY: `chain_0` is Ready: the whole chain of tail calls ending
-        // in `return 42` is loaded, bound and finalized; it takes no
-        // arguments.
-        let f = unsafe { std::mem::transmute::<usize, extern "C" fn() -> i32>(address as usize) };
-        assert_eq!(f(), 42);
-        session.end();
-    }
+    });
 }
