@@ -3,9 +3,14 @@
 //!
 //! A blocking wait on a [`WorkerPool`] thread helps: it runs other queued
 //! tasks while it waits, so a bounded pool cannot deadlock on lookups whose
-//! materializers are queued behind it. The [`InPlaceDispatcher`]'s waits
-//! do the same with the tasks queued on their thread.
+//! materializers are queued behind it. Helping nests (a task run by a wait
+//! may wait and help in turn), so past 16 tasks nested on one thread a
+//! wait starts a spare worker to stand in for it and only waits: a chain
+//! of materializers that each block on the next does not grow one stack
+//! without bound. The [`InPlaceDispatcher`]'s waits run the tasks queued
+//! on their thread.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -191,6 +196,9 @@ pub(crate) struct PoolShared {
     /// Signalled when a task arrives, at shutdown, and when a lookup that a
     /// helping worker waits on completes.
     wakeup: Condvar,
+    /// Signalled when a lookup completes, for waits too deep to help
+    /// (which a task's arrival must not wake in place of a worker).
+    deep: Condvar,
 }
 
 struct PoolQueue {
@@ -211,6 +219,7 @@ impl WorkerPool {
                 shutdown: false,
             }),
             wakeup: Condvar::new(),
+            deep: Condvar::new(),
         });
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
@@ -246,10 +255,19 @@ impl fmt::Debug for WorkerPool {
 
 fn worker_loop(shared: Arc<PoolShared>) {
     let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = Some(shared.clone()));
+    worker_loop_until(&shared, &|| false);
+    let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = None);
+}
+
+/// Runs `shared`'s tasks until it shuts down or, between tasks, `stop()`.
+fn worker_loop_until(shared: &PoolShared, stop: &dyn Fn() -> bool) {
     loop {
         let task = {
             let mut q = shared.queue.lock();
             loop {
+                if stop() {
+                    break None;
+                }
                 if let Some(t) = q.tasks.pop_front() {
                     break Some(t);
                 }
@@ -264,7 +282,47 @@ fn worker_loop(shared: Arc<PoolShared>) {
             None => break,
         }
     }
-    let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = None);
+}
+
+/// How many tasks a thread runs nested in its waits (each a helping wait
+/// above the one before) before it stops helping: a chain of materializers
+/// that each block on the next would otherwise stack every one of them on
+/// one thread.
+const MAX_HELP_DEPTH: usize = 16;
+
+thread_local_const! {
+    /// Tasks this thread is running inside its helping waits.
+    static HELP_DEPTH: Cell<usize> = Cell::new(0);
+}
+
+/// A worker standing in for one that waits too deep to help: it runs the
+/// queue's tasks like any worker until told to stop.
+struct Spare {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Spare {
+    /// Starts one for `shared`; `None` if no thread starts (the waiter
+    /// then helps after all).
+    fn start(shared: &Arc<PoolShared>) -> Option<Spare> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pool, stopped) = (shared.clone(), stop.clone());
+        let started = thread::spawn_named("kiln-spare-worker".into(), move || {
+            let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = Some(pool.clone()));
+            worker_loop_until(&pool, &|| {
+                stopped.load(std::sync::atomic::Ordering::Acquire)
+            });
+            let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = None);
+        });
+        started.is_ok().then_some(Spare { stop })
+    }
+
+    /// Lets it end once it is between tasks.
+    fn stop(self, shared: &PoolShared) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        drop(shared.queue.lock());
+        shared.wakeup.notify_all();
+    }
 }
 
 /// Runs a task so that a panicking user callback cannot kill a worker.
@@ -329,10 +387,19 @@ impl PoolShared {
     /// or `deadline` passes (returns false); sleeps when there is nothing to
     /// run. Whoever makes `done()` true must call [`PoolShared::wake`].
     pub(crate) fn help_until(
-        &self,
+        self: &Arc<Self>,
         done: &dyn Fn() -> bool,
         deadline: Option<std::time::Instant>,
     ) -> bool {
+        if HELP_DEPTH.try_with(Cell::get).unwrap_or(0) >= MAX_HELP_DEPTH
+            && let Some(spare) = Spare::start(self)
+        {
+            // Deep enough: no more tasks nested above this wait. A spare
+            // worker stands in for this thread while it only waits.
+            let finished = self.wait_until(done, deadline);
+            spare.stop(self);
+            return finished;
+        }
         loop {
             let task = {
                 let mut q = self.queue.lock();
@@ -355,7 +422,31 @@ impl PoolShared {
                     }
                 }
             };
+            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() + 1));
             run_guarded(task);
+            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() - 1));
+        }
+    }
+
+    /// Waits, running nothing, until `done()` holds (true) or `deadline`
+    /// passes (false), woken by [`PoolShared::wake`] on `deep`: tasks
+    /// arriving wake the threads that run them, not this one.
+    fn wait_until(&self, done: &dyn Fn() -> bool, deadline: Option<std::time::Instant>) -> bool {
+        let mut q = self.queue.lock();
+        loop {
+            if done() {
+                return true;
+            }
+            match deadline {
+                None => q = self.deep.wait(q),
+                Some(at) => {
+                    let now = std::time::Instant::now();
+                    if now >= at {
+                        return false;
+                    }
+                    q = self.deep.wait_timeout(q, at - now);
+                }
+            }
         }
     }
 
@@ -364,5 +455,6 @@ impl PoolShared {
     pub(crate) fn wake(&self) {
         drop(self.queue.lock());
         self.wakeup.notify_all();
+        self.deep.notify_all();
     }
 }

@@ -335,3 +335,34 @@ fn a_long_chain_of_units_dispatched_in_place_runs_one_after_another() {
     });
     assert_eq!(result.unwrap(), Some(0x1000));
 }
+
+/// On a pool of one thread, a chain of 3,000 units each of which blocks in
+/// a lookup of the next (as ORC-style materializers do): the waiting thread
+/// helps by running the next unit's materializer nested above its own, but
+/// only so deep — then a spare thread takes the queue and the waiter only
+/// waits. (It used to help without bound, and such a chain overflowed the
+/// worker's stack.)
+#[test]
+fn a_long_chain_of_blocking_units_on_a_small_pool_does_not_overflow_a_stack() {
+    const UNITS: usize = 3000;
+    let result = without_hanging("blocking chain", || {
+        let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let d = s.create_dylib("d").unwrap();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let names: Vec<SymbolName> = (0..UNITS).map(|i| s.intern(&format!("f{i}"))).collect();
+        for i in 0..UNITS {
+            match names.get(i + 1) {
+                Some(next) => d.define(waiting_unit(&names[i], next, &d, &errors)),
+                None => d.define(emitting(&names[i], 1, vec![])),
+            }
+            .unwrap();
+        }
+        let found = lookup(&s, &[&d], &[&names[0]], RequiredState::Ready)
+            .wait()
+            .map(|m| m.get(&names[0]).map(|def| def.address));
+        s.end();
+        (found, errors.lock().unwrap().clone())
+    });
+    assert_eq!(result.1, Vec::<String>::new());
+    assert_eq!(result.0.unwrap(), Some(1));
+}
