@@ -385,7 +385,9 @@ pub(crate) fn current_pool() -> Option<Arc<PoolShared>> {
 impl PoolShared {
     /// Runs queued tasks on this worker until `done()` holds (returns true)
     /// or `deadline` passes (returns false); sleeps when there is nothing to
-    /// run. Whoever makes `done()` true must call [`PoolShared::wake`].
+    /// run. [`MAX_HELP_DEPTH`] tasks nested on this thread already: a
+    /// [`Spare`] runs them instead. Whoever makes `done()` true must call
+    /// [`PoolShared::wake`].
     pub(crate) fn help_until(
         self: &Arc<Self>,
         done: &dyn Fn() -> bool,
