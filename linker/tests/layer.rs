@@ -769,3 +769,82 @@ fn a_long_chain_of_images_loads_without_nesting_one_in_another() {
         }
     });
 }
+
+/// A unit that hands its responsibility to the test instead of producing
+/// anything: its symbols stay Materializing until the test answers.
+struct Parked {
+    symbol: SymbolName,
+    slot: std::sync::Arc<std::sync::Mutex<Option<Responsibility>>>,
+}
+
+impl MaterializationUnit for Parked {
+    fn name(&self) -> &str {
+        "parked"
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        vec![(
+            self.symbol.clone(),
+            SymbolFlags::EXPORTED | SymbolFlags::CALLABLE,
+        )]
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        *self.slot.lock().unwrap() = Some(r);
+    }
+    fn discard(&mut self, _: &Dylib, _: &SymbolName) {}
+}
+
+/// A unit's tracker removed while its link waits for its externals (its
+/// steps 1–9 done, its memory taken): when the answer comes the link finds
+/// the tracker gone, the lookup that started it fails naming the removal,
+/// and nothing hangs.
+#[test]
+fn removing_a_unit_while_it_waits_for_its_externals_fails_its_lookup() {
+    let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let layer = ObjectLayer::new(&session);
+    let ext = session.create_dylib("ext").unwrap();
+    let app = session.create_dylib("app").unwrap();
+    app.set_link_order(&[(ext.clone(), DylibLookup::ExportedOnly)])
+        .unwrap();
+    let rt = app.create_tracker().unwrap();
+    layer
+        .add_object(&app, Some(&rt), "chain_0.o", &chain_object(0, false))
+        .unwrap();
+    let next = session.intern("chain_1");
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    ext.define(Parked {
+        symbol: next.clone(),
+        slot: slot.clone(),
+    })
+    .unwrap();
+    let first = session.intern("chain_0");
+    let pending = session.lookup(
+        &SearchOrder::new().with(&app, DylibLookup::ExportedOnly),
+        &LookupSet::required([first]),
+        RequiredState::Ready,
+    );
+    // `chain_1` is being materialized: `chain_0`'s link has asked for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let r: Responsibility = loop {
+        if let Some(r) = slot.lock().unwrap().take() {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chain_1 never asked for"
+        );
+        std::thread::yield_now();
+    };
+    rt.remove().unwrap();
+    r.resolve(&[(next.clone(), SymbolDef::new(0x1000, SymbolFlags::EXPORTED))])
+        .unwrap();
+    r.emit(vec![DependenceGroup::new([next], vec![])]).unwrap();
+    let err = pending
+        .wait_timeout(std::time::Duration::from_secs(30))
+        .expect_err("chain_0's tracker was removed");
+    assert!(
+        err.to_string()
+            .contains("resource tracker of dylib 'app' was removed"),
+        "{err}"
+    );
+    session.end();
+}
