@@ -621,6 +621,11 @@ impl Lookup {
                 core.send(Msg::BlockedWait { lookup: id, resps });
             }
         }
+        // Tasks this thread dispatched in place and queued behind the one
+        // now waiting (say, the unit this lookup waits for) run before it
+        // blocks — on a pool's worker too (an in-place session driven from
+        // a pool session's task).
+        run_queued_in_place(&shared);
         if let Some(pool) = current_pool() {
             shared.slot.lock().helper = Some(pool.clone());
             let done = || shared.is_completed();
@@ -628,15 +633,6 @@ impl Lookup {
                 self.cancel_with_timeout(deadline);
             }
         } else {
-            // Tasks this thread dispatched in place and queued behind the
-            // one now waiting (say, the unit this lookup waits for) run
-            // before it blocks.
-            while !shared.is_completed() {
-                let Some(task) = crate::dispatch::in_place::pop() else {
-                    break;
-                };
-                task.run();
-            }
             let mut slot = shared.slot.lock();
             while !slot.completed {
                 match deadline {
@@ -709,6 +705,17 @@ impl Lookup {
     }
 }
 
+/// Runs the tasks this thread's in-place dispatcher queued until the lookup
+/// behind `shared` completes or none is left.
+fn run_queued_in_place(shared: &LookupShared) {
+    while !shared.is_completed() {
+        let Some(task) = crate::dispatch::in_place::pop() else {
+            break;
+        };
+        task.run();
+    }
+}
+
 impl Future for Lookup {
     type Output = Result<SymbolMap>;
 
@@ -720,6 +727,9 @@ impl Future for Lookup {
                     .unwrap_or_else(|| Err(Error::Usage("lookup polled after completion".into()))),
             ),
             LookupHandleState::Pending(shared, ..) => {
+                // Tasks this thread queued in place (the unit awaited, say)
+                // run first, as in a blocking wait: no other thread will.
+                run_queued_in_place(shared);
                 // The executor's waker code (clone, drop) runs outside the
                 // slot's lock.
                 let waker = cx.waker().clone();

@@ -366,3 +366,43 @@ fn a_long_chain_of_blocking_units_on_a_small_pool_does_not_overflow_a_stack() {
     assert_eq!(result.1, Vec::<String>::new());
     assert_eq!(result.0.unwrap(), Some(1));
 }
+
+/// An in-place session driven from a worker of a pool session: its unit
+/// Foo, run in place there, waits for Bar, whose materializer its own
+/// lookup queued on that thread. The wait runs the thread's queue first,
+/// pool thread or not. (It used to help only its pool, and Bar never ran.)
+#[test]
+fn an_in_place_wait_on_a_pool_worker_runs_the_tasks_it_queued() {
+    let found = without_hanging("in-place session on a pool worker", || {
+        let pool = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let outer = pool.create_dylib("outer").unwrap();
+        let host = pool.intern("host");
+        let h = host.clone();
+        outer
+            .define(unit("outer-unit", &[(&host, X)], move |r| {
+                let s = inplace();
+                let d = s.create_dylib("d").unwrap();
+                let errs = Arc::new(Mutex::new(Vec::new()));
+                let [foo, bar] = ["foo", "bar"].map(|n| s.intern(n));
+                d.define(waiting_unit(&foo, &bar, &d, &errs)).unwrap();
+                d.define(emitting(&bar, 2, vec![])).unwrap();
+                let inner = lookup(&s, &[&d], &[&foo], RequiredState::Ready)
+                    .wait()
+                    .map(|m| m.get(&foo).map(|def| def.address));
+                s.end();
+                let address = match inner {
+                    Ok(Some(a)) => a,
+                    _ => 0,
+                };
+                r.resolve(&[(h, def(address))]).unwrap();
+                r.emit(vec![]).unwrap();
+            }))
+            .unwrap();
+        let found = lookup(&pool, &[&outer], &[&host], RequiredState::Ready)
+            .wait()
+            .map(|m| m.get(&host).map(|def| def.address));
+        pool.end();
+        found
+    });
+    assert_eq!(found.unwrap(), Some(1));
+}
