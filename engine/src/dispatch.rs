@@ -430,6 +430,22 @@ impl PoolShared {
         }
     }
 
+    /// Runs queued tasks on this worker while `done()` does not hold and
+    /// the queue has some, without waiting: polling a lookup as a future on
+    /// a worker helps as a blocking wait does — else a materializer awaiting
+    /// a unit queued behind it on a one-thread pool waits forever. Not past
+    /// [`MAX_HELP_DEPTH`] nested tasks.
+    pub(crate) fn help_now(&self, done: &dyn Fn() -> bool) {
+        while !done() && HELP_DEPTH.try_with(Cell::get).unwrap_or(0) < MAX_HELP_DEPTH {
+            let Some(task) = self.queue.lock().tasks.pop_front() else {
+                return;
+            };
+            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() + 1));
+            run_guarded(task);
+            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() - 1));
+        }
+    }
+
     /// Waits, running nothing, until `done()` holds (true) or `deadline`
     /// passes (false), woken by [`PoolShared::wake`] on `deep`: tasks
     /// arriving wake the threads that run them, not this one.

@@ -729,7 +729,11 @@ impl Future for Lookup {
             LookupHandleState::Pending(shared, ..) => {
                 // Tasks this thread queued in place (the unit awaited, say)
                 // run first, as in a blocking wait: no other thread will.
+                // On a pool's worker, so do the pool's queued tasks.
                 run_queued_in_place(shared);
+                if let Some(pool) = current_pool() {
+                    pool.help_now(&|| shared.is_completed());
+                }
                 // The executor's waker code (clone, drop) runs outside the
                 // slot's lock.
                 let waker = cx.waker().clone();

@@ -730,36 +730,42 @@ fn lookups_can_be_awaited_as_futures_and_completed_through_callbacks() {
     s.end();
 }
 
-/// In place, a materializer that awaits a lookup (an executor's
-/// `block_on`) of a unit its lookup queued on this thread: polling runs
-/// the thread's queue, as a blocking `wait()` does. (The queue was new;
-/// without that, the unit it awaits never ran.)
+/// A materializer that awaits a lookup (an executor's `block_on`) of a
+/// unit its lookup queued behind it — in place, and on a pool of one
+/// thread: polling runs the queued tasks, as a blocking `wait()` does.
+/// (Without it, the unit it awaits never ran: in place since the queue
+/// was added, on the pool always.)
 #[test]
-fn awaiting_a_lookup_inside_an_in_place_materializer_runs_what_it_queued() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let s = inplace();
-        let d = s.create_dylib("d").unwrap();
-        let (f, g) = (s.intern("f"), s.intern("g"));
-        d.define(emitting(&g, 0x9, vec![])).unwrap();
-        let (dd, gg, ff) = (d.clone(), g.clone(), f.clone());
-        d.define(unit("awaiting", &[(&f, X)], move |r| {
-            let awaited = block_on(lookup(&dd.session(), &[&dd], &[&gg], RequiredState::Ready));
-            let address = awaited.map_or(0, |m| m.get(&gg).map_or(0, |d| d.address));
-            r.resolve(&[(ff, def(address))]).unwrap();
-            r.emit(vec![]).unwrap();
-        }))
-        .unwrap();
-        let found = lookup(&s, &[&d], &[&f], RequiredState::Ready)
-            .wait()
-            .map(|m| m.get(&f).map(|d| d.address));
-        s.end();
-        let _ = tx.send(found);
-    });
-    let found = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the in-place await hung");
-    assert_eq!(found.unwrap(), Some(0x9));
+fn awaiting_a_lookup_inside_a_materializer_runs_what_it_queued() {
+    let sessions: [fn() -> Session; 2] = [inplace, || {
+        Session::builder().dispatcher(WorkerPool::new(1)).build()
+    }];
+    for session in sessions {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let s = session();
+            let d = s.create_dylib("d").unwrap();
+            let (f, g) = (s.intern("f"), s.intern("g"));
+            d.define(emitting(&g, 0x9, vec![])).unwrap();
+            let (dd, gg, ff) = (d.clone(), g.clone(), f.clone());
+            d.define(unit("awaiting", &[(&f, X)], move |r| {
+                let awaited = block_on(lookup(&dd.session(), &[&dd], &[&gg], RequiredState::Ready));
+                let address = awaited.map_or(0, |m| m.get(&gg).map_or(0, |d| d.address));
+                r.resolve(&[(ff, def(address))]).unwrap();
+                r.emit(vec![]).unwrap();
+            }))
+            .unwrap();
+            let found = lookup(&s, &[&d], &[&f], RequiredState::Ready)
+                .wait()
+                .map(|m| m.get(&f).map(|d| d.address));
+            s.end();
+            let _ = tx.send(found);
+        });
+        let found = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the await hung");
+        assert_eq!(found.unwrap(), Some(0x9));
+    }
 }
 
 fn block_on<F: std::future::Future>(fut: F) -> F::Output {
