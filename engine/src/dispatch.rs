@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use crate::generator::{GenerateRequest, Generator};
-use crate::sync::{Arc, Condvar, Mutex, thread, thread_local_const};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard, thread, thread_local_const};
 
 /// A unit of work for a dispatcher.
 pub struct Task {
@@ -325,6 +325,29 @@ impl Spare {
     }
 }
 
+/// Runs `task` inside a helping wait: counted in [`HELP_DEPTH`].
+fn run_nested(task: Task) {
+    let _ = HELP_DEPTH.try_with(|d| d.set(d.get() + 1));
+    run_guarded(task);
+    let _ = HELP_DEPTH.try_with(|d| d.set(d.get() - 1));
+}
+
+/// Sleeps on `cv` with the queue's guard `q` until woken, or until
+/// `deadline` if there is one: `None` once it has passed.
+fn sleep_until<'a>(
+    cv: &Condvar,
+    q: MutexGuard<'a, PoolQueue>,
+    deadline: Option<std::time::Instant>,
+) -> Option<MutexGuard<'a, PoolQueue>> {
+    match deadline {
+        None => Some(cv.wait(q)),
+        Some(at) => {
+            let now = std::time::Instant::now();
+            (now < at).then(|| cv.wait_timeout(q, at - now))
+        }
+    }
+}
+
 /// Runs a task so that a panicking user callback cannot kill a worker.
 fn run_guarded(task: Task) {
     let description = task.description();
@@ -412,21 +435,13 @@ impl PoolShared {
                     if let Some(t) = q.tasks.pop_front() {
                         break t;
                     }
-                    match deadline {
-                        None => q = self.wakeup.wait(q),
-                        Some(at) => {
-                            let now = std::time::Instant::now();
-                            if now >= at {
-                                return false;
-                            }
-                            q = self.wakeup.wait_timeout(q, at - now);
-                        }
-                    }
+                    q = match sleep_until(&self.wakeup, q, deadline) {
+                        Some(q) => q,
+                        None => return false,
+                    };
                 }
             };
-            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() + 1));
-            run_guarded(task);
-            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() - 1));
+            run_nested(task);
         }
     }
 
@@ -440,9 +455,7 @@ impl PoolShared {
             let Some(task) = self.queue.lock().tasks.pop_front() else {
                 return;
             };
-            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() + 1));
-            run_guarded(task);
-            let _ = HELP_DEPTH.try_with(|d| d.set(d.get() - 1));
+            run_nested(task);
         }
     }
 
@@ -455,16 +468,10 @@ impl PoolShared {
             if done() {
                 return true;
             }
-            match deadline {
-                None => q = self.deep.wait(q),
-                Some(at) => {
-                    let now = std::time::Instant::now();
-                    if now >= at {
-                        return false;
-                    }
-                    q = self.deep.wait_timeout(q, at - now);
-                }
-            }
+            q = match sleep_until(&self.deep, q, deadline) {
+                Some(q) => q,
+                None => return false,
+            };
         }
     }
 
