@@ -325,6 +325,23 @@ impl Spare {
     }
 }
 
+/// A spare worker kept while a task on a pool awaits a lookup as a future:
+/// the executor may park the worker's thread until it is woken, and the
+/// tasks queued meanwhile (the unit awaited, defined later, say) need a
+/// worker. Stops the spare when dropped.
+pub(crate) struct StandIn {
+    spare: Option<Spare>,
+    pool: Arc<PoolShared>,
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.stop(&self.pool);
+        }
+    }
+}
+
 /// Runs `task` inside a helping wait: counted in [`HELP_DEPTH`].
 fn run_nested(task: Task) {
     let _ = HELP_DEPTH.try_with(|d| d.set(d.get() + 1));
@@ -457,6 +474,15 @@ impl PoolShared {
             };
             run_nested(task);
         }
+    }
+
+    /// A spare worker standing in for this one while a future it polls is
+    /// pending; `None` if no thread starts.
+    pub(crate) fn stand_in(self: &Arc<Self>) -> Option<StandIn> {
+        Spare::start(self).map(|spare| StandIn {
+            spare: Some(spare),
+            pool: self.clone(),
+        })
     }
 
     /// Waits, running nothing, until `done()` holds (true) or `deadline`

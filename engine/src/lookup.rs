@@ -549,6 +549,9 @@ impl LookupShared {
 /// materializations it started still finish.
 pub struct Lookup {
     state: LookupHandleState,
+    /// Polled pending on a pool's worker: a spare worker runs the pool's
+    /// tasks until the lookup is ready or dropped.
+    stand_in: Option<crate::dispatch::StandIn>,
 }
 
 enum LookupHandleState {
@@ -569,12 +572,14 @@ impl Lookup {
     pub(crate) fn done(result: Result<SymbolMap>) -> Self {
         Lookup {
             state: LookupHandleState::Done(Some(result)),
+            stand_in: None,
         }
     }
 
     pub(crate) fn pending(core: Arc<SessionCore>, shared: Arc<LookupShared>, id: u64) -> Self {
         Lookup {
             state: LookupHandleState::Pending(shared, core, id),
+            stand_in: None,
         }
     }
 
@@ -731,7 +736,8 @@ impl Future for Lookup {
                 // run first, as in a blocking wait: no other thread will.
                 // On a pool's worker, so do the pool's queued tasks.
                 run_queued_in_place(shared);
-                if let Some(pool) = current_pool() {
+                let pool = current_pool();
+                if let Some(pool) = &pool {
                     pool.help_now(&|| shared.is_completed());
                 }
                 // The executor's waker code (clone, drop) runs outside the
@@ -739,13 +745,23 @@ impl Future for Lookup {
                 let waker = cx.waker().clone();
                 let mut slot = shared.slot.lock();
                 if slot.completed {
-                    Poll::Ready(slot.result.take().unwrap_or_else(|| {
+                    let result = slot.result.take().unwrap_or_else(|| {
                         Err(Error::Usage("lookup polled after completion".into()))
-                    }))
+                    });
+                    drop(slot);
+                    self.stand_in = None;
+                    Poll::Ready(result)
                 } else {
                     let old = slot.waker.replace(waker);
                     drop(slot);
                     drop(old);
+                    // The executor may park this worker until woken: tasks
+                    // queued meanwhile need another.
+                    if let Some(pool) = pool
+                        && self.stand_in.is_none()
+                    {
+                        self.stand_in = pool.stand_in();
+                    }
                     Poll::Pending
                 }
             }

@@ -768,6 +768,69 @@ fn awaiting_a_lookup_inside_a_materializer_runs_what_it_queued() {
     }
 }
 
+/// An executor that parks its thread until woken (as `futures`' and
+/// `pollster`'s `block_on` do) awaits, inside a materializer on the only
+/// worker of a pool, a symbol defined later by another thread: the unit
+/// defined then is queued on that pool, and a worker must be there to run
+/// it while the awaiting one is parked.
+#[test]
+fn awaiting_inside_a_materializer_leaves_the_pool_a_worker_for_later_tasks() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let d = s.create_dylib("d").unwrap();
+        let (f, g) = (s.intern("f"), s.intern("g"));
+        let (dd, gg, ff) = (d.clone(), g.clone(), f.clone());
+        d.define(unit("awaiting", &[(&f, X)], move |r| {
+            let request = LookupRequest::new(
+                order(&[&dd]),
+                LookupSet::required([gg.clone()]),
+                RequiredState::Ready,
+            )
+            .await_definitions(AwaitDefinitions::UntilCancelled);
+            let (late, later) = (dd.clone(), gg.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                late.define(emitting(&later, 0x9, vec![])).unwrap();
+            });
+            let awaited = block_on_parked(dd.session().lookup_with(&request));
+            let address = awaited.map_or(0, |m| m.get(&gg).map_or(0, |d| d.address));
+            r.resolve(&[(ff, def(address))]).unwrap();
+            r.emit(vec![]).unwrap();
+        }))
+        .unwrap();
+        let found = lookup(&s, &[&d], &[&f], RequiredState::Ready)
+            .wait()
+            .map(|m| m.get(&f).map(|d| d.address));
+        s.end();
+        let _ = tx.send(found);
+    });
+    let found = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the await hung: no worker ran the unit defined later");
+    assert_eq!(found.unwrap(), Some(0x9));
+}
+
+/// `block_on` that parks until its waker is called (no periodic re-poll).
+fn block_on_parked<F: std::future::Future>(fut: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
     struct Unpark(std::thread::Thread);
