@@ -435,8 +435,20 @@ pub(crate) enum Effect {
 /// no buffer to borrow from the inbox and give back under its lock.
 pub(crate) type Effects = smallvec::SmallVec<[Effect; 4]>;
 
-/// One driver's effects, still to run, oldest first.
-type EffectFrame = VecDeque<(Arc<SessionCore>, Effect)>;
+/// One driver's effects, still to run, oldest first, and its session.
+struct EffectFrame {
+    core: Option<Arc<SessionCore>>,
+    effects: VecDeque<Effect>,
+}
+
+/// The frames of the drivers on this thread's stack: `frames[..live]`,
+/// innermost last. The ones past `live` are empty, kept so that the next
+/// driver reuses their buffers: a drive allocates nothing in the steady
+/// state.
+struct Frames {
+    frames: Vec<EffectFrame>,
+    live: usize,
+}
 
 crate::sync::thread_local_const! {
     /// The effects this thread owes: one frame per driver on its stack,
@@ -447,8 +459,8 @@ crate::sync::thread_local_const! {
     /// wait on this thread first runs what every frame still holds
     /// ([`run_pending_effects`]). Drivers that do not block nest no deeper
     /// than before: they run only their own frame.
-    static PENDING_EFFECTS: std::cell::RefCell<Vec<EffectFrame>> =
-        std::cell::RefCell::new(Vec::new());
+    static PENDING_EFFECTS: std::cell::RefCell<Frames> =
+        std::cell::RefCell::new(Frames { frames: Vec::new(), live: 0 });
 }
 
 /// Runs every effect this thread owes, in every driver's frame, until none
@@ -457,10 +469,12 @@ crate::sync::thread_local_const! {
 pub(crate) fn run_pending_effects() {
     loop {
         let next = PENDING_EFFECTS.try_with(|frames| {
-            frames
-                .borrow_mut()
-                .iter_mut()
-                .find_map(|frame| frame.pop_front())
+            let mut frames = frames.borrow_mut();
+            let live = frames.live;
+            frames.frames[..live].iter_mut().find_map(|frame| {
+                let effect = frame.effects.pop_front()?;
+                Some((frame.core.clone()?, effect))
+            })
         });
         let Ok(Some((core, effect))) = next else {
             return;
@@ -474,35 +488,50 @@ fn run_effects(core: &Arc<SessionCore>, effects: &mut Effects) {
     if effects.is_empty() {
         return;
     }
-    if PENDING_EFFECTS.try_with(|_| ()).is_err() {
+    let Ok(depth) = PENDING_EFFECTS.try_with(|frames| {
+        let mut frames = frames.borrow_mut();
+        let depth = frames.live;
+        if depth == frames.frames.len() {
+            frames.frames.push(EffectFrame {
+                core: None,
+                effects: VecDeque::new(),
+            });
+        }
+        let frame = &mut frames.frames[depth];
+        frame.core = Some(core.clone());
+        frame.effects.extend(effects.drain(..));
+        frames.live = depth + 1;
+        depth
+    }) else {
         // This thread's locals are gone (`exit()` runs `atexit` handlers
         // after them): nothing can be owed; run them here.
         for effect in effects.drain(..) {
             core.run_effect(effect);
         }
         return;
-    }
-    let frame: EffectFrame = effects.drain(..).map(|e| (core.clone(), e)).collect();
-    let Ok(depth) = PENDING_EFFECTS.try_with(|frames| {
-        let mut frames = frames.borrow_mut();
-        frames.push(frame);
-        frames.len() - 1
-    }) else {
-        return;
     };
     loop {
         let next = PENDING_EFFECTS.try_with(|frames| {
             frames
                 .borrow_mut()
+                .frames
                 .get_mut(depth)
-                .and_then(VecDeque::pop_front)
+                .and_then(|frame| frame.effects.pop_front())
         });
-        let Ok(Some((core, effect))) = next else {
+        let Ok(Some(effect)) = next else {
             break;
         };
         core.run_effect(effect);
     }
-    let _ = PENDING_EFFECTS.try_with(|frames| frames.borrow_mut().truncate(depth));
+    // Every frame above this one is empty (their drivers returned): give
+    // them and this one back for reuse.
+    let _ = PENDING_EFFECTS.try_with(|frames| {
+        let mut frames = frames.borrow_mut();
+        frames.live = depth;
+        if let Some(frame) = frames.frames.get_mut(depth) {
+            frame.core = None;
+        }
+    });
 }
 
 struct Inbox {

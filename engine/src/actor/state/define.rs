@@ -110,7 +110,7 @@ impl State {
         let mut plan = DefinePlan {
             overridden: Vec::new(),
             discarded: Vec::new(),
-            at: Vec::with_capacity(symbols.len()),
+            at: Slots::with_capacity(symbols.len()),
         };
         let mut duplicates = Vec::new();
         // Names defined here already that this definition overrides or
@@ -188,8 +188,8 @@ impl State {
         unit: Option<usize>,
         symbols: DefinedSymbols,
         discarded: Vec<usize>,
-        at: Vec<usize>,
-    ) -> Vec<SymId> {
+        at: Slots,
+    ) -> SmallVec<[SymId; 4]> {
         let state = if matches!(symbols, DefinedSymbols::Absolute(_)) {
             SymbolState::Ready
         } else {
@@ -201,7 +201,7 @@ impl State {
         // not copy them for a few more.
         self.syms
             .reserve(adding.saturating_sub(self.free_syms.len()));
-        let mut added = Vec::with_capacity(adding);
+        let mut added = SmallVec::with_capacity(adding);
         let mut skip = discarded.into_iter().peekable();
         for (i, (name, flags, address)) in symbols.into_entries().enumerate() {
             if i % WARM_AHEAD == 0 && at.len() > 1 {
@@ -327,8 +327,13 @@ struct DefinePlan {
     discarded: Vec<usize>,
     /// Each symbol's slot in the dylib's index, by position
     /// (`usize::MAX` for a repeated name, which refuses the definition).
-    at: Vec<usize>,
+    at: Slots,
 }
+
+/// Index slots of a definition's symbols, inline for a few: a generator's
+/// answer or a single function defines one or two, and then a define
+/// allocates nothing for its bookkeeping.
+type Slots = SmallVec<[usize; 4]>;
 
 /// A refused definition's unit is dropped (as an effect: its drop may run
 /// user code, never under the actor).
