@@ -295,6 +295,14 @@ thread_local_const! {
     static HELP_DEPTH: Cell<usize> = Cell::new(0);
 }
 
+thread_local_const! {
+    /// The spare standing in for this worker while lookups polled on it
+    /// are pending (see [`StandIn`]); a plain `std` reference count, held
+    /// only by those lookups.
+    static STAND_IN: std::cell::RefCell<std::sync::Weak<StandIn>> =
+        std::cell::RefCell::new(std::sync::Weak::new());
+}
+
 /// A worker standing in for one that waits too deep to help: it runs the
 /// queue's tasks like any worker until told to stop.
 struct Spare {
@@ -328,7 +336,9 @@ impl Spare {
 /// A spare worker kept while a task on a pool awaits a lookup as a future:
 /// the executor may park the worker's thread until it is woken, and the
 /// tasks queued meanwhile (the unit awaited, defined later, say) need a
-/// worker. Stops the spare when dropped.
+/// worker. Shared by every lookup pending on that worker (the thread is
+/// parked once, however many it awaits); stops the spare when the last
+/// one lets go.
 pub(crate) struct StandIn {
     spare: Option<Spare>,
     pool: Arc<PoolShared>,
@@ -476,13 +486,24 @@ impl PoolShared {
         }
     }
 
-    /// A spare worker standing in for this one while a future it polls is
-    /// pending; `None` if no thread starts.
-    pub(crate) fn stand_in(self: &Arc<Self>) -> Option<StandIn> {
-        Spare::start(self).map(|spare| StandIn {
-            spare: Some(spare),
+    /// The spare worker standing in for this one while futures it polls
+    /// are pending: the one already standing in, else a new one; `None` if
+    /// no thread starts.
+    pub(crate) fn stand_in(self: &Arc<Self>) -> Option<std::sync::Arc<StandIn>> {
+        let current = STAND_IN
+            .try_with(|s| s.borrow().upgrade())
+            .ok()
+            .flatten()
+            .filter(|s| Arc::ptr_eq(&s.pool, self));
+        if current.is_some() {
+            return current;
+        }
+        let stand_in = std::sync::Arc::new(StandIn {
+            spare: Some(Spare::start(self)?),
             pool: self.clone(),
-        })
+        });
+        let _ = STAND_IN.try_with(|s| *s.borrow_mut() = std::sync::Arc::downgrade(&stand_in));
+        Some(stand_in)
     }
 
     /// Waits, running nothing, until `done()` holds (true) or `deadline`

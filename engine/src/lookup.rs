@@ -550,8 +550,9 @@ impl LookupShared {
 pub struct Lookup {
     state: LookupHandleState,
     /// Polled pending on a pool's worker: a spare worker runs the pool's
-    /// tasks until the lookup is ready or dropped.
-    stand_in: Option<crate::dispatch::StandIn>,
+    /// tasks until the lookup is ready or dropped (one spare for every
+    /// lookup pending on that worker).
+    stand_in: Option<std::sync::Arc<crate::dispatch::StandIn>>,
 }
 
 enum LookupHandleState {
@@ -756,10 +757,9 @@ impl Future for Lookup {
                     drop(slot);
                     drop(old);
                     // The executor may park this worker until woken: tasks
-                    // queued meanwhile need another.
-                    if let Some(pool) = pool
-                        && self.stand_in.is_none()
-                    {
+                    // queued meanwhile need another. (Polled on another
+                    // worker than before: that worker's stand-in.)
+                    if let Some(pool) = pool {
                         self.stand_in = pool.stand_in();
                     }
                     Poll::Pending

@@ -53,14 +53,14 @@ fn a_spare_for_an_awaited_lookup_ends_when_it_is_ready_or_dropped() {
         .expect("the awaits hung: no worker ran the unit defined later");
     assert_eq!(
         counts,
-        [1, 0, 0],
-        "spare threads: while pending, after the drop, after ready"
+        [1, 1, 0, 0],
+        "spare threads: while pending, still, after the drop, after ready"
     );
 }
 
-/// Inside a materializer on a one-thread pool: a lookup polled pending and
-/// dropped, then one polled pending until a later definition makes it
-/// ready; the spare threads counted after each step.
+/// Inside a materializer on a one-thread pool: fifty lookups polled
+/// pending and dropped, then one polled pending until a later definition
+/// makes it ready; the spare threads counted after each step.
 fn await_on_a_worker_and_count_spares() -> Vec<usize> {
     let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
     let d = s.create_dylib("d").unwrap();
@@ -79,11 +79,18 @@ fn await_on_a_worker_and_count_spares() -> Vec<usize> {
             )
             .await_definitions(AwaitDefinitions::UntilCancelled)
         };
-        // Dropped while pending.
-        let mut pending = Box::pin(dd.session().lookup_with(&awaiting(&never)));
-        assert!(pending.as_mut().poll(&mut cx).is_pending());
+        // Dropped while pending. Fifty pending on one worker (as a
+        // `join_all` polls them) share one spare: the worker is parked once.
+        let mut pending: Vec<_> = (0..50)
+            .map(|_| Box::pin(dd.session().lookup_with(&awaiting(&never))))
+            .collect();
+        for lookup in &mut pending {
+            assert!(lookup.as_mut().poll(&mut cx).is_pending());
+        }
         // (A new thread takes its name once it runs.)
         seen.lock().unwrap().push(wait_for_spares(1));
+        std::thread::sleep(Duration::from_millis(20));
+        seen.lock().unwrap().push(spare_threads());
         drop(pending);
         seen.lock().unwrap().push(wait_for_spares(0));
         // Ready: defined by another thread while this worker is parked.
