@@ -6,7 +6,8 @@
 //! `pthread_getattr_np`, ~48 `sscanf`s) to install a stack-overflow handler
 //! and its alternate stack for a process that mostly runs for a few
 //! milliseconds. What the wrapper did that kiln keeps is done in [`main`]
-//! (standard descriptors, `SIGPIPE` ignored, panics to status 101); the
+//! (standard descriptors, panics to status 101; `SIGPIPE` is left as the
+//! shell gave it, for the program's sake); the
 //! alternate signal stack is set up only before a program runs
 //! ([`install_fatal_signal_handlers`]). A stack overflow in kiln's own
 //! code therefore dies as a plain `SIGSEGV` instead of Rust's message.
@@ -224,10 +225,10 @@ struct Input {
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     open_standard_descriptors();
-    // SAFETY: sets a signal disposition (no handler code); as Rust's
-    // runtime does, so writes to a closed pipe fail with EPIPE — and the
-    // program kiln runs inherits it, as before.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // `SIGPIPE` keeps the disposition kiln was started with (unlike Rust's
+    // runtime, which ignores it): the program kiln runs must die of it as
+    // it would natively (`prog | head`), and kiln's own output to a closed
+    // pipe ends kiln as it ends any Unix tool, not with a panic.
     tune_malloc();
     // A panic (already reported by the panic hook) exits 101, as before.
     let code = std::panic::catch_unwind(kiln_main).unwrap_or(101);

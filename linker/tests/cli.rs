@@ -649,3 +649,78 @@ int main(void) { puts("main"); return 0; }
         );
     }
 }
+
+/// A pipe whose reading end is already closed: every write to it fails
+/// (`EPIPE`) and raises `SIGPIPE`, as `prog | head` does once `head` left.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    writer
+}
+
+/// `SIGPIPE`'s number on Linux.
+const SIGPIPE: i32 = 13;
+
+/// A program writing to a pipe nobody reads any more dies of `SIGPIPE`
+/// under kiln as it does natively (`prog | head`): kiln must not leave
+/// the signal ignored for the program it runs — a program that loops on
+/// output would otherwise never end.
+#[test]
+fn a_program_writing_to_a_closed_pipe_dies_of_sigpipe_like_a_native_one() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = scratch("sigpipe");
+    let src = "#include <stdio.h>\n\
+               int main(void) {\n\
+                 for (long i = 0; i < 1000000; i++) { printf(\"line %ld\\n\", i); fflush(stdout); }\n\
+                 return 3; /* only if the writes failed and nothing stopped it */\n\
+               }\n";
+    let o = compile_c_text(&dir, "writer", src, &["-O1"]);
+    let exe = dir.join("writer");
+    let linked = Command::new("gcc").arg(&o).arg("-o").arg(&exe).status();
+    assert!(
+        linked.expect("gcc runs").success(),
+        "gcc links the native program"
+    );
+    let native = Command::new(&exe).stdout(closed_pipe()).status().unwrap();
+    assert_eq!(native.signal(), Some(SIGPIPE), "natively: {native:?}");
+    let mut cmd = kiln();
+    cmd.arg("run").arg(&o).stdout(closed_pipe());
+    let under_kiln = cmd.status().unwrap();
+    assert_eq!(
+        under_kiln.signal(),
+        Some(SIGPIPE),
+        "under kiln: {under_kiln:?}"
+    );
+}
+
+/// kiln's own output to a closed pipe (`kiln image info X | head -0`) ends
+/// it as it ends any Unix tool — by `SIGPIPE` — not with a panic and a
+/// backtrace.
+#[test]
+fn kilns_own_output_to_a_closed_pipe_ends_it_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = scratch("sigpipe-info");
+    let o = compile_c_text(
+        &dir,
+        "lib",
+        "int f(void) { return 1; }\n",
+        &["-O1", "-fPIC"],
+    );
+    let image = dir.join("lib.kimg");
+    let saved = kiln()
+        .args(["image", "save", "-o"])
+        .arg(&image)
+        .arg(&o)
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "{}", show(&saved));
+    let out = kiln()
+        .args(["image", "info"])
+        .arg(&image)
+        .stdout(closed_pipe())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "{}", show(&out));
+    assert!(!text(&out.stderr).contains("panicked"), "{}", show(&out));
+}
