@@ -741,8 +741,7 @@ fn awaiting_a_lookup_inside_a_materializer_runs_what_it_queued() {
         Session::builder().dispatcher(WorkerPool::new(1)).build()
     }];
     for session in sessions {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let found = within_a_minute("the await", move || {
             let s = session();
             let d = s.create_dylib("d").unwrap();
             let (f, g) = (s.intern("f"), s.intern("g"));
@@ -759,11 +758,8 @@ fn awaiting_a_lookup_inside_a_materializer_runs_what_it_queued() {
                 .wait()
                 .map(|m| m.get(&f).map(|d| d.address));
             s.end();
-            let _ = tx.send(found);
+            found
         });
-        let found = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the await hung");
         assert_eq!(found.unwrap(), Some(0x9));
     }
 }
@@ -775,8 +771,7 @@ fn awaiting_a_lookup_inside_a_materializer_runs_what_it_queued() {
 /// it while the awaiting one is parked.
 #[test]
 fn awaiting_inside_a_materializer_leaves_the_pool_a_worker_for_later_tasks() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let found = within_a_minute("the await (no worker ran the unit defined later)", || {
         let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
         let d = s.create_dylib("d").unwrap();
         let (f, g) = (s.intern("f"), s.intern("g"));
@@ -793,7 +788,7 @@ fn awaiting_inside_a_materializer_leaves_the_pool_a_worker_for_later_tasks() {
                 std::thread::sleep(Duration::from_millis(30));
                 late.define(emitting(&later, 0x9, vec![])).unwrap();
             });
-            let awaited = block_on_parked(dd.session().lookup_with(&request));
+            let awaited = block_on(dd.session().lookup_with(&request));
             let address = awaited.map_or(0, |m| m.get(&gg).map_or(0, |d| d.address));
             r.resolve(&[(ff, def(address))]).unwrap();
             r.emit(vec![]).unwrap();
@@ -803,34 +798,24 @@ fn awaiting_inside_a_materializer_leaves_the_pool_a_worker_for_later_tasks() {
             .wait()
             .map(|m| m.get(&f).map(|d| d.address));
         s.end();
-        let _ = tx.send(found);
+        found
     });
-    let found = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the await hung: no worker ran the unit defined later");
     assert_eq!(found.unwrap(), Some(0x9));
 }
 
-/// `block_on` that parks until its waker is called (no periodic re-poll).
-fn block_on_parked<F: std::future::Future>(fut: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
+/// Runs `f` on a thread of its own and returns what it returns; fails if
+/// that takes over a minute (a hang is the bug some tests look for).
+fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
+/// An executor's `block_on` (as `futures`' and `pollster`'s): parks until
+/// the future's waker is called, never polls again by itself.
 fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
     struct Unpark(std::thread::Thread);
@@ -846,7 +831,7 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return v;
         }
-        std::thread::park_timeout(Duration::from_millis(100));
+        std::thread::park();
     }
 }
 
