@@ -472,8 +472,8 @@ pub(crate) fn run_pending_effects() {
             let mut frames = frames.borrow_mut();
             let live = frames.live;
             frames.frames[..live].iter_mut().find_map(|frame| {
-                let effect = frame.effects.pop_front()?;
-                Some((frame.core.clone()?, effect))
+                let core = frame.core.clone()?;
+                Some((core, frame.effects.pop_front()?))
             })
         });
         let Ok(Some((core, effect))) = next else {
