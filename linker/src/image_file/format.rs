@@ -500,13 +500,16 @@ pub(crate) fn relr_encode(offsets: &[u64]) -> Vec<u64> {
 
 /// Decodes RELR words, calling `each` with every offset (ascending). Stops
 /// with an error message at an odd word that follows no address, an
-/// unaligned or descending address, or more than `limit` offsets.
+/// unaligned or descending address, offsets past the end of the address
+/// space, or more than `limit` offsets.
 pub(crate) fn relr_decode(
     words: impl Iterator<Item = u64>,
     limit: u64,
     mut each: impl FnMut(u64) -> Result<(), String>,
 ) -> Result<u64, String> {
-    let mut base: Option<u64> = None;
+    // The last address the words so far cover: a bitmap covers the 63
+    // words after it.
+    let mut covered: Option<u64> = None;
     let mut count = 0u64;
     let mut last: Option<u64> = None;
     let mut emit = |off: u64, count: &mut u64| -> Result<(), String> {
@@ -526,23 +529,27 @@ pub(crate) fn relr_decode(
                 return Err(format!("rebase entry {i}: offset {w:#x} is not 8-aligned"));
             }
             emit(w, &mut count)?;
-            base = Some(w + 8);
+            covered = Some(w);
         } else {
-            let Some(b) = base else {
+            let Some(c) = covered else {
                 return Err(format!(
                     "rebase entry {i}: a bitmap with no address before it"
                 ));
             };
+            let overflows = || format!("rebase entry {i}: the bitmap's offsets overflow");
+            let first = c.checked_add(8).ok_or_else(overflows)?;
             let mut bits = w >> 1;
-            let mut at = b;
+            let mut at = first;
             while bits != 0 {
                 if bits & 1 != 0 {
                     emit(at, &mut count)?;
                 }
                 bits >>= 1;
-                at = at.checked_add(8).ok_or("rebase offset overflows")?;
+                if bits != 0 {
+                    at = at.checked_add(8).ok_or_else(overflows)?;
+                }
             }
-            base = Some(b.checked_add(63 * 8).ok_or("rebase offset overflows")?);
+            covered = Some(first.checked_add(62 * 8).ok_or_else(overflows)?);
         }
     }
     Ok(count)
@@ -574,6 +581,21 @@ mod tests {
         assert!(relr_decode([3u64].into_iter(), 10, |_| Ok(())).is_err());
         assert!(relr_decode([16u64, 8].into_iter(), 10, |_| Ok(())).is_err());
         assert!(relr_decode([8u64, u64::MAX].into_iter(), 10, |_| Ok(())).is_err());
+    }
+
+    /// The last 8-aligned address: the next bitmap's base would be past
+    /// the end of the address space (the image fuzz target's first find:
+    /// an add that overflowed, a panic in builds with overflow checks).
+    #[test]
+    fn relr_refuses_an_address_at_the_end_of_the_address_space() {
+        let last = u64::MAX - 7;
+        assert_eq!(relr_decode([last].into_iter(), u64::MAX, |_| Ok(())), Ok(1));
+        let e = relr_decode([last, 3].into_iter(), u64::MAX, |_| Ok(())).unwrap_err();
+        assert!(e.contains("entry 1: the bitmap's offsets overflow"), "{e}");
+        // A bitmap reaching the end of the address space.
+        let near = u64::MAX - 7 - 62 * 8;
+        let e = relr_decode([near, u64::MAX].into_iter(), u64::MAX, |_| Ok(())).unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
     }
 
     #[test]
