@@ -517,3 +517,10 @@ pub(crate) fn own_reservation_for_tests() -> usize {
 pub(crate) fn init_image_addr_for_tests() -> usize {
     host().map_or(0, |h| h.image_addr)
 }
+
+/// Runs `f` under the area's lock: no module's init image is being
+/// written (and its pages writable) meanwhile.
+#[cfg(test)]
+pub(crate) fn with_area_locked_for_tests<R>(f: impl FnOnce() -> R) -> R {
+    with_area(|_| f())
+}

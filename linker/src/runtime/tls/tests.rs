@@ -388,7 +388,11 @@ fn module_drops_race_thread_exits_without_double_frees() {
 /// TLS init image, from /proc/self/maps.
 fn init_image_perms() -> String {
     let addr = static_area::init_image_addr_for_tests();
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    // Under the area's lock: another test publishing a module makes the
+    // page writable for a moment, under that lock.
+    let maps = static_area::with_area_locked_for_tests(|| {
+        std::fs::read_to_string("/proc/self/maps").unwrap_or_default()
+    });
     maps.lines()
         .find_map(|line| {
             let (range, rest) = line.split_once(' ')?;
