@@ -297,20 +297,24 @@ thread_local_const! {
 
 thread_local_const! {
     /// The spare standing in for this worker while lookups polled on it
-    /// are pending (see [`StandIn`]); a plain `std` reference count, held
-    /// only by those lookups.
-    static STAND_IN: std::cell::RefCell<std::sync::Weak<StandIn>> =
+    /// are pending (see [`PoolShared::stand_in`]); a plain `std` reference
+    /// count, held only by those lookups.
+    static STAND_IN: std::cell::RefCell<std::sync::Weak<Spare>> =
         std::cell::RefCell::new(std::sync::Weak::new());
 }
 
-/// A worker standing in for one that waits too deep to help: it runs the
-/// queue's tasks like any worker until told to stop.
-struct Spare {
+/// A worker standing in for one that cannot run the queue: a wait too
+/// deep to help, or a task awaiting lookups as futures (its executor may
+/// park the thread until woken, and the tasks queued meanwhile — the unit
+/// awaited, defined later, say — need a worker). It runs the queue's tasks
+/// like any worker and ends, once between tasks, when dropped.
+pub(crate) struct Spare {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    pool: Arc<PoolShared>,
 }
 
 impl Spare {
-    /// Starts one for `shared`; `None` if no thread starts (the waiter
+    /// Starts one for `shared`; `None` if no thread starts (a deep waiter
     /// then helps after all).
     fn start(shared: &Arc<PoolShared>) -> Option<Spare> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -322,33 +326,18 @@ impl Spare {
             });
             let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = None);
         });
-        started.is_ok().then_some(Spare { stop })
-    }
-
-    /// Lets it end once it is between tasks.
-    fn stop(self, shared: &PoolShared) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        drop(shared.queue.lock());
-        shared.wakeup.notify_all();
+        started.is_ok().then(|| Spare {
+            stop,
+            pool: shared.clone(),
+        })
     }
 }
 
-/// A spare worker kept while a task on a pool awaits a lookup as a future:
-/// the executor may park the worker's thread until it is woken, and the
-/// tasks queued meanwhile (the unit awaited, defined later, say) need a
-/// worker. Shared by every lookup pending on that worker (the thread is
-/// parked once, however many it awaits); stops the spare when the last
-/// one lets go.
-pub(crate) struct StandIn {
-    spare: Option<Spare>,
-    pool: Arc<PoolShared>,
-}
-
-impl Drop for StandIn {
+impl Drop for Spare {
     fn drop(&mut self) {
-        if let Some(spare) = self.spare.take() {
-            spare.stop(&self.pool);
-        }
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        drop(self.pool.queue.lock());
+        self.pool.wakeup.notify_all();
     }
 }
 
@@ -444,13 +433,11 @@ impl PoolShared {
         deadline: Option<std::time::Instant>,
     ) -> bool {
         if HELP_DEPTH.try_with(Cell::get).unwrap_or(0) >= MAX_HELP_DEPTH
-            && let Some(spare) = Spare::start(self)
+            && let Some(_spare) = Spare::start(self)
         {
             // Deep enough: no more tasks nested above this wait. A spare
             // worker stands in for this thread while it only waits.
-            let finished = self.wait_until(done, deadline);
-            spare.stop(self);
-            return finished;
+            return self.wait_until(done, deadline);
         }
         loop {
             let task = {
@@ -487,9 +474,10 @@ impl PoolShared {
     }
 
     /// The spare worker standing in for this one while futures it polls
-    /// are pending: the one already standing in, else a new one; `None` if
-    /// no thread starts.
-    pub(crate) fn stand_in(self: &Arc<Self>) -> Option<std::sync::Arc<StandIn>> {
+    /// are pending — shared by all of them (the thread is parked once,
+    /// however many it awaits) and ended when the last lets go: the one
+    /// already standing in, else a new one; `None` if no thread starts.
+    pub(crate) fn stand_in(self: &Arc<Self>) -> Option<std::sync::Arc<Spare>> {
         let current = STAND_IN
             .try_with(|s| s.borrow().upgrade())
             .ok()
@@ -498,12 +486,9 @@ impl PoolShared {
         if current.is_some() {
             return current;
         }
-        let stand_in = std::sync::Arc::new(StandIn {
-            spare: Some(Spare::start(self)?),
-            pool: self.clone(),
-        });
-        let _ = STAND_IN.try_with(|s| *s.borrow_mut() = std::sync::Arc::downgrade(&stand_in));
-        Some(stand_in)
+        let spare = std::sync::Arc::new(Spare::start(self)?);
+        let _ = STAND_IN.try_with(|s| *s.borrow_mut() = std::sync::Arc::downgrade(&spare));
+        Some(spare)
     }
 
     /// Waits, running nothing, until `done()` holds (true) or `deadline`

@@ -552,7 +552,7 @@ pub struct Lookup {
     /// Polled pending on a pool's worker: a spare worker runs the pool's
     /// tasks until the lookup is ready or dropped (one spare for every
     /// lookup pending on that worker).
-    stand_in: Option<std::sync::Arc<crate::dispatch::StandIn>>,
+    stand_in: Option<std::sync::Arc<crate::dispatch::Spare>>,
 }
 
 enum LookupHandleState {

@@ -744,19 +744,10 @@ fn awaiting_a_lookup_inside_a_materializer_runs_what_it_queued() {
         let found = within_a_minute("the await", move || {
             let s = session();
             let d = s.create_dylib("d").unwrap();
-            let (f, g) = (s.intern("f"), s.intern("g"));
-            d.define(emitting(&g, 0x9, vec![])).unwrap();
-            let (dd, gg, ff) = (d.clone(), g.clone(), f.clone());
-            d.define(unit("awaiting", &[(&f, X)], move |r| {
-                let awaited = block_on(lookup(&dd.session(), &[&dd], &[&gg], RequiredState::Ready));
-                let address = awaited.map_or(0, |m| m.get(&gg).map_or(0, |d| d.address));
-                r.resolve(&[(ff, def(address))]).unwrap();
-                r.emit(vec![]).unwrap();
-            }))
-            .unwrap();
-            let found = lookup(&s, &[&d], &[&f], RequiredState::Ready)
-                .wait()
-                .map(|m| m.get(&f).map(|d| d.address));
+            d.define(emitting(&s.intern("g"), 0x9, vec![])).unwrap();
+            let found = f_at_the_address_awaited_for_g(&s, &d, |d, g| {
+                block_on(lookup(&d.session(), &[d], &[g], RequiredState::Ready))
+            });
             s.end();
             found
         });
@@ -774,33 +765,46 @@ fn awaiting_inside_a_materializer_leaves_the_pool_a_worker_for_later_tasks() {
     let found = within_a_minute("the await (no worker ran the unit defined later)", || {
         let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
         let d = s.create_dylib("d").unwrap();
-        let (f, g) = (s.intern("f"), s.intern("g"));
-        let (dd, gg, ff) = (d.clone(), g.clone(), f.clone());
-        d.define(unit("awaiting", &[(&f, X)], move |r| {
+        let found = f_at_the_address_awaited_for_g(&s, &d, |d, g| {
             let request = LookupRequest::new(
-                order(&[&dd]),
-                LookupSet::required([gg.clone()]),
+                order(&[d]),
+                LookupSet::required([g.clone()]),
                 RequiredState::Ready,
             )
             .await_definitions(AwaitDefinitions::UntilCancelled);
-            let (late, later) = (dd.clone(), gg.clone());
+            let (late, later) = (d.clone(), g.clone());
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
                 late.define(emitting(&later, 0x9, vec![])).unwrap();
             });
-            let awaited = block_on(dd.session().lookup_with(&request));
-            let address = awaited.map_or(0, |m| m.get(&gg).map_or(0, |d| d.address));
-            r.resolve(&[(ff, def(address))]).unwrap();
-            r.emit(vec![]).unwrap();
-        }))
-        .unwrap();
-        let found = lookup(&s, &[&d], &[&f], RequiredState::Ready)
-            .wait()
-            .map(|m| m.get(&f).map(|d| d.address));
+            block_on(d.session().lookup_with(&request))
+        });
         s.end();
         found
     });
     assert_eq!(found.unwrap(), Some(0x9));
+}
+
+/// Defines `f` in `d`, a unit whose materializer resolves it at the
+/// address `awaited` (run inside it) finds for `g`, and looks `f` up Ready:
+/// its address.
+fn f_at_the_address_awaited_for_g(
+    s: &Session,
+    d: &Dylib,
+    awaited: impl FnOnce(&Dylib, &SymbolName) -> Result<SymbolMap, Error> + Send + 'static,
+) -> Result<Option<u64>, Error> {
+    let (f, g) = (s.intern("f"), s.intern("g"));
+    let (dd, ff) = (d.clone(), f.clone());
+    d.define(unit("awaiting", &[(&f, X)], move |r| {
+        let found = awaited(&dd, &g);
+        let address = found.map_or(0, |m| m.get(&g).map_or(0, |d| d.address));
+        r.resolve(&[(ff, def(address))]).unwrap();
+        r.emit(vec![]).unwrap();
+    }))
+    .unwrap();
+    lookup(s, &[d], &[&f], RequiredState::Ready)
+        .wait()
+        .map(|m| m.get(&f).map(|d| d.address))
 }
 
 /// Runs `f` on a thread of its own and returns what it returns; fails if

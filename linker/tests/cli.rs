@@ -658,9 +658,6 @@ fn closed_pipe() -> std::io::PipeWriter {
     writer
 }
 
-/// `SIGPIPE`'s number on Linux.
-const SIGPIPE: i32 = 13;
-
 /// A program writing to a pipe nobody reads any more dies of `SIGPIPE`
 /// under kiln as it does natively (`prog | head`): kiln must not leave
 /// the signal ignored for the program it runs — a program that loops on
@@ -682,13 +679,13 @@ fn a_program_writing_to_a_closed_pipe_dies_of_sigpipe_like_a_native_one() {
         "gcc links the native program"
     );
     let native = Command::new(&exe).stdout(closed_pipe()).status().unwrap();
-    assert_eq!(native.signal(), Some(SIGPIPE), "natively: {native:?}");
+    assert_eq!(native.signal(), Some(libc::SIGPIPE), "natively: {native:?}");
     let mut cmd = kiln();
     cmd.arg("run").arg(&o).stdout(closed_pipe());
     let under_kiln = cmd.status().unwrap();
     assert_eq!(
         under_kiln.signal(),
-        Some(SIGPIPE),
+        Some(libc::SIGPIPE),
         "under kiln: {under_kiln:?}"
     );
 }
@@ -721,6 +718,6 @@ fn kilns_own_output_to_a_closed_pipe_ends_it_quietly() {
         .stderr(std::process::Stdio::piped())
         .output()
         .unwrap();
-    assert_eq!(out.status.signal(), Some(SIGPIPE), "{}", show(&out));
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{}", show(&out));
     assert!(!text(&out.stderr).contains("panicked"), "{}", show(&out));
 }
