@@ -10,7 +10,7 @@ use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 use super::{InfoArgs, SaveArgs, input_index, report};
 
 /// An input of `kiln image save`: an object's bytes (mapped if large, as
-/// `kiln run` maps them), shared with the thread hashing the inputs, or an
+/// `kiln run` maps them), shared by the link and the build id's hash, or an
 /// archive's.
 type SaveInput = (String, InputBytes);
 
@@ -56,10 +56,9 @@ fn read_save_input(path: &std::path::Path) -> Result<FileBytes, String> {
     Ok(bytes.into())
 }
 
-/// Links the inputs in imaging mode and writes the image file. The inputs'
-/// build id (BLAKE3 over all of them) is hashed on a second thread at the
-/// lowest priority while the link runs, and finished by the link's thread
-/// when the image is saved ([`InputsHash`]).
+/// Links the inputs in imaging mode and writes the image file with the
+/// inputs' build id (BLAKE3 over all of them, hashed once the link is
+/// done, on every thread: [`BuildId::of_inputs`]).
 pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     let started = std::time::Instant::now();
     let inputs = open_save_inputs(args)?;
@@ -74,134 +73,17 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
         options.cpu_features =
             CpuFeatures::parse(list).map_err(|e| format!("--cpu-features: {e}"))?;
     }
-    let hash = InputsHash::new(&options, &inputs);
-    let hash = &hash;
-    let total: usize = inputs.iter().map(|(_, b)| b.len()).sum();
-    std::thread::scope(|scope| {
-        // Small inputs are hashed when the id is needed: starting a thread
-        // costs more than it would take off the link.
-        let hashing =
-            (total >= HASH_THREAD_FROM).then(|| scope.spawn(move || hash.in_background()));
-        let id = || {
-            let id = hash.finish();
-            // The background thread stops at its next piece.
-            let joined = hashing.map_or(Ok(()), |h| h.join());
-            match (id, joined) {
-                (Some(id), Ok(())) => Ok(id),
-                _ => Err(
-                    "computing the build id from the inputs panicked (its message is above)"
-                        .to_string(),
-                ),
-            }
-        };
-        link_and_save(args, options, &inputs, started, id)
-    })
+    link_and_save(args, options, &inputs, started)
 }
 
-/// Bytes of an input hashed between two looks at whether the link's thread
-/// wants the build id.
-const HASH_PIECE: usize = 1 << 20;
-
-/// Inputs of at least this many bytes in all are hashed on a background
-/// thread while the link runs (the 33 Lua objects' 0.8 MB take about
-/// 0.2 ms to hash, less than a thread's start and its heap arena).
-const HASH_THREAD_FROM: usize = 4 << 20;
-
-/// The build id of `kiln image save`'s inputs, hashed in pieces by two
-/// threads in turn: a background thread at the lowest priority (nice 19,
-/// so it runs on what the link leaves idle instead of slowing the link's
-/// own threads), then whoever needs the id finishes what is left at its
-/// own priority. The pieces are hashed in order, one thread at a time: the
-/// id is [`BuildId::of_inputs`]'s.
-struct InputsHash<'a> {
-    pieces: Vec<HashPiece<'a>>,
-    /// The hasher and the index of the next piece.
-    state: std::sync::Mutex<(kiln_linker::image_file::BuildIdHasher, usize)>,
-    /// The id is wanted: the background thread stops.
-    wanted: std::sync::atomic::AtomicBool,
-}
-
-/// A piece of [`InputsHash`]'s work.
-enum HashPiece<'a> {
-    /// The next input: its name and length.
-    Begin(&'a str, usize),
-    /// Bytes of the current input.
-    Bytes(&'a [u8]),
-}
-
-impl<'a> InputsHash<'a> {
-    fn new(options: &LinkOptions, inputs: &'a [SaveInput]) -> Self {
-        let mut pieces = Vec::new();
-        for (name, bytes) in inputs {
-            pieces.push(HashPiece::Begin(name, bytes.len()));
-            pieces.extend(bytes.chunks(HASH_PIECE).map(HashPiece::Bytes));
-        }
-        let hasher = kiln_linker::image_file::BuildIdHasher::new(options);
-        InputsHash {
-            pieces,
-            state: std::sync::Mutex::new((hasher, 0)),
-            wanted: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// Hashes one piece; false when there is none left or the id is
-    /// wanted (or a hashing thread panicked).
-    fn step(&self, stop_when_wanted: bool) -> bool {
-        use std::sync::atomic::Ordering;
-        let Ok(mut state) = self.state.lock() else {
-            return false;
-        };
-        if stop_when_wanted && self.wanted.load(Ordering::Acquire) {
-            return false;
-        }
-        let (hasher, next) = &mut *state;
-        let Some(piece) = self.pieces.get(*next) else {
-            return false;
-        };
-        match *piece {
-            HashPiece::Begin(name, len) => hasher.begin_input(name, len),
-            HashPiece::Bytes(bytes) => hasher.update(bytes),
-        }
-        *next += 1;
-        true
-    }
-
-    /// The background thread's part.
-    fn in_background(&self) {
-        lowest_priority();
-        while self.step(true) {}
-    }
-
-    /// Stops the background thread, hashes what is left and gives the id
-    /// (`None` if a hashing thread panicked).
-    fn finish(&self) -> Option<BuildId> {
-        self.wanted
-            .store(true, std::sync::atomic::Ordering::Release);
-        while self.step(false) {}
-        let state = self.state.lock().ok()?;
-        (state.1 == self.pieces.len()).then(|| state.0.finish())
-    }
-}
-
-/// The calling thread at nice 19 (Linux: the nice value is per thread).
-/// Failing leaves it as it is: only the link's speed depends on it.
-fn lowest_priority() {
-    // SAFETY: `gettid` and `setpriority` only read their arguments; the
-    // target is the calling thread.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
-    }
-}
-
-/// [`save`]'s link and write; `id` joins the thread hashing the inputs.
+/// [`save`]'s link and write.
 fn link_and_save(
     args: &SaveArgs,
     options: LinkOptions,
     inputs: &[SaveInput],
     started: std::time::Instant,
-    id: impl FnOnce() -> Result<BuildId, String>,
 ) -> Result<i32, String> {
+    let id_options = options.clone();
     let mut linker = Linker::new(options);
     for (name, bytes) in inputs {
         if name.ends_with(".a") {
@@ -229,7 +111,12 @@ fn link_and_save(
     // The build id combines the inputs' with those of the images the
     // references went into.
     let image_stats = image.stats();
-    let id = id()?;
+    // After the link, on every thread: a thread hashing beside the link
+    // slowed it more than the hash takes once it is done (below).
+    let id = BuildId::of_inputs(
+        &id_options,
+        inputs.iter().map(|(n, b)| (n.as_str(), &b[..])),
+    );
     // Written from the image's memory to the file, without the whole file
     // in memory first.
     write_replacing(&args.output, 0o644, false, |f| {
@@ -978,49 +865,4 @@ pub(crate) fn with_dependencies(images: Vec<ImageFile>) -> Result<Vec<ImageFile>
     found.reverse();
     found.extend(images);
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Three inputs (9 MiB in all, so several pieces each), hashed by the
-    /// background thread and finished by the caller at any point — before
-    /// the thread starts, while it runs, after it is done — or with no
-    /// thread at all: always [`BuildId::of_inputs`]'s id.
-    #[test]
-    fn the_inputs_hash_is_the_build_id_however_the_threads_share_it() {
-        let mut options = LinkOptions::default();
-        options.imaging = true;
-        let inputs: Vec<SaveInput> = (0..3u8)
-            .map(|i| {
-                let bytes: Vec<u8> = (0..3 << 20).map(|j: u32| (j % 251) as u8 ^ i).collect();
-                (format!("in{i}.o"), InputBytes::new(bytes.into()))
-            })
-            .collect();
-        let expected =
-            BuildId::of_inputs(&options, inputs.iter().map(|(n, b)| (n.as_str(), &b[..])));
-        // No thread.
-        assert_eq!(InputsHash::new(&options, &inputs).finish(), Some(expected));
-        // Finished by the caller after 0, 1, ... pieces of the background
-        // thread's, and after all of them.
-        for pieces in [0, 1, 5, usize::MAX] {
-            let hash = InputsHash::new(&options, &inputs);
-            let mut done = 0;
-            while done < pieces && hash.step(true) {
-                done += 1;
-            }
-            assert_eq!(hash.finish(), Some(expected), "after {done} pieces");
-            assert!(!hash.step(true), "nothing left once finished");
-        }
-        // Racing a real background thread.
-        let hash = InputsHash::new(&options, &inputs);
-        std::thread::scope(|scope| {
-            let h = &hash;
-            let t = scope.spawn(move || h.in_background());
-            std::thread::yield_now();
-            assert_eq!(hash.finish(), Some(expected));
-            assert!(t.join().is_ok());
-        });
-    }
 }

@@ -12,6 +12,7 @@
 //! | `unit.rs` | an image as an engine materialization unit ([`crate::layer::ObjectLayer::add_image`]) |
 //! | `registry.rs` | the images of the process by address range and build id ([`image_at`]) |
 //! | `tls.rs` | thread-locals at load: the TLS module per load, static area and range checked, slots bound |
+//! | `tree_hash.rs` | BLAKE3 of many slices (a build id's inputs), 1 MiB subtrees on rayon's threads |
 //! | `verified.rs` | files whose content hash this process checked, by (device, inode, size, mtime, ctime): not hashed again |
 //!
 //! An image is an ELF64 file (`readelf -S` shows its sections): the kiln
@@ -62,6 +63,7 @@ mod load;
 mod read;
 pub mod registry;
 pub(crate) mod tls;
+mod tree_hash;
 mod unit;
 mod verified;
 mod write;
@@ -87,52 +89,6 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BuildId(pub [u8; 32]);
 
-/// [`BuildId::of_inputs`] a piece at a time, so that one thread can start
-/// hashing the inputs and another finish (`kiln image save`): the same id
-/// for the same inputs and options, however the bytes are split.
-#[derive(Debug, Clone)]
-pub struct BuildIdHasher(blake3::Hasher);
-
-impl BuildIdHasher {
-    /// A hasher for linking with `options`; the inputs follow in order.
-    pub fn new(options: &LinkOptions) -> BuildIdHasher {
-        let mut h = blake3::Hasher::new();
-        h.update(b"kiln image build id\0");
-        h.update(&FORMAT_VERSION.to_le_bytes());
-        h.update(TARGET.as_bytes());
-        h.update(&[0]);
-        // Only the options that change the image's bytes.
-        let roots = format!("{:?}", options.roots);
-        h.update(&(roots.len() as u64).to_le_bytes());
-        h.update(roots.as_bytes());
-        h.update(&[u8::from(options.imaging)]);
-        // The inputs' own requirements are in their bytes (notes).
-        if !options.cpu_features.is_empty() {
-            h.update(b"cpu features\0");
-            h.update(&options.cpu_features.bits().to_le_bytes());
-        }
-        BuildIdHasher(h)
-    }
-
-    /// Starts the next input, `name`, of `len` bytes: exactly `len` bytes
-    /// of [`BuildIdHasher::update`] follow.
-    pub fn begin_input(&mut self, name: &str, len: usize) {
-        self.0.update(&(name.len() as u64).to_le_bytes());
-        self.0.update(name.as_bytes());
-        self.0.update(&(len as u64).to_le_bytes());
-    }
-
-    /// The next bytes of the current input.
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    /// The build id of everything hashed.
-    pub fn finish(&self) -> BuildId {
-        BuildId(*self.0.finalize().as_bytes())
-    }
-}
-
 impl BuildId {
     /// The build id of linking `inputs` (in order, as `(name, bytes)`) with
     /// `options`.
@@ -140,12 +96,36 @@ impl BuildId {
         options: &LinkOptions,
         inputs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> BuildId {
-        let mut h = BuildIdHasher::new(options);
-        for (name, bytes) in inputs {
-            h.begin_input(name, bytes.len());
-            h.update(bytes);
+        let inputs: Vec<(&str, &[u8])> = inputs.into_iter().collect();
+        let mut head = b"kiln image build id\0".to_vec();
+        head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        head.extend_from_slice(TARGET.as_bytes());
+        head.push(0);
+        // Only the options that change the image's bytes.
+        let roots = format!("{:?}", options.roots);
+        head.extend_from_slice(&(roots.len() as u64).to_le_bytes());
+        head.extend_from_slice(roots.as_bytes());
+        head.push(u8::from(options.imaging));
+        // The inputs' own requirements are in their bytes (notes).
+        if !options.cpu_features.is_empty() {
+            head.extend_from_slice(b"cpu features\0");
+            head.extend_from_slice(&options.cpu_features.bits().to_le_bytes());
         }
-        h.finish()
+        // Each input: its name's length, its name, its length, its bytes.
+        let framing: Vec<Vec<u8>> = (inputs.iter())
+            .map(|(name, bytes)| {
+                let mut f = (name.len() as u64).to_le_bytes().to_vec();
+                f.extend_from_slice(name.as_bytes());
+                f.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                f
+            })
+            .collect();
+        let mut pieces: Vec<&[u8]> = vec![&head];
+        for (f, (_, bytes)) in framing.iter().zip(&inputs) {
+            pieces.push(f);
+            pieces.push(bytes);
+        }
+        BuildId(tree_hash::hash_pieces(&pieces))
     }
 
     /// This build id combined with the build ids of the images the image
@@ -484,4 +464,42 @@ impl LinkedImage {
 /// too short to hold a header.
 pub fn reseal(bytes: &mut [u8]) {
     format::reseal(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The build id is one BLAKE3 over the framed inputs, hashed in
+    /// subtrees or not: ids of images saved before stay what they were.
+    #[test]
+    fn build_ids_are_blake3_of_the_options_and_framed_inputs() {
+        let options = LinkOptions {
+            imaging: true,
+            ..LinkOptions::default()
+        };
+        let inputs: Vec<(String, Vec<u8>)> = (0..3u8)
+            .map(|i| {
+                let bytes = (0..(3 << 20) + 11 * u32::from(i)).map(|j| (j % 251) as u8 ^ i);
+                (format!("in{i}.o"), bytes.collect())
+            })
+            .collect();
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln image build id\0");
+        h.update(&FORMAT_VERSION.to_le_bytes());
+        h.update(TARGET.as_bytes());
+        h.update(&[0]);
+        let roots = format!("{:?}", options.roots);
+        h.update(&(roots.len() as u64).to_le_bytes());
+        h.update(roots.as_bytes());
+        h.update(&[1]);
+        for (name, bytes) in &inputs {
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        let id = BuildId::of_inputs(&options, inputs.iter().map(|(n, b)| (n.as_str(), &b[..])));
+        assert_eq!(id.0, *h.finalize().as_bytes());
+    }
 }
