@@ -60,7 +60,8 @@ Code is placed within ±2 GiB of itself (below 2 GiB for -fno-pie objects) \
 and no page is ever writable and executable at once.\n\n\
 With no arguments, kiln links and runs a small bundled example program and \
 says what it did.",
-    after_help = "EXIT STATUS\n  The entry point's return value; 128+N if it dies with signal N; \
+    after_help = "EXIT STATUS\n  The entry point's return value; if it dies of a signal, kiln dies of the same signal \
+(the shell reports 128+N); \
 1 if linking fails (the message names the object, section, offset and relocation, \
 or every missing symbol with the objects that use it); 2 for usage errors.\n\n\
 EXAMPLES\n  kiln run hello.o\n  kiln run main.o liblua.a -lm -- script.lua\n  \
@@ -1146,8 +1147,10 @@ fn install_alternate_signal_stack() {
     unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
 }
 
-/// If the JIT'd program dies of a fatal signal, say so and exit with
-/// 128 + the signal number, as a shell would report it.
+/// If the JIT'd program dies of a fatal signal, say so, then die of that
+/// signal as the program would natively: the parent's `wait` sees the
+/// signal (the shell prints "Segmentation fault" and reports 128 + N), and
+/// a core dump is written where the system writes them.
 fn install_fatal_signal_handlers() {
     extern "C" fn on_fatal(sig: libc::c_int) {
         let msg: &[u8] = match sig {
@@ -1157,10 +1160,22 @@ fn install_fatal_signal_handlers() {
             libc::SIGFPE => b"kiln: the program died with SIGFPE (arithmetic exception)\n",
             _ => b"kiln: the program died with SIGABRT (aborted)\n",
         };
-        // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is a
-        // static byte string.
+        // SAFETY: write(2), sigaction(2), raise(3), sigprocmask(2) and
+        // _exit(2) are async-signal-safe; `msg` is a static byte string and
+        // the two structs are zero-initialized locals, then filled. The
+        // signal, blocked while its handler runs, is pending once raised
+        // with the default action back, and kills the process as soon as
+        // it is unblocked; `_exit` only runs if it somehow did not.
         unsafe {
             libc::write(2, msg.as_ptr().cast(), msg.len());
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &default, std::ptr::null_mut());
+            libc::raise(sig);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
             libc::_exit(128 + sig);
         }
     }
