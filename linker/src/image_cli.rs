@@ -111,8 +111,8 @@ fn link_and_save(
     // The build id combines the inputs' with those of the images the
     // references went into.
     let image_stats = image.stats();
-    // After the link, on every thread: a thread hashing beside the link
-    // slowed it more than the hash takes once it is done (below).
+    // Hashed after the link, on every thread: a nice-19 thread hashing
+    // beside the link made no process faster (docs/images.md).
     let id = BuildId::of_inputs(
         &id_options,
         inputs.iter().map(|(n, b)| (n.as_str(), &b[..])),
