@@ -691,39 +691,58 @@ mod tests {
         assert_eq!(index.used.load(Ordering::Relaxed), names.len());
     }
 
+    /// The writer keeps rewriting every entry until each reader has read
+    /// entries many times while it wrote (and for at least 200 rounds):
+    /// the readers overlap the writes however the threads are scheduled
+    /// (in a release build, 200 rounds alone were over before a reader
+    /// started, 5 runs in 8).
     #[test]
     fn readers_on_other_threads_never_see_a_torn_entry() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        const READERS: usize = 2;
+        const READS: u64 = 20_000;
         let pool = Interner::default();
         let index = std::sync::Arc::new(ReadIndex::new());
         let names: Vec<_> = (0..2_000).map(|i| pool.intern(&format!("t{i}"))).collect();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (index, names, stop) = (index.clone(), names.clone(), stop.clone());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let seen: std::sync::Arc<[AtomicU64; READERS]> =
+            std::sync::Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
+        let readers: Vec<_> = (0..READERS)
+            .map(|r| {
+                let (index, names) = (index.clone(), names.clone());
+                let (stop, seen) = (stop.clone(), seen.clone());
                 std::thread::spawn(move || {
-                    let mut seen = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Relaxed) {
                         for n in &names {
                             // The writer keeps address == 16 * round and
                             // ready == (round is odd): a torn read breaks it.
                             if let Probe::Found(e) = index.get(n) {
                                 assert_eq!(e.ready, (e.def.address / 16) % 2 == 1, "{n}: {e:?}");
-                                seen += 1;
+                                seen[r].fetch_add(1, Relaxed);
                             }
                         }
                     }
-                    seen
                 })
             })
             .collect();
-        for round in 0..200u64 {
+        let started = std::time::Instant::now();
+        let mut round = 0u64;
+        while round < 200 || seen.iter().any(|s| s.load(Relaxed) < READS) {
             for n in &names {
                 index.set(n, entry(16 * round, round % 2 == 1), 0);
             }
+            round += 1;
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                break;
+            }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Relaxed);
         for r in readers {
-            assert!(r.join().expect("reader panicked") > 0);
+            r.join().expect("reader panicked");
+        }
+        for (r, s) in seen.iter().enumerate() {
+            let s = s.load(Relaxed);
+            assert!(s >= READS, "reader {r} read {s} entries while the writer wrote");
         }
     }
 }
