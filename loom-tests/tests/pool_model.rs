@@ -1,0 +1,165 @@
+//! Loom models of the worker pool's waits: a task on the pool's only
+//! worker that waits for work queued behind it — by blocking (the wait
+//! runs the queue: it helps) or by awaiting a lookup as a future (a spare
+//! worker stands in while the executor parks the thread) — finishes in
+//! every interleaving, and the pool's threads all end at `Session::end`.
+//! Run as the other models:
+//! `LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg kiln_loom" cargo test -p kiln-loom-tests --release`.
+#![cfg(kiln_loom)]
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use kiln_engine::*;
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(f);
+}
+
+const X: SymbolFlags = SymbolFlags::EXPORTED;
+
+fn ready(d: &Dylib, name: &SymbolName) -> Lookup {
+    d.session().lookup(
+        &[(d.clone(), DylibLookup::ExportedOnly)]
+            .into_iter()
+            .collect(),
+        &LookupSet::required([name.clone()]),
+        RequiredState::Ready,
+    )
+}
+
+/// Resolves and emits its one symbol at `address`.
+struct Emits {
+    name: SymbolName,
+    address: u64,
+}
+
+impl MaterializationUnit for Emits {
+    fn name(&self) -> &str {
+        "emits"
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        vec![(self.name.clone(), X)]
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        r.resolve(&[(self.name.clone(), SymbolDef::new(self.address, X))])
+            .unwrap();
+        r.emit(vec![]).unwrap();
+    }
+}
+
+/// How [`WaitsFor`] waits for the other symbol.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// `Lookup::wait`: blocks, running the pool's queue meanwhile.
+    Blocking,
+    /// An executor's `block_on` of the lookup as a future: parks the
+    /// thread until woken, running nothing itself.
+    Awaiting,
+}
+
+/// Waits for `other` Ready — defined by another thread, before or after
+/// the wait starts (the lookup awaits its definition) — then resolves and
+/// emits its own symbol at the address found.
+struct WaitsFor {
+    name: SymbolName,
+    other: SymbolName,
+    dylib: Dylib,
+    how: Wait,
+}
+
+impl MaterializationUnit for WaitsFor {
+    fn name(&self) -> &str {
+        "waits-for"
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        vec![(self.name.clone(), X)]
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        let request = LookupRequest::new(
+            [(self.dylib.clone(), DylibLookup::ExportedOnly)]
+                .into_iter()
+                .collect(),
+            LookupSet::required([self.other.clone()]),
+            RequiredState::Ready,
+        )
+        .await_definitions(AwaitDefinitions::UntilCancelled);
+        let lookup = self.dylib.session().lookup_with(&request);
+        let found = match self.how {
+            Wait::Blocking => lookup.wait(),
+            Wait::Awaiting => block_on(lookup),
+        }
+        .unwrap();
+        let address = found.get(&self.other).unwrap().address;
+        r.resolve(&[(self.name.clone(), SymbolDef::new(address, X))])
+            .unwrap();
+        r.emit(vec![]).unwrap();
+    }
+}
+
+/// A `block_on` as executors write it, on loom's park and unpark.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(loom::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(loom::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        loom::thread::park();
+    }
+}
+
+/// The main thread looks `f` up, then defines `g`; `f`'s materializer
+/// runs on the pool's only worker and waits, `how`, for `g`: once `g` is
+/// defined its unit is queued behind the waiting task, with no other
+/// worker to run it.
+fn only_worker_waits_for_the_unit_behind_it(how: Wait) {
+    model(move || {
+        let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let d = s.create_dylib("d").unwrap();
+        let (f, g) = (s.intern("f"), s.intern("g"));
+        d.define(WaitsFor {
+            name: f.clone(),
+            other: g.clone(),
+            dylib: d.clone(),
+            how,
+        })
+        .unwrap();
+        let looked_up = ready(&d, &f);
+        d.define(Emits {
+            name: g,
+            address: 0x9,
+        })
+        .unwrap();
+        let found = looked_up.wait().unwrap();
+        assert_eq!(found.get(&f).unwrap().address, 0x9);
+        // Joins the worker; a spare ends once the await let go of it.
+        s.end();
+    });
+}
+
+/// (a) A blocking wait on the only worker runs the unit it waits for.
+#[test]
+fn a_blocking_wait_on_the_only_worker_runs_the_unit_it_waits_for() {
+    only_worker_waits_for_the_unit_behind_it(Wait::Blocking);
+}
+
+/// (b) An await on the only worker leaves a spare to run the unit it
+/// waits for.
+#[test]
+fn an_await_on_the_only_worker_leaves_a_spare_to_run_the_unit() {
+    only_worker_waits_for_the_unit_behind_it(Wait::Awaiting);
+}
