@@ -287,8 +287,9 @@ fn worker_loop_until(shared: &PoolShared, stop: &dyn Fn() -> bool) {
 /// How many tasks a thread runs nested in its waits (each a helping wait
 /// above the one before) before it stops helping: a chain of materializers
 /// that each block on the next would otherwise stack every one of them on
-/// one thread.
-const MAX_HELP_DEPTH: usize = 16;
+/// one thread. Under loom, one: a model reaches the deep wait's path with
+/// a chain of two waits, within its three threads.
+const MAX_HELP_DEPTH: usize = if cfg!(kiln_loom) { 1 } else { 16 };
 
 thread_local_const! {
     /// Tasks this thread is running inside its helping waits.

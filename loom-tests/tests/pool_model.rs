@@ -151,6 +151,38 @@ fn only_worker_waits_for_the_unit_behind_it(how: Wait) {
     });
 }
 
+/// (c) A wait too deep to help (under loom the engine stops helping at
+/// depth one): `f`'s blocking wait on the only worker runs `g`'s
+/// materializer nested in it, whose own wait for `h` — defined by the main
+/// thread, before or after — starts a spare worker and only sleeps; the
+/// spare runs `h`'s unit and the chain unwinds.
+#[test]
+fn a_wait_too_deep_to_help_leaves_a_spare_to_run_the_unit() {
+    model(|| {
+        let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
+        let d = s.create_dylib("d").unwrap();
+        let (f, g, h) = (s.intern("f"), s.intern("g"), s.intern("h"));
+        for (name, other) in [(&f, &g), (&g, &h)] {
+            d.define(WaitsFor {
+                name: name.clone(),
+                other: other.clone(),
+                dylib: d.clone(),
+                how: Wait::Blocking,
+            })
+            .unwrap();
+        }
+        let looked_up = ready(&d, &f);
+        d.define(Emits {
+            name: h,
+            address: 0x9,
+        })
+        .unwrap();
+        let found = looked_up.wait().unwrap();
+        assert_eq!(found.get(&f).unwrap().address, 0x9);
+        s.end();
+    });
+}
+
 /// (a) A blocking wait on the only worker runs the unit it waits for.
 #[test]
 fn a_blocking_wait_on_the_only_worker_runs_the_unit_it_waits_for() {

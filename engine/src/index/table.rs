@@ -742,7 +742,10 @@ mod tests {
         }
         for (r, s) in seen.iter().enumerate() {
             let s = s.load(Relaxed);
-            assert!(s >= READS, "reader {r} read {s} entries while the writer wrote");
+            assert!(
+                s >= READS,
+                "reader {r} read {s} entries while the writer wrote"
+            );
         }
     }
 }
