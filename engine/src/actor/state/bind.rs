@@ -73,7 +73,9 @@ impl State {
             return;
         };
         self.unblock(id, &lk.blocked_resps);
-        let mut found = SmallVec::new();
+        // Room for every name at once (most are found): one allocation, not
+        // one a doubling.
+        let mut found = SmallVec::with_capacity(lk.found.len());
         for (at, f) in lk.found.iter().enumerate() {
             if let Some(def) = f.def {
                 found.push(lookup::Found {
