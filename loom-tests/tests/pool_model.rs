@@ -1,8 +1,10 @@
 //! Loom models of the worker pool's waits: a task on the pool's only
 //! worker that waits for work queued behind it — by blocking (the wait
 //! runs the queue: it helps) or by awaiting a lookup as a future (a spare
-//! worker stands in while the executor parks the thread) — finishes in
-//! every interleaving, and the pool's threads all end at `Session::end`.
+//! worker stands in while the executor parks the thread), and a wait too
+//! deep in nested waits to help (a spare runs the queue while it sleeps) —
+//! finishes in every interleaving, and the pool's threads all end at
+//! `Session::end`.
 //! Run as the other models:
 //! `LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg kiln_loom" cargo test -p kiln-loom-tests --release`.
 #![cfg(kiln_loom)]
@@ -122,63 +124,34 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
-/// The main thread looks `f` up, then defines `g`; `f`'s materializer
-/// runs on the pool's only worker and waits, `how`, for `g`: once `g` is
-/// defined its unit is queued behind the waiting task, with no other
+/// The main thread looks `n0` up, then defines `n{links}` (an [`Emits`]);
+/// `n0`'s materializer runs on the pool's only worker and waits, `how`,
+/// for `n1`, whose materializer waits for `n2`, and so on: once the last
+/// is defined its unit is queued behind the waiting tasks, with no other
 /// worker to run it.
-fn only_worker_waits_for_the_unit_behind_it(how: Wait) {
+fn only_worker_waits_for_the_unit_behind_it(how: Wait, links: usize) {
     model(move || {
         let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
         let d = s.create_dylib("d").unwrap();
-        let (f, g) = (s.intern("f"), s.intern("g"));
-        d.define(WaitsFor {
-            name: f.clone(),
-            other: g.clone(),
-            dylib: d.clone(),
-            how,
-        })
-        .unwrap();
-        let looked_up = ready(&d, &f);
-        d.define(Emits {
-            name: g,
-            address: 0x9,
-        })
-        .unwrap();
-        let found = looked_up.wait().unwrap();
-        assert_eq!(found.get(&f).unwrap().address, 0x9);
-        // Joins the worker; a spare ends once the await let go of it.
-        s.end();
-    });
-}
-
-/// (c) A wait too deep to help (under loom the engine stops helping at
-/// depth one): `f`'s blocking wait on the only worker runs `g`'s
-/// materializer nested in it, whose own wait for `h` — defined by the main
-/// thread, before or after — starts a spare worker and only sleeps; the
-/// spare runs `h`'s unit and the chain unwinds.
-#[test]
-fn a_wait_too_deep_to_help_leaves_a_spare_to_run_the_unit() {
-    model(|| {
-        let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
-        let d = s.create_dylib("d").unwrap();
-        let (f, g, h) = (s.intern("f"), s.intern("g"), s.intern("h"));
-        for (name, other) in [(&f, &g), (&g, &h)] {
+        let names: Vec<SymbolName> = (0..=links).map(|i| s.intern(&format!("n{i}"))).collect();
+        for pair in names.windows(2) {
             d.define(WaitsFor {
-                name: name.clone(),
-                other: other.clone(),
+                name: pair[0].clone(),
+                other: pair[1].clone(),
                 dylib: d.clone(),
-                how: Wait::Blocking,
+                how,
             })
             .unwrap();
         }
-        let looked_up = ready(&d, &f);
+        let looked_up = ready(&d, &names[0]);
         d.define(Emits {
-            name: h,
+            name: names[links].clone(),
             address: 0x9,
         })
         .unwrap();
         let found = looked_up.wait().unwrap();
-        assert_eq!(found.get(&f).unwrap().address, 0x9);
+        assert_eq!(found.get(&names[0]).unwrap().address, 0x9);
+        // Joins the worker; a spare ends once its waiter let go of it.
         s.end();
     });
 }
@@ -186,12 +159,21 @@ fn a_wait_too_deep_to_help_leaves_a_spare_to_run_the_unit() {
 /// (a) A blocking wait on the only worker runs the unit it waits for.
 #[test]
 fn a_blocking_wait_on_the_only_worker_runs_the_unit_it_waits_for() {
-    only_worker_waits_for_the_unit_behind_it(Wait::Blocking);
+    only_worker_waits_for_the_unit_behind_it(Wait::Blocking, 1);
 }
 
 /// (b) An await on the only worker leaves a spare to run the unit it
 /// waits for.
 #[test]
 fn an_await_on_the_only_worker_leaves_a_spare_to_run_the_unit() {
-    only_worker_waits_for_the_unit_behind_it(Wait::Awaiting);
+    only_worker_waits_for_the_unit_behind_it(Wait::Awaiting, 1);
+}
+
+/// (c) A wait too deep to help (under loom the engine stops helping at
+/// depth one): `n0`'s blocking wait runs `n1`'s materializer nested in it,
+/// whose own wait for `n2` starts a spare worker and only sleeps; the
+/// spare runs `n2`'s unit and the chain unwinds.
+#[test]
+fn a_wait_too_deep_to_help_leaves_a_spare_to_run_the_unit() {
+    only_worker_waits_for_the_unit_behind_it(Wait::Blocking, 2);
 }
