@@ -130,36 +130,35 @@ fn exit_called_by_the_program_still_runs_its_atexit_handlers() {
 fn a_crash_dies_of_the_signal_like_a_native_program() {
     use std::os::unix::process::ExitStatusExt;
     let dir = scratch("crash");
-    let o = compile_c_text(
-        &dir,
-        "crash",
-        "int main(void) { volatile int *p = 0; return *p; }\n",
-        &["-O0"],
-    );
-    // Run in the scratch folder: a core dump, if the system writes them,
-    // lands there.
-    let out = kiln()
-        .current_dir(&dir)
-        .arg("run")
-        .arg(&o)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{}", show(&out));
-    assert!(text(&out.stderr).contains("SIGSEGV"), "{}", show(&out));
-    let aborts = compile_c_text(
-        &dir,
-        "aborts",
-        "#include <stdlib.h>\nint main(void) { abort(); }\n",
-        &["-O1"],
-    );
-    let out = kiln()
-        .current_dir(&dir)
-        .arg("run")
-        .arg(&aborts)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{}", show(&out));
-    assert!(text(&out.stderr).contains("SIGABRT"), "{}", show(&out));
+    let programs = [
+        (
+            "crash",
+            "int main(void) { volatile int *p = 0; return *p; }\n",
+            "-O0",
+            libc::SIGSEGV,
+            "SIGSEGV",
+        ),
+        (
+            "aborts",
+            "#include <stdlib.h>\nint main(void) { abort(); }\n",
+            "-O1",
+            libc::SIGABRT,
+            "SIGABRT",
+        ),
+    ];
+    for (name, src, opt, signal, said) in programs {
+        let o = compile_c_text(&dir, name, src, &[opt]);
+        // Run in the scratch folder: a core dump, if the system writes
+        // them, lands there.
+        let out = kiln()
+            .current_dir(&dir)
+            .arg("run")
+            .arg(&o)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(signal), "{}", show(&out));
+        assert!(text(&out.stderr).contains(said), "{}", show(&out));
+    }
 }
 
 #[test]

@@ -26,37 +26,18 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 
 const X: SymbolFlags = SymbolFlags::EXPORTED;
 
-fn ready(d: &Dylib, name: &SymbolName) -> Lookup {
-    d.session().lookup(
-        &[(d.clone(), DylibLookup::ExportedOnly)]
+/// A lookup of `name` in `d` (exported symbols) at Ready.
+fn request(d: &Dylib, name: &SymbolName) -> LookupRequest {
+    LookupRequest::new(
+        [(d.clone(), DylibLookup::ExportedOnly)]
             .into_iter()
             .collect(),
-        &LookupSet::required([name.clone()]),
+        LookupSet::required([name.clone()]),
         RequiredState::Ready,
     )
 }
 
-/// Resolves and emits its one symbol at `address`.
-struct Emits {
-    name: SymbolName,
-    address: u64,
-}
-
-impl MaterializationUnit for Emits {
-    fn name(&self) -> &str {
-        "emits"
-    }
-    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        vec![(self.name.clone(), X)]
-    }
-    fn materialize(self: Box<Self>, r: Responsibility) {
-        r.resolve(&[(self.name.clone(), SymbolDef::new(self.address, X))])
-            .unwrap();
-        r.emit(vec![]).unwrap();
-    }
-}
-
-/// How [`WaitsFor`] waits for the other symbol.
+/// How a [`Chain`] unit waits for the next symbol.
 #[derive(Clone, Copy)]
 enum Wait {
     /// `Lookup::wait`: blocks, running the pool's queue meanwhile.
@@ -66,39 +47,38 @@ enum Wait {
     Awaiting,
 }
 
-/// Waits for `other` Ready — defined by another thread, before or after
-/// the wait starts (the lookup awaits its definition) — then resolves and
-/// emits its own symbol at the address found.
-struct WaitsFor {
+/// A unit of one symbol: with `waits`, it waits for that symbol Ready —
+/// defined by another thread, before or after the wait starts (the lookup
+/// awaits its definition) — and takes its address; without, its address
+/// is 0x9. Then it resolves and emits.
+struct Chain {
     name: SymbolName,
-    other: SymbolName,
     dylib: Dylib,
-    how: Wait,
+    waits: Option<(SymbolName, Wait)>,
 }
 
-impl MaterializationUnit for WaitsFor {
+impl MaterializationUnit for Chain {
     fn name(&self) -> &str {
-        "waits-for"
+        "chain"
     }
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
         vec![(self.name.clone(), X)]
     }
     fn materialize(self: Box<Self>, r: Responsibility) {
-        let request = LookupRequest::new(
-            [(self.dylib.clone(), DylibLookup::ExportedOnly)]
-                .into_iter()
-                .collect(),
-            LookupSet::required([self.other.clone()]),
-            RequiredState::Ready,
-        )
-        .await_definitions(AwaitDefinitions::UntilCancelled);
-        let lookup = self.dylib.session().lookup_with(&request);
-        let found = match self.how {
-            Wait::Blocking => lookup.wait(),
-            Wait::Awaiting => block_on(lookup),
-        }
-        .unwrap();
-        let address = found.get(&self.other).unwrap().address;
+        let address = match &self.waits {
+            None => 0x9,
+            Some((other, how)) => {
+                let request =
+                    request(&self.dylib, other).await_definitions(AwaitDefinitions::UntilCancelled);
+                let lookup = self.dylib.session().lookup_with(&request);
+                let found = match how {
+                    Wait::Blocking => lookup.wait(),
+                    Wait::Awaiting => block_on(lookup),
+                }
+                .unwrap();
+                found.get(other).unwrap().address
+            }
+        };
         r.resolve(&[(self.name.clone(), SymbolDef::new(address, X))])
             .unwrap();
         r.emit(vec![]).unwrap();
@@ -124,7 +104,8 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
-/// The main thread looks `n0` up, then defines `n{links}` (an [`Emits`]);
+/// The main thread looks `n0` up, then defines `n{links}` (waiting for
+/// nothing);
 /// `n0`'s materializer runs on the pool's only worker and waits, `how`,
 /// for `n1`, whose materializer waits for `n2`, and so on: once the last
 /// is defined its unit is queued behind the waiting tasks, with no other
@@ -134,21 +115,16 @@ fn only_worker_waits_for_the_unit_behind_it(how: Wait, links: usize) {
         let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
         let d = s.create_dylib("d").unwrap();
         let names: Vec<SymbolName> = (0..=links).map(|i| s.intern(&format!("n{i}"))).collect();
-        for pair in names.windows(2) {
-            d.define(WaitsFor {
-                name: pair[0].clone(),
-                other: pair[1].clone(),
-                dylib: d.clone(),
-                how,
-            })
-            .unwrap();
+        let unit = |i: usize| Chain {
+            name: names[i].clone(),
+            dylib: d.clone(),
+            waits: (i < links).then(|| (names[i + 1].clone(), how)),
+        };
+        for i in 0..links {
+            d.define(unit(i)).unwrap();
         }
-        let looked_up = ready(&d, &names[0]);
-        d.define(Emits {
-            name: names[links].clone(),
-            address: 0x9,
-        })
-        .unwrap();
+        let looked_up = s.lookup_with(&request(&d, &names[0]));
+        d.define(unit(links)).unwrap();
         let found = looked_up.wait().unwrap();
         assert_eq!(found.get(&names[0]).unwrap().address, 0x9);
         // Joins the worker; a spare ends once its waiter let go of it.

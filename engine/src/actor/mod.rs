@@ -471,9 +471,12 @@ pub(crate) fn run_pending_effects() {
         let next = PENDING_EFFECTS.try_with(|frames| {
             let mut frames = frames.borrow_mut();
             let live = frames.live;
+            // The session is cloned only for an effect found: most frames
+            // a blocking wait looks through are empty.
             frames.frames[..live].iter_mut().find_map(|frame| {
-                let core = frame.core.clone()?;
-                Some((core, frame.effects.pop_front()?))
+                let core = frame.core.as_ref()?;
+                let effect = frame.effects.pop_front()?;
+                Some((core.clone(), effect))
             })
         });
         let Ok(Some((core, effect))) = next else {
