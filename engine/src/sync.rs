@@ -74,19 +74,38 @@ impl<T> Mutex<T> {
     }
 }
 
-/// A condition variable paired with [`Mutex`].
+/// A condition variable paired with [`Mutex`] that counts its sleepers, so
+/// a notify with none asleep is not a system call (std's always wakes the
+/// futex: a tracker's closure ending, a task queued while every worker is
+/// busy, paid one each).
+///
+/// The rule every caller keeps: the condition a sleeper checks changes
+/// under the mutex it sleeps with, or the notifier takes and drops that
+/// mutex after changing it. Then a sleeper that missed the change counted
+/// itself (under the mutex) before the notifier's critical section, which
+/// the notifier's count load follows.
 #[derive(Debug, Default)]
-pub(crate) struct Condvar(StdCondvar);
+pub(crate) struct Condvar {
+    cv: StdCondvar,
+    sleepers: AtomicUsize,
+}
 
 impl Condvar {
     pub(crate) fn new() -> Self {
-        Condvar(StdCondvar::new())
+        Condvar {
+            cv: StdCondvar::new(),
+            sleepers: AtomicUsize::new(0),
+        }
     }
 
     pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-        self.0
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let guard = self
+            .cv
             .wait(guard)
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        guard
     }
 
     /// Waits at most `timeout`; may wake early (callers re-check their condition).
@@ -95,18 +114,25 @@ impl Condvar {
         guard: MutexGuard<'a, T>,
         timeout: std::time::Duration,
     ) -> MutexGuard<'a, T> {
-        match self.0.wait_timeout(guard, timeout) {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let guard = match self.cv.wait_timeout(guard, timeout) {
             Ok((guard, _)) => guard,
             Err(poisoned) => poisoned.into_inner().0,
-        }
+        };
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        guard
     }
 
     pub(crate) fn notify_all(&self) {
-        self.0.notify_all();
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
     }
 
     pub(crate) fn notify_one(&self) {
-        self.0.notify_one();
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_one();
+        }
     }
 }
 

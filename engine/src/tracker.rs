@@ -8,7 +8,7 @@ use std::cell::RefCell;
 
 use crate::actor::{DylibId, Msg, Reply, SessionCore, TrackerId};
 use crate::error::{Error, Result};
-use crate::sync::{Arc, Condvar, Mutex, thread_local_const};
+use crate::sync::{Arc, Mutex, thread_local_const};
 
 /// Identifies a tracker to [`ResourceManager`]s.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
@@ -39,8 +39,6 @@ pub(crate) struct TrackerShared {
     /// Whether it is defunct, which closures run, where it went. Never
     /// held while user code runs.
     life: Mutex<Life>,
-    /// Signalled when the last running closure returns.
-    idle: Condvar,
 }
 
 /// Manager work held back until the closures running under a tracker's key
@@ -88,7 +86,6 @@ impl TrackerShared {
             dylib_name,
             key,
             life: Mutex::new(Life::default()),
-            idle: Condvar::new(),
         })
     }
 
@@ -146,7 +143,6 @@ impl TrackerShared {
             if life.active > 0 {
                 return None;
             }
-            self.idle.notify_all();
             std::mem::take(&mut life.deferred)
         };
         let mut first_error = None;
