@@ -73,11 +73,18 @@ fn never_writable_and_executable_and_released_on_drop() {
         let stopper = StopOnDrop(&stop);
         let mut ranges = Vec::new();
         for round in 0..20 {
+            let scanned = scans.load(Ordering::Relaxed);
             let mut linker = Linker::new(Default::default());
             for o in &sets[round % 2] {
                 linker.add_object_file(o).expect("read object");
             }
             let image = linker.link(&host).expect("link");
+            // A link can take less time than a scan: each round waits for
+            // a scan that ran while it linked, so the scans spread over
+            // every round.
+            while scans.load(Ordering::Relaxed) <= scanned {
+                std::thread::yield_now();
+            }
             let (base, len) = image.memory_range();
             // While alive: code is r-x, data r-- or rw-, nothing w+x.
             let live: Vec<_> = maps()

@@ -74,7 +74,7 @@ fn reserve(
     placement: Placement,
 ) -> Result<(Allocation, bool), LinkError> {
     let (total, align) = (layout.total, layout.align);
-    let mut alloc = Allocation::new_aligned(total, align, placement)
+    let mut alloc = Allocation::new_staged_aligned(total, align, placement)
         .map_err(|e| blame_largest_block(graph, e))?;
     let mut low = placement == Placement::Low;
     if alloc.is_none() && req.needs_low.is_none() && low {
@@ -82,7 +82,7 @@ fn reserve(
         // non-PIE code that cannot reach it fails with a named error.
         // (Copies and stubs were chosen for low: finalize uses each only
         // if its target is still out of reach.)
-        alloc = Allocation::new_aligned(total, align, Placement::Near)
+        alloc = Allocation::new_staged_aligned(total, align, Placement::Near)
             .map_err(|e| blame_largest_block(graph, e))?;
         low = false;
     }
