@@ -27,6 +27,13 @@
 //! (`Allocation::write_at`, through `/proc/self/mem`); `finalize` leaves
 //! them as they are. Raw pointers, `mprotect` and `/proc/self/mem` stay in
 //! this module.
+//! A small allocation written once and finalized soon after (a linked
+//! image: [`Allocation::new_staged_aligned`]) is written in the heap
+//! instead, its pages left `PROT_NONE` until `finalize` gives them their
+//! final protections and writes them through `/proc/self/mem`: no page of
+//! it is ever writable, and no protection is ever taken away — which would
+//! flush the translation from every CPU running one of the process's
+//! threads.
 //! A large allocation's pages can be mapped ahead of the writes that fill
 //! it ([`Allocation::prefault`], on a rayon thread), instead of one page
 //! fault per page while the linker copies and relocates; the linker maps
