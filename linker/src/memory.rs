@@ -1085,7 +1085,9 @@ impl Allocation {
     /// page-aligned offsets (a later segment wins a page two cover); pages
     /// not covered become `PROT_NONE`. One `mprotect` per run of pages of
     /// one protection, each page going from read-write straight to its
-    /// final protection: no page is ever W and X at once.
+    /// final protection: no page is ever W and X at once. A staged
+    /// allocation's pages go from `PROT_NONE` to their final protection,
+    /// then are written ([`Allocation::new_staged_aligned`]).
     pub fn finalize(&mut self, segments: &[(u64, u64, Prot)]) -> Result<(), LinkError> {
         self.finalize_with(segments, proc_mem::write)
     }
