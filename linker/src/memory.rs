@@ -657,19 +657,20 @@ impl Allocation {
     /// page's translation from every CPU running one of the process's
     /// threads (an interprocessor interrupt each, which under a hypervisor
     /// exits to it): with two threads linking small objects, that was a
-    /// tenth of their time. Without `/proc/self/mem`, as `new_aligned`.
+    /// quarter of their CPU time. Without `/proc/self/mem`, as
+    /// `new_aligned`.
     pub fn new_staged_aligned(
         len: u64,
         align: u64,
         placement: Placement,
     ) -> Result<Option<Allocation>, LinkError> {
+        let len = len.max(1).div_ceil(PAGE).saturating_mul(PAGE);
+        if len > STAGE_BYTES || !proc_mem::usable() {
+            return Self::new_aligned(len, align, placement);
+        }
         let Some(slab) = Slab::get(placement)? else {
             return Ok(None);
         };
-        let len = len.max(1).div_ceil(PAGE).saturating_mul(PAGE);
-        if len > STAGE_BYTES || !proc_mem::usable() {
-            return Self::take_in(slab, len, align.max(PAGE), &[(0, len)]).map(Some);
-        }
         let mut a = Self::take_in(slab, len, align.max(PAGE), &[])?;
         a.staged = Some(vec![0; len as usize]);
         Ok(Some(a))
