@@ -146,12 +146,26 @@ impl Linker {
         let mut graph = LinkGraph::new();
         let mut names: Vec<Option<N>> = Vec::new();
         let bytes: usize = self.objects.iter().map(|(_, data)| data.len()).sum();
+        let parallel = self.objects.len() >= 2 && bytes >= PARALLEL_READ_BYTES;
         // The merged arrays, allocated once (untouched capacity costs only
-        // address space).
-        let mut hint = crate::elf::SizeHint::default();
-        for (_, data) in &self.objects {
-            hint += crate::elf::size_hint(data);
-        }
+        // address space). Sized from every object's section headers: on
+        // all threads when the objects are read on all threads.
+        let hint_of = |(_, data): &(String, InputBytes)| crate::elf::size_hint(data);
+        let sum = |mut a: crate::elf::SizeHint, b| {
+            a += b;
+            a
+        };
+        let hint = if parallel {
+            self.objects
+                .par_iter()
+                .map(hint_of)
+                .reduce(Default::default, sum)
+        } else {
+            self.objects
+                .iter()
+                .map(hint_of)
+                .fold(Default::default(), sum)
+        };
         graph.reserve(hint.symbols, hint.blocks, hint.globals / 2);
         // One slot per symbol, as the graph's (not regrown per object).
         names.reserve(hint.symbols);
@@ -180,7 +194,7 @@ impl Linker {
             }
             Ok::<(), LinkError>(())
         };
-        if self.objects.len() < 2 || bytes < PARALLEL_READ_BYTES {
+        if !parallel {
             for object in self.objects.iter().enumerate() {
                 merge(parse(object).1)?;
             }
