@@ -79,10 +79,10 @@ fn never_writable_and_executable_and_released_on_drop() {
                 linker.add_object_file(o).expect("read object");
             }
             let image = linker.link(&host).expect("link");
-            // A link can take less time than a scan: each round waits for
-            // a scan that ran while it linked, so the scans spread over
-            // every round.
-            while scans.load(Ordering::Relaxed) <= scanned {
+            // A link can take less time than a scan: each round waits
+            // until a scan has ended since it began (or the scanner is
+            // gone), so the scans spread over every round.
+            while scans.load(Ordering::Relaxed) <= scanned && !scanner.is_finished() {
                 std::thread::yield_now();
             }
             let (base, len) = image.memory_range();
