@@ -6,7 +6,10 @@
 //! generator's queue advances past lookups that no longer need it),
 //! `fast_path_model.rs` (the lock-free lookup path agrees with the actor)
 //! and `qualified_model.rs` (the `QualifiedNames` generator: a lookup racing
-//! a module's registration and a cancel).
+//! a module's registration and a cancel), and `pool_model.rs` (the worker
+//! pool's waits: helping, a stand-in for an awaiting task, a wait too deep
+//! to help). Each runs its models through `tests/runner` (loom's builder,
+//! preemptions bounded).
 //! Under `--cfg kiln_shuttle`: `fast_path_shuttle.rs`, the same fast path
 //! with the real Ready index under shuttle's randomized scheduler. The
 //! models' sessions dispatch in place (`InPlaceDispatcher`); their

@@ -7,6 +7,8 @@
 //! hash iteration order or thread ids.
 #![cfg(kiln_loom)]
 
+mod runner;
+
 use std::sync::Arc;
 use std::sync::atomic::{
     AtomicBool as StdAtomicBool, AtomicUsize as StdAtomicUsize, Ordering::SeqCst,
@@ -15,14 +17,7 @@ use std::sync::atomic::{
 use kiln_engine::*;
 use loom::sync::Mutex;
 use loom::sync::atomic::{AtomicBool, AtomicUsize};
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(f);
-}
+use runner::model;
 
 const X: SymbolFlags = SymbolFlags::EXPORTED;
 

@@ -15,17 +15,11 @@
 #![cfg(kiln_loom)]
 
 mod common;
+mod runner;
 
 use common::{Provides, X, lookup};
 use kiln_engine::*;
-
-fn builder() -> loom::model::Builder {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder
-}
+use runner::builder;
 
 /// `jd`'s generator provides `foo`; `jd2` gains a Ready `foo` while the
 /// lookup of `[jd, jd2]` runs. The actor asks `jd`'s generator first, so

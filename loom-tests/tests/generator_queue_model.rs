@@ -8,6 +8,8 @@
 //! forever, which loom reports as a deadlock.
 #![cfg(kiln_loom)]
 
+mod runner;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering::SeqCst};
 
@@ -54,11 +56,7 @@ fn lookup(s: &Session, d: &Dylib, name: &SymbolName) -> Lookup {
 /// too. Whatever the order, all three complete.
 #[test]
 fn serialized_generator_queue_advances_past_a_lookup_that_no_longer_needs_it() {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(|| {
+    runner::builder().check(|| {
         let s = Session::builder()
             .dispatcher(InPlaceDispatcher::new())
             .build();

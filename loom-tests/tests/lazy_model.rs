@@ -9,6 +9,8 @@
 //! time, hash iteration order or thread ids.
 #![cfg(kiln_loom)]
 
+mod runner;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering::SeqCst};
 
@@ -19,10 +21,7 @@ use loom::sync::atomic::AtomicBool;
 /// Runs `f` under loom; checks that more than one interleaving was
 /// explored (a model whose threads never overlap would prove nothing).
 fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
+    let builder = runner::builder();
     let iterations = Arc::new(StdAtomicUsize::new(0));
     let counter = iterations.clone();
     builder.check(move || {

@@ -6,17 +6,12 @@
 //! `LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg kiln_loom" CARGO_TARGET_DIR=target/loom cargo test -p kiln-loom-tests --release --test qualified_model`.
 #![cfg(kiln_loom)]
 
+mod runner;
+
 use kiln_engine::*;
+use runner::model;
 
 const X: SymbolFlags = SymbolFlags::EXPORTED;
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(f);
-}
 
 /// A session with the generator in `qualified` and module `M` (defining
 /// `f` at 0x100) created but not registered.
