@@ -46,7 +46,7 @@ use cranelift_module::{ModuleReloc, ModuleRelocTarget};
 use kiln_arch::x86_64::reloc::{EdgeKind, apply, reloc_info};
 use kiln_arch::{EdgeTarget, FixupValues};
 use kiln_engine::{ResourceKey, ResourceManager, SymbolDef, SymbolFlags, SymbolName};
-use kiln_linker::graph::Prot;
+use kiln_linker::graph::{InputBytes, Prot};
 use kiln_linker::isa::Isa;
 use kiln_linker::memory::{Allocation, PAGE, Placement};
 
@@ -381,15 +381,7 @@ pub(crate) fn place(
     known: &Known<'_>,
     outside: &Outside<'_>,
 ) -> Result<Option<Placed>, Error> {
-    // Other symbols than declared names are lazy and replacement bodies'
-    // (linked alone); alignments beyond a page, the allocation's, are left
-    // to the link.
-    if batch
-        .funcs
-        .iter()
-        .any(|f| f.symbol().is_some() || f.align > PAGE)
-        || batch.data.iter().any(|d| d.align > PAGE)
-    {
+    if !placeable(batch) {
         return Ok(None);
     }
     let Arena {
@@ -397,48 +389,18 @@ pub(crate) fn place(
         relocs: reloc_chunks,
         staged,
     } = &mut *batch.arena;
-    // The functions the batch copies (all but the staged ones), and the
-    // stage's chunks the others are in (each holds one group's, so they
-    // are the batch's alone).
-    let mut own: Vec<Own<'_>> = Vec::new();
-    let mut used: Vec<usize> = Vec::new();
-    for (i, f) in batch.funcs.iter().enumerate() {
-        match &f.code {
-            Code::Owned(owned) => own.push((i, &owned.bytes, &owned.relocs)),
-            Code::Arena { bytes, relocs } => {
-                let start = bytes.start as usize;
-                let end = start + bytes.len as usize;
-                let bytes = chunks
-                    .get(bytes.chunk as usize)
-                    .and_then(|f| f.get(start..end));
-                let (Some(bytes), Some(relocs)) = (bytes, span_of(reloc_chunks, *relocs)) else {
-                    return Ok(None);
-                };
-                own.push((i, bytes, relocs));
-            }
-            Code::Staged { bytes, .. } => {
-                let chunk = bytes.chunk as usize;
-                if used.last() != Some(&chunk) && !used.contains(&chunk) {
-                    used.push(chunk);
-                }
-            }
+    let Some((own, used)) = sort_code(batch.funcs, chunks, reloc_chunks, staged) else {
+        return Ok(None);
+    };
+    let layout = layout(batch.funcs, batch.data, &own);
+    let mut memory = None;
+    if !(own.is_empty() && batch.data.is_empty()) {
+        let total = layout.rw.0 + layout.rw.1;
+        match Allocation::new(total.max(1), Placement::Near)? {
+            Some(fresh) => memory = Some(fresh),
+            None => return Ok(None),
         }
     }
-    if used
-        .iter()
-        .any(|&c| !matches!(staged.get(c), Some(Some(_))))
-    {
-        return Ok(None);
-    }
-    let layout = layout(batch.funcs, batch.data, &own);
-    let total = layout.rw.0 + layout.rw.1;
-    let mut memory = match (own.is_empty() && batch.data.is_empty(), total) {
-        (true, _) => None,
-        (false, total) => match Allocation::new(total.max(1), Placement::Near)? {
-            Some(memory) => Some(memory),
-            None => return Ok(None),
-        },
-    };
     let base = memory.as_ref().map_or(0, Allocation::base);
     let mut resolver = Resolver {
         names,
@@ -450,28 +412,16 @@ pub(crate) fn place(
         kinds: Vec::new(),
     };
     // The batch's own definitions first: references to them stay inside.
-    let mut own_at = own.iter().zip(&layout.funcs).peekable();
-    for (i, f) in batch.funcs.iter().enumerate() {
-        let address = match &f.code {
-            Code::Staged { bytes, .. } => match &staged[bytes.chunk as usize] {
-                Some(chunk) => chunk.memory.base() + u64::from(bytes.start),
-                None => return Ok(None),
-            },
-            _ => match own_at.next() {
-                Some((&(j, _, _), at)) if j == i => base + at,
-                _ => return Ok(None),
-            },
-        };
-        let Some(slot) = resolver.funcs.get_mut(f.id.as_u32() as usize) else {
-            return Ok(None);
-        };
-        *slot = address;
-    }
-    for (d, at) in batch.data.iter().zip(&layout.data) {
-        let Some(slot) = resolver.data.get_mut(d.id.as_u32() as usize) else {
-            return Ok(None);
-        };
-        *slot = base + at;
+    let addresses = Addresses {
+        own: &own,
+        layout: &layout,
+        base,
+    };
+    if addresses
+        .fill(batch.funcs, batch.data, staged, &mut resolver)
+        .is_none()
+    {
+        return Ok(None);
     }
     if let Some(memory) = &mut memory {
         let prefault = memory.prefault();
@@ -489,6 +439,100 @@ pub(crate) fn place(
     if fix_up_staged(batch.funcs, reloc_chunks, staged, &mut resolver).is_none() {
         return Ok(None);
     }
+    let memory = protect(memory, &layout, used, staged)?;
+    let defs = definitions(batch.funcs, batch.data, names, &resolver, (&layout, base));
+    Ok(Some(Placed { memory, defs }))
+}
+
+/// Whether the direct path may take `batch` at all: other symbols than
+/// declared names are lazy and replacement bodies' (linked alone), and
+/// alignments beyond a page, the allocation's, are left to the link.
+fn placeable(batch: &Batch<'_>) -> bool {
+    !batch
+        .funcs
+        .iter()
+        .any(|f| f.symbol().is_some() || f.align > PAGE)
+        && !batch.data.iter().any(|d| d.align > PAGE)
+}
+
+/// The functions the batch copies (all but the staged ones), and the
+/// stage's chunks the others are in (each holds one group's, so they are
+/// the batch's alone); `None` if a span or a chunk is missing.
+fn sort_code<'a>(
+    funcs: &'a [FuncCode],
+    chunks: &'a [InputBytes],
+    reloc_chunks: &'a [Vec<ModuleReloc>],
+    staged: &[Option<Chunk>],
+) -> Option<(Vec<Own<'a>>, Vec<usize>)> {
+    let mut own: Vec<Own<'a>> = Vec::new();
+    let mut used: Vec<usize> = Vec::new();
+    for (i, f) in funcs.iter().enumerate() {
+        match &f.code {
+            Code::Owned(owned) => own.push((i, &owned.bytes, &owned.relocs)),
+            Code::Arena { bytes, relocs } => {
+                let (start, len) = (bytes.start as usize, bytes.len as usize);
+                let bytes = chunks.get(bytes.chunk as usize)?.get(start..start + len)?;
+                own.push((i, bytes, span_of(reloc_chunks, *relocs)?));
+            }
+            Code::Staged { bytes, .. } => {
+                let chunk = bytes.chunk as usize;
+                if used.last() != Some(&chunk) && !used.contains(&chunk) {
+                    used.push(chunk);
+                }
+            }
+        }
+    }
+    let all_staged = used.iter().all(|&c| matches!(staged.get(c), Some(Some(_))));
+    all_staged.then_some((own, used))
+}
+
+/// Where the batch's own functions and data go: staged functions where
+/// they are, the rest at their place in the batch's memory at `base`.
+struct Addresses<'a, 'b> {
+    own: &'a [Own<'b>],
+    layout: &'a Layout,
+    base: u64,
+}
+
+impl Addresses<'_, '_> {
+    /// Writes each of the batch's own addresses into `resolver`'s slots;
+    /// `None` if a chunk or a declaration is missing.
+    fn fill(
+        &self,
+        funcs: &[FuncCode],
+        data: &[DataCode],
+        staged: &[Option<Chunk>],
+        resolver: &mut Resolver<'_>,
+    ) -> Option<()> {
+        let mut own_at = self.own.iter().zip(&self.layout.funcs).peekable();
+        for (i, f) in funcs.iter().enumerate() {
+            let address = match &f.code {
+                Code::Staged { bytes, .. } => {
+                    let chunk = staged[bytes.chunk as usize].as_ref()?;
+                    chunk.memory.base() + u64::from(bytes.start)
+                }
+                _ => match own_at.next() {
+                    Some((&(j, _, _), at)) if j == i => self.base + at,
+                    _ => return None,
+                },
+            };
+            *resolver.funcs.get_mut(f.id.as_u32() as usize)? = address;
+        }
+        for (d, at) in data.iter().zip(&self.layout.data) {
+            *resolver.data.get_mut(d.id.as_u32() as usize)? = self.base + at;
+        }
+        Some(())
+    }
+}
+
+/// Gives the batch's own memory (if any) and the stage's chunks it used
+/// their final protection; the allocations, for the tracker to own.
+fn protect(
+    memory: Option<Allocation>,
+    layout: &Layout,
+    used: Vec<usize>,
+    staged: &mut [Option<Chunk>],
+) -> Result<Vec<Allocation>, Error> {
     let mut placed = Vec::with_capacity(used.len() + 1);
     if let Some(mut memory) = memory {
         let segments = [
@@ -507,21 +551,30 @@ pub(crate) fn place(
         chunk.memory.finalize(&[(0, chunk.used, Prot::ReadExec)])?;
         placed.push(chunk.memory);
     }
-    let mut defs = Vec::with_capacity(batch.funcs.len() + batch.data.len());
+    Ok(placed)
+}
+
+/// Each function's name and definition, then each data object's, in the
+/// batch's order.
+fn definitions(
+    funcs: &[FuncCode],
+    data: &[DataCode],
+    names: &Names,
+    resolver: &Resolver<'_>,
+    (layout, base): (&Layout, u64),
+) -> Vec<(SymbolName, SymbolDef)> {
+    let mut defs = Vec::with_capacity(funcs.len() + data.len());
     let code = SymbolFlags::EXPORTED | SymbolFlags::CALLABLE;
-    for f in batch.funcs {
+    for f in funcs {
         let i = f.id.as_u32() as usize;
         let name = names.funcs[i].name.clone();
         defs.push((name, SymbolDef::new(resolver.funcs[i], code)));
     }
-    for (d, at) in batch.data.iter().zip(&layout.data) {
+    for (d, at) in data.iter().zip(&layout.data) {
         let name = names.data[d.id.as_u32() as usize].name.clone();
         defs.push((name, SymbolDef::new(base + at, SymbolFlags::EXPORTED)));
     }
-    Ok(Some(Placed {
-        memory: placed,
-        defs,
-    }))
+    defs
 }
 
 /// Applies the staged functions' relocations where they are; `None` if
