@@ -488,7 +488,14 @@ pub(crate) fn run_pending_effects() {
 
 /// Runs `effects` as this driver's frame (see [`PENDING_EFFECTS`]).
 fn run_effects(core: &Arc<SessionCore>, effects: &mut Effects) {
-    if effects.is_empty() {
+    if effects.len() <= 1 {
+        // Nothing is queued behind a lone effect: while it runs (and
+        // blocks, perhaps) this driver owes nothing, so it needs no frame.
+        // The common drive — one dispatch or one completion — skips the
+        // thread-local frames altogether.
+        if let Some(effect) = effects.pop() {
+            core.run_effect(effect);
+        }
         return;
     }
     let Ok(depth) = PENDING_EFFECTS.try_with(|frames| {

@@ -83,6 +83,11 @@ impl State {
     /// symbol it asked for (with its dylib), and the first one's cause.
     /// `None` if none failed.
     pub(super) fn lookup_failure(&self, lk: &PendingLookup) -> Option<Error> {
+        // Every failed symbol has its cause recorded: with none recorded,
+        // none of the lookup's failed (every successful bind asks).
+        if self.failures.is_empty() {
+            return None;
+        }
         let mut symbols = Vec::new();
         let mut first: Option<&Error> = None;
         for f in &lk.found {
