@@ -440,7 +440,7 @@ pub(crate) fn place(
         return Ok(None);
     }
     let memory = protect(memory, &layout, used, staged)?;
-    let defs = definitions(batch.funcs, batch.data, names, &resolver, (&layout, base));
+    let defs = definitions(batch.funcs, batch.data, names, &resolver, &layout, base);
     Ok(Some(Placed { memory, defs }))
 }
 
@@ -561,7 +561,8 @@ fn definitions(
     data: &[DataCode],
     names: &Names,
     resolver: &Resolver<'_>,
-    (layout, base): (&Layout, u64),
+    layout: &Layout,
+    base: u64,
 ) -> Vec<(SymbolName, SymbolDef)> {
     let mut defs = Vec::with_capacity(funcs.len() + data.len());
     let code = SymbolFlags::EXPORTED | SymbolFlags::CALLABLE;
