@@ -428,9 +428,6 @@ struct Slot {
     waker: Option<Waker>,
     callback: Option<Callback>,
     helper: Option<Arc<PoolShared>>,
-    /// Threads blocked on `done`: completing notifies only when there are
-    /// some (a notify is a system call).
-    sleepers: u32,
 }
 
 impl fmt::Debug for LookupShared {
@@ -473,7 +470,6 @@ impl LookupShared {
             return;
         }
         slot.completed = false;
-        slot.sleepers = 0;
         let _ = SPARE_SLOT.try_with(|spare| *spare.borrow_mut() = Some(this));
     }
 
@@ -495,11 +491,9 @@ impl LookupShared {
         slot.result = Some(result);
         let waker = slot.waker.take();
         let helper = slot.helper.take();
-        let sleepers = slot.sleepers > 0;
         drop(slot);
-        if sleepers {
-            self.done.notify_all();
-        }
+        // Free when nobody sleeps on it (the condvar counts its sleepers).
+        self.done.notify_all();
         if let Some(helper) = helper {
             helper.wake();
         }
@@ -643,9 +637,7 @@ impl Lookup {
             while !slot.completed {
                 match deadline {
                     None => {
-                        slot.sleepers += 1;
                         slot = shared.done.wait(slot);
-                        slot.sleepers -= 1;
                     }
                     Some((at, _)) => {
                         let now = Instant::now();
@@ -655,9 +647,7 @@ impl Lookup {
                             slot = shared.slot.lock();
                             continue;
                         }
-                        slot.sleepers += 1;
                         slot = shared.done.wait_timeout(slot, at - now);
-                        slot.sleepers -= 1;
                     }
                 }
             }
@@ -670,9 +660,7 @@ impl Lookup {
             }
             let mut slot = shared.slot.lock();
             while !slot.completed {
-                slot.sleepers += 1;
                 slot = shared.done.wait(slot);
-                slot.sleepers -= 1;
             }
         }
     }

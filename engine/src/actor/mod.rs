@@ -199,28 +199,24 @@ pub(crate) struct Reply<T>(Arc<ReplySlot<T>>);
 pub(crate) struct ReplyWait<T>(Arc<ReplySlot<T>>);
 
 struct ReplySlot<T> {
-    /// The value, and whether the receiver sleeps (then sending notifies).
-    value: Mutex<(Option<T>, bool)>,
+    /// The value, once sent.
+    value: Mutex<Option<T>>,
     ready: Condvar,
 }
 
 impl<T> Reply<T> {
     pub(crate) fn new() -> (Reply<T>, ReplyWait<T>) {
         let slot = Arc::new(ReplySlot {
-            value: Mutex::new((None, false)),
+            value: Mutex::new(None),
             ready: Condvar::new(),
         });
         (Reply(slot.clone()), ReplyWait(slot))
     }
 
     pub(crate) fn send(self, value: T) {
-        let mut slot = self.0.value.lock();
-        slot.0 = Some(value);
-        let sleeping = slot.1;
-        drop(slot);
-        if sleeping {
-            self.0.ready.notify_all();
-        }
+        *self.0.value.lock() = Some(value);
+        // Free when the receiver is not asleep (the condvar counts sleepers).
+        self.0.ready.notify_all();
     }
 }
 
@@ -230,10 +226,9 @@ impl<T> ReplyWait<T> {
     pub(crate) fn wait(self) -> T {
         let mut slot = self.0.value.lock();
         loop {
-            if let Some(v) = slot.0.take() {
+            if let Some(v) = slot.take() {
                 return v;
             }
-            slot.1 = true;
             slot = self.0.ready.wait(slot);
         }
     }
