@@ -101,6 +101,16 @@ impl GlobalMap {
     }
 }
 
+/// `src` moved into `dst`, which is empty: as it is, or appended where
+/// `dst` was given room up front (a merge that reserved for every object).
+fn take_or_extend<T>(dst: &mut Vec<T>, src: Vec<T>) {
+    if dst.capacity() > src.len() {
+        dst.extend(src);
+    } else {
+        *dst = src;
+    }
+}
+
 /// The hash [`GlobalMap`] uses for `name`.
 pub fn name_hash(name: &str) -> u64 {
     FxBuildHasher.hash_one(name)
@@ -857,6 +867,102 @@ impl LinkGraph {
     /// [`LinkGraph::merge`], also returning where each of `other`'s symbols
     /// went: its id in this graph, by its id in `other`.
     pub fn merge_mapped(&mut self, other: LinkGraph) -> (ObjectId, Vec<SymbolId>) {
+        let mut other = other;
+        match self.adopt(&mut other) {
+            Some(adopted) => adopted,
+            None => self.merge_general(other),
+        }
+    }
+
+    /// [`LinkGraph::merge_mapped`] of a first object into an empty graph
+    /// (each unit of one object a JIT adds): nothing resolves against an
+    /// earlier object, so every id of `other` stays — its arrays are taken
+    /// as they are, no edge is rewritten, no section renamed — and only its
+    /// global names are entered in the table. The graph is the general
+    /// merge's, field for field (`tests::adopting_equals_merging`).
+    /// `None`, with `other` untouched but for its globals' names, where the
+    /// two could differ: this graph not empty, `other` already merged, a
+    /// name or a COMDAT group twice in one object.
+    fn adopt(&mut self, other: &mut LinkGraph) -> Option<(ObjectId, Vec<SymbolId>)> {
+        let empty = self.objects.is_empty()
+            && self.sections.is_empty()
+            && self.blocks.is_empty()
+            && self.symbols.is_empty()
+            && self.globals.is_empty()
+            && self.comdats.is_empty()
+            && self.groups.is_empty()
+            && self.unmerged_globals.is_empty()
+            && self.duplicates.is_empty()
+            && self.foreign_object.is_none()
+            && self.isa.is_none_or(|isa| Some(isa) == other.isa);
+        let mut signatures = FxHashSet::default();
+        if !empty
+            || !other.globals.is_empty()
+            || other.section_index.len() != other.sections.len()
+            || !other
+                .groups
+                .iter()
+                .all(|(sig, _)| signatures.insert(&**sig))
+        {
+            return None;
+        }
+        self.globals
+            .reserve(other.unmerged_globals.len(), &other.symbols);
+        for &(id, start, len, hash) in &other.unmerged_globals {
+            let Some(name) = other.name_arena.get(start as usize..(start + len) as usize) else {
+                self.globals.0.clear();
+                return None;
+            };
+            other.symbols[id.index()].name = Some(name.into());
+            let symbols = &other.symbols;
+            match self.globals.0.entry(
+                hash,
+                |&g| name_of(symbols, g) == name,
+                |&g| name_hash(name_of(symbols, g)),
+            ) {
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(id);
+                }
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    self.globals.0.clear();
+                    return None;
+                }
+            }
+            // A definition in a section not loaded: the general merge
+            // leaves the name's external, referenced strongly.
+            let s = &mut other.symbols[id.index()];
+            if s.def == SymbolDef::Discarded {
+                *s = Symbol {
+                    name: s.name.take(),
+                    def: SymbolDef::External,
+                    object: s.object,
+                    size: 0,
+                    scope: Scope::Default,
+                    linkage: Linkage::Strong,
+                    callable: false,
+                    tls: false,
+                    weak_ref: false,
+                };
+            }
+        }
+        let owner = ObjectId(0);
+        for (sig, members) in std::mem::take(&mut other.groups) {
+            let object = members.first().and_then(|b| other.blocks[b.index()].object);
+            self.comdats.insert(sig, object.unwrap_or(owner));
+        }
+        self.isa = other.isa;
+        let map = (0..other.symbols.len() as u32).map(SymbolId).collect();
+        take_or_extend(&mut self.objects, std::mem::take(&mut other.objects));
+        take_or_extend(&mut self.sections, std::mem::take(&mut other.sections));
+        self.section_index = std::mem::take(&mut other.section_index);
+        take_or_extend(&mut self.blocks, std::mem::take(&mut other.blocks));
+        take_or_extend(&mut self.symbols, std::mem::take(&mut other.symbols));
+        self.duplicates = std::mem::take(&mut other.duplicates);
+        Some((owner, map))
+    }
+
+    /// [`LinkGraph::merge_mapped`] in general: ids of `other` renumbered.
+    fn merge_general(&mut self, other: LinkGraph) -> (ObjectId, Vec<SymbolId>) {
         let obj_base = ObjectId(self.objects.len() as u32);
         match (self.isa, other.isa) {
             (None, isa) => self.isa = isa,
@@ -1108,7 +1214,7 @@ impl LinkGraph {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn def(g: &mut LinkGraph, obj: ObjectId, linkage: Linkage, d: SymbolDef) -> Symbol {
@@ -1255,6 +1361,192 @@ mod tests {
         assert_eq!(g.global_id("z"), None);
         assert_eq!(g.symbols[y.index()].name.as_deref(), Some("y"));
         assert_eq!(g.globals.len(), 2);
+    }
+
+    /// An x86-64 object with a piece of everything the merge decides:
+    /// global, hidden, weak and local functions, undefined (strong and
+    /// weak) references, a COMMON, a thread-local, a COMDAT group (named
+    /// `twice` times), a global in a section the reader skips, and
+    /// relocations to globals and to a section symbol.
+    pub(crate) fn rich_object(twice: usize) -> Vec<u8> {
+        use object::write::{Comdat, Object, Relocation, StandardSection, SymbolSection};
+        use object::{SymbolFlags, SymbolKind, SymbolScope};
+        let mut o = Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.section_id(StandardSection::Text);
+        o.append_section_data(text, &[0xc3; 64], 16);
+        let data = o.section_id(StandardSection::Data);
+        o.append_section_data(data, &[1; 16], 8);
+        let tdata = o.section_id(StandardSection::Tls);
+        o.append_section_data(tdata, &[2; 8], 8);
+        let note = o.add_section(
+            Vec::new(),
+            b".note.kiln".to_vec(),
+            object::SectionKind::Note,
+        );
+        o.append_section_data(note, &[0; 8], 4);
+        let sym = |o: &mut Object<'_>, name: &str, section, value, kind, scope, weak| {
+            o.add_symbol(object::write::Symbol {
+                name: name.as_bytes().to_vec(),
+                value,
+                size: 8,
+                kind,
+                scope,
+                weak,
+                section,
+                flags: SymbolFlags::None,
+            })
+        };
+        let (code, global) = (SymbolKind::Text, SymbolScope::Dynamic);
+        let here = SymbolSection::Section(text);
+        sym(&mut o, "f", here, 0, code, global, false);
+        sym(
+            &mut o,
+            "local",
+            here,
+            16,
+            code,
+            SymbolScope::Compilation,
+            false,
+        );
+        sym(
+            &mut o,
+            "hidden",
+            here,
+            32,
+            code,
+            SymbolScope::Linkage,
+            false,
+        );
+        sym(&mut o, "weak", here, 48, code, global, true);
+        let undefined = SymbolSection::Undefined;
+        let ext = sym(&mut o, "ext", undefined, 0, code, global, false);
+        let weak_ext = sym(&mut o, "weak_ext", undefined, 0, code, global, true);
+        sym(
+            &mut o,
+            "common",
+            SymbolSection::Common,
+            8,
+            SymbolKind::Data,
+            global,
+            false,
+        );
+        let tls = SymbolSection::Section(tdata);
+        sym(&mut o, "tls", tls, 0, SymbolKind::Tls, global, false);
+        let skipped = SymbolSection::Section(note);
+        sym(
+            &mut o,
+            "in_note",
+            skipped,
+            0,
+            SymbolKind::Data,
+            global,
+            false,
+        );
+        // A group's signature is its symbol's name: each group here is
+        // named after the first one's symbol.
+        let mut signature = None;
+        for k in 0..twice {
+            let inl = o.add_section(Vec::new(), b".text.inl".to_vec(), object::SectionKind::Text);
+            o.append_section_data(inl, &[0xc3; 8], 16);
+            let name = if k == 0 { "inl" } else { "inl_again" };
+            let at = SymbolSection::Section(inl);
+            let symbol = sym(&mut o, name, at, 0, code, global, true);
+            o.add_comdat(Comdat {
+                kind: object::ComdatKind::Any,
+                symbol: *signature.get_or_insert(symbol),
+                sections: vec![inl],
+            });
+        }
+        let data_section = o.section_symbol(data);
+        let call = object::RelocationFlags::Elf {
+            r_type: object::elf::R_X86_64_PLT32,
+        };
+        let pc = object::RelocationFlags::Elf {
+            r_type: object::elf::R_X86_64_PC32,
+        };
+        for (offset, symbol, flags) in
+            [(1, ext, call), (17, weak_ext, call), (33, data_section, pc)]
+        {
+            let relocation = Relocation {
+                offset,
+                symbol,
+                addend: -4,
+                flags,
+            };
+            o.add_relocation(text, relocation)
+                .expect("a valid relocation");
+        }
+        o.write().expect("the object is written")
+    }
+
+    /// Every field of `g` that a merge fills, as text, tables sorted.
+    pub(crate) fn merged_fields(g: &LinkGraph) -> String {
+        let mut globals: Vec<_> = g.global_names().collect();
+        globals.sort();
+        let mut comdats: Vec<_> = g.comdats.iter().collect();
+        comdats.sort();
+        let mut sections: Vec<_> = g.section_index.iter().collect();
+        sections.sort();
+        format!(
+            "{:?}\n{:?}\n{:?}\n{:?}\n{globals:?}\n{comdats:?}\n{sections:?}\n{:?}\n{:?}/{:?}\n{:?}{:?}{:?}",
+            g.objects,
+            g.sections,
+            g.blocks,
+            g.symbols,
+            g.duplicates,
+            g.isa,
+            g.foreign_object,
+            g.groups,
+            g.unmerged_globals,
+            g.name_arena,
+        )
+    }
+
+    #[test]
+    fn adopting_equals_merging() {
+        let bytes = rich_object(1);
+        let parsed = || crate::elf::parse_object("rich.o", &bytes).expect("it parses");
+        let mut adopted = LinkGraph::new();
+        let adopted_map = adopted
+            .adopt(&mut parsed())
+            .expect("an object merged into an empty graph is adopted");
+        let mut merged = LinkGraph::new();
+        let merged_map = merged.merge_general(parsed());
+        assert_eq!(adopted_map, merged_map);
+        assert_eq!(merged_fields(&adopted), merged_fields(&merged));
+        // The object has what the merge decides.
+        let s = |name: &str| &merged.symbols[merged.global_id(name).expect(name).index()];
+        assert_eq!(s("in_note").def, SymbolDef::External);
+        assert!(!s("in_note").weak_ref);
+        assert!(s("weak_ext").weak_ref && !s("ext").weak_ref);
+        assert!(matches!(s("common").def, SymbolDef::Common { .. }));
+        assert_eq!(merged.comdats.len(), 1);
+        // A second object merges against the first as before.
+        let second = |g: &mut LinkGraph| g.merge_mapped(parsed());
+        assert_eq!(second(&mut adopted), second(&mut merged));
+        assert_eq!(merged_fields(&adopted), merged_fields(&merged));
+    }
+
+    #[test]
+    fn an_object_naming_a_group_twice_is_merged_not_adopted() {
+        let bytes = rich_object(2);
+        let parsed = || crate::elf::parse_object("twice.o", &bytes).expect("it parses");
+        let mut adopted = LinkGraph::new();
+        assert!(adopted.adopt(&mut parsed()).is_none());
+        assert_eq!(merged_fields(&adopted), merged_fields(&LinkGraph::new()));
+        let mut merged = LinkGraph::new();
+        merged.merge_general(parsed());
+        let mut through_merge = LinkGraph::new();
+        through_merge.merge_mapped(parsed());
+        assert_eq!(merged_fields(&through_merge), merged_fields(&merged));
+        // The second copy was dropped: what only it defined is referenced.
+        let again = merged.global_id("inl_again").expect("named");
+        assert_eq!(merged.symbols[again.index()].def, SymbolDef::External);
+        assert_eq!(merged.comdats.len(), 1);
     }
 
     #[test]
