@@ -143,64 +143,9 @@ impl Linker {
         &mut self,
         name_of: &(dyn Fn(&str) -> N + Sync),
     ) -> Result<(LinkGraph, Vec<Option<N>>), LinkError> {
-        let mut graph = LinkGraph::new();
-        let mut names: Vec<Option<N>> = Vec::new();
-        let bytes: usize = self.objects.iter().map(|(_, data)| data.len()).sum();
-        let parallel = self.objects.len() >= 2 && bytes >= PARALLEL_READ_BYTES;
-        // The merged arrays, allocated once (untouched capacity costs only
-        // address space). Sized from every object's section headers: on
-        // all threads when the objects are read on all threads.
-        let hint_of = |(_, data): &(String, InputBytes)| crate::elf::size_hint(data);
-        let sum = |mut a: crate::elf::SizeHint, b| {
-            a += b;
-            a
-        };
-        let hint = if parallel {
-            self.objects
-                .par_iter()
-                .map(hint_of)
-                .reduce(Default::default, sum)
-        } else {
-            self.objects
-                .iter()
-                .map(hint_of)
-                .fold(Default::default(), sum)
-        };
-        graph.reserve(hint.symbols, hint.blocks, hint.globals / 2);
-        // One slot per symbol, as the graph's (not regrown per object).
-        names.reserve(hint.symbols);
-
-        // Objects parse in parallel and merge in order (small inputs on
-        // this thread alone).
-        let parse = |(i, (name, data)): (usize, &(String, InputBytes))| {
-            let parsed = crate::elf::parse_object_shared(name, data).map(|g| {
-                let named: Vec<(SymbolId, N)> = g
-                    .unmerged_definitions()
-                    .map(|(id, n)| (id, name_of(n)))
-                    .collect();
-                (g, named)
-            });
-            (i, parsed)
-        };
-        let mut merge = |parsed: Result<(LinkGraph, Vec<(SymbolId, N)>), LinkError>| {
-            let (g, named) = parsed?;
-            let (_, map) = graph.merge_mapped(g);
-            names.resize_with(graph.symbols.len(), || None);
-            for (id, n) in named {
-                let slot = &mut names[map[id.index()].index()];
-                if slot.is_none() {
-                    *slot = Some(n);
-                }
-            }
-            Ok::<(), LinkError>(())
-        };
-        if !parallel {
-            for object in self.objects.iter().enumerate() {
-                merge(parse(object).1)?;
-            }
-        } else {
-            parse_in_parallel_merge_in_order(&self.objects, parse, merge)?;
-        }
+        let parse = |name: &str, data: &InputBytes| crate::elf::parse_object_shared(name, data);
+        let (mut graph, mut names) =
+            read_objects_naming(&self.objects, &|data| &data[..], &parse, name_of)?;
         self.pull_archive_members(&mut graph)?;
         names.resize_with(graph.symbols.len(), || None);
         Ok((graph, names))
@@ -716,6 +661,90 @@ impl Drop for LinkedImage {
     }
 }
 
+/// Parses one object `(name, bytes)` into a graph of its own.
+pub(crate) type ParseObject<'a, B> = dyn Fn(&str, &B) -> Result<LinkGraph, LinkError> + Sync + 'a;
+
+/// Objects `(name, bytes)` read into one graph (`parse` reads one), their
+/// defined globals named with `name_of` (for example an engine's
+/// interner) as they are read: objects large enough together are parsed
+/// and named on all threads and merged in order. Returns the graph and,
+/// by symbol id, the name given to each symbol (`None` for locals and
+/// externals).
+pub(crate) fn read_objects_naming<S: AsRef<str> + Sync, B: Sync, N: Send>(
+    objects: &[(S, B)],
+    bytes_of: &(dyn Fn(&B) -> &[u8] + Sync),
+    parse: &ParseObject<'_, B>,
+    name_of: &(dyn Fn(&str) -> N + Sync),
+) -> Result<(LinkGraph, Vec<Option<N>>), LinkError> {
+    let bytes: usize = objects.iter().map(|(_, data)| bytes_of(data).len()).sum();
+    let parallel = objects.len() >= 2 && bytes >= PARALLEL_READ_BYTES;
+    read_objects_naming_on(objects, bytes_of, parse, name_of, parallel)
+}
+
+/// [`read_objects_naming`], on all threads if `parallel`.
+fn read_objects_naming_on<S: AsRef<str> + Sync, B: Sync, N: Send>(
+    objects: &[(S, B)],
+    bytes_of: &(dyn Fn(&B) -> &[u8] + Sync),
+    parse: &ParseObject<'_, B>,
+    name_of: &(dyn Fn(&str) -> N + Sync),
+    parallel: bool,
+) -> Result<(LinkGraph, Vec<Option<N>>), LinkError> {
+    let mut graph = LinkGraph::new();
+    let mut names: Vec<Option<N>> = Vec::new();
+    // The merged arrays, allocated once (untouched capacity costs only
+    // address space). Sized from every object's section headers: on
+    // all threads when the objects are read on all threads.
+    let hint_of = |(_, data): &(S, B)| crate::elf::size_hint(bytes_of(data));
+    let sum = |mut a: crate::elf::SizeHint, b| {
+        a += b;
+        a
+    };
+    let hint = if parallel {
+        objects
+            .par_iter()
+            .map(hint_of)
+            .reduce(Default::default, sum)
+    } else {
+        objects.iter().map(hint_of).fold(Default::default(), sum)
+    };
+    graph.reserve(hint.symbols, hint.blocks, hint.globals / 2);
+    // One slot per symbol, as the graph's (not regrown per object).
+    names.reserve(hint.symbols);
+
+    // Objects parse in parallel and merge in order (small inputs on
+    // this thread alone).
+    let parse = |(i, (name, data)): (usize, &(S, B))| {
+        let parsed = parse(name.as_ref(), data).map(|g| {
+            let named: Vec<(SymbolId, N)> = g
+                .unmerged_definitions()
+                .map(|(id, n)| (id, name_of(n)))
+                .collect();
+            (g, named)
+        });
+        (i, parsed)
+    };
+    let mut merge = |parsed: Result<(LinkGraph, Vec<(SymbolId, N)>), LinkError>| {
+        let (g, named) = parsed?;
+        let (_, map) = graph.merge_mapped(g);
+        names.resize_with(graph.symbols.len(), || None);
+        for (id, n) in named {
+            let slot = &mut names[map[id.index()].index()];
+            if slot.is_none() {
+                *slot = Some(n);
+            }
+        }
+        Ok::<(), LinkError>(())
+    };
+    if !parallel {
+        for object in objects.iter().enumerate() {
+            merge(parse(object).1)?;
+        }
+    } else {
+        parse_in_parallel_merge_in_order(objects, parse, merge)?;
+    }
+    Ok((graph, names))
+}
+
 /// Parses `items` on rayon's threads and this one, and merges each on this
 /// one as soon as it and every item before it are parsed: merging stays in
 /// order (COMDAT groups and duplicate checks depend on it). `parse` returns
@@ -798,6 +827,31 @@ fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Objects read on all threads make the graph, and get the names, that
+    /// they get read on one: three copies of one object (their COMDAT
+    /// groups dropped but the first's, their strong definitions
+    /// duplicates, their references resolved to the first's definitions).
+    #[test]
+    fn objects_read_in_parallel_make_the_graph_read_serially() {
+        use crate::graph::tests::{merged_fields, rich_object};
+        let bytes = rich_object(1);
+        let objects: Vec<(String, &[u8])> =
+            (0..3).map(|i| (format!("o{i}.o"), &bytes[..])).collect();
+        let parse = |name: &str, bytes: &&[u8]| crate::elf::parse_object(name, bytes);
+        let name_of = |name: &str| name.to_string();
+        let read = |parallel| {
+            read_objects_naming_on(&objects, &|b| *b, &parse, &name_of, parallel)
+                .expect("the objects read")
+        };
+        let (mut serial, serial_names) = read(false);
+        let (parallel, parallel_names) = read(true);
+        assert_eq!(merged_fields(&parallel), merged_fields(&serial));
+        assert_eq!(parallel_names, serial_names);
+        assert_eq!(serial.objects.len(), 3);
+        assert!(serial_names.iter().flatten().any(|n| n == "f"));
+        assert!(!serial.take_duplicates().is_empty());
+    }
 
     /// Items parsed out of order on several threads (uneven work) are
     /// merged in input order, each once.

@@ -338,13 +338,19 @@ impl ObjectLayer {
         objects: &[(N, B)],
     ) -> Result<(), LinkError> {
         let start = Instant::now();
-        let mut graph = LinkGraph::new();
-        for (object, bytes) in objects {
-            self.read_into(&mut graph, object.as_ref(), bytes.as_ref())?;
-        }
+        let objects: Vec<(&str, &[u8])> = objects
+            .iter()
+            .map(|(name, bytes)| (name.as_ref(), bytes.as_ref()))
+            .collect();
+        let debug = &self.shared.options.debug;
+        let parse = |name: &str, bytes: &&[u8]| crate::debug::parse_object(name, bytes, debug);
+        // Many objects are read and their globals interned on all threads.
+        let intern = |name: &str| self.session.intern(name);
+        let (mut graph, names) =
+            crate::image::read_objects_naming(&objects, &|bytes| *bytes, &parse, &intern)?;
         passes::check_duplicates(&mut graph)?;
         self.add_read_time(start.elapsed());
-        self.add_graph(dylib, tracker, name, graph)
+        self.add_graph_named(dylib, tracker, name, graph, names)
     }
 
     /// Adds an already-built graph (for example every input of a

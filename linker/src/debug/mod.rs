@@ -508,12 +508,21 @@ pub(crate) fn read_object(
     bytes: &[u8],
     options: &DebugOptions,
 ) -> Result<crate::graph::ObjectId, crate::LinkError> {
+    Ok(graph.merge(parse_object(name, bytes, options)?))
+}
+
+/// Object `bytes` (called `name` in errors) parsed into a graph of its
+/// own, as [`read_object`] reads it.
+pub(crate) fn parse_object(
+    name: &str,
+    bytes: &[u8],
+    options: &DebugOptions,
+) -> Result<LinkGraph, crate::LinkError> {
     if !options.gdb && !options.jitdump {
-        return crate::elf::read_object(graph, name, bytes);
+        return crate::elf::parse_object(name, bytes);
     }
     let file: crate::graph::InputBytes = std::sync::Arc::new(bytes.to_vec().into());
-    let parsed = crate::elf::parse_object_shared(name, &file)?;
-    Ok(graph.merge(parsed))
+    crate::elf::parse_object_shared(name, &file)
 }
 
 /// By object: the shared bytes of the input file it was read from, if its
