@@ -906,6 +906,7 @@ impl LinkGraph {
         {
             return None;
         }
+        let owner = ObjectId(0);
         self.globals
             .reserve(other.unmerged_globals.len(), &other.symbols);
         for &(id, start, len, hash) in &other.unmerged_globals {
@@ -935,7 +936,7 @@ impl LinkGraph {
                 *s = Symbol {
                     name: s.name.take(),
                     def: SymbolDef::External,
-                    object: s.object,
+                    object: s.object.or(Some(owner)),
                     size: 0,
                     scope: Scope::Default,
                     linkage: Linkage::Strong,
@@ -945,7 +946,6 @@ impl LinkGraph {
                 };
             }
         }
-        let owner = ObjectId(0);
         for (sig, members) in std::mem::take(&mut other.groups) {
             let object = members.first().and_then(|b| other.blocks[b.index()].object);
             self.comdats.insert(sig, object.unwrap_or(owner));
