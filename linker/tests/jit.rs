@@ -407,6 +407,69 @@ fn no_thread_calls_code_whose_constructors_are_still_running() {
     }
 }
 
+/// A batch of 2 MiB or more is read on all threads (parsed and named in
+/// parallel, merged in order): linked as one image as a small batch is,
+/// its calls in a cycle across the objects direct, and a duplicate
+/// definition in it still refused with nothing added.
+#[test]
+fn a_large_batch_read_on_all_threads_links_as_one_image() {
+    let _serial = serial();
+    let dir = scratch("large-batch");
+    const N: usize = 4;
+    // Each object carries 600 KiB of read-only data, so the four are more
+    // than the 2 MiB from which a batch is read in parallel.
+    let source = |i: usize, name: &str| {
+        let next = (i + 1) % N;
+        format!(
+            "const char pad_{i}[600 * 1024] = {{1}};\n\
+             long f_{next}(long);\n\
+             long {name}(long x) {{ return x <= 0 ? {i} : f_{next}(x - 1) + pad_{i}[x % 7]; }}\n"
+        )
+    };
+    let objects: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let name = format!("o{i}");
+            let bytes = object(&dir, &name, &source(i, &format!("f_{i}")));
+            (format!("{name}.o"), bytes)
+        })
+        .collect();
+    let total: usize = objects.iter().map(|(_, b)| b.len()).sum();
+    assert!(total >= 2 << 20, "the batch is {total} bytes");
+    // What f_i(x) returns: the C above, in Rust.
+    fn expected(i: usize, x: i64) -> i64 {
+        if x <= 0 {
+            i as i64
+        } else {
+            expected((i + 1) % N, x - 1) + i64::from(x % 7 == 0)
+        }
+    }
+    let jit = Jit::builder().build().unwrap();
+    jit.add_objects(&objects).unwrap();
+    for i in 0..N {
+        // SAFETY: every `f_i` is `long f(long)`.
+        let f = unsafe { jit.get::<I64Fn>(&format!("f_{i}")) }.unwrap();
+        for x in [0, 1, 7, 30] {
+            assert_eq!(f(x), expected(i, x), "f_{i}({x})");
+        }
+    }
+    let (stats, images) = jit.layer().stats();
+    assert_eq!((images, stats.objects, stats.plt_stubs), (1, N, 0));
+
+    // A fifth object defining `f_0` again: refused, nothing added.
+    let mut with_duplicate = objects.clone();
+    let again = object(&dir, "again", &source(0, "f_0"));
+    with_duplicate.push(("again.o".to_string(), again));
+    let jit = Jit::builder().build().unwrap();
+    let err = jit.add_objects(&with_duplicate).unwrap_err();
+    assert!(
+        matches!(&err, JitError::Link(kiln_linker::LinkError::DuplicateSymbols { duplicates })
+            if duplicates.iter().any(|(n, objs)| n == "f_0" && objs.len() == 2)),
+        "{err:?}"
+    );
+    // SAFETY: `f_1` is `long f(long)` (it must not be found).
+    assert!(unsafe { jit.get::<I64Fn>("f_1") }.is_err());
+}
+
 /// Objects `a` and `b` whose functions call each other: `a(4)` is 22,
 /// `b(3)` is 21.
 fn mutually_recursive_objects(dir: &Path) -> (Vec<u8>, Vec<u8>) {
