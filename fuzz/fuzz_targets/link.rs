@@ -140,6 +140,13 @@ fn link(data: &[u8]) -> Result<(), LinkError> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Each object merged alone takes the adopting fast path where it can:
+    // checked against the general merge.
+    for file in files(data) {
+        if !file.starts_with(b"!<arch>\n") {
+            kiln_linker::graph::check_adoption(file);
+        }
+    }
     if let Err(e) = link(data) {
         // Every error says something (and formatting it must not panic).
         assert!(!e.to_string().is_empty());

@@ -1213,6 +1213,53 @@ impl LinkGraph {
     }
 }
 
+/// Every field of `g` that a merge fills, as text, tables sorted: two
+/// graphs built differently compare equal when they are the same graph.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn merged_fields(g: &LinkGraph) -> String {
+    let mut globals: Vec<_> = g.global_names().collect();
+    globals.sort();
+    let mut comdats: Vec<_> = g.comdats.iter().collect();
+    comdats.sort();
+    let mut sections: Vec<_> = g.section_index.iter().collect();
+    sections.sort();
+    format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{globals:?}\n{comdats:?}\n{sections:?}\n{:?}\n{:?}/{:?}\n{:?}{:?}{:?}",
+        g.objects,
+        g.sections,
+        g.blocks,
+        g.symbols,
+        g.duplicates,
+        g.isa,
+        g.foreign_object,
+        g.groups,
+        g.unmerged_globals,
+        g.name_arena,
+    )
+}
+
+/// For the fuzzer (`--cfg fuzzing`, fuzz/fuzz_targets/link.rs): an object
+/// that parses is adopted into an empty graph exactly as the general merge
+/// would merge it — the fast path and the slow one never disagree — or
+/// not adopted at all. Panics on a difference.
+#[cfg(fuzzing)]
+pub fn check_adoption(bytes: &[u8]) {
+    let (Ok(mut one), Ok(two)) = (
+        crate::elf::parse_object("fuzz.o", bytes),
+        crate::elf::parse_object("fuzz.o", bytes),
+    ) else {
+        return;
+    };
+    let mut adopted = LinkGraph::new();
+    let Some(adopted_map) = adopted.adopt(&mut one) else {
+        return;
+    };
+    let mut merged = LinkGraph::new();
+    let merged_map = merged.merge_general(two);
+    assert_eq!(adopted_map, merged_map, "symbol ids");
+    assert_eq!(merged_fields(&adopted), merged_fields(&merged), "graphs");
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1481,29 +1528,6 @@ pub(crate) mod tests {
                 .expect("a valid relocation");
         }
         o.write().expect("the object is written")
-    }
-
-    /// Every field of `g` that a merge fills, as text, tables sorted.
-    pub(crate) fn merged_fields(g: &LinkGraph) -> String {
-        let mut globals: Vec<_> = g.global_names().collect();
-        globals.sort();
-        let mut comdats: Vec<_> = g.comdats.iter().collect();
-        comdats.sort();
-        let mut sections: Vec<_> = g.section_index.iter().collect();
-        sections.sort();
-        format!(
-            "{:?}\n{:?}\n{:?}\n{:?}\n{globals:?}\n{comdats:?}\n{sections:?}\n{:?}\n{:?}/{:?}\n{:?}{:?}{:?}",
-            g.objects,
-            g.sections,
-            g.blocks,
-            g.symbols,
-            g.duplicates,
-            g.isa,
-            g.foreign_object,
-            g.groups,
-            g.unmerged_globals,
-            g.name_arena,
-        )
     }
 
     #[test]

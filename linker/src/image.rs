@@ -834,7 +834,7 @@ mod tests {
     /// duplicates, their references resolved to the first's definitions).
     #[test]
     fn objects_read_in_parallel_make_the_graph_read_serially() {
-        use crate::graph::tests::{merged_fields, rich_object};
+        use crate::graph::{merged_fields, tests::rich_object};
         let bytes = rich_object(1);
         let objects: Vec<(String, &[u8])> =
             (0..3).map(|i| (format!("o{i}.o"), &bytes[..])).collect();
