@@ -878,15 +878,9 @@ impl<'d> Reader<'_, 'd> {
     /// graph is merged ([`LinkGraph::merge`]).
     fn global_ref(&mut self, name: &str, weak: bool, tls: bool) -> SymbolId {
         let id = self.graph.add_symbol(Symbol {
-            name: None,
-            def: SymbolDef::External,
-            object: Some(self.obj),
-            size: 0,
-            scope: Scope::Default,
-            linkage: Linkage::Strong,
-            callable: false,
             tls,
             weak_ref: weak,
+            ..Symbol::reference(None, self.obj)
         });
         self.graph.push_unmerged_global(id, name);
         id

@@ -571,6 +571,24 @@ pub struct Symbol {
     pub weak_ref: bool,
 }
 
+impl Symbol {
+    /// An undefined global `name` first referenced by `object`: strongly,
+    /// until a weak reference is all there is (`weak_ref`).
+    pub(crate) fn reference(name: Option<Box<str>>, object: ObjectId) -> Symbol {
+        Symbol {
+            name,
+            def: SymbolDef::External,
+            object: Some(object),
+            size: 0,
+            scope: Scope::Default,
+            linkage: Linkage::Strong,
+            callable: false,
+            tls: false,
+            weak_ref: true,
+        }
+    }
+}
+
 #[cfg(test)]
 impl Symbol {
     /// A nameless local function defined as `def`, for tests' graphs.
@@ -787,17 +805,8 @@ impl LinkGraph {
             // The symbol pushed below carries the name the table compares.
             Entry::Vacant(v) => v.insert(id),
         };
-        self.symbols.push(Symbol {
-            name: Some(name.into()),
-            def: SymbolDef::External,
-            object: Some(object),
-            size: 0,
-            scope: Scope::Default,
-            linkage: Linkage::Strong,
-            callable: false,
-            tls: false,
-            weak_ref: true,
-        });
+        self.symbols
+            .push(Symbol::reference(Some(name.into()), object));
         id
     }
 
@@ -934,15 +943,8 @@ impl LinkGraph {
             let s = &mut other.symbols[id.index()];
             if s.def == SymbolDef::Discarded {
                 *s = Symbol {
-                    name: s.name.take(),
-                    def: SymbolDef::External,
-                    object: s.object.or(Some(owner)),
-                    size: 0,
-                    scope: Scope::Default,
-                    linkage: Linkage::Strong,
-                    callable: false,
-                    tls: false,
                     weak_ref: false,
+                    ..Symbol::reference(s.name.take(), s.object.unwrap_or(owner))
                 };
             }
         }

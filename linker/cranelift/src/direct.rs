@@ -504,7 +504,7 @@ impl Addresses<'_, '_> {
         staged: &[Option<Chunk>],
         resolver: &mut Resolver<'_>,
     ) -> Option<()> {
-        let mut own_at = self.own.iter().zip(&self.layout.funcs).peekable();
+        let mut own_at = self.own.iter().zip(&self.layout.funcs);
         for (i, f) in funcs.iter().enumerate() {
             let address = match &f.code {
                 Code::Staged { bytes, .. } => {
