@@ -485,6 +485,15 @@ pub struct Block {
     pub addr: u64,
 }
 
+impl Block {
+    /// Whether an edge refers to its target's 32-bit absolute address.
+    fn has_absolute_32bit_reference(&self) -> bool {
+        self.edges
+            .iter()
+            .any(|e| e.reach32().is_some_and(Reach32::is_absolute))
+    }
+}
+
 /// What an FDE block is attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdeLinks {
@@ -697,18 +706,24 @@ impl LinkGraph {
     /// address (`R_X86_64_32`/`32S`: non-PIE code), so its image must sit
     /// below 2 GiB — and so must every image whose symbols it uses.
     pub fn has_absolute_32bit_references(&self) -> bool {
-        let absolute = |b: &Block| {
-            b.edges
-                .iter()
-                .any(|e| e.reach32().is_some_and(Reach32::is_absolute))
-        };
         // Every edge of the link is read: a large graph on every core.
         if self.is_large() {
             use rayon::prelude::*;
-            self.blocks.par_iter().any(absolute)
+            self.blocks
+                .par_iter()
+                .any(Block::has_absolute_32bit_reference)
         } else {
-            self.blocks.iter().any(absolute)
+            self.blocks_have_absolute_32bit_references(0)
         }
+    }
+
+    /// [`LinkGraph::has_absolute_32bit_references`] of the blocks from
+    /// `first` on: a reader asks it of each object's blocks just merged in,
+    /// while their edges are still in this core's cache.
+    pub(crate) fn blocks_have_absolute_32bit_references(&self, first: usize) -> bool {
+        self.blocks[first..]
+            .iter()
+            .any(Block::has_absolute_32bit_reference)
     }
 
     /// Whether a pass that reads every edge should spread the graph over

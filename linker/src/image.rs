@@ -143,12 +143,24 @@ impl Linker {
         &mut self,
         name_of: &(dyn Fn(&str) -> N + Sync),
     ) -> Result<(LinkGraph, Vec<Option<N>>), LinkError> {
+        let read = self.read_graph_naming(name_of)?;
+        Ok((read.graph, read.names))
+    }
+
+    /// [`Linker::build_graph_naming`], keeping what reading learned of the
+    /// graph's relocations with it, for
+    /// [`crate::layer::ObjectLayer::add_read_graph`].
+    pub fn read_graph_naming<N: Send>(
+        &mut self,
+        name_of: &(dyn Fn(&str) -> N + Sync),
+    ) -> Result<ReadGraph<N>, LinkError> {
         let parse = |name: &str, data: &InputBytes| crate::elf::parse_object_shared(name, data);
-        let (mut graph, mut names) =
-            read_objects_naming(&self.objects, &|data| &data[..], &parse, name_of)?;
-        self.pull_archive_members(&mut graph)?;
-        names.resize_with(graph.symbols.len(), || None);
-        Ok((graph, names))
+        let mut read = read_objects_naming(&self.objects, &|data| &data[..], &parse, name_of)?;
+        let first = read.graph.blocks.len();
+        self.pull_archive_members(&mut read.graph)?;
+        read.facts.add_blocks(&read.graph, first);
+        read.names.resize_with(read.graph.symbols.len(), || None);
+        Ok(read)
     }
 
     /// Pulls archive members that define an undefined (non-weak) global of
@@ -661,6 +673,62 @@ impl Drop for LinkedImage {
     }
 }
 
+/// Objects read into one graph ([`Linker::read_graph_naming`]): the graph,
+/// the name given to each symbol it defines, and what reading learned of
+/// its relocations — which holds only while the graph is unchanged, so the
+/// graph is reachable only to read, or by taking it apart.
+#[derive(Debug)]
+pub struct ReadGraph<N> {
+    pub(crate) graph: LinkGraph,
+    pub(crate) names: Vec<Option<N>>,
+    pub(crate) facts: EdgeFacts,
+}
+
+impl<N> ReadGraph<N> {
+    /// The graph.
+    pub fn graph(&self) -> &LinkGraph {
+        &self.graph
+    }
+
+    /// The graph and, by symbol id, the name given to each symbol (`None`
+    /// for locals, externals and archive members' symbols).
+    pub fn into_parts(self) -> (LinkGraph, Vec<Option<N>>) {
+        (self.graph, self.names)
+    }
+}
+
+/// What a reader learns of a graph's relocations while each object's
+/// edges are in its cache, so that adding the graph to a layer need not
+/// read all of them again (for synth's 401k, ~1 ms before the link can
+/// start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EdgeFacts {
+    /// [`LinkGraph::has_absolute_32bit_references`].
+    pub(crate) absolute_32bit: bool,
+    /// Edges of every block.
+    pub(crate) edges: usize,
+}
+
+impl EdgeFacts {
+    /// The facts of `graph`, read from every edge.
+    pub(crate) fn of(graph: &LinkGraph) -> EdgeFacts {
+        EdgeFacts {
+            absolute_32bit: graph.has_absolute_32bit_references(),
+            edges: graph.blocks.iter().map(|b| b.edges.len()).sum(),
+        }
+    }
+
+    /// Adds the facts of `graph`'s blocks from `first` on.
+    fn add_blocks(&mut self, graph: &LinkGraph, first: usize) {
+        self.absolute_32bit =
+            self.absolute_32bit || graph.blocks_have_absolute_32bit_references(first);
+        self.edges += graph.blocks[first..]
+            .iter()
+            .map(|b| b.edges.len())
+            .sum::<usize>();
+    }
+}
+
 /// Parses one object `(name, bytes)` into a graph of its own.
 pub(crate) type ParseObject<'a, B> = dyn Fn(&str, &B) -> Result<LinkGraph, LinkError> + Sync + 'a;
 
@@ -669,13 +737,13 @@ pub(crate) type ParseObject<'a, B> = dyn Fn(&str, &B) -> Result<LinkGraph, LinkE
 /// interner) as they are read: objects large enough together are parsed
 /// and named on all threads and merged in order. Returns the graph and,
 /// by symbol id, the name given to each symbol (`None` for locals and
-/// externals).
+/// externals), with the graph's [`EdgeFacts`].
 pub(crate) fn read_objects_naming<S: AsRef<str> + Sync, B: Sync, N: Send>(
     objects: &[(S, B)],
     bytes_of: &(dyn Fn(&B) -> &[u8] + Sync),
     parse: &ParseObject<'_, B>,
     name_of: &(dyn Fn(&str) -> N + Sync),
-) -> Result<(LinkGraph, Vec<Option<N>>), LinkError> {
+) -> Result<ReadGraph<N>, LinkError> {
     let bytes: usize = objects.iter().map(|(_, data)| bytes_of(data).len()).sum();
     let parallel = objects.len() >= 2 && bytes >= PARALLEL_READ_BYTES;
     read_objects_naming_on(objects, bytes_of, parse, name_of, parallel)
@@ -688,9 +756,10 @@ fn read_objects_naming_on<S: AsRef<str> + Sync, B: Sync, N: Send>(
     parse: &ParseObject<'_, B>,
     name_of: &(dyn Fn(&str) -> N + Sync),
     parallel: bool,
-) -> Result<(LinkGraph, Vec<Option<N>>), LinkError> {
+) -> Result<ReadGraph<N>, LinkError> {
     let mut graph = LinkGraph::new();
     let mut names: Vec<Option<N>> = Vec::new();
+    let mut facts = EdgeFacts::default();
     // The merged arrays, allocated once (untouched capacity costs only
     // address space). Sized from every object's section headers: on
     // all threads when the objects are read on all threads.
@@ -725,7 +794,10 @@ fn read_objects_naming_on<S: AsRef<str> + Sync, B: Sync, N: Send>(
     };
     let mut merge = |parsed: Result<(LinkGraph, Vec<(SymbolId, N)>), LinkError>| {
         let (g, named) = parsed?;
+        let first = graph.blocks.len();
         let (_, map) = graph.merge_mapped(g);
+        // The object's blocks (those the merge kept) are the last ones.
+        facts.add_blocks(&graph, first);
         names.resize_with(graph.symbols.len(), || None);
         for (id, n) in named {
             let slot = &mut names[map[id.index()].index()];
@@ -742,7 +814,11 @@ fn read_objects_naming_on<S: AsRef<str> + Sync, B: Sync, N: Send>(
     } else {
         parse_in_parallel_merge_in_order(objects, parse, merge)?;
     }
-    Ok((graph, names))
+    Ok(ReadGraph {
+        graph,
+        names,
+        facts,
+    })
 }
 
 /// Parses `items` on rayon's threads and this one, and merges each on this
@@ -844,13 +920,84 @@ mod tests {
             read_objects_naming_on(&objects, &|b| *b, &parse, &name_of, parallel)
                 .expect("the objects read")
         };
-        let (mut serial, serial_names) = read(false);
-        let (parallel, parallel_names) = read(true);
+        let (serial, parallel) = (read(false), read(true));
+        // What reading learned is what the graph says.
+        assert_eq!(serial.facts, EdgeFacts::of(&serial.graph));
+        assert_eq!(parallel.facts, serial.facts);
+        let (mut serial, serial_names) = serial.into_parts();
+        let (parallel, parallel_names) = parallel.into_parts();
         assert_same_graph(&parallel, &serial);
         assert_eq!(parallel_names, serial_names);
         assert_eq!(serial.objects.len(), 3);
         assert!(serial_names.iter().flatten().any(|n| n == "f"));
         assert!(!serial.take_duplicates().is_empty());
+    }
+
+    /// An object defining COMDAT group `inl`, whose code takes `ext`'s
+    /// 32-bit absolute address (non-PIE code) if `absolute`.
+    fn group_object(absolute: bool) -> Vec<u8> {
+        use object::write::{Comdat, Object, Relocation, SymbolSection};
+        let mut o = Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let inl = o.add_section(Vec::new(), b".text.inl".to_vec(), object::SectionKind::Text);
+        o.append_section_data(inl, &[0x90; 16], 16);
+        let symbol = |name: &str, section| object::write::Symbol {
+            name: name.as_bytes().to_vec(),
+            value: 0,
+            size: 0,
+            kind: object::SymbolKind::Text,
+            scope: object::SymbolScope::Dynamic,
+            weak: section != SymbolSection::Undefined,
+            section,
+            flags: object::SymbolFlags::None,
+        };
+        let signature = o.add_symbol(symbol("inl", SymbolSection::Section(inl)));
+        o.add_comdat(Comdat {
+            kind: object::ComdatKind::Any,
+            symbol: signature,
+            sections: vec![inl],
+        });
+        let ext = o.add_symbol(symbol("ext", SymbolSection::Undefined));
+        let r_type = if absolute {
+            object::elf::R_X86_64_32
+        } else {
+            object::elf::R_X86_64_PC32
+        };
+        let relocation = Relocation {
+            offset: 4,
+            symbol: ext,
+            addend: 0,
+            flags: object::RelocationFlags::Elf { r_type },
+        };
+        o.add_relocation(inl, relocation)
+            .expect("a valid relocation");
+        o.write().expect("the object is written")
+    }
+
+    /// What reading learns of the relocations is what the merged graph
+    /// has: non-PIE code in a COMDAT copy the merge drops is not there.
+    #[test]
+    fn edge_facts_are_the_merged_graphs() {
+        let (pie, non_pie) = (group_object(false), group_object(true));
+        let parse = |name: &str, bytes: &&[u8]| crate::elf::parse_object(name, bytes);
+        let name_of = |name: &str| name.to_string();
+        for (order, absolute) in [([&pie, &non_pie], false), ([&non_pie, &pie], true)] {
+            let objects: Vec<(String, &[u8])> = order
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (format!("o{i}.o"), &b[..]))
+                .collect();
+            for parallel in [false, true] {
+                let read = read_objects_naming_on(&objects, &|b| *b, &parse, &name_of, parallel)
+                    .expect("the objects read");
+                assert_eq!(read.facts, EdgeFacts::of(&read.graph));
+                assert_eq!(read.facts.absolute_32bit, absolute);
+                assert_eq!(read.facts.edges, 1);
+            }
+        }
     }
 
     /// Items parsed out of order on several threads (uneven work) are

@@ -39,7 +39,7 @@ use crate::graph::{
     FxHashMap, LinkGraph, Linkage, Scope, SectionRole, SymbolDef as GraphDef, SymbolId,
 };
 use crate::host::HostSymbols;
-use crate::image::LinkedImage;
+use crate::image::{EdgeFacts, LinkedImage, ReadGraph};
 use crate::passes::{self, ImageEnv, LinkOptions, LinkStats, Prepared, Roots};
 use crate::runtime;
 
@@ -346,11 +346,11 @@ impl ObjectLayer {
         let parse = |name: &str, bytes: &&[u8]| crate::debug::parse_object(name, bytes, debug);
         // Many objects are read and their globals interned on all threads.
         let intern = |name: &str| self.session.intern(name);
-        let (mut graph, names) =
+        let mut read =
             crate::image::read_objects_naming(&objects, &|bytes| *bytes, &parse, &intern)?;
-        passes::check_duplicates(&mut graph)?;
+        passes::check_duplicates(&mut read.graph)?;
         self.add_read_time(start.elapsed());
-        self.add_graph_named(dylib, tracker, name, graph, names)
+        self.add_read_graph(dylib, tracker, name, read)
     }
 
     /// Adds an already-built graph (for example every input of a
@@ -385,7 +385,39 @@ impl ObjectLayer {
         graph: LinkGraph,
         names: Vec<Option<SymbolName>>,
     ) -> Result<(), LinkError> {
-        let unit = self.unit_named(name, graph, names)?;
+        let facts = EdgeFacts::of(&graph);
+        self.define_unit(dylib, tracker, name, graph, names, facts)
+    }
+
+    /// [`ObjectLayer::add_graph_named`] of a graph as
+    /// [`crate::Linker::read_graph_naming`] read it, with names interned in
+    /// this layer's session: what reading learned of its relocations is
+    /// not learned again.
+    pub fn add_read_graph(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        read: ReadGraph<SymbolName>,
+    ) -> Result<(), LinkError> {
+        let ReadGraph {
+            graph,
+            names,
+            facts,
+        } = read;
+        self.define_unit(dylib, tracker, name, graph, names, facts)
+    }
+
+    fn define_unit(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        graph: LinkGraph,
+        names: Vec<Option<SymbolName>>,
+        facts: EdgeFacts,
+    ) -> Result<(), LinkError> {
+        let unit = self.unit_named(name, graph, names, facts)?;
         dylib
             .define_boxed(Box::new(unit), tracker)
             .map_err(|e| LinkError::engine(name, e))
@@ -400,50 +432,32 @@ impl ObjectLayer {
         name: &str,
         graph: LinkGraph,
     ) -> Result<impl MaterializationUnit + use<>, LinkError> {
-        self.unit_named(name, graph, Vec::new())
+        let facts = EdgeFacts::of(&graph);
+        self.unit_named(name, graph, Vec::new(), facts)
     }
 
     fn unit_named(
         &self,
         name: &str,
         mut graph: LinkGraph,
-        mut names: Vec<Option<SymbolName>>,
+        names: Vec<Option<SymbolName>>,
+        facts: EdgeFacts,
     ) -> Result<ObjectUnit, LinkError> {
-        self.note_non_pie(&graph);
+        self.note_absolute_32bit(facts.absolute_32bit);
         // Archive members keep only what live code reaches (`Roots::All`):
         // the unit offers only the definitions that stay.
         if graph.objects.iter().any(|o| o.library) {
             passes::allocate_commons(&mut graph);
             passes::prune(&mut graph, &Roots::All)?;
         }
-        // Each defined global's name is interned once, here; the link
-        // reuses these names (and their ids) instead of hashing the text again.
-        let mut symbols = Vec::with_capacity(graph.globals.len());
-        let mut globals = Vec::with_capacity(graph.globals.len());
-        for (n, id) in graph.global_names() {
-            let s = &graph.symbols[id.index()];
-            let dead = match s.def {
-                GraphDef::Defined { block, .. } => !graph.blocks[block.index()].live,
-                _ => false,
-            };
-            if dead || matches!(s.def, GraphDef::External) || s.scope == Scope::Local {
-                continue;
-            }
-            let name = match names.get_mut(id.index()).and_then(Option::take) {
-                Some(name) => name,
-                None => self.session.intern(n),
-            };
-            symbols.push((name.clone(), flags_of(s.scope, s.linkage, s.callable)));
-            globals.push((name, id));
-        }
+        let (globals, flags) = self.offered_globals(&graph, names);
         // An image that will be linked anyway is prepared while the engine
         // records its symbols — unless it has weak definitions (another
         // unit may win them: known only when it is materialized).
         let options = &self.shared.options;
         let early = options.prepare_early
-            && !symbols.iter().any(|(_, f)| f.is_weak())
-            && graph.blocks.iter().map(|b| b.edges.len()).sum::<usize>()
-                >= options.parallel_threshold;
+            && !flags.iter().any(|f| f.is_weak())
+            && facts.edges >= options.parallel_threshold;
         let input = if early {
             UnitInput::Early(EarlyPrepare::start(
                 graph,
@@ -457,13 +471,53 @@ impl ObjectLayer {
             layer: self.clone(),
             name: name.to_string(),
             input: Some(input),
-            symbols,
             globals,
+            flags,
+            discarded: Vec::new(),
             order: self
                 .shared
                 .added
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// The defined, live, non-local globals of `graph` a unit offers, in
+    /// symbol order, each with its name (from `names`, by symbol id, or
+    /// interned here) and its flags.
+    ///
+    /// On the graph's critical path (the link starts after it): the names
+    /// are moved, not cloned — a clone writes each name's count, a cache
+    /// miss each (synth's 22,000 names: ~0.4 ms), and the engine's copy
+    /// ([`ObjectUnit::symbols`]) is taken while the image is prepared — and
+    /// the symbols are visited in order, not in the name table's.
+    fn offered_globals(
+        &self,
+        graph: &LinkGraph,
+        mut names: Vec<Option<SymbolName>>,
+    ) -> (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>) {
+        let mut is_global = vec![false; graph.symbols.len()];
+        for id in graph.globals.ids() {
+            is_global[id.index()] = true;
+        }
+        let mut globals = Vec::with_capacity(graph.globals.len());
+        let mut flags = Vec::with_capacity(graph.globals.len());
+        for (i, s) in graph.symbols.iter().enumerate() {
+            let live = match s.def {
+                GraphDef::Defined { block, .. } => graph.blocks[block.index()].live,
+                GraphDef::External => false,
+                _ => true,
+            };
+            if !is_global[i] || !live || s.scope == Scope::Local {
+                continue;
+            }
+            let name = match names.get_mut(i).and_then(Option::take) {
+                Some(name) => name,
+                None => self.session.intern(s.name.as_deref().unwrap_or_default()),
+            };
+            globals.push((name, SymbolId(i as u32)));
+            flags.push(flags_of(s.scope, s.linkage, s.callable));
+        }
+        (globals, flags)
     }
 
     /// Adds objects so that each is linked only when one of its functions is
@@ -661,10 +715,17 @@ impl ObjectLayer {
 
     /// Records that `graph` holds non-PIE code, if it does.
     fn note_non_pie(&self, graph: &LinkGraph) {
-        let flag = &self.shared.non_pie;
-        if !flag.load(std::sync::atomic::Ordering::Relaxed) && graph.has_absolute_32bit_references()
-        {
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.below_2gib() {
+            self.note_absolute_32bit(graph.has_absolute_32bit_references());
+        }
+    }
+
+    /// [`ObjectLayer::note_non_pie`] of a graph whose answer is known.
+    fn note_absolute_32bit(&self, absolute_32bit: bool) {
+        if absolute_32bit {
+            self.shared
+                .non_pie
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -1113,10 +1174,13 @@ struct ObjectUnit {
     layer: ObjectLayer,
     name: String,
     input: Option<UnitInput>,
-    /// What the unit offers (a definition another unit won is discarded).
-    symbols: Vec<(SymbolName, SymbolFlags)>,
-    /// Every global the graph defines, interned once, with its id.
+    /// What the unit offers: every global the graph defines, interned
+    /// once, with its id.
     globals: Vec<(SymbolName, SymbolId)>,
+    /// The flags of each of `globals`.
+    flags: Vec<SymbolFlags>,
+    /// Weak definitions of `globals` another unit won.
+    discarded: Vec<SymbolName>,
     order: usize,
 }
 
@@ -1126,7 +1190,12 @@ impl MaterializationUnit for ObjectUnit {
     }
 
     fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        self.symbols.clone()
+        self.globals
+            .iter()
+            .zip(&self.flags)
+            .filter(|((n, _), _)| !self.discarded.contains(n))
+            .map(|((n, _), &f)| (n.clone(), f))
+            .collect()
     }
 
     /// Links up to the externals (steps 1–9), asks the session for them
@@ -1162,7 +1231,7 @@ impl MaterializationUnit for ObjectUnit {
 
     fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
         // Another object's definition won; this one's becomes a reference.
-        self.symbols.retain(|(n, _)| n != name);
+        self.discarded.push(name.clone());
     }
 }
 
@@ -1181,24 +1250,20 @@ type Linked = (Vec<DependenceGroup>, Option<LinkGraph>);
 /// changed since). The engine discards only weak definitions, so a unit
 /// that offers none owes exactly what it offered, without asking
 /// (`Responsibility::symbols()` sorts every name: 3 ms for synth's 20,000).
-/// Weak definitions another unit won become references to the winner. (A
-/// discarded definition is gone from `symbols`, which then no longer lines
-/// up with `globals`.)
+/// Weak definitions another unit won become references to the winner.
 fn owed_symbols(
     name: &str,
-    symbols: &[(SymbolName, SymbolFlags)],
     globals: &[(SymbolName, SymbolId)],
+    flags: &[SymbolFlags],
+    lost_some: bool,
     r: &Responsibility,
     input: &UnitInput,
 ) -> Result<Vec<Option<SymbolFlags>>, Error> {
-    let aligned =
-        symbols.len() == globals.len() && symbols.iter().zip(globals).all(|(s, g)| s.0 == g.0);
-    let weak = !aligned || symbols.iter().any(|(_, f)| f.is_weak());
-    let owed: Vec<Option<SymbolFlags>> = if weak {
+    let owed: Vec<Option<SymbolFlags>> = if lost_some || flags.iter().any(|f| f.is_weak()) {
         let owned: FxHashMap<SymbolName, SymbolFlags> = r.symbols()?.into_iter().collect();
         globals.iter().map(|(n, _)| owned.get(n).copied()).collect()
     } else {
-        symbols.iter().map(|&(_, f)| Some(f)).collect()
+        flags.iter().copied().map(Some).collect()
     };
     // Only units without weak definitions start early: they owe all.
     if matches!(input, UnitInput::Early(_)) && owed.iter().any(Option::is_none) {
@@ -1262,7 +1327,8 @@ impl ObjectUnit {
     fn begin_link(&self, input: UnitInput, r: &Responsibility) -> Result<Begun, Error> {
         let started = Instant::now();
         let (name, globals) = (&self.name, &self.globals);
-        let owed = owed_symbols(name, &self.symbols, globals, r, &input)?;
+        let lost_some = !self.discarded.is_empty();
+        let owed = owed_symbols(name, globals, &self.flags, lost_some, r, &input)?;
         let start = match input {
             UnitInput::Graph(mut graph) => {
                 for ((_, id), flags) in globals.iter().zip(&owed) {

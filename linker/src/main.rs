@@ -958,11 +958,11 @@ fn add_eagerly(
     }
     // Global names are interned while the objects are read in parallel.
     if objects {
-        let (graph, names) = linker
-            .build_graph_naming(&|n| session.intern(n))
+        let read = linker
+            .read_graph_naming(&|n| session.intern(n))
             .map_err(report)?;
         layer
-            .add_graph_named(main, None, program, graph, names)
+            .add_read_graph(main, None, program, read)
             .map_err(report)?;
     }
     // Reading counts until the unit is defined in its dylib (as
