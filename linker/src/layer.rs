@@ -1278,7 +1278,8 @@ fn owed_symbols(
 /// ([`passes::LinkHost`]): the image's own addresses go to the engine.
 struct EngineHost<'a> {
     r: &'a Responsibility,
-    globals: &'a [(SymbolName, SymbolId)],
+    /// The unit's globals, their names moved into `defs` at step 9.
+    globals: Vec<(SymbolName, SymbolId)>,
     owed: &'a [Option<SymbolFlags>],
     /// The definitions reported at step 9, emitted at the end.
     defs: Vec<(SymbolName, SymbolDef)>,
@@ -1294,11 +1295,13 @@ impl passes::LinkHost for EngineHost<'_> {
     /// Our own addresses: other units waiting on them at Resolved go on.
     fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), Error> {
         let mut defs = Vec::with_capacity(self.globals.len());
-        for ((n, id), flags) in self.globals.iter().zip(self.owed) {
+        // Moved, not cloned: a clone writes each name's count, one cache
+        // miss each, before any other unit may go on.
+        for ((n, id), flags) in std::mem::take(&mut self.globals).into_iter().zip(self.owed) {
             if let Some(flags) = *flags
-                && let Some(address) = prepared.defined_address(*id)
+                && let Some(address) = prepared.defined_address(id)
             {
-                defs.push((n.clone(), SymbolDef::new(address, flags)));
+                defs.push((n, SymbolDef::new(address, flags)));
             }
         }
         self.r.resolve(&defs)?;
@@ -1324,11 +1327,11 @@ struct Begun {
 
 impl ObjectUnit {
     /// Steps 1–9 ([`passes::before_externals`]) and the externals to ask.
-    fn begin_link(&self, input: UnitInput, r: &Responsibility) -> Result<Begun, Error> {
+    fn begin_link(&mut self, input: UnitInput, r: &Responsibility) -> Result<Begun, Error> {
         let started = Instant::now();
-        let (name, globals) = (&self.name, &self.globals);
+        let globals = std::mem::take(&mut self.globals);
         let lost_some = !self.discarded.is_empty();
-        let owed = owed_symbols(name, globals, &self.flags, lost_some, r, &input)?;
+        let owed = owed_symbols(&self.name, &globals, &self.flags, lost_some, r, &input)?;
         let start = match input {
             UnitInput::Graph(mut graph) => {
                 for ((_, id), flags) in globals.iter().zip(&owed) {
