@@ -106,14 +106,16 @@ struct Record {
 
 /// Upper bounds of what an object adds to a graph, from its headers alone
 /// (a quick pass before parsing, so that the merged graph's arrays are
-/// allocated once instead of grown object by object).
+/// allocated once instead of grown object by object). Bounds for objects
+/// a compiler wrote; a malformed one may have more blocks (its arrays then
+/// grow).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SizeHint {
     /// Symbol table entries.
     pub symbols: usize,
     /// Global symbol table entries.
     pub globals: usize,
-    /// Allocated sections, `.eh_frame` records counted one by one.
+    /// Allocated sections and `.eh_frame` records.
     pub blocks: usize,
 }
 
@@ -124,6 +126,10 @@ impl std::ops::AddAssign for SizeHint {
         self.blocks += o.blocks;
     }
 }
+
+/// CIEs an object's `.eh_frame` is expected to have (compilers emit one or
+/// two), and its terminator.
+const EH_FRAME_CIES: usize = 3;
 
 /// [`SizeHint`] of the object `data` (all zero if it does not parse: the
 /// parser then reports why).
@@ -145,20 +151,15 @@ pub fn size_hint(data: &[u8]) -> SizeHint {
                 hint.symbols += n;
                 hint.globals += n.saturating_sub(sh.sh_info(LE) as usize);
             }
-            _ if sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 != 0 => {
-                hint.blocks += 1;
-                if section_name_of(&sections, sh) == ".eh_frame"
-                    && let Ok(bytes) = sh.data(LE, data)
-                {
-                    // Walk the record lengths.
-                    let mut off = 0usize;
-                    while let Some(b) = bytes.get(off..off + 4) {
-                        hint.blocks += 1;
-                        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                        off = off.saturating_add(4).saturating_add(len);
-                    }
-                }
+            // Each FDE's start is relocated, so `.eh_frame` has at most as
+            // many FDEs as `.rela.eh_frame` has entries, and a few CIEs
+            // (counted from the headers: walking the records' lengths read
+            // every object's unwind information once more, cold).
+            elf::SHT_RELA if section_name_of(&sections, sh) == ".rela.eh_frame" => {
+                let size = sh.data(LE, data).map_or(0, <[u8]>::len);
+                hint.blocks += size / std::mem::size_of::<elf::Rela64<LE>>() + EH_FRAME_CIES;
             }
+            _ if sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 != 0 => hint.blocks += 1,
             _ => {}
         }
     }

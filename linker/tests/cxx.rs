@@ -235,6 +235,9 @@ fn check(program: &str, sources: &[&str], cxx: &str, flags: &[&str], must_contai
         .iter()
         .map(|s| compile(cxx, s, flags, &dir.join(s.replace(".cpp", ".o"))))
         .collect();
+    for obj in &objs {
+        hint_bounds_the_graph(&tag, obj);
+    }
     let (jit_out, jit_ret) =
         run_jit(&tag, &objs).unwrap_or_else(|e| panic!("{tag}: link failed: {e}"));
     assert_eq!(
@@ -243,6 +246,23 @@ fn check(program: &str, sources: &[&str], cxx: &str, flags: &[&str], must_contai
     );
     assert_eq!(jit_ret, native_ret, "{tag}: main's return value differs");
     check_lazy(&tag, cxx, &objs, &dir);
+}
+
+/// The size hint read from an object's headers (counting `.eh_frame`'s
+/// records by its relocations) bounds the graph parsed from it: the
+/// link's arrays are allocated once.
+fn hint_bounds_the_graph(tag: &str, obj: &Path) {
+    let bytes = std::fs::read(obj).unwrap_or_else(|e| panic!("{}: {e}", obj.display()));
+    let hint = kiln_linker::elf::size_hint(&bytes);
+    let graph = kiln_linker::elf::parse_object("o.o", &bytes)
+        .unwrap_or_else(|e| panic!("{tag}: {}: {e}", obj.display()));
+    assert!(
+        hint.blocks >= graph.blocks.len() && hint.symbols >= graph.symbols.len(),
+        "{tag}: {}: hint {hint:?}, parsed {} blocks, {} symbols",
+        obj.display(),
+        graph.blocks.len(),
+        graph.symbols.len()
+    );
 }
 
 /// `kiln run --lazy` prints and returns what the native executable of

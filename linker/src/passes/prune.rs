@@ -591,7 +591,8 @@ mod tests {
                 }
             }
         };
-        let changes: [(&str, &dyn Fn(&mut LinkGraph)); 7] = [
+        type Change<'a> = (&'a str, &'a dyn Fn(&mut LinkGraph));
+        let changes: [Change<'_>; 7] = [
             ("a symbol defined in unwind information", &defined_in_eh),
             ("a symbol in a discarded section", &discarded),
             ("an archive member", &library),
