@@ -350,18 +350,24 @@ mod tests {
     use crate::graph::{Content, Edge, Edges, FdeLinks, Prot, Symbol, SymbolId};
     use crate::isa::Isa;
 
+    /// Numbers below a bound, from `seed` (xorshift: the same graph for the
+    /// same seed on every machine).
+    fn xorshift(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut rng = seed;
+        move |below: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % below as u64) as usize
+        }
+    }
+
     /// A random graph of `n` blocks in two objects (the second an archive
     /// member): each block defines one symbol and refers to a few others
     /// (a few of them externals or in a discarded section when `discarded`);
     /// every fourth block is an FDE of the block before it.
     fn random_graph(n: usize, seed: u64, discarded: bool) -> LinkGraph {
-        let mut rng = seed;
-        let mut next = move |below: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % below as u64) as usize
-        };
+        let mut next = xorshift(seed);
         let mut g = LinkGraph::new();
         g.set_isa(Isa::X86_64);
         let (a, lib) = (g.add_object("a.o"), g.add_object("lib.a(m.o)"));
@@ -465,13 +471,7 @@ mod tests {
     /// an external, then CIEs and FDEs — FDEs of code, of no code, and
     /// dead ones (their CIE dropped), CIEs no FDE uses.
     fn unwind_graph(n: usize, seed: u64) -> LinkGraph {
-        let mut rng = seed;
-        let mut next = move |below: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % below as u64) as usize
-        };
+        let mut next = xorshift(seed);
         let mut g = LinkGraph::new();
         g.set_isa(Isa::X86_64);
         let a = g.add_object("a.o");
