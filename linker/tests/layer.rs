@@ -352,6 +352,35 @@ fn non_pie_code_reaches_data_of_another_image() {
     j.session.end();
 }
 
+/// The same with the non-PIE code added as a batch (`add_objects`, whose
+/// reading tells the layer of its 32-bit absolute references instead of
+/// the layer reading every edge again): the data's image still goes below
+/// 2 GiB.
+#[test]
+fn non_pie_code_added_as_a_batch_reaches_data_of_another_image() {
+    let _serial = serial();
+    let dir = scratch("non-pie-batch");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let object = |name, src| std::fs::read(compile_c_text(&dir, name, src, &["-O2", "-fno-pie"]));
+    let (table, bump) = (
+        object("table", TABLE).unwrap(),
+        object("bump", BUMP).unwrap(),
+    );
+    j.layer.add_object(&app, None, "table", &table).unwrap();
+    j.layer
+        .add_objects(&app, None, "bump", &[("bump.o", &bump[..])])
+        .unwrap();
+    assert!(
+        j.layer.places_below_2gib(),
+        "the batch's non-PIE code is seen"
+    );
+    let bump = j.function(&app, "bump").unwrap();
+    assert_eq!(bump(3), 45);
+    assert_eq!(j.layer.stats().1, 2, "two images");
+    j.session.end();
+}
+
 /// When the data's image was linked out of reach before the non-PIE code
 /// came, linking the code fails with an error naming the data symbol — it
 /// never reads or writes something else at the truncated address.
