@@ -488,10 +488,29 @@ pub struct Block {
 impl Block {
     /// Whether an edge refers to its target's 32-bit absolute address.
     fn has_absolute_32bit_reference(&self) -> bool {
+        let absolute = absolute_32bit_kinds();
         self.edges
             .iter()
-            .any(|e| e.reach32().is_some_and(Reach32::is_absolute))
+            .any(|e| absolute.get(usize::from(e.kind.raw())) == Some(&true))
     }
+}
+
+/// By [`EdgeId::raw`]: whether an edge of the kind refers to its target's
+/// 32-bit absolute address ([`Edge::reach32`], absolute) — a table, since
+/// reading a graph asks it of every edge (synth's 401k: 16 instructions an
+/// edge through the descriptor, 6 through the table).
+fn absolute_32bit_kinds() -> &'static [bool] {
+    static KINDS: std::sync::OnceLock<Vec<bool>> = std::sync::OnceLock::new();
+    KINDS.get_or_init(|| {
+        let kinds = [Isa::X86_64, Isa::Aarch64].map(Isa::edges);
+        let ids = || kinds.iter().flat_map(|k| k.iter()).map(EdgeId::from);
+        let mut table = vec![false; ids().map(|id| usize::from(id.raw()) + 1).max().unwrap_or(0)];
+        for id in ids() {
+            let edge = Edge::new(0, id, SymbolId(0), 0);
+            table[usize::from(id.raw())] = edge.reach32().is_some_and(Reach32::is_absolute);
+        }
+        table
+    })
 }
 
 /// What an FDE block is attached to.
@@ -1578,6 +1597,45 @@ pub(crate) mod tests {
         let second = |g: &mut LinkGraph| g.merge_mapped(parsed());
         assert_eq!(second(&mut adopted), second(&mut merged));
         assert_same_graph(&adopted, &merged);
+    }
+
+    /// The table of 32-bit absolute kinds names what non-PIE code uses,
+    /// and only that.
+    #[test]
+    fn the_32bit_absolute_kinds_are_non_pie_codes_relocations() {
+        let absolute = |isa: Isa, r_type: object::elf::RelocationType| {
+            let id = EdgeId::from(isa.edge(r_type.0).expect("a known relocation"));
+            absolute_32bit_kinds()[usize::from(id.raw())]
+        };
+        use object::elf;
+        for r in [elf::R_X86_64_32, elf::R_X86_64_32S] {
+            assert!(absolute(Isa::X86_64, r), "{r}");
+        }
+        for r in [
+            elf::R_X86_64_PC32,
+            elf::R_X86_64_PLT32,
+            elf::R_X86_64_64,
+            elf::R_X86_64_GOTPCRELX,
+            elf::R_X86_64_GOTOFF64,
+        ] {
+            assert!(!absolute(Isa::X86_64, r), "{r}");
+        }
+        assert!(absolute(Isa::Aarch64, elf::R_AARCH64_ABS32));
+        assert!(!absolute(Isa::Aarch64, elf::R_AARCH64_PREL32));
+        assert!(!absolute(Isa::Aarch64, elf::R_AARCH64_CALL26));
+        // Every kind of both ISAs is in the table, as `reach32` says.
+        for isa in [Isa::X86_64, Isa::Aarch64] {
+            for desc in isa.edges() {
+                let id = EdgeId::from(desc);
+                let edge = Edge::new(0, id, SymbolId(0), 0);
+                assert_eq!(
+                    absolute_32bit_kinds()[usize::from(id.raw())],
+                    edge.reach32().is_some_and(Reach32::is_absolute),
+                    "{}",
+                    desc.name
+                );
+            }
+        }
     }
 
     #[test]

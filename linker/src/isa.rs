@@ -86,14 +86,18 @@ impl Isa {
     /// The name of the ISA's first relocation whose target `pick` accepts
     /// (for errors about what such edges ask for), or `"?"`.
     pub(crate) fn name_of(self, pick: impl Fn(kiln_arch::EdgeTarget) -> bool) -> &'static str {
-        let edges = match self {
-            Isa::X86_64 => X86_64::edges(),
-            Isa::Aarch64 => Aarch64::edges(),
-        };
-        edges
+        self.edges()
             .iter()
             .find(|e| pick(e.target))
             .map_or("?", |e| e.name)
+    }
+
+    /// Every relocation type of the ISA.
+    pub(crate) fn edges(self) -> &'static [EdgeDesc] {
+        match self {
+            Isa::X86_64 => X86_64::edges(),
+            Isa::Aarch64 => Aarch64::edges(),
+        }
     }
 
     /// Bytes of one PLT stub.
