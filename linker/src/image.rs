@@ -159,6 +159,12 @@ impl Linker {
         let first = read.graph.blocks.len();
         self.pull_archive_members(&mut read.graph)?;
         read.facts.add_blocks(&read.graph, first);
+        #[cfg(fuzzing)]
+        assert_eq!(
+            read.facts,
+            EdgeFacts::of(&read.graph),
+            "facts after archives"
+        );
         read.names.resize_with(read.graph.symbols.len(), || None);
         Ok(read)
     }
@@ -814,6 +820,9 @@ fn read_objects_naming_on<S: AsRef<str> + Sync, B: Sync, N: Send>(
     } else {
         parse_in_parallel_merge_in_order(objects, parse, merge)?;
     }
+    // The fuzzer checks what reading learned against the whole graph.
+    #[cfg(fuzzing)]
+    assert_eq!(facts, EdgeFacts::of(&graph), "facts learned while reading");
     Ok(ReadGraph {
         graph,
         names,
