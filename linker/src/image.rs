@@ -720,7 +720,7 @@ impl EdgeFacts {
     pub(crate) fn of(graph: &LinkGraph) -> EdgeFacts {
         EdgeFacts {
             absolute_32bit: graph.has_absolute_32bit_references(),
-            edges: graph.blocks.iter().map(|b| b.edges.len()).sum(),
+            edges: edge_count(&graph.blocks),
         }
     }
 
@@ -728,11 +728,13 @@ impl EdgeFacts {
     fn add_blocks(&mut self, graph: &LinkGraph, first: usize) {
         self.absolute_32bit =
             self.absolute_32bit || graph.blocks_have_absolute_32bit_references(first);
-        self.edges += graph.blocks[first..]
-            .iter()
-            .map(|b| b.edges.len())
-            .sum::<usize>();
+        self.edges += edge_count(&graph.blocks[first..]);
     }
+}
+
+/// Edges of `blocks`, all told.
+fn edge_count(blocks: &[crate::graph::Block]) -> usize {
+    blocks.iter().map(|b| b.edges.len()).sum()
 }
 
 /// Parses one object `(name, bytes)` into a graph of its own.

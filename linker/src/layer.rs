@@ -386,7 +386,12 @@ impl ObjectLayer {
         names: Vec<Option<SymbolName>>,
     ) -> Result<(), LinkError> {
         let facts = EdgeFacts::of(&graph);
-        self.define_unit(dylib, tracker, name, graph, names, facts)
+        let read = ReadGraph {
+            graph,
+            names,
+            facts,
+        };
+        self.add_read_graph(dylib, tracker, name, read)
     }
 
     /// [`ObjectLayer::add_graph_named`] of a graph as
@@ -405,18 +410,6 @@ impl ObjectLayer {
             names,
             facts,
         } = read;
-        self.define_unit(dylib, tracker, name, graph, names, facts)
-    }
-
-    fn define_unit(
-        &self,
-        dylib: &Dylib,
-        tracker: Option<&ResourceTracker>,
-        name: &str,
-        graph: LinkGraph,
-        names: Vec<Option<SymbolName>>,
-        facts: EdgeFacts,
-    ) -> Result<(), LinkError> {
         let unit = self.unit_named(name, graph, names, facts)?;
         dylib
             .define_boxed(Box::new(unit), tracker)
