@@ -10,7 +10,7 @@ use crate::session::Dylib;
 use crate::symbol::{SymbolDef, SymbolFlags};
 use crate::sync::{Arc, thread_local_const};
 use crate::tracker::ResourceTracker;
-use crate::unit::MaterializationUnit;
+use crate::unit::{Batched, MaterializationUnit};
 
 /// Symbols emitted together and the symbols they depend on. A symbol becomes
 /// Ready only when it and everything it transitively depends on are emitted.
@@ -64,7 +64,7 @@ thread_local_const! {
 thread_local_const! {
     /// Responsibilities dropped while this thread was unwinding: the task
     /// wrapper that catches the panic fails them with its message.
-    static DROPPED_IN_PANIC: RefCell<Vec<RespId>> = RefCell::new(Vec::new());
+    static DROPPED_IN_PANIC: RefCell<Vec<(RespId, Arc<str>)>> = RefCell::new(Vec::new());
 }
 
 /// The responsibility whose `materialize` is running on this thread.
@@ -88,24 +88,72 @@ pub(crate) fn materialization_stack() -> Vec<RespId> {
 /// materialization context (for blocking-cycle detection) and turns a panic
 /// into a failure that carries the panic message.
 pub(crate) fn run_materialization(cell: UnitCell, responsibility: Responsibility) {
-    cell.take_then(move |unit| materialize(unit, responsibility));
+    cell.take_then(move |unit| match unit {
+        Some(unit) => materialize_alone(unit, responsibility),
+        None => consumed(responsibility),
+    });
 }
 
-fn materialize(unit: Option<Box<dyn MaterializationUnit>>, responsibility: Responsibility) {
+/// Runs the units of a batch (started together, with one batch key) in
+/// this task: those the engine can hand over now go to the first one's
+/// `materialize_batch`; a unit out having discards delivered runs alone
+/// when they are (as [`run_materialization`]).
+pub(crate) fn run_batch_materialization(members: Vec<(UnitCell, Responsibility)>) {
+    let mut batch = Vec::with_capacity(members.len());
+    for (cell, responsibility) in members {
+        match cell.try_take() {
+            Ok(Some(unit)) => batch.push(Batched {
+                unit,
+                responsibility,
+            }),
+            Ok(None) => consumed(responsibility),
+            Err(cell) => run_materialization(cell, responsibility),
+        }
+    }
+    if batch.len() <= 1 {
+        for b in batch {
+            b.materialize();
+        }
+        return;
+    }
+    let first = batch.remove(0);
+    let ids: Vec<RespId> = std::iter::once(first.responsibility.id)
+        .chain(batch.iter().map(|b| b.responsibility.id))
+        .collect();
+    let core = first.responsibility.core.clone();
+    in_context(&core, &ids, move || {
+        first.unit.materialize_batch(first.responsibility, batch)
+    });
+}
+
+/// Runs one unit's `materialize` in its materialization context.
+pub(crate) fn materialize_alone(
+    unit: Box<dyn MaterializationUnit>,
+    responsibility: Responsibility,
+) {
     let core = responsibility.core.clone();
     let id = responsibility.id;
+    in_context(&core, &[id], move || unit.materialize(responsibility));
+}
+
+fn consumed(responsibility: Responsibility) {
     let unit_name = responsibility.unit_name.clone();
-    let Some(unit) = unit else {
-        responsibility.fail(Error::Usage(format!(
-            "materialization unit '{unit_name}' was already consumed"
-        )));
-        return;
-    };
-    let _ = MATERIALIZING.try_with(|m| m.borrow_mut().push(id));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        unit.materialize(responsibility)
-    }));
-    let _ = MATERIALIZING.try_with(|m| m.borrow_mut().pop());
+    responsibility.fail(Error::Usage(format!(
+        "materialization unit '{unit_name}' was already consumed"
+    )));
+}
+
+/// Runs `body`, which materializes the responsibilities `ids`, with them on
+/// this thread's materialization stack; a panic fails whichever of them
+/// it dropped, each with the panic's message and its own unit's name.
+fn in_context(core: &Arc<SessionCore>, ids: &[RespId], body: impl FnOnce()) {
+    let _ = MATERIALIZING.try_with(|m| m.borrow_mut().extend_from_slice(ids));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let _ = MATERIALIZING.try_with(|m| {
+        let mut m = m.borrow_mut();
+        let len = m.len().saturating_sub(ids.len());
+        m.truncate(len);
+    });
     if let Err(payload) = outcome {
         let message = payload
             .downcast_ref::<&str>()
@@ -115,11 +163,11 @@ fn materialize(unit: Option<Box<dyn MaterializationUnit>>, responsibility: Respo
         let dropped = DROPPED_IN_PANIC
             .try_with(|d| std::mem::take(&mut *d.borrow_mut()))
             .unwrap_or_default();
-        for resp in dropped {
+        for (resp, unit) in dropped {
             core.send(Msg::Fail {
                 resp,
                 cause: Error::Panicked {
-                    unit: unit_name.clone(),
+                    unit,
                     message: message.clone(),
                 },
             });
@@ -272,7 +320,7 @@ impl Drop for Responsibility {
         if std::thread::panicking() && current_materialization().is_some() {
             // The enclosing task wrapper knows the panic message.
             if DROPPED_IN_PANIC
-                .try_with(|d| d.borrow_mut().push(self.id))
+                .try_with(|d| d.borrow_mut().push((self.id, self.unit_name.clone())))
                 .is_ok()
             {
                 return;

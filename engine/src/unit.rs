@@ -1,6 +1,7 @@
 //! Materialization units: the things that define symbols lazily, and the two
 //! units every host needs (absolute symbols and reexports).
 
+use std::any::Any;
 use std::fmt;
 
 use crate::error::Error;
@@ -17,7 +18,7 @@ use crate::symbol::{RequiredState, SymbolDef, SymbolFlags};
 /// state actor. It must eventually resolve and emit every symbol it owes, or
 /// fail them; dropping the [`Responsibility`] (or panicking) fails what is
 /// still owed, with the reason, so no lookup ever hangs on a unit that is gone.
-pub trait MaterializationUnit: Send + 'static {
+pub trait MaterializationUnit: Any + Send {
     /// A name for diagnostics (an object path, a module name).
     fn name(&self) -> &str;
 
@@ -33,6 +34,68 @@ pub trait MaterializationUnit: Send + 'static {
     /// as a task, never on the actor, and always before `materialize`.
     fn discard(&mut self, dylib: &Dylib, name: &SymbolName) {
         let _ = (dylib, name);
+    }
+
+    /// Units that answer the same key, in the same dylib and tracker, and
+    /// that one step of the engine starts together (a lookup needing
+    /// several of them) run in one task: the first one's
+    /// [`MaterializationUnit::materialize_batch`] with the others — an
+    /// object layer links them as one image. Asked once, when the unit is
+    /// defined. `None` (the default): the unit always runs alone.
+    fn batch_key(&self) -> Option<usize> {
+        None
+    }
+
+    /// Materializes this unit and `others`, units with its batch key
+    /// started with it; runs on a worker, once. Each unit keeps its own
+    /// responsibility, so a batch may fail one unit and emit the others.
+    /// The default materializes each in turn.
+    fn materialize_batch(self: Box<Self>, responsibility: Responsibility, others: Vec<Batched>) {
+        self.materialize(responsibility);
+        for other in others {
+            other.materialize();
+        }
+    }
+}
+
+/// A unit of a batch ([`MaterializationUnit::materialize_batch`]) with its
+/// responsibility.
+pub struct Batched {
+    pub(crate) unit: Box<dyn MaterializationUnit>,
+    pub(crate) responsibility: Responsibility,
+}
+
+impl Batched {
+    /// The unit as a `T` and its responsibility, or the batched unit back
+    /// if it is not a `T`.
+    pub fn downcast<T: MaterializationUnit>(self) -> Result<(Box<T>, Responsibility), Batched> {
+        let unit: &dyn Any = &*self.unit;
+        if !unit.is::<T>() {
+            return Err(self);
+        }
+        let Batched {
+            unit,
+            responsibility,
+        } = self;
+        let unit: Box<dyn Any> = unit;
+        match unit.downcast::<T>() {
+            Ok(unit) => Ok((unit, responsibility)),
+            Err(_) => unreachable!("the unit was checked to be a T"),
+        }
+    }
+
+    /// Materializes the unit alone, as the engine would have (a panic
+    /// fails only this unit's symbols).
+    pub fn materialize(self) {
+        crate::responsibility::materialize_alone(self.unit, self.responsibility);
+    }
+}
+
+impl fmt::Debug for Batched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batched")
+            .field("unit", &self.unit.name())
+            .finish()
     }
 }
 

@@ -21,7 +21,9 @@ use crate::generator::Generator;
 use crate::index::ReadIndex;
 use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList, SymbolMap};
 use crate::name::{Interner, SymbolName};
-use crate::responsibility::DependenceGroup;
+use crate::responsibility::{
+    DependenceGroup, Responsibility, run_batch_materialization, run_materialization,
+};
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::tracker::{ResourceKey, ResourceManager, TrackerShared};
@@ -51,7 +53,12 @@ pub(crate) type RespId = usize;
 /// delivers every recorded discard, each exactly once. So a unit hears of
 /// every definition it lost before it materializes.
 #[derive(Clone)]
-pub(crate) struct UnitCell(Arc<Mutex<CellState>>);
+pub(crate) struct UnitCell {
+    state: Arc<Mutex<CellState>>,
+    /// The unit's [`MaterializationUnit::batch_key`], asked when it was
+    /// defined.
+    batch: Option<usize>,
+}
 
 type Unit = Box<dyn MaterializationUnit>;
 
@@ -67,18 +74,39 @@ struct CellState {
 
 impl UnitCell {
     pub(crate) fn new(unit: Unit) -> Self {
-        UnitCell(Arc::new(Mutex::new(CellState {
-            unit: Some(unit),
-            lent: false,
-            discards: Vec::new(),
-            taker: None,
-        })))
+        let batch = unit.batch_key();
+        UnitCell {
+            batch,
+            state: Arc::new(Mutex::new(CellState {
+                unit: Some(unit),
+                lent: false,
+                discards: Vec::new(),
+                taker: None,
+            })),
+        }
+    }
+
+    /// The unit's batch key.
+    pub(crate) fn batch_key(&self) -> Option<usize> {
+        self.batch
+    }
+
+    /// Takes the unit out for good if no discard is due or being delivered
+    /// (`Ok(None)`: taken already); else the cell back, for
+    /// [`UnitCell::take_then`].
+    pub(crate) fn try_take(self) -> Result<Option<Unit>, UnitCell> {
+        let mut cell = self.state.lock();
+        if cell.lent || !cell.discards.is_empty() {
+            drop(cell);
+            return Err(self);
+        }
+        Ok(cell.unit.take())
     }
 
     /// Records that the unit lost `name` in `dylib` (called by the actor
     /// before it dispatches [`UnitCell::deliver_discards`]).
     pub(crate) fn push_discard(&self, dylib: crate::session::Dylib, name: SymbolName) {
-        self.0.lock().discards.push((dylib, name));
+        self.state.lock().discards.push((dylib, name));
     }
 
     /// Tells the unit (if it was not taken for materialization) of every
@@ -86,7 +114,7 @@ impl UnitCell {
     /// do when the unit is lent: its holder delivers them.
     pub(crate) fn deliver_discards(&self) {
         let unit = {
-            let mut cell = self.0.lock();
+            let mut cell = self.state.lock();
             if cell.lent || cell.discards.is_empty() {
                 return;
             }
@@ -110,7 +138,7 @@ impl UnitCell {
     fn lend(&self, mut unit: Unit) {
         loop {
             let due = {
-                let mut cell = self.0.lock();
+                let mut cell = self.state.lock();
                 if cell.discards.is_empty() {
                     cell.lent = false;
                     match cell.taker.take() {
@@ -141,7 +169,7 @@ impl UnitCell {
     /// or, while a discard has it, when that discard is done (on its
     /// thread). No lock is held while `then` runs.
     pub(crate) fn take_then(&self, then: impl FnOnce(Option<Unit>) + Send + 'static) {
-        let mut cell = self.0.lock();
+        let mut cell = self.state.lock();
         if cell.lent {
             cell.taker = Some(Box::new(then));
             return;
@@ -402,6 +430,12 @@ pub(crate) enum Msg {
 pub(crate) enum Effect {
     /// Hand a task to the dispatcher.
     Dispatch(Task),
+    /// Materialize units with one batch key (in one dylib and tracker),
+    /// started in one drive, as one task.
+    Materialize {
+        key: (DylibId, TrackerId, usize),
+        members: Vec<(UnitCell, Responsibility)>,
+    },
     /// Deliver a lookup's result.
     Complete(Arc<LookupShared>, Result<SymbolMap>),
     /// Drop user objects (units, generators) off the actor.
@@ -703,6 +737,20 @@ impl SessionCore {
     fn run_effect(&self, effect: Effect) {
         match effect {
             Effect::Dispatch(task) => self.dispatcher.dispatch(task),
+            Effect::Materialize { mut members, .. } => {
+                let task = match (members.pop(), members.is_empty()) {
+                    (Some((cell, r)), true) => {
+                        Task::new("materialize", move || run_materialization(cell, r))
+                    }
+                    (last, _) => {
+                        members.extend(last);
+                        Task::new("materialize a batch", move || {
+                            run_batch_materialization(members)
+                        })
+                    }
+                };
+                self.dispatcher.dispatch(task)
+            }
             Effect::Complete(shared, result) => shared.complete(self, result),
             Effect::Drop(object) => drop(object),
             Effect::RemoveResources {

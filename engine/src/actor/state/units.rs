@@ -57,9 +57,26 @@ impl State {
             unit_name,
             finished: false,
         };
-        fx.push(Effect::Dispatch(Task::new("materialize", move || {
-            run_materialization(cell, responsibility)
-        })));
+        let key = match cell.batch_key() {
+            Some(key) => (unit.dylib, unit.tracker, key),
+            None => {
+                return fx.push(Effect::Dispatch(Task::new("materialize", move || {
+                    run_materialization(cell, responsibility)
+                })));
+            }
+        };
+        // A batch this drive started already takes it.
+        for effect in fx.iter_mut() {
+            if let Effect::Materialize { key: k, members } = effect
+                && *k == key
+            {
+                return members.push((cell, responsibility));
+            }
+        }
+        fx.push(Effect::Materialize {
+            key,
+            members: vec![(cell, responsibility)],
+        });
     }
 
     /// Does what an absolute-symbols unit's `materialize` would — resolve

@@ -1,0 +1,223 @@
+//! Batches: units with one batch key, in one dylib and tracker, that one
+//! step starts together run in one task (`materialize_batch`), each with
+//! its own responsibility.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use kiln_engine::unit::Batched;
+use kiln_engine::*;
+
+/// What the units of a test did: each batch call (its units' names, first
+/// the one it was called on) and each unit materialized alone.
+#[derive(Default)]
+struct Log {
+    batches: Vec<Vec<String>>,
+    alone: Vec<String>,
+}
+
+/// One symbol at a fixed address, in batch `key`; `panics`: its
+/// `materialize_batch` panics after resolving its own symbol.
+struct Keyed {
+    name: String,
+    sym: SymbolName,
+    addr: u64,
+    key: Option<usize>,
+    panics: bool,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Keyed {
+    fn finish(self, r: Responsibility) {
+        r.resolve(&[(self.sym.clone(), def(self.addr))]).unwrap();
+        r.emit(vec![DependenceGroup::new([self.sym], [])]).unwrap();
+    }
+}
+
+impl MaterializationUnit for Keyed {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        vec![(self.sym.clone(), X)]
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        self.log.lock().unwrap().alone.push(self.name.clone());
+        self.finish(r);
+    }
+    fn batch_key(&self) -> Option<usize> {
+        self.key
+    }
+    fn materialize_batch(self: Box<Self>, r: Responsibility, others: Vec<Batched>) {
+        let mut members = vec![(self, r)];
+        for other in others {
+            match other.downcast::<Keyed>() {
+                Ok(member) => members.push(member),
+                Err(_) => panic!("a batch of another type"),
+            }
+        }
+        let names = members.iter().map(|(u, _)| u.name.clone()).collect();
+        members[0].0.log.lock().unwrap().batches.push(names);
+        if members[0].0.panics {
+            let (first, r) = members.remove(0);
+            r.resolve(&[(first.sym.clone(), def(first.addr))]).unwrap();
+            panic!("batch failed on purpose");
+        }
+        for (unit, r) in members {
+            unit.finish(r);
+        }
+    }
+}
+
+fn keyed(s: &Session, name: &str, addr: u64, key: Option<usize>, log: &Arc<Mutex<Log>>) -> Keyed {
+    Keyed {
+        name: name.into(),
+        sym: s.intern(name),
+        addr,
+        key,
+        panics: false,
+        log: log.clone(),
+    }
+}
+
+/// A unit with a batch key and only `materialize`.
+struct Plain(FnUnit);
+
+impl MaterializationUnit for Plain {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        self.0.symbols()
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        Box::new(self.0).materialize(r)
+    }
+    fn batch_key(&self) -> Option<usize> {
+        Some(9)
+    }
+}
+
+#[test]
+fn units_one_lookup_starts_with_one_key_run_in_one_task() {
+    for s in [
+        inplace(),
+        Session::builder().dispatcher(WorkerPool::new(2)).build(),
+    ] {
+        let d = s.create_dylib("d").unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut names = Vec::new();
+        for (i, key) in [Some(7), Some(7), None, Some(7), Some(8), Some(8)]
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("u{i}");
+            d.define(keyed(&s, &name, 0x1000 + i as u64, key, &log))
+                .unwrap();
+            names.push(s.intern(&name));
+        }
+        let found = lookup(
+            &s,
+            &[&d],
+            &names.iter().collect::<Vec<_>>(),
+            RequiredState::Ready,
+        )
+        .wait()
+        .unwrap();
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(found.get(n).unwrap().address, 0x1000 + i as u64);
+        }
+        let log = log.lock().unwrap();
+        let mut batches = log.batches.clone();
+        batches.sort();
+        assert_eq!(batches, [vec!["u0", "u1", "u3"], vec!["u4", "u5"]]);
+        assert_eq!(log.alone, ["u2"]);
+        s.end();
+    }
+}
+
+#[test]
+fn units_of_other_trackers_dylibs_or_lookups_are_not_batched() {
+    let s = inplace();
+    let (d, e) = (s.create_dylib("d").unwrap(), s.create_dylib("e").unwrap());
+    let log = Arc::new(Mutex::new(Log::default()));
+    let t = d.create_tracker().unwrap();
+    d.define(keyed(&s, "a", 1, Some(7), &log)).unwrap();
+    d.define_boxed(Box::new(keyed(&s, "b", 2, Some(7), &log)), Some(&t))
+        .unwrap();
+    e.define(keyed(&s, "c", 3, Some(7), &log)).unwrap();
+    d.define(keyed(&s, "later", 4, Some(7), &log)).unwrap();
+    let names = ["a", "b", "c"].map(|n| s.intern(n));
+    let mut order = order(&[&d]);
+    order.push(&e, DylibLookup::ExportedOnly);
+    s.lookup(
+        &order,
+        &LookupSet::required(names.iter().cloned()),
+        RequiredState::Ready,
+    )
+    .wait()
+    .unwrap();
+    lookup(&s, &[&d], &[&s.intern("later")], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    let log = log.lock().unwrap();
+    assert!(log.batches.is_empty(), "{:?}", log.batches);
+    let mut alone = log.alone.clone();
+    alone.sort();
+    assert_eq!(alone, ["a", "b", "c", "later"]);
+    s.end();
+}
+
+#[test]
+fn a_panicking_batch_fails_each_unit_it_dropped_with_its_own_name() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut first = keyed(&s, "first", 1, Some(7), &log);
+    first.panics = true;
+    d.define(first).unwrap();
+    d.define(keyed(&s, "second", 2, Some(7), &log)).unwrap();
+    let (a, b) = (s.intern("first"), s.intern("second"));
+    let e = lookup(&s, &[&d], &[&a, &b], RequiredState::Ready)
+        .wait()
+        .unwrap_err();
+    assert!(matches!(e.root_cause(), Error::Panicked { .. }), "{e}");
+    for (name, sym) in [("first", &a), ("second", &b)] {
+        let e = lookup(&s, &[&d], &[sym], RequiredState::Ready)
+            .wait()
+            .unwrap_err();
+        match e.root_cause() {
+            Error::Panicked { unit, message } => {
+                assert_eq!(&**unit, name);
+                assert!(message.contains("on purpose"), "{message}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    s.end();
+}
+
+#[test]
+fn a_unit_without_materialize_batch_runs_each_alone() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let names = ["p", "q", "r"].map(|n| s.intern(n));
+    for (i, n) in names.iter().enumerate() {
+        d.define(Plain(emitting(n, 0x10 + i as u64, vec![])))
+            .unwrap();
+    }
+    let found = lookup(
+        &s,
+        &[&d],
+        &names.iter().collect::<Vec<_>>(),
+        RequiredState::Ready,
+    )
+    .wait()
+    .unwrap();
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(found.get(n).unwrap().address, 0x10 + i as u64);
+    }
+    s.end();
+}
