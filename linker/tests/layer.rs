@@ -192,6 +192,137 @@ fn a_failing_object_fails_its_callers_with_the_root_cause() {
     j.session.end();
 }
 
+/// `int name(int)` of `app`, linked and Ready.
+fn call(j: &Jit, app: &Dylib, name: &str, x: i32) -> i32 {
+    j.function(app, name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))(x)
+}
+
+const TWICE: &str = "int is_even(int);\nint twice(int x) { return 2 * x + is_even(x); }\n";
+const BROKEN: &str = "int gone(int);\nint broken(int x) { return gone(x); }\n";
+const CALLER: &str = "int broken(int);\nint caller(int x) { return broken(x) * 2; }\n";
+
+#[test]
+fn objects_one_lookup_starts_are_linked_as_one_image() {
+    let _serial = serial();
+    let dir = scratch("batch");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    add_even_and_odd(&j, &app, &dir);
+    j.add_c(&app, None, &dir, "twice", TWICE).unwrap();
+    app.lookup_ready(&["is_even", "is_odd", "twice"]).unwrap();
+    assert_eq!(j.layer.stats().1, 1, "the three objects as one image");
+    assert_eq!(call(&j, &app, "is_even", 10), 1);
+    assert_eq!(call(&j, &app, "is_odd", 10), 0);
+    assert_eq!(call(&j, &app, "twice", 3), 6);
+    // Another lookup's object links alone, calling into the batch.
+    let later = "int twice(int);\nint later(int x) { return twice(x) + 1; }\n";
+    j.add_c(&app, None, &dir, "later", later).unwrap();
+    assert_eq!(call(&j, &app, "later", 3), 7);
+    assert_eq!(j.layer.stats().1, 2);
+    j.session.end();
+}
+
+/// A batch must not run code of a unit that fails in it, nor widen a
+/// unit's `__start_`/`__stop_` range to another's sections: objects with
+/// initializers or such references link alone.
+#[test]
+fn objects_with_initializers_or_section_bounds_link_alone() {
+    let _serial = serial();
+    let dir = scratch("batch-alone");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    let bounded = |tag: i32| {
+        format!(
+            "__attribute__((used, section(\"tags\"))) static int tag = {tag};\n\
+             extern int __start_tags[], __stop_tags[];\n\
+             int tags{tag}(int x) {{ return x * 100 + (int)(__stop_tags - __start_tags); }}\n"
+        )
+    };
+    j.add_c(&app, None, &dir, "tags1", &bounded(1)).unwrap();
+    j.add_c(&app, None, &dir, "tags2", &bounded(2)).unwrap();
+    let ctor = |n: i32| {
+        format!(
+            "static int set;\n__attribute__((constructor)) static void init(void) {{ set = {n}; }}\n\
+             int ctor{n}(int x) {{ return x + set; }}\n"
+        )
+    };
+    j.add_c(&app, None, &dir, "ctor1", &ctor(1)).unwrap();
+    j.add_c(&app, None, &dir, "ctor2", &ctor(2)).unwrap();
+    app.lookup_ready(&["tags1", "tags2", "ctor1", "ctor2"])
+        .unwrap();
+    assert_eq!(j.layer.stats().1, 4, "each object alone");
+    // Each sees only its own `tags` section, as linked alone.
+    assert_eq!(call(&j, &app, "tags1", 1), 101);
+    assert_eq!(call(&j, &app, "tags2", 1), 101);
+    assert_eq!(call(&j, &app, "ctor1", 10), 11);
+    assert_eq!(call(&j, &app, "ctor2", 10), 12);
+    j.session.end();
+}
+
+#[test]
+fn a_batch_fails_only_the_objects_that_reach_a_missing_symbol() {
+    let _serial = serial();
+    let dir = scratch("batch-missing");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    add_even_and_odd(&j, &app, &dir);
+    j.add_c(&app, None, &dir, "broken", BROKEN).unwrap();
+    j.add_c(&app, None, &dir, "caller", CALLER).unwrap();
+    let err = app
+        .lookup_ready(&["is_even", "is_odd", "broken", "caller"])
+        .expect_err("broken cannot link");
+    assert!(err.to_string().contains("gone"), "{err}");
+    assert_eq!(j.layer.stats().1, 1, "the four objects as one image");
+    // What does not reach `gone` is Ready, as if linked alone.
+    assert_eq!(call(&j, &app, "is_even", 4), 1);
+    assert_eq!(call(&j, &app, "is_odd", 4), 0);
+    let err = j.function(&app, "broken").expect_err("broken");
+    match err.downcast_ref::<kiln_linker::LinkError>() {
+        Some(kiln_linker::LinkError::MissingSymbols { missing }) => {
+            assert_eq!(
+                missing,
+                &[("gone".to_string(), vec!["broken.o".to_string()])]
+            );
+        }
+        _ => panic!("not a missing symbol: {err:?}"),
+    }
+    let err = j
+        .function(&app, "caller")
+        .expect_err("caller reaches broken");
+    assert!(
+        err.to_string().contains("gone"),
+        "root cause missing: {err}"
+    );
+    j.session.end();
+}
+
+#[test]
+fn a_batch_whose_external_failed_fails_only_the_objects_that_use_it() {
+    let _serial = serial();
+    let dir = scratch("batch-failed");
+    let j = jit();
+    let lib = j.dylib("lib", &[]);
+    j.add_c(&lib, None, &dir, "broken", BROKEN).unwrap();
+    assert!(j.function(&lib, "broken").is_err());
+    let app = j.dylib("app", &[&lib]);
+    add_even_and_odd(&j, &app, &dir);
+    j.add_c(&app, None, &dir, "caller", CALLER).unwrap();
+    let err = app
+        .lookup_ready(&["is_even", "caller", "is_odd"])
+        .expect_err("caller calls a failed symbol");
+    assert!(err.to_string().contains("gone"), "{err}");
+    assert_eq!(j.layer.stats().1, 1, "the three objects as one image");
+    assert_eq!(call(&j, &app, "is_even", 6), 1);
+    assert_eq!(call(&j, &app, "is_odd", 6), 0);
+    let err = j.function(&app, "caller").expect_err("caller");
+    assert!(
+        err.to_string().contains("gone"),
+        "root cause missing: {err}"
+    );
+    j.session.end();
+}
+
 #[test]
 fn removing_the_tracker_releases_the_image() {
     let _serial = serial();

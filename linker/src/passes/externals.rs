@@ -103,22 +103,11 @@ impl Prepared {
         &mut self,
         answers: &[(SymbolId, Option<u64>)],
     ) -> Result<(), LinkError> {
-        let mut missing = Vec::new();
-        self.externals.reserve(answers.len());
-        for &(id, answer) in answers {
-            let Some(sym) = self.graph.symbols.get(id.index()) else {
-                continue;
-            };
-            match answer {
-                Some(addr) => {
-                    self.externals.insert(id, addr);
-                }
-                None if sym.weak_ref => {
-                    self.externals.insert(id, 0);
-                }
-                None => missing.push(self.graph.symbol_name(id)),
-            }
-        }
+        let missing: Vec<String> = self
+            .resolve_external_ids_or(answers, 0)
+            .into_iter()
+            .map(|id| self.graph.symbol_name(id))
+            .collect();
         if !missing.is_empty() {
             // Only now find who references them (a second walk over the edges).
             let refs: HashMap<Box<str>, Vec<crate::graph::ObjectId>> =
@@ -141,5 +130,36 @@ impl Prepared {
             return Err(LinkError::MissingSymbols { missing });
         }
         Ok(())
+    }
+
+    /// [`Prepared::resolve_external_ids`], but a strong reference without
+    /// an answer is given `placeholder` instead of failing the link; returns
+    /// those references' symbols. For the object layer's batches: the units
+    /// that reference them fail, and run no code.
+    pub(crate) fn resolve_external_ids_or(
+        &mut self,
+        answers: &[(SymbolId, Option<u64>)],
+        placeholder: u64,
+    ) -> Vec<SymbolId> {
+        let mut missing = Vec::new();
+        self.externals.reserve(answers.len());
+        for &(id, answer) in answers {
+            let Some(sym) = self.graph.symbols.get(id.index()) else {
+                continue;
+            };
+            match answer {
+                Some(addr) => {
+                    self.externals.insert(id, addr);
+                }
+                None if sym.weak_ref => {
+                    self.externals.insert(id, 0);
+                }
+                None => {
+                    self.externals.insert(id, placeholder);
+                    missing.push(id);
+                }
+            }
+        }
+        missing
     }
 }

@@ -43,6 +43,8 @@ use crate::image::{EdgeFacts, LinkedImage, ReadGraph};
 use crate::passes::{self, ImageEnv, LinkOptions, LinkStats, Prepared, Roots};
 use crate::runtime;
 
+mod batch;
+
 /// A linked image (its `__dso_handle` is a slot inside it).
 struct LayerImage {
     image: LinkedImage,
@@ -443,7 +445,7 @@ impl ObjectLayer {
             passes::allocate_commons(&mut graph);
             passes::prune(&mut graph, &Roots::All)?;
         }
-        let (globals, flags) = self.offered_globals(&graph, names);
+        let (globals, flags, symbols_join) = self.offered_globals(&graph, names);
         // An image that will be linked anyway is prepared while the engine
         // records its symbols — unless it has weak definitions (another
         // unit may win them: known only when it is materialized).
@@ -451,6 +453,8 @@ impl ObjectLayer {
         let early = options.prepare_early
             && !flags.iter().any(|f| f.is_weak())
             && facts.edges >= options.parallel_threshold;
+        let joinable =
+            symbols_join && !early && !options.imaging && batch::joins_batches(&graph, &flags);
         let input = if early {
             UnitInput::Early(EarlyPrepare::start(
                 graph,
@@ -467,6 +471,7 @@ impl ObjectLayer {
             globals,
             flags,
             discarded: Vec::new(),
+            joinable,
             order: self
                 .shared
                 .added
@@ -476,7 +481,9 @@ impl ObjectLayer {
 
     /// The defined, live, non-local globals of `graph` a unit offers, in
     /// symbol order, each with its name (from `names`, by symbol id, or
-    /// interned here) and its flags.
+    /// interned here) and its flags; and whether its globals let it join a
+    /// batch ([`batch::joins_batches`]: no global of local scope, no
+    /// `__start_`/`__stop_` reference), learned on the way.
     ///
     /// On the graph's critical path (the link starts after it): the names
     /// are moved, not cloned — a clone writes each name's count, a cache
@@ -487,20 +494,28 @@ impl ObjectLayer {
         &self,
         graph: &LinkGraph,
         mut names: Vec<Option<SymbolName>>,
-    ) -> (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>) {
+    ) -> (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>, bool) {
         let mut is_global = vec![false; graph.symbols.len()];
         for id in graph.globals.ids() {
             is_global[id.index()] = true;
         }
         let mut globals = Vec::with_capacity(graph.globals.len());
         let mut flags = Vec::with_capacity(graph.globals.len());
+        let mut joins = true;
         for (i, s) in graph.symbols.iter().enumerate() {
+            if !is_global[i] {
+                continue;
+            }
             let live = match s.def {
                 GraphDef::Defined { block, .. } => graph.blocks[block.index()].live,
-                GraphDef::External => false,
+                GraphDef::External => {
+                    joins &= !batch::delimits_a_section(s.name.as_deref().unwrap_or_default());
+                    false
+                }
                 _ => true,
             };
-            if !is_global[i] || !live || s.scope == Scope::Local {
+            joins &= s.scope != Scope::Local;
+            if !live || s.scope == Scope::Local {
                 continue;
             }
             let name = match names.get_mut(i).and_then(Option::take) {
@@ -510,7 +525,7 @@ impl ObjectLayer {
             globals.push((name, SymbolId(i as u32)));
             flags.push(flags_of(s.scope, s.linkage, s.callable));
         }
-        (globals, flags)
+        (globals, flags, joins)
     }
 
     /// Adds objects so that each is linked only when one of its functions is
@@ -1174,7 +1189,19 @@ struct ObjectUnit {
     flags: Vec<SymbolFlags>,
     /// Weak definitions of `globals` another unit won.
     discarded: Vec<SymbolName>,
+    /// Links the same with others of a batch as alone
+    /// ([`batch::joins_batches`]).
+    joinable: bool,
     order: usize,
+}
+
+impl ObjectUnit {
+    /// Can still join a batch: its graph not taken, no definition lost.
+    fn can_join(&self) -> bool {
+        self.joinable
+            && self.discarded.is_empty()
+            && matches!(self.input, Some(UnitInput::Graph(_)))
+    }
 }
 
 impl MaterializationUnit for ObjectUnit {
@@ -1225,6 +1252,20 @@ impl MaterializationUnit for ObjectUnit {
     fn discard(&mut self, _dylib: &Dylib, name: &SymbolName) {
         // Another object's definition won; this one's becomes a reference.
         self.discarded.push(name.clone());
+    }
+
+    /// The layer's units that one lookup starts are linked as one image.
+    fn batch_key(&self) -> Option<usize> {
+        self.joinable
+            .then_some(Arc::as_ptr(&self.layer.shared) as usize)
+    }
+
+    fn materialize_batch(
+        self: Box<Self>,
+        r: Responsibility,
+        others: Vec<kiln_engine::unit::Batched>,
+    ) {
+        batch::materialize_together(self, r, others);
     }
 }
 

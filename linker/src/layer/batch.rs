@@ -1,0 +1,638 @@
+//! Units of one layer that one engine step starts together (a lookup that
+//! needs several objects added one by one), linked as one image: one
+//! allocation, one fixup pass, calls between them direct, no lookups of
+//! each other's symbols ([`MaterializationUnit::materialize_batch`]).
+//!
+//! Each unit keeps its own responsibility: resolved and emitted on its
+//! own, and failed on its own when it references a symbol that is missing
+//! or failed — as if it had been linked alone. A unit that fails runs no
+//! code: batched units have no initializers, and its symbols are never
+//! Ready; its bytes stay in the image until the tracker is removed. Units
+//! that reference a failed one fail through their dependencies on it, as
+//! they would apart.
+//!
+//! Only units that link the same together as apart join
+//! ([`joins_batches`]), in a dylib that looks in itself first for every
+//! symbol, hidden ones too — so a name resolves inside the batch exactly
+//! where the unit's own lookup would have found it. The others in a batch
+//! run alone.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use kiln_engine::unit::Batched;
+use kiln_engine::{
+    DependenceGroup, Dylib, DylibLookup, Error, LookupKind, LookupRequest, LookupSet,
+    MaterializationUnit, RequiredState, Responsibility, SymbolDef, SymbolFlags, SymbolMap,
+    SymbolName,
+};
+
+use super::{ObjectLayer, ObjectUnit, UnitInput, link_error, panic_message, track_image};
+use crate::error::LinkError;
+use crate::graph::{FxHashMap, LinkGraph, ObjectId, SymbolId};
+use crate::passes::{self, ImageEnv, LinkHost, Prepared, Roots};
+use crate::runtime;
+
+/// Whether a unit of `graph` (offering globals with `flags`) links the same
+/// in a batch as alone: no weak definition (another unit may win it), no
+/// initializer or finalizer (a unit that fails in a batch must run no
+/// code), no archive member (pruned against its own roots) — and, learned
+/// while its globals are listed, no `__start_`/`__stop_` reference (it
+/// would span every unit's sections) and no global of local scope (two
+/// units may each have one). Asked once, when the unit is made.
+pub(super) fn joins_batches(graph: &LinkGraph, flags: &[SymbolFlags]) -> bool {
+    !flags.iter().any(|f| f.is_weak())
+        && !graph.sections.iter().any(|s| s.role.is_init_fini())
+        && !graph.objects.iter().any(|o| o.library)
+}
+
+/// A name the linker defines as the start or end of a section.
+pub(super) fn delimits_a_section(name: &str) -> bool {
+    name.starts_with("__start_") || name.starts_with("__stop_")
+}
+
+/// [`ObjectUnit`]'s `materialize_batch`: the units that can join are linked
+/// together, the others alone.
+pub(super) fn materialize_together(
+    first: Box<ObjectUnit>,
+    r: Responsibility,
+    others: Vec<Batched>,
+) {
+    let together = looks_in_itself_first(&r);
+    let mut joining = Vec::with_capacity(others.len() + 1);
+    let mut alone = Vec::new();
+    let mut foreign = Vec::new();
+    let units = std::iter::once(Ok((first, r)))
+        .chain(others.into_iter().map(Batched::downcast::<ObjectUnit>));
+    for unit in units {
+        match unit {
+            Ok((unit, r)) if together && unit.can_join() => joining.push((unit, r)),
+            Ok(unit) => alone.push(unit),
+            Err(other) => foreign.push(other),
+        }
+    }
+    if joining.len() == 1 {
+        alone.append(&mut joining);
+    }
+    if !joining.is_empty() {
+        link_together(joining);
+    }
+    for (unit, r) in alone {
+        unit.materialize(r);
+    }
+    for other in foreign {
+        other.materialize();
+    }
+}
+
+/// The dylib's link order starts with itself, every symbol visible: where
+/// a unit's lookup finds a symbol another unit of the batch defines.
+fn looks_in_itself_first(r: &Responsibility) -> bool {
+    let order = r.dylib().link_order();
+    order
+        .entries()
+        .first()
+        .is_some_and(|(d, how)| d == r.dylib() && *how == DylibLookup::All)
+}
+
+/// A unit of a batch and its part of the merged graph.
+struct Member {
+    unit: Box<ObjectUnit>,
+    r: Responsibility,
+    /// Its objects in the merged graph: `first..end`.
+    objects: (u32, u32),
+    /// Its globals by id in the merged graph; their names move to `defs`
+    /// at step 9.
+    globals: Vec<(SymbolName, SymbolId)>,
+    /// Its definitions, as resolved.
+    defs: Vec<(SymbolName, SymbolDef)>,
+}
+
+/// Steps 1–9 of the merged graph of `joining`, then its externals asked
+/// once for all.
+fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
+    joining.sort_by_key(|(unit, _)| unit.order);
+    let started = Instant::now();
+    let layer = joining[0].0.layer.clone();
+    let (graph, mut members) = match merge(joining) {
+        Ok(merged) => merged,
+        Err(failed) => {
+            for (r, e) in failed {
+                r.fail(e);
+            }
+            return;
+        }
+    };
+    let start = passes::Start::Graph {
+        graph: Box::new(graph),
+        roots: &Roots::All,
+        below_2gib: layer.below_2gib(),
+    };
+    let mut host = BatchHost {
+        members: &mut members,
+    };
+    let prepared = match passes::before_externals(start, &mut host, &layer.shared.options) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            for m in members {
+                m.r.fail(e.clone());
+            }
+            return;
+        }
+    };
+    let session = layer.session.clone();
+    let externals: Vec<(SymbolId, SymbolName)> = prepared
+        .external_symbols_unordered()
+        .into_iter()
+        .map(|(id, n)| (id, session.intern(n)))
+        .collect();
+    let order = members[0].r.dylib().link_order();
+    let lookup = session.lookup_with(
+        &LookupRequest::new(
+            order.clone(),
+            LookupSet::weak(externals.iter().map(|(_, n)| n.clone())),
+            RequiredState::Resolved,
+        )
+        .kind(LookupKind::Static),
+    );
+    let batch = Batch {
+        layer,
+        members,
+        prepared,
+        externals,
+        order,
+        started,
+        prepared_at: Instant::now(),
+    };
+    lookup.on_complete(move |found| match found {
+        Ok(found) => {
+            let answers = Answers::of_union(&batch, &found);
+            batch.finish(answers);
+        }
+        // Some external failed: which units reference it is for each
+        // unit's own lookup to say.
+        Err(_) => batch.ask_each(),
+    });
+}
+
+/// The units' graphs merged, in order, with each one's objects and globals
+/// in the merged graph; or each responsibility with the error that stopped
+/// the merge.
+#[allow(clippy::type_complexity)]
+fn merge(
+    joining: Vec<(Box<ObjectUnit>, Responsibility)>,
+) -> Result<(LinkGraph, Vec<Member>), Vec<(Responsibility, Error)>> {
+    let mut merged: Option<LinkGraph> = None;
+    let mut members = Vec::with_capacity(joining.len());
+    for (mut unit, r) in joining {
+        let globals = std::mem::take(&mut unit.globals);
+        let graph = match unit.input.take() {
+            Some(UnitInput::Graph(graph)) => *graph,
+            _ => {
+                let bug = Error::msg(format!(
+                    "{}: a unit joined a batch without its graph (linker bug)",
+                    unit.name
+                ));
+                let mut failed: Vec<(Responsibility, Error)> = members
+                    .into_iter()
+                    .map(|m: Member| (m.r, bug.clone()))
+                    .collect();
+                failed.push((r, bug));
+                return Err(failed);
+            }
+        };
+        let (objects, globals) = match merged.as_mut() {
+            None => {
+                let end = graph.objects.len() as u32;
+                merged = Some(graph);
+                ((0, end), globals)
+            }
+            Some(into) => {
+                let (ObjectId(first), map) = into.merge_mapped(graph);
+                let globals = globals
+                    .into_iter()
+                    .map(|(n, id)| (n, map[id.index()]))
+                    .collect();
+                ((first, into.objects.len() as u32), globals)
+            }
+        };
+        members.push(Member {
+            unit,
+            r,
+            objects,
+            globals,
+            defs: Vec::new(),
+        });
+    }
+    Ok((merged.unwrap_or_default(), members))
+}
+
+/// Step 9 of a batch: each unit's own addresses go to its responsibility.
+struct BatchHost<'a> {
+    members: &'a mut [Member],
+}
+
+impl LinkHost for BatchHost<'_> {
+    type Error = Error;
+
+    fn link_error(&self, e: LinkError) -> Error {
+        link_error(e)
+    }
+
+    fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), Error> {
+        for m in self.members.iter_mut() {
+            let mut defs = Vec::with_capacity(m.globals.len());
+            // Joined units have no weak definitions: each owes all it offered.
+            for ((n, id), &flags) in std::mem::take(&mut m.globals)
+                .into_iter()
+                .zip(&m.unit.flags)
+            {
+                if let Some(address) = prepared.defined_address(id) {
+                    defs.push((n, SymbolDef::new(address, flags)));
+                }
+            }
+            m.r.resolve(&defs)?;
+            m.defs = defs;
+        }
+        Ok(())
+    }
+}
+
+/// A batch waiting for its externals.
+struct Batch {
+    layer: ObjectLayer,
+    members: Vec<Member>,
+    prepared: Prepared,
+    /// The merged graph's externals, as asked.
+    externals: Vec<(SymbolId, SymbolName)>,
+    /// The dylib's link order, which they were looked up through.
+    order: kiln_engine::SearchOrder,
+    started: Instant,
+    prepared_at: Instant,
+}
+
+/// Each unit's own lookup of its externals, until the last answers.
+struct Join {
+    left: usize,
+    results: Vec<Option<kiln_engine::Result<SymbolMap>>>,
+    then: Option<(Batch, References)>,
+}
+
+/// What the session answered for a batch's externals.
+struct Answers {
+    /// By external: its definition and the dylib it was found in.
+    defs: Vec<Option<(SymbolDef, Dylib)>>,
+    /// By unit: why it fails, if it does.
+    failed: Vec<Option<Error>>,
+}
+
+impl Answers {
+    /// From the one lookup of every external.
+    fn of_union(batch: &Batch, found: &SymbolMap) -> Answers {
+        let entries = batch.order.entries();
+        let defs = found
+            .by_request()
+            .map(|(name, def)| {
+                let source = found.found_in(name)?;
+                Some((*def?, entries.get(source)?.0.clone()))
+            })
+            .collect();
+        Answers {
+            defs,
+            failed: vec![None; batch.members.len()],
+        }
+    }
+}
+
+/// What a batch's units reference: by unit, the other units and the
+/// externals (by index in [`Batch::externals`]).
+struct References {
+    units: Vec<Vec<usize>>,
+    externals: Vec<Vec<usize>>,
+}
+
+/// One pass over the merged graph's references (only when some unit
+/// fails, or its lookup did).
+fn references(
+    prepared: &Prepared,
+    members: &[Member],
+    externals: &[(SymbolId, SymbolName)],
+) -> References {
+    let external_index: FxHashMap<SymbolId, usize> = externals
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (*id, i))
+        .collect();
+    let n = members.len();
+    let unit_of = |o: ObjectId| {
+        members
+            .iter()
+            .position(|m| (m.objects.0..m.objects.1).contains(&o.0))
+    };
+    let (mut units, mut externals) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    prepared.visit_references(|from, to, defined_in| {
+        let Some(from) = unit_of(from) else { return };
+        match defined_in {
+            Some(o) => {
+                if let Some(to) = unit_of(o).filter(|&to| to != from) {
+                    units[from].push(to);
+                }
+            }
+            None => {
+                if let Some(&i) = external_index.get(&to) {
+                    externals[from].push(i);
+                }
+            }
+        }
+    });
+    for list in units.iter_mut().chain(externals.iter_mut()) {
+        list.sort_unstable();
+        list.dedup();
+    }
+    References { units, externals }
+}
+
+impl Batch {
+    /// Asks each unit's externals on its own (after the union failed), then
+    /// finishes with what each answered.
+    fn ask_each(self) {
+        let refs = references(&self.prepared, &self.members, &self.externals);
+        let session = self.layer.session.clone();
+        let n = self.members.len();
+        let wanted: Vec<LookupRequest> = refs
+            .externals
+            .iter()
+            .map(|wanted| {
+                LookupRequest::new(
+                    self.order.clone(),
+                    LookupSet::weak(wanted.iter().map(|&i| self.externals[i].1.clone())),
+                    RequiredState::Resolved,
+                )
+                .kind(LookupKind::Static)
+            })
+            .collect();
+        // The last answer finishes the batch.
+        let join = Arc::new(Mutex::new(Join {
+            left: n,
+            results: vec![None; n],
+            then: Some((self, refs)),
+        }));
+        for (unit, request) in wanted.iter().enumerate() {
+            let join = join.clone();
+            session.lookup_with(request).on_complete(move |found| {
+                let done = {
+                    let mut join = join.lock().unwrap_or_else(PoisonError::into_inner);
+                    join.results[unit] = Some(found);
+                    join.left -= 1;
+                    if join.left == 0 {
+                        join.then
+                            .take()
+                            .map(|then| (then, std::mem::take(&mut join.results)))
+                    } else {
+                        None
+                    }
+                };
+                if let Some(((batch, refs), results)) = done {
+                    let answers = batch.answers_of_each(&refs, results);
+                    batch.finish(answers);
+                }
+            });
+        }
+    }
+
+    /// The answers of each unit's own lookup, put together.
+    fn answers_of_each(
+        &self,
+        refs: &References,
+        results: Vec<Option<kiln_engine::Result<SymbolMap>>>,
+    ) -> Answers {
+        let entries = self.order.entries();
+        let mut answers = Answers {
+            defs: vec![None; self.externals.len()],
+            failed: vec![None; self.members.len()],
+        };
+        for (unit, result) in results.into_iter().enumerate() {
+            match result {
+                Some(Ok(found)) => {
+                    for (&i, (name, def)) in refs.externals[unit].iter().zip(found.by_request()) {
+                        let source = found.found_in(name).and_then(|s| entries.get(s));
+                        if let (Some(def), Some((dylib, _))) = (def, source) {
+                            answers.defs[i] = Some((*def, dylib.clone()));
+                        }
+                    }
+                }
+                Some(Err(e)) => answers.failed[unit] = Some(e),
+                None => {
+                    answers.failed[unit] = Some(Error::msg(
+                        "the lookup of its externals completed without an answer (linker bug)",
+                    ))
+                }
+            }
+        }
+        answers
+    }
+
+    /// Steps 10–12 with the `answers`, then each unit emitted or failed.
+    fn finish(self, mut answers: Answers) {
+        let Batch {
+            layer,
+            members,
+            prepared,
+            externals,
+            order: _,
+            started,
+            prepared_at,
+        } = self;
+        let linked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let times = (started, prepared_at);
+            link_image(&layer, &members, prepared, &externals, &mut answers, times)
+        }));
+        match linked {
+            Ok(Ok((refs, graph))) => {
+                emit(members, &externals, answers, refs);
+                drop(graph);
+            }
+            Ok(Err(e)) => {
+                for m in members {
+                    m.r.fail(e.clone());
+                }
+            }
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                for m in members {
+                    let unit = Arc::from(m.r.unit_name());
+                    let message = message.clone();
+                    m.r.fail(Error::Panicked { unit, message });
+                }
+            }
+        }
+    }
+}
+
+/// Steps 10–12 of a batch's image: externals recorded (a missing one fails
+/// the units that reference it, and only them), fixup, finalize, the image
+/// tracked. Returns the units' references when some unit fails (for its
+/// emission), and the graph to free after the emit.
+fn link_image(
+    layer: &ObjectLayer,
+    members: &[Member],
+    mut prepared: Prepared,
+    externals: &[(SymbolId, SymbolName)],
+    answers: &mut Answers,
+    (started, prepared_at): (Instant, Instant),
+) -> Result<(Option<References>, Option<LinkGraph>), Error> {
+    let resolved_at = Instant::now();
+    prepared.set_lookup_time(resolved_at - prepared_at);
+    let mut data = Vec::new();
+    let given: Vec<(SymbolId, Option<u64>)> = externals
+        .iter()
+        .zip(&answers.defs)
+        .map(|((id, _), def)| {
+            if def.as_ref().is_some_and(|(d, _)| !d.flags.is_callable()) {
+                data.push(*id);
+            }
+            (*id, def.as_ref().map(|(d, _)| d.address))
+        })
+        .collect();
+    // Only units that fail reference a missing symbol, and they run no
+    // code: their references are fixed up to a place inside the image,
+    // which every kind of reference reaches.
+    let placeholder = prepared.dso_handle();
+    let missing = prepared.resolve_external_ids_or(&given, placeholder);
+    prepared.mark_data_externals(data);
+    let refs = (!missing.is_empty() || answers.failed.iter().any(Option::is_some))
+        .then(|| references(&prepared, members, externals));
+    if let Some(refs) = &refs {
+        fail_missing(members, externals, &missing, refs, answers);
+    }
+    let name = match members {
+        [first, rest @ ..] => format!("{} (+{} linked with it)", first.unit.name, rest.len()),
+        [] => String::new(),
+    };
+    let dso = runtime::DsoHandle::new_at(name.clone(), prepared.dso_handle() as usize)
+        .map_err(|e| link_error(LinkError::runtime(&name, e)))?;
+    let env = ImageEnv {
+        name: name.clone(),
+        tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
+    };
+    let mut options = layer.shared.options.clone();
+    options.symbol_table = false;
+    let (finalized, graph) =
+        passes::fix_up_and_finalize(prepared, &env, &options).map_err(link_error)?;
+    let stats = finalized.stats;
+    let finalized_at = Instant::now();
+    let first = &members[0];
+    let image = first.unit.layer_image(&name, finalized, dso, &first.r)?;
+    let times = (
+        prepared_at - started,
+        resolved_at - prepared_at,
+        finalized_at - resolved_at,
+    );
+    track_image(layer, &first.r, image, times, &stats)?;
+    Ok((refs, graph))
+}
+
+/// Each unit that references a `missing` external fails with the error
+/// its own link would have given (unless it fails already).
+fn fail_missing(
+    members: &[Member],
+    externals: &[(SymbolId, SymbolName)],
+    missing: &[SymbolId],
+    refs: &References,
+    answers: &mut Answers,
+) {
+    for (unit, m) in members.iter().enumerate() {
+        if answers.failed[unit].is_some() {
+            continue;
+        }
+        let mut names: Vec<(String, Vec<String>)> = refs.externals[unit]
+            .iter()
+            .filter(|&&i| missing.contains(&externals[i].0))
+            .map(|&i| (externals[i].1.to_string(), vec![m.unit.name.clone()]))
+            .collect();
+        if !names.is_empty() {
+            names.sort();
+            let e = LinkError::MissingSymbols { missing: names };
+            answers.failed[unit] = Some(link_error(e));
+        }
+    }
+}
+
+/// Emits each unit (or fails it). Without failures, each unit depends on
+/// the next one's first symbol, the last on the first's, the first on
+/// every external: one cycle, so all become Ready together, once all are
+/// emitted — and the engine keeps `units + externals` edges. With
+/// failures (`refs`), each unit depends on the units and externals it
+/// references: the engine fails those that reach a failed one.
+fn emit(
+    members: Vec<Member>,
+    externals: &[(SymbolId, SymbolName)],
+    answers: Answers,
+    refs: Option<References>,
+) {
+    let Some(own) = members.first().map(|m| m.r.dylib().clone()) else {
+        return;
+    };
+    let firsts: Vec<Option<SymbolName>> = members
+        .iter()
+        .map(|m| m.defs.first().map(|(n, _)| n.clone()))
+        .collect();
+    let found = |wanted: &mut dyn Iterator<Item = usize>| {
+        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
+        for i in wanted {
+            let Some((_, dylib)) = &answers.defs[i] else {
+                continue;
+            };
+            let name = externals[i].1.clone();
+            match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
+                Some((_, names)) => names.push(name),
+                None => per_dylib.push((dylib.clone(), vec![name])),
+            }
+        }
+        per_dylib
+    };
+    let mut deps: Vec<Vec<(Dylib, Vec<SymbolName>)>> = match &refs {
+        None => {
+            let emitting: Vec<usize> = (0..members.len())
+                .filter(|&u| firsts[u].is_some())
+                .collect();
+            let mut deps = vec![Vec::new(); members.len()];
+            for (k, &u) in emitting.iter().enumerate() {
+                let next = emitting[(k + 1) % emitting.len()];
+                if next != u {
+                    deps[u].extend(firsts[next].clone().map(|n| (own.clone(), vec![n])));
+                }
+            }
+            if let Some(&u) = emitting.first() {
+                deps[u].extend(found(&mut (0..externals.len())));
+            }
+            deps
+        }
+        Some(refs) => (0..members.len())
+            .map(|u| {
+                let units: Vec<SymbolName> = refs.units[u]
+                    .iter()
+                    .filter_map(|&v| firsts[v].clone())
+                    .collect();
+                let mut deps = found(&mut refs.externals[u].iter().copied());
+                if !units.is_empty() {
+                    deps.push((own.clone(), units));
+                }
+                deps
+            })
+            .collect(),
+    };
+    let mut failed = answers.failed;
+    let mut emitting = Vec::new();
+    for (u, m) in members.into_iter().enumerate() {
+        match failed[u].take() {
+            Some(e) => m.r.fail(e),
+            None => emitting.push((u, m)),
+        }
+    }
+    for (u, m) in emitting {
+        let symbols = m.defs.into_iter().map(|(n, _)| n);
+        let group = DependenceGroup::new(symbols, std::mem::take(&mut deps[u]));
+        let _ = m.r.emit(vec![group]);
+    }
+}
