@@ -294,6 +294,30 @@ impl Responsibility {
         })
     }
 
+    /// Takes over what `other` owes (a responsibility of the same dylib
+    /// and tracker — another unit of a batch): from now on this one
+    /// resolves, emits or fails those symbols too, and can emit them all
+    /// in one group. The inverse of [`Responsibility::delegate`]. On an
+    /// error `other`'s symbols fail with it.
+    pub fn absorb(&mut self, mut other: Responsibility) -> Result<()> {
+        let (reply, wait) = Reply::new();
+        self.core.send(Msg::Absorb {
+            resp: self.id,
+            other: other.id,
+            reply,
+        });
+        match wait.wait() {
+            Ok(()) => {
+                other.finished = true;
+                Ok(())
+            }
+            Err(e) => {
+                other.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
     /// Adds symbols that this unit discovered it defines (e.g. weak
     /// definitions in an object); they start out Materializing and owed by
     /// this responsibility. A clash with a strong definition is an error

@@ -221,3 +221,45 @@ fn a_unit_without_materialize_batch_runs_each_alone() {
     }
     s.end();
 }
+
+#[test]
+fn a_responsibility_absorbs_another_and_emits_both_as_one() {
+    let s = inplace();
+    let d = s.create_dylib("d").unwrap();
+    let t = d.create_tracker().unwrap();
+    let (a, b, c) = (s.intern("a"), s.intern("b"), s.intern("c"));
+    let slots: Vec<(Slot<Responsibility>, Slot<Responsibility>)> = (0..3).map(|_| slot()).collect();
+    for (i, (name, tracker)) in [(&a, None), (&b, None), (&c, Some(&t))]
+        .into_iter()
+        .enumerate()
+    {
+        let keep = slots[i].0.clone();
+        let u = unit(&format!("unit-{name}"), &[(name, X)], move |r| {
+            *keep.lock().unwrap() = Some(r);
+        });
+        d.define_boxed(Box::new(u), tracker).unwrap();
+    }
+    let pending = lookup(&s, &[&d], &[&a, &b, &c], RequiredState::Ready);
+    let take = |i: usize| slots[i].1.lock().unwrap().take().unwrap();
+    let (mut ra, rb, rc) = (take(0), take(1), take(2));
+    // Another tracker's: refused, and its symbol fails with the error.
+    let e = ra.absorb(rc).unwrap_err();
+    assert!(matches!(e, Error::Usage(_)), "{e}");
+    ra.absorb(rb).unwrap();
+    ra.resolve(&[(a.clone(), def(1)), (b.clone(), def(2))])
+        .unwrap();
+    assert_eq!(d.symbol_state(&b), Some(SymbolState::Resolved));
+    ra.emit(vec![DependenceGroup::new([a.clone(), b.clone()], [])])
+        .unwrap();
+    assert!(pending.wait().is_err(), "c failed");
+    let found = lookup(&s, &[&d], &[&a, &b], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&b).unwrap().address, 2);
+    assert!(
+        lookup(&s, &[&d], &[&c], RequiredState::Ready)
+            .wait()
+            .is_err()
+    );
+    s.end();
+}

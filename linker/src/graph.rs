@@ -844,6 +844,23 @@ impl LinkGraph {
         id
     }
 
+    /// [`LinkGraph::global`] of a name given owned: a new global keeps it.
+    fn global_owned(&mut self, name: Box<str>, object: ObjectId) -> SymbolId {
+        use hashbrown::hash_table::Entry;
+        let symbols = &self.symbols;
+        let id = SymbolId(symbols.len() as u32);
+        match self.globals.0.entry(
+            name_hash(&name),
+            |&g| name_of(symbols, g) == &*name,
+            |&g| name_hash(name_of(symbols, g)),
+        ) {
+            Entry::Occupied(o) => return *o.get(),
+            Entry::Vacant(v) => v.insert(id),
+        };
+        self.symbols.push(Symbol::reference(Some(name), object));
+        id
+    }
+
     /// Apply a global definition from `object` to the shared symbol `id`,
     /// following ELF's rules: strong beats COMMON beats weak, the largest
     /// COMMON wins, two strong definitions are a duplicate (recorded, and
@@ -1136,6 +1153,8 @@ impl LinkGraph {
         } else {
             self.symbols
                 .reserve(symbols.len().saturating_sub(unmerged_globals.len()));
+            // A merged graph (a batch of units): room for its globals.
+            self.globals.reserve(globals.len(), &self.symbols);
         }
         for (i, mut s) in symbols.into_iter().enumerate() {
             s.object = s.object.map(|o| remap(o, obj_base));
@@ -1150,7 +1169,8 @@ impl LinkGraph {
                 Some((start, len, hash)) => arena
                     .get(start as usize..start as usize + len as usize)
                     .map(|name| self.global_hashed(name, hash, object)),
-                None if is_global[i] => s.name.as_deref().map(|name| self.global(name, object)),
+                // A global of a merged graph: its name moves here if new.
+                None if is_global[i] => s.name.take().map(|name| self.global_owned(name, object)),
                 None => None,
             };
             let Some(id) = global else {

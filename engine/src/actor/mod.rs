@@ -347,6 +347,11 @@ pub(crate) enum Msg {
         names: Vec<SymbolName>,
         reply: Reply<Result<RespId>>,
     },
+    Absorb {
+        resp: RespId,
+        other: RespId,
+        reply: Reply<Result<()>>,
+    },
     DefineMaterializing {
         resp: RespId,
         symbols: Vec<(SymbolName, SymbolFlags)>,

@@ -3,13 +3,18 @@
 //! allocation, one fixup pass, calls between them direct, no lookups of
 //! each other's symbols ([`MaterializationUnit::materialize_batch`]).
 //!
-//! Each unit keeps its own responsibility: resolved and emitted on its
-//! own, and failed on its own when it references a symbol that is missing
-//! or failed — as if it had been linked alone. A unit that fails runs no
-//! code: batched units have no initializers, and its symbols are never
-//! Ready; its bytes stay in the image until the tracker is removed. Units
-//! that reference a failed one fail through their dependencies on it, as
-//! they would apart.
+//! The first unit's responsibility absorbs the others'
+//! ([`Responsibility::absorb`]): the image's symbols are resolved once and
+//! emitted once, as one group on every external — as an image of
+//! [`super::ObjectLayer::add_objects`] is. Yet each unit fails on its own
+//! when it references a symbol that is missing or failed, as if it had been
+//! linked alone: the responsibility is split back by unit
+//! ([`Responsibility::delegate`]), the units that reference a missing or
+//! failed symbol fail, and the others are emitted each on what it
+//! references — so the engine fails those that reach a failed unit, too. A
+//! unit that fails runs no code (batched units have no initializers, and
+//! its symbols are never Ready); its bytes stay in the image until the
+//! tracker is removed.
 //!
 //! Only units that link the same together as apart join
 //! ([`joins_batches`]), in a dylib that looks in itself first for every
@@ -98,23 +103,22 @@ fn looks_in_itself_first(r: &Responsibility) -> bool {
 /// A unit of a batch and its part of the merged graph.
 struct Member {
     unit: Box<ObjectUnit>,
-    r: Responsibility,
     /// Its objects in the merged graph: `first..end`.
     objects: (u32, u32),
-    /// Its globals by id in the merged graph; their names move to `defs`
-    /// at step 9.
+    /// Its globals by id in the merged graph; their names move to the
+    /// batch's definitions at step 9.
     globals: Vec<(SymbolName, SymbolId)>,
-    /// Its definitions, as resolved.
-    defs: Vec<(SymbolName, SymbolDef)>,
+    /// Its definitions: `defs[start..end]` of the batch.
+    defs: (usize, usize),
 }
 
-/// Steps 1–9 of the merged graph of `joining`, then its externals asked
-/// once for all.
+/// Steps 1–9 of the merged graph of `joining` under one responsibility,
+/// then its externals asked once for all.
 fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
     joining.sort_by_key(|(unit, _)| unit.order);
     let started = Instant::now();
     let layer = joining[0].0.layer.clone();
-    let (graph, mut members) = match merge(joining) {
+    let (graph, mut members, r) = match merge(joining) {
         Ok(merged) => merged,
         Err(failed) => {
             for (r, e) in failed {
@@ -129,24 +133,22 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
         below_2gib: layer.below_2gib(),
     };
     let mut host = BatchHost {
+        r: &r,
         members: &mut members,
+        defs: Vec::new(),
     };
     let prepared = match passes::before_externals(start, &mut host, &layer.shared.options) {
         Ok(prepared) => prepared,
-        Err(e) => {
-            for m in members {
-                m.r.fail(e.clone());
-            }
-            return;
-        }
+        Err(e) => return r.fail(e),
     };
+    let defs = host.defs;
     let session = layer.session.clone();
     let externals: Vec<(SymbolId, SymbolName)> = prepared
         .external_symbols_unordered()
         .into_iter()
         .map(|(id, n)| (id, session.intern(n)))
         .collect();
-    let order = members[0].r.dylib().link_order();
+    let order = r.dylib().link_order();
     let lookup = session.lookup_with(
         &LookupRequest::new(
             order.clone(),
@@ -157,7 +159,9 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
     );
     let batch = Batch {
         layer,
+        r,
         members,
+        defs,
         prepared,
         externals,
         order,
@@ -176,15 +180,16 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
 }
 
 /// The units' graphs merged, in order, with each one's objects and globals
-/// in the merged graph; or each responsibility with the error that stopped
-/// the merge.
+/// in the merged graph, and the first's responsibility, which absorbed
+/// the others'; or each responsibility with the error that stopped it.
 #[allow(clippy::type_complexity)]
 fn merge(
     joining: Vec<(Box<ObjectUnit>, Responsibility)>,
-) -> Result<(LinkGraph, Vec<Member>), Vec<(Responsibility, Error)>> {
-    let mut merged: Option<LinkGraph> = None;
+) -> Result<(LinkGraph, Vec<Member>, Responsibility), Vec<(Responsibility, Error)>> {
+    let mut merged: Option<(LinkGraph, Responsibility)> = None;
     let mut members = Vec::with_capacity(joining.len());
-    for (mut unit, r) in joining {
+    let mut joining = joining.into_iter();
+    while let Some((mut unit, r)) = joining.next() {
         let globals = std::mem::take(&mut unit.globals);
         let graph = match unit.input.take() {
             Some(UnitInput::Graph(graph)) => *graph,
@@ -193,21 +198,30 @@ fn merge(
                     "{}: a unit joined a batch without its graph (linker bug)",
                     unit.name
                 ));
-                let mut failed: Vec<(Responsibility, Error)> = members
+                return Err(merged
+                    .map(|(_, first)| first)
                     .into_iter()
-                    .map(|m: Member| (m.r, bug.clone()))
-                    .collect();
-                failed.push((r, bug));
-                return Err(failed);
+                    .chain(std::iter::once(r))
+                    .chain(joining.map(|(_, r)| r))
+                    .map(|r| (r, bug.clone()))
+                    .collect());
             }
         };
         let (objects, globals) = match merged.as_mut() {
             None => {
                 let end = graph.objects.len() as u32;
-                merged = Some(graph);
+                merged = Some((graph, r));
                 ((0, end), globals)
             }
-            Some(into) => {
+            Some((into, first)) => {
+                if let Err(e) = first.absorb(r) {
+                    let first = merged.map(|(_, first)| first);
+                    return Err(first
+                        .into_iter()
+                        .chain(joining.map(|(_, r)| r))
+                        .map(|r| (r, e.clone()))
+                        .collect());
+                }
                 let (ObjectId(first), map) = into.merge_mapped(graph);
                 let globals = globals
                     .into_iter()
@@ -218,18 +232,23 @@ fn merge(
         };
         members.push(Member {
             unit,
-            r,
             objects,
             globals,
-            defs: Vec::new(),
+            defs: (0, 0),
         });
     }
-    Ok((merged.unwrap_or_default(), members))
+    match merged {
+        Some((graph, r)) => Ok((graph, members, r)),
+        None => Err(Vec::new()),
+    }
 }
 
-/// Step 9 of a batch: each unit's own addresses go to its responsibility.
+/// Step 9 of a batch: the units' own addresses, resolved at once.
 struct BatchHost<'a> {
+    r: &'a Responsibility,
     members: &'a mut [Member],
+    /// Every unit's definitions, reported at step 9, emitted at the end.
+    defs: Vec<(SymbolName, SymbolDef)>,
 }
 
 impl LinkHost for BatchHost<'_> {
@@ -240,8 +259,10 @@ impl LinkHost for BatchHost<'_> {
     }
 
     fn own_symbols_resolved(&mut self, prepared: &Prepared) -> Result<(), Error> {
+        let count = self.members.iter().map(|m| m.globals.len()).sum();
+        let mut defs = Vec::with_capacity(count);
         for m in self.members.iter_mut() {
-            let mut defs = Vec::with_capacity(m.globals.len());
+            let start = defs.len();
             // Joined units have no weak definitions: each owes all it offered.
             for ((n, id), &flags) in std::mem::take(&mut m.globals)
                 .into_iter()
@@ -251,9 +272,10 @@ impl LinkHost for BatchHost<'_> {
                     defs.push((n, SymbolDef::new(address, flags)));
                 }
             }
-            m.r.resolve(&defs)?;
-            m.defs = defs;
+            m.defs = (start, defs.len());
         }
+        self.r.resolve(&defs)?;
+        self.defs = defs;
         Ok(())
     }
 }
@@ -261,7 +283,10 @@ impl LinkHost for BatchHost<'_> {
 /// A batch waiting for its externals.
 struct Batch {
     layer: ObjectLayer,
+    /// Every unit's responsibility, absorbed by the first's.
+    r: Responsibility,
     members: Vec<Member>,
+    defs: Vec<(SymbolName, SymbolDef)>,
     prepared: Prepared,
     /// The merged graph's externals, as asked.
     externals: Vec<(SymbolId, SymbolName)>,
@@ -301,6 +326,26 @@ impl Answers {
             defs,
             failed: vec![None; batch.members.len()],
         }
+    }
+
+    /// The found ones of `wanted` (indices of externals), by dylib.
+    fn by_dylib(
+        &self,
+        externals: &[(SymbolId, SymbolName)],
+        wanted: impl Iterator<Item = usize>,
+    ) -> Vec<(Dylib, Vec<SymbolName>)> {
+        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
+        for i in wanted {
+            let Some((_, dylib)) = &self.defs[i] else {
+                continue;
+            };
+            let name = externals[i].1.clone();
+            match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
+                Some((_, names)) => names.push(name),
+                None => per_dylib.push((dylib.clone(), vec![name])),
+            }
+        }
+        per_dylib
     }
 }
 
@@ -432,11 +477,14 @@ impl Batch {
         answers
     }
 
-    /// Steps 10–12 with the `answers`, then each unit emitted or failed.
+    /// Steps 10–12 with the `answers`, then the units emitted (or some
+    /// failed).
     fn finish(self, mut answers: Answers) {
         let Batch {
             layer,
+            r,
             members,
+            defs,
             prepared,
             externals,
             order: _,
@@ -445,25 +493,34 @@ impl Batch {
         } = self;
         let linked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let times = (started, prepared_at);
-            link_image(&layer, &members, prepared, &externals, &mut answers, times)
+            link_image(
+                &layer,
+                &r,
+                &members,
+                prepared,
+                &externals,
+                &mut answers,
+                times,
+            )
         }));
         match linked {
-            Ok(Ok((refs, graph))) => {
-                emit(members, &externals, answers, refs);
+            Ok(Ok((None, graph))) => {
+                // Every unit links: the image's symbols as one group on
+                // every external, as one image's.
+                let deps = answers.by_dylib(&externals, 0..externals.len());
+                let symbols = defs.into_iter().map(|(n, _)| n);
+                let _ = r.emit(vec![DependenceGroup::new(symbols, deps)]);
                 drop(graph);
             }
-            Ok(Err(e)) => {
-                for m in members {
-                    m.r.fail(e.clone());
-                }
+            Ok(Ok((Some(refs), graph))) => {
+                emit_apart(r, members, defs, &externals, answers, &refs);
+                drop(graph);
             }
+            Ok(Err(e)) => r.fail(e),
             Err(panic) => {
+                let unit = Arc::from(r.unit_name());
                 let message = panic_message(&*panic);
-                for m in members {
-                    let unit = Arc::from(m.r.unit_name());
-                    let message = message.clone();
-                    m.r.fail(Error::Panicked { unit, message });
-                }
+                r.fail(Error::Panicked { unit, message });
             }
         }
     }
@@ -471,10 +528,11 @@ impl Batch {
 
 /// Steps 10–12 of a batch's image: externals recorded (a missing one fails
 /// the units that reference it, and only them), fixup, finalize, the image
-/// tracked. Returns the units' references when some unit fails (for its
-/// emission), and the graph to free after the emit.
+/// tracked. Returns the units' references when some unit fails (for their
+/// emission apart), and the graph to free after the emit.
 fn link_image(
     layer: &ObjectLayer,
+    r: &Responsibility,
     members: &[Member],
     mut prepared: Prepared,
     externals: &[(SymbolId, SymbolName)],
@@ -521,14 +579,13 @@ fn link_image(
         passes::fix_up_and_finalize(prepared, &env, &options).map_err(link_error)?;
     let stats = finalized.stats;
     let finalized_at = Instant::now();
-    let first = &members[0];
-    let image = first.unit.layer_image(&name, finalized, dso, &first.r)?;
+    let image = members[0].unit.layer_image(&name, finalized, dso, r)?;
     let times = (
         prepared_at - started,
         resolved_at - prepared_at,
         finalized_at - resolved_at,
     );
-    track_image(layer, &first.r, image, times, &stats)?;
+    track_image(layer, r, image, times, &stats)?;
     Ok((refs, graph))
 }
 
@@ -558,81 +615,53 @@ fn fail_missing(
     }
 }
 
-/// Emits each unit (or fails it). Without failures, each unit depends on
-/// the next one's first symbol, the last on the first's, the first on
-/// every external: one cycle, so all become Ready together, once all are
-/// emitted — and the engine keeps `units + externals` edges. With
-/// failures (`refs`), each unit depends on the units and externals it
-/// references: the engine fails those that reach a failed one.
-fn emit(
+/// Some unit fails: the batch's responsibility is split back by unit, the
+/// failing ones fail, and each other unit is emitted depending on the
+/// units and externals it references — the engine fails those that reach
+/// a failed unit, with its cause.
+fn emit_apart(
+    mut r: Responsibility,
     members: Vec<Member>,
+    defs: Vec<(SymbolName, SymbolDef)>,
     externals: &[(SymbolId, SymbolName)],
     answers: Answers,
-    refs: Option<References>,
+    refs: &References,
 ) {
-    let Some(own) = members.first().map(|m| m.r.dylib().clone()) else {
-        return;
+    let own = r.dylib().clone();
+    let names = |m: &Member| -> Vec<SymbolName> {
+        defs[m.defs.0..m.defs.1]
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     };
-    let firsts: Vec<Option<SymbolName>> = members
-        .iter()
-        .map(|m| m.defs.first().map(|(n, _)| n.clone()))
-        .collect();
-    let found = |wanted: &mut dyn Iterator<Item = usize>| {
-        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
-        for i in wanted {
-            let Some((_, dylib)) = &answers.defs[i] else {
-                continue;
-            };
-            let name = externals[i].1.clone();
-            match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
-                Some((_, names)) => names.push(name),
-                None => per_dylib.push((dylib.clone(), vec![name])),
-            }
-        }
-        per_dylib
-    };
-    let mut deps: Vec<Vec<(Dylib, Vec<SymbolName>)>> = match &refs {
-        None => {
-            let emitting: Vec<usize> = (0..members.len())
-                .filter(|&u| firsts[u].is_some())
-                .collect();
-            let mut deps = vec![Vec::new(); members.len()];
-            for (k, &u) in emitting.iter().enumerate() {
-                let next = emitting[(k + 1) % emitting.len()];
-                if next != u {
-                    deps[u].extend(firsts[next].clone().map(|n| (own.clone(), vec![n])));
-                }
-            }
-            if let Some(&u) = emitting.first() {
-                deps[u].extend(found(&mut (0..externals.len())));
-            }
-            deps
-        }
-        Some(refs) => (0..members.len())
-            .map(|u| {
-                let units: Vec<SymbolName> = refs.units[u]
-                    .iter()
-                    .filter_map(|&v| firsts[v].clone())
-                    .collect();
-                let mut deps = found(&mut refs.externals[u].iter().copied());
-                if !units.is_empty() {
-                    deps.push((own.clone(), units));
-                }
-                deps
-            })
-            .collect(),
-    };
-    let mut failed = answers.failed;
-    let mut emitting = Vec::new();
-    for (u, m) in members.into_iter().enumerate() {
-        match failed[u].take() {
-            Some(e) => m.r.fail(e),
-            None => emitting.push((u, m)),
+    let firsts: Vec<Option<SymbolName>> =
+        members.iter().map(|m| names(m).first().cloned()).collect();
+    let mut apart = Vec::with_capacity(members.len());
+    for m in &members {
+        match r.delegate(&names(m)) {
+            Ok(unit_r) => apart.push(unit_r),
+            Err(e) => return r.fail(e),
         }
     }
-    for (u, m) in emitting {
-        let symbols = m.defs.into_iter().map(|(n, _)| n);
-        let group = DependenceGroup::new(symbols, std::mem::take(&mut deps[u]));
-        let _ = m.r.emit(vec![group]);
+    // Owes nothing now.
+    let _ = r.emit(Vec::new());
+    let mut failed = answers.failed.clone();
+    let mut emitting = Vec::new();
+    for (u, unit_r) in apart.into_iter().enumerate() {
+        match failed[u].take() {
+            Some(e) => unit_r.fail(e),
+            None => emitting.push((u, unit_r)),
+        }
+    }
+    for (u, unit_r) in emitting {
+        let mut deps = answers.by_dylib(externals, refs.externals[u].iter().copied());
+        let units: Vec<SymbolName> = refs.units[u]
+            .iter()
+            .filter_map(|&v| firsts[v].clone())
+            .collect();
+        if !units.is_empty() {
+            deps.push((own.clone(), units));
+        }
+        let _ = unit_r.emit(vec![DependenceGroup::new(names(&members[u]), deps)]);
     }
 }

@@ -385,6 +385,7 @@ impl State {
                 reply,
             } => reply.send(self.replace(core, resp, unit, unit_name, symbols, fx)),
             Msg::Delegate { resp, names, reply } => reply.send(self.delegate(resp, &names)),
+            Msg::Absorb { resp, other, reply } => reply.send(self.absorb(resp, other)),
             Msg::DefineMaterializing {
                 resp,
                 symbols,
@@ -540,6 +541,7 @@ impl State {
             }
             Msg::Replace { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::Delegate { reply, .. } => reply.send(Err(Error::SessionEnded)),
+            Msg::Absorb { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::DefineMaterializing { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::Owed { reply, .. } => reply.send(Err(Error::SessionEnded)),
             Msg::SetLinkOrder { reply, .. } => reply.send(Err(Error::SessionEnded)),
