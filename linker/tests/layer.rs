@@ -959,6 +959,19 @@ impl MaterializationUnit for Parked {
 /// and nothing hangs.
 #[test]
 fn removing_a_unit_while_it_waits_for_its_externals_fails_its_lookup() {
+    remove_while_waiting_for_externals(&[]);
+}
+
+/// The same for a batch: units one lookup started, linked as one image.
+#[test]
+fn removing_a_batch_while_it_waits_for_its_externals_fails_its_lookup() {
+    remove_while_waiting_for_externals(&[5, 6]);
+}
+
+/// `chain_0` and the `chain_K` for each of `also` (alone, calling nothing)
+/// added to `app`, looked up together; `chain_0` waits for `chain_1`,
+/// parked in `ext`, while `app`'s tracker is removed.
+fn remove_while_waiting_for_externals(also: &[usize]) {
     let session = Session::builder().dispatcher(WorkerPool::new(2)).build();
     let layer = ObjectLayer::new(&session);
     let ext = session.create_dylib("ext").unwrap();
@@ -966,9 +979,12 @@ fn removing_a_unit_while_it_waits_for_its_externals_fails_its_lookup() {
     app.set_link_order(&[(ext.clone(), DylibLookup::ExportedOnly)])
         .unwrap();
     let rt = app.create_tracker().unwrap();
-    layer
-        .add_object(&app, Some(&rt), "chain_0.o", &chain_object(0, false))
-        .unwrap();
+    for &i in std::iter::once(&0).chain(also) {
+        let bytes = chain_object(i, i != 0);
+        layer
+            .add_object(&app, Some(&rt), &format!("chain_{i}.o"), &bytes)
+            .unwrap();
+    }
     let next = session.intern("chain_1");
     let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
     ext.define(Parked {
@@ -976,10 +992,12 @@ fn removing_a_unit_while_it_waits_for_its_externals_fails_its_lookup() {
         slot: slot.clone(),
     })
     .unwrap();
-    let first = session.intern("chain_0");
+    let wanted = std::iter::once(&0)
+        .chain(also)
+        .map(|i| session.intern(&format!("chain_{i}")));
     let pending = session.lookup(
         &SearchOrder::new().with(&app, DylibLookup::ExportedOnly),
-        &LookupSet::required([first]),
+        &LookupSet::required(wanted),
         RequiredState::Ready,
     );
     // `chain_1` is being materialized: `chain_0`'s link has asked for it.
@@ -1006,5 +1024,6 @@ fn removing_a_unit_while_it_waits_for_its_externals_fails_its_lookup() {
             .contains("resource tracker of dylib 'app' was removed"),
         "{err}"
     );
+    assert_eq!(layer.stats().1, 0, "no image kept for a removed tracker");
     session.end();
 }
