@@ -7,7 +7,9 @@
 //!   one process and `kiln run IMAGE.kimg` in another, and the C loader
 //!   (`linker/loader`, `kiln-load IMAGE.kimg`);
 //! - aarch64: an image saved by kiln on this machine and run by the aarch64
-//!   C loader under qemu, against the native aarch64 build under qemu.
+//!   C loader under qemu, against the native aarch64 build under qemu;
+//! - in this process: zstd's objects added one by one to a builder JIT (the
+//!   objects each lookup needs linked together) and its API called.
 //!
 //! Each configuration is compiled once, by the one test that uses it.
 
@@ -194,4 +196,67 @@ fn sqlite_runs_from_an_aarch64_image_under_qemu() {
     }
     let objs = build_sqlite(AARCH64_CC, false, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
     check_aarch64(&objs, SQLITE_OK, "sqlite");
+}
+
+/// zstd's objects added one by one to a builder JIT and its API called in
+/// this process: the objects one lookup needs link together (fewer links
+/// than objects: the layer's batches), and a round trip gives the input
+/// back.
+#[test]
+fn zstd_added_object_by_object_round_trips_in_process() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let objs = build_zstd("gcc", &["-O2", "-fPIC"], "gcc-O2-fPIC-in-process");
+    let jit = kiln_linker::Jit::builder().build().expect("a JIT");
+    let mut added = 0;
+    for o in objs.iter().filter(|o| !o.ends_with("zstd_driver.o")) {
+        let bytes = std::fs::read(o).expect("read object");
+        let name = o.file_name().unwrap_or_default().to_string_lossy();
+        jit.add_object_named(&name, &bytes)
+            .expect("adds the object");
+        added += 1;
+    }
+    type Bound = extern "C" fn(usize) -> usize;
+    type Compress = unsafe extern "C" fn(*mut u8, usize, *const u8, usize, i32) -> usize;
+    type Decompress = unsafe extern "C" fn(*mut u8, usize, *const u8, usize) -> usize;
+    type IsError = extern "C" fn(usize) -> u32;
+    // SAFETY: the signatures of zstd.h.
+    let (bound, compress, decompress, is_error) = unsafe {
+        (
+            jit.get::<Bound>("ZSTD_compressBound")
+                .expect("ZSTD_compressBound"),
+            jit.get::<Compress>("ZSTD_compress").expect("ZSTD_compress"),
+            jit.get::<Decompress>("ZSTD_decompress")
+                .expect("ZSTD_decompress"),
+            jit.get::<IsError>("ZSTD_isError").expect("ZSTD_isError"),
+        )
+    };
+    let input: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| format!("{} ", i % 977).into_bytes())
+        .take(1 << 20)
+        .collect();
+    let mut packed = vec![0u8; bound(input.len())];
+    // SAFETY: each buffer is valid for the length given with it.
+    let n = unsafe {
+        compress(
+            packed.as_mut_ptr(),
+            packed.len(),
+            input.as_ptr(),
+            input.len(),
+            3,
+        )
+    };
+    assert_eq!(is_error(n), 0, "ZSTD_compress failed: {n}");
+    assert!(n < input.len() / 4, "{n} bytes from {}", input.len());
+    let mut out = vec![0u8; input.len()];
+    // SAFETY: as above.
+    let m = unsafe { decompress(out.as_mut_ptr(), out.len(), packed.as_ptr(), n) };
+    assert_eq!(is_error(m), 0, "ZSTD_decompress failed: {m}");
+    assert!(out[..m] == input[..], "the round trip changed the data");
+    let links = jit.layer().stats().1;
+    assert!(
+        links < added,
+        "{links} links for {added} objects: nothing linked together"
+    );
 }
