@@ -891,6 +891,69 @@ fn call_chain_on_a_pool_and_in_place(add: impl Fn(&ObjectLayer, &Dylib)) {
     }
 }
 
+/// Threads looking up random sets of a chain's functions at once, on a
+/// pool and in place: units that several lookups start in one engine step
+/// link as one batch, units already linking are waited for, and every
+/// function returns what the chain's last one does.
+#[test]
+fn concurrent_lookups_of_objects_added_one_by_one_all_link_once() {
+    let _serial = serial();
+    const UNITS: usize = 300;
+    let objects: Vec<Vec<u8>> = (0..UNITS)
+        .map(|i| chain_object(i, i + 1 == UNITS))
+        .collect();
+    let sessions = [
+        Session::builder().dispatcher(WorkerPool::new(2)).build(),
+        Session::builder().dispatcher(InPlaceDispatcher).build(),
+    ];
+    for session in sessions {
+        let layer = ObjectLayer::new(&session);
+        let app = session.create_dylib("app").unwrap();
+        for (i, bytes) in objects.iter().enumerate() {
+            layer
+                .add_object(&app, None, &format!("chain_{i}.o"), bytes)
+                .unwrap();
+        }
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let app = &app;
+                s.spawn(move || {
+                    let mut x = 0x9e37_79b9_7f4a_7c15 ^ (t + 1);
+                    for _ in 0..40 {
+                        let picks: Vec<String> = (0..3)
+                            .map(|_| {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                format!("chain_{}", x as usize % UNITS)
+                            })
+                            .collect();
+                        let names: Vec<&str> = picks.iter().map(String::as_str).collect();
+                        let found = app.lookup_ready(&names).unwrap();
+                        for name in &names {
+                            let address = found.get_str(name).unwrap().address;
+                            // SAFETY: Ready: the rest of the chain, ending in
+                            // `return 42`, is linked and finalized.
+                            let f = unsafe {
+                                std::mem::transmute::<usize, extern "C" fn() -> i32>(
+                                    address as usize,
+                                )
+                            };
+                            assert_eq!(f(), 42, "{name}");
+                        }
+                    }
+                });
+            }
+        });
+        let links = layer.stats().1;
+        assert!(
+            links <= UNITS,
+            "{links} links of {UNITS} units: one linked twice"
+        );
+        session.end();
+    }
+}
+
 /// The same chain as images (each saved alone, importing the next by
 /// name), added to the layer: an image unit maps itself, resolves its
 /// exports, asks for its imports and returns; it is bound and finalized
