@@ -294,28 +294,29 @@ impl Responsibility {
         })
     }
 
-    /// Takes over what `other` owes (a responsibility of the same dylib
-    /// and tracker — another unit of a batch): from now on this one
+    /// Takes over what `others` owe (responsibilities of the same dylib
+    /// and tracker — the other units of a batch): from now on this one
     /// resolves, emits or fails those symbols too, and can emit them all
-    /// in one group. The inverse of [`Responsibility::delegate`]. On an
-    /// error `other`'s symbols fail with it.
-    pub fn absorb(&mut self, mut other: Responsibility) -> Result<()> {
-        let (reply, wait) = Reply::new();
-        self.core.send(Msg::Absorb {
-            resp: self.id,
-            other: other.id,
-            reply,
-        });
-        match wait.wait() {
-            Ok(()) => {
-                other.finished = true;
-                Ok(())
-            }
-            Err(e) => {
-                other.fail(e.clone());
-                Err(e)
+    /// in one group. The inverse of [`Responsibility::delegate`]. All or
+    /// none: on an error the symbols of every one of `others` fail with it.
+    pub fn absorb(&mut self, others: Vec<Responsibility>) -> Result<()> {
+        let ids: Vec<RespId> = others.iter().map(|r| r.id).collect();
+        let result = self.core.request(
+            (self.id, ids),
+            |st, _, (resp, ids), _| st.absorb(resp, &ids),
+            |(resp, others), reply| Msg::Absorb {
+                resp,
+                others,
+                reply,
+            },
+        );
+        for mut other in others {
+            match &result {
+                Ok(()) => other.finished = true,
+                Err(e) => other.fail(e.clone()),
             }
         }
+        result
     }
 
     /// Adds symbols that this unit discovered it defines (e.g. weak

@@ -243,9 +243,9 @@ fn a_responsibility_absorbs_another_and_emits_both_as_one() {
     let take = |i: usize| slots[i].1.lock().unwrap().take().unwrap();
     let (mut ra, rb, rc) = (take(0), take(1), take(2));
     // Another tracker's: refused, and its symbol fails with the error.
-    let e = ra.absorb(rc).unwrap_err();
+    let e = ra.absorb(vec![rc]).unwrap_err();
     assert!(matches!(e, Error::Usage(_)), "{e}");
-    ra.absorb(rb).unwrap();
+    ra.absorb(vec![rb]).unwrap();
     ra.resolve(&[(a.clone(), def(1)), (b.clone(), def(2))])
         .unwrap();
     assert_eq!(d.symbol_state(&b), Some(SymbolState::Resolved));

@@ -349,7 +349,7 @@ pub(crate) enum Msg {
     },
     Absorb {
         resp: RespId,
-        other: RespId,
+        others: Vec<RespId>,
         reply: Reply<Result<()>>,
     },
     DefineMaterializing {

@@ -186,50 +186,42 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
 fn merge(
     joining: Vec<(Box<ObjectUnit>, Responsibility)>,
 ) -> Result<(LinkGraph, Vec<Member>, Responsibility), Vec<(Responsibility, Error)>> {
-    let mut merged: Option<(LinkGraph, Responsibility)> = None;
-    let mut members = Vec::with_capacity(joining.len());
     let mut joining = joining.into_iter();
-    while let Some((mut unit, r)) = joining.next() {
+    let Some((first_unit, mut first)) = joining.next() else {
+        return Err(Vec::new());
+    };
+    let mut merged = LinkGraph::default();
+    let mut members = Vec::with_capacity(joining.len() + 1);
+    let mut others = Vec::with_capacity(joining.len());
+    for (i, (mut unit, r)) in std::iter::once((first_unit, None))
+        .chain(joining.map(|(u, r)| (u, Some(r))))
+        .enumerate()
+    {
+        let Some(UnitInput::Graph(graph)) = unit.input.take() else {
+            let bug = Error::msg(format!(
+                "{}: a unit joined a batch without its graph (linker bug)",
+                unit.name
+            ));
+            return Err(std::iter::once(first)
+                .chain(others)
+                .chain(r)
+                .map(|r| (r, bug.clone()))
+                .collect());
+        };
         let globals = std::mem::take(&mut unit.globals);
-        let graph = match unit.input.take() {
-            Some(UnitInput::Graph(graph)) => *graph,
-            _ => {
-                let bug = Error::msg(format!(
-                    "{}: a unit joined a batch without its graph (linker bug)",
-                    unit.name
-                ));
-                return Err(merged
-                    .map(|(_, first)| first)
-                    .into_iter()
-                    .chain(std::iter::once(r))
-                    .chain(joining.map(|(_, r)| r))
-                    .map(|r| (r, bug.clone()))
-                    .collect());
-            }
+        let (objects, globals) = if i == 0 {
+            let end = graph.objects.len() as u32;
+            merged = *graph;
+            ((0, end), globals)
+        } else {
+            let (ObjectId(start), map) = merged.merge_mapped(*graph);
+            let globals = globals
+                .into_iter()
+                .map(|(n, id)| (n, map[id.index()]))
+                .collect();
+            ((start, merged.objects.len() as u32), globals)
         };
-        let (objects, globals) = match merged.as_mut() {
-            None => {
-                let end = graph.objects.len() as u32;
-                merged = Some((graph, r));
-                ((0, end), globals)
-            }
-            Some((into, first)) => {
-                if let Err(e) = first.absorb(r) {
-                    let first = merged.map(|(_, first)| first);
-                    return Err(first
-                        .into_iter()
-                        .chain(joining.map(|(_, r)| r))
-                        .map(|r| (r, e.clone()))
-                        .collect());
-                }
-                let (ObjectId(first), map) = into.merge_mapped(graph);
-                let globals = globals
-                    .into_iter()
-                    .map(|(n, id)| (n, map[id.index()]))
-                    .collect();
-                ((first, into.objects.len() as u32), globals)
-            }
-        };
+        others.extend(r);
         members.push(Member {
             unit,
             objects,
@@ -237,9 +229,11 @@ fn merge(
             defs: (0, 0),
         });
     }
-    match merged {
-        Some((graph, r)) => Ok((graph, members, r)),
-        None => Err(Vec::new()),
+    // One engine request for all: the others' symbols are the first's to
+    // resolve and emit.
+    match first.absorb(others) {
+        Ok(()) => Ok((merged, members, first)),
+        Err(e) => Err(vec![(first, e)]),
     }
 }
 

@@ -385,7 +385,11 @@ impl State {
                 reply,
             } => reply.send(self.replace(core, resp, unit, unit_name, symbols, fx)),
             Msg::Delegate { resp, names, reply } => reply.send(self.delegate(resp, &names)),
-            Msg::Absorb { resp, other, reply } => reply.send(self.absorb(resp, other)),
+            Msg::Absorb {
+                resp,
+                others,
+                reply,
+            } => reply.send(self.absorb(resp, &others)),
             Msg::DefineMaterializing {
                 resp,
                 symbols,

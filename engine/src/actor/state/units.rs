@@ -256,30 +256,39 @@ impl State {
         Ok(rid)
     }
 
-    /// `resp` takes over what `other` (of its dylib and tracker) owes;
-    /// `other` is gone.
-    pub(super) fn absorb(&mut self, resp: RespId, other: RespId) -> Result<()> {
+    /// `resp` takes over what `others` (of its dylib and tracker) owe;
+    /// they are gone. All or none.
+    pub(crate) fn absorb(&mut self, resp: RespId, others: &[RespId]) -> Result<()> {
         let r = self.owned_resp(resp)?;
         let (dylib, tracker) = (r.dylib, r.tracker);
-        let o = self.owned_resp(other)?;
-        if resp == other || o.dylib != dylib || o.tracker != tracker {
-            return Err(Error::Usage(
-                "a responsibility absorbs only another of its dylib and tracker".into(),
-            ));
+        for (i, &other) in others.iter().enumerate() {
+            let o = self.owned_resp(other)?;
+            if other == resp
+                || others[..i].contains(&other)
+                || o.dylib != dylib
+                || o.tracker != tracker
+            {
+                return Err(Error::Usage(
+                    "a responsibility absorbs only others of its dylib and tracker, once each"
+                        .into(),
+                ));
+            }
         }
-        let o = self.take_resp(other);
-        if let Some(lookups) = self.blocked.remove(&other) {
-            self.blocked.entry(resp).or_default().extend(lookups);
+        for &other in others {
+            let o = self.take_resp(other);
+            if let Some(lookups) = self.blocked.remove(&other) {
+                self.blocked.entry(resp).or_default().extend(lookups);
+            }
+            let owed: SmallVec<[SymId; 4]> = o
+                .owed
+                .into_iter()
+                .filter(|&sid| self.syms[sid as usize].resp.get() == Some(other))
+                .collect();
+            for &sid in &owed {
+                self.syms[sid as usize].resp = SlabKey::some(resp);
+            }
+            self.resps[resp].owed.extend(owed);
         }
-        let owed: SmallVec<[SymId; 4]> = o
-            .owed
-            .into_iter()
-            .filter(|&sid| self.syms[sid as usize].resp.get() == Some(other))
-            .collect();
-        for &sid in &owed {
-            self.syms[sid as usize].resp = SlabKey::some(resp);
-        }
-        self.resps[resp].owed.extend(owed);
         Ok(())
     }
 
