@@ -100,6 +100,21 @@ impl MaterializationUnit for Plain {
     }
 }
 
+/// Looks `names` up at Ready in `d`: the i-th is at `base + i`.
+fn all_ready_at(s: &Session, d: &Dylib, names: &[SymbolName], base: u64) {
+    let found = lookup(
+        s,
+        &[d],
+        &names.iter().collect::<Vec<_>>(),
+        RequiredState::Ready,
+    )
+    .wait()
+    .unwrap();
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(found.get(n).unwrap().address, base + i as u64);
+    }
+}
+
 #[test]
 fn units_one_lookup_starts_with_one_key_run_in_one_task() {
     for s in [
@@ -118,17 +133,7 @@ fn units_one_lookup_starts_with_one_key_run_in_one_task() {
                 .unwrap();
             names.push(s.intern(&name));
         }
-        let found = lookup(
-            &s,
-            &[&d],
-            &names.iter().collect::<Vec<_>>(),
-            RequiredState::Ready,
-        )
-        .wait()
-        .unwrap();
-        for (i, n) in names.iter().enumerate() {
-            assert_eq!(found.get(n).unwrap().address, 0x1000 + i as u64);
-        }
+        all_ready_at(&s, &d, &names, 0x1000);
         let log = log.lock().unwrap();
         let mut batches = log.batches.clone();
         batches.sort();
@@ -208,17 +213,7 @@ fn a_unit_without_materialize_batch_runs_each_alone() {
         d.define(Plain(emitting(n, 0x10 + i as u64, vec![])))
             .unwrap();
     }
-    let found = lookup(
-        &s,
-        &[&d],
-        &names.iter().collect::<Vec<_>>(),
-        RequiredState::Ready,
-    )
-    .wait()
-    .unwrap();
-    for (i, n) in names.iter().enumerate() {
-        assert_eq!(found.get(n).unwrap().address, 0x10 + i as u64);
-    }
+    all_ready_at(&s, &d, &names, 0x10);
     s.end();
 }
 
