@@ -9,7 +9,9 @@
 //! fixups and finalization follow, and the unit *emits* the image's symbols
 //! as one dependence group on every external it found (each in the dylib it
 //! came from). The engine then makes those symbols Ready only when every one
-//! of those externals, and everything they reach, is emitted.
+//! of those externals, and everything they reach, is emitted. Objects that
+//! one lookup needs together are linked as one image, each still failing
+//! on its own (`layer/batch.rs`).
 //!
 //! Linked images belong to the responsibility's resource tracker: removing
 //! the tracker runs the images' finalizers (and the `atexit` handlers their
