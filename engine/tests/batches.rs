@@ -134,11 +134,26 @@ fn units_one_lookup_starts_with_one_key_run_in_one_task() {
             names.push(s.intern(&name));
         }
         all_ready_at(&s, &d, &names, 0x1000);
+        // A later lookup's batches: the engine's memory of where each
+        // key's batch went is an older drive's.
+        let mut later = Vec::new();
+        for (i, key) in [Some(8), None, Some(7), Some(8)].into_iter().enumerate() {
+            let name = format!("u{}", 6 + i);
+            d.define(keyed(&s, &name, 0x2000 + i as u64, key, &log))
+                .unwrap();
+            later.push(s.intern(&name));
+        }
+        all_ready_at(&s, &d, &later, 0x2000);
         let log = log.lock().unwrap();
         let mut batches = log.batches.clone();
         batches.sort();
-        assert_eq!(batches, [vec!["u0", "u1", "u3"], vec!["u4", "u5"]]);
-        assert_eq!(log.alone, ["u2"]);
+        assert_eq!(
+            batches,
+            [vec!["u0", "u1", "u3"], vec!["u4", "u5"], vec!["u6", "u9"]]
+        );
+        let mut alone = log.alone.clone();
+        alone.sort();
+        assert_eq!(alone, ["u2", "u7", "u8"]);
         s.end();
     }
 }

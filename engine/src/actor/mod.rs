@@ -38,6 +38,8 @@ pub(crate) type DylibId = u32;
 pub(crate) type SymId = u32;
 /// Slab index of a resource tracker.
 pub(crate) type TrackerId = usize;
+/// Units with one batch key, in one dylib and tracker: one batch.
+pub(crate) type BatchKey = (DylibId, TrackerId, usize);
 /// Slab index of a responsibility.
 pub(crate) type RespId = usize;
 
@@ -438,7 +440,7 @@ pub(crate) enum Effect {
     /// Materialize units with one batch key (in one dylib and tracker),
     /// started in one drive, as one task.
     Materialize {
-        key: (DylibId, TrackerId, usize),
+        key: BatchKey,
         members: Vec<(UnitCell, Responsibility)>,
     },
     /// Deliver a lookup's result.

@@ -43,8 +43,8 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use super::{
-    DylibId, DylibShared, Effect, Effects, Msg, Reply, RespId, SearchIds, SessionCore, SymId,
-    TrackerId, UnitCell,
+    BatchKey, DylibId, DylibShared, Effect, Effects, Msg, Reply, RespId, SearchIds, SessionCore,
+    SymId, TrackerId, UnitCell,
 };
 use crate::error::{Error, QualifiedName, Result};
 use crate::generator::Generator;
@@ -103,6 +103,9 @@ pub(crate) struct State {
     next_key: u64,
     ended: bool,
     scratch: EmitScratch,
+    /// Where in a drive's effects the batch of each key was last started
+    /// (a cache, checked before use: the place may be an older drive's).
+    batch_places: Vec<(BatchKey, usize)>,
     /// Lookups waiting on symbols failed in the current batch of failures:
     /// failed together once the batch is done, so each error names every
     /// symbol of the lookup that failed.
@@ -316,6 +319,7 @@ impl State {
             next_key: 1,
             ended: false,
             scratch: EmitScratch::default(),
+            batch_places: Vec::new(),
             failing: FailingLookups::default(),
             failures: FixedMap::default(),
         }

@@ -65,12 +65,25 @@ impl State {
                 })));
             }
         };
-        // A batch this drive started already takes it.
-        for effect in fx.iter_mut() {
-            if let Effect::Materialize { key: k, members } = effect
-                && *k == key
-            {
-                return members.push((cell, responsibility));
+        // A batch this drive started already takes it: found where it was
+        // put, not by a scan of every effect (a lookup may start 100,000
+        // units in one drive).
+        let place = self.batch_places.iter().position(|(k, _)| *k == key);
+        if let Some(p) = place
+            && let Some(Effect::Materialize { key: k, members }) =
+                fx.get_mut(self.batch_places[p].1)
+            && *k == key
+        {
+            return members.push((cell, responsibility));
+        }
+        match place {
+            Some(p) => self.batch_places[p].1 = fx.len(),
+            None => {
+                // Keys of removed dylibs and trackers would pile up.
+                if self.batch_places.len() >= 64 {
+                    self.batch_places.clear();
+                }
+                self.batch_places.push((key, fx.len()));
             }
         }
         fx.push(Effect::Materialize {
