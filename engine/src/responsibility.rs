@@ -111,8 +111,12 @@ pub(crate) fn run_batch_materialization(members: Vec<(UnitCell, Responsibility)>
         }
     }
     if batch.len() <= 1 {
-        for b in batch {
-            b.materialize();
+        for Batched {
+            unit,
+            responsibility,
+        } in batch
+        {
+            materialize_alone(unit, responsibility);
         }
         return;
     }

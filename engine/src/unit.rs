@@ -49,12 +49,13 @@ pub trait MaterializationUnit: Any + Send {
     /// Materializes this unit and `others`, units with its batch key
     /// started with it; runs on a worker, once. Each unit keeps its own
     /// responsibility, so a batch may fail one unit and emit the others.
-    /// The default materializes each in turn.
+    /// The default gives each of `others` a task of its own
+    /// ([`Batched::dispatch`]) and materializes this one.
     fn materialize_batch(self: Box<Self>, responsibility: Responsibility, others: Vec<Batched>) {
-        self.materialize(responsibility);
         for other in others {
-            other.materialize();
+            other.dispatch();
         }
+        self.materialize(responsibility);
     }
 }
 
@@ -84,10 +85,24 @@ impl Batched {
         }
     }
 
-    /// Materializes the unit alone, as the engine would have (a panic
+    /// The unit as a `T`, if it is one (to decide whether it joins).
+    pub fn downcast_ref<T: MaterializationUnit>(&self) -> Option<&T> {
+        let unit: &dyn Any = &*self.unit;
+        unit.downcast_ref::<T>()
+    }
+
+    /// Materializes the unit alone, in a task of its own on the session's
+    /// dispatcher, as the engine would have without the batch (a panic
     /// fails only this unit's symbols).
-    pub fn materialize(self) {
-        crate::responsibility::materialize_alone(self.unit, self.responsibility);
+    pub fn dispatch(self) {
+        let Batched {
+            unit,
+            responsibility,
+        } = self;
+        let core = responsibility.core.clone();
+        core.dispatch(crate::dispatch::Task::new("materialize", move || {
+            crate::responsibility::materialize_alone(unit, responsibility)
+        }));
     }
 }
 

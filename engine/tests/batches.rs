@@ -273,3 +273,61 @@ fn a_responsibility_absorbs_another_and_emits_both_as_one() {
     );
     s.end();
 }
+
+/// A unit with a batch key and only `materialize`, which waits (up to a
+/// bound) until `together` units have started: they must run side by side.
+struct Meeting {
+    sym: SymbolName,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+    together: usize,
+}
+
+impl MaterializationUnit for Meeting {
+    fn name(&self) -> &str {
+        self.sym.as_str()
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        vec![(self.sym.clone(), X)]
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        use std::sync::atomic::Ordering;
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.started.load(Ordering::SeqCst) < self.together {
+            if std::time::Instant::now() > deadline {
+                return r.fail(Error::msg("ran alone: the batch was not side by side"));
+            }
+            std::thread::yield_now();
+        }
+        r.resolve(&[(self.sym.clone(), def(1))]).unwrap();
+        r.emit(Vec::new()).unwrap();
+    }
+    fn batch_key(&self) -> Option<usize> {
+        Some(5)
+    }
+}
+
+#[test]
+fn a_batch_without_materialize_batch_runs_side_by_side_on_a_pool() {
+    let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let d = s.create_dylib("d").unwrap();
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let names = ["m1", "m2"].map(|n| s.intern(n));
+    for n in &names {
+        d.define(Meeting {
+            sym: n.clone(),
+            started: started.clone(),
+            together: 2,
+        })
+        .unwrap();
+    }
+    lookup(
+        &s,
+        &[&d],
+        &names.iter().collect::<Vec<_>>(),
+        RequiredState::Ready,
+    )
+    .wait()
+    .unwrap();
+    s.end();
+}

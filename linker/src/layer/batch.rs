@@ -57,7 +57,8 @@ pub(super) fn delimits_a_section(name: &str) -> bool {
 }
 
 /// [`ObjectUnit`]'s `materialize_batch`: the units that can join are linked
-/// together, the others alone.
+/// together; each other one runs alone, in a task of its own (as without
+/// the batch: a pool links them side by side).
 pub(super) fn materialize_together(
     first: Box<ObjectUnit>,
     r: Responsibility,
@@ -65,28 +66,33 @@ pub(super) fn materialize_together(
 ) {
     let together = looks_in_itself_first(&r);
     let mut joining = Vec::with_capacity(others.len() + 1);
-    let mut alone = Vec::new();
-    let mut foreign = Vec::new();
-    let units = std::iter::once(Ok((first, r)))
-        .chain(others.into_iter().map(Batched::downcast::<ObjectUnit>));
-    for unit in units {
-        match unit {
-            Ok((unit, r)) if together && unit.can_join() => joining.push((unit, r)),
-            Ok(unit) => alone.push(unit),
-            Err(other) => foreign.push(other),
+    for other in others {
+        let joins = together
+            && other
+                .downcast_ref::<ObjectUnit>()
+                .is_some_and(ObjectUnit::can_join);
+        if !joins {
+            other.dispatch();
+            continue;
+        }
+        match other.downcast::<ObjectUnit>() {
+            Ok(unit) => joining.push(unit),
+            Err(other) => other.dispatch(),
         }
     }
-    if joining.len() == 1 {
-        alone.append(&mut joining);
+    if together && first.can_join() {
+        joining.insert(0, (first, r));
+    } else {
+        first.materialize(r);
     }
-    if !joining.is_empty() {
-        link_together(joining);
-    }
-    for (unit, r) in alone {
-        unit.materialize(r);
-    }
-    for other in foreign {
-        other.materialize();
+    match joining.len() {
+        0 => {}
+        1 => {
+            for (unit, r) in joining {
+                unit.materialize(r);
+            }
+        }
+        _ => link_together(joining),
     }
 }
 
