@@ -334,3 +334,153 @@ fn tracker_removal_racing_with_emit_never_hangs() {
         s.end();
     });
 }
+
+/// A unit of batch 1: its batch's first absorbs the others' responsibilities
+/// and resolves and emits every symbol in one group. Counts how often each
+/// unit is materialized.
+struct Batching {
+    name: SymbolName,
+    address: u64,
+    runs: Arc<StdAtomicUsize>,
+}
+
+impl Batching {
+    fn def(&self) -> (SymbolName, SymbolDef) {
+        self.runs.fetch_add(1, SeqCst);
+        (self.name.clone(), SymbolDef::new(self.address, X))
+    }
+}
+
+impl MaterializationUnit for Batching {
+    fn name(&self) -> &str {
+        "batching"
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        vec![(self.name.clone(), X)]
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        self.materialize_batch(r, Vec::new());
+    }
+    fn batch_key(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn materialize_batch(self: Box<Self>, mut r: Responsibility, others: Vec<unit::Batched>) {
+        let mut defs = vec![self.def()];
+        let mut absorbed = Vec::new();
+        for other in others {
+            let Ok((unit, other)) = other.downcast::<Batching>() else {
+                panic!("a batch of another type");
+            };
+            defs.push(unit.def());
+            absorbed.push(other);
+        }
+        if let Err(e) = r.absorb(absorbed) {
+            return r.fail(e);
+        }
+        if r.resolve(&defs).is_ok() {
+            let names = defs.into_iter().map(|(n, _)| n);
+            let _ = r.emit(vec![DependenceGroup::new(names, [])]);
+        }
+    }
+}
+
+/// Three units of one batch key in `d` (through `rt`): `a`, `b`, `c` at
+/// 0xa, 0xb, 0xc, with their materialization counts.
+fn three_batching(
+    s: &Session,
+    d: &Dylib,
+    rt: &ResourceTracker,
+) -> Vec<(SymbolName, Arc<StdAtomicUsize>)> {
+    ["a", "b", "c"]
+        .iter()
+        .zip([0xa, 0xb, 0xc])
+        .map(|(n, address)| {
+            let name = s.intern(n);
+            let runs = Arc::new(StdAtomicUsize::new(0));
+            d.define_with(
+                Batching {
+                    name: name.clone(),
+                    address,
+                    runs: runs.clone(),
+                },
+                rt,
+            )
+            .unwrap();
+            (name, runs)
+        })
+        .collect()
+}
+
+/// Looks `names` up at Ready in `d`.
+fn lookup_all(s: &Session, d: &Dylib, names: &[SymbolName]) -> Result<SymbolMap> {
+    s.lookup(
+        &order(&[d]),
+        &LookupSet::required(names.iter().cloned()),
+        RequiredState::Ready,
+    )
+    .wait()
+}
+
+/// (f) Two lookups start overlapping sets of one batch's units: each unit
+/// is materialized exactly once (in whichever batch started it), both
+/// lookups get every address.
+#[test]
+fn overlapping_lookups_start_each_batched_unit_once() {
+    model(|| {
+        let s = Session::builder()
+            .dispatcher(InPlaceDispatcher::new())
+            .build();
+        let d = s.create_dylib("d").unwrap();
+        let rt = d.create_tracker().unwrap();
+        let units = three_batching(&s, &d, &rt);
+        let names: Vec<SymbolName> = units.iter().map(|(n, _)| n.clone()).collect();
+        let t = {
+            let (s, d, ab) = (s.clone(), d.clone(), names[..2].to_vec());
+            loom::thread::spawn(move || lookup_all(&s, &d, &ab).unwrap())
+        };
+        let bc = lookup_all(&s, &d, &names[1..]).unwrap();
+        let ab = t.join().unwrap();
+        assert_eq!(ab.get(&names[0]).unwrap().address, 0xa);
+        assert_eq!(ab.get(&names[1]), bc.get(&names[1]));
+        assert_eq!(bc.get(&names[2]).unwrap().address, 0xc);
+        for (name, runs) in &units {
+            assert_eq!(runs.load(SeqCst), 1, "{name} materialized once");
+        }
+        s.end();
+    });
+}
+
+/// (g) A batch's tracker removed while two lookups start it: the lookups
+/// complete or fail, never hang; no unit runs twice; nothing is Ready after.
+#[test]
+fn tracker_removal_racing_with_a_batch_never_hangs() {
+    model(|| {
+        let s = Session::builder()
+            .dispatcher(InPlaceDispatcher::new())
+            .build();
+        let d = s.create_dylib("d").unwrap();
+        let rt = d.create_tracker().unwrap();
+        let units = three_batching(&s, &d, &rt);
+        let names: Vec<SymbolName> = units.iter().map(|(n, _)| n.clone()).collect();
+        let t = {
+            let (s, d, names) = (s.clone(), d.clone(), names.clone());
+            loom::thread::spawn(move || {
+                if let Ok(found) = lookup_all(&s, &d, &names) {
+                    assert_eq!(found.get(&names[2]).unwrap().address, 0xc);
+                }
+            })
+        };
+        let remover = {
+            let rt = rt.clone();
+            loom::thread::spawn(move || rt.remove().unwrap())
+        };
+        let _ = lookup_all(&s, &d, &names[..1]);
+        t.join().unwrap();
+        remover.join().unwrap();
+        for (name, runs) in &units {
+            assert!(runs.load(SeqCst) <= 1, "{name} materialized twice");
+        }
+        assert!(lookup_all(&s, &d, &names).is_err());
+        s.end();
+    });
+}
