@@ -19,8 +19,8 @@
 //! Only units that link the same together as apart join
 //! ([`joins_batches`]), in a dylib that looks in itself first for every
 //! symbol, hidden ones too — so a name resolves inside the batch exactly
-//! where the unit's own lookup would have found it. The others in a batch
-//! run alone.
+//! where the unit's own lookup would have found it. The others run alone,
+//! each in a task of its own, as they would without the batch.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
