@@ -390,6 +390,16 @@ fn references(
             }
         }
     });
+    // An external no unit's code references (only the linker's own
+    // blocks, if any) is the first unit's: asked, and failing it, rather
+    // than left to the placeholder.
+    let mut referenced = vec![false; external_index.len()];
+    for &i in externals.iter().flatten() {
+        referenced[i] = true;
+    }
+    if let Some(first) = externals.first_mut() {
+        first.extend((0..referenced.len()).filter(|&i| !referenced[i]));
+    }
     for list in units.iter_mut().chain(externals.iter_mut()) {
         list.sort_unstable();
         list.dedup();
