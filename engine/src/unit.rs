@@ -70,8 +70,7 @@ impl Batched {
     /// The unit as a `T` and its responsibility, or the batched unit back
     /// if it is not a `T`.
     pub fn downcast<T: MaterializationUnit>(self) -> Result<(Box<T>, Responsibility), Batched> {
-        let unit: &dyn Any = &*self.unit;
-        if !unit.is::<T>() {
+        if self.downcast_ref::<T>().is_none() {
             return Err(self);
         }
         let Batched {

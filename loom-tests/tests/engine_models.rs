@@ -288,17 +288,23 @@ fn serialized_generator_admits_one_lookup_at_a_time() {
     });
 }
 
+/// An in-place session with dylib `d` and a tracker of it.
+fn in_place_dylib_with_tracker() -> (Session, Dylib, ResourceTracker) {
+    let s = Session::builder()
+        .dispatcher(InPlaceDispatcher::new())
+        .build();
+    let d = s.create_dylib("d").unwrap();
+    let rt = d.create_tracker().unwrap();
+    (s, d, rt)
+}
+
 /// (e) Tracker removal racing with emit: the lookup completes with the
 /// address or fails, never hangs, and nothing removed is reported Ready.
 #[test]
 fn tracker_removal_racing_with_emit_never_hangs() {
     model(|| {
-        let s = Session::builder()
-            .dispatcher(InPlaceDispatcher::new())
-            .build();
-        let d = s.create_dylib("d").unwrap();
+        let (s, d, rt) = in_place_dylib_with_tracker();
         let f = s.intern("f");
-        let rt = d.create_tracker().unwrap();
         let slot = Arc::new(Mutex::new(None));
         d.define_with(
             Parked {
@@ -427,11 +433,7 @@ fn lookup_all(s: &Session, d: &Dylib, names: &[SymbolName]) -> Result<SymbolMap>
 #[test]
 fn overlapping_lookups_start_each_batched_unit_once() {
     model(|| {
-        let s = Session::builder()
-            .dispatcher(InPlaceDispatcher::new())
-            .build();
-        let d = s.create_dylib("d").unwrap();
-        let rt = d.create_tracker().unwrap();
+        let (s, d, rt) = in_place_dylib_with_tracker();
         let units = three_batching(&s, &d, &rt);
         let names: Vec<SymbolName> = units.iter().map(|(n, _)| n.clone()).collect();
         let t = {
@@ -455,11 +457,7 @@ fn overlapping_lookups_start_each_batched_unit_once() {
 #[test]
 fn tracker_removal_racing_with_a_batch_never_hangs() {
     model(|| {
-        let s = Session::builder()
-            .dispatcher(InPlaceDispatcher::new())
-            .build();
-        let d = s.create_dylib("d").unwrap();
-        let rt = d.create_tracker().unwrap();
+        let (s, d, rt) = in_place_dylib_with_tracker();
         let units = three_batching(&s, &d, &rt);
         let names: Vec<SymbolName> = units.iter().map(|(n, _)| n.clone()).collect();
         let t = {

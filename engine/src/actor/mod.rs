@@ -21,9 +21,7 @@ use crate::generator::Generator;
 use crate::index::ReadIndex;
 use crate::lookup::{DylibLookup, FlagsMap, LookupKind, LookupShared, NameList, SymbolMap};
 use crate::name::{Interner, SymbolName};
-use crate::responsibility::{
-    DependenceGroup, Responsibility, run_batch_materialization, run_materialization,
-};
+use crate::responsibility::{DependenceGroup, Responsibility, run_batch_materialization};
 use crate::symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::tracker::{ResourceKey, ResourceManager, TrackerShared};
@@ -744,19 +742,12 @@ impl SessionCore {
     fn run_effect(&self, effect: Effect) {
         match effect {
             Effect::Dispatch(task) => self.dispatcher.dispatch(task),
-            Effect::Materialize { mut members, .. } => {
-                let task = match (members.pop(), members.is_empty()) {
-                    (Some((cell, r)), true) => {
-                        Task::new("materialize", move || run_materialization(cell, r))
-                    }
-                    (last, _) => {
-                        members.extend(last);
-                        Task::new("materialize a batch", move || {
-                            run_batch_materialization(members)
-                        })
-                    }
-                };
-                self.dispatcher.dispatch(task)
+            // A batch of one runs as any unit does (`run_batch_materialization`
+            // hands a lone unit to `materialize`).
+            Effect::Materialize { members, .. } => {
+                self.dispatcher.dispatch(Task::new("materialize", move || {
+                    run_batch_materialization(members)
+                }))
             }
             Effect::Complete(shared, result) => shared.complete(self, result),
             Effect::Drop(object) => drop(object),

@@ -334,18 +334,10 @@ impl Answers {
         externals: &[(SymbolId, SymbolName)],
         wanted: impl Iterator<Item = usize>,
     ) -> Vec<(Dylib, Vec<SymbolName>)> {
-        let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
-        for i in wanted {
-            let Some((_, dylib)) = &self.defs[i] else {
-                continue;
-            };
-            let name = externals[i].1.clone();
-            match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
-                Some((_, names)) => names.push(name),
-                None => per_dylib.push((dylib.clone(), vec![name])),
-            }
-        }
-        per_dylib
+        super::by_dylib(wanted.filter_map(|i| {
+            let (_, dylib) = self.defs[i].as_ref()?;
+            Some((externals[i].1.clone(), dylib))
+        }))
     }
 }
 
@@ -369,11 +361,13 @@ fn references(
         .map(|(i, (id, _))| (*id, i))
         .collect();
     let n = members.len();
-    let unit_of = |o: ObjectId| {
-        members
-            .iter()
-            .position(|m| (m.objects.0..m.objects.1).contains(&o.0))
-    };
+    // Each object's unit, by object id (members hold consecutive ranges).
+    let objects = members.last().map_or(0, |m| m.objects.1 as usize);
+    let mut unit_of_object = vec![None; objects];
+    for (unit, m) in members.iter().enumerate() {
+        unit_of_object[m.objects.0 as usize..m.objects.1 as usize].fill(Some(unit));
+    }
+    let unit_of = |o: ObjectId| unit_of_object.get(o.index()).copied().flatten();
     let (mut units, mut externals) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     prepared.visit_references(|from, to, defined_in| {
         let Some(from) = unit_of(from) else { return };

@@ -1602,18 +1602,28 @@ fn dependence_groups(
     defs: Vec<(SymbolName, SymbolDef)>,
 ) -> Vec<DependenceGroup> {
     let entries = order.entries();
-    let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
-    for (name, _, source) in found.iter_with_source() {
-        let dylib = &entries[source].0;
-        match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
-            Some((_, names)) => names.push(name.clone()),
-            None => per_dylib.push((dylib.clone(), vec![name.clone()])),
-        }
-    }
+    let found = found
+        .iter_with_source()
+        .map(|(name, _, source)| (name.clone(), &entries[source].0));
     vec![DependenceGroup::new(
         defs.into_iter().map(|(name, _)| name),
-        per_dylib,
+        by_dylib(found),
     )]
+}
+
+/// Names with the dylib each was found in, grouped by dylib (as a
+/// [`DependenceGroup`]'s dependencies).
+fn by_dylib<'a>(
+    found: impl IntoIterator<Item = (SymbolName, &'a Dylib)>,
+) -> Vec<(Dylib, Vec<SymbolName>)> {
+    let mut per_dylib: Vec<(Dylib, Vec<SymbolName>)> = Vec::new();
+    for (name, dylib) in found {
+        match per_dylib.iter_mut().find(|(d, _)| d == dylib) {
+            Some((_, names)) => names.push(name),
+            None => per_dylib.push((dylib.clone(), vec![name])),
+        }
+    }
+    per_dylib
 }
 
 /// Defines host symbols on demand: kiln's runtime overrides first, then the
