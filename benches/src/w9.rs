@@ -246,12 +246,7 @@ impl W9 {
             }
         }
         let session = jit.session();
-        let names: Vec<_> = p
-            .program
-            .funcs
-            .iter()
-            .map(|f| session.intern(&f.name))
-            .collect();
+        let names = session.intern_all(p.program.funcs.iter().map(|f| f.name.as_str()));
         let order = SearchOrder::new().with(jit.app(), DylibLookup::ExportedOnly);
         let found = session
             .lookup(&order, &LookupSet::required(names), RequiredState::Ready)

@@ -149,7 +149,39 @@ impl Interner {
             SymbolName::text_hash,
         )
     }
+
+    /// [`Interner::intern`] of each text, in order, taking each shard's
+    /// locks once for every [`INTERN_CHUNK`] names.
+    pub(crate) fn intern_all<'a>(
+        &self,
+        texts: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<SymbolName> {
+        let texts = texts.into_iter();
+        let mut names = Vec::with_capacity(texts.size_hint().0);
+        let mut keys: Vec<(u64, &str)> = Vec::with_capacity(INTERN_CHUNK);
+        let mut texts = texts.peekable();
+        while texts.peek().is_some() {
+            keys.clear();
+            keys.extend(texts.by_ref().take(INTERN_CHUNK).map(|t| (hash_str(t), t)));
+            names.extend(self.names.get_or_insert_all(
+                &keys,
+                |n, &(hash, text)| n.0.hash == hash && n.as_str() == text,
+                |&(hash, text)| SymbolName::with_hash(text, hash),
+                SymbolName::text_hash,
+            ));
+        }
+        names
+    }
 }
+
+/// Names [`Interner::intern_all`] interns at a time: enough for each of
+/// the interner's shards to take a few dozen at each locking, few enough
+/// that the batch's scratch stays small (a system allocator maps large
+/// blocks fresh from the kernel, and their first touches cost more than
+/// the locks saved).
+const INTERN_CHUNK: usize = 2048;
+
+impl Interner {}
 
 #[cfg(all(test, not(kiln_loom)))]
 mod tests {
@@ -165,6 +197,37 @@ mod tests {
         assert!(Arc::ptr_eq(&a.0, &b.0));
         assert_ne!(a, c);
         assert_eq!(a.as_str(), "main");
+    }
+
+    /// Interning many at once gives each text the name `intern` gives it:
+    /// names interned before, texts repeated within the batch, batches
+    /// small (one at a time) and large (by shard, over several chunks),
+    /// and two threads interning overlapping batches at once.
+    #[test]
+    fn interning_many_gives_what_interning_each_gives() {
+        let pool = Interner::default();
+        let before = pool.intern("f7");
+        for n in [3, 63, 64, 500, 2 * INTERN_CHUNK + 5] {
+            let texts: Vec<String> = (0..n).map(|i| format!("f{}", i % (n / 2 + 1))).collect();
+            let names = pool.intern_all(texts.iter().map(String::as_str));
+            assert_eq!(names.len(), n);
+            for (name, text) in names.iter().zip(&texts) {
+                assert!(Arc::ptr_eq(&name.0, &pool.intern(text).0), "{text} of {n}");
+            }
+            if n > 7 {
+                assert!(Arc::ptr_eq(&names[7].0, &before.0));
+            }
+        }
+        let pool = Interner::default();
+        let texts: Vec<String> = (0..3000).map(|i| format!("g{i}")).collect();
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| pool.intern_all(texts[..2000].iter().map(String::as_str)));
+            let b = s.spawn(|| pool.intern_all(texts[1000..].iter().map(String::as_str)));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        for i in 1000..2000 {
+            assert!(Arc::ptr_eq(&a[i].0, &b[i - 1000].0), "g{i} interned twice");
+        }
     }
 
     /// Equality, ordering and hashing agree for names from two pools (two

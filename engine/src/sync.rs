@@ -243,9 +243,7 @@ impl<T> HashedSet<T> {
         #[cfg(not(any(kiln_loom, kiln_shuttle)))]
         {
             use std::sync::PoisonError;
-            // The shard from bits the table uses for neither the slot (low
-            // bits) nor the tag (top seven).
-            let shard = &self.shards[(hash >> 32) as usize & ((1 << SHARD_BITS) - 1)];
+            let shard = &self.shards[shard_of(hash)];
             let read = shard.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(v) = read.find(hash, &eq) {
                 return v.clone();
@@ -266,4 +264,116 @@ impl<T> HashedSet<T> {
             }
         }
     }
+
+    /// [`HashedSet::get_or_insert_with`] of each key, in order: for each
+    /// `(hash, key)` the value for which `eq(value, &(hash, key))` holds,
+    /// inserting `make(&(hash, key))` first if there is none. Each shard's locks are taken
+    /// once for all its keys (twice if some are new), not once or twice a
+    /// key: reading many objects' names on several threads at once, the
+    /// locks' cache lines no longer bounce between them for every name.
+    pub(crate) fn get_or_insert_all<K>(
+        &self,
+        keys: &[(u64, K)],
+        eq: impl Fn(&T, &(u64, K)) -> bool,
+        make: impl Fn(&(u64, K)) -> T,
+        hash_of: impl Fn(&T) -> u64,
+    ) -> Vec<T>
+    where
+        T: Clone,
+    {
+        // Too few to share a shard's locking: one at a time.
+        if keys.len() < 64 {
+            let find = |key: &(u64, K)| {
+                self.get_or_insert_with(key.0, |v| eq(v, key), || make(key), &hash_of)
+            };
+            return keys.iter().map(find).collect();
+        }
+        let mut found: Vec<Option<T>> = vec![None; keys.len()];
+        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+        {
+            use std::sync::PoisonError;
+            let (order, start) = by_shard(keys);
+            for (shard, bounds) in self.shards.iter().zip(start.windows(2)) {
+                let members = &order[bounds[0]..bounds[1]];
+                if members.is_empty() {
+                    continue;
+                }
+                let mut missing = Vec::new();
+                {
+                    let read = shard.read().unwrap_or_else(PoisonError::into_inner);
+                    for &k in members {
+                        let key = &keys[k as usize];
+                        match read.find(key.0, |v| eq(v, key)) {
+                            Some(v) => found[k as usize] = Some(v.clone()),
+                            None => missing.push(k),
+                        }
+                    }
+                }
+                if missing.is_empty() {
+                    continue;
+                }
+                let mut table = shard.write().unwrap_or_else(PoisonError::into_inner);
+                table.reserve(missing.len(), &hash_of);
+                for k in missing {
+                    found[k as usize] =
+                        Some(entry(&mut table, &keys[k as usize], &eq, &make, &hash_of));
+                }
+            }
+        }
+        #[cfg(any(kiln_loom, kiln_shuttle))]
+        {
+            let mut table = self.inner.lock();
+            for (slot, key) in found.iter_mut().zip(keys) {
+                *slot = Some(entry(&mut table, key, &eq, &make, &hash_of));
+            }
+        }
+        found
+            .into_iter()
+            .map(|v| v.expect("every key is found or inserted"))
+            .collect()
+    }
+}
+
+/// The value for `key` in `table`, inserted with `make` if there is none.
+fn entry<T: Clone, K>(
+    table: &mut hashbrown::HashTable<T>,
+    key: &(u64, K),
+    eq: impl Fn(&T, &(u64, K)) -> bool,
+    make: impl Fn(&(u64, K)) -> T,
+    hash_of: impl Fn(&T) -> u64,
+) -> T {
+    match table.entry(key.0, |v| eq(v, key), hash_of) {
+        hashbrown::hash_table::Entry::Occupied(o) => o.get().clone(),
+        hashbrown::hash_table::Entry::Vacant(v) => v.insert(make(key)).get().clone(),
+    }
+}
+
+/// The shard of a hash: bits the table uses for neither the slot (low
+/// bits) nor the tag (top seven).
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize & ((1 << SHARD_BITS) - 1)
+}
+
+/// The keys' indices grouped by shard (a counting sort, so each group
+/// keeps the keys' order): shard `s`'s keys are
+/// `order[start[s]..start[s + 1]]`.
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
+fn by_shard<K>(keys: &[(u64, K)]) -> (Vec<u32>, Vec<usize>) {
+    let shards = 1usize << SHARD_BITS;
+    let mut start = vec![0usize; shards + 1];
+    for (hash, _) in keys {
+        start[shard_of(*hash) + 1] += 1;
+    }
+    for s in 0..shards {
+        start[s + 1] += start[s];
+    }
+    let mut next = start.clone();
+    let mut order = vec![0u32; keys.len()];
+    for (k, (hash, _)) in keys.iter().enumerate() {
+        let s = shard_of(*hash);
+        order[next[s]] = k as u32;
+        next[s] += 1;
+    }
+    (order, start)
 }

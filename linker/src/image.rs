@@ -132,18 +132,20 @@ impl Linker {
     /// Read every object into one graph and pull archive members until no
     /// undefined symbol can be satisfied by an archive.
     pub fn build_graph(&mut self) -> Result<LinkGraph, LinkError> {
-        Ok(self.build_graph_naming(&|_| ())?.0)
+        Ok(self.build_graph_naming(&|names| vec![(); names.len()])?.0)
     }
 
-    /// [`Linker::build_graph`], also naming each global the objects define
-    /// with `name_of` (for example an engine's interner) while the objects
-    /// are read in parallel. Returns, by symbol id, the name given to each
-    /// symbol (`None` for locals, externals and archive members' symbols).
+    /// [`Linker::build_graph`], also naming the globals the objects define
+    /// with `name_all` (for example an engine's interner: it is given an
+    /// object's names at once and returns one name for each, in order)
+    /// while the objects are read in parallel. Returns, by symbol id, the
+    /// name given to each symbol (`None` for locals, externals and archive
+    /// members' symbols).
     pub fn build_graph_naming<N: Send>(
         &mut self,
-        name_of: &(dyn Fn(&str) -> N + Sync),
+        name_all: &NameAll<'_, N>,
     ) -> Result<(LinkGraph, Vec<Option<N>>), LinkError> {
-        let read = self.read_graph_naming(name_of)?;
+        let read = self.read_graph_naming(name_all)?;
         Ok((read.graph, read.names))
     }
 
@@ -152,10 +154,10 @@ impl Linker {
     /// [`crate::layer::ObjectLayer::add_read_graph`].
     pub fn read_graph_naming<N: Send>(
         &mut self,
-        name_of: &(dyn Fn(&str) -> N + Sync),
+        name_all: &NameAll<'_, N>,
     ) -> Result<ReadGraph<N>, LinkError> {
         let parse = |name: &str, data: &InputBytes| crate::elf::parse_object_shared(name, data);
-        let mut read = read_objects_naming(&self.objects, &|data| &data[..], &parse, name_of)?;
+        let mut read = read_objects_naming(&self.objects, &|data| &data[..], &parse, name_all)?;
         let first = read.graph.blocks.len();
         self.pull_archive_members(&mut read.graph)?;
         read.facts.add_blocks(&read.graph, first);
@@ -737,12 +739,15 @@ fn edge_count(blocks: &[crate::graph::Block]) -> usize {
     blocks.iter().map(|b| b.edges.len()).sum()
 }
 
+/// Names many names at once, one for each, in order.
+pub type NameAll<'a, N> = dyn Fn(&[&str]) -> Vec<N> + Sync + 'a;
+
 /// Parses one object `(name, bytes)` into a graph of its own.
 pub(crate) type ParseObject<'a, B> = dyn Fn(&str, &B) -> Result<LinkGraph, LinkError> + Sync + 'a;
 
 /// Objects `(name, bytes)` read into one graph (`parse` reads one), their
-/// defined globals named with `name_of` (for example an engine's
-/// interner) as they are read: objects large enough together are parsed
+/// defined globals named with `name_all` (for example an engine's
+/// interner; an object's names at once) as they are read: objects large enough together are parsed
 /// and named on all threads and merged in order. Returns the graph and,
 /// by symbol id, the name given to each symbol (`None` for locals and
 /// externals), with the graph's [`EdgeFacts`].
@@ -750,11 +755,11 @@ pub(crate) fn read_objects_naming<S: AsRef<str> + Sync, B: Sync, N: Send>(
     objects: &[(S, B)],
     bytes_of: &(dyn Fn(&B) -> &[u8] + Sync),
     parse: &ParseObject<'_, B>,
-    name_of: &(dyn Fn(&str) -> N + Sync),
+    name_all: &NameAll<'_, N>,
 ) -> Result<ReadGraph<N>, LinkError> {
     let bytes: usize = objects.iter().map(|(_, data)| bytes_of(data).len()).sum();
     let parallel = objects.len() >= 2 && bytes >= PARALLEL_READ_BYTES;
-    read_objects_naming_on(objects, bytes_of, parse, name_of, parallel)
+    read_objects_naming_on(objects, bytes_of, parse, name_all, parallel)
 }
 
 /// [`read_objects_naming`], on all threads if `parallel`.
@@ -762,7 +767,7 @@ fn read_objects_naming_on<S: AsRef<str> + Sync, B: Sync, N: Send>(
     objects: &[(S, B)],
     bytes_of: &(dyn Fn(&B) -> &[u8] + Sync),
     parse: &ParseObject<'_, B>,
-    name_of: &(dyn Fn(&str) -> N + Sync),
+    name_all: &NameAll<'_, N>,
     parallel: bool,
 ) -> Result<ReadGraph<N>, LinkError> {
     let mut graph = LinkGraph::new();
@@ -792,10 +797,8 @@ fn read_objects_naming_on<S: AsRef<str> + Sync, B: Sync, N: Send>(
     // this thread alone).
     let parse = |(i, (name, data)): (usize, &(S, B))| {
         let parsed = parse(name.as_ref(), data).map(|g| {
-            let named: Vec<(SymbolId, N)> = g
-                .unmerged_definitions()
-                .map(|(id, n)| (id, name_of(n)))
-                .collect();
+            let (ids, texts): (Vec<SymbolId>, Vec<&str>) = g.unmerged_definitions().unzip();
+            let named: Vec<(SymbolId, N)> = ids.into_iter().zip(name_all(&texts)).collect();
             (g, named)
         });
         (i, parsed)
@@ -926,9 +929,9 @@ mod tests {
         let objects: Vec<(String, &[u8])> =
             (0..3).map(|i| (format!("o{i}.o"), &bytes[..])).collect();
         let parse = |name: &str, bytes: &&[u8]| crate::elf::parse_object(name, bytes);
-        let name_of = |name: &str| name.to_string();
+        let name_all = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
         let read = |parallel| {
-            read_objects_naming_on(&objects, &|b| *b, &parse, &name_of, parallel)
+            read_objects_naming_on(&objects, &|b| *b, &parse, &name_all, parallel)
                 .expect("the objects read")
         };
         let (serial, parallel) = (read(false), read(true));
@@ -994,7 +997,7 @@ mod tests {
     fn edge_facts_are_the_merged_graphs() {
         let (pie, non_pie) = (group_object(false), group_object(true));
         let parse = |name: &str, bytes: &&[u8]| crate::elf::parse_object(name, bytes);
-        let name_of = |name: &str| name.to_string();
+        let name_all = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
         for (order, absolute) in [([&pie, &non_pie], false), ([&non_pie, &pie], true)] {
             let objects: Vec<(String, &[u8])> = order
                 .iter()
@@ -1002,7 +1005,7 @@ mod tests {
                 .map(|(i, b)| (format!("o{i}.o"), &b[..]))
                 .collect();
             for parallel in [false, true] {
-                let read = read_objects_naming_on(&objects, &|b| *b, &parse, &name_of, parallel)
+                let read = read_objects_naming_on(&objects, &|b| *b, &parse, &name_all, parallel)
                     .expect("the objects read");
                 assert_eq!(read.facts, EdgeFacts::of(&read.graph));
                 assert_eq!(read.facts.absolute_32bit, absolute);

@@ -78,5 +78,5 @@ pub struct GuideDocTests;
 pub struct ReadmeDocTests;
 pub use graph::LinkGraph;
 pub use host::{HostSymbols, SymbolResolver};
-pub use image::{LinkedImage, Linker, ReadGraph};
+pub use image::{LinkedImage, Linker, NameAll, ReadGraph};
 pub use passes::{LinkOptions, LinkStats, PhaseTimings, Roots};

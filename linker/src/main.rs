@@ -959,7 +959,7 @@ fn add_eagerly(
     // Global names are interned while the objects are read in parallel.
     if objects {
         let read = linker
-            .read_graph_naming(&|n| session.intern(n))
+            .read_graph_naming(&|names| session.intern_all(names.iter().copied()))
             .map_err(report)?;
         layer
             .add_read_graph(main, None, program, read)

@@ -54,7 +54,7 @@ fn run_in_layer(objs: &[PathBuf]) -> (String, i32) {
         linker.add_file(o).unwrap_or_else(|e| panic!("{e}"));
     }
     let (graph, names) = linker
-        .build_graph_naming(&|n| session.intern(n))
+        .build_graph_naming(&|names| session.intern_all(names.iter().copied()))
         .unwrap_or_else(|e| panic!("{e}"));
     layer
         .add_graph_named(&main, None, "program", graph, names)

@@ -32,7 +32,9 @@ use kiln_engine::{
     SymbolName,
 };
 
-use super::{ObjectLayer, ObjectUnit, UnitInput, link_error, panic_message, track_image};
+use super::{
+    ObjectLayer, ObjectUnit, UnitInput, interned_externals, link_error, panic_message, track_image,
+};
 use crate::error::LinkError;
 use crate::graph::{FxHashMap, LinkGraph, ObjectId, SymbolId};
 use crate::passes::{self, ImageEnv, LinkHost, Prepared, Roots};
@@ -149,11 +151,7 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
     };
     let defs = host.defs;
     let session = layer.session.clone();
-    let externals: Vec<(SymbolId, SymbolName)> = prepared
-        .external_symbols_unordered()
-        .into_iter()
-        .map(|(id, n)| (id, session.intern(n)))
-        .collect();
+    let externals = interned_externals(&prepared, &session);
     let order = r.dylib().link_order();
     let lookup = session.lookup_with(
         &LookupRequest::new(

@@ -349,7 +349,7 @@ impl ObjectLayer {
         let debug = &self.shared.options.debug;
         let parse = |name: &str, bytes: &&[u8]| crate::debug::parse_object(name, bytes, debug);
         // Many objects are read and their globals interned on all threads.
-        let intern = |name: &str| self.session.intern(name);
+        let intern = |names: &[&str]| self.session.intern_all(names.iter().copied());
         let mut read =
             crate::image::read_objects_naming(&objects, &|bytes| *bytes, &parse, &intern)?;
         passes::check_duplicates(&mut read.graph)?;
@@ -520,14 +520,33 @@ impl ObjectLayer {
             if !live || s.scope == Scope::Local {
                 continue;
             }
-            let name = match names.get_mut(i).and_then(Option::take) {
-                Some(name) => name,
-                None => self.session.intern(s.name.as_deref().unwrap_or_default()),
-            };
-            globals.push((name, SymbolId(i as u32)));
+            globals.push((names.get_mut(i).and_then(Option::take), SymbolId(i as u32)));
             flags.push(flags_of(s.scope, s.linkage, s.callable));
         }
-        (globals, flags, joins)
+        (self.name_the_rest(graph, globals), flags, joins)
+    }
+
+    /// `globals` with the names that were missing interned, all at once.
+    fn name_the_rest(
+        &self,
+        graph: &LinkGraph,
+        globals: Vec<(Option<SymbolName>, SymbolId)>,
+    ) -> Vec<(SymbolName, SymbolId)> {
+        let text = |id: SymbolId| {
+            graph.symbols[id.index()]
+                .name
+                .as_deref()
+                .unwrap_or_default()
+        };
+        let missing = globals.iter().filter(|(n, _)| n.is_none());
+        let mut interned = self
+            .session
+            .intern_all(missing.map(|&(_, id)| text(id)))
+            .into_iter();
+        globals
+            .into_iter()
+            .map(|(name, id)| (name.or_else(|| interned.next()).expect("one name each"), id))
+            .collect()
     }
 
     /// Adds objects so that each is linked only when one of its functions is
@@ -1393,11 +1412,7 @@ impl ObjectUnit {
         };
         let prepared = passes::before_externals(start, &mut host, &self.layer.shared.options)?;
         let session = &self.layer.session;
-        let externals = prepared
-            .external_symbols_unordered()
-            .into_iter()
-            .map(|(id, n)| (id, session.intern(n)))
-            .collect();
+        let externals = interned_externals(&prepared, session);
         Ok(Begun {
             prepared,
             defs: host.defs,
@@ -1548,6 +1563,17 @@ pub(crate) fn when_all_complete(
 }
 
 /// A panic's message, when its payload is a string.
+/// The graph's external references, each with its name interned in
+/// `session` (all at once).
+fn interned_externals(
+    prepared: &passes::Prepared,
+    session: &Session,
+) -> Vec<(SymbolId, SymbolName)> {
+    let (ids, texts): (Vec<SymbolId>, Vec<&str>) =
+        prepared.external_symbols_unordered().into_iter().unzip();
+    ids.into_iter().zip(session.intern_all(texts)).collect()
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
