@@ -520,33 +520,14 @@ impl ObjectLayer {
             if !live || s.scope == Scope::Local {
                 continue;
             }
-            globals.push((names.get_mut(i).and_then(Option::take), SymbolId(i as u32)));
+            let name = match names.get_mut(i).and_then(Option::take) {
+                Some(name) => name,
+                None => self.session.intern(s.name.as_deref().unwrap_or_default()),
+            };
+            globals.push((name, SymbolId(i as u32)));
             flags.push(flags_of(s.scope, s.linkage, s.callable));
         }
-        (self.name_the_rest(graph, globals), flags, joins)
-    }
-
-    /// `globals` with the names that were missing interned, all at once.
-    fn name_the_rest(
-        &self,
-        graph: &LinkGraph,
-        globals: Vec<(Option<SymbolName>, SymbolId)>,
-    ) -> Vec<(SymbolName, SymbolId)> {
-        let text = |id: SymbolId| {
-            graph.symbols[id.index()]
-                .name
-                .as_deref()
-                .unwrap_or_default()
-        };
-        let missing = globals.iter().filter(|(n, _)| n.is_none());
-        let mut interned = self
-            .session
-            .intern_all(missing.map(|&(_, id)| text(id)))
-            .into_iter();
-        globals
-            .into_iter()
-            .map(|(name, id)| (name.or_else(|| interned.next()).expect("one name each"), id))
-            .collect()
+        (globals, flags, joins)
     }
 
     /// Adds objects so that each is linked only when one of its functions is
