@@ -955,15 +955,7 @@ impl LinkGraph {
             && self.duplicates.is_empty()
             && self.foreign_object.is_none()
             && self.isa.is_none_or(|isa| Some(isa) == other.isa);
-        let mut signatures = FxHashSet::default();
-        if !empty
-            || !other.globals.is_empty()
-            || other.section_index.len() != other.sections.len()
-            || !other
-                .groups
-                .iter()
-                .all(|(sig, _)| signatures.insert(&**sig))
-        {
+        if !empty || !other.parsed_as_one_object() {
             return None;
         }
         let owner = ObjectId(0);
@@ -1012,6 +1004,66 @@ impl LinkGraph {
         take_or_extend(&mut self.symbols, std::mem::take(&mut other.symbols));
         self.duplicates = std::mem::take(&mut other.duplicates);
         Some((owner, map))
+    }
+
+    /// A graph as one object's parse gives it, each COMDAT group named
+    /// once: what [`LinkGraph::adopt`] can take as it is, but for a global
+    /// name given twice.
+    fn parsed_as_one_object(&self) -> bool {
+        let mut signatures = FxHashSet::default();
+        self.globals.is_empty()
+            && self.section_index.len() == self.sections.len()
+            && self.groups.iter().all(|(sig, _)| signatures.insert(&**sig))
+    }
+
+    /// Whether this graph, as one object's parse gave it, is adopted by an
+    /// empty graph ([`LinkGraph::merge`] into [`LinkGraph::new`]): every id
+    /// stays, and each global symbol keeps its own name — so what the
+    /// object defines can be read from it before it is merged
+    /// ([`LinkGraph::unmerged_globals`]). Checks every name without
+    /// copying any.
+    pub(crate) fn adoptable(&self) -> bool {
+        if !self.parsed_as_one_object() {
+            return false;
+        }
+        let arena = &self.name_arena;
+        let name = |&(_, start, len, _): &(SymbolId, u32, u32, u64)| {
+            arena.get(start as usize..(start + len) as usize)
+        };
+        let mut seen: hashbrown::HashTable<u32> =
+            hashbrown::HashTable::with_capacity(self.unmerged_globals.len());
+        let globals = &self.unmerged_globals;
+        for (i, g) in globals.iter().enumerate() {
+            let Some(text) = name(g) else {
+                return false;
+            };
+            let hash = g.3;
+            match seen.entry(
+                hash,
+                |&j| globals[j as usize].3 == hash && name(&globals[j as usize]) == Some(text),
+                |&j| globals[j as usize].3,
+            ) {
+                hashbrown::hash_table::Entry::Occupied(_) => return false,
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(i as u32);
+                }
+            }
+        }
+        true
+    }
+
+    /// Of a graph as one object's parse gave it: each global symbol with
+    /// its name, in symbol order (the names are entered in the symbols
+    /// when the graph is merged).
+    pub(crate) fn unmerged_globals(&self) -> impl Iterator<Item = (SymbolId, &str)> {
+        self.unmerged_globals
+            .iter()
+            .filter_map(|&(id, start, len, _)| {
+                let name = self
+                    .name_arena
+                    .get(start as usize..(start + len) as usize)?;
+                Some((id, name))
+            })
     }
 
     /// [`LinkGraph::merge_mapped`] in general: ids of `other` renumbered.

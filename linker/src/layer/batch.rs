@@ -201,19 +201,25 @@ fn merge(
         .chain(joining.map(|(u, r)| (u, Some(r))))
         .enumerate()
     {
-        let Some(UnitInput::Graph(graph)) = unit.input.take() else {
-            let bug = Error::msg(format!(
-                "{}: a unit joined a batch without its graph (linker bug)",
-                unit.name
-            ));
-            return Err(std::iter::once(first)
-                .chain(others)
-                .chain(r)
-                .map(|r| (r, bug.clone()))
-                .collect());
+        let (graph, parsed) = match unit.input.take() {
+            Some(UnitInput::Graph(graph)) => (graph, false),
+            Some(UnitInput::Parsed(graph)) => (graph, true),
+            _ => {
+                let bug = Error::msg(format!(
+                    "{}: a unit joined a batch without its graph (linker bug)",
+                    unit.name
+                ));
+                return Err(std::iter::once(first)
+                    .chain(others)
+                    .chain(r)
+                    .map(|r| (r, bug.clone()))
+                    .collect());
+            }
         };
         let globals = std::mem::take(&mut unit.globals);
-        let (objects, globals) = if i == 0 {
+        // A parsed first graph is adopted (its ids stay); the others are
+        // merged as their parse gave them, their names entered once.
+        let (objects, globals) = if i == 0 && !parsed {
             let end = graph.objects.len() as u32;
             merged = *graph;
             ((0, end), globals)

@@ -312,17 +312,12 @@ impl ObjectLayer {
         bytes: &[u8],
     ) -> Result<(), LinkError> {
         let start = Instant::now();
-        let mut graph = LinkGraph::new();
-        self.read_into(&mut graph, name, bytes)?;
+        let graph = crate::debug::parse_object(name, bytes, &self.shared.options.debug)?;
         self.add_read_time(start.elapsed());
-        self.add_graph(dylib, tracker, name, graph)
-    }
-
-    /// Reads object `bytes` (called `name` in errors) into `graph`, with
-    /// the layer's debugger and profiler options.
-    fn read_into(&self, graph: &mut LinkGraph, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
-        crate::debug::read_object(graph, name, bytes, &self.shared.options.debug)?;
-        Ok(())
+        let unit = self.unit_parsed(name, graph)?;
+        dylib
+            .define_boxed(Box::new(unit), tracker)
+            .map_err(|e| LinkError::engine(name, e))
     }
 
     /// Adds the objects `objects` (name, bytes) to `dylib` as one unit,
@@ -355,6 +350,13 @@ impl ObjectLayer {
         passes::check_duplicates(&mut read.graph)?;
         self.add_read_time(start.elapsed());
         self.add_read_graph(dylib, tracker, name, read)
+    }
+
+    /// Reads object `bytes` (called `name` in errors) into `graph`, with
+    /// the layer's debugger and profiler options.
+    fn read_into(&self, graph: &mut LinkGraph, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
+        crate::debug::read_object(graph, name, bytes, &self.shared.options.debug)?;
+        Ok(())
     }
 
     /// Adds an already-built graph (for example every input of a
@@ -466,7 +468,41 @@ impl ObjectLayer {
         } else {
             UnitInput::Graph(Box::new(graph))
         };
-        Ok(ObjectUnit {
+        Ok(self.new_unit(name, input, (globals, flags), joinable))
+    }
+
+    /// A unit of one object's `graph` as its parse gave it: what it offers
+    /// is read from the parse, and the graph is adopted
+    /// ([`LinkGraph::merge`] into an empty one: every id stays) only when
+    /// it is linked — in a batch, merged with the others' at once. Adopting
+    /// here would copy each global name (a name per allocation) only for
+    /// the batch's merge to enter them again. Objects that an adoption
+    /// could change (a name or a COMDAT group twice), archive members
+    /// (pruned first) and large ones (prepared early) are adopted here.
+    fn unit_parsed(&self, name: &str, graph: LinkGraph) -> Result<ObjectUnit, LinkError> {
+        let facts = EdgeFacts::of(&graph);
+        let options = &self.shared.options;
+        let large = options.prepare_early && facts.edges >= options.parallel_threshold;
+        if large || graph.objects.iter().any(|o| o.library) || !graph.adoptable() {
+            return self.unit_named(name, adopted(graph), Vec::new(), facts);
+        }
+        self.note_absolute_32bit(facts.absolute_32bit);
+        let (globals, flags, symbols_join) = self.offered_parsed(&graph);
+        let joinable = symbols_join && !options.imaging && batch::joins_batches(&graph, &flags);
+        let input = UnitInput::Parsed(Box::new(graph));
+        Ok(self.new_unit(name, input, (globals, flags), joinable))
+    }
+
+    /// A unit of this layer linking `input`, offering `globals` with their
+    /// `flags`.
+    fn new_unit(
+        &self,
+        name: &str,
+        input: UnitInput,
+        (globals, flags): (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>),
+        joinable: bool,
+    ) -> ObjectUnit {
+        ObjectUnit {
             layer: self.clone(),
             name: name.to_string(),
             input: Some(input),
@@ -478,7 +514,40 @@ impl ObjectLayer {
                 .shared
                 .added
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        })
+        }
+    }
+
+    /// [`ObjectLayer::offered_globals`] of a graph as one object's parse
+    /// gave it ([`LinkGraph::adoptable`]), read before it is adopted: the
+    /// same globals, flags and answer. Adopting turns a definition in a
+    /// section not loaded into a plain reference (an external of default
+    /// scope), which offers nothing.
+    fn offered_parsed(&self, graph: &LinkGraph) -> OfferedGlobals {
+        let mut globals = Vec::new();
+        let mut flags = Vec::new();
+        let mut joins = true;
+        for (id, name) in graph.unmerged_globals() {
+            let s = &graph.symbols[id.index()];
+            let live = match s.def {
+                GraphDef::Defined { block, .. } => graph.blocks[block.index()].live,
+                GraphDef::External => {
+                    joins &= !batch::delimits_a_section(name) && s.scope != Scope::Local;
+                    continue;
+                }
+                GraphDef::Discarded => {
+                    joins &= !batch::delimits_a_section(name);
+                    continue;
+                }
+                _ => true,
+            };
+            joins &= s.scope != Scope::Local;
+            if !live || s.scope == Scope::Local {
+                continue;
+            }
+            globals.push((self.session.intern(name), id));
+            flags.push(flags_of(s.scope, s.linkage, s.callable));
+        }
+        (globals, flags, joins)
     }
 
     /// The defined, live, non-local globals of `graph` a unit offers, in
@@ -496,7 +565,7 @@ impl ObjectLayer {
         &self,
         graph: &LinkGraph,
         mut names: Vec<Option<SymbolName>>,
-    ) -> (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>, bool) {
+    ) -> OfferedGlobals {
         let mut is_global = vec![false; graph.symbols.len()];
         for id in graph.globals.ids() {
             is_global[id.index()] = true;
@@ -1069,11 +1138,25 @@ fn flags_of(scope: Scope, linkage: Linkage, callable: bool) -> SymbolFlags {
     flags
 }
 
-/// What a unit links: its graph, or the image already being prepared from
-/// it ([`LinkOptions::prepare_early`]).
+/// What a unit offers: its globals (name, id in its graph), their flags,
+/// and whether they let it join a batch.
+type OfferedGlobals = (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>, bool);
+
+/// What a unit links: its graph (merged, or one object's as its parse gave
+/// it: adopted when linked), or the image already being prepared from it
+/// ([`LinkOptions::prepare_early`]).
 enum UnitInput {
     Graph(Box<LinkGraph>),
+    Parsed(Box<LinkGraph>),
     Early(Arc<EarlyPrepare>),
+}
+
+/// One object's `graph` as its parse gave it, adopted by an empty graph:
+/// every id stays ([`LinkGraph::adoptable`]).
+fn adopted(graph: LinkGraph) -> LinkGraph {
+    let mut adopted = LinkGraph::new();
+    adopted.merge(graph);
+    adopted
 }
 
 /// A unit's image prepared (prune, GOT/PLT, layout, allocation) on a rayon
@@ -1202,7 +1285,7 @@ impl ObjectUnit {
     fn can_join(&self) -> bool {
         self.joinable
             && self.discarded.is_empty()
-            && matches!(self.input, Some(UnitInput::Graph(_)))
+            && matches!(self.input, Some(UnitInput::Graph(_) | UnitInput::Parsed(_)))
     }
 }
 
@@ -1368,8 +1451,13 @@ impl ObjectUnit {
         let globals = std::mem::take(&mut self.globals);
         let lost_some = !self.discarded.is_empty();
         let owed = owed_symbols(&self.name, &globals, &self.flags, lost_some, r, &input)?;
-        let start = match input {
-            UnitInput::Graph(mut graph) => {
+        let graph = match input {
+            UnitInput::Graph(graph) => Ok(graph),
+            UnitInput::Parsed(graph) => Ok(Box::new(adopted(*graph))),
+            UnitInput::Early(early) => Err(early),
+        };
+        let start = match graph {
+            Ok(mut graph) => {
                 for ((_, id), flags) in globals.iter().zip(&owed) {
                     if flags.is_none() {
                         graph.symbols[id.index()].def = GraphDef::External;
@@ -1381,9 +1469,7 @@ impl ObjectUnit {
                     below_2gib: self.layer.below_2gib(),
                 }
             }
-            UnitInput::Early(early) => {
-                passes::Start::Prepared(Box::new(early.take().map_err(link_error)?))
-            }
+            Err(early) => passes::Start::Prepared(Box::new(early.take().map_err(link_error)?)),
         };
         let mut host = EngineHost {
             r,
@@ -1870,5 +1956,87 @@ impl Generator for ArchiveGenerator {
             },
         };
         req.complete(added.map_err(link_error));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::write::{Object, StandardSection, Symbol, SymbolSection};
+    use object::{SymbolFlags as ObjFlags, SymbolKind, SymbolScope};
+
+    use super::*;
+    use crate::graph::tests::rich_object;
+
+    /// An x86-64 object defining or referencing each `(name, defined,
+    /// weak)`.
+    fn object_with(symbols: &[(&str, bool, bool)]) -> Vec<u8> {
+        let mut o = Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.section_id(StandardSection::Text);
+        o.append_section_data(text, &[0xc3; 64], 16);
+        for (i, &(name, defined, weak)) in symbols.iter().enumerate() {
+            o.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: if defined { 8 * i as u64 % 64 } else { 0 },
+                size: if defined { 8 } else { 0 },
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Dynamic,
+                weak,
+                section: if defined {
+                    SymbolSection::Section(text)
+                } else {
+                    SymbolSection::Undefined
+                },
+                flags: ObjFlags::None,
+            });
+        }
+        o.write().expect("the object is written")
+    }
+
+    /// A unit of one object offers the same read from the object's parse
+    /// as from the graph adopted (what it links): every global, its id, its
+    /// flags, and whether it may join a batch — on objects with a piece of
+    /// everything the adoption decides (weak, hidden, COMMON, thread-local,
+    /// COMDAT, a definition in a section not loaded, strong and weak
+    /// references) and a `__start_` reference. Objects the adoption could
+    /// change are not read before it: a COMDAT group or a name twice.
+    #[test]
+    fn a_parsed_object_offers_what_its_adopted_graph_offers() {
+        let session = Session::builder()
+            .dispatcher(kiln_engine::InPlaceDispatcher)
+            .build();
+        let layer = ObjectLayer::new(&session);
+        let readable = |(globals, flags, joins): OfferedGlobals| {
+            let globals: Vec<(String, SymbolId)> = globals
+                .into_iter()
+                .map(|(n, id)| (n.to_string(), id))
+                .collect();
+            (globals, flags, joins)
+        };
+        let parse = |bytes: &[u8]| crate::elf::parse_object("t.o", bytes).expect("it parses");
+        let objects = [
+            rich_object(1),
+            object_with(&[("f", true, false), ("g", true, false), ("h", false, false)]),
+            object_with(&[("f", true, false), ("__start_tags", false, false)]),
+            object_with(&[("w", true, true), ("u", false, true)]),
+        ];
+        for (k, bytes) in objects.iter().enumerate() {
+            let parsed = parse(bytes);
+            assert!(parsed.adoptable(), "object {k}");
+            let from_parse = readable(layer.offered_parsed(&parsed));
+            let from_adopted = readable(layer.offered_globals(&adopted(parsed), Vec::new()));
+            assert!(!from_adopted.0.is_empty(), "object {k} offers something");
+            assert_eq!(from_parse, from_adopted, "object {k}");
+        }
+        assert!(
+            !readable(layer.offered_parsed(&parse(&objects[2]))).2,
+            "__start_ stays alone"
+        );
+        assert!(!parse(&rich_object(2)).adoptable(), "a COMDAT group twice");
+        let twice = object_with(&[("dup", true, false), ("dup", false, false)]);
+        assert!(!parse(&twice).adoptable(), "a name twice");
     }
 }
