@@ -1359,15 +1359,19 @@ pub(crate) fn assert_same_graph(a: &LinkGraph, b: &LinkGraph) {
 /// For the fuzzer (`--cfg fuzzing`, fuzz/fuzz_targets/link.rs): an object
 /// that parses is adopted into an empty graph exactly as the general merge
 /// would merge it — the fast path and the slow one never disagree — or
-/// not adopted at all. Panics on a difference.
+/// not adopted at all; and one called [`LinkGraph::adoptable`] (read before
+/// its adoption: the object layer's units) is adopted. Panics on a
+/// difference.
 #[cfg(fuzzing)]
 pub fn check_adoption(bytes: &[u8]) {
     let Ok(two) = crate::elf::parse_object("fuzz.o", bytes) else {
         return;
     };
     let mut one = two.clone();
+    let adoptable = one.adoptable();
     let mut adopted = LinkGraph::new();
     let Some(adopted_map) = adopted.adopt(&mut one) else {
+        assert!(!adoptable, "called adoptable, not adopted");
         return;
     };
     let mut merged = LinkGraph::new();
