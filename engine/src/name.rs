@@ -183,8 +183,6 @@ impl Interner {
 /// the locks saved).
 const INTERN_CHUNK: usize = 2048;
 
-impl Interner {}
-
 #[cfg(all(test, not(kiln_loom)))]
 mod tests {
     use super::*;

@@ -267,10 +267,11 @@ impl<T> HashedSet<T> {
 
     /// [`HashedSet::get_or_insert_with`] of each key, in order: for each
     /// `(hash, key)` the value for which `eq(value, &(hash, key))` holds,
-    /// inserting `make(&(hash, key))` first if there is none. Each shard's locks are taken
-    /// once for all its keys (twice if some are new), not once or twice a
-    /// key: reading many objects' names on several threads at once, the
-    /// locks' cache lines no longer bounce between them for every name.
+    /// inserting `make(&(hash, key))` first if there is none. Each shard's
+    /// locks are taken once for all its keys (twice if some are new), not
+    /// once or twice a key: reading many objects' names on several threads
+    /// at once, the locks' cache lines no longer bounce between them for
+    /// every name.
     pub(crate) fn get_or_insert_all<K>(
         &self,
         keys: &[(u64, K)],

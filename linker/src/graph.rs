@@ -1530,6 +1530,18 @@ pub(crate) mod tests {
         assert_eq!(g.globals.len(), 2);
     }
 
+    /// An x86-64 ELF object being written, with 64 bytes of `.text`.
+    pub(crate) fn object_with_text() -> (object::write::Object<'static>, object::write::SectionId) {
+        let mut o = object::write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.section_id(object::write::StandardSection::Text);
+        o.append_section_data(text, &[0xc3; 64], 16);
+        (o, text)
+    }
+
     /// An x86-64 object with a piece of everything the merge decides:
     /// global, hidden, weak and local functions, undefined (strong and
     /// weak) references, a COMMON, a thread-local, a COMDAT group (named
@@ -1538,13 +1550,7 @@ pub(crate) mod tests {
     pub(crate) fn rich_object(twice: usize) -> Vec<u8> {
         use object::write::{Comdat, Object, Relocation, StandardSection, SymbolSection};
         use object::{SymbolFlags, SymbolKind, SymbolScope};
-        let mut o = Object::new(
-            object::BinaryFormat::Elf,
-            object::Architecture::X86_64,
-            object::Endianness::Little,
-        );
-        let text = o.section_id(StandardSection::Text);
-        o.append_section_data(text, &[0xc3; 64], 16);
+        let (mut o, text) = object_with_text();
         let data = o.section_id(StandardSection::Data);
         o.append_section_data(data, &[1; 16], 8);
         let tdata = o.section_id(StandardSection::Tls);

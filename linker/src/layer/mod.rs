@@ -320,6 +320,13 @@ impl ObjectLayer {
             .map_err(|e| LinkError::engine(name, e))
     }
 
+    /// Reads object `bytes` (called `name` in errors) into `graph`, with
+    /// the layer's debugger and profiler options.
+    fn read_into(&self, graph: &mut LinkGraph, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
+        crate::debug::read_object(graph, name, bytes, &self.shared.options.debug)?;
+        Ok(())
+    }
+
     /// Adds the objects `objects` (name, bytes) to `dylib` as one unit,
     /// owned by `tracker` (default: the dylib's default tracker), called
     /// `name` in errors: they are linked together, as one image, when one
@@ -350,13 +357,6 @@ impl ObjectLayer {
         passes::check_duplicates(&mut read.graph)?;
         self.add_read_time(start.elapsed());
         self.add_read_graph(dylib, tracker, name, read)
-    }
-
-    /// Reads object `bytes` (called `name` in errors) into `graph`, with
-    /// the layer's debugger and profiler options.
-    fn read_into(&self, graph: &mut LinkGraph, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
-        crate::debug::read_object(graph, name, bytes, &self.shared.options.debug)?;
-        Ok(())
     }
 
     /// Adds an already-built graph (for example every input of a
@@ -1629,7 +1629,6 @@ pub(crate) fn when_all_complete(
     }
 }
 
-/// A panic's message, when its payload is a string.
 /// The graph's external references, each with its name interned in
 /// `session` (all at once).
 fn interned_externals(
@@ -1641,6 +1640,7 @@ fn interned_externals(
     ids.into_iter().zip(session.intern_all(texts)).collect()
 }
 
+/// A panic's message, when its payload is a string.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -1961,22 +1961,16 @@ impl Generator for ArchiveGenerator {
 
 #[cfg(test)]
 mod tests {
-    use object::write::{Object, StandardSection, Symbol, SymbolSection};
+    use object::write::{Symbol, SymbolSection};
     use object::{SymbolFlags as ObjFlags, SymbolKind, SymbolScope};
 
     use super::*;
-    use crate::graph::tests::rich_object;
+    use crate::graph::tests::{object_with_text, rich_object};
 
     /// An x86-64 object defining or referencing each `(name, defined,
     /// weak)`.
     fn object_with(symbols: &[(&str, bool, bool)]) -> Vec<u8> {
-        let mut o = Object::new(
-            object::BinaryFormat::Elf,
-            object::Architecture::X86_64,
-            object::Endianness::Little,
-        );
-        let text = o.section_id(StandardSection::Text);
-        o.append_section_data(text, &[0xc3; 64], 16);
+        let (mut o, text) = object_with_text();
         for (i, &(name, defined, weak)) in symbols.iter().enumerate() {
             o.add_symbol(Symbol {
                 name: name.as_bytes().to_vec(),
