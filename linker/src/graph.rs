@@ -1006,6 +1006,27 @@ impl LinkGraph {
         Some((owner, map))
     }
 
+    /// Every reference of live code or data to a symbol: `visit(from,
+    /// to, defined_in)` with the referencing object, the symbol, and the
+    /// object defining it (`None`: external, or defined by no object). For
+    /// the object layer's batches, which must tell which of their units a
+    /// missing or failed symbol reaches; one pass over every edge.
+    pub(crate) fn visit_references(
+        &self,
+        mut visit: impl FnMut(ObjectId, SymbolId, Option<ObjectId>),
+    ) {
+        for b in self.blocks.iter().filter(|b| b.live) {
+            let Some(from) = b.object else { continue };
+            for e in &b.edges {
+                let defined_in = match self.symbols.get(e.target.index()).map(|s| s.def) {
+                    Some(SymbolDef::Defined { block, .. }) => self.blocks[block.index()].object,
+                    _ => None,
+                };
+                visit(from, e.target, defined_in);
+            }
+        }
+    }
+
     /// A graph as one object's parse gives it, each COMDAT group named
     /// once: what [`LinkGraph::adopt`] can take as it is, but for a global
     /// name given twice.

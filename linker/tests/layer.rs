@@ -302,6 +302,51 @@ fn even_and_odd_work_and_caller_fails(j: &Jit, app: &Dylib) {
     );
 }
 
+/// `broken` links, but a byte of its data holds its own address: an
+/// 8-bit absolute relocation no image address fits.
+const OVERFLOWS: &str = "int broken(int x) { return x + 1; }\n\
+    __asm__(\".pushsection .data\\n.globl tiny\\ntiny: .byte broken\\n.popsection\");\n";
+
+#[test]
+fn a_batch_whose_object_cannot_be_fixed_up_fails_only_the_objects_that_reach_it() {
+    let _serial = serial();
+    let dir = scratch("batch-fixup");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    add_even_and_odd(&j, &app, &dir);
+    j.add_c(&app, None, &dir, "broken", OVERFLOWS).unwrap();
+    j.add_c(&app, None, &dir, "caller", CALLER).unwrap();
+    let err = app
+        .lookup_ready(&["is_even", "is_odd", "broken", "caller"])
+        .expect_err("broken cannot be fixed up");
+    assert!(err.to_string().contains("broken.o"), "{err}");
+    assert_eq!(j.layer.stats().1, 1, "the four objects as one image");
+    // What does not reach `broken` is Ready, as if linked alone.
+    assert_eq!(call(&j, &app, "is_even", 4), 1);
+    assert_eq!(call(&j, &app, "is_odd", 4), 0);
+    for name in ["broken", "tiny", "caller"] {
+        let err = j.function(&app, name).expect_err("fails with broken.o");
+        let chain = error_chain(&err);
+        assert!(
+            chain.contains("broken.o") && chain.contains("R_X86_64_8"),
+            "{name}: root cause missing: {chain}"
+        );
+    }
+    j.session.end();
+}
+
+/// An error and its sources, one line each.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push('\n');
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[test]
 fn a_batch_whose_external_failed_fails_only_the_objects_that_use_it() {
     let _serial = serial();

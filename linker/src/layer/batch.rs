@@ -355,7 +355,7 @@ struct References {
 /// One pass over the merged graph's references (only when some unit
 /// fails, or its lookup did).
 fn references(
-    prepared: &Prepared,
+    graph: &LinkGraph,
     members: &[Member],
     externals: &[(SymbolId, SymbolName)],
 ) -> References {
@@ -373,7 +373,7 @@ fn references(
     }
     let unit_of = |o: ObjectId| unit_of_object.get(o.index()).copied().flatten();
     let (mut units, mut externals) = (vec![Vec::new(); n], vec![Vec::new(); n]);
-    prepared.visit_references(|from, to, defined_in| {
+    graph.visit_references(|from, to, defined_in| {
         let Some(from) = unit_of(from) else { return };
         match defined_in {
             Some(o) => {
@@ -409,7 +409,7 @@ impl Batch {
     /// Asks each unit's externals on its own (after the union failed), then
     /// finishes with what each answered.
     fn ask_each(self) {
-        let refs = references(&self.prepared, &self.members, &self.externals);
+        let refs = references(self.prepared.graph(), &self.members, &self.externals);
         let session = self.layer.session.clone();
         let n = self.members.len();
         let wanted: Vec<LookupRequest> = refs
@@ -566,8 +566,8 @@ fn link_image(
     let placeholder = prepared.dso_handle();
     let missing = prepared.resolve_external_ids_or(&given, placeholder);
     prepared.mark_data_externals(data);
-    let refs = (!missing.is_empty() || answers.failed.iter().any(Option::is_some))
-        .then(|| references(&prepared, members, externals));
+    let mut refs = (!missing.is_empty() || answers.failed.iter().any(Option::is_some))
+        .then(|| references(prepared.graph(), members, externals));
     if let Some(refs) = &refs {
         fail_missing(members, externals, &missing, refs, answers);
     }
@@ -583,8 +583,18 @@ fn link_image(
     };
     let mut options = layer.shared.options.clone();
     options.symbol_table = false;
-    let (finalized, graph) =
-        passes::fix_up_and_finalize(prepared, &env, &options).map_err(link_error)?;
+    let ((finalized, graph), unfixed) =
+        passes::fix_up_and_finalize_apart(prepared, &env, &options).map_err(link_error)?;
+    if !unfixed.is_empty() {
+        fail_unfixed(members, unfixed, answers)?;
+        if refs.is_none() {
+            let Some(g) = graph.as_ref().or(finalized.graph.as_ref()) else {
+                let bug = LinkError::engine_bug("a batch's graph is gone after its fixup");
+                return Err(link_error(bug));
+            };
+            refs = Some(references(g, members, externals));
+        }
+    }
     let stats = finalized.stats;
     let finalized_at = Instant::now();
     let image = members[0].unit.layer_image(&name, finalized, dso, r)?;
@@ -595,6 +605,31 @@ fn link_image(
     );
     track_image(layer, r, image, times, &stats)?;
     Ok((refs, graph))
+}
+
+/// Each unit with an object whose blocks could not be fixed up (`unfixed`:
+/// the object and its first error) fails with that error — the error its
+/// own link would have given — unless it fails already. A block no unit
+/// owns (the linker's own) fails the whole image, as alone.
+fn fail_unfixed(
+    members: &[Member],
+    unfixed: passes::Unfixed,
+    answers: &mut Answers,
+) -> Result<(), Error> {
+    for (object, e) in unfixed {
+        let unit = object.and_then(|o| {
+            members
+                .iter()
+                .position(|m| (m.objects.0..m.objects.1).contains(&o.0))
+        });
+        match unit.and_then(|u| answers.failed.get_mut(u)) {
+            Some(failed) => {
+                failed.get_or_insert_with(|| link_error(e));
+            }
+            None => return Err(link_error(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Each unit that references a `missing` external fails with the error

@@ -28,6 +28,8 @@ pub(super) fn finalize(
         addrs,
         edge_count,
         started,
+        // Taken by `fix_up_and_finalize_apart`; the plain path fails on them.
+        failed_objects: _,
     } = fixed;
     let base = p.alloc.base();
     let mem = p.alloc.bytes_mut().ok_or_else(|| not_writable(env))?;

@@ -11,7 +11,9 @@ use super::edges;
 use super::got_plt::{GotKey, GotTable, SymOffsets};
 use super::{ImageEnv, LinkOptions, Prepared};
 use crate::error::LinkError;
-use crate::graph::{Block, Content, Edge, FxHashMap, LinkGraph, SectionRole, SymbolDef, SymbolId};
+use crate::graph::{
+    Block, Content, Edge, FxHashMap, LinkGraph, ObjectId, SectionRole, SymbolDef, SymbolId,
+};
 use crate::isa::Isa;
 use crate::runtime::tls::TlsModule;
 use kiln_arch::{Aarch64, EdgeTarget, RelocArch, X86_64};
@@ -20,9 +22,23 @@ use kiln_arch::{Aarch64, EdgeTarget, RelocArch, X86_64};
 /// few relocations (copying ~1 MB takes about as long as starting a task).
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
 
+/// What a block that cannot be fixed up does to the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BlockErrors {
+    /// Fails it (the first error found).
+    Fail,
+    /// Is recorded by object ([`Fixed::failed_objects`]); the other
+    /// blocks are fixed up.
+    Collect,
+}
+
 /// An image after fixup: what finalize needs.
 #[derive(Debug)]
 pub(super) struct Fixed {
+    /// With [`BlockErrors::Collect`]: each object some of whose blocks
+    /// could not be fixed up, with the first such error (`None`: a block
+    /// of no object, the linker's own).
+    pub(super) failed_objects: Vec<(Option<ObjectId>, LinkError)>,
     pub(super) prepared: Prepared,
     /// The image's TLS module (module id and thread-pointer offsets fixed).
     pub(super) tls_module: Option<TlsModule>,
@@ -39,6 +55,7 @@ pub(super) fn fix_up(
     mut p: Prepared,
     env: &ImageEnv,
     options: &LinkOptions,
+    block_errors: BlockErrors,
 ) -> Result<Fixed, LinkError> {
     let started = Instant::now();
     // The TLS module fixes module id and thread-pointer offset before fixup.
@@ -53,8 +70,18 @@ pub(super) fn fix_up(
     write_plt(&mut p)?;
     let tpoffs = tp_offsets(&p.graph, &addrs, tls)?;
     let edge_count: usize = p.graph.blocks.iter().map(|b| b.edges.len()).sum();
-    fix_blocks(&mut p, &addrs, &tpoffs, edge_count, env, options)?;
+    let failed = fix_blocks(
+        &mut p,
+        &addrs,
+        &tpoffs,
+        edge_count,
+        env,
+        options,
+        block_errors,
+    )?;
+    let failed_objects = by_object(&p.graph, failed);
     Ok(Fixed {
+        failed_objects,
         prepared: p,
         tls_module,
         addrs,
@@ -461,7 +488,8 @@ fn fix_blocks(
     edge_count: usize,
     env: &ImageEnv,
     options: &LinkOptions,
-) -> Result<(), LinkError> {
+    block_errors: BlockErrors,
+) -> Result<Vec<(usize, LinkError)>, LinkError> {
     let (places, total_bytes) = block_places(p);
     let got_base = p.got_base();
     let plt_base = p.plt_block.map_or(0, |b| p.graph.blocks[b.index()].addr);
@@ -478,14 +506,17 @@ fn fix_blocks(
         tpoffs,
         imaging: options.imaging,
     };
-    let run = |r: &mut Run<'_, '_>| ctx.copy_and_fix(r);
+    let run = |r: &mut Run<'_, '_>| ctx.copy_and_fix(r, block_errors);
     let parallel = edge_count >= options.parallel_threshold || total_bytes >= PARALLEL_COPY_BYTES;
-    let results: Vec<Result<(), LinkError>> = if parallel {
+    let results: Vec<Result<Vec<(usize, LinkError)>, LinkError>> = if parallel {
         runs.par_iter_mut().map(run).collect()
     } else {
         runs.iter_mut().map(run).collect()
     };
-    results.into_iter().collect::<Result<(), LinkError>>()?;
+    let mut failed = Vec::new();
+    for r in results {
+        failed.extend(r?);
+    }
     // A kept graph holds the relocated bytes.
     let relocated: Vec<(usize, Vec<u8>)> = if options.keep_graph {
         runs.iter()
@@ -504,7 +535,24 @@ fn fix_blocks(
     for (i, bytes) in relocated {
         p.graph.blocks[i].content = Content::Bytes(bytes);
     }
-    Ok(())
+    Ok(failed)
+}
+
+/// The first error of each object among the blocks that `failed` (block
+/// index, error), in block order.
+fn by_object(
+    g: &LinkGraph,
+    mut failed: Vec<(usize, LinkError)>,
+) -> Vec<(Option<ObjectId>, LinkError)> {
+    failed.sort_by_key(|(i, _)| *i);
+    let mut out: Vec<(Option<ObjectId>, LinkError)> = Vec::new();
+    for (i, e) in failed {
+        let object = g.blocks[i].object;
+        if !out.iter().any(|(o, _)| *o == object) {
+            out.push((object, e));
+        }
+    }
+    out
 }
 
 /// What fixing up one edge reads; shared by the parallel tasks.
@@ -521,15 +569,26 @@ pub(super) struct FixupCtx<'a> {
 }
 
 impl FixupCtx<'_> {
-    /// Copy a run's bytes into the image, then fix up each of its blocks.
-    fn copy_and_fix(&self, run: &mut Run<'_, '_>) -> Result<(), LinkError> {
+    /// Copy a run's bytes into the image, then fix up each of its blocks;
+    /// returns the blocks that could not be fixed up (with
+    /// [`BlockErrors::Collect`]; otherwise the first fails the run).
+    fn copy_and_fix(
+        &self,
+        run: &mut Run<'_, '_>,
+        block_errors: BlockErrors,
+    ) -> Result<Vec<(usize, LinkError)>, LinkError> {
         run.mem.copy_from_slice(run.src);
         let base = run.places[0].0;
+        let mut failed = Vec::new();
         for &(at, i) in run.places {
             let len = self.graph.blocks[i].content.len() as usize;
-            self.fix_placed(i, &mut run.mem[at - base..at - base + len])?;
+            match self.fix_placed(i, &mut run.mem[at - base..at - base + len]) {
+                Ok(()) => {}
+                Err(e) if block_errors == BlockErrors::Collect => failed.push((i, e)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Fix up block `i`, copied to `slot`, its place in the image.

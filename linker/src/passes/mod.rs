@@ -265,9 +265,27 @@ pub(crate) fn fix_up_and_finalize(
     options: &LinkOptions,
 ) -> Result<FinalizedKeeping, LinkError> {
     // 11. GOT, PLT and every live block, copied into memory and fixed up.
-    let fixed = fixup::fix_up(prepared, env, options)?;
+    let fixed = fixup::fix_up(prepared, env, options, fixup::BlockErrors::Fail)?;
     // 12. Unwind info, initializers, TLS image, protections, debuggers.
     finalize::finalize(fixed, env, options)
+}
+
+/// Objects some of whose blocks could not be fixed up, each with its first
+/// error (`None`: a block of no object, the linker's own).
+pub(crate) type Unfixed = Vec<(Option<crate::graph::ObjectId>, LinkError)>;
+
+/// [`fix_up_and_finalize`] of an image several units share (the object
+/// layer's batch): a block that cannot be fixed up does not fail the
+/// image; the first error of each object whose blocks failed is returned
+/// with it, for its unit to fail alone (its code never runs).
+pub(crate) fn fix_up_and_finalize_apart(
+    prepared: Prepared,
+    env: &ImageEnv,
+    options: &LinkOptions,
+) -> Result<(FinalizedKeeping, Unfixed), LinkError> {
+    let mut fixed = fixup::fix_up(prepared, env, options, fixup::BlockErrors::Collect)?;
+    let failed = std::mem::take(&mut fixed.failed_objects);
+    Ok((finalize::finalize(fixed, env, options)?, failed))
 }
 
 /// [`link_graph`]'s host: externals from a [`SymbolResolver`].

@@ -4,7 +4,7 @@
 //! them at Resolved go on).
 
 use super::{DefinedFlags, DefinedSymbol, Prepared};
-use crate::graph::{Linkage, ObjectId, Scope, SymbolDef, SymbolId};
+use crate::graph::{Linkage, Scope, SymbolDef, SymbolId};
 
 impl Prepared {
     /// Phase (a): the graph's own global symbols with final addresses.
@@ -25,28 +25,6 @@ impl Prepared {
                 })
             })
             .collect()
-    }
-
-    /// Every reference of live code or data to a symbol: `visit(from,
-    /// to, defined_in)` with the referencing object, the symbol, and the
-    /// object defining it (`None`: external, or defined by no object). For
-    /// the object layer's batches, which must tell which of their units a
-    /// missing or failed symbol reaches; one pass over every edge.
-    pub(crate) fn visit_references(
-        &self,
-        mut visit: impl FnMut(ObjectId, SymbolId, Option<ObjectId>),
-    ) {
-        let g = &self.graph;
-        for b in g.blocks.iter().filter(|b| b.live) {
-            let Some(from) = b.object else { continue };
-            for e in &b.edges {
-                let defined_in = match g.symbols.get(e.target.index()).map(|s| s.def) {
-                    Some(SymbolDef::Defined { block, .. }) => g.blocks[block.index()].object,
-                    _ => None,
-                };
-                visit(from, e.target, defined_in);
-            }
-        }
     }
 
     /// Phase (a), one symbol: the final address of global `id` if this graph
