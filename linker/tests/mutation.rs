@@ -136,6 +136,66 @@ fn twenty_thousand_object_mutants_link_or_fail_cleanly() {
     }
 }
 
+/// The global functions and data `bytes` defines.
+fn defined_names(bytes: &[u8]) -> Vec<String> {
+    use object::{Object as _, ObjectSymbol as _};
+    let file = object::File::parse(bytes).expect("an original object parses");
+    file.symbols()
+        .filter(|s| s.is_global() && s.is_definition())
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .collect()
+}
+
+/// The same mutants through a JIT: each object added alone (its unit reads
+/// what it offers from the parse; the two objects link as one batch when
+/// one lookup needs both), every name the originals define looked up
+/// Ready. Each lookup answers or fails with an error — never a panic, a
+/// crash or a hang.
+#[test]
+fn object_mutants_added_one_by_one_to_a_jit_link_or_fail_cleanly() {
+    use kiln_engine::{LookupSet, RequiredState, SearchOrder};
+    let objs = objects();
+    let names: Vec<Vec<String>> = objs.iter().map(|(_, b)| defined_names(b)).collect();
+    let mut rng = Rng(0x5eed_1234_abcd_0002);
+    let (mut linked, mut refused, mut failed) = (0usize, 0usize, 0usize);
+    const MUTANTS: usize = 5_000;
+    for n in 0..MUTANTS {
+        let which = n % 3;
+        let jit = kiln_linker::Jit::builder()
+            .dispatcher(kiln_engine::InPlaceDispatcher)
+            .build()
+            .expect("a JIT");
+        let mut wanted: Vec<&str> = names[which].iter().map(String::as_str).collect();
+        if which < 2 {
+            let other = &objs[1 - which];
+            jit.add_object_named(&other.0, &other.1)
+                .expect("the original adds");
+            wanted.extend(names[1 - which].iter().map(String::as_str));
+        }
+        let mutant = mutate(&mut rng, &objs[which].1);
+        let name = format!("mutant-{n}-{}", objs[which].0);
+        if let Err(e) = jit.add_object_named(&name, &mutant) {
+            assert!(!e.to_string().is_empty());
+            refused += 1;
+            continue;
+        }
+        let session = jit.session();
+        let set = LookupSet::weak(session.intern_all(wanted.iter().copied()));
+        let order = SearchOrder::new().with(jit.app(), kiln_engine::DylibLookup::All);
+        match session.lookup(&order, &set, RequiredState::Ready).wait() {
+            Ok(_) => linked += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                failed += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{MUTANTS} mutants added one by one: {refused} refused, {linked} linked, {failed} failed cleanly"
+    );
+    assert!(linked > 0 && failed > 0 && refused > 0);
+}
+
 #[test]
 fn mutated_archives_link_or_fail_cleanly() {
     let dir = scratch("mutation-ar");
