@@ -146,21 +146,40 @@ fn defined_names(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The same mutants through a JIT: each object added alone (its unit reads
-/// what it offers from the parse; the two objects link as one batch when
-/// one lookup needs both), every name the originals define looked up
-/// Ready. Each lookup answers or fails with an error — never a panic, a
-/// crash or a hang.
+/// Two objects that need each other and link as one batch (no weak
+/// definition, no initializer): code, data, a string, a libc call.
+fn batch_objects() -> Vec<(String, Vec<u8>)> {
+    let dir = scratch("mutation-batch");
+    let a = "#include <string.h>\nint b_twice(int);\nstatic const char msg[] = \"hello\";\n\
+             int counter = 3;\nint a_len(void) { return (int)strlen(msg); }\n\
+             int a_calls_b(int x) { return b_twice(x) + a_len(); }\n";
+    let b = "extern int counter;\nint a_len(void);\n\
+             int b_twice(int x) { return 2 * x + counter + a_len(); }\n";
+    [("batch_a", a, "-O2"), ("batch_b", b, "-O0")]
+        .into_iter()
+        .map(|(name, src, opt)| {
+            let o = compile_c_text(&dir, name, src, &[opt]);
+            (format!("{name}.o"), std::fs::read(o).expect("read object"))
+        })
+        .collect()
+}
+
+/// Mutants through a JIT: each object added alone (its unit reads what it
+/// offers from the parse) and every name the originals define looked up
+/// Ready — the two objects of [`batch_objects`] linked as one batch with
+/// the mutant, prog_b and the C++ object alone. Each answers or fails
+/// with an error — never a panic, a crash or a hang.
 #[test]
 fn object_mutants_added_one_by_one_to_a_jit_link_or_fail_cleanly() {
     use kiln_engine::{LookupSet, RequiredState, SearchOrder};
-    let objs = objects();
+    let mut objs = batch_objects();
+    objs.extend(objects().into_iter().skip(1));
     let names: Vec<Vec<String>> = objs.iter().map(|(_, b)| defined_names(b)).collect();
     let mut rng = Rng(0x5eed_1234_abcd_0002);
     let (mut linked, mut refused, mut failed) = (0usize, 0usize, 0usize);
     const MUTANTS: usize = 5_000;
     for n in 0..MUTANTS {
-        let which = n % 3;
+        let which = n % objs.len();
         let jit = kiln_linker::Jit::builder()
             .dispatcher(kiln_engine::InPlaceDispatcher)
             .build()
