@@ -617,10 +617,10 @@ fn fail_unfixed(
     answers: &mut Answers,
 ) -> Result<(), Error> {
     for (object, e) in unfixed {
+        // Members hold consecutive ranges of objects, in order.
         let unit = object.and_then(|o| {
-            members
-                .iter()
-                .position(|m| (m.objects.0..m.objects.1).contains(&o.0))
+            let u = members.partition_point(|m| m.objects.1 <= o.0);
+            members.get(u).filter(|m| m.objects.0 <= o.0).map(|_| u)
         });
         match unit.and_then(|u| answers.failed.get_mut(u)) {
             Some(failed) => {

@@ -538,21 +538,16 @@ fn fix_blocks(
     Ok(failed)
 }
 
-/// The first error of each object among the blocks that `failed` (block
-/// index, error), in block order.
-fn by_object(
-    g: &LinkGraph,
-    mut failed: Vec<(usize, LinkError)>,
-) -> Vec<(Option<ObjectId>, LinkError)> {
-    failed.sort_by_key(|(i, _)| *i);
-    let mut out: Vec<(Option<ObjectId>, LinkError)> = Vec::new();
-    for (i, e) in failed {
-        let object = g.blocks[i].object;
-        if !out.iter().any(|(o, _)| *o == object) {
-            out.push((object, e));
-        }
-    }
-    out
+/// The first error of each object (in block order) among the blocks that
+/// `failed` (block index, error), by object.
+fn by_object(g: &LinkGraph, failed: Vec<(usize, LinkError)>) -> Vec<(Option<ObjectId>, LinkError)> {
+    let mut failed: Vec<(Option<ObjectId>, usize, LinkError)> = failed
+        .into_iter()
+        .map(|(i, e)| (g.blocks[i].object, i, e))
+        .collect();
+    failed.sort_by_key(|&(o, i, _)| (o, i));
+    failed.dedup_by_key(|(o, _, _)| *o);
+    failed.into_iter().map(|(o, _, e)| (o, e)).collect()
 }
 
 /// What fixing up one edge reads; shared by the parallel tasks.
