@@ -260,20 +260,28 @@ fn objects_with_initializers_or_section_bounds_link_alone() {
     j.session.end();
 }
 
-#[test]
-fn a_batch_fails_only_the_objects_that_reach_a_missing_symbol() {
-    let _serial = serial();
-    let dir = scratch("batch-missing");
+/// even, odd, `broken` (the C source given) and caller added one by one
+/// to `app` of a new JIT, then looked up at once: the lookup fails (the
+/// error returned) and the four objects are one image.
+fn batch_with_broken(dir: &str, broken: &str) -> (Jit, Dylib, kiln_engine::Error) {
+    let dir = scratch(dir);
     let j = jit();
     let app = j.dylib("app", &[]);
     add_even_and_odd(&j, &app, &dir);
-    j.add_c(&app, None, &dir, "broken", BROKEN).unwrap();
+    j.add_c(&app, None, &dir, "broken", broken).unwrap();
     j.add_c(&app, None, &dir, "caller", CALLER).unwrap();
     let err = app
         .lookup_ready(&["is_even", "is_odd", "broken", "caller"])
         .expect_err("broken cannot link");
-    assert!(err.to_string().contains("gone"), "{err}");
     assert_eq!(j.layer.stats().1, 1, "the four objects as one image");
+    (j, app, err)
+}
+
+#[test]
+fn a_batch_fails_only_the_objects_that_reach_a_missing_symbol() {
+    let _serial = serial();
+    let (j, app, err) = batch_with_broken("batch-missing", BROKEN);
+    assert!(err.to_string().contains("gone"), "{err}");
     // What does not reach `gone` is Ready, as if linked alone.
     even_and_odd_work_and_caller_fails(&j, &app);
     let err = j.function(&app, "broken").expect_err("broken");
@@ -310,17 +318,8 @@ const OVERFLOWS: &str = "int broken(int x) { return x + 1; }\n\
 #[test]
 fn a_batch_whose_object_cannot_be_fixed_up_fails_only_the_objects_that_reach_it() {
     let _serial = serial();
-    let dir = scratch("batch-fixup");
-    let j = jit();
-    let app = j.dylib("app", &[]);
-    add_even_and_odd(&j, &app, &dir);
-    j.add_c(&app, None, &dir, "broken", OVERFLOWS).unwrap();
-    j.add_c(&app, None, &dir, "caller", CALLER).unwrap();
-    let err = app
-        .lookup_ready(&["is_even", "is_odd", "broken", "caller"])
-        .expect_err("broken cannot be fixed up");
+    let (j, app, err) = batch_with_broken("batch-fixup", OVERFLOWS);
     assert!(err.to_string().contains("broken.o"), "{err}");
-    assert_eq!(j.layer.stats().1, 1, "the four objects as one image");
     // What does not reach `broken` is Ready, as if linked alone.
     assert_eq!(call(&j, &app, "is_even", 4), 1);
     assert_eq!(call(&j, &app, "is_odd", 4), 0);
