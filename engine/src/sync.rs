@@ -250,18 +250,11 @@ impl<T> HashedSet<T> {
             }
             drop(read);
             let mut table = shard.write().unwrap_or_else(PoisonError::into_inner);
-            match table.entry(hash, eq, hash_of) {
-                hashbrown::hash_table::Entry::Occupied(o) => o.get().clone(),
-                hashbrown::hash_table::Entry::Vacant(v) => v.insert(make()).get().clone(),
-            }
+            entry(&mut table, hash, eq, make, hash_of)
         }
         #[cfg(any(kiln_loom, kiln_shuttle))]
         {
-            let mut table = self.inner.lock();
-            match table.entry(hash, eq, hash_of) {
-                hashbrown::hash_table::Entry::Occupied(o) => o.get().clone(),
-                hashbrown::hash_table::Entry::Vacant(v) => v.insert(make()).get().clone(),
-            }
+            entry(&mut self.inner.lock(), hash, eq, make, hash_of)
         }
     }
 
@@ -316,8 +309,9 @@ impl<T> HashedSet<T> {
                 let mut table = shard.write().unwrap_or_else(PoisonError::into_inner);
                 table.reserve(missing.len(), &hash_of);
                 for k in missing {
-                    found[k as usize] =
-                        Some(entry(&mut table, &keys[k as usize], &eq, &make, &hash_of));
+                    let key = &keys[k as usize];
+                    let value = entry(&mut table, key.0, |v| eq(v, key), || make(key), &hash_of);
+                    found[k as usize] = Some(value);
                 }
             }
         }
@@ -325,7 +319,13 @@ impl<T> HashedSet<T> {
         {
             let mut table = self.inner.lock();
             for (slot, key) in found.iter_mut().zip(keys) {
-                *slot = Some(entry(&mut table, key, &eq, &make, &hash_of));
+                *slot = Some(entry(
+                    &mut table,
+                    key.0,
+                    |v| eq(v, key),
+                    || make(key),
+                    &hash_of,
+                ));
             }
         }
         found
@@ -335,17 +335,18 @@ impl<T> HashedSet<T> {
     }
 }
 
-/// The value for `key` in `table`, inserted with `make` if there is none.
-fn entry<T: Clone, K>(
+/// The value with `hash` for which `eq` holds in `table`, inserted with
+/// `make` if there is none.
+fn entry<T: Clone>(
     table: &mut hashbrown::HashTable<T>,
-    key: &(u64, K),
-    eq: impl Fn(&T, &(u64, K)) -> bool,
-    make: impl Fn(&(u64, K)) -> T,
+    hash: u64,
+    eq: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
     hash_of: impl Fn(&T) -> u64,
 ) -> T {
-    match table.entry(key.0, |v| eq(v, key), hash_of) {
+    match table.entry(hash, eq, hash_of) {
         hashbrown::hash_table::Entry::Occupied(o) => o.get().clone(),
-        hashbrown::hash_table::Entry::Vacant(v) => v.insert(make(key)).get().clone(),
+        hashbrown::hash_table::Entry::Vacant(v) => v.insert(make()).get().clone(),
     }
 }
 

@@ -111,6 +111,12 @@ fn take_or_extend<T>(dst: &mut Vec<T>, src: Vec<T>) {
     }
 }
 
+/// The name at `start, len` of a graph's name arena
+/// ([`LinkGraph::unmerged_globals`]), if the range is in it.
+fn arena_name(arena: &str, start: u32, len: u32) -> Option<&str> {
+    arena.get(start as usize..(start as usize).checked_add(len as usize)?)
+}
+
 /// The hash [`GlobalMap`] uses for `name`.
 pub fn name_hash(name: &str) -> u64 {
     FxBuildHasher.hash_one(name)
@@ -962,7 +968,7 @@ impl LinkGraph {
         self.globals
             .reserve(other.unmerged_globals.len(), &other.symbols);
         for &(id, start, len, hash) in &other.unmerged_globals {
-            let Some(name) = other.name_arena.get(start as usize..(start + len) as usize) else {
+            let Some(name) = arena_name(&other.name_arena, start, len) else {
                 self.globals.0.clear();
                 return None;
             };
@@ -1048,9 +1054,7 @@ impl LinkGraph {
             return false;
         }
         let arena = &self.name_arena;
-        let name = |&(_, start, len, _): &(SymbolId, u32, u32, u64)| {
-            arena.get(start as usize..(start + len) as usize)
-        };
+        let name = |&(_, start, len, _): &(SymbolId, u32, u32, u64)| arena_name(arena, start, len);
         let mut seen: hashbrown::HashTable<u32> =
             hashbrown::HashTable::with_capacity(self.unmerged_globals.len());
         let globals = &self.unmerged_globals;
@@ -1080,10 +1084,7 @@ impl LinkGraph {
         self.unmerged_globals
             .iter()
             .filter_map(|&(id, start, len, _)| {
-                let name = self
-                    .name_arena
-                    .get(start as usize..(start + len) as usize)?;
-                Some((id, name))
+                Some((id, arena_name(&self.name_arena, start, len)?))
             })
     }
 
@@ -1239,8 +1240,7 @@ impl LinkGraph {
             }
             let object = s.object.unwrap_or(obj_base);
             let global = match global_name[i] {
-                Some((start, len, hash)) => arena
-                    .get(start as usize..start as usize + len as usize)
+                Some((start, len, hash)) => arena_name(&arena, start, len)
                     .map(|name| self.global_hashed(name, hash, object)),
                 // A global of a merged graph: its name moves here if new.
                 None if is_global[i] => s.name.take().map(|name| self.global_owned(name, object)),
@@ -1276,20 +1276,12 @@ impl LinkGraph {
     /// Of a graph parsed from one object: the globals it defines (not the
     /// ones it only references), with their names.
     pub(crate) fn unmerged_definitions(&self) -> impl Iterator<Item = (SymbolId, &str)> {
-        self.unmerged_globals
-            .iter()
-            .filter(|(id, _, _, _)| {
-                !matches!(
-                    self.symbols[id.index()].def,
-                    SymbolDef::External | SymbolDef::Discarded
-                )
-            })
-            .filter_map(|&(id, start, len, _)| {
-                let name = self
-                    .name_arena
-                    .get(start as usize..(start + len) as usize)?;
-                Some((id, name))
-            })
+        self.unmerged_globals().filter(|(id, _)| {
+            !matches!(
+                self.symbols[id.index()].def,
+                SymbolDef::External | SymbolDef::Discarded
+            )
+        })
     }
 
     /// Duplicate strong definitions seen so far, emptied.

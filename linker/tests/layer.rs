@@ -900,26 +900,40 @@ fn a_long_chain_of_units_links_without_nesting_one_in_another() {
     // that check removed code is no longer mapped.
     let _serial = serial();
     const UNITS: usize = 4000;
-    let objects: Vec<Vec<u8>> = (0..UNITS)
-        .map(|i| chain_object(i, i + 1 == UNITS))
-        .collect();
-    call_chain_on_a_pool_and_in_place(|layer, app| {
-        for (i, bytes) in objects.iter().enumerate() {
-            layer
-                .add_object(app, None, &format!("chain_{i}.o"), bytes)
-                .unwrap();
-        }
-    });
+    let objects = chain_objects(UNITS);
+    call_chain_on_a_pool_and_in_place(|layer, app| add_chain(layer, app, &objects));
+}
+
+/// A chain of `units` objects, each calling the next; the last returns 42.
+fn chain_objects(units: usize) -> Vec<Vec<u8>> {
+    (0..units)
+        .map(|i| chain_object(i, i + 1 == units))
+        .collect()
+}
+
+/// The chain's objects added to `app` one by one.
+fn add_chain(layer: &ObjectLayer, app: &Dylib, objects: &[Vec<u8>]) {
+    for (i, bytes) in objects.iter().enumerate() {
+        layer
+            .add_object(app, None, &format!("chain_{i}.o"), bytes)
+            .unwrap();
+    }
+}
+
+/// A session on a pool of `threads`, and one running tasks in place.
+fn pool_and_in_place(threads: usize) -> [Session; 2] {
+    [
+        Session::builder()
+            .dispatcher(WorkerPool::new(threads))
+            .build(),
+        Session::builder().dispatcher(InPlaceDispatcher).build(),
+    ]
 }
 
 /// On a pool of one thread, then in place: `add` puts a chain into `app`,
 /// and `chain_0`, Ready, returns 42.
 fn call_chain_on_a_pool_and_in_place(add: impl Fn(&ObjectLayer, &Dylib)) {
-    let sessions = [
-        Session::builder().dispatcher(WorkerPool::new(1)).build(),
-        Session::builder().dispatcher(InPlaceDispatcher).build(),
-    ];
-    for session in sessions {
+    for session in pool_and_in_place(1) {
         let layer = ObjectLayer::new(&session);
         let app = session.create_dylib("app").unwrap();
         add(&layer, &app);
@@ -942,21 +956,11 @@ fn call_chain_on_a_pool_and_in_place(add: impl Fn(&ObjectLayer, &Dylib)) {
 fn concurrent_lookups_of_objects_added_one_by_one_all_link_once() {
     let _serial = serial();
     const UNITS: usize = 300;
-    let objects: Vec<Vec<u8>> = (0..UNITS)
-        .map(|i| chain_object(i, i + 1 == UNITS))
-        .collect();
-    let sessions = [
-        Session::builder().dispatcher(WorkerPool::new(2)).build(),
-        Session::builder().dispatcher(InPlaceDispatcher).build(),
-    ];
-    for session in sessions {
+    let objects = chain_objects(UNITS);
+    for session in pool_and_in_place(2) {
         let layer = ObjectLayer::new(&session);
         let app = session.create_dylib("app").unwrap();
-        for (i, bytes) in objects.iter().enumerate() {
-            layer
-                .add_object(&app, None, &format!("chain_{i}.o"), bytes)
-                .unwrap();
-        }
+        add_chain(&layer, &app, &objects);
         std::thread::scope(|s| {
             for t in 0..4u64 {
                 let app = &app;

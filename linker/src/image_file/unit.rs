@@ -192,7 +192,7 @@ impl MaterializationUnit for ImageUnit {
             Ok(started) => started,
             Err(e) => return r.fail(e),
         };
-        crate::layer::when_all_complete(asked, move || {
+        crate::layer::when_all_complete(asked, move |_| {
             crate::layer::finish_unit(r, |r| Ok((self.bind_and_finish(mapped, r)?, ())));
         });
     }

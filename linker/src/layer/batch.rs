@@ -7,11 +7,12 @@
 //! ([`Responsibility::absorb`]): the image's symbols are resolved once and
 //! emitted once, as one group on every external — as an image of
 //! [`super::ObjectLayer::add_objects`] is. Yet each unit fails on its own
-//! when it references a symbol that is missing or failed, as if it had been
-//! linked alone: the responsibility is split back by unit
-//! ([`Responsibility::delegate`]), the units that reference a missing or
-//! failed symbol fail, and the others are emitted each on what it
-//! references — so the engine fails those that reach a failed unit, too. A
+//! when it references a symbol that is missing or failed, or when its code
+//! cannot be fixed up, as if it had been linked alone: the responsibility
+//! is split back by unit ([`Responsibility::delegate`]), those units fail
+//! with the error their own link would give, and the others are emitted
+//! each on what it references — so the engine fails those that reach a
+//! failed unit, too. A
 //! unit that fails runs no code (batched units have no initializers, and
 //! its symbols are never Ready); its bytes stay in the image until the
 //! tracker is removed.
@@ -22,7 +23,7 @@
 //! where the unit's own lookup would have found it. The others run alone,
 //! each in a task of its own, as they would without the batch.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_engine::unit::Batched;
@@ -300,13 +301,6 @@ struct Batch {
     prepared_at: Instant,
 }
 
-/// Each unit's own lookup of its externals, until the last answers.
-struct Join {
-    left: usize,
-    results: Vec<Option<kiln_engine::Result<SymbolMap>>>,
-    then: Option<(Batch, References)>,
-}
-
 /// What the session answered for a batch's externals.
 struct Answers {
     /// By external: its definition and the dylib it was found in.
@@ -410,54 +404,33 @@ impl Batch {
     /// finishes with what each answered.
     fn ask_each(self) {
         let refs = references(self.prepared.graph(), &self.members, &self.externals);
-        let session = self.layer.session.clone();
-        let n = self.members.len();
-        let wanted: Vec<LookupRequest> = refs
+        let session = &self.layer.session;
+        let lookups = refs
             .externals
             .iter()
             .map(|wanted| {
-                LookupRequest::new(
+                let request = LookupRequest::new(
                     self.order.clone(),
                     LookupSet::weak(wanted.iter().map(|&i| self.externals[i].1.clone())),
                     RequiredState::Resolved,
                 )
-                .kind(LookupKind::Static)
+                .kind(LookupKind::Static);
+                session.lookup_with(&request)
             })
             .collect();
         // The last answer finishes the batch.
-        let join = Arc::new(Mutex::new(Join {
-            left: n,
-            results: vec![None; n],
-            then: Some((self, refs)),
-        }));
-        for (unit, request) in wanted.iter().enumerate() {
-            let join = join.clone();
-            session.lookup_with(request).on_complete(move |found| {
-                let done = {
-                    let mut join = join.lock().unwrap_or_else(PoisonError::into_inner);
-                    join.results[unit] = Some(found);
-                    join.left -= 1;
-                    if join.left == 0 {
-                        join.then
-                            .take()
-                            .map(|then| (then, std::mem::take(&mut join.results)))
-                    } else {
-                        None
-                    }
-                };
-                if let Some(((batch, refs), results)) = done {
-                    let answers = batch.answers_of_each(&refs, results);
-                    batch.finish(answers);
-                }
-            });
-        }
+        super::when_all_complete(lookups, move |results| {
+            let answers = self.answers_of_each(&refs, results);
+            self.finish(answers);
+        });
     }
 
-    /// The answers of each unit's own lookup, put together.
+    /// The answers of each unit's own lookup (one result a unit, in
+    /// order), put together.
     fn answers_of_each(
         &self,
         refs: &References,
-        results: Vec<Option<kiln_engine::Result<SymbolMap>>>,
+        results: Vec<kiln_engine::Result<SymbolMap>>,
     ) -> Answers {
         let entries = self.order.entries();
         let mut answers = Answers {
@@ -466,7 +439,7 @@ impl Batch {
         };
         for (unit, result) in results.into_iter().enumerate() {
             match result {
-                Some(Ok(found)) => {
+                Ok(found) => {
                     for (&i, (name, def)) in refs.externals[unit].iter().zip(found.by_request()) {
                         let source = found.found_in(name).and_then(|s| entries.get(s));
                         if let (Some(def), Some((dylib, _))) = (def, source) {
@@ -474,12 +447,7 @@ impl Batch {
                         }
                     }
                 }
-                Some(Err(e)) => answers.failed[unit] = Some(e),
-                None => {
-                    answers.failed[unit] = Some(Error::msg(
-                        "the lookup of its externals completed without an answer (linker bug)",
-                    ))
-                }
+                Err(e) => answers.failed[unit] = Some(e),
             }
         }
         answers

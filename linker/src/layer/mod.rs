@@ -315,9 +315,7 @@ impl ObjectLayer {
         let graph = crate::debug::parse_object(name, bytes, &self.shared.options.debug)?;
         self.add_read_time(start.elapsed());
         let unit = self.unit_parsed(name, graph)?;
-        dylib
-            .define_boxed(Box::new(unit), tracker)
-            .map_err(|e| LinkError::engine(name, e))
+        define_unit(dylib, tracker, unit)
     }
 
     /// Reads object `bytes` (called `name` in errors) into `graph`, with
@@ -417,9 +415,7 @@ impl ObjectLayer {
             facts,
         } = read;
         let unit = self.unit_named(name, graph, names, facts)?;
-        dylib
-            .define_boxed(Box::new(unit), tracker)
-            .map_err(|e| LinkError::engine(name, e))
+        define_unit(dylib, tracker, unit)
     }
 
     /// The unit [`ObjectLayer::add_graph`] would define, not defined
@@ -519,33 +515,16 @@ impl ObjectLayer {
 
     /// [`ObjectLayer::offered_globals`] of a graph as one object's parse
     /// gave it ([`LinkGraph::adoptable`]), read before it is adopted: the
-    /// same globals, flags and answer. Adopting turns a definition in a
-    /// section not loaded into a plain reference (an external of default
-    /// scope), which offers nothing.
+    /// same globals, flags and answer.
     fn offered_parsed(&self, graph: &LinkGraph) -> OfferedGlobals {
         let mut globals = Vec::new();
         let mut flags = Vec::new();
         let mut joins = true;
         for (id, name) in graph.unmerged_globals() {
-            let s = &graph.symbols[id.index()];
-            let live = match s.def {
-                GraphDef::Defined { block, .. } => graph.blocks[block.index()].live,
-                GraphDef::External => {
-                    joins &= !batch::delimits_a_section(name) && s.scope != Scope::Local;
-                    continue;
-                }
-                GraphDef::Discarded => {
-                    joins &= !batch::delimits_a_section(name);
-                    continue;
-                }
-                _ => true,
-            };
-            joins &= s.scope != Scope::Local;
-            if !live || s.scope == Scope::Local {
-                continue;
+            if let Some(f) = offer(graph, id, name, &mut joins) {
+                globals.push((self.session.intern(name), id));
+                flags.push(f);
             }
-            globals.push((self.session.intern(name), id));
-            flags.push(flags_of(s.scope, s.linkage, s.callable));
         }
         (globals, flags, joins)
     }
@@ -577,24 +556,17 @@ impl ObjectLayer {
             if !is_global[i] {
                 continue;
             }
-            let live = match s.def {
-                GraphDef::Defined { block, .. } => graph.blocks[block.index()].live,
-                GraphDef::External => {
-                    joins &= !batch::delimits_a_section(s.name.as_deref().unwrap_or_default());
-                    false
-                }
-                _ => true,
-            };
-            joins &= s.scope != Scope::Local;
-            if !live || s.scope == Scope::Local {
+            let id = SymbolId(i as u32);
+            let text = s.name.as_deref().unwrap_or_default();
+            let Some(f) = offer(graph, id, text, &mut joins) else {
                 continue;
-            }
+            };
             let name = match names.get_mut(i).and_then(Option::take) {
                 Some(name) => name,
-                None => self.session.intern(s.name.as_deref().unwrap_or_default()),
+                None => self.session.intern(text),
             };
-            globals.push((name, SymbolId(i as u32)));
-            flags.push(flags_of(s.scope, s.linkage, s.callable));
+            globals.push((name, id));
+            flags.push(f);
         }
         (globals, flags, joins)
     }
@@ -1138,6 +1110,29 @@ fn flags_of(scope: Scope, linkage: Linkage, callable: bool) -> SymbolFlags {
     flags
 }
 
+/// The flags a unit offers global `id` (named `name`) of `graph` with, or
+/// `None`: an external, a dead definition, one of local scope — or a
+/// definition in a section not loaded, which adopting a parsed graph makes
+/// a plain reference (of default scope). Clears `joins` where the symbol
+/// keeps the unit out of batches ([`batch::joins_batches`]).
+fn offer(graph: &LinkGraph, id: SymbolId, name: &str, joins: &mut bool) -> Option<SymbolFlags> {
+    let s = &graph.symbols[id.index()];
+    let live = match s.def {
+        GraphDef::Defined { block, .. } => graph.blocks[block.index()].live,
+        GraphDef::Discarded => {
+            *joins &= !batch::delimits_a_section(name);
+            return None;
+        }
+        GraphDef::External => {
+            *joins &= !batch::delimits_a_section(name);
+            false
+        }
+        _ => true,
+    };
+    *joins &= s.scope != Scope::Local;
+    (live && s.scope != Scope::Local).then(|| flags_of(s.scope, s.linkage, s.callable))
+}
+
 /// What a unit offers: its globals (name, id in its graph), their flags,
 /// and whether they let it join a batch.
 type OfferedGlobals = (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>, bool);
@@ -1149,6 +1144,18 @@ enum UnitInput {
     Graph(Box<LinkGraph>),
     Parsed(Box<LinkGraph>),
     Early(Arc<EarlyPrepare>),
+}
+
+/// Defines `unit` in `dylib`, owned by `tracker`; an error names the unit.
+fn define_unit(
+    dylib: &Dylib,
+    tracker: Option<&ResourceTracker>,
+    unit: ObjectUnit,
+) -> Result<(), LinkError> {
+    let name = unit.name.clone();
+    dylib
+        .define_boxed(Box::new(unit), tracker)
+        .map_err(|e| LinkError::engine(&name, e))
 }
 
 /// One object's `graph` as its parse gave it, adopted by an empty graph:
@@ -1602,28 +1609,47 @@ pub(crate) fn finish_unit<T>(
     }
 }
 
-/// Calls `then` once every lookup of `lookups` has completed, whatever its
-/// result: in the task of the last one to complete, or here if all have.
+/// Calls `then` with the results of `lookups`, in their order, once every
+/// one has completed: in the task of the last one to complete, or here if
+/// all have.
 pub(crate) fn when_all_complete(
     lookups: Vec<kiln_engine::Lookup>,
-    then: impl FnOnce() + Send + 'static,
+    then: impl FnOnce(Vec<kiln_engine::Result<kiln_engine::SymbolMap>>) + Send + 'static,
 ) {
-    type Then = Box<dyn FnOnce() + Send>;
-    if lookups.is_empty() {
-        return then();
+    type Then = Box<dyn FnOnce(Vec<kiln_engine::Result<kiln_engine::SymbolMap>>) + Send>;
+    /// The results so far, how many are still to come, and what runs
+    /// after the last.
+    struct Join {
+        results: Vec<Option<kiln_engine::Result<kiln_engine::SymbolMap>>>,
+        left: usize,
+        then: Option<Then>,
     }
-    let join: Arc<(std::sync::atomic::AtomicUsize, Mutex<Option<Then>>)> = Arc::new((
-        std::sync::atomic::AtomicUsize::new(lookups.len()),
-        Mutex::new(Some(Box::new(then))),
-    ));
-    for lookup in lookups {
+    if lookups.is_empty() {
+        return then(Vec::new());
+    }
+    let join = Arc::new(Mutex::new(Join {
+        results: (0..lookups.len()).map(|_| None).collect(),
+        left: lookups.len(),
+        then: Some(Box::new(then)),
+    }));
+    for (i, lookup) in lookups.into_iter().enumerate() {
         let join = join.clone();
-        lookup.on_complete(move |_| {
-            if join.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-                let then = join.1.lock().unwrap_or_else(PoisonError::into_inner).take();
-                if let Some(then) = then {
-                    then();
+        lookup.on_complete(move |found| {
+            let done = {
+                let mut join = join.lock().unwrap_or_else(PoisonError::into_inner);
+                join.results[i] = Some(found);
+                join.left -= 1;
+                if join.left == 0 {
+                    join.then
+                        .take()
+                        .map(|then| (then, std::mem::take(&mut join.results)))
+                } else {
+                    None
                 }
+            };
+            if let Some((then, results)) = done {
+                // Every slot was filled before `left` reached zero.
+                then(results.into_iter().flatten().collect());
             }
         });
     }
