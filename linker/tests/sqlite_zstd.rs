@@ -250,7 +250,8 @@ fn zstd_added_object_by_object_round_trips_in_process() {
     assert_eq!(is_error(n), 0, "ZSTD_compress failed: {n}");
     assert!(n < input.len() / 4, "{n} bytes from {}", input.len());
     let mut out = vec![0u8; input.len()];
-    // SAFETY: as above.
+    // SAFETY: `out` is valid for `out.len()` bytes; `packed` holds the `n`
+    // bytes `ZSTD_compress` wrote.
     let m = unsafe { decompress(out.as_mut_ptr(), out.len(), packed.as_ptr(), n) };
     assert_eq!(is_error(m), 0, "ZSTD_decompress failed: {m}");
     assert!(out[..m] == input[..], "the round trip changed the data");
