@@ -806,10 +806,37 @@ impl<'d> Reader<'_, 'd> {
         if local || name.is_empty() {
             return Ok(Some(self.graph.add_symbol(symbol)));
         }
+        self.check_tls_agrees(&symbol, name)?;
         // Named at merge time, from the object's name arena.
         let id = self.graph.add_symbol(symbol);
         self.graph.push_unmerged_global(id, name);
         Ok(Some(id))
+    }
+
+    /// A global defined in a thread-local section is `STT_TLS`, and one of
+    /// type `STT_TLS` is defined in such a section: its address is a TLS
+    /// offset exactly when it is thread-local, for the image's own
+    /// references and the engine's alike (assemblers type every symbol of
+    /// a TLS section so).
+    fn check_tls_agrees(&self, symbol: &Symbol, name: &str) -> Result<(), LinkError> {
+        let SymbolDef::Defined { block, .. } = symbol.def else {
+            return Ok(());
+        };
+        let block = &self.graph.blocks[block.index()];
+        let role = self.graph.sections[block.section.index()].role;
+        let in_tls = matches!(role, SectionRole::TlsData | SectionRole::TlsBss);
+        if in_tls == symbol.tls {
+            return Ok(());
+        }
+        let (what, section) = if symbol.tls {
+            ("thread-local", "a section that is not (no SHF_TLS)")
+        } else {
+            ("not thread-local (not STT_TLS)", "a thread-local section")
+        };
+        Err(self.err(format!(
+            "symbol `{name}` is {what} but defined in {section}: {}",
+            block.input_section
+        )))
     }
 
     /// What symbol `sym` (`index`, called `name`), defined in a section,

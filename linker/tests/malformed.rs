@@ -125,3 +125,44 @@ fn eh_frame_ending_off_the_next_object_s_alignment_leaves_no_hole() {
     objs.extend(good_objects());
     link(&objs).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A global's type and its section disagree on being thread-local: its
+/// address would be a TLS offset for some references and a place in the
+/// image for others (a batch of JIT units and the units linked alone
+/// answered differently).
+#[test]
+fn a_thread_local_global_outside_a_tls_section_is_an_error() {
+    assert_blames(
+        "tls_in_data",
+        ".data\n.globl y\n.type y, @tls_object\ny: .long 2\n",
+        &["`y`", "thread-local", ".data"],
+    );
+}
+
+#[test]
+fn a_global_that_is_not_thread_local_in_a_tls_section_is_an_error() {
+    // Assemblers type every symbol of a TLS section STT_TLS: `.data` is
+    // made thread-local after assembly instead, by its SHF_TLS flag.
+    let path = asm_object("data_made_tls", ".data\n.globl counter\ncounter: .long 3\n");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let index = {
+        use object::{Object as _, ObjectSection as _};
+        let file = object::File::parse(&*bytes).unwrap();
+        file.section_by_name(".data").unwrap().index().0
+    };
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let shoff = u64_at(&bytes, 0x28) as usize;
+    let shentsize = u16::from_le_bytes([bytes[0x3a], bytes[0x3b]]) as usize;
+    let flags_at = shoff + index * shentsize + 8;
+    let flags = u64_at(&bytes, flags_at) | object::elf::SHF_TLS.0;
+    bytes[flags_at..flags_at + 8].copy_from_slice(&flags.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let mut objs = good_objects();
+    objs.push(path);
+    let err = link(&objs).expect_err("a TLS section's untyped global links");
+    let msg = err.to_string();
+    assert!(matches!(err, LinkError::Malformed { .. }), "{err:?}");
+    for needle in ["data_made_tls.o", "`counter`", "not thread-local", ".data"] {
+        assert!(msg.contains(needle), "no `{needle}` in: {msg}");
+    }
+}

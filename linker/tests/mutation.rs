@@ -215,6 +215,68 @@ fn object_mutants_added_one_by_one_to_a_jit_link_or_fail_cleanly() {
     assert!(linked > 0 && failed > 0 && refused > 0);
 }
 
+/// Which of `names` are Ready in `jit`'s app, asked one by one — after
+/// `together`, all at once first (one lookup starts every unit: a batch).
+fn ready_names(jit: &kiln_linker::Jit, names: &[&str], together: bool) -> Vec<bool> {
+    use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
+    let session = jit.session();
+    let order = SearchOrder::new().with(jit.app(), DylibLookup::All);
+    let ask = |names: &[&str]| {
+        let set = LookupSet::weak(session.intern_all(names.iter().copied()));
+        session.lookup(&order, &set, RequiredState::Ready).wait()
+    };
+    if together {
+        let _ = ask(names);
+    }
+    names.iter().map(|n| ask(&[n]).is_ok()).collect()
+}
+
+/// The answer never depends on batching: the batch pair with one mutant,
+/// linked as one batch and each object alone (one lookup a name), makes
+/// the same names Ready and fails the same others.
+#[test]
+fn object_mutants_in_a_batch_answer_as_when_linked_alone() {
+    let objs = batch_objects();
+    let names: Vec<Vec<String>> = objs.iter().map(|(_, b)| defined_names(b)).collect();
+    let wanted: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+    let mut rng = Rng(0x5eed_1234_abcd_0003);
+    let (mut compared, mut differed) = (0usize, Vec::new());
+    const MUTANTS: usize = 2_000;
+    for n in 0..MUTANTS {
+        let which = n % 2;
+        let mutant = mutate(&mut rng, &objs[which].1);
+        let name = format!("mutant-{n}-{}", objs[which].0);
+        let mut answers = Vec::new();
+        for together in [true, false] {
+            let jit = kiln_linker::Jit::builder()
+                .dispatcher(kiln_engine::InPlaceDispatcher)
+                .build()
+                .expect("a JIT");
+            let other = &objs[1 - which];
+            jit.add_object_named(&other.0, &other.1)
+                .expect("the original adds");
+            if jit.add_object_named(&name, &mutant).is_err() {
+                break;
+            }
+            answers.push(ready_names(&jit, &wanted, together));
+        }
+        if let [batched, alone] = &answers[..] {
+            compared += 1;
+            if batched != alone {
+                differed.push((n, batched.clone(), alone.clone()));
+            }
+        }
+    }
+    eprintln!("{compared} of {MUTANTS} mutants linked both ways");
+    assert!(compared > MUTANTS / 4, "too few mutants added: {compared}");
+    assert!(
+        differed.is_empty(),
+        "{} mutants answer differently in a batch (mutant, batched, alone; names {wanted:?}): {:?}",
+        differed.len(),
+        &differed[..differed.len().min(5)]
+    );
+}
+
 #[test]
 fn mutated_archives_link_or_fail_cleanly() {
     let dir = scratch("mutation-ar");
