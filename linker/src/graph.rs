@@ -720,7 +720,7 @@ impl LinkGraph {
             Some((obj, isa)) => Err(crate::LinkError::malformed(
                 self.object_name(Some(obj)),
                 format!(
-                    "a {isa} object cannot be linked with {} objects",
+                    "an object for {isa} cannot be linked with objects for {}",
                     self.isa()
                 ),
             )),

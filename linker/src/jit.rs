@@ -301,9 +301,10 @@ impl Jit {
         JitBuilder::default()
     }
 
-    /// Adds a relocatable object (read from `bytes`, which are copied as
-    /// needed and not kept). It is linked when one of its symbols is first
-    /// looked up — by [`Jit::get`] or by another object's link.
+    /// Adds a relocatable object (read from `bytes`, which are copied once
+    /// and the copy kept until it is linked). It is linked when one of its
+    /// symbols is first looked up — by [`Jit::get`] or by another object's
+    /// link.
     pub fn add_object(&self, bytes: &[u8]) -> Result<(), JitError> {
         self.add_object_named(&self.inner.next_name(), bytes)
     }

@@ -281,7 +281,8 @@ fn in_process_linking_refuses_aarch64_objects() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{}", show(&o));
     assert!(
-        err.contains("b.o") && err.contains("x86-64 object cannot be linked with aarch64 objects"),
+        err.contains("b.o")
+            && err.contains("an object for x86-64 cannot be linked with objects for aarch64"),
         "{}",
         show(&o)
     );

@@ -262,8 +262,10 @@ fn objects_with_initializers_or_section_bounds_link_alone() {
 
 /// even, odd, `broken` (the C source given) and caller added one by one
 /// to `app` of a new JIT, then looked up at once: the lookup fails (the
-/// error returned) and the four objects are one image.
-fn batch_with_broken(dir: &str, broken: &str) -> (Jit, Dylib, kiln_engine::Error) {
+/// error returned) and the four objects are `images` images (one: linked
+/// as one; two: even's and odd's, when the batch's image failed as a
+/// whole and each was linked alone).
+fn batch_with_broken(dir: &str, broken: &str, images: usize) -> (Jit, Dylib, kiln_engine::Error) {
     let dir = scratch(dir);
     let j = jit();
     let app = j.dylib("app", &[]);
@@ -273,14 +275,14 @@ fn batch_with_broken(dir: &str, broken: &str) -> (Jit, Dylib, kiln_engine::Error
     let err = app
         .lookup_ready(&["is_even", "is_odd", "broken", "caller"])
         .expect_err("broken cannot link");
-    assert_eq!(j.layer.stats().1, 1, "the four objects as one image");
+    assert_eq!(j.layer.stats().1, images);
     (j, app, err)
 }
 
 #[test]
 fn a_batch_fails_only_the_objects_that_reach_a_missing_symbol() {
     let _serial = serial();
-    let (j, app, err) = batch_with_broken("batch-missing", BROKEN);
+    let (j, app, err) = batch_with_broken("batch-missing", BROKEN, 1);
     assert!(err.to_string().contains("gone"), "{err}");
     // What does not reach `gone` is Ready, as if linked alone.
     even_and_odd_work_and_caller_fails(&j, &app);
@@ -318,7 +320,7 @@ const OVERFLOWS: &str = "int broken(int x) { return x + 1; }\n\
 #[test]
 fn a_batch_whose_object_cannot_be_fixed_up_fails_only_the_objects_that_reach_it() {
     let _serial = serial();
-    let (j, app, err) = batch_with_broken("batch-fixup", OVERFLOWS);
+    let (j, app, err) = batch_with_broken("batch-fixup", OVERFLOWS, 1);
     assert!(err.to_string().contains("broken.o"), "{err}");
     // What does not reach `broken` is Ready, as if linked alone.
     assert_eq!(call(&j, &app, "is_even", 4), 1);
@@ -331,6 +333,89 @@ fn a_batch_whose_object_cannot_be_fixed_up_fails_only_the_objects_that_reach_it(
             "{name}: root cause missing: {chain}"
         );
     }
+    j.session.end();
+}
+
+/// `f(x)` returns `x * 10 + v` through a local function in COMDAT group
+/// `grp` (no global in it, so nothing makes the two copies one name).
+fn comdat_object(f: &str, v: i32) -> String {
+    format!(
+        "__asm__(\".section .text.grp,\\\"axG\\\",@progbits,grp,comdat\\n\"\n\
+         \"grp_{v}: movl ${v}, %eax\\n ret\\n .text\");\n\
+         int grp_{v}(void);\nint {f}(int x) {{ return x * 10 + grp_{v}(); }}\n"
+    )
+}
+
+/// Two objects with their own copy of COMDAT group `grp`, linked alone,
+/// each call their own copy. A batch keeps one copy of a group for the
+/// image: the other object's calls would reach a discarded copy. The
+/// answer must not depend on whether one lookup started both.
+#[test]
+fn objects_with_the_same_comdat_group_each_keep_their_copy_in_a_batch() {
+    let _serial = serial();
+    let dir = scratch("batch-comdat");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    j.add_c(&app, None, &dir, "ga", &comdat_object("ga", 1))
+        .unwrap();
+    j.add_c(&app, None, &dir, "gb", &comdat_object("gb", 2))
+        .unwrap();
+    app.lookup_ready(&["ga", "gb"]).unwrap();
+    assert_eq!(call(&j, &app, "ga", 3), 31);
+    assert_eq!(call(&j, &app, "gb", 3), 32);
+    j.session.end();
+}
+
+/// `broken` reserves 64 GiB of zeros: no JIT memory holds it, alone or
+/// with others. The objects batched with it get their memory, as alone.
+const TOO_LARGE: &str = "char huge[1L << 36];\nint broken(int x) { return huge[x]; }\n";
+
+#[test]
+fn a_batch_with_an_object_too_large_for_memory_fails_only_that_object() {
+    let _serial = serial();
+    let (j, app, err) = batch_with_broken("batch-memory", TOO_LARGE, 2);
+    assert!(err.to_string().contains("broken.o"), "{err}");
+    assert_eq!(call(&j, &app, "is_even", 4), 1);
+    assert_eq!(call(&j, &app, "is_odd", 4), 0);
+    for name in ["broken", "caller"] {
+        let err = j.function(&app, name).expect_err("fails with broken.o");
+        let chain = error_chain(&err);
+        assert!(
+            chain.contains("broken.o section .bss"),
+            "{name}: root cause missing: {chain}"
+        );
+    }
+    j.session.end();
+}
+
+/// `broken` is an aarch64 object: in-process linking is the host's ISA
+/// only. It fails alone; the x86-64 objects one lookup started with it
+/// link, as alone.
+#[test]
+fn a_batch_with_an_object_of_another_isa_fails_only_that_object() {
+    let _serial = serial();
+    assert!(common::need_tool("aarch64-linux-gnu-gcc"));
+    let dir = scratch("batch-isa");
+    let j = jit();
+    let app = j.dylib("app", &[]);
+    add_even_and_odd(&j, &app, &dir);
+    let src = dir.join("a64.c");
+    std::fs::write(&src, "int broken(int x) { return x + 1; }\n").unwrap();
+    let o = common::compile(
+        "aarch64-linux-gnu-gcc",
+        &src,
+        &["-O1"],
+        &[],
+        &dir.join("a64.o"),
+    );
+    let bytes = std::fs::read(o).unwrap();
+    j.layer.add_object(&app, None, "a64.o", &bytes).unwrap();
+    let err = app
+        .lookup_ready(&["is_even", "is_odd", "broken"])
+        .expect_err("an aarch64 object runs here");
+    assert!(err.to_string().contains("a64.o"), "{err}");
+    assert_eq!(call(&j, &app, "is_even", 4), 1);
+    assert_eq!(call(&j, &app, "is_odd", 4), 0);
     j.session.end();
 }
 

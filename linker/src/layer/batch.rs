@@ -12,10 +12,14 @@
 //! is split back by unit ([`Responsibility::delegate`]), those units fail
 //! with the error their own link would give, and the others are emitted
 //! each on what it references — so the engine fails those that reach a
-//! failed unit, too. A
-//! unit that fails runs no code (batched units have no initializers, and
-//! its symbols are never Ready); its bytes stay in the image until the
-//! tracker is removed.
+//! failed unit, too. A unit that fails runs no code (batched units have no
+//! initializers, and its symbols are never Ready); its bytes stay in the
+//! image until the tracker is removed. When the image as a whole cannot be
+//! linked (steps 1–8: a COMDAT group two units carry, an object of another
+//! ISA, memory for all at once; later, its memory or a block of the
+//! linker's own), each unit is linked again alone from its object's bytes
+//! ([`link_each_alone`]): the answer never depends on whether one lookup
+//! started the units together.
 //!
 //! Only units that link the same together as apart join
 //! ([`joins_batches`]), in a dylib that looks in itself first for every
@@ -136,17 +140,27 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
             return;
         }
     };
-    let start = passes::Start::Graph {
-        graph: Box::new(graph),
-        roots: &Roots::All,
-        below_2gib: layer.below_2gib(),
+    let options = &layer.shared.options;
+    let prepared = match passes::prepare(graph, &Roots::All, options.imaging, layer.below_2gib()) {
+        Ok(prepared) => prepared,
+        // The image as a whole cannot be laid out (one unit's COMDAT copy
+        // replaced by another's, memory for all at once): which unit fails
+        // is for its own link to say.
+        Err(_) => {
+            let alone = members.into_iter().map(|m| {
+                let names = m.globals.into_iter().map(|(n, _)| n).collect();
+                (m.unit, names)
+            });
+            return link_each_alone(r, alone.collect());
+        }
     };
     let mut host = BatchHost {
         r: &r,
         members: &mut members,
         defs: Vec::new(),
     };
-    let prepared = match passes::before_externals(start, &mut host, &layer.shared.options) {
+    let start = passes::Start::Prepared(Box::new(prepared));
+    let prepared = match passes::before_externals(start, &mut host, options) {
         Ok(prepared) => prepared,
         Err(e) => return r.fail(e),
     };
@@ -492,12 +506,43 @@ impl Batch {
                 emit_apart(r, members, defs, &externals, answers, &refs);
                 drop(graph);
             }
-            Ok(Err(e)) => r.fail(e),
+            // The image as a whole failed (its memory, a block of the
+            // linker's own): each unit is linked alone, as without the
+            // batch.
+            Ok(Err(_)) => {
+                let alone = members.into_iter().map(|m| {
+                    let names = defs[m.defs.0..m.defs.1].iter().map(|(n, _)| n.clone());
+                    (m.unit, names.collect())
+                });
+                link_each_alone(r, alone.collect());
+            }
             Err(panic) => {
                 let unit = Arc::from(r.unit_name());
                 let message = panic_message(&*panic);
                 r.fail(Error::Panicked { unit, message });
             }
+        }
+    }
+}
+
+/// Each unit of a batch whose image could not be linked as a whole,
+/// linked alone from its source under its part of `r` (`units`: each
+/// with the names it offered): each gets the answer its own link gives,
+/// never an error of another unit's or of the batch's.
+fn link_each_alone(mut r: Responsibility, units: Vec<(Box<ObjectUnit>, Vec<SymbolName>)>) {
+    let mut alone = Vec::with_capacity(units.len());
+    for (unit, names) in units {
+        match r.delegate(&names) {
+            Ok(unit_r) => alone.push((unit, unit_r)),
+            Err(e) => return r.fail(e),
+        }
+    }
+    // Owes nothing now.
+    let _ = r.emit(Vec::new());
+    for (unit, unit_r) in alone {
+        match unit.again_alone() {
+            Ok(unit) => unit.materialize(unit_r),
+            Err(e) => unit_r.fail(link_error(e)),
         }
     }
 }

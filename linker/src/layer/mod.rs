@@ -38,7 +38,7 @@ use kiln_engine::{
 use crate::archive::Archive;
 use crate::error::LinkError;
 use crate::graph::{
-    FxHashMap, LinkGraph, Linkage, Scope, SectionRole, SymbolDef as GraphDef, SymbolId,
+    FxHashMap, InputBytes, LinkGraph, Linkage, Scope, SectionRole, SymbolDef as GraphDef, SymbolId,
 };
 use crate::host::HostSymbols;
 use crate::image::{EdgeFacts, LinkedImage, ReadGraph};
@@ -303,7 +303,9 @@ impl ObjectLayer {
     }
 
     /// Adds the object `bytes` (called `name` in errors) to `dylib`, owned by
-    /// `tracker` (default: the dylib's default tracker).
+    /// `tracker` (default: the dylib's default tracker). The bytes are
+    /// copied once, whole, and the copy is kept until the object is linked
+    /// (as ORC's object layer keeps an object's buffer).
     pub fn add_object(
         &self,
         dylib: &Dylib,
@@ -312,9 +314,13 @@ impl ObjectLayer {
         bytes: &[u8],
     ) -> Result<(), LinkError> {
         let start = Instant::now();
-        let graph = crate::debug::parse_object(name, bytes, &self.shared.options.debug)?;
+        // Copied once, whole: the blocks are ranges of it, and a unit that
+        // joins a batch keeps it, to be linked again alone if the batch
+        // cannot be linked as a whole.
+        let file: InputBytes = Arc::new(bytes.to_vec().into());
+        let graph = crate::elf::parse_object_shared(name, &file)?;
         self.add_read_time(start.elapsed());
-        let unit = self.unit_parsed(name, graph)?;
+        let unit = self.unit_parsed(name, graph, file)?;
         define_unit(dylib, tracker, unit)
     }
 
@@ -414,7 +420,7 @@ impl ObjectLayer {
             names,
             facts,
         } = read;
-        let unit = self.unit_named(name, graph, names, facts)?;
+        let unit = self.unit_named(name, graph, names, facts, None)?;
         define_unit(dylib, tracker, unit)
     }
 
@@ -428,15 +434,18 @@ impl ObjectLayer {
         graph: LinkGraph,
     ) -> Result<impl MaterializationUnit + use<>, LinkError> {
         let facts = EdgeFacts::of(&graph);
-        self.unit_named(name, graph, Vec::new(), facts)
+        self.unit_named(name, graph, Vec::new(), facts, None)
     }
 
+    /// `source`: the object the graph was read from, if it is one object's
+    /// (a batch it joins can link it again alone).
     fn unit_named(
         &self,
         name: &str,
         mut graph: LinkGraph,
         names: Vec<Option<SymbolName>>,
         facts: EdgeFacts,
+        source: Option<InputBytes>,
     ) -> Result<ObjectUnit, LinkError> {
         self.note_absolute_32bit(facts.absolute_32bit);
         // Archive members keep only what live code reaches (`Roots::All`):
@@ -464,7 +473,7 @@ impl ObjectLayer {
         } else {
             UnitInput::Graph(Box::new(graph))
         };
-        Ok(self.new_unit(name, input, (globals, flags), joinable))
+        Ok(self.new_unit(name, input, (globals, flags), (joinable, source)))
     }
 
     /// A unit of one object's `graph` as its parse gave it: what it offers
@@ -475,28 +484,33 @@ impl ObjectLayer {
     /// the batch's merge to enter them again. Objects that an adoption
     /// could change (a name or a COMDAT group twice), archive members
     /// (pruned first) and large ones (prepared early) are adopted here.
-    fn unit_parsed(&self, name: &str, graph: LinkGraph) -> Result<ObjectUnit, LinkError> {
+    fn unit_parsed(
+        &self,
+        name: &str,
+        graph: LinkGraph,
+        file: InputBytes,
+    ) -> Result<ObjectUnit, LinkError> {
         let facts = EdgeFacts::of(&graph);
         let options = &self.shared.options;
         let large = options.prepare_early && facts.edges >= options.parallel_threshold;
         if large || graph.objects.iter().any(|o| o.library) || !graph.adoptable() {
-            return self.unit_named(name, adopted(graph), Vec::new(), facts);
+            return self.unit_named(name, adopted(graph), Vec::new(), facts, Some(file));
         }
         self.note_absolute_32bit(facts.absolute_32bit);
         let (globals, flags, symbols_join) = self.offered_parsed(&graph);
         let joinable = symbols_join && !options.imaging && batch::joins_batches(&graph, &flags);
         let input = UnitInput::Parsed(Box::new(graph));
-        Ok(self.new_unit(name, input, (globals, flags), joinable))
+        Ok(self.new_unit(name, input, (globals, flags), (joinable, Some(file))))
     }
 
     /// A unit of this layer linking `input`, offering `globals` with their
-    /// `flags`.
+    /// `flags`; it joins batches if `joinable` and it has a `source`.
     fn new_unit(
         &self,
         name: &str,
         input: UnitInput,
         (globals, flags): (Vec<(SymbolName, SymbolId)>, Vec<SymbolFlags>),
-        joinable: bool,
+        (joinable, source): (bool, Option<InputBytes>),
     ) -> ObjectUnit {
         ObjectUnit {
             layer: self.clone(),
@@ -505,7 +519,9 @@ impl ObjectLayer {
             globals,
             flags,
             discarded: Vec::new(),
-            joinable,
+            // Only a unit that can be linked again alone joins a batch.
+            joinable: joinable && source.is_some(),
+            source,
             order: self
                 .shared
                 .added
@@ -1282,8 +1298,11 @@ struct ObjectUnit {
     /// Weak definitions of `globals` another unit won.
     discarded: Vec<SymbolName>,
     /// Links the same with others of a batch as alone
-    /// ([`batch::joins_batches`]).
+    /// ([`batch::joins_batches`]), and can be linked again alone.
     joinable: bool,
+    /// The object's bytes, kept while the unit can join a batch: a batch
+    /// that cannot be linked as a whole links each unit alone, from them.
+    source: Option<InputBytes>,
     order: usize,
 }
 
@@ -1293,6 +1312,22 @@ impl ObjectUnit {
         self.joinable
             && self.discarded.is_empty()
             && matches!(self.input, Some(UnitInput::Graph(_) | UnitInput::Parsed(_)))
+    }
+
+    /// This unit made anew from its source, to be linked alone: its batch
+    /// could not be linked as a whole. It offers what it offered (the same
+    /// bytes parse the same).
+    fn again_alone(&self) -> Result<Box<ObjectUnit>, LinkError> {
+        let Some(file) = &self.source else {
+            return Err(LinkError::engine_bug(format!(
+                "{}: a unit without its object joined a batch",
+                self.name
+            )));
+        };
+        let graph = crate::elf::parse_object_shared(&self.name, file)?;
+        let mut unit = self.layer.unit_parsed(&self.name, graph, file.clone())?;
+        unit.order = self.order;
+        Ok(Box::new(unit))
     }
 }
 
