@@ -419,6 +419,34 @@ fn a_batch_with_an_object_of_another_isa_fails_only_that_object() {
     j.session.end();
 }
 
+/// `tls_use` reads `tcount`, a thread-local of `tls_def`: kiln resolves
+/// thread-locals within one image, so `tls_use` fails — whether or not
+/// one lookup started both objects (a batch would link them as one image,
+/// and used to answer otherwise).
+#[test]
+fn a_thread_local_of_another_object_answers_alike_in_a_batch_and_alone() {
+    let _serial = serial();
+    let dir = scratch("batch-tls");
+    let def = "__thread int tcount = 5;\nint tls_def(int x) { return x + tcount; }\n";
+    let user = "extern __thread int tcount;\nint tls_use(int x) { return x * tcount; }\n";
+    for together in [true, false] {
+        let j = jit();
+        let app = j.dylib("app", &[]);
+        j.add_c(&app, None, &dir, "tls_def", def).unwrap();
+        j.add_c(&app, None, &dir, "tls_use", user).unwrap();
+        if together {
+            let _ = app.lookup_ready(&["tls_def", "tls_use"]);
+        }
+        assert_eq!(call(&j, &app, "tls_def", 1), 6, "together: {together}");
+        let Err(err) = j.function(&app, "tls_use") else {
+            panic!("together: {together}: tls_use links");
+        };
+        let chain = error_chain(&err);
+        assert!(chain.contains("`tcount`"), "together: {together}: {chain}");
+        j.session.end();
+    }
+}
+
 /// An error and its sources, one line each.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();

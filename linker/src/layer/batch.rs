@@ -48,7 +48,9 @@ use crate::runtime;
 /// Whether a unit of `graph` (offering globals with `flags`) links the same
 /// in a batch as alone: no weak definition (another unit may win it), no
 /// initializer or finalizer (a unit that fails in a batch must run no
-/// code), no archive member (pruned against its own roots) — and, learned
+/// code), no archive member (pruned against its own roots), no reference
+/// to a thread-local it does not define (resolved only within one image:
+/// in a batch it would find another unit's) — and, learned
 /// while its globals are listed, no `__start_`/`__stop_` reference (it
 /// would span every unit's sections) and no global of local scope (two
 /// units may each have one). Asked once, when the unit is made.
@@ -56,6 +58,7 @@ pub(super) fn joins_batches(graph: &LinkGraph, flags: &[SymbolFlags]) -> bool {
     !flags.iter().any(|f| f.is_weak())
         && !graph.sections.iter().any(|s| s.role.is_init_fini())
         && !graph.objects.iter().any(|o| o.library)
+        && !graph.references_outside_tls()
 }
 
 /// A name the linker defines as the start or end of a section.
