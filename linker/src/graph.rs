@@ -797,10 +797,25 @@ impl LinkGraph {
         ObjectId(self.objects.len() as u32 - 1)
     }
 
-    /// The section called `name`, created with `prot` and `role` if new.
+    /// The section called `name` with `prot` and `role`, created if new.
+    /// Inputs of one name but another protection or role (code in one
+    /// object, data in another; a damaged header) get a section of their
+    /// own, so no block lands in memory of another protection or role; the
+    /// index keeps a name's first section (the one `__start_`/`__stop_`
+    /// symbols delimit).
     pub fn section(&mut self, name: &str, prot: Prot, role: SectionRole) -> SectionId {
-        if let Some(&id) = self.section_index.get(name) {
-            return id;
+        let first = self.section_index.get(name).copied();
+        let alike = |s: &Section| s.prot == prot && s.role == role;
+        match first {
+            Some(id) if alike(&self.sections[id.index()]) => return id,
+            // Rare: looked for among all sections.
+            Some(_) => {
+                let same = |s: &&Section| &*s.name == name && alike(s);
+                if let Some(i) = self.sections.iter().position(|s| same(&s)) {
+                    return SectionId(i as u32);
+                }
+            }
+            None => {}
         }
         let id = SectionId(self.sections.len() as u32);
         self.sections.push(Section {
@@ -809,7 +824,9 @@ impl LinkGraph {
             role,
             blocks: Vec::new(),
         });
-        self.section_index.insert(name.into(), id);
+        if first.is_none() {
+            self.section_index.insert(name.into(), id);
+        }
         id
     }
 

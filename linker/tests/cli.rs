@@ -748,3 +748,31 @@ fn kilns_own_output_to_a_closed_pipe_ends_it_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{}", show(&out));
     assert!(!text(&out.stderr).contains("panicked"), "{}", show(&out));
 }
+
+/// One section name, code in one object and data in another (`ld` merges
+/// them into one writable and executable section): each input keeps its
+/// own protection — the data stays writable, the code executable — eager
+/// and lazy.
+#[test]
+fn a_section_name_used_for_code_and_for_data_keeps_each_protection() {
+    let dir = scratch("section-flags");
+    let code = compile_c_text(
+        &dir,
+        "code",
+        "__attribute__((section(\"shared_sec\"))) int add_one(int x) { return x + 1; }\n",
+        &["-O2"],
+    );
+    let data = compile_c_text(
+        &dir,
+        "data",
+        "#include <stdio.h>\nint add_one(int);\n\
+         __attribute__((section(\"shared_sec\"))) int counter = 5;\n\
+         int main(void) { counter += add_one(2); printf(\"counter %d\\n\", counter); return 0; }\n",
+        &["-O2"],
+    );
+    for mode in [&["run"][..], &["run", "--lazy"]] {
+        let out = kiln().args(mode).arg(&code).arg(&data).output().unwrap();
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
+        assert_eq!(text(&out.stdout), "counter 8\n", "{mode:?}: {}", show(&out));
+    }
+}
