@@ -45,6 +45,9 @@ enum BadReloc {
     Past4GiB(&'static EdgeDesc),
     /// The place does not fit the section (of this many bytes).
     OutsideSection(&'static EdgeDesc, u64),
+    /// A TLS relocation to a symbol of this object that is not
+    /// thread-local, or another to one that is (`true`).
+    ThreadLocal(&'static EdgeDesc, usize, bool),
 }
 
 /// The error for a bad relocation at `offset` of `section` in `object`
@@ -78,8 +81,27 @@ fn bad_reloc(object: &str, section: &str, offset: u64, why: BadReloc) -> LinkErr
             "{at}: {} place of {} bytes lies outside the section ({len:#x} bytes)",
             info.name, info.width
         ),
+        BadReloc::ThreadLocal(info, sym, true) => format!(
+            "{at}: {} is not a TLS relocation, but symbol index {sym} is defined in a \
+             thread-local section (its value is an offset in a TLS block, not an address)",
+            info.name
+        ),
+        BadReloc::ThreadLocal(info, sym, false) => format!(
+            "{at}: {} is a TLS relocation, but symbol index {sym} is defined in a section \
+             that is not thread-local (no SHF_TLS)",
+            info.name
+        ),
     };
     LinkError::malformed(object, detail)
+}
+
+/// What the reader made of a symbol-table entry: its symbol, and whether it
+/// is defined in a thread-local section of this object (`None`: not
+/// defined here), which the relocations to it must agree with.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mapped {
+    id: Option<SymbolId>,
+    thread_local: Option<bool>,
 }
 
 /// What an input section became.
@@ -521,15 +543,24 @@ impl<'d> Reader<'_, 'd> {
         symtab: &object::read::elf::SymbolTable<'_, FileHeader64<LE>>,
         slots: &[Slot],
         eh_frame: Option<&(usize, Vec<Record>)>,
-    ) -> Result<Vec<Option<SymbolId>>, LinkError> {
+    ) -> Result<Vec<Mapped>, LinkError> {
         let syms = symtab.symbols();
         self.graph.symbols.reserve(syms.len());
         self.graph.unmerged_globals.reserve(syms.len());
         self.graph.name_arena.reserve(syms.len() * 16);
-        let mut symbol_map: Vec<Option<SymbolId>> = vec![None; syms.len()];
+        let mut symbol_map = vec![Mapped::default(); syms.len()];
         for (index, sym) in symtab.enumerate().skip(1) {
-            symbol_map[index.0] =
-                self.read_symbol(sections, symtab, slots, eh_frame, index, sym)?;
+            let id = self.read_symbol(sections, symtab, slots, eh_frame, index, sym)?;
+            symbol_map[index.0] = Mapped {
+                id,
+                thread_local: match id {
+                    Some(id) => self.defined_thread_local(id, || {
+                        let name = symtab.symbol_name(LE, sym).ok();
+                        name.and_then(utf8).unwrap_or("?").to_string()
+                    })?,
+                    None => None,
+                },
+            };
         }
         Ok(symbol_map)
     }
@@ -543,7 +574,7 @@ impl<'d> Reader<'_, 'd> {
         sh: &'d SectionHeader64<LE>,
         slots: &[Slot],
         records: &[Record],
-        symbol_map: &[Option<SymbolId>],
+        symbol_map: &[Mapped],
     ) -> Result<(), LinkError> {
         if sh.sh_type(LE) == elf::SHT_REL {
             return Err(self.err(format!(
@@ -813,6 +844,35 @@ impl<'d> Reader<'_, 'd> {
         Ok(Some(id))
     }
 
+    /// Whether symbol `id` is defined in a thread-local section (`None`:
+    /// not defined in a block of this object).
+    /// A thread-local lies within its section: what lies past it is not
+    /// this object's (another's variables, in an image of several).
+    fn defined_thread_local(
+        &self,
+        id: SymbolId,
+        name: impl FnOnce() -> String,
+    ) -> Result<Option<bool>, LinkError> {
+        let symbol = &self.graph.symbols[id.index()];
+        let SymbolDef::Defined { block, offset } = symbol.def else {
+            return Ok(None);
+        };
+        let block = &self.graph.blocks[block.index()];
+        let role = self.graph.sections[block.section.index()].role;
+        let tls = matches!(role, SectionRole::TlsData | SectionRole::TlsBss);
+        let len = block.content.len();
+        if tls && offset.checked_add(symbol.size).is_none_or(|end| end > len) {
+            return Err(self.err(format!(
+                "thread-local `{}` ({} bytes at {offset:#x}) lies outside its section {} \
+                 ({len:#x} bytes)",
+                name(),
+                symbol.size,
+                block.input_section
+            )));
+        }
+        Ok(Some(tls))
+    }
+
     /// A global defined in a thread-local section is `STT_TLS`, and one of
     /// type `STT_TLS` is defined in such a section: its address is a TLS
     /// offset exactly when it is thread-local, for the image's own
@@ -965,7 +1025,7 @@ impl<'d> Reader<'_, 'd> {
         &mut self,
         section: &str,
         relas: &[Rela64<LE>],
-        symbol_map: &[Option<SymbolId>],
+        symbol_map: &[Mapped],
         ranges: &[(u64, u64, BlockId)],
     ) -> Result<(), LinkError> {
         // Edges go straight into their blocks: on an error the whole
@@ -1053,14 +1113,14 @@ impl<'d> Reader<'_, 'd> {
 /// [`Reader::read_relocs`] that does not depend on the section).
 struct Decoder<'m> {
     isa: Isa,
-    symbol_map: &'m [Option<SymbolId>],
+    symbol_map: &'m [Mapped],
     /// The last `r_type` decoded and its edge (relocations of a section
     /// mostly repeat a few types).
     last: Option<(u32, Option<&'static EdgeDesc>)>,
 }
 
 impl<'m> Decoder<'m> {
-    fn new(isa: Isa, symbol_map: &'m [Option<SymbolId>]) -> Self {
+    fn new(isa: Isa, symbol_map: &'m [Mapped]) -> Self {
         Decoder {
             isa,
             symbol_map,
@@ -1093,8 +1153,19 @@ impl<'m> Decoder<'m> {
         }
         let sym = (r_info >> 32) as usize;
         match self.symbol_map.get(sym) {
-            Some(Some(t)) => Ok(Some((info, *t))),
-            Some(None) if sym == 0 => Err(BadReloc::NoSymbol(info)),
+            Some(&Mapped {
+                id: Some(t),
+                thread_local,
+            }) => match thread_local {
+                // A thread-local's value is an offset in its module's
+                // block, not an address: only TLS relocations (and the
+                // size) may use it, and they only a thread-local's.
+                Some(tls) if tls != info.target.is_tls() && info.target != EdgeTarget::Size => {
+                    Err(BadReloc::ThreadLocal(info, sym, tls))
+                }
+                _ => Ok(Some((info, t))),
+            },
+            Some(Mapped { id: None, .. }) if sym == 0 => Err(BadReloc::NoSymbol(info)),
             _ => Err(BadReloc::BadSymbol(info, sym)),
         }
     }

@@ -139,30 +139,81 @@ fn a_thread_local_global_outside_a_tls_section_is_an_error() {
     );
 }
 
-#[test]
-fn a_global_that_is_not_thread_local_in_a_tls_section_is_an_error() {
-    // Assemblers type every symbol of a TLS section STT_TLS: `.data` is
-    // made thread-local after assembly instead, by its SHF_TLS flag.
-    let path = asm_object("data_made_tls", ".data\n.globl counter\ncounter: .long 3\n");
-    let mut bytes = std::fs::read(&path).unwrap();
+/// `path`'s section `name` with flags `change(flags)`: what an assembler
+/// would not write (it types every symbol of a TLS section STT_TLS, and
+/// refuses TLS accesses to other symbols).
+fn change_section_flags(path: &std::path::Path, name: &str, change: impl Fn(u64) -> u64) {
+    let mut bytes = std::fs::read(path).unwrap();
     let index = {
         use object::{Object as _, ObjectSection as _};
         let file = object::File::parse(&*bytes).unwrap();
-        file.section_by_name(".data").unwrap().index().0
+        file.section_by_name(name).unwrap().index().0
     };
     let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     let shoff = u64_at(&bytes, 0x28) as usize;
     let shentsize = u16::from_le_bytes([bytes[0x3a], bytes[0x3b]]) as usize;
     let flags_at = shoff + index * shentsize + 8;
-    let flags = u64_at(&bytes, flags_at) | object::elf::SHF_TLS.0;
+    let flags = change(u64_at(&bytes, flags_at));
     bytes[flags_at..flags_at + 8].copy_from_slice(&flags.to_le_bytes());
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Links `good_objects()` with `bad` (a path): the error names `bad` and
+/// contains each of `needles`.
+fn assert_blames_object(bad: PathBuf, needles: &[&str]) {
     let mut objs = good_objects();
-    objs.push(path);
-    let err = link(&objs).expect_err("a TLS section's untyped global links");
+    objs.push(bad);
+    let err = link(&objs).expect_err("a malformed object links");
     let msg = err.to_string();
     assert!(matches!(err, LinkError::Malformed { .. }), "{err:?}");
-    for needle in ["data_made_tls.o", "`counter`", "not thread-local", ".data"] {
-        assert!(msg.contains(needle), "no `{needle}` in: {msg}");
+    for n in needles {
+        assert!(msg.contains(n), "no `{n}` in: {msg}");
     }
+}
+
+#[test]
+fn a_global_that_is_not_thread_local_in_a_tls_section_is_an_error() {
+    let path = asm_object("data_made_tls", ".data\n.globl counter\ncounter: .long 3\n");
+    change_section_flags(&path, ".data", |f| f | object::elf::SHF_TLS.0);
+    let needles = ["data_made_tls.o", "`counter`", "not thread-local", ".data"];
+    assert_blames_object(path, &needles);
+}
+
+/// A thread-local's value is an offset in a TLS block, not an address.
+#[test]
+fn a_plain_relocation_to_a_thread_local_is_an_error() {
+    assert_blames(
+        "plain_to_tls",
+        ".section .tbss,\"awT\",@nobits\nt: .zero 4\n.text\n.globl f\n\
+         f: leaq t(%rip), %rax\nret\n",
+        &[
+            "R_X86_64_PC32",
+            "section .text offset 0x3",
+            "thread-local section",
+        ],
+    );
+}
+
+#[test]
+fn a_tls_relocation_to_a_symbol_outside_the_tls_sections_is_an_error() {
+    let path = asm_object(
+        "tls_to_plain",
+        ".section .tdata,\"awT\",@progbits\nt: .long 1\n.text\n.globl f\n\
+         f: movq t@gottpoff(%rip), %rax\nret\n",
+    );
+    change_section_flags(&path, ".tdata", |f| f & !object::elf::SHF_TLS.0);
+    let needles = ["tls_to_plain.o", "R_X86_64_GOTTPOFF", "not thread-local"];
+    assert_blames_object(path, &needles);
+}
+
+/// What lies past a thread-local's section is not its object's: another
+/// object's variables, in an image of several.
+#[test]
+fn a_thread_local_larger_than_its_section_is_an_error() {
+    assert_blames(
+        "tls_too_large",
+        ".section .tbss,\"awT\",@nobits\n.globl t\n.type t,@tls_object\n.size t, 100\n\
+         t: .zero 4\n.text\n.globl f\nf: movq t@gottpoff(%rip), %rax\nret\n",
+        &["`t`", "100 bytes", "outside its section .tbss"],
+    );
 }

@@ -231,15 +231,40 @@ fn ready_names(jit: &kiln_linker::Jit, names: &[&str], together: bool) -> Vec<bo
     names.iter().map(|n| ask(&[n]).is_ok()).collect()
 }
 
-/// The answer never depends on batching: the batch pair with one mutant,
+/// Two more objects that need each other and link as one batch, built
+/// with `-fPIC`: each with thread-locals of its own (general-dynamic or
+/// descriptor access), a table of pointers to strings.
+fn pic_tls_batch_objects() -> Vec<(String, Vec<u8>)> {
+    let dir = scratch("mutation-batch-tls");
+    let a = "int b_sum(int);\n__thread int ta = 5;\nstatic __thread long tb;\n\
+             int a_tls(int x) { tb += x; return ta + (int)tb; }\n\
+             int a_calls_b(int x) { return b_sum(x) + a_tls(x); }\n";
+    let b = "int a_tls(int);\nconst char *names[] = {\"x\", \"yy\", \"zzz\"};\n\
+             static __thread int tc = 7;\n\
+             int b_sum(int x) { tc++; return names[x % 3][0] + tc + a_tls(1); }\n";
+    [("tls_a", a, "-O2"), ("tls_b", b, "-O0")]
+        .into_iter()
+        .map(|(name, src, opt)| {
+            let o = compile_c_text(&dir, name, src, &[opt, "-fPIC"]);
+            (format!("{name}.o"), std::fs::read(o).expect("read object"))
+        })
+        .collect()
+}
+
+/// The answer never depends on batching: a batch pair with one mutant,
 /// linked as one batch and each object alone (one lookup a name), makes
 /// the same names Ready and fails the same others.
 #[test]
 fn object_mutants_in_a_batch_answer_as_when_linked_alone() {
-    let objs = batch_objects();
+    mutants_answer_alike(batch_objects(), 0x5eed_1234_abcd_0003);
+    mutants_answer_alike(pic_tls_batch_objects(), 0x5eed_1234_abcd_0004);
+}
+
+/// [`object_mutants_in_a_batch_answer_as_when_linked_alone`] of one pair.
+fn mutants_answer_alike(objs: Vec<(String, Vec<u8>)>, seed: u64) {
     let names: Vec<Vec<String>> = objs.iter().map(|(_, b)| defined_names(b)).collect();
     let wanted: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
-    let mut rng = Rng(0x5eed_1234_abcd_0003);
+    let mut rng = Rng(seed);
     let (mut compared, mut differed) = (0usize, Vec::new());
     const MUTANTS: usize = 2_000;
     for n in 0..MUTANTS {
