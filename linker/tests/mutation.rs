@@ -215,9 +215,21 @@ fn object_mutants_added_one_by_one_to_a_jit_link_or_fail_cleanly() {
     assert!(linked > 0 && failed > 0 && refused > 0);
 }
 
-/// Which of `names` are Ready in `jit`'s app, asked one by one — after
-/// `together`, all at once first (one lookup starts every unit: a batch).
-fn ready_names(jit: &kiln_linker::Jit, names: &[&str], together: bool) -> Vec<bool> {
+/// How a mutant pair is linked before each name is asked on its own.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// One lookup of every name, in place: the pair is one batch.
+    Together,
+    /// Two lookups of half the names each, from two threads at once, on a
+    /// pool of two workers: batches as the timing makes them.
+    Racing,
+    /// Nothing: each name's lookup links what it needs alone.
+    Alone,
+}
+
+/// Which of `names` are Ready in `jit`'s app, asked one by one after
+/// `start`.
+fn ready_names(jit: &kiln_linker::Jit, names: &[&str], start: Start) -> Vec<bool> {
     use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
     let session = jit.session();
     let order = SearchOrder::new().with(jit.app(), DylibLookup::All);
@@ -225,8 +237,16 @@ fn ready_names(jit: &kiln_linker::Jit, names: &[&str], together: bool) -> Vec<bo
         let set = LookupSet::weak(session.intern_all(names.iter().copied()));
         session.lookup(&order, &set, RequiredState::Ready).wait()
     };
-    if together {
-        let _ = ask(names);
+    match start {
+        Start::Together => drop(ask(names)),
+        Start::Racing => {
+            let (a, b) = names.split_at(names.len() / 2);
+            std::thread::scope(|s| {
+                s.spawn(|| drop(ask(b)));
+                drop(ask(a));
+            });
+        }
+        Start::Alone => {}
     }
     names.iter().map(|n| ask(&[n]).is_ok()).collect()
 }
@@ -252,8 +272,9 @@ fn pic_tls_batch_objects() -> Vec<(String, Vec<u8>)> {
 }
 
 /// The answer never depends on batching: a batch pair with one mutant,
-/// linked as one batch and each object alone (one lookup a name), makes
-/// the same names Ready and fails the same others.
+/// linked as one batch, as two racing lookups batch it, and each object
+/// alone (one lookup a name), makes the same names Ready and fails the
+/// same others.
 #[test]
 fn object_mutants_in_a_batch_answer_as_when_linked_alone() {
     mutants_answer_alike(batch_objects(), 0x5eed_1234_abcd_0003);
@@ -272,31 +293,38 @@ fn mutants_answer_alike(objs: Vec<(String, Vec<u8>)>, seed: u64) {
         let mutant = mutate(&mut rng, &objs[which].1);
         let name = format!("mutant-{n}-{}", objs[which].0);
         let mut answers = Vec::new();
-        for together in [true, false] {
-            let jit = kiln_linker::Jit::builder()
-                .dispatcher(kiln_engine::InPlaceDispatcher)
-                .build()
-                .expect("a JIT");
+        for start in [Start::Alone, Start::Together, Start::Racing] {
+            let builder = kiln_linker::Jit::builder();
+            let jit = match start {
+                Start::Racing => builder.threads(2),
+                _ => builder.dispatcher(kiln_engine::InPlaceDispatcher),
+            }
+            .build()
+            .expect("a JIT");
             let other = &objs[1 - which];
             jit.add_object_named(&other.0, &other.1)
                 .expect("the original adds");
             if jit.add_object_named(&name, &mutant).is_err() {
                 break;
             }
-            answers.push(ready_names(&jit, &wanted, together));
+            answers.push((start, ready_names(&jit, &wanted, start)));
         }
-        if let [batched, alone] = &answers[..] {
+        if let [(_, alone), others @ ..] = &answers[..]
+            && !others.is_empty()
+        {
             compared += 1;
-            if batched != alone {
-                differed.push((n, batched.clone(), alone.clone()));
+            for (start, answer) in others {
+                if answer != alone {
+                    differed.push((n, *start, answer.clone(), alone.clone()));
+                }
             }
         }
     }
-    eprintln!("{compared} of {MUTANTS} mutants linked both ways");
+    eprintln!("{compared} of {MUTANTS} mutants linked every way");
     assert!(compared > MUTANTS / 4, "too few mutants added: {compared}");
     assert!(
         differed.is_empty(),
-        "{} mutants answer differently in a batch (mutant, batched, alone; names {wanted:?}): {:?}",
+        "{} answers differ from linking alone (mutant, start, its answer, alone's; names {wanted:?}): {:?}",
         differed.len(),
         &differed[..differed.len().min(5)]
     );
