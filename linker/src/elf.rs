@@ -845,9 +845,9 @@ impl<'d> Reader<'_, 'd> {
     }
 
     /// Whether symbol `id` is defined in a thread-local section (`None`:
-    /// not defined in a block of this object).
-    /// A thread-local lies within its section: what lies past it is not
-    /// this object's (another's variables, in an image of several).
+    /// not defined in a block of this object); an error if it is and does
+    /// not lie within the section (what lies past it is not this object's:
+    /// another's variables, in an image of several).
     fn defined_thread_local(
         &self,
         id: SymbolId,

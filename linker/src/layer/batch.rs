@@ -15,11 +15,13 @@
 //! failed unit, too. A unit that fails runs no code (batched units have no
 //! initializers, and its symbols are never Ready); its bytes stay in the
 //! image until the tracker is removed. When the image as a whole cannot be
-//! linked (steps 1–8: a COMDAT group two units carry, an object of another
-//! ISA, memory for all at once; later, its memory or a block of the
-//! linker's own), each unit is linked again alone from its object's bytes
-//! ([`link_each_alone`]): the answer never depends on whether one lookup
-//! started the units together.
+//! laid out (steps 1–8: a COMDAT group two units carry, an object of
+//! another ISA, memory for all at once), each unit is linked again alone
+//! from its object's bytes ([`link_each_alone`]): the answer never depends
+//! on whether one lookup started the units together. (Once the image's
+//! symbols are resolved, other links may hold their addresses: a failure
+//! of the whole image after that — its memory's protection, a block of the
+//! linker's own — fails every unit.)
 //!
 //! Only units that link the same together as apart join
 //! ([`joins_batches`]), in a dylib that looks in itself first for every
@@ -509,16 +511,11 @@ impl Batch {
                 emit_apart(r, members, defs, &externals, answers, &refs);
                 drop(graph);
             }
-            // The image as a whole failed (its memory, a block of the
-            // linker's own): each unit is linked alone, as without the
-            // batch.
-            Ok(Err(_)) => {
-                let alone = members.into_iter().map(|m| {
-                    let names = defs[m.defs.0..m.defs.1].iter().map(|(n, _)| n.clone());
-                    (m.unit, names.collect())
-                });
-                link_each_alone(r, alone.collect());
-            }
+            // The image as a whole failed after its symbols were resolved
+            // (its memory's protection, a block of the linker's own): not
+            // linked again alone — other links may hold those addresses
+            // already; failing, their units fail with these.
+            Ok(Err(e)) => r.fail(e),
             Err(panic) => {
                 let unit = Arc::from(r.unit_name());
                 let message = panic_message(&*panic);
