@@ -857,9 +857,8 @@ impl<'d> Reader<'_, 'd> {
         let SymbolDef::Defined { block, offset } = symbol.def else {
             return Ok(None);
         };
+        let tls = self.in_tls_section(block);
         let block = &self.graph.blocks[block.index()];
-        let role = self.graph.sections[block.section.index()].role;
-        let tls = matches!(role, SectionRole::TlsData | SectionRole::TlsBss);
         let len = block.content.len();
         if tls && offset.checked_add(symbol.size).is_none_or(|end| end > len) {
             return Err(self.err(format!(
@@ -873,6 +872,13 @@ impl<'d> Reader<'_, 'd> {
         Ok(Some(tls))
     }
 
+    /// Whether `block` is thread-local data (`.tdata`, `.tbss`).
+    fn in_tls_section(&self, block: BlockId) -> bool {
+        let section = self.graph.blocks[block.index()].section;
+        let role = self.graph.sections[section.index()].role;
+        matches!(role, SectionRole::TlsData | SectionRole::TlsBss)
+    }
+
     /// A global defined in a thread-local section is `STT_TLS`, and one of
     /// type `STT_TLS` is defined in such a section: its address is a TLS
     /// offset exactly when it is thread-local, for the image's own
@@ -882,12 +888,10 @@ impl<'d> Reader<'_, 'd> {
         let SymbolDef::Defined { block, .. } = symbol.def else {
             return Ok(());
         };
-        let block = &self.graph.blocks[block.index()];
-        let role = self.graph.sections[block.section.index()].role;
-        let in_tls = matches!(role, SectionRole::TlsData | SectionRole::TlsBss);
-        if in_tls == symbol.tls {
+        if self.in_tls_section(block) == symbol.tls {
             return Ok(());
         }
+        let block = &self.graph.blocks[block.index()];
         let (what, section) = if symbol.tls {
             ("thread-local", "a section that is not (no SHF_TLS)")
         } else {
