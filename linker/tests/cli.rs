@@ -776,3 +776,33 @@ fn a_section_name_used_for_code_and_for_data_keeps_each_protection() {
         assert_eq!(text(&out.stdout), "counter 8\n", "{mode:?}: {}", show(&out));
     }
 }
+
+/// `__start_set`/`__stop_set` delimit one section; inputs called `set` that
+/// are code in one object and data in another are kept apart, so the
+/// bounds could cover only some of them: refused, naming the symbol.
+#[test]
+fn bounds_of_a_section_name_used_for_code_and_for_data_are_refused() {
+    let dir = scratch("section-bounds");
+    let code = compile_c_text(
+        &dir,
+        "code",
+        "__attribute__((section(\"set\"))) int in_set(int x) { return x + 1; }\n",
+        &["-O2"],
+    );
+    let data = compile_c_text(
+        &dir,
+        "data",
+        "extern char __start_set[], __stop_set[];\n\
+         __attribute__((section(\"set\"), used)) static int tag = 1;\n\
+         int main(void) { return (int)(__stop_set - __start_set); }\n",
+        &["-O2"],
+    );
+    let out = kiln().arg("run").arg(&code).arg(&data).output().unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("data.o") && err.contains("delimits section set"),
+        "{}",
+        show(&out)
+    );
+}

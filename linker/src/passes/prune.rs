@@ -47,6 +47,45 @@ fn prune_roots(graph: &LinkGraph, roots: &Roots) -> Vec<BlockId> {
     work
 }
 
+/// A `__start_NAME`/`__stop_NAME` symbol delimits one section: refused
+/// when the inputs called NAME differ in protection or role and so were kept
+/// apart (`LinkGraph::section`), as it could delimit only some of them.
+/// (`ld` would make one writable and executable section of them.)
+fn bounds_delimit_one_section(graph: &LinkGraph) -> Result<(), LinkError> {
+    if graph.sections.len() == graph.section_index.len() {
+        return Ok(());
+    }
+    for id in graph.globals.ids() {
+        let s = &graph.symbols[id.index()];
+        let Some(name) = s.name.as_deref().filter(|_| s.def == SymbolDef::External) else {
+            continue;
+        };
+        let Some(section) = name
+            .strip_prefix("__start_")
+            .or_else(|| name.strip_prefix("__stop_"))
+        else {
+            continue;
+        };
+        let apart: Vec<String> = graph
+            .sections
+            .iter()
+            .filter(|sec| &*sec.name == section)
+            .map(|sec| format!("{:?} {:?}", sec.prot, sec.role))
+            .collect();
+        if apart.len() > 1 {
+            return Err(LinkError::malformed(
+                graph.object_name(s.object),
+                format!(
+                    "`{name}` delimits section {section}, but its inputs differ in \
+                     protection or role ({}) and are kept apart",
+                    apart.join("; ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Undefined `__start_NAME` / `__stop_NAME` symbols, by symbol index, with
 /// the section NAME they delimit: a live reference to one keeps every block
 /// of that section (as `ld` does).
@@ -80,6 +119,7 @@ fn start_stop_sections(graph: &LinkGraph) -> FxHashMap<u32, SectionId> {
 /// rayon's threads (every edge of the link is read here, one core's 13 M
 /// instructions on the 200-object synth input while the other idled).
 pub fn prune(graph: &mut LinkGraph, roots: &Roots) -> Result<(), LinkError> {
+    bounds_delimit_one_section(graph)?;
     if let Some(live) = all_reached(graph, roots) {
         // The fuzzer checks every shortcut taken against the walk.
         #[cfg(fuzzing)]
