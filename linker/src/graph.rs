@@ -751,16 +751,6 @@ impl LinkGraph {
             .any(Block::has_absolute_32bit_reference)
     }
 
-    /// Whether some edge reaches a thread-local variable the graph does not
-    /// define (kiln resolves thread-locals within one image).
-    pub(crate) fn references_outside_tls(&self) -> bool {
-        let symbols = &self.symbols;
-        self.blocks
-            .iter()
-            .flat_map(|b| &b.edges)
-            .any(|e| e.kind.target.is_tls() && symbols[e.target.index()].def == SymbolDef::External)
-    }
-
     /// Whether a pass that reads every edge should spread the graph over
     /// rayon's threads: from this many blocks on, a task costs less than
     /// the work it takes (the 200-object synth input has 21,600 blocks, a

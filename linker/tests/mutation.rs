@@ -251,9 +251,11 @@ fn ready_names(jit: &kiln_linker::Jit, names: &[&str], start: Start) -> Vec<bool
     names.iter().map(|n| ask(&[n]).is_ok()).collect()
 }
 
-/// Two more objects that need each other and link as one batch, built
-/// with `-fPIC`: each with thread-locals of its own (general-dynamic or
-/// descriptor access), a table of pointers to strings.
+/// Two more objects that need each other, built with `-fPIC`, each with
+/// thread-locals of its own (general-dynamic or descriptor access) and a
+/// table of pointers to strings. Units with thread-locals link alone even
+/// when one lookup starts both (`joins_batches`): the pair checks that
+/// rule, and the reader's checks of thread-local symbols and relocations.
 fn pic_tls_batch_objects() -> Vec<(String, Vec<u8>)> {
     let dir = scratch("mutation-batch-tls");
     let a = "int b_sum(int);\n__thread int ta = 5;\nstatic __thread long tb;\n\
@@ -271,6 +273,36 @@ fn pic_tls_batch_objects() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// A third pair, built by clang (its relocations: `GOTPCRELX`, TLS
+/// descriptors): a position-independent executable's code with a libc
+/// call, a global array and a string, and `-fPIC` code with a thread-local
+/// of its own (general-dynamic: it links whether or not kiln's static TLS
+/// area has room left, which the other tests of this process share), a
+/// table of strings and a `double`.
+fn clang_batch_objects() -> Vec<(String, Vec<u8>)> {
+    assert!(need_tool("clang"));
+    let dir = scratch("mutation-batch-clang");
+    let a = "#include <stdio.h>\nint b_sum(int);\nstatic const char *msg = \"hi %d\\n\";\n\
+             long big[1000];\n\
+             int a_big(int x) { big[x & 7] = x; return (int)big[3]; }\n\
+             int a_calls_b(int x) { printf(msg, x); return b_sum(x) + a_big(x); }\n";
+    let b = "int a_big(int);\nconst char *names[] = {\"x\", \"yy\", \"zzz\"};\n\
+             extern long big[];\nstatic __thread int tc = 7;\ndouble d = 2.5;\n\
+             int b_sum(int x) { tc++; return names[x % 3][0] + tc + a_big(1) + (int)(d * x) + (int)big[1]; }\n";
+    [
+        ("clang_a", a, &["-O2"][..]),
+        ("clang_b", b, &["-O1", "-fPIC"][..]),
+    ]
+    .into_iter()
+    .map(|(name, src, flags)| {
+        let c = dir.join(format!("{name}.c"));
+        std::fs::write(&c, src).expect("write source");
+        let o = compile("clang", &c, flags, &[], &dir.join(format!("{name}.o")));
+        (format!("{name}.o"), std::fs::read(o).expect("read object"))
+    })
+    .collect()
+}
+
 /// The answer never depends on batching: a batch pair with one mutant,
 /// linked as one batch, as two racing lookups batch it, and each object
 /// alone (one lookup a name), makes the same names Ready and fails the
@@ -279,6 +311,7 @@ fn pic_tls_batch_objects() -> Vec<(String, Vec<u8>)> {
 fn object_mutants_in_a_batch_answer_as_when_linked_alone() {
     mutants_answer_alike(batch_objects(), 0x5eed_1234_abcd_0003);
     mutants_answer_alike(pic_tls_batch_objects(), 0x5eed_1234_abcd_0004);
+    mutants_answer_alike(clang_batch_objects(), 0x5eed_1234_abcd_0005);
 }
 
 /// [`object_mutants_in_a_batch_answer_as_when_linked_alone`] of one pair.

@@ -43,16 +43,19 @@ use super::{
     ObjectLayer, ObjectUnit, UnitInput, interned_externals, link_error, panic_message, track_image,
 };
 use crate::error::LinkError;
-use crate::graph::{FxHashMap, LinkGraph, ObjectId, SymbolId};
+use crate::graph::{FxHashMap, LinkGraph, ObjectId, SectionRole, SymbolId};
 use crate::passes::{self, ImageEnv, LinkHost, Prepared, Roots};
 use crate::runtime;
 
 /// Whether a unit of `graph` (offering globals with `flags`) links the same
 /// in a batch as alone: no weak definition (another unit may win it), no
 /// initializer or finalizer (a unit that fails in a batch must run no
-/// code), no archive member (pruned against its own roots), no reference
-/// to a thread-local it does not define (resolved only within one image:
-/// in a batch it would find another unit's) — and, learned
+/// code), no archive member (pruned against its own roots), no
+/// thread-locals of its own (a batch's TLS block is one: whether it gets
+/// a range of kiln's static TLS area, which code of the local-exec and
+/// initial-exec models needs, would depend on the other units; and as
+/// thread-locals resolve within one image, a unit using another's would
+/// find it only in a batch) — and, learned
 /// while its globals are listed, no `__start_`/`__stop_` reference (it
 /// would span every unit's sections) and no global of local scope (two
 /// units may each have one). Asked once, when the unit is made.
@@ -60,7 +63,10 @@ pub(super) fn joins_batches(graph: &LinkGraph, flags: &[SymbolFlags]) -> bool {
     !flags.iter().any(|f| f.is_weak())
         && !graph.sections.iter().any(|s| s.role.is_init_fini())
         && !graph.objects.iter().any(|o| o.library)
-        && !graph.references_outside_tls()
+        && !graph
+            .sections
+            .iter()
+            .any(|s| matches!(s.role, SectionRole::TlsData | SectionRole::TlsBss))
 }
 
 /// A name the linker defines as the start or end of a section.
