@@ -521,7 +521,7 @@ impl ObjectLayer {
             discarded: Vec::new(),
             // Only a unit that can be linked again alone joins a batch.
             joinable: joinable && source.is_some(),
-            source,
+            source: source.filter(|_| joinable),
             order: self
                 .shared
                 .added
