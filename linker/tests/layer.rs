@@ -328,14 +328,12 @@ fn a_batch_whose_object_cannot_be_fixed_up_fails_only_the_objects_that_reach_it(
     // What does not reach `broken` is Ready, as if linked alone.
     assert_eq!(call(&j, &app, "is_even", 4), 1);
     assert_eq!(call(&j, &app, "is_odd", 4), 0);
-    for name in ["broken", "tiny", "caller"] {
-        let err = j.function(&app, name).expect_err("fails with broken.o");
-        let chain = error_chain(&err);
-        assert!(
-            chain.contains("broken.o") && chain.contains("R_X86_64_8"),
-            "{name}: root cause missing: {chain}"
-        );
-    }
+    fail_naming(
+        &j,
+        &app,
+        &["broken", "tiny", "caller"],
+        &["broken.o", "R_X86_64_8"],
+    );
     j.session.end();
 }
 
@@ -381,14 +379,7 @@ fn a_batch_with_an_object_too_large_for_memory_fails_only_that_object() {
     assert_eq!(call(&j, &app, "is_even", 4), 1);
     assert_eq!(call(&j, &app, "is_odd", 4), 0);
     assert_eq!(j.layer.stats().1, 2, "even's and odd's images, each alone");
-    for name in ["broken", "caller"] {
-        let err = j.function(&app, name).expect_err("fails with broken.o");
-        let chain = error_chain(&err);
-        assert!(
-            chain.contains("broken.o section .bss"),
-            "{name}: root cause missing: {chain}"
-        );
-    }
+    fail_naming(&j, &app, &["broken", "caller"], &["broken.o section .bss"]);
     j.session.end();
 }
 
@@ -448,6 +439,19 @@ fn a_thread_local_of_another_object_answers_alike_in_a_batch_and_alone() {
         let chain = error_chain(&err);
         assert!(chain.contains("`tcount`"), "together: {together}: {chain}");
         j.session.end();
+    }
+}
+
+/// Each of `names` in `app` fails with an error whose chain of sources
+/// holds each of `causes`.
+fn fail_naming(j: &Jit, app: &Dylib, names: &[&str], causes: &[&str]) {
+    for name in names {
+        let err = j.function(app, name).expect_err("fails with broken.o");
+        let chain = error_chain(&err);
+        assert!(
+            causes.iter().all(|c| chain.contains(c)),
+            "{name}: root cause missing: {chain}"
+        );
     }
 }
 

@@ -155,10 +155,23 @@ fn batch_objects() -> Vec<(String, Vec<u8>)> {
              int a_calls_b(int x) { return b_twice(x) + a_len(); }\n";
     let b = "extern int counter;\nint a_len(void);\n\
              int b_twice(int x) { return 2 * x + counter + a_len(); }\n";
-    [("batch_a", a, "-O2"), ("batch_b", b, "-O0")]
-        .into_iter()
-        .map(|(name, src, opt)| {
-            let o = compile_c_text(&dir, name, src, &[opt]);
+    compiled_pair(
+        &dir,
+        "gcc",
+        [("batch_a", a, &["-O2"]), ("batch_b", b, &["-O0"])],
+    )
+}
+
+/// Two objects `(name, source, flags)` compiled by `cc` in `dir`, named
+/// `<name>.o`.
+fn compiled_pair(
+    dir: &std::path::Path,
+    cc: &str,
+    pair: [(&str, &str, &[&str]); 2],
+) -> Vec<(String, Vec<u8>)> {
+    pair.into_iter()
+        .map(|(name, src, flags)| {
+            let o = compile_c_text_with(cc, dir, name, src, flags);
             (format!("{name}.o"), std::fs::read(o).expect("read object"))
         })
         .collect()
@@ -264,13 +277,14 @@ fn pic_tls_batch_objects() -> Vec<(String, Vec<u8>)> {
     let b = "int a_tls(int);\nconst char *names[] = {\"x\", \"yy\", \"zzz\"};\n\
              static __thread int tc = 7;\n\
              int b_sum(int x) { tc++; return names[x % 3][0] + tc + a_tls(1); }\n";
-    [("tls_a", a, "-O2"), ("tls_b", b, "-O0")]
-        .into_iter()
-        .map(|(name, src, opt)| {
-            let o = compile_c_text(&dir, name, src, &[opt, "-fPIC"]);
-            (format!("{name}.o"), std::fs::read(o).expect("read object"))
-        })
-        .collect()
+    compiled_pair(
+        &dir,
+        "gcc",
+        [
+            ("tls_a", a, &["-O2", "-fPIC"]),
+            ("tls_b", b, &["-O0", "-fPIC"]),
+        ],
+    )
 }
 
 /// A third pair, built by clang (its relocations: `GOTPCRELX`, TLS
@@ -289,18 +303,11 @@ fn clang_batch_objects() -> Vec<(String, Vec<u8>)> {
     let b = "int a_big(int);\nconst char *names[] = {\"x\", \"yy\", \"zzz\"};\n\
              extern long big[];\nstatic __thread int tc = 7;\ndouble d = 2.5;\n\
              int b_sum(int x) { tc++; return names[x % 3][0] + tc + a_big(1) + (int)(d * x) + (int)big[1]; }\n";
-    [
-        ("clang_a", a, &["-O2"][..]),
-        ("clang_b", b, &["-O1", "-fPIC"][..]),
-    ]
-    .into_iter()
-    .map(|(name, src, flags)| {
-        let c = dir.join(format!("{name}.c"));
-        std::fs::write(&c, src).expect("write source");
-        let o = compile("clang", &c, flags, &[], &dir.join(format!("{name}.o")));
-        (format!("{name}.o"), std::fs::read(o).expect("read object"))
-    })
-    .collect()
+    compiled_pair(
+        &dir,
+        "clang",
+        [("clang_a", a, &["-O2"]), ("clang_b", b, &["-O1", "-fPIC"])],
+    )
 }
 
 /// The answer never depends on batching: a batch pair with one mutant,

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::Roots;
 use crate::error::LinkError;
 use crate::graph::{
-    Block, BlockId, FdeLinks, FxHashMap, LinkGraph, SectionId, SectionRole, SymbolDef,
+    Block, BlockId, FdeLinks, FxHashMap, LinkGraph, SectionId, SectionRole, SymbolDef, SymbolId,
 };
 
 /// The blocks [`prune`] starts from.
@@ -55,29 +55,24 @@ fn bounds_delimit_one_section(graph: &LinkGraph) -> Result<(), LinkError> {
     if graph.sections.len() == graph.section_index.len() {
         return Ok(());
     }
-    for id in graph.globals.ids() {
-        let s = &graph.symbols[id.index()];
-        let Some(name) = s.name.as_deref().filter(|_| s.def == SymbolDef::External) else {
-            continue;
-        };
-        let Some(section) = name
-            .strip_prefix("__start_")
-            .or_else(|| name.strip_prefix("__stop_"))
-        else {
-            continue;
-        };
+    let mut bounds: Vec<(u32, SectionId)> = start_stop_sections(graph).into_iter().collect();
+    bounds.sort_unstable();
+    for (sym, first) in bounds {
+        let section = &graph.sections[first.index()].name;
         let apart: Vec<String> = graph
             .sections
             .iter()
-            .filter(|sec| &*sec.name == section)
+            .filter(|sec| sec.name == *section)
             .map(|sec| format!("{:?} {:?}", sec.prot, sec.role))
             .collect();
         if apart.len() > 1 {
+            let id = SymbolId(sym);
             return Err(LinkError::malformed(
-                graph.object_name(s.object),
+                graph.object_name(graph.symbols[id.index()].object),
                 format!(
-                    "`{name}` delimits section {section}, but its inputs differ in \
+                    "`{}` delimits section {section}, but its inputs differ in \
                      protection or role ({}) and are kept apart",
+                    graph.symbol_name(id),
                     apart.join("; ")
                 ),
             ));

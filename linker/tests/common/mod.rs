@@ -171,9 +171,20 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) {
 /// Write C source text `src` to `<dir>/<name>.c` and compile it with
 /// `gcc flags -c` into `<dir>/<name>.o`.
 pub(crate) fn compile_c_text(dir: &Path, name: &str, src: &str, flags: &[&str]) -> PathBuf {
+    compile_c_text_with("gcc", dir, name, src, flags)
+}
+
+/// [`compile_c_text`] with the compiler `cc`.
+pub(crate) fn compile_c_text_with(
+    cc: &str,
+    dir: &Path,
+    name: &str,
+    src: &str,
+    flags: &[&str],
+) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
     write_atomically(&c, src.as_bytes());
-    compile("gcc", &c, flags, &[], &dir.join(format!("{name}.o")))
+    compile(cc, &c, flags, &[], &dir.join(format!("{name}.o")))
 }
 
 /// Compile each of `srcs` (file names in `tests/c`) with `cc flags -c` into
