@@ -19,6 +19,11 @@ impl SymbolFlags {
     /// Has no address: materializing it has effects only (e.g. runs
     /// initializers). It can only be looked up weakly.
     pub const SIDE_EFFECTS_ONLY: SymbolFlags = SymbolFlags(8);
+    /// A thread-local variable: its address is no address but a value
+    /// its definer's linker gives meaning to (kiln's object layer: the TLS
+    /// module and offset), and a reference binds to it only as to a
+    /// thread-local.
+    pub const THREAD_LOCAL: SymbolFlags = SymbolFlags(16);
 
     /// Whether every flag in `other` is set.
     pub const fn contains(self, other: SymbolFlags) -> bool {
@@ -39,6 +44,10 @@ impl SymbolFlags {
     /// Side-effects-only?
     pub const fn is_side_effects_only(self) -> bool {
         self.contains(Self::SIDE_EFFECTS_ONLY)
+    }
+    /// Thread-local?
+    pub const fn is_thread_local(self) -> bool {
+        self.contains(Self::THREAD_LOCAL)
     }
     /// The raw bits (for packing into the Ready index).
     #[cfg(not(kiln_loom))]
@@ -77,6 +86,7 @@ impl fmt::Debug for SymbolFlags {
             (Self::WEAK, "weak"),
             (Self::CALLABLE, "callable"),
             (Self::SIDE_EFFECTS_ONLY, "side-effects-only"),
+            (Self::THREAD_LOCAL, "thread-local"),
         ] {
             if self.contains(flag) {
                 parts.push(name);

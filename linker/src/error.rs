@@ -102,6 +102,25 @@ pub enum LinkError {
         /// `(name, objects referencing it)`, sorted by name.
         missing: Vec<(String, Vec<String>)>,
     },
+    /// An external and the definition it resolved to disagree on being
+    /// thread-local (user error: a declaration that does not match).
+    #[error(
+        "{objects} {} `{symbol}`, but the definition found {}",
+        if *used_as_thread_local { "use" } else { "use as code or plain data" },
+        if *used_as_thread_local {
+            "is not thread-local"
+        } else {
+            "is a thread-local variable (declare it `extern __thread` or `extern thread_local`)"
+        }
+    )]
+    ThreadLocalMismatch {
+        /// The symbol.
+        symbol: String,
+        /// The objects referencing it, comma-separated.
+        objects: String,
+        /// Whether they reference it as a thread-local.
+        used_as_thread_local: bool,
+    },
     /// Strong symbols defined more than once (user error). Lists all of them.
     #[error("{}", duplicate_message(duplicates))]
     DuplicateSymbols {

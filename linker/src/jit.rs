@@ -76,6 +76,20 @@ pub enum JitError {
         /// What was attempted.
         operation: &'static str,
     },
+    /// [`Jit::get`] was asked for a thread-local variable, which has no
+    /// address to call ([`Jit::address`] gives this thread's instance).
+    #[error("`{name}` is a thread-local variable, not a function")]
+    NotAFunction {
+        /// The symbol.
+        name: String,
+    },
+    /// A thread-local variable's TLS module is no longer registered (its
+    /// image was removed while its symbol was looked up).
+    #[error("the TLS module of thread-local `{name}` is gone (was its image removed?)")]
+    ThreadLocalGone {
+        /// The symbol.
+        name: String,
+    },
     /// [`Jit::remove`] was given a tracker whose [`Func`] handles are still
     /// alive; nothing was removed.
     #[error("the tracker still has {handles} live function handle(s); nothing was removed")]
@@ -382,8 +396,21 @@ impl Jit {
     }
 
     /// The address of `name` once it and everything it reaches are linked
-    /// (Ready), without running initializers: for data, or to hand on.
+    /// (Ready), without running initializers: for data, or to hand on. For
+    /// a thread-local variable, the calling thread's instance (as `dlsym`
+    /// gives it).
     pub fn address(&self, name: &str) -> Result<u64, JitError> {
+        let def = self.ready(name)?;
+        if def.flags.is_thread_local() {
+            return crate::runtime::tls::thread_local_address(def.address)
+                .map(|a| a as u64)
+                .ok_or_else(|| JitError::ThreadLocalGone { name: name.into() });
+        }
+        Ok(def.address)
+    }
+
+    /// `name`'s definition once it and everything it reaches are Ready.
+    fn ready(&self, name: &str) -> Result<kiln_engine::SymbolDef, JitError> {
         let inner = &self.inner;
         let sym = inner.session.intern(name);
         let found = inner
@@ -397,7 +424,7 @@ impl Jit {
         let def = found
             .get(&sym)
             .ok_or(kiln_engine::Error::SymbolsNotFound { names: vec![sym] })?;
-        Ok(def.address)
+        Ok(def)
     }
 
     /// The function `name` as an `F` (an `extern "C" fn` type), once it and
@@ -424,7 +451,11 @@ impl Jit {
         name: &str,
         token: Option<Arc<()>>,
     ) -> Result<Func<F>, JitError> {
-        let address = self.address(name)?;
+        let def = self.ready(name)?;
+        if def.flags.is_thread_local() {
+            return Err(JitError::NotAFunction { name: name.into() });
+        }
+        let address = def.address;
         let inner = &self.inner;
         // Objects with static constructors that were added lazily are linked
         // at startup: before the first function runs.

@@ -770,10 +770,13 @@ fn look_up_entry(run: &Run, entry: &str) -> Result<u64, String> {
         )
         .wait()
         .map_err(report)?;
-    found
-        .get(&entry)
-        .map(|d| d.address)
-        .ok_or_else(|| "entry point has no address".to_string())
+    match found.get(&entry) {
+        Some(d) if d.flags.is_thread_local() => Err(format!(
+            "entry point `{entry}` is a thread-local variable, not a function"
+        )),
+        Some(d) => Ok(d.address),
+        None => Err("entry point has no address".to_string()),
+    }
 }
 
 /// Lookups of the program's own symbols: everything in `main`.

@@ -191,6 +191,30 @@ fn malformed_input_is_an_error_not_a_crash() {
     assert!(text(&out.stderr).contains("bad.o"), "{}", show(&out));
 }
 
+/// `--entry` naming a thread-local variable is refused, eager and lazy:
+/// its value names a TLS module, and calling it would crash.
+#[test]
+fn an_entry_point_that_is_a_thread_local_is_refused_naming_it() {
+    let dir = scratch("entry-tls");
+    let src = "__thread int tv = 3;\nint main(void) { return tv; }\n";
+    let o = compile_c_text(&dir, "tv", src, &["-O2"]);
+    for lazy in [false, true] {
+        let mut cmd = kiln();
+        cmd.args(["run", "--entry", "tv"]);
+        if lazy {
+            cmd.arg("--lazy");
+        }
+        let out = cmd.arg(&o).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "lazy {lazy}: {}", show(&out));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("entry point `tv` is a thread-local variable"),
+            "lazy {lazy}: {}",
+            show(&out)
+        );
+    }
+}
+
 /// libloading's message is only "dlopen failed": dlerror's text (why) is
 /// its `source()`, and the user reads it.
 #[test]

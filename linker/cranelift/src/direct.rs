@@ -151,10 +151,13 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    /// The address of `name` if the engine has it Ready now.
+    /// The address of `name` if the engine has it Ready now. A
+    /// thread-local has none (its value names a TLS module): the general
+    /// path binds or refuses it.
     fn ready(&self, name: &SymbolName) -> Option<u64> {
         let defs = (self.outside.ready)(std::slice::from_ref(name))?;
-        defs.first().map(|def| def.address)
+        let def = defs.first()?;
+        (!def.flags.is_thread_local()).then_some(def.address)
     }
 
     /// Function `index`'s address: the slot's (the common case), else

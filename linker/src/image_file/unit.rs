@@ -353,6 +353,22 @@ impl ImageUnit {
         let names = load::import_names(p);
         let interned: Vec<SymbolName> = names.names.iter().map(|n| session.intern(n)).collect();
         let found = resolved_lookup(session, order.clone(), interned).wait()?;
+        // An image imports addresses: a thread-local has none.
+        let thread_local = found
+            .by_request()
+            .find(|(_, d)| d.is_some_and(|d| d.flags.is_thread_local()));
+        if let Some((symbol, _)) = thread_local {
+            let e = LinkError::ThreadLocalMismatch {
+                symbol: symbol.to_string(),
+                objects: self.name.clone(),
+                used_as_thread_local: false,
+            };
+            let source = crate::Cause::new(e);
+            return Err(err(ImageError::Link {
+                name: self.name.clone(),
+                source,
+            }));
+        }
         let answers: Vec<Option<u64>> = found
             .by_request()
             .map(|(_, d)| d.map(|d| d.address))

@@ -44,7 +44,7 @@ use super::{
 };
 use crate::error::LinkError;
 use crate::graph::{FxHashMap, LinkGraph, ObjectId, SectionRole, SymbolId};
-use crate::passes::{self, ImageEnv, LinkHost, Prepared, Roots};
+use crate::passes::{self, LinkHost, Prepared, Roots};
 use crate::runtime;
 
 /// Whether a unit of `graph` (offering globals with `flags`) links the same
@@ -53,9 +53,7 @@ use crate::runtime;
 /// code), no archive member (pruned against its own roots), no
 /// thread-locals of its own (a batch's TLS block is one: whether it gets
 /// a range of kiln's static TLS area, which code of the local-exec and
-/// initial-exec models needs, would depend on the other units; and as
-/// thread-locals resolve within one image, a unit using another's would
-/// find it only in a batch) — and, learned
+/// initial-exec models needs, would depend on the other units) — and, learned
 /// while its globals are listed, no `__start_`/`__stop_` reference (it
 /// would span every unit's sections) and no global of local scope (two
 /// units may each have one). Asked once, when the unit is made.
@@ -171,7 +169,8 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
         defs: Vec::new(),
     };
     let start = passes::Start::Prepared(Box::new(prepared));
-    let prepared = match passes::before_externals(start, &mut host, options) {
+    let env = super::image_env(&image_name(host.members));
+    let prepared = match passes::before_externals(start, &mut host, &env, options) {
         Ok(prepared) => prepared,
         Err(e) => return r.fail(e),
     };
@@ -298,7 +297,7 @@ impl LinkHost for BatchHost<'_> {
                 .into_iter()
                 .zip(&m.unit.flags)
             {
-                if let Some(address) = prepared.defined_address(id) {
+                if let Some(address) = prepared.exported_value(id).map_err(link_error)? {
                     defs.push((n, SymbolDef::new(address, flags)));
                 }
             }
@@ -553,6 +552,14 @@ fn link_each_alone(mut r: Responsibility, units: Vec<(Box<ObjectUnit>, Vec<Symbo
     }
 }
 
+/// The name of a batch's image: its first unit's, and how many more.
+fn image_name(members: &[Member]) -> String {
+    match members {
+        [first, rest @ ..] => format!("{} (+{} linked with it)", first.unit.name, rest.len()),
+        [] => String::new(),
+    }
+}
+
 /// Steps 10–12 of a batch's image: externals recorded (a missing one fails
 /// the units that reference it, and only them), fixup, finalize, the image
 /// tracked. Returns the units' references when some unit fails (for their
@@ -568,6 +575,10 @@ fn link_image(
 ) -> Result<(Option<References>, Option<LinkGraph>), Error> {
     let resolved_at = Instant::now();
     prepared.set_lookup_time(resolved_at - prepared_at);
+    let found_tls = externals.iter().zip(&answers.defs);
+    let found_tls =
+        found_tls.filter_map(|((id, _), d)| Some((*id, d.as_ref()?.0.flags.is_thread_local())));
+    let misfits = prepared.thread_local_mismatches(found_tls);
     let mut data = Vec::new();
     let given: Vec<(SymbolId, Option<u64>)> = externals
         .iter()
@@ -576,30 +587,30 @@ fn link_image(
             if def.as_ref().is_some_and(|(d, _)| !d.flags.is_callable()) {
                 data.push(*id);
             }
-            (*id, def.as_ref().map(|(d, _)| d.address))
+            let misfit = misfits.iter().any(|(m, _)| m == id);
+            (
+                *id,
+                def.as_ref().filter(|_| !misfit).map(|(d, _)| d.address),
+            )
         })
         .collect();
-    // Only units that fail reference a missing symbol, and they run no
-    // code: their references are fixed up to a place inside the image,
-    // which every kind of reference reaches.
+    // Only units that fail reference a missing (or misfit) symbol, and
+    // they run no code: their references are fixed up to a place inside
+    // the image, which every kind of reference reaches.
     let placeholder = prepared.dso_handle();
     let missing = prepared.resolve_external_ids_or(&given, placeholder);
     prepared.mark_data_externals(data);
-    let mut refs = (!missing.is_empty() || answers.failed.iter().any(Option::is_some))
+    let some_fail = !missing.is_empty() || !misfits.is_empty();
+    let mut refs = (some_fail || answers.failed.iter().any(Option::is_some))
         .then(|| references(prepared.graph(), members, externals));
     if let Some(refs) = &refs {
+        fail_misfits(members, externals, &misfits, refs, answers);
         fail_missing(members, externals, &missing, refs, answers);
     }
-    let name = match members {
-        [first, rest @ ..] => format!("{} (+{} linked with it)", first.unit.name, rest.len()),
-        [] => String::new(),
-    };
+    let name = image_name(members);
     let dso = runtime::DsoHandle::new_at(name.clone(), prepared.dso_handle() as usize)
         .map_err(|e| link_error(LinkError::runtime(&name, e)))?;
-    let env = ImageEnv {
-        name: name.clone(),
-        tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
-    };
+    let env = super::image_env(&name);
     let mut options = layer.shared.options.clone();
     options.symbol_table = false;
     let ((finalized, graph), unfixed) =
@@ -672,6 +683,36 @@ fn fail_missing(
         if !names.is_empty() {
             names.sort();
             let e = LinkError::MissingSymbols { missing: names };
+            answers.failed[unit] = Some(link_error(e));
+        }
+    }
+}
+
+/// Fails each unit that references an external its definition disagrees
+/// with on being thread-local (`misfits`), as linked alone it would.
+fn fail_misfits(
+    members: &[Member],
+    externals: &[(SymbolId, SymbolName)],
+    misfits: &[(SymbolId, LinkError)],
+    refs: &References,
+    answers: &mut Answers,
+) {
+    for (unit, m) in members.iter().enumerate() {
+        let misfit = refs.externals[unit]
+            .iter()
+            .find_map(|&i| misfits.iter().find(|(id, _)| *id == externals[i].0));
+        if let (None, Some((_, e))) = (&answers.failed[unit], misfit)
+            && let LinkError::ThreadLocalMismatch {
+                symbol,
+                used_as_thread_local,
+                ..
+            } = e
+        {
+            let e = LinkError::ThreadLocalMismatch {
+                symbol: symbol.clone(),
+                objects: m.unit.name.clone(),
+                used_as_thread_local: *used_as_thread_local,
+            };
             answers.failed[unit] = Some(link_error(e));
         }
     }

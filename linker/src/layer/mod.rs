@@ -599,8 +599,9 @@ impl ObjectLayer {
     /// its entry through that link order (see `lazy/identity.rs`).
     ///
     /// Objects that refer to each other's thread-local variables are linked
-    /// together, as one image (a thread-local needs its module, not just an
-    /// address). Objects with static constructors are linked at startup
+    /// together, as one image: local-dynamic code (hidden thread-locals of
+    /// another object, as Rust's codegen units have) reaches only its own
+    /// image's. Objects with static constructors are linked at startup
     /// instead ([`ObjectLayer::startup_symbols`]): their constructors must
     /// run before `main`, as in the eager mode.
     pub fn add_objects_lazily(
@@ -737,7 +738,7 @@ impl ObjectLayer {
             let alias = kiln_engine::Alias {
                 name: sym.clone(),
                 target: sym,
-                flags: flags_of(s.scope, s.linkage, s.callable),
+                flags: flags_of(s),
             };
             // Thread-local symbols have no address to call through.
             if s.callable && !s.tls {
@@ -1112,16 +1113,28 @@ impl ObjectLayer {
     }
 }
 
-fn flags_of(scope: Scope, linkage: Linkage, callable: bool) -> SymbolFlags {
+/// What the layer's images provide themselves: their name, and a TLS
+/// module static if kiln's static TLS area has room, dynamic otherwise.
+pub(crate) fn image_env(name: &str) -> ImageEnv {
+    ImageEnv {
+        name: name.to_string(),
+        tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
+    }
+}
+
+fn flags_of(s: &crate::graph::Symbol) -> SymbolFlags {
     let mut flags = SymbolFlags::NONE;
-    if scope == Scope::Default {
+    if s.scope == Scope::Default {
         flags |= SymbolFlags::EXPORTED;
     }
-    if linkage == Linkage::Weak {
+    if s.linkage == Linkage::Weak {
         flags |= SymbolFlags::WEAK;
     }
-    if callable {
+    if s.callable {
         flags |= SymbolFlags::CALLABLE;
+    }
+    if s.tls {
+        flags |= SymbolFlags::THREAD_LOCAL;
     }
     flags
 }
@@ -1146,7 +1159,7 @@ fn offer(graph: &LinkGraph, id: SymbolId, name: &str, joins: &mut bool) -> Optio
         _ => true,
     };
     *joins &= s.scope != Scope::Local;
-    (live && s.scope != Scope::Local).then(|| flags_of(s.scope, s.linkage, s.callable))
+    (live && s.scope != Scope::Local).then(|| flags_of(s))
 }
 
 /// What a unit offers: its globals (name, id in its graph), their flags,
@@ -1460,7 +1473,7 @@ impl passes::LinkHost for EngineHost<'_> {
         // miss each, before any other unit may go on.
         for ((n, id), flags) in std::mem::take(&mut self.globals).into_iter().zip(self.owed) {
             if let Some(flags) = *flags
-                && let Some(address) = prepared.defined_address(id)
+                && let Some(address) = prepared.exported_value(id).map_err(link_error)?
             {
                 defs.push((n, SymbolDef::new(address, flags)));
             }
@@ -1519,7 +1532,9 @@ impl ObjectUnit {
             owed: &owed,
             defs: Vec::new(),
         };
-        let prepared = passes::before_externals(start, &mut host, &self.layer.shared.options)?;
+        let env = image_env(&self.name);
+        let options = &self.layer.shared.options;
+        let prepared = passes::before_externals(start, &mut host, &env, options)?;
         let session = &self.layer.session;
         let externals = interned_externals(&prepared, session);
         Ok(Begun {
@@ -1562,6 +1577,16 @@ impl ObjectUnit {
                 (*id, def.map(|d| d.address))
             })
             .collect();
+        let found_tls = externals.iter().zip(found.by_request());
+        let found_tls =
+            found_tls.filter_map(|((id, _), (_, d))| Some((*id, d?.flags.is_thread_local())));
+        if let Some((_, e)) = prepared
+            .thread_local_mismatches(found_tls)
+            .into_iter()
+            .next()
+        {
+            return Err(link_error(e));
+        }
         prepared
             .resolve_external_ids(&answers)
             .map_err(link_error)?;
@@ -1571,10 +1596,7 @@ impl ObjectUnit {
         let name = &self.name;
         let dso = runtime::DsoHandle::new_at(name.to_string(), prepared.dso_handle() as usize)
             .map_err(|e| link_error(LinkError::runtime(name, e)))?;
-        let env = ImageEnv {
-            name: name.to_string(),
-            tls_placement: Some(runtime::tls::TlsPlacement::PreferStatic),
-        };
+        let env = image_env(name);
         // The engine holds the addresses: no name → address table for the
         // image.
         let mut options = self.layer.shared.options.clone();

@@ -51,6 +51,7 @@ pub(super) fn allocate(
         plt: blocks.plt,
         plt_block: blocks.plt_block,
         tls,
+        tls_module: None,
         eh_frame: layout.eh_frame.map(|(o, l)| (base + o, l)),
         externals: Default::default(),
         external_refs: req.external_refs,

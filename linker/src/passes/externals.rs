@@ -59,6 +59,38 @@ impl Prepared {
         self.resolve_external_ids(&answers)
     }
 
+    /// The externals among `answers` (symbol, whether its definition is
+    /// thread-local) whose references disagree with their definition on
+    /// being thread-local, each with its error naming the objects that
+    /// reference it: thread-local references bind to other images'
+    /// thread-locals through their TLS module, plain ones to addresses.
+    pub(crate) fn thread_local_mismatches(
+        &self,
+        answers: impl IntoIterator<Item = (SymbolId, bool)>,
+    ) -> Vec<(SymbolId, LinkError)> {
+        let g = &self.graph;
+        answers
+            .into_iter()
+            .filter(|&(id, tls)| g.symbols.get(id.index()).is_some_and(|s| s.tls != tls))
+            .map(|(id, tls)| {
+                let mut objects: Vec<&str> = g
+                    .blocks
+                    .iter()
+                    .filter(|b| b.live && b.edges.iter().any(|e| e.target == id))
+                    .map(|b| g.object_name(b.object))
+                    .collect();
+                objects.sort_unstable();
+                objects.dedup();
+                let e = LinkError::ThreadLocalMismatch {
+                    symbol: g.symbol_name(id),
+                    objects: objects.join(", "),
+                    used_as_thread_local: !tls,
+                };
+                (id, e)
+            })
+            .collect()
+    }
+
     /// Records that the externals `ids` are data, not code (the resolver
     /// knows; the relocations do not). Non-PIE code that cannot reach one
     /// defined in JIT memory then fails to link, naming it, instead of

@@ -15,7 +15,7 @@ use crate::graph::{
     Block, Content, Edge, FxHashMap, LinkGraph, ObjectId, SectionRole, SymbolDef, SymbolId,
 };
 use crate::isa::Isa;
-use crate::runtime::tls::TlsModule;
+use crate::runtime::tls::{Foreign, TlsModule};
 use kiln_arch::{Aarch64, EdgeTarget, RelocArch, X86_64};
 
 /// Copy and fix up blocks in parallel from this many bytes on, even with
@@ -59,16 +59,21 @@ pub(super) fn fix_up(
 ) -> Result<Fixed, LinkError> {
     let started = Instant::now();
     // The TLS module fixes module id and thread-pointer offset before fixup.
-    let tls_module = tls_module(&p, env)?;
+    p.set_up_tls_module(env)?;
+    let tls_module = p.tls_module.take();
     let tls = tls_module.as_ref();
     // Final value of every symbol, computed once.
     let mut addrs: Vec<u64> = (0..p.graph.symbols.len())
         .map(|i| p.symbol_address(SymbolId(i as u32)))
         .collect();
     let got_addrs = redirect_far_host_symbols(&mut p, &mut addrs)?;
+    let tls = TlsContext {
+        own: tls,
+        imaging: options.imaging,
+    };
+    let tpoffs = tp_offsets(&p, &addrs, tls)?;
     write_got(&mut p, &addrs, &got_addrs, tls)?;
     write_plt(&mut p)?;
-    let tpoffs = tp_offsets(&p.graph, &addrs, tls)?;
     let edge_count: usize = p.graph.blocks.iter().map(|b| b.edges.len()).sum();
     let failed = fix_blocks(
         &mut p,
@@ -88,6 +93,17 @@ pub(super) fn fix_up(
         edge_count,
         started,
     })
+}
+
+impl Prepared {
+    /// Step 8b: the image's TLS module, if it has a TLS block, the link a
+    /// place for it and it was not made already.
+    pub(super) fn set_up_tls_module(&mut self, env: &ImageEnv) -> Result<(), LinkError> {
+        if self.tls_module.is_none() {
+            self.tls_module = tls_module(self, env)?;
+        }
+        Ok(())
+    }
 }
 
 /// The image's TLS module, if it has a TLS block and the link a place for it.
@@ -183,15 +199,68 @@ fn redirect_far_host_symbols(p: &mut Prepared, addrs: &mut [u64]) -> Result<Vec<
     Ok(got_addrs)
 }
 
+/// Where a link's thread-locals are: its own TLS module, and other
+/// images' (bound through [`Foreign`] unless the link makes an image,
+/// which binds thread-locals only within itself).
+#[derive(Clone, Copy)]
+struct TlsContext<'a> {
+    own: Option<&'a TlsModule>,
+    imaging: bool,
+}
+
+impl TlsContext<'_> {
+    /// The other image's thread-local external `sym` resolved to, or
+    /// `None` if `sym` is the image's own (or the linker's).
+    fn foreign(
+        &self,
+        p: &Prepared,
+        addrs: &[u64],
+        sym: SymbolId,
+    ) -> Result<Option<Foreign>, LinkError> {
+        let g = &p.graph;
+        if g.symbols[sym.index()].def != SymbolDef::External || p.specials.contains_key(&sym) {
+            return Ok(None);
+        }
+        let found = (!self.imaging)
+            .then(|| Foreign::of(addrs[sym.index()]))
+            .flatten();
+        let why = if self.imaging {
+            "an image binds thread-locals only within itself"
+        } else {
+            "no TLS module of another image defines it"
+        };
+        found.map(Some).ok_or_else(|| {
+            LinkError::tls(format!(
+                "thread-local `{}` (used by {}) is not defined in this link, and {why}",
+                g.symbol_name(sym),
+                users(g, |e| e.target == sym)
+            ))
+        })
+    }
+}
+
 /// The thread-pointer offset of TLS symbol `sym` (for relocation `reloc`).
 fn tp_offset(
-    tls: Option<&TlsModule>,
+    p: &Prepared,
+    tls: TlsContext<'_>,
     addrs: &[u64],
     sym: SymbolId,
-    g: &LinkGraph,
     reloc: &str,
 ) -> Result<i64, LinkError> {
-    let module = tls.ok_or_else(|| no_tls(g, sym))?;
+    let g = &p.graph;
+    let refused = |e| {
+        LinkError::tls_refused(
+            format!("the thread-pointer offset of `{}`", g.symbol_name(sym)),
+            e,
+        )
+    };
+    if let Some(foreign) = tls.foreign(p, addrs, sym)? {
+        let (name, users) = (g.symbol_name(sym), users(g, |e| e.target == sym));
+        return foreign
+            .static_tp_offset((&name, &users, reloc))
+            .map_err(refused);
+    }
+    let module = tls.own.ok_or_else(|| no_tls(g, sym))?;
     if let Some(off) = crate::image_file::tls::foreign_tp_offset(g.isa(), addrs[sym.index()]) {
         return Ok(off);
     }
@@ -202,12 +271,7 @@ fn tp_offset(
             g.object_name(g.symbols[sym.index()].object),
             reloc,
         )
-        .map_err(|e| {
-            LinkError::tls_refused(
-                format!("the thread-pointer offset of `{}`", g.symbol_name(sym)),
-                e,
-            )
-        })
+        .map_err(refused)
 }
 
 /// The GOT's contents: addresses, TLS module ids and offsets, descriptors.
@@ -215,12 +279,20 @@ fn write_got(
     p: &mut Prepared,
     addrs: &[u64],
     got_addrs: &[u64],
-    tls: Option<&TlsModule>,
+    tls: TlsContext<'_>,
 ) -> Result<(), LinkError> {
     let Some(gb) = p.got_block else {
         return Ok(());
     };
     let g = &p.graph;
+    let desc_refused = |s: SymbolId, e| {
+        let what = format!(
+            "`{}` (used by {})",
+            g.symbol_name(s),
+            users(g, |e| e.target == s)
+        );
+        LinkError::tls_refused(what, e)
+    };
     let ie_name = g.isa().name_of(|t| t == EdgeTarget::TlsIeEntry);
     let mut got_bytes = vec![0u8; g.blocks[gb.index()].content.len() as usize];
     for (key, off) in p.got.iter() {
@@ -230,24 +302,32 @@ fn write_got(
         };
         match key {
             GotKey::Addr(s) => put(0, got_addrs[s.index()]),
-            GotKey::TlsGd(s) | GotKey::TlsDesc(s) | GotKey::TpOff(s)
-                if g.symbols[s.index()].def == SymbolDef::External
-                    && !p.specials.contains_key(&s) =>
-            {
-                return Err(LinkError::tls(format!(
-                    "thread-local `{}` (used by {}) is not defined in this link; kiln resolves TLS variables only within one image",
-                    g.symbol_name(s),
-                    users(g, |e| e.target == s)
-                )));
-            }
-            GotKey::TpOff(s) => put(0, tp_offset(tls, addrs, s, g, ie_name)? as u64),
-            GotKey::TlsGd(s) => {
-                let m = tls.ok_or_else(|| no_tls(g, s))?;
-                put(0, m.module_id());
-                put(8, addrs[s.index()]);
+            GotKey::TpOff(s) => put(0, tp_offset(p, tls, addrs, s, ie_name)? as u64),
+            GotKey::TlsGd(s) => match tls.foreign(p, addrs, s)? {
+                Some(foreign) => {
+                    put(0, foreign.module_id());
+                    put(8, foreign.offset());
+                }
+                None => {
+                    let m = tls.own.ok_or_else(|| no_tls(g, s))?;
+                    put(0, m.module_id());
+                    put(8, addrs[s.index()]);
+                }
+            },
+            GotKey::TlsDesc(s) => {
+                let d = match tls.foreign(p, addrs, s)? {
+                    Some(foreign) => foreign.tlsdesc(),
+                    None => tls
+                        .own
+                        .ok_or_else(|| no_tls(g, s))?
+                        .tlsdesc(addrs[s.index()]),
+                };
+                let d = d.map_err(|e| desc_refused(s, e))?;
+                put(0, d.resolver as u64);
+                put(8, d.argument as u64);
             }
             GotKey::TlsLd => {
-                let m = tls.ok_or_else(|| {
+                let m = tls.own.ok_or_else(|| {
                     LinkError::tls(format!(
                         "local-dynamic TLS used (by {}) but no TLS support was provided",
                         users(g, |e| e.kind.target == EdgeTarget::TlsLdPair)
@@ -255,21 +335,6 @@ fn write_got(
                 })?;
                 put(0, m.module_id());
                 put(8, 0);
-            }
-            GotKey::TlsDesc(s) => {
-                let m = tls.ok_or_else(|| no_tls(g, s))?;
-                let d = m.tlsdesc(addrs[s.index()]).map_err(|e| {
-                    LinkError::tls_refused(
-                        format!(
-                            "`{}` (used by {})",
-                            g.symbol_name(s),
-                            users(g, |e| e.target == s)
-                        ),
-                        e,
-                    )
-                })?;
-                put(0, d.resolver as u64);
-                put(8, d.argument as u64);
             }
         }
     }
@@ -313,19 +378,26 @@ fn write_plt(p: &mut Prepared) -> Result<(), LinkError> {
 }
 
 /// Thread-pointer offsets of the targets of TP-relative edges, computed
-/// before the parallel part.
+/// before the parallel part; local-dynamic code that reaches another
+/// image's thread-local refused.
 fn tp_offsets(
-    g: &LinkGraph,
+    p: &Prepared,
     addrs: &[u64],
-    tls: Option<&TlsModule>,
+    tls: TlsContext<'_>,
 ) -> Result<FxHashMap<SymbolId, i64>, LinkError> {
+    let g = &p.graph;
     let mut tpoffs: FxHashMap<SymbolId, i64> = FxHashMap::default();
     let has_tls = g.symbols.iter().any(|s| s.tls);
     for b in g.blocks.iter().filter(|b| b.live && has_tls) {
         for e in &b.edges {
+            let local_dynamic =
+                matches!(e.kind.target, EdgeTarget::TlsLdPair | EdgeTarget::DtpOffset);
+            if local_dynamic && tls.foreign(p, addrs, e.target)?.is_some() {
+                return Err(local_dynamic_across_images(g, b, e));
+            }
             if e.kind.target == EdgeTarget::TpOffset && !tpoffs.contains_key(&e.target) {
                 let reloc = e.kind.name;
-                let v = tp_offset(tls, addrs, e.target, g, reloc)?;
+                let v = tp_offset(p, tls, addrs, e.target, reloc)?;
                 tpoffs.insert(e.target, v);
             }
         }
@@ -690,6 +762,20 @@ fn largest_tls_inputs(g: &LinkGraph) -> String {
         ),
         _ => "no TLS input".into(),
     }
+}
+
+/// The error for local-dynamic code (`e` in `b`) reaching a thread-local
+/// of another image: its module offsets are its own image's.
+#[cold]
+fn local_dynamic_across_images(g: &LinkGraph, b: &Block, e: &Edge) -> LinkError {
+    LinkError::tls(format!(
+        "{} reaches thread-local `{}`, which another image defines, with local-dynamic code ({} at {}+{:#x}), which reaches its own image's thread-locals only: link the objects that share hidden thread-locals as one image (in one add_objects call; the codegen units of one Rust crate are such objects)",
+        g.object_name(b.object),
+        g.symbol_name(e.target),
+        e.kind.name,
+        b.input_section,
+        b.input_offset + u64::from(e.offset),
+    ))
 }
 
 fn no_tls(g: &LinkGraph, s: SymbolId) -> LinkError {

@@ -13,6 +13,7 @@
 //! | 7 | layout: RX, R, RW; TLS apart | `layout.rs` |
 //! | 7b | calls out of the ISA's direct reach: veneers, layout again | `veneers.rs` |
 //! | 8 | allocate: memory and final block addresses | `allocate.rs` |
+//! | 8b | the TLS module (id, static range) | `fixup.rs` |
 //! | 9 | resolve the graph's own symbols (the host may report them) | `own_symbols.rs` |
 //! | 10 | resolve externals through the host | `externals.rs` |
 //! | 11 | fixup: GOT, PLT, every block (rayon for large graphs) | `fixup.rs` |
@@ -157,7 +158,7 @@ pub(crate) fn run<H: ResolvesExternals>(
     env: &ImageEnv,
     options: &LinkOptions,
 ) -> Result<FinalizedKeeping, H::Error> {
-    let mut prepared = before_externals(start, host, options)?;
+    let mut prepared = before_externals(start, host, env, options)?;
     // 10. One question for every external; all missing ones in one error.
     let t = Instant::now();
     host.resolve_externals(&mut prepared)?;
@@ -166,15 +167,16 @@ pub(crate) fn run<H: ResolvesExternals>(
     fix_up_and_finalize(prepared, env, options).map_err(|e| host.link_error(e))
 }
 
-/// Steps 1–9: [`prepare`] unless `start` is prepared already, then the
-/// host hears the image's own addresses. What is left needs the
-/// externals' addresses.
+/// Steps 1–9: [`prepare`] unless `start` is prepared already, the image's
+/// TLS module, then the host hears the image's own addresses. What is
+/// left needs the externals' addresses.
 pub(crate) fn before_externals<H: LinkHost>(
     start: Start<'_>,
     host: &mut H,
+    env: &ImageEnv,
     options: &LinkOptions,
 ) -> Result<Prepared, H::Error> {
-    let prepared = match start {
+    let mut prepared = match start {
         Start::Graph {
             graph,
             roots,
@@ -182,6 +184,11 @@ pub(crate) fn before_externals<H: LinkHost>(
         } => prepare(*graph, roots, options.imaging, below_2gib).map_err(|e| host.link_error(e))?,
         Start::Prepared(prepared) => *prepared,
     };
+    // 8b. The TLS module: its id and static range are what the image's
+    // thread-locals are to other images.
+    prepared
+        .set_up_tls_module(env)
+        .map_err(|e| host.link_error(e))?;
     // 9. The graph's own symbols are final: the engine reports them here.
     host.own_symbols_resolved(&prepared)?;
     Ok(prepared)

@@ -4,6 +4,7 @@
 //! them at Resolved go on).
 
 use super::{DefinedFlags, DefinedSymbol, Prepared};
+use crate::error::LinkError;
 use crate::graph::{Linkage, Scope, SymbolDef, SymbolId};
 
 impl Prepared {
@@ -38,6 +39,31 @@ impl Prepared {
             }
             SymbolDef::Absolute(v) => Some(v),
             _ => None,
+        }
+    }
+
+    /// The value the engine holds for global `id` if this graph defines
+    /// it: its address, or for a thread-local the value through which
+    /// other images' thread-local references bind to it (its TLS module
+    /// and offset, `TlsModule::exported`; the module is made at step 8b).
+    pub(crate) fn exported_value(&self, id: SymbolId) -> Result<Option<u64>, LinkError> {
+        let Some(address) = self.defined_address(id) else {
+            return Ok(None);
+        };
+        if !self.graph.symbols[id.index()].tls {
+            return Ok(Some(address));
+        }
+        match &self.tls_module {
+            Some(module) => module.exported(address).map(Some).ok_or_else(|| {
+                LinkError::tls(format!(
+                    "thread-local `{}` at offset {address:#x} of TLS module `{}` cannot be offered to other images (too many TLS modules at once, or a TLS block over 4 GiB)",
+                    self.graph.symbol_name(id),
+                    module.name()
+                ))
+            }),
+            // A TLS block of no bytes (no module): its offset, which no
+            // reference binds to (`Foreign::of` refuses it).
+            None => Ok(Some(address)),
         }
     }
 }

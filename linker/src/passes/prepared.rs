@@ -24,6 +24,10 @@ pub struct Prepared {
     pub(super) plt: SymOffsets,
     pub(super) plt_block: Option<BlockId>,
     pub(super) tls: TlsLayout,
+    /// The image's TLS module, once made: before its own symbols are
+    /// reported (step 9), whose thread-locals other images bind to
+    /// through it; else at fixup.
+    pub(super) tls_module: Option<crate::runtime::tls::TlsModule>,
     pub(super) eh_frame: Option<(u64, u64)>,
     /// Resolved external addresses, by symbol.
     pub(super) externals: FxHashMap<SymbolId, u64>,

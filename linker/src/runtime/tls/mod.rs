@@ -191,6 +191,9 @@ struct ModuleEntry {
     layout: Layout,
     image: Option<Box<[u8]>>,
     storage: Storage,
+    /// Why the module is not static (empty when it is), for errors of
+    /// other images' initial-exec code that binds to it.
+    static_reason: String,
     /// Dynamic blocks by thread key.
     blocks: HashMap<u64, usize>,
     /// TLSDESC arguments handed out; boxed because GOT entries point at
@@ -367,47 +370,32 @@ impl TlsModule {
         object: &str,
         relocation: &str,
     ) -> Result<i64, TlsError> {
-        match self.tp_offset {
-            Some(base) => Ok(base + offset as i64),
-            None => Err(TlsError::NeedsStaticTls {
-                variable: variable.to_owned(),
-                object: object.to_owned(),
-                relocation: relocation.to_owned(),
-                module: self.name.clone(),
-                reason: self.static_reason.clone(),
-            }),
-        }
+        let user = (variable, object, relocation);
+        tp_offset_in(
+            self.tp_offset,
+            offset,
+            &self.name,
+            &self.static_reason,
+            user,
+        )
     }
 
     /// The TLSDESC descriptor for the variable at `offset` in this module.
     /// Its resolver returns the variable's address minus the thread
     /// pointer, preserving every register but `rax` (and flags).
     pub fn tlsdesc(&self, offset: u64) -> Result<TlsDescriptor, TlsError> {
-        if let Some(base) = self.tp_offset {
-            return Ok(TlsDescriptor {
-                resolver: desc::static_resolver(),
-                argument: (base + offset as i64) as usize,
-            });
-        }
-        if !desc::prepare_dynamic() {
-            return Err(TlsError::TlsDescUnsupported {
-                module: self.name.clone(),
-            });
-        }
-        let argument = with_table(|t| {
-            let entry = t.slots[slot_of(self.id)].as_mut()?;
-            let arg = Box::new(desc::DescArg {
-                id: self.id,
-                offset,
-            });
-            let addr = &*arg as *const desc::DescArg as usize;
-            entry.desc_args.push(arg);
-            Some(addr)
-        });
-        Ok(TlsDescriptor {
-            resolver: desc::dynamic_resolver(),
-            argument: argument.unwrap_or(0),
-        })
+        descriptor(self.id, self.tp_offset, &self.name, offset)
+    }
+
+    /// The value the engine holds for this module's thread-local at
+    /// `offset`, through which another image's thread-local references
+    /// bind to it ([`Foreign::of`]): a tag, the module's slot and the
+    /// offset. `None` for a slot or an offset too large to encode (16 M
+    /// modules at once, a 4 GiB TLS block).
+    pub(crate) fn exported(&self, offset: u64) -> Option<u64> {
+        let slot = self.id & 0xffff_ffff;
+        (slot < EXPORT_SLOTS && offset <= u64::from(u32::MAX))
+            .then_some(EXPORT_TAG | slot << 32 | offset)
     }
 
     /// Sets the module's initial image (the relocated `.tdata` bytes; the
@@ -450,6 +438,144 @@ impl TlsModule {
     }
 }
 
+/// Top byte of the engine's value of an exported thread-local
+/// ([`TlsModule::exported`]; `'T'`).
+const EXPORT_TAG: u64 = 0x54 << 56;
+/// Slots an exported value can name (24 bits between tag and offset).
+const EXPORT_SLOTS: u64 = 1 << 24;
+
+/// The TLSDESC descriptor for the variable at `offset` of module `id`
+/// (named `name`; static at thread-pointer offset `tp`, or dynamic).
+fn descriptor(
+    id: u64,
+    tp: Option<i64>,
+    name: &str,
+    offset: u64,
+) -> Result<TlsDescriptor, TlsError> {
+    if let Some(base) = tp {
+        return Ok(TlsDescriptor {
+            resolver: desc::static_resolver(),
+            argument: (base + offset as i64) as usize,
+        });
+    }
+    if !desc::prepare_dynamic() {
+        return Err(TlsError::TlsDescUnsupported {
+            module: name.to_owned(),
+        });
+    }
+    let argument = with_table(|t| {
+        let entry = t.slots[slot_of(id)].as_mut().filter(|e| e.id == id)?;
+        let arg = Box::new(desc::DescArg { id, offset });
+        let addr = &*arg as *const desc::DescArg as usize;
+        entry.desc_args.push(arg);
+        Some(addr)
+    });
+    Ok(TlsDescriptor {
+        resolver: desc::dynamic_resolver(),
+        argument: argument.unwrap_or(0),
+    })
+}
+
+/// The thread-pointer offset of the variable at `offset` of a module
+/// static at `tp`, or the error naming why initial-exec/local-exec code
+/// cannot reach it.
+fn tp_offset_in(
+    tp: Option<i64>,
+    offset: u64,
+    module: &str,
+    static_reason: &str,
+    (variable, object, relocation): (&str, &str, &str),
+) -> Result<i64, TlsError> {
+    match tp {
+        Some(base) => Ok(base + offset as i64),
+        None => Err(TlsError::NeedsStaticTls {
+            variable: variable.to_owned(),
+            object: object.to_owned(),
+            relocation: relocation.to_owned(),
+            module: module.to_owned(),
+            reason: static_reason.to_owned(),
+        }),
+    }
+}
+
+/// A thread-local of another image, found from the value its image
+/// exported ([`TlsModule::exported`]): what a reference binds to.
+#[derive(Debug, Clone)]
+pub(crate) struct Foreign {
+    id: u64,
+    offset: u64,
+    module: String,
+    tp_offset: Option<i64>,
+    static_reason: String,
+    /// Its module has its initial image: code of its image may run.
+    initialized: bool,
+}
+
+impl Foreign {
+    /// The thread-local `value` names, if it is an exported value whose
+    /// module is registered.
+    pub(crate) fn of(value: u64) -> Option<Foreign> {
+        if value & TAG_MASK != EXPORT_TAG {
+            return None;
+        }
+        let slot = ((value >> 32) & (EXPORT_SLOTS - 1)) as usize;
+        let offset = value & 0xffff_ffff;
+        with_table(|t| {
+            let entry = t.slots.get(slot)?.as_ref()?;
+            (offset <= entry.layout.size() as u64).then(|| Foreign {
+                id: entry.id,
+                offset,
+                module: entry.name.clone(),
+                tp_offset: match entry.storage {
+                    Storage::Static { tp_offset, .. } => Some(tp_offset),
+                    Storage::Dynamic => None,
+                },
+                static_reason: entry.static_reason.clone(),
+                initialized: entry.image.is_some(),
+            })
+        })
+    }
+
+    /// Its module's id (`tls_index.ti_module`).
+    pub(crate) fn module_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its offset in its module's block (`tls_index.ti_offset`).
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Its thread-pointer offset, for initial-exec/local-exec code: as
+    /// [`TlsModule::static_tp_offset`], `user` naming the variable, the
+    /// object and the relocation in the error.
+    pub(crate) fn static_tp_offset(&self, user: (&str, &str, &str)) -> Result<i64, TlsError> {
+        tp_offset_in(
+            self.tp_offset,
+            self.offset,
+            &self.module,
+            &self.static_reason,
+            user,
+        )
+    }
+
+    /// Its TLSDESC descriptor, as [`TlsModule::tlsdesc`].
+    pub(crate) fn tlsdesc(&self) -> Result<TlsDescriptor, TlsError> {
+        descriptor(self.id, self.tp_offset, &self.module, self.offset)
+    }
+}
+
+/// The calling thread's instance of the thread-local whose engine value
+/// (a [`kiln_engine::SymbolDef`]'s address, with the
+/// [`kiln_engine::SymbolFlags::THREAD_LOCAL`] flag) is `value` — what
+/// `dlsym` gives for a thread-local; allocated on this thread's first
+/// access. `None` when `value` names no registered module's variable, or
+/// one not initialized yet (its image is not Ready).
+pub fn thread_local_address(value: u64) -> Option<*mut u8> {
+    let foreign = Foreign::of(value).filter(|f| f.initialized)?;
+    Some(block_for(foreign.id).wrapping_add(foreign.offset as usize))
+}
+
 /// Files a module with `storage` in the table.
 fn register(name: &str, layout: Layout, storage: Storage, static_reason: String) -> TlsModule {
     let (tp_offset, area) = match storage {
@@ -476,6 +602,7 @@ fn register(name: &str, layout: Layout, storage: Storage, static_reason: String)
             layout,
             image: None,
             storage,
+            static_reason: static_reason.clone(),
             blocks: HashMap::new(),
             desc_args: Vec::new(),
         });

@@ -1,0 +1,52 @@
+//! A thread-local the engine holds (another image's `__thread` variable)
+//! has no address: a function that uses it as plain data is refused,
+//! naming it, on the direct path and the general one alike — never given
+//! the value that names its TLS module as an address.
+
+mod common;
+
+use cranelift_codegen::ir::{self, InstBuilder, UserFuncName, types};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{Linkage, Module};
+use kiln_engine::{SymbolDef, SymbolFlags};
+
+use common::{kiln, sig_i64};
+
+#[test]
+fn a_function_reading_a_thread_local_as_plain_data_is_refused_naming_it() {
+    for pic in [false, true] {
+        let mut module = kiln(pic);
+        let jit = module.jit();
+        let flags = SymbolFlags::EXPORTED | SymbolFlags::THREAD_LOCAL;
+        let tcount = jit.session().intern("tcount");
+        // The value an image gives its thread-local: a tag, a TLS module's
+        // slot, an offset (`runtime::tls`); as an address, unmapped.
+        let def = SymbolDef::new(0x5400_0001_0000_0008, flags);
+        jit.app().define_absolute([(tcount, def)]).unwrap();
+        let data = (module.declare_data("tcount", Linkage::Import, true, false)).unwrap();
+        let sig = sig_i64(&module);
+        let id = (module.declare_function("reads_tcount", Linkage::Export, &sig)).unwrap();
+        let mut func = ir::Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        let gv = module.declare_data_in_func(data, &mut func);
+        let mut fctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let x = b.block_params(block)[0];
+        let at = b.ins().symbol_value(types::I64, gv);
+        let v = b.ins().load(types::I64, ir::MemFlagsData::trusted(), at, 0);
+        let y = b.ins().iadd(v, x);
+        b.ins().return_(&[y]);
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+        let mut ctx = cranelift_codegen::Context::for_function(func);
+        module.define_function(id, &mut ctx).unwrap();
+        let e = module
+            .finalize_definitions()
+            .expect_err("a thread-local is no address");
+        let chain = format!("{e}: {:?}", std::error::Error::source(&e));
+        assert!(chain.contains("`tcount`"), "pic {pic}: {chain}");
+        assert!(chain.contains("thread-local"), "pic {pic}: {chain}");
+    }
+}
