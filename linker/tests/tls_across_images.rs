@@ -316,3 +316,42 @@ fn an_image_importing_a_thread_local_as_data_is_refused_naming_it() {
         assert!(chain.contains(needle), "{needle} missing: {chain}");
     }
 }
+
+/// C++: an `inline thread_local` object with a constructor, defined in a
+/// header two translation units include, each added on its own. Each
+/// object carries a copy (COMDAT, weak) with its TLS init and wrapper
+/// functions; the first linked wins, and the other's code binds to the
+/// winner's instance — one per thread, constructed once in each.
+#[test]
+fn a_cxx_inline_thread_local_shared_by_two_objects_is_one_per_thread() {
+    let dir = scratch("tls-across-cxx");
+    let header = "struct Counter { int n; Counter() : n(100) {} int bump(int k) { n += k; return n; } };\n\
+                  inline thread_local Counter counter;\n";
+    let a = format!("{header}extern \"C\" int a_bump(int k) {{ return counter.bump(k); }}\n");
+    let b = format!("{header}extern \"C\" int b_bump(int k) {{ return counter.bump(k); }}\n");
+    for flags in [&["-O2", "-fPIC"][..], &["-O0"][..]] {
+        let cxx = |name: &str, src: &str| {
+            let o = common::compile_c_text_with("g++", &dir, name, src, flags);
+            std::fs::read(o).expect("read object")
+        };
+        let j = jit();
+        j.add_object_named("a.o", &cxx("a", &a)).unwrap();
+        j.add_object_named("b.o", &cxx("b", &b)).unwrap();
+        // SAFETY: the C signatures above.
+        let (a_bump, b_bump) = unsafe { (j.get::<Use>("a_bump"), j.get::<Use>("b_bump")) };
+        let (a_bump, b_bump) = (a_bump.unwrap(), b_bump.unwrap());
+        assert_eq!(a_bump(1), 101, "{flags:?}");
+        assert_eq!(b_bump(2), 103, "{flags:?}: one instance in this thread");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(
+                    b_bump(5),
+                    105,
+                    "{flags:?}: constructed anew in another thread"
+                );
+                assert_eq!(a_bump(1), 106, "{flags:?}");
+            });
+        });
+        assert_eq!(a_bump(0), 103, "{flags:?}");
+    }
+}
