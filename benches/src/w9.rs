@@ -11,7 +11,8 @@
 //!   `finalize_definitions`, `get_finalized_function` for all N (data are
 //!   defined before, untimed);
 //! * `kiln` (the builder, `kiln_linker::jit::Jit`): adding the M objects
-//!   that cranelift-object emitted from the same code (untimed) and one
+//!   that cranelift-object emitted from the same code (untimed), given
+//!   away (`add_object_owned`), and one
 //!   lookup of all N functions at Ready — until all N are callable;
 //! * `kiln-one-image`: the same with the M objects given to one
 //!   `Jit::add_objects` call (linked together as one image).
@@ -226,6 +227,13 @@ impl W9 {
         let jit = builder.build().map_err(|e| engine("building the JIT", e))?;
         jit.define_fn("host_mix", program::host_mix as extern "C" fn(i64) -> i64)
             .map_err(|e| engine("define_fn", e))?;
+        // What `cranelift-object` emits is the host's to give away: the
+        // per-object path takes it owned (a copy per rep, untimed).
+        let owned: Vec<Vec<u8>> = if one_image {
+            Vec::new()
+        } else {
+            p.objects.clone()
+        };
         let setup = setup.elapsed();
         perf_control("enable");
         let counters = Counters::now();
@@ -240,8 +248,8 @@ impl W9 {
             jit.add_objects(&objects)
                 .map_err(|e| engine("add_objects", e))?;
         } else {
-            for (k, object) in p.objects.iter().enumerate() {
-                jit.add_object_named(&format!("module{k}.o"), object)
+            for (k, object) in owned.into_iter().enumerate() {
+                jit.add_object_owned(&format!("module{k}.o"), object)
                     .map_err(|e| engine("add_object", e))?;
             }
         }

@@ -330,6 +330,17 @@ impl Jit {
         Ok(())
     }
 
+    /// [`Jit::add_object_named`] of bytes given away (what
+    /// `cranelift-object`'s `ObjectProduct::emit` returns): kept as they
+    /// are instead of copied.
+    pub fn add_object_owned(&self, name: &str, bytes: Vec<u8>) -> Result<(), JitError> {
+        let inner = &self.inner;
+        inner
+            .layer
+            .add_object_owned(&inner.app, None, name, bytes)?;
+        Ok(())
+    }
+
     /// Adds objects (name, bytes) as one image: they are linked together
     /// when one of their symbols is first looked up, calls between them
     /// go direct (no GOT slot or PLT stub), and their link looks up none
@@ -609,6 +620,16 @@ impl JitTracker {
         inner
             .layer
             .add_object(&inner.app, Some(&self.tracker), name, bytes)?;
+        Ok(())
+    }
+
+    /// [`Jit::add_object_owned`] through this tracker.
+    pub fn add_object_owned(&self, name: &str, bytes: Vec<u8>) -> Result<(), JitError> {
+        let inner = &self.jit.inner;
+        let tracker = Some(&self.tracker);
+        inner
+            .layer
+            .add_object_owned(&inner.app, tracker, name, bytes)?;
         Ok(())
     }
 

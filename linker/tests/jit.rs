@@ -176,7 +176,13 @@ fn several_threads_add_and_get_at_once() {
         for (t, bytes) in objects.iter().enumerate() {
             let (jit, added) = (&jit, &added);
             s.spawn(move || {
-                jit.add_object_named(&format!("f{t}.o"), bytes).unwrap();
+                // Half borrowed (copied), half given away.
+                let name = format!("f{t}.o");
+                if t % 2 == 0 {
+                    jit.add_object_named(&name, bytes).unwrap();
+                } else {
+                    jit.add_object_owned(&name, bytes.clone()).unwrap();
+                }
                 added.wait();
                 for u in 0..THREADS {
                     // SAFETY: every f<u> is `long f<u>(long)`.
@@ -213,7 +219,9 @@ fn removing_a_tracker_runs_finalizers_and_frees_its_code() {
     jit.define_fn("note_finalized", note_finalized as extern "C" fn())
         .unwrap();
     let tracker = jit.tracker().unwrap();
-    tracker.add_object_named("tracked.o", &bytes).unwrap();
+    tracker
+        .add_object_owned("tracked.o", bytes.clone())
+        .unwrap();
     // SAFETY: `tracked_fn` is `long tracked_fn(long)`.
     let f = unsafe { tracker.get::<I64Fn>("tracked_fn") }.unwrap();
     assert_eq!(f(5), 15);

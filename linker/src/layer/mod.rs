@@ -313,11 +313,23 @@ impl ObjectLayer {
         name: &str,
         bytes: &[u8],
     ) -> Result<(), LinkError> {
-        let start = Instant::now();
         // Copied once, whole: the blocks are ranges of it, and a unit that
         // joins a batch keeps it, to be linked again alone if the batch
         // cannot be linked as a whole.
-        let file: InputBytes = Arc::new(bytes.to_vec().into());
+        self.add_object_owned(dylib, tracker, name, bytes.to_vec())
+    }
+
+    /// [`ObjectLayer::add_object`] of bytes the caller gives away (what
+    /// `cranelift-object` emits): kept as they are, not copied.
+    pub fn add_object_owned(
+        &self,
+        dylib: &Dylib,
+        tracker: Option<&ResourceTracker>,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), LinkError> {
+        let start = Instant::now();
+        let file: InputBytes = Arc::new(bytes.into());
         let graph = crate::elf::parse_object_shared(name, &file)?;
         self.add_read_time(start.elapsed());
         let unit = self.unit_parsed(name, graph, file)?;
