@@ -413,6 +413,7 @@ impl Jit {
     pub fn address(&self, name: &str) -> Result<u64, JitError> {
         let def = self.ready(name)?;
         if def.flags.is_thread_local() {
+            crate::runtime::tls::attach_current_thread();
             return crate::runtime::tls::thread_local_address(def.address)
                 .map(|a| a as u64)
                 .ok_or_else(|| JitError::ThreadLocalGone { name: name.into() });
@@ -442,7 +443,11 @@ impl Jit {
     /// everything it reaches are linked; runs the initializers of the
     /// images linked so far first (in link order). The handle keeps the
     /// code alive: the session ends only when the `Jit` and every handle
-    /// are gone.
+    /// are gone. The calling thread is attached to kiln's static TLS area
+    /// ([`crate::runtime::tls::attach_current_thread`]): another thread
+    /// that existed before the link and calls the code should attach too,
+    /// or it sees zeros for initialized thread-locals of initial-exec and
+    /// local-exec code.
     ///
     /// # Safety
     ///
@@ -483,6 +488,10 @@ impl Jit {
         }
         // SAFETY: this function's caller vouches for the initializers.
         unsafe { inner.layer.run_initializers() };
+        // The thread that asks is the one likely to call: its copies of
+        // static thread-locals get their initial values (a thread that
+        // existed before the link would otherwise see zeros).
+        crate::runtime::tls::attach_current_thread();
         Ok(Func {
             // SAFETY: `address` is Ready code (linked, finalized, everything
             // it reaches too), kept mapped by the session the handle holds;
