@@ -487,11 +487,10 @@ impl Jit {
                 .wait()?;
         }
         // SAFETY: this function's caller vouches for the initializers.
+        // (They run on this thread, which they attach to the static TLS
+        // area: the thread that asks is the one likely to call, and one
+        // older than the link would otherwise see zeros.)
         unsafe { inner.layer.run_initializers() };
-        // The thread that asks is the one likely to call: its copies of
-        // static thread-locals get their initial values (a thread that
-        // existed before the link would otherwise see zeros).
-        crate::runtime::tls::attach_current_thread();
         Ok(Func {
             // SAFETY: `address` is Ready code (linked, finalized, everything
             // it reaches too), kept mapped by the session the handle holds;

@@ -355,3 +355,29 @@ fn a_cxx_inline_thread_local_shared_by_two_objects_is_one_per_thread() {
         assert_eq!(a_bump(0), 103, "{flags:?}");
     }
 }
+
+/// A thread that existed before the link and is not attached to kiln's
+/// static TLS area calls a lazy function through its entry: the link its
+/// call starts attaches it, so the body's initialized local-exec
+/// thread-local has its initial value there too.
+#[test]
+fn a_lazy_call_from_a_thread_older_than_the_link_sees_initial_values() {
+    let dir = scratch("tls-across-lazy-old-thread");
+    let src = "__thread int seed = 11;\nint seeded(int x) { seed += x; return seed; }\n";
+    let bytes = object(&dir, "seeded", src, &["-O2"]);
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let (back, answer) = std::sync::mpsc::channel::<i32>();
+    // Started before the JIT exists, and never given anything of kiln's
+    // but the entry's address.
+    let old = std::thread::spawn(move || {
+        let entry = rx.recv().expect("an address");
+        // SAFETY: the lazy entry of `int seeded(int)`.
+        let seeded: Use = unsafe { std::mem::transmute(entry as usize) };
+        back.send(seeded(1)).expect("the test waits");
+    });
+    let j = Jit::builder().threads(2).lazy(true).build().expect("a JIT");
+    j.add_object_lazily("seeded.o", &bytes).unwrap();
+    tx.send(j.address("seeded").unwrap()).unwrap();
+    assert_eq!(answer.recv().unwrap(), 12, "the initial value, plus one");
+    old.join().unwrap();
+}

@@ -869,6 +869,9 @@ impl ObjectLayer {
     /// The images' code runs: as for [`crate::LinkedImage::run_initializers`],
     /// for every image linked so far.
     pub unsafe fn run_initializers(&self) {
+        // The images' constructors run on this thread: its copies of static
+        // thread-locals get their initial values first.
+        runtime::tls::attach_current_thread();
         let me = std::thread::current().id();
         let Ok(mut images) = self.shared.images.lock() else {
             return;

@@ -68,6 +68,10 @@ pub(super) fn registered_ranges() -> usize {
 /// redirects the stub, and returns the body's address, or runs the failure
 /// handler).
 fn handle_reentry(trampoline: u64) -> u64 {
+    // The calling thread runs the body next: its copies of static
+    // thread-locals get their initial values (a thread older than the
+    // link would otherwise see zeros).
+    crate::runtime::tls::attach_current_thread();
     match owner(trampoline) {
         Some(manager) => manager.resolve_or_fail(trampoline),
         None => {

@@ -50,7 +50,8 @@
 //! thread, before and after the link. Modules with non-zero `.tdata` are
 //! correct in threads created after [`TlsModule::initialize`] and in
 //! attached threads (the process's main thread, the initializing thread,
-//! threads that used kiln's runtime, and those that called
+//! threads that used kiln's runtime — a lazy function's first call,
+//! running initializers, `Jit::get` — and those that called
 //! [`attach_current_thread`]); an unattached thread that existed before
 //! sees zeros ([`unattached_threads`] lists the candidates). A torn copy is
 //! possible for a thread being created at the very moment a module is

@@ -20,9 +20,10 @@
 //! 2. writes it into the copy of every **attached** thread: the process's
 //!    main thread (attached before `main` by an `.init_array` entry of this
 //!    crate), threads that called [`super::attach_current_thread`], threads
-//!    that used kiln's runtime (any `__tls_get_addr`, TLSDESC slow path or
-//!    `thread_local` destructor registration), and the thread that
-//!    initializes the module;
+//!    that used kiln's runtime (any `__tls_get_addr`, TLSDESC slow path,
+//!    `thread_local` destructor registration, a lazy function's first
+//!    call, running the object layer's initializers — which `Jit::get`
+//!    does), and the thread that initializes the module;
 //! 3. bumps an epoch (the number of initialized modules) in the header of
 //!    the init image and of each written copy. A thread that attaches later
 //!    compares its copy's epoch with the current one and initializes
