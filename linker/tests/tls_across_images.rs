@@ -381,3 +381,45 @@ fn a_lazy_call_from_a_thread_older_than_the_link_sees_initial_values() {
     assert_eq!(answer.recv().unwrap(), 12, "the initial value, plus one");
     old.join().unwrap();
 }
+
+/// One lookup that starts an object whose initial-exec code cannot bind to
+/// a dynamic module's thread-local, and a plain object: the plain one is
+/// Ready and the other fails naming the variable, as each linked alone —
+/// whether or not they were started together.
+#[test]
+fn a_thread_local_that_cannot_be_bound_fails_only_its_user_in_one_lookup() {
+    use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
+    use kiln_linker::runtime::tls;
+    tls::static_tls_status().expect("kiln's static TLS area exists in a test binary");
+    let dir = scratch("tls-across-batch");
+    let big = format!(
+        "__thread char big_buf[{}];\n__thread int tbig2 = 9;\n\
+         int big2_f(void) {{ return tbig2 + big_buf[1]; }}\n",
+        tls::static_area_size() + 64
+    );
+    let ie = "extern __thread int tbig2;\nint ie2_f(void) { return tbig2 * 3; }\n";
+    let plain = "int plain_f(void) { return 4; }\n";
+    let big = object(&dir, "big2", &big, &["-O2", "-fPIC"]);
+    let ie = object(
+        &dir,
+        "ie2",
+        ie,
+        &["-O2", "-fPIC", "-ftls-model=initial-exec"],
+    );
+    let plain = object(&dir, "plain2", plain, &["-O2", "-fPIC"]);
+    let j = jit();
+    j.add_object_named("big2.o", &big).unwrap();
+    // SAFETY: the C signature above.
+    assert_eq!(unsafe { j.get::<Get>("big2_f") }.unwrap()(), 9);
+    j.add_object_named("ie2.o", &ie).unwrap();
+    j.add_object_named("plain2.o", &plain).unwrap();
+    let session = j.session();
+    let order = SearchOrder::new().with(j.app(), DylibLookup::All);
+    let both = LookupSet::weak(session.intern_all(["ie2_f", "plain2_f", "plain_f"]));
+    let _ = session.lookup(&order, &both, RequiredState::Ready).wait();
+    // SAFETY: the C signature above.
+    assert_eq!(unsafe { j.get::<Get>("plain_f") }.unwrap()(), 4);
+    // SAFETY: as above; the link failed before any call.
+    let e = unsafe { j.get::<Get>("ie2_f") }.expect_err("initial-exec needs static TLS");
+    assert!(error_chain(&e).contains("`tbig2`"), "{}", error_chain(&e));
+}

@@ -55,8 +55,10 @@ use crate::runtime;
 /// a range of kiln's static TLS area, which code of the local-exec and
 /// initial-exec models needs, would depend on the other units) — and, learned
 /// while its globals are listed, no `__start_`/`__stop_` reference (it
-/// would span every unit's sections) and no global of local scope (two
-/// units may each have one). Asked once, when the unit is made.
+/// would span every unit's sections), no reference to another image's
+/// thread-local (binding one can fail at fixup, which would fail every
+/// unit of the image) and no global of local scope (two units may each
+/// have one). Asked once, when the unit is made.
 pub(super) fn joins_batches(graph: &LinkGraph, flags: &[SymbolFlags]) -> bool {
     !flags.iter().any(|f| f.is_weak())
         && !graph.sections.iter().any(|s| s.role.is_init_fini())

@@ -1168,7 +1168,7 @@ fn offer(graph: &LinkGraph, id: SymbolId, name: &str, joins: &mut bool) -> Optio
             return None;
         }
         GraphDef::External => {
-            *joins &= !batch::delimits_a_section(name);
+            *joins &= !batch::delimits_a_section(name) && !s.tls;
             false
         }
         _ => true,
