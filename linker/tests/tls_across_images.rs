@@ -423,3 +423,37 @@ fn a_thread_local_that_cannot_be_bound_fails_only_its_user_in_one_lookup() {
     let e = unsafe { j.get::<Get>("ie2_f") }.expect_err("initial-exec needs static TLS");
     assert!(error_chain(&e).contains("`tbig2`"), "{}", error_chain(&e));
 }
+
+/// One lookup that starts an object using a thread-local as plain data and
+/// a plain object (linked together, as one image): the plain one is Ready,
+/// the other fails naming the variable, as each linked alone.
+#[test]
+fn a_thread_local_used_as_data_fails_only_its_user_in_one_lookup() {
+    use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
+    let dir = scratch("tls-across-batch-misfit");
+    let j = jit();
+    j.add_object_named("def.o", &object(&dir, "def", DEF, &["-O2", "-fPIC"]))
+        .unwrap();
+    // SAFETY: the C signature above.
+    assert_eq!(unsafe { j.get::<Get>("tls_get") }.unwrap()(), 5);
+    let as_data = "extern int tcount;\nint as_data3(void) { return tcount; }\n";
+    let plain = "int plain3(void) { return 4; }\n";
+    let flags = ["-O2", "-fPIC"];
+    j.add_object_named("as_data3.o", &object(&dir, "as_data3", as_data, &flags))
+        .unwrap();
+    j.add_object_named("plain3.o", &object(&dir, "plain3", plain, &flags))
+        .unwrap();
+    let session = j.session();
+    let order = SearchOrder::new().with(j.app(), DylibLookup::All);
+    let both = LookupSet::weak(session.intern_all(["as_data3", "plain3"]));
+    let _ = session.lookup(&order, &both, RequiredState::Ready).wait();
+    // SAFETY: the C signature above.
+    assert_eq!(unsafe { j.get::<Get>("plain3") }.unwrap()(), 4);
+    // SAFETY: as above; the link failed before any call.
+    let e = unsafe { j.get::<Get>("as_data3") }.expect_err("a thread-local is no address");
+    let chain = error_chain(&e);
+    assert!(
+        chain.contains("`tcount`") && chain.contains("as_data3.o"),
+        "{chain}"
+    );
+}
