@@ -11,6 +11,12 @@
 //! mutation of whole files mostly breaks the headers, so the reader would
 //! rarely get to the contents of `.eh_frame`, relocations or symbols.
 //!
+//! Inputs of several files are also added to a JIT (the engine's object
+//! layer), each file on its own, and every name they define looked up at
+//! Ready in one lookup (the objects it starts link as one batch) and, in a
+//! second JIT, one name at a time (each object alone): each name must be
+//! Ready, or not, alike both ways.
+//!
 //! Nothing of the image runs: initializers are off
 //! ([`Linker::run_initializers`]`(false)`), so dropping the image skips its
 //! finalizers (an image whose initializers never ran does not finalize) and
@@ -139,10 +145,70 @@ fn link(data: &[u8]) -> Result<(), LinkError> {
     Ok(())
 }
 
+/// The global names the objects among `files` define (those that parse).
+fn defined_names(files: &[&[u8]]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        if file.starts_with(b"!<arch>\n") {
+            continue;
+        }
+        let Ok(g) = kiln_linker::elf::parse_object(&format!("input{i}.o"), file) else {
+            continue;
+        };
+        for (name, id) in g.global_names() {
+            if !matches!(g.symbols[id.index()].def, kiln_linker::graph::SymbolDef::External) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether each of `names` becomes Ready in a JIT (the engine's object
+/// layer, in place: no threads) to which every file was added on its own:
+/// asked all in one lookup (`together`: the objects it starts are linked
+/// as one batch) or one name at a time (each object alone). Nothing runs.
+fn ready_in_jit(files: &[&[u8]], names: &[String], together: bool) -> Vec<bool> {
+    use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
+    let Ok(jit) = kiln_linker::Jit::builder()
+        .dispatcher(kiln_engine::InPlaceDispatcher)
+        .build()
+    else {
+        return Vec::new();
+    };
+    for (i, file) in files.iter().enumerate() {
+        let added = if file.starts_with(b"!<arch>\n") {
+            jit.add_archive(&format!("input{i}.a"), file.to_vec())
+        } else {
+            jit.add_object_named(&format!("input{i}.o"), file)
+        };
+        if let Err(e) = added {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+    let session = jit.session();
+    let order = SearchOrder::new().with(jit.app(), DylibLookup::All);
+    let ask = |names: &[&str]| {
+        let set = LookupSet::weak(session.intern_all(names.iter().copied()));
+        session.lookup(&order, &set, RequiredState::Ready).wait()
+    };
+    if together {
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        let _ = ask(&all);
+    }
+    names
+        .iter()
+        .map(|n| ask(&[n]).is_ok_and(|found| found.get_str(n).is_some()))
+        .collect()
+}
+
 fuzz_target!(|data: &[u8]| {
     // Each object merged alone takes the adopting fast path where it can:
     // checked against the general merge.
-    for file in files(data) {
+    let files = files(data);
+    for file in &files {
         if !file.starts_with(b"!<arch>\n") {
             kiln_linker::graph::check_adoption(file);
         }
@@ -150,5 +216,16 @@ fuzz_target!(|data: &[u8]| {
     if let Err(e) = link(data) {
         // Every error says something (and formatting it must not panic).
         assert!(!e.to_string().is_empty());
+    }
+    // Several files: each its own image in a JIT, where what a name
+    // answers must not depend on whether one lookup started the objects
+    // together (a batch) or each alone.
+    if files.len() >= 2 {
+        let names = defined_names(&files);
+        if !names.is_empty() && names.len() <= 64 {
+            let together = ready_in_jit(&files, &names, true);
+            let alone = ready_in_jit(&files, &names, false);
+            assert_eq!(together, alone, "Ready in a batch vs alone, for {names:?}");
+        }
     }
 });
