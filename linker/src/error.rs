@@ -105,8 +105,8 @@ pub enum LinkError {
     /// An external and the definition it resolved to disagree on being
     /// thread-local (user error: a declaration that does not match).
     #[error(
-        "{objects} {} `{symbol}`, but the definition found {}",
-        if *used_as_thread_local { "use" } else { "use as code or plain data" },
+        "`{symbol}` is used as {} by {objects}, but the definition found {}",
+        if *used_as_thread_local { "a thread-local" } else { "code or plain data" },
         if *used_as_thread_local {
             "is not thread-local"
         } else {

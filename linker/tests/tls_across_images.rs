@@ -315,6 +315,18 @@ fn an_image_importing_a_thread_local_as_data_is_refused_naming_it() {
     for needle in ["`tcount`", "img.kimg", "thread-local"] {
         assert!(chain.contains(needle), "{needle} missing: {chain}");
     }
+    // The cause is kept typed, not flattened into a message.
+    let JitError::Engine(engine) = &e else {
+        panic!("an engine error: {e:?}");
+    };
+    let mismatch = engine.downcast_ref::<kiln_linker::LinkError>();
+    assert!(
+        matches!(
+            mismatch,
+            Some(kiln_linker::LinkError::ThreadLocalMismatch { .. })
+        ),
+        "{e:?}"
+    );
 }
 
 /// C++: an `inline thread_local` object with a constructor, defined in a

@@ -325,7 +325,7 @@ impl ImageUnit {
         mapped: Mapped,
         r: &Responsibility,
     ) -> Result<Vec<DependenceGroup>, Error> {
-        let err = |e: ImageError| Error::msg(e);
+        let err = |e: ImageError| Error::external(e);
         let Mapped {
             mut alloc,
             registration,

@@ -392,7 +392,11 @@ impl TlsModule {
     /// `offset`, through which another image's thread-local references
     /// bind to it ([`Foreign::of`]): a tag, the module's slot and the
     /// offset. `None` for a slot or an offset too large to encode (16 M
-    /// modules at once, a 4 GiB TLS block).
+    /// modules at once, a 4 GiB TLS block). The slot's generation is not
+    /// in it: the engine holds the value only while the module's image
+    /// defines the symbol, and an image that bound it before that image
+    /// failed depends on the symbol, so fails too — its code, bound to
+    /// whatever module took the slot since, never runs.
     pub(crate) fn exported(&self, offset: u64) -> Option<u64> {
         let slot = self.id & 0xffff_ffff;
         (slot < EXPORT_SLOTS && offset <= u64::from(u32::MAX))
