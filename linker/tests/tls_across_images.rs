@@ -333,13 +333,19 @@ fn an_image_importing_a_thread_local_as_data_is_refused_naming_it() {
 /// header two translation units include, each added on its own. Each
 /// object carries a copy (COMDAT, weak) with its TLS init and wrapper
 /// functions; the first linked wins, and the other's code binds to the
-/// winner's instance — one per thread, constructed once in each.
+/// winner's instance — one per thread, constructed once in each and
+/// destroyed at its thread's exit.
 #[test]
 fn a_cxx_inline_thread_local_shared_by_two_objects_is_one_per_thread() {
     let dir = scratch("tls-across-cxx");
-    let header = "struct Counter { int n; Counter() : n(100) {} int bump(int k) { n += k; return n; } };\n\
+    let header = "inline int destroyed;\n\
+                  struct Counter { int n; Counter() : n(100) {} ~Counter() { destroyed += 1; }\n\
+                    int bump(int k) { n += k; return n; } };\n\
                   inline thread_local Counter counter;\n";
-    let a = format!("{header}extern \"C\" int a_bump(int k) {{ return counter.bump(k); }}\n");
+    let a = format!(
+        "{header}extern \"C\" int a_bump(int k) {{ return counter.bump(k); }}\n\
+         extern \"C\" int a_destroyed(int) {{ return destroyed; }}\n"
+    );
     let b = format!("{header}extern \"C\" int b_bump(int k) {{ return counter.bump(k); }}\n");
     for flags in [&["-O2", "-fPIC"][..], &["-O0"][..]] {
         let cxx = |name: &str, src: &str| {
@@ -354,6 +360,8 @@ fn a_cxx_inline_thread_local_shared_by_two_objects_is_one_per_thread() {
         let (a_bump, b_bump) = (a_bump.unwrap(), b_bump.unwrap());
         assert_eq!(a_bump(1), 101, "{flags:?}");
         assert_eq!(b_bump(2), 103, "{flags:?}: one instance in this thread");
+        // SAFETY: the C signature above.
+        let a_destroyed = unsafe { j.get::<Use>("a_destroyed") }.unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
                 assert_eq!(
@@ -362,8 +370,17 @@ fn a_cxx_inline_thread_local_shared_by_two_objects_is_one_per_thread() {
                     "{flags:?}: constructed anew in another thread"
                 );
                 assert_eq!(a_bump(1), 106, "{flags:?}");
-            });
+            })
+            // Joined by hand: the scope's own wait ends before the
+            // thread's exit runs its thread-local destructors.
+            .join()
+            .unwrap();
         });
+        assert_eq!(
+            a_destroyed(0),
+            1,
+            "{flags:?}: destroyed once, at its thread's exit"
+        );
         assert_eq!(a_bump(0), 103, "{flags:?}");
     }
 }
