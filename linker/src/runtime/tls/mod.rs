@@ -43,9 +43,11 @@
 //!
 //! # Static TLS
 //! kiln reserves [`static_area_size`] bytes inside the host executable's
-//! own static TLS block (a `thread_local!` of this crate). Ranges are never
-//! reused (an image file's local-exec code claims the exact range it was
-//! linked against: `TlsModule::claim_static`), so modules with only zero initial values (all C++
+//! own static TLS block (a `thread_local!` of this crate). A range is
+//! reused only after its module is dropped, once the area is used up,
+//! while every live thread is attached — every copy of it zeroed first
+//! (an image file's local-exec code claims the exact range it was linked
+//! against: `TlsModule::claim_static`) — so modules with only zero initial values (all C++
 //! `thread_local` objects with constructors, `.tbss`) are correct in every
 //! thread, before and after the link. Modules with non-zero `.tdata` are
 //! correct in threads created after [`TlsModule::initialize`] and in
@@ -327,14 +329,15 @@ impl TlsModule {
     /// [`TlsModule::claim_static`] (the same image loaded from its file):
     /// only for a module whose image's code never ran, so no thread holds
     /// values of it.
-    pub(crate) fn release_unused(self) {
+    pub(crate) fn release_unused(mut self) {
         let had_image = with_table(|t| {
             t.slots[slot_of(self.id)]
                 .as_ref()
                 .and_then(|e| e.image.as_deref())
                 .is_some_and(|i| i.iter().any(|&b| b != 0))
         });
-        let area = self.area;
+        // Given back here, not retired by the drop.
+        let area = self.area.take();
         drop(self);
         if let Some((off, size)) = area {
             static_area::release_unused(off, size, had_image);
@@ -636,6 +639,11 @@ impl Drop for TlsModule {
                 // from the table, so no thread can free it again.
                 unsafe { std::alloc::dealloc(block as *mut u8, entry.layout) };
             }
+        }
+        // Threads may still hold its values there: reused only when every
+        // copy can be zeroed (`static_area::reuse`).
+        if let Some((off, size)) = self.area {
+            static_area::retire(off, size);
         }
     }
 }

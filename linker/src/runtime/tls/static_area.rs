@@ -9,10 +9,12 @@
 //! TLS block at a fixed negative offset from the thread pointer in every
 //! thread (TLS variant II), and copies the `PT_TLS` init image into each new
 //! thread's block when it creates the thread. kiln hands out ranges of the
-//! reservation to JIT TLS modules (bump allocation, never reused; an image
-//! file's local-exec code [`claim`]s the exact range it was linked against,
-//! and a range whose module's code never ran can be given back for that
-//! with [`release_unused`]) and, when
+//! reservation to JIT TLS modules (bump allocation; once the bump pointer
+//! is at the end, a range whose module is gone — [`retire`] — is reused,
+//! but only while every live thread is attached, its copies zeroed first;
+//! an image file's local-exec code [`claim`]s the exact range it was
+//! linked against, and a range whose module's code never ran can be given
+//! back for that with [`release_unused`]) and, when
 //! a module's `.tdata` image is final ([`initialize`]):
 //! 1. writes it into the executable's in-memory init image (briefly making
 //!    that page writable), so **every thread created afterwards** starts
@@ -32,8 +34,9 @@
 //!
 //! Guarantees. A module whose `.tdata` image is all zero (including every
 //! C++ `thread_local` object with a constructor, whose storage and guard
-//! live in `.tbss`) is correct in every thread, whenever it was created,
-//! because ranges are never reused. A module with non-zero initial values is
+//! live in `.tbss`) is correct in every thread, whenever it was created:
+//! a fresh range is zero everywhere, and a range is reused only when every
+//! thread's copy of it can be (and is) zeroed. A module with non-zero initial values is
 //! correct in every thread created after [`initialize`] returned and in
 //! every attached thread; a thread that existed before and never attaches
 //! sees zeros instead of the initial values. A thread being created
@@ -95,8 +98,12 @@ struct Area {
     /// below.
     next: usize,
     /// Ranges handed out (by [`reserve`] or [`claim`]) and not given back
-    /// unused ([`release_unused`]), `[start, end)`: never handed out again.
+    /// unused ([`release_unused`]), `[start, end)`: never claimed again.
     taken: Vec<(usize, usize)>,
+    /// Ranges of `taken` whose modules are gone ([`retire`]): [`reserve`]
+    /// hands them out again once the bump pointer is at the end, when
+    /// every live thread is attached (so every copy can be zeroed).
+    retired: Vec<(usize, usize)>,
     /// Initialized modules with non-zero images: (area offset, image).
     initialized: Vec<(usize, Arc<[u8]>)>,
     /// Attached threads: key → (address of their reservation copy, tid).
@@ -261,8 +268,9 @@ pub(crate) enum ReserveError {
 
 /// Reserves `size` bytes aligned to `align`; returns (area offset,
 /// thread-pointer offset of the range). Bump allocation from the highest
-/// range handed out so far, skipping ranges claimed above it: a range is
-/// never handed out twice.
+/// range handed out so far, skipping ranges claimed above it; at the end
+/// of the area, a retired range if one fits and every thread is attached
+/// ([`reuse`]).
 pub(crate) fn reserve(size: usize, align: usize) -> Result<(usize, i64), ReserveError> {
     let host = host().map_err(ReserveError::Unavailable)?;
     if align > AREA_ALIGN || !align.is_power_of_two() {
@@ -286,6 +294,77 @@ pub(crate) fn reserve(size: usize, align: usize) -> Result<(usize, i64), Reserve
         area.taken.push((start, start + size));
         Ok((start, tp_offset_of(host, start)))
     })
+    .or_else(|e| match e {
+        ReserveError::Exhausted { .. } => reuse(host, size, align).ok_or(e),
+        e => Err(e),
+    })
+}
+
+/// A retired range of `size` bytes aligned to `align`, zeroed in the init
+/// image and in every thread's copy — only when every live thread is
+/// attached: a thread kiln cannot reach may hold the old module's values
+/// there. (A thread being created at this very moment may copy the init
+/// image before it is zeroed, as [`initialize`]'s torn copy.)
+fn reuse(host: &Host, size: usize, align: usize) -> Option<(usize, i64)> {
+    if size == 0 || with_area(|area| area.retired.is_empty()) || !every_thread_attached() {
+        return None;
+    }
+    let start = with_area(|area| {
+        let (i, start) = area.retired.iter().enumerate().find_map(|(i, &(s, e))| {
+            let start = s.next_multiple_of(align);
+            (start.saturating_add(size) <= e).then_some((i, start))
+        })?;
+        let (s, e) = area.retired.swap_remove(i);
+        let end = start + size;
+        area.retired
+            .extend([(s, start), (end, e)].into_iter().filter(|(a, b)| a < b));
+        Some(start)
+    })?;
+    // Best effort, as `release_unused`: a failure leaves the old initial
+    // values for threads created from now on.
+    let _ = publish(start, &vec![0; size]);
+    Some((start, tp_offset_of(host, start)))
+}
+
+/// Whether every live thread of the process is attached (`false` when the
+/// threads cannot be listed).
+fn every_thread_attached() -> bool {
+    live_threads().is_some_and(|tids| {
+        let attached: std::collections::HashSet<libc::pid_t> =
+            with_area(|area| area.threads.values().map(|&(_, tid)| tid).collect());
+        tids.iter().all(|t| attached.contains(t))
+    })
+}
+
+/// The kernel thread ids of the process's live threads.
+fn live_threads() -> Option<Vec<libc::pid_t>> {
+    let dir = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
+}
+
+/// The module of `[area_off, area_off + size)` is gone, after its code may
+/// have run: [`reserve`] may hand the range out again (see [`reuse`]).
+pub(crate) fn retire(area_off: usize, size: usize) {
+    if size == 0 {
+        return;
+    }
+    with_area(|area| {
+        // Kept sorted and coalesced: neighbours retired apart serve a
+        // larger module together.
+        let r = &mut area.retired;
+        r.push((area_off, area_off + size));
+        r.sort_unstable();
+        r.dedup_by(|next, prev| {
+            let joins = next.0 <= prev.1;
+            if joins {
+                prev.1 = prev.1.max(next.1);
+            }
+            joins
+        });
+    });
 }
 
 fn tp_offset_of(host: &Host, area_off: usize) -> i64 {
@@ -493,13 +572,8 @@ pub(crate) fn detach(key: u64) {
 pub(crate) fn unattached_threads() -> Vec<libc::pid_t> {
     let attached: std::collections::HashSet<libc::pid_t> =
         with_area(|area| area.threads.values().map(|&(_, tid)| tid).collect());
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    let mut tids: Vec<libc::pid_t> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|tid| !attached.contains(tid))
-        .collect();
+    let mut tids = live_threads().unwrap_or_default();
+    tids.retain(|tid| !attached.contains(tid));
     tids.sort_unstable();
     tids
 }
