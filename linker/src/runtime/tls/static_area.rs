@@ -104,8 +104,12 @@ struct Area {
     /// hands them out again once the bump pointer is at the end, when
     /// every live thread is attached (so every copy can be zeroed).
     retired: Vec<(usize, usize)>,
-    /// Initialized modules with non-zero images: (area offset, image).
+    /// Initialized modules with non-zero images (and zeroed reused
+    /// ranges): (area offset, image), from epoch `dropped` on.
     initialized: Vec<(usize, Arc<[u8]>)>,
+    /// Epochs before the log's first entry: dropped when a range was
+    /// reused, as every live thread's copy was at the latest epoch then.
+    dropped: usize,
     /// Attached threads: key → (address of their reservation copy, tid).
     threads: HashMap<u64, (usize, libc::pid_t)>,
 }
@@ -322,7 +326,15 @@ fn reuse(host: &Host, size: usize, align: usize) -> Option<(usize, i64)> {
     })?;
     // Best effort, as `release_unused`: a failure leaves the old initial
     // values for threads created from now on.
-    let _ = publish(start, &vec![0; size]);
+    if publish(start, &vec![0; size]).is_ok() {
+        // Every live thread's copy, and the init image new ones copy, are
+        // at the latest epoch: no copy needs the log's entries again (so
+        // it does not grow with every reuse of a long-lived host).
+        with_area(|area| {
+            area.dropped += area.initialized.len();
+            area.initialized.clear();
+        });
+    }
     Some((start, tp_offset_of(host, start)))
 }
 
@@ -521,7 +533,7 @@ fn publish(area_off: usize, image: &[u8]) -> Result<(), &'static str> {
     thread::current(); // attaches this thread
     with_area(|area| {
         area.initialized.push((area_off, Arc::clone(&image)));
-        let epoch = area.initialized.len() as u64;
+        let epoch = (area.dropped + area.initialized.len()) as u64;
         for &(reservation, _) in area.threads.values() {
             // SAFETY: attached threads detach (under this lock) before their
             // TLS memory goes away, so `reservation` is a live copy.
@@ -549,11 +561,13 @@ pub(crate) fn attach(key: u64) {
         // this lock, which we hold.
         let have =
             unsafe { ((mine + offset_of!(Reservation, epoch)) as *const u64).read_volatile() };
-        let have = usize::try_from(have)
-            .unwrap_or(usize::MAX)
-            .min(area.initialized.len());
-        let epoch = area.initialized.len() as u64;
-        for (off, image) in &area.initialized[have..] {
+        let epoch = area.dropped + area.initialized.len();
+        let have = usize::try_from(have).unwrap_or(usize::MAX).min(epoch);
+        // A copy older than the log (a thread created while a range was
+        // being reused) gets all of it.
+        let from = have.saturating_sub(area.dropped);
+        let epoch = epoch as u64;
+        for (off, image) in &area.initialized[from..] {
             // SAFETY: our own live copy.
             unsafe { write_module(mine, *off, image, epoch) };
         }
