@@ -65,6 +65,15 @@ fn a_removed_modules_static_range_is_reused_only_when_every_thread_is_attached()
         seen, init,
         "a thread created after sees the new initial values"
     );
+    let attached = std::thread::scope(|s| {
+        s.spawn(|| {
+            tls::attach_current_thread();
+            bytes(&again, SIZE)
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(attached, init, "attaching replays nothing older over them");
 
     // Two neighbours retired apart serve a module of both their sizes.
     let (a, b) = (modules.pop().unwrap(), modules.pop().unwrap());
