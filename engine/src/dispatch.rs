@@ -213,6 +213,14 @@ thread_local_const! {
 impl WorkerPool {
     /// A pool of `threads` workers (at least one).
     pub fn new(threads: usize) -> Self {
+        Self::with_start(threads, || {})
+    }
+
+    /// [`WorkerPool::new`], each worker calling `start` first, on its own
+    /// thread (like rayon's `start_handler`): for per-thread set-up a
+    /// linker's runtime needs before any task runs there.
+    pub fn with_start(threads: usize, start: impl Fn() + Send + Sync + 'static) -> Self {
+        let start = Arc::new(start);
         let shared = Arc::new(PoolShared {
             queue: Mutex::new(PoolQueue {
                 tasks: VecDeque::new(),
@@ -223,9 +231,11 @@ impl WorkerPool {
         });
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
-            let shared = shared.clone();
-            let handle =
-                thread::spawn_named(format!("kiln-worker-{i}"), move || worker_loop(shared));
+            let (shared, start) = (shared.clone(), start.clone());
+            let handle = thread::spawn_named(format!("kiln-worker-{i}"), move || {
+                start();
+                worker_loop(shared)
+            });
             match handle {
                 Ok(h) => workers.push(h),
                 // Could not start more threads: the pool runs with fewer.

@@ -629,3 +629,32 @@ fn requiring_side_effects_only_symbols_names_them_all() {
     assert_eq!(names, &[p.clone(), q.clone()], "{err}");
     s.end();
 }
+
+thread_local! {
+    static STARTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Every worker of `WorkerPool::with_start` runs the hook, on its own
+/// thread, before any task: a task never sees a worker not set up.
+#[test]
+fn every_pool_worker_runs_the_start_hook_before_its_tasks() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let hook = started.clone();
+    let pool = WorkerPool::with_start(3, move || {
+        STARTED.with(|s| s.set(true));
+        hook.fetch_add(1, Ordering::SeqCst);
+    });
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..64 {
+        let tx = tx.clone();
+        pool.dispatch(Task::new("probe", move || {
+            let _ = tx.send(STARTED.with(|s| s.get()));
+        }));
+    }
+    drop(tx);
+    let seen: Vec<bool> = rx.iter().collect();
+    assert_eq!(seen.len(), 64);
+    assert!(seen.iter().all(|&s| s), "a task ran on a worker not set up");
+    drop(pool);
+    assert_eq!(started.load(Ordering::SeqCst), 3, "one start per worker");
+}

@@ -203,8 +203,14 @@ impl JitBuilder {
         let mut builder = Session::builder();
         builder = match (self.dispatcher, self.threads) {
             (Some(d), _) => builder.shared_dispatcher(d),
-            (None, Some(n)) => builder.dispatcher(WorkerPool::new(n)),
-            (None, None) => builder.dispatcher(WorkerPool::with_available_parallelism()),
+            (None, threads) => {
+                let n = threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                // Attached from the start: a static TLS range is reused
+                // only while every live thread is.
+                let attach = crate::runtime::tls::attach_current_thread;
+                builder.dispatcher(WorkerPool::with_start(n, attach))
+            }
         };
         let session = builder.build();
         // From here on the session is ended on every return: `Inner` owns it.

@@ -674,10 +674,12 @@ impl Run {
         let session = if images_only {
             Session::builder().dispatcher(InPlaceDispatcher::new())
         } else {
-            Session::builder().dispatcher(match args.threads {
-                Some(n) => WorkerPool::new(n),
-                None => WorkerPool::with_available_parallelism(),
-            })
+            let threads = args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            // Attached from the start, as the builder's workers.
+            let attach = kiln_linker::runtime::tls::attach_current_thread;
+            Session::builder().dispatcher(WorkerPool::with_start(threads, attach))
         }
         .build();
         // Without --lazy every input is linked (as one image) once the entry

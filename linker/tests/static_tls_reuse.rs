@@ -5,6 +5,8 @@
 //! does not run out. In a process of its own: the area is one for the
 //! process, and every other thread would count as unattached.
 
+mod common;
+
 use kiln_linker::runtime::tls::{self, TlsModule, TlsPlacement};
 
 /// This thread's bytes of the variable at `offset..offset + len` of `m`.
@@ -82,5 +84,36 @@ fn a_removed_modules_static_range_is_reused_only_when_every_thread_is_attached()
     if adjacent {
         let both = TlsModule::new("both", 2 * SIZE, 8, TlsPlacement::Static);
         assert!(both.is_ok(), "coalesced neighbours");
+    }
+    drop((again, modules));
+    jit_cycles_keep_linking_local_exec_thread_locals();
+}
+
+/// A host that adds, calls and removes a local-exec object with a 4 KiB
+/// thread-local many times over (40 × 4 KiB, the area is 32 KiB): each
+/// cycle links, as the JIT's workers are attached from their start and
+/// the calling thread by `Jit::get`.
+fn jit_cycles_keep_linking_local_exec_thread_locals() {
+    let dir = common::scratch("static-tls-reuse");
+    let src = "__thread int counts[1024] = { 5 };
+               int bump(int i) { counts[i & 1023] += 1; return counts[i & 1023]; }
+";
+    let o = common::compile_c_text(&dir, "cycle", src, &["-O2"]);
+    let bytes = std::fs::read(o).expect("read object");
+    let jit = kiln_linker::Jit::builder()
+        .threads(2)
+        .build()
+        .expect("a JIT");
+    for cycle in 0..40 {
+        let tracker = jit.tracker().unwrap();
+        tracker.add_object_named("cycle.o", &bytes).unwrap();
+        // SAFETY: `int bump(int)`.
+        let bump = unsafe { tracker.get::<extern "C" fn(i32) -> i32>("bump") }
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        assert_eq!(bump(0), 6, "cycle {cycle}: the initial value, plus one");
+        assert_eq!(bump(1), 1, "cycle {cycle}: zero, plus one");
+        drop(bump);
+        // SAFETY: no handle is left; nothing calls the code any more.
+        unsafe { jit.remove(&tracker) }.unwrap();
     }
 }
