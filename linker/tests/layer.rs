@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{compile_c_text, serial};
+use common::{compile_c_text, error_chain, serial};
 
 use kiln_engine::*;
 use kiln_linker::HostSymbols;
@@ -449,18 +449,6 @@ fn fail_naming(j: &Jit, app: &Dylib, names: &[&str], causes: &[&str]) {
             "{name}: root cause missing: {chain}"
         );
     }
-}
-
-/// An error and its sources, one line each.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push('\n');
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{compile_c_text, scratch};
+use common::{compile_c_text, error_chain, scratch};
 use kiln_linker::Jit;
 use kiln_linker::jit::JitError;
 
@@ -234,18 +234,6 @@ fn initial_exec_code_is_refused_a_dynamic_modules_thread_local_naming_it() {
     for needle in ["`tbig`", "-fPIC", "static TLS"] {
         assert!(chain.contains(needle), "{needle} missing: {chain}");
     }
-}
-
-/// An error and its sources, one line each.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push('\n');
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Local-dynamic code reaches its own image's thread-locals only (its one
