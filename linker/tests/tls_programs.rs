@@ -1,12 +1,13 @@
 //! Generated C programs whose objects use each other's thread-locals,
 //! each object compiled for a TLS model picked at random (general-dynamic,
-//! TLSDESC, initial-exec, local-exec; gcc and clang), run three ways: as a
-//! native executable, in a JIT as one image (one `add_objects` call), and
-//! in a JIT object by object (each its own image, references bound to the
-//! other images' TLS modules). Each program's driver runs its work in the
+//! TLSDESC, initial-exec, local-exec; gcc and clang), run four ways: as a
+//! native executable, in a JIT as one image (one `add_objects` call), in a
+//! JIT object by object (each its own image, references bound to the
+//! other images' TLS modules), and lazily (each object linked on its first
+//! call, from whichever thread makes it). Each program's driver runs its work in the
 //! calling thread, in a thread it creates, and in the calling thread again
-//! (whose thread-locals kept what the first run left): all three answers
-//! must equal the native one. In a process of its own: kiln's static TLS
+//! (whose thread-locals kept what the first run left): every answer must
+//! equal the native one. In a process of its own: kiln's static TLS
 //! area, which initial-exec and local-exec code needs, is one for the
 //! process and its ranges are never reused (the programs are sized to fit).
 
@@ -139,19 +140,32 @@ fn compile(dir: &Path, seed: u64) -> Vec<(String, PathBuf)> {
 
 type RunAll = extern "C" fn() -> i64;
 
-/// `run_all` of `objects` in a fresh JIT: added in one `add_objects` call
-/// (`one_image`) or one by one.
-fn jit_answer(objects: &[(String, Vec<u8>)], one_image: bool) -> Result<i64, String> {
-    let jit = Jit::builder()
-        .threads(2)
-        .build()
-        .map_err(|e| e.to_string())?;
-    if one_image {
-        jit.add_objects(objects).map_err(|e| e.to_string())?;
-    } else {
-        for (name, bytes) in objects {
-            jit.add_object_named(name, bytes)
-                .map_err(|e| e.to_string())?;
+/// How a program's objects go into the JIT.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// One `add_objects` call: one image.
+    OneImage,
+    /// One `add_object` each: an image each.
+    Apart,
+    /// One `add_object_lazily` each: each linked on its first call.
+    Lazy,
+}
+
+/// `run_all` of `objects` in a fresh JIT, added as `mode` says.
+fn jit_answer(objects: &[(String, Vec<u8>)], mode: Mode) -> Result<i64, String> {
+    let lazy = matches!(mode, Mode::Lazy);
+    let jit = (Jit::builder().threads(2).lazy(lazy).build()).map_err(|e| e.to_string())?;
+    match mode {
+        Mode::OneImage => jit.add_objects(objects).map_err(|e| e.to_string())?,
+        Mode::Apart | Mode::Lazy => {
+            for (name, bytes) in objects {
+                let added = if lazy {
+                    jit.add_object_lazily(name, bytes)
+                } else {
+                    jit.add_object_named(name, bytes)
+                };
+                added.map_err(|e| e.to_string())?;
+            }
         }
     }
     // SAFETY: the generated driver's `long run_all(void)`.
@@ -160,7 +174,7 @@ fn jit_answer(objects: &[(String, Vec<u8>)], one_image: bool) -> Result<i64, Str
 }
 
 #[test]
-fn programs_sharing_thread_locals_answer_alike_natively_in_one_image_and_apart() {
+fn programs_sharing_thread_locals_answer_alike_natively_in_one_image_apart_and_lazily() {
     use kiln_linker::runtime::tls;
     tls::static_tls_status().expect("kiln's static TLS area exists in a test binary");
     let dir = scratch("tls-programs");
@@ -184,12 +198,12 @@ fn programs_sharing_thread_locals_answer_alike_natively_in_one_image_and_apart()
             .iter()
             .map(|(n, p)| (n.clone(), std::fs::read(p).expect("read object")))
             .collect();
-        for one_image in [true, false] {
-            let kiln = jit_answer(&objects, one_image);
+        for mode in [Mode::OneImage, Mode::Apart, Mode::Lazy] {
+            let kiln = jit_answer(&objects, mode);
             assert_eq!(
                 kiln,
                 Ok(native),
-                "program {seed} (one image: {one_image}; sources in {}; static TLS left: {})",
+                "program {seed} ({mode:?}; sources in {}; static TLS left: {})",
                 dir.display(),
                 tls::static_area_available()
             );
