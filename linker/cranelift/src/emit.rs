@@ -457,6 +457,9 @@ fn edges(
                 let id = graph.global(&name, obj);
                 // A reference the link must resolve: a miss is an error, not 0.
                 graph.symbols[id.index()].weak_ref = false;
+                // A thread-local (another image's: defining one is refused)
+                // binds through its TLS module.
+                graph.symbols[id.index()].tls = is_tls_data(&r.name, names);
                 if let Some(slot) = cache.slot(&r.name) {
                     *slot = Some(id);
                 }
@@ -471,6 +474,17 @@ fn edges(
 /// The symbol a relocation refers to, and what to add to its addend.
 /// An offset in the function itself is one in the body being built (a
 /// lazy or replacement body defines its own symbol, not the entry's).
+/// Whether `target` is data declared thread-local.
+fn is_tls_data(target: &ModuleRelocTarget, names: &Names) -> bool {
+    match *target {
+        ModuleRelocTarget::User {
+            namespace: 1,
+            index,
+        } => names.data.get(index as usize).is_some_and(|d| d.tls),
+        _ => false,
+    }
+}
+
 fn target_name<'a>(
     own: (Option<FuncId>, &'a str),
     target: &ModuleRelocTarget,
@@ -492,11 +506,6 @@ fn target_name<'a>(
             index,
         } => {
             let data = names.data.get(index as usize).ok_or_else(undeclared)?;
-            if data.tls {
-                return Err(Error::Unsupported {
-                    what: format!("thread-local data ({})", data.name),
-                });
-            }
             (Cow::Borrowed(data.name.as_str()), 0)
         }
         ModuleRelocTarget::User { .. } => return Err(undeclared()),

@@ -18,7 +18,12 @@
 //! - [`KilnModule::new_group`] / [`KilnModule::free_group`]: free a group
 //!   of functions and data, memory returned;
 //! - `&self` definition ([`KilnModule::define_function_shared`]) from many
-//!   threads at once.
+//!   threads at once;
+//! - thread-locals: data imported as thread-local (`declare_data(name,
+//!   Linkage::Import, _, true)`, read with `tls_value` under the
+//!   `tls_model = elf_gd` setting) binds to an object's `__thread`
+//!   variable, one instance per thread (defining thread-local data is
+//!   refused, as in cranelift-jit).
 //!
 //! # How
 //!

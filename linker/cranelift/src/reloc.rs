@@ -19,6 +19,7 @@ pub(crate) fn elf_r_type(reloc: Reloc) -> Option<u32> {
         Reloc::X86PCRel4 => 2,                             // R_X86_64_PC32
         Reloc::X86CallPCRel4 | Reloc::X86CallPLTRel4 => 4, // R_X86_64_PLT32
         Reloc::X86GOTPCRel4 => 9,                          // R_X86_64_GOTPCREL
+        Reloc::ElfX86_64TlsGd => 19,                       // R_X86_64_TLSGD
         _ => return None,
     })
 }
@@ -43,6 +44,7 @@ mod tests {
             (Reloc::X86CallPCRel4, "R_X86_64_PLT32"),
             (Reloc::X86CallPLTRel4, "R_X86_64_PLT32"),
             (Reloc::X86GOTPCRel4, "R_X86_64_GOTPCREL"),
+            (Reloc::ElfX86_64TlsGd, "R_X86_64_TLSGD"),
         ];
         for (reloc, name) in expect {
             let r_type = elf_r_type(reloc).expect("mapped");

@@ -11,6 +11,7 @@ use cranelift_module::{Linkage, Module};
 use kiln_engine::{SymbolDef, SymbolFlags};
 
 use common::{kiln, sig_i64};
+use cranelift_module::default_libcall_names;
 
 #[test]
 fn a_function_reading_a_thread_local_as_plain_data_is_refused_naming_it() {
@@ -49,4 +50,63 @@ fn a_function_reading_a_thread_local_as_plain_data_is_refused_naming_it() {
         assert!(chain.contains("`tcount`"), "pic {pic}: {chain}");
         assert!(chain.contains("thread-local"), "pic {pic}: {chain}");
     }
+}
+
+/// A C object's `__thread` variable, used from cranelift code through
+/// `tls_value` (`tls_model = elf_gd`, which cranelift-jit cannot link):
+/// one instance per thread, the C code and the cranelift code sharing it.
+#[test]
+fn cranelift_code_uses_a_c_objects_thread_local_through_tls_value() {
+    let dir = std::env::temp_dir().join(format!("kiln-cl-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = dir.join("tcount.c");
+    let src = "__thread long tcount = 5;\nlong c_add(long x) { tcount += x; return tcount; }\n";
+    std::fs::write(&c, src).unwrap();
+    let o = dir.join("tcount.o");
+    let status = std::process::Command::new("gcc")
+        .args(["-O2", "-fPIC", "-c"])
+        .arg(&c)
+        .arg("-o")
+        .arg(&o)
+        .status()
+        .expect("gcc runs (apt-get install -y gcc)");
+    assert!(status.success(), "gcc failed");
+    let flags = [("is_pic", "true"), ("tls_model", "elf_gd")];
+    let builder = kiln_cranelift::KilnBuilder::with_flags(&flags, default_libcall_names());
+    let mut module = builder.expect("builder").build().expect("module");
+    let bytes = std::fs::read(&o).unwrap();
+    module.jit().add_object_named("tcount.o", &bytes).unwrap();
+    let data = (module.declare_data("tcount", Linkage::Import, true, true)).unwrap();
+    let sig = sig_i64(&module);
+    let id = (module.declare_function("cl_add", Linkage::Export, &sig)).unwrap();
+    let mut func = ir::Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+    let gv = module.declare_data_in_func(data, &mut func);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let block = b.create_block();
+    b.append_block_params_for_function_params(block);
+    b.switch_to_block(block);
+    let x = b.block_params(block)[0];
+    let at = b.ins().tls_value(types::I64, gv);
+    let v = b.ins().load(types::I64, ir::MemFlagsData::trusted(), at, 0);
+    let y = b.ins().iadd(v, x);
+    b.ins().store(ir::MemFlagsData::trusted(), y, at, 0);
+    b.ins().return_(&[y]);
+    b.seal_all_blocks();
+    b.finalize(module.target_config());
+    let mut ctx = cranelift_codegen::Context::for_function(func);
+    module.define_function(id, &mut ctx).unwrap();
+    module
+        .finalize_definitions()
+        .expect("links, binding tcount to its module");
+    type Add = extern "C" fn(i64) -> i64;
+    // SAFETY: `cl_add` is `(i64) -> i64`, finalized.
+    let cl_add: Add = unsafe { std::mem::transmute(module.get_finalized_function(id)) };
+    // SAFETY: `long c_add(long)`, Ready.
+    let c_add = unsafe { module.jit().get::<Add>("c_add") }.unwrap();
+    assert_eq!(cl_add(1), 6);
+    assert_eq!(c_add(2), 8, "the C code sees what cranelift's wrote");
+    let other = std::thread::spawn(move || cl_add(10)).join().unwrap();
+    assert_eq!(other, 15, "another thread's own instance");
+    assert_eq!(cl_add(0), 8);
 }
