@@ -199,10 +199,11 @@ struct ModuleEntry {
     static_reason: String,
     /// Dynamic blocks by thread key.
     blocks: HashMap<u64, usize>,
-    /// TLSDESC arguments handed out; boxed because GOT entries point at
-    /// them, so they must not move when the vector grows.
-    #[allow(clippy::vec_box, reason = "stable addresses are the point")]
-    desc_args: Vec<Box<desc::DescArg>>,
+    /// TLSDESC arguments handed out, one per variable (offset) however
+    /// many images bind to it — a long-lived module other images link
+    /// against again and again does not grow; boxed because GOT entries
+    /// point at them, so they must not move when the map grows.
+    desc_args: HashMap<u64, Box<desc::DescArg>>,
 }
 
 #[derive(Debug, Default)]
@@ -473,10 +474,9 @@ fn descriptor(
     }
     let argument = with_table(|t| {
         let entry = t.slots[slot_of(id)].as_mut().filter(|e| e.id == id)?;
-        let arg = Box::new(desc::DescArg { id, offset });
-        let addr = &*arg as *const desc::DescArg as usize;
-        entry.desc_args.push(arg);
-        Some(addr)
+        let arg = (entry.desc_args.entry(offset))
+            .or_insert_with(|| Box::new(desc::DescArg { id, offset }));
+        Some(&**arg as *const desc::DescArg as usize)
     });
     Ok(TlsDescriptor {
         resolver: desc::dynamic_resolver(),
@@ -612,7 +612,7 @@ fn register(name: &str, layout: Layout, storage: Storage, static_reason: String)
             storage,
             static_reason: static_reason.clone(),
             blocks: HashMap::new(),
-            desc_args: Vec::new(),
+            desc_args: HashMap::new(),
         });
         id
     });

@@ -455,3 +455,19 @@ fn static_ranges_are_claimed_exactly_and_never_reused_once_used() {
         "reserved {start:#x} over a claim"
     );
 }
+
+/// Every image that binds to one variable of a dynamic module gets the
+/// same TLSDESC argument: a module linked against again and again keeps
+/// one per variable, not one per binding.
+#[test]
+fn tlsdesc_arguments_are_one_per_variable() {
+    let m =
+        TlsModule::new("shared.o", 32, 8, TlsPlacement::Dynamic).unwrap_or_else(|e| panic!("{e}"));
+    let args: Vec<usize> = [8, 8, 16, 8]
+        .iter()
+        .map(|&off| m.tlsdesc(off).unwrap_or_else(|e| panic!("{e}")).argument)
+        .collect();
+    assert_eq!(args[0], args[1]);
+    assert_eq!(args[0], args[3]);
+    assert_ne!(args[0], args[2]);
+}
