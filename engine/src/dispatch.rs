@@ -218,9 +218,11 @@ impl WorkerPool {
 
     /// [`WorkerPool::new`], each worker calling `start` first, on its own
     /// thread (like rayon's `start_handler`): for per-thread set-up a
-    /// linker's runtime needs before any task runs there.
+    /// linker's runtime needs before any task runs there. Returns once
+    /// every worker has run it.
     pub fn with_start(threads: usize, start: impl Fn() + Send + Sync + 'static) -> Self {
         let start = Arc::new(start);
+        let started = Arc::new(Started::default());
         let shared = Arc::new(PoolShared {
             queue: Mutex::new(PoolQueue {
                 tasks: VecDeque::new(),
@@ -231,9 +233,12 @@ impl WorkerPool {
         });
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
-            let (shared, start) = (shared.clone(), start.clone());
+            let (shared, start, started) = (shared.clone(), start.clone(), started.clone());
             let handle = thread::spawn_named(format!("kiln-worker-{i}"), move || {
+                // Counted even if `start` panics: the pool's maker waits.
+                let count = StartCounted(started);
                 start();
+                drop(count);
                 worker_loop(shared)
             });
             match handle {
@@ -243,6 +248,11 @@ impl WorkerPool {
                 Err(e) => panic!("kiln: cannot start a worker thread: {e}"),
             }
         }
+        let mut count = started.count.lock();
+        while *count < workers.len() {
+            count = started.done.wait(count);
+        }
+        drop(count);
         WorkerPool {
             shared,
             workers: Mutex::new(workers),
@@ -252,6 +262,24 @@ impl WorkerPool {
     /// A pool with one worker per available core.
     pub fn with_available_parallelism() -> Self {
         Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+}
+
+/// How many workers of a new pool have run their start hook.
+#[derive(Default)]
+struct Started {
+    count: Mutex<usize>,
+    done: Condvar,
+}
+
+/// Counts its worker as started when dropped (after the hook, or while
+/// the hook's panic unwinds).
+struct StartCounted(Arc<Started>);
+
+impl Drop for StartCounted {
+    fn drop(&mut self) {
+        *self.0.count.lock() += 1;
+        self.0.done.notify_all();
     }
 }
 

@@ -78,13 +78,19 @@ fn a_removed_modules_static_range_is_reused_only_when_every_thread_is_attached()
     assert_eq!(attached, init, "attaching replays nothing older over them");
 
     // Two neighbours retired apart serve a module of both their sizes.
-    let (a, b) = (modules.pop().unwrap(), modules.pop().unwrap());
-    let adjacent = a.tp_offset().unwrap().abs_diff(b.tp_offset().unwrap()) == SIZE as u64;
-    drop((a, b));
-    if adjacent {
-        let both = TlsModule::new("both", 2 * SIZE, 8, TlsPlacement::Static);
-        assert!(both.is_ok(), "coalesced neighbours");
-    }
+    // (The fill was bump-allocated: in offset order, each next to the last.)
+    modules.sort_by_key(|m| m.tp_offset());
+    let pair: Vec<TlsModule> = modules.drain(..2).collect();
+    assert_eq!(
+        pair[0]
+            .tp_offset()
+            .unwrap()
+            .abs_diff(pair[1].tp_offset().unwrap()),
+        SIZE as u64
+    );
+    drop(pair);
+    let both = TlsModule::new("both", 2 * SIZE, 8, TlsPlacement::Static);
+    assert!(both.is_ok(), "coalesced neighbours");
     drop((again, modules));
     jit_cycles_keep_linking_local_exec_thread_locals();
 }

@@ -28,6 +28,26 @@ fn object(dir: &Path, name: &str, src: &str, flags: &[&str]) -> Vec<u8> {
     std::fs::read(compile_c_text(dir, name, src, flags)).expect("read object")
 }
 
+/// A definer of `var` (9) and `f` whose thread-locals do not fit kiln's
+/// static TLS area: its TLS module is dynamic.
+fn dynamic_definer(var: &str, f: &str) -> String {
+    format!(
+        "__thread char {var}_buf[{}];\n__thread int {var} = 9;\n\
+         int {f}(void) {{ return {var} + {var}_buf[1]; }}\n",
+        kiln_linker::runtime::tls::static_area_size() + 64
+    )
+}
+
+/// One lookup of `names` in the JIT's `app` (weakly, each may fail): the
+/// objects it starts are linked together, as one batch.
+fn look_up_together(j: &Jit, names: &[&str]) {
+    use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
+    let session = j.session();
+    let order = SearchOrder::new().with(j.app(), DylibLookup::All);
+    let set = LookupSet::weak(session.intern_all(names.iter().copied()));
+    let _ = session.lookup(&order, &set, RequiredState::Ready).wait();
+}
+
 fn jit() -> Jit {
     Jit::builder().threads(2).build().expect("a JIT")
 }
@@ -211,11 +231,7 @@ fn initial_exec_code_is_refused_a_dynamic_modules_thread_local_naming_it() {
     use kiln_linker::runtime::tls;
     tls::static_tls_status().expect("kiln's static TLS area exists in a test binary");
     let dir = scratch("tls-across-dynamic");
-    let big = format!(
-        "__thread char big_buf[{}];\n__thread int tbig = 9;\n\
-         int big_f(void) {{ return tbig + big_buf[1]; }}\n",
-        tls::static_area_size() + 64
-    );
+    let big = dynamic_definer("tbig", "big_f");
     let gd = "extern __thread int tbig;\nint gd_f(void) { return tbig * 2; }\n";
     let ie = "extern __thread int tbig;\nint ie_f(void) { return tbig * 3; }\n";
     let j = jit();
@@ -405,15 +421,10 @@ fn a_lazy_call_from_a_thread_older_than_the_link_sees_initial_values() {
 /// whether or not they were started together.
 #[test]
 fn a_thread_local_that_cannot_be_bound_fails_only_its_user_in_one_lookup() {
-    use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
     use kiln_linker::runtime::tls;
     tls::static_tls_status().expect("kiln's static TLS area exists in a test binary");
     let dir = scratch("tls-across-batch");
-    let big = format!(
-        "__thread char big_buf[{}];\n__thread int tbig2 = 9;\n\
-         int big2_f(void) {{ return tbig2 + big_buf[1]; }}\n",
-        tls::static_area_size() + 64
-    );
+    let big = dynamic_definer("tbig2", "big2_f");
     let ie = "extern __thread int tbig2;\nint ie2_f(void) { return tbig2 * 3; }\n";
     let plain = "int plain_f(void) { return 4; }\n";
     let big = object(&dir, "big2", &big, &["-O2", "-fPIC"]);
@@ -430,10 +441,7 @@ fn a_thread_local_that_cannot_be_bound_fails_only_its_user_in_one_lookup() {
     assert_eq!(unsafe { j.get::<Get>("big2_f") }.unwrap()(), 9);
     j.add_object_named("ie2.o", &ie).unwrap();
     j.add_object_named("plain2.o", &plain).unwrap();
-    let session = j.session();
-    let order = SearchOrder::new().with(j.app(), DylibLookup::All);
-    let both = LookupSet::weak(session.intern_all(["ie2_f", "plain2_f", "plain_f"]));
-    let _ = session.lookup(&order, &both, RequiredState::Ready).wait();
+    look_up_together(&j, &["ie2_f", "plain2_f", "plain_f"]);
     // SAFETY: the C signature above.
     assert_eq!(unsafe { j.get::<Get>("plain_f") }.unwrap()(), 4);
     // SAFETY: as above; the link failed before any call.
@@ -446,7 +454,6 @@ fn a_thread_local_that_cannot_be_bound_fails_only_its_user_in_one_lookup() {
 /// the other fails naming the variable, as each linked alone.
 #[test]
 fn a_thread_local_used_as_data_fails_only_its_user_in_one_lookup() {
-    use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
     let dir = scratch("tls-across-batch-misfit");
     let j = jit();
     j.add_object_named("def.o", &object(&dir, "def", DEF, &["-O2", "-fPIC"]))
@@ -460,10 +467,7 @@ fn a_thread_local_used_as_data_fails_only_its_user_in_one_lookup() {
         .unwrap();
     j.add_object_named("plain3.o", &object(&dir, "plain3", plain, &flags))
         .unwrap();
-    let session = j.session();
-    let order = SearchOrder::new().with(j.app(), DylibLookup::All);
-    let both = LookupSet::weak(session.intern_all(["as_data3", "plain3"]));
-    let _ = session.lookup(&order, &both, RequiredState::Ready).wait();
+    look_up_together(&j, &["as_data3", "plain3"]);
     // SAFETY: the C signature above.
     assert_eq!(unsafe { j.get::<Get>("plain3") }.unwrap()(), 4);
     // SAFETY: as above; the link failed before any call.

@@ -7,11 +7,43 @@ mod common;
 
 use cranelift_codegen::ir::{self, InstBuilder, UserFuncName, types};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_module::{Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+use kiln_cranelift::KilnModule;
 use kiln_engine::{SymbolDef, SymbolFlags};
 
 use common::{kiln, sig_i64};
-use cranelift_module::default_libcall_names;
+
+/// Defines `name(x)`: adds `x` to the i64 at imported data `data` (a
+/// thread-local, through `tls_value`, if `tls`; plain data otherwise),
+/// stores the sum there and returns it.
+fn define_adding_to(module: &mut KilnModule, name: &str, data: &str, tls: bool) -> FuncId {
+    let data = (module.declare_data(data, Linkage::Import, true, tls)).unwrap();
+    let sig = sig_i64(module);
+    let id = (module.declare_function(name, Linkage::Export, &sig)).unwrap();
+    let mut func = ir::Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+    let gv = module.declare_data_in_func(data, &mut func);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let block = b.create_block();
+    b.append_block_params_for_function_params(block);
+    b.switch_to_block(block);
+    let x = b.block_params(block)[0];
+    let at = if tls {
+        b.ins().tls_value(types::I64, gv)
+    } else {
+        b.ins().symbol_value(types::I64, gv)
+    };
+    let trusted = ir::MemFlagsData::trusted();
+    let v = b.ins().load(types::I64, trusted, at, 0);
+    let y = b.ins().iadd(v, x);
+    b.ins().store(trusted, y, at, 0);
+    b.ins().return_(&[y]);
+    b.seal_all_blocks();
+    b.finalize(module.target_config());
+    let mut ctx = cranelift_codegen::Context::for_function(func);
+    module.define_function(id, &mut ctx).unwrap();
+    id
+}
 
 #[test]
 fn a_function_reading_a_thread_local_as_plain_data_is_refused_naming_it() {
@@ -24,25 +56,7 @@ fn a_function_reading_a_thread_local_as_plain_data_is_refused_naming_it() {
         // slot, an offset (`runtime::tls`); as an address, unmapped.
         let def = SymbolDef::new(0x5400_0001_0000_0008, flags);
         jit.app().define_absolute([(tcount, def)]).unwrap();
-        let data = (module.declare_data("tcount", Linkage::Import, true, false)).unwrap();
-        let sig = sig_i64(&module);
-        let id = (module.declare_function("reads_tcount", Linkage::Export, &sig)).unwrap();
-        let mut func = ir::Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
-        let gv = module.declare_data_in_func(data, &mut func);
-        let mut fctx = FunctionBuilderContext::new();
-        let mut b = FunctionBuilder::new(&mut func, &mut fctx);
-        let block = b.create_block();
-        b.append_block_params_for_function_params(block);
-        b.switch_to_block(block);
-        let x = b.block_params(block)[0];
-        let at = b.ins().symbol_value(types::I64, gv);
-        let v = b.ins().load(types::I64, ir::MemFlagsData::trusted(), at, 0);
-        let y = b.ins().iadd(v, x);
-        b.ins().return_(&[y]);
-        b.seal_all_blocks();
-        b.finalize(module.target_config());
-        let mut ctx = cranelift_codegen::Context::for_function(func);
-        module.define_function(id, &mut ctx).unwrap();
+        define_adding_to(&mut module, "reads_tcount", "tcount", false);
         let e = module
             .finalize_definitions()
             .expect_err("a thread-local is no address");
@@ -76,26 +90,7 @@ fn cranelift_code_uses_a_c_objects_thread_local_through_tls_value() {
     let mut module = builder.expect("builder").build().expect("module");
     let bytes = std::fs::read(&o).unwrap();
     module.jit().add_object_named("tcount.o", &bytes).unwrap();
-    let data = (module.declare_data("tcount", Linkage::Import, true, true)).unwrap();
-    let sig = sig_i64(&module);
-    let id = (module.declare_function("cl_add", Linkage::Export, &sig)).unwrap();
-    let mut func = ir::Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
-    let gv = module.declare_data_in_func(data, &mut func);
-    let mut fctx = FunctionBuilderContext::new();
-    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
-    let block = b.create_block();
-    b.append_block_params_for_function_params(block);
-    b.switch_to_block(block);
-    let x = b.block_params(block)[0];
-    let at = b.ins().tls_value(types::I64, gv);
-    let v = b.ins().load(types::I64, ir::MemFlagsData::trusted(), at, 0);
-    let y = b.ins().iadd(v, x);
-    b.ins().store(ir::MemFlagsData::trusted(), y, at, 0);
-    b.ins().return_(&[y]);
-    b.seal_all_blocks();
-    b.finalize(module.target_config());
-    let mut ctx = cranelift_codegen::Context::for_function(func);
-    module.define_function(id, &mut ctx).unwrap();
+    let id = define_adding_to(&mut module, "cl_add", "tcount", true);
     module
         .finalize_definitions()
         .expect("links, binding tcount to its module");

@@ -255,10 +255,15 @@ fn tp_offset(
         )
     };
     if let Some(foreign) = tls.foreign(p, addrs, sym)? {
-        let (name, users) = (g.symbol_name(sym), users(g, |e| e.target == sym));
-        return foreign
-            .static_tp_offset((&name, &users, reloc))
-            .map_err(refused);
+        // Who uses it is found (a walk over every edge) only for an error.
+        let user = || {
+            (
+                g.symbol_name(sym),
+                users(g, |e| e.target == sym),
+                reloc.into(),
+            )
+        };
+        return foreign.static_tp_offset(user).map_err(refused);
     }
     let module = tls.own.ok_or_else(|| no_tls(g, sym))?;
     if let Some(off) = crate::image_file::tls::foreign_tp_offset(g.isa(), addrs[sym.index()]) {

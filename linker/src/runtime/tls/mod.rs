@@ -280,6 +280,9 @@ impl TlsModule {
                                 "it needs {size} bytes and kiln's static TLS area has {available} of its {} bytes left",
                                 static_area::AREA_SIZE
                             ),
+                            static_area::ReserveError::ReuseBlocked { unattached } => format!(
+                                "kiln's static TLS area is used up; a removed module's range would fit, but {unattached} live thread(s) not attached to the area may hold its old values there (attach every thread that runs JIT'd code with runtime::tls::attach_current_thread)"
+                            ),
                             static_area::ReserveError::TooAligned => format!(
                                 "alignment {align} exceeds the static area's {}",
                                 static_area::AREA_ALIGN
@@ -375,7 +378,7 @@ impl TlsModule {
         object: &str,
         relocation: &str,
     ) -> Result<i64, TlsError> {
-        let user = (variable, object, relocation);
+        let user = || (variable.into(), object.into(), relocation.into());
         tp_offset_in(
             self.tp_offset,
             offset,
@@ -486,24 +489,26 @@ fn descriptor(
 
 /// The thread-pointer offset of the variable at `offset` of a module
 /// static at `tp`, or the error naming why initial-exec/local-exec code
-/// cannot reach it.
+/// cannot reach it: `user` gives the variable, the object and the
+/// relocation, asked only then.
 fn tp_offset_in(
     tp: Option<i64>,
     offset: u64,
     module: &str,
     static_reason: &str,
-    (variable, object, relocation): (&str, &str, &str),
+    user: impl FnOnce() -> (String, String, String),
 ) -> Result<i64, TlsError> {
-    match tp {
-        Some(base) => Ok(base + offset as i64),
-        None => Err(TlsError::NeedsStaticTls {
-            variable: variable.to_owned(),
-            object: object.to_owned(),
-            relocation: relocation.to_owned(),
+    let Some(base) = tp else {
+        let (variable, object, relocation) = user();
+        return Err(TlsError::NeedsStaticTls {
+            variable,
+            object,
+            relocation,
             module: module.to_owned(),
             reason: static_reason.to_owned(),
-        }),
-    }
+        });
+    };
+    Ok(base + offset as i64)
 }
 
 /// A thread-local of another image, found from the value its image
@@ -556,8 +561,11 @@ impl Foreign {
 
     /// Its thread-pointer offset, for initial-exec/local-exec code: as
     /// [`TlsModule::static_tp_offset`], `user` naming the variable, the
-    /// object and the relocation in the error.
-    pub(crate) fn static_tp_offset(&self, user: (&str, &str, &str)) -> Result<i64, TlsError> {
+    /// object and the relocation in the error (called only for one).
+    pub(crate) fn static_tp_offset(
+        &self,
+        user: impl FnOnce() -> (String, String, String),
+    ) -> Result<i64, TlsError> {
         tp_offset_in(
             self.tp_offset,
             self.offset,

@@ -266,7 +266,14 @@ fn detect() -> Result<Host, &'static str> {
 #[derive(Debug)]
 pub(crate) enum ReserveError {
     Unavailable(&'static str),
-    Exhausted { available: usize },
+    Exhausted {
+        available: usize,
+    },
+    /// Used up, and a removed module's range would fit, but `unattached`
+    /// live threads may hold its old values ([`reuse`]).
+    ReuseBlocked {
+        unattached: usize,
+    },
     TooAligned,
 }
 
@@ -299,7 +306,7 @@ pub(crate) fn reserve(size: usize, align: usize) -> Result<(usize, i64), Reserve
         Ok((start, tp_offset_of(host, start)))
     })
     .or_else(|e| match e {
-        ReserveError::Exhausted { .. } => reuse(host, size, align).ok_or(e),
+        ReserveError::Exhausted { .. } => reuse(host, size, align, e),
         e => Err(e),
     })
 }
@@ -309,21 +316,41 @@ pub(crate) fn reserve(size: usize, align: usize) -> Result<(usize, i64), Reserve
 /// attached: a thread kiln cannot reach may hold the old module's values
 /// there. (A thread being created at this very moment may copy the init
 /// image before it is zeroed, as [`initialize`]'s torn copy.)
-fn reuse(host: &Host, size: usize, align: usize) -> Option<(usize, i64)> {
-    if size == 0 || with_area(|area| area.retired.is_empty()) || !every_thread_attached() {
-        return None;
-    }
-    let start = with_area(|area| {
-        let (i, start) = area.retired.iter().enumerate().find_map(|(i, &(s, e))| {
+fn reuse(
+    host: &Host,
+    size: usize,
+    align: usize,
+    exhausted: ReserveError,
+) -> Result<(usize, i64), ReserveError> {
+    let fitting = |area: &Area| {
+        area.retired.iter().enumerate().find_map(|(i, &(s, e))| {
             let start = s.next_multiple_of(align);
             (start.saturating_add(size) <= e).then_some((i, start))
-        })?;
+        })
+    };
+    if size == 0 || with_area(|area| fitting(area).is_none()) {
+        return Err(exhausted);
+    }
+    match unattached() {
+        Some(strangers) if strangers.is_empty() => {}
+        Some(strangers) => {
+            return Err(ReserveError::ReuseBlocked {
+                unattached: strangers.len(),
+            });
+        }
+        None => return Err(exhausted),
+    }
+    let start = with_area(|area| {
+        let (i, start) = fitting(area)?;
         let (s, e) = area.retired.swap_remove(i);
         let end = start + size;
         area.retired
             .extend([(s, start), (end, e)].into_iter().filter(|(a, b)| a < b));
         Some(start)
-    })?;
+    });
+    let Some(start) = start else {
+        return Err(exhausted);
+    };
     // Best effort, as `release_unused`: a failure leaves the old initial
     // values for threads created from now on.
     if publish(start, &vec![0; size]).is_ok() {
@@ -335,17 +362,18 @@ fn reuse(host: &Host, size: usize, align: usize) -> Option<(usize, i64)> {
             area.initialized.clear();
         });
     }
-    Some((start, tp_offset_of(host, start)))
+    Ok((start, tp_offset_of(host, start)))
 }
 
-/// Whether every live thread of the process is attached (`false` when the
-/// threads cannot be listed).
-fn every_thread_attached() -> bool {
-    live_threads().is_some_and(|tids| {
-        let attached: std::collections::HashSet<libc::pid_t> =
-            with_area(|area| area.threads.values().map(|&(_, tid)| tid).collect());
-        tids.iter().all(|t| attached.contains(t))
-    })
+/// The live threads of the process that are not attached, by kernel
+/// thread id (`None` when the threads cannot be listed).
+fn unattached() -> Option<Vec<libc::pid_t>> {
+    let attached: std::collections::HashSet<libc::pid_t> =
+        with_area(|area| area.threads.values().map(|&(_, tid)| tid).collect());
+    let mut tids = live_threads()?;
+    tids.retain(|tid| !attached.contains(tid));
+    tids.sort_unstable();
+    Some(tids)
 }
 
 /// The kernel thread ids of the process's live threads.
@@ -584,12 +612,7 @@ pub(crate) fn detach(key: u64) {
 
 /// Live threads of the process that are not attached, by kernel thread id.
 pub(crate) fn unattached_threads() -> Vec<libc::pid_t> {
-    let attached: std::collections::HashSet<libc::pid_t> =
-        with_area(|area| area.threads.values().map(|&(_, tid)| tid).collect());
-    let mut tids = live_threads().unwrap_or_default();
-    tids.retain(|tid| !attached.contains(tid));
-    tids.sort_unstable();
-    tids
+    unattached().unwrap_or_default()
 }
 
 /// Bytes of the area not yet handed out.
