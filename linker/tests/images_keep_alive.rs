@@ -8,7 +8,13 @@ use std::path::Path;
 
 use common::images::options;
 use common::*;
-use kiln_engine::{Dylib, DylibLookup, Session, WorkerPool};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_engine::{
+    DependenceGroup, Dylib, DylibLookup, LookupSet, MaterializationUnit, RequiredState,
+    Responsibility, SearchOrder, Session, SymbolDef, SymbolFlags, SymbolName, WorkerPool,
+};
 use kiln_linker::image_file::{self, BuildId};
 use kiln_linker::layer::{HostGenerator, ObjectLayer};
 use kiln_linker::{HostSymbols, LinkOptions};
@@ -26,14 +32,19 @@ fn session_with(name: &str, options: LinkOptions) -> (Session, ObjectLayer, Dyli
     (session, layer, dylib, host)
 }
 
-/// Image A (`table`, `a_val`) and image B (`use_a`) linked against it by
-/// build id: `(A's bytes, B's bytes)`.
-fn two_images(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+/// Image A (`table`, `a_val`, importing `getpid`) and image B (`use_a`) linked against it by
+/// build id: `(A's bytes, B's bytes)`. Each test gives its own `salt`:
+/// the tests run side by side in one process, and the registry of loaded
+/// images is the process's.
+fn two_images(dir: &Path, salt: u32) -> (Vec<u8>, Vec<u8>) {
     let flags = ["-O2", "-fPIC"];
     let liba = compile_c_text(
         dir,
         "liba",
-        "int table[4] = {1, 2, 3, 4};\nint a_val(void) { return 20; }\n",
+        &format!(
+            "#include <unistd.h>\nint table[4] = {{1, 2, 3, 4}};\nint salt = {salt};\n\
+             int a_val(void) {{ return 19 + (getpid() > 0); }}\n"
+        ),
         &flags,
     );
     let useb = compile_c_text(
@@ -84,8 +95,9 @@ fn a_dependency_stays_mapped_until_the_last_image_linked_against_it_goes() {
         return;
     }
     let dir = scratch("images-keep-alive");
-    let (a_bytes, b_bytes) = two_images(&dir);
+    let (a_bytes, b_bytes) = two_images(&dir, 1);
     let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
+    let b_id = image_file::inspect("b", &b_bytes).expect("B").build_id;
     let (session, layer, lib, host) = session_with("lib", options(false));
     let app = session.create_dylib("app").expect("dylib");
     app.set_link_order(&[
@@ -122,6 +134,135 @@ fn a_dependency_stays_mapped_until_the_last_image_linked_against_it_goes() {
         image_file::image_at(a.base).is_none_or(|i| i.build_id != a_id),
         "A stayed after B went"
     );
-    assert!(!mapped(f), "B is unmapped");
+    assert!(
+        image_file::image_at(f).is_none_or(|i| i.build_id != b_id),
+        "B is unloaded"
+    );
     session.end();
+}
+
+/// A unit that hands its responsibility to the test: its symbol stays
+/// Materializing until the test answers.
+struct Parked {
+    symbol: SymbolName,
+    slot: Arc<Mutex<Option<Responsibility>>>,
+}
+
+impl MaterializationUnit for Parked {
+    fn name(&self) -> &str {
+        "parked"
+    }
+    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
+        vec![(
+            self.symbol.clone(),
+            SymbolFlags::EXPORTED | SymbolFlags::CALLABLE,
+        )]
+    }
+    fn materialize(self: Box<Self>, r: Responsibility) {
+        *self.slot.lock().unwrap() = Some(r);
+    }
+    fn discard(&mut self, _: &Dylib, _: &SymbolName) {}
+}
+
+/// Waits (at most 30 s) until `done` holds.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::yield_now();
+    }
+}
+
+/// B finishes binding before A does: A's addresses are Resolved (B links
+/// against them) while A waits for its own import (`getpid`, parked here).
+/// B, filed first, still keeps A mapped once A is filed.
+#[test]
+fn a_dependency_filed_after_the_image_linked_against_it_is_kept_alive_too() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-keep-alive-late");
+    let (a_bytes, b_bytes) = two_images(&dir, 2);
+    let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
+    let (session, layer, lib, host) = session_with("lib", options(false));
+    let gate = session.create_dylib("gate").expect("dylib");
+    lib.set_link_order(&[
+        (gate.clone(), DylibLookup::ExportedOnly),
+        (host.clone(), DylibLookup::ExportedOnly),
+    ])
+    .expect("order");
+    let getpid = session.intern("getpid");
+    let slot = Arc::new(Mutex::new(None));
+    gate.define(Parked {
+        symbol: getpid.clone(),
+        slot: slot.clone(),
+    })
+    .expect("parks getpid");
+    let app = session.create_dylib("app").expect("dylib");
+    app.set_link_order(&[
+        (lib.clone(), DylibLookup::ExportedOnly),
+        (host, DylibLookup::ExportedOnly),
+    ])
+    .expect("order");
+    let ta = lib.create_tracker().expect("tracker");
+    let tb = app.create_tracker().expect("tracker");
+    // SAFETY: the test's own images, saved above; `use_a` is `int (void)`.
+    unsafe {
+        layer
+            .add_image(&lib, Some(&ta), "liba.kimg", a_bytes)
+            .expect("adds A");
+        layer
+            .add_image(&app, Some(&tb), "b.kimg", b_bytes)
+            .expect("adds B");
+    }
+    let pending = session.lookup(
+        &SearchOrder::new().with(&app, DylibLookup::ExportedOnly),
+        &LookupSet::required([session.intern("use_a")]),
+        RequiredState::Ready,
+    );
+    let r: Responsibility = {
+        let mut r = None;
+        wait_until("A asking for getpid", || {
+            r = slot.lock().unwrap().take();
+            r.is_some()
+        });
+        r.unwrap()
+    };
+    wait_until("B filed", || layer.stats().1 == 1);
+    let real = host_getpid_address();
+    r.resolve(&[(
+        getpid.clone(),
+        SymbolDef::new(real, SymbolFlags::EXPORTED | SymbolFlags::CALLABLE),
+    )])
+    .expect("resolves getpid");
+    r.emit(vec![DependenceGroup::new([getpid], vec![])])
+        .expect("emits getpid");
+    let found = pending
+        .wait_timeout(Duration::from_secs(30))
+        .expect("B is Ready");
+    let f = found.get_str("use_a").expect("use_a").address;
+    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
+    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
+    assert_eq!(use_a(), 25);
+    let a = image_file::registry::find(&a_id).expect("A is loaded");
+    ta.remove().expect("removes A's tracker");
+    assert!(
+        mapped(a.base) && image_file::image_at(a.base).is_some_and(|i| i.build_id == a_id),
+        "A, filed after B, went while B is loaded"
+    );
+    assert_eq!(use_a(), 25, "B still reaches A");
+    tb.remove().expect("removes B's tracker");
+    assert!(
+        image_file::image_at(a.base).is_none_or(|i| i.build_id != a_id),
+        "A stayed after B went"
+    );
+    session.end();
+}
+
+/// This process's `getpid`.
+fn host_getpid_address() -> u64 {
+    unsafe extern "C" {
+        safe fn getpid() -> i32;
+    }
+    getpid as *const () as u64
 }

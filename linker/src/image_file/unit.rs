@@ -386,11 +386,7 @@ impl ImageUnit {
         let image = load::finish(p, exports, alloc, &self.name).map_err(err)?;
         image.register_once(|| registration);
         // The image files it links against stay mapped while it is.
-        let keep = deps
-            .iter()
-            .filter_map(|&base| self.layer.keep_alive(base))
-            .collect();
-        self.layer.adopt(r, image, self.order, keep)?;
+        self.layer.adopt(r, image, self.order, &deps)?;
         let entries = order.entries();
         for (name, _, source) in found.iter_with_source() {
             let dylib = &entries[source].0;

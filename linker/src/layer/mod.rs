@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use kiln_engine::{
@@ -101,9 +101,13 @@ struct Images {
     /// Symbols of lazily added objects that are linked at startup, with
     /// the key of the tracker owning their entries (removing it drops them).
     startup: Vec<(ResourceKey, SymbolName)>,
-    /// The image files loaded, by memory range (start, end), for
-    /// [`ObjectLayer::keep_alive`].
-    files: Vec<(u64, u64, std::sync::Weak<Mutex<LayerImage>>)>,
+    /// The image files loaded, by memory range (start, end), for the
+    /// images that link against them ([`ObjectLayer::adopt`]).
+    files: Vec<(u64, u64, Weak<Mutex<LayerImage>>)>,
+    /// Images adopted before an image file they link against (mapped and
+    /// resolved, still binding on another thread): the address of that
+    /// dependency, and the image to keep it alive once it is adopted.
+    awaiting_keep: Vec<(u64, Weak<Mutex<LayerImage>>)>,
 }
 
 struct Shared {
@@ -1026,19 +1030,6 @@ impl ObjectLayer {
             .collect()
     }
 
-    /// The image file this layer loaded whose memory holds `addr`, kept
-    /// mapped by the returned handle (see [`KeepAlive`]).
-    pub(crate) fn keep_alive(&self, addr: u64) -> Option<KeepAlive> {
-        let mut images = self.shared.images.lock().ok()?;
-        images.files.retain(|(_, _, w)| w.strong_count() > 0);
-        images
-            .files
-            .iter()
-            .filter(|(start, end, _)| (*start..*end).contains(&addr))
-            .find_map(|(_, _, w)| w.upgrade())
-            .map(KeepAlive)
-    }
-
     /// What saving the code this layer linked needs of each image
     /// ([`crate::image_file::combine`]): the images linked into the dylib
     /// named `dylib`, or owned by the tracker `key`, in link order; image
@@ -1088,14 +1079,15 @@ impl ObjectLayer {
 
     /// Files a loaded image under `r`'s tracker (removal runs its
     /// finalizers and unmaps it) and queues its initializers.
-    /// The image files in `keep` (what it links against) stay mapped while
-    /// it is.
+    /// The image files at `deps` (what it links against) stay mapped while
+    /// it is — also one adopted after it: a dependency is located once its
+    /// addresses are Resolved, before its own unit has finished.
     pub(crate) fn adopt(
         &self,
         r: &Responsibility,
         mut image: LinkedImage,
         order: usize,
-        keep: Vec<KeepAlive>,
+        deps: &[u64],
     ) -> Result<(), Error> {
         image.set_executable_teardown(
             self.shared
@@ -1108,14 +1100,12 @@ impl ObjectLayer {
             order,
             dylib: r.dylib().name().to_string(),
             from_file: true,
-            keep,
+            keep: Vec::new(),
         }));
+        let mut keepers = Vec::new();
         r.tracker().with_resource_key(|key| {
             if let Ok(mut images) = self.shared.images.lock() {
-                images.files.retain(|(_, _, w)| w.strong_count() > 0);
-                images
-                    .files
-                    .push((start, start + bytes, Arc::downgrade(&image)));
+                keepers = images.link_keep_alive(&image, start..start + bytes, deps);
                 images.by_key.entry(key).or_default().push(image.clone());
                 images.pending_init.push(PendingInit {
                     image: image.clone(),
@@ -1124,7 +1114,58 @@ impl ObjectLayer {
                 images.linked += 1;
                 images.stats.bytes += bytes;
             }
-        })
+        })?;
+        // Each image's lock is taken alone, outside the layer's.
+        for (keeper, kept) in keepers {
+            if let Ok(mut keeper) = keeper.lock() {
+                keeper.keep.push(kept);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Images {
+    /// Files `image` (at `range`, linking against the image files at
+    /// `deps`) among the image files: what it links against and has been
+    /// adopted, it keeps; what has not, it waits for. Returns the images
+    /// that were waiting for `image`, each with the handle to keep.
+    fn link_keep_alive(
+        &mut self,
+        image: &ImageCell,
+        range: std::ops::Range<u64>,
+        deps: &[u64],
+    ) -> Vec<(ImageCell, KeepAlive)> {
+        self.files.retain(|(_, _, w)| w.strong_count() > 0);
+        self.awaiting_keep.retain(|(_, w)| w.strong_count() > 0);
+        let mut own = Vec::new();
+        for &dep in deps {
+            let adopted = self
+                .files
+                .iter()
+                .filter(|(s, e, _)| (*s..*e).contains(&dep))
+                .find_map(|(_, _, w)| w.upgrade());
+            match adopted {
+                Some(cell) => own.push(KeepAlive(cell)),
+                None => self.awaiting_keep.push((dep, Arc::downgrade(image))),
+            }
+        }
+        if let Ok(mut me) = image.lock() {
+            me.keep = own;
+        }
+        self.files
+            .push((range.start, range.end, Arc::downgrade(image)));
+        let mut waiting = Vec::new();
+        self.awaiting_keep.retain(|(dep, w)| {
+            if !range.contains(dep) {
+                return true;
+            }
+            if let Some(keeper) = w.upgrade() {
+                waiting.push((keeper, KeepAlive(image.clone())));
+            }
+            false
+        });
+        waiting
     }
 }
 
