@@ -243,13 +243,106 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
 /// pad and a 64 MiB trim threshold make that a few calls: synth's
 /// `kiln run --noexec`, paired against the mimalloc build, went from 1.087×
 /// to 1.00× wall (docs/performance-link.md). Address space only: pages are
-/// touched as before.
+/// touched as before. Then the main heap asks for huge pages
+/// ([`heap_on_huge_pages`]).
 fn tune_malloc() {
     // SAFETY: `mallopt` only sets malloc's parameters; no memory is
     // handed out or freed by it, and no other thread exists yet.
     unsafe {
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        // Blocks up to 32 MiB (glibc's largest threshold, where its own
+        // sliding one ends) come from the heaps, which get huge pages,
+        // rather than from mappings of their own, which do not.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
+    heap_on_huge_pages();
+}
+
+/// glibc's `glibc.malloc.hugetlb=1`, which only the environment can set
+/// (`GLIBC_TUNABLES`, read before `main`), done from here: the heap asks
+/// for transparent huge pages (`MADV_HUGEPAGE`), so a link's tens of MB
+/// of graphs fault in 2 MiB at a time instead of 4 KiB (synth: 5,900 page
+/// faults to ~2,500; see docs/performance-link.md). The main heap grows
+/// by one block taken and given back here, the new part advised; the
+/// free keeps it (below the trim threshold). The other threads' arenas:
+/// [`thread_heaps_on_huge_pages`]. Best effort: without
+/// transparent huge pages `madvise` fails and pages stay small.
+fn heap_on_huge_pages() {
+    const RESERVE: usize = 24 << 20;
+    // SAFETY: a block malloc hands out, given back below; nothing else
+    // uses it. `sbrk(0)` only reads the break.
+    unsafe {
+        let block = libc::malloc(RESERVE);
+        if block.is_null() {
+            return;
+        }
+        let from = (block as usize) & !(PAGE - 1);
+        let brk = libc::sbrk(0) as usize;
+        if brk > from && brk - from >= RESERVE {
+            advise_huge_pages(from, brk - from);
+        }
+        libc::free(block);
+    }
+}
+
+/// The page size kiln's hosts have (x86-64, aarch64 as built by Debian).
+const PAGE: usize = 4096;
+
+/// The heaps of the threads that link, on huge pages (see
+/// [`heap_on_huge_pages`]), made before those threads start (once): glibc
+/// gives a new thread the arena of a thread that has ended before it makes
+/// a new one, so threads started here at once — as many as a link runs
+/// besides the main one: kiln's workers, rayon's, and the thread that
+/// feeds the parse — each make an arena, advise its heap and end, leaving
+/// the arenas for the threads to come. Each arena's heap is a mapping of
+/// `HEAP_MAX_SIZE` (64 MiB on 64-bit) at a multiple of that size, its first
+/// 16 MiB read-write from the start (the top pad): the heap holding a
+/// thread's first block is found by rounding its address down. A thread
+/// costs ~0.1 ms; runs that only map images start none.
+fn thread_heaps_on_huge_pages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (2 * cores + 1).min(16);
+        let all_made = std::sync::Barrier::new(threads);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let block = advise_this_threads_heap();
+                    // Every thread holds its arena until all have one.
+                    all_made.wait();
+                    // SAFETY: `block` came from malloc (or is null).
+                    unsafe { libc::free(block) };
+                });
+            }
+        });
+    });
+}
+
+/// Advises the heap of the calling thread's arena (a thread other than the
+/// main one; a block of the main arena, below the break, is left) and
+/// returns the block that found it, to be freed.
+fn advise_this_threads_heap() -> *mut libc::c_void {
+    const HEAP_MAX: usize = 64 << 20;
+    // SAFETY: a block malloc hands out, returned to be freed; `sbrk(0)`
+    // only reads the break.
+    unsafe {
+        let block = libc::malloc(64);
+        if !block.is_null() && block as usize > libc::sbrk(0) as usize {
+            advise_huge_pages(block as usize & !(HEAP_MAX - 1), HEAP_MAX);
+        }
+        block
+    }
+}
+
+/// `MADV_HUGEPAGE` for `[start, start + len)`, a range of malloc's heaps.
+fn advise_huge_pages(start: usize, len: usize) {
+    // SAFETY: the advice only says which page size backs the range's
+    // anonymous pages from now on; contents and protections stay, and
+    // a part of the range that is not mapped fails the call (ignored).
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
 }
 
@@ -288,7 +381,10 @@ fn kiln_main() -> i32 {
     };
     let result = match command {
         Some(Command::Run(args)) => run_files(args),
-        Some(Command::Image(ImageCommand::Save(args))) => image_cli::save(&args),
+        Some(Command::Image(ImageCommand::Save(args))) => {
+            thread_heaps_on_huge_pages();
+            image_cli::save(&args)
+        }
         Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
         None => run_bundled(),
     };
@@ -388,6 +484,7 @@ fn open_inputs(args: &RunArgs) -> Vec<Result<Opened, String>> {
         return args.inputs.iter().map(open).collect();
     }
     use rayon::prelude::*;
+    thread_heaps_on_huge_pages();
     args.inputs.par_iter().map(open).collect()
 }
 
@@ -677,6 +774,7 @@ impl Run {
             let threads = args
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            thread_heaps_on_huge_pages();
             // Attached from the start, as the builder's workers.
             let attach = kiln_linker::runtime::tls::attach_current_thread;
             Session::builder().dispatcher(WorkerPool::with_start(threads, attach))

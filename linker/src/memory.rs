@@ -58,6 +58,17 @@ const PREFAULT_BYTES: u64 = 256 << 10;
 /// own work: synth's 7 MB take ~3 ms to map).
 const PREFAULT_BACKGROUND_BYTES: u64 = 2 << 20;
 
+/// Runs this large that [`Allocation::prefault_runs`] maps ask for
+/// transparent huge pages (`MADV_HUGEPAGE`) for the 2 MiB-aligned
+/// stretches inside them: each is then one page for `MADV_POPULATE_WRITE`
+/// instead of 512 (synth's 7 MB image: three huge pages; see
+/// docs/performance-link.md). Only stretches inside written runs: a huge
+/// page reaching into zero-fill would map it all.
+const HUGE_PAGES_BYTES: u64 = 4 << 20;
+
+/// A transparent huge page (x86-64 and aarch64 with 4 KiB pages).
+const HUGE_PAGE: u64 = 2 << 20;
+
 /// [`Allocation::new_staged_aligned`] stages allocations up to this size.
 /// Staged, each written page costs a copy and a fault in the kernel's
 /// write; in place, a finalize costs one `mprotect` (and its flush) per
@@ -819,6 +830,11 @@ impl Allocation {
         }
         let populate = move || {
             for &(base, len) in &runs {
+                if len as u64 >= HUGE_PAGES_BYTES {
+                    let from = base.next_multiple_of(HUGE_PAGE);
+                    let to = (base + len as u64) / HUGE_PAGE * HUGE_PAGE;
+                    Self::advise_huge_pages(from, to - from, true);
+                }
                 Self::populate(base, len);
             }
         };
@@ -842,6 +858,22 @@ impl Allocation {
             cond.notify_all();
         });
         Prefault(Some(shared))
+    }
+
+    /// `MADV_HUGEPAGE` (or, `huge` false, `MADV_NOHUGEPAGE`: back as the
+    /// slab's reservation, so the range's mapping merges with it again) for
+    /// `[base, base + len)`, a range of an allocation. Best effort: without
+    /// transparent huge pages the call fails, and pages stay small.
+    fn advise_huge_pages(base: u64, len: u64, huge: bool) {
+        let advice = if huge {
+            Advice::LinuxHugepage
+        } else {
+            Advice::LinuxNoHugepage
+        };
+        // SAFETY: [base, base+len) is one allocation's range inside a slab's
+        // reservation, never unmapped; the advice only says which page size
+        // backs anonymous pages faulted in later, and never changes contents.
+        let _ = unsafe { rustix::mm::madvise(base as *mut c_void, len as usize, advice) };
     }
 
     /// `MADV_POPULATE_WRITE` of `[base, base + len)`, a range of an
@@ -1232,13 +1264,17 @@ impl Allocation {
             // SAFETY: the range belongs to this allocation and no code or
             // data of the image is used after this (its finalizers already
             // ran); dropping its pages affects nothing else.
-            unsafe {
+            let dropped = unsafe {
                 rustix::mm::madvise(
                     self.base as *mut c_void,
                     self.len as usize,
                     Advice::LinuxDontNeed,
                 )
+            };
+            if self.len >= HUGE_PAGES_BYTES {
+                Self::advise_huge_pages(self.base, self.len, false);
             }
+            dropped
         };
         // Fresh allocations read as zero (`new`): a range whose pages could
         // not be dropped is never handed out again.
@@ -1927,6 +1963,48 @@ mod tests {
         let resident: Vec<usize> = (0..pages).filter(|&i| vec[i] & 1 != 0).collect();
         let want: Vec<usize> = (0..16).chain(64..115).collect();
         assert_eq!(resident, want);
+    }
+
+    /// The `VmFlags` of the mapping holding `addr` (`/proc/self/smaps`).
+    fn vm_flags(addr: u64) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((lo, hi)) = range.split_once('-')
+                && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+            {
+                inside = (lo..hi).contains(&addr);
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.split_whitespace().map(str::to_string).collect();
+            }
+        }
+        panic!("{addr:#x} is not mapped");
+    }
+
+    /// A large written run asks for huge pages for the 2 MiB stretches
+    /// inside it, and only those (zero-fill after it stays small, and
+    /// unmapped); released, the range asks for small pages again.
+    #[test]
+    fn a_large_prefaulted_run_asks_for_huge_pages_and_release_takes_it_back() {
+        let mut a = Allocation::new_aligned(12 << 20, HUGE_PAGE, Placement::Near)
+            .unwrap()
+            .unwrap();
+        let base = a.base();
+        let written = 6 << 20;
+        let mut prefault = a.prefault_runs(vec![(0, written)]);
+        // On rayon: waited for here rather than called off.
+        let shared = prefault.0.clone().expect("a background prefault");
+        while *shared.0.lock().unwrap() != PrefaultState::Over {
+            std::thread::yield_now();
+        }
+        prefault.wait();
+        assert!(vm_flags(base + (2 << 20)).contains(&"hg".to_string()));
+        assert!(!vm_flags(base + written + (2 << 20)).contains(&"hg".to_string()));
+        assert_eq!(resident(base + written, 4 << 20), 0, "zero-fill mapped");
+        a.release();
+        let flags = vm_flags(base + (2 << 20));
+        assert!(!flags.contains(&"hg".to_string()), "{flags:?}");
     }
 
     #[test]
