@@ -8,12 +8,12 @@ use std::path::Path;
 
 use common::images::options;
 use common::*;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::parked::{Parked, wait_until};
 use kiln_engine::{
-    DependenceGroup, Dylib, DylibLookup, LookupSet, MaterializationUnit, RequiredState,
-    Responsibility, SearchOrder, Session, SymbolDef, SymbolFlags, SymbolName, WorkerPool,
+    DependenceGroup, Dylib, DylibLookup, LookupSet, RequiredState, ResourceTracker, SearchOrder,
+    Session, SymbolDef, SymbolFlags, WorkerPool,
 };
 use kiln_linker::image_file::{self, BuildId};
 use kiln_linker::layer::{HostGenerator, ObjectLayer};
@@ -99,78 +99,22 @@ fn a_dependency_stays_mapped_until_the_last_image_linked_against_it_goes() {
     let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
     let b_id = image_file::inspect("b", &b_bytes).expect("B").build_id;
     let (session, layer, lib, host) = session_with("lib", options(false));
-    let app = session.create_dylib("app").expect("dylib");
-    app.set_link_order(&[
-        (lib.clone(), DylibLookup::ExportedOnly),
-        (host, DylibLookup::ExportedOnly),
-    ])
-    .expect("order");
-    let ta = lib.create_tracker().expect("tracker");
-    let tb = app.create_tracker().expect("tracker");
-    // SAFETY: the test's own images, saved above; `use_a` is `int (void)`.
-    unsafe {
-        layer
-            .add_image(&lib, Some(&ta), "liba.kimg", a_bytes)
-            .expect("adds A");
-        layer
-            .add_image(&app, Some(&tb), "b.kimg", b_bytes)
-            .expect("adds B");
-    }
+    let (app, ta, tb) = add_both(&Both {
+        session: &session,
+        layer: &layer,
+        lib: &lib,
+        host,
+        a: a_bytes,
+        b: b_bytes,
+    });
     let found = app.lookup_ready(&["use_a"]).expect("binds");
     let f = found.get_str("use_a").expect("use_a").address;
-    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
-    let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
-    assert_eq!(use_a(), 25);
-    let a = image_file::registry::find(&a_id).expect("A is loaded");
-    ta.remove().expect("removes A's tracker");
-    assert!(
-        mapped(a.base) && image_file::image_at(a.base).is_some_and(|i| i.build_id == a_id),
-        "A went while B, linked against it, is loaded"
-    );
-    assert!(lib.lookup_ready(&["a_val"]).is_err(), "A's symbols left");
-    assert_eq!(use_a(), 25, "B still reaches A");
-    tb.remove().expect("removes B's tracker");
-    assert!(
-        image_file::image_at(a.base).is_none_or(|i| i.build_id != a_id),
-        "A stayed after B went"
-    );
+    a_outlives_its_tracker_while_b_is_loaded(&lib, f, &a_id, ta, tb);
     assert!(
         image_file::image_at(f).is_none_or(|i| i.build_id != b_id),
         "B is unloaded"
     );
     session.end();
-}
-
-/// A unit that hands its responsibility to the test: its symbol stays
-/// Materializing until the test answers.
-struct Parked {
-    symbol: SymbolName,
-    slot: Arc<Mutex<Option<Responsibility>>>,
-}
-
-impl MaterializationUnit for Parked {
-    fn name(&self) -> &str {
-        "parked"
-    }
-    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        vec![(
-            self.symbol.clone(),
-            SymbolFlags::EXPORTED | SymbolFlags::CALLABLE,
-        )]
-    }
-    fn materialize(self: Box<Self>, r: Responsibility) {
-        *self.slot.lock().unwrap() = Some(r);
-    }
-    fn discard(&mut self, _: &Dylib, _: &SymbolName) {}
-}
-
-/// Waits (at most 30 s) until `done` holds.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} never happened");
-        std::thread::yield_now();
-    }
 }
 
 /// B finishes binding before A does: A's addresses are Resolved (B links
@@ -192,42 +136,23 @@ fn a_dependency_filed_after_the_image_linked_against_it_is_kept_alive_too() {
     ])
     .expect("order");
     let getpid = session.intern("getpid");
-    let slot = Arc::new(Mutex::new(None));
-    gate.define(Parked {
-        symbol: getpid.clone(),
-        slot: slot.clone(),
-    })
-    .expect("parks getpid");
-    let app = session.create_dylib("app").expect("dylib");
-    app.set_link_order(&[
-        (lib.clone(), DylibLookup::ExportedOnly),
-        (host, DylibLookup::ExportedOnly),
-    ])
-    .expect("order");
-    let ta = lib.create_tracker().expect("tracker");
-    let tb = app.create_tracker().expect("tracker");
-    // SAFETY: the test's own images, saved above; `use_a` is `int (void)`.
-    unsafe {
-        layer
-            .add_image(&lib, Some(&ta), "liba.kimg", a_bytes)
-            .expect("adds A");
-        layer
-            .add_image(&app, Some(&tb), "b.kimg", b_bytes)
-            .expect("adds B");
-    }
+    let (parked, slot) = Parked::new(getpid.clone());
+    gate.define(parked).expect("parks getpid");
+    let (app, ta, tb) = add_both(&Both {
+        session: &session,
+        layer: &layer,
+        lib: &lib,
+        host,
+        a: a_bytes,
+        b: b_bytes,
+    });
     let pending = session.lookup(
         &SearchOrder::new().with(&app, DylibLookup::ExportedOnly),
         &LookupSet::required([session.intern("use_a")]),
         RequiredState::Ready,
     );
-    let r: Responsibility = {
-        let mut r = None;
-        wait_until("A asking for getpid", || {
-            r = slot.lock().unwrap().take();
-            r.is_some()
-        });
-        r.unwrap()
-    };
+    // A asks for getpid.
+    let r = slot.take();
     wait_until("B filed", || layer.stats().1 == 1);
     let real = host_getpid_address();
     r.resolve(&[(
@@ -241,22 +166,70 @@ fn a_dependency_filed_after_the_image_linked_against_it_is_kept_alive_too() {
         .wait_timeout(Duration::from_secs(30))
         .expect("B is Ready");
     let f = found.get_str("use_a").expect("use_a").address;
-    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound.
+    a_outlives_its_tracker_while_b_is_loaded(&lib, f, &a_id, ta, tb);
+    session.end();
+}
+
+/// `use_a` at `f` (in B, Ready) answers 25; removing A's tracker (`ta`)
+/// takes A's symbols from `lib` but leaves A mapped and registered, and B
+/// still reaches it; removing B's (`tb`) takes A too.
+fn a_outlives_its_tracker_while_b_is_loaded(
+    lib: &Dylib,
+    f: u64,
+    a_id: &BuildId,
+    ta: ResourceTracker,
+    tb: ResourceTracker,
+) {
+    // SAFETY: `use_a` is `int use_a(void)`, Ready and bound (callers).
     let use_a: extern "C" fn() -> i32 = unsafe { std::mem::transmute(f as usize) };
     assert_eq!(use_a(), 25);
-    let a = image_file::registry::find(&a_id).expect("A is loaded");
+    let a = image_file::registry::find(a_id).expect("A is loaded");
     ta.remove().expect("removes A's tracker");
     assert!(
-        mapped(a.base) && image_file::image_at(a.base).is_some_and(|i| i.build_id == a_id),
-        "A, filed after B, went while B is loaded"
+        mapped(a.base) && image_file::image_at(a.base).is_some_and(|i| i.build_id == *a_id),
+        "A went while B, linked against it, is loaded"
     );
+    assert!(lib.lookup_ready(&["a_val"]).is_err(), "A's symbols left");
     assert_eq!(use_a(), 25, "B still reaches A");
     tb.remove().expect("removes B's tracker");
     assert!(
-        image_file::image_at(a.base).is_none_or(|i| i.build_id != a_id),
+        image_file::image_at(a.base).is_none_or(|i| i.build_id != *a_id),
         "A stayed after B went"
     );
-    session.end();
+}
+
+/// What [`add_both`] adds, and where.
+struct Both<'a> {
+    session: &'a Session,
+    layer: &'a ObjectLayer,
+    lib: &'a Dylib,
+    host: Dylib,
+    a: Vec<u8>,
+    b: Vec<u8>,
+}
+
+/// Image A added to `lib` and B to a new dylib `app` (linking against
+/// `lib`, then `host`), each under a tracker of its own: `(app, A's
+/// tracker, B's tracker)`.
+fn add_both(both: &Both<'_>) -> (Dylib, ResourceTracker, ResourceTracker) {
+    let app = both.session.create_dylib("app").expect("dylib");
+    app.set_link_order(&[
+        (both.lib.clone(), DylibLookup::ExportedOnly),
+        (both.host.clone(), DylibLookup::ExportedOnly),
+    ])
+    .expect("order");
+    let ta = both.lib.create_tracker().expect("tracker");
+    let tb = app.create_tracker().expect("tracker");
+    // SAFETY: the test's own images, saved by `two_images`.
+    unsafe {
+        both.layer
+            .add_image(both.lib, Some(&ta), "liba.kimg", both.a.clone())
+            .expect("adds A");
+        both.layer
+            .add_image(&app, Some(&tb), "b.kimg", both.b.clone())
+            .expect("adds B");
+    }
+    (app, ta, tb)
 }
 
 /// This process's `getpid`.

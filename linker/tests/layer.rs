@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
+use common::parked::Parked;
 use common::{compile_c_text, error_chain, serial};
 
 use kiln_engine::*;
@@ -1145,29 +1146,6 @@ fn a_long_chain_of_images_loads_without_nesting_one_in_another() {
     });
 }
 
-/// A unit that hands its responsibility to the test instead of producing
-/// anything: its symbols stay Materializing until the test answers.
-struct Parked {
-    symbol: SymbolName,
-    slot: std::sync::Arc<std::sync::Mutex<Option<Responsibility>>>,
-}
-
-impl MaterializationUnit for Parked {
-    fn name(&self) -> &str {
-        "parked"
-    }
-    fn symbols(&self) -> Vec<(SymbolName, SymbolFlags)> {
-        vec![(
-            self.symbol.clone(),
-            SymbolFlags::EXPORTED | SymbolFlags::CALLABLE,
-        )]
-    }
-    fn materialize(self: Box<Self>, r: Responsibility) {
-        *self.slot.lock().unwrap() = Some(r);
-    }
-    fn discard(&mut self, _: &Dylib, _: &SymbolName) {}
-}
-
 /// A unit's tracker removed while its link waits for its externals (its
 /// steps 1–9 done, its memory taken): when the answer comes the link finds
 /// the tracker gone, the lookup that started it fails naming the removal,
@@ -1201,12 +1179,8 @@ fn remove_while_waiting_for_externals(also: &[usize]) {
             .unwrap();
     }
     let next = session.intern("chain_1");
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
-    ext.define(Parked {
-        symbol: next.clone(),
-        slot: slot.clone(),
-    })
-    .unwrap();
+    let (parked, slot) = Parked::new(next.clone());
+    ext.define(parked).unwrap();
     let wanted = std::iter::once(&0)
         .chain(also)
         .map(|i| session.intern(&format!("chain_{i}")));
@@ -1216,17 +1190,7 @@ fn remove_while_waiting_for_externals(also: &[usize]) {
         RequiredState::Ready,
     );
     // `chain_1` is being materialized: `chain_0`'s link has asked for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let r: Responsibility = loop {
-        if let Some(r) = slot.lock().unwrap().take() {
-            break r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "chain_1 never asked for"
-        );
-        std::thread::yield_now();
-    };
+    let r = slot.take();
     rt.remove().unwrap();
     r.resolve(&[(next.clone(), SymbolDef::new(0x1000, SymbolFlags::EXPORTED))])
         .unwrap();

@@ -5,6 +5,7 @@
 
 pub(crate) mod images;
 pub(crate) mod lua;
+pub(crate) mod parked;
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
