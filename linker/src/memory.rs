@@ -833,7 +833,7 @@ impl Allocation {
                 if len as u64 >= HUGE_PAGES_BYTES {
                     let from = base.next_multiple_of(HUGE_PAGE);
                     let to = (base + len as u64) / HUGE_PAGE * HUGE_PAGE;
-                    Self::advise_huge_pages(from, to - from, true);
+                    Self::advise_huge_pages(from, to - from);
                 }
                 Self::populate(base, len);
             }
@@ -860,20 +860,17 @@ impl Allocation {
         Prefault(Some(shared))
     }
 
-    /// `MADV_HUGEPAGE` (or, `huge` false, `MADV_NOHUGEPAGE`: back as the
-    /// slab's reservation, so the range's mapping merges with it again) for
-    /// `[base, base + len)`, a range of an allocation. Best effort: without
-    /// transparent huge pages the call fails, and pages stay small.
-    fn advise_huge_pages(base: u64, len: u64, huge: bool) {
-        let advice = if huge {
-            Advice::LinuxHugepage
-        } else {
-            Advice::LinuxNoHugepage
-        };
+    /// `MADV_HUGEPAGE` for `[base, base + len)`, a range of an allocation
+    /// being written ([`Allocation::release`] maps fresh pages over it, so
+    /// the advice goes with them). Best effort: without transparent huge
+    /// pages the call fails, and pages stay small.
+    fn advise_huge_pages(base: u64, len: u64) {
         // SAFETY: [base, base+len) is one allocation's range inside a slab's
         // reservation, never unmapped; the advice only says which page size
         // backs anonymous pages faulted in later, and never changes contents.
-        let _ = unsafe { rustix::mm::madvise(base as *mut c_void, len as usize, advice) };
+        let _ = unsafe {
+            rustix::mm::madvise(base as *mut c_void, len as usize, Advice::LinuxHugepage)
+        };
     }
 
     /// `MADV_POPULATE_WRITE` of `[base, base + len)`, a range of an
@@ -1242,9 +1239,12 @@ impl Allocation {
         if self.state == MemState::Released {
             return;
         }
-        let emptied = if self.file_backed {
+        let emptied = if self.file_backed || self.len >= HUGE_PAGES_BYTES {
             // Dropping the pages of a private file mapping would read the
-            // file again: map anonymous (zero) pages over the whole range.
+            // file again, and a range asked to take huge pages would keep
+            // asking (`MADV_NOHUGEPAGE` marks it too: neither merges with
+            // the reservation again): map anonymous (zero) pages, with no
+            // advice, over the whole range.
             // SAFETY: the range belongs to this allocation and no code or
             // data of the image is used after this (its finalizers already
             // ran); MAP_FIXED replaces only this allocation's pages, inside
@@ -1264,17 +1264,13 @@ impl Allocation {
             // SAFETY: the range belongs to this allocation and no code or
             // data of the image is used after this (its finalizers already
             // ran); dropping its pages affects nothing else.
-            let dropped = unsafe {
+            unsafe {
                 rustix::mm::madvise(
                     self.base as *mut c_void,
                     self.len as usize,
                     Advice::LinuxDontNeed,
                 )
-            };
-            if self.len >= HUGE_PAGES_BYTES {
-                Self::advise_huge_pages(self.base, self.len, false);
             }
-            dropped
         };
         // Fresh allocations read as zero (`new`): a range whose pages could
         // not be dropped is never handed out again.
@@ -1984,7 +1980,8 @@ mod tests {
 
     /// A large written run asks for huge pages for the 2 MiB stretches
     /// inside it, and only those (zero-fill after it stays small, and
-    /// unmapped); released, the range asks for small pages again.
+    /// unmapped); released, the range has no advice left (it merges with
+    /// the reservation again).
     #[test]
     fn a_large_prefaulted_run_asks_for_huge_pages_and_release_takes_it_back() {
         let mut a = Allocation::new_aligned(12 << 20, HUGE_PAGE, Placement::Near)
@@ -2004,7 +2001,7 @@ mod tests {
         assert_eq!(resident(base + written, 4 << 20), 0, "zero-fill mapped");
         a.release();
         let flags = vm_flags(base + (2 << 20));
-        assert!(!flags.contains(&"hg".to_string()), "{flags:?}");
+        assert!(!flags.iter().any(|f| f == "hg" || f == "nh"), "{flags:?}");
     }
 
     #[test]
