@@ -304,18 +304,36 @@ fn thread_heaps_on_huge_pages() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (2 * cores + 1).min(16);
-        let all_made = std::sync::Barrier::new(threads);
+        // Every thread holds its arena until all have one: this write
+        // lock is given up once each started thread said it has one.
+        let gate = std::sync::RwLock::new(());
+        let closed = gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (made, all_made) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    let block = advise_this_threads_heap();
-                    // Every thread holds its arena until all have one.
-                    all_made.wait();
-                    // SAFETY: `block` came from malloc (or is null).
-                    unsafe { libc::free(block) };
-                });
+            let started = (0..(2 * cores + 1).min(16))
+                .filter(|_| {
+                    let made = made.clone();
+                    let gate = &gate;
+                    let thread = std::thread::Builder::new().spawn_scoped(s, move || {
+                        let block = advise_this_threads_heap();
+                        let _ = made.send(());
+                        drop(gate.read());
+                        // SAFETY: `block` came from malloc (or is null).
+                        unsafe { libc::free(block) };
+                    });
+                    // A thread that cannot start is one arena fewer.
+                    thread.is_ok()
+                })
+                .count();
+            // Only the threads hold senders now: a thread that died early
+            // ends the wait too.
+            drop(made);
+            for _ in 0..started {
+                let _ = all_made.recv();
             }
+            drop(closed);
         });
     });
 }
