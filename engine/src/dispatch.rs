@@ -261,7 +261,14 @@ impl WorkerPool {
 
     /// A pool with one worker per available core.
     pub fn with_available_parallelism() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        Self::new(Self::available_threads())
+    }
+
+    /// One worker per available core (two when the count is unknown): the
+    /// size of [`WorkerPool::with_available_parallelism`]'s pool, for a
+    /// host that sizes its own ([`WorkerPool::with_start`]).
+    pub fn available_threads() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 }
 

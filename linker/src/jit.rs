@@ -204,8 +204,7 @@ impl JitBuilder {
         builder = match (self.dispatcher, self.threads) {
             (Some(d), _) => builder.shared_dispatcher(d),
             (None, threads) => {
-                let n = threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                let n = threads.unwrap_or_else(WorkerPool::available_threads);
                 // Attached from the start: a static TLS range is reused
                 // only while every live thread is.
                 let attach = crate::runtime::tls::attach_current_thread;

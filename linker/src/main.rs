@@ -243,8 +243,8 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
 /// pad and a 64 MiB trim threshold make that a few calls: synth's
 /// `kiln run --noexec`, paired against the mimalloc build, went from 1.087×
 /// to 1.00× wall (docs/performance-link.md). Address space only: pages are
-/// touched as before. Then the main heap asks for huge pages
-/// ([`heap_on_huge_pages`]).
+/// touched as before. Blocks up to 32 MiB come from the heaps, which a
+/// run that links puts on huge pages ([`heaps_on_huge_pages`]).
 fn tune_malloc() {
     // SAFETY: `mallopt` only sets malloc's parameters; no memory is
     // handed out or freed by it, and no other thread exists yet.
@@ -256,19 +256,35 @@ fn tune_malloc() {
         // rather than from mappings of their own, which do not.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
     }
-    heap_on_huge_pages();
 }
 
 /// glibc's `glibc.malloc.hugetlb=1`, which only the environment can set
-/// (`GLIBC_TUNABLES`, read before `main`), done from here: the heap asks
-/// for transparent huge pages (`MADV_HUGEPAGE`), so a link's tens of MB
-/// of graphs fault in 2 MiB at a time instead of 4 KiB (synth: 5,900 page
-/// faults to ~2,500; see docs/performance-link.md). The main heap grows
-/// by one block taken and given back here, the new part advised; the
-/// free keeps it (below the trim threshold). The other threads' arenas:
-/// [`thread_heaps_on_huge_pages`]. Best effort: without
-/// transparent huge pages `madvise` fails and pages stay small.
-fn heap_on_huge_pages() {
+/// (`GLIBC_TUNABLES`, read before `main`), done from here, once, before a
+/// link: malloc's heaps ask for transparent huge pages (`MADV_HUGEPAGE`),
+/// so a link's tens of MB of graphs fault in 2 MiB at a time instead of
+/// 4 KiB (synth: ~5,900 page faults to ~1,600; see
+/// docs/performance-link.md). Best effort: without transparent huge pages
+/// `madvise` fails and pages stay small. Runs that only map images do
+/// none of it.
+///
+/// The main heap grows by one block taken and given back here, the new
+/// part advised (the free keeps it: below the trim threshold). The other
+/// threads' heaps are made before those threads start: glibc gives a new
+/// thread the arena of a thread that has ended before it makes a new one,
+/// so threads started here at once — as many as a link runs besides the
+/// main one: kiln's workers, rayon's, and the thread that feeds the parse
+/// — each make an arena, advise its heap and end, leaving the arenas for
+/// the threads to come (a thread costs ~0.1 ms).
+fn heaps_on_huge_pages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        main_heap_on_huge_pages();
+        thread_heaps_on_huge_pages();
+    });
+}
+
+/// The main heap's part of [`heaps_on_huge_pages`].
+fn main_heap_on_huge_pages() {
     const RESERVE: usize = 24 << 20;
     // SAFETY: a block malloc hands out, given back below; nothing else
     // uses it. `sbrk(0)` only reads the break.
@@ -289,58 +305,49 @@ fn heap_on_huge_pages() {
 /// The page size kiln's hosts have (x86-64, aarch64 as built by Debian).
 const PAGE: usize = 4096;
 
-/// The heaps of the threads that link, on huge pages (see
-/// [`heap_on_huge_pages`]), made before those threads start (once): glibc
-/// gives a new thread the arena of a thread that has ended before it makes
-/// a new one, so threads started here at once — as many as a link runs
-/// besides the main one: kiln's workers, rayon's, and the thread that
-/// feeds the parse — each make an arena, advise its heap and end, leaving
-/// the arenas for the threads to come. Each arena's heap is a mapping of
-/// `HEAP_MAX_SIZE` (64 MiB on 64-bit) at a multiple of that size, its first
-/// 16 MiB read-write from the start (the top pad): the heap holding a
-/// thread's first block is found by rounding its address down. A thread
-/// costs ~0.1 ms; runs that only map images start none.
+/// The other threads' part of [`heaps_on_huge_pages`]: `2 × cores + 1`
+/// arenas, each advised by the thread that made it.
 fn thread_heaps_on_huge_pages() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Every thread holds its arena until all have one: this write
-        // lock is given up once each started thread said it has one.
-        let gate = std::sync::RwLock::new(());
-        let closed = gate
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (made, all_made) = std::sync::mpsc::channel();
-        std::thread::scope(|s| {
-            let started = (0..(2 * cores + 1).min(16))
-                .filter(|_| {
-                    let made = made.clone();
-                    let gate = &gate;
-                    let thread = std::thread::Builder::new().spawn_scoped(s, move || {
-                        let block = advise_this_threads_heap();
-                        let _ = made.send(());
-                        drop(gate.read());
-                        // SAFETY: `block` came from malloc (or is null).
-                        unsafe { libc::free(block) };
-                    });
-                    // A thread that cannot start is one arena fewer.
-                    thread.is_ok()
-                })
-                .count();
-            // Only the threads hold senders now: a thread that died early
-            // ends the wait too.
-            drop(made);
-            for _ in 0..started {
-                let _ = all_made.recv();
-            }
-            drop(closed);
-        });
+    let cores = WorkerPool::available_threads();
+    // Every thread holds its arena until all have one: this write lock is
+    // given up once each started thread said it has one.
+    let gate = std::sync::RwLock::new(());
+    let closed = gate
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (made, all_made) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let started = (0..(2 * cores + 1).min(16))
+            .filter(|_| {
+                let made = made.clone();
+                let gate = &gate;
+                let thread = std::thread::Builder::new().spawn_scoped(s, move || {
+                    let block = advise_this_threads_heap();
+                    let _ = made.send(());
+                    drop(gate.read());
+                    // SAFETY: `block` came from malloc (or is null).
+                    unsafe { libc::free(block) };
+                });
+                // A thread that cannot start is one arena fewer.
+                thread.is_ok()
+            })
+            .count();
+        // Only the threads hold senders now: a thread that died early ends
+        // the wait too.
+        drop(made);
+        for _ in 0..started {
+            let _ = all_made.recv();
+        }
+        drop(closed);
     });
 }
 
 /// Advises the heap of the calling thread's arena (a thread other than the
 /// main one; a block of the main arena, below the break, is left) and
-/// returns the block that found it, to be freed.
+/// returns the block that found it, to be freed. Each arena's heap is a
+/// mapping of `HEAP_MAX_SIZE` (64 MiB on 64-bit) at a multiple of that
+/// size, its first 16 MiB read-write from the start (the top pad): the
+/// heap holding a block is found by rounding its address down.
 fn advise_this_threads_heap() -> *mut libc::c_void {
     const HEAP_MAX: usize = 64 << 20;
     // SAFETY: a block malloc hands out, returned to be freed; `sbrk(0)`
@@ -400,7 +407,7 @@ fn kiln_main() -> i32 {
     let result = match command {
         Some(Command::Run(args)) => run_files(args),
         Some(Command::Image(ImageCommand::Save(args))) => {
-            thread_heaps_on_huge_pages();
+            heaps_on_huge_pages();
             image_cli::save(&args)
         }
         Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
@@ -502,7 +509,7 @@ fn open_inputs(args: &RunArgs) -> Vec<Result<Opened, String>> {
         return args.inputs.iter().map(open).collect();
     }
     use rayon::prelude::*;
-    thread_heaps_on_huge_pages();
+    heaps_on_huge_pages();
     args.inputs.par_iter().map(open).collect()
 }
 
@@ -789,10 +796,8 @@ impl Run {
         let session = if images_only {
             Session::builder().dispatcher(InPlaceDispatcher::new())
         } else {
-            let threads = args
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-            thread_heaps_on_huge_pages();
+            let threads = args.threads.unwrap_or_else(WorkerPool::available_threads);
+            heaps_on_huge_pages();
             // Attached from the start, as the builder's workers.
             let attach = kiln_linker::runtime::tls::attach_current_thread;
             Session::builder().dispatcher(WorkerPool::with_start(threads, attach))

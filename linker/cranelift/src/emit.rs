@@ -471,9 +471,6 @@ fn edges(
     Ok(edges)
 }
 
-/// The symbol a relocation refers to, and what to add to its addend.
-/// An offset in the function itself is one in the body being built (a
-/// lazy or replacement body defines its own symbol, not the entry's).
 /// Whether `target` is data declared thread-local.
 fn is_tls_data(target: &ModuleRelocTarget, names: &Names) -> bool {
     match *target {
@@ -485,6 +482,9 @@ fn is_tls_data(target: &ModuleRelocTarget, names: &Names) -> bool {
     }
 }
 
+/// The symbol a relocation refers to, and what to add to its addend.
+/// An offset in the function itself is one in the body being built (a
+/// lazy or replacement body defines its own symbol, not the entry's).
 fn target_name<'a>(
     own: (Option<FuncId>, &'a str),
     target: &ModuleRelocTarget,

@@ -5,8 +5,7 @@
 
 mod common;
 
-use cranelift_codegen::ir::{self, InstBuilder, UserFuncName, types};
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_codegen::ir::{self, InstBuilder, types};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 use kiln_cranelift::KilnModule;
 use kiln_engine::{SymbolDef, SymbolFlags};
@@ -20,26 +19,26 @@ fn define_adding_to(module: &mut KilnModule, name: &str, data: &str, tls: bool) 
     let data = (module.declare_data(data, Linkage::Import, true, tls)).unwrap();
     let sig = sig_i64(module);
     let id = (module.declare_function(name, Linkage::Export, &sig)).unwrap();
-    let mut func = ir::Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
-    let gv = module.declare_data_in_func(data, &mut func);
-    let mut fctx = FunctionBuilderContext::new();
-    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
-    let block = b.create_block();
-    b.append_block_params_for_function_params(block);
-    b.switch_to_block(block);
-    let x = b.block_params(block)[0];
-    let at = if tls {
-        b.ins().tls_value(types::I64, gv)
-    } else {
-        b.ins().symbol_value(types::I64, gv)
-    };
-    let trusted = ir::MemFlagsData::trusted();
-    let v = b.ins().load(types::I64, trusted, at, 0);
-    let y = b.ins().iadd(v, x);
-    b.ins().store(trusted, y, at, 0);
-    b.ins().return_(&[y]);
-    b.seal_all_blocks();
-    b.finalize(module.target_config());
+    let func = common::function(
+        module.target_config(),
+        sig,
+        id,
+        &[],
+        |_, _| unreachable!("no calls"),
+        |b, x, _| {
+            let gv = module.declare_data_in_func(data, b.func);
+            let at = if tls {
+                b.ins().tls_value(types::I64, gv)
+            } else {
+                b.ins().symbol_value(types::I64, gv)
+            };
+            let trusted = ir::MemFlagsData::trusted();
+            let v = b.ins().load(types::I64, trusted, at, 0);
+            let y = b.ins().iadd(v, x);
+            b.ins().store(trusted, y, at, 0);
+            y
+        },
+    );
     let mut ctx = cranelift_codegen::Context::for_function(func);
     module.define_function(id, &mut ctx).unwrap();
     id

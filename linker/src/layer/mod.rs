@@ -1128,8 +1128,9 @@ impl ObjectLayer {
 impl Images {
     /// Files `image` (at `range`, linking against the image files at
     /// `deps`) among the image files: what it links against and has been
-    /// adopted, it keeps; what has not, it waits for. Returns the images
-    /// that were waiting for `image`, each with the handle to keep.
+    /// adopted, it keeps; what has not, it waits for. Returns who is to
+    /// keep what: `image` each adopted dependency, and each image that was
+    /// waiting for `image`, `image`.
     fn link_keep_alive(
         &mut self,
         image: &ImageCell,
@@ -1138,7 +1139,7 @@ impl Images {
     ) -> Vec<(ImageCell, KeepAlive)> {
         self.files.retain(|(_, _, w)| w.strong_count() > 0);
         self.awaiting_keep.retain(|(_, w)| w.strong_count() > 0);
-        let mut own = Vec::new();
+        let mut keep = Vec::new();
         for &dep in deps {
             let adopted = self
                 .files
@@ -1146,26 +1147,22 @@ impl Images {
                 .filter(|(s, e, _)| (*s..*e).contains(&dep))
                 .find_map(|(_, _, w)| w.upgrade());
             match adopted {
-                Some(cell) => own.push(KeepAlive(cell)),
+                Some(cell) => keep.push((image.clone(), KeepAlive(cell))),
                 None => self.awaiting_keep.push((dep, Arc::downgrade(image))),
             }
         }
-        if let Ok(mut me) = image.lock() {
-            me.keep = own;
-        }
         self.files
             .push((range.start, range.end, Arc::downgrade(image)));
-        let mut waiting = Vec::new();
         self.awaiting_keep.retain(|(dep, w)| {
             if !range.contains(dep) {
                 return true;
             }
             if let Some(keeper) = w.upgrade() {
-                waiting.push((keeper, KeepAlive(image.clone())));
+                keep.push((keeper, KeepAlive(image.clone())));
             }
             false
         });
-        waiting
+        keep
     }
 }
 
