@@ -863,10 +863,15 @@ fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
     let helpers = rayon::current_num_threads()
         .saturating_sub(1)
         .clamp(1, items.len().max(1));
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let feeder = scope.spawn(move || {
-            (0..helpers).into_par_iter().for_each_with(tx, |tx, _| {
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The helpers are tasks of rayon's pool; this thread merges meanwhile
+    // (no thread of its own to start them: a host's pool hooks see every
+    // thread that parses). A helper's panic (a bug) goes on from the
+    // scope's end, as it would from rayon.
+    rayon::in_place_scope(|scope| {
+        for _ in 0..helpers {
+            let tx = tx.clone();
+            scope.spawn(move |_| {
                 while let Some(item) = claim() {
                     // The receiver only goes away on an error.
                     if tx.send(parse(item)).is_err() {
@@ -874,7 +879,8 @@ fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
                     }
                 }
             });
-        });
+        }
+        drop(tx);
         let mut waiting: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
         let mut merged = 0;
         let result = (|| {
@@ -888,12 +894,14 @@ fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
                     continue;
                 }
                 // The next to merge is still being parsed: parse another
-                // here meanwhile, or wait when none is left.
+                // here meanwhile, or wait when none is left. An item is
+                // claimed only by a helper that runs, so its parse comes
+                // (a helper still queued holds none).
                 let (i, parsed) = match claim() {
                     Some(item) => parse(item),
                     None => match rx.recv() {
                         Ok(parsed) => parsed,
-                        // Only a parsing thread's panic (resumed below).
+                        // Only a parsing helper's panic (resumed by the scope).
                         Err(_) => break,
                     },
                 };
@@ -901,15 +909,9 @@ fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
             }
             Ok(())
         })();
+        // Helpers not started yet find nothing left to claim, or their
+        // send fails: the scope ends when they do.
         drop(rx);
-        // A panic while parsing (a bug) goes on as it would from rayon.
-        if let Err(panic) = feeder.join() {
-            std::panic::resume_unwind(panic);
-        }
-        assert!(
-            result.is_err() || merged == items.len(),
-            "every item is parsed by a thread that returned"
-        );
         result
     })
 }
@@ -1060,6 +1062,47 @@ mod tests {
         );
         assert!(matches!(result, Err(LinkError::Malformed { .. })));
         assert_eq!(merged, (0..40).collect::<Vec<_>>());
+    }
+
+    /// Every thread that parses is the host's: the calling thread or one of
+    /// the rayon pool it runs in (`install`), whose start handler saw it —
+    /// no thread of kiln's own, and not rayon's global pool.
+    #[test]
+    fn parallel_parse_runs_on_the_callers_pool() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .thread_name(|i| format!("host-pool-{i}"))
+            .build()
+            .unwrap();
+        let items: Vec<u64> = (0..200).collect();
+        let threads = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let merged = pool.install(|| {
+            let mut merged = Vec::new();
+            parse_in_parallel_merge_in_order(
+                &items,
+                |(i, &n)| {
+                    let name = std::thread::current().name().map(str::to_string);
+                    threads.lock().unwrap().insert(name);
+                    spin(20_000);
+                    (i, n)
+                },
+                |n| {
+                    merged.push(n);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            merged
+        });
+        assert_eq!(merged, items);
+        let threads = threads.into_inner().unwrap();
+        assert!(
+            threads
+                .iter()
+                .all(|t| t.as_deref().is_some_and(|t| t.starts_with("host-pool-"))),
+            "parsed on {threads:?}"
+        );
+        assert!(threads.len() > 1, "parsed on one thread only: {threads:?}");
     }
 
     /// A panic while parsing goes on to the caller.
