@@ -245,7 +245,9 @@ impl ImageUnit {
     fn with_parsed<T>(&self, f: impl FnOnce(&Parsed<'_>) -> Result<T, Error>) -> Result<T, Error> {
         match &self.source {
             Source::File(file) => f(file.parsed()),
-            Source::Bytes(b) => f(&read::parse_with(&self.name, b, false).map_err(Error::msg)?),
+            Source::Bytes(b) => {
+                f(&read::parse_with(&self.name, b, false).map_err(Error::external)?)
+            }
         }
     }
 
@@ -254,7 +256,7 @@ impl ImageUnit {
     /// against that imports from it (a cycle), which locating it waits for.
     fn map_and_resolve(&self, p: &Parsed<'_>, r: &Responsibility) -> Result<Mapped, Error> {
         let session = self.layer.session();
-        let alloc = load::map_from(p, &self.name, self.source.file()).map_err(Error::msg)?;
+        let alloc = load::map_from(p, &self.name, self.source.file()).map_err(Error::external)?;
         let registration = load::register(p, &alloc, &self.name);
         let base = alloc.base();
         let owed: rustc_hash::FxHashMap<SymbolName, SymbolFlags> =
