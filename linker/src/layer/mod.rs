@@ -549,16 +549,21 @@ impl ObjectLayer {
     /// gave it ([`LinkGraph::adoptable`]), read before it is adopted: the
     /// same globals, flags and answer.
     fn offered_parsed(&self, graph: &LinkGraph) -> OfferedGlobals {
-        let mut globals = Vec::new();
+        let mut offered = Vec::new();
         let mut flags = Vec::new();
         let mut joins = true;
         for (id, name) in graph.unmerged_globals() {
             if let Some(f) = offer(graph, id, name, &mut joins) {
-                globals.push((self.session.intern(name), id));
+                offered.push((name, id));
                 flags.push(f);
             }
         }
-        (globals, flags, joins)
+        // Interned all at once: each shard's lock once, its table grown once.
+        let names = self
+            .session
+            .intern_all(offered.iter().map(|&(name, _)| name));
+        let globals = names.into_iter().zip(offered.into_iter().map(|(_, id)| id));
+        (globals.collect(), flags, joins)
     }
 
     /// The defined, live, non-local globals of `graph` a unit offers, in
