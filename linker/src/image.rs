@@ -919,6 +919,8 @@ fn parse_in_parallel_merge_in_order<I: Sync, T: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
 
     /// Objects read on all threads make the graph, and get the names, that
     /// they get read on one: three copies of one object (their COMDAT
@@ -1076,6 +1078,7 @@ mod tests {
             .unwrap();
         let items: Vec<u64> = (0..200).collect();
         let threads = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let parsed = std::sync::atomic::AtomicUsize::new(0);
         let merged = pool.install(|| {
             let mut merged = Vec::new();
             parse_in_parallel_merge_in_order(
@@ -1083,7 +1086,14 @@ mod tests {
                 |(i, &n)| {
                     let name = std::thread::current().name().map(str::to_string);
                     threads.lock().unwrap().insert(name);
-                    spin(20_000);
+                    // The first item waits for another thread to parse one:
+                    // a second thread is sure to take part.
+                    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+                    while i == 0 && parsed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline
+                    {
+                        std::thread::yield_now();
+                    }
+                    parsed.fetch_add(1, Ordering::SeqCst);
                     (i, n)
                 },
                 |n| {
@@ -1096,13 +1106,39 @@ mod tests {
         });
         assert_eq!(merged, items);
         let threads = threads.into_inner().unwrap();
+        assert!(threads.len() > 1, "parsed on one thread only: {threads:?}");
         assert!(
             threads
                 .iter()
                 .all(|t| t.as_deref().is_some_and(|t| t.starts_with("host-pool-"))),
             "parsed on {threads:?}"
         );
-        assert!(threads.len() > 1, "parsed on one thread only: {threads:?}");
+    }
+
+    /// On a pool of one thread (the caller's, busy merging) the helper
+    /// queued behind it never starts until the end: the caller parses
+    /// everything itself, and nothing waits for the helper.
+    #[test]
+    fn parallel_parse_on_a_pool_of_one_thread_finishes() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let items: Vec<u64> = (0..50).collect();
+        let merged = pool.install(|| {
+            let mut merged = Vec::new();
+            parse_in_parallel_merge_in_order(
+                &items,
+                |(i, &n)| (i, n),
+                |n| {
+                    merged.push(n);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            merged
+        });
+        assert_eq!(merged, items);
     }
 
     /// A panic while parsing goes on to the caller.
