@@ -695,6 +695,9 @@ pub struct LinkGraph {
     pub(crate) isa: Option<Isa>,
     /// The first object merged whose ISA differs from `isa`.
     pub(crate) foreign_object: Option<(ObjectId, Isa)>,
+    /// Linked on one thread ([`crate::LinkOptions::parallel`] off): no
+    /// pass spreads it over rayon's threads, however large.
+    pub(crate) serial: bool,
 }
 
 impl LinkGraph {
@@ -756,7 +759,7 @@ impl LinkGraph {
     /// the work it takes (the 200-object synth input has 21,600 blocks, a
     /// Cranelift object a few hundred).
     pub(crate) fn is_large(&self) -> bool {
-        self.blocks.len() >= 4096
+        !self.serial && self.blocks.len() >= 4096
     }
 
     /// Make room for `symbols` more symbols, `blocks` more blocks and

@@ -157,7 +157,8 @@ impl Linker {
         name_all: &NameAll<'_, N>,
     ) -> Result<ReadGraph<N>, LinkError> {
         let parse = |name: &str, data: &InputBytes| crate::elf::parse_object_shared(name, data);
-        let mut read = read_objects_naming(&self.objects, &|data| &data[..], &parse, name_all)?;
+        let mut read =
+            read_objects_naming(&self.objects, &|data| &data[..], &parse, name_all, true)?;
         let first = read.graph.blocks.len();
         self.pull_archive_members(&mut read.graph)?;
         read.facts.add_blocks(&read.graph, first);
@@ -750,15 +751,17 @@ pub(crate) type ParseObject<'a, B> = dyn Fn(&str, &B) -> Result<LinkGraph, LinkE
 /// interner; an object's names at once) as they are read: objects large enough together are parsed
 /// and named on all threads and merged in order. Returns the graph and,
 /// by symbol id, the name given to each symbol (`None` for locals and
-/// externals), with the graph's [`EdgeFacts`].
+/// externals), with the graph's [`EdgeFacts`]. On this thread alone unless
+/// `may_parallel`.
 pub(crate) fn read_objects_naming<S: AsRef<str> + Sync, B: Sync, N: Send>(
     objects: &[(S, B)],
     bytes_of: &(dyn Fn(&B) -> &[u8] + Sync),
     parse: &ParseObject<'_, B>,
     name_all: &NameAll<'_, N>,
+    may_parallel: bool,
 ) -> Result<ReadGraph<N>, LinkError> {
     let bytes: usize = objects.iter().map(|(_, data)| bytes_of(data).len()).sum();
-    let parallel = objects.len() >= 2 && bytes >= PARALLEL_READ_BYTES;
+    let parallel = may_parallel && objects.len() >= 2 && bytes >= PARALLEL_READ_BYTES;
     read_objects_naming_on(objects, bytes_of, parse, name_all, parallel)
 }
 

@@ -147,8 +147,13 @@ impl JitBuilder {
 
     /// Runs kiln's tasks on `dispatcher` instead of a worker pool
     /// (`InPlaceDispatcher` for deterministic single-threaded runs, or
-    /// your executor).
-    pub fn dispatcher(mut self, dispatcher: impl Dispatcher) -> Self {
+    /// your executor). `InPlaceDispatcher` also turns
+    /// [`LinkOptions::parallel`] off: no link starts a thread, however
+    /// large (options given later with [`JitBuilder::link_options`] say
+    /// otherwise).
+    pub fn dispatcher<D: Dispatcher>(mut self, dispatcher: D) -> Self {
+        let in_place = (&dispatcher as &dyn std::any::Any).is::<kiln_engine::InPlaceDispatcher>();
+        self.options.parallel &= !in_place;
         self.dispatcher = Some(Arc::new(dispatcher));
         self.threads = None;
         self

@@ -807,14 +807,15 @@ impl Allocation {
     /// here, small ones not at all. Best effort: kernels before 5.14 say
     /// EINVAL, and the pages then fault in as they are written.
     pub fn prefault(&self) -> Prefault {
-        self.prefault_runs(vec![(0, self.len)])
+        self.prefault_runs(vec![(0, self.len)], true)
     }
 
     /// [`Allocation::prefault`] for the runs `(offset, len)` of the
     /// allocation only (the pages that will be written; rounded out to
     /// whole pages, clipped to the allocation): zero-fill such as `.bss`,
-    /// and padding, stay unmapped until touched, however large.
-    pub fn prefault_runs(&self, runs: Vec<(u64, u64)>) -> Prefault {
+    /// and padding, stay unmapped until touched, however large. Large runs
+    /// are mapped on a rayon thread only if `background`; otherwise here.
+    pub fn prefault_runs(&self, runs: Vec<(u64, u64)>, background: bool) -> Prefault {
         let base = self.base;
         let runs: Vec<(u64, usize)> = runs
             .into_iter()
@@ -838,7 +839,7 @@ impl Allocation {
                 Self::populate(base, len);
             }
         };
-        if total < PREFAULT_BACKGROUND_BYTES {
+        if total < PREFAULT_BACKGROUND_BYTES || !background {
             populate();
             return Prefault(None);
         }
@@ -1949,7 +1950,7 @@ mod tests {
             .unwrap();
         let pages = (a.len() / PAGE) as usize;
         let runs = vec![(0, 64 << 10), (256 << 10, (200 << 10) + 1)];
-        drop(a.prefault_runs(runs));
+        drop(a.prefault_runs(runs, true));
         let mut vec = vec![0u8; pages];
         // SAFETY: the allocation's pages are mapped (read-write) and
         // page-aligned, and `vec` has one byte per page of it.
@@ -1989,7 +1990,7 @@ mod tests {
             .unwrap();
         let base = a.base();
         let written = 6 << 20;
-        let mut prefault = a.prefault_runs(vec![(0, written)]);
+        let mut prefault = a.prefault_runs(vec![(0, written)], true);
         // On rayon: waited for here rather than called off.
         let shared = prefault.0.clone().expect("a background prefault");
         while *shared.0.lock().unwrap() != PrefaultState::Over {

@@ -81,7 +81,7 @@ impl Chunk {
     fn map_ahead(&mut self, end: u64) {
         let len = self.wanted.min(self.memory.len());
         while len >= AHEAD && self.mapped < end + AHEAD / 2 && len - self.mapped >= AHEAD {
-            let run = self.memory.prefault_runs(vec![(self.mapped, AHEAD)]);
+            let run = self.memory.prefault_runs(vec![(self.mapped, AHEAD)], true);
             self.prefaults.push(run);
             self.mapped += AHEAD;
         }

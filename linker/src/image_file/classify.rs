@@ -110,7 +110,7 @@ pub(crate) fn check_graph(graph: &LinkGraph) -> Result<(), LinkError> {
         .iter()
         .any(|s| matches!(s.def, SymbolDef::Absolute(_)));
     let check = |blocks: &[Block]| check_blocks(graph, blocks, any_absolute);
-    if graph.blocks.len() <= CHECK_CHUNK_BLOCKS {
+    if graph.blocks.len() <= CHECK_CHUNK_BLOCKS || graph.serial {
         return check(&graph.blocks);
     }
     use rayon::prelude::*;
@@ -671,11 +671,15 @@ pub(crate) fn record(l: Linked<'_>) -> Result<ImagingRecord, LinkError> {
     // the words and copies the memory.
     let (graph, addrs, base) = (l.graph, l.addrs, l.base);
     let mut exported = None;
-    let record = rayon::in_place_scope(|s| {
-        let slot = &mut exported;
-        s.spawn(move |_| *slot = Some(exports(graph, addrs, base)));
+    let record = if graph.serial {
         words(&l)
-    });
+    } else {
+        rayon::in_place_scope(|s| {
+            let slot = &mut exported;
+            s.spawn(move |_| *slot = Some(exports(graph, addrs, base)));
+            words(&l)
+        })
+    };
     let mut record = record?;
     (record.exports, record.export_names) = exported.unwrap_or_else(|| exports(graph, addrs, base));
     if l.in_place {
@@ -911,7 +915,7 @@ fn normalized_memory(l: &Linked<'_>, rebase: &[u64], imports: &[Import]) -> Vec<
     let len = l.memory.len();
     let mut memory: Vec<u8> = Vec::with_capacity(len);
     let spare = &mut memory.spare_capacity_mut()[..len];
-    if len > COPY_PIECE {
+    if len > COPY_PIECE && !l.graph.serial {
         spare
             .par_chunks_mut(COPY_PIECE)
             .zip(l.memory.par_chunks(COPY_PIECE))

@@ -340,6 +340,20 @@ impl ObjectLayer {
         define_unit(dylib, tracker, unit)
     }
 
+    /// An empty graph for this layer's objects: linked on one thread if
+    /// [`LinkOptions::parallel`] is off.
+    fn new_graph(&self) -> LinkGraph {
+        self.own(LinkGraph::new())
+    }
+
+    /// `graph`, given to this layer: linked on one thread from now on if
+    /// [`LinkOptions::parallel`] is off (every pass it meets, from the
+    /// first look at its edges on).
+    fn own(&self, mut graph: LinkGraph) -> LinkGraph {
+        graph.serial |= !self.shared.options.parallel;
+        graph
+    }
+
     /// Reads object `bytes` (called `name` in errors) into `graph`, with
     /// the layer's debugger and profiler options.
     fn read_into(&self, graph: &mut LinkGraph, name: &str, bytes: &[u8]) -> Result<(), LinkError> {
@@ -372,8 +386,15 @@ impl ObjectLayer {
         let parse = |name: &str, bytes: &&[u8]| crate::debug::parse_object(name, bytes, debug);
         // Many objects are read and their globals interned on all threads.
         let intern = |names: &[&str]| self.session.intern_all(names.iter().copied());
-        let mut read =
-            crate::image::read_objects_naming(&objects, &|bytes| *bytes, &parse, &intern)?;
+        let parallel = self.shared.options.parallel;
+        let mut read = crate::image::read_objects_naming(
+            &objects,
+            &|bytes| *bytes,
+            &parse,
+            &intern,
+            parallel,
+        )?;
+        read.graph.serial = !parallel;
         passes::check_duplicates(&mut read.graph)?;
         self.add_read_time(start.elapsed());
         self.add_read_graph(dylib, tracker, name, read)
@@ -411,6 +432,7 @@ impl ObjectLayer {
         graph: LinkGraph,
         names: Vec<Option<SymbolName>>,
     ) -> Result<(), LinkError> {
+        let graph = self.own(graph);
         let facts = EdgeFacts::of(&graph);
         let read = ReadGraph {
             graph,
@@ -449,6 +471,7 @@ impl ObjectLayer {
         name: &str,
         graph: LinkGraph,
     ) -> Result<impl MaterializationUnit + use<>, LinkError> {
+        let graph = self.own(graph);
         let facts = EdgeFacts::of(&graph);
         self.unit_named(name, graph, Vec::new(), facts, None)
     }
@@ -476,6 +499,7 @@ impl ObjectLayer {
         // unit may win them: known only when it is materialized).
         let options = &self.shared.options;
         let early = options.prepare_early
+            && options.parallel
             && !flags.iter().any(|f| f.is_weak())
             && facts.edges >= options.parallel_threshold;
         let joinable =
@@ -506,9 +530,11 @@ impl ObjectLayer {
         graph: LinkGraph,
         file: InputBytes,
     ) -> Result<ObjectUnit, LinkError> {
+        let graph = self.own(graph);
         let facts = EdgeFacts::of(&graph);
         let options = &self.shared.options;
-        let large = options.prepare_early && facts.edges >= options.parallel_threshold;
+        let large =
+            options.prepare_early && options.parallel && facts.edges >= options.parallel_threshold;
         if large || graph.objects.iter().any(|o| o.library) || !graph.adoptable() {
             return self.unit_named(name, adopted(graph), Vec::new(), facts, Some(file));
         }
@@ -647,7 +673,7 @@ impl ObjectLayer {
         let start = Instant::now();
         let mut graphs = Vec::with_capacity(objects.len());
         for (name, bytes) in objects {
-            let mut graph = LinkGraph::new();
+            let mut graph = self.new_graph();
             self.read_into(&mut graph, name.as_ref(), bytes.as_ref())?;
             graphs.push(graph);
         }
@@ -709,7 +735,7 @@ impl ObjectLayer {
             }
             // A group is read again into one graph (`merge` wants graphs
             // fresh from the parser; grouping needed the merged view).
-            let mut graph = LinkGraph::new();
+            let mut graph = self.new_graph();
             for &m in &members {
                 let debug = &self.shared.options.debug;
                 let (name, bytes) = (objects[m].0.as_ref(), objects[m].1.as_ref());
@@ -1998,7 +2024,7 @@ impl ArchiveGenerator {
             .archives
             .lock()
             .map_err(|_| Error::msg("archive lock poisoned"))?;
-        let mut graph = LinkGraph::new();
+        let mut graph = self.layer.new_graph();
         let mut members: Vec<String> = Vec::new();
         let mut wanted: Vec<Box<str>> = names.iter().map(|n| n.as_str().into()).collect();
         wanted.extend(from_objects.iter().cloned());

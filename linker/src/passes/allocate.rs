@@ -40,7 +40,7 @@ pub(super) fn allocate(
     }
     // Fixup writes these pages: map them meanwhile (not zero-fill or
     // padding, which may be far larger than what is written).
-    let prefault = alloc.prefault_runs(layout.written);
+    let prefault = alloc.prefault_runs(layout.written, !graph.serial);
     Ok(Prepared {
         prefault,
         graph,

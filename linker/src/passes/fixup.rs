@@ -584,7 +584,8 @@ fn fix_blocks(
         imaging: options.imaging,
     };
     let run = |r: &mut Run<'_, '_>| ctx.copy_and_fix(r, block_errors);
-    let parallel = edge_count >= options.parallel_threshold || total_bytes >= PARALLEL_COPY_BYTES;
+    let parallel = options.parallel
+        && (edge_count >= options.parallel_threshold || total_bytes >= PARALLEL_COPY_BYTES);
     let results: Vec<Result<Vec<(usize, LinkError)>, LinkError>> = if parallel {
         runs.par_iter_mut().map(run).collect()
     } else {

@@ -96,7 +96,7 @@ const FREE_IN_BACKGROUND_BLOCKS: usize = 4096;
 /// many small allocations (13.7 M instructions for the 200-object aarch64
 /// synth input) that the caller of [`link_graph`] need not wait for.
 fn free_graph(graph: LinkGraph) {
-    if graph.blocks.len() >= FREE_IN_BACKGROUND_BLOCKS {
+    if !graph.serial && graph.blocks.len() >= FREE_IN_BACKGROUND_BLOCKS {
         rayon::spawn(move || drop(graph));
     } else {
         drop(graph);
@@ -178,10 +178,13 @@ pub(crate) fn before_externals<H: LinkHost>(
 ) -> Result<Prepared, H::Error> {
     let mut prepared = match start {
         Start::Graph {
-            graph,
+            mut graph,
             roots,
             below_2gib,
-        } => prepare(*graph, roots, options.imaging, below_2gib).map_err(|e| host.link_error(e))?,
+        } => {
+            graph.serial |= !options.parallel;
+            prepare(*graph, roots, options.imaging, below_2gib).map_err(|e| host.link_error(e))?
+        }
         Start::Prepared(prepared) => *prepared,
     };
     // 8b. The TLS module: its id and static range are what the image's

@@ -31,6 +31,15 @@ pub struct LinkOptions {
     pub roots: Roots,
     /// Fix up in parallel when the graph has at least this many edges.
     pub parallel_threshold: usize,
+    /// Large links may use rayon's threads (the pool the linking thread
+    /// runs in, else the global one): passes that read every edge, copying
+    /// and fixing up, prefaulting memory, preparing early, parsing many
+    /// objects at once, freeing the graph afterwards. Off, a link runs
+    /// wholly on the thread that links it and starts no thread: for
+    /// single-threaded hosts (`JitBuilder::dispatcher` with
+    /// `InPlaceDispatcher` turns it off) and hosts with a thread budget
+    /// (default: on).
+    pub parallel: bool,
     /// Keep the graph after fixup in [`Finalized::graph`]: final addresses,
     /// relocated contents and every relocation record, for a later pass
     /// (saving an image that can be rebased, DESIGN §5).
@@ -78,6 +87,7 @@ impl Default for LinkOptions {
         LinkOptions {
             roots: Roots::All,
             parallel_threshold: 20_000,
+            parallel: true,
             keep_graph: false,
             symbol_table: true,
             prepare_early: false,
