@@ -1069,9 +1069,27 @@ mod tests {
         assert_eq!(merged, (0..40).collect::<Vec<_>>());
     }
 
+    /// Every item of `items` merged, in order, parsed by `parse` inside
+    /// `pool` (the caller's thread one of its threads).
+    fn parse_in_pool(
+        pool: &rayon::ThreadPool,
+        items: &[u64],
+        parse: impl Fn((usize, &u64)) -> (usize, u64) + Sync + Send,
+    ) -> Vec<u64> {
+        pool.install(|| {
+            let mut merged = Vec::new();
+            let merge = |n| {
+                merged.push(n);
+                Ok(())
+            };
+            parse_in_parallel_merge_in_order(items, parse, merge).unwrap();
+            merged
+        })
+    }
+
     /// Every thread that parses is the host's: the calling thread or one of
-    /// the rayon pool it runs in (`install`), whose start handler saw it —
-    /// no thread of kiln's own, and not rayon's global pool.
+    /// the rayon pool it runs in (`install`) — no thread of kiln's own, and
+    /// not rayon's global pool.
     #[test]
     fn parallel_parse_runs_on_the_callers_pool() {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -1082,30 +1100,17 @@ mod tests {
         let items: Vec<u64> = (0..200).collect();
         let threads = std::sync::Mutex::new(std::collections::BTreeSet::new());
         let parsed = std::sync::atomic::AtomicUsize::new(0);
-        let merged = pool.install(|| {
-            let mut merged = Vec::new();
-            parse_in_parallel_merge_in_order(
-                &items,
-                |(i, &n)| {
-                    let name = std::thread::current().name().map(str::to_string);
-                    threads.lock().unwrap().insert(name);
-                    // The first item waits for another thread to parse one:
-                    // a second thread is sure to take part.
-                    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-                    while i == 0 && parsed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline
-                    {
-                        std::thread::yield_now();
-                    }
-                    parsed.fetch_add(1, Ordering::SeqCst);
-                    (i, n)
-                },
-                |n| {
-                    merged.push(n);
-                    Ok(())
-                },
-            )
-            .unwrap();
-            merged
+        let merged = parse_in_pool(&pool, &items, |(i, &n)| {
+            let name = std::thread::current().name().map(str::to_string);
+            threads.lock().unwrap().insert(name);
+            // The first item waits for another thread to parse one: a
+            // second thread is sure to take part.
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while i == 0 && parsed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            parsed.fetch_add(1, Ordering::SeqCst);
+            (i, n)
         });
         assert_eq!(merged, items);
         let threads = threads.into_inner().unwrap();
@@ -1128,20 +1133,7 @@ mod tests {
             .build()
             .unwrap();
         let items: Vec<u64> = (0..50).collect();
-        let merged = pool.install(|| {
-            let mut merged = Vec::new();
-            parse_in_parallel_merge_in_order(
-                &items,
-                |(i, &n)| (i, n),
-                |n| {
-                    merged.push(n);
-                    Ok(())
-                },
-            )
-            .unwrap();
-            merged
-        });
-        assert_eq!(merged, items);
+        assert_eq!(parse_in_pool(&pool, &items, |(i, &n)| (i, n)), items);
     }
 
     /// A panic while parsing goes on to the caller.
