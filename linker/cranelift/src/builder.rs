@@ -99,7 +99,8 @@ impl KilnBuilder {
 
     /// Runs kiln's tasks on `dispatcher` instead of a worker pool (for
     /// example `kiln_engine::InPlaceDispatcher`: everything on the thread
-    /// that asks).
+    /// that asks, no thread started — staged code is not mapped ahead on
+    /// rayon's threads either: `kiln_linker::LinkOptions::parallel` off).
     pub fn dispatcher(&mut self, dispatcher: impl kiln_engine::Dispatcher) -> &mut Self {
         self.map_jit(|b| b.dispatcher(dispatcher))
     }

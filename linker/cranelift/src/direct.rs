@@ -104,6 +104,9 @@ pub(crate) struct Batch<'a> {
     pub(crate) funcs: &'a [FuncCode],
     pub(crate) arena: &'a mut Arena,
     pub(crate) data: &'a [DataCode],
+    /// Large memory may be mapped on a rayon thread
+    /// ([`kiln_linker::LinkOptions::parallel`]).
+    pub(crate) parallel: bool,
 }
 
 /// Addresses the module looked up at Ready in earlier batches, by id.
@@ -427,7 +430,7 @@ pub(crate) fn place(
         return Ok(None);
     }
     if let Some(memory) = &mut memory {
-        let prefault = memory.prefault();
+        let prefault = memory.prefault_runs(vec![(0, memory.len())], batch.parallel);
         let Some(bytes) = memory.bytes_mut() else {
             return Ok(None);
         };

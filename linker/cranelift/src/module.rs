@@ -423,7 +423,8 @@ fn record_bytes(
             ))
         };
         let relocs = state.relocs.append(relocs).ok_or_else(too_large)?;
-        let code = match state.stage.append(state.current, align, bytes)? {
+        let ahead = shared.layer.link_options().parallel;
+        let code = match state.stage.append(state.current, align, bytes, ahead)? {
             Some(bytes) => Code::Staged { bytes, relocs },
             None => Code::Arena {
                 bytes: state.code.append(bytes).ok_or_else(too_large)?,
@@ -671,7 +672,13 @@ impl KilnModule {
             funcs: &self.func_addrs,
             data: &self.data_addrs,
         };
-        let mut batch = direct::Batch { funcs, arena, data };
+        let parallel = self.shared.layer.link_options().parallel;
+        let mut batch = direct::Batch {
+            funcs,
+            arena,
+            data,
+            parallel,
+        };
         let placed = direct::place(&mut batch, &self.shared.names(), &known, &outside)?;
         let Some(direct::Placed { memory, defs }) = placed else {
             return Ok(false);

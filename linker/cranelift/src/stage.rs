@@ -129,12 +129,15 @@ pub(crate) struct Stage {
 impl Stage {
     /// Copies `bytes`, aligned to `align` (at most a page), into a chunk of
     /// `group`'s; `Ok(None)` if no memory can be placed (the caller keeps
-    /// the bytes elsewhere).
+    /// the bytes elsewhere). The chunk's pages are mapped [`AHEAD`] of the
+    /// writes on a rayon thread if `ahead`
+    /// ([`kiln_linker::LinkOptions::parallel`]); otherwise as written.
     pub(crate) fn append(
         &mut self,
         group: Option<GroupId>,
         align: u64,
         bytes: &[u8],
+        ahead: bool,
     ) -> Result<Option<Span>, Error> {
         let align = align.max(1).next_power_of_two();
         if align > PAGE {
@@ -175,7 +178,9 @@ impl Stage {
         };
         let chunk = &mut self.chunks[i];
         let start = chunk.used.next_multiple_of(align);
-        chunk.map_ahead(start + len);
+        if ahead {
+            chunk.map_ahead(start + len);
+        }
         let (Ok(index), Ok(at), Ok(n)) = (
             u32::try_from(i),
             u32::try_from(start),
@@ -230,7 +235,7 @@ mod tests {
         for i in 0..200u32 {
             let bytes: Vec<u8> = (0..100).map(|k| (i + k) as u8).collect();
             let g = if i % 50 == 49 { Some(a) } else { None };
-            let span = stage.append(g, 16, &bytes).unwrap().unwrap();
+            let span = stage.append(g, 16, &bytes, true).unwrap().unwrap();
             assert_eq!(span.start % 16, 0);
             assert_eq!(group(&stage, span), g);
             spans.push((span, bytes));
@@ -246,10 +251,10 @@ mod tests {
             .map(|c| c.memory.len())
             .collect();
         assert_eq!(sizes, vec![PAGE, 2 * PAGE, 4 * PAGE]);
-        assert!(stage.append(None, 2 * PAGE, &[1]).unwrap().is_none());
+        assert!(stage.append(None, 2 * PAGE, &[1], true).unwrap().is_none());
         // A function larger than twice the last chunk gets a chunk its size.
         let big = vec![7u8; (10 * PAGE) as usize];
-        let span = stage.append(None, 1, &big).unwrap().unwrap();
+        let span = stage.append(None, 1, &big, true).unwrap().unwrap();
         assert_eq!(span.start, 0);
         assert!(stage.chunks[span.chunk as usize].memory.len() >= 10 * PAGE);
         assert_eq!(stage.take().len(), 5);
@@ -266,27 +271,30 @@ mod tests {
         stage.expect_functions(1000);
         let bytes = [0x90u8; 112];
         for _ in 0..1000 {
-            stage.append(None, 16, &bytes).unwrap().unwrap();
+            stage.append(None, 16, &bytes, true).unwrap().unwrap();
         }
         assert_eq!(stage.chunks.len(), 1);
         assert_eq!(stage.chunks[0].memory.len(), 128 << 10);
         let other = GroupId::for_tests(3);
-        stage.append(Some(other), 16, &bytes).unwrap().unwrap();
+        stage
+            .append(Some(other), 16, &bytes, true)
+            .unwrap()
+            .unwrap();
         assert_eq!(stage.chunks[1].memory.len(), PAGE);
         assert_eq!(stage.take().len(), 2);
-        stage.append(None, 16, &bytes).unwrap().unwrap();
+        stage.append(None, 16, &bytes, true).unwrap().unwrap();
         assert_eq!(stage.chunks[0].memory.len(), PAGE);
         // A few declarations: the first chunk is a page or a few.
         stage.take();
         stage.expect_functions(40);
-        stage.append(None, 16, &bytes).unwrap().unwrap();
+        stage.append(None, 16, &bytes, true).unwrap().unwrap();
         assert_eq!(stage.chunks[0].memory.len(), 2 * PAGE);
         // A large batch: the first chunk is at most `FIRST_MAX`, the next
         // ones double from it.
         stage.take();
         stage.expect_functions(100_000);
         for _ in 0..30_000 {
-            stage.append(None, 16, &bytes).unwrap().unwrap();
+            stage.append(None, 16, &bytes, true).unwrap().unwrap();
         }
         let sizes: Vec<u64> = stage.chunks.iter().map(|c| c.memory.len()).collect();
         assert_eq!(sizes[0], FIRST_MAX);
@@ -304,7 +312,7 @@ mod tests {
         let mut stage = Stage::default();
         let piece = vec![0x5au8; 48 << 10];
         for _ in 0..200 {
-            stage.append(None, 16, &piece).unwrap().unwrap();
+            stage.append(None, 16, &piece, true).unwrap().unwrap();
         }
         let mut large = 0;
         for chunk in &mut stage.chunks {

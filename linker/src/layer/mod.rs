@@ -340,6 +340,11 @@ impl ObjectLayer {
         define_unit(dylib, tracker, unit)
     }
 
+    /// The options this layer links with.
+    pub fn link_options(&self) -> &LinkOptions {
+        &self.shared.options
+    }
+
     /// An empty graph for this layer's objects: linked on one thread if
     /// [`LinkOptions::parallel`] is off.
     fn new_graph(&self) -> LinkGraph {
