@@ -157,8 +157,10 @@ impl Linker {
         name_all: &NameAll<'_, N>,
     ) -> Result<ReadGraph<N>, LinkError> {
         let parse = |name: &str, data: &InputBytes| crate::elf::parse_object_shared(name, data);
+        let parallel = self.options.parallel;
         let mut read =
-            read_objects_naming(&self.objects, &|data| &data[..], &parse, name_all, true)?;
+            read_objects_naming(&self.objects, &|data| &data[..], &parse, name_all, parallel)?;
+        read.graph.serial = !parallel;
         let first = read.graph.blocks.len();
         self.pull_archive_members(&mut read.graph)?;
         read.facts.add_blocks(&read.graph, first);

@@ -1,5 +1,6 @@
 //! A JIT on the in-place dispatcher links on the thread that asks and
-//! starts no thread, however large the link (LinkOptions::parallel off);
+//! starts no thread, however large the link (LinkOptions::parallel off),
+//! as does the standalone linker saving an image with the option off;
 //! with the defaults, the same link spreads over rayon's threads.
 
 mod common;
@@ -13,15 +14,16 @@ const FUNCTIONS: usize = 6000;
 
 /// Two objects, `f{i}` for even `i` in one and odd `i` in the other
 /// (calls across them: one batch): `f{i}(x)` is `i` for `x <= 0`, else
-/// the sum of four others' at 0. The first also holds 4 MB of initialized
-/// data (a written run large enough to be mapped in the background, and
-/// objects large enough to be read on several threads). Assembly: gcc
-/// takes seconds to compile 6,000 C functions.
+/// the sum of four others' at 0. The first also holds 4 MB of data, not
+/// zeros (a written run large enough to be mapped in the background,
+/// objects large enough to be read on several threads, an image whose
+/// segments are hashed beside the writes). Assembly: gcc takes seconds to
+/// compile 6,000 C functions.
 fn large_objects(dir: &std::path::Path) -> [Vec<u8>; 2] {
     [0, 1].map(|half| {
         let mut src = String::new();
         if half == 0 {
-            src.push_str(".data\n.globl table\ntable:\n.quad 1\n.zero 4000000\n");
+            src.push_str(".data\n.globl table\ntable:\n.fill 500000, 8, 1\n");
         }
         for i in (half..FUNCTIONS).step_by(2) {
             src.push_str(&format!(
@@ -91,8 +93,28 @@ fn the_in_place_dispatcher_links_a_large_object_without_a_thread() {
         );
     }
 
+    // In imaging mode, through the standalone linker, then saved (build
+    // id, classification, the file's hash): on this thread too.
+    let mut options = kiln_linker::LinkOptions::default();
+    options.imaging = true;
+    options.parallel = false;
+    let inputs = [("a.o", &objects[0][..]), ("b.o", &objects[1][..])];
+    let id = kiln_linker::image_file::BuildId::of_inputs(&options, inputs);
+    let mut linker = kiln_linker::Linker::new(options);
+    for (name, bytes) in inputs {
+        linker.add_object_bytes(name, bytes.to_vec());
+    }
+    let image = linker.link(&kiln_linker::HostSymbols::new()).unwrap();
+    assert!(image.save_image(&id).unwrap().len() > 4_000_000);
+    drop(image);
+    assert_eq!(
+        threads(),
+        before,
+        "linking and saving an image started threads"
+    );
+
     // The same link with the defaults (one worker) spreads over rayon's
-    // threads: what the assertion above would have seen.
+    // threads: what the assertions above would have seen.
     let jit = Jit::builder().threads(1).build().unwrap();
     assert_eq!(link_and_call(&jit, &objects, false), expected);
     let workers = 1;

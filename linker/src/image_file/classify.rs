@@ -746,6 +746,7 @@ fn words(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
         pc_relative: pc_relatives,
         cpu_features: super::cpu::of_graph(l.graph),
         base_align: base_align(l),
+        serial: l.graph.serial,
     })
 }
 

@@ -233,6 +233,7 @@ pub(crate) fn combine(
         // One layer links for the host ISA only: every piece has its machine.
         machine: records.first().map_or(0, |r| r.machine),
         base_align: records.iter().map(|r| r.base_align).fold(PAGE, u64::max),
+        serial: records.iter().any(|r| r.serial),
         ..ImagingRecord::default()
     };
     let mut exported = HashSet::new();

@@ -125,7 +125,7 @@ impl BuildId {
             pieces.push(f);
             pieces.push(bytes);
         }
-        BuildId(tree_hash::hash_pieces(&pieces))
+        BuildId(tree_hash::hash_pieces(&pieces, options.parallel))
     }
 
     /// This build id combined with the build ids of the images the image
@@ -380,6 +380,8 @@ pub struct ImagingRecord {
     /// The alignment its base needs: the largest of its blocks (at least
     /// a page).
     pub(crate) base_align: u64,
+    /// Linked on one thread ([`LinkOptions::parallel`] off): saved on it too.
+    pub(crate) serial: bool,
 }
 
 impl LinkedImage {

@@ -311,6 +311,7 @@ pub(crate) fn write_to<W: Write + Seek + Send>(
     let mut sealing = Sealing {
         out: &mut *out,
         hasher: blake3::Hasher::new(),
+        beside: !r.serial,
     };
     let mut buffer = StreamingBuffer::new(BufWriter::with_capacity(1 << 16, &mut sealing));
     let file_size = write_container(name, r, memory, id, &mut buffer)?;
@@ -333,11 +334,13 @@ pub(crate) fn write_to<W: Write + Seek + Send>(
 struct Sealing<'a, W> {
     out: &'a mut W,
     hasher: blake3::Hasher,
+    /// Large segments are hashed on a rayon thread while written.
+    beside: bool,
 }
 
 impl<W: Write + Send> Write for Sealing<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if bytes.len() < HASH_BESIDE_FROM {
+        if bytes.len() < HASH_BESIDE_FROM || !self.beside {
             let n = self.out.write(bytes)?;
             self.hasher.update(&bytes[..n]);
             return Ok(n);
