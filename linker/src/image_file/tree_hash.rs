@@ -126,11 +126,13 @@ mod tests {
                         pieces.push(&[]);
                     }
                 }
-                assert_eq!(
-                    hash_pieces(&pieces, true),
-                    sequential(&pieces),
-                    "{len} bytes in pieces of {cut}"
-                );
+                for parallel in [true, false] {
+                    assert_eq!(
+                        hash_pieces(&pieces, parallel),
+                        sequential(&pieces),
+                        "{len} bytes in pieces of {cut} (parallel: {parallel})"
+                    );
+                }
                 if cut == 1 && len > 4 * s {
                     break; // millions of one-byte pieces add nothing
                 }
