@@ -58,6 +58,8 @@ pub mod responsibility;
 pub mod session;
 mod symbol;
 mod sync;
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
+mod timer;
 pub mod tracker;
 pub mod unit;
 

@@ -336,18 +336,7 @@ impl Session {
 
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     fn cancel_after(&self, lookup: u64, timeout: Duration) {
-        let core = Arc::downgrade(&self.core);
-        let _timer = std::thread::Builder::new()
-            .name("kiln-lookup-timer".into())
-            .spawn(move || {
-                std::thread::sleep(timeout);
-                if let Some(core) = core.upgrade() {
-                    core.send(Msg::Cancel {
-                        lookup,
-                        timeout_millis: Some(timeout.as_millis()),
-                    });
-                }
-            });
+        crate::timer::cancel_after(&self.core, lookup, timeout);
     }
 
     #[cfg(any(kiln_loom, kiln_shuttle))]
