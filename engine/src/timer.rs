@@ -5,28 +5,20 @@
 //! of sleeping threads, each until its full timeout, and a lookup whose
 //! thread could not start never timed out).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::actor::{Msg, SessionCore};
 
-/// One lookup's deadline.
-struct Deadline {
-    at: Instant,
-    /// Orders deadlines at the same instant (first asked, first cancelled).
-    seq: u64,
+/// A lookup waiting for its deadline.
+struct Waiting {
     core: Weak<SessionCore>,
     lookup: u64,
     timeout: Duration,
 }
 
-impl Deadline {
-    fn key(&self) -> (Instant, u64) {
-        (self.at, self.seq)
-    }
-
+impl Waiting {
     /// Cancels the lookup if its session still exists (a lookup complete
     /// by now ignores it).
     fn fire(self) {
@@ -39,83 +31,62 @@ impl Deadline {
     }
 }
 
-impl PartialEq for Deadline {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Deadline {}
-impl PartialOrd for Deadline {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Deadline {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
-    }
+/// The deadlines, earliest first; at one instant, first asked first
+/// (the second key: a count of deadlines ever set).
+struct Deadlines {
+    due: BTreeMap<(Instant, u64), Waiting>,
+    set: u64,
 }
 
-#[derive(Default)]
-struct Timers {
-    /// Earliest first.
-    deadlines: Mutex<(BinaryHeap<Reverse<Deadline>>, u64)>,
-    changed: Condvar,
+static DEADLINES: Mutex<Deadlines> = Mutex::new(Deadlines {
+    due: BTreeMap::new(),
+    set: 0,
+});
+static CHANGED: Condvar = Condvar::new();
+
+fn deadlines() -> MutexGuard<'static, Deadlines> {
+    DEADLINES.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The process's timers, with their thread started; `None` if it cannot
-/// start (a thread limit).
-fn timers() -> Option<&'static Arc<Timers>> {
-    static TIMERS: OnceLock<Option<Arc<Timers>>> = OnceLock::new();
-    TIMERS
-        .get_or_init(|| {
-            let timers = Arc::new(Timers::default());
-            let run = timers.clone();
-            std::thread::Builder::new()
-                .name("kiln-lookup-timer".into())
-                .spawn(move || run.run())
-                .ok()
-                .map(|_| timers)
-        })
-        .as_ref()
+/// Whether the timer thread runs: started on first use; `false` if it
+/// cannot start (a thread limit).
+fn timer_runs() -> bool {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("kiln-lookup-timer".into())
+            .spawn(run)
+            .is_ok()
+    })
 }
 
-impl Timers {
-    /// Sleeps until the earliest deadline, cancels its lookup, and so on,
-    /// for the life of the process.
-    fn run(&self) {
-        let mut guard = self.lock();
-        loop {
-            let now = Instant::now();
-            let wait = match guard.0.peek() {
-                None => None,
-                Some(Reverse(d)) if d.at <= now => {
-                    let Some(Reverse(due)) = guard.0.pop() else {
-                        continue;
-                    };
-                    // The session's mailbox may run work: not under the lock.
-                    drop(guard);
-                    due.fire();
-                    guard = self.lock();
+/// Sleeps until the earliest deadline, cancels its lookup, and so on, for
+/// the life of the process.
+fn run() {
+    let mut guard = deadlines();
+    loop {
+        let now = Instant::now();
+        let wait = match guard.due.first_key_value() {
+            None => None,
+            Some((&(at, _), _)) if at > now => Some(at - now),
+            Some(_) => {
+                let Some((_, due)) = guard.due.pop_first() else {
                     continue;
-                }
-                Some(Reverse(d)) => Some(d.at - now),
-            };
-            guard = match wait {
-                None => (self.changed.wait(guard)).unwrap_or_else(PoisonError::into_inner),
-                Some(wait) => {
-                    let waited = self.changed.wait_timeout(guard, wait);
-                    waited.unwrap_or_else(PoisonError::into_inner).0
-                }
-            };
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn lock(&self) -> std::sync::MutexGuard<'_, (BinaryHeap<Reverse<Deadline>>, u64)> {
-        self.deadlines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+                };
+                // The session's mailbox may run work: not under the lock.
+                drop(guard);
+                due.fire();
+                guard = deadlines();
+                continue;
+            }
+        };
+        guard = match wait {
+            None => CHANGED.wait(guard).unwrap_or_else(PoisonError::into_inner),
+            Some(wait) => {
+                let waited = CHANGED.wait_timeout(guard, wait);
+                waited.unwrap_or_else(PoisonError::into_inner).0
+            }
+        };
     }
 }
 
@@ -128,20 +99,18 @@ pub(crate) fn cancel_after(core: &Arc<SessionCore>, lookup: u64, timeout: Durati
     let Some(at) = Instant::now().checked_add(timeout) else {
         return;
     };
-    let deadline = |seq| Deadline {
-        at,
-        seq,
+    let waiting = Waiting {
         core: Arc::downgrade(core),
         lookup,
         timeout,
     };
-    let Some(timers) = timers() else {
-        return deadline(0).fire();
-    };
-    let mut guard = timers.lock();
-    let seq = guard.1;
-    guard.1 += 1;
-    guard.0.push(Reverse(deadline(seq)));
+    if !timer_runs() {
+        return waiting.fire();
+    }
+    let mut guard = deadlines();
+    let key = (at, guard.set);
+    guard.set += 1;
+    guard.due.insert(key, waiting);
     drop(guard);
-    timers.changed.notify_one();
+    CHANGED.notify_one();
 }

@@ -99,14 +99,7 @@ fn a_dependency_stays_mapped_until_the_last_image_linked_against_it_goes() {
     let a_id = image_file::inspect("a", &a_bytes).expect("A").build_id;
     let b_id = image_file::inspect("b", &b_bytes).expect("B").build_id;
     let (session, layer, lib, host) = session_with("lib", options(false));
-    let (app, ta, tb) = add_both(&Both {
-        session: &session,
-        layer: &layer,
-        lib: &lib,
-        host,
-        a: a_bytes,
-        b: b_bytes,
-    });
+    let (app, ta, tb) = add_both(&session, &layer, &lib, &host, (a_bytes, b_bytes));
     let found = app.lookup_ready(&["use_a"]).expect("binds");
     let f = found.get_str("use_a").expect("use_a").address;
     a_outlives_its_tracker_while_b_is_loaded(&lib, f, &a_id, ta, tb);
@@ -138,14 +131,7 @@ fn a_dependency_filed_after_the_image_linked_against_it_is_kept_alive_too() {
     let getpid = session.intern("getpid");
     let (parked, slot) = Parked::new(getpid.clone());
     gate.define(parked).expect("parks getpid");
-    let (app, ta, tb) = add_both(&Both {
-        session: &session,
-        layer: &layer,
-        lib: &lib,
-        host,
-        a: a_bytes,
-        b: b_bytes,
-    });
+    let (app, ta, tb) = add_both(&session, &layer, &lib, &host, (a_bytes, b_bytes));
     let pending = session.lookup(
         &SearchOrder::new().with(&app, DylibLookup::ExportedOnly),
         &LookupSet::required([session.intern("use_a")]),
@@ -198,35 +184,31 @@ fn a_outlives_its_tracker_while_b_is_loaded(
     );
 }
 
-/// What [`add_both`] adds, and where.
-struct Both<'a> {
-    session: &'a Session,
-    layer: &'a ObjectLayer,
-    lib: &'a Dylib,
-    host: Dylib,
-    a: Vec<u8>,
-    b: Vec<u8>,
-}
-
 /// Image A added to `lib` and B to a new dylib `app` (linking against
 /// `lib`, then `host`), each under a tracker of its own: `(app, A's
 /// tracker, B's tracker)`.
-fn add_both(both: &Both<'_>) -> (Dylib, ResourceTracker, ResourceTracker) {
-    let app = both.session.create_dylib("app").expect("dylib");
+fn add_both(
+    session: &Session,
+    layer: &ObjectLayer,
+    lib: &Dylib,
+    host: &Dylib,
+    (a, b): (Vec<u8>, Vec<u8>),
+) -> (Dylib, ResourceTracker, ResourceTracker) {
+    let app = session.create_dylib("app").expect("dylib");
     app.set_link_order(&[
-        (both.lib.clone(), DylibLookup::ExportedOnly),
-        (both.host.clone(), DylibLookup::ExportedOnly),
+        (lib.clone(), DylibLookup::ExportedOnly),
+        (host.clone(), DylibLookup::ExportedOnly),
     ])
     .expect("order");
-    let ta = both.lib.create_tracker().expect("tracker");
+    let ta = lib.create_tracker().expect("tracker");
     let tb = app.create_tracker().expect("tracker");
     // SAFETY: the test's own images, saved by `two_images`.
     unsafe {
-        both.layer
-            .add_image(both.lib, Some(&ta), "liba.kimg", both.a.clone())
+        layer
+            .add_image(lib, Some(&ta), "liba.kimg", a)
             .expect("adds A");
-        both.layer
-            .add_image(&app, Some(&tb), "b.kimg", both.b.clone())
+        layer
+            .add_image(&app, Some(&tb), "b.kimg", b)
             .expect("adds B");
     }
     (app, ta, tb)

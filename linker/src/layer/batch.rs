@@ -142,7 +142,7 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
     joining.sort_by_key(|(unit, _)| unit.order);
     let started = Instant::now();
     let layer = joining[0].0.layer.clone();
-    let (mut graph, mut members, r) = match merge(joining) {
+    let (graph, mut members, r) = match merge(joining) {
         Ok(merged) => merged,
         Err(failed) => {
             for (r, e) in failed {
@@ -152,8 +152,12 @@ fn link_together(mut joining: Vec<(Box<ObjectUnit>, Responsibility)>) {
         }
     };
     let options = &layer.shared.options;
-    graph.serial = !options.parallel;
-    let prepared = match passes::prepare(graph, &Roots::All, options.imaging, layer.below_2gib()) {
+    let prepared = match passes::prepare(
+        layer.own(graph),
+        &Roots::All,
+        options.imaging,
+        layer.below_2gib(),
+    ) {
         Ok(prepared) => prepared,
         // The image as a whole cannot be laid out (one unit's COMDAT copy
         // replaced by another's, memory for all at once): which unit fails

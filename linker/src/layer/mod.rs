@@ -391,15 +391,13 @@ impl ObjectLayer {
         let parse = |name: &str, bytes: &&[u8]| crate::debug::parse_object(name, bytes, debug);
         // Many objects are read and their globals interned on all threads.
         let intern = |names: &[&str]| self.session.intern_all(names.iter().copied());
-        let parallel = self.shared.options.parallel;
         let mut read = crate::image::read_objects_naming(
             &objects,
             &|bytes| *bytes,
             &parse,
             &intern,
-            parallel,
+            self.shared.options.parallel,
         )?;
-        read.graph.serial = !parallel;
         passes::check_duplicates(&mut read.graph)?;
         self.add_read_time(start.elapsed());
         self.add_read_graph(dylib, tracker, name, read)
@@ -463,7 +461,7 @@ impl ObjectLayer {
             names,
             facts,
         } = read;
-        let unit = self.unit_named(name, graph, names, facts, None)?;
+        let unit = self.unit_named(name, self.own(graph), names, facts, None)?;
         define_unit(dylib, tracker, unit)
     }
 
