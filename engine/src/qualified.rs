@@ -18,9 +18,9 @@
 //! is concurrent, so lookups of other names — other modules', or names of
 //! modules already registered — go on while calls are parked. (The engine
 //! never asks for one name twice at once: a second lookup of a parked name
-//! waits for the parked call, then finds the alias.) One timer thread per
-//! generator, started while calls with a deadline are parked, ends them
-//! when their time is up.
+//! waits for the parked call, then finds the alias.) A parked call's
+//! deadline is kept by kiln's one timer thread for the process, which
+//! ends the call when its time is up.
 //!
 //! ```
 //! use std::time::Duration;
@@ -80,10 +80,6 @@ pub struct QualifiedNames {
 struct Inner {
     split: Box<Split>,
     state: Mutex<Registry>,
-    /// Wakes the timer thread when a call parks (its deadline may be the
-    /// earliest).
-    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-    wake: crate::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -94,18 +90,20 @@ struct Registry {
     parked: Vec<Parked>,
     /// How long a call parks; `None`: until registered or cancelled.
     timeout: Option<Duration>,
-    /// Whether a timer thread is running.
-    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-    timer: bool,
+    /// How many calls ever parked: the next one's [`Parked::id`].
+    calls: u64,
 }
 
 /// One parked generator call and the qualified names it was asked.
+// Models keep no deadlines: `id` and `timeout` are for the timer.
+#[cfg_attr(any(kiln_loom, kiln_shuttle), allow(dead_code))]
 struct Parked {
+    /// Which call this is, for its deadline to find it.
+    id: u64,
     request: GenerateRequest,
     wants: Vec<Want>,
-    /// When the call's time is up, and the timeout it parked with.
-    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-    deadline: Option<(std::time::Instant, Duration)>,
+    /// The timeout it parked with, if any.
+    timeout: Option<Duration>,
 }
 
 /// A qualified name the generator was asked for.
@@ -137,8 +135,6 @@ impl QualifiedNames {
             inner: Arc::new(Inner {
                 split: Box::new(split),
                 state: Mutex::new(Registry::default()),
-                #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-                wake: crate::sync::Condvar::new(),
             }),
         }
     }
@@ -253,16 +249,19 @@ impl Generator for QualifiedNames {
             answer(request, &wants, &modules);
             return;
         }
-        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-        let deadline = state.timeout.map(|t| (std::time::Instant::now() + t, t));
+        let (id, timeout) = (state.calls, state.timeout);
+        state.calls += 1;
         state.parked.push(Parked {
+            id,
             request,
             wants,
-            #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-            deadline,
+            timeout,
         });
-        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-        self.start_timer(&mut state);
+        // The timer may run the expiry at once: not under the lock.
+        drop(state);
+        if let Some(timeout) = timeout {
+            self.expire_after(id, timeout);
+        }
     }
 
     fn is_concurrent(&self) -> bool {
@@ -270,59 +269,27 @@ impl Generator for QualifiedNames {
     }
 }
 
-#[cfg(not(any(kiln_loom, kiln_shuttle)))]
 impl QualifiedNames {
-    /// Starts the timer thread if calls with a deadline are parked and none
-    /// runs; wakes a running one.
-    fn start_timer(&self, state: &mut Registry) {
-        if state.timeout.is_none() {
-            return;
-        }
-        if state.timer {
-            self.inner.wake.notify_one();
-            return;
-        }
-        let inner = self.inner.clone();
-        let spawned = crate::sync::thread::spawn_named("kiln-qualified-timer".into(), move || {
-            run_timer(&inner)
-        });
-        // Without a timer the calls still end on register or cancel.
-        state.timer = spawned.is_ok();
+    /// Ends parked call `id` after `timeout` (if it is still parked then)
+    /// on kiln's timer thread.
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+    fn expire_after(&self, id: u64, timeout: Duration) {
+        let inner = Arc::downgrade(&self.inner);
+        crate::timer::after(
+            timeout,
+            Box::new(move || {
+                let Some(inner) = inner.upgrade() else { return };
+                let expired = take_parked(&mut inner.state.lock().parked, |p| p.id == id);
+                for parked in expired {
+                    expire(parked, &inner);
+                }
+            }),
+        );
     }
-}
 
-/// Ends parked calls whose deadline passed, until none with a deadline is
-/// parked. Completes them outside the registry's lock.
-#[cfg(not(any(kiln_loom, kiln_shuttle)))]
-fn run_timer(inner: &Inner) {
-    let mut state = inner.state.lock();
-    loop {
-        let now = std::time::Instant::now();
-        let expired = take_parked(&mut state.parked, |p| {
-            p.deadline.is_some_and(|(d, _)| d <= now)
-        });
-        if !expired.is_empty() {
-            drop(state);
-            for parked in expired {
-                expire(parked, inner);
-            }
-            state = inner.state.lock();
-            continue;
-        }
-        let Some(next) = state
-            .parked
-            .iter()
-            .filter_map(|p| p.deadline)
-            .map(|(d, _)| d)
-            .min()
-        else {
-            state.timer = false;
-            return;
-        };
-        state = inner
-            .wake
-            .wait_timeout(state, next.saturating_duration_since(now));
-    }
+    /// Models have no timer: parked calls end on register or cancel.
+    #[cfg(any(kiln_loom, kiln_shuttle))]
+    fn expire_after(&self, _id: u64, _timeout: Duration) {}
 }
 
 /// Fails a parked call whose time is up, naming the first module it still
@@ -350,7 +317,7 @@ fn expire(parked: Parked, inner: &Inner) {
     parked.request.complete(Err(Error::ModuleNotRegistered {
         module,
         names,
-        millis: parked.deadline.map_or(0, |(_, t)| t.as_millis()),
+        millis: parked.timeout.map_or(0, |t| t.as_millis()),
     }));
 }
 

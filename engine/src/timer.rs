@@ -1,40 +1,25 @@
-//! The deadlines of lookups that await definitions for a while
-//! ([`crate::lookup::AwaitDefinitions::For`]): one thread for the whole
-//! process sleeps until the earliest and cancels that lookup, instead of a
-//! thread per lookup (a host with thousands of timed lookups had thousands
-//! of sleeping threads, each until its full timeout, and a lookup whose
-//! thread could not start never timed out).
+//! Deadlines: one thread for the whole process sleeps until the earliest
+//! and runs its job, instead of a thread per deadline. Lookups that await
+//! definitions for a while ([`crate::lookup::AwaitDefinitions::For`]) and
+//! calls parked by [`crate::qualified::QualifiedNames`] with a timeout set
+//! their deadlines here (a host with thousands of timed lookups had
+//! thousands of sleeping threads, each until its full timeout, and a
+//! deadline whose thread could not start never came).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::actor::{Msg, SessionCore};
 
-/// A lookup waiting for its deadline.
-struct Waiting {
-    core: Weak<SessionCore>,
-    lookup: u64,
-    timeout: Duration,
-}
-
-impl Waiting {
-    /// Cancels the lookup if its session still exists (a lookup complete
-    /// by now ignores it).
-    fn fire(self) {
-        if let Some(core) = self.core.upgrade() {
-            core.send(Msg::Cancel {
-                lookup: self.lookup,
-                timeout_millis: Some(self.timeout.as_millis()),
-            });
-        }
-    }
-}
+/// What runs at a deadline: never under the timer's lock, and never
+/// holding what it acts on alive (it holds weak references).
+type Job = Box<dyn FnOnce() + Send>;
 
 /// The deadlines, earliest first; at one instant, first asked first
 /// (the second key: a count of deadlines ever set).
 struct Deadlines {
-    due: BTreeMap<(Instant, u64), Waiting>,
+    due: BTreeMap<(Instant, u64), Job>,
     set: u64,
 }
 
@@ -54,14 +39,14 @@ fn timer_runs() -> bool {
     static STARTED: OnceLock<bool> = OnceLock::new();
     *STARTED.get_or_init(|| {
         std::thread::Builder::new()
-            .name("kiln-lookup-timer".into())
+            .name("kiln-timer".into())
             .spawn(run)
             .is_ok()
     })
 }
 
-/// Sleeps until the earliest deadline, cancels its lookup, and so on, for
-/// the life of the process.
+/// Sleeps until the earliest deadline, runs its job, and so on, for the
+/// life of the process.
 fn run() {
     let mut guard = deadlines();
     loop {
@@ -73,9 +58,10 @@ fn run() {
                 let Some((_, due)) = guard.due.pop_first() else {
                     continue;
                 };
-                // The session's mailbox may run work: not under the lock.
+                // A job may take other locks and run engine work; one
+                // that panics must not stop the deadlines after it.
                 drop(guard);
-                due.fire();
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(due));
                 guard = deadlines();
                 continue;
             }
@@ -90,27 +76,39 @@ fn run() {
     }
 }
 
-/// Cancels `lookup` of `core`'s session after `timeout` (an error that
-/// names the timeout), unless it completes first. Without a timer thread
-/// (none could start) it is cancelled at once: it fails rather than wait
-/// forever. A timeout too long for an `Instant` never fires.
-pub(crate) fn cancel_after(core: &Arc<SessionCore>, lookup: u64, timeout: Duration) {
+/// Runs `job` after `timeout`; at once if no timer thread could start
+/// (what waits on the deadline then ends early rather than never). A
+/// timeout too long for an `Instant` never comes: the job is dropped.
+pub(crate) fn after(timeout: Duration, job: Job) {
     // Beyond what an `Instant` can hold: never.
     let Some(at) = Instant::now().checked_add(timeout) else {
         return;
     };
-    let waiting = Waiting {
-        core: Arc::downgrade(core),
-        lookup,
-        timeout,
-    };
     if !timer_runs() {
-        return waiting.fire();
+        return job();
     }
     let mut guard = deadlines();
     let key = (at, guard.set);
     guard.set += 1;
-    guard.due.insert(key, waiting);
+    guard.due.insert(key, job);
     drop(guard);
     CHANGED.notify_one();
+}
+
+/// Cancels `lookup` of `core`'s session after `timeout` (an error that
+/// names the timeout), unless it completes first, or its session ends.
+pub(crate) fn cancel_after(core: &Arc<SessionCore>, lookup: u64, timeout: Duration) {
+    let core = Arc::downgrade(core);
+    after(
+        timeout,
+        Box::new(move || {
+            // A lookup complete by now ignores it.
+            if let Some(core) = core.upgrade() {
+                core.send(Msg::Cancel {
+                    lookup,
+                    timeout_millis: Some(timeout.as_millis()),
+                });
+            }
+        }),
+    );
 }
