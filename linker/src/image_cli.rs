@@ -514,12 +514,14 @@ fn check_private(path: &std::path::Path, what: &str) -> Result<(), String> {
 /// linked in imaging mode and stored there (a miss). A damaged or stale
 /// entry is reported in one line on stderr, relinked and replaced. Inputs
 /// that cannot be imaged are returned as they are (one line says why).
+/// A miss links on rayon's threads if `parallel`.
 pub(crate) fn cached(
     dir: &std::path::Path,
     paths: &[std::path::PathBuf],
     libs: &[String],
     lib_dirs: &[std::path::PathBuf],
     stats: bool,
+    parallel: bool,
 ) -> Result<Cached, String> {
     private_dir(dir)?;
     // Inputs unchanged since they were hashed (same identities): the index
@@ -532,6 +534,7 @@ pub(crate) fn cached(
     }
     let mut options = LinkOptions::default();
     options.imaging = true;
+    options.parallel = parallel;
     // The key is the inputs' bytes, hashed from read-only mappings: a hit
     // copies none of them (reading ~0.6 MB of Lua's objects into fresh
     // memory was ~15% of a hit); a miss copies them for the linker.

@@ -163,7 +163,9 @@ struct RunArgs {
     /// Print phase timings and counts (objects, symbols, relocations) to stderr.
     #[arg(long)]
     stats: bool,
-    /// Worker threads that link (default: one per core).
+    /// Threads that link: N engine workers, and N threads for the work a
+    /// link splits (opening inputs, parsing, fixups); 1 links on one thread
+    /// alone (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Link each object only when one of its functions is first called
@@ -446,13 +448,23 @@ fn run_bundled() -> Result<i32, String> {
 }
 
 fn run_files(args: RunArgs) -> Result<i32, String> {
+    limit_threads(&args);
     if let Some(dir) = &args.cache {
         if args.lazy {
             return Err("--cache and --lazy cannot be combined yet".into());
         }
         // The key is the inputs' bytes: every input is hashed (mapped, not
         // read, unless the entry is missing).
-        return match image_cli::cached(dir, &args.inputs, &args.libs, &args.lib_dirs, args.stats)? {
+        let parallel = !one_thread(&args);
+        let cached = image_cli::cached(
+            dir,
+            &args.inputs,
+            &args.libs,
+            &args.lib_dirs,
+            args.stats,
+            parallel,
+        )?;
+        return match cached {
             image_cli::Cached::Image(image) => link_and_run(&args, Vec::new(), vec![image], false),
             image_cli::Cached::Images(images) => link_and_run(&args, Vec::new(), images, false),
             // The inputs themselves: they cannot be imaged.
@@ -486,6 +498,22 @@ enum Opened {
     Bytes(FileBytes),
 }
 
+/// Whether `--threads` asks for one thread: nothing is split over rayon's.
+fn one_thread(args: &RunArgs) -> bool {
+    args.threads.is_some_and(|n| n <= 1)
+}
+
+/// `--threads N` (N > 1) as the size of rayon's pool, which the split
+/// work runs on (before anything starts it with a thread per core).
+fn limit_threads(args: &RunArgs) {
+    if let Some(n) = args.threads.filter(|&n| n > 1) {
+        // Fails only if the pool already exists: nothing of this run made it.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
 /// Inputs at least this large are mapped rather than read (with `map`):
 /// below it a read costs less than mapping and unmapping.
 const MAP_INPUTS_FROM: u64 = 16 << 10;
@@ -505,7 +533,7 @@ fn open_inputs(args: &RunArgs) -> Vec<Result<Opened, String>> {
         let map = !args.lazy && path.extension().is_none_or(|e| e != "a");
         open_input(path, map)
     };
-    if args.inputs.len() < OPEN_IN_PARALLEL_FROM {
+    if args.inputs.len() < OPEN_IN_PARALLEL_FROM || one_thread(args) {
         return args.inputs.iter().map(open).collect();
     }
     use rayon::prelude::*;
@@ -807,6 +835,7 @@ impl Run {
         // point is looked up: prepare it while the engine records its symbols.
         let mut options = LinkOptions::default();
         options.prepare_early = !args.lazy;
+        options.parallel = !one_thread(args);
         let layer = ObjectLayer::with_options(&session, options);
         // The inputs are a program: tear down like exit(), not dlclose.
         layer.set_executable_teardown(true);
@@ -1071,7 +1100,10 @@ fn add_eagerly(
     }
     // One image for all inputs: static-link semantics across objects
     // (COMDAT, init priorities, TLS), archive members pulled on demand.
-    let mut linker = Linker::new(LinkOptions::default());
+    // Read on as many threads as the layer links on.
+    let mut options = LinkOptions::default();
+    options.parallel = layer.link_options().parallel;
+    let mut linker = Linker::new(options);
     let objects = !inputs.is_empty();
     for input in inputs {
         if input.name.ends_with(".a") {
@@ -1157,6 +1189,9 @@ fn print_link_stats(r: &StatsReport<'_>) {
         stats.got_entries, stats.plt_stubs
     );
     eprintln!("  bytes mapped           {}", stats.bytes);
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        eprintln!("  threads now            {}", tasks.count());
+    }
     if let Some(m) = lazy {
         eprintln!("  lazy reentries         {}", m.reentries());
         eprintln!("  lazy functions linked  {}", m.linked());

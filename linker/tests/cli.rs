@@ -268,6 +268,45 @@ fn noexec_links_without_running_and_stats_reports_the_work() {
     }
 }
 
+/// The count `--stats` gives on its `threads now` line.
+fn threads_now(out: &Output) -> usize {
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("threads now"))
+        .unwrap_or_else(|| panic!("no threads line: {}", show(out)));
+    line.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+#[test]
+fn threads_1_links_on_one_thread_and_n_sizes_the_helpers() {
+    let dir = scratch("threads");
+    // Enough inputs that they are opened on helper threads.
+    let mut inputs: Vec<PathBuf> = (0..20)
+        .map(|i| {
+            let src = format!("int f{i}(void) {{ return {i}; }}\n");
+            compile_c_text(&dir, &format!("f{i}"), &src, &["-O2"])
+        })
+        .collect();
+    let calls: String = (0..20).map(|i| format!("+ f{i}()")).collect();
+    let decls: String = (0..20).map(|i| format!("int f{i}(void);")).collect();
+    let main = format!("{decls}\nint main(void) {{ return 0 {calls}; }}\n");
+    inputs.push(compile_c_text(&dir, "main", &main, &["-O2"]));
+    let run = |threads: &str| {
+        let mut cmd = kiln();
+        cmd.args(["run", "--stats", "--threads", threads]);
+        cmd.args(&inputs).output().unwrap()
+    };
+    let one = run("1");
+    assert_eq!(one.status.code(), Some(190), "{}", show(&one));
+    // The main thread and the one worker: nothing split over others.
+    assert_eq!(threads_now(&one), 2, "{}", show(&one));
+    let three = run("3");
+    assert_eq!(three.status.code(), Some(190), "{}", show(&three));
+    // Three workers and at most three helpers besides the main thread.
+    assert!(threads_now(&three) <= 7, "{}", show(&three));
+}
+
 #[test]
 fn archives_supply_members_on_demand_and_l_loads_libraries() {
     let dir = scratch("archive");
