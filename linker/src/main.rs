@@ -507,6 +507,8 @@ fn one_thread(args: &RunArgs) -> bool {
 /// work runs on (before anything starts it with a thread per core).
 fn limit_threads(args: &RunArgs) {
     if let Some(n) = args.threads.filter(|&n| n > 1) {
+        // Its threads' heaps, too, before they start.
+        heaps_on_huge_pages();
         // Fails only if the pool already exists: nothing of this run made it.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -522,10 +524,11 @@ const MAP_INPUTS_FROM: u64 = 16 << 10;
 const OPEN_IN_PARALLEL_FROM: usize = 16;
 
 /// Every input of `args` opened ([`open_input`]), in order. Many are opened
-/// in parallel: opening is mostly the kernel's work (`openat`, `statx`, and
-/// the `mmap` that maps the page cache's pages with `MAP_POPULATE`), 18 %
-/// of the kernel's cycles of `kiln run --noexec` on the 201-object synth
-/// input, all on one thread before any object is read.
+/// in parallel: opening is mostly the kernel's work (`openat`, `statx`,
+/// `mmap`), all on one thread before any object is read otherwise (with
+/// the mappings populated, 18 % of the kernel's cycles of `kiln run
+/// --noexec` on the 201-object synth input; opened in turn now that they
+/// are not: 1.07× wall in 40 pairs).
 fn open_inputs(args: &RunArgs) -> Vec<Result<Opened, String>> {
     // Objects linked at once are mapped; `--lazy` and archives keep their
     // bytes in vectors.

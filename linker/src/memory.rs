@@ -1320,7 +1320,12 @@ impl Drop for Allocation {
 /// Mapping saves the CLI a page fault per page and a copy per byte: `read`
 /// copies each page of the page cache into a fresh heap page (one fault
 /// each: on the 200-object synth input, 4,700 of kiln's 15,000 faults),
-/// while `MAP_POPULATE` maps the page cache's own pages in one call.
+/// while a mapping reads the page cache's own pages, each fault mapping
+/// the cached pages around it too. Not `MAP_POPULATE`: populating holds
+/// the process's memory-map lock while it maps every page, and the threads
+/// opening and parsing other inputs meanwhile wait on it to grow their
+/// heaps (synth's `kiln run --noexec`: 2–3.5 ms more system time, 1.4 ms
+/// more wall, the same on one thread; docs/performance-link.md).
 pub struct FileBytes(FileRepr);
 
 enum FileRepr {
@@ -1341,8 +1346,8 @@ unsafe impl Send for FileBytes {}
 unsafe impl Sync for FileBytes {}
 
 impl FileBytes {
-    /// `file`'s bytes, mapped private and read-only with `MAP_POPULATE`.
-    /// An empty file is read (nothing to map).
+    /// `file`'s bytes, mapped private and read-only; pages are faulted in
+    /// as they are read. An empty file is read (nothing to map).
     ///
     /// # Safety
     ///
@@ -1353,7 +1358,7 @@ impl FileBytes {
     pub unsafe fn map(file: &std::fs::File) -> std::io::Result<FileBytes> {
         let len = file.metadata()?.len();
         // SAFETY: as this function's.
-        unsafe { FileBytes::map_with(file, len, MapFlags::POPULATE) }
+        unsafe { FileBytes::map_with(file, len, MapFlags::empty()) }
     }
 
     /// `file`'s `len` bytes (its size, as the caller's `fstat` said),
