@@ -85,8 +85,13 @@ impl State {
             .collect();
         self.graph.emit(&emit_groups, &mut sc.ready);
         drop(emit_groups);
-        for i in 0..sc.ready.len() {
-            self.mark_ready(sc.ready[i], fx);
+        // All published first, then their waiters told: the index writes
+        // run back to back, their cache misses overlapping.
+        for &sid in &sc.ready {
+            self.publish_ready(sid);
+        }
+        for &sid in &sc.ready {
+            self.notify_waiters(sid, fx);
         }
         for uid in lazy_deps {
             self.start_unit(core, uid, fx);
@@ -246,11 +251,17 @@ impl State {
     }
 
     pub(super) fn mark_ready(&mut self, sid: SymId, fx: &mut Effects) {
+        self.publish_ready(sid);
+        self.notify_waiters(sid, fx);
+    }
+
+    /// `sid` Ready, in its state and its dylib's index (lookups that read
+    /// the index without the actor find it now); its waiters not told yet.
+    fn publish_ready(&mut self, sid: SymId) {
         let s = &mut self.syms[sid as usize];
         s.state = SymbolState::Ready;
         let def = SymbolDef::new(s.address, s.flags);
         let index = &self.dylibs[s.dylib as usize].shared.index;
         index.set(&s.name, IndexEntry { def, ready: true }, sid);
-        self.notify_waiters(sid, fx);
     }
 }
