@@ -78,6 +78,9 @@ pub use qualified::QualifiedNames;
 pub use responsibility::{DependenceGroup, Responsibility};
 pub use session::{Dylib, Session, SessionBuilder};
 pub use symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
+#[doc(hidden)]
+#[cfg(not(any(kiln_loom, kiln_shuttle)))]
+pub use timer::pending_deadlines;
 pub use tracker::{ResourceKey, ResourceManager, ResourceTracker};
 pub use unit::{Alias, MaterializationUnit, absolute_symbols, reexports};
 

@@ -428,6 +428,10 @@ struct Slot {
     waker: Option<Waker>,
     callback: Option<Callback>,
     helper: Option<Arc<PoolShared>>,
+    /// The deadline of a lookup that awaits definitions for a while,
+    /// cancelled when it completes first.
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+    deadline: Option<crate::timer::Deadline>,
 }
 
 impl fmt::Debug for LookupShared {
@@ -481,6 +485,12 @@ impl LookupShared {
             return;
         }
         slot.completed = true;
+        // Nothing is locked under the timer's lock, and its job holds only
+        // a weak reference: dropped here, it runs nothing.
+        #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+        if let Some(deadline) = slot.deadline.take() {
+            crate::timer::cancel(deadline);
+        }
         if let Some(callback) = slot.callback.take() {
             drop(slot);
             core.dispatch(Task::new("lookup completion callback", move || {
@@ -504,6 +514,19 @@ impl LookupShared {
 
     fn is_completed(&self) -> bool {
         self.slot.lock().completed
+    }
+
+    /// Keeps `deadline` to cancel when the lookup completes; cancels it now
+    /// if it has.
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+    pub(crate) fn set_deadline(&self, deadline: crate::timer::Deadline) {
+        let mut slot = self.slot.lock();
+        if slot.completed {
+            drop(slot);
+            crate::timer::cancel(deadline);
+        } else {
+            slot.deadline = Some(deadline);
+        }
     }
 
     /// The result, if the lookup has completed (and it was not taken).

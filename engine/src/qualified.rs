@@ -104,6 +104,9 @@ struct Parked {
     wants: Vec<Want>,
     /// The timeout it parked with, if any.
     timeout: Option<Duration>,
+    /// Its deadline on the timer, cancelled when the call ends first.
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+    deadline: Option<crate::timer::Deadline>,
 }
 
 /// A qualified name the generator was asked for.
@@ -256,6 +259,8 @@ impl Generator for QualifiedNames {
             request,
             wants,
             timeout,
+            #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+            deadline: None,
         });
         // The timer may run the expiry at once: not under the lock.
         drop(state);
@@ -275,7 +280,7 @@ impl QualifiedNames {
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
     fn expire_after(&self, id: u64, timeout: Duration) {
         let inner = Arc::downgrade(&self.inner);
-        crate::timer::after(
+        let deadline = crate::timer::after(
             timeout,
             Box::new(move || {
                 let Some(inner) = inner.upgrade() else { return };
@@ -285,6 +290,16 @@ impl QualifiedNames {
                 }
             }),
         );
+        let Some(deadline) = deadline else { return };
+        let mut state = self.inner.state.lock();
+        match state.parked.iter_mut().find(|p| p.id == id) {
+            Some(parked) => parked.deadline = Some(deadline),
+            // Answered or cancelled meanwhile.
+            None => {
+                drop(state);
+                crate::timer::cancel(deadline);
+            }
+        }
     }
 
     /// Models have no timer: parked calls end on register or cancel.
@@ -322,19 +337,30 @@ fn expire(parked: Parked, inner: &Inner) {
 }
 
 /// Removes and returns the parked calls that pass `take`, keeping the
-/// others in order.
+/// others in order. A taken call's deadline is cancelled: it ends now.
 fn take_parked(parked: &mut Vec<Parked>, mut take: impl FnMut(&Parked) -> bool) -> Vec<Parked> {
     let mut taken = Vec::new();
     let mut kept = Vec::with_capacity(parked.len());
     for p in parked.drain(..) {
         if take(&p) {
-            taken.push(p);
+            taken.push(without_deadline(p));
         } else {
             kept.push(p);
         }
     }
     *parked = kept;
     taken
+}
+
+/// `p`, taken from the parked calls, with its deadline cancelled.
+fn without_deadline(
+    #[cfg_attr(any(kiln_loom, kiln_shuttle), allow(unused_mut))] mut p: Parked,
+) -> Parked {
+    #[cfg(not(any(kiln_loom, kiln_shuttle)))]
+    if let Some(deadline) = p.deadline.take() {
+        crate::timer::cancel(deadline);
+    }
+    p
 }
 
 /// Each want's module dylib, in `wants` order (all registered).

@@ -329,18 +329,22 @@ impl Session {
             return Lookup::done(result);
         }
         if let AwaitDefinitions::For(timeout) = await_definitions {
-            self.cancel_after(id, timeout);
+            self.cancel_after(&shared, id, timeout);
         }
         Lookup::pending(self.core.clone(), shared, id)
     }
 
+    /// Fails `lookup` (its slot `shared`) after `timeout` unless it ends
+    /// first: then the slot cancels the deadline.
     #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-    fn cancel_after(&self, lookup: u64, timeout: Duration) {
-        crate::timer::cancel_after(&self.core, lookup, timeout);
+    fn cancel_after(&self, shared: &LookupShared, lookup: u64, timeout: Duration) {
+        if let Some(deadline) = crate::timer::cancel_after(&self.core, lookup, timeout) {
+            shared.set_deadline(deadline);
+        }
     }
 
     #[cfg(any(kiln_loom, kiln_shuttle))]
-    fn cancel_after(&self, _lookup: u64, _timeout: Duration) {}
+    fn cancel_after(&self, _shared: &LookupShared, _lookup: u64, _timeout: Duration) {}
 
     /// Registers a resource manager; it hears about every tracker removal and
     /// transfer from now on.

@@ -16,6 +16,14 @@ use crate::actor::{Msg, SessionCore};
 /// holding what it acts on alive (it holds weak references).
 type Job = Box<dyn FnOnce() + Send>;
 
+/// A deadline set with [`after`], to [`cancel`] once what waits on it ends
+/// first: a long-running host's ended waits leave nothing behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadline {
+    at: Instant,
+    seq: u64,
+}
+
 /// The deadlines, earliest first; at one instant, first asked first
 /// (the second key: a count of deadlines ever set).
 struct Deadlines {
@@ -76,28 +84,51 @@ fn run() {
     }
 }
 
-/// Runs `job` after `timeout`; at once if no timer thread could start
-/// (what waits on the deadline then ends early rather than never). A
-/// timeout too long for an `Instant` never comes: the job is dropped.
-pub(crate) fn after(timeout: Duration, job: Job) {
+/// Runs `job` after `timeout`, unless the returned deadline is cancelled
+/// first; at once if no timer thread could start (what waits on the
+/// deadline then ends early rather than never). A timeout too long for an
+/// `Instant` never comes: the job is dropped. `None`: nothing to cancel.
+#[must_use = "a deadline left set keeps its job until it comes"]
+pub(crate) fn after(timeout: Duration, job: Job) -> Option<Deadline> {
     // Beyond what an `Instant` can hold: never.
-    let Some(at) = Instant::now().checked_add(timeout) else {
-        return;
-    };
+    let at = Instant::now().checked_add(timeout)?;
     if !timer_runs() {
-        return job();
+        job();
+        return None;
     }
     let mut guard = deadlines();
-    let key = (at, guard.set);
+    let deadline = Deadline { at, seq: guard.set };
     guard.set += 1;
-    guard.due.insert(key, job);
+    guard.due.insert((at, deadline.seq), job);
     drop(guard);
     CHANGED.notify_one();
+    Some(deadline)
+}
+
+/// Drops `deadline`'s job if it has not run (a deadline that came already
+/// is gone). The thread sleeps on as it was: an earlier wake finds the
+/// next deadline.
+pub(crate) fn cancel(deadline: Deadline) {
+    let job = deadlines().due.remove(&(deadline.at, deadline.seq));
+    // A job's captures are dropped outside the lock.
+    drop(job);
+}
+
+/// How many deadlines are set and have not come (a test's view of what a
+/// long-running host leaves behind).
+pub fn pending_deadlines() -> usize {
+    deadlines().due.len()
 }
 
 /// Cancels `lookup` of `core`'s session after `timeout` (an error that
-/// names the timeout), unless it completes first, or its session ends.
-pub(crate) fn cancel_after(core: &Arc<SessionCore>, lookup: u64, timeout: Duration) {
+/// names the timeout), unless it completes first (its slot cancels the
+/// deadline), or its session ends.
+#[must_use = "a deadline left set keeps its job until it comes"]
+pub(crate) fn cancel_after(
+    core: &Arc<SessionCore>,
+    lookup: u64,
+    timeout: Duration,
+) -> Option<Deadline> {
     let core = Arc::downgrade(core);
     after(
         timeout,
@@ -110,5 +141,5 @@ pub(crate) fn cancel_after(core: &Arc<SessionCore>, lookup: u64, timeout: Durati
                 });
             }
         }),
-    );
+    )
 }
