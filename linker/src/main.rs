@@ -163,9 +163,10 @@ struct RunArgs {
     /// Print phase timings and counts (objects, symbols, relocations) to stderr.
     #[arg(long)]
     stats: bool,
-    /// Threads that link: N engine workers, and N threads for the work a
-    /// link splits (opening inputs, parsing, fixups); 1 links on one thread
-    /// alone (default: one per core).
+    /// Threads that link: N threads for the work a link splits (opening
+    /// inputs, parsing, fixups), and with --lazy N workers that link objects
+    /// as they are first called; 1 links on one thread alone (default: one
+    /// per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Link each object only when one of its functions is first called
@@ -619,8 +620,7 @@ fn link_and_run(
             Alone::NeedsEngine(image) => images.push(image),
         }
     }
-    let images_only =
-        !args.lazy && args.threads.is_none() && inputs.is_empty() && !images.is_empty();
+    let images_only = inputs.is_empty() && !images.is_empty();
     let run = Run::start(args, images_only)?;
     let input_count = inputs.len() + images.len();
     let lazy = add_inputs(&run, args, &program, inputs, images)?;
@@ -819,12 +819,18 @@ struct Run {
 impl Run {
     /// The session, layer and dylibs for `args` (`-l` libraries loaded).
     fn start(args: &RunArgs, images_only: bool) -> Result<Run, String> {
-        // Images are mapped and bound, not linked: a run of images only (a
-        // cache hit included) has nothing for workers to do in parallel, so
-        // it dispatches in place and starts no worker thread (each costs
-        // ~0.2 ms of CPU and a hand-off per task; see
-        // docs/performance-images.md).
-        let session = if images_only {
+        // Without --lazy the inputs are one unit, linked once the entry
+        // point is looked up, and image files are mapped and bound: the
+        // work runs on this thread (a link's parallel parts on rayon's
+        // pool) and no engine worker starts — each costs a thread start
+        // and a hand-off per task (synth's system time 19 → 15 ms, wall
+        // the same: docs/performance-link.md; a cache hit: see
+        // docs/performance-images.md). --lazy links objects as the
+        // program's threads first call them: a pool of workers.
+        let session = if !args.lazy {
+            if !images_only {
+                heaps_on_huge_pages();
+            }
             Session::builder().dispatcher(InPlaceDispatcher::new())
         } else {
             let threads = args.threads.unwrap_or_else(WorkerPool::available_threads);
