@@ -274,16 +274,29 @@ fn tune_malloc() {
 /// part advised (the free keeps it: below the trim threshold). The other
 /// threads' heaps are made before those threads start: glibc gives a new
 /// thread the arena of a thread that has ended before it makes a new one,
-/// so threads started here at once — as many as a link runs besides the
-/// main one: kiln's workers, rayon's, and the thread that feeds the parse
-/// — each make an arena, advise its heap and end, leaving the arenas for
-/// the threads to come (a thread costs ~0.1 ms).
-fn heaps_on_huge_pages() {
+/// so `threads` threads started here at once — as many as will allocate
+/// besides the main one ([`allocating_threads`]) — each make an arena,
+/// advise its heap and end, leaving the arenas for the threads to come (a
+/// thread, its arena's mapping and its `mprotect` cost ~0.1 ms each, and
+/// they contend for the memory-map lock: a fifth of a small run's samples
+/// went to five of them when two would do).
+fn heaps_on_huge_pages(threads: usize) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         main_heap_on_huge_pages();
-        thread_heaps_on_huge_pages();
+        thread_heaps_on_huge_pages(threads);
     });
+}
+
+/// How many threads besides the main one allocate in a run of `args`:
+/// rayon's (one per core, or `--threads`), none with `--threads 1`, and
+/// with `--lazy` as many engine workers again.
+fn allocating_threads(args: &RunArgs) -> usize {
+    if one_thread(args) {
+        return 0;
+    }
+    let helpers = args.threads.unwrap_or_else(WorkerPool::available_threads);
+    if args.lazy { 2 * helpers } else { helpers }
 }
 
 /// The main heap's part of [`heaps_on_huge_pages`].
@@ -308,10 +321,9 @@ fn main_heap_on_huge_pages() {
 /// The page size kiln's hosts have (x86-64, aarch64 as built by Debian).
 const PAGE: usize = 4096;
 
-/// The other threads' part of [`heaps_on_huge_pages`]: `2 × cores + 1`
-/// arenas, each advised by the thread that made it.
-fn thread_heaps_on_huge_pages() {
-    let cores = WorkerPool::available_threads();
+/// The other threads' part of [`heaps_on_huge_pages`]: `threads` arenas
+/// (at most 16), each advised by the thread that made it.
+fn thread_heaps_on_huge_pages(threads: usize) {
     // Every thread holds its arena until all have one: this write lock is
     // given up once each started thread said it has one.
     let gate = std::sync::RwLock::new(());
@@ -320,7 +332,7 @@ fn thread_heaps_on_huge_pages() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (made, all_made) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
-        let started = (0..(2 * cores + 1).min(16))
+        let started = (0..threads.min(16))
             .filter(|_| {
                 let made = made.clone();
                 let gate = &gate;
@@ -410,7 +422,8 @@ fn kiln_main() -> i32 {
     let result = match command {
         Some(Command::Run(args)) => run_files(args),
         Some(Command::Image(ImageCommand::Save(args))) => {
-            heaps_on_huge_pages();
+            // A save's link splits its work over rayon's threads.
+            heaps_on_huge_pages(WorkerPool::available_threads());
             image_cli::save(&args)
         }
         Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
@@ -509,7 +522,7 @@ fn one_thread(args: &RunArgs) -> bool {
 fn limit_threads(args: &RunArgs) {
     if let Some(n) = args.threads.filter(|&n| n > 1) {
         // Its threads' heaps, too, before they start.
-        heaps_on_huge_pages();
+        heaps_on_huge_pages(allocating_threads(args));
         // Fails only if the pool already exists: nothing of this run made it.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -541,7 +554,7 @@ fn open_inputs(args: &RunArgs) -> Vec<Result<Opened, String>> {
         return args.inputs.iter().map(open).collect();
     }
     use rayon::prelude::*;
-    heaps_on_huge_pages();
+    heaps_on_huge_pages(allocating_threads(args));
     args.inputs.par_iter().map(open).collect()
 }
 
@@ -829,12 +842,12 @@ impl Run {
         // program's threads first call them: a pool of workers.
         let session = if !args.lazy {
             if !images_only {
-                heaps_on_huge_pages();
+                heaps_on_huge_pages(allocating_threads(args));
             }
             Session::builder().dispatcher(InPlaceDispatcher::new())
         } else {
             let threads = args.threads.unwrap_or_else(WorkerPool::available_threads);
-            heaps_on_huge_pages();
+            heaps_on_huge_pages(allocating_threads(args));
             // Attached from the start, as the builder's workers.
             let attach = kiln_linker::runtime::tls::attach_current_thread;
             Session::builder().dispatcher(WorkerPool::with_start(threads, attach))
