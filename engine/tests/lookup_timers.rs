@@ -3,8 +3,11 @@
 //! generators with parked calls, start at most one thread, and deadlines
 //! fire earliest first, each failing its own call only.
 
+mod common;
+
 use std::time::Duration;
 
+use common::awaiting;
 use kiln_engine::qualified::QualifiedNames;
 use kiln_engine::*;
 
@@ -16,15 +19,6 @@ fn timer_threads() -> usize {
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .filter(|name| name.starts_with("kiln-timer") || name.starts_with("kiln-qualified"))
         .count()
-}
-
-fn awaiting(d: &Dylib, name: &SymbolName, timeout: Duration) -> LookupRequest {
-    LookupRequest::new(
-        SearchOrder::new().with(d, DylibLookup::All),
-        LookupSet::required([name.clone()]),
-        RequiredState::Ready,
-    )
-    .await_definitions(AwaitDefinitions::For(timeout))
 }
 
 #[test]

@@ -4,21 +4,15 @@
 //! deadline kept its job, and the memory it holds, until it came). Its own
 //! process: the timer is the process's.
 
+mod common;
+
 use std::time::Duration;
 
+use common::awaiting;
 use kiln_engine::qualified::QualifiedNames;
 use kiln_engine::*;
 
 const LONG: Duration = Duration::from_secs(600);
-
-fn awaiting(d: &Dylib, name: &SymbolName) -> LookupRequest {
-    LookupRequest::new(
-        SearchOrder::new().with(d, DylibLookup::All),
-        LookupSet::required([name.clone()]),
-        RequiredState::Ready,
-    )
-    .await_definitions(AwaitDefinitions::For(LONG))
-}
 
 #[test]
 fn ended_waits_leave_no_deadline_behind() {
@@ -30,7 +24,7 @@ fn ended_waits_leave_no_deadline_behind() {
     let names: Vec<SymbolName> = (0..500).map(|i| s.intern(&format!("late{i}"))).collect();
     let lookups: Vec<Lookup> = names
         .iter()
-        .map(|n| s.lookup_with(&awaiting(&d, n)))
+        .map(|n| s.lookup_with(&awaiting(&d, n, LONG)))
         .collect();
     assert_eq!(pending_deadlines(), 500);
     let def = SymbolDef::new(0x1000, SymbolFlags::EXPORTED);
@@ -44,7 +38,7 @@ fn ended_waits_leave_no_deadline_behind() {
     // Lookups cancelled by their callers.
     let never = s.intern("never");
     let lookups: Vec<Lookup> = (0..100)
-        .map(|_| s.lookup_with(&awaiting(&d, &never)))
+        .map(|_| s.lookup_with(&awaiting(&d, &never, LONG)))
         .collect();
     assert_eq!(pending_deadlines(), 100);
     for l in lookups {

@@ -93,3 +93,14 @@ pub fn slot<T>() -> (Slot<T>, Slot<T>) {
     let s = Arc::new(Mutex::new(None));
     (s.clone(), s)
 }
+
+/// A lookup of `name` Ready in `d` that waits up to `timeout` for a
+/// definition to arrive.
+pub fn awaiting(d: &Dylib, name: &SymbolName, timeout: std::time::Duration) -> LookupRequest {
+    LookupRequest::new(
+        SearchOrder::new().with(d, DylibLookup::All),
+        LookupSet::required([name.clone()]),
+        RequiredState::Ready,
+    )
+    .await_definitions(AwaitDefinitions::For(timeout))
+}
