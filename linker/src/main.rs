@@ -633,8 +633,7 @@ fn link_and_run(
             Alone::NeedsEngine(image) => images.push(image),
         }
     }
-    let images_only = inputs.is_empty() && !images.is_empty();
-    let run = Run::start(args, images_only)?;
+    let run = Run::start(args, heaps_for(args, &inputs))?;
     let input_count = inputs.len() + images.len();
     let lazy = add_inputs(&run, args, &program, inputs, images)?;
     let link_start = Instant::now();
@@ -820,6 +819,24 @@ fn finalize_alone_at_exit() {
     }
 }
 
+/// Inputs smaller than this give an eager link nothing to split over
+/// rayon's threads (objects are read on them from 2 MiB, fixups split from
+/// 20,000 relocations or 1 MiB of code): no heaps are prepared for those
+/// threads.
+const SPLIT_FROM_BYTES: usize = 1 << 20;
+
+/// The heaps a run of `args` with `inputs` prepares ([`heaps_on_huge_pages`]):
+/// none for image files alone (mapped, not linked), else the main one and
+/// one for each thread that will allocate.
+fn heaps_for(args: &RunArgs, inputs: &[Input]) -> Option<usize> {
+    if inputs.is_empty() {
+        return None;
+    }
+    let bytes: usize = inputs.iter().map(|i| i.bytes.len()).sum();
+    let small = !args.lazy && bytes < SPLIT_FROM_BYTES;
+    Some(if small { 0 } else { allocating_threads(args) })
+}
+
 /// A run's engine: its session, the object layer, and the two dylibs
 /// (`main` for the inputs, `<host>` for the process and `-l` libraries).
 struct Run {
@@ -830,8 +847,12 @@ struct Run {
 }
 
 impl Run {
-    /// The session, layer and dylibs for `args` (`-l` libraries loaded).
-    fn start(args: &RunArgs, images_only: bool) -> Result<Run, String> {
+    /// The session, layer and dylibs for `args` (`-l` libraries loaded),
+    /// with the `heaps` [`heaps_for`] says.
+    fn start(args: &RunArgs, heaps: Option<usize>) -> Result<Run, String> {
+        if let Some(threads) = heaps {
+            heaps_on_huge_pages(threads);
+        }
         // Without --lazy the inputs are one unit, linked once the entry
         // point is looked up, and image files are mapped and bound: the
         // work runs on this thread (a link's parallel parts on rayon's
@@ -841,13 +862,9 @@ impl Run {
         // docs/performance-images.md). --lazy links objects as the
         // program's threads first call them: a pool of workers.
         let session = if !args.lazy {
-            if !images_only {
-                heaps_on_huge_pages(allocating_threads(args));
-            }
             Session::builder().dispatcher(InPlaceDispatcher::new())
         } else {
             let threads = args.threads.unwrap_or_else(WorkerPool::available_threads);
-            heaps_on_huge_pages(allocating_threads(args));
             // Attached from the start, as the builder's workers.
             let attach = kiln_linker::runtime::tls::attach_current_thread;
             Session::builder().dispatcher(WorkerPool::with_start(threads, attach))
