@@ -802,12 +802,13 @@ impl Allocation {
     }
 
     /// Map the allocation's pages now, because every one is about to be
-    /// written: large allocations on a rayon thread (wait with the returned
-    /// [`Prefault`] before finalizing; dropping it waits too), smaller ones
-    /// here, small ones not at all. Best effort: kernels before 5.14 say
-    /// EINVAL, and the pages then fault in as they are written.
-    pub fn prefault(&self) -> Prefault {
-        self.prefault_runs(vec![(0, self.len)], true)
+    /// written: large allocations on a rayon thread if `background` (wait
+    /// with the returned [`Prefault`] before finalizing; dropping it waits
+    /// too), smaller ones here, small ones not at all. Best effort: kernels
+    /// before 5.14 say EINVAL, and the pages then fault in as they are
+    /// written.
+    pub fn prefault(&self, background: bool) -> Prefault {
+        self.prefault_runs(vec![(0, self.len)], background)
     }
 
     /// [`Allocation::prefault`] for the runs `(offset, len)` of the
@@ -1357,8 +1358,8 @@ impl FileBytes {
     /// `ld`, mold and lld assume of their inputs.
     pub unsafe fn map(file: &std::fs::File) -> std::io::Result<FileBytes> {
         let len = file.metadata()?.len();
-        // SAFETY: as this function's.
-        unsafe { FileBytes::map_with(file, len, MapFlags::empty()) }
+        // SAFETY: as this function's; `len` is the file's size.
+        unsafe { FileBytes::map_sized(file, len, false) }
     }
 
     /// `file`'s `len` bytes (its size, as the caller's `fstat` said),
@@ -1740,7 +1741,7 @@ mod tests {
             // mov eax, 42; ret
             mem[..6].copy_from_slice(&[0xb8, 42, 0, 0, 0, 0xc3]);
             mem[PAGE as usize + 100] = 9;
-            assert!(a.prefault().0.is_none(), "nothing to map ahead");
+            assert!(a.prefault(true).0.is_none(), "nothing to map ahead");
             a.finalize_with(
                 &[(0, PAGE, Prot::ReadExec), (PAGE, 2 * PAGE, Prot::Read)],
                 poke,
@@ -1908,14 +1909,14 @@ mod tests {
     fn prefault_maps_pages_and_keeps_contents() {
         // Below the threshold: nothing happens.
         let small = Allocation::new(PAGE, Placement::Near).unwrap().unwrap();
-        let mut p = small.prefault();
+        let mut p = small.prefault(true);
         p.wait();
         // Synchronous.
         let mut mid = Allocation::new(PREFAULT_BYTES, Placement::Near)
             .unwrap()
             .unwrap();
         mid.bytes_mut().unwrap()[5] = 7;
-        let mut p = mid.prefault();
+        let mut p = mid.prefault(true);
         p.wait();
         assert_eq!(resident(mid.base(), mid.len()), (mid.len() / PAGE) as usize);
         assert_eq!(mid.bytes_mut().unwrap()[5], 7, "contents kept");
@@ -1923,7 +1924,7 @@ mod tests {
         let mut big = Allocation::new(PREFAULT_BACKGROUND_BYTES * 2, Placement::Near)
             .unwrap()
             .unwrap();
-        let mut p = big.prefault();
+        let mut p = big.prefault(true);
         let bytes = big.bytes_mut().unwrap();
         for (i, b) in bytes.iter_mut().enumerate().step_by(PAGE as usize) {
             *b = (i / PAGE as usize) as u8 | 1;
@@ -1944,7 +1945,7 @@ mod tests {
         let other = Allocation::new(PREFAULT_BACKGROUND_BYTES, Placement::Near)
             .unwrap()
             .unwrap();
-        drop(other.prefault());
+        drop(other.prefault(true));
     }
 
     #[test]

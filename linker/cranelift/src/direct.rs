@@ -430,7 +430,7 @@ pub(crate) fn place(
         return Ok(None);
     }
     if let Some(memory) = &mut memory {
-        let prefault = memory.prefault_runs(vec![(0, memory.len())], batch.parallel);
+        let prefault = memory.prefault(batch.parallel);
         let Some(bytes) = memory.bytes_mut() else {
             return Ok(None);
         };
