@@ -128,6 +128,11 @@ struct SaveArgs {
     /// `kiln run --noexec --stats`).
     #[arg(long)]
     stats: bool,
+    /// Threads that link: N threads for the work the link splits (opening
+    /// inputs, parsing, fixups, the build id's hash); 1 links on one thread
+    /// alone (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -423,7 +428,13 @@ fn kiln_main() -> i32 {
         Some(Command::Run(args)) => run_files(args),
         Some(Command::Image(ImageCommand::Save(args))) => {
             // A save's link splits its work over rayon's threads.
-            heaps_on_huge_pages(WorkerPool::available_threads());
+            let helpers = match args.threads {
+                Some(n) if n <= 1 => 0,
+                Some(n) => n,
+                None => WorkerPool::available_threads(),
+            };
+            heaps_on_huge_pages(helpers);
+            pool_of(args.threads);
             image_cli::save(&args)
         }
         Some(Command::Image(ImageCommand::Info(args))) => image_cli::info(&args),
@@ -520,9 +531,16 @@ fn one_thread(args: &RunArgs) -> bool {
 /// `--threads N` (N > 1) as the size of rayon's pool, which the split
 /// work runs on (before anything starts it with a thread per core).
 fn limit_threads(args: &RunArgs) {
-    if let Some(n) = args.threads.filter(|&n| n > 1) {
+    if args.threads.is_some_and(|n| n > 1) {
         // Its threads' heaps, too, before they start.
         heaps_on_huge_pages(allocating_threads(args));
+    }
+    pool_of(args.threads);
+}
+
+/// rayon's pool of `threads` (when given, and more than one).
+fn pool_of(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|&n| n > 1) {
         // Fails only if the pool already exists: nothing of this run made it.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)

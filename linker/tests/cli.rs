@@ -306,6 +306,24 @@ fn threads_1_links_on_one_thread_and_n_sizes_the_helpers() {
     assert_eq!(three.status.code(), Some(190), "{}", show(&three));
     // At most three helpers besides the main thread.
     assert!(threads_now(&three) <= 4, "{}", show(&three));
+
+    // `kiln image save` the same: one thread, or N helpers, and the same
+    // image either way.
+    let save = |threads: &str| {
+        let image = dir.join(format!("threads-{threads}.kimg"));
+        let mut cmd = kiln();
+        cmd.args(["image", "save", "--stats", "--threads", threads, "-o"]);
+        let out = cmd.arg(&image).args(&inputs).output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        (out, std::fs::read(&image).unwrap(), image)
+    };
+    let (one, one_bytes, one_image) = save("1");
+    assert_eq!(threads_now(&one), 1, "{}", show(&one));
+    let (three, three_bytes, _) = save("3");
+    assert!(threads_now(&three) <= 4, "{}", show(&three));
+    assert!(one_bytes == three_bytes, "the two saves differ");
+    let ran = kiln().arg("run").arg(&one_image).output().unwrap();
+    assert_eq!(ran.status.code(), Some(190), "{}", show(&ran));
 }
 
 #[test]
