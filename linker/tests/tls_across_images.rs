@@ -162,7 +162,8 @@ fn the_address_of_a_thread_local_is_the_calling_threads_instance() {
     tls_add(2);
     // SAFETY: this thread's `tcount`, an aligned live int.
     assert_eq!(unsafe { mine.read() }, 7);
-    // SAFETY: as above.
+    // SAFETY: this thread's `tcount`, an aligned live int no other
+    // thread writes.
     unsafe { mine.write(40) };
     assert_eq!(tls_get(), 40);
     let theirs = std::thread::scope(|s| {
@@ -244,7 +245,7 @@ fn initial_exec_code_is_refused_a_dynamic_modules_thread_local_naming_it() {
         .unwrap();
     // SAFETY: the C signatures above.
     assert_eq!(unsafe { j.get::<Get>("gd_f") }.unwrap()(), 18);
-    // SAFETY: as above; the link fails before any call.
+    // SAFETY: the C signature above; the link fails before any call.
     let e = unsafe { j.get::<Get>("ie_f") }.expect_err("initial-exec needs static TLS");
     let chain = error_chain(&e);
     for needle in ["`tbig`", "-fPIC", "static TLS"] {
@@ -444,7 +445,7 @@ fn a_thread_local_that_cannot_be_bound_fails_only_its_user_in_one_lookup() {
     look_up_together(&j, &["ie2_f", "plain2_f", "plain_f"]);
     // SAFETY: the C signature above.
     assert_eq!(unsafe { j.get::<Get>("plain_f") }.unwrap()(), 4);
-    // SAFETY: as above; the link failed before any call.
+    // SAFETY: the C signature above; the link failed before any call.
     let e = unsafe { j.get::<Get>("ie2_f") }.expect_err("initial-exec needs static TLS");
     assert!(error_chain(&e).contains("`tbig2`"), "{}", error_chain(&e));
 }
@@ -470,7 +471,7 @@ fn a_thread_local_used_as_data_fails_only_its_user_in_one_lookup() {
     look_up_together(&j, &["as_data3", "plain3"]);
     // SAFETY: the C signature above.
     assert_eq!(unsafe { j.get::<Get>("plain3") }.unwrap()(), 4);
-    // SAFETY: as above; the link failed before any call.
+    // SAFETY: the C signature above; the link failed before any call.
     let e = unsafe { j.get::<Get>("as_data3") }.expect_err("a thread-local is no address");
     let chain = error_chain(&e);
     assert!(
