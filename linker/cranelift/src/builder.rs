@@ -45,21 +45,22 @@ impl KilnBuilder {
     /// after `is_pic = false` (`("is_pic", "true")` works too: kiln links
     /// PIC code through its GOT).
     pub fn with_flags(flags: &[(&str, &str)], libcall_names: LibcallNames) -> Result<Self, Error> {
-        let setting = |e: settings::SetError| Error::Unsupported {
-            what: format!("cranelift setting: {e}"),
-        };
         let mut flag_builder = settings::builder();
-        flag_builder.set("is_pic", "false").map_err(setting)?;
-        for (name, value) in flags {
-            flag_builder.set(name, value).map_err(setting)?;
+        for &(name, value) in std::iter::once(&("is_pic", "false")).chain(flags) {
+            flag_builder
+                .set(name, value)
+                .map_err(|source| Error::Setting {
+                    name: name.into(),
+                    value: value.into(),
+                    source,
+                })?;
         }
-        let isa_builder = cranelift_native::builder().map_err(|e| Error::Unsupported {
-            what: format!("this host as a cranelift target: {e}"),
-        })?;
+        let isa_builder =
+            cranelift_native::builder().map_err(|e| Error::HostTarget { source: e.into() })?;
         let isa = isa_builder
             .finish(settings::Flags::new(flag_builder))
-            .map_err(|e| Error::Unsupported {
-                what: format!("this host as a cranelift target: {e}"),
+            .map_err(|e| Error::HostTarget {
+                source: Box::new(e),
             })?;
         Ok(Self::with_isa(isa, libcall_names))
     }

@@ -17,13 +17,38 @@ pub enum Error {
     #[error(transparent)]
     Link(Box<kiln_linker::LinkError>),
     /// Cranelift could not compile a function.
-    #[error("compiling {function}: {detail}")]
+    #[error("compiling {function}")]
     Compile {
         /// The function.
         function: String,
-        /// Cranelift's message.
-        detail: String,
+        /// Cranelift's error.
+        #[source]
+        source: cranelift_codegen::CodegenError,
     },
+    /// A cranelift setting given to [`crate::KilnBuilder::with_flags`] is
+    /// unknown or has a bad value (user error).
+    #[error("cranelift setting {name} = {value}")]
+    Setting {
+        /// The setting's name.
+        name: String,
+        /// The value given.
+        value: String,
+        /// Cranelift's error.
+        #[source]
+        source: cranelift_codegen::settings::SetError,
+    },
+    /// Cranelift cannot compile for this host (implementation limit).
+    #[error("this host as a cranelift target")]
+    HostTarget {
+        /// Cranelift's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// What cranelift-module's rules refuse (a second definition, a
+    /// definition of an import): the [`ModuleError`] cranelift-jit returns,
+    /// given back as it is through the [`cranelift_module::Module`] trait.
+    #[error(transparent)]
+    Declaration(Box<ModuleError>),
     /// A relocation kind this backend cannot link on this target
     /// (implementation limit).
     #[error("{function}: relocation {reloc} is not supported by kiln-cranelift on this target")]
@@ -64,21 +89,24 @@ pub enum Error {
     /// No such group, or it was freed already (user error).
     #[error("group {0} does not exist or was freed")]
     NoGroup(usize),
-    /// An error of cranelift-module's (a duplicate definition, a bad
-    /// declaration).
+    /// A call that does not fit the declarations (an id never declared,
+    /// code without its function's record).
     #[error("{0}")]
     Module(String),
 }
 
 impl From<Error> for ModuleError {
     fn from(e: Error) -> ModuleError {
-        ModuleError::Backend(anyhow::Error::new(e))
+        match e {
+            Error::Declaration(e) => *e,
+            e => ModuleError::Backend(anyhow::Error::new(e)),
+        }
     }
 }
 
 impl From<ModuleError> for Error {
     fn from(e: ModuleError) -> Error {
-        Error::Module(e.to_string())
+        Error::Declaration(Box::new(e))
     }
 }
 

@@ -468,23 +468,24 @@ pub(crate) fn compile_function(
     ctrl_plane: &mut ControlPlane,
     shared: &Shared,
 ) -> Result<FuncCode, Error> {
-    let detail = ctx
-        .compile(isa, ctrl_plane)
-        .err()
-        .map(|e| format!("{:?}", e.inner));
-    if let Some(detail) = detail {
+    let function = || {
+        shared
+            .names()
+            .funcs
+            .get(id.as_u32() as usize)
+            .map_or_else(|| id.to_string(), |f| f.name.to_string())
+    };
+    if let Err(e) = ctx.compile(isa, ctrl_plane) {
         return Err(Error::Compile {
-            function: shared
-                .names()
-                .funcs
-                .get(id.as_u32() as usize)
-                .map_or_else(|| id.to_string(), |f| f.name.to_string()),
-            detail,
+            function: function(),
+            source: e.inner,
         });
     }
-    let compiled = ctx.compiled_code().ok_or_else(|| Error::Compile {
-        function: id.to_string(),
-        detail: "no code after compiling".into(),
+    let compiled = ctx.compiled_code().ok_or_else(|| {
+        Error::Module(format!(
+            "{}: cranelift gave no code after compiling",
+            function()
+        ))
     })?;
     let align = u64::from(compiled.buffer.alignment)
         .max(u64::from(isa.function_alignment().minimum))

@@ -6,8 +6,12 @@
 
 mod common;
 
-use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
-use kiln_cranelift::KilnModule;
+use cranelift_codegen::CodegenError;
+use cranelift_codegen::ir::InstBuilder;
+use cranelift_codegen::settings::SetError;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{FuncId, Linkage, Module, ModuleError, ModuleReloc, default_libcall_names};
+use kiln_cranelift::{Error, KilnBuilder, KilnModule};
 
 use common::{kiln, sig_i64};
 
@@ -53,4 +57,65 @@ fn defining_an_import_twice_or_undeclared_fails_naming_it_through_both_forms() {
         module.finalize_definitions().expect("finalize");
         assert!(!module.get_finalized_function(local).is_null());
     }
+}
+
+/// A second definition through the `Module` trait is cranelift-jit's own
+/// `ModuleError::DuplicateDefinition` (code matching on it works on both),
+/// and kiln-cranelift's own error keeps it as it is.
+#[test]
+fn a_second_definition_is_cranelift_modules_own_error() {
+    let mut module = kiln(false);
+    let sig = sig_i64(&module);
+    let id = (module.declare_function("twice_fn", Linkage::Export, &sig)).expect("declare");
+    let relocs: &[ModuleReloc] = &[];
+    (module.define_function_bytes(id, 16, BYTES, relocs)).expect("first definition");
+    let e = (module.define_function_bytes(id, 16, BYTES, relocs)).expect_err("defined twice");
+    assert!(
+        matches!(&e, ModuleError::DuplicateDefinition(name) if name == "twice_fn"),
+        "{e:?}"
+    );
+    let e = (module.define_function_bytes_shared(id, 16, BYTES, relocs)).expect_err("twice");
+    assert!(
+        matches!(&e, Error::Declaration(m) if matches!(**m, ModuleError::DuplicateDefinition(_))),
+        "{e:?}"
+    );
+}
+
+/// A bad cranelift setting names the setting and keeps cranelift's error
+/// as the cause; so does a function cranelift refuses to compile.
+#[test]
+fn cranelift_errors_are_kept_as_causes() {
+    let e = KilnBuilder::with_flags(&[("opt_level", "fastest")], default_libcall_names())
+        .expect_err("a bad value");
+    assert!(
+        matches!(&e, Error::Setting { name, .. } if name == "opt_level"),
+        "{e:?}"
+    );
+    let source = std::error::Error::source(&e).expect("a cause");
+    assert!(source.is::<SetError>(), "{source:?}");
+
+    let mut module = kiln(false);
+    let sig = sig_i64(&module);
+    let id = (module.declare_function("bad_fn", Linkage::Export, &sig)).expect("declare");
+    // Returns nothing from a function that returns an i64: the verifier
+    // refuses it.
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+    let block = b.create_block();
+    b.append_block_params_for_function_params(block);
+    b.switch_to_block(block);
+    b.seal_block(block);
+    b.ins().return_(&[]);
+    b.finalize(module.isa().frontend_config());
+    let e = module
+        .define_function_shared(id, &mut ctx, &mut Default::default())
+        .expect_err("not valid IR");
+    assert!(
+        matches!(&e, Error::Compile { function, .. } if function == "bad_fn"),
+        "{e:?}"
+    );
+    let source = std::error::Error::source(&e).expect("a cause");
+    assert!(source.is::<CodegenError>(), "{source:?}");
 }
