@@ -661,129 +661,148 @@ fn repeat(
 
 /// Runs the workload the options name, `o.reps` times, and builds its report.
 pub fn run(o: &Options) -> Result<Report, BenchError> {
-    let d = o.dispatcher;
     if let Some(api) = o.lookup_api {
         adapter::set_lookup_api(api);
     }
     match o.workload {
-        Workload::W1 => {
-            let w = W1 {
-                n: o.n.unwrap_or(100_000),
-                b: o.b,
-            };
-            let mut params = vec![("n", w.n.into()), ("b", w.b.into())];
-            params.extend(dispatcher_params(o));
-            params.push(("lookup_api", adapter::lookup_api().into()));
-            Ok(Report {
-                name: "W1 lookup-ready",
-                workload: "w1",
-                params,
-                ops: w.n as f64,
-                ops_unit: "symbols looked up",
-                reps: repeat(o, || w.rep(d))?,
-                extra: Vec::new(),
-            })
-        }
-        Workload::W2 => {
-            let w = W2 {
-                libs: o.libs.unwrap_or(16),
-                per_lib: o.per_lib,
-                lookups: o.lookups,
-                b: o.b,
-            };
-            w.validate()?;
-            let mut params = vec![
-                ("libs", w.libs.into()),
-                ("per_lib", w.per_lib.into()),
-                ("lookups", w.lookups.into()),
-                ("b", w.b.into()),
-            ];
-            params.extend(dispatcher_params(o));
-            params.push(("lookup_api", adapter::lookup_api().into()));
-            Ok(Report {
-                name: "W2 lookup-linkorder",
-                workload: "w2",
-                params,
-                ops: w.lookups as f64,
-                ops_unit: "symbols looked up",
-                reps: repeat(o, || w.rep(d))?,
-                extra: Vec::new(),
-            })
-        }
-        Workload::W3 | Workload::W4 | Workload::W5 => {
-            let kind = match o.workload {
-                Workload::W3 => GraphKind::Chain,
-                Workload::W4 => GraphKind::Cycles,
-                _ => GraphKind::FaninDag,
-            };
-            let n = o.n.unwrap_or(10_000);
-            let libs = o.libs.unwrap_or(kind.default_libs());
-            let w = GraphWorkload::new(kind, n, libs, o.deps, o.seed)?;
-            let mut params = vec![("n", n.into()), ("libs", libs.into())];
-            params.extend(dispatcher_params(o));
-            params.push(("max_mat_threads", o.max_mat_threads.into()));
-            if kind == GraphKind::FaninDag {
-                params.push(("deps", o.deps.into()));
-                params.push(("seed", o.seed.into()));
-            }
-            let deps = w.dependencies();
-            let extra = vec![
-                ("edges", deps.edge_count().into()),
-                ("edge_hash", format!("{:016x}", deps.edge_hash()).into()),
-            ];
-            Ok(Report {
-                name: kind.name(),
-                workload: kind.key(),
-                params,
-                ops: n as f64,
-                ops_unit: "symbols materialized",
-                reps: repeat(o, || w.rep(d))?,
-                extra,
-            })
-        }
-        Workload::W6 => {
-            let w = W6 {
-                n: o.n.unwrap_or(100_000),
-            };
-            let mut params = vec![("n", w.n.into()), ("b", 1usize.into())];
-            params.extend(dispatcher_params(o));
-            Ok(Report {
-                name: "W6 generator",
-                workload: "w6",
-                params,
-                ops: w.n as f64,
-                ops_unit: "symbols generated+looked up",
-                reps: repeat(o, || w.rep(d))?,
-                extra: Vec::new(),
-            })
-        }
-        Workload::W7 => {
-            let w = W7 {
-                n: o.n.unwrap_or(100_000),
-                threads: o.threads,
-                per_thread: o.per_thread,
-            };
-            let mut params = vec![
-                ("n", w.n.into()),
-                ("threads", w.threads.into()),
-                ("per_thread", w.per_thread.into()),
-                ("b", 1usize.into()),
-            ];
-            params.extend(dispatcher_params(o));
-            params.push(("lookup_api", adapter::lookup_api().into()));
-            Ok(Report {
-                name: "W7 concurrent-lookups",
-                workload: "w7",
-                params,
-                ops: (w.threads * w.per_thread) as f64,
-                ops_unit: "symbols looked up (all threads)",
-                reps: repeat(o, || w.rep(d))?,
-                extra: Vec::new(),
-            })
-        }
+        Workload::W1 => run_w1(o),
+        Workload::W2 => run_w2(o),
+        Workload::W3 | Workload::W4 | Workload::W5 => run_graph(o),
+        Workload::W6 => run_w6(o),
+        Workload::W7 => run_w7(o),
         Workload::W8 => run_w8(o),
         Workload::W9 => run_w9(o),
     }
+}
+
+/// W1: N symbols looked up Ready, in batches of B.
+fn run_w1(o: &Options) -> Result<Report, BenchError> {
+    let d = o.dispatcher;
+    let w = W1 {
+        n: o.n.unwrap_or(100_000),
+        b: o.b,
+    };
+    let mut params = vec![("n", w.n.into()), ("b", w.b.into())];
+    params.extend(dispatcher_params(o));
+    params.push(("lookup_api", adapter::lookup_api().into()));
+    Ok(Report {
+        name: "W1 lookup-ready",
+        workload: "w1",
+        params,
+        ops: w.n as f64,
+        ops_unit: "symbols looked up",
+        reps: repeat(o, || w.rep(d))?,
+        extra: Vec::new(),
+    })
+}
+
+/// W2: lookups through a link order of many dylibs.
+fn run_w2(o: &Options) -> Result<Report, BenchError> {
+    let d = o.dispatcher;
+    let w = W2 {
+        libs: o.libs.unwrap_or(16),
+        per_lib: o.per_lib,
+        lookups: o.lookups,
+        b: o.b,
+    };
+    w.validate()?;
+    let mut params = vec![
+        ("libs", w.libs.into()),
+        ("per_lib", w.per_lib.into()),
+        ("lookups", w.lookups.into()),
+        ("b", w.b.into()),
+    ];
+    params.extend(dispatcher_params(o));
+    params.push(("lookup_api", adapter::lookup_api().into()));
+    Ok(Report {
+        name: "W2 lookup-linkorder",
+        workload: "w2",
+        params,
+        ops: w.lookups as f64,
+        ops_unit: "symbols looked up",
+        reps: repeat(o, || w.rep(d))?,
+        extra: Vec::new(),
+    })
+}
+
+/// W3–W5: materialization along a chain, cycles or a fan-in DAG.
+fn run_graph(o: &Options) -> Result<Report, BenchError> {
+    let d = o.dispatcher;
+    let kind = match o.workload {
+        Workload::W3 => GraphKind::Chain,
+        Workload::W4 => GraphKind::Cycles,
+        _ => GraphKind::FaninDag,
+    };
+    let n = o.n.unwrap_or(10_000);
+    let libs = o.libs.unwrap_or(kind.default_libs());
+    let w = GraphWorkload::new(kind, n, libs, o.deps, o.seed)?;
+    let mut params = vec![("n", n.into()), ("libs", libs.into())];
+    params.extend(dispatcher_params(o));
+    params.push(("max_mat_threads", o.max_mat_threads.into()));
+    if kind == GraphKind::FaninDag {
+        params.push(("deps", o.deps.into()));
+        params.push(("seed", o.seed.into()));
+    }
+    let deps = w.dependencies();
+    let extra = vec![
+        ("edges", deps.edge_count().into()),
+        ("edge_hash", format!("{:016x}", deps.edge_hash()).into()),
+    ];
+    Ok(Report {
+        name: kind.name(),
+        workload: kind.key(),
+        params,
+        ops: n as f64,
+        ops_unit: "symbols materialized",
+        reps: repeat(o, || w.rep(d))?,
+        extra,
+    })
+}
+
+/// W6: symbols a generator defines, looked up.
+fn run_w6(o: &Options) -> Result<Report, BenchError> {
+    let d = o.dispatcher;
+    let w = W6 {
+        n: o.n.unwrap_or(100_000),
+    };
+    let mut params = vec![("n", w.n.into()), ("b", 1usize.into())];
+    params.extend(dispatcher_params(o));
+    Ok(Report {
+        name: "W6 generator",
+        workload: "w6",
+        params,
+        ops: w.n as f64,
+        ops_unit: "symbols generated+looked up",
+        reps: repeat(o, || w.rep(d))?,
+        extra: Vec::new(),
+    })
+}
+
+/// W7: lookups from many threads at once.
+fn run_w7(o: &Options) -> Result<Report, BenchError> {
+    let d = o.dispatcher;
+    let w = W7 {
+        n: o.n.unwrap_or(100_000),
+        threads: o.threads,
+        per_thread: o.per_thread,
+    };
+    let mut params = vec![
+        ("n", w.n.into()),
+        ("threads", w.threads.into()),
+        ("per_thread", w.per_thread.into()),
+        ("b", 1usize.into()),
+    ];
+    params.extend(dispatcher_params(o));
+    params.push(("lookup_api", adapter::lookup_api().into()));
+    Ok(Report {
+        name: "W7 concurrent-lookups",
+        workload: "w7",
+        params,
+        ops: (w.threads * w.per_thread) as f64,
+        ops_unit: "symbols looked up (all threads)",
+        reps: repeat(o, || w.rep(d))?,
+        extra: Vec::new(),
+    })
 }
 
 /// W9 through [`crate::w9`]: compiled once, then `--reps` timed reps.
