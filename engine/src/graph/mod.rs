@@ -626,76 +626,103 @@ impl DepGraph {
             if rep.comp != s.comp || rep.kind != s.kind {
                 return Err(format!("slot {i}: bad representative {}", s.comp));
             }
-            if s.comp != i {
-                continue;
-            }
-            let mut n = 0;
-            let mut m = s.members[0];
-            while m != NIL {
-                if self.slots[m as usize].comp != i {
-                    return Err(format!("member {m} of {i} points to another component"));
-                }
-                n += 1;
-                if m == s.members[1] && self.slots[m as usize].next_member != NIL {
-                    return Err(format!("component {i}: tail {m} has a successor"));
-                }
-                m = self.slots[m as usize].next_member;
-            }
-            if n != s.size {
-                return Err(format!("component {i}: {n} members, size {}", s.size));
-            }
-            match s.kind {
-                Kind::Waiting => {
-                    if s.pos == NIL
-                        || self.order.comp(s.pos) != i
-                        || self.order.label(s.pos) != s.label
-                    {
-                        return Err(format!("component {i}: not at its position {}", s.pos));
-                    }
-                }
-                Kind::Unemitted => {
-                    if s.len[OUT] != 0 || s.len[PEND] != 0 || s.len[IN] == 0 {
-                        return Err(format!("unemitted {i}: {:?} edges", s.len));
-                    }
-                }
-                Kind::Free => {}
-            }
-            for list in [OUT, IN, PEND] {
-                let dir = dir_of(list);
-                let mut e = s.head[list];
-                for _ in 0..s.len[list] {
-                    let edge = &self.edges[e as usize];
-                    let next = edge.link[dir][0];
-                    if self.edges[next as usize].link[dir][1] != e {
-                        return Err(format!("edge {e}: broken list {dir}"));
-                    }
-                    let here = self.slots[edge.ends[dir] as usize].comp;
-                    let there = self.slots[edge.ends[1 - dir] as usize].comp;
-                    if here != i || there == i {
-                        return Err(format!("edge {e} in list {dir} of {i}: {here}, {there}"));
-                    }
-                    let (a, b) = if dir == OUT {
-                        (here, there)
-                    } else {
-                        (there, here)
-                    };
-                    let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
-                    if sa.kind != Kind::Waiting {
-                        return Err(format!("edge {e} from a non-waiting component"));
-                    }
-                    if sb.kind == Kind::Waiting && sa.label >= sb.label {
-                        return Err(format!("edge {e}: label {} -> {}", sa.label, sb.label));
-                    }
-                    if list != IN && (list == OUT) != (sb.kind == Kind::Waiting) {
-                        return Err(format!("edge {e} in out-list {list}: target {:?}", sb.kind));
-                    }
-                    e = next;
-                }
-                if s.len[list] > 0 && e != s.head[list] {
-                    return Err(format!("component {i}: list {list} longer than its count"));
-                }
+            if s.comp == i {
+                self.validate_component(i)?;
             }
         }
+        self.validate_order()?;
+        if waiting != self.waiting {
+            return Err(format!(
+                "{waiting} waiting nodes, counter says {}",
+                self.waiting
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`DepGraph::validate`] of component `i` (a representative): its
+    /// members, its place by kind, and its edge lists.
+    fn validate_component(&self, i: u32) -> Result<(), String> {
+        let s = &self.slots[i as usize];
+        let mut n = 0;
+        let mut m = s.members[0];
+        while m != NIL {
+            if self.slots[m as usize].comp != i {
+                return Err(format!("member {m} of {i} points to another component"));
+            }
+            n += 1;
+            if m == s.members[1] && self.slots[m as usize].next_member != NIL {
+                return Err(format!("component {i}: tail {m} has a successor"));
+            }
+            m = self.slots[m as usize].next_member;
+        }
+        if n != s.size {
+            return Err(format!("component {i}: {n} members, size {}", s.size));
+        }
+        match s.kind {
+            Kind::Waiting => {
+                if s.pos == NIL || self.order.comp(s.pos) != i || self.order.label(s.pos) != s.label
+                {
+                    return Err(format!("component {i}: not at its position {}", s.pos));
+                }
+            }
+            Kind::Unemitted => {
+                if s.len[OUT] != 0 || s.len[PEND] != 0 || s.len[IN] == 0 {
+                    return Err(format!("unemitted {i}: {:?} edges", s.len));
+                }
+            }
+            Kind::Free => {}
+        }
+        for list in [OUT, IN, PEND] {
+            self.validate_edges(i, list)?;
+        }
+        Ok(())
+    }
+
+    /// [`DepGraph::validate`] of component `i`'s edge list `list`: linked
+    /// both ways, as long as its count, every edge leaving the component
+    /// from a waiting one, labels increasing along it.
+    fn validate_edges(&self, i: u32, list: usize) -> Result<(), String> {
+        let s = &self.slots[i as usize];
+        let dir = dir_of(list);
+        let mut e = s.head[list];
+        for _ in 0..s.len[list] {
+            let edge = &self.edges[e as usize];
+            let next = edge.link[dir][0];
+            if self.edges[next as usize].link[dir][1] != e {
+                return Err(format!("edge {e}: broken list {dir}"));
+            }
+            let here = self.slots[edge.ends[dir] as usize].comp;
+            let there = self.slots[edge.ends[1 - dir] as usize].comp;
+            if here != i || there == i {
+                return Err(format!("edge {e} in list {dir} of {i}: {here}, {there}"));
+            }
+            let (a, b) = if dir == OUT {
+                (here, there)
+            } else {
+                (there, here)
+            };
+            let (sa, sb) = (&self.slots[a as usize], &self.slots[b as usize]);
+            if sa.kind != Kind::Waiting {
+                return Err(format!("edge {e} from a non-waiting component"));
+            }
+            if sb.kind == Kind::Waiting && sa.label >= sb.label {
+                return Err(format!("edge {e}: label {} -> {}", sa.label, sb.label));
+            }
+            if list != IN && (list == OUT) != (sb.kind == Kind::Waiting) {
+                return Err(format!("edge {e} in out-list {list}: target {:?}", sb.kind));
+            }
+            e = next;
+        }
+        if s.len[list] > 0 && e != s.head[list] {
+            return Err(format!("component {i}: list {list} longer than its count"));
+        }
+        Ok(())
+    }
+
+    /// [`DepGraph::validate`] of the topological order: labels increasing,
+    /// each position its component's, exactly the waiting components.
+    fn validate_order(&self) -> Result<(), String> {
         let waiting_reps = self
             .slots
             .iter()
@@ -718,12 +745,6 @@ impl DepGraph {
             return Err(format!(
                 "{waiting_reps} components, {} labels",
                 self.order.len()
-            ));
-        }
-        if waiting != self.waiting {
-            return Err(format!(
-                "{waiting} waiting nodes, counter says {}",
-                self.waiting
             ));
         }
         Ok(())
