@@ -25,7 +25,7 @@ fn open_save_inputs(args: &SaveArgs) -> Result<Vec<SaveInput>, String> {
         let bytes = read_save_input(path)?;
         Ok((path.display().to_string(), InputBytes::new(bytes)))
     };
-    if args.inputs.len() < super::OPEN_IN_PARALLEL_FROM || one_thread(args) {
+    if args.inputs.len() < super::OPEN_IN_PARALLEL_FROM || super::one_thread(args.threads) {
         return args.inputs.iter().map(open).collect();
     }
     use rayon::prelude::*;
@@ -69,17 +69,12 @@ pub(crate) fn save(args: &SaveArgs) -> Result<i32, String> {
     options.symbol_table = false;
     // The process exits after saving: the linked graph is left to the exit.
     options.leave_graph_to_exit = true;
-    options.parallel = !one_thread(args);
+    options.parallel = !super::one_thread(args.threads);
     if let Some(list) = &args.cpu_features {
         options.cpu_features =
             CpuFeatures::parse(list).map_err(|e| format!("--cpu-features: {e}"))?;
     }
     link_and_save(args, options, &inputs, started)
-}
-
-/// Whether `--threads` asks for one thread: nothing is split over rayon's.
-fn one_thread(args: &SaveArgs) -> bool {
-    args.threads.is_some_and(|n| n <= 1)
 }
 
 /// [`save`]'s link and write.

@@ -131,7 +131,7 @@ struct SaveArgs {
     /// Threads that link: N threads for the work the link splits (opening
     /// inputs, parsing, fixups, the build id's hash); 1 links on one thread
     /// alone (default: one per core).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     threads: Option<usize>,
 }
 
@@ -172,7 +172,7 @@ struct RunArgs {
     /// inputs, parsing, fixups), and with --lazy N workers that link objects
     /// as they are first called; 1 links on one thread alone (default: one
     /// per core).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     threads: Option<usize>,
     /// Link each object only when one of its functions is first called
     /// (data references link it at once).
@@ -199,6 +199,15 @@ struct RunArgs {
     /// Arguments for the program, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
+}
+
+/// A `--threads` value: a number of threads, 1 or more.
+fn thread_count(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("0 threads cannot link: give 1 or more (1 links on one thread alone)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a number of threads: {e}")),
+    }
 }
 
 impl RunArgs {
@@ -297,7 +306,7 @@ fn heaps_on_huge_pages(threads: usize) {
 /// rayon's (one per core, or `--threads`), none with `--threads 1`, and
 /// with `--lazy` as many engine workers again.
 fn allocating_threads(args: &RunArgs) -> usize {
-    if one_thread(args) {
+    if one_thread(args.threads) {
         return 0;
     }
     let helpers = args.threads.unwrap_or_else(WorkerPool::available_threads);
@@ -429,7 +438,7 @@ fn kiln_main() -> i32 {
         Some(Command::Image(ImageCommand::Save(args))) => {
             // A save's link splits its work over rayon's threads.
             let helpers = match args.threads {
-                Some(n) if n <= 1 => 0,
+                Some(1) => 0,
                 Some(n) => n,
                 None => WorkerPool::available_threads(),
             };
@@ -480,7 +489,7 @@ fn run_files(args: RunArgs) -> Result<i32, String> {
         }
         // The key is the inputs' bytes: every input is hashed (mapped, not
         // read, unless the entry is missing).
-        let parallel = !one_thread(&args);
+        let parallel = !one_thread(args.threads);
         let cached = image_cli::cached(
             dir,
             &args.inputs,
@@ -524,8 +533,8 @@ enum Opened {
 }
 
 /// Whether `--threads` asks for one thread: nothing is split over rayon's.
-fn one_thread(args: &RunArgs) -> bool {
-    args.threads.is_some_and(|n| n <= 1)
+fn one_thread(threads: Option<usize>) -> bool {
+    threads == Some(1)
 }
 
 /// `--threads N` (N > 1) as the size of rayon's pool, which the split
@@ -568,7 +577,7 @@ fn open_inputs(args: &RunArgs) -> Vec<Result<Opened, String>> {
         let map = !args.lazy && path.extension().is_none_or(|e| e != "a");
         open_input(path, map)
     };
-    if args.inputs.len() < OPEN_IN_PARALLEL_FROM || one_thread(args) {
+    if args.inputs.len() < OPEN_IN_PARALLEL_FROM || one_thread(args.threads) {
         return args.inputs.iter().map(open).collect();
     }
     use rayon::prelude::*;
@@ -892,7 +901,7 @@ impl Run {
         // point is looked up: prepare it while the engine records its symbols.
         let mut options = LinkOptions::default();
         options.prepare_early = !args.lazy;
-        options.parallel = !one_thread(args);
+        options.parallel = !one_thread(args.threads);
         let layer = ObjectLayer::with_options(&session, options);
         // The inputs are a program: tear down like exit(), not dlclose.
         layer.set_executable_teardown(true);

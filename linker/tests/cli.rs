@@ -324,6 +324,22 @@ fn threads_1_links_on_one_thread_and_n_sizes_the_helpers() {
     assert!(one_bytes == three_bytes, "the two saves differ");
     let ran = kiln().arg("run").arg(&one_image).output().unwrap();
     assert_eq!(ran.status.code(), Some(190), "{}", show(&ran));
+
+    // No thread at all is refused, by both, saying what to give.
+    for cmd in [&["run"][..], &["image", "save", "-o", "zero.kimg"]] {
+        let out = kiln()
+            .args(cmd)
+            .args(["--threads", "0"])
+            .args(&inputs)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+        assert!(
+            text(&out.stderr).contains("give 1 or more"),
+            "{}",
+            show(&out)
+        );
+    }
 }
 
 #[test]
