@@ -9,6 +9,7 @@
 //! | `JITModule::new(builder)` | [`KilnModule::new`]`(builder)?` |
 //! | `module.finalize_definitions()?` | the same (a missing symbol is an error, not a panic) |
 //! | `module.get_finalized_function(id)` | the same |
+//! | `ModuleError::DuplicateDefinition`, `InvalidImportDefinition` | the same; kiln's own failures are `ModuleError::Backend` holding an [`Error`] (downcast it; cranelift's errors kept as `source()`) |
 //!
 //! Beyond cranelift-jit:
 //! - [`KilnModule::declare_lazy_function`]: the body is compiled by a
