@@ -280,7 +280,7 @@ impl Eq for Content {}
 ///
 /// 16 bytes (synth's 400k edges are 6.4 MB, not 9.6): the kind is a 2-byte
 /// [`EdgeId`] and the addend is kept in 48 bits on the edge; the rare wider
-/// addend is kept in a process-wide table ([`WideAddends`]) and the edge
+/// addend is kept in a process-wide table (`WideAddends`) and the edge
 /// holds its row. [`Edge::addend`] reads either.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Edge {

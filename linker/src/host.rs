@@ -108,7 +108,7 @@ impl HostSymbols {
     /// from that library, as with `-lNAME` before them on a linker's command
     /// line. Binding a glibc function that unwinds with libgcc_s
     /// (`pthread_exit`, `backtrace`, …) loads libgcc_s first, so that it
-    /// knows the JIT'd frames ([`crate::runtime::unwinder`]).
+    /// knows the JIT'd frames (`runtime/unwinder.rs`).
     pub fn new() -> Self {
         let mut host = HostSymbols {
             overrides: crate::runtime::host_overrides(),

@@ -661,7 +661,7 @@ impl Allocation {
 
     /// [`Allocation::new_aligned`] for memory written once and finalized
     /// soon after (a linked image), staged when small: up to
-    /// [`STAGE_BYTES`] the bytes are written in the heap and copied into
+    /// `STAGE_BYTES` (64 KiB) the bytes are written in the heap and copied into
     /// the pages when finalized, each page made readable, executable or
     /// writable once and never changed after. In place, each page goes
     /// read-write → final, and taking write permission away flushes the

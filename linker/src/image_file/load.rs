@@ -780,7 +780,7 @@ unsafe fn load_checked_file(
 
 /// An image file opened for loading: the file mapped read-only (not read
 /// into memory) and checked once, content hash included, when opened. Hand
-/// it to [`crate::ObjectLayer::add_image_from_file`], which maps the
+/// it to [`crate::layer::ObjectLayer::add_image_from_file`], which maps the
 /// segments' pages from the file copy-on-write and does not hash it again
 /// — a `kiln run --cache` hit checks its entry and loads it with one hash
 /// and no copy of the file.

@@ -68,7 +68,7 @@ impl ObjectLayer {
     /// Images it links against (by build id) are found among the image
     /// files added to this layer's session (looking one of their exports up
     /// maps them; this image's exports are Ready only when theirs are) and
-    /// then among the other images of the [registry](super::registry); the
+    /// then among the other images of [the registry](super::registry); the
     /// lookup of its exports fails listing every one missing. Those added
     /// to this layer stay mapped while this image is loaded: removing their
     /// tracker runs their finalizers and removes their symbols, and their

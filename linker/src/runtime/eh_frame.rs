@@ -1,5 +1,5 @@
 //! Registration of an image's `.eh_frame` with libgcc's unwinder (the ones
-//! [`super::unwinder`] names), so C++
+//! `runtime/unwinder.rs` names), so C++
 //! exceptions (and Rust panics) unwind through JIT'd frames: thrown in one
 //! JIT'd object and caught in another, and across the host/JIT boundary in
 //! both directions.

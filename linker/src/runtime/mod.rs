@@ -116,7 +116,7 @@ pub enum RuntimeError {
 /// | `__cxa_finalize` | runs a kiln image's handlers now, or forwards |
 /// | `__cxa_thread_atexit`, `__cxa_thread_atexit_impl` | `thread_local` destructors: run at thread exit while the image is alive; the tearing-down thread runs its own at teardown; other threads skip them once the image is gone (glibc's version would call into freed memory at exit) |
 /// | `__tls_get_addr` | serves kiln TLS module ids ([`tls::TlsModule::module_id`]); forwards others to ld.so |
-/// | `dlopen` | only where kiln's unwinder is private (the `kiln` binary): glibc's `dlopen`, then libgcc_s, if the library brought it, learns the JIT'd frames ([`unwinder`]) |
+/// | `dlopen` | only where kiln's unwinder is private (the `kiln` binary): glibc's `dlopen`, then libgcc_s, if the library brought it, learns the JIT'd frames (`runtime/unwinder.rs`) |
 pub fn host_overrides() -> &'static [(&'static str, usize)] {
     static TABLE: std::sync::OnceLock<Vec<(&'static str, usize)>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
