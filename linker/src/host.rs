@@ -512,7 +512,7 @@ mod tests {
 
 /// What the host's dynamic symbol table says about a symbol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostSymbolKind {
+pub(crate) enum HostSymbolKind {
     /// Code (`STT_FUNC`, `STT_GNU_IFUNC`).
     Function,
     /// Data (`STT_OBJECT`) of this many bytes.
@@ -543,7 +543,7 @@ unsafe extern "C" {
 
 /// Kind and size of the host symbol at `addr`, from the dynamic symbol
 /// table of the object that defines it (`dladdr1(RTLD_DL_SYMENT)`).
-pub fn host_symbol_kind(addr: u64) -> Option<HostSymbolKind> {
+pub(crate) fn host_symbol_kind(addr: u64) -> Option<HostSymbolKind> {
     const RTLD_DL_SYMENT: i32 = 1;
     let mut info = DlInfo {
         fname: std::ptr::null(),

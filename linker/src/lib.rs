@@ -10,8 +10,8 @@
 //! | [`archive`] | static archives: symbol index, members pulled on demand |
 //! | [`passes`] | the pipeline: one file a pass under `passes/`, one sequencer (`passes::run`), [`passes::link_graph`], [`passes::Prepared`] |
 //! | [`memory`] | the reserved slab(s) and allocations: writing → finalized → released |
-//! | [`host`] | host symbols: runtime overrides, `-l` libraries, the process |
-//! | [`image`] | [`Linker`] (the convenient API: objects parsed in parallel, merged in order as they arrive) and [`LinkedImage`] |
+//! | `host` | [`HostSymbols`]: runtime overrides, `-l` libraries, the process |
+//! | `image` | [`Linker`] (the convenient API: objects parsed in parallel, merged in order as they arrive) and [`LinkedImage`] |
 //! | [`image_file`] | image files: linked code saved ([`LinkedImage::save_image`]; a dylib's many links as one image: [`layer::ObjectLayer::save_image`]) and loaded in a later process ([`image_file::load`], [`layer::ObjectLayer::add_image`]) |
 //! | [`runtime`] | what JIT'd code calls at run time (atexit, TLS, eh_frame registration, initializers) |
 //! | [`layer`] | the engine's object layer: objects as materialization units |
@@ -51,8 +51,8 @@ pub mod debug;
 pub mod elf;
 mod error;
 pub mod graph;
-pub mod host;
-pub mod image;
+mod host;
+mod image;
 pub mod image_file;
 pub mod isa;
 pub mod jit;
