@@ -162,4 +162,13 @@ pub trait Arch: Copy + Default + std::fmt::Debug + Send + Sync + 'static {
     fn redirect(slot: &AtomicU64, target: u64) {
         redirect(slot, target);
     }
+
+    /// Whether `name` is a helper that compilers call for this ISA but
+    /// that only the static runtime library (`libgcc.a`) defines — no
+    /// shared library exports it, so a process cannot look it up and an
+    /// image's loader binds its own copy (none on x86-64).
+    fn is_static_runtime_helper(name: &str) -> bool {
+        let _ = name;
+        false
+    }
 }

@@ -1028,16 +1028,38 @@ static void map_image(void) {
         memcpy(img.mem + img.seg[i].vaddr, img.f + img.seg[i].offset, img.seg[i].filesz);
 }
 
+#if defined(__aarch64__)
+/* libgcc's outline atomics (gcc's and clang's -moutline-atomics, gcc's
+ * default): only the static libgcc defines them, hidden, so no library
+ * exports them to dlsym; kiln saves them as imports by name (kiln-arch's
+ * `is_static_runtime_helper`) and this loader binds its own copies. */
+#define KL_ORDERS(op, n) X(op##n##_relax) X(op##n##_acq) X(op##n##_rel) X(op##n##_acq_rel) X(op##n##_sync)
+#define KL_SIZES(op) KL_ORDERS(op, 1) KL_ORDERS(op, 2) KL_ORDERS(op, 4) KL_ORDERS(op, 8)
+#define KL_OUTLINE_ATOMICS                                                                                             \
+    KL_SIZES(cas) KL_ORDERS(cas, 16) KL_SIZES(swp) KL_SIZES(ldadd) KL_SIZES(ldclr) KL_SIZES(ldeor) KL_SIZES(ldset)
+#define X(f) extern void __aarch64_##f(void);
+KL_OUTLINE_ATOMICS
+#undef X
+#define X(f) {"__aarch64_" #f, __aarch64_##f},
+static const struct { const char *name; void (*addr)(void); } RUNTIME_HELPERS[] = {KL_OUTLINE_ATOMICS};
+#undef X
+#else
+static const struct { const char *name; void (*addr)(void); } RUNTIME_HELPERS[] = {{"", 0}};
+#endif
+
 static void *lookup(const char *name) {
     for (size_t i = 0; i < sizeof OVERRIDES / sizeof OVERRIDES[0]; i++)
         if (!strcmp(name, OVERRIDES[i].name)) return *(void **)(void *)&OVERRIDES[i].addr;
+    for (size_t i = 0; i < sizeof RUNTIME_HELPERS / sizeof RUNTIME_HELPERS[0]; i++)
+        if (RUNTIME_HELPERS[i].addr && !strcmp(name, RUNTIME_HELPERS[i].name))
+            return *(void **)(void *)&RUNTIME_HELPERS[i].addr;
     return dlsym(RTLD_DEFAULT, name);
 }
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* Binds every import by name: kiln's runtime names first, then the process
- * (dlsym). Images record no libraries (format version 2): the loader loads
+/* Binds every import by name: kiln's runtime names and libgcc's static-only
+ * helpers first, then the process (dlsym). Images record no libraries (format version 2): the loader loads
  * what kiln's host loads by default — libm, libgcc_s, libstdc++ — when a
  * name is not found without them. Every missing strong import is listed. */
 static void bind(void) {

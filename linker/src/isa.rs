@@ -55,6 +55,15 @@ impl Isa {
         }
     }
 
+    /// [`Arch::is_static_runtime_helper`]: a helper only the static
+    /// runtime library defines, which image loaders bind themselves.
+    pub(crate) fn is_static_runtime_helper(self, name: &str) -> bool {
+        match self {
+            Isa::X86_64 => X86_64::is_static_runtime_helper(name),
+            Isa::Aarch64 => Aarch64::is_static_runtime_helper(name),
+        }
+    }
+
     /// Human-readable name (`"x86-64"`, `"aarch64"`).
     pub fn name(self) -> &'static str {
         match self {

@@ -245,6 +245,31 @@ const ENTRY_CODE: [u32; 30] = {
     ]
 };
 
+/// Whether `name` is one of the outline atomics that gcc (from 10, by
+/// default) and clang call instead of inline LSE or LL/SC sequences
+/// (`-moutline-atomics`): `__aarch64_<op><bytes>_<order>`, with `op` one of
+/// `cas` (1, 2, 4, 8 or 16 bytes), `swp`, `ldadd`, `ldclr`, `ldeor`,
+/// `ldset` (1 to 8) and `order` one of `relax`, `acq`, `rel`, `acq_rel`,
+/// `sync`. libgcc.a defines them hidden; no shared library exports them.
+fn is_outline_atomic(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("__aarch64_") else {
+        return false;
+    };
+    let Some((op_size, order)) = rest.split_once('_') else {
+        return false;
+    };
+    let digits = op_size
+        .find(|c: char| c.is_ascii_digit())
+        .unwrap_or(op_size.len());
+    let (op, size) = op_size.split_at(digits);
+    let sizes: &[&str] = match op {
+        "cas" => &["1", "2", "4", "8", "16"],
+        "swp" | "ldadd" | "ldclr" | "ldeor" | "ldset" => &["1", "2", "4", "8"],
+        _ => return false,
+    };
+    sizes.contains(&size) && ["relax", "acq", "rel", "acq_rel", "sync"].contains(&order)
+}
+
 impl Arch for Aarch64 {
     const NAME: &'static str = "aarch64";
     const ELF_MACHINE: u16 = 183; // EM_AARCH64
@@ -359,6 +384,10 @@ impl Arch for Aarch64 {
         out[ENTRY_RESOLVER_OFFSET..].copy_from_slice(&resolver.to_le_bytes());
         Ok(())
     }
+
+    fn is_static_runtime_helper(name: &str) -> bool {
+        is_outline_atomic(name)
+    }
 }
 
 /// `adrp x16, target; add x16, x16, :lo12:target; br x16`.
@@ -458,6 +487,36 @@ fn row_of(edge: &EdgeDesc) -> Result<&'static reloc::RelocInfo, FixupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outline_atomics_are_libgccs_125_and_no_other_name() {
+        let mut found = 0;
+        for op in ["cas", "swp", "ldadd", "ldclr", "ldeor", "ldset", "ldmax"] {
+            for size in ["1", "2", "4", "8", "16", "32"] {
+                for order in ["relax", "acq", "rel", "acq_rel", "sync", "seq_cst"] {
+                    let name = format!("__aarch64_{op}{size}_{order}");
+                    found += usize::from(Aarch64::is_static_runtime_helper(&name));
+                }
+            }
+        }
+        // libgcc.a of gcc 12: cas × 5 sizes × 5 orders, five other
+        // operations × 4 sizes × 5 orders.
+        assert_eq!(found, 125);
+        for name in [
+            "__aarch64_cas8",
+            "__aarch64_cas8_",
+            "__aarch64_cas_acq",
+            "__aarch64_swp16_acq",
+            "__aarch64_sync_cache_range",
+            "aarch64_cas8_acq",
+            "__aarch64_cas8_acq_rel_x",
+        ] {
+            assert!(!Aarch64::is_static_runtime_helper(name), "{name}");
+        }
+        assert!(!crate::X86_64::is_static_runtime_helper(
+            "__aarch64_cas8_acq"
+        ));
+    }
 
     #[test]
     fn entry_code_fills_the_block_up_to_the_literal() {

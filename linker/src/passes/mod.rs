@@ -78,7 +78,11 @@ pub fn link_graph(
         roots: &options.roots,
         below_2gib: false,
     };
-    let (finalized, graph) = run(start, &mut ResolverHost(resolver), env, options)?;
+    let mut host = ResolverHost {
+        resolver,
+        imaging: options.imaging,
+    };
+    let (finalized, graph) = run(start, &mut host, env, options)?;
     match graph {
         // The process exits soon: its exit releases the graph at once.
         Some(graph) if options.leave_graph_to_exit => std::mem::forget(graph),
@@ -299,7 +303,12 @@ pub(crate) fn fix_up_and_finalize_apart(
 }
 
 /// [`link_graph`]'s host: externals from a [`SymbolResolver`].
-struct ResolverHost<'a>(&'a dyn SymbolResolver);
+struct ResolverHost<'a> {
+    resolver: &'a dyn SymbolResolver,
+    /// The link makes an image: what its loader binds itself needs no
+    /// answer here.
+    imaging: bool,
+}
 
 impl LinkHost for ResolverHost<'_> {
     type Error = LinkError;
@@ -318,7 +327,17 @@ impl ResolvesExternals for ResolverHost<'_> {
     fn resolve_externals(&mut self, prepared: &mut Prepared) -> Result<(), LinkError> {
         let names = prepared.external_names();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        let answers = self.0.resolve(&refs);
+        let mut answers = self.resolver.resolve(&refs);
+        if self.imaging {
+            // The image imports them by name; every loader of its ISA binds
+            // them to a copy of its own (no process exports them).
+            let isa = prepared.graph.isa();
+            for (answer, name) in answers.iter_mut().zip(&refs) {
+                if answer.is_none() && isa.is_static_runtime_helper(name) {
+                    *answer = Some(0);
+                }
+            }
+        }
         prepared.resolve_externals(&refs, &answers)
     }
 }

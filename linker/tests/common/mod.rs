@@ -14,8 +14,8 @@ use std::sync::Mutex;
 
 use kiln_linker::{HostSymbols, LinkError, Linker};
 
+pub(crate) mod c_libraries;
 pub(crate) mod programs;
-pub(crate) mod sqlite_zstd;
 
 /// Serializes tests that redirect file descriptor 1.
 pub(crate) static STDOUT_LOCK: Mutex<()> = Mutex::new(());

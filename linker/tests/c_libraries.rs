@@ -1,7 +1,8 @@
-//! SQLite and zstd — real programs kiln's authors did not write — built
-//! from their C sources (see `common/sqlite_zstd.rs`) with small drivers
-//! (`tests/c/sqlite_driver.c`, `tests/c/zstd_driver.c`), run every way kiln
-//! runs code, with stdout and exit status equal to the native build's:
+//! SQLite, zstd and mimalloc — real programs kiln's authors did not write —
+//! built from their C sources (see `common/c_libraries.rs`) with small
+//! drivers (`tests/c/sqlite_driver.c`, `zstd_driver.c`,
+//! `mimalloc_driver.c`), run every way kiln runs code, with stdout and exit
+//! status equal to the native build's:
 //!
 //! - x86-64: `kiln run` (eager), `kiln run --lazy`, `kiln image save` in
 //!   one process and `kiln run IMAGE.kimg` in another, and the C loader
@@ -19,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use common::c_libraries::{build_mimalloc, build_sqlite, build_zstd};
 use common::images::{kiln, save, show};
-use common::sqlite_zstd::{build_sqlite, build_zstd};
 use common::*;
 
 const AARCH64_CC: &str = "aarch64-linux-gnu-gcc";
@@ -40,7 +41,7 @@ fn loader(isa: &'static str) -> &'static Path {
     };
     cell.get_or_init(|| {
         assert!(need_tool(cc), "{cc} builds kiln-load for {isa}");
-        let dir = scratch(&format!("sqlite-zstd-loader-{isa}"));
+        let dir = scratch(&format!("c-libraries-loader-{isa}"));
         let o = Command::new("sh")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
             .arg(isa)
@@ -65,7 +66,7 @@ fn result(o: &Output) -> (String, i32) {
 /// `kiln-load IMAGE`: every run prints and returns what the native build
 /// does, and the native output contains `marker`.
 fn check_x86_64(cc: &str, objs: &[PathBuf], flags: &[&str], marker: &str, tag: &str) {
-    let dir = scratch(&format!("sqlite-zstd-{tag}"));
+    let dir = scratch(&format!("c-libraries-{tag}"));
     let native = run_native(cc, objs, flags, &["m"], &dir.join("native"));
     assert!(
         native.0.contains(marker),
@@ -103,7 +104,7 @@ fn qemu(exe: &Path, args: &[&Path]) -> Output {
 /// taken from the objects); runs the native build and the aarch64
 /// `kiln-load IMAGE` under qemu and demands the same stdout and exit status.
 fn check_aarch64(objs: &[PathBuf], marker: &str, tag: &str) {
-    let dir = scratch(&format!("sqlite-zstd-aarch64-{tag}"));
+    let dir = scratch(&format!("c-libraries-aarch64-{tag}"));
     let exe = dir.join("native");
     let o = Command::new(AARCH64_CC)
         .args(["-O2", "-fPIE"])
@@ -138,6 +139,7 @@ fn check_aarch64(objs: &[PathBuf], marker: &str, tag: &str) {
 /// What each driver prints when its checks pass.
 const ZSTD_OK: &str = "streaming level 5 with checksum";
 const SQLITE_OK: &str = "cte: fib=13,610,28657,1346269,63245986";
+const MIMALLOC_OK: &str = "mimalloc: ok";
 
 #[test]
 fn zstd_from_gcc_runs_eager_lazy_and_from_images() {
@@ -260,4 +262,40 @@ fn zstd_added_object_by_object_round_trips_in_process() {
         links < added,
         "{links} links for {added} objects: nothing linked together"
     );
+}
+
+/// mimalloc: thread-local heaps, frees from other threads, its own
+/// `pthread` key and constructor. gcc's `-fPIE` reaches `stdout` directly
+/// (it assumes a copy relocation), which an image cannot hold: `-fPIC`.
+#[test]
+fn mimalloc_from_gcc_runs_eager_lazy_and_from_images() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let flags = ["-O2", "-fPIC"];
+    let objs = build_mimalloc("gcc", &flags, "gcc-O2-fPIC");
+    check_x86_64("gcc", &objs, &flags, MIMALLOC_OK, "mimalloc-gcc");
+}
+
+#[test]
+fn mimalloc_from_clang_runs_eager_lazy_and_from_images() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_mimalloc("clang", &flags, "clang-O2-fPIE");
+    check_x86_64("clang", &objs, &flags, MIMALLOC_OK, "mimalloc-clang");
+}
+
+/// gcc 12 compiles aarch64 atomics to calls of libgcc's outline-atomic
+/// helpers (`-moutline-atomics`, its default): `__aarch64_cas8_acq_rel`
+/// and the like, which only the static libgcc has. The image imports them
+/// by name, and the C loader binds them to its own copies.
+#[test]
+fn mimalloc_runs_from_an_aarch64_image_under_qemu() {
+    if !(need_tool(AARCH64_CC) && need_tool(QEMU)) {
+        return;
+    }
+    let objs = build_mimalloc(AARCH64_CC, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
+    check_aarch64(&objs, MIMALLOC_OK, "mimalloc");
 }

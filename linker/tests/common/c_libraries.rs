@@ -111,3 +111,44 @@ pub(crate) fn build_sqlite(cc: &str, threads: bool, flags: &[&str], tag: &str) -
     let dir = scratch(&format!("sqlite-{tag}"));
     compile_all(cc, &sources, &all, &[src.as_path()], &dir)
 }
+
+/// mimalloc's library (every source `src/static.c` includes, one object
+/// each, as its CMake build compiles them; no `malloc` override) and the
+/// driver, compiled with `cc flags`.
+pub(crate) fn build_mimalloc(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    let root = crate_root("libmimalloc-sys-0.").join("c_src/mimalloc/v3");
+    let src = root.join("src");
+    let mut sources: Vec<PathBuf> = [
+        "alloc.c",
+        "alloc-aligned.c",
+        "alloc-posix.c",
+        "arena.c",
+        "arena-meta.c",
+        "bitmap.c",
+        "heap.c",
+        "init.c",
+        "libc.c",
+        "options.c",
+        "os.c",
+        "page.c",
+        "page-map.c",
+        "random.c",
+        "stats.c",
+        "theap.c",
+        "threadlocal.c",
+        "prim/prim.c",
+    ]
+    .iter()
+    .map(|f| src.join(f))
+    .collect();
+    sources.push(c_dir().join("mimalloc_driver.c"));
+    let include = root.join("include");
+    let dir = scratch(&format!("mimalloc-{tag}"));
+    compile_all(
+        cc,
+        &sources,
+        flags,
+        &[include.as_path(), src.as_path()],
+        &dir,
+    )
+}
