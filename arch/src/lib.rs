@@ -163,11 +163,18 @@ pub trait Arch: Copy + Default + std::fmt::Debug + Send + Sync + 'static {
         redirect(slot, target);
     }
 
-    /// Whether `name` is a helper that compilers call for this ISA but
-    /// that only the static runtime library (`libgcc.a`) defines — no
-    /// shared library exports it, so a process cannot look it up and an
-    /// image's loader binds its own copy (none on x86-64).
+    /// Whether `name` is something compilers reference for this ISA that
+    /// only the static runtime library (`libgcc.a`) defines, hidden: no
+    /// shared library exports it, so no process can look it up.
     fn is_static_runtime_helper(name: &str) -> bool {
+        let _ = name;
+        false
+    }
+
+    /// Whether kiln's image loaders (kiln's own and the C loader) bind
+    /// `name`, a [static runtime helper](Arch::is_static_runtime_helper),
+    /// to a copy of their own: an image imports it by name.
+    fn loaders_bind(name: &str) -> bool {
         let _ = name;
         false
     }

@@ -241,8 +241,20 @@ pub enum LinkError {
 
 fn missing_message(missing: &[(String, Vec<String>)]) -> String {
     let mut s = format!("{} undefined symbol(s):", missing.len());
+    let mut static_only = false;
     for (name, objs) in missing {
-        let _ = write!(s, "\n  {name} (referenced by {})", objs.join(", "));
+        let _ = write!(s, "\n  {name} (referenced by {}", objs.join(", "));
+        // No process exports these: the root cause is a missing input.
+        if crate::isa::Isa::any_static_runtime_helper(name) {
+            s.push_str("; only the static libgcc defines it");
+            static_only = true;
+        }
+        s.push(')');
+    }
+    if static_only {
+        s.push_str(
+            "\nadd the compiler's libgcc.a to the inputs (`gcc -print-libgcc-file-name` names it)",
+        );
     }
     s
 }

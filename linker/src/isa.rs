@@ -55,12 +55,29 @@ impl Isa {
         }
     }
 
-    /// [`Arch::is_static_runtime_helper`]: a helper only the static
-    /// runtime library defines, which image loaders bind themselves.
+    /// [`Arch::is_static_runtime_helper`]: only the static runtime
+    /// library (libgcc.a) defines `name`.
     pub(crate) fn is_static_runtime_helper(self, name: &str) -> bool {
         match self {
             Isa::X86_64 => X86_64::is_static_runtime_helper(name),
             Isa::Aarch64 => Aarch64::is_static_runtime_helper(name),
+        }
+    }
+
+    /// Whether `name` is a static runtime helper of any ISA kiln links
+    /// for (the names differ between ISAs).
+    pub(crate) fn any_static_runtime_helper(name: &str) -> bool {
+        [Isa::X86_64, Isa::Aarch64]
+            .into_iter()
+            .any(|isa| isa.is_static_runtime_helper(name))
+    }
+
+    /// [`Arch::loaders_bind`]: kiln's image loaders bind `name` to a copy
+    /// of their own.
+    pub(crate) fn loaders_bind(self, name: &str) -> bool {
+        match self {
+            Isa::X86_64 => X86_64::loaders_bind(name),
+            Isa::Aarch64 => Aarch64::loaders_bind(name),
         }
     }
 

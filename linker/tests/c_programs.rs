@@ -160,3 +160,61 @@ fn addends_wider_than_32_and_48_bits() {
     );
     assert_eq!((out.as_str(), ret), ("wide addends: ok\n", 0));
 }
+
+/// `__builtin_cpu_supports` reads `__cpu_model` (and, for the features gcc
+/// added later, `__cpu_features2`) and `__builtin_cpu_init` calls
+/// `__cpu_indicator_init`: only the static libgcc defines them, hidden
+/// (libgcc_s has two as compat versions `dlsym` does not find). Without
+/// libgcc.a the link fails naming each and telling which input is
+/// missing; with it (an archive input, as the gcc driver adds it) the
+/// program runs as the native build does, eager and `--lazy`.
+#[test]
+fn cpu_model_needs_libgcc_and_says_so() {
+    if !need_tool("gcc") {
+        return;
+    }
+    const SRC: &str = r#"
+        #include <stdio.h>
+        int main(void) {
+            __builtin_cpu_init();
+            printf("sse2 %d\n", __builtin_cpu_supports("sse2") != 0);
+            printf("vnni %d\n", __builtin_cpu_supports("avx512vnni") != 0);
+            printf("intel %d\n", __builtin_cpu_is("intel") != 0);
+            return 0;
+        }
+    "#;
+    let dir = scratch("c-cpu-model");
+    let obj = compile_c_text(&dir, "cpu", SRC, &["-O2", "-fPIC"]);
+    let (out, status, stderr) = run_kiln(false, std::slice::from_ref(&obj), &[], &[]);
+    assert_ne!(status, 0, "linked without libgcc.a:\n{out}");
+    for name in ["__cpu_model", "__cpu_features2", "__cpu_indicator_init"] {
+        assert!(
+            stderr.contains(&format!("{name} (referenced by")),
+            "{name} not named:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("only the static libgcc defines it")
+            && stderr.contains("gcc -print-libgcc-file-name"),
+        "no hint at the missing input:\n{stderr}"
+    );
+
+    let libgcc = std::process::Command::new("gcc")
+        .arg("-print-libgcc-file-name")
+        .output()
+        .expect("gcc runs");
+    let libgcc = std::path::PathBuf::from(String::from_utf8_lossy(&libgcc.stdout).trim());
+    assert!(libgcc.is_file(), "{}", libgcc.display());
+    let native = run_native(
+        "gcc",
+        std::slice::from_ref(&obj),
+        &[],
+        &[],
+        &dir.join("cpu"),
+    );
+    assert!(native.0.contains("sse2 1"), "native: {}", native.0);
+    let inputs = [obj, libgcc];
+    let (out, status, stderr) = run_kiln(false, &inputs, &[], &[]);
+    assert_eq!((out, status), native, "eager, with libgcc.a\n{stderr}");
+    assert_lazy_run_matches(&inputs, &[], (&native.0, native.1), "cpu-model");
+}

@@ -388,6 +388,12 @@ impl Arch for Aarch64 {
     fn is_static_runtime_helper(name: &str) -> bool {
         is_outline_atomic(name)
     }
+
+    /// The C loader for aarch64 carries libgcc's outline atomics (kiln
+    /// runs no aarch64 image in-process).
+    fn loaders_bind(name: &str) -> bool {
+        is_outline_atomic(name)
+    }
 }
 
 /// `adrp x16, target; add x16, x16, :lo12:target; br x16`.

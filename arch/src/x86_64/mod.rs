@@ -150,6 +150,17 @@ impl Arch for X86_64 {
         let asm_entry = host_asm_entry()?;
         write_entry_block(buf, entry, resolver, asm_entry)
     }
+
+    /// `__builtin_cpu_supports`, `__builtin_cpu_is` and `__builtin_cpu_init`
+    /// read `__cpu_model` and `__cpu_features2` and call
+    /// `__cpu_indicator_init` (libgcc_s keeps two of them only as
+    /// `GCC_4.8.0` compat versions, which `dlsym` does not find).
+    fn is_static_runtime_helper(name: &str) -> bool {
+        matches!(
+            name,
+            "__cpu_model" | "__cpu_features2" | "__cpu_indicator_init"
+        )
+    }
 }
 
 impl RelocArch for X86_64 {

@@ -333,7 +333,7 @@ impl ResolvesExternals for ResolverHost<'_> {
             // them to a copy of its own (no process exports them).
             let isa = prepared.graph.isa();
             for (answer, name) in answers.iter_mut().zip(&refs) {
-                if answer.is_none() && isa.is_static_runtime_helper(name) {
+                if answer.is_none() && isa.loaders_bind(name) {
                     *answer = Some(0);
                 }
             }
