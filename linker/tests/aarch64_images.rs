@@ -487,6 +487,34 @@ fn cxx_thread_locals_with_std_thread_from_an_aarch64_image() {
     }
 }
 
+/// The standard library across three objects (`tests/cxx/stl_*.cpp`:
+/// `std::regex`, iostreams, `shared_ptr`s counted on four `std::thread`s —
+/// libgcc's outline atomics, bound by the loader —, `std::function`, an
+/// exception thrown in one object and caught in another): g++'s default
+/// `-fPIE` and clang++, from an image under qemu as natively.
+#[test]
+fn cxx_standard_library_on_threads_from_an_aarch64_image() {
+    let src = common::programs::cxx_dir();
+    for (cxx, extra) in [
+        ("aarch64-linux-gnu-g++", &[][..]),
+        ("clang++", &[CLANG_AARCH64][..]),
+    ] {
+        assert!(need_tool(cxx));
+        let flags = [extra, &["-O2", "-std=c++17"]].concat();
+        let tag = format!("cxx-stl-{cxx}");
+        let dir = scratch(&format!("aarch64-{tag}"));
+        let objs = common::programs::compile_each(
+            cxx,
+            &src,
+            &["stl_main.cpp", "stl_make.cpp", "stl_tally.cpp"],
+            &flags,
+            &dir,
+        );
+        // The native link is always gcc's driver (libgcc, libstdc++).
+        check_against_native_with("aarch64-linux-gnu-g++", &objs, &[], &[], &tag);
+    }
+}
+
 /// Byte offset of the header's static TLS area (i64) in an image file.
 const STATIC_TLS_AREA_AT: usize = 64 + 328;
 

@@ -23,6 +23,10 @@
 //!   function pointers) compare equal: one address per function, also
 //!   under `--lazy`, where a function has a lazy entry besides its body.
 //!
+//! - `stl_*` (tests/cxx): the standard library across three objects —
+//!   `std::regex`, iostreams, `std::thread`, `shared_ptr` reference counts
+//!   on four threads, `std::function`, an exception class and `typeid`.
+//!
 //! Each C++ program is built by g++ -O2, g++ -O2 -fPIC and clang++ -O2.
 
 mod common;
@@ -47,6 +51,7 @@ const LIFECYCLE: &[&str] = &[
     "lifecycle_objs.cpp",
     "lifecycle_util.cpp",
 ];
+const STL: &[&str] = &["stl_main.cpp", "stl_make.cpp", "stl_tally.cpp"];
 
 #[test]
 fn header_defined_classes_gxx_o2() {
@@ -76,6 +81,21 @@ fn static_lifetimes_and_exceptions_across_objects_gxx_o2_pic() {
 #[test]
 fn static_lifetimes_and_exceptions_across_objects_clangxx_o2() {
     check_cxx("lifecycle", LIFECYCLE, "clang++", &["-O2"]);
+}
+
+#[test]
+fn standard_library_across_objects_and_threads_gxx_o2() {
+    check_cxx("stl", STL, "g++", &["-O2", "-std=c++17"]);
+}
+
+#[test]
+fn standard_library_across_objects_and_threads_gxx_o2_pic() {
+    check_cxx("stl", STL, "g++", &["-O2", "-fPIC", "-std=c++17"]);
+}
+
+#[test]
+fn standard_library_across_objects_and_threads_clangxx_o2() {
+    check_cxx("stl", STL, "clang++", &["-O2", "-std=c++17"]);
 }
 
 /// Builds `fnptr_main` + `fnptr_lib` (C, in tests/c) with `cc` at each
