@@ -8,7 +8,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::lua::build_lua;
 use common::programs::{CXX_SHAPES, CXX_SHAPES_MAIN};
@@ -35,19 +34,7 @@ fn show(o: &Output) -> String {
 
 /// The aarch64 C loader, built once per test process.
 fn loader() -> &'static Path {
-    static LOADER: OnceLock<PathBuf> = OnceLock::new();
-    LOADER.get_or_init(|| {
-        assert!(need_tool(CC), "{CC} builds kiln-load");
-        let dir = scratch("aarch64-loader");
-        let o = Command::new("sh")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
-            .arg("aarch64")
-            .arg(&dir)
-            .output()
-            .expect("sh runs");
-        assert!(o.status.success(), "build.sh aarch64: {}", show(&o));
-        dir.join("kiln-load")
-    })
+    common::images::c_loader("aarch64")
 }
 
 /// Runs aarch64 program `exe` with `args` under qemu.

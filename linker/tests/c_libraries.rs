@@ -18,10 +18,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::c_libraries::{build_mimalloc, build_sqlite, build_zstd};
-use common::images::{kiln, save, show};
+use common::images::{c_loader, kiln, save, show};
 use common::*;
 
 const AARCH64_CC: &str = "aarch64-linux-gnu-gcc";
@@ -29,29 +28,6 @@ const QEMU: &str = "qemu-aarch64-static";
 const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 /// `EM_AARCH64`, the image's ELF machine.
 const EM_AARCH64: u8 = 183;
-
-/// `linker/loader/build.sh ISA DIR`, once per ISA per test process:
-/// `DIR/kiln-load`.
-fn loader(isa: &'static str) -> &'static Path {
-    static X86_64: OnceLock<PathBuf> = OnceLock::new();
-    static AARCH64: OnceLock<PathBuf> = OnceLock::new();
-    let (cell, cc) = match isa {
-        "x86_64" => (&X86_64, "gcc"),
-        _ => (&AARCH64, AARCH64_CC),
-    };
-    cell.get_or_init(|| {
-        assert!(need_tool(cc), "{cc} builds kiln-load for {isa}");
-        let dir = scratch(&format!("c-libraries-loader-{isa}"));
-        let o = Command::new("sh")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
-            .arg(isa)
-            .arg(&dir)
-            .output()
-            .expect("sh runs");
-        assert!(o.status.success(), "build.sh {isa}: {}", show(&o));
-        dir.join("kiln-load")
-    })
-}
 
 /// A finished program's (stdout, exit status).
 fn result(o: &Output) -> (String, i32) {
@@ -81,7 +57,7 @@ fn check_x86_64(cc: &str, objs: &[PathBuf], flags: &[&str], marker: &str, tag: &
     save(&image, objs);
     let k = kiln().arg("run").arg(&image).output().expect("kiln runs");
     assert_eq!(result(&k), native, "{tag}: kiln run IMAGE\n{}", show(&k));
-    let l = Command::new(loader("x86_64"))
+    let l = Command::new(c_loader("x86_64"))
         .arg(&image)
         .output()
         .expect("kiln-load runs");
@@ -126,7 +102,7 @@ fn check_aarch64(objs: &[PathBuf], marker: &str, tag: &str) {
     save(&image, objs);
     let bytes = std::fs::read(&image).expect("read the image");
     assert_eq!(bytes.get(18), Some(&EM_AARCH64), "{tag}: ELF e_machine");
-    let l = qemu(loader("aarch64"), &[&image]);
+    let l = qemu(c_loader("aarch64"), &[&image]);
     assert_eq!(
         result(&l),
         native,

@@ -12,7 +12,8 @@
 //!   static, and exceptions thrown two objects away from their handler.
 //! - `std_lib.rs` (tests/rust): a Rust std staticlib (String, HashMap,
 //!   `catch_unwind`, `thread_local!` with a destructor, threads) called by
-//!   a C `main`.
+//!   a C `main`; also saved as an image and run by `kiln run` and the C
+//!   loader.
 //! - `nostd_lib.rs` (tests/rust): a `#![no_std]` staticlib whose `core`
 //!   member has unused code that refers to the undefined
 //!   `rust_eh_personality` (`ld` links it only with `--gc-sections`).
@@ -31,6 +32,9 @@
 
 mod common;
 
+use std::process::Command;
+
+use common::images::{assert_like_native, c_loader, kiln, save};
 use common::programs::*;
 use common::{need_tool, scratch};
 
@@ -241,6 +245,32 @@ fn rust_std_staticlib_with_a_c_main() {
     let members = archive_members(&lib, &dir.join("members"));
     let lazy_inputs: Vec<_> = std::iter::once(main).chain(members).collect();
     assert_kiln_mode_matches(true, &native, &lazy_inputs, "rust std staticlib members");
+
+    // From an image, under `kiln run` and the C loader (the C main with
+    // `-fPIC`: gcc's `-fPIE` reaches `stdout` PC-relative, which an image
+    // cannot hold). Rust's std in it: threads, `thread_local!` destructors,
+    // a panic caught by `catch_unwind` through the image's `.eh_frame`.
+    let pic_dir = dir.join("pic");
+    std::fs::create_dir_all(&pic_dir).expect("scratch dir");
+    let main_pic = compile_each(
+        "gcc",
+        &rust_dir(),
+        &["std_main.c"],
+        &["-O2", "-fPIC"],
+        &pic_dir,
+    );
+    let image = dir.join("rstd.kimg");
+    save(&image, &[main_pic[0].clone(), lib]);
+    for (what, mut cmd) in [
+        ("kiln run IMAGE", kiln()),
+        ("kiln-load IMAGE", Command::new(c_loader("x86_64"))),
+    ] {
+        if what.starts_with("kiln run") {
+            cmd.arg("run");
+        }
+        let o = cmd.arg(&image).output().expect("the loader runs");
+        assert_like_native(&o, &native.0, native.1, what);
+    }
 }
 
 /// A `#![no_std]` staticlib whose unused `core` code names the undefined

@@ -1,11 +1,36 @@
 //! Helpers shared by the image tests: the `kiln` binary, its output shown
-//! on failure, `kiln image save` / `kiln image info`, imaging link options.
+//! on failure, `kiln image save` / `kiln image info`, imaging link options,
+//! the C loader.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kiln_linker::image_file::BuildId;
 use kiln_linker::{LinkOptions, Linker};
+
+/// `linker/loader/build.sh ISA DIR` (`"x86_64"` with gcc, `"aarch64"` with
+/// aarch64-linux-gnu-gcc), once per ISA per test process: `DIR/kiln-load`.
+pub(crate) fn c_loader(isa: &'static str) -> &'static Path {
+    static X86_64: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static AARCH64: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let (cell, cc) = match isa {
+        "x86_64" => (&X86_64, "gcc"),
+        "aarch64" => (&AARCH64, "aarch64-linux-gnu-gcc"),
+        _ => panic!("no C loader for {isa}"),
+    };
+    cell.get_or_init(|| {
+        assert!(super::need_tool(cc), "{cc} builds kiln-load for {isa}");
+        let dir = super::scratch(&format!("c-loader-{isa}"));
+        let o = Command::new("sh")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("loader/build.sh"))
+            .arg(isa)
+            .arg(&dir)
+            .output()
+            .expect("sh runs");
+        assert!(o.status.success(), "build.sh {isa}: {}", show(&o));
+        dir.join("kiln-load")
+    })
+}
 
 /// The `kiln` binary of this build.
 pub(crate) fn kiln() -> Command {
