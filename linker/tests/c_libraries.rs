@@ -275,3 +275,78 @@ fn mimalloc_runs_from_an_aarch64_image_under_qemu() {
     let objs = build_mimalloc(AARCH64_CC, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
     check_aarch64(&objs, MIMALLOC_OK, "mimalloc");
 }
+
+type Malloc = extern "C" fn(usize) -> *mut u8;
+type Free = extern "C" fn(*mut u8);
+
+/// mimalloc in a host's JIT (`Jit::builder`, eager and lazy): the host's
+/// own threads — which existed before the link, none attached to kiln's
+/// TLS area — call `mi_malloc` and free each other's blocks, as a plugin
+/// host calls a C library it loaded. Every block keeps its bytes until it
+/// is freed, and a block freed on another thread is reused.
+#[test]
+fn mimalloc_in_a_builder_jit_serves_the_hosts_threads() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let objs = build_mimalloc("gcc", &["-O2", "-fPIC"], "gcc-O2-fPIC-jit");
+    const THREADS: usize = 4;
+    const BLOCKS: usize = 5_000;
+    // Started before anything is linked.
+    let start = std::sync::Barrier::new(THREADS + 1);
+    let freed = std::sync::Barrier::new(THREADS);
+    for lazy in [false, true] {
+        let jit = kiln_linker::Jit::builder()
+            .lazy(lazy)
+            .build()
+            .expect("a JIT");
+        let calls = std::sync::OnceLock::new();
+        let blocks: Vec<std::sync::Mutex<Vec<usize>>> =
+            (0..THREADS).map(|_| Default::default()).collect();
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (start, freed, calls, blocks) = (&start, &freed, &calls, &blocks);
+                s.spawn(move || {
+                    start.wait();
+                    let (malloc, free): &(kiln_linker::jit::Func<Malloc>, _) =
+                        calls.get().expect("looked up");
+                    let free: &kiln_linker::jit::Func<Free> = free;
+                    let mut mine = Vec::with_capacity(BLOCKS);
+                    for i in 0..BLOCKS {
+                        let n = 1 + (i * 7919 + t * 104_729) % 3000;
+                        let p = malloc(n);
+                        assert!(!p.is_null(), "mi_malloc({n}) on thread {t}");
+                        // SAFETY: `p` is a fresh block of `n` bytes.
+                        unsafe { std::ptr::write_bytes(p, (t + i) as u8, n) };
+                        mine.push((p as usize, n, (t + i) as u8));
+                    }
+                    for &(p, n, v) in &mine {
+                        // SAFETY: a live block of `n` bytes this thread wrote.
+                        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, n) };
+                        assert!(bytes.iter().all(|&b| b == v), "block of {n} bytes changed");
+                    }
+                    *blocks[t].lock().expect("lock") = mine.iter().map(|b| b.0).collect();
+                    freed.wait();
+                    let theirs =
+                        std::mem::take(&mut *blocks[(t + 1) % THREADS].lock().expect("lock"));
+                    for p in theirs {
+                        free(p as *mut u8);
+                    }
+                });
+            }
+            for (k, o) in objs.iter().enumerate() {
+                let bytes = std::fs::read(o).expect("read an object");
+                if lazy {
+                    jit.add_object_lazily(&format!("mimalloc{k}.o"), &bytes)
+                } else {
+                    jit.add_object_named(&format!("mimalloc{k}.o"), &bytes)
+                }
+                .expect("add the object");
+            }
+            // SAFETY: mimalloc's signatures; its constructors are sound.
+            let found = unsafe { (jit.get::<Malloc>("mi_malloc"), jit.get::<Free>("mi_free")) };
+            let _ = calls.set((found.0.expect("mi_malloc"), found.1.expect("mi_free")));
+            start.wait();
+        });
+    }
+}
