@@ -9,13 +9,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::images::qemu;
 use common::lua::build_lua;
 use common::programs::{CXX_SHAPES, CXX_SHAPES_MAIN};
 use common::*;
 
 const CC: &str = "aarch64-linux-gnu-gcc";
-const QEMU: &str = "qemu-aarch64-static";
-const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 /// `EM_AARCH64`.
 const EM_AARCH64: u8 = 183;
 
@@ -35,17 +34,6 @@ fn show(o: &Output) -> String {
 /// The aarch64 C loader, built once per test process.
 fn loader() -> &'static Path {
     common::images::c_loader("aarch64")
-}
-
-/// Runs aarch64 program `exe` with `args` under qemu.
-fn qemu(exe: &Path, args: &[&str]) -> Output {
-    assert!(need_tool(QEMU));
-    Command::new(QEMU)
-        .args(["-L", SYSROOT])
-        .arg(exe)
-        .args(args)
-        .output()
-        .expect("qemu runs")
 }
 
 /// Compiles each of `srcs` (in `tests/c`) with the aarch64 compiler.
@@ -226,7 +214,7 @@ fn an_aarch64_program_image_linked_against_an_aarch64_library_image_runs_under_q
             "prog.kimg refers to {name} by name"
         );
     }
-    let l = qemu(loader(), &[&prog.to_string_lossy()]);
+    let l = qemu(loader(), &[&prog]);
     assert_eq!(
         String::from_utf8_lossy(&l.stdout),
         String::from_utf8_lossy(&native.stdout),
@@ -527,7 +515,7 @@ fn an_aarch64_image_for_another_static_tls_area_is_refused_by_the_loader() {
     kiln_linker::image_file::reseal(&mut bytes);
     let edited = dir.join("edited.kimg");
     std::fs::write(&edited, &bytes).expect("write the image");
-    let l = qemu(loader(), &[&edited.to_string_lossy()]);
+    let l = qemu(loader(), &[&edited]);
     let e = String::from_utf8_lossy(&l.stderr);
     assert_eq!(l.status.code(), Some(127), "{}", show(&l));
     assert!(

@@ -16,16 +16,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::c_libraries::{build_mimalloc, build_sqlite, build_zstd};
-use common::images::{c_loader, kiln, save, show};
+use common::images::{QEMU, c_loader, kiln, qemu, save, show};
 use common::*;
 
 const AARCH64_CC: &str = "aarch64-linux-gnu-gcc";
-const QEMU: &str = "qemu-aarch64-static";
-const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 /// `EM_AARCH64`, the image's ELF machine.
 const EM_AARCH64: u8 = 183;
 
@@ -65,17 +63,6 @@ fn check_x86_64(cc: &str, objs: &[PathBuf], flags: &[&str], marker: &str, tag: &
     assert!(l.stderr.is_empty(), "{tag}: kiln-load said\n{}", show(&l));
 }
 
-/// Runs aarch64 program `exe` (and `args`) under qemu.
-fn qemu(exe: &Path, args: &[&Path]) -> Output {
-    assert!(need_tool(QEMU));
-    Command::new(QEMU)
-        .args(["-L", SYSROOT])
-        .arg(exe)
-        .args(args)
-        .output()
-        .expect("qemu runs")
-}
-
 /// Links aarch64 `objs` natively and saves them as a kiln image (the target
 /// taken from the objects); runs the native build and the aarch64
 /// `kiln-load IMAGE` under qemu and demands the same stdout and exit status.
@@ -91,7 +78,7 @@ fn check_aarch64(objs: &[PathBuf], marker: &str, tag: &str) {
         .output()
         .expect("aarch64 gcc runs");
     assert!(o.status.success(), "{tag}: native link: {}", show(&o));
-    let native = result(&qemu(&exe, &[]));
+    let native = result(&qemu::<&str>(&exe, &[]));
     assert!(
         native.0.contains(marker),
         "{tag}: native run lacks {marker:?}:\n{}",

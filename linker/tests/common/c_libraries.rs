@@ -1,8 +1,10 @@
-//! SQLite (the amalgamation bundled in the `libsqlite3-sys` crate) and zstd
-//! (`zstd-sys`'s `zstd/lib`), compiled from their C sources with the test
-//! drivers `tests/c/sqlite_driver.c` and `tests/c/zstd_driver.c`. Both
-//! crates are dev-dependencies under `cfg(any())`: cargo fetches them and
-//! `cargo metadata` lists them, but never builds them.
+//! C libraries from crates' bundled sources — SQLite (the amalgamation in
+//! `libsqlite3-sys`), zstd (`zstd-sys`'s `zstd/lib`) and mimalloc
+//! (`libmimalloc-sys`'s `c_src/mimalloc/v3`) — compiled with the test
+//! drivers in `tests/c/`, and the helpers that find such a crate and
+//! compile many sources at once (Lua's build uses them too). The crates are
+//! dev-dependencies under `cfg(any())`: cargo fetches them and `cargo
+//! metadata` lists them, but never builds them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,7 +45,7 @@ pub(crate) fn crate_root(dir_prefix: &str) -> PathBuf {
 
 /// Compiles `sources` with `cc flags -I include...` into `dir` (as
 /// `<stem>.o`; stems must be distinct), three at a time.
-fn compile_all(
+pub(crate) fn compile_all(
     cc: &str,
     sources: &[PathBuf],
     flags: &[&str],

@@ -32,6 +32,22 @@ pub(crate) fn c_loader(isa: &'static str) -> &'static Path {
     })
 }
 
+/// qemu's user-mode aarch64 emulator and the cross sysroot it takes
+/// libraries from.
+pub(crate) const QEMU: &str = "qemu-aarch64-static";
+const AARCH64_SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+/// Runs aarch64 program `exe` with `args` under qemu.
+pub(crate) fn qemu<A: AsRef<std::ffi::OsStr>>(exe: &Path, args: &[A]) -> Output {
+    assert!(super::need_tool(QEMU));
+    Command::new(QEMU)
+        .args(["-L", AARCH64_SYSROOT])
+        .arg(exe)
+        .args(args)
+        .output()
+        .expect("qemu runs")
+}
+
 /// The `kiln` binary of this build.
 pub(crate) fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
