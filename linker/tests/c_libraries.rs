@@ -1,8 +1,9 @@
-//! SQLite, zstd and mimalloc — real programs kiln's authors did not write —
-//! built from their C sources (see `common/c_libraries.rs`) with small
-//! drivers (`tests/c/sqlite_driver.c`, `zstd_driver.c`,
-//! `mimalloc_driver.c`), run every way kiln runs code, with stdout and exit
-//! status equal to the native build's:
+//! SQLite, zstd, mimalloc and bzip2 — real programs kiln's authors did not
+//! write — built from their C sources (see `common/c_libraries.rs`) with
+//! small drivers (`tests/c/sqlite_driver.c`, `zstd_driver.c`,
+//! `mimalloc_driver.c`; bzip2 is its own command-line program), run every
+//! way kiln runs code, with stdout and exit status equal to the native
+//! build's:
 //!
 //! - x86-64: `kiln run` (eager), `kiln run --lazy`, `kiln image save` in
 //!   one process and `kiln run IMAGE.kimg` in another, and the C loader
@@ -16,10 +17,11 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use common::c_libraries::{build_mimalloc, build_sqlite, build_zstd};
+use common::c_libraries::{build_bzip2, build_mimalloc, build_sqlite, build_zstd};
 use common::images::{QEMU, c_loader, kiln, qemu, save, show};
 use common::*;
 
@@ -335,5 +337,115 @@ fn mimalloc_in_a_builder_jit_serves_the_hosts_threads() {
             let _ = calls.set((found.0.expect("mi_malloc"), found.1.expect("mi_free")));
             start.wait();
         });
+    }
+}
+
+/// Runs `cmd` with `input` on its stdin: its output and status.
+fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the program starts");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    std::thread::scope(|s| {
+        // Written beside the reads: a full pipe must not stall either side.
+        s.spawn(move || {
+            let _ = stdin.write_all(input);
+        });
+        child.wait_with_output().expect("the program ends")
+    })
+}
+
+/// bzip2's own command-line program with its library (bzip2 1.0.8), gcc
+/// `-O2 -fPIC` and clang `-O2 -fPIE`: a file named on the command line
+/// compressed to stdout (`-9 -c FILE`), the native build's stream
+/// decompressed from stdin (`-d -c`), and a corrupt stream refused with
+/// bzip2's status 2 — natively, under `kiln run` (eager, `--lazy`), and
+/// from an image under `kiln run` and `kiln-load`: the same bytes and
+/// statuses every way.
+#[test]
+fn bzip2_compresses_and_decompresses_every_way() {
+    assert!(need_tool("gcc") && need_tool("clang"));
+    for (cc, flags) in [("gcc", ["-O2", "-fPIC"]), ("clang", ["-O2", "-fPIE"])] {
+        let tag = format!("bzip2-{cc}");
+        let objs = build_bzip2(cc, &flags, &format!("{cc}{}", flags.concat()));
+        let dir = scratch(&format!("c-libraries-{tag}"));
+        // Text with repeats, then bytes that do not compress.
+        let mut data: Vec<u8> = (0..40_000u32)
+            .flat_map(|i| format!("line {} of kiln's input {}\n", i % 977, i * 31).into_bytes())
+            .collect();
+        data.extend((0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        let input = dir.join("input.txt");
+        std::fs::write(&input, &data).expect("write the input");
+        let native = dir.join("native");
+        let o = Command::new(cc)
+            .args(&objs)
+            .arg("-o")
+            .arg(&native)
+            .output()
+            .expect("cc runs");
+        assert!(o.status.success(), "{tag}: native link: {}", show(&o));
+        let image = dir.join("bzip2.kimg");
+        save(&image, &objs);
+        // Each way to run the program: the executable and the arguments
+        // before the program's own.
+        let kiln_bin = PathBuf::from(env!("CARGO_BIN_EXE_kiln"));
+        let mut run: Vec<OsString> = vec!["run".into()];
+        run.extend(objs.iter().map(OsString::from));
+        run.push("--".into());
+        let mut lazy = run.clone();
+        lazy.insert(1, "--lazy".into());
+        let ways = [
+            ("native", native.clone(), Vec::new()),
+            ("kiln run", kiln_bin.clone(), run),
+            ("kiln run --lazy", kiln_bin.clone(), lazy),
+            (
+                "kiln run IMAGE",
+                kiln_bin,
+                vec!["run".into(), image.clone().into(), "--".into()],
+            ),
+            (
+                "kiln-load IMAGE",
+                c_loader("x86_64").to_path_buf(),
+                vec![image.clone().into()],
+            ),
+        ];
+        let command = |program: &PathBuf, before: &[OsString]| {
+            let mut c = Command::new(program);
+            c.args(before);
+            c
+        };
+        let compressed = run_with_stdin(command(&native, &[]).args(["-9", "-c"]).arg(&input), &[]);
+        assert!(
+            compressed.status.success(),
+            "{tag}: native bzip2 -9 -c: {}",
+            show(&compressed)
+        );
+        let junk = &compressed.stdout[..compressed.stdout.len() / 3];
+        for (way, program, before) in &ways {
+            let c = run_with_stdin(command(program, before).args(["-9", "-c"]).arg(&input), &[]);
+            assert!(c.status.success(), "{tag}: {way} -9 -c: {}", show(&c));
+            assert!(
+                c.stdout == compressed.stdout,
+                "{tag}: {way} compressed differently"
+            );
+            let d = run_with_stdin(
+                command(program, before).args(["-d", "-c"]),
+                &compressed.stdout,
+            );
+            assert!(d.status.success(), "{tag}: {way} -d -c: {}", show(&d));
+            assert!(d.stdout == data, "{tag}: {way} decompressed something else");
+            let bad = run_with_stdin(command(program, before).args(["-d", "-c"]), junk);
+            assert_eq!(
+                bad.status.code(),
+                Some(2),
+                "{tag}: {way} on a cut stream: {}",
+                show(&bad)
+            );
+        }
     }
 }

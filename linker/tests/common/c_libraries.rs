@@ -1,7 +1,8 @@
 //! C libraries from crates' bundled sources — SQLite (the amalgamation in
-//! `libsqlite3-sys`), zstd (`zstd-sys`'s `zstd/lib`) and mimalloc
+//! `libsqlite3-sys`), zstd (`zstd-sys`'s `zstd/lib`), mimalloc
 //! (`libmimalloc-sys`'s `c_src/mimalloc/v3`) — compiled with the test
-//! drivers in `tests/c/`, and the helpers that find such a crate and
+//! drivers in `tests/c/`, and bzip2 with its own command-line program
+//! (`bzip2-sys`'s `bzip2-1.0.8`), and the helpers that find such a crate and
 //! compile many sources at once (Lua's build uses them too). The crates are
 //! dev-dependencies under `cfg(any())`: cargo fetches them and `cargo
 //! metadata` lists them, but never builds them.
@@ -153,4 +154,27 @@ pub(crate) fn build_mimalloc(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf
         &[include.as_path(), src.as_path()],
         &dir,
     )
+}
+
+/// bzip2 1.0.8: the library and its own command-line program (`bzip2.c`),
+/// compiled with `cc flags`.
+pub(crate) fn build_bzip2(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    let src = crate_root("bzip2-sys-0.").join("bzip2-1.0.8");
+    let sources: Vec<PathBuf> = [
+        "blocksort.c",
+        "huffman.c",
+        "crctable.c",
+        "randtable.c",
+        "compress.c",
+        "decompress.c",
+        "bzlib.c",
+        "bzip2.c",
+    ]
+    .iter()
+    .map(|f| src.join(f))
+    .collect();
+    let mut all = vec!["-D_FILE_OFFSET_BITS=64", "-w"];
+    all.extend_from_slice(flags);
+    let dir = scratch(&format!("bzip2-{tag}"));
+    compile_all(cc, &sources, &all, &[src.as_path()], &dir)
 }
