@@ -11,7 +11,8 @@
 //! - aarch64: an image saved by kiln on this machine and run by the aarch64
 //!   C loader under qemu, against the native aarch64 build under qemu;
 //! - in this process: zstd's objects added one by one to a builder JIT (the
-//!   objects each lookup needs linked together) and its API called.
+//!   objects each lookup needs linked together) and its API called; and
+//!   mimalloc's, eager and lazy, called from the host's own threads.
 //!
 //! Each configuration is compiled once, by the one test that uses it.
 
