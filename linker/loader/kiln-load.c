@@ -1043,17 +1043,24 @@ KL_OUTLINE_ATOMICS
 #define X(f) {"__aarch64_" #f, __aarch64_##f},
 static const struct { const char *name; void (*addr)(void); } RUNTIME_HELPERS[] = {KL_OUTLINE_ATOMICS};
 #undef X
-#else
-static const struct { const char *name; void (*addr)(void); } RUNTIME_HELPERS[] = {{"", 0}};
 #endif
+
+/* The loader's own copy of a static runtime helper `name`, or NULL. */
+static void *runtime_helper(const char *name) {
+#if defined(__aarch64__)
+    for (size_t i = 0; i < sizeof RUNTIME_HELPERS / sizeof RUNTIME_HELPERS[0]; i++)
+        if (!strcmp(name, RUNTIME_HELPERS[i].name)) return *(void **)(void *)&RUNTIME_HELPERS[i].addr;
+#else
+    (void)name;
+#endif
+    return NULL;
+}
 
 static void *lookup(const char *name) {
     for (size_t i = 0; i < sizeof OVERRIDES / sizeof OVERRIDES[0]; i++)
         if (!strcmp(name, OVERRIDES[i].name)) return *(void **)(void *)&OVERRIDES[i].addr;
-    for (size_t i = 0; i < sizeof RUNTIME_HELPERS / sizeof RUNTIME_HELPERS[0]; i++)
-        if (RUNTIME_HELPERS[i].addr && !strcmp(name, RUNTIME_HELPERS[i].name))
-            return *(void **)(void *)&RUNTIME_HELPERS[i].addr;
-    return dlsym(RTLD_DEFAULT, name);
+    void *helper = runtime_helper(name);
+    return helper ? helper : dlsym(RTLD_DEFAULT, name);
 }
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }

@@ -306,11 +306,17 @@ fn heaps_on_huge_pages(threads: usize) {
 /// rayon's (one per core, or `--threads`), none with `--threads 1`, and
 /// with `--lazy` as many engine workers again.
 fn allocating_threads(args: &RunArgs) -> usize {
-    if one_thread(args.threads) {
-        return 0;
-    }
-    let helpers = args.threads.unwrap_or_else(WorkerPool::available_threads);
+    let helpers = helper_threads(args.threads);
     if args.lazy { 2 * helpers } else { helpers }
+}
+
+/// rayon's threads for `--threads`: one per core by default, none with 1.
+fn helper_threads(threads: Option<usize>) -> usize {
+    if one_thread(threads) {
+        0
+    } else {
+        threads.unwrap_or_else(WorkerPool::available_threads)
+    }
 }
 
 /// The main heap's part of [`heaps_on_huge_pages`].
@@ -437,12 +443,7 @@ fn kiln_main() -> i32 {
         Some(Command::Run(args)) => run_files(args),
         Some(Command::Image(ImageCommand::Save(args))) => {
             // A save's link splits its work over rayon's threads.
-            let helpers = match args.threads {
-                Some(1) => 0,
-                Some(n) => n,
-                None => WorkerPool::available_threads(),
-            };
-            heaps_on_huge_pages(helpers);
+            heaps_on_huge_pages(helper_threads(args.threads));
             pool_of(args.threads);
             image_cli::save(&args)
         }

@@ -266,6 +266,8 @@ fn mimalloc_runs_from_an_aarch64_image_under_qemu() {
     check_aarch64(&objs, MIMALLOC_OK, "mimalloc");
 }
 
+use kiln_linker::jit::Func;
+
 type Malloc = extern "C" fn(usize) -> *mut u8;
 type Free = extern "C" fn(*mut u8);
 
@@ -290,7 +292,7 @@ fn mimalloc_in_a_builder_jit_serves_the_hosts_threads() {
             .lazy(lazy)
             .build()
             .expect("a JIT");
-        let calls = std::sync::OnceLock::new();
+        let calls: std::sync::OnceLock<(Func<Malloc>, Func<Free>)> = std::sync::OnceLock::new();
         let blocks: Vec<std::sync::Mutex<Vec<usize>>> =
             (0..THREADS).map(|_| Default::default()).collect();
         std::thread::scope(|s| {
@@ -298,9 +300,7 @@ fn mimalloc_in_a_builder_jit_serves_the_hosts_threads() {
                 let (start, freed, calls, blocks) = (&start, &freed, &calls, &blocks);
                 s.spawn(move || {
                     start.wait();
-                    let (malloc, free): &(kiln_linker::jit::Func<Malloc>, _) =
-                        calls.get().expect("looked up");
-                    let free: &kiln_linker::jit::Func<Free> = free;
+                    let (malloc, free) = calls.get().expect("looked up");
                     let mut mine = Vec::with_capacity(BLOCKS);
                     for i in 0..BLOCKS {
                         let n = 1 + (i * 7919 + t * 104_729) % 3000;
