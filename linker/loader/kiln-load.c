@@ -992,6 +992,11 @@ static uint64_t tls_slot_value(const struct import *m) {
 
 static const struct { const char *name; void (*addr)(void); } OVERRIDES[] = {
     {"atexit", (void (*)(void))image_atexit},
+    /* Also in libc_nonshared.a only (libc.so has a compat pthread_atfork
+     * dlsym cannot find, and no at_quick_exit): the loader's own, for the
+     * image it never unmaps. */
+    {"pthread_atfork", (void (*)(void))pthread_atfork},
+    {"at_quick_exit", (void (*)(void))at_quick_exit},
     {"__tls_get_addr", (void (*)(void))image_tls_get_addr},
 };
 

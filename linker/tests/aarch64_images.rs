@@ -160,6 +160,18 @@ fn a_multi_object_c_program_runs_from_an_aarch64_image_under_qemu() {
     check_against_native(&objs, &["-O2", "-fPIE"], &[], "prog-clang-O2");
 }
 
+/// `pthread_atfork` and `at_quick_exit` (only `libc_nonshared.a` defines
+/// them: the C loader binds its own) and a pthread key destructor, from an
+/// aarch64 image as from the native build.
+#[test]
+fn fork_and_quick_exit_handlers_from_an_aarch64_image_under_qemu() {
+    for program in ["fork_handlers", "quick_exit"] {
+        let flags = ["-O2", "-fPIC"];
+        let objs = objects(&[&format!("{program}.c")], &flags, program);
+        check_against_native(&objs, &flags, &[], program);
+    }
+}
+
 /// Lua 5.4 (the x86-64 tests' sources and driver) at aarch64 gcc -O2,
 /// -O0 and -O2 -fPIC, and clang -O2.
 #[test]

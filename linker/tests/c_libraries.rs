@@ -296,10 +296,9 @@ fn mimalloc_in_a_builder_jit_serves_the_hosts_threads() {
         let blocks: Vec<std::sync::Mutex<Vec<usize>>> =
             (0..THREADS).map(|_| Default::default()).collect();
         std::thread::scope(|s| {
-            let mut threads = Vec::with_capacity(THREADS);
             for t in 0..THREADS {
                 let (start, freed, calls, blocks) = (&start, &freed, &calls, &blocks);
-                threads.push(s.spawn(move || {
+                s.spawn(move || {
                     start.wait();
                     let (malloc, free) = calls.get().expect("looked up");
                     let mut mine = Vec::with_capacity(BLOCKS);
@@ -323,7 +322,7 @@ fn mimalloc_in_a_builder_jit_serves_the_hosts_threads() {
                     for p in theirs {
                         free(p as *mut u8);
                     }
-                }));
+                });
             }
             for (k, o) in objs.iter().enumerate() {
                 let bytes = std::fs::read(o).expect("read an object");
@@ -338,14 +337,9 @@ fn mimalloc_in_a_builder_jit_serves_the_hosts_threads() {
             let found = unsafe { (jit.get::<Malloc>("mi_malloc"), jit.get::<Free>("mi_free")) };
             let _ = calls.set((found.0.expect("mi_malloc"), found.1.expect("mi_free")));
             start.wait();
-            // Joined to the end of each thread — its exit runs mimalloc's
-            // pthread key destructor, JIT'd code — before the JIT is
-            // dropped: a scope's own wait ends before a thread's
-            // destructors run (docs/guide.md, "Removing code": kiln does
-            // not guard library-registered pthread key destructors yet).
-            for t in threads {
-                t.join().expect("a host thread");
-            }
+            // The scope's wait ends before each thread's exit has run
+            // mimalloc's pthread key destructor (JIT'd code): the JIT's end
+            // below must wait for those (runtime/keys.rs).
         });
     }
 }

@@ -916,3 +916,23 @@ fn blocks_aligned_beyond_a_page_stay_aligned_under_kiln_load() {
         check_three_ways("gcc", &[obj], &flags, &[], tag);
     }
 }
+
+/// `pthread_atfork` and `at_quick_exit` (`libc_nonshared.a` only) and a
+/// pthread key destructor from an image: natively, under `kiln run`, under
+/// `kiln-load`.
+#[test]
+fn fork_and_quick_exit_handlers_under_kiln_load() {
+    assert!(need_tool("gcc"));
+    let flags = ["-O2", "-fPIC"];
+    for program in ["fork_handlers", "quick_exit"] {
+        let dir = scratch(&format!("c-loader-{program}"));
+        let obj = compile(
+            "gcc",
+            &c_dir().join(format!("{program}.c")),
+            &flags,
+            &[],
+            &dir.join(format!("{program}.o")),
+        );
+        check_three_ways("gcc", &[obj], &flags, &[], program);
+    }
+}

@@ -218,3 +218,71 @@ fn cpu_model_needs_libgcc_and_says_so() {
     assert_eq!((out, status), native, "eager, with libgcc.a\n{stderr}");
     assert_lazy_run_matches(&inputs, &[], (&native.0, native.1), "cpu-model");
 }
+
+/// `pthread_atfork` handlers and a pthread key destructor in the program's
+/// own code (`tests/c/fork_handlers.c`): glibc exports `pthread_atfork`
+/// only as a compat symbol (`dlsym` cannot find it; programs get it from
+/// `libc_nonshared.a`), so kiln provides it — handlers in POSIX order,
+/// child handlers in the child. As natively, eager and `--lazy`.
+#[test]
+fn fork_handlers_and_key_destructors_run_as_natively() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("c-fork-handlers");
+    for flags in [&["-O2"][..], &["-O0", "-fPIC"]] {
+        let obj = compile(
+            "gcc",
+            &c_dir().join("fork_handlers.c"),
+            flags,
+            &[],
+            &dir.join("fork_handlers.o"),
+        );
+        let (out, _) = assert_jit_matches_native(
+            "gcc",
+            std::slice::from_ref(&obj),
+            flags,
+            (&[], &[]),
+            &dir.join("fork_handlers"),
+            "key destructor saw 6",
+            &format!("fork handlers {flags:?}"),
+        );
+        assert!(
+            out.contains("order: 2 1 3 4 2 1 3 4")
+                && out.contains(
+                    "fork 1: child handler ran 1 time(s), child saw 2 prepare(s); parent 2"
+                ),
+            "{out}"
+        );
+    }
+}
+
+/// `at_quick_exit` (only `libc_nonshared.a` defines it): `quick_exit`
+/// runs the program's handlers newest first and not its `atexit` ones.
+/// Under `kiln run` (`quick_exit` ends the process), eager and `--lazy`.
+#[test]
+fn quick_exit_handlers_run_as_natively() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("c-quick-exit");
+    let obj = compile(
+        "gcc",
+        &c_dir().join("quick_exit.c"),
+        &["-O2"],
+        &[],
+        &dir.join("quick_exit.o"),
+    );
+    let native = run_native(
+        "gcc",
+        std::slice::from_ref(&obj),
+        &["-O2"],
+        &[],
+        &dir.join("quick_exit"),
+    );
+    assert_eq!(native, ("main\nquick 2\nquick 1\n".to_string(), 7));
+    let (out, status, stderr) = run_kiln(false, std::slice::from_ref(&obj), &[], &[]);
+    assert_eq!((out, status), native, "eager\n{stderr}");
+    let (out, status, stderr) = run_kiln(true, std::slice::from_ref(&obj), &[], &[]);
+    assert_eq!((out, status), native, "--lazy\n{stderr}");
+}

@@ -587,3 +587,196 @@ fn objects_added_together_link_as_one_image() {
     // SAFETY: `c` is `long c(long)`.
     assert_eq!(unsafe { jit.get::<I64Fn>("c") }.unwrap()(5), 5);
 }
+
+/// Entered by the key destructor of `keys.o`; sleeps so the test can end
+/// the JIT while the destructor is still running.
+static KEY_DTOR_ENTERED: AtomicUsize = AtomicUsize::new(0);
+/// Sum of the values the key destructor finished with.
+static KEY_DTOR_LEFT: AtomicI64 = AtomicI64::new(0);
+
+extern "C" fn key_dtor_entered() {
+    KEY_DTOR_ENTERED.fetch_add(1, SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+extern "C" fn key_dtor_leaving(value: i64) {
+    KEY_DTOR_LEFT.fetch_add(value, SeqCst);
+}
+
+/// A pthread key whose destructor is JIT'd code (what mimalloc does for
+/// its per-thread heaps).
+const KEYS_SRC: &str = "#include <pthread.h>\n\
+    void key_dtor_entered(void);\n\
+    void key_dtor_leaving(long);\n\
+    static pthread_key_t key;\n\
+    static void dtor(void *v) { key_dtor_entered(); key_dtor_leaving((long)v); }\n\
+    long make_key(long unused) { return pthread_key_create(&key, dtor); }\n\
+    long set_value(long v) { return pthread_setspecific(key, (void *)v); }\n\
+    long drop_key(long unused) { return pthread_key_delete(key); }\n";
+
+fn keys_jit(lazy: bool, bytes: &[u8]) -> Jit {
+    let jit = Jit::builder().lazy(lazy).build().unwrap();
+    jit.define_fn("key_dtor_entered", key_dtor_entered as extern "C" fn())
+        .unwrap();
+    jit.define_fn("key_dtor_leaving", key_dtor_leaving as extern "C" fn(i64))
+        .unwrap();
+    if bytes.is_empty() {
+        // The caller adds the object (through a tracker).
+    } else if lazy {
+        jit.add_object_lazily("keys", bytes).unwrap();
+    } else {
+        jit.add_object(bytes).unwrap();
+    }
+    jit
+}
+
+/// glibc runs a pthread key's destructor on an exiting thread after the
+/// thread's function returned — after `join` of a scoped thread, and with
+/// nothing the host can wait for. The JIT's end (which frees the code) must
+/// wait for a destructor that is running, not pull the code from under it.
+/// Eager and lazy.
+#[test]
+fn the_end_of_a_jit_waits_for_a_key_destructor_running_on_an_exiting_thread() {
+    if !common::in_own_process(
+        "the_end_of_a_jit_waits_for_a_key_destructor_running_on_an_exiting_thread",
+    ) {
+        return;
+    }
+    let dir = scratch("key-dtor-running");
+    let bytes = object(&dir, "keys", KEYS_SRC);
+    for lazy in [false, true] {
+        KEY_DTOR_ENTERED.store(0, SeqCst);
+        KEY_DTOR_LEFT.store(0, SeqCst);
+        let jit = keys_jit(lazy, &bytes);
+        // SAFETY: both are `long f(long)`.
+        let (make_key, set_value) = unsafe {
+            (
+                jit.get::<I64Fn>("make_key").unwrap(),
+                jit.get::<I64Fn>("set_value").unwrap(),
+            )
+        };
+        assert_eq!(make_key(0), 0, "lazy: {lazy}: pthread_key_create");
+        let set = set_value.as_fn();
+        let thread = std::thread::spawn(move || assert_eq!(set(7), 0));
+        while KEY_DTOR_ENTERED.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        // The destructor runs (asleep in the host); end the JIT now.
+        drop((make_key, set_value, jit));
+        assert_eq!(
+            KEY_DTOR_LEFT.load(SeqCst),
+            7,
+            "lazy: {lazy}: the JIT ended before the running destructor returned"
+        );
+        thread.join().unwrap();
+    }
+}
+
+/// A thread that exits after its key's image was removed skips the
+/// destructor (its code is gone) instead of calling freed memory; keys the
+/// JIT'd code deletes itself are deleted.
+#[test]
+fn a_thread_exiting_after_removal_skips_the_images_key_destructor() {
+    if !common::in_own_process("a_thread_exiting_after_removal_skips_the_images_key_destructor") {
+        return;
+    }
+    let dir = scratch("key-dtor-after");
+    let bytes = object(&dir, "keys", KEYS_SRC);
+    KEY_DTOR_ENTERED.store(0, SeqCst);
+    let jit = keys_jit(false, &[]);
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: all three are `long f(long)`.
+    let (make_key, set_value, drop_key) = unsafe {
+        (
+            tracker.get::<I64Fn>("make_key").unwrap(),
+            tracker.get::<I64Fn>("set_value").unwrap(),
+            tracker.get::<I64Fn>("drop_key").unwrap(),
+        )
+    };
+    // More keys than glibc has (1,024), each deleted by the JIT'd code.
+    for round in 0..1100 {
+        assert_eq!(make_key(0), 0, "create, round {round}");
+        assert_eq!(drop_key(0), 0, "delete, round {round}");
+    }
+    assert_eq!(make_key(0), 0);
+    let set = set_value.as_fn();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        assert_eq!(set(5), 0);
+        ready_tx.send(()).unwrap();
+        rx.recv().unwrap();
+    });
+    ready_rx.recv().unwrap();
+    drop((make_key, set_value, drop_key));
+    // SAFETY: no handle is left; the waiting thread runs no JIT'd code.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    tx.send(()).unwrap();
+    thread.join().unwrap();
+    assert_eq!(
+        KEY_DTOR_ENTERED.load(SeqCst),
+        0,
+        "a removed image's key destructor ran"
+    );
+}
+
+static FORK_PREPARED: AtomicUsize = AtomicUsize::new(0);
+extern "C" fn fork_prepared() {
+    FORK_PREPARED.fetch_add(1, SeqCst);
+}
+
+/// Forks this process; the child exits at once.
+fn fork_and_wait() {
+    // SAFETY: the child only calls `_exit`, which is async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: ends the child without running anything of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+}
+
+/// Fork handlers JIT'd code registers (`pthread_atfork`, which only
+/// `libc_nonshared.a` defines) run at each `fork()` while their image
+/// lives, and not after it was removed (glibc would call freed memory).
+#[test]
+fn fork_handlers_of_a_removed_image_no_longer_run() {
+    let _serial = serial();
+    let dir = scratch("atfork");
+    let bytes = object(
+        &dir,
+        "atfork",
+        "#include <pthread.h>\n\
+         void fork_prepared(void);\n\
+         static void prepare(void) { fork_prepared(); }\n\
+         long register_handlers(long unused) { return pthread_atfork(prepare, 0, 0); }\n",
+    );
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("fork_prepared", fork_prepared as extern "C" fn())
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: `long register_handlers(long)`.
+    let register = unsafe { tracker.get::<I64Fn>("register_handlers") }.unwrap();
+    assert_eq!(register(0), 0);
+    let before = FORK_PREPARED.load(SeqCst);
+    fork_and_wait();
+    assert_eq!(
+        FORK_PREPARED.load(SeqCst),
+        before + 1,
+        "the prepare handler ran"
+    );
+    drop(register);
+    // SAFETY: no handle is left; nothing calls the object.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    fork_and_wait();
+    assert_eq!(
+        FORK_PREPARED.load(SeqCst),
+        before + 1,
+        "a removed image's fork handler ran"
+    );
+}

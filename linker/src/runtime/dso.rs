@@ -65,6 +65,70 @@ pub(crate) struct Life {
     /// `true` until the image is torn down. Thread-exit destructors hold a
     /// read lock while they run, so teardown waits for running ones.
     alive: RwLock<bool>,
+    /// pthread keys the image created with a destructor of its own
+    /// (`keys`), deleted when the image goes.
+    keys: Mutex<Vec<libc::pthread_key_t>>,
+}
+
+impl Life {
+    fn new() -> Self {
+        Life {
+            alive: RwLock::new(true),
+            keys: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` if the image is alive, keeping it so until `f` returns.
+    pub(crate) fn while_alive(&self, f: impl FnOnce()) {
+        let alive = self.alive.read().unwrap_or_else(PoisonError::into_inner);
+        if *alive {
+            f();
+        }
+    }
+
+    /// Runs `f` as [`Life::while_alive`] does, in a child process just
+    /// forked: a write lock held at the fork (a teardown under way on a
+    /// thread the child does not have) is never released there, so the
+    /// image counts as gone.
+    pub(crate) fn while_alive_in_child(&self, f: impl FnOnce()) {
+        let alive = match self.alive.try_read() {
+            Ok(alive) => alive,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if *alive {
+            f();
+        }
+    }
+
+    /// Whether the image is still alive.
+    pub(crate) fn is_alive(&self) -> bool {
+        *self.alive.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the image's life once no [`Life::while_alive`] call runs.
+    fn end(&self) {
+        *self.alive.write().unwrap_or_else(PoisonError::into_inner) = false;
+    }
+
+    pub(crate) fn add_key(&self, key: libc::pthread_key_t) {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key);
+    }
+
+    pub(crate) fn forget_key(&self, key: libc::pthread_key_t) {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|&k| k != key);
+    }
+}
+
+/// The life of the live kiln image whose memory holds `addr`.
+pub(crate) fn life_of(addr: usize) -> Option<Arc<Life>> {
+    lookup_range(addr).map(|shared| Arc::clone(&shared.life))
 }
 
 /// Shared part of a [`DsoHandle`]; its address is the handle's address.
@@ -293,12 +357,7 @@ impl DsoHandle {
     pub(crate) unsafe fn finish_thread_dtors(&self) {
         // SAFETY: forwarded contract.
         unsafe { run_current_thread_dtors(&self.shared.life) };
-        *self
-            .shared
-            .life
-            .alive
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.shared.life.end();
     }
 }
 
@@ -308,9 +367,7 @@ impl DsoShared {
             addr,
             name,
             handlers: Mutex::new(Vec::new()),
-            life: Arc::new(Life {
-                alive: RwLock::new(true),
-            }),
+            life: Arc::new(Life::new()),
             ranges: Mutex::new(Vec::new()),
         }
     }
@@ -318,11 +375,15 @@ impl DsoShared {
 
 impl Drop for DsoShared {
     fn drop(&mut self) {
-        *self
-            .life
-            .alive
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.life.end();
+        let keys = std::mem::take(
+            &mut *self
+                .life
+                .keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        super::keys::release_keys(keys);
         let addr = self.addr;
         let starts = std::mem::take(
             self.ranges
@@ -480,16 +541,11 @@ unsafe extern "C" fn run_thread_dtor(entry: *mut c_void) {
     if entry.done {
         return;
     }
-    let alive = entry
-        .life
-        .alive
-        .read()
-        .unwrap_or_else(PoisonError::into_inner);
-    if *alive {
-        // SAFETY: the image is alive (and stays so while we hold the read
-        // lock); the program registered this call.
-        unsafe { (entry.dtor)(entry.obj) };
-    }
+    entry.life.while_alive(|| {
+        // SAFETY: the image is alive (and stays so while `while_alive` runs
+        // this); the program registered this call.
+        unsafe { (entry.dtor)(entry.obj) }
+    });
 }
 
 /// Runs the calling thread's not-yet-run destructors of `life`'s image.
