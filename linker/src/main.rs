@@ -715,6 +715,7 @@ fn link_and_run(
     // own `environ` (`program_arguments`).
     let status = unsafe { call_entry(address, argc, argv, envp) };
     let ran = run_start.elapsed();
+    kiln_linker::runtime::set_exit_status(status);
     // Finalizers and atexit handlers of the JIT'd code run before any of its
     // memory goes — lazy stubs included, which belong to another dylib.
     run.layer.run_finalizers();
@@ -811,6 +812,7 @@ fn run_alone(args: &RunArgs, program: &str, image: ImageFile) -> Result<Alone, S
     // NUL-terminated array of leaked C strings, envp the process's own
     // `environ` (`program_arguments`).
     let status = unsafe { call_entry(address, argc, argv, envp) };
+    kiln_linker::runtime::set_exit_status(status);
     finalize_alone();
     // The libraries the image is bound to stay loaded as long as it does:
     // until the process exits (as the engine's `<host>` dylib keeps them).
@@ -833,17 +835,28 @@ fn finalize_alone() {
     }
 }
 
+unsafe extern "C" {
+    /// glibc's `on_exit`: an exit handler that receives the exit status
+    /// (the `libc` crate does not declare it).
+    fn on_exit(
+        f: extern "C" fn(libc::c_int, *mut libc::c_void),
+        arg: *mut libc::c_void,
+    ) -> libc::c_int;
+}
+
 /// If the program calls `exit()` itself — from `main` or from an
 /// initializer — its image's `atexit` handlers and finalizers run from
 /// libc's exit list.
 fn finalize_alone_at_exit() {
-    extern "C" fn at_exit() {
+    extern "C" fn at_exit(status: libc::c_int, _: *mut libc::c_void) {
+        kiln_linker::runtime::set_exit_status(status);
         finalize_alone();
     }
-    // SAFETY: `at_exit` is a plain `extern "C" fn()` that only finalizes
-    // the image (once); registering it has no other precondition.
+    // SAFETY: `at_exit` is an `on_exit` handler that only finalizes the
+    // image (once) with the exit status; registering it has no other
+    // precondition.
     unsafe {
-        libc::atexit(at_exit);
+        on_exit(at_exit, std::ptr::null_mut());
     }
 }
 
@@ -1328,8 +1341,9 @@ static SESSION_AT_EXIT: std::sync::OnceLock<(Session, ObjectLayer, SessionEnd)> 
 /// (and before libc flushes stdio): finalize them and end the session
 /// (as `end` says) from libc's exit list.
 fn end_session_at_exit(session: &Session, layer: &ObjectLayer, end: SessionEnd) {
-    extern "C" fn at_exit() {
+    extern "C" fn at_exit(status: libc::c_int, _: *mut libc::c_void) {
         if let Some((session, layer, end)) = SESSION_AT_EXIT.get() {
+            kiln_linker::runtime::set_exit_status(status);
             layer.run_finalizers();
             if *end == SessionEnd::Ended {
                 session.end();
@@ -1340,11 +1354,11 @@ fn end_session_at_exit(session: &Session, layer: &ObjectLayer, end: SessionEnd) 
         .set((session.clone(), layer.clone(), end))
         .is_ok()
     {
-        // SAFETY: `at_exit` is a plain `extern "C" fn()` that only finalizes
-        // the images and ends the session (both idempotent); registering it
-        // has no other precondition.
+        // SAFETY: `at_exit` is an `on_exit` handler that only finalizes the
+        // images with the exit status and ends the session (both
+        // idempotent); registering it has no other precondition.
         unsafe {
-            libc::atexit(at_exit);
+            on_exit(at_exit, std::ptr::null_mut());
         }
     }
 }

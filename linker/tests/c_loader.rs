@@ -917,14 +917,14 @@ fn blocks_aligned_beyond_a_page_stay_aligned_under_kiln_load() {
     }
 }
 
-/// `pthread_atfork` and `at_quick_exit` (`libc_nonshared.a` only) and a
-/// pthread key destructor from an image: natively, under `kiln run`, under
-/// `kiln-load`.
+/// `pthread_atfork` and `at_quick_exit` (`libc_nonshared.a` only), a
+/// pthread key destructor and `on_exit` handlers (with the exit status)
+/// from an image: natively, under `kiln run`, under `kiln-load`.
 #[test]
-fn fork_and_quick_exit_handlers_under_kiln_load() {
+fn fork_quick_exit_and_on_exit_handlers_under_kiln_load() {
     assert!(need_tool("gcc"));
     let flags = ["-O2", "-fPIC"];
-    for program in ["fork_handlers", "quick_exit"] {
+    for program in ["fork_handlers", "quick_exit", "on_exit"] {
         let dir = scratch(&format!("c-loader-{program}"));
         let obj = compile(
             "gcc",
@@ -933,6 +933,9 @@ fn fork_and_quick_exit_handlers_under_kiln_load() {
             &[],
             &dir.join(format!("{program}.o")),
         );
-        check_three_ways("gcc", &[obj], &flags, &[], program);
+        check_three_ways("gcc", std::slice::from_ref(&obj), &flags, &[], program);
+        if program == "on_exit" {
+            check_three_ways("gcc", &[obj], &flags, &["exit"], "on_exit-exit");
+        }
     }
 }

@@ -286,3 +286,38 @@ fn quick_exit_handlers_run_as_natively() {
     let (out, status, stderr) = run_kiln(true, std::slice::from_ref(&obj), &[], &[]);
     assert_eq!((out, status), native, "--lazy\n{stderr}");
 }
+
+/// `on_exit` handlers (glibc's, which never drops a library's) beside
+/// `atexit` ones: run newest first with the exit status, when `main`
+/// returns and when it calls `exit`. Eager and `--lazy`.
+#[test]
+fn on_exit_handlers_get_the_exit_status() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("c-on-exit");
+    let obj = compile(
+        "gcc",
+        &c_dir().join("on_exit.c"),
+        &["-O2"],
+        &[],
+        &dir.join("on_exit.o"),
+    );
+    let exe = dir.join("on_exit");
+    run_native("gcc", std::slice::from_ref(&obj), &["-O2"], &[], &exe);
+    for args in [&[][..], &["exit"]] {
+        let native = std::process::Command::new(&exe)
+            .args(args)
+            .output()
+            .expect("native runs");
+        let native = (
+            String::from_utf8_lossy(&native.stdout).into_owned(),
+            native.status.code().unwrap_or(-1),
+        );
+        assert!(native.0.starts_with("main\non_exit "), "{native:?}");
+        for lazy in [false, true] {
+            let (out, status, stderr) = run_kiln(lazy, std::slice::from_ref(&obj), &[], args);
+            assert_eq!((out, status), native, "{args:?}, lazy: {lazy}\n{stderr}");
+        }
+    }
+}

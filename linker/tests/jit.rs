@@ -780,3 +780,39 @@ fn fork_handlers_of_a_removed_image_no_longer_run() {
         "a removed image's fork handler ran"
     );
 }
+
+static ON_EXIT_STATUS: AtomicI64 = AtomicI64::new(-1);
+extern "C" fn note_on_exit(status: i64) {
+    ON_EXIT_STATUS.store(status, SeqCst);
+}
+
+/// An `on_exit` handler of JIT'd code runs when its image is removed (with
+/// status 0, as `dlclose` runs a library's `atexit` handlers) — glibc would
+/// call it at the process's exit, from freed memory.
+#[test]
+fn on_exit_handlers_run_when_their_image_is_removed() {
+    if !common::in_own_process("on_exit_handlers_run_when_their_image_is_removed") {
+        return;
+    }
+    let dir = scratch("on-exit");
+    let bytes = object(
+        &dir,
+        "on_exit",
+        "#include <stdlib.h>\n\
+         void note_on_exit(long);\n\
+         static void bye(int status, void *arg) { note_on_exit(status + (long)arg); }\n\
+         long register_bye(long unused) { return on_exit(bye, (void *)0); }\n",
+    );
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("note_on_exit", note_on_exit as extern "C" fn(i64))
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: `long register_bye(long)`.
+    let register = unsafe { tracker.get::<I64Fn>("register_bye") }.unwrap();
+    assert_eq!(register(0), 0);
+    drop(register);
+    // SAFETY: no handle is left; nothing calls the object.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    assert_eq!(ON_EXIT_STATUS.load(SeqCst), 0, "the handler ran at removal");
+}

@@ -12,11 +12,14 @@ use super::{RuntimeError, thread};
 type CxaHandler = unsafe extern "C" fn(*mut c_void);
 /// An `atexit`-style handler.
 type PlainHandler = unsafe extern "C" fn();
+/// An `on_exit`-style handler: the exit status, then its argument.
+type OnExitHandler = unsafe extern "C" fn(c_int, *mut c_void);
 
 /// One process-exit handler of an image.
 enum Handler {
     Cxa(CxaHandler, *mut c_void),
     Plain(PlainHandler),
+    OnExit(OnExitHandler, *mut c_void),
 }
 
 /// Registration order of process-exit handlers across every image, so that
@@ -37,11 +40,11 @@ impl Registered {
         }
     }
 
-    /// Runs the handler.
+    /// Runs the handler; an `on_exit` one gets `status`.
     ///
     /// # Safety
     /// The image that registered it must still be mapped and initialized.
-    unsafe fn run(self) {
+    unsafe fn run(self, status: c_int) {
         match self.handler {
             // SAFETY: the program registered this function and argument for
             // exactly this call; the caller guarantees the image is mapped.
@@ -49,6 +52,10 @@ impl Registered {
             // SAFETY: the program registered this function (`atexit`) for
             // exactly this call; the caller guarantees the image is mapped.
             Handler::Plain(f) => unsafe { f() },
+            // SAFETY: the program registered this function and argument
+            // (`on_exit`) for exactly this call; the caller guarantees the
+            // image is mapped.
+            Handler::OnExit(f, arg) => unsafe { f(status, arg) },
         }
     }
 }
@@ -318,6 +325,16 @@ impl DsoHandle {
     /// # Safety
     /// As for [`DsoHandle::run_atexit_handlers`], for every image.
     pub unsafe fn run_atexit_handlers_together(handles: &[DsoHandle]) {
+        // SAFETY: forwarded contract.
+        unsafe { Self::run_exit_handlers(handles, 0) }
+    }
+
+    /// [`DsoHandle::run_atexit_handlers_together`], giving `on_exit`
+    /// handlers `status` (what `exit` passes them; `dlclose` passes 0).
+    ///
+    /// # Safety
+    /// As for [`DsoHandle::run_atexit_handlers`], for every image.
+    pub(crate) unsafe fn run_exit_handlers(handles: &[DsoHandle], status: c_int) {
         loop {
             // The newest handler of any image (no lock is held while it runs:
             // it may register more).
@@ -343,7 +360,7 @@ impl DsoHandle {
                 .pop();
             if let Some(registered) = next {
                 // SAFETY: forwarded contract.
-                unsafe { registered.run() };
+                unsafe { registered.run(status) };
             }
         }
     }
@@ -475,6 +492,31 @@ unsafe extern "C" fn cxa_atexit(
     }
 }
 
+unsafe extern "C" {
+    #[link_name = "on_exit"]
+    fn real_on_exit(f: OnExitHandler, arg: *mut c_void) -> c_int;
+}
+
+/// `on_exit` for JIT'd code: a handler in a kiln image runs at the image's
+/// teardown, in line with its `atexit` handlers (glibc never drops a
+/// library's, and would call it at exit from freed memory); any other is
+/// glibc's.
+unsafe extern "C" fn on_exit(f: Option<OnExitHandler>, arg: *mut c_void) -> c_int {
+    let Some(f) = f else { return -1 };
+    match lookup_range(f as usize) {
+        Some(shared) => {
+            shared
+                .handlers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Registered::new(Handler::OnExit(f, arg)));
+            0
+        }
+        // SAFETY: not a kiln image's handler; forwarded unchanged.
+        None => unsafe { real_on_exit(f, arg) },
+    }
+}
+
 unsafe extern "C" fn cxa_finalize(dso: *mut c_void) {
     match image_of(dso as usize) {
         // SAFETY: JIT code asked to finalize its own image now, while it runs.
@@ -581,6 +623,7 @@ pub(crate) fn overrides() -> Vec<(&'static str, usize)> {
         ("atexit", __kiln_rt_atexit as *const () as usize),
         ("__cxa_atexit", cxa_atexit as *const () as usize),
         ("__cxa_finalize", cxa_finalize as *const () as usize),
+        ("on_exit", on_exit as *const () as usize),
         (
             "__cxa_thread_atexit",
             cxa_thread_atexit as *const () as usize,

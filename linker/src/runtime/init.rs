@@ -452,8 +452,9 @@ impl FiniCalls {
                     // SAFETY: forwarded contract.
                     unsafe { dso.finish_thread_dtors() };
                 }
+                let status = EXIT_STATUS.load(std::sync::atomic::Ordering::Relaxed);
                 // SAFETY: forwarded contract.
-                unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+                unsafe { DsoHandle::run_exit_handlers(&handles, status) };
                 for addr in finalizers {
                     // SAFETY: the caller guarantees `addr` is a finalizer of
                     // a mapped image whose initializers ran: a `void (void)`
@@ -461,10 +462,22 @@ impl FiniCalls {
                     unsafe { std::mem::transmute::<usize, FiniFn>(addr)() };
                 }
                 // SAFETY: forwarded contract.
-                unsafe { DsoHandle::run_atexit_handlers_together(&handles) };
+                unsafe { DsoHandle::run_exit_handlers(&handles, status) };
             }
         }
     }
+}
+
+/// The status an executable teardown gives `on_exit` handlers.
+static EXIT_STATUS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Sets the exit status that `on_exit` handlers of images torn down as a
+/// program ([`InitFini::set_executable_teardown`]) receive, as `exit`
+/// gives them: a host running a JIT'd program sets what its `main`
+/// returned, or what it passed to `exit`, before the teardown. Other
+/// teardowns give 0, as `dlclose` does.
+pub fn set_exit_status(status: c_int) {
+    EXIT_STATUS.store(status, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl OneTeardown {

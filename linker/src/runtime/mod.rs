@@ -55,7 +55,7 @@ pub(crate) mod unwinder;
 
 pub use dso::DsoHandle;
 pub use init::{
-    DEFAULT_PRIORITY, FiniCalls, InitCalls, InitFini, InitKind, init_priority,
+    DEFAULT_PRIORITY, FiniCalls, InitCalls, InitFini, InitKind, init_priority, set_exit_status,
     set_program_arguments, set_program_arguments_with_environ,
 };
 
@@ -117,6 +117,7 @@ pub enum RuntimeError {
 /// | `atexit` | handler runs at the image's teardown ([`InitFini::run_fini`]); glibc exports no `atexit` (it lives in `libc_nonshared.a`), so this entry is also what makes `atexit` resolvable at all |
 /// | `__cxa_atexit` | per-image handler list, run at teardown in reverse registration order |
 /// | `__cxa_finalize` | runs a kiln image's handlers now, or forwards |
+/// | `on_exit` | a handler in an image joins its `atexit` handlers: run at its teardown with the status [`set_exit_status`] set for a program's teardown, else 0 (glibc never drops a library's `on_exit` handlers) |
 /// | `__cxa_thread_atexit`, `__cxa_thread_atexit_impl` | `thread_local` destructors: run at thread exit while the image is alive; the tearing-down thread runs its own at teardown; other threads skip them once the image is gone (glibc's version would call into freed memory at exit) |
 /// | `pthread_key_create`, `__pthread_key_create`, `pthread_key_delete` | a key whose destructor lies in an image: the destructor runs on exiting threads while the image is alive, a teardown waits for running ones, later ones are skipped, and the image's keys are deleted when it goes (glibc would call freed memory) |
 /// | `pthread_atfork` | an image's fork handlers run while the image is alive, a teardown waits for running ones, later forks skip them (glibc exports `pthread_atfork` only as a compat symbol: programs get it from `libc_nonshared.a`) |
@@ -147,6 +148,7 @@ mod tests {
             "atexit",
             "__cxa_atexit",
             "__cxa_finalize",
+            "on_exit",
             "__cxa_thread_atexit",
             "__cxa_thread_atexit_impl",
             "__tls_get_addr",
