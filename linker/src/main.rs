@@ -335,6 +335,32 @@ fn main_heap_on_huge_pages() {
             advise_huge_pages(from, brk - from);
         }
         libc::free(block);
+        // The free gave the block back to the top, where the next
+        // allocations start.
+        start_at_a_huge_page(block as usize);
+    }
+}
+
+/// The size of the pages malloc's advised heaps are backed with.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Where a heap's allocations continue at `top` (its top chunk's start)
+/// and pages below `top` in the same 2 MiB were touched before the heap
+/// was advised, the kernel backs the rest of those 2 MiB with small pages,
+/// a fault each. A block from `top` to the next 2 MiB boundary, taken and
+/// never given back (nor written: address space only), makes the
+/// allocations after it start on huge pages: synth's `kiln run` made ~250
+/// small-page faults in each of the main heap and the arena of the thread
+/// that read most inputs.
+fn start_at_a_huge_page(top: usize) {
+    /// Room left below the boundary for the kept block's and the top
+    /// chunk's headers.
+    const HEADERS: usize = 64;
+    let used = top & (HUGE_PAGE - 1);
+    if used + HEADERS < HUGE_PAGE {
+        // SAFETY: a block malloc hands out, deliberately kept. (The hint
+        // keeps the compiler from dropping an allocation nobody reads.)
+        std::hint::black_box(unsafe { libc::malloc(HUGE_PAGE - used - HEADERS) });
     }
 }
 
@@ -342,7 +368,12 @@ fn main_heap_on_huge_pages() {
 const PAGE: usize = 4096;
 
 /// The other threads' part of [`heaps_on_huge_pages`]: `threads` arenas
-/// (at most 16), each advised by the thread that made it.
+/// (at most 16), each advised by the thread that made it. Each thread is
+/// joined to its end (`pthread_join`): glibc puts a thread's arena on the
+/// free list for the next thread only as the thread exits, after its
+/// function returned — a scope's own wait ends earlier, and a thread
+/// started then made a new arena, on small pages, about one run in three
+/// (synth: up to ~3,000 more page faults).
 fn thread_heaps_on_huge_pages(threads: usize) {
     // Every thread holds its arena until all have one: this write lock is
     // given up once each started thread said it has one.
@@ -352,8 +383,9 @@ fn thread_heaps_on_huge_pages(threads: usize) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (made, all_made) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
-        let started = (0..threads.min(16))
-            .filter(|_| {
+        // A thread that cannot start is one arena fewer.
+        let started: Vec<_> = (0..threads.min(16))
+            .filter_map(|_| {
                 let made = made.clone();
                 let gate = &gate;
                 let thread = std::thread::Builder::new().spawn_scoped(s, move || {
@@ -363,17 +395,19 @@ fn thread_heaps_on_huge_pages(threads: usize) {
                     // SAFETY: `block` came from malloc (or is null).
                     unsafe { libc::free(block) };
                 });
-                // A thread that cannot start is one arena fewer.
-                thread.is_ok()
+                thread.ok()
             })
-            .count();
+            .collect();
         // Only the threads hold senders now: a thread that died early ends
         // the wait too.
         drop(made);
-        for _ in 0..started {
+        for _ in 0..started.len() {
             let _ = all_made.recv();
         }
         drop(closed);
+        for thread in started {
+            let _ = thread.join();
+        }
     });
 }
 
@@ -382,7 +416,9 @@ fn thread_heaps_on_huge_pages(threads: usize) {
 /// returns the block that found it, to be freed. Each arena's heap is a
 /// mapping of `HEAP_MAX_SIZE` (64 MiB on 64-bit) at a multiple of that
 /// size, its first 16 MiB read-write from the start (the top pad): the
-/// heap holding a block is found by rounding its address down.
+/// heap holding a block is found by rounding its address down. glibc wrote
+/// the arena's header at its start before the advice: its allocations
+/// start at the next huge page ([`start_at_a_huge_page`]).
 fn advise_this_threads_heap() -> *mut libc::c_void {
     const HEAP_MAX: usize = 64 << 20;
     // SAFETY: a block malloc hands out, returned to be freed; `sbrk(0)`
@@ -391,6 +427,8 @@ fn advise_this_threads_heap() -> *mut libc::c_void {
         let block = libc::malloc(64);
         if !block.is_null() && block as usize > libc::sbrk(0) as usize {
             advise_huge_pages(block as usize & !(HEAP_MAX - 1), HEAP_MAX);
+            // The top chunk follows the block.
+            start_at_a_huge_page(block as usize + 64);
         }
         block
     }
