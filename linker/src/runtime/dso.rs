@@ -379,6 +379,16 @@ impl DsoHandle {
 }
 
 impl DsoShared {
+    /// Records a process-exit handler for the image's teardown: `0`, as
+    /// the registration functions return on success.
+    fn keep(&self, handler: Handler) -> c_int {
+        self.handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Registered::new(handler));
+        0
+    }
+
     fn new(addr: usize, name: String) -> Self {
         DsoShared {
             addr,
@@ -458,14 +468,7 @@ unsafe extern "C" fn atexit_impl(f: Option<PlainHandler>, return_address: usize)
     // return address belongs to the caller's caller.
     let owner = lookup_range(f as usize).or_else(|| lookup_range(return_address));
     match owner {
-        Some(shared) => {
-            shared
-                .handlers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Registered::new(Handler::Plain(f)));
-            0
-        }
+        Some(shared) => shared.keep(Handler::Plain(f)),
         // SAFETY: forwarding the caller's registration to glibc unchanged
         // (libc's `atexit` is `__cxa_atexit(f, NULL, <host __dso_handle>)`).
         None => unsafe { libc::atexit(std::mem::transmute::<PlainHandler, extern "C" fn()>(f)) },
@@ -479,14 +482,7 @@ unsafe extern "C" fn cxa_atexit(
 ) -> c_int {
     let Some(f) = f else { return -1 };
     match image_of(dso as usize) {
-        Some(shared) => {
-            shared
-                .handlers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Registered::new(Handler::Cxa(f, arg)));
-            0
-        }
+        Some(shared) => shared.keep(Handler::Cxa(f, arg)),
         // SAFETY: not a kiln image: glibc handles it exactly as if called directly.
         None => unsafe { real_cxa_atexit(f, arg, dso) },
     }
@@ -504,14 +500,7 @@ unsafe extern "C" {
 unsafe extern "C" fn on_exit(f: Option<OnExitHandler>, arg: *mut c_void) -> c_int {
     let Some(f) = f else { return -1 };
     match lookup_range(f as usize) {
-        Some(shared) => {
-            shared
-                .handlers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Registered::new(Handler::OnExit(f, arg)));
-            0
-        }
+        Some(shared) => shared.keep(Handler::OnExit(f, arg)),
         // SAFETY: not a kiln image's handler; forwarded unchanged.
         None => unsafe { real_on_exit(f, arg) },
     }
