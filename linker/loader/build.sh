@@ -18,6 +18,11 @@ esac
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$2"
 # $CFLAGS: extra flags (e.g. sanitizers for the mutation test).
+# -fPIC and -z nocopyreloc: the loader reaches libc's data (stderr,
+# environ) through its GOT, so the process's canonical copies stay in the
+# libraries, where images with PC32 imports (gcc -fPIE code reaching stdout)
+# are placed within reach; a copy in the loader's executable would lie
+# gigabytes away.
 # shellcheck disable=SC2086
-exec "$cc" -std=c11 -O2 ${CFLAGS:-} -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion \
+exec "$cc" -std=c11 -O2 -fPIC -Wl,-z,nocopyreloc ${CFLAGS:-} -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion \
     -o "$2/kiln-load" "$here/kiln-load.c" -ldl -lgcc_s

@@ -311,6 +311,7 @@ struct image {
     int64_t tls_area_tp;
     uint64_t tls_area_size, tls_area_off;
     int tls_desc;      /* it has TLSDESC slots */
+    int pc32;          /* its header announces PC32 imports (4-byte S + A - P fields) */
     int64_t tls_block; /* thread-pointer offset of its block (static placement) */
     int tls_static_block; /* whether its block is in the loader's static area */
     const char *path;                           /* as given, or found next to a dependent */
@@ -443,7 +444,12 @@ static void check_header(void) {
     expect("pointer width", h[18], 8);
     expect("endianness", h[19], 1);
     expect("page size", U32(h + 20), ISA_PAGE);
-    expect("flags", U64(h + 32), 0);
+    if (U64(h + 32) & ~1ull) {
+        char found[32];
+        snprintf(found, sizeof found, "%#" PRIx64, U64(h + 32));
+        field("flags", found, "0 or 1 (PC32 imports; a later kiln wrote the image)");
+    }
+    img.pc32 = (int)(U64(h + 32) & 1);
     uint64_t need = U64(h + 24), have = isa_cpu_features();
     if (need & ~have) {
         char n[512], hv[512], e[560];
@@ -650,7 +656,19 @@ static void rebase(int apply, uint64_t base) {
 
 /* `tls`: 0, or 1 + the kind of a thread-local slot (`var`: the variable's
  * offset in the TLS template). */
-struct import { uint64_t offset, addend, var; char *name; int weak, tls; int64_t dep; };
+struct import { uint64_t offset, addend, var; char *name; int weak, tls, pc32; int64_t dep; };
+
+/* Bytes an import writes: a PC32 field 4, a word 8. */
+static uint64_t import_width(const struct import *m) { return m->pc32 ? 4 : 8; }
+
+/* A PC32 field (format.rs): 4 bytes in any segment, text included. */
+static void in_a_segment(uint64_t off, const char *what) {
+    for (unsigned i = 0; i < img.nseg; i++) {
+        struct seg *g = &img.seg[i];
+        if (off >= g->vaddr && inside(off - g->vaddr, 4, g->memsz)) return;
+    }
+    bad("%s at %#" PRIx64 " is not a 4-byte field of a segment", what, off);
+}
 
 /* A thread-local slot (read.rs tls_slot): its kind, the variable inside
  * the template; initial-exec slots only in an image that says it uses
@@ -688,7 +706,7 @@ static void read_imports(void) {
             struct import *m = &imports[i];
             m->offset = U64(r), m->tls = 1 + (int)U32(r + 28), m->var = U64(r + 8), m->name = "";
             if (flags & ~3u) bad("thread-local slot %u: flags %u", i, flags);
-            if (i > 0 && imports[i - 1].offset + 8 > m->offset)
+            if (i > 0 && imports[i - 1].offset + import_width(&imports[i - 1]) > m->offset)
                 bad("import %u () is not sorted by offset or overlaps the previous", i);
             writable(m->offset, "import");
             continue;
@@ -698,13 +716,21 @@ static void read_imports(void) {
             snprintf(found, sizeof found, "%u", source);
             field("import source", found, "0 (by name) or 2 (a dependency's build id and offset)");
         }
-        if (flags & ~3u) {
+        if (flags & ~7u) {
             char found[8];
             snprintf(found, sizeof found, "%u", flags);
-            field("import flags", found, "a combination of WEAK (1) and SLOT (2)");
+            field("import flags", found, "a combination of WEAK (1), SLOT (2) and PC32 (4)");
         }
         struct import *m = &imports[i];
-        m->offset = U64(r), m->addend = U64(r + 16), m->weak = flags & 1, m->dep = -1;
+        m->offset = U64(r), m->addend = U64(r + 16), m->weak = flags & 1, m->dep = -1, m->pc32 = (flags & 4) != 0;
+        if (m->pc32) {
+            char found[8];
+            if (!img.pc32) field("flags", "0", "1 (PC32 imports): an import has the PC32 flag");
+            snprintf(found, sizeof found, "%u", flags);
+            if (flags != 4) field("import flags", found, "PC32 (4) alone: a PC32 import is neither weak nor a slot");
+            snprintf(found, sizeof found, "%u", source);
+            if (source != SOURCE_BY_NAME) field("import source", found, "0 (by name) for a PC32 import");
+        }
         if (source == SOURCE_DEPENDENCY) {
             uint32_t index = U32(r + 28);
             char found[64], want[64];
@@ -721,10 +747,14 @@ static void read_imports(void) {
         } else {
             m->name = cstr(string(r + 8, "import name"));
         }
-        if (i > 0 && imports[i - 1].offset + 8 > m->offset)
+        if (i > 0 && imports[i - 1].offset + import_width(&imports[i - 1]) > m->offset)
             bad("import %u (%s) is not sorted by offset or overlaps the previous", i, m->name);
-        writable(m->offset, "import");
+        if (m->pc32) in_a_segment(m->offset, "import");
+        else writable(m->offset, "import");
     }
+    int any_pc32 = 0;
+    for (uint32_t i = 0; i < img.nimports; i++) any_pc32 |= imports[i].pc32;
+    if (img.pc32 && !any_pc32) field("flags", "1", "0: the image has no PC32 import");
 }
 
 /* Exports sorted by name, inside the image; returns `main`'s offset. */
@@ -1107,6 +1137,17 @@ static void bind(void) {
                      : m->dep >= 0 ? (uint64_t)(uintptr_t)img.deps[m->dep].image->mem + m->var + m->addend
                      : addr[i]     ? (uint64_t)(uintptr_t)addr[i] + m->addend
                                    : 0;
+        if (m->pc32) {
+            /* S + A - P: the image must lie within 2 GiB of the target. */
+            int64_t d = (int64_t)(v - (uint64_t)(uintptr_t)(img.mem + m->offset));
+            if (d < INT32_MIN || d > INT32_MAX)
+                die("`%s` at %p is out of reach of the 32-bit PC-relative field at image offset %#" PRIx64
+                    " (image at %p): compile with -fPIC so the code reaches it through the GOT",
+                    m->name, addr[i], m->offset, (void *)img.mem);
+            int32_t d32 = (int32_t)d;
+            memcpy(img.mem + m->offset, &d32, 4);
+            continue;
+        }
         put64(img.mem + m->offset, v);
     }
     free(addr), free(missing);

@@ -345,8 +345,12 @@ fn print_text(i: &ImageInfo) {
     }
     println!("exports         {}", i.exports);
     println!(
-        "imports         {} ({} slots, {} into dependencies, {} from the host table)",
-        i.imports, i.import_slots, i.dependency_imports, i.host_table_imports
+        "imports         {} ({} slots, {} into dependencies, {} from the host table, {} PC-relative fields)",
+        i.imports,
+        i.import_slots,
+        i.dependency_imports,
+        i.host_table_imports,
+        i.pc_relative_imports
     );
     if let Some((id, entries, name)) = &i.host_table {
         println!("host table      {id}  {name} ({entries} entries)");
@@ -457,7 +461,7 @@ fn json(i: &ImageInfo) -> String {
         },
     );
     format!(
-        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"base_align\":{},\"file_size\":{},\"sections\":[{}],\"thread_locals\":{}}}",
+        "{{\"name\":{},\"build_id\":{},\"format_version\":{},\"target\":{},\"cpu_features\":{},\"dependencies\":[{}],\"exports\":{},\"imports\":{},\"import_slots\":{},\"dependency_imports\":{},\"host_table\":{},\"host_table_imports\":{},\"pc_relative_imports\":{},\"rebases\":{},\"initializers\":{},\"image_size\":{},\"base_align\":{},\"file_size\":{},\"sections\":[{}],\"thread_locals\":{}}}",
         quote(&i.name),
         quote(&i.build_id.to_string()),
         i.format_version,
@@ -470,6 +474,7 @@ fn json(i: &ImageInfo) -> String {
         i.dependency_imports,
         host_table,
         i.host_table_imports,
+        i.pc_relative_imports,
         i.rebases,
         i.initializers,
         i.image_size,

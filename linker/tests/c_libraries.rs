@@ -232,14 +232,14 @@ fn zstd_added_object_by_object_round_trips_in_process() {
 
 /// mimalloc: thread-local heaps, frees from other threads, its own
 /// `pthread` key and constructor. gcc's `-fPIE` reaches `stdout` directly
-/// (it assumes a copy relocation), which an image cannot hold: `-fPIC`.
+/// (it assumes a copy relocation): its images hold PC32 imports.
 #[test]
 fn mimalloc_from_gcc_runs_eager_lazy_and_from_images() {
     if !need_tool("gcc") {
         return;
     }
-    let flags = ["-O2", "-fPIC"];
-    let objs = build_mimalloc("gcc", &flags, "gcc-O2-fPIC");
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_mimalloc("gcc", &flags, "gcc-O2-fPIE");
     check_x86_64("gcc", &objs, &flags, MIMALLOC_OK, "mimalloc-gcc");
 }
 
@@ -365,7 +365,8 @@ fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
 }
 
 /// bzip2's own command-line program with its library (bzip2 1.0.8), gcc
-/// `-O2 -fPIC` and clang `-O2 -fPIE`: a file named on the command line
+/// `-O2 -fPIC`, gcc `-O2 -fPIE` (`stderr` reached PC-relative: PC32
+/// imports in its images) and clang `-O2 -fPIE`: a file named on the command line
 /// compressed to stdout (`-9 -c FILE`), the native build's stream
 /// decompressed from stdin (`-d -c`), and a corrupt stream refused with
 /// bzip2's status 2 — natively, under `kiln run` (eager, `--lazy`), and
@@ -374,8 +375,12 @@ fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
 #[test]
 fn bzip2_compresses_and_decompresses_every_way() {
     assert!(need_tool("gcc") && need_tool("clang"));
-    for (cc, flags) in [("gcc", ["-O2", "-fPIC"]), ("clang", ["-O2", "-fPIE"])] {
-        let tag = format!("bzip2-{cc}");
+    for (cc, flags) in [
+        ("gcc", ["-O2", "-fPIC"]),
+        ("gcc", ["-O2", "-fPIE"]),
+        ("clang", ["-O2", "-fPIE"]),
+    ] {
+        let tag = format!("bzip2-{cc}{}", flags.concat());
         let objs = build_bzip2(cc, &flags, &format!("{cc}{}", flags.concat()));
         let dir = scratch(&format!("c-libraries-{tag}"));
         // Text with repeats, then bytes that do not compress.

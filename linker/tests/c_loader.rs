@@ -214,9 +214,11 @@ fn c_programs_run_under_kiln_load_as_under_kiln_and_natively() {
 
 #[test]
 fn cxx_constructors_exceptions_and_finalizers_under_kiln_load() {
+    // g++'s `-fPIE` reaches `std::cout` PC-relative: PC32 imports.
     for (cxx, flags, tag) in [
         ("clang++", ["-O2", "-fPIE"], "cxx-clang"),
         ("g++", ["-O2", "-fPIC"], "cxx-gcc"),
+        ("g++", ["-O2", "-fPIE"], "cxx-gcc-pie"),
     ] {
         assert!(need_tool(cxx));
         let dir = scratch(&format!("c-loader-{tag}"));
@@ -937,5 +939,61 @@ fn fork_quick_exit_and_on_exit_handlers_under_kiln_load() {
         if program == "on_exit" {
             check_three_ways("gcc", &[obj], &flags, &["exit"], "on_exit-exit");
         }
+    }
+}
+
+/// gcc's x86-64 `-fPIE` (Debian's default) reaches `stdout` PC-relative,
+/// assuming the executable holds a copy: such code is saved with PC32
+/// imports (4-byte `S + A - P` fields in text), which both loaders bind
+/// where they place the image — the programs run natively, from an image
+/// under `kiln run` and under `kiln-load` alike. A damaged PC32 record is
+/// refused by both, naming the field.
+#[test]
+fn code_reaching_host_data_pc_relative_runs_from_images() {
+    assert!(need_tool("gcc") && need_tool("g++"));
+    let flags = ["-O2", "-fPIE", "-fcommon"];
+    let objs = prog_ab("gcc", &flags, "c-gcc-pie");
+    check_three_ways("gcc", &objs, &flags, &[], "c-gcc-pie");
+    let dir = scratch("c-loader-pc32");
+    let obj = compile(
+        "gcc",
+        &c_dir().join("quick_exit.c"),
+        &["-O2", "-fPIE"],
+        &[],
+        &dir.join("quick_exit.o"),
+    );
+    let image = check_three_ways("gcc", &[obj], &["-O2", "-fPIE"], &[], "pc32-quick-exit");
+    let good = std::fs::read(&image).expect("read the image");
+    let info = image_file::inspect("pc32.kimg", &good).expect("inspects");
+    assert!(info.pc_relative_imports > 0, "{info:?}");
+
+    // The first PC32 record of `.kiln.imports` (flags byte 4).
+    let imports_at =
+        u64::from_le_bytes(good[64 + 152..64 + 160].try_into().expect("8 bytes")) as usize;
+    let count = u32::from_le_bytes(good[64 + 268..64 + 272].try_into().expect("4 bytes")) as usize;
+    let pc32 = (0..count)
+        .map(|i| imports_at + 32 * i)
+        .find(|&r| good[r + 24] == 4)
+        .expect("a PC32 import record");
+    let cases: [(usize, u8, &str); 4] = [
+        (64 + 32, 0, "an import has the PC32 flag"),
+        (64 + 32, 3, "image field `flags` is 0x3"),
+        (pc32 + 24, 5, "a PC32 import is neither weak nor a slot"),
+        (pc32 + 25, 2, "for a PC32 import"),
+    ];
+    for (at, value, want) in cases {
+        let mut v = good.clone();
+        v[at] = value;
+        image_file::reseal(&mut v);
+        let loader = refusal(&v);
+        assert!(
+            loader.contains(want),
+            "kiln-load: want {want:?}, got {loader}"
+        );
+        let kiln = image_file::inspect("damaged.kimg", &v).expect_err("kiln refuses it");
+        assert!(
+            kiln.to_string().contains(want),
+            "kiln: want {want:?}, got {kiln}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use common::images::{assert_like_native, info_of, kiln, save_against, show};
 use common::lua::build_lua;
 use common::*;
 use kiln_linker::image_file::{self, BuildId, ImageError};
-use kiln_linker::{HostSymbols, LinkOptions, Linker};
+use kiln_linker::{HostSymbols, LinkOptions, Linker, SymbolResolver as _};
 
 /// `kiln image save -o out inputs...`, asserting success.
 fn save(out: &Path, inputs: &[PathBuf], libs: &[&str]) {
@@ -251,7 +251,7 @@ fn absolute_addresses_of_no_pie_code_are_refused_naming_the_relocation() {
     );
     assert!(!out.exists(), "no image is written when saving fails");
     // gcc -fPIE reaches host data PC-relatively (it assumes copy
-    // relocations): refused too, naming the symbol.
+    // relocations): saved as PC32 imports, the image runs.
     let objs = prog_ab("gcc", &["-O2", "-fPIE"], "gcc-pie");
     let o = kiln()
         .args(["image", "save", "-o"])
@@ -259,11 +259,19 @@ fn absolute_addresses_of_no_pie_code_are_refused_naming_the_relocation() {
         .args(&objs)
         .output()
         .expect("kiln runs");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("R_X86_64_PC32") && err.contains("`stdout`") && err.contains("-fPIC"),
-        "{err}"
+    assert!(o.status.success(), "{}", show(&o));
+    let bytes = std::fs::read(&out).expect("read the image");
+    let info = image_file::inspect("x.kimg", &bytes).expect("inspects");
+    assert!(info.pc_relative_imports > 0, "{info:?}");
+    let native = run_native(
+        "gcc",
+        &objs,
+        &["-O2", "-fPIE"],
+        &[],
+        &scratch("images-gcc-pie").join("native"),
     );
+    let run = kiln().arg("run").arg(&out).output().expect("kiln runs");
+    assert_like_native(&run, &native.0, native.1, "gcc -fPIE image");
 }
 
 /// A real image, saved in this process.
@@ -2236,4 +2244,58 @@ fn wide_addends_survive_an_image() {
     let dir = scratch("images-wide-addends");
     let objs = compile_sources("gcc", &["wide_addends.c"], &["-O1"], &dir);
     check_image_matches_native("gcc", &objs, &["-O1"], &[], "wide-addends");
+}
+
+/// Code reaching host data PC-relative (gcc `-fPIE` naming `stdout`) is
+/// saved with a PC32 import: loaded where it reaches, the field holds the
+/// distance to the symbol (the code writes through it); where the symbol
+/// lies more than 2 GiB away the load is refused naming symbol, both
+/// addresses and the fix.
+#[test]
+fn a_pc32_import_is_bound_in_reach_and_refused_out_of_it() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let dir = scratch("images-pc32");
+    let src = "#include <stdio.h>\n\
+               long where(void) { return (long)&stdout; }\n\
+               int say(void) { return fflush(stdout); }\n";
+    let obj = compile_c_text(&dir, "reach", src, &["-O2", "-fPIE"]);
+    let path = dir.join("reach.kimg");
+    common::images::save(&path, std::slice::from_ref(&obj));
+    let bytes = std::fs::read(&path).expect("read the image");
+    let info = image_file::inspect("reach.kimg", &bytes).expect("inspects");
+    assert!(info.pc_relative_imports >= 2, "{info:?}");
+
+    let host = HostSymbols::new();
+    // SAFETY: the test's own image: `where` only takes an address.
+    let image = unsafe { image_file::load("reach.kimg", &bytes, &host) }.expect("loads");
+    let stdout = host.resolve(&["stdout"])[0].expect("stdout is defined");
+    let where_ = image.symbol("where").expect("where");
+    // SAFETY: `where` is `long where(void)`, Ready code of a loaded image.
+    let f = unsafe { std::mem::transmute::<u64, extern "C" fn() -> i64>(where_) };
+    assert_eq!(f() as u64, stdout, "the field reaches the process's stdout");
+    drop(image);
+
+    let far = |names: &[&str]| -> Vec<Option<u64>> {
+        host.resolve(names)
+            .into_iter()
+            .zip(names)
+            .map(|(a, n)| {
+                if *n == "stdout" {
+                    a.map(|a| a + (8 << 30))
+                } else {
+                    a
+                }
+            })
+            .collect()
+    };
+    // SAFETY: refused before anything of it runs.
+    let err = unsafe { image_file::load("far.kimg", &bytes, &far) }.expect_err("refused");
+    assert!(matches!(err, ImageError::OutOfReach { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("`stdout`") && text.contains("out of reach") && text.contains("-fPIC"),
+        "{text}"
+    );
 }

@@ -45,6 +45,9 @@ pub(crate) struct Import {
     pub(crate) weak: bool,
     /// A slot (GOT entry) rather than a pointer in data.
     pub(crate) slot: bool,
+    /// A 4-byte PC-relative field (`S + A - P`) rather than an 8-byte
+    /// word: code reaching host data directly ([`format::IMPORT_PC32`]).
+    pub(crate) pc32: bool,
     /// Into a dependency image: (its index in the record's `deps`, the
     /// offset in it); `name` is then empty.
     pub(crate) dep: Option<(u32, u64)>,
@@ -301,11 +304,13 @@ fn pc_relative_size(kind: &EdgeDesc) -> Option<u8> {
 
 /// The PC-relative references of `block` to symbols outside the image: to
 /// kiln's JIT memory (another link of this process, which may still be
-/// finishing), kept for saving with it; to
-/// anything else (the host), refused.
+/// finishing), kept for saving with it; a 4-byte field to the host's data
+/// (gcc's x86-64 `-fPIE` reaches `stdout` so, assuming a copy relocation),
+/// a PC32 import, bound by the loader; anything else refused.
 fn pc_relative(
     l: &Linked<'_>,
     edges: &mut EdgeClasses,
+    words: &mut Words,
     block: &Block,
     out: &mut Vec<PcRelative>,
 ) -> Result<(), LinkError> {
@@ -317,12 +322,20 @@ fn pc_relative(
         if !matches!(edges.target(l, e.target), Target::Host) {
             continue;
         }
+        let offset = block.addr + u64::from(e.offset) - l.base;
         let target = (l.resolved)(e.target);
         if !crate::memory::in_jit_memory(target) {
-            return Err(refuse(g, block, e, PC_RELATIVE_OUTSIDE));
+            // A weak reference nobody defines (0) has no address to reach.
+            if size != 4 || target == 0 || g.symbols[e.target.index()].weak_ref {
+                return Err(refuse(g, block, e, PC_RELATIVE_OUTSIDE));
+            }
+            let mut import = words.deps.import(l, e.target, offset, e.addend(), false);
+            import.pc32 = true;
+            words.imports.push(import);
+            continue;
         }
         out.push(PcRelative {
-            offset: block.addr + u64::from(e.offset) - l.base,
+            offset,
             size,
             addend: e.addend(),
             target,
@@ -447,6 +460,7 @@ fn tls_record(l: &Linked<'_>) -> Result<(TlsHeader, Vec<Import>), LinkError> {
             addend: 0,
             weak: false,
             slot: true,
+            pc32: false,
             dep: None,
             host: None,
             tls: Some((kind, var)),
@@ -624,6 +638,7 @@ impl Deps {
             addend,
             weak: s.weak_ref,
             slot,
+            pc32: false,
             dep,
             host,
             tls: None,
@@ -711,7 +726,7 @@ fn words(l: &Linked<'_>) -> Result<ImagingRecord, LinkError> {
         if misplaced {
             check_special_targets(l, block)?;
         }
-        pc_relative(l, &mut edges, block, &mut pc_relatives)?;
+        pc_relative(l, &mut edges, &mut words, block, &mut pc_relatives)?;
         words.absolute(l, &mut edges, block)?;
     }
     let Words {
@@ -940,7 +955,8 @@ fn normalize(memory: &mut [u8], base: u64, rebase: &[u64], imports: &[Import]) {
         w.copy_from_slice(&v.wrapping_sub(base).to_le_bytes());
     }
     for i in imports {
-        memory[i.offset as usize..i.offset as usize + 8].fill(0);
+        let width = if i.pc32 { 4 } else { 8 };
+        memory[i.offset as usize..i.offset as usize + width].fill(0);
     }
 }
 

@@ -332,8 +332,10 @@ fn add_imports(
 ) -> Result<(), ImageError> {
     for i in &r.imports {
         let at = start + i.offset;
+        // (A PC32 import reaches host data, never a piece.)
         if i.dep.is_none()
             && i.host.is_none()
+            && !i.pc32
             && let Some(target) = places.offset_of(i.target)
         {
             write_word(&mut out.memory, at, target.wrapping_add(i.addend as u64));

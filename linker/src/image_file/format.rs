@@ -9,7 +9,7 @@
 //! | 8 | format version (u32), header size (u32) |
 //! | 16 | machine (u16, the code's ELF machine: `EM_X86_64`, or `EM_AARCH64` for an image linked from aarch64 objects, which `kiln-load` runs, `kiln image info` describes and `kiln run` refuses naming the loader), pointer width (u8), endianness (u8, 1 = little), page size (u32) |
 //! | 24 | required CPU features (u64 bit set: bit i is [`CPU_FEATURES`]`[i]`; see [`super::cpu`]) |
-//! | 32 | flags (u64, 0) |
+//! | 32 | flags (u64): [`FLAG_PC32_IMPORTS`] or 0 |
 //! | 40 | build id (32 bytes) |
 //! | 72 | content hash (32 bytes): BLAKE3 of the whole file with this field zeroed |
 //! | 104 | file size (u64), image size (u64: the memory span) |
@@ -48,11 +48,22 @@
 //! An import record (32 bytes): offset of the word (u64); for an import by
 //! name the name (string offset u32, length u32), for an import from a
 //! dependency the offset in that image (u64), for a host table entry zero;
-//! addend (i64); flags (u8); source (u8: [`SOURCE_BY_NAME`],
+//! addend (i64); flags (u8: [`IMPORT_WEAK`], [`IMPORT_SLOT`],
+//! [`IMPORT_PC32`]); source (u8: [`SOURCE_BY_NAME`],
 //! [`SOURCE_HOST_TABLE`], [`SOURCE_DEPENDENCY`] or [`SOURCE_TLS`]); 2 zero
 //! bytes; index (u32: the dependency's index in `.kiln.deps`, the host
 //! table entry, or for a thread-local slot its kind, [`TLS_MODULE_ID`]…,
 //! with the variable's offset in the TLS template in the name/offset word).
+//!
+//! A PC32 import ([`IMPORT_PC32`], by name or a host table entry, never
+//! a slot) is a 4-byte field anywhere in the image, text included, that
+//! gets `S + A - P` (signed, P the field's address) where the others get
+//! `S + A` in an 8-byte word: code reaching the host's data directly (gcc's
+//! x86-64 `-fPIE` assumes the executable holds a copy of `stdout`). An
+//! image with any has [`FLAG_PC32_IMPORTS`] in its header (loaders that
+//! predate it refuse the image: they require the flags to be 0); a loader
+//! places such an image within ±2 GiB of every target and writes the
+//! fields before the final protections, or refuses naming the symbol.
 //!
 //! The C loader `linker/loader/kiln-load.c` is the format's second
 //! implementation: a change here is mirrored there (`tests/c_loader.rs`
@@ -107,6 +118,10 @@ pub(crate) const INIT_SIZE: usize = 16;
 /// Import flags.
 pub(crate) const IMPORT_WEAK: u8 = 1;
 pub(crate) const IMPORT_SLOT: u8 = 2;
+/// A 4-byte PC-relative field, not an 8-byte word (see the module note).
+pub(crate) const IMPORT_PC32: u8 = 4;
+/// Header flag: the image has [`IMPORT_PC32`] imports.
+pub(crate) const FLAG_PC32_IMPORTS: u64 = 1;
 /// Import sources (how the address is found): by name through the
 /// loader's resolver, an entry of the host table by index, or a dependency
 /// image's base (by build id) plus an offset.

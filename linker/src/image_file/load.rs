@@ -327,7 +327,7 @@ pub(crate) fn write_prepared(
     bind_into(
         p,
         &mut prepared.bytes,
-        start,
+        (alloc.base(), start),
         file_name,
         names,
         answers,
@@ -359,7 +359,10 @@ fn written_pages(p: &Parsed<'_>, cleared: &[(u64, u64)]) -> Vec<(u64, u64)> {
         add(w, w.saturating_add(8));
     }
     for i in &p.imports {
-        add(i.offset, i.offset.saturating_add(8));
+        add(
+            i.offset,
+            i.offset.saturating_add(super::read::import_width(i)),
+        );
     }
     for &(from, to) in cleared {
         add(from, to);
@@ -470,19 +473,20 @@ pub(crate) fn bind(
     answers: &[Option<u64>],
     deps: &[u64],
 ) -> Result<(), ImageError> {
+    let base = alloc.base();
     let mem = alloc.bytes_mut().ok_or_else(|| ImageError::Malformed {
         name: file_name.into(),
         detail: "the image's memory is no longer writable".into(),
     })?;
-    bind_into(p, mem, 0, file_name, names, answers, deps)
+    bind_into(p, mem, (base, 0), file_name, names, answers, deps)
 }
 
-/// [`bind`] into `mem`, which holds the image's bytes from offset `start`
-/// on (each import's word must lie in it).
+/// [`bind`] into `mem`, which holds the bytes of the image at `base` from
+/// offset `start` on (each import's word must lie in it).
 fn bind_into(
     p: &Parsed<'_>,
     mem: &mut [u8],
-    start: u64,
+    (base, start): (u64, u64),
     file_name: &str,
     names: &ImportNames<'_>,
     answers: &[Option<u64>],
@@ -505,13 +509,34 @@ fn bind_into(
             missing.push(i.name.to_string());
         }
         let v = target.map_or(0, |a| a.wrapping_add(i.addend as u64));
+        let width = super::read::import_width(i) as usize;
         let word = (i.offset.checked_sub(start))
-            .and_then(|o| mem.get_mut(o as usize..(o as usize).checked_add(8)?))
+            .and_then(|o| mem.get_mut(o as usize..(o as usize).checked_add(width)?))
             .ok_or_else(|| ImageError::Malformed {
                 name: file_name.into(),
                 detail: format!("imported word at {:#x} is outside the image", i.offset),
             })?;
-        word.copy_from_slice(&v.to_le_bytes());
+        if !i.pc32 {
+            word.copy_from_slice(&v.to_le_bytes());
+            continue;
+        }
+        // `S + A - P`, P the field's address in the image at `base`.
+        let Some(s) = target else { continue };
+        let field = base.wrapping_add(i.offset);
+        let distance = v.wrapping_sub(field) as i64;
+        let Ok(distance) = i32::try_from(distance) else {
+            return Err(ImageError::OutOfReach {
+                name: file_name.into(),
+                symbol: match i.host {
+                    Some(index) => format!("host table entry {index}"),
+                    None => i.name.to_string(),
+                },
+                target: s,
+                offset: i.offset,
+                base,
+            });
+        };
+        word.copy_from_slice(&distance.to_le_bytes());
     }
     // Nothing runs before the image is finished: the words written above
     // are never used when this fails (the memory is released).

@@ -270,6 +270,24 @@ pub enum ImageError {
         /// The missing names, sorted.
         missing: Vec<String>,
     },
+    /// A PC32 import's target lies more than ±2 GiB from its field where
+    /// the image was placed (code reaching host data directly, as gcc's
+    /// x86-64 `-fPIE` does).
+    #[error(
+        "{name}: `{symbol}` at {target:#x} is out of reach of the 32-bit PC-relative field at image offset {offset:#x} (image at {base:#x}): compile with -fPIC so the code reaches it through the GOT"
+    )]
+    OutOfReach {
+        /// The file.
+        name: String,
+        /// The import's symbol (or `host table entry N`).
+        symbol: String,
+        /// Its address in this process.
+        target: u64,
+        /// The field's offset in the image.
+        offset: u64,
+        /// Where the image was placed.
+        base: u64,
+    },
     /// Images this image links against are not loaded (every one listed,
     /// with the build ids of other builds of it that are loaded).
     #[error("{name}: {}", missing_dependencies(missing))]

@@ -29,6 +29,9 @@ pub(crate) struct RawImport<'a> {
     pub(crate) addend: i64,
     pub(crate) weak: bool,
     pub(crate) slot: bool,
+    /// A 4-byte PC-relative field (`S + A - P`), anywhere in the image
+    /// (text included), rather than an 8-byte word of a non-text segment.
+    pub(crate) pc32: bool,
     /// From a dependency: (its index in `deps`, the offset in it); the
     /// name is then empty.
     pub(crate) dep: Option<(u32, u64)>,
@@ -211,7 +214,13 @@ fn check_header(
     c.expect("pointer width", h.pointer_width, 8)?;
     c.expect("endianness", h.endianness, 1)?;
     c.expect("page size", h.page_size, PAGE as u32)?;
-    c.expect("flags", h.flags, 0)?;
+    if h.flags & !format::FLAG_PC32_IMPORTS != 0 {
+        return Err(c.field(
+            "flags",
+            format!("{:#x}", h.flags),
+            "0 or 1 (PC32 imports; a later kiln wrote the image: save it again with this one)",
+        ));
+    }
     if purpose == Purpose::Load && format::missing_cpu_features(h.cpu_features) != 0 {
         return Err(c.field(
             "required CPU features",
@@ -393,9 +402,13 @@ fn parse_for<'a>(
     // The segment the last word checked was in: rebased words and imports
     // come in ascending order, mostly in one segment.
     let last = std::cell::Cell::new(None::<&Segment>);
-    let writable = |off: u64, what: &str| -> Result<(), ImageError> {
+    let writable = |off: u64, pc32: bool, what: &str| -> Result<(), ImageError> {
+        // A PC32 field: 4 bytes in any segment; else a word of a non-text one.
+        let width = if pc32 { 4 } else { 8 };
         let inside = |s: &Segment| {
-            s.prot != Prot::ReadExec && off >= s.vaddr && off.saturating_add(8) <= s.vaddr + s.memsz
+            (pc32 || s.prot != Prot::ReadExec)
+                && off >= s.vaddr
+                && off.saturating_add(width) <= s.vaddr + s.memsz
         };
         let ok = last.get().is_some_and(inside) || {
             let found = segments.iter().find(|s| inside(s));
@@ -405,9 +418,11 @@ fn parse_for<'a>(
         if ok {
             Ok(())
         } else {
-            Err(c.bad(format!(
-                "{what} at {off:#x} is not a word of a non-text segment"
-            )))
+            Err(c.bad(if pc32 {
+                format!("{what} at {off:#x} is not a 4-byte field of a segment")
+            } else {
+                format!("{what} at {off:#x} is not a word of a non-text segment")
+            }))
         }
     };
     let rebase = rebase_list(&c, &h, tables[format::T_REBASE], &segments)?;
@@ -417,6 +432,7 @@ fn parse_for<'a>(
         deps: &deps,
         host_entries: host_table.map(|t| t.1),
         tls: &h.tls,
+        pc32_allowed: h.flags & format::FLAG_PC32_IMPORTS != 0,
     };
     let imports = imports(
         &c,
@@ -815,6 +831,8 @@ struct Sources<'d> {
     deps: &'d [ImageDependency],
     host_entries: Option<u32>,
     tls: &'d format::TlsHeader,
+    /// The header announces PC32 imports.
+    pc32_allowed: bool,
 }
 
 /// One import record: by name, a host table entry, or an offset in a
@@ -828,12 +846,16 @@ fn import<'a>(
     let deps = sources.deps;
     let f = Fields(r);
     let (flags, source, index) = (f.u8(24), f.u8(25), f.u32(28));
-    if flags & !(format::IMPORT_WEAK | format::IMPORT_SLOT) != 0 {
+    if flags & !(format::IMPORT_WEAK | format::IMPORT_SLOT | format::IMPORT_PC32) != 0 {
         return Err(c.field(
             "import flags",
             flags,
-            "a combination of WEAK (1) and SLOT (2)",
+            "a combination of WEAK (1), SLOT (2) and PC32 (4)",
         ));
+    }
+    let pc32 = flags & format::IMPORT_PC32 != 0;
+    if pc32 {
+        pc32_import(c, flags, source, sources.pc32_allowed)?;
     }
     let mut tls = None;
     let (name, dep, host) = match source {
@@ -893,10 +915,34 @@ fn import<'a>(
         addend: f.u64(16) as i64,
         weak: flags & format::IMPORT_WEAK != 0,
         slot: flags & format::IMPORT_SLOT != 0,
+        pc32,
         dep,
         host,
         tls,
     })
+}
+
+/// A PC32 import: announced by the header, by name or a host table entry,
+/// neither a slot nor weak (a missing symbol has no address to reach).
+fn pc32_import(c: &Ctx<'_>, flags: u8, source: u8, allowed: bool) -> Result<(), ImageError> {
+    if !allowed {
+        return Err(c.field("flags", 0, "1 (PC32 imports): an import has the PC32 flag"));
+    }
+    if flags != format::IMPORT_PC32 {
+        return Err(c.field(
+            "import flags",
+            flags,
+            "PC32 (4) alone: a PC32 import is neither weak nor a slot",
+        ));
+    }
+    if !matches!(source, format::SOURCE_BY_NAME | format::SOURCE_HOST_TABLE) {
+        return Err(c.field(
+            "import source",
+            source,
+            "0 (by name) or 1 (a host table entry) for a PC32 import",
+        ));
+    }
+    Ok(())
 }
 
 /// A thread-local slot: a known kind, inside the template, no addend; a
@@ -942,7 +988,7 @@ fn imports<'a>(
     table: &'a [u8],
     sources: &Sources<'_>,
     string: &StringFn<'_, 'a>,
-    writable: &dyn Fn(u64, &str) -> Result<(), ImageError>,
+    writable: &dyn Fn(u64, bool, &str) -> Result<(), ImageError>,
 ) -> Result<Vec<RawImport<'a>>, ImageError> {
     c.expect(
         ".kiln.imports size",
@@ -952,16 +998,27 @@ fn imports<'a>(
     let mut out: Vec<RawImport<'a>> = Vec::with_capacity(h.imports as usize);
     for (i, r) in table.chunks_exact(format::IMPORT_SIZE).enumerate() {
         let imp = import(c, r, sources, string)?;
-        if out.last().is_some_and(|p| p.offset + 8 > imp.offset) {
+        if out
+            .last()
+            .is_some_and(|p| p.offset + import_width(p) > imp.offset)
+        {
             return Err(c.bad(format!(
                 "import {i} ({}) is not sorted by offset or overlaps the previous",
                 imp.name
             )));
         }
-        writable(imp.offset, "import")?;
+        writable(imp.offset, imp.pc32, "import")?;
         out.push(imp);
     }
+    if h.flags & format::FLAG_PC32_IMPORTS != 0 && !out.iter().any(|i| i.pc32) {
+        return Err(c.field("flags", 1, "0: the image has no PC32 import"));
+    }
     Ok(out)
+}
+
+/// Bytes an import writes.
+pub(crate) fn import_width(i: &RawImport<'_>) -> u64 {
+    if i.pc32 { 4 } else { 8 }
 }
 
 fn exports<'a>(
@@ -1071,6 +1128,9 @@ pub struct ImageInfo {
     pub host_table: Option<(BuildId, u32, String)>,
     /// Imports bound from host table entries by index (not by name).
     pub host_table_imports: usize,
+    /// Imports that are 4-byte PC-relative fields (code reaching host data
+    /// directly; the loader places the image within ±2 GiB of each).
+    pub pc_relative_imports: usize,
     /// Rebased words.
     pub rebases: usize,
     /// Initializer and finalizer entries.
@@ -1160,6 +1220,7 @@ pub fn inspect(file_name: &str, file: &[u8]) -> Result<ImageInfo, ImageError> {
         dependency_imports: p.imports.iter().filter(|i| i.dep.is_some()).count(),
         host_table: p.host_table.map(|(id, n, name)| (id, n, name.to_string())),
         host_table_imports: p.imports.iter().filter(|i| i.host.is_some()).count(),
+        pc_relative_imports: p.imports.iter().filter(|i| i.pc32).count(),
         rebases: p.rebase.len(),
         initializers: p.init_fini.iter().map(|(_, e)| e.len()).sum(),
         image_size: p.header.image_size,

@@ -48,7 +48,8 @@ fn tables(name: &str, r: &ImagingRecord) -> ([Vec<u8>; 8], (u32, u32)) {
         };
         imports.extend_from_slice(&i.addend.to_le_bytes());
         let flags = if i.weak { format::IMPORT_WEAK } else { 0 }
-            | if i.slot { format::IMPORT_SLOT } else { 0 };
+            | if i.slot { format::IMPORT_SLOT } else { 0 }
+            | if i.pc32 { format::IMPORT_PC32 } else { 0 };
         imports.extend_from_slice(&[flags, source, 0, 0]);
         imports.extend_from_slice(&index.to_le_bytes());
     }
@@ -265,7 +266,11 @@ fn header(
         endianness: 1,
         page_size: PAGE as u32,
         cpu_features: r.cpu_features,
-        flags: 0,
+        flags: if r.imports.iter().any(|i| i.pc32) {
+            format::FLAG_PC32_IMPORTS
+        } else {
+            0
+        },
         build_id: id.0,
         content_hash: [0; 32],
         file_size: plan.file_size,
