@@ -1032,9 +1032,24 @@ static const struct { const char *name; void (*addr)(void); } OVERRIDES[] = {
 
 /* `len` bytes of RW memory at a multiple of the image's base alignment:
  * over-reserved by the alignment, the excess before and after unmapped. */
-static void *map_aligned(uint64_t len) {
+static void *lookup(const char *name);
+
+/* Where to ask for an image with PC32 imports (`bind` checks their reach):
+ * just below its first PC32 target, which a free range there puts within
+ * 2 GiB of it (the kernel's own choice otherwise: below the libraries). */
+static void *pc32_hint(uint64_t len) {
+    if (!img.pc32) return NULL;
+    for (uint32_t i = 0; i < img.nimports; i++) {
+        if (!imports[i].pc32) continue;
+        uintptr_t t = (uintptr_t)lookup(imports[i].name), room = len + img.base_align + (64u << 20);
+        return t > room ? (void *)((t - room) & ~(uintptr_t)(img.page - 1)) : NULL;
+    }
+    return NULL;
+}
+
+static void *map_aligned(uint64_t len, void *hint) {
     uint64_t extra = img.base_align > img.page ? img.base_align - img.page : 0;
-    void *m = mmap(NULL, len + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *m = mmap(hint, len + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         die("cannot map %" PRIu64 " bytes (aligned to %#" PRIx64 ") for the image: %s", len, img.base_align,
             strerror(errno));
@@ -1051,7 +1066,7 @@ static void map_image(void) {
     uint64_t len = (img.image_size + img.page - 1) / img.page * img.page;
     void *tried[4] = {0};
     for (int t = 0; t < 4 && !img.mem; t++) {
-        void *m = map_aligned(len);
+        void *m = map_aligned(len, pc32_hint(len));
         uintptr_t b = (uintptr_t)m;
         if ((b & 0xffffffffu) == 0 || (b >> 32) != ((b + len - 1) >> 32)) tried[t] = m;
         else img.mem = m;
