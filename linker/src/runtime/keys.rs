@@ -17,7 +17,8 @@
 //! A freed slot is reused last (the never-used ones first, then the oldest
 //! freed): a thread that read a trampoline from glibc's key table just
 //! before the key was deleted, and stalls before calling it, would run the
-//! slot's next owner — which takes 1,024 more key creations meanwhile.
+//! slot's next owner — which takes, meanwhile, as many key creations as
+//! there are free slots (1,024 less the keys alive).
 //! glibc does not run key destructors for the thread that calls `exit()`,
 //! and neither does a teardown for the thread that tears down: values that
 //! thread holds are left to the image's finalizers.
