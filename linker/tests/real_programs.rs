@@ -87,9 +87,18 @@ fn static_lifetimes_and_exceptions_across_objects_clangxx_o2() {
     check_cxx("lifecycle", LIFECYCLE, "clang++", &["-O2"]);
 }
 
+/// Also from an image: g++'s `-fPIE` reads `__libc_single_threaded` (each
+/// `shared_ptr` count) and `std::cout` PC-relative — PC32 imports.
 #[test]
 fn standard_library_across_objects_and_threads_gxx_o2() {
-    check_cxx("stl", STL, "g++", &["-O2", "-std=c++17"]);
+    let flags = ["-O2", "-std=c++17"];
+    check_cxx("stl", STL, "g++", &flags);
+    let dir = scratch("real-stl-image");
+    let objs = compile_each("g++", &cxx_dir(), STL, &flags, &dir);
+    let native = native_run("g++", &objs, &[], &dir.join("native"));
+    let image = dir.join("stl.kimg");
+    save(&image, &objs);
+    assert_images_match(&native, &image, "stl g++ -O2");
 }
 
 #[test]
@@ -243,24 +252,21 @@ fn rust_std_staticlib_with_a_c_main() {
     assert!(native.0.contains("thread-local 7 dropped"), "{}", native.0);
     assert_kiln_matches(&native, &inputs, "rust std staticlib");
     let members = archive_members(&lib, &dir.join("members"));
-    let lazy_inputs: Vec<_> = std::iter::once(main).chain(members).collect();
+    let lazy_inputs: Vec<_> = std::iter::once(main.clone()).chain(members).collect();
     assert_kiln_mode_matches(true, &native, &lazy_inputs, "rust std staticlib members");
 
-    // From an image, under `kiln run` and the C loader (the C main with
-    // `-fPIC`: gcc's `-fPIE` reaches `stdout` PC-relative, which an image
-    // cannot hold). Rust's std in it: threads, `thread_local!` destructors,
-    // a panic caught by `catch_unwind` through the image's `.eh_frame`.
-    let pic_dir = dir.join("pic");
-    std::fs::create_dir_all(&pic_dir).expect("scratch dir");
-    let main_pic = compile_each(
-        "gcc",
-        &rust_dir(),
-        &["std_main.c"],
-        &["-O2", "-fPIC"],
-        &pic_dir,
-    );
+    // From an image, under `kiln run` and the C loader (the C main's gcc
+    // `-fPIE` reaches `stdout` PC-relative: a PC32 import). Rust's std in
+    // it: threads, `thread_local!` destructors, a panic caught by
+    // `catch_unwind` through the image's `.eh_frame`.
     let image = dir.join("rstd.kimg");
-    save(&image, &[main_pic[0].clone(), lib]);
+    save(&image, &[main, lib]);
+    assert_images_match(&native, &image, "rust std staticlib");
+}
+
+/// `image` run under `kiln run` and under the C loader prints and returns
+/// what the native build did.
+fn assert_images_match(native: &(String, i32), image: &std::path::Path, tag: &str) {
     for (what, mut cmd) in [
         ("kiln run IMAGE", kiln()),
         ("kiln-load IMAGE", Command::new(c_loader("x86_64"))),
@@ -268,8 +274,8 @@ fn rust_std_staticlib_with_a_c_main() {
         if what.starts_with("kiln run") {
             cmd.arg("run");
         }
-        let o = cmd.arg(&image).output().expect("the loader runs");
-        assert_like_native(&o, &native.0, native.1, what);
+        let o = cmd.arg(image).output().expect("the loader runs");
+        assert_like_native(&o, &native.0, native.1, &format!("{tag}: {what}"));
     }
 }
 
