@@ -816,3 +816,75 @@ fn on_exit_handlers_run_when_their_image_is_removed() {
     unsafe { jit.remove(&tracker) }.unwrap();
     assert_eq!(ON_EXIT_STATUS.load(SeqCst), 0, "the handler ran at removal");
 }
+
+static HOST_SIGNALS: AtomicUsize = AtomicUsize::new(0);
+extern "C" fn host_signal_handler(_: i32) {
+    HOST_SIGNALS.fetch_add(1, SeqCst);
+}
+
+/// Signal handlers JIT'd code installs (`signal`, `sigaction`) handle the
+/// signal while their image lives; its removal puts back the action it
+/// replaced (the host's), instead of leaving the kernel to jump into freed
+/// memory at the next signal.
+#[test]
+fn an_images_signal_handlers_are_uninstalled_with_it() {
+    if !common::in_own_process("an_images_signal_handlers_are_uninstalled_with_it") {
+        return;
+    }
+    let dir = scratch("signals");
+    let bytes = object(
+        &dir,
+        "signals",
+        "#include <signal.h>\n\
+         #include <string.h>\n\
+         static volatile long caught;\n\
+         static void on_signal(int sig) { caught += sig; }\n\
+         long install(long unused) {\n\
+             struct sigaction sa;\n\
+             memset(&sa, 0, sizeof sa);\n\
+             sa.sa_handler = on_signal;\n\
+             if (signal(SIGUSR1, on_signal) == SIG_ERR) return -1;\n\
+             if (signal(SIGUSR1, on_signal) != on_signal) return -2;\n\
+             return sigaction(SIGUSR2, &sa, 0);\n\
+         }\n\
+         long caught_so_far(long unused) { return caught; }\n",
+    );
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: installs a handler that only counts (async-signal-safe).
+        unsafe {
+            libc::signal(
+                sig,
+                host_signal_handler as extern "C" fn(i32) as libc::sighandler_t,
+            )
+        };
+    }
+    let jit = Jit::builder().build().unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: both are `long f(long)`.
+    let (install, caught) = unsafe {
+        (
+            tracker.get::<I64Fn>("install").unwrap(),
+            tracker.get::<I64Fn>("caught_so_far").unwrap(),
+        )
+    };
+    assert_eq!(install(0), 0);
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: raising a signal whose handler counts.
+        unsafe { libc::raise(sig) };
+    }
+    assert_eq!(
+        caught(0),
+        i64::from(libc::SIGUSR1 + libc::SIGUSR2),
+        "the image's handlers ran"
+    );
+    assert_eq!(HOST_SIGNALS.load(SeqCst), 0);
+    drop((install, caught));
+    // SAFETY: no handle is left; nothing calls the object.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: raising a signal; the host's counting handler is back.
+        unsafe { libc::raise(sig) };
+    }
+    assert_eq!(HOST_SIGNALS.load(SeqCst), 2, "the host's handlers are back");
+}

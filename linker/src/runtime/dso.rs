@@ -113,9 +113,15 @@ impl Life {
         *self.alive.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Ends the image's life once no [`Life::while_alive`] call runs.
+    /// Ends the image's life once no [`Life::while_alive`] call runs, and
+    /// uninstalls the signal handlers it installed.
     fn end(&self) {
-        *self.alive.write().unwrap_or_else(PoisonError::into_inner) = false;
+        let mut alive = self.alive.write().unwrap_or_else(PoisonError::into_inner);
+        let was = std::mem::replace(&mut *alive, false);
+        drop(alive);
+        if was {
+            super::signals::uninstall(self);
+        }
     }
 
     pub(crate) fn add_key(&self, key: libc::pthread_key_t) {

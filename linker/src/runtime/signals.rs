@@ -1,0 +1,227 @@
+//! `sigaction` and `signal` for JIT'd images: an image's signal handlers
+//! are uninstalled with it.
+//!
+//! The kernel keeps a bare handler address per signal; after an image that
+//! installed one is removed, the next such signal jumps into freed memory.
+//! kiln records each handler an image installs with the action it replaced,
+//! and when the image's life ends puts that action back for every signal
+//! whose handler is still the image's — or the default action, if the one
+//! it replaced lies in an image that is gone too. A handler can run at any
+//! instruction and takes no lock, so one already running when the image is
+//! torn down is not waited for: stop the signals an image handles before
+//! removing it, or let it uninstall them in a finalizer. `sysv_signal` and
+//! `sigset` are glibc's (not recorded).
+
+use std::ffi::c_int;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::dso::{self, Life};
+
+/// A handler an image installed, and what it replaced.
+struct Installed {
+    signal: c_int,
+    /// The handler's address (`sa_handler` or `sa_sigaction`).
+    handler: usize,
+    previous: libc::sigaction,
+    /// The image of the replaced handler, if it lay in one.
+    previous_life: Option<Arc<Life>>,
+    life: Arc<Life>,
+}
+
+// SAFETY: `libc::sigaction` is plain data (addresses, flags and a mask)
+// that any thread may pass to the kernel.
+unsafe impl Send for Installed {}
+
+static INSTALLED: Mutex<Vec<Installed>> = Mutex::new(Vec::new());
+
+unsafe extern "C" {
+    #[link_name = "sigaction"]
+    fn real_sigaction(
+        signal: c_int,
+        act: *const libc::sigaction,
+        old: *mut libc::sigaction,
+    ) -> c_int;
+}
+
+/// `sigaction` for JIT'd code: glibc's, and a handler inside a live image
+/// is recorded with the action it replaced.
+unsafe extern "C" fn sigaction(
+    signal: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    // SAFETY: a zeroed `sigaction` is a valid value (default action).
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: the caller's arguments, passed on; `previous` is ours.
+    let rc = unsafe { real_sigaction(signal, act, &mut previous) };
+    if rc != 0 {
+        return rc;
+    }
+    if !old.is_null() {
+        // SAFETY: the caller's out-pointer, as glibc would write it.
+        unsafe { *old = previous };
+    }
+    if !act.is_null() {
+        // SAFETY: the caller's action, read as glibc just read it.
+        let handler = unsafe { (*act).sa_sigaction };
+        record(signal, handler, previous);
+    }
+    0
+}
+
+/// Notes that `signal`'s handler is now `handler`, having replaced
+/// `previous`.
+fn record(signal: c_int, handler: usize, mut previous: libc::sigaction) {
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    installed.retain(|i| i.life.is_alive());
+    // SIG_DFL (0) and SIG_IGN (1) lie in no image.
+    let Some(life) = dso::life_of(handler) else {
+        return;
+    };
+    let mut previous_life = dso::life_of(previous.sa_sigaction);
+    // The image replacing its own handler: what it replaced first is what
+    // goes back.
+    if let Some(at) = installed.iter().position(|i| {
+        i.signal == signal && i.handler == previous.sa_sigaction && Arc::ptr_eq(&i.life, &life)
+    }) {
+        let earlier = installed.remove(at);
+        (previous, previous_life) = (earlier.previous, earlier.previous_life);
+    }
+    installed.push(Installed {
+        signal,
+        handler,
+        previous,
+        previous_life,
+        life,
+    });
+}
+
+/// `signal` for JIT'd code, as glibc's (BSD semantics: restartable, the
+/// signal blocked while its handler runs) through [`sigaction`].
+unsafe extern "C" fn signal(signal: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: a zeroed `sigaction` is a valid value; its mask is set below.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: `act.sa_mask` is a valid signal set to initialize.
+    unsafe {
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaddset(&mut act.sa_mask, signal);
+    }
+    // SAFETY: a zeroed `sigaction` is a valid value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid action and out-pointer.
+    if unsafe { sigaction(signal, &act, &mut old) } != 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
+}
+
+/// Puts back, for each signal whose handler `life`'s image installed and
+/// that still has it, the action it replaced (the default action if that
+/// one's image is gone too). Called as the image's life ends.
+pub(crate) fn uninstall(life: &Life) {
+    let mine: Vec<Installed> = {
+        let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mine, rest) = std::mem::take(&mut *installed)
+            .into_iter()
+            .partition(|i| std::ptr::eq(Arc::as_ptr(&i.life), life));
+        *installed = rest;
+        mine
+    };
+    for i in mine {
+        // SAFETY: a zeroed `sigaction` is a valid value.
+        let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reads the signal's action into `current`.
+        if unsafe { real_sigaction(i.signal, std::ptr::null(), &mut current) } != 0
+            || current.sa_sigaction != i.handler
+        {
+            continue;
+        }
+        let mut back = i.previous;
+        if i.previous_life
+            .as_ref()
+            .is_some_and(|l| std::ptr::eq(Arc::as_ptr(l), life) || !l.is_alive())
+        {
+            back.sa_sigaction = libc::SIG_DFL;
+            back.sa_flags = 0;
+        }
+        // SAFETY: restores an action the kernel gave us (or the default).
+        unsafe { real_sigaction(i.signal, &back, std::ptr::null_mut()) };
+    }
+}
+
+/// The overrides this module provides.
+pub(crate) fn overrides() -> [(&'static str, usize); 4] {
+    [
+        ("sigaction", sigaction as *const () as usize),
+        ("__sigaction", sigaction as *const () as usize),
+        ("signal", signal as *const () as usize),
+        ("bsd_signal", signal as *const () as usize),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::DsoHandle;
+
+    /// SIGURG: ignored by default, touched by no other test.
+    const SIG: c_int = libc::SIGURG;
+
+    extern "C" fn host(_: c_int) {}
+    extern "C" fn in_a(_: c_int) {}
+    extern "C" fn in_b(_: c_int) {}
+
+    fn install(handler: extern "C" fn(c_int)) -> usize {
+        // SAFETY: `signal` with a valid handler for a signal only this test uses.
+        unsafe { signal(SIG, handler as *const () as usize) }
+    }
+
+    fn current() -> usize {
+        // SAFETY: a zeroed `sigaction` is valid; reads the action only.
+        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reads SIG's action into `now`.
+        let rc = unsafe { real_sigaction(SIG, std::ptr::null(), &mut now) };
+        assert_eq!(rc, 0);
+        now.sa_sigaction
+    }
+
+    /// Two images stacking handlers on one signal over the host's: each
+    /// removal puts back what its image replaced, whichever goes first.
+    #[test]
+    fn removals_put_back_what_each_image_replaced() {
+        for a_first in [false, true] {
+            install(host);
+            let a = DsoHandle::new("a");
+            a.add_range(in_a as *const () as usize, 1);
+            let b = DsoHandle::new("b");
+            b.add_range(in_b as *const () as usize, 1);
+            assert_eq!(install(in_a), host as *const () as usize);
+            assert_eq!(
+                install(in_a),
+                in_a as *const () as usize,
+                "a replaces its own"
+            );
+            assert_eq!(install(in_b), in_a as *const () as usize);
+            if a_first {
+                drop(a);
+                assert_eq!(current(), in_b as *const () as usize, "b's handler stays");
+                drop(b);
+                // What b replaced (a's) is gone: the default action.
+                assert_eq!(current(), libc::SIG_DFL);
+            } else {
+                drop(b);
+                assert_eq!(current(), in_a as *const () as usize, "a's handler is back");
+                drop(a);
+                assert_eq!(
+                    current(),
+                    host as *const () as usize,
+                    "the host's handler is back"
+                );
+            }
+        }
+        // SAFETY: the default action for a signal only this test uses.
+        unsafe { libc::signal(SIG, libc::SIG_DFL) };
+    }
+}
