@@ -240,10 +240,13 @@ fn cxx_constructors_exceptions_and_finalizers_under_kiln_load() {
 
 #[test]
 fn lua_runs_under_kiln_load_as_under_kiln_and_natively() {
-    assert!(need_tool("clang"));
-    let flags = ["-O2", "-fPIE"];
-    let objs = build_lua("clang", &flags, "c-loader-clang-O2-fPIE");
-    check_three_ways("clang", &objs, &flags, &[], "lua-clang");
+    // gcc's -fPIE reaches stdout and stderr PC-relative: PC32 imports.
+    for cc in ["clang", "gcc"] {
+        assert!(need_tool(cc));
+        let flags = ["-O2", "-fPIE"];
+        let objs = build_lua(cc, &flags, &format!("c-loader-{cc}-O2-fPIE"));
+        check_three_ways(cc, &objs, &flags, &[], &format!("lua-{cc}"));
+    }
 }
 
 /// Two-level Lua, as `images.rs` runs it under kiln: Lua's core saved as
