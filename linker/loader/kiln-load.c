@@ -1030,8 +1030,6 @@ static const struct { const char *name; void (*addr)(void); } OVERRIDES[] = {
     {"__tls_get_addr", (void (*)(void))image_tls_get_addr},
 };
 
-/* `len` bytes of RW memory at a multiple of the image's base alignment:
- * over-reserved by the alignment, the excess before and after unmapped. */
 static void *lookup(const char *name);
 
 /* Where to ask for an image with PC32 imports (`bind` checks their reach):
@@ -1047,6 +1045,9 @@ static void *pc32_hint(uint64_t len) {
     return NULL;
 }
 
+/* `len` bytes of RW memory at a multiple of the image's base alignment,
+ * near `hint` if the kernel can: over-reserved by the alignment, the excess
+ * before and after unmapped. */
 static void *map_aligned(uint64_t len, void *hint) {
     uint64_t extra = img.base_align > img.page ? img.base_align - img.page : 0;
     void *m = mmap(hint, len + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
