@@ -888,3 +888,64 @@ fn an_images_signal_handlers_are_uninstalled_with_it() {
     }
     assert_eq!(HOST_SIGNALS.load(SeqCst), 2, "the host's handlers are back");
 }
+
+/// Threads exiting (their key destructors running in JIT'd code) while the
+/// JIT that holds the code ends, over and over, from several threads at
+/// once: every destructor runs whole or not at all, nothing crashes or
+/// hangs. Eager and lazy.
+#[test]
+fn key_destructors_race_the_end_of_their_jit() {
+    if !common::in_own_process("key_destructors_race_the_end_of_their_jit") {
+        return;
+    }
+    let dir = scratch("key-dtor-race");
+    let src = "#include <pthread.h>\n\
+               void raced_dtor(long);\n\
+               static pthread_key_t key;\n\
+               static void dtor(void *v) { raced_dtor((long)v); }\n\
+               long make_key(long unused) { return pthread_key_create(&key, dtor); }\n\
+               long set_value(long v) { return pthread_setspecific(key, (void *)v); }\n";
+    let bytes = object(&dir, "raced", src);
+    for round in 0..60 {
+        let lazy = round % 2 == 1;
+        let jit = Jit::builder().lazy(lazy).build().unwrap();
+        jit.define_fn("raced_dtor", raced_dtor as extern "C" fn(i64))
+            .unwrap();
+        if lazy {
+            jit.add_object_lazily("raced", &bytes).unwrap();
+        } else {
+            jit.add_object(&bytes).unwrap();
+        }
+        // SAFETY: both are `long f(long)`.
+        let (make_key, set_value) = unsafe {
+            (
+                jit.get::<I64Fn>("make_key").unwrap(),
+                jit.get::<I64Fn>("set_value").unwrap(),
+            )
+        };
+        assert_eq!(make_key(0), 0, "round {round}");
+        let set = set_value.as_fn();
+        let go = std::sync::Arc::new(Barrier::new(5));
+        let threads: Vec<_> = (1..=4)
+            .map(|t| {
+                let go = std::sync::Arc::clone(&go);
+                std::thread::spawn(move || {
+                    assert_eq!(set(t), 0);
+                    go.wait();
+                })
+            })
+            .collect();
+        go.wait();
+        // The threads are exiting, their destructors about to run or
+        // running: the JIT ends now.
+        drop((make_key, set_value, jit));
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// Yields, so the JIT's end can overtake a destructor in the middle.
+extern "C" fn raced_dtor(_: i64) {
+    std::thread::yield_now();
+}
