@@ -536,7 +536,11 @@ impl Jit {
     /// No thread runs, or will run, code of the tracker's objects — through
     /// an address or a [`Func`] obtained from [`Jit::get`], or through other
     /// JIT'd code that calls it (its memory is released), and running the
-    /// images' finalizers must be sound.
+    /// images' finalizers must be sound. What glibc calls later on the
+    /// objects' behalf is kiln's to guard: `thread_local` and pthread key
+    /// destructors of exiting threads (waited for while running, skipped
+    /// after), fork, `quick_exit` and `on_exit` handlers, and signal
+    /// handlers (uninstalled; one already running is not waited for).
     pub unsafe fn remove(&self, tracker: &JitTracker) -> Result<(), JitError> {
         let handles = Arc::strong_count(&tracker.handles) - 1;
         if handles > 0 {
