@@ -539,8 +539,9 @@ impl Jit {
     /// images' finalizers must be sound. What glibc calls later on the
     /// objects' behalf is kiln's to guard: `thread_local` and pthread key
     /// destructors of exiting threads (waited for while running, skipped
-    /// after), fork, `quick_exit` and `on_exit` handlers, and signal
-    /// handlers (uninstalled; one already running is not waited for).
+    /// after), fork, `quick_exit` and `on_exit` handlers, signal handlers
+    /// (uninstalled; one already running is not waited for) and libstdc++'s
+    /// terminate and new handlers (uninstalled).
     pub unsafe fn remove(&self, tracker: &JitTracker) -> Result<(), JitError> {
         let handles = Arc::strong_count(&tracker.handles) - 1;
         if handles > 0 {

@@ -949,3 +949,73 @@ fn key_destructors_race_the_end_of_their_jit() {
 extern "C" fn raced_dtor(_: i64) {
     std::thread::yield_now();
 }
+
+/// libstdc++'s `std::get_terminate` / `std::get_new_handler`.
+fn cxx_getter(name: &std::ffi::CStr) -> extern "C" fn() -> usize {
+    // SAFETY: opens the C++ runtime (the JIT binds C++ objects to it too)
+    // and looks a NUL-terminated name up in it.
+    let f = unsafe {
+        let lib = libc::dlopen(
+            c"libstdc++.so.6".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_GLOBAL,
+        );
+        assert!(!lib.is_null(), "libstdc++ cannot be opened");
+        libc::dlsym(lib, name.as_ptr())
+    };
+    assert!(!f.is_null(), "{name:?} is not loaded");
+    // SAFETY: both getters are `void (*std::get_*())()`: no arguments, an
+    // address back.
+    unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> usize>(f) }
+}
+
+/// The terminate and new handlers JIT'd C++ installs (`std::set_terminate`,
+/// `std::set_new_handler`) are libstdc++'s while their image lives; its
+/// removal puts back what they replaced, so a later `std::terminate` or
+/// failed `new` does not call freed memory.
+#[test]
+fn an_images_terminate_and_new_handlers_are_uninstalled_with_it() {
+    let _serial = serial();
+    assert!(common::need_tool("g++"));
+    let dir = scratch("cxx-hooks");
+    let src = dir.join("hooks.cpp");
+    std::fs::write(
+        &src,
+        "#include <cstdlib>\n\
+         #include <exception>\n\
+         #include <new>\n\
+         static void my_terminate() { std::abort(); }\n\
+         static void my_new_handler() { throw std::bad_alloc(); }\n\
+         extern \"C\" long install_hooks(long) {\n\
+             std::set_terminate(my_terminate);\n\
+             std::set_terminate(my_terminate);\n\
+             std::set_new_handler(my_new_handler);\n\
+             return 0;\n\
+         }\n\
+         extern \"C\" long hooks_are_mine(long) {\n\
+             return (std::get_terminate() == my_terminate) + 2 * (std::get_new_handler() == my_new_handler);\n\
+         }\n",
+    )
+    .expect("write the source");
+    let obj = common::compile("g++", &src, &["-O1", "-fPIC"], &[], &dir.join("hooks.o"));
+    let bytes = std::fs::read(&obj).expect("read the object");
+    let jit = Jit::builder().build().unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    let get_terminate = cxx_getter(c"_ZSt13get_terminatev");
+    let get_new_handler = cxx_getter(c"_ZSt15get_new_handlerv");
+    let (terminate, new_handler) = (get_terminate(), get_new_handler());
+    // SAFETY: both are `long f(long)`.
+    let (install, mine) = unsafe {
+        (
+            tracker.get::<I64Fn>("install_hooks").unwrap(),
+            tracker.get::<I64Fn>("hooks_are_mine").unwrap(),
+        )
+    };
+    assert_eq!(install(0), 0);
+    assert_eq!(mine(0), 3, "the image's handlers are installed");
+    drop((install, mine));
+    // SAFETY: no handle is left; nothing calls the object.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    assert_eq!(get_terminate(), terminate, "the terminate handler is back");
+    assert_eq!(get_new_handler(), new_handler, "the new handler is back");
+}

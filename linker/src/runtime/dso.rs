@@ -114,13 +114,14 @@ impl Life {
     }
 
     /// Ends the image's life once no [`Life::while_alive`] call runs, and
-    /// uninstalls the signal handlers it installed.
+    /// uninstalls the signal handlers and libstdc++ handlers it installed.
     fn end(&self) {
         let mut alive = self.alive.write().unwrap_or_else(PoisonError::into_inner);
         let was = std::mem::replace(&mut *alive, false);
         drop(alive);
         if was {
             super::signals::uninstall(self);
+            super::cxx_hooks::uninstall(self);
         }
     }
 

@@ -13,26 +13,20 @@
 //! `sigset` are glibc's (not recorded).
 
 use std::ffi::c_int;
-use std::sync::{Arc, Mutex, PoisonError};
 
-use super::dso::{self, Life};
+use super::dso::Life;
+use super::replaced::Replacements;
 
-/// A handler an image installed, and what it replaced.
-struct Installed {
-    signal: c_int,
-    /// The handler's address (`sa_handler` or `sa_sigaction`).
-    handler: usize,
-    previous: libc::sigaction,
-    /// The image of the replaced handler, if it lay in one.
-    previous_life: Option<Arc<Life>>,
-    life: Arc<Life>,
-}
+/// A signal action, as the kernel gave it.
+#[derive(Clone, Copy)]
+struct Action(libc::sigaction);
 
-// SAFETY: `libc::sigaction` is plain data (addresses, flags and a mask)
-// that any thread may pass to the kernel.
-unsafe impl Send for Installed {}
+// SAFETY: a `sigaction` is plain data (addresses, flags and a mask) that
+// any thread may pass to the kernel.
+unsafe impl Send for Action {}
 
-static INSTALLED: Mutex<Vec<Installed>> = Mutex::new(Vec::new());
+/// The handlers images installed, by signal.
+static INSTALLED: Replacements<c_int, Action> = Replacements::new();
 
 unsafe extern "C" {
     #[link_name = "sigaction"]
@@ -64,36 +58,9 @@ unsafe extern "C" fn sigaction(
     if !act.is_null() {
         // SAFETY: the caller's action, read as glibc just read it.
         let handler = unsafe { (*act).sa_sigaction };
-        record(signal, handler, previous);
+        INSTALLED.record(signal, handler, Action(previous), previous.sa_sigaction);
     }
     0
-}
-
-/// Notes that `signal`'s handler is now `handler`, having replaced
-/// `previous`.
-fn record(signal: c_int, handler: usize, mut previous: libc::sigaction) {
-    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
-    installed.retain(|i| i.life.is_alive());
-    // SIG_DFL (0) and SIG_IGN (1) lie in no image.
-    let Some(life) = dso::life_of(handler) else {
-        return;
-    };
-    let mut previous_life = dso::life_of(previous.sa_sigaction);
-    // The image replacing its own handler: what it replaced first is what
-    // goes back.
-    if let Some(at) = installed.iter().position(|i| {
-        i.signal == signal && i.handler == previous.sa_sigaction && Arc::ptr_eq(&i.life, &life)
-    }) {
-        let earlier = installed.remove(at);
-        (previous, previous_life) = (earlier.previous, earlier.previous_life);
-    }
-    installed.push(Installed {
-        signal,
-        handler,
-        previous,
-        previous_life,
-        life,
-    });
 }
 
 /// `signal` for JIT'd code, as glibc's (BSD semantics: restartable, the
@@ -121,33 +88,22 @@ unsafe extern "C" fn signal(signal: c_int, handler: libc::sighandler_t) -> libc:
 /// that still has it, the action it replaced (the default action if that
 /// one's image is gone too). Called as the image's life ends.
 pub(crate) fn uninstall(life: &Life) {
-    let mine: Vec<Installed> = {
-        let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mine, rest) = std::mem::take(&mut *installed)
-            .into_iter()
-            .partition(|i| std::ptr::eq(Arc::as_ptr(&i.life), life));
-        *installed = rest;
-        mine
-    };
-    for i in mine {
+    for back in INSTALLED.take_of(life) {
         // SAFETY: a zeroed `sigaction` is a valid value.
         let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: reads the signal's action into `current`.
-        if unsafe { real_sigaction(i.signal, std::ptr::null(), &mut current) } != 0
-            || current.sa_sigaction != i.handler
+        if unsafe { real_sigaction(back.key, std::ptr::null(), &mut current) } != 0
+            || current.sa_sigaction != back.handler
         {
             continue;
         }
-        let mut back = i.previous;
-        if i.previous_life
-            .as_ref()
-            .is_some_and(|l| std::ptr::eq(Arc::as_ptr(l), life) || !l.is_alive())
-        {
-            back.sa_sigaction = libc::SIG_DFL;
-            back.sa_flags = 0;
-        }
+        let action = back.previous.map_or_else(
+            // SAFETY: a zeroed `sigaction` is the default action.
+            || unsafe { std::mem::zeroed() },
+            |Action(a)| a,
+        );
         // SAFETY: restores an action the kernel gave us (or the default).
-        unsafe { real_sigaction(i.signal, &back, std::ptr::null_mut()) };
+        unsafe { real_sigaction(back.key, &action, std::ptr::null_mut()) };
     }
 }
 
