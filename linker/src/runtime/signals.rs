@@ -44,6 +44,9 @@ unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
+    // Read before `old` is written: the two may be one structure.
+    // SAFETY: the caller's action, if any, as glibc reads it.
+    let handler = (!act.is_null()).then(|| unsafe { (*act).sa_sigaction });
     // SAFETY: a zeroed `sigaction` is a valid value (default action).
     let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: the caller's arguments, passed on; `previous` is ours.
@@ -55,9 +58,7 @@ unsafe extern "C" fn sigaction(
         // SAFETY: the caller's out-pointer, as glibc would write it.
         unsafe { *old = previous };
     }
-    if !act.is_null() {
-        // SAFETY: the caller's action, read as glibc just read it.
-        let handler = unsafe { (*act).sa_sigaction };
+    if let Some(handler) = handler {
         INSTALLED.record(signal, handler, Action(previous), previous.sa_sigaction);
     }
     0
@@ -177,6 +178,24 @@ mod tests {
                 );
             }
         }
+        // One structure for the new action and the old (POSIX allows it):
+        // the handler installed is still the one recorded.
+        install(host);
+        let a = DsoHandle::new("a");
+        a.add_range(in_a as *const () as usize, 1);
+        // SAFETY: a zeroed `sigaction` is valid; its handler is set next.
+        let mut both: libc::sigaction = unsafe { std::mem::zeroed() };
+        both.sa_sigaction = in_a as *const () as usize;
+        let at: *mut libc::sigaction = &mut both;
+        // SAFETY: a valid action, read before the old one is written over it.
+        assert_eq!(unsafe { sigaction(SIG, at, at) }, 0);
+        assert_eq!(both.sa_sigaction, host as *const () as usize);
+        drop(a);
+        assert_eq!(
+            current(),
+            host as *const () as usize,
+            "the host's handler is back"
+        );
         // SAFETY: the default action for a signal only this test uses.
         unsafe { libc::signal(SIG, libc::SIG_DFL) };
     }
