@@ -120,24 +120,29 @@ unsafe extern "C" fn prepare_images() {
 }
 
 unsafe extern "C" fn parent_images() {
-    let taken = FORKING.with(|forking| std::mem::take(&mut *forking.borrow_mut()));
-    for r in &taken {
-        if let Some(f) = r.parent {
-            // SAFETY: the image that registered `f` is alive while
-            // `while_alive` runs it; `fork()` returned in the parent.
-            r.life.while_alive(|| unsafe { f() });
-        }
-    }
+    after_fork(false);
 }
 
 unsafe extern "C" fn child_images() {
+    after_fork(true);
+}
+
+/// Runs the parent or child handlers of the registrations the prepare step
+/// took, oldest first.
+fn after_fork(in_child: bool) {
     let taken = FORKING.with(|forking| std::mem::take(&mut *forking.borrow_mut()));
     for r in &taken {
-        if let Some(f) = r.child {
-            // SAFETY: the image that registered `f` is alive while
-            // `while_alive_in_child` runs it (an image whose teardown had
-            // begun at the fork is skipped); `fork()` returned in the child.
-            r.life.while_alive_in_child(|| unsafe { f() });
+        let handler = if in_child { r.child } else { r.parent };
+        let Some(f) = handler else { continue };
+        // SAFETY: the image that registered `f` is alive while the call
+        // below runs it; `fork()` returned in this process (parent or
+        // child). In the child, an image whose teardown had begun at the
+        // fork counts as gone: its lock is never released there.
+        let call = || unsafe { f() };
+        if in_child {
+            r.life.while_alive_in_child(call);
+        } else {
+            r.life.while_alive(call);
         }
     }
 }

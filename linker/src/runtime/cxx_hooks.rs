@@ -102,7 +102,8 @@ fn libstdcxx(name: &CStr) -> usize {
     if lib.is_null() {
         return 0;
     }
-    // SAFETY: as above, in the library just opened.
+    // SAFETY: `lib` is a handle dlopen just returned; the name is
+    // NUL-terminated.
     unsafe { libc::dlsym(lib, name.as_ptr()) as usize }
 }
 

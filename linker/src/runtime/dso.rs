@@ -72,16 +72,12 @@ pub(crate) struct Life {
     /// `true` until the image is torn down. Thread-exit destructors hold a
     /// read lock while they run, so teardown waits for running ones.
     alive: RwLock<bool>,
-    /// pthread keys the image created with a destructor of its own
-    /// (`keys`), deleted when the image goes.
-    keys: Mutex<Vec<libc::pthread_key_t>>,
 }
 
 impl Life {
     fn new() -> Self {
         Life {
             alive: RwLock::new(true),
-            keys: Mutex::new(Vec::new()),
         }
     }
 
@@ -123,20 +119,6 @@ impl Life {
             super::signals::uninstall(self);
             super::cxx_hooks::uninstall(self);
         }
-    }
-
-    pub(crate) fn add_key(&self, key: libc::pthread_key_t) {
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(key);
-    }
-
-    pub(crate) fn forget_key(&self, key: libc::pthread_key_t) {
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|&k| k != key);
     }
 }
 
@@ -410,14 +392,7 @@ impl DsoShared {
 impl Drop for DsoShared {
     fn drop(&mut self) {
         self.life.end();
-        let keys = std::mem::take(
-            &mut *self
-                .life
-                .keys
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        super::keys::release_keys(keys);
+        super::keys::release_keys_of(&self.life);
         let addr = self.addr;
         let starts = std::mem::take(
             self.ranges

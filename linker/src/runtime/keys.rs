@@ -179,7 +179,7 @@ unsafe extern "C" fn key_create(key: *mut libc::pthread_key_t, dtor: Option<KeyD
         // so no thread can have a value for it.
         key: None,
         dtor,
-        life: Arc::clone(&life),
+        life,
     };
     let Some(slot) = with_table(|t| t.take(bound)) else {
         return libc::EAGAIN;
@@ -198,7 +198,6 @@ unsafe extern "C" fn key_create(key: *mut libc::pthread_key_t, dtor: Option<KeyD
             b.key = Some(created);
         }
     });
-    life.add_key(created);
     0
 }
 
@@ -209,9 +208,6 @@ unsafe extern "C" fn key_delete(key: libc::pthread_key_t) -> c_int {
         // SAFETY: not a key of kiln's: glibc's call, unchanged.
         return unsafe { real_key_delete(key) };
     };
-    if let Some(life) = with_table(|t| t.bound[slot].as_ref().map(|b| Arc::clone(&b.life))) {
-        life.forget_key(key);
-    }
     release(key, slot)
 }
 
@@ -225,13 +221,22 @@ fn release(key: libc::pthread_key_t, slot: usize) -> c_int {
     rc
 }
 
-/// Deletes the keys a removed image created and did not delete itself.
-/// Call once its [`Life`] has ended (no trampoline runs its code any more).
-pub(crate) fn release_keys(keys: Vec<libc::pthread_key_t>) {
-    for key in keys {
-        if let Some(slot) = with_table(|t| t.slot_of(key)) {
-            release(key, slot);
-        }
+/// Deletes the keys `life`'s image created and did not delete itself (the
+/// slots bound to its life). Call once that life has ended (no trampoline
+/// runs its code any more).
+pub(crate) fn release_keys_of(life: &Life) {
+    let keys: Vec<(libc::pthread_key_t, usize)> = with_table(|t| {
+        t.bound
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, b)| {
+                let b = b.as_ref()?;
+                std::ptr::eq(Arc::as_ptr(&b.life), life).then_some((b.key?, slot))
+            })
+            .collect()
+    });
+    for (key, slot) in keys {
+        release(key, slot);
     }
 }
 
