@@ -253,6 +253,7 @@ impl W9 {
                     .map_err(|e| engine("add_object", e))?;
             }
         }
+        let added = start.elapsed();
         let session = jit.session();
         let names = session.intern_all(p.program.funcs.iter().map(|f| f.name.as_str()));
         let order = SearchOrder::new().with(jit.app(), DylibLookup::ExportedOnly);
@@ -275,7 +276,14 @@ impl W9 {
         let rep = Rep {
             main,
             main_cpu_s,
-            phases: vec![("setup", setup), ("teardown", teardown.elapsed())],
+            // The timed part in two: adding the objects, the lookup that
+            // links and emits them.
+            phases: vec![
+                ("setup", setup),
+                ("add", added),
+                ("lookup", main - added),
+                ("teardown", teardown.elapsed()),
+            ],
             info,
         };
         Ok((rep, sum))
