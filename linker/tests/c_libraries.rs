@@ -1,7 +1,8 @@
-//! SQLite, zstd, mimalloc and bzip2 — real programs kiln's authors did not
-//! write — built from their C sources (see `common/c_libraries.rs`) with
-//! small drivers (`tests/c/sqlite_driver.c`, `zstd_driver.c`,
-//! `mimalloc_driver.c`; bzip2 is its own command-line program), run every
+//! SQLite, zstd, mimalloc, liblzma (xz) and bzip2 — real programs kiln's
+//! authors did not write — built from their C sources (see
+//! `common/c_libraries.rs`) with small drivers (`tests/c/sqlite_driver.c`,
+//! `zstd_driver.c`, `mimalloc_driver.c`, `xz_driver.c`; bzip2 is its own
+//! command-line program), run every
 //! way kiln runs code, with stdout and exit status equal to the native
 //! build's:
 //!
@@ -22,7 +23,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use common::c_libraries::{build_bzip2, build_mimalloc, build_sqlite, build_zstd};
+use common::c_libraries::{build_bzip2, build_mimalloc, build_sqlite, build_xz, build_zstd};
 use common::images::{QEMU, c_loader, kiln, qemu, save, show};
 use common::*;
 
@@ -106,6 +107,7 @@ fn check_aarch64(objs: &[PathBuf], marker: &str, tag: &str) {
 const ZSTD_OK: &str = "streaming level 5 with checksum";
 const SQLITE_OK: &str = "cte: fib=13,610,28657,1346269,63245986";
 const MIMALLOC_OK: &str = "mimalloc: ok";
+const XZ_OK: &str = "xz: ok";
 
 #[test]
 fn zstd_from_gcc_runs_eager_lazy_and_from_images() {
@@ -164,6 +166,40 @@ fn sqlite_runs_from_an_aarch64_image_under_qemu() {
     }
     let objs = build_sqlite(AARCH64_CC, false, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
     check_aarch64(&objs, SQLITE_OK, "sqlite");
+}
+
+/// liblzma's multithreaded encoder: worker threads that the JIT'd code
+/// starts run JIT'd code (under `--lazy`, their first calls go through
+/// lazy stubs on several threads at once), meeting on its mutexes and
+/// condition variables; its output and the round trips equal the native
+/// build's.
+#[test]
+fn xz_from_gcc_runs_eager_lazy_and_from_images() {
+    if !need_tool("gcc") {
+        return;
+    }
+    let flags = ["-O2", "-fPIE"];
+    let objs = build_xz("gcc", &flags, "gcc-O2-fPIE");
+    check_x86_64("gcc", &objs, &flags, XZ_OK, "xz-gcc");
+}
+
+#[test]
+fn xz_from_clang_fpic_runs_eager_lazy_and_from_images() {
+    if !need_tool("clang") {
+        return;
+    }
+    let flags = ["-O2", "-fPIC"];
+    let objs = build_xz("clang", &flags, "clang-O2-fPIC");
+    check_x86_64("clang", &objs, &flags, XZ_OK, "xz-clang-fPIC");
+}
+
+#[test]
+fn xz_runs_from_an_aarch64_image_under_qemu() {
+    if !(need_tool(AARCH64_CC) && need_tool(QEMU)) {
+        return;
+    }
+    let objs = build_xz(AARCH64_CC, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
+    check_aarch64(&objs, XZ_OK, "xz");
 }
 
 /// zstd's objects added one by one to a builder JIT and its API called in

@@ -178,3 +178,47 @@ pub(crate) fn build_bzip2(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
     let dir = scratch(&format!("bzip2-{tag}"));
     compile_all(cc, &sources, &all, &[src.as_path()], &dir)
 }
+
+/// liblzma from xz 5.2 (`lzma-sys`'s sources and `config.h`: every
+/// encoder and decoder, POSIX threads for the multithreaded encoder) and
+/// the driver, compiled with `cc flags`, as `lzma-sys`'s build script
+/// compiles them.
+pub(crate) fn build_xz(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    let root = crate_root("lzma-sys-0.");
+    let xz = root.join("xz-5.2/src");
+    let liblzma = xz.join("liblzma");
+    let subs = [
+        "common",
+        "lzma",
+        "lz",
+        "check",
+        "delta",
+        "rangecoder",
+        "simple",
+    ];
+    let mut sources: Vec<PathBuf> = Vec::new();
+    for sub in subs {
+        let d = liblzma.join(sub);
+        sources.extend(
+            std::fs::read_dir(&d)
+                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "c"))
+                .filter(|p| {
+                    let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+                    !stem.ends_with("_small") && !stem.ends_with("tablegen")
+                }),
+        );
+    }
+    sources.sort();
+    sources.push(xz.join("common/tuklib_cpucores.c"));
+    sources.push(xz.join("common/tuklib_physmem.c"));
+    sources.push(c_dir().join("xz_driver.c"));
+    let mut all = vec!["-DHAVE_CONFIG_H=1", "-std=c99", "-pthread", "-w"];
+    all.extend_from_slice(flags);
+    let mut include: Vec<PathBuf> = subs.iter().map(|s| liblzma.join(s)).collect();
+    include.extend([liblzma.join("api"), xz.join("common"), root]);
+    let include: Vec<&Path> = include.iter().map(PathBuf::as_path).collect();
+    let dir = scratch(&format!("xz-{tag}"));
+    compile_all(cc, &sources, &all, &include, &dir)
+}
