@@ -1,8 +1,8 @@
-//! SQLite, zstd, mimalloc, liblzma (xz) and bzip2 — real programs kiln's
-//! authors did not write — built from their C sources (see
+//! SQLite, zstd, mimalloc, liblzma (xz), zlib and bzip2 — real programs
+//! kiln's authors did not write — built from their C sources (see
 //! `common/c_libraries.rs`) with small drivers (`tests/c/sqlite_driver.c`,
-//! `zstd_driver.c`, `mimalloc_driver.c`, `xz_driver.c`; bzip2 is its own
-//! command-line program), run every
+//! `zstd_driver.c`, `mimalloc_driver.c`, `xz_driver.c`, `zlib_driver.c`;
+//! bzip2 is its own command-line program), run every
 //! way kiln runs code, with stdout and exit status equal to the native
 //! build's:
 //!
@@ -23,7 +23,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use common::c_libraries::{build_bzip2, build_mimalloc, build_sqlite, build_xz, build_zstd};
+use common::c_libraries::{
+    build_bzip2, build_mimalloc, build_sqlite, build_xz, build_zlib, build_zstd,
+};
 use common::images::{QEMU, c_loader, kiln, qemu, save, show};
 use common::*;
 
@@ -108,6 +110,7 @@ const ZSTD_OK: &str = "streaming level 5 with checksum";
 const SQLITE_OK: &str = "cte: fib=13,610,28657,1346269,63245986";
 const MIMALLOC_OK: &str = "mimalloc: ok";
 const XZ_OK: &str = "xz: ok";
+const ZLIB_OK: &str = "zlib: ok";
 
 #[test]
 fn zstd_from_gcc_runs_eager_lazy_and_from_images() {
@@ -200,6 +203,29 @@ fn xz_runs_from_an_aarch64_image_under_qemu() {
     }
     let objs = build_xz(AARCH64_CC, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
     check_aarch64(&objs, XZ_OK, "xz");
+}
+
+/// zlib, with its gzip file functions (`gzprintf`'s varargs, a temporary
+/// file's descriptor): gcc `-O0` and clang `-O2 -fPIE`.
+#[test]
+fn zlib_runs_eager_lazy_and_from_images() {
+    if !(need_tool("gcc") && need_tool("clang")) {
+        return;
+    }
+    for (cc, flags) in [("gcc", ["-O0", "-fPIE"]), ("clang", ["-O2", "-fPIE"])] {
+        let tag = format!("{cc}{}", flags.concat());
+        let objs = build_zlib(cc, &flags, &tag);
+        check_x86_64(cc, &objs, &flags, ZLIB_OK, &format!("zlib-{tag}"));
+    }
+}
+
+#[test]
+fn zlib_runs_from_an_aarch64_image_under_qemu() {
+    if !(need_tool(AARCH64_CC) && need_tool(QEMU)) {
+        return;
+    }
+    let objs = build_zlib(AARCH64_CC, &["-O2", "-fPIE"], "aarch64-gcc-O2-fPIE");
+    check_aarch64(&objs, ZLIB_OK, "zlib");
 }
 
 /// zstd's objects added one by one to a builder JIT and its API called in

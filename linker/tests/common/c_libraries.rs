@@ -222,3 +222,34 @@ pub(crate) fn build_xz(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
     let dir = scratch(&format!("xz-{tag}"));
     compile_all(cc, &sources, &all, &include, &dir)
 }
+
+/// zlib (`libz-sys`'s sources: the library and its gzip file functions)
+/// and the driver, compiled with `cc flags`.
+pub(crate) fn build_zlib(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
+    let src = crate_root("libz-sys-1.").join("src/zlib");
+    let mut sources: Vec<PathBuf> = [
+        "adler32.c",
+        "compress.c",
+        "crc32.c",
+        "deflate.c",
+        "infback.c",
+        "inffast.c",
+        "inflate.c",
+        "inftrees.c",
+        "trees.c",
+        "uncompr.c",
+        "zutil.c",
+        "gzclose.c",
+        "gzlib.c",
+        "gzread.c",
+        "gzwrite.c",
+    ]
+    .iter()
+    .map(|f| src.join(f))
+    .collect();
+    sources.push(c_dir().join("zlib_driver.c"));
+    let mut all = vec!["-D_LARGEFILE64_SOURCE=1", "-DHAVE_HIDDEN", "-w"];
+    all.extend_from_slice(flags);
+    let dir = scratch(&format!("zlib-{tag}"));
+    compile_all(cc, &sources, &all, &[src.as_path()], &dir)
+}
