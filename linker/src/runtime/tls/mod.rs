@@ -45,7 +45,8 @@
 //! kiln reserves [`static_area_size`] bytes inside the host executable's
 //! own static TLS block (a `thread_local!` of this crate). A range is
 //! reused only after its module is dropped, once the area is used up,
-//! while every live thread is attached — every copy of it zeroed first
+//! while every live thread is attached (or past kiln's cleanup at its
+//! exit) — every copy of it zeroed first
 //! (an image file's local-exec code claims the exact range it was linked
 //! against: `TlsModule::claim_static`) — so modules with only zero initial values (all C++
 //! `thread_local` objects with constructors, `.tbss`) are correct in every

@@ -112,6 +112,11 @@ struct Area {
     dropped: usize,
     /// Attached threads: key → (address of their reservation copy, tid).
     threads: HashMap<u64, (usize, libc::pid_t)>,
+    /// Threads that detached at their exit and may still be listed live:
+    /// they run no code of a module initialized after that, so they do not
+    /// keep a retired range from being reused ([`unattached`] forgets those
+    /// gone).
+    exiting: Vec<libc::pid_t>,
 }
 
 static AREA: Mutex<Option<Area>> = Mutex::new(None);
@@ -368,10 +373,15 @@ fn reuse(
 /// The live threads of the process that are not attached, by kernel
 /// thread id (`None` when the threads cannot be listed).
 fn unattached() -> Option<Vec<libc::pid_t>> {
-    let attached: std::collections::HashSet<libc::pid_t> =
-        with_area(|area| area.threads.values().map(|&(_, tid)| tid).collect());
     let mut tids = live_threads()?;
-    tids.retain(|tid| !attached.contains(tid));
+    let accounted: std::collections::HashSet<libc::pid_t> = with_area(|area| {
+        // An exiting thread no longer listed is gone (its tid may be
+        // another thread's one day).
+        area.exiting.retain(|tid| tids.contains(tid));
+        let attached = area.threads.values().map(|&(_, tid)| tid);
+        attached.chain(area.exiting.iter().copied()).collect()
+    });
+    tids.retain(|tid| !accounted.contains(tid));
     tids.sort_unstable();
     Some(tids)
 }
@@ -605,9 +615,15 @@ pub(crate) fn attach(key: u64) {
     });
 }
 
-/// Forgets the calling thread (at its exit).
+/// Forgets the calling thread (at its exit), which is then [`Area::exiting`]
+/// until it is gone.
 pub(crate) fn detach(key: u64) {
-    with_area(|area| area.threads.remove(&key));
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    with_area(|area| {
+        area.threads.remove(&key);
+        area.exiting.push(tid);
+    });
 }
 
 /// Live threads of the process that are not attached, by kernel thread id.

@@ -471,3 +471,30 @@ fn tlsdesc_arguments_are_one_per_variable() {
     assert_eq!(args[0], args[3]);
     assert_ne!(args[0], args[2]);
 }
+
+/// A thread that has detached (it is running its thread-exit destructors)
+/// runs no more JIT'd code: it no longer keeps a retired range from being
+/// reused while it finishes exiting (a thread just joined could still be
+/// listed; the next link then found the area blocked by it).
+#[test]
+fn a_detached_thread_still_exiting_does_not_block_reuse() {
+    let (detached_tx, detached_rx) = std::sync::mpsc::channel();
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
+    // A key no live thread of kiln's runtime uses.
+    const KEY: u64 = u64::MAX - 7;
+    let t = std::thread::spawn(move || {
+        static_area::attach(KEY);
+        static_area::detach(KEY);
+        // SAFETY: gettid has no preconditions.
+        detached_tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = exit_rx.recv();
+    });
+    let tid = detached_rx.recv().unwrap();
+    let strangers = static_area::unattached_threads();
+    exit_tx.send(()).unwrap();
+    t.join().unwrap();
+    assert!(
+        !strangers.contains(&tid),
+        "a detached, exiting thread ({tid}) counted as a stranger: {strangers:?}"
+    );
+}
