@@ -9,19 +9,6 @@ use std::path::PathBuf;
 use common::*;
 use kiln_linker::{HostSymbols, LinkError, Linker};
 
-/// JIT memory is one process-wide 1 GiB slab (within reach of the host's
-/// libraries), and mutants can ask for half of it (a `.bss` size flipped
-/// to 512 MiB): a test whose answers are compared takes this exclusively,
-/// the others share it, so one test's mutant never leaves another's short
-/// of memory — a `LinkError::Memory` whose cause is the timing of tests.
-static SLAB: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// A share of [`SLAB`] (a failed test's poison is not this test's concern).
-fn share_slab() -> std::sync::RwLockReadGuard<'static, ()> {
-    SLAB.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn mutate(rng: &mut Rng, data: &[u8]) -> Vec<u8> {
     let mut m = data.to_vec();
     match rng.below(10) {
@@ -91,7 +78,6 @@ fn kind(e: &LinkError) -> &'static str {
 
 #[test]
 fn twenty_thousand_object_mutants_link_or_fail_cleanly() {
-    let _slab = share_slab();
     let objs = objects();
     let host = HostSymbols::new();
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -198,7 +184,6 @@ fn compiled_pair(
 /// with an error — never a panic, a crash or a hang.
 #[test]
 fn object_mutants_added_one_by_one_to_a_jit_link_or_fail_cleanly() {
-    let _slab = share_slab();
     use kiln_engine::{LookupSet, RequiredState, SearchOrder};
     let mut objs = batch_objects();
     objs.extend(objects().into_iter().skip(1));
@@ -276,8 +261,17 @@ fn ready_names(jit: &kiln_linker::Jit, names: &[&str], start: Start) -> Answer {
         Start::Together => drop(ask(names)),
         Start::Racing => {
             let (a, b) = names.split_at(names.len() / 2);
+            // The helper attaches before either asks, as a host's threads
+            // should: a retired static TLS range is reused only while every
+            // live thread is attached.
+            let both = std::sync::Barrier::new(2);
             std::thread::scope(|s| {
-                s.spawn(|| drop(ask(b)));
+                s.spawn(|| {
+                    kiln_linker::runtime::tls::attach_current_thread();
+                    both.wait();
+                    drop(ask(b))
+                });
+                both.wait();
                 drop(ask(a));
             });
         }
@@ -348,9 +342,13 @@ fn clang_batch_objects() -> Vec<(String, Vec<u8>)> {
 /// same others.
 #[test]
 fn object_mutants_in_a_batch_answer_as_when_linked_alone() {
-    let _slab = SLAB
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // JIT memory (one 1 GiB slab) and kiln's static TLS area are the
+    // process's: another test's mutant (a `.bss` flipped to 512 MiB, a
+    // thread-local turned local-exec) would leave a start short of them,
+    // an answer decided by the timing of tests.
+    if !in_own_process("object_mutants_in_a_batch_answer_as_when_linked_alone") {
+        return;
+    }
     mutants_answer_alike(batch_objects(), 0x5eed_1234_abcd_0003);
     mutants_answer_alike(pic_tls_batch_objects(), 0x5eed_1234_abcd_0004);
     mutants_answer_alike(clang_batch_objects(), 0x5eed_1234_abcd_0005);
@@ -410,7 +408,6 @@ fn mutants_answer_alike(objs: Vec<(String, Vec<u8>)>, seed: u64) {
 
 #[test]
 fn mutated_archives_link_or_fail_cleanly() {
-    let _slab = share_slab();
     let dir = scratch("mutation-ar");
     let (main, b) = compile_prog_ab(&dir);
     let lib = dir.join("libb.a");
@@ -453,7 +450,6 @@ fn mutated_archives_link_or_fail_cleanly() {
 /// a panic.
 #[test]
 fn five_thousand_aarch64_object_mutants_link_or_fail_cleanly() {
-    let _slab = share_slab();
     let cc = "aarch64-linux-gnu-gcc";
     assert!(need_tool(cc));
     let dir = scratch("mutation-aarch64");
