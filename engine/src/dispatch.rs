@@ -199,6 +199,8 @@ pub(crate) struct PoolShared {
     /// Signalled when a lookup completes, for waits too deep to help
     /// (which a task's arrival must not wake in place of a worker).
     deep: Condvar,
+    /// What every worker runs first on its thread, spares too.
+    start: Arc<dyn Fn() + Send + Sync>,
 }
 
 struct PoolQueue {
@@ -219,9 +221,9 @@ impl WorkerPool {
     /// [`WorkerPool::new`], each worker calling `start` first, on its own
     /// thread (like rayon's `start_handler`): for per-thread set-up a
     /// linker's runtime needs before any task runs there. Returns once
-    /// every worker has run it.
+    /// every worker has run it; a spare worker started later (standing in
+    /// for one parked in a deep wait) runs it too, before its first task.
     pub fn with_start(threads: usize, start: impl Fn() + Send + Sync + 'static) -> Self {
-        let start = Arc::new(start);
         let started = Arc::new(Started::default());
         let shared = Arc::new(PoolShared {
             queue: Mutex::new(PoolQueue {
@@ -230,14 +232,15 @@ impl WorkerPool {
             }),
             wakeup: Condvar::new(),
             deep: Condvar::new(),
+            start: Arc::new(start),
         });
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
-            let (shared, start, started) = (shared.clone(), start.clone(), started.clone());
+            let (shared, started) = (shared.clone(), started.clone());
             let handle = thread::spawn_named(format!("kiln-worker-{i}"), move || {
                 // Counted even if `start` panics: the pool's maker waits.
                 let count = StartCounted(started);
-                start();
+                (shared.start)();
                 drop(count);
                 worker_loop(shared)
             });
@@ -366,6 +369,7 @@ impl Spare {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (pool, stopped) = (shared.clone(), stop.clone());
         let started = thread::spawn_named("kiln-spare-worker".into(), move || {
+            (pool.start)();
             let _ = CURRENT_POOL.try_with(|p| *p.borrow_mut() = Some(pool.clone()));
             worker_loop_until(&pool, &|| {
                 stopped.load(std::sync::atomic::Ordering::Acquire)

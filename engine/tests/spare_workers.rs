@@ -115,3 +115,80 @@ fn await_on_a_worker_and_count_spares() -> Vec<usize> {
     s.end();
     counts.lock().unwrap().clone()
 }
+
+/// A spare worker is one of the pool's workers: it runs the pool's start
+/// hook before any task, as the others do (the JIT's hook attaches the
+/// thread to kiln's static TLS area; a spare that ran a materializer
+/// unattached kept retired ranges from being reused).
+#[test]
+fn a_spare_worker_runs_the_pools_start_hook_before_its_tasks() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(a_task_on_a_spare_ran_after_the_hook()));
+    let (hooked, spare) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the await hung: no spare ran the unit");
+    assert!(spare, "the unit ran on the polling worker, not on a spare");
+    assert!(
+        hooked,
+        "a spare worker ran a task without the pool's start hook"
+    );
+}
+
+/// On a one-thread pool whose hook marks its thread, a materializer polls
+/// a lookup pending (its worker is parked: a spare stands in) whose unit
+/// the spare then runs; (whether that thread was marked, whether it was a
+/// spare).
+fn a_task_on_a_spare_ran_after_the_hook() -> (bool, bool) {
+    thread_local! {
+        static HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let s = Session::builder()
+        .dispatcher(WorkerPool::with_start(1, || HOOKED.with(|h| h.set(true))))
+        .build();
+    let d = s.create_dylib("d").unwrap();
+    let (f, g) = (s.intern("f"), s.intern("g"));
+    let seen = Arc::new(std::sync::Mutex::new((false, false)));
+    let (dd, ff, gg, seen2) = (d.clone(), f.clone(), g.clone(), seen.clone());
+    d.define(unit("polling", &[(&f, X)], move |r| {
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let request = LookupRequest::new(
+            order(&[&dd]),
+            LookupSet::required([gg.clone()]),
+            RequiredState::Ready,
+        )
+        .await_definitions(AwaitDefinitions::UntilCancelled);
+        let mut pending = Box::pin(dd.session().lookup_with(&request));
+        assert!(pending.as_mut().poll(&mut cx).is_pending());
+        // Defined by another thread while this worker is parked: its
+        // materializer is a task for the pool, which only the spare runs.
+        let on_spare = seen2.clone();
+        let (g2, polling_thread) = (gg.clone(), std::thread::current().id());
+        let definer = dd.clone();
+        std::thread::spawn(move || {
+            let g3 = g2.clone();
+            definer
+                .define(unit("on a spare", &[(&g2, X)], move |r| {
+                    let spare = std::thread::current().id() != polling_thread;
+                    *on_spare.lock().unwrap() = (HOOKED.with(|h| h.get()), spare);
+                    r.resolve(&[(g3.clone(), def(0x9))]).unwrap();
+                    r.emit(vec![]).unwrap();
+                }))
+                .unwrap()
+        });
+        let found = loop {
+            if let Poll::Ready(found) = pending.as_mut().poll(&mut cx) {
+                break found;
+            }
+            std::thread::park();
+        };
+        assert_eq!(found.unwrap().get(&gg).unwrap().address, 0x9);
+        r.resolve(&[(ff.clone(), def(0xf))]).unwrap();
+        r.emit(vec![]).unwrap();
+    }))
+    .unwrap();
+    let found = lookup(&s, &[&d], &[&f], RequiredState::Ready).wait();
+    assert_eq!(found.unwrap().get(&f).unwrap().address, 0xf);
+    s.end();
+    *seen.lock().unwrap()
+}
