@@ -615,15 +615,24 @@ pub(crate) fn attach(key: u64) {
     });
 }
 
+/// [`Area::exiting`] is pruned of threads gone once it holds this many (a
+/// host that starts and ends threads by the million keeps it short).
+const EXITING_PRUNED_AT: usize = 64;
+
 /// Forgets the calling thread (at its exit), which is then [`Area::exiting`]
 /// until it is gone.
 pub(crate) fn detach(key: u64) {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
-    with_area(|area| {
+    let crowded = with_area(|area| {
         area.threads.remove(&key);
         area.exiting.push(tid);
+        area.exiting.len() >= EXITING_PRUNED_AT
     });
+    if crowded && let Some(live) = live_threads() {
+        let live: std::collections::HashSet<libc::pid_t> = live.into_iter().collect();
+        with_area(|area| area.exiting.retain(|tid| live.contains(tid)));
+    }
 }
 
 /// Live threads of the process that are not attached, by kernel thread id.
@@ -634,6 +643,11 @@ pub(crate) fn unattached_threads() -> Vec<libc::pid_t> {
 /// Bytes of the area not yet handed out.
 pub(crate) fn available() -> usize {
     with_area(|area| AREA_SIZE.saturating_sub(area.next))
+}
+
+#[cfg(test)]
+pub(crate) fn exiting_for_tests() -> usize {
+    with_area(|area| area.exiting.len())
 }
 
 #[cfg(test)]

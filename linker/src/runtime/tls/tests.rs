@@ -498,3 +498,22 @@ fn a_detached_thread_still_exiting_does_not_block_reuse() {
         "a detached, exiting thread ({tid}) counted as a stranger: {strangers:?}"
     );
 }
+
+/// Threads that come and go by the hundred leave no list behind: the
+/// exiting threads kiln remembers are pruned of those gone.
+#[test]
+fn exiting_threads_are_forgotten_once_gone() {
+    for i in 0..300u64 {
+        std::thread::spawn(move || {
+            static_area::attach(u64::MAX - 1000 - i);
+            static_area::detach(u64::MAX - 1000 - i);
+        })
+        .join()
+        .unwrap();
+    }
+    let left = static_area::exiting_for_tests();
+    assert!(
+        left < 64 + 8,
+        "{left} exiting threads remembered after 300 ended"
+    );
+}
