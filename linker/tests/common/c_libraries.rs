@@ -75,19 +75,21 @@ pub(crate) fn compile_all(
     })
 }
 
+/// The C sources (`*.c`) directly in `dir`.
+fn c_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+}
+
 /// zstd's library (`common/`, `compress/`, `decompress/`; no legacy
 /// formats, no assembly) and the driver, compiled with `cc flags`.
 pub(crate) fn build_zstd(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
     let lib = crate_root("zstd-sys-2.").join("zstd/lib");
     let mut sources = Vec::new();
     for sub in ["common", "compress", "decompress"] {
-        let d = lib.join(sub);
-        sources.extend(
-            std::fs::read_dir(&d)
-                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "c")),
-        );
+        sources.extend(c_files(&lib.join(sub)));
     }
     sources.sort();
     sources.push(c_dir().join("zstd_driver.c"));
@@ -198,17 +200,12 @@ pub(crate) fn build_xz(cc: &str, flags: &[&str], tag: &str) -> Vec<PathBuf> {
     ];
     let mut sources: Vec<PathBuf> = Vec::new();
     for sub in subs {
-        let d = liblzma.join(sub);
-        sources.extend(
-            std::fs::read_dir(&d)
-                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "c"))
-                .filter(|p| {
-                    let stem = p.file_stem().unwrap_or_default().to_string_lossy();
-                    !stem.ends_with("_small") && !stem.ends_with("tablegen")
-                }),
-        );
+        // Not the size-optimized CRCs (the tables' twins) nor the table
+        // generators (programs of their own).
+        sources.extend(c_files(&liblzma.join(sub)).filter(|p| {
+            let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+            !stem.ends_with("_small") && !stem.ends_with("tablegen")
+        }));
     }
     sources.sort();
     sources.push(xz.join("common/tuklib_cpucores.c"));
