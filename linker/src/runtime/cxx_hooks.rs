@@ -10,7 +10,9 @@
 //! `std::terminate` for unexpected, no new handler) if the replaced one's
 //! image is gone too.
 
-use std::ffi::{CStr, c_void};
+use std::sync::OnceLock;
+
+use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
 
 use super::dso::Life;
 use super::replaced::Replacements;
@@ -27,28 +29,28 @@ impl Hook {
     const ALL: [Hook; 3] = [Hook::Terminate, Hook::Unexpected, Hook::NewHandler];
 
     /// `std::set_*`'s mangled name.
-    fn setter(self) -> &'static CStr {
+    fn setter(self) -> &'static str {
         match self {
-            Hook::Terminate => c"_ZSt13set_terminatePFvvE",
-            Hook::Unexpected => c"_ZSt14set_unexpectedPFvvE",
-            Hook::NewHandler => c"_ZSt15set_new_handlerPFvvE",
+            Hook::Terminate => "_ZSt13set_terminatePFvvE",
+            Hook::Unexpected => "_ZSt14set_unexpectedPFvvE",
+            Hook::NewHandler => "_ZSt15set_new_handlerPFvvE",
         }
     }
 
     /// `std::get_*`'s mangled name.
-    fn getter(self) -> &'static CStr {
+    fn getter(self) -> &'static str {
         match self {
-            Hook::Terminate => c"_ZSt13get_terminatev",
-            Hook::Unexpected => c"_ZSt14get_unexpectedv",
-            Hook::NewHandler => c"_ZSt15get_new_handlerv",
+            Hook::Terminate => "_ZSt13get_terminatev",
+            Hook::Unexpected => "_ZSt14get_unexpectedv",
+            Hook::NewHandler => "_ZSt15get_new_handlerv",
         }
     }
 
     /// libstdc++'s own handler (0: none).
     fn default_handler(self) -> usize {
         match self {
-            Hook::Terminate => libstdcxx(c"_ZN9__gnu_cxx27__verbose_terminate_handlerEv"),
-            Hook::Unexpected => libstdcxx(c"_ZSt9terminatev"),
+            Hook::Terminate => libstdcxx("_ZN9__gnu_cxx27__verbose_terminate_handlerEv"),
+            Hook::Unexpected => libstdcxx("_ZSt9terminatev"),
             Hook::NewHandler => 0,
         }
     }
@@ -82,29 +84,21 @@ impl Hook {
     }
 }
 
-/// The address of `name` in libstdc++, loading it if the process has not
-/// (JIT'd C++ binds to it; a host of plain C may not have it yet); 0 if it
-/// cannot be found.
-fn libstdcxx(name: &CStr) -> usize {
-    // SAFETY: looks a NUL-terminated name up in the loaded objects.
-    let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    if !found.is_null() {
-        return found as usize;
-    }
-    // SAFETY: opens (or finds) the C++ runtime by its soname; kept open
-    // for the process's life, as the engine's host resolution keeps it.
-    let lib: *mut c_void = unsafe {
-        libc::dlopen(
-            c"libstdc++.so.6".as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_GLOBAL,
-        )
-    };
-    if lib.is_null() {
-        return 0;
-    }
-    // SAFETY: `lib` is a handle dlopen just returned; the name is
-    // NUL-terminated.
-    unsafe { libc::dlsym(lib, name.as_ptr()) as usize }
+/// The address of `name` in libstdc++, opened (or found loaded) as the
+/// host's symbols open it and kept for the process's life; 0 if the
+/// process has no libstdc++.
+fn libstdcxx(name: &str) -> usize {
+    static LIBSTDCXX: OnceLock<Option<Library>> = OnceLock::new();
+    let lib = LIBSTDCXX.get_or_init(|| {
+        // SAFETY: the system's C++ runtime, which JIT'd C++ binds to: its
+        // initializers are sound in any process.
+        let lib = unsafe { Library::open(Some("libstdc++.so.6"), RTLD_NOW | RTLD_GLOBAL) };
+        super::unwinder::attach_if_loaded();
+        lib.ok()
+    });
+    (lib.as_ref())
+        .and_then(|lib| crate::host::library_symbol(lib, name))
+        .map_or(0, |addr| addr as usize)
 }
 
 /// The handlers images installed, by hook.
@@ -147,9 +141,6 @@ pub(crate) fn overrides() -> Vec<(&'static str, usize)> {
     Hook::ALL
         .iter()
         .zip(fns)
-        .map(|(hook, f)| {
-            let name = hook.setter().to_str().unwrap_or_default();
-            (name, f as *const () as usize)
-        })
+        .map(|(hook, f)| (hook.setter(), f as *const () as usize))
         .collect()
 }
