@@ -119,6 +119,15 @@ struct Area {
     exiting: Vec<libc::pid_t>,
 }
 
+impl Area {
+    /// Drops the exiting threads no longer among `live` (the process's
+    /// threads just listed): they are gone, and their tids may be another
+    /// thread's one day.
+    fn forget_gone(&mut self, live: &[libc::pid_t]) {
+        self.exiting.retain(|tid| live.contains(tid));
+    }
+}
+
 static AREA: Mutex<Option<Area>> = Mutex::new(None);
 
 fn with_area<R>(f: impl FnOnce(&mut Area) -> R) -> R {
@@ -375,9 +384,7 @@ fn reuse(
 fn unattached() -> Option<Vec<libc::pid_t>> {
     let mut tids = live_threads()?;
     let accounted: std::collections::HashSet<libc::pid_t> = with_area(|area| {
-        // An exiting thread no longer listed is gone (its tid may be
-        // another thread's one day).
-        area.exiting.retain(|tid| tids.contains(tid));
+        area.forget_gone(&tids);
         let attached = area.threads.values().map(|&(_, tid)| tid);
         attached.chain(area.exiting.iter().copied()).collect()
     });
@@ -630,8 +637,7 @@ pub(crate) fn detach(key: u64) {
         area.exiting.len() >= EXITING_PRUNED_AT
     });
     if crowded && let Some(live) = live_threads() {
-        let live: std::collections::HashSet<libc::pid_t> = live.into_iter().collect();
-        with_area(|area| area.exiting.retain(|tid| live.contains(tid)));
+        with_area(|area| area.forget_gone(&live));
     }
 }
 
