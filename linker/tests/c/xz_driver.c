@@ -7,22 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "lzma.h"
-
-/* Text-like data with repeats at many distances, plus noisy stretches. */
-static void fill(uint8_t *buf, size_t n) {
-    static const char *words[] = {"kiln", "image", "relocation", "slot", "thread",
-                                  "xz", "lzma", "linker", "loader", "block"};
-    unsigned x = 4242;
-    size_t i = 0;
-    while (i < n) {
-        x = x * 1103515245u + 12345u;
-        const char *w = words[(x >> 16) % 10];
-        size_t len = strlen(w);
-        for (size_t k = 0; k < len && i < n; k++) buf[i++] = (uint8_t)w[k];
-        if (i < n) buf[i++] = (x >> 8) % 7 == 0 ? '\n' : ' ';
-        if ((i / 65536) % 5 == 4 && i < n) buf[i++] = (uint8_t)(x >> 24);
-    }
-}
+#include "text_data.h"
 
 static void fail(const char *what, lzma_ret r) {
     printf("xz: %s failed: %d\n", what, (int)r);
@@ -82,7 +67,7 @@ int main(void) {
     uint8_t *mt_out = malloc(cap);
     uint8_t *st_out = malloc(cap);
     if (!data || !back || !mt_out || !st_out) return 2;
-    fill(data, n);
+    fill_text(data, n, 4242);
     uint64_t crc = lzma_crc64(data, n, 0);
     printf("input: %zu bytes, crc64 %016llx\n", n, (unsigned long long)crc);
 

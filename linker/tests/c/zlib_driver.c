@@ -8,20 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "zlib.h"
-
-static void fill(unsigned char *buf, size_t n) {
-    static const char *words[] = {"kiln", "deflate", "inflate", "window", "adler",
-                                  "crc", "huffman", "linker", "gzip", "stream"};
-    unsigned x = 777;
-    size_t i = 0;
-    while (i < n) {
-        x = x * 1103515245u + 12345u;
-        const char *w = words[(x >> 16) % 10];
-        size_t len = strlen(w);
-        for (size_t k = 0; k < len && i < n; k++) buf[i++] = (unsigned char)w[k];
-        if (i < n) buf[i++] = (x >> 8) % 9 == 0 ? '\n' : ' ';
-    }
-}
+#include "text_data.h"
 
 static void fail(const char *what, int r) {
     printf("zlib: %s failed: %d\n", what, r);
@@ -105,7 +92,7 @@ int main(void) {
     uLongf cap = compressBound(n);
     unsigned char *z = malloc(cap);
     if (!data || !back || !z) return 2;
-    fill(data, n);
+    fill_text(data, n, 777);
     uLong crc = crc32(0, data, (uInt)n), adler = adler32(1, data, (uInt)n);
     printf("zlib %s; input %zu bytes, crc32 %08lx, adler32 %08lx\n", zlibVersion(), n, crc, adler);
     unsigned long total = 0, last = 0;

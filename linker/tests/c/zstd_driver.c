@@ -5,27 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include "zstd.h"
+#include "text_data.h"
 
 static unsigned long long fnv1a(const unsigned char *p, size_t n) {
     unsigned long long h = 1469598103934665603ull;
     for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ull; }
     return h;
-}
-
-/* Text-like data with repeats at many distances, plus a noisy tail. */
-static void fill(unsigned char *buf, size_t n) {
-    static const char *words[] = {"kiln", "image", "relocation", "slot", "build id",
-                                  "zstd", "sqlite", "linker", "loader", "aarch64"};
-    unsigned x = 12345;
-    size_t i = 0;
-    while (i < n) {
-        x = x * 1103515245u + 12345u;
-        const char *w = words[(x >> 16) % 10];
-        size_t len = strlen(w);
-        for (size_t k = 0; k < len && i < n; k++) buf[i++] = (unsigned char)w[k];
-        if (i < n) buf[i++] = (x >> 8) % 7 == 0 ? '\n' : ' ';
-        if (i > n - n / 16 && i < n) buf[i++] = (unsigned char)(x >> 24);
-    }
 }
 
 static int streaming(const unsigned char *src, size_t n, int level, unsigned char *out,
@@ -56,7 +41,7 @@ int main(void) {
     size_t cap = ZSTD_compressBound(n);
     unsigned char *dst = malloc(cap);
     if (!src || !back || !dst) return 99;
-    fill(src, n);
+    fill_text(src, n, 12345);
     printf("zstd %s, input %zu bytes, fnv %016llx\n", ZSTD_versionString(), n, fnv1a(src, n));
     int levels[] = {1, 3, 9, 15, -5};
     unsigned long long total = 0;
