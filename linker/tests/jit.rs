@@ -889,6 +889,78 @@ fn an_images_signal_handlers_are_uninstalled_with_it() {
     assert_eq!(HOST_SIGNALS.load(SeqCst), 2, "the host's handlers are back");
 }
 
+/// The System V ways to install a handler (`sysv_signal`, `sigset`, and
+/// `ssignal`) are uninstalled with their image too: removal puts the
+/// host's handlers back. `sigset` keeps glibc's answers (`SIG_HOLD` when
+/// the signal was held).
+#[test]
+fn system_v_signal_handlers_are_uninstalled_with_their_image() {
+    if !common::in_own_process("system_v_signal_handlers_are_uninstalled_with_their_image") {
+        return;
+    }
+    let dir = scratch("sysv-signals");
+    let bytes = object(
+        &dir,
+        "sysv_signals",
+        "#define _GNU_SOURCE\n\
+         #include <signal.h>\n\
+         static volatile long caught;\n\
+         /* System V handlers reinstall themselves: the kernel reset them. */\n\
+         static void on_usr1(int sig) { caught += sig; sysv_signal(SIGUSR1, on_usr1); }\n\
+         static void on_signal(int sig) { caught += sig; }\n\
+         long install(long unused) {\n\
+             if (sysv_signal(SIGUSR1, on_usr1) == SIG_ERR) return -1;\n\
+             if (sigset(SIGUSR2, SIG_HOLD) == SIG_ERR) return -2;\n\
+             if (sigset(SIGUSR2, on_signal) != SIG_HOLD) return -3;\n\
+             if (sigset(SIGUSR2, on_signal) != on_signal) return -4;\n\
+             if (ssignal(SIGURG, on_signal) == SIG_ERR) return -5;\n\
+             return 0;\n\
+         }\n\
+         long caught_so_far(long unused) { return caught; }\n",
+    );
+    let signals = [libc::SIGUSR1, libc::SIGUSR2, libc::SIGURG];
+    for sig in signals {
+        // SAFETY: installs a handler that only counts (async-signal-safe).
+        unsafe {
+            libc::signal(
+                sig,
+                host_signal_handler as extern "C" fn(i32) as libc::sighandler_t,
+            )
+        };
+    }
+    let jit = Jit::builder().build().unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: both are `long f(long)`.
+    let (install, caught) = unsafe {
+        (
+            tracker.get::<I64Fn>("install").unwrap(),
+            tracker.get::<I64Fn>("caught_so_far").unwrap(),
+        )
+    };
+    assert_eq!(install(0), 0);
+    for _ in 0..2 {
+        for sig in signals {
+            // SAFETY: raising a signal whose handler counts.
+            unsafe { libc::raise(sig) };
+        }
+    }
+    assert_eq!(
+        caught(0),
+        2 * i64::from(libc::SIGUSR1 + libc::SIGUSR2 + libc::SIGURG),
+        "the image's handlers ran, twice each"
+    );
+    assert_eq!(HOST_SIGNALS.load(SeqCst), 0);
+    drop((install, caught));
+    // SAFETY: no handle is left; nothing calls the object.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    for sig in signals {
+        // SAFETY: raising a signal; the host's counting handler is back.
+        unsafe { libc::raise(sig) };
+    }
+    assert_eq!(HOST_SIGNALS.load(SeqCst), 3, "the host's handlers are back");
+}
+
 /// Threads exiting (their key destructors running in JIT'd code) while the
 /// JIT that holds the code ends, over and over, from several threads at
 /// once: every destructor runs whole or not at all, nothing crashes or

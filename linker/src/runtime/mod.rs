@@ -125,7 +125,7 @@ pub enum RuntimeError {
 /// | `pthread_key_create`, `__pthread_key_create`, `pthread_key_delete` | a key whose destructor lies in an image: the destructor runs on exiting threads while the image is alive, a teardown waits for running ones, later ones are skipped, and the image's keys are deleted when it goes (glibc would call freed memory) |
 /// | `pthread_atfork` | an image's fork handlers run while the image is alive, a teardown waits for running ones, later forks skip them (glibc exports `pthread_atfork` only as a compat symbol: programs get it from `libc_nonshared.a`) |
 /// | `at_quick_exit` | an image's handlers run at `quick_exit` while the image is alive, newest first (also only in `libc_nonshared.a`) |
-/// | `sigaction`, `__sigaction`, `signal`, `bsd_signal` | glibc's; a handler in an image is uninstalled when the image's life ends (the action it replaced put back) |
+/// | `sigaction`, `__sigaction`, `signal`, `bsd_signal`, `ssignal`, `sysv_signal`, `__sysv_signal`, `sigset` | glibc's; a handler in an image is uninstalled when the image's life ends (the action it replaced put back) |
 /// | `std::set_terminate`, `std::set_unexpected`, `std::set_new_handler` | libstdc++'s; a handler in an image is uninstalled when the image's life ends (what it replaced put back) |
 /// | `__tls_get_addr` | serves kiln TLS module ids ([`tls::TlsModule::module_id`]); forwards others to ld.so |
 /// | `dlopen` | only where kiln's unwinder is private (the `kiln` binary): glibc's `dlopen`, then libgcc_s, if the library brought it, learns the JIT'd frames (`runtime/unwinder.rs`) |
@@ -166,6 +166,8 @@ mod tests {
             "at_quick_exit",
             "sigaction",
             "signal",
+            "sysv_signal",
+            "sigset",
             "_ZSt13set_terminatePFvvE",
             "_ZSt15set_new_handlerPFvvE",
         ] {

@@ -9,8 +9,9 @@
 //! it replaced lies in an image that is gone too. A handler can run at any
 //! instruction and takes no lock, so one already running when the image is
 //! torn down is not waited for: stop the signals an image handles before
-//! removing it, or let it uninstall them in a finalizer. `sysv_signal` and
-//! `sigset` are glibc's (not recorded).
+//! removing it, or let it uninstall them in a finalizer. Every way glibc
+//! offers to install a handler goes through here: `sigaction`, `signal`
+//! (and `bsd_signal`, `ssignal`), System V's `sysv_signal` and `sigset`.
 
 use std::ffi::c_int;
 
@@ -35,6 +36,8 @@ unsafe extern "C" {
         act: *const libc::sigaction,
         old: *mut libc::sigaction,
     ) -> c_int;
+    #[link_name = "sigset"]
+    fn real_sigset(signal: c_int, disposition: libc::sighandler_t) -> libc::sighandler_t;
 }
 
 /// `sigaction` for JIT'd code: glibc's, and a handler inside a live image
@@ -85,6 +88,59 @@ unsafe extern "C" fn signal(signal: c_int, handler: libc::sighandler_t) -> libc:
     old.sa_sigaction
 }
 
+/// `sysv_signal` for JIT'd code, as glibc's (System V semantics: the
+/// handler is reset to the default when the signal arrives, and the signal
+/// is not blocked while it runs) through [`sigaction`].
+unsafe extern "C" fn sysv_signal(signal: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: a zeroed `sigaction` (empty mask) is a valid value.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = libc::SA_RESETHAND | libc::SA_NODEFER;
+    // SAFETY: a zeroed `sigaction` is a valid value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid action and out-pointer.
+    if unsafe { sigaction(signal, &act, &mut old) } != 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
+}
+
+/// `SIG_HOLD` (glibc's `<signal.h>`; not in the `libc` crate): `sigset`'s
+/// disposition that blocks the signal instead of installing a handler.
+const SIG_HOLD: libc::sighandler_t = 2;
+
+/// `sigset` for JIT'd code, as glibc's: `SIG_HOLD` blocks the signal (no
+/// handler changes: glibc's own call); any other disposition is installed
+/// through [`sigaction`] and the signal unblocked. Returns `SIG_HOLD` if
+/// the signal was blocked, else the disposition replaced.
+unsafe extern "C" fn sigset(signal: c_int, disposition: libc::sighandler_t) -> libc::sighandler_t {
+    if disposition == SIG_HOLD {
+        // SAFETY: glibc's `sigset` with the caller's arguments; it installs
+        // no handler.
+        return unsafe { real_sigset(signal, disposition) };
+    }
+    // SAFETY: a zeroed `sigaction` (empty mask, no flags) is a valid value.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = disposition;
+    // SAFETY: a zeroed `sigaction` is a valid value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid action and out-pointer.
+    if unsafe { sigaction(signal, &act, &mut old) } != 0 {
+        return libc::SIG_ERR;
+    }
+    // SAFETY: zeroed signal sets are valid; `set` is initialized next.
+    let (mut set, mut was): (libc::sigset_t, libc::sigset_t) = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` and `was` are this function's; `signal` was accepted
+    // by `sigaction` above, so it is a valid member.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, &mut was) == 0
+            && libc::sigismember(&was, signal) == 1
+    };
+    if blocked { SIG_HOLD } else { old.sa_sigaction }
+}
+
 /// Puts back, for each signal whose handler `life`'s image installed and
 /// that still has it, the action it replaced (the default action if that
 /// one's image is gone too). Called as the image's life ends.
@@ -109,12 +165,16 @@ pub(crate) fn uninstall(life: &Life) {
 }
 
 /// The overrides this module provides.
-pub(crate) fn overrides() -> [(&'static str, usize); 4] {
+pub(crate) fn overrides() -> [(&'static str, usize); 8] {
     [
         ("sigaction", sigaction as *const () as usize),
         ("__sigaction", sigaction as *const () as usize),
         ("signal", signal as *const () as usize),
         ("bsd_signal", signal as *const () as usize),
+        ("ssignal", signal as *const () as usize),
+        ("sysv_signal", sysv_signal as *const () as usize),
+        ("__sysv_signal", sysv_signal as *const () as usize),
+        ("sigset", sigset as *const () as usize),
     ]
 }
 
