@@ -961,6 +961,93 @@ fn system_v_signal_handlers_are_uninstalled_with_their_image() {
     assert_eq!(HOST_SIGNALS.load(SeqCst), 3, "the host's handlers are back");
 }
 
+static HOST_TICKS: AtomicUsize = AtomicUsize::new(0);
+extern "C" fn host_tick() {
+    HOST_TICKS.fetch_add(1, SeqCst);
+}
+
+/// Waits up to ten seconds for the host to have seen `at_least` ticks.
+fn wait_for_host_ticks(at_least: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while HOST_TICKS.load(SeqCst) < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the image's timer never fired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// A `SIGEV_THREAD` timer JIT'd code creates notifies on glibc's threads
+/// while its image lives; `timer_delete` stops it; and removing the image
+/// while its timer still runs deletes the timer, instead of leaving glibc
+/// to call freed memory at the next expiry.
+#[test]
+fn an_images_thread_timers_are_deleted_with_it() {
+    if !common::in_own_process("an_images_thread_timers_are_deleted_with_it") {
+        return;
+    }
+    let dir = scratch("timers");
+    let bytes = object(
+        &dir,
+        "timers",
+        "#include <signal.h>\n\
+         #include <string.h>\n\
+         #include <time.h>\n\
+         extern void host_tick(void);\n\
+         static volatile long ticks;\n\
+         static timer_t timer;\n\
+         static void on_tick(union sigval v) { ticks += v.sival_int; host_tick(); }\n\
+         long start(long ms) {\n\
+             struct sigevent ev;\n\
+             memset(&ev, 0, sizeof ev);\n\
+             ev.sigev_notify = SIGEV_THREAD;\n\
+             ev.sigev_notify_function = on_tick;\n\
+             ev.sigev_value.sival_int = 1;\n\
+             if (timer_create(CLOCK_MONOTONIC, &ev, &timer)) return -1;\n\
+             struct itimerspec its = { { 0, ms * 1000000 }, { 0, ms * 1000000 } };\n\
+             return timer_settime(timer, 0, &its, 0);\n\
+         }\n\
+         long stop(long unused) { return timer_delete(timer); }\n\
+         long ticks_so_far(long unused) { return ticks; }\n",
+    );
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("host_tick", host_tick as extern "C" fn())
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: all three are `long f(long)`.
+    let (start, stop, ticks) = unsafe {
+        (
+            tracker.get::<I64Fn>("start").unwrap(),
+            tracker.get::<I64Fn>("stop").unwrap(),
+            tracker.get::<I64Fn>("ticks_so_far").unwrap(),
+        )
+    };
+    assert_eq!(start(1), 0);
+    wait_for_host_ticks(3);
+    assert_eq!(stop(0), 0, "the image deletes its own timer");
+    let stopped = HOST_TICKS.load(SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // A notification glibc started before the deletion may still land.
+    assert!(HOST_TICKS.load(SeqCst) <= stopped + 1);
+    assert!(ticks(0) >= 3, "the image's function counted too");
+    let before = HOST_TICKS.load(SeqCst);
+    assert_eq!(start(1), 0);
+    wait_for_host_ticks(before + 3);
+    drop((start, stop, ticks));
+    // SAFETY: no handle is left; only glibc's timer thread calls the
+    // image, and its removal is what this test checks.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    let removed = HOST_TICKS.load(SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert_eq!(
+        HOST_TICKS.load(SeqCst),
+        removed,
+        "no notification after the image's removal"
+    );
+}
+
 /// Threads exiting (their key destructors running in JIT'd code) while the
 /// JIT that holds the code ends, over and over, from several threads at
 /// once: every destructor runs whole or not at all, nothing crashes or
