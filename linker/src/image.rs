@@ -667,6 +667,7 @@ impl Drop for LinkedImage {
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
+        let (mut eh_frame, mut tls) = (None, None);
         if let Some(mut p) = self.platform.take() {
             // Always: code may have run (and registered atexit handlers)
             // without the initializers; the runtime skips the finalizer
@@ -674,13 +675,20 @@ impl Drop for LinkedImage {
             // SAFETY: the image's code is still mapped; its finalizers and
             // atexit handlers run before anything is released.
             unsafe { p.init_fini.run_fini() };
-            drop(p.eh_frame.take());
-            drop(p.tls.take());
+            (eh_frame, tls) = (p.eh_frame.take(), p.tls.take());
+            // The image's life ends: its handlers, keys and timers go.
             drop(p);
         }
-        // Debuggers forget the code before its memory goes.
-        drop(self.debug.take());
-        drop(self.alloc.take());
+        let (debug, alloc) = (self.debug.take(), self.alloc.take());
+        // A thread an image started may still run JIT'd code: the memory
+        // goes once none does.
+        runtime::threads::release_when_no_image_thread_runs(Box::new(move || {
+            drop(eh_frame);
+            drop(tls);
+            // Debuggers forget the code before its memory goes.
+            drop(debug);
+            drop(alloc);
+        }));
     }
 }
 

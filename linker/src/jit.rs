@@ -535,13 +535,16 @@ impl Jit {
     ///
     /// No thread runs, or will run, code of the tracker's objects — through
     /// an address or a [`Func`] obtained from [`Jit::get`], or through other
-    /// JIT'd code that calls it (its memory is released), and running the
-    /// images' finalizers must be sound. What glibc calls later on the
-    /// objects' behalf is kiln's to guard: `thread_local` and pthread key
-    /// destructors of exiting threads (waited for while running, skipped
-    /// after), fork, `quick_exit` and `on_exit` handlers, signal handlers
-    /// (uninstalled; one already running is not waited for) and libstdc++'s
-    /// terminate and new handlers (uninstalled).
+    /// JIT'd code that calls it (its memory is released) — but threads the
+    /// objects started (`pthread_create`: JIT'd memory stays mapped until
+    /// they end), and running the images' finalizers must be sound. What
+    /// glibc calls later on the objects' behalf is kiln's to guard:
+    /// `thread_local` and pthread key destructors of exiting threads
+    /// (waited for while running, skipped after), fork, `quick_exit` and
+    /// `on_exit` handlers, signal handlers (uninstalled; one already
+    /// running is not waited for), `SIGEV_THREAD` timers (deleted; a
+    /// notification running is waited for) and libstdc++'s terminate and
+    /// new handlers (uninstalled).
     pub unsafe fn remove(&self, tracker: &JitTracker) -> Result<(), JitError> {
         let handles = Arc::strong_count(&tracker.handles) - 1;
         if handles > 0 {

@@ -1048,6 +1048,94 @@ fn an_images_thread_timers_are_deleted_with_it() {
     );
 }
 
+static IMAGE_THREAD_WAITING: AtomicUsize = AtomicUsize::new(0);
+static IMAGE_THREAD_GO: AtomicUsize = AtomicUsize::new(0);
+/// Called by the image's thread: waits until the test lets it go.
+extern "C" fn host_wait() {
+    IMAGE_THREAD_WAITING.fetch_add(1, SeqCst);
+    while IMAGE_THREAD_GO.load(SeqCst) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// A thread JIT'd code starts (`pthread_create`) keeps the image's memory
+/// mapped while it runs: removing the image meanwhile runs its teardown at
+/// once (no waiting for the thread) but releases the code only once the
+/// thread has ended, instead of letting the thread return into freed
+/// memory. Eager (removed through its tracker) and lazy (the JIT's end).
+#[test]
+fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
+    if !common::in_own_process("an_image_thread_keeps_the_code_it_runs_until_it_ends") {
+        return;
+    }
+    let dir = scratch("image-threads");
+    let bytes = object(
+        &dir,
+        "image_threads",
+        "#include <pthread.h>\n\
+         extern void host_wait(void);\n\
+         static volatile long done;\n\
+         static void *worker(void *arg) {\n\
+             host_wait();\n\
+             done = (long)arg; /* back in the image after its removal */\n\
+             return arg;\n\
+         }\n\
+         long start(long n) {\n\
+             pthread_t t;\n\
+             if (pthread_create(&t, 0, worker, (void *)n)) return -1;\n\
+             return pthread_detach(t);\n\
+         }\n",
+    );
+    for lazy in [false, true] {
+        IMAGE_THREAD_WAITING.store(0, SeqCst);
+        IMAGE_THREAD_GO.store(0, SeqCst);
+        let jit = Jit::builder().lazy(lazy).build().unwrap();
+        jit.define_fn("host_wait", host_wait as extern "C" fn())
+            .unwrap();
+        let tracker = jit.tracker().unwrap();
+        // Eager: removed through its tracker; lazy: the JIT's end.
+        if lazy {
+            jit.add_object_lazily("image_threads.o", &bytes).unwrap();
+        } else {
+            tracker.add_object(&bytes).unwrap();
+        }
+        // SAFETY: `long start(long)`.
+        let start = unsafe {
+            if lazy {
+                jit.get::<I64Fn>("start").unwrap()
+            } else {
+                tracker.get::<I64Fn>("start").unwrap()
+            }
+        };
+        let address = start.address();
+        assert_eq!(start(7), 0);
+        while IMAGE_THREAD_WAITING.load(SeqCst) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(start);
+        if !lazy {
+            // SAFETY: no handle is left; the image's own thread runs its
+            // code, which is what this test checks.
+            unsafe { jit.remove(&tracker) }.unwrap();
+        }
+        drop(tracker);
+        drop(jit);
+        assert!(
+            mapped_executable(address),
+            "lazy {lazy}: the code stays while the image's thread runs"
+        );
+        IMAGE_THREAD_GO.store(1, SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while mapped_executable(address) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lazy {lazy}: the code was never released"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
 /// Threads exiting (their key destructors running in JIT'd code) while the
 /// JIT that holds the code ends, over and over, from several threads at
 /// once: every destructor runs whole or not at all, nothing crashes or

@@ -356,7 +356,7 @@ impl StubMemory {
         let blocks = lock(&self.blocks).remove(&key).unwrap_or_default();
         for block in blocks {
             self.unregister(block.kind);
-            drop(block.alloc);
+            release(block.alloc);
         }
     }
 
@@ -388,9 +388,15 @@ impl Drop for StubMemory {
         let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|p| p.into_inner()));
         for block in blocks.into_values().flatten() {
             self.unregister(block.kind);
-            drop(block.alloc);
+            release(block.alloc);
         }
     }
+}
+
+/// Releases a block's memory once no thread an image started runs: such a
+/// thread may still call through the block's stubs.
+fn release(alloc: Allocation) {
+    crate::runtime::threads::release_when_no_image_thread_runs(Box::new(move || drop(alloc)));
 }
 
 fn allocate(

@@ -1,0 +1,242 @@
+//! `pthread_create` for JIT'd images: threads an image starts keep JIT'd
+//! memory mapped until they end.
+//!
+//! A thread whose start routine lies in a kiln image runs that image's
+//! code — and whatever JIT'd code it calls — for as long as it likes; an
+//! image removed meanwhile would have the thread return into freed memory.
+//! So such a thread is started through kiln's [`run_image_thread`], which
+//! counts it as running until its last `thread_local` destructor has run
+//! (also when it ends in `pthread_exit`), and an image torn down while any
+//! such thread runs hands the release of its memory (its code and data, the
+//! registration of its unwind info, its thread-locals, its debugger
+//! registration) to [`release_when_no_image_thread_runs`]: the last image
+//! thread to end releases it. A teardown never waits for a thread (one that
+//! never ends keeps the memory of the images torn down while it runs); it
+//! still runs the image's finalizers and ends its life at once, as before.
+//!
+//! The count is process-wide rather than per image: an image's thread may
+//! call into any other JIT'd code, so no image's memory goes while one
+//! runs. Threads started by the host, or through a library outside the
+//! images (C++'s `std::thread` starts them from libstdc++), are not counted.
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::sync::{Mutex, PoisonError};
+
+use super::dso;
+
+/// A start routine as `pthread_create` takes it.
+type StartFn = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
+
+/// What an image's teardown left for the last image thread to drop.
+type Parked = Box<dyn FnOnce() + Send>;
+
+struct Running {
+    /// Image threads created and not yet past their last destructor.
+    threads: usize,
+    parked: Vec<Parked>,
+}
+
+static RUNNING: Mutex<Running> = Mutex::new(Running {
+    threads: 0,
+    parked: Vec::new(),
+});
+
+fn with_running<R>(f: impl FnOnce(&mut Running) -> R) -> R {
+    f(&mut RUNNING.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// Runs `release` now if no image thread runs, else when the last one
+/// ends (on that thread). Outside any lock.
+pub(crate) fn release_when_no_image_thread_runs(release: Parked) {
+    let now = with_running(|r| {
+        if r.threads == 0 {
+            Some(release)
+        } else {
+            r.parked.push(release);
+            None
+        }
+    });
+    if let Some(release) = now {
+        release();
+    }
+}
+
+/// The number of image threads running, and of releases waiting for them.
+#[cfg(test)]
+pub(crate) fn running_for_tests() -> (usize, usize) {
+    with_running(|r| (r.threads, r.parked.len()))
+}
+
+fn thread_starts() {
+    with_running(|r| r.threads += 1);
+}
+
+fn thread_ended() {
+    let parked = with_running(|r| {
+        r.threads -= 1;
+        if r.threads == 0 {
+            std::mem::take(&mut r.parked)
+        } else {
+            Vec::new()
+        }
+    });
+    for release in parked {
+        release();
+    }
+}
+
+/// Set on an image thread: its destructor (this thread's last kiln
+/// `thread_local` one, registered before the image's code ran, so after
+/// every destructor the image registers) ends the thread's count.
+struct ImageThread(Cell<bool>);
+
+impl Drop for ImageThread {
+    fn drop(&mut self) {
+        if self.0.get() {
+            thread_ended();
+        }
+    }
+}
+
+thread_local! {
+    static IMAGE_THREAD: ImageThread = const { ImageThread(Cell::new(false)) };
+}
+
+/// An image's start routine and its argument, handed to the new thread.
+struct Start {
+    routine: StartFn,
+    arg: *mut c_void,
+}
+
+/// The start routine of every image thread: counts it ended at its exit,
+/// then runs the image's routine. Holds nothing across the call (a
+/// `pthread_exit` in the image unwinds through this frame).
+unsafe extern "C" fn run_image_thread(start: *mut c_void) -> *mut c_void {
+    // SAFETY: `pthread_create` below passes a `Box<Start>` it leaked for
+    // this thread alone.
+    let Start { routine, arg } = *unsafe { Box::from_raw(start.cast::<Start>()) };
+    IMAGE_THREAD.with(|t| t.0.set(true));
+    // SAFETY: the image's start routine with the argument its caller gave,
+    // as glibc would have called it.
+    unsafe { routine(arg) }
+}
+
+unsafe extern "C" {
+    #[link_name = "pthread_create"]
+    fn real_pthread_create(
+        thread: *mut libc::pthread_t,
+        attr: *const libc::pthread_attr_t,
+        start: StartFn,
+        arg: *mut c_void,
+    ) -> c_int;
+}
+
+/// `pthread_create` for JIT'd code: a start routine inside a live kiln
+/// image runs behind [`run_image_thread`]; any other call is glibc's.
+unsafe extern "C" fn pthread_create(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    routine: StartFn,
+    arg: *mut c_void,
+) -> c_int {
+    if dso::life_of(routine as usize).is_none() {
+        // SAFETY: not a kiln image's routine: glibc's call, unchanged.
+        return unsafe { real_pthread_create(thread, attr, routine, arg) };
+    }
+    let start = Box::into_raw(Box::new(Start { routine, arg }));
+    // Counted before the thread exists: a teardown racing its start parks.
+    thread_starts();
+    // SAFETY: the caller's out-pointer and attributes, passed on; the new
+    // thread takes `start` over.
+    let rc = unsafe { real_pthread_create(thread, attr, run_image_thread, start.cast()) };
+    if rc != 0 {
+        // SAFETY: no thread was created: `start` is still ours alone.
+        drop(unsafe { Box::from_raw(start) });
+        thread_ended();
+    }
+    rc
+}
+
+/// The overrides this module provides.
+pub(crate) fn overrides() -> [(&'static str, usize); 1] {
+    [("pthread_create", pthread_create as *const () as usize)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::DsoHandle;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    static GO: AtomicBool = AtomicBool::new(false);
+    static RELEASED: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn image_routine(arg: *mut c_void) -> *mut c_void {
+        while !GO.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        arg
+    }
+
+    unsafe extern "C" fn exits_early(_: *mut c_void) -> *mut c_void {
+        // SAFETY: ends this thread, as the image's code may.
+        unsafe { libc::pthread_exit(std::ptr::null_mut()) }
+    }
+
+    fn create(routine: StartFn) -> libc::pthread_t {
+        let mut thread: libc::pthread_t = 0;
+        // SAFETY: a valid out-pointer and routine, default attributes.
+        let rc = unsafe { pthread_create(&mut thread, std::ptr::null(), routine, 7 as *mut _) };
+        assert_eq!(rc, 0);
+        thread
+    }
+
+    fn join(thread: libc::pthread_t) -> usize {
+        let mut value: *mut c_void = std::ptr::null_mut();
+        // SAFETY: a joinable thread created above, joined once.
+        assert_eq!(unsafe { libc::pthread_join(thread, &mut value) }, 0);
+        value as usize
+    }
+
+    /// A release handed over while an image thread runs waits for it; one
+    /// with none running happens at once; a thread that ends in
+    /// `pthread_exit` is counted out too; routines outside images are not
+    /// counted.
+    #[test]
+    fn releases_wait_for_the_image_threads_running() {
+        let image = DsoHandle::new("threads");
+        image.add_range(image_routine as *const () as usize, 1);
+        image.add_range(exits_early as *const () as usize, 1);
+        let (before, _) = running_for_tests();
+        assert_eq!(before, 0, "no image thread left by another test");
+        let (tx, rx) = mpsc::channel();
+        let thread = create(image_routine);
+        assert_eq!(running_for_tests().0, 1);
+        release_when_no_image_thread_runs(Box::new(move || {
+            RELEASED.fetch_add(1, Ordering::SeqCst);
+            tx.send(()).expect("the test waits");
+        }));
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 0, "parked");
+        GO.store(true, Ordering::SeqCst);
+        assert_eq!(join(thread), 7, "the routine's value");
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("released when the thread ended");
+        assert_eq!(running_for_tests(), (0, 0));
+        release_when_no_image_thread_runs(Box::new(|| {
+            RELEASED.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 2, "released at once");
+        let exited = create(exits_early);
+        assert_eq!(join(exited), 0);
+        assert_eq!(running_for_tests(), (0, 0), "pthread_exit counted out");
+        drop(image);
+        extern "C" fn host_routine(arg: *mut c_void) -> *mut c_void {
+            arg
+        }
+        let host = create(host_routine);
+        assert_eq!(running_for_tests().0, 0, "not an image's routine");
+        assert_eq!(join(host), 7);
+    }
+}
