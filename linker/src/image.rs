@@ -680,6 +680,7 @@ impl Drop for LinkedImage {
             drop(p);
         }
         let (debug, alloc) = (self.debug.take(), self.alloc.take());
+        let (base, len) = self.memory;
         // A thread an image started may still run JIT'd code: the memory
         // goes once none does.
         runtime::threads::release_when_no_image_thread_runs(Box::new(move || {
@@ -687,6 +688,10 @@ impl Drop for LinkedImage {
             drop(tls);
             // Debuggers forget the code before its memory goes.
             drop(debug);
+            // stdio stops using buffers the image gave it (`setvbuf`).
+            if alloc.is_some() {
+                runtime::stdio::unbuffer_streams_in(base as usize, len as usize);
+            }
             drop(alloc);
         }));
     }

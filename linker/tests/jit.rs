@@ -1136,6 +1136,52 @@ fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
     }
 }
 
+/// A stream whose buffer JIT'd code placed in its image's data (`setvbuf`
+/// with a static array) is flushed and left unbuffered when the image's
+/// memory goes, instead of stdio writing into released memory: everything
+/// written before and after the removal reaches the file.
+#[test]
+fn a_stream_buffered_in_an_images_data_survives_its_removal() {
+    if !common::in_own_process("a_stream_buffered_in_an_images_data_survives_its_removal") {
+        return;
+    }
+    let dir = scratch("stream-buffer");
+    let bytes = object(
+        &dir,
+        "stream_buffer",
+        "#include <stdio.h>\n\
+         static char buffer[4096];\n\
+         long buffer_in_image(long stream) {\n\
+             FILE *f = (FILE *)stream;\n\
+             if (setvbuf(f, buffer, _IOFBF, sizeof buffer)) return -1;\n\
+             return fputs(\"written by the image\\n\", f) < 0 ? -2 : 0;\n\
+         }\n",
+    );
+    let path = dir.join("out.txt");
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path and mode.
+    let stream = unsafe { libc::fopen(c_path.as_ptr(), c"w".as_ptr()) };
+    assert!(!stream.is_null());
+    let jit = Jit::builder().build().unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: `long f(long)`.
+    let buffer = unsafe { tracker.get::<I64Fn>("buffer_in_image").unwrap() };
+    assert_eq!(buffer(stream as i64), 0);
+    drop(buffer);
+    // SAFETY: no handle is left; nothing calls the object.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    for _ in 0..1000 {
+        // SAFETY: the open stream and a NUL-terminated line.
+        assert!(unsafe { libc::fputs(c"written by the host\n".as_ptr(), stream) } >= 0);
+    }
+    // SAFETY: the stream opened above, closed once.
+    assert_eq!(unsafe { libc::fclose(stream) }, 0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("written by the image\n"), "{text:.80}");
+    assert_eq!(text.lines().count(), 1001);
+}
+
 /// Threads exiting (their key destructors running in JIT'd code) while the
 /// JIT that holds the code ends, over and over, from several threads at
 /// once: every destructor runs whole or not at all, nothing crashes or

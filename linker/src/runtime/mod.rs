@@ -19,8 +19,12 @@
 //! Teardown order for an image: [`InitFini::run_fini`] (runs this thread's
 //! `thread_local` destructors of the image, `.fini_array`/`.dtors`, and the
 //! image's `atexit`/`__cxa_atexit` handlers, interleaved as glibc's `dlclose`
-//! does), then drop the [`eh_frame::EhFrameRegistration`], the
-//! [`tls::TlsModule`] and the [`DsoHandle`], then release the memory.
+//! does), then drop the [`DsoHandle`] (the image's life ends: its signal
+//! handlers, keys and timers go), then drop the
+//! [`eh_frame::EhFrameRegistration`] and the [`tls::TlsModule`] and release
+//! the memory — kiln's own images do this last part once no thread an image
+//! started (`pthread_create`) runs, and first flush and unbuffer the streams
+//! whose buffer lay in the memory.
 //! Images of one program torn down together use
 //! [`InitFini::run_fini_together`] instead (with executable teardown: every
 //! image's handlers newest first, then all finalizers by priority, as one
@@ -52,6 +56,7 @@ mod keys;
 mod quick_exit;
 mod replaced;
 mod signals;
+pub(crate) mod stdio;
 mod thread;
 pub(crate) mod threads;
 mod timers;
