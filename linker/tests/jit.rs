@@ -1058,6 +1058,58 @@ extern "C" fn host_wait() {
     }
 }
 
+/// Starts the image's thread (`long start(long)`, its thread calling
+/// [`host_wait`]), removes the image while the thread waits — through a
+/// tracker (eager) or by the JIT's end (lazy) — and checks the code stays
+/// mapped until the thread, let go, has returned through it and ended.
+fn check_image_thread_keeps_code(bytes: &[u8], lazy: bool) {
+    IMAGE_THREAD_WAITING.store(0, SeqCst);
+    IMAGE_THREAD_GO.store(0, SeqCst);
+    let jit = Jit::builder().lazy(lazy).build().unwrap();
+    jit.define_fn("host_wait", host_wait as extern "C" fn())
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    if lazy {
+        jit.add_object_lazily("image_threads.o", bytes).unwrap();
+    } else {
+        tracker.add_object(bytes).unwrap();
+    }
+    // SAFETY: `long start(long)`.
+    let start = unsafe {
+        if lazy {
+            jit.get::<I64Fn>("start").unwrap()
+        } else {
+            tracker.get::<I64Fn>("start").unwrap()
+        }
+    };
+    let address = start.address();
+    assert_eq!(start(7), 0);
+    while IMAGE_THREAD_WAITING.load(SeqCst) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(start);
+    if !lazy {
+        // SAFETY: no handle is left; the image's own thread runs its
+        // code, which is what this test checks.
+        unsafe { jit.remove(&tracker) }.unwrap();
+    }
+    drop(tracker);
+    drop(jit);
+    assert!(
+        mapped_executable(address),
+        "lazy {lazy}: the code stays while the image's thread runs"
+    );
+    IMAGE_THREAD_GO.store(1, SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mapped_executable(address) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lazy {lazy}: the code was never released"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// A thread JIT'd code starts (`pthread_create`) keeps the image's memory
 /// mapped while it runs: removing the image meanwhile runs its teardown at
 /// once (no waiting for the thread) but releases the code only once the
@@ -1087,52 +1139,45 @@ fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
          }\n",
     );
     for lazy in [false, true] {
-        IMAGE_THREAD_WAITING.store(0, SeqCst);
-        IMAGE_THREAD_GO.store(0, SeqCst);
-        let jit = Jit::builder().lazy(lazy).build().unwrap();
-        jit.define_fn("host_wait", host_wait as extern "C" fn())
-            .unwrap();
-        let tracker = jit.tracker().unwrap();
-        // Eager: removed through its tracker; lazy: the JIT's end.
-        if lazy {
-            jit.add_object_lazily("image_threads.o", &bytes).unwrap();
-        } else {
-            tracker.add_object(&bytes).unwrap();
-        }
-        // SAFETY: `long start(long)`.
-        let start = unsafe {
-            if lazy {
-                jit.get::<I64Fn>("start").unwrap()
-            } else {
-                tracker.get::<I64Fn>("start").unwrap()
-            }
-        };
-        let address = start.address();
-        assert_eq!(start(7), 0);
-        while IMAGE_THREAD_WAITING.load(SeqCst) == 0 {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        drop(start);
-        if !lazy {
-            // SAFETY: no handle is left; the image's own thread runs its
-            // code, which is what this test checks.
-            unsafe { jit.remove(&tracker) }.unwrap();
-        }
-        drop(tracker);
-        drop(jit);
-        assert!(
-            mapped_executable(address),
-            "lazy {lazy}: the code stays while the image's thread runs"
-        );
-        IMAGE_THREAD_GO.store(1, SeqCst);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while mapped_executable(address) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "lazy {lazy}: the code was never released"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        check_image_thread_keeps_code(&bytes, lazy);
+    }
+}
+
+/// The same for a C++ `std::thread` (started from libstdc++'s
+/// `std::thread::_M_start_thread`), detached.
+#[test]
+fn an_images_std_thread_keeps_the_code_it_runs_until_it_ends() {
+    if !common::in_own_process("an_images_std_thread_keeps_the_code_it_runs_until_it_ends") {
+        return;
+    }
+    assert!(common::need_tool("g++"));
+    let dir = scratch("image-std-threads");
+    let src = dir.join("image_threads.cpp");
+    std::fs::write(
+        &src,
+        "#include <thread>\n\
+         extern \"C\" void host_wait(void);\n\
+         static volatile long done;\n\
+         extern \"C\" long start(long n) {\n\
+             std::thread t([n] {\n\
+                 host_wait();\n\
+                 done = n; // back in the image after its removal\n\
+             });\n\
+             t.detach();\n\
+             return 0;\n\
+         }\n",
+    )
+    .expect("write the source");
+    let obj = common::compile(
+        "g++",
+        &src,
+        &["-O1", "-fPIC"],
+        &[],
+        &dir.join("image_threads.o"),
+    );
+    let bytes = std::fs::read(&obj).expect("read the object");
+    for lazy in [false, true] {
+        check_image_thread_keeps_code(&bytes, lazy);
     }
 }
 

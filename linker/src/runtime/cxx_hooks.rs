@@ -87,7 +87,7 @@ impl Hook {
 /// The address of `name` in libstdc++, opened (or found loaded) as the
 /// host's symbols open it and kept for the process's life; 0 if the
 /// process has no libstdc++.
-fn libstdcxx(name: &str) -> usize {
+pub(super) fn libstdcxx(name: &str) -> usize {
     static LIBSTDCXX: OnceLock<Option<Library>> = OnceLock::new();
     let lib = LIBSTDCXX.get_or_init(|| {
         // SAFETY: the system's C++ runtime, which JIT'd C++ binds to: its

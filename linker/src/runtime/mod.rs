@@ -132,7 +132,7 @@ pub enum RuntimeError {
 /// | `pthread_key_create`, `__pthread_key_create`, `pthread_key_delete` | a key whose destructor lies in an image: the destructor runs on exiting threads while the image is alive, a teardown waits for running ones, later ones are skipped, and the image's keys are deleted when it goes (glibc would call freed memory) |
 /// | `pthread_atfork` | an image's fork handlers run while the image is alive, a teardown waits for running ones, later forks skip them (glibc exports `pthread_atfork` only as a compat symbol: programs get it from `libc_nonshared.a`) |
 /// | `at_quick_exit` | an image's handlers run at `quick_exit` while the image is alive, newest first (also only in `libc_nonshared.a`) |
-/// | `pthread_create` | glibc's; a thread whose start routine lies in an image is counted while it runs, and images torn down meanwhile release their memory when the last such thread ends |
+/// | `pthread_create`, `std::thread::_M_start_thread` | glibc's and libstdc++'s; a thread whose start routine (or `std::thread` body) lies in an image is counted while it runs, and images torn down meanwhile release their memory when the last such thread ends |
 /// | `timer_create`, `timer_delete` | glibc's; a `SIGEV_THREAD` notify function in an image runs only while the image lives, and the image's timers are deleted when its life ends |
 /// | `sigaction`, `__sigaction`, `signal`, `bsd_signal`, `ssignal`, `sysv_signal`, `__sysv_signal`, `sigset` | glibc's; a handler in an image is uninstalled when the image's life ends (the action it replaced put back) |
 /// | `std::set_terminate`, `std::set_unexpected`, `std::set_new_handler` | libstdc++'s; a handler in an image is uninstalled when the image's life ends (what it replaced put back) |

@@ -14,10 +14,15 @@
 //! never ends keeps the memory of the images torn down while it runs); it
 //! still runs the image's finalizers and ends its life at once, as before.
 //!
+//! C++'s `std::thread` starts its threads from libstdc++
+//! (`std::thread::_M_start_thread`, which kiln overrides for JIT'd code
+//! too): a thread whose `_M_run` lies in an image is started and counted
+//! the same way.
+//!
 //! The count is process-wide rather than per image: an image's thread may
 //! call into any other JIT'd code, so no image's memory goes while one
-//! runs. Threads started by the host, or through a library outside the
-//! images (C++'s `std::thread` starts them from libstdc++), are not counted.
+//! runs. Threads started by the host, or by a library outside the images
+//! on its own, are not counted.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
@@ -158,9 +163,105 @@ unsafe extern "C" fn pthread_create(
     rc
 }
 
+/// libstdc++'s `std::thread::_M_start_thread(unique_ptr<_State>, void (*)())`.
+const CXX_START_THREAD: &str =
+    "_ZNSt6thread15_M_start_threadESt10unique_ptrINS_6_StateESt14default_deleteIS1_EEPFvvE";
+
+/// A `std::thread::_State` (libstdc++): a polymorphic object, so its first
+/// word is its vtable pointer; at that address point the vtable holds the
+/// complete and the deleting destructor, then `_M_run`.
+type CxxState = *mut *const usize;
+
+/// `_M_run` and the deleting destructor of `state`.
+///
+/// # Safety
+///
+/// `state` is a live `std::thread::_State`.
+unsafe fn cxx_state_fns(state: CxxState) -> (usize, usize) {
+    // SAFETY: the caller's live object: its vtable has these three slots.
+    unsafe {
+        let vtable = *state;
+        (*vtable.add(2), *vtable.add(1))
+    }
+}
+
+/// `std::thread::_M_start_thread` for JIT'd C++: a thread whose `_M_run`
+/// lies in a live kiln image is started as libstdc++ would
+/// (`pthread_create`, the new thread taking the state over) behind
+/// [`run_cxx_thread`], and counted; any other call is libstdc++'s.
+/// `state` is the `unique_ptr` passed by value, which the Itanium C++ ABI
+/// passes by address (it has a destructor).
+unsafe extern "C-unwind" fn cxx_start_thread(
+    thread: *mut libc::pthread_t,
+    state: *mut CxxState,
+    depend: usize,
+) {
+    // SAFETY: the caller's `unique_ptr`, holding a live state.
+    let object = unsafe { *state };
+    // SAFETY: a live `_State`, as libstdc++ is given it.
+    let in_image = !object.is_null() && dso::life_of(unsafe { cxx_state_fns(object) }.0).is_some();
+    if !in_image {
+        let real = super::cxx_hooks::libstdcxx(CXX_START_THREAD);
+        assert!(
+            real != 0,
+            "JIT'd code started a std::thread without libstdc++ loaded"
+        );
+        // SAFETY: libstdc++'s function of this very signature, with the
+        // caller's arguments.
+        unsafe {
+            let real = std::mem::transmute::<
+                usize,
+                unsafe extern "C-unwind" fn(*mut libc::pthread_t, *mut CxxState, usize),
+            >(real);
+            return real(thread, state, depend);
+        }
+    }
+    thread_starts();
+    // SAFETY: `std::thread`'s only member is its `pthread_t`, where
+    // libstdc++ has glibc write it; the new thread takes the state over.
+    let rc =
+        unsafe { real_pthread_create(thread, std::ptr::null(), run_cxx_thread, object.cast()) };
+    if rc != 0 {
+        thread_ended();
+        let throw = super::cxx_hooks::libstdcxx("_ZSt20__throw_system_errori");
+        assert!(throw != 0, "libstdc++ has no std::__throw_system_error");
+        // SAFETY: libstdc++'s `[[noreturn]] void std::__throw_system_error(int)`,
+        // as `_M_start_thread` reports the error; it unwinds through this
+        // frame ("C-unwind"), which holds nothing to drop.
+        unsafe {
+            let throw =
+                std::mem::transmute::<usize, unsafe extern "C-unwind" fn(c_int) -> !>(throw);
+            throw(rc);
+        }
+    }
+    // SAFETY: the caller's `unique_ptr`: released, as libstdc++ does once
+    // the thread owns the state.
+    unsafe { *state = std::ptr::null_mut() };
+}
+
+/// The start routine of a JIT'd `std::thread`: counts it ended at its exit,
+/// runs the state's `_M_run`, then deletes the state (libstdc++'s
+/// `execute_native_thread_routine`).
+unsafe extern "C" fn run_cxx_thread(state: *mut c_void) -> *mut c_void {
+    let state: CxxState = state.cast();
+    IMAGE_THREAD.with(|t| t.0.set(true));
+    // SAFETY: the live state `cxx_start_thread` handed this thread.
+    let (run, delete) = unsafe { cxx_state_fns(state) };
+    // SAFETY: the state's own virtual functions, called on it as libstdc++
+    // would: `_M_run` once, then the deleting destructor.
+    unsafe {
+        std::mem::transmute::<usize, unsafe extern "C" fn(CxxState)>(run)(state);
+        std::mem::transmute::<usize, unsafe extern "C" fn(CxxState)>(delete)(state);
+    }
+    std::ptr::null_mut()
+}
+
 /// The overrides this module provides.
-pub(crate) fn overrides() -> [(&'static str, usize); 1] {
-    [("pthread_create", pthread_create as *const () as usize)]
+pub(crate) fn overrides() -> [(&'static str, usize); 2] {
+    [
+        ("pthread_create", pthread_create as *const () as usize),
+        (CXX_START_THREAD, cxx_start_thread as *const () as usize),
+    ]
 }
 
 #[cfg(test)]
