@@ -1058,11 +1058,11 @@ extern "C" fn host_wait() {
     }
 }
 
-/// Starts the image's thread (`long start(long)`, its thread calling
+/// Starts the image's thread (`long START(long)`, its thread calling
 /// [`host_wait`]), removes the image while the thread waits — through a
 /// tracker (eager) or by the JIT's end (lazy) — and checks the code stays
 /// mapped until the thread, let go, has returned through it and ended.
-fn check_image_thread_keeps_code(bytes: &[u8], lazy: bool) {
+fn check_image_thread_keeps_code(bytes: &[u8], start: &str, lazy: bool) {
     IMAGE_THREAD_WAITING.store(0, SeqCst);
     IMAGE_THREAD_GO.store(0, SeqCst);
     let jit = Jit::builder().lazy(lazy).build().unwrap();
@@ -1077,9 +1077,9 @@ fn check_image_thread_keeps_code(bytes: &[u8], lazy: bool) {
     // SAFETY: `long start(long)`.
     let start = unsafe {
         if lazy {
-            jit.get::<I64Fn>("start").unwrap()
+            jit.get::<I64Fn>(start).unwrap()
         } else {
-            tracker.get::<I64Fn>("start").unwrap()
+            tracker.get::<I64Fn>(start).unwrap()
         }
     };
     let address = start.address();
@@ -1110,11 +1110,11 @@ fn check_image_thread_keeps_code(bytes: &[u8], lazy: bool) {
     }
 }
 
-/// A thread JIT'd code starts (`pthread_create`) keeps the image's memory
-/// mapped while it runs: removing the image meanwhile runs its teardown at
-/// once (no waiting for the thread) but releases the code only once the
-/// thread has ended, instead of letting the thread return into freed
-/// memory. Eager (removed through its tracker) and lazy (the JIT's end).
+/// A thread JIT'd code starts (`pthread_create`, C11's `thrd_create`)
+/// keeps the image's memory mapped while it runs: removing the image
+/// meanwhile runs its teardown at once (no waiting for the thread) but
+/// releases the code only once the thread has ended, instead of letting
+/// the thread return into freed memory. Eager (removed through its tracker) and lazy (the JIT's end).
 #[test]
 fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
     if !common::in_own_process("an_image_thread_keeps_the_code_it_runs_until_it_ends") {
@@ -1125,6 +1125,7 @@ fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
         &dir,
         "image_threads",
         "#include <pthread.h>\n\
+         #include <threads.h>\n\
          extern void host_wait(void);\n\
          static volatile long done;\n\
          static void *worker(void *arg) {\n\
@@ -1132,14 +1133,22 @@ fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
              done = (long)arg; /* back in the image after its removal */\n\
              return arg;\n\
          }\n\
+         static int c11_worker(void *arg) { return worker(arg) != 0; }\n\
          long start(long n) {\n\
              pthread_t t;\n\
              if (pthread_create(&t, 0, worker, (void *)n)) return -1;\n\
              return pthread_detach(t);\n\
+         }\n\
+         long start_c11(long n) {\n\
+             thrd_t t;\n\
+             if (thrd_create(&t, c11_worker, (void *)n) != thrd_success) return -1;\n\
+             return thrd_detach(t) != thrd_success;\n\
          }\n",
     );
-    for lazy in [false, true] {
-        check_image_thread_keeps_code(&bytes, lazy);
+    for start in ["start", "start_c11"] {
+        for lazy in [false, true] {
+            check_image_thread_keeps_code(&bytes, start, lazy);
+        }
     }
 }
 
@@ -1177,7 +1186,7 @@ fn an_images_std_thread_keeps_the_code_it_runs_until_it_ends() {
     );
     let bytes = std::fs::read(&obj).expect("read the object");
     for lazy in [false, true] {
-        check_image_thread_keeps_code(&bytes, lazy);
+        check_image_thread_keeps_code(&bytes, "start", lazy);
     }
 }
 

@@ -14,7 +14,8 @@
 //! never ends keeps the memory of the images torn down while it runs); it
 //! still runs the image's finalizers and ends its life at once, as before.
 //!
-//! C++'s `std::thread` starts its threads from libstdc++
+//! C11's `thrd_create` is glibc's own way in, overridden too. C++'s
+//! `std::thread` starts its threads from libstdc++
 //! (`std::thread::_M_start_thread`, which kiln overrides for JIT'd code
 //! too): a thread whose `_M_run` lies in an image is started and counted
 //! the same way.
@@ -127,7 +128,35 @@ unsafe extern "C" fn run_image_thread(start: *mut c_void) -> *mut c_void {
     unsafe { routine(arg) }
 }
 
+/// A C11 thread's start routine and its argument (`thrd_create`).
+struct StartC11 {
+    routine: C11StartFn,
+    arg: *mut c_void,
+}
+
+/// A start routine as `thrd_create` takes it.
+type C11StartFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+
+/// The start routine of every C11 image thread: as [`run_image_thread`],
+/// its `int` result handed to glibc as `thrd_join` reads it back (the
+/// pointer's low bits, as glibc's own `thrd_create` does).
+unsafe extern "C" fn run_image_c11_thread(start: *mut c_void) -> *mut c_void {
+    // SAFETY: `thrd_create` below passes a `Box<StartC11>` it leaked for
+    // this thread alone.
+    let StartC11 { routine, arg } = *unsafe { Box::from_raw(start.cast::<StartC11>()) };
+    IMAGE_THREAD.with(|t| t.0.set(true));
+    // SAFETY: the image's start routine with the argument its caller gave.
+    let result = unsafe { routine(arg) };
+    result as isize as *mut c_void
+}
+
 unsafe extern "C" {
+    #[link_name = "thrd_create"]
+    fn real_thrd_create(
+        thread: *mut libc::pthread_t,
+        routine: C11StartFn,
+        arg: *mut c_void,
+    ) -> c_int;
     #[link_name = "pthread_create"]
     fn real_pthread_create(
         thread: *mut libc::pthread_t,
@@ -161,6 +190,45 @@ unsafe extern "C" fn pthread_create(
         thread_ended();
     }
     rc
+}
+
+/// `thrd_result`'s values (glibc's `<threads.h>`).
+const THRD_SUCCESS: c_int = 0;
+const THRD_ERROR: c_int = 2;
+const THRD_NOMEM: c_int = 3;
+
+/// `thrd_create` for JIT'd code (glibc's starts its thread without going
+/// through `pthread_create`): a start routine inside a live kiln image
+/// runs behind [`run_image_c11_thread`]; any other call is glibc's.
+unsafe extern "C" fn thrd_create(
+    thread: *mut libc::pthread_t,
+    routine: C11StartFn,
+    arg: *mut c_void,
+) -> c_int {
+    if dso::life_of(routine as usize).is_none() {
+        // SAFETY: not a kiln image's routine: glibc's call, unchanged.
+        return unsafe { real_thrd_create(thread, routine, arg) };
+    }
+    let start = Box::into_raw(Box::new(StartC11 { routine, arg }));
+    thread_starts();
+    // SAFETY: the caller's out-pointer (`thrd_t` is a `pthread_t`); the
+    // new thread takes `start` over.
+    let rc = unsafe {
+        real_pthread_create(thread, std::ptr::null(), run_image_c11_thread, start.cast())
+    };
+    match rc {
+        0 => THRD_SUCCESS,
+        _ => {
+            // SAFETY: no thread was created: `start` is still ours alone.
+            drop(unsafe { Box::from_raw(start) });
+            thread_ended();
+            if rc == libc::ENOMEM {
+                THRD_NOMEM
+            } else {
+                THRD_ERROR
+            }
+        }
+    }
 }
 
 /// libstdc++'s `std::thread::_M_start_thread(unique_ptr<_State>, void (*)())`.
@@ -257,9 +325,10 @@ unsafe extern "C" fn run_cxx_thread(state: *mut c_void) -> *mut c_void {
 }
 
 /// The overrides this module provides.
-pub(crate) fn overrides() -> [(&'static str, usize); 2] {
+pub(crate) fn overrides() -> [(&'static str, usize); 3] {
     [
         ("pthread_create", pthread_create as *const () as usize),
+        ("thrd_create", thrd_create as *const () as usize),
         (CXX_START_THREAD, cxx_start_thread as *const () as usize),
     ]
 }
