@@ -614,6 +614,17 @@ const KEYS_SRC: &str = "#include <pthread.h>\n\
     long set_value(long v) { return pthread_setspecific(key, (void *)v); }\n\
     long drop_key(long unused) { return pthread_key_delete(key); }\n";
 
+/// [`KEYS_SRC`] through C11's `tss_*` (glibc's `tss_create` reaches
+/// `pthread_key_create` inside glibc, past kiln's override of it).
+const KEYS_C11_SRC: &str = "#include <threads.h>\n\
+    void key_dtor_entered(void);\n\
+    void key_dtor_leaving(long);\n\
+    static tss_t key;\n\
+    static void dtor(void *v) { key_dtor_entered(); key_dtor_leaving((long)v); }\n\
+    long make_key(long unused) { return tss_create(&key, dtor); }\n\
+    long set_value(long v) { return tss_set(key, (void *)v); }\n\
+    long drop_key(long unused) { tss_delete(key); return 0; }\n";
+
 fn keys_jit(lazy: bool, bytes: &[u8]) -> Jit {
     let jit = Jit::builder().lazy(lazy).build().unwrap();
     jit.define_fn("key_dtor_entered", key_dtor_entered as extern "C" fn())
@@ -674,51 +685,54 @@ fn the_end_of_a_jit_waits_for_a_key_destructor_running_on_an_exiting_thread() {
 
 /// A thread that exits after its key's image was removed skips the
 /// destructor (its code is gone) instead of calling freed memory; keys the
-/// JIT'd code deletes itself are deleted.
+/// JIT'd code deletes itself are deleted. Through `pthread_key_*` and
+/// through C11's `tss_*`.
 #[test]
 fn a_thread_exiting_after_removal_skips_the_images_key_destructor() {
     if !common::in_own_process("a_thread_exiting_after_removal_skips_the_images_key_destructor") {
         return;
     }
     let dir = scratch("key-dtor-after");
-    let bytes = object(&dir, "keys", KEYS_SRC);
-    KEY_DTOR_ENTERED.store(0, SeqCst);
-    let jit = keys_jit(false, &[]);
-    let tracker = jit.tracker().unwrap();
-    tracker.add_object(&bytes).unwrap();
-    // SAFETY: all three are `long f(long)`.
-    let (make_key, set_value, drop_key) = unsafe {
-        (
-            tracker.get::<I64Fn>("make_key").unwrap(),
-            tracker.get::<I64Fn>("set_value").unwrap(),
-            tracker.get::<I64Fn>("drop_key").unwrap(),
-        )
-    };
-    // More keys than glibc has (1,024), each deleted by the JIT'd code.
-    for round in 0..1100 {
-        assert_eq!(make_key(0), 0, "create, round {round}");
-        assert_eq!(drop_key(0), 0, "delete, round {round}");
+    for (name, src) in [("keys", KEYS_SRC), ("keys_c11", KEYS_C11_SRC)] {
+        let bytes = object(&dir, name, src);
+        KEY_DTOR_ENTERED.store(0, SeqCst);
+        let jit = keys_jit(false, &[]);
+        let tracker = jit.tracker().unwrap();
+        tracker.add_object(&bytes).unwrap();
+        // SAFETY: all three are `long f(long)`.
+        let (make_key, set_value, drop_key) = unsafe {
+            (
+                tracker.get::<I64Fn>("make_key").unwrap(),
+                tracker.get::<I64Fn>("set_value").unwrap(),
+                tracker.get::<I64Fn>("drop_key").unwrap(),
+            )
+        };
+        // More keys than glibc has (1,024), each deleted by the JIT'd code.
+        for round in 0..1100 {
+            assert_eq!(make_key(0), 0, "{name}: create, round {round}");
+            assert_eq!(drop_key(0), 0, "{name}: delete, round {round}");
+        }
+        assert_eq!(make_key(0), 0);
+        let set = set_value.as_fn();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            assert_eq!(set(5), 0);
+            ready_tx.send(()).unwrap();
+            rx.recv().unwrap();
+        });
+        ready_rx.recv().unwrap();
+        drop((make_key, set_value, drop_key));
+        // SAFETY: no handle is left; the waiting thread runs no JIT'd code.
+        unsafe { jit.remove(&tracker) }.unwrap();
+        tx.send(()).unwrap();
+        thread.join().unwrap();
+        assert_eq!(
+            KEY_DTOR_ENTERED.load(SeqCst),
+            0,
+            "{name}: a removed image's key destructor ran"
+        );
     }
-    assert_eq!(make_key(0), 0);
-    let set = set_value.as_fn();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        assert_eq!(set(5), 0);
-        ready_tx.send(()).unwrap();
-        rx.recv().unwrap();
-    });
-    ready_rx.recv().unwrap();
-    drop((make_key, set_value, drop_key));
-    // SAFETY: no handle is left; the waiting thread runs no JIT'd code.
-    unsafe { jit.remove(&tracker) }.unwrap();
-    tx.send(()).unwrap();
-    thread.join().unwrap();
-    assert_eq!(
-        KEY_DTOR_ENTERED.load(SeqCst),
-        0,
-        "a removed image's key destructor ran"
-    );
 }
 
 static FORK_PREPARED: AtomicUsize = AtomicUsize::new(0);

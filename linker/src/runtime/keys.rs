@@ -211,6 +211,24 @@ unsafe extern "C" fn key_delete(key: libc::pthread_key_t) -> c_int {
     release(key, slot)
 }
 
+/// `tss_create` for JIT'd C11 code: [`key_create`] (glibc's own
+/// `tss_create` reaches `pthread_key_create` inside glibc, past kiln),
+/// its result as `<threads.h>` says (`thrd_success` 0, `thrd_error` 2).
+unsafe extern "C" fn tss_create(key: *mut libc::pthread_key_t, dtor: Option<KeyDtor>) -> c_int {
+    // SAFETY: the caller's arguments, as `pthread_key_create` takes them
+    // (`tss_t` is a `pthread_key_t`, `tss_dtor_t` a destructor).
+    match unsafe { key_create(key, dtor) } {
+        0 => 0,
+        _ => 2,
+    }
+}
+
+/// `tss_delete` for JIT'd C11 code: [`key_delete`] (`void`).
+unsafe extern "C" fn tss_delete(key: libc::pthread_key_t) {
+    // SAFETY: the caller's key, as `pthread_key_delete` takes it.
+    unsafe { key_delete(key) };
+}
+
 /// Deletes `key` in glibc (so no exiting thread calls its trampoline any
 /// more), then frees its slot.
 fn release(key: libc::pthread_key_t, slot: usize) -> c_int {
@@ -241,12 +259,14 @@ pub(crate) fn release_keys_of(life: &Life) {
 }
 
 /// The overrides this module provides.
-pub(crate) fn overrides() -> [(&'static str, usize); 3] {
+pub(crate) fn overrides() -> [(&'static str, usize); 5] {
     [
         ("pthread_key_create", key_create as *const () as usize),
         // libstdc++'s `__gthread_key_create` and older code call this name.
         ("__pthread_key_create", key_create as *const () as usize),
         ("pthread_key_delete", key_delete as *const () as usize),
+        ("tss_create", tss_create as *const () as usize),
+        ("tss_delete", tss_delete as *const () as usize),
     ]
 }
 

@@ -10,7 +10,7 @@
 //!
 //! | Piece | What the linker does with it |
 //! |---|---|
-//! | [`host_overrides`] | Consult it **before** `dlsym` when resolving an external symbol: `atexit`, `__cxa_atexit`, `__cxa_finalize`, `__cxa_thread_atexit`, `__cxa_thread_atexit_impl`, `__tls_get_addr`, `pthread_key_create`, `pthread_key_delete`, `pthread_atfork`, `at_quick_exit`, `sigaction`, `signal` (and the other ways to install a handler), `timer_create`, `timer_delete`, `pthread_create`, `std::set_terminate` and `std::set_new_handler` bind to kiln's versions. |
+//! | [`host_overrides`] | Consult it **before** `dlsym` when resolving an external symbol: `atexit`, `__cxa_atexit`, `__cxa_finalize`, `__cxa_thread_atexit`, `__cxa_thread_atexit_impl`, `__tls_get_addr`, `pthread_key_create`, `pthread_key_delete` (and C11's `tss_create`, `tss_delete`), `pthread_atfork`, `at_quick_exit`, `sigaction`, `signal` (and the other ways to install a handler), `timer_create`, `timer_delete`, `pthread_create`, `thrd_create`, `std::thread::_M_start_thread`, `std::set_terminate` and `std::set_new_handler` bind to kiln's versions. |
 //! | [`DsoHandle`] | Create one per image, preferably with [`DsoHandle::new_at`] at an 8-byte slot the linker allocates inside the image (compilers reach `__dso_handle` PC-relatively); bind the image's `__dso_handle` to [`DsoHandle::addr`]; report the image's memory ranges with [`DsoHandle::add_range`] so `atexit` calls, and `__cxa_*atexit` calls naming any address inside the image, are attributed to it. |
 //! | [`InitFini`] | Feed it the image's `.preinit_array`/`.init_array*`/`.ctors*`/`.fini_array*`/`.dtors*` contents (after fixup) with [`InitFini::add_section`]; call [`InitFini::run_init`] once the image is ready, and [`InitFini::run_fini`] **before** releasing the image's memory. Sort or classify sections with [`init_priority`]. |
 //! | [`eh_frame::register`] | After fixup and finalization, register the image's `.eh_frame` (followed by a 4-byte zero terminator) with libgcc's unwinder; keep the [`eh_frame::EhFrameRegistration`] until the memory is released (drop deregisters). |
@@ -173,6 +173,9 @@ mod tests {
             "pthread_key_create",
             "__pthread_key_create",
             "pthread_key_delete",
+            "tss_create",
+            "tss_delete",
+            "thrd_create",
             "pthread_atfork",
             "at_quick_exit",
             "sigaction",
