@@ -863,44 +863,7 @@ fn an_images_signal_handlers_are_uninstalled_with_it() {
          }\n\
          long caught_so_far(long unused) { return caught; }\n",
     );
-    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: installs a handler that only counts (async-signal-safe).
-        unsafe {
-            libc::signal(
-                sig,
-                host_signal_handler as extern "C" fn(i32) as libc::sighandler_t,
-            )
-        };
-    }
-    let jit = Jit::builder().build().unwrap();
-    let tracker = jit.tracker().unwrap();
-    tracker.add_object(&bytes).unwrap();
-    // SAFETY: both are `long f(long)`.
-    let (install, caught) = unsafe {
-        (
-            tracker.get::<I64Fn>("install").unwrap(),
-            tracker.get::<I64Fn>("caught_so_far").unwrap(),
-        )
-    };
-    assert_eq!(install(0), 0);
-    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: raising a signal whose handler counts.
-        unsafe { libc::raise(sig) };
-    }
-    assert_eq!(
-        caught(0),
-        i64::from(libc::SIGUSR1 + libc::SIGUSR2),
-        "the image's handlers ran"
-    );
-    assert_eq!(HOST_SIGNALS.load(SeqCst), 0);
-    drop((install, caught));
-    // SAFETY: no handle is left; nothing calls the object.
-    unsafe { jit.remove(&tracker) }.unwrap();
-    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: raising a signal; the host's counting handler is back.
-        unsafe { libc::raise(sig) };
-    }
-    assert_eq!(HOST_SIGNALS.load(SeqCst), 2, "the host's handlers are back");
+    check_signal_handlers_go_with_their_image(&bytes, &[libc::SIGUSR1, libc::SIGUSR2], 1);
 }
 
 /// The System V ways to install a handler (`sysv_signal`, `sigset`, and
@@ -932,8 +895,19 @@ fn system_v_signal_handlers_are_uninstalled_with_their_image() {
          }\n\
          long caught_so_far(long unused) { return caught; }\n",
     );
-    let signals = [libc::SIGUSR1, libc::SIGUSR2, libc::SIGURG];
-    for sig in signals {
+    check_signal_handlers_go_with_their_image(
+        &bytes,
+        &[libc::SIGUSR1, libc::SIGUSR2, libc::SIGURG],
+        2,
+    );
+}
+
+/// Installs the host's counting handler on `signals`, has the image's
+/// `install` put its own over them, raises each signal `rounds` times (the
+/// image's `caught_so_far` adds up the signal numbers), removes the image,
+/// and checks that the next signals reach the host's handlers again.
+fn check_signal_handlers_go_with_their_image(bytes: &[u8], signals: &[i32], rounds: usize) {
+    for &sig in signals {
         // SAFETY: installs a handler that only counts (async-signal-safe).
         unsafe {
             libc::signal(
@@ -944,7 +918,7 @@ fn system_v_signal_handlers_are_uninstalled_with_their_image() {
     }
     let jit = Jit::builder().build().unwrap();
     let tracker = jit.tracker().unwrap();
-    tracker.add_object(&bytes).unwrap();
+    tracker.add_object(bytes).unwrap();
     // SAFETY: both are `long f(long)`.
     let (install, caught) = unsafe {
         (
@@ -953,26 +927,31 @@ fn system_v_signal_handlers_are_uninstalled_with_their_image() {
         )
     };
     assert_eq!(install(0), 0);
-    for _ in 0..2 {
-        for sig in signals {
+    for _ in 0..rounds {
+        for &sig in signals {
             // SAFETY: raising a signal whose handler counts.
             unsafe { libc::raise(sig) };
         }
     }
+    let sum: i64 = signals.iter().map(|&s| i64::from(s)).sum();
     assert_eq!(
         caught(0),
-        2 * i64::from(libc::SIGUSR1 + libc::SIGUSR2 + libc::SIGURG),
-        "the image's handlers ran, twice each"
+        rounds as i64 * sum,
+        "the image's handlers ran, {rounds} time(s) each"
     );
     assert_eq!(HOST_SIGNALS.load(SeqCst), 0);
     drop((install, caught));
     // SAFETY: no handle is left; nothing calls the object.
     unsafe { jit.remove(&tracker) }.unwrap();
-    for sig in signals {
+    for &sig in signals {
         // SAFETY: raising a signal; the host's counting handler is back.
         unsafe { libc::raise(sig) };
     }
-    assert_eq!(HOST_SIGNALS.load(SeqCst), 3, "the host's handlers are back");
+    assert_eq!(
+        HOST_SIGNALS.load(SeqCst),
+        signals.len(),
+        "the host's handlers are back"
+    );
 }
 
 static HOST_TICKS: AtomicUsize = AtomicUsize::new(0);
@@ -980,16 +959,20 @@ extern "C" fn host_tick() {
     HOST_TICKS.fetch_add(1, SeqCst);
 }
 
-/// Waits up to ten seconds for the host to have seen `at_least` ticks.
-fn wait_for_host_ticks(at_least: usize) {
+/// Waits up to ten seconds for `done`; fails with `what` after that.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while HOST_TICKS.load(SeqCst) < at_least {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the image's timer never fired"
-        );
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// Waits for the host to have seen `at_least` ticks.
+fn wait_for_host_ticks(at_least: usize) {
+    wait_until("the image's timer never fired", || {
+        HOST_TICKS.load(SeqCst) >= at_least
+    });
 }
 
 /// A `SIGEV_THREAD` timer JIT'd code creates notifies on glibc's threads
@@ -1098,9 +1081,9 @@ fn check_image_thread_keeps_code(bytes: &[u8], start: &str, lazy: bool) {
     };
     let address = start.address();
     assert_eq!(start(7), 0);
-    while IMAGE_THREAD_WAITING.load(SeqCst) == 0 {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until("the image's thread never called the host", || {
+        IMAGE_THREAD_WAITING.load(SeqCst) > 0
+    });
     drop(start);
     if !lazy {
         // SAFETY: no handle is left; the image's own thread runs its
@@ -1114,21 +1097,17 @@ fn check_image_thread_keeps_code(bytes: &[u8], start: &str, lazy: bool) {
         "lazy {lazy}: the code stays while the image's thread runs"
     );
     IMAGE_THREAD_GO.store(1, SeqCst);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while mapped_executable(address) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lazy {lazy}: the code was never released"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until(&format!("lazy {lazy}: the code was never released"), || {
+        !mapped_executable(address)
+    });
 }
 
 /// A thread JIT'd code starts (`pthread_create`, C11's `thrd_create`)
 /// keeps the image's memory mapped while it runs: removing the image
 /// meanwhile runs its teardown at once (no waiting for the thread) but
 /// releases the code only once the thread has ended, instead of letting
-/// the thread return into freed memory. Eager (removed through its tracker) and lazy (the JIT's end).
+/// the thread return into freed memory. Eager (removed through its
+/// tracker) and lazy (the JIT's end).
 #[test]
 fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
     if !common::in_own_process("an_image_thread_keeps_the_code_it_runs_until_it_ends") {
