@@ -543,8 +543,9 @@ impl Jit {
     /// (waited for while running, skipped after), fork, `quick_exit` and
     /// `on_exit` handlers, signal handlers (uninstalled; one already
     /// running is not waited for), `SIGEV_THREAD` timers (deleted; a
-    /// notification running is waited for) and libstdc++'s terminate and
-    /// new handlers (uninstalled).
+    /// notification running is waited for), streams buffered in the
+    /// objects' data or opened with their `fopencookie` functions, and
+    /// libstdc++'s terminate and new handlers (uninstalled).
     pub unsafe fn remove(&self, tracker: &JitTracker) -> Result<(), JitError> {
         let handles = Arc::strong_count(&tracker.handles) - 1;
         if handles > 0 {

@@ -1229,6 +1229,61 @@ fn a_stream_buffered_in_an_images_data_survives_its_removal() {
     assert_eq!(text.lines().count(), 1001);
 }
 
+static COOKIE_BYTES: AtomicUsize = AtomicUsize::new(0);
+extern "C" fn host_cookie_bytes(n: i64) {
+    COOKIE_BYTES.fetch_add(n as usize, SeqCst);
+}
+
+/// A stream JIT'd code opens with `fopencookie` (its write function in the
+/// image) and hands to the host writes through the image while it lives;
+/// after the image's removal the host's writes fail (`EBADF`) instead of
+/// stdio calling freed code, and closing the stream still works.
+#[test]
+fn a_cookie_stream_outlives_its_image_without_calling_it() {
+    if !common::in_own_process("a_cookie_stream_outlives_its_image_without_calling_it") {
+        return;
+    }
+    let dir = scratch("cookie-stream");
+    let bytes = object(
+        &dir,
+        "cookie_stream",
+        "#define _GNU_SOURCE\n\
+         #include <stdio.h>\n\
+         extern void host_cookie_bytes(long);\n\
+         static ssize_t counting_write(void *c, const char *buf, size_t n) {\n\
+             host_cookie_bytes((long)n);\n\
+             return (ssize_t)n;\n\
+         }\n\
+         long open_counting(long unused) {\n\
+             cookie_io_functions_t fns = { 0, counting_write, 0, 0 };\n\
+             FILE *f = fopencookie(0, \"w\", fns);\n\
+             if (f) setvbuf(f, 0, _IONBF, 0);\n\
+             return (long)f;\n\
+         }\n",
+    );
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("host_cookie_bytes", host_cookie_bytes as extern "C" fn(i64))
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: `long f(long)`.
+    let open = unsafe { tracker.get::<I64Fn>("open_counting").unwrap() };
+    let stream = open(0) as *mut libc::FILE;
+    assert!(!stream.is_null());
+    // SAFETY: the open stream and a NUL-terminated text.
+    assert!(unsafe { libc::fputs(c"twelve bytes".as_ptr(), stream) } >= 0);
+    assert_eq!(COOKIE_BYTES.load(SeqCst), 12, "written through the image");
+    drop(open);
+    // SAFETY: no handle is left; the host's stream is what this test checks.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    // SAFETY: the open stream and a NUL-terminated text.
+    let rc = unsafe { libc::fputs(c"more".as_ptr(), stream) };
+    assert!(rc < 0, "the image is gone: the write fails");
+    assert_eq!(COOKIE_BYTES.load(SeqCst), 12);
+    // SAFETY: the stream, closed once.
+    unsafe { libc::fclose(stream) };
+}
+
 /// Threads exiting (their key destructors running in JIT'd code) while the
 /// JIT that holds the code ends, over and over, from several threads at
 /// once: every destructor runs whole or not at all, nothing crashes or
