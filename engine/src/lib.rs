@@ -80,7 +80,7 @@ pub use session::{Dylib, Session, SessionBuilder};
 pub use symbol::{RequiredState, SymbolDef, SymbolFlags, SymbolState};
 #[doc(hidden)]
 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
-pub use timer::pending_deadlines;
+pub use timer::{on_timer_thread, pending_deadlines};
 pub use tracker::{ResourceKey, ResourceManager, ResourceTracker};
 pub use unit::{Alias, MaterializationUnit, absolute_symbols, reexports};
 

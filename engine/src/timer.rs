@@ -7,6 +7,7 @@
 //! deadline whose thread could not start never came).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,34 @@ fn deadlines() -> MutexGuard<'static, Deadlines> {
     DEADLINES.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the timer thread runs once, before its next job
+/// ([`on_timer_thread`]), and whether it has.
+static HOOK: OnceLock<fn()> = OnceLock::new();
+static HOOK_RAN: AtomicBool = AtomicBool::new(false);
+
+/// Has `hook` run once on the engine's own thread — the one thread kiln's
+/// engine starts for itself, which runs the deadlines of timed waits and
+/// what they complete (a failed lookup's callback may run there) — at its
+/// start, or before its next job if it runs already. For a runtime that
+/// must know every thread that may run JIT'd code: kiln-linker's static TLS
+/// area attaches it (worker pools have their own hook,
+/// [`WorkerPool::with_start`](crate::WorkerPool::with_start)). The first
+/// hook set in a process is kept; later calls change nothing.
+pub fn on_timer_thread(hook: fn()) {
+    // Set and announced under the deadlines' lock: the thread checks it
+    // under that lock before it waits, so it cannot miss it.
+    let _guard = deadlines();
+    if HOOK.set(hook).is_ok() {
+        CHANGED.notify_all();
+    }
+}
+
+/// The hook, if it is set and has not run (then it is marked run).
+fn hook_to_run() -> Option<fn()> {
+    let hook = *HOOK.get()?;
+    (!HOOK_RAN.swap(true, Ordering::SeqCst)).then_some(hook)
+}
+
 /// Whether the timer thread runs: started on first use; `false` if it
 /// cannot start (a thread limit).
 fn timer_runs() -> bool {
@@ -58,6 +87,13 @@ fn timer_runs() -> bool {
 fn run() {
     let mut guard = deadlines();
     loop {
+        if let Some(hook) = hook_to_run() {
+            // Like a job: outside the lock, a panic not the timer's end.
+            drop(guard);
+            let _ = std::panic::catch_unwind(hook);
+            guard = deadlines();
+            continue;
+        }
         let now = Instant::now();
         let wait = match guard.due.first_key_value() {
             None => None,

@@ -142,7 +142,15 @@ fn own_reservation() -> usize {
 /// The host executable's reservation, or why there is none.
 pub(crate) fn host() -> Result<&'static Host, &'static str> {
     static HOST: OnceLock<Result<Host, &'static str>> = OnceLock::new();
-    HOST.get_or_init(detect).as_ref().map_err(|e| *e)
+    HOST.get_or_init(|| {
+        // The engine's own timer thread may run a host's callbacks (a
+        // timed-out lookup's): attached like any other, it does not block
+        // a retired range's reuse.
+        kiln_engine::on_timer_thread(super::attach_current_thread);
+        detect()
+    })
+    .as_ref()
+    .map_err(|e| *e)
 }
 
 /// What [`inspect_main`] found about the executable's TLS init image.

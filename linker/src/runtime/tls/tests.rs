@@ -517,3 +517,43 @@ fn exiting_threads_are_forgotten_once_gone() {
         "{left} exiting threads remembered after 300 ended"
     );
 }
+
+/// The engine's timer thread (it runs the deadlines of timed lookups, and
+/// what they complete) is attached once the static area is in use, so it
+/// never blocks the reuse of a retired range.
+#[test]
+fn the_engines_timer_thread_is_attached() {
+    use kiln_engine::{
+        AwaitDefinitions, DylibLookup, InPlaceDispatcher, LookupRequest, LookupSet, RequiredState,
+        SearchOrder, Session,
+    };
+    assert!(static_area::host().is_ok(), "kiln's static TLS area");
+    let s = Session::builder().dispatcher(InPlaceDispatcher).build();
+    let d = s.create_dylib("d").unwrap();
+    let request = LookupRequest::new(
+        SearchOrder::new().with(&d, DylibLookup::All),
+        LookupSet::required([s.intern("never")]),
+        RequiredState::Ready,
+    )
+    .await_definitions(AwaitDefinitions::For(std::time::Duration::from_millis(5)));
+    assert!(s.lookup_with(&request).wait().is_err(), "timed out");
+    let timer: Vec<libc::pid_t> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            name.starts_with("kiln-timer")
+                .then(|| task.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    assert_eq!(timer.len(), 1, "the engine's timer thread runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while static_area::unattached_threads().contains(&timer[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timer thread never attached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    s.end();
+}
