@@ -67,17 +67,22 @@ unsafe extern "C" fn sigaction(
     0
 }
 
-/// `signal` for JIT'd code, as glibc's (BSD semantics: restartable, the
-/// signal blocked while its handler runs) through [`sigaction`].
-unsafe extern "C" fn signal(signal: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
-    // SAFETY: a zeroed `sigaction` is a valid value; its mask is set below.
+/// Installs `handler` for `signal` through [`sigaction`] with `flags`,
+/// the signal itself blocked while it runs if `block_itself`: the handler
+/// it replaced, or `SIG_ERR`.
+fn install(
+    signal: c_int,
+    handler: libc::sighandler_t,
+    flags: c_int,
+    block_itself: bool,
+) -> libc::sighandler_t {
+    // SAFETY: a zeroed `sigaction` (empty mask) is a valid value.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
     act.sa_sigaction = handler;
-    act.sa_flags = libc::SA_RESTART;
-    // SAFETY: `act.sa_mask` is a valid signal set to initialize.
-    unsafe {
-        libc::sigemptyset(&mut act.sa_mask);
-        libc::sigaddset(&mut act.sa_mask, signal);
+    act.sa_flags = flags;
+    if block_itself {
+        // SAFETY: `act.sa_mask` is a valid, empty signal set.
+        unsafe { libc::sigaddset(&mut act.sa_mask, signal) };
     }
     // SAFETY: a zeroed `sigaction` is a valid value.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -88,21 +93,22 @@ unsafe extern "C" fn signal(signal: c_int, handler: libc::sighandler_t) -> libc:
     old.sa_sigaction
 }
 
+/// `signal` for JIT'd code, as glibc's (BSD semantics: restartable, the
+/// signal blocked while its handler runs).
+unsafe extern "C" fn signal(signal: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    install(signal, handler, libc::SA_RESTART, true)
+}
+
 /// `sysv_signal` for JIT'd code, as glibc's (System V semantics: the
 /// handler is reset to the default when the signal arrives, and the signal
-/// is not blocked while it runs) through [`sigaction`].
+/// is not blocked while it runs).
 unsafe extern "C" fn sysv_signal(signal: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
-    // SAFETY: a zeroed `sigaction` (empty mask) is a valid value.
-    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-    act.sa_sigaction = handler;
-    act.sa_flags = libc::SA_RESETHAND | libc::SA_NODEFER;
-    // SAFETY: a zeroed `sigaction` is a valid value.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: valid action and out-pointer.
-    if unsafe { sigaction(signal, &act, &mut old) } != 0 {
-        return libc::SIG_ERR;
-    }
-    old.sa_sigaction
+    install(
+        signal,
+        handler,
+        libc::SA_RESETHAND | libc::SA_NODEFER,
+        false,
+    )
 }
 
 /// `SIG_HOLD` (glibc's `<signal.h>`; not in the `libc` crate): `sigset`'s
@@ -119,13 +125,8 @@ unsafe extern "C" fn sigset(signal: c_int, disposition: libc::sighandler_t) -> l
         // no handler.
         return unsafe { real_sigset(signal, disposition) };
     }
-    // SAFETY: a zeroed `sigaction` (empty mask, no flags) is a valid value.
-    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-    act.sa_sigaction = disposition;
-    // SAFETY: a zeroed `sigaction` is a valid value.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: valid action and out-pointer.
-    if unsafe { sigaction(signal, &act, &mut old) } != 0 {
+    let replaced = install(signal, disposition, 0, false);
+    if replaced == libc::SIG_ERR {
         return libc::SIG_ERR;
     }
     // SAFETY: zeroed signal sets are valid; `set` is initialized next.
@@ -138,7 +139,7 @@ unsafe extern "C" fn sigset(signal: c_int, disposition: libc::sighandler_t) -> l
         libc::sigprocmask(libc::SIG_UNBLOCK, &set, &mut was) == 0
             && libc::sigismember(&was, signal) == 1
     };
-    if blocked { SIG_HOLD } else { old.sa_sigaction }
+    if blocked { SIG_HOLD } else { replaced }
 }
 
 /// Puts back, for each signal whose handler `life`'s image installed and

@@ -4,7 +4,7 @@
 //! A thread whose start routine lies in a kiln image runs that image's
 //! code — and whatever JIT'd code it calls — for as long as it likes; an
 //! image removed meanwhile would have the thread return into freed memory.
-//! So such a thread is started through kiln's [`run_image_thread`], which
+//! So such a thread is started through kiln's [`run_counted`], which
 //! counts it as running until its last `thread_local` destructor has run
 //! (also when it ends in `pthread_exit`), and an image torn down while any
 //! such thread runs hands the release of its memory (its code and data, the
@@ -109,45 +109,74 @@ thread_local! {
     static IMAGE_THREAD: ImageThread = const { ImageThread(Cell::new(false)) };
 }
 
-/// An image's start routine and its argument, handed to the new thread.
-struct Start {
-    routine: StartFn,
-    arg: *mut c_void,
-}
-
-/// The start routine of every image thread: counts it ended at its exit,
-/// then runs the image's routine. Holds nothing across the call (a
-/// `pthread_exit` in the image unwinds through this frame).
-unsafe extern "C" fn run_image_thread(start: *mut c_void) -> *mut c_void {
-    // SAFETY: `pthread_create` below passes a `Box<Start>` it leaked for
-    // this thread alone.
-    let Start { routine, arg } = *unsafe { Box::from_raw(start.cast::<Start>()) };
-    IMAGE_THREAD.with(|t| t.0.set(true));
-    // SAFETY: the image's start routine with the argument its caller gave,
-    // as glibc would have called it.
-    unsafe { routine(arg) }
-}
-
-/// A C11 thread's start routine and its argument (`thrd_create`).
-struct StartC11 {
-    routine: C11StartFn,
-    arg: *mut c_void,
-}
-
 /// A start routine as `thrd_create` takes it.
 type C11StartFn = unsafe extern "C" fn(*mut c_void) -> c_int;
 
-/// The start routine of every C11 image thread: as [`run_image_thread`],
-/// its `int` result handed to glibc as `thrd_join` reads it back (the
-/// pointer's low bits, as glibc's own `thrd_create` does).
-unsafe extern "C" fn run_image_c11_thread(start: *mut c_void) -> *mut c_void {
-    // SAFETY: `thrd_create` below passes a `Box<StartC11>` it leaked for
-    // this thread alone.
-    let StartC11 { routine, arg } = *unsafe { Box::from_raw(start.cast::<StartC11>()) };
+/// What an image thread runs, handed to it by [`start_counted`].
+enum Body {
+    /// `pthread_create`'s routine and argument.
+    Posix(StartFn, *mut c_void),
+    /// `thrd_create`'s: its `int` result handed to glibc as `thrd_join`
+    /// reads it back (the pointer's low bits, as glibc's own does).
+    C11(C11StartFn, *mut c_void),
+    /// A `std::thread`'s state: `_M_run`, then the deleting destructor
+    /// (libstdc++'s `execute_native_thread_routine`).
+    Cxx(CxxState),
+}
+
+/// Starts a thread running `body`, counted from before it exists (a
+/// teardown racing its start parks) until its exit: glibc's
+/// `pthread_create` result.
+///
+/// # Safety
+///
+/// `thread` and `attr` are as `pthread_create` takes them; `body` is a
+/// routine of a live image with the argument its caller gave, or a live
+/// `std::thread` state.
+unsafe fn start_counted(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    body: Body,
+) -> c_int {
+    let body = Box::into_raw(Box::new(body));
+    thread_starts();
+    // SAFETY: the caller's out-pointer and attributes; the new thread
+    // takes `body` over.
+    let rc = unsafe { real_pthread_create(thread, attr, run_counted, body.cast()) };
+    if rc != 0 {
+        // SAFETY: no thread was created: `body` is still ours alone.
+        drop(unsafe { Box::from_raw(body) });
+        thread_ended();
+    }
+    rc
+}
+
+/// The start routine of every image thread: counts it ended at its exit,
+/// then runs its body. Holds nothing to drop across the call (a
+/// `pthread_exit` in the image unwinds through this frame).
+unsafe extern "C" fn run_counted(body: *mut c_void) -> *mut c_void {
+    // SAFETY: `start_counted` passes a `Box<Body>` it leaked for this
+    // thread alone.
+    let body = *unsafe { Box::from_raw(body.cast::<Body>()) };
     IMAGE_THREAD.with(|t| t.0.set(true));
-    // SAFETY: the image's start routine with the argument its caller gave.
-    let result = unsafe { routine(arg) };
-    result as isize as *mut c_void
+    match body {
+        // SAFETY: the image's routine with its caller's argument, as glibc
+        // would have called it.
+        Body::Posix(routine, arg) => unsafe { routine(arg) },
+        // SAFETY: as above, for `thrd_create`.
+        Body::C11(routine, arg) => (unsafe { routine(arg) }) as isize as *mut c_void,
+        Body::Cxx(state) => {
+            // SAFETY: the live state `cxx_start_thread` handed this thread.
+            let (run, delete) = unsafe { cxx_state_fns(state) };
+            // SAFETY: the state's own virtual functions, called on it as
+            // libstdc++ would: `_M_run` once, then the deleting destructor.
+            unsafe {
+                std::mem::transmute::<usize, unsafe extern "C" fn(CxxState)>(run)(state);
+                std::mem::transmute::<usize, unsafe extern "C" fn(CxxState)>(delete)(state);
+            }
+            std::ptr::null_mut()
+        }
+    }
 }
 
 unsafe extern "C" {
@@ -167,7 +196,7 @@ unsafe extern "C" {
 }
 
 /// `pthread_create` for JIT'd code: a start routine inside a live kiln
-/// image runs behind [`run_image_thread`]; any other call is glibc's.
+/// image runs behind [`run_counted`]; any other call is glibc's.
 unsafe extern "C" fn pthread_create(
     thread: *mut libc::pthread_t,
     attr: *const libc::pthread_attr_t,
@@ -178,18 +207,8 @@ unsafe extern "C" fn pthread_create(
         // SAFETY: not a kiln image's routine: glibc's call, unchanged.
         return unsafe { real_pthread_create(thread, attr, routine, arg) };
     }
-    let start = Box::into_raw(Box::new(Start { routine, arg }));
-    // Counted before the thread exists: a teardown racing its start parks.
-    thread_starts();
-    // SAFETY: the caller's out-pointer and attributes, passed on; the new
-    // thread takes `start` over.
-    let rc = unsafe { real_pthread_create(thread, attr, run_image_thread, start.cast()) };
-    if rc != 0 {
-        // SAFETY: no thread was created: `start` is still ours alone.
-        drop(unsafe { Box::from_raw(start) });
-        thread_ended();
-    }
-    rc
+    // SAFETY: the caller's arguments; `routine` lies in a live image.
+    unsafe { start_counted(thread, attr, Body::Posix(routine, arg)) }
 }
 
 /// `thrd_result`'s values (glibc's `<threads.h>`).
@@ -199,7 +218,7 @@ const THRD_NOMEM: c_int = 3;
 
 /// `thrd_create` for JIT'd code (glibc's starts its thread without going
 /// through `pthread_create`): a start routine inside a live kiln image
-/// runs behind [`run_image_c11_thread`]; any other call is glibc's.
+/// runs behind [`run_counted`]; any other call is glibc's.
 unsafe extern "C" fn thrd_create(
     thread: *mut libc::pthread_t,
     routine: C11StartFn,
@@ -209,25 +228,12 @@ unsafe extern "C" fn thrd_create(
         // SAFETY: not a kiln image's routine: glibc's call, unchanged.
         return unsafe { real_thrd_create(thread, routine, arg) };
     }
-    let start = Box::into_raw(Box::new(StartC11 { routine, arg }));
-    thread_starts();
-    // SAFETY: the caller's out-pointer (`thrd_t` is a `pthread_t`); the
-    // new thread takes `start` over.
-    let rc = unsafe {
-        real_pthread_create(thread, std::ptr::null(), run_image_c11_thread, start.cast())
-    };
-    match rc {
+    // SAFETY: the caller's out-pointer (`thrd_t` is a `pthread_t`);
+    // `routine` lies in a live image.
+    match unsafe { start_counted(thread, std::ptr::null(), Body::C11(routine, arg)) } {
         0 => THRD_SUCCESS,
-        _ => {
-            // SAFETY: no thread was created: `start` is still ours alone.
-            drop(unsafe { Box::from_raw(start) });
-            thread_ended();
-            if rc == libc::ENOMEM {
-                THRD_NOMEM
-            } else {
-                THRD_ERROR
-            }
-        }
+        libc::ENOMEM => THRD_NOMEM,
+        _ => THRD_ERROR,
     }
 }
 
@@ -256,7 +262,7 @@ unsafe fn cxx_state_fns(state: CxxState) -> (usize, usize) {
 /// `std::thread::_M_start_thread` for JIT'd C++: a thread whose `_M_run`
 /// lies in a live kiln image is started as libstdc++ would
 /// (`pthread_create`, the new thread taking the state over) behind
-/// [`run_cxx_thread`], and counted; any other call is libstdc++'s.
+/// [`run_counted`], and counted; any other call is libstdc++'s.
 /// `state` is the `unique_ptr` passed by value, which the Itanium C++ ABI
 /// passes by address (it has a destructor).
 unsafe extern "C-unwind" fn cxx_start_thread(
@@ -284,13 +290,10 @@ unsafe extern "C-unwind" fn cxx_start_thread(
             return real(thread, state, depend);
         }
     }
-    thread_starts();
     // SAFETY: `std::thread`'s only member is its `pthread_t`, where
     // libstdc++ has glibc write it; the new thread takes the state over.
-    let rc =
-        unsafe { real_pthread_create(thread, std::ptr::null(), run_cxx_thread, object.cast()) };
+    let rc = unsafe { start_counted(thread, std::ptr::null(), Body::Cxx(object)) };
     if rc != 0 {
-        thread_ended();
         let throw = super::cxx_hooks::libstdcxx("_ZSt20__throw_system_errori");
         assert!(throw != 0, "libstdc++ has no std::__throw_system_error");
         // SAFETY: libstdc++'s `[[noreturn]] void std::__throw_system_error(int)`,
@@ -305,23 +308,6 @@ unsafe extern "C-unwind" fn cxx_start_thread(
     // SAFETY: the caller's `unique_ptr`: released, as libstdc++ does once
     // the thread owns the state.
     unsafe { *state = std::ptr::null_mut() };
-}
-
-/// The start routine of a JIT'd `std::thread`: counts it ended at its exit,
-/// runs the state's `_M_run`, then deletes the state (libstdc++'s
-/// `execute_native_thread_routine`).
-unsafe extern "C" fn run_cxx_thread(state: *mut c_void) -> *mut c_void {
-    let state: CxxState = state.cast();
-    IMAGE_THREAD.with(|t| t.0.set(true));
-    // SAFETY: the live state `cxx_start_thread` handed this thread.
-    let (run, delete) = unsafe { cxx_state_fns(state) };
-    // SAFETY: the state's own virtual functions, called on it as libstdc++
-    // would: `_M_run` once, then the deleting destructor.
-    unsafe {
-        std::mem::transmute::<usize, unsafe extern "C" fn(CxxState)>(run)(state);
-        std::mem::transmute::<usize, unsafe extern "C" fn(CxxState)>(delete)(state);
-    }
-    std::ptr::null_mut()
 }
 
 /// The overrides this module provides.
