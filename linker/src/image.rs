@@ -641,6 +641,12 @@ impl LinkedImage {
         })
     }
 
+    /// The life of the image's runtime part (`None` without one).
+    pub(crate) fn life(&self) -> Option<Arc<runtime::life::Life>> {
+        let platform = self.platform.as_ref()?;
+        Some(Arc::clone(platform.init_fini.life()))
+    }
+
     /// Link statistics.
     pub fn stats(&self) -> LinkStats {
         self.stats
@@ -667,8 +673,42 @@ impl Drop for LinkedImage {
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
+        let life = self.life();
+        let remains = Remains {
+            platform: self.platform.take(),
+            debug: self.debug.take(),
+            alloc: self.alloc.take(),
+            memory: self.memory,
+        };
+        match life {
+            // A destructor of the image that dropped its last handle
+            // returns through the image first.
+            Some(life) => {
+                runtime::life::tear_down_outside([&*life], Box::new(|| remains.tear_down()));
+            }
+            None => remains.tear_down(),
+        }
+    }
+}
+
+/// What a [`LinkedImage`]'s teardown releases.
+struct Remains {
+    platform: Option<Platform>,
+    debug: Option<crate::debug::DebugRegistration>,
+    alloc: Option<crate::memory::Allocation>,
+    memory: (u64, u64),
+}
+
+impl Remains {
+    fn tear_down(self) {
+        let Remains {
+            platform,
+            debug,
+            alloc,
+            memory: (base, len),
+        } = self;
         let (mut eh_frame, mut tls) = (None, None);
-        if let Some(mut p) = self.platform.take() {
+        if let Some(mut p) = platform {
             // Always: code may have run (and registered atexit handlers)
             // without the initializers; the runtime skips the finalizer
             // arrays of an image whose initializers never ran.
@@ -679,8 +719,6 @@ impl Drop for LinkedImage {
             // The image's life ends: its handlers, keys and timers go.
             drop(p);
         }
-        let (debug, alloc) = (self.debug.take(), self.alloc.take());
-        let (base, len) = self.memory;
         // A thread an image started may still run JIT'd code: the memory
         // goes once none does.
         runtime::threads::release_when_no_image_thread_runs(Box::new(move || {

@@ -296,10 +296,20 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        let (layer, session, lazy) = (self.layer.clone(), self.session.clone(), self.lazy.take());
+        let lives = layer.lives();
         // Every image's finalizers run while everything (lazy stubs in
-        // `app` included) is still mapped; then the session frees it all.
-        self.layer.run_finalizers();
-        self.session.end();
+        // `app` included) is still mapped; then the session frees it all —
+        // once this thread has left code glibc runs for one of the images
+        // (a destructor that dropped the JIT returns through it first).
+        crate::runtime::life::tear_down_outside(
+            lives.iter().map(|l| &**l),
+            Box::new(move || {
+                layer.run_finalizers();
+                session.end();
+                drop(lazy);
+            }),
+        );
     }
 }
 
@@ -545,7 +555,9 @@ impl Jit {
     /// running is not waited for), `SIGEV_THREAD` timers (deleted; a
     /// notification running is waited for), streams buffered in the
     /// objects' data or opened with their `fopencookie` functions, and
-    /// libstdc++'s terminate and new handlers (uninstalled).
+    /// libstdc++'s terminate and new handlers (uninstalled). Such code may
+    /// itself call this for its own image: the teardown then runs when it
+    /// has returned.
     pub unsafe fn remove(&self, tracker: &JitTracker) -> Result<(), JitError> {
         let handles = Arc::strong_count(&tracker.handles) - 1;
         if handles > 0 {

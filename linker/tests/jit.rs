@@ -735,6 +735,132 @@ fn a_thread_exiting_after_removal_skips_the_images_key_destructor() {
     }
 }
 
+/// What a key destructor's call into the host drops: the JIT (lazy) or the
+/// tracker of its own image, with every handle.
+static DROPPED_BY_DTOR: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>> =
+    std::sync::Mutex::new(None);
+
+extern "C" fn host_drop_own_image() {
+    let drop_it = DROPPED_BY_DTOR.lock().unwrap().take();
+    if let Some(drop_it) = drop_it {
+        drop_it();
+    }
+}
+
+/// A key destructor that makes the host drop the last handle of its own
+/// image, then goes on in the image.
+const KEYS_SELF_DROP_SRC: &str = "#include <pthread.h>\n\
+    void host_drop_own_image(void);\n\
+    void key_dtor_leaving(long);\n\
+    static pthread_key_t key;\n\
+    static volatile long seen;\n\
+    static void dtor(void *v) { host_drop_own_image(); seen = (long)v; key_dtor_leaving(seen); }\n\
+    long make_key(long unused) { return pthread_key_create(&key, dtor); }\n\
+    long set_value(long v) { return pthread_setspecific(key, (void *)v); }\n";
+
+/// A one-shot `SIGEV_THREAD` timer whose notification makes the host drop
+/// the last handle of its own image, then goes on in the image.
+const TIMER_SELF_DROP_SRC: &str = "#include <signal.h>\n\
+    #include <string.h>\n\
+    #include <time.h>\n\
+    void host_drop_own_image(void);\n\
+    void key_dtor_leaving(long);\n\
+    static volatile long seen;\n\
+    static timer_t timer;\n\
+    static void on_tick(union sigval v) { host_drop_own_image(); seen = v.sival_int; key_dtor_leaving(seen); }\n\
+    long make_key(long unused) { return 0; }\n\
+    long set_value(long v) {\n\
+        struct sigevent ev;\n\
+        memset(&ev, 0, sizeof ev);\n\
+        ev.sigev_notify = SIGEV_THREAD;\n\
+        ev.sigev_notify_function = on_tick;\n\
+        ev.sigev_value.sival_int = v;\n\
+        if (timer_create(CLOCK_MONOTONIC, &ev, &timer)) return -1;\n\
+        struct itimerspec its = { { 0, 0 }, { 0, 1000000 } };\n\
+        return timer_settime(timer, 0, &its, 0);\n\
+    }\n";
+
+/// JIT'd code glibc runs for an image (a pthread key destructor on an
+/// exiting thread, a timer's notification on glibc's thread) may lead the
+/// host to drop that image's last handle — a plugin asking to be unloaded.
+/// The removal must neither wait for the code it runs inside (a
+/// self-deadlock) nor pull the code from under it: the code returns through
+/// its image, then the image is torn down. Through the tracker's removal
+/// (eager) and the JIT's end (eager and lazy).
+#[test]
+fn code_glibc_runs_for_an_image_may_drop_its_own_image() {
+    if !common::in_own_process("code_glibc_runs_for_an_image_may_drop_its_own_image") {
+        return;
+    }
+    let dir = scratch("self-drop");
+    for (name, src) in [("key", KEYS_SELF_DROP_SRC), ("timer", TIMER_SELF_DROP_SRC)] {
+        let bytes = object(&dir, name, src);
+        for (lazy, by_tracker) in [(false, true), (false, false), (true, false)] {
+            check_self_drop(
+                &bytes,
+                &format!("{name}, lazy {lazy}, tracker {by_tracker}"),
+                lazy,
+                by_tracker,
+            );
+        }
+    }
+}
+
+/// Links `bytes` (`make_key`, then `set_value(9)` on a thread of its own
+/// arms the code glibc runs, which calls [`host_drop_own_image`], then
+/// [`key_dtor_leaving`] with 9) and checks the code returns and the image
+/// goes.
+fn check_self_drop(bytes: &[u8], what: &str, lazy: bool, by_tracker: bool) {
+    KEY_DTOR_LEFT.store(0, SeqCst);
+    let jit = Jit::builder().lazy(lazy).build().unwrap();
+    jit.define_fn(
+        "host_drop_own_image",
+        host_drop_own_image as extern "C" fn(),
+    )
+    .unwrap();
+    jit.define_fn("key_dtor_leaving", key_dtor_leaving as extern "C" fn(i64))
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    // SAFETY: both are `long f(long)`.
+    let (make_key, set_value) = unsafe {
+        if lazy {
+            jit.add_object_lazily("self_drop", bytes).unwrap();
+            (
+                jit.get::<I64Fn>("make_key").unwrap(),
+                jit.get::<I64Fn>("set_value").unwrap(),
+            )
+        } else {
+            tracker.add_object(bytes).unwrap();
+            (
+                tracker.get::<I64Fn>("make_key").unwrap(),
+                tracker.get::<I64Fn>("set_value").unwrap(),
+            )
+        }
+    };
+    let address = make_key.address();
+    assert_eq!(make_key(0), 0, "{what}");
+    let set = set_value.as_fn();
+    drop((make_key, set_value));
+    *DROPPED_BY_DTOR.lock().unwrap() = Some(if by_tracker {
+        Box::new(move || {
+            // SAFETY: no handle is left; only the code that calls this runs
+            // the image's code, and returning to it is what this test checks.
+            unsafe { jit.remove(&tracker) }.unwrap();
+            drop((tracker, jit));
+        })
+    } else {
+        Box::new(move || drop((tracker, jit)))
+    });
+    let thread = std::thread::spawn(move || set(9));
+    wait_until(&format!("{what}: the code never returned"), || {
+        KEY_DTOR_LEFT.load(SeqCst) == 9
+    });
+    assert_eq!(thread.join().unwrap(), 0, "{what}");
+    wait_until(&format!("{what}: the code was never released"), || {
+        !mapped_executable(address)
+    });
+}
+
 static FORK_PREPARED: AtomicUsize = AtomicUsize::new(0);
 extern "C" fn fork_prepared() {
     FORK_PREPARED.fetch_add(1, SeqCst);

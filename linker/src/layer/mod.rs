@@ -212,9 +212,19 @@ impl ResourceManager for Shared {
         };
         // Like one program's teardown: every image's finalizers run before
         // any image's memory is released (a destructor in one object may
-        // still call into another).
-        finalize_together(&images);
-        drop(images);
+        // still call into another) — once this thread has left code glibc
+        // runs for one of them (a destructor that removed its own image).
+        let lives: Vec<_> = images
+            .iter()
+            .filter_map(|i| i.lock().ok()?.image.life())
+            .collect();
+        runtime::life::tear_down_outside(
+            lives.iter().map(|l| &**l),
+            Box::new(move || {
+                finalize_together(&images);
+                drop(images);
+            }),
+        );
         Ok(())
     }
 
@@ -991,6 +1001,18 @@ impl ObjectLayer {
             finalized_upto = Some(linked);
             finalize_together(&images);
         }
+    }
+
+    /// The lives of the images this layer holds (their runtime parts').
+    pub(crate) fn lives(&self) -> Vec<Arc<runtime::life::Life>> {
+        let cells: Vec<ImageCell> = match self.shared.images.lock() {
+            Ok(images) => images.by_key.values().flatten().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        cells
+            .iter()
+            .filter_map(|i| i.lock().ok()?.image.life())
+            .collect()
     }
 
     /// Statistics summed over every image linked by this layer, and how many

@@ -20,7 +20,8 @@ use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use super::dso::{self, Life};
+use super::dso;
+use super::life::Life;
 use super::thread;
 
 /// A fork handler as `pthread_atfork` takes it.

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
 
-use super::dso::Life;
+use super::life::Life;
 use super::replaced::Replacements;
 
 /// One of libstdc++'s process-wide handler pointers.

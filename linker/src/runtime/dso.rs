@@ -6,6 +6,7 @@ use std::ffi::{c_int, c_void};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
+use super::life::Life;
 use super::{RuntimeError, thread};
 
 /// A `__cxa_atexit`-style handler.
@@ -64,63 +65,6 @@ impl Registered {
 // program registered for whichever thread tears the image down; the C ABI
 // contract of atexit is that it may run on any thread.
 unsafe impl Send for Handler {}
-
-/// Liveness of an image, shared with its pending `thread_local` destructors
-/// (which may outlive the [`DsoHandle`]).
-#[derive(Debug)]
-pub(crate) struct Life {
-    /// `true` until the image is torn down. Thread-exit destructors hold a
-    /// read lock while they run, so teardown waits for running ones.
-    alive: RwLock<bool>,
-}
-
-impl Life {
-    fn new() -> Self {
-        Life {
-            alive: RwLock::new(true),
-        }
-    }
-
-    /// Runs `f` if the image is alive, keeping it so until `f` returns.
-    pub(crate) fn while_alive(&self, f: impl FnOnce()) {
-        let alive = self.alive.read().unwrap_or_else(PoisonError::into_inner);
-        if *alive {
-            f();
-        }
-    }
-
-    /// Runs `f` as [`Life::while_alive`] does, in a child process just
-    /// forked: a write lock held at the fork (a teardown under way on a
-    /// thread the child does not have) is never released there, so the
-    /// image counts as gone.
-    pub(crate) fn while_alive_in_child(&self, f: impl FnOnce()) {
-        let alive = match self.alive.try_read() {
-            Ok(alive) => alive,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
-        };
-        if *alive {
-            f();
-        }
-    }
-
-    /// Whether the image is still alive.
-    pub(crate) fn is_alive(&self) -> bool {
-        *self.alive.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Ends the image's life once no [`Life::while_alive`] call runs, and
-    /// uninstalls the signal handlers and libstdc++ handlers it installed.
-    fn end(&self) {
-        let mut alive = self.alive.write().unwrap_or_else(PoisonError::into_inner);
-        let was = std::mem::replace(&mut *alive, false);
-        drop(alive);
-        if was {
-            super::signals::uninstall(self);
-            super::cxx_hooks::uninstall(self);
-        }
-    }
-}
 
 /// The life of the live kiln image whose memory holds `addr`.
 pub(crate) fn life_of(addr: usize) -> Option<Arc<Life>> {
@@ -352,6 +296,11 @@ impl DsoHandle {
                 unsafe { registered.run(status) };
             }
         }
+    }
+
+    /// The image's life.
+    pub(crate) fn life(&self) -> &Arc<Life> {
+        &self.shared.life
     }
 
     /// Runs the calling thread's pending `thread_local` destructors that

@@ -129,6 +129,11 @@ pub struct InitFini {
 }
 
 impl InitFini {
+    /// The image's life.
+    pub(crate) fn life(&self) -> &std::sync::Arc<super::life::Life> {
+        self.dso.life()
+    }
+
     /// An empty set for the image identified by `dso`.
     pub fn new(dso: DsoHandle) -> Self {
         InitFini {

@@ -27,7 +27,8 @@ use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::dso::{self, Life};
+use super::dso;
+use super::life::Life;
 
 /// A key destructor as `pthread_key_create` takes it.
 type KeyDtor = unsafe extern "C" fn(*mut c_void);

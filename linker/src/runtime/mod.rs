@@ -24,7 +24,9 @@
 //! [`eh_frame::EhFrameRegistration`] and the [`tls::TlsModule`] and release
 //! the memory — kiln's own images do this last part once no thread an image
 //! started (`pthread_create`) runs, and first flush and unbuffer the streams
-//! whose buffer lay in the memory.
+//! whose buffer lay in the memory. A teardown asked for on a thread that
+//! runs code glibc calls for the image (a destructor, a notification) is
+//! put off until that code has returned (`life.rs`).
 //! Images of one program torn down together use
 //! [`InitFini::run_fini_together`] instead (with executable teardown: every
 //! image's handlers newest first, then all finalizers by priority, as one
@@ -53,6 +55,7 @@ mod dso;
 pub mod eh_frame;
 mod init;
 mod keys;
+pub(crate) mod life;
 mod quick_exit;
 mod replaced;
 mod signals;

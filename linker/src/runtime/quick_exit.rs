@@ -12,7 +12,8 @@
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use super::dso::{self, Life};
+use super::dso;
+use super::life::Life;
 use super::thread;
 
 /// A handler as `at_quick_exit` takes it.

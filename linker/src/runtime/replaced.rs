@@ -4,7 +4,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::dso::{self, Life};
+use super::dso;
+use super::life::Life;
 
 /// One handler an image installed at `key`, and what it replaced.
 struct Replacement<K, P> {

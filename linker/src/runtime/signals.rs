@@ -15,7 +15,7 @@
 
 use std::ffi::c_int;
 
-use super::dso::Life;
+use super::life::Life;
 use super::replaced::Replacements;
 
 /// A signal action, as the kernel gave it.

@@ -22,7 +22,8 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 
-use super::dso::{self, Life};
+use super::dso;
+use super::life::Life;
 
 /// The start of glibc's `struct _IO_FILE` (`<bits/types/struct_FILE.h>`),
 /// up to the link to the next open stream: the fields read here.

@@ -17,7 +17,8 @@
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::dso::{self, Life};
+use super::dso;
+use super::life::Life;
 
 /// A notify function as `timer_create` takes it: `union sigval` (an `int`
 /// or a pointer, 8 bytes) is passed as an integer in the first argument
