@@ -250,6 +250,9 @@ pub struct LinkedImage {
     registration: std::sync::OnceLock<crate::image_file::registry::Registration>,
     /// Its entries as a piece of images saved from many links (one a save).
     piece_of: std::sync::Mutex<Vec<crate::image_file::registry::Registration>>,
+    /// The lives of the images removed together with this one: threads
+    /// they started may run its code, so its memory waits for them too.
+    removed_with: Vec<Arc<runtime::life::Life>>,
 }
 
 /// A linked image's global symbols: a hash map for a link; for an image
@@ -462,6 +465,7 @@ impl LinkedImage {
             imaging: f.imaging,
             registration: std::sync::OnceLock::new(),
             piece_of: std::sync::Mutex::default(),
+            removed_with: Vec::new(),
         };
         if run_init {
             // SAFETY: the caller of `run_initializers_at_link` vouched for
@@ -647,6 +651,13 @@ impl LinkedImage {
         Some(Arc::clone(platform.init_fini.life()))
     }
 
+    /// Names the images removed together with this one (`lives`: theirs,
+    /// this one's may be among them): its memory is released once no
+    /// thread any of them started runs.
+    pub(crate) fn set_removed_with(&mut self, lives: Vec<Arc<runtime::life::Life>>) {
+        self.removed_with = lives;
+    }
+
     /// Link statistics.
     pub fn stats(&self) -> LinkStats {
         self.stats
@@ -674,11 +685,18 @@ impl Drop for LinkedImage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
         let life = self.life();
+        let mut group = std::mem::take(&mut self.removed_with);
+        if let Some(life) = &life
+            && !group.iter().any(|l| Arc::ptr_eq(l, life))
+        {
+            group.push(Arc::clone(life));
+        }
         let remains = Remains {
             platform: self.platform.take(),
             debug: self.debug.take(),
             alloc: self.alloc.take(),
             memory: self.memory,
+            group,
         };
         match life {
             // A destructor of the image that dropped its last handle
@@ -697,6 +715,8 @@ struct Remains {
     debug: Option<crate::debug::DebugRegistration>,
     alloc: Option<crate::memory::Allocation>,
     memory: (u64, u64),
+    /// The images whose threads the memory waits for.
+    group: Vec<Arc<runtime::life::Life>>,
 }
 
 impl Remains {
@@ -706,6 +726,7 @@ impl Remains {
             debug,
             alloc,
             memory: (base, len),
+            group,
         } = self;
         let (mut eh_frame, mut tls) = (None, None);
         if let Some(mut p) = platform {
@@ -719,19 +740,22 @@ impl Remains {
             // The image's life ends: its handlers, keys and timers go.
             drop(p);
         }
-        // A thread an image started may still run JIT'd code: the memory
-        // goes once none does.
-        runtime::threads::release_when_no_image_thread_runs(Box::new(move || {
-            drop(eh_frame);
-            drop(tls);
-            // Debuggers forget the code before its memory goes.
-            drop(debug);
-            // stdio stops using buffers the image gave it (`setvbuf`).
-            if alloc.is_some() {
-                runtime::stdio::unbuffer_streams_in(base as usize, len as usize);
-            }
-            drop(alloc);
-        }));
+        // A thread an image of the group started may still run its code:
+        // the memory goes once none does.
+        runtime::threads::release_when_no_thread_of(
+            group,
+            Box::new(move || {
+                drop(eh_frame);
+                drop(tls);
+                // Debuggers forget the code before its memory goes.
+                drop(debug);
+                // stdio stops using buffers the image gave it (`setvbuf`).
+                if alloc.is_some() {
+                    runtime::stdio::unbuffer_streams_in(base as usize, len as usize);
+                }
+                drop(alloc);
+            }),
+        );
     }
 }
 

@@ -306,6 +306,7 @@ impl Drop for Inner {
             lives.iter().map(|l| &**l),
             Box::new(move || {
                 layer.run_finalizers();
+                layer.remove_all_together();
                 session.end();
                 drop(lazy);
             }),
@@ -546,8 +547,8 @@ impl Jit {
     /// No thread runs, or will run, code of the tracker's objects — through
     /// an address or a [`Func`] obtained from [`Jit::get`], or through other
     /// JIT'd code that calls it (its memory is released) — but threads the
-    /// objects started (`pthread_create`: JIT'd memory stays mapped until
-    /// they end), and running the images' finalizers must be sound. What
+    /// objects started (`pthread_create`: the tracker's memory stays mapped
+    /// until they end), and running the images' finalizers must be sound. What
     /// glibc calls later on the objects' behalf is kiln's to guard:
     /// `thread_local` and pthread key destructors of exiting threads
     /// (waited for while running, skipped after), fork, `quick_exit` and

@@ -1228,6 +1228,82 @@ fn check_image_thread_keeps_code(bytes: &[u8], start: &str, lazy: bool) {
     });
 }
 
+/// An image started by JIT'd code keeps what its removal group (the images
+/// removed with it) needs, and nothing else: removing another tracker while
+/// the thread runs gives that tracker's memory back at once (a plugin with
+/// a thread pool that lives on must not keep every other plugin's memory);
+/// removing the thread's own tracker keeps the code of every image in it —
+/// here the thread runs another object's function of the same tracker —
+/// until the thread has ended.
+#[test]
+fn an_image_thread_keeps_its_removal_groups_code_and_no_other() {
+    if !common::in_own_process("an_image_thread_keeps_its_removal_groups_code_and_no_other") {
+        return;
+    }
+    let dir = scratch("image-thread-groups");
+    let starter = object(
+        &dir,
+        "starter",
+        "#include <pthread.h>\n\
+         extern long y_work(long);\n\
+         static void *worker(void *arg) { return (void *)y_work((long)arg); }\n\
+         long start(long n) {\n\
+             pthread_t t;\n\
+             if (pthread_create(&t, 0, worker, (void *)n)) return -1;\n\
+             return pthread_detach(t);\n\
+         }\n",
+    );
+    let worker = object(
+        &dir,
+        "worker",
+        "extern void host_wait(void);\n\
+         static volatile long done;\n\
+         long y_work(long n) { host_wait(); done = n; /* back here after the removal */ return n; }\n",
+    );
+    let other = object(&dir, "other", "long plain(long x) { return x + 1; }\n");
+    IMAGE_THREAD_WAITING.store(0, SeqCst);
+    IMAGE_THREAD_GO.store(0, SeqCst);
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("host_wait", host_wait as extern "C" fn())
+        .unwrap();
+    let (threads, plugin) = (jit.tracker().unwrap(), jit.tracker().unwrap());
+    threads.add_object(&worker).unwrap();
+    threads.add_object(&starter).unwrap();
+    plugin.add_object(&other).unwrap();
+    // SAFETY: all are `long f(long)`.
+    let (start, y_work, plain) = unsafe {
+        (
+            threads.get::<I64Fn>("start").unwrap(),
+            threads.get::<I64Fn>("y_work").unwrap(),
+            plugin.get::<I64Fn>("plain").unwrap(),
+        )
+    };
+    let (y_address, plain_address) = (y_work.address(), plain.address());
+    assert_eq!(plain(1), 2);
+    assert_eq!(start(7), 0);
+    wait_until("the image's thread never called the host", || {
+        IMAGE_THREAD_WAITING.load(SeqCst) > 0
+    });
+    drop((start, y_work, plain));
+    // SAFETY: no handle is left; nothing runs the plugin's code.
+    unsafe { jit.remove(&plugin) }.unwrap();
+    wait_until(
+        "another tracker's code stayed while an unrelated image thread ran",
+        || !mapped_executable(plain_address),
+    );
+    // SAFETY: no handle is left; only the tracker's own thread runs its
+    // code, which is what this test checks.
+    unsafe { jit.remove(&threads) }.unwrap();
+    assert!(
+        mapped_executable(y_address),
+        "the code the thread runs, of another object of its tracker, stays"
+    );
+    IMAGE_THREAD_GO.store(1, SeqCst);
+    wait_until("the tracker's code was never released", || {
+        !mapped_executable(y_address)
+    });
+}
+
 /// A thread JIT'd code starts (`pthread_create`, C11's `thrd_create`)
 /// keeps the image's memory mapped while it runs: removing the image
 /// meanwhile runs its teardown at once (no waiting for the thread) but

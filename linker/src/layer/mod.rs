@@ -214,10 +214,7 @@ impl ResourceManager for Shared {
         // any image's memory is released (a destructor in one object may
         // still call into another) — once this thread has left code glibc
         // runs for one of them (a destructor that removed its own image).
-        let lives: Vec<_> = images
-            .iter()
-            .filter_map(|i| i.lock().ok()?.image.life())
-            .collect();
+        let lives = removed_together(&images);
         runtime::life::tear_down_outside(
             lives.iter().map(|l| &**l),
             Box::new(move || {
@@ -237,6 +234,21 @@ impl ResourceManager for Shared {
             }
         }
     }
+}
+
+/// The lives of `images`, each image told it is removed with the others
+/// ([`LinkedImage::set_removed_with`]).
+fn removed_together(images: &[ImageCell]) -> Vec<Arc<runtime::life::Life>> {
+    let lives: Vec<_> = images
+        .iter()
+        .filter_map(|i| i.lock().ok()?.image.life())
+        .collect();
+    for image in images {
+        if let Ok(mut image) = image.lock() {
+            image.image.set_removed_with(lives.clone());
+        }
+    }
+    lives
 }
 
 /// Runs the finalizers of `images` together, as one program's teardown
@@ -1005,14 +1017,25 @@ impl ObjectLayer {
 
     /// The lives of the images this layer holds (their runtime parts').
     pub(crate) fn lives(&self) -> Vec<Arc<runtime::life::Life>> {
-        let cells: Vec<ImageCell> = match self.shared.images.lock() {
-            Ok(images) => images.by_key.values().flatten().cloned().collect(),
-            Err(_) => return Vec::new(),
-        };
+        let cells = self.cells();
         cells
             .iter()
             .filter_map(|i| i.lock().ok()?.image.life())
             .collect()
+    }
+
+    /// Tells every image this layer holds that it is removed with all the
+    /// others (the JIT's end: a thread any of them started may run the
+    /// code of any).
+    pub(crate) fn remove_all_together(&self) {
+        removed_together(&self.cells());
+    }
+
+    fn cells(&self) -> Vec<ImageCell> {
+        match self.shared.images.lock() {
+            Ok(images) => images.by_key.values().flatten().cloned().collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Statistics summed over every image linked by this layer, and how many

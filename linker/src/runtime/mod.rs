@@ -22,8 +22,9 @@
 //! does), then drop the [`DsoHandle`] (the image's life ends: its signal
 //! handlers, keys and timers go), then drop the
 //! [`eh_frame::EhFrameRegistration`] and the [`tls::TlsModule`] and release
-//! the memory — kiln's own images do this last part once no thread an image
-//! started (`pthread_create`) runs, and first flush and unbuffer the streams
+//! the memory — kiln's own images do this last part once no thread that an
+//! image removed with them started (`pthread_create`) runs, and first flush
+//! and unbuffer the streams
 //! whose buffer lay in the memory. A teardown asked for on a thread that
 //! runs code glibc calls for the image (a destructor, a notification) is
 //! put off until that code has returned (`life.rs`).

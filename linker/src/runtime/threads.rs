@@ -1,18 +1,18 @@
-//! `pthread_create` for JIT'd images: threads an image starts keep JIT'd
-//! memory mapped until they end.
+//! `pthread_create` for JIT'd images: threads an image starts keep the
+//! memory of the images removed with it mapped until they end.
 //!
 //! A thread whose start routine lies in a kiln image runs that image's
 //! code — and whatever JIT'd code it calls — for as long as it likes; an
 //! image removed meanwhile would have the thread return into freed memory.
 //! So such a thread is started through kiln's [`run_counted`], which
-//! counts it as running until its last `thread_local` destructor has run
-//! (also when it ends in `pthread_exit`), and an image torn down while any
-//! such thread runs hands the release of its memory (its code and data, the
-//! registration of its unwind info, its thread-locals, its debugger
-//! registration) to [`release_when_no_image_thread_runs`]: the last image
-//! thread to end releases it. A teardown never waits for a thread (one that
-//! never ends keeps the memory of the images torn down while it runs); it
-//! still runs the image's finalizers and ends its life at once, as before.
+//! counts it, against the image that started it, as running until its last
+//! `thread_local` destructor has run (also when it ends in
+//! `pthread_exit`), and images torn down together while one of them has
+//! such a thread hand the release of their memory (code and data, the
+//! registration of unwind info, thread-locals, debugger registration) to
+//! [`release_when_no_thread_of`]: the last of those threads to end
+//! releases it. A teardown never waits for a thread; it still runs the
+//! images' finalizers and ends their lives at once, as before.
 //!
 //! C11's `thrd_create` is glibc's own way in, overridden too. C++'s
 //! `std::thread` starts its threads from libstdc++
@@ -20,31 +20,58 @@
 //! too): a thread whose `_M_run` lies in an image is started and counted
 //! the same way.
 //!
-//! The count is process-wide rather than per image: an image's thread may
-//! call into any other JIT'd code, so no image's memory goes while one
-//! runs. Threads started by the host, or by a library outside the images
-//! on its own, are not counted.
+//! The count is per image, and a release waits for the threads of the
+//! images removed together (one tracker's, or all of a JIT's at its end):
+//! a removal's contract ([`crate::jit::Jit::remove`]) already rules out
+//! other threads running the removed code, so a plugin whose thread pool
+//! lives on does not keep the memory of every other plugin removed
+//! meanwhile. Lazy stubs, which any image's thread may run, wait for every
+//! image thread. Threads started by the host, or by a library outside the
+//! images on its own, are not counted.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::dso;
+use super::life::Life;
 
 /// A start routine as `pthread_create` takes it.
 type StartFn = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
 
-/// What an image's teardown left for the last image thread to drop.
+/// What an image's teardown left for the image threads to end first.
 type Parked = Box<dyn FnOnce() + Send>;
 
+/// Which image threads a parked release waits for.
+enum Awaits {
+    /// Every one.
+    Every,
+    /// Those started by these images.
+    StartedBy(Vec<Arc<Life>>),
+}
+
 struct Running {
-    /// Image threads created and not yet past their last destructor.
-    threads: usize,
-    parked: Vec<Parked>,
+    /// Image threads created and not yet past their last destructor, by
+    /// the image that started them (entries with a count of 0 go).
+    threads: Vec<(Arc<Life>, usize)>,
+    parked: Vec<(Awaits, Parked)>,
+}
+
+impl Running {
+    /// Whether a thread `awaits` names still runs.
+    fn runs(&self, awaits: &Awaits) -> bool {
+        match awaits {
+            Awaits::Every => !self.threads.is_empty(),
+            Awaits::StartedBy(lives) => self
+                .threads
+                .iter()
+                .any(|(l, _)| lives.iter().any(|x| Arc::ptr_eq(x, l))),
+        }
+    }
 }
 
 static RUNNING: Mutex<Running> = Mutex::new(Running {
-    threads: 0,
+    threads: Vec::new(),
     parked: Vec::new(),
 });
 
@@ -52,15 +79,15 @@ fn with_running<R>(f: impl FnOnce(&mut Running) -> R) -> R {
     f(&mut RUNNING.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
-/// Runs `release` now if no image thread runs, else when the last one
-/// ends (on that thread). Outside any lock.
-pub(crate) fn release_when_no_image_thread_runs(release: Parked) {
+/// Runs `release` now if no thread `awaits` names runs, else when the last
+/// one ends (on that thread). Outside any lock.
+fn release_when(awaits: Awaits, release: Parked) {
     let now = with_running(|r| {
-        if r.threads == 0 {
-            Some(release)
-        } else {
-            r.parked.push(release);
+        if r.runs(&awaits) {
+            r.parked.push((awaits, release));
             None
+        } else {
+            Some(release)
         }
     });
     if let Some(release) = now {
@@ -68,45 +95,70 @@ pub(crate) fn release_when_no_image_thread_runs(release: Parked) {
     }
 }
 
+/// Runs `release` now if no image thread runs, else when the last one
+/// ends: for memory any image's thread may run (lazy stubs).
+pub(crate) fn release_when_no_image_thread_runs(release: Parked) {
+    release_when(Awaits::Every, release);
+}
+
+/// Runs `release` now if no thread that one of the images of `lives`
+/// started runs, else when the last such one ends: for the memory of
+/// images removed together, which their own threads may still run (other
+/// threads may not: [`crate::jit::Jit::remove`]'s contract).
+pub(crate) fn release_when_no_thread_of(lives: Vec<Arc<Life>>, release: Parked) {
+    release_when(Awaits::StartedBy(lives), release);
+}
+
 /// The number of image threads running, and of releases waiting for them.
 #[cfg(test)]
 pub(crate) fn running_for_tests() -> (usize, usize) {
-    with_running(|r| (r.threads, r.parked.len()))
+    with_running(|r| (r.threads.iter().map(|(_, n)| n).sum(), r.parked.len()))
 }
 
-fn thread_starts() {
-    with_running(|r| r.threads += 1);
+fn thread_starts(life: &Arc<Life>) {
+    with_running(
+        |r| match r.threads.iter_mut().find(|(l, _)| Arc::ptr_eq(l, life)) {
+            Some((_, n)) => *n += 1,
+            None => r.threads.push((Arc::clone(life), 1)),
+        },
+    );
 }
 
-fn thread_ended() {
-    let parked = with_running(|r| {
-        r.threads -= 1;
-        if r.threads == 0 {
-            std::mem::take(&mut r.parked)
-        } else {
-            Vec::new()
+fn thread_ended(life: &Arc<Life>) {
+    let ready = with_running(|r| {
+        if let Some(i) = r.threads.iter().position(|(l, _)| Arc::ptr_eq(l, life)) {
+            r.threads[i].1 -= 1;
+            if r.threads[i].1 == 0 {
+                r.threads.swap_remove(i);
+            }
         }
+        let (waiting, ready): (Vec<_>, Vec<_>) = std::mem::take(&mut r.parked)
+            .into_iter()
+            .partition(|(awaits, _)| r.runs(awaits));
+        r.parked = waiting;
+        ready
     });
-    for release in parked {
+    for (_, release) in ready {
         release();
     }
 }
 
-/// Set on an image thread: its destructor (this thread's last kiln
-/// `thread_local` one, registered before the image's code ran, so after
-/// every destructor the image registers) ends the thread's count.
-struct ImageThread(Cell<bool>);
+/// Set on an image thread to the image that started it: its destructor
+/// (this thread's last kiln `thread_local` one, registered before the
+/// image's code ran, so after every destructor the image registers) ends
+/// the thread's count.
+struct ImageThread(RefCell<Option<Arc<Life>>>);
 
 impl Drop for ImageThread {
     fn drop(&mut self) {
-        if self.0.get() {
-            thread_ended();
+        if let Some(life) = self.0.get_mut().take() {
+            thread_ended(&life);
         }
     }
 }
 
 thread_local! {
-    static IMAGE_THREAD: ImageThread = const { ImageThread(Cell::new(false)) };
+    static IMAGE_THREAD: ImageThread = const { ImageThread(RefCell::new(None)) };
 }
 
 /// A start routine as `thrd_create` takes it.
@@ -137,16 +189,17 @@ unsafe fn start_counted(
     thread: *mut libc::pthread_t,
     attr: *const libc::pthread_attr_t,
     body: Body,
+    image: Arc<Life>,
 ) -> c_int {
-    let body = Box::into_raw(Box::new(body));
-    thread_starts();
+    thread_starts(&image);
+    let start = Box::into_raw(Box::new((body, image)));
     // SAFETY: the caller's out-pointer and attributes; the new thread
     // takes `body` over.
-    let rc = unsafe { real_pthread_create(thread, attr, run_counted, body.cast()) };
+    let rc = unsafe { real_pthread_create(thread, attr, run_counted, start.cast()) };
     if rc != 0 {
-        // SAFETY: no thread was created: `body` is still ours alone.
-        drop(unsafe { Box::from_raw(body) });
-        thread_ended();
+        // SAFETY: no thread was created: `start` is still ours alone.
+        let (_, image) = *unsafe { Box::from_raw(start) };
+        thread_ended(&image);
     }
     rc
 }
@@ -155,10 +208,10 @@ unsafe fn start_counted(
 /// then runs its body. Holds nothing to drop across the call (a
 /// `pthread_exit` in the image unwinds through this frame).
 unsafe extern "C" fn run_counted(body: *mut c_void) -> *mut c_void {
-    // SAFETY: `start_counted` passes a `Box<Body>` it leaked for this
-    // thread alone.
-    let body = *unsafe { Box::from_raw(body.cast::<Body>()) };
-    IMAGE_THREAD.with(|t| t.0.set(true));
+    // SAFETY: `start_counted` passes the `Box` of a body and its image it
+    // leaked for this thread alone.
+    let (body, image) = *unsafe { Box::from_raw(body.cast::<(Body, Arc<Life>)>()) };
+    IMAGE_THREAD.with(|t| *t.0.borrow_mut() = Some(image));
     match body {
         // SAFETY: the image's routine with its caller's argument, as glibc
         // would have called it.
@@ -203,12 +256,12 @@ unsafe extern "C" fn pthread_create(
     routine: StartFn,
     arg: *mut c_void,
 ) -> c_int {
-    if dso::life_of(routine as usize).is_none() {
+    let Some(image) = dso::life_of(routine as usize) else {
         // SAFETY: not a kiln image's routine: glibc's call, unchanged.
         return unsafe { real_pthread_create(thread, attr, routine, arg) };
-    }
+    };
     // SAFETY: the caller's arguments; `routine` lies in a live image.
-    unsafe { start_counted(thread, attr, Body::Posix(routine, arg)) }
+    unsafe { start_counted(thread, attr, Body::Posix(routine, arg), image) }
 }
 
 /// `thrd_result`'s values (glibc's `<threads.h>`).
@@ -224,13 +277,13 @@ unsafe extern "C" fn thrd_create(
     routine: C11StartFn,
     arg: *mut c_void,
 ) -> c_int {
-    if dso::life_of(routine as usize).is_none() {
+    let Some(image) = dso::life_of(routine as usize) else {
         // SAFETY: not a kiln image's routine: glibc's call, unchanged.
         return unsafe { real_thrd_create(thread, routine, arg) };
-    }
+    };
     // SAFETY: the caller's out-pointer (`thrd_t` is a `pthread_t`);
     // `routine` lies in a live image.
-    match unsafe { start_counted(thread, std::ptr::null(), Body::C11(routine, arg)) } {
+    match unsafe { start_counted(thread, std::ptr::null(), Body::C11(routine, arg), image) } {
         0 => THRD_SUCCESS,
         libc::ENOMEM => THRD_NOMEM,
         _ => THRD_ERROR,
@@ -273,8 +326,10 @@ unsafe extern "C-unwind" fn cxx_start_thread(
     // SAFETY: the caller's `unique_ptr`, holding a live state.
     let object = unsafe { *state };
     // SAFETY: a live `_State`, as libstdc++ is given it.
-    let in_image = !object.is_null() && dso::life_of(unsafe { cxx_state_fns(object) }.0).is_some();
-    if !in_image {
+    let image = (!object.is_null())
+        .then(|| dso::life_of(unsafe { cxx_state_fns(object) }.0))
+        .flatten();
+    let Some(image) = image else {
         let real = super::cxx_hooks::libstdcxx(CXX_START_THREAD);
         assert!(
             real != 0,
@@ -289,10 +344,10 @@ unsafe extern "C-unwind" fn cxx_start_thread(
             >(real);
             return real(thread, state, depend);
         }
-    }
+    };
     // SAFETY: `std::thread`'s only member is its `pthread_t`, where
     // libstdc++ has glibc write it; the new thread takes the state over.
-    let rc = unsafe { start_counted(thread, std::ptr::null(), Body::Cxx(object)) };
+    let rc = unsafe { start_counted(thread, std::ptr::null(), Body::Cxx(object), image) };
     if rc != 0 {
         let throw = super::cxx_hooks::libstdcxx("_ZSt20__throw_system_errori");
         assert!(throw != 0, "libstdc++ has no std::__throw_system_error");
@@ -358,7 +413,8 @@ mod tests {
 
     /// A release handed over while an image thread runs waits for it; one
     /// with none running happens at once; a thread that ends in
-    /// `pthread_exit` is counted out too; routines outside images are not
+    /// `pthread_exit` is counted out too; a release for some images waits
+    /// only for the threads they started; routines outside images are not
     /// counted.
     #[test]
     fn releases_wait_for_the_image_threads_running() {
@@ -387,7 +443,33 @@ mod tests {
         let exited = create(exits_early);
         assert_eq!(join(exited), 0);
         assert_eq!(running_for_tests(), (0, 0), "pthread_exit counted out");
-        drop(image);
+        // A release waits for the threads of its own images, not others'.
+        GO.store(false, Ordering::SeqCst);
+        let other = DsoHandle::new("other");
+        let thread = create(image_routine);
+        release_when_no_thread_of(
+            vec![Arc::clone(other.life())],
+            Box::new(|| {
+                RELEASED.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        assert_eq!(
+            RELEASED.load(Ordering::SeqCst),
+            3,
+            "another image's: at once"
+        );
+        release_when_no_thread_of(
+            vec![Arc::clone(other.life()), Arc::clone(image.life())],
+            Box::new(|| {
+                RELEASED.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        assert_eq!(running_for_tests(), (1, 1), "its own image's: parked");
+        GO.store(true, Ordering::SeqCst);
+        assert_eq!(join(thread), 7);
+        assert_eq!(running_for_tests(), (0, 0));
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 4);
+        drop((image, other));
         extern "C" fn host_routine(arg: *mut c_void) -> *mut c_void {
             arg
         }
