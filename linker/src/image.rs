@@ -250,9 +250,19 @@ pub struct LinkedImage {
     registration: std::sync::OnceLock<crate::image_file::registry::Registration>,
     /// Its entries as a piece of images saved from many links (one a save).
     piece_of: std::sync::Mutex<Vec<crate::image_file::registry::Registration>>,
-    /// The lives of the images removed together with this one: threads
-    /// they started may run its code, so its memory waits for them too.
-    removed_with: Vec<Arc<runtime::life::Life>>,
+    /// Whose threads its memory waits for once it is torn down.
+    release_after: ReleaseAfter,
+}
+
+/// Whose threads a torn-down image's memory waits for: threads an image
+/// started may still run its code.
+#[derive(Debug)]
+pub(crate) enum ReleaseAfter {
+    /// Those its own image, and these images removed with it, started.
+    ThreadsOf(Vec<Arc<runtime::life::Life>>),
+    /// Every image thread of the process (a JIT's end: code linked while
+    /// it ends joins no group).
+    EveryImageThread,
 }
 
 /// A linked image's global symbols: a hash map for a link; for an image
@@ -465,7 +475,7 @@ impl LinkedImage {
             imaging: f.imaging,
             registration: std::sync::OnceLock::new(),
             piece_of: std::sync::Mutex::default(),
-            removed_with: Vec::new(),
+            release_after: ReleaseAfter::ThreadsOf(Vec::new()),
         };
         if run_init {
             // SAFETY: the caller of `run_initializers_at_link` vouched for
@@ -651,11 +661,9 @@ impl LinkedImage {
         Some(Arc::clone(platform.init_fini.life()))
     }
 
-    /// Names the images removed together with this one (`lives`: theirs,
-    /// this one's may be among them): its memory is released once no
-    /// thread any of them started runs.
-    pub(crate) fn set_removed_with(&mut self, lives: Vec<Arc<runtime::life::Life>>) {
-        self.removed_with = lives;
+    /// Says whose threads its memory waits for once it is torn down.
+    pub(crate) fn set_release_after(&mut self, after: ReleaseAfter) {
+        self.release_after = after;
     }
 
     /// Link statistics.
@@ -685,8 +693,8 @@ impl Drop for LinkedImage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
         let life = self.life();
-        let mut group = std::mem::take(&mut self.removed_with);
-        if let Some(life) = &life
+        let mut after = std::mem::replace(&mut self.release_after, ReleaseAfter::EveryImageThread);
+        if let (ReleaseAfter::ThreadsOf(group), Some(life)) = (&mut after, &life)
             && !group.iter().any(|l| Arc::ptr_eq(l, life))
         {
             group.push(Arc::clone(life));
@@ -696,7 +704,7 @@ impl Drop for LinkedImage {
             debug: self.debug.take(),
             alloc: self.alloc.take(),
             memory: self.memory,
-            group,
+            after,
         };
         match life {
             // A destructor of the image that dropped its last handle
@@ -715,8 +723,7 @@ struct Remains {
     debug: Option<crate::debug::DebugRegistration>,
     alloc: Option<crate::memory::Allocation>,
     memory: (u64, u64),
-    /// The images whose threads the memory waits for.
-    group: Vec<Arc<runtime::life::Life>>,
+    after: ReleaseAfter,
 }
 
 impl Remains {
@@ -726,7 +733,7 @@ impl Remains {
             debug,
             alloc,
             memory: (base, len),
-            group,
+            after,
         } = self;
         let (mut eh_frame, mut tls) = (None, None);
         if let Some(mut p) = platform {
@@ -740,22 +747,27 @@ impl Remains {
             // The image's life ends: its handlers, keys and timers go.
             drop(p);
         }
-        // A thread an image of the group started may still run its code:
-        // the memory goes once none does.
-        runtime::threads::release_when_no_thread_of(
-            group,
-            Box::new(move || {
-                drop(eh_frame);
-                drop(tls);
-                // Debuggers forget the code before its memory goes.
-                drop(debug);
-                // stdio stops using buffers the image gave it (`setvbuf`).
-                if alloc.is_some() {
-                    runtime::stdio::unbuffer_streams_in(base as usize, len as usize);
-                }
-                drop(alloc);
-            }),
-        );
+        let release = Box::new(move || {
+            drop(eh_frame);
+            drop(tls);
+            // Debuggers forget the code before its memory goes.
+            drop(debug);
+            // stdio stops using buffers the image gave it (`setvbuf`).
+            if alloc.is_some() {
+                runtime::stdio::unbuffer_streams_in(base as usize, len as usize);
+            }
+            drop(alloc);
+        });
+        // A thread an image started may still run its code: the memory goes
+        // once none does.
+        match after {
+            ReleaseAfter::ThreadsOf(group) => {
+                runtime::threads::release_when_no_thread_of(group, release);
+            }
+            ReleaseAfter::EveryImageThread => {
+                runtime::threads::release_when_no_image_thread_runs(release);
+            }
+        }
     }
 }
 

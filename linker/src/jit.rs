@@ -305,8 +305,8 @@ impl Drop for Inner {
         crate::runtime::life::tear_down_outside(
             lives.iter().map(|l| &**l),
             Box::new(move || {
+                layer.release_after_every_image_thread();
                 layer.run_finalizers();
-                layer.remove_all_together();
                 session.end();
                 drop(lazy);
             }),

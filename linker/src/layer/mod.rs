@@ -41,7 +41,7 @@ use crate::graph::{
     FxHashMap, InputBytes, LinkGraph, Linkage, Scope, SectionRole, SymbolDef as GraphDef, SymbolId,
 };
 use crate::host::HostSymbols;
-use crate::image::{EdgeFacts, LinkedImage, ReadGraph};
+use crate::image::{EdgeFacts, LinkedImage, ReadGraph, ReleaseAfter};
 use crate::passes::{self, ImageEnv, LinkOptions, LinkStats, Prepared, Roots};
 use crate::runtime;
 
@@ -117,6 +117,9 @@ struct Shared {
     options: LinkOptions,
     /// Images are a program: tear down like `exit()`, not `dlclose`.
     executable: std::sync::atomic::AtomicBool,
+    /// Images removed from now on wait for every image thread
+    /// ([`ObjectLayer::release_after_every_image_thread`]).
+    ending: std::sync::atomic::AtomicBool,
     /// Counts units as they are added, for link order.
     added: std::sync::atomic::AtomicUsize,
     /// Some unit added holds non-PIE code (32-bit absolute addresses):
@@ -214,7 +217,8 @@ impl ResourceManager for Shared {
         // any image's memory is released (a destructor in one object may
         // still call into another) — once this thread has left code glibc
         // runs for one of them (a destructor that removed its own image).
-        let lives = removed_together(&images);
+        let ending = self.ending.load(std::sync::atomic::Ordering::Acquire);
+        let lives = removed_together(&images, ending);
         runtime::life::tear_down_outside(
             lives.iter().map(|l| &**l),
             Box::new(move || {
@@ -236,16 +240,20 @@ impl ResourceManager for Shared {
     }
 }
 
-/// The lives of `images`, each image told it is removed with the others
-/// ([`LinkedImage::set_removed_with`]).
-fn removed_together(images: &[ImageCell]) -> Vec<Arc<runtime::life::Life>> {
+/// The lives of `images`, each image told whose threads its memory waits
+/// for: those any of `images` started, or every image thread (`ending`).
+fn removed_together(images: &[ImageCell], ending: bool) -> Vec<Arc<runtime::life::Life>> {
     let lives: Vec<_> = images
         .iter()
         .filter_map(|i| i.lock().ok()?.image.life())
         .collect();
     for image in images {
         if let Ok(mut image) = image.lock() {
-            image.image.set_removed_with(lives.clone());
+            image.image.set_release_after(if ending {
+                ReleaseAfter::EveryImageThread
+            } else {
+                ReleaseAfter::ThreadsOf(lives.clone())
+            });
         }
     }
     lives
@@ -316,6 +324,7 @@ impl ObjectLayer {
             init_done: Condvar::new(),
             options,
             executable: std::sync::atomic::AtomicBool::new(false),
+            ending: std::sync::atomic::AtomicBool::new(false),
             added: std::sync::atomic::AtomicUsize::new(0),
             non_pie: std::sync::atomic::AtomicBool::new(false),
             lazy_objects: Mutex::new(ObjectNames::default()),
@@ -1024,11 +1033,14 @@ impl ObjectLayer {
             .collect()
     }
 
-    /// Tells every image this layer holds that it is removed with all the
-    /// others (the JIT's end: a thread any of them started may run the
-    /// code of any).
-    pub(crate) fn remove_all_together(&self) {
-        removed_together(&self.cells());
+    /// From now on, the memory of images this layer removes waits for
+    /// every image thread of the process, not only for those the images
+    /// removed with it started: the JIT's end (a thread of any image may
+    /// run any, and code linked while it ends is removed on its own).
+    pub(crate) fn release_after_every_image_thread(&self) {
+        self.shared
+            .ending
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn cells(&self) -> Vec<ImageCell> {

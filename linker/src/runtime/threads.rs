@@ -20,13 +20,14 @@
 //! too): a thread whose `_M_run` lies in an image is started and counted
 //! the same way.
 //!
-//! The count is per image, and a release waits for the threads of the
-//! images removed together (one tracker's, or all of a JIT's at its end):
-//! a removal's contract ([`crate::jit::Jit::remove`]) already rules out
-//! other threads running the removed code, so a plugin whose thread pool
-//! lives on does not keep the memory of every other plugin removed
-//! meanwhile. Lazy stubs, which any image's thread may run, wait for every
-//! image thread. Threads started by the host, or by a library outside the
+//! The count is per image, and a tracker's removal waits for the threads
+//! the images removed together started: its contract
+//! ([`crate::jit::Jit::remove`]) already rules out other threads running
+//! the removed code, so a plugin whose thread pool lives on does not keep
+//! the memory of every other plugin removed meanwhile. A JIT's end, and
+//! the lazy stubs it releases, wait for every image thread (a thread of
+//! any image may run any, and code linked while the JIT ends is removed
+//! on its own). Threads started by the host, or by a library outside the
 //! images on its own, are not counted.
 
 use std::cell::RefCell;
