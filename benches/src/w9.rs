@@ -235,7 +235,7 @@ impl W9 {
             p.objects.clone()
         };
         let setup = setup.elapsed();
-        perf_control("enable");
+        perf_mark(Mark::Start);
         let counters = Counters::now();
         let (c0, start) = (cpu_seconds(), Instant::now());
         if one_image {
@@ -254,6 +254,7 @@ impl W9 {
             }
         }
         let added = start.elapsed();
+        perf_mark(Mark::Added);
         let session = jit.session();
         let names = session.intern_all(p.program.funcs.iter().map(|f| f.name.as_str()));
         let order = SearchOrder::new().with(jit.app(), DylibLookup::ExportedOnly);
@@ -268,7 +269,7 @@ impl W9 {
         let main = start.elapsed();
         let main_cpu_s = cpu_seconds() - c0;
         let info = counters.since();
-        perf_control("disable");
+        perf_mark(Mark::End);
         // SAFETY: every address is Ready code of the generated signature.
         let sum = unsafe { check_calls(&addresses) };
         let teardown = Instant::now();
@@ -336,6 +337,27 @@ fn module_rep<M: Module + Finalize>(
         info,
     };
     Ok((rep, sum, module))
+}
+
+/// A point of the builder's timed part.
+#[derive(PartialEq)]
+enum Mark {
+    Start,
+    /// The objects added, the lookup not started.
+    Added,
+    End,
+}
+
+/// [`perf_control`] for the builder's rep: the whole timed part, or with
+/// `KILN_W9_PERF_PHASE=add` or `=lookup` only that phase of it.
+fn perf_mark(at: Mark) {
+    let phase = std::env::var("KILN_W9_PERF_PHASE").unwrap_or_default();
+    let command = match (phase.as_str(), at) {
+        ("lookup", Mark::Added) | ("add" | "", Mark::Start) => "enable",
+        ("add", Mark::Added) | ("lookup" | "", Mark::End) => "disable",
+        _ => return,
+    };
+    perf_control(command);
 }
 
 /// `perf record --control=fifo:CTL,ACK -D -1` counts the timed part only
