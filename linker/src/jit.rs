@@ -305,7 +305,6 @@ impl Drop for Inner {
         crate::runtime::life::tear_down_outside(
             lives.iter().map(|l| &**l),
             Box::new(move || {
-                layer.release_after_every_image_thread();
                 layer.run_finalizers();
                 session.end();
                 drop(lazy);

@@ -118,7 +118,7 @@ struct Shared {
     /// Images are a program: tear down like `exit()`, not `dlclose`.
     executable: std::sync::atomic::AtomicBool,
     /// Images removed from now on wait for every image thread
-    /// ([`ObjectLayer::release_after_every_image_thread`]).
+    /// ([`ObjectLayer::run_finalizers`] was called).
     ending: std::sync::atomic::AtomicBool,
     /// Counts units as they are added, for link order.
     added: std::sync::atomic::AtomicUsize,
@@ -1003,8 +1003,15 @@ impl ObjectLayer {
     /// Call it before ending the session (as an ORC host calls
     /// `deinitialize`) when images call into code the layer does not own —
     /// for example other images through the lazy stubs of another dylib,
-    /// whose tracker the session may remove first.
+    /// whose tracker the session may remove first. From then on, the memory
+    /// of an image the layer removes waits for every thread any kiln image
+    /// started, not only for those started by the images removed with it:
+    /// at the end, a thread of any image may run any, and code linked
+    /// meanwhile is removed on its own.
     pub fn run_finalizers(&self) {
+        self.shared
+            .ending
+            .store(true, std::sync::atomic::Ordering::Release);
         // A finalizer may be the first caller of a lazily linked function:
         // images linked meanwhile are finalized in another round.
         let mut finalized_upto = None;
@@ -1031,16 +1038,6 @@ impl ObjectLayer {
             .iter()
             .filter_map(|i| i.lock().ok()?.image.life())
             .collect()
-    }
-
-    /// From now on, the memory of images this layer removes waits for
-    /// every image thread of the process, not only for those the images
-    /// removed with it started: the JIT's end (a thread of any image may
-    /// run any, and code linked while it ends is removed on its own).
-    pub(crate) fn release_after_every_image_thread(&self) {
-        self.shared
-            .ending
-            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn cells(&self) -> Vec<ImageCell> {
