@@ -861,6 +861,87 @@ fn check_self_drop(bytes: &[u8], what: &str, lazy: bool, by_tracker: bool) {
     });
 }
 
+/// What a key destructor's call into the host does while another thread
+/// removes the destructor's image: a lookup through the JIT.
+static LOOKUP_FROM_DTOR: std::sync::Mutex<Option<Box<dyn FnOnce() -> i64 + Send>>> =
+    std::sync::Mutex::new(None);
+static DTOR_IN_HOST: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn host_lookup_from_dtor() -> i64 {
+    DTOR_IN_HOST.store(1, SeqCst);
+    // Long enough for the other thread's removal to start waiting for
+    // this destructor.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let lookup = LOOKUP_FROM_DTOR.lock().unwrap().take();
+    lookup.map_or(-1, |lookup| lookup())
+}
+
+/// A key destructor whose image is being removed by another thread — the
+/// removal waiting for it — may still use the JIT (here a lookup of
+/// another tracker's function): the removal must not hold what the
+/// destructor needs (the engine's state) while it waits.
+#[test]
+fn a_key_destructor_may_use_the_jit_while_its_image_is_removed() {
+    if !common::in_own_process("a_key_destructor_may_use_the_jit_while_its_image_is_removed") {
+        return;
+    }
+    let dir = scratch("dtor-lookup");
+    let bytes = object(
+        &dir,
+        "dtor_lookup",
+        "#include <pthread.h>\n\
+         long host_lookup_from_dtor(void);\n\
+         void key_dtor_leaving(long);\n\
+         static pthread_key_t key;\n\
+         static void dtor(void *v) { key_dtor_leaving(host_lookup_from_dtor() + (long)v); }\n\
+         long make_key(long unused) { return pthread_key_create(&key, dtor); }\n\
+         long set_value(long v) { return pthread_setspecific(key, (void *)v); }\n",
+    );
+    let other = object(&dir, "other", "long plain(long x) { return x + 1; }\n");
+    KEY_DTOR_LEFT.store(0, SeqCst);
+    let jit = std::sync::Arc::new(Jit::builder().build().unwrap());
+    jit.define_fn(
+        "host_lookup_from_dtor",
+        host_lookup_from_dtor as extern "C" fn() -> i64,
+    )
+    .unwrap();
+    jit.define_fn("key_dtor_leaving", key_dtor_leaving as extern "C" fn(i64))
+        .unwrap();
+    let (keys, plugin) = (jit.tracker().unwrap(), jit.tracker().unwrap());
+    keys.add_object(&bytes).unwrap();
+    plugin.add_object(&other).unwrap();
+    // SAFETY: both are `long f(long)`.
+    let (make_key, set_value) = unsafe {
+        (
+            keys.get::<I64Fn>("make_key").unwrap(),
+            keys.get::<I64Fn>("set_value").unwrap(),
+        )
+    };
+    assert_eq!(make_key(0), 0);
+    let set = set_value.as_fn();
+    drop((make_key, set_value));
+    let in_dtor = std::sync::Arc::clone(&jit);
+    *LOOKUP_FROM_DTOR.lock().unwrap() = Some(Box::new(move || {
+        // SAFETY: `plain` is `long plain(long)`.
+        let plain = unsafe { in_dtor.get::<I64Fn>("plain") }.unwrap();
+        plain(41)
+    }));
+    let thread = std::thread::spawn(move || assert_eq!(set(100), 0));
+    wait_until("the destructor never called the host", || {
+        DTOR_IN_HOST.load(SeqCst) == 1
+    });
+    let removal = std::thread::spawn(move || {
+        // SAFETY: no handle is left; only the destructor runs the image's
+        // code, and the removal waits for it.
+        unsafe { jit.remove(&keys) }.expect("remove the destructor's tracker");
+    });
+    wait_until("the destructor's lookup never returned", || {
+        KEY_DTOR_LEFT.load(SeqCst) == 142
+    });
+    thread.join().unwrap();
+    removal.join().unwrap();
+}
+
 static FORK_PREPARED: AtomicUsize = AtomicUsize::new(0);
 extern "C" fn fork_prepared() {
     FORK_PREPARED.fetch_add(1, SeqCst);
