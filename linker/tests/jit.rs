@@ -1267,9 +1267,19 @@ extern "C" fn host_wait() {
 /// tracker (eager) or by the JIT's end (lazy) — and checks the code stays
 /// mapped until the thread, let go, has returned through it and ended.
 fn check_image_thread_keeps_code(bytes: &[u8], start: &str, lazy: bool) {
+    check_image_thread_keeps_code_with(bytes, start, lazy, &[]);
+}
+
+/// [`check_image_thread_keeps_code`] with host `libraries` loaded too.
+fn check_image_thread_keeps_code_with(bytes: &[u8], start: &str, lazy: bool, libraries: &[&str]) {
     IMAGE_THREAD_WAITING.store(0, SeqCst);
     IMAGE_THREAD_GO.store(0, SeqCst);
-    let jit = Jit::builder().lazy(lazy).build().unwrap();
+    let mut builder = Jit::builder().lazy(lazy);
+    for library in libraries {
+        // SAFETY: a system library the test's object was built against.
+        builder = unsafe { builder.library(*library) };
+    }
+    let jit = builder.build().unwrap();
     jit.define_fn("host_wait", host_wait as extern "C" fn())
         .unwrap();
     let tracker = jit.tracker().unwrap();
@@ -1463,6 +1473,50 @@ fn an_images_std_thread_keeps_the_code_it_runs_until_it_ends() {
     let bytes = std::fs::read(&obj).expect("read the object");
     for lazy in [false, true] {
         check_image_thread_keeps_code(&bytes, "start", lazy);
+    }
+}
+
+/// libc++'s `std::thread` (clang++ `-stdlib=libc++`) starts its thread
+/// from the image itself — its constructor is a header template calling
+/// `pthread_create` with a start routine instantiated in the image — so
+/// kiln counts it as libstdc++'s: the code stays until the thread ends.
+#[test]
+fn an_images_libcxx_std_thread_keeps_the_code_it_runs_until_it_ends() {
+    if !common::in_own_process("an_images_libcxx_std_thread_keeps_the_code_it_runs_until_it_ends") {
+        return;
+    }
+    assert!(common::need_tool("clang++"));
+    assert!(
+        std::path::Path::new("/usr/lib/x86_64-linux-gnu/libc++.so.1").exists(),
+        "libc++ is not installed (apt-get install -y libc++-dev libc++abi-dev)"
+    );
+    let dir = scratch("image-libcxx-threads");
+    let src = dir.join("image_threads.cpp");
+    std::fs::write(
+        &src,
+        "#include <thread>\n\
+         extern \"C\" void host_wait(void);\n\
+         static volatile long done;\n\
+         extern \"C\" long start(long n) {\n\
+             std::thread t([n] {\n\
+                 host_wait();\n\
+                 done = n; // back in the image after its removal\n\
+             });\n\
+             t.detach();\n\
+             return 0;\n\
+         }\n",
+    )
+    .expect("write the source");
+    let obj = common::compile(
+        "clang++",
+        &src,
+        &["-stdlib=libc++", "-O1", "-fPIC"],
+        &[],
+        &dir.join("image_threads.o"),
+    );
+    let bytes = std::fs::read(&obj).expect("read the object");
+    for lazy in [false, true] {
+        check_image_thread_keeps_code_with(&bytes, "start", lazy, &[":libc++.so.1"]);
     }
 }
 

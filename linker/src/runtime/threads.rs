@@ -18,7 +18,9 @@
 //! `std::thread` starts its threads from libstdc++
 //! (`std::thread::_M_start_thread`, which kiln overrides for JIT'd code
 //! too): a thread whose `_M_run` lies in an image is started and counted
-//! the same way.
+//! the same way. libc++'s `std::thread` needs nothing more: its
+//! constructor is a header template that calls `pthread_create` from the
+//! image with a start routine instantiated there.
 //!
 //! The count is per image, and a tracker's removal waits for the threads
 //! the images removed together started: its contract
