@@ -552,8 +552,9 @@ impl Jit {
     /// `thread_local` and pthread key destructors of exiting threads
     /// (waited for while running, skipped after), fork, `quick_exit` and
     /// `on_exit` handlers, signal handlers (uninstalled; one already
-    /// running is not waited for), `SIGEV_THREAD` timers (deleted; a
-    /// notification running is waited for), streams buffered in the
+    /// running is not waited for), `SIGEV_THREAD` timers and message
+    /// queue notifications (deleted, withdrawn; a notification running is
+    /// waited for), streams buffered in the
     /// objects' data or opened with their `fopencookie` functions, and
     /// libstdc++'s terminate and new handlers (uninstalled). Such code may
     /// itself call this for its own image: the teardown then runs when it

@@ -1252,6 +1252,104 @@ fn an_images_thread_timers_are_deleted_with_it() {
     );
 }
 
+/// A message queue's `SIGEV_THREAD` notification JIT'd code registers
+/// (`mq_notify`) runs on glibc's thread while its image lives; removing the
+/// image while it is registered unregisters it, instead of leaving glibc to
+/// call freed memory when the next message arrives.
+#[test]
+fn an_images_message_queue_notification_goes_with_it() {
+    if !common::in_own_process("an_images_message_queue_notification_goes_with_it") {
+        return;
+    }
+    let dir = scratch("mq-notify");
+    let bytes = object(
+        &dir,
+        "mq_notify",
+        "#include <mqueue.h>\n\
+         #include <signal.h>\n\
+         #include <string.h>\n\
+         extern void host_tick(void);\n\
+         static volatile long messages;\n\
+         static void on_message(union sigval v) { messages += v.sival_int; host_tick(); }\n\
+         long watch(long queue) {\n\
+             struct sigevent ev;\n\
+             memset(&ev, 0, sizeof ev);\n\
+             ev.sigev_notify = SIGEV_THREAD;\n\
+             ev.sigev_notify_function = on_message;\n\
+             ev.sigev_value.sival_int = 1;\n\
+             return mq_notify((mqd_t)queue, &ev);\n\
+         }\n\
+         long messages_so_far(long unused) { return messages; }\n",
+    );
+    let name = std::ffi::CString::new(format!("/kiln-jit-{}", std::process::id())).unwrap();
+    // SAFETY: `mq_attr` is plain integers: all zeros is a valid value.
+    let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
+    attr.mq_maxmsg = 4;
+    attr.mq_msgsize = 16;
+    // SAFETY: a valid name and attributes; the queue is unlinked below.
+    let queue = unsafe {
+        libc::mq_open(
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_RDWR,
+            0o600,
+            &mut attr as *mut libc::mq_attr,
+        )
+    };
+    assert!(queue >= 0, "mq_open: {}", std::io::Error::last_os_error());
+    let send_and_drain = || {
+        // SAFETY: the open queue; a one-byte message, then read back.
+        unsafe {
+            assert_eq!(libc::mq_send(queue, c"m".as_ptr(), 1, 0), 0);
+            let mut buf = [0 as libc::c_char; 16];
+            assert_eq!(
+                libc::mq_receive(queue, buf.as_mut_ptr(), 16, std::ptr::null_mut()),
+                1
+            );
+        }
+    };
+    HOST_TICKS.store(0, SeqCst);
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("host_tick", host_tick as extern "C" fn())
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(&bytes).unwrap();
+    // SAFETY: both are `long f(long)`.
+    let (watch, messages) = unsafe {
+        (
+            tracker.get::<I64Fn>("watch").unwrap(),
+            tracker.get::<I64Fn>("messages_so_far").unwrap(),
+        )
+    };
+    assert_eq!(watch(i64::from(queue)), 0, "mq_notify");
+    send_and_drain();
+    wait_for_host_ticks(1);
+    assert_eq!(messages(0), 1, "the image's function counted the message");
+    assert_eq!(watch(i64::from(queue)), 0, "registered again");
+    drop((watch, messages));
+    // SAFETY: no handle is left; only glibc's notification would call the
+    // image, and its removal is what this test checks.
+    unsafe { jit.remove(&tracker) }.unwrap();
+    send_and_drain();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        HOST_TICKS.load(SeqCst),
+        1,
+        "no notification after the removal"
+    );
+    // The queue takes a registration again: the image's is gone.
+    // SAFETY: `sigevent` is integers and pointers: all zeros is valid.
+    let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+    event.sigev_notify = libc::SIGEV_NONE;
+    // SAFETY: the open queue and a valid event.
+    let registered = unsafe { libc::mq_notify(queue, &event) };
+    assert_eq!(registered, 0, "the image's registration stayed");
+    // SAFETY: the queue opened above, closed and unlinked once.
+    unsafe {
+        libc::mq_close(queue);
+        libc::mq_unlink(name.as_ptr());
+    }
+}
+
 static IMAGE_THREAD_WAITING: AtomicUsize = AtomicUsize::new(0);
 static IMAGE_THREAD_GO: AtomicUsize = AtomicUsize::new(0);
 /// Called by the image's thread: waits until the test lets it go.

@@ -342,7 +342,7 @@ impl Drop for DsoShared {
     fn drop(&mut self) {
         self.life.end();
         super::keys::release_keys_of(&self.life);
-        super::timers::delete_timers_of(&self.life);
+        super::sigev_thread::end_notifications_of(&self.life);
         let addr = self.addr;
         let starts = std::mem::take(
             self.ranges

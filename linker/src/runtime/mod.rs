@@ -10,7 +10,7 @@
 //!
 //! | Piece | What the linker does with it |
 //! |---|---|
-//! | [`host_overrides`] | Consult it **before** `dlsym` when resolving an external symbol: `atexit`, `__cxa_atexit`, `__cxa_finalize`, `__cxa_thread_atexit`, `__cxa_thread_atexit_impl`, `__tls_get_addr`, `pthread_key_create`, `pthread_key_delete` (and C11's `tss_create`, `tss_delete`), `pthread_atfork`, `at_quick_exit`, `sigaction`, `signal` (and the other ways to install a handler), `timer_create`, `timer_delete`, `pthread_create`, `thrd_create`, `std::thread::_M_start_thread`, `fopencookie`, `std::set_terminate` and `std::set_new_handler` bind to kiln's versions. |
+//! | [`host_overrides`] | Consult it **before** `dlsym` when resolving an external symbol: `atexit`, `__cxa_atexit`, `__cxa_finalize`, `__cxa_thread_atexit`, `__cxa_thread_atexit_impl`, `__tls_get_addr`, `pthread_key_create`, `pthread_key_delete` (and C11's `tss_create`, `tss_delete`), `pthread_atfork`, `at_quick_exit`, `sigaction`, `signal` (and the other ways to install a handler), `timer_create`, `timer_delete`, `mq_notify`, `mq_close`, `pthread_create`, `thrd_create`, `std::thread::_M_start_thread`, `fopencookie`, `std::set_terminate` and `std::set_new_handler` bind to kiln's versions. |
 //! | [`DsoHandle`] | Create one per image, preferably with [`DsoHandle::new_at`] at an 8-byte slot the linker allocates inside the image (compilers reach `__dso_handle` PC-relatively); bind the image's `__dso_handle` to [`DsoHandle::addr`]; report the image's memory ranges with [`DsoHandle::add_range`] so `atexit` calls, and `__cxa_*atexit` calls naming any address inside the image, are attributed to it. |
 //! | [`InitFini`] | Feed it the image's `.preinit_array`/`.init_array*`/`.ctors*`/`.fini_array*`/`.dtors*` contents (after fixup) with [`InitFini::add_section`]; call [`InitFini::run_init`] once the image is ready, and [`InitFini::run_fini`] **before** releasing the image's memory. Sort or classify sections with [`init_priority`]. |
 //! | [`eh_frame::register`] | After fixup and finalization, register the image's `.eh_frame` (followed by a 4-byte zero terminator) with libgcc's unwinder; keep the [`eh_frame::EhFrameRegistration`] until the memory is released (drop deregisters). |
@@ -20,7 +20,7 @@
 //! `thread_local` destructors of the image, `.fini_array`/`.dtors`, and the
 //! image's `atexit`/`__cxa_atexit` handlers, interleaved as glibc's `dlclose`
 //! does), then drop the [`DsoHandle`] (the image's life ends: its signal
-//! handlers, keys and timers go), then drop the
+//! handlers, keys, timers and queue registrations go), then drop the
 //! [`eh_frame::EhFrameRegistration`] and the [`tls::TlsModule`] and release
 //! the memory — kiln's own images do this last part once no thread that an
 //! image removed with them started (`pthread_create`) runs, and first flush
@@ -59,11 +59,11 @@ mod keys;
 pub(crate) mod life;
 mod quick_exit;
 mod replaced;
+mod sigev_thread;
 mod signals;
 pub(crate) mod stdio;
 mod thread;
 pub(crate) mod threads;
-mod timers;
 pub mod tls;
 pub(crate) mod unwinder;
 
@@ -138,7 +138,7 @@ pub enum RuntimeError {
 /// | `at_quick_exit` | an image's handlers run at `quick_exit` while the image is alive, newest first (also only in `libc_nonshared.a`) |
 /// | `pthread_create`, `thrd_create`, `std::thread::_M_start_thread` | glibc's and libstdc++'s; a thread whose start routine (or `std::thread` body) lies in an image is counted while it runs, and images torn down meanwhile release their memory when the last such thread ends |
 /// | `fopencookie` | glibc's; a stream whose functions lie in an image calls them only while the image lives (then fails with `EBADF`) |
-/// | `timer_create`, `timer_delete` | glibc's; a `SIGEV_THREAD` notify function in an image runs only while the image lives, and the image's timers are deleted when its life ends |
+/// | `timer_create`, `timer_delete`, `mq_notify`, `mq_close` | glibc's; a `SIGEV_THREAD` notify function in an image runs only while the image lives, and the image's timers are deleted and its queue registrations withdrawn when its life ends |
 /// | `sigaction`, `__sigaction`, `signal`, `bsd_signal`, `ssignal`, `sysv_signal`, `__sysv_signal`, `sigset` | glibc's; a handler in an image is uninstalled when the image's life ends (the action it replaced put back) |
 /// | `std::set_terminate`, `std::set_unexpected`, `std::set_new_handler` | libstdc++'s; a handler in an image is uninstalled when the image's life ends (what it replaced put back) |
 /// | `__tls_get_addr` | serves kiln TLS module ids ([`tls::TlsModule::module_id`]); forwards others to ld.so |
@@ -152,7 +152,7 @@ pub fn host_overrides() -> &'static [(&'static str, usize)] {
         table.extend(atfork::overrides());
         table.extend(quick_exit::overrides());
         table.extend(signals::overrides());
-        table.extend(timers::overrides());
+        table.extend(sigev_thread::overrides());
         table.extend(threads::overrides());
         table.extend(stdio::overrides());
         table.extend(cxx_hooks::overrides());
@@ -191,6 +191,8 @@ mod tests {
             "sigset",
             "timer_create",
             "timer_delete",
+            "mq_notify",
+            "mq_close",
             "pthread_create",
             "_ZSt13set_terminatePFvvE",
             "_ZSt15set_new_handlerPFvvE",
