@@ -1544,7 +1544,13 @@ fn an_images_std_thread_keeps_the_code_it_runs_until_it_ends() {
         return;
     }
     assert!(common::need_tool("g++"));
-    let dir = scratch("image-std-threads");
+    check_std_thread_keeps_code(&scratch("image-std-threads"), "g++", &[], &[]);
+}
+
+/// Builds a detached `std::thread` whose body waits in the host, then
+/// writes the image's data, with `cxx` and `flags`, and checks its code
+/// stays until the thread has ended (eager and lazy; `libraries` loaded).
+fn check_std_thread_keeps_code(dir: &Path, cxx: &str, flags: &[&str], libraries: &[&str]) {
     let src = dir.join("image_threads.cpp");
     std::fs::write(
         &src,
@@ -1561,16 +1567,11 @@ fn an_images_std_thread_keeps_the_code_it_runs_until_it_ends() {
          }\n",
     )
     .expect("write the source");
-    let obj = common::compile(
-        "g++",
-        &src,
-        &["-O1", "-fPIC"],
-        &[],
-        &dir.join("image_threads.o"),
-    );
+    let flags = [flags, &["-O1", "-fPIC"]].concat();
+    let obj = common::compile(cxx, &src, &flags, &[], &dir.join("image_threads.o"));
     let bytes = std::fs::read(&obj).expect("read the object");
     for lazy in [false, true] {
-        check_image_thread_keeps_code(&bytes, "start", lazy);
+        check_image_thread_keeps_code_with(&bytes, "start", lazy, libraries);
     }
 }
 
@@ -1588,34 +1589,12 @@ fn an_images_libcxx_std_thread_keeps_the_code_it_runs_until_it_ends() {
         std::path::Path::new("/usr/lib/x86_64-linux-gnu/libc++.so.1").exists(),
         "libc++ is not installed (apt-get install -y libc++-dev libc++abi-dev)"
     );
-    let dir = scratch("image-libcxx-threads");
-    let src = dir.join("image_threads.cpp");
-    std::fs::write(
-        &src,
-        "#include <thread>\n\
-         extern \"C\" void host_wait(void);\n\
-         static volatile long done;\n\
-         extern \"C\" long start(long n) {\n\
-             std::thread t([n] {\n\
-                 host_wait();\n\
-                 done = n; // back in the image after its removal\n\
-             });\n\
-             t.detach();\n\
-             return 0;\n\
-         }\n",
-    )
-    .expect("write the source");
-    let obj = common::compile(
+    check_std_thread_keeps_code(
+        &scratch("image-libcxx-threads"),
         "clang++",
-        &src,
-        &["-stdlib=libc++", "-O1", "-fPIC"],
-        &[],
-        &dir.join("image_threads.o"),
+        &["-stdlib=libc++"],
+        &[":libc++.so.1"],
     );
-    let bytes = std::fs::read(&obj).expect("read the object");
-    for lazy in [false, true] {
-        check_image_thread_keeps_code_with(&bytes, "start", lazy, &[":libc++.so.1"]);
-    }
 }
 
 /// A stream whose buffer JIT'd code placed in its image's data (`setvbuf`
