@@ -265,9 +265,14 @@ unsafe extern "C" fn mq_notify(queue: libc::mqd_t, event: *const SigEvent) -> c_
         }
         return rc;
     };
+    // Known before the registration: a message may come, and glibc call
+    // `notify`, before `mq_notify` returns.
+    settle(token, Some(Source::Queue(queue)));
     // SAFETY: `ours` is the caller's event with kiln's function and token.
     let rc = unsafe { real_mq_notify(queue, &ours) };
-    settle(token, (rc == 0).then_some(Source::Queue(queue)));
+    if rc != 0 {
+        settle(token, None);
+    }
     rc
 }
 
