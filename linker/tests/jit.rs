@@ -1364,12 +1364,8 @@ extern "C" fn host_wait() {
 /// [`host_wait`]), removes the image while the thread waits — through a
 /// tracker (eager) or by the JIT's end (lazy) — and checks the code stays
 /// mapped until the thread, let go, has returned through it and ended.
-fn check_image_thread_keeps_code(bytes: &[u8], start: &str, lazy: bool) {
-    check_image_thread_keeps_code_with(bytes, start, lazy, &[]);
-}
-
-/// [`check_image_thread_keeps_code`] with host `libraries` loaded too.
-fn check_image_thread_keeps_code_with(bytes: &[u8], start: &str, lazy: bool, libraries: &[&str]) {
+/// The host loads `libraries` too.
+fn check_image_thread_keeps_code(bytes: &[u8], start: &str, lazy: bool, libraries: &[&str]) {
     IMAGE_THREAD_WAITING.store(0, SeqCst);
     IMAGE_THREAD_GO.store(0, SeqCst);
     let mut builder = Jit::builder().lazy(lazy);
@@ -1417,7 +1413,7 @@ fn check_image_thread_keeps_code_with(bytes: &[u8], start: &str, lazy: bool, lib
     });
 }
 
-/// An image started by JIT'd code keeps what its removal group (the images
+/// A thread started by JIT'd code keeps what its removal group (the images
 /// removed with it) needs, and nothing else: removing another tracker while
 /// the thread runs gives that tracker's memory back at once (a plugin with
 /// a thread pool that lives on must not keep every other plugin's memory);
@@ -1531,7 +1527,7 @@ fn an_image_thread_keeps_the_code_it_runs_until_it_ends() {
     );
     for start in ["start", "start_c11"] {
         for lazy in [false, true] {
-            check_image_thread_keeps_code(&bytes, start, lazy);
+            check_image_thread_keeps_code(&bytes, start, lazy, &[]);
         }
     }
 }
@@ -1571,7 +1567,7 @@ fn check_std_thread_keeps_code(dir: &Path, cxx: &str, flags: &[&str], libraries:
     let obj = common::compile(cxx, &src, &flags, &[], &dir.join("image_threads.o"));
     let bytes = std::fs::read(&obj).expect("read the object");
     for lazy in [false, true] {
-        check_image_thread_keeps_code_with(&bytes, "start", lazy, libraries);
+        check_image_thread_keeps_code(&bytes, "start", lazy, libraries);
     }
 }
 

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::dso;
 use super::life::Life;
+use super::threads::{THRD_ERROR, THRD_SUCCESS};
 
 /// A key destructor as `pthread_key_create` takes it.
 type KeyDtor = unsafe extern "C" fn(*mut c_void);
@@ -219,8 +220,8 @@ unsafe extern "C" fn tss_create(key: *mut libc::pthread_key_t, dtor: Option<KeyD
     // SAFETY: the caller's arguments, as `pthread_key_create` takes them
     // (`tss_t` is a `pthread_key_t`, `tss_dtor_t` a destructor).
     match unsafe { key_create(key, dtor) } {
-        0 => 0,
-        _ => 2,
+        0 => THRD_SUCCESS,
+        _ => THRD_ERROR,
     }
 }
 

@@ -139,8 +139,9 @@ unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, len: usi
 }
 
 unsafe extern "C" fn cookie_write(cookie: *mut c_void, buf: *const c_char, len: usize) -> isize {
-    // SAFETY: as in `cookie_read`, for `write` (whose error is 0 bytes:
-    // it must not return a negative value).
+    // SAFETY: stdio passes the cookie it was given; the image's `write`
+    // (present, or stdio would not call this) gets stdio's arguments. Its
+    // error is 0 bytes: it must not return a negative value.
     unsafe {
         forward(cookie, 0, |c| {
             c.fns.write.map_or(0, |f| f(c.inner, buf, len))
@@ -149,7 +150,8 @@ unsafe extern "C" fn cookie_write(cookie: *mut c_void, buf: *const c_char, len: 
 }
 
 unsafe extern "C" fn cookie_seek(cookie: *mut c_void, offset: *mut i64, whence: c_int) -> c_int {
-    // SAFETY: as in `cookie_read`, for `seek`.
+    // SAFETY: stdio passes the cookie it was given; the image's `seek`
+    // (present, or stdio would not call this) gets stdio's arguments.
     unsafe {
         forward(cookie, -1, |c| {
             c.fns.seek.map_or(-1, |f| f(c.inner, offset, whence))
@@ -158,7 +160,8 @@ unsafe extern "C" fn cookie_seek(cookie: *mut c_void, offset: *mut i64, whence: 
 }
 
 unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
-    // SAFETY: as in `cookie_read`; the image's `close`, if any.
+    // SAFETY: stdio passes the cookie it was given; the image's `close`,
+    // if it has one, gets it.
     let rc = unsafe { forward(cookie, 0, |c| c.fns.close.map_or(0, |f| f(c.inner))) };
     // SAFETY: stdio closes a stream once: kiln's record goes with it.
     drop(unsafe { Box::from_raw(cookie.cast::<Cookie>()) });

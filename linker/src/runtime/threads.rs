@@ -219,7 +219,8 @@ unsafe extern "C" fn run_counted(body: *mut c_void) -> *mut c_void {
         // SAFETY: the image's routine with its caller's argument, as glibc
         // would have called it.
         Body::Posix(routine, arg) => unsafe { routine(arg) },
-        // SAFETY: as above, for `thrd_create`.
+        // SAFETY: the image's `thrd_create` routine with its caller's
+        // argument, as glibc would have called it.
         Body::C11(routine, arg) => (unsafe { routine(arg) }) as isize as *mut c_void,
         Body::Cxx(state) => {
             // SAFETY: the live state `cxx_start_thread` handed this thread.
@@ -268,8 +269,8 @@ unsafe extern "C" fn pthread_create(
 }
 
 /// `thrd_result`'s values (glibc's `<threads.h>`).
-const THRD_SUCCESS: c_int = 0;
-const THRD_ERROR: c_int = 2;
+pub(super) const THRD_SUCCESS: c_int = 0;
+pub(super) const THRD_ERROR: c_int = 2;
 const THRD_NOMEM: c_int = 3;
 
 /// `thrd_create` for JIT'd code (glibc's starts its thread without going
