@@ -189,6 +189,9 @@ impl Dispatcher for ThreadPerTask {
 pub struct WorkerPool {
     shared: Arc<PoolShared>,
     workers: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// The forks counted when the pool started ([`crate::fork`]): a child
+    /// forked since has none of its threads to stop or join.
+    forks: u64,
 }
 
 pub(crate) struct PoolShared {
@@ -259,6 +262,7 @@ impl WorkerPool {
         WorkerPool {
             shared,
             workers: Mutex::new(workers),
+            forks: crate::fork::forks(),
         }
     }
 
@@ -438,6 +442,11 @@ impl Dispatcher for WorkerPool {
     }
 
     fn shutdown(&self) {
+        if crate::fork::forks() != self.forks {
+            // A forked child: the workers are not here (a lock one held at
+            // the fork stays held), so there is nothing to stop or join.
+            return;
+        }
         self.shared.queue.lock().shutdown = true;
         self.shared.wakeup.notify_all();
         let on_worker = CURRENT_POOL

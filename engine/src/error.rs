@@ -197,6 +197,14 @@ pub enum Error {
     /// The session has ended.
     #[error("the session has ended")]
     SessionEnded,
+    /// This process is a child forked from the one that made the session:
+    /// the threads the session works with did not survive the fork (see
+    /// [`crate::note_forked_child`]).
+    #[error(
+        "this process was forked from the one that made the session: its worker threads \
+         are not here, so the session takes no request (code linked before the fork still runs)"
+    )]
+    ForkedChild,
     /// An error from outside the engine (a linker's, a host's), kept with
     /// its type: it is this error's `source()`, and
     /// [`Error::downcast_ref`] finds it.

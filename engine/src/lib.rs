@@ -47,6 +47,7 @@
 mod actor;
 pub mod dispatch;
 mod error;
+mod fork;
 pub mod generator;
 pub mod graph;
 mod index;
@@ -67,6 +68,7 @@ pub mod unit;
 pub use actor::TableSizes;
 pub use dispatch::{Dispatcher, InPlaceDispatcher, Task, ThreadPerTask, WorkerPool};
 pub use error::{Error, ExternalError, QualifiedName, Result, message_with_causes};
+pub use fork::note_forked_child;
 pub use generator::{GenerateRequest, Generator, GeneratorId};
 pub use lazy::{LazyReexports, Redirector, TrampolineEmitter};
 pub use lookup::{

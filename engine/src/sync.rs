@@ -23,6 +23,10 @@ pub(crate) use std::sync::Arc;
 pub(crate) use std::sync::OnceLock;
 /// A removed dylib's record watches its handles' shared part through one.
 pub(crate) use std::sync::Weak;
+/// A process-wide count in a `static` (the forks [`crate::fork`] counts):
+/// std's under every cfg, as no model forks and a loom atomic cannot be
+/// made in a `static`.
+pub(crate) use std::sync::atomic::AtomicU64 as ProcessCounter;
 
 #[cfg(not(any(kiln_loom, kiln_shuttle)))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

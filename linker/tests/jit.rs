@@ -1824,3 +1824,132 @@ fn an_images_terminate_and_new_handlers_are_uninstalled_with_it() {
     assert_eq!(get_terminate(), terminate, "the terminate handler is back");
     assert_eq!(get_new_handler(), new_handler, "the new handler is back");
 }
+
+/// In a child forked from a process with a JIT, code linked before the
+/// fork still runs; using the JIT itself (a lookup that must link, a
+/// removal, its end) fails at once with an error saying why, instead of
+/// waiting forever for the worker threads the child does not have. In lazy
+/// mode a first call in the child has no caller to return an error to: the
+/// child ends with kiln's message naming the fork, instead of hanging.
+#[test]
+fn a_forked_child_is_told_it_cannot_use_the_jit() {
+    if !common::in_own_process("a_forked_child_is_told_it_cannot_use_the_jit") {
+        return;
+    }
+    let dir = scratch("fork-child");
+    let linked = object(&dir, "linked", "long twice(long x) { return 2 * x; }\n");
+    let unlinked = object(&dir, "unlinked", "long thrice(long x) { return 3 * x; }\n");
+    for lazy in [false, true] {
+        let jit = Jit::builder().threads(2).lazy(lazy).build().unwrap();
+        let tracker = jit.tracker().unwrap();
+        tracker.add_object(&linked).unwrap();
+        tracker.add_object(&unlinked).unwrap();
+        // SAFETY: `long twice(long)`; called once here, so linked (lazy
+        // mode links a body at its first call).
+        let twice = unsafe { tracker.get::<I64Fn>("twice") }.unwrap();
+        assert_eq!(twice(1), 2);
+        let (status, stderr) = in_forked_child(|| {
+            let mut findings = 0;
+            if twice(21) != 42 {
+                findings |= 1;
+            }
+            if !lazy {
+                // SAFETY: `long thrice(long)`.
+                match unsafe { tracker.get::<I64Fn>("thrice") } {
+                    Err(e) if message_with_causes(&e).contains("forked") => {}
+                    Err(e) => {
+                        eprintln!("child lookup: {}", message_with_causes(&e));
+                        findings |= 2;
+                    }
+                    Ok(_) => findings |= 4,
+                }
+            }
+            // SAFETY: the child ends with `_exit` and never uses the
+            // parent's `twice` again: this drop of its copy is the child's
+            // only one.
+            drop(unsafe { std::ptr::read(&twice) });
+            // SAFETY: no handle is left in the child; nothing of the
+            // tracker runs there.
+            match unsafe { jit.remove(&tracker) } {
+                Err(e) if message_with_causes(&e).contains("forked") => {}
+                Err(e) => {
+                    eprintln!("child removal: {}", message_with_causes(&e));
+                    findings |= 8;
+                }
+                Ok(()) => findings |= 16,
+            }
+            if lazy {
+                // SAFETY: `long thrice(long)`: its stub, never called
+                // before the fork.
+                let thrice = unsafe { jit.get::<I64Fn>("thrice") }.unwrap();
+                thrice(3);
+                findings |= 32;
+            }
+            // SAFETY: as for `twice` above.
+            drop(unsafe { std::ptr::read(&jit) });
+            findings
+        });
+        if lazy {
+            assert_eq!(
+                libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+                Some(libc::SIGABRT),
+                "lazy: a first call in the child ends it (status {status:#x}); stderr:\n{stderr}"
+            );
+            assert!(stderr.contains("forked"), "lazy: names the fork:\n{stderr}");
+        } else {
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "eager: the child's findings (status {status:#x}; 0 = none); stderr:\n{stderr}"
+            );
+        }
+        assert_eq!(twice(4), 8);
+        // SAFETY: `long thrice(long)`.
+        let thrice = unsafe { tracker.get::<I64Fn>("thrice") }.unwrap();
+        assert_eq!(thrice(3), 9, "the parent's JIT is untouched");
+    }
+}
+
+/// The chain of `e`'s messages, each cause after the one it caused.
+fn message_with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
+}
+
+/// Runs `child` in a forked child of this process, which exits with its
+/// answer (or is killed by an alarm after 10 s): the child's wait status
+/// and what it wrote to its standard error.
+fn in_forked_child(child: impl FnOnce() -> i32) -> (i32, String) {
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child runs `child` (code linked before the fork and
+    // kiln's calls, the subject of the test) and ends with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: the child's own descriptors and alarm; `_exit` ends it
+        // without running the parent's exit handlers.
+        unsafe {
+            libc::alarm(10);
+            libc::dup2(pipe[1], 2);
+            libc::close(pipe[0]);
+            libc::_exit(child())
+        }
+    }
+    // SAFETY: the parent's copy of the write end, closed so reading ends
+    // with the child.
+    unsafe { libc::close(pipe[1]) };
+    let mut stderr = String::new();
+    // SAFETY: the read end is this function's to own from here on.
+    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(pipe[0]) };
+    std::io::Read::read_to_string(&mut reader, &mut stderr).unwrap();
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    (status, stderr)
+}

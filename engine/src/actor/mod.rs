@@ -596,6 +596,9 @@ pub(crate) struct SessionCore {
     inbox: Mutex<Inbox>,
     next_lookup: AtomicUsize,
     pub(crate) ended: AtomicBool,
+    /// The forks counted when the session was made ([`crate::fork`]): in a
+    /// child forked since, every request is refused.
+    forks: u64,
 }
 
 impl fmt::Debug for SessionCore {
@@ -616,7 +619,27 @@ impl SessionCore {
             }),
             next_lookup: AtomicUsize::new(1),
             ended: AtomicBool::new(false),
+            forks: crate::fork::forks(),
         })
+    }
+
+    /// Whether this process is a child forked since the session was made:
+    /// the state may be held by a thread the child does not have, and work
+    /// would wait for threads it does not have either.
+    fn in_forked_child(&self) -> bool {
+        crate::fork::forks() != self.forks
+    }
+
+    /// Answers `msg` as refused in a forked child, without the state.
+    fn refuse_in_forked_child(self: &Arc<Self>, msg: Msg) {
+        let mut effects = Effects::new();
+        state::refuse(
+            msg,
+            state::Refusal::ForkedChild,
+            &TableSizes::default,
+            &mut effects,
+        );
+        run_effects(self, &mut effects);
     }
 
     pub(crate) fn next_lookup_id(&self) -> u64 {
@@ -629,6 +652,9 @@ impl SessionCore {
 
     /// Delivers `msg` to the actor; drives it if nobody else is.
     pub(crate) fn send(self: &Arc<Self>, msg: Msg) {
+        if self.in_forked_child() {
+            return self.refuse_in_forked_child(msg);
+        }
         let state = {
             let mut inbox = self.inbox.lock();
             inbox.queue.push_back(msg);
@@ -652,6 +678,9 @@ impl SessionCore {
         direct: impl FnOnce(&mut State, &Arc<Self>, P, &mut Effects),
         message: impl FnOnce(P) -> Msg,
     ) {
+        if self.in_forked_child() {
+            return self.refuse_in_forked_child(message(payload));
+        }
         let mut inbox = self.inbox.lock();
         let Some(mut state) = inbox.state.take() else {
             inbox.queue.push_back(message(payload));

@@ -319,6 +319,7 @@ impl ObjectLayer {
     /// A layer linking with `options`.
     pub fn with_options(session: &Session, options: LinkOptions) -> Self {
         crate::debug::prepare(&options.debug);
+        crate::runtime::atfork::tell_the_engine_of_forks();
         let shared = Arc::new(Shared {
             images: Mutex::new(Images::default()),
             init_done: Condvar::new(),

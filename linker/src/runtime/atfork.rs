@@ -73,6 +73,27 @@ fn hook_once() -> c_int {
     })
 }
 
+/// Registers with glibc, once, a child handler that tells the engine of
+/// each `fork()` ([`kiln_engine::note_forked_child`]): sessions made before
+/// it then refuse requests in the child at once, instead of waiting for
+/// worker threads the child does not have. First among kiln's handlers,
+/// so image code a later child handler runs meets refusals too.
+pub(crate) fn tell_the_engine_of_forks() {
+    static HOOKED: std::sync::Once = std::sync::Once::new();
+    HOOKED.call_once(|| {
+        // SAFETY: `forked_child` is a `void (void)` function of kiln, alive
+        // as long as the process; the DSO is kiln's own object. Should
+        // glibc refuse (out of memory), forks go unnoticed, as before.
+        unsafe { __register_atfork(None, None, Some(forked_child), thread::dso_anchor()) };
+    });
+}
+
+/// The child handler of [`tell_the_engine_of_forks`]: one atomic add,
+/// async-signal-safe as a child handler must be.
+unsafe extern "C" fn forked_child() {
+    kiln_engine::note_forked_child();
+}
+
 /// `pthread_atfork` for JIT'd code.
 unsafe extern "C" fn atfork(
     prepare: Option<ForkHandler>,

@@ -50,7 +50,7 @@
 
 #![cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 
-mod atfork;
+pub(crate) mod atfork;
 mod cxx_hooks;
 mod dso;
 pub mod eh_frame;

@@ -347,7 +347,7 @@ impl State {
     /// Applies one message.
     pub(crate) fn handle(&mut self, core: &Arc<SessionCore>, msg: Msg, fx: &mut Effects) {
         if self.ended {
-            return self.refuse(msg, fx);
+            return refuse(msg, Refusal::Ended, &|| self.table_sizes(), fx);
         }
         match msg {
             Msg::CreateDylib { name, reply } => reply.send(self.create_dylib(name)),
@@ -534,48 +534,6 @@ impl State {
         fx.push(Effect::Signal(reply));
     }
 
-    /// After `end`, every request is answered with [`Error::SessionEnded`].
-    fn refuse(&mut self, msg: Msg, fx: &mut Effects) {
-        match msg {
-            Msg::CreateDylib { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::FindDylib { reply, .. } => reply.send(None),
-            Msg::Define { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::Lookup(msg) => match msg.flags_reply {
-                Some(reply) => reply.send(Err(Error::SessionEnded)),
-                None => fx.push(Effect::Complete(msg.shared, Err(Error::SessionEnded))),
-            },
-            Msg::Resolve { reply, .. } | Msg::Emit { reply, .. } => {
-                reply.send(Err(Error::SessionEnded))
-            }
-            Msg::Replace { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::Delegate { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::Absorb { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::DefineMaterializing { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::Owed { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::SetLinkOrder { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::AddGenerator { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::GetLinkOrder { reply, .. } => reply.send(Vec::new()),
-            Msg::CreateTracker { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::RemoveTracker { reply, .. } => {
-                if let Some(reply) = reply {
-                    reply.send(Ok(()))
-                }
-            }
-            Msg::TransferTracker { reply, .. }
-            | Msg::RemoveDylib { reply, .. }
-            | Msg::RemoveGenerator { reply, .. }
-            | Msg::RemoveSymbols { reply, .. } => reply.send(Err(Error::SessionEnded)),
-            Msg::QueryState { reply, .. } => reply.send(None),
-            Msg::TableSizes { reply } => reply.send(self.table_sizes()),
-            Msg::End { reply } => reply.send(()),
-            Msg::GeneratorDone { .. }
-            | Msg::Fail { .. }
-            | Msg::RegisterManager { .. }
-            | Msg::BlockedWait { .. }
-            | Msg::Cancel { .. } => {}
-        }
-    }
-
     fn live_dylib(&mut self, dylib: DylibId) -> Result<&mut DylibState> {
         let d = &mut self.dylibs[dylib as usize];
         if d.removed {
@@ -601,6 +559,70 @@ impl State {
         self.resps
             .get(resp)
             .map_or_else(|| "?".into(), |r| r.unit_name.clone())
+    }
+}
+
+/// Why the actor takes no request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refusal {
+    /// After `end`: [`Error::SessionEnded`] (removing a tracker is fine:
+    /// everything is removed already).
+    Ended,
+    /// In a forked child: [`Error::ForkedChild`], for removals too.
+    ForkedChild,
+}
+
+impl Refusal {
+    fn error(self) -> Error {
+        match self {
+            Refusal::Ended => Error::SessionEnded,
+            Refusal::ForkedChild => Error::ForkedChild,
+        }
+    }
+}
+
+/// Answers `msg` as refused for `why`, without the state (a forked child
+/// may not have it): `sizes` gives the table sizes a query asks for.
+pub(crate) fn refuse(msg: Msg, why: Refusal, sizes: &dyn Fn() -> TableSizes, fx: &mut Effects) {
+    let err = || why.error();
+    match msg {
+        Msg::CreateDylib { reply, .. } => reply.send(Err(err())),
+        Msg::FindDylib { reply, .. } => reply.send(None),
+        Msg::Define { reply, .. } => reply.send(Err(err())),
+        Msg::Lookup(msg) => match msg.flags_reply {
+            Some(reply) => reply.send(Err(err())),
+            None => fx.push(Effect::Complete(msg.shared, Err(err()))),
+        },
+        Msg::Resolve { reply, .. } | Msg::Emit { reply, .. } => reply.send(Err(err())),
+        Msg::Replace { reply, .. } => reply.send(Err(err())),
+        Msg::Delegate { reply, .. } => reply.send(Err(err())),
+        Msg::Absorb { reply, .. } => reply.send(Err(err())),
+        Msg::DefineMaterializing { reply, .. } => reply.send(Err(err())),
+        Msg::Owed { reply, .. } => reply.send(Err(err())),
+        Msg::SetLinkOrder { reply, .. } => reply.send(Err(err())),
+        Msg::AddGenerator { reply, .. } => reply.send(Err(err())),
+        Msg::GetLinkOrder { reply, .. } => reply.send(Vec::new()),
+        Msg::CreateTracker { reply, .. } => reply.send(Err(err())),
+        Msg::RemoveTracker { reply, .. } => {
+            if let Some(reply) = reply {
+                reply.send(match why {
+                    Refusal::Ended => Ok(()),
+                    Refusal::ForkedChild => Err(err()),
+                })
+            }
+        }
+        Msg::TransferTracker { reply, .. }
+        | Msg::RemoveDylib { reply, .. }
+        | Msg::RemoveGenerator { reply, .. }
+        | Msg::RemoveSymbols { reply, .. } => reply.send(Err(err())),
+        Msg::QueryState { reply, .. } => reply.send(None),
+        Msg::TableSizes { reply } => reply.send(sizes()),
+        Msg::End { reply } => reply.send(()),
+        Msg::GeneratorDone { .. }
+        | Msg::Fail { .. }
+        | Msg::RegisterManager { .. }
+        | Msg::BlockedWait { .. }
+        | Msg::Cancel { .. } => {}
     }
 }
 

@@ -1,0 +1,74 @@
+//! A session in a forked child refuses every request at once
+//! (`Error::ForkedChild`) instead of waiting for the worker threads the
+//! child does not have; answers the Ready index holds are still read.
+//!
+//! The fork is the one `note_forked_child` reports (what a `pthread_atfork`
+//! child handler calls): this process goes on as the "child", so the test
+//! has a binary of its own — every session of the process refuses after it.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use kiln_engine::*;
+
+/// `f()` on a thread, failing the test if it does not return in 30 s.
+fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what}: waited 30 s (for threads a child has not?)"))
+}
+
+#[test]
+fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
+    let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let d = s.create_dylib("d").unwrap();
+    let (ready, lazy, new) = (s.intern("ready"), s.intern("lazy"), s.intern("new"));
+    d.define(emitting(&ready, 0x1000, vec![])).unwrap();
+    d.define(emitting(&lazy, 0x2000, vec![])).unwrap();
+    let found = lookup(&s, &[&d], &[&ready], RequiredState::Ready)
+        .wait()
+        .unwrap();
+    assert_eq!(found.get(&ready).map(|d| d.address), Some(0x1000));
+
+    note_forked_child();
+
+    let (s1, d1, ready1) = (s.clone(), d.clone(), ready.clone());
+    let found = must_return("a lookup of a Ready symbol", move || {
+        lookup(&s1, &[&d1], &[&ready1], RequiredState::Ready).wait()
+    })
+    .expect("the Ready index still answers");
+    assert_eq!(found.get(&ready).map(|d| d.address), Some(0x1000));
+
+    let (s1, d1, lazy1) = (s.clone(), d.clone(), lazy.clone());
+    let err = must_return("a lookup that must materialize", move || {
+        lookup(&s1, &[&d1], &[&lazy1], RequiredState::Ready).wait()
+    })
+    .expect_err("nothing is materialized in a forked child");
+    assert!(matches!(err, Error::ForkedChild), "{err}");
+    assert!(err.to_string().contains("forked"), "{err}");
+
+    let d1 = d.clone();
+    let err = must_return("a definition", move || {
+        d1.define(emitting(&new, 0x3000, vec![]))
+    })
+    .expect_err("nothing is defined in a forked child");
+    assert!(matches!(err, Error::ForkedChild), "{err}");
+
+    let tracker = d.default_tracker();
+    let err = must_return("a removal", move || tracker.remove())
+        .expect_err("nothing is removed in a forked child");
+    assert!(matches!(err, Error::ForkedChild), "{err}");
+
+    // The session's end, and the drop of its worker pool with it, wait
+    // for no thread.
+    must_return("the end", move || {
+        s.end();
+        drop((s, d));
+    });
+}
