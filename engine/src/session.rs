@@ -384,6 +384,14 @@ impl Session {
         )
     }
 
+    /// Whether this process is a child forked since the session was made
+    /// (as [`crate::note_forked_child`] reported): every request fails
+    /// there with [`Error::ForkedChild`], and what the session's resources
+    /// would run at their removal (finalizers, say) belongs to the parent.
+    pub fn in_forked_child(&self) -> bool {
+        self.core.in_forked_child()
+    }
+
     /// Ends the session: removes every dylib (resource managers free their
     /// resources), fails lookups in flight, and shuts the dispatcher down.
     /// Later calls fail with [`Error::SessionEnded`].

@@ -36,7 +36,9 @@ fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
         .unwrap();
     assert_eq!(found.get(&ready).map(|d| d.address), Some(0x1000));
 
+    assert!(!s.in_forked_child());
     note_forked_child();
+    assert!(s.in_forked_child());
 
     let (s1, d1, ready1) = (s.clone(), d.clone(), ready.clone());
     let found = must_return("a lookup of a Ready symbol", move || {

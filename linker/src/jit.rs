@@ -296,6 +296,13 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.session.in_forked_child() {
+            // The images are the parent's, and their finalizers its to run;
+            // a lock a thread held at the fork stays held here. The child's
+            // copy of everything is left as `_exit` leaves it.
+            std::mem::forget(self.lazy.take());
+            return;
+        }
         let (layer, session, lazy) = (self.layer.clone(), self.session.clone(), self.lazy.take());
         let lives = layer.lives();
         // Every image's finalizers run while everything (lazy stubs in

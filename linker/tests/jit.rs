@@ -1827,8 +1827,9 @@ fn an_images_terminate_and_new_handlers_are_uninstalled_with_it() {
 
 /// In a child forked from a process with a JIT, code linked before the
 /// fork still runs; using the JIT itself (a lookup that must link, a
-/// removal, its end) fails at once with an error saying why, instead of
-/// waiting forever for the worker threads the child does not have. In lazy
+/// removal) fails at once with an error saying why, instead of waiting
+/// forever for the worker threads the child does not have, and dropping it
+/// leaves the parent's images to the parent (no finalizer runs). In lazy
 /// mode a first call in the child has no caller to return an error to: the
 /// child ends with kiln's message naming the fork, instead of hanging.
 #[test]
@@ -1837,7 +1838,13 @@ fn a_forked_child_is_told_it_cannot_use_the_jit() {
         return;
     }
     let dir = scratch("fork-child");
-    let linked = object(&dir, "linked", "long twice(long x) { return 2 * x; }\n");
+    let linked = object(
+        &dir,
+        "linked",
+        "#include <unistd.h>\n\
+         __attribute__((destructor)) static void fini(void) { write(2, \"fini ran\\n\", 9); }\n\
+         long twice(long x) { return 2 * x; }\n",
+    );
     let unlinked = object(&dir, "unlinked", "long thrice(long x) { return 3 * x; }\n");
     for lazy in [false, true] {
         let jit = Jit::builder().threads(2).lazy(lazy).build().unwrap();
@@ -1885,8 +1892,8 @@ fn a_forked_child_is_told_it_cannot_use_the_jit() {
                 thrice(3);
                 findings |= 32;
             }
-            // SAFETY: as for `twice` above.
-            drop(unsafe { std::ptr::read(&jit) });
+            // SAFETY: as for `twice` above (the tracker holds the JIT too).
+            drop(unsafe { (std::ptr::read(&tracker), std::ptr::read(&jit)) });
             findings
         });
         if lazy {
@@ -1900,6 +1907,10 @@ fn a_forked_child_is_told_it_cannot_use_the_jit() {
             assert!(
                 libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
                 "eager: the child's findings (status {status:#x}; 0 = none); stderr:\n{stderr}"
+            );
+            assert!(
+                !stderr.contains("fini ran"),
+                "eager: the child ran a finalizer of the parent's image"
             );
         }
         assert_eq!(twice(4), 8);

@@ -626,7 +626,7 @@ impl SessionCore {
     /// Whether this process is a child forked since the session was made:
     /// the state may be held by a thread the child does not have, and work
     /// would wait for threads it does not have either.
-    fn in_forked_child(&self) -> bool {
+    pub(crate) fn in_forked_child(&self) -> bool {
         crate::fork::forks() != self.forks
     }
 
