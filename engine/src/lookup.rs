@@ -631,6 +631,11 @@ impl Lookup {
             }
             LookupHandleState::Pending(shared, core, id) => (shared.clone(), core.clone(), *id),
         };
+        if core.in_forked_child() && !shared.is_completed() {
+            // Made before a fork: what would complete it stayed in the
+            // parent.
+            return Err(Error::ForkedChild);
+        }
         // Effects this thread still owes (say, the dispatch of the unit this
         // lookup waits for, queued behind the in-place materializer now
         // calling this) run before it blocks.
@@ -743,6 +748,12 @@ impl Future for Lookup {
                     .take()
                     .unwrap_or_else(|| Err(Error::Usage("lookup polled after completion".into()))),
             ),
+            LookupHandleState::Pending(shared, core, _)
+                if core.in_forked_child() && !shared.is_completed() =>
+            {
+                // As in a blocking wait: it would never complete here.
+                Poll::Ready(Err(Error::ForkedChild))
+            }
             LookupHandleState::Pending(shared, ..) => {
                 // Tasks this thread queued in place (the unit awaited, say)
                 // run first, as in a blocking wait: no other thread will.

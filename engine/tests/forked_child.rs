@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -35,6 +36,23 @@ fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
         .wait()
         .unwrap();
     assert_eq!(found.get(&ready).map(|d| d.address), Some(0x1000));
+
+    // Lookups in flight at the fork, whose materializer runs on: one
+    // waited for, one polled as a future.
+    let (pending, pending2) = (s.intern("pending"), s.intern("pending2"));
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (p1, p2) = (pending.clone(), pending2.clone());
+    d.define(unit(
+        "pending",
+        &[(&pending, X), (&pending2, X)],
+        move |r| {
+            let _ = release_rx.recv();
+            let _ = r.resolve(&[(p1, def(0x4000)), (p2, def(0x5000))]);
+        },
+    ))
+    .unwrap();
+    let in_flight = lookup(&s, &[&d], &[&pending], RequiredState::Ready);
+    let mut polled = lookup(&s, &[&d], &[&pending2], RequiredState::Ready);
 
     assert!(!s.in_forked_child());
     note_forked_child();
@@ -66,6 +84,18 @@ fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
     let err = must_return("a removal", move || tracker.remove())
         .expect_err("nothing is removed in a forked child");
     assert!(matches!(err, Error::ForkedChild), "{err}");
+
+    let err = must_return("a wait for a lookup made before the fork", move || {
+        in_flight.wait()
+    })
+    .expect_err("what would complete it is the parent's");
+    assert!(matches!(err, Error::ForkedChild), "{err}");
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(&mut polled).poll(&mut cx) {
+        std::task::Poll::Ready(Err(Error::ForkedChild)) => {}
+        other => panic!("polled in the child: {other:?}"),
+    }
+    release_tx.send(()).unwrap();
 
     // The session's end, and the drop of its worker pool with it, wait
     // for no thread.
