@@ -11,18 +11,6 @@ use std::time::Duration;
 use common::*;
 use kiln_engine::*;
 
-/// Runs `f` on a thread and fails the test (instead of hanging it) when it
-/// does not return within a generous bound — a deadlock detector, not a
-/// timing assertion.
-fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("{what}: deadlocked (did not return in 30 s)"))
-}
-
 #[derive(Default)]
 struct Manager {
     removed: Mutex<Vec<ResourceKey>>,

@@ -4,23 +4,11 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use kiln_engine::*;
-
-/// Runs `f` on its own thread and returns its result, or fails the test if
-/// it has not returned after a generous bound (a hang, not a timing check).
-fn without_hanging<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{what}: hung"))
-}
 
 /// A unit defining `me` whose materializer does a blocking Ready lookup of
 /// `other` in `theirs` first, recording any error.
@@ -60,7 +48,7 @@ fn waiting_unit(
 fn a_blocking_cycle_under_the_in_place_dispatcher_is_reported() {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = errors.clone();
-    let result = without_hanging("in-place blocking cycle", move || {
+    let result = must_return("in-place blocking cycle", move || {
         let s = inplace();
         let (d1, d2) = (s.create_dylib("d1").unwrap(), s.create_dylib("d2").unwrap());
         let (foo, bar) = (s.intern("foo"), s.intern("bar"));
@@ -90,7 +78,7 @@ fn three_unit_cycle(
 ) -> (Result<()>, Vec<String>) {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = errors.clone();
-    let result = without_hanging("three-unit cycle", move || {
+    let result = must_return("three-unit cycle", move || {
         let s = session();
         let d = s.create_dylib("d").unwrap();
         let [first, second, third] = ["foo", "bar", "baz"].map(|n| s.intern(n));
@@ -126,7 +114,7 @@ fn a_longer_blocking_cycle_under_the_in_place_dispatcher_is_reported() {
 fn a_blocking_chain_under_the_in_place_dispatcher_completes() {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = errors.clone();
-    let result = without_hanging("in-place blocking chain", move || {
+    let result = must_return("in-place blocking chain", move || {
         let s = inplace();
         let d = s.create_dylib("d").unwrap();
         let (foo, bar, baz) = (s.intern("foo"), s.intern("bar"), s.intern("baz"));
@@ -197,7 +185,7 @@ fn an_alias_cycle_in_one_unit_fails_naming_it() {
         ],
     ))
     .unwrap();
-    let err = without_hanging("alias cycle", move || {
+    let err = must_return("alias cycle", move || {
         lookup(&s, &[&d], &[&a], RequiredState::Ready)
             .wait()
             .unwrap_err()
@@ -217,7 +205,7 @@ fn an_alias_cycle_in_one_unit_fails_naming_it() {
 fn a_unit_nested_by_a_helping_wait_that_waits_for_the_unit_beneath_it_is_a_cycle() {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = errors.clone();
-    let result = without_hanging("helping-wait cycle", move || {
+    let result = must_return("helping-wait cycle", move || {
         let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
         let d = s.create_dylib("d").unwrap();
         let [foo, bar, zed] = ["foo", "bar", "zed"].map(|n| s.intern(n));
@@ -299,7 +287,7 @@ fn a_blocking_cycle_across_threads_is_spelled_out_as_a_chain_of_waits() {
 #[test]
 fn a_long_chain_of_units_dispatched_in_place_runs_one_after_another() {
     const UNITS: usize = 20_000;
-    let result = without_hanging("in-place chain", || {
+    let result = must_return("in-place chain", || {
         let s = inplace();
         let d = s.create_dylib("d").unwrap();
         let names: Vec<SymbolName> = (0..UNITS).map(|i| s.intern(&format!("f{i}"))).collect();
@@ -345,7 +333,7 @@ fn a_long_chain_of_units_dispatched_in_place_runs_one_after_another() {
 #[test]
 fn a_long_chain_of_blocking_units_on_a_small_pool_does_not_overflow_a_stack() {
     const UNITS: usize = 3000;
-    let result = without_hanging("blocking chain", || {
+    let result = must_return("blocking chain", || {
         let s = Session::builder().dispatcher(WorkerPool::new(1)).build();
         let d = s.create_dylib("d").unwrap();
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -373,7 +361,7 @@ fn a_long_chain_of_blocking_units_on_a_small_pool_does_not_overflow_a_stack() {
 /// pool thread or not. (It used to help only its pool, and Bar never ran.)
 #[test]
 fn an_in_place_wait_on_a_pool_worker_runs_the_tasks_it_queued() {
-    let found = without_hanging("in-place session on a pool worker", || {
+    let found = must_return("in-place session on a pool worker", || {
         let pool = Session::builder().dispatcher(WorkerPool::new(1)).build();
         let outer = pool.create_dylib("outer").unwrap();
         let host = pool.intern("host");

@@ -10,20 +10,9 @@ mod common;
 
 use std::future::Future;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use common::*;
 use kiln_engine::*;
-
-/// `f()` on a thread, failing the test if it does not return in 30 s.
-fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("{what}: waited 30 s (for threads a child has not?)"))
-}
 
 #[test]
 fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {

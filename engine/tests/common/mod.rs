@@ -104,3 +104,15 @@ pub fn awaiting(d: &Dylib, name: &SymbolName, timeout: std::time::Duration) -> L
     )
     .await_definitions(AwaitDefinitions::For(timeout))
 }
+
+/// Runs `f` on a thread of its own and returns its result, or fails the
+/// test (instead of hanging it) when `f` has not returned within a generous
+/// bound — a deadlock detector, not a timing assertion.
+pub fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: hung (did not return in 60 s)"))
+}
