@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 mod common;
 
 use common::{compile_c_text, serial};
-use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder};
+use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, message_with_causes};
 use kiln_linker::jit::{Jit, JitError};
 
 type I64Fn = extern "C" fn(i64) -> i64;
@@ -1902,17 +1902,6 @@ fn a_forked_child_is_told_it_cannot_use_the_jit() {
         let thrice = unsafe { tracker.get::<I64Fn>("thrice") }.unwrap();
         assert_eq!(thrice(3), 9, "the parent's JIT is untouched");
     }
-}
-
-/// The chain of `e`'s messages, each cause after the one it caused.
-fn message_with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text += &format!(": {c}");
-        cause = c.source();
-    }
-    text
 }
 
 /// Runs `child` in a forked child of this process, which exits with its
