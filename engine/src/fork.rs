@@ -5,7 +5,9 @@
 //! child, and a request that waited for them would wait forever. So a
 //! session answers every request made in a child of the process that
 //! created it with [`Error::ForkedChild`](crate::Error::ForkedChild), at
-//! once, and its pools do not wait for threads the child does not have.
+//! once, its pools do not wait for threads the child does not have, and
+//! dropping it there leaves what it owns (units, resource managers, the
+//! code they keep) as `_exit` would: the parent's.
 //! What needs no thread still works there: code linked before the fork
 //! runs, and lookups the Ready index answers are still answered.
 //!

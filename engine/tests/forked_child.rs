@@ -9,14 +9,34 @@
 mod common;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use common::*;
 use kiln_engine::*;
 
+/// A resource manager that notes when it is dropped.
+struct Noted(Arc<AtomicBool>);
+
+impl ResourceManager for Noted {
+    fn remove_resources(&self, _key: ResourceKey) -> Result<()> {
+        Ok(())
+    }
+    fn transfer_resources(&self, _dst: ResourceKey, _src: ResourceKey) {}
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
     let s = Session::builder().dispatcher(WorkerPool::new(2)).build();
+    let manager_dropped = Arc::new(AtomicBool::new(false));
+    s.register_resource_manager(Arc::new(Noted(manager_dropped.clone())));
     let d = s.create_dylib("d").unwrap();
     let (ready, lazy, new) = (s.intern("ready"), s.intern("lazy"), s.intern("new"));
     d.define(emitting(&ready, 0x1000, vec![])).unwrap();
@@ -30,6 +50,7 @@ fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
     // waited for, one polled as a future.
     let (pending, pending2) = (s.intern("pending"), s.intern("pending2"));
     let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     let (p1, p2) = (pending.clone(), pending2.clone());
     d.define(unit(
         "pending",
@@ -37,6 +58,8 @@ fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
         move |r| {
             let _ = release_rx.recv();
             let _ = r.resolve(&[(p1, def(0x4000)), (p2, def(0x5000))]);
+            drop(r);
+            let _ = done_tx.send(());
         },
     ))
     .unwrap();
@@ -85,11 +108,18 @@ fn a_session_refuses_requests_in_a_forked_child_and_never_waits() {
         other => panic!("polled in the child: {other:?}"),
     }
     release_tx.send(()).unwrap();
+    done_rx.recv().unwrap();
+    drop(polled);
 
     // The session's end, and the drop of its worker pool with it, wait
-    // for no thread.
+    // for no thread; what the session owns is the parent's and is left
+    // as it is (no manager or unit is dropped, nothing torn down).
     must_return("the end", move || {
         s.end();
         drop((s, d));
     });
+    assert!(
+        !manager_dropped.load(Ordering::SeqCst),
+        "the session's resource manager was dropped in the child"
+    );
 }

@@ -601,6 +601,20 @@ pub(crate) struct SessionCore {
     forks: u64,
 }
 
+impl Drop for SessionCore {
+    /// In a forked child, the state — and every resource it owns: units,
+    /// resource managers, through them linked code — is the parent's: it
+    /// is left as `_exit` leaves it, so no teardown runs in the child (nor
+    /// waits there on a lock a thread held at the fork).
+    fn drop(&mut self) {
+        if self.in_forked_child() {
+            let inbox = self.inbox.get_mut();
+            std::mem::forget(inbox.state.take());
+            std::mem::forget(std::mem::take(&mut inbox.queue));
+        }
+    }
+}
+
 impl fmt::Debug for SessionCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionCore").finish_non_exhaustive()
