@@ -1885,7 +1885,9 @@ fn a_forked_child_is_told_it_cannot_use_the_jit() {
                 }
                 Ok(()) => findings |= 16,
             }
-            // SAFETY: as for `twice` above (the tracker holds the JIT too).
+            // SAFETY: the child ends with `_exit` and never uses the
+            // parent's `tracker` or `jit` again (the tracker holds the JIT
+            // too): these drops of their copies are the child's only ones.
             drop(unsafe { (std::ptr::read(&tracker), std::ptr::read(&jit)) });
             findings
         });
