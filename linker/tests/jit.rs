@@ -1889,6 +1889,13 @@ fn a_forked_child_is_told_it_cannot_use_the_jit() {
             // parent's `tracker` or `jit` again (the tracker holds the JIT
             // too): these drops of their copies are the child's only ones.
             drop(unsafe { (std::ptr::read(&tracker), std::ptr::read(&jit)) });
+            // A JIT the child makes is its own.
+            let own = Jit::builder().threads(2).lazy(lazy).build().unwrap();
+            own.add_object(&unlinked).unwrap();
+            // SAFETY: `long thrice(long)`.
+            if unsafe { own.get::<I64Fn>("thrice") }.map(|f| f(5)).ok() != Some(15) {
+                findings |= 32;
+            }
             findings
         });
         assert!(
