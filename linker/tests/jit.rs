@@ -12,7 +12,7 @@ mod common;
 
 use common::{compile_c_text, serial};
 use kiln_engine::{DylibLookup, LookupSet, RequiredState, SearchOrder, message_with_causes};
-use kiln_linker::jit::{Jit, JitError};
+use kiln_linker::jit::{Jit, JitError, JitTracker};
 
 type I64Fn = extern "C" fn(i64) -> i64;
 
@@ -949,16 +949,11 @@ extern "C" fn fork_prepared() {
 
 /// Forks this process; the child exits at once.
 fn fork_and_wait() {
-    // SAFETY: the child only calls `_exit`, which is async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        // SAFETY: ends the child without running anything of the parent's.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just forked.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let (status, stderr) = in_forked_child(|| 0);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child (status {status:#x}): {stderr}"
+    );
 }
 
 /// Fork handlers JIT'd code registers (`pthread_atfork`, which only
@@ -1182,6 +1177,27 @@ fn wait_for_host_ticks(at_least: usize) {
     });
 }
 
+/// A JIT with `host_tick` defined, and a tracker holding the object
+/// `bytes`.
+fn ticking_tracker(bytes: &[u8]) -> (Jit, JitTracker) {
+    let jit = Jit::builder().build().unwrap();
+    jit.define_fn("host_tick", host_tick as extern "C" fn())
+        .unwrap();
+    let tracker = jit.tracker().unwrap();
+    tracker.add_object(bytes).unwrap();
+    (jit, tracker)
+}
+
+/// C: fills `ev` to notify `f(1)` on a thread of glibc's (`SIGEV_THREAD`).
+const THREAD_EVENT_C: &str = "#include <signal.h>\n\
+     #include <string.h>\n\
+     static void thread_event(struct sigevent *ev, void (*f)(union sigval)) {\n\
+         memset(ev, 0, sizeof *ev);\n\
+         ev->sigev_notify = SIGEV_THREAD;\n\
+         ev->sigev_notify_function = f;\n\
+         ev->sigev_value.sival_int = 1;\n\
+     }\n";
+
 /// A `SIGEV_THREAD` timer JIT'd code creates notifies on glibc's threads
 /// while its image lives; `timer_delete` stops it; and removing the image
 /// while its timer still runs deletes the timer, instead of leaving glibc
@@ -1192,34 +1208,22 @@ fn an_images_thread_timers_are_deleted_with_it() {
         return;
     }
     let dir = scratch("timers");
-    let bytes = object(
-        &dir,
-        "timers",
-        "#include <signal.h>\n\
-         #include <string.h>\n\
-         #include <time.h>\n\
+    let source = THREAD_EVENT_C.to_owned()
+        + "#include <time.h>\n\
          extern void host_tick(void);\n\
          static volatile long ticks;\n\
          static timer_t timer;\n\
          static void on_tick(union sigval v) { ticks += v.sival_int; host_tick(); }\n\
          long start(long ms) {\n\
              struct sigevent ev;\n\
-             memset(&ev, 0, sizeof ev);\n\
-             ev.sigev_notify = SIGEV_THREAD;\n\
-             ev.sigev_notify_function = on_tick;\n\
-             ev.sigev_value.sival_int = 1;\n\
+             thread_event(&ev, on_tick);\n\
              if (timer_create(CLOCK_MONOTONIC, &ev, &timer)) return -1;\n\
              struct itimerspec its = { { 0, ms * 1000000 }, { 0, ms * 1000000 } };\n\
              return timer_settime(timer, 0, &its, 0);\n\
          }\n\
          long stop(long unused) { return timer_delete(timer); }\n\
-         long ticks_so_far(long unused) { return ticks; }\n",
-    );
-    let jit = Jit::builder().build().unwrap();
-    jit.define_fn("host_tick", host_tick as extern "C" fn())
-        .unwrap();
-    let tracker = jit.tracker().unwrap();
-    tracker.add_object(&bytes).unwrap();
+         long ticks_so_far(long unused) { return ticks; }\n";
+    let (jit, tracker) = ticking_tracker(&object(&dir, "timers", &source));
     // SAFETY: all three are `long f(long)`.
     let (start, stop, ticks) = unsafe {
         (
@@ -1262,25 +1266,17 @@ fn an_images_message_queue_notification_goes_with_it() {
         return;
     }
     let dir = scratch("mq-notify");
-    let bytes = object(
-        &dir,
-        "mq_notify",
-        "#include <mqueue.h>\n\
-         #include <signal.h>\n\
-         #include <string.h>\n\
+    let source = THREAD_EVENT_C.to_owned()
+        + "#include <mqueue.h>\n\
          extern void host_tick(void);\n\
          static volatile long messages;\n\
          static void on_message(union sigval v) { messages += v.sival_int; host_tick(); }\n\
          long watch(long queue) {\n\
              struct sigevent ev;\n\
-             memset(&ev, 0, sizeof ev);\n\
-             ev.sigev_notify = SIGEV_THREAD;\n\
-             ev.sigev_notify_function = on_message;\n\
-             ev.sigev_value.sival_int = 1;\n\
+             thread_event(&ev, on_message);\n\
              return mq_notify((mqd_t)queue, &ev);\n\
          }\n\
-         long messages_so_far(long unused) { return messages; }\n",
-    );
+         long messages_so_far(long unused) { return messages; }\n";
     let name = std::ffi::CString::new(format!("/kiln-jit-{}", std::process::id())).unwrap();
     // SAFETY: `mq_attr` is plain integers: all zeros is a valid value.
     let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
@@ -1308,11 +1304,7 @@ fn an_images_message_queue_notification_goes_with_it() {
         }
     };
     HOST_TICKS.store(0, SeqCst);
-    let jit = Jit::builder().build().unwrap();
-    jit.define_fn("host_tick", host_tick as extern "C" fn())
-        .unwrap();
-    let tracker = jit.tracker().unwrap();
-    tracker.add_object(&bytes).unwrap();
+    let (jit, tracker) = ticking_tracker(&object(&dir, "mq_notify", &source));
     // SAFETY: both are `long f(long)`.
     let (watch, messages) = unsafe {
         (
